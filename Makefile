@@ -1,0 +1,34 @@
+# lited: two commands on a fresh machine: `make demo` and `make test`.
+PY := .venv/bin/python
+SHARED ?= ../shared
+
+.PHONY: demo test test-fast bundles bench venv venv-test clean
+
+venv:
+	@tools/bootstrap.sh runtime
+
+venv-test:
+	@tools/bootstrap.sh test
+
+## bundles: assemble build/bundles/<name>/ for each model in ../shared/models
+bundles: venv
+	@$(PY) tools/make_bundles.py --models $(SHARED)/models
+
+## demo: the daemon on the committed PP-OCRv4 demo bundle
+demo: venv
+	@$(PY) tools/demo.py
+
+## test: the whole suite (as CI runs it)
+test: venv-test
+	@$(PY) -m pytest -q
+
+## test-fast: skip the slow tests (model conversion, long soak)
+test-fast: venv-test
+	@$(PY) -m pytest -q -m "not slow"
+
+## bench: speed and memory beside bare Paddle Lite and onnxruntime -> docs/BENCHMARKS.md
+bench: venv-test
+	@$(PY) tools/bench.py
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,444 @@
+"""The SDK bundle: manifest schema, validation, checksums and target check.
+
+A bad bundle must be refused before anything touches Paddle Lite: an arm
+`.nb` loaded on x86 segfaults inside `run()`, and a truncated file can crash
+the loader. So `load_bundle` checks everything it can from the files alone
+and reports every problem at once, each with its field path or file name.
+The format is documented in docs/bundle.md.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lited.decoders import DECODER_TYPES, decoder_class
+
+SCHEMA = 1
+NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+RESIZE_MODES = ("stretch", "letterbox", "short_side_crop", "keep_ratio")
+INTERPOLATIONS = ("nearest", "linear", "area", "cubic")
+ENGINES = ("paddle_lite", "paddle_inference")
+# Which targets run on which machines (`platform.machine()`).
+TARGET_MACHINES = {
+    "x86": ("x86_64", "AMD64", "i686", "i386"),
+    "arm": ("aarch64", "arm64", "armv7l", "armv8l"),
+    "opencl": ("aarch64", "arm64", "armv7l", "armv8l"),
+    "jetson": ("aarch64",),
+}
+# Paddle Lite naive buffer: uint16 meta version, char[16] opt version, uint64
+# topology size, the topology (ops with kernel keys "op/alias/target/precision/
+# layout"), then the weights. Target numbers are Paddle Lite's TargetType.
+NB_HEADER = struct.Struct("<H16sQ")
+NB_KERNEL_RE = re.compile(rb"[a-z0-9_]+/[A-Za-z0-9_]+/(\d+)/\d+/\d+\x00")
+NB_TARGETS = {1: "host", 2: "x86", 4: "arm", 5: "opencl", 6: "any"}
+NB_PORTABLE = {"host", "any"}
+
+
+class BundleError(Exception):
+    """A bundle was refused. `problems` lists each one; str() is one line."""
+
+    def __init__(self, where: str, problems: list) -> None:
+        self.where = where
+        self.problems = list(problems)
+        super().__init__(f"bundle {where}: " + "; ".join(self.problems))
+
+
+@dataclass
+class ModelFile:
+    target: str
+    path: Path
+    sha256: str
+    size: int | None
+    engine: str = "paddle_lite"
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class Bundle:
+    root: Path
+    manifest: dict
+    labels: list
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    @property
+    def task(self) -> str:
+        return self.manifest["task"]
+
+    @property
+    def preprocess(self) -> dict:
+        return self.manifest["preprocess"]
+
+    @property
+    def decoder(self) -> dict:
+        return self.manifest["decoder"]
+
+    @property
+    def inputs(self) -> list:
+        return self.manifest["inputs"]
+
+    def models(self) -> dict:
+        return {t: _model_file(self.root, t, m) for t, m in self.manifest["models"].items()}
+
+    def model_for(self, target: str | None = None) -> ModelFile:
+        """The model file for `target` (default: this machine's), checked on disk."""
+        target = target or machine_target(self.manifest["models"])
+        models = self.models()
+        if target not in models:
+            raise BundleError(str(self.root), [f"models: no model for target '{target}' "
+                                               f"(has {', '.join(sorted(models)) or 'none'})"])
+        check_target_runs_here(target, str(self.root / "manifest.json"))
+        model = models[target]
+        problems = check_model_file(model)
+        if problems:
+            raise BundleError(str(self.root), problems)
+        return model
+
+    @property
+    def golden(self) -> dict | None:
+        return self.manifest.get("golden")
+
+
+def machine_target(models: dict | None = None) -> str:
+    """The bundle target this machine runs: `x86` on x86_64, else `arm`
+    (or the first target in `models` that runs here)."""
+    machine = platform.machine()
+    if models:
+        for target in models:
+            if machine in TARGET_MACHINES.get(target, ()):
+                return target
+    return "x86" if machine in TARGET_MACHINES["x86"] else "arm"
+
+
+def check_target_runs_here(target: str, where: str) -> None:
+    machine = platform.machine()
+    allowed = TARGET_MACHINES.get(target)
+    if allowed is not None and machine not in allowed:
+        raise BundleError(where, [f"models.{target}: built for {target}, this machine is {machine}; "
+                                  "refusing to load it (Paddle Lite would crash)"])
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_model_file(model: ModelFile) -> list:
+    """Problems with a model file on disk: missing, truncated, wrong checksum."""
+    path = model.path
+    name = path.name
+    if not path.is_file():
+        return [f"{name}: missing (models.{model.target}.file)"]
+    size = path.stat().st_size
+    if model.size is not None and size != model.size:
+        return [f"{name}: {size} bytes, manifest says {model.size} (truncated or wrong file)"]
+    if sha256_file(path) != model.sha256.lower():
+        return [f"{name}: sha256 mismatch (models.{model.target}.sha256)"]
+    if model.engine == "paddle_lite":
+        try:
+            info = read_nb_header(path)
+        except ValueError as exc:
+            return [f"{name}: {exc}"]
+        foreign = info["targets"] - NB_PORTABLE - {model.target} - ({"arm"} if model.target == "opencl" else set())
+        if foreign:
+            return [f"{name}: holds {', '.join(sorted(foreign))} kernels but is listed as models.{model.target}"]
+    return []
+
+
+def read_nb_header(path: Path) -> dict:
+    """Version and kernel targets of a Paddle Lite `.nb`, read from its header
+    and topology only (not the weights). Raises ValueError if truncated."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(NB_HEADER.size)
+        if len(head) < NB_HEADER.size:
+            raise ValueError(f"{size} bytes, too small for a Paddle Lite model (truncated)")
+        meta, version, topo_size = NB_HEADER.unpack(head)
+        if meta != 2 or not version.startswith(b"v"):
+            raise ValueError("not a Paddle Lite naive-buffer model (bad header)")
+        if topo_size > size - NB_HEADER.size:
+            raise ValueError(f"{size} bytes, shorter than its own header says (truncated)")
+        topology = fh.read(topo_size)
+    targets = {NB_TARGETS.get(int(m.group(1)), f"target#{m.group(1)}") for m in NB_KERNEL_RE.finditer(topology)}
+    return {"version": version.split(b"\0")[0].decode("ascii", "replace"), "targets": targets}
+
+
+def _model_file(root: Path, target: str, spec: dict) -> ModelFile:
+    return ModelFile(target, root / spec["file"], spec["sha256"], spec.get("size"),
+                     spec.get("engine", "paddle_lite"), dict(spec.get("options", {})))
+
+
+class _Checker:
+    """Collects problems with their field paths."""
+
+    def __init__(self) -> None:
+        self.problems: list = []
+
+    def add(self, path: str, msg: str) -> None:
+        self.problems.append(f"{path}: {msg}")
+
+    def get(self, obj: dict, key: str, path: str, types: Any, required: bool = True) -> Any:
+        if key not in obj:
+            if required:
+                self.add(path + key, "missing")
+            return None
+        value = obj[key]
+        if types is float:
+            types = (int, float)
+        if not isinstance(value, types) or isinstance(value, bool) and types is not bool:
+            self.add(path + key, f"expected {_type_name(types)}, got {_type_name(type(value))}")
+            return None
+        return value
+
+    def numbers(self, obj: dict, key: str, path: str, count: int) -> None:
+        if key not in obj:
+            return
+        value = obj[key]
+        if not isinstance(value, list) or not all(_is_number(v) for v in value):
+            self.add(path + key, f"expected {count} numbers, got {json.dumps(value)}")
+        elif len(value) != count:
+            self.add(path + key, f"expected {count} numbers, got {len(value)}")
+
+    def choice(self, obj: dict, key: str, path: str, options: tuple, default: Any = None) -> Any:
+        value = obj.get(key, default)
+        if value not in options:
+            self.add(path + key, f"unknown {json.dumps(value)}, expected one of {', '.join(options)}")
+            return None
+        return value
+
+    def safe_path(self, root: Path, rel: Any, path: str) -> Path | None:
+        """A file inside the bundle: no absolute paths, no `..`, no links out."""
+        if not isinstance(rel, str) or not rel:
+            self.add(path, f"expected a file name, got {json.dumps(rel)}")
+            return None
+        if os.path.isabs(rel) or ".." in Path(rel).parts:
+            self.add(path, f"'{rel}' leaves the bundle")
+            return None
+        full = root / rel
+        try:
+            if not full.resolve().is_relative_to(root.resolve()):
+                self.add(path, f"'{rel}' links out of the bundle")
+                return None
+        except (OSError, RuntimeError):
+            self.add(path, f"'{rel}' cannot be resolved")
+            return None
+        return full
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _type_name(t: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object",
+             bool: "true/false", type(None): "null"}
+    if isinstance(t, tuple):
+        return " or ".join(dict.fromkeys(names.get(x, x.__name__) for x in t))
+    return names.get(t, t.__name__)
+
+
+def validate_manifest(manifest: Any, root: Path) -> list:
+    """Every problem with a manifest, each prefixed with its field path.
+    Checks files exist (not their checksums: that is `check_model_file`)."""
+    c = _Checker()
+    if not isinstance(manifest, dict):
+        return ["manifest: expected a JSON object"]
+    schema = c.get(manifest, "schema", "", int)
+    if schema is not None and schema != SCHEMA:
+        c.add("schema", f"version {schema} is not supported (this lited reads {SCHEMA})")
+    name = c.get(manifest, "name", "", str)
+    if name is not None and not NAME_RE.match(name):
+        c.add("name", f"'{name}' may hold only letters, digits, '.', '_' and '-'")
+    c.get(manifest, "version", "", str)
+    c.get(manifest, "task", "", str)
+    c.get(manifest, "paddle_lite_version", "", str, required=False)
+    _check_models(c, manifest, root)
+    _check_inputs(c, manifest)
+    _check_preprocess(c, manifest)
+    _check_decoder(c, manifest)
+    labels = manifest.get("labels")
+    if labels is not None:
+        full = c.safe_path(root, labels, "labels")
+        if full is not None and not full.is_file():
+            c.add("labels", f"{labels}: missing")
+    golden = manifest.get("golden")
+    if golden is not None:
+        if not isinstance(golden, dict):
+            c.add("golden", "expected an object")
+        else:
+            image = c.safe_path(root, golden.get("image"), "golden.image")
+            if image is not None and not image.is_file():
+                c.add("golden.image", f"{golden['image']}: missing")
+            c.get(golden, "expected", "golden.", dict)
+            c.get(golden, "tolerance", "golden.", dict, required=False)
+    return c.problems
+
+
+def _check_models(c: _Checker, manifest: dict, root: Path) -> None:
+    models = c.get(manifest, "models", "", dict)
+    if models is None:
+        return
+    if not models:
+        c.add("models", "expected at least one target")
+    for target, spec in models.items():
+        p = f"models.{target}."
+        if not isinstance(spec, dict):
+            c.add(p[:-1], "expected an object")
+            continue
+        c.safe_path(root, spec.get("file"), p + "file")
+        sha = c.get(spec, "sha256", p, str)
+        if sha is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha):
+            c.add(p + "sha256", "expected 64 hex digits")
+        size = c.get(spec, "size", p, int, required=False)
+        if size is not None and size < 0:
+            c.add(p + "size", "expected a positive integer")
+        c.choice(spec, "engine", p, ENGINES, "paddle_lite")
+        c.get(spec, "options", p, dict, required=False)
+
+
+def _check_inputs(c: _Checker, manifest: dict) -> None:
+    inputs = c.get(manifest, "inputs", "", list)
+    if inputs is None:
+        return
+    if not inputs:
+        c.add("inputs", "expected at least one input")
+    for i, spec in enumerate(inputs):
+        p = f"inputs[{i}]."
+        if not isinstance(spec, dict):
+            c.add(p[:-1], "expected an object")
+            continue
+        c.get(spec, "name", p, str)
+        shape = c.get(spec, "shape", p, list)
+        if shape is not None:
+            if len(shape) != 4 or not all(isinstance(d, int) and not isinstance(d, bool) and (d > 0 or d == -1)
+                                          for d in shape):
+                c.add(p + "shape", f"expected 4 sizes (N, C, H, W or N, H, W, C; -1 for dynamic), "
+                                   f"got {json.dumps(shape)}")
+        c.choice(spec, "dtype", p, ("float32",), "float32")
+
+
+def _check_preprocess(c: _Checker, manifest: dict) -> None:
+    pre = c.get(manifest, "preprocess", "", dict)
+    if pre is None:
+        return
+    p = "preprocess."
+    known = {"color", "resize", "scale", "mean", "std", "layout"}
+    for key in sorted(set(pre) - known):
+        c.add(p + key, f"unknown field (known: {', '.join(sorted(known))})")
+    c.choice(pre, "color", p, ("BGR", "RGB"), "BGR")
+    c.choice(pre, "layout", p, ("NCHW", "NHWC"), "NCHW")
+    scale = c.get(pre, "scale", p, float, required=False)
+    if scale is not None and scale <= 0:
+        c.add(p + "scale", "expected a positive number")
+    c.numbers(pre, "mean", p, 3)
+    c.numbers(pre, "std", p, 3)
+    if isinstance(pre.get("std"), list) and any(_is_number(v) and v == 0 for v in pre["std"]):
+        c.add(p + "std", "must not contain 0")
+    resize = c.get(pre, "resize", p, dict)
+    if resize is None:
+        return
+    p = "preprocess.resize."
+    mode = c.choice(resize, "mode", p, RESIZE_MODES)
+    c.choice(resize, "interpolation", p, INTERPOLATIONS, "linear")
+    allowed = {"mode", "interpolation"} | {
+        "letterbox": {"pad_value", "align"}, "short_side_crop": {"short_side"},
+        "keep_ratio": {"max_side", "min_side", "multiple"}}.get(mode, set())
+    for key in sorted(set(resize) - allowed):
+        c.add(p + key, f"unknown field for mode {json.dumps(mode)}")
+    if mode == "letterbox":
+        c.get(resize, "pad_value", p, float, required=False)
+        c.choice(resize, "align", p, ("center", "top_left"), "center")
+    elif mode == "short_side_crop":
+        side = c.get(resize, "short_side", p, int)
+        if side is not None and side <= 0:
+            c.add(p + "short_side", "expected a positive integer")
+    elif mode == "keep_ratio":
+        for key, required in (("max_side", True), ("min_side", False), ("multiple", False)):
+            value = c.get(resize, key, p, int, required=required)
+            if value is not None and value <= 0:
+                c.add(p + key, "expected a positive integer")
+
+
+def _check_decoder(c: _Checker, manifest: dict) -> None:
+    dec = c.get(manifest, "decoder", "", dict)
+    if dec is None:
+        return
+    kind = c.choice(dec, "type", "decoder.", DECODER_TYPES)
+    if kind is None:
+        return
+    params = decoder_class(kind).PARAMS
+    for key, value in dec.items():
+        if key == "type":
+            continue
+        if key not in params:
+            c.add(f"decoder.{key}", f"unknown parameter for '{kind}' (known: {', '.join(sorted(params)) or 'none'})")
+            continue
+        ptype = params[key][0]
+        ok = _is_number(value) if ptype in (int, float) else isinstance(value, ptype)
+        if ptype is int and ok and not float(value).is_integer():
+            ok = False
+        if not ok:
+            c.add(f"decoder.{key}", f"expected {_type_name(ptype)}, got {json.dumps(value)}")
+
+
+def read_labels(path: Path) -> list:
+    with open(path, encoding="utf-8") as fh:
+        return [line.rstrip("\r\n") for line in fh if line.strip()]
+
+
+def load_bundle(path: str | os.PathLike, check_models: bool = True) -> Bundle:
+    """Read and validate a bundle directory; raises BundleError naming every problem.
+
+    With `check_models`, this machine's model file is also checked on disk
+    (present, size, sha256) and a bundle with no model for this machine is
+    refused, so nothing is loaded from a bundle that could crash the loader.
+    """
+    root = Path(path)
+    where = str(root / "manifest.json")
+    if not root.is_dir():
+        raise BundleError(str(root), ["not a directory"])
+    try:
+        with open(root / "manifest.json", encoding="utf-8") as fh:
+            manifest = json.load(fh)
+    except FileNotFoundError:
+        raise BundleError(where, ["missing"]) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(where, [f"not valid JSON ({exc})"]) from None
+    problems = validate_manifest(manifest, root)
+    if problems:
+        raise BundleError(where, problems)
+    labels: list = []
+    if manifest.get("labels"):
+        labels = read_labels(root / manifest["labels"])
+    bundle = Bundle(root, manifest, labels)
+    if check_models:
+        bundle.model_for()
+    return bundle
+
+
+def seal_models(manifest: dict, root: Path) -> dict:
+    """Fill `sha256` and `size` of each model file present under `root`; drop
+    targets whose file is absent. For tools that assemble bundles."""
+    models = {}
+    for target, spec in manifest["models"].items():
+        path = Path(root) / spec["file"]
+        if path.is_file():
+            models[target] = {**spec, "sha256": sha256_file(path), "size": path.stat().st_size}
+    return {**manifest, "models": models}

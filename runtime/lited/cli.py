@@ -1,0 +1,162 @@
+"""The `lited` command.
+
+Every bad input (bundle, image, URI, config) ends in one line on stderr and
+exit code 2; a traceback only with `--debug`. Heavy modules (Paddle Lite,
+OpenCV) are imported inside the commands that need them, so `lited --help`
+and errors found early stay fast.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(Exception):
+    """A bad input found by the CLI itself (a file that is not an image, ...)."""
+
+
+def _read_image(path: str) -> Any:
+    import cv2
+
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise UsageError(f"{path}: not a readable image")
+    return image
+
+
+def _rounded(result: dict) -> dict:
+    """JSON-friendly: boxes to 0.1 px, scores to 1e-4, times to 1 us."""
+    out = dict(result)
+    out["detections"] = [{**d, "score": round(d["score"], 4), "box": [round(v, 1) for v in d["box"]]}
+                         for d in result["detections"]]
+    out["classes"] = [{**c, "score": round(c["score"], 4)} for c in result["classes"]]
+    if "timings_ms" in result:
+        out["timings_ms"] = {k: round(v, 3) for k, v in result["timings_ms"].items()}
+    return out
+
+
+def format_result(result: dict, as_json: bool) -> str:
+    """One JSON line, or a short human table."""
+    if as_json:
+        return json.dumps(_rounded(result), separators=(", ", ": "))
+    lines = [f"{result.get('image', result.get('stream', ''))}  [{result['task']}]"]
+    for d in result["detections"]:
+        x1, y1, x2, y2 = d["box"]
+        lines.append(f"  {d['label']:<20} {d['score']:.3f}  box {x1:.0f},{y1:.0f} - {x2:.0f},{y2:.0f}")
+    for c in result["classes"]:
+        lines.append(f"  {c['label']:<20} {c['score']:.3f}")
+    if not result["detections"] and not result["classes"]:
+        lines.append("  (nothing found)")
+    t = result.get("timings_ms", {})
+    lines.append("  " + "  ".join(f"{k} {v:.1f} ms" for k, v in t.items()))
+    return "\n".join(lines)
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from lited.model import load_model
+
+    model = load_model(args.bundle, args.target)
+    images = [(path, _read_image(path)) for path in args.images]  # refuse a bad image before any output
+    for path, image in images:
+        result = {"image": path, **model.infer(image)}
+        print(format_result(result, args.json), flush=True)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from lited.bundle import load_bundle, machine_target, read_nb_header
+
+    bundle = load_bundle(args.bundle)
+    m = bundle.manifest
+    target = args.target or machine_target(m["models"])
+    info: dict = {
+        "bundle": str(bundle.root), "name": bundle.name, "version": bundle.version, "task": bundle.task,
+        "schema": m["schema"], "paddle_lite_version": m.get("paddle_lite_version"),
+        "target": target, "models": {}, "inputs": bundle.inputs, "preprocess": bundle.preprocess,
+        "decoder": bundle.decoder, "labels": {"file": m.get("labels"), "count": len(bundle.labels),
+                                               "first": bundle.labels[:5]},
+        "golden": (bundle.golden or {}).get("image"),
+    }
+    for t, mf in bundle.models().items():
+        entry = {"file": mf.path.name, "engine": mf.engine, "size": mf.size, "sha256": mf.sha256[:16] + "..."}
+        if mf.engine == "paddle_lite" and mf.path.is_file():
+            try:
+                entry.update({k: sorted(v) if isinstance(v, set) else v for k, v in read_nb_header(mf.path).items()})
+            except ValueError as exc:
+                entry["problem"] = str(exc)
+        info["models"][t] = entry
+    from lited.model import Model
+
+    model = Model(bundle, args.target)
+    engine = model.engine
+    info["engine"] = {"kind": engine.kind, "version": engine.version,
+                      "inputs": [{"name": s.name, "shape": list(shape)} for s, shape in
+                                 zip(engine.inputs, engine.input_shapes())],
+                      "outputs": [{"name": n, "shape": list(s)} for n, s in
+                                  zip(engine.output_names, engine.output_shapes())]}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{info['name']} {info['version']}  ({info['task']})  {info['bundle']}")
+    print(f"  runs here as: {target} on {engine.kind} {engine.version}"
+          f" (bundle optimized with {info['paddle_lite_version']})")
+    for t, e in info["models"].items():
+        print(f"  model {t:<7} {e['file']}  {e.get('size') or '?'} bytes  engine {e['engine']}"
+              f"  kernels {','.join(e.get('targets', []))}")
+    for s in info["engine"]["inputs"]:
+        print(f"  input  {s['name']}  {s['shape']}")
+    for s in info["engine"]["outputs"]:
+        print(f"  output {s['name']}  {s['shape']}")
+    pre = bundle.preprocess
+    print(f"  preprocess: {pre.get('color', 'BGR')} {pre['resize']['mode']} "
+          f"scale {pre.get('scale', 1 / 255):.6g} mean {pre.get('mean', [0, 0, 0])} std {pre.get('std', [1, 1, 1])}")
+    print(f"  decoder: {json.dumps(bundle.decoder)}")
+    print(f"  labels: {info['labels']['count']} ({', '.join(info['labels']['first'])}"
+          f"{', ...' if info['labels']['count'] > 5 else ''})")
+    if info["golden"]:
+        print(f"  golden image: {info['golden']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="lited", description="lited: the Paddle Lite daemon")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("infer", help="run a bundle's model on images")
+    p.add_argument("--bundle", required=True, help="bundle directory")
+    p.add_argument("--target", help="model target (default: this machine's)")
+    p.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("inspect", help="show what a bundle holds")
+    p.add_argument("--bundle", required=True, help="bundle directory")
+    p.add_argument("--target", help="model target (default: this machine's)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inspect)
+    return ap
+
+
+def main(argv: list | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from lited.bundle import BundleError
+    from lited.engines import EngineError
+
+    try:
+        return args.func(args)
+    except (BundleError, EngineError, UsageError, ValueError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"lited: {exc}".splitlines()[0], file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Paddle Lite engine: a MobileConfig predictor on a naive-buffer `.nb` file.
+
+Facts that shaped it (paddlelite 2.13rc0):
+- threads and power mode exist only on ARM builds of MobileConfig;
+- `Tensor.from_numpy` always copies, so inputs are staged in a preallocated
+  float32 buffer and handed over once;
+- an output's `numpy()` is a view valid only until the next `run()`, so
+  outputs are copied into preallocated arrays right after `run()`;
+- output names are like `save_infer_model/scale_0.tmp_0`: use indices;
+- changing a dynamic input's shape on a live x86 predictor can corrupt its
+  heap ("double free", segfault) when a side shrinks (seen with PP-OCR det:
+  192x384 then 224x320). So the engine keeps one predictor per input shape
+  (a small LRU): a stream, whose shape never changes, builds one; `lited
+  infer` on photos of several sizes pays ~35 ms per new shape.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from collections import OrderedDict
+
+from lited.engines import EngineError, TensorSpec
+
+try:
+    from paddlelite import lite
+except ImportError as _exc:  # pragma: no cover - depends on the board
+    raise ImportError("paddlelite", name="paddlelite") from _exc
+
+PREDICTORS_PER_SHAPE = 2  # predictors kept for a dynamic-shape model
+
+POWER_MODES = ("LITE_POWER_HIGH", "LITE_POWER_LOW", "LITE_POWER_FULL", "LITE_POWER_NO_BIND",
+               "LITE_POWER_RAND_HIGH", "LITE_POWER_RAND_LOW")
+
+
+class Engine:
+    """One Paddle Lite predictor. Use from one thread only."""
+
+    kind = "paddle_lite"
+
+    def __init__(self, model_path: str, options: dict) -> None:
+        config = lite.MobileConfig()
+        config.set_model_from_file(str(model_path))
+        threads = options.get("threads")
+        if threads and hasattr(config, "set_threads"):
+            config.set_threads(int(threads))
+        power = options.get("power_mode")
+        if power and hasattr(config, "set_power_mode"):
+            if power not in POWER_MODES:
+                raise EngineError(f"power_mode: unknown '{power}', expected one of {', '.join(POWER_MODES)}")
+            config.set_power_mode(getattr(lite.PowerMode, power))
+        self._config = config
+        self._model_path = str(model_path)
+        self._by_shape: OrderedDict = OrderedDict()
+        self._use(self._build(), None)
+        self.version = self._predictor.get_version()
+        self.inputs = [TensorSpec(n, tuple(t.shape())) for n, t in zip(self._predictor.get_input_names(), self._inputs)]
+        self.output_names = list(self._predictor.get_output_names())
+        self._out: list[np.ndarray | None] = [None] * len(self._outputs)
+
+    def _build(self) -> tuple:
+        try:
+            predictor = lite.create_paddle_predictor(self._config)
+        except Exception as exc:  # Paddle Lite raises RuntimeError with a C++ message
+            raise EngineError(f"{self._model_path}: Paddle Lite refused the model: {exc}") from None
+        inputs = [predictor.get_input(i) for i in range(len(predictor.get_input_names()))]
+        outputs = [predictor.get_output(i) for i in range(len(predictor.get_output_names()))]
+        return predictor, inputs, outputs
+
+    def _use(self, entry: tuple, shape: tuple | None) -> None:
+        self._predictor, self._inputs, self._outputs = entry
+        self._shape = shape
+        if shape is not None:
+            self._by_shape[shape] = entry
+            self._by_shape.move_to_end(shape)
+            while len(self._by_shape) > PREDICTORS_PER_SHAPE:
+                self._by_shape.popitem(last=False)
+
+    def set_input(self, index: int, array: np.ndarray) -> None:
+        """Hand a float32 C-contiguous array to input `index` (Paddle Lite copies it)."""
+        if index == 0 and array.shape != self._shape:
+            if self._shape is None:
+                self._use((self._predictor, self._inputs, self._outputs), array.shape)
+            else:
+                cached = self._by_shape.get(array.shape)
+                self._use(cached or self._build(), array.shape)
+        self._inputs[index].from_numpy(array)
+
+    def run(self) -> list:
+        """Run once; outputs are copied into arrays reused across calls."""
+        self._predictor.run()
+        for i, tensor in enumerate(self._outputs):
+            view = tensor.numpy()
+            out = self._out[i]
+            if out is None or out.shape != view.shape:
+                out = self._out[i] = np.empty(view.shape, np.float32)
+            np.copyto(out, view)
+        return self._out  # type: ignore[return-value]
+
+    def input_shapes(self) -> list:
+        """Input shapes as of the last `set_input` (dynamic sides are -1 before)."""
+        return [tuple(t.shape()) for t in self._inputs]
+
+    def output_shapes(self) -> list:
+        """Output shapes as of the last run (Paddle Lite knows them only after one)."""
+        return [tuple(t.shape()) for t in self._outputs]

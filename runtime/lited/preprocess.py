@@ -1,0 +1,130 @@
+"""The manifest's preprocessing, compiled once into a function that writes
+straight into the model's preallocated float32 input.
+
+Per frame: one resize into a preallocated uint8 canvas (the only pass over the
+source frame), one split into planes, then one fused scale-and-shift per
+channel (`cv2.addWeighted` into the tensor's plane, `dtype=CV_32F`). Colour
+order costs nothing: it only picks which plane goes where. Nothing is
+allocated while the source size stays the same; a new size rebuilds the
+buffers once (and the pad of a letterbox is filled once, not per frame).
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from lited.geometry import Geometry
+
+INTERPOLATION = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA,
+                 "cubic": cv2.INTER_CUBIC}
+
+
+class Preprocessor:
+    """`geom = pre(image)` fills `pre.tensor` (N=1) from a BGR uint8 HxWx3 image.
+
+    `input_shape` is the model input as in the manifest: NCHW or NHWC, with
+    -1 for dynamic sides (then `resize.mode` must be `keep_ratio`, which
+    decides the size from the image).
+    """
+
+    def __init__(self, spec: dict, input_shape: list | tuple) -> None:
+        self.layout = spec.get("layout", "NCHW")
+        if self.layout == "NCHW":
+            _, channels, in_h, in_w = input_shape
+        else:
+            _, in_h, in_w, channels = input_shape
+        if channels != 3:
+            raise ValueError(f"inputs[0].shape: expected 3 colour channels, got {channels}")
+        resize = spec["resize"]
+        self.mode = resize["mode"]
+        self.dynamic = in_h == -1 or in_w == -1
+        if self.dynamic and self.mode != "keep_ratio":
+            raise ValueError("preprocess.resize.mode: a dynamic input needs mode 'keep_ratio'")
+        self.in_h, self.in_w = in_h, in_w
+        self.resize = resize
+        self.interp = INTERPOLATION[resize.get("interpolation", "linear")]
+        scale = float(spec.get("scale", 1 / 255))
+        mean = [float(m) for m in spec.get("mean", (0, 0, 0))]
+        std = [float(s) for s in spec.get("std", (1, 1, 1))]
+        # out = (pixel * scale - mean) / std = pixel * alpha + beta, per model channel
+        self.alpha = [scale / s for s in std]
+        self.beta = [-m / s for m, s in zip(mean, std)]
+        # model channel c reads frame (BGR) channel src[c]
+        self.src_channel = (2, 1, 0) if spec.get("color", "BGR") == "RGB" else (0, 1, 2)
+        self.pad_value = float(resize.get("pad_value", 114))
+        self._src_size: tuple | None = None
+        self.tensor = np.empty(0, np.float32)
+        self.geometry: Geometry | None = None
+
+    def __call__(self, image: np.ndarray) -> Geometry:
+        h, w = image.shape[:2]
+        if (h, w) != self._src_size:
+            self._plan(h, w)
+        cv2.resize(image, self._resize_to, dst=self._resized, interpolation=self.interp)
+        if self.layout == "NCHW":
+            cv2.split(self._canvas, self._planes)
+            for c, src in enumerate(self.src_channel):
+                plane = self._planes[src]
+                cv2.addWeighted(plane, self.alpha[c], plane, 0.0, self.beta[c], dst=self.tensor[0, c],
+                                dtype=cv2.CV_32F)
+        else:
+            canvas = self._canvas
+            if self.src_channel[0] == 2:
+                cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB, dst=self._swapped)
+                canvas = self._swapped
+            cv2.multiply(canvas, self._alpha4, dst=self.tensor[0], dtype=cv2.CV_32F)
+            cv2.add(self.tensor[0], self._beta4, dst=self.tensor[0])
+        return self.geometry  # type: ignore[return-value]
+
+    def _plan(self, h: int, w: int) -> None:
+        """Size the buffers and the source<->input mapping for one source size."""
+        in_w, in_h, mode = self.in_w, self.in_h, self.mode
+        ox = oy = 0.0
+        crop = None
+        if mode == "stretch":
+            rw, rh = in_w, in_h
+        elif mode == "letterbox":
+            s = min(in_w / w, in_h / h)
+            rw, rh = max(1, round(w * s)), max(1, round(h * s))
+            if self.resize.get("align", "center") == "center":
+                ox, oy = (in_w - rw) // 2, (in_h - rh) // 2
+        elif mode == "short_side_crop":
+            s = self.resize["short_side"] / min(w, h)
+            rw, rh = max(in_w, int(w * s)), max(in_h, int(h * s))
+            cx, cy = (rw - in_w) // 2, (rh - in_h) // 2
+            crop = (cy, cx)
+            ox, oy = -cx, -cy
+        else:  # keep_ratio
+            s = 1.0
+            if max(h, w) > self.resize["max_side"]:
+                s = self.resize["max_side"] / max(h, w)
+            min_side = self.resize.get("min_side")
+            if min_side and min(h, w) * s < min_side:
+                s = min_side / min(h, w)
+            m = self.resize.get("multiple", 32)
+            rh, rw = max(m, round(h * s / m) * m), max(m, round(w * s / m) * m)
+            if self.dynamic:
+                in_h, in_w = rh, rw
+            else:  # a fixed input: fit the rounded size inside it, pad the rest
+                rh, rw = min(rh, in_h), min(rw, in_w)
+        self._resize_to = (rw, rh)
+        if mode == "letterbox" or (mode == "keep_ratio" and (rw, rh) != (in_w, in_h)):
+            canvas = np.empty((in_h, in_w, 3), np.uint8)
+            canvas[...] = np.uint8(min(255, max(0, round(self.pad_value))))
+            self._resized = canvas[int(oy):int(oy) + rh, int(ox):int(ox) + rw]
+        elif crop is not None:
+            self._resized = np.empty((rh, rw, 3), np.uint8)
+            canvas = self._resized[crop[0]:crop[0] + in_h, crop[1]:crop[1] + in_w]
+        else:
+            canvas = self._resized = np.empty((in_h, in_w, 3), np.uint8)
+        self._canvas = canvas
+        self._planes = [np.empty((in_h, in_w), np.uint8) for _ in range(3)]
+        if self.layout == "NCHW":
+            self.tensor = np.empty((1, 3, in_h, in_w), np.float32)
+        else:
+            self.tensor = np.empty((1, in_h, in_w, 3), np.float32)
+            self._swapped = np.empty((in_h, in_w, 3), np.uint8)
+            self._alpha4 = (*self.alpha, 0.0)
+            self._beta4 = (*self.beta, 0.0)
+        self.geometry = Geometry(w, h, in_w, in_h, rw / w, rh / h, float(ox), float(oy))
+        self._src_size = (h, w)

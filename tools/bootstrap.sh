@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Make this machine ready for lited: apt packages (when root), CPython 3.10,
+# the .venv with pinned wheels. Idempotent and quiet when nothing is missing.
+#   tools/bootstrap.sh [runtime|test]
+# runtime: what the daemon needs; test: also what the test suite needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=${1:-runtime}
+
+APT_RUNTIME="pkg-config libsystemd-dev"
+APT_TEST="$APT_RUNTIME $(tr '\n' ' ' < tools/apt-test.txt)"
+apt_list=$APT_RUNTIME
+[ "$what" = test ] && apt_list=$APT_TEST
+
+missing=()
+for pkg in $apt_list; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "bootstrap: installing apt packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "bootstrap: missing apt packages; run:" >&2
+    echo "  sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+py=""
+for cand in /root/.pyenv/versions/3.10.13/bin/python python3.10; do
+  if command -v "$cand" >/dev/null 2>&1; then py=$(command -v "$cand"); break; fi
+done
+if [ -z "$py" ]; then
+  echo "bootstrap: CPython 3.10 not found (paddlelite wheels exist only for CPython <= 3.10 on x86_64);" >&2
+  echo "  install it (e.g. pyenv install 3.10.13 or apt-get install python3.10-venv) and rerun" >&2
+  exit 1
+fi
+
+stamp=.venv/.bootstrap-$what
+if [ ! -x .venv/bin/python ]; then
+  echo "bootstrap: creating .venv with $py"
+  "$py" -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+fi
+if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ tools/bootstrap.sh -nt "$stamp" ]; then
+  extras=""
+  [ "$what" = test ] && extras="[tests]"
+  echo "bootstrap: installing lited$extras and pinned wheels into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check -e ".$extras" 2>&1 | grep -v -e "^WARNING: Location" -e "^$" || true
+  .venv/bin/python -c "import lited, paddlelite.lite, numpy, cv2, zmq, msgpack" \
+    || { echo "bootstrap: the venv is incomplete" >&2; exit 1; }
+  touch "$stamp"
+fi

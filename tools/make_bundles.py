@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""Assemble a bundle for each shared model: `make bundles`.
+
+For every manifest in tests/bundles/<name>.json whose model is in
+../shared/models/<name>/, writes build/bundles/<name>/ with the model files
+(x86 by default), labels and the manifest with checksums filled in.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "runtime"))
+
+from lited.bundle import load_bundle, seal_models  # noqa: E402
+
+
+def assemble(name: str, models_dir: Path, out_dir: Path, targets: tuple = ("x86",)) -> Path:
+    """Copy one shared model's files and sealed manifest into out_dir/name."""
+    manifest = json.loads((ROOT / "tests" / "bundles" / f"{name}.json").read_text())
+    src, dst = models_dir / name, out_dir / name
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    for target in targets:
+        spec = manifest["models"].get(target)
+        if spec and (src / spec["file"]).is_file():
+            shutil.copy2(src / spec["file"], dst / spec["file"])
+    if manifest.get("labels"):
+        shutil.copy2(src / manifest["labels"], dst / manifest["labels"])
+    (dst / "manifest.json").write_text(json.dumps(seal_models(manifest, dst), indent=2) + "\n")
+    load_bundle(dst)
+    return dst
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", type=Path, default=ROOT.parent / "shared" / "models")
+    ap.add_argument("--out", type=Path, default=ROOT / "build" / "bundles")
+    ap.add_argument("--targets", default="x86", help="comma-separated targets to copy (x86,arm)")
+    ap.add_argument("names", nargs="*", help="models to assemble (default: all found)")
+    args = ap.parse_args()
+    if not args.models.is_dir():
+        print(f"make_bundles: {args.models} is absent: no shared models to assemble", file=sys.stderr)
+        return 2
+    names = args.names or sorted(p.stem for p in (ROOT / "tests" / "bundles").glob("*.json")
+                                 if (args.models / p.stem).is_dir())
+    for name in names:
+        print(assemble(name, args.models, args.out, tuple(args.targets.split(","))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
