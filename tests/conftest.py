@@ -33,3 +33,31 @@ def shared_models() -> Path:
 @pytest.fixture
 def shared_images() -> Path:
     return need_shared("images")
+
+
+def _load_tool(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_bundle(name: str, out_dir: Path, targets: tuple = ("x86",)) -> Path:
+    """Assemble the bundle of shared model `name` (manifest from tests/bundles)
+    into out_dir/name, as `make bundles` does."""
+    models = need_shared("models", name).parent
+    return _load_tool("make_bundles").assemble(name, models, Path(out_dir), targets)
+
+
+@pytest.fixture(scope="session")
+def bundles_dir(tmp_path_factory) -> Path:
+    """All shared-model bundles, assembled once per test session."""
+    out = tmp_path_factory.mktemp("bundles")
+    for manifest in sorted((ROOT / "tests" / "bundles").glob("*.json")):
+        make_bundle(manifest.stem, out)
+    return out
+
+
+DEMO_BUNDLE = ROOT / "sdk_template" / "demo_ppocrv4_det"

@@ -47,7 +47,7 @@ class Model:
         frame = np.full((h, w, 3), 128, np.uint8)
         for _ in range(runs):
             outputs = self._forward(frame)[0]
-        classes = getattr(self.decoder, "num_classes", lambda outs: None)(outputs)
+        classes = self.decoder.num_classes(outputs) if hasattr(self.decoder, "num_classes") else None
         labels = self.bundle.labels
         if classes and labels and len(labels) < classes:
             raise BundleError(str(self.bundle.root / self.bundle.manifest["labels"]),

@@ -1,0 +1,38 @@
+"""Already-decoded detections (PaddleDetection export with NMS in the graph).
+
+Output 0 is `[N, 6]`: class, score, x1, y1, x2, y2, with boxes assumed to be
+in *model-input* pixels. PaddleDetection exports fed a real `scale_factor`
+return boxes in original-image pixels instead; such a model must be fed
+`scale_factor = 1` so the geometry mapping here is not applied twice. An
+optional second output of one element is the count of valid rows (the
+export pads); rows with a negative class are padding too.
+"""
+from __future__ import annotations
+
+from typing import List
+
+import numpy as np
+
+from ..geometry import Geometry
+from .nms import to_detections
+
+
+class Decoder:
+    PARAMS = {"score_threshold": (float, 0.5), "top_k": (int, 100)}
+
+    def __init__(self, params: dict, labels: List[str]) -> None:
+        self.score_threshold = float(params["score_threshold"])
+        self.top_k = int(params["top_k"])
+        self.labels = list(labels or [])
+
+    def decode(self, outputs: List[np.ndarray], geom: Geometry) -> dict:
+        rows = outputs[0].reshape(-1, 6)
+        if len(outputs) > 1 and outputs[1].size == 1:
+            rows = rows[: int(outputs[1].reshape(-1)[0])]
+        rows = rows[(rows[:, 0] >= 0) & (rows[:, 1] >= self.score_threshold)]
+        order = np.argsort(-rows[:, 1], kind="stable")
+        if self.top_k > 0:
+            order = order[: self.top_k]
+        rows = rows[order]
+        return {"detections": to_detections(rows[:, 2:6], rows[:, 1], rows[:, 0], self.labels, geom),
+                "classes": []}

@@ -1,0 +1,41 @@
+"""Classification: `[1, C]` logits or probabilities -> the top-k classes.
+
+`softmax: false` is for models whose graph already ends in a softmax (e.g.
+PP-OCR's orientation classifier); applying it twice would flatten scores.
+"""
+from __future__ import annotations
+
+from typing import List
+
+import numpy as np
+
+from ..geometry import Geometry
+from .nms import label_for
+
+
+class Decoder:
+    PARAMS = {"top_k": (int, 5), "softmax": (bool, True), "score_threshold": (float, 0.0)}
+
+    def __init__(self, params: dict, labels: List[str]) -> None:
+        self.top_k = int(params["top_k"])
+        self.softmax = bool(params["softmax"])
+        self.score_threshold = float(params["score_threshold"])
+        self.labels = list(labels or [])
+
+    def num_classes(self, outputs: List[np.ndarray]) -> int:
+        """Classes the model scores (checked against the labels at load)."""
+        return int(outputs[0].shape[-1])
+
+    def decode(self, outputs: List[np.ndarray], geom: Geometry) -> dict:
+        scores = np.asarray(outputs[0], dtype=np.float32).reshape(-1)
+        if self.softmax:
+            scores = np.exp(scores - scores.max())  # shifted: no overflow on large logits
+            scores /= scores.sum()
+        n = scores.size
+        k = n if self.top_k <= 0 else min(self.top_k, n)
+        top = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
+        top = top[np.argsort(-scores[top], kind="stable")]
+        top = top[scores[top] >= self.score_threshold]
+        classes = [{"label": label_for(self.labels, i), "score": s}
+                   for i, s in zip(top.tolist(), scores[top].astype(np.float64).tolist())]
+        return {"detections": [], "classes": classes}

@@ -1,0 +1,67 @@
+"""What every box decoder shares: greedy NMS and building result entries.
+
+Decoders differ only in how their output layout becomes boxes, scores and
+class ids (in model-input pixels); suppression, label lookup and the mapping
+to source pixels live here once so they behave the same for every model.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from ..geometry import Geometry
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float,
+        top_k: int = 0, classes: Optional[np.ndarray] = None) -> np.ndarray:
+    """Indices of the `[x1, y1, x2, y2]` boxes greedy NMS keeps, best first.
+
+    A box is dropped when its IoU with an already kept, better box is above
+    `iou_threshold`. With `classes`, boxes only suppress boxes of their own
+    class: each class is shifted into its own disjoint region (the batched
+    NMS trick), so one pass serves all classes. `top_k` > 0 stops after that
+    many. The loop runs once per *kept* box; each step is vectorised over the
+    remaining candidates, so callers should threshold scores first.
+    """
+    n = len(scores)
+    if n == 0:
+        return np.empty(0, dtype=np.intp)
+    boxes = np.asarray(boxes, dtype=np.float64)  # float64: class offsets stay exact
+    if classes is not None:
+        span = boxes.max() - boxes.min() + 1.0
+        boxes = boxes + (np.asarray(classes, dtype=np.float64) * span)[:, None]
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    areas = np.maximum(x2 - x1, 0.0) * np.maximum(y2 - y1, 0.0)
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    keep: List[int] = []
+    while order.size:
+        i = order[0]
+        keep.append(int(i))
+        if 0 < top_k <= len(keep):
+            break
+        rest = order[1:]
+        w = np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest])
+        h = np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest])
+        inter = np.maximum(w, 0.0) * np.maximum(h, 0.0)
+        iou = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-12)
+        order = rest[iou <= iou_threshold]
+    return np.asarray(keep, dtype=np.intp)
+
+
+def label_for(labels: Sequence[str], index: int) -> str:
+    """Class name for `index`; the index itself when the labels run short,
+    so a short labels file degrades the output instead of crashing."""
+    return labels[index] if 0 <= index < len(labels) else str(index)
+
+
+def to_detections(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
+                  labels: Sequence[str], geom: Geometry) -> List[dict]:
+    """Result entries for Nx4 model-input-pixel boxes, in source pixels."""
+    if len(scores) == 0:
+        return []
+    src = geom.boxes_to_source(np.array(boxes, dtype=np.float32))
+    return [{"label": label_for(labels, c), "score": s, "box": b}
+            for c, s, b in zip(np.asarray(classes).astype(int).tolist(),
+                               np.asarray(scores, dtype=np.float64).tolist(),
+                               src.tolist())]
