@@ -1,0 +1,654 @@
+"""Frame ring: N preallocated camera-frame slots in POSIX shared memory.
+
+Why: the capture thread writes each frame once, in place; the inference
+thread and local apps (other processes) then read it where it lies, instead
+of each receiving a copy over a socket. One writer (the daemon), any number of readers, no locks shared
+between processes: every slot is a seqlock.
+
+Segment: `/dev/shm/lited-<boot8>-<pid>-<stream>`, the same object C code
+opens with `shm_open("/lited-...")`. The boot id and writer pid in the name
+let `sweep_stale()` tell a leftover from a crashed daemon from a live ring.
+File mode 0o640: the daemon's user writes, members of its group (the apps
+allowed to see the camera) read, nobody else opens it. `create(group=...)`
+sets that group; otherwise it is the daemon's primary group.
+
+Layout (native int64 words; every board lited targets is little-endian):
+
+    [0, 128)           global header, 16 words:
+                       magic b"LITEDRNG" (written last: a ring without it is
+                       still being created), layout version, slots, height,
+                       width, channels, dtype (numpy dtype.str, 8 ASCII
+                       bytes), frame bytes, slot stride, data offset,
+                       writer pid, writer start time (/proc/<pid>/stat
+                       field 22: tells a reused pid from the writer),
+                       state (1 live, 2 closed), latest published slot
+                       (-1: none yet), frames published so far
+    [128, 128+64*N)    one 64-byte header per slot: seq, frame number
+                       (-1: empty or aborted), capture ts (CLOCK_MONOTONIC
+                       ns, comparable across processes), wall clock ns at
+                       commit, width, height
+    data_offset + i*stride   slot i's pixels, H x W x C, 64-byte aligned
+
+Seqlock, and why it is sound from CPython on x86 and ARM:
+- Writer: seq += 1 (odd: being written), fence, write pixels and slot
+  header, fence, seq += 1 (even: stable), fence, publish `latest`.
+- Reader: load seq (must be even and the one it was given), fence, copy or
+  use the view, fence, load seq again; a different value means the writer
+  touched the slot meanwhile, so the copy is dropped, never returned.
+- Header words are numpy int64 views over the mapping at 8-byte-aligned
+  offsets; numpy reads and writes an aligned int64 element with one 8-byte
+  load or store, so a word is never seen half-written.
+- `_fence()` is a lock release followed by a lock acquire on a private
+  CPython lock (glibc: a release CAS, then an acquire CAS). On x86 these
+  are locked instructions, full barriers. On ARMv8 a store-release followed
+  by a load-acquire is ordered (RCsc), so everything before the fence is
+  ordered before everything after it: the load-load and store-store order
+  the seqlock needs. Both are opaque calls, so no compiler reorders across
+  them either.
+- The writer never rewrites the slot holding the latest published frame, so
+  a reader that takes `latest()` and copies promptly almost always wins;
+  when it loses, `read()` returns None and it asks again.
+
+Readers map the segment PROT_READ from an O_RDONLY descriptor: their arrays
+are read-only and even native code in a reader cannot write the daemon's
+frames.
+"""
+from __future__ import annotations
+
+import atexit
+import functools
+import grp
+import mmap
+import os
+import re
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator, NamedTuple, Optional, Tuple, Union
+
+import numpy as np
+
+__all__ = [
+    "FrameRing", "FrameMeta", "RingError", "RingGone", "FrameOverwritten",
+    "sweep_stale", "list_rings", "ring_name", "boot_id",
+]
+
+SHM_DIR = "/dev/shm"
+PREFIX = "lited-"
+MAGIC = b"LITEDRNG"
+LAYOUT_VERSION = 1
+MODE = 0o640
+ALIGN = 64
+
+# Global header words.
+(_MAGIC, _VERSION, _SLOTS, _HEIGHT, _WIDTH, _CHANNELS, _DTYPE, _FRAME_BYTES,
+ _STRIDE, _DATA_OFFSET, _PID, _START, _STATE, _LATEST, _FRAMES) = range(15)
+_HDR_WORDS = 16
+_HDR_BYTES = _HDR_WORDS * 8
+# Slot header words; one 64-byte cache line per slot.
+_SEQ, _FRAME, _TS, _WALL, _W, _H = range(6)
+_SLOT_WORDS = 8
+_LIVE, _CLOSED = 1, 2
+
+_NAME_RE = re.compile(r"lited-([0-9a-f]{8})-([0-9]+)-(.+)\Z")
+_STREAM_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\Z")
+_LATEST_RETRIES = 64
+_OWNED: set = set()  # names this process created and has not unlinked
+_OWNED_LOCK = threading.Lock()
+
+_FENCE_LOCK = threading.Lock()
+
+
+class RingError(Exception):
+    """A ring cannot be used: wrong layout, bad arguments, not a lited ring."""
+
+
+class RingGone(RingError):
+    """The ring was unlinked, its writer died, or it never finished starting."""
+
+
+class FrameOverwritten(RingError):
+    """The writer reused the slot while a zero-copy view of it was in use."""
+
+
+class FrameMeta(NamedTuple):
+    frame: int     # frame number, 0-based, -1 for an empty or aborted slot
+    ts_ns: int     # capture time, CLOCK_MONOTONIC ns
+    wall_ns: int   # wall clock at commit, ns since the epoch
+    width: int
+    height: int
+
+
+def _fence() -> None:
+    """Full memory barrier between the seqlock's loads/stores (see module doc).
+
+    Acquire, release, acquire, release: the release-then-acquire in the middle
+    is the barrier; the outer pair keeps the lock free for other threads."""
+    _FENCE_LOCK.acquire()
+    _FENCE_LOCK.release()
+    _FENCE_LOCK.acquire()
+    _FENCE_LOCK.release()
+
+
+@functools.lru_cache(maxsize=None)
+def boot_id() -> str:
+    """First 8 hex digits of this boot's id: a pid means nothing across boots."""
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        return f.read().strip().replace("-", "")[:8]
+
+
+def ring_name(stream: str, pid: Optional[int] = None) -> str:
+    """The segment name a writer with `pid` uses for `stream`."""
+    if not _STREAM_RE.match(stream):
+        raise ValueError(f"stream name {stream!r}: use 1-100 of A-Z a-z 0-9 _ . - "
+                         "(not starting with . or -)")
+    return f"{PREFIX}{boot_id()}-{os.getpid() if pid is None else pid}-{stream}"
+
+
+def _path(name: str) -> str:
+    if not name or "/" in name or "\0" in name or name in (".", ".."):
+        raise ValueError(f"{name!r} is not a shared memory name")
+    return os.path.join(SHM_DIR, name)
+
+
+def _proc_stat(pid: int) -> Optional[Tuple[str, int]]:
+    """(state letter, start time in ticks) of `pid`, None if /proc will not say."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return fields[0].decode(), int(fields[19])
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    return True
+
+
+def _writer_alive(pid: int, start: int) -> bool:
+    """Is the process that created a ring still running (and not a zombie, and
+    not another process that got its pid)?"""
+    if not _pid_exists(pid):
+        return False
+    stat = _proc_stat(pid)
+    if stat is None:
+        return True  # /proc hidden (hidepid) or raced an exit: trust kill()
+    state, started = stat
+    return state not in ("Z", "X") and started == start
+
+
+class _Layout(NamedTuple):
+    """Where everything lives in a segment; computed by the writer, read back
+    from the header by readers."""
+    slots: int
+    shape: Tuple[int, int, int]
+    dtype: np.dtype
+    frame_bytes: int
+    stride: int
+    data_offset: int
+
+    @property
+    def size(self) -> int:
+        return self.data_offset + self.slots * self.stride
+
+    @classmethod
+    def compute(cls, slots: int, shape: Tuple[int, int, int], dtype) -> "_Layout":
+        dtype = np.dtype(dtype)
+        if dtype.kind not in "biuf" or len(dtype.str) > 8:
+            raise ValueError(f"dtype {dtype}: a plain bool, integer or float type")
+        if slots < 2:
+            raise ValueError("slots must be >= 2: the latest frame's slot is never rewritten")
+        if len(shape) != 3 or min(shape) < 1:
+            raise ValueError(f"shape {shape}: expected (height, width, channels), all >= 1")
+        shape = tuple(int(n) for n in shape)
+        frame_bytes = shape[0] * shape[1] * shape[2] * dtype.itemsize
+        return cls(slots, shape, dtype, frame_bytes, _align(frame_bytes),
+                   _align(_HDR_BYTES + slots * _SLOT_WORDS * 8))
+
+    @classmethod
+    def from_header(cls, hdr: np.ndarray) -> "_Layout":
+        if hdr[_VERSION] != LAYOUT_VERSION:
+            raise RingError(f"layout version {hdr[_VERSION]}, this lited reads {LAYOUT_VERSION}")
+        try:
+            dtype = np.dtype(hdr[_DTYPE:_DTYPE + 1].tobytes().rstrip(b"\0").decode())
+            want = cls.compute(int(hdr[_SLOTS]),
+                               (int(hdr[_HEIGHT]), int(hdr[_WIDTH]), int(hdr[_CHANNELS])), dtype)
+        except (TypeError, ValueError, UnicodeDecodeError) as e:
+            raise RingError(f"inconsistent ring header: {e}") from None
+        got = want._replace(stride=int(hdr[_STRIDE]), data_offset=int(hdr[_DATA_OFFSET]))
+        if (hdr[_FRAME_BYTES] != want.frame_bytes or got.stride < want.frame_bytes
+                or got.data_offset < want.data_offset or (got.stride | got.data_offset) % ALIGN):
+            raise RingError("inconsistent ring header")
+        return got
+
+    def write(self, hdr: np.ndarray) -> None:
+        hdr[_VERSION] = LAYOUT_VERSION
+        hdr[_SLOTS] = self.slots
+        hdr[_HEIGHT], hdr[_WIDTH], hdr[_CHANNELS] = self.shape
+        hdr[_DTYPE:_DTYPE + 1] = np.frombuffer(self.dtype.str.encode().ljust(8, b"\0"), np.int64)
+        hdr[_FRAME_BYTES] = self.frame_bytes
+        hdr[_STRIDE] = self.stride
+        hdr[_DATA_OFFSET] = self.data_offset
+
+
+def _align(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def _read_header(fd: int) -> Optional[np.ndarray]:
+    """A copy of the global header, None unless the magic says the writer
+    finished initialising it."""
+    data = os.pread(fd, _HDR_BYTES, 0)
+    if len(data) < _HDR_BYTES or data[:8] != MAGIC:
+        return None
+    return np.frombuffer(data, np.int64)
+
+
+def _peek(path: str) -> Optional[np.ndarray]:
+    """The header of an initialised ring of a layout version this code reads,
+    else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        hdr = _read_header(fd)
+    finally:
+        os.close(fd)
+    return hdr if hdr is not None and hdr[_VERSION] == LAYOUT_VERSION else None
+
+
+def _is_live(hdr: np.ndarray) -> bool:
+    return hdr[_STATE] == _LIVE and _writer_alive(int(hdr[_PID]), int(hdr[_START]))
+
+
+def _is_stale(name: str) -> bool:
+    """True only when a segment provably has no live writer."""
+    m = _NAME_RE.match(name)
+    if m is None:
+        return False  # not named by lited: not ours to judge
+    if m[1] != boot_id():
+        return True
+    hdr = _peek(_path(name))
+    if hdr is None:  # being created, or another layout: judge by the name's pid
+        return not _pid_exists(int(m[2]))
+    return not _is_live(hdr)
+
+
+def sweep_stale(prefix: str = PREFIX) -> list:
+    """Unlink segments left by a writer that died without unlinking (SIGKILL,
+    power loss is handled by tmpfs itself) or from an earlier boot. Never
+    touches a ring whose writer runs. Returns the names removed."""
+    removed = []
+    for name in sorted(os.listdir(SHM_DIR)):
+        if name.startswith(prefix) and _is_stale(name):
+            try:
+                os.unlink(_path(name))
+            except FileNotFoundError:
+                continue
+            removed.append(name)
+    return removed
+
+
+def list_rings(stream: Optional[str] = None) -> list:
+    """Names of rings with a live writer, for `stream` if given, newest writer
+    first: what a client passes to `FrameRing.attach`."""
+    found = []
+    for name in os.listdir(SHM_DIR):
+        m = _NAME_RE.match(name)
+        if m is None or m[1] != boot_id() or (stream is not None and m[3] != stream):
+            continue
+        hdr = _peek(_path(name))
+        if hdr is not None and _is_live(hdr):
+            found.append((-int(hdr[_START]), name))
+    return [name for _, name in sorted(found)]
+
+
+def _gid(group: Union[str, int]) -> int:
+    return group if isinstance(group, int) else grp.getgrnam(group).gr_gid
+
+
+def _claim(name: str) -> None:
+    """Reserve `name` for this process, or raise if it already writes it."""
+    with _OWNED_LOCK:
+        if name in _OWNED:
+            raise FileExistsError(f"{name}: this process already writes a ring for that stream")
+        _OWNED.add(name)
+
+
+def _create_file(name: str) -> int:
+    """O_EXCL-create a claimed segment; a same-named leftover can only come
+    from a dead process that had our pid, so it is replaced."""
+    path = _path(name)
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, MODE)
+    except FileExistsError:
+        os.unlink(path)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, MODE)
+
+
+class FrameRing:
+    """One ring, as its writer (`create`) or as a reader (`attach`).
+
+    Threads: one thread writes (`begin_write`/`commit`/`abort`); any thread
+    may read (`latest`/`view`/`read`/`is_current`/`frame`)."""
+
+    liveness_interval = 0.5  # s without a new frame before latest() checks the writer
+
+    def __init__(self, name: str, mm: mmap.mmap, layout: _Layout, ino: int, writer: bool):
+        """Private: use `FrameRing.create` or `FrameRing.attach`."""
+        self.name = name
+        self.path = _path(name)
+        self.is_writer = writer
+        self.slots = layout.slots
+        self.shape = layout.shape
+        self.dtype = layout.dtype
+        self._layout = layout
+        self._ino = ino
+        self._mm: Optional[mmap.mmap] = mm
+        self._hdr = np.ndarray((_HDR_WORDS,), np.int64, buffer=mm)
+        if writer:
+            stat = _proc_stat(os.getpid())
+            self.writer_pid, self._writer_start = os.getpid(), (stat[1] if stat else 0)
+        else:
+            self.writer_pid, self._writer_start = int(self._hdr[_PID]), int(self._hdr[_START])
+        slot_hdr = np.ndarray((layout.slots, _SLOT_WORDS), np.int64, buffer=mm, offset=_HDR_BYTES)
+        self._seq = slot_hdr[:, _SEQ]
+        self._rows = list(slot_hdr)
+        frames = [np.ndarray(layout.shape, layout.dtype, buffer=mm,
+                             offset=layout.data_offset + i * layout.stride)
+                  for i in range(layout.slots)]
+        self._wviews = frames if writer else None
+        self._views = [f.view() for f in frames]
+        for v in self._views:
+            v.flags.writeable = False
+        # Writer state (capture thread only).
+        self._next = 0
+        self._latest = -1
+        self._writing = -1
+        self._frame = 0
+        self._owner_pid = os.getpid()
+        # Reader state: when the frame count last moved.
+        self._seen_frames = -1
+        self._seen_at = 0.0
+
+    # -- lifecycle --------------------------------------------------------
+
+    @classmethod
+    def create(cls, stream: str, slots: int, shape: Tuple[int, int, int], dtype=np.uint8,
+               *, group: Union[str, int, None] = None) -> "FrameRing":
+        """Create the writer's ring for `stream`: `slots` frames of `shape`
+        (height, width, channels), mode 0o640, group `group` if given.
+        Unlinked by `unlink()`/`close()`, or at normal interpreter exit."""
+        layout = _Layout.compute(slots, shape, dtype)
+        name = ring_name(stream)
+        _claim(name)
+        try:
+            fd = _create_file(name)
+        except BaseException:
+            _OWNED.discard(name)
+            raise
+        try:
+            os.fchmod(fd, MODE)  # exact bits whatever the umask
+            if group is not None:
+                os.fchown(fd, -1, _gid(group))
+            os.posix_fallocate(fd, 0, layout.size)  # ENOSPC now, not SIGBUS mid-frame
+            mm = mmap.mmap(fd, layout.size)
+            ino = os.fstat(fd).st_ino
+        except BaseException:
+            os.unlink(_path(name))
+            _OWNED.discard(name)
+            raise
+        finally:
+            os.close(fd)
+        ring = cls(name, mm, layout, ino, writer=True)
+        ring._init_header()
+        atexit.register(ring._unlink_at_exit)
+        return ring
+
+    def _init_header(self) -> None:
+        hdr = self._hdr
+        self._layout.write(hdr)
+        hdr[_PID] = self.writer_pid
+        hdr[_START] = self._writer_start
+        hdr[_STATE] = _LIVE
+        hdr[_LATEST] = -1
+        hdr[_FRAMES] = 0
+        for row in self._rows:
+            row[_FRAME] = -1
+            row[_W], row[_H] = self.shape[1], self.shape[0]
+        _fence()
+        hdr[_MAGIC:_MAGIC + 1] = np.frombuffer(MAGIC, np.int64)
+
+    @classmethod
+    def attach(cls, name: str) -> "FrameRing":
+        """Map ring `name` read-only. Raises RingGone if it does not exist, is
+        not initialised yet, or its writer is dead."""
+        path = _path(name)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise RingGone(f"{name}: no such ring (writer stopped or not started)") from None
+        try:
+            hdr = _read_header(fd)
+            if hdr is None:
+                raise RingGone(f"{name}: not an initialised lited frame ring")
+            layout = _Layout.from_header(hdr)
+            st = os.fstat(fd)
+            if st.st_size < layout.size:
+                raise RingError(f"{name}: {st.st_size} bytes, header needs {layout.size}")
+            mm = mmap.mmap(fd, layout.size, access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
+        ring = cls(name, mm, layout, st.st_ino, writer=False)
+        if not ring.writer_alive():
+            ring.close()
+            raise RingGone(f"{name}: its writer (pid {ring.writer_pid}) is gone")
+        return ring
+
+    def writer_alive(self) -> bool:
+        """Is the writer still running and the segment still linked as ours?"""
+        if self._mm is None or self._hdr[_STATE] != _LIVE:
+            return False
+        try:
+            if os.stat(self.path).st_ino != self._ino:
+                return False
+        except FileNotFoundError:
+            return False
+        return _writer_alive(self.writer_pid, self._writer_start)
+
+    def close(self) -> None:
+        """Unmap. A writer's close() unlinks as well: a ring nobody writes is
+        useless. Views still held elsewhere stay valid until dropped."""
+        if self.is_writer:
+            self.unlink()
+        else:
+            self._unmap()
+
+    def unlink(self) -> None:
+        """Writer: mark the ring closed (readers get RingGone), remove it from
+        /dev/shm and unmap. Idempotent."""
+        if not self.is_writer:
+            raise RingError("only the writer unlinks its ring; readers close()")
+        if self._mm is None:
+            return
+        atexit.unregister(self._unlink_at_exit)
+        self._hdr[_STATE] = _CLOSED
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        _OWNED.discard(self.name)
+        self._unmap()
+
+    def _unlink_at_exit(self) -> None:
+        if os.getpid() == self._owner_pid:  # not in a forked child
+            self.unlink()
+
+    def _unmap(self) -> None:
+        mm, self._mm = self._mm, None
+        if mm is None:
+            return
+        self._hdr = self._seq = self._rows = self._views = self._wviews = None
+        try:
+            mm.close()
+        except BufferError:
+            pass  # a caller still holds a view: the mapping lives until it is dropped
+
+    def __enter__(self) -> "FrameRing":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        role = "writer" if self.is_writer else "reader"
+        return f"<FrameRing {self.name} {role} {self.slots}x{self.shape} {self.dtype}>"
+
+    @property
+    def frames(self) -> int:
+        """Frames published so far; also the number the next one will get."""
+        return int(self._hdr[_FRAMES])
+
+    # -- writer -----------------------------------------------------------
+
+    def begin_write(self) -> Tuple[int, np.ndarray]:
+        """(slot, writable HxWxC view) of the next slot to fill in place, round
+        robin, never the slot of the latest published frame. Its seq is odd
+        from now until `commit`/`abort`."""
+        if self._writing >= 0:
+            raise RingError(f"slot {self._writing} is being written: commit or abort it first")
+        if self._wviews is None:
+            raise RingError("begin_write on a read-only or closed ring")
+        slot = self._next
+        if slot == self._latest:
+            slot = (slot + 1) % self.slots
+        self._next = (slot + 1) % self.slots
+        self._seq[slot] += 1
+        _fence()
+        self._writing = slot
+        return slot, self._wviews[slot]
+
+    def commit(self, slot: int, ts_ns: Optional[int] = None) -> Tuple[int, int]:
+        """Publish the frame written into `slot`, captured at `ts_ns`
+        (CLOCK_MONOTONIC; default now). Returns its (slot, seq)."""
+        self._check_writing(slot)
+        row = self._rows[slot]
+        frame = self._frame
+        row[_FRAME] = frame
+        row[_TS] = time.monotonic_ns() if ts_ns is None else ts_ns
+        row[_WALL] = time.time_ns()
+        _fence()
+        seq = int(self._seq[slot]) + 1
+        self._seq[slot] = seq
+        _fence()
+        self._hdr[_LATEST] = slot
+        self._hdr[_FRAMES] = frame + 1
+        self._frame = frame + 1
+        self._latest = slot
+        self._writing = -1
+        return slot, seq
+
+    def abort(self, slot: int) -> None:
+        """Give `slot` back after a failed capture; it stays unpublished and
+        anyone holding its old seq sees it changed."""
+        self._check_writing(slot)
+        self._rows[slot][_FRAME] = -1
+        _fence()
+        self._seq[slot] += 1
+        self._writing = -1
+
+    def _check_writing(self, slot: int) -> None:
+        if slot != self._writing or slot < 0:
+            raise RingError(f"slot {slot} is not being written (begin_write gave {self._writing})")
+
+    # -- readers ----------------------------------------------------------
+
+    def latest(self) -> Optional[Tuple[int, int]]:
+        """(slot, seq) of the newest published frame, None before the first.
+        Raises RingGone once the writer closed the ring, or (checked every
+        `liveness_interval` s while no new frame arrives) died."""
+        if self._mm is None:
+            raise RingGone(f"{self.name}: closed")
+        hdr = self._hdr
+        for _ in range(_LATEST_RETRIES):
+            if hdr[_STATE] != _LIVE:
+                raise RingGone(f"{self.name}: the writer closed the ring")
+            if not self.is_writer:
+                self._check_liveness()
+            slot = int(hdr[_LATEST])
+            if slot < 0:
+                return None
+            seq = int(self._seq[slot])
+            if not seq & 1:
+                _fence()
+                return slot, seq
+            # The writer published a newer frame and is reusing this slot.
+        return None
+
+    def _check_liveness(self) -> None:
+        frames = self._hdr[_FRAMES]
+        now = time.monotonic()
+        if frames != self._seen_frames:
+            self._seen_frames = frames
+            self._seen_at = now
+        elif now - self._seen_at > self.liveness_interval:
+            self._seen_at = now
+            if not self.writer_alive():
+                raise RingGone(f"{self.name}: its writer (pid {self.writer_pid}) is gone")
+
+    def view(self, slot: int) -> np.ndarray:
+        """Read-only zero-copy view of `slot`. The writer may reuse the slot at
+        any time: validate with `is_current` after use, or use `frame()`."""
+        return self._views[slot]
+
+    def _stable(self, slot: int, seq: int) -> bool:
+        return not seq & 1 and self._seq[slot] == seq
+
+    def is_current(self, slot: int, seq: int) -> bool:
+        """Does `slot` still hold frame `seq`? True after using a view means
+        everything read from it belonged to that frame."""
+        _fence()
+        return bool(self._stable(slot, seq))
+
+    def read(self, slot: int, seq: int, out: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
+        """Copy frame (slot, seq) into `out` (allocated if None) and return it;
+        None if the writer touched the slot before or during the copy: a torn
+        frame is never returned."""
+        if out is None:
+            out = np.empty(self.shape, self.dtype)
+        if not self._stable(slot, seq):
+            return None
+        _fence()
+        np.copyto(out, self._views[slot], casting="no")
+        return out if self.is_current(slot, seq) else None
+
+    def meta(self, slot: int, seq: int) -> Optional[FrameMeta]:
+        """Frame number and timestamps of frame (slot, seq), None if the slot
+        no longer holds it."""
+        if not self._stable(slot, seq):
+            return None
+        _fence()
+        row = self._rows[slot]
+        meta = FrameMeta(int(row[_FRAME]), int(row[_TS]), int(row[_WALL]),
+                         int(row[_W]), int(row[_H]))
+        return meta if self.is_current(slot, seq) else None
+
+    @contextmanager
+    def frame(self, slot: int, seq: int) -> Iterator[np.ndarray]:
+        """Zero-copy read-only view of frame (slot, seq) for the `with` body;
+        raises FrameOverwritten on entry or exit if the writer reused the slot,
+        so results computed from a torn frame are never kept."""
+        if not self._stable(slot, seq):
+            raise FrameOverwritten(f"slot {slot} no longer holds seq {seq}")
+        _fence()
+        yield self._views[slot]
+        if not self.is_current(slot, seq):
+            raise FrameOverwritten(f"slot {slot} was rewritten while its view was in use")

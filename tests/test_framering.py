@@ -1,0 +1,337 @@
+"""Frame ring over real /dev/shm, with real second processes.
+
+The lapping test is the one that matters: a reader process copies 1080p
+frames while this process rewrites a 2- or 3-slot ring as fast as it can; a
+torn frame must be detected every time and never returned.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import tracemalloc
+import uuid
+
+import cv2
+import numpy as np
+import pytest
+
+from lited.framering import (
+    SHM_DIR, FrameOverwritten, FrameRing, RingError, RingGone, boot_id, list_rings, sweep_stale,
+)
+
+
+def _stream() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def make_ring():
+    """FrameRing.create that unlinks whatever the test left behind."""
+    rings = []
+
+    def make(slots=3, shape=(48, 64, 3), dtype=np.uint8) -> FrameRing:
+        ring = FrameRing.create(_stream(), slots, shape, dtype)
+        rings.append(ring)
+        return ring
+
+    yield make
+    for ring in rings:
+        ring.unlink()
+
+
+def _python(code: str, *args: str) -> subprocess.Popen:
+    """A fresh interpreter (nothing inherited from pytest) running `code`."""
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def _publish(ring: FrameRing, value) -> tuple:
+    slot, arr = ring.begin_write()
+    arr[...] = value
+    return ring.commit(slot)
+
+
+def test_round_trip_real_frames(make_ring):
+    writer = make_ring(slots=3, shape=(480, 640, 3))
+    assert writer.name == f"lited-{boot_id()}-{os.getpid()}-{writer.name.split('-', 3)[3]}"
+    assert stat.S_IMODE(os.stat(writer.path).st_mode) == 0o640
+    img = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    slot, arr = writer.begin_write()
+    np.copyto(arr, img)
+    published = writer.commit(slot, ts_ns=123456789)
+
+    reader = FrameRing.attach(writer.name)
+    try:
+        assert (reader.slots, reader.shape, reader.dtype) == (3, (480, 640, 3), np.uint8)
+        assert reader.latest() == published
+        out = np.zeros_like(img)
+        assert reader.read(*published, out=out) is out
+        np.testing.assert_array_equal(out, img)
+        np.testing.assert_array_equal(reader.view(slot), img)
+        meta = reader.meta(*published)
+        assert (meta.frame, meta.ts_ns, meta.width, meta.height) == (0, 123456789, 640, 480)
+        assert reader.is_current(*published) and reader.writer_alive()
+        assert reader.frames == 1
+    finally:
+        reader.close()
+
+    # A float ring, filled by OpenCV straight into the slot (no copy).
+    ring = make_ring(slots=2, shape=(48, 64, 3), dtype=np.float32)
+    slot, arr = ring.begin_write()
+    src = np.arange(48 * 64 * 3, dtype=np.float32).reshape(48, 64, 3)
+    assert cv2.multiply(src, 2.0, dst=arr) is arr
+    published = ring.commit(slot)
+    with FrameRing.attach(ring.name) as reader:
+        np.testing.assert_array_equal(reader.read(*published), src * 2)
+
+
+def test_opencv_capture_fills_slot_in_place(make_ring, tmp_path):
+    video = str(tmp_path / "v.avi")
+    out = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for value in (30, 130):
+        out.write(np.full((48, 64, 3), value, np.uint8))
+    out.release()
+    ring = make_ring(slots=2, shape=(48, 64, 3))
+    cap = cv2.VideoCapture(video)
+    for value in (30, 130):
+        slot, arr = ring.begin_write()
+        ok, img = cap.read(image=arr)
+        assert ok and img is arr
+        ring.commit(slot)
+        assert abs(float(ring.view(slot).mean()) - value) < 3
+    slot, arr = ring.begin_write()
+    ok, _ = cap.read(image=arr)
+    assert not ok  # end of file: the capture code aborts
+    ring.abort(slot)
+    assert ring.latest()[0] != slot
+    cap.release()
+
+
+def test_reader_mapping_is_read_only(make_ring):
+    writer = make_ring()
+    published = _publish(writer, 7)
+    reader = FrameRing.attach(writer.name)
+    try:
+        view = reader.view(published[0])
+        with pytest.raises(ValueError):
+            view[0, 0, 0] = 1
+        with pytest.raises(ValueError):
+            view.flags.writeable = True
+        with pytest.raises(RingError):  # no writer API on a reader
+            reader.begin_write()
+        with pytest.raises(TypeError):
+            reader._mm[0:1] = b"x"
+        # The kernel mapping itself is PROT_READ: not even native code can write.
+        with open("/proc/self/maps") as f:
+            perms = [line.split()[1] for line in f if line.rstrip().endswith(writer.path)]
+        assert "r--s" in perms and "rw-s" in perms  # reader's and writer's mappings
+        # In-process consumers get read-only views too.
+        with pytest.raises(ValueError):
+            writer.view(published[0])[0, 0, 0] = 1
+        assert int(reader.view(published[0]).max()) == 7
+    finally:
+        reader.close()
+
+
+@pytest.mark.parametrize("slots", [2, 3, 5])
+def test_writer_never_hands_out_latest_slot(make_ring, slots):
+    ring = make_ring(slots=slots)
+    latest, used = None, []
+    for i in range(60):
+        slot, arr = ring.begin_write()
+        assert slot != latest and arr.flags.writeable
+        with pytest.raises(RingError, match="commit or abort"):
+            ring.begin_write()
+        used.append(slot)
+        if i % 7 == 3:
+            ring.abort(slot)
+        else:
+            latest, _ = ring.commit(slot)
+            assert ring.latest()[0] == latest
+    assert set(used) == set(range(slots))
+    assert ring.frames == sum(1 for i in range(60) if i % 7 != 3)
+
+
+def test_overwrite_is_detected_in_process(make_ring):
+    writer = make_ring(slots=2)
+    _publish(writer, 1)
+    held = _publish(writer, 2)  # slot 1 holds frame 1
+    reader = FrameRing.attach(writer.name)
+    try:
+        assert reader.latest() == held
+        with reader.frame(*held) as view:
+            assert int(view[0, 0, 0]) == 2
+        _publish(writer, 3)  # goes to slot 0: the latest slot is never rewritten
+        assert reader.is_current(*held)
+        with pytest.raises(FrameOverwritten):
+            with reader.frame(*held) as view:
+                slot, arr = writer.begin_write()  # now slot 1: seq odd
+                assert slot == held[0]
+        out = np.empty(reader.shape, reader.dtype)
+        assert reader.read(*held, out=out) is None
+        assert reader.meta(*held) is None
+        writer.abort(slot)  # an aborted slot is not published and the old seq stays dead
+        assert not reader.is_current(*held)
+        assert reader.latest() != held
+        with pytest.raises(FrameOverwritten):
+            with reader.frame(*held):
+                pass
+    finally:
+        reader.close()
+
+
+_LAPPING_READER = """
+import json, sys, time
+import numpy as np
+from lited.framering import FrameRing
+
+ring = FrameRing.attach(sys.argv[1])
+out = np.empty(ring.shape, ring.dtype)
+ok = torn = torn_pixels = bad = missed = 0
+print("ready", flush=True)
+deadline = time.monotonic() + 6
+while time.monotonic() < deadline and not (torn >= 30 and ok >= 30):
+    got = ring.latest()
+    if got is None:
+        continue
+    meta = ring.meta(*got)
+    if meta is None:
+        missed += 1
+        continue
+    if ring.read(*got, out=out) is None:
+        torn += 1
+        torn_pixels += int(out.min() != out.max())  # the copy really was torn
+        continue
+    ok += 1
+    lo, hi = int(out.min()), int(out.max())
+    bad += int(lo != hi or lo != meta.frame % 251)
+print(json.dumps(dict(ok=ok, torn=torn, torn_pixels=torn_pixels, bad=bad, missed=missed)))
+"""
+
+
+@pytest.mark.parametrize("slots", [2, 3])
+def test_lapping_writer_never_yields_torn_frame(make_ring, slots):
+    ring = make_ring(slots=slots, shape=(1080, 1920, 3))
+    _publish(ring, 0)
+    reader = _python(_LAPPING_READER, ring.name)
+    try:
+        assert reader.stdout.readline().strip() == "ready"
+        written = 0
+        while reader.poll() is None:  # full speed; frame n is all n % 251
+            slot, arr = ring.begin_write()
+            arr.fill(ring.frames % 251)
+            ring.commit(slot)
+            written += 1
+        stats = json.loads(reader.stdout.read())
+    finally:
+        reader.kill()
+        reader.wait()
+    print(f"slots={slots} written={written} {stats}")
+    assert reader.returncode == 0
+    assert stats["bad"] == 0, stats  # no inconsistent frame ever returned
+    assert stats["ok"] > 0 and stats["torn"] > 0, stats
+
+
+_HOLDER = """
+import sys, time
+from lited.framering import FrameRing
+ring = FrameRing.create(sys.argv[1], 2, (8, 8, 3))
+print(ring.name, flush=True)
+if sys.argv[2] == "hold":
+    time.sleep(60)
+"""
+
+
+def test_sweep_removes_only_dead_rings(make_ring):
+    live = make_ring()
+    stream = _stream()
+    holder = _python(_HOLDER, stream, "hold")
+    try:
+        dead_name = holder.stdout.readline().strip()
+        reader = FrameRing.attach(dead_name)
+        other_boot = "00000000" if boot_id() != "00000000" else "11111111"
+        old = os.path.join(SHM_DIR, f"lited-{other_boot}-{os.getpid()}-{_stream()}")
+        with open(old, "wb") as f:
+            f.write(b"\0" * 4096)
+
+        removed = sweep_stale()
+        assert dead_name not in removed and live.name not in removed
+        assert list_rings(stream) == [dead_name]
+        assert os.path.basename(old) in removed and not os.path.exists(old)
+
+        holder.send_signal(signal.SIGKILL)  # no atexit, no unlink
+        holder.wait()
+        assert os.path.exists(os.path.join(SHM_DIR, dead_name))
+        assert not reader.writer_alive()
+        reader.liveness_interval = 0.0
+        reader.latest()  # first call notes the frame count, second finds it frozen
+        with pytest.raises(RingGone):
+            reader.latest()
+        with pytest.raises(RingGone, match="gone"):
+            FrameRing.attach(dead_name)
+        assert list_rings(stream) == []
+
+        removed = sweep_stale()
+        assert dead_name in removed and live.name not in removed
+        assert not os.path.exists(os.path.join(SHM_DIR, dead_name))
+        assert os.path.exists(live.path) and FrameRing.attach(live.name).writer_alive()
+        reader.close()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_unlink_and_exit_remove_segment(make_ring):
+    ring = make_ring()
+    published = _publish(ring, 5)
+    reader = FrameRing.attach(ring.name)
+    view = reader.view(published[0])
+    ring.unlink()
+    assert not os.path.exists(ring.path)
+    with pytest.raises(RingGone):
+        reader.latest()
+    assert not reader.writer_alive()
+    assert int(view.max()) == 5  # still mapped: no crash for a reader mid-frame
+    reader.close()
+    with pytest.raises(RingGone, match="no such ring"):
+        FrameRing.attach(ring.name)
+
+    exits = _python(_HOLDER, _stream(), "exit")  # normal exit: atexit unlinks
+    name = exits.stdout.readline().strip()
+    assert exits.wait() == 0
+    assert name.startswith("lited-") and not os.path.exists(os.path.join(SHM_DIR, name))
+
+
+def test_steady_state_allocates_nothing(make_ring):
+    writer = make_ring(slots=3, shape=(480, 640, 3))
+    reader = FrameRing.attach(writer.name)
+    out = np.empty(reader.shape, reader.dtype)
+
+    def cycle(i: int) -> None:
+        slot, arr = writer.begin_write()
+        arr[0, 0, 0] = i & 255
+        writer.commit(slot)
+        assert reader.read(*reader.latest(), out=out) is out
+
+    try:
+        for i in range(20):
+            cycle(i)
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            for i in range(500):
+                cycle(i)
+            current, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert current - base < 10_000, current - base
+        assert peak - base < 10_000, peak - base  # a per-frame buffer would be 900 KB
+        assert int(out[0, 0, 0]) == 499 & 255
+    finally:
+        reader.close()
