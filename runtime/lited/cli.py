@@ -43,7 +43,8 @@ def format_result(result: dict, as_json: bool) -> str:
     """One JSON line, or a short human table."""
     if as_json:
         return json.dumps(_rounded(result), separators=(", ", ": "))
-    lines = [f"{result.get('image', result.get('stream', ''))}  [{result['task']}]"]
+    where = result.get("image") or f"{result.get('stream', '')} #{result.get('seq', '')}"
+    lines = [f"{where}  [{result['task']}]"]
     for d in result["detections"]:
         x1, y1, x2, y2 = d["box"]
         lines.append(f"  {d['label']:<20} {d['score']:.3f}  box {x1:.0f},{y1:.0f} - {x2:.0f},{y2:.0f}")
@@ -122,6 +123,59 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+RUN_KEYS = ("stream", "seq", "frame_ts", "skipped", "task", "detections", "classes", "timings_ms")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """One stream in the foreground: a line per inferred frame."""
+    import queue
+    import time
+
+    from lited.bundle import load_bundle
+    from lited.model import Model
+    from lited.pipeline import Stream
+
+    bundle = load_bundle(args.bundle)
+    results: queue.Queue = queue.Queue(maxsize=256)
+    ended = []
+
+    def publish(result: dict) -> None:
+        try:
+            results.put_nowait(result)
+        except queue.Full:  # a slow terminal must not stall inference
+            pass
+
+    def on_event(event: dict) -> None:
+        if event["event"] == "state":
+            if event["state"] == "ended":
+                ended.append(True)
+            if args.verbose or event["state"] in ("backoff", "ended"):
+                print(f"lited: stream {event['stream']}: {event['state']}"
+                      f"{': ' + event['detail'] if event['detail'] else ''}", file=sys.stderr, flush=True)
+
+    stream = Stream(args.name, args.source, lambda: Model(bundle, args.target), publish, on_event,
+                    stall_timeout=args.stall_timeout)
+    stream.start()
+    deadline = time.monotonic() + args.duration if args.duration else None
+    count = 0
+    try:
+        while args.frames is None or count < args.frames:
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            try:
+                result = results.get(timeout=0.2)
+            except queue.Empty:
+                if ended and results.empty():
+                    break
+                continue
+            out = {k: result[k] for k in RUN_KEYS}
+            print(format_result(out, args.json), flush=True)
+            count += 1
+    finally:
+        stream.stop()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lited", description="lited: the Paddle Lite daemon")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -133,6 +187,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per image per line")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("run", help="run one stream in the foreground")
+    p.add_argument("--bundle", required=True, help="bundle directory")
+    p.add_argument("--source", required=True, help="source URI: file://, rtsp://, v4l2://, gst://, images://, synth://")
+    p.add_argument("--name", default="cam0", help="stream name (in results and the shared-memory ring)")
+    p.add_argument("--target", help="model target (default: this machine's)")
+    p.add_argument("--json", action="store_true", help="one JSON object per frame per line")
+    p.add_argument("--frames", type=int, help="stop after this many results")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--stall-timeout", type=float, default=5.0, help="seconds without a frame before 'stalled'")
+    p.add_argument("-v", "--verbose", action="store_true", help="print every state change on stderr")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("inspect", help="show what a bundle holds")
     p.add_argument("--bundle", required=True, help="bundle directory")
@@ -146,10 +212,11 @@ def main(argv: list | None = None) -> int:
     args = build_parser().parse_args(argv)
     from lited.bundle import BundleError
     from lited.engines import EngineError
+    from lited.sources import SourceError
 
     try:
         return args.func(args)
-    except (BundleError, EngineError, UsageError, ValueError, OSError) as exc:
+    except (BundleError, EngineError, SourceError, UsageError, ValueError, OSError) as exc:
         if args.debug:
             raise
         print(f"lited: {exc}".splitlines()[0], file=sys.stderr)

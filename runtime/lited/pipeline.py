@@ -1,0 +1,425 @@
+"""A stream: source -> frame ring -> preprocess -> engine -> decoder -> publish.
+
+Threads, and why:
+- capture: reads each frame straight into a free ring slot (`read_into` on a
+  shared-memory view, no copy) and never waits for inference on a live
+  source. On a lossless source (a file without `realtime`) it waits until
+  the previous frame was taken, so nothing is dropped.
+- prep: takes the newest complete frame (latest wins; the frames it passes
+  over are counted as skipped), preprocesses it from the ring slot into one
+  of two input buffers, and checks the slot's sequence number afterwards: a
+  frame overwritten while it was read is dropped, never inferred. It runs
+  while the engine works on the previous frame (Paddle Lite releases the GIL
+  in `run()`), so preprocessing costs no throughput.
+- infer: builds the model in its own thread and is the only thread that ever
+  touches that predictor (Paddle Lite's rule); hands the input over, runs,
+  decodes, publishes.
+
+prep + infer form a `Worker`, one per loaded model. A reload builds a new
+worker beside the old one, warms it up, then swaps between frames; if the
+new one fails, the old one keeps serving.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import Callable, Optional
+
+import numpy as np
+
+from lited.framering import FrameRing, RingError
+from lited.preprocess import Preprocessor
+from lited.sources import FrameShapeChanged, SourceError, open_source
+
+log = logging.getLogger("lited.pipeline")
+
+STATES = ("connecting", "streaming", "stalled", "backoff", "ended", "stopped")
+STAGES = ("capture", "wait", "preprocess", "infer", "postprocess", "total")
+LOSSLESS_KINDS = {"file": "realtime", "images": "fps", "synth": "fps"}  # lossless unless this option is set
+
+
+class Backoff:
+    """Capped exponential delay between reopen attempts."""
+
+    def __init__(self, first: float = 0.5, cap: float = 30.0) -> None:
+        self.first, self.cap = first, cap
+        self.delay = first
+
+    def next(self) -> float:
+        delay = self.delay
+        self.delay = min(self.cap, self.delay * 2)
+        return delay
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+
+class Timings:
+    """Rolling per-stage latencies (the last `size` frames) for status and p50/p99."""
+
+    def __init__(self, size: int = 512) -> None:
+        self._data = {stage: collections.deque(maxlen=size) for stage in STAGES}
+
+    def add(self, timings: dict) -> None:
+        for stage, value in timings.items():
+            if stage in self._data:
+                self._data[stage].append(value)
+
+    def summary(self) -> dict:
+        out = {}
+        for stage, values in self._data.items():
+            if values:
+                arr = np.fromiter(values, float, len(values))
+                out[stage] = {"p50": round(float(np.percentile(arr, 50)), 3),
+                              "p99": round(float(np.percentile(arr, 99)), 3)}
+        return out
+
+
+class Worker:
+    """The prep and infer threads of one model on one stream."""
+
+    def __init__(self, stream: "Stream", model_factory: Callable, label: str) -> None:
+        self.stream = stream
+        self.factory = model_factory
+        self.label = label
+        self.model = None
+        self.ready = threading.Event()
+        self.error: Optional[BaseException] = None
+        self.heartbeat = time.monotonic()
+        self._stop = threading.Event()
+        self._mailbox: Optional[tuple] = None  # (preprocessor, frame info), prepared and waiting for infer
+        self._cond = threading.Condition()
+        self._free: list = []
+        self._infer = threading.Thread(target=self._infer_loop, name=f"infer-{stream.name}", daemon=True)
+        self._prep = threading.Thread(target=self._prep_loop, name=f"prep-{stream.name}", daemon=True)
+
+    def start(self) -> None:
+        self._infer.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        self.stream._wake()
+        for thread in (self._prep, self._infer):
+            if thread.is_alive() and thread is not threading.current_thread():
+                thread.join(timeout)
+
+    # -- infer thread: builds the model, then runs it
+    def _infer_loop(self) -> None:
+        try:
+            self.model = self.factory()
+            spec, shape = self.model.bundle.preprocess, self.model.bundle.inputs[0]["shape"]
+            self._free = [Preprocessor(spec, shape), Preprocessor(spec, shape)]
+        except BaseException as exc:  # noqa: BLE001 - reported to whoever asked for the model
+            self.error = exc
+            self.ready.set()
+            return
+        self.ready.set()
+        self._prep.start()
+        engine, decoder = self.model.engine, self.model.decoder
+        while not self._stop.is_set():
+            self.heartbeat = time.monotonic()
+            with self._cond:
+                if self._mailbox is None:
+                    self._cond.wait(0.5)
+                if self._mailbox is None:
+                    continue
+                pre, info = self._mailbox
+                self._mailbox = None
+                self._cond.notify_all()
+            fault = self.stream.fault_hook
+            if fault is not None:
+                fault(self)
+            t0 = time.perf_counter()
+            engine.set_input(0, pre.tensor)
+            geom = pre.geometry
+            with self._cond:
+                self._free.append(pre)
+                self._cond.notify_all()
+            outputs = engine.run()
+            t1 = time.perf_counter()
+            decoded = decoder.decode(outputs, geom)
+            t2 = time.perf_counter()
+            timings = info["timings_ms"]
+            timings["infer"] = (t1 - t0) * 1e3
+            timings["postprocess"] = (t2 - t1) * 1e3
+            timings["total"] = (time.monotonic_ns() - info.pop("_captured_ns")) / 1e6
+            self.stream._publish({**info, "task": self.model.task, "model": self.model.name,
+                                  "model_version": self.model.version, **decoded})
+
+    # -- prep thread: newest frame -> a free input buffer
+    def _prep_loop(self) -> None:
+        stream = self.stream
+        last_frame = -1
+        while not self._stop.is_set():
+            with self._cond:
+                while not self._free and not self._stop.is_set():
+                    self._cond.wait(0.5)
+                if self._stop.is_set():
+                    return
+                pre = self._free.pop()
+            frame = stream._next_frame(last_frame, self._stop)
+            if frame is None:
+                with self._cond:
+                    self._free.append(pre)
+                continue
+            ring, slot, seq, meta, frame_id = frame
+            t0 = time.perf_counter()
+            try:
+                pre(ring.view(slot))
+            except (RingError, ValueError):
+                stream.counters["torn"] += 1
+                with self._cond:
+                    self._free.append(pre)
+                continue
+            if not ring.is_current(slot, seq):  # overwritten while we read it: never infer a torn frame
+                stream.counters["torn"] += 1
+                with self._cond:
+                    self._free.append(pre)
+                continue
+            prep_ms = (time.perf_counter() - t0) * 1e3
+            skipped = frame_id - last_frame - 1 if last_frame >= 0 else 0
+            last_frame = frame_id
+            stream.counters["skipped"] += max(0, skipped)
+            info = {"stream": stream.name, "seq": frame_id, "frame_ts": meta.wall_ns / 1e9,
+                    "skipped": max(0, skipped), "ring": ring.name, "slot": slot, "slot_seq": seq,
+                    "width": meta.width, "height": meta.height, "_captured_ns": meta.ts_ns,
+                    "timings_ms": {"capture": stream.capture_ms.get(frame_id, 0.0),
+                                   "wait": (time.monotonic_ns() - meta.ts_ns) / 1e6 - prep_ms,
+                                   "preprocess": prep_ms}}
+            with self._cond:
+                while self._mailbox is not None and not self._stop.is_set():
+                    self._cond.wait(0.5)
+                self._mailbox = (pre, info)
+                self._cond.notify_all()
+
+
+class Stream:
+    """One source feeding one model; publishes a result dict per inferred frame.
+
+    `publish(result)` and `on_event(event)` are called from the stream's
+    threads and must not block (the bus's PUB socket never does).
+    """
+
+    def __init__(self, name: str, uri: str, model_factory: Callable, publish: Callable[[dict], None],
+                 on_event: Optional[Callable[[dict], None]] = None, slots: int = 4,
+                 stall_timeout: float = 5.0, backoff: tuple = (0.5, 30.0), group: Optional[str] = None,
+                 stats_window: int = 512) -> None:
+        self.name = name
+        self.uri = uri
+        self.source = open_source(uri)  # parse and validate now: a bad URI fails before any thread starts
+        kind = uri.split(":", 1)[0]
+        self.lossless = kind in LOSSLESS_KINDS and not self.source.options.get(LOSSLESS_KINDS[kind])
+        self.publish_cb = publish
+        self.on_event = on_event
+        self.slots = slots
+        self.stall_timeout = stall_timeout
+        self.backoff = Backoff(*backoff)
+        self.group = group
+        self.state = "stopped"
+        self.detail = ""
+        self.counters = collections.Counter(captured=0, inferred=0, skipped=0, torn=0, reconnects=0, errors=0)
+        self.timings = Timings(stats_window)
+        self.capture_ms: dict = {}
+        self._frame_offset = 0
+        self.ring: Optional[FrameRing] = None
+        self.last_frame_at = 0.0
+        self.started_at = time.monotonic()
+        self.fault_hook: Optional[Callable] = None  # test-only: called in the infer thread before each run
+        self._fps_window: collections.deque = collections.deque(maxlen=64)
+        self._model_factory = model_factory
+        self._stop = threading.Event()
+        self._frame_cond = threading.Condition()
+        self._taken = threading.Event()
+        self._taken.set()
+        self._ring_lock = threading.Lock()
+        self.worker: Optional[Worker] = None
+        self._capture = threading.Thread(target=self._capture_loop, name=f"capture-{name}", daemon=True)
+
+    # -- lifecycle
+    def start(self, wait_ready: float = 120.0) -> None:
+        """Build the model (raises if it fails), then start capturing."""
+        worker = Worker(self, self._model_factory, "initial")
+        worker.start()
+        worker.ready.wait(wait_ready)
+        if worker.error is not None:
+            worker.stop()
+            raise worker.error
+        self.worker = worker
+        self._capture.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake()
+        if self.worker:
+            self.worker.stop(timeout)
+        self._capture.join(timeout)
+        self.source.close()
+        with self._ring_lock:
+            if self.ring is not None:
+                self.ring.unlink()
+                self.ring = None
+        self._set_state("stopped")
+
+    def swap_model(self, model_factory: Callable, timeout: float = 120.0) -> None:
+        """Load a new model beside the running one and switch between frames.
+        Raises (and keeps the old model serving) if the new one fails."""
+        new = Worker(self, model_factory, "reload")
+        new.start()
+        if not new.ready.wait(timeout):
+            new.stop()
+            raise TimeoutError(f"stream {self.name}: new model not ready after {timeout:.0f} s")
+        if new.error is not None:
+            new.stop()
+            raise new.error
+        old, self.worker = self.worker, new
+        self._model_factory = model_factory
+        if old is not None:
+            old.stop()
+        self._event("model", f"{new.model.name} {new.model.version}")
+
+    @property
+    def model(self):
+        return self.worker.model if self.worker else None
+
+    # -- capture thread
+    def _capture_loop(self) -> None:
+        source = self.source
+        while not self._stop.is_set():
+            self._set_state("connecting")
+            try:
+                shape = source.open()
+            except SourceError as exc:
+                self._retry(str(exc))
+                continue
+            self._ensure_ring(shape)
+            self._set_state("streaming")
+            good = 0
+            while not self._stop.is_set():
+                if self.lossless:
+                    while not self._taken.wait(0.5):
+                        if self._stop.is_set():
+                            break
+                with self._ring_lock:
+                    ring = self.ring
+                    slot, view = ring.begin_write()
+                t0 = time.perf_counter()
+                try:
+                    ok = source.read_into(view)
+                except FrameShapeChanged as exc:
+                    ring.abort(slot)
+                    self._event("resized", f"{exc}")
+                    self._ensure_ring(source.shape)
+                    continue
+                except SourceError as exc:
+                    ring.abort(slot)
+                    source.close()
+                    self._retry(str(exc))
+                    break
+                if not ok:
+                    ring.abort(slot)
+                    source.close()
+                    if self.lossless or self._stop.is_set():
+                        self._set_state("ended", "end of stream")
+                        return
+                    self._retry("end of stream")
+                    break
+                frame_no = self._frame_offset + ring.frames
+                self._taken.clear()  # before commit: prep may take the frame the moment it is published
+                ring.commit(slot)
+                self.capture_ms[frame_no] = (time.perf_counter() - t0) * 1e3
+                if len(self.capture_ms) > 64:
+                    self.capture_ms.pop(next(iter(self.capture_ms)))
+                now = time.monotonic()
+                self.last_frame_at = now
+                self._fps_window.append(now)
+                self.counters["captured"] += 1
+                good += 1
+                if good == 10:
+                    self.backoff.reset()
+                if self.state != "streaming":
+                    self._set_state("streaming")
+                self._wake()
+
+    def _retry(self, why: str) -> None:
+        self.counters["errors"] += 1
+        delay = self.backoff.next()
+        self._set_state("backoff", f"{why}; retry in {delay:.1f} s")
+        self._stop.wait(delay)
+        self.counters["reconnects"] += 1
+
+    def _ensure_ring(self, shape: tuple) -> None:
+        with self._ring_lock:
+            if self.ring is not None and self.ring.shape == tuple(shape):
+                return
+            if self.ring is not None:
+                self._frame_offset += self.ring.frames  # frame numbers keep rising across rings
+                self.ring.unlink()
+            self.ring = FrameRing.create(self.name, self.slots, tuple(shape), group=self.group)
+
+    # -- handing frames to the worker
+    def _wake(self) -> None:
+        with self._frame_cond:
+            self._frame_cond.notify_all()
+
+    def _next_frame(self, last_frame: int, stop: threading.Event) -> Optional[tuple]:
+        """The newest complete frame newer than `last_frame`, waiting up to 0.5 s."""
+        with self._frame_cond:
+            deadline = time.monotonic() + 0.5
+            while not stop.is_set() and not self._stop.is_set():
+                ring = self.ring
+                if ring is not None:
+                    latest = ring.latest()
+                    if latest is not None:
+                        meta = ring.meta(*latest)
+                        frame_id = self._frame_offset + meta.frame if meta is not None else -1
+                        if frame_id > last_frame:
+                            self._taken.set()
+                            return (ring, latest[0], latest[1], meta, frame_id)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._frame_cond.wait(remaining)
+        return None
+
+    def _publish(self, result: dict) -> None:
+        self.counters["inferred"] += 1
+        self.timings.add(result["timings_ms"])
+        self.publish_cb(result)
+
+    # -- state and status
+    def _set_state(self, state: str, detail: str = "") -> None:
+        if state == self.state and detail == self.detail:
+            return
+        self.state, self.detail = state, detail
+        log.info("stream %s: %s%s", self.name, state, f" ({detail})" if detail else "",
+                 extra={"stream": self.name, "event": state})
+        self._event("state", detail, state=state)
+
+    def _event(self, kind: str, detail: str, **extra) -> None:
+        if self.on_event is not None:
+            self.on_event({"stream": self.name, "event": kind, "detail": detail, "ts": time.time(), **extra})
+
+    def current_state(self) -> str:
+        """`stalled` when streaming but no frame came for `stall_timeout`."""
+        if self.state == "streaming" and time.monotonic() - self.last_frame_at > self.stall_timeout:
+            return "stalled"
+        return self.state
+
+    def fps(self) -> float:
+        window = list(self._fps_window)
+        if len(window) < 2 or time.monotonic() - window[-1] > self.stall_timeout:
+            return 0.0
+        return (len(window) - 1) / (window[-1] - window[0])
+
+    def status(self) -> dict:
+        model = self.model
+        return {
+            "stream": self.name, "source": self.uri, "state": self.current_state(), "detail": self.detail,
+            "fps": round(self.fps(), 2), "counters": dict(self.counters), "latency_ms": self.timings.summary(),
+            "ring": self.ring.name if self.ring else None,
+            "model": {"name": model.name, "version": model.version} if model else None,
+        }
