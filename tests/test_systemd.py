@@ -1,0 +1,428 @@
+"""The systemd side of lited, checked against real systemd tools.
+
+- The unit files pass `systemd-analyze verify` without a single warning and
+  `systemd-analyze security` rates them 2.0 or lower.
+- lited.sdnotify talks to a real notify socket that the test binds: READY,
+  STATUS, WATCHDOG=1, and no WATCHDOG=1 once a loop stops beating.
+- lited.logs writes one compact line per record to stderr off systemd.
+- In a booted container (tests/nspawn.py, marked `systemd`): a Type=notify
+  unit becomes active with its STATUS and journal fields; the real units,
+  hardening and all, run a stand-in daemon that loads a Paddle Lite model;
+  and systemd's watchdog restarts it when its inference loop wedges.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, Iterator, List, Tuple
+
+import pytest
+
+from conftest import ROOT, need_shared
+from lited.sdnotify import Notifier
+from nspawn import Container, booted_container, require_nspawn
+
+UNIT_SOURCES = ROOT / "systemd"
+INSTALL = UNIT_SOURCES / "install.sh"
+#: What the units run in production, and what stands in for it here.
+DEPLOYED_LITED = "/opt/lited/venv/bin/lited"
+VENV_LITED = Path(sys.executable).with_name("lited")
+#: lited.service, and lited@.service as the instance systemd would load.
+UNITS = ("lited.service", "lited@cam1.service")
+MAX_EXPOSURE = 2.0
+
+CHILD_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT / "runtime")}
+
+
+def need_tool(name: str, package: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is missing: apt-get install {package}")
+    return path
+
+
+# --- unit files -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def unit_dir() -> Iterator[Path]:
+    """The units as install.sh lays them out, ExecStart on this venv's `lited`:
+    verify fails on an ExecStart binary that does not exist, and
+    /opt/lited/venv is not on a development machine."""
+    if not VENV_LITED.exists():
+        pytest.fail(f"{VENV_LITED} is missing: pip install -e . into this venv")
+    with tempfile.TemporaryDirectory(prefix="lited-units-") as tmp:
+        root = Path(tmp)
+        subprocess.run([str(INSTALL), str(root)], check=True,
+                       env={**os.environ, "UNITDIR": "/", "SYSUSERSDIR": "/sysusers.d"})
+        for unit in ("lited.service", "lited@.service"):
+            path = root / unit
+            text = path.read_text()
+            assert text.count(DEPLOYED_LITED) == 1, f"{unit}: expected ExecStart={DEPLOYED_LITED} once"
+            path.write_text(text.replace(DEPLOYED_LITED, str(VENV_LITED)))
+        yield root
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_unit_verifies_without_warnings(unit_dir: Path, unit: str) -> None:
+    analyze = need_tool("systemd-analyze", "systemd")
+    result = subprocess.run([analyze, "verify", str(unit_dir / unit)], capture_output=True, text=True)
+    # verify exits 0 on warnings (unknown keys, bad specifiers): any stderr fails.
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_unit_exposure_at_most_2(unit_dir: Path, unit: str) -> None:
+    analyze = need_tool("systemd-analyze", "systemd")
+    result = subprocess.run([analyze, "security", "--offline=yes", "--no-pager", str(unit_dir / unit)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    assert match, result.stdout
+    exposure = float(match.group(1))
+    print(f"{unit}: exposure {exposure}")
+    assert exposure <= MAX_EXPOSURE, result.stdout
+
+
+def test_sysusers_creates_user_and_groups(unit_dir: Path, tmp_path: Path) -> None:
+    sysusers = need_tool("systemd-sysusers", "systemd")
+    (tmp_path / "etc").mkdir()
+    result = subprocess.run([sysusers, f"--root={tmp_path}", str(unit_dir / "sysusers.d" / "lited.conf")],
+                            capture_output=True, text=True)
+    # It reports what it creates on stderr; anything else is a complaint about the file.
+    complaints = [line for line in result.stderr.splitlines() if not line.startswith("Creating ")]
+    assert (result.returncode, complaints) == (0, []), result.stderr
+    passwd = (tmp_path / "etc/passwd").read_text()
+    group = (tmp_path / "etc/group").read_text()
+    assert re.search(r"^lited:x:\d+:\d+:[^:]*:/var/lib/lited:/usr/sbin/nologin$", passwd, re.M), passwd
+    assert re.search(r"^render:x:\d+:", group, re.M), group
+
+
+# --- sd_notify over a real socket -------------------------------------------
+
+Message = Tuple[float, int, Dict[str, str]]  # (received at, sender pid, fields)
+
+
+@pytest.fixture
+def notify_socket() -> Iterator[socket.socket]:
+    """A datagram socket like systemd's: records the sender's pid (SO_PASSCRED)."""
+    with tempfile.TemporaryDirectory(prefix="sdn-") as tmp:  # short: sun_path has 108 bytes
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        sock.bind(os.path.join(tmp, "notify"))
+        yield sock
+        sock.close()
+
+
+def receive(sock: socket.socket, proc: subprocess.Popen, timeout: float = 30) -> List[Message]:
+    """Every datagram until `proc` has exited and the socket is drained."""
+    messages: List[Message] = []
+    deadline = time.monotonic() + timeout
+    sock.settimeout(0.1)
+    while time.monotonic() < deadline:
+        try:
+            data, anc, _flags, _addr = sock.recvmsg(4096, socket.CMSG_SPACE(12))
+        except socket.timeout:
+            if proc.poll() is not None:
+                return messages
+            continue
+        pid = next((struct.unpack("3i", d)[0] for level, kind, d in anc
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS), -1)
+        fields = dict(line.split("=", 1) for line in data.decode().splitlines())
+        messages.append((time.monotonic(), pid, fields))
+    proc.kill()
+    raise AssertionError(f"child still running after {timeout} s; got {messages}")
+
+
+# The inference and bus loops beat for 1.2 s, then inference stops (the
+# test-only fault) while bus goes on for 1.6 s: WatchdogSec is 0.4 s here.
+WATCHDOG_CHILD = """
+import time
+from lited.sdnotify import Notifier, Watchdog
+
+def run(seconds, *loops):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for loop in loops:
+            watchdog.beat(loop)
+        time.sleep(0.05)
+
+notifier = Notifier()
+watchdog = Watchdog(notifier)
+notifier.status("loading")
+watchdog.register("inference")
+watchdog.register("bus")
+notifier.ready("serving")
+watchdog.start()
+run(1.2, "inference", "bus")
+notifier.status("fault")
+run(1.6, "bus")
+notifier.stopping()
+watchdog.stop()
+"""
+
+
+def test_watchdog_pings_only_while_loops_beat(notify_socket: socket.socket) -> None:
+    env = {**CHILD_ENV, "NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": "400000"}
+    proc = subprocess.Popen([sys.executable, "-c", WATCHDOG_CHILD], env=env, stderr=subprocess.PIPE, text=True)
+    messages = receive(notify_socket, proc)
+    assert proc.wait() == 0, proc.stderr.read()
+    assert {pid for _, pid, _ in messages} == {proc.pid}, "NotifyAccess=main needs every message from the main pid"
+
+    sequence = [fields for _, _, fields in messages]
+    assert sequence[0] == {"STATUS": "loading"}
+    assert sequence[1] == {"READY": "1", "STATUS": "serving"}
+    assert sequence[-1] == {"STOPPING": "1"}
+    fault_at = next(at for at, _, fields in messages if fields.get("STATUS") == "fault")
+    pings = [at for at, _, fields in messages if fields == {"WATCHDOG": "1"}]
+    # interval/2 = 0.2 s: about six pings in 1.2 s; a loaded machine may drop some.
+    assert len([at for at in pings if at < fault_at]) >= 3, sequence
+    # Stale after 0.4 s, checked every 0.2 s: no ping after that, with slack.
+    late = [round(at - fault_at, 2) for at in pings if at > fault_at + 0.9]
+    assert not late, f"pings {late} s after the inference loop stopped beating"
+    assert {"STATUS": "stalled: inference"} in sequence
+
+
+def test_reloading_carries_monotonic_usec(notify_socket: socket.socket, monkeypatch) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", notify_socket.getsockname())
+    notify_socket.settimeout(5)
+    before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    assert Notifier().reloading("reloading\nconfig")
+    after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    fields = dict(line.split("=", 1) for line in notify_socket.recv(4096).decode().splitlines())
+    assert fields.keys() == {"RELOADING", "MONOTONIC_USEC", "STATUS"}
+    assert before <= int(fields["MONOTONIC_USEC"]) <= after
+    assert fields["STATUS"] == "reloading config"  # a newline would have been a field of its own
+
+
+def test_without_notify_socket_nothing_breaks(notify_socket: socket.socket, monkeypatch) -> None:
+    env = {**CHILD_ENV, "WATCHDOG_USEC": "400000"}  # WatchdogSec= set but no socket
+    proc = subprocess.Popen([sys.executable, "-c", WATCHDOG_CHILD], env=env, stderr=subprocess.PIPE, text=True)
+    assert receive(notify_socket, proc) == []
+    assert proc.wait() == 0
+    # The stall is still reported (logging's last resort handler: stderr).
+    assert proc.stderr.read().splitlines() == \
+        ["watchdog: no beat from inference for over 0.4 s; letting systemd restart us"]
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert not Notifier().ready()
+    monkeypatch.setenv("NOTIFY_SOCKET", "/nonexistent/notify")  # a socket that went away
+    assert not Notifier().status("still fine")
+
+
+@pytest.mark.parametrize("usec, pid, expected", [
+    ("30000000", None, 30.0),
+    ("30000000", "self", 30.0),
+    ("30000000", "1", None),  # the variables were meant for another process
+    ("0", None, None),
+    ("junk", None, None),
+    (None, None, None),
+])
+def test_watchdog_interval_follows_sd_watchdog_enabled(monkeypatch, usec, pid, expected) -> None:
+    for name, value in (("WATCHDOG_USEC", usec), ("WATCHDOG_PID", str(os.getpid()) if pid == "self" else pid)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    assert Notifier.watchdog_interval() == expected
+
+
+# --- logging off systemd ----------------------------------------------------
+
+LOG_CHILD = """
+import logging
+from lited.logs import setup_logging
+handler = setup_logging("info")
+print(type(handler).__name__)
+log = logging.getLogger("lited.test")
+log.debug("hidden")
+log.info("frame source lost", extra={"stream": "cam0", "bundle": "face", "event": "source_lost"})
+log.warning("plain")
+"""
+
+
+@pytest.mark.parametrize("extra_env", [{}, {"JOURNAL_STREAM": "8:12345"}], ids=["plain", "stale-journal-stream"])
+def test_stderr_logging_is_one_compact_line(extra_env: Dict[str, str]) -> None:
+    # A JOURNAL_STREAM that is not our stderr (inherited, then redirected) must not win.
+    result = subprocess.run([sys.executable, "-c", LOG_CHILD], env={**CHILD_ENV, **extra_env},
+                            capture_output=True, text=True, check=True)
+    assert result.stdout == "StreamHandler\n"
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2, result.stderr
+    assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} I lited\.test: frame source lost "
+                        r"stream=cam0 bundle=face event=source_lost", lines[0]), lines[0]
+    assert re.fullmatch(r"\S+ W lited\.test: plain", lines[1]), lines[1]
+
+
+# --- in a booted systemd ----------------------------------------------------
+
+def python_binds() -> List[str]:
+    """Host paths the container needs for this Python, the checkout and the models."""
+    paths = {ROOT, Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(),
+             Path(os.path.realpath(sys.executable)).parent.parent}
+    shared = need_shared("models").parent
+    paths.add(shared.resolve())
+    ordered = sorted(paths, key=lambda p: len(p.parts))
+    return [str(p) for i, p in enumerate(ordered) if not any(q in p.parents for q in ordered[:i])]
+
+
+@pytest.fixture(scope="module")
+def container() -> Iterator[Container]:
+    require_nspawn()
+    with booted_container(binds=python_binds()) as booted:
+        yield booted
+
+
+def show(container: Container, unit: str, *props: str) -> Dict[str, str]:
+    out = container.run(["systemctl", "show", unit, *(f"--property={p}" for p in props)], check=True).stdout
+    return dict(line.split("=", 1) for line in out.splitlines())
+
+
+def journal(container: Container, unit: str, *matches: str) -> List[Dict[str, str]]:
+    out = container.run(["journalctl", "--unit", unit, "--output=json", "--no-pager", *matches], check=True).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.2)
+
+
+@pytest.mark.systemd
+def test_container_boots_fast(container: Container) -> None:
+    print(f"container booted in {container.boot_seconds:.1f} s")
+    assert container.boot_seconds < 20
+    failed = container.run(["systemctl", "--failed", "--no-legend"]).stdout
+    assert container.boot_state == "running", failed
+
+
+NOTIFY_UNIT = """[Service]
+Type=notify
+ExecStart={python} {script}
+Environment=PYTHONPATH={root}/runtime
+"""
+
+NOTIFY_SCRIPT = """
+import logging, time
+from lited.logs import setup_logging
+from lited.sdnotify import Notifier
+setup_logging("info")
+notifier = Notifier()
+notifier.status("warming up")
+logging.getLogger("lited.test").info("hello from the unit", extra={"stream": "cam0", "event": "hello"})
+notifier.ready("serving 0 streams")
+time.sleep(600)
+"""
+
+
+@pytest.mark.systemd
+def test_notify_unit_becomes_active_with_status_and_journal(container: Container) -> None:
+    container.path("/run/lited-notify-test.py").write_text(NOTIFY_SCRIPT)
+    container.path("/run/systemd/system/lited-notify-test.service").write_text(
+        NOTIFY_UNIT.format(python=sys.executable, script="/run/lited-notify-test.py", root=ROOT))
+    container.run(["systemctl", "daemon-reload"], check=True)
+    container.run(["systemctl", "start", "lited-notify-test.service"], check=True, timeout=60)
+    try:
+        state = show(container, "lited-notify-test.service", "ActiveState", "StatusText")
+        assert state == {"ActiveState": "active", "StatusText": "serving 0 streams"}
+        entries = journal(container, "lited-notify-test.service", "EVENT=hello")
+        assert [(e["MESSAGE"], e["STREAM"], e["PRIORITY"]) for e in entries] == \
+            [("hello from the unit", "cam0", "6")]
+    finally:
+        container.run(["systemctl", "stop", "lited-notify-test.service"])
+
+
+def install_lited(container: Container) -> Path:
+    """The real units via install.sh, plus a test drop-in that swaps ExecStart
+    for the stand-in and makes this Python reachable under the sandbox."""
+    subprocess.run([str(INSTALL), str(container.path("/"))], check=True)
+    model = need_shared("models", "ppocr_cls", "model_x86.nb")
+    binds = " ".join(python_binds())
+    for template in ("lited.service", "lited@.service"):
+        container.path(f"/etc/systemd/system/{template}.d/90-test.conf").write_text(
+            "[Service]\n"
+            "ExecStart=\n"
+            f"ExecStart={sys.executable} {ROOT}/tests/unit_standin.py {model}\n"
+            f"Environment=PYTHONPATH={ROOT}/runtime\n"
+            # This Python lives under /root (pyenv): ProtectHome=yes would hide
+            # it, tmpfs lets the bind below show through. Production runs a
+            # venv in /opt and keeps ProtectHome=yes.
+            "ProtectHome=tmpfs\n"
+            f"BindReadOnlyPaths={binds}\n")
+    container.run(["systemd-sysusers"], check=True)
+    container.run(["systemctl", "daemon-reload"], check=True)
+    return model
+
+
+@pytest.mark.systemd
+def test_lited_units_run_hardened(container: Container) -> None:
+    model = install_lited(container)
+    units = ("lited.service", "lited@cam1.service")
+    lited_uid = container.run(["id", "-u", "lited"], check=True).stdout.strip()
+    device_gids = {container.run(["getent", "group", name], check=True).stdout.split(":")[2]
+                   for name in ("video", "render")}
+    try:
+        for unit in units:
+            container.run(["systemctl", "start", unit], check=True, timeout=120)
+            state = show(container, unit, "ActiveState", "StatusText", "MainPID")
+            assert state["ActiveState"] == "active" and state["StatusText"] == "serving 1 stream", state
+            status = container.run(["cat", f"/proc/{state['MainPID']}/status"], check=True).stdout
+            assert re.search(rf"^Uid:\s+{lited_uid}\s", status, re.M), status
+            # Device access (/dev/video*, /dev/dri/renderD*) hangs on these groups,
+            # and PrivateUsers=yes must not have cost them.
+            groups = set(re.search(r"^Groups:(.*)$", status, re.M).group(1).split())
+            assert device_gids <= groups, status
+        ring = container.run(["stat", "-c", "%a %U %G", "/dev/shm/lited-standin-lited"], check=True).stdout
+        assert ring.strip() == "640 lited lited"  # UMask=0027: group lited may read the frame ring
+        for state_file in ("/var/lib/lited/standin.state", "/var/lib/lited/cam1/standin.state"):
+            assert container.path(state_file).read_text() == "ok\n"
+
+        [ready] = journal(container, "lited.service", "EVENT=ready")
+        assert (ready["STREAM"], ready["BUNDLE"], ready["SYSLOG_IDENTIFIER"]) == ("cam0", model.parent.name, "lited")
+
+        container.run(["systemctl", "reload", "lited.service"], check=True)
+        wait_for(lambda: show(container, "lited.service", "StatusText")["StatusText"] == "serving 1 stream (reloaded)",
+                 10, "READY=1 after the reload")
+        assert journal(container, "lited.service", "EVENT=reload")
+
+        # The runtime directory is shared: stopping an instance must not take it away.
+        container.run(["systemctl", "stop", "lited@cam1.service"], check=True)
+        assert container.path("/run/lited").is_dir()
+        container.run(["systemctl", "stop", "lited.service"], check=True)
+        for unit in units:
+            assert show(container, unit, "ActiveState", "Result") == {"ActiveState": "inactive", "Result": "success"}
+        assert not container.path("/dev/shm/lited-standin-lited").exists()
+    finally:
+        container.run(["systemctl", "stop", *units])
+
+
+@pytest.mark.systemd
+def test_watchdog_restarts_a_wedged_daemon(container: Container) -> None:
+    install_lited(container)
+    container.path("/etc/systemd/system/lited.service.d/95-watchdog.conf").write_text("[Service]\nWatchdogSec=2\n")
+    container.run(["systemctl", "daemon-reload"], check=True)
+    try:
+        container.run(["systemctl", "start", "lited.service"], check=True, timeout=120)
+        time.sleep(3)  # pings keep it alive past WatchdogSec while the loop beats
+        assert show(container, "lited.service", "NRestarts")["NRestarts"] == "0"
+        container.run(["systemctl", "kill", "--kill-who=main", "--signal=SIGUSR1", "lited.service"], check=True)
+        wait_for(lambda: show(container, "lited.service", "NRestarts")["NRestarts"] == "1", 20, "a watchdog restart")
+        lines = [e["MESSAGE"] for e in journal(container, "lited.service")]
+        assert any("Watchdog timeout" in line for line in lines), lines
+        assert journal(container, "lited.service", "EVENT=watchdog_stale")
+        wait_for(lambda: show(container, "lited.service", "ActiveState")["ActiveState"] == "active", 20,
+                 "the restarted daemon")
+    finally:
+        container.run(["systemctl", "stop", "lited.service"])
+        container.path("/etc/systemd/system/lited.service.d/95-watchdog.conf").unlink()
+        container.run(["systemctl", "daemon-reload"])
