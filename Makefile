@@ -2,13 +2,17 @@
 PY := .venv/bin/python
 SHARED ?= ../shared
 
-.PHONY: demo test test-fast bundles bench venv venv-test clean
+.PHONY: demo test test-fast bundles bench venv venv-test tools-venv clean
 
 venv:
 	@tools/bootstrap.sh runtime
 
 venv-test:
 	@tools/bootstrap.sh test
+
+## tools-venv: the model-conversion tools (paddlepaddle, x2paddle, paddle_lite_opt), never in the daemon's venv
+tools-venv:
+	@tools/bootstrap.sh tools
 
 ## bundles: assemble build/bundles/<name>/ for each model in ../shared/models
 bundles: venv
@@ -19,7 +23,7 @@ demo: venv
 	@$(PY) tools/demo.py
 
 ## test: the whole suite (as CI runs it)
-test: venv-test
+test: venv-test tools-venv
 	@$(PY) -m pytest -q
 
 ## test-fast: skip the slow tests (model conversion, long soak)

@@ -11,6 +11,7 @@ APT_RUNTIME="pkg-config libsystemd-dev"
 APT_TEST="$APT_RUNTIME $(tr '\n' ' ' < tools/apt-test.txt)"
 apt_list=$APT_RUNTIME
 [ "$what" = test ] && apt_list=$APT_TEST
+[ "$what" = tools ] && apt_list=""
 
 missing=()
 for pkg in $apt_list; do
@@ -37,6 +38,17 @@ if [ -z "$py" ]; then
   echo "bootstrap: CPython 3.10 not found (paddlelite wheels exist only for CPython <= 3.10 on x86_64);" >&2
   echo "  install it (e.g. pyenv install 3.10.13 or apt-get install python3.10-venv) and rerun" >&2
   exit 1
+fi
+
+if [ "$what" = tools ]; then
+  if [ ! -f .venv-tools/.bootstrap ] || [ tools/requirements-tools.txt -nt .venv-tools/.bootstrap ]; then
+    echo "bootstrap: creating .venv-tools (model conversion: paddlepaddle, x2paddle, paddle_lite_opt)"
+    [ -x .venv-tools/bin/python ] || "$py" -m venv .venv-tools
+    .venv-tools/bin/pip install -q --disable-pip-version-check -r tools/requirements-tools.txt 2>&1 \
+      | grep -v -e "^WARNING: Location" -e "^$" || true
+    touch .venv-tools/.bootstrap
+  fi
+  exit 0
 fi
 
 stamp=.venv/.bootstrap-$what

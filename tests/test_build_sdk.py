@@ -1,0 +1,335 @@
+"""tools/build_sdk.py: config import (fast, pure), rebuilds of real models and
+broken inputs (slow: they run the converters in the tools venv).
+
+The rebuilt `.nb` files are compared with the shared ones by running both
+with paddlelite on the same real image: the same conversion never gives the
+same bytes twice, but must give the same outputs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, need_shared
+
+sys.path.append(str(ROOT / "tools"))
+
+from sdk import BuildError  # noqa: E402
+from sdk.config_import import import_config, import_configs  # noqa: E402
+from sdk.labels import resolve  # noqa: E402
+
+DATA = ROOT / "tests" / "data"
+BUILD_SDK = ROOT / "tools" / "build_sdk.py"
+TOOLS_VENV = Path(os.environ.get("LITED_TOOLS_VENV", ROOT / ".venv-tools"))
+IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+def _skip_or_fail(msg: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+@pytest.fixture(autouse=True)
+def _need_yaml() -> None:
+    try:
+        import yaml  # noqa: F401
+    except ImportError:
+        _skip_or_fail("pyyaml is not installed (the config importers read YAML)")
+
+
+@pytest.fixture
+def tools_python() -> Path:
+    python = TOOLS_VENV / "bin" / "python"
+    if not python.is_file():
+        _skip_or_fail(f"{TOOLS_VENV} is absent (make tools-venv)")
+    return python
+
+
+def imported(path: Path) -> dict:
+    fields = import_config(path)
+    fields["labels"] = resolve(fields.get("labels"))
+    return fields
+
+
+# --- (a) config import -------------------------------------------------------
+
+def test_paddledet_fixed_size_export() -> None:
+    assert imported(DATA / "ppdet_yolo" / "infer_cfg.yml") == {
+        "task": "detection",
+        "inputs": [{"name": "image", "shape": [1, 3, 640, 640], "dtype": "float32"}],
+        "preprocess": {"color": "RGB", "resize": {"mode": "stretch", "interpolation": "cubic"},
+                       "scale": 1 / 255, **IMAGENET, "layout": "NCHW"},
+        "decoder": {"type": "boxes", "score_threshold": 0.4, "top_k": 100},
+        "labels": ["person", "bicycle", "car"],
+    }
+
+
+def test_paddledet_keep_ratio_with_pad_stride() -> None:
+    assert imported(DATA / "ppdet_rcnn" / "infer_cfg.yml") == {
+        "task": "detection",
+        "inputs": [{"name": "image", "shape": [1, 3, -1, -1], "dtype": "float32"}],
+        "preprocess": {"color": "RGB",
+                       "resize": {"mode": "keep_ratio", "interpolation": "linear", "max_side": 1333,
+                                  "min_side": 800, "multiple": 32},
+                       "scale": 1.0, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "layout": "NCHW"},
+        "decoder": {"type": "boxes", "score_threshold": 0.6, "top_k": 300},
+        "labels": ["aeroplane", "bicycle"],
+    }
+
+
+def test_paddledet_letterbox(tmp_path: Path) -> None:
+    cfg = tmp_path / "infer_cfg.yml"
+    cfg.write_text("arch: YOLO\nPreprocess:\n- {type: LetterBoxResize, target_size: [608, 1088]}\n"
+                   "- {type: NormalizeImage, mean: [0, 0, 0], std: [1, 1, 1], is_scale: true}\n"
+                   "- {type: Permute}\n")
+    fields = imported(cfg)
+    assert fields["preprocess"]["resize"] == {"mode": "letterbox", "interpolation": "area", "pad_value": 127.5,
+                                              "align": "center"}
+    assert fields["inputs"][0]["shape"] == [1, 3, 608, 1088]
+    assert fields["decoder"] == {"type": "boxes", "score_threshold": 0.5, "top_k": 100}
+    assert fields["labels"] is None
+
+
+def test_paddleclas_short_side_crop_with_class_id_map() -> None:
+    assert imported(DATA / "ppcls" / "inference_cls.yaml") == {
+        "task": "classification",
+        "inputs": [{"name": "x", "shape": [1, 3, 224, 224], "dtype": "float32"}],
+        "preprocess": {"color": "RGB",
+                       "resize": {"mode": "short_side_crop", "interpolation": "linear", "short_side": 256},
+                       "scale": 1 / 255, **IMAGENET, "layout": "NCHW"},
+        "decoder": {"type": "classification", "top_k": 3, "softmax": False},
+        "labels": ["tench", "goldfish", "great white shark"],  # class_id_map.txt lists id 1 first
+    }
+
+
+def test_paddleclas_flat_postprocess_and_plain_resize(tmp_path: Path) -> None:
+    cfg = tmp_path / "inference.yaml"
+    cfg.write_text("PreProcess:\n  transform_ops:\n    - ResizeImage: {size: [320, 240], interpolation: area}\n"
+                   "PostProcess: {name: Topk, topk: 1}\n")
+    fields = imported(cfg)
+    # PaddleClas sizes are (w, h); no ToCHWImage keeps HWC; no NormalizeImage feeds raw pixels
+    assert fields["inputs"][0]["shape"] == [1, 240, 320, 3]
+    assert fields["preprocess"] == {"color": "RGB", "resize": {"mode": "stretch", "interpolation": "area"},
+                                    "scale": 1.0, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
+                                    "layout": "NHWC"}
+    assert fields["decoder"] == {"type": "classification", "top_k": 1, "softmax": False}
+
+
+def test_manifest_fragment_in_yaml() -> None:
+    assert imported(DATA / "fragment.yaml") == {
+        "task": "text_orientation",
+        "inputs": [{"name": "x", "shape": [1, 3, 48, 192], "dtype": "float32"}],
+        "preprocess": {"color": "BGR", "resize": {"mode": "stretch", "interpolation": "linear"},
+                       "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+        "decoder": {"type": "classification", "top_k": 2, "softmax": False},
+        "labels": ["up", "down"],
+    }
+
+
+def test_later_config_wins(tmp_path: Path) -> None:
+    override = tmp_path / "thresholds.json"
+    override.write_text(json.dumps({"decoder": {"score_threshold": 0.25}, "version": "2.0.0"}))
+    fields = import_configs([DATA / "ppdet_yolo" / "infer_cfg.yml", override])
+    assert fields["decoder"] == {"type": "boxes", "score_threshold": 0.25, "top_k": 100}
+    assert fields["version"] == "2.0.0" and fields["preprocess"]["resize"]["mode"] == "stretch"
+
+
+@pytest.mark.parametrize("config", ["ppdet_yolo/infer_cfg.yml", "ppdet_rcnn/infer_cfg.yml",
+                                    "ppcls/inference_cls.yaml", "fragment.yaml"])
+def test_imported_fields_pass_lited_validation(config: str, tmp_path: Path) -> None:
+    from lited.bundle import validate_manifest
+
+    fields = imported(DATA / config)
+    (tmp_path / "model_x86.nb").write_bytes(b"\0")
+    (tmp_path / "labels.txt").write_text("\n".join(fields["labels"]) + "\n")
+    manifest = {"schema": 1, "name": "t", "version": "1", "task": fields["task"],
+                "models": {"x86": {"file": "model_x86.nb", "sha256": "0" * 64, "size": 1}},
+                "inputs": fields["inputs"], "preprocess": fields["preprocess"], "decoder": fields["decoder"],
+                "labels": "labels.txt"}
+    assert validate_manifest(manifest, tmp_path) == []
+
+
+def test_unknown_op_is_named() -> None:
+    with pytest.raises(BuildError, match=r"^infer_cfg\.yml: Preprocess\[2\]: unknown op 'GridMask'"):
+        import_config(DATA / "ppdet_gridmask" / "infer_cfg.yml")
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("inference.yaml", "PreProcess:\n  transform_ops:\n    - ResizeImage: {resize_short: 256}\n"
+     "    - RandFlipImage: {flip_code: 1}\n",
+     r"inference\.yaml: PreProcess\.transform_ops\[1\]: unknown op 'RandFlipImage'"),
+    ("inference.yaml", "PreProcess:\n  transform_ops:\n    - ResizeImage: {size: 224, backend: pil}\n",
+     r"ResizeImage: backend 'pil'"),
+    ("inference.yaml", "PreProcess:\n  transform_ops:\n    - ResizeImage: {size: 224}\n"
+     "PostProcess: {main_indicator: ThreshOutput, ThreshOutput: {threshold: 0.5}}\n",
+     r"PostProcess: 'ThreshOutput' has no lited decoder"),
+    ("infer_cfg.yml", "arch: YOLO\nPreprocess:\n- {type: Resize, target_size: 320, keep_ratio: false, max_size: 9}\n",
+     r"Preprocess\[0\]: Resize: unknown parameter 'max_size'"),
+    ("infer_cfg.yml", "arch: YOLO\nPreprocess:\n- {type: Resize, target_size: 320, keep_ratio: false, interp: 4}\n",
+     r"interp 4 has no lited equivalent"),
+    ("infer_cfg.yml", "arch: PicoDet\nNMS: {keep_top_k: 100}\nPreprocess: []\n",
+     r"export\.post_process=True"),
+    ("infer_cfg.yml", "arch: HRNet\nPreprocess: []\n", r"keypoints"),
+    ("infer_cfg.yml", "arch: YOLO\nPreprocess:\n- {type: Permute}\n", r"no Resize or LetterBoxResize"),
+    ("frag.json", '{"decoder": {"type": "grid"}, "colour": "RGB"}', r"frag\.json: unknown key 'colour'"),
+    ("notes.yaml", "hello: world\n", r"neither a PaddleDetection"),
+])
+def test_bad_config_is_refused_by_name(tmp_path: Path, name: str, text: str, message: str) -> None:
+    cfg = tmp_path / name
+    cfg.write_text(text)
+    with pytest.raises(BuildError, match=message):
+        import_config(cfg)
+
+
+def test_missing_tools_venv_tells_the_command(tmp_path: Path) -> None:
+    env = {**os.environ, "LITED_TOOLS_VENV": str(tmp_path / "absent")}
+    proc = subprocess.run([sys.executable, str(BUILD_SDK), "--model", "m.onnx", "--out", "x.zip"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 2
+    assert "make tools-venv" in proc.stderr and "pip install -r" in proc.stderr
+
+
+# --- (b) rebuilds of real models ---------------------------------------------
+
+def run_build_sdk(python: Path, *args: object) -> subprocess.CompletedProcess:
+    return subprocess.run([str(python), str(BUILD_SDK), *map(str, args)], capture_output=True, text=True,
+                          timeout=900, stdin=subprocess.DEVNULL)
+
+
+def unzip_bundle(zip_path: Path, name: str, dest: Path) -> Path:
+    """Extract, checking the zip holds only regular files under `name/`."""
+    with zipfile.ZipFile(zip_path) as zf:
+        for info in zf.infolist():
+            assert info.filename.startswith(f"{name}/") and ".." not in info.filename.split("/")
+            assert (info.external_attr >> 16) & 0o170000 == 0o100000, f"{info.filename} is not a regular file"
+        zf.extractall(dest)
+    return dest / name
+
+
+def outputs(nb: Path, image: np.ndarray) -> list:
+    from paddlelite import lite
+
+    config = lite.MobileConfig()
+    config.set_model_from_file(str(nb))
+    predictor = lite.create_paddle_predictor(config)
+    predictor.get_input(0).from_numpy(image)
+    predictor.run()
+    return [np.array(predictor.get_output(i).numpy(), copy=True)
+            for i in range(len(predictor.get_output_names()))]
+
+
+def model_input(image_path: Path, shape: list) -> np.ndarray:
+    import cv2
+
+    _, _, height, width = shape
+    image = cv2.resize(cv2.imread(str(image_path)), (width, height)).astype(np.float32) / 255
+    return np.ascontiguousarray(image.transpose(2, 0, 1)[None])
+
+
+def check_rebuilt(zip_path: Path, name: str, shared: Path, image: Path, tmp_path: Path) -> dict:
+    """The bundle is valid for lited and its x86 model computes what the shared one does."""
+    from lited.bundle import load_bundle, sha256_file
+
+    root = unzip_bundle(zip_path, name, tmp_path / "unzipped")
+    bundle = load_bundle(root)
+    manifest = bundle.manifest
+    assert manifest["paddle_lite_version"] == "v2.13-rc"
+    for spec in manifest["models"].values():
+        path = root / spec["file"]
+        assert spec["size"] == path.stat().st_size and spec["sha256"] == sha256_file(path)
+    assert (root / "README.md").is_file() and (root / manifest["golden"]["image"]).is_file()
+    names = (shared / "labels.txt").read_text().splitlines()
+    assert bundle.labels == [line.strip() for line in names if line.strip()]
+    x = model_input(image, manifest["inputs"][0]["shape"])
+    rebuilt, reference = outputs(root / "model_x86.nb", x), outputs(shared / "model_x86.nb", x)
+    assert [o.shape for o in rebuilt] == [o.shape for o in reference]
+    for new, old in zip(rebuilt, reference):
+        np.testing.assert_allclose(new, old, rtol=0, atol=1e-4)
+    return manifest
+
+
+@pytest.mark.slow
+def test_rebuild_ultraface_from_onnx(tools_python: Path, tmp_path: Path) -> None:
+    shared = need_shared("models", "ultraface")
+    image = need_shared("images", "astronaut.png")
+    out = tmp_path / "ultraface_sdk.zip"
+    proc = run_build_sdk(tools_python, "--model", shared / "onnx" / "version-RFB-320.onnx",
+                         "--config", ROOT / "tests" / "bundles" / "ultraface.json", "--labels", shared / "labels.txt",
+                         "--golden", image, "--targets", "x86,arm", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    manifest = check_rebuilt(out, "ultraface", shared, image, tmp_path)
+    assert set(manifest["models"]) == {"x86", "arm"}
+    assert manifest["inputs"] == [{"name": "x2paddle_input", "shape": [1, 3, 240, 320], "dtype": "float32"}]
+    faces = manifest["golden"]["expected"]["detections"]
+    assert [d["label"] for d in faces] == ["face"] and faces[0]["score"] > 0.9
+
+
+@pytest.mark.slow
+def test_rebuild_fastestdet_from_paddle_dir(tools_python: Path, tmp_path: Path) -> None:
+    shared = need_shared("models", "fastestdet")
+    image = need_shared("images", "chelsea.png")
+    out = tmp_path / "fastestdet_sdk.zip"
+    proc = run_build_sdk(tools_python, "--model", shared / "paddle", "--config",
+                         ROOT / "tests" / "bundles" / "fastestdet.json", "--labels", shared / "labels.txt",
+                         "--golden", image, "--targets", "x86", "--name", "fastestdet", "--version", "0.3.1",
+                         "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    manifest = check_rebuilt(out, "fastestdet", shared, image, tmp_path)
+    assert manifest["version"] == "0.3.1" and set(manifest["models"]) == {"x86"}
+    assert "cat" in [d["label"] for d in manifest["golden"]["expected"]["detections"]]
+
+
+# --- (c) broken inputs: one line, exit code 2 ----------------------------------
+
+def assert_refused(proc: subprocess.CompletedProcess, message: str) -> None:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("build_sdk: "), proc.stderr
+    assert message in lines[0], lines[0]
+
+
+@pytest.mark.slow
+def test_missing_params_file(tools_python: Path, tmp_path: Path) -> None:
+    shared = need_shared("models", "fastestdet")
+    shutil.copy(shared / "paddle" / "model.pdmodel", tmp_path / "model.pdmodel")
+    proc = run_build_sdk(tools_python, "--model", tmp_path / "model.pdmodel", "--config",
+                         ROOT / "tests" / "bundles" / "fastestdet.json", "--labels", shared / "labels.txt",
+                         "--targets", "x86", "--out", tmp_path / "x.zip")
+    assert_refused(proc, "params file model.pdiparams is missing beside model.pdmodel")
+    assert not (tmp_path / "x.zip").exists()
+
+
+@pytest.mark.slow
+def test_unknown_op_in_config(tools_python: Path, tmp_path: Path) -> None:
+    shared = need_shared("models", "fastestdet")
+    proc = run_build_sdk(tools_python, "--model", shared / "paddle", "--config",
+                         DATA / "ppdet_gridmask" / "infer_cfg.yml", "--targets", "x86", "--out", tmp_path / "x.zip")
+    assert_refused(proc, "infer_cfg.yml: Preprocess[2]: unknown op 'GridMask'")
+
+
+@pytest.mark.slow
+def test_config_of_another_model(tools_python: Path, tmp_path: Path) -> None:
+    shared = need_shared("models", "ultraface")
+    proc = run_build_sdk(tools_python, "--model", shared / "paddle", "--config",
+                         ROOT / "tests" / "bundles" / "fastestdet.json", "--labels", shared / "labels.txt",
+                         "--targets", "x86", "--out", tmp_path / "x.zip")
+    assert_refused(proc, "the config says [1, 3, 352, 352], the model's is [1, 3, 240, 320]")
+
+
+@pytest.mark.slow
+def test_unknown_target_from_another_python(tools_python: Path, tmp_path: Path) -> None:
+    """Started with the daemon's Python, it re-executes itself in the tools venv."""
+    shared = need_shared("models", "ultraface")
+    proc = run_build_sdk(Path(sys.executable), "--model", shared / "paddle", "--config",
+                         ROOT / "tests" / "bundles" / "ultraface.json", "--targets", "x86,npu",
+                         "--out", tmp_path / "x.zip")
+    assert_refused(proc, "unknown target 'npu'")

@@ -1,0 +1,186 @@
+"""The build, step by step: configs -> Paddle model -> one `.nb` per target ->
+bundle directory -> checked by lited -> golden result -> zip.
+
+Cheap checks (targets, configs, labels, names) come before the slow ones
+(x2paddle, paddle_lite_opt), so a typo fails in a second, not a minute.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lited.bundle import NAME_RE, machine_target
+
+from sdk import BuildError, bundle_writer, labels, paddle_model, readme
+from sdk.config_import import import_configs
+from sdk.daemon import Daemon
+from sdk.inputs import merge_inputs
+from sdk.lite_opt import LiteOpt
+from sdk.venv import DAEMON_VENV
+
+TASK_BY_DECODER = {"boxes": "detection", "grid": "detection", "priorbox": "detection",
+                   "classification": "classification", "db_text": "text_detection"}
+DEFAULT_TOLERANCE = {"box_px": 4, "score": 0.05}
+GENERIC_NAMES = {"model", "inference", "inference_model", "paddle", "onnx", "output", "export"}
+
+
+@dataclass
+class Options:
+    model: Path
+    configs: list
+    targets: list
+    out: Path
+    name: str | None = None
+    version: str | None = None
+    golden: Path | None = None
+    labels: Path | None = None
+    notice: Path | None = None
+    fp16: bool = False
+    quant: str | None = None
+    opt: Path | None = None
+    daemon_venv: Path = DAEMON_VENV
+    keep_dir: Path | None = None
+    workdir: Path | None = None
+    argv: list = field(default_factory=list)
+
+
+def _say(message: str, warning: bool = False) -> None:
+    """Progress on stdout; warnings on stderr, which otherwise holds only the error line."""
+    print(f"build_sdk: {message}", file=sys.stderr if warning else sys.stdout, flush=True)
+
+
+class _Step:
+    """Times one step and reports it on stderr."""
+
+    def __init__(self, what: str, timings: dict) -> None:
+        self.what, self.timings = what, timings
+
+    def __enter__(self) -> None:
+        self.start = time.monotonic()
+
+    def __exit__(self, *exc: object) -> None:
+        self.timings[self.what] = elapsed = time.monotonic() - self.start
+        if exc[0] is None:
+            _say(f"{self.what}: {elapsed:.1f} s")
+
+
+def _default_name(model: Path) -> str:
+    """The model's name from its path, skipping the generic names exports use."""
+    for part in [model.resolve(), *model.resolve().parents]:
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", part.stem).strip("-.")
+        if name and name.lower() not in GENERIC_NAMES:
+            return name
+    return "model"
+
+
+def _name(opts: Options, fields: dict) -> str:
+    name = opts.name or fields.get("name") or _default_name(opts.model)
+    if not NAME_RE.match(name or ""):
+        raise BuildError(f"--name: '{name}' may hold only letters, digits, '.', '_' and '-'")
+    return name
+
+
+def _check_fields(fields: dict, configs: list) -> None:
+    kinds = "a PaddleDetection infer_cfg.yml, a PaddleClas inference config or a manifest fragment"
+    if not configs:
+        raise BuildError(f"no --config: give {kinds}")
+    for key in ("preprocess", "decoder"):
+        if key not in fields:
+            given = ", ".join(Path(c).name for c in configs)
+            raise BuildError(f"{key}: not set by {given}; add {kinds} that sets it")
+    if not isinstance(fields["decoder"].get("type"), str):
+        raise BuildError("decoder.type: missing")
+
+
+def _command(opts: Options) -> str:
+    """The rebuild command for the README, with the user's file names only."""
+    args = [a if not Path(a).is_absolute() else Path(a).name for a in opts.argv]
+    return "python tools/build_sdk.py " + " ".join(shlex.quote(a) for a in args)
+
+
+def build(opts: Options) -> dict:
+    """Build the bundle and its zip; returns a summary (paths, timings, manifest)."""
+    timings: dict = {}
+    workdir = Path(opts.workdir or tempfile.mkdtemp(prefix="build_sdk-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        summary = _build(opts, workdir, timings)
+    except BuildError as exc:
+        if opts.workdir is None and str(workdir) not in str(exc):  # keep it only when the error names a log in it
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    if opts.workdir is None:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return summary
+
+
+def _preflight(opts: Options, opt: LiteOpt, daemon: Daemon, host: str) -> None:
+    """Checks that take a second, before the steps that take a minute."""
+    for target in opts.targets:
+        opt.check_target(target)
+    if opts.golden is not None:
+        if not opts.golden.is_file():
+            raise BuildError(f"--golden: {opts.golden}: not found")
+        if host not in opts.targets:
+            raise BuildError(f"--golden needs the {host} target: the expected result comes from running it here")
+        if not daemon.present:
+            raise BuildError(f"--golden needs lited in {opts.daemon_venv} to compute the expected result")
+    if opts.notice is not None and not opts.notice.is_file():
+        raise BuildError(f"--notice: {opts.notice}: not found")
+    if opts.fp16 and "arm" not in opts.targets:
+        _say("note: --fp16 applies to the arm target only; the other models stay fp32", warning=True)
+
+
+def _build(opts: Options, workdir: Path, timings: dict) -> dict:
+    opt, daemon, host = LiteOpt(opts.opt, workdir), Daemon(opts.daemon_venv), machine_target()
+    lite_version = opt.version()
+    _preflight(opts, opt, daemon, host)
+    fields = import_configs(opts.configs)
+    _check_fields(fields, opts.configs)
+    names = labels.LabelFile(opts.labels, origin="--labels").read() if opts.labels \
+        else labels.resolve(fields.get("labels"))
+    name = _name(opts, fields)
+
+    with _Step("paddle model" if opts.model.suffix.lower() != ".onnx" else "x2paddle", timings):
+        model = paddle_model.resolve(opts.model, workdir)
+        feeds = paddle_model.read_inputs(model)
+    inputs = merge_inputs(feeds, fields.get("inputs"))
+
+    root = bundle_writer.prepare_dir(opts.keep_dir or workdir / "bundle" / name)
+    models = {}
+    for target in opts.targets:
+        with _Step(f"paddle_lite_opt {target}", timings):
+            nb = opt.optimize(model, target, root, fp16=opts.fp16, quant=opts.quant)
+        models[target] = {"file": nb.name}
+    manifest = {
+        "schema": 1, "name": name, "version": str(opts.version or fields.get("version") or "1.0.0"),
+        "task": fields.get("task") or TASK_BY_DECODER.get(fields["decoder"]["type"], "detection"),
+        "paddle_lite_version": lite_version, "models": models, "inputs": inputs,
+        "preprocess": fields["preprocess"], "decoder": fields["decoder"],
+        "labels": bundle_writer.write_labels(root, names) if names else None,
+    }
+    if opts.notice:
+        bundle_writer.copy_in(root, opts.notice, "NOTICE")
+    manifest = bundle_writer.write_manifest(root, manifest)
+    if daemon.present:
+        daemon.validate(root, check_model=host in opts.targets)
+    else:
+        _say(f"warning: no lited in {opts.daemon_venv}: the bundle was not checked by the runtime", warning=True)
+    if opts.golden is not None:
+        image = bundle_writer.copy_in(root, opts.golden, "golden" + opts.golden.suffix.lower())
+        with _Step("golden", timings):
+            expected = daemon.infer(root, root / image)
+        manifest["golden"] = {"image": image, "expected": expected, "tolerance": dict(DEFAULT_TOLERANCE)}
+        manifest = bundle_writer.write_manifest(root, manifest)
+        daemon.validate(root, check_model=True)
+    build_info = {"source": opts.model.name, "command": _command(opts), "fp16": opts.fp16, "quant": opts.quant,
+                  "notice": opts.notice is not None, "labels_count": len(names or [])}
+    (root / "README.md").write_text(readme.render(manifest, build_info), encoding="utf-8")
+    bundle_writer.write_zip(root, opts.out, name)
+    return {"zip": opts.out, "dir": root if opts.keep_dir else None, "manifest": manifest, "timings": timings}

@@ -1,0 +1,95 @@
+"""Write the bundle directory and its zip.
+
+The zip holds one folder named after the bundle, entries relative, regular
+files only, with fixed timestamps and modes: the same bundle zips to the same
+bytes, and unzipping it cannot write outside its folder.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+from lited.bundle import seal_models
+
+from sdk import BuildError
+
+MANIFEST_ORDER = ("schema", "name", "version", "task", "paddle_lite_version", "models", "inputs",
+                  "preprocess", "decoder", "labels", "golden")
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def to_json(obj: object, indent: int = 0) -> str:
+    """JSON with two-space indents but flat lists on one line (shapes, mean, boxes)."""
+    pad = "  " * indent
+    if isinstance(obj, dict) and obj:
+        items = [f"{pad}  {json.dumps(k)}: {to_json(v, indent + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    if isinstance(obj, list) and any(isinstance(v, (dict, list)) for v in obj):
+        items = [f"{pad}  {to_json(v, indent + 1)}" for v in obj]
+        return "[\n" + ",\n".join(items) + f"\n{pad}]"
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def _bundle_file(path: Path) -> bool:
+    """A name this builder writes into a bundle."""
+    name = path.name
+    return path.is_file() and (name in ("manifest.json", "README.md", "labels.txt", "NOTICE")
+                               or name.startswith("golden.") or fnmatch.fnmatch(name, "model_*.nb"))
+
+
+def prepare_dir(path: Path) -> Path:
+    """An empty directory for the bundle; an old (or half-built) bundle there is replaced,
+    a directory holding anything else is refused."""
+    if path.exists():
+        if not path.is_dir() or not all(_bundle_file(p) for p in path.iterdir()):
+            raise BuildError(f"{path}: exists and is not a bundle; refusing to overwrite it")
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def write_manifest(root: Path, manifest: dict) -> dict:
+    """manifest.json with each model's sha256 and size filled in; returns what was written."""
+    sealed = seal_models(manifest, root)
+    missing = sorted(set(manifest["models"]) - set(sealed["models"]))
+    if missing:
+        raise BuildError(f"{root}: model file for {', '.join(missing)} is missing")
+    ordered = {k: sealed[k] for k in MANIFEST_ORDER if k in sealed}
+    (root / "manifest.json").write_text(to_json(ordered) + "\n", encoding="utf-8")
+    return ordered
+
+
+def write_labels(root: Path, labels: list) -> str:
+    (root / "labels.txt").write_text("".join(f"{name}\n" for name in labels), encoding="utf-8")
+    return "labels.txt"
+
+
+def copy_in(root: Path, source: Path, name: str) -> str:
+    """Copy a user's file into the bundle under `name` (its content, never a link)."""
+    if not source.is_file():
+        raise BuildError(f"{source}: not found")
+    shutil.copyfile(source, root / name)
+    return name
+
+
+def write_zip(root: Path, out: Path, folder: str) -> Path:
+    """Zip `root` as `folder/...` into `out` (written beside it, then renamed)."""
+    files = sorted(p for p in root.rglob("*") if not p.is_dir())
+    for path in files:
+        if path.is_symlink() or not path.is_file():
+            raise BuildError(f"{path}: not a regular file; a bundle holds only files")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in files:
+            info = zipfile.ZipInfo(f"{folder}/{path.relative_to(root).as_posix()}", _ZIP_TIME)
+            info.external_attr = 0o100644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with open(path, "rb") as src, zf.open(info, "w") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+    os.replace(tmp, out)
+    return out

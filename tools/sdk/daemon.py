@@ -1,0 +1,57 @@
+"""Ask the daemon itself about a bundle just built: is it valid, what does it say.
+
+The judge of a bundle is `lited` as it will run on the board, so both the
+validation and the golden result go through the daemon venv (a subprocess:
+its numpy/opencv/paddlelite pins are not the tools venv's). The golden
+result is exactly what `lited infer --json` prints, which `lited selftest`
+compares against later.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from sdk import BuildError
+from sdk.venv import daemon_lited, daemon_python
+
+_VALIDATE = ("import sys\n"
+             "from lited.bundle import BundleError, load_bundle\n"
+             "try:\n"
+             "    load_bundle(sys.argv[1], check_models=sys.argv[2] == '1')\n"
+             "except BundleError as exc:\n"
+             "    sys.exit(str(exc))\n")
+
+
+def _run(cmd: list, what: str) -> str:
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.splitlines() if line.strip() and "libpng warning" not in line]
+        raise BuildError(f"{what}: {lines[-1] if lines else f'exit {proc.returncode}'}")
+    return proc.stdout
+
+
+class Daemon:
+    """The daemon venv (`.venv` by default) that judges the bundle."""
+
+    def __init__(self, venv: Path) -> None:
+        self.venv = venv
+
+    @property
+    def present(self) -> bool:
+        return daemon_python(self.venv).is_file() and daemon_lited(self.venv).is_file()
+
+    def validate(self, bundle: Path, check_model: bool) -> None:
+        """lited.bundle's full check; `check_model` also checks this machine's model file."""
+        _run([daemon_python(self.venv), "-c", _VALIDATE, bundle, "1" if check_model else "0"],
+             "lited refused the bundle")
+
+    def infer(self, bundle: Path, image: Path) -> dict:
+        """`lited infer --json` on one image: {"detections": [...], "classes": [...]}."""
+        out = _run([daemon_lited(self.venv), "infer", "--bundle", bundle, "--json", image],
+                   f"lited infer on {image.name}")
+        try:
+            result = json.loads(out.strip().splitlines()[-1])
+        except (json.JSONDecodeError, IndexError):
+            raise BuildError(f"lited infer on {image.name}: expected one JSON line, got {out[:200]!r}") from None
+        return {"detections": result.get("detections", []), "classes": result.get("classes", [])}

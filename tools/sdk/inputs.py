@@ -1,0 +1,57 @@
+"""The manifest's `inputs`: the model's feeds, with sizes the config knows.
+
+Names, order and dtype come from the model itself (what Paddle Lite will
+see; x2paddle renames ONNX inputs to `x2paddle_<name>`). A config may fill
+in sizes the model leaves dynamic (a PaddleDetection export is
+`[-1, 3, -1, -1]`, its infer_cfg.yml knows 640x640) but never contradict a
+fixed one: that would be a config for another model. The batch is always 1.
+"""
+from __future__ import annotations
+
+from sdk import BuildError
+
+
+def _match(feeds: list, wanted: list) -> dict:
+    """Config input index -> feed index: by name first, then in order among same-rank feeds."""
+    pairs: dict = {}
+    names = {feed["name"]: i for i, feed in enumerate(feeds)}
+    for j, spec in enumerate(wanted):
+        if spec.get("name") in names:
+            pairs[j] = names[spec["name"]]
+    free = [i for i in range(len(feeds)) if i not in pairs.values()]
+    for j, spec in enumerate(wanted):
+        if j in pairs:
+            continue
+        rank = len(spec.get("shape", [])) or 4
+        candidates = [i for i in free if len(feeds[i]["shape"]) == rank]
+        if not candidates:
+            raise BuildError(f"inputs[{j}] ({spec.get('name', '?')}): the model has no such input "
+                             f"(it has {', '.join(f['name'] for f in feeds)})")
+        pairs[j] = candidates[0]
+        free.remove(candidates[0])
+    return pairs
+
+
+def _shape(model_shape: list, config_shape: list | None, name: str) -> list:
+    if config_shape is None:
+        config_shape = [-1] * len(model_shape)
+    if len(config_shape) != len(model_shape):
+        raise BuildError(f"inputs.{name}.shape: the config says {config_shape}, the model's is {model_shape}")
+    shape = []
+    for axis, (m, c) in enumerate(zip(model_shape, config_shape)):
+        if m != -1 and c != -1 and m != c and axis > 0:
+            raise BuildError(f"inputs.{name}.shape: the config says {config_shape}, the model's is "
+                             f"{model_shape} (a config for another model?)")
+        shape.append(m if m != -1 else c)
+    return shape
+
+
+def merge_inputs(feeds: list, wanted: list | None) -> list:
+    """The manifest `inputs` from the model's feeds and the config's `inputs`."""
+    out = [dict(feed) for feed in feeds]
+    for j, i in _match(feeds, wanted or []).items():
+        out[i]["shape"] = _shape(feeds[i]["shape"], (wanted or [])[j].get("shape"), feeds[i]["name"])
+    for spec in out:
+        if spec["shape"]:
+            spec["shape"][0] = 1  # lited feeds one image at a time
+    return out

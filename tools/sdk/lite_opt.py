@@ -1,0 +1,63 @@
+"""paddle_lite_opt: one naive-buffer `.nb` per bundle target.
+
+Run as a subprocess, not through `lite.Opt` in-process: on any error it
+aborts the whole process with SIGABRT. Each target is checked before the
+slow steps (`--print_supported_ops` aborts with "Wrong target" for a target
+this build of opt lacks), so a bad `--targets` fails in a second.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from sdk import BuildError, proc
+from sdk.paddle_model import PaddleModel
+from sdk.venv import tool
+
+# bundle target -> paddle_lite_opt --valid_targets (OpenCL falls back to ARM kernels)
+VALID_TARGETS = {"x86": "x86", "arm": "arm", "opencl": "opencl,arm"}
+QUANT_TYPES = {"int8": "QUANT_INT8", "int16": "QUANT_INT16"}
+
+
+class LiteOpt:
+    """One paddle_lite_opt executable (default: the tools venv's)."""
+
+    def __init__(self, path: Path | None, workdir: Path) -> None:
+        self.path = Path(path) if path else tool("paddle_lite_opt")
+        self.workdir = workdir
+        if not self.path.is_file():
+            raise BuildError(f"paddle_lite_opt not found at {self.path} (pip package paddlelite in the tools venv)")
+
+    def version(self) -> str:
+        """The version opt writes into every `.nb`, e.g. `v2.13-rc`."""
+        out = proc.run([self.path, "--version"], self.workdir / "opt_version.log", "paddle_lite_opt --version")
+        return out.strip().splitlines()[-1].strip()
+
+    def check_target(self, target: str) -> None:
+        """Refuse a target this opt cannot build, before any conversion."""
+        if target not in VALID_TARGETS:
+            raise BuildError(f"--targets: unknown target '{target}' (paddle_lite_opt builds "
+                             f"{', '.join(VALID_TARGETS)})")
+        try:
+            proc.run([self.path, "--print_supported_ops=true", f"--valid_targets={VALID_TARGETS[target]}"],
+                     self.workdir / f"opt_check_{target}.log", f"target '{target}'")
+        except BuildError as exc:
+            raise BuildError(f"{exc} ({self.path} cannot build {VALID_TARGETS[target]} models)") from None
+
+    def optimize(self, model: PaddleModel, target: str, out_dir: Path, fp16: bool = False,
+                 quant: str | None = None) -> Path:
+        """Write out_dir/model_<target>.nb. fp16 applies to the arm target only: x86 has no
+        fp16 kernels, and opt aborts on fp16 with opencl (whose precision is the runtime's choice)."""
+        valid = VALID_TARGETS[target]
+        out = out_dir / f"model_{target}"
+        cmd = [self.path, f"--model_file={model.model_file}", f"--param_file={model.params_file}",
+               "--optimize_out_type=naive_buffer", f"--optimize_out={out}", f"--valid_targets={valid}"]
+        if fp16 and target == "arm":
+            cmd.append("--enable_fp16=true")
+        if quant:
+            cmd += ["--quant_model=true", f"--quant_type={QUANT_TYPES[quant]}"]
+        proc.run(cmd, self.workdir / f"opt_{target}.log", f"paddle_lite_opt --valid_targets={valid}")
+        nb = out.with_suffix(".nb")
+        if not nb.is_file():
+            raise BuildError(f"paddle_lite_opt --valid_targets={valid} wrote no {nb.name} "
+                             f"(log {self.workdir / f'opt_{target}.log'})")
+        return nb

@@ -1,0 +1,96 @@
+"""MODEL -> a Paddle inference model (model.pdmodel + model.pdiparams) and its inputs.
+
+Accepts an ONNX file (converted with x2paddle, the chain known to work with
+paddle_lite_opt 2.13: paddlepaddle 2.6.2 + x2paddle 1.6.0), a `.pdmodel`
+with its `.pdiparams` beside it, or a directory holding one such pair (the
+layout PaddleDetection and PaddleClas exports use). Problems that would only
+show up as a C++ abort inside paddle_lite_opt are caught here by name.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdk import BuildError, proc
+from sdk.venv import tool
+
+
+@dataclass(frozen=True)
+class PaddleModel:
+    model_file: Path
+    params_file: Path
+    source: Path  # what the user gave (the ONNX file for a converted model)
+
+
+def _pair(model_file: Path, where: str) -> PaddleModel:
+    params = model_file.with_suffix(".pdiparams")
+    if not params.is_file():
+        raise BuildError(f"{where}: params file {params.name} is missing beside {model_file.name} "
+                         "(a Paddle inference model is NAME.pdmodel + NAME.pdiparams)")
+    return PaddleModel(model_file, params, model_file)
+
+
+def _from_dir(directory: Path) -> PaddleModel:
+    found = sorted(directory.glob("*.pdmodel"))
+    if len(found) == 1:
+        return _pair(found[0], str(directory))
+    if found:
+        raise BuildError(f"{directory}: several models ({', '.join(p.name for p in found)}); pass the .pdmodel to use")
+    if any(p.with_suffix(".pdiparams").is_file() for p in directory.glob("*.json")):
+        raise BuildError(f"{directory}: a Paddle 3 (PIR, .json) model, which paddle_lite_opt 2.13 cannot read; "
+                         "export it with paddlepaddle 2.x")
+    if (directory / "__model__").is_file():
+        raise BuildError(f"{directory}: a model with separate parameter files (__model__); re-save it with "
+                         "paddle.static.save_inference_model as NAME.pdmodel + NAME.pdiparams")
+    raise BuildError(f"{directory}: no .pdmodel file in it")
+
+
+def onnx_to_paddle(onnx_file: Path, workdir: Path) -> PaddleModel:
+    """Convert with x2paddle into workdir/x2paddle/inference_model/."""
+    out = workdir / "x2paddle"
+    proc.run([tool("x2paddle"), "--framework=onnx", f"--model={onnx_file}", f"--save_dir={out}",
+              "--disable_feedback=True"], workdir / "x2paddle.log", f"{onnx_file.name}: x2paddle")
+    model_file = out / "inference_model" / "model.pdmodel"
+    if not model_file.is_file():
+        raise BuildError(f"{onnx_file.name}: x2paddle wrote no {model_file} (log {workdir / 'x2paddle.log'})")
+    return PaddleModel(model_file, model_file.with_suffix(".pdiparams"), onnx_file)
+
+
+def resolve(model: Path, workdir: Path) -> PaddleModel:
+    """The Paddle model for MODEL, converting an ONNX file on the way."""
+    if not model.exists():
+        raise BuildError(f"{model}: not found")
+    if model.is_dir():
+        return _from_dir(model)
+    suffix = model.suffix.lower()
+    if suffix == ".onnx":
+        return onnx_to_paddle(model, workdir)
+    if suffix == ".pdmodel":
+        return _pair(model, str(model))
+    raise BuildError(f"{model}: expected an .onnx file, a .pdmodel or a directory holding one")
+
+
+def read_inputs(model: PaddleModel) -> list:
+    """The model's feeds in order: [{"name", "shape", "dtype"}], -1 for dynamic sizes.
+
+    Loading the program also proves the params file belongs to the model,
+    which paddle_lite_opt would otherwise report with an abort.
+    """
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    import paddle
+
+    paddle.enable_static()
+    try:
+        program, feeds, _ = paddle.static.load_inference_model(  # NAME.pdmodel + NAME.pdiparams
+            str(model.model_file.with_suffix("")), paddle.static.Executor(paddle.CPUPlace()))
+    except Exception as exc:  # paddle raises many kinds, all with C++ pages
+        raise BuildError(f"{model.model_file.name}: paddle cannot load it with {model.params_file.name}: "
+                         f"{proc.reason(str(exc))} (params of another model?)") from None
+    block = program.global_block()
+    inputs = []
+    for name in feeds:
+        var = block.var(name)
+        inputs.append({"name": name, "shape": [int(d) for d in var.shape],
+                       "dtype": str(var.dtype).replace("paddle.", "")})
+    return inputs

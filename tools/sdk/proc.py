@@ -1,0 +1,58 @@
+"""Run a converter and turn its pages of logs into one line on failure.
+
+x2paddle and paddle_lite_opt print progress, warnings and tracebacks, and
+paddle_lite_opt aborts (SIGABRT) on any error. The full log goes to a file in
+the work directory; the user gets the line that says what went wrong.
+"""
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+from sdk import BuildError
+
+_GLOG = re.compile(r"^\[([FEWI]) [\d/]+ [\d:. ]+ [^\]]*\]\s*")
+_X2PADDLE_OP = re.compile(r"^=+ (\S+) =+$")
+_ERROR = re.compile(r"^[A-Za-z_.]*(Error|Exception): \S")
+
+
+def reason(log: str) -> str:
+    """The line of a converter log that says why it failed."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    if any("OPs are not supported yet" in line for line in lines):  # x2paddle
+        start = next(i for i, line in enumerate(lines) if "OPs are not supported yet" in line)
+        ops = []
+        for line in lines[start + 1:]:
+            match = _X2PADDLE_OP.match(line)
+            if not match:
+                break
+            ops.append(match.group(1))
+        return f"unsupported ONNX op(s): {', '.join(ops) or '?'}"
+    for i, line in enumerate(lines):  # paddle_lite_opt's fatal glog line, message maybe on the next
+        match = _GLOG.match(line)
+        if match and match.group(1) == "F":
+            rest = line[match.end():] or (lines[i + 1] if i + 1 < len(lines) else "")
+            return rest
+    for line in reversed(lines):  # Paddle's `XxxError: ...` or a traceback's exception line
+        if _ERROR.match(line):
+            return line
+    for line in reversed(lines):  # else the last words
+        if not _GLOG.match(line):
+            return line
+    return "no output"
+
+
+def run(cmd: list, log_path: Path, what: str) -> str:
+    """Run `cmd`, keep its output in `log_path`; BuildError naming `what` on failure."""
+    try:
+        proc = subprocess.run([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL, text=True, errors="replace")
+    except OSError as exc:
+        raise BuildError(f"{what}: cannot run {cmd[0]}: {exc.strerror}") from None
+    log_path.write_text(proc.stdout)
+    if proc.returncode != 0:
+        status = signal.Signals(-proc.returncode).name if proc.returncode < 0 else f"exit {proc.returncode}"
+        raise BuildError(f"{what}: {reason(proc.stdout)} ({status}; log {log_path})")
+    return proc.stdout

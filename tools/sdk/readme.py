@@ -1,0 +1,65 @@
+"""The SDK's README.md: what is in the bundle and how to use it, for the person
+who unzips it on a board without this repository at hand."""
+from __future__ import annotations
+
+import json
+
+TARGET_NOTES = {"x86": "x86_64 hosts", "arm": "ARM boards (aarch64/armv7)",
+                "opencl": "ARM boards with an OpenCL GPU (falls back to ARM kernels)"}
+
+
+def _resize(pre: dict) -> str:
+    resize = pre["resize"]
+    extra = ", ".join(f"{k} {v}" for k, v in resize.items() if k not in ("mode", "interpolation"))
+    return f"{resize['mode']} ({resize.get('interpolation', 'linear')}{', ' + extra if extra else ''})"
+
+
+def _golden(golden: dict) -> list:
+    expected = golden["expected"]
+    lines = [f"`{golden['image']}` is the self-test image; `lited selftest` expects:", ""]
+    for det in expected.get("detections", [])[:10]:
+        lines.append(f"- {det['label']} {det['score']:.3f} at {det['box']}")
+    for cls in expected.get("classes", [])[:5]:
+        lines.append(f"- {cls['label']} {cls['score']:.3f}")
+    if not expected.get("detections") and not expected.get("classes"):
+        lines.append("- nothing (no detection, no class above the threshold)")
+    return lines
+
+
+def render(manifest: dict, build: dict) -> str:
+    """README.md text. `build` holds source, configs, command, fp16, quant, notice, labels_count."""
+    name, pre = manifest["name"], manifest["preprocess"]
+    lines = [f"# {name} {manifest['version']}: a lited SDK bundle", "",
+             f"Task: {manifest['task']}. Built by lited's `tools/build_sdk.py` from `{build['source']}` "
+             f"with paddle_lite_opt {manifest['paddle_lite_version']}"
+             f"{' (fp16 on ARM)' if build.get('fp16') else ''}"
+             f"{' (' + build['quant'] + ' weights)' if build.get('quant') else ''}.", "",
+             "## Files", "", "| file | what |", "| --- | --- |",
+             "| `manifest.json` | what the runtime reads: models, input, preprocessing, decoder |"]
+    for target, model in manifest["models"].items():
+        lines.append(f"| `{model['file']}` | Paddle Lite model for {TARGET_NOTES.get(target, target)}, "
+                     f"{model['size']} bytes, sha256 `{model['sha256'][:16]}...` |")
+    if manifest.get("labels"):
+        lines.append(f"| `{manifest['labels']}` | {build['labels_count']} class names, in output order |")
+    if manifest.get("golden"):
+        lines.append(f"| `{manifest['golden']['image']}` | self-test image and, in the manifest, its expected result |")
+    if build.get("notice"):
+        lines.append("| `NOTICE` | licence and source of the model |")
+    lines += ["", "## Model", ""]
+    for spec in manifest["inputs"]:
+        lines.append(f"- input `{spec['name']}`: {spec['shape']} {spec.get('dtype', 'float32')}")
+    lines += [f"- preprocessing: {pre.get('color', 'BGR')}, resize {_resize(pre)}, "
+              f"out = (pixel x {pre.get('scale', 1 / 255):.6g} - mean {pre.get('mean', [0, 0, 0])}) "
+              f"/ std {pre.get('std', [1, 1, 1])}, {pre.get('layout', 'NCHW')}",
+              f"- decoder: `{json.dumps(manifest['decoder'])}`", "",
+              "## Use", "", "```",
+              f"lited inspect --bundle {name}            # what it holds, checked",
+              f"lited infer --bundle {name} photo.jpg    # run it on an image",
+              f"lited selftest --bundle {name}           # the golden image gives the expected result",
+              "```", "",
+              "A model runs only on its target: lited refuses an ARM model on x86 and the reverse",
+              "(Paddle Lite would crash), and any file whose size or sha256 differs from the manifest."]
+    if manifest.get("golden"):
+        lines += ["", "## Self-test", ""] + _golden(manifest["golden"])
+    lines += ["", "## Rebuild", "", "```", build["command"], "```", ""]
+    return "\n".join(lines)
