@@ -122,6 +122,8 @@ class Worker:
         engine, decoder = self.model.engine, self.model.decoder
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
+            if self.stream.beat is not None and self.stream.worker is self:
+                self.stream.beat()
             with self._cond:
                 if self._mailbox is None:
                     self._cond.wait(0.5)
@@ -153,7 +155,6 @@ class Worker:
     # -- prep thread: newest frame -> a free input buffer
     def _prep_loop(self) -> None:
         stream = self.stream
-        last_frame = -1
         while not self._stop.is_set():
             with self._cond:
                 while not self._free and not self._stop.is_set():
@@ -161,31 +162,26 @@ class Worker:
                 if self._stop.is_set():
                     return
                 pre = self._free.pop()
-            frame = stream._next_frame(last_frame, self._stop)
+            frame = stream._next_frame(self, self._stop)
             if frame is None:
                 with self._cond:
                     self._free.append(pre)
                 continue
-            ring, slot, seq, meta, frame_id = frame
+            ring, slot, seq, meta, frame_id, skipped = frame
             t0 = time.perf_counter()
             try:
                 pre(ring.view(slot))
+                intact = ring.is_current(slot, seq)
             except (RingError, ValueError):
-                stream.counters["torn"] += 1
-                with self._cond:
-                    self._free.append(pre)
-                continue
-            if not ring.is_current(slot, seq):  # overwritten while we read it: never infer a torn frame
+                intact = False
+            if not intact:  # overwritten while we read it: never infer a torn frame
                 stream.counters["torn"] += 1
                 with self._cond:
                     self._free.append(pre)
                 continue
             prep_ms = (time.perf_counter() - t0) * 1e3
-            skipped = frame_id - last_frame - 1 if last_frame >= 0 else 0
-            last_frame = frame_id
-            stream.counters["skipped"] += max(0, skipped)
             info = {"stream": stream.name, "seq": frame_id, "frame_ts": meta.wall_ns / 1e9,
-                    "skipped": max(0, skipped), "ring": ring.name, "slot": slot, "slot_seq": seq,
+                    "skipped": skipped, "ring": ring.name, "slot": slot, "slot_seq": seq,
                     "width": meta.width, "height": meta.height, "_captured_ns": meta.ts_ns,
                     "timings_ms": {"capture": stream.capture_ms.get(frame_id, 0.0),
                                    "wait": (time.monotonic_ns() - meta.ts_ns) / 1e6 - prep_ms,
@@ -207,7 +203,7 @@ class Stream:
     def __init__(self, name: str, uri: str, model_factory: Callable, publish: Callable[[dict], None],
                  on_event: Optional[Callable[[dict], None]] = None, slots: int = 4,
                  stall_timeout: float = 5.0, backoff: tuple = (0.5, 30.0), group: Optional[str] = None,
-                 stats_window: int = 512) -> None:
+                 stats_window: int = 512, beat: Optional[Callable[[], None]] = None) -> None:
         self.name = name
         self.uri = uri
         self.source = open_source(uri)  # parse and validate now: a bad URI fails before any thread starts
@@ -225,9 +221,11 @@ class Stream:
         self.timings = Timings(stats_window)
         self.capture_ms: dict = {}
         self._frame_offset = 0
+        self._last_taken = -1
         self.ring: Optional[FrameRing] = None
         self.last_frame_at = 0.0
         self.started_at = time.monotonic()
+        self.beat = beat  # called by the active inference loop at least every 0.5 s (watchdog)
         self.fault_hook: Optional[Callable] = None  # test-only: called in the infer thread before each run
         self._fps_window: collections.deque = collections.deque(maxlen=64)
         self._model_factory = model_factory
@@ -237,6 +235,7 @@ class Stream:
         self._taken.set()
         self._ring_lock = threading.Lock()
         self.worker: Optional[Worker] = None
+        self.last_result: Optional[dict] = None
         self._capture = threading.Thread(target=self._capture_loop, name=f"capture-{name}", daemon=True)
 
     # -- lifecycle
@@ -251,22 +250,26 @@ class Stream:
         self.worker = worker
         self._capture.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 6.0) -> None:
+        """Stop the threads (a blocked network read ends within its read timeout,
+        5 s by default) and remove the ring."""
         self._stop.set()
         self._wake()
         if self.worker:
             self.worker.stop(timeout)
-        self._capture.join(timeout)
-        self.source.close()
+        if self._capture.is_alive():
+            self._capture.join(timeout)
+        if not self._capture.is_alive():  # never close a capture another thread is blocked reading
+            self.source.close()
         with self._ring_lock:
             if self.ring is not None:
                 self.ring.unlink()
                 self.ring = None
         self._set_state("stopped")
 
-    def swap_model(self, model_factory: Callable, timeout: float = 120.0) -> None:
-        """Load a new model beside the running one and switch between frames.
-        Raises (and keeps the old model serving) if the new one fails."""
+    def prepare_model(self, model_factory: Callable, timeout: float = 120.0) -> Worker:
+        """Build and warm up a new model beside the running one; it takes no
+        frames until `commit_model`. Raises if it fails (nothing changes)."""
         new = Worker(self, model_factory, "reload")
         new.start()
         if not new.ready.wait(timeout):
@@ -275,11 +278,23 @@ class Stream:
         if new.error is not None:
             new.stop()
             raise new.error
-        old, self.worker = self.worker, new
-        self._model_factory = model_factory
+        return new
+
+    def commit_model(self, new: Worker) -> None:
+        """Switch to a prepared model between frames: the old one finishes the
+        frame it is on, then the new one takes the next."""
+        old = self.worker
         if old is not None:
             old.stop()
+        with self._frame_cond:
+            self.worker = new
+            self._model_factory = new.factory
+            self._frame_cond.notify_all()
         self._event("model", f"{new.model.name} {new.model.version}")
+
+    def swap_model(self, model_factory: Callable, timeout: float = 120.0) -> None:
+        """prepare_model then commit_model: the old model serves until the new one is warm."""
+        self.commit_model(self.prepare_model(model_factory, timeout))
 
     @property
     def model(self):
@@ -365,20 +380,23 @@ class Stream:
         with self._frame_cond:
             self._frame_cond.notify_all()
 
-    def _next_frame(self, last_frame: int, stop: threading.Event) -> Optional[tuple]:
-        """The newest complete frame newer than `last_frame`, waiting up to 0.5 s."""
+    def _next_frame(self, worker: Worker, stop: threading.Event) -> Optional[tuple]:
+        """For the active worker only: the newest complete frame not taken yet,
+        waiting up to 0.5 s. Frames passed over are counted as skipped."""
         with self._frame_cond:
             deadline = time.monotonic() + 0.5
             while not stop.is_set() and not self._stop.is_set():
                 ring = self.ring
-                if ring is not None:
-                    latest = ring.latest()
-                    if latest is not None:
-                        meta = ring.meta(*latest)
-                        frame_id = self._frame_offset + meta.frame if meta is not None else -1
-                        if frame_id > last_frame:
-                            self._taken.set()
-                            return (ring, latest[0], latest[1], meta, frame_id)
+                latest = ring.latest() if ring is not None and self.worker is worker else None
+                meta = ring.meta(*latest) if latest is not None else None
+                if meta is not None:
+                    frame_id = self._frame_offset + meta.frame
+                    if frame_id > self._last_taken:
+                        skipped = frame_id - self._last_taken - 1 if self._last_taken >= 0 else 0
+                        self._last_taken = frame_id
+                        self.counters["skipped"] += skipped
+                        self._taken.set()
+                        return (ring, latest[0], latest[1], meta, frame_id, skipped)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
@@ -386,6 +404,7 @@ class Stream:
         return None
 
     def _publish(self, result: dict) -> None:
+        self.last_result = result
         self.counters["inferred"] += 1
         self.timings.add(result["timings_ms"])
         self.publish_cb(result)

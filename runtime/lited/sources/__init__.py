@@ -1,0 +1,49 @@
+"""Frame sources: where the pipeline's images come from, named by a URI.
+
+One module per kind:
+
+    synth://?size=640x480&fps=30&frames=0          synth.py    drawn test pattern
+    file:///path/video.mp4?loop=1&realtime=1       file.py     video file (FFmpeg)
+    images:///path/dir?fps=2&loop=1                images.py   folder of images
+    rtsp://cam/stream?lited_transport=tcp          network.py  RTSP camera (FFmpeg)
+    http(s)://host/stream.mjpg?lited_read_timeout=5 network.py HTTP stream (FFmpeg)
+    v4l2:///dev/video0?width=640&height=480&fps=30&fourcc=MJPG   v4l2.py
+    gst://videotestsrc ! ... ! video/x-raw,format=BGR ! appsink  gst.py
+
+Contract (`base.Source`): `open()` opens and returns the frame shape
+(H, W, 3) BGR uint8; `read_into(out)` fills the caller's buffer in place and
+returns False at end of stream; errors are `SourceError`, a size change is
+`FrameShapeChanged` (`out` untouched). `open_source` only parses and
+validates, so a typo is reported before any device is touched.
+"""
+from __future__ import annotations
+
+import importlib
+
+from lited.sources.base import Pacer, Source
+from lited.sources.errors import FrameShapeChanged, SourceError
+from lited.sources.options import split_uri
+
+__all__ = ["FrameShapeChanged", "Pacer", "SOURCE_KINDS", "Source", "SourceError", "open_source"]
+
+# scheme -> module under lited.sources; each defines `SOURCE` (a Source subclass).
+SOURCE_KINDS = {
+    "file": "file",
+    "gst": "gst",
+    "http": "network",
+    "https": "network",
+    "images": "images",
+    "rtsp": "network",
+    "synth": "synth",
+    "v4l2": "v4l2",
+}
+
+
+def open_source(uri: str) -> Source:
+    """Parse and validate `uri` into an unopened `Source`; SourceError if bad."""
+    scheme, target, query = split_uri(uri)
+    if scheme not in SOURCE_KINDS:
+        known = ", ".join(sorted(SOURCE_KINDS))
+        raise SourceError(uri, f"unknown scheme {scheme!r} (known: {known})")
+    cls = importlib.import_module(f"lited.sources.{SOURCE_KINDS[scheme]}").SOURCE
+    return cls.from_uri(uri, target, query)

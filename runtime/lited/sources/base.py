@@ -1,0 +1,116 @@
+"""What every source shares: the `Source` contract and pacing.
+
+A source fills a buffer the caller owns (often a view into shared memory),
+so the read path never allocates a frame: `read_into(out)` writes in place.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar, Dict, Optional
+
+import numpy as np
+
+from lited.sources.errors import FrameShapeChanged, Shape, SourceError, redact
+from lited.sources.options import Option, parse_options, split_query
+
+
+class Source:
+    """One frame producer. `open_source` builds it; `open` touches the device.
+
+    Subclasses set `OPTIONS` (name -> `options.Option`), check their target
+    in `__init__` (no I/O there), implement `open`, `_read` and `close`, and
+    raise `self._frame_shape_changed(frame)` when a frame does not fit `out`.
+    """
+
+    OPTIONS: ClassVar[Dict[str, Option]] = {}
+
+    @classmethod
+    def from_uri(cls, uri: str, target: str, query: str) -> "Source":
+        """Validate the query against `OPTIONS`; kinds with other rules override."""
+        return cls(uri, target, parse_options(uri, split_query(uri, query), cls.OPTIONS))
+
+    def __init__(self, uri: str, target: str, options: Dict[str, Any]) -> None:
+        self.uri = uri
+        self.target = target
+        self.options = options
+        self.fps: Optional[float] = None
+        self.shape: Optional[Shape] = None
+        self._pending: Optional[np.ndarray] = None
+        self.pacer = Pacer(None)
+
+    def error(self, detail: str) -> SourceError:
+        return SourceError(self.uri, detail)
+
+    def open(self) -> Shape:
+        """Open the device or stream; the frame shape (H, W, 3)."""
+        raise NotImplementedError
+
+    def read_into(self, out: np.ndarray) -> bool:
+        """Fill `out` in place with the next frame; False at end of stream."""
+        if self.shape is None:
+            raise self.error("read before open()")
+        if out.shape != self.shape or out.dtype != np.uint8 or not out.flags.c_contiguous:
+            raise ValueError(
+                f"out must be a C-contiguous uint8 array of shape {self.shape}, "
+                f"got {out.dtype} {out.shape}"
+            )
+        self.pacer.wait()
+        if self._pending is not None:
+            np.copyto(out, self._pending)
+            self._pending = None
+            return True
+        return self._read(out)
+
+    def _read(self, out: np.ndarray) -> bool:
+        raise NotImplementedError
+
+    def _first_frame(self, frame: np.ndarray) -> Shape:
+        """Keep a frame read while opening (it proves the stream decodes) for
+        the first `read_into`; its shape is the source's."""
+        self._pending = frame
+        self.shape = tuple(frame.shape)  # type: ignore[assignment]
+        return self.shape  # type: ignore[return-value]
+
+    def _frame_shape_changed(self, frame: np.ndarray) -> FrameShapeChanged:
+        """Keep `frame` for the next read and build the error to raise."""
+        old, self.shape = self.shape, tuple(frame.shape)  # type: ignore[assignment]
+        self._pending = frame
+        return FrameShapeChanged(self.uri, old, self.shape)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Release the device; safe to call twice."""
+        self.shape = None
+        self._pending = None
+        self.pacer.reset()
+
+    def __enter__(self) -> "Source":
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {redact(self.uri)!r}>"
+
+
+class Pacer:
+    """Sleeps so frames leave at `fps`; a consumer late by more than a frame
+    restarts the schedule instead of getting a burst of catch-up frames."""
+
+    def __init__(self, fps: Optional[float]) -> None:
+        self.period = 1.0 / fps if fps else 0.0
+        self._next: Optional[float] = None
+
+    def reset(self) -> None:
+        self._next = None
+
+    def wait(self) -> None:
+        if not self.period:
+            return
+        now = time.monotonic()
+        if self._next is None or now > self._next + self.period:
+            self._next = now
+        elif now < self._next:
+            time.sleep(self._next - now)
+        self._next += self.period

@@ -1,0 +1,36 @@
+"""The errors every source raises, and URI redaction for their messages."""
+from __future__ import annotations
+
+import re
+from typing import Optional, Tuple
+
+Shape = Tuple[int, int, int]
+
+_PASSWORD = re.compile(r"(://[^/:@?#]*:)[^/@?#]*@")
+
+
+def redact(uri: str) -> str:
+    """The URI with any password masked: error messages end up in logs."""
+    return _PASSWORD.sub(r"\1***@", uri)
+
+
+class SourceError(Exception):
+    """A source cannot be parsed, opened or read; one line naming the URI."""
+
+    def __init__(self, uri: str, detail: str) -> None:
+        self.uri = uri
+        self.detail = " ".join(str(detail).split())
+        super().__init__(f"source {redact(uri)!r}: {self.detail}")
+
+
+class FrameShapeChanged(SourceError):
+    """The stream's frame size changed; reallocate `out` with `new_shape`.
+
+    The frame that revealed the change is kept and delivered by the next
+    `read_into` with a buffer of `new_shape`, so nothing is lost.
+    """
+
+    def __init__(self, uri: str, old_shape: Optional[Shape], new_shape: Shape) -> None:
+        self.old_shape = old_shape
+        self.new_shape = new_shape
+        super().__init__(uri, f"frame shape changed from {old_shape} to {new_shape}")

@@ -1,0 +1,67 @@
+"""file://PATH?loop=1&realtime=1 — a video file decoded by OpenCV's FFmpeg.
+
+Without `realtime` frames come as fast as the consumer reads, none dropped
+(batch processing); with it they are paced at the file's own fps, like a
+camera. `loop` reopens the file at its end instead of ending the stream.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional
+from urllib.parse import unquote
+
+import cv2
+import numpy as np
+
+from lited.sources import capture
+from lited.sources.base import Pacer, Source
+from lited.sources.errors import Shape
+from lited.sources.options import Option, flag
+
+
+class FileSource(Source):
+    OPTIONS = {
+        "loop": Option(flag, False),
+        "realtime": Option(flag, False),
+    }
+
+    def __init__(self, uri: str, target: str, options: dict) -> None:
+        super().__init__(uri, target, options)
+        self.path = unquote(target)
+        if not self.path:
+            raise self.error("no file path (write file:///abs/path.mp4 or file://rel/path.mp4)")
+        self._cap: Optional[cv2.VideoCapture] = None
+
+    def open(self) -> Shape:
+        if not os.path.isfile(self.path):
+            raise self.error(f"no such file {self.path}")
+        self._cap = cv2.VideoCapture(self.path, cv2.CAP_FFMPEG)
+        shape = capture.first_frame(self, self._cap, self.path)
+        fps = self._cap.get(cv2.CAP_PROP_FPS)
+        self.fps = fps if math.isfinite(fps) and fps > 0 else None
+        if self.options["realtime"] and self.fps is None:
+            self.close()
+            raise self.error(f"realtime=1 but {self.path} does not say its fps")
+        self.pacer = Pacer(self.fps if self.options["realtime"] else None)
+        return shape
+
+    def _read(self, out: np.ndarray) -> bool:
+        assert self._cap is not None
+        if capture.read_into(self, self._cap, out):
+            return True
+        if not self.options["loop"]:
+            return False
+        # Reopening rewinds every container; seeking does not always.
+        self._cap.release()
+        self._cap = cv2.VideoCapture(self.path, cv2.CAP_FFMPEG)
+        return capture.read_into(self, self._cap, out)
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+        super().close()
+
+
+SOURCE = FileSource

@@ -1,0 +1,143 @@
+"""rtsp://... and http(s)://... — network streams through OpenCV's FFmpeg.
+
+Query options named `lited_*` are ours and are removed from the URL FFmpeg
+sees; any other query parameter is the camera's and passes through as is:
+
+    lited_transport=tcp|udp   RTSP transport (default tcp: no lost slices)
+    lited_open_timeout=S      give up connecting after S seconds (default 10)
+    lited_read_timeout=S      give up on a stream silent for S seconds (default 5)
+
+The timeouts are OpenCV's CAP_PROP_OPEN/READ_TIMEOUT_MSEC: an interrupt
+callback that breaks any FFmpeg wait, so a camera that dies or hangs
+without an end of stream makes `read_into` raise within the read timeout
+instead of blocking. A read that ran into it is a lost stream even if it
+returns a frame: on the interrupt OpenCV flushes the decoder, which then
+hands out its delayed (stale) frames one timeout apiece.
+
+Latency options go to FFmpeg in OPENCV_FFMPEG_CAPTURE_OPTIONS, set only
+while opening (an admin's own value is appended and wins):
+`rtsp_transport;tcp|timeout;<us>|fflags;nobuffer|max_delay;500000`
+(`timeout` is FFmpeg 5's name for the socket I/O timeout; `stimeout` is
+gone; `flags;low_delay` is a decoder option and OpenCV opens the decoder
+without the dictionary, so it would do nothing). OpenCV 4.11.0 ignores that variable (an inverted check, opencv issue
+27091, fixed in 4.12): setting it only makes FFmpeg prefer TCP, so there
+`lited_transport=udp` is refused rather than silently ignored.
+
+A live stream has no end: losing it is a SourceError (the pipeline
+reconnects); only a stream that declares a frame count (a video file served
+over HTTP) ends with False.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+import cv2
+import numpy as np
+
+from lited.sources import capture
+from lited.sources.base import Source
+from lited.sources.errors import Shape
+from lited.sources.options import Option, choice, parse_options, seconds, split_query
+
+PREFIX = "lited_"
+# OpenCV 4.11.0 drops OPENCV_FFMPEG_CAPTURE_OPTIONS (see the module doc).
+FFMPEG_OPTIONS_IGNORED = cv2.__version__.startswith("4.11.")
+ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+_env_lock = threading.Lock()
+
+
+@contextmanager
+def ffmpeg_options(options: str) -> Iterator[None]:
+    """OPENCV_FFMPEG_CAPTURE_OPTIONS set to `options` (plus the admin's own
+    value, which wins) while OpenCV opens a capture; it is read at open only."""
+    with _env_lock:
+        old = os.environ.get(ENV)
+        os.environ[ENV] = f"{options}|{old}" if old else options
+        try:
+            yield
+        finally:
+            if old is None:
+                del os.environ[ENV]
+            else:
+                os.environ[ENV] = old
+
+
+class NetworkSource(Source):
+    OPTIONS = {
+        "lited_transport": Option(choice("tcp", "udp"), None),
+        "lited_open_timeout": Option(seconds, 10.0),
+        "lited_read_timeout": Option(seconds, 5.0),
+    }
+
+    @classmethod
+    def from_uri(cls, uri: str, target: str, query: str) -> "NetworkSource":
+        pairs = split_query(uri, query)
+        ours = [p for p in pairs if p[0].startswith(PREFIX)]
+        theirs = "&".join(raw for name, _, raw in pairs if not name.startswith(PREFIX))
+        source = cls(uri, target, parse_options(uri, ours, cls.OPTIONS))
+        source.url = uri.partition("?")[0] + (f"?{theirs}" if theirs else "")
+        return source
+
+    def __init__(self, uri: str, target: str, options: dict) -> None:
+        super().__init__(uri, target, options)
+        self.scheme = uri.partition("://")[0].lower()
+        host = target.partition("/")[0].rpartition("@")[2]
+        if not host:
+            raise self.error(f"no host (write {self.scheme}://HOST[:PORT]/PATH)")
+        if options["lited_transport"] and self.scheme != "rtsp":
+            raise self.error("option 'lited_transport' applies to rtsp:// only")
+        if options["lited_transport"] == "udp" and FFMPEG_OPTIONS_IGNORED:
+            raise self.error(
+                f"lited_transport=udp cannot be set with OpenCV {cv2.__version__}, "
+                "which ignores OPENCV_FFMPEG_CAPTURE_OPTIONS (opencv issue 27091); it uses TCP"
+            )
+        self.url = uri
+        self._cap: Optional[cv2.VideoCapture] = None
+        self._finite = False
+
+    def ffmpeg_options(self) -> str:
+        """The FFmpeg options string for this stream."""
+        read_us = int(self.options["lited_read_timeout"] * 1e6)
+        opts = [f"timeout;{read_us}", "fflags;nobuffer", "max_delay;500000"]
+        if self.scheme == "rtsp":
+            opts.insert(0, f"rtsp_transport;{self.options['lited_transport'] or 'tcp'}")
+        return "|".join(opts)
+
+    def open(self) -> Shape:
+        timeouts = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self.options["lited_open_timeout"] * 1000),
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.options["lited_read_timeout"] * 1000),
+        ]
+        with ffmpeg_options(self.ffmpeg_options()):
+            self._cap = cv2.VideoCapture(self.url, cv2.CAP_FFMPEG, timeouts)
+        shape = capture.first_frame(self, self._cap, "stream")
+        fps = self._cap.get(cv2.CAP_PROP_FPS)
+        self.fps = fps if 0 < fps < 1000 else None
+        self._finite = self._cap.get(cv2.CAP_PROP_FRAME_COUNT) > 0
+        return shape
+
+    def _read(self, out: np.ndarray) -> bool:
+        assert self._cap is not None
+        timeout = self.options["lited_read_timeout"]
+        start = time.monotonic()
+        ok = capture.read_into(self, self._cap, out)
+        if ok and time.monotonic() - start < timeout:
+            return True
+        finite = self._finite
+        self.close()
+        if finite and not ok:
+            return False
+        raise self.error(f"stream lost: no frame within {timeout:g} s (lited_read_timeout)")
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+        super().close()
+
+
+SOURCE = NetworkSource
