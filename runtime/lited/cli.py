@@ -176,6 +176,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from lited.daemon import serve
+    from lited.logs import setup_logging
+
+    setup_logging("DEBUG" if args.debug else "INFO", debug=args.debug)
+    return serve(args.config, args.insecure_tcp)
+
+
+def cmd_selftest(args: argparse.Namespace) -> int:
+    """Run the bundle's golden image and compare with its expected result."""
+    from lited.bundle import load_bundle
+    from lited.model import Model
+    from lited.selftest import compare
+
+    bundle = load_bundle(args.bundle)
+    golden = bundle.golden
+    if not golden:
+        raise UsageError(f"bundle {bundle.root}: no golden image in the manifest (golden.image): nothing to test")
+    result = Model(bundle).infer(_read_image(str(bundle.root / golden["image"])))
+    problems = compare(result, golden["expected"], golden.get("tolerance", {}))
+    if problems:
+        print(f"lited: selftest {bundle.name} {bundle.version} FAILED: " + "; ".join(problems), file=sys.stderr)
+        return 1
+    print(f"selftest {bundle.name} {bundle.version}: ok ({len(result['detections'])} detections, "
+          f"{len(result['classes'])} classes match {golden['image']})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lited", description="lited: the Paddle Lite daemon")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -200,6 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="print every state change on stderr")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("serve", help="the daemon: streams, results and requests over ZeroMQ")
+    p.add_argument("--config", required=True, help="config file (JSON, see docs/config.md)")
+    p.add_argument("--insecure-tcp", action="store_true", help="allow tcp:// endpoints without CURVE keys")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("selftest", help="check a bundle against its golden image")
+    p.add_argument("--bundle", required=True, help="bundle directory")
+    p.set_defaults(func=cmd_selftest)
+
     p = sub.add_parser("inspect", help="show what a bundle holds")
     p.add_argument("--bundle", required=True, help="bundle directory")
     p.add_argument("--target", help="model target (default: this machine's)")
@@ -212,11 +249,13 @@ def main(argv: list | None = None) -> int:
     args = build_parser().parse_args(argv)
     from lited.bundle import BundleError
     from lited.engines import EngineError
+    from lited.bus import BusError
+    from lited.config import ConfigError
     from lited.sources import SourceError
 
     try:
         return args.func(args)
-    except (BundleError, EngineError, SourceError, UsageError, ValueError, OSError) as exc:
+    except (BundleError, BusError, ConfigError, EngineError, SourceError, UsageError, ValueError, OSError) as exc:
         if args.debug:
             raise
         print(f"lited: {exc}".splitlines()[0], file=sys.stderr)

@@ -222,6 +222,7 @@ class Stream:
         self.capture_ms: dict = {}
         self._frame_offset = 0
         self._last_taken = -1
+        self._published = -1
         self.ring: Optional[FrameRing] = None
         self.last_frame_at = 0.0
         self.started_at = time.monotonic()
@@ -338,6 +339,7 @@ class Stream:
                     ring.abort(slot)
                     source.close()
                     if self.lossless or self._stop.is_set():
+                        self._drain(self._frame_offset + ring.frames - 1)
                         self._set_state("ended", "end of stream")
                         return
                     self._retry("end of stream")
@@ -358,6 +360,13 @@ class Stream:
                 if self.state != "streaming":
                     self._set_state("streaming")
                 self._wake()
+
+    def _drain(self, last_frame: int, timeout: float = 30.0) -> None:
+        """Wait until the result of `last_frame` is out, so `ended` comes after it."""
+        deadline = time.monotonic() + timeout
+        while (self._published < last_frame and not self._stop.is_set()
+               and time.monotonic() < deadline):
+            self._stop.wait(0.01)
 
     def _retry(self, why: str) -> None:
         self.counters["errors"] += 1
@@ -405,6 +414,7 @@ class Stream:
 
     def _publish(self, result: dict) -> None:
         self.last_result = result
+        self._published = result["seq"]
         self.counters["inferred"] += 1
         self.timings.add(result["timings_ms"])
         self.publish_cb(result)

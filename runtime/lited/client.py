@@ -1,0 +1,206 @@
+"""What a local app imports to talk to lited (protocol: docs/protocol.md).
+
+    from lited.client import Subscriber, Client
+
+    with Subscriber(streams=["cam0"]) as sub:
+        for result in sub:
+            print(result["seq"], result["detections"])
+            with sub.frame_view(result) as frame:   # zero copy, read-only
+                ...                                  # raises FrameOverwritten on exit if the slot was reused
+
+    client = Client()
+    client.infer(image=cv2.imread("photo.jpg"))
+
+Frames come straight from the daemon's shared-memory ring, mapped read-only:
+an app can read them without a copy and cannot corrupt the daemon.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import time
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import zmq
+
+from lited import protocol
+from lited.config import default_runtime_dir
+from lited.framering import FrameOverwritten, FrameRing, RingError, RingGone
+
+__all__ = ["Client", "ClientError", "FrameOverwritten", "RingGone", "Subscriber"]
+
+
+class ClientError(Exception):
+    """The daemon answered with an error; `code` as in docs/protocol.md."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+def default_endpoint(kind: str) -> str:
+    return f"ipc://{default_runtime_dir()}/{kind}.sock"
+
+
+class Subscriber:
+    """Results (and optionally events) of some or all streams."""
+
+    def __init__(self, endpoint: Optional[str] = None, streams: Optional[list] = None, events: bool = False,
+                 context: Optional[zmq.Context] = None, curve: Optional[dict] = None) -> None:
+        self.context = context or zmq.Context.instance()
+        self.socket = self.context.socket(zmq.SUB)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        _apply_curve(self.socket, curve)
+        self.streams = set(streams) if streams else None
+        for stream in streams or [""]:
+            self.socket.setsockopt(zmq.SUBSCRIBE, protocol.result_topic(stream) if stream else b"result/")
+            if events:
+                self.socket.setsockopt(zmq.SUBSCRIBE, protocol.event_topic(stream) if stream else b"event/")
+        if events and streams:
+            self.socket.setsockopt(zmq.SUBSCRIBE, protocol.event_topic(protocol.DAEMON_STREAM))
+        self.socket.connect(endpoint or default_endpoint("pub"))
+        self._rings: dict = {}
+        self.malformed = 0
+
+    def recv(self, timeout: Optional[float] = None) -> Optional[dict]:
+        """The next result or event, or None after `timeout` seconds."""
+        while True:
+            if timeout is not None and not self.socket.poll(int(timeout * 1000)):
+                return None
+            frames = self.socket.recv_multipart()
+            if len(frames) != 2:
+                self.malformed += 1
+                continue
+            try:
+                message = protocol.decode_payload(frames[1])
+            except protocol.ProtocolError:
+                self.malformed += 1
+                continue
+            stream = message.get("stream")
+            if self.streams is None or stream in self.streams or stream == protocol.DAEMON_STREAM:
+                return message  # exact stream match: "cam0" does not take "cam01"
+
+    def __iter__(self) -> Iterator[dict]:
+        while True:
+            message = self.recv()
+            if message is not None:
+                yield message
+
+    def _ring(self, result: dict) -> FrameRing:
+        name = result["frame"]["ring"]
+        ring = self._rings.get(name)
+        if ring is None or not ring.writer_alive():
+            for old in [n for n, r in self._rings.items() if not r.writer_alive()]:
+                self._rings.pop(old).close()
+            ring = self._rings[name] = FrameRing.attach(name)
+        return ring
+
+    @contextlib.contextmanager
+    def frame_view(self, result: dict) -> Iterator[np.ndarray]:
+        """The result's own frame, zero copy and read-only, for the `with` body.
+        Raises FrameOverwritten (on entry or exit) if the daemon reused the
+        slot, RingGone if the daemon restarted or the ring was rebuilt."""
+        frame = result["frame"]
+        with self._ring(result).frame(frame["slot"], frame["slot_seq"]) as view:
+            yield view
+
+    def frame(self, result: dict, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """A copy of the result's frame (into `out` if given); FrameOverwritten if gone."""
+        frame = result["frame"]
+        data = self._ring(result).read(frame["slot"], frame["slot_seq"], out)
+        if data is None:
+            raise FrameOverwritten(f"frame {result['seq']} of {result['stream']} was overwritten")
+        return data
+
+    def close(self) -> None:
+        for ring in self._rings.values():
+            with contextlib.suppress(RingError):
+                ring.close()
+        self._rings.clear()
+        self.socket.close(0)
+
+    def __enter__(self) -> "Subscriber":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Client:
+    """Requests with timeouts. One Client per thread."""
+
+    def __init__(self, endpoint: Optional[str] = None, timeout: float = 10.0,
+                 context: Optional[zmq.Context] = None, curve: Optional[dict] = None) -> None:
+        self.context = context or zmq.Context.instance()
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        _apply_curve(self.socket, curve)
+        self.socket.connect(endpoint or default_endpoint("req"))
+        self.timeout = timeout
+        self._ids = itertools.count(1)
+
+    def call(self, method: str, timeout: Optional[float] = None, **params: Any) -> Any:
+        """Send a request, wait for its reply; ClientError or TimeoutError."""
+        request_id = next(self._ids)
+        self.socket.send(protocol.encode_request(method, params, request_id))
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self.socket.poll(int(remaining * 1000)):
+                raise TimeoutError(f"lited: no reply to {method} within {timeout or self.timeout:.1f} s")
+            reply = protocol.decode_reply(self.socket.recv())
+            if reply.get("id") != request_id:
+                continue  # a late reply to an earlier request that timed out
+            if reply.get("ok"):
+                return reply.get("result")
+            error = reply.get("error") or {}
+            raise ClientError(error.get("code", "failed"), error.get("message", ""))
+
+    def ping(self) -> dict:
+        return self.call("ping")
+
+    def status(self) -> dict:
+        return self.call("status")
+
+    def infer(self, image: Any, model: Optional[str] = None, timeout: Optional[float] = None) -> dict:
+        """`image`: a BGR uint8 array, encoded image bytes, or a file path."""
+        params: dict = {} if model is None else {"model": model}
+        if isinstance(image, np.ndarray):
+            array = np.ascontiguousarray(image, np.uint8)
+            params.update(array=array.tobytes(), shape=list(array.shape), dtype="uint8")
+        elif isinstance(image, (bytes, bytearray)):
+            params["image"] = bytes(image)
+        else:
+            with open(image, "rb") as fh:
+                params["image"] = fh.read()
+        return self.call("infer", timeout=timeout, **params)
+
+    def reload(self, model: Optional[str] = None, bundle: Optional[str] = None, timeout: float = 120.0) -> dict:
+        params = {k: v for k, v in (("model", model), ("bundle", bundle)) if v is not None}
+        return self.call("reload", timeout=timeout, **params)
+
+    def snapshot(self, stream: str, quality: int = 85) -> dict:
+        return self.call("snapshot", stream=stream, quality=quality)
+
+    def close(self) -> None:
+        self.socket.close(0)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _apply_curve(sock: zmq.Socket, curve: Optional[dict]) -> None:
+    """curve: {"server_public": path, "client_secret": path} (zmq.auth certificate files)."""
+    if not curve:
+        return
+    import zmq.auth
+
+    server_public, _ = zmq.auth.load_certificate(curve["server_public"])
+    public, secret = zmq.auth.load_certificate(curve["client_secret"])
+    sock.curve_serverkey = server_public
+    sock.curve_publickey = public
+    sock.curve_secretkey = secret

@@ -1,0 +1,113 @@
+"""The msgpack messages between the daemon and local apps (docs/protocol.md).
+
+One place encodes, decodes and validates them, so the daemon, the Python
+client and the docs cannot drift apart. Everything a client sends is
+untrusted: `decode_request` turns any bytes into either a request or a
+`ProtocolError` naming the field, never an exception of another kind.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+VERSION = 1
+METHODS = ("ping", "status", "infer", "reload", "snapshot")
+RESULT_KEYS = ("stream", "seq", "frame_ts", "skipped", "model", "model_version", "task", "detections",
+               "classes", "timings_ms")
+DAEMON_STREAM = "_daemon"
+# msgpack limits for untrusted input: bounded nesting and sizes, no ext types
+_UNPACK_LIMITS = dict(max_str_len=1 << 16, max_array_len=1 << 16, max_map_len=1 << 10, max_ext_len=0)
+
+
+class ProtocolError(Exception):
+    """A message that breaks the protocol; `code` is the reply's error code."""
+
+    def __init__(self, code: str, message: str, request_id: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.request_id = request_id  # known when the payload was a map: the reply can be matched
+
+
+def result_topic(stream: str) -> bytes:
+    return f"result/{stream}".encode()
+
+
+def event_topic(stream: str) -> bytes:
+    return f"event/{stream}".encode()
+
+
+def encode_result(result: dict) -> bytes:
+    """A pipeline result -> the published payload (see docs/protocol.md)."""
+    payload = {"v": VERSION, "type": "result"}
+    for key in RESULT_KEYS:
+        payload[key] = result.get(key)
+    payload["frame"] = {"ring": result.get("ring"), "slot": result.get("slot"), "slot_seq": result.get("slot_seq"),
+                        "width": result.get("width"), "height": result.get("height")}
+    return msgpack.packb(payload, use_bin_type=True)
+
+
+def encode_event(event: dict) -> bytes:
+    return msgpack.packb({"v": VERSION, "type": "event", **event}, use_bin_type=True)
+
+
+def decode_payload(data: bytes, max_bin: int = 1 << 26) -> dict:
+    """Any bytes -> a map with `v` == 1, or ProtocolError('bad_request')."""
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=max_bin, **_UNPACK_LIMITS)
+    except Exception as exc:  # msgpack raises many types on hostile input
+        raise ProtocolError("bad_request", f"not a msgpack message ({type(exc).__name__})") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad_request", f"expected a map, got {type(obj).__name__}")
+    if obj.get("v") != VERSION:
+        raise ProtocolError("bad_request", f"v: expected {VERSION}, got {obj.get('v')!r}")
+    return obj
+
+
+def decode_request(data: bytes, max_bin: int = 1 << 26) -> dict:
+    """Validate a request: `{"v": 1, "id": any, "method": str, "params": map}`."""
+    req = decode_payload(data, max_bin)
+    request_id = req.get("id")
+    method = req.get("method")
+    if not isinstance(method, str):
+        raise ProtocolError("bad_request", "method: expected a string", request_id)
+    if method not in METHODS:
+        raise ProtocolError("unknown_method", f"method: unknown {method[:64]!r} (known: {', '.join(METHODS)})",
+                            request_id)
+    params = req.get("params", {})
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise ProtocolError("bad_request", "params: expected a map", request_id)
+    req["params"] = params
+    return req
+
+
+def param(params: dict, name: str, kind: Any, required: bool = True, default: Any = None) -> Any:
+    """A request parameter of type `kind`, or ProtocolError naming it."""
+    if name not in params:
+        if required:
+            raise ProtocolError("bad_request", f"params.{name}: missing")
+        return default
+    value = params[name]
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        names = {bytes: "bin", str: "a string", int: "an integer", list: "a list", dict: "a map"}
+        raise ProtocolError("bad_request", f"params.{name}: expected {names.get(kind, kind)}")
+    return value
+
+
+def encode_request(method: str, params: dict | None = None, request_id: Any = None) -> bytes:
+    return msgpack.packb({"v": VERSION, "id": request_id, "method": method, "params": params or {}},
+                         use_bin_type=True)
+
+
+def encode_reply(request_id: Any, result: Any = None, error: ProtocolError | None = None) -> bytes:
+    if error is not None:
+        body = {"v": VERSION, "id": request_id, "ok": False, "error": {"code": error.code, "message": str(error)}}
+    else:
+        body = {"v": VERSION, "id": request_id, "ok": True, "result": result}
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def decode_reply(data: bytes) -> dict:
+    return decode_payload(data)

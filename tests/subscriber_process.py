@@ -1,0 +1,52 @@
+"""A subscriber in its own process: collects a stream's results until the
+stream ends, optionally reading each result's frame from shared memory.
+
+    python tests/subscriber_process.py PUB_ENDPOINT STREAM OUT.json [--frames] [--ready FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+from lited.client import FrameOverwritten, Subscriber
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("endpoint")
+    ap.add_argument("stream")
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--frames", action="store_true", help="read each result's frame; record its md5")
+    ap.add_argument("--ready", type=Path, help="touch this file once subscribed")
+    ap.add_argument("--timeout", type=float, default=120)
+    args = ap.parse_args()
+    seqs, digests, overwritten = [], {}, 0
+    with Subscriber(args.endpoint, streams=[args.stream], events=True) as sub:
+        time.sleep(0.3)  # let the subscription reach the publisher
+        if args.ready:
+            args.ready.touch()
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            msg = sub.recv(timeout=1.0)
+            if msg is None:
+                continue
+            if msg["type"] == "event":
+                if msg.get("stream") == args.stream and msg.get("state") == "ended":
+                    break
+                continue
+            seqs.append(msg["seq"])
+            if args.frames:
+                try:
+                    digests[msg["seq"]] = hashlib.md5(sub.frame(msg).tobytes()).hexdigest()
+                except FrameOverwritten:
+                    overwritten += 1
+    args.out.write_text(json.dumps({"seqs": seqs, "digests": digests, "overwritten": overwritten}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""`lited serve` as a real process: subscribers in other processes, requests
+over ipc, reloads, and hostile clients."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from conftest import ROOT, need_shared
+from daemon_process import DaemonProcess
+from lited.bundle import load_bundle
+from lited.client import ClientError, Subscriber
+from lited.model import Model
+
+
+def video(path: Path, frames: int = 24, size=(320, 240)) -> list:
+    """A lossless-decodable MJPG file cycling through the shared photos; the frames as decoded."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 15, size)
+    images = [cv2.resize(cv2.imread(str(need_shared("images", f"{n}.png"))), size)
+              for n in ("chelsea", "coffee", "astronaut")]
+    for i in range(frames):
+        writer.write(images[i % 3])
+    writer.release()
+    cap, out = cv2.VideoCapture(str(path)), []
+    ok, frame = cap.read()
+    while ok:
+        out.append(frame)
+        ok, frame = cap.read()
+    return out
+
+
+@pytest.fixture
+def daemon(tmp_path, bundles_dir):
+    d = DaemonProcess(tmp_path, {"models": {"det": str(bundles_dir / "fastestdet"),
+                                            "face": str(bundles_dir / "ultraface")}, "streams": []})
+    d.start()
+    yield d
+    assert d.stop() == 0, d.output()
+    assert not any(name.startswith(f"lited-") and f"-{d.proc.pid}-" in name for name in os.listdir("/dev/shm"))
+
+
+def add_stream(d: DaemonProcess, name: str, source: str, model: str = "det") -> None:
+    """Add a stream with SIGHUP (config reload), as an operator would."""
+    d.config["streams"] = [*d.config["streams"], {"name": name, "source": source, "model": model}]
+    d.write_config()
+    d.signal(signal.SIGHUP)
+
+
+def wait_until(predicate, timeout: float = 30, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s")
+
+
+def test_sockets_are_group_only(daemon):
+    for sock in ("pub.sock", "req.sock"):
+        assert stat.S_IMODE(os.stat(daemon.run_dir / sock).st_mode) == 0o660
+
+
+def test_several_subscriber_processes_get_every_result_in_order_with_their_frames(daemon, tmp_path):
+    frames = video(tmp_path / "v.avi")
+    procs, outs = [], []
+    for i in range(3):
+        out, ready = tmp_path / f"sub{i}.json", tmp_path / f"ready{i}"
+        args = [sys.executable, str(ROOT / "tests" / "subscriber_process.py"), daemon.pub, "cam", str(out),
+                "--ready", str(ready)] + (["--frames"] if i == 0 else [])
+        procs.append(subprocess.Popen(args))
+        outs.append((out, ready))
+    wait_until(lambda: all(r.exists() for _, r in outs))
+    add_stream(daemon, "cam", f"file://{tmp_path / 'v.avi'}")
+    for p in procs:
+        assert p.wait(120) == 0
+    results = [json.loads(o.read_text()) for o, _ in outs]
+    for r in results:
+        assert r["seqs"] == list(range(len(frames)))  # every result, in order, in every subscriber
+    digests = results[0]["digests"]
+    assert len(digests) + results[0]["overwritten"] == len(frames) and len(digests) >= len(frames) // 2
+    for seq, digest in digests.items():  # frames read from shared memory are the frames the source produced
+        assert digest == hashlib.md5(frames[int(seq)].tobytes()).hexdigest()
+
+
+def test_infer_requests_agree_with_lited_infer(daemon, bundles_dir):
+    local = Model(load_bundle(bundles_dir / "fastestdet"))
+    with daemon.client() as client:
+        for name in ("chelsea", "coffee"):
+            path = need_shared("images", f"{name}.png")
+            image = cv2.imread(str(path))
+            want = local.infer(image)["detections"]
+            assert client.infer(image=str(path))["detections"] == want  # encoded PNG
+            got = client.infer(image=image)  # raw BGR array
+            assert got["detections"] == want and got["model"] == "fastestdet"
+            assert (got["width"], got["height"]) == (image.shape[1], image.shape[0])
+        faces = client.infer(image=str(need_shared("images", "astronaut.png")), model="face")["detections"]
+        assert [f["label"] for f in faces] == ["face"]
+
+
+def test_bad_requests_get_error_replies_and_the_daemon_keeps_serving(daemon):
+    with daemon.client() as client:
+        cases = [({"method": "nope"}, "unknown_method"),
+                 ({"method": "infer", "params": {}}, "bad_request"),
+                 ({"method": "infer", "params": {"image": b"not an image"}}, "bad_request"),
+                 ({"method": "infer", "params": {"array": b"\0" * 10, "shape": [2, 2, 3]}}, "bad_request"),
+                 ({"method": "infer", "params": {"array": b"", "shape": [100000, 100000, 3]}}, "too_large"),
+                 ({"method": "infer", "params": {"image": b"x", "model": "nope"}}, "not_found"),
+                 ({"method": "snapshot", "params": {"stream": "nope"}}, "not_found"),
+                 ({"method": "reload", "params": {"model": "det", "bundle": "/nonexistent"}}, "failed")]
+        for body, code in cases:
+            with pytest.raises(ClientError) as info:
+                client.call(body["method"], **body.get("params", {}))
+            assert info.value.code == code, (body, info.value)
+        assert "params.image" in str(pytest.raises(ClientError, client.call, "infer", image="str").value)
+        assert client.ping()["pong"] is True
+
+
+def test_fuzz_random_and_truncated_messages_do_not_hurt(daemon):
+    ctx = zmq.Context.instance()
+    rng = random.Random(1234)
+    valid = msgpack.packb({"v": 1, "id": 1, "method": "infer", "params": {"image": b"\x89PNG" * 50}})
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(daemon.req)
+    sent = 0
+    for i in range(3000):
+        kind = i % 5
+        if kind == 0:
+            payload = rng.randbytes(rng.randint(0, 200))
+        elif kind == 1:
+            payload = valid[:rng.randint(0, len(valid))]
+        elif kind == 2:
+            payload = msgpack.packb([1, 2, {"v": 1}])
+        elif kind == 3:
+            payload = msgpack.packb({"v": 1, "method": rng.choice(["ping", "status", 7, None, "x" * 300]),
+                                     "params": rng.choice([{}, [], "x", {"image": 5}])})
+        else:
+            payload = bytes(b ^ (1 << rng.randint(0, 7)) if rng.random() < 0.05 else b for b in valid)
+        frames = [payload] if rng.random() < 0.9 else [b"", payload, b"extra"]
+        sock.send_multipart(frames)
+        sent += 1
+    replies = 0
+    while sock.poll(2000):
+        sock.recv_multipart()
+        replies += 1
+    sock.close()
+    assert replies > sent * 0.5  # nearly every one got an answer (some were 'busy')
+    with daemon.client() as client:
+        assert client.ping()["pong"]
+        assert client.infer(image=str(need_shared("images", "chelsea.png")))["detections"]
+    assert daemon.proc.poll() is None
+
+
+def test_a_subscriber_that_never_reads_does_not_slow_others_or_grow_the_daemon(tmp_path, bundles_dir):
+    config = {"models": {"det": str(bundles_dir / "ultraface")}, "limits": {"pub_hwm": 20},
+              "streams": [{"name": "fast", "source": "synth://?size=640x480&fps=0"}]}
+    with DaemonProcess(tmp_path, config) as d:
+        ctx = zmq.Context.instance()
+        stuck = ctx.socket(zmq.SUB)
+        stuck.setsockopt(zmq.RCVHWM, 10)
+        stuck.setsockopt(zmq.SUBSCRIBE, b"")
+        stuck.connect(d.pub)  # never reads
+        with Subscriber(d.pub, streams=["fast"]) as live:
+            live.recv(10)
+            rss = [d.rss_mb()]
+            counts = []
+            for _ in range(4):
+                t0, n = time.monotonic(), 0
+                while time.monotonic() - t0 < 2:
+                    if live.recv(1):
+                        n += 1
+                counts.append(n)
+                rss.append(d.rss_mb())
+        stuck.close()
+        with d.client() as client:
+            fps = client.status()["streams"][0]["fps"]
+    assert min(counts) > 0.5 * max(counts) and min(counts) > 10  # the live subscriber keeps its pace
+    assert rss[-1] - rss[1] < 8, rss  # bounded: nothing queues up for the stuck one
+    assert fps > 5
+
+
+def test_reload_swaps_the_model_while_results_keep_flowing(daemon):
+    add_stream(daemon, "cam", "synth://?size=640x480&fps=20")
+    with Subscriber(daemon.pub, streams=["cam"], events=True) as sub, daemon.client() as client:
+        first = wait_until(lambda: (lambda m: m if m and m["type"] == "result" else None)(sub.recv(1)))
+        assert first["model"] == "fastestdet"
+        assert client.reload(model="det", bundle=daemon.config["models"]["face"])["reloaded"] == ["det"]
+        models, seqs = [], []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and models.count("ultraface") < 5:
+            m = sub.recv(1)
+            if m and m["type"] == "result":
+                models.append(m["model"])
+                seqs.append(m["seq"])
+        assert "ultraface" in models and seqs == sorted(seqs)
+        assert models[models.index("ultraface"):] == ["ultraface"] * len(models[models.index("ultraface"):])
+        with pytest.raises(ClientError, match="failed: bundle"):
+            client.reload(model="det", bundle="/nonexistent")
+        status = client.status()
+        assert status["streams"][0]["state"] == "streaming"
+        assert status["last_reload"]["ok"] is False and "nonexistent" in status["last_reload"]["error"]
+        snap = client.snapshot("cam")
+        image = cv2.imdecode(np.frombuffer(snap["jpeg"], np.uint8), cv2.IMREAD_COLOR)
+        assert image.shape == (480, 640, 3)
+
+
+def test_tcp_needs_curve_keys_or_insecure_flag(tmp_path, bundles_dir):
+    import zmq.auth
+
+    base = {"models": {"det": str(bundles_dir / "ultraface")}}
+    bad = DaemonProcess(tmp_path / "a", {**base, "endpoints": {"req": ["tcp://127.0.0.1:0"]}})
+    (tmp_path / "a").mkdir()
+    bad.write_config()
+    proc = subprocess.run([sys.executable, "-m", "lited.cli", "serve", "--config", str(bad.config_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "TCP needs CURVE keys" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    keys = tmp_path / "keys"
+    clients = keys / "clients"
+    clients.mkdir(parents=True)
+    _, server_secret = zmq.auth.create_certificates(keys, "server")
+    client_public, client_secret = zmq.auth.create_certificates(keys, "client")
+    os.rename(client_public, clients / "client.key")
+    port = 45000 + os.getpid() % 1000
+    (tmp_path / "b").mkdir()
+    run = tmp_path / "b" / "run"
+    good = DaemonProcess(tmp_path / "b", {**base, "endpoints": {"req": [f"ipc://{run}/req.sock",
+                                                                        f"tcp://127.0.0.1:{port}"]},
+                                          "curve": {"server_secret": str(server_secret),
+                                                    "clients_dir": str(clients)}})
+    with good:
+        from lited.client import Client
+
+        curve = {"server_public": str(keys / "server.key"), "client_secret": str(client_secret)}
+        with Client(f"tcp://127.0.0.1:{port}", timeout=5, curve=curve) as client:
+            assert client.ping()["pong"]
+        with Client(f"tcp://127.0.0.1:{port}", timeout=1) as plain:  # no keys: no answer
+            with pytest.raises(TimeoutError):
+                plain.ping()
