@@ -204,6 +204,36 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ctl(args: argparse.Namespace) -> int:
+    """Talk to a running daemon: ping, status, reload (waits until done), snapshot."""
+    from lited.client import Client, ClientError
+
+    with Client(args.endpoint, timeout=args.timeout) as client:
+        try:
+            if args.action == "ping":
+                out = client.ping()
+            elif args.action == "status":
+                out = client.status()
+            elif args.action == "reload":
+                out = client.reload(args.model, args.bundle, timeout=args.timeout)
+            else:
+                if not args.stream or not args.out:
+                    raise UsageError("snapshot needs --stream and --out")
+                snap = client.snapshot(args.stream)
+                with open(args.out, "wb") as fh:
+                    fh.write(snap.pop("jpeg"))
+                out = {"written": args.out, "seq": snap["seq"], "detections": len(snap["detections"])}
+        except ClientError as exc:
+            print(f"lited: {args.action}: {exc}", file=sys.stderr)
+            return 1
+        except TimeoutError as exc:
+            print(f"{exc} (is lited serve running at {client.socket.LAST_ENDPOINT.decode() or args.endpoint}?)",
+                  file=sys.stderr)
+            return 3
+    print(json.dumps(out, indent=None if args.action == "ping" else 2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lited", description="lited: the Paddle Lite daemon")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -232,6 +262,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="config file (JSON, see docs/config.md)")
     p.add_argument("--insecure-tcp", action="store_true", help="allow tcp:// endpoints without CURVE keys")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("ctl", help="ask a running daemon: ping, status, reload, snapshot")
+    p.add_argument("action", choices=["ping", "status", "reload", "snapshot"])
+    p.add_argument("--endpoint", help="request endpoint (default: ipc://<runtime dir>/req.sock)")
+    p.add_argument("--model", help="reload: model name from the config (default: all)")
+    p.add_argument("--bundle", help="reload: load this bundle directory instead of the configured one")
+    p.add_argument("--stream", help="snapshot: stream name")
+    p.add_argument("--out", help="snapshot: JPEG file to write")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the reply")
+    p.set_defaults(func=cmd_ctl)
 
     p = sub.add_parser("selftest", help="check a bundle against its golden image")
     p.add_argument("--bundle", required=True, help="bundle directory")
