@@ -12,6 +12,7 @@ Rules it keeps:
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue
@@ -96,6 +97,7 @@ class Daemon:
                         beat=lambda n=beat_name: self.watchdog.beat(n))
         stream.model_name = sc.model
         stream.config = sc
+        stream.fault_hook = _test_fault()
         try:
             stream.start()
         except BaseException:
@@ -340,6 +342,22 @@ class Daemon:
         if self.last_reload and not self.last_reload.get("ok"):
             line += " | last reload FAILED"
         return f"{line} | models: {models}"
+
+
+def _test_fault() -> Optional[Callable]:
+    """TEST ONLY (tests/test_install_sdk.py): LITED_FAULT=hang_inference_after:N
+    makes each stream's inference thread block for ever after N frames, as a
+    wedged driver call would, so that systemd's watchdog has to restart us."""
+    spec = os.environ.get("LITED_FAULT", "")
+    if not spec.startswith("hang_inference_after:"):
+        return None
+    log.warning("LITED_FAULT=%s: test-only fault injection is on", spec, extra={"event": "fault_injection"})
+    frames, limit = itertools.count(1), int(spec.split(":", 1)[1])
+
+    def hang_after_limit(_worker) -> None:
+        if next(frames) > limit:
+            threading.Event().wait()
+    return hang_after_limit
 
 
 def _rss_kb() -> int:

@@ -472,21 +472,25 @@ class FrameRing:
         else:
             self._unmap()
 
-    def unlink(self) -> None:
+    def unlink(self, unmap: bool = True) -> None:
         """Writer: mark the ring closed (readers get RingGone), remove it from
-        /dev/shm and unmap. Idempotent."""
+        /dev/shm and unmap. With `unmap=False` the mapping stays, so frames
+        this process is still working on keep their seq checks (a ring being
+        replaced for a new frame size); `close()` unmaps later. Idempotent."""
         if not self.is_writer:
             raise RingError("only the writer unlinks its ring; readers close()")
         if self._mm is None:
             return
-        atexit.unregister(self._unlink_at_exit)
-        self._hdr[_STATE] = _CLOSED
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        _OWNED.discard(self.name)
-        self._unmap()
+        if self._hdr[_STATE] != _CLOSED:
+            atexit.unregister(self._unlink_at_exit)
+            self._hdr[_STATE] = _CLOSED
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            _OWNED.discard(self.name)
+        if unmap:
+            self._unmap()
 
     def _unlink_at_exit(self) -> None:
         if os.getpid() == self._owner_pid:  # not in a forked child
@@ -607,10 +611,18 @@ class FrameRing:
     def view(self, slot: int) -> np.ndarray:
         """Read-only zero-copy view of `slot`. The writer may reuse the slot at
         any time: validate with `is_current` after use, or use `frame()`."""
-        return self._views[slot]
+        views = self._views
+        if views is None:
+            raise RingGone(f"{self.name}: closed")
+        return views[slot]
 
     def _stable(self, slot: int, seq: int) -> bool:
-        return not seq & 1 and self._seq[slot] == seq
+        """Raises RingGone once the ring is unmapped (another thread closed it):
+        a frame of a closed ring is never reported as current."""
+        seqs = self._seq
+        if seqs is None:
+            raise RingGone(f"{self.name}: closed")
+        return not seq & 1 and seqs[slot] == seq
 
     def is_current(self, slot: int, seq: int) -> bool:
         """Does `slot` still hold frame `seq`? True after using a view means

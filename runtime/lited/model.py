@@ -15,7 +15,11 @@ from lited.decoders import make_decoder
 from lited.engines import open_engine
 from lited.preprocess import Preprocessor
 
-WARMUP_SIZE = (480, 640)  # source size used to warm up a dynamic-input model
+# Source size used to warm up a dynamic-input model: small on purpose. Paddle
+# Lite sizes its activations to the input (PP-OCRv4 det: ~165 MB at 192x480,
+# ~540 MB at 480x640 on x86), and the first real frame gets a predictor of its
+# own size anyway (see engines/paddle_lite.py), so a large warm-up only wastes memory.
+WARMUP_SIZE = (64, 64)
 
 
 class Model:

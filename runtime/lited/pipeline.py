@@ -36,7 +36,9 @@ from lited.sources import FrameShapeChanged, SourceError, open_source
 log = logging.getLogger("lited.pipeline")
 
 STATES = ("connecting", "streaming", "stalled", "backoff", "ended", "stopped")
-STAGES = ("capture", "wait", "preprocess", "infer", "postprocess", "total")
+# capture: reading the frame; wait: published -> prep starts; queue: prep done -> engine starts;
+# total: published -> result ready (wait + preprocess + queue + infer + postprocess)
+STAGES = ("capture", "wait", "preprocess", "queue", "infer", "postprocess", "total")
 LOSSLESS_KINDS = {"file": "realtime", "images": "fps", "synth": "fps"}  # lossless unless this option is set
 
 
@@ -92,6 +94,11 @@ class Worker:
         self._mailbox: Optional[tuple] = None  # (preprocessor, frame info), prepared and waiting for infer
         self._cond = threading.Condition()
         self._free: list = []
+        # Just-in-time prep: when a run started and how long runs and preps take
+        # (moving averages), so prep takes the newest frame just before the engine frees up.
+        self._run_started: Optional[float] = None
+        self._infer_s = 0.0
+        self._prep_s = 0.0
         self._infer = threading.Thread(target=self._infer_loop, name=f"infer-{stream.name}", daemon=True)
         self._prep = threading.Thread(target=self._prep_loop, name=f"prep-{stream.name}", daemon=True)
 
@@ -136,13 +143,17 @@ class Worker:
             if fault is not None:
                 fault(self)
             t0 = time.perf_counter()
+            info["timings_ms"]["queue"] = (t0 - info.pop("_prepped_at")) * 1e3
             engine.set_input(0, pre.tensor)
             geom = pre.geometry
             with self._cond:
                 self._free.append(pre)
                 self._cond.notify_all()
+            self._run_started = time.monotonic()
             outputs = engine.run()
             t1 = time.perf_counter()
+            self._run_started = None
+            self._infer_s += 0.2 * ((t1 - t0) - self._infer_s)
             decoded = decoder.decode(outputs, geom)
             t2 = time.perf_counter()
             timings = info["timings_ms"]
@@ -162,6 +173,8 @@ class Worker:
                 if self._stop.is_set():
                     return
                 pre = self._free.pop()
+            if not stream.lossless:
+                self._wait_until_engine_almost_free()
             frame = stream._next_frame(self, self._stop)
             if frame is None:
                 with self._cond:
@@ -180,9 +193,11 @@ class Worker:
                     self._free.append(pre)
                 continue
             prep_ms = (time.perf_counter() - t0) * 1e3
+            self._prep_s += 0.2 * (prep_ms / 1e3 - self._prep_s)
             info = {"stream": stream.name, "seq": frame_id, "frame_ts": meta.wall_ns / 1e9,
                     "skipped": skipped, "ring": ring.name, "slot": slot, "slot_seq": seq,
                     "width": meta.width, "height": meta.height, "_captured_ns": meta.ts_ns,
+                    "_prepped_at": time.perf_counter(),
                     "timings_ms": {"capture": stream.capture_ms.get(frame_id, 0.0),
                                    "wait": (time.monotonic_ns() - meta.ts_ns) / 1e6 - prep_ms,
                                    "preprocess": prep_ms}}
@@ -191,6 +206,19 @@ class Worker:
                     self._cond.wait(0.5)
                 self._mailbox = (pre, info)
                 self._cond.notify_all()
+
+
+    def _wait_until_engine_almost_free(self) -> None:
+        """Latest frame wins, so take it as late as possible: while the engine
+        runs, wait until about one prep time (plus a margin) before it is done.
+        Prep still overlaps inference, and the inferred frame is the freshest."""
+        started = self._run_started
+        if started is None:
+            return
+        ready_at = started + self._infer_s - 1.5 * self._prep_s - 0.001
+        delay = min(ready_at - time.monotonic(), 1.0)
+        if delay > 0:
+            self._stop.wait(delay)
 
 
 class Stream:
@@ -220,10 +248,10 @@ class Stream:
         self.counters = collections.Counter(captured=0, inferred=0, skipped=0, torn=0, reconnects=0, errors=0)
         self.timings = Timings(stats_window)
         self.capture_ms: dict = {}
-        self._frame_offset = 0
         self._last_taken = -1
         self._published = -1
         self.ring: Optional[FrameRing] = None
+        self._retired: Optional[FrameRing] = None  # the ring before a frame-size change
         self.last_frame_at = 0.0
         self.started_at = time.monotonic()
         self.beat = beat  # called by the active inference loop at least every 0.5 s (watchdog)
@@ -263,9 +291,10 @@ class Stream:
         if not self._capture.is_alive():  # never close a capture another thread is blocked reading
             self.source.close()
         with self._ring_lock:
-            if self.ring is not None:
-                self.ring.unlink()
-                self.ring = None
+            for ring in (self.ring, self._retired):
+                if ring is not None:
+                    ring.unlink()
+            self.ring = self._retired = None
         self._set_state("stopped")
 
     def prepare_model(self, model_factory: Callable, timeout: float = 120.0) -> Worker:
@@ -339,15 +368,15 @@ class Stream:
                     ring.abort(slot)
                     source.close()
                     if self.lossless or self._stop.is_set():
-                        self._drain(self._frame_offset + ring.frames - 1)
+                        self._drain(ring.frame_offset + ring.frames - 1)
                         self._set_state("ended", "end of stream")
                         return
                     self._retry("end of stream")
                     break
-                frame_no = self._frame_offset + ring.frames
+                frame_no = ring.frame_offset + ring.frames
                 self._taken.clear()  # before commit: prep may take the frame the moment it is published
                 ring.commit(slot)
-                self.capture_ms[frame_no] = (time.perf_counter() - t0) * 1e3
+                self.capture_ms[frame_no] = (time.perf_counter() - t0 - source.pacer.waited) * 1e3
                 if len(self.capture_ms) > 64:
                     self.capture_ms.pop(next(iter(self.capture_ms)))
                 now = time.monotonic()
@@ -379,10 +408,18 @@ class Stream:
         with self._ring_lock:
             if self.ring is not None and self.ring.shape == tuple(shape):
                 return
+            offset = 0
             if self.ring is not None:
-                self._frame_offset += self.ring.frames  # frame numbers keep rising across rings
-                self.ring.unlink()
-            self.ring = FrameRing.create(self.name, self.slots, tuple(shape), group=self.group)
+                offset = self.ring.frame_offset + self.ring.frames  # frame numbers keep rising across rings
+                # Closed to readers at once, unmapped at the next change: a frame
+                # being preprocessed from it still passes its seq check.
+                if self._retired is not None:
+                    self._retired.unlink()
+                self.ring.unlink(unmap=False)
+                self._retired = self.ring
+            ring = FrameRing.create(self.name, self.slots, tuple(shape), group=self.group)
+            ring.frame_offset = offset  # stream frame number = ring.frame_offset + the ring's own number
+            self.ring = ring
 
     # -- handing frames to the worker
     def _wake(self) -> None:
@@ -396,10 +433,13 @@ class Stream:
             deadline = time.monotonic() + 0.5
             while not stop.is_set() and not self._stop.is_set():
                 ring = self.ring
-                latest = ring.latest() if ring is not None and self.worker is worker else None
-                meta = ring.meta(*latest) if latest is not None else None
+                try:
+                    latest = ring.latest() if ring is not None and self.worker is worker else None
+                    meta = ring.meta(*latest) if latest is not None else None
+                except RingError:  # rebuilt for a new frame size meanwhile: look again
+                    latest = meta = None
                 if meta is not None:
-                    frame_id = self._frame_offset + meta.frame
+                    frame_id = ring.frame_offset + meta.frame
                     if frame_id > self._last_taken:
                         skipped = frame_id - self._last_taken - 1 if self._last_taken >= 0 else 0
                         self._last_taken = frame_id

@@ -101,16 +101,19 @@ class Pacer:
     def __init__(self, fps: Optional[float]) -> None:
         self.period = 1.0 / fps if fps else 0.0
         self._next: Optional[float] = None
+        self.waited = 0.0  # seconds the last wait() slept: not capture time
 
     def reset(self) -> None:
         self._next = None
 
     def wait(self) -> None:
+        self.waited = 0.0
         if not self.period:
             return
         now = time.monotonic()
         if self._next is None or now > self._next + self.period:
             self._next = now
         elif now < self._next:
-            time.sleep(self._next - now)
+            self.waited = self._next - now
+            time.sleep(self.waited)
         self._next += self.period

@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""Print lited's live results with the client library (lited.client).
+
+    python subscriber.py [--endpoint ipc:///run/lited/pub.sock] [--stream cam0] [--duration S] [--frames]
+
+With --frames it also reads each result's frame from shared memory, zero
+copy, and prints its mean brightness: what an app that crops or records
+the detected objects would do.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+from lited.client import FrameOverwritten, RingGone, Subscriber
+
+
+def describe(result: dict) -> str:
+    found = "; ".join(f"{d['label']} {d['score']:.2f} {','.join(str(round(v)) for v in d['box'])}"
+                      for d in result["detections"])
+    found = found or "; ".join(f"{c['label']} {c['score']:.2f}" for c in result["classes"]) or "-"
+    t = result["timings_ms"]
+    return (f"{result['stream']} #{result['seq']} {result['model']}: {len(result['detections'])} found "
+            f"[{found}] infer {t['infer']:.0f} ms, total {t['total']:.0f} ms")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--endpoint", help="PUB endpoint (default: ipc://<runtime dir>/pub.sock)")
+    ap.add_argument("--stream", action="append", help="stream(s) to follow (default: all)")
+    ap.add_argument("--duration", type=float, help="stop after this many seconds")
+    ap.add_argument("--frames", action="store_true", help="also read each frame from shared memory")
+    args = ap.parse_args()
+    deadline = time.monotonic() + args.duration if args.duration else None
+    with Subscriber(args.endpoint, streams=args.stream, events=True) as sub:
+        while deadline is None or time.monotonic() < deadline:
+            msg = sub.recv(timeout=0.5)
+            if msg is None:
+                continue
+            if msg["type"] == "event":
+                print(f"event {msg['stream']} {msg['event']} {msg.get('state', '')} {msg.get('detail', '')}".rstrip())
+                continue
+            line = describe(msg)
+            if args.frames:
+                try:
+                    with sub.frame_view(msg) as frame:  # read-only view into the daemon's ring: no copy
+                        brightness = float(frame.mean())
+                    line += f" brightness {brightness:.0f}"
+                except (FrameOverwritten, RingGone) as exc:
+                    line += f" (frame gone: {exc})"
+            print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
