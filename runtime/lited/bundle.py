@@ -59,6 +59,7 @@ class ModelFile:
     size: int | None
     engine: str = "paddle_lite"
     options: dict = field(default_factory=dict)
+    params: "ModelFile | None" = None  # paddle_inference: the .pdiparams beside the .pdmodel
 
 
 @dataclass
@@ -150,7 +151,10 @@ def check_model_file(model: ModelFile) -> list:
     if model.size is not None and size != model.size:
         return [f"{name}: {size} bytes, manifest says {model.size} (truncated or wrong file)"]
     if sha256_file(path) != model.sha256.lower():
-        return [f"{name}: sha256 mismatch (models.{model.target}.sha256)"]
+        field_path = f"models.{model.target}.{'params.' if model.engine == 'params' else ''}sha256"
+        return [f"{name}: sha256 mismatch ({field_path})"]
+    if model.params is not None:
+        return check_model_file(model.params)
     if model.engine == "paddle_lite":
         try:
             info = read_nb_header(path)
@@ -181,8 +185,11 @@ def read_nb_header(path: Path) -> dict:
 
 
 def _model_file(root: Path, target: str, spec: dict) -> ModelFile:
+    params = spec.get("params")
     return ModelFile(target, root / spec["file"], spec["sha256"], spec.get("size"),
-                     spec.get("engine", "paddle_lite"), dict(spec.get("options", {})))
+                     spec.get("engine", "paddle_lite"), dict(spec.get("options", {})),
+                     ModelFile(target, root / params["file"], params["sha256"], params.get("size"), "params")
+                     if params else None)
 
 
 class _Checker:
@@ -309,8 +316,19 @@ def _check_models(c: _Checker, manifest: dict, root: Path) -> None:
         size = c.get(spec, "size", p, int, required=False)
         if size is not None and size < 0:
             c.add(p + "size", "expected a positive integer")
-        c.choice(spec, "engine", p, ENGINES, "paddle_lite")
+        engine = c.choice(spec, "engine", p, ENGINES, "paddle_lite")
         c.get(spec, "options", p, dict, required=False)
+        params = spec.get("params")
+        if engine == "paddle_inference" and not isinstance(params, dict):
+            c.add(p + "params", "missing: a paddle_inference model needs its .pdiparams "
+                                "({\"file\", \"sha256\", \"size\"})")
+        elif isinstance(params, dict):
+            c.safe_path(root, params.get("file"), p + "params.file")
+            psha = c.get(params, "sha256", p + "params.", str)
+            if psha is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", psha):
+                c.add(p + "params.sha256", "expected 64 hex digits")
+        elif params is not None:
+            c.add(p + "params", "expected an object")
 
 
 def _check_inputs(c: _Checker, manifest: dict) -> None:
@@ -440,5 +458,12 @@ def seal_models(manifest: dict, root: Path) -> dict:
     for target, spec in manifest["models"].items():
         path = Path(root) / spec["file"]
         if path.is_file():
-            models[target] = {**spec, "sha256": sha256_file(path), "size": path.stat().st_size}
+            models[target] = {**spec, **_sealed(path)}
+            params = spec.get("params")
+            if params and (Path(root) / params["file"]).is_file():
+                models[target]["params"] = {**params, **_sealed(Path(root) / params["file"])}
     return {**manifest, "models": models}
+
+
+def _sealed(path: Path) -> dict:
+    return {"sha256": sha256_file(path), "size": path.stat().st_size}

@@ -94,7 +94,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     model = Model(bundle, args.target)
     engine = model.engine
-    info["engine"] = {"kind": engine.kind, "version": engine.version,
+    info["engine"] = {"kind": engine.kind, "version": engine.version, "device": engine.device,
                       "inputs": [{"name": s.name, "shape": list(shape)} for s, shape in
                                  zip(engine.inputs, engine.input_shapes())],
                       "outputs": [{"name": n, "shape": list(s)} for n, s in
@@ -103,7 +103,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     print(f"{info['name']} {info['version']}  ({info['task']})  {info['bundle']}")
-    print(f"  runs here as: {target} on {engine.kind} {engine.version}"
+    print(f"  runs here as: {target} on {engine.kind} {engine.version} ({engine.device})"
           f" (bundle optimized with {info['paddle_lite_version']})")
     for t, e in info["models"].items():
         print(f"  model {t:<7} {e['file']}  {e.get('size') or '?'} bytes  engine {e['engine']}"

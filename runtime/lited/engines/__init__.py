@@ -6,6 +6,7 @@
     outputs = engine.run()           # list of float32 arrays owned by the engine,
                                      # valid until the next run() (copied out of the backend)
     engine.version                   # backend version string
+    engine.device                    # where it runs, for humans: "cpu", "gpu:0 tensorrt fp16"
 
 An engine instance is used from one thread only: Paddle Lite predictors must
 not be shared across threads, so the pipeline owns one per inference thread.

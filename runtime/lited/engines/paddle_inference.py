@@ -115,6 +115,8 @@ class Engine:
         except Exception as exc:  # noqa: BLE001
             raise EngineError(f"{model}: Paddle Inference refused the model: {_first_line(exc)}") from None
         self.version = paddle.__version__
+        self.device = "cpu" if self._zero_copy else f"gpu:{options.get('device_id', 0)}" + (
+            f" tensorrt {options['trt'].get('precision', 'fp32')}" if options.get("trt") else "")
         names = self._predictor.get_input_names()
         self.inputs = [specs[n] for n in names]
         self._in = [self._predictor.get_input_handle(n) for n in names]
@@ -172,6 +174,10 @@ class Engine:
             else:
                 self._out_state[i] = "copy"
         return self._out  # type: ignore[return-value]
+
+    def input_shapes(self) -> list:
+        """Input shapes as of the last `set_input` (the model's, -1 for dynamic, before)."""
+        return [buf.shape if buf is not None else spec.shape for buf, spec in zip(self._in_buf, self.inputs)]
 
     def output_shapes(self) -> list:
         """Output shapes as of the last run."""

@@ -53,6 +53,7 @@ class Engine:
         self._by_shape: OrderedDict = OrderedDict()
         self._use(self._build(), None)
         self.version = self._predictor.get_version()
+        self.device = "cpu" + (f", {threads} threads" if threads and hasattr(config, "set_threads") else "")
         self.inputs = [TensorSpec(n, tuple(t.shape())) for n, t in zip(self._predictor.get_input_names(), self._inputs)]
         self.output_names = list(self._predictor.get_output_names())
         self._out: list[np.ndarray | None] = [None] * len(self._outputs)
