@@ -1,0 +1,193 @@
+/* c_request: send one request without params to a lited daemon, print the reply.
+ *
+ *   c_request ENDPOINT [METHOD] [TIMEOUT_MS]
+ *
+ * ENDPOINT is the daemon's ROUTER endpoint (ipc:///run/lited/req.sock),
+ * METHOD defaults to "ping", TIMEOUT_MS to 5000. Prints "pong VERSION
+ * protocol N" for ping, "ok RESULT" (msgpack-c's debug print) otherwise;
+ * an error reply prints "error CODE: MESSAGE" to stderr and exits 1.
+ * Written from docs/protocol.md alone, with libzmq and msgpack-c. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <msgpack.h>
+#include <zmq.h>
+
+#define REQUEST_ID 1
+
+static void pack_str(msgpack_packer *pk, const char *s)
+{
+    size_t len = strlen(s);
+    msgpack_pack_str(pk, len);
+    msgpack_pack_str_body(pk, s, len);
+}
+
+/* The value of `key` in a map, or NULL when it is absent or nil (the last one wins). */
+static const msgpack_object *get(const msgpack_object *map, const char *key)
+{
+    const msgpack_object *found = NULL;
+    size_t len = strlen(key);
+
+    if (map->type != MSGPACK_OBJECT_MAP)
+        return NULL; /* the union would be read as the wrong member */
+    for (uint32_t i = 0; i < map->via.map.size; i++) {
+        const msgpack_object *k = &map->via.map.ptr[i].key;
+        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == len &&
+            memcmp(k->via.str.ptr, key, len) == 0)
+            found = &map->via.map.ptr[i].val;
+    }
+    return found && found->type == MSGPACK_OBJECT_NIL ? NULL : found;
+}
+
+static int is_str(const msgpack_object *o)
+{
+    return o && o->type == MSGPACK_OBJECT_STR;
+}
+
+static int is_uint(const msgpack_object *o, uint64_t value)
+{
+    return o && o->type == MSGPACK_OBJECT_POSITIVE_INTEGER && o->via.u64 == value;
+}
+
+/* Print a string with control characters as '?'. */
+static void put_str(FILE *out, const msgpack_object *o)
+{
+    for (uint32_t i = 0; i < o->via.str.size; i++) {
+        unsigned char c = (unsigned char)o->via.str.ptr[i];
+        fputc(c < 0x20 || c == 0x7f ? '?' : c, out);
+    }
+}
+
+/* Print the reply; returns the exit status, or -1 when the reply is malformed. */
+static int put_reply(const msgpack_object *reply, const char *method)
+{
+    if (reply->type != MSGPACK_OBJECT_MAP || !is_uint(get(reply, "v"), 1) ||
+        !is_uint(get(reply, "id"), REQUEST_ID))
+        return -1;
+    const msgpack_object *ok = get(reply, "ok");
+    if (!ok || ok->type != MSGPACK_OBJECT_BOOLEAN)
+        return -1;
+
+    if (!ok->via.boolean) {
+        const msgpack_object *error = get(reply, "error");
+        if (!error || error->type != MSGPACK_OBJECT_MAP)
+            return -1;
+        const msgpack_object *code = get(error, "code");
+        const msgpack_object *message = get(error, "message");
+        if (!is_str(code) || !is_str(message))
+            return -1;
+        fputs("error ", stderr);
+        put_str(stderr, code);
+        fputs(": ", stderr);
+        put_str(stderr, message);
+        fputc('\n', stderr);
+        return 1;
+    }
+
+    const msgpack_object *result = get(reply, "result");
+    if (!result)
+        return -1;
+    if (strcmp(method, "ping") == 0) {
+        if (result->type != MSGPACK_OBJECT_MAP)
+            return -1;
+        const msgpack_object *version = get(result, "version");
+        const msgpack_object *protocol = get(result, "protocol");
+        if (!is_str(version) || !protocol || protocol->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+            return -1;
+        fputs("pong ", stdout);
+        put_str(stdout, version);
+        printf(" protocol %llu\n", (unsigned long long)protocol->via.u64);
+        return 0;
+    }
+    fputs("ok ", stdout);
+    msgpack_object_print(stdout, *result);
+    fputc('\n', stdout);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *endpoint, *method;
+    long timeout_ms = 5000;
+    char *end;
+
+    if (argc < 2 || argc > 4) {
+        fprintf(stderr, "usage: %s ENDPOINT [METHOD] [TIMEOUT_MS]\n", argv[0]);
+        return 2;
+    }
+    endpoint = argv[1];
+    method = argc > 2 ? argv[2] : "ping";
+    if (argc > 3) {
+        errno = 0;
+        timeout_ms = strtol(argv[3], &end, 10);
+        if (errno || *end || end == argv[3] || timeout_ms < 0 || timeout_ms > 3600000) {
+            fprintf(stderr, "%s: TIMEOUT_MS must be a number of milliseconds\n", argv[0]);
+            return 2;
+        }
+    }
+
+    void *ctx = zmq_ctx_new();
+    void *dealer = zmq_socket(ctx, ZMQ_DEALER);
+    int timeout = (int)timeout_ms, linger = 0;
+    /* No linger: with no daemon there, the queued request must not hold the exit. */
+    if (!dealer || zmq_setsockopt(dealer, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
+        zmq_setsockopt(dealer, ZMQ_RCVTIMEO, &timeout, sizeof timeout) != 0 ||
+        zmq_connect(dealer, endpoint) != 0) {
+        fprintf(stderr, "%s: %s: %s\n", argv[0], endpoint, zmq_strerror(zmq_errno()));
+        return 1;
+    }
+
+    /* {"v": 1, "id": 1, "method": METHOD, "params": {}} */
+    msgpack_sbuffer buf;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&buf);
+    msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 4);
+    pack_str(&pk, "v");
+    msgpack_pack_int(&pk, 1);
+    pack_str(&pk, "id");
+    msgpack_pack_int(&pk, REQUEST_ID);
+    pack_str(&pk, "method");
+    pack_str(&pk, method);
+    pack_str(&pk, "params");
+    msgpack_pack_map(&pk, 0);
+    int rc = zmq_send(dealer, buf.data, buf.size, 0) < 0 ? 1 : 0;
+    msgpack_sbuffer_destroy(&buf);
+    if (rc) {
+        fprintf(stderr, "%s: send: %s\n", argv[0], zmq_strerror(zmq_errno()));
+        goto out;
+    }
+
+    zmq_msg_t msg;
+    zmq_msg_init(&msg);
+    if (zmq_msg_recv(&msg, dealer, 0) < 0) {
+        fprintf(stderr, "%s: no reply: %s\n", argv[0],
+                zmq_errno() == EAGAIN ? "timed out" : zmq_strerror(zmq_errno()));
+        rc = 1;
+    } else if (zmq_msg_more(&msg)) {
+        /* The reply is one frame; a multi-frame one is not from a lited daemon. */
+        fprintf(stderr, "%s: malformed reply: more than one frame\n", argv[0]);
+        rc = 1;
+    } else {
+        msgpack_unpacked up;
+        size_t off = 0;
+        msgpack_unpacked_init(&up);
+        if (msgpack_unpack_next(&up, zmq_msg_data(&msg), zmq_msg_size(&msg), &off) !=
+                MSGPACK_UNPACK_SUCCESS || off != zmq_msg_size(&msg))
+            rc = -1;
+        else
+            rc = put_reply(&up.data, method);
+        msgpack_unpacked_destroy(&up);
+        if (rc < 0) {
+            fprintf(stderr, "%s: malformed reply\n", argv[0]);
+            rc = 1;
+        }
+    }
+    zmq_msg_close(&msg);
+out:
+    zmq_close(dealer);
+    zmq_ctx_term(ctx);
+    return rc;
+}

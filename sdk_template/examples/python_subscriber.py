@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""Print the results and events a lited daemon publishes.
+
+    python_subscriber.py ENDPOINT [TOPIC_PREFIX] [COUNT]
+
+ENDPOINT is the daemon's PUB endpoint (ipc:///run/lited/pub.sock),
+TOPIC_PREFIX defaults to "result/" ("" gets everything), COUNT is how many
+messages to receive before exiting 0 (default 0: forever).
+
+Plain pyzmq + msgpack, written from docs/protocol.md alone; it prints exactly
+what c_subscriber prints, so the two can be compared line for line.
+"""
+import sys
+
+import msgpack
+import zmq
+
+
+class Malformed(Exception):
+    """The message breaks the protocol; its text says how."""
+
+
+def is_int(x):
+    return type(x) is int  # not isinstance: True is an int to Python, a bool to msgpack
+
+
+def is_num(x):
+    return type(x) in (int, float)
+
+
+def clean(s):
+    """Control characters become '?', so that one result stays one line."""
+    return "".join("?" if ord(c) < 0x20 or c == "\x7f" else c for c in s)
+
+
+def str_keys(pairs):
+    return {k: v for k, v in pairs if type(k) is str}  # the last of equal keys wins
+
+
+def items(lst, name, boxes, bad):
+    """'N detections: label score x1,y1,x2,y2; ...' or 'N classes: label score; ...'.
+
+    Here and below, None (msgpack nil) counts as absent, as in the C example."""
+    if lst is None:  # a missing list is an empty one
+        lst = []
+    if type(lst) is not list:
+        raise Malformed(bad)
+    parts = []
+    for item in lst:
+        if type(item) is not dict:
+            raise Malformed(bad)
+        label, score, box = item.get("label"), item.get("score"), item.get("box")
+        if type(label) is not str or not is_num(score):
+            raise Malformed(bad)
+        text = f"{clean(label)} {score:.2f}"
+        if boxes:
+            if type(box) is not list or len(box) != 4 or not all(map(is_num, box)):
+                raise Malformed(bad)
+            text += " " + ",".join(f"{x:.1f}" for x in box)
+        parts.append(text)
+    return f"{len(lst)} {name}" + (": " + "; ".join(parts) if parts else "")
+
+
+def format_result(msg):
+    stream, seq, model = msg.get("stream"), msg.get("seq"), msg.get("model")
+    if type(stream) is not str:
+        raise Malformed("bad stream")
+    if not is_int(seq):
+        raise Malformed("bad seq")
+    if type(model) is not str:
+        raise Malformed("bad model")
+    line = f"{clean(stream)} {seq} {clean(model)} "
+    line += items(msg.get("detections"), "detections", True, "bad detections")
+    classes = msg.get("classes")
+    if classes is not None and classes != []:  # detectors send none: say nothing
+        line += " | " + items(classes, "classes", False, "bad classes")
+    return line
+
+
+def format_event(msg):
+    stream, event = msg.get("stream"), msg.get("event")
+    state, detail, ok = msg.get("state"), msg.get("detail"), msg.get("ok")
+    if type(stream) is not str:
+        raise Malformed("bad stream")
+    if type(event) is not str:
+        raise Malformed("bad event")
+    if state is not None and type(state) is not str:
+        raise Malformed("bad state")
+    if detail is not None and type(detail) is not str:
+        raise Malformed("bad detail")
+    if ok is not None and type(ok) is not bool:
+        raise Malformed("bad ok")
+    if state is None:  # a reload's `ok` stands in for the state
+        state = "-" if ok is None else ("ok" if ok else "failed")
+    detail = "-" if detail is None else detail
+    return f"event {clean(stream)} {clean(event)} {clean(state)} {clean(detail)}"
+
+
+def format_message(frames):
+    """The line to print for one message, or None for a type this client does not know."""
+    if len(frames) != 2:
+        raise Malformed(f"expected 2 frames, got {len(frames)}")
+    try:
+        # Exactly one object (trailing bytes raise). Keys that are not strings are
+        # dropped (any msgpack value may be a key, even an unhashable list); bytes
+        # that are not UTF-8 pass through to stdout as they came, as in C.
+        msg = msgpack.unpackb(frames[1], raw=False, strict_map_key=False,
+                              object_pairs_hook=str_keys, unicode_errors="surrogateescape")
+    except Exception:
+        raise Malformed("not msgpack") from None
+    if type(msg) is not dict:
+        raise Malformed("not a map")
+    v = msg.get("v")
+    if not is_int(v) or v != 1:
+        raise Malformed("v is not 1")
+    kind = msg.get("type")
+    if type(kind) is not str:
+        raise Malformed("bad type")
+    if kind == "result":
+        return format_result(msg)
+    if kind == "event":
+        return format_event(msg)
+    return None
+
+
+def main(argv):
+    if not 2 <= len(argv) <= 4:
+        print(f"usage: {argv[0]} ENDPOINT [TOPIC_PREFIX] [COUNT]", file=sys.stderr)
+        return 2
+    endpoint = argv[1]
+    prefix = argv[2] if len(argv) > 2 else "result/"
+    try:
+        count = int(argv[3]) if len(argv) > 3 else 0
+    except ValueError:
+        count = -1
+    if count < 0:
+        print(f"{argv[0]}: COUNT must be a number >= 0", file=sys.stderr)
+        return 2
+    # Labels are UTF-8 whatever the locale says; flush each line for whoever reads the pipe.
+    sys.stdout.reconfigure(encoding="utf-8", errors="surrogateescape", line_buffering=True)
+
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.linger = 0
+    try:
+        sub.connect(endpoint)
+    except zmq.ZMQError as exc:
+        print(f"{argv[0]}: {endpoint}: {exc}", file=sys.stderr)
+        sub.close()
+        ctx.term()
+        return 1
+    sub.setsockopt(zmq.SUBSCRIBE, prefix.encode())
+    seen = 0
+    try:
+        while count == 0 or seen < count:
+            frames = sub.recv_multipart()
+            seen += 1
+            try:
+                line = format_message(frames)
+            except Malformed as exc:
+                print(f"skipped malformed message: {exc}", file=sys.stderr, flush=True)
+                continue
+            if line is not None:
+                print(line)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        sub.close()
+        ctx.term()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
