@@ -1,20 +1,21 @@
 #!/usr/bin/env python3
-"""Speed of lited beside bare Paddle Lite and onnxruntime, in one run.
+"""How fast, and how much memory, beside what you would otherwise use.
 
-    python tools/bench.py [--models ultraface,fastestdet] [--runs 200] [--out docs/BENCHMARKS.md]
+    python tools/bench.py [--models ultraface,fastestdet] [--quick] [--out docs/BENCHMARKS.md]
 
-Sections (each a function below, each a table in docs/BENCHMARKS.md):
-- infer: per model, bare `predictor.run()` (the limit), lited's
-  preprocess + infer + decode on a real image, and onnxruntime (1 thread)
-  on the ONNX original with the same input; lited's added time over run().
+Every row comes from one run on one machine; each measurement runs in its own
+process (tools/bench_probes.py) so its peak RSS is its own. Writes
+docs/BENCHMARKS.md (tables, the machine, ratios to the bare Paddle Lite loop)
+and docs/benchmarks.png.
 """
 from __future__ import annotations
 
 import argparse
-import gc
+import json
 import os
 import platform
-import statistics
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -23,163 +24,379 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "runtime"))
-sys.path.insert(0, str(ROOT / "tests"))
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
+PY = sys.executable
+PROBES = ROOT / "tools" / "bench_probes.py"
 SHARED = Path(os.environ.get("LITED_SHARED", ROOT.parent / "shared"))
 IMAGE_FOR = {"ultraface": "astronaut", "fastestdet": "coffee", "mobilenetv2": "chelsea",
-             "ppocrv4_det": "page", "ppocr_cls": "page"}
-ONNX = {"ultraface": "version-RFB-320.onnx", "fastestdet": "FastestDet.onnx",
-        "mobilenetv2": "mobilenet_v2_dequant_fp32.onnx", "ppocrv4_det": "ch_PP-OCRv4_det_infer.onnx",
-        "ppocr_cls": "ch_ppocr_mobile_v2.0_cls_sanitized.onnx"}
+             "ppocrv4_det": "page", "ppocr_cls": "page", "demo_ppocrv4_det": "page"}
+ONNX = {"ultraface": "ultraface/onnx/version-RFB-320.onnx", "fastestdet": "fastestdet/onnx/FastestDet.onnx",
+        "mobilenetv2": "mobilenetv2/onnx/mobilenet_v2_dequant_fp32.onnx",
+        "ppocrv4_det": "ppocrv4_det/onnx/ch_PP-OCRv4_det_infer.onnx",
+        "ppocr_cls": "ppocr_cls/onnx/ch_ppocr_mobile_v2.0_cls_sanitized.onnx",
+        "demo_ppocrv4_det": "ppocrv4_det/onnx/ch_PP-OCRv4_det_infer.onnx"}
+PADDLE = {m: f"{m}/paddle" for m in ("ultraface", "fastestdet", "mobilenetv2", "ppocrv4_det", "ppocr_cls")}
 
 
-def progress(done: int, total: int, label: str) -> None:
-    width = 30
-    filled = int(width * done / max(total, 1))
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label:<40}")
-    sys.stderr.flush()
-    if done == total:
+class Progress:
+    def __init__(self, total: int) -> None:
+        self.total, self.done = total, 0
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        width = 30
+        filled = int(width * min(self.done, self.total) / self.total)
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {label:<50.50}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
         sys.stderr.write("\n")
 
 
-def timed(fn, runs: int, warmup: int = 5) -> list:
-    """Milliseconds of `runs` calls of fn, after `warmup` calls; GC off while timing."""
-    for _ in range(warmup):
-        fn()
-    gc.disable()
+def probe(name: str, threads: int = 1, **kw) -> dict:
+    args = [PY, str(PROBES), name]
+    for k, v in kw.items():
+        args += [f"--{k}", str(v)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    if name in ("ort", "infer") and threads > 1:
+        args += ["--threads", str(threads)]
+    out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
+    if out.returncode != 0:
+        raise RuntimeError(f"probe {name} {kw}: {out.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def make_video(image: Path, path: Path, frames: int) -> None:
+    import cv2
+
+    img = cv2.imread(str(image))
+    h, w = img.shape[:2]
+    size = (640, 480) if w >= h else (480, 640)
+    img = cv2.resize(img, size)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, size)
+    for i in range(frames):
+        writer.write(img if i % 2 else cv2.flip(img, 1))
+    writer.release()
+
+
+def pi_bundle(name: str, src_bundle: Path, out: Path) -> Path | None:
+    """The same bundle with the Paddle Inference model, when paddle is installed."""
     try:
-        out = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            fn()
-            out.append((time.perf_counter() - t0) * 1e3)
-        return out
-    finally:
-        gc.enable()
+        import importlib.util
+
+        if importlib.util.find_spec("paddle") is None:
+            return None
+    except ImportError:
+        return None
+    import shutil
+
+    from lited.bundle import seal_models
+
+    paddle_dir = SHARED / "models" / PADDLE.get(name, "-")
+    if not paddle_dir.is_dir():
+        return None
+    dst = out / f"{name}_pi"
+    shutil.copytree(src_bundle, dst, ignore=shutil.ignore_patterns("*.nb"))
+    for f in ("model.pdmodel", "model.pdiparams"):
+        shutil.copy(paddle_dir / f, dst / f)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["models"] = {"x86": {"file": "model.pdmodel", "engine": "paddle_inference",
+                                  "params": {"file": "model.pdiparams"}, "options": {"threads": 1, "mkldnn": True}}}
+    (dst / "manifest.json").write_text(json.dumps(seal_models(manifest, dst)))
+    return dst
 
 
-def pct(values: list, q: float) -> float:
-    return float(np.percentile(values, q))
-
-
-def bench_infer(names: list, bundles: Path, runs: int) -> list:
-    """Rows: bare run(), lited end to end, onnxruntime, on one real image each."""
-    import onnxruntime as ort
-
-    from lited.model import load_model
-
+def bench_models(names: list, bundles: Path, quick: bool, progress: Progress, tmp: Path) -> list:
     rows = []
-    for i, name in enumerate(names):
-        progress(i, len(names), f"infer: {name}")
-        model = load_model(str(bundles / name))
-        image = cv2.imread(str(SHARED / "images" / f"{IMAGE_FOR[name]}.png"))
-        model.infer(image)
-        x = model.preprocess.tensor.copy()
-        predictor = model.engine._predictor  # the very predictor lited uses: the limit
-        bare = timed(predictor.run, runs)
-        stages = {"preprocess": [], "infer": [], "postprocess": []}
-
-        def lited_once() -> None:
-            t = model.infer(image)["timings_ms"]
-            for k in stages:
-                stages[k].append(t[k])
-        total = timed(lited_once, runs)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        session = ort.InferenceSession(str(SHARED / "models" / name / "onnx" / ONNX[name]), options,
-                                       providers=["CPUExecutionProvider"])
-        feed = {session.get_inputs()[0].name: x}
-        onnx = timed(lambda: session.run(None, feed), runs)
-        bare_ms = statistics.median(bare)
-        total_ms = statistics.median(total)
-        rows.append({
-            "model": name, "input": "x".join(map(str, x.shape[2:])), "bare": bare_ms, "bare_p90": pct(bare, 90),
-            "lited": total_ms, "lited_p90": pct(total, 90),
-            "pre": statistics.median(stages["preprocess"]), "post": statistics.median(stages["postprocess"]),
-            "infer_stage": statistics.median(stages["infer"]), "onnx": statistics.median(onnx),
-        })
-        del model, predictor, session
-        gc.collect()
-    progress(len(names), len(names), "infer: done")
+    for name in names:
+        bundle = bundles / name
+        image = SHARED / "images" / f"{IMAGE_FOR[name]}.png"
+        progress.step(f"{name}: bare run()")
+        bare = probe("bare", bundle=bundle, image=image, runs=20)
+        runs = max(20, min(300 if not quick else 60, int(6000 / bare["ms"]["p50"])))
+        bare = probe("bare", bundle=bundle, image=image, runs=runs)
+        row = {"model": name, "runs": runs, "bare": bare}
+        progress.step(f"{name}: lited infer")
+        row["infer"] = probe("infer", bundle=bundle, image=image, runs=runs)
+        progress.step(f"{name}: onnxruntime")
+        row["ort"] = probe("ort", bundle=bundle, image=image, runs=runs, onnx=SHARED / "models" / ONNX[name])
+        progress.step(f"{name}: Paddle Inference")
+        pi = pi_bundle(name, bundle, tmp)
+        row["pi"] = probe("infer", bundle=pi, image=image, runs=runs) if pi else None
+        progress.step(f"{name}: lited run on a file")
+        frames = max(40, min(400 if not quick else 120, int(12000 / bare["ms"]["p50"])))
+        video = tmp / f"{name}.avi"
+        make_video(image, video, frames + 20)
+        row["run"] = probe("run", bundle=bundle, video=video, runs=frames)
+        rows.append(row)
     return rows
 
 
-def table_infer(rows: list) -> str:
-    out = ["| model | input | bare `run()` ms (p50 / p90) | lited end to end ms (p50 / p90) | lited / bare | "
-           "preprocess ms | decode ms | added over `run()` | onnxruntime 1 thread ms | onnxruntime / bare |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+def bench_threads(names: list, bundles: Path, progress: Progress) -> list:
+    rows = []
+    for name in names:
+        bundle, image = bundles / name, SHARED / "images" / f"{IMAGE_FOR[name]}.png"
+        for threads in (1, 2):
+            progress.step(f"threads: {name} x{threads}")
+            rows.append({"model": name, "threads": threads,
+                         "bare": probe("bare", threads, bundle=bundle, image=image, runs=60)["ms"]["p50"],
+                         "infer": probe("infer", threads, bundle=bundle, image=image, runs=60)["ms"]["p50"],
+                         "ort": probe("ort", threads, bundle=bundle, image=image, runs=60,
+                                      onnx=SHARED / "models" / ONNX[name])["ms"]["p50"]})
+    return rows
+
+
+def bench_daemon(bundles: Path, progress: Progress, tmp: Path) -> dict:
+    """Start-up to READY, RSS beside a bare Paddle Lite process, infer over ipc,
+    bus latency with 1 and 8 subscribers."""
+    import cv2
+    import numpy as np
+
+    from lited.bundle import load_bundle
+    from lited.client import Client
+    from lited.model import Model
+
+    out: dict = {}
+    run = tmp / "run"
+    config = {"runtime_dir": str(run), "models": {"det": str(bundles / "ultraface")},
+              "streams": [{"name": "cam", "source": "synth://?size=640x480&fps=25", "model": "det"}]}
+    (tmp / "lited.conf").write_text(json.dumps(config))
+    notify_path = str(tmp / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(notify_path)
+    sock.settimeout(60)
+    progress.step("daemon: start-up to READY=1")
+    t0 = time.monotonic()
+    daemon = subprocess.Popen([str(Path(PY).with_name("lited")), "serve", "--config", str(tmp / "lited.conf")],
+                              env={**os.environ, "NOTIFY_SOCKET": notify_path, "OMP_NUM_THREADS": "1"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            msg = sock.recv(4096).decode()
+            if "READY=1" in msg:
+                out["ready_s"] = time.monotonic() - t0
+                break
+        time.sleep(2)
+        with open(f"/proc/{daemon.pid}/statm") as fh:
+            out["daemon_rss_mb"] = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        bundle = load_bundle(bundles / "ultraface")
+        progress.step("footprint: bare Paddle Lite process")
+        out["bare_process"] = probe("bare_process", model=bundle.model_for().path, shape="1x3x240x320")
+        progress.step("daemon: infer over ipc")
+        image = cv2.imread(str(SHARED / "images" / "astronaut.png"))
+        model = Model(bundle)
+        local, remote = [], []
+        with Client(f"ipc://{run}/req.sock", timeout=30) as client:
+            encoded = cv2.imencode(".png", image)[1].tobytes()
+            for i in range(60):
+                t = time.perf_counter()
+                model.infer(image)
+                local.append((time.perf_counter() - t) * 1e3)
+                t = time.perf_counter()
+                client.infer(image=image)
+                remote.append((time.perf_counter() - t) * 1e3)
+            t = time.perf_counter()
+            for i in range(20):
+                client.infer(image=encoded)
+            out["infer_png_ms"] = (time.perf_counter() - t) / 20 * 1e3
+            out["status"] = client.status()
+        out["infer_local_ms"] = float(np.median(local[5:]))
+        out["infer_ipc_ms"] = float(np.median(remote[5:]))
+        for n in (1, 8):
+            progress.step(f"daemon: bus latency, {n} subscribers")
+            procs = [subprocess.Popen([PY, str(PROBES), "sub", "--endpoint", f"ipc://{run}/pub.sock", "--runs", "150"],
+                                      stdout=subprocess.PIPE, text=True) for _ in range(n)]
+            results = [json.loads(p.communicate(timeout=300)[0].strip().splitlines()[-1]) for p in procs]
+            out[f"bus_{n}"] = {"p50": max(r["bus_ms"]["p50"] for r in results),
+                               "p99": max(r["bus_ms"]["p99"] for r in results),
+                               "e2e_p50": max(r["capture_to_app_ms"]["p50"] for r in results)}
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(30)
+        sock.close()
+    t = time.perf_counter()
+    subprocess.run([PY, "-c", "import lited.daemon, lited.cli"], check=True)
+    out["import_daemon_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    subprocess.run([PY, "-c", "pass"], check=True)
+    out["python_s"] = time.perf_counter() - t
+    return out
+
+
+def fmt(x: float) -> str:
+    return f"{x:.2f}" if x < 100 else f"{x:.0f}"
+
+
+def render(rows: list, threads: list, daemon: dict, machine: str, plot: str) -> str:
+    lines = [f"""# Benchmarks
+
+Written by `python tools/bench.py` on {time.strftime('%Y-%m-%d')}. Every figure below comes from the
+same run on the same machine, so read the **ratios**: absolute times move with load (two shared
+cores here). Each measurement ran in its own process; *RSS* is that process's peak.
+
+Machine: {machine}
+
+![latency per model]({plot})
+
+## Single image: lited beside the bare Paddle Lite loop and onnxruntime
+
+ms per image, p50 / p90 / p99. *bare `run()`* is `predictor.run()` alone on the tensor lited
+feeds: the limit. *lited infer* adds preprocessing from the decoded image, the input hand-over,
+the output copy and decoding, as `lited infer` does. *onnxruntime* runs the ONNX original with
+one thread and lited's own pre- and post-processing. *Paddle Inference* is lited's second engine
+(mkldnn on). Ratios are to the bare loop.
+
+| model | bare `run()` | lited infer | lited / bare | added by lited (pre + decode + copies) | onnxruntime 1 thread | ort / bare | Paddle Inference | PI / bare | RSS MB: bare / lited / ort / PI |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"""]
     for r in rows:
-        added = r["lited"] - r["bare"]
-        out.append(f"| {r['model']} | {r['input']} | {r['bare']:.2f} / {r['bare_p90']:.2f} | "
-                   f"{r['lited']:.2f} / {r['lited_p90']:.2f} | {r['lited'] / r['bare']:.3f} | {r['pre']:.3f} | "
-                   f"{r['post']:.3f} | {added:.3f} ms ({100 * added / r['bare']:.1f}%) | {r['onnx']:.2f} | "
-                   f"{r['onnx'] / r['bare']:.2f} |")
-    return "\n".join(out)
+        b, i, o, pi = r["bare"]["ms"], r["infer"]["ms"], r["ort"]["ms"], (r["pi"] or {}).get("ms")
+        added = i["p50"] - b["p50"]
+        st = r["infer"]["stages"]
+        pi_cell = f"{fmt(pi['p50'])} / {fmt(pi['p90'])} / {fmt(pi['p99'])}" if pi else "n/a"
+        lines.append(
+            f"| {r['model']} | {fmt(b['p50'])} / {fmt(b['p90'])} / {fmt(b['p99'])} | "
+            f"{fmt(i['p50'])} / {fmt(i['p90'])} / {fmt(i['p99'])} | {i['p50'] / b['p50']:.3f} | "
+            f"{added:+.2f} ms ({100 * added / b['p50']:+.1f}%; pre {st['preprocess']:.2f}, decode "
+            f"{st['postprocess']:.2f}) | {fmt(o['p50'])} / {fmt(o['p90'])} / {fmt(o['p99'])} | "
+            f"{o['p50'] / b['p50']:.2f} | {pi_cell} | {(pi['p50'] / b['p50']):.2f} | " if pi else
+            f"| {r['model']} | {fmt(b['p50'])} / {fmt(b['p90'])} / {fmt(b['p99'])} | "
+            f"{fmt(i['p50'])} / {fmt(i['p90'])} / {fmt(i['p99'])} | {i['p50'] / b['p50']:.3f} | "
+            f"{added:+.2f} ms ({100 * added / b['p50']:+.1f}%; pre {st['preprocess']:.2f}, decode "
+            f"{st['postprocess']:.2f}) | {fmt(o['p50'])} / {fmt(o['p90'])} / {fmt(o['p99'])} | "
+            f"{o['p50'] / b['p50']:.2f} | n/a | n/a | ")
+        lines[-1] += (f"{r['bare']['rss_mb']:.0f} / {r['infer']['rss_mb']:.0f} / {r['ort']['rss_mb']:.0f} / "
+                      f"{(r['pi'] or {}).get('rss_mb', float('nan')):.0f} |")
+    lines.append("""
+Preprocessing and decoding also run while the engine is busy in a stream (next table), so their
+cost shows up in latency here but not in a stream's throughput.
+
+## Streams: `lited run` on a file beside a bare `run()` loop
+
+An unpaced file source (nothing dropped) through the whole pipeline: capture into the shared-memory
+ring, preprocessing on its own thread overlapping inference, decode, publish; frames per second
+from the 10th result to the last, beside `1000 / mean(bare run())` in the same process.
+*Allocations* are tracemalloc's net growth per frame over the middle half of the run (steady state). *Frame copies* were
+counted by watching numpy's copy entry points while a frame went from capture to the model input,
+and by checking the capture wrote into the ring slot's own buffer.
+
+| model | frames | lited run fps | bare loop fps | ratio | skipped | torn | latency p50 ms (queue / infer / total) | Python bytes allocated per frame | frame copies capture -> input | RSS MB |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |""")
+    for r in rows:
+        run = r["run"]
+        lat = run["latency"]
+        alloc = run.get("alloc") or {}
+        copies = run["frame_copies"]
+        lines.append(
+            f"| {r['model']} | {run['frames']} | {run['fps']:.1f} | {run['bare_fps']:.1f} | "
+            f"{run['fps'] / run['bare_fps']:.3f} | {run['skipped']} | {run['torn']} | "
+            f"{lat.get('queue', {}).get('p50', 0):.1f} / {lat['infer']['p50']:.1f} / {lat['total']['p50']:.1f} | "
+            f"{alloc.get('bytes_per_frame', float('nan')):.0f} | "
+            f"{copies['frame_sized_copies']} (capture into slot: {'yes' if copies['capture_into_slot'] else 'NO'}) | "
+            f"{run['rss_mb']:.0f} |")
+    lines.append("""
+The one copy lited makes on the way in is of the *input tensor*, not the frame: Paddle Lite's
+`Tensor.from_numpy` always copies.
+
+## Thread counts
+
+The x86 Python build of Paddle Lite has no `set_threads` (ARM builds do: the bundle's
+`models.<target>.options.threads`); its x86 kernels follow `OMP_NUM_THREADS`, swept here.
+onnxruntime's `intra_op_num_threads` is swept alongside. p50 ms.
+
+| model | threads | bare `run()` | lited infer | onnxruntime |
+| --- | --- | --- | --- | --- |""")
+    for t in threads:
+        lines.append(f"| {t['model']} | {t['threads']} | {fmt(t['bare'])} | {fmt(t['infer'])} | {fmt(t['ort'])} |")
+    d = daemon
+    over = d["daemon_rss_mb"] - d["bare_process"]["rss_mb"]
+    lines.append(f"""
+## The daemon
+
+`lited serve` with UltraFace on one synthetic 640x480 stream at 25 fps.
+
+| what | measured |
+| --- | --- |
+| start-up to `READY=1` (read from a notify socket the benchmark bound) | {d['ready_s']:.2f} s |
+| daemon RSS (serving, one stream, bus, one request worker) | {d['daemon_rss_mb']:.0f} MB |
+| a bare Python process that loads Paddle Lite and the same model and runs it once | {d['bare_process']['rss_mb']:.0f} MB |
+| daemon over that bare process | {over:+.0f} MB (aim: under 40 MB) |
+| `import lited.daemon, lited.cli` in a new interpreter (bare interpreter: {d['python_s']:.2f} s) | {d['import_daemon_s']:.2f} s |
+| `infer` in process (`Model.infer` on the 512x512 astronaut photo) p50 | {d['infer_local_ms']:.2f} ms |
+| `infer` request over ipc, raw BGR array, round trip p50 | {d['infer_ipc_ms']:.2f} ms (x{d['infer_ipc_ms'] / d['infer_local_ms']:.2f}) |
+| `infer` request over ipc, PNG bytes (decoded by the daemon), mean | {d['infer_png_ms']:.2f} ms |
+| bus: result ready -> subscriber, 1 subscriber, p50 / p99 | {d['bus_1']['p50']:.3f} / {d['bus_1']['p99']:.3f} ms |
+| bus: result ready -> subscriber, 8 subscribers (worst of 8), p50 / p99 | {d['bus_8']['p50']:.3f} / {d['bus_8']['p99']:.3f} ms (aim: p99 under 1 ms) |
+| capture -> subscriber, 1 / 8 subscribers, p50 | {d['bus_1']['e2e_p50']:.1f} / {d['bus_8']['e2e_p50']:.1f} ms |
+""")
+    return "\n".join(lines)
+
+
+def plot(rows: list, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["model"] for r in rows]
+    series = [("bare run()", [r["bare"]["ms"]["p50"] for r in rows]),
+              ("lited infer", [r["infer"]["ms"]["p50"] for r in rows]),
+              ("onnxruntime", [r["ort"]["ms"]["p50"] for r in rows]),
+              ("Paddle Inference", [(r["pi"] or {"ms": {"p50": 0}})["ms"]["p50"] for r in rows])]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.2
+    for k, (label, values) in enumerate(series):
+        ax.bar([i + (k - 1.5) * width for i in range(len(names))], values, width, label=label)
+    ax.set_xticks(range(len(names)), names, rotation=15)
+    ax.set_ylabel("ms per image (p50), log scale")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title("lited beside bare Paddle Lite and onnxruntime (same machine, same run)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import paddlelite
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown CPU")
+    import cv2
+    import numpy
 
     return (f"{cpu}, {os.cpu_count()} cores, {platform.machine()}, Linux {platform.release()}, "
-            f"Python {platform.python_version()}, paddlelite {getattr(paddlelite, '__version__', '2.13rc0')}, "
-            f"numpy {np.__version__}, OpenCV {cv2.__version__}")
+            f"Python {platform.python_version()}, paddlelite 2.13rc0, numpy {numpy.__version__}, "
+            f"OpenCV {cv2.__version__}")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default=",".join(IMAGE_FOR), help="comma-separated shared models")
-    ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--models", default="ultraface,fastestdet,mobilenetv2,ppocrv4_det,ppocr_cls,demo_ppocrv4_det")
+    ap.add_argument("--quick", action="store_true", help="fewer runs (a smoke test of the benchmark itself)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
     args = ap.parse_args()
     if not (SHARED / "models").is_dir():
         print(f"bench: {SHARED / 'models'} is absent: nothing to measure", file=sys.stderr)
         return 2
-    names = [n for n in args.models.split(",") if (SHARED / "models" / n).is_dir()]
+    names = [n for n in args.models.split(",") if n == "demo_ppocrv4_det" or (SHARED / "models" / n).is_dir()]
+    thread_models = [n for n in ("fastestdet", "mobilenetv2") if n in names]
+    progress = Progress(5 * len(names) + 2 * len(thread_models) + 5)
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, str(ROOT / "tools" / "make_bundles.py"), "--out", tmp, *names],
+        tmp = Path(tmp)
+        bundles = tmp / "bundles"
+        shared_names = [n for n in names if n != "demo_ppocrv4_det"]
+        subprocess.run([PY, str(ROOT / "tools" / "make_bundles.py"), "--out", str(bundles), *shared_names],
                        check=True, stdout=subprocess.DEVNULL)
-        rows = bench_infer(names, Path(tmp), args.runs)
-    text = render(rows, args.runs)
-    args.out.write_text(text)
-    print(text)
+        if "demo_ppocrv4_det" in names:
+            import shutil
+
+            shutil.copytree(ROOT / "sdk_template" / "demo_ppocrv4_det", bundles / "demo_ppocrv4_det",
+                            ignore=shutil.ignore_patterns("model_arm.nb"))
+        rows = bench_models(names, bundles, args.quick, progress, tmp)
+        threads = bench_threads(thread_models, bundles, progress)
+        daemon = bench_daemon(bundles, progress, tmp)
+    progress.close()
+    png = args.out.with_name("benchmarks.png")
+    plot(rows, png)
+    args.out.write_text(render(rows, threads, daemon, machine(), png.name))
+    print(args.out.read_text())
     return 0
-
-
-def render(infer_rows: list, runs: int) -> str:
-    return f"""# Benchmarks
-
-Written by `python tools/bench.py` ({time.strftime('%Y-%m-%d')}); every row comes from the same run
-on the same machine, so the ratios are what to read.
-
-Machine: {machine()}
-
-## Single image: lited beside bare Paddle Lite and onnxruntime
-
-Median (p50) and p90 of {runs} calls after 5 warm-up calls, one real image per model.
-*bare `run()`* is `predictor.run()` alone on the predictor lited built (the limit);
-*lited end to end* is preprocess from the decoded image + input hand-over + `run()` +
-output copy + decode, as `lited infer` does it; *added over `run()`* is the difference.
-onnxruntime runs the ONNX original on the same input tensor with one thread.
-
-{table_infer(infer_rows)}
-
-Paddle Lite's x86 kernels are not its ARM kernels (NEON): on x86 onnxruntime is faster, on
-the boards lited targets Paddle Lite is the usual choice. The x86 Python build of Paddle Lite
-cannot set a thread count (`MobileConfig.set_threads` exists only on ARM builds).
-"""
 
 
 if __name__ == "__main__":

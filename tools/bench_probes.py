@@ -1,0 +1,273 @@
+#!/usr/bin/env python3
+"""One measurement per process, so each row's peak RSS is its own.
+
+    python tools/bench_probes.py PROBE --bundle DIR --image IMG [--runs N] ...
+
+prints one JSON object. tools/bench.py runs these and writes the tables.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(fn, runs: int, warmup: int = 5) -> list:
+    for _ in range(warmup):
+        fn()
+    gc.disable()
+    try:
+        out = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            fn()
+            out.append((time.perf_counter() - t0) * 1e3)
+        return out
+    finally:
+        gc.enable()
+
+
+def stats(ms: list) -> dict:
+    return {"p50": statistics.median(ms), "p90": float(np.percentile(ms, 90)), "p99": float(np.percentile(ms, 99)),
+            "n": len(ms)}
+
+
+def load(args):
+    import cv2
+
+    from lited.bundle import load_bundle
+    from lited.model import Model
+
+    return Model(load_bundle(args.bundle), options=_options(args)), cv2.imread(args.image)
+
+
+def _options(args) -> dict:
+    return {"threads": args.threads} if args.threads else {}
+
+
+def probe_bare(args) -> dict:
+    """The limit: predictor.run() alone, on the tensor lited would feed."""
+    from paddlelite import lite
+
+    from lited.bundle import load_bundle
+
+    import cv2
+
+    from lited.preprocess import Preprocessor
+
+    bundle = load_bundle(args.bundle)
+    config = lite.MobileConfig()
+    config.set_model_from_file(str(bundle.model_for().path))
+    predictor = lite.create_paddle_predictor(config)
+    pre = Preprocessor(bundle.preprocess, bundle.inputs[0]["shape"])
+    pre(cv2.imread(args.image))
+    predictor.get_input(0).from_numpy(pre.tensor)
+    return {"ms": stats(timed(predictor.run, args.runs)), "rss_mb": peak_rss_mb()}
+
+
+def probe_infer(args) -> dict:
+    """lited infer: preprocess + hand-over + run + output copy + decode."""
+    model, image = load(args)
+    stages: dict = {"preprocess": [], "infer": [], "postprocess": []}
+
+    def once() -> None:
+        for k, v in model.infer(image)["timings_ms"].items():
+            stages[k].append(v)
+    ms = timed(once, args.runs)
+    return {"ms": stats(ms), "stages": {k: statistics.median(v[5:]) for k, v in stages.items()},
+            "engine": model.engine.kind, "rss_mb": peak_rss_mb()}
+
+
+def probe_ort(args) -> dict:
+    """onnxruntime on the ONNX original with lited's own pre- and post-processing."""
+    import onnxruntime as ort
+
+    model, image = load(args)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads or 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(args.onnx, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    pre, decoder = model.preprocess, model.decoder
+
+    def once() -> None:
+        geom = pre(image)
+        decoder.decode(session.run(None, {name: pre.tensor}), geom)
+    return {"ms": stats(timed(once, args.runs)), "rss_mb": peak_rss_mb()}
+
+
+def probe_run(args) -> dict:
+    """lited run on an unpaced file source: fps beside a bare run() loop in the
+    same process, allocations per frame, and frame copies."""
+    from lited.bundle import load_bundle
+    from lited.model import Model
+    from lited.pipeline import Stream
+
+    bundle = load_bundle(args.bundle)
+    count, done = [0], []
+    first = {}
+
+    def publish(result: dict) -> None:
+        count[0] += 1
+        if count[0] == 10:
+            first["t"] = time.perf_counter()
+            first["n"] = count[0]
+
+    stream = Stream("bench", f"file://{args.video}", lambda: Model(bundle, options=_options(args)), publish,
+                    lambda e: done.append(e) if e.get("state") == "ended" else None, stats_window=64)
+    stream.start()
+    tracing = {}
+    start_at, stop_at = args.runs // 4, args.runs * 3 // 4  # steady state: away from warm-up and the end
+    while not done:
+        if count[0] >= start_at and "before" not in tracing:
+            tracemalloc.start()
+            tracing["before"], tracing["n0"] = tracemalloc.take_snapshot(), count[0]
+        if count[0] >= stop_at and "after" not in tracing and "before" in tracing:
+            tracing["after"], tracing["n1"] = tracemalloc.take_snapshot(), count[0]
+            tracemalloc.stop()
+        time.sleep(0.002)
+    t_end, n_end = time.perf_counter(), count[0]
+    status = stream.status()
+    stream.stop()
+    fps = (n_end - first["n"]) / (t_end - first["t"])
+    alloc = {}
+    if "after" in tracing:
+        diff = tracing["after"].compare_to(tracing["before"], "filename")
+        frames = tracing["n1"] - tracing["n0"]
+        alloc = {"bytes_per_frame": sum(d.size_diff for d in diff) / frames,
+                 "blocks_per_frame": sum(d.count_diff for d in diff) / frames}
+    # the limit in the same process: a bare loop on the same model
+    from paddlelite import lite
+
+    config = lite.MobileConfig()
+    config.set_model_from_file(str(bundle.model_for().path))
+    predictor = lite.create_paddle_predictor(config)
+    model = Model(bundle)
+    import cv2
+
+    cap = cv2.VideoCapture(args.video)
+    ok, frame = cap.read()
+    model.preprocess(frame)
+    predictor.get_input(0).from_numpy(model.preprocess.tensor)
+    bare = timed(predictor.run, 100)
+    return {"fps": fps, "bare_fps": 1000 / statistics.mean(bare), "frames": n_end,
+            "skipped": status["counters"]["skipped"], "torn": status["counters"]["torn"],
+            "latency": status["latency_ms"], "alloc": alloc, "rss_mb": peak_rss_mb(),
+            "frame_copies": frame_copies(bundle)}
+
+
+def frame_copies(bundle) -> dict:
+    """Count how often a frame's bytes are copied between capture and the model
+    input: run one frame through the ring and preprocessing while watching
+    numpy/OpenCV copy entry points, and check buffer addresses."""
+    import cv2
+
+    from lited.framering import FrameRing
+    from lited.preprocess import Preprocessor
+    from lited.sources import open_source
+
+    source = open_source("synth://?size=640x480&fps=0")
+    shape = source.open()
+    ring = FrameRing.create("copies", 3, shape)
+    try:
+        pre = Preprocessor(bundle.preprocess, bundle.inputs[0]["shape"])
+        slot, view = ring.begin_write()
+        address = view.ctypes.data
+        source.read_into(view)
+        _, seq = ring.commit(slot)
+        latest = ring.latest()
+        frame = ring.view(latest[0])
+        calls = {"np.copyto": 0, "ndarray.copy": 0}
+        real_copyto = np.copyto
+
+        def counting_copyto(dst, src, *a, **k):
+            if getattr(src, "nbytes", 0) >= frame.nbytes:
+                calls["np.copyto"] += 1
+            return real_copyto(dst, src, *a, **k)
+        np.copyto = counting_copyto
+        try:
+            pre(frame)
+        finally:
+            np.copyto = real_copyto
+        in_place = frame.ctypes.data == address and ring.is_current(*latest)
+        return {"capture_into_slot": in_place, "frame_sized_copies": calls["np.copyto"],
+                "slot_to_input": "resize reads the slot; the input is written, not copied",
+                "input_to_engine": 1, "opencv": cv2.__version__}
+    finally:
+        ring.unlink()
+        source.close()
+
+
+def probe_sub(args) -> dict:
+    """A subscriber: how long a result takes from being ready to arriving here.
+    bus ms = (arrival wall time - frame_ts) - timings_ms.total."""
+    from lited.client import Subscriber
+
+    bus, e2e = [], []
+    with Subscriber(args.endpoint) as sub:
+        while len(bus) < args.runs:
+            msg = sub.recv(timeout=10)
+            if msg is None:
+                break
+            now = time.time()
+            e2e.append((now - msg["frame_ts"]) * 1e3)
+            bus.append(e2e[-1] - msg["timings_ms"]["total"])
+    return {"bus_ms": stats(bus[5:]), "capture_to_app_ms": stats(e2e[5:]), "rss_mb": peak_rss_mb()}
+
+
+def probe_bare_process(args) -> dict:
+    """What any Paddle Lite app pays: Python + Paddle Lite + this model, run once."""
+    from paddlelite import lite
+
+    config = lite.MobileConfig()
+    config.set_model_from_file(args.model)
+    predictor = lite.create_paddle_predictor(config)
+    shape = [int(x) for x in args.shape.split("x")]
+    predictor.get_input(0).from_numpy(np.zeros(shape, np.float32))
+    predictor.run()
+    with open("/proc/self/statm") as fh:
+        rss = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return {"rss_mb": rss, "peak_rss_mb": peak_rss_mb()}
+
+
+PROBES = {"bare": probe_bare, "infer": probe_infer, "ort": probe_ort, "run": probe_run, "sub": probe_sub,
+          "bare_process": probe_bare_process}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("probe", choices=sorted(PROBES))
+    ap.add_argument("--bundle")
+    ap.add_argument("--endpoint")
+    ap.add_argument("--model")
+    ap.add_argument("--shape")
+    ap.add_argument("--image")
+    ap.add_argument("--video")
+    ap.add_argument("--onnx")
+    ap.add_argument("--runs", type=int, default=100)
+    ap.add_argument("--threads", type=int)
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT / "runtime"))
+    print(json.dumps(PROBES[args.probe](args)))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    sys.exit(main())
