@@ -170,3 +170,15 @@ def test_cli_refuses_with_one_line_and_exit_code_2(bundle):
     assert proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [
         f"lited: bundle {bundle / 'manifest.json'}: preprocess.mean: expected 3 numbers, got 2"]
+
+
+def test_the_template_manifest_follows_the_schema():
+    """sdk_template/manifest.template.json: only its placeholders are refused."""
+    from conftest import ROOT
+    from lited.bundle import validate_manifest
+
+    template = ROOT / "sdk_template"
+    problems = validate_manifest(json.loads((template / "manifest.template.json").read_text()), template)
+    assert sorted(problems) == ["golden.image: golden.jpg: missing", "labels: labels.txt: missing",
+                                "models.arm.sha256: expected 64 hex digits",
+                                "models.x86.sha256: expected 64 hex digits"]
