@@ -49,7 +49,7 @@ def daemon(tmp_path, bundles_dir):
     d.start()
     yield d
     assert d.stop() == 0, d.output()
-    assert not any(name.startswith(f"lited-") and f"-{d.proc.pid}-" in name for name in os.listdir("/dev/shm"))
+    assert not any(name.startswith("lited-") and f"-{d.proc.pid}-" in name for name in os.listdir("/dev/shm"))
 
 
 def add_stream(d: DaemonProcess, name: str, source: str, model: str = "det") -> None:

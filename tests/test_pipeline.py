@@ -7,7 +7,6 @@ import tracemalloc
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 
 from conftest import need_shared

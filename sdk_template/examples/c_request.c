@@ -15,6 +15,8 @@
 #include <msgpack.h>
 #include <zmq.h>
 
+#include "lited_msgpack.h"
+
 #define REQUEST_ID 1
 
 static void pack_str(msgpack_packer *pk, const char *s)
@@ -24,40 +26,9 @@ static void pack_str(msgpack_packer *pk, const char *s)
     msgpack_pack_str_body(pk, s, len);
 }
 
-/* The value of `key` in a map, or NULL when it is absent or nil (the last one wins). */
-static const msgpack_object *get(const msgpack_object *map, const char *key)
-{
-    const msgpack_object *found = NULL;
-    size_t len = strlen(key);
-
-    if (map->type != MSGPACK_OBJECT_MAP)
-        return NULL; /* the union would be read as the wrong member */
-    for (uint32_t i = 0; i < map->via.map.size; i++) {
-        const msgpack_object *k = &map->via.map.ptr[i].key;
-        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == len &&
-            memcmp(k->via.str.ptr, key, len) == 0)
-            found = &map->via.map.ptr[i].val;
-    }
-    return found && found->type == MSGPACK_OBJECT_NIL ? NULL : found;
-}
-
-static int is_str(const msgpack_object *o)
-{
-    return o && o->type == MSGPACK_OBJECT_STR;
-}
-
 static int is_uint(const msgpack_object *o, uint64_t value)
 {
     return o && o->type == MSGPACK_OBJECT_POSITIVE_INTEGER && o->via.u64 == value;
-}
-
-/* Print a string with control characters as '?'. */
-static void put_str(FILE *out, const msgpack_object *o)
-{
-    for (uint32_t i = 0; i < o->via.str.size; i++) {
-        unsigned char c = (unsigned char)o->via.str.ptr[i];
-        fputc(c < 0x20 || c == 0x7f ? '?' : c, out);
-    }
 }
 
 /* Print the reply; returns the exit status, or -1 when the reply is malformed. */

@@ -17,32 +17,10 @@
 #include <msgpack.h>
 #include <zmq.h>
 
+#include "lited_msgpack.h"
+
 /* Why a message was skipped, or NULL when it was fine. */
 typedef const char *why_t;
-
-/* The value of `key` in a map, or NULL when it is absent or nil (a daemon
- * may well send None for "nothing"). The last one wins, as in a Python
- * dict; keys that are not strings are someone else's business. */
-static const msgpack_object *get(const msgpack_object *map, const char *key)
-{
-    const msgpack_object *found = NULL;
-    size_t len = strlen(key);
-
-    if (map->type != MSGPACK_OBJECT_MAP)
-        return NULL; /* the union would be read as the wrong member */
-    for (uint32_t i = 0; i < map->via.map.size; i++) {
-        const msgpack_object *k = &map->via.map.ptr[i].key;
-        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == len &&
-            memcmp(k->via.str.ptr, key, len) == 0)
-            found = &map->via.map.ptr[i].val;
-    }
-    return found && found->type == MSGPACK_OBJECT_NIL ? NULL : found;
-}
-
-static int is_str(const msgpack_object *o)
-{
-    return o && o->type == MSGPACK_OBJECT_STR;
-}
 
 static int str_is(const msgpack_object *o, const char *s)
 {
@@ -69,16 +47,6 @@ static double num(const msgpack_object *o)
     case MSGPACK_OBJECT_POSITIVE_INTEGER: return (double)o->via.u64;
     case MSGPACK_OBJECT_NEGATIVE_INTEGER: return (double)o->via.i64;
     default: return o->via.f64;
-    }
-}
-
-/* Strings come from the network: control characters become '?' so that
- * one result stays one line (and a NUL cannot cut it short). */
-static void put_str(FILE *out, const msgpack_object *o)
-{
-    for (uint32_t i = 0; i < o->via.str.size; i++) {
-        unsigned char c = (unsigned char)o->via.str.ptr[i];
-        fputc(c < 0x20 || c == 0x7f ? '?' : c, out);
     }
 }
 

@@ -5,8 +5,24 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from typing import Any, Dict, Optional
+
 from lited.sources.base import Source
 from lited.sources.errors import Shape
+
+
+class CaptureSource(Source):
+    """A source backed by one cv2.VideoCapture (`self._cap`), released on close."""
+
+    def __init__(self, uri: str, target: str, options: Dict[str, Any]) -> None:
+        super().__init__(uri, target, options)
+        self._cap: Optional[cv2.VideoCapture] = None
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+        super().close()
 
 
 def first_frame(source: Source, cap: cv2.VideoCapture, what: str) -> Shape:

@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional
 from urllib.parse import unquote
 
 import cv2
 import numpy as np
 
 from lited.sources import capture
-from lited.sources.base import Pacer, Source
+from lited.sources.base import Pacer
 from lited.sources.errors import Shape
 from lited.sources.options import Option, flag
 
 
-class FileSource(Source):
+class FileSource(capture.CaptureSource):
     OPTIONS = {
         "loop": Option(flag, False),
         "realtime": Option(flag, False),
@@ -31,7 +30,6 @@ class FileSource(Source):
         self.path = unquote(target)
         if not self.path:
             raise self.error("no file path (write file:///abs/path.mp4 or file://rel/path.mp4)")
-        self._cap: Optional[cv2.VideoCapture] = None
 
     def open(self) -> Shape:
         if not os.path.isfile(self.path):
@@ -57,11 +55,6 @@ class FileSource(Source):
         self._cap = cv2.VideoCapture(self.path, cv2.CAP_FFMPEG)
         return capture.read_into(self, self._cap, out)
 
-    def close(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
-        super().close()
 
 
 SOURCE = FileSource

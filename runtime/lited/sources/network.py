@@ -33,13 +33,12 @@ import os
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Iterator
 
 import cv2
 import numpy as np
 
 from lited.sources import capture
-from lited.sources.base import Source
 from lited.sources.errors import Shape
 from lited.sources.options import Option, choice, parse_options, seconds, split_query
 
@@ -66,7 +65,7 @@ def ffmpeg_options(options: str) -> Iterator[None]:
                 os.environ[ENV] = old
 
 
-class NetworkSource(Source):
+class NetworkSource(capture.CaptureSource):
     OPTIONS = {
         "lited_transport": Option(choice("tcp", "udp"), None),
         "lited_open_timeout": Option(seconds, 10.0),
@@ -96,7 +95,6 @@ class NetworkSource(Source):
                 "which ignores OPENCV_FFMPEG_CAPTURE_OPTIONS (opencv issue 27091); it uses TCP"
             )
         self.url = uri
-        self._cap: Optional[cv2.VideoCapture] = None
         self._finite = False
 
     def ffmpeg_options(self) -> str:
@@ -133,11 +131,6 @@ class NetworkSource(Source):
             return False
         raise self.error(f"stream lost: no frame within {timeout:g} s (lited_read_timeout)")
 
-    def close(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
-        super().close()
 
 
 SOURCE = NetworkSource

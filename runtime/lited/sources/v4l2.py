@@ -9,14 +9,12 @@ asked, so the shape is taken from the first frame, not from the options.
 from __future__ import annotations
 
 import os
-from typing import Optional
 from urllib.parse import unquote
 
 import cv2
 import numpy as np
 
 from lited.sources import capture
-from lited.sources.base import Source
 from lited.sources.errors import Shape
 from lited.sources.options import Option, fourcc, positive_int, rate
 
@@ -24,7 +22,7 @@ from lited.sources.options import Option, fourcc, positive_int, rate
 PROPS = ((cv2.CAP_PROP_FRAME_WIDTH, "width"), (cv2.CAP_PROP_FRAME_HEIGHT, "height"), (cv2.CAP_PROP_FPS, "fps"))
 
 
-class V4l2Source(Source):
+class V4l2Source(capture.CaptureSource):
     OPTIONS = {
         "width": Option(positive_int, None),
         "height": Option(positive_int, None),
@@ -37,7 +35,6 @@ class V4l2Source(Source):
         self.device = unquote(target)
         if not self.device.startswith("/dev/"):
             raise self.error(f"device must be a /dev path like /dev/video0, got {self.device!r}")
-        self._cap: Optional[cv2.VideoCapture] = None
 
     def open(self) -> Shape:
         if not os.path.exists(self.device):
@@ -61,11 +58,6 @@ class V4l2Source(Source):
             raise self.error(f"{self.device} stopped giving frames (unplugged?)")
         return True
 
-    def close(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
-        super().close()
 
 
 SOURCE = V4l2Source
