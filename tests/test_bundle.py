@@ -182,3 +182,12 @@ def test_the_template_manifest_follows_the_schema():
     assert sorted(problems) == ["golden.image: golden.jpg: missing", "labels: labels.txt: missing",
                                 "models.arm.sha256: expected 64 hex digits",
                                 "models.x86.sha256: expected 64 hex digits"]
+
+
+def test_extra_inputs_need_a_fill_and_exactly_one_image(bundle):
+    edit(bundle, lambda m: m["inputs"].append({"name": "scale_factor", "shape": [1, 2], "fill": "scale"}))
+    assert "inputs[1].fill: unknown \"scale\", expected one of im_shape, scale_factor" in refusal(bundle)
+    edit(bundle, lambda m: m["inputs"][1].update(fill="scale_factor", shape=[1, 3]))
+    assert "inputs[1].shape: expected [1, 2] for a 'scale_factor' input" in refusal(bundle)
+    edit(bundle, lambda m: m["inputs"][1].pop("fill"))
+    assert "inputs: expected exactly one image input" in refusal(bundle)

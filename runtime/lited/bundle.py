@@ -92,6 +92,11 @@ class Bundle:
     def inputs(self) -> list:
         return self.manifest["inputs"]
 
+    @property
+    def image_input(self) -> int:
+        """Index of the image input (the one without `fill`)."""
+        return next(i for i, spec in enumerate(self.inputs) if "fill" not in spec)
+
     def models(self) -> dict:
         return {t: _model_file(self.root, t, m) for t, m in self.manifest["models"].items()}
 
@@ -331,12 +336,14 @@ def _check_models(c: _Checker, manifest: dict, root: Path) -> None:
             c.add(p + "params", "expected an object")
 
 
+INPUT_FILLS = ("im_shape", "scale_factor")  # extra inputs lited fills per frame (PaddleDetection exports)
+
+
 def _check_inputs(c: _Checker, manifest: dict) -> None:
     inputs = c.get(manifest, "inputs", "", list)
     if inputs is None:
         return
-    if not inputs:
-        c.add("inputs", "expected at least one input")
+    images = 0
     for i, spec in enumerate(inputs):
         p = f"inputs[{i}]."
         if not isinstance(spec, dict):
@@ -344,12 +351,21 @@ def _check_inputs(c: _Checker, manifest: dict) -> None:
             continue
         c.get(spec, "name", p, str)
         shape = c.get(spec, "shape", p, list)
-        if shape is not None:
-            if len(shape) != 4 or not all(isinstance(d, int) and not isinstance(d, bool) and (d > 0 or d == -1)
-                                          for d in shape):
+        fill = spec.get("fill")
+        if fill is not None:
+            c.choice(spec, "fill", p, INPUT_FILLS)
+            if shape is not None and shape not in ([1, 2], [-1, 2]):
+                c.add(p + "shape", f"expected [1, 2] for a '{fill}' input, got {json.dumps(shape)}")
+        else:
+            images += 1
+            if shape is not None and (len(shape) != 4 or not all(
+                    isinstance(d, int) and not isinstance(d, bool) and (d > 0 or d == -1) for d in shape)):
                 c.add(p + "shape", f"expected 4 sizes (N, C, H, W or N, H, W, C; -1 for dynamic), "
                                    f"got {json.dumps(shape)}")
         c.choice(spec, "dtype", p, ("float32",), "float32")
+    if images != 1:
+        c.add("inputs", f"expected exactly one image input (the others with \"fill\": "
+                        f"{' or '.join(INPUT_FILLS)}), got {images}")
 
 
 def _check_preprocess(c: _Checker, manifest: dict) -> None:

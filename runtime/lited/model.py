@@ -31,7 +31,11 @@ class Model:
         self.model_file = bundle.model_for(target)
         self.engine = open_engine(self.model_file.engine, str(self.model_file.path),
                                   {**self.model_file.options, **(options or {})})
-        self.preprocess = Preprocessor(bundle.preprocess, bundle.inputs[0]["shape"])
+        self.image_input = bundle.image_input
+        self.engine.image_input = self.image_input
+        self.preprocess = Preprocessor(bundle.preprocess, bundle.inputs[self.image_input]["shape"])
+        self._extra = [(i, spec["fill"], np.empty((1, 2), np.float32)) for i, spec in enumerate(bundle.inputs)
+                       if "fill" in spec]
         self.decoder = make_decoder(bundle.decoder, bundle.labels)
         self.name = bundle.name
         self.version = bundle.version
@@ -43,7 +47,7 @@ class Model:
         and check what only a run can tell: output count and class count."""
         if runs <= 0:
             return
-        shape = self.bundle.inputs[0]["shape"]
+        shape = self.bundle.inputs[self.image_input]["shape"]
         if -1 in shape:
             h, w = WARMUP_SIZE
         else:
@@ -59,15 +63,25 @@ class Model:
 
     def _forward(self, image: np.ndarray) -> tuple:
         geom = self.preprocess(image)
-        self.engine.set_input(0, self.preprocess.tensor)
+        self.set_inputs(self.preprocess.tensor, geom)
         return self.engine.run(), geom
+
+    def set_inputs(self, tensor: np.ndarray, geom) -> None:
+        """Hand the image tensor to the engine, and the extra inputs a
+        PaddleDetection export wants: `im_shape` is the input size, and
+        `scale_factor` is 1 so its boxes stay in input pixels (the geometry
+        maps them back to the source, whatever the resize mode)."""
+        self.engine.set_input(self.image_input, tensor)
+        for index, fill, buf in self._extra:
+            buf[0] = (geom.in_h, geom.in_w) if fill == "im_shape" else (1.0, 1.0)
+            self.engine.set_input(index, buf)
 
     def infer(self, image: np.ndarray) -> dict:
         """Run the model on a BGR uint8 image; boxes come back in its pixels."""
         t0 = time.perf_counter()
         geom = self.preprocess(image)
         t1 = time.perf_counter()
-        self.engine.set_input(0, self.preprocess.tensor)
+        self.set_inputs(self.preprocess.tensor, geom)
         outputs = self.engine.run()
         t2 = time.perf_counter()
         result = self.decoder.decode(outputs, geom)

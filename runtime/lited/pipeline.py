@@ -118,7 +118,7 @@ class Worker:
     def _infer_loop(self) -> None:
         try:
             self.model = self.factory()
-            spec, shape = self.model.bundle.preprocess, self.model.bundle.inputs[0]["shape"]
+            spec, shape = self.model.bundle.preprocess, self.model.bundle.inputs[self.model.image_input]["shape"]
             self._free = [Preprocessor(spec, shape), Preprocessor(spec, shape)]
         except BaseException as exc:  # noqa: BLE001 - reported to whoever asked for the model
             self.error = exc
@@ -144,8 +144,8 @@ class Worker:
                 fault(self)
             t0 = time.perf_counter()
             info["timings_ms"]["queue"] = (t0 - info.pop("_prepped_at")) * 1e3
-            engine.set_input(0, pre.tensor)
             geom = pre.geometry
+            self.model.set_inputs(pre.tensor, geom)
             with self._cond:
                 self._free.append(pre)
                 self._cond.notify_all()
@@ -245,6 +245,7 @@ class Stream:
         self.group = group
         self.state = "stopped"
         self.detail = ""
+        self._state_at = 0.0  # monotonic time of the last state change
         self.counters = collections.Counter(captured=0, inferred=0, skipped=0, torn=0, reconnects=0, errors=0)
         self.timings = Timings(stats_window)
         self.capture_ms: dict = {}
@@ -464,6 +465,7 @@ class Stream:
         if state == self.state and detail == self.detail:
             return
         self.state, self.detail = state, detail
+        self._state_at = time.monotonic()
         log.info("stream %s: %s%s", self.name, state, f" ({detail})" if detail else "",
                  extra={"stream": self.name, "event": state})
         self._event("state", detail, state=state)
@@ -471,6 +473,15 @@ class Stream:
     def _event(self, kind: str, detail: str, **extra) -> None:
         if self.on_event is not None:
             self.on_event({"stream": self.name, "event": kind, "detail": detail, "ts": time.time(), **extra})
+
+    def check_stall(self) -> None:
+        """Publish `stalled` once a streaming source has given no frame for
+        `stall_timeout` (its capture thread is blocked in the read and cannot);
+        the next frame publishes `streaming` again. Called periodically."""
+        now = time.monotonic()
+        if (self.state == "streaming" and now - self.last_frame_at > self.stall_timeout
+                and now - self._state_at > self.stall_timeout):
+            self._set_state("stalled", f"no frame for {self.stall_timeout:g} s")
 
     def current_state(self) -> str:
         """`stalled` when streaming but no frame came for `stall_timeout`."""

@@ -50,6 +50,7 @@ class Engine:
             config.set_power_mode(getattr(lite.PowerMode, power))
         self._config = config
         self._model_path = str(model_path)
+        self.image_input = 0  # the input whose shape may change (the model sets it from the bundle)
         self._by_shape: OrderedDict = OrderedDict()
         self._use(self._build(), None)
         self.version = self._predictor.get_version()
@@ -78,7 +79,7 @@ class Engine:
 
     def set_input(self, index: int, array: np.ndarray) -> None:
         """Hand a float32 C-contiguous array to input `index` (Paddle Lite copies it)."""
-        if index == 0 and array.shape != self._shape:
+        if index == self.image_input and array.shape != self._shape:
             if self._shape is None:
                 self._use((self._predictor, self._inputs, self._outputs), array.shape)
             else:
