@@ -8,6 +8,7 @@ import pytest
 
 from conftest import need_shared
 from lited.model import load_model
+from lited.preprocess import Preprocessor
 
 ONNX = {
     "ultraface": "version-RFB-320.onnx",
@@ -105,3 +106,20 @@ def test_results_are_stable_across_runs_and_shapes(models):
     det.infer(image("astronaut"))
     again = det.infer(image("page"))["detections"]
     assert first == again
+
+
+def test_infer_preprocesses_straight_into_paddle_lites_input_tensor(models):
+    """No hand-over copy: the input is written into the tensor Paddle Lite
+    runs on, and lited's own staging buffer is never touched."""
+    model = models["ultraface"]
+    image_of = image("astronaut")
+    model.infer(image_of)
+    staging = model.preprocess.tensor
+    staging.fill(np.nan)
+    result = model.infer(image_of)
+    assert np.isnan(staging).all()
+    inside = model.engine._inputs[0].numpy()  # Paddle Lite's own input memory
+    reference = Preprocessor(model.bundle.preprocess, model.bundle.inputs[0]["shape"])
+    reference(image_of)
+    np.testing.assert_array_equal(inside, reference.tensor)
+    assert [d["label"] for d in result["detections"]] == ["face"]

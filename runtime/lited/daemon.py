@@ -136,6 +136,8 @@ class Daemon:
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self.reload_config()
+            for stream in list(self.streams.values()):
+                stream.check_stall()
             now = time.monotonic()
             if now >= next_status:
                 self.notifier.status(self.status_line())

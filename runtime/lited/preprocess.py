@@ -56,24 +56,33 @@ class Preprocessor:
         self.tensor = np.empty(0, np.float32)
         self.geometry: Geometry | None = None
 
-    def __call__(self, image: np.ndarray) -> Geometry:
+    def plan(self, image_shape: tuple) -> tuple:
+        """The input tensor shape an image of `image_shape` (H, W, ...) gives."""
+        if tuple(image_shape[:2]) != self._src_size:
+            self._plan(*image_shape[:2])
+        return self.tensor.shape
+
+    def __call__(self, image: np.ndarray, out: np.ndarray | None = None) -> Geometry:
+        """Fill `self.tensor`, or `out` (of shape `plan(image.shape)`, e.g. a view
+        of the engine's own input buffer) from a BGR uint8 image."""
         h, w = image.shape[:2]
         if (h, w) != self._src_size:
             self._plan(h, w)
+        tensor = self.tensor if out is None else out
         cv2.resize(image, self._resize_to, dst=self._resized, interpolation=self.interp)
         if self.layout == "NCHW":
             cv2.split(self._canvas, self._planes)
             for c, src in enumerate(self.src_channel):
                 plane = self._planes[src]
-                cv2.addWeighted(plane, self.alpha[c], plane, 0.0, self.beta[c], dst=self.tensor[0, c],
+                cv2.addWeighted(plane, self.alpha[c], plane, 0.0, self.beta[c], dst=tensor[0, c],
                                 dtype=cv2.CV_32F)
         else:
             canvas = self._canvas
             if self.src_channel[0] == 2:
                 cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB, dst=self._swapped)
                 canvas = self._swapped
-            cv2.multiply(canvas, self._alpha4, dst=self.tensor[0], dtype=cv2.CV_32F)
-            cv2.add(self.tensor[0], self._beta4, dst=self.tensor[0])
+            cv2.multiply(canvas, self._alpha4, dst=tensor[0], dtype=cv2.CV_32F)
+            cv2.add(tensor[0], self._beta4, dst=tensor[0])
         return self.geometry  # type: ignore[return-value]
 
     def _plan(self, h: int, w: int) -> None:

@@ -3,6 +3,8 @@
     engine = open_engine(kind, model_path, options)
     engine.inputs                    # [TensorSpec(name, shape, dtype)], shape as the model reports it
     engine.set_input(i, array)       # float32, C-contiguous; one copy into the backend
+    engine.input_view(i, shape)      # or: a writable view of the backend's own input buffer
+                                     # (None if it has none): write the input there, no copy
     outputs = engine.run()           # list of float32 arrays owned by the engine,
                                      # valid until the next run() (copied out of the backend)
     engine.version                   # backend version string

@@ -145,6 +145,16 @@ class Engine:
             buf = self._bind_input(index, array.shape)
         np.copyto(buf, array)
 
+    def input_view(self, index: int, shape: tuple) -> np.ndarray | None:
+        """The buffer the predictor reads input `index` from (CPU), for
+        preprocessing to write into directly; None on GPU (use set_input)."""
+        if not self._zero_copy:
+            return None
+        buf = self._in_buf[index]
+        if buf is None or buf.shape != tuple(shape):
+            buf = self._bind_input(index, tuple(shape))
+        return buf
+
     def run(self) -> list:
         """Run once; outputs land in arrays reused across calls: written there by
         the predictor on CPU, else copied from `copy_to_cpu` (which allocates)."""

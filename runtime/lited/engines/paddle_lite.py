@@ -77,15 +77,30 @@ class Engine:
             while len(self._by_shape) > PREDICTORS_PER_SHAPE:
                 self._by_shape.popitem(last=False)
 
+    def _select(self, index: int, shape: tuple) -> None:
+        """Switch to the predictor for this image shape (built on first use)."""
+        if index == self.image_input and shape != self._shape:
+            if self._shape is None:
+                self._use((self._predictor, self._inputs, self._outputs), shape)
+            else:
+                cached = self._by_shape.get(shape)
+                self._use(cached or self._build(), shape)
+
     def set_input(self, index: int, array: np.ndarray) -> None:
         """Hand a float32 C-contiguous array to input `index` (Paddle Lite copies it)."""
-        if index == self.image_input and array.shape != self._shape:
-            if self._shape is None:
-                self._use((self._predictor, self._inputs, self._outputs), array.shape)
-            else:
-                cached = self._by_shape.get(array.shape)
-                self._use(cached or self._build(), array.shape)
+        self._select(index, array.shape)
         self._inputs[index].from_numpy(array)
+
+    def input_view(self, index: int, shape: tuple) -> np.ndarray:
+        """A writable view of input `index`'s own buffer inside Paddle Lite, of
+        `shape`: preprocessing can write there and skip `from_numpy`'s copy.
+        (`Tensor.numpy()` of an input is a view of the tensor's memory, stable
+        while its shape stays.) Valid until the next call with another shape."""
+        self._select(index, tuple(shape))
+        tensor = self._inputs[index]
+        if tuple(tensor.shape()) != tuple(shape):
+            tensor.from_numpy(np.zeros(shape, np.float32))  # sizes the tensor once
+        return tensor.numpy()
 
     def run(self) -> list:
         """Run once; outputs are copied into arrays reused across calls."""
