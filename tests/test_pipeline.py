@@ -163,31 +163,36 @@ def test_swap_model_between_frames_and_a_bad_one_keeps_the_old(bundles_dir, fast
     assert seqs == sorted(seqs)
 
 
-def test_steady_state_allocates_nothing_per_frame(fastestdet):
-    """tracemalloc over 500 frames: memory must not grow with the frame count."""
+def test_steady_state_allocates_nothing_per_frame(bundles_dir):
+    """tracemalloc over two windows of 500 frames: a leak grows in both (the
+    namedtuple._replace leak this caught was 40 KB a window); results in
+    flight between the four threads make one window noisy, not both."""
+    bundle = load_bundle(bundles_dir / "ultraface")
     sink = Collector()
     count = [0]
 
     def publish(result: dict) -> None:
         count[0] += 1  # keep nothing: we measure the pipeline, not the sink
 
-    s = Stream("mem", "synth://?size=320x240&fps=0", lambda: Model(fastestdet), publish, sink.event,
+    s = Stream("mem", "synth://?size=320x240&fps=0", lambda: Model(bundle), publish, sink.event,
                stats_window=32)  # a short stats window fills during warm-up; what grows after is per frame
     s.start()
+    grown = []
     try:
         while count[0] < 100:
             time.sleep(0.01)
         tracemalloc.start(1)
-        first = count[0]
-        before = tracemalloc.take_snapshot()
-        while count[0] < first + 500:
-            time.sleep(0.01)
-        after = tracemalloc.take_snapshot()
+        for _ in range(2):
+            first = count[0]
+            before = tracemalloc.take_snapshot()
+            while count[0] < first + 500:
+                time.sleep(0.01)
+            after = tracemalloc.take_snapshot()
+            grown.append(sum(stat.size_diff for stat in after.compare_to(before, "filename")))
         tracemalloc.stop()
     finally:
         s.stop()
-    grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
-    assert grown < 16 * 1024, f"grew {grown} bytes over 500 frames ({grown / 500:.0f} B/frame)"
+    assert min(grown) < 16 * 1024, f"grew {grown} bytes in two windows of 500 frames"
 
 
 def test_a_source_that_fails_to_open_backs_off_and_says_so(fastestdet):

@@ -13,9 +13,11 @@ Threads, and why:
   in `run()`), so preprocessing costs no throughput.
 - infer: builds the model in its own thread and is the only thread that ever
   touches that predictor (Paddle Lite's rule); hands the input over, runs,
-  decodes, publishes.
+  and copies the outputs into one of two output sets.
+- post: decodes that set and publishes, while the engine runs the next frame,
+  so the inference thread's loop is little more than `run()` itself.
 
-prep + infer form a `Worker`, one per loaded model. A reload builds a new
+prep + infer + post form a `Worker`, one per loaded model. A reload builds a new
 worker beside the old one, warms it up, then swaps between frames; if the
 new one fails, the old one keeps serving.
 """
@@ -101,7 +103,11 @@ class Worker:
         self._prep_s = 0.0
         self._infer = threading.Thread(target=self._infer_loop, name=f"infer-{stream.name}", daemon=True)
         self._prep = threading.Thread(target=self._prep_loop, name=f"prep-{stream.name}", daemon=True)
-
+        self._post = threading.Thread(target=self._post_loop, name=f"post-{stream.name}", daemon=True)
+        # two sets of output arrays: the post thread decodes one while the engine fills the other
+        self._outs: list = [[], []]
+        self._free_outs = [0, 1]
+        self._post_box: Optional[tuple] = None
     def start(self) -> None:
         self._infer.start()
 
@@ -110,7 +116,7 @@ class Worker:
         with self._cond:
             self._cond.notify_all()
         self.stream._wake()
-        for thread in (self._prep, self._infer):
+        for thread in (self._prep, self._infer, self._post):
             if thread.is_alive() and thread is not threading.current_thread():
                 thread.join(timeout)
 
@@ -126,7 +132,8 @@ class Worker:
             return
         self.ready.set()
         self._prep.start()
-        engine, decoder = self.model.engine, self.model.decoder
+        self._post.start()
+        engine = self.model.engine
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
             if self.stream.beat is not None and self.stream.worker is self:
@@ -154,11 +161,46 @@ class Worker:
             t1 = time.perf_counter()
             self._run_started = None
             self._infer_s += 0.2 * ((t1 - t0) - self._infer_s)
-            decoded = decoder.decode(outputs, geom)
-            t2 = time.perf_counter()
+            info["timings_ms"]["infer"] = (t1 - t0) * 1e3
+            with self._cond:
+                while not self._free_outs and not self._stop.is_set():
+                    self._cond.wait(0.5)
+                if self._stop.is_set():
+                    return
+                k = self._free_outs.pop()
+            kept = self._outs[k]
+            for i, out in enumerate(outputs):  # the engine reuses its arrays on the next run()
+                if i >= len(kept) or kept[i].shape != out.shape:
+                    kept[i:] = [np.empty_like(o) for o in outputs[i:]]
+                    break
+            for i, out in enumerate(outputs):
+                np.copyto(kept[i], out)
+            with self._cond:
+                while self._post_box is not None and not self._stop.is_set():
+                    self._cond.wait(0.5)
+                self._post_box = (k, geom, info)
+                self._cond.notify_all()
+
+    # -- post thread: decode and publish while the engine runs the next frame
+    def _post_loop(self) -> None:
+        decoder = self.model.decoder
+        while not self._stop.is_set():
+            with self._cond:
+                if self._post_box is None:
+                    self._cond.wait(0.5)
+                if self._post_box is None:
+                    continue
+                k, geom, info = self._post_box
+                self._post_box = None
+                self._cond.notify_all()
+            t0 = time.perf_counter()
+            decoded = decoder.decode(self._outs[k], geom)
+            t1 = time.perf_counter()
+            with self._cond:
+                self._free_outs.append(k)
+                self._cond.notify_all()
             timings = info["timings_ms"]
-            timings["infer"] = (t1 - t0) * 1e3
-            timings["postprocess"] = (t2 - t1) * 1e3
+            timings["postprocess"] = (t1 - t0) * 1e3
             timings["total"] = (time.monotonic_ns() - info.pop("_captured_ns")) / 1e6
             self.stream._publish({**info, "task": self.model.task, "model": self.model.name,
                                   "model_version": self.model.version, **decoded})
