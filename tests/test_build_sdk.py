@@ -24,6 +24,7 @@ sys.path.append(str(ROOT / "tools"))
 
 from sdk import BuildError  # noqa: E402
 from sdk.config_import import import_config, import_configs  # noqa: E402
+from sdk.inputs import merge_inputs  # noqa: E402
 from sdk.labels import resolve  # noqa: E402
 
 DATA = ROOT / "tests" / "data"
@@ -156,6 +157,25 @@ def test_imported_fields_pass_lited_validation(config: str, tmp_path: Path) -> N
                 "inputs": fields["inputs"], "preprocess": fields["preprocess"], "decoder": fields["decoder"],
                 "labels": "labels.txt"}
     assert validate_manifest(manifest, tmp_path) == []
+
+
+@pytest.mark.parametrize("prefix", ["", "x2paddle_"])
+def test_paddledet_extra_inputs_are_filled(prefix: str) -> None:
+    """im_shape and scale_factor are not images: lited fills them per frame."""
+    feeds = [{"name": f"{prefix}{n}", "shape": shape, "dtype": "float32"}
+             for n, shape in [("im_shape", [-1, 2]), ("image", [-1, 3, -1, -1]), ("scale_factor", [-1, 2])]]
+    config = import_config(DATA / "ppdet_yolo" / "infer_cfg.yml")["inputs"]
+    assert merge_inputs(feeds, config) == [
+        {"name": f"{prefix}im_shape", "shape": [1, 2], "dtype": "float32", "fill": "im_shape"},
+        {"name": f"{prefix}image", "shape": [1, 3, 640, 640], "dtype": "float32"},
+        {"name": f"{prefix}scale_factor", "shape": [1, 2], "dtype": "float32", "fill": "scale_factor"}]
+
+
+def test_extra_input_of_another_shape_is_refused() -> None:
+    feeds = [{"name": "image", "shape": [-1, 3, 64, 64], "dtype": "float32"},
+             {"name": "scale_factor", "shape": [-1, 4], "dtype": "float32"}]
+    with pytest.raises(BuildError, match=r"inputs\.scale_factor: shape \[-1, 4\], expected \[-1, 2\]"):
+        merge_inputs(feeds, None)
 
 
 def test_unknown_op_is_named() -> None:

@@ -319,6 +319,8 @@ class Daemon:
                 if name not in self.streams:
                     self._start_stream(sc)
             self.config.streams = new.streams
+            if not kept:  # reload_models records the others
+                self.last_reload = {"ok": True, "models": ", ".join(added) or "none", "ts": time.time()}
         except (*LOAD_ERRORS, SourceError) as exc:
             self.last_reload = {"ok": False, "error": str(exc).splitlines()[0], "ts": time.time()}
             log.error("reload: %s; the old models keep serving", exc, extra={"event": "reload_failed"})

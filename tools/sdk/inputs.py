@@ -5,10 +5,16 @@ see; x2paddle renames ONNX inputs to `x2paddle_<name>`). A config may fill
 in sizes the model leaves dynamic (a PaddleDetection export is
 `[-1, 3, -1, -1]`, its infer_cfg.yml knows 640x640) but never contradict a
 fixed one: that would be a config for another model. The batch is always 1.
+A PaddleDetection export's `im_shape` and `scale_factor` feeds are marked
+with `fill`: lited feeds them per frame, so they are not images.
 """
 from __future__ import annotations
 
+from lited.bundle import INPUT_FILLS
+
 from sdk import BuildError
+
+X2PADDLE_PREFIX = "x2paddle_"
 
 
 def _match(feeds: list, wanted: list) -> dict:
@@ -46,12 +52,27 @@ def _shape(model_shape: list, config_shape: list | None, name: str) -> list:
     return shape
 
 
+def _fill(feed: dict) -> str | None:
+    """The `fill` for a feed named like a PaddleDetection extra input, checked to be [N, 2]."""
+    name = feed["name"]
+    fill = name.removeprefix(X2PADDLE_PREFIX)
+    if fill not in INPUT_FILLS:
+        return None
+    if len(feed["shape"]) != 2 or feed["shape"][1] not in (2, -1):
+        raise BuildError(f"inputs.{name}: shape {feed['shape']}, expected [-1, 2] for the '{fill}' "
+                         "input lited fills")
+    return fill
+
+
 def merge_inputs(feeds: list, wanted: list | None) -> list:
     """The manifest `inputs` from the model's feeds and the config's `inputs`."""
     out = [dict(feed) for feed in feeds]
     for j, i in _match(feeds, wanted or []).items():
         out[i]["shape"] = _shape(feeds[i]["shape"], (wanted or [])[j].get("shape"), feeds[i]["name"])
     for spec in out:
-        if spec["shape"]:
+        fill = _fill(spec)
+        if fill:
+            spec["shape"], spec["fill"] = [1, 2], fill
+        elif spec["shape"]:
             spec["shape"][0] = 1  # lited feeds one image at a time
     return out

@@ -1,0 +1,625 @@
+"""tools/install_sdk.sh: a bundle onto a board, upgraded and rolled back,
+never leaving the board without a complete version to serve.
+
+On this host, under `--prefix TMP --no-systemctl` (no container): the first
+install builds the runtime venv from a copy of this checkout (a copy: the
+installer reinstalls when the source changes, and the tree may be edited
+while tests run), once a session; each test's prefix links to that venv, so
+the installer finds the runtime installed and skips pip; unsafe zips and directories are refused naming the
+entry and change nothing; a bundle that fails its self-test or does not load
+is refused; a second run is harmless; an upgrade flips `current` and
+`previous`; `--rollback`; SIGKILL in the middle of an install and a full disk
+leave `current` on the previous complete version.
+
+In a booted systemd (marked `systemd`, tests/nspawn.py, one container for all
+of them): the real script builds /opt/lited/venv offline from a wheelhouse,
+installs the units and starts the real `lited serve` on a synth:// stream; a
+subscriber keeps getting results while the bundle is upgraded (a SIGHUP swap:
+the new model_version, no gap over 2 s); a reload that fails is rolled back;
+a hung inference loop (LITED_FAULT) gets the service killed and restarted by
+systemd's watchdog.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+import cv2
+import pytest
+
+from conftest import ROOT, make_bundle, need_shared
+from lited.bundle import load_bundle
+from lited.model import Model
+from nspawn import Container, booted_container, require_nspawn
+from test_systemd import journal, show, wait_for
+
+INSTALLER = ROOT / "tools" / "install_sdk.sh"
+NAME = "ultraface"
+BUNDLES = Path("var/lib/lited/bundles") / NAME   # under a prefix
+CONFIG_PATH = f"/var/lib/lited/bundles/{NAME}/current"  # what the config names, prefix or not
+REGULAR = 0o100644
+ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+       "HOME": os.environ.get("HOME", "/root")}
+_serial = itertools.count()
+
+
+# --- bundles and zips ---------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def golden(tmp_path_factory) -> dict:
+    """What ultraface finds on the golden image: computed here, as tools/build_sdk.py does."""
+    bundle = make_bundle(NAME, tmp_path_factory.mktemp("golden"))
+    result = Model(load_bundle(bundle)).infer(cv2.imread(str(need_shared("images", "astronaut.png"))))
+    assert result["detections"], "the golden image must have a face in it"
+    return {"detections": result["detections"], "classes": result["classes"]}
+
+
+def write_zip(path: Path, entries: list) -> Path:
+    """entries: (name, data, st_mode) as a Unix zip tool would record them."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for name, data, mode in entries:
+            info = zipfile.ZipInfo(name, (2024, 1, 1, 0, 0, 0))
+            info.create_system = 3
+            info.external_attr = mode << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, data)
+    return path
+
+
+class Sdk:
+    """ultraface bundles at any version, with a golden image, as directories or SDK zips."""
+
+    def __init__(self, root: Path, golden: dict) -> None:
+        self.root = root
+        self.golden = golden
+
+    def dir(self, version: str, expected: Optional[dict] = None, extra: Optional[Dict[str, bytes]] = None,
+            golden: bool = True, tolerance: Optional[dict] = None) -> Path:
+        bundle = make_bundle(NAME, self.root / f"{version}-{next(_serial)}")
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        manifest["version"] = version
+        if golden:
+            shutil.copyfile(need_shared("images", "astronaut.png"), bundle / "golden.png")
+            manifest["golden"] = {"image": "golden.png", "expected": expected or self.golden,
+                                  **({"tolerance": tolerance} if tolerance else {})}
+        (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        for name, data in (extra or {}).items():
+            (bundle / name).write_bytes(data)
+        return bundle
+
+    def entries(self, version: str, **kwargs) -> list:
+        """A bundle's files as zip entries under the top folder `ultraface/`, as build_sdk.py zips them."""
+        bundle = self.dir(version, **kwargs)
+        return [(f"{NAME}/{p.relative_to(bundle).as_posix()}", p.read_bytes(), REGULAR)
+                for p in sorted(bundle.rglob("*")) if p.is_file()]
+
+    def zip(self, version: str, extra_entries: tuple = (), **kwargs) -> Path:
+        path = self.root / f"{NAME}-{version}-{next(_serial)}.zip"
+        return write_zip(path, self.entries(version, **kwargs) + list(extra_entries))
+
+
+@pytest.fixture
+def sdk(tmp_path, golden) -> Sdk:
+    (tmp_path / "sdk").mkdir()
+    return Sdk(tmp_path / "sdk", golden)
+
+
+# --- running the installer under a prefix ---------------------------------------
+
+@pytest.fixture(scope="session")
+def checkout(tmp_path_factory) -> Path:
+    """What the installer needs of this checkout, copied: frozen for the session."""
+    root = tmp_path_factory.mktemp("checkout")
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for tree in ("runtime", "systemd"):
+        shutil.copytree(ROOT / tree, root / tree, ignore=ignore)
+    (root / "tools").mkdir()
+    for name in ("pyproject.toml", "setup.cfg", "README.md", "tools/install_sdk.sh", "tools/sdk_unpack.py"):
+        shutil.copy2(ROOT / name, root / name)
+    return root
+
+
+def installer_argv(prefix: Prefix, *args) -> List[str]:
+    return [str(prefix.installer), "--prefix", str(prefix), "--no-systemctl", *map(str, args)]
+
+
+def run_install(prefix: Prefix, *args) -> subprocess.CompletedProcess:
+    return subprocess.run(installer_argv(prefix, *args), capture_output=True, text=True, env=ENV, timeout=300)
+
+
+def install_ok(prefix: Prefix, *args) -> List[str]:
+    result = run_install(prefix, *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout.splitlines()
+
+
+class Prefix(type(Path())):  # type: ignore[misc]
+    """A prefix directory that knows which copy of the installer installs into it."""
+    installer: Path
+
+
+def refused(result: subprocess.CompletedProcess, *words: str) -> str:
+    """The one error line of a refused install, holding `words`."""
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("install_sdk: error: "), result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+def links(prefix: Prefix) -> Dict[str, str]:
+    bdir = prefix / BUNDLES
+    return {link: os.readlink(bdir / link) for link in ("current", "previous") if (bdir / link).is_symlink()}
+
+
+def snapshot(prefix: Prefix) -> Dict[str, str]:
+    """Everything the installer may change (bundles, config), for a before/after comparison."""
+    out = {}
+    for top in ("var/lib/lited", "etc/lited"):
+        for path in sorted((prefix / top).rglob("*")):
+            if path.name == ".lock":
+                continue
+            st = path.lstat()
+            out[str(path.relative_to(prefix))] = (os.readlink(path) if path.is_symlink() else
+                                                 "dir" if path.is_dir() else f"{st.st_size} {st.st_mode:o}")
+    return out
+
+
+def selftest_current(prefix: Prefix) -> str:
+    """`lited selftest` of what `current` points to: it must be a complete, working version."""
+    result = subprocess.run([str(prefix / "opt/lited/venv/bin/lited"), "selftest", "--bundle",
+                             str(prefix / BUNDLES / "current")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def steps(lines: List[str]) -> List[str]:
+    """The step names of the installer's output (`install_sdk: bundle: ...` -> `bundle`)."""
+    return [line.split(": ")[1].split(" ")[0] for line in lines]
+
+
+@dataclass
+class FirstInstall:
+    prefix: Prefix
+    zip: Path
+    result: subprocess.CompletedProcess
+    seconds: float
+
+
+def make_prefix(path: Path, checkout: Path) -> Prefix:
+    prefix = Prefix(path)
+    prefix.installer = checkout / "tools" / "install_sdk.sh"
+    return prefix
+
+
+@pytest.fixture(scope="session")
+def first_install(tmp_path_factory, golden, checkout: Path) -> FirstInstall:
+    """The installer on an empty prefix, runtime and all (pip from the checkout): once a session."""
+    work = tmp_path_factory.mktemp("first-install")
+    (work / "sdk").mkdir()
+    bundle_zip = Sdk(work / "sdk", golden).zip("1.0.0")
+    prefix = make_prefix(work / "root", checkout)
+    started = time.monotonic()
+    result = run_install(prefix, bundle_zip)
+    return FirstInstall(prefix, bundle_zip, result, time.monotonic() - started)
+
+
+@pytest.fixture
+def prefix(tmp_path, first_install: FirstInstall, checkout: Path) -> Prefix:
+    """An empty prefix whose venv is the session's: the installer sees it installed."""
+    assert first_install.result.returncode == 0, first_install.result.stdout + first_install.result.stderr
+    root = make_prefix(tmp_path / "root", checkout)
+    (root / "opt/lited").mkdir(parents=True)
+    (root / "opt/lited/venv").symlink_to(first_install.prefix / "opt/lited/venv")
+    return root
+
+
+# --- under a prefix --------------------------------------------------------------
+
+def test_first_install_lays_out_runtime_units_config_and_bundle(first_install: FirstInstall) -> None:
+    result, root = first_install.result, first_install.prefix
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    print(f"first install: {first_install.seconds:.1f} s\n" + result.stdout)
+    assert steps(lines) == ["runtime", "units", "bundle", "bundle", "bundle", "bundle", "current",
+                            "config", "service", "done"], result.stdout
+    assert lines[0].startswith(f"install_sdk: runtime: lited 0.1.0 installed in {root}/opt/lited/venv")
+    assert f"bundle: selftest {NAME} 1.0.0: ok" in lines[4]
+    assert lines[6] == "install_sdk: current -> 1.0.0"
+    assert lines[8] == "install_sdk: service: not touched (--no-systemctl)"
+    assert result.stderr == ""
+
+    # A real install of lited, not a link to this checkout.
+    venv = root / "opt/lited/venv"
+    where = subprocess.run([str(venv / "bin/python"), "-c", "import lited; print(lited.__file__)"],
+                           capture_output=True, text=True, check=True).stdout
+    assert where.startswith(f"{venv}/lib/"), where
+    units = root / "etc/systemd/system"
+    for unit in ("lited.service", "lited@.service"):
+        assert (units / unit).read_text() == (root.installer.parent.parent / "systemd" / unit).read_text()
+        assert (units / f"{unit}.d/10-lited.conf").is_file()
+    # This Python is pyenv's, under /root: the units get the drop-in that lets them see it.
+    if Path(sys.base_prefix).resolve().parts[1] in ("root", "home"):
+        assert "ProtectHome=tmpfs" in (units / "lited.service.d/30-python.conf").read_text()
+    assert json.loads((root / "etc/lited/lited.conf").read_text()) == {"models": {NAME: CONFIG_PATH}, "streams": []}
+    assert links(root) == {"current": "1.0.0"}
+    version_dir = root / BUNDLES / "1.0.0"
+    assert stat.S_IMODE(version_dir.stat().st_mode) == 0o755  # the daemon's user reads it
+    assert {stat.S_IMODE(p.stat().st_mode) for p in version_dir.iterdir()} == {0o644}
+    assert not list((root / BUNDLES).glob(".*"))  # no temp dirs or links left
+    assert "ok" in selftest_current(root)
+
+
+def test_second_run_is_harmless_and_fast(first_install: FirstInstall) -> None:
+    assert first_install.result.returncode == 0, first_install.result.stderr
+    before = snapshot(first_install.prefix)
+    started = time.monotonic()
+    lines = install_ok(first_install.prefix, first_install.zip)
+    took = time.monotonic() - started
+    print(f"second run: {took:.1f} s (first: {first_install.seconds:.1f} s)")
+    assert lines[0] == f"install_sdk: runtime: lited 0.1.0 already installed in {first_install.prefix}/opt/lited/venv"
+    assert f"install_sdk: bundle: {NAME} 1.0.0 already installed ({first_install.prefix}/{BUNDLES}/current)" in lines
+    assert any("already has model" in line for line in lines)
+    assert snapshot(first_install.prefix) == before
+    assert took < 5
+
+
+def test_upgrade_flips_current_and_previous_and_rollback_returns(prefix: Prefix, sdk: Sdk) -> None:
+    config = prefix / "etc/lited/lited.conf"
+    config.parent.mkdir(parents=True)
+    user_config = {"models": {"det": "/srv/det"}, "status_interval": 2,
+                   "streams": [{"name": "gate", "source": "synth://?size=320x240&fps=5", "model": "det"}]}
+    config.write_text(json.dumps(user_config))
+    install_ok(prefix, sdk.zip("1.0.0"))
+    # The model is added; the user's streams and settings stay as they were.
+    assert json.loads(config.read_text()) == {**user_config, "models": {"det": "/srv/det", NAME: CONFIG_PATH}}
+
+    lines = install_ok(prefix, sdk.dir("1.1.0"))  # a bundle directory works as a zip does
+    assert "install_sdk: current -> 1.1.0 (previous -> 1.0.0)" in lines
+    assert links(prefix) == {"current": "1.1.0", "previous": "1.0.0"}
+    lines = install_ok(prefix, sdk.zip("1.2.0"))
+    assert links(prefix) == {"current": "1.2.0", "previous": "1.1.0"}
+    assert f"install_sdk: pruned: {NAME} 1.0.0" in lines  # only current and previous are kept
+    assert sorted(p.name for p in (prefix / BUNDLES).iterdir() if not p.name.startswith(".")) == \
+        ["1.1.0", "1.2.0", "current", "previous"]
+
+    lines = install_ok(prefix, "--rollback", NAME)
+    assert lines == ["install_sdk: current -> 1.1.0 (previous -> 1.2.0)", "install_sdk: service: not touched (--no-systemctl)",
+                     f"install_sdk: done: {NAME} 1.1.0"]
+    assert "1.1.0: ok" in selftest_current(prefix)
+    install_ok(prefix, "--rollback", NAME)  # and back again
+    assert links(prefix) == {"current": "1.2.0", "previous": "1.1.0"}
+
+    # The same version with other content is refused: versions must mean something.
+    before = snapshot(prefix)
+    other = sdk.zip("1.2.0", tolerance={"box_px": 8, "score": 0.05})
+    refused(run_install(prefix, other), "1.2.0 is installed with a different manifest")
+    refused(run_install(prefix, "--rollback", "nothing"), "nothing is not installed")
+    assert snapshot(prefix) == before
+
+    # lited@cam9.service: its own config; the bundle (shared by name) is there already.
+    lines = install_ok(prefix, "--instance", "cam9", sdk.zip("1.2.0"))
+    assert f"install_sdk: bundle: {NAME} 1.2.0 already installed ({prefix}/{BUNDLES}/current)" in lines
+    assert json.loads((prefix / "etc/lited/cam9.conf").read_text()) == {"models": {NAME: CONFIG_PATH}, "streams": []}
+
+
+def test_unsafe_sources_are_refused_and_change_nothing(prefix: Prefix, sdk: Sdk, tmp_path: Path) -> None:
+    install_ok(prefix, sdk.zip("1.0.0"))
+    before = snapshot(prefix)
+    good = sdk.entries("1.1.0")
+    evil = {
+        "dotdot": ([*good, (f"{NAME}/../evil", b"x", REGULAR)], f"'{NAME}/../evil': '..' leaves the bundle"),
+        "absolute": ([*good, (str(tmp_path / "evil"), b"x", REGULAR)], f"'{tmp_path}/evil': absolute path"),
+        "symlink": ([*good, (f"{NAME}/passwd", b"/etc/passwd", 0o120777)], f"'{NAME}/passwd': symlink"),
+        "device": ([*good, (f"{NAME}/sda", b"", 0o060600)], f"'{NAME}/sda': not a regular file"),
+        "backslash": ([*good, (f"{NAME}\\..\\evil", b"x", REGULAR)], "backslash in name"),
+        "entries": ([*good, *((f"{NAME}/f{i}", b"", REGULAR) for i in range(10000))], "more than 10000 entries"),
+        "two tops": ([*good, ("other/manifest.json", b"{}", REGULAR)], "no manifest.json at the top"),
+    }
+    for case, (entries, message) in evil.items():
+        bad = write_zip(tmp_path / f"{case}.zip", entries)
+        line = refused(run_install(prefix, bad), "refused", message)
+        print(f"{case}: {line}")
+        assert snapshot(prefix) == before, case
+
+    # A zip whose header claims 3 GiB (a zip bomb lies the other way; both are bounded).
+    big = write_zip(tmp_path / "big.zip", [*good, (f"{NAME}/huge.bin", b"x", REGULAR)])
+    data = bytearray(big.read_bytes())
+    size_at = data.rfind(b"PK\x01\x02") + 24  # uncompressed size in the last central directory entry
+    data[size_at:size_at + 4] = (3 << 30).to_bytes(4, "little")
+    big.write_bytes(data)
+    refused(run_install(prefix, big), "refused", f"'{NAME}/huge.bin': uncompressed size passes 2048 MiB")
+    (tmp_path / "junk.zip").write_text("not a zip")
+    refused(run_install(prefix, tmp_path / "junk.zip"), "refused", "not a zip file")
+
+    # A directory is checked the same way: no links, hard links or special files.
+    for case, make in {"symlink": lambda d: (d / "passwd").symlink_to("/etc/passwd"),
+                       "hard link": lambda d: os.link(d / "labels.txt", tmp_path / "labels-link"),
+                       "not a regular file": lambda d: os.mkfifo(d / "fifo")}.items():
+        bundle = sdk.dir("1.1.0")
+        make(bundle)
+        refused(run_install(prefix, bundle), "refused", case)
+        assert snapshot(prefix) == before, case
+    assert not (tmp_path / "evil").exists() and not (prefix / "var/lib/lited/evil").exists()
+    assert links(prefix) == {"current": "1.0.0"}
+
+
+def test_bundle_failing_its_selftest_or_not_loading_is_refused(prefix: Prefix, sdk: Sdk) -> None:
+    install_ok(prefix, sdk.zip("1.0.0"))
+    before = snapshot(prefix)
+    moved = [{**d, "box": [v + 50 for v in d["box"]]} for d in sdk.golden["detections"]]
+    result = run_install(prefix, sdk.zip("1.1.0", expected={**sdk.golden, "detections": moved}))
+    line = refused(result, f"{NAME} 1.1.0 failed its self-test, 1.0.0 stays current", "FAILED", "not found")
+    print(line)
+    assert "current ->" not in result.stdout
+    assert snapshot(prefix) == before
+
+    # Without a golden image the bundle must at least load: a truncated model does not.
+    bundle = sdk.dir("1.1.0", golden=False)
+    model = bundle / "model_x86.nb"
+    model.write_bytes(model.read_bytes()[:1000])
+    refused(run_install(prefix, bundle), f"{NAME} 1.1.0 does not load, 1.0.0 stays current", "model_x86.nb")
+    assert snapshot(prefix) == before
+    assert "1.0.0: ok" in selftest_current(prefix)
+
+
+@pytest.fixture(scope="module")
+def big_zip(tmp_path_factory, golden) -> Path:
+    """Version 1.1.0 with 160 MB of padding: unpacking it takes long enough to be caught in the act."""
+    work = tmp_path_factory.mktemp("big")
+    return Sdk(work, golden).zip("1.1.0", extra_entries=[(f"{NAME}/padding.bin", bytes(160 << 20), REGULAR)])
+
+
+def test_sigkill_midway_leaves_the_previous_version_current(prefix: Prefix, sdk: Sdk, big_zip: Path) -> None:
+    install_ok(prefix, sdk.zip("1.0.0"))
+    bdir = prefix / BUNDLES
+
+    def caught_unpacking(proc: subprocess.Popen) -> bool:
+        return any(p.stat().st_size > 0 for p in bdir.glob(".unpack-*/padding.bin"))
+
+    def caught_selftesting(proc: subprocess.Popen) -> bool:  # the line before the self-test starts
+        return proc.stdout.readline().startswith("install_sdk: bundle: unpacked into")
+
+    for point, caught in (("unpacking", caught_unpacking), ("self-testing", caught_selftesting)):
+        proc = subprocess.Popen(installer_argv(prefix, big_zip), stdout=subprocess.PIPE, text=True, env=ENV,
+                                start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not caught(proc):
+                assert proc.poll() is None and time.monotonic() < deadline, f"never caught it {point}"
+                time.sleep(0.002)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)  # the installer and its children, like a power cut
+            proc.wait()
+            proc.stdout.close()
+        assert links(prefix) == {"current": "1.0.0"}, point
+        assert not (bdir / "1.1.0").exists(), point
+        assert "1.0.0: ok" in selftest_current(prefix)
+        assert list(bdir.glob(".unpack-*")), f"killed {point}, but the temp dir is gone: not killed midway?"
+
+    lines = install_ok(prefix, big_zip)  # the next run clears what the killed ones left
+    assert "install_sdk: current -> 1.1.0 (previous -> 1.0.0)" in lines
+    assert not list(bdir.glob(".unpack-*"))
+
+
+def test_disk_full_while_unpacking_leaves_the_previous_version_current(prefix: Prefix, sdk: Sdk,
+                                                                       big_zip: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    state = prefix / "var/lib/lited"
+    state.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "lited-test-full", str(state)], check=True)
+    try:
+        install_ok(prefix, sdk.zip("1.0.0"))
+        free = shutil.disk_usage(state).free
+        result = run_install(prefix, big_zip)
+        refused(result, "unpacking failed, 1.0.0 stays current", "No space left on device")
+        assert links(prefix) == {"current": "1.0.0"}
+        assert not list((state / "bundles" / NAME).glob(".unpack-*"))
+        assert shutil.disk_usage(state).free == free  # the partial copy is gone
+        assert "1.0.0: ok" in selftest_current(prefix)
+    finally:
+        subprocess.run(["umount", "--lazy", str(state)], check=True)
+
+
+# --- on a booted systemd -------------------------------------------------------
+
+BOARD_CONFIG = {"models": {NAME: CONFIG_PATH}, "status_interval": 1,
+                "streams": [{"name": "cam0", "source": "synth://?size=320x240&fps=10", "model": NAME}]}
+VENV = "/opt/lited/venv"
+UNIT = "lited.service"
+
+# Run as root inside the container (outside the unit's sandbox): one JSON line per result.
+SUBSCRIBER = """
+import json, sys, time
+from lited.client import Subscriber
+with Subscriber("ipc:///run/lited/pub.sock", streams=["cam0"]) as sub, open(sys.argv[1], "w", buffering=1) as out:
+    while True:
+        msg = sub.recv(timeout=10)
+        if msg is not None and msg["type"] == "result":
+            out.write(json.dumps({"t": time.monotonic(), "seq": msg["seq"], "version": msg["model_version"]}) + "\\n")
+"""
+
+
+@pytest.fixture(scope="module")
+def wheelhouse(tmp_path_factory) -> Path:
+    """lited and its dependencies as wheels: the container has no network."""
+    work = tmp_path_factory.mktemp("wheelhouse")
+    src = work / "src"
+    shutil.copytree(ROOT / "runtime", src / "runtime", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "setup.cfg", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check",
+                             "-w", str(work / "wheels"), str(src)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return work / "wheels"
+
+
+@dataclass
+class Board:
+    container: Container
+    zips: Dict[str, str]                 # version -> path inside the container
+    first: subprocess.CompletedProcess   # the first install
+
+    def install(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        """The real installer in the container, offline, as root (not under a prefix)."""
+        python = f"{Path(sys.base_prefix).resolve()}/bin/python3.10"
+        return self.container.run([str(INSTALLER), "--wheels", "/srv/wheels", "--python", python, *args],
+                                  timeout=timeout)
+
+    def current(self) -> str:
+        return os.readlink(self.container.path(f"/{BUNDLES}/current"))
+
+    def served(self) -> str:
+        """The version the daemon says it serves (`lited ctl status`)."""
+        out = self.container.run([f"{VENV}/bin/lited", "ctl", "status", "--endpoint", "ipc:///run/lited/req.sock",
+                                  "--timeout", "10"], check=True).stdout
+        return json.loads(out)["models"][NAME]["version"]
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory, wheelhouse: Path, golden: dict) -> Iterator[Board]:
+    """A booted container with lited installed from scratch by the real script, on a synth:// stream."""
+    require_nspawn()
+    work = tmp_path_factory.mktemp("board-sdk")
+    made = Sdk(work, golden)
+    zips = {v: f"/srv/sdk/{made.zip(v).name}" for v in ("1.0.0", "1.1.0", "1.2.0")}
+    binds = [str(ROOT), str(Path(sys.base_prefix).resolve()), f"{wheelhouse}:/srv/wheels", f"{work}:/srv/sdk"]
+    with booted_container(binds=binds) as container:
+        container.path("/etc/lited").mkdir(parents=True, exist_ok=True)
+        container.path("/etc/lited/lited.conf").write_text(json.dumps(BOARD_CONFIG))
+        board = Board(container, zips, subprocess.CompletedProcess([], 0))
+        started = time.monotonic()
+        board.first = board.install(zips["1.0.0"])
+        print(f"first install in the container: {time.monotonic() - started:.1f} s")
+        yield board
+
+
+@pytest.mark.systemd
+def test_board_install_starts_the_real_daemon(board: Board) -> None:
+    first = board.first
+    assert first.returncode == 0, first.stdout + first.stderr
+    lines = first.stdout.splitlines()
+    assert lines[0].startswith(f"install_sdk: runtime: lited 0.1.0 installed in {VENV}"), first.stdout
+    assert lines[-2] == f"install_sdk: service: started (and enabled) {UNIT}, serving {NAME} 1.0.0", first.stdout
+    c = board.container
+    state = show(c, UNIT, "ActiveState", "UnitFileState", "MainPID", "NRestarts")
+    assert state["ActiveState"] == "active" and state["UnitFileState"] == "enabled", state
+    cmdline = c.run(["cat", f"/proc/{state['MainPID']}/cmdline"], check=True).stdout.split("\0")
+    assert cmdline[1:4] == [f"{VENV}/bin/lited", "serve", "--config"], cmdline
+    uid = c.run(["id", "-u", "lited"], check=True).stdout.strip()
+    assert f"Uid:\t{uid}\t" in c.run(["cat", f"/proc/{state['MainPID']}/status"], check=True).stdout
+
+    # STATUS= comes every second (status_interval): the stream, its state and fps, the model.
+    samples = [show(c, UNIT, "StatusText")["StatusText"]]
+    wait_for(lambda: samples.append(show(c, UNIT, "StatusText")["StatusText"]) or
+             samples[-1].startswith("cam0 streaming 10.0 fps"), 10, "the stream at 10 fps in the status")
+    print(samples)
+    assert all(re.fullmatch(r"cam0 \w+ \d+\.\d fps \| models: ultraface 1\.0\.0", t) for t in samples), samples
+
+    # Structured journal fields: an operator filters on STREAM= and EVENT=.
+    events = {e.get("EVENT") for e in journal(c, UNIT, "STREAM=cam0")}
+    assert {"connecting", "streaming"} <= events, events
+    assert journal(c, UNIT, "EVENT=ready")
+
+
+@pytest.mark.systemd
+def test_board_upgrade_keeps_results_flowing(board: Board) -> None:
+    c = board.container
+    assert board.current() == "1.0.0"
+    pid_before = show(c, UNIT, "MainPID")["MainPID"]
+    status_before = show(c, UNIT, "StatusText")["StatusText"]
+    c.path("/run/lited-test-sub.py").write_text(SUBSCRIBER)
+    out = c.path("/run/lited-test-sub.jsonl")
+    c.run(["systemd-run", "--unit=lited-test-sub", f"{VENV}/bin/python", "/run/lited-test-sub.py", str("/run/lited-test-sub.jsonl")],
+          check=True)
+    results = lambda: [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []  # noqa: E731
+    try:
+        wait_for(lambda: len(results()) >= 10, 20, "results before the upgrade")
+        upgrade = board.install(board.zips["1.1.0"])
+        assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
+        print(upgrade.stdout)
+        assert f"install_sdk: runtime: lited 0.1.0 already installed in {VENV}" in upgrade.stdout
+        assert f"install_sdk: service: reloaded {UNIT}, serving {NAME} 1.1.0" in upgrade.stdout
+        wait_for(lambda: sum(r["version"] == "1.1.0" for r in results()) >= 10, 20, "results after the upgrade")
+    finally:
+        c.run(["systemctl", "stop", "lited-test-sub.service"])
+    got = results()
+    versions = [r["version"] for r in got]
+    swap = versions.index("1.1.0")
+    assert versions == ["1.0.0"] * swap + ["1.1.0"] * (len(versions) - swap), versions
+    gaps = [b["t"] - a["t"] for a, b in zip(got, got[1:])]
+    print(f"{len(got)} results, swap after {swap}, largest gap {max(gaps):.2f} s")
+    assert max(gaps) <= 2.0, gaps
+    assert all(b["seq"] > a["seq"] for a, b in zip(got, got[1:]))
+    # A reload, not a restart; and the status line moved on with it.
+    assert show(c, UNIT, "MainPID", "NRestarts") == {"MainPID": pid_before, "NRestarts": "0"}
+    status_after = show(c, UNIT, "StatusText")["StatusText"]
+    assert status_after.startswith("cam0 streaming") and status_after.endswith("models: ultraface 1.1.0")
+    assert status_before.endswith("models: ultraface 1.0.0")
+
+    back = board.install("--rollback", NAME)
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert f"install_sdk: service: reloaded {UNIT}, serving {NAME} 1.0.0" in back.stdout
+    assert (board.current(), board.served()) == ("1.0.0", "1.0.0")
+
+
+@pytest.mark.systemd
+def test_board_failed_reload_rolls_back(board: Board) -> None:
+    c = board.container
+    before = board.current()
+    pid = show(c, UNIT, "MainPID")["MainPID"]
+    # A config the daemon will not take (valid JSON: the installer itself does not mind it).
+    broken = {**BOARD_CONFIG, "streams": [{**BOARD_CONFIG["streams"][0], "source": "synth://?fps=10&bogus=1"}]}
+    c.path("/etc/lited/lited.conf").write_text(json.dumps(broken))
+    try:
+        result = board.install(board.zips["1.2.0"])
+        print(result.stdout + result.stderr)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "install_sdk: current -> 1.2.0" in result.stdout
+        assert f"install_sdk: rollback: current -> {before}" in result.stdout
+        assert "install_sdk: rollback: the daemon did not take it either" in result.stdout  # the config is bad
+        assert "reload failed" in result.stderr and "bogus" in result.stderr, result.stderr
+        assert board.current() == before and not c.path(f"/{BUNDLES}/1.2.0").exists()
+        assert board.served() == before
+        assert show(c, UNIT, "ActiveState", "MainPID") == {"ActiveState": "active", "MainPID": pid}
+    finally:
+        c.path("/etc/lited/lited.conf").write_text(json.dumps(BOARD_CONFIG))
+        c.run(["systemctl", "reload", UNIT], check=True)
+
+
+@pytest.mark.systemd
+def test_board_watchdog_restarts_a_hung_daemon(board: Board) -> None:
+    c = board.container
+    dropin = c.path(f"/etc/systemd/system/{UNIT}.d/95-fault.conf")
+    dropin.write_text("[Service]\nEnvironment=LITED_FAULT=hang_inference_after:20\nWatchdogSec=3\n")
+    c.run(["systemctl", "daemon-reload"], check=True)
+    try:
+        c.run(["systemctl", "reset-failed", UNIT])  # StartLimitBurst= counts every start, ours too
+        c.run(["systemctl", "restart", UNIT], check=True, timeout=120)
+        restarts = int(show(c, UNIT, "NRestarts")["NRestarts"])
+        since = c.run(["date", "+%Y-%m-%d %H:%M:%S"], check=True).stdout.strip()
+        # 20 frames at 10 fps, then the inference loop hangs; 3 s later the pings stop, 3 s after that systemd acts.
+        wait_for(lambda: int(show(c, UNIT, "NRestarts")["NRestarts"]) > restarts, 30, "a watchdog restart")
+        messages = [e["MESSAGE"] for e in journal(c, UNIT, f"--since={since}")]
+        assert any("Watchdog timeout" in m for m in messages), messages
+        assert journal(c, UNIT, f"--since={since}", "EVENT=watchdog_stale")
+    finally:
+        dropin.unlink()
+        c.run(["systemctl", "daemon-reload"], check=True)
+        c.run(["systemctl", "reset-failed", UNIT])
+        c.run(["systemctl", "restart", UNIT], timeout=120)
+    assert show(c, UNIT, "ActiveState")["ActiveState"] == "active"

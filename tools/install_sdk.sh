@@ -1,0 +1,371 @@
+#!/usr/bin/env bash
+# Install an SDK bundle on a board, with the runtime and the service it needs;
+# upgrade it; roll it back. One line per step. See docs/install.md.
+#
+#   sudo tools/install_sdk.sh [options] SDK.zip|BUNDLE_DIR
+#   sudo tools/install_sdk.sh [options] --rollback NAME
+#
+#   --prefix DIR               install under DIR instead of / (tests, image staging); implies --no-systemctl
+#   --no-systemctl             do not reload, enable or start the service
+#   --rollback NAME            make NAME's previous version current again
+#   --wheels DIR               install the runtime offline: pip --no-index --find-links DIR lited
+#   --paddlelite-wheel FILE    the Paddle Lite wheel to use (needed on ARM: PyPI has none)
+#   --python FILE              the interpreter for the venv (default: CPython 3.10 as tools/bootstrap.sh finds it)
+#   --instance NAME            lited@NAME.service and /etc/lited/NAME.conf instead of lited.service
+#   --timeout SEC              how long to wait for the daemon to serve the new version (default 120)
+#
+# Layout: runtime in /opt/lited/venv, bundles in /var/lib/lited/bundles/<name>/<version>/
+# with `current` and `previous` links, config /etc/lited/lited.conf.
+# Exit status: 0 installed (or already installed), 1 refused or failed (the
+# version served before is served still), 2 bad usage.
+set -euo pipefail
+umask 022
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+
+say() { echo "install_sdk: $*"; }
+die() { echo "install_sdk: error: $*" >&2; exit 1; }
+usage() { sed -n '5,17s/^# \{0,1\}//p' "$0" >&2; exit 2; }
+
+prefix=/ use_systemctl=1 rollback_name="" wheels="" paddle_wheel="" python="" instance="" timeout=120 src=""
+while [ $# -gt 0 ]; do
+    case $1 in
+        --prefix|--rollback|--wheels|--paddlelite-wheel|--python|--instance|--timeout)
+            [ $# -ge 2 ] || usage
+            case $1 in
+                --prefix) prefix=$2 ;;
+                --rollback) rollback_name=$2 ;;
+                --wheels) wheels=$(cd "$2" && pwd) || die "--wheels $2: no such directory" ;;
+                --paddlelite-wheel) paddle_wheel=$(realpath -e "$2") || die "--paddlelite-wheel $2: no such file" ;;
+                --python) python=$2 ;;
+                --instance) instance=$2 ;;
+                --timeout) timeout=$2 ;;
+            esac
+            shift 2 ;;
+        --no-systemctl) use_systemctl=0; shift ;;
+        -h|--help) usage ;;
+        -*) echo "install_sdk: unknown option $1" >&2; usage ;;
+        *) [ -z "$src" ] || usage; src=$1; shift ;;
+    esac
+done
+if [ -n "$rollback_name" ]; then [ -z "$src" ] || usage; else [ -n "$src" ] || usage; fi
+lited_wheel=""
+if [ -n "$wheels" ]; then
+    lited_wheel=$(find "$wheels" -maxdepth 1 -name 'lited-*.whl' | sort -V | tail -n 1)
+    [ -n "$lited_wheel" ] || die "--wheels $wheels: no lited-*.whl in it"
+fi
+case $instance in *[!A-Za-z0-9_.-]*) die "--instance $instance: letters, digits, '.', '_', '-' only" ;; esac
+
+root=$(realpath -m "$prefix"); root=${root%/}   # '' for /
+why_not_systemctl="--no-systemctl"
+if [ -n "$root" ] && [ "$use_systemctl" = 1 ]; then use_systemctl=0; why_not_systemctl="--prefix"; fi
+if [ -z "$root" ] && [ "$(id -u)" != 0 ]; then die "run it as root (sudo $0 ...)"; fi
+if [ "$use_systemctl" = 1 ] && [ ! -d /run/systemd/system ]; then
+    die "systemd is not running here: give --no-systemctl to install without starting the service"
+fi
+
+venv=$root/opt/lited/venv
+unitdir=$root/etc/systemd/system
+bundles=$root/var/lib/lited/bundles
+if [ -n "$instance" ]; then
+    unit=lited@$instance.service conf=$root/etc/lited/$instance.conf rundir=/run/lited/$instance
+else
+    unit=lited.service conf=$root/etc/lited/lited.conf rundir=/run/lited
+fi
+
+scratch=$(mktemp -d "${TMPDIR:-/tmp}/install_sdk.XXXXXX")
+unpacking=""   # the temp dir being filled: removed on any exit (disk full, kill, error)
+cleanup() {
+    [ -z "$unpacking" ] || rm -rf "$unpacking"
+    rm -rf "$scratch"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
+mkdir -p "$bundles"
+exec 9>"$bundles/.lock"
+if ! flock -n 9; then
+    say "waiting for another install_sdk.sh to finish"
+    flock -w 600 9 || die "$bundles/.lock is held for over 10 minutes"
+fi
+
+# Run a command; on failure die with its last line of output (one line, as everywhere here).
+quiet() {
+    local what=$1; shift
+    "$@" >"$scratch/out" 2>&1 || die "$what: $(grep -v '^$' "$scratch/out" | tail -n 1)"
+}
+helper() { "$venv/bin/python" "$here/sdk_unpack.py" "$@"; }
+
+# --- runtime -----------------------------------------------------------------
+
+find_python() {
+    local cand exe cands=(python3.10 /usr/bin/python3.10 /root/.pyenv/versions/3.10.13/bin/python)
+    [ -z "$python" ] || cands=("$python")
+    for cand in "${cands[@]}"; do
+        exe=$("$cand" -c 'import sys; print(sys.executable)' 2>/dev/null) || continue
+        if [ -z "$python" ] && ! "$exe" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))'; then
+            continue
+        fi
+        echo "$exe"; return 0
+    done
+    [ -z "$python" ] || die "--python $python: cannot run it"
+    die "CPython 3.10 not found (Paddle Lite wheels exist only for CPython <= 3.10 on x86_64): install python3.10 or give --python FILE"
+}
+
+# What identifies the runtime to install: lited's version and a hash of its source
+# (or wheel), so a second run with the same runtime skips pip altogether.
+runtime_id() {
+    local version id
+    if [ -n "$wheels" ]; then
+        version=$(basename "$lited_wheel" | cut -d- -f2)
+        id=$(sha256sum "$lited_wheel" | cut -c1-16)
+    else
+        version=$(sed -n 's/^version *= *//p' "$repo/setup.cfg")
+        id=$(cd "$repo" && find runtime setup.cfg pyproject.toml -name __pycache__ -prune -o -name '*.egg-info' -prune \
+                 -o -type f -print | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)
+    fi
+    [ -z "$paddle_wheel" ] || id="$id+$(sha256sum "$paddle_wheel" | cut -c1-16)"
+    echo "lited $version $id"
+}
+
+install_runtime() {
+    local want had_lited py
+    want=$(runtime_id)
+    if [ "$(cat "$venv/.lited-install" 2>/dev/null)" = "$want" ] && "$venv/bin/python" -c 'import lited' 2>/dev/null; then
+        say "runtime: ${want% *} already installed in $venv"
+        return
+    fi
+    case $(uname -m) in
+        aarch64|arm*)
+            if [ -z "$paddle_wheel" ] && ! "$venv/bin/python" -c 'import paddlelite' 2>/dev/null; then
+                die "PyPI has no Paddle Lite wheel for $(uname -m): build one (docs/install.md) and give --paddlelite-wheel FILE"
+            fi ;;
+    esac
+    py=$(find_python)
+    if ! "$venv/bin/python" -c '' 2>/dev/null; then
+        quiet "creating $venv" "$py" -m venv --clear "$venv"
+    fi
+    had_lited=$("$venv/bin/python" -c 'import lited' 2>/dev/null && echo 1 || echo 0)
+    local pip=("$venv/bin/python" -m pip install --disable-pip-version-check --no-warn-script-location)
+    if [ -n "$wheels" ]; then
+        quiet "pip install from $wheels" "${pip[@]}" --no-index --find-links "$wheels" ${paddle_wheel:+"$paddle_wheel"} lited
+        # The same version from a rebuilt wheel: pip calls it satisfied, so force lited alone.
+        [ "$had_lited" = 0 ] || quiet "pip install $lited_wheel" "${pip[@]}" --no-index --force-reinstall --no-deps "$lited_wheel"
+    else
+        # A copy: pip builds in the source tree, which may be read-only (or shared with a dev checkout).
+        mkdir "$scratch/src"
+        tar -C "$repo" --exclude=__pycache__ --exclude='*.egg-info' -cf - pyproject.toml setup.cfg README.md runtime \
+            | tar -C "$scratch/src" -xf -
+        quiet "pip install lited from $repo" "${pip[@]}" ${paddle_wheel:+"$paddle_wheel"} "$scratch/src"
+    fi
+    quiet "the runtime in $venv does not import" "$venv/bin/python" -c 'import lited, paddlelite.lite'
+    echo "$want" >"$venv/.lited-install"
+    say "runtime: ${want% *} installed in $venv ($("$venv/bin/python" -V))"
+}
+
+install_units() {
+    local base template dropin
+    quiet "systemd/install.sh" "$repo/systemd/install.sh" "${root:-/}"
+    # ProtectHome=yes hides /root and /home; an interpreter there (pyenv) needs to be let back in.
+    base=$(realpath "$("$venv/bin/python" -c 'import sys; print(sys.base_prefix)')")
+    for template in lited.service lited@.service; do
+        dropin=$unitdir/$template.d/30-python.conf
+        case $base/ in
+            /root/*|/home/*)
+                printf '%s\n' "# Written by tools/install_sdk.sh: the venv's Python lives in $base," \
+                    "# which ProtectHome=yes would hide. An interpreter in /usr or /opt needs none of this." \
+                    "[Service]" "ProtectHome=tmpfs" "BindReadOnlyPaths=$base" >"$dropin" ;;
+            *) rm -f "$dropin" ;;
+        esac
+    done
+    [ "$use_systemctl" = 0 ] || systemctl daemon-reload
+    case $base/ in
+        /root/*|/home/*) say "units: $unit in $unitdir, with drop-in 30-python.conf to reach $base" ;;
+        *) say "units: $unit in $unitdir" ;;
+    esac
+}
+
+# --- bundle links --------------------------------------------------------------
+
+# flip CURRENT PREVIOUS: point the links at these versions ('' removes the link).
+# Each link is replaced by a rename, so a reader (or a crash) sees the old or the new one.
+flip() {
+    local link target
+    for link in previous current; do
+        if [ "$link" = previous ]; then target=$2; else target=$1; fi
+        if [ -n "$target" ]; then
+            ln -sfn "$target" "$bdir/.$link.new"
+            mv -T "$bdir/.$link.new" "$bdir/$link"
+        else
+            rm -f "$bdir/$link"
+        fi
+    done
+    sync -f "$bdir" 2>/dev/null || true   # the power may go right after
+}
+
+# Remove a version directory: renamed away first, so a half-deleted one is never seen as a version.
+discard() {
+    local trash
+    [ -e "$1" ] || return 0
+    trash=$(mktemp -u "$bdir/.trash-XXXXXX")
+    mv -T "$1" "$trash"
+    rm -rf "$trash"
+}
+
+# --- the service ---------------------------------------------------------------
+
+# activate VERSION RELOAD: make the service serve VERSION of $name (reload it, or
+# start it if it is not running); on failure set $failure and return 1.
+activate() {
+    local version=$1 reload=$2 since verb reloaded=()
+    if [ "$use_systemctl" = 0 ]; then
+        say "service: not touched ($why_not_systemctl)"
+        return 0
+    fi
+    since=$(date +%s.%N)   # only a reload failure after this is ours
+    if [ "$was_active" = 1 ]; then
+        if [ "$reload" = 0 ]; then say "service: $unit active"; return 0; fi
+        verb="reloaded" reloaded=(--reloaded)
+        systemctl reload "$unit" 2>"$scratch/err" || { failure="systemctl reload: $(tail -n 1 "$scratch/err")"; return 1; }
+    else
+        verb="started (and enabled)"
+        if ! systemctl enable --now "$unit" >/dev/null 2>"$scratch/err"; then
+            failure="$unit did not start: $(tail -n 1 "$scratch/err") (journalctl -u $unit)"
+            return 1
+        fi
+    fi
+    if [ "$config_state" = other ]; then   # the config serves $name from elsewhere: nothing to wait for
+        say "service: $verb $unit"
+        return 0
+    fi
+    if ! helper wait --config "$conf" --runtime-dir "$rundir" --model "$name" --version "${version:--}" \
+            --since "$since" --timeout "$timeout" "${reloaded[@]}" >"$scratch/out" 2>"$scratch/err"; then
+        failure=$(tail -n 1 "$scratch/err")
+        return 1
+    fi
+    say "service: $verb $unit, $(cat "$scratch/out")"
+}
+
+# After a failed activate: links back, config back, the service back on the old version; exit 1.
+roll_back() {
+    local failed=$1
+    say "rollback: $failure"
+    flip "$cur" "$prev"
+    say "rollback: current -> ${cur:-none}${prev:+ (previous -> $prev)}"
+    if [ "$config_changed" = 1 ]; then
+        if [ -f "$scratch/conf.before" ]; then
+            cp -p "$scratch/conf.before" "$conf.restore" && mv -f "$conf.restore" "$conf"   # a rename, not a rewrite
+        else
+            rm -f "$conf"
+        fi
+        say "rollback: $conf restored"
+    fi
+    if [ "$was_active" = 1 ]; then
+        config_state=present
+        local first=$failure
+        activate "$cur" 1 || say "rollback: the daemon did not take it either ($failure); it keeps serving what it had"
+        failure=$first
+    elif [ "$use_systemctl" = 1 ]; then
+        systemctl stop "$unit" 2>/dev/null || true
+        say "rollback: $unit was not running before; left stopped"
+    fi
+    [ -z "$failed" ] || [ "$failed" = "$prev" ] || discard "$bdir/$failed"
+    die "$name $version not served: $failure"
+}
+
+was_active=0
+if [ "$use_systemctl" = 1 ] && systemctl is-active --quiet "$unit"; then was_active=1; fi
+config_state=present config_changed=0 failure=""
+
+# --- --rollback NAME -----------------------------------------------------------
+
+if [ -n "$rollback_name" ]; then
+    name=$rollback_name bdir=$bundles/$rollback_name
+    "$venv/bin/python" -c 'import lited' 2>/dev/null || die "no runtime in $venv: install a bundle first"
+    cur=$(readlink "$bdir/current" 2>/dev/null) || die "$name is not installed ($bdir/current is missing)"
+    prev=$(readlink "$bdir/previous" 2>/dev/null) || die "$name has no previous version to roll back to"
+    [ -f "$bdir/$prev/manifest.json" ] || die "$name's previous version $prev is missing from $bdir"
+    flip "$prev" "$cur"
+    say "current -> $prev (previous -> $cur)"
+    if ! activate "$prev" 1; then
+        flip "$cur" "$prev"
+        say "rollback: current -> $cur again"
+        [ "$was_active" = 0 ] || activate "$cur" 1 || true
+        die "$name $prev not served: $failure"
+    fi
+    say "done: $name $prev"
+    exit 0
+fi
+
+# --- install SRC ---------------------------------------------------------------
+
+install_runtime
+install_units
+
+"$venv/bin/python" "$here/sdk_unpack.py" check "$src" >"$scratch/check" 2>"$scratch/err" \
+    || die "refused: $(tail -n 1 "$scratch/err")"
+read -r name version nfiles megabytes manifest_sha golden <"$scratch/check"
+say "bundle: $name $version checked ($nfiles files, $megabytes MB)"
+bdir=$bundles/$name
+conf_model_path=/var/lib/lited/bundles/$name/current
+helper config "$conf" "$name" "$conf_model_path" --dry-run >"$scratch/out" 2>"$scratch/err" \
+    || die "$(tail -n 1 "$scratch/err")"
+
+mkdir -p "$bdir"
+rm -rf "$bdir"/.unpack-* "$bdir"/.trash-* "$bdir"/.current.new "$bdir"/.previous.new   # left by a killed run
+cur=$(readlink "$bdir/current" 2>/dev/null || true)
+prev=$(readlink "$bdir/previous" 2>/dev/null || true)
+already=0
+if [ "$cur" = "$version" ]; then
+    [ "$(sha256sum <"$bdir/current/manifest.json" | cut -d' ' -f1)" = "$manifest_sha" ] \
+        || die "$name $version is installed with a different manifest: give the new bundle a new version (nothing changed)"
+    say "bundle: $name $version already installed ($bdir/current)"
+    already=1
+else
+    unpacking=$(mktemp -d "$bdir/.unpack-XXXXXX")
+    chmod 0755 "$unpacking"   # mktemp makes it 0700; the daemon's user reads it as <version>/
+    helper unpack "$src" "$unpacking" >"$scratch/out" 2>"$scratch/err" \
+        || die "unpacking failed, ${cur:-nothing} stays current: $(tail -n 1 "$scratch/err")"
+    say "bundle: unpacked into $unpacking"
+    if [ "$golden" = golden ]; then
+        quiet "refused: $name $version failed its self-test, ${cur:-nothing} stays current" \
+            "$venv/bin/lited" selftest --bundle "$unpacking"
+        say "bundle: $(tail -n 1 "$scratch/out")"
+    else
+        quiet "refused: $name $version does not load, ${cur:-nothing} stays current" \
+            "$venv/bin/lited" inspect --bundle "$unpacking"
+        say "bundle: $name $version loads (no golden image to self-test)"
+    fi
+    discard "$bdir/$version"   # an older copy of this version (a failed or killed run, or `previous`)
+    mv -T "$unpacking" "$bdir/$version"
+    unpacking=""
+    say "bundle: $bdir/$version"
+    flip "$version" "$cur"
+    prev_new=$cur
+    say "current -> $version${cur:+ (previous -> $cur)}"
+fi
+
+[ ! -f "$conf" ] || cp -p "$conf" "$scratch/conf.before"
+helper config "$conf" "$name" "$conf_model_path" >"$scratch/out" 2>"$scratch/err" \
+    || { failure=$(tail -n 1 "$scratch/err"); [ "$already" = 1 ] && die "$failure"; roll_back "$version"; }
+read -r config_state config_message <"$scratch/out"
+case $config_state in created|added) config_changed=1 ;; esac
+say "config: $config_message"
+
+reload=1
+[ "$already" = 0 ] || [ "$config_changed" = 1 ] || reload=0
+if ! activate "$version" "$reload"; then
+    # Already installed: nothing was flipped, only the config may have to go back.
+    if [ "$already" = 1 ]; then roll_back ""; else roll_back "$version"; fi
+fi
+
+if [ "$already" = 0 ]; then
+    for dir in "$bdir"/*/; do
+        dir=${dir%/}
+        [ -d "$dir" ] || continue
+        [ -L "$dir" ] || [ "${dir##*/}" = "$version" ] || [ "${dir##*/}" = "${prev_new:-}" ] || {
+            discard "$dir"; say "pruned: $name ${dir##*/}"; }
+    done
+fi
+say "done: $name $version"

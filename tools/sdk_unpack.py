@@ -1,0 +1,358 @@
+#!/usr/bin/env python3
+"""The Python half of tools/install_sdk.sh: what is awkward or unsafe in sh.
+
+    sdk_unpack.py check  SRC            SRC is safe to unpack? prints NAME VERSION FILES MB MANIFEST_SHA256 GOLDEN
+    sdk_unpack.py unpack SRC DEST       check again, then copy the bundle's files into the empty DEST
+    sdk_unpack.py config CONF MODEL PATH [--dry-run]
+                                        make sure the daemon config names MODEL (created/added/present/other)
+    sdk_unpack.py wait --config CONF --runtime-dir DIR --model M --version V --since TS [--timeout S] [--reloaded]
+                                        until the running daemon serves M at V (V '-': M is gone)
+
+SRC is an SDK zip (tools/build_sdk.py: one top folder `<name>/`, or the
+files at the top) or a bundle directory. Before a byte is written it is
+refused, with one line naming the entry, if any entry is absolute, has a
+`..` (or empty) component or a backslash, is a symlink, hard link, device,
+fifo or socket, is encrypted or duplicated, or if the entries pass the
+limits below. Files are written 0644 and directories 0755 whatever the zip
+says (the daemon's user must read them; nothing in a bundle is executable).
+
+check/unpack/config need only the standard library; `wait` imports
+lited.client, so it runs with the runtime's venv Python.
+Exit status: 0 ok, 1 refused or failed, 3 (wait) timed out.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import stat
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+MAX_BYTES = 2 << 30  # uncompressed, all entries together
+MAX_FILES = 10000  # entries, directories included
+MAX_MANIFEST = 1 << 20
+SETTLE = 15  # seconds to wait for a reload's record when the version served does not change
+CHUNK = 1 << 20
+# Used as directory names under /var/lib/lited/bundles: no dot files, no current/previous.
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
+VERSION_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,63}$")
+RESERVED = {"current", "previous"}
+
+
+class Refused(Exception):
+    """SRC is unsafe or not a bundle; the message names the entry."""
+
+
+# --- reading the source: a zip or a directory, as (relative name, size, opener) ---
+
+def _check_name(name: str) -> list:
+    """The components of an entry name, or Refused naming why not."""
+    if "\0" in name or any(ord(c) < 32 for c in name):
+        raise Refused(f"entry {name!r}: control character in name")
+    if "\\" in name:
+        raise Refused(f"entry {name!r}: backslash in name")
+    if name.startswith("/"):
+        raise Refused(f"entry {name!r}: absolute path")
+    parts = name.rstrip("/").split("/")
+    if ".." in parts:
+        raise Refused(f"entry {name!r}: '..' leaves the bundle")
+    if any(p in ("", ".") for p in parts):
+        raise Refused(f"entry {name!r}: empty or '.' path component")
+    return parts
+
+
+class _Limits:
+    def __init__(self) -> None:
+        self.files = 0
+        self.bytes = 0
+
+    def add(self, name: str, size: int) -> None:
+        self.files += 1
+        self.bytes += size
+        if self.files > MAX_FILES:
+            raise Refused(f"entry {name!r}: more than {MAX_FILES} entries")
+        if self.bytes > MAX_BYTES:
+            raise Refused(f"entry {name!r}: uncompressed size passes {MAX_BYTES >> 20} MiB")
+
+
+def _zip_entries(zf: zipfile.ZipFile) -> tuple:
+    """(files {relative name: ZipInfo}, dirs, limits), the top folder stripped."""
+    seen, files, dirs, limits = set(), {}, set(), _Limits()
+    for info in zf.infolist():
+        name = info.filename
+        parts = _check_name(name)
+        if name in seen:
+            raise Refused(f"entry {name!r}: duplicate entry")
+        seen.add(name)
+        if info.flag_bits & 0x1:
+            raise Refused(f"entry {name!r}: encrypted")
+        mode = info.external_attr >> 16 if info.create_system == 3 else 0
+        kind = stat.S_IFMT(mode)
+        is_dir = name.endswith("/") or kind == stat.S_IFDIR
+        if stat.S_ISLNK(mode):
+            raise Refused(f"entry {name!r}: symlink")
+        if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+            raise Refused(f"entry {name!r}: not a regular file (device, fifo or socket)")
+        limits.add(name, 0 if is_dir else info.file_size)
+        if is_dir:
+            dirs.add("/".join(parts))
+        else:
+            files["/".join(parts)] = info
+    top = _top_folder(files)
+    return ({n[len(top):]: i for n, i in files.items()},
+            {d[len(top):] for d in dirs if d.startswith(top) and d != top.rstrip("/")}, limits)
+
+
+def _top_folder(files: dict) -> str:
+    """'' when manifest.json is at the top, 'name/' when everything is in one folder holding it."""
+    if "manifest.json" in files:
+        return ""
+    tops = {n.split("/", 1)[0] for n in files}
+    if len(tops) == 1 and f"{next(iter(tops))}/manifest.json" in files:
+        return f"{next(iter(tops))}/"
+    raise Refused("no manifest.json at the top or in a single top folder")
+
+
+def _dir_entries(root: Path) -> tuple:
+    """(files {relative name: path}, dirs, limits) of a bundle directory, refusing links and specials."""
+    files, dirs, limits = {}, set(), _Limits()
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames) + sorted(filenames):
+            full = Path(dirpath, name)
+            rel = full.relative_to(root).as_posix()
+            st = full.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                raise Refused(f"entry {rel!r}: symlink")
+            if stat.S_ISDIR(st.st_mode):
+                dirs.add(rel)
+                limits.add(rel, 0)
+            elif stat.S_ISREG(st.st_mode):
+                if st.st_nlink > 1:
+                    raise Refused(f"entry {rel!r}: hard link")
+                files[rel] = full
+                limits.add(rel, st.st_size)
+            else:
+                raise Refused(f"entry {rel!r}: not a regular file (device, fifo or socket)")
+    if "manifest.json" not in files:
+        raise Refused("no manifest.json at the top")
+    return files, dirs, limits
+
+
+class Source:
+    """A checked bundle source; `open(name)` gives a file's bytes as a stream."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.zip = None
+        if self.path.is_dir():
+            self.files, self.dirs, self.limits = _dir_entries(self.path)
+        elif self.path.is_file():
+            try:
+                self.zip = zipfile.ZipFile(self.path)
+            except (zipfile.BadZipFile, OSError) as exc:
+                raise Refused(f"not a zip file or bundle directory ({exc})") from None
+            self.files, self.dirs, self.limits = _zip_entries(self.zip)
+        else:
+            raise Refused("no such file or directory")
+
+    def open(self, name: str):
+        if self.zip is not None:
+            return self.zip.open(self.files[name])
+        # O_NOFOLLOW and a second look: the directory may change under us.
+        fd = os.open(self.files[name], os.O_RDONLY | os.O_NOFOLLOW)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+            os.close(fd)
+            raise Refused(f"entry {name!r}: changed while reading (now not a plain file)")
+        return os.fdopen(fd, "rb")
+
+    def manifest(self) -> tuple:
+        """(manifest dict, raw bytes); name and version checked as directory names."""
+        with self.open("manifest.json") as fh:
+            raw = fh.read(MAX_MANIFEST + 1)
+        if len(raw) > MAX_MANIFEST:
+            raise Refused(f"entry 'manifest.json': over {MAX_MANIFEST >> 10} KiB")
+        try:
+            manifest = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise Refused(f"entry 'manifest.json': not valid JSON ({exc})") from None
+        if not isinstance(manifest, dict):
+            raise Refused("entry 'manifest.json': not a JSON object")
+        for key, pattern in (("name", NAME_RE), ("version", VERSION_RE)):
+            value = manifest.get(key)
+            if not isinstance(value, str) or not pattern.match(value) or value in RESERVED:
+                raise Refused(f"entry 'manifest.json': {key} {json.dumps(value)} is not a safe "
+                              f"directory name ({pattern.pattern}, not current/previous)")
+        return manifest, raw
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    src = Source(args.src)
+    manifest, raw = src.manifest()
+    print(manifest["name"], manifest["version"], len(src.files), f"{src.limits.bytes / 1e6:.1f}",
+          hashlib.sha256(raw).hexdigest(), "golden" if manifest.get("golden") else "-")
+    return 0
+
+
+def cmd_unpack(args: argparse.Namespace) -> int:
+    src = Source(args.src)
+    dest = Path(args.dest)
+    if any(dest.iterdir()):
+        raise Refused(f"{dest}: not empty")
+    written = 0
+    for rel in sorted(src.dirs):
+        os.makedirs(dest / rel, 0o755, exist_ok=True)
+    for rel in sorted(src.files):
+        target = dest / rel
+        os.makedirs(target.parent, 0o755, exist_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with src.open(rel) as fin, os.fdopen(fd, "wb") as fout:
+            while True:
+                chunk = fin.read(CHUNK)
+                if not chunk:
+                    break
+                written += len(chunk)
+                if written > MAX_BYTES:  # a zip whose headers lie about the sizes
+                    raise Refused(f"entry {rel!r}: uncompressed size passes {MAX_BYTES >> 20} MiB")
+                fout.write(chunk)
+            fout.flush()
+            os.fsync(fout.fileno())  # the rename to <version>/ must not publish half-written files
+    for dirpath, _dirs, _files in os.walk(dest):
+        fd = os.open(dirpath, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    print(f"{len(src.files)} files, {written / 1e6:.1f} MB")
+    return 0
+
+
+# --- the daemon's config ---
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Add MODEL -> PATH to CONF (written whole to a temp file, then renamed);
+    never touches streams or a model that the user pointed elsewhere."""
+    conf = Path(args.conf)
+    if conf.exists():
+        try:
+            config = json.loads(conf.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise Refused(f"{conf}: not valid JSON ({exc}); fix it or move it away") from None
+        models = config.get("models") if isinstance(config, dict) else None
+        if not isinstance(models, dict):
+            raise Refused(f"{conf}: no 'models' object; fix it or move it away")
+        if args.model in models:
+            if models[args.model] == args.path:
+                print(f"present {conf} already has model {args.model}")
+            else:
+                print(f"other {conf}: model {args.model} is {models[args.model]}, not {args.path}: left as it is")
+            return 0
+        models[args.model] = args.path
+        verb = "added"
+        message = f"added model {args.model} to {conf}"
+    else:
+        config = {"models": {args.model: args.path}, "streams": []}
+        verb = "created"
+        message = f"created {conf} with model {args.model} and no streams"
+    if not args.dry_run:
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        tmp = conf.with_name(f".{conf.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, conf)
+    print(verb, message)
+    return 0
+
+
+# --- the running daemon ---
+
+def req_endpoint(conf: Path, runtime_dir: str) -> str:
+    """The daemon's request endpoint as its config sets it (first ipc:// one)."""
+    config = json.loads(conf.read_text(encoding="utf-8"))
+    req = (config.get("endpoints") or {}).get("req")
+    for endpoint in [req] if isinstance(req, str) else req or []:
+        if endpoint.startswith("ipc://"):
+            return endpoint
+    return f"ipc://{config.get('runtime_dir') or runtime_dir}/req.sock"
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    """Poll `status` until the daemon serves the version, or its reload failed.
+    With --reloaded and the version served already (a rollback to what never
+    left), wait for the reload's own outcome too, for up to SETTLE seconds."""
+    from lited.client import Client, ClientError
+
+    endpoint = req_endpoint(Path(args.config), args.runtime_dir)
+    deadline = time.monotonic() + args.timeout
+    first = settled_at = None
+    last = "no answer"
+    with Client(endpoint, timeout=2) as client:
+        while time.monotonic() < deadline:
+            try:
+                status = client.status()
+            except (TimeoutError, ClientError) as exc:
+                last = f"no answer on {endpoint} ({exc})"
+                continue
+            model = status["models"].get(args.model)
+            served = model["version"] if model else "-"
+            first = served if first is None else first
+            reload = status.get("last_reload") or {}
+            ours = reload.get("ts", 0) >= args.since  # a reload after we asked for one
+            if ours and not reload.get("ok", True):
+                print(f"reload failed: {reload.get('error')}", file=sys.stderr)
+                return 1
+            if served == args.version:
+                settled_at = settled_at or time.monotonic() + SETTLE
+                if not args.reloaded or first != args.version or ours or time.monotonic() > settled_at:
+                    print(f"serving {args.model} {served}" if model else f"no longer serving {args.model}")
+                    return 0
+            last = f"serving {args.model} {served}"
+            time.sleep(0.2)
+    print(f"the daemon did not serve {args.model} {args.version} within {args.timeout:.0f} s ({last})",
+          file=sys.stderr)
+    return 3
+
+
+def main(argv: list | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("check")
+    p.add_argument("src")
+    p.set_defaults(func=cmd_check)
+    p = sub.add_parser("unpack")
+    p.add_argument("src")
+    p.add_argument("dest")
+    p.set_defaults(func=cmd_unpack)
+    p = sub.add_parser("config")
+    p.add_argument("conf")
+    p.add_argument("model")
+    p.add_argument("path")
+    p.add_argument("--dry-run", action="store_true")
+    p.set_defaults(func=cmd_config)
+    p = sub.add_parser("wait")
+    p.add_argument("--config", required=True)
+    p.add_argument("--runtime-dir", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--version", required=True)
+    p.add_argument("--since", type=float, required=True)
+    p.add_argument("--timeout", type=float, default=120)
+    p.add_argument("--reloaded", action="store_true", help="a reload was asked for: wait for its outcome")
+    p.set_defaults(func=cmd_wait)
+    args = ap.parse_args(argv)
+    try:
+        return args.func(args)
+    except Refused as exc:
+        print(f"{getattr(args, 'src', None) or getattr(args, 'conf', '')}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # disk full, permissions: one line, not a traceback
+        print(f"{exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
