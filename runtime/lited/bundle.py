@@ -42,13 +42,18 @@ NB_TARGETS = {1: "host", 2: "x86", 4: "arm", 5: "opencl", 6: "any"}
 NB_PORTABLE = {"host", "any"}
 
 
+# Line breaks and other control characters a manifest key or file name may hold.
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 class BundleError(Exception):
     """A bundle was refused. `problems` lists each one; str() is one line."""
 
     def __init__(self, where: str, problems: list) -> None:
         self.where = where
         self.problems = list(problems)
-        super().__init__(f"bundle {where}: " + "; ".join(self.problems))
+        message = f"bundle {where}: " + "; ".join(self.problems)
+        super().__init__(_CONTROL_RE.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), message))
 
 
 @dataclass
@@ -173,7 +178,7 @@ def check_model_file(model: ModelFile) -> list:
 
 def read_nb_header(path: Path) -> dict:
     """Version and kernel targets of a Paddle Lite `.nb`, read from its header
-    and topology only (not the weights). Raises ValueError if truncated."""
+    and topology (the weights are only walked). Raises ValueError if truncated."""
     size = path.stat().st_size
     with open(path, "rb") as fh:
         head = fh.read(NB_HEADER.size)
@@ -185,8 +190,37 @@ def read_nb_header(path: Path) -> dict:
         if topo_size > size - NB_HEADER.size:
             raise ValueError(f"{size} bytes, shorter than its own header says (truncated)")
         topology = fh.read(topo_size)
+        _walk_nb_weights(fh, size)
     targets = {NB_TARGETS.get(int(m.group(1)), f"target#{m.group(1)}") for m in NB_KERNEL_RE.finditer(topology)}
     return {"version": version.split(b"\0")[0].decode("ascii", "replace"), "targets": targets}
+
+
+def _walk_nb_weights(fh, size: int) -> None:
+    """Skip through the weights after the topology as Paddle Lite reads them
+    (lite/model_parser/flatbuffers/io.cc): uint16 version 0, uint16 meta size
+    and the meta, uint16 header size and the header (uint16 count, ...), then
+    per weight uint32 total size, uint32 offset (4) and total - 4 bytes.
+    Paddle Lite aborts the whole process on a short read: refuse it here."""
+    def take(fmt: str) -> tuple:
+        data = fh.read(struct.calcsize(fmt))
+        if len(data) < struct.calcsize(fmt):
+            raise ValueError(f"{size} bytes, its weights end early (truncated)")
+        return struct.unpack(fmt, data)
+
+    version, meta_size = take("<HH")
+    fh.seek(meta_size, 1)
+    header_size, = take("<H")
+    if version != 0 or header_size < 2:
+        raise ValueError("not a Paddle Lite naive-buffer model (bad weights header)")
+    count, = take("<H")
+    fh.seek(header_size - 2, 1)
+    for _ in range(count):
+        total, offset = take("<II")
+        if offset < 4 or total < offset:
+            raise ValueError("not a Paddle Lite naive-buffer model (bad weights header)")
+        fh.seek(total - 4, 1)
+    if fh.tell() > size:
+        raise ValueError(f"{size} bytes, its weights end early (truncated)")
 
 
 def _model_file(root: Path, target: str, spec: dict) -> ModelFile:
@@ -248,14 +282,16 @@ class _Checker:
             if not full.resolve().is_relative_to(root.resolve()):
                 self.add(path, f"'{rel}' links out of the bundle")
                 return None
-        except (OSError, RuntimeError):
+        except (OSError, RuntimeError, ValueError):  # ValueError: a NUL in the name
             self.add(path, f"'{rel}' cannot be resolved")
             return None
         return full
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """A finite int or float (an int too large for a float is not)."""
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)
+            and (math.isfinite(v) if isinstance(v, float) else abs(v) < 2**1023))
 
 
 def _type_name(t: Any) -> str:
@@ -379,7 +415,7 @@ def _check_preprocess(c: _Checker, manifest: dict) -> None:
     c.choice(pre, "color", p, ("BGR", "RGB"), "BGR")
     c.choice(pre, "layout", p, ("NCHW", "NHWC"), "NCHW")
     scale = c.get(pre, "scale", p, float, required=False)
-    if scale is not None and scale <= 0:
+    if scale is not None and not (_is_number(scale) and scale > 0):
         c.add(p + "scale", "expected a positive number")
     c.numbers(pre, "mean", p, 3)
     c.numbers(pre, "std", p, 3)
@@ -397,7 +433,9 @@ def _check_preprocess(c: _Checker, manifest: dict) -> None:
     for key in sorted(set(resize) - allowed):
         c.add(p + key, f"unknown field for mode {json.dumps(mode)}")
     if mode == "letterbox":
-        c.get(resize, "pad_value", p, float, required=False)
+        pad = c.get(resize, "pad_value", p, float, required=False)
+        if pad is not None and not _is_number(pad):
+            c.add(p + "pad_value", "expected a finite number")
         c.choice(resize, "align", p, ("center", "top_left"), "center")
     elif mode == "short_side_crop":
         side = c.get(resize, "short_side", p, int)
@@ -453,14 +491,18 @@ def load_bundle(path: str | os.PathLike, check_models: bool = True) -> Bundle:
             manifest = json.load(fh)
     except FileNotFoundError:
         raise BundleError(where, ["missing"]) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
         raise BundleError(where, [f"not valid JSON ({exc})"]) from None
     problems = validate_manifest(manifest, root)
     if problems:
         raise BundleError(where, problems)
     labels: list = []
     if manifest.get("labels"):
-        labels = read_labels(root / manifest["labels"])
+        try:
+            labels = read_labels(root / manifest["labels"])
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BundleError(where, [f"labels: {manifest['labels']}: not readable as UTF-8 text "
+                                      f"({type(exc).__name__})"]) from None
     bundle = Bundle(root, manifest, labels)
     if check_models:
         bundle.model_for()

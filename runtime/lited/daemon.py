@@ -164,7 +164,7 @@ class Daemon:
         try:
             if len(data) > self.config.max_request_bytes:
                 raise ProtocolError("too_large", f"request of {len(data)} bytes is over limits.max_request_bytes "
-                                                 f"({self.config.max_request_bytes})")
+                                                 f"({self.config.max_request_bytes})", _request_id(data))
             req = protocol.decode_request(data, self.config.max_request_bytes)
             request_id = req.get("id")
             method = req["method"]
@@ -362,6 +362,15 @@ def _test_fault() -> Optional[Callable]:
         if next(frames) > limit:
             threading.Event().wait()
     return hang_after_limit
+
+
+def _request_id(data: bytes) -> Any:
+    """The `id` of a request refused as too large, so the client can match the
+    reply (ZeroMQ already bounds it to twice the limit); None if undecodable."""
+    try:
+        return protocol.decode_payload(data, max_bin=len(data)).get("id")
+    except ProtocolError:
+        return None
 
 
 def _rss_kb() -> int:

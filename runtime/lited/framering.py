@@ -501,10 +501,11 @@ class FrameRing:
         if mm is None:
             return
         self._hdr = self._seq = self._rows = self._views = self._wviews = None
-        try:
-            mm.close()
-        except BufferError:
-            pass  # a caller still holds a view: the mapping lives until it is dropped
+        # No mm.close(): a numpy array over an mmap keeps it alive but does not
+        # pin it (no buffer export), so close() would succeed and leave every
+        # view a caller still holds pointing at unmapped memory (SIGSEGV on the
+        # next read). Dropping our references unmaps it once the last view goes.
+        del mm
 
     def __enter__(self) -> "FrameRing":
         return self
