@@ -51,6 +51,7 @@ class DaemonProcess:
                     return self
                 except (TimeoutError, ClientError):
                     continue
+        self.stop()  # never leave a daemon behind a failed start
         raise TimeoutError(f"lited serve not answering after {timeout} s:\n{self.output()}")
 
     def client(self, timeout: float = 10) -> Client:
