@@ -1,0 +1,258 @@
+"""Bus faults on a running daemon: hypothesis-generated msgpack requests,
+huge requests, thousands of clients that connect and vanish, subscribers
+that never read. Nothing may crash the daemon, grow it without bound, or
+slow down a well-behaved client.
+
+(tests/test_daemon.py already throws 3000 random/truncated/bit-flipped byte
+strings at it and checks one stuck subscriber; this extends both.) Counts
+scale with LITED_FUZZ_EXAMPLES (half of it msgpack requests) and
+LITED_CHURN_CLIENTS; the long run in docs/RELIABILITY.md:
+
+    LITED_FUZZ_EXAMPLES=20000 LITED_FUZZ_RANDOM=1 LITED_CHURN_CLIENTS=30000 \
+        .venv/bin/python -m pytest tests/test_reliability_bus.py
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+
+import msgpack
+import pytest
+import zmq
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from daemon_process import DaemonProcess
+from soak import Recorder, fd_count, max_gap, rss_mb
+from lited import protocol
+from lited.client import Client, ClientError
+
+EXAMPLES = int(os.environ.get("LITED_FUZZ_EXAMPLES", "2000")) // 2
+CHURN = int(os.environ.get("LITED_CHURN_CLIENTS", "3000"))
+MAX_REQUEST = 1 << 20
+CODES = {"bad_request", "unknown_method", "too_large", "busy", "not_found", "failed"}
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory, bundles_dir):
+    config = {"models": {"face": str(bundles_dir / "ultraface")},
+              "limits": {"max_request_bytes": MAX_REQUEST, "pub_hwm": 50},
+              "streams": [{"name": "cam", "source": "synth://?size=320x240&fps=20"}]}
+    d = DaemonProcess(tmp_path_factory.mktemp("bus"), config).start()
+    yield d
+    assert d.proc.poll() is None, d.output()[-3000:]
+    assert d.stop() == 0, d.output()[-3000:]
+
+
+def dealer(d: DaemonProcess, ctx: zmq.Context | None = None) -> zmq.Socket:
+    sock = (ctx or zmq.Context.instance()).socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(d.req)
+    return sock
+
+
+class Pinger:
+    """A well-behaved client pinging every 20 ms in a thread; its latencies."""
+
+    def __init__(self, d: DaemonProcess) -> None:
+        self.latencies: list = []
+        self.failures = 0
+        self._stop = threading.Event()
+        self._ctx = zmq.Context()
+        self._client = Client(d.req, timeout=5, context=self._ctx)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                self._client.ping()
+                self.latencies.append((time.perf_counter() - t0) * 1e3)
+            except (TimeoutError, ClientError):
+                self.failures += 1
+            self._stop.wait(0.02)
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join(10)
+        self._client.close()
+        self._ctx.term()
+        lat = sorted(self.latencies)
+        return {"pings": len(lat), "failures": self.failures, "p50_ms": round(statistics.median(lat), 2),
+                "p99_ms": round(lat[int(len(lat) * 0.99) - 1], 2), "max_ms": round(lat[-1], 2)}
+
+
+# -- hypothesis-generated msgpack --------------------------------------------
+
+PARAM_KEYS = ["image", "array", "shape", "dtype", "model", "bundle", "stream", "quality"]
+leaves = (st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.integers(-3, 5)
+          | st.floats() | st.text(max_size=16) | st.binary(max_size=48)
+          | st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=8))
+          | st.sampled_from(list(protocol.METHODS) + ["face", "cam", "uint8", "/nonexistent"]))
+values = st.recursive(
+    leaves,
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(
+        st.sampled_from(["v", "id", "method", "params"] + PARAM_KEYS) | st.text(max_size=6)
+        | st.binary(max_size=4) | st.integers(-3, 3), c, max_size=4),
+    max_leaves=8)
+params = st.dictionaries(st.sampled_from(PARAM_KEYS) | st.text(max_size=6), values, max_size=4) | values
+requests = st.fixed_dictionaries(
+    {"v": st.one_of(st.just(1), st.just(1), st.just(1), values),
+     "method": st.one_of(st.sampled_from(protocol.METHODS), st.text(max_size=12), values)},
+    optional={"id": values, "params": params, "extra": values})
+arrays = st.builds(lambda h, w, fill: {"v": 1, "id": h * 1000 + w, "method": "infer",
+                                       "params": {"array": bytes([fill]) * (h * w * 3), "shape": [h, w, 3]}},
+                   st.integers(1, 64), st.integers(1, 64), st.integers(0, 255))
+
+
+def full_reload(obj) -> bool:
+    """A valid `reload` with no model or bundle reloads every model (~0.5 s):
+    legitimate, but too slow to repeat hundreds of times."""
+    if not (isinstance(obj, dict) and obj.get("method") == "reload" and obj.get("v", 1) == 1):
+        return False
+    p = obj.get("params", {})
+    return p is None or isinstance(p, dict) and not any(k in p for k in ("model", "bundle"))
+
+
+def test_hypothesis_msgpack_requests_get_one_well_formed_reply_each(daemon):
+    sock = dealer(daemon)
+    seen = {"ok": 0}
+
+    @settings(max_examples=EXAMPLES, deadline=None, database=None,
+              derandomize=os.environ.get("LITED_FUZZ_RANDOM") != "1",
+              suppress_health_check=list(HealthCheck))
+    @given(obj=st.one_of(*[requests] * 8, values, values, values, arrays))
+    def run(obj):
+        assume(not full_reload(obj))
+        payload = msgpack.packb(obj, use_bin_type=True)
+        try:
+            expected_id = protocol.decode_payload(payload).get("id")
+        except protocol.ProtocolError:
+            expected_id = None
+        sock.send(payload)
+        assert sock.poll(10_000), f"no reply to {obj!r}"
+        raw = sock.recv()
+        reply = msgpack.unpackb(raw, raw=False)
+        assert isinstance(reply, dict) and reply["v"] == 1 and reply["ok"] in (True, False), reply
+        assert msgpack.packb(reply["id"], use_bin_type=True) == msgpack.packb(expected_id, use_bin_type=True)
+        if reply["ok"]:
+            seen["ok"] += 1
+        else:
+            code = reply["error"]["code"]
+            assert code in CODES and isinstance(reply["error"]["message"], str), reply
+            seen[code] = seen.get(code, 0) + 1
+
+    try:
+        run()
+    finally:
+        sock.close()
+    print(f"\nRELIABILITY msgpack_fuzz: {sum(seen.values())} requests, replies {seen}")
+    assert seen["ok"] > 0 and seen.get("bad_request", 0) > 0 and seen.get("unknown_method", 0) > 0
+    with daemon.client() as client:
+        assert client.ping()["pong"] and client.status()["streams"][0]["state"] == "streaming"
+
+
+# -- huge requests -----------------------------------------------------------
+
+def test_huge_requests_are_refused_or_dropped_and_the_daemon_is_fine(daemon):
+    sock = dealer(daemon)
+    pinger = Pinger(daemon)
+    rss0 = rss_mb(daemon.proc.pid)
+    try:
+        over = protocol.encode_request("infer", {"image": b"\xff" * (MAX_REQUEST + 1000)}, request_id=1)
+        for i in range(30):  # over the limit, under twice it: answered too_large
+            sock.send(over)
+            assert sock.poll(10_000)
+            reply = protocol.decode_reply(sock.recv())
+            assert reply["error"]["code"] == "too_large" and reply["id"] == 1, reply
+            assert "limits.max_request_bytes" in reply["error"]["message"]
+        with daemon.client(timeout=5) as client:  # the Python client gets the error, not a timeout
+            with pytest.raises(ClientError) as info:
+                client.infer(image=b"\xff" * (MAX_REQUEST + 1))
+            assert info.value.code == "too_large"
+        far = protocol.encode_request("infer", {"image": b"\0" * (3 * MAX_REQUEST)}, request_id=2)
+        t0 = time.monotonic()
+        sock.send(far)  # over twice the limit: ZeroMQ drops it and the connection, no reply
+        assert not sock.poll(1500)
+        sock.send(protocol.encode_request("ping", request_id=3))  # the same socket reconnects by itself
+        assert sock.poll(10_000)
+        assert protocol.decode_reply(sock.recv())["id"] == 3
+        reconnect_s = time.monotonic() - t0 - 1.5
+        for _ in range(10):
+            sock.send(far)
+        time.sleep(1)
+        rss1 = rss_mb(daemon.proc.pid)
+    finally:
+        sock.close()
+        pings = pinger.stop()
+    print(f"\nRELIABILITY huge: 30 x {len(over)} B -> too_large, 11 x {len(far)} B dropped; "
+          f"same socket answered again {reconnect_s:.2f} s later; rss {rss0:.1f} -> {rss1:.1f} MB; pings {pings}")
+    assert rss1 - rss0 < 32, (rss0, rss1)  # a few request buffers at most, not one per request
+    assert pings["failures"] == 0 and pings["p99_ms"] < 250, pings
+    with daemon.client() as client:
+        assert client.ping()["pong"]
+
+
+# -- many clients coming and going; subscribers that never read --------------
+
+def test_thousands_of_vanishing_clients_and_stuck_subscribers(daemon):
+    pid = daemon.proc.pid
+    ctx = zmq.Context()
+    stuck = []
+    for _ in range(20):  # subscribe to everything, never read
+        s = ctx.socket(zmq.SUB)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.RCVHWM, 5)
+        s.setsockopt(zmq.RCVBUF, 4096)
+        s.setsockopt(zmq.SUBSCRIBE, b"")
+        s.connect(daemon.pub)
+        stuck.append(s)
+    time.sleep(3)  # let their queues fill up
+    base = {"rss": rss_mb(pid), "fds": fd_count(pid)}
+    pinger = Pinger(daemon)
+    requests = [protocol.encode_request("ping", request_id=1), protocol.encode_request("status", request_id=2),
+                protocol.encode_request("infer", {"array": b"\x80" * 48 * 3, "shape": [16, 48, 3]}, request_id=3),
+                protocol.encode_request("snapshot", {"stream": "cam"}, request_id=4)]
+    t0 = time.monotonic()
+    with Recorder(daemon.pub) as rec:
+        for i in range(CHURN):
+            d = ctx.socket(zmq.DEALER)
+            d.setsockopt(zmq.LINGER, 0)
+            d.connect(daemon.req)
+            d.send(requests[i % len(requests)])
+            if i % 7 == 0:
+                d.poll(1)  # sometimes the request is out before the socket goes
+            d.close()  # gone before the reply: the daemon's reply has nowhere to go
+            s = ctx.socket(zmq.SUB)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.SUBSCRIBE, b"result/" if i % 2 else b"")
+            s.connect(daemon.pub)
+            if i % 5 == 0:
+                s.poll(5)
+            s.close()
+            if i == CHURN // 2:
+                mid_rss = rss_mb(pid)
+        churn_s = time.monotonic() - t0
+        time.sleep(2)  # the daemon notices the last disconnects
+        results = [at for at, _ in rec.since(t0, "cam", "result")]
+    pings = pinger.stop()
+    after = {"rss": rss_mb(pid), "fds": fd_count(pid)}
+    for s in stuck:
+        s.close()
+    ctx.term()
+    time.sleep(1)
+    released = fd_count(pid)
+    print(f"\nRELIABILITY churn: {CHURN} DEALERs + {CHURN} SUBs in {churn_s:.1f} s with 20 stuck subscribers; "
+          f"rss {base['rss']:.1f} -> {after['rss']:.1f} MB (mid {mid_rss:.1f}); fds {base['fds']} -> {after['fds']} "
+          f"-> {released} after the stuck ones left; live pings {pings}; result gap max {max_gap(results):.3f} s")
+    assert after["fds"] <= base["fds"] + 2, (base, after)  # every vanished client's socket was closed
+    assert released <= base["fds"] - 15, released  # and the stuck subscribers' once they left
+    assert after["rss"] - base["rss"] < 16, (base, after)
+    assert pings["failures"] == 0 and pings["p99_ms"] < 250, pings  # a live client barely notices
+    assert len(results) > 10 * churn_s and max_gap(results) < 1.0  # a live subscriber keeps its pace (20 fps)
+    with daemon.client() as client:
+        status = client.status()
+    assert status["streams"][0]["state"] == "streaming"
