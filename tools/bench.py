@@ -273,8 +273,9 @@ cost shows up in latency here but not in a stream's throughput.
 
 An unpaced file source (nothing dropped) through the whole pipeline: capture into the shared-memory
 ring, preprocessing on its own thread overlapping inference, decode, publish; frames per second
-from the 10th result to the last, beside `1000 / mean(bare run())` in the same process.
-*Allocations* are tracemalloc's net growth per frame over the middle half of the run (steady state). *Frame copies* were
+from the 10th result to the middle of the file, beside `1000 / mean(bare run())` in the same process.
+*Allocations* are tracemalloc's net growth per frame over the third quarter (tracemalloc slows
+Python down, so it never runs during the fps window). *Frame copies* were
 counted by watching numpy's copy entry points while a frame went from capture to the model input,
 and by checking the capture wrote into the ring slot's own buffer.
 

@@ -133,9 +133,12 @@ def probe_run(args) -> dict:
                     lambda e: done.append(e) if e.get("state") == "ended" else None, stats_window=64)
     stream.start()
     tracing = {}
-    start_at, stop_at = args.runs // 4, args.runs * 3 // 4  # steady state: away from warm-up and the end
+    # fps from the 10th result to the middle, allocations (tracemalloc slows all
+    # Python code, so never in the fps window) over the third quarter
+    start_at, stop_at = args.runs // 2, args.runs * 3 // 4
     while not done:
         if count[0] >= start_at and "before" not in tracing:
+            tracing["fps_end"] = (time.perf_counter(), count[0])
             tracemalloc.start()
             tracing["before"], tracing["n0"] = tracemalloc.take_snapshot(), count[0]
         if count[0] >= stop_at and "after" not in tracing and "before" in tracing:
@@ -145,7 +148,8 @@ def probe_run(args) -> dict:
     t_end, n_end = time.perf_counter(), count[0]
     status = stream.status()
     stream.stop()
-    fps = (n_end - first["n"]) / (t_end - first["t"])
+    t_mid, n_mid = tracing.get("fps_end", (t_end, n_end))
+    fps = (n_mid - first["n"]) / (t_mid - first["t"])
     alloc = {}
     if "after" in tracing:
         diff = tracing["after"].compare_to(tracing["before"], "filename")

@@ -8,9 +8,12 @@ Threads, and why:
 - prep: takes the newest complete frame (latest wins; the frames it passes
   over are counted as skipped), preprocesses it from the ring slot into one
   of two input buffers, and checks the slot's sequence number afterwards: a
-  frame overwritten while it was read is dropped, never inferred. It runs
-  while the engine works on the previous frame (Paddle Lite releases the GIL
-  in `run()`), so preprocessing costs no throughput.
+  frame overwritten while it was read is dropped, never inferred.
+  Measured limit: paddlelite 2.13rc0's Python `run()` holds the GIL for the
+  whole inference (a sleeping thread wakes a full run late), so prep, post
+  and capture overlap only the parts of a frame outside `run()`, not
+  `run()` itself; see docs/ARCHITECTURE.md for the way out (the predictor in
+  its own process, inputs and outputs in shared memory).
 - infer: builds the model in its own thread and is the only thread that ever
   touches that predictor (Paddle Lite's rule); hands the input over, runs,
   and copies the outputs into one of two output sets.
@@ -252,8 +255,8 @@ class Worker:
 
     def _wait_until_engine_almost_free(self) -> None:
         """Latest frame wins, so take it as late as possible: while the engine
-        runs, wait until about one prep time (plus a margin) before it is done.
-        Prep still overlaps inference, and the inferred frame is the freshest."""
+        runs, wait until about one prep time (plus a margin) before it is done,
+        so the inferred frame is the freshest."""
         started = self._run_started
         if started is None:
             return
