@@ -266,13 +266,14 @@ one thread and lited's own pre- and post-processing. *Paddle Inference* is lited
         lines[-1] += (f"{r['bare']['rss_mb']:.0f} / {r['infer']['rss_mb']:.0f} / {r['ort']['rss_mb']:.0f} / "
                       f"{(r['pi'] or {}).get('rss_mb', float('nan')):.0f} |")
     lines.append("""
-Preprocessing and decoding also run while the engine is busy in a stream (next table), so their
-cost shows up in latency here but not in a stream's throughput.
+`lited infer` preprocesses straight into Paddle Lite's own input tensor (no hand-over copy).
 
 ## Streams: `lited run` on a file beside a bare `run()` loop
 
 An unpaced file source (nothing dropped) through the whole pipeline: capture into the shared-memory
-ring, preprocessing on its own thread overlapping inference, decode, publish; frames per second
+ring, preprocessing and decoding on their own threads, publish. paddlelite's Python `run()` holds
+the GIL, so those threads cannot run *during* inference; the ratio below is that cost (see
+docs/ARCHITECTURE.md for the fix: the predictor in its own process). Frames per second
 from the 10th result to the middle of the file, beside `1000 / mean(bare run())` in the same process.
 *Allocations* are tracemalloc's net growth per frame over the third quarter (tracemalloc slows
 Python down, so it never runs during the fps window). *Frame copies* were
