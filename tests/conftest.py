@@ -61,3 +61,23 @@ def bundles_dir(tmp_path_factory) -> Path:
 
 
 DEMO_BUNDLE = ROOT / "sdk_template" / "demo_ppocrv4_det"
+
+
+def write_video(path: Path, frames: int = 24, size=(320, 240), per_image: int = 1) -> list:
+    """An MJPG video of the shared photos (chelsea, coffee, astronaut, each
+    `per_image` frames in turn); returns the frames as OpenCV decodes them
+    back, so a test can compare a stream's results with `infer` on them."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 15, size)
+    images = [cv2.resize(cv2.imread(str(need_shared("images", f"{n}.png"))), size)
+              for n in ("chelsea", "coffee", "astronaut")]
+    for i in range(frames):
+        writer.write(images[(i // per_image) % 3])
+    writer.release()
+    cap, out = cv2.VideoCapture(str(path)), []
+    ok, frame = cap.read()
+    while ok:
+        out.append(frame)
+        ok, frame = cap.read()
+    return out

@@ -11,7 +11,6 @@ import stat
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import cv2
 import msgpack
@@ -19,27 +18,11 @@ import numpy as np
 import pytest
 import zmq
 
-from conftest import ROOT, need_shared
+from conftest import ROOT, need_shared, write_video
 from daemon_process import DaemonProcess
 from lited.bundle import load_bundle
 from lited.client import ClientError, Subscriber
 from lited.model import Model
-
-
-def video(path: Path, frames: int = 24, size=(320, 240)) -> list:
-    """A lossless-decodable MJPG file cycling through the shared photos; the frames as decoded."""
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 15, size)
-    images = [cv2.resize(cv2.imread(str(need_shared("images", f"{n}.png"))), size)
-              for n in ("chelsea", "coffee", "astronaut")]
-    for i in range(frames):
-        writer.write(images[i % 3])
-    writer.release()
-    cap, out = cv2.VideoCapture(str(path)), []
-    ok, frame = cap.read()
-    while ok:
-        out.append(frame)
-        ok, frame = cap.read()
-    return out
 
 
 @pytest.fixture
@@ -75,7 +58,7 @@ def test_sockets_are_group_only(daemon):
 
 
 def test_several_subscriber_processes_get_every_result_in_order_with_their_frames(daemon, tmp_path):
-    frames = video(tmp_path / "v.avi")
+    frames = write_video(tmp_path / "v.avi")
     procs, outs = [], []
     for i in range(3):
         out, ready = tmp_path / f"sub{i}.json", tmp_path / f"ready{i}"

@@ -4,33 +4,15 @@ from __future__ import annotations
 import threading
 import time
 import tracemalloc
-from pathlib import Path
 
 import cv2
 import pytest
 
-from conftest import need_shared
+from conftest import need_shared, write_video
 from lited.bundle import BundleError, load_bundle
 from lited.model import Model
 from lited.pipeline import Stream
 
-IMAGES = ("astronaut", "chelsea", "coffee")
-
-
-def write_video(path: Path, size=(320, 240), per_image: int = 3) -> list:
-    """An MJPG video of the shared photos; returns the frames as decoded back."""
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 15, size)
-    for name in IMAGES:
-        img = cv2.resize(cv2.imread(str(need_shared("images", f"{name}.png"))), size)
-        for _ in range(per_image):
-            writer.write(img)
-    writer.release()
-    cap, frames = cv2.VideoCapture(str(path)), []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            return frames
-        frames.append(frame)
 
 
 class Collector:
@@ -71,7 +53,7 @@ def stream_of(bundle, uri: str, sink: Collector, name: str = "cam", **kw) -> Str
 
 
 def test_lossless_file_gives_every_frame_and_equals_infer(tmp_path, fastestdet):
-    frames = write_video(tmp_path / "v.avi")
+    frames = write_video(tmp_path / "v.avi", frames=9, per_image=3)
     sink = Collector()
     s = stream_of(fastestdet, f"file://{tmp_path / 'v.avi'}", sink)
     try:

@@ -164,36 +164,40 @@ def retype(value):
     return 0
 
 
+OPS = ["delete", "replace", "retype", "add"]
+
+
+def apply_edit(manifest, path: tuple, op: str, value, new_key: str):
+    """One edit at `path` (a tuple of keys; empty: the root); returns the manifest."""
+    if not path:
+        return value if op == "replace" else manifest
+    parent = manifest
+    for key in path[:-1]:
+        parent = parent[key]
+    key = path[-1]
+    if op == "delete":
+        del parent[key]
+    elif op == "retype":
+        parent[key] = retype(parent[key])
+    elif op == "add" and isinstance(parent[key], dict):
+        parent[key][new_key] = value
+    elif op == "add" and isinstance(parent[key], list):
+        parent[key].append(value)
+    else:  # replace, or add to a scalar
+        parent[key] = value
+    return manifest
+
+
 def mutate(manifest, data) -> list:
-    """1 to 4 random edits at random paths; returns what was done."""
+    """1 to 4 edits drawn by hypothesis at random paths; returns what was done."""
     done = []
     for _ in range(data.draw(st.integers(1, 4), label="edits")):
-        paths = list(container_paths(manifest))
-        path = data.draw(st.sampled_from(paths), label="path")
-        op = data.draw(st.sampled_from(["delete", "replace", "retype", "add"]), label="op")
-        if not path:
-            if op == "replace":
-                manifest = data.draw(json_values, label="root")
-                done.append(("root", "replace"))
-            continue
-        parent = manifest
-        for key in path[:-1]:
-            parent = parent[key]
-        key = path[-1]
-        if op == "delete":
-            del parent[key]
-        elif op == "replace":
-            parent[key] = data.draw(json_values, label="value")
-        elif op == "retype":
-            parent[key] = retype(parent[key])
-        elif isinstance(parent[key], dict):
-            parent[key][data.draw(st.sampled_from(KEYS) | st.text(max_size=6), label="new key")] = \
-                data.draw(json_values, label="new value")
-        elif isinstance(parent[key], list):
-            parent[key].append(data.draw(json_values, label="item"))
-        else:
-            parent[key] = data.draw(json_values, label="value")
-        done.append((path, op))
+        path = data.draw(st.sampled_from(list(container_paths(manifest))), label="path")
+        op = data.draw(st.sampled_from(OPS), label="op")
+        value = data.draw(json_values, label="value")
+        new_key = data.draw(st.sampled_from(KEYS) | st.text(max_size=6), label="new key")
+        manifest = apply_edit(manifest, path, op, value, new_key)
+        done.append((path or "root", op))
     return manifest, done
 
 
@@ -220,30 +224,10 @@ def random_value(rnd, depth: int = 0):
 
 
 def random_mutate(manifest, rnd):
-    """`mutate` driven by a Random: 1 to 4 edits at random paths."""
+    """`mutate` driven by a Random (cheap enough for tens of thousands)."""
     for _ in range(rnd.randint(1, 4)):
-        path = rnd.choice(list(container_paths(manifest)))
-        op = rnd.choice(["delete", "replace", "retype", "add"])
-        if not path:
-            if op == "replace":
-                manifest = random_value(rnd)
-            continue
-        parent = manifest
-        for key in path[:-1]:
-            parent = parent[key]
-        key = path[-1]
-        if op == "delete":
-            del parent[key]
-        elif op == "replace":
-            parent[key] = random_value(rnd)
-        elif op == "retype":
-            parent[key] = retype(parent[key])
-        elif isinstance(parent[key], dict):
-            parent[key][rnd.choice(KEYS)] = random_value(rnd)
-        elif isinstance(parent[key], list):
-            parent[key].append(random_value(rnd))
-        else:
-            parent[key] = random_value(rnd)
+        manifest = apply_edit(manifest, rnd.choice(list(container_paths(manifest))), rnd.choice(OPS),
+                              random_value(rnd), rnd.choice(KEYS))
     return manifest
 
 
