@@ -5,10 +5,10 @@ slow down a well-behaved client.
 
 (tests/test_daemon.py already throws 3000 random/truncated/bit-flipped byte
 strings at it and checks one stuck subscriber; this extends both.) Counts
-scale with LITED_FUZZ_EXAMPLES (half of it msgpack requests) and
+scale with LITED_FUZZ_EXAMPLES (a third of it: msgpack requests) and
 LITED_CHURN_CLIENTS; the long run in docs/RELIABILITY.md:
 
-    LITED_FUZZ_EXAMPLES=20000 LITED_FUZZ_RANDOM=1 LITED_CHURN_CLIENTS=30000 \
+    LITED_FUZZ_EXAMPLES=30000 LITED_FUZZ_RANDOM=1 LITED_CHURN_CLIENTS=30000 \
         .venv/bin/python -m pytest tests/test_reliability_bus.py
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from soak import Recorder, fd_count, max_gap, rss_mb
 from lited import protocol
 from lited.client import Client, ClientError
 
-EXAMPLES = int(os.environ.get("LITED_FUZZ_EXAMPLES", "2000")) // 2
+EXAMPLES = int(os.environ.get("LITED_FUZZ_EXAMPLES", "2000")) // 3
 CHURN = int(os.environ.get("LITED_CHURN_CLIENTS", "3000"))
 MAX_REQUEST = 1 << 20
 CODES = {"bad_request", "unknown_method", "too_large", "busy", "not_found", "failed"}
@@ -98,14 +98,25 @@ values = st.recursive(
         st.sampled_from(["v", "id", "method", "params"] + PARAM_KEYS) | st.text(max_size=6)
         | st.binary(max_size=4) | st.integers(-3, 3), c, max_size=4),
     max_leaves=8)
-params = st.dictionaries(st.sampled_from(PARAM_KEYS) | st.text(max_size=6), values, max_size=4) | values
+# Requests mostly well-formed at the top, so the handlers' own checks are reached too.
+params = st.integers(0, 3).flatmap(lambda i: (
+    st.dictionaries(st.sampled_from(PARAM_KEYS), leaves, max_size=4) if i < 2
+    else st.dictionaries(st.sampled_from(PARAM_KEYS) | st.text(max_size=6), values, max_size=4) if i == 2
+    else values))
 requests = st.fixed_dictionaries(
-    {"v": st.one_of(st.just(1), st.just(1), st.just(1), values),
-     "method": st.one_of(st.sampled_from(protocol.METHODS), st.text(max_size=12), values)},
-    optional={"id": values, "params": params, "extra": values})
+    {"v": st.integers(0, 3).flatmap(lambda i: st.just(1) if i else values),
+     "method": st.integers(0, 3).flatmap(lambda i: st.sampled_from(protocol.METHODS) if i < 2
+                                         else st.text(max_size=12) if i == 2 else values)},
+    optional={"id": st.integers(0, 3).flatmap(lambda i: st.integers(-2**63, 2**64 - 1) if i < 2
+                                              else st.text(max_size=8) if i == 2 else values),
+              "params": params, "extra": leaves})
 arrays = st.builds(lambda h, w, fill: {"v": 1, "id": h * 1000 + w, "method": "infer",
                                        "params": {"array": bytes([fill]) * (h * w * 3), "shape": [h, w, 3]}},
                    st.integers(1, 64), st.integers(1, 64), st.integers(0, 255))
+
+
+# weights: 8 requests, 3 arbitrary structures, 1 valid image array (it runs the model)
+MESSAGES = st.integers(0, 11).flatmap(lambda i: requests if i < 8 else values if i < 11 else arrays)
 
 
 def full_reload(obj) -> bool:
@@ -124,7 +135,7 @@ def test_hypothesis_msgpack_requests_get_one_well_formed_reply_each(daemon):
     @settings(max_examples=EXAMPLES, deadline=None, database=None,
               derandomize=os.environ.get("LITED_FUZZ_RANDOM") != "1",
               suppress_health_check=list(HealthCheck))
-    @given(obj=st.one_of(*[requests] * 8, values, values, values, arrays))
+    @given(obj=MESSAGES)
     def run(obj):
         assume(not full_reload(obj))
         payload = msgpack.packb(obj, use_bin_type=True)

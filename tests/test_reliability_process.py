@@ -64,9 +64,14 @@ with Subscriber(sys.argv[1], streams=["cam"]) as sub:
         print("CHECKED " + json.dumps(out), flush=True)
         sys.stdin.readline()             # ... a new daemon starts and sweeps the dead ring
         out = {"view_after_sweep": int(view.sum()) >= 0 and copy.shape == view.shape}   # still mapped
-        fresh = result(sub, not_ring=ring)
-        frame = sub.frame(fresh)
-        out.update(new_ring=fresh["frame"]["ring"], new_frame=list(frame.shape))
+        for tries in range(100):         # the new daemon's frames: a slow reader may find one overwritten
+            fresh = result(sub, not_ring=ring)
+            try:
+                frame = sub.frame(fresh)
+                break
+            except FrameOverwritten:
+                continue
+        out.update(new_ring=fresh["frame"]["ring"], new_frame=list(frame.shape), overwritten_first=tries)
         print("RESUMED " + json.dumps(out), flush=True)
 """
 
@@ -102,11 +107,13 @@ def test_daemon_killed_while_an_app_holds_frames(tmp_path, bundles_dir):
             app.stdin.flush()
             checked = json.loads(line(app, "CHECKED "))
             logged = len(d.output())
+            stale = shm_rings(old_pid) == [ring]  # (another lited starting on this machine may sweep it first)
             t0 = time.monotonic()
             d = DaemonProcess(tmp_path, config).start()
             start_s = time.monotonic() - t0
             assert shm_rings(old_pid) == []  # swept at start
-            assert "stale frame rings" in d.output()[logged:] and ring in d.output()[logged:]  # and logged
+            if stale:  # and the sweep is logged with the ring's name
+                assert "stale frame rings" in d.output()[logged:] and ring in d.output()[logged:]
             app.stdin.write("\n")
             app.stdin.flush()
             resumed = json.loads(line(app, "RESUMED "))
@@ -116,7 +123,8 @@ def test_daemon_killed_while_an_app_holds_frames(tmp_path, bundles_dir):
     finally:
         if app.poll() is None:
             app.kill()
-        assert d.stop() == 0, d.output()[-2000:]
+        exit_code = d.stop()
+    assert exit_code == 0, d.output()[-2000:]
     print("\nRELIABILITY kill9:", records)
     for r in records:
         assert r["view_read"] and r["view_after_sweep"]  # a held view stays readable: no SIGBUS, no SIGSEGV
