@@ -35,9 +35,10 @@ def daemon(tmp_path, bundles_dir):
     assert not any(name.startswith("lited-") and f"-{d.proc.pid}-" in name for name in os.listdir("/dev/shm"))
 
 
-def add_stream(d: DaemonProcess, name: str, source: str, model: str = "det") -> None:
+def add_stream(d: DaemonProcess, name: str, source: str, model: str = "det", slots: int = 4) -> None:
     """Add a stream with SIGHUP (config reload), as an operator would."""
-    d.config["streams"] = [*d.config["streams"], {"name": name, "source": source, "model": model}]
+    d.config["streams"] = [*d.config["streams"], {"name": name, "source": source, "model": model,
+                                                   "slots": slots}]
     d.write_config()
     d.signal(signal.SIGHUP)
 
@@ -67,7 +68,8 @@ def test_several_subscriber_processes_get_every_result_in_order_with_their_frame
         procs.append(subprocess.Popen(args))
         outs.append((out, ready))
     wait_until(lambda: all(r.exists() for _, r in outs))
-    add_stream(daemon, "cam", f"file://{tmp_path / 'v.avi'}")
+    # 16 slots: a frame stays readable for 15 more frames, time for a reader on a loaded machine
+    add_stream(daemon, "cam", f"file://{tmp_path / 'v.avi'}", slots=16)
     for p in procs:
         assert p.wait(120) == 0
     results = [json.loads(o.read_text()) for o, _ in outs]
