@@ -18,9 +18,8 @@ import collections
 import logging
 import os
 import threading
-import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import zmq
 
@@ -224,12 +223,3 @@ class Bus:
                 pass
         self._wake_r = self._wake_w = -1
 
-
-def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.01) -> Any:
-    """Poll `predicate` until it is truthy or `timeout` passes; its last value."""
-    deadline = time.monotonic() + timeout
-    value = predicate()
-    while not value and time.monotonic() < deadline:
-        time.sleep(interval)
-        value = predicate()
-    return value

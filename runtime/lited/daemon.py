@@ -95,7 +95,6 @@ class Daemon:
         stream = Stream(sc.name, sc.source, lambda b=bundle: Model(b), self._publish_result, self._publish_event,
                         slots=sc.slots, stall_timeout=sc.stall_timeout, group=self.config.group,
                         beat=lambda n=beat_name: self.watchdog.beat(n))
-        stream.model_name = sc.model
         stream.config = sc
         stream.fault_hook = _test_fault()
         try:
@@ -268,7 +267,7 @@ class Daemon:
             try:
                 new_bundles = {n: load_bundle(p) for n, p in paths.items()}
                 for stream in self.streams.values():
-                    bundle = new_bundles.get(stream.model_name)
+                    bundle = new_bundles.get(stream.config.model)
                     if bundle is not None:
                         prepared.append((stream, stream.prepare_model(lambda b=bundle: Model(b))))
             except BaseException as exc:

@@ -87,14 +87,12 @@ class Timings:
 class Worker:
     """The prep and infer threads of one model on one stream."""
 
-    def __init__(self, stream: "Stream", model_factory: Callable, label: str) -> None:
+    def __init__(self, stream: "Stream", model_factory: Callable) -> None:
         self.stream = stream
         self.factory = model_factory
-        self.label = label
         self.model = None
         self.ready = threading.Event()
         self.error: Optional[BaseException] = None
-        self.heartbeat = time.monotonic()
         self._stop = threading.Event()
         self._mailbox: Optional[tuple] = None  # (preprocessor, frame info), prepared and waiting for infer
         self._cond = threading.Condition()
@@ -138,7 +136,6 @@ class Worker:
         self._post.start()
         engine = self.model.engine
         while not self._stop.is_set():
-            self.heartbeat = time.monotonic()
             if self.stream.beat is not None and self.stream.worker is self:
                 self.stream.beat()
             with self._cond:
@@ -316,7 +313,7 @@ class Stream:
     # -- lifecycle
     def start(self, wait_ready: float = 120.0) -> None:
         """Build the model (raises if it fails), then start capturing."""
-        worker = Worker(self, self._model_factory, "initial")
+        worker = Worker(self, self._model_factory)
         worker.start()
         worker.ready.wait(wait_ready)
         if worker.error is not None:
@@ -346,7 +343,7 @@ class Stream:
     def prepare_model(self, model_factory: Callable, timeout: float = 120.0) -> Worker:
         """Build and warm up a new model beside the running one; it takes no
         frames until `commit_model`. Raises if it fails (nothing changes)."""
-        new = Worker(self, model_factory, "reload")
+        new = Worker(self, model_factory)
         new.start()
         if not new.ready.wait(timeout):
             new.stop()
