@@ -54,7 +54,7 @@ def test_same_results_as_paddle_lite(pi_bundle, bundles_dir):
 def test_a_pipeline_runs_on_it_end_to_end(pi_bundle):
     bundle = load_bundle(pi_bundle)
     results = []
-    stream = Stream("pi", "synth://?size=320x240&fps=0&frames=20", lambda: Model(bundle), results.append)
+    stream = Stream("pi", "synth://?size=320x240&fps=0&frames=20", lambda: Model(bundle, isolated=True), results.append)
     stream.start()
     deadline = time.monotonic() + 60
     while stream.state != "ended" and time.monotonic() < deadline:

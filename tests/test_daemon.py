@@ -203,6 +203,30 @@ def test_reload_swaps_the_model_while_results_keep_flowing(daemon):
         assert image.shape == (480, 640, 3)
 
 
+def test_an_engine_crash_costs_frames_not_the_daemon(daemon):
+    """The predictor runs in a process of its own: killing it (as a segfault
+    in a kernel would) is an `engine` event, the engine comes back, results
+    keep flowing and requests keep being answered."""
+    add_stream(daemon, "cam", "synth://?size=320x240&fps=20")
+    with Subscriber(daemon.pub, streams=["cam"], events=True) as sub, daemon.client() as client:
+        wait_until(lambda: (lambda m: m if m and m["type"] == "result" else None)(sub.recv(1)))
+        pid = client.status()["streams"][0]["model"]["engine_pid"]
+        os.kill(pid, signal.SIGKILL)
+        event = wait_until(lambda: (lambda m: m if m and m.get("event") == "engine" else None)(sub.recv(1)))
+        assert "died (SIGKILL)" in event["detail"], event
+        assert client.ping()
+        last = event["ts"]
+        after = wait_until(lambda: (lambda m: m if m and m["type"] == "result" and m["frame_ts"] > last else None)(
+            sub.recv(1)), timeout=20)
+        status = client.status()["streams"][0]
+        assert status["counters"]["engine_restarts"] == 1 and status["state"] == "streaming"
+        new_pid = status["model"]["engine_pid"]
+        assert new_pid != pid and after["detections"] is not None
+    assert daemon.stop() == 0, daemon.output()
+    with pytest.raises(ProcessLookupError):  # stopping the daemon stops its engine processes
+        os.kill(new_pid, 0)
+
+
 def test_tcp_needs_curve_keys_or_insecure_flag(tmp_path, bundles_dir):
     import zmq.auth
 

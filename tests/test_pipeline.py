@@ -47,7 +47,7 @@ def fastestdet(bundles_dir):
 
 
 def stream_of(bundle, uri: str, sink: Collector, name: str = "cam", **kw) -> Stream:
-    s = Stream(name, uri, lambda: Model(bundle), sink.publish, sink.event, **kw)
+    s = Stream(name, uri, lambda: Model(bundle, isolated=True), sink.publish, sink.event, **kw)
     s.start()
     return s
 
@@ -132,10 +132,10 @@ def test_swap_model_between_frames_and_a_bad_one_keeps_the_old(bundles_dir, fast
     try:
         sink.wait(3)
         with pytest.raises(BundleError, match="not a directory"):
-            s.swap_model(lambda: Model(load_bundle("/nonexistent/bundle")))
+            s.swap_model(lambda: Model(load_bundle("/nonexistent/bundle"), isolated=True))
         n = len(sink.results)
         assert sink.wait(n + 3)[-1]["model"] == "fastestdet"  # still serving
-        s.swap_model(lambda: Model(ultraface))
+        s.swap_model(lambda: Model(ultraface, isolated=True))
         n = len(sink.results)
         after = sink.wait(n + 3)[n:]
     finally:
@@ -156,7 +156,7 @@ def test_steady_state_allocates_nothing_per_frame(bundles_dir):
     def publish(result: dict) -> None:
         count[0] += 1  # keep nothing: we measure the pipeline, not the sink
 
-    s = Stream("mem", "synth://?size=320x240&fps=0", lambda: Model(bundle), publish, sink.event,
+    s = Stream("mem", "synth://?size=320x240&fps=0", lambda: Model(bundle, isolated=True), publish, sink.event,
                stats_window=32)  # a short stats window fills during warm-up; what grows after is per frame
     s.start()
     grown = []

@@ -145,6 +145,21 @@ def bench_threads(names: list, bundles: Path, progress: Progress) -> list:
     return rows
 
 
+def memory_mb(pid: int) -> dict:
+    """RSS, and PSS (shared pages split between the processes sharing them)."""
+    with open(f"/proc/{pid}/smaps_rollup") as fh:
+        fields = dict(line.split(":", 1) for line in fh if line[:4] in ("Rss:", "Pss:"))
+    return {"rss": int(fields["Rss"].split()[0]) / 1024, "pss": int(fields["Pss"].split()[0]) / 1024}
+
+
+def children(pid: int) -> list:
+    pids: list = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as fh:
+            pids.extend(int(p) for p in fh.read().split())
+    return pids
+
+
 def bench_daemon(bundles: Path, progress: Progress, tmp: Path) -> dict:
     """Start-up to READY, RSS beside a bare Paddle Lite process, infer over ipc,
     bus latency with 1 and 8 subscribers."""
@@ -176,8 +191,10 @@ def bench_daemon(bundles: Path, progress: Progress, tmp: Path) -> dict:
                 out["ready_s"] = time.monotonic() - t0
                 break
         time.sleep(2)
-        with open(f"/proc/{daemon.pid}/statm") as fh:
-            out["daemon_rss_mb"] = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        out["daemon_mb"] = memory_mb(daemon.pid)
+        engines = [memory_mb(pid) for pid in children(daemon.pid)]
+        out["engines_mb"] = {k: sum(e[k] for e in engines) for k in ("rss", "pss")}
+        out["engine_count"] = len(engines)
         bundle = load_bundle(bundles / "ultraface")
         progress.step("footprint: bare Paddle Lite process")
         out["bare_process"] = probe("bare_process", model=bundle.model_for().path, shape="1x3x240x320")
@@ -271,10 +288,10 @@ one thread and lited's own pre- and post-processing. *Paddle Inference* is lited
 ## Streams: `lited run` on a file beside a bare `run()` loop
 
 An unpaced file source (nothing dropped) through the whole pipeline: capture into the shared-memory
-ring, preprocessing and decoding on their own threads, publish. paddlelite's Python `run()` holds
-the GIL, so those threads cannot run *during* inference; the ratio below is that cost (see
-docs/ARCHITECTURE.md for the fix: the predictor in its own process). Frames per second
-from the 10th result to the middle of the file, beside `1000 / mean(bare run())` in the same process.
+ring, preprocessing straight into the engine's input slot in shared memory and decoding on their
+own threads, the predictor in an engine process of its own (paddlelite's Python `run()` holds the
+GIL, so in one process those threads could not run during inference), publish. Frames per second
+from the 10th result to the middle of the file, beside `1000 / mean(bare run())` in one process.
 *Allocations* are tracemalloc's net growth per frame over the third quarter (tracemalloc slows
 Python down, so it never runs during the fps window). *Frame copies* were
 counted by watching numpy's copy entry points while a frame went from capture to the model input,
@@ -309,7 +326,9 @@ onnxruntime's `intra_op_num_threads` is swept alongside. p50 ms.
     for t in threads:
         lines.append(f"| {t['model']} | {t['threads']} | {fmt(t['bare'])} | {fmt(t['infer'])} | {fmt(t['ort'])} |")
     d = daemon
-    over = d["daemon_rss_mb"] - d["bare_process"]["rss_mb"]
+    dm, em = d["daemon_mb"], d["engines_mb"]
+    total_pss = dm["pss"] + em["pss"]
+    over = total_pss - d["bare_process"]["rss_mb"]
     lines.append(f"""
 ## The daemon
 
@@ -318,9 +337,11 @@ onnxruntime's `intra_op_num_threads` is swept alongside. p50 ms.
 | what | measured |
 | --- | --- |
 | start-up to `READY=1` (read from a notify socket the benchmark bound) | {d['ready_s']:.2f} s |
-| daemon RSS (serving, one stream, bus, one request worker) | {d['daemon_rss_mb']:.0f} MB |
-| a bare Python process that loads Paddle Lite and the same model and runs it once | {d['bare_process']['rss_mb']:.0f} MB |
-| daemon over that bare process | {over:+.0f} MB (aim: under 40 MB) |
+| daemon process (serving, one stream, bus; no Paddle Lite in it), RSS / PSS | {dm['rss']:.0f} / {dm['pss']:.0f} MB |
+| its engine process{'es' if d['engine_count'] != 1 else ''} ({d['engine_count']}: the stream's predictor), RSS / PSS | {em['rss']:.0f} / {em['pss']:.0f} MB |
+| together, RSS summed / PSS summed (RSS counts the shared Python and numpy pages twice) | {dm['rss'] + em['rss']:.0f} / {total_pss:.0f} MB |
+| a bare Python process that loads Paddle Lite and the same model and runs it once, RSS | {d['bare_process']['rss_mb']:.0f} MB |
+| daemon + engine (PSS) over that bare process | {over:+.0f} MB (aim: under 40 MB; RSS summed: {dm['rss'] + em['rss'] - d['bare_process']['rss_mb']:+.0f} MB) |
 | `import lited.daemon, lited.cli` in a new interpreter (bare interpreter: {d['python_s']:.2f} s) | {d['import_daemon_s']:.2f} s |
 | `infer` in process (`Model.infer` on the 512x512 astronaut photo) p50 | {d['infer_local_ms']:.2f} ms |
 | `infer` request over ipc, raw BGR array, round trip p50 | {d['infer_ipc_ms']:.2f} ms (x{d['infer_ipc_ms'] / d['infer_local_ms']:.2f}) |

@@ -129,7 +129,7 @@ def probe_run(args) -> dict:
             first["t"] = time.perf_counter()
             first["n"] = count[0]
 
-    stream = Stream("bench", f"file://{args.video}", lambda: Model(bundle, options=_options(args)), publish,
+    stream = Stream("bench", f"file://{args.video}", lambda: Model(bundle, options=_options(args), isolated=True), publish,
                     lambda e: done.append(e) if e.get("state") == "ended" else None, stats_window=64)
     stream.start()
     tracing = {}

@@ -153,7 +153,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"lited: stream {event['stream']}: {event['state']}"
                       f"{': ' + event['detail'] if event['detail'] else ''}", file=sys.stderr, flush=True)
 
-    stream = Stream(args.name, args.source, lambda: Model(bundle, args.target), publish, on_event,
+    stream = Stream(args.name, args.source, lambda: Model(bundle, args.target, isolated=True), publish, on_event,
                     stall_timeout=args.stall_timeout)
     stream.start()
     deadline = time.monotonic() + args.duration if args.duration else None

@@ -92,7 +92,7 @@ class Daemon:
         bundle = self.bundles[sc.model]
         beat_name = f"infer-{sc.name}"
         self.watchdog.register(beat_name)
-        stream = Stream(sc.name, sc.source, lambda b=bundle: Model(b), self._publish_result, self._publish_event,
+        stream = Stream(sc.name, sc.source, lambda b=bundle: Model(b, isolated=True), self._publish_result, self._publish_event,
                         slots=sc.slots, stall_timeout=sc.stall_timeout, group=self.config.group,
                         beat=lambda n=beat_name: self.watchdog.beat(n))
         stream.config = sc
@@ -211,9 +211,15 @@ class Daemon:
         image = decode_image(params)
         cached = models.get(name)
         if cached is None or cached[0] != self.generation[name]:
-            models[name] = cached = (self.generation[name], Model(self.bundles[name]))
+            if cached is not None:
+                cached[1].close()
+            models[name] = cached = (self.generation[name], Model(self.bundles[name], isolated=True))
         model = cached[1]
-        result = model.infer(image)
+        try:
+            result = model.infer(image)
+        except EngineError:  # its process died: this request fails, the next one gets a fresh engine
+            models.pop(name)[1].close()
+            raise
         return {"model": model.name, "model_version": model.version, **result,
                 "width": image.shape[1], "height": image.shape[0]}
 
@@ -269,7 +275,7 @@ class Daemon:
                 for stream in self.streams.values():
                     bundle = new_bundles.get(stream.config.model)
                     if bundle is not None:
-                        prepared.append((stream, stream.prepare_model(lambda b=bundle: Model(b))))
+                        prepared.append((stream, stream.prepare_model(lambda b=bundle: Model(b, isolated=True))))
             except BaseException as exc:
                 for _, worker in prepared:
                     worker.stop()
@@ -331,6 +337,7 @@ class Daemon:
             "version": __version__, "protocol": protocol.VERSION,
             "uptime_s": round(time.monotonic() - self.started, 1), "rss_mb": round(rss_kb / 1024, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "engines_rss_mb": round(sum(_rss_kb(pid) for pid in _children()) / 1024, 1),
             "models": {n: {"version": b.version, "bundle": str(b.root), "task": b.task}
                        for n, b in self.bundles.items()},
             "streams": [s.status() for s in self.streams.values()],
@@ -372,12 +379,24 @@ def _request_id(data: bytes) -> Any:
         return None
 
 
-def _rss_kb() -> int:
+def _rss_kb(pid: object = "self") -> int:
     try:
-        with open("/proc/self/statm") as fh:
+        with open(f"/proc/{pid}/statm") as fh:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
     except OSError:
         return 0
+
+
+def _children() -> list:
+    """Pids of this process's children: its engine processes."""
+    pids: list = []
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children") as fh:
+                pids.extend(int(p) for p in fh.read().split())
+    except OSError:
+        pass
+    return pids
 
 
 def decode_image(params: dict) -> np.ndarray:

@@ -12,6 +12,7 @@ import numpy as np
 
 from lited.bundle import Bundle, BundleError, load_bundle
 from lited.decoders import make_decoder
+from lited.engine_process import EngineProcess
 from lited.engines import open_engine
 from lited.preprocess import Preprocessor
 
@@ -26,11 +27,15 @@ class Model:
     """Everything needed to turn an image into a result."""
 
     def __init__(self, bundle: Bundle, target: str | None = None, options: dict | None = None,
-                 warmup: int = 1) -> None:
+                 warmup: int = 1, isolated: bool = False) -> None:
+        """`isolated`: run the engine in a child process (engine_process.py),
+        as streams and the daemon do, so its `run()` does not hold this
+        process's GIL and a crash in the backend does not take it down."""
         self.bundle = bundle
         self.model_file = bundle.model_for(target)
-        self.engine = open_engine(self.model_file.engine, str(self.model_file.path),
-                                  {**self.model_file.options, **(options or {})})
+        opener = EngineProcess if isolated else open_engine
+        self.engine = opener(self.model_file.engine, str(self.model_file.path),
+                             {**self.model_file.options, **(options or {})})
         self.image_input = bundle.image_input
         self.engine.image_input = self.image_input
         self.preprocess = Preprocessor(bundle.preprocess, bundle.inputs[self.image_input]["shape"])
@@ -40,7 +45,17 @@ class Model:
         self.name = bundle.name
         self.version = bundle.version
         self.task = bundle.task
-        self.warm_up(warmup)
+        try:
+            self.warm_up(warmup)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Free the engine now (an isolated one stops its process)."""
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            close()
 
     def warm_up(self, runs: int = 1) -> None:
         """Run on a grey frame so the first real frame pays no first-run cost,
@@ -72,12 +87,16 @@ class Model:
         `scale_factor` is 1 so its boxes stay in input pixels (the geometry
         maps them back to the source, whatever the resize mode)."""
         self.engine.set_input(self.image_input, tensor)
-        self._set_extra_inputs(geom)
+        self.set_extra_inputs(geom)
 
-    def _set_extra_inputs(self, geom) -> None:
+    def set_extra_inputs(self, geom, slot: int | None = None) -> None:
+        """The inputs filled from the geometry (`slot`: of an isolated engine)."""
         for index, fill, buf in self._extra:
             buf[0] = (geom.in_h, geom.in_w) if fill == "im_shape" else (1.0, 1.0)
-            self.engine.set_input(index, buf)
+            if slot is None:
+                self.engine.set_input(index, buf)
+            else:
+                self.engine.set_input(index, buf, slot)
 
     def infer(self, image: np.ndarray) -> dict:
         """Run the model on a BGR uint8 image; boxes come back in its pixels.
@@ -89,7 +108,7 @@ class Model:
         t1 = time.perf_counter()
         if view is None:
             self.engine.set_input(self.image_input, self.preprocess.tensor)
-        self._set_extra_inputs(geom)
+        self.set_extra_inputs(geom)
         outputs = self.engine.run()
         t2 = time.perf_counter()
         result = self.decoder.decode(outputs, geom)
@@ -103,6 +122,6 @@ class Model:
         }
 
 
-def load_model(path: str, target: str | None = None, options: dict | None = None) -> Model:
+def load_model(path: str, target: str | None = None, options: dict | None = None, isolated: bool = False) -> Model:
     """Validate the bundle at `path`, then load and warm up its model."""
-    return Model(load_bundle(path), target, options)
+    return Model(load_bundle(path), target, options, isolated=isolated)

@@ -6,19 +6,19 @@ Threads, and why:
   source. On a lossless source (a file without `realtime`) it waits until
   the previous frame was taken, so nothing is dropped.
 - prep: takes the newest complete frame (latest wins; the frames it passes
-  over are counted as skipped), preprocesses it from the ring slot into one
-  of two input buffers, and checks the slot's sequence number afterwards: a
-  frame overwritten while it was read is dropped, never inferred.
-  Measured limit: paddlelite 2.13rc0's Python `run()` holds the GIL for the
-  whole inference (a sleeping thread wakes a full run late), so prep, post
-  and capture overlap only the parts of a frame outside `run()`, not
-  `run()` itself; see docs/ARCHITECTURE.md for the way out (the predictor in
-  its own process, inputs and outputs in shared memory).
-- infer: builds the model in its own thread and is the only thread that ever
-  touches that predictor (Paddle Lite's rule); hands the input over, runs,
-  and copies the outputs into one of two output sets.
-- post: decodes that set and publishes, while the engine runs the next frame,
-  so the inference thread's loop is little more than `run()` itself.
+  over are counted as skipped), preprocesses it from the ring slot straight
+  into a free input slot of the engine (shared memory), and checks the ring
+  slot's sequence number afterwards: a frame overwritten while it was read
+  is dropped, never inferred.
+- infer: builds the model, whose engine runs in a process of its own
+  (engine_process.py: paddlelite's Python `run()` holds the GIL for the
+  whole inference, so in-process nothing else would run meanwhile), and
+  asks it to run a slot into a free output set. It waits on a socket with
+  the GIL released, so capture, prep, post and the bus run during inference.
+  If the engine process dies, the frame is lost and the engine restarted
+  (capped backoff); the stream goes on.
+- post: decodes that output set and publishes, while the engine runs the
+  next frame.
 
 prep + infer + post form a `Worker`, one per loaded model. A reload builds a new
 worker beside the old one, warms it up, then swaps between frames; if the
@@ -34,6 +34,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from lited.engines import EngineError
 from lited.framering import FrameRing, RingError
 from lited.preprocess import Preprocessor
 from lited.sources import FrameShapeChanged, SourceError, open_source
@@ -85,7 +86,14 @@ class Timings:
 
 
 class Worker:
-    """The prep and infer threads of one model on one stream."""
+    """The prep, infer and post threads of one model on one stream.
+
+    The model's engine runs in its own process (`Model(..., isolated=True)`,
+    engine_process.py) with two input slots and two output sets in shared
+    memory: prep writes frame n+1 into one slot while the engine runs frame
+    n from the other, and post decodes one output set while the engine fills
+    the other. A slot or set goes back to its free list when its user is done.
+    """
 
     def __init__(self, stream: "Stream", model_factory: Callable) -> None:
         self.stream = stream
@@ -94,25 +102,26 @@ class Worker:
         self.ready = threading.Event()
         self.error: Optional[BaseException] = None
         self._stop = threading.Event()
-        self._mailbox: Optional[tuple] = None  # (preprocessor, frame info), prepared and waiting for infer
         self._cond = threading.Condition()
-        self._free: list = []
+        self._mailbox: Optional[tuple] = None  # (input slot, geometry, frame info): prepared, waiting for infer
+        self._free_slots: list = []
+        self._free_outs: list = []
+        self._post_box: Optional[tuple] = None  # (output set, outputs, geometry, frame info): waiting for post
         # Just-in-time prep: when a run started and how long runs and preps take
         # (moving averages), so prep takes the newest frame just before the engine frees up.
         self._run_started: Optional[float] = None
         self._infer_s = 0.0
         self._prep_s = 0.0
+        self._restarts = Backoff()
         self._infer = threading.Thread(target=self._infer_loop, name=f"infer-{stream.name}", daemon=True)
         self._prep = threading.Thread(target=self._prep_loop, name=f"prep-{stream.name}", daemon=True)
         self._post = threading.Thread(target=self._post_loop, name=f"post-{stream.name}", daemon=True)
-        # two sets of output arrays: the post thread decodes one while the engine fills the other
-        self._outs: list = [[], []]
-        self._free_outs = [0, 1]
-        self._post_box: Optional[tuple] = None
+
     def start(self) -> None:
         self._infer.start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop the threads, then the engine process."""
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
@@ -120,13 +129,31 @@ class Worker:
         for thread in (self._prep, self._infer, self._post):
             if thread.is_alive() and thread is not threading.current_thread():
                 thread.join(timeout)
+        if self.model is not None:
+            self.model.close()
+
+    def _put_back(self, free: list, item: int) -> None:
+        with self._cond:
+            free.append(item)
+            self._cond.notify_all()
+
+    def _take(self, free: list) -> Optional[int]:
+        with self._cond:
+            while not free and not self._stop.is_set():
+                self._cond.wait(0.5)
+            return None if self._stop.is_set() else free.pop()
 
     # -- infer thread: builds the model, then runs it
     def _infer_loop(self) -> None:
         try:
             self.model = self.factory()
+            slots = getattr(self.model.engine, "slots", 1)
+            if slots < 2:
+                raise TypeError("a stream's model needs its engine in a process of its own: Model(..., isolated=True)")
             spec, shape = self.model.bundle.preprocess, self.model.bundle.inputs[self.model.image_input]["shape"]
-            self._free = [Preprocessor(spec, shape), Preprocessor(spec, shape)]
+            self._pre = Preprocessor(spec, shape)
+            self._free_slots = list(range(slots))
+            self._free_outs = list(range(slots))
         except BaseException as exc:  # noqa: BLE001 - reported to whoever asked for the model
             self.error = exc
             self.ready.set()
@@ -143,43 +170,56 @@ class Worker:
                     self._cond.wait(0.5)
                 if self._mailbox is None:
                     continue
-                pre, info = self._mailbox
+                slot, geom, info = self._mailbox
                 self._mailbox = None
                 self._cond.notify_all()
             fault = self.stream.fault_hook
             if fault is not None:
                 fault(self)
+            out = self._take(self._free_outs)
+            if out is None:
+                return
             t0 = time.perf_counter()
             info["timings_ms"]["queue"] = (t0 - info.pop("_prepped_at")) * 1e3
-            geom = pre.geometry
-            self.model.set_inputs(pre.tensor, geom)
-            with self._cond:
-                self._free.append(pre)
-                self._cond.notify_all()
             self._run_started = time.monotonic()
-            outputs = engine.run()
+            try:
+                outputs = engine.run(slot, out)
+            except EngineError as exc:
+                self._put_back(self._free_slots, slot)
+                self._put_back(self._free_outs, out)
+                self._restart_engine(engine, exc)
+                continue
+            finally:
+                self._run_started = None
             t1 = time.perf_counter()
-            self._run_started = None
+            self._put_back(self._free_slots, slot)
             self._infer_s += 0.2 * ((t1 - t0) - self._infer_s)
             info["timings_ms"]["infer"] = (t1 - t0) * 1e3
             with self._cond:
-                while not self._free_outs and not self._stop.is_set():
-                    self._cond.wait(0.5)
-                if self._stop.is_set():
-                    return
-                k = self._free_outs.pop()
-            kept = self._outs[k]
-            for i, out in enumerate(outputs):  # the engine reuses its arrays on the next run()
-                if i >= len(kept) or kept[i].shape != out.shape:
-                    kept[i:] = [np.empty_like(o) for o in outputs[i:]]
-                    break
-            for i, out in enumerate(outputs):
-                np.copyto(kept[i], out)
-            with self._cond:
                 while self._post_box is not None and not self._stop.is_set():
                     self._cond.wait(0.5)
-                self._post_box = (k, geom, info)
+                self._post_box = (out, outputs, geom, info)
                 self._cond.notify_all()
+            self._restarts.reset()
+
+    def _restart_engine(self, engine, exc: EngineError) -> None:
+        """The engine process died or failed: say so, wait (capped backoff),
+        and start a fresh one for the same model. The frame is lost; the
+        stream and everything else in the daemon keep going."""
+        stream = self.stream
+        while not self._stop.is_set():
+            delay = self._restarts.next()
+            stream.counters["engine_restarts"] += 1
+            log.warning("stream %s: %s; restarting the engine in %.1f s", stream.name, exc, delay,
+                        extra={"stream": stream.name, "event": "engine"})
+            stream._event("engine", f"{exc}; restarting in {delay:.1f} s")
+            if self._stop.wait(delay):
+                return
+            try:
+                engine.restart()
+                return
+            except EngineError as again:
+                exc = again
 
     # -- post thread: decode and publish while the engine runs the next frame
     def _post_loop(self) -> None:
@@ -190,54 +230,50 @@ class Worker:
                     self._cond.wait(0.5)
                 if self._post_box is None:
                     continue
-                k, geom, info = self._post_box
+                out, outputs, geom, info = self._post_box
                 self._post_box = None
                 self._cond.notify_all()
             t0 = time.perf_counter()
-            decoded = decoder.decode(self._outs[k], geom)
+            decoded = decoder.decode(outputs, geom)
             t1 = time.perf_counter()
-            with self._cond:
-                self._free_outs.append(k)
-                self._cond.notify_all()
+            self._put_back(self._free_outs, out)
             timings = info["timings_ms"]
             timings["postprocess"] = (t1 - t0) * 1e3
             timings["total"] = (time.monotonic_ns() - info.pop("_captured_ns")) / 1e6
             self.stream._publish({**info, "task": self.model.task, "model": self.model.name,
                                   "model_version": self.model.version, **decoded})
 
-    # -- prep thread: newest frame -> a free input buffer
+    # -- prep thread: newest frame -> a free input slot of the engine
     def _prep_loop(self) -> None:
-        stream = self.stream
+        stream, model, pre = self.stream, self.model, self._pre
+        engine = model.engine
         while not self._stop.is_set():
-            with self._cond:
-                while not self._free and not self._stop.is_set():
-                    self._cond.wait(0.5)
-                if self._stop.is_set():
-                    return
-                pre = self._free.pop()
+            slot = self._take(self._free_slots)
+            if slot is None:
+                return
             if not stream.lossless:
                 self._wait_until_engine_almost_free()
             frame = stream._next_frame(self, self._stop)
             if frame is None:
-                with self._cond:
-                    self._free.append(pre)
+                self._put_back(self._free_slots, slot)
                 continue
-            ring, slot, seq, meta, frame_id, skipped = frame
+            ring, ring_slot, seq, meta, frame_id, skipped = frame
             t0 = time.perf_counter()
             try:
-                pre(ring.view(slot))
-                intact = ring.is_current(slot, seq)
+                image = ring.view(ring_slot)
+                geom = pre(image, out=engine.input_view(model.image_input, pre.plan(image.shape), slot))
+                model.set_extra_inputs(geom, slot)
+                intact = ring.is_current(ring_slot, seq)
             except (RingError, ValueError):
                 intact = False
             if not intact:  # overwritten while we read it: never infer a torn frame
                 stream.counters["torn"] += 1
-                with self._cond:
-                    self._free.append(pre)
+                self._put_back(self._free_slots, slot)
                 continue
             prep_ms = (time.perf_counter() - t0) * 1e3
             self._prep_s += 0.2 * (prep_ms / 1e3 - self._prep_s)
             info = {"stream": stream.name, "seq": frame_id, "frame_ts": meta.wall_ns / 1e9,
-                    "skipped": skipped, "ring": ring.name, "slot": slot, "slot_seq": seq,
+                    "skipped": skipped, "ring": ring.name, "slot": ring_slot, "slot_seq": seq,
                     "width": meta.width, "height": meta.height, "_captured_ns": meta.ts_ns,
                     "_prepped_at": time.perf_counter(),
                     "timings_ms": {"capture": stream.capture_ms.get(frame_id, 0.0),
@@ -246,9 +282,8 @@ class Worker:
             with self._cond:
                 while self._mailbox is not None and not self._stop.is_set():
                     self._cond.wait(0.5)
-                self._mailbox = (pre, info)
+                self._mailbox = (slot, geom, info)
                 self._cond.notify_all()
-
 
     def _wait_until_engine_almost_free(self) -> None:
         """Latest frame wins, so take it as late as possible: while the engine
@@ -288,7 +323,8 @@ class Stream:
         self.state = "stopped"
         self.detail = ""
         self._state_at = 0.0  # monotonic time of the last state change
-        self.counters = collections.Counter(captured=0, inferred=0, skipped=0, torn=0, reconnects=0, errors=0)
+        self.counters = collections.Counter(captured=0, inferred=0, skipped=0, torn=0, reconnects=0, errors=0,
+                                            engine_restarts=0)
         self.timings = Timings(stats_window)
         self.capture_ms: dict = {}
         self._last_taken = -1
@@ -543,5 +579,6 @@ class Stream:
             "stream": self.name, "source": self.uri, "state": self.current_state(), "detail": self.detail,
             "fps": round(self.fps(), 2), "counters": dict(self.counters), "latency_ms": self.timings.summary(),
             "ring": self.ring.name if self.ring else None,
-            "model": {"name": model.name, "version": model.version} if model else None,
+            "model": {"name": model.name, "version": model.version,
+                      "engine_pid": getattr(model.engine, "pid", None)} if model else None,
         }

@@ -1,0 +1,421 @@
+"""An engine in a child process of its own, inputs and outputs in shared memory.
+
+Why: paddlelite 2.13rc0's Python `run()` holds the GIL for the whole
+inference (measured: a thread sleeping 1 ms woke 15.6 ms late during a
+FastestDet run), so in one process capture, preprocessing, decoding and the
+bus all stop while the model runs. Here the predictor lives in a child that
+owns it; the parent's `run()` waits on a socket with the GIL released, and
+the rest of the daemon keeps going. A crash inside the backend (a segfault in
+a kernel) also ends only the child: `run()` raises `EngineError`, and the
+owner can `restart()` it.
+
+`EngineProcess` has the engine interface (engines/__init__.py) plus slots:
+`input_view(i, shape, slot=k)` is a view of input i of slot k in shared
+memory (a memfd the parent owns), so preprocessing writes the model input
+there directly; `run(slot=k, out=j)` has the child hand slot k's inputs to
+the backend (the one copy Paddle Lite's `from_numpy` makes), run, and write
+the outputs into output set j (a memfd the child owns), returned as views.
+With two slots and two output sets a stream prepares the next frame and
+decodes the last one while the child runs.
+
+Wire: a SOCK_SEQPACKET socketpair, one msgpack message per request and
+reply, memfds passed alongside (SCM_RIGHTS) whenever one is (re)made. A
+steady-state frame is a 3-byte request and a 1-byte reply. The child exits
+when the socket closes, so it never outlives its parent, and ignores SIGINT
+and SIGTERM: its parent stops it after draining.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+from typing import Optional
+
+import msgpack
+import numpy as np
+
+from lited.engines import EngineError, TensorSpec
+
+SLOTS = 2                 # input slots and output sets: one being filled or read while the other runs
+MAX_MESSAGE = 1 << 20
+MAX_FDS = 16
+ALIGN = 64
+RUN = struct.Struct("<cBB")  # b"R", slot, output set: a run whose input layout the child already has
+UNCHANGED = b"="            # reply: ran; outputs have the shapes of the last reply for that set
+OPEN_TIMEOUT = 300.0        # building a TensorRT engine can take minutes
+
+
+class Arena:
+    """A memfd mapped read-write: arrays placed back to back, 64-byte aligned."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd, self.size = fd, size
+        self.mm = mmap.mmap(fd, size)
+
+    @classmethod
+    def create(cls, name: str, size: int) -> "Arena":
+        size = max(mmap.PAGESIZE, -(-size // mmap.PAGESIZE) * mmap.PAGESIZE)
+        fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        os.ftruncate(fd, size)
+        return cls(fd, size)
+
+    def views(self, layout: list) -> list:
+        """Arrays for [(shape, dtype), ...] in order."""
+        out, offset = [], 0
+        for shape, dtype in layout:
+            dt = np.dtype(dtype)
+            count = int(np.prod(shape, dtype=np.int64))
+            out.append(np.frombuffer(self.mm, dt, count, offset).reshape(shape))
+            offset += _aligned(count * dt.itemsize)
+        return out
+
+    def close(self) -> None:
+        """Close the fd; the mapping stays until the last view of it goes."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // ALIGN) * ALIGN
+
+
+def _bytes_for(layout: list) -> int:
+    return sum(_aligned(int(np.prod(s, dtype=np.int64)) * np.dtype(d).itemsize) for s, d in layout)
+
+
+class _Receiver:
+    """Receives into one preallocated buffer: a steady-state frame allocates
+    nothing here (`socket.recv_fds` would allocate its whole bufsize per call)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray(MAX_MESSAGE)
+        self.view = memoryview(self.buf)
+        self.ancillary = socket.CMSG_LEN(MAX_FDS * 4)
+
+    def recv(self) -> tuple:
+        """(message bytes or a view of them, [fds]); empty on EOF."""
+        size, ancdata, _, _ = self.sock.recvmsg_into([self.buf], self.ancillary)
+        fds: list = []
+        for level, kind, data in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.extend(struct.unpack(f"{len(data) // 4}i", data[: len(data) // 4 * 4]))
+        return self.view[:size], fds
+
+
+def _send(sock: socket.socket, message, fds: list) -> None:
+    data = message if isinstance(message, bytes) else msgpack.packb(message, use_bin_type=True)
+    if fds:
+        socket.send_fds(sock, [data], fds)
+    else:
+        sock.send(data)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class EngineProcess:
+    """The engine interface, served by a child process that owns the backend.
+
+    Control calls (`run`, `restart`, `close`, shapes) come from one thread;
+    `input_view`/`set_input` on a slot may come from another, as long as
+    the slot is handed over between them (the pipeline's prep and infer
+    threads do that through a condition)."""
+
+    slots = SLOTS
+
+    def __init__(self, kind: str, model_path: str, options: Optional[dict] = None) -> None:
+        self.kind = kind
+        self._spec = {"op": "open", "kind": kind, "path": str(model_path), "options": dict(options or {})}
+        self._image_input = 0
+        self._sock: Optional[socket.socket] = None
+        self._proc: Optional[subprocess.Popen] = None
+        self._start()
+        count = len(self.inputs)
+        # per slot and input: its arena, the (shape) its views have, and whether the child has it
+        self._in_arena: list = [[None] * count for _ in range(SLOTS)]
+        self._in_shape: list = [[None] * count for _ in range(SLOTS)]
+        self._in_view: list = [[None] * count for _ in range(SLOTS)]
+        self._unsent: list = [set() for _ in range(SLOTS)]
+        self._run_msg = [[RUN.pack(b"R", k, j) for j in range(SLOTS)] for k in range(SLOTS)]
+
+    # -- process
+    def _start(self) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH")))))
+        try:
+            self._proc = subprocess.Popen([sys.executable, "-m", "lited.engine_process", str(child.fileno())],
+                                          pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, env=env)
+        finally:
+            child.close()
+        self._sock = parent
+        self._receiver = _Receiver(parent)
+        self._out_arena: list = [None] * SLOTS
+        self._out_layout: list = [None] * SLOTS
+        self._out_views: list = [None] * SLOTS
+        parent.settimeout(OPEN_TIMEOUT)
+        try:
+            info = self._call(self._spec)
+            if self._image_input:
+                self._call({"op": "image_input", "index": self._image_input})
+        except BaseException:
+            self.close()
+            raise
+        parent.settimeout(None)
+        self.inputs = [TensorSpec(name, tuple(shape), dtype) for name, shape, dtype in info["inputs"]]
+        self.output_names = list(info["outputs"])
+        self.version = info["version"]
+        self.device = info["device"]
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self._proc.pid if self._proc else None
+
+    def restart(self) -> None:
+        """A fresh child for the same model (after a crash): the input arenas
+        are the parent's and stay; the child is sent them again."""
+        self._stop_child()
+        self._start()
+        for k in range(SLOTS):
+            self._unsent[k] = {i for i, arena in enumerate(self._in_arena[k]) if arena is not None}
+
+    def close(self) -> None:
+        """Stop the child and free the shared memory (views still held stay valid)."""
+        self._stop_child()
+        for row in getattr(self, "_in_arena", ()):
+            for arena in row:
+                if arena is not None:
+                    arena.close()
+
+    def __del__(self) -> None:
+        try:
+            self._stop_child()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    def _stop_child(self) -> None:
+        sock, proc = self._sock, self._proc
+        self._sock = self._proc = None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # the child sees EOF and exits; a blocked recv here returns
+            except OSError:
+                pass
+            sock.close()
+        if proc is not None:
+            try:
+                proc.wait(5.0)
+            except subprocess.TimeoutExpired:  # stuck inside the backend
+                proc.kill()
+                proc.wait()
+        for arena in getattr(self, "_out_arena", ()):
+            if arena is not None:
+                arena.close()
+
+    def _call(self, message, fds: Optional[list] = None):
+        """Send one request and wait (GIL released) for its reply."""
+        sock = self._sock
+        if sock is None:
+            raise EngineError(f"{self._spec['path']}: engine process is closed")
+        try:
+            _send(sock, message, fds or [])
+            data, got_fds = self._receiver.recv()
+        except socket.timeout:
+            raise EngineError(f"{self._spec['path']}: engine process did not answer in {OPEN_TIMEOUT:.0f} s") from None
+        except OSError:
+            data, got_fds = b"", []
+        if not data:
+            raise EngineError(f"{self._spec['path']}: engine process {self._exit_status()}")
+        if len(data) == 1 and data[0] == UNCHANGED[0]:
+            return None
+        reply = msgpack.unpackb(data, raw=False)
+        if "error" in reply:
+            for fd in got_fds:
+                os.close(fd)
+            raise EngineError(reply["error"])
+        if got_fds:
+            reply["fds"] = got_fds
+        return reply
+
+    def _exit_status(self) -> str:
+        proc = self._proc
+        if proc is None:
+            return "is closed"
+        try:
+            code = proc.wait(2.0)
+        except subprocess.TimeoutExpired:
+            return "stopped answering"
+        if code < 0:
+            try:
+                return f"died ({signal.Signals(-code).name})"
+            except ValueError:
+                return f"died (signal {-code})"
+        return f"exited with status {code}"
+
+    # -- the engine interface
+    @property
+    def image_input(self) -> int:
+        return self._image_input
+
+    @image_input.setter
+    def image_input(self, index: int) -> None:
+        self._image_input = index
+        self._call({"op": "image_input", "index": index})
+
+    def input_view(self, index: int, shape: tuple, slot: int = 0) -> np.ndarray:
+        """A writable view of input `index` of `slot` in shared memory, of `shape`."""
+        if self._in_shape[slot][index] != shape:
+            shape = tuple(int(s) for s in shape)
+            layout = [(shape, self.inputs[index].dtype)]
+            arena = self._in_arena[slot][index]
+            if arena is None or arena.size < _bytes_for(layout):
+                if arena is not None:
+                    arena.close()
+                arena = self._in_arena[slot][index] = Arena.create(f"lited-in{slot}.{index}", _bytes_for(layout))
+            self._in_view[slot][index] = arena.views(layout)[0]
+            self._in_shape[slot][index] = shape
+            self._unsent[slot].add(index)
+        return self._in_view[slot][index]
+
+    def set_input(self, index: int, array: np.ndarray, slot: int = 0) -> None:
+        """Copy `array` into input `index` of `slot`."""
+        np.copyto(self.input_view(index, array.shape, slot), array)
+
+    def run(self, slot: int = 0, out: int = 0) -> list:
+        """Run on the inputs of `slot`; the outputs are views of output set
+        `out`, valid until the next run into that set."""
+        unsent = self._unsent[slot]
+        if unsent:
+            changes = sorted(unsent)
+            fds = [self._in_arena[slot][i].fd for i in changes]
+            message = {"op": "run", "slot": slot, "out": out,
+                       "inputs": [[i, list(self._in_shape[slot][i]), self.inputs[i].dtype] for i in changes]}
+            reply = self._call(message, fds)
+            unsent.clear()
+        else:
+            reply = self._call(self._run_msg[slot][out])
+        if reply is not None:
+            self._adopt_outputs(out, reply)
+        return self._out_views[out]
+
+    def _adopt_outputs(self, out: int, reply: dict) -> None:
+        fds = reply.get("fds")
+        if fds:
+            if self._out_arena[out] is not None:
+                self._out_arena[out].close()
+            self._out_arena[out] = Arena(fds[0], reply["size"])
+        layout = [(tuple(shape), dtype) for shape, dtype in reply["outputs"]]
+        self._out_layout[out] = layout
+        self._out_views[out] = self._out_arena[out].views(layout)
+
+    def input_shapes(self) -> list:
+        """Input shapes as the backend has them (after the last run)."""
+        return [tuple(s) for s in self._call({"op": "shapes"})["inputs"]]
+
+    def output_shapes(self) -> list:
+        """Output shapes as of the last run."""
+        return [tuple(s) for s in self._call({"op": "shapes"})["outputs"]]
+
+
+# -- the child
+class _Child:
+    """The serving side: one engine, the parent's input arenas, its own output sets."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.receiver = _Receiver(sock)
+        self.engine = None
+        self.inputs: list = [dict() for _ in range(SLOTS)]   # slot -> {index: (arena, view)}
+        self.out_arena: list = [None] * SLOTS
+        self.out_layout: list = [None] * SLOTS
+        self.out_views: list = [None] * SLOTS
+
+    def serve(self) -> None:
+        while True:
+            try:
+                data, fds = self.receiver.recv()
+            except OSError:
+                return
+            if not data:
+                return  # the parent closed the socket or died
+            reply_fds: list = []
+            try:
+                if len(data) == RUN.size and data[0] == ord("R"):
+                    _, slot, out = RUN.unpack(data)
+                    reply, reply_fds = self.run(slot, out)
+                else:
+                    reply, reply_fds = self.handle(msgpack.unpackb(data, raw=False), fds)
+            except Exception as exc:  # noqa: BLE001 - every failure goes back as one line
+                reply = {"error": _first_line(exc)}
+            try:
+                _send(self.sock, reply, reply_fds)
+            except OSError:
+                return
+
+    def handle(self, message: dict, fds: list) -> tuple:
+        op = message.get("op")
+        if op == "open":
+            from lited.engines import open_engine
+            self.engine = engine = open_engine(message["kind"], message["path"], message["options"])
+            return {"inputs": [[s.name, list(s.shape), s.dtype] for s in engine.inputs],
+                    "outputs": list(engine.output_names), "version": engine.version,
+                    "device": engine.device}, []
+        if op == "image_input":
+            self.engine.image_input = int(message["index"])
+            return {}, []
+        if op == "shapes":
+            return {"inputs": [list(s) for s in self.engine.input_shapes()],
+                    "outputs": [list(s) for s in self.engine.output_shapes()]}, []
+        if op == "run":
+            slot = message["slot"]
+            for (index, shape, dtype), fd in zip(message["inputs"], fds):
+                layout = [(tuple(shape), dtype)]
+                arena = Arena(fd, _bytes_for(layout))
+                old = self.inputs[slot].get(index)
+                if old is not None:
+                    old[0].close()
+                self.inputs[slot][index] = (arena, arena.views(layout)[0])
+            return self.run(slot, message["out"])
+        raise EngineError(f"op: unknown '{op}'")
+
+    def run(self, slot: int, out: int) -> tuple:
+        engine = self.engine
+        for index, (_, view) in self.inputs[slot].items():
+            engine.set_input(index, view)
+        outputs = engine.run()
+        layout = [(o.shape, o.dtype.str) for o in outputs]
+        if layout == self.out_layout[out]:
+            for view, output in zip(self.out_views[out], outputs):
+                np.copyto(view, output)
+            return UNCHANGED, []
+        fds = []
+        arena = self.out_arena[out]
+        if arena is None or arena.size < _bytes_for(layout):
+            if arena is not None:
+                arena.close()
+            arena = self.out_arena[out] = Arena.create(f"lited-out{out}", _bytes_for(layout))
+            fds = [arena.fd]
+        self.out_layout[out] = layout
+        self.out_views[out] = arena.views(layout)
+        for view, output in zip(self.out_views[out], outputs):
+            np.copyto(view, output)
+        return {"outputs": [[list(s), d] for s, d in layout], "size": arena.size}, fds
+
+
+def main(argv: list) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C reaches the whole process group:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the parent drains, then closes the socket
+    sock = socket.socket(fileno=int(argv[0]))
+    _Child(sock).serve()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

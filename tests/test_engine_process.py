@@ -1,0 +1,189 @@
+"""The engine in its own process: same outputs as in-process, the GIL free
+during `run()`, and a crash that costs one frame, not the caller."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from lited.bundle import load_bundle
+from lited.engine_process import EngineProcess
+from lited.engines import EngineError, open_engine
+from lited.model import Model
+
+
+FASTESTDET_INPUT = (1, 3, 352, 352)
+
+
+def _model_file(bundles_dir, name: str):
+    return load_bundle(bundles_dir / name).model_for(None)
+
+
+@pytest.fixture
+def fastestdet_file(bundles_dir):
+    return _model_file(bundles_dir, "fastestdet")
+
+
+def _random_input(shape, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def test_outputs_equal_the_in_process_engine_in_both_slots_and_sets(fastestdet_file):
+    local = open_engine("paddle_lite", str(fastestdet_file.path), {})
+    remote = EngineProcess("paddle_lite", str(fastestdet_file.path), {})
+    try:
+        assert remote.inputs == local.inputs and remote.output_names == local.output_names
+        assert remote.version == local.version and remote.slots == 2
+        shape = FASTESTDET_INPUT
+        kept = []
+        for k in range(4):
+            x = _random_input(shape, seed=k)
+            local.set_input(0, x)
+            expected = [o.copy() for o in local.run()]
+            remote.input_view(0, shape, slot=k % 2)[...] = x
+            got = remote.run(slot=k % 2, out=k % 2)
+            kept.append((k % 2, got, expected))
+            assert all(np.array_equal(g, e) for g, e in zip(got, expected))
+        # a set is not touched by runs into the other one
+        slot, got, expected = kept[-2]
+        assert all(np.array_equal(g, e) for g, e in zip(got, expected))
+    finally:
+        remote.close()
+
+
+def test_a_dynamic_model_changes_input_shape_in_place(bundles_dir):
+    """PP-OCRv4 det takes any size: each new shape gets a bigger arena or
+    reuses the old one, and the results stay those of the in-process engine."""
+    file = _model_file(bundles_dir, "ppocrv4_det")
+    local = open_engine("paddle_lite", str(file.path), {})
+    remote = EngineProcess("paddle_lite", str(file.path), {})
+    try:
+        for k, (h, w) in enumerate([(64, 96), (160, 224), (96, 64), (160, 224)]):
+            x = _random_input((1, 3, h, w), seed=k)
+            local.set_input(0, x)
+            expected = local.run()[0].copy()
+            remote.set_input(0, x)
+            got = remote.run()[0]
+            assert got.shape == expected.shape == (1, 1, h, w)
+            np.testing.assert_allclose(got, expected, atol=1e-6)
+        assert remote.input_shapes() == [(1, 3, 160, 224)]
+    finally:
+        remote.close()
+
+
+def test_run_lets_other_threads_run(fastestdet_file):
+    """In-process, paddlelite's run() holds the GIL: a thread ticking every
+    millisecond gets nothing done during it. Isolated, it keeps ticking."""
+    remote = EngineProcess("paddle_lite", str(fastestdet_file.path), {})
+    ticks: list = []
+    stop = threading.Event()
+
+    def ticker() -> None:
+        while not stop.is_set():
+            time.sleep(0.001)
+            ticks.append(time.perf_counter())
+
+    try:
+        remote.set_input(0, _random_input(FASTESTDET_INPUT))
+        remote.run()
+        thread = threading.Thread(target=ticker)
+        thread.start()
+        spans = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            remote.run()
+            spans.append((t0, time.perf_counter()))
+        stop.set()
+        thread.join()
+    finally:
+        remote.close()
+    inside = [sum(t0 < t < t1 for t in ticks) for t0, t1 in spans]
+    durations_ms = [round((t1 - t0) * 1e3, 1) for t0, t1 in spans]
+    assert min(inside) >= 3, f"ticks during each run: {inside} (runs of {durations_ms} ms)"
+
+
+def test_a_killed_engine_raises_a_named_error_and_restarts(fastestdet_file):
+    remote = EngineProcess("paddle_lite", str(fastestdet_file.path), {})
+    try:
+        x = _random_input(FASTESTDET_INPUT)
+        remote.set_input(0, x, slot=1)
+        before = [o.copy() for o in remote.run(slot=1, out=1)]
+        pid = remote.pid
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(EngineError, match=r"\.nb: engine process died \(SIGKILL\)"):
+            remote.run(slot=1, out=1)
+        remote.restart()
+        assert remote.pid != pid
+        # the inputs live in the parent: the new child is handed them again
+        after = remote.run(slot=1, out=1)
+        assert all(np.array_equal(a, b) for a, b in zip(after, before))
+    finally:
+        remote.close()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_a_model_the_backend_refuses_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "model.nb"
+    bad.write_bytes(b"\0" * 4096)
+    with pytest.raises(EngineError) as info:
+        EngineProcess("paddle_lite", str(bad), {})
+    assert str(bad) in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(EngineError, match="unknown engine 'tensorflow'"):
+        EngineProcess("tensorflow", str(bad), {})
+
+
+def test_the_engine_process_ends_with_its_parent(fastestdet_file):
+    """No orphans: the child exits when its parent dies, even by SIGKILL."""
+    code = ("import sys; from lited.engine_process import EngineProcess; "
+            f"e = EngineProcess('paddle_lite', {str(fastestdet_file.path)!r}, {{}}); "
+            "print(e.pid, flush=True); sys.stdin.read()")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        os.kill(child, 0)
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{child}/stat") as fh:
+                    if fh.read().split(") ")[1].startswith("Z"):
+                        break  # exited; a zombie until init reaps it
+            except FileNotFoundError:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"engine process {child} outlived its parent")
+    finally:
+        parent.kill()
+
+
+def test_an_isolated_model_infers_like_an_in_process_one(bundles_dir):
+    import cv2
+    from conftest import need_shared
+    image = cv2.imread(str(need_shared("images", "astronaut.png")))
+    bundle = load_bundle(bundles_dir / "fastestdet")
+    local, remote = Model(bundle), Model(bundle, isolated=True)
+    try:
+        a, b = local.infer(image), remote.infer(image)
+    finally:
+        remote.close()
+    assert a["detections"] == b["detections"] and a["detections"]
+
+
+def test_a_backend_abort_ends_only_the_engine_process(fastestdet_file):
+    """Paddle Lite aborts the process (a failed CHECK) when run before its
+    input is set; isolated, that is an error here, and this process lives."""
+    remote = EngineProcess("paddle_lite", str(fastestdet_file.path), {})
+    try:
+        with pytest.raises(EngineError, match=r"engine process died \(SIGABRT\)"):
+            remote.run()
+    finally:
+        remote.close()
