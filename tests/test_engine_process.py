@@ -34,25 +34,31 @@ def _random_input(shape, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
-def test_outputs_equal_the_in_process_engine_in_both_slots_and_sets(fastestdet_file):
+def test_queued_runs_equal_the_in_process_engine_slot_by_slot(fastestdet_file):
+    """Runs submitted back to back (one running, others queued in the
+    child) come back in order, each from its own slot into its own set."""
     local = open_engine("paddle_lite", str(fastestdet_file.path), {})
     remote = EngineProcess("paddle_lite", str(fastestdet_file.path), {})
     try:
         assert remote.inputs == local.inputs and remote.output_names == local.output_names
-        assert remote.version == local.version and remote.slots == 2
-        shape = FASTESTDET_INPUT
-        kept = []
-        for k in range(4):
-            x = _random_input(shape, seed=k)
+        assert remote.version == local.version and remote.slots == 3
+        expected = []
+        for k in range(remote.slots):
+            x = _random_input(FASTESTDET_INPUT, seed=k)
             local.set_input(0, x)
-            expected = [o.copy() for o in local.run()]
-            remote.input_view(0, shape, slot=k % 2)[...] = x
-            got = remote.run(slot=k % 2, out=k % 2)
-            kept.append((k % 2, got, expected))
-            assert all(np.array_equal(g, e) for g, e in zip(got, expected))
-        # a set is not touched by runs into the other one
-        slot, got, expected = kept[-2]
-        assert all(np.array_equal(g, e) for g, e in zip(got, expected))
+            expected.append([o.copy() for o in local.run()])
+            remote.input_view(0, FASTESTDET_INPUT, slot=k)[...] = x
+        for round_ in range(2):
+            for k in range(remote.slots):
+                remote.submit(slot=k, out=(k + round_) % remote.slots)
+            got = [remote.collect() for _ in range(remote.slots)]
+            for k, outputs in enumerate(got):
+                assert all(np.array_equal(g, e) for g, e in zip(outputs, expected[k])), (round_, k)
+        assert not all(np.array_equal(a, b) for a, b in zip(expected[0], expected[1]))  # the inputs differ
+        with pytest.raises(EngineError, match="runs still to collect"):
+            remote.submit()
+            remote.output_shapes()
+        remote.collect()
     finally:
         remote.close()
 
@@ -115,6 +121,8 @@ def test_a_killed_engine_raises_a_named_error_and_restarts(fastestdet_file):
         remote.set_input(0, x, slot=1)
         before = [o.copy() for o in remote.run(slot=1, out=1)]
         pid = remote.pid
+        with open(f"/proc/{pid}/comm") as fh:
+            assert fh.read().strip() == "lited-engine"  # what top and ps -o comm show
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(EngineError, match=r"\.nb: engine process died \(SIGKILL\)"):
             remote.run(slot=1, out=1)
@@ -185,5 +193,22 @@ def test_a_backend_abort_ends_only_the_engine_process(fastestdet_file):
     try:
         with pytest.raises(EngineError, match=r"engine process died \(SIGABRT\)"):
             remote.run()
+    finally:
+        remote.close()
+
+
+def test_no_restart_onto_a_model_that_changed_on_disk(tmp_path, fastestdet_file):
+    """An upgrade may replace the file under a running engine: a restart
+    would load a model the loaded manifest does not describe, so it refuses."""
+    import shutil
+    path = tmp_path / "model.nb"
+    shutil.copy(fastestdet_file.path, path)
+    remote = EngineProcess("paddle_lite", str(path), {})
+    try:
+        shutil.copy(fastestdet_file.path, tmp_path / "new.nb")
+        os.replace(tmp_path / "new.nb", path)
+        os.kill(remote.pid, signal.SIGKILL)
+        with pytest.raises(EngineError, match="changed on disk since it was loaded"):
+            remote.restart()
     finally:
         remote.close()

@@ -126,7 +126,12 @@ def bench_models(names: list, bundles: Path, quick: bool, progress: Progress, tm
         frames = max(40, min(400 if not quick else 120, int(12000 / bare["ms"]["p50"])))
         video = tmp / f"{name}.avi"
         make_video(image, video, frames + 20)
-        row["run"] = probe("run", bundle=bundle, video=video, runs=frames)
+        # three runs where they are short: on a shared machine one run can be off by 20 %
+        runs_of_stream = [probe("run", bundle=bundle, video=video, runs=frames)
+                          for _ in range(3 if bare["ms"]["p50"] < 100 else 1)]
+        runs_of_stream.sort(key=lambda r: r["fps"] / r["bare_fps"])
+        row["run"] = runs_of_stream[len(runs_of_stream) // 2]
+        row["run_ratios"] = [r["fps"] / r["bare_fps"] for r in runs_of_stream]
         rows.append(row)
     return rows
 
@@ -239,6 +244,10 @@ def bench_daemon(bundles: Path, progress: Progress, tmp: Path) -> dict:
     return out
 
 
+def _spread(ratios: list) -> str:
+    return f" (of {len(ratios)}: {min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else ""
+
+
 def fmt(x: float) -> str:
     return f"{x:.2f}" if x < 100 else f"{x:.0f}"
 
@@ -291,13 +300,16 @@ An unpaced file source (nothing dropped) through the whole pipeline: capture int
 ring, preprocessing straight into the engine's input slot in shared memory and decoding on their
 own threads, the predictor in an engine process of its own (paddlelite's Python `run()` holds the
 GIL, so in one process those threads could not run during inference), publish. Frames per second
-from the 10th result to the middle of the file, beside `1000 / mean(bare run())` in one process.
+from the 10th result to the middle of the file, beside `1000 / mean(bare run())` in the probe process,
+timed over 100 runs just before the stream and 100 just after (load drifts on a shared machine).
+Models under 100 ms ran the stream three times: the row is the run with the median ratio, and
+the range of the three follows it.
 *Allocations* are tracemalloc's net growth per frame over the third quarter (tracemalloc slows
 Python down, so it never runs during the fps window). *Frame copies* were
 counted by watching numpy's copy entry points while a frame went from capture to the model input,
 and by checking the capture wrote into the ring slot's own buffer.
 
-| model | frames | lited run fps | bare loop fps | ratio | skipped | torn | latency p50 ms (queue / infer / total) | Python bytes allocated per frame | frame copies capture -> input | RSS MB |
+| model | frames | lited run fps | bare loop fps (before / after the stream) | ratio | skipped | torn | latency p50 ms (queue / infer / total) | Python bytes allocated per frame | frame copies capture -> input | RSS MB |
 | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |""")
     for r in rows:
         run = r["run"]
@@ -305,8 +317,9 @@ and by checking the capture wrote into the ring slot's own buffer.
         alloc = run.get("alloc") or {}
         copies = run["frame_copies"]
         lines.append(
-            f"| {r['model']} | {run['frames']} | {run['fps']:.1f} | {run['bare_fps']:.1f} | "
-            f"{run['fps'] / run['bare_fps']:.3f} | {run['skipped']} | {run['torn']} | "
+            f"| {r['model']} | {run['frames']} | {run['fps']:.1f} | {run['bare_fps']:.1f} "
+            f"({run['bare_fps_before_after'][0]:.1f} / {run['bare_fps_before_after'][1]:.1f}) | "
+            f"{run['fps'] / run['bare_fps']:.3f}{_spread(r['run_ratios'])} | {run['skipped']} | {run['torn']} | "
             f"{lat.get('queue', {}).get('p50', 0):.1f} / {lat['infer']['p50']:.1f} / {lat['total']['p50']:.1f} | "
             f"{alloc.get('bytes_per_frame', float('nan')):.0f} | "
             f"{copies['frame_sized_copies']} (capture into slot: {'yes' if copies['capture_into_slot'] else 'NO'}) | "

@@ -7,18 +7,19 @@ Threads, and why:
   the previous frame was taken, so nothing is dropped.
 - prep: takes the newest complete frame (latest wins; the frames it passes
   over are counted as skipped), preprocesses it from the ring slot straight
-  into a free input slot of the engine (shared memory), and checks the ring
-  slot's sequence number afterwards: a frame overwritten while it was read
-  is dropped, never inferred.
+  into a free input slot of the engine (shared memory), checks the ring
+  slot's sequence number afterwards (a frame overwritten while it was read
+  is dropped, never inferred), and submits the slot to the engine, where up
+  to two runs wait, so the engine goes from frame to frame without idling.
 - infer: builds the model, whose engine runs in a process of its own
   (engine_process.py: paddlelite's Python `run()` holds the GIL for the
   whole inference, so in-process nothing else would run meanwhile), and
-  asks it to run a slot into a free output set. It waits on a socket with
-  the GIL released, so capture, prep, post and the bus run during inference.
-  If the engine process dies, the frame is lost and the engine restarted
-  (capped backoff); the stream goes on.
-- post: decodes that output set and publishes, while the engine runs the
-  next frame.
+  collects the runs in order, waiting on a socket with the GIL released:
+  capture, prep, post and the bus run during inference. If the engine
+  process dies, the frames it had are lost and it is restarted (capped
+  backoff); the stream goes on.
+- post: decodes an output set and publishes, while the engine runs the
+  next frames.
 
 prep + infer + post form a `Worker`, one per loaded model. A reload builds a new
 worker beside the old one, warms it up, then swaps between frames; if the
@@ -89,11 +90,16 @@ class Worker:
     """The prep, infer and post threads of one model on one stream.
 
     The model's engine runs in its own process (`Model(..., isolated=True)`,
-    engine_process.py) with two input slots and two output sets in shared
-    memory: prep writes frame n+1 into one slot while the engine runs frame
-    n from the other, and post decodes one output set while the engine fills
-    the other. A slot or set goes back to its free list when its user is done.
+    engine_process.py) with three input slots and three output sets in
+    shared memory. prep writes a frame into a free slot and submits it
+    (`engine.submit`), so up to two runs wait in the engine: it goes from
+    one frame to the next without waiting for this process. infer collects
+    results in order and hands each output set to post, which decodes and
+    publishes it. A slot or set goes back to its free list when its user is
+    done.
     """
+
+    RUNS_IN_FLIGHT = 2  # one running, one queued behind it
 
     def __init__(self, stream: "Stream", model_factory: Callable) -> None:
         self.stream = stream
@@ -103,13 +109,16 @@ class Worker:
         self.error: Optional[BaseException] = None
         self._stop = threading.Event()
         self._cond = threading.Condition()
-        self._mailbox: Optional[tuple] = None  # (input slot, geometry, frame info): prepared, waiting for infer
+        self._engine_lock = threading.Lock()  # submit vs restart
+        self._inflight: collections.deque = collections.deque()  # (slot, out, geom, info), submitted, oldest first
+        self._failed: Optional[EngineError] = None  # a submit that failed: infer restarts the engine
         self._free_slots: list = []
         self._free_outs: list = []
         self._post_box: Optional[tuple] = None  # (output set, outputs, geometry, frame info): waiting for post
-        # Just-in-time prep: when a run started and how long runs and preps take
-        # (moving averages), so prep takes the newest frame just before the engine frees up.
+        # Just-in-time prep: when the running run started and how long runs and preps take
+        # (moving averages), so prep takes the newest frame just before the engine would idle.
         self._run_started: Optional[float] = None
+        self._last_done = 0.0
         self._infer_s = 0.0
         self._prep_s = 0.0
         self._restarts = Backoff()
@@ -143,12 +152,16 @@ class Worker:
                 self._cond.wait(0.5)
             return None if self._stop.is_set() else free.pop()
 
-    # -- infer thread: builds the model, then runs it
+    def _beat(self) -> None:
+        if self.stream.beat is not None and self.stream.worker is self:
+            self.stream.beat()
+
+    # -- infer thread: builds the model, then collects its runs in order
     def _infer_loop(self) -> None:
         try:
             self.model = self.factory()
             slots = getattr(self.model.engine, "slots", 1)
-            if slots < 2:
+            if slots < self.RUNS_IN_FLIGHT + 1:
                 raise TypeError("a stream's model needs its engine in a process of its own: Model(..., isolated=True)")
             spec, shape = self.model.bundle.preprocess, self.model.bundle.inputs[self.model.image_input]["shape"]
             self._pre = Preprocessor(spec, shape)
@@ -163,38 +176,38 @@ class Worker:
         self._post.start()
         engine = self.model.engine
         while not self._stop.is_set():
-            if self.stream.beat is not None and self.stream.worker is self:
-                self.stream.beat()
+            self._beat()
             with self._cond:
-                if self._mailbox is None:
+                if not self._inflight and self._failed is None:
                     self._cond.wait(0.5)
-                if self._mailbox is None:
+                failed, self._failed = self._failed, None
+                if failed is None and not self._inflight:
                     continue
-                slot, geom, info = self._mailbox
-                self._mailbox = None
-                self._cond.notify_all()
-            fault = self.stream.fault_hook
-            if fault is not None:
-                fault(self)
-            out = self._take(self._free_outs)
-            if out is None:
-                return
-            t0 = time.perf_counter()
-            info["timings_ms"]["queue"] = (t0 - info.pop("_prepped_at")) * 1e3
-            self._run_started = time.monotonic()
-            try:
-                outputs = engine.run(slot, out)
-            except EngineError as exc:
-                self._put_back(self._free_slots, slot)
-                self._put_back(self._free_outs, out)
-                self._restart_engine(engine, exc)
+            if failed is None:
+                fault = self.stream.fault_hook
+                if fault is not None:
+                    fault(self)
+                try:
+                    outputs = engine.collect()
+                except EngineError as exc:
+                    failed = exc
+            if failed is not None:
+                with self._engine_lock:
+                    self._drop_inflight()
+                    self._restart_engine(engine, failed)
                 continue
-            finally:
-                self._run_started = None
             t1 = time.perf_counter()
-            self._put_back(self._free_slots, slot)
-            self._infer_s += 0.2 * ((t1 - t0) - self._infer_s)
-            info["timings_ms"]["infer"] = (t1 - t0) * 1e3
+            with self._cond:
+                slot, out, geom, info = self._inflight.popleft()
+                self._free_slots.append(slot)
+                self._run_started = time.monotonic() if self._inflight else None
+                self._cond.notify_all()
+            started = max(info.pop("_submitted_at"), self._last_done)  # when the engine took it up
+            self._last_done = t1
+            self._infer_s += 0.2 * ((t1 - started) - self._infer_s)
+            timings = info["timings_ms"]
+            timings["queue"] = (started - info.pop("_prepped_at")) * 1e3
+            timings["infer"] = (t1 - started) * 1e3
             with self._cond:
                 while self._post_box is not None and not self._stop.is_set():
                     self._cond.wait(0.5)
@@ -202,10 +215,20 @@ class Worker:
                 self._cond.notify_all()
             self._restarts.reset()
 
+    def _drop_inflight(self) -> None:
+        """The engine failed: the frames it had are lost; free their slots and sets."""
+        with self._cond:
+            for slot, out, _, _ in self._inflight:
+                self._free_slots.append(slot)
+                self._free_outs.append(out)
+            self._inflight.clear()
+            self._run_started = None
+            self._cond.notify_all()
+
     def _restart_engine(self, engine, exc: EngineError) -> None:
         """The engine process died or failed: say so, wait (capped backoff),
-        and start a fresh one for the same model. The frame is lost; the
-        stream and everything else in the daemon keep going."""
+        and start a fresh one for the same model. The frames it had are
+        lost; the stream and everything else in the daemon keep going."""
         stream = self.stream
         while not self._stop.is_set():
             delay = self._restarts.next()
@@ -213,7 +236,12 @@ class Worker:
             log.warning("stream %s: %s; restarting the engine in %.1f s", stream.name, exc, delay,
                         extra={"stream": stream.name, "event": "engine"})
             stream._event("engine", f"{exc}; restarting in {delay:.1f} s")
-            if self._stop.wait(delay):
+            deadline = time.monotonic() + delay
+            while not self._stop.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
+                self._beat()  # backing off is not hanging: the watchdog must not restart the daemon
+                if time.monotonic() >= deadline:
+                    break
+            if self._stop.is_set():
                 return
             try:
                 engine.restart()
@@ -221,7 +249,7 @@ class Worker:
             except EngineError as again:
                 exc = again
 
-    # -- post thread: decode and publish while the engine runs the next frame
+    # -- post thread: decode and publish while the engine runs the next frames
     def _post_loop(self) -> None:
         decoder = self.model.decoder
         while not self._stop.is_set():
@@ -243,7 +271,7 @@ class Worker:
             self.stream._publish({**info, "task": self.model.task, "model": self.model.name,
                                   "model_version": self.model.version, **decoded})
 
-    # -- prep thread: newest frame -> a free input slot of the engine
+    # -- prep thread: newest frame -> a free input slot of the engine -> submitted
     def _prep_loop(self) -> None:
         stream, model, pre = self.stream, self.model, self._pre
         engine = model.engine
@@ -279,20 +307,45 @@ class Worker:
                     "timings_ms": {"capture": stream.capture_ms.get(frame_id, 0.0),
                                    "wait": (time.monotonic_ns() - meta.ts_ns) / 1e6 - prep_ms,
                                    "preprocess": prep_ms}}
+            if not self._submit(engine, slot, geom, info):
+                return
+
+    def _submit(self, engine, slot: int, geom, info: dict) -> bool:
+        """Queue the prepared slot in the engine once fewer than RUNS_IN_FLIGHT
+        runs are there; False when stopping."""
+        out = self._take(self._free_outs)
+        with self._cond:
+            while len(self._inflight) >= self.RUNS_IN_FLIGHT and not self._stop.is_set():
+                self._cond.wait(0.5)
+        if out is None or self._stop.is_set():
+            return False
+        with self._engine_lock:
+            info["_submitted_at"] = time.perf_counter()
+            try:
+                engine.submit(slot, out)
+            except EngineError as exc:  # the infer thread restarts it; this frame is lost
+                with self._cond:
+                    self._free_slots.append(slot)
+                    self._free_outs.append(out)
+                    self._failed = exc
+                    self._cond.notify_all()
+                return True
             with self._cond:
-                while self._mailbox is not None and not self._stop.is_set():
-                    self._cond.wait(0.5)
-                self._mailbox = (slot, geom, info)
+                self._inflight.append((slot, out, geom, info))
+                if len(self._inflight) == 1:
+                    self._run_started = time.monotonic()
                 self._cond.notify_all()
+        return True
 
     def _wait_until_engine_almost_free(self) -> None:
         """Latest frame wins, so take it as late as possible: while the engine
-        runs, wait until about one prep time (plus a margin) before it is done,
-        so the inferred frame is the freshest."""
+        has runs, wait until about one prep time (plus a margin) before the
+        last of them is done, so the inferred frame is the freshest and the
+        engine still never idles."""
         started = self._run_started
         if started is None:
             return
-        ready_at = started + self._infer_s - 1.5 * self._prep_s - 0.001
+        ready_at = started + self._infer_s * len(self._inflight) - 1.5 * self._prep_s - 0.001
         delay = min(ready_at - time.monotonic(), 1.0)
         if delay > 0:
             self._stop.wait(delay)

@@ -11,7 +11,9 @@
     engine.device                    # where it runs, for humans: "cpu", "gpu:0 tensorrt fp16"
 
 An engine instance is used from one thread only: Paddle Lite predictors must
-not be shared across threads, so the pipeline owns one per inference thread.
+not be shared across threads. Streams run theirs in a child process
+(lited.engine_process.EngineProcess: the same interface, plus input slots,
+submit/collect, restart and close), because paddlelite's `run()` holds the GIL.
 """
 from __future__ import annotations
 
