@@ -1,7 +1,7 @@
 """Soak: lited serving a synthetic stream at full speed for N minutes, with two
 subscriber processes attached (one reads every result's frame from shared
-memory), while the daemon's RSS, open fds, threads and /dev/shm rings are
-sampled. Exits non-zero when memory, fds or rings grow past the thresholds.
+memory), while the RSS, open fds and threads of the daemon and its engine
+process (summed) and its /dev/shm rings are sampled. Exits non-zero when memory, fds or rings grow past the thresholds.
 
     python tests/soak.py --minutes 30                  # the documented long run
     LITED_SOAK_MINUTES=30 python tests/soak.py         # the same
@@ -39,21 +39,37 @@ DEFAULT_SOURCE = "synth://?size=640x480&fps=0"
 
 # -- /proc sampling ----------------------------------------------------------
 
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def tree(pid: int) -> list:
+    """The daemon and its children (its engine processes)."""
+    pids = [pid]
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as fh:
+                pids.extend(int(p) for p in fh.read().split())
+        except FileNotFoundError:  # the thread ended meanwhile
+            pass
+    return pids
 
 
-def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+def rss_mb(pid: int, children: bool = False) -> float:
+    """RSS of `pid` (with `children`: plus its engine processes)."""
+    total = 0
+    for p in tree(pid) if children else [pid]:
+        with open(f"/proc/{p}/statm") as fh:
+            total += int(fh.read().split()[1])
+    return total * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def threads(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("Threads:"):
-                return int(line.split()[1])
-    return 0
+def fd_count(pid: int, children: bool = False) -> int:
+    return sum(len(os.listdir(f"/proc/{p}/fd")) for p in (tree(pid) if children else [pid]))
+
+
+def threads(pid: int, children: bool = False) -> int:
+    total = 0
+    for p in tree(pid) if children else [pid]:
+        with open(f"/proc/{p}/status") as fh:
+            total += next(int(line.split()[1]) for line in fh if line.startswith("Threads:"))
+    return total
 
 
 def shm_rings(pid: int) -> list:
@@ -201,9 +217,10 @@ def soak(minutes: float, interval: float, source: str, workdir: Path, log: Calla
                 now = time.monotonic()
                 status = client.status()
                 stream = status["streams"][0]
-                samples.append({"t": round(now - start, 2), "rss_mb": round(rss_mb(pid), 2), "fds": fd_count(pid),
-                                "threads": threads(pid), "rings": len(shm_rings(pid)),
+                samples.append({"t": round(now - start, 2), "rss_mb": round(rss_mb(pid, True), 2),
+                                "fds": fd_count(pid, True), "threads": threads(pid, True), "rings": len(shm_rings(pid)),
                                 "inferred": stream["counters"]["inferred"], "fps": stream["fps"],
+                                "engine_restarts": stream["counters"]["engine_restarts"],
                                 "state": stream["state"]})
                 if now >= next_log:
                     s = samples[-1]
@@ -249,6 +266,7 @@ def analyse(samples: list, subscribers: list, exit_code: int, leftover: list, mi
         "rings": {"max": max(s["rings"] for s in samples), "min": min(s["rings"] for s in samples),
                   "growth": last["rings"] - tail[0]["rings"], "left_after_stop": leftover},
         "states": sorted({s["state"] for s in samples}),
+        "engine_restarts": last["engine_restarts"],
         "subscribers": subscribers,
         "daemon_exit": exit_code,
     }
@@ -270,6 +288,8 @@ def verdict(report: dict, max_rss_per_hour: float, max_window_growth: float) -> 
         problems.append(f"rings left in /dev/shm after stop: {report['rings']['left_after_stop']}")
     if report["states"] != ["streaming"]:
         problems.append(f"stream states seen: {report['states']}")
+    if report["engine_restarts"]:
+        problems.append(f"the engine process was restarted {report['engine_restarts']} times")
     if report["daemon_exit"] != 0:
         problems.append(f"daemon exited {report['daemon_exit']}")
     for i, sub in enumerate(report["subscribers"]):
