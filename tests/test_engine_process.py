@@ -111,7 +111,8 @@ def test_run_lets_other_threads_run(fastestdet_file):
         remote.close()
     inside = [sum(t0 < t < t1 for t in ticks) for t0, t1 in spans]
     durations_ms = [round((t1 - t0) * 1e3, 1) for t0, t1 in spans]
-    assert min(inside) >= 3, f"ticks during each run: {inside} (runs of {durations_ms} ms)"
+    # in process: 0 (at most 1, landing between t0 and the call); out of process: ~1 a millisecond
+    assert min(inside) >= 2, f"ticks during each run: {inside} (runs of {durations_ms} ms)"
 
 
 def test_a_killed_engine_raises_a_named_error_and_restarts(fastestdet_file):

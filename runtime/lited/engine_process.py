@@ -351,6 +351,8 @@ class EngineProcess:
 
     def collect(self) -> list:
         """Wait (GIL released) for the oldest submitted run; its outputs."""
+        if not self._pending:
+            raise EngineError(f"{self._spec['path']}: nothing submitted to collect")
         out = self._pending.popleft()
         try:
             reply = self._recv_reply()

@@ -195,6 +195,8 @@ class Worker:
                 with self._engine_lock:
                     self._drop_inflight()
                     self._restart_engine(engine, failed)
+                    with self._cond:
+                        self._failed = None  # a submit to the engine just replaced failed for the same reason
                 continue
             t1 = time.perf_counter()
             with self._cond:
