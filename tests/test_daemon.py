@@ -20,6 +20,7 @@ import zmq
 
 from conftest import ROOT, need_shared, write_video
 from daemon_process import DaemonProcess
+from soak import tree
 from lited.bundle import load_bundle
 from lited.client import ClientError, Subscriber
 from lited.model import Model
@@ -94,6 +95,24 @@ def test_infer_requests_agree_with_lited_infer(daemon, bundles_dir):
             assert (got["width"], got["height"]) == (image.shape[1], image.shape[0])
         faces = client.infer(image=str(need_shared("images", "astronaut.png")), model="face")["detections"]
         assert [f["label"] for f in faces] == ["face"]
+
+
+def engine_pids(d: DaemonProcess) -> set:
+    return set(tree(d.proc.pid)) - {d.proc.pid}
+
+
+def test_infer_requests_run_in_an_engine_process_a_reload_stops(daemon):
+    """The request worker's model runs out of process too; once a reload
+    replaces that model, its engine process goes within a couple of seconds."""
+    image = str(need_shared("images", "astronaut.png"))
+    with daemon.client() as client:
+        assert engine_pids(daemon) == set()  # no stream, no request yet: no engine
+        client.infer(image=image, model="det")
+        (old,) = engine_pids(daemon)
+        assert client.reload(model="det", bundle=daemon.config["models"]["face"])["reloaded"] == ["det"]
+        wait_until(lambda: old not in engine_pids(daemon), timeout=10)
+        assert client.infer(image=image, model="det")["model"] == "ultraface"
+        assert len(engine_pids(daemon) - {old}) == 1
 
 
 def test_bad_requests_get_error_replies_and_the_daemon_keeps_serving(daemon):

@@ -184,19 +184,36 @@ class Daemon:
         models: dict = {}
         handlers = {"infer": lambda p: self._infer(p, models), "reload": self._reload_request,
                     "snapshot": self._snapshot}
-        while not self.stop_event.is_set():
-            item = self._requests.get()
-            if item is None:
-                return
-            req, respond = item
-            try:
-                result = handlers[req["method"]](req["params"])
-                respond(protocol.encode_reply(req.get("id"), result))
-            except ProtocolError as exc:
-                respond(protocol.encode_reply(req.get("id"), error=exc))
-            except Exception as exc:  # noqa: BLE001 - a failed request must not kill the worker
-                log.warning("%s request failed: %s", req["method"], exc, extra={"event": "request_failed"})
-                respond(protocol.encode_reply(req.get("id"), error=ProtocolError("failed", str(exc).splitlines()[0])))
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    item = self._requests.get(timeout=1.0)
+                except queue.Empty:
+                    self._close_stale(models)
+                    continue
+                if item is None:
+                    return
+                self._serve_request(item, handlers)
+        finally:
+            for _, model in models.values():
+                model.close()
+
+    def _close_stale(self, models: dict) -> None:
+        """Stop the engines of models a reload replaced or removed, without
+        waiting for the next `infer` request to notice."""
+        for name in [n for n, (gen, _) in models.items() if self.generation.get(n) != gen]:
+            models.pop(name)[1].close()
+
+    def _serve_request(self, item: tuple, handlers: dict) -> None:
+        req, respond = item
+        try:
+            result = handlers[req["method"]](req["params"])
+            respond(protocol.encode_reply(req.get("id"), result))
+        except ProtocolError as exc:
+            respond(protocol.encode_reply(req.get("id"), error=exc))
+        except Exception as exc:  # noqa: BLE001 - a failed request must not kill the worker
+            log.warning("%s request failed: %s", req["method"], exc, extra={"event": "request_failed"})
+            respond(protocol.encode_reply(req.get("id"), error=ProtocolError("failed", str(exc).splitlines()[0])))
 
     def _model_name(self, params: dict) -> str:
         name = param(params, "model", str, required=False)
