@@ -39,6 +39,8 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import pytest
 
+from lited.engine_process import child_pids
+
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # systemd-firstboot wants a console to ask questions on; there is none.
@@ -159,7 +161,7 @@ def booted_container(binds: Sequence[str] = (), rw_binds: Sequence[str] = (),
         if container is not None:
             container.stop()
         elif nspawn.poll() is None:  # no init found in time: kill it and nspawn
-            for pid in _children(nspawn.pid):
+            for pid in child_pids(nspawn.pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             nspawn.kill()
@@ -212,22 +214,13 @@ def _wait_for_leader(nspawn: subprocess.Popen, deadline: float, log: Path) -> in
     while time.monotonic() < deadline:
         if nspawn.poll() is not None:
             raise RuntimeError(f"systemd-nspawn exited {nspawn.returncode}:\n{log.read_text(errors='replace')}")
-        for pid in _children(nspawn.pid):
+        for pid in child_pids(nspawn.pid):
             with contextlib.suppress(OSError):
                 if (os.readlink(f"/proc/{pid}/ns/pid") != own_ns
                         and Path(f"/proc/{pid}/comm").read_text().strip() == "systemd"):
                     return pid
         time.sleep(0.05)
     raise TimeoutError(f"no container init under systemd-nspawn:\n{log.read_text(errors='replace')}")
-
-
-def _children(pid: int) -> List[int]:
-    found: List[int] = []
-    with contextlib.suppress(OSError):
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError):
-                found += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
-    return found
 
 
 def _wait_booted(container: Container, deadline: float) -> None:

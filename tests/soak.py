@@ -41,14 +41,9 @@ DEFAULT_SOURCE = "synth://?size=640x480&fps=0"
 
 def tree(pid: int) -> list:
     """The daemon and its children (its engine processes)."""
-    pids = [pid]
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{task}/children") as fh:
-                pids.extend(int(p) for p in fh.read().split())
-        except FileNotFoundError:  # the thread ended meanwhile
-            pass
-    return pids
+    from lited.engine_process import child_pids
+
+    return [pid, *child_pids(pid)]
 
 
 def rss_mb(pid: int, children: bool = False) -> float:

@@ -64,7 +64,7 @@ def names_a_field_or_file(problem: str, manifest) -> bool:
     `inputs[0].shape: ...`) or a file of the bundle (`model_x86.nb: ...`)."""
     if re.match(rf"({'|'.join(FIELDS)})([.\[:]|$)", problem) or problem.startswith("manifest: "):
         return True
-    files = [v for v in _strings(manifest)]
+    files = list(_leaves(manifest, str))
     return any(problem.startswith(f"{Path(f).name}: ") for f in files if Path(f).name)
 
 
@@ -73,15 +73,13 @@ def names_the_manifest(exc: BundleError, problem: str) -> bool:
     return exc.where.endswith("manifest.json") and (problem == "missing" or problem.startswith("not valid JSON"))
 
 
-def _strings(obj):
-    if isinstance(obj, str):
+def _leaves(obj, kind):
+    """Every value of type `kind` anywhere in a JSON document."""
+    if isinstance(obj, kind):
         yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _strings(v)
-    elif isinstance(obj, list):
-        for v in obj:
-            yield from _strings(v)
+    elif isinstance(obj, (dict, list)):
+        for v in obj.values() if isinstance(obj, dict) else obj:
+            yield from _leaves(v, kind)
 
 
 def check_refusal_or_accept(root: Path, manifest) -> str:
@@ -96,22 +94,11 @@ def check_refusal_or_accept(root: Path, manifest) -> str:
         assert exc.problems and all(names_a_field_or_file(p, manifest) or names_the_manifest(exc, p)
                                     for p in exc.problems), exc.problems
         return "refused"
-    numbers = [v for v in _numbers(manifest.get("preprocess")) if not isinstance(v, bool)]
-    numbers += [v for v in _numbers(manifest.get("decoder")) if not isinstance(v, bool)]
+    numbers = [v for v in _leaves(manifest.get("preprocess"), (int, float)) if not isinstance(v, bool)]
+    numbers += [v for v in _leaves(manifest.get("decoder"), (int, float)) if not isinstance(v, bool)]
     assert all(abs(v) < 2**1023 if isinstance(v, int) else math.isfinite(v) for v in numbers), \
         f"accepted a non-finite number: {manifest}"
     return "accepted"
-
-
-def _numbers(obj):
-    if isinstance(obj, (int, float)):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _numbers(v)
-    elif isinstance(obj, list):
-        for v in obj:
-            yield from _numbers(v)
 
 
 # -- mutated manifests -------------------------------------------------------

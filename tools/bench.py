@@ -157,14 +157,6 @@ def memory_mb(pid: int) -> dict:
     return {"rss": int(fields["Rss"].split()[0]) / 1024, "pss": int(fields["Pss"].split()[0]) / 1024}
 
 
-def children(pid: int) -> list:
-    pids: list = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as fh:
-            pids.extend(int(p) for p in fh.read().split())
-    return pids
-
-
 def bench_daemon(bundles: Path, progress: Progress, tmp: Path) -> dict:
     """Start-up to READY, RSS beside a bare Paddle Lite process, infer over ipc,
     bus latency with 1 and 8 subscribers."""
@@ -173,6 +165,7 @@ def bench_daemon(bundles: Path, progress: Progress, tmp: Path) -> dict:
 
     from lited.bundle import load_bundle
     from lited.client import Client
+    from lited.engine_process import child_pids
     from lited.model import Model
 
     out: dict = {}
@@ -197,7 +190,7 @@ def bench_daemon(bundles: Path, progress: Progress, tmp: Path) -> dict:
                 break
         time.sleep(2)
         out["daemon_mb"] = memory_mb(daemon.pid)
-        engines = [memory_mb(pid) for pid in children(daemon.pid)]
+        engines = [memory_mb(pid) for pid in child_pids(daemon.pid)]
         out["engines_mb"] = {k: sum(e[k] for e in engines) for k in ("rss", "pss")}
         out["engine_count"] = len(engines)
         bundle = load_bundle(bundles / "ultraface")

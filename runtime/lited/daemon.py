@@ -29,6 +29,7 @@ from lited import __version__, protocol
 from lited.bundle import BundleError, load_bundle
 from lited.bus import Bus, Curve
 from lited.config import Config, ConfigError, load_config
+from lited.engine_process import child_pids
 from lited.engines import EngineError
 from lited.framering import sweep_stale
 from lited.model import Model
@@ -354,7 +355,7 @@ class Daemon:
             "version": __version__, "protocol": protocol.VERSION,
             "uptime_s": round(time.monotonic() - self.started, 1), "rss_mb": round(rss_kb / 1024, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "engines_rss_mb": round(sum(_rss_kb(pid) for pid in _children()) / 1024, 1),
+            "engines_rss_mb": round(sum(_rss_kb(pid) for pid in child_pids()) / 1024, 1),
             "models": {n: {"version": b.version, "bundle": str(b.root), "task": b.task}
                        for n, b in self.bundles.items()},
             "streams": [s.status() for s in self.streams.values()],
@@ -402,18 +403,6 @@ def _rss_kb(pid: object = "self") -> int:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
     except OSError:
         return 0
-
-
-def _children() -> list:
-    """Pids of this process's children: its engine processes."""
-    pids: list = []
-    try:
-        for task in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{task}/children") as fh:
-                pids.extend(int(p) for p in fh.read().split())
-    except OSError:
-        pass
-    return pids
 
 
 def decode_image(params: dict) -> np.ndarray:

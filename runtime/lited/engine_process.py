@@ -68,6 +68,17 @@ class Arena:
         os.ftruncate(fd, size)
         return cls(fd, size)
 
+    @classmethod
+    def fit(cls, arena: Optional["Arena"], name: str, layout: list) -> tuple:
+        """(`arena` if `layout` fits in it, else a new one with the old fd
+        closed; whether it is new)."""
+        size = _bytes_for(layout)
+        if arena is not None and arena.size >= size:
+            return arena, False
+        if arena is not None:
+            arena.close()
+        return cls.create(name, size), True
+
     def views(self, layout: list) -> list:
         """Arrays for [(shape, dtype), ...] in order."""
         out, offset = [], 0
@@ -158,9 +169,8 @@ class EngineProcess:
         self._proc: Optional[subprocess.Popen] = None
         self._start()
         count = len(self.inputs)
-        # per slot and input: its arena, the (shape) its views have, and whether the child has it
+        # per slot and input: its arena, the view preprocessing writes, and whether the child has it
         self._in_arena: list = [[None] * count for _ in range(SLOTS)]
-        self._in_shape: list = [[None] * count for _ in range(SLOTS)]
         self._in_view: list = [[None] * count for _ in range(SLOTS)]
         self._unsent: list = [set() for _ in range(SLOTS)]
         self._run_msg = [[RUN.pack(b"R", k, j) for j in range(SLOTS)] for k in range(SLOTS)]
@@ -181,7 +191,6 @@ class EngineProcess:
         self._receiver = _Receiver(parent)
         self._pending: collections.deque = collections.deque()  # output sets of submitted runs, oldest first
         self._out_arena: list = [None] * SLOTS
-        self._out_layout: list = [None] * SLOTS
         self._out_views: list = [None] * SLOTS
         parent.settimeout(OPEN_TIMEOUT)
         try:
@@ -310,18 +319,14 @@ class EngineProcess:
 
     def input_view(self, index: int, shape: tuple, slot: int = 0) -> np.ndarray:
         """A writable view of input `index` of `slot` in shared memory, of `shape`."""
-        if self._in_shape[slot][index] != shape:
-            shape = tuple(int(s) for s in shape)
-            layout = [(shape, self.inputs[index].dtype)]
-            arena = self._in_arena[slot][index]
-            if arena is None or arena.size < _bytes_for(layout):
-                if arena is not None:
-                    arena.close()
-                arena = self._in_arena[slot][index] = Arena.create(f"lited-in{slot}.{index}", _bytes_for(layout))
-            self._in_view[slot][index] = arena.views(layout)[0]
-            self._in_shape[slot][index] = shape
+        view = self._in_view[slot][index]
+        if view is None or view.shape != shape:
+            layout = [(tuple(int(s) for s in shape), self.inputs[index].dtype)]
+            arena, _ = Arena.fit(self._in_arena[slot][index], f"lited-in{slot}.{index}", layout)
+            self._in_arena[slot][index] = arena
+            view = self._in_view[slot][index] = arena.views(layout)[0]
             self._unsent[slot].add(index)
-        return self._in_view[slot][index]
+        return view
 
     def set_input(self, index: int, array: np.ndarray, slot: int = 0) -> None:
         """Copy `array` into input `index` of `slot`."""
@@ -342,7 +347,7 @@ class EngineProcess:
             changes = sorted(unsent)
             fds = [self._in_arena[slot][i].fd for i in changes]
             message = {"op": "run", "slot": slot, "out": out,
-                       "inputs": [[i, list(self._in_shape[slot][i]), self.inputs[i].dtype] for i in changes]}
+                       "inputs": [[i, list(self._in_view[slot][i].shape), self.inputs[i].dtype] for i in changes]}
             self._send_request(message, fds)
             unsent.clear()
         else:
@@ -371,7 +376,6 @@ class EngineProcess:
                 self._out_arena[out].close()
             self._out_arena[out] = Arena(fds[0], reply["size"])
         layout = [(tuple(shape), dtype) for shape, dtype in reply["outputs"]]
-        self._out_layout[out] = layout
         self._out_views[out] = self._out_arena[out].views(layout)
 
     def input_shapes(self) -> list:
@@ -450,22 +454,33 @@ class _Child:
             engine.set_input(index, view)
         outputs = engine.run()
         layout = [(o.shape, o.dtype.str) for o in outputs]
-        if layout == self.out_layout[out]:
-            for view, output in zip(self.out_views[out], outputs):
-                np.copyto(view, output)
-            return UNCHANGED, []
-        fds = []
-        arena = self.out_arena[out]
-        if arena is None or arena.size < _bytes_for(layout):
-            if arena is not None:
-                arena.close()
-            arena = self.out_arena[out] = Arena.create(f"lited-out{out}", _bytes_for(layout))
-            fds = [arena.fd]
-        self.out_layout[out] = layout
-        self.out_views[out] = arena.views(layout)
+        reply, fds = UNCHANGED, []
+        if layout != self.out_layout[out]:  # tell the parent the new shapes (and arena, if new)
+            arena, new = Arena.fit(self.out_arena[out], f"lited-out{out}", layout)
+            self.out_arena[out], self.out_layout[out] = arena, layout
+            self.out_views[out] = arena.views(layout)
+            reply = {"outputs": [[list(s), d] for s, d in layout], "size": arena.size}
+            fds = [arena.fd] if new else []
         for view, output in zip(self.out_views[out], outputs):
             np.copyto(view, output)
-        return {"outputs": [[list(s), d] for s, d in layout], "size": arena.size}, fds
+        return reply, fds
+
+
+def child_pids(pid: object = "self") -> list:
+    """Pids of a process's children (for the daemon, its engine processes);
+    none once the process is gone."""
+    pids: list = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return pids
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as fh:
+                pids.extend(int(p) for p in fh.read().split())
+        except OSError:  # the thread ended meanwhile
+            pass
+    return pids
 
 
 def _set_thread_name(name: bytes) -> None:
