@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import need_shared
 
-from lited.decoders import DECODER_TYPES, decoder_class, make_decoder
+from lited.decoders import DECODERS, make_decoder
 from lited.decoders.nms import nms
 from lited.geometry import Geometry
 
@@ -524,9 +524,9 @@ def test_classification_short_labels_and_threshold():
     assert make_decoder({"type": "classification", "top_k": 10}, []).decode([logits], geom)["classes"][3]["label"] == "3"
 
 
-@pytest.mark.parametrize("kind", DECODER_TYPES)
+@pytest.mark.parametrize("kind", DECODERS.kinds())
 def test_every_decoder_builds_from_its_defaults(kind):
-    cls = decoder_class(kind)
+    cls = DECODERS.get(kind)
     for name, (typ, default) in cls.PARAMS.items():
         assert isinstance(default, typ), f"{kind}.{name}"
     make_decoder({"type": kind}, [])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import platform
 import re
@@ -19,13 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lited.decoders import DECODER_TYPES, decoder_class
+from lited.validate import Checker, is_number, shown, type_name
 
 SCHEMA = 1
-NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 RESIZE_MODES = ("stretch", "letterbox", "short_side_crop", "keep_ratio")
 INTERPOLATIONS = ("nearest", "linear", "area", "cubic")
-ENGINES = ("paddle_lite", "paddle_inference")
 # Which targets run on which machines (`platform.machine()`).
 TARGET_MACHINES = {
     "x86": ("x86_64", "AMD64", "i686", "i386"),
@@ -73,29 +70,12 @@ class Bundle:
     manifest: dict
     labels: list
 
-    @property
-    def name(self) -> str:
-        return self.manifest["name"]
-
-    @property
-    def version(self) -> str:
-        return self.manifest["version"]
-
-    @property
-    def task(self) -> str:
-        return self.manifest["task"]
-
-    @property
-    def preprocess(self) -> dict:
-        return self.manifest["preprocess"]
-
-    @property
-    def decoder(self) -> dict:
-        return self.manifest["decoder"]
-
-    @property
-    def inputs(self) -> list:
-        return self.manifest["inputs"]
+    name = property(lambda self: self.manifest["name"], doc="the manifest's fields, validated")
+    version = property(lambda self: self.manifest["version"])
+    task = property(lambda self: self.manifest["task"])
+    preprocess = property(lambda self: self.manifest["preprocess"])
+    decoder = property(lambda self: self.manifest["decoder"])
+    inputs = property(lambda self: self.manifest["inputs"])
 
     @property
     def image_input(self) -> int:
@@ -231,48 +211,13 @@ def _model_file(root: Path, target: str, spec: dict) -> ModelFile:
                      if params else None)
 
 
-class _Checker:
-    """Collects problems with their field paths."""
-
-    def __init__(self) -> None:
-        self.problems: list = []
-
-    def add(self, path: str, msg: str) -> None:
-        self.problems.append(f"{path}: {msg}")
-
-    def get(self, obj: dict, key: str, path: str, types: Any, required: bool = True) -> Any:
-        if key not in obj:
-            if required:
-                self.add(path + key, "missing")
-            return None
-        value = obj[key]
-        if types is float:
-            types = (int, float)
-        if not isinstance(value, types) or isinstance(value, bool) and types is not bool:
-            self.add(path + key, f"expected {_type_name(types)}, got {_type_name(type(value))}")
-            return None
-        return value
-
-    def numbers(self, obj: dict, key: str, path: str, count: int) -> None:
-        if key not in obj:
-            return
-        value = obj[key]
-        if not isinstance(value, list) or not all(_is_number(v) for v in value):
-            self.add(path + key, f"expected {count} numbers, got {json.dumps(value)}")
-        elif len(value) != count:
-            self.add(path + key, f"expected {count} numbers, got {len(value)}")
-
-    def choice(self, obj: dict, key: str, path: str, options: tuple, default: Any = None) -> Any:
-        value = obj.get(key, default)
-        if value not in options:
-            self.add(path + key, f"unknown {json.dumps(value)}, expected one of {', '.join(options)}")
-            return None
-        return value
+class BundleChecker(Checker):
+    """The shared checker, plus what only bundles have: files that must stay inside them."""
 
     def safe_path(self, root: Path, rel: Any, path: str) -> Path | None:
         """A file inside the bundle: no absolute paths, no `..`, no links out."""
         if not isinstance(rel, str) or not rel:
-            self.add(path, f"expected a file name, got {json.dumps(rel)}")
+            self.add(path, f"expected a file name, got {shown(rel)}")
             return None
         if os.path.isabs(rel) or ".." in Path(rel).parts:
             self.add(path, f"'{rel}' leaves the bundle")
@@ -288,33 +233,17 @@ class _Checker:
         return full
 
 
-def _is_number(v: Any) -> bool:
-    """A finite int or float (an int too large for a float is not)."""
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)
-            and (math.isfinite(v) if isinstance(v, float) else abs(v) < 2**1023))
-
-
-def _type_name(t: Any) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object",
-             bool: "true/false", type(None): "null"}
-    if isinstance(t, tuple):
-        return " or ".join(dict.fromkeys(names.get(x, x.__name__) for x in t))
-    return names.get(t, t.__name__)
-
-
 def validate_manifest(manifest: Any, root: Path) -> list:
     """Every problem with a manifest, each prefixed with its field path.
     Checks files exist (not their checksums: that is `check_model_file`)."""
-    c = _Checker()
+    c = BundleChecker()
     if not isinstance(manifest, dict):
         return ["manifest: expected a JSON object"]
     schema = c.get(manifest, "schema", "", int)
     if schema is not None and schema != SCHEMA:
         c.add("schema", f"version {schema} is not supported (this lited reads {SCHEMA})")
-    name = c.get(manifest, "name", "", str)
-    if name is not None and not NAME_RE.match(name):
-        c.add("name", f"'{name}' may hold only letters, digits, '.', '_' and '-'")
-    c.get(manifest, "version", "", str)
+    c.name(manifest, "name", "")
+    c.version(manifest, "version", "")
     c.get(manifest, "task", "", str)
     c.get(manifest, "paddle_lite_version", "", str, required=False)
     _check_models(c, manifest, root)
@@ -339,7 +268,7 @@ def validate_manifest(manifest: Any, root: Path) -> list:
     return c.problems
 
 
-def _check_models(c: _Checker, manifest: dict, root: Path) -> None:
+def _check_models(c: BundleChecker, manifest: dict, root: Path) -> None:
     models = c.get(manifest, "models", "", dict)
     if models is None:
         return
@@ -357,7 +286,9 @@ def _check_models(c: _Checker, manifest: dict, root: Path) -> None:
         size = c.get(spec, "size", p, int, required=False)
         if size is not None and size < 0:
             c.add(p + "size", "expected a positive integer")
-        engine = c.choice(spec, "engine", p, ENGINES, "paddle_lite")
+        from lited.engines import ENGINES  # here: the registry imports every engine module
+
+        engine = c.choice(spec, "engine", p, ENGINES.kinds(), "paddle_lite")
         c.get(spec, "options", p, dict, required=False)
         params = spec.get("params")
         if engine == "paddle_inference" and not isinstance(params, dict):
@@ -375,7 +306,7 @@ def _check_models(c: _Checker, manifest: dict, root: Path) -> None:
 INPUT_FILLS = ("im_shape", "scale_factor")  # extra inputs lited fills per frame (PaddleDetection exports)
 
 
-def _check_inputs(c: _Checker, manifest: dict) -> None:
+def _check_inputs(c: BundleChecker, manifest: dict) -> None:
     inputs = c.get(manifest, "inputs", "", list)
     if inputs is None:
         return
@@ -404,7 +335,7 @@ def _check_inputs(c: _Checker, manifest: dict) -> None:
                         f"{' or '.join(INPUT_FILLS)}), got {images}")
 
 
-def _check_preprocess(c: _Checker, manifest: dict) -> None:
+def _check_preprocess(c: BundleChecker, manifest: dict) -> None:
     pre = c.get(manifest, "preprocess", "", dict)
     if pre is None:
         return
@@ -415,11 +346,11 @@ def _check_preprocess(c: _Checker, manifest: dict) -> None:
     c.choice(pre, "color", p, ("BGR", "RGB"), "BGR")
     c.choice(pre, "layout", p, ("NCHW", "NHWC"), "NCHW")
     scale = c.get(pre, "scale", p, float, required=False)
-    if scale is not None and not (_is_number(scale) and scale > 0):
+    if scale is not None and not (is_number(scale) and scale > 0):
         c.add(p + "scale", "expected a positive number")
     c.numbers(pre, "mean", p, 3)
     c.numbers(pre, "std", p, 3)
-    if isinstance(pre.get("std"), list) and any(_is_number(v) and v == 0 for v in pre["std"]):
+    if isinstance(pre.get("std"), list) and any(is_number(v) and v == 0 for v in pre["std"]):
         c.add(p + "std", "must not contain 0")
     resize = c.get(pre, "resize", p, dict)
     if resize is None:
@@ -434,7 +365,7 @@ def _check_preprocess(c: _Checker, manifest: dict) -> None:
         c.add(p + key, f"unknown field for mode {json.dumps(mode)}")
     if mode == "letterbox":
         pad = c.get(resize, "pad_value", p, float, required=False)
-        if pad is not None and not _is_number(pad):
+        if pad is not None and not is_number(pad):
             c.add(p + "pad_value", "expected a finite number")
         c.choice(resize, "align", p, ("center", "top_left"), "center")
     elif mode == "short_side_crop":
@@ -448,14 +379,16 @@ def _check_preprocess(c: _Checker, manifest: dict) -> None:
                 c.add(p + key, "expected a positive integer")
 
 
-def _check_decoder(c: _Checker, manifest: dict) -> None:
+def _check_decoder(c: BundleChecker, manifest: dict) -> None:
     dec = c.get(manifest, "decoder", "", dict)
     if dec is None:
         return
-    kind = c.choice(dec, "type", "decoder.", DECODER_TYPES)
+    from lited.decoders import DECODERS  # here: the registry imports every decoder module
+
+    kind = c.choice(dec, "type", "decoder.", DECODERS.kinds())
     if kind is None:
         return
-    params = decoder_class(kind).PARAMS
+    params = DECODERS.get(kind).PARAMS
     for key, value in dec.items():
         if key == "type":
             continue
@@ -463,11 +396,11 @@ def _check_decoder(c: _Checker, manifest: dict) -> None:
             c.add(f"decoder.{key}", f"unknown parameter for '{kind}' (known: {', '.join(sorted(params)) or 'none'})")
             continue
         ptype = params[key][0]
-        ok = _is_number(value) if ptype in (int, float) else isinstance(value, ptype)
+        ok = is_number(value) if ptype in (int, float) else isinstance(value, ptype)
         if ptype is int and ok and not float(value).is_integer():
             ok = False
         if not ok:
-            c.add(f"decoder.{key}", f"expected {_type_name(ptype)}, got {json.dumps(value)}")
+            c.add(f"decoder.{key}", f"expected {type_name(ptype)}, got {shown(value)}")
 
 
 def read_labels(path: Path) -> list:

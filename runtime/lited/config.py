@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+from lited.validate import Checker, name_problem, shown
+
 
 
 class ConfigError(Exception):
@@ -68,110 +69,98 @@ def default_state_dir() -> Path:
     return Path("/var/lib/lited") if os.access("/var/lib/lited", os.W_OK) else Path.home() / ".local/state/lited"
 
 
-def _expect(problems: list, obj: dict, key: str, kind: Any, path: str, required: bool = False) -> Any:
-    if key not in obj:
-        if required:
-            problems.append(f"{path}{key}: missing")
-        return None
-    value = obj[key]
-    ok = isinstance(value, kind) and not (kind in (int, float, (int, float)) and isinstance(value, bool))
-    if not ok:
-        names = {str: "a string", int: "an integer", (int, float): "a number", bool: "true/false",
-                 dict: "an object", list: "a list"}
-        problems.append(f"{path}{key}: expected {names.get(kind, kind)}, got {json.dumps(value)}")
-        return None
-    return value
+TOP_FIELDS = ("runtime_dir", "state_dir", "models", "streams", "endpoints", "curve", "insecure_tcp", "group",
+              "limits", "request_workers", "status_interval")
+STREAM_FIELDS = ("name", "source", "model", "slots", "stall_timeout")
 
 
 def parse_config(raw: Any, path: Optional[Path] = None, base_dir: Optional[Path] = None) -> Config:
     """Check a config object; relative bundle paths are relative to `base_dir`."""
     where = str(path) if path else "<config>"
-    problems: list = []
     if not isinstance(raw, dict):
         raise ConfigError(where, ["expected a JSON object"])
-    known = {"runtime_dir", "state_dir", "models", "streams", "endpoints", "curve", "insecure_tcp", "group",
-             "limits", "request_workers", "status_interval"}
-    problems += [f"{k}: unknown field (known: {', '.join(sorted(known))})" for k in sorted(set(raw) - known)]
+    c = Checker()
+    c.unknown(raw, TOP_FIELDS, "")
     base = base_dir or (path.parent if path else Path.cwd())
-    runtime_dir = Path(_expect(problems, raw, "runtime_dir", str, "") or default_runtime_dir())
-    state_dir = Path(_expect(problems, raw, "state_dir", str, "") or default_state_dir())
+    runtime_dir = Path(c.get(raw, "runtime_dir", "", str, required=False) or default_runtime_dir())
+    state_dir = Path(c.get(raw, "state_dir", "", str, required=False) or default_state_dir())
     models = {}
-    for name, bundle in (_expect(problems, raw, "models", dict, "", required=True) or {}).items():
-        if not NAME_RE.match(name):
-            problems.append(f"models.{name}: a model name may hold only letters, digits, '.', '_' and '-'")
-        elif not isinstance(bundle, str):
-            problems.append(f"models.{name}: expected a bundle directory, got {json.dumps(bundle)}")
+    for name, bundle in c.get(raw, "models", "", dict, default={}).items():
+        problem = name_problem(name)
+        if problem:
+            c.add(f"models.{name}", problem)
+        elif not isinstance(bundle, str) or not bundle:
+            c.add(f"models.{name}", f"expected a bundle directory, got {shown(bundle)}")
         else:
             models[name] = str((base / bundle).resolve()) if not os.path.isabs(bundle) else bundle
-    streams = []
-    seen = set()
-    for i, s in enumerate(_expect(problems, raw, "streams", list, "") or []):
+    streams = _streams(c, c.get(raw, "streams", "", list, required=False, default=[]), models)
+    endpoints = c.get(raw, "endpoints", "", dict, required=False, default={})
+    c.unknown(endpoints, ("pub", "req"), "endpoints.")
+    pub = _endpoint_list(c, endpoints, "pub", f"ipc://{runtime_dir}/pub.sock")
+    req = _endpoint_list(c, endpoints, "req", f"ipc://{runtime_dir}/req.sock")
+    curve = c.get(raw, "curve", "", dict, required=False)
+    if curve is not None:
+        c.unknown(curve, ("server_secret", "clients_dir"), "curve.")
+        for key in ("server_secret", "clients_dir"):
+            c.get(curve, key, "curve.", str)
+    limits = c.get(raw, "limits", "", dict, required=False, default={})
+    c.unknown(limits, ("max_request_bytes", "pub_hwm"), "limits.")
+    max_req = c.number(limits, "max_request_bytes", "limits.", 16 << 20, integer=True, minimum=1024,
+                       maximum=1 << 30)
+    hwm = c.number(limits, "pub_hwm", "limits.", 1000, integer=True, minimum=1, maximum=1 << 20)
+    workers = c.number(raw, "request_workers", "", 1, integer=True, minimum=1, maximum=64)
+    interval = c.number(raw, "status_interval", "", 5.0, above=0, maximum=3600)
+    insecure = c.get(raw, "insecure_tcp", "", bool, required=False, default=False)
+    group = c.get(raw, "group", "", str, required=False)
+    if c.problems:
+        raise ConfigError(where, c.problems)
+    return Config(path, runtime_dir, state_dir, models, streams, pub, req, curve, insecure, group, max_req, hwm,
+                  workers, float(interval), raw)
+
+
+def _streams(c: Checker, items: list, models: dict) -> list:
+    streams, seen = [], set()
+    for i, s in enumerate(items):
         p = f"streams[{i}]."
         if not isinstance(s, dict):
-            problems.append(f"streams[{i}]: expected an object")
+            c.add(f"streams[{i}]", f"expected an object, got {shown(s)}")
             continue
-        for k in sorted(set(s) - {"name", "source", "model", "slots", "stall_timeout"}):
-            problems.append(f"{p}{k}: unknown field")
-        name = _expect(problems, s, "name", str, p, required=True)
-        source = _expect(problems, s, "source", str, p, required=True)
-        model = _expect(problems, s, "model", str, p, required=not len(models) == 1)
+        c.unknown(s, STREAM_FIELDS, p)
+        name = c.name(s, "name", p)
+        source = c.get(s, "source", p, str)
+        model = c.get(s, "model", p, str, required=len(models) != 1)
         if model is None and len(models) == 1:
             model = next(iter(models))
-        slots = _expect(problems, s, "slots", int, p) or 4
-        stall = _expect(problems, s, "stall_timeout", (int, float), p) or 5.0
+        slots = c.number(s, "slots", p, 4, integer=True, minimum=2, maximum=64)
+        stall = c.number(s, "stall_timeout", p, 5.0, above=0, maximum=3600)
         if name is not None:
-            if not NAME_RE.match(name):
-                problems.append(f"{p}name: '{name}' may hold only letters, digits, '.', '_' and '-'")
-            elif name in seen:
-                problems.append(f"{p}name: '{name}' is used twice")
+            if name in seen:
+                c.add(p + "name", f"'{name}' is used twice")
             seen.add(name)
         if model is not None and model not in models:
-            problems.append(f"{p}model: '{model}' is not in models ({', '.join(sorted(models)) or 'none'})")
-        if slots is not None and not 2 <= slots <= 64:
-            problems.append(f"{p}slots: expected 2 to 64, got {slots}")
+            c.add(p + "model", f"'{model}' is not in models ({', '.join(sorted(models)) or 'none'})")
         if source is not None:
             from lited.sources import SourceError, open_source
 
             try:
                 open_source(source)
             except SourceError as exc:
-                problems.append(f"{p}source: {exc}")
+                c.add(p + "source", str(exc))
         if name and source and model:
             streams.append(StreamConfig(name, source, model, slots, float(stall)))
-    endpoints = _expect(problems, raw, "endpoints", dict, "") or {}
-    for k in sorted(set(endpoints) - {"pub", "req"}):
-        problems.append(f"endpoints.{k}: unknown field (known: pub, req)")
-    pub = _endpoint_list(problems, endpoints, "pub", f"ipc://{runtime_dir}/pub.sock")
-    req = _endpoint_list(problems, endpoints, "req", f"ipc://{runtime_dir}/req.sock")
-    curve = _expect(problems, raw, "curve", dict, "")
-    if curve is not None:
-        for key in ("server_secret", "clients_dir"):
-            _expect(problems, curve, key, str, "curve.", required=True)
-    limits = _expect(problems, raw, "limits", dict, "") or {}
-    for k in sorted(set(limits) - {"max_request_bytes", "pub_hwm"}):
-        problems.append(f"limits.{k}: unknown field (known: max_request_bytes, pub_hwm)")
-    max_req = _expect(problems, limits, "max_request_bytes", int, "limits.") or 16 << 20
-    hwm = _expect(problems, limits, "pub_hwm", int, "limits.") or 1000
-    workers = _expect(problems, raw, "request_workers", int, "") or 1
-    interval = _expect(problems, raw, "status_interval", (int, float), "") or 5.0
-    insecure = bool(_expect(problems, raw, "insecure_tcp", bool, ""))
-    group = _expect(problems, raw, "group", str, "")
-    if problems:
-        raise ConfigError(where, problems)
-    return Config(path, runtime_dir, state_dir, models, streams, pub, req, curve, insecure, group, max_req, hwm,
-                  workers, float(interval), raw)
+    return streams
 
 
-def _endpoint_list(problems: list, endpoints: dict, key: str, default: str) -> list:
+def _endpoint_list(c: Checker, endpoints: dict, key: str, default: str) -> list:
     value = endpoints.get(key, [default])
     if isinstance(value, str):
         value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        problems.append(f"endpoints.{key}: expected an endpoint or a list of them")
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        c.add(f"endpoints.{key}", "expected an endpoint or a list of them")
         return []
     for v in value:
         if not re.match(r"^(ipc|tcp|inproc)://.+", v):
-            problems.append(f"endpoints.{key}: '{v}' is not an ipc://, tcp:// or inproc:// endpoint")
+            c.add(f"endpoints.{key}", f"'{v}' is not an ipc://, tcp:// or inproc:// endpoint")
     return value
 
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import msgpack
 
+from lited.validate import has_type, type_name
+
 VERSION = 1
 METHODS = ("ping", "status", "infer", "reload", "snapshot")
 RESULT_KEYS = ("stream", "seq", "frame_ts", "skipped", "model", "model_version", "task", "detections",
@@ -90,9 +92,8 @@ def param(params: dict, name: str, kind: Any, required: bool = True, default: An
             raise ProtocolError("bad_request", f"params.{name}: missing")
         return default
     value = params[name]
-    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-        names = {bytes: "bin", str: "a string", int: "an integer", list: "a list", dict: "a map"}
-        raise ProtocolError("bad_request", f"params.{name}: expected {names.get(kind, kind)}")
+    if not has_type(value, kind):
+        raise ProtocolError("bad_request", f"params.{name}: expected {type_name(kind)}")
     return value
 
 

@@ -14,16 +14,13 @@ from typing import List
 import numpy as np
 
 from ..geometry import Geometry
+from .base import Decoder
 from .nms import to_detections
 
 
-class Decoder:
+class BoxesDecoder(Decoder):
+    kind = "boxes"
     PARAMS = {"score_threshold": (float, 0.5), "top_k": (int, 100)}
-
-    def __init__(self, params: dict, labels: List[str]) -> None:
-        self.score_threshold = float(params["score_threshold"])
-        self.top_k = int(params["top_k"])
-        self.labels = list(labels or [])
 
     def decode(self, outputs: List[np.ndarray], geom: Geometry) -> dict:
         rows = outputs[0].reshape(-1, 6)

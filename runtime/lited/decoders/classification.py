@@ -10,17 +10,13 @@ from typing import List
 import numpy as np
 
 from ..geometry import Geometry
+from .base import Decoder
 from .nms import label_for
 
 
-class Decoder:
+class ClassificationDecoder(Decoder):
+    kind = "classification"
     PARAMS = {"top_k": (int, 5), "softmax": (bool, True), "score_threshold": (float, 0.0)}
-
-    def __init__(self, params: dict, labels: List[str]) -> None:
-        self.top_k = int(params["top_k"])
-        self.softmax = bool(params["softmax"])
-        self.score_threshold = float(params["score_threshold"])
-        self.labels = list(labels or [])
 
     def num_classes(self, outputs: List[np.ndarray]) -> int:
         """Classes the model scores (checked against the labels at load)."""

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from ..geometry import Geometry
+from .base import Decoder
 
 
 def ordered_corners(rect: tuple) -> np.ndarray:
@@ -48,7 +49,8 @@ def box_score(prob: np.ndarray, corners: np.ndarray) -> float:
     return cv2.mean(prob[y0:y1 + 1, x0:x1 + 1], mask)[0]
 
 
-class Decoder:
+class DbTextDecoder(Decoder):
+    kind = "db_text"
     PARAMS = {
         "thresh": (float, 0.3),
         "box_thresh": (float, 0.5),
@@ -58,11 +60,7 @@ class Decoder:
     }
 
     def __init__(self, params: dict, labels: List[str]) -> None:
-        self.thresh = float(params["thresh"])
-        self.box_thresh = float(params["box_thresh"])
-        self.unclip_ratio = float(params["unclip_ratio"])
-        self.max_candidates = int(params["max_candidates"])
-        self.min_size = float(params["min_size"])
+        super().__init__(params, labels)
         # reused while the map size holds; so one Decoder serves one thread
         self._bitmap = np.empty((0, 0), dtype=np.uint8)
 

@@ -15,17 +15,13 @@ from typing import List
 import numpy as np
 
 from ..geometry import Geometry
+from .base import Decoder
 from .nms import nms, to_detections
 
 
-class Decoder:
+class GridDecoder(Decoder):
+    kind = "grid"
     PARAMS = {"score_threshold": (float, 0.65), "nms_iou": (float, 0.45), "top_k": (int, 100)}
-
-    def __init__(self, params: dict, labels: List[str]) -> None:
-        self.score_threshold = float(params["score_threshold"])
-        self.nms_iou = float(params["nms_iou"])
-        self.top_k = int(params["top_k"])
-        self.labels = list(labels or [])
 
     def num_classes(self, outputs: List[np.ndarray]) -> int:
         """Class channels after obj and the 4 box terms (checked against the labels at load)."""

@@ -12,23 +12,18 @@ from typing import List
 import numpy as np
 
 from ..geometry import Geometry
+from .base import Decoder
 from .nms import nms, to_detections
 
 
-class Decoder:
+class PriorBoxDecoder(Decoder):
+    kind = "priorbox"
     PARAMS = {
         "score_threshold": (float, 0.7),
         "nms_iou": (float, 0.3),
         "top_k": (int, 100),
         "background_class": (int, 0),
     }
-
-    def __init__(self, params: dict, labels: List[str]) -> None:
-        self.score_threshold = float(params["score_threshold"])
-        self.nms_iou = float(params["nms_iou"])
-        self.top_k = int(params["top_k"])
-        self.background_class = int(params["background_class"])
-        self.labels = list(labels or [])
 
     def num_classes(self, outputs: List[np.ndarray]) -> int:
         """Score columns, background included (checked against the labels at load)."""

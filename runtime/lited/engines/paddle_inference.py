@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lited.engines import EngineError, TensorSpec
+from lited.engines.base import Engine, EngineError, TensorSpec
+from lited.errors import first_line
 
 _PADDLE_SIGNALS = (signal.SIGTERM, signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGFPE, signal.SIGILL)
 
@@ -58,18 +59,9 @@ def _import_paddle():
     return paddle
 
 
-try:
-    paddle = _import_paddle()
-except ImportError as _exc:  # pragma: no cover - an optional extra
-    raise ImportError("paddlepaddle", name="paddlepaddle") from _exc
-
-from paddle import inference as pi  # noqa: E402
-from paddle.base import core  # noqa: E402
-
-_VT = core.VarDesc.VarType
-DTYPES = {_VT.FP32: "float32", _VT.FP16: "float16", _VT.FP64: "float64", _VT.INT64: "int64",
-          _VT.INT32: "int32", _VT.INT8: "int8", _VT.UINT8: "uint8", _VT.BOOL: "bool"}
-PRECISIONS = {"fp32": pi.PrecisionType.Float32, "fp16": pi.PrecisionType.Half, "int8": pi.PrecisionType.Int8}
+paddle = pi = core = None  # set by _load(): importing paddle costs seconds, so only an engine in use does
+DTYPES: dict = {}
+PRECISIONS = ("fp32", "fp16", "int8")
 OPTIONS = ("threads", "mkldnn", "device", "device_id", "gpu_mem_mb", "trt")
 GPU_OPTIONS = ("device_id", "gpu_mem_mb", "trt")
 TRT_OPTIONS = ("precision", "workspace_mb", "shapes", "cache_dir")
@@ -78,10 +70,29 @@ MKLDNN_BROKEN_OPS = frozenset({"pad"})
 MKLDNN_BROKEN_PASSES = ("elementwise_act_onednn_fuse_pass",)
 
 
-class Engine:
+def _load() -> None:
+    """Import paddle once, with the process's signal handlers kept."""
+    global paddle, pi, core
+    if paddle is not None:
+        return
+    paddle = _import_paddle()
+    from paddle import inference as pi
+    from paddle.base import core
+    vt = core.VarDesc.VarType
+    DTYPES.update({vt.FP32: "float32", vt.FP16: "float16", vt.FP64: "float64", vt.INT64: "int64",
+                   vt.INT32: "int32", vt.INT8: "int8", vt.UINT8: "uint8", vt.BOOL: "bool"})
+
+
+def _precision(name: str):
+    return {"fp32": pi.PrecisionType.Float32, "fp16": pi.PrecisionType.Half, "int8": pi.PrecisionType.Int8}[name]
+
+
+class PaddleInferenceEngine(Engine):
     """One Paddle Inference predictor. Use from one thread only."""
 
     kind = "paddle_inference"
+    backend = "paddle"
+    package = "paddlepaddle"
 
     def __init__(self, model_path: str, options: dict) -> None:
         model = Path(model_path)
@@ -91,10 +102,11 @@ class Engine:
                 raise EngineError(f"{path}: missing (Paddle Inference needs {model.stem}.pdmodel and "
                                   f"{model.stem}.pdiparams side by side)")
         _check_options(options)
+        _load()
         try:
             specs, op_types = _read_program(model)
         except Exception as exc:  # noqa: BLE001 - paddle raises ValueError/RuntimeError with C++ text
-            raise EngineError(f"{model}: Paddle Inference refused the model: {_first_line(exc)}") from None
+            raise EngineError(f"{model}: Paddle Inference refused the model: {first_line(exc)}") from None
         config = pi.Config(str(model), str(params))
         config.disable_glog_info()
         config.enable_memory_optim()
@@ -113,7 +125,7 @@ class Engine:
         try:
             self._predictor = pi.create_predictor(config)
         except Exception as exc:  # noqa: BLE001
-            raise EngineError(f"{model}: Paddle Inference refused the model: {_first_line(exc)}") from None
+            raise EngineError(f"{model}: Paddle Inference refused the model: {first_line(exc)}") from None
         self.version = paddle.__version__
         self.device = "cpu" if self._zero_copy else f"gpu:{options.get('device_id', 0)}" + (
             f" tensorrt {options['trt'].get('precision', 'fp32')}" if options.get("trt") else "")
@@ -296,7 +308,7 @@ def _use_gpu(config, options: dict, specs: dict) -> None:
                               "give its min, opt and max shapes")
     cache_dir = trt.get("cache_dir")
     config.enable_tensorrt_engine(workspace_size=int(trt.get("workspace_mb", 256)) << 20, max_batch_size=1,
-                                  min_subgraph_size=3, precision_mode=PRECISIONS[trt.get("precision", "fp32")],
+                                  min_subgraph_size=3, precision_mode=_precision(trt.get("precision", "fp32")),
                                   use_static=bool(cache_dir), use_calib_mode=False)
     if shapes:
         config.set_trt_dynamic_shape_info({n: r["min"] for n, r in shapes.items()},
@@ -318,8 +330,3 @@ def _int(value, name: str, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise EngineError(f"option '{name}': expected an integer >= {minimum}, got {value!r}")
 
-
-def _first_line(exc: BaseException) -> str:
-    """Paddle's messages run to a C++ hint and a file:line; the first line says it."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

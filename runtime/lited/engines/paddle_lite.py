@@ -15,16 +15,11 @@ Facts that shaped it (paddlelite 2.13rc0):
 """
 from __future__ import annotations
 
-import numpy as np
-
 from collections import OrderedDict
 
-from lited.engines import EngineError, TensorSpec
+import numpy as np
 
-try:
-    from paddlelite import lite
-except ImportError as _exc:  # pragma: no cover - depends on the board
-    raise ImportError("paddlelite", name="paddlelite") from _exc
+from lited.engines.base import Engine, EngineError, TensorSpec
 
 PREDICTORS_PER_SHAPE = 2  # predictors kept for a dynamic-shape model
 
@@ -32,12 +27,17 @@ POWER_MODES = ("LITE_POWER_HIGH", "LITE_POWER_LOW", "LITE_POWER_FULL", "LITE_POW
                "LITE_POWER_RAND_HIGH", "LITE_POWER_RAND_LOW")
 
 
-class Engine:
+class PaddleLiteEngine(Engine):
     """One Paddle Lite predictor. Use from one thread only."""
 
     kind = "paddle_lite"
+    backend = "paddlelite"
+    package = "paddlelite"
 
     def __init__(self, model_path: str, options: dict) -> None:
+        from paddlelite import lite  # here, not at import: the registry lists engines without loading them
+
+        self._lite = lite
         config = lite.MobileConfig()
         config.set_model_from_file(str(model_path))
         threads = options.get("threads")
@@ -61,7 +61,7 @@ class Engine:
 
     def _build(self) -> tuple:
         try:
-            predictor = lite.create_paddle_predictor(self._config)
+            predictor = self._lite.create_paddle_predictor(self._config)
         except Exception as exc:  # Paddle Lite raises RuntimeError with a C++ message
             raise EngineError(f"{self._model_path}: Paddle Lite refused the model: {exc}") from None
         inputs = [predictor.get_input(i) for i in range(len(predictor.get_input_names()))]

@@ -1,6 +1,6 @@
 """Frame sources: where the pipeline's images come from, named by a URI.
 
-One module per kind:
+One module per kind (a `base.Source` subclass that sets `kind`):
 
     synth://?size=640x480&fps=30&frames=0          synth.py    drawn test pattern
     file:///path/video.mp4?loop=1&realtime=1       file.py     video file (FFmpeg)
@@ -18,32 +18,19 @@ validates, so a typo is reported before any device is touched.
 """
 from __future__ import annotations
 
-import importlib
-
+from lited.registry import Registry
 from lited.sources.base import Pacer, Source
 from lited.sources.errors import FrameShapeChanged, SourceError
 from lited.sources.options import split_uri
 
-__all__ = ["FrameShapeChanged", "Pacer", "SOURCE_KINDS", "Source", "SourceError", "open_source"]
+__all__ = ["FrameShapeChanged", "Pacer", "SOURCES", "Source", "SourceError", "open_source"]
 
-# scheme -> module under lited.sources; each defines `SOURCE` (a Source subclass).
-SOURCE_KINDS = {
-    "file": "file",
-    "gst": "gst",
-    "http": "network",
-    "https": "network",
-    "images": "images",
-    "rtsp": "network",
-    "synth": "synth",
-    "v4l2": "v4l2",
-}
+SOURCES: Registry[Source] = Registry("lited.sources", Source)  # scheme -> Source subclass, one file per kind
 
 
 def open_source(uri: str) -> Source:
     """Parse and validate `uri` into an unopened `Source`; SourceError if bad."""
     scheme, target, query = split_uri(uri)
-    if scheme not in SOURCE_KINDS:
-        known = ", ".join(sorted(SOURCE_KINDS))
-        raise SourceError(uri, f"unknown scheme {scheme!r} (known: {known})")
-    cls = importlib.import_module(f"lited.sources.{SOURCE_KINDS[scheme]}").SOURCE
-    return cls.from_uri(uri, target, query)
+    if scheme not in SOURCES:
+        raise SourceError(uri, f"unknown scheme {scheme!r} (known: {', '.join(SOURCES.kinds())})")
+    return SOURCES.get(scheme).from_uri(uri, target, query)

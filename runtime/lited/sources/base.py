@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from typing import Any, ClassVar, Dict, Optional
+from urllib.parse import unquote
 
 import numpy as np
 
@@ -17,12 +18,29 @@ from lited.sources.options import Option, parse_options, split_query
 class Source:
     """One frame producer. `open_source` builds it; `open` touches the device.
 
-    Subclasses set `OPTIONS` (name -> `options.Option`), check their target
+    Subclasses set `kind` (the URI scheme or schemes: one file per kind,
+    see registry.py) and `OPTIONS` (name -> `options.Option`), check their target
     in `__init__` (no I/O there), implement `open`, `_read` and `close`, and
     raise `self._frame_shape_changed(frame)` when a frame does not fit `out`.
     """
 
+    kind: ClassVar[object] = ""  # the URI scheme, or a tuple of schemes
     OPTIONS: ClassVar[Dict[str, Option]] = {}
+
+    PACED_BY: ClassVar[Optional[str]] = None  # the option that makes a kind live (e.g. file's `realtime`)
+
+    @property
+    def lossless(self) -> bool:
+        """True when frames wait for the consumer instead of being dropped (a
+        file read as fast as it is inferred); False for a live source, where
+        the newest frame wins. A kind that can be either names the option
+        that paces it in PACED_BY: lossless while that option is unset."""
+        return self.PACED_BY is not None and not self.options[self.PACED_BY]
+
+    @property
+    def waited(self) -> float:
+        """Seconds the last `read_into` slept for pacing (not capture time)."""
+        return self.pacer.waited
 
     @classmethod
     def from_uri(cls, uri: str, target: str, query: str) -> "Source":
@@ -40,6 +58,13 @@ class Source:
 
     def error(self, detail: str) -> SourceError:
         return SourceError(self.uri, detail)
+
+    def local_path(self, missing: str) -> str:
+        """The target as a local path; SourceError(`missing`) when empty."""
+        path = unquote(self.target)
+        if not path:
+            raise self.error(missing)
+        return path
 
     def open(self) -> Shape:
         """Open the device or stream; the frame shape (H, W, 3)."""

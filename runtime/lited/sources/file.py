@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import math
 import os
-from urllib.parse import unquote
 
 import cv2
 import numpy as np
 
-from lited.sources import capture
+from lited.sources import opencv
 from lited.sources.base import Pacer
 from lited.sources.errors import Shape
 from lited.sources.options import Option, flag
 
 
-class FileSource(capture.CaptureSource):
+class FileSource(opencv.CaptureSource):
+    kind = "file"
+    PACED_BY = "realtime"
     OPTIONS = {
         "loop": Option(flag, False),
         "realtime": Option(flag, False),
@@ -27,15 +28,13 @@ class FileSource(capture.CaptureSource):
 
     def __init__(self, uri: str, target: str, options: dict) -> None:
         super().__init__(uri, target, options)
-        self.path = unquote(target)
-        if not self.path:
-            raise self.error("no file path (write file:///abs/path.mp4 or file://rel/path.mp4)")
+        self.path = self.local_path("no file path (write file:///abs/path.mp4 or file://rel/path.mp4)")
 
     def open(self) -> Shape:
         if not os.path.isfile(self.path):
             raise self.error(f"no such file {self.path}")
         self._cap = cv2.VideoCapture(self.path, cv2.CAP_FFMPEG)
-        shape = capture.first_frame(self, self._cap, self.path)
+        shape = opencv.first_frame(self, self._cap, self.path)
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps = fps if math.isfinite(fps) and fps > 0 else None
         if self.options["realtime"] and self.fps is None:
@@ -46,15 +45,11 @@ class FileSource(capture.CaptureSource):
 
     def _read(self, out: np.ndarray) -> bool:
         assert self._cap is not None
-        if capture.read_into(self, self._cap, out):
+        if opencv.read_into(self, self._cap, out):
             return True
         if not self.options["loop"]:
             return False
         # Reopening rewinds every container; seeking does not always.
         self._cap.release()
         self._cap = cv2.VideoCapture(self.path, cv2.CAP_FFMPEG)
-        return capture.read_into(self, self._cap, out)
-
-
-
-SOURCE = FileSource
+        return opencv.read_into(self, self._cap, out)

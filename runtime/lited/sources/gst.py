@@ -34,7 +34,7 @@ from typing import Any, Optional
 import cv2
 import numpy as np
 
-from lited.sources import capture
+from lited.sources import opencv
 from lited.sources.base import Source
 from lited.sources.errors import Shape
 
@@ -48,6 +48,7 @@ def opencv_has_gstreamer() -> bool:
 
 
 class GstSource(Source):
+    kind = "gst"
     @classmethod
     def from_uri(cls, uri: str, target: str, query: str) -> "GstSource":
         return cls(uri, uri.partition("://")[2].strip(), {})
@@ -83,11 +84,11 @@ class _OpenCvBackend:
 
     def open(self) -> Shape:
         self.cap = cv2.VideoCapture(self.source.target, cv2.CAP_GSTREAMER)
-        return capture.first_frame(self.source, self.cap, "pipeline")
+        return opencv.first_frame(self.source, self.cap, "pipeline")
 
     def read(self, out: np.ndarray) -> bool:
         assert self.cap is not None
-        return capture.read_into(self.source, self.cap, out)
+        return opencv.read_into(self.source, self.cap, out)
 
     def close(self) -> None:
         if self.cap is not None:
@@ -279,6 +280,3 @@ class _GiBackend:
             self.pipeline.set_state(self.Gst.State.NULL)
             self.pipeline = None
             self.sink = None
-
-
-SOURCE = GstSource

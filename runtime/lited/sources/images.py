@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from typing import List
-from urllib.parse import unquote
 
 import cv2
 import numpy as np
@@ -23,6 +22,8 @@ EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 
 
 class ImagesSource(Source):
+    kind = "images"
+    PACED_BY = "fps"
     OPTIONS = {
         "fps": Option(rate, 0.0),
         "loop": Option(flag, False),
@@ -30,9 +31,7 @@ class ImagesSource(Source):
 
     def __init__(self, uri: str, target: str, options: dict) -> None:
         super().__init__(uri, target, options)
-        self.path = unquote(target)
-        if not self.path:
-            raise self.error("no folder (write images:///abs/dir)")
+        self.path = self.local_path("no folder (write images:///abs/dir)")
         self.files: List[str] = []
         self.index = 0
 
@@ -68,6 +67,3 @@ class ImagesSource(Source):
             raise self._frame_shape_changed(image)
         np.copyto(out, image)
         return True
-
-
-SOURCE = ImagesSource

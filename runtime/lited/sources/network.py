@@ -38,7 +38,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from lited.sources import capture
+from lited.sources import opencv
 from lited.sources.errors import Shape
 from lited.sources.options import Option, choice, parse_options, seconds, split_query
 
@@ -65,7 +65,8 @@ def ffmpeg_options(options: str) -> Iterator[None]:
                 os.environ[ENV] = old
 
 
-class NetworkSource(capture.CaptureSource):
+class NetworkSource(opencv.CaptureSource):
+    kind = ("rtsp", "http", "https")
     OPTIONS = {
         "lited_transport": Option(choice("tcp", "udp"), None),
         "lited_open_timeout": Option(seconds, 10.0),
@@ -112,7 +113,7 @@ class NetworkSource(capture.CaptureSource):
         ]
         with ffmpeg_options(self.ffmpeg_options()):
             self._cap = cv2.VideoCapture(self.url, cv2.CAP_FFMPEG, timeouts)
-        shape = capture.first_frame(self, self._cap, "stream")
+        shape = opencv.first_frame(self, self._cap, "stream")
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps = fps if 0 < fps < 1000 else None
         self._finite = self._cap.get(cv2.CAP_PROP_FRAME_COUNT) > 0
@@ -122,7 +123,7 @@ class NetworkSource(capture.CaptureSource):
         assert self._cap is not None
         timeout = self.options["lited_read_timeout"]
         start = time.monotonic()
-        ok = capture.read_into(self, self._cap, out)
+        ok = opencv.read_into(self, self._cap, out)
         if ok and time.monotonic() - start < timeout:
             return True
         finite = self._finite
@@ -131,6 +132,3 @@ class NetworkSource(capture.CaptureSource):
             return False
         raise self.error(f"stream lost: no frame within {timeout:g} s (lited_read_timeout)")
 
-
-
-SOURCE = NetworkSource

@@ -16,6 +16,8 @@ from lited.sources.options import Option, count, rate, size
 
 
 class SynthSource(Source):
+    kind = "synth"
+    PACED_BY = "fps"
     OPTIONS = {
         "size": Option(size, (640, 480)),
         "fps": Option(rate, 30.0),
@@ -65,6 +67,3 @@ def _bounce(t: int, lo: int, hi: int) -> int:
     span = max(1, hi - lo)
     t %= 2 * span
     return lo + (t if t < span else 2 * span - t)
-
-
-SOURCE = SynthSource

@@ -14,7 +14,7 @@ from urllib.parse import unquote
 import cv2
 import numpy as np
 
-from lited.sources import capture
+from lited.sources import opencv
 from lited.sources.errors import Shape
 from lited.sources.options import Option, fourcc, positive_int, rate
 
@@ -22,7 +22,8 @@ from lited.sources.options import Option, fourcc, positive_int, rate
 PROPS = ((cv2.CAP_PROP_FRAME_WIDTH, "width"), (cv2.CAP_PROP_FRAME_HEIGHT, "height"), (cv2.CAP_PROP_FPS, "fps"))
 
 
-class V4l2Source(capture.CaptureSource):
+class V4l2Source(opencv.CaptureSource):
+    kind = "v4l2"
     OPTIONS = {
         "width": Option(positive_int, None),
         "height": Option(positive_int, None),
@@ -47,17 +48,13 @@ class V4l2Source(capture.CaptureSource):
             for prop, name in PROPS:
                 if opts[name]:
                     self._cap.set(prop, opts[name])
-        shape = capture.first_frame(self, self._cap, self.device)
+        shape = opencv.first_frame(self, self._cap, self.device)
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps = fps if fps > 0 else None
         return shape
 
     def _read(self, out: np.ndarray) -> bool:
         assert self._cap is not None
-        if not capture.read_into(self, self._cap, out):
+        if not opencv.read_into(self, self._cap, out):
             raise self.error(f"{self.device} stopped giving frames (unplugged?)")
         return True
-
-
-
-SOURCE = V4l2Source

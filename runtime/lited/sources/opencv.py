@@ -1,5 +1,6 @@
-"""cv2.VideoCapture in and out of the caller's buffer, for every kind that
-decodes through OpenCV (file, network, v4l2, gst on a GStreamer build)."""
+"""The OpenCV helper: cv2.VideoCapture decoding into the caller's buffer,
+for every kind that decodes through OpenCV (file, network, v4l2, gst on a
+GStreamer build). Not a kind itself: `CaptureSource` sets no `kind`."""
 from __future__ import annotations
 
 import cv2

@@ -1,0 +1,41 @@
+"""The decoder interface: raw model outputs -> detections or classes.
+
+    class MyDecoder(Decoder):
+        kind = "my_layout"                                  # the manifest's decoder.type
+        PARAMS = {"score_threshold": (float, 0.5), ...}    # name -> (type, default)
+        def decode(self, outputs, geom) -> dict:
+            # {"detections": [{"label", "score", "box": [x1, y1, x2, y2]}],
+            #  "classes": [{"label", "score"}]}   boxes in source pixels
+
+`PARAMS` is what `bundle.py` validates the manifest's `decoder` object
+against, so a typo in a parameter name is caught before anything loads.
+"""
+from __future__ import annotations
+
+from typing import ClassVar, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from lited.geometry import Geometry
+
+
+class Decoder:
+    """One output layout. Subclasses set `kind` and `PARAMS`."""
+
+    kind: ClassVar[str] = ""
+    PARAMS: ClassVar[Dict[str, Tuple[type, object]]] = {}
+
+    def __init__(self, params: dict, labels: List[str]) -> None:
+        """`params` holds every name in PARAMS (defaults filled in); each
+        becomes an attribute of its declared type (`self.score_threshold`)."""
+        for name, (kind, _) in self.PARAMS.items():
+            setattr(self, name, kind(params[name]))
+        self.labels = list(labels or [])
+
+    def decode(self, outputs: List[np.ndarray], geom: Geometry) -> dict:
+        raise NotImplementedError
+
+    def num_classes(self, outputs: List[np.ndarray]) -> Optional[int]:
+        """How many classes the outputs hold (checked against the labels at
+        load), or None when the layout does not say."""
+        return None

@@ -1,0 +1,164 @@
+"""Checking untrusted structured input: the manifest, the config, requests.
+
+One helper so all three name a bad field the same way (`streams[0].slots:
+expected an integer from 2 to 64, got 0`) and share one table of type names
+and one rule for names. Standard library only: the installer's unpacker and
+the SDK builder use it without the daemon's dependencies.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any, Callable, Iterable, Optional
+
+# One rule for bundle, model, stream and ring names: they become directory
+# names (/var/lib/lited/bundles/<name>), shared-memory names and topics.
+NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
+RESERVED_NAMES = frozenset({"current", "previous"})  # the installer's links beside a bundle's versions
+NAME_RULE = ("may hold only letters, digits, '.', '_' and '-' (1 to 64 of them, not starting with '.' or '-', "
+             "not 'current' or 'previous')")
+
+# A bundle version becomes a directory name too (/var/lib/lited/bundles/<name>/<version>); '+' is allowed (semver).
+VERSION_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}\Z")
+VERSION_RULE = "may hold only letters, digits, '.', '_', '+' and '-' (1 to 64 of them, not starting with '.', '+' or '-')"
+
+TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object",
+              bool: "true/false", bytes: "bin", type(None): "null"}
+
+
+def name_problem(name: Any) -> Optional[str]:
+    """Why `name` is not a valid name, or None when it is."""
+    if isinstance(name, str) and NAME_RE.match(name) and name not in RESERVED_NAMES:
+        return None
+    return f"{repr(name) if isinstance(name, str) else shown(name)} {NAME_RULE}"
+
+
+def version_problem(version: Any) -> Optional[str]:
+    """Why `version` is not a valid bundle version, or None when it is."""
+    if isinstance(version, str) and VERSION_RE.match(version) and version not in RESERVED_NAMES:
+        return None
+    return f"{repr(version) if isinstance(version, str) else shown(version)} {VERSION_RULE}"
+
+
+def type_name(t: Any) -> str:
+    """'an integer', 'a number or null', ... for messages."""
+    if isinstance(t, tuple):
+        return " or ".join(dict.fromkeys(type_name(x) for x in t))
+    return TYPE_NAMES.get(t, getattr(t, "__name__", str(t)))
+
+
+def is_number(v: Any) -> bool:
+    """A finite int or float (not a bool; an int too large for a float is not)."""
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)
+            and (math.isfinite(v) if isinstance(v, float) else abs(v) < 2**1023))
+
+
+def has_type(value: Any, types: Any) -> bool:
+    """isinstance, where float also takes an int and bool is never a number."""
+    types = types if isinstance(types, tuple) else (types,)
+    if float in types:
+        types = (*types, int)
+    if isinstance(value, bool) and bool not in types:
+        return False
+    return isinstance(value, types)
+
+
+def shown(value: Any) -> str:
+    """A value as a message shows it: short, one line."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = type_name(type(value))
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class Checker:
+    """Collects every problem at once, each prefixed with its field path."""
+
+    def __init__(self) -> None:
+        self.problems: list = []
+
+    def add(self, path: str, msg: str) -> None:
+        self.problems.append(f"{path}: {msg}")
+
+    def get(self, obj: dict, key: str, path: str, types: Any, required: bool = True, default: Any = None) -> Any:
+        """obj[key] if it has `types`; else a problem and `default`."""
+        if key not in obj:
+            if required:
+                self.add(path + key, "missing")
+            return default
+        value = obj[key]
+        if not has_type(value, types):
+            self.add(path + key, f"expected {type_name(types)}, got {shown(value)}")
+            return default
+        return value
+
+    def number(self, obj: dict, key: str, path: str, default: Any = None, *, integer: bool = False,
+               minimum: Optional[float] = None, maximum: Optional[float] = None, above: Optional[float] = None,
+               required: bool = False) -> Any:
+        """A finite number (an integer if `integer`) in range; `default` when absent.
+        `minimum`/`maximum` are inclusive, `above` exclusive."""
+        if key not in obj:
+            if required:
+                self.add(path + key, "missing")
+            return default
+        value = obj[key]
+        ok = is_number(value) and (not integer or float(value).is_integer() and not isinstance(value, float))
+        ok = ok and (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
+        ok = ok and (above is None or value > above)
+        if not ok:
+            self.add(path + key, f"expected {_range_text(integer, minimum, maximum, above)}, got {shown(value)}")
+            return default
+        return value
+
+    def numbers(self, obj: dict, key: str, path: str, count: int) -> None:
+        if key not in obj:
+            return
+        value = obj[key]
+        if not isinstance(value, list) or not all(is_number(v) for v in value):
+            self.add(path + key, f"expected {count} numbers, got {shown(value)}")
+        elif len(value) != count:
+            self.add(path + key, f"expected {count} numbers, got {len(value)}")
+
+    def choice(self, obj: dict, key: str, path: str, options: Iterable, default: Any = None) -> Any:
+        options = tuple(options)
+        value = obj.get(key, default)
+        if value not in options:
+            self.add(path + key, f"unknown {shown(value)}, expected one of {', '.join(map(str, options))}")
+            return None
+        return value
+
+    def name(self, obj: dict, key: str, path: str, required: bool = True) -> Optional[str]:
+        return self._ruled(obj, key, path, required, name_problem)
+
+    def version(self, obj: dict, key: str, path: str) -> Optional[str]:
+        return self._ruled(obj, key, path, True, version_problem)
+
+    def _ruled(self, obj: dict, key: str, path: str, required: bool,
+               rule: Callable[[Any], Optional[str]]) -> Optional[str]:
+        value = self.get(obj, key, path, str, required)
+        problem = rule(value) if value is not None else None
+        if problem:
+            self.add(path + key, problem)
+            return None
+        return value
+
+    def unknown(self, obj: dict, known: Iterable, path: str) -> None:
+        """A problem per key of `obj` not in `known` (typos are caught, not ignored)."""
+        known = set(known)
+        for key in sorted(set(obj) - known, key=str):
+            self.add(f"{path}{key}", f"unknown field (known: {', '.join(sorted(known))})")
+
+
+def _range_text(integer: bool, minimum: Optional[float], maximum: Optional[float], above: Optional[float]) -> str:
+    what = "an integer" if integer else "a number"
+    if above is not None:
+        return f"{what} above {above:g}" + (f" and at most {maximum:g}" if maximum is not None else "")
+    if minimum is not None and maximum is not None:
+        return f"{what} from {minimum:g} to {maximum:g}"
+    if minimum is not None:
+        return f"{what} of at least {minimum:g}"
+    if maximum is not None:
+        return f"{what} of at most {maximum:g}"
+    return what

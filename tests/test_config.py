@@ -1,0 +1,109 @@
+"""The daemon config's checks and the one name rule, through the real commands.
+
+A value that cannot work (zero slots, a negative timeout, no request
+workers) is refused at `lited serve` with its field path, never silently
+replaced by a default; and a bundle name is judged by the same rule in the
+daemon, the builder and the installer.
+"""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import DEMO_BUNDLE, ROOT
+from lited.bundle import validate_manifest
+from lited.config import ConfigError, parse_config
+from lited.validate import name_problem
+
+BASE = {"models": {"ocr": str(DEMO_BUNDLE)}, "streams": [{"name": "cam", "source": "synth://?fps=5"}]}
+
+
+def with_changes(**changes) -> dict:
+    raw = json.loads(json.dumps(BASE))
+    for path, value in changes.items():
+        target, keys = raw, path.split("__")
+        for key in keys[:-1]:
+            target = target[int(key)] if isinstance(target, list) else target.setdefault(key, {})
+        target[keys[-1]] = value
+    return raw
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"streams__0__slots": 0}, "streams[0].slots: expected an integer from 2 to 64, got 0"),
+    ({"streams__0__slots": 65}, "streams[0].slots: expected an integer from 2 to 64, got 65"),
+    ({"streams__0__slots": 4.5}, "streams[0].slots: expected an integer from 2 to 64, got 4.5"),
+    ({"streams__0__stall_timeout": -1}, "streams[0].stall_timeout: expected a number above 0"),
+    ({"streams__0__stall_timeout": 0}, "streams[0].stall_timeout: expected a number above 0"),
+    ({"request_workers": 0}, "request_workers: expected an integer from 1 to 64, got 0"),
+    ({"limits__max_request_bytes": 0}, "limits.max_request_bytes: expected an integer from 1024"),
+    ({"limits__max_request_bytes": -1}, "limits.max_request_bytes: expected an integer from 1024"),
+    ({"limits__pub_hwm": -5}, "limits.pub_hwm: expected an integer from 1"),
+    ({"limits__pub_hwm": 0}, "limits.pub_hwm: expected an integer from 1"),
+    ({"status_interval": 0}, "status_interval: expected a number above 0"),
+    ({"insecure_tcp": "yes"}, "insecure_tcp: expected true/false, got \"yes\""),
+    ({"limits__max_request_byte": 5}, "limits.max_request_byte: unknown field"),
+    ({"streams__0__name": "../x"}, "streams[0].name: '../x' may hold only letters"),
+    ({"endpoints__pub": []}, "endpoints.pub: expected an endpoint or a list of them"),
+])
+def test_values_that_cannot_work_are_refused_with_their_field(changes, message):
+    with pytest.raises(ConfigError) as info:
+        parse_config(with_changes(**changes))
+    assert message in str(info.value)
+
+
+def test_zero_and_false_are_kept_where_they_are_valid():
+    config = parse_config(with_changes(insecure_tcp=False, streams__0__slots=2))
+    assert config.insecure_tcp is False and config.streams[0].slots == 2
+    config = parse_config(BASE)
+    assert (config.streams[0].slots, config.streams[0].stall_timeout, config.request_workers) == (4, 5.0, 1)
+
+
+def test_serve_refuses_a_bad_config_in_one_line_exit_2(tmp_path):
+    conf = tmp_path / "lited.conf"
+    conf.write_text(json.dumps(with_changes(streams__0__slots=0, request_workers=0)))
+    proc = subprocess.run([sys.executable, "-m", "lited.cli", "serve", "--config", str(conf)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "streams[0].slots: expected an integer from 2 to 64, got 0" in lines[0]
+    assert "request_workers: expected an integer from 1 to 64, got 0" in lines[0]
+
+
+NAMES = ["a", "A.b-c_1", "_x", "x" * 64, "9", ".a", "-a", "a/b", "x" * 65, "current", "previous", "a b", "é", ""]
+
+
+def _installer_accepts(tmp_path: Path, name: str) -> bool:
+    """tools/sdk_unpack.py check (what install_sdk.sh runs first) on a zip whose manifest has `name`."""
+    manifest = json.loads((DEMO_BUNDLE / "manifest.json").read_text())
+    manifest["name"] = name
+    data = io.BytesIO()
+    with zipfile.ZipFile(data, "w") as zf:
+        zf.writestr("b/manifest.json", json.dumps(manifest))
+    path = tmp_path / "b.zip"
+    path.write_bytes(data.getvalue())
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "sdk_unpack.py"), "check", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode in (0, 1), proc.stderr
+    return proc.returncode == 0
+
+
+def test_one_name_rule_for_daemon_config_manifest_and_installer(tmp_path):
+    manifest = json.loads((DEMO_BUNDLE / "manifest.json").read_text())
+    for name in NAMES:
+        rule = name_problem(name) is None
+        in_manifest = not any(p.startswith("name:") for p in validate_manifest({**manifest, "name": name},
+                                                                               DEMO_BUNDLE))
+        try:
+            parse_config({"models": {name: str(DEMO_BUNDLE)}})
+            in_config = True
+        except ConfigError:
+            in_config = False
+        assert (in_manifest, in_config, _installer_accepts(tmp_path, name)) == (rule, rule, rule), name
+    assert [n for n in NAMES if name_problem(n) is None] == ["a", "A.b-c_1", "_x", "x" * 64, "9"]
