@@ -15,7 +15,7 @@ import pytest
 from conftest import need_shared
 from lited.bundle import BundleError, load_bundle, seal_models
 from lited.model import Model
-from lited.pipeline import Stream
+from lited.stream import Stream
 
 
 @pytest.fixture(scope="module")

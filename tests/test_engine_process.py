@@ -41,17 +41,17 @@ def test_queued_runs_equal_the_in_process_engine_slot_by_slot(fastestdet_file):
     remote = EngineProcess("paddle_lite", str(fastestdet_file.path), {})
     try:
         assert remote.inputs == local.inputs and remote.output_names == local.output_names
-        assert remote.version == local.version and remote.slots == 3
+        assert remote.version == local.version and remote.input_sets == 3
         expected = []
-        for k in range(remote.slots):
+        for k in range(remote.input_sets):
             x = _random_input(FASTESTDET_INPUT, seed=k)
             local.set_input(0, x)
             expected.append([o.copy() for o in local.run()])
-            remote.input_view(0, FASTESTDET_INPUT, slot=k)[...] = x
+            remote.input_view(0, FASTESTDET_INPUT, input_set=k)[...] = x
         for round_ in range(2):
-            for k in range(remote.slots):
-                remote.submit(slot=k, out=(k + round_) % remote.slots)
-            got = [remote.collect() for _ in range(remote.slots)]
+            for k in range(remote.input_sets):
+                remote.submit(input_set=k, output_set=(k + round_) % remote.input_sets)
+            got = [remote.collect() for _ in range(remote.input_sets)]
             for k, outputs in enumerate(got):
                 assert all(np.array_equal(g, e) for g, e in zip(outputs, expected[k])), (round_, k)
         assert not all(np.array_equal(a, b) for a, b in zip(expected[0], expected[1]))  # the inputs differ
@@ -119,18 +119,18 @@ def test_a_killed_engine_raises_a_named_error_and_restarts(fastestdet_file):
     remote = EngineProcess("paddle_lite", str(fastestdet_file.path), {})
     try:
         x = _random_input(FASTESTDET_INPUT)
-        remote.set_input(0, x, slot=1)
-        before = [o.copy() for o in remote.run(slot=1, out=1)]
+        remote.set_input(0, x, input_set=1)
+        before = [o.copy() for o in remote.run(input_set=1, output_set=1)]
         pid = remote.pid
         with open(f"/proc/{pid}/comm") as fh:
             assert fh.read().strip() == "lited-engine"  # what top and ps -o comm show
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(EngineError, match=r"\.nb: engine process died \(SIGKILL\)"):
-            remote.run(slot=1, out=1)
+            remote.run(input_set=1, output_set=1)
         remote.restart()
         assert remote.pid != pid
         # the inputs live in the parent: the new child is handed them again
-        after = remote.run(slot=1, out=1)
+        after = remote.run(input_set=1, output_set=1)
         assert all(np.array_equal(a, b) for a, b in zip(after, before))
     finally:
         remote.close()

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import pytest
 
-from lited.framering import (
+from lited.stream.ring import (
     SHM_DIR, FrameOverwritten, FrameRing, RingError, RingGone, boot_id, list_rings, sweep_stale,
 )
 
@@ -188,7 +188,7 @@ def test_overwrite_is_detected_in_process(make_ring):
 _LAPPING_READER = """
 import json, sys, time
 import numpy as np
-from lited.framering import FrameRing
+from lited.stream.ring import FrameRing
 
 ring = FrameRing.attach(sys.argv[1])
 out = np.empty(ring.shape, ring.dtype)
@@ -239,7 +239,7 @@ def test_lapping_writer_never_yields_torn_frame(make_ring, slots):
 
 _HOLDER = """
 import sys, time
-from lited.framering import FrameRing
+from lited.stream.ring import FrameRing
 ring = FrameRing.create(sys.argv[1], 2, (8, 8, 3))
 print(ring.name, flush=True)
 if sys.argv[2] == "hold":

@@ -11,7 +11,7 @@ import pytest
 from conftest import need_shared, write_video
 from lited.bundle import BundleError, load_bundle
 from lited.model import Model
-from lited.pipeline import Stream
+from lited.stream import Stream
 
 
 

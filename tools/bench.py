@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "runtime"))
 PY = sys.executable
 PROBES = ROOT / "tools" / "bench_probes.py"
 SHARED = Path(os.environ.get("LITED_SHARED", ROOT.parent / "shared"))
@@ -229,7 +228,7 @@ def bench_daemon(bundles: Path, progress: Progress, tmp: Path) -> dict:
         daemon.wait(30)
         sock.close()
     t = time.perf_counter()
-    subprocess.run([PY, "-c", "import lited.daemon, lited.cli"], check=True)
+    subprocess.run([PY, "-c", "import lited.service.daemon, lited.cli"], check=True)
     out["import_daemon_s"] = time.perf_counter() - t
     t = time.perf_counter()
     subprocess.run([PY, "-c", "pass"], check=True)
@@ -348,7 +347,7 @@ onnxruntime's `intra_op_num_threads` is swept alongside. p50 ms.
 | together, RSS summed / PSS summed (RSS counts the shared Python and numpy pages twice) | {dm['rss'] + em['rss']:.0f} / {total_pss:.0f} MB |
 | a bare Python process that loads Paddle Lite and the same model and runs it once, RSS | {d['bare_process']['rss_mb']:.0f} MB |
 | daemon + engine (PSS) over that bare process | {over:+.0f} MB (aim: under 40 MB; RSS summed: {dm['rss'] + em['rss'] - d['bare_process']['rss_mb']:+.0f} MB) |
-| `import lited.daemon, lited.cli` in a new interpreter (bare interpreter: {d['python_s']:.2f} s) | {d['import_daemon_s']:.2f} s |
+| `import lited.service.daemon, lited.cli` in a new interpreter (bare interpreter: {d['python_s']:.2f} s) | {d['import_daemon_s']:.2f} s |
 | `infer` in process (`Model.infer` on the 512x512 astronaut photo) p50 | {d['infer_local_ms']:.2f} ms |
 | `infer` request over ipc, raw BGR array, round trip p50 | {d['infer_ipc_ms']:.2f} ms (x{d['infer_ipc_ms'] / d['infer_local_ms']:.2f}) |
 | `infer` request over ipc, PNG bytes (decoded by the daemon), mean | {d['infer_png_ms']:.2f} ms |

@@ -117,7 +117,7 @@ def probe_run(args) -> dict:
     same process, allocations per frame, and frame copies."""
     from lited.bundle import load_bundle
     from lited.model import Model
-    from lited.pipeline import Stream
+    from lited.stream import Stream
 
     bundle = load_bundle(args.bundle)
     count, done = [0], []
@@ -193,7 +193,7 @@ def frame_copies(bundle) -> dict:
     numpy/OpenCV copy entry points, and check buffer addresses."""
     import cv2
 
-    from lited.framering import FrameRing
+    from lited.stream.ring import FrameRing
     from lited.preprocess import Preprocessor
     from lited.sources import open_source
 
@@ -278,7 +278,6 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--threads", type=int)
     args = ap.parse_args()
-    sys.path.insert(0, str(ROOT / "runtime"))
     print(json.dumps(PROBES[args.probe](args)))
     return 0
 

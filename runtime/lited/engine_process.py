@@ -9,17 +9,17 @@ the rest of the daemon keeps going. A crash inside the backend (a segfault in
 a kernel) also ends only the child: `run()` raises `EngineError`, and the
 owner can `restart()` it.
 
-`EngineProcess` has the engine interface (engines/__init__.py) plus slots:
-`input_view(i, shape, slot=k)` is a view of input i of slot k in shared
-memory (a memfd the parent owns), so preprocessing writes the model input
-there directly; `run(slot=k, out=j)` has the child hand slot k's inputs to
-the backend (the one copy Paddle Lite's `from_numpy` makes), run, and write
+`EngineProcess` has the engine interface (engines/base.py) plus input sets:
+`input_view(i, shape, input_set=k)` is a view of input i of input set k in
+shared memory (a memfd the parent owns), so preprocessing writes the model
+input there directly; `run(input_set=k, output_set=j)` has the child hand
+set k's inputs to the backend (the one copy Paddle Lite's `from_numpy` makes), run, and write
 the outputs into output set j (a memfd the child owns), returned as views.
 `submit()` + `collect()` split a run so that one can be queued behind
 another: the child then goes from one frame to the next without waiting
 for the parent (measured: it idled ~0.8 ms a frame between runs otherwise,
 the parent's infer thread waiting for the GIL to pick up the reply). With
-three slots and three output sets a stream has one frame running, one
+three input sets and three output sets a stream has one frame running, one
 queued, and prepares the next or decodes the last meanwhile.
 
 Wire: a SOCK_SEQPACKET socketpair, one msgpack message per request and
@@ -43,13 +43,14 @@ from typing import Optional
 import msgpack
 import numpy as np
 
-from lited.engines import EngineError, TensorSpec
+from lited.engines.base import Engine, EngineError, TensorSpec
+from lited.errors import first_line
 
-SLOTS = 3                 # input slots and output sets: one running, one queued, one being filled or read
+SETS = 3                  # input sets and output sets: one running, one queued, one being filled or read
 MAX_MESSAGE = 1 << 20
 MAX_FDS = 16
 ALIGN = 64
-RUN = struct.Struct("<cBB")  # b"R", slot, output set: a run whose input layout the child already has
+RUN = struct.Struct("<cBB")  # b"R", input set, output set: a run whose input layout the child already has
 UNCHANGED = b"="            # reply: ran; outputs have the shapes of the last reply for that set
 OPEN_TIMEOUT = 300.0        # building a TensorRT engine can take minutes
 
@@ -145,20 +146,16 @@ def _send(sock: socket.socket, message, fds: list) -> None:
         sock.send(data)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
-
-class EngineProcess:
+class EngineProcess(Engine):
     """The engine interface, served by a child process that owns the backend.
 
     Control calls (`run`, `restart`, `close`, shapes) come from one thread;
-    `input_view`/`set_input` on a slot may come from another, as long as
-    the slot is handed over between them (the pipeline's prep and infer
+    `input_view`/`set_input` on an input set may come from another, as long as
+    the set is handed over between them (the pipeline's prep and infer
     threads do that through a condition)."""
 
-    slots = SLOTS
+    input_sets = SETS
 
     def __init__(self, kind: str, model_path: str, options: Optional[dict] = None) -> None:
         self.kind = kind
@@ -169,11 +166,11 @@ class EngineProcess:
         self._proc: Optional[subprocess.Popen] = None
         self._start()
         count = len(self.inputs)
-        # per slot and input: its arena, the view preprocessing writes, and whether the child has it
-        self._in_arena: list = [[None] * count for _ in range(SLOTS)]
-        self._in_view: list = [[None] * count for _ in range(SLOTS)]
-        self._unsent: list = [set() for _ in range(SLOTS)]
-        self._run_msg = [[RUN.pack(b"R", k, j) for j in range(SLOTS)] for k in range(SLOTS)]
+        # per input set and input: its arena, the view preprocessing writes, and whether the child has it
+        self._in_arena: list = [[None] * count for _ in range(SETS)]
+        self._in_view: list = [[None] * count for _ in range(SETS)]
+        self._unsent: list = [set() for _ in range(SETS)]
+        self._run_msg = [[RUN.pack(b"R", k, j) for j in range(SETS)] for k in range(SETS)]
 
     # -- process
     def _start(self) -> None:
@@ -190,8 +187,8 @@ class EngineProcess:
         self._sock = parent
         self._receiver = _Receiver(parent)
         self._pending: collections.deque = collections.deque()  # output sets of submitted runs, oldest first
-        self._out_arena: list = [None] * SLOTS
-        self._out_views: list = [None] * SLOTS
+        self._out_arena: list = [None] * SETS
+        self._out_views: list = [None] * SETS
         parent.settimeout(OPEN_TIMEOUT)
         try:
             info = self._call(self._spec)
@@ -220,7 +217,7 @@ class EngineProcess:
             raise EngineError(f"{self._spec['path']}: changed on disk since it was loaded; "
                               "not restarting with another model (reload the bundle)")
         self._start()
-        for k in range(SLOTS):
+        for k in range(SETS):
             self._unsent[k] = {i for i, arena in enumerate(self._in_arena[k]) if arena is not None}
 
     def close(self) -> None:
@@ -317,48 +314,48 @@ class EngineProcess:
         self._image_input = index
         self._call({"op": "image_input", "index": index})
 
-    def input_view(self, index: int, shape: tuple, slot: int = 0) -> np.ndarray:
-        """A writable view of input `index` of `slot` in shared memory, of `shape`."""
-        view = self._in_view[slot][index]
+    def input_view(self, index: int, shape: tuple, input_set: int = 0) -> np.ndarray:
+        """A writable view of input `index` of `input_set` in shared memory, of `shape`."""
+        view = self._in_view[input_set][index]
         if view is None or view.shape != shape:
             layout = [(tuple(int(s) for s in shape), self.inputs[index].dtype)]
-            arena, _ = Arena.fit(self._in_arena[slot][index], f"lited-in{slot}.{index}", layout)
-            self._in_arena[slot][index] = arena
-            view = self._in_view[slot][index] = arena.views(layout)[0]
-            self._unsent[slot].add(index)
+            arena, _ = Arena.fit(self._in_arena[input_set][index], f"lited-in{input_set}.{index}", layout)
+            self._in_arena[input_set][index] = arena
+            view = self._in_view[input_set][index] = arena.views(layout)[0]
+            self._unsent[input_set].add(index)
         return view
 
-    def set_input(self, index: int, array: np.ndarray, slot: int = 0) -> None:
-        """Copy `array` into input `index` of `slot`."""
-        np.copyto(self.input_view(index, array.shape, slot), array)
+    def set_input(self, index: int, array: np.ndarray, input_set: int = 0) -> None:
+        """Copy `array` into input `index` of `input_set`."""
+        np.copyto(self.input_view(index, array.shape, input_set), array)
 
-    def run(self, slot: int = 0, out: int = 0) -> list:
-        """Run on the inputs of `slot`; the outputs are views of output set
-        `out`, valid until the next run into that set."""
-        self.submit(slot, out)
+    def run(self, input_set: int = 0, output_set: int = 0) -> list:
+        """Run on the inputs of `input_set`; the outputs are views of output set
+        `output_set`, valid until the next run into that set."""
+        self.submit(input_set, output_set)
         return self.collect()
 
-    def submit(self, slot: int = 0, out: int = 0) -> None:
+    def submit(self, input_set: int = 0, output_set: int = 0) -> None:
         """Queue a run without waiting: the child starts it the moment it is
         free, so with one run queued behind another it never idles between
         frames. `collect()` returns results in submission order."""
-        unsent = self._unsent[slot]
+        unsent = self._unsent[input_set]
         if unsent:
             changes = sorted(unsent)
-            fds = [self._in_arena[slot][i].fd for i in changes]
-            message = {"op": "run", "slot": slot, "out": out,
-                       "inputs": [[i, list(self._in_view[slot][i].shape), self.inputs[i].dtype] for i in changes]}
+            fds = [self._in_arena[input_set][i].fd for i in changes]
+            message = {"op": "run", "input_set": input_set, "output_set": output_set,
+                       "inputs": [[i, list(self._in_view[input_set][i].shape), self.inputs[i].dtype] for i in changes]}
             self._send_request(message, fds)
             unsent.clear()
         else:
-            self._send_request(self._run_msg[slot][out])
-        self._pending.append(out)
+            self._send_request(self._run_msg[input_set][output_set])
+        self._pending.append(output_set)
 
     def collect(self) -> list:
         """Wait (GIL released) for the oldest submitted run; its outputs."""
         if not self._pending:
             raise EngineError(f"{self._spec['path']}: nothing submitted to collect")
-        out = self._pending.popleft()
+        output_set = self._pending.popleft()
         try:
             reply = self._recv_reply()
         except EngineError:
@@ -366,17 +363,17 @@ class EngineProcess:
                 self._pending.clear()  # nothing else is coming
             raise
         if reply is not None:
-            self._adopt_outputs(out, reply)
-        return self._out_views[out]
+            self._adopt_outputs(output_set, reply)
+        return self._out_views[output_set]
 
-    def _adopt_outputs(self, out: int, reply: dict) -> None:
+    def _adopt_outputs(self, output_set: int, reply: dict) -> None:
         fds = reply.get("fds")
         if fds:
-            if self._out_arena[out] is not None:
-                self._out_arena[out].close()
-            self._out_arena[out] = Arena(fds[0], reply["size"])
+            if self._out_arena[output_set] is not None:
+                self._out_arena[output_set].close()
+            self._out_arena[output_set] = Arena(fds[0], reply["size"])
         layout = [(tuple(shape), dtype) for shape, dtype in reply["outputs"]]
-        self._out_views[out] = self._out_arena[out].views(layout)
+        self._out_views[output_set] = self._out_arena[output_set].views(layout)
 
     def input_shapes(self) -> list:
         """Input shapes as the backend has them (after the last run)."""
@@ -395,10 +392,10 @@ class _Child:
         self.sock = sock
         self.receiver = _Receiver(sock)
         self.engine = None
-        self.inputs: list = [dict() for _ in range(SLOTS)]   # slot -> {index: (arena, view)}
-        self.out_arena: list = [None] * SLOTS
-        self.out_layout: list = [None] * SLOTS
-        self.out_views: list = [None] * SLOTS
+        self.inputs: list = [dict() for _ in range(SETS)]   # input set -> {index: (arena, view)}
+        self.out_arena: list = [None] * SETS
+        self.out_layout: list = [None] * SETS
+        self.out_views: list = [None] * SETS
 
     def serve(self) -> None:
         while True:
@@ -411,12 +408,12 @@ class _Child:
             reply_fds: list = []
             try:
                 if len(data) == RUN.size and data[0] == ord("R"):
-                    _, slot, out = RUN.unpack(data)
-                    reply, reply_fds = self.run(slot, out)
+                    _, input_set, output_set = RUN.unpack(data)
+                    reply, reply_fds = self.run(input_set, output_set)
                 else:
                     reply, reply_fds = self.handle(msgpack.unpackb(data, raw=False), fds)
             except Exception as exc:  # noqa: BLE001 - every failure goes back as one line
-                reply = {"error": _first_line(exc)}
+                reply = {"error": first_line(exc)}
             try:
                 _send(self.sock, reply, reply_fds)
             except OSError:
@@ -437,31 +434,31 @@ class _Child:
             return {"inputs": [list(s) for s in self.engine.input_shapes()],
                     "outputs": [list(s) for s in self.engine.output_shapes()]}, []
         if op == "run":
-            slot = message["slot"]
+            input_set = message["input_set"]
             for (index, shape, dtype), fd in zip(message["inputs"], fds):
                 layout = [(tuple(shape), dtype)]
                 arena = Arena(fd, _bytes_for(layout))
-                old = self.inputs[slot].get(index)
+                old = self.inputs[input_set].get(index)
                 if old is not None:
                     old[0].close()
-                self.inputs[slot][index] = (arena, arena.views(layout)[0])
-            return self.run(slot, message["out"])
+                self.inputs[input_set][index] = (arena, arena.views(layout)[0])
+            return self.run(input_set, message["output_set"])
         raise EngineError(f"op: unknown '{op}'")
 
-    def run(self, slot: int, out: int) -> tuple:
+    def run(self, input_set: int, output_set: int) -> tuple:
         engine = self.engine
-        for index, (_, view) in self.inputs[slot].items():
+        for index, (_, view) in self.inputs[input_set].items():
             engine.set_input(index, view)
         outputs = engine.run()
         layout = [(o.shape, o.dtype.str) for o in outputs]
         reply, fds = UNCHANGED, []
-        if layout != self.out_layout[out]:  # tell the parent the new shapes (and arena, if new)
-            arena, new = Arena.fit(self.out_arena[out], f"lited-out{out}", layout)
-            self.out_arena[out], self.out_layout[out] = arena, layout
-            self.out_views[out] = arena.views(layout)
+        if layout != self.out_layout[output_set]:  # tell the parent the new shapes (and arena, if new)
+            arena, new = Arena.fit(self.out_arena[output_set], f"lited-out{output_set}", layout)
+            self.out_arena[output_set], self.out_layout[output_set] = arena, layout
+            self.out_views[output_set] = arena.views(layout)
             reply = {"outputs": [[list(s), d] for s, d in layout], "size": arena.size}
             fds = [arena.fd] if new else []
-        for view, output in zip(self.out_views[out], outputs):
+        for view, output in zip(self.out_views[output_set], outputs):
             np.copyto(view, output)
         return reply, fds
 

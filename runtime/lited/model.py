@@ -6,8 +6,6 @@ result keys are the ones `lited infer --json` prints and the bus publishes:
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from lited.bundle import Bundle, BundleError, load_bundle
@@ -15,6 +13,7 @@ from lited.decoders import make_decoder
 from lited.engine_process import EngineProcess
 from lited.engines import open_engine
 from lited.preprocess import Preprocessor
+from lited.stream.stats import StageTimer
 
 # Source size used to warm up a dynamic-input model: small on purpose. Paddle
 # Lite sizes its activations to the input (PP-OCRv4 det: ~165 MB at 192x480,
@@ -53,9 +52,7 @@ class Model:
 
     def close(self) -> None:
         """Free the engine now (an isolated one stops its process)."""
-        close = getattr(self.engine, "close", None)
-        if close is not None:
-            close()
+        self.engine.close()
 
     def warm_up(self, runs: int = 1) -> None:
         """Run on a grey frame so the first real frame pays no first-run cost,
@@ -70,7 +67,7 @@ class Model:
         frame = np.full((h, w, 3), 128, np.uint8)
         for _ in range(runs):
             outputs = self._forward(frame)[0]
-        classes = self.decoder.num_classes(outputs) if hasattr(self.decoder, "num_classes") else None
+        classes = self.decoder.num_classes(outputs)
         labels = self.bundle.labels
         if classes and labels and len(labels) < classes:
             raise BundleError(str(self.bundle.root / self.bundle.manifest["labels"]),
@@ -89,36 +86,35 @@ class Model:
         self.engine.set_input(self.image_input, tensor)
         self.set_extra_inputs(geom)
 
-    def set_extra_inputs(self, geom, slot: int | None = None) -> None:
-        """The inputs filled from the geometry (`slot`: of an isolated engine)."""
+    def set_extra_inputs(self, geom, input_set: int | None = None) -> None:
+        """The inputs filled from the geometry (`input_set`: of an isolated engine)."""
         for index, fill, buf in self._extra:
             buf[0] = (geom.in_h, geom.in_w) if fill == "im_shape" else (1.0, 1.0)
-            if slot is None:
+            if input_set is None:
                 self.engine.set_input(index, buf)
             else:
-                self.engine.set_input(index, buf, slot)
+                self.engine.set_input(index, buf, input_set)
 
     def infer(self, image: np.ndarray) -> dict:
         """Run the model on a BGR uint8 image; boxes come back in its pixels.
         Preprocessing writes straight into the engine's input buffer when the
         engine has one (no hand-over copy)."""
-        t0 = time.perf_counter()
+        timer = StageTimer()
         view = self.engine.input_view(self.image_input, self.preprocess.plan(image.shape))
         geom = self.preprocess(image, out=view)
-        t1 = time.perf_counter()
+        timer.lap("preprocess")
         if view is None:
             self.engine.set_input(self.image_input, self.preprocess.tensor)
         self.set_extra_inputs(geom)
         outputs = self.engine.run()
-        t2 = time.perf_counter()
+        timer.lap("infer")
         result = self.decoder.decode(outputs, geom)
-        t3 = time.perf_counter()
+        timer.lap("postprocess")
         return {
             "task": self.task,
             "detections": result["detections"],
             "classes": result["classes"],
-            "timings_ms": {"preprocess": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3,
-                           "postprocess": (t3 - t2) * 1e3},
+            "timings_ms": timer.ms,
         }
 
 

@@ -68,6 +68,8 @@ from typing import Iterator, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
+from lited.validate import name_problem
+
 __all__ = [
     "FrameRing", "FrameMeta", "RingError", "RingGone", "FrameOverwritten",
     "sweep_stale", "list_rings", "ring_name", "boot_id",
@@ -91,7 +93,6 @@ _SLOT_WORDS = 8
 _LIVE, _CLOSED = 1, 2
 
 _NAME_RE = re.compile(r"lited-([0-9a-f]{8})-([0-9]+)-(.+)\Z")
-_STREAM_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\Z")
 _LATEST_RETRIES = 64
 _OWNED: set = set()  # names this process created and has not unlinked
 _OWNED_LOCK = threading.Lock()
@@ -139,9 +140,9 @@ def boot_id() -> str:
 
 def ring_name(stream: str, pid: Optional[int] = None) -> str:
     """The segment name a writer with `pid` uses for `stream`."""
-    if not _STREAM_RE.match(stream):
-        raise ValueError(f"stream name {stream!r}: use 1-100 of A-Z a-z 0-9 _ . - "
-                         "(not starting with . or -)")
+    problem = name_problem(stream)
+    if problem:
+        raise ValueError(f"stream name {problem}")
     return f"{PREFIX}{boot_id()}-{os.getpid() if pid is None else pid}-{stream}"
 
 

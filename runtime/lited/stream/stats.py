@@ -1,0 +1,95 @@
+"""What a stream counts and times: counters, rolling latencies, fps.
+
+Written by the stream's threads without locks (a Counter increment and a
+deque append are atomic enough for figures that are read, not acted on),
+read by `status()`.
+"""
+from __future__ import annotations
+
+import collections
+import time
+from typing import Dict, Optional
+
+import numpy as np
+
+# capture: reading the frame; wait: published -> prep starts; queue: prep done -> engine starts;
+# total: published -> result ready (wait + preprocess + queue + infer + postprocess)
+STAGES = ("capture", "wait", "preprocess", "queue", "infer", "postprocess", "total")
+COUNTERS = ("captured", "inferred", "skipped", "torn", "reconnects", "errors", "engine_restarts")
+
+
+class StageTimer:
+    """Milliseconds per stage of one piece of work: `lap(stage)` closes the
+    stage that ran since the last lap (or since the timer was made)."""
+
+    __slots__ = ("ms", "_at")
+
+    def __init__(self, ms: Optional[Dict[str, float]] = None) -> None:
+        self.ms: Dict[str, float] = {} if ms is None else ms
+        self._at = time.perf_counter()
+
+    def lap(self, stage: str) -> float:
+        now = time.perf_counter()
+        self.ms[stage] = elapsed = (now - self._at) * 1e3
+        self._at = now
+        return elapsed
+
+
+class Timings:
+    """Rolling per-stage latencies (the last `size` frames) for status and p50/p99."""
+
+    def __init__(self, size: int = 512) -> None:
+        self._data = {stage: collections.deque(maxlen=size) for stage in STAGES}
+
+    def add(self, timings: dict) -> None:
+        for stage, value in timings.items():
+            if stage in self._data:
+                self._data[stage].append(value)
+
+    def summary(self) -> dict:
+        out = {}
+        for stage, values in self._data.items():
+            if values:
+                arr = np.fromiter(values, float, len(values))
+                out[stage] = {"p50": round(float(np.percentile(arr, 50)), 3),
+                              "p99": round(float(np.percentile(arr, 99)), 3)}
+        return out
+
+
+class StreamStats:
+    """Counters, latencies and the capture rate of one stream."""
+
+    def __init__(self, window: int = 512) -> None:
+        self.counters = collections.Counter({name: 0 for name in COUNTERS})
+        self.timings = Timings(window)
+        self.last_frame_at = 0.0
+        self._captured_at: collections.deque = collections.deque(maxlen=64)
+        self._capture_ms: Dict[int, float] = {}
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] += n
+
+    def frame_captured(self, frame: int, capture_ms: float) -> None:
+        """A frame was committed to the ring after `capture_ms` of reading."""
+        now = time.monotonic()
+        self.last_frame_at = now
+        self._captured_at.append(now)
+        self.counters["captured"] += 1
+        self._capture_ms[frame] = capture_ms
+        if len(self._capture_ms) > 64:
+            self._capture_ms.pop(next(iter(self._capture_ms)))
+
+    def capture_ms(self, frame: int) -> float:
+        """How long reading frame `frame` took (0 once it is forgotten)."""
+        return self._capture_ms.get(frame, 0.0)
+
+    def result_published(self, timings: dict) -> None:
+        self.counters["inferred"] += 1
+        self.timings.add(timings)
+
+    def fps(self, idle_after: float) -> float:
+        """Capture rate over the last frames; 0 after `idle_after` s without one."""
+        window = list(self._captured_at)
+        if len(window) < 2 or time.monotonic() - window[-1] > idle_after:
+            return 0.0
+        return (len(window) - 1) / (window[-1] - window[0])
