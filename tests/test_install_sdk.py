@@ -16,7 +16,7 @@ of them): the real script builds /opt/lited/venv offline from a wheelhouse,
 installs the units and starts the real `lited serve` on a synth:// stream; a
 subscriber keeps getting results while the bundle is upgraded (a SIGHUP swap:
 the new model_version, no gap over 2 s); a reload that fails is rolled back;
-a hung inference loop (LITED_FAULT) gets the service killed and restarted by
+a hung inference loop (tests/fault_serve.py installs the runner's fault hook) gets the service killed and restarted by
 systemd's watchdog.
 """
 from __future__ import annotations
@@ -126,7 +126,8 @@ def checkout(tmp_path_factory) -> Path:
     for tree in ("runtime", "systemd"):
         shutil.copytree(ROOT / tree, root / tree, ignore=ignore)
     (root / "tools").mkdir()
-    for name in ("pyproject.toml", "setup.cfg", "README.md", "tools/install_sdk.sh", "tools/sdk_unpack.py"):
+    for name in ("pyproject.toml", "setup.cfg", "README.md", "tools/install_sdk.sh", "tools/sdk_unpack.py",
+                 "tools/find_python.sh"):
         shutil.copy2(ROOT / name, root / name)
     return root
 
@@ -605,7 +606,9 @@ def test_board_failed_reload_rolls_back(board: Board) -> None:
 def test_board_watchdog_restarts_a_hung_daemon(board: Board) -> None:
     c = board.container
     dropin = c.path(f"/etc/systemd/system/{UNIT}.d/95-fault.conf")
-    dropin.write_text("[Service]\nEnvironment=LITED_FAULT=hang_inference_after:20\nWatchdogSec=3\n")
+    shutil.copy2(ROOT / "tests" / "fault_serve.py", c.path("/opt/lited/fault_serve.py"))
+    dropin.write_text("[Service]\nExecStart=\nExecStart=/opt/lited/venv/bin/python /opt/lited/fault_serve.py 20 "
+                      "serve --config /etc/lited/lited.conf\nWatchdogSec=3\n")
     c.run(["systemctl", "daemon-reload"], check=True)
     try:
         c.run(["systemctl", "reset-failed", UNIT])  # StartLimitBurst= counts every start, ours too

@@ -2,9 +2,9 @@
 
 - The unit files pass `systemd-analyze verify` without a single warning and
   `systemd-analyze security` rates them 2.0 or lower.
-- lited.sdnotify talks to a real notify socket that the test binds: READY,
+- lited.service.sdnotify talks to a real notify socket that the test binds: READY,
   STATUS, WATCHDOG=1, and no WATCHDOG=1 once a loop stops beating.
-- lited.logs writes one compact line per record to stderr off systemd.
+- lited.service.logs writes one compact line per record to stderr off systemd.
 - In a booted container (tests/nspawn.py, marked `systemd`): a Type=notify
   unit becomes active with its STATUS and journal fields; the real units,
   hardening and all, run the real `lited serve` (this checkout's, through a
@@ -30,7 +30,7 @@ from typing import Dict, Iterator, List, Tuple
 import pytest
 
 from conftest import ROOT, make_bundle, need_shared
-from lited.sdnotify import Notifier
+from lited.service.sdnotify import Notifier
 from nspawn import Container, booted_container, require_nspawn
 
 UNIT_SOURCES = ROOT / "systemd"
@@ -148,7 +148,7 @@ def receive(sock: socket.socket, proc: subprocess.Popen, timeout: float = 30) ->
 # test-only fault) while bus goes on for 1.6 s: WatchdogSec is 0.4 s here.
 WATCHDOG_CHILD = """
 import time
-from lited.sdnotify import Notifier, Watchdog
+from lited.service.sdnotify import Notifier, Watchdog
 
 def run(seconds, *loops):
     end = time.monotonic() + seconds
@@ -240,7 +240,7 @@ def test_watchdog_interval_follows_sd_watchdog_enabled(monkeypatch, usec, pid, e
 
 LOG_CHILD = """
 import logging
-from lited.logs import setup_logging
+from lited.service.logs import setup_logging
 handler = setup_logging("info")
 print(type(handler).__name__)
 log = logging.getLogger("lited.test")
@@ -316,8 +316,8 @@ Environment=PYTHONPATH={root}/runtime
 
 NOTIFY_SCRIPT = """
 import logging, time
-from lited.logs import setup_logging
-from lited.sdnotify import Notifier
+from lited.service.logs import setup_logging
+from lited.service.sdnotify import Notifier
 setup_logging("info")
 notifier = Notifier()
 notifier.status("warming up")

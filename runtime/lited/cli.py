@@ -133,7 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from lited.bundle import load_bundle
     from lited.model import Model
-    from lited.pipeline import Stream
+    from lited.stream import Stream
 
     bundle = load_bundle(args.bundle)
     results: queue.Queue = queue.Queue(maxsize=256)
@@ -177,8 +177,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from lited.daemon import serve
-    from lited.logs import setup_logging
+    from lited.service.daemon import serve
+    from lited.service.logs import setup_logging
 
     setup_logging("DEBUG" if args.debug else "INFO", debug=args.debug)
     return serve(args.config, args.insecure_tcp)
@@ -289,7 +289,7 @@ def main(argv: list | None = None) -> int:
     args = build_parser().parse_args(argv)
     from lited.bundle import BundleError
     from lited.engines import EngineError
-    from lited.bus import BusError
+    from lited.service.bus import BusError
     from lited.config import ConfigError
     from lited.sources import SourceError
 

@@ -26,7 +26,7 @@ import zmq
 
 from lited import protocol
 from lited.config import default_runtime_dir
-from lited.framering import FrameOverwritten, FrameRing, RingError, RingGone
+from lited.stream.ring import FrameOverwritten, FrameRing, RingError, RingGone
 
 __all__ = ["Client", "ClientError", "FrameOverwritten", "RingGone", "Subscriber"]
 

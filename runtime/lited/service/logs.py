@@ -82,7 +82,7 @@ class StructuredJournalHandler(JournalHandler or logging.Handler):  # type: igno
 
 
 class CompactFormatter(logging.Formatter):
-    """`12:00:01.234 W lited.pipeline: message stream=cam0 event=source_lost`."""
+    """`12:00:01.234 W lited.stream: message stream=cam0 event=source_lost`."""
 
     def __init__(self, debug: bool = False) -> None:
         where = " [%(threadName)s %(filename)s:%(lineno)d]" if debug else ""

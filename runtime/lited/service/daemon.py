@@ -1,0 +1,286 @@
+"""`lited serve`: lifecycle, signals, streams, reload, status.
+
+Rules it keeps:
+- a reload validates and warms up every new model beside the old ones and
+  swaps only when all are ready; on any failure the old ones keep serving,
+  and every outcome is one reload record (log line, `reload` event,
+  `last_reload` in status, the systemd status line);
+- READY=1 once models are warm and sources are opening; WATCHDOG=1 only while
+  every inference loop and the bus loop are alive (a camera being down does
+  not stop the beats; a wedged inference thread does).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import signal
+import threading
+import time
+from typing import Any, Optional
+
+from lited import __version__, protocol
+from lited.bundle import BundleError, load_bundle
+from lited.config import Config, ConfigError, StreamConfig, load_config
+from lited.engine_process import child_pids
+from lited.engines import EngineError
+from lited.model import Model
+from lited.protocol import ProtocolError
+from lited.service.bus import Bus, Curve
+from lited.service.requests import Requests
+from lited.service.sdnotify import Notifier, Watchdog
+from lited.sources import SourceError
+from lited.stream import Stream
+from lited.stream.ring import sweep_stale
+from lited.errors import first_line
+
+log = logging.getLogger("lited.daemon")
+LOAD_ERRORS = (BundleError, EngineError, SourceError, ValueError, OSError, TimeoutError)
+
+
+class Daemon:
+    def __init__(self, config: Config, insecure_tcp: bool = False) -> None:
+        self.config = config
+        self.insecure_tcp = insecure_tcp or config.insecure_tcp
+        self.notifier = Notifier()
+        self.watchdog = Watchdog(self.notifier)
+        self.started = time.monotonic()
+        self.bundles: dict = {}            # model name -> Bundle
+        self.generation: dict = {}         # model name -> int, bumped on reload (request workers rebuild)
+        self.streams: dict = {}            # stream name -> Stream
+        self.stream_configs: dict = {}     # stream name -> the StreamConfig it was started from
+        self.last_reload: dict = {}
+        self.stop_event = threading.Event()
+        self.reload_requested = threading.Event()
+        self._reload_lock = threading.Lock()
+        self.requests = Requests(self, config.request_workers, config.max_request_bytes)
+        self.bus: Optional[Bus] = None
+
+    # -- start and stop
+    def start(self) -> None:
+        cfg = self.config
+        swept = sweep_stale()
+        if swept:
+            log.info("removed %d stale frame rings: %s", len(swept), ", ".join(swept), extra={"event": "sweep"})
+        self.notifier.status("loading bundles")
+        for name, path in cfg.models.items():
+            self.bundles[name] = load_bundle(path)
+            self.generation[name] = 0
+        curve = Curve(cfg.curve["server_secret"], cfg.curve["clients_dir"]) if cfg.curve else None
+        self.bus = Bus(cfg.pub, cfg.req, self.requests.on_message, curve, self.insecure_tcp, cfg.pub_hwm,
+                       cfg.max_request_bytes, heartbeat=lambda: self.watchdog.beat("bus"))
+        self.watchdog.register("bus")
+        self.bus.start()
+        self.requests.start()
+        for sc in cfg.streams:
+            self.notifier.status(f"warming up {sc.model} for {sc.name}")
+            self._start_stream(sc)
+        self.notifier.ready(self.status_line())
+        self.watchdog.start()
+        self._daemon_event("ready", f"{len(self.streams)} streams, {len(self.bundles)} models")
+        log.info("serving: pub %s, req %s", " ".join(cfg.pub), " ".join(cfg.req), extra={"event": "ready"})
+
+    def _start_stream(self, sc: StreamConfig) -> Stream:
+        bundle = self.bundles[sc.model]
+        beat_name = f"infer-{sc.name}"
+        self.watchdog.register(beat_name)
+        stream = Stream(sc.name, sc.source, lambda b=bundle: Model(b, isolated=True), self._publish_result,
+                        self._publish_event, slots=sc.slots, stall_timeout=sc.stall_timeout,
+                        group=self.config.group, beat=lambda n=beat_name: self.watchdog.beat(n))
+        try:
+            stream.start()
+        except BaseException:
+            self.watchdog.unregister(beat_name)
+            raise
+        self.streams[sc.name] = stream
+        self.stream_configs[sc.name] = sc
+        return stream
+
+    def _stop_stream(self, name: str) -> None:
+        stream = self.streams.pop(name)
+        self.stream_configs.pop(name, None)
+        self.watchdog.unregister(f"infer-{name}")
+        stream.stop()
+
+    def stop(self) -> None:
+        self.notifier.stopping("stopping")
+        self._daemon_event("stopping", "")
+        self.stop_event.set()
+        for name in list(self.streams):
+            self._stop_stream(name)
+        self.requests.stop()
+        self.watchdog.stop()
+        if self.bus is not None:
+            self.bus.stop()
+
+    def run_forever(self) -> None:
+        """Main thread: signals, status line, reloads asked for by SIGHUP."""
+        signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+        next_status = 0.0
+        while not self.stop_event.is_set():
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.reload_config()
+            for stream in list(self.streams.values()):
+                stream.check_stall()
+            now = time.monotonic()
+            if now >= next_status:
+                self.notifier.status(self.status_line())
+                next_status = now + self.config.status_interval
+            self.stop_event.wait(0.2)
+        self.stop()
+
+    # -- results and events
+    def _publish_result(self, result: dict) -> None:
+        self.bus.publish(protocol.result_topic(result["stream"]), protocol.encode_result(result))
+
+    def _publish_event(self, event: dict) -> None:
+        self.bus.publish(protocol.event_topic(event["stream"]), protocol.encode_event(event))
+
+    def _daemon_event(self, kind: str, detail: str, **extra: Any) -> None:
+        if self.bus is not None:
+            self._publish_event({"stream": protocol.DAEMON_STREAM, "event": kind, "detail": detail,
+                                 "ts": time.time(), **extra})
+
+    # -- reload
+    def reload_request(self, model: Optional[str], bundle: Optional[str]) -> dict:
+        """The `reload` request: all models, or `model`, optionally from another `bundle` directory."""
+        if model is not None and model not in self.bundles:
+            raise ProtocolError("not_found", f"params.model: no model '{model}'")
+        if bundle is not None and model is None and len(self.bundles) > 1:
+            raise ProtocolError("bad_request", "params.model: needed with params.bundle when several models run")
+        names = [model] if model else list(self.bundles)
+        paths = {n: bundle if bundle and n == (model or names[0]) else self.config.models[n] for n in names}
+        t0 = time.monotonic()
+        try:
+            self.reload_models(paths)
+        except LOAD_ERRORS as exc:
+            raise ProtocolError("failed", first_line(exc)) from None
+        return {"reloaded": names, "took_ms": round((time.monotonic() - t0) * 1e3, 1)}
+
+    def reload_models(self, paths: dict) -> None:
+        """Load the bundles at `paths` (model name -> dir), warm a new model for
+        every stream using them, then swap all at once. Raises on failure:
+        nothing is swapped and the old models keep serving."""
+        with self._reload_lock:
+            self.notifier.reloading("reloading")
+            try:
+                self._swap_models(paths)
+            except BaseException as exc:
+                self._record_reload(False, first_line(exc))
+                raise
+            self._record_reload(True, ", ".join(f"{n} {self.bundles[n].version}" for n in paths))
+
+    def _swap_models(self, paths: dict) -> None:
+        prepared: list = []
+        try:
+            new_bundles = {n: load_bundle(p) for n, p in paths.items()}
+            for name, stream in self.streams.items():
+                bundle = new_bundles.get(self.stream_configs[name].model)
+                if bundle is not None:
+                    prepared.append((stream, stream.prepare_model(lambda b=bundle: Model(b, isolated=True))))
+        except BaseException:
+            for _, runner in prepared:
+                runner.stop()
+            raise
+        for stream, runner in prepared:
+            stream.commit_model(runner)
+        for n, bundle in new_bundles.items():
+            self.bundles[n] = bundle
+            self.config.models[n] = str(paths[n])
+            self.generation[n] += 1
+
+    def reload_config(self) -> None:
+        """SIGHUP: re-read the config; reload changed or all models (bundles may
+        have changed in place), start new streams, stop removed ones."""
+        try:
+            new = load_config(self.config.path)
+        except ConfigError as exc:
+            self._record_reload(False, f"{exc}; keeping the running config")
+            return
+        kept = {n: p for n, p in new.models.items() if n in self.bundles}
+        added = {n: p for n, p in new.models.items() if n not in self.bundles}
+        try:
+            added_bundles = {n: load_bundle(p) for n, p in added.items()}
+        except LOAD_ERRORS as exc:
+            self._record_reload(False, f"{first_line(exc)}; the old models keep serving")
+            return
+        for n, bundle in added_bundles.items():
+            self.bundles[n] = bundle
+            self.generation[n] = 0
+            self.config.models[n] = added[n]
+        if kept:
+            try:
+                self.reload_models(kept)  # records its outcome
+            except LOAD_ERRORS:
+                return
+        try:
+            wanted = {s.name: s for s in new.streams}
+            for name in [n for n in self.streams if n not in wanted or self.stream_configs[n] != wanted[n]]:
+                self._stop_stream(name)
+            for name, sc in wanted.items():
+                if name not in self.streams:
+                    self._start_stream(sc)
+            self.config.streams = new.streams
+        except LOAD_ERRORS as exc:
+            self._record_reload(False, f"{first_line(exc)}; the old models keep serving")
+            return
+        if not kept:
+            self._record_reload(True, ", ".join(added) or "none")
+
+    def _record_reload(self, ok: bool, detail: str) -> None:
+        """Every reload ends here: status, log, event, systemd."""
+        self.last_reload = {"ok": ok, "models" if ok else "error": detail, "ts": time.time()}
+        if ok:
+            log.info("reloaded %s", detail, extra={"event": "reloaded", "bundle": detail})
+        else:
+            log.error("reload failed, old models keep serving: %s", detail, extra={"event": "reload_failed"})
+        self._daemon_event("reload", detail, ok=ok)
+        self.notifier.ready(self.status_line())
+
+    # -- status
+    def status(self) -> dict:
+        rss_kb = _rss_kb()
+        return {
+            "version": __version__, "protocol": protocol.VERSION,
+            "uptime_s": round(time.monotonic() - self.started, 1), "rss_mb": round(rss_kb / 1024, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "engines_rss_mb": round(sum(_rss_kb(pid) for pid in child_pids()) / 1024, 1),
+            "models": {n: {"version": b.version, "bundle": str(b.root), "task": b.task}
+                       for n, b in self.bundles.items()},
+            "streams": [s.status() for s in self.streams.values()],
+            "last_reload": self.last_reload,
+            "watchdog_stale": self.watchdog.stale(),
+        }
+
+    def status_line(self) -> str:
+        parts = [f"{s.name} {s.current_state()} {s.fps():.1f} fps" for s in self.streams.values()]
+        models = ", ".join(f"{n} {b.version}" for n, b in self.bundles.items())
+        line = "; ".join(parts) or "no streams"
+        if self.last_reload and not self.last_reload.get("ok"):
+            line += " | last reload FAILED"
+        return f"{line} | models: {models}"
+
+
+
+def _rss_kb(pid: object = "self") -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+    except OSError:
+        return 0
+
+
+def serve(config_path: str, insecure_tcp: bool = False) -> int:
+    """`lited serve`: run until SIGTERM; bad config or bundle -> exception before anything starts."""
+    config = load_config(config_path)
+    daemon = Daemon(config, insecure_tcp)
+    try:
+        daemon.start()
+    except BaseException:
+        daemon.stop()
+        raise
+    daemon.run_forever()
+    return 0

@@ -1,0 +1,24 @@
+"""A result drawn on its frame: boxes or text polygons, labels, top classes."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+GREEN = (0, 200, 0)
+ORANGE = (0, 200, 255)
+
+
+def draw_result(frame: np.ndarray, result: dict) -> None:
+    """Boxes, labels and classes drawn in place on a BGR frame (snapshot, demo)."""
+    for d in result.get("detections", []):
+        x1, y1, x2, y2 = (int(round(v)) for v in d["box"])
+        poly = d.get("polygon")
+        if poly:
+            cv2.polylines(frame, [np.array(poly, np.int32)], True, GREEN, 2)
+        else:
+            cv2.rectangle(frame, (x1, y1), (x2, y2), GREEN, 2)
+        cv2.putText(frame, f"{d['label']} {d['score']:.2f}", (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.45, GREEN, 1, cv2.LINE_AA)
+    for i, c in enumerate(result.get("classes", [])[:3]):
+        cv2.putText(frame, f"{c['label']} {c['score']:.2f}", (8, 20 + 18 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+                    ORANGE, 1, cv2.LINE_AA)
