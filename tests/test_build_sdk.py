@@ -20,12 +20,10 @@ import pytest
 
 from conftest import ROOT, need_shared
 
-sys.path.append(str(ROOT / "tools"))
-
-from sdk import BuildError  # noqa: E402
-from sdk.config_import import import_config, import_configs  # noqa: E402
-from sdk.inputs import merge_inputs  # noqa: E402
-from sdk.labels import resolve  # noqa: E402
+from lited.sdk import BuildError
+from lited.sdk.config_import import import_config, import_configs
+from lited.sdk.inputs import merge_inputs
+from lited.sdk.labels import resolve
 
 DATA = ROOT / "tests" / "data"
 BUILD_SDK = ROOT / "tools" / "build_sdk.py"
@@ -334,6 +332,17 @@ def test_unknown_op_in_config(tools_python: Path, tmp_path: Path) -> None:
     proc = run_build_sdk(tools_python, "--model", shared / "paddle", "--config",
                          DATA / "ppdet_gridmask" / "infer_cfg.yml", "--targets", "x86", "--out", tmp_path / "x.zip")
     assert_refused(proc, "infer_cfg.yml: Preprocess[2]: unknown op 'GridMask'")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [".hidden", "current", "x" * 65])
+def test_a_name_the_installer_would_refuse_is_refused_before_conversion(tools_python: Path, tmp_path: Path,
+                                                                         name: str) -> None:
+    shared = need_shared("models", "fastestdet")
+    proc = run_build_sdk(tools_python, "--model", shared / "paddle", "--config",
+                         ROOT / "tests" / "bundles" / "fastestdet.json", "--labels", shared / "labels.txt",
+                         "--name", name, "--targets", "x86", "--out", tmp_path / "x.zip")
+    assert_refused(proc, f"--name: '{name}' may hold only letters")
 
 
 @pytest.mark.slow

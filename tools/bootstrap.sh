@@ -30,22 +30,24 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-py=""
-for cand in /root/.pyenv/versions/3.10.13/bin/python python3.10; do
-  if command -v "$cand" >/dev/null 2>&1; then py=$(command -v "$cand"); break; fi
-done
-if [ -z "$py" ]; then
+. tools/find_python.sh
+if ! py=$(find_python310 "${LITED_PYTHON:-}"); then
   echo "bootstrap: CPython 3.10 not found (paddlelite wheels exist only for CPython <= 3.10 on x86_64);" >&2
-  echo "  install it (e.g. pyenv install 3.10.13 or apt-get install python3.10-venv) and rerun" >&2
+  echo "  install it (e.g. pyenv install 3.10.13 or apt-get install python3.10-venv), or set LITED_PYTHON=FILE, and rerun" >&2
   exit 1
 fi
 
 if [ "$what" = tools ]; then
-  if [ ! -f .venv-tools/.bootstrap ] || [ tools/requirements-tools.txt -nt .venv-tools/.bootstrap ]; then
+  if [ ! -f .venv-tools/.bootstrap ] || [ tools/requirements-tools.txt -nt .venv-tools/.bootstrap ] \
+      || [ setup.cfg -nt .venv-tools/.bootstrap ]; then
     echo "bootstrap: creating .venv-tools (model conversion: paddlepaddle, x2paddle, paddle_lite_opt)"
     [ -x .venv-tools/bin/python ] || "$py" -m venv .venv-tools
     .venv-tools/bin/pip install -q --disable-pip-version-check -r tools/requirements-tools.txt 2>&1 \
       | grep -v -e "^WARNING: Location" -e "^$" || true
+    # lited itself, for its SDK builder (lited.sdk) and the rules it shares with the daemon
+    .venv-tools/bin/pip install -q --disable-pip-version-check --no-deps -e . 2>&1 \
+      | grep -v -e "^WARNING: Location" -e "^$" || true
+    .venv-tools/bin/python -c "import lited.sdk.builder" || { echo "bootstrap: .venv-tools is incomplete" >&2; exit 1; }
     touch .venv-tools/.bootstrap
   fi
   exit 0

@@ -95,22 +95,24 @@ quiet() {
     local what=$1; shift
     "$@" >"$scratch/out" 2>&1 || die "$what: $(grep -v '^$' "$scratch/out" | tail -n 1)"
 }
-helper() { "$venv/bin/python" "$here/sdk_unpack.py" "$@"; }
+helper() { PYTHONPATH="$repo/runtime${PYTHONPATH:+:$PYTHONPATH}" "$venv/bin/python" "$here/sdk_unpack.py" "$@"; }
 
 # --- runtime -----------------------------------------------------------------
 
+. "$here/find_python.sh"
 find_python() {
-    local cand exe cands=(python3.10 /usr/bin/python3.10 /root/.pyenv/versions/3.10.13/bin/python)
-    [ -z "$python" ] || cands=("$python")
-    for cand in "${cands[@]}"; do
-        exe=$("$cand" -c 'import sys; print(sys.executable)' 2>/dev/null) || continue
-        if [ -z "$python" ] && ! "$exe" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))'; then
-            continue
-        fi
-        echo "$exe"; return 0
-    done
+    find_python310 "$python" && return 0
     [ -z "$python" ] || die "--python $python: cannot run it"
     die "CPython 3.10 not found (Paddle Lite wheels exist only for CPython <= 3.10 on x86_64): install python3.10 or give --python FILE"
+}
+
+# Is $1 under a directory that ProtectHome=yes hides from the service?
+hidden_by_protect_home() {
+    local dir
+    for dir in /home /root /run/user; do
+        case $1/ in "$dir"/*) return 0 ;; esac
+    done
+    return 1
 }
 
 # What identifies the runtime to install: lited's version and a hash of its source
@@ -171,19 +173,20 @@ install_units() {
     base=$(realpath "$("$venv/bin/python" -c 'import sys; print(sys.base_prefix)')")
     for template in lited.service lited@.service; do
         dropin=$unitdir/$template.d/30-python.conf
-        case $base/ in
-            /root/*|/home/*)
-                printf '%s\n' "# Written by tools/install_sdk.sh: the venv's Python lives in $base," \
-                    "# which ProtectHome=yes would hide. An interpreter in /usr or /opt needs none of this." \
-                    "[Service]" "ProtectHome=tmpfs" "BindReadOnlyPaths=$base" >"$dropin" ;;
-            *) rm -f "$dropin" ;;
-        esac
+        if hidden_by_protect_home "$base"; then
+            printf '%s\n' "# Written by tools/install_sdk.sh: the venv's Python lives in $base," \
+                "# which ProtectHome=yes would hide. An interpreter in /usr or /opt needs none of this." \
+                "[Service]" "ProtectHome=tmpfs" "BindReadOnlyPaths=$base" >"$dropin"
+        else
+            rm -f "$dropin"
+        fi
     done
     [ "$use_systemctl" = 0 ] || systemctl daemon-reload
-    case $base/ in
-        /root/*|/home/*) say "units: $unit in $unitdir, with drop-in 30-python.conf to reach $base" ;;
-        *) say "units: $unit in $unitdir" ;;
-    esac
+    if hidden_by_protect_home "$base"; then
+        say "units: $unit in $unitdir, with drop-in 30-python.conf to reach $base"
+    else
+        say "units: $unit in $unitdir"
+    fi
 }
 
 # --- bundle links --------------------------------------------------------------
@@ -303,7 +306,7 @@ fi
 install_runtime
 install_units
 
-"$venv/bin/python" "$here/sdk_unpack.py" check "$src" >"$scratch/check" 2>"$scratch/err" \
+helper check "$src" >"$scratch/check" 2>"$scratch/err" \
     || die "refused: $(tail -n 1 "$scratch/err")"
 read -r name version nfiles megabytes manifest_sha golden <"$scratch/check"
 say "bundle: $name $version checked ($nfiles files, $megabytes MB)"

@@ -14,9 +14,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "runtime"))
 
-from lited.bundle import load_bundle, seal_models  # noqa: E402
+from lited.bundle import load_bundle, seal_models
 
 
 def assemble(name: str, models_dir: Path, out_dir: Path, targets: tuple = ("x86",)) -> Path:

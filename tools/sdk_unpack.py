@@ -16,8 +16,9 @@ fifo or socket, is encrypted or duplicated, or if the entries pass the
 limits below. Files are written 0644 and directories 0755 whatever the zip
 says (the daemon's user must read them; nothing in a bundle is executable).
 
-check/unpack/config need only the standard library; `wait` imports
-lited.client, so it runs with the runtime's venv Python.
+check/unpack/config need only the standard library and lited.validate (itself
+standard library only: install_sdk.sh puts the checkout's runtime/ on
+PYTHONPATH); `wait` imports lited.client, so it runs with the runtime's venv Python.
 Exit status: 0 ok, 1 refused or failed, 3 (wait) timed out.
 """
 from __future__ import annotations
@@ -26,22 +27,19 @@ import argparse
 import hashlib
 import json
 import os
-import re
 import stat
 import sys
 import time
 import zipfile
 from pathlib import Path
 
+from lited.validate import name_problem, version_problem
+
 MAX_BYTES = 2 << 30  # uncompressed, all entries together
 MAX_FILES = 10000  # entries, directories included
 MAX_MANIFEST = 1 << 20
 SETTLE = 15  # seconds to wait for a reload's record when the version served does not change
 CHUNK = 1 << 20
-# Used as directory names under /var/lib/lited/bundles: no dot files, no current/previous.
-NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
-VERSION_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,63}$")
-RESERVED = {"current", "previous"}
 
 
 class Refused(Exception):
@@ -183,11 +181,11 @@ class Source:
             raise Refused(f"entry 'manifest.json': not valid JSON ({exc})") from None
         if not isinstance(manifest, dict):
             raise Refused("entry 'manifest.json': not a JSON object")
-        for key, pattern in (("name", NAME_RE), ("version", VERSION_RE)):
-            value = manifest.get(key)
-            if not isinstance(value, str) or not pattern.match(value) or value in RESERVED:
-                raise Refused(f"entry 'manifest.json': {key} {json.dumps(value)} is not a safe "
-                              f"directory name ({pattern.pattern}, not current/previous)")
+        # the daemon's and the builder's rules: both become directory names here
+        for key, check in (("name", name_problem), ("version", version_problem)):
+            problem = check(manifest.get(key))
+            if problem:
+                raise Refused(f"entry 'manifest.json': {key} {problem}")
         return manifest, raw
 
 

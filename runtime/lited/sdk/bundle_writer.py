@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lited.bundle import seal_models
 
-from sdk import BuildError
+from lited.sdk import BuildError
 
 MANIFEST_ORDER = ("schema", "name", "version", "task", "paddle_lite_version", "models", "inputs",
                   "preprocess", "decoder", "labels", "golden")

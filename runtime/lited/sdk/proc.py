@@ -11,7 +11,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from sdk import BuildError
+from lited.sdk import BuildError
 
 _GLOG = re.compile(r"^\[([FEWI]) [\d/]+ [\d:. ]+ [^\]]*\]\s*")
 _X2PADDLE_OP = re.compile(r"^=+ (\S+) =+$")

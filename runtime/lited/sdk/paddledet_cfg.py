@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sdk import BuildError
-from sdk.cfg_common import ONE_OVER_255, check_params, image_input, number, size_pair, triple
+from lited.sdk import BuildError
+from lited.sdk.cfg_common import ONE_OVER_255, check_params, image_input, number, size_pair, triple
 
 # cv2 interpolation codes as PaddleDetection writes them (`interp`).
 INTERP = {0: "nearest", 1: "linear", 2: "cubic", 3: "area"}

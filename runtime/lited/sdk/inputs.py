@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from lited.bundle import INPUT_FILLS
 
-from sdk import BuildError
+from lited.sdk import BuildError
 
 X2PADDLE_PREFIX = "x2paddle_"
 

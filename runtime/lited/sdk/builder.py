@@ -15,14 +15,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lited.bundle import NAME_RE, machine_target
+from lited.bundle import machine_target
+from lited.validate import name_problem, version_problem
 
-from sdk import BuildError, bundle_writer, labels, paddle_model, readme
-from sdk.config_import import import_configs
-from sdk.daemon import Daemon
-from sdk.inputs import merge_inputs
-from sdk.lite_opt import LiteOpt
-from sdk.venv import DAEMON_VENV
+from lited.sdk import BuildError, bundle_writer, labels, paddle_model, readme
+from lited.sdk.config_import import import_configs
+from lited.sdk.judge import LitedVenv
+from lited.sdk.inputs import merge_inputs
+from lited.sdk.lite_opt import LiteOpt
+from lited.sdk.venv import DAEMON_VENV
 
 TASK_BY_DECODER = {"boxes": "detection", "grid": "detection", "priorbox": "detection",
                    "classification": "classification", "db_text": "text_detection"}
@@ -73,16 +74,17 @@ class _Step:
 def _default_name(model: Path) -> str:
     """The model's name from its path, skipping the generic names exports use."""
     for part in [model.resolve(), *model.resolve().parents]:
-        name = re.sub(r"[^A-Za-z0-9._-]+", "-", part.stem).strip("-.")
-        if name and name.lower() not in GENERIC_NAMES:
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", part.stem).strip("-.")[:64]
+        if name and name.lower() not in GENERIC_NAMES and name_problem(name) is None:
             return name
     return "model"
 
 
 def _name(opts: Options, fields: dict) -> str:
     name = opts.name or fields.get("name") or _default_name(opts.model)
-    if not NAME_RE.match(name or ""):
-        raise BuildError(f"--name: '{name}' may hold only letters, digits, '.', '_' and '-'")
+    problem = name_problem(name)
+    if problem:
+        raise BuildError(f"--name: {problem}")
     return name
 
 
@@ -120,7 +122,7 @@ def build(opts: Options) -> dict:
     return summary
 
 
-def _preflight(opts: Options, opt: LiteOpt, daemon: Daemon, host: str) -> None:
+def _preflight(opts: Options, opt: LiteOpt, judge: LitedVenv, host: str) -> None:
     """Checks that take a second, before the steps that take a minute."""
     for target in opts.targets:
         opt.check_target(target)
@@ -129,7 +131,7 @@ def _preflight(opts: Options, opt: LiteOpt, daemon: Daemon, host: str) -> None:
             raise BuildError(f"--golden: {opts.golden}: not found")
         if host not in opts.targets:
             raise BuildError(f"--golden needs the {host} target: the expected result comes from running it here")
-        if not daemon.present:
+        if not judge.present:
             raise BuildError(f"--golden needs lited in {opts.daemon_venv} to compute the expected result")
     if opts.notice is not None and not opts.notice.is_file():
         raise BuildError(f"--notice: {opts.notice}: not found")
@@ -138,14 +140,18 @@ def _preflight(opts: Options, opt: LiteOpt, daemon: Daemon, host: str) -> None:
 
 
 def _build(opts: Options, workdir: Path, timings: dict) -> dict:
-    opt, daemon, host = LiteOpt(opts.opt, workdir), Daemon(opts.daemon_venv), machine_target()
+    opt, judge, host = LiteOpt(opts.opt, workdir), LitedVenv(opts.daemon_venv), machine_target()
     lite_version = opt.version()
-    _preflight(opts, opt, daemon, host)
+    _preflight(opts, opt, judge, host)
     fields = import_configs(opts.configs)
     _check_fields(fields, opts.configs)
     names = labels.LabelFile(opts.labels, origin="--labels").read() if opts.labels \
         else labels.resolve(fields.get("labels"))
     name = _name(opts, fields)
+    version = str(opts.version or fields.get("version") or "1.0.0")
+    problem = version_problem(version)
+    if problem:
+        raise BuildError(f"--version: {problem}")
 
     with _Step("paddle model" if opts.model.suffix.lower() != ".onnx" else "x2paddle", timings):
         model = paddle_model.resolve(opts.model, workdir)
@@ -159,7 +165,7 @@ def _build(opts: Options, workdir: Path, timings: dict) -> dict:
             nb = opt.optimize(model, target, root, fp16=opts.fp16, quant=opts.quant)
         models[target] = {"file": nb.name}
     manifest = {
-        "schema": 1, "name": name, "version": str(opts.version or fields.get("version") or "1.0.0"),
+        "schema": 1, "name": name, "version": version,
         "task": fields.get("task") or TASK_BY_DECODER.get(fields["decoder"]["type"], "detection"),
         "paddle_lite_version": lite_version, "models": models, "inputs": inputs,
         "preprocess": fields["preprocess"], "decoder": fields["decoder"],
@@ -168,17 +174,17 @@ def _build(opts: Options, workdir: Path, timings: dict) -> dict:
     if opts.notice:
         bundle_writer.copy_in(root, opts.notice, "NOTICE")
     manifest = bundle_writer.write_manifest(root, manifest)
-    if daemon.present:
-        daemon.validate(root, check_model=host in opts.targets)
+    if judge.present:
+        judge.validate(root, check_model=host in opts.targets)
     else:
         _say(f"warning: no lited in {opts.daemon_venv}: the bundle was not checked by the runtime", warning=True)
     if opts.golden is not None:
         image = bundle_writer.copy_in(root, opts.golden, "golden" + opts.golden.suffix.lower())
         with _Step("golden", timings):
-            expected = daemon.infer(root, root / image)
+            expected = judge.infer(root, root / image)
         manifest["golden"] = {"image": image, "expected": expected, "tolerance": dict(DEFAULT_TOLERANCE)}
         manifest = bundle_writer.write_manifest(root, manifest)
-        daemon.validate(root, check_model=True)
+        judge.validate(root, check_model=True)
     build_info = {"source": opts.model.name, "command": _command(opts), "fp16": opts.fp16, "quant": opts.quant,
                   "notice": opts.notice is not None, "labels_count": len(names or [])}
     (root / "README.md").write_text(readme.render(manifest, build_info), encoding="utf-8")

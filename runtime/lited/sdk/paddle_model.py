@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdk import BuildError, proc
-from sdk.venv import tool
+from lited.sdk import BuildError, proc
+from lited.sdk.venv import tool
 
 
 @dataclass(frozen=True)

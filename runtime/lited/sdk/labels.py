@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdk import BuildError
+from lited.sdk import BuildError
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sdk import BuildError
+from lited.sdk import BuildError
 
 ONE_OVER_255 = 1 / 255
 IMAGENET_MEAN = [0.485, 0.456, 0.406]

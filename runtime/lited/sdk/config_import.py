@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sdk import BuildError
-from sdk.labels import LabelFile
-from sdk.paddleclas_cfg import import_inference_cfg
-from sdk.paddledet_cfg import import_infer_cfg
+from lited.sdk import BuildError
+from lited.sdk.labels import LabelFile
+from lited.sdk.paddleclas_cfg import import_inference_cfg
+from lited.sdk.paddledet_cfg import import_infer_cfg
 
 FRAGMENT_KEYS = ("name", "version", "task", "inputs", "preprocess", "decoder", "labels")
 # Whatever the builder computes itself; a whole manifest given as a fragment keeps the rest.

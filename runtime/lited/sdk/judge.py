@@ -12,8 +12,8 @@ import json
 import subprocess
 from pathlib import Path
 
-from sdk import BuildError
-from sdk.venv import daemon_lited, daemon_python
+from lited.sdk import BuildError
+from lited.sdk.venv import daemon_lited, daemon_python
 
 _VALIDATE = ("import sys\n"
              "from lited.bundle import BundleError, load_bundle\n"
@@ -31,8 +31,8 @@ def _run(cmd: list, what: str) -> str:
     return proc.stdout
 
 
-class Daemon:
-    """The daemon venv (`.venv` by default) that judges the bundle."""
+class LitedVenv:
+    """The daemon's venv (`.venv` by default), whose lited judges the bundle."""
 
     def __init__(self, venv: Path) -> None:
         self.venv = venv

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sdk import BuildError
-from sdk.cfg_common import (IMAGENET_MEAN, IMAGENET_STD, ONE_OVER_255, check_params, image_input, number,
+from lited.sdk import BuildError
+from lited.sdk.cfg_common import (IMAGENET_MEAN, IMAGENET_STD, ONE_OVER_255, check_params, image_input, number,
                             size_pair, triple)
-from sdk.labels import LabelFile
+from lited.sdk.labels import LabelFile
 
 INTERP = {None: "linear", "nearest": "nearest", "bilinear": "linear", "area": "area", "bicubic": "cubic"}
 IGNORED_POSTPROCESS = {"main_indicator", "name", "SavePreLabel"}

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sdk import BuildError, proc
-from sdk.paddle_model import PaddleModel
-from sdk.venv import tool
+from lited.sdk import BuildError, proc
+from lited.sdk.paddle_model import PaddleModel
+from lited.sdk.venv import tool
 
 # bundle target -> paddle_lite_opt --valid_targets (OpenCL falls back to ARM kernels)
 VALID_TARGETS = {"x86": "x86", "arm": "arm", "opencl": "opencl,arm"}
