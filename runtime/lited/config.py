@@ -6,6 +6,7 @@ at `lited serve`, not at 3 a.m. when the camera reconnects.
 """
 from __future__ import annotations
 
+import grp
 import json
 import os
 import re
@@ -13,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from lited.errors import first_line
+from lited.files import FileRefused, read_capped
 from lited.validate import Checker, name_problem, shown
 
 
@@ -46,17 +49,21 @@ class Config:
     group: Optional[str] = None
     max_request_bytes: int = 16 << 20
     pub_hwm: int = 1000
+    max_inflight_bytes: int = 128 << 20
+    engine_timeout: float = 20.0
+    max_clients: int = 16
     request_workers: int = 1
     status_interval: float = 5.0
     raw: dict = field(default_factory=dict)
 
 
 def default_runtime_dir() -> Path:
-    """systemd's RuntimeDirectory, else /run/lited if we may write there,
-    else $XDG_RUNTIME_DIR/lited, else /tmp/lited-<uid>."""
+    """systemd's RuntimeDirectory, else /run/lited if we may write there or
+    create it (root), else $XDG_RUNTIME_DIR/lited, else /tmp/lited-<uid>
+    (the daemon creates and checks it: service/bus.py, lited/runtime_dir.py)."""
     if os.environ.get("RUNTIME_DIRECTORY"):
         return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0])
-    if os.access("/run/lited", os.W_OK):
+    if os.access("/run/lited", os.W_OK) or (not os.path.lexists("/run/lited") and os.access("/run", os.W_OK)):
         return Path("/run/lited")
     if os.environ.get("XDG_RUNTIME_DIR"):
         return Path(os.environ["XDG_RUNTIME_DIR"]) / "lited"
@@ -68,6 +75,8 @@ def default_state_dir() -> Path:
         return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
     return Path("/var/lib/lited") if os.access("/var/lib/lited", os.W_OK) else Path.home() / ".local/state/lited"
 
+
+MAX_CONFIG_BYTES = 1 << 20
 
 TOP_FIELDS = ("runtime_dir", "state_dir", "models", "streams", "endpoints", "curve", "insecure_tcp", "group",
               "limits", "request_workers", "status_interval")
@@ -92,7 +101,10 @@ def parse_config(raw: Any, path: Optional[Path] = None, base_dir: Optional[Path]
         elif not isinstance(bundle, str) or not bundle:
             c.add(f"models.{name}", f"expected a bundle directory, got {shown(bundle)}")
         else:
-            models[name] = str((base / bundle).resolve()) if not os.path.isabs(bundle) else bundle
+            try:
+                models[name] = str((base / bundle).resolve()) if not os.path.isabs(bundle) else bundle
+            except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python 3.10)
+                c.add(f"models.{name}", f"{bundle!r} cannot be resolved ({first_line(exc)})")
     streams = _streams(c, c.get(raw, "streams", "", list, required=False, default=[]), models)
     endpoints = c.get(raw, "endpoints", "", dict, required=False, default={})
     c.unknown(endpoints, ("pub", "req"), "endpoints.")
@@ -104,18 +116,28 @@ def parse_config(raw: Any, path: Optional[Path] = None, base_dir: Optional[Path]
         for key in ("server_secret", "clients_dir"):
             c.get(curve, key, "curve.", str)
     limits = c.get(raw, "limits", "", dict, required=False, default={})
-    c.unknown(limits, ("max_request_bytes", "pub_hwm"), "limits.")
+    c.unknown(limits, ("max_request_bytes", "pub_hwm", "max_inflight_bytes", "engine_timeout", "max_clients"),
+              "limits.")
     max_req = c.number(limits, "max_request_bytes", "limits.", 16 << 20, integer=True, minimum=1024,
                        maximum=1 << 30)
     hwm = c.number(limits, "pub_hwm", "limits.", 1000, integer=True, minimum=1, maximum=1 << 20)
+    inflight = c.number(limits, "max_inflight_bytes", "limits.", max(128 << 20, max_req), integer=True,
+                        minimum=max_req, maximum=16 << 30)
+    engine_timeout = c.number(limits, "engine_timeout", "limits.", 20.0, above=0, maximum=3600)
+    clients = c.number(limits, "max_clients", "limits.", 16, integer=True, minimum=1, maximum=1024)
     workers = c.number(raw, "request_workers", "", 1, integer=True, minimum=1, maximum=64)
     interval = c.number(raw, "status_interval", "", 5.0, above=0, maximum=3600)
     insecure = c.get(raw, "insecure_tcp", "", bool, required=False, default=False)
     group = c.get(raw, "group", "", str, required=False)
+    if group is not None:
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            c.add("group", f"no such group {group!r}")
     if c.problems:
         raise ConfigError(where, c.problems)
     return Config(path, runtime_dir, state_dir, models, streams, pub, req, curve, insecure, group, max_req, hwm,
-                  workers, float(interval), raw)
+                  inflight, float(engine_timeout), clients, workers, float(interval), raw)
 
 
 def _streams(c: Checker, items: list, models: dict) -> list:
@@ -167,9 +189,13 @@ def _endpoint_list(c: Checker, endpoints: dict, key: str, default: str) -> list:
 def load_config(path: str | os.PathLike) -> Config:
     path = Path(path)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(read_capped(path, MAX_CONFIG_BYTES).decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(str(path), ["missing"]) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except FileRefused as exc:  # a FIFO would block, /dev/zero would never end
+        raise ConfigError(str(path), [exc.reason]) from None
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot be read ({exc.strerror or exc})"]) from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ConfigError(str(path), [f"not valid JSON ({exc})"]) from None
     return parse_config(raw, path)
