@@ -26,15 +26,21 @@ class Model:
     """Everything needed to turn an image into a result."""
 
     def __init__(self, bundle: Bundle, target: str | None = None, options: dict | None = None,
-                 warmup: int = 1, isolated: bool = False) -> None:
+                 warmup: int = 1, isolated: bool = False, run_timeout: float | None = None) -> None:
         """`isolated`: run the engine in a child process (engine_process.py),
         as streams and the daemon do, so its `run()` does not hold this
-        process's GIL and a crash in the backend does not take it down."""
+        process's GIL and a crash in the backend does not take it down;
+        `run_timeout` (isolated only): seconds a run may take before the
+        engine process counts as stuck and is killed (EngineError)."""
         self.bundle = bundle
         self.model_file = bundle.model_for(target)
-        opener = EngineProcess if isolated else open_engine
-        self.engine = opener(self.model_file.engine, str(self.model_file.path),
-                             {**self.model_file.options, **(options or {})})
+        mf = self.model_file
+        checksums = {str(f.path): f.sha256 for f in (mf, mf.params) if f is not None}
+        engine_options = {**mf.options, **(options or {})}
+        if isolated:
+            self.engine = EngineProcess(mf.engine, str(mf.path), engine_options, checksums, run_timeout)
+        else:
+            self.engine = open_engine(mf.engine, str(mf.path), engine_options, checksums)
         self.image_input = bundle.image_input
         self.engine.image_input = self.image_input
         self.preprocess = Preprocessor(bundle.preprocess, bundle.inputs[self.image_input]["shape"])

@@ -19,7 +19,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from lited.engines.base import Engine, EngineError, TensorSpec
+from lited.engines.base import Engine, EngineError, TensorSpec, read_model_file
 
 PREDICTORS_PER_SHAPE = 2  # predictors kept for a dynamic-shape model
 
@@ -34,12 +34,14 @@ class PaddleLiteEngine(Engine):
     backend = "paddlelite"
     package = "paddlelite"
 
-    def __init__(self, model_path: str, options: dict) -> None:
+    def __init__(self, model_path: str, options: dict, checksums: dict | None = None) -> None:
         from paddlelite import lite  # here, not at import: the registry lists engines without loading them
 
         self._lite = lite
         config = lite.MobileConfig()
-        config.set_model_from_file(str(model_path))
+        # From memory, not from the file: the bytes loaded (now, and for every
+        # predictor built later for a new input shape) are the bytes checked.
+        config.set_model_from_buffer(read_model_file(str(model_path), checksums))
         threads = options.get("threads")
         if threads and hasattr(config, "set_threads"):
             config.set_threads(int(threads))
