@@ -8,9 +8,15 @@ between processes: every slot is a seqlock.
 Segment: `/dev/shm/lited-<boot8>-<pid>-<stream>`, the same object C code
 opens with `shm_open("/lited-...")`. The boot id and writer pid in the name
 let `sweep_stale()` tell a leftover from a crashed daemon from a live ring.
-File mode 0o640: the daemon's user writes, members of its group (the apps
-allowed to see the camera) read, nobody else opens it. `create(group=...)`
-sets that group; otherwise it is the daemon's primary group.
+File mode 0o440: members of the daemon's group (the apps allowed to see the
+camera) read, nobody else opens it, and not even the daemon's own user can
+open it for writing or truncate it by its path (a truncated segment makes
+every access to the mapping beyond its end a SIGBUS, which kills the
+process); the writer keeps the descriptor it created it with.
+`create(group=...)` sets that group; otherwise it is the daemon's primary
+group. Root (or the user after a chmod) can still truncate it: the writer
+then notices (`damage()`, watched by stream/ring_guard.py), gives it its
+size back (`repair()`), and the capture loop replaces the ring.
 
 Layout (native int64 words; every board lited targets is little-endian):
 
@@ -79,7 +85,7 @@ SHM_DIR = "/dev/shm"
 PREFIX = "lited-"
 MAGIC = b"LITEDRNG"
 LAYOUT_VERSION = 1
-MODE = 0o640
+MODE = 0o440
 ALIGN = 64
 
 # Global header words.
@@ -353,6 +359,9 @@ class FrameRing:
         self.dtype = layout.dtype
         self._layout = layout
         self._ino = ino
+        self._fd = -1  # the writer's descriptor of the segment, kept for damage() and repair()
+        self._fd_lock = threading.Lock()
+        self._unlinked = False
         self._mm: Optional[mmap.mmap] = mm
         self._hdr = np.ndarray((_HDR_WORDS,), np.int64, buffer=mm)
         if writer:
@@ -386,7 +395,7 @@ class FrameRing:
     def create(cls, stream: str, slots: int, shape: Tuple[int, int, int], dtype=np.uint8,
                *, group: Union[str, int, None] = None) -> "FrameRing":
         """Create the writer's ring for `stream`: `slots` frames of `shape`
-        (height, width, channels), mode 0o640, group `group` if given.
+        (height, width, channels), mode 0o440, group `group` if given.
         Unlinked by `unlink()`/`close()`, or at normal interpreter exit."""
         layout = _Layout.compute(slots, shape, dtype)
         name = ring_name(stream)
@@ -404,12 +413,12 @@ class FrameRing:
             mm = mmap.mmap(fd, layout.size)
             ino = os.fstat(fd).st_ino
         except BaseException:
+            os.close(fd)
             os.unlink(_path(name))
             _OWNED.discard(name)
             raise
-        finally:
-            os.close(fd)
         ring = cls(name, mm, layout, ino, writer=True)
+        ring._fd = fd
         ring._init_header()
         atexit.register(ring._unlink_at_exit)
         return ring
@@ -465,6 +474,34 @@ class FrameRing:
             return False
         return _writer_alive(self.writer_pid, self._writer_start)
 
+    def damage(self) -> Optional[str]:
+        """Writer: why the segment is no longer the one this ring mapped
+        (another process truncated it, or unlinked or replaced it at its
+        path), None while it is intact or once this ring was unlinked."""
+        with self._fd_lock:
+            if self._fd < 0 or self._unlinked:
+                return None
+            size = os.fstat(self._fd).st_size
+        if size < self._layout.size:
+            return f"truncated to {size} bytes by another process"
+        try:
+            if os.stat(self.path).st_ino != self._ino:
+                return "replaced at its path by another file"
+        except FileNotFoundError:
+            return "unlinked by another process"
+        return None
+
+    def repair(self) -> bool:
+        """Writer: give a truncated segment its size back at once (the lost
+        pages come back as zeros), so that no access to the mapping faults;
+        True if it had to. The frames and header in it are gone: replace
+        the ring."""
+        with self._fd_lock:
+            if self._fd < 0 or os.fstat(self._fd).st_size >= self._layout.size:
+                return False
+            os.ftruncate(self._fd, self._layout.size)
+            return True
+
     def close(self) -> None:
         """Unmap. A writer's close() unlinks as well: a ring nobody writes is
         useless. Views still held elsewhere stay valid until dropped."""
@@ -482,7 +519,8 @@ class FrameRing:
             raise RingError("only the writer unlinks its ring; readers close()")
         if self._mm is None:
             return
-        if self._hdr[_STATE] != _CLOSED:
+        if not self._unlinked:
+            self._unlinked = True
             atexit.unregister(self._unlink_at_exit)
             self._hdr[_STATE] = _CLOSED
             try:
@@ -498,6 +536,10 @@ class FrameRing:
             self.unlink()
 
     def _unmap(self) -> None:
+        with self._fd_lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
         mm, self._mm = self._mm, None
         if mm is None:
             return
@@ -522,6 +564,12 @@ class FrameRing:
     def frames(self) -> int:
         """Frames published so far; also the number the next one will get."""
         return int(self._hdr[_FRAMES])
+
+    @property
+    def frames_written(self) -> int:
+        """Writer: `frames` as this process counts them (kept when another
+        process wiped the header by truncating the segment)."""
+        return self._frame
 
     # -- writer -----------------------------------------------------------
 
