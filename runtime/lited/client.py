@@ -13,6 +13,11 @@
 
 Frames come straight from the daemon's shared-memory ring, mapped read-only:
 an app can read them without a copy and cannot corrupt the daemon.
+
+Before talking over an ipc:// socket, both check that the daemon behind it
+runs as a user they trust (themselves, root, or the service user `lited`;
+`trusted_uids` to say otherwise) and that nobody else could have replaced
+the socket: `UntrustedPeer` (a PermissionError) if not (lited/runtime_dir.py).
 """
 from __future__ import annotations
 
@@ -26,9 +31,10 @@ import zmq
 
 from lited import protocol
 from lited.config import default_runtime_dir
+from lited.runtime_dir import PeerCheck, UntrustedPeer
 from lited.stream.ring import FrameOverwritten, FrameRing, RingError, RingGone
 
-__all__ = ["Client", "ClientError", "FrameOverwritten", "RingGone", "Subscriber"]
+__all__ = ["Client", "ClientError", "FrameOverwritten", "RingGone", "Subscriber", "UntrustedPeer"]
 
 
 class ClientError(Exception):
@@ -47,7 +53,11 @@ class Subscriber:
     """Results (and optionally events) of some or all streams."""
 
     def __init__(self, endpoint: Optional[str] = None, streams: Optional[list] = None, events: bool = False,
-                 context: Optional[zmq.Context] = None, curve: Optional[dict] = None) -> None:
+                 context: Optional[zmq.Context] = None, curve: Optional[dict] = None,
+                 trusted_uids: Optional[set] = None) -> None:
+        endpoint = endpoint or default_endpoint("pub")
+        self._peer = PeerCheck(endpoint, trusted_uids)
+        self._peer.verify()
         self.context = context or zmq.Context.instance()
         self.socket = self.context.socket(zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -59,7 +69,7 @@ class Subscriber:
                 self.socket.setsockopt(zmq.SUBSCRIBE, protocol.event_topic(stream) if stream else b"event/")
         if events and streams:
             self.socket.setsockopt(zmq.SUBSCRIBE, protocol.event_topic(protocol.DAEMON_STREAM))
-        self.socket.connect(endpoint or default_endpoint("pub"))
+        self.socket.connect(endpoint)
         self._rings: dict = {}
         self.malformed = 0
 
@@ -69,6 +79,7 @@ class Subscriber:
             if timeout is not None and not self.socket.poll(int(timeout * 1000)):
                 return None
             frames = self.socket.recv_multipart()
+            self._peer.verify()  # cheap unless the socket file changed (a daemon restart)
             if len(frames) != 2:
                 self.malformed += 1
                 continue
@@ -131,17 +142,23 @@ class Client:
     """Requests with timeouts. One Client per thread."""
 
     def __init__(self, endpoint: Optional[str] = None, timeout: float = 10.0,
-                 context: Optional[zmq.Context] = None, curve: Optional[dict] = None) -> None:
+                 context: Optional[zmq.Context] = None, curve: Optional[dict] = None,
+                 trusted_uids: Optional[set] = None) -> None:
+        endpoint = endpoint or default_endpoint("req")
+        self._peer = PeerCheck(endpoint, trusted_uids)
+        self._peer.verify()  # before ZeroMQ connects and greets it
         self.context = context or zmq.Context.instance()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         _apply_curve(self.socket, curve)
-        self.socket.connect(endpoint or default_endpoint("req"))
+        self.socket.connect(endpoint)
         self.timeout = timeout
         self._ids = itertools.count(1)
 
     def call(self, method: str, timeout: Optional[float] = None, **params: Any) -> Any:
-        """Send a request, wait for its reply; ClientError or TimeoutError."""
+        """Send a request, wait for its reply; ClientError, TimeoutError, or
+        UntrustedPeer before anything is sent to a daemon it must not trust."""
+        self._peer.verify()
         request_id = next(self._ids)
         self.socket.send(protocol.encode_request(method, params, request_id))
         deadline = time.monotonic() + (timeout or self.timeout)
