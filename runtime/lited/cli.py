@@ -28,21 +28,12 @@ def _read_image(path: str) -> Any:
     return image
 
 
-def _rounded(result: dict) -> dict:
-    """JSON-friendly: boxes to 0.1 px, scores to 1e-4, times to 1 us."""
-    out = dict(result)
-    out["detections"] = [{**d, "score": round(d["score"], 4), "box": [round(v, 1) for v in d["box"]]}
-                         for d in result["detections"]]
-    out["classes"] = [{**c, "score": round(c["score"], 4)} for c in result["classes"]]
-    if "timings_ms" in result:
-        out["timings_ms"] = {k: round(v, 3) for k, v in result["timings_ms"].items()}
-    return out
-
-
 def format_result(result: dict, as_json: bool) -> str:
     """One JSON line, or a short human table."""
     if as_json:
-        return json.dumps(_rounded(result), separators=(", ", ": "))
+        from lited.protocol import json_ready
+
+        return json.dumps(json_ready(result), separators=(", ", ": "))
     where = result.get("image") or f"{result.get('stream', '')} #{result.get('seq', '')}"
     lines = [f"{where}  [{result['task']}]"]
     for d in result["detections"]:

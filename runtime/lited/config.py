@@ -6,6 +6,7 @@ at `lited serve`, not at 3 a.m. when the camera reconnects.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -48,6 +49,7 @@ class Config:
     pub_hwm: int = 1000
     request_workers: int = 1
     status_interval: float = 5.0
+    http: Optional["HttpConfig"] = None
     raw: dict = field(default_factory=dict)
 
 
@@ -70,7 +72,7 @@ def default_state_dir() -> Path:
 
 
 TOP_FIELDS = ("runtime_dir", "state_dir", "models", "streams", "endpoints", "curve", "insecure_tcp", "group",
-              "limits", "request_workers", "status_interval")
+              "limits", "request_workers", "status_interval", "http")
 STREAM_FIELDS = ("name", "source", "model", "slots", "stall_timeout")
 
 
@@ -112,10 +114,11 @@ def parse_config(raw: Any, path: Optional[Path] = None, base_dir: Optional[Path]
     interval = c.number(raw, "status_interval", "", 5.0, above=0, maximum=3600)
     insecure = c.get(raw, "insecure_tcp", "", bool, required=False, default=False)
     group = c.get(raw, "group", "", str, required=False)
+    http = parse_http(c, raw.get("http"), max_req) if "http" in raw else None
     if c.problems:
         raise ConfigError(where, c.problems)
     return Config(path, runtime_dir, state_dir, models, streams, pub, req, curve, insecure, group, max_req, hwm,
-                  workers, float(interval), raw)
+                  workers, float(interval), http, raw)
 
 
 def _streams(c: Checker, items: list, models: dict) -> list:
@@ -162,6 +165,89 @@ def _endpoint_list(c: Checker, endpoints: dict, key: str, default: str) -> list:
         if not re.match(r"^(ipc|tcp|inproc)://.+", v):
             c.add(f"endpoints.{key}", f"'{v}' is not an ipc://, tcp:// or inproc:// endpoint")
     return value
+
+
+# ---------------------------------------------------------------------------
+# `http`: the HTTP front end (service/http.py, docs/config.md "http"). All of
+# it is here, in one piece, so it can move into a config schema as a unit.
+# ---------------------------------------------------------------------------
+HTTP_FIELDS = ("listen", "token", "max_body_bytes", "body_budget_bytes", "max_live_clients", "live_fps",
+               "max_event_clients", "metrics_public")
+HTTP_DEFAULT_LISTEN = "127.0.0.1:24401"  # EasyEdge's port: code written for its SDK finds lited there
+MIN_TOKEN_CHARS = 16
+
+
+@dataclass
+class HttpConfig:
+    listen: list                      # [(host, port)]; port 0: any free port (status shows the one bound)
+    token: Optional[str] = None       # bearer token; required unless every listen address is loopback
+    max_body_bytes: int = 16 << 20    # one request body
+    body_budget_bytes: int = 32 << 20  # all request bodies being received at once
+    max_live_clients: int = 10        # MJPEG clients, all streams together
+    live_fps: float = 10.0            # MJPEG frames per second at most, per stream
+    max_event_clients: int = 20       # server-sent-events clients
+    metrics_public: bool = False      # /metrics without the token
+
+
+def parse_listen(value: str) -> Optional[tuple]:
+    """'HOST:PORT' ('[v6]:PORT', 'localhost:PORT') -> (host, port), None if malformed."""
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not port.isdigit() or int(port) > 65535:
+        return None
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return None
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    return host == "localhost" or ipaddress.ip_address(host).is_loopback
+
+
+def parse_http(c: Checker, raw: Any, max_request_bytes: int) -> Optional[HttpConfig]:
+    """The `http` section: problems go to `c`; None when it has any."""
+    if not isinstance(raw, dict):
+        c.add("http", f"expected an object, got {shown(raw)}")
+        return None
+    before = len(c.problems)
+    c.unknown(raw, HTTP_FIELDS, "http.")
+    listen_raw = raw.get("listen", HTTP_DEFAULT_LISTEN)
+    listen_raw = [listen_raw] if isinstance(listen_raw, str) else listen_raw
+    listen = []
+    if not isinstance(listen_raw, list) or not listen_raw:
+        c.add("http.listen", f"expected 'HOST:PORT' or a list of them, got {shown(raw.get('listen'))}")
+    else:
+        for value in listen_raw:
+            parsed = parse_listen(value) if isinstance(value, str) else None
+            if parsed is None:
+                c.add("http.listen", f"{shown(value)} is not HOST:PORT with an IP address (or localhost) "
+                                     "and a port from 0 to 65535")
+            else:
+                listen.append(parsed)
+    token = c.get(raw, "token", "http.", str, required=False)
+    if token is not None and (len(token) < MIN_TOKEN_CHARS or not token.isprintable() or " " in token):
+        c.add("http.token", f"expected at least {MIN_TOKEN_CHARS} printable characters without spaces")
+    remote = [f"{h}:{p}" for h, p in listen if not is_loopback(h)]
+    if remote and token is None:
+        c.add("http.token", f"needed: {', '.join(remote)} is not a loopback address "
+                            "(clients send 'Authorization: Bearer <token>')")
+    max_body = c.number(raw, "max_body_bytes", "http.", max_request_bytes, integer=True, minimum=1024,
+                        maximum=1 << 30)
+    budget = c.number(raw, "body_budget_bytes", "http.", 2 * (max_body or max_request_bytes), integer=True,
+                      minimum=1024, maximum=1 << 32)
+    if max_body is not None and budget is not None and budget < max_body:
+        c.add("http.body_budget_bytes", f"{budget} is below http.max_body_bytes ({max_body}): "
+                                        "no request could be received")
+    live = c.number(raw, "max_live_clients", "http.", 10, integer=True, minimum=0, maximum=1000)
+    live_fps = c.number(raw, "live_fps", "http.", 10.0, above=0, maximum=120)
+    events = c.number(raw, "max_event_clients", "http.", 20, integer=True, minimum=0, maximum=1000)
+    public = c.get(raw, "metrics_public", "http.", bool, required=False, default=False)
+    if len(c.problems) > before:
+        return None
+    return HttpConfig(listen, token, max_body, budget, live, float(live_fps), events, public)
 
 
 def load_config(path: str | os.PathLike) -> Config:

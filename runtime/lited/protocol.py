@@ -39,18 +39,41 @@ def event_topic(stream: str) -> bytes:
     return f"event/{stream}".encode()
 
 
-def encode_result(result: dict) -> bytes:
-    """A pipeline result -> the published payload (see docs/protocol.md)."""
+def result_message(result: dict) -> dict:
+    """A pipeline result -> the published message (see docs/protocol.md)."""
     payload = {"v": VERSION, "type": "result"}
     for key in RESULT_KEYS:
         payload[key] = result.get(key)
     payload["frame"] = {"ring": result.get("ring"), "slot": result.get("slot"), "slot_seq": result.get("slot_seq"),
                         "width": result.get("width"), "height": result.get("height")}
-    return msgpack.packb(payload, use_bin_type=True)
+    return payload
+
+
+def encode_result(result: dict) -> bytes:
+    """A pipeline result -> the published payload."""
+    return msgpack.packb(result_message(result), use_bin_type=True)
+
+
+def event_message(event: dict) -> dict:
+    return {"v": VERSION, "type": "event", **event}
+
+
+def json_ready(result: dict) -> dict:
+    """A result (or message) as JSON shows it (`lited infer --json`, HTTP):
+    boxes to 0.1 px, scores to 1e-4, times to 1 us."""
+    out = dict(result)
+    if "detections" in result:
+        out["detections"] = [{**d, "score": round(d["score"], 4), "box": [round(v, 1) for v in d["box"]]}
+                             for d in result["detections"]]
+    if "classes" in result:
+        out["classes"] = [{**c, "score": round(c["score"], 4)} for c in result["classes"]]
+    if result.get("timings_ms"):
+        out["timings_ms"] = {k: round(v, 3) for k, v in result["timings_ms"].items()}
+    return out
 
 
 def encode_event(event: dict) -> bytes:
-    return msgpack.packb({"v": VERSION, "type": "event", **event}, use_bin_type=True)
+    return msgpack.packb(event_message(event), use_bin_type=True)
 
 
 def decode_payload(data: bytes, max_bin: int = 1 << 26) -> dict:

@@ -55,6 +55,7 @@ class Daemon:
         self._reload_lock = threading.Lock()
         self.requests = Requests(self, config.request_workers, config.max_request_bytes)
         self.bus: Optional[Bus] = None
+        self.http: Any = None  # service/http.HttpFront when the config has `http` (tornado is imported only then)
 
     # -- start and stop
     def start(self) -> None:
@@ -72,13 +73,26 @@ class Daemon:
         self.watchdog.register("bus")
         self.bus.start()
         self.requests.start()
+        if cfg.http is not None:
+            self._start_http()
         for sc in cfg.streams:
             self.notifier.status(f"warming up {sc.model} for {sc.name}")
             self._start_stream(sc)
         self.notifier.ready(self.status_line())
         self.watchdog.start()
         self._daemon_event("ready", f"{len(self.streams)} streams, {len(self.bundles)} models")
-        log.info("serving: pub %s, req %s", " ".join(cfg.pub), " ".join(cfg.req), extra={"event": "ready"})
+        log.info("serving: pub %s, req %s%s", " ".join(cfg.pub), " ".join(cfg.req),
+                 f", http {' '.join(self.http.listening)}" if self.http else "", extra={"event": "ready"})
+
+    def _start_http(self) -> None:
+        try:
+            from lited.service.http import HttpFront
+        except ImportError as exc:
+            raise ConfigError(str(self.config.path or "<config>"),
+                              [f"http: needs the 'http' extra (pip install 'lited[http]'): {exc}"]) from None
+        self.watchdog.register("http")
+        self.http = HttpFront(self, self.config.http, heartbeat=lambda: self.watchdog.beat("http"))
+        self.http.start()
 
     def _start_stream(self, sc: StreamConfig) -> Stream:
         bundle = self.bundles[sc.model]
@@ -106,6 +120,9 @@ class Daemon:
         self.notifier.stopping("stopping")
         self._daemon_event("stopping", "")
         self.stop_event.set()
+        if self.http is not None:
+            self.http.stop()
+            self.watchdog.unregister("http")
         for name in list(self.streams):
             self._stop_stream(name)
         self.requests.stop()
@@ -135,9 +152,13 @@ class Daemon:
     # -- results and events
     def _publish_result(self, result: dict) -> None:
         self.bus.publish(protocol.result_topic(result["stream"]), protocol.encode_result(result))
+        if self.http is not None:
+            self.http.on_result(result)
 
     def _publish_event(self, event: dict) -> None:
         self.bus.publish(protocol.event_topic(event["stream"]), protocol.encode_event(event))
+        if self.http is not None:
+            self.http.on_event(event)
 
     def _daemon_event(self, kind: str, detail: str, **extra: Any) -> None:
         if self.bus is not None:
@@ -253,6 +274,7 @@ class Daemon:
             "streams": [s.status() for s in self.streams.values()],
             "last_reload": self.last_reload,
             "watchdog_stale": self.watchdog.stale(),
+            **({"http": self.http.status()} if self.http is not None else {}),
         }
 
     def status_line(self) -> str:

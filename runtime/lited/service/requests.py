@@ -200,7 +200,7 @@ class Requests:
         result, ring = stream.last_result, stream.ring
         if result is None or ring is None:
             raise ProtocolError("failed", f"stream '{name}' has no frame yet ({stream.current_state()})")
-        frame = ring.read(result["slot"], result["slot_seq"]) if result["ring"] == ring.name else None
+        frame = stream.result_frame(result)
         if frame is None:  # the result's own frame was overwritten: take the newest and say so
             latest = ring.latest()
             frame = ring.read(*latest) if latest else None
