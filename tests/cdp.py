@@ -1,5 +1,7 @@
-"""Minimal Chrome DevTools Protocol driver for tests: headless Chromium (apt
+"""A minimal Chrome DevTools Protocol driver for tests: headless Chromium (apt
 `chromium`) + `websocket-client`; no node, no selenium, no chromedriver.
+(`chromium --dump-dom` and `--screenshot` never return on a page with a live
+MJPEG view or an EventSource: the page never goes idle.)
 
     with Chromium() as b:
         b.navigate("http://127.0.0.1:8080/")
@@ -41,6 +43,18 @@ FLAGS = [
 
 class CDPError(RuntimeError):
     pass
+
+
+def need_chromium() -> str:
+    """The chromium binary, or skip (fail under CI=true, where tools/apt-test.txt installs it)."""
+    import pytest
+
+    binary = shutil.which("chromium")
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is not installed (tools/apt-test.txt)")
+        pytest.skip("chromium is not installed (apt-get install --no-install-recommends chromium)")
+    return binary
 
 
 class Chromium:

@@ -174,6 +174,7 @@ def _endpoint_list(c: Checker, endpoints: dict, key: str, default: str) -> list:
 HTTP_FIELDS = ("listen", "token", "max_body_bytes", "body_budget_bytes", "max_live_clients", "live_fps",
                "max_event_clients", "metrics_public")
 HTTP_DEFAULT_LISTEN = "127.0.0.1:24401"  # EasyEdge's port: code written for its SDK finds lited there
+BODY_COPIES = 3  # a body counts this many times against the budget: itself, its text or a copy, the image in it
 MIN_TOKEN_CHARS = 16
 
 
@@ -182,7 +183,7 @@ class HttpConfig:
     listen: list                      # [(host, port)]; port 0: any free port (status shows the one bound)
     token: Optional[str] = None       # bearer token; required unless every listen address is loopback
     max_body_bytes: int = 16 << 20    # one request body
-    body_budget_bytes: int = 32 << 20  # all request bodies being received at once
+    body_budget_bytes: int = 48 << 20  # all request bodies in flight, each counted BODY_COPIES times
     max_live_clients: int = 10        # MJPEG clients, all streams together
     live_fps: float = 10.0            # MJPEG frames per second at most, per stream
     max_event_clients: int = 20       # server-sent-events clients
@@ -236,11 +237,11 @@ def parse_http(c: Checker, raw: Any, max_request_bytes: int) -> Optional[HttpCon
                             "(clients send 'Authorization: Bearer <token>')")
     max_body = c.number(raw, "max_body_bytes", "http.", max_request_bytes, integer=True, minimum=1024,
                         maximum=1 << 30)
-    budget = c.number(raw, "body_budget_bytes", "http.", 2 * (max_body or max_request_bytes), integer=True,
-                      minimum=1024, maximum=1 << 32)
-    if max_body is not None and budget is not None and budget < max_body:
-        c.add("http.body_budget_bytes", f"{budget} is below http.max_body_bytes ({max_body}): "
-                                        "no request could be received")
+    budget = c.number(raw, "body_budget_bytes", "http.", BODY_COPIES * (max_body or max_request_bytes),
+                      integer=True, minimum=1024, maximum=1 << 34)
+    if max_body is not None and budget is not None and budget < BODY_COPIES * max_body:
+        c.add("http.body_budget_bytes", f"{budget} is below {BODY_COPIES} x http.max_body_bytes "
+                                        f"({BODY_COPIES * max_body}): a body of the largest size could not be taken")
     live = c.number(raw, "max_live_clients", "http.", 10, integer=True, minimum=0, maximum=1000)
     live_fps = c.number(raw, "live_fps", "http.", 10.0, above=0, maximum=120)
     events = c.number(raw, "max_event_clients", "http.", 20, integer=True, minimum=0, maximum=1000)

@@ -67,14 +67,14 @@ class Daemon:
         for name, path in cfg.models.items():
             self.bundles[name] = load_bundle(path)
             self.generation[name] = 0
+        self.requests.start()
+        if cfg.http is not None:  # before the bus: once `ping` answers, HTTP is served too
+            self._start_http()
         curve = Curve(cfg.curve["server_secret"], cfg.curve["clients_dir"]) if cfg.curve else None
         self.bus = Bus(cfg.pub, cfg.req, self.requests.on_message, curve, self.insecure_tcp, cfg.pub_hwm,
                        cfg.max_request_bytes, heartbeat=lambda: self.watchdog.beat("bus"))
         self.watchdog.register("bus")
         self.bus.start()
-        self.requests.start()
-        if cfg.http is not None:
-            self._start_http()
         for sc in cfg.streams:
             self.notifier.status(f"warming up {sc.model} for {sc.name}")
             self._start_stream(sc)

@@ -44,7 +44,7 @@ import tornado.netutil
 import tornado.web
 from tornado.httputil import parse_body_arguments
 
-from lited.config import HttpConfig
+from lited.config import BODY_COPIES, HttpConfig
 from lited.protocol import ProtocolError, event_message, json_ready, result_message
 from lited.service import easyedge, live
 from lited.service.metrics import Metrics
@@ -56,7 +56,6 @@ HTTP_STATUS = {"bad_request": 400, "unauthorized": 401, "forbidden": 403, "not_f
                "unknown_method": 405, "too_large": 413, "failed": 500, "busy": 503}
 CODE_OF_STATUS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                   405: "unknown_method", 413: "too_large", 503: "busy"}
-BODY_COPIES = 3           # a body, its text (base64 JSON) or a copy, and the image bytes taken from it
 EVENT_QUEUE = 256         # messages waiting per server-sent-events client before it loses some
 SEND_TIMEOUT = 10.0       # s a streaming client may take to read a frame or message before it is dropped
 PAGE_DIR = Path(__file__).with_name("page")
@@ -343,28 +342,27 @@ class Handler(tornado.web.RequestHandler):
         cfg = self.front.config
         if length is not None:
             if not length.isdigit():
-                return self.fail("bad_request", "Content-Length: not a number")
+                return self.refuse("bad_request", "Content-Length: not a number")
             n = int(length)
             if n > cfg.max_body_bytes:
-                return self.fail("too_large", f"body of {n} bytes is over http.max_body_bytes ({cfg.max_body_bytes})")
+                return self.refuse("too_large", f"body of {n} bytes is over http.max_body_bytes ({cfg.max_body_bytes})")
             self._reserve(BODY_COPIES * n)
-        elif self.request.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            self._reserve(BODY_COPIES * cfg.max_body_bytes)
 
-    def _reserve(self, n: int) -> None:
+    def _reserve(self, n: int) -> bool:
         if self.front.take_budget(n):
-            self._budget = n
-        else:
-            self.fail("busy", "too many request bodies being received; retry", {"Retry-After": "1"})
+            self._budget += n
+            return True
+        self.refuse("busy", "too many request bodies in flight; retry", {"Retry-After": "1"})
+        return False
 
     def data_received(self, chunk: bytes) -> None:
         if not self.takes_body or self._finished or self._refused:
             return
         self._received += len(chunk)
         if self._received > self.front.config.max_body_bytes:
-            self._refused = True
-            self._chunks = []
-            return self.fail("too_large", f"body is over http.max_body_bytes ({self.front.config.max_body_bytes})")
+            return self.refuse("too_large", f"body is over http.max_body_bytes ({self.front.config.max_body_bytes})")
+        if self._received > self._budget // BODY_COPIES and not self._reserve(BODY_COPIES * len(chunk)):
+            return  # chunked: its budget is taken as it comes
         self._chunks.append(chunk)
 
     def body(self) -> bytes:
@@ -396,14 +394,24 @@ class Handler(tornado.web.RequestHandler):
         if cookie and _same(cookie, token):
             origin = self.request.headers.get("Origin")
             if self.request.method not in ("GET", "HEAD") and origin and urlsplit(origin).netloc != self.request.host:
-                self.fail("forbidden", "a request from another site with the page's cookie")
+                self.refuse("forbidden", "a request from another site with the page's cookie")
                 return False
             return True
-        self.fail("unauthorized", "missing or wrong token: send 'Authorization: Bearer <token>' "
+        self.refuse("unauthorized", "missing or wrong token: send 'Authorization: Bearer <token>' "
                                   "(a browser: open /?token=<token> once)", {"WWW-Authenticate": 'Bearer realm="lited"'})
         return False
 
     # -- answers
+    def refuse(self, code: str, message: str, headers: Optional[dict] = None) -> None:
+        """Fail before the body was read: the rest of the body is read and
+        dropped, then the connection is closed; `Connection: close` says so,
+        so a keep-alive client does not send its next request into it."""
+        self._refused = True
+        self._chunks = []
+        if self.request.headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in self.request.headers:
+            headers = {**(headers or {}), "Connection": "close"}
+        self.fail(code, message, headers)
+
     def fail(self, code: str, message: str, headers: Optional[dict] = None) -> None:
         if self._finished:
             return

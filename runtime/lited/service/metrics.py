@@ -18,6 +18,8 @@ COUNTER_NAMES = {"captured": "frames_captured", "inferred": "frames_inferred", "
                  "torn": "frames_torn", "reconnects": "reconnects", "errors": "errors",
                  "engine_restarts": "engine_restarts"}
 MB = 1 << 20
+# The classic text format, which every Prometheus version reads (names here are all plain ASCII)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class Metrics:
@@ -32,14 +34,14 @@ class Metrics:
 
     def render(self) -> tuple:
         """(body, content type) of one scrape."""
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from prometheus_client import generate_latest
 
         if self._registry is None:
             from prometheus_client import CollectorRegistry
 
             self._registry = CollectorRegistry(auto_describe=False)
             self._registry.register(_Collector(self))
-        return generate_latest(self._registry), CONTENT_TYPE_LATEST
+        return generate_latest(self._registry), CONTENT_TYPE
 
 
 class _Collector:
