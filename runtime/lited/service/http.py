@@ -403,14 +403,13 @@ class Handler(tornado.web.RequestHandler):
 
     # -- answers
     def refuse(self, code: str, message: str, headers: Optional[dict] = None) -> None:
-        """Fail before the body was read: the rest of the body is read and
-        dropped, then the connection is closed; `Connection: close` says so,
-        so a keep-alive client does not send its next request into it."""
+        """Fail before the body was read (in prepare or data_received). tornado
+        then reads and drops the rest of the body and closes the connection;
+        `Connection: close` says so, or a keep-alive client would send its next
+        request into a closing connection."""
         self._refused = True
         self._chunks = []
-        if self.request.headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in self.request.headers:
-            headers = {**(headers or {}), "Connection": "close"}
-        self.fail(code, message, headers)
+        self.fail(code, message, {**(headers or {}), "Connection": "close"})
 
     def fail(self, code: str, message: str, headers: Optional[dict] = None) -> None:
         if self._finished:
@@ -700,6 +699,7 @@ class Page(EasyEdge):
         cfg = self.front.config
         if token is not None and cfg.token is not None and _same(token, cfg.token):
             self.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/")
+            self.set_header("Connection", "close")  # answered in prepare: see refuse()
             return self.redirect("/", status=303)
         self.authorized()
 
@@ -730,7 +730,7 @@ class PageFile(Handler):
 class NotFound(Handler):
     def prepare(self) -> None:
         if self.authorized():
-            self.fail("not_found", f"no route {self.request.method} {self.request.path[:200]}")
+            self.refuse("not_found", f"no route {self.request.method} {self.request.path[:200]}")
 
 
 def make_app(front: HttpFront) -> tornado.web.Application:
