@@ -236,6 +236,101 @@ def bench_daemon(bundles: Path, progress: Progress, tmp: Path) -> dict:
     return out
 
 
+def bench_http(bundles: Path, progress: Progress, tmp: Path) -> dict:
+    """The HTTP front end: its RSS cost (the same daemon with and without
+    `http`, before and after the first /metrics scrape), and the round trip of
+    one image through `POST /v1/infer`, the ZeroMQ `infer` request and
+    `Model.infer` in process, interleaved in one loop (same image, same model)."""
+    import cv2
+    import numpy as np
+    import requests
+
+    from lited.bundle import load_bundle
+    from lited.client import Client
+    from lited.model import Model
+
+    out: dict = {}
+    image_path = SHARED / "images" / "astronaut.png"
+    jpeg = cv2.imencode(".jpg", cv2.imread(str(image_path)), [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    rss = {}
+    for name, http in (("without", None), ("with", {"listen": "127.0.0.1:0"})):
+        run = tmp / f"run-{name}"
+        config = {"runtime_dir": str(run), "models": {"det": str(bundles / "ultraface")}, "streams": [],
+                  **({"http": http} if http else {})}
+        (tmp / f"{name}.conf").write_text(json.dumps(config))
+        progress.step(f"http: daemon {name} http")
+        daemon = subprocess.Popen([str(Path(PY).with_name("lited")), "serve", "--config", str(tmp / f"{name}.conf")],
+                                  env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        try:
+            with Client(f"ipc://{run}/req.sock", timeout=60) as client:
+                status = client.status()
+                client.infer(image=jpeg)  # the request worker's engine is up
+                time.sleep(1)
+                rss[name] = memory_mb(daemon.pid)
+                if not http:
+                    continue
+                url = "http://" + status["http"]["listening"][0]
+                requests.get(url + "/metrics").raise_for_status()
+                time.sleep(0.5)
+                rss["scraped"] = memory_mb(daemon.pid)
+                model = Model(load_bundle(bundles / "ultraface"))
+                decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+                progress.step("http: /v1/infer vs ZeroMQ infer vs Model.infer")
+                times: dict = {"http": [], "zmq": [], "local": []}
+                with requests.Session() as session:
+                    for i in range(3 * 60 + 15):  # three rounds of 60 after 15 warm-up runs
+                        for kind in ("http", "zmq", "local"):
+                            t = time.perf_counter()
+                            if kind == "http":
+                                session.post(url + "/v1/infer", data=jpeg).raise_for_status()
+                            elif kind == "zmq":
+                                client.infer(image=jpeg)
+                            else:
+                                model.infer(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR))
+                            if i >= 15:
+                                times[kind].append((time.perf_counter() - t) * 1e3)
+                out["infer"] = {k: {"p50": float(np.percentile(v, 50)), "p99": float(np.percentile(v, 99))}
+                                for k, v in times.items()}
+                rounds = [{k: float(np.median(v[r * 60:(r + 1) * 60])) for k, v in times.items()} for r in range(3)]
+                out["round_ratios"] = {k: [r[k] / r["local"] for r in rounds] for k in ("http", "zmq")}
+                out["image"] = f"{image_path.name} as a {len(jpeg) // 1024} KB JPEG, {decoded.shape[1]}x{decoded.shape[0]}"
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(30)
+    out["rss"] = rss
+    return out
+
+
+def render_http(h: dict) -> str:
+    r, inf = h["rss"], h["infer"]
+    ratio = {k: sorted(v) for k, v in h["round_ratios"].items()}
+    return f"""
+## The HTTP front end
+
+`lited serve` with UltraFace and no stream, with and without `http` in its config (tornado and,
+from the first scrape of `/metrics`, prometheus_client are imported only then). RSS / PSS of the
+daemon process after one `infer` request.
+
+| daemon | RSS / PSS MB |
+| --- | --- |
+| without `http` | {r['without']['rss']:.1f} / {r['without']['pss']:.1f} |
+| with `http`, serving | {r['with']['rss']:.1f} / {r['with']['pss']:.1f} ({r['with']['rss'] - r['without']['rss']:+.1f} MB RSS) |
+| with `http`, after the first `/metrics` scrape | {r['scraped']['rss']:.1f} / {r['scraped']['pss']:.1f} ({r['scraped']['rss'] - r['without']['rss']:+.1f} MB RSS) |
+
+One image ({h['image']}), the same model, three ways in one interleaved loop (180 runs each after
+15 warm-up runs): `POST /v1/infer` with the JPEG as the body (requests, keep-alive), the ZeroMQ
+`infer` request with the same bytes (`lited.client.Client`), and `Model.infer` on the decoded image
+in the benchmark's process. Ratios are per round of 60 (median of the round over `Model.infer`'s).
+
+| path | p50 ms | p99 ms | ratio to in-process (median, min-max of 3 rounds) |
+| --- | --- | --- | --- |
+| `Model.infer` in process (decode included) | {inf['local']['p50']:.2f} | {inf['local']['p99']:.2f} | 1 |
+| ZeroMQ `infer` request (ipc) | {inf['zmq']['p50']:.2f} | {inf['zmq']['p99']:.2f} | {ratio['zmq'][1]:.3f} ({ratio['zmq'][0]:.3f}-{ratio['zmq'][2]:.3f}) |
+| `POST /v1/infer` (HTTP on 127.0.0.1) | {inf['http']['p50']:.2f} | {inf['http']['p99']:.2f} | {ratio['http'][1]:.3f} ({ratio['http'][0]:.3f}-{ratio['http'][2]:.3f}) |
+"""
+
+
 def _spread(ratios: list) -> str:
     return f" (of {len(ratios)}: {min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else ""
 
@@ -398,13 +493,17 @@ def main() -> int:
     ap.add_argument("--models", default="ultraface,fastestdet,mobilenetv2,ppocrv4_det,ppocr_cls,demo_ppocrv4_det")
     ap.add_argument("--quick", action="store_true", help="fewer runs (a smoke test of the benchmark itself)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
+    ap.add_argument("--only-http", action="store_true",
+                    help="measure the HTTP front end only and replace its section of --out")
     args = ap.parse_args()
     if not (SHARED / "models").is_dir():
         print(f"bench: {SHARED / 'models'} is absent: nothing to measure", file=sys.stderr)
         return 2
     names = [n for n in args.models.split(",") if n == "demo_ppocrv4_det" or (SHARED / "models" / n).is_dir()]
     thread_models = [n for n in ("fastestdet", "mobilenetv2") if n in names]
-    progress = Progress(5 * len(names) + 2 * len(thread_models) + 5)
+    if args.only_http:
+        return only_http(args.out)
+    progress = Progress(5 * len(names) + 2 * len(thread_models) + 8)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         bundles = tmp / "bundles"
@@ -419,11 +518,31 @@ def main() -> int:
         rows = bench_models(names, bundles, args.quick, progress, tmp)
         threads = bench_threads(thread_models, bundles, progress)
         daemon = bench_daemon(bundles, progress, tmp)
+        http = bench_http(bundles, progress, tmp)
     progress.close()
     png = args.out.with_name("benchmarks.png")
     plot(rows, png)
-    args.out.write_text(render(rows, threads, daemon, machine(), png.name))
+    args.out.write_text(render(rows, threads, daemon, machine(), png.name) + render_http(http))
     print(args.out.read_text())
+    return 0
+
+
+def only_http(out: Path) -> int:
+    """Measure the HTTP front end alone and put its section in place of the old one (dated: it is
+    not from the same run as the rest)."""
+    progress = Progress(3)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        subprocess.run([PY, str(ROOT / "tools" / "make_bundles.py"), "--out", str(tmp / "bundles"), "ultraface"],
+                       check=True, stdout=subprocess.DEVNULL)
+        section = render_http(bench_http(tmp / "bundles", progress, tmp))
+    progress.close()
+    section = section.replace("## The HTTP front end\n", f"## The HTTP front end\n\n(Measured on {time.strftime('%Y-%m-%d')} "
+                              f"by `python tools/bench.py --only-http`, apart from the run above.)\n", 1)
+    text = out.read_text()
+    head = text.split("\n## The HTTP front end\n")[0].rstrip("\n") + "\n"
+    out.write_text(head + section)
+    print(section)
     return 0
 
 
