@@ -47,7 +47,11 @@ def serve(tmp: Path, bundles_dir: Path, http: dict, streams: list, **config) -> 
     d = DaemonProcess(tmp, {"models": {"det": str(bundles_dir / "fastestdet"), "face": str(bundles_dir / "ultraface")},
                             "streams": streams, "http": {"listen": "127.0.0.1:0", **http}, **config})
     d.start()
-    return Served(d)
+    try:
+        return Served(d)
+    except BaseException:
+        d.stop()  # never leave a daemon behind
+        raise
 
 
 @pytest.fixture(scope="module")
@@ -370,6 +374,21 @@ def test_other_addresses_need_a_token(tmp_path, bundles_dir):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert "http.token: needed: 0.0.0.0:0 is not a loopback address" in out.stderr
+
+
+def test_a_port_already_taken_stops_the_start_with_one_line(tmp_path, bundles_dir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "lited.json"
+        config.write_text(json.dumps({"runtime_dir": str(tmp_path / "run"),
+                                      "models": {"det": str(bundles_dir / "fastestdet")},
+                                      "http": {"listen": f"127.0.0.1:{port}"}}))
+        out = subprocess.run([sys.executable, "-m", "lited.cli", "serve", "--config", str(config)],
+                             capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1] == \
+        f"lited: http.listen: 127.0.0.1:{port}: cannot bind (Address already in use)", out.stderr
 
 
 def test_the_token_guards_every_route_but_the_page_files(tmp_path, bundles_dir):

@@ -277,19 +277,22 @@ def bench_http(bundles: Path, progress: Progress, tmp: Path) -> dict:
                 model = Model(load_bundle(bundles / "ultraface"))
                 decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
                 progress.step("http: /v1/infer vs ZeroMQ infer vs Model.infer")
-                times: dict = {"http": [], "zmq": [], "local": []}
+                times: dict = {"http": [], "zmq": [], "local": [], "floor": []}
                 with requests.Session() as session:
                     for i in range(3 * 60 + 15):  # three rounds of 60 after 15 warm-up runs
-                        for kind in ("http", "zmq", "local"):
+                        for kind in ("http", "zmq", "local", "floor"):
                             t = time.perf_counter()
                             if kind == "http":
                                 session.post(url + "/v1/infer", data=jpeg).raise_for_status()
+                            elif kind == "floor":  # the HTTP stack alone: a static file of the page
+                                session.get(url + "/page/lited.css").raise_for_status()
                             elif kind == "zmq":
                                 client.infer(image=jpeg)
                             else:
                                 model.infer(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR))
                             if i >= 15:
                                 times[kind].append((time.perf_counter() - t) * 1e3)
+                out["load"] = os.getloadavg()[0]
                 out["infer"] = {k: {"p50": float(np.percentile(v, 50)), "p99": float(np.percentile(v, 99))}
                                 for k, v in times.items()}
                 rounds = [{k: float(np.median(v[r * 60:(r + 1) * 60])) for k, v in times.items()} for r in range(3)]
@@ -328,6 +331,10 @@ in the benchmark's process. Ratios are per round of 60 (median of the round over
 | `Model.infer` in process (decode included) | {inf['local']['p50']:.2f} | {inf['local']['p99']:.2f} | 1 |
 | ZeroMQ `infer` request (ipc) | {inf['zmq']['p50']:.2f} | {inf['zmq']['p99']:.2f} | {ratio['zmq'][1]:.3f} ({ratio['zmq'][0]:.3f}-{ratio['zmq'][2]:.3f}) |
 | `POST /v1/infer` (HTTP on 127.0.0.1) | {inf['http']['p50']:.2f} | {inf['http']['p99']:.2f} | {ratio['http'][1]:.3f} ({ratio['http'][0]:.3f}-{ratio['http'][2]:.3f}) |
+| for scale: `GET /page/lited.css` (the HTTP stack and client alone, no inference) | {inf['floor']['p50']:.2f} | {inf['floor']['p99']:.2f} | |
+
+Load average during the loop: {h['load']:.1f} on {os.cpu_count()} cores (other work shares this machine: absolute times
+and the HTTP stack's share move with it).
 """
 
 

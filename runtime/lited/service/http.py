@@ -115,7 +115,7 @@ class HttpFront:
                 try:
                     sockets = tornado.netutil.bind_sockets(port, host)
                 except OSError as exc:
-                    raise OSError(exc.errno, f"http.listen: {host}:{port}: cannot bind ({exc.strerror})") from None
+                    raise OSError(f"http.listen: {host}:{port}: cannot bind ({exc.strerror})") from None
                 server = tornado.httpserver.HTTPServer(
                     app, max_body_size=4 * self.config.max_body_bytes, max_buffer_size=4 << 20,
                     idle_connection_timeout=60, body_timeout=60, max_header_size=16 << 10)
