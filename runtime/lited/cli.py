@@ -28,14 +28,39 @@ def _read_image(path: str) -> Any:
     return image
 
 
+def _rounded_classes(classes: list) -> list:
+    return [{**c, "score": round(c["score"], 4)} for c in classes]
+
+
 def _rounded(result: dict) -> dict:
-    """JSON-friendly: boxes to 0.1 px, scores to 1e-4, times to 1 us."""
+    """JSON-friendly: boxes and polygons to 0.1 px, scores to 1e-4, times to 1 us;
+    a cascade's fields in each detection likewise."""
     out = dict(result)
-    out["detections"] = [{**d, "score": round(d["score"], 4), "box": [round(v, 1) for v in d["box"]]}
-                         for d in result["detections"]]
-    out["classes"] = [{**c, "score": round(c["score"], 4)} for c in result["classes"]]
+    out["detections"] = []
+    for d in result["detections"]:
+        d = {**d, "score": round(d["score"], 4), "box": [round(v, 1) for v in d["box"]]}
+        if "polygon" in d:
+            d["polygon"] = [[round(x, 1), round(y, 1)] for x, y in d["polygon"]]
+        if "classes" in d:
+            d["classes"] = _rounded_classes(d["classes"])
+        if "text_score" in d:
+            d["text_score"] = round(d["text_score"], 4)
+        out["detections"].append(d)
+    out["classes"] = _rounded_classes(result["classes"])
+    if "text_score" in result:
+        out["text_score"] = round(result["text_score"], 4)
     if "timings_ms" in result:
         out["timings_ms"] = {k: round(v, 3) for k, v in result["timings_ms"].items()}
+    return out
+
+
+def _stage_fields(d: dict) -> str:
+    """What later stages added to a detection, for the human table."""
+    out = ""
+    if d.get("classes"):
+        out += f"  [{d['classes'][0]['label']} {d['classes'][0]['score']:.2f}]"
+    if "text" in d:
+        out += f"  {json.dumps(d['text'], ensure_ascii=False)} ({d['text_score']:.2f})"
     return out
 
 
@@ -47,10 +72,13 @@ def format_result(result: dict, as_json: bool) -> str:
     lines = [f"{where}  [{result['task']}]"]
     for d in result["detections"]:
         x1, y1, x2, y2 = d["box"]
-        lines.append(f"  {d['label']:<20} {d['score']:.3f}  box {x1:.0f},{y1:.0f} - {x2:.0f},{y2:.0f}")
+        lines.append(f"  {d['label']:<20} {d['score']:.3f}  box {x1:.0f},{y1:.0f} - {x2:.0f},{y2:.0f}"
+                     + _stage_fields(d))
     for c in result["classes"]:
         lines.append(f"  {c['label']:<20} {c['score']:.3f}")
-    if not result["detections"] and not result["classes"]:
+    if "text" in result:
+        lines.append(f"  text {json.dumps(result['text'], ensure_ascii=False)} ({result['text_score']:.3f})")
+    if not result["detections"] and not result["classes"] and "text" not in result:
         lines.append("  (nothing found)")
     t = result.get("timings_ms", {})
     lines.append("  " + "  ".join(f"{k} {v:.1f} ms" for k, v in t.items()))
@@ -168,7 +196,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 if ended and results.empty():
                     break
                 continue
-            out = {k: result[k] for k in RUN_KEYS}
+            out = {k: result[k] for k in RUN_KEYS + ("text", "text_score") if k in result}
             print(format_result(out, args.json), flush=True)
             count += 1
     finally:
