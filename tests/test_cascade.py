@@ -20,6 +20,9 @@ import numpy as np
 import pytest
 from conftest import DEMO_BUNDLE, ROOT, need_shared
 
+sys.path.insert(0, str(ROOT / "tools"))
+import demo  # noqa: E402 - tools/demo.py: its video, and how it scores what was read
+
 from lited.bundle import BundleError, load_bundle, read_labels
 from lited.cascade import Stage, box_crop, quad_crop
 from lited.model import Model, Part
@@ -34,16 +37,6 @@ PAGE_LINES = [  # page.png, transcribed by hand
     "histogram of grey values:",
     ">>> markers = np.zeros_like(coins)",
 ]
-
-
-def edit_distance(a: str, b: str) -> int:
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
 
 
 def lited(*args: str) -> subprocess.CompletedProcess:
@@ -205,7 +198,7 @@ def test_lited_infer_reads_the_page(shared_images):
     for det in lines:
         assert {"text", "text_score", "classes"} <= set(det) and det["classes"][0]["label"] in ("0", "180")
     read = [d["text"] for d in lines]
-    errors = sum(edit_distance(got, want) for got, want in zip(read, PAGE_LINES))
+    errors = sum(demo.edit_distance(got, want) for got, want in zip(read, PAGE_LINES))
     accuracy = 1 - errors / sum(map(len, PAGE_LINES))
     assert accuracy >= 0.9, (accuracy, read)
     assert set(result["timings_ms"]) >= {"preprocess", "infer", "postprocess", "crop", "cls", "rec"}
@@ -214,9 +207,6 @@ def test_lited_infer_reads_the_page(shared_images):
 # -- streams ----------------------------------------------------------------------
 
 def text_video(path: Path, frames: int, fps: int) -> None:
-    sys.path.insert(0, str(ROOT / "tools"))
-    import demo
-
     demo.make_video(path, frames=frames, fps=fps)
 
 

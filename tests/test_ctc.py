@@ -3,12 +3,12 @@ recognition (the demo bundle's rec stage, Paddle Lite) reading lines the
 same as onnxruntime on the original ONNX with rapidocr's preprocessing."""
 from __future__ import annotations
 
-import math
-
 import cv2
 import numpy as np
 import pytest
 from conftest import DEMO_BUNDLE, need_shared
+
+import rapidocr_reference as rapidocr
 
 from lited.bundle import load_bundle
 from lited.decoders import make_decoder
@@ -51,18 +51,6 @@ def test_a_keys_file_that_does_not_match_is_named():
         ctc(["a"], use_space_char=False).decode([probs([5], 6)])
 
 
-def rapidocr_rec_input(img: np.ndarray) -> np.ndarray:
-    """rapidocr 1.4.4's TextRecognizer.resize_norm_img for one crop: height 48, the
-    width its ratio asks (at least 320), zero padding after normalisation."""
-    h, w = img.shape[:2]
-    img_w = int(48 * max(320 / 48, w / h))
-    resized_w = min(img_w, int(math.ceil(48 * w / h)))
-    resized = cv2.resize(img, (resized_w, 48)).astype(np.float32).transpose(2, 0, 1) / 255
-    out = np.zeros((3, 48, img_w), np.float32)
-    out[:, :, :resized_w] = (resized - 0.5) / 0.5
-    return out[None]
-
-
 def test_pp_ocrv4_rec_on_paddle_lite_reads_as_onnxruntime():
     import onnxruntime as ort
 
@@ -79,7 +67,7 @@ def test_pp_ocrv4_rec_on_paddle_lite_reads_as_onnxruntime():
         img = np.full((th + base + 12, tw + 12, 3), 250, np.uint8)
         cv2.putText(img, text, (6, th + 6), cv2.FONT_HERSHEY_DUPLEX, 1.0, (20, 20, 20), 2, cv2.LINE_AA)
         lite = rec.decoder.decode(*rec.forward(img))
-        reference = decoder.decode([sess.run(None, {"x": rapidocr_rec_input(img)})[0]])
+        reference = decoder.decode([sess.run(None, {"x": rapidocr.rec_input(img)})[0]])
         assert lite["text"] == reference["text"] == text
         assert lite["text_score"] == pytest.approx(reference["text_score"], abs=2e-3)
     rec.close()

@@ -109,6 +109,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "decoder": bundle.decoder, "labels": {"file": m.get("labels"), "count": len(bundle.labels),
                                                "first": bundle.labels[:5]},
         "golden": (bundle.golden or {}).get("image"),
+        "stages": [{"name": st.name, "file": st.model_for(target).path.name, "crop": st.crop, "decoder": st.decoder}
+                   for st in bundle.stages],
     }
     for t, mf in bundle.models().items():
         entry = {"file": mf.path.name, "engine": mf.engine, "size": mf.size, "sha256": mf.sha256[:16] + "..."}
@@ -144,6 +146,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"  preprocess: {pre.get('color', 'BGR')} {pre['resize']['mode']} "
           f"scale {pre.get('scale', 1 / 255):.6g} mean {pre.get('mean', [0, 0, 0])} std {pre.get('std', [1, 1, 1])}")
     print(f"  decoder: {json.dumps(bundle.decoder)}")
+    for stage in bundle.stages:
+        print(f"  then stage {stage.name} on {stage.crop['mode']} crops: {stage.model_for(target).path.name}, "
+              f"input {stage.inputs[stage.image_input]['shape']}, decoder {json.dumps(stage.decoder)}")
     print(f"  labels: {info['labels']['count']} ({', '.join(info['labels']['first'])}"
           f"{', ...' if info['labels']['count'] > 5 else ''})")
     if info["golden"]:
