@@ -274,8 +274,7 @@ def render_ocr(rows: list, machine_line: str) -> str:
         p50s = [r["stages"][stage]["p50"] for r in runs if stage in r["stages"]]
         if not p50s:
             return "-"
-        mid = sorted(p50s)[len(p50s) // 2]
-        return fmt(mid) + (f" ({fmt(min(p50s))}-{fmt(max(p50s))})" if len(p50s) > 1 else "")
+        return fmt(statistics.median(p50s)) + (f" ({fmt(min(p50s))}-{fmt(max(p50s))})" if len(p50s) > 1 else "")
 
     lines = [OCR_BEGIN, f"""
 ## OCR cascade: PP-OCRv4 det -> cls -> rec, per frame
@@ -303,7 +302,7 @@ loads the Paddle Lite models without running them).
             total = sorted(r["ms"]["p50"] for r in runs)
             lines.append(
                 f"| {row['image']} | {engine} | " + " | ".join(cell(runs, st) for st in OCR_STAGES)
-                + f" | {fmt(total[len(total) // 2])} ({fmt(total[0])}-{fmt(total[-1])}) | "
+                + f" | {fmt(statistics.median(total))} ({fmt(total[0])}-{fmt(total[-1])}) | "
                 + (f"{lite_rec / ort_rec:.1f}x" if engine == "onnxruntime" else "")
                 + f" | {same}/{len(row['lite'][0]['texts'])} | {max(r['rss_mb'] for r in runs):.0f} |")
     lines.append("""
@@ -485,7 +484,7 @@ def main() -> int:
         print(f"bench: {SHARED / 'models'} is absent: nothing to measure", file=sys.stderr)
         return 2
     if args.only == "ocr":
-        progress = Progress(4)
+        progress = Progress(8)
         with tempfile.TemporaryDirectory() as tmp:
             section = render_ocr(bench_ocr(progress, Path(tmp)), f"Written by `python tools/bench.py --only ocr` "
                                  f"on {time.strftime('%Y-%m-%d')}. Machine: {machine()}")

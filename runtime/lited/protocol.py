@@ -17,6 +17,7 @@ VERSION = 1
 METHODS = ("ping", "status", "infer", "reload", "snapshot")
 RESULT_KEYS = ("stream", "seq", "frame_ts", "skipped", "model", "model_version", "task", "detections",
                "classes", "timings_ms")
+OPTIONAL_RESULT_KEYS = ("text", "text_score")  # a text decoder's (ctc) result, when it is the bundle's own
 DAEMON_STREAM = "_daemon"
 # msgpack limits for untrusted input: bounded nesting and sizes, no ext types
 _UNPACK_LIMITS = dict(max_str_len=1 << 16, max_array_len=1 << 16, max_map_len=1 << 10, max_ext_len=0)
@@ -44,6 +45,9 @@ def encode_result(result: dict) -> bytes:
     payload = {"v": VERSION, "type": "result"}
     for key in RESULT_KEYS:
         payload[key] = result.get(key)
+    for key in OPTIONAL_RESULT_KEYS:
+        if key in result:
+            payload[key] = result[key]
     payload["frame"] = {"ring": result.get("ring"), "slot": result.get("slot"), "slot_seq": result.get("slot_seq"),
                         "width": result.get("width"), "height": result.get("height")}
     return msgpack.packb(payload, use_bin_type=True)
