@@ -28,6 +28,16 @@ def _read_image(path: str) -> Any:
     return image
 
 
+def _stage_fields(d: dict) -> str:
+    """What later stages added to a detection, for the human table."""
+    out = ""
+    if d.get("classes"):
+        out += f"  [{d['classes'][0]['label']} {d['classes'][0]['score']:.2f}]"
+    if "text" in d:
+        out += f"  {json.dumps(d['text'], ensure_ascii=False)} ({d['text_score']:.2f})"
+    return out
+
+
 def format_result(result: dict, as_json: bool) -> str:
     """One JSON line, or a short human table."""
     if as_json:
@@ -38,10 +48,13 @@ def format_result(result: dict, as_json: bool) -> str:
     lines = [f"{where}  [{result['task']}]"]
     for d in result["detections"]:
         x1, y1, x2, y2 = d["box"]
-        lines.append(f"  {d['label']:<20} {d['score']:.3f}  box {x1:.0f},{y1:.0f} - {x2:.0f},{y2:.0f}")
+        lines.append(f"  {d['label']:<20} {d['score']:.3f}  box {x1:.0f},{y1:.0f} - {x2:.0f},{y2:.0f}"
+                     + _stage_fields(d))
     for c in result["classes"]:
         lines.append(f"  {c['label']:<20} {c['score']:.3f}")
-    if not result["detections"] and not result["classes"]:
+    if "text" in result:
+        lines.append(f"  text {json.dumps(result['text'], ensure_ascii=False)} ({result['text_score']:.3f})")
+    if not result["detections"] and not result["classes"] and "text" not in result:
         lines.append("  (nothing found)")
     t = result.get("timings_ms", {})
     lines.append("  " + "  ".join(f"{k} {v:.1f} ms" for k, v in t.items()))
@@ -72,6 +85,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "decoder": bundle.decoder, "labels": {"file": m.get("labels"), "count": len(bundle.labels),
                                                "first": bundle.labels[:5]},
         "golden": (bundle.golden or {}).get("image"),
+        "stages": [{"name": st.name, "file": st.model_for(target).path.name, "crop": st.crop, "decoder": st.decoder}
+                   for st in bundle.stages],
     }
     for t, mf in bundle.models().items():
         entry = {"file": mf.path.name, "engine": mf.engine, "size": mf.size, "sha256": mf.sha256[:16] + "..."}
@@ -107,6 +122,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"  preprocess: {pre.get('color', 'BGR')} {pre['resize']['mode']} "
           f"scale {pre.get('scale', 1 / 255):.6g} mean {pre.get('mean', [0, 0, 0])} std {pre.get('std', [1, 1, 1])}")
     print(f"  decoder: {json.dumps(bundle.decoder)}")
+    for stage in bundle.stages:
+        print(f"  then stage {stage.name} on {stage.crop['mode']} crops: {stage.model_for(target).path.name}, "
+              f"input {stage.inputs[stage.image_input]['shape']}, decoder {json.dumps(stage.decoder)}")
     print(f"  labels: {info['labels']['count']} ({', '.join(info['labels']['first'])}"
           f"{', ...' if info['labels']['count'] > 5 else ''})")
     if info["golden"]:
@@ -159,7 +177,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 if ended and results.empty():
                     break
                 continue
-            out = {k: result[k] for k in RUN_KEYS}
+            out = {k: result[k] for k in RUN_KEYS + ("text", "text_score") if k in result}
             print(format_result(out, args.json), flush=True)
             count += 1
     finally:

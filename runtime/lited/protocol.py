@@ -17,6 +17,7 @@ VERSION = 1
 METHODS = ("ping", "status", "infer", "reload", "snapshot")
 RESULT_KEYS = ("stream", "seq", "frame_ts", "skipped", "model", "model_version", "task", "detections",
                "classes", "timings_ms")
+OPTIONAL_RESULT_KEYS = ("text", "text_score")  # a text decoder's (ctc) result, when it is the bundle's own
 DAEMON_STREAM = "_daemon"
 # msgpack limits for untrusted input: bounded nesting and sizes, no ext types
 _UNPACK_LIMITS = dict(max_str_len=1 << 16, max_array_len=1 << 16, max_map_len=1 << 10, max_ext_len=0)
@@ -44,6 +45,9 @@ def result_message(result: dict) -> dict:
     payload = {"v": VERSION, "type": "result"}
     for key in RESULT_KEYS:
         payload[key] = result.get(key)
+    for key in OPTIONAL_RESULT_KEYS:
+        if key in result:
+            payload[key] = result[key]
     payload["frame"] = {"ring": result.get("ring"), "slot": result.get("slot"), "slot_seq": result.get("slot_seq"),
                         "width": result.get("width"), "height": result.get("height")}
     return payload
@@ -60,16 +64,33 @@ def event_message(event: dict) -> dict:
 
 def json_ready(result: dict) -> dict:
     """A result (or message) as JSON shows it (`lited infer --json`, HTTP):
-    boxes to 0.1 px, scores to 1e-4, times to 1 us."""
+    boxes and polygons to 0.1 px, scores to 1e-4, times to 1 us; a cascade's
+    fields in each detection likewise."""
     out = dict(result)
     if "detections" in result:
-        out["detections"] = [{**d, "score": round(d["score"], 4), "box": [round(v, 1) for v in d["box"]]}
-                             for d in result["detections"]]
+        out["detections"] = [_json_ready_detection(d) for d in result["detections"]]
     if "classes" in result:
-        out["classes"] = [{**c, "score": round(c["score"], 4)} for c in result["classes"]]
+        out["classes"] = _rounded_classes(result["classes"])
+    if "text_score" in result:
+        out["text_score"] = round(result["text_score"], 4)
     if result.get("timings_ms"):
         out["timings_ms"] = {k: round(v, 3) for k, v in result["timings_ms"].items()}
     return out
+
+
+def _json_ready_detection(d: dict) -> dict:
+    d = {**d, "score": round(d["score"], 4), "box": [round(v, 1) for v in d["box"]]}
+    if "polygon" in d:
+        d["polygon"] = [[round(x, 1), round(y, 1)] for x, y in d["polygon"]]
+    if "classes" in d:
+        d["classes"] = _rounded_classes(d["classes"])
+    if "text_score" in d:
+        d["text_score"] = round(d["text_score"], 4)
+    return d
+
+
+def _rounded_classes(classes: list) -> list:
+    return [{**c, "score": round(c["score"], 4)} for c in classes]
 
 
 def encode_event(event: dict) -> bytes:
