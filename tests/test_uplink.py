@@ -4,10 +4,12 @@ and `lited cloud` as real processes; real models on real photos."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -105,7 +107,7 @@ class Cloud:
                 "--record", str(self.record)] + (["--bundle", str(bundle)] if bundle else [])
         self._log = open(self.log, "ab")
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._log)
-        wait_until(lambda: b"connected to" in self.log.read_bytes() or self.proc.poll() is not None, 60)
+        wait_until(lambda: b"subscribed to" in self.log.read_bytes() or self.proc.poll() is not None, 60)
         assert self.proc.poll() is None, self.log.read_text()
 
     def entries(self, kind: str | None = None) -> list:
@@ -146,9 +148,9 @@ class Collector:
         self.sub.close()
 
 
-def device(tmp_path: Path, config: dict) -> DaemonProcess:
+def device(tmp_path: Path, config: dict, env: dict | None = None) -> DaemonProcess:
     (tmp_path / "d").mkdir(exist_ok=True)
-    return DaemonProcess(tmp_path / "d", config)
+    return DaemonProcess(tmp_path / "d", config, env=env)
 
 
 def add_stream(d: DaemonProcess, stream: dict) -> None:
@@ -411,11 +413,21 @@ def test_second_model_answers_remote_requests_and_last_will(broker, tmp_path, bu
     local bus; `lited remote` asks the device for status, snapshot, reload
     over MQTT; a vanished device is marked offline by its last will."""
     write_video(tmp_path / "v.avi", frames=30, size=(320, 240))
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)     # systemd's notify socket, as a unit has it
+    notify.bind(str(tmp_path / "notify.sock"))
+    notes: list = []
+
+    def read_notes() -> None:                # as systemd does (unread, the daemon's sends would block)
+        with contextlib.suppress(OSError):
+            while True:
+                notes.append(notify.recv(4096).decode())
+    threading.Thread(target=read_notes, daemon=True).start()
     d = device(tmp_path, {
-        "models": {"face": str(bundles_dir / "ultraface")},
+        "models": {"face": str(bundles_dir / "ultraface")}, "status_interval": 0.5,
         "streams": [{"name": "cam", "source": f"file://{tmp_path / 'v.avi'}?loop=1&realtime=1", "model": "face"}],
         "uplink": broker.uplink_config("dev1", ack="cloud", streams={"cam": {**FACE_RULE, "max_rate": 4}},
-                                       status_interval=1, outbox={"dir": str(tmp_path / "outbox")})})
+                                       status_interval=1, outbox={"dir": str(tmp_path / "outbox")})},
+               env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
     d.start()
     cloud = watcher = None
     statuses: list = []
@@ -450,15 +462,47 @@ def test_second_model_answers_remote_requests_and_last_will(broker, tmp_path, bu
         wait_until(lambda: uplink_status(d)["counters"]["requests_refused"] >= 1, 10)
         close(cloud_client)
         online = [s for s in statuses if s["state"] == "online"][-1]
+        line = wait_until(lambda: next((n for n in reversed(notes) if "uplink up, outbox" in n), None), 10)
+        assert line.startswith("STATUS=") and " dropped" in line, line   # the systemd status line has the outbox
         assert online["uplink"]["connected"] and online["streams"][0]["stream"] == "cam"
         d.proc.kill()                        # no clean DISCONNECT: the broker publishes the last will
         wait_until(lambda: statuses and statuses[-1]["state"] == "offline", 20, what="last will")
     finally:
+        notify.close()
         if watcher is not None:
             close(watcher)
         stats = cloud.stop() if cloud else {}
         d.stop()
     assert stats["crops"] >= 1 and stats["answered"] >= stats["crops"]
+
+
+def test_workers_in_one_group_share_the_load(broker, tmp_path, bundles_dir):
+    """Two `lited cloud` workers in one shared-subscription group: each gets
+    part of the crops and results, together all of them, each once."""
+    write_video(tmp_path / "v.avi", frames=45, size=(320, 240))
+    d = device(tmp_path, {
+        "models": {"face": str(bundles_dir / "ultraface")}, "streams": [],
+        # (the daemon's `ready` event went up before any worker subscribed: the broker dropped it and it
+        # is sent again after resend_after)
+        "uplink": broker.uplink_config("dev1", ack="cloud", resend_after=3, streams={"*": FACE_RULE},
+                                       outbox={"dir": str(tmp_path / "outbox")})})
+    d.start()
+    clouds = []
+    try:
+        clouds = [Cloud(broker, tmp_path, client_id=f"cloud-{c}") for c in "ab"]
+        add_stream(d, {"name": "cam", "source": f"file://{tmp_path / 'v.avi'}", "model": "face", "slots": 64})
+        with d.client() as client:
+            wait_until(lambda: [s["state"] for s in client.status()["streams"]] == ["ended"], 60)
+        wait_until(lambda: (lambda u: u["outbox"]["queued"] == 0 and u["unconfirmed"] == 0)(settled(d)), 60)
+    finally:
+        stats = [c.stop() for c in clouds]
+        d.stop()
+    per_worker = [[e["id"] for e in c.entries() if "id" in e] for c in clouds]
+    print(f"\nshared subscription: worker a {len(per_worker[0])}, worker b {len(per_worker[1])} messages")
+    assert all(len(ids) >= 5 for ids in per_worker), per_worker
+    ids = per_worker[0] + per_worker[1]
+    assert len(ids) == len(set(ids)) and sum(s["received"] for s in stats) == len(ids)
+    assert sorted(int(i.rsplit(":", 1)[1]) for i in ids) == list(range(1, len(ids) + 1))
 
 
 # -- config ----------------------------------------------------------------------------------------

@@ -236,6 +236,178 @@ def bench_daemon(bundles: Path, progress: Progress, tmp: Path) -> dict:
     return out
 
 
+def _cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_uplink(bundles: Path, progress: Progress, tmp: Path) -> dict:
+    """The MQTT uplink on loopback (Mosquitto with TLS): what one device sustains,
+    its CPU beside its stream's, the answer round trip, and answers/s for N
+    devices into one broker with 1, 2, 4 `lited cloud` processes."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from mqtt_broker import Broker
+
+    from lited.client import Client, Subscriber
+    from lited.engine_process import child_pids
+
+    devices = [f"dev{i}" for i in range(1, 5)]
+    broker = Broker(tmp / "mqtt", devices=devices)
+    broker.start()
+    image = SHARED / "images" / "astronaut.png"
+    out: dict = {"cores": os.cpu_count()}
+
+    def clouds(n: int, bundle: Path | None = None) -> list:
+        procs = []
+        for i in range(n):
+            log = tmp / f"cloud-{len(list(tmp.glob('cloud-*.log')))}.log"
+            procs.append((subprocess.Popen([PY, "-m", "lited.cli", "cloud", *broker.server_args(), "--client-id",
+                                            f"bench-{log.stem}", "--group", f"bench{n}"]
+                                           + (["--bundle", str(bundle)] if bundle else []),
+                                           stdout=subprocess.PIPE, stderr=open(log, "wb"),
+                                           env={**os.environ, "OMP_NUM_THREADS": "1"}), log))
+        deadline = time.monotonic() + 120
+        while not all(b"subscribed to" in log.read_bytes() for _, log in procs):
+            if time.monotonic() > deadline:
+                raise RuntimeError("lited cloud did not subscribe")
+            time.sleep(0.1)
+        return procs
+
+    def stop_all(procs: list) -> list:
+        for proc, _ in procs:
+            proc.send_signal(signal.SIGTERM)
+        return [json.loads(proc.communicate(timeout=60)[0].decode().strip().splitlines()[-1]) for proc, _ in procs]
+
+    def device(name: str, rate: float, seconds: float, ack: str, faces: int = 2) -> subprocess.Popen:
+        uplink = broker.uplink_config(name, ack=ack, resend_after=5, outbox={"dir": str(tmp / f"outbox-{name}")},
+                                      streams={"*": {"labels": ["face"], "attach": "crops"}})
+        return subprocess.Popen([PY, str(PROBES), "uplink_device", "--uplink", json.dumps(uplink), "--image",
+                                 str(image), "--rate", str(rate), "--seconds", str(seconds), "--faces", str(faces)],
+                                stdout=subprocess.PIPE, text=True)
+
+    def result(proc: subprocess.Popen) -> dict:
+        return json.loads(proc.communicate(timeout=300)[0].strip().splitlines()[-1])
+
+    try:
+        progress.step("uplink: one device flat out, ack broker")
+        out["flat_broker"] = result(device("dev1", 0, 12, "broker"))
+        progress.step("uplink: one device flat out, ack cloud")
+        servers = clouds(1)
+        out["flat_cloud"] = result(device("dev2", 0, 12, "cloud"))
+        stop_all(servers)
+
+        progress.step("uplink: a stream's CPU beside its uplink's")
+        video = tmp / "faces.avi"
+        make_video(image, video, 300)
+        run = tmp / "run"
+        for label, bundle in (("receipt", None), ("mobilenetv2", bundles / "mobilenetv2")):
+            servers = clouds(1, bundle)
+            config = {"runtime_dir": str(run), "models": {"face": str(bundles / "ultraface")},
+                      "streams": [{"name": "cam", "source": f"file://{video}?loop=1&realtime=1", "model": "face",
+                                   "slots": 16}],
+                      "uplink": broker.uplink_config("dev3", ack="cloud", outbox={"dir": str(tmp / f"ob-{label}")},
+                                                     streams={"*": {"labels": ["face"], "min_score": 0.7,
+                                                                    "attach": "crops", "margin": 0.2}})}
+            (tmp / "uplink.conf").write_text(json.dumps(config))
+            daemon = subprocess.Popen([str(Path(PY).with_name("lited")), "serve", "--config", str(tmp / "uplink.conf")],
+                                      env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
+            try:
+                trips = []
+                with Client(f"ipc://{run}/req.sock", timeout=60) as client, \
+                        Subscriber(f"ipc://{run}/pub.sock", answers=True) as sub:
+                    deadline = time.monotonic() + 120
+                    while not (client.status()["uplink"] or {}).get("connected") or not client.status()["streams"]:
+                        if time.monotonic() > deadline:
+                            raise RuntimeError("lited serve with an uplink did not come up")
+                        time.sleep(0.2)
+                    time.sleep(3)
+                    engines = child_pids(daemon.pid)
+                    s0 = client.status()
+                    c0, e0, t0 = _cpu_s(daemon.pid), sum(_cpu_s(p) for p in engines), time.monotonic()
+                    while time.monotonic() - t0 < 20:
+                        msg = sub.recv(timeout=0.5)
+                        if msg and msg["type"] == "answer" and "round_trip_ms" in msg:
+                            trips.append(msg["round_trip_ms"])
+                    s1 = client.status()
+                    c1, e1, t1 = _cpu_s(daemon.pid), sum(_cpu_s(p) for p in engines), time.monotonic()
+                up = s1["uplink"]["cpu_s"] - s0["uplink"]["cpu_s"]
+                stream = (c1 - c0 - up) + (e1 - e0)
+                counters = {k: s1["uplink"]["counters"][k] - s0["uplink"]["counters"][k] for k in ("queued", "answers")}
+                out[f"stream_{label}"] = {
+                    "seconds": t1 - t0, "fps": s1["streams"][0]["fps"], "uplink_cpu_s": up, "stream_cpu_s": stream,
+                    "messages_per_s": counters["queued"] / (t1 - t0), "answers_per_s": counters["answers"] / (t1 - t0),
+                    "round_trip_ms": {"p50": float(np.percentile(trips, 50)), "p99": float(np.percentile(trips, 99)),
+                                      "n": len(trips)} if trips else None}
+            finally:
+                daemon.send_signal(signal.SIGTERM)
+                daemon.wait(30)
+                stop_all(servers)
+
+        for n_servers in (1, 2, 4):
+            progress.step(f"uplink: 4 devices, {n_servers} lited cloud (mobilenetv2)")
+            servers = clouds(n_servers, bundles / "mobilenetv2")
+            probes = [device(name, 4, 15, "cloud") for name in devices]
+            rows = [result(p) for p in probes]
+            stats = stop_all(servers)
+            out[f"fleet_{n_servers}"] = {"answers_per_s": sum(r["answers_per_s"] for r in rows),
+                                         "demand_crops_per_s": sum(r["crops_per_s"] for r in rows),
+                                         "per_server": [s.get("answered", 0) for s in stats],
+                                         "round_trip_p50": float(np.median([r["round_trip_ms"]["p50"] for r in rows
+                                                                            if r["round_trip_ms"]] or [0]))}
+    finally:
+        broker.stop()
+    return out
+
+
+def render_uplink(u: dict) -> str:
+    fb, fc = u["flat_broker"], u["flat_cloud"]
+    lines = [f"""## MQTT uplink
+
+`lited serve` with an `uplink` to Mosquitto 2.0 on loopback (TLS, passwords, the documented ACL),
+written by `tools/bench.py` (`--only uplink` rewrites just this section). A device's messages are a
+result (JSON) and one JPEG crop per face (640x480 frame, crops ~160x200 with a 20 % margin); every
+message is stored in the outbox with `fdatasync` before it is sent. {u['cores']} cores shared by
+everything below (broker, devices, servers, models).
+
+| one device, flat out (2 faces per result, simulated results, real crops from a shared-memory ring) | stored msgs/s | crops/s | confirmed msgs/s | uplink CPU (cores) |
+| --- | --- | --- | --- | --- |
+| `ack: broker` (PUBACK frees the record; no server subscribed) | {fb['stored_per_s']:.0f} | {fb['crops_per_s']:.0f} | {fb['confirmed_per_s']:.0f} | {fb['cpu_s_per_s']:.2f} |
+| `ack: cloud`, one `lited cloud` without a model (every record confirmed end to end) | {fc['stored_per_s']:.0f} | {fc['crops_per_s']:.0f} | {fc['confirmed_per_s']:.0f} | {fc['cpu_s_per_s']:.2f} |
+
+A real stream: UltraFace on a 640x480 video at 30 fps (a face in every frame), every face cropped
+and sent (`ack: cloud`), one `lited cloud`. *Stream CPU* is the daemon's CPU without the uplink's
+threads (paho's included in the uplink) plus its engine process; the round trip runs from the crop
+being stored on the device to its answer on the device's local bus.
+
+| server | stream fps | uplink msgs/s | uplink CPU / stream CPU | answers/s | round trip p50 / p99 ms (answers) |
+| --- | --- | --- | --- | --- | --- |"""]
+    for label, what in (("receipt", "`lited cloud` without a model"), ("mobilenetv2", "`lited cloud` + MobileNetV2 (Paddle Lite x86)")):
+        r = u[f"stream_{label}"]
+        trip = r["round_trip_ms"]
+        lines.append(f"| {what} | {r['fps']:.1f} | {r['messages_per_s']:.1f} | {r['uplink_cpu_s']:.2f} s / "
+                     f"{r['stream_cpu_s']:.2f} s = {r['uplink_cpu_s'] / r['stream_cpu_s']:.3f} | "
+                     f"{r['answers_per_s']:.1f} | " + (f"{trip['p50']:.0f} / {trip['p99']:.0f} ({trip['n']})" if trip else "n/a") + " |")
+    lines.append("""
+Four simulated devices (processes, 4 results/s each with 2 face crops: 32 crops/s offered) into one
+broker; `lited cloud` processes with MobileNetV2 in one shared-subscription group:
+
+| servers | answers/s (all devices) | crops/s offered | answered per server | round trip p50 ms |
+| --- | --- | --- | --- | --- |""")
+    for n in (1, 2, 4):
+        f = u[f"fleet_{n}"]
+        lines.append(f"| {n} | {f['answers_per_s']:.1f} | {f['demand_crops_per_s']:.1f} | "
+                     f"{' / '.join(str(x) for x in f['per_server'])} | {f['round_trip_p50']:.0f} |")
+    lines.append(f"""
+With {u['cores']} cores, servers beyond the core count cannot add answers/s: the table shows the shared
+subscription spreading the crops (answered per server), not a scaling limit of the broker.
+""")
+    return "\n".join(lines)
+
+
 def _spread(ratios: list) -> str:
     return f" (of {len(ratios)}: {min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else ""
 
@@ -398,13 +570,16 @@ def main() -> int:
     ap.add_argument("--models", default="ultraface,fastestdet,mobilenetv2,ppocrv4_det,ppocr_cls,demo_ppocrv4_det")
     ap.add_argument("--quick", action="store_true", help="fewer runs (a smoke test of the benchmark itself)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
+    ap.add_argument("--only", choices=["uplink"], help="run one section and rewrite only it in --out")
     args = ap.parse_args()
     if not (SHARED / "models").is_dir():
         print(f"bench: {SHARED / 'models'} is absent: nothing to measure", file=sys.stderr)
         return 2
+    if args.only == "uplink":
+        return only_uplink(args.out)
     names = [n for n in args.models.split(",") if n == "demo_ppocrv4_det" or (SHARED / "models" / n).is_dir()]
     thread_models = [n for n in ("fastestdet", "mobilenetv2") if n in names]
-    progress = Progress(5 * len(names) + 2 * len(thread_models) + 5)
+    progress = Progress(5 * len(names) + 2 * len(thread_models) + 5 + UPLINK_STEPS)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         bundles = tmp / "bundles"
@@ -419,11 +594,37 @@ def main() -> int:
         rows = bench_models(names, bundles, args.quick, progress, tmp)
         threads = bench_threads(thread_models, bundles, progress)
         daemon = bench_daemon(bundles, progress, tmp)
+        uplink = bench_uplink(bundles, progress, tmp) if {"ultraface", "mobilenetv2"} <= set(names) else None
     progress.close()
     png = args.out.with_name("benchmarks.png")
     plot(rows, png)
-    args.out.write_text(render(rows, threads, daemon, machine(), png.name))
+    args.out.write_text(render(rows, threads, daemon, machine(), png.name)
+                        + ("\n" + render_uplink(uplink) if uplink else ""))
     print(args.out.read_text())
+    return 0
+
+
+UPLINK_STEPS = 7
+
+
+def only_uplink(out: Path) -> int:
+    """Measure the uplink and replace its section of `out` (the rest is kept as it is)."""
+    progress = Progress(UPLINK_STEPS)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        subprocess.run([PY, str(ROOT / "tools" / "make_bundles.py"), "--out", str(tmp / "bundles"), "ultraface",
+                        "mobilenetv2"], check=True, stdout=subprocess.DEVNULL)
+        section = render_uplink(bench_uplink(tmp / "bundles", progress, tmp))
+    progress.close()
+    text = out.read_text() if out.exists() else ""
+    start = text.find("## MQTT uplink")
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + section + (text[end:] if end >= 0 else "")
+    out.write_text(text if text.endswith("\n") else text + "\n")
+    print(section)
     return 0
 
 

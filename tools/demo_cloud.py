@@ -97,7 +97,7 @@ def main() -> int:
                                   "--client-id", "cloud-a", "--record", str(OUT / "fleet.jsonl")],
                                  stdout=subprocess.PIPE, stderr=open(cloud_log, "wb"))
         procs.append(cloud)
-        wait_for(lambda: b"connected to" in cloud_log.read_bytes() or cloud.poll() is not None, 120, "lited cloud")
+        wait_for(lambda: b"subscribed to" in cloud_log.read_bytes() or cloud.poll() is not None, 120, "lited cloud")
         from lited.client import Subscriber
 
         say("answers on the board's local bus (topic answer/cam0) for 8 s:")

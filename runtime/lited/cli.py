@@ -260,7 +260,7 @@ def cmd_cloud(args: argparse.Namespace) -> int:
         bundle = load_bundle(args.bundle)  # a bad bundle fails before connecting
         factory = lambda: Model(bundle, args.target)  # noqa: E731
     record = open(args.record, "a", encoding="utf-8") if args.record else None
-    worker = CloudWorker(settings, factory, args.group, args.client_id, record)
+    worker = CloudWorker(settings, factory, args.group, args.client_id, record, args.session_expiry)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -360,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="model target (default: this machine's)")
     p.add_argument("--group", default="lited", help="shared-subscription group: workers in one group share the load")
     p.add_argument("--client-id", help="stable MQTT client id: the broker keeps this worker's session and queue")
+    p.add_argument("--session-expiry", type=int, default=600,
+                   help="with --client-id: seconds the broker keeps the session of a worker that vanished")
     p.add_argument("--record", help="append every first-seen message (JSON lines) to this file")
     p.add_argument("--duration", type=float, help="stop after this many seconds (default: until SIGTERM)")
     p.set_defaults(func=cmd_cloud)

@@ -84,7 +84,7 @@ class Deduper:
 class CloudWorker:
     def __init__(self, settings: BrokerSettings, model_factory: Optional[Callable[[], Any]] = None,
                  group: str = "lited", client_id: Optional[str] = None, record: Optional[TextIO] = None,
-                 session_expiry: int = 3600) -> None:
+                 session_expiry: int = 600) -> None:
         self.settings = settings
         self.model_factory = model_factory
         self.group = group
@@ -117,13 +117,22 @@ class CloudWorker:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = lambda *a: self.connected.clear()
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
         connect_async(self.client, self.settings, self.session_expiry, receive_maximum=RECEIVE_MAXIMUM)
 
     def stop(self) -> None:
+        """Finish what was received, then leave: a DISCONNECT with session
+        expiry 0, so the broker deletes this worker's session and stops giving
+        it a share of the group (a stopped member would hold its share)."""
         self._stop.set()
         self._thread.join(10)
         if self.client is not None:
-            self.client.disconnect()
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.DISCONNECT)
+            props.SessionExpiryInterval = 0
+            self.client.disconnect(properties=props)
             self.client.loop_stop()
 
     def stats(self) -> dict:
@@ -139,6 +148,13 @@ class CloudWorker:
         client.subscribe(self.topics())    # again on every connect: a restarted broker may have lost the session
         self.connected.set()
         log.info("cloud: %s connected to %s, group %s", self.client_id, self.settings.url, self.group)
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reason_codes: list, properties: Any) -> None:
+        refused = [str(rc) for rc in reason_codes if rc.is_failure]
+        if refused:
+            log.error("cloud: subscriptions refused: %s", ", ".join(refused))
+        else:
+            log.info("cloud: %s subscribed to %d topics", self.client_id, len(reason_codes))
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         self._queue.put(msg)
@@ -158,16 +174,22 @@ class CloudWorker:
             except queue.Empty:
                 self._flush_acks()
                 continue
-            try:
-                self._handle(msg)
-            except up.UplinkMessageError as exc:
-                self.counters["bad"] += 1
-                log.warning("cloud: dropped %s: %s", msg.topic, exc)
-            self.client.ack(msg.mid, msg.qos)
-            if sum(len(v) for v in self._acks.values()) >= ACK_BATCH:
-                self._flush_acks()
+            self._take(msg)
+        for _ in range(self._queue.qsize()):    # what had arrived when asked to stop
+            self._take(self._queue.get())
+        self._flush_acks()
         if self.model is not None:
             self.model.close()
+
+    def _take(self, msg: Any) -> None:
+        try:
+            self._handle(msg)
+        except up.UplinkMessageError as exc:
+            self.counters["bad"] += 1
+            log.warning("cloud: dropped %s: %s", msg.topic, exc)
+        self.client.ack(msg.mid, msg.qos)        # PUBACK only now: a worker that dies leaves it to the broker
+        if sum(len(v) for v in self._acks.values()) >= ACK_BATCH:
+            self._flush_acks()
 
     def _handle(self, msg: Any) -> None:
         where = up.parse_topic(msg.topic)

@@ -81,11 +81,12 @@ class Uplink:
         self._inflight: dict = {}                # mid -> seq, waiting for PUBACK
         self._inflight_seqs: set = set()
         self._early: dict = {}                   # mid -> reason code of a PUBACK seen before publish() returned
-        self._unconfirmed: collections.OrderedDict = collections.OrderedDict()  # seq -> [where, sent at]
+        self._unconfirmed: collections.OrderedDict = collections.OrderedDict()  # seq -> [where, sent at, resent]
         self._seen_answers: collections.OrderedDict = collections.OrderedDict()
         self._round_trips: collections.deque = collections.deque(maxlen=512)
         self._resend_interval = cfg.resend_after
         self._acked_since_resend = True
+        self._srtt = 0.0                         # smoothed send -> confirmed time, first sends only (Karn)
         self._status_due = 0.0
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -304,12 +305,12 @@ class Uplink:
                     self._cursor = rec.seq
                     self._count("sent")
 
-    def _send(self, rec: Any) -> None:
+    def _send(self, rec: Any, resent: bool = False) -> None:
         meta = _parse_meta(rec.meta)
         user = [(up.ID_PROPERTY, up.message_id(self.device, self.outbox.epoch, rec.seq)), *meta.get("up", [])]
         props = publish_properties(user, meta.get("ct"))
         with self._lock:
-            self._unconfirmed[rec.seq] = [rec.where, time.monotonic()]
+            self._unconfirmed[rec.seq] = [rec.where, time.monotonic(), resent]
             self._unconfirmed.move_to_end(rec.seq)
         info = self.client.publish(rec.topic, rec.payload, qos=1, properties=props)
         with self._lock:
@@ -322,12 +323,15 @@ class Uplink:
 
     def _resend_due(self, now: float) -> None:
         """Records sent, acknowledged by the broker but not by the cloud
-        (`ack: cloud`) after `resend_after` s go again (the server drops
-        duplicates by id); the interval doubles up to 60 s while nothing is
-        acknowledged, so a fleet without a running `lited cloud` stays quiet."""
+        (`ack: cloud`) go again (the server drops duplicates by id) after
+        `resend_after` s, or 4 times the smoothed confirmation time if that is
+        longer (busy servers are not flooded with copies of what they queue);
+        the interval doubles up to 60 s while nothing is confirmed, so a fleet
+        without a running `lited cloud` stays quiet."""
+        timeout = max(self._resend_interval, 4 * self._srtt)
         with self._lock:
             due = [(seq, entry[0]) for seq, entry in self._unconfirmed.items()
-                   if seq not in self._inflight_seqs and now - entry[1] >= self._resend_interval]
+                   if seq not in self._inflight_seqs and now - entry[1] >= timeout]
         if not due:
             return
         self._resend_interval = (self.cfg.resend_after if self._acked_since_resend
@@ -339,7 +343,7 @@ class Uplink:
                 with self._lock:
                     self._unconfirmed.pop(seq, None)
                 continue
-            self._send(rec)
+            self._send(rec, resent=True)
             self._count("resent")
 
     def _publish_status(self) -> None:
@@ -371,7 +375,7 @@ class Uplink:
         self.last_error = f"cannot connect to {self.cfg.broker}"
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        if self.connected.is_set():
+        if self.connected.is_set() and not self._stop.is_set():
             log.warning("uplink: disconnected (%s); reconnecting", reason_code, extra={"event": "uplink_lost"})
         self.connected.clear()
         self.last_error = f"disconnected: {reason_code}"
@@ -398,7 +402,10 @@ class Uplink:
 
     def _confirmed(self, seq: int) -> None:
         with self._lock:
-            self._unconfirmed.pop(seq, None)
+            entry = self._unconfirmed.pop(seq, None)
+        if entry is not None and not entry[2]:
+            took = time.monotonic() - entry[1]
+            self._srtt = took if self._srtt == 0.0 else 0.875 * self._srtt + 0.125 * took
         if self.outbox.ack(seq):
             self._count("acked")
             self._acked_since_resend = True
@@ -482,6 +489,7 @@ class Uplink:
         trips = sorted(self._round_trips)
         return {"broker": self.cfg.broker, "device": self.device, "ack": self.cfg.ack, "last_error": self.last_error,
                 **self._link_status(), "unconfirmed": len(self._unconfirmed),
+                "confirm_ms": round(self._srtt * 1e3, 1),
                 "round_trip_ms": {"p50": _quantile(trips, 0.5), "p99": _quantile(trips, 0.99)} if trips else None,
                 "cpu_s": round(self.cpu_seconds(), 3)}
 
