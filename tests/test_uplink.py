@@ -20,6 +20,7 @@ import pytest
 
 from conftest import ROOT, _load_tool, write_video
 from daemon_process import DaemonProcess
+from test_daemon import wait_until
 from lited.client import Subscriber
 from lited.config import ConfigError, parse_config
 
@@ -40,16 +41,6 @@ def broker(tmp_path):
     b.start()
     yield b
     b.stop()
-
-
-def wait_until(predicate, timeout: float = 30, interval: float = 0.05, what: str = ""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s{': ' + what if what else ''}")
 
 
 def connected(settings, client_id: str, on_message=None):
@@ -165,6 +156,22 @@ def uplink_status(d: DaemonProcess) -> dict:
         return client.status()["uplink"]
 
 
+def drain(d: DaemonProcess, broker, tmp_path: Path) -> "Cloud":
+    """Start the broker and a `lited cloud`, wait until the device's outbox is
+    empty, stop both the server and the device; the (stopped) Cloud."""
+    cloud = None
+    try:
+        broker.start()
+        cloud = Cloud(broker, tmp_path)
+        wait_until(lambda: uplink_status(d)["outbox"]["queued"] == 0, 60)
+        time.sleep(0.5)
+    finally:
+        if cloud is not None:
+            cloud.stop()
+        d.stop()
+    return cloud
+
+
 def settled(d: DaemonProcess, quiet: float = 1.0) -> dict:
     """The uplink's status once nothing more was stored for `quiet` seconds."""
     last, since = None, time.monotonic()
@@ -267,11 +274,11 @@ def test_broker_killed_20_times_during_a_live_stream_loses_nothing(broker, tmp_p
     cloud = None
     try:
         cloud = Cloud(broker, tmp_path)
-        wait_until(lambda: uplink_status(d)["connected"], what="uplink connected")
+        wait_until(lambda: uplink_status(d)["connected"])
         # 32 slots keep a frame in the ring ~2 s: time for the uplink to cut its crops on a loaded machine
         add_stream(d, {"name": "cam", "source": f"file://{tmp_path / 'v.avi'}?realtime=1&loop=1",
                        "model": "face", "slots": 32})
-        wait_until(lambda: len(bus.results) > 5, what="results")
+        wait_until(lambda: len(bus.results) > 5)
         kills = 0
         for _ in range(20):
             time.sleep(0.5)
@@ -283,9 +290,8 @@ def test_broker_killed_20_times_during_a_live_stream_loses_nothing(broker, tmp_p
         d.write_config()
         d.signal(signal.SIGHUP)
         with d.client() as client:
-            wait_until(lambda: not client.status()["streams"], 30, what="the stream stopped")
-        wait_until(lambda: (lambda u: u["outbox"]["queued"] == 0 and u["unconfirmed"] == 0)(uplink_status(d)), 60,
-                   what="outbox drained")
+            wait_until(lambda: not client.status()["streams"], 30)
+        wait_until(lambda: (lambda u: u["outbox"]["queued"] == 0 and u["unconfirmed"] == 0)(uplink_status(d)), 60)
         time.sleep(1.0)
         status = uplink_status(d)
     finally:
@@ -318,11 +324,11 @@ def test_daemon_restart_with_a_full_outbox_loses_nothing(broker, tmp_path, bundl
     try:
         add_stream(d, {"name": "cam", "source": f"file://{tmp_path / 'v.avi'}?realtime=1&loop=1", "model": "face",
                        "slots": 32})
-        wait_until(lambda: uplink_status(d)["outbox"]["bytes"] > 200 << 10, 90, what="the outbox filled up")
+        wait_until(lambda: uplink_status(d)["outbox"]["bytes"] > 200 << 10, 90)
         d.write_config({**config, "streams": []})
         d.signal(signal.SIGHUP)
         with d.client() as client:
-            wait_until(lambda: not client.status()["streams"], 30, what="the stream stopped")
+            wait_until(lambda: not client.status()["streams"], 30)
         before = settled(d)
         d.proc.kill()                        # a power cut: no clean stop
         d.proc.wait()
@@ -335,16 +341,7 @@ def test_daemon_restart_with_a_full_outbox_loses_nothing(broker, tmp_path, bundl
     assert outbox["bytes"] > outbox["max_bytes"] // 2 and outbox["dropped"] == 0
     assert outbox["queued"] == outbox["next_seq"] - 1 == before["counters"]["queued"]
     d.start()
-    cloud = None
-    try:
-        broker.start()
-        cloud = Cloud(broker, tmp_path)
-        wait_until(lambda: uplink_status(d)["outbox"]["queued"] == 0, 60, what="outbox drained")
-        time.sleep(0.5)
-    finally:
-        if cloud is not None:
-            cloud.stop()
-        d.stop()
+    cloud = drain(d, broker, tmp_path)
     ids = sorted(int(e["id"].rsplit(":", 1)[1]) for e in cloud.entries() if "id" in e)
     # every record stored before the power cut, once (then the new daemon's own events)
     assert ids[:outbox["queued"]] == list(range(1, outbox["queued"] + 1)) and len(ids) == len(set(ids))
@@ -371,11 +368,9 @@ def test_full_outbox_disk_drops_oldest_counts_and_keeps_serving(broker, tmp_path
         "streams": [{"name": "cam", "source": f"file://{tmp_path / 'v.avi'}?loop=1", "model": "face"}],
         "uplink": broker.uplink_config("dev1", ack="cloud", resend_after=1, streams={"*": rule},
                                        outbox={"dir": str(mnt / "outbox"), "max_bytes": 64 << 20})})
-    cloud = None
     try:
         d.start()
-        full = wait_until(lambda: (lambda u: u if u["outbox"]["dropped"] > 20 else None)(uplink_status(d)), 90,
-                          what="the disk filled up")
+        full = wait_until(lambda: (lambda u: u if u["outbox"]["dropped"] > 20 else None)(uplink_status(d)), 90)
         with Subscriber(d.pub, streams=["cam"]) as sub:
             seqs = [sub.recv(timeout=5)["seq"] for _ in range(20)]   # still serving locally
         assert seqs == sorted(seqs) and d.proc.poll() is None
@@ -389,15 +384,10 @@ def test_full_outbox_disk_drops_oldest_counts_and_keeps_serving(broker, tmp_path
         d.write_config()
         d.signal(signal.SIGHUP)
         with d.client() as client:
-            wait_until(lambda: not client.status()["streams"], 30, what="the stream stopped")
+            wait_until(lambda: not client.status()["streams"], 30)
         last = settled(d)["outbox"]
-        broker.start()
-        cloud = Cloud(broker, tmp_path)
-        wait_until(lambda: uplink_status(d)["outbox"]["queued"] == 0, 60, what="outbox drained")
-        time.sleep(0.5)
+        cloud = drain(d, broker, tmp_path)
     finally:
-        if cloud is not None:
-            cloud.stop()
         d.stop()
         subprocess.run(["umount", "-l", str(mnt)])
     ids = sorted(int(e["id"].rsplit(":", 1)[1]) for e in cloud.entries() if "id" in e)
@@ -466,7 +456,7 @@ def test_second_model_answers_remote_requests_and_last_will(broker, tmp_path, bu
         assert line.startswith("STATUS=") and " dropped" in line, line   # the systemd status line has the outbox
         assert online["uplink"]["connected"] and online["streams"][0]["stream"] == "cam"
         d.proc.kill()                        # no clean DISCONNECT: the broker publishes the last will
-        wait_until(lambda: statuses and statuses[-1]["state"] == "offline", 20, what="last will")
+        wait_until(lambda: statuses and statuses[-1]["state"] == "offline", 20)
     finally:
         notify.close()
         if watcher is not None:
