@@ -505,6 +505,7 @@ def test_uplink_config_problems_name_their_field(tmp_path):
     cfg = parse_config(good, base_dir=tmp_path)
     assert cfg.uplink.rule_for("cam").attach == "crops" and cfg.uplink.outbox_dir == cfg.state_dir / "outbox"
     cases = [({"broker": "http://x"}, "uplink.broker"), ({"device": "a/b"}, "uplink.device"),
+             ({"device": "cloud"}, "uplink.device"), ({"broker": "mqtt://u:p@host"}, "uplink.broker"),
              ({"ca": "/nonexistent.crt"}, "uplink.ca"), ({"cert": str(tmp_path / "ca.crt")}, "uplink.key"),
              ({"ack": "maybe"}, "uplink.ack"), ({"window": 0}, "uplink.window"), ({"bogus": 1}, "uplink.bogus"),
              ({"outbox": {"max_bytes": 10}}, "uplink.outbox.max_bytes"),
@@ -516,3 +517,12 @@ def test_uplink_config_problems_name_their_field(tmp_path):
         with pytest.raises(ConfigError) as info:
             parse_config({**good, "uplink": {**good["uplink"], **change}}, base_dir=tmp_path)
         assert f"{field}:" in str(info.value), (change, info.value)
+
+
+def test_cloud_and_remote_refuse_bad_input_in_one_line(tmp_path):
+    cases = [(["cloud", "--broker", "http://broker"], "expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"),
+             (["cloud", "--broker", "mqtt://127.0.0.1:1", "--bundle", str(tmp_path / "none")], str(tmp_path / "none")),
+             (["remote", "--broker", "mqtts://u:p@host", "dev1", "status"], "credentials go in their own fields")]
+    for args, text in cases:
+        out = subprocess.run([sys.executable, "-m", "lited.cli", *args], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and text in out.stderr and out.stderr.count("\n") == 1, (args, out.stderr)

@@ -32,9 +32,10 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from lited.config import SERVER_IDENTITY  # the certificate CN the documented ACL gives the servers
+
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "uplink.md"
-SERVER_IDENTITY = "cloud"
 
 
 def documented_acl(doc: Path = DOC) -> str:

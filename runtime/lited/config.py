@@ -187,6 +187,7 @@ UPLINK_RULE_FIELDS = ("labels", "min_score", "max_rate", "attach", "margin", "jp
 UPLINK_ACK_MODES = ("broker", "cloud")
 UPLINK_ATTACH = ("none", "crops", "frame")
 ALL_STREAMS = "*"
+SERVER_IDENTITY = "cloud"
 
 
 @dataclass
@@ -242,6 +243,9 @@ def parse_uplink(c: Checker, raw: Any, state_dir: Path, base: Path, stream_names
         except LinkError as exc:
             c.add(p + "broker", str(exc))
     device = c.name(raw, "device", p)
+    if device == SERVER_IDENTITY:
+        c.add(p + "device", f"'{SERVER_IDENTITY}' is the servers' identity in the documented broker ACL")
+        device = None
     username = c.get(raw, "username", p, str, required=False, default=device)
     files = {}
     for key in ("password_file", "ca", "cert", "key"):

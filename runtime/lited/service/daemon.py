@@ -265,6 +265,9 @@ class Daemon:
             self.config.streams = new.streams
             if self.uplink is not None and new.uplink is not None:
                 self.uplink.update_rules(new.uplink)
+            elif (self.uplink is None) != (new.uplink is None):
+                log.warning("uplink %s in the config: restart lited to apply",
+                            "added" if self.uplink is None else "removed", extra={"event": "reload"})
         except LOAD_ERRORS as exc:
             self._record_reload(False, f"{first_line(exc)}; the old models keep serving")
             return

@@ -42,6 +42,7 @@ from lited.service.outbox import Outbox
 log = logging.getLogger("lited.uplink")
 QUEUE_SIZE = 256
 PACK_BATCH = 32
+EARLY_PUBACK_S = 5.0      # a PUBACK can beat publish() returning by milliseconds, never by seconds
 SEEN_ANSWERS = 4096
 MAX_RESEND_INTERVAL = 60.0
 JSON_TYPE = "application/json"
@@ -80,7 +81,7 @@ class Uplink:
         self._lock = threading.Lock()            # the maps below; never held around client.publish()
         self._inflight: dict = {}                # mid -> seq, waiting for PUBACK
         self._inflight_seqs: set = set()
-        self._early: dict = {}                   # mid -> reason code of a PUBACK seen before publish() returned
+        self._early: dict = {}                   # mid -> (reason code, time) of a PUBACK before publish() returned
         self._unconfirmed: collections.OrderedDict = collections.OrderedDict()  # seq -> [where, sent at, resent]
         self._seen_answers: collections.OrderedDict = collections.OrderedDict()
         self._round_trips: collections.deque = collections.deque(maxlen=512)
@@ -122,11 +123,13 @@ class Uplink:
             self._queue.put(None, timeout=timeout)
         except queue.Full:
             pass
-        self._threads[0].join(timeout)
-        self._threads[1].join(timeout)
+        started = [t for t in self._threads if t.ident is not None]   # start() may have failed half way
+        for t in started[:2]:
+            t.join(timeout)
         self._stop.set()
         self._wake.set()
-        self._threads[2].join(timeout)
+        for t in started[2:]:
+            t.join(timeout)
         if self.client is not None:
             if self.connected.is_set():
                 info = self.client.publish(up.topic(self.device, "status"), up.to_json(self._offline()), qos=1,
@@ -315,11 +318,13 @@ class Uplink:
         info = self.client.publish(rec.topic, rec.payload, qos=1, properties=props)
         with self._lock:
             early = self._early.pop(info.mid, None)
+            if early is not None and time.monotonic() - early[1] > EARLY_PUBACK_S:
+                early = None                     # a status or reply message's PUBACK, its mid since reused
             if early is None:
                 self._inflight[info.mid] = rec.seq
                 self._inflight_seqs.add(rec.seq)
         if early is not None:
-            self._puback(rec.seq, early)
+            self._puback(rec.seq, early[0])
 
     def _resend_due(self, now: float) -> None:
         """Records sent, acknowledged by the broker but not by the cloud
@@ -384,7 +389,8 @@ class Uplink:
         with self._lock:
             seq = self._inflight.pop(mid, None)
             if seq is None:                       # before publish() returned, or not an outbox message
-                self._early[mid] = reason_code
+                self._early.pop(mid, None)
+                self._early[mid] = (reason_code, time.monotonic())
                 while len(self._early) > 1024:
                     self._early.pop(next(iter(self._early)))
                 return
