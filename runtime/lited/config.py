@@ -234,6 +234,10 @@ def parse_uplink(c: Checker, raw: Any, state_dir: Path, base: Path, stream_names
         c.add("uplink", f"expected an object, got {shown(raw)}")
         return None
     c.unknown(raw, UPLINK_FIELDS, p)
+    import importlib.util
+
+    if importlib.util.find_spec("paho") is None:
+        c.add("uplink", "needs paho-mqtt 2.x, which is not installed (pip install 'lited[mqtt]')")
     broker = c.get(raw, "broker", p, str)
     if broker is not None:
         from lited.mqtt_link import LinkError, parse_url
