@@ -38,7 +38,6 @@ PADDLE = {m: f"{m}/paddle" for m in ("ultraface", "fastestdet", "mobilenetv2", "
 # the OCR cascade's three models as ONNX originals (det, cls with its dynamic batch, rec)
 OCR_ONNX = ("ppocrv4_det/onnx/ch_PP-OCRv4_det_infer.onnx", "ppocr_cls/onnx/ch_ppocr_mobile_v2.0_cls_infer.onnx",
             "ppocrv4_rec/onnx/ch_PP-OCRv4_rec_infer.onnx")
-OCR_BEGIN, OCR_END = "<!-- ocr cascade: begin -->", "<!-- ocr cascade: end -->"
 
 
 class Progress:
@@ -377,7 +376,7 @@ def render_ocr(rows: list, machine_line: str) -> str:
             return "-"
         return fmt(statistics.median(p50s)) + (f" ({fmt(min(p50s))}-{fmt(max(p50s))})" if len(p50s) > 1 else "")
 
-    lines = [OCR_BEGIN, f"""
+    lines = [f"""
 ## OCR cascade: PP-OCRv4 det -> cls -> rec, per frame
 
 The committed demo bundle (`sdk_template/demo_ppocrv4`): text detection, then on each line's
@@ -413,7 +412,194 @@ activations sized to its width (process RSS ~310 MB at width 320, ~750 MB at 640
 measured one predictor at a time), which is why the bundle keeps one (`predictors: 1`) and reads
 a frame's lines grouped by width bucket.
 """)
-    lines.append(OCR_END)
+def _cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_uplink(bundles: Path, progress: Progress, tmp: Path) -> dict:
+    """The MQTT uplink on loopback (Mosquitto with TLS): what one device sustains,
+    its CPU beside its stream's, the answer round trip, and answers/s for N
+    devices into one broker with 1, 2, 4 `lited cloud` processes."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from mqtt_broker import Broker
+
+    from lited.client import Client, Subscriber
+    from lited.engine_process import child_pids
+
+    devices = [f"dev{i}" for i in range(1, 5)]
+    broker = Broker(tmp / "mqtt", devices=devices)
+    broker.start()
+    image = SHARED / "images" / "astronaut.png"
+    out: dict = {"cores": os.cpu_count()}
+
+    def clouds(n: int, bundle: Path | None = None) -> list:
+        procs = []
+        for i in range(n):
+            log = tmp / f"cloud-{len(list(tmp.glob('cloud-*.log')))}.log"
+            procs.append((subprocess.Popen([PY, "-m", "lited.cli", "cloud", *broker.server_args(), "--client-id",
+                                            f"bench-{log.stem}", "--group", f"bench{n}"]
+                                           + (["--bundle", str(bundle)] if bundle else []),
+                                           stdout=subprocess.PIPE, stderr=open(log, "wb"),
+                                           env={**os.environ, "OMP_NUM_THREADS": "1"}), log))
+        deadline = time.monotonic() + 120
+        while not all(b"subscribed to" in log.read_bytes() for _, log in procs):
+            if time.monotonic() > deadline:
+                raise RuntimeError("lited cloud did not subscribe")
+            time.sleep(0.1)
+        return procs
+
+    def stop_all(procs: list) -> list:
+        for proc, _ in procs:
+            proc.send_signal(signal.SIGTERM)
+        return [json.loads(proc.communicate(timeout=60)[0].decode().strip().splitlines()[-1]) for proc, _ in procs]
+
+    def device(name: str, rate: float, seconds: float, ack: str, faces: int = 2) -> subprocess.Popen:
+        uplink = broker.uplink_config(name, ack=ack, resend_after=5, outbox={"dir": str(tmp / f"outbox-{name}")},
+                                      streams={"*": {"labels": ["face"], "attach": "crops"}})
+        return subprocess.Popen([PY, str(PROBES), "uplink_device", "--uplink", json.dumps(uplink), "--image",
+                                 str(image), "--rate", str(rate), "--seconds", str(seconds), "--faces", str(faces)],
+                                stdout=subprocess.PIPE, text=True)
+
+    def result(proc: subprocess.Popen) -> dict:
+        return json.loads(proc.communicate(timeout=300)[0].strip().splitlines()[-1])
+
+    try:
+        progress.step("uplink: one device flat out, ack broker")
+        out["flat_broker"] = result(device("dev1", 0, 12, "broker"))
+        progress.step("uplink: one device flat out, ack cloud")
+        servers = clouds(1)
+        out["flat_cloud"] = result(device("dev2", 0, 12, "cloud"))
+        stop_all(servers)
+
+        progress.step("uplink: a stream's CPU beside its uplink's")
+        video = tmp / "faces.avi"
+        make_video(image, video, 300)
+        run = tmp / "run"
+        progress.step("uplink: MobileNetV2 alone (the server's model)")
+        out["server_infer_ms"] = probe("infer", bundle=bundles / "mobilenetv2", image=image, runs=40)["ms"]["p50"]
+        # without a model: every face, the CPU figure; with MobileNetV2: 1 result/s, under the server's capacity,
+        # so the round trip is the path and the model, not a queue growing behind an overloaded server
+        for label, bundle, rate in (("receipt", None, None), ("mobilenetv2", bundles / "mobilenetv2", 1)):
+            servers = clouds(1, bundle)
+            rule = {"labels": ["face"], "min_score": 0.7, "attach": "crops", "margin": 0.2}
+            config = {"runtime_dir": str(run), "models": {"face": str(bundles / "ultraface")},
+                      "streams": [{"name": "cam", "source": f"file://{video}?loop=1&realtime=1", "model": "face",
+                                   "slots": 16}],
+                      "uplink": broker.uplink_config("dev3", ack="cloud", outbox={"dir": str(tmp / f"ob-{label}")},
+                                                     streams={"*": {**rule, "max_rate": rate} if rate else rule})}
+            (tmp / "uplink.conf").write_text(json.dumps(config))
+            daemon = subprocess.Popen([str(Path(PY).with_name("lited")), "serve", "--config", str(tmp / "uplink.conf")],
+                                      env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
+            try:
+                trips = []
+                with Client(f"ipc://{run}/req.sock", timeout=60) as client, \
+                        Subscriber(f"ipc://{run}/pub.sock", answers=True) as sub:
+                    deadline = time.monotonic() + 120
+                    while not (client.status()["uplink"] or {}).get("connected") or not client.status()["streams"]:
+                        if time.monotonic() > deadline:
+                            raise RuntimeError("lited serve with an uplink did not come up")
+                        time.sleep(0.2)
+                    time.sleep(3)
+                    engines = child_pids(daemon.pid)
+                    s0 = client.status()
+                    c0, e0, t0 = _cpu_s(daemon.pid), sum(_cpu_s(p) for p in engines), time.monotonic()
+                    while time.monotonic() - t0 < 20:
+                        msg = sub.recv(timeout=0.5)
+                        if msg and msg["type"] == "answer" and "round_trip_ms" in msg:
+                            trips.append(msg["round_trip_ms"])
+                    s1 = client.status()
+                    c1, e1, t1 = _cpu_s(daemon.pid), sum(_cpu_s(p) for p in engines), time.monotonic()
+                up = s1["uplink"]["cpu_s"] - s0["uplink"]["cpu_s"]
+                stream = (c1 - c0 - up) + (e1 - e0)
+                counters = {k: s1["uplink"]["counters"][k] - s0["uplink"]["counters"][k] for k in ("queued", "answers")}
+                out[f"stream_{label}"] = {
+                    "seconds": t1 - t0, "fps": s1["streams"][0]["fps"], "uplink_cpu_s": up, "stream_cpu_s": stream,
+                    "messages_per_s": counters["queued"] / (t1 - t0), "answers_per_s": counters["answers"] / (t1 - t0),
+                    "round_trip_ms": {"p50": float(np.percentile(trips, 50)), "p99": float(np.percentile(trips, 99)),
+                                      "n": len(trips)} if trips else None}
+            finally:
+                daemon.send_signal(signal.SIGTERM)
+                daemon.wait(30)
+                stop_all(servers)
+
+        for n_servers in (1, 2, 4):
+            progress.step(f"uplink: 4 devices, {n_servers} lited cloud (mobilenetv2)")
+            infer_ms = probe("infer", bundle=bundles / "mobilenetv2", image=image, runs=40)["ms"]["p50"]
+            servers = clouds(n_servers, bundles / "mobilenetv2")
+            probes = [device(name, 4, 15, "cloud") for name in devices]
+            rows = [result(p) for p in probes]
+            stats = stop_all(servers)
+            out[f"fleet_{n_servers}"] = {"answers_per_s": sum(r["answers_per_s"] for r in rows), "infer_ms": infer_ms,
+                                         "demand_crops_per_s": sum(r["crops_per_s"] for r in rows),
+                                         "per_server": [s.get("answered", 0) for s in stats],
+                                         "round_trip_p50": float(np.median([r["round_trip_ms"]["p50"] for r in rows
+                                                                            if r["round_trip_ms"]] or [0]))}
+    finally:
+        broker.stop()
+    return out
+
+
+def render_uplink(u: dict) -> str:
+    fb, fc = u["flat_broker"], u["flat_cloud"]
+    limit = 1000 / u["server_infer_ms"]
+    lines = [f"""## MQTT uplink
+
+`lited serve` with an `uplink` to Mosquitto 2.0 on loopback (TLS, passwords, the documented ACL),
+written by `tools/bench.py` (`--only uplink` rewrites just this section). A device's messages are a
+result (JSON) and one JPEG crop per face (640x480 frames, crops ~190x240 with a 20 % margin); every
+message is stored in the outbox with `fdatasync` before it is sent. {u['cores']} cores shared by
+everything below (broker, devices, servers, models) and by other jobs: read the ratios.
+
+What one device sustains, flat out (simulated results with 2 faces each, real crops cut from a
+shared-memory ring and JPEG-encoded, the real outbox and paho over TLS). *Stored* is what the
+device can take in; *confirmed* is what leaves its outbox for good (`ack: cloud`: the window of 64
+unconfirmed records over the round trip through the broker and the server).
+
+| mode | stored msgs/s | crops/s | confirmed msgs/s | uplink CPU (cores) |
+| --- | --- | --- | --- | --- |
+| `ack: broker` (PUBACK frees the record; no server subscribed) | {fb['stored_per_s']:.0f} | {fb['crops_per_s']:.0f} | {fb['confirmed_per_s']:.0f} | {fb['cpu_s_per_s']:.2f} |
+| `ack: cloud`, one `lited cloud` without a model | {fc['stored_per_s']:.0f} | {fc['crops_per_s']:.0f} | {fc['confirmed_per_s']:.0f} | {fc['cpu_s_per_s']:.2f} |
+
+A real stream: UltraFace on a 640x480 video at 30 fps (a face in every frame), `ack: cloud`, one
+`lited cloud`. *Stream CPU* is the daemon's CPU without the uplink's threads plus its engine
+process; *uplink CPU* is its packer, store and sender threads and paho's network thread. The round
+trip runs from the crop being stored on the device to its answer on the device's local bus.
+MobileNetV2 alone took {u['server_infer_ms']:.0f} ms per crop (p50) in this run, so one server
+answers at most ~{limit:.0f} crops/s: its row sends 1 result/s.
+
+| server | stream fps | uplink msgs/s | uplink CPU / stream CPU | answers/s | round trip p50 / p99 ms (answers) |
+| --- | --- | --- | --- | --- | --- |"""]
+    for label, what in (("receipt", "`lited cloud` without a model, every face"),
+                        ("mobilenetv2", "`lited cloud` + MobileNetV2 (Paddle Lite x86), 1 result/s")):
+        r = u[f"stream_{label}"]
+        trip = r["round_trip_ms"]
+        lines.append(f"| {what} | {r['fps']:.1f} | {r['messages_per_s']:.1f} | {r['uplink_cpu_s']:.2f} s / "
+                     f"{r['stream_cpu_s']:.2f} s = {r['uplink_cpu_s'] / r['stream_cpu_s']:.3f} | "
+                     f"{r['answers_per_s']:.1f} | "
+                     + (f"{trip['p50']:.0f} / {trip['p99']:.0f} ({trip['n']})" if trip else "n/a") + " |")
+    lines.append(f"""
+Four simulated devices (processes, 4 results/s each with 2 face crops: 32 crops/s offered) into one
+broker, `lited cloud` processes with MobileNetV2 in one shared-subscription group, 15 s. Beside
+each row, MobileNetV2 alone (one process, one thread, measured just before the row): with
+{u['cores']} cores shared by the devices, the broker and the servers, more servers than cores
+cannot add answers/s; the row shows the group spreading the crops (answered per server).
+
+| servers | answers/s (all devices) | MobileNetV2 alone p50 ms | crops/s offered | answered per server | round trip p50 ms |
+| --- | --- | --- | --- | --- | --- |""")
+    for n in (1, 2, 4):
+        f = u[f"fleet_{n}"]
+        lines.append(f"| {n} | {f['answers_per_s']:.1f} | {f['infer_ms']:.0f} | "
+                     f"{f['demand_crops_per_s']:.1f} | {' / '.join(str(x) for x in f['per_server'])} | "
+                     f"{f['round_trip_p50']:.0f} |")
+    lines.append("""
+Where the servers cannot keep up, crops wait in the devices' outboxes and the round trip is that
+queue; the resend timeout follows the confirmation time, so the servers are not sent copies.
+""")
     return "\n".join(lines)
 
 
@@ -574,38 +760,70 @@ def machine() -> str:
             f"OpenCV {cv2.__version__}")
 
 
+UPLINK_STEPS = 8
+
+
+def section_http(tmp: Path, progress: Progress) -> str:
+    subprocess.run([PY, str(ROOT / "tools" / "make_bundles.py"), "--out", str(tmp / "bundles"), "ultraface"],
+                   check=True, stdout=subprocess.DEVNULL)
+    return render_http(bench_http(tmp / "bundles", progress, tmp))
+
+
+def section_ocr(tmp: Path, progress: Progress) -> str:
+    return render_ocr(bench_ocr(progress, tmp), "")
+
+
+def section_uplink(tmp: Path, progress: Progress) -> str:
+    subprocess.run([PY, str(ROOT / "tools" / "make_bundles.py"), "--out", str(tmp / "bundles"), "ultraface",
+                    "mobilenetv2"], check=True, stdout=subprocess.DEVNULL)
+    return render_uplink(bench_uplink(tmp / "bundles", progress, tmp))
+
+
+# --only NAME: (its section's heading, what measures and renders it, its progress steps)
+SECTIONS = {"http": ("## The HTTP front end", section_http, 3), "ocr": ("## OCR cascade", section_ocr, 8),
+            "uplink": ("## MQTT uplink", section_uplink, UPLINK_STEPS)}
+
+
+def only(name: str, out: Path) -> int:
+    """Measure one section alone and put it in place of the old one in `out`, dated (it is not
+    from the same run as the rest); the rest of the file is kept as it is."""
+    heading, measure, steps = SECTIONS[name]
+    progress = Progress(steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        section = measure(Path(tmp), progress)
+    progress.close()
+    start = section.index(heading)
+    line_end = section.index("\n", start)
+    section = (section[:line_end + 1] + f"\n(Measured on {time.strftime('%Y-%m-%d')} by `python tools/bench.py "
+               f"--only {name}`, apart from the full run. Machine: {machine()}.)\n" + section[line_end + 1:])
+    text = out.read_text() if out.exists() else "# Benchmarks\n"
+    begin = text.find(heading)
+    if begin < 0:
+        text = text.rstrip("\n") + "\n\n" + section.strip("\n") + "\n"
+    else:
+        end = text.find("\n## ", begin + 1)
+        text = text[:begin] + section.strip("\n") + "\n" + (text[end:] if end >= 0 else "")
+    out.write_text(text)
+    print(section)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="ultraface,fastestdet,mobilenetv2,ppocrv4_det,ppocr_cls,demo_ppocrv4_det")
     ap.add_argument("--quick", action="store_true", help="fewer runs (a smoke test of the benchmark itself)")
-    ap.add_argument("--only", choices=["ocr"], help="measure only this section and replace it in --out")
+    ap.add_argument("--only", choices=sorted(SECTIONS), help="measure only this section and replace it in --out")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
-    ap.add_argument("--only-http", action="store_true",
-                    help="measure the HTTP front end only and replace its section of --out")
     args = ap.parse_args()
     if not (SHARED / "models").is_dir():
         print(f"bench: {SHARED / 'models'} is absent: nothing to measure", file=sys.stderr)
         return 2
-    if args.only == "ocr":
-        progress = Progress(8)
-        with tempfile.TemporaryDirectory() as tmp:
-            section = render_ocr(bench_ocr(progress, Path(tmp)), f"Written by `python tools/bench.py --only ocr` "
-                                 f"on {time.strftime('%Y-%m-%d')}. Machine: {machine()}")
-        progress.close()
-        text = args.out.read_text() if args.out.is_file() else "# Benchmarks\n"
-        if OCR_BEGIN in text:
-            head, rest = text.split(OCR_BEGIN, 1)
-            text = head + section + rest.split(OCR_END, 1)[1]
-        else:
-            text = text.rstrip() + "\n\n" + section + "\n"
-        args.out.write_text(text)
-        print(section)
-        return 0
+    if args.only:
+        return only(args.only, args.out)
     names = [n for n in args.models.split(",") if n == "demo_ppocrv4_det" or (SHARED / "models" / n).is_dir()]
     thread_models = [n for n in ("fastestdet", "mobilenetv2") if n in names]
-    if args.only_http:
-        return only_http(args.out)
-    progress = Progress(5 * len(names) + 2 * len(thread_models) + 5 + 8 + 2)
+    with_uplink = {"ultraface", "mobilenetv2"} <= set(names)
+    progress = Progress(5 * len(names) + 2 * len(thread_models) + 5 + 8 + 2 + (UPLINK_STEPS if with_uplink else 0))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         bundles = tmp / "bundles"
@@ -627,31 +845,13 @@ def main() -> int:
         daemon = bench_daemon(bundles, progress, tmp)
         http = bench_http(bundles, progress, tmp)
         ocr = bench_ocr(progress, tmp)
+        uplink = bench_uplink(bundles, progress, tmp) if with_uplink else None
     progress.close()
     png = args.out.with_name("benchmarks.png")
     plot(rows, png)
     args.out.write_text(render(rows, threads, daemon, machine(), png.name) + render_http(http) + "\n"
-                        + render_ocr(ocr, "") + "\n")
+                        + render_ocr(ocr, "") + ("\n" + render_uplink(uplink) if uplink else "") + "\n")
     print(args.out.read_text())
-    return 0
-
-
-def only_http(out: Path) -> int:
-    """Measure the HTTP front end alone and put its section in place of the old one (dated: it is
-    not from the same run as the rest)."""
-    progress = Progress(3)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        subprocess.run([PY, str(ROOT / "tools" / "make_bundles.py"), "--out", str(tmp / "bundles"), "ultraface"],
-                       check=True, stdout=subprocess.DEVNULL)
-        section = render_http(bench_http(tmp / "bundles", progress, tmp))
-    progress.close()
-    section = section.replace("## The HTTP front end\n", f"## The HTTP front end\n\n(Measured on {time.strftime('%Y-%m-%d')} "
-                              f"by `python tools/bench.py --only-http`, apart from the run above.)\n", 1)
-    text = out.read_text()
-    head = text.split("\n## The HTTP front end\n")[0].rstrip("\n") + "\n"
-    out.write_text(head + section)
-    print(section)
     return 0
 
 

@@ -243,6 +243,87 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     return 0
 
 
+def _broker_settings(args: argparse.Namespace) -> Any:
+    from lited.mqtt_link import BrokerSettings
+
+    settings = BrokerSettings(args.broker, args.ca, args.cert, args.key, args.username, args.password_file)
+    settings.address  # a bad URL fails here, as a one-line error
+    return settings
+
+
+def cmd_cloud(args: argparse.Namespace) -> int:
+    """The server side of the uplink: a second model on the devices' crops, answers back."""
+    import signal
+    import threading
+
+    from lited.cloud import CloudWorker
+    from lited.service.logs import setup_logging
+
+    setup_logging("DEBUG" if args.debug else "INFO", debug=args.debug, identifier="lited-cloud")
+    settings = _broker_settings(args)
+    factory = None
+    if args.bundle:
+        from lited.bundle import load_bundle
+        from lited.model import Model
+
+        bundle = load_bundle(args.bundle)  # a bad bundle fails before connecting
+        factory = lambda: Model(bundle, args.target)  # noqa: E731
+    record = open(args.record, "a", encoding="utf-8") if args.record else None
+    worker = CloudWorker(settings, factory, args.group, args.client_id, record, args.session_expiry)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        worker.start()
+        stop.wait(args.duration)
+    finally:
+        worker.stop()
+        if record is not None:
+            record.close()
+    print(json.dumps(worker.stats()), flush=True)
+    return 0
+
+
+def cmd_remote(args: argparse.Namespace) -> int:
+    """A request to a device over MQTT: ping, status, reload, snapshot."""
+    import base64
+
+    from lited.cloud import remote_call
+
+    params: dict = {}
+    if args.action == "reload" and args.model:
+        params["model"] = args.model
+    if args.action == "snapshot":
+        if not args.stream or not args.out:
+            raise UsageError("snapshot needs --stream and --out")
+        params["stream"] = args.stream
+    try:
+        reply = remote_call(_broker_settings(args), args.device, args.action, params, args.timeout)
+    except (TimeoutError, ConnectionError) as exc:
+        print(str(exc), file=sys.stderr)
+        return 3
+    if not reply.get("ok"):
+        error = reply.get("error") or {}
+        print(f"lited: {args.action}: {error.get('code')}: {error.get('message')}", file=sys.stderr)
+        return 1
+    out = reply.get("result")
+    if args.action == "snapshot":
+        with open(args.out, "wb") as fh:
+            fh.write(base64.b64decode(out.pop("jpeg")))
+        out = {"written": args.out, "seq": out["seq"], "detections": len(out["detections"])}
+    print(json.dumps(out, indent=None if args.action == "ping" else 2))
+    return 0
+
+
+def _broker_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--broker", required=True, help="mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+    p.add_argument("--ca", help="mqtts: CA file that signed the broker's certificate (default: the system's)")
+    p.add_argument("--cert", help="client certificate (mutual TLS)")
+    p.add_argument("--key", help="the client certificate's key")
+    p.add_argument("--username", help="MQTT user name")
+    p.add_argument("--password-file", help="file whose first line is the password")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lited", description="lited: the Paddle Lite daemon")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -282,6 +363,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the reply")
     p.set_defaults(func=cmd_ctl)
 
+    p = sub.add_parser("cloud", help="the server side of the uplink: a second model on devices' crops (docs/uplink.md)")
+    _broker_arguments(p)
+    p.add_argument("--bundle", help="bundle of the second model (default: none, crops are only receipted)")
+    p.add_argument("--target", help="model target (default: this machine's)")
+    p.add_argument("--group", default="lited", help="shared-subscription group: workers in one group share the load")
+    p.add_argument("--client-id", help="stable MQTT client id: the broker keeps this worker's session and queue")
+    p.add_argument("--session-expiry", type=int, default=600,
+                   help="with --client-id: seconds the broker keeps the session of a worker that vanished")
+    p.add_argument("--record", help="append every first-seen message (JSON lines) to this file")
+    p.add_argument("--duration", type=float, help="stop after this many seconds (default: until SIGTERM)")
+    p.set_defaults(func=cmd_cloud)
+
+    p = sub.add_parser("remote", help="ask a device over MQTT: ping, status, reload, snapshot")
+    _broker_arguments(p)
+    p.add_argument("device", help="the device id (its uplink.device)")
+    p.add_argument("action", choices=["ping", "status", "reload", "snapshot"])
+    p.add_argument("--model", help="reload: model name from the device's config (default: all)")
+    p.add_argument("--stream", help="snapshot: stream name")
+    p.add_argument("--out", help="snapshot: JPEG file to write")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the reply")
+    p.set_defaults(func=cmd_remote)
+
     p = sub.add_parser("selftest", help="check a bundle against its golden image")
     p.add_argument("--bundle", required=True, help="bundle directory")
     p.set_defaults(func=cmd_selftest)
@@ -300,11 +403,13 @@ def main(argv: list | None = None) -> int:
     from lited.engines import EngineError
     from lited.service.bus import BusError
     from lited.config import ConfigError
+    from lited.mqtt_link import LinkError
     from lited.sources import SourceError
 
     try:
         return args.func(args)
-    except (BundleError, BusError, ConfigError, EngineError, SourceError, UsageError, ValueError, OSError) as exc:
+    except (BundleError, BusError, ConfigError, EngineError, LinkError, SourceError, UsageError, ValueError,
+            OSError) as exc:
         if args.debug:
             raise
         print(f"lited: {exc}".splitlines()[0], file=sys.stderr)

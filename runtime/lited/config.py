@@ -50,6 +50,7 @@ class Config:
     request_workers: int = 1
     status_interval: float = 5.0
     http: Optional["HttpConfig"] = None
+    uplink: Optional["UplinkConfig"] = None
     raw: dict = field(default_factory=dict)
 
 
@@ -72,7 +73,7 @@ def default_state_dir() -> Path:
 
 
 TOP_FIELDS = ("runtime_dir", "state_dir", "models", "streams", "endpoints", "curve", "insecure_tcp", "group",
-              "limits", "request_workers", "status_interval", "http")
+              "limits", "request_workers", "status_interval", "http", "uplink")
 STREAM_FIELDS = ("name", "source", "model", "slots", "stall_timeout")
 
 
@@ -115,10 +116,11 @@ def parse_config(raw: Any, path: Optional[Path] = None, base_dir: Optional[Path]
     insecure = c.get(raw, "insecure_tcp", "", bool, required=False, default=False)
     group = c.get(raw, "group", "", str, required=False)
     http = parse_http(c, raw.get("http"), max_req) if "http" in raw else None
+    uplink = parse_uplink(c, raw.get("uplink"), state_dir, base, [s.name for s in streams])
     if c.problems:
         raise ConfigError(where, c.problems)
     return Config(path, runtime_dir, state_dir, models, streams, pub, req, curve, insecure, group, max_req, hwm,
-                  workers, float(interval), http, raw)
+                  workers, float(interval), http, uplink, raw)
 
 
 def _streams(c: Checker, items: list, models: dict) -> list:
@@ -260,3 +262,132 @@ def load_config(path: str | os.PathLike) -> Config:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), [f"not valid JSON ({exc})"]) from None
     return parse_config(raw, path)
+
+
+# -- the `uplink` section (docs/uplink.md) ---------------------------------------------------------
+# Kept in one block so it can move with the config format; it needs only the Checker, the state
+# directory (default outbox place), the config's directory (relative paths) and the stream names.
+
+UPLINK_FIELDS = ("broker", "device", "username", "password_file", "ca", "cert", "key", "keepalive", "ack",
+                 "window", "resend_after", "outbox", "status_interval", "events", "requests", "streams")
+UPLINK_RULE_FIELDS = ("labels", "min_score", "max_rate", "attach", "margin", "jpeg_quality", "max_crops")
+UPLINK_ACK_MODES = ("broker", "cloud")
+UPLINK_ATTACH = ("none", "crops", "frame")
+ALL_STREAMS = "*"
+SERVER_IDENTITY = "cloud"
+
+
+@dataclass
+class UplinkRule:
+    """Which results of a stream go up, and with which images."""
+    labels: Optional[frozenset] = None      # None: every label
+    min_score: float = 0.0
+    max_rate: Optional[float] = None        # results per second; None: no limit
+    attach: str = "none"                    # none, crops (one JPEG per selected detection), frame
+    margin: float = 0.1                     # crops: grown by this fraction of the box on each side
+    jpeg_quality: int = 85
+    max_crops: int = 8
+
+
+@dataclass
+class UplinkConfig:
+    broker: str
+    device: str
+    username: Optional[str]
+    password_file: Optional[str]
+    ca: Optional[str]
+    cert: Optional[str]
+    key: Optional[str]
+    keepalive: int
+    ack: str
+    window: int
+    resend_after: float
+    outbox_dir: Path
+    outbox_max_bytes: int
+    status_interval: float
+    events: bool
+    requests: bool
+    rules: dict                             # stream name or "*" -> UplinkRule
+
+    def rule_for(self, stream: str) -> Optional[UplinkRule]:
+        return self.rules.get(stream) or self.rules.get(ALL_STREAMS)
+
+
+def parse_uplink(c: Checker, raw: Any, state_dir: Path, base: Path, stream_names: list) -> Optional[UplinkConfig]:
+    if raw is None:
+        return None
+    p = "uplink."
+    if not isinstance(raw, dict):
+        c.add("uplink", f"expected an object, got {shown(raw)}")
+        return None
+    c.unknown(raw, UPLINK_FIELDS, p)
+    import importlib.util
+
+    if importlib.util.find_spec("paho") is None:
+        c.add("uplink", "needs paho-mqtt 2.x, which is not installed (pip install 'lited[mqtt]')")
+    broker = c.get(raw, "broker", p, str)
+    if broker is not None:
+        from lited.mqtt_link import LinkError, parse_url
+
+        try:
+            parse_url(broker)
+        except LinkError as exc:
+            c.add(p + "broker", str(exc))
+    device = c.name(raw, "device", p)
+    if device == SERVER_IDENTITY:
+        c.add(p + "device", f"'{SERVER_IDENTITY}' is the servers' identity in the documented broker ACL")
+        device = None
+    username = c.get(raw, "username", p, str, required=False, default=device)
+    files = {}
+    for key in ("password_file", "ca", "cert", "key"):
+        value = c.get(raw, key, p, str, required=False)
+        if value is not None:
+            value = value if os.path.isabs(value) else str((base / value).resolve())
+            if not os.path.isfile(value):
+                c.add(p + key, f"{value}: no such file")
+        files[key] = value
+    if (files["cert"] is None) != (files["key"] is None):
+        c.add(p + ("key" if files["key"] is None else "cert"), "cert and key go together")
+    keepalive = c.number(raw, "keepalive", p, 30, integer=True, minimum=5, maximum=3600)
+    ack = c.choice(raw, "ack", p, UPLINK_ACK_MODES, default="broker")
+    window = c.number(raw, "window", p, 64, integer=True, minimum=1, maximum=1000)
+    resend_after = c.number(raw, "resend_after", p, 10.0, above=0, maximum=3600)
+    outbox = c.get(raw, "outbox", p, dict, required=False, default={})
+    c.unknown(outbox, ("dir", "max_bytes"), p + "outbox.")
+    outbox_dir = c.get(outbox, "dir", p + "outbox.", str, required=False)
+    outbox_dir = Path(outbox_dir) if outbox_dir else state_dir / "outbox"
+    max_bytes = c.number(outbox, "max_bytes", p + "outbox.", 64 << 20, integer=True, minimum=64 << 10,
+                         maximum=1 << 40)
+    status_interval = c.number(raw, "status_interval", p, 60.0, above=0, maximum=86400)
+    events = c.get(raw, "events", p, bool, required=False, default=True)
+    requests = c.get(raw, "requests", p, bool, required=False, default=True)
+    rules = {}
+    for stream, rule in c.get(raw, "streams", p, dict, required=False, default={}).items():
+        rp = f"{p}streams.{stream}"
+        if stream != ALL_STREAMS and stream not in stream_names:
+            c.add(rp, f"not a stream in streams ({', '.join(stream_names) or 'none'}) nor '{ALL_STREAMS}'")
+        elif not isinstance(rule, dict):
+            c.add(rp, f"expected an object, got {shown(rule)}")
+        else:
+            rules[stream] = _uplink_rule(c, rule, rp + ".")
+    if broker is None or device is None:
+        return None
+    return UplinkConfig(broker, device, username, files["password_file"], files["ca"], files["cert"], files["key"],
+                        keepalive, ack, window, float(resend_after), outbox_dir, max_bytes, float(status_interval),
+                        events, requests, rules)
+
+
+def _uplink_rule(c: Checker, raw: dict, p: str) -> UplinkRule:
+    c.unknown(raw, UPLINK_RULE_FIELDS, p)
+    labels = c.get(raw, "labels", p, list, required=False)
+    if labels is not None and not all(isinstance(x, str) for x in labels):
+        c.add(p + "labels", "expected a list of label strings")
+        labels = None
+    max_rate = c.number(raw, "max_rate", p, None, above=0, maximum=1000)
+    return UplinkRule(frozenset(labels) if labels is not None else None,
+                      float(c.number(raw, "min_score", p, 0.0, minimum=0, maximum=1)),
+                      float(max_rate) if max_rate is not None else None,
+                      c.choice(raw, "attach", p, UPLINK_ATTACH, default="none") or "none",
+                      float(c.number(raw, "margin", p, 0.1, minimum=0, maximum=2)),
+                      c.number(raw, "jpeg_quality", p, 85, integer=True, minimum=1, maximum=100),
+                      c.number(raw, "max_crops", p, 8, integer=True, minimum=1, maximum=64))

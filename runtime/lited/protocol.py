@@ -18,6 +18,8 @@ METHODS = ("ping", "status", "infer", "reload", "snapshot")
 RESULT_KEYS = ("stream", "seq", "frame_ts", "skipped", "model", "model_version", "task", "detections",
                "classes", "timings_ms")
 OPTIONAL_RESULT_KEYS = ("text", "text_score")  # a text decoder's (ctc) result, when it is the bundle's own
+ANSWER_KEYS = ("stream", "seq", "detection", "id", "worker", "model", "model_version", "task", "detections",
+               "classes", "error", "infer_ms", "round_trip_ms")
 DAEMON_STREAM = "_daemon"
 # msgpack limits for untrusted input: bounded nesting and sizes, no ext types
 _UNPACK_LIMITS = dict(max_str_len=1 << 16, max_array_len=1 << 16, max_map_len=1 << 10, max_ext_len=0)
@@ -38,6 +40,19 @@ def result_topic(stream: str) -> bytes:
 
 def event_topic(stream: str) -> bytes:
     return f"event/{stream}".encode()
+
+
+def answer_topic(stream: str) -> bytes:
+    return f"answer/{stream}".encode()
+
+
+def encode_answer(answer: dict) -> bytes:
+    """A server's answer to one of this device's crops or frames (docs/uplink.md) -> the published payload."""
+    payload = {"v": VERSION, "type": "answer"}
+    for key in ANSWER_KEYS:
+        if answer.get(key) is not None or key in ("detection", "detections", "classes"):
+            payload[key] = answer.get(key, [] if key in ("detections", "classes") else None)
+    return msgpack.packb(payload, use_bin_type=True)
 
 
 def result_message(result: dict) -> dict:

@@ -19,6 +19,8 @@ import threading
 import time
 from typing import Any, Optional
 
+import numpy as np
+
 from lited import __version__, protocol
 from lited.bundle import BundleError, load_bundle
 from lited.config import Config, ConfigError, StreamConfig, load_config
@@ -29,9 +31,10 @@ from lited.protocol import ProtocolError
 from lited.service.bus import Bus, Curve
 from lited.service.requests import Requests
 from lited.service.sdnotify import Notifier, Watchdog
+from lited.service.uplink import Uplink
 from lited.sources import SourceError
 from lited.stream import Stream
-from lited.stream.ring import sweep_stale
+from lited.stream.ring import RingError, sweep_stale
 from lited.errors import first_line
 
 log = logging.getLogger("lited.daemon")
@@ -56,6 +59,7 @@ class Daemon:
         self.requests = Requests(self, config.request_workers, config.max_request_bytes)
         self.bus: Optional[Bus] = None
         self.http: Any = None  # service/http.HttpFront when the config has `http` (tornado is imported only then)
+        self.uplink: Optional[Uplink] = None
 
     # -- start and stop
     def start(self) -> None:
@@ -75,6 +79,10 @@ class Daemon:
                        cfg.max_request_bytes, heartbeat=lambda: self.watchdog.beat("bus"))
         self.watchdog.register("bus")
         self.bus.start()
+        if cfg.uplink is not None:
+            self.uplink = Uplink(cfg.uplink, self.requests.call, self._publish_answer, self._read_frame,
+                                 self._health)
+            self.uplink.start()
         for sc in cfg.streams:
             self.notifier.status(f"warming up {sc.model} for {sc.name}")
             self._start_stream(sc)
@@ -125,6 +133,8 @@ class Daemon:
             self.watchdog.unregister("http")
         for name in list(self.streams):
             self._stop_stream(name)
+        if self.uplink is not None:
+            self.uplink.stop()
         self.requests.stop()
         self.watchdog.stop()
         if self.bus is not None:
@@ -149,16 +159,45 @@ class Daemon:
             self.stop_event.wait(0.2)
         self.stop()
 
-    # -- results and events
+    # -- results and events (from the stream threads: nothing here may block)
     def _publish_result(self, result: dict) -> None:
         self.bus.publish(protocol.result_topic(result["stream"]), protocol.encode_result(result))
         if self.http is not None:
             self.http.on_result(result)
+        if self.uplink is not None:
+            self.uplink.offer_result(result)
 
     def _publish_event(self, event: dict) -> None:
         self.bus.publish(protocol.event_topic(event["stream"]), protocol.encode_event(event))
         if self.http is not None:
             self.http.on_event(event)
+        if self.uplink is not None:
+            self.uplink.offer_event(event)
+
+    def _publish_answer(self, stream: str, answer: dict) -> None:
+        """A server's answer to one of our crops, from the uplink: on the local bus."""
+        self.bus.publish(protocol.answer_topic(stream), protocol.encode_answer(answer))
+
+    def _read_frame(self, result: dict, out: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        """A copy of the result's own frame (into `out` when it fits), None if it is gone."""
+        stream = self.streams.get(result["stream"])
+        ring = stream.ring if stream is not None else None
+        if ring is None or ring.name != result.get("ring"):
+            return None
+        if out is None or out.shape != ring.shape:
+            out = None
+        try:
+            return ring.read(result["slot"], result["slot_seq"], out)
+        except RingError:       # rebuilt or closed meanwhile
+            return None
+
+    def _health(self) -> dict:
+        """The short health the uplink's retained status message carries."""
+        return {"uptime_s": round(time.monotonic() - self.started, 1), "rss_mb": round(_rss_kb() / 1024, 1),
+                "models": {n: b.version for n, b in list(self.bundles.items())},
+                "streams": [{"stream": s.name, "state": s.current_state(), "fps": round(s.fps(), 2)}
+                            for s in list(self.streams.values())],
+                "last_reload": self.last_reload}
 
     def _daemon_event(self, kind: str, detail: str, **extra: Any) -> None:
         if self.bus is not None:
@@ -245,6 +284,11 @@ class Daemon:
                 if name not in self.streams:
                     self._start_stream(sc)
             self.config.streams = new.streams
+            if self.uplink is not None and new.uplink is not None:
+                self.uplink.update_rules(new.uplink)
+            elif (self.uplink is None) != (new.uplink is None):
+                log.warning("uplink %s in the config: restart lited to apply",
+                            "added" if self.uplink is None else "removed", extra={"event": "reload"})
         except LOAD_ERRORS as exc:
             self._record_reload(False, f"{first_line(exc)}; the old models keep serving")
             return
@@ -270,19 +314,23 @@ class Daemon:
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "engines_rss_mb": round(sum(_rss_kb(pid) for pid in child_pids()) / 1024, 1),
             "models": {n: {"version": b.version, "bundle": str(b.root), "task": b.task}
-                       for n, b in self.bundles.items()},
-            "streams": [s.status() for s in self.streams.values()],
+                       for n, b in list(self.bundles.items())},
+            # copies: a reload (main thread) may add or remove streams while a front end asks
+            "streams": [s.status() for s in list(self.streams.values())],
             "last_reload": self.last_reload,
             "watchdog_stale": self.watchdog.stale(),
             **({"http": self.http.status()} if self.http is not None else {}),
+            "uplink": self.uplink.status() if self.uplink is not None else None,
         }
 
     def status_line(self) -> str:
-        parts = [f"{s.name} {s.current_state()} {s.fps():.1f} fps" for s in self.streams.values()]
-        models = ", ".join(f"{n} {b.version}" for n, b in self.bundles.items())
+        parts = [f"{s.name} {s.current_state()} {s.fps():.1f} fps" for s in list(self.streams.values())]
+        models = ", ".join(f"{n} {b.version}" for n, b in list(self.bundles.items()))
         line = "; ".join(parts) or "no streams"
         if self.last_reload and not self.last_reload.get("ok"):
             line += " | last reload FAILED"
+        if self.uplink is not None:
+            line += f" | {self.uplink.status_line()}"
         return f"{line} | models: {models}"
 
 
