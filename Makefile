@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 SHARED ?= ../shared
 
-.PHONY: demo test test-fast bundles bench venv venv-test tools-venv clean
+.PHONY: demo demo-cloud test test-fast bundles bench venv venv-test tools-venv clean
 
 venv:
 	@tools/bootstrap.sh runtime
@@ -21,6 +21,10 @@ bundles: venv
 ## demo: the daemon on the committed PP-OCRv4 demo bundle
 demo: venv
 	@$(PY) tools/demo.py
+
+## demo-cloud: a board and a server over MQTT: Mosquitto, lited serve (ultraface), lited cloud (mobilenetv2)
+demo-cloud: venv-test
+	@$(PY) tools/demo_cloud.py
 
 ## test: the whole suite (as CI runs it)
 test: venv-test tools-venv

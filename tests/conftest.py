@@ -60,7 +60,7 @@ def bundles_dir(tmp_path_factory) -> Path:
     return out
 
 
-DEMO_BUNDLE = ROOT / "sdk_template" / "demo_ppocrv4_det"
+DEMO_BUNDLE = ROOT / "sdk_template" / "demo_ppocrv4"
 
 
 def write_video(path: Path, frames: int = 24, size=(320, 240), per_image: int = 1) -> list:

@@ -194,8 +194,9 @@ def test_unknown_op_is_named() -> None:
      r"Preprocess\[0\]: Resize: unknown parameter 'max_size'"),
     ("infer_cfg.yml", "arch: YOLO\nPreprocess:\n- {type: Resize, target_size: 320, keep_ratio: false, interp: 4}\n",
      r"interp 4 has no lited equivalent"),
-    ("infer_cfg.yml", "arch: PicoDet\nNMS: {keep_top_k: 100}\nPreprocess: []\n",
-     r"export\.post_process=True"),
+    ("infer_cfg.yml", "arch: PicoDet\nNMS: {keep_top_k: 100}\nfpn_stride: 8\n"
+     "Preprocess:\n- {type: Resize, target_size: 320, keep_ratio: false}\n",
+     r"infer_cfg\.yml: fpn_stride: expected a list of positive strides, got 8"),
     ("infer_cfg.yml", "arch: HRNet\nPreprocess: []\n", r"keypoints"),
     ("infer_cfg.yml", "arch: YOLO\nPreprocess:\n- {type: Permute}\n", r"no Resize or LetterBoxResize"),
     ("frag.json", '{"decoder": {"type": "grid"}, "colour": "RGB"}', r"frag\.json: unknown key 'colour'"),
@@ -362,3 +363,179 @@ def test_unknown_target_from_another_python(tools_python: Path, tmp_path: Path) 
                          ROOT / "tests" / "bundles" / "ultraface.json", "--targets", "x86,npu",
                          "--out", tmp_path / "x.zip")
     assert_refused(proc, "unknown target 'npu'")
+
+
+# --- (d) GFL heads, NMS in the graph, a missing kernel, a dynamic width ------
+
+def test_picodet_without_post_process_becomes_a_gfl_decoder() -> None:
+    """arch PicoDet with NMS (exported without post-process): the head's maps, decoded by `gfl`
+    with the yml's NMS and strides; the mean and std given for RGB follow Permute's swap to BGR."""
+    fields = imported(DATA / "ppdet_picodet_nanodet" / "infer_cfg.yml")
+    assert fields["decoder"] == {"type": "gfl", "score_threshold": 0.25, "nms_iou": 0.3, "top_k": 100,
+                                 "nms_top_k": 1000, "strides": [8, 16, 32], "reg_max": -1, "cell_offset": 0.5,
+                                 "cls_activation": "none", "multi_label": True, "class_agnostic": False}
+    pre = fields["preprocess"]
+    assert pre["color"] == "BGR" and pre["mean"] == [103.53, 116.28, 123.675] and pre["std"] == [57.375, 57.12, 58.395]
+    with_nms = imported(DATA / "ppdet_gfl_nms" / "infer_cfg.yml")  # arch GFL: NMS in the graph
+    assert with_nms["decoder"] == {"type": "boxes", "score_threshold": 0.25, "top_k": 100}
+
+
+def lited_infer_json(bundle: Path, images: list) -> list:
+    lited = Path(sys.executable).with_name("lited")
+    proc = subprocess.run([str(lited), "infer", "--bundle", str(bundle), "--json", *map(str, images)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+IMAGES = ("astronaut", "chelsea", "coffee", "page")
+
+
+@pytest.mark.slow
+def test_nanodet_from_onnx_with_an_infer_cfg_agrees_with_the_reference(tools_python: Path, tmp_path: Path) -> None:
+    """NanoDet-m ONNX + a PaddleDetection-style infer_cfg.yml -> bundle -> `lited infer`, against
+    the independent reference decode on onnxruntime outputs (tests/nanodet_reference.py)."""
+    import cv2
+
+    import nanodet_reference as ref
+
+    shared = need_shared("models", "nanodet_m")
+    images = [need_shared("images", f"{n}.png") for n in IMAGES]
+    out = tmp_path / "nanodet.zip"
+    proc = run_build_sdk(tools_python, "--model", shared / "onnx" / "nanodet_m.onnx", "--config",
+                         DATA / "ppdet_picodet_nanodet" / "infer_cfg.yml", "--labels", shared / "labels.txt",
+                         "--targets", "x86", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    root = unzip_bundle(out, "nanodet_m", tmp_path / "unzipped")
+    decoder = json.loads((root / "manifest.json").read_text())["decoder"]
+    assert decoder["type"] == "gfl" and decoder["reg_max"] == 7 and decoder["strides"] == [8, 16, 32]
+    labels = (shared / "labels.txt").read_text().splitlines()
+    sess = ref.session(str(shared / "onnx" / "nanodet_m.onnx"))
+    tp = n_got = n_want = 0
+    ious: list = []
+    for path, result in zip(images, lited_infer_json(root, images)):
+        img = cv2.imread(str(path))
+        want = [(labels[c], box) for c, _, *box in
+                ref.reference_decode(ref.run_onnx(sess, ref.preprocess(img)), img.shape[1], img.shape[0], 0.25, 0.3)]
+        got = [(d["label"], d["box"]) for d in result["detections"]]
+        hits, matched = ref.match(got, want, min_iou=0.7)
+        tp, n_got, n_want, ious = tp + hits, n_got + len(got), n_want + len(want), ious + matched
+    assert n_want >= 15  # enough boxes to mean something
+    assert ref.f1(tp, n_got, n_want) >= 0.95, (tp, n_got, n_want)
+    assert min(ious) >= 0.7
+
+
+@pytest.fixture(scope="module")
+def nms3_program(tmp_path_factory) -> Path:
+    """NanoDet-m's Paddle program with its post-process and multiclass_nms3 appended (paddle 2.6)."""
+    python = TOOLS_VENV / "bin" / "python"
+    if not python.is_file():
+        _skip_or_fail(f"{TOOLS_VENV} is absent (make tools-venv)")
+    src = need_shared("models", "nanodet_m", "paddle", "model.pdmodel").with_suffix("")
+    out = tmp_path_factory.mktemp("nms3")
+    proc = subprocess.run([str(python), str(ROOT / "tests" / "build_nms3_program.py"), "--src", str(src),
+                           "--out", str(out), "--score", "0.25", "--nms", "0.3"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out / "inference_model"
+
+
+@pytest.mark.slow
+def test_multiclass_nms3_bundle_agrees_with_paddle_inference(tools_python: Path, nms3_program: Path,
+                                                             tmp_path: Path) -> None:
+    """A real graph ending in multiclass_nms3 runs in Paddle Lite x86 (built by build_sdk for x86
+    and arm, decoded by `boxes`) and finds what Paddle Inference finds with the same program."""
+    from paddle import inference
+
+    from lited.bundle import load_bundle
+    from lited.preprocess import Preprocessor
+
+    shared = need_shared("models", "nanodet_m")
+    out = tmp_path / "nms3.zip"
+    proc = run_build_sdk(tools_python, "--model", nms3_program, "--config", DATA / "ppdet_gfl_nms" / "infer_cfg.yml",
+                         "--labels", shared / "labels.txt", "--targets", "x86,arm", "--name", "nanodet_nms3",
+                         "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    root = unzip_bundle(out, "nanodet_nms3", tmp_path / "unzipped")
+    bundle = load_bundle(root)
+    assert bundle.decoder["type"] == "boxes" and [s.get("fill") for s in bundle.inputs] == [None, "scale_factor"]
+    assert set(bundle.manifest["models"]) == {"x86", "arm"}
+    config = inference.Config(str(nms3_program / "model.pdmodel"), str(nms3_program / "model.pdiparams"))
+    config.disable_gpu()
+    config.disable_glog_info()
+    predictor = inference.create_predictor(config)
+    labels = bundle.labels
+    images = [need_shared("images", f"{n}.png") for n in IMAGES]
+    total = 0
+    import cv2
+
+    for path, result in zip(images, lited_infer_json(root, images)):
+        pre = Preprocessor(bundle.preprocess, bundle.inputs[0]["shape"])
+        geom = pre(cv2.imread(str(path)))
+        names = predictor.get_input_names()
+        predictor.get_input_handle(names[0]).copy_from_cpu(pre.tensor)
+        predictor.get_input_handle(names[1]).copy_from_cpu(np.ones((1, 2), np.float32))
+        predictor.run()
+        rows, count = (predictor.get_output_handle(n).copy_to_cpu() for n in predictor.get_output_names())
+        rows = rows.reshape(-1, 6)[: int(count.reshape(-1)[0])]
+        rows = rows[rows[:, 1] >= 0.25]
+        rows = rows[np.argsort(-rows[:, 1], kind="stable")]
+        want = geom.boxes_to_source(rows[:, 2:6].copy())
+        got = result["detections"]
+        assert len(got) == len(rows), path.name
+        for det, row, box in zip(got, rows, want):
+            assert det["label"] == labels[int(row[0])] and det["score"] == pytest.approx(float(row[1]), abs=2e-4)
+            np.testing.assert_allclose(det["box"], box, atol=0.15)
+        total += len(rows)
+    assert total >= 15
+
+
+@pytest.mark.slow
+def test_an_op_a_target_lacks_is_named_at_build_time(tools_python: Path, tmp_path: Path) -> None:
+    """`sign` has an arm kernel in Paddle Lite 2.13 but no x86 one: build_sdk says so, naming op and target."""
+    script = ("import paddle, sys\n"
+              "paddle.enable_static()\n"
+              "main, startup = paddle.static.Program(), paddle.static.Program()\n"
+              "with paddle.static.program_guard(main, startup):\n"
+              "    x = paddle.static.data('x', [1, 3, 8, 8], 'float32')\n"
+              "    y = paddle.sign(paddle.static.nn.conv2d(x, 4, 3))\n"
+              "exe = paddle.static.Executor(paddle.CPUPlace())\n"
+              "exe.run(startup)\n"
+              "paddle.static.save_inference_model(sys.argv[1], [x], [y], exe, program=main)\n")
+    proc = subprocess.run([str(tools_python), "-c", script, str(tmp_path / "sign" / "model")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    fragment = tmp_path / "sign.json"
+    fragment.write_text(json.dumps({"inputs": [{"name": "x", "shape": [1, 3, 8, 8]}],
+                                    "preprocess": {"resize": {"mode": "stretch"}},
+                                    "decoder": {"type": "classification"}}))
+    proc = run_build_sdk(tools_python, "--model", tmp_path / "sign", "--config", fragment, "--targets", "arm,x86",
+                         "--out", tmp_path / "x.zip")
+    assert_refused(proc, "paddle_lite_opt --valid_targets=x86: Error: This model is not supported, because 1 ops "
+                         "are not supported on 'x86'. These unsupported ops are: 'sign'.")
+    assert not (tmp_path / "x.zip").exists()
+
+
+@pytest.mark.slow
+def test_a_dynamic_width_survives_x2paddle(tools_python: Path, tmp_path: Path) -> None:
+    """PP-OCRv4 rec with a dynamic width: x2paddle folds six reshapes to width 1; build_sdk finds it
+    (the program fails at other widths), repairs them and the .nb reads at any width as onnxruntime does."""
+    import onnxruntime as ort
+
+    shared = need_shared("models", "ppocrv4_rec")
+    out = tmp_path / "rec.zip"
+    proc = run_build_sdk(tools_python, "--model", shared / "onnx" / "ch_PP-OCRv4_rec_infer.onnx", "--config",
+                         ROOT / "tools" / "demo_bundle" / "rec.json", "--labels", shared / "keys.txt",
+                         "--targets", "x86", "--workdir", tmp_path / "work", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "work" / "x2paddle_pinned").is_dir()  # the repair ran
+    root = unzip_bundle(out, "ppocrv4_rec", tmp_path / "unzipped")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    sess = ort.InferenceSession(str(shared / "onnx" / "ch_PP-OCRv4_rec_infer.onnx"), options,
+                                providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for width in (320, 640):  # one predictor per width: a predictor must never change its width
+        x = rng.uniform(-1, 1, (1, 3, 48, width)).astype(np.float32)
+        lite, = outputs(root / "model_x86.nb", x)
+        np.testing.assert_allclose(lite, sess.run(None, {"x": x})[0], atol=2e-3)

@@ -36,7 +36,7 @@ def test_inspect_shows_manifest_model_and_paddle_lite_version():
     proc = lited("inspect", "--bundle", str(DEMO_BUNDLE))
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "demo_ppocrv4_det 1.0.0" in out and "paddle_lite v2.13-rc" in out
+    assert "demo_ppocrv4 1.0.0" in out and "paddle_lite v2.13-rc" in out
     assert "input  " in out and "output save_infer_model" in out and "kernels host,x86" in out
     info = json.loads(lited("inspect", "--bundle", str(DEMO_BUNDLE), "--json").stdout)
     assert info["engine"]["outputs"][0]["shape"][:2] == [1, 1]

@@ -16,9 +16,10 @@ ONNX = {
     "mobilenetv2": "mobilenet_v2_dequant_fp32.onnx",
     "ppocrv4_det": "ch_PP-OCRv4_det_infer.onnx",
     "ppocr_cls": "ch_ppocr_mobile_v2.0_cls_sanitized.onnx",
+    "nanodet_m": "nanodet_m.onnx",
 }
 IMAGE_FOR = {"ultraface": "astronaut", "fastestdet": "coffee", "mobilenetv2": "chelsea",
-             "ppocrv4_det": "page", "ppocr_cls": "page"}
+             "ppocrv4_det": "page", "ppocr_cls": "page", "nanodet_m": "astronaut"}
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,13 @@ def test_ppocrv4_det_finds_the_text_lines_on_the_page(models):
         assert d["label"] == "text" and 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
         assert x2 - x1 > y2 - y1  # text lines are wide
     assert len({round((d["box"][1] + d["box"][3]) / 20) for d in lines}) >= 4  # several distinct rows
+
+
+def test_nanodet_finds_the_astronaut_with_its_gfl_head(models):
+    people = [d for d in models["nanodet_m"].infer(image("astronaut"))["detections"] if d["label"] == "person"]
+    assert people and people[0]["score"] > 0.4
+    x1, y1, x2, y2 = people[0]["box"]
+    assert x1 < 200 < 300 < x2 and y2 - y1 > 300  # the astronaut, standing in the 512x512 photo
 
 
 def test_ppocr_cls_scores_both_orientations(models):

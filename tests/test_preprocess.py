@@ -2,6 +2,7 @@
 boxes back to source pixels, and allocates nothing per frame."""
 from __future__ import annotations
 
+import math
 import tracemalloc
 
 import cv2
@@ -113,3 +114,28 @@ def test_bad_specs_are_refused():
         Preprocessor({"resize": {"mode": "stretch"}}, [1, 3, -1, -1])
     with pytest.raises(ValueError, match="expected 3 colour channels"):
         Preprocessor({"resize": {"mode": "stretch"}}, [1, 1, 32, 32])
+
+
+@pytest.mark.parametrize("size", [(30, 200), (40, 600), (33, 1500), (50, 20), (48, 192)])
+def test_fit_height_is_rapidocr_exactly(size):
+    """Text lines: height 48, the width the ratio asks (squeezed beyond the input, or the widest
+    bucket), padded on the right with 0 after (x/255 - 0.5)/0.5, as rapidocr/PaddleOCR feed them."""
+    import rapidocr_reference as rapidocr
+
+    image = np.random.default_rng(sum(size)).integers(0, 256, (*size, 3), dtype=np.uint8)
+    spec = {"color": "BGR", "resize": {"mode": "fit_height"}, "mean": [0.5] * 3, "std": [0.5] * 3}
+    cls = Preprocessor(spec, [1, 3, 48, 192])
+    geom = cls(image)
+    np.testing.assert_allclose(cls.tensor, rapidocr.resize_norm_img(image, 192), atol=1e-6)
+    assert (geom.in_w, geom.in_h, geom.sy) == (192, 48, 48 / size[0])
+    widths = [320, 640, 960]
+    rec = Preprocessor({**spec, "resize": {"mode": "fit_height", "widths": widths}}, [1, 3, 48, -1])
+    rec(image)
+    wanted = math.ceil(48 * size[1] / size[0])
+    width = next((w for w in widths if w >= wanted), widths[-1])
+    assert rec.tensor.shape == (1, 3, 48, width)
+    np.testing.assert_allclose(rec.tensor, rapidocr.resize_norm_img(image, width), atol=1e-6)
+    nhwc = Preprocessor({**spec, "layout": "NHWC", "resize": {"mode": "fit_height", "widths": widths}},
+                        [1, 48, -1, 3])
+    nhwc(image)
+    np.testing.assert_allclose(nhwc.tensor[0].transpose(2, 0, 1)[None], rec.tensor, atol=1e-6)

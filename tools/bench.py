@@ -16,6 +16,7 @@ import os
 import platform
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,9 @@ ONNX = {"ultraface": "ultraface/onnx/version-RFB-320.onnx", "fastestdet": "faste
         "ppocr_cls": "ppocr_cls/onnx/ch_ppocr_mobile_v2.0_cls_sanitized.onnx",
         "demo_ppocrv4_det": "ppocrv4_det/onnx/ch_PP-OCRv4_det_infer.onnx"}
 PADDLE = {m: f"{m}/paddle" for m in ("ultraface", "fastestdet", "mobilenetv2", "ppocrv4_det", "ppocr_cls")}
+# the OCR cascade's three models as ONNX originals (det, cls with its dynamic batch, rec)
+OCR_ONNX = ("ppocrv4_det/onnx/ch_PP-OCRv4_det_infer.onnx", "ppocr_cls/onnx/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+            "ppocrv4_rec/onnx/ch_PP-OCRv4_rec_infer.onnx")
 
 
 class Progress:
@@ -236,6 +240,369 @@ def bench_daemon(bundles: Path, progress: Progress, tmp: Path) -> dict:
     return out
 
 
+def bench_http(bundles: Path, progress: Progress, tmp: Path) -> dict:
+    """The HTTP front end: its RSS cost (the same daemon with and without
+    `http`, before and after the first /metrics scrape), and the round trip of
+    one image through `POST /v1/infer`, the ZeroMQ `infer` request and
+    `Model.infer` in process, interleaved in one loop (same image, same model)."""
+    import cv2
+    import numpy as np
+    import requests
+
+    from lited.bundle import load_bundle
+    from lited.client import Client
+    from lited.model import Model
+
+    out: dict = {}
+    image_path = SHARED / "images" / "astronaut.png"
+    jpeg = cv2.imencode(".jpg", cv2.imread(str(image_path)), [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    rss = {}
+    for name, http in (("without", None), ("with", {"listen": "127.0.0.1:0"})):
+        run = tmp / f"run-{name}"
+        config = {"runtime_dir": str(run), "models": {"det": str(bundles / "ultraface")}, "streams": [],
+                  **({"http": http} if http else {})}
+        (tmp / f"{name}.conf").write_text(json.dumps(config))
+        progress.step(f"http: daemon {name} http")
+        daemon = subprocess.Popen([str(Path(PY).with_name("lited")), "serve", "--config", str(tmp / f"{name}.conf")],
+                                  env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        try:
+            with Client(f"ipc://{run}/req.sock", timeout=60) as client:
+                status = client.status()
+                client.infer(image=jpeg)  # the request worker's engine is up
+                time.sleep(1)
+                rss[name] = memory_mb(daemon.pid)
+                if not http:
+                    continue
+                url = "http://" + status["http"]["listening"][0]
+                requests.get(url + "/metrics").raise_for_status()
+                time.sleep(0.5)
+                rss["scraped"] = memory_mb(daemon.pid)
+                model = Model(load_bundle(bundles / "ultraface"))
+                decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+                progress.step("http: /v1/infer vs ZeroMQ infer vs Model.infer")
+                times: dict = {"http": [], "zmq": [], "local": [], "floor": []}
+                with requests.Session() as session:
+                    for i in range(3 * 60 + 15):  # three rounds of 60 after 15 warm-up runs
+                        for kind in ("http", "zmq", "local", "floor"):
+                            t = time.perf_counter()
+                            if kind == "http":
+                                session.post(url + "/v1/infer", data=jpeg).raise_for_status()
+                            elif kind == "floor":  # the HTTP stack alone: a static file of the page
+                                session.get(url + "/page/lited.css").raise_for_status()
+                            elif kind == "zmq":
+                                client.infer(image=jpeg)
+                            else:
+                                model.infer(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR))
+                            if i >= 15:
+                                times[kind].append((time.perf_counter() - t) * 1e3)
+                out["load"] = os.getloadavg()[0]
+                out["infer"] = {k: {"p50": float(np.percentile(v, 50)), "p99": float(np.percentile(v, 99))}
+                                for k, v in times.items()}
+                rounds = [{k: float(np.median(v[r * 60:(r + 1) * 60])) for k, v in times.items()} for r in range(3)]
+                out["round_ratios"] = {k: [r[k] / r["local"] for r in rounds] for k in ("http", "zmq")}
+                out["image"] = f"{image_path.name} as a {len(jpeg) // 1024} KB JPEG, {decoded.shape[1]}x{decoded.shape[0]}"
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(30)
+    out["rss"] = rss
+    return out
+
+
+def render_http(h: dict) -> str:
+    r, inf = h["rss"], h["infer"]
+    ratio = {k: sorted(v) for k, v in h["round_ratios"].items()}
+    return f"""
+## The HTTP front end
+
+`lited serve` with UltraFace and no stream, with and without `http` in its config (tornado and,
+from the first scrape of `/metrics`, prometheus_client are imported only then). RSS / PSS of the
+daemon process after one `infer` request.
+
+| daemon | RSS / PSS MB |
+| --- | --- |
+| without `http` | {r['without']['rss']:.1f} / {r['without']['pss']:.1f} |
+| with `http`, serving | {r['with']['rss']:.1f} / {r['with']['pss']:.1f} ({r['with']['rss'] - r['without']['rss']:+.1f} MB RSS) |
+| with `http`, after the first `/metrics` scrape | {r['scraped']['rss']:.1f} / {r['scraped']['pss']:.1f} ({r['scraped']['rss'] - r['without']['rss']:+.1f} MB RSS) |
+
+One image ({h['image']}), the same model, three ways in one interleaved loop (180 runs each after
+15 warm-up runs): `POST /v1/infer` with the JPEG as the body (requests, keep-alive), the ZeroMQ
+`infer` request with the same bytes (`lited.client.Client`), and `Model.infer` on the decoded image
+in the benchmark's process. Ratios are per round of 60 (median of the round over `Model.infer`'s).
+
+| path | p50 ms | p99 ms | ratio to in-process (median, min-max of 3 rounds) |
+| --- | --- | --- | --- |
+| `Model.infer` in process (decode included) | {inf['local']['p50']:.2f} | {inf['local']['p99']:.2f} | 1 |
+| ZeroMQ `infer` request (ipc) | {inf['zmq']['p50']:.2f} | {inf['zmq']['p99']:.2f} | {ratio['zmq'][1]:.3f} ({ratio['zmq'][0]:.3f}-{ratio['zmq'][2]:.3f}) |
+| `POST /v1/infer` (HTTP on 127.0.0.1) | {inf['http']['p50']:.2f} | {inf['http']['p99']:.2f} | {ratio['http'][1]:.3f} ({ratio['http'][0]:.3f}-{ratio['http'][2]:.3f}) |
+| for scale: `GET /page/lited.css` (the HTTP stack and client alone, no inference) | {inf['floor']['p50']:.2f} | {inf['floor']['p99']:.2f} | |
+
+Load average during the loop: {h['load']:.1f} on {os.cpu_count()} cores (other work shares this machine: absolute times
+and the HTTP stack's share move with it).
+"""
+
+
+def bench_ocr(progress: Progress, tmp: Path, rounds: int = 2) -> list:
+    """The demo bundle's cascade per frame, by stage, on Paddle Lite and on onnxruntime
+    with the same lited code (probe `ocr`), interleaved `rounds` times per image."""
+    import cv2
+
+    import demo
+
+    frame = tmp / "demo_frame.png"
+    cv2.imwrite(str(frame), demo.draw_text_page(*demo.SIZE, offset=0))
+    onnx = ",".join(str(SHARED / "models" / p) for p in OCR_ONNX)
+    bundle = ROOT / "sdk_template" / "demo_ppocrv4"
+    rows = []
+    for label, image in (("page.png (scan, 7 lines)", SHARED / "images" / "page.png"),
+                         ("demo frame (640x256, 3 lines)", frame)):
+        runs: dict = {"lite": [], "ort": []}
+        for r in range(rounds):
+            progress.step(f"ocr: {label[:12]} Paddle Lite {r + 1}/{rounds}")
+            runs["lite"].append(probe("ocr", bundle=bundle, image=image, runs=3))
+            progress.step(f"ocr: {label[:12]} onnxruntime {r + 1}/{rounds}")
+            runs["ort"].append(probe("ocr", bundle=bundle, image=image, runs=6, onnx=onnx))
+        rows.append({"image": label, **runs})
+    return rows
+
+
+OCR_STAGES = ("preprocess", "infer", "postprocess", "crop", "cls", "rec")
+
+
+def render_ocr(rows: list, machine_line: str) -> str:
+    def cell(runs: list, stage: str) -> str:
+        p50s = [r["stages"][stage]["p50"] for r in runs if stage in r["stages"]]
+        if not p50s:
+            return "-"
+        return fmt(statistics.median(p50s)) + (f" ({fmt(min(p50s))}-{fmt(max(p50s))})" if len(p50s) > 1 else "")
+
+    lines = [f"""
+## OCR cascade: PP-OCRv4 det -> cls -> rec, per frame
+
+The committed demo bundle (`sdk_template/demo_ppocrv4`): text detection, then on each line's
+quad-warped crop the orientation classifier (batches of 6) and the recognizer (width buckets
+320-1280, one predictor kept). *Paddle Lite* is `Model.infer` as `lited infer` runs it, each model
+in this process. *onnxruntime* is the same lited code (preprocessing, crops, batching, decoders)
+with each part's engine replaced by onnxruntime (1 thread) on the ONNX original of the same
+model (the classifier's with its dynamic batch). ms per frame, p50 of the runs of each probe; the
+probes ran {len(rows[0]['lite'])} times interleaved and the range of their p50s follows. *det* is
+preprocess / inference / DB decode; *crop* cuts every line; *cls* and *rec* are each stage's
+time for all lines of the frame. RSS is the probe process's peak (the onnxruntime probe first
+loads the Paddle Lite models without running them).
+
+{machine_line}
+
+| image | engine | det pre | det infer | det decode | crop | cls | rec | total | rec Lite / ort | same text | RSS MB |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"""]
+    for row in rows:
+        lite_rec = statistics.median(r["stages"]["rec"]["p50"] for r in row["lite"])
+        ort_rec = statistics.median(r["stages"]["rec"]["p50"] for r in row["ort"])
+        same = sum(a == b for a, b in zip(row["lite"][0]["texts"], row["ort"][0]["texts"]))
+        for engine, runs in (("Paddle Lite x86", row["lite"]), ("onnxruntime", row["ort"])):
+            total = sorted(r["ms"]["p50"] for r in runs)
+            lines.append(
+                f"| {row['image']} | {engine} | " + " | ".join(cell(runs, st) for st in OCR_STAGES)
+                + f" | {fmt(statistics.median(total))} ({fmt(total[0])}-{fmt(total[-1])}) | "
+                + (f"{lite_rec / ort_rec:.1f}x" if engine == "onnxruntime" else "")
+                + f" | {same}/{len(row['lite'][0]['texts'])} | {max(r['rss_mb'] for r in runs):.0f} |")
+    lines.append("""
+The recognizer dominates on x86: Paddle Lite's x86 kernels run it an order of magnitude slower
+than onnxruntime (its ARM kernels are what boards use). Each Paddle Lite predictor holds
+activations sized to its width (process RSS ~310 MB at width 320, ~750 MB at 640, ~1.2 GB at 960,
+measured one predictor at a time), which is why the bundle keeps one (`predictors: 1`) and reads
+a frame's lines grouped by width bucket.
+""")
+def _cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_uplink(bundles: Path, progress: Progress, tmp: Path) -> dict:
+    """The MQTT uplink on loopback (Mosquitto with TLS): what one device sustains,
+    its CPU beside its stream's, the answer round trip, and answers/s for N
+    devices into one broker with 1, 2, 4 `lited cloud` processes."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from mqtt_broker import Broker
+
+    from lited.client import Client, Subscriber
+    from lited.engine_process import child_pids
+
+    devices = [f"dev{i}" for i in range(1, 5)]
+    broker = Broker(tmp / "mqtt", devices=devices)
+    broker.start()
+    image = SHARED / "images" / "astronaut.png"
+    out: dict = {"cores": os.cpu_count()}
+
+    def clouds(n: int, bundle: Path | None = None) -> list:
+        procs = []
+        for i in range(n):
+            log = tmp / f"cloud-{len(list(tmp.glob('cloud-*.log')))}.log"
+            procs.append((subprocess.Popen([PY, "-m", "lited.cli", "cloud", *broker.server_args(), "--client-id",
+                                            f"bench-{log.stem}", "--group", f"bench{n}"]
+                                           + (["--bundle", str(bundle)] if bundle else []),
+                                           stdout=subprocess.PIPE, stderr=open(log, "wb"),
+                                           env={**os.environ, "OMP_NUM_THREADS": "1"}), log))
+        deadline = time.monotonic() + 120
+        while not all(b"subscribed to" in log.read_bytes() for _, log in procs):
+            if time.monotonic() > deadline:
+                raise RuntimeError("lited cloud did not subscribe")
+            time.sleep(0.1)
+        return procs
+
+    def stop_all(procs: list) -> list:
+        for proc, _ in procs:
+            proc.send_signal(signal.SIGTERM)
+        return [json.loads(proc.communicate(timeout=60)[0].decode().strip().splitlines()[-1]) for proc, _ in procs]
+
+    def device(name: str, rate: float, seconds: float, ack: str, faces: int = 2) -> subprocess.Popen:
+        uplink = broker.uplink_config(name, ack=ack, resend_after=5, outbox={"dir": str(tmp / f"outbox-{name}")},
+                                      streams={"*": {"labels": ["face"], "attach": "crops"}})
+        return subprocess.Popen([PY, str(PROBES), "uplink_device", "--uplink", json.dumps(uplink), "--image",
+                                 str(image), "--rate", str(rate), "--seconds", str(seconds), "--faces", str(faces)],
+                                stdout=subprocess.PIPE, text=True)
+
+    def result(proc: subprocess.Popen) -> dict:
+        return json.loads(proc.communicate(timeout=300)[0].strip().splitlines()[-1])
+
+    try:
+        progress.step("uplink: one device flat out, ack broker")
+        out["flat_broker"] = result(device("dev1", 0, 12, "broker"))
+        progress.step("uplink: one device flat out, ack cloud")
+        servers = clouds(1)
+        out["flat_cloud"] = result(device("dev2", 0, 12, "cloud"))
+        stop_all(servers)
+
+        progress.step("uplink: a stream's CPU beside its uplink's")
+        video = tmp / "faces.avi"
+        make_video(image, video, 300)
+        run = tmp / "run"
+        progress.step("uplink: MobileNetV2 alone (the server's model)")
+        out["server_infer_ms"] = probe("infer", bundle=bundles / "mobilenetv2", image=image, runs=40)["ms"]["p50"]
+        # without a model: every face, the CPU figure; with MobileNetV2: 1 result/s, under the server's capacity,
+        # so the round trip is the path and the model, not a queue growing behind an overloaded server
+        for label, bundle, rate in (("receipt", None, None), ("mobilenetv2", bundles / "mobilenetv2", 1)):
+            servers = clouds(1, bundle)
+            rule = {"labels": ["face"], "min_score": 0.7, "attach": "crops", "margin": 0.2}
+            config = {"runtime_dir": str(run), "models": {"face": str(bundles / "ultraface")},
+                      "streams": [{"name": "cam", "source": f"file://{video}?loop=1&realtime=1", "model": "face",
+                                   "slots": 16}],
+                      "uplink": broker.uplink_config("dev3", ack="cloud", outbox={"dir": str(tmp / f"ob-{label}")},
+                                                     streams={"*": {**rule, "max_rate": rate} if rate else rule})}
+            (tmp / "uplink.conf").write_text(json.dumps(config))
+            daemon = subprocess.Popen([str(Path(PY).with_name("lited")), "serve", "--config", str(tmp / "uplink.conf")],
+                                      env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
+            try:
+                trips = []
+                with Client(f"ipc://{run}/req.sock", timeout=60) as client, \
+                        Subscriber(f"ipc://{run}/pub.sock", answers=True) as sub:
+                    deadline = time.monotonic() + 120
+                    while not (client.status()["uplink"] or {}).get("connected") or not client.status()["streams"]:
+                        if time.monotonic() > deadline:
+                            raise RuntimeError("lited serve with an uplink did not come up")
+                        time.sleep(0.2)
+                    time.sleep(3)
+                    engines = child_pids(daemon.pid)
+                    s0 = client.status()
+                    c0, e0, t0 = _cpu_s(daemon.pid), sum(_cpu_s(p) for p in engines), time.monotonic()
+                    while time.monotonic() - t0 < 20:
+                        msg = sub.recv(timeout=0.5)
+                        if msg and msg["type"] == "answer" and "round_trip_ms" in msg:
+                            trips.append(msg["round_trip_ms"])
+                    s1 = client.status()
+                    c1, e1, t1 = _cpu_s(daemon.pid), sum(_cpu_s(p) for p in engines), time.monotonic()
+                up = s1["uplink"]["cpu_s"] - s0["uplink"]["cpu_s"]
+                stream = (c1 - c0 - up) + (e1 - e0)
+                counters = {k: s1["uplink"]["counters"][k] - s0["uplink"]["counters"][k] for k in ("queued", "answers")}
+                out[f"stream_{label}"] = {
+                    "seconds": t1 - t0, "fps": s1["streams"][0]["fps"], "uplink_cpu_s": up, "stream_cpu_s": stream,
+                    "messages_per_s": counters["queued"] / (t1 - t0), "answers_per_s": counters["answers"] / (t1 - t0),
+                    "round_trip_ms": {"p50": float(np.percentile(trips, 50)), "p99": float(np.percentile(trips, 99)),
+                                      "n": len(trips)} if trips else None}
+            finally:
+                daemon.send_signal(signal.SIGTERM)
+                daemon.wait(30)
+                stop_all(servers)
+
+        for n_servers in (1, 2, 4):
+            progress.step(f"uplink: 4 devices, {n_servers} lited cloud (mobilenetv2)")
+            infer_ms = probe("infer", bundle=bundles / "mobilenetv2", image=image, runs=40)["ms"]["p50"]
+            servers = clouds(n_servers, bundles / "mobilenetv2")
+            probes = [device(name, 4, 15, "cloud") for name in devices]
+            rows = [result(p) for p in probes]
+            stats = stop_all(servers)
+            out[f"fleet_{n_servers}"] = {"answers_per_s": sum(r["answers_per_s"] for r in rows), "infer_ms": infer_ms,
+                                         "demand_crops_per_s": sum(r["crops_per_s"] for r in rows),
+                                         "per_server": [s.get("answered", 0) for s in stats],
+                                         "round_trip_p50": float(np.median([r["round_trip_ms"]["p50"] for r in rows
+                                                                            if r["round_trip_ms"]] or [0]))}
+    finally:
+        broker.stop()
+    return out
+
+
+def render_uplink(u: dict) -> str:
+    fb, fc = u["flat_broker"], u["flat_cloud"]
+    limit = 1000 / u["server_infer_ms"]
+    lines = [f"""## MQTT uplink
+
+`lited serve` with an `uplink` to Mosquitto 2.0 on loopback (TLS, passwords, the documented ACL),
+written by `tools/bench.py` (`--only uplink` rewrites just this section). A device's messages are a
+result (JSON) and one JPEG crop per face (640x480 frames, crops ~190x240 with a 20 % margin); every
+message is stored in the outbox with `fdatasync` before it is sent. {u['cores']} cores shared by
+everything below (broker, devices, servers, models) and by other jobs: read the ratios.
+
+What one device sustains, flat out (simulated results with 2 faces each, real crops cut from a
+shared-memory ring and JPEG-encoded, the real outbox and paho over TLS). *Stored* is what the
+device can take in; *confirmed* is what leaves its outbox for good (`ack: cloud`: the window of 64
+unconfirmed records over the round trip through the broker and the server).
+
+| mode | stored msgs/s | crops/s | confirmed msgs/s | uplink CPU (cores) |
+| --- | --- | --- | --- | --- |
+| `ack: broker` (PUBACK frees the record; no server subscribed) | {fb['stored_per_s']:.0f} | {fb['crops_per_s']:.0f} | {fb['confirmed_per_s']:.0f} | {fb['cpu_s_per_s']:.2f} |
+| `ack: cloud`, one `lited cloud` without a model | {fc['stored_per_s']:.0f} | {fc['crops_per_s']:.0f} | {fc['confirmed_per_s']:.0f} | {fc['cpu_s_per_s']:.2f} |
+
+A real stream: UltraFace on a 640x480 video at 30 fps (a face in every frame), `ack: cloud`, one
+`lited cloud`. *Stream CPU* is the daemon's CPU without the uplink's threads plus its engine
+process; *uplink CPU* is its packer, store and sender threads and paho's network thread. The round
+trip runs from the crop being stored on the device to its answer on the device's local bus.
+MobileNetV2 alone took {u['server_infer_ms']:.0f} ms per crop (p50) in this run, so one server
+answers at most ~{limit:.0f} crops/s: its row sends 1 result/s.
+
+| server | stream fps | uplink msgs/s | uplink CPU / stream CPU | answers/s | round trip p50 / p99 ms (answers) |
+| --- | --- | --- | --- | --- | --- |"""]
+    for label, what in (("receipt", "`lited cloud` without a model, every face"),
+                        ("mobilenetv2", "`lited cloud` + MobileNetV2 (Paddle Lite x86), 1 result/s")):
+        r = u[f"stream_{label}"]
+        trip = r["round_trip_ms"]
+        lines.append(f"| {what} | {r['fps']:.1f} | {r['messages_per_s']:.1f} | {r['uplink_cpu_s']:.2f} s / "
+                     f"{r['stream_cpu_s']:.2f} s = {r['uplink_cpu_s'] / r['stream_cpu_s']:.3f} | "
+                     f"{r['answers_per_s']:.1f} | "
+                     + (f"{trip['p50']:.0f} / {trip['p99']:.0f} ({trip['n']})" if trip else "n/a") + " |")
+    lines.append(f"""
+Four simulated devices (processes, 4 results/s each with 2 face crops: 32 crops/s offered) into one
+broker, `lited cloud` processes with MobileNetV2 in one shared-subscription group, 15 s. Beside
+each row, MobileNetV2 alone (one process, one thread, measured just before the row): with
+{u['cores']} cores shared by the devices, the broker and the servers, more servers than cores
+cannot add answers/s; the row shows the group spreading the crops (answered per server).
+
+| servers | answers/s (all devices) | MobileNetV2 alone p50 ms | crops/s offered | answered per server | round trip p50 ms |
+| --- | --- | --- | --- | --- | --- |""")
+    for n in (1, 2, 4):
+        f = u[f"fleet_{n}"]
+        lines.append(f"| {n} | {f['answers_per_s']:.1f} | {f['infer_ms']:.0f} | "
+                     f"{f['demand_crops_per_s']:.1f} | {' / '.join(str(x) for x in f['per_server'])} | "
+                     f"{f['round_trip_p50']:.0f} |")
+    lines.append("""
+Where the servers cannot keep up, crops wait in the devices' outboxes and the round trip is that
+queue; the resend timeout follows the confirmation time, so the servers are not sent copies.
+""")
+    return "\n".join(lines)
+
+
 def _spread(ratios: list) -> str:
     return f" (of {len(ratios)}: {min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else ""
 
@@ -393,36 +760,97 @@ def machine() -> str:
             f"OpenCV {cv2.__version__}")
 
 
+UPLINK_STEPS = 8
+
+
+def section_http(tmp: Path, progress: Progress) -> str:
+    subprocess.run([PY, str(ROOT / "tools" / "make_bundles.py"), "--out", str(tmp / "bundles"), "ultraface"],
+                   check=True, stdout=subprocess.DEVNULL)
+    return render_http(bench_http(tmp / "bundles", progress, tmp))
+
+
+def section_ocr(tmp: Path, progress: Progress) -> str:
+    return render_ocr(bench_ocr(progress, tmp), "")
+
+
+def section_uplink(tmp: Path, progress: Progress) -> str:
+    subprocess.run([PY, str(ROOT / "tools" / "make_bundles.py"), "--out", str(tmp / "bundles"), "ultraface",
+                    "mobilenetv2"], check=True, stdout=subprocess.DEVNULL)
+    return render_uplink(bench_uplink(tmp / "bundles", progress, tmp))
+
+
+# --only NAME: (its section's heading, what measures and renders it, its progress steps)
+SECTIONS = {"http": ("## The HTTP front end", section_http, 3), "ocr": ("## OCR cascade", section_ocr, 8),
+            "uplink": ("## MQTT uplink", section_uplink, UPLINK_STEPS)}
+
+
+def only(name: str, out: Path) -> int:
+    """Measure one section alone and put it in place of the old one in `out`, dated (it is not
+    from the same run as the rest); the rest of the file is kept as it is."""
+    heading, measure, steps = SECTIONS[name]
+    progress = Progress(steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        section = measure(Path(tmp), progress)
+    progress.close()
+    start = section.index(heading)
+    line_end = section.index("\n", start)
+    section = (section[:line_end + 1] + f"\n(Measured on {time.strftime('%Y-%m-%d')} by `python tools/bench.py "
+               f"--only {name}`, apart from the full run. Machine: {machine()}.)\n" + section[line_end + 1:])
+    text = out.read_text() if out.exists() else "# Benchmarks\n"
+    begin = text.find(heading)
+    if begin < 0:
+        text = text.rstrip("\n") + "\n\n" + section.strip("\n") + "\n"
+    else:
+        end = text.find("\n## ", begin + 1)
+        text = text[:begin] + section.strip("\n") + "\n" + (text[end:] if end >= 0 else "")
+    out.write_text(text)
+    print(section)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="ultraface,fastestdet,mobilenetv2,ppocrv4_det,ppocr_cls,demo_ppocrv4_det")
     ap.add_argument("--quick", action="store_true", help="fewer runs (a smoke test of the benchmark itself)")
+    ap.add_argument("--only", choices=sorted(SECTIONS), help="measure only this section and replace it in --out")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
     args = ap.parse_args()
     if not (SHARED / "models").is_dir():
         print(f"bench: {SHARED / 'models'} is absent: nothing to measure", file=sys.stderr)
         return 2
+    if args.only:
+        return only(args.only, args.out)
     names = [n for n in args.models.split(",") if n == "demo_ppocrv4_det" or (SHARED / "models" / n).is_dir()]
     thread_models = [n for n in ("fastestdet", "mobilenetv2") if n in names]
-    progress = Progress(5 * len(names) + 2 * len(thread_models) + 5)
+    with_uplink = {"ultraface", "mobilenetv2"} <= set(names)
+    progress = Progress(5 * len(names) + 2 * len(thread_models) + 5 + 8 + 2 + (UPLINK_STEPS if with_uplink else 0))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         bundles = tmp / "bundles"
         shared_names = [n for n in names if n != "demo_ppocrv4_det"]
         subprocess.run([PY, str(ROOT / "tools" / "make_bundles.py"), "--out", str(bundles), *shared_names],
                        check=True, stdout=subprocess.DEVNULL)
-        if "demo_ppocrv4_det" in names:
+        if "demo_ppocrv4_det" in names:  # the demo bundle's detector alone (its cascade has its own section)
             import shutil
 
-            shutil.copytree(ROOT / "sdk_template" / "demo_ppocrv4_det", bundles / "demo_ppocrv4_det",
-                            ignore=shutil.ignore_patterns("model_arm.nb"))
+            dst = bundles / "demo_ppocrv4_det"
+            dst.mkdir()
+            shutil.copy(ROOT / "sdk_template" / "demo_ppocrv4" / "model_x86.nb", dst)
+            manifest = json.loads((ROOT / "sdk_template" / "demo_ppocrv4" / "manifest.json").read_text())
+            manifest.update(schema=1, name="demo_ppocrv4_det", models={"x86": manifest["models"]["x86"]})
+            manifest.pop("stages")
+            (dst / "manifest.json").write_text(json.dumps(manifest))
         rows = bench_models(names, bundles, args.quick, progress, tmp)
         threads = bench_threads(thread_models, bundles, progress)
         daemon = bench_daemon(bundles, progress, tmp)
+        http = bench_http(bundles, progress, tmp)
+        ocr = bench_ocr(progress, tmp)
+        uplink = bench_uplink(bundles, progress, tmp) if with_uplink else None
     progress.close()
     png = args.out.with_name("benchmarks.png")
     plot(rows, png)
-    args.out.write_text(render(rows, threads, daemon, machine(), png.name))
+    args.out.write_text(render(rows, threads, daemon, machine(), png.name) + render_http(http) + "\n"
+                        + render_ocr(ocr, "") + ("\n" + render_uplink(uplink) if uplink else "") + "\n")
     print(args.out.read_text())
     return 0
 

@@ -261,8 +261,139 @@ def probe_bare_process(args) -> dict:
     return {"rss_mb": rss, "peak_rss_mb": peak_rss_mb()}
 
 
+class OrtEngine:
+    """onnxruntime behind the part of the engine interface a `model.Part` uses:
+    no input buffer of its own (`input_view` is None), so lited's own
+    preprocessing, batching, decoders and crops run unchanged around it."""
+
+    kind = "onnxruntime"
+    image_input = 0
+    pid = None
+
+    def __init__(self, path: str, threads: int) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.names = [i.name for i in self.session.get_inputs()]
+        self.feed: dict = {}
+
+    def input_view(self, index: int, shape: tuple):
+        return None
+
+    def set_input(self, index: int, array: np.ndarray) -> None:
+        self.feed[self.names[index]] = array
+
+    def run(self) -> list:
+        return self.session.run(None, self.feed)
+
+    def close(self) -> None:
+        self.session = None
+
+
+def probe_ocr(args) -> dict:
+    """The OCR cascade (det -> cls -> rec) per frame, split by stage: lited's
+    Model.infer on Paddle Lite, or the same code with each part's engine
+    replaced by onnxruntime on the part's ONNX original (--onnx det,cls,rec)."""
+    import cv2
+
+    from lited.bundle import load_bundle
+    from lited.model import Model
+
+    image = cv2.imread(args.image)
+    ort = args.onnx is not None
+    model = Model(load_bundle(args.bundle), options=_options(args), warmup=0 if ort else 1)
+    if ort:
+        parts = [model] + [stage.part for stage in model.cascade.stages]
+        for part, path in zip(parts, args.onnx.split(",")):
+            part.engine.close()
+            part.engine = OrtEngine(path, args.threads or 1)
+    stages: dict = {}
+    texts: list = []
+
+    def once() -> None:
+        result = model.infer(image)
+        for k, v in result["timings_ms"].items():
+            stages.setdefault(k, []).append(v)
+        texts[:] = [d.get("text", "") for d in sorted(result["detections"], key=lambda d: d["box"][1])]
+    ms = timed(once, args.runs, warmup=1)
+    warm = {k: v[1:] for k, v in stages.items()}  # the warm-up run's times are dropped
+    return {"ms": stats(ms), "stages": {k: {"p50": statistics.median(v), "min": min(v), "max": max(v)}
+                                        for k, v in warm.items()},
+            "texts": texts, "engine": "onnxruntime" if ort else model.engine.kind, "rss_mb": peak_rss_mb()}
+
+
+def probe_uplink_device(args) -> dict:
+    """A simulated device: the real uplink (outbox on disk, paho, TLS, crops
+    cut from a real shared-memory ring and JPEG-encoded) fed results with
+    `--faces` face detections each, at `--rate` results/s (0: as fast as the
+    uplink stores them) for `--seconds`; then up to 30 s to drain."""
+    import cv2
+
+    from lited.config import parse_config
+    from lited.service.uplink import Uplink
+    from lited.stream.ring import FrameRing
+
+    cfg = parse_config({"models": {},
+                        "uplink": json.loads(args.uplink)}).uplink
+    image = cv2.resize(cv2.imread(args.image), (640, 480))
+    ring = FrameRing.create(f"bench-{os.getpid()}", 4, image.shape)
+    slot, view = ring.begin_write()
+    view[:] = image
+    slot, slot_seq = ring.commit(slot)
+    answers: list = []
+    uplink = Uplink(cfg, lambda m, p, done: done(None, None), lambda stream, answer: answers.append(answer),
+                    lambda result, out: ring.read(result["slot"], result["slot_seq"], out),
+                    lambda: {"streams": []})
+    boxes = [[240.0, 60.0, 400.0, 260.0], [60.0, 200.0, 180.0, 340.0], [420.0, 220.0, 560.0, 400.0]]
+    dets = [{"label": "face", "score": 0.95, "box": boxes[i % 3]} for i in range(args.faces)]
+    per_result = 1 + args.faces
+    uplink.start()
+    try:
+        t_wait = time.monotonic()
+        while not uplink.connected.is_set() and time.monotonic() - t_wait < 30:
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        offered, marks = 0, []
+        while (now := time.monotonic()) - t0 < args.seconds:
+            stored = uplink.counters["queued"] // per_result
+            if (args.rate and offered >= args.rate * (now - t0)) or offered - stored >= 32:
+                time.sleep(0.002)
+            else:
+                uplink.offer_result({"stream": "cam", "seq": offered, "frame_ts": time.time(), "skipped": 0,
+                                     "model": "bench", "model_version": "0", "task": "face_detection",
+                                     "detections": dets, "classes": [], "timings_ms": {"total": 1.0},
+                                     "ring": ring.name, "slot": slot, "slot_seq": slot_seq,
+                                     "width": 640, "height": 480})
+                offered += 1
+            if not marks or now - marks[-1][0] >= 1.0:
+                marks.append((now, dict(uplink.counters), uplink.cpu_seconds(), len(answers)))
+        marks.append((time.monotonic(), dict(uplink.counters), uplink.cpu_seconds(), len(answers)))
+        deadline = time.monotonic() + 30
+        while uplink.outbox.stats()["queued"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        status = uplink.status()
+    finally:
+        uplink.stop()
+        ring.unlink()
+    (a_t, a_c, a_cpu, a_n), (b_t, b_c, b_cpu, b_n) = marks[min(2, len(marks) - 2)], marks[-1]
+    span = b_t - a_t
+    trips = sorted(a["round_trip_ms"] for a in answers if "round_trip_ms" in a)
+    return {"seconds": span, "offered": offered,
+            "stored_per_s": (b_c["queued"] - a_c["queued"]) / span,
+            "confirmed_per_s": (b_c["acked"] - a_c["acked"]) / span,
+            "crops_per_s": (b_c["queued"] - a_c["queued"]) / span * args.faces / per_result,
+            "answers_per_s": (b_n - a_n) / span, "answers": len(answers),
+            "cpu_s_per_s": (b_cpu - a_cpu) / span, "resent": status["counters"]["resent"],
+            "left_in_outbox": status["outbox"]["queued"], "dropped": status["outbox"]["dropped"],
+            "round_trip_ms": stats(trips) if trips else None, "rss_mb": peak_rss_mb()}
+
+
 PROBES = {"bare": probe_bare, "infer": probe_infer, "ort": probe_ort, "run": probe_run, "sub": probe_sub,
-          "bare_process": probe_bare_process}
+          "bare_process": probe_bare_process, "ocr": probe_ocr, "uplink_device": probe_uplink_device}
 
 
 def main() -> int:
@@ -277,6 +408,10 @@ def main() -> int:
     ap.add_argument("--onnx")
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--uplink", help="uplink_device: the uplink config section (JSON)")
+    ap.add_argument("--rate", type=float, default=0.0, help="uplink_device: results per second (0: flat out)")
+    ap.add_argument("--faces", type=int, default=2, help="uplink_device: detections (crops) per result")
+    ap.add_argument("--seconds", type=float, default=10.0, help="uplink_device: how long to offer results")
     args = ap.parse_args()
     print(json.dumps(PROBES[args.probe](args)))
     return 0

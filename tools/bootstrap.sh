@@ -61,7 +61,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ tools/bootstrap.sh -nt "$stamp" ]; then
   extras=""
-  [ "$what" = test ] && extras="[tests,paddle_inference,dev]"
+  [ "$what" = test ] && extras="[tests,http,paddle_inference,dev]"
   echo "bootstrap: installing lited$extras and pinned wheels into .venv"
   .venv/bin/pip install -q --disable-pip-version-check -e ".$extras" 2>&1 | grep -v -e "^WARNING: Location" -e "^$" || true
   .venv/bin/python -c "import lited, paddlelite.lite, numpy, cv2, zmq, msgpack" \

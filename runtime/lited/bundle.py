@@ -21,13 +21,14 @@ from typing import Any
 from lited.files import MAX_MODEL_BYTES, FileRefused, open_regular, read_capped
 from lited.validate import Checker, is_number, shown, type_name
 
-SCHEMA = 1
+SCHEMA = 2          # the newest manifest schema this lited reads
+SCHEMAS = (1, 2)    # 2 = 1 + `stages`; a bundle without stages is written as 1, so older lited run it
+RESIZE_MODES = ("stretch", "letterbox", "short_side_crop", "keep_ratio", "fit_height")
 # Caps on what a bundle may make the daemon read (a manifest that is /dev/zero,
 # a 50 MB labels file): every read is bounded, regular files only (lited/files.py).
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_LABELS_BYTES = 4 << 20
 MAX_LABELS = 100_000
-RESIZE_MODES = ("stretch", "letterbox", "short_side_crop", "keep_ratio")
 INTERPOLATIONS = ("nearest", "linear", "area", "cubic")
 # Which targets run on which machines (`platform.machine()`).
 TARGET_MACHINES = {
@@ -68,18 +69,21 @@ class ModelFile:
     engine: str = "paddle_lite"
     options: dict = field(default_factory=dict)
     params: "ModelFile | None" = None  # paddle_inference: the .pdiparams beside the .pdmodel
+    where: str = ""  # field path prefix of its stage: "" or "stages[0]."
 
 
 @dataclass
-class Bundle:
+class ModelSpec:
+    """One model of a bundle and how to feed and read it: the bundle's own
+    (the first stage) or a later stage's. `manifest` is that part of the
+    manifest; `where` the field path prefix its problems are reported with."""
+
     root: Path
     manifest: dict
     labels: list
+    where: str = ""
 
-    name = property(lambda self: self.manifest["name"], doc="the manifest's fields, validated")
-    version = property(lambda self: self.manifest["version"])
-    task = property(lambda self: self.manifest["task"])
-    preprocess = property(lambda self: self.manifest["preprocess"])
+    preprocess = property(lambda self: self.manifest["preprocess"], doc="the manifest's fields, validated")
     decoder = property(lambda self: self.manifest["decoder"])
     inputs = property(lambda self: self.manifest["inputs"])
 
@@ -88,15 +92,20 @@ class Bundle:
         """Index of the image input (the one without `fill`)."""
         return next(i for i, spec in enumerate(self.inputs) if "fill" not in spec)
 
+    @property
+    def labels_file(self) -> Path | None:
+        labels = self.manifest.get("labels")
+        return self.root / labels if labels else None
+
     def models(self) -> dict:
-        return {t: _model_file(self.root, t, m) for t, m in self.manifest["models"].items()}
+        return {t: _model_file(self.root, t, m, self.where) for t, m in self.manifest["models"].items()}
 
     def model_for(self, target: str | None = None) -> ModelFile:
         """The model file for `target` (default: this machine's), checked on disk."""
         target = target or machine_target(self.manifest["models"])
         models = self.models()
         if target not in models:
-            raise BundleError(str(self.root), [f"models: no model for target '{target}' "
+            raise BundleError(str(self.root), [f"{self.where}models: no model for target '{target}' "
                                                f"(has {', '.join(sorted(models)) or 'none'})"])
         check_target_runs_here(target, str(self.root / "manifest.json"))
         model = models[target]
@@ -105,9 +114,36 @@ class Bundle:
             raise BundleError(str(self.root), problems)
         return model
 
+
+@dataclass
+class StageSpec(ModelSpec):
+    """A later stage of a cascade: runs on crops of the first stage's
+    detections and adds its decoder's result to each (docs/bundle.md)."""
+
+    name = property(lambda self: self.manifest["name"])
+    crop = property(lambda self: {"mode": "box", "margin": 0.0, **self.manifest.get("crop", {})})
+    select = property(lambda self: {"labels": [], "min_score": 0.0, "max": STAGE_MAX_CROPS,
+                                    **self.manifest.get("select", {})})
+    rotate = property(lambda self: self.manifest.get("rotate"))
+    batch = property(lambda self: int(self.manifest.get("batch", 1)))
+
+
+@dataclass
+class Bundle(ModelSpec):
+    stages: list = field(default_factory=list)  # StageSpec, in order
+
+    name = property(lambda self: self.manifest["name"], doc="the manifest's fields, validated")
+    version = property(lambda self: self.manifest["version"])
+    task = property(lambda self: self.manifest["task"])
+
     @property
     def golden(self) -> dict | None:
         return self.manifest.get("golden")
+
+    def model_files(self, target: str | None = None) -> list:
+        """The model file of every stage for `target`, first stage first, each checked on disk."""
+        target = target or machine_target(self.manifest["models"])
+        return [self.model_for(target)] + [stage.model_for(target) for stage in self.stages]
 
 
 def machine_target(models: dict | None = None) -> str:
@@ -142,7 +178,7 @@ def check_model_file(model: ModelFile) -> list:
     path = model.path
     name = path.name
     if not path.is_file():
-        return [f"{name}: missing (models.{model.target}.file)"]
+        return [f"{name}: missing ({model.where}models.{model.target}.file)"]
     size = path.stat().st_size
     if model.size is not None and size != model.size:
         return [f"{name}: {size} bytes, manifest says {model.size} (truncated or wrong file)"]
@@ -153,7 +189,7 @@ def check_model_file(model: ModelFile) -> list:
     except OSError as exc:
         return [f"{name}: cannot be read ({exc.strerror or exc})"]
     if digest != model.sha256.lower():
-        field_path = f"models.{model.target}.{'params.' if model.engine == 'params' else ''}sha256"
+        field_path = f"{model.where}models.{model.target}.{'params.' if model.engine == 'params' else ''}sha256"
         return [f"{name}: sha256 mismatch ({field_path})"]
     if model.params is not None:
         return check_model_file(model.params)
@@ -164,7 +200,8 @@ def check_model_file(model: ModelFile) -> list:
             return [f"{name}: {exc}"]
         foreign = info["targets"] - NB_PORTABLE - {model.target} - ({"arm"} if model.target == "opencl" else set())
         if foreign:
-            return [f"{name}: holds {', '.join(sorted(foreign))} kernels but is listed as models.{model.target}"]
+            return [f"{name}: holds {', '.join(sorted(foreign))} kernels but is listed as "
+                    f"{model.where}models.{model.target}"]
     return []
 
 
@@ -215,12 +252,13 @@ def _walk_nb_weights(fh, size: int) -> None:
         raise ValueError(f"{size} bytes, its weights end early (truncated)")
 
 
-def _model_file(root: Path, target: str, spec: dict) -> ModelFile:
+def _model_file(root: Path, target: str, spec: dict, where: str = "") -> ModelFile:
     params = spec.get("params")
     return ModelFile(target, root / spec["file"], spec["sha256"], spec.get("size"),
                      spec.get("engine", "paddle_lite"), dict(spec.get("options", {})),
-                     ModelFile(target, root / params["file"], params["sha256"], params.get("size"), "params")
-                     if params else None)
+                     ModelFile(target, root / params["file"], params["sha256"], params.get("size"), "params",
+                               where=where)
+                     if params else None, where)
 
 
 class BundleChecker(Checker):
@@ -252,23 +290,18 @@ def validate_manifest(manifest: Any, root: Path) -> list:
     if not isinstance(manifest, dict):
         return ["manifest: expected a JSON object"]
     schema = c.get(manifest, "schema", "", int)
-    if schema is not None and schema != SCHEMA:
-        c.add("schema", f"version {schema} is not supported (this lited reads {SCHEMA})")
+    if schema is not None and schema not in SCHEMAS:
+        c.add("schema", f"version {schema} is not supported (this lited reads "
+                        f"{', '.join(map(str, SCHEMAS))})")
     c.name(manifest, "name", "")
     c.version(manifest, "version", "")
     c.get(manifest, "task", "", str)
     c.get(manifest, "paddle_lite_version", "", str, required=False)
-    _check_models(c, manifest, root)
-    _check_inputs(c, manifest)
-    _check_preprocess(c, manifest)
-    _check_decoder(c, manifest)
-    labels = manifest.get("labels")
-    if labels is not None:
-        full = c.safe_path(root, labels, "labels")
-        if full is not None and not full.is_file():
-            c.add("labels", f"{labels}: missing")
-        elif full is not None and full.stat().st_size > MAX_LABELS_BYTES:
-            c.add("labels", f"{labels}: {full.stat().st_size} bytes, over the limit of {MAX_LABELS_BYTES >> 20} MiB")
+    _check_part(c, manifest, root, "")
+    if "stages" in manifest:
+        if schema == 1:
+            c.add("stages", "needs \"schema\": 2 (a lited that reads only schema 1 would ignore the stages)")
+        _check_stages(c, manifest["stages"], manifest, root)
     golden = manifest.get("golden")
     if golden is not None:
         if not isinstance(golden, dict):
@@ -282,14 +315,31 @@ def validate_manifest(manifest: Any, root: Path) -> list:
     return c.problems
 
 
-def _check_models(c: BundleChecker, manifest: dict, root: Path) -> None:
-    models = c.get(manifest, "models", "", dict)
+def _check_part(c: BundleChecker, spec: dict, root: Path, where: str) -> None:
+    """What the first stage and every later stage have: models, inputs,
+    preprocessing, decoder, labels (`where`: the field path prefix)."""
+    _check_models(c, spec, root, where)
+    _check_inputs(c, spec, where)
+    _check_preprocess(c, spec, where)
+    _check_decoder(c, spec, where)
+    labels = spec.get("labels")
+    if labels is not None:
+        full = c.safe_path(root, labels, where + "labels")
+        if full is not None and not full.is_file():
+            c.add(where + "labels", f"{labels}: missing")
+        elif full is not None and full.stat().st_size > MAX_LABELS_BYTES:
+            c.add(where + "labels", f"{labels}: {full.stat().st_size} bytes, over the limit of "
+                                    f"{MAX_LABELS_BYTES >> 20} MiB")
+
+
+def _check_models(c: BundleChecker, manifest: dict, root: Path, where: str = "") -> None:
+    models = c.get(manifest, "models", where, dict)
     if models is None:
         return
     if not models:
-        c.add("models", "expected at least one target")
+        c.add(where + "models", "expected at least one target")
     for target, spec in models.items():
-        p = f"models.{target}."
+        p = f"{where}models.{target}."
         if not isinstance(spec, dict):
             c.add(p[:-1], "expected an object")
             continue
@@ -320,13 +370,13 @@ def _check_models(c: BundleChecker, manifest: dict, root: Path) -> None:
 INPUT_FILLS = ("im_shape", "scale_factor")  # extra inputs lited fills per frame (PaddleDetection exports)
 
 
-def _check_inputs(c: BundleChecker, manifest: dict) -> None:
-    inputs = c.get(manifest, "inputs", "", list)
+def _check_inputs(c: BundleChecker, manifest: dict, where: str = "") -> None:
+    inputs = c.get(manifest, "inputs", where, list)
     if inputs is None:
         return
     images = 0
     for i, spec in enumerate(inputs):
-        p = f"inputs[{i}]."
+        p = f"{where}inputs[{i}]."
         if not isinstance(spec, dict):
             c.add(p[:-1], "expected an object")
             continue
@@ -345,15 +395,15 @@ def _check_inputs(c: BundleChecker, manifest: dict) -> None:
                                    f"got {json.dumps(shape)}")
         c.choice(spec, "dtype", p, ("float32",), "float32")
     if images != 1:
-        c.add("inputs", f"expected exactly one image input (the others with \"fill\": "
+        c.add(where + "inputs", f"expected exactly one image input (the others with \"fill\": "
                         f"{' or '.join(INPUT_FILLS)}), got {images}")
 
 
-def _check_preprocess(c: BundleChecker, manifest: dict) -> None:
-    pre = c.get(manifest, "preprocess", "", dict)
+def _check_preprocess(c: BundleChecker, manifest: dict, where: str = "") -> None:
+    pre = c.get(manifest, "preprocess", where, dict)
     if pre is None:
         return
-    p = "preprocess."
+    p = where + "preprocess."
     known = {"color", "resize", "scale", "mean", "std", "layout"}
     for key in sorted(set(pre) - known):
         c.add(p + key, f"unknown field (known: {', '.join(sorted(known))})")
@@ -369,19 +419,22 @@ def _check_preprocess(c: BundleChecker, manifest: dict) -> None:
     resize = c.get(pre, "resize", p, dict)
     if resize is None:
         return
-    p = "preprocess.resize."
+    p = where + "preprocess.resize."
     mode = c.choice(resize, "mode", p, RESIZE_MODES)
     c.choice(resize, "interpolation", p, INTERPOLATIONS, "linear")
     allowed = {"mode", "interpolation"} | {
         "letterbox": {"pad_value", "align"}, "short_side_crop": {"short_side"},
-        "keep_ratio": {"max_side", "min_side", "multiple"}}.get(mode, set())
+        "keep_ratio": {"max_side", "min_side", "multiple"}, "fit_height": {"pad_value", "widths"}}.get(mode, set())
     for key in sorted(set(resize) - allowed):
         c.add(p + key, f"unknown field for mode {json.dumps(mode)}")
-    if mode == "letterbox":
+    if mode in ("letterbox", "fit_height"):
         pad = c.get(resize, "pad_value", p, float, required=False)
         if pad is not None and not is_number(pad):
             c.add(p + "pad_value", "expected a finite number")
+    if mode == "letterbox":
         c.choice(resize, "align", p, ("center", "top_left"), "center")
+    elif mode == "fit_height":
+        _check_fit_height(c, resize, manifest, where)
     elif mode == "short_side_crop":
         side = c.get(resize, "short_side", p, int)
         if side is not None and side <= 0:
@@ -393,35 +446,173 @@ def _check_preprocess(c: BundleChecker, manifest: dict) -> None:
                 c.add(p + key, "expected a positive integer")
 
 
-def _check_decoder(c: BundleChecker, manifest: dict) -> None:
-    dec = c.get(manifest, "decoder", "", dict)
+def _check_fit_height(c: BundleChecker, resize: dict, manifest: dict, where: str) -> None:
+    """`fit_height` needs a fixed height; a dynamic width needs its buckets."""
+    p = where + "preprocess.resize."
+    widths = c.get(resize, "widths", p, list, required=False)
+    if widths is not None and (not widths or not all(
+            isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths)):
+        c.add(p + "widths", f"expected a list of positive integers, got {shown(widths)}")
+        widths = None
+    inputs = manifest.get("inputs")
+    images = [s for s in inputs if isinstance(s, dict) and "fill" not in s] if isinstance(inputs, list) else []
+    shape = images[0].get("shape") if len(images) == 1 else None
+    if not (isinstance(shape, list) and len(shape) == 4):
+        return
+    layout = manifest["preprocess"].get("layout", "NCHW")
+    height, width = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
+    if height == -1:
+        c.add(p + "mode", "'fit_height' needs a fixed input height")
+    if width == -1 and widths is None and "widths" not in resize:
+        c.add(p + "widths", "missing: a dynamic input width is rounded up to one of these (one "
+                            "predictor each), e.g. [320, 640, 960]")
+    elif width != -1 and widths is not None:
+        c.add(p + "widths", f"only for a dynamic input width (this one is {width})")
+
+
+def _check_decoder(c: BundleChecker, manifest: dict, where: str = "") -> None:
+    dec = c.get(manifest, "decoder", where, dict)
     if dec is None:
         return
     from lited.decoders import DECODERS  # here: the registry imports every decoder module
 
-    kind = c.choice(dec, "type", "decoder.", DECODERS.kinds())
+    p = where + "decoder."
+    kind = c.choice(dec, "type", p, DECODERS.kinds())
     if kind is None:
         return
-    params = DECODERS.get(kind).PARAMS
+    cls = DECODERS.get(kind)
+    params = cls.PARAMS
+    typed = True
     for key, value in dec.items():
         if key == "type":
             continue
         if key not in params:
-            c.add(f"decoder.{key}", f"unknown parameter for '{kind}' (known: {', '.join(sorted(params)) or 'none'})")
+            c.add(p + key, f"unknown parameter for '{kind}' (known: {', '.join(sorted(params)) or 'none'})")
             continue
         ptype = params[key][0]
         ok = is_number(value) if ptype in (int, float) else isinstance(value, ptype)
         if ptype is int and ok and not float(value).is_integer():
             ok = False
         if not ok:
-            c.add(f"decoder.{key}", f"expected {type_name(ptype)}, got {shown(value)}")
+            c.add(p + key, f"expected {type_name(ptype)}, got {shown(value)}")
+            typed = False
+    if typed:
+        for key, message in cls.problems({k: v for k, v in dec.items() if k != "type"}):
+            c.add(p + key, message)
+
+
+STAGE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+# result timing keys a stage name must not take (its time is reported under its name)
+TIMING_KEYS = ("capture", "wait", "preprocess", "queue", "infer", "postprocess", "crop", "total")
+STAGE_FIELDS = ("name", "models", "inputs", "preprocess", "decoder", "labels", "crop", "select", "rotate", "batch")
+CROP_MODES = ("quad", "box")
+STAGE_MAX_CROPS = 32  # crops per frame a stage runs on by default (the best-scoring detections)
+
+
+def _check_stages(c: BundleChecker, stages: Any, manifest: dict, root: Path) -> None:
+    """`stages`: later models that run on crops of the first stage's detections."""
+    if not isinstance(stages, list) or not stages:
+        c.add("stages", f"expected a list of at least one stage, got {shown(stages)}")
+        return
+    from lited.decoders import DECODERS
+
+    names: set = set()
+    added: dict = {}  # result key -> the stage that adds it
+    first_targets = set(manifest.get("models") or {}) if isinstance(manifest.get("models"), dict) else set()
+    for i, stage in enumerate(stages):
+        p = f"stages[{i}]."
+        if not isinstance(stage, dict):
+            c.add(p[:-1], "expected an object")
+            continue
+        c.unknown(stage, STAGE_FIELDS, p)
+        name = c.get(stage, "name", p, str)
+        if name is not None:
+            if not STAGE_NAME.fullmatch(name) or name in TIMING_KEYS:
+                c.add(p + "name", f"'{name}': expected [a-z][a-z0-9_]* (up to 32), not one of "
+                                  f"{', '.join(TIMING_KEYS)}")
+            elif name in names:
+                c.add(p + "name", f"'{name}' is used by an earlier stage")
+            names.add(name)
+        _check_part(c, stage, root, p)
+        models = stage.get("models")
+        if isinstance(models, dict) and first_targets - set(models):
+            c.add(p + "models", f"no model for target {', '.join(sorted(first_targets - set(models)))} "
+                                "(every stage runs on every target the bundle has)")
+        dec = stage.get("decoder")
+        kind = dec.get("type") if isinstance(dec, dict) else None
+        adds: tuple = ()
+        if kind in DECODERS:
+            adds = DECODERS.get(kind).ADDS
+            if not adds:
+                c.add(p + "decoder.type", f"'{kind}' finds boxes; a stage adds one result to each detection "
+                                          f"(decoders that do: {', '.join(k for k in DECODERS.kinds() if DECODERS.get(k).ADDS)})")
+            for key in adds:
+                if key in added:
+                    c.add(p + "decoder.type", f"'{kind}' adds '{key}', which {added[key]} adds already")
+                added.setdefault(key, f"stages[{i}]")
+        _check_crop(c, stage, p)
+        _check_select(c, stage, p)
+        rotate = c.get(stage, "rotate", p, dict, required=False)
+        if rotate is not None:
+            c.unknown(rotate, ("label", "min_score"), p + "rotate.")
+            c.get(rotate, "label", p + "rotate.", str)
+            c.number(rotate, "min_score", p + "rotate.", 0.0, minimum=0, maximum=1)
+            if adds and "classes" not in adds:
+                c.add(p + "rotate", f"needs a classifying stage (decoder '{kind}' gives no classes)")
+        batch = c.number(stage, "batch", p, 1, integer=True, minimum=1, maximum=64)
+        if batch and batch > 1:
+            shape = _image_shape(stage)
+            if shape is not None and shape[0] != -1:
+                c.add(p + "batch", f"{batch}, but the model's batch is fixed at {shape[0]} "
+                                   f"(inputs shape {json.dumps(shape)}; -1 batches)")
+
+
+def _image_shape(part: dict) -> list | None:
+    inputs = part.get("inputs")
+    images = [s for s in inputs if isinstance(s, dict) and "fill" not in s] if isinstance(inputs, list) else []
+    shape = images[0].get("shape") if len(images) == 1 else None
+    return shape if isinstance(shape, list) and len(shape) == 4 else None
+
+
+def _check_crop(c: BundleChecker, stage: dict, p: str) -> None:
+    crop = c.get(stage, "crop", p, dict, required=False)
+    if crop is None:
+        return
+    p += "crop."
+    mode = c.choice(crop, "mode", p, CROP_MODES, "box")
+    c.unknown(crop, ("mode", "margin") if mode == "box" else ("mode",), p)
+    if mode == "box":
+        c.number(crop, "margin", p, 0.0, minimum=0, maximum=10)
+
+
+def _check_select(c: BundleChecker, stage: dict, p: str) -> None:
+    select = c.get(stage, "select", p, dict, required=False)
+    if select is None:
+        return
+    p += "select."
+    c.unknown(select, ("labels", "min_score", "max"), p)
+    labels = c.get(select, "labels", p, list, required=False)
+    if labels is not None and not all(isinstance(v, str) for v in labels):
+        c.add(p + "labels", f"expected a list of label names, got {shown(labels)}")
+    c.number(select, "min_score", p, 0.0, minimum=0, maximum=1)
+    c.number(select, "max", p, STAGE_MAX_CROPS, integer=True, minimum=1, maximum=1024)
+
+
+def split_labels(text: str) -> list:
+    """Labels from a labels file's text: one a line, each kept exactly as
+    written (a key file may hold " " or U+3000, the ideographic space, as a
+    label), without the line end; only empty lines at the end are dropped."""
+    lines = text.split("\n")
+    lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+    while lines and lines[-1] == "":
+        lines.pop()
+    return lines
 
 
 def read_labels(path: Path) -> list:
-    """The labels, one a line; FileRefused over MAX_LABELS_BYTES or MAX_LABELS
-    lines, UnicodeDecodeError if not UTF-8."""
-    text = read_capped(path, MAX_LABELS_BYTES).decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
-    labels = [line for line in text.split("\n") if line.strip()]
+    """The labels (split_labels); FileRefused over MAX_LABELS_BYTES or
+    MAX_LABELS labels, UnicodeDecodeError if not UTF-8."""
+    labels = split_labels(read_capped(path, MAX_LABELS_BYTES).decode("utf-8"))
     if len(labels) > MAX_LABELS:
         raise FileRefused(path, f"{len(labels)} labels, over the limit of {MAX_LABELS}")
     return labels
@@ -451,24 +642,36 @@ def load_bundle(path: str | os.PathLike, check_models: bool = True) -> Bundle:
     problems = validate_manifest(manifest, root)
     if problems:
         raise BundleError(where, problems)
-    labels: list = []
-    if manifest.get("labels"):
-        try:
-            labels = read_labels(root / manifest["labels"])
-        except FileRefused as exc:
-            raise BundleError(where, [f"labels: {manifest['labels']}: {exc.reason}"]) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise BundleError(where, [f"labels: {manifest['labels']}: not readable as UTF-8 text "
-                                      f"({type(exc).__name__})"]) from None
-    bundle = Bundle(root, manifest, labels)
+    bundle = Bundle(root, manifest, _labels_of(root, manifest, "", where),
+                    stages=[StageSpec(root, spec, _labels_of(root, spec, f"stages[{i}].", where), f"stages[{i}].")
+                            for i, spec in enumerate(manifest.get("stages", []))])
     if check_models:
-        bundle.model_for()
+        bundle.model_files()
     return bundle
+
+
+def _labels_of(root: Path, part: dict, prefix: str, where: str) -> list:
+    if not part.get("labels"):
+        return []
+    try:
+        return read_labels(root / part["labels"])
+    except FileRefused as exc:
+        raise BundleError(where, [f"{prefix}labels: {part['labels']}: {exc.reason}"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BundleError(where, [f"{prefix}labels: {part['labels']}: not readable as UTF-8 text "
+                                  f"({type(exc).__name__})"]) from None
 
 
 def seal_models(manifest: dict, root: Path) -> dict:
     """Fill `sha256` and `size` of each model file present under `root`; drop
-    targets whose file is absent. For tools that assemble bundles."""
+    targets whose file is absent (in every stage). For tools that assemble bundles."""
+    sealed = _sealed_models(manifest, root)
+    if "stages" in manifest:
+        sealed["stages"] = [_sealed_models(stage, root) for stage in manifest["stages"]]
+    return sealed
+
+
+def _sealed_models(manifest: dict, root: Path) -> dict:
     models = {}
     for target, spec in manifest["models"].items():
         path = Path(root) / spec["file"]

@@ -28,29 +28,33 @@ def _read_image(path: str) -> Any:
     return image
 
 
-def _rounded(result: dict) -> dict:
-    """JSON-friendly: boxes to 0.1 px, scores to 1e-4, times to 1 us."""
-    out = dict(result)
-    out["detections"] = [{**d, "score": round(d["score"], 4), "box": [round(v, 1) for v in d["box"]]}
-                         for d in result["detections"]]
-    out["classes"] = [{**c, "score": round(c["score"], 4)} for c in result["classes"]]
-    if "timings_ms" in result:
-        out["timings_ms"] = {k: round(v, 3) for k, v in result["timings_ms"].items()}
+def _stage_fields(d: dict) -> str:
+    """What later stages added to a detection, for the human table."""
+    out = ""
+    if d.get("classes"):
+        out += f"  [{d['classes'][0]['label']} {d['classes'][0]['score']:.2f}]"
+    if "text" in d:
+        out += f"  {json.dumps(d['text'], ensure_ascii=False)} ({d['text_score']:.2f})"
     return out
 
 
 def format_result(result: dict, as_json: bool) -> str:
     """One JSON line, or a short human table."""
     if as_json:
-        return json.dumps(_rounded(result), separators=(", ", ": "))
+        from lited.protocol import json_ready
+
+        return json.dumps(json_ready(result), separators=(", ", ": "))
     where = result.get("image") or f"{result.get('stream', '')} #{result.get('seq', '')}"
     lines = [f"{where}  [{result['task']}]"]
     for d in result["detections"]:
         x1, y1, x2, y2 = d["box"]
-        lines.append(f"  {d['label']:<20} {d['score']:.3f}  box {x1:.0f},{y1:.0f} - {x2:.0f},{y2:.0f}")
+        lines.append(f"  {d['label']:<20} {d['score']:.3f}  box {x1:.0f},{y1:.0f} - {x2:.0f},{y2:.0f}"
+                     + _stage_fields(d))
     for c in result["classes"]:
         lines.append(f"  {c['label']:<20} {c['score']:.3f}")
-    if not result["detections"] and not result["classes"]:
+    if "text" in result:
+        lines.append(f"  text {json.dumps(result['text'], ensure_ascii=False)} ({result['text_score']:.3f})")
+    if not result["detections"] and not result["classes"] and "text" not in result:
         lines.append("  (nothing found)")
     t = result.get("timings_ms", {})
     lines.append("  " + "  ".join(f"{k} {v:.1f} ms" for k, v in t.items()))
@@ -81,6 +85,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "decoder": bundle.decoder, "labels": {"file": m.get("labels"), "count": len(bundle.labels),
                                                "first": bundle.labels[:5]},
         "golden": (bundle.golden or {}).get("image"),
+        "stages": [{"name": st.name, "file": st.model_for(target).path.name, "crop": st.crop, "decoder": st.decoder}
+                   for st in bundle.stages],
     }
     for t, mf in bundle.models().items():
         entry = {"file": mf.path.name, "engine": mf.engine, "size": mf.size, "sha256": mf.sha256[:16] + "..."}
@@ -116,6 +122,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"  preprocess: {pre.get('color', 'BGR')} {pre['resize']['mode']} "
           f"scale {pre.get('scale', 1 / 255):.6g} mean {pre.get('mean', [0, 0, 0])} std {pre.get('std', [1, 1, 1])}")
     print(f"  decoder: {json.dumps(bundle.decoder)}")
+    for stage in bundle.stages:
+        print(f"  then stage {stage.name} on {stage.crop['mode']} crops: {stage.model_for(target).path.name}, "
+              f"input {stage.inputs[stage.image_input]['shape']}, decoder {json.dumps(stage.decoder)}")
     print(f"  labels: {info['labels']['count']} ({', '.join(info['labels']['first'])}"
           f"{', ...' if info['labels']['count'] > 5 else ''})")
     if info["golden"]:
@@ -168,7 +177,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 if ended and results.empty():
                     break
                 continue
-            out = {k: result[k] for k in RUN_KEYS}
+            out = {k: result[k] for k in RUN_KEYS + ("text", "text_score") if k in result}
             print(format_result(out, args.json), flush=True)
             count += 1
     finally:
@@ -234,6 +243,87 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     return 0
 
 
+def _broker_settings(args: argparse.Namespace) -> Any:
+    from lited.mqtt_link import BrokerSettings
+
+    settings = BrokerSettings(args.broker, args.ca, args.cert, args.key, args.username, args.password_file)
+    settings.address  # a bad URL fails here, as a one-line error
+    return settings
+
+
+def cmd_cloud(args: argparse.Namespace) -> int:
+    """The server side of the uplink: a second model on the devices' crops, answers back."""
+    import signal
+    import threading
+
+    from lited.cloud import CloudWorker
+    from lited.service.logs import setup_logging
+
+    setup_logging("DEBUG" if args.debug else "INFO", debug=args.debug, identifier="lited-cloud")
+    settings = _broker_settings(args)
+    factory = None
+    if args.bundle:
+        from lited.bundle import load_bundle
+        from lited.model import Model
+
+        bundle = load_bundle(args.bundle)  # a bad bundle fails before connecting
+        factory = lambda: Model(bundle, args.target)  # noqa: E731
+    record = open(args.record, "a", encoding="utf-8") if args.record else None
+    worker = CloudWorker(settings, factory, args.group, args.client_id, record, args.session_expiry)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        worker.start()
+        stop.wait(args.duration)
+    finally:
+        worker.stop()
+        if record is not None:
+            record.close()
+    print(json.dumps(worker.stats()), flush=True)
+    return 0
+
+
+def cmd_remote(args: argparse.Namespace) -> int:
+    """A request to a device over MQTT: ping, status, reload, snapshot."""
+    import base64
+
+    from lited.cloud import remote_call
+
+    params: dict = {}
+    if args.action == "reload" and args.model:
+        params["model"] = args.model
+    if args.action == "snapshot":
+        if not args.stream or not args.out:
+            raise UsageError("snapshot needs --stream and --out")
+        params["stream"] = args.stream
+    try:
+        reply = remote_call(_broker_settings(args), args.device, args.action, params, args.timeout)
+    except (TimeoutError, ConnectionError) as exc:
+        print(str(exc), file=sys.stderr)
+        return 3
+    if not reply.get("ok"):
+        error = reply.get("error") or {}
+        print(f"lited: {args.action}: {error.get('code')}: {error.get('message')}", file=sys.stderr)
+        return 1
+    out = reply.get("result")
+    if args.action == "snapshot":
+        with open(args.out, "wb") as fh:
+            fh.write(base64.b64decode(out.pop("jpeg")))
+        out = {"written": args.out, "seq": out["seq"], "detections": len(out["detections"])}
+    print(json.dumps(out, indent=None if args.action == "ping" else 2))
+    return 0
+
+
+def _broker_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--broker", required=True, help="mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+    p.add_argument("--ca", help="mqtts: CA file that signed the broker's certificate (default: the system's)")
+    p.add_argument("--cert", help="client certificate (mutual TLS)")
+    p.add_argument("--key", help="the client certificate's key")
+    p.add_argument("--username", help="MQTT user name")
+    p.add_argument("--password-file", help="file whose first line is the password")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lited", description="lited: the Paddle Lite daemon")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -273,6 +363,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the reply")
     p.set_defaults(func=cmd_ctl)
 
+    p = sub.add_parser("cloud", help="the server side of the uplink: a second model on devices' crops (docs/uplink.md)")
+    _broker_arguments(p)
+    p.add_argument("--bundle", help="bundle of the second model (default: none, crops are only receipted)")
+    p.add_argument("--target", help="model target (default: this machine's)")
+    p.add_argument("--group", default="lited", help="shared-subscription group: workers in one group share the load")
+    p.add_argument("--client-id", help="stable MQTT client id: the broker keeps this worker's session and queue")
+    p.add_argument("--session-expiry", type=int, default=600,
+                   help="with --client-id: seconds the broker keeps the session of a worker that vanished")
+    p.add_argument("--record", help="append every first-seen message (JSON lines) to this file")
+    p.add_argument("--duration", type=float, help="stop after this many seconds (default: until SIGTERM)")
+    p.set_defaults(func=cmd_cloud)
+
+    p = sub.add_parser("remote", help="ask a device over MQTT: ping, status, reload, snapshot")
+    _broker_arguments(p)
+    p.add_argument("device", help="the device id (its uplink.device)")
+    p.add_argument("action", choices=["ping", "status", "reload", "snapshot"])
+    p.add_argument("--model", help="reload: model name from the device's config (default: all)")
+    p.add_argument("--stream", help="snapshot: stream name")
+    p.add_argument("--out", help="snapshot: JPEG file to write")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the reply")
+    p.set_defaults(func=cmd_remote)
+
     p = sub.add_parser("selftest", help="check a bundle against its golden image")
     p.add_argument("--bundle", required=True, help="bundle directory")
     p.set_defaults(func=cmd_selftest)
@@ -291,11 +403,13 @@ def main(argv: list | None = None) -> int:
     from lited.engines import EngineError
     from lited.service.bus import BusError
     from lited.config import ConfigError
+    from lited.mqtt_link import LinkError
     from lited.sources import SourceError
 
     try:
         return args.func(args)
-    except (BundleError, BusError, ConfigError, EngineError, SourceError, UsageError, ValueError, OSError) as exc:
+    except (BundleError, BusError, ConfigError, EngineError, LinkError, SourceError, UsageError, ValueError,
+            OSError) as exc:
         if args.debug:
             raise
         print(f"lited: {exc}".splitlines()[0], file=sys.stderr)

@@ -50,10 +50,10 @@ def default_endpoint(kind: str) -> str:
 
 
 class Subscriber:
-    """Results (and optionally events) of some or all streams."""
+    """Results (and optionally events and uplink answers) of some or all streams."""
 
     def __init__(self, endpoint: Optional[str] = None, streams: Optional[list] = None, events: bool = False,
-                 context: Optional[zmq.Context] = None, curve: Optional[dict] = None,
+                 context: Optional[zmq.Context] = None, curve: Optional[dict] = None, answers: bool = False,
                  trusted_uids: Optional[set] = None) -> None:
         endpoint = endpoint or default_endpoint("pub")
         self._peer = PeerCheck(endpoint, trusted_uids)
@@ -67,6 +67,8 @@ class Subscriber:
             self.socket.setsockopt(zmq.SUBSCRIBE, protocol.result_topic(stream) if stream else b"result/")
             if events:
                 self.socket.setsockopt(zmq.SUBSCRIBE, protocol.event_topic(stream) if stream else b"event/")
+            if answers:
+                self.socket.setsockopt(zmq.SUBSCRIBE, protocol.answer_topic(stream) if stream else b"answer/")
         if events and streams:
             self.socket.setsockopt(zmq.SUBSCRIBE, protocol.event_topic(protocol.DAEMON_STREAM))
         self.socket.connect(endpoint)

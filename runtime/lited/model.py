@@ -1,14 +1,21 @@
-"""A loaded bundle: engine + preprocessing + decoder, ready to infer.
+"""A loaded bundle: engine + preprocessing + decoder, ready to infer, and
+the later stages of a cascade.
 
 Built once, warmed up, then used from one thread (the engine's rule). The
 result keys are the ones `lited infer --json` prints and the bus publishes:
-`task`, `detections`, `classes`, `timings_ms`.
+`task`, `detections`, `classes` (plus what a text decoder adds, `text` and
+`text_score`), `timings_ms`. A bundle with `stages` runs each later stage on
+crops of the first stage's detections (cascade.py) and adds its result to
+each detection.
 """
 from __future__ import annotations
 
+from typing import List, Optional
+
 import numpy as np
 
-from lited.bundle import Bundle, BundleError, load_bundle
+from lited.bundle import Bundle, BundleError, ModelSpec, load_bundle
+from lited.cascade import Cascade, Stage
 from lited.decoders import make_decoder
 from lited.engine_process import EngineProcess
 from lited.engines import open_engine
@@ -22,38 +29,35 @@ from lited.stream.stats import StageTimer
 WARMUP_SIZE = (64, 64)
 
 
-class Model:
-    """Everything needed to turn an image into a result."""
+class Part:
+    """One model of a bundle (its first stage or a later one): the engine,
+    in this process or in a process of its own, its preprocessing and its decoder."""
 
-    def __init__(self, bundle: Bundle, target: str | None = None, options: dict | None = None,
-                 warmup: int = 1, isolated: bool = False, run_timeout: float | None = None) -> None:
+    def __init__(self, spec: ModelSpec, target: Optional[str], options: Optional[dict], isolated: bool,
+                 run_timeout: Optional[float] = None) -> None:
         """`isolated`: run the engine in a child process (engine_process.py),
         as streams and the daemon do, so its `run()` does not hold this
         process's GIL and a crash in the backend does not take it down;
         `run_timeout` (isolated only): seconds a run may take before the
-        engine process counts as stuck and is killed (EngineError)."""
-        self.bundle = bundle
-        self.model_file = bundle.model_for(target)
-        mf = self.model_file
+        engine process counts as stuck and is killed (EngineError). The
+        engine checks the manifest's sha256 on the very bytes it loads."""
+        self.spec = spec
+        self.model_file = mf = spec.model_for(target)
         checksums = {str(f.path): f.sha256 for f in (mf, mf.params) if f is not None}
         engine_options = {**mf.options, **(options or {})}
         if isolated:
             self.engine = EngineProcess(mf.engine, str(mf.path), engine_options, checksums, run_timeout)
         else:
             self.engine = open_engine(mf.engine, str(mf.path), engine_options, checksums)
-        self.image_input = bundle.image_input
-        self.engine.image_input = self.image_input
-        self.preprocess = Preprocessor(bundle.preprocess, bundle.inputs[self.image_input]["shape"])
-        self._extra = [(i, spec["fill"], np.empty((1, 2), np.float32)) for i, spec in enumerate(bundle.inputs)
-                       if "fill" in spec]
-        self.decoder = make_decoder(bundle.decoder, bundle.labels)
-        self.name = bundle.name
-        self.version = bundle.version
-        self.task = bundle.task
         try:
-            self.warm_up(warmup)
+            self.image_input = spec.image_input
+            self.engine.image_input = self.image_input
+            self.preprocess = Preprocessor(spec.preprocess, spec.inputs[self.image_input]["shape"])
+            self._extra = [(i, s["fill"], np.empty((1, 2), np.float32))
+                           for i, s in enumerate(spec.inputs) if "fill" in s]
+            self.decoder = make_decoder(spec.decoder, spec.labels)
         except BaseException:
-            self.close()
+            self.engine.close()
             raise
 
     def close(self) -> None:
@@ -65,46 +69,91 @@ class Model:
         and check what only a run can tell: output count and class count."""
         if runs <= 0:
             return
-        shape = self.bundle.inputs[self.image_input]["shape"]
+        shape = self.spec.inputs[self.image_input]["shape"]
         if -1 in shape:
             h, w = WARMUP_SIZE
         else:
             h, w = (shape[2], shape[3]) if self.preprocess.layout == "NCHW" else (shape[1], shape[2])
         frame = np.full((h, w, 3), 128, np.uint8)
         for _ in range(runs):
-            outputs = self._forward(frame)[0]
+            outputs = self.forward(frame)[0]
         classes = self.decoder.num_classes(outputs)
-        labels = self.bundle.labels
+        labels = self.spec.labels
         if classes and labels and len(labels) < classes:
-            raise BundleError(str(self.bundle.root / self.bundle.manifest["labels"]),
-                              [f"{len(labels)} labels for {classes} classes"])
+            raise BundleError(str(self.spec.labels_file), [f"{len(labels)} labels for {classes} classes"])
 
-    def _forward(self, image: np.ndarray) -> tuple:
-        geom = self.preprocess(image)
-        self.set_inputs(self.preprocess.tensor, geom)
+    def forward(self, image: np.ndarray) -> tuple:
+        """(outputs, geometry) of one run on a BGR uint8 image. Preprocessing
+        writes straight into the engine's input buffer when the engine has
+        one (no hand-over copy)."""
+        view = self.engine.input_view(self.image_input, self.preprocess.plan(image.shape))
+        geom = self.preprocess(image, out=view)
+        if view is None:
+            self.engine.set_input(self.image_input, self.preprocess.tensor)
+        self.set_extra_inputs(geom)
         return self.engine.run(), geom
 
-    def set_inputs(self, tensor: np.ndarray, geom) -> None:
-        """Hand the image tensor to the engine, and the extra inputs a
-        PaddleDetection export wants: `im_shape` is the input size, and
-        `scale_factor` is 1 so its boxes stay in input pixels (the geometry
-        maps them back to the source, whatever the resize mode)."""
-        self.engine.set_input(self.image_input, tensor)
-        self.set_extra_inputs(geom)
-
-    def set_extra_inputs(self, geom, input_set: int | None = None) -> None:
-        """The inputs filled from the geometry (`input_set`: of an isolated engine)."""
+    def set_extra_inputs(self, geom, input_set: Optional[int] = None, batch: int = 1) -> None:
+        """The inputs a PaddleDetection export wants besides the image, filled
+        from the geometry (`input_set`: of an isolated engine): `im_shape` is
+        the input size, and `scale_factor` is 1 so its boxes stay in input
+        pixels (the geometry maps them back to the source, whatever the resize mode)."""
         for index, fill, buf in self._extra:
-            buf[0] = (geom.in_h, geom.in_w) if fill == "im_shape" else (1.0, 1.0)
+            value = (geom.in_h, geom.in_w) if fill == "im_shape" else (1.0, 1.0)
+            array = buf if batch == 1 else np.empty((batch, 2), np.float32)
+            array[:] = value
             if input_set is None:
-                self.engine.set_input(index, buf)
+                self.engine.set_input(index, array)
             else:
-                self.engine.set_input(index, buf, input_set)
+                self.engine.set_input(index, array, input_set)
+
+    def decode_batch(self, images: List[np.ndarray]) -> List[dict]:
+        """One decoded result per image, in one engine run: the images must
+        give the same input tensor shape and the model a batch dimension of -1."""
+        shape = self.preprocess.plan(images[0].shape)
+        n = len(images)
+        view = self.engine.input_view(self.image_input, (n, *shape[1:]))
+        batch = view if view is not None else np.empty((n, *shape[1:]), np.float32)
+        geoms = []
+        for k, image in enumerate(images):
+            geoms.append(self.preprocess(image, out=batch[k:k + 1]))
+        if view is None:
+            self.engine.set_input(self.image_input, batch)
+        self.set_extra_inputs(geoms[0], batch=n)
+        outputs = self.engine.run()
+        return [self.decoder.decode([o[k:k + 1] for o in outputs], geom) for k, geom in enumerate(geoms)]
+
+
+class Model(Part):
+    """Everything needed to turn an image into a result: the bundle's own
+    model (this Part) and the later stages of its cascade, if any."""
+
+    def __init__(self, bundle: Bundle, target: Optional[str] = None, options: Optional[dict] = None,
+                 warmup: int = 1, isolated: bool = False, run_timeout: Optional[float] = None) -> None:
+        self.bundle = bundle
+        self.name = bundle.name
+        self.version = bundle.version
+        self.task = bundle.task
+        self.cascade = Cascade([])
+        super().__init__(bundle, target, options, isolated, run_timeout)
+        try:
+            for spec in bundle.stages:
+                self.cascade.stages.append(Stage(spec, Part(spec, target, options, isolated, run_timeout)))
+            self.warm_up(warmup)
+            for stage in self.cascade.stages:
+                stage.part.warm_up(warmup)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Free the engines now (isolated ones stop their processes)."""
+        super().close()
+        for stage in self.cascade.stages:
+            stage.part.close()
 
     def infer(self, image: np.ndarray) -> dict:
-        """Run the model on a BGR uint8 image; boxes come back in its pixels.
-        Preprocessing writes straight into the engine's input buffer when the
-        engine has one (no hand-over copy)."""
+        """Run the model (and its cascade) on a BGR uint8 image; boxes come back in its pixels."""
         timer = StageTimer()
         view = self.engine.input_view(self.image_input, self.preprocess.plan(image.shape))
         geom = self.preprocess(image, out=view)
@@ -116,14 +165,14 @@ class Model:
         timer.lap("infer")
         result = self.decoder.decode(outputs, geom)
         timer.lap("postprocess")
-        return {
-            "task": self.task,
-            "detections": result["detections"],
-            "classes": result["classes"],
-            "timings_ms": timer.ms,
-        }
+        if self.cascade:
+            crops = self.cascade.cut(image, result["detections"])
+            timer.lap("crop")
+            self.cascade.run(crops, result["detections"], timer)
+        return {"task": self.task, **result, "timings_ms": timer.ms}
 
 
-def load_model(path: str, target: str | None = None, options: dict | None = None, isolated: bool = False) -> Model:
+def load_model(path: str, target: Optional[str] = None, options: Optional[dict] = None,
+               isolated: bool = False) -> Model:
     """Validate the bundle at `path`, then load and warm up its model."""
     return Model(load_bundle(path), target, options, isolated=isolated)

@@ -10,6 +10,8 @@ buffers once (and the pad of a letterbox is filled once, not per frame).
 """
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
@@ -17,6 +19,8 @@ from lited.geometry import Geometry
 
 INTERPOLATION = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA,
                  "cubic": cv2.INTER_CUBIC}
+# fit_height's default pad pixel: mid-grey, which PP-OCR's (x/255 - 0.5)/0.5 makes 0, as PaddleOCR pads
+FIT_HEIGHT_PAD = 127.5
 
 
 class Preprocessor:
@@ -24,7 +28,8 @@ class Preprocessor:
 
     `input_shape` is the model input as in the manifest: NCHW or NHWC, with
     -1 for dynamic sides (then `resize.mode` must be `keep_ratio`, which
-    decides the size from the image).
+    decides the size from the image, or `fit_height` with a dynamic width,
+    which rounds the width up to one of `resize.widths`).
     """
 
     def __init__(self, spec: dict, input_shape: list | tuple) -> None:
@@ -38,8 +43,12 @@ class Preprocessor:
         resize = spec["resize"]
         self.mode = resize["mode"]
         self.dynamic = in_h == -1 or in_w == -1
-        if self.dynamic and self.mode != "keep_ratio":
-            raise ValueError("preprocess.resize.mode: a dynamic input needs mode 'keep_ratio'")
+        if self.dynamic and not (self.mode == "keep_ratio" or (self.mode == "fit_height" and in_h != -1)):
+            raise ValueError("preprocess.resize.mode: a dynamic input needs mode 'keep_ratio' "
+                             "(or 'fit_height' with a fixed height)")
+        self.widths = sorted(int(w) for w in resize.get("widths", ()))
+        if self.mode == "fit_height" and in_w == -1 and not self.widths:
+            raise ValueError("preprocess.resize.widths: missing for a dynamic input width")
         self.in_h, self.in_w = in_h, in_w
         self.resize = resize
         self.interp = INTERPOLATION[resize.get("interpolation", "linear")]
@@ -51,7 +60,10 @@ class Preprocessor:
         self.beta = [-m / s for m, s in zip(mean, std)]
         # model channel c reads frame (BGR) channel src[c]
         self.src_channel = (2, 1, 0) if spec.get("color", "BGR") == "RGB" else (0, 1, 2)
-        self.pad_value = float(resize.get("pad_value", 114))
+        self.pad_value = float(resize.get("pad_value", FIT_HEIGHT_PAD if self.mode == "fit_height" else 114))
+        # fit_height pads in float, exactly: the pad pixel's value in each model channel
+        self.pad_norm = [self.pad_value * a + b for a, b in zip(self.alpha, self.beta)]
+        self._pad_from = 0  # fit_height: the first padded column of the tensor (0: none)
         self._src_size: tuple | None = None
         self.tensor = np.empty(0, np.float32)
         self.geometry: Geometry | None = None
@@ -70,19 +82,25 @@ class Preprocessor:
             self._plan(h, w)
         tensor = self.tensor if out is None else out
         cv2.resize(image, self._resize_to, dst=self._resized, interpolation=self.interp)
+        pad = self._pad_from
         if self.layout == "NCHW":
             cv2.split(self._canvas, self._planes)
             for c, src in enumerate(self.src_channel):
                 plane = self._planes[src]
-                cv2.addWeighted(plane, self.alpha[c], plane, 0.0, self.beta[c], dst=tensor[0, c],
-                                dtype=cv2.CV_32F)
+                cv2.addWeighted(plane, self.alpha[c], plane, 0.0, self.beta[c],
+                                dst=tensor[0, c, :, :pad] if pad else tensor[0, c], dtype=cv2.CV_32F)
+                if pad:
+                    tensor[0, c, :, pad:] = self.pad_norm[c]
         else:
             canvas = self._canvas
             if self.src_channel[0] == 2:
                 cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB, dst=self._swapped)
                 canvas = self._swapped
-            cv2.multiply(canvas, self._alpha4, dst=tensor[0], dtype=cv2.CV_32F)
-            cv2.add(tensor[0], self._beta4, dst=tensor[0])
+            dst = tensor[0, :, :pad] if pad else tensor[0]
+            cv2.multiply(canvas, self._alpha4, dst=dst, dtype=cv2.CV_32F)
+            cv2.add(dst, self._beta4, dst=dst)
+            if pad:
+                tensor[0, :, pad:] = self.pad_norm
         return self.geometry  # type: ignore[return-value]
 
     def _plan(self, h: int, w: int) -> None:
@@ -103,6 +121,12 @@ class Preprocessor:
             cx, cy = (rw - in_w) // 2, (rh - in_h) // 2
             crop = (cy, cx)
             ox, oy = -cx, -cy
+        elif mode == "fit_height":  # height fixed, width as the ratio says (up to a bucket), pad right
+            rh = in_h
+            wanted = max(1, math.ceil(in_h * w / h))
+            if in_w == -1:
+                in_w = next((b for b in self.widths if b >= wanted), self.widths[-1])
+            rw = min(wanted, in_w)  # squeezed beyond the widest
         else:  # keep_ratio
             s = 1.0
             if max(h, w) > self.resize["max_side"]:
@@ -117,7 +141,10 @@ class Preprocessor:
             else:  # a fixed input: fit the rounded size inside it, pad the rest
                 rh, rw = min(rh, in_h), min(rw, in_w)
         self._resize_to = (rw, rh)
-        if mode == "letterbox" or (mode == "keep_ratio" and (rw, rh) != (in_w, in_h)):
+        self._pad_from = rw if mode == "fit_height" and rw < in_w else 0
+        if mode == "fit_height":
+            canvas = self._resized = np.empty((rh, rw, 3), np.uint8)
+        elif mode == "letterbox" or (mode == "keep_ratio" and (rw, rh) != (in_w, in_h)):
             canvas = np.empty((in_h, in_w, 3), np.uint8)
             canvas[...] = np.uint8(min(255, max(0, round(self.pad_value))))
             self._resized = canvas[int(oy):int(oy) + rh, int(ox):int(ox) + rw]
@@ -127,12 +154,12 @@ class Preprocessor:
         else:
             canvas = self._resized = np.empty((in_h, in_w, 3), np.uint8)
         self._canvas = canvas
-        self._planes = [np.empty((in_h, in_w), np.uint8) for _ in range(3)]
-        if self.layout == "NCHW":
-            self.tensor = np.empty((1, 3, in_h, in_w), np.float32)
-        else:
-            self.tensor = np.empty((1, in_h, in_w, 3), np.float32)
-            self._swapped = np.empty((in_h, in_w, 3), np.uint8)
+        self._planes = [np.empty(canvas.shape[:2], np.uint8) for _ in range(3)]
+        shape = (1, 3, in_h, in_w) if self.layout == "NCHW" else (1, in_h, in_w, 3)
+        if self.tensor.shape != shape:  # crops of a cascade change the source size, rarely the tensor's
+            self.tensor = np.empty(shape, np.float32)
+        if self.layout != "NCHW":
+            self._swapped = np.empty(canvas.shape, np.uint8)
             self._alpha4 = (*self.alpha, 0.0)
             self._beta4 = (*self.beta, 0.0)
         self.geometry = Geometry(w, h, in_w, in_h, rw / w, rh / h, float(ox), float(oy))

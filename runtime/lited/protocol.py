@@ -17,6 +17,9 @@ VERSION = 1
 METHODS = ("ping", "status", "infer", "reload", "snapshot")
 RESULT_KEYS = ("stream", "seq", "frame_ts", "skipped", "model", "model_version", "task", "detections",
                "classes", "timings_ms")
+OPTIONAL_RESULT_KEYS = ("text", "text_score")  # a text decoder's (ctc) result, when it is the bundle's own
+ANSWER_KEYS = ("stream", "seq", "detection", "id", "worker", "model", "model_version", "task", "detections",
+               "classes", "error", "infer_ms", "round_trip_ms")
 DAEMON_STREAM = "_daemon"
 # msgpack limits for untrusted input: bounded nesting and sizes, no ext types
 _UNPACK_LIMITS = dict(max_str_len=1 << 16, max_array_len=1 << 16, max_map_len=1 << 10, max_ext_len=0)
@@ -39,18 +42,74 @@ def event_topic(stream: str) -> bytes:
     return f"event/{stream}".encode()
 
 
-def encode_result(result: dict) -> bytes:
-    """A pipeline result -> the published payload (see docs/protocol.md)."""
-    payload = {"v": VERSION, "type": "result"}
-    for key in RESULT_KEYS:
-        payload[key] = result.get(key)
-    payload["frame"] = {"ring": result.get("ring"), "slot": result.get("slot"), "slot_seq": result.get("slot_seq"),
-                        "width": result.get("width"), "height": result.get("height")}
+def answer_topic(stream: str) -> bytes:
+    return f"answer/{stream}".encode()
+
+
+def encode_answer(answer: dict) -> bytes:
+    """A server's answer to one of this device's crops or frames (docs/uplink.md) -> the published payload."""
+    payload = {"v": VERSION, "type": "answer"}
+    for key in ANSWER_KEYS:
+        if answer.get(key) is not None or key in ("detection", "detections", "classes"):
+            payload[key] = answer.get(key, [] if key in ("detections", "classes") else None)
     return msgpack.packb(payload, use_bin_type=True)
 
 
+def result_message(result: dict) -> dict:
+    """A pipeline result -> the published message (see docs/protocol.md)."""
+    payload = {"v": VERSION, "type": "result"}
+    for key in RESULT_KEYS:
+        payload[key] = result.get(key)
+    for key in OPTIONAL_RESULT_KEYS:
+        if key in result:
+            payload[key] = result[key]
+    payload["frame"] = {"ring": result.get("ring"), "slot": result.get("slot"), "slot_seq": result.get("slot_seq"),
+                        "width": result.get("width"), "height": result.get("height")}
+    return payload
+
+
+def encode_result(result: dict) -> bytes:
+    """A pipeline result -> the published payload."""
+    return msgpack.packb(result_message(result), use_bin_type=True)
+
+
+def event_message(event: dict) -> dict:
+    return {"v": VERSION, "type": "event", **event}
+
+
+def json_ready(result: dict) -> dict:
+    """A result (or message) as JSON shows it (`lited infer --json`, HTTP):
+    boxes and polygons to 0.1 px, scores to 1e-4, times to 1 us; a cascade's
+    fields in each detection likewise."""
+    out = dict(result)
+    if "detections" in result:
+        out["detections"] = [_json_ready_detection(d) for d in result["detections"]]
+    if "classes" in result:
+        out["classes"] = _rounded_classes(result["classes"])
+    if "text_score" in result:
+        out["text_score"] = round(result["text_score"], 4)
+    if result.get("timings_ms"):
+        out["timings_ms"] = {k: round(v, 3) for k, v in result["timings_ms"].items()}
+    return out
+
+
+def _json_ready_detection(d: dict) -> dict:
+    d = {**d, "score": round(d["score"], 4), "box": [round(v, 1) for v in d["box"]]}
+    if "polygon" in d:
+        d["polygon"] = [[round(x, 1), round(y, 1)] for x, y in d["polygon"]]
+    if "classes" in d:
+        d["classes"] = _rounded_classes(d["classes"])
+    if "text_score" in d:
+        d["text_score"] = round(d["text_score"], 4)
+    return d
+
+
+def _rounded_classes(classes: list) -> list:
+    return [{**c, "score": round(c["score"], 4)} for c in classes]
+
+
 def encode_event(event: dict) -> bytes:
-    return msgpack.packb({"v": VERSION, "type": "event", **event}, use_bin_type=True)
+    return msgpack.packb(event_message(event), use_bin_type=True)
 
 
 def decode_payload(data: bytes, max_bin: int = 1 << 26) -> dict:

@@ -17,6 +17,7 @@ from lited.client import FrameOverwritten, RingGone, Subscriber
 
 def describe(result: dict) -> str:
     found = "; ".join(f"{d['label']} {d['score']:.2f} {','.join(str(round(v)) for v in d['box'])}"
+                      + (f" {d['text']!r}" if "text" in d else "")  # a cascade's text stage read this
                       for d in result["detections"])
     found = found or "; ".join(f"{c['label']} {c['score']:.2f}" for c in result["classes"]) or "-"
     t = result["timings_ms"]

@@ -1,4 +1,4 @@
-"""The decoder interface: raw model outputs -> detections or classes.
+"""The decoder interface: raw model outputs -> detections, classes or text.
 
     class MyDecoder(Decoder):
         kind = "my_layout"                                  # the manifest's decoder.type
@@ -8,7 +8,13 @@
             #  "classes": [{"label", "score"}]}   boxes in source pixels
 
 `PARAMS` is what `bundle.py` validates the manifest's `decoder` object
-against, so a typo in a parameter name is caught before anything loads.
+against, so a typo in a parameter name is caught before anything loads;
+`problems()` adds the checks a type cannot say (a choice, a range).
+
+A decoder whose result describes its whole input (a class, a line of text)
+names those result keys in `ADDS`: such a decoder can be a later stage of a
+cascade, whose result is added to each detection of the first stage
+(docs/bundle.md, `stages`).
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ class Decoder:
 
     kind: ClassVar[str] = ""
     PARAMS: ClassVar[Dict[str, Tuple[type, object]]] = {}
+    ADDS: ClassVar[Tuple[str, ...]] = ()  # result keys a cascade stage adds to each detection
 
     def __init__(self, params: dict, labels: List[str]) -> None:
         """`params` holds every name in PARAMS (defaults filled in); each
@@ -31,6 +38,12 @@ class Decoder:
         for name, (kind, _) in self.PARAMS.items():
             setattr(self, name, kind(params[name]))
         self.labels = list(labels or [])
+
+    @classmethod
+    def problems(cls, params: dict) -> List[Tuple[str, str]]:
+        """(parameter, message) for values of the right type that still
+        cannot work; `params` holds only what the manifest gives."""
+        return []
 
     def decode(self, outputs: List[np.ndarray], geom: Geometry) -> dict:
         raise NotImplementedError

@@ -17,6 +17,7 @@ from .nms import label_for
 class ClassificationDecoder(Decoder):
     kind = "classification"
     PARAMS = {"top_k": (int, 5), "softmax": (bool, True), "score_threshold": (float, 0.0)}
+    ADDS = ("classes",)
 
     def num_classes(self, outputs: List[np.ndarray]) -> int:
         """Classes the model scores (checked against the labels at load)."""

@@ -9,9 +9,14 @@ Facts that shaped it (paddlelite 2.13rc0):
 - output names are like `save_infer_model/scale_0.tmp_0`: use indices;
 - changing a dynamic input's shape on a live x86 predictor can corrupt its
   heap ("double free", segfault) when a side shrinks (seen with PP-OCR det:
-  192x384 then 224x320). So the engine keeps one predictor per input shape
-  (a small LRU): a stream, whose shape never changes, builds one; `lited
-  infer` on photos of several sizes pays ~35 ms per new shape.
+  192x384 then 224x320), and gives silently wrong outputs when a side grows
+  (PP-OCRv4 rec at another width). So the engine keeps one predictor per
+  input shape (a small LRU, option `predictors`): a stream, whose shape never
+  changes, builds one; `lited infer` on photos of several sizes pays ~35 ms
+  per new shape. Each predictor holds its activations, sized to its shape,
+  which can be large on x86 (PP-OCRv4 rec: process RSS ~310 MB at width
+  320, ~750 MB at 640, ~1.2 GB at 960); an evicted predictor's memory is
+  returned, so `predictors: 1` bounds a model to its largest shape.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ import numpy as np
 
 from lited.engines.base import Engine, EngineError, TensorSpec, read_model_file
 
-PREDICTORS_PER_SHAPE = 2  # predictors kept for a dynamic-shape model
+PREDICTORS_PER_SHAPE = 2  # predictors kept for a dynamic-shape model (option `predictors`)
 
 POWER_MODES = ("LITE_POWER_HIGH", "LITE_POWER_LOW", "LITE_POWER_FULL", "LITE_POWER_NO_BIND",
                "LITE_POWER_RAND_HIGH", "LITE_POWER_RAND_LOW")
@@ -52,6 +57,10 @@ class PaddleLiteEngine(Engine):
             config.set_power_mode(getattr(lite.PowerMode, power))
         self._config = config
         self._model_path = str(model_path)
+        keep = options.get("predictors", PREDICTORS_PER_SHAPE)
+        if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
+            raise EngineError(f"predictors: expected a positive integer, got {keep!r}")
+        self._keep = keep
         self.image_input = 0  # the input whose shape may change (the model sets it from the bundle)
         self._by_shape: OrderedDict = OrderedDict()
         self._use(self._build(), None)
@@ -76,7 +85,7 @@ class PaddleLiteEngine(Engine):
         if shape is not None:
             self._by_shape[shape] = entry
             self._by_shape.move_to_end(shape)
-            while len(self._by_shape) > PREDICTORS_PER_SHAPE:
+            while len(self._by_shape) > self._keep:
                 self._by_shape.popitem(last=False)
 
     def _select(self, index: int, shape: tuple) -> None:

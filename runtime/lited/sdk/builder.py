@@ -23,10 +23,12 @@ from lited.sdk.config_import import import_configs
 from lited.sdk.judge import LitedVenv
 from lited.sdk.inputs import merge_inputs
 from lited.sdk.lite_opt import LiteOpt
+from lited.sdk.paddledet_cfg import complete_gfl
+from lited.sdk.stages import add_stages
 from lited.sdk.venv import DAEMON_VENV
 
-TASK_BY_DECODER = {"boxes": "detection", "grid": "detection", "priorbox": "detection",
-                   "classification": "classification", "db_text": "text_detection"}
+TASK_BY_DECODER = {"boxes": "detection", "grid": "detection", "priorbox": "detection", "gfl": "detection",
+                   "classification": "classification", "db_text": "text_detection", "ctc": "text_recognition"}
 DEFAULT_TOLERANCE = {"box_px": 4, "score": 0.05}
 GENERIC_NAMES = {"model", "inference", "inference_model", "paddle", "onnx", "output", "export"}
 
@@ -154,9 +156,14 @@ def _build(opts: Options, workdir: Path, timings: dict) -> dict:
         raise BuildError(f"--version: {problem}")
 
     with _Step("paddle model" if opts.model.suffix.lower() != ".onnx" else "x2paddle", timings):
-        model = paddle_model.resolve(opts.model, workdir)
+        model = paddle_model.resolve(opts.model, workdir, fields.get("inputs"))
         feeds = paddle_model.read_inputs(model)
     inputs = merge_inputs(feeds, fields.get("inputs"))
+    decoder = fields["decoder"]
+    if decoder["type"] == "gfl":  # write what the outputs say, so the manifest states every value
+        image = next(spec for spec in inputs if "fill" not in spec)["shape"]
+        size = tuple(image[2:4]) if fields["preprocess"].get("layout", "NCHW") == "NCHW" else tuple(image[1:3])
+        decoder = complete_gfl(decoder, paddle_model.read_output_shapes(model), None if -1 in size else size)
 
     root = bundle_writer.prepare_dir(opts.keep_dir or workdir / "bundle" / name)
     models = {}
@@ -166,11 +173,14 @@ def _build(opts: Options, workdir: Path, timings: dict) -> dict:
         models[target] = {"file": nb.name}
     manifest = {
         "schema": 1, "name": name, "version": version,
-        "task": fields.get("task") or TASK_BY_DECODER.get(fields["decoder"]["type"], "detection"),
+        "task": fields.get("task") or TASK_BY_DECODER.get(decoder["type"], "detection"),
         "paddle_lite_version": lite_version, "models": models, "inputs": inputs,
-        "preprocess": fields["preprocess"], "decoder": fields["decoder"],
+        "preprocess": fields["preprocess"], "decoder": decoder,
         "labels": bundle_writer.write_labels(root, names) if names else None,
     }
+    if fields.get("stages"):
+        manifest["schema"] = 2  # a lited that reads only schema 1 refuses it rather than ignore the stages
+        manifest["stages"] = add_stages(fields["stages"], opts.targets, root, workdir)
     if opts.notice:
         bundle_writer.copy_in(root, opts.notice, "NOTICE")
     manifest = bundle_writer.write_manifest(root, manifest)

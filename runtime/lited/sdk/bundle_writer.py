@@ -18,7 +18,7 @@ from lited.bundle import seal_models
 from lited.sdk import BuildError
 
 MANIFEST_ORDER = ("schema", "name", "version", "task", "paddle_lite_version", "models", "inputs",
-                  "preprocess", "decoder", "labels", "golden")
+                  "preprocess", "decoder", "labels", "stages", "golden")
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
@@ -38,7 +38,9 @@ def _bundle_file(path: Path) -> bool:
     """A name this builder writes into a bundle."""
     name = path.name
     return path.is_file() and (name in ("manifest.json", "README.md", "labels.txt", "NOTICE")
-                               or name.startswith("golden.") or fnmatch.fnmatch(name, "model_*.nb"))
+                               or name.startswith("golden.") or fnmatch.fnmatch(name, "*model_*.nb")
+                               or fnmatch.fnmatch(name, "*_labels.txt")
+                               or fnmatch.fnmatch(name, "*_model.pd*"))
 
 
 def prepare_dir(path: Path) -> Path:
@@ -55,9 +57,12 @@ def prepare_dir(path: Path) -> Path:
 def write_manifest(root: Path, manifest: dict) -> dict:
     """manifest.json with each model's sha256 and size filled in; returns what was written."""
     sealed = seal_models(manifest, root)
-    missing = sorted(set(manifest["models"]) - set(sealed["models"]))
-    if missing:
-        raise BuildError(f"{root}: model file for {', '.join(missing)} is missing")
+    parts = [("", manifest, sealed)] + [(f"stages[{i}].", stage, sealed["stages"][i])
+                                        for i, stage in enumerate(manifest.get("stages", []))]
+    for where, part, done in parts:
+        missing = sorted(set(part["models"]) - set(done["models"]))
+        if missing:
+            raise BuildError(f"{root}: {where}model file for {', '.join(missing)} is missing")
     ordered = {k: sealed[k] for k in MANIFEST_ORDER if k in sealed}
     (root / "manifest.json").write_text(to_json(ordered) + "\n", encoding="utf-8")
     return ordered

@@ -19,7 +19,7 @@ from lited.sdk.labels import LabelFile
 from lited.sdk.paddleclas_cfg import import_inference_cfg
 from lited.sdk.paddledet_cfg import import_infer_cfg
 
-FRAGMENT_KEYS = ("name", "version", "task", "inputs", "preprocess", "decoder", "labels")
+FRAGMENT_KEYS = ("name", "version", "task", "inputs", "preprocess", "decoder", "labels", "stages")
 # Whatever the builder computes itself; a whole manifest given as a fragment keeps the rest.
 BUILDER_KEYS = ("schema", "paddle_lite_version", "models", "golden")
 
@@ -59,7 +59,24 @@ def _fragment(data: dict, path: Path) -> dict:
     if "inputs" in fields and not (isinstance(fields["inputs"], list)
                                    and all(isinstance(i, dict) for i in fields["inputs"])):
         raise BuildError(f"{path.name}: inputs: expected a list of objects")
+    if "stages" in fields:
+        fields["stages"] = _stages(fields["stages"], path)
     return fields
+
+
+def _stages(stages: object, path: Path) -> list:
+    """A cascade's later stages: each names a built bundle (directory or zip,
+    relative to the fragment) and adds the stage fields (crop, select, ...)."""
+    if not isinstance(stages, list) or not stages or not all(isinstance(s, dict) for s in stages):
+        raise BuildError(f"{path.name}: stages: expected a list of objects")
+    out = []
+    for i, stage in enumerate(stages):
+        bundle = stage.get("bundle")
+        if not isinstance(bundle, str) or not bundle:
+            raise BuildError(f"{path.name}: stages[{i}].bundle: expected the path of a built bundle "
+                             "(directory or zip) for this stage's model")
+        out.append({**stage, "bundle": path.parent / bundle})
+    return out
 
 
 def import_config(path: Path) -> dict:

@@ -4,7 +4,8 @@ Names, order and dtype come from the model itself (what Paddle Lite will
 see; x2paddle renames ONNX inputs to `x2paddle_<name>`). A config may fill
 in sizes the model leaves dynamic (a PaddleDetection export is
 `[-1, 3, -1, -1]`, its infer_cfg.yml knows 640x640) but never contradict a
-fixed one: that would be a config for another model. The batch is always 1.
+fixed one: that would be a config for another model. The batch is 1, unless
+the config asks for -1 (a cascade stage that batches its crops).
 A PaddleDetection export's `im_shape` and `scale_factor` feeds are marked
 with `fill`: lited feeds them per frame, so they are not images.
 """
@@ -67,12 +68,16 @@ def _fill(feed: dict) -> str | None:
 def merge_inputs(feeds: list, wanted: list | None) -> list:
     """The manifest `inputs` from the model's feeds and the config's `inputs`."""
     out = [dict(feed) for feed in feeds]
+    batched = set()
     for j, i in _match(feeds, wanted or []).items():
-        out[i]["shape"] = _shape(feeds[i]["shape"], (wanted or [])[j].get("shape"), feeds[i]["name"])
-    for spec in out:
+        config_shape = (wanted or [])[j].get("shape")
+        out[i]["shape"] = _shape(feeds[i]["shape"], config_shape, feeds[i]["name"])
+        if config_shape and config_shape[0] == -1 and feeds[i]["shape"] and feeds[i]["shape"][0] == -1:
+            batched.add(i)
+    for i, spec in enumerate(out):
         fill = _fill(spec)
         if fill:
             spec["shape"], spec["fill"] = [1, 2], fill
-        elif spec["shape"]:
+        elif spec["shape"] and i not in batched:
             spec["shape"][0] = 1  # lited feeds one image at a time
     return out

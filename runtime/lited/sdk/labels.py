@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from lited.bundle import split_labels
+
 from lited.sdk import BuildError
 
 
@@ -31,8 +33,8 @@ class LabelFile:
         text = self.path.read_text(encoding="utf-8")
         if self.kind == "class_id_map":
             return _class_id_map(text, self.delimiter or " ", where)
-        names = [line.strip() for line in text.splitlines() if line.strip()]
-        if not names:
+        names = split_labels(text)  # kept exactly: a key file may hold " " or U+3000 as a label
+        if not any(name.strip() for name in names):
             raise BuildError(f"{where}: labels file {self.path} is empty")
         return names
 

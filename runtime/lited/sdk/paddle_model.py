@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from lited.sdk import BuildError, proc
+from lited.sdk import BuildError, dynamic_shapes, proc
 from lited.sdk.venv import tool
 
 
@@ -46,26 +46,52 @@ def _from_dir(directory: Path) -> PaddleModel:
     raise BuildError(f"{directory}: no .pdmodel file in it")
 
 
-def onnx_to_paddle(onnx_file: Path, workdir: Path) -> PaddleModel:
-    """Convert with x2paddle into workdir/x2paddle/inference_model/."""
-    out = workdir / "x2paddle"
-    proc.run([tool("x2paddle"), "--framework=onnx", f"--model={onnx_file}", f"--save_dir={out}",
-              "--disable_feedback=True"], workdir / "x2paddle.log", f"{onnx_file.name}: x2paddle")
+def _x2paddle(onnx_file: Path, workdir: Path, name: str, shapes: dict) -> Path:
+    """Convert with x2paddle into workdir/NAME/inference_model/; the model.pdmodel path."""
+    out = workdir / name
+    cmd = [tool("x2paddle"), "--framework=onnx", f"--model={onnx_file}", f"--save_dir={out}",
+           "--disable_feedback=True"]
+    if shapes:
+        cmd.append(f"--input_shape_dict={shapes!r}")
+    proc.run(cmd, workdir / f"{name}.log", f"{onnx_file.name}: x2paddle")
     model_file = out / "inference_model" / "model.pdmodel"
     if not model_file.is_file():
-        raise BuildError(f"{onnx_file.name}: x2paddle wrote no {model_file} (log {workdir / 'x2paddle.log'})")
+        raise BuildError(f"{onnx_file.name}: x2paddle wrote no {model_file} (log {workdir / f'{name}.log'})")
+    return model_file
+
+
+def onnx_to_paddle(onnx_file: Path, workdir: Path, inputs: list | None = None) -> PaddleModel:
+    """Convert with x2paddle into workdir/x2paddle/inference_model/. Sides the
+    config's `inputs` leave dynamic (-1) are asked for and checked to run at
+    two sizes, with x2paddle's folded reshapes repaired (dynamic_shapes.py)."""
+    asked = dynamic_shapes.shapes_to_ask(onnx_file, inputs)
+    model_file = _x2paddle(onnx_file, workdir, "x2paddle", asked)
+    if dynamic_shapes.needs_probe(asked):
+        prefix = str(model_file.with_suffix(""))
+        failure = dynamic_shapes.check_runs(prefix)
+        if failure:
+            pinned = _x2paddle(onnx_file, workdir, "x2paddle_pinned", dynamic_shapes.pinned(asked))
+            repaired = workdir / "repaired" / "model"
+            changed = dynamic_shapes.repair(prefix, str(pinned.with_suffix("")), str(repaired))
+            again = dynamic_shapes.check_runs(str(repaired))
+            if again or not changed:
+                raise BuildError(f"{onnx_file.name}: x2paddle's program does not run at other sizes of the "
+                                 f"dynamic input sides {asked} ({again or failure}); give fixed sizes in the "
+                                 "config's inputs")
+            model_file = repaired.with_suffix(".pdmodel")
     return PaddleModel(model_file, model_file.with_suffix(".pdiparams"), onnx_file)
 
 
-def resolve(model: Path, workdir: Path) -> PaddleModel:
-    """The Paddle model for MODEL, converting an ONNX file on the way."""
+def resolve(model: Path, workdir: Path, inputs: list | None = None) -> PaddleModel:
+    """The Paddle model for MODEL, converting an ONNX file on the way (with
+    the config's `inputs`, whose dynamic sides the conversion keeps)."""
     if not model.exists():
         raise BuildError(f"{model}: not found")
     if model.is_dir():
         return _from_dir(model)
     suffix = model.suffix.lower()
     if suffix == ".onnx":
-        return onnx_to_paddle(model, workdir)
+        return onnx_to_paddle(model, workdir, inputs)
     if suffix == ".pdmodel":
         return _pair(model, str(model))
     raise BuildError(f"{model}: expected an .onnx file, a .pdmodel or a directory holding one")
@@ -94,3 +120,15 @@ def read_inputs(model: PaddleModel) -> list:
         inputs.append({"name": name, "shape": [int(d) for d in var.shape],
                        "dtype": str(var.dtype).replace("paddle.", "")})
     return inputs
+
+
+def read_output_shapes(model: PaddleModel) -> list:
+    """The shapes of the model's outputs in order, -1 where unknown (what a
+    decoder's layout can be read from at build time)."""
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    import paddle
+
+    paddle.enable_static()
+    _, _, fetches = paddle.static.load_inference_model(str(model.model_file.with_suffix("")),
+                                                       paddle.static.Executor(paddle.CPUPlace()))
+    return [[int(d) for d in var.shape] for var in fetches]

@@ -1,10 +1,13 @@
-"""PaddleDetection `infer_cfg.yml` -> manifest fields (decoder `boxes`).
+"""PaddleDetection `infer_cfg.yml` -> manifest fields (decoder `boxes` or `gfl`).
 
 What `tools/export_model.py` writes next to model.pdmodel: `arch`,
 `draw_threshold`, `Preprocess` (ops applied in order to an RGB image, see
-deploy/python/preprocess.py), `label_list` and, for PicoDet, `NMS`. Only
-exports with NMS in the graph give lited's `[N, 6]` boxes; the mapping and
-its approximations are listed in docs/build_sdk.md.
+deploy/python/preprocess.py), `label_list` and, for PicoDet, `NMS` and
+`fpn_stride`. An export with NMS in the graph gives `[N, 6]` boxes (decoder
+`boxes`; PicoDet's export then says `arch: GFL`); a PicoDet exported without
+post-process keeps `arch: PicoDet` and gives the head's raw per-level maps
+(decoder `gfl`, with the yml's `NMS` and `fpn_stride`). The mapping and its
+approximations are listed in docs/build_sdk.md.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ class _Pre:
         self.scale = 1.0
         self.mean = [0.0, 0.0, 0.0]
         self.std = [1.0, 1.0, 1.0]
+        self.normalized = False  # a NormalizeImage op came (its mean/std are in the image's order then)
 
     def set_resize(self, resize: dict, size: tuple, at: str) -> None:
         if self.resize is not None:
@@ -73,6 +77,7 @@ def _normalize(op: dict, pre: _Pre, at: str) -> None:
     check_params(op, {"type", "mean", "std", "is_scale", "norm_type"}, at, "NormalizeImage")
     pre.scale = ONE_OVER_255 if op.get("is_scale", True) else 1.0
     norm_type = op.get("norm_type", "mean_std")
+    pre.normalized = True
     if norm_type == "mean_std":
         pre.mean = triple(op.get("mean"), f"{at}: NormalizeImage: mean")
         pre.std = triple(op.get("std"), f"{at}: NormalizeImage: std")
@@ -86,6 +91,8 @@ def _permute(op: dict, pre: _Pre, at: str) -> None:
         pre.layout = "NCHW"
     if op.get("to_bgr", False):
         pre.color = "BGR"
+        if pre.normalized:  # normalised in RGB order, then the channels swapped: mean[c] is per model channel
+            pre.mean, pre.std = pre.mean[::-1], pre.std[::-1]
 
 
 def _pad_stride(op: dict, pre: _Pre, at: str) -> None:
@@ -103,10 +110,48 @@ def _check_arch(cfg: dict, where: str) -> str:
         raise BuildError(f"{where}: arch: missing (not a PaddleDetection infer_cfg.yml?)")
     if arch in NOT_BOXES:
         raise BuildError(f"{where}: arch '{arch}': a {NOT_BOXES[arch]} model, which no lited decoder reads")
-    if arch == "PicoDet" and "NMS" in cfg:
-        raise BuildError(f"{where}: arch 'PicoDet' was exported without post-process (raw scores and "
-                         "boxes, NMS outside the graph); re-export with -o export.post_process=True")
     return arch
+
+
+def _gfl_decoder(cfg: dict, where: str) -> dict:
+    """A PicoDet exported without post-process: the head's maps, decoded by
+    `gfl` with the yml's NMS and strides. `reg_max` is not in the yml: the
+    builder reads it from the model's output shapes (complete_gfl)."""
+    nms = cfg["NMS"]
+    if not isinstance(nms, dict):
+        raise BuildError(f"{where}: NMS: expected a mapping (nms_threshold, keep_top_k, nms_top_k, ...)")
+    strides = cfg.get("fpn_stride")
+    if not (isinstance(strides, list) and strides and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in strides)):
+        raise BuildError(f"{where}: fpn_stride: expected a list of positive strides, got {strides!r}")
+    decoder = {"type": "gfl", "score_threshold": number(cfg.get("draw_threshold", 0.5), f"{where}: draw_threshold"),
+               "nms_iou": number(nms.get("nms_threshold", 0.5), f"{where}: NMS: nms_threshold"),
+               "top_k": 100, "nms_top_k": 1000, "strides": list(strides), "reg_max": -1,
+               "cell_offset": 0.5, "cls_activation": "none", "multi_label": True, "class_agnostic": False}
+    for key, field in (("keep_top_k", "top_k"), ("nms_top_k", "nms_top_k")):
+        value = nms.get(key)
+        if value is not None:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise BuildError(f"{where}: NMS: {key}: expected an integer, got {value!r}")
+            decoder[field] = value if value > 0 else 0
+    return decoder
+
+
+def complete_gfl(decoder: dict, output_shapes: list, input_hw: tuple | None) -> dict:
+    """The `gfl` decoder with `reg_max` (and `strides`, if missing) read from
+    the model's output shapes, so the manifest states every value."""
+    if decoder.get("type") != "gfl" or decoder.get("reg_max", -1) >= 0:
+        return decoder
+    from lited.decoders.gfl import LayoutError, resolve_layout
+
+    shapes = [tuple(1 if d == -1 and axis == 0 else d for axis, d in enumerate(s)) for s in output_shapes]
+    if input_hw is None or any(d < 0 for s in shapes for d in s):
+        return decoder  # sizes only known at run time: the decoder finds reg_max from the outputs
+    try:
+        layout = resolve_layout(shapes, input_hw, decoder.get("strides") or ())
+    except LayoutError as exc:
+        raise BuildError(f"decoder gfl: the model's outputs {output_shapes}: {exc}") from None
+    return {**decoder, "reg_max": layout.reg_max, "strides": sorted(lv["stride"] for lv in layout.levels)}
 
 
 def _apply_stride(pre: _Pre, at: str) -> None:
@@ -140,10 +185,13 @@ def import_infer_cfg(cfg: dict, path: Path) -> dict:
     _apply_stride(pre, f"{where}: Preprocess")
     if pre.resize["mode"] == "keep_ratio" and "multiple" not in pre.resize:
         pre.resize["multiple"] = 1  # no PadStride: PaddleDetection does not round the size
-    decoder: dict = {"type": "boxes", "score_threshold": number(cfg.get("draw_threshold", 0.5),
-                                                                f"{where}: draw_threshold")}
-    keep = (cfg.get("NMS") or {}).get("keep_top_k")
-    decoder["top_k"] = int(keep) if isinstance(keep, int) and keep > 0 else 100
+    if _check_arch(cfg, where) == "PicoDet" and "NMS" in cfg:  # arch GFL: a PicoDet export with NMS
+        decoder = _gfl_decoder(cfg, where)
+    else:
+        decoder = {"type": "boxes", "score_threshold": number(cfg.get("draw_threshold", 0.5),
+                                                              f"{where}: draw_threshold")}
+        keep = (cfg.get("NMS") or {}).get("keep_top_k")
+        decoder["top_k"] = int(keep) if isinstance(keep, int) and keep > 0 else 100
     labels = cfg.get("label_list")
     if labels is not None and not isinstance(labels, list):
         raise BuildError(f"{where}: label_list: expected a list of names")

@@ -45,14 +45,24 @@ def render(manifest: dict, build: dict) -> str:
         lines.append(f"| `{manifest['golden']['image']}` | self-test image and, in the manifest, its expected result |")
     if build.get("notice"):
         lines.append("| `NOTICE` | licence and source of the model |")
+    for stage in manifest.get("stages", []):
+        for target, model in stage["models"].items():
+            lines.append(f"| `{model['file']}` | stage `{stage['name']}`: Paddle Lite model for "
+                         f"{TARGET_NOTES.get(target, target)}, {model['size']} bytes |")
+        if stage.get("labels"):
+            lines.append(f"| `{stage['labels']}` | stage `{stage['name']}`: its labels, one a line |")
     lines += ["", "## Model", ""]
     for spec in manifest["inputs"]:
         lines.append(f"- input `{spec['name']}`: {spec['shape']} {spec.get('dtype', 'float32')}")
     lines += [f"- preprocessing: {pre.get('color', 'BGR')}, resize {_resize(pre)}, "
               f"out = (pixel x {pre.get('scale', 1 / 255):.6g} - mean {pre.get('mean', [0, 0, 0])}) "
               f"/ std {pre.get('std', [1, 1, 1])}, {pre.get('layout', 'NCHW')}",
-              f"- decoder: `{json.dumps(manifest['decoder'])}`", "",
-              "## Use", "", "```",
+              f"- decoder: `{json.dumps(manifest['decoder'])}`"]
+    for stage in manifest.get("stages", []):
+        lines.append(f"- then stage `{stage['name']}` on crops of the detections ({stage.get('crop', {'mode': 'box'})['mode']}): "
+                     f"input {stage['inputs'][0]['shape']}, resize {_resize(stage['preprocess'])}, "
+                     f"decoder `{json.dumps(stage['decoder'])}`")
+    lines += ["", "## Use", "", "```",
               f"lited inspect --bundle {name}            # what it holds, checked",
               f"lited infer --bundle {name} photo.jpg    # run it on an image",
               f"lited selftest --bundle {name}           # the golden image gives the expected result",

@@ -7,4 +7,6 @@
     bus.py        the ZeroMQ front end: PUB for results and events, ROUTER for requests
     sdnotify.py   systemd notify and the watchdog fed by loop beats
     logs.py       journald logging with structured fields
+    uplink.py     the MQTT uplink: selected results, crops, events, health out; answers, requests in
+    outbox.py     the uplink's durable, bounded store-and-forward on disk
 """

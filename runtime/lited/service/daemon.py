@@ -27,6 +27,8 @@ import threading
 import time
 from typing import Any, Callable, ClassVar, Optional
 
+import numpy as np
+
 from lited import __version__, protocol
 from lited.bundle import BundleError, load_bundle
 from lited.config import Config, ConfigError, StreamConfig, load_config
@@ -37,9 +39,10 @@ from lited.protocol import ProtocolError
 from lited.service.bus import Bus, Curve
 from lited.service.requests import Requests
 from lited.service.sdnotify import Notifier, Watchdog
+from lited.service.uplink import Uplink
 from lited.sources import SourceError
 from lited.stream import Stream
-from lited.stream.ring import sweep_stale
+from lited.stream.ring import RingError, sweep_stale
 from lited.errors import first_line
 
 log = logging.getLogger("lited.daemon")
@@ -83,6 +86,8 @@ class Daemon:
         self.requests = Requests(self, config.request_workers, config.max_request_bytes, config.max_inflight_bytes,
                                  config.engine_timeout, heartbeat=self.watchdog.beat)
         self.bus: Optional[Bus] = None
+        self.http: Any = None  # service/http.HttpFront when the config has `http` (tornado is imported only then)
+        self.uplink: Optional[Uplink] = None
 
     # -- start and stop
     def install_signal_handlers(self) -> None:
@@ -109,8 +114,14 @@ class Daemon:
             self.generation[name] = 0
         for name in ("bus", "main", *self.requests.loop_names):
             self.watchdog.register(name)
-        self.bus.start()
         self.requests.start()
+        if cfg.http is not None:  # before the bus loop: once `ping` answers, HTTP is served too
+            self._start_http()
+        self.bus.start()
+        if cfg.uplink is not None:
+            self.uplink = Uplink(cfg.uplink, self.requests.call, self._publish_answer, self._read_frame,
+                                 self._health)
+            self.uplink.start()
         for sc in cfg.streams:
             if self.stop_event.is_set():
                 return
@@ -120,7 +131,18 @@ class Daemon:
         self.notifier.ready(self.status_line())
         self.watchdog.start()
         self._daemon_event("ready", f"{len(self.streams)} streams, {len(self.bundles)} models")
-        log.info("serving: pub %s, req %s", " ".join(cfg.pub), " ".join(cfg.req), extra={"event": "ready"})
+        log.info("serving: pub %s, req %s%s", " ".join(cfg.pub), " ".join(cfg.req),
+                 f", http {' '.join(self.http.listening)}" if self.http else "", extra={"event": "ready"})
+
+    def _start_http(self) -> None:
+        try:
+            from lited.service.http import HttpFront
+        except ImportError as exc:
+            raise ConfigError(str(self.config.path or "<config>"),
+                              [f"http: needs the 'http' extra (pip install 'lited[http]'): {exc}"]) from None
+        self.watchdog.register("http")
+        self.http = HttpFront(self, self.config.http, heartbeat=lambda: self.watchdog.beat("http"))
+        self.http.start()
 
     def _start_stream(self, sc: StreamConfig) -> Stream:
         bundle = self.bundles[sc.model]
@@ -152,8 +174,13 @@ class Daemon:
         self.notifier.stopping("stopping")
         self._daemon_event("stopping", "")
         self.stop_event.set()
+        if self.http is not None:
+            self.http.stop()
+            self.watchdog.unregister("http")
         for name in list(self.streams):
             self._stop_stream(name)
+        if self.uplink is not None:
+            self.uplink.stop()
         self.requests.stop()
         self.watchdog.stop()
         if self.bus is not None:
@@ -180,12 +207,45 @@ class Daemon:
             self.stop_event.wait(0.2)
         self.stop()
 
-    # -- results and events
+    # -- results and events (from the stream threads: nothing here may block)
     def _publish_result(self, result: dict) -> None:
         self.bus.publish(protocol.result_topic(result["stream"]), protocol.encode_result(result))
+        if self.http is not None:
+            self.http.on_result(result)
+        if self.uplink is not None:
+            self.uplink.offer_result(result)
 
     def _publish_event(self, event: dict) -> None:
         self.bus.publish(protocol.event_topic(event["stream"]), protocol.encode_event(event))
+        if self.http is not None:
+            self.http.on_event(event)
+        if self.uplink is not None:
+            self.uplink.offer_event(event)
+
+    def _publish_answer(self, stream: str, answer: dict) -> None:
+        """A server's answer to one of our crops, from the uplink: on the local bus."""
+        self.bus.publish(protocol.answer_topic(stream), protocol.encode_answer(answer))
+
+    def _read_frame(self, result: dict, out: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        """A copy of the result's own frame (into `out` when it fits), None if it is gone."""
+        stream = self.streams.get(result["stream"])
+        ring = stream.ring if stream is not None else None
+        if ring is None or ring.name != result.get("ring"):
+            return None
+        if out is None or out.shape != ring.shape:
+            out = None
+        try:
+            return ring.read(result["slot"], result["slot_seq"], out)
+        except RingError:       # rebuilt or closed meanwhile
+            return None
+
+    def _health(self) -> dict:
+        """The short health the uplink's retained status message carries."""
+        return {"uptime_s": round(time.monotonic() - self.started, 1), "rss_mb": round(_rss_kb() / 1024, 1),
+                "models": {n: b.version for n, b in list(self.bundles.items())},
+                "streams": [{"stream": s.name, "state": s.current_state(), "fps": round(s.fps(), 2)}
+                            for s in list(self.streams.values())],
+                "last_reload": self.last_reload}
 
     def _daemon_event(self, kind: str, detail: str, **extra: Any) -> None:
         if self.bus is not None:
@@ -281,6 +341,11 @@ class Daemon:
                 if name not in self.streams:
                     self._start_stream(sc)
             self.config.streams = new.streams
+            if self.uplink is not None and new.uplink is not None:
+                self.uplink.update_rules(new.uplink)
+            elif (self.uplink is None) != (new.uplink is None):
+                log.warning("uplink %s in the config: restart lited to apply",
+                            "added" if self.uplink is None else "removed", extra={"event": "reload"})
         except LOAD_ERRORS as exc:
             self._record_reload(False, f"{first_line(exc)}; the old models keep serving")
             return
@@ -309,20 +374,25 @@ class Daemon:
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "engines_rss_mb": round(sum(_rss_kb(pid) for pid in child_pids()) / 1024, 1),
             "models": {n: {"version": b.version, "bundle": str(b.root), "task": b.task}
-                       for n, b in self.bundles.items()},
-            "streams": [s.status() for s in self.streams.values()],
+                       for n, b in list(self.bundles.items())},
+            # copies: a reload (main thread) may add or remove streams while a front end asks
+            "streams": [s.status() for s in list(self.streams.values())],
             "last_reload": self.last_reload,
             "watchdog_stale": self.watchdog.stale(),
             "requests": self.requests.stats(),
             "bus": self.bus.stats() if self.bus is not None else {},
+            **({"http": self.http.status()} if self.http is not None else {}),
+            "uplink": self.uplink.status() if self.uplink is not None else None,
         }
 
     def status_line(self) -> str:
-        parts = [f"{s.name} {s.current_state()} {s.fps():.1f} fps" for s in self.streams.values()]
-        models = ", ".join(f"{n} {b.version}" for n, b in self.bundles.items())
+        parts = [f"{s.name} {s.current_state()} {s.fps():.1f} fps" for s in list(self.streams.values())]
+        models = ", ".join(f"{n} {b.version}" for n, b in list(self.bundles.items()))
         line = "; ".join(parts) or "no streams"
         if self.last_reload and not self.last_reload.get("ok"):
             line += " | last reload FAILED"
+        if self.uplink is not None:
+            line += f" | {self.uplink.status_line()}"
         return f"{line} | models: {models}"
 
 

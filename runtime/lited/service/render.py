@@ -17,7 +17,8 @@ def draw_result(frame: np.ndarray, result: dict) -> None:
             cv2.polylines(frame, [np.array(poly, np.int32)], True, GREEN, 2)
         else:
             cv2.rectangle(frame, (x1, y1), (x2, y2), GREEN, 2)
-        cv2.putText(frame, f"{d['label']} {d['score']:.2f}", (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX,
+        caption = d["text"] if d.get("text") else f"{d['label']} {d['score']:.2f}"  # a cascade's text
+        cv2.putText(frame, caption, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX,
                     0.45, GREEN, 1, cv2.LINE_AA)
     for i, c in enumerate(result.get("classes", [])[:3]):
         cv2.putText(frame, f"{c['label']} {c['score']:.2f}", (8, 20 + 18 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.5,

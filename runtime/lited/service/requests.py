@@ -317,7 +317,7 @@ class Requests:
         cost = 3 * int(np.prod(ring.shape))  # the frame's copy, OpenCV's JPEG buffer and the reply's bytes
         self._reserve(cost, f"a snapshot of stream '{name}'")
         try:
-            frame = ring.read(result["slot"], result["slot_seq"]) if result["ring"] == ring.name else None
+            frame = stream.result_frame(result)
             if frame is None:  # the result's own frame was overwritten: take the newest and say so
                 latest = ring.latest()
                 frame = ring.read(*latest) if latest else None

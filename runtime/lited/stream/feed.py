@@ -43,7 +43,7 @@ class Feed:
 
     def publish(self, result: dict) -> None:
         """A result is ready: count it and hand it on (must not block)."""
-        self.stats.result_published(result["timings_ms"])
+        self.stats.result_published(result["timings_ms"], (result["model"], result["model_version"]))
         self._handoff.result_published(result["seq"])
         self._publish(result)
 

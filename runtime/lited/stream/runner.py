@@ -11,7 +11,13 @@
   collects the runs in order, waiting on a socket with the GIL released. If
   the engine process dies, the frames it had are lost and it is restarted
   after a capped backoff; the stream goes on.
-- post: decodes an output set and publishes, while the engine runs the next frames.
+- post: decodes an output set and publishes, while the engine runs the next
+  frames. A cascade's later stages run here too (their engines in processes
+  of their own): the crops are cut from the frame's ring slot, whose seq is
+  re-checked once they are cut, so nothing computed from a torn frame is
+  attached. When the post thread is the bottleneck (a cascade), prep takes
+  frames only as fast as post can use them, so a frame is still in its slot
+  when its crops are cut.
 
 A runner talks to its stream only through the `Feed` it is given. A reload
 builds a new runner beside the old one, warms it up, then the stream swaps
@@ -25,11 +31,13 @@ import threading
 import time
 from typing import Callable, ClassVar, Optional
 
+from lited.cascade import StageError
 from lited.engines import EngineError
 from lited.preprocess import Preprocessor
 from lited.stream.backoff import Backoff
 from lited.stream.feed import Feed
 from lited.stream.ring import RingError
+from lited.stream.stats import StageTimer
 
 log = logging.getLogger("lited.stream")
 
@@ -43,6 +51,7 @@ class ModelRunner:
     """
 
     RUNS_IN_FLIGHT = 2  # one running, one queued behind it
+    POST_PROGRESS_S = 60.0  # a cascade engine run slower than this counts as hung (no watchdog beats)
     # Test hook: tests install a callable(runner) that runs in the infer thread
     # before each collect, to inject faults (a wedged driver call). None in production.
     fault_hook: ClassVar[Optional[Callable[["ModelRunner"], None]]] = None
@@ -67,6 +76,9 @@ class ModelRunner:
         self._last_done = 0.0
         self._infer_s = 0.0
         self._prep_s = 0.0
+        self._post_s = 0.0                      # a frame's post time (decode + cascade): up at once, down slowly
+        self._post_started: Optional[float] = None  # when post took up its current frame (None: idle)
+        self._post_progress = time.monotonic()  # the post thread's last sign of life
         self._restarts = Backoff()
         name = feed.name
         self._infer = threading.Thread(target=self._infer_loop, name=f"infer-{name}", daemon=True)
@@ -126,6 +138,7 @@ class ModelRunner:
         self._prep.start()
         self._post.start()
         engine = self.model.engine
+        waited_for_post = False
         while not self._stop.is_set():
             self.feed.beat()
             with self._cond:
@@ -157,13 +170,17 @@ class ModelRunner:
                 self._cond.notify_all()
             started = max(info.pop("_submitted_at"), self._last_done)  # when the engine took it up
             self._last_done = t1
-            self._infer_s += 0.2 * ((t1 - started) - self._infer_s)
+            if not waited_for_post:  # else the run ended while this thread waited: its time is unknown
+                self._infer_s += 0.2 * ((t1 - started) - self._infer_s)
             timings = info["timings_ms"]
             timings["queue"] = (started - info.pop("_prepped_at")) * 1e3
             timings["infer"] = (t1 - started) * 1e3
             with self._cond:
+                waited_for_post = self._post_box is not None
                 while self._post_box is not None and not self._stop.is_set():
                     self._cond.wait(0.5)
+                    if time.monotonic() - self._post_progress < self.POST_PROGRESS_S:
+                        self.feed.beat()  # waiting for a slow cascade is not hanging
                 self._post_box = (output_set, outputs, geom, info)
                 self._cond.notify_all()
             self._restarts.reset()
@@ -202,7 +219,7 @@ class ModelRunner:
             except EngineError as again:
                 exc = again
 
-    # -- post thread: decode and publish while the engine runs the next frames
+    # -- post thread: decode (and run the cascade) and publish while the engine runs the next frames
     def _post_loop(self) -> None:
         model = self.model
         decoder = model.decoder
@@ -214,6 +231,7 @@ class ModelRunner:
                     continue
                 output_set, outputs, geom, info = self._post_box
                 self._post_box = None
+                self._post_started = time.monotonic()
                 self._cond.notify_all()
             t0 = time.perf_counter()
             decoded = decoder.decode(outputs, geom)
@@ -221,9 +239,62 @@ class ModelRunner:
             self._put_back(self._free_outputs, output_set)
             timings = info["timings_ms"]
             timings["postprocess"] = (t1 - t0) * 1e3
+            ring = info.pop("_ring", None)
+            ran = True
+            if model.cascade and decoded["detections"]:
+                ran = self._run_cascade(ring, info, decoded["detections"], timings)
+            if ran:  # a torn frame's quick post says nothing about the next one
+                took = time.perf_counter() - t0  # up at once, down slowly: a cascade's cost varies
+                self._post_s = took if took > self._post_s else self._post_s + 0.2 * (took - self._post_s)
+            self._post_started = None
             timings["total"] = (time.monotonic_ns() - info.pop("_captured_ns")) / 1e6
             self.feed.publish({**info, "task": model.task, "model": model.name,
                                "model_version": model.version, **decoded})
+
+    def _run_cascade(self, ring, info: dict, detections: list, timings: dict) -> bool:
+        """Cut the crops from the frame's ring slot, check the slot still holds
+        the frame, then run the later stages, which add their fields to the
+        detections. A torn frame (the slot was reused meanwhile; False) or a
+        failed stage engine leaves the detections without those fields."""
+        timer = StageTimer(timings)
+        cascade = self.model.cascade
+        try:
+            crops = cascade.cut(ring.view(info["slot"]), detections)
+            intact = ring.is_current(info["slot"], info["slot_seq"])
+        except (RingError, ValueError):
+            intact = False
+        timer.lap("crop")
+        if not intact:
+            self.feed.stats.count("torn")
+            return False
+        try:
+            cascade.run(crops, detections, timer, self._post_alive)
+        except StageError as exc:
+            for stage in cascade.stages:  # all or nothing: no half-read frame
+                for det in detections:
+                    for key in stage.adds:
+                        det.pop(key, None)
+            self._restart_stage_engine(exc)
+        return True
+
+    def _post_alive(self) -> None:
+        self._post_progress = time.monotonic()
+
+    def _restart_stage_engine(self, exc: "StageError") -> None:
+        """A cascade stage's engine failed (its process died): say so and
+        start a fresh one; this frame's stage fields are lost, the stream
+        goes on (the next failure tries again)."""
+        if self._stop.is_set():  # stopping closed it
+            return
+        feed = self.feed
+        feed.stats.count("engine_restarts")
+        log.warning("stream %s: %s; restarting its engine", feed.name, exc,
+                    extra={"stream": feed.name, "event": "engine"})
+        feed.event("engine", f"{exc}; restarting")
+        try:
+            exc.stage.part.engine.restart()
+        except EngineError as again:
+            feed.event("engine", f"stage {exc.stage.name}: {again}")
 
     # -- prep thread: newest frame -> a free input set of the engine -> submitted
     def _prep_loop(self) -> None:
@@ -261,6 +332,8 @@ class ModelRunner:
                     "timings_ms": {"capture": feed.stats.capture_ms(frame.number),
                                    "wait": (time.monotonic_ns() - meta.ts_ns) / 1e6 - prep_ms,
                                    "preprocess": prep_ms}}
+            if model.cascade:
+                info["_ring"] = ring  # post cuts the crops from the frame
             if not self._submit(engine, input_set, geom, info):
                 return
 
@@ -295,11 +368,29 @@ class ModelRunner:
         """Latest frame wins, so take it as late as possible: while the engine
         has runs, wait until about one prep time (plus a margin) before the
         last of them is done, so the inferred frame is the freshest and the
-        engine still never idles."""
-        started = self._run_started
-        if started is None:
-            return
-        ready_at = started + self._infer_s * len(self._inflight) - 1.5 * self._prep_s - 0.001
-        delay = min(ready_at - time.monotonic(), 1.0)
-        if delay > 0:
-            self._stop.wait(delay)
+        engine still never idles. When the post thread is slower than the
+        engine (a cascade), wait instead until the frame's inference would end
+        just as post is free for it: a frame never waits seconds for post
+        while its ring slot is reused."""
+        give_up = time.monotonic() + max(1.0, 2.0 * (self._infer_s + self._post_s))
+        while not self._stop.is_set():
+            now = time.monotonic()
+            ready_at = self._ready_at(now)
+            if ready_at is None or ready_at <= now or now >= give_up:
+                return
+            self._stop.wait(min(ready_at - now, give_up - now, 0.5))
+
+    def _ready_at(self, now: float) -> Optional[float]:
+        """When prep should take the next frame (None: now)."""
+        margin = 1.5 * self._prep_s + 0.001
+        with self._cond:
+            started, inflight = self._run_started, len(self._inflight)
+            waiting = inflight + (self._post_box is not None)
+            post_started = self._post_started
+        ready = None if started is None else started + self._infer_s * inflight - margin
+        if self._post_s > self._infer_s:
+            post_free = (post_started + self._post_s if post_started is not None else now) + self._post_s * waiting
+            post_ready = post_free - self._infer_s - margin
+            ready = post_ready if ready is None else max(ready, post_ready)
+        return ready
+

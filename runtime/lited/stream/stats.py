@@ -6,6 +6,7 @@ read by `status()`.
 """
 from __future__ import annotations
 
+import bisect
 import collections
 import time
 from typing import Dict, Optional
@@ -16,6 +17,9 @@ import numpy as np
 # total: published -> result ready (wait + preprocess + queue + infer + postprocess)
 STAGES = ("capture", "wait", "preprocess", "queue", "infer", "postprocess", "total")
 COUNTERS = ("captured", "inferred", "skipped", "torn", "reconnects", "errors", "engine_restarts")
+# Upper bounds (ms) of the latency histograms' buckets (Prometheus `le`), +Inf implied
+BUCKETS_MS = (1, 2.5, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000, 2500, 5000, 10000)
+MODEL_VERSIONS_KEPT = 8  # histograms of this many (model, version) pairs per stream, the newest
 
 
 class StageTimer:
@@ -56,12 +60,34 @@ class Timings:
         return out
 
 
+class StageHistograms:
+    """Cumulative latency histograms per stage since the start, for /metrics.
+
+    One writer (the stream's post thread): a bisect and two adds per stage
+    per result, no lock; a scrape reading meanwhile may see a result half
+    counted, which Prometheus' rate() does not mind."""
+
+    __slots__ = ("counts", "sums")
+
+    def __init__(self) -> None:
+        self.counts = {stage: [0] * (len(BUCKETS_MS) + 1) for stage in STAGES}  # per bucket, last: over all
+        self.sums = dict.fromkeys(STAGES, 0.0)
+
+    def add(self, timings: dict) -> None:
+        for stage, ms in timings.items():
+            counts = self.counts.get(stage)
+            if counts is not None:
+                counts[bisect.bisect_left(BUCKETS_MS, ms)] += 1
+                self.sums[stage] += ms
+
+
 class StreamStats:
     """Counters, latencies and the capture rate of one stream."""
 
     def __init__(self, window: int = 512) -> None:
         self.counters = collections.Counter({name: 0 for name in COUNTERS})
         self.timings = Timings(window)
+        self.histograms: Dict[tuple, StageHistograms] = {}  # (model, version) -> since the start
         self.last_frame_at = 0.0
         self._captured_at: collections.deque = collections.deque(maxlen=64)
         self._capture_ms: Dict[int, float] = {}
@@ -83,9 +109,16 @@ class StreamStats:
         """How long reading frame `frame` took (0 once it is forgotten)."""
         return self._capture_ms.get(frame, 0.0)
 
-    def result_published(self, timings: dict) -> None:
+    def result_published(self, timings: dict, model: tuple = ("", "")) -> None:
+        """A result of `model` (name, version) with these stage timings is out."""
         self.counters["inferred"] += 1
         self.timings.add(timings)
+        hist = self.histograms.get(model)
+        if hist is None:
+            if len(self.histograms) >= MODEL_VERSIONS_KEPT:
+                self.histograms.pop(next(iter(self.histograms)))
+            hist = self.histograms[model] = StageHistograms()
+        hist.add(timings)
 
     def fps(self, idle_after: float) -> float:
         """Capture rate over the last frames; 0 after `idle_after` s without one."""

@@ -13,12 +13,14 @@ import threading
 import time
 from typing import Callable, Optional, Union
 
+import numpy as np
+
 from lited.sources import open_source
 from lited.stream.backoff import Backoff
 from lited.stream.capture import CaptureLoop
 from lited.stream.feed import Feed
 from lited.stream.handoff import FrameHandoff
-from lited.stream.ring import FrameRing
+from lited.stream.ring import FrameRing, RingError
 from lited.stream.runner import ModelRunner
 from lited.stream.stats import StreamStats
 
@@ -99,6 +101,19 @@ class Stream:
     def ring(self) -> Optional[FrameRing]:
         """The ring frames are written to now (None before the first frame)."""
         return self._capture.ring
+
+    def result_frame(self, result: dict, out: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
+        """A copy (into `out` when it fits) of the frame `result` was computed
+        from; None once the ring reused its slot or was rebuilt."""
+        ring = self.ring
+        if ring is None or result.get("ring") != ring.name or ring.shape[:2] != (result["height"], result["width"]):
+            return None
+        if out is not None and (out.shape != ring.shape or out.dtype != ring.dtype):
+            out = None
+        try:
+            return ring.read(result["slot"], result["slot_seq"], out)
+        except RingError:  # closed under us (the stream stopped or the frame size changed)
+            return None
 
     @property
     def counters(self) -> dict:

@@ -1,0 +1,759 @@
+"""The HTTP front end: the API, a live page and /metrics (docs/http.md).
+
+Built on tornado (imported only when the config has `http`): one thread
+("http") runs one asyncio loop serving every client, MJPEG and
+server-sent-events clients included, as coroutines rather than a thread
+each; bodies are streamed, so a body is refused from its Content-Length
+before any of it is read.
+
+Rules it keeps:
+- heavy work never runs on the loop: infer, reload and snapshot go to the
+  request core (service/requests.py), the bus's path, and come back with its
+  error codes; JPEGs for live views are encoded by service/live.py;
+- every answer is JSON or an image, never a traceback: errors are
+  `{"v": 1, "ok": false, "error": {"code", "message"}}` with an HTTP status
+  per code (HTTP_STATUS);
+- memory is bounded: a body by `max_body_bytes`, all bodies in flight
+  (counted `BODY_COPIES` times: the body and the image taken out of it)
+  by `body_budget_bytes` until their answer is sent; live and event clients
+  are capped, each holding at most one frame or a bounded queue;
+- any address but loopback needs the bearer token (config.py refuses it
+  otherwise); the page gets it once as `/?token=...` and keeps it in an
+  HttpOnly, SameSite=Strict cookie.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import concurrent.futures
+import hmac
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol
+from urllib.parse import urlsplit
+
+import cv2
+import numpy as np
+import tornado.httpserver
+import tornado.ioloop
+import tornado.iostream
+import tornado.netutil
+import tornado.web
+from tornado.httputil import parse_body_arguments
+
+from lited.config import BODY_COPIES, HttpConfig
+from lited.protocol import ProtocolError, event_message, json_ready, result_message
+from lited.service import easyedge, live
+from lited.service.metrics import Metrics
+from lited.service.render import draw_result
+
+log = logging.getLogger("lited.http")
+
+HTTP_STATUS = {"bad_request": 400, "unauthorized": 401, "forbidden": 403, "not_found": 404,
+               "unknown_method": 405, "too_large": 413, "failed": 500, "busy": 503}
+CODE_OF_STATUS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                  405: "unknown_method", 413: "too_large", 503: "busy"}
+EVENT_QUEUE = 256         # messages waiting per server-sent-events client before it loses some
+SEND_TIMEOUT = 10.0       # s a streaming client may take to read a frame or message before it is dropped
+PAGE_DIR = Path(__file__).with_name("page")
+PAGE_FILES = {"lited.js": "application/javascript; charset=utf-8", "lited.css": "text/css; charset=utf-8"}
+COOKIE = "lited_token"
+NAME = r"([A-Za-z0-9_][A-Za-z0-9_.-]{0,63})"
+
+
+class Service(Protocol):
+    """What the front end needs of the daemon (service/daemon.py)."""
+    bundles: dict
+    streams: dict
+    requests: Any   # service/requests.Requests
+
+    def status(self) -> dict: ...
+
+
+class HttpFront:
+    """The HTTP front end: `start()` binds and serves on its own thread;
+    `on_result`/`on_event` are called by stream threads and never block."""
+
+    def __init__(self, service: Service, config: HttpConfig, heartbeat: Optional[Callable[[], None]] = None) -> None:
+        self.service = service
+        self.config = config
+        self.heartbeat = heartbeat or (lambda: None)
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self.listening: list = []          # "host:port" actually bound
+        self.views: dict = {}              # stream name -> live.LiveView, made at its first watcher
+        self.live_clients = 0
+        self.events = EventFanout(self, config.max_event_clients)
+        self.budget_used = 0               # bytes of bodies in flight (BODY_COPIES x their size)
+        self.request_counts: collections.Counter = collections.Counter()  # (route, status) -> n
+        self.metrics = Metrics(service.status, service.streams, self.figures)
+        self.drawer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="http-draw")
+        self.page = {name: (PAGE_DIR / name).read_bytes() for name in ("index.html", *PAGE_FILES)}
+        self._servers: list = []
+        self._ready = threading.Event()
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="http", daemon=True)
+
+    # -- lifecycle
+    def start(self) -> None:
+        """Bind every listen address and serve; raises OSError naming the address that cannot be bound."""
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            self._thread.join(5)
+            raise self._error
+        log.info("http: serving on %s", ", ".join(self.listening), extra={"event": "http"})
+
+    def _run(self) -> None:
+        loop = self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            app = make_app(self)
+            for host, port in self.config.listen:
+                try:
+                    sockets = tornado.netutil.bind_sockets(port, host)
+                except OSError as exc:
+                    raise OSError(f"http.listen: {host}:{port}: cannot bind ({exc.strerror})") from None
+                server = tornado.httpserver.HTTPServer(
+                    app, max_body_size=4 * self.config.max_body_bytes, max_buffer_size=4 << 20,
+                    idle_connection_timeout=60, body_timeout=60, max_header_size=16 << 10)
+                server.add_sockets(sockets)
+                self._servers.append(server)
+                for sock in sockets:
+                    h, p = sock.getsockname()[:2]
+                    self.listening.append(f"[{h}]:{p}" if ":" in h else f"{h}:{p}")
+        except BaseException as exc:  # noqa: BLE001 - reported by start()
+            self._error = exc
+            for server in self._servers:
+                server.stop()
+            loop.close()
+            self._ready.set()
+            return
+        beat = tornado.ioloop.PeriodicCallback(self.heartbeat, 1000)
+        beat.start()
+        self._ready.set()
+        self.heartbeat()
+        loop.run_forever()
+        beat.stop()
+        loop.close()
+
+    def stop(self) -> None:
+        if self.loop is None or not self._thread.is_alive():
+            return
+        self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._shutdown()))
+        self._thread.join(5)
+        self.drawer.shutdown(wait=False)
+
+    async def _shutdown(self) -> None:
+        for server in self._servers:
+            server.stop()
+        for view in self.views.values():
+            view.close()
+        for server in self._servers:
+            try:
+                await asyncio.wait_for(server.close_all_connections(), 2)
+            except asyncio.TimeoutError:
+                pass
+        self.loop.stop()
+
+    # -- from stream threads
+    def on_result(self, result: dict) -> None:
+        view = self.views.get(result["stream"])
+        if view is not None:
+            view.on_result(result)
+        self.events.publish("result", result)
+
+    def on_event(self, event: dict) -> None:
+        self.events.publish("event", event)
+
+    # -- status and metrics
+    def status(self) -> dict:
+        return {"listening": list(self.listening), "live_clients": self.live_clients,
+                "event_clients": len(self.events.clients)}
+
+    def figures(self) -> dict:
+        return {"requests": dict(self.request_counts), "live_clients": self.live_clients,
+                "event_clients": len(self.events.clients),
+                "live": {name: (v.encoded, v.overwritten) for name, v in list(self.views.items())}}
+
+    def post(self, callback: Callable[..., Any], *args: Any) -> None:
+        """Run `callback(*args)` on the loop (from any thread); dropped once the loop is closed."""
+        try:
+            self.loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            pass
+
+    # -- loop side
+    async def call(self, method: str, params: dict) -> Any:
+        """Ask the request core; the result, or its ProtocolError raised."""
+        future = self.loop.create_future()
+
+        def done(result: Any, error: Optional[ProtocolError]) -> None:  # a worker thread, or this one
+            self.post(_settle, future, result, error)
+
+        self.service.requests.call(method, params, done)
+        return await future
+
+    def live_view(self, name: str) -> Optional[live.LiveView]:
+        if name not in self.service.streams:
+            return None
+        view = self.views.get(name)
+        if view is None:
+            view = self.views[name] = live.LiveView(name, self.service.streams, self.config.live_fps, self.post)
+        return view
+
+    def take_budget(self, n: int) -> bool:
+        if self.budget_used + n > self.config.body_budget_bytes:
+            return False
+        self.budget_used += n
+        return True
+
+
+def _settle(future: asyncio.Future, result: Any, error: Optional[ProtocolError]) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class EventClient:
+    __slots__ = ("queue", "dropped", "streams", "types")
+
+    def __init__(self, streams: set, types: set) -> None:
+        self.queue: asyncio.Queue = asyncio.Queue(EVENT_QUEUE)
+        self.dropped = 0
+        self.streams, self.types = streams, types
+
+
+class EventFanout:
+    """Results and events to server-sent-events clients: one JSON encoding
+    per message, a bounded queue per client (what does not fit is counted and
+    told), nothing at all while nobody listens."""
+
+    def __init__(self, front: HttpFront, max_clients: int) -> None:
+        self.front = front
+        self.max_clients = max_clients
+        self.clients: set = set()
+
+    def publish(self, kind: str, message: dict) -> None:  # any thread
+        if self.clients:
+            self.front.post(self._deliver, kind, message)
+
+    def _deliver(self, kind: str, message: dict) -> None:
+        data = None
+        for client in list(self.clients):
+            if (client.streams and message.get("stream") not in client.streams) or \
+                    (client.types and kind not in client.types):
+                continue
+            if data is None:
+                shown = json_ready(result_message(message)) if kind == "result" else event_message(message)
+                data = f"event: {kind}\ndata: {json.dumps(shown, separators=(',', ':'))}\n\n".encode()
+            try:
+                client.queue.put_nowait(data)
+            except asyncio.QueueFull:
+                client.dropped += 1
+
+
+# -- request handlers ------------------------------------------------------------------------------
+
+def query_fields(handler: tornado.web.RequestHandler) -> dict:
+    return {k: handler.get_query_argument(k) for k in handler.request.query_arguments}
+
+
+def threshold_of(fields: dict) -> Optional[float]:
+    raw = fields.get("threshold")
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise ProtocolError("bad_request", f"threshold: expected a number from 0 to 1, got {str(raw)[:32]!r}")
+    return value
+
+
+def top_num_of(value: Any) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ProtocolError("bad_request", "top_num: expected a whole number of at least 1")
+    return value
+
+
+def above(result: dict, threshold: Optional[float]) -> dict:
+    """`result` without the detections and classes scored under `threshold`."""
+    if threshold is None:
+        return result
+    return {**result, "detections": [d for d in result["detections"] if d["score"] >= threshold],
+            "classes": [c for c in result["classes"] if c["score"] >= threshold]}
+
+
+def base64_image(body: bytes, key: str) -> tuple:
+    """(image bytes, the JSON object) of a base64 JSON body `{key: "<base64>", ...}`."""
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError("bad_request", "body: not JSON") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get(key), str):
+        raise ProtocolError("bad_request", f"{key}: expected a base64 string in a JSON object")
+    text = obj.pop(key)
+    if text.startswith("data:"):  # a data URL's header, which the SDKs ask clients to leave out
+        text = text.partition(",")[2]
+    try:
+        image = base64.b64decode(text, validate=True)
+    except ValueError:
+        raise ProtocolError("bad_request", f"{key}: not base64") from None
+    return image, obj
+
+
+@tornado.web.stream_request_body
+class Handler(tornado.web.RequestHandler):
+    """Every route: the token, JSON errors, and bodies streamed and bounded.
+
+    Routes that take a body (`takes_body`) collect it up to `max_body_bytes`,
+    refused from Content-Length before a byte is read; the others discard
+    what a client sends."""
+
+    route = "other"        # the metrics label
+    takes_body = False
+
+    def initialize(self) -> None:
+        self.front: HttpFront = self.application.settings["front"]
+        self._chunks: list = []
+        self._received = 0
+        self._budget = 0
+        self._refused = False
+
+    def set_default_headers(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.clear_header("Server")
+
+    # -- authorization and body admission (before the body is read)
+    def prepare(self) -> None:
+        if not self.authorized() or not self.takes_body:
+            return
+        length = self.request.headers.get("Content-Length")
+        cfg = self.front.config
+        if length is not None:
+            if not length.isdigit():
+                return self.refuse("bad_request", "Content-Length: not a number")
+            n = int(length)
+            if n > cfg.max_body_bytes:
+                return self.refuse("too_large", f"body of {n} bytes is over http.max_body_bytes ({cfg.max_body_bytes})")
+            self._reserve(BODY_COPIES * n)
+
+    def _reserve(self, n: int) -> bool:
+        if self.front.take_budget(n):
+            self._budget += n
+            return True
+        self.refuse("busy", "too many request bodies in flight; retry", {"Retry-After": "1"})
+        return False
+
+    def data_received(self, chunk: bytes) -> None:
+        if not self.takes_body or self._finished or self._refused:
+            return
+        self._received += len(chunk)
+        if self._received > self.front.config.max_body_bytes:
+            return self.refuse("too_large", f"body is over http.max_body_bytes ({self.front.config.max_body_bytes})")
+        if self._received > self._budget // BODY_COPIES and not self._reserve(BODY_COPIES * len(chunk)):
+            return  # chunked: its budget is taken as it comes
+        self._chunks.append(chunk)
+
+    def body(self) -> bytes:
+        """The whole body, once (the chunks are let go)."""
+        chunks, self._chunks = self._chunks, []
+        return b"".join(chunks)
+
+    def on_finish(self) -> None:
+        self._release()
+
+    def on_connection_close(self) -> None:
+        self._release()
+        super().on_connection_close()
+
+    def _release(self) -> None:
+        self.front.budget_used -= self._budget
+        self._budget = 0
+        self._chunks = []
+
+    def authorized(self) -> bool:
+        """The bearer token, or the page's cookie (then a state-changing request must come from the page)."""
+        token = self.front.config.token
+        if token is None or (self.route == "/metrics" and self.front.config.metrics_public):
+            return True
+        header = self.request.headers.get("Authorization", "")
+        if header[:7].lower() == "bearer " and _same(header[7:].strip(), token):
+            return True
+        cookie = self.get_cookie(COOKIE)
+        if cookie and _same(cookie, token):
+            origin = self.request.headers.get("Origin")
+            if self.request.method not in ("GET", "HEAD") and origin and urlsplit(origin).netloc != self.request.host:
+                self.refuse("forbidden", "a request from another site with the page's cookie")
+                return False
+            return True
+        self.refuse("unauthorized", "missing or wrong token: send 'Authorization: Bearer <token>' "
+                                  "(a browser: open /?token=<token> once)", {"WWW-Authenticate": 'Bearer realm="lited"'})
+        return False
+
+    # -- answers
+    def refuse(self, code: str, message: str, headers: Optional[dict] = None) -> None:
+        """Fail before the body was read (in prepare or data_received). tornado
+        then reads and drops the rest of the body and closes the connection;
+        `Connection: close` says so, or a keep-alive client would send its next
+        request into a closing connection."""
+        self._refused = True
+        self._chunks = []
+        self.fail(code, message, {**(headers or {}), "Connection": "close"})
+
+    def fail(self, code: str, message: str, headers: Optional[dict] = None) -> None:
+        if self._finished:
+            return
+        self.clear()
+        self.set_status(HTTP_STATUS.get(code, 500))
+        for key, value in (headers or {}).items():
+            self.set_header(key, value)
+        if code == "busy" and "Retry-After" not in (headers or {}):
+            self.set_header("Retry-After", "1")
+        self.send_json(self.error_body(code, message), self.get_status())
+
+    def error_body(self, code: str, message: str) -> dict:
+        return {"v": 1, "ok": False, "error": {"code": code, "message": message}}
+
+    def send_json(self, obj: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Whatever went wrong, a JSON error; the traceback goes to the log only."""
+        code = CODE_OF_STATUS.get(status_code, "failed")
+        message = self._reason if status_code < 500 else "internal error (see the daemon's log)"
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(self.error_body(code, message), separators=(",", ":")))
+
+    def compute_etag(self) -> None:
+        return None  # answers are live figures and frames: never cached
+
+    async def ask(self, method: str, params: dict) -> Any:
+        return await self.front.call(method, params)
+
+    def image_and_fields(self) -> tuple:
+        """(image bytes, fields) from a raw image body or multipart/form-data (part `image` or `file`);
+        fields are the query's, then the form's."""
+        ctype = self.request.headers.get("Content-Type", "")
+        fields = query_fields(self)
+        body = self.body()
+        if ctype.lower().startswith("multipart/form-data"):
+            args: dict = {}
+            files: dict = {}
+            parse_body_arguments(ctype, body, args, files)
+            del body
+            for key, values in args.items():
+                fields[key] = values[0].decode("utf-8", "replace")
+            for key in ("image", "file"):
+                if key in files:
+                    return files[key][0]["body"], fields
+            raise ProtocolError("bad_request", "image: multipart/form-data without an 'image' (or 'file') part")
+        if not body:
+            raise ProtocolError("bad_request", "image: the body is empty (send the image file's bytes, "
+                                               "or multipart/form-data with an 'image' part)")
+        return body, fields
+
+    def stream_name(self, name: str) -> str:
+        if name not in self.front.service.streams:
+            raise ProtocolError("not_found", f"stream: no stream '{name}' "
+                                             f"(have {', '.join(self.front.service.streams) or 'none'})")
+        return name
+
+
+def _same(given: str, token: str) -> bool:
+    return hmac.compare_digest(given.encode("utf-8", "replace"), token.encode())
+
+
+class Infer(Handler):
+    route = "/v1/infer"
+    takes_body = True
+
+    async def post(self) -> None:
+        try:
+            image, fields = self.image_and_fields()
+            threshold = threshold_of(fields)
+            params = {"image": image}
+            if fields.get("model"):
+                params["model"] = fields["model"]
+            del image
+            result = await self.ask("infer", params)
+        except ProtocolError as exc:
+            return self.fail(exc.code, str(exc))
+        self.send_json(json_ready(above(result, threshold)))
+
+
+class EasyEdge(Handler):
+    """POST / as EasyEdge's SDK serves it: the image's bytes (`?threshold=`),
+    or JSON `{"image": base64, "threshold", "top_num"}`; multipart works too."""
+    route = "/ (easyedge)"
+    takes_body = True
+
+    def error_body(self, code: str, message: str) -> dict:
+        return {"error_code": easyedge.ERROR_NUMBERS.get(code, 1006), "error_msg": message, "results": [],
+                "cost_ms": 0, **super().error_body(code, message)}
+
+    async def post(self) -> None:
+        try:
+            fields, top_num = query_fields(self), None
+            if self.request.headers.get("Content-Type", "").lower().startswith("application/json"):
+                image, obj = base64_image(self.body(), "image")
+                if "threshold" in obj:
+                    fields["threshold"] = obj["threshold"]
+                top_num = top_num_of(obj.get("top_num"))
+            else:
+                image, form = self.image_and_fields()
+                fields.update(form)
+            threshold = threshold_of(fields)
+            name = fields.get("model") or next(iter(self.front.service.bundles))
+            params = {"image": image, "model": name}
+            del image
+            result = await self.ask("infer", params)
+        except ProtocolError as exc:
+            return self.fail(exc.code, str(exc))
+        labels = self.front.service.bundles[name].labels
+        self.send_json({"error_code": 0, "results": easyedge.easyedge_results(above(result, threshold), labels, top_num),
+                        "cost_ms": easyedge.cost_ms(result)})
+
+
+class EdgeBoard(Handler):
+    """EdgeBoard V2: POST /api/model/service/base64/mid=N  {"image": base64, "show": bool}."""
+    route = "/api/model/service/base64"
+    takes_body = True
+
+    def error_body(self, code: str, message: str) -> dict:
+        return {"code": easyedge.ERROR_NUMBERS.get(code, 1006), "msg": message, "data": {"result": []},
+                **super().error_body(code, message)}
+
+    async def post(self, mid: str) -> None:
+        names = list(self.front.service.bundles)
+        try:
+            if int(mid) >= len(names):
+                raise ProtocolError("not_found", f"mid: no model {mid} (have 0 to {len(names) - 1}, in config order)")
+            name = names[int(mid)]
+            image, obj = base64_image(self.body(), "image")
+            result = await self.ask("infer", {"image": image, "model": name})
+            data: dict = {"result": easyedge.edgeboard_results(result, self.front.service.bundles[name].labels)}
+            if obj.get("show") is True:
+                drawn = await asyncio.get_running_loop().run_in_executor(self.front.drawer, drawn_jpeg, image, result)
+                data["image"] = base64.b64encode(drawn).decode("ascii")
+        except ProtocolError as exc:
+            return self.fail(exc.code, str(exc))
+        self.send_json({"code": 0, "msg": "success", "data": data})
+
+
+def drawn_jpeg(image: bytes, result: dict) -> bytes:
+    frame = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
+    draw_result(frame, result)
+    return cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
+
+
+class Status(Handler):
+    route = "/v1/status"
+
+    async def get(self) -> None:
+        self.send_json(await self.ask("status", {}))
+
+
+class Reload(Handler):
+    route = "/v1/reload"
+    takes_body = True
+
+    async def post(self) -> None:
+        try:
+            body = self.body()
+            try:
+                params = json.loads(body) if body.strip() else {}
+            except (ValueError, UnicodeDecodeError):
+                raise ProtocolError("bad_request", "body: not JSON (send {} or {\"model\": NAME})") from None
+            if not isinstance(params, dict):
+                raise ProtocolError("bad_request", "body: expected a JSON object")
+            params.update(query_fields(self))
+            if "bundle" in params:
+                raise ProtocolError("forbidden", "bundle: not accepted over HTTP (use `lited ctl reload --bundle` "
+                                                 "or tools/install_sdk.sh on the board)")
+            unknown = set(params) - {"model"}
+            if unknown:
+                raise ProtocolError("bad_request", f"{sorted(unknown)[0]}: unknown field (known: model)")
+            result = await self.ask("reload", params)
+        except ProtocolError as exc:
+            return self.fail(exc.code, str(exc))
+        self.send_json(result)
+
+
+class Snapshot(Handler):
+    route = "/v1/streams/snapshot.jpg"
+
+    async def get(self, name: str) -> None:
+        try:
+            raw = self.get_query_argument("quality", "85")
+            if not raw.isdigit() or not 1 <= int(raw) <= 100:
+                raise ProtocolError("bad_request", f"quality: expected 1 to 100, got {raw[:16]!r}")
+            snap = await self.ask("snapshot", {"stream": self.stream_name(name), "quality": int(raw)})
+        except ProtocolError as exc:
+            return self.fail(exc.code, str(exc))
+        self.set_header("Content-Type", "image/jpeg")
+        self.set_header("X-Lited-Seq", str(snap["seq"]))
+        self.set_header("X-Lited-Result", live.result_header({"stream": name, **snap}))
+        self.finish(snap["jpeg"])
+
+
+class Live(Handler):
+    route = "/v1/streams/live"
+
+    async def get(self, name: str) -> None:
+        front = self.front
+        try:
+            view = front.live_view(self.stream_name(name))
+        except ProtocolError as exc:
+            return self.fail(exc.code, str(exc))
+        if front.live_clients >= front.config.max_live_clients:
+            return self.fail("busy", f"{front.config.max_live_clients} live clients already "
+                                     "(http.max_live_clients)", {"Retry-After": "5"})
+        front.live_clients += 1
+        view.join()
+        try:
+            self.set_header("Content-Type", live.CONTENT_TYPE)
+            self.set_header("Connection", "close")
+            self.set_header("X-Accel-Buffering", "no")
+            await self.flush()
+            seq = -1
+            while not self.request.connection.stream.closed():
+                got = await view.next_part(seq, timeout=5.0)
+                if got is None:
+                    continue
+                seq, part = got
+                self.write(part)
+                await asyncio.wait_for(self.flush(), SEND_TIMEOUT)
+        except (tornado.iostream.StreamClosedError, asyncio.TimeoutError):
+            pass
+        finally:
+            front.live_clients -= 1
+            view.leave()
+
+
+class Events(Handler):
+    route = "/v1/events"
+
+    async def get(self) -> None:
+        fanout = self.front.events
+        if len(fanout.clients) >= fanout.max_clients:
+            return self.fail("busy", f"{fanout.max_clients} event clients already (http.max_event_clients)",
+                             {"Retry-After": "5"})
+
+        def wanted(key: str) -> set:
+            return {v for v in self.get_query_argument(key, "").split(",") if v}
+
+        client = EventClient(wanted("stream"), wanted("types"))
+        fanout.clients.add(client)
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("X-Accel-Buffering", "no")
+        try:
+            self.write(b"retry: 2000\n: connected\n\n")
+            await self.flush()
+            told = 0
+            while True:
+                try:
+                    data = await asyncio.wait_for(client.queue.get(), 15)
+                except asyncio.TimeoutError:
+                    data = b": keep-alive\n\n"
+                if client.dropped != told:
+                    told = client.dropped
+                    self.write(b"event: dropped\ndata: {\"dropped\":%d}\n\n" % told)
+                self.write(data)
+                await asyncio.wait_for(self.flush(), SEND_TIMEOUT)
+        except (tornado.iostream.StreamClosedError, asyncio.TimeoutError):
+            pass
+        finally:
+            fanout.clients.discard(client)
+
+
+class MetricsRoute(Handler):
+    route = "/metrics"
+
+    def get(self) -> None:
+        body, content_type = self.front.metrics.render()
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
+
+
+class Page(EasyEdge):
+    """GET / is the page; POST / is EasyEdge's route (tornado routes by path)."""
+
+    def prepare(self) -> None:
+        if self.request.method != "GET":
+            return super().prepare()
+        self.takes_body = False
+        token = self.get_query_argument("token", None)
+        cfg = self.front.config
+        if token is not None and cfg.token is not None and _same(token, cfg.token):
+            self.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/")
+            self.set_header("Connection", "close")  # answered in prepare: see refuse()
+            return self.redirect("/", status=303)
+        self.authorized()
+
+    def error_body(self, code: str, message: str) -> dict:
+        if self.request.method == "GET":
+            return Handler.error_body(self, code, message)
+        return super().error_body(code, message)
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Content-Security-Policy", "default-src 'self'; img-src 'self' blob: data:; "
+                                                   "object-src 'none'; frame-ancestors 'none'")
+        self.finish(self.front.page["index.html"])
+
+
+class PageFile(Handler):
+    """The page's script and style: public (no secrets in them), so no token."""
+    route = "/page"
+
+    def authorized(self) -> bool:
+        return True
+
+    def get(self, name: str) -> None:
+        self.set_header("Content-Type", PAGE_FILES[name])
+        self.finish(self.front.page[name])
+
+
+class NotFound(Handler):
+    def prepare(self) -> None:
+        if self.authorized():
+            self.refuse("not_found", f"no route {self.request.method} {self.request.path[:200]}")
+
+
+def make_app(front: HttpFront) -> tornado.web.Application:
+    return tornado.web.Application([
+        (r"/", Page),
+        (r"/page/(lited\.js|lited\.css)", PageFile),
+        (r"/v1/infer", Infer),
+        (r"/v1/status", Status),
+        (r"/v1/reload", Reload),
+        (rf"/v1/streams/{NAME}/snapshot\.jpg", Snapshot),
+        (rf"/v1/streams/{NAME}/live", Live),
+        (r"/v1/events", Events),
+        (r"/metrics", MetricsRoute),
+        (r"/api/model/service/base64/mid=(\d+)", EdgeBoard),
+    ], default_handler_class=NotFound, front=front, log_function=_logged(front), compress_response=False)
+
+
+def _logged(front: HttpFront) -> Callable[[tornado.web.RequestHandler], None]:
+    """Count every answer for /metrics; log server errors (not every request: journald is not an access log)."""
+    def log_request(handler: tornado.web.RequestHandler) -> None:
+        status = handler.get_status()
+        front.request_counts[(getattr(handler, "route", "other"), status)] += 1
+        if status >= 500 and status != 503:
+            log.warning("http: %s %s -> %d", handler.request.method, handler.request.path[:200], status,
+                        extra={"event": "http_error"})
+    return log_request

@@ -1,0 +1,400 @@
+"""The uplink's outbox: durable, bounded store-and-forward on disk.
+
+What it promises (docs/uplink.md):
+- a record counts as queued only once `put_many` returns, and it returns
+  only after the bytes are written and fdatasync'ed: a queued record survives
+  a daemon restart, `kill -9` and a power cut;
+- readers see only durable records, so nothing is sent before it is on disk
+  and a sequence number, once sent, is never given to another record;
+- the segments' total size stays under `max_bytes`: the oldest segment goes
+  first and its unacknowledged records are counted in `dropped`; a full disk
+  (ENOSPC, EDQUOT) is handled the same way, and when nothing is left to drop
+  the new records are refused and counted in `refused`. Nothing here raises
+  on a full disk: the daemon keeps serving.
+
+Layout under the outbox directory:
+    seg-<first seq, 20 digits>.log   append-only segments of records
+    state.json                       {"epoch", "acked_below", "next_seq", "dropped", "refused"}
+                                     (tmp + fsync + rename + fsync of the directory)
+Record: header  magic b"LOB1" | u32 body length | u32 crc32(body)
+        body    u64 seq | f64 wall time | u16 topic length | u32 meta length | topic | meta | payload
+A restart starts a new segment; on open every segment is scanned and cut at
+the first record whose magic, length or crc is wrong (a torn tail).
+
+`epoch` is made once, when the directory is new: a message id is
+`<epoch>:<seq>`, so a reinstalled device (new state, seqs from 1 again) is
+not taken for a replay by the server's duplicate filter.
+
+Memory is O(segments), not O(records): records are read back from the files.
+Standard library only.
+"""
+from __future__ import annotations
+
+import bisect
+import errno
+import json
+import logging
+import os
+import secrets
+import struct
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Iterable, List, Optional, Tuple
+
+log = logging.getLogger("lited.outbox")
+
+MAGIC = b"LOB1"
+HEAD = struct.Struct("<4sII")          # magic, body length, crc32(body)
+BODY = struct.Struct("<QdHI")          # seq, wall time, topic length, meta length
+MAX_RECORD = 16 << 20
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+DROP_LOG_INTERVAL = 10.0
+
+
+@dataclass
+class Record:
+    seq: int
+    ts: float            # wall-clock time it was queued
+    topic: str
+    meta: bytes          # the writer's own small header (the uplink keeps MQTT properties here)
+    payload: bytes
+    where: Tuple[str, int, int]   # (segment path, offset, length): read it again with `read_at`
+
+
+@dataclass
+class _Segment:
+    path: str
+    first: int
+    last: int            # last seq in it (first - 1 while empty)
+    count: int
+    size: int
+
+
+class Outbox:
+    def __init__(self, directory: str, max_bytes: int = 64 << 20, segment_bytes: int = 1 << 20,
+                 ack_flush_s: float = 1.0) -> None:
+        self.dir = str(directory)
+        self.max_bytes = max_bytes
+        self.ack_flush_s = ack_flush_s
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        # a segment is what a full disk costs at once: small beside the bound and the file system
+        fs = os.statvfs(self.dir)
+        self.segment_bytes = max(4096, min(segment_bytes, max_bytes // 8, fs.f_blocks * fs.f_frsize // 16))
+        self._lock = threading.Lock()            # segments, seqs, acks, counters
+        self._write_lock = threading.Lock()      # one writer at a time: append + fdatasync
+        self._state_lock = threading.Lock()      # state.json
+        self._acked: set = set()                 # acked seqs above acked_below
+        self._last_state_write = 0.0
+        self._last_drop_log = -DROP_LOG_INTERVAL
+        self.truncated_bytes = 0                 # torn tails cut on open
+        state = self._read_state()
+        self.epoch = state.get("epoch") or secrets.token_hex(4)
+        self.acked_below = int(state.get("acked_below", 1))
+        self.dropped = int(state.get("dropped", 0))
+        self.refused = int(state.get("refused", 0))
+        self._segments: List[_Segment] = self._recover()
+        last = max([s.last for s in self._segments] + [int(state.get("next_seq", 1)) - 1, self.acked_below - 1])
+        self.next_seq = last + 1
+        self.durable_last = last                 # readers see seq <= durable_last only
+        self._fd: Optional[int] = None
+        self._hint: Tuple[int, str, int] = (0, "", 0)   # (seq, segment, offset after it) of the last read
+        self._write_state(force=True)
+        self._gc_locked()
+
+    # -- recovery
+    def _read_state(self) -> dict:
+        try:
+            with open(os.path.join(self.dir, "state.json")) as fh:
+                state = json.load(fh)
+            return state if isinstance(state, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _recover(self) -> list:
+        segments = []
+        names = sorted(n for n in os.listdir(self.dir) if n.startswith("seg-") and n.endswith(".log"))
+        for name in names:
+            path = os.path.join(self.dir, name)
+            try:
+                first = int(name[4:-4])
+            except ValueError:
+                continue
+            with open(path, "rb") as fh:
+                data = fh.read()
+            count, last, good = 0, first - 1, 0
+            for rec in _scan(data, path):
+                count, last, good = count + 1, rec.seq, rec.where[1] + rec.where[2]
+            if good < len(data):
+                log.warning("%s: cutting a torn tail of %d bytes at offset %d", path, len(data) - good, good,
+                            extra={"event": "outbox_torn"})
+                self.truncated_bytes += len(data) - good
+                with open(path, "r+b") as fh:
+                    fh.truncate(good)
+                    os.fsync(fh.fileno())
+            if count == 0:
+                os.unlink(path)
+                continue
+            segments.append(_Segment(path, first, last, count, good))
+        return segments
+
+    # -- writing
+    def put(self, topic: str, payload: bytes, meta: bytes = b"") -> Optional[int]:
+        seqs = self.put_many([(topic, meta, payload)])
+        return seqs[0] if seqs else None
+
+    def put_many(self, items: Iterable[Tuple[str, bytes, bytes]]) -> Optional[List[int]]:
+        """Append (topic, meta, payload) records and return their seqs once they
+        are durable (one fdatasync for all); None if they were refused (the
+        disk is full and nothing older is left to drop: counted in `refused`)."""
+        items = list(items)
+        with self._write_lock:
+            with self._lock:
+                first = self.next_seq
+                now = time.time()
+                records = []
+                for i, (topic, meta, payload) in enumerate(items):
+                    t = topic.encode()
+                    body = BODY.pack(first + i, now, len(t), len(meta)) + t + meta + payload
+                    if len(body) > MAX_RECORD or HEAD.size + len(body) > self.max_bytes // 4:
+                        raise ValueError(f"outbox: a record of {len(body)} bytes is over the limit "
+                                         f"({min(MAX_RECORD, self.max_bytes // 4)})")
+                    records.append(HEAD.pack(MAGIC, len(body), zlib.crc32(body)) + body)
+                blob = b"".join(records)
+                seg = self._append_locked(first, blob, len(records))
+                if seg is None:
+                    self.refused += len(records)
+                    refused = True
+                else:
+                    refused = False
+                    fd, before = self._fd, seg.size - len(blob)
+            if refused:
+                self._write_state(force=True)
+                return None
+            try:
+                os.fdatasync(fd)
+            except OSError as exc:          # a late ENOSPC/EIO: the batch is not durable, take it back
+                with self._lock:
+                    if self._fd == fd and seg.size == before + len(blob):
+                        os.ftruncate(fd, before)
+                        seg.size, seg.count, seg.last = before, seg.count - len(records), first - 1
+                        self.next_seq = first
+                    self.refused += len(records)
+                log.error("outbox: cannot make %d records durable (%s); refused", len(records), exc,
+                          extra={"event": "outbox_refused"})
+                return None
+            with self._lock:
+                self.durable_last = max(self.durable_last, first + len(records) - 1)
+        return list(range(first, first + len(records)))
+
+    def _append_locked(self, first: int, blob: bytes, count: int) -> Optional[_Segment]:
+        while True:
+            self._make_room_locked(len(blob))
+            try:
+                seg = self._current_locked(first)
+            except OSError as exc:
+                if exc.errno not in FULL_DISK or not self._drop_oldest_locked("the disk is full"):
+                    return None
+                continue
+            try:
+                n = os.write(self._fd, blob)
+                if n != len(blob):
+                    raise OSError(errno.ENOSPC, "short write")
+            except OSError as exc:
+                if exc.errno not in FULL_DISK:
+                    raise
+                os.ftruncate(self._fd, seg.size)      # take back our partial bytes
+                if not self._drop_oldest_locked("the disk is full"):
+                    if seg.count == 0 or seg.size == 0:
+                        return None
+                    self._close_segment_locked()      # a fresh segment may fit where this one cannot grow
+                    if not self._drop_oldest_locked("the disk is full"):
+                        return None
+                continue
+            seg.size += len(blob)
+            seg.last = first + count - 1
+            seg.count += count
+            self.next_seq = first + count
+            return seg
+
+    def _current_locked(self, seq: int) -> _Segment:
+        seg = self._segments[-1] if self._segments else None
+        if seg is None or self._fd is None or seg.size >= self.segment_bytes:
+            self._close_segment_locked()
+            path = os.path.join(self.dir, f"seg-{seq:020d}.log")
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            _fsync_dir(self.dir)
+            seg = _Segment(path, seq, seq - 1, 0, 0)
+            self._segments.append(seg)
+        return seg
+
+    def _close_segment_locked(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)    # its records were fdatasync'ed by their put_many
+            self._fd = None
+            if self._segments and self._segments[-1].count == 0:
+                os.unlink(self._segments.pop().path)
+
+    # -- bounding
+    def _make_room_locked(self, incoming: int) -> None:
+        while self._segments and sum(s.size for s in self._segments) + incoming > self.max_bytes:
+            if not self._drop_oldest_locked(f"over {self.max_bytes} bytes"):
+                break
+
+    def _drop_oldest_locked(self, why: str) -> bool:
+        """Delete the oldest segment, counting its unacknowledged records."""
+        if not self._segments or (len(self._segments) == 1 and self._fd is not None):
+            return False
+        seg = self._segments.pop(0)
+        unacked = sum(1 for s in range(max(seg.first, self.acked_below), seg.last + 1) if s not in self._acked)
+        if unacked:
+            self.dropped += unacked
+            now = time.monotonic()
+            if now - self._last_drop_log >= DROP_LOG_INTERVAL:   # a full disk must not flood the journal
+                self._last_drop_log = now
+                log.warning("outbox %s: dropped the oldest unsent records (%d so far; now %d-%d)", why,
+                            self.dropped, seg.first, seg.last, extra={"event": "outbox_dropped"})
+        self._acked = {s for s in self._acked if s > seg.last}
+        self.acked_below = max(self.acked_below, seg.last + 1)
+        self._write_state(force=True)   # before the unlink: a seq is never handed out twice
+        os.unlink(seg.path)
+        return True
+
+    def _gc_locked(self) -> None:
+        """Delete segments whose records are all acknowledged (not counted as dropped)."""
+        done = []
+        while self._segments and self._segments[0].last < self.acked_below and (
+                len(self._segments) > 1 or self._fd is None):
+            done.append(self._segments.pop(0))
+        if done:
+            self._write_state(force=True)
+            for seg in done:
+                os.unlink(seg.path)
+
+    # -- acknowledgements and reading
+    def ack(self, seq: int) -> bool:
+        """The record reached where it had to go; False if it was not pending."""
+        with self._lock:
+            if seq < self.acked_below or seq in self._acked or seq > self.durable_last:
+                return False
+            self._acked.add(seq)
+            while self.acked_below in self._acked:
+                self._acked.discard(self.acked_below)
+                self.acked_below += 1
+            self._gc_locked()
+        self._write_state(force=False)
+        return True
+
+    def is_pending(self, seq: int) -> bool:
+        with self._lock:
+            return self.acked_below <= seq <= self.durable_last and seq not in self._acked
+
+    def read(self, after: int, limit: int, max_bytes: int = 4 << 20) -> List[Record]:
+        """Up to `limit` durable, unacknowledged records with seq > after, oldest first."""
+        out: List[Record] = []
+        with self._lock:
+            after = max(after, self.acked_below - 1)
+            end = self.durable_last
+            firsts = [s.first for s in self._segments]
+            i = max(0, bisect.bisect_right(firsts, after + 1) - 1)
+            segs = [(s.path, s.size) for s in self._segments[i:] if s.last > after]
+        budget = max_bytes
+        hint_seq, hint_path, hint_off = self._hint
+        for path, size in segs:
+            start = hint_off if path == hint_path and hint_seq <= after and hint_off <= size else 0
+            try:
+                with open(path, "rb") as fh:
+                    fh.seek(start)
+                    data = fh.read(size - start)
+            except FileNotFoundError:       # dropped meanwhile
+                continue
+            for rec in _scan(data, path, start):
+                if rec.seq <= after or rec.seq > end or not self.is_pending(rec.seq):
+                    continue
+                out.append(rec)
+                budget -= rec.where[2]
+                if len(out) >= limit or budget <= 0:
+                    break
+            if out:   # the next read (after the last record returned) starts where this one ended
+                last = out[-1]
+                self._hint = (last.seq, last.where[0], last.where[1] + last.where[2])
+            if len(out) >= limit or budget <= 0:
+                break
+        return out
+
+    def read_at(self, where: Tuple[str, int, int]) -> Optional[Record]:
+        """The record at `where` (from a Record), None if its segment was dropped."""
+        path, offset, length = where
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                data = fh.read(length)
+        except FileNotFoundError:
+            return None
+        recs = list(_scan(data, path, offset))
+        return recs[0] if recs else None
+
+    def stats(self) -> dict:
+        with self._lock:
+            size = sum(s.size for s in self._segments)
+            queued = max(0, self.durable_last - self.acked_below + 1 - len(self._acked))
+            return {"queued": queued, "bytes": size, "max_bytes": self.max_bytes, "segments": len(self._segments),
+                    "dropped": self.dropped, "refused": self.refused, "next_seq": self.next_seq,
+                    "acked_below": self.acked_below, "truncated_bytes": self.truncated_bytes, "epoch": self.epoch}
+
+    def _write_state(self, force: bool) -> None:
+        with self._state_lock:
+            now = time.monotonic()
+            if not force and now - self._last_state_write < self.ack_flush_s:
+                return
+            self._last_state_write = now
+            state = {"epoch": self.epoch, "acked_below": self.acked_below, "next_seq": self.next_seq,
+                     "dropped": self.dropped, "refused": self.refused}
+            tmp = os.path.join(self.dir, "state.json.tmp")
+            try:
+                with open(tmp, "w") as fh:
+                    json.dump(state, fh)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, os.path.join(self.dir, "state.json"))
+                _fsync_dir(self.dir)
+            except OSError as exc:   # a full disk must not stop the daemon: written again later
+                self._last_state_write = 0.0
+                log.warning("outbox: cannot write state.json: %s", exc)
+
+    def close(self) -> None:
+        with self._write_lock, self._lock:
+            self._write_state(force=True)
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def _scan(data: bytes, path: str, base: int = 0):
+    """Yield each valid Record in `data`; stop at the first bad one."""
+    off, n = 0, len(data)
+    while off + HEAD.size <= n:
+        magic, length, crc = HEAD.unpack_from(data, off)
+        start, end = off + HEAD.size, off + HEAD.size + length
+        if magic != MAGIC or length < BODY.size or length > MAX_RECORD or end > n:
+            return
+        body = memoryview(data)[start:end]
+        if zlib.crc32(body) != crc:
+            return
+        seq, ts, tlen, mlen = BODY.unpack_from(body, 0)
+        if BODY.size + tlen + mlen > length:
+            return
+        t0 = BODY.size
+        topic = bytes(body[t0:t0 + tlen]).decode("utf-8", "replace")
+        meta = bytes(body[t0 + tlen:t0 + tlen + mlen])
+        yield Record(seq, ts, topic, meta, bytes(body[t0 + tlen + mlen:]), (path, base + off, end - off))
+        off = end
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

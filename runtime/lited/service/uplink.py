@@ -1,0 +1,536 @@
+"""The MQTT uplink: selected results, crops, events and health to a broker;
+answers and remote requests back (docs/uplink.md).
+
+Rules it keeps:
+- the stream threads only choose (labels, score, rate) and hand a result to
+  a bounded queue: they never wait for the disk, the network or JPEG
+  encoding (a full queue is counted as `busy`);
+- the packer thread reads the result's frame from the ring (a frame already
+  overwritten is counted as `frame_gone`), cuts and encodes the crops; the
+  store thread writes the result and its images to the outbox together with
+  everything else packed meanwhile (one fdatasync): durable before counted;
+- the sender thread hands paho at most `window` unacknowledged records
+  (paho's own queue is unbounded); a record leaves the outbox when the
+  broker acknowledges it (`ack: broker`) or when `lited cloud` does
+  (`ack: cloud`: an `ack` message, or the answer to a crop or frame), and
+  is sent again after `resend_after` seconds until then;
+- everything from the broker is untrusted: a bad message is counted and
+  dropped; requests are taken only from this device's own request topic and
+  go through the same request core as the local bus.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from lited import __version__
+from lited import uplink_protocol as up
+from lited.config import UplinkConfig
+from lited.crops import crop_rect, encode_jpeg
+from lited.mqtt_link import BrokerSettings, connect_async, make_client, publish_properties, user_properties
+from lited.protocol import ProtocolError
+from lited.service.outbox import Outbox
+
+log = logging.getLogger("lited.uplink")
+QUEUE_SIZE = 256
+PACK_BATCH = 32
+EARLY_PUBACK_S = 5.0      # a PUBACK can beat publish() returning by milliseconds, never by seconds
+SEEN_ANSWERS = 4096
+MAX_RESEND_INTERVAL = 60.0
+JSON_TYPE = "application/json"
+JPEG_TYPE = "image/jpeg"
+COUNTERS = ("selected", "rate_limited", "busy", "frame_gone", "queued", "refused", "sent", "resent",
+            "acked", "refused_by_broker", "answers", "duplicate_answers", "bad_messages", "requests",
+            "requests_refused")
+
+# (result) -> its frame copied out of the ring, or None if it was overwritten; `out` may be reused
+ReadFrame = Callable[[dict, Optional[np.ndarray]], Optional[np.ndarray]]
+# (method, params, done(result, error)): the request core (service/requests.py)
+Call = Callable[[str, dict, Callable[[Any, Optional[ProtocolError]], None]], None]
+
+
+def settings_of(cfg: UplinkConfig) -> BrokerSettings:
+    return BrokerSettings(cfg.broker, cfg.ca, cfg.cert, cfg.key, cfg.username, cfg.password_file, cfg.keepalive)
+
+
+class Uplink:
+    def __init__(self, cfg: UplinkConfig, call: Call, publish_local: Callable[[str, dict], None],
+                 read_frame: ReadFrame, health: Callable[[], dict]) -> None:
+        self.cfg = cfg
+        self.device = cfg.device
+        self._call = call
+        self._publish_local = publish_local
+        self._read_frame = read_frame
+        self._health = health
+        self.outbox: Optional[Outbox] = None
+        self.client: Any = None
+        self.connected = threading.Event()
+        self.last_error = ""
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self._count_lock = threading.Lock()
+        self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
+        self._last_selected: dict = {}           # stream -> monotonic time (max_rate)
+        self._lock = threading.Lock()            # the maps below; never held around client.publish()
+        self._inflight: dict = {}                # mid -> seq, waiting for PUBACK
+        self._inflight_seqs: set = set()
+        self._early: dict = {}                   # mid -> (reason code, time) of a PUBACK before publish() returned
+        self._unconfirmed: collections.OrderedDict = collections.OrderedDict()  # seq -> [where, sent at, resent]
+        self._seen_answers: collections.OrderedDict = collections.OrderedDict()
+        self._round_trips: collections.deque = collections.deque(maxlen=512)
+        self._resend_interval = cfg.resend_after
+        self._acked_since_resend = True
+        self._srtt = 0.0                         # smoothed send -> confirmed time, first sends only (Karn)
+        self._status_due = 0.0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._frame: Optional[np.ndarray] = None
+        self._stored: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)   # packed, to be written
+        self._threads = [threading.Thread(target=self._pack_loop, name="uplink-pack", daemon=True),
+                         threading.Thread(target=self._store_loop, name="uplink-store", daemon=True),
+                         threading.Thread(target=self._send_loop, name="uplink-send", daemon=True)]
+        self._tids: list = []
+
+    # -- lifecycle
+    def start(self) -> None:
+        cfg = self.cfg
+        self.outbox = Outbox(str(cfg.outbox_dir), cfg.outbox_max_bytes)
+        self._cursor = self.outbox.acked_below - 1
+        status = up.topic(self.device, "status")
+        self.client = make_client(settings_of(cfg), self.device, will=(status, up.to_json(self._offline())))
+        self.client.max_inflight_messages_set(cfg.window)
+        self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
+        self.client.on_message = self._on_message
+        connect_async(self.client, settings_of(cfg))
+        for t in self._threads:
+            t.start()
+        log.info("uplink to %s as %s, outbox %s (%d queued)", cfg.broker, self.device, cfg.outbox_dir,
+                 self.outbox.stats()["queued"], extra={"event": "uplink"})
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Store what is queued, say offline, disconnect."""
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            pass
+        started = [t for t in self._threads if t.ident is not None]   # start() may have failed half way
+        for t in started[:2]:
+            t.join(timeout)
+        self._stop.set()
+        self._wake.set()
+        for t in started[2:]:
+            t.join(timeout)
+        if self.client is not None:
+            if self.connected.is_set():
+                info = self.client.publish(up.topic(self.device, "status"), up.to_json(self._offline()), qos=1,
+                                           retain=True)
+                try:
+                    info.wait_for_publish(2)
+                except (RuntimeError, ValueError):
+                    pass
+            self.client.disconnect()
+            self.client.loop_stop()
+        if self.outbox is not None:
+            self.outbox.close()
+
+    def update_rules(self, cfg: UplinkConfig) -> None:
+        """A reload: new rules apply to the next result; connection settings need a restart."""
+        if (cfg.broker, cfg.device, cfg.outbox_dir) != (self.cfg.broker, self.cfg.device, self.cfg.outbox_dir):
+            log.warning("uplink: broker, device or outbox changed: restart lited to apply",
+                        extra={"event": "uplink"})
+        self.cfg.rules = cfg.rules
+        self.cfg.events = cfg.events
+
+    # -- from the stream threads: choose, never block
+    def offer_result(self, result: dict) -> None:
+        rule = self.cfg.rule_for(result["stream"])
+        if rule is None:
+            return
+        labels, min_score = rule.labels, rule.min_score
+        dets = [(i, d) for i, d in enumerate(result["detections"])
+                if d["score"] >= min_score and (labels is None or d["label"] in labels)]
+        classes = [c for c in result["classes"] if c["score"] >= min_score and (labels is None or c["label"] in labels)]
+        if not dets and not classes:
+            return
+        if rule.max_rate is not None:
+            now = time.monotonic()
+            if now - self._last_selected.get(result["stream"], -1e9) < 1.0 / rule.max_rate:
+                self._count("rate_limited")
+                return
+            self._last_selected[result["stream"]] = now
+        self._count("selected")
+        self._offer(("result", result, dets, classes, rule))
+
+    def offer_event(self, event: dict) -> None:
+        if self.cfg.events:
+            self._offer(("event", event))
+
+    def _offer(self, item: tuple) -> None:
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            self._count("busy")
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._count_lock:
+            self.counters[name] += n
+
+    # -- packer thread: frames -> crops -> JPEG; store thread: -> outbox
+    def _pack_loop(self) -> None:
+        """Take what is queued (up to PACK_BATCH), first copy the pixels of every
+        crop while the frames are still in the ring, then encode; the store
+        thread writes, so a slow disk never delays reading the frames."""
+        self._tids.append(threading.get_native_id())
+        while True:
+            items = [self._queue.get()]
+            while len(items) < PACK_BATCH and items[-1] is not None:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            last = items[-1] is None
+            items = [item for item in items if item is not None]
+            pixels = [self._cut(item) for item in items]
+            self._stored.put([self._records(item, images) for item, images in zip(items, pixels)])
+            if last:
+                self._stored.put(None)
+                return
+
+    def _store_loop(self) -> None:
+        """Everything packed so far in one put_many: one fdatasync for all (group commit)."""
+        self._tids.append(threading.get_native_id())
+        while True:
+            batches = self._stored.get()
+            last = batches is None
+            batches = batches or []
+            while not last:
+                try:
+                    more = self._stored.get_nowait()
+                except queue.Empty:
+                    break
+                last = more is None
+                batches += more or []
+            self._store(batches)
+            if last:
+                return
+
+    def _store(self, batches: list) -> None:
+        """`batches`: the records of one result or event each; stored together."""
+        records = [r for batch in batches for r in batch]
+        try:
+            seqs = self.outbox.put_many(records) if records else []
+        except ValueError:             # a record over the limit: store the others, one result at a time
+            if len(batches) > 1:
+                for batch in batches:
+                    self._store([batch])
+                return
+            seqs = None
+        except OSError as exc:         # a failing disk: counted, never raised into the daemon
+            log.warning("uplink: cannot store %d records: %s", len(records), exc, extra={"event": "uplink"})
+            seqs = None
+        if seqs is None:
+            self._count("refused", len(batches))
+        else:
+            self._count("queued", len(seqs))
+            self._wake.set()
+
+    def _cut(self, item: tuple) -> list:
+        """[(detection index or None for the whole frame, detection, pixels)] of a result."""
+        if item[0] != "result" or item[4].attach == "none":
+            return []
+        _, result, dets, _, rule = item
+        frame = self._read_frame(result, self._frame)
+        if frame is None:
+            self._count("frame_gone")
+            return []
+        self._frame = frame
+        if rule.attach == "frame":
+            return [(None, None, frame.copy())]
+        h, w = frame.shape[:2]
+        out = []
+        for index, det in dets[:rule.max_crops]:
+            rect = crop_rect(det["box"], rule.margin, w, h)
+            if rect is not None:
+                x1, y1, x2, y2 = rect
+                out.append((index, det, frame[y1:y2, x1:x2].copy()))
+        return out
+
+    def _records(self, item: tuple, images: list) -> list:
+        """(topic, meta, payload) of an event, or of a result and its images."""
+        if item[0] == "event":
+            event = item[1]
+            return [(up.topic(self.device, "events", event["stream"]), _meta(JSON_TYPE),
+                     up.to_json(up.event_message(self.device, event)))]
+        _, result, dets, classes, rule = item
+        stream = result["stream"]
+        crops = [index for index, _, _ in images if index is not None]
+        message = up.result_message(self.device, result, [{**d, "index": i} for i, d in dets], classes, crops,
+                                    any(index is None for index, _, _ in images))
+        records = [(up.topic(self.device, "results", stream), _meta(JSON_TYPE), up.to_json(message))]
+        now = time.time()
+        for index, det, image in images:
+            props = up.image_properties(stream, result["seq"], result.get("frame_ts"), det, index, now)
+            kind = "frames" if det is None else "crops"
+            records.append((up.topic(self.device, kind, stream), _meta(JPEG_TYPE, props),
+                            encode_jpeg(image, rule.jpeg_quality)))
+        return records
+
+    # -- sender thread: outbox -> paho, within the window; resends; status
+    def _send_loop(self) -> None:
+        self._tids.append(threading.get_native_id())
+        while not self._stop.is_set():
+            self._wake.wait(0.25)
+            self._wake.clear()
+            if not self.connected.is_set():
+                continue
+            now = time.monotonic()
+            if now >= self._status_due:
+                self._status_due = now + self.cfg.status_interval
+                self._publish_status()
+            self._resend_due(now)
+            with self._lock:
+                room = self.cfg.window - len(self._unconfirmed)
+            if room > 0:
+                for rec in self.outbox.read(self._cursor, room):
+                    if not self.connected.is_set():
+                        break
+                    self._send(rec)
+                    self._cursor = rec.seq
+                    self._count("sent")
+
+    def _send(self, rec: Any, resent: bool = False) -> None:
+        meta = _parse_meta(rec.meta)
+        user = [(up.ID_PROPERTY, up.message_id(self.device, self.outbox.epoch, rec.seq)), *meta.get("up", [])]
+        props = publish_properties(user, meta.get("ct"))
+        with self._lock:
+            self._unconfirmed[rec.seq] = [rec.where, time.monotonic(), resent]
+            self._unconfirmed.move_to_end(rec.seq)
+        info = self.client.publish(rec.topic, rec.payload, qos=1, properties=props)
+        with self._lock:
+            early = self._early.pop(info.mid, None)
+            if early is not None and time.monotonic() - early[1] > EARLY_PUBACK_S:
+                early = None                     # a status or reply message's PUBACK, its mid since reused
+            if early is None:
+                self._inflight[info.mid] = rec.seq
+                self._inflight_seqs.add(rec.seq)
+        if early is not None:
+            self._puback(rec.seq, early[0])
+
+    def _resend_due(self, now: float) -> None:
+        """Records sent, acknowledged by the broker but not by the cloud
+        (`ack: cloud`) go again (the server drops duplicates by id) after
+        `resend_after` s, or 4 times the smoothed confirmation time if that is
+        longer (busy servers are not flooded with copies of what they queue);
+        the interval doubles up to 60 s while nothing is confirmed, so a fleet
+        without a running `lited cloud` stays quiet."""
+        timeout = max(self._resend_interval, 4 * self._srtt)
+        with self._lock:
+            due = [(seq, entry[0]) for seq, entry in self._unconfirmed.items()
+                   if seq not in self._inflight_seqs and now - entry[1] >= timeout]
+        if not due:
+            return
+        self._resend_interval = (self.cfg.resend_after if self._acked_since_resend
+                                 else min(MAX_RESEND_INTERVAL, self._resend_interval * 2))
+        self._acked_since_resend = False
+        for seq, where in due:
+            rec = self.outbox.read_at(where) if self.outbox.is_pending(seq) else None
+            if rec is None:            # acknowledged meanwhile, or dropped from a full outbox
+                with self._lock:
+                    self._unconfirmed.pop(seq, None)
+                continue
+            self._send(rec, resent=True)
+            self._count("resent")
+
+    def _publish_status(self) -> None:
+        message = {"v": up.VERSION, "type": "status", "device": self.device, "state": "online", "ts": time.time(),
+                   "version": __version__, **self._health(), "uplink": self._link_status()}
+        self.client.publish(up.topic(self.device, "status"), up.to_json(message), qos=1, retain=True,
+                            properties=publish_properties(content_type=JSON_TYPE))
+
+    def _offline(self) -> dict:
+        return {"v": up.VERSION, "type": "status", "device": self.device, "state": "offline", "ts": time.time()}
+
+    # -- paho's thread: never wait for anything held around client.publish()
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            self.last_error = f"connect refused: {reason_code}"
+            log.warning("uplink: %s refused the connection: %s", self.cfg.broker, reason_code,
+                        extra={"event": "uplink"})
+            return
+        if self.cfg.requests:
+            client.subscribe(up.topic(self.device, "req"), qos=1)
+        client.subscribe([(up.topic(self.device, "answers", "+"), 1), (up.topic(self.device, "ack"), 1)])
+        self.last_error = ""
+        self._status_due = 0.0
+        self.connected.set()
+        self._wake.set()
+        log.info("uplink: connected to %s", self.cfg.broker, extra={"event": "uplink_connected"})
+
+    def _on_connect_fail(self, client: Any, userdata: Any) -> None:
+        self.last_error = f"cannot connect to {self.cfg.broker}"
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if self.connected.is_set() and not self._stop.is_set():
+            log.warning("uplink: disconnected (%s); reconnecting", reason_code, extra={"event": "uplink_lost"})
+        self.connected.clear()
+        self.last_error = f"disconnected: {reason_code}"
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        with self._lock:
+            seq = self._inflight.pop(mid, None)
+            if seq is None:                       # before publish() returned, or not an outbox message
+                self._early.pop(mid, None)
+                self._early[mid] = (reason_code, time.monotonic())
+                while len(self._early) > 1024:
+                    self._early.pop(next(iter(self._early)))
+                return
+            self._inflight_seqs.discard(seq)
+        self._puback(seq, reason_code)
+
+    def _puback(self, seq: int, reason_code: Any) -> None:
+        if reason_code.is_failure:                # e.g. 0x87: the broker's ACL refused our own topic
+            self._count("refused_by_broker")
+            log.warning("uplink: the broker refused record %d: %s", seq, reason_code, extra={"event": "uplink"})
+            self._confirmed(seq)
+        elif self.cfg.ack == "broker":
+            self._confirmed(seq)
+        self._wake.set()
+
+    def _confirmed(self, seq: int) -> None:
+        with self._lock:
+            entry = self._unconfirmed.pop(seq, None)
+        if entry is not None and not entry[2]:
+            took = time.monotonic() - entry[1]
+            self._srtt = took if self._srtt == 0.0 else 0.875 * self._srtt + 0.125 * took
+        if self.outbox.ack(seq):
+            self._count("acked")
+            self._acked_since_resend = True
+        self._wake.set()
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        try:
+            where = up.parse_topic(msg.topic)
+            if where is None or where[0] != self.device:
+                raise up.UplinkMessageError(f"{msg.topic}: not this device's topic")
+            kind = where[1]
+            if kind == "answers":
+                self._answer(up.parse_answer(msg.payload))
+            elif kind == "ack":
+                for msg_id in up.parse_ack(msg.payload):
+                    self._cloud_ack(msg_id)
+            elif kind == "req" and self.cfg.requests:
+                self._request(msg)
+            else:
+                raise up.UplinkMessageError(f"{msg.topic}: unexpected")
+        except up.UplinkMessageError as exc:
+            self._count("bad_messages")
+            log.warning("uplink: dropped a message: %s", exc, extra={"event": "uplink_bad_message"})
+
+    def _cloud_ack(self, msg_id: Any) -> Optional[int]:
+        parsed = up.parse_id(msg_id)
+        if parsed is None or parsed[0] != self.device or parsed[1] != self.outbox.epoch:
+            return None
+        if self.cfg.ack == "cloud":
+            self._confirmed(parsed[2])
+        return parsed[2]
+
+    def _answer(self, answer: dict) -> None:
+        """An answer to one of our crops or frames: once on the local bus (duplicates dropped by id)."""
+        msg_id = answer["id"]
+        with self._lock:
+            duplicate = msg_id in self._seen_answers
+            self._seen_answers[msg_id] = True
+            while len(self._seen_answers) > SEEN_ANSWERS:
+                self._seen_answers.popitem(last=False)
+        self._cloud_ack(msg_id)
+        if duplicate:
+            self._count("duplicate_answers")
+            return
+        self._count("answers")
+        queued = answer.get("queued_ts")
+        if isinstance(queued, (int, float)) and queued > 0:
+            answer["round_trip_ms"] = round((time.time() - queued) * 1e3, 3)
+            self._round_trips.append(answer["round_trip_ms"])
+        self._publish_local(answer["stream"], answer)
+
+    def _request(self, msg: Any) -> None:
+        props = msg.properties
+        reply_to = getattr(props, "ResponseTopic", None)
+        correlation = getattr(props, "CorrelationData", None)
+        if not reply_to or not reply_to.startswith(up.topic(self.device, "resp") + "/"):
+            self._count("requests_refused")
+            raise up.UplinkMessageError(f"request without a ResponseTopic under {up.topic(self.device, 'resp')}/")
+        self._count("requests")
+
+        def reply(result: Any, error: Optional[ProtocolError], request_id: Any = None) -> None:
+            body = (up.reply_message(request_id, result) if error is None
+                    else up.reply_message(request_id, code=error.code, message=str(error)))
+            self.client.publish(reply_to, up.to_json(body), qos=1,
+                                properties=publish_properties(content_type=JSON_TYPE, correlation=correlation))
+
+        try:
+            request_id, method, params = up.parse_request(msg.payload)
+        except up.UplinkMessageError as exc:
+            self._count("requests_refused")
+            reply(None, ProtocolError("bad_request", str(exc)))
+            return
+        self._call(method, params, lambda result, error: reply(result, error, request_id))
+
+    # -- status
+    def _link_status(self) -> dict:
+        return {"connected": self.connected.is_set(), "outbox": self.outbox.stats() if self.outbox else None,
+                "counters": dict(self.counters)}
+
+    def status(self) -> dict:
+        trips = sorted(self._round_trips)
+        return {"broker": self.cfg.broker, "device": self.device, "ack": self.cfg.ack, "last_error": self.last_error,
+                **self._link_status(), "unconfirmed": len(self._unconfirmed),
+                "confirm_ms": round(self._srtt * 1e3, 1),
+                "round_trip_ms": {"p50": _quantile(trips, 0.5), "p99": _quantile(trips, 0.99)} if trips else None,
+                "cpu_s": round(self.cpu_seconds(), 3)}
+
+    def status_line(self) -> str:
+        st = self.outbox.stats() if self.outbox else {"queued": 0, "bytes": 0, "dropped": 0}
+        return (f"uplink {'up' if self.connected.is_set() else 'DOWN'}, outbox {st['queued']} queued "
+                f"({st['bytes'] / 1024:.0f} KiB), {st['dropped']} dropped")
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the uplink's threads and paho's network thread (the benchmark's cost figure)."""
+        tids = list(self._tids) + [t.native_id for t in threading.enumerate()
+                                   if t.name.startswith("paho-mqtt-client-") and t.native_id]
+        ticks = 0
+        for tid in tids:
+            try:
+                with open(f"/proc/self/task/{tid}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])
+            except (OSError, IndexError, ValueError):
+                continue
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _meta(content_type: str, user: Optional[list] = None) -> bytes:
+    """What the outbox keeps beside a payload: its MQTT 5 content type and user properties."""
+    return up.to_json({"ct": content_type, "up": user or []})
+
+
+def _parse_meta(meta: bytes) -> dict:
+    try:
+        value = json.loads(meta) if meta else {}
+    except ValueError:
+        return {}
+    return {"ct": value.get("ct"), "up": [tuple(pair) for pair in value.get("up", [])]}
+
+
+def _quantile(values: list, q: float) -> float:
+    return round(values[min(len(values) - 1, int(q * len(values)))], 3)

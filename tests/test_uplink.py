@@ -1,0 +1,530 @@
+"""The MQTT uplink with real parts: Mosquitto from apt on loopback with TLS,
+passwords, client certificates and the ACL of docs/uplink.md; `lited serve`
+and `lited cloud` as real processes; real models on real photos."""
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, _load_tool, write_video
+from daemon_process import DaemonProcess
+from test_daemon import wait_until
+from lited.client import Subscriber
+from lited.config import ConfigError, parse_config
+
+mqtt = pytest.importorskip("paho.mqtt.client")
+if shutil.which("mosquitto") is None:
+    if os.environ.get("CI") == "true":
+        pytest.fail("mosquitto is not installed (tools/apt-test.txt)")
+    pytest.skip("mosquitto is not installed (apt-get install mosquitto)", allow_module_level=True)
+
+broker_tool = _load_tool("mqtt_broker")
+NOT_AUTHORIZED = 0x87
+FACE_RULE = {"labels": ["face"], "min_score": 0.7, "attach": "crops", "margin": 0.2}
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = broker_tool.Broker(tmp_path / "mqtt", devices=("dev1", "dev2"))
+    b.start()
+    yield b
+    b.stop()
+
+
+def connected(settings, client_id: str, on_message=None):
+    """A connected paho client (MQTT 5, TLS) and a list collecting what it receives."""
+    from lited.mqtt_link import make_client
+
+    got: list = []
+    client = make_client(settings, client_id)
+    client.on_message = on_message or (lambda c, u, msg: got.append((msg.topic, msg.payload)))
+    ready, out = threading.Event(), {}
+
+    def on_connect(c, u, flags, reason_code, props):
+        out["rc"] = reason_code
+        ready.set()
+    client.on_connect = on_connect
+    host, port, _ = settings.address
+    client.connect(host, port, keepalive=10)
+    client.loop_start()
+    assert ready.wait(10), "no CONNACK"
+    if out["rc"].is_failure:
+        client.loop_stop()
+        raise ConnectionError(str(out["rc"]))
+    return client, got
+
+
+def subscribe(client, topic: str) -> list:
+    done, out = threading.Event(), {}
+    client.on_subscribe = lambda c, u, mid, codes, props: (out.setdefault("codes", codes), done.set())
+    client.subscribe(topic, qos=1)
+    assert done.wait(5)
+    return [rc.value for rc in out["codes"]]
+
+
+def publish(client, topic: str, payload: bytes = b"x") -> int:
+    done, out = threading.Event(), {}
+    client.on_publish = lambda c, u, mid, rc, props: (out.setdefault("rc", rc), done.set())
+    client.publish(topic, payload, qos=1)
+    assert done.wait(5)
+    return out["rc"].value
+
+
+def close(*clients) -> None:
+    for c in clients:
+        c.disconnect()
+        c.loop_stop()
+
+
+class Cloud:
+    """`lited cloud` as a real process, recording what it receives (JSON lines)."""
+
+    def __init__(self, broker, tmp: Path, client_id: str = "cloud-a", bundle: Path | None = None) -> None:
+        self.record = tmp / f"{client_id}.jsonl"
+        self.log = tmp / f"{client_id}.log"
+        args = [sys.executable, "-m", "lited.cli", "cloud", *broker.server_args(), "--client-id", client_id,
+                "--record", str(self.record)] + (["--bundle", str(bundle)] if bundle else [])
+        self._log = open(self.log, "ab")
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._log)
+        wait_until(lambda: b"subscribed to" in self.log.read_bytes() or self.proc.poll() is not None, 60)
+        assert self.proc.poll() is None, self.log.read_text()
+
+    def entries(self, kind: str | None = None) -> list:
+        if not self.record.exists():
+            return []
+        lines = [json.loads(line) for line in self.record.read_text().splitlines() if line]
+        return [e for e in lines if kind is None or e["kind"] == kind]
+
+    def stop(self) -> dict:
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=30)
+        self._log.close()
+        assert self.proc.returncode == 0, self.log.read_text()
+        return json.loads(out.decode().strip().splitlines()[-1])
+
+
+class Collector:
+    """A local-bus subscriber in a thread: every result and answer of the daemon."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.sub = Subscriber(endpoint, answers=True)
+        self.results: list = []
+        self.answers: list = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        time.sleep(0.3)   # let the subscription reach the publisher
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            msg = self.sub.recv(timeout=0.2)
+            if msg is not None:
+                (self.answers if msg["type"] == "answer" else self.results).append(msg)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sub.close()
+
+
+def device(tmp_path: Path, config: dict, env: dict | None = None) -> DaemonProcess:
+    (tmp_path / "d").mkdir(exist_ok=True)
+    return DaemonProcess(tmp_path / "d", config, env=env)
+
+
+def add_stream(d: DaemonProcess, stream: dict) -> None:
+    """Add a stream with SIGHUP (config reload), as an operator would."""
+    d.config["streams"] = [*d.config["streams"], stream]
+    d.write_config()
+    d.signal(signal.SIGHUP)
+
+
+def uplink_status(d: DaemonProcess) -> dict:
+    with d.client() as client:
+        return client.status()["uplink"]
+
+
+def drain(d: DaemonProcess, broker, tmp_path: Path) -> "Cloud":
+    """Start the broker and a `lited cloud`, wait until the device's outbox is
+    empty, stop both the server and the device; the (stopped) Cloud."""
+    cloud = None
+    try:
+        broker.start()
+        cloud = Cloud(broker, tmp_path)
+        wait_until(lambda: uplink_status(d)["outbox"]["queued"] == 0, 60)
+        time.sleep(0.5)
+    finally:
+        if cloud is not None:
+            cloud.stop()
+        d.stop()
+    return cloud
+
+
+def settled(d: DaemonProcess, quiet: float = 1.0) -> dict:
+    """The uplink's status once nothing more was stored for `quiet` seconds."""
+    last, since = None, time.monotonic()
+    while True:
+        status = uplink_status(d)
+        if status["outbox"]["next_seq"] != last:
+            last, since = status["outbox"]["next_seq"], time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return status
+        time.sleep(0.2)
+
+
+def selected(results: list, rule: dict) -> dict:
+    """(stream, seq) -> indices of the detections `rule` selects, for results with any."""
+    out = {}
+    for r in results:
+        idx = [i for i, det in enumerate(r["detections"])
+               if det["label"] in rule["labels"] and det["score"] >= rule["min_score"]]
+        if idx:
+            out[(r["stream"], r["seq"])] = idx
+    return out
+
+
+def check_exactly_once(cloud: Cloud, results: list, answers: list, rule: dict) -> tuple:
+    """Every selected result and each of its crops arrived once at the server
+    (after its duplicate filter), and each crop's answer once on the local bus."""
+    want = selected(results, rule)
+    got_results = collections.Counter((e["message"]["stream"], e["message"]["seq"]) for e in cloud.entries("result"))
+    assert set(got_results) == set(want), (f"missing {sorted(set(want) - set(got_results))[:5]}, "
+                                           f"extra {sorted(set(got_results) - set(want))[:5]}")
+    assert max(got_results.values()) == 1, got_results.most_common(3)
+    crops_listed = {(e["message"]["stream"], e["message"]["seq"], i) for e in cloud.entries("result")
+                    for i in e["message"]["crops"]}
+    got_crops = collections.Counter((e["image"]["stream"], e["image"]["seq"], e["image"]["detection"])
+                                    for e in cloud.entries("crop"))
+    assert set(got_crops) == crops_listed and max(got_crops.values(), default=1) == 1
+    got_answers = collections.Counter((a["stream"], a["seq"], a["detection"]) for a in answers)
+    assert set(got_answers) == crops_listed and max(got_answers.values(), default=1) == 1
+    ids = [e["id"] for e in cloud.entries() if "id" in e]
+    assert len(ids) == len(set(ids))
+    return want, crops_listed
+
+
+# -- the ACL -------------------------------------------------------------------------------------
+
+def test_documented_acl_confines_each_device_to_its_own_topics(broker):
+    """Mosquitto 2.0's acl_file does not check SUBSCRIBE (the SUBACK grants it)
+    but checks every delivery and every PUBLISH: so this asserts on what is
+    delivered and on the PUBACK reason codes."""
+    dev1, got1 = connected(broker.device_settings("dev1"), "dev1")
+    dev2, _ = connected(broker.device_settings("dev2"), "dev2")
+    cloud, got_cloud = connected(broker.server_settings(), "cloud-acl")
+    try:
+        for pattern in ("lited/dev2/#", "lited/+/req", "lited/#", "#", "$share/g/lited/dev2/req",
+                        "lited/dev1/req", "lited/dev1/answers/+"):
+            subscribe(dev1, pattern)
+        assert subscribe(cloud, "lited/#") == [1]
+        assert publish(dev1, "lited/dev2/results/cam", b"spoofed") == NOT_AUTHORIZED
+        assert publish(dev1, "lited/dev2/status", b"spoofed") == NOT_AUTHORIZED
+        assert publish(dev1, "lited/dev1/answers/cam", b"self-answer") == NOT_AUTHORIZED
+        assert publish(dev1, "lited/dev1/events/cam", b"ok") == 0
+        assert publish(dev2, "lited/dev2/crops/cam", b"crop2") == 0
+        assert publish(cloud, "lited/dev2/req", b"{}") == 0
+        assert publish(cloud, "lited/dev2/answers/cam", b"{}") == 0
+        assert publish(cloud, "lited/dev1/req", b"{}") == 0
+        assert publish(cloud, "lited/dev1/results/cam", b"forged") == NOT_AUTHORIZED
+        time.sleep(0.5)
+        assert {t for t, _ in got1} == {"lited/dev1/req"}, got1   # nothing of dev2 although granted
+        cloud_topics = {t for t, _ in got_cloud}
+        assert {"lited/dev1/events/cam", "lited/dev2/crops/cam"} <= cloud_topics
+        assert not cloud_topics & {"lited/dev2/results/cam", "lited/dev2/status", "lited/dev1/results/cam"}
+        # a device taking another's client id does not kick it off (use_username_as_clientid)
+        dropped = threading.Event()
+        dev1.on_disconnect = lambda *a: dropped.set()
+        imposter, _ = connected(broker.device_settings("dev2"), "dev1")
+        time.sleep(0.5)
+        assert not dropped.is_set()
+        close(imposter)
+        with pytest.raises(ConnectionError):
+            connected(broker.device_settings("dev1", password="wrong"), "dev1")
+    finally:
+        close(dev1, dev2, cloud)
+
+
+# -- delivery ------------------------------------------------------------------------------------
+
+def test_broker_killed_20_times_during_a_live_stream_loses_nothing(broker, tmp_path, bundles_dir):
+    """`ack: cloud`: the broker is SIGKILLed and restarted 20 times while a
+    camera streams faces; every selected result and crop reaches the server
+    exactly once after its duplicate filter, and each crop's answer reaches
+    the local bus once."""
+    write_video(tmp_path / "v.avi", frames=90, size=(320, 240))   # a face in 1 frame of 3, 15 fps, looped
+    d = device(tmp_path, {
+        "models": {"face": str(bundles_dir / "ultraface")}, "streams": [],
+        "uplink": broker.uplink_config("dev1", ack="cloud", resend_after=1, window=32, keepalive=5,
+                                       status_interval=1, streams={"*": FACE_RULE},
+                                       outbox={"dir": str(tmp_path / "outbox")})})
+    d.start()
+    bus = Collector(d.pub)
+    cloud = None
+    try:
+        cloud = Cloud(broker, tmp_path)
+        wait_until(lambda: uplink_status(d)["connected"])
+        # 32 slots keep a frame in the ring ~2 s: time for the uplink to cut its crops on a loaded machine
+        add_stream(d, {"name": "cam", "source": f"file://{tmp_path / 'v.avi'}?realtime=1&loop=1",
+                       "model": "face", "slots": 32})
+        wait_until(lambda: len(bus.results) > 5)
+        kills = 0
+        for _ in range(20):
+            time.sleep(0.5)
+            broker.stop(kill=True)
+            time.sleep(0.1)
+            broker.start()
+            kills += 1
+        d.config["streams"] = []           # the camera goes away: what it selected must all arrive
+        d.write_config()
+        d.signal(signal.SIGHUP)
+        with d.client() as client:
+            wait_until(lambda: not client.status()["streams"], 30)
+        wait_until(lambda: (lambda u: u["outbox"]["queued"] == 0 and u["unconfirmed"] == 0)(uplink_status(d)), 60)
+        time.sleep(1.0)
+        status = uplink_status(d)
+    finally:
+        bus.close()
+        stats = cloud.stop() if cloud else {}
+        d.stop()
+    want, crops = check_exactly_once(cloud, bus.results, bus.answers, FACE_RULE)
+    counters = status["counters"]
+    print(f"\n{kills} broker kills: {len(bus.results)} results on the bus, {len(want)} selected, "
+          f"{len(crops)} crops; device sent {counters['sent']} (resent {counters['resent']}), "
+          f"server dropped {stats['duplicates']} duplicates; frames gone {counters['frame_gone']}")
+    assert len(want) >= 40 and counters["resent"] > 0, "the test must have made the device send again"
+    assert status["outbox"]["dropped"] == 0 and counters["frame_gone"] <= len(want) // 10
+    assert len(crops) >= len(want) - counters["frame_gone"]
+
+
+def test_daemon_restart_with_a_full_outbox_loses_nothing(broker, tmp_path, bundles_dir):
+    """The broker is down while a camera streams faces: results and crops pile
+    up in the outbox until it is more than half full. The daemon is SIGKILLed
+    (a power cut), started again, the broker and `lited cloud` come up: all of
+    it arrives, once."""
+    broker.stop()
+    write_video(tmp_path / "v.avi", frames=90, size=(320, 240))
+    config = {"models": {"face": str(bundles_dir / "ultraface")}, "streams": [],
+              "uplink": broker.uplink_config("dev1", ack="cloud", resend_after=1, streams={"*": FACE_RULE},
+                                             outbox={"dir": str(tmp_path / "outbox"), "max_bytes": 384 << 10})}
+    d = device(tmp_path, config)
+    d.start()
+    bus = Collector(d.pub)
+    try:
+        add_stream(d, {"name": "cam", "source": f"file://{tmp_path / 'v.avi'}?realtime=1&loop=1", "model": "face",
+                       "slots": 32})
+        wait_until(lambda: uplink_status(d)["outbox"]["bytes"] > 200 << 10, 90)
+        d.write_config({**config, "streams": []})
+        d.signal(signal.SIGHUP)
+        with d.client() as client:
+            wait_until(lambda: not client.status()["streams"], 30)
+        before = settled(d)
+        d.proc.kill()                        # a power cut: no clean stop
+        d.proc.wait()
+    finally:
+        bus.close()
+        d.stop()
+    outbox = before["outbox"]
+    print(f"\noutbox before the restart: {outbox['queued']} records, {outbox['bytes']} of {outbox['max_bytes']} "
+          f"bytes; dropped {outbox['dropped']}; frames gone {before['counters']['frame_gone']}")
+    assert outbox["bytes"] > outbox["max_bytes"] // 2 and outbox["dropped"] == 0
+    assert outbox["queued"] == outbox["next_seq"] - 1 == before["counters"]["queued"]
+    d.start()
+    cloud = drain(d, broker, tmp_path)
+    ids = sorted(int(e["id"].rsplit(":", 1)[1]) for e in cloud.entries() if "id" in e)
+    # every record stored before the power cut, once (then the new daemon's own events)
+    assert ids[:outbox["queued"]] == list(range(1, outbox["queued"] + 1)) and len(ids) == len(set(ids))
+    want = selected(bus.results, FACE_RULE)
+    assert {(e["message"]["stream"], e["message"]["seq"]) for e in cloud.entries("result")} == set(want)
+    crops = {(e["message"]["seq"], i) for e in cloud.entries("result") for i in e["message"]["crops"]}
+    assert {(e["image"]["seq"], e["image"]["detection"]) for e in cloud.entries("crop")} == crops
+
+
+def test_full_outbox_disk_drops_oldest_counts_and_keeps_serving(broker, tmp_path, bundles_dir):
+    """The outbox on a 1 MiB tmpfs, the broker down, whole frames attached: the
+    disk fills, the oldest records go (counted), results keep flowing on the
+    local bus; when the broker is back the newest records arrive, once."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (root needed): {r.stderr.decode().strip()}")
+    broker.stop()
+    write_video(tmp_path / "v.avi", frames=30, size=(320, 240))
+    rule = {"labels": ["face"], "min_score": 0.7, "attach": "frame", "jpeg_quality": 95}
+    d = device(tmp_path, {
+        "models": {"face": str(bundles_dir / "ultraface")},
+        "streams": [{"name": "cam", "source": f"file://{tmp_path / 'v.avi'}?loop=1", "model": "face"}],
+        "uplink": broker.uplink_config("dev1", ack="cloud", resend_after=1, streams={"*": rule},
+                                       outbox={"dir": str(mnt / "outbox"), "max_bytes": 64 << 20})})
+    try:
+        d.start()
+        full = wait_until(lambda: (lambda u: u if u["outbox"]["dropped"] > 20 else None)(uplink_status(d)), 90)
+        with Subscriber(d.pub, streams=["cam"]) as sub:
+            seqs = [sub.recv(timeout=5)["seq"] for _ in range(20)]   # still serving locally
+        assert seqs == sorted(seqs) and d.proc.poll() is None
+        with d.client() as client:
+            status = client.status()
+            assert status["streams"][0]["state"] == "streaming"
+            client.call("snapshot", stream="cam")
+        print(f"\ndisk full: {full['outbox']['queued']} kept in {full['outbox']['bytes']} bytes, "
+              f"{full['outbox']['dropped']} dropped, {full['outbox']['refused']} refused")
+        d.config["streams"] = []
+        d.write_config()
+        d.signal(signal.SIGHUP)
+        with d.client() as client:
+            wait_until(lambda: not client.status()["streams"], 30)
+        last = settled(d)["outbox"]
+        cloud = drain(d, broker, tmp_path)
+    finally:
+        d.stop()
+        subprocess.run(["umount", "-l", str(mnt)])
+    ids = sorted(int(e["id"].rsplit(":", 1)[1]) for e in cloud.entries() if "id" in e)
+    assert ids and ids == list(range(ids[0], last["next_seq"])), "the newest, contiguous, once each"
+    assert ids[0] > full["outbox"]["dropped"], "the oldest were the ones dropped"
+
+
+# -- the server side: a second model, answers, remote requests, health -----------------------------
+
+def test_second_model_answers_remote_requests_and_last_will(broker, tmp_path, bundles_dir):
+    """ultraface finds faces on the board, `lited cloud` classifies the crops
+    with mobilenetv2 (a stand-in for a recognition model); answers reach the
+    local bus; `lited remote` asks the device for status, snapshot, reload
+    over MQTT; a vanished device is marked offline by its last will."""
+    write_video(tmp_path / "v.avi", frames=30, size=(320, 240))
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)     # systemd's notify socket, as a unit has it
+    notify.bind(str(tmp_path / "notify.sock"))
+    notes: list = []
+
+    def read_notes() -> None:                # as systemd does (unread, the daemon's sends would block)
+        with contextlib.suppress(OSError):
+            while True:
+                notes.append(notify.recv(4096).decode())
+    threading.Thread(target=read_notes, daemon=True).start()
+    d = device(tmp_path, {
+        "models": {"face": str(bundles_dir / "ultraface")}, "status_interval": 0.5,
+        "streams": [{"name": "cam", "source": f"file://{tmp_path / 'v.avi'}?loop=1&realtime=1", "model": "face"}],
+        "uplink": broker.uplink_config("dev1", ack="cloud", streams={"cam": {**FACE_RULE, "max_rate": 4}},
+                                       status_interval=1, outbox={"dir": str(tmp_path / "outbox")})},
+               env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
+    d.start()
+    cloud = watcher = None
+    statuses: list = []
+    remote = [sys.executable, "-m", "lited.cli", "remote", *broker.server_args(), "dev1"]
+    try:
+        cloud = Cloud(broker, tmp_path, bundle=bundles_dir / "mobilenetv2")
+        watcher, _ = connected(broker.server_settings(), "status-watcher",
+                               on_message=lambda c, u, m: statuses.append(json.loads(m.payload)))
+        subscribe(watcher, "lited/dev1/status")
+        with Subscriber(d.pub, streams=["cam"], answers=True) as sub:
+            answer = wait_until(lambda: (lambda m: m if m and m["type"] == "answer" else None)(sub.recv(1)), 60)
+        assert answer["model"] == "mobilenetv2" and len(answer["classes"]) == 5
+        assert answer["detection"] == 0 and answer["round_trip_ms"] > 0
+        out = subprocess.run([*remote, "status"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        status = json.loads(out.stdout)
+        assert status["uplink"]["device"] == "dev1" and status["streams"][0]["stream"] == "cam"
+        snap = tmp_path / "snap.jpg"
+        out = subprocess.run([*remote, "snapshot", "--stream", "cam", "--out", str(snap)], capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0 and snap.read_bytes()[:2] == b"\xff\xd8", out.stderr
+        out = subprocess.run([*remote, "reload"], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and json.loads(out.stdout)["reloaded"] == ["face"], out.stderr
+        # not offered over MQTT / no reply topic of this device: refused
+        from lited.cloud import remote_call
+
+        assert remote_call(broker.server_settings(), "dev1", "infer", {})["error"]["code"] == "bad_request"
+        reply = remote_call(broker.server_settings(), "dev1", "reload", {"bundle": "/tmp"})
+        assert "params.bundle" in reply["error"]["message"]
+        cloud_client, _ = connected(broker.server_settings(), "cloud-rogue")
+        cloud_client.publish("lited/dev1/req", b'{"v":1,"method":"status"}', qos=1)
+        wait_until(lambda: uplink_status(d)["counters"]["requests_refused"] >= 1, 10)
+        close(cloud_client)
+        online = [s for s in statuses if s["state"] == "online"][-1]
+        # one datagram may carry READY=1 and STATUS= together, as systemd allows
+        line = wait_until(lambda: next((ln for n in reversed(notes) for ln in n.splitlines()
+                                        if "uplink up, outbox" in ln), None), 10)
+        assert line.startswith("STATUS=") and " dropped" in line, line   # the systemd status line has the outbox
+        assert online["uplink"]["connected"] and online["streams"][0]["stream"] == "cam"
+        d.proc.kill()                        # no clean DISCONNECT: the broker publishes the last will
+        wait_until(lambda: statuses and statuses[-1]["state"] == "offline", 20)
+    finally:
+        notify.close()
+        if watcher is not None:
+            close(watcher)
+        stats = cloud.stop() if cloud else {}
+        d.stop()
+    assert stats["crops"] >= 1 and stats["answered"] >= stats["crops"]
+
+
+def test_workers_in_one_group_share_the_load(broker, tmp_path, bundles_dir):
+    """Two `lited cloud` workers in one shared-subscription group: each gets
+    part of the crops and results, together all of them, each once."""
+    write_video(tmp_path / "v.avi", frames=45, size=(320, 240))
+    d = device(tmp_path, {
+        "models": {"face": str(bundles_dir / "ultraface")}, "streams": [],
+        # (the daemon's `ready` event went up before any worker subscribed: the broker dropped it and it
+        # is sent again after resend_after)
+        "uplink": broker.uplink_config("dev1", ack="cloud", resend_after=3, streams={"*": FACE_RULE},
+                                       outbox={"dir": str(tmp_path / "outbox")})})
+    d.start()
+    clouds = []
+    try:
+        clouds = [Cloud(broker, tmp_path, client_id=f"cloud-{c}") for c in "ab"]
+        add_stream(d, {"name": "cam", "source": f"file://{tmp_path / 'v.avi'}", "model": "face", "slots": 64})
+        with d.client() as client:
+            wait_until(lambda: [s["state"] for s in client.status()["streams"]] == ["ended"], 60)
+        wait_until(lambda: (lambda u: u["outbox"]["queued"] == 0 and u["unconfirmed"] == 0)(settled(d)), 60)
+    finally:
+        stats = [c.stop() for c in clouds]
+        d.stop()
+    per_worker = [[e["id"] for e in c.entries() if "id" in e] for c in clouds]
+    print(f"\nshared subscription: worker a {len(per_worker[0])}, worker b {len(per_worker[1])} messages")
+    assert all(len(ids) >= 5 for ids in per_worker), per_worker
+    ids = per_worker[0] + per_worker[1]
+    assert len(ids) == len(set(ids)) and sum(s["received"] for s in stats) == len(ids)
+    assert sorted(int(i.rsplit(":", 1)[1]) for i in ids) == list(range(1, len(ids) + 1))
+
+
+# -- config ----------------------------------------------------------------------------------------
+
+def test_uplink_config_problems_name_their_field(tmp_path):
+    (tmp_path / "ca.crt").write_text("x")
+    good = {"models": {"m": str(tmp_path)}, "streams": [{"name": "cam", "source": "synth://"}],
+            "uplink": {"broker": "mqtts://127.0.0.1:8883", "device": "dev1", "ca": str(tmp_path / "ca.crt"),
+                       "streams": {"cam": {"labels": ["face"], "attach": "crops"}}}}
+    cfg = parse_config(good, base_dir=tmp_path)
+    assert cfg.uplink.rule_for("cam").attach == "crops" and cfg.uplink.outbox_dir == cfg.state_dir / "outbox"
+    cases = [({"broker": "http://x"}, "uplink.broker"), ({"device": "a/b"}, "uplink.device"),
+             ({"device": "cloud"}, "uplink.device"), ({"broker": "mqtt://u:p@host"}, "uplink.broker"),
+             ({"ca": "/nonexistent.crt"}, "uplink.ca"), ({"cert": str(tmp_path / "ca.crt")}, "uplink.key"),
+             ({"ack": "maybe"}, "uplink.ack"), ({"window": 0}, "uplink.window"), ({"bogus": 1}, "uplink.bogus"),
+             ({"outbox": {"max_bytes": 10}}, "uplink.outbox.max_bytes"),
+             ({"streams": {"nope": {}}}, "uplink.streams.nope"),
+             ({"streams": {"cam": {"attach": "video"}}}, "uplink.streams.cam.attach"),
+             ({"streams": {"cam": {"min_score": 2}}}, "uplink.streams.cam.min_score"),
+             ({"streams": {"cam": {"labels": "face"}}}, "uplink.streams.cam.labels")]
+    for change, field in cases:
+        with pytest.raises(ConfigError) as info:
+            parse_config({**good, "uplink": {**good["uplink"], **change}}, base_dir=tmp_path)
+        assert f"{field}:" in str(info.value), (change, info.value)
+
+
+def test_cloud_and_remote_refuse_bad_input_in_one_line(tmp_path):
+    cases = [(["cloud", "--broker", "http://broker"], "expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"),
+             (["cloud", "--broker", "mqtt://127.0.0.1:1", "--bundle", str(tmp_path / "none")], str(tmp_path / "none")),
+             (["remote", "--broker", "mqtts://u:p@host", "dev1", "status"], "credentials go in their own fields")]
+    for args, text in cases:
+        out = subprocess.run([sys.executable, "-m", "lited.cli", *args], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and text in out.stderr and out.stderr.count("\n") == 1, (args, out.stderr)
