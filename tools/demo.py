@@ -52,14 +52,19 @@ def make_video(path: Path, frames: int = 120, fps: int = 15) -> None:
     writer.release()
 
 
+def demo_config(video: Path, run: Path) -> dict:
+    """The demo's daemon config: the video as a 15 fps camera, the demo bundle, defaults otherwise."""
+    return {"runtime_dir": str(run), "models": {"text": str(BUNDLE)},
+            "streams": [{"name": "cam0", "source": f"file://{video}?loop=1&realtime=1", "model": "text"}]}
+
+
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     video = OUT / "scroll.avi"
     say(f"drawing a scrolling-text video -> {video.relative_to(ROOT)}")
     make_video(video)
     run = OUT / "run"
-    config = {"runtime_dir": str(run), "models": {"text": str(BUNDLE)},
-              "streams": [{"name": "cam0", "source": f"file://{video}?loop=1&realtime=1", "model": "text"}]}
+    config = demo_config(video, run)
     (OUT / "lited.conf").write_text(json.dumps(config, indent=2))
     say(f"starting lited serve with {BUNDLE.relative_to(ROOT)} (config: build/demo/lited.conf)")
     log = open(OUT / "daemon.log", "wb")
@@ -89,7 +94,8 @@ def main() -> int:
             client.timeout = 10
             snap = client.snapshot("cam0")
             (OUT / "snapshot.jpg").write_bytes(snap["jpeg"])
-            say(f"snapshot of frame {snap['seq']} with {len(snap['detections'])} text boxes -> build/demo/snapshot.jpg")
+            say(f"snapshot: frame {snap['seq']} (the latest result's own frame) with its "
+                f"{len(snap['detections'])} text boxes -> build/demo/snapshot.jpg")
             status = client.status()
         s = status["streams"][0]
         lat = s["latency_ms"]

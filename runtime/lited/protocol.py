@@ -15,8 +15,9 @@ from lited.validate import has_type, type_name
 
 VERSION = 1
 METHODS = ("ping", "status", "infer", "reload", "snapshot")
-RESULT_KEYS = ("stream", "seq", "frame_ts", "skipped", "model", "model_version", "task", "detections",
+RESULT_KEYS = ("stream", "seq", "frame_ts", "skipped", "model", "model_key", "model_version", "task", "detections",
                "classes", "timings_ms")
+FRAME_KEYS = ("ring", "generation", "slot", "slot_seq", "width", "height")
 DAEMON_STREAM = "_daemon"
 # msgpack limits for untrusted input: bounded nesting and sizes, no ext types
 _UNPACK_LIMITS = dict(max_str_len=1 << 16, max_array_len=1 << 16, max_map_len=1 << 10, max_ext_len=0)
@@ -44,9 +45,13 @@ def encode_result(result: dict) -> bytes:
     payload = {"v": VERSION, "type": "result"}
     for key in RESULT_KEYS:
         payload[key] = result.get(key)
-    payload["frame"] = {"ring": result.get("ring"), "slot": result.get("slot"), "slot_seq": result.get("slot_seq"),
-                        "width": result.get("width"), "height": result.get("height")}
+    payload["frame"] = frame_of(result)
     return msgpack.packb(payload, use_bin_type=True)
+
+
+def frame_of(result: dict) -> dict:
+    """A result's `frame` map: where its frame lies in shared memory."""
+    return {key: result.get(key) for key in FRAME_KEYS}
 
 
 def encode_event(event: dict) -> bytes:
@@ -61,8 +66,8 @@ def decode_payload(data: bytes, max_bin: int = 1 << 26) -> dict:
         raise ProtocolError("bad_request", f"not a msgpack message ({type(exc).__name__})") from None
     if not isinstance(obj, dict):
         raise ProtocolError("bad_request", f"expected a map, got {type(obj).__name__}")
-    if obj.get("v") != VERSION:
-        raise ProtocolError("bad_request", f"v: expected {VERSION}, got {obj.get('v')!r}")
+    if obj.get("v") != VERSION:  # a readable map: its id comes back, so the client can match the reply
+        raise ProtocolError("bad_request", f"v: expected {VERSION}, got {obj.get('v')!r}", obj.get("id"))
     return obj
 
 

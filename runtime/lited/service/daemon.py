@@ -50,6 +50,7 @@ class Daemon:
         self.streams: dict = {}            # stream name -> Stream
         self.stream_configs: dict = {}     # stream name -> the StreamConfig it was started from
         self.last_reload: dict = {}
+        self.ready = False                 # True once start() finished: streams warm, `ready` published
         self.stop_event = threading.Event()
         self.reload_requested = threading.Event()
         self._reload_lock = threading.Lock()
@@ -77,6 +78,7 @@ class Daemon:
             self._start_stream(sc)
         self.notifier.ready(self.status_line())
         self.watchdog.start()
+        self.ready = True
         self._daemon_event("ready", f"{len(self.streams)} streams, {len(self.bundles)} models")
         log.info("serving: pub %s, req %s", " ".join(cfg.pub), " ".join(cfg.req), extra={"event": "ready"})
 
@@ -86,7 +88,8 @@ class Daemon:
         self.watchdog.register(beat_name)
         stream = Stream(sc.name, sc.source, lambda b=bundle: Model(b, isolated=True), self._publish_result,
                         self._publish_event, slots=sc.slots, stall_timeout=sc.stall_timeout,
-                        group=self.config.group, beat=lambda n=beat_name: self.watchdog.beat(n))
+                        group=self.config.group, beat=lambda n=beat_name: self.watchdog.beat(n),
+                        keep_results=sc.keep_results, policy=sc.policy, model_key=sc.model)
         try:
             stream.start()
         except BaseException:
@@ -171,7 +174,7 @@ class Daemon:
             except BaseException as exc:
                 self._record_reload(False, first_line(exc))
                 raise
-            self._record_reload(True, ", ".join(f"{n} {self.bundles[n].version}" for n in paths))
+            self._record_reload(True, list(paths))
 
     def _swap_models(self, paths: dict) -> None:
         prepared: list = []
@@ -228,14 +231,18 @@ class Daemon:
             self._record_reload(False, f"{first_line(exc)}; the old models keep serving")
             return
         if not kept:
-            self._record_reload(True, ", ".join(added) or "none")
+            self._record_reload(True, list(added))
 
-    def _record_reload(self, ok: bool, detail: str) -> None:
-        """Every reload ends here: status, log, event, systemd."""
-        self.last_reload = {"ok": ok, "models" if ok else "error": detail, "ts": time.time()}
+    def _record_reload(self, ok: bool, detail: Any) -> None:
+        """Every reload ends here: status, log, event, systemd. `detail` is the
+        error, or the list of models (config names) reloaded or added."""
         if ok:
+            reloaded = detail
+            detail = ", ".join(f"{n} {self.bundles[n].version}" for n in reloaded) or "none"
+            self.last_reload = {"ok": True, "models": detail, "reloaded": reloaded, "ts": time.time()}
             log.info("reloaded %s", detail, extra={"event": "reloaded", "bundle": detail})
         else:
+            self.last_reload = {"ok": False, "error": detail, "ts": time.time()}
             log.error("reload failed, old models keep serving: %s", detail, extra={"event": "reload_failed"})
         self._daemon_event("reload", detail, ok=ok)
         self.notifier.ready(self.status_line())
@@ -248,7 +255,8 @@ class Daemon:
             "uptime_s": round(time.monotonic() - self.started, 1), "rss_mb": round(rss_kb / 1024, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "engines_rss_mb": round(sum(_rss_kb(pid) for pid in child_pids()) / 1024, 1),
-            "models": {n: {"version": b.version, "bundle": str(b.root), "task": b.task}
+            "ready": self.ready,
+            "models": {n: {"name": b.name, "version": b.version, "bundle": str(b.root), "task": b.task}
                        for n, b in self.bundles.items()},
             "streams": [s.status() for s in self.streams.values()],
             "last_reload": self.last_reload,
