@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How fast, and how much memory, beside what you would otherwise use.
 
-    python tools/bench.py [--models ultraface,fastestdet] [--quick] [--out docs/BENCHMARKS.md]
+    python tools/bench.py [--models ultraface,fastestdet] [--quick] [--live-only] [--out docs/BENCHMARKS.md]
 
 Every row comes from one run on one machine; each measurement runs in its own
 process (tools/bench_probes.py) so its peak RSS is its own. Writes
@@ -135,6 +135,37 @@ def bench_models(names: list, bundles: Path, quick: bool, progress: Progress, tm
     return rows
 
 
+LIVE_MODELS = ("ultraface", "fastestdet", "mobilenetv2", "demo_ppocrv4_det")
+POLICIES = ("latest", "queue")
+
+
+def bench_live(names: list, bundles: Path, quick: bool, progress: Progress, tmp: Path) -> list:
+    """Each model on a paced 30 fps file through `lited serve`, with each
+    policy, run alternately (three times each unless --quick): the load of a
+    shared machine drifts, so the two policies see the same drift."""
+    out = []
+    for name in [n for n in names if n in LIVE_MODELS]:
+        image = SHARED / "images" / f"{IMAGE_FOR[name]}.png"
+        video = tmp / f"{name}-live.avi"
+        make_video(image, video, 60)  # 30 fps, looped by the source
+        ms = probe("bare", bundle=bundles / name, image=image, runs=20)["ms"]["p50"]
+        seconds = max(12.0, min(40.0, 40 * ms / 1000))  # at least ~40 results
+        runs: dict = {policy: [] for policy in POLICIES}
+        for _ in range(1 if quick else 3):
+            for policy in POLICIES:
+                progress.step(f"live: {name} {policy}")
+                runs[policy].append(probe("live", bundle=bundles / name, video=video, policy=policy, seconds=seconds))
+        for policy, results in runs.items():
+            for r in results:
+                r["latency_ratio"] = r["latency"]["p50"] / r["own"]["p50"]
+                r["rate_ratio"] = r["results_per_s"] / min(r["camera_fps"] or 30.0, r["bare_fps"])
+            results.sort(key=lambda r: r["latency_ratio"])
+            out.append({"model": name, "policy": policy, "run": results[len(results) // 2],
+                        "latency_ratios": [r["latency_ratio"] for r in results],
+                        "rate_ratios": sorted(r["rate_ratio"] for r in results)})
+    return out
+
+
 def bench_threads(names: list, bundles: Path, progress: Progress) -> list:
     rows = []
     for name in names:
@@ -244,7 +275,49 @@ def fmt(x: float) -> str:
     return f"{x:.2f}" if x < 100 else f"{x:.0f}"
 
 
-def render(rows: list, threads: list, daemon: dict, machine: str, plot: str) -> str:
+def render_live(live: list) -> str:
+    """The live-camera section (also spliced alone into an existing file by --live-only)."""
+    lines = ["""## Live cameras: capture to result, and every result's own frame
+
+A paced file source (`file://...?realtime=1&loop=1`, 30 fps, 640x480) through `lited serve`,
+read by a subscriber in another process that copies each result's frame from shared memory the
+moment the result arrives. *capture -> result* is `timings_ms.total` (frame published in the ring
+to result ready); *own work* is `preprocess + infer + postprocess` of the same results; *latency
+ratio* is the p50 of the first over the p50 of the second. *results/s ratio* is results per
+second over min(camera fps, bare `run()` loop fps), the bare loop timed in the probe process
+just before and after the daemon ran. *frames read* is the share of results whose frame that
+subscriber could copy. `latest` is the live default (one run in the engine, the newest frame
+started the moment it frees); `queue` keeps a second run queued (the lossless default), shown for
+comparison. Each policy ran three times, alternating with the other; the row is the run with the
+median latency ratio, the ranges of the three follow.
+
+| model | policy | camera fps | bare loop fps | results/s | results/s ratio | capture -> result p50 / p99 ms | own work p50 ms | latency ratio | wait / queue / infer p50 ms | frames read | skipped |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"""]
+    for lv in live:
+        r = lv["run"]
+        lines.append(
+            f"| {lv['model']} | {lv['policy']} | {r['camera_fps']:.1f} | {r['bare_fps']:.1f} | "
+            f"{r['results_per_s']:.2f} | {r['rate_ratio']:.2f}{_spread(lv['rate_ratios'])} | "
+            f"{fmt(r['latency']['p50'])} / {fmt(r['latency']['p99'])} | {fmt(r['own']['p50'])} | "
+            f"{r['latency_ratio']:.2f}{_spread(lv['latency_ratios'])} | "
+            f"{r['stages']['wait']:.1f} / {r['stages']['queue']:.1f} / {fmt(r['stages']['infer'])} | "
+            f"{100 * r['readable']:.0f}% of {r['results']} | {r['skipped']} |")
+    return "\n".join(lines) + "\n"
+
+
+def splice_live(text: str, section: str) -> str:
+    """`text` (an existing BENCHMARKS.md) with its live section replaced by `section`
+    (added before "## Thread counts" if it has none)."""
+    head = "## Live cameras"
+    if head in text:
+        start = text.index(head)
+        end = text.index("\n## ", start + len(head)) + 1
+    else:
+        start = end = text.index("## Thread counts")
+    return text[:start] + section + "\n" + text[end:]
+
+
+def render(rows: list, threads: list, live: list, daemon: dict, machine: str, plot: str) -> str:
     lines = [f"""# Benchmarks
 
 Written by `python tools/bench.py` on {time.strftime('%Y-%m-%d')}. Every figure below comes from the
@@ -319,8 +392,9 @@ and by checking the capture wrote into the ring slot's own buffer.
     lines.append("""
 The one copy lited makes on the way in is of the *input tensor*, not the frame: Paddle Lite's
 `Tensor.from_numpy` always copies.
-
-## Thread counts
+""")
+    lines.append(render_live(live))
+    lines.append("""## Thread counts
 
 The x86 Python build of Paddle Lite has no `set_threads` (ARM builds do: the bundle's
 `models.<target>.options.threads`); its x86 kernels follow `OMP_NUM_THREADS`, swept here.
@@ -398,13 +472,16 @@ def main() -> int:
     ap.add_argument("--models", default="ultraface,fastestdet,mobilenetv2,ppocrv4_det,ppocr_cls,demo_ppocrv4_det")
     ap.add_argument("--quick", action="store_true", help="fewer runs (a smoke test of the benchmark itself)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
+    ap.add_argument("--live-only", action="store_true",
+                    help="measure the live-camera table only and put it in place of the one in --out")
     args = ap.parse_args()
     if not (SHARED / "models").is_dir():
         print(f"bench: {SHARED / 'models'} is absent: nothing to measure", file=sys.stderr)
         return 2
     names = [n for n in args.models.split(",") if n == "demo_ppocrv4_det" or (SHARED / "models" / n).is_dir()]
     thread_models = [n for n in ("fastestdet", "mobilenetv2") if n in names]
-    progress = Progress(5 * len(names) + 2 * len(thread_models) + 5)
+    live_runs = len([n for n in names if n in LIVE_MODELS]) * len(POLICIES) * (1 if args.quick else 3)
+    progress = Progress(live_runs + (0 if args.live_only else 5 * len(names) + 2 * len(thread_models) + 5))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         bundles = tmp / "bundles"
@@ -416,13 +493,21 @@ def main() -> int:
 
             shutil.copytree(ROOT / "sdk_template" / "demo_ppocrv4_det", bundles / "demo_ppocrv4_det",
                             ignore=shutil.ignore_patterns("model_arm.nb"))
-        rows = bench_models(names, bundles, args.quick, progress, tmp)
-        threads = bench_threads(thread_models, bundles, progress)
-        daemon = bench_daemon(bundles, progress, tmp)
+        if args.live_only:
+            live = bench_live(names, bundles, args.quick, progress, tmp)
+        else:
+            rows = bench_models(names, bundles, args.quick, progress, tmp)
+            live = bench_live(names, bundles, args.quick, progress, tmp)
+            threads = bench_threads(thread_models, bundles, progress)
+            daemon = bench_daemon(bundles, progress, tmp)
     progress.close()
+    if args.live_only:
+        args.out.write_text(splice_live(args.out.read_text(), render_live(live)))
+        print(render_live(live))
+        return 0
     png = args.out.with_name("benchmarks.png")
     plot(rows, png)
-    args.out.write_text(render(rows, threads, daemon, machine(), png.name))
+    args.out.write_text(render(rows, threads, live, daemon, machine(), png.name))
     print(args.out.read_text())
     return 0
 

@@ -90,12 +90,13 @@ class Subscriber:
     def _ring(self, result: dict) -> FrameRing:
         """The mapped segment holding the result's frame: the ring named in
         it, of the generation it names (a ring rebuilt for a new frame size
-        is a new segment under the same name; results come in order, so once
-        a result names the new one the old mapping is dropped)."""
+        is a new segment under the same name, put there with its first
+        result; results come in order, so once a result names the new one
+        the old mapping is dropped). RingGone if its writer is gone."""
         frame = result["frame"]
         name, generation = frame["ring"], frame.get("generation")
         ring = self._rings.get(name)
-        if ring is not None and (ring.generation == generation if generation else ring.writer_alive()):
+        if ring is not None and ring.writer_alive() and (not generation or ring.generation == generation):
             return ring
         for old in [n for n, r in self._rings.items() if n == name or not r.writer_alive()]:
             self._rings.pop(old).close()
