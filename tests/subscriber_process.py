@@ -29,6 +29,9 @@ def main() -> int:
     seqs, digests, overwritten, gone = [], {}, 0, 0
     with Subscriber(args.endpoint, streams=[args.stream], events=True) as sub:
         time.sleep(0.3)  # let the subscription reach the publisher
+        if args.frames:  # what came meanwhile is not read on arrival: drop it
+            while sub.recv(timeout=0) is not None:
+                pass
         if args.ready:
             args.ready.touch()
         deadline = time.monotonic() + args.timeout

@@ -339,8 +339,9 @@ def test_steady_state_allocates_nothing(make_ring):
 
 
 def test_held_frames_stay_and_the_oldest_free_slot_goes_first(make_ring):
-    """Leases: the writer never rewrites a held frame, and takes the free
-    slot with the oldest frame, so the newest unheld frames stay."""
+    """Leases: the writer never rewrites a held frame; of the free slots it
+    takes the one least recently captured or let go of, so the newest
+    frames stay, and a frame let go of outlives `margin` more frames."""
     margin = 2
     ring = make_ring(slots=3 + 2 + margin)  # 3 held, latest + writing, the margin
     reader = FrameRing.attach(ring.name)
@@ -358,9 +359,13 @@ def test_held_frames_stay_and_the_oldest_free_slot_goes_first(make_ring):
             for number, got in newest:  # and the newest margin + 1 frames are readable
                 assert reader.meta(*got).frame == number
         assert ring.leases_broken == 0
-        ring.release(held[1][0])
-        _publish(ring, 1)  # the freed slot holds the oldest frame: it goes first
-        assert not reader.is_current(*held[1])
+        ring.release(held[1][0])  # let go of: it outlives the older free frames, `margin` frames at least
+        for n in range(margin):
+            _publish(ring, n)
+            assert reader.is_current(*held[1])
+        for n in range(3):
+            _publish(ring, n)
+        assert not reader.is_current(*held[1])  # then it goes like any other
         ring.release(held[0][0])
         _publish(ring, 2)
         assert reader.is_current(*held[0])  # still held once

@@ -60,11 +60,13 @@ Seqlock, and why it is sound from CPython on x86 and ARM:
 
 Leases (the writer's process only; apps never take one and cannot stop the
 writer): `hold(slot, seq)` pins a frame until `release(slot)`. The writer
-never rewrites a held slot, the latest frame's or the one it is writing; it
-takes the free slot with the oldest frame. So the free slots always hold the
-newest frames nobody holds, and a ring of `held + 2 + margin` slots keeps
-every held frame and the newest `margin + 1` frames readable. Should the
-holds ever take every slot (a sizing bug), the writer breaks the oldest
+never rewrites a held slot, the latest frame's or the one it is writing; of
+the free slots it takes the one least recently captured *or let go of* (a
+frame whose last lease goes counts as new as the newest frame). So in a ring
+of `max held + 2 + margin` slots every held frame stays, and a frame let go
+of (a result's, once the next result is out) stays readable for at least
+`margin` more frames: time for a subscriber that is a little late. Should
+the holds ever take every slot (a sizing bug), the writer breaks the oldest
 lease rather than stop (`leases_broken` counts it); its holder sees the seq
 change, as any reader would.
 
@@ -408,7 +410,7 @@ class FrameRing:
         # Writer state: written by the capture thread; leases by any thread, under _lock.
         self._lock = threading.Lock()
         self._holds = [0] * layout.slots      # leases per slot
-        self._numbers = [-1] * layout.slots   # frame number per slot (-1: empty): the oldest goes first
+        self._numbers = [-1] * layout.slots   # per slot: frame number, or the next one when let go of (-1: empty)
         self._latest = -1
         self._writing = -1
         self._frame = 0
@@ -670,6 +672,8 @@ class FrameRing:
             if self._holds[slot] <= 0:
                 raise RingError(f"slot {slot}: released more often than held")
             self._holds[slot] -= 1
+            if not self._holds[slot]:
+                self._numbers[slot] = self._frame  # let go of now: as recent as the newest frame
             idle = self._closed and not any(self._holds)
         if idle:
             self._unmap()
@@ -682,9 +686,9 @@ class FrameRing:
     # -- writer -----------------------------------------------------------
 
     def begin_write(self) -> Tuple[int, np.ndarray]:
-        """(slot, writable HxWxC view) of the slot to fill in place: the free
-        slot (not held, not the latest frame's) with the oldest frame. Its seq
-        is odd from now until `commit`/`abort`."""
+        """(slot, writable HxWxC view) of the slot to fill in place: of the
+        free slots (not held, not the latest frame's) the one least recently
+        captured or let go of. Its seq is odd from now until `commit`/`abort`."""
         if self._writing >= 0:
             raise RingError(f"slot {self._writing} is being written: commit or abort it first")
         if self._wviews is None or self._retired:

@@ -15,10 +15,11 @@ Two policies, chosen by the stream (`Feed.policy`):
 
 - `latest` (live sources): one run in the engine, and one *prepared* run
   waiting: the newest frame, preprocessed again whenever a newer frame
-  arrives (at most once a camera frame, only while it can be ready before the
-  engine frees, and at most half the time of a core). When the engine frees,
-  that frame starts: nothing queued behind a slow or jittery model grows stale,
-  and a model faster than the camera starts each frame as it arrives.
+  arrives (at most once a camera frame, and re-preparing takes at most half
+  of a core's CPU time). When the engine frees, that frame starts: nothing
+  queued behind a slow or jittery model grows stale, and a model faster than
+  the camera starts each frame as it arrives. No guess of when the engine
+  will be free is involved, so no misguess can leave a frame waiting.
 - `queue` (lossless sources): a second run queued behind the running one,
   so the engine never waits for this process: the most results per second.
 
@@ -67,7 +68,7 @@ class ModelRunner:
     # three output sets bound the rest, the run in the engine included.
     # `latest`: 2 + 3; `queue` (prep waits while a prepared frame waits): 1 + 3.
     FRAMES_HELD = 5
-    REPREP_DUTY = 0.5  # re-preparing for a newer frame takes at most this share of one core
+    REPREP_DUTY = 0.5  # re-preparing for a newer frame takes at most this share of one core (CPU time)
     # Test hook: tests install a callable(runner) that runs in the infer thread
     # before each collect, to inject faults (a wedged driver call). None in production.
     fault_hook: ClassVar[Optional[Callable[["ModelRunner"], None]]] = None
@@ -89,13 +90,8 @@ class ModelRunner:
         self._free_inputs: list = []
         self._free_outputs: list = []
         self._post_box: Optional[tuple] = None  # (output set, outputs, geometry, info, frame): waiting for post
-        # When the running run started and how long runs and preps take (moving
-        # averages): prep skips a re-prep that could not be ready before the engine frees.
-        self._run_started = 0.0
-        self._last_done = 0.0
-        self._infer_s = 0.0
-        self._prep_s = 0.0
-        self._reprep_after = 0.0
+        self._last_done = 0.0      # when the engine finished its last run (perf_counter)
+        self._reprep_after = 0.0   # no re-prep before this (perf_counter): REPREP_DUTY
         self._restarts = Backoff()
         name = feed.name
         self._infer = threading.Thread(target=self._infer_loop, name=f"infer-{name}", daemon=True)
@@ -160,8 +156,6 @@ class ModelRunner:
                     self._failed = exc
                     self._cond.notify_all()
                     return
-                if not self._inflight:
-                    self._run_started = now
                 self._inflight.append((input_set, output_set, geom, info, frame))
                 self._cond.notify_all()
 
@@ -207,12 +201,10 @@ class ModelRunner:
             with self._cond:
                 input_set, output_set, geom, info, frame = self._inflight.popleft()
                 self._free_inputs.append(input_set)
-                self._run_started = t1
                 self._cond.notify_all()
             self._submit_ready()  # the engine starts the next prepared frame now, not after decoding
             started = max(info.pop("_submitted_at"), self._last_done)  # when the engine took it up
             self._last_done = t1
-            self._infer_s += 0.2 * ((t1 - started) - self._infer_s)
             timings = info["timings_ms"]
             timings["queue"] = (started - info.pop("_prepped_at")) * 1e3
             timings["infer"] = (t1 - started) * 1e3
@@ -330,7 +322,7 @@ class ModelRunner:
     def _prepare(self, frame: Frame, input_set: int) -> Optional[tuple]:
         """Preprocess `frame` into `input_set`: (geometry, frame info), None if torn."""
         model, pre, ring, meta = self.model, self._pre, frame.ring, frame.meta
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.thread_time()
         try:
             image = frame.view()
             geom = pre(image, out=model.engine.input_view(model.image_input, pre.plan(image.shape), input_set))
@@ -342,9 +334,8 @@ class ModelRunner:
             return None
         t1 = time.perf_counter()
         prep_ms = (t1 - t0) * 1e3
-        self._prep_s += 0.2 * (t1 - t0 - self._prep_s)
-        if self._ready:  # a re-prep: the next one waits as long again (REPREP_DUTY = 0.5)
-            self._reprep_after = t1 + (t1 - t0) * (1 / self.REPREP_DUTY - 1)
+        if self._ready:  # a re-prep: CPU time, not wall time (on a busy machine that is mostly waiting)
+            self._reprep_after = t1 + (time.thread_time() - cpu0) * (1 / self.REPREP_DUTY - 1)
         info = {"stream": self.feed.name, "seq": frame.number, "frame_ts": meta.wall_ns / 1e9,
                 "ring": ring.name, "generation": ring.generation, "slot": frame.slot, "slot_seq": frame.seq,
                 "width": meta.width, "height": meta.height, "_captured_ns": meta.ts_ns, "_prepped_at": t1,
@@ -358,22 +349,17 @@ class ModelRunner:
 
         `queue`: while a prepared frame waits for the engine (it holds the
         input set the next frame would need soonest, and frames stay few).
-        `latest`: while a prepared frame waits and a re-prep would be wasted:
-        the running run is due to end before another prep could finish, or
-        re-preps would take more than REPREP_DUTY of a core. A run already
-        overdue is jitter, not a schedule: then the newest frame is prepared."""
+        `latest`: while a prepared frame waits and another re-prep now would
+        take more than REPREP_DUTY of a core."""
         with self._cond:
             while not self._stop.is_set():
                 if not self._ready:
                     return True
                 if latest:
-                    now = time.perf_counter()
-                    if not self._inflight:
+                    wait_s = self._reprep_after - time.perf_counter()
+                    if wait_s <= 0:
                         return True
-                    due = self._run_started + self._infer_s - now
-                    if not 0 < due < self._prep_s and now >= self._reprep_after:
-                        return True
-                    self._cond.wait(max(0.001, min(0.1, max(due, self._reprep_after - now))))
+                    self._cond.wait(wait_s)
                 else:
                     self._cond.wait(0.5)
         return False

@@ -38,7 +38,7 @@ def ring_slots(margin: int, keep_results: int = 0) -> int:
     frames its runner holds, the latest result's frame and `keep_results`
     older ones, one being copied by a snapshot, the latest captured frame
     (never rewritten) and the one being written, plus `margin` for apps
-    (so the newest `margin + 1` frames are always readable)."""
+    (a frame let go of stays readable for `margin` more frames)."""
     return ModelRunner.FRAMES_HELD + 1 + keep_results + 1 + 2 + margin
 
 
