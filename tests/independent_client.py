@@ -110,7 +110,7 @@ def main() -> int:
             continue
         frame = result["frame"]
         entry = {"seq": result["seq"], "skipped": result["skipped"], "generation": frame["generation"],
-                 "size": [frame["width"], frame["height"]]}
+                 "size": [frame["width"], frame["height"]], "model": [result["model"], result["model_key"]]}
         seen.append(entry)
         name_box[:] = [frame["ring"]]
         segment = segments.get(frame["ring"])
@@ -133,10 +133,13 @@ def main() -> int:
     dealer.connect(req)
     snapshot = request(dealer, {"v": 1, "id": "snap", "method": "snapshot", "params": {"stream": stream}})
     wrong_version = request(dealer, {"v": 2, "id": 77, "method": "ping"})
+    status = request(dealer, {"v": 1, "id": 78, "method": "status"})["result"]
     if snapshot.get("ok"):
         snapshot["result"].pop("jpeg")
     with open(out, "w") as fh:
-        json.dump({"results": seen, "name": counts, "snapshot": snapshot, "wrong_version": wrong_version}, fh)
+        json.dump({"results": seen, "name": counts, "snapshot": snapshot, "wrong_version": wrong_version,
+                   "ready": status["ready"], "models": status["models"],
+                   "stream_model": status["streams"][0]["model"]}, fh)
     return 0
 
 

@@ -338,7 +338,7 @@ def test_steady_state_allocates_nothing(make_ring):
         reader.close()
 
 
-def test_held_frames_stay_and_the_oldest_free_slot_goes_first(make_ring):
+def test_held_frames_stay_and_a_frame_let_go_of_outlives_margin_frames(make_ring):
     """Leases: the writer never rewrites a held frame; of the free slots it
     takes the one least recently captured or let go of, so the newest
     frames stay, and a frame let go of outlives `margin` more frames."""

@@ -147,6 +147,10 @@ def test_an_independent_client_reads_the_right_frame_across_resizes(tmp_path, bu
     assert seen["name"]["missing"] == 0 and seen["name"]["half_made"] == 0 and seen["name"]["opened"] > 100
     assert seen["wrong_version"]["id"] == 77 and not seen["wrong_version"]["ok"]
     assert seen["wrong_version"]["error"]["code"] == "bad_request"
+    # one model, two names, linked: the bundle's name and the config's key
+    assert all(e["model"] == ["fastestdet", "det"] for e in results)
+    assert seen["models"]["det"]["name"] == "fastestdet" and seen["stream_model"]["key"] == "det"
+    assert seen["ready"] is True
     snap = seen["snapshot"]["result"]
     assert seen["snapshot"]["ok"] and snap["seq"] >= seqs[-1] and snap["frame"]["generation"] >= generations[-1]
 

@@ -160,7 +160,7 @@ def bench_live(names: list, bundles: Path, quick: bool, progress: Progress, tmp:
                 r["latency_ratio"] = r["latency"]["p50"] / r["own"]["p50"]
                 r["rate_ratio"] = r["results_per_s"] / min(r["camera_fps"] or 30.0, r["bare_fps"])
             results.sort(key=lambda r: r["latency_ratio"])
-            out.append({"model": name, "policy": policy, "run": results[len(results) // 2],
+            out.append({"model": name, "policy": policy, "run": results[len(results) // 2], "runs": results,
                         "latency_ratios": [r["latency_ratio"] for r in results],
                         "rate_ratios": sorted(r["rate_ratio"] for r in results)})
     return out
@@ -289,10 +289,14 @@ just before and after the daemon ran. *frames read* is the share of results whos
 subscriber could copy. `latest` is the live default (one run in the engine, the newest frame
 started the moment it frees); `queue` keeps a second run queued (the lossless default), shown for
 comparison. Each policy ran three times, alternating with the other; the row is the run with the
-median latency ratio, the ranges of the three follow.
+median latency ratio, the ranges of the three follow. Measured on {date}; the machine's 1-minute
+load average was {load_lo:.1f} to {load_hi:.1f} at the ends of the runs (two cores: above 2, other
+jobs took turns with the daemon's threads and its engine process).
 
 | model | policy | camera fps | bare loop fps | results/s | results/s ratio | capture -> result p50 / p99 ms | own work p50 ms | latency ratio | wait / queue / infer p50 ms | frames read | skipped |
 | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"""]
+    loads = [r.get("load", float("nan")) for lv in live for r in lv["runs"]] or [float("nan")]
+    lines[0] = lines[0].format(date=time.strftime("%Y-%m-%d"), load_lo=min(loads), load_hi=max(loads))
     for lv in live:
         r = lv["run"]
         lines.append(

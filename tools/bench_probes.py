@@ -235,7 +235,8 @@ def probe_live(args) -> dict:
             "readable": sum(r for _, _, r in rows) / len(rows),
             "skipped": status["counters"]["skipped"], "torn": status["counters"]["torn"],
             "bare_fps": 1000 / statistics.mean(bare_before + bare_after),
-            "bare_fps_before_after": [1000 / statistics.mean(bare_before), 1000 / statistics.mean(bare_after)]}
+            "bare_fps_before_after": [1000 / statistics.mean(bare_before), 1000 / statistics.mean(bare_after)],
+            "load": os.getloadavg()[0]}
 
 
 def bare_predictor_run(bundle, video: str):
