@@ -9,9 +9,10 @@ Segment: `/dev/shm/lited-<boot8>-<pid>-<stream>`, the same object C code
 opens with `shm_open("/lited-...")`. The boot id and writer pid in the name
 let `sweep_stale()` tell a leftover from a crashed daemon from a live ring.
 A segment is created complete under a temporary name (`<name>~new`) and
-renamed into place, so the name is never missing or half-made, also when a
-new frame size replaces the segment (`rebuilt`): a reader tells the
-segments apart by their generation.
+renamed into place, so the name is never missing or half-made: at once for
+a new ring; for one `rebuilt` for a new frame size when `link()` is called
+(the stream does it as it publishes the first result from it). A reader
+tells the segments apart by their generation.
 File mode 0o640: the daemon's user writes, members of its group (the apps
 allowed to see the camera) read, nobody else opens it. `create(group=...)`
 sets that group; otherwise it is the daemon's primary group.
