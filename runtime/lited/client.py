@@ -90,19 +90,33 @@ class Subscriber:
                 yield message
 
     def _ring(self, result: dict) -> FrameRing:
-        name = result["frame"]["ring"]
+        """The mapped segment holding the result's frame: the ring named in
+        it, of the generation it names (a ring rebuilt for a new frame size
+        is a new segment under the same name, put there with its first
+        result; results come in order, so once a result names the new one
+        the old mapping is dropped). RingGone if its writer is gone."""
+        frame = result["frame"]
+        name, generation = frame["ring"], frame.get("generation")
         ring = self._rings.get(name)
-        if ring is None or not ring.writer_alive():
-            for old in [n for n, r in self._rings.items() if not r.writer_alive()]:
-                self._rings.pop(old).close()
-            ring = self._rings[name] = FrameRing.attach(name)
+        if ring is not None and ring.writer_alive() and (not generation or ring.generation == generation):
+            return ring
+        for old in [n for n, r in self._rings.items() if n == name or not r.writer_alive()]:
+            self._rings.pop(old).close()
+        ring = FrameRing.attach(name)
+        if generation and ring.generation != generation:
+            ring.close()
+            raise RingGone(f"{name}: generation {generation} was replaced by {ring.generation} before it was mapped")
+        self._rings[name] = ring
         return ring
 
     @contextlib.contextmanager
     def frame_view(self, result: dict) -> Iterator[np.ndarray]:
         """The result's own frame, zero copy and read-only, for the `with` body.
-        Raises FrameOverwritten (on entry or exit) if the daemon reused the
-        slot, RingGone if the daemon restarted or the ring was rebuilt."""
+        The daemon keeps the frame of its latest result (and `keep_results`
+        older ones) intact, so reading each result as it arrives always
+        works. Raises FrameOverwritten (on entry or exit) if the daemon reused
+        the slot (a result read late), RingGone if the daemon restarted or the
+        result's ring segment was replaced before this subscriber mapped it."""
         frame = result["frame"]
         with self._ring(result).frame(frame["slot"], frame["slot_seq"]) as view:
             yield view

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from lited.stream.feed import POLICIES
 from lited.validate import Checker, name_problem, shown
 
 
@@ -24,13 +25,21 @@ class ConfigError(Exception):
         super().__init__(f"config {where}: " + "; ".join(problems))
 
 
+# A stream's ring holds what the daemon holds (frames in flight, the latest
+# result's and `keep_results` more) plus `slots` frames of margin for apps.
+SLOTS_DEFAULT, SLOTS_MAX = 2, 64
+KEEP_RESULTS_MAX = 16
+
+
 @dataclass
 class StreamConfig:
     name: str
     source: str
     model: str
-    slots: int = 4
+    slots: int = SLOTS_DEFAULT
     stall_timeout: float = 5.0
+    keep_results: int = 0
+    policy: Optional[str] = None  # None: from the source ("queue" if lossless, else "latest")
 
 
 @dataclass
@@ -74,7 +83,7 @@ def default_state_dir() -> Path:
 
 TOP_FIELDS = ("runtime_dir", "state_dir", "models", "streams", "endpoints", "curve", "insecure_tcp", "group",
               "limits", "request_workers", "status_interval", "http", "uplink")
-STREAM_FIELDS = ("name", "source", "model", "slots", "stall_timeout")
+STREAM_FIELDS = ("name", "source", "model", "slots", "stall_timeout", "keep_results", "policy")
 
 
 def parse_config(raw: Any, path: Optional[Path] = None, base_dir: Optional[Path] = None) -> Config:
@@ -136,8 +145,10 @@ def _streams(c: Checker, items: list, models: dict) -> list:
         model = c.get(s, "model", p, str, required=len(models) != 1)
         if model is None and len(models) == 1:
             model = next(iter(models))
-        slots = c.number(s, "slots", p, 4, integer=True, minimum=2, maximum=64)
+        slots = c.number(s, "slots", p, SLOTS_DEFAULT, integer=True, minimum=0, maximum=SLOTS_MAX)
         stall = c.number(s, "stall_timeout", p, 5.0, above=0, maximum=3600)
+        keep = c.number(s, "keep_results", p, 0, integer=True, minimum=0, maximum=KEEP_RESULTS_MAX)
+        policy = c.choice(s, "policy", p, POLICIES) if "policy" in s else None
         if name is not None:
             if name in seen:
                 c.add(p + "name", f"'{name}' is used twice")
@@ -152,7 +163,7 @@ def _streams(c: Checker, items: list, models: dict) -> list:
             except SourceError as exc:
                 c.add(p + "source", str(exc))
         if name and source and model:
-            streams.append(StreamConfig(name, source, model, slots, float(stall)))
+            streams.append(StreamConfig(name, source, model, slots, float(stall), keep, policy))
     return streams
 
 

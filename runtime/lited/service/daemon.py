@@ -34,7 +34,7 @@ from lited.service.sdnotify import Notifier, Watchdog
 from lited.service.uplink import Uplink
 from lited.sources import SourceError
 from lited.stream import Stream
-from lited.stream.ring import RingError, sweep_stale
+from lited.stream.ring import sweep_stale
 from lited.errors import first_line
 
 log = logging.getLogger("lited.daemon")
@@ -53,6 +53,7 @@ class Daemon:
         self.streams: dict = {}            # stream name -> Stream
         self.stream_configs: dict = {}     # stream name -> the StreamConfig it was started from
         self.last_reload: dict = {}
+        self.ready = False                 # True once start() finished: streams warm, `ready` published
         self.stop_event = threading.Event()
         self.reload_requested = threading.Event()
         self._reload_lock = threading.Lock()
@@ -88,6 +89,7 @@ class Daemon:
             self._start_stream(sc)
         self.notifier.ready(self.status_line())
         self.watchdog.start()
+        self.ready = True
         self._daemon_event("ready", f"{len(self.streams)} streams, {len(self.bundles)} models")
         log.info("serving: pub %s, req %s%s", " ".join(cfg.pub), " ".join(cfg.req),
                  f", http {' '.join(self.http.listening)}" if self.http else "", extra={"event": "ready"})
@@ -108,7 +110,8 @@ class Daemon:
         self.watchdog.register(beat_name)
         stream = Stream(sc.name, sc.source, lambda b=bundle: Model(b, isolated=True), self._publish_result,
                         self._publish_event, slots=sc.slots, stall_timeout=sc.stall_timeout,
-                        group=self.config.group, beat=lambda n=beat_name: self.watchdog.beat(n))
+                        group=self.config.group, beat=lambda n=beat_name: self.watchdog.beat(n),
+                        keep_results=sc.keep_results, policy=sc.policy, model_key=sc.model)
         try:
             stream.start()
         except BaseException:
@@ -181,15 +184,7 @@ class Daemon:
     def _read_frame(self, result: dict, out: Optional[np.ndarray]) -> Optional[np.ndarray]:
         """A copy of the result's own frame (into `out` when it fits), None if it is gone."""
         stream = self.streams.get(result["stream"])
-        ring = stream.ring if stream is not None else None
-        if ring is None or ring.name != result.get("ring"):
-            return None
-        if out is None or out.shape != ring.shape:
-            out = None
-        try:
-            return ring.read(result["slot"], result["slot_seq"], out)
-        except RingError:       # rebuilt or closed meanwhile
-            return None
+        return stream.result_frame(result, out) if stream is not None else None
 
     def _health(self) -> dict:
         """The short health the uplink's retained status message carries."""
@@ -231,7 +226,7 @@ class Daemon:
             except BaseException as exc:
                 self._record_reload(False, first_line(exc))
                 raise
-            self._record_reload(True, ", ".join(f"{n} {self.bundles[n].version}" for n in paths))
+            self._record_reload(True, list(paths))
 
     def _swap_models(self, paths: dict) -> None:
         prepared: list = []
@@ -293,14 +288,18 @@ class Daemon:
             self._record_reload(False, f"{first_line(exc)}; the old models keep serving")
             return
         if not kept:
-            self._record_reload(True, ", ".join(added) or "none")
+            self._record_reload(True, list(added))
 
-    def _record_reload(self, ok: bool, detail: str) -> None:
-        """Every reload ends here: status, log, event, systemd."""
-        self.last_reload = {"ok": ok, "models" if ok else "error": detail, "ts": time.time()}
+    def _record_reload(self, ok: bool, detail: Any) -> None:
+        """Every reload ends here: status, log, event, systemd. `detail` is the
+        error, or the list of models (config names) reloaded or added."""
         if ok:
+            reloaded = detail
+            detail = ", ".join(f"{n} {self.bundles[n].version}" for n in reloaded) or "none"
+            self.last_reload = {"ok": True, "models": detail, "reloaded": reloaded, "ts": time.time()}
             log.info("reloaded %s", detail, extra={"event": "reloaded", "bundle": detail})
         else:
+            self.last_reload = {"ok": False, "error": detail, "ts": time.time()}
             log.error("reload failed, old models keep serving: %s", detail, extra={"event": "reload_failed"})
         self._daemon_event("reload", detail, ok=ok)
         self.notifier.ready(self.status_line())
@@ -313,7 +312,8 @@ class Daemon:
             "uptime_s": round(time.monotonic() - self.started, 1), "rss_mb": round(rss_kb / 1024, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "engines_rss_mb": round(sum(_rss_kb(pid) for pid in child_pids()) / 1024, 1),
-            "models": {n: {"version": b.version, "bundle": str(b.root), "task": b.task}
+            "ready": self.ready,
+            "models": {n: {"name": b.name, "version": b.version, "bundle": str(b.root), "task": b.task}
                        for n, b in list(self.bundles.items())},
             # copies: a reload (main thread) may add or remove streams while a front end asks
             "streams": [s.status() for s in list(self.streams.values())],

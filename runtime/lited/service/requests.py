@@ -186,7 +186,7 @@ class Requests:
         except EngineError:  # its process died: this request fails, the next one gets a fresh engine
             models.drop(name)
             raise
-        return {"model": model.name, "model_version": model.version, **result,
+        return {"model": model.name, "model_key": name, "model_version": model.version, **result,
                 "width": image.shape[1], "height": image.shape[0]}
 
     def _snapshot(self, params: dict) -> dict:
@@ -197,20 +197,16 @@ class Requests:
         stream = self.service.streams.get(name)
         if stream is None:
             raise ProtocolError("not_found", f"params.stream: no stream '{name}'")
-        result, ring = stream.last_result, stream.ring
-        if result is None or ring is None:
-            raise ProtocolError("failed", f"stream '{name}' has no frame yet ({stream.current_state()})")
-        frame = stream.result_frame(result)
-        if frame is None:  # the result's own frame was overwritten: take the newest and say so
-            latest = ring.latest()
-            frame = ring.read(*latest) if latest else None
-            if frame is None:
-                raise ProtocolError("failed", f"stream '{name}': no stable frame to read")
+        result, frame = stream.latest_result_frame()
+        if result is None:
+            raise ProtocolError("failed", f"stream '{name}' has no result yet ({stream.current_state()})")
+        if frame is None:  # never drawn on another frame: say so
+            raise ProtocolError("failed", f"stream '{name}': the frame of result {result['seq']} is gone")
         draw_result(frame, result)
         ok, jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
         return {"jpeg": jpeg.tobytes(), "seq": result["seq"], "frame_ts": result["frame_ts"],
                 "width": frame.shape[1], "height": frame.shape[0], "detections": result["detections"],
-                "classes": result["classes"]}
+                "classes": result["classes"], "frame": protocol.frame_of(result)}
 
 
 def _request_id(data: bytes) -> Any:
@@ -218,5 +214,5 @@ def _request_id(data: bytes) -> Any:
     reply (ZeroMQ already bounds it to twice the limit); None if undecodable."""
     try:
         return protocol.decode_payload(data, max_bin=len(data)).get("id")
-    except ProtocolError:
-        return None
+    except ProtocolError as exc:
+        return exc.request_id

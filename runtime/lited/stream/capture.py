@@ -2,8 +2,10 @@
 
 Opens the source, reads each frame into a free ring slot in place (no copy:
 `read_into` on the shared-memory view), reconnects with a capped backoff
-when it fails, rebuilds the ring when the frame size changes, and at the end
-of a lossless source waits for the last result before saying `ended`.
+when it fails, rebuilds the ring when the frame size changes (a new segment
+renamed into place: frame numbers go on, the old segment stays mapped while
+frames of it are held), and at the end of a lossless source waits for the
+last result before saying `ended`.
 """
 from __future__ import annotations
 
@@ -27,12 +29,12 @@ class CaptureLoop:
                  backoff: Optional[Backoff] = None, group: Union[str, int, None] = None) -> None:
         self.name = name
         self.source = source
-        self.slots = slots
+        self.slots = slots  # the whole ring: what the stream can hold plus the apps' margin
         self.group = group
         self.backoff = backoff or Backoff()
         self.ring: Optional[FrameRing] = None
-        self._retired: Optional[FrameRing] = None  # the ring before a frame-size change
         self._ring_lock = threading.Lock()
+        self._broken = 0  # leases the ring broke so far (logged: a sizing bug, never expected)
         self._handoff = handoff
         self._stats = stats
         self._set_state = set_state
@@ -45,16 +47,15 @@ class CaptureLoop:
 
     def stop(self, timeout: float) -> None:
         """Wait for the thread (a blocked network read ends within its read
-        timeout), close the source if it ended, and remove the rings."""
+        timeout), close the source if it ended, and remove the ring."""
         if self._thread.is_alive():
             self._thread.join(timeout)
         if not self._thread.is_alive():  # never close a capture another thread is blocked reading
             self.source.close()
         with self._ring_lock:
-            for ring in (self.ring, self._retired):
-                if ring is not None:
-                    ring.unlink()
-            self.ring = self._retired = None
+            if self.ring is not None:
+                self.ring.unlink()
+            self.ring = None
 
     def _run(self) -> None:
         source, handoff, stats = self.source, self._handoff, self._stats
@@ -90,15 +91,20 @@ class CaptureLoop:
                     ring.abort(slot)
                     source.close()
                     if source.lossless or self._stop.is_set():
-                        handoff.wait_results(handoff.frame_offset + ring.frames - 1)
+                        handoff.wait_results(ring.frames - 1)
                         self._set_state("ended", "end of stream")
                         return
                     self._retry("end of stream")
                     break
-                number = handoff.frame_offset + ring.frames
+                number = ring.frames
                 handoff.publishing()
                 ring.commit(slot)
                 stats.frame_captured(number, (time.perf_counter() - t0 - source.waited) * 1e3)
+                if ring.leases_broken != self._broken:
+                    self._broken = ring.leases_broken
+                    log.warning("stream %s: a frame held for a result was overwritten (%d so far): the ring "
+                                "is too small for its holders", self.name, self._broken,
+                                extra={"stream": self.name, "event": "lease_broken"})
                 good += 1
                 if good == 10:
                     self.backoff.reset()
@@ -113,17 +119,14 @@ class CaptureLoop:
         self._stats.count("reconnects")
 
     def _ensure_ring(self, shape: tuple) -> None:
+        """A ring for frames of `shape`: the first, or one rebuilt in place of
+        the old (which frames in flight and published results keep mapped)."""
         with self._ring_lock:
             if self.ring is not None and self.ring.shape == tuple(shape):
                 return
-            offset = 0
-            if self.ring is not None:
-                offset = self._handoff.frame_offset + self.ring.frames  # frame numbers keep rising across rings
-                # Closed to readers at once, unmapped at the next change: a frame
-                # being preprocessed from it still passes its seq check.
-                if self._retired is not None:
-                    self._retired.unlink()
-                self.ring.unlink(unmap=False)
-                self._retired = self.ring
-            self.ring = FrameRing.create(self.name, self.slots, tuple(shape), group=self.group)
-            self._handoff.use_ring(self.ring, offset)
+            if self.ring is None:
+                self.ring = FrameRing.create(self.name, self.slots, tuple(shape), group=self.group)
+            else:
+                self.ring = self.ring.rebuilt(tuple(shape))
+                self._broken = 0
+            self._handoff.use_ring(self.ring)
