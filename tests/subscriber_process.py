@@ -25,7 +25,8 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=120)
     args = ap.parse_args()
     seqs, digests, overwritten = [], {}, 0
-    with Subscriber(args.endpoint, streams=[args.stream], events=True) as sub:
+    # check=False: the stream is added (SIGHUP) after this subscriber is ready
+    with Subscriber(args.endpoint, streams=[args.stream], events=True, check=False) as sub:
         time.sleep(0.3)  # let the subscription reach the publisher
         if args.ready:
             args.ready.touch()

@@ -422,7 +422,10 @@ def main() -> int:
     progress.close()
     png = args.out.with_name("benchmarks.png")
     plot(rows, png)
-    args.out.write_text(render(rows, threads, daemon, machine(), png.name))
+    import bench_nms
+
+    text = render(rows, threads, daemon, machine(), png.name)
+    args.out.write_text(bench_nms.replace_section(text, bench_nms.render(bench_nms.measure())))
     print(args.out.read_text())
     return 0
 

@@ -5,6 +5,10 @@ Rules it keeps:
   swaps only when all are ready; on any failure the old ones keep serving,
   and every outcome is one reload record (log line, `reload` event,
   `last_reload` in status, the systemd status line);
+- `lited ctl reload` and SIGHUP are one thing (the config file is read
+  again), done under one lock; a bundle that would change what a model's
+  results mean (its task or labels) is refused unless forced, so an app
+  reading "face" results never gets a classifier's;
 - READY=1 once models are warm and sources are opening; WATCHDOG=1 only while
   every inference loop and the bus loop are alive (a camera being down does
   not stop the beats; a wedged inference thread does).
@@ -38,6 +42,24 @@ log = logging.getLogger("lited.daemon")
 LOAD_ERRORS = (BundleError, EngineError, SourceError, ValueError, OSError, TimeoutError)
 
 
+class ReloadRefused(ValueError):
+    """A reload that would change what a model's results mean, not forced."""
+
+
+def change_problem(name: str, old: Any, new: Any) -> Optional[str]:
+    """Why swapping model `name` from bundle `old` to `new` needs --force, or None."""
+    if old.task != new.task:
+        what = f"task {old.task} -> {new.task}"
+    elif list(old.labels) != list(new.labels):
+        gone, added = [x for x in old.labels if x not in new.labels], [x for x in new.labels if x not in old.labels]
+        what = "labels " + (", ".join(filter(None, (f"-{','.join(gone[:3])}" if gone else "",
+                                                  f"+{','.join(added[:3])}" if added else ""))) or "reordered")
+    else:
+        return None
+    return (f"model {name}: {new.name} {new.version} would replace {old.name} {old.version} with another {what}; "
+            "apps reading its results would misread them: refused (lited ctl reload --force swaps anyway)")
+
+
 class Daemon:
     def __init__(self, config: Config, insecure_tcp: bool = False) -> None:
         self.config = config
@@ -49,10 +71,12 @@ class Daemon:
         self.generation: dict = {}         # model name -> int, bumped on reload (request workers rebuild)
         self.streams: dict = {}            # stream name -> Stream
         self.stream_configs: dict = {}     # stream name -> the StreamConfig it was started from
+        self.warming: dict = {}            # stream name -> StreamConfig whose model is warming up
+        self.ready = False                 # every configured stream started (READY=1 sent)
         self.last_reload: dict = {}
         self.stop_event = threading.Event()
         self.reload_requested = threading.Event()
-        self._reload_lock = threading.Lock()
+        self._reload_lock = threading.RLock()  # SIGHUP (main thread) and `reload` requests (a worker)
         self.requests = Requests(self, config.request_workers, config.max_request_bytes)
         self.bus: Optional[Bus] = None
 
@@ -72,16 +96,24 @@ class Daemon:
         self.watchdog.register("bus")
         self.bus.start()
         self.requests.start()
-        for sc in cfg.streams:
-            self.notifier.status(f"warming up {sc.model} for {sc.name}")
-            self._start_stream(sc)
+        self.warming = {sc.name: sc for sc in cfg.streams}
+        for i, sc in enumerate(cfg.streams, 1):
+            self._start_stream(sc, f"{i}/{len(cfg.streams)}")
+        self.ready = True
         self.notifier.ready(self.status_line())
         self.watchdog.start()
         self._daemon_event("ready", f"{len(self.streams)} streams, {len(self.bundles)} models")
         log.info("serving: pub %s, req %s", " ".join(cfg.pub), " ".join(cfg.req), extra={"event": "ready"})
 
-    def _start_stream(self, sc: StreamConfig) -> Stream:
+    def _start_stream(self, sc: StreamConfig, progress: str = "") -> Stream:
+        """Warm up the stream's model (seconds on a board: said in the log and
+        the systemd status line), then start capturing."""
         bundle = self.bundles[sc.model]
+        self.warming[sc.name] = sc
+        what = f"stream {sc.name}{f' ({progress})' if progress else ''}: warming up {sc.model} ({bundle.name} {bundle.version})"
+        self.notifier.status(what)
+        log.info("%s", what, extra={"stream": sc.name, "event": "warming_up"})
+        t0 = time.monotonic()
         beat_name = f"infer-{sc.name}"
         self.watchdog.register(beat_name)
         stream = Stream(sc.name, sc.source, lambda b=bundle: Model(b, isolated=True), self._publish_result,
@@ -91,9 +123,13 @@ class Daemon:
             stream.start()
         except BaseException:
             self.watchdog.unregister(beat_name)
+            self.warming.pop(sc.name, None)
             raise
         self.streams[sc.name] = stream
         self.stream_configs[sc.name] = sc
+        self.warming.pop(sc.name, None)
+        log.info("stream %s: model ready in %.1f s", sc.name, time.monotonic() - t0,
+                 extra={"stream": sc.name, "event": "warm"})
         return stream
 
     def _stop_stream(self, name: str) -> None:
@@ -145,38 +181,52 @@ class Daemon:
                                  "ts": time.time(), **extra})
 
     # -- reload
-    def reload_request(self, model: Optional[str], bundle: Optional[str]) -> dict:
-        """The `reload` request: all models, or `model`, optionally from another `bundle` directory."""
+    def reload_request(self, model: Optional[str], bundle: Optional[str], force: bool = False) -> dict:
+        """The `reload` request. Without `model`: what SIGHUP does (the config
+        file is read again). With it: that model only, from its configured
+        bundle directory or `bundle`. Raises ProtocolError("failed") when the
+        reload failed (the old models keep serving)."""
+        t0 = time.monotonic()
+        if model is None and bundle is None:
+            record = self.reload_config(force)
+            if not record["ok"]:
+                raise ProtocolError("failed", record["error"])
+            return {"reloaded": record["reloaded"], "started": record["started"], "stopped": record["stopped"],
+                    "took_ms": round((time.monotonic() - t0) * 1e3, 1)}
         if model is not None and model not in self.bundles:
             raise ProtocolError("not_found", f"params.model: no model '{model}'")
         if bundle is not None and model is None and len(self.bundles) > 1:
             raise ProtocolError("bad_request", "params.model: needed with params.bundle when several models run")
         names = [model] if model else list(self.bundles)
         paths = {n: bundle if bundle and n == (model or names[0]) else self.config.models[n] for n in names}
-        t0 = time.monotonic()
         try:
-            self.reload_models(paths)
+            self.reload_models(paths, force)
         except LOAD_ERRORS as exc:
             raise ProtocolError("failed", first_line(exc)) from None
-        return {"reloaded": names, "took_ms": round((time.monotonic() - t0) * 1e3, 1)}
+        return {"reloaded": names, "started": [], "stopped": [], "took_ms": round((time.monotonic() - t0) * 1e3, 1)}
 
-    def reload_models(self, paths: dict) -> None:
+    def reload_models(self, paths: dict, force: bool = False) -> None:
         """Load the bundles at `paths` (model name -> dir), warm a new model for
         every stream using them, then swap all at once. Raises on failure:
         nothing is swapped and the old models keep serving."""
         with self._reload_lock:
             self.notifier.reloading("reloading")
+            before = {n: self.bundles[n] for n in paths}
             try:
-                self._swap_models(paths)
+                self._swap_models(paths, force)
             except BaseException as exc:
                 self._record_reload(False, first_line(exc))
                 raise
-            self._record_reload(True, ", ".join(f"{n} {self.bundles[n].version}" for n in paths))
+            self._record_reload(True, ", ".join(_swapped(n, before[n], self.bundles[n]) for n in paths))
 
-    def _swap_models(self, paths: dict) -> None:
+    def _swap_models(self, paths: dict, force: bool) -> None:
         prepared: list = []
         try:
             new_bundles = {n: load_bundle(p) for n, p in paths.items()}
+            for n, bundle in new_bundles.items():
+                problem = None if force else change_problem(n, self.bundles[n], bundle)
+                if problem:
+                    raise ReloadRefused(problem)
             for name, stream in self.streams.items():
                 bundle = new_bundles.get(self.stream_configs[name].model)
                 if bundle is not None:
@@ -192,45 +242,50 @@ class Daemon:
             self.config.models[n] = str(paths[n])
             self.generation[n] += 1
 
-    def reload_config(self) -> None:
-        """SIGHUP: re-read the config; reload changed or all models (bundles may
-        have changed in place), start new streams, stop removed ones."""
-        try:
-            new = load_config(self.config.path)
-        except ConfigError as exc:
-            self._record_reload(False, f"{exc}; keeping the running config")
-            return
-        kept = {n: p for n, p in new.models.items() if n in self.bundles}
-        added = {n: p for n, p in new.models.items() if n not in self.bundles}
-        try:
-            added_bundles = {n: load_bundle(p) for n, p in added.items()}
-        except LOAD_ERRORS as exc:
-            self._record_reload(False, f"{first_line(exc)}; the old models keep serving")
-            return
-        for n, bundle in added_bundles.items():
-            self.bundles[n] = bundle
-            self.generation[n] = 0
-            self.config.models[n] = added[n]
-        if kept:
+    def reload_config(self, force: bool = False) -> dict:
+        """SIGHUP and `lited ctl reload`: re-read the config; reload changed or
+        all models (bundles may have changed in place), start new streams,
+        stop removed ones. Returns the reload record (`ok`, `error` or
+        `models`), with what was reloaded, started and stopped."""
+        with self._reload_lock:
+            outcome: dict = {"reloaded": [], "started": [], "stopped": []}
             try:
-                self.reload_models(kept)  # records its outcome
-            except LOAD_ERRORS:
-                return
-        try:
-            wanted = {s.name: s for s in new.streams}
-            for name in [n for n in self.streams if n not in wanted or self.stream_configs[n] != wanted[n]]:
-                self._stop_stream(name)
-            for name, sc in wanted.items():
-                if name not in self.streams:
-                    self._start_stream(sc)
-            self.config.streams = new.streams
-        except LOAD_ERRORS as exc:
-            self._record_reload(False, f"{first_line(exc)}; the old models keep serving")
-            return
-        if not kept:
-            self._record_reload(True, ", ".join(added) or "none")
+                new = load_config(self.config.path)
+            except ConfigError as exc:
+                return {**outcome, **self._record_reload(False, f"{exc}; keeping the running config")}
+            kept = {n: p for n, p in new.models.items() if n in self.bundles}
+            added = {n: p for n, p in new.models.items() if n not in self.bundles}
+            try:
+                added_bundles = {n: load_bundle(p) for n, p in added.items()}
+            except LOAD_ERRORS as exc:
+                return {**outcome, **self._record_reload(False, f"{first_line(exc)}; the old models keep serving")}
+            for n, bundle in added_bundles.items():
+                self.bundles[n] = bundle
+                self.generation[n] = 0
+                self.config.models[n] = added[n]
+            if kept:
+                try:
+                    self.reload_models(kept, force)  # records its outcome
+                except LOAD_ERRORS:
+                    return {**outcome, **self.last_reload}
+            outcome["reloaded"] = list(new.models)
+            try:
+                wanted = {s.name: s for s in new.streams}
+                for name in [n for n in self.streams if n not in wanted or self.stream_configs[n] != wanted[n]]:
+                    self._stop_stream(name)
+                    outcome["stopped"].append(name)
+                for name, sc in wanted.items():
+                    if name not in self.streams:
+                        self._start_stream(sc)
+                        outcome["started"].append(name)
+                self.config.streams = new.streams
+            except LOAD_ERRORS as exc:
+                return {**outcome, **self._record_reload(False, f"{first_line(exc)}; the old models keep serving")}
+            if not kept:
+                self._record_reload(True, ", ".join(added) or "none")
+            return {**outcome, **self.last_reload}
 
-    def _record_reload(self, ok: bool, detail: str) -> None:
+    def _record_reload(self, ok: bool, detail: str) -> dict:
         """Every reload ends here: status, log, event, systemd."""
         self.last_reload = {"ok": ok, "models" if ok else "error": detail, "ts": time.time()}
         if ok:
@@ -239,6 +294,7 @@ class Daemon:
             log.error("reload failed, old models keep serving: %s", detail, extra={"event": "reload_failed"})
         self._daemon_event("reload", detail, ok=ok)
         self.notifier.ready(self.status_line())
+        return self.last_reload
 
     # -- status
     def status(self) -> dict:
@@ -248,21 +304,31 @@ class Daemon:
             "uptime_s": round(time.monotonic() - self.started, 1), "rss_mb": round(rss_kb / 1024, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "engines_rss_mb": round(sum(_rss_kb(pid) for pid in child_pids()) / 1024, 1),
-            "models": {n: {"version": b.version, "bundle": str(b.root), "task": b.task}
+            "models": {n: {"name": b.name, "version": b.version, "bundle": str(b.root), "task": b.task}
                        for n, b in self.bundles.items()},
-            "streams": [s.status() for s in self.streams.values()],
+            "ready": self.ready,
+            "streams": [s.status() for s in list(self.streams.values())] + [
+                {"stream": sc.name, "source": sc.source, "state": "starting", "detail": "model warming up",
+                 "fps": 0.0, "counters": {}, "latency_ms": {}, "ring": None, "model": None}
+                for sc in list(self.warming.values())],
             "last_reload": self.last_reload,
             "watchdog_stale": self.watchdog.stale(),
         }
 
     def status_line(self) -> str:
-        parts = [f"{s.name} {s.current_state()} {s.fps():.1f} fps" for s in self.streams.values()]
+        parts = [f"{s.name} {s.current_state()} {s.fps():.1f} fps" for s in list(self.streams.values())]
         models = ", ".join(f"{n} {b.version}" for n, b in self.bundles.items())
         line = "; ".join(parts) or "no streams"
         if self.last_reload and not self.last_reload.get("ok"):
             line += " | last reload FAILED"
         return f"{line} | models: {models}"
 
+
+
+def _swapped(name: str, old: Any, new: Any) -> str:
+    """`face ultraface 1.1.0`, or `face mobilenetv2 1.0.0 (was ultraface 1.0.0)` when the bundle changed."""
+    was = f" (was {old.name} {old.version})" if (old.name, old.version) != (new.name, new.version) else ""
+    return f"{name} {new.name} {new.version}{was}"
 
 
 def _rss_kb(pid: object = "self") -> int:
