@@ -49,6 +49,11 @@ streams:
 """
 
 
+def all_streaming(client: Client, count: int) -> bool:
+    streams = client.status()["streams"]
+    return len(streams) == count and all(s["state"] == "streaming" for s in streams)
+
+
 class YamlDaemon(DaemonProcess):
     """`lited serve` on YAML_CONFIG (comments and all) instead of a JSON config."""
 
@@ -67,7 +72,7 @@ def served(tmp_path_factory, bundles_dir):
     d = YamlDaemon(tmp_path_factory.mktemp("served"), bundles_dir / "ultraface")
     d.start()
     with Client(d.req, timeout=30) as client:
-        wait_until(lambda: client.status()["ready"])
+        wait_until(lambda: all_streaming(client, 1))
     yield d
     assert d.stop() == 0, d.output()
 
@@ -144,7 +149,7 @@ def test_p04_ctl_reload_rereads_the_config_and_refuses_another_task(tmp_path, bu
     with DaemonProcess(tmp_path, {"models": {"face": str(face)}, "streams": streams}) as d:
         conf = ["--config", d.config_path]
         with d.client(timeout=30) as client:
-            wait_until(lambda: client.status()["ready"])
+            wait_until(lambda: all_streaming(client, 2))
             d.config["streams"] = streams[:1]  # stream b removed from the config: a reload stops it
             d.write_config()
             proc = lited("ctl", *conf, "reload")

@@ -99,7 +99,7 @@ def test_readme_local_apps_snippet_runs_as_written(tmp_path, bundles_dir):
     (tmp_path / "d").mkdir()
     with DaemonProcess(tmp_path / "d", config) as d:
         with d.client(timeout=30) as client:
-            while not client.status()["ready"]:
+            while [s["state"] for s in client.status()["streams"]] != ["streaming"]:
                 time.sleep(0.1)
         env = {**os.environ, "RUNTIME_DIRECTORY": str(d.run_dir)}  # where the default endpoints are, as under systemd
         proc = run_script([sys.executable, "app.py"], tmp_path, env, timeout=120)

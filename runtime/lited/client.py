@@ -47,6 +47,7 @@ class ClientError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
+        self.message = message
 
 
 class DaemonUnreachable(ClientError):

@@ -60,9 +60,10 @@ def run(args: argparse.Namespace) -> int:
             else:
                 t0 = time.perf_counter()
                 out = client.ping() if args.action == "ping" else client.status()
-                out.setdefault("answered_ms", round((time.perf_counter() - t0) * 1e3, 2))
+                if args.action == "ping":
+                    out["answered_ms"] = round((time.perf_counter() - t0) * 1e3, 2)
         except DaemonUnreachable as exc:
-            print(f"lited: {args.action}: {exc.args[0].split(': ', 1)[1]}", file=sys.stderr)
+            print(f"lited: {args.action}: {exc.message}", file=sys.stderr)
             return EXIT_NOT_RUNNING
         except TimeoutError as exc:
             print(f"{exc} (is lited serve running, and not wedged? `systemctl status lited`)", file=sys.stderr)
@@ -102,10 +103,8 @@ def _snapshot(client: Any, args: argparse.Namespace) -> dict:
     stream = args.stream
     if stream is None:
         names = [s["stream"] for s in client.status()["streams"]]
-        if len(names) != 1:
-            from lited.cli import UsageError
-
-            raise UsageError(f"snapshot: --stream is needed: the daemon has {len(names)} streams "
+        if len(names) != 1:  # bad usage: the command line says it in one line, exit 2
+            raise ValueError(f"snapshot: --stream is needed: the daemon has {len(names)} streams "
                              f"({', '.join(names) or 'none'})")
         stream = names[0]
     snap = client.snapshot(stream)
