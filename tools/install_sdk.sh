@@ -193,13 +193,13 @@ install_runtime() {
     say "runtime: ${want% *} installed in $venv ($("$venv/bin/python" -V))"
 }
 
-# `lited` on PATH for operators (lited ctl status, lited config check); a file there not ours is left alone.
+# `lited` on PATH for operators (lited ctl status, lited config check); a file there not ours is
+# left alone, and a read-only /usr (an image, a container) only costs the shortcut.
 link_command() {
     local bin=$root/usr/local/bin
-    mkdir -p "$bin"
-    if [ ! -e "$bin/lited" ] || [ "$(readlink "$bin/lited")" = /opt/lited/venv/bin/lited ]; then
-        ln -sfn /opt/lited/venv/bin/lited "$bin/lited"
-    fi
+    if [ -e "$bin/lited" ] && [ "$(readlink "$bin/lited")" != /opt/lited/venv/bin/lited ]; then return 0; fi
+    { mkdir -p "$bin" && ln -sfn /opt/lited/venv/bin/lited "$bin/lited"; } 2>/dev/null \
+        || say "runtime: $bin is not writable: run /opt/lited/venv/bin/lited for lited"
 }
 
 install_units() {

@@ -36,6 +36,7 @@ from lited.service.sdnotify import Notifier, Watchdog
 from lited.sources import SourceError
 from lited.stream import Stream
 from lited.stream.ring import sweep_stale
+from lited.stream.stats import COUNTERS
 from lited.errors import first_line
 
 log = logging.getLogger("lited.daemon")
@@ -223,14 +224,14 @@ class Daemon:
         prepared: list = []
         try:
             new_bundles = {n: load_bundle(p) for n, p in paths.items()}
-            for n, bundle in new_bundles.items():
-                problem = None if force else change_problem(n, self.bundles[n], bundle)
-                if problem:
-                    raise ReloadRefused(problem)
             for name, stream in self.streams.items():
                 bundle = new_bundles.get(self.stream_configs[name].model)
                 if bundle is not None:
                     prepared.append((stream, stream.prepare_model(lambda b=bundle: Model(b, isolated=True))))
+            for n, bundle in new_bundles.items():  # after the models load: a broken bundle says so first
+                problem = None if force else change_problem(n, self.bundles[n], bundle)
+                if problem:
+                    raise ReloadRefused(problem)
         except BaseException:
             for _, runner in prepared:
                 runner.stop()
@@ -309,7 +310,7 @@ class Daemon:
             "ready": self.ready,
             "streams": [s.status() for s in list(self.streams.values())] + [
                 {"stream": sc.name, "source": sc.source, "state": "starting", "detail": "model warming up",
-                 "fps": 0.0, "counters": {}, "latency_ms": {}, "ring": None, "model": None}
+                 "fps": 0.0, "counters": dict.fromkeys(COUNTERS, 0), "latency_ms": {}, "ring": None, "model": None}
                 for sc in list(self.warming.values())],
             "last_reload": self.last_reload,
             "watchdog_stale": self.watchdog.stale(),
