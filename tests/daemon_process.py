@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from lited.client import Client, ClientError
+from lited.client import Client, ClientError, DaemonUnreachable
 
 
 class DaemonProcess:
@@ -49,6 +49,8 @@ class DaemonProcess:
                 try:
                     client.ping()
                     return self
+                except DaemonUnreachable:  # not bound yet: said at once, so wait a little
+                    time.sleep(0.05)
                 except (TimeoutError, ClientError):
                     continue
         self.stop()  # never leave a daemon behind a failed start

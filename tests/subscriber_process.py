@@ -27,7 +27,8 @@ def main() -> int:
     ap.add_argument("--count", type=int, default=0, help="stop after this many results (0: at the end)")
     args = ap.parse_args()
     seqs, digests, overwritten, gone = [], {}, 0, 0
-    with Subscriber(args.endpoint, streams=[args.stream], events=True) as sub:
+    # check=False: the stream may be added (SIGHUP) after this subscriber is ready
+    with Subscriber(args.endpoint, streams=[args.stream], events=True, check=False) as sub:
         time.sleep(0.3)  # let the subscription reach the publisher
         if args.frames:  # what came meanwhile is not read on arrival: drop it
             while sub.recv(timeout=0) is not None:

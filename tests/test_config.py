@@ -112,3 +112,22 @@ def test_one_name_rule_for_daemon_config_manifest_and_installer(tmp_path):
             in_config = False
         assert (in_manifest, in_config, _installer_accepts(tmp_path, name)) == (rule, rule, rule), name
     assert [n for n in NAMES if name_problem(n) is None] == ["a", "A.b-c_1", "_x", "x" * 64, "9"]
+
+
+def test_the_documented_example_is_a_config_the_daemon_takes():
+    """docs/config.md's example, as written (YAML with comments), passes the daemon's checks."""
+    import re
+
+    from lited.config import read_config_file
+
+    doc = (ROOT / "docs" / "config.md").read_text()
+    example = re.search(r"## Example\n\n```yaml\n(.*?)```", doc, re.S).group(1)
+    path = ROOT / "build" / "example.conf"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(example)
+    try:
+        config = parse_config(read_config_file(path), path)
+    finally:
+        path.unlink()
+    assert [(s.name, s.model, s.slots) for s in config.streams] == [("gate", "det", 4), ("belt", "ocr", 4)]
+    assert config.group == "lited" and config.max_request_bytes == 16777216

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How fast, and how much memory, beside what you would otherwise use.
 
-    python tools/bench.py [--models ultraface,fastestdet] [--quick] [--only live|http|ocr|uplink] [--out docs/BENCHMARKS.md]
+    python tools/bench.py [--models ultraface,fastestdet] [--quick] [--only live|http|ocr|uplink|nms] [--out docs/BENCHMARKS.md]
 
 Every row comes from one run on one machine; each measurement runs in its own
 process (tools/bench_probes.py) so its peak RSS is its own. Writes
@@ -864,10 +864,17 @@ def section_live(tmp: Path, progress: Progress) -> str:
     return render_live(bench_live(names, bundles, False, progress, tmp))
 
 
+def section_nms(tmp: Path, progress: Progress) -> str:
+    import bench_nms
+
+    return bench_nms.render(bench_nms.measure())
+
+
 # --only NAME: (its section's heading, what measures and renders it, its progress steps)
 SECTIONS = {"live": ("## Live cameras", section_live, len(LIVE_MODELS) * len(POLICIES) * 3),
             "http": ("## The HTTP front end", section_http, 3), "ocr": ("## OCR cascade", section_ocr, 8),
-            "uplink": ("## MQTT uplink", section_uplink, UPLINK_STEPS)}
+            "uplink": ("## MQTT uplink", section_uplink, UPLINK_STEPS),
+            "nms": ("## NMS: OpenCV beside the numpy loop", section_nms, 1)}
 
 
 def only(name: str, out: Path) -> int:
@@ -930,8 +937,11 @@ def main() -> int:
     progress.close()
     png = args.out.with_name("benchmarks.png")
     plot(rows, png)
+    import bench_nms
+
     args.out.write_text(render(rows, threads, live, daemon, machine(), png.name) + render_http(http) + "\n"
-                        + render_ocr(ocr, "") + ("\n" + render_uplink(uplink) if uplink else "") + "\n")
+                        + render_ocr(ocr, "") + ("\n" + render_uplink(uplink) if uplink else "") + "\n"
+                        + bench_nms.render(bench_nms.measure()))
     print(args.out.read_text())
     return 0
 

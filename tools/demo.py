@@ -170,7 +170,7 @@ def main() -> int:
     lited = Path(sys.executable).with_name("lited")
     daemon = subprocess.Popen([str(lited), "serve", "--config", str(OUT / "lited.conf")], stdout=log,
                               stderr=subprocess.STDOUT)
-    from lited.client import Client
+    from lited.client import Client, DaemonUnreachable
 
     try:
         with Client(f"ipc://{run}/req.sock", timeout=1) as client:
@@ -183,7 +183,8 @@ def main() -> int:
                 try:
                     client.ping()
                     break
-                except TimeoutError:
+                except (TimeoutError, DaemonUnreachable):
+                    time.sleep(0.1)
                     if time.monotonic() - t0 > 90:
                         say("lited serve did not answer within 90 s")
                         return 1

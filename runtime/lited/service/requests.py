@@ -41,10 +41,11 @@ class Service(Protocol):
     generation: dict
     streams: dict
     stop_event: threading.Event
+    ready: bool  # every configured stream started
 
     def status(self) -> dict: ...
 
-    def reload_request(self, model: Optional[str], bundle: Optional[str]) -> dict: ...
+    def reload_request(self, model: Optional[str], bundle: Optional[str], force: bool = False) -> dict: ...
 
 
 class ModelCache:
@@ -155,7 +156,8 @@ class Requests:
 
     def _handle(self, method: str, params: dict, models: Optional[ModelCache]) -> Any:
         if method == "ping":
-            return {"pong": True, "version": __version__, "protocol": protocol.VERSION}
+            return {"pong": True, "version": __version__, "protocol": protocol.VERSION,
+                    "ready": self.service.ready}
         if method == "status":
             return self.service.status()
         if method == "infer":
@@ -164,7 +166,8 @@ class Requests:
             return self._snapshot(params)
         if method == "reload":
             return self.service.reload_request(param(params, "model", str, required=False),
-                                               param(params, "bundle", str, required=False))
+                                               param(params, "bundle", str, required=False),
+                                               param(params, "force", bool, required=False, default=False))
         raise ProtocolError("unknown_method", f"method: unknown {method[:64]!r}")
 
     # -- handlers

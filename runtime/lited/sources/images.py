@@ -24,6 +24,7 @@ EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 class ImagesSource(Source):
     kind = "images"
     PACED_BY = "fps"
+    FINITE = True
     OPTIONS = {
         "fps": Option(rate, 0.0),
         "loop": Option(flag, False),

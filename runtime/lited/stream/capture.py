@@ -4,8 +4,9 @@ Opens the source, reads each frame into a free ring slot in place (no copy:
 `read_into` on the shared-memory view), reconnects with a capped backoff
 when it fails, rebuilds the ring when the frame size changes (a new segment
 renamed into place: frame numbers go on, the old segment stays mapped while
-frames of it are held), and at the end of a lossless source waits for the
-last result before saying `ended`.
+frames of it are held), and at the end of a file or folder (a finite source)
+or a lossless one waits for the last result before saying `ended`; a live
+source that ends is reopened.
 """
 from __future__ import annotations
 
@@ -90,7 +91,7 @@ class CaptureLoop:
                 if not ok:
                     ring.abort(slot)
                     source.close()
-                    if source.lossless or self._stop.is_set():
+                    if source.FINITE or source.lossless or self._stop.is_set():
                         handoff.wait_results(ring.frames - 1)
                         self._set_state("ended", "end of stream")
                         return
