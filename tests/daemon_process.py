@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from lited.client import Client, ClientError
+from lited.client import Client, ClientError, DaemonUnreachable
 
 
 class DaemonProcess:
@@ -55,10 +55,23 @@ class DaemonProcess:
                 try:
                     client.ping()
                     return self
+                except DaemonUnreachable:  # not bound yet: said at once, so wait a little
+                    time.sleep(0.05)
                 except (TimeoutError, ClientError):
                     continue
         self.stop()  # never leave a daemon behind a failed start
         raise TimeoutError(f"lited serve not answering after {timeout} s:\n{self.output()}")
+
+    def wait_ready(self, timeout: float = 120) -> "DaemonProcess":
+        """Until status says start-up finished (every stream's model warm):
+        a ping is answered earlier, while models warm up."""
+        deadline = time.monotonic() + timeout
+        with self.client() as client:
+            while not client.status()["ready"]:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise TimeoutError(f"lited serve not ready after {timeout} s:\n{self.output()}")
+                time.sleep(0.1)
+        return self
 
     def client(self, timeout: float = 10) -> Client:
         return Client(self.req, timeout=timeout)

@@ -49,5 +49,5 @@ def test_a_bad_image_is_one_line_exit_2_and_no_output(tmp_path):
     proc = lited("infer", "--bundle", str(DEMO_BUNDLE), str(bad))
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip() == f"lited: {bad}: not a readable image"
-    proc = lited("--debug", "infer", "--bundle", str(DEMO_BUNDLE), str(bad))
+    proc = lited("--debug", "infer", "--bundle", str(tmp_path / "no-bundle"), str(bad))
     assert "Traceback" in proc.stderr

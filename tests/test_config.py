@@ -1,6 +1,6 @@
 """The daemon config's checks and the one name rule, through the real commands.
 
-A value that cannot work (zero slots, a negative timeout, no request
+A value that cannot work (negative slots, a negative timeout, no request
 workers) is refused at `lited serve` with its field path, never silently
 replaced by a default; and a bundle name is judged by the same rule in the
 daemon, the builder and the installer.
@@ -35,9 +35,11 @@ def with_changes(**changes) -> dict:
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"streams__0__slots": 0}, "streams[0].slots: expected an integer from 2 to 64, got 0"),
-    ({"streams__0__slots": 65}, "streams[0].slots: expected an integer from 2 to 64, got 65"),
-    ({"streams__0__slots": 4.5}, "streams[0].slots: expected an integer from 2 to 64, got 4.5"),
+    ({"streams__0__slots": -1}, "streams[0].slots: expected an integer from 0 to 64, got -1"),
+    ({"streams__0__slots": 65}, "streams[0].slots: expected an integer from 0 to 64, got 65"),
+    ({"streams__0__slots": 4.5}, "streams[0].slots: expected an integer from 0 to 64, got 4.5"),
+    ({"streams__0__keep_results": 17}, "streams[0].keep_results: expected an integer from 0 to 16, got 17"),
+    ({"streams__0__policy": "fastest"}, "streams[0].policy: unknown \"fastest\", expected one of latest, queue"),
     ({"streams__0__stall_timeout": -1}, "streams[0].stall_timeout: expected a number above 0"),
     ({"streams__0__stall_timeout": 0}, "streams[0].stall_timeout: expected a number above 0"),
     ({"request_workers": 0}, "request_workers: expected an integer from 1 to 64, got 0"),
@@ -58,21 +60,24 @@ def test_values_that_cannot_work_are_refused_with_their_field(changes, message):
 
 
 def test_zero_and_false_are_kept_where_they_are_valid():
-    config = parse_config(with_changes(insecure_tcp=False, streams__0__slots=2))
-    assert config.insecure_tcp is False and config.streams[0].slots == 2
+    config = parse_config(with_changes(insecure_tcp=False, streams__0__slots=0, streams__0__keep_results=0))
+    assert config.insecure_tcp is False and config.streams[0].slots == 0 and config.streams[0].keep_results == 0
     config = parse_config(BASE)
-    assert (config.streams[0].slots, config.streams[0].stall_timeout, config.request_workers) == (4, 5.0, 1)
+    stream = config.streams[0]
+    assert (stream.slots, stream.keep_results, stream.policy, stream.stall_timeout, config.request_workers) \
+        == (2, 0, None, 5.0, 1)  # policy None: the source decides
+    assert parse_config(with_changes(streams__0__policy="queue")).streams[0].policy == "queue"
 
 
 def test_serve_refuses_a_bad_config_in_one_line_exit_2(tmp_path):
     conf = tmp_path / "lited.conf"
-    conf.write_text(json.dumps(with_changes(streams__0__slots=0, request_workers=0)))
+    conf.write_text(json.dumps(with_changes(streams__0__slots=-1, request_workers=0)))
     proc = subprocess.run([sys.executable, "-m", "lited.cli", "serve", "--config", str(conf)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
-    assert "streams[0].slots: expected an integer from 2 to 64, got 0" in lines[0]
+    assert "streams[0].slots: expected an integer from 0 to 64, got -1" in lines[0]
     assert "request_workers: expected an integer from 1 to 64, got 0" in lines[0]
 
 
@@ -107,3 +112,22 @@ def test_one_name_rule_for_daemon_config_manifest_and_installer(tmp_path):
             in_config = False
         assert (in_manifest, in_config, _installer_accepts(tmp_path, name)) == (rule, rule, rule), name
     assert [n for n in NAMES if name_problem(n) is None] == ["a", "A.b-c_1", "_x", "x" * 64, "9"]
+
+
+def test_the_documented_example_is_a_config_the_daemon_takes():
+    """docs/config.md's example, as written (YAML with comments), passes the daemon's checks."""
+    import re
+
+    from lited.config import read_config_file
+
+    doc = (ROOT / "docs" / "config.md").read_text()
+    example = re.search(r"## Example\n\n```yaml\n(.*?)```", doc, re.S).group(1)
+    path = ROOT / "build" / "example.conf"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(example)
+    try:
+        config = parse_config(read_config_file(path), path)
+    finally:
+        path.unlink()
+    assert [(s.name, s.model, s.slots) for s in config.streams] == [("gate", "det", 2), ("belt", "ocr", 2)]
+    assert config.group == "lited" and config.max_request_bytes == 16777216

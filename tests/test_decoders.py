@@ -17,7 +17,7 @@ import pytest
 from conftest import need_shared
 
 from lited.decoders import DECODERS, make_decoder
-from lited.decoders.nms import nms
+from lited.decoders.nms import OPENCV_UP_TO, nms, nms_numpy, nms_opencv
 from lited.geometry import Geometry
 
 # --------------------------------------------------------------------------
@@ -461,17 +461,37 @@ def greedy_nms(boxes, scores, iou_threshold):
     return keep
 
 
-def test_nms_matches_textbook_greedy_on_random_boxes():
+@pytest.mark.parametrize("impl", [nms_opencv, nms_numpy])
+def test_nms_matches_textbook_greedy_on_random_boxes(impl):
     rng = np.random.default_rng(0)
     xy = rng.uniform(0, 200, (300, 2))
     wh = rng.uniform(5, 60, (300, 2))
     boxes = np.hstack([xy, xy + wh]).astype(np.float32)
-    scores = rng.uniform(0, 1, 300).astype(np.float32)
+    scores = rng.uniform(0.01, 1, 300).astype(np.float32)
+    classes = rng.integers(0, 5, 300)
     for iou in (0.3, 0.5, 0.7):
-        assert nms(boxes, scores, iou).tolist() == greedy_nms(boxes.tolist(), scores.tolist(), iou)
+        assert impl(boxes, scores, iou).tolist() == greedy_nms(boxes.tolist(), scores.tolist(), iou)
+        per_class = sorted((i for c in range(5) for i in np.flatnonzero(classes == c)[
+            greedy_nms(boxes[classes == c].tolist(), scores[classes == c].tolist(), iou)]), key=lambda i: -scores[i])
+        assert impl(boxes, scores, iou, classes=classes).tolist() == per_class
+        assert impl(boxes, scores, iou, top_k=7, classes=classes).tolist() == per_class[:7]
 
 
-def test_nms_per_class_top_k_and_edges():
+def test_nms_takes_opencv_for_few_candidates_and_numpy_for_many():
+    """The two agree (above); which one runs is decided by the candidate count."""
+    rng = np.random.default_rng(1)
+    for n in (OPENCV_UP_TO, OPENCV_UP_TO + 1):
+        xy = rng.uniform(0, 600, (n, 2))
+        boxes = np.hstack([xy, xy + rng.uniform(5, 60, (n, 2))])
+        scores = rng.uniform(0.01, 1, n)
+        classes = rng.integers(0, 80, n)
+        want = (nms_opencv if n <= OPENCV_UP_TO else nms_numpy)(boxes, scores, 0.45, 100, classes)
+        assert nms(boxes, scores, 0.45, 100, classes).tolist() == want.tolist()
+        assert nms_numpy(boxes, scores, 0.45, 100, classes).tolist() == want.tolist()
+
+
+@pytest.mark.parametrize("nms", [nms, nms_opencv, nms_numpy])
+def test_nms_per_class_top_k_and_edges(nms):
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], np.float32)
     scores = np.array([0.9, 0.8, 0.7], np.float32)
     assert nms(boxes, scores, 0.5).tolist() == [0, 2]

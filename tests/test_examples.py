@@ -71,12 +71,12 @@ def pack(payload) -> bytes:
 
 def result(stream: str, seq, **fields) -> list[bytes]:
     payload = {"v": 1, "type": "result", "stream": stream, "seq": seq, "frame_ts": 1795881322.4553,
-               "skipped": 0, "model": "fastestdet", "model_version": "1.0.0", "task": "detection",
-               "detections": [], "classes": [],
-               "timings_ms": {"capture": 4.1, "wait": 0.2, "preprocess": 0.6, "infer": 11.0,
+               "skipped": 0, "model": "fastestdet", "model_key": "det", "model_version": "1.0.0",
+               "task": "detection", "detections": [], "classes": [],
+               "timings_ms": {"capture": 4.1, "wait": 0.2, "preprocess": 0.6, "queue": 0.1, "infer": 11.0,
                               "postprocess": 0.3, "total": 12.3},
-               "frame": {"ring": f"lited-1a2b3c4d-812-{stream}", "slot": 2, "slot_seq": 5608,
-                         "width": 640, "height": 480}}
+               "frame": {"ring": f"lited-1a2b3c4d-812-{stream}", "generation": 81200355061412, "slot": 2,
+                         "slot_seq": 5608, "width": 640, "height": 480}}
     payload.update(fields)
     return [f"result/{stream}".encode(), pack(payload)]
 

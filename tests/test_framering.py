@@ -6,6 +6,7 @@ torn frame must be detected every time and never returned.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -335,3 +336,171 @@ def test_steady_state_allocates_nothing(make_ring):
         assert int(out[0, 0, 0]) == 499 & 255
     finally:
         reader.close()
+
+
+def test_held_frames_stay_and_a_frame_let_go_of_outlives_margin_frames(make_ring):
+    """Leases: the writer never rewrites a held frame; of the free slots it
+    takes the one least recently captured or let go of, so the newest
+    frames stay, and a frame let go of outlives `margin` more frames."""
+    margin = 2
+    ring = make_ring(slots=3 + 2 + margin)  # 3 held, latest + writing, the margin
+    reader = FrameRing.attach(ring.name)
+    try:
+        held = [_publish(ring, n) for n in range(3)]
+        for slot, seq in held:
+            assert ring.hold(slot, seq)
+        assert ring.hold(*held[0])  # two holders of one frame: both must release
+        assert ring.held == 4
+        newest = []
+        for n in range(3, 200):
+            newest = (newest + [(n, _publish(ring, n % 251))])[-(margin + 1):]
+            for value, (slot, seq) in enumerate(held):  # held frames intact, for any reader
+                assert reader.is_current(slot, seq) and int(reader.view(slot).max()) == value
+            for number, got in newest:  # and the newest margin + 1 frames are readable
+                assert reader.meta(*got).frame == number
+        assert ring.leases_broken == 0
+        ring.release(held[1][0])  # let go of: it outlives the older free frames, `margin` frames at least
+        for n in range(margin):
+            _publish(ring, n)
+            assert reader.is_current(*held[1])
+        for n in range(3):
+            _publish(ring, n)
+        assert not reader.is_current(*held[1])  # then it goes like any other
+        ring.release(held[0][0])
+        _publish(ring, 2)
+        assert reader.is_current(*held[0])  # still held once
+        ring.release(held[0][0])
+        ring.release(held[2][0])
+        with pytest.raises(RingError, match="released more often than held"):
+            ring.release(held[2][0])
+        assert ring.held == 0
+        slot, _ = ring.begin_write()
+        assert not ring.hold(slot, int(reader._seq[slot]))  # a slot being written cannot be held
+        ring.abort(slot)
+        assert not ring.hold(*held[1])  # nor a frame that is gone
+    finally:
+        reader.close()
+
+
+def test_a_ring_held_full_breaks_the_oldest_lease_rather_than_stop(make_ring):
+    ring = make_ring(slots=3)
+    first, second, _ = (_publish(ring, n) for n in range(3))
+    assert ring.hold(*first) and ring.hold(*second)
+    fourth = _publish(ring, 3)  # every slot but the latest is held: the oldest lease goes
+    assert fourth[0] == first[0] and ring.leases_broken == 1
+    assert not ring.is_current(*first) and ring.is_current(*second)
+
+
+_NAME_WATCHER = """
+import json, os, sys, time
+path = "/dev/shm/" + sys.argv[1]
+missing = opened = 0
+generations = set()
+print("ready", flush=True)
+deadline = time.monotonic() + 20
+while time.monotonic() < deadline and not os.path.exists(path + ".stop"):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        missing += 1
+        continue
+    try:
+        header = os.pread(fd, 128, 0)
+    finally:
+        os.close(fd)
+    opened += 1
+    if header[:8] != b"LITEDRNG":
+        missing += 1  # a name that shows a half-made segment is as bad as none
+        continue
+    generations.add(int.from_bytes(header[120:128], "little"))
+print(json.dumps({"missing": missing, "opened": opened, "generations": sorted(generations)}))
+"""
+
+
+def test_a_rebuilt_ring_replaces_its_name_atomically(make_ring):
+    """A new frame size: a new segment, pending until `link()` renames it
+    into place (a reader opening the name in a loop never finds it missing or
+    half-made), with a new generation, frame numbers that go on and seqs
+    above the old segment's; the old segment is closed but its frames stay
+    intact while held."""
+    ring = make_ring(slots=3, shape=(48, 64, 3))
+    watcher = _python(_NAME_WATCHER, ring.name)
+    rings = [ring]
+    try:
+        assert watcher.stdout.readline().strip() == "ready"
+        reader = FrameRing.attach(ring.name)
+        old = _publish(ring, 7)
+        assert ring.hold(*old)
+        generations = [ring.generation]
+        for i in range(40):
+            linked = ring
+            ring = ring.rebuilt((48, 64 + 16 * (i % 2 + 1), 3))
+            rings.append(ring)
+            generations.append(ring.generation)
+            for _ in range(3):
+                _publish(ring, i)
+            if i == 0:  # pending: the name still gives the segment it replaces, which still reads as live
+                with FrameRing.attach(ring.name) as named:
+                    assert named.generation == linked.generation and named.writer_alive()
+                assert ring.pending and ring.path.endswith("~new") and os.path.exists(ring.path)
+            ring.link()
+            assert not ring.pending and ring.path == os.path.join(SHM_DIR, ring.name)
+        _publish(ring, 9)
+        open(ring.path + ".stop", "w").close()
+        stats = json.loads(watcher.stdout.read())
+    finally:
+        watcher.kill()
+        watcher.wait()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(rings[-1].path + ".stop")
+    assert stats["missing"] == 0 and stats["opened"] > 100, stats
+    assert len(set(generations)) == len(generations) and generations == sorted(generations)
+    assert set(stats["generations"]) <= set(generations) and len(stats["generations"]) > 1
+    assert ring.frames == 1 + 40 * 3 + 1  # frame numbers never restart
+    assert reader.generation == generations[0]
+    assert not reader.writer_alive()  # the name is another segment's now
+    assert not [n for n in os.listdir(SHM_DIR) if n.startswith(ring.name + "~")]  # no temporary left
+    fresh = FrameRing.attach(ring.name)
+    try:
+        assert fresh.generation == ring.generation and fresh.meta(*fresh.latest()).frame == ring.frames - 1
+        # the old frame's (slot, seq) means nothing in the new segment: its seqs start above
+        assert not fresh.is_current(*old) and min(fresh._seq) > old[1]
+        # but the old segment, closed, still has it for whoever mapped it (and the writer holds it)
+        assert reader.is_current(*old) and int(reader.view(old[0]).max()) == 7
+        assert rings[0].is_current(*old)
+        rings[0].release(old[0])  # its last lease: the writer unmaps it
+        with pytest.raises(RingGone):
+            rings[0].is_current(*old)
+        assert reader.is_current(*old)  # a reader's mapping is its own
+    finally:
+        fresh.close()
+        reader.close()
+
+
+def test_a_ring_rebuilt_twice_before_it_is_linked_leaves_one_pending(make_ring):
+    ring = make_ring(slots=3, shape=(8, 8, 3))
+    first = ring.rebuilt((8, 16, 3))
+    second = first.rebuilt((8, 24, 3))  # the first was never linked: it goes, name and all
+    assert not os.path.exists(first.path) or os.stat(first.path).st_ino != first._ino
+    with FrameRing.attach(ring.name) as named:
+        assert named.generation == ring.generation
+    second.link()
+    with FrameRing.attach(ring.name) as named:
+        assert named.generation == second.generation and named.shape == (8, 24, 3)
+    first.link()  # superseded: nothing happens
+    with FrameRing.attach(ring.name) as named:
+        assert named.generation == second.generation
+    second.unlink()
+    assert not os.path.exists(os.path.join(SHM_DIR, ring.name))
+
+
+def test_sweep_removes_a_half_made_segment_of_a_dead_writer(make_ring):
+    holder = _python(_HOLDER, _stream(), "exit")
+    name = holder.stdout.readline().strip()
+    assert holder.wait() == 0
+    tmp = os.path.join(SHM_DIR, name + "~new")  # as if it died between making and renaming
+    with open(tmp, "wb") as f:
+        f.write(b"\0" * 4096)
+    live = make_ring()
+    assert os.path.basename(tmp) in sweep_stale() and not os.path.exists(tmp)
+    assert os.path.exists(live.path)

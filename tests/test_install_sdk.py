@@ -41,6 +41,7 @@ import pytest
 
 from conftest import ROOT, make_bundle, need_shared
 from lited.bundle import load_bundle
+from lited.config import read_config_file
 from lited.model import Model
 from nspawn import Container, booted_container, require_nspawn
 from test_systemd import journal, show, wait_for
@@ -90,6 +91,9 @@ class Sdk:
         bundle = make_bundle(NAME, self.root / f"{version}-{next(_serial)}")
         manifest = json.loads((bundle / "manifest.json").read_text())
         manifest["version"] = version
+        made = manifest.pop("golden", None)  # make_bundle's own: this test sets its own
+        if made:
+            (bundle / made["image"]).unlink()
         if golden:
             shutil.copyfile(need_shared("images", "astronaut.png"), bundle / "golden.png")
             manifest["golden"] = {"image": "golden.png", "expected": expected or self.golden,
@@ -235,12 +239,15 @@ def test_first_install_lays_out_runtime_units_config_and_bundle(first_install: F
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     print(f"first install: {first_install.seconds:.1f} s\n" + result.stdout)
-    assert steps(lines) == ["runtime", "units", "bundle", "bundle", "bundle", "bundle", "current",
-                            "config", "service", "done"], result.stdout
-    assert lines[0].startswith(f"install_sdk: runtime: lited 0.1.0 installed in {root}/opt/lited/venv")
-    assert f"bundle: selftest {NAME} 1.0.0: ok" in lines[4]
-    assert lines[6] == "install_sdk: current -> 1.0.0"
-    assert lines[8] == "install_sdk: service: not touched (--no-systemctl)"
+    # the bundle is checked first; a line says so before each step that takes a while
+    assert steps(lines) == ["bundle", "runtime", "runtime", "units", "bundle", "bundle", "bundle", "bundle",
+                            "current", "config", "service", "done", "next"], result.stdout
+    assert lines[1].startswith(f"install_sdk: runtime: installing lited 0.1.0 into {root}/opt/lited/venv")
+    assert lines[2].startswith(f"install_sdk: runtime: lited 0.1.0 installed in {root}/opt/lited/venv")
+    assert f"bundle: selftest {NAME} 1.0.0: ok" in lines[6]
+    assert lines[8] == "install_sdk: current -> 1.0.0"
+    assert lines[10] == "install_sdk: service: not touched (--no-systemctl)"
+    assert lines[12].startswith(f"install_sdk: next: no stream uses {NAME} yet: add one to {root}/etc/lited/lited.conf")
     assert result.stderr == ""
 
     # A real install of lited, not a link to this checkout.
@@ -255,7 +262,10 @@ def test_first_install_lays_out_runtime_units_config_and_bundle(first_install: F
     # This Python is pyenv's, under /root: the units get the drop-in that lets them see it.
     if Path(sys.base_prefix).resolve().parts[1] in ("root", "home"):
         assert "ProtectHome=tmpfs" in (units / "lited.service.d/30-python.conf").read_text()
-    assert json.loads((root / "etc/lited/lited.conf").read_text()) == {"models": {NAME: CONFIG_PATH}, "streams": []}
+    config_text = (root / "etc/lited/lited.conf").read_text()
+    assert config_text.startswith("# lited's config") and "#   - name: cam0" in config_text  # YAML, commented
+    assert read_config_file(root / "etc/lited/lited.conf") == {"models": {NAME: CONFIG_PATH}, "streams": []}
+    assert os.readlink(root / "usr/local/bin/lited") == "/opt/lited/venv/bin/lited"
     assert links(root) == {"current": "1.0.0"}
     version_dir = root / BUNDLES / "1.0.0"
     assert stat.S_IMODE(version_dir.stat().st_mode) == 0o755  # the daemon's user reads it
@@ -271,7 +281,7 @@ def test_second_run_is_harmless_and_fast(first_install: FirstInstall) -> None:
     lines = install_ok(first_install.prefix, first_install.zip)
     took = time.monotonic() - started
     print(f"second run: {took:.1f} s (first: {first_install.seconds:.1f} s)")
-    assert lines[0] == f"install_sdk: runtime: lited 0.1.0 already installed in {first_install.prefix}/opt/lited/venv"
+    assert f"install_sdk: runtime: lited 0.1.0 already installed in {first_install.prefix}/opt/lited/venv" in lines
     assert f"install_sdk: bundle: {NAME} 1.0.0 already installed ({first_install.prefix}/{BUNDLES}/current)" in lines
     assert any("already has model" in line for line in lines)
     assert snapshot(first_install.prefix) == before
@@ -314,7 +324,7 @@ def test_upgrade_flips_current_and_previous_and_rollback_returns(prefix: Prefix,
     # lited@cam9.service: its own config; the bundle (shared by name) is there already.
     lines = install_ok(prefix, "--instance", "cam9", sdk.zip("1.2.0"))
     assert f"install_sdk: bundle: {NAME} 1.2.0 already installed ({prefix}/{BUNDLES}/current)" in lines
-    assert json.loads((prefix / "etc/lited/cam9.conf").read_text()) == {"models": {NAME: CONFIG_PATH}, "streams": []}
+    assert read_config_file(prefix / "etc/lited/cam9.conf") == {"models": {NAME: CONFIG_PATH}, "streams": []}
 
 
 def test_unsafe_sources_are_refused_and_change_nothing(prefix: Prefix, sdk: Sdk, tmp_path: Path) -> None:
@@ -358,6 +368,40 @@ def test_unsafe_sources_are_refused_and_change_nothing(prefix: Prefix, sdk: Sdk,
     assert links(prefix) == {"current": "1.0.0"}
 
 
+def test_p09_help_is_usage_on_stdout_and_bad_usage_exits_2(checkout: Path) -> None:
+    installer = checkout / "tools" / "install_sdk.sh"
+    result = subprocess.run([str(installer), "--help"], capture_output=True, text=True, env=ENV, timeout=30)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.startswith("Install an SDK bundle on a board") and "--board NAME" in result.stdout
+    result = subprocess.run([str(installer), "--bogus"], capture_output=True, text=True, env=ENV, timeout=30)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("install_sdk: unknown option --bogus\nInstall an SDK bundle")
+
+
+def test_p09_a_bad_zip_is_refused_before_the_runtime_and_units_are_touched(tmp_path: Path, checkout: Path) -> None:
+    root = make_prefix(tmp_path / "root", checkout)  # empty: no runtime yet, which would take minutes
+    (tmp_path / "junk.zip").write_text("not a zip")
+    started = time.monotonic()
+    result = run_install(root, tmp_path / "junk.zip")
+    refused(result, "refused", "not a zip file")
+    assert result.stdout == "" and time.monotonic() - started < 30
+    assert not (root / "opt").exists() and not (root / "etc").exists()
+
+
+def test_p09_after_an_install_it_says_what_to_do_next(first_install: FirstInstall) -> None:
+    root = first_install.prefix
+    last = first_install.result.stdout.splitlines()[-1]
+    assert last == (f"install_sdk: next: no stream uses {NAME} yet: add one to {root}/etc/lited/lited.conf "
+                    f"(docs/config.md), check it with `lited config check --config {root}/etc/lited/lited.conf`, "
+                    "then `systemctl reload lited.service`; `lited ctl status` shows what is served")
+    # and the config it points to says how, in comments, and passes the check it names
+    assert "# streams:\n#   - name: cam0\n" in (root / "etc/lited/lited.conf").read_text()
+    check = subprocess.run([str(root / "opt/lited/venv/bin/lited"), "config", "check", "--config",
+                            str(root / "etc/lited/lited.conf")], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 2  # its bundle path is /var/lib/..., as on the board, not under the prefix
+    assert f"models.{NAME}: bundle /var/lib/lited/bundles/{NAME}/current" in check.stderr, check.stderr
+
+
 def test_bundle_failing_its_selftest_or_not_loading_is_refused(prefix: Prefix, sdk: Sdk) -> None:
     install_ok(prefix, sdk.zip("1.0.0"))
     before = snapshot(prefix)
@@ -368,11 +412,16 @@ def test_bundle_failing_its_selftest_or_not_loading_is_refused(prefix: Prefix, s
     assert "current ->" not in result.stdout
     assert snapshot(prefix) == before
 
-    # Without a golden image the bundle must at least load: a truncated model does not.
+    # Without a golden image it is refused, before anything else is done...
     bundle = sdk.dir("1.1.0", golden=False)
+    result = run_install(prefix, bundle)
+    refused(result, f"{NAME} 1.1.0 has no golden image to self-test", "--no-selftest")
+    assert result.stdout == ""
+    # ... and with --no-selftest it must at least load: a truncated model does not.
     model = bundle / "model_x86.nb"
     model.write_bytes(model.read_bytes()[:1000])
-    refused(run_install(prefix, bundle), f"{NAME} 1.1.0 does not load, 1.0.0 stays current", "model_x86.nb")
+    refused(run_install(prefix, "--no-selftest", bundle), f"{NAME} 1.1.0 does not load, 1.0.0 stays current",
+            "model_x86.nb")
     assert snapshot(prefix) == before
     assert "1.0.0: ok" in selftest_current(prefix)
 
@@ -487,7 +536,7 @@ class Board:
     def served(self) -> str:
         """The version the daemon says it serves (`lited ctl status`)."""
         out = self.container.run([f"{VENV}/bin/lited", "ctl", "status", "--endpoint", "ipc:///run/lited/req.sock",
-                                  "--timeout", "10"], check=True).stdout
+                                  "--timeout", "10", "--json"], check=True).stdout
         return json.loads(out)["models"][NAME]["version"]
 
 
@@ -514,7 +563,9 @@ def test_board_install_starts_the_real_daemon(board: Board) -> None:
     first = board.first
     assert first.returncode == 0, first.stdout + first.stderr
     lines = first.stdout.splitlines()
-    assert lines[0].startswith(f"install_sdk: runtime: lited 0.1.0 installed in {VENV}"), first.stdout
+    assert any(line.startswith(f"install_sdk: runtime: lited 0.1.0 installed in {VENV}") for line in lines), first.stdout
+    assert any(line.startswith(f"install_sdk: units: {UNIT} in /etc/systemd/system, board profile x86 (20-board.conf)")
+               for line in lines), first.stdout
     assert lines[-2] == f"install_sdk: service: started (and enabled) {UNIT}, serving {NAME} 1.0.0", first.stdout
     c = board.container
     state = show(c, UNIT, "ActiveState", "UnitFileState", "MainPID", "NRestarts")

@@ -12,6 +12,8 @@ from conftest import need_shared, write_video
 from lited.bundle import BundleError, load_bundle
 from lited.model import Model
 from lited.stream import Stream
+from lited.stream.runner import ModelRunner
+from lited.stream.stream import ring_slots
 
 
 
@@ -190,3 +192,32 @@ def test_a_source_that_fails_to_open_backs_off_and_says_so(fastestdet):
     assert "backoff" in sink.states() and "connecting" in sink.states()
     detail = [e["detail"] for e in sink.events if e.get("state") == "backoff"][0]
     assert "/dev/video99" in detail
+
+
+@pytest.mark.parametrize("policy", ["latest", "queue"])
+def test_held_frames_stay_within_the_ring_size_and_all_go_back(fastestdet, policy):
+    """Leases: a runner holds at most FRAMES_HELD frames and the stream its
+    latest result's frame and keep_results more (what the ring is sized
+    for: no lease is ever broken), through a model swap too; once the stream
+    stops every lease has been released."""
+    sink = Collector()
+    s = stream_of(fastestdet, "synth://?size=640x480&fps=200", sink, policy=policy, keep_results=2)
+    peak = 0
+    try:
+        sink.wait(1)
+        ring = s.ring
+        assert ring.slots == ring_slots(2, 2)
+        for swap in (True, False):
+            target = len(sink.results) + 20
+            while len(sink.results) < target:
+                peak = max(peak, ring.held)
+                time.sleep(0.001)
+            if swap:
+                s.swap_model(lambda: Model(fastestdet, isolated=True))
+        assert s.status()["policy"] == policy
+    finally:
+        s.stop()
+    assert 3 <= peak <= ModelRunner.FRAMES_HELD + 1 + 2, peak
+    assert ring.leases_broken == 0 and ring.held == 0
+    seqs = [r["seq"] for r in sink.results]
+    assert all(b - a == r["skipped"] + 1 for a, b, r in zip(seqs, seqs[1:], sink.results[1:]))

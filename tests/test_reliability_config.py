@@ -40,7 +40,7 @@ def test_values_that_cannot_work_are_one_line_exit_2_with_the_field(tmp_path):
     cases = {
         "pub_hwm -5": ({**BASE, "limits": {"pub_hwm": -5}}, "limits.pub_hwm: expected an integer from 1"),
         "model path a symlink loop": ({**BASE, "models": {"ocr": "loop"}}, "models.ocr: 'loop' cannot be resolved"),
-        "slots 0": (with_stream(slots=0), "streams[0].slots: expected an integer from 2 to 64, got 0"),
+        "slots -1": (with_stream(slots=-1), "streams[0].slots: expected an integer from 0 to 64, got -1"),
         "stall_timeout 0": (with_stream(stall_timeout=0), "streams[0].stall_timeout: expected a number above 0"),
         "stall_timeout -1": (with_stream(stall_timeout=-1), "streams[0].stall_timeout: expected a number above 0"),
         "max_request_bytes 0": ({**BASE, "limits": {"max_request_bytes": 0}},
@@ -50,7 +50,8 @@ def test_values_that_cannot_work_are_one_line_exit_2_with_the_field(tmp_path):
         "engine_timeout 0": ({**BASE, "limits": {"engine_timeout": 0}},
                              "limits.engine_timeout: expected a number above 0"),
         "max_inflight_bytes under max_request_bytes": ({**BASE, "limits": {"max_inflight_bytes": 1 << 20}},
-                                                       "limits.max_inflight_bytes: expected an integer from 16777216"),
+                                                       "limits.max_inflight_bytes: 1048576 is less than "
+                                                       "limits.max_request_bytes (16777216)"),
         "max_clients 0": ({**BASE, "limits": {"max_clients": 0}}, "limits.max_clients: expected an integer from 1"),
         "group that does not exist": ({**BASE, "group": "nosuchgroup"}, "group: no such group 'nosuchgroup'"),
     }

@@ -94,6 +94,55 @@ def test_unit_exposure_at_most_2(unit_dir: Path, unit: str) -> None:
     assert exposure <= MAX_EXPOSURE, result.stdout
 
 
+BOARDS = ("jetson", "raspberrypi", "rk3399", "x86")
+#: What the memory comments count on: the daemon, and each engine process (one per stream).
+DAEMON_MB, ENGINE_MB = 150, 130
+
+
+def streams_that_fit(text: str) -> tuple:
+    """(MemoryMax in MB, the stream count its comment gives) of a unit file or drop-in."""
+    value = re.search(r"^MemoryMax=(\d+)([MG])$", text, re.M)
+    said = re.search(r"fits (\d+) (?:streams|of them)", text)
+    assert value and said, text
+    return int(value.group(1)) * (1024 if value.group(2) == "G" else 1), int(said.group(1))
+
+
+@pytest.mark.parametrize("board", BOARDS)
+def test_p11_board_profiles_verify_and_say_what_memory_fits(board: str, tmp_path: Path) -> None:
+    """Each board's drop-in, installed beside the units as install.sh lays it
+    out, verifies without a warning, keeps the exposure, and its MemoryMax
+    fits the streams its comment promises at ~130 MB an engine process."""
+    assert sorted(p.stem for p in (UNIT_SOURCES / "boards").glob("*.conf")) == list(BOARDS)
+    analyze = need_tool("systemd-analyze", "systemd")
+    subprocess.run([str(INSTALL), str(tmp_path)], check=True,
+                   env={**os.environ, "UNITDIR": "/", "SYSUSERSDIR": "/sysusers.d", "BOARD": board})
+    unit = tmp_path / "lited.service"
+    unit.write_text(unit.read_text().replace(DEPLOYED_LITED, str(VENV_LITED)))
+    dropin = (tmp_path / "lited.service.d" / "20-board.conf").read_text()
+    assert dropin == (UNIT_SOURCES / "boards" / f"{board}.conf").read_text()
+    assert (tmp_path / "lited@.service.d" / "20-board.conf").read_text() == dropin
+    result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    result = subprocess.run([analyze, "security", "--offline=yes", "--no-pager", str(unit)], capture_output=True,
+                            text=True)
+    assert float(re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout).group(1)) <= MAX_EXPOSURE
+    memory_mb, streams = streams_that_fit(dropin)
+    assert streams == (memory_mb - DAEMON_MB) // ENGINE_MB, (board, memory_mb, streams)
+    devices = re.findall(r"^DeviceAllow=(\S+) rw$", dropin, re.M)
+    wanted = {"jetson": {"/dev/nvmap", "char-nvhost*", "/dev/nvhost-ctrl", "/dev/nvhost-gpu"},
+              "rk3399": {"/dev/mali0"}, "raspberrypi": {"/dev/vchiq", "char-dma_heap"}, "x86": set()}[board]
+    assert wanted <= set(devices), devices
+    # without a board, no profile is left behind
+    subprocess.run([str(INSTALL), str(tmp_path)], check=True,
+                   env={**os.environ, "UNITDIR": "/", "SYSUSERSDIR": "/sysusers.d", "BOARD": "none"})
+    assert not (tmp_path / "lited.service.d" / "20-board.conf").exists()
+
+
+def test_p11_the_default_memory_limit_says_what_it_fits() -> None:
+    memory_mb, streams = streams_that_fit((UNIT_SOURCES / "lited-common.conf").read_text())
+    assert (memory_mb, streams) == (1024, (1024 - DAEMON_MB) // ENGINE_MB)
+
+
 def test_sysusers_creates_user_and_groups(unit_dir: Path, tmp_path: Path) -> None:
     sysusers = need_tool("systemd-sysusers", "systemd")
     (tmp_path / "etc").mkdir()

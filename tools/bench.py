@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How fast, and how much memory, beside what you would otherwise use.
 
-    python tools/bench.py [--models ultraface,fastestdet] [--quick] [--out docs/BENCHMARKS.md]
+    python tools/bench.py [--models ultraface,fastestdet] [--quick] [--only live|http|ocr|uplink|nms] [--out docs/BENCHMARKS.md]
 
 Every row comes from one run on one machine; each measurement runs in its own
 process (tools/bench_probes.py) so its peak RSS is its own. Writes
@@ -27,6 +27,16 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 PROBES = ROOT / "tools" / "bench_probes.py"
 SHARED = Path(os.environ.get("LITED_SHARED", ROOT.parent / "shared"))
+
+
+def _load_demo():
+    """tools/demo.py as a module (the demo bundle's detector alone comes from it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo", ROOT / "tools" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 IMAGE_FOR = {"ultraface": "astronaut", "fastestdet": "coffee", "mobilenetv2": "chelsea",
              "ppocrv4_det": "page", "ppocr_cls": "page", "demo_ppocrv4_det": "page"}
 ONNX = {"ultraface": "ultraface/onnx/version-RFB-320.onnx", "fastestdet": "fastestdet/onnx/FastestDet.onnx",
@@ -137,6 +147,37 @@ def bench_models(names: list, bundles: Path, quick: bool, progress: Progress, tm
         row["run_ratios"] = [r["fps"] / r["bare_fps"] for r in runs_of_stream]
         rows.append(row)
     return rows
+
+
+LIVE_MODELS = ("ultraface", "fastestdet", "mobilenetv2", "demo_ppocrv4_det")
+POLICIES = ("latest", "queue")
+
+
+def bench_live(names: list, bundles: Path, quick: bool, progress: Progress, tmp: Path) -> list:
+    """Each model on a paced 30 fps file through `lited serve`, with each
+    policy, run alternately (three times each unless --quick): the load of a
+    shared machine drifts, so the two policies see the same drift."""
+    out = []
+    for name in [n for n in names if n in LIVE_MODELS]:
+        image = SHARED / "images" / f"{IMAGE_FOR[name]}.png"
+        video = tmp / f"{name}-live.avi"
+        make_video(image, video, 60)  # 30 fps, looped by the source
+        ms = probe("bare", bundle=bundles / name, image=image, runs=20)["ms"]["p50"]
+        seconds = max(12.0, min(40.0, 40 * ms / 1000))  # at least ~40 results
+        runs: dict = {policy: [] for policy in POLICIES}
+        for _ in range(1 if quick else 3):
+            for policy in POLICIES:
+                progress.step(f"live: {name} {policy}")
+                runs[policy].append(probe("live", bundle=bundles / name, video=video, policy=policy, seconds=seconds))
+        for policy, results in runs.items():
+            for r in results:
+                r["latency_ratio"] = r["latency"]["p50"] / r["own"]["p50"]
+                r["rate_ratio"] = r["results_per_s"] / min(r["camera_fps"] or 30.0, r["bare_fps"])
+            results.sort(key=lambda r: r["latency_ratio"])
+            out.append({"model": name, "policy": policy, "run": results[len(results) // 2], "runs": results,
+                        "latency_ratios": [r["latency_ratio"] for r in results],
+                        "rate_ratios": sorted(r["rate_ratio"] for r in results)})
+    return out
 
 
 def bench_threads(names: list, bundles: Path, progress: Progress) -> list:
@@ -611,7 +652,41 @@ def fmt(x: float) -> str:
     return f"{x:.2f}" if x < 100 else f"{x:.0f}"
 
 
-def render(rows: list, threads: list, daemon: dict, machine: str, plot: str) -> str:
+def render_live(live: list) -> str:
+    """The live-camera section (also measured alone by --only live)."""
+    lines = ["""## Live cameras: capture to result, and every result's own frame
+
+A paced file source (`file://...?realtime=1&loop=1`, 30 fps, 640x480) through `lited serve`,
+read by a subscriber in another process that copies each result's frame from shared memory the
+moment the result arrives. *capture -> result* is `timings_ms.total` (frame published in the ring
+to result ready); *own work* is `preprocess + infer + postprocess` of the same results; *latency
+ratio* is the p50 of the first over the p50 of the second. *results/s ratio* is results per
+second over min(camera fps, bare `run()` loop fps), the bare loop timed in the probe process
+just before and after the daemon ran. *frames read* is the share of results whose frame that
+subscriber could copy. `latest` is the live default (one run in the engine, the newest frame
+started the moment it frees); `queue` keeps a second run queued (the lossless default), shown for
+comparison. Each policy ran three times, alternating with the other; the row is the run with the
+median latency ratio, the ranges of the three follow. Measured on {date}; the machine's 1-minute
+load average was {load_lo:.1f} to {load_hi:.1f} at the ends of the runs (two cores: above 2, other
+jobs took turns with the daemon's threads and its engine process).
+
+| model | policy | camera fps | bare loop fps | results/s | results/s ratio | capture -> result p50 / p99 ms | own work p50 ms | latency ratio | wait / queue / infer p50 ms | frames read | skipped |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"""]
+    loads = [r.get("load", float("nan")) for lv in live for r in lv["runs"]] or [float("nan")]
+    lines[0] = lines[0].format(date=time.strftime("%Y-%m-%d"), load_lo=min(loads), load_hi=max(loads))
+    for lv in live:
+        r = lv["run"]
+        lines.append(
+            f"| {lv['model']} | {lv['policy']} | {r['camera_fps']:.1f} | {r['bare_fps']:.1f} | "
+            f"{r['results_per_s']:.2f} | {r['rate_ratio']:.2f}{_spread(lv['rate_ratios'])} | "
+            f"{fmt(r['latency']['p50'])} / {fmt(r['latency']['p99'])} | {fmt(r['own']['p50'])} | "
+            f"{r['latency_ratio']:.2f}{_spread(lv['latency_ratios'])} | "
+            f"{r['stages']['wait']:.1f} / {r['stages']['queue']:.1f} / {fmt(r['stages']['infer'])} | "
+            f"{100 * r['readable']:.0f}% of {r['results']} | {r['skipped']} |")
+    return "\n".join(lines) + "\n"
+
+
+def render(rows: list, threads: list, live: list, daemon: dict, machine: str, plot: str) -> str:
     lines = [f"""# Benchmarks
 
 Written by `python tools/bench.py` on {time.strftime('%Y-%m-%d')}. Every figure below comes from the
@@ -686,8 +761,9 @@ and by checking the capture wrote into the ring slot's own buffer.
     lines.append("""
 The one copy lited makes on the way in is of the *input tensor*, not the frame: Paddle Lite's
 `Tensor.from_numpy` always copies.
-
-## Thread counts
+""")
+    lines.append(render_live(live))
+    lines.append("""## Thread counts
 
 The x86 Python build of Paddle Lite has no `set_threads` (ARM builds do: the bundle's
 `models.<target>.options.threads`); its x86 kernels follow `OMP_NUM_THREADS`, swept here.
@@ -779,9 +855,26 @@ def section_uplink(tmp: Path, progress: Progress) -> str:
     return render_uplink(bench_uplink(tmp / "bundles", progress, tmp))
 
 
+def section_live(tmp: Path, progress: Progress) -> str:
+    names = [n for n in LIVE_MODELS if n == "demo_ppocrv4_det" or (SHARED / "models" / n).is_dir()]
+    bundles = tmp / "bundles"
+    subprocess.run([PY, str(ROOT / "tools" / "make_bundles.py"), "--out", str(bundles),
+                    *[n for n in names if n != "demo_ppocrv4_det"]], check=True, stdout=subprocess.DEVNULL)
+    _load_demo().detector_bundle(bundles / "demo_ppocrv4_det")
+    return render_live(bench_live(names, bundles, False, progress, tmp))
+
+
+def section_nms(tmp: Path, progress: Progress) -> str:
+    import bench_nms
+
+    return bench_nms.render(bench_nms.measure())
+
+
 # --only NAME: (its section's heading, what measures and renders it, its progress steps)
-SECTIONS = {"http": ("## The HTTP front end", section_http, 3), "ocr": ("## OCR cascade", section_ocr, 8),
-            "uplink": ("## MQTT uplink", section_uplink, UPLINK_STEPS)}
+SECTIONS = {"live": ("## Live cameras", section_live, len(LIVE_MODELS) * len(POLICIES) * 3),
+            "http": ("## The HTTP front end", section_http, 3), "ocr": ("## OCR cascade", section_ocr, 8),
+            "uplink": ("## MQTT uplink", section_uplink, UPLINK_STEPS),
+            "nms": ("## NMS: OpenCV beside the numpy loop", section_nms, 1)}
 
 
 def only(name: str, out: Path) -> int:
@@ -823,7 +916,9 @@ def main() -> int:
     names = [n for n in args.models.split(",") if n == "demo_ppocrv4_det" or (SHARED / "models" / n).is_dir()]
     thread_models = [n for n in ("fastestdet", "mobilenetv2") if n in names]
     with_uplink = {"ultraface", "mobilenetv2"} <= set(names)
-    progress = Progress(5 * len(names) + 2 * len(thread_models) + 5 + 8 + 2 + (UPLINK_STEPS if with_uplink else 0))
+    live_runs = len([n for n in names if n in LIVE_MODELS]) * len(POLICIES) * (1 if args.quick else 3)
+    progress = Progress(live_runs + 5 * len(names) + 2 * len(thread_models) + 5 + 8 + 2
+                        + (UPLINK_STEPS if with_uplink else 0))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         bundles = tmp / "bundles"
@@ -831,16 +926,9 @@ def main() -> int:
         subprocess.run([PY, str(ROOT / "tools" / "make_bundles.py"), "--out", str(bundles), *shared_names],
                        check=True, stdout=subprocess.DEVNULL)
         if "demo_ppocrv4_det" in names:  # the demo bundle's detector alone (its cascade has its own section)
-            import shutil
-
-            dst = bundles / "demo_ppocrv4_det"
-            dst.mkdir()
-            shutil.copy(ROOT / "sdk_template" / "demo_ppocrv4" / "model_x86.nb", dst)
-            manifest = json.loads((ROOT / "sdk_template" / "demo_ppocrv4" / "manifest.json").read_text())
-            manifest.update(schema=1, name="demo_ppocrv4_det", models={"x86": manifest["models"]["x86"]})
-            manifest.pop("stages")
-            (dst / "manifest.json").write_text(json.dumps(manifest))
+            _load_demo().detector_bundle(bundles / "demo_ppocrv4_det")
         rows = bench_models(names, bundles, args.quick, progress, tmp)
+        live = bench_live(names, bundles, args.quick, progress, tmp)
         threads = bench_threads(thread_models, bundles, progress)
         daemon = bench_daemon(bundles, progress, tmp)
         http = bench_http(bundles, progress, tmp)
@@ -849,8 +937,11 @@ def main() -> int:
     progress.close()
     png = args.out.with_name("benchmarks.png")
     plot(rows, png)
-    args.out.write_text(render(rows, threads, daemon, machine(), png.name) + render_http(http) + "\n"
-                        + render_ocr(ocr, "") + ("\n" + render_uplink(uplink) if uplink else "") + "\n")
+    import bench_nms
+
+    args.out.write_text(render(rows, threads, live, daemon, machine(), png.name) + render_http(http) + "\n"
+                        + render_ocr(ocr, "") + ("\n" + render_uplink(uplink) if uplink else "") + "\n"
+                        + bench_nms.render(bench_nms.measure()))
     print(args.out.read_text())
     return 0
 

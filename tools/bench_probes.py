@@ -168,6 +168,77 @@ def probe_run(args) -> dict:
             "frame_copies": frame_copies(bundle)}
 
 
+def probe_live(args) -> dict:
+    """A live camera (a 30 fps file, paced) through `lited serve`, read by a
+    subscriber in this process that copies each result's frame the moment the
+    result arrives: results/s, capture->result latency beside the model's own
+    work (preprocess + infer + postprocess), the share of frames it could
+    read; and a bare run() loop in this process before and after."""
+    import subprocess
+    import tempfile
+
+    from lited.bundle import load_bundle
+    from lited.client import Client, FrameOverwritten, RingGone, Subscriber
+
+    bundle = load_bundle(args.bundle)
+    bare_run = bare_predictor_run(bundle, args.video)
+    bare_runs = max(20, min(100, int(3000 / statistics.median(timed(bare_run, 5, warmup=1)))))
+    bare_before = timed(bare_run, bare_runs)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        stream = {"name": "live", "source": f"file://{args.video}?realtime=1&loop=1", "model": "m"}
+        if args.policy:
+            stream["policy"] = args.policy
+        config = {"runtime_dir": f"{tmp}/run", "models": {"m": args.bundle}, "streams": [stream]}
+        Path(tmp, "lited.conf").write_text(json.dumps(config))
+        daemon = subprocess.Popen([str(Path(sys.executable).with_name("lited")), "serve", "--config",
+                                   f"{tmp}/lited.conf"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            with Client(f"ipc://{tmp}/run/req.sock", timeout=2) as client, \
+                    Subscriber(f"ipc://{tmp}/run/pub.sock", streams=["live"]) as sub:
+                deadline = time.monotonic() + 120
+                while True:
+                    try:
+                        if client.status()["ready"]:
+                            break
+                    except TimeoutError:
+                        pass
+                    if time.monotonic() > deadline or daemon.poll() is not None:
+                        raise RuntimeError("lited serve did not get ready")
+                    time.sleep(0.2)
+                out = None
+                warm_until = time.monotonic() + args.warmup
+                end = warm_until + args.seconds
+                while time.monotonic() < end:
+                    msg = sub.recv(timeout=1.0)
+                    if msg is None or msg.get("type") != "result":
+                        continue
+                    arrived = time.perf_counter()
+                    try:
+                        out = sub.frame(msg, out)
+                        readable = True
+                    except (FrameOverwritten, RingGone):
+                        readable = False
+                    if time.monotonic() >= warm_until:
+                        rows.append((arrived, msg["timings_ms"], readable))
+                status = client.status()["streams"][0]
+        finally:
+            daemon.terminate()
+            daemon.wait(30)
+    bare_after = timed(bare_run, bare_runs)
+    total = [t["total"] for _, t, _ in rows]
+    own = [t["preprocess"] + t["infer"] + t["postprocess"] for _, t, _ in rows]
+    span = rows[-1][0] - rows[0][0] if len(rows) > 1 else float("nan")
+    return {"results": len(rows), "results_per_s": (len(rows) - 1) / span, "camera_fps": status["fps"],
+            "policy": status["policy"], "latency": stats(total), "own": stats(own),
+            "stages": {k: statistics.median(t[k] for _, t, _ in rows) for k in ("wait", "queue", "infer")},
+            "readable": sum(r for _, _, r in rows) / len(rows),
+            "skipped": status["counters"]["skipped"], "torn": status["counters"]["torn"],
+            "bare_fps": 1000 / statistics.mean(bare_before + bare_after),
+            "bare_fps_before_after": [1000 / statistics.mean(bare_before), 1000 / statistics.mean(bare_after)],
+            "load": os.getloadavg()[0]}
+
+
 def bare_predictor_run(bundle, video: str):
     """`predictor.run` of a bare Paddle Lite predictor fed the video's first frame."""
     import cv2
@@ -392,8 +463,8 @@ def probe_uplink_device(args) -> dict:
             "round_trip_ms": stats(trips) if trips else None, "rss_mb": peak_rss_mb()}
 
 
-PROBES = {"bare": probe_bare, "infer": probe_infer, "ort": probe_ort, "run": probe_run, "sub": probe_sub,
-          "bare_process": probe_bare_process, "ocr": probe_ocr, "uplink_device": probe_uplink_device}
+PROBES = {"bare": probe_bare, "infer": probe_infer, "ort": probe_ort, "run": probe_run, "live": probe_live,
+          "sub": probe_sub, "bare_process": probe_bare_process, "ocr": probe_ocr, "uplink_device": probe_uplink_device}
 
 
 def main() -> int:
@@ -411,7 +482,9 @@ def main() -> int:
     ap.add_argument("--uplink", help="uplink_device: the uplink config section (JSON)")
     ap.add_argument("--rate", type=float, default=0.0, help="uplink_device: results per second (0: flat out)")
     ap.add_argument("--faces", type=int, default=2, help="uplink_device: detections (crops) per result")
-    ap.add_argument("--seconds", type=float, default=10.0, help="uplink_device: how long to offer results")
+    ap.add_argument("--seconds", type=float, default=15.0, help="live, uplink_device: how long to measure")
+    ap.add_argument("--policy", choices=("latest", "queue"), help="live: the stream's policy (default: the source's)")
+    ap.add_argument("--warmup", type=float, default=3.0, help="live: seconds of results not counted")
     args = ap.parse_args()
     print(json.dumps(PROBES[args.probe](args)))
     return 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,9 +38,6 @@ SIZE = (640, 256)  # a text band: three lines, each about 40 px high (the recogn
 FONT, SCALE, THICKNESS = cv2.FONT_HERSHEY_SIMPLEX, 1.2, 2
 LINE_GAP, FIRST_LINE, SPEED = 80, 66, 10  # px between baselines, first baseline, px scrolled per frame
 FRAMES, FPS = 64, 5  # one loop of the text (8 lines x 80 px / 10 px per frame), at a slow camera's rate
-# The ring keeps this many frames (12.8 s at 5 fps): a frame must still be there when its lines are
-# cut, after the detector ran on it (0.5 to 3 s on a busy x86), or its text is dropped as torn.
-SLOTS = 64
 
 
 def say(msg: str) -> None:
@@ -135,6 +133,26 @@ def read_text(pub: str, seconds: float, frames: int) -> tuple:
     return results, pairs
 
 
+def detector_bundle(dst: Path) -> Path:
+    """The demo bundle's text detector alone (x86, no cascade stages) at `dst`: a fast model on
+    the demo's video for tests and benchmarks of the frame path."""
+    dst.mkdir(parents=True)
+    shutil.copy(BUNDLE / "model_x86.nb", dst)
+    manifest = json.loads((BUNDLE / "manifest.json").read_text())
+    manifest.update(schema=1, name="demo_ppocrv4_det", models={"x86": manifest["models"]["x86"]})
+    manifest.pop("stages")
+    manifest.pop("golden", None)  # the cascade's expectation (its text), not the detector's alone
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    return dst
+
+
+def demo_config(video: Path, run: Path, bundle: Path = BUNDLE) -> dict:
+    """The demo's daemon config: the video as a camera at its own rate, the demo bundle, defaults
+    otherwise (each result's frame is leased, so no ring size needs raising for a slow model)."""
+    return {"runtime_dir": str(run), "models": {"text": str(bundle)},
+            "streams": [{"name": "cam0", "source": f"file://{video}?loop=1&realtime=1", "model": "text"}]}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=60.0, help="read for at most this long")
@@ -146,16 +164,14 @@ def main() -> int:
     say(f"drawing a scrolling-text video -> {video.relative_to(ROOT)}")
     make_video(video)
     run = OUT / "run"
-    config = {"runtime_dir": str(run), "models": {"text": str(BUNDLE)},
-              "streams": [{"name": "cam0", "source": f"file://{video}?loop=1&realtime=1", "model": "text",
-                           "slots": SLOTS}]}
+    config = demo_config(video, run)
     (OUT / "lited.conf").write_text(json.dumps(config, indent=2))
     say(f"starting lited serve with {BUNDLE.relative_to(ROOT)} (config: build/demo/lited.conf)")
     log = open(OUT / "daemon.log", "wb")
     lited = Path(sys.executable).with_name("lited")
     daemon = subprocess.Popen([str(lited), "serve", "--config", str(OUT / "lited.conf")], stdout=log,
                               stderr=subprocess.STDOUT)
-    from lited.client import Client
+    from lited.client import Client, DaemonUnreachable
 
     try:
         with Client(f"ipc://{run}/req.sock", timeout=1) as client:
@@ -168,7 +184,8 @@ def main() -> int:
                 try:
                     client.ping()
                     break
-                except TimeoutError:
+                except (TimeoutError, DaemonUnreachable):
+                    time.sleep(0.1)
                     if time.monotonic() - t0 > 90:
                         say("lited serve did not answer within 90 s")
                         return 1
@@ -177,7 +194,8 @@ def main() -> int:
             client.timeout = 10
             snap = client.snapshot("cam0")
             (OUT / "snapshot.jpg").write_bytes(snap["jpeg"])
-            say(f"snapshot of frame {snap['seq']} with {len(snap['detections'])} text lines -> build/demo/snapshot.jpg")
+            say(f"snapshot: frame {snap['seq']} (the latest result's own frame) with its "
+                f"{len(snap['detections'])} text boxes -> build/demo/snapshot.jpg")
             status = client.status()
         s = status["streams"][0]
         lat = s["latency_ms"]

@@ -13,9 +13,14 @@
 #   --python FILE              the interpreter for the venv (default: CPython 3.10 as tools/bootstrap.sh finds it)
 #   --instance NAME            lited@NAME.service and /etc/lited/NAME.conf instead of lited.service
 #   --timeout SEC              how long to wait for the daemon to serve the new version (default 120)
+#   --board NAME               the unit's board profile: jetson, rk3399, raspberrypi, x86 or none
+#                              (default: this machine's, from /proc/device-tree/compatible and uname -m)
+#   --no-selftest              install a bundle that has no golden image (it must still load)
+#   -h, --help                 this help
 #
-# Layout: runtime in /opt/lited/venv, bundles in /var/lib/lited/bundles/<name>/<version>/
-# with `current` and `previous` links, config /etc/lited/lited.conf.
+# Layout: runtime in /opt/lited/venv (`lited` linked into /usr/local/bin), bundles in
+# /var/lib/lited/bundles/<name>/<version>/ with `current` and `previous` links,
+# config /etc/lited/lited.conf (YAML).
 # Exit status: 0 installed (or already installed), 1 refused or failed (the
 # version served before is served still), 2 bad usage.
 set -euo pipefail
@@ -26,12 +31,14 @@ repo=$(dirname "$here")
 
 say() { echo "install_sdk: $*"; }
 die() { echo "install_sdk: error: $*" >&2; exit 1; }
-usage() { sed -n '5,17s/^# \{0,1\}//p' "$0" >&2; exit 2; }
+help() { sed -n '2,25s/^# \{0,1\}//p' "$0"; }
+usage() { help >&2; exit 2; }
 
 prefix=/ use_systemctl=1 rollback_name="" wheels="" paddle_wheel="" python="" instance="" timeout=120 src=""
+board=detect selftest=1
 while [ $# -gt 0 ]; do
     case $1 in
-        --prefix|--rollback|--wheels|--paddlelite-wheel|--python|--instance|--timeout)
+        --prefix|--rollback|--wheels|--paddlelite-wheel|--python|--instance|--timeout|--board)
             [ $# -ge 2 ] || usage
             case $1 in
                 --prefix) prefix=$2 ;;
@@ -41,10 +48,12 @@ while [ $# -gt 0 ]; do
                 --python) python=$2 ;;
                 --instance) instance=$2 ;;
                 --timeout) timeout=$2 ;;
+                --board) board=$2 ;;
             esac
             shift 2 ;;
         --no-systemctl) use_systemctl=0; shift ;;
-        -h|--help) usage ;;
+        --no-selftest) selftest=0; shift ;;
+        -h|--help) help; exit 0 ;;
         -*) echo "install_sdk: unknown option $1" >&2; usage ;;
         *) [ -z "$src" ] || usage; src=$1; shift ;;
     esac
@@ -56,6 +65,21 @@ if [ -n "$wheels" ]; then
     [ -n "$lited_wheel" ] || die "--wheels $wheels: no lited-*.whl in it"
 fi
 case $instance in *[!A-Za-z0-9_.-]*) die "--instance $instance: letters, digits, '.', '_', '-' only" ;; esac
+
+# The board profile for the unit (systemd/boards/): its devices and memory.
+detect_board() {
+    local compatible=""
+    [ -r /proc/device-tree/compatible ] && compatible=$(tr '\0' ' ' </proc/device-tree/compatible)
+    case $compatible in
+        *nvidia,tegra*) echo jetson ;;
+        *rockchip,rk3399*) echo rk3399 ;;
+        *raspberrypi*) echo raspberrypi ;;
+        *) case $(uname -m) in x86_64|i?86) echo x86 ;; *) echo none ;; esac ;;
+    esac
+}
+[ "$board" != detect ] || board=$(detect_board)
+[ "$board" = none ] || [ -f "$repo/systemd/boards/$board.conf" ] \
+    || { echo "install_sdk: --board $board: no such profile (have: $(cd "$repo/systemd/boards" && ls | sed 's/\.conf$//' | tr '\n' ' ')none)" >&2; exit 2; }
 
 root=$(realpath -m "$prefix"); root=${root%/}   # '' for /
 why_not_systemctl="--no-systemctl"
@@ -109,6 +133,8 @@ quiet() {
     "$@" >"$scratch/out" 2>&1 || die "$what: $(grep -v '^$' "$scratch/out" | tail -n 1)"
 }
 helper() { PYTHONPATH="$repo/runtime${PYTHONPATH:+:$PYTHONPATH}" "$venv/bin/python" "$here/sdk_unpack.py" "$@"; }
+# sdk_unpack.py check needs only the standard library: it runs before the runtime exists.
+check_helper() { PYTHONPATH="$repo/runtime${PYTHONPATH:+:$PYTHONPATH}" "$(find_python)" "$here/sdk_unpack.py" "$@"; }
 
 # --- runtime -----------------------------------------------------------------
 
@@ -158,6 +184,7 @@ install_runtime() {
             fi ;;
     esac
     py=$(find_python)
+    say "runtime: installing ${want% *} into $venv (pip: a minute or more)..."
     if ! "$venv/bin/python" -c '' 2>/dev/null; then
         quiet "creating $venv" "$py" -m venv --clear "$venv"
     fi
@@ -179,9 +206,18 @@ install_runtime() {
     say "runtime: ${want% *} installed in $venv ($("$venv/bin/python" -V))"
 }
 
+# `lited` on PATH for operators (lited ctl status, lited config check); a file there not ours is
+# left alone, and a read-only /usr (an image, a container) only costs the shortcut.
+link_command() {
+    local bin=$root/usr/local/bin
+    if [ -e "$bin/lited" ] && [ "$(readlink "$bin/lited")" != /opt/lited/venv/bin/lited ]; then return 0; fi
+    { mkdir -p "$bin" && ln -sfn /opt/lited/venv/bin/lited "$bin/lited"; } 2>/dev/null \
+        || say "runtime: $bin is not writable: run /opt/lited/venv/bin/lited for lited"
+}
+
 install_units() {
     local base template dropin
-    quiet "systemd/install.sh" "$repo/systemd/install.sh" "${root:-/}"
+    BOARD=$board quiet "systemd/install.sh" "$repo/systemd/install.sh" "${root:-/}"
     # ProtectHome=yes hides /root and /home; an interpreter there (pyenv) needs to be let back in.
     base=$(realpath "$("$venv/bin/python" -c 'import sys; print(sys.base_prefix)')")
     for template in lited.service lited@.service; do
@@ -195,11 +231,10 @@ install_units() {
         fi
     done
     [ "$use_systemctl" = 0 ] || systemctl daemon-reload
-    if hidden_by_protect_home "$base"; then
-        say "units: $unit in $unitdir, with drop-in 30-python.conf to reach $base"
-    else
-        say "units: $unit in $unitdir"
-    fi
+    local extra=""
+    [ "$board" = none ] || extra=", board profile $board (20-board.conf)"
+    hidden_by_protect_home "$base" && extra="$extra, drop-in 30-python.conf to reach $base"
+    say "units: $unit in $unitdir$extra"
 }
 
 # --- bundle links --------------------------------------------------------------
@@ -316,13 +351,19 @@ fi
 
 # --- install SRC ---------------------------------------------------------------
 
-install_runtime
-install_units
-
-helper check "$src" >"$scratch/check" 2>"$scratch/err" \
+# The bundle is checked first: a bad one is refused before the runtime or the units are touched.
+check_helper check "$src" >"$scratch/check" 2>"$scratch/err" \
     || die "refused: $(tail -n 1 "$scratch/err")"
 read -r name version nfiles megabytes manifest_sha golden <"$scratch/check"
+if [ "$golden" != golden ] && [ "$selftest" = 1 ]; then
+    die "refused: $name $version has no golden image to self-test (tools/build_sdk.py --golden IMAGE adds one; --no-selftest installs it untested)"
+fi
 say "bundle: $name $version checked ($nfiles files, $megabytes MB)"
+
+install_runtime
+link_command
+install_units
+
 bdir=$bundles/$name
 conf_model_path=/var/lib/lited/bundles/$name/current
 helper config "$conf" "$name" "$conf_model_path" --dry-run >"$scratch/out" 2>"$scratch/err" \
@@ -345,13 +386,14 @@ else
         || die "unpacking failed, ${cur:-nothing} stays current: $(tail -n 1 "$scratch/err")"
     say "bundle: unpacked into $unpacking"
     if [ "$golden" = golden ]; then
+        say "bundle: self-testing $name $version on its golden image (the model warms up: seconds)..."
         quiet "refused: $name $version failed its self-test, ${cur:-nothing} stays current" \
             "$venv/bin/lited" selftest --bundle "$unpacking"
         say "bundle: $(tail -n 1 "$scratch/out")"
     else
         quiet "refused: $name $version does not load, ${cur:-nothing} stays current" \
             "$venv/bin/lited" inspect --bundle "$unpacking"
-        say "bundle: $name $version loads (no golden image to self-test)"
+        say "bundle: $name $version loads (not self-tested: --no-selftest)"
     fi
     discard "$bdir/$version"   # an older copy of this version (a failed or killed run, or `previous`)
     mv -T "$unpacking" "$bdir/$version"
@@ -365,7 +407,7 @@ fi
 [ ! -f "$conf" ] || cp -p "$conf" "$scratch/conf.before"
 helper config "$conf" "$name" "$conf_model_path" >"$scratch/out" 2>"$scratch/err" \
     || { failure=$(tail -n 1 "$scratch/err"); [ "$already" = 1 ] && die "$failure"; roll_back "$version"; }
-read -r config_state config_message <"$scratch/out"
+read -r config_state streams config_message <"$scratch/out"
 case $config_state in created|added) config_changed=1 ;; esac
 say "config: $config_message"
 
@@ -385,3 +427,8 @@ if [ "$already" = 0 ]; then
     done
 fi
 say "done: $name $version"
+if [ "$streams" = 0 ]; then
+    say "next: no stream uses $name yet: add one to $conf (docs/config.md), check it with" \
+        "\`lited config check --config $conf\`, then \`systemctl reload $unit\`;" \
+        "\`lited ctl status\` shows what is served"
+fi

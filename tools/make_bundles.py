@@ -3,12 +3,17 @@
 
 For every manifest in tests/bundles/<name>.json whose model is in
 ../shared/models/<name>/, writes build/bundles/<name>/ with the model files
-(x86 by default), labels and the manifest with checksums filled in.
+(x86 by default), labels, its golden image (../shared/images/<golden.image>)
+and the manifest with checksums filled in. `--update-golden` runs each
+bundle on its golden image and writes the result back into
+tests/bundles/<name>.json as its expected result (what `lited infer --json`
+prints, as tools/build_sdk.py records it).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -31,9 +36,33 @@ def assemble(name: str, models_dir: Path, out_dir: Path, targets: tuple = ("x86"
             shutil.copy2(src / spec["file"], dst / spec["file"])
     if manifest.get("labels"):
         shutil.copy2(src / manifest["labels"], dst / manifest["labels"])
+    if manifest.get("golden"):
+        shutil.copy2(models_dir.parent / "images" / manifest["golden"]["image"], dst / manifest["golden"]["image"])
     (dst / "manifest.json").write_text(json.dumps(seal_models(manifest, dst), indent=2) + "\n")
     load_bundle(dst)
     return dst
+
+
+def compact_json(obj: object) -> str:
+    """json.dumps(indent=2) with lists of numbers on one line (boxes, shapes, means)."""
+    text = json.dumps(obj, indent=2)
+    return re.sub(r"\[\s*(-?[\d.e+-]+(?:,\s*-?[\d.e+-]+)*)\s*\]",
+                  lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", text) + "\n"
+
+
+def update_golden(name: str, bundle: Path) -> None:
+    """Record what the bundle finds on its golden image as its expected result."""
+    import cv2
+
+    from lited.cli import format_result
+    from lited.model import Model
+
+    path = ROOT / "tests" / "bundles" / f"{name}.json"
+    manifest = json.loads(path.read_text())
+    image = cv2.imread(str(bundle / manifest["golden"]["image"]))
+    result = json.loads(format_result({"image": "", **Model(load_bundle(bundle)).infer(image)}, True))
+    manifest["golden"]["expected"] = {"detections": result["detections"], "classes": result["classes"]}
+    path.write_text(compact_json(manifest))
 
 
 def main() -> int:
@@ -41,6 +70,8 @@ def main() -> int:
     ap.add_argument("--models", type=Path, default=ROOT.parent / "shared" / "models")
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "bundles")
     ap.add_argument("--targets", default="x86", help="comma-separated targets to copy (x86,arm)")
+    ap.add_argument("--update-golden", action="store_true",
+                    help="record each bundle's result on its golden image in tests/bundles/<name>.json")
     ap.add_argument("names", nargs="*", help="models to assemble (default: all found)")
     args = ap.parse_args()
     if not args.models.is_dir():
@@ -49,7 +80,11 @@ def main() -> int:
     names = args.names or sorted(p.stem for p in (ROOT / "tests" / "bundles").glob("*.json")
                                  if (args.models / p.stem).is_dir())
     for name in names:
-        print(assemble(name, args.models, args.out, tuple(args.targets.split(","))))
+        bundle = assemble(name, args.models, args.out, tuple(args.targets.split(",")))
+        if args.update_golden:
+            update_golden(name, bundle)
+            bundle = assemble(name, args.models, args.out, tuple(args.targets.split(",")))
+        print(bundle)
     return 0
 
 

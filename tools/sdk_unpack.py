@@ -4,7 +4,8 @@
     sdk_unpack.py check  SRC            SRC is safe to unpack? prints NAME VERSION FILES MB MANIFEST_SHA256 GOLDEN
     sdk_unpack.py unpack SRC DEST       check again, then copy the bundle's files into the empty DEST
     sdk_unpack.py config CONF MODEL PATH [--dry-run]
-                                        make sure the daemon config names MODEL (created/added/present/other)
+                                        make sure the daemon config names MODEL; prints STATE STREAMS MESSAGE
+                                        (STATE created/added/present/other, STREAMS: how many streams use MODEL)
     sdk_unpack.py wait --config CONF --runtime-dir DIR --model M --version V --since TS [--timeout S] [--reloaded]
                                         until the running daemon serves M at V (V '-': M is gone)
 
@@ -16,9 +17,10 @@ fifo or socket, is encrypted or duplicated, or if the entries pass the
 limits below. Files are written 0644 and directories 0755 whatever the zip
 says (the daemon's user must read them; nothing in a bundle is executable).
 
-check/unpack/config need only the standard library and lited.validate (itself
+check/unpack need only the standard library and lited.validate (itself
 standard library only: install_sdk.sh puts the checkout's runtime/ on
-PYTHONPATH); `wait` imports lited.client, so it runs with the runtime's venv Python.
+PYTHONPATH), so a bundle is checked before the runtime is installed;
+`config` (YAML) and `wait` (lited.client) run with the runtime's venv Python.
 Exit status: 0 ok, 1 refused or failed, 3 (wait) timed out.
 """
 from __future__ import annotations
@@ -27,6 +29,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import stat
 import struct
 import sys
@@ -274,38 +277,97 @@ def cmd_unpack(args: argparse.Namespace) -> int:
 
 # --- the daemon's config ---
 
+NEW_CONFIG = """\
+# lited's config (docs/config.md): YAML (or JSON). Check it with
+#   lited config check --config {conf}
+# then apply it with `systemctl reload {unit}` (or `lited ctl reload`).
+models:
+  {model}: {path}
+# The camera streams, each feeding one of the models above, e.g.
+# streams:
+#   - name: cam0
+#     source: v4l2:///dev/video0?width=640&height=480&fps=30
+#     model: {model}
+streams: []
+"""
+
+
+def _streams_using(config: dict, model: str) -> int:
+    models = config.get("models") if isinstance(config.get("models"), dict) else {}
+    streams = config.get("streams") if isinstance(config.get("streams"), list) else []
+    return sum(1 for s in streams if isinstance(s, dict)
+               and (s.get("model") == model or (s.get("model") is None and list(models) == [model])))
+
+
+def _with_model_yaml(text: str, config: dict, model: str, path: str) -> str:
+    """`text` with `model: path` added under its block `models:`, comments and all;
+    Refused when that is not a plain block mapping the line can be added to."""
+    import yaml
+
+    lines = text.splitlines(keepends=True)
+    at = next((i for i, line in enumerate(lines) if re.match(r"models:\s*(#.*)?$", line)), None)
+    if at is not None:
+        child = next((line for line in lines[at + 1:] if line.strip() and not line.lstrip().startswith("#")), "")
+        indent = re.match(r"\s*", child).group(0) or "  "
+        lines.insert(at + 1, f"{indent}{model}: {path}\n")
+        new = "".join(lines)
+    else:
+        new = text + ("" if text.endswith("\n") or not text else "\n") + f"models:\n  {model}: {path}\n"
+    want = {**config, "models": {**(config.get("models") or {}), model: path}}
+    try:
+        got = yaml.safe_load(new)
+    except yaml.YAMLError:
+        got = None
+    if got != want:
+        raise Refused("cannot add the model to it by itself (models: is not a plain block mapping): "
+                      f"add `{model}: {path}` under models: by hand")
+    return new
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     """Add MODEL -> PATH to CONF (written whole to a temp file, then renamed);
-    never touches streams or a model that the user pointed elsewhere."""
+    never touches streams or a model that the user pointed elsewhere. A new
+    config is YAML with comments; an existing one keeps its format (JSON stays
+    JSON; YAML keeps its comments: the line is added under `models:`)."""
+    from lited.config import ConfigError, read_config_file
+
     conf = Path(args.conf)
     if conf.exists():
         try:
-            config = json.loads(conf.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise Refused(f"{conf}: not valid JSON ({exc}); fix it or move it away") from None
+            config = read_config_file(conf)
+        except ConfigError as exc:
+            raise Refused(f"{str(exc).split(': ', 1)[1]}; fix it or move it away") from None
         models = config.get("models") if isinstance(config, dict) else None
         if not isinstance(models, dict):
-            raise Refused(f"{conf}: no 'models' object; fix it or move it away")
+            raise Refused(f"{conf}: no 'models' mapping; fix it or move it away")
+        streams = _streams_using(config, args.model)
         if args.model in models:
             if models[args.model] == args.path:
-                print(f"present {conf} already has model {args.model}")
+                print(f"present {streams} {conf} already has model {args.model}")
             else:
-                print(f"other {conf}: model {args.model} is {models[args.model]}, not {args.path}: left as it is")
+                print(f"other {streams} {conf}: model {args.model} is {models[args.model]}, not {args.path}: "
+                      "left as it is")
             return 0
-        models[args.model] = args.path
-        verb = "added"
+        text = conf.read_text(encoding="utf-8")
+        try:
+            json.loads(text)
+            new_text = json.dumps({**config, "models": {**models, args.model: args.path}}, indent=2) + "\n"
+        except ValueError:
+            new_text = _with_model_yaml(text, config, args.model, args.path)
+        verb, streams = "added", _streams_using({**config, "models": {**models, args.model: args.path}}, args.model)
         message = f"added model {args.model} to {conf}"
     else:
-        config = {"models": {args.model: args.path}, "streams": []}
-        verb = "created"
+        unit = f"lited@{conf.stem}" if conf.name != "lited.conf" else "lited"
+        new_text = NEW_CONFIG.format(conf=conf, unit=unit, model=args.model, path=args.path)
+        verb, streams = "created", 0
         message = f"created {conf} with model {args.model} and no streams"
     if not args.dry_run:
         conf.parent.mkdir(parents=True, exist_ok=True)
         tmp = conf.with_name(f".{conf.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        tmp.write_text(new_text, encoding="utf-8")
         os.chmod(tmp, 0o644)
         os.replace(tmp, conf)
-    print(verb, message)
+    print(verb, streams, message)
     return 0
 
 
@@ -313,7 +375,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def req_endpoint(conf: Path, runtime_dir: str) -> str:
     """The daemon's request endpoint as its config sets it (first ipc:// one)."""
-    config = json.loads(conf.read_text(encoding="utf-8"))
+    from lited.config import read_config_file
+
+    config = read_config_file(conf)
     req = (config.get("endpoints") or {}).get("req")
     for endpoint in [req] if isinstance(req, str) else req or []:
         if endpoint.startswith("ipc://"):
@@ -335,8 +399,9 @@ def cmd_wait(args: argparse.Namespace) -> int:
         while time.monotonic() < deadline:
             try:
                 status = client.status()
-            except (TimeoutError, ClientError) as exc:
+            except (TimeoutError, ClientError) as exc:  # a missing socket is said at once: pace the polling
                 last = f"no answer on {endpoint} ({exc})"
+                time.sleep(0.2)
                 continue
             model = status["models"].get(args.model)
             served = model["version"] if model else "-"

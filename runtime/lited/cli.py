@@ -1,16 +1,22 @@
 """The `lited` command.
 
 Every bad input (bundle, image, URI, config) ends in one line on stderr and
-exit code 2; a traceback only with `--debug`. Heavy modules (Paddle Lite,
-OpenCV) are imported inside the commands that need them, so `lited --help`
-and errors found early stay fast.
+exit code 2; a traceback, and native libraries' own log lines, only with
+`--debug` (before or after the command). Heavy modules (Paddle Lite, OpenCV)
+are imported inside the commands that need them, so `lited --help` and
+errors found early stay fast.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from typing import Any
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional, Tuple
+
+from lited import __version__, ctl
 
 EXIT_BAD_INPUT = 2
 
@@ -19,13 +25,41 @@ class UsageError(Exception):
     """A bad input found by the CLI itself (a file that is not an image, ...)."""
 
 
-def _read_image(path: str) -> Any:
+def _read_image(path: str) -> Tuple[Any, Optional[str]]:
+    """(image, None), or (None, why not) in a few words."""
     import cv2
 
+    if not os.path.exists(path):
+        return None, "no such file"
+    if not os.access(path, os.R_OK):
+        return None, "permission denied"
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     if image is None:
-        raise UsageError(f"{path}: not a readable image")
-    return image
+        return None, "not a readable image"
+    return image, None
+
+
+def _image_paths(args: list) -> Iterator[Tuple[str, Optional[str]]]:
+    """Each image argument, a directory standing for its images in name order:
+    (path, None), or (path, why it is not one) for a directory without images."""
+    from lited.sources.images import EXTENSIONS
+
+    for arg in args:
+        if not os.path.isdir(arg):
+            yield arg, None
+            continue
+        names = sorted(n for n in os.listdir(arg) if n.lower().endswith(EXTENSIONS))
+        if not names:
+            yield arg, f"no images ({', '.join(EXTENSIONS)}) in this directory"
+        for name in names:
+            yield os.path.join(arg, name), None
+
+
+def _loading(bundle: str) -> Any:
+    """A Progress line for a model's load and warm-up (seconds on a board)."""
+    from lited.progress import Progress
+
+    return Progress(f"loading {bundle} (the engine warms up)")
 
 
 def _stage_fields(d: dict) -> str:
@@ -62,14 +96,24 @@ def format_result(result: dict, as_json: bool) -> str:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
+    """A result per good image, one error line per bad one (exit 2 if any)."""
     from lited.model import load_model
 
-    model = load_model(args.bundle, args.target)
-    images = [(path, _read_image(path)) for path in args.images]  # refuse a bad image before any output
-    for path, image in images:
+    with _loading(args.bundle):
+        model = load_model(args.bundle, args.target)
+    bad = 0
+    for path, problem in _image_paths(args.images):
+        image = None
+        if problem is None:
+            image, problem = _read_image(path)
+        if problem is not None:
+            bad += 1
+            sys.stdout.flush()
+            print(f"lited: {path}: {problem}", file=sys.stderr, flush=True)
+            continue
         result = {"image": path, **model.infer(image)}
         print(format_result(result, args.json), flush=True)
-    return 0
+    return EXIT_BAD_INPUT if bad else 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -98,7 +142,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         info["models"][t] = entry
     from lited.model import Model
 
-    model = Model(bundle, args.target)
+    with _loading(args.bundle):
+        model = Model(bundle, args.target)
     engine = model.engine
     info["engine"] = {"kind": engine.kind, "version": engine.version, "device": engine.device,
                       "inputs": [{"name": s.name, "shape": list(shape)} for s, shape in
@@ -136,17 +181,20 @@ RUN_KEYS = ("stream", "seq", "frame_ts", "skipped", "task", "detections", "class
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """One stream in the foreground: a line per inferred frame."""
+    """One stream in the foreground: a line per inferred frame. A source that
+    has not opened after --open-timeout seconds (or by the end of
+    --duration) ends it with exit 2 and the source's last error: unlike the
+    daemon, which retries for ever, a command in the foreground must end."""
     import queue
-    import time
 
     from lited.bundle import load_bundle
     from lited.model import Model
+    from lited.sources import SourceError
     from lited.stream import Stream
 
     bundle = load_bundle(args.bundle)
     results: queue.Queue = queue.Queue(maxsize=256)
-    ended = []
+    ended, opened, last_problem = [], [], [""]
 
     def publish(result: dict) -> None:
         try:
@@ -155,21 +203,33 @@ def cmd_run(args: argparse.Namespace) -> int:
             pass
 
     def on_event(event: dict) -> None:
-        if event["event"] == "state":
-            if event["state"] == "ended":
-                ended.append(True)
-            if args.verbose or event["state"] in ("backoff", "ended"):
-                print(f"lited: stream {event['stream']}: {event['state']}"
-                      f"{': ' + event['detail'] if event['detail'] else ''}", file=sys.stderr, flush=True)
+        if event["event"] != "state":
+            return
+        state, detail = event["state"], event["detail"]
+        if state == "streaming":
+            opened.append(True)
+        elif state == "ended":
+            ended.append(True)
+        elif state == "backoff":
+            last_problem[0] = detail.rpartition("; retry in ")[0] or detail
+        # while it first opens only the outcome is said; later, a lost source is news
+        if args.verbose or (opened and state in ("backoff", "ended")):
+            print(f"lited: stream {event['stream']}: {state}{': ' + detail if detail else ''}",
+                  file=sys.stderr, flush=True)
 
     stream = Stream(args.name, args.source, lambda: Model(bundle, args.target, isolated=True), publish, on_event,
                     stall_timeout=args.stall_timeout)
-    stream.start()
-    deadline = time.monotonic() + args.duration if args.duration else None
+    with _loading(args.bundle):
+        stream.start()
+    started = time.monotonic()
+    deadline = started + args.duration if args.duration else None
     count = 0
     try:
         while args.frames is None or count < args.frames:
-            if deadline is not None and time.monotonic() >= deadline:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            if not opened and now - started >= args.open_timeout:
                 break
             try:
                 result = results.get(timeout=0.2)
@@ -180,8 +240,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             out = {k: result[k] for k in RUN_KEYS + ("text", "text_score") if k in result}
             print(format_result(out, args.json), flush=True)
             count += 1
+        waited = min(time.monotonic() - started, args.open_timeout)
     finally:
         stream.stop()
+    if not opened:
+        why = last_problem[0] or f"source {args.source!r}: did not open"
+        raise SourceError(args.source, f"{why.split(': ', 1)[-1]} (not open after {waited:.0f} s)")
     return 0
 
 
@@ -203,7 +267,12 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     golden = bundle.golden
     if not golden:
         raise UsageError(f"bundle {bundle.root}: no golden image in the manifest (golden.image): nothing to test")
-    result = Model(bundle).infer(_read_image(str(bundle.root / golden["image"])))
+    image, problem = _read_image(str(bundle.root / golden["image"]))
+    if problem:
+        raise UsageError(f"bundle {bundle.root}: golden.image {golden['image']}: {problem}")
+    with _loading(args.bundle):
+        model = Model(bundle)
+    result = model.infer(image)
     problems = compare(result, golden["expected"], golden.get("tolerance", {}))
     if problems:
         print(f"lited: selftest {bundle.name} {bundle.version} FAILED: " + "; ".join(problems), file=sys.stderr)
@@ -214,32 +283,65 @@ def cmd_selftest(args: argparse.Namespace) -> int:
 
 
 def cmd_ctl(args: argparse.Namespace) -> int:
-    """Talk to a running daemon: ping, status, reload (waits until done), snapshot."""
-    from lited.client import Client, ClientError
+    return ctl.run(args)
 
-    with Client(args.endpoint, timeout=args.timeout) as client:
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """`config check`: the config and everything it names, like `nginx -t`;
+    `config schema`: its JSON Schema, for editors."""
+    from lited.config import DEFAULT_CONFIG, json_schema, load_config
+
+    if args.action == "schema":
+        print(json.dumps(json_schema(), indent=2))
+        return 0
+    from lited.bundle import load_bundle
+    from lited.config import ConfigError
+    from lited.keys import curve_problems
+
+    path = Path(args.config or DEFAULT_CONFIG)
+    config = load_config(path)
+    bundles, problems = {}, []
+    for name, directory in config.models.items():
         try:
-            if args.action == "ping":
-                out = client.ping()
-            elif args.action == "status":
-                out = client.status()
-            elif args.action == "reload":
-                out = client.reload(args.model, args.bundle, timeout=args.timeout)
-            else:
-                if not args.stream or not args.out:
-                    raise UsageError("snapshot needs --stream and --out")
-                snap = client.snapshot(args.stream)
-                with open(args.out, "wb") as fh:
-                    fh.write(snap.pop("jpeg"))
-                out = {"written": args.out, "seq": snap["seq"], "detections": len(snap["detections"])}
-        except ClientError as exc:
-            print(f"lited: {args.action}: {exc}", file=sys.stderr)
-            return 1
-        except TimeoutError as exc:
-            print(f"{exc} (is lited serve running at {client.socket.LAST_ENDPOINT.decode() or args.endpoint}?)",
-                  file=sys.stderr)
-            return 3
-    print(json.dumps(out, indent=None if args.action == "ping" else 2))
+            bundles[name] = load_bundle(directory)
+        except Exception as exc:  # noqa: BLE001 - every bundle's problem is reported, then exit 2
+            problems.append(f"models.{name}: {str(exc).splitlines()[0]}")
+    if config.curve:
+        problems += curve_problems(config.curve["server_secret"], config.curve["clients_dir"])
+    tcp = [e for e in config.pub + config.req if e.startswith("tcp://")]
+    if tcp and not config.curve and not config.insecure_tcp:
+        problems.append(f"endpoints: {', '.join(tcp)}: TCP needs CURVE keys (curve:, see `lited keygen`) "
+                        "or insecure_tcp: true")
+    if problems:
+        raise ConfigError(str(path), problems)
+    print(f"config {path}: ok")
+    for name, b in bundles.items():
+        print(f"  model  {name}: {b.name} {b.version} ({b.task}) from {b.root}")
+    for sc in config.streams:
+        print(f"  stream {sc.name}: {sc.source} -> {sc.model}")
+    if not config.streams:
+        print("  no streams: the daemon will only answer requests")
+    print(f"  endpoints: pub {' '.join(config.pub)}; req {' '.join(config.req)}")
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """A CURVE key pair: NAME.key (public) and NAME.key_secret (0600)."""
+    from lited.keys import KeyFileError, make_keypair
+    from lited.validate import name_problem
+
+    problem = name_problem(args.name)
+    if problem:
+        raise UsageError(f"keygen: name {problem}")
+    try:
+        public, secret = make_keypair(Path(args.dir), args.name)
+    except KeyFileError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"wrote {public} (public: hand it out) and {secret} (secret, mode 0600: keep it where it is)")
+    print("  for the daemon:  curve: {server_secret: " + str(secret) + ", clients_dir: DIR}  "
+          "(DIR holds the public keys of the clients it lets in)")
+    print(f"  for a client:    copy {public} into the daemon's clients_dir; the client uses {secret} "
+          "and the daemon's public key")
     return 0
 
 
@@ -326,17 +428,26 @@ def _broker_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lited", description="lited: the Paddle Lite daemon")
-    ap.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = ap.add_subparsers(dest="command", required=True)
+    ap.add_argument("--version", action="version", version=f"lited {__version__} (Python {sys.version.split()[0]})")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks and native libraries' log lines")
+    # --debug after the command too: a subcommand leaves it unset unless given (SUPPRESS)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks and native libraries' log lines")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("infer", help="run a bundle's model on images")
+    def command(name: str, help: str, func: Any) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, parents=[common])
+        p.set_defaults(func=func)
+        return p
+
+    p = command("infer", "run a bundle's model on images", cmd_infer)
     p.add_argument("--bundle", required=True, help="bundle directory")
     p.add_argument("--target", help="model target (default: this machine's)")
     p.add_argument("--json", action="store_true", help="one JSON object per image per line")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.set_defaults(func=cmd_infer)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or directories of them")
 
-    p = sub.add_parser("run", help="run one stream in the foreground")
+    p = command("run", "run one stream in the foreground", cmd_run)
     p.add_argument("--bundle", required=True, help="bundle directory")
     p.add_argument("--source", required=True, help="source URI: file://, rtsp://, v4l2://, gst://, images://, synth://")
     p.add_argument("--name", default="cam0", help="stream name (in results and the shared-memory ring)")
@@ -344,26 +455,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per frame per line")
     p.add_argument("--frames", type=int, help="stop after this many results")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--open-timeout", type=float, default=10.0, metavar="S",
+                   help="give up (exit 2) when the source has not opened within S seconds (default 10)")
     p.add_argument("--stall-timeout", type=float, default=5.0, help="seconds without a frame before 'stalled'")
     p.add_argument("-v", "--verbose", action="store_true", help="print every state change on stderr")
-    p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("serve", help="the daemon: streams, results and requests over ZeroMQ")
-    p.add_argument("--config", required=True, help="config file (JSON, see docs/config.md)")
+    p = command("serve", "the daemon: streams, results and requests over ZeroMQ", cmd_serve)
+    p.add_argument("--config", required=True, help="config file (YAML or JSON, see docs/config.md)")
     p.add_argument("--insecure-tcp", action="store_true", help="allow tcp:// endpoints without CURVE keys")
-    p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("ctl", help="ask a running daemon: ping, status, reload, snapshot")
-    p.add_argument("action", choices=["ping", "status", "reload", "snapshot"])
-    p.add_argument("--endpoint", help="request endpoint (default: ipc://<runtime dir>/req.sock)")
-    p.add_argument("--model", help="reload: model name from the config (default: all)")
-    p.add_argument("--bundle", help="reload: load this bundle directory instead of the configured one")
-    p.add_argument("--stream", help="snapshot: stream name")
-    p.add_argument("--out", help="snapshot: JPEG file to write")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the reply")
-    p.set_defaults(func=cmd_ctl)
+    p = command("ctl", "ask a running daemon: ping, status, reload, snapshot", cmd_ctl)
+    ctl.add_arguments(p)
 
-    p = sub.add_parser("cloud", help="the server side of the uplink: a second model on devices' crops (docs/uplink.md)")
+    p = command("cloud", "the server side of the uplink: a second model on devices' crops (docs/uplink.md)", cmd_cloud)
     _broker_arguments(p)
     p.add_argument("--bundle", help="bundle of the second model (default: none, crops are only receipted)")
     p.add_argument("--target", help="model target (default: this machine's)")
@@ -373,9 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --client-id: seconds the broker keeps the session of a worker that vanished")
     p.add_argument("--record", help="append every first-seen message (JSON lines) to this file")
     p.add_argument("--duration", type=float, help="stop after this many seconds (default: until SIGTERM)")
-    p.set_defaults(func=cmd_cloud)
 
-    p = sub.add_parser("remote", help="ask a device over MQTT: ping, status, reload, snapshot")
+    p = command("remote", "ask a device over MQTT: ping, status, reload, snapshot", cmd_remote)
     _broker_arguments(p)
     p.add_argument("device", help="the device id (its uplink.device)")
     p.add_argument("action", choices=["ping", "status", "reload", "snapshot"])
@@ -383,22 +486,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", help="snapshot: stream name")
     p.add_argument("--out", help="snapshot: JPEG file to write")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the reply")
-    p.set_defaults(func=cmd_remote)
 
-    p = sub.add_parser("selftest", help="check a bundle against its golden image")
+    p = command("config", "check the daemon's config (like nginx -t), or print its JSON Schema", cmd_config)
+    p.add_argument("action", choices=["check", "schema"])
+    p.add_argument("--config", help="config file (default /etc/lited/lited.conf)")
+
+    p = command("keygen", "make a CURVE key pair for tcp:// endpoints", cmd_keygen)
+    p.add_argument("name", help="the keys' name: NAME.key (public) and NAME.key_secret")
+    p.add_argument("--dir", default=".", help="where to write them (default: here)")
+
+    p = command("selftest", "check a bundle against its golden image", cmd_selftest)
     p.add_argument("--bundle", required=True, help="bundle directory")
-    p.set_defaults(func=cmd_selftest)
 
-    p = sub.add_parser("inspect", help="show what a bundle holds")
+    p = command("inspect", "show what a bundle holds", cmd_inspect)
     p.add_argument("--bundle", required=True, help="bundle directory")
     p.add_argument("--target", help="model target (default: this machine's)")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_inspect)
     return ap
 
 
 def main(argv: list | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.debug:
+        from lited.quiet import quiet_native_output
+
+        quiet_native_output()
     from lited.bundle import BundleError
     from lited.engines import EngineError
     from lited.service.bus import BusError

@@ -14,6 +14,13 @@
 Frames come straight from the daemon's shared-memory ring, mapped read-only:
 an app can read them without a copy and cannot corrupt the daemon.
 
+Finding the daemon: an explicit endpoint, else the endpoints of the config
+the daemon runs with (`config=`, default /etc/lited/lited.conf when it can be
+read: its runtime_dir and endpoints), else the default runtime directory's
+sockets; `lited ctl` uses the same rule. A missing or dead ipc:// socket
+raises DaemonUnreachable at once instead of waiting for a reply that cannot
+come, and a Subscriber asked for a stream the daemon does not have says so.
+
 Before talking over an ipc:// socket, both check that the daemon behind it
 runs as a user they trust (themselves, root, or the service user `lited`;
 `trusted_uids` to say otherwise) and that nobody else could have replaced
@@ -23,18 +30,21 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
+import socket
 import time
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Tuple, Union
 
 import numpy as np
 import zmq
 
 from lited import protocol
-from lited.config import default_runtime_dir
+from lited.config import DEFAULT_CONFIG, client_endpoints, default_runtime_dir
 from lited.runtime_dir import PeerCheck, UntrustedPeer
 from lited.stream.ring import FrameOverwritten, FrameRing, RingError, RingGone
 
-__all__ = ["Client", "ClientError", "FrameOverwritten", "RingGone", "Subscriber", "UntrustedPeer"]
+__all__ = ["Client", "ClientError", "DaemonUnreachable", "FrameOverwritten", "RingGone", "Subscriber",
+           "UntrustedPeer", "daemon_endpoints"]
 
 
 class ClientError(Exception):
@@ -43,21 +53,92 @@ class ClientError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
+        self.message = message
+
+
+class DaemonUnreachable(ClientError):
+    """No daemon can answer at the endpoint (no socket, nothing listening, no permission)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("unreachable", message)
 
 
 def default_endpoint(kind: str) -> str:
     return f"ipc://{default_runtime_dir()}/{kind}.sock"
 
 
+def daemon_endpoints(config: Union[str, os.PathLike, None] = None) -> Tuple[str, str]:
+    """(pub, req) of the daemon that runs with `config` (default: /etc/lited/lited.conf
+    if it can be read, else the default runtime directory's sockets). Of
+    several endpoints, the first ipc:// one (a local app's way in)."""
+    if config is None and os.access(DEFAULT_CONFIG, os.R_OK):
+        config = DEFAULT_CONFIG
+    if config is None:
+        return default_endpoint("pub"), default_endpoint("req")
+    pub, req = client_endpoints(config)
+    return _local_first(pub), _local_first(req)
+
+
+def _local_first(endpoints: list) -> str:
+    return next((e for e in endpoints if e.startswith("ipc://")), endpoints[0])
+
+
+def unreachable(endpoint: str) -> Optional[str]:
+    """Why nothing can answer at `endpoint`, found at once for an ipc:// socket
+    (missing, refused, not ours to open); None when it may answer (or for
+    tcp://, where ZeroMQ only says so by never replying)."""
+    path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else None
+    if not path or path.startswith("@"):  # tcp://, inproc://, or an abstract socket: nothing to look at
+        return None
+    if not os.path.exists(path):
+        return (f"no socket {path}: is lited serve running? (`lited ctl --config FILE` finds the sockets "
+                "of the daemon that runs with FILE)")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        return f"nothing listens on {path} (left by a daemon that is gone: is lited serve running?)"
+    except PermissionError:
+        return f"{path}: permission denied (the service's sockets are its group's: join that group, e.g. lited)"
+    except OSError as exc:
+        return f"{path}: {exc.strerror or exc}"
+    finally:
+        probe.close()
+    return None
+
+
+def _request_endpoint_beside(pub: str) -> Optional[str]:
+    """ipc://DIR/req.sock for ipc://DIR/pub.sock (the default layout), else None."""
+    if pub.startswith("ipc://") and pub.endswith("/pub.sock"):
+        return pub[: -len("pub.sock")] + "req.sock"
+    return None
+
+
 class Subscriber:
-    """Results (and optionally events and uplink answers) of some or all streams."""
+    """Results (and optionally events and uplink answers) of some or all streams.
+
+    With `check` (the default) it fails at once, rather than waiting in
+    silence, when the daemon's socket is missing or dead (DaemonUnreachable)
+    or when it has no stream of that name (ClientError `not_found`, asked over
+    the request socket beside the PUB one, or `request_endpoint`). An app
+    started before the daemon, or waiting for a stream a reload will add,
+    passes check=False."""
 
     def __init__(self, endpoint: Optional[str] = None, streams: Optional[list] = None, events: bool = False,
-                 context: Optional[zmq.Context] = None, curve: Optional[dict] = None, answers: bool = False,
+                 context: Optional[zmq.Context] = None, curve: Optional[dict] = None,
+                 config: Union[str, os.PathLike, None] = None, check: bool = True,
+                 request_endpoint: Optional[str] = None, answers: bool = False,
                  trusted_uids: Optional[set] = None) -> None:
-        endpoint = endpoint or default_endpoint("pub")
+        if endpoint is None:
+            endpoint, found_req = daemon_endpoints(config)
+            request_endpoint = request_endpoint or found_req
+        self.endpoint = endpoint
         self._peer = PeerCheck(endpoint, trusted_uids)
-        self._peer.verify()
+        self._peer.verify()  # before ZeroMQ connects and greets it
+        if check:
+            _check_streams(endpoint, request_endpoint or _request_endpoint_beside(endpoint), streams, context, curve,
+                           trusted_uids)
         self.context = context or zmq.Context.instance()
         self.socket = self.context.socket(zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -101,19 +182,33 @@ class Subscriber:
                 yield message
 
     def _ring(self, result: dict) -> FrameRing:
-        name = result["frame"]["ring"]
+        """The mapped segment holding the result's frame: the ring named in
+        it, of the generation it names (a ring rebuilt for a new frame size
+        is a new segment under the same name, put there with its first
+        result; results come in order, so once a result names the new one
+        the old mapping is dropped). RingGone if its writer is gone."""
+        frame = result["frame"]
+        name, generation = frame["ring"], frame.get("generation")
         ring = self._rings.get(name)
-        if ring is None or not ring.writer_alive():
-            for old in [n for n, r in self._rings.items() if not r.writer_alive()]:
-                self._rings.pop(old).close()
-            ring = self._rings[name] = FrameRing.attach(name)
+        if ring is not None and ring.writer_alive() and (not generation or ring.generation == generation):
+            return ring
+        for old in [n for n, r in self._rings.items() if n == name or not r.writer_alive()]:
+            self._rings.pop(old).close()
+        ring = FrameRing.attach(name)
+        if generation and ring.generation != generation:
+            ring.close()
+            raise RingGone(f"{name}: generation {generation} was replaced by {ring.generation} before it was mapped")
+        self._rings[name] = ring
         return ring
 
     @contextlib.contextmanager
     def frame_view(self, result: dict) -> Iterator[np.ndarray]:
         """The result's own frame, zero copy and read-only, for the `with` body.
-        Raises FrameOverwritten (on entry or exit) if the daemon reused the
-        slot, RingGone if the daemon restarted or the ring was rebuilt."""
+        The daemon keeps the frame of its latest result (and `keep_results`
+        older ones) intact, so reading each result as it arrives always
+        works. Raises FrameOverwritten (on entry or exit) if the daemon reused
+        the slot (a result read late), RingGone if the daemon restarted or the
+        result's ring segment was replaced before this subscriber mapped it."""
         frame = result["frame"]
         with self._ring(result).frame(frame["slot"], frame["slot_seq"]) as view:
             yield view
@@ -141,34 +236,48 @@ class Subscriber:
 
 
 class Client:
-    """Requests with timeouts. One Client per thread."""
+    """Requests with timeouts. One Client per thread.
+
+    The first call (and a call that times out) looks at an ipc:// socket
+    first: a missing or dead one raises DaemonUnreachable at once."""
 
     def __init__(self, endpoint: Optional[str] = None, timeout: float = 10.0,
                  context: Optional[zmq.Context] = None, curve: Optional[dict] = None,
-                 trusted_uids: Optional[set] = None) -> None:
-        endpoint = endpoint or default_endpoint("req")
-        self._peer = PeerCheck(endpoint, trusted_uids)
+                 config: Union[str, os.PathLike, None] = None, trusted_uids: Optional[set] = None) -> None:
+        self.endpoint = endpoint or daemon_endpoints(config)[1]
+        self._peer = PeerCheck(self.endpoint, trusted_uids)
         self._peer.verify()  # before ZeroMQ connects and greets it
         self.context = context or zmq.Context.instance()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         _apply_curve(self.socket, curve)
-        self.socket.connect(endpoint)
+        self.socket.connect(self.endpoint)
         self.timeout = timeout
         self._ids = itertools.count(1)
+        self._answered = False
 
     def call(self, method: str, timeout: Optional[float] = None, **params: Any) -> Any:
-        """Send a request, wait for its reply; ClientError, TimeoutError, or
-        UntrustedPeer before anything is sent to a daemon it must not trust."""
+        """Send a request, wait for its reply; ClientError (DaemonUnreachable),
+        TimeoutError, or UntrustedPeer before anything is sent to a daemon it
+        must not trust."""
         self._peer.verify()
+        if not self._answered:
+            problem = unreachable(self.endpoint)
+            if problem:
+                raise DaemonUnreachable(problem)
         request_id = next(self._ids)
         self.socket.send(protocol.encode_request(method, params, request_id))
         deadline = time.monotonic() + (timeout or self.timeout)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self.socket.poll(int(remaining * 1000)):
-                raise TimeoutError(f"lited: no reply to {method} within {timeout or self.timeout:.1f} s")
+                problem = unreachable(self.endpoint)
+                if problem:  # it went away while we waited
+                    raise DaemonUnreachable(problem)
+                raise TimeoutError(f"lited: no reply to {method} within {timeout or self.timeout:.1f} s "
+                                   f"from {self.endpoint}")
             reply = protocol.decode_reply(self.socket.recv())
+            self._answered = True
             if reply.get("id") != request_id:
                 continue  # a late reply to an earlier request that timed out
             if reply.get("ok"):
@@ -195,8 +304,13 @@ class Client:
                 params["image"] = fh.read()
         return self.call("infer", timeout=timeout, **params)
 
-    def reload(self, model: Optional[str] = None, bundle: Optional[str] = None, timeout: float = 120.0) -> dict:
-        params = {k: v for k, v in (("model", model), ("bundle", bundle)) if v is not None}
+    def reload(self, model: Optional[str] = None, bundle: Optional[str] = None, timeout: float = 120.0,
+               force: bool = False) -> dict:
+        """Without `model`: what SIGHUP does (the config is read again). `force`
+        swaps a bundle whose task or labels differ from the running one's."""
+        params: dict = {k: v for k, v in (("model", model), ("bundle", bundle)) if v is not None}
+        if force:
+            params["force"] = True
         return self.call("reload", timeout=timeout, **params)
 
     def snapshot(self, stream: str, quality: int = 85) -> dict:
@@ -210,6 +324,23 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check_streams(pub: str, req: Optional[str], streams: Optional[list], context: Optional[zmq.Context],
+                   curve: Optional[dict], trusted_uids: Optional[set] = None) -> None:
+    """DaemonUnreachable or ClientError(`not_found`) now, rather than silence for ever."""
+    problem = unreachable(pub)
+    if problem:
+        raise DaemonUnreachable(problem)
+    if not streams or req is None or unreachable(req):
+        return  # no request socket to ask (a custom layout, tcp://): nothing more to check
+    with Client(req, timeout=10, context=context, curve=curve, trusted_uids=trusted_uids) as client:
+        have = [s["stream"] for s in client.status()["streams"]]
+    missing = [s for s in streams if s not in have]
+    if missing:
+        raise ClientError("not_found", f"no stream {', '.join(map(repr, missing))} in the daemon at {pub} "
+                                       f"(it has {', '.join(have) or 'none'}); add it to the config and reload, "
+                                       "or pass check=False to wait for it")
 
 
 def _apply_curve(sock: zmq.Socket, curve: Optional[dict]) -> None:

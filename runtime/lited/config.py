@@ -1,8 +1,13 @@
-"""The daemon's config file (JSON, documented in docs/config.md).
+"""The daemon's config file: YAML (comments welcome) or JSON, docs/config.md.
 
-Read and checked before anything starts, every problem at once with its
-field path, like a bundle's manifest: a typo in a stream's source is caught
-at `lited serve`, not at 3 a.m. when the camera reconnects.
+The schema is the msgspec Structs below, in one place: they convert the file
+into typed values with their defaults, give editors a JSON Schema (`lited
+config schema`), and drive the checks, which report every problem at once
+with its field path in lited.validate's words (`streams[0].slots: expected
+an integer from 2 to 64, got 0`), before anything starts: a typo in a
+stream's source is caught at `lited serve`, not at 3 a.m. when the camera
+reconnects. A new section is one Struct and one field of `ConfigFile`; the
+daemon reads it as `config.file.<section>`.
 """
 from __future__ import annotations
 
@@ -13,12 +18,26 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+import msgspec
+from msgspec import Meta, Struct
+from msgspec import inspect as mi
 
 from lited.errors import first_line
 from lited.files import FileRefused, read_capped
-from lited.validate import Checker, name_problem, shown
+from lited.stream.feed import POLICIES
+from lited.validate import Checker, has_type, name_problem, shown, type_name
 
+try:
+    from typing import Annotated
+except ImportError:  # Python 3.8
+    from typing_extensions import Annotated  # type: ignore
+
+#: Where the service's config lives (systemd/lited.service); `lited ctl` and
+#: `lited config check` read it when no --config is given.
+DEFAULT_CONFIG = Path("/etc/lited/lited.conf")
+MAX_CONFIG_BYTES = 1 << 20  # a config is read whole: a FIFO or /dev/zero must not be waited on or read for ever
 
 
 class ConfigError(Exception):
@@ -27,13 +46,199 @@ class ConfigError(Exception):
         super().__init__(f"config {where}: " + "; ".join(problems))
 
 
+# -- the schema ----------------------------------------------------------------
+# Meta(extra={"check": f}) gives a field a check of its own: f(value) -> a
+# problem, a list of them, or None; the generic checks are skipped for it.
+
+def _source_problem(uri: Any) -> Optional[str]:
+    if not isinstance(uri, str):
+        return f"expected a source URI, got {shown(uri)}"
+    from lited.sources import SourceError, open_source  # parses the URI; no I/O
+
+    try:
+        open_source(uri)
+    except SourceError as exc:
+        return str(exc)
+    return None
+
+
+def _endpoint_problems(value: Any) -> List[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        return ["expected an endpoint or a list of them"]
+    return [f"'{v}' is not an ipc://, tcp:// or inproc:// endpoint" for v in value
+            if not re.match(r"^(ipc|tcp|inproc)://.+", v)]
+
+
+Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$", extra={"check": name_problem},
+                           description="1 to 64 letters, digits, '.', '_', '-', not starting with '.' or '-'")]
+Endpoints = Annotated[Union[str, List[str]], Meta(
+    extra={"check": _endpoint_problems},
+    description="an ipc://, tcp:// or inproc:// endpoint, or a list of them")]
+Seconds = Annotated[float, Meta(gt=0, le=3600)]
+
+
+class Section(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """A part of the config: unknown fields are typos, refused; read-only once read."""
+
+
+# A stream's ring holds what the daemon holds (frames in flight, the latest
+# result's and `keep_results` more) plus `slots` frames of margin for apps.
+SLOTS_DEFAULT, SLOTS_MAX = 2, 64
+KEEP_RESULTS_MAX = 16
+
+
+def _policy_problem(value: Any) -> Optional[str]:
+    if value in POLICIES:
+        return None
+    return f"unknown {shown(value)}, expected one of {', '.join(POLICIES)}"
+
+
+class StreamSection(Section):
+    """A camera (or file) feeding one model."""
+    name: Annotated[Name, Meta(description="in topics (result/<name>) and ring names")]
+    source: Annotated[str, Meta(extra={"check": _source_problem},
+                                description="v4l2://, gst://, rtsp://, http(s)://, file://, images://, synth://")]
+    model: Optional[Annotated[Name, Meta(description="a name from models (default: the only one)")]] = None
+    slots: Annotated[int, Meta(ge=0, le=SLOTS_MAX, description="the apps' margin in the frame ring, in camera "
+                               "frames, beyond what the daemon holds")] = SLOTS_DEFAULT
+    stall_timeout: Annotated[Seconds, Meta(description="seconds without a frame before 'stalled'")] = 5.0
+    keep_results: Annotated[int, Meta(ge=0, le=KEEP_RESULTS_MAX, description="the frames of this many results "
+                                      "before the latest stay readable too")] = 0
+    policy: Optional[Annotated[str, Meta(extra={"check": _policy_problem}, description="'latest' or 'queue' "
+                                         "(default: 'queue' for a lossless source, else 'latest')")]] = None
+
+
+class EndpointsSection(Section):
+    pub: Optional[Annotated[Endpoints, Meta(description="results and events (default ipc://<runtime_dir>/pub.sock)")]] = None
+    req: Optional[Annotated[Endpoints, Meta(description="requests (default ipc://<runtime_dir>/req.sock)")]] = None
+
+
+class CurveSection(Section):
+    """CURVE keys for tcp:// endpoints (`lited keygen`)."""
+    server_secret: Annotated[str, Meta(description="the daemon's secret key file (NAME.key_secret)")]
+    clients_dir: Annotated[str, Meta(description="a directory of allowed clients' public keys (NAME.key)")]
+
+
+class LimitsSection(Section):
+    max_request_bytes: Annotated[int, Meta(ge=1024, le=1 << 30)] = 16 << 20
+    pub_hwm: Annotated[int, Meta(ge=1, le=1 << 20, description="messages queued per subscriber before PUB drops")] = 1000
+    max_inflight_bytes: Optional[Annotated[int, Meta(ge=1024, le=16 << 30, description=(
+        "bytes all requests in flight may hold together, decoding included (at least max_request_bytes; "
+        "default 128 MiB)"))]] = None
+    engine_timeout: Annotated[Seconds, Meta(description="seconds an engine process may take to answer a run "
+                                            "before it counts as stuck and is killed")] = 20.0
+    max_clients: Annotated[int, Meta(ge=1, le=1024, description="clients connected to the request socket(s) "
+                                     "at once")] = 16
+
+
+class ConfigFile(Section):
+    """lited's config (docs/config.md)."""
+    models: Annotated[Dict[Name, str], Meta(description="model name -> bundle directory")]
+    streams: List[StreamSection] = []
+    runtime_dir: Optional[Annotated[str, Meta(description="where the ipc sockets go")]] = None
+    state_dir: Optional[str] = None
+    endpoints: EndpointsSection = EndpointsSection()
+    curve: Optional[CurveSection] = None
+    insecure_tcp: Annotated[bool, Meta(description="allow tcp:// without CURVE (a lab bench only)")] = False
+    group: Optional[Annotated[str, Meta(description="group of the frame rings (the apps that may read frames)")]] = None
+    limits: LimitsSection = LimitsSection()
+    request_workers: Annotated[int, Meta(ge=1, le=64)] = 1
+    status_interval: Seconds = 5.0
+    # checked by parse_http / parse_uplink below, which need the rest of the config
+    http: Optional[Annotated[Dict[str, Any], Meta(description="the HTTP front end (docs/http.md)")]] = None
+    uplink: Optional[Annotated[Dict[str, Any], Meta(description="the MQTT uplink (docs/uplink.md)")]] = None
+
+
+class _Where(Struct, kw_only=True, frozen=True):
+    """What a client needs of the config to find the daemon (other fields ignored)."""
+    runtime_dir: Optional[str] = None
+    endpoints: EndpointsSection = EndpointsSection()
+
+
+def json_schema() -> dict:
+    """The config's JSON Schema, for editors (YAML and JSON language servers)."""
+    schema = msgspec.json.schema(ConfigFile)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "lited config", **schema}
+
+
+# -- checking against the schema --------------------------------------------------
+
+def check_struct(c: Checker, value: Any, info: mi.StructType, path: str) -> None:
+    """Every problem of `value` against a Struct type, each with its field path."""
+    if not isinstance(value, dict):
+        if path:
+            c.add(path, f"expected an object, got {shown(value)}")
+        else:
+            c.problems.append(f"expected a mapping of fields (models:, streams:, ...), got {shown(value)}")
+        return
+    prefix = f"{path}." if path else ""
+    fields = {f.encode_name: f for f in info.fields}
+    if info.forbid_unknown_fields:
+        c.unknown(value, fields, prefix)
+    for key, f in fields.items():
+        if key not in value:
+            if f.required:
+                c.add(prefix + key, "missing")
+            continue
+        _check_value(c, value[key], f.type, prefix + key)
+
+
+def _check_value(c: Checker, value: Any, t: mi.Type, path: str) -> None:
+    check: Optional[Callable] = None
+    while isinstance(t, mi.Metadata):
+        check = check or (t.extra or {}).get("check")
+        t = t.type
+    if isinstance(t, mi.UnionType) and t.includes_none:
+        if value is None:
+            return
+        rest = [x for x in t.types if not isinstance(x, mi.NoneType)]
+        t = rest[0] if len(rest) == 1 else mi.UnionType(tuple(rest))
+        while isinstance(t, mi.Metadata):
+            check = check or (t.extra or {}).get("check")
+            t = t.type
+    if check is not None:
+        problems = check(value)
+        for problem in [problems] if isinstance(problems, str) else problems or []:
+            c.add(path, problem)
+    elif isinstance(t, mi.StructType):
+        check_struct(c, value, t, path)
+    elif isinstance(t, mi.ListType):
+        if not isinstance(value, list):
+            c.add(path, f"expected a list, got {shown(value)}")
+            return
+        for i, item in enumerate(value):
+            _check_value(c, item, t.item_type, f"{path}[{i}]")
+    elif isinstance(t, mi.DictType):
+        if not isinstance(value, dict):
+            c.add(path, f"expected an object, got {shown(value)}")
+            return
+        for key, item in value.items():
+            before = len(c.problems)
+            _check_value(c, key, t.key_type, f"{path}.{key}")
+            if len(c.problems) == before:
+                _check_value(c, item, t.value_type, f"{path}.{key}")
+    elif isinstance(t, (mi.IntType, mi.FloatType)):
+        # Checker.number words it; its field path is `path` + the key "" of a one-value holder
+        c.number({"": value}, "", path, integer=isinstance(t, mi.IntType), minimum=t.ge, maximum=t.le, above=t.gt)
+    else:
+        python = {mi.StrType: str, mi.BoolType: bool}.get(type(t))
+        if python is not None and not has_type(value, python):
+            c.add(path, f"expected {type_name(python)}, got {shown(value)}")
+
+
+# -- what the daemon runs with ------------------------------------------------------
+
 @dataclass
 class StreamConfig:
     name: str
     source: str
     model: str
-    slots: int = 4
+    slots: int = SLOTS_DEFAULT
     stall_timeout: float = 5.0
+    keep_results: int = 0
+    policy: Optional[str] = None  # None: from the source ("queue" if lossless, else "latest")
 
 
 @dataclass
@@ -50,14 +255,15 @@ class Config:
     group: Optional[str] = None
     max_request_bytes: int = 16 << 20
     pub_hwm: int = 1000
-    max_inflight_bytes: int = 128 << 20
-    engine_timeout: float = 20.0
-    max_clients: int = 16
     request_workers: int = 1
     status_interval: float = 5.0
     http: Optional["HttpConfig"] = None
     uplink: Optional["UplinkConfig"] = None
     raw: dict = field(default_factory=dict)
+    file: Optional[ConfigFile] = None  # the typed file: later sections are read from here
+    max_inflight_bytes: int = 128 << 20
+    engine_timeout: float = 20.0
+    max_clients: int = 16
 
 
 def default_runtime_dir() -> Path:
@@ -79,116 +285,170 @@ def default_state_dir() -> Path:
     return Path("/var/lib/lited") if os.access("/var/lib/lited", os.W_OK) else Path.home() / ".local/state/lited"
 
 
-MAX_CONFIG_BYTES = 1 << 20
+def _converted(raw: Any, cls: type, where: str) -> Any:
+    try:
+        return msgspec.convert(raw, cls)
+    except msgspec.ValidationError as exc:  # a rule the walk above does not word: msgspec's own words
+        text, _, at = str(exc).rpartition(" - at `$")
+        raise ConfigError(where, [f"{at.rstrip('`').lstrip('.')}: {text}" if text else str(exc)]) from None
 
-TOP_FIELDS = ("runtime_dir", "state_dir", "models", "streams", "endpoints", "curve", "insecure_tcp", "group",
-              "limits", "request_workers", "status_interval", "http", "uplink")
-STREAM_FIELDS = ("name", "source", "model", "slots", "stall_timeout")
+
+def _endpoints(section: EndpointsSection, runtime_dir: Path) -> Tuple[list, list]:
+    def listed(value: Union[str, list, None], kind: str) -> list:
+        if value is None:
+            return [f"ipc://{runtime_dir}/{kind}.sock"]
+        return [value] if isinstance(value, str) else list(value)
+
+    return listed(section.pub, "pub"), listed(section.req, "req")
 
 
 def parse_config(raw: Any, path: Optional[Path] = None, base_dir: Optional[Path] = None) -> Config:
-    """Check a config object; relative bundle paths are relative to `base_dir`."""
+    """Check a config object; relative bundle paths are relative to `base_dir`
+    (default: the config file's directory)."""
     where = str(path) if path else "<config>"
-    if not isinstance(raw, dict):
-        raise ConfigError(where, ["expected a JSON object"])
     c = Checker()
-    c.unknown(raw, TOP_FIELDS, "")
-    base = base_dir or (path.parent if path else Path.cwd())
-    runtime_dir = Path(c.get(raw, "runtime_dir", "", str, required=False) or default_runtime_dir())
-    state_dir = Path(c.get(raw, "state_dir", "", str, required=False) or default_state_dir())
-    models = {}
-    for name, bundle in c.get(raw, "models", "", dict, default={}).items():
-        problem = name_problem(name)
-        if problem:
-            c.add(f"models.{name}", problem)
-        elif not isinstance(bundle, str) or not bundle:
-            c.add(f"models.{name}", f"expected a bundle directory, got {shown(bundle)}")
-        else:
-            try:
-                models[name] = str((base / bundle).resolve()) if not os.path.isabs(bundle) else bundle
-            except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python 3.10)
-                c.add(f"models.{name}", f"{bundle!r} cannot be resolved ({first_line(exc)})")
-    streams = _streams(c, c.get(raw, "streams", "", list, required=False, default=[]), models)
-    endpoints = c.get(raw, "endpoints", "", dict, required=False, default={})
-    c.unknown(endpoints, ("pub", "req"), "endpoints.")
-    pub = _endpoint_list(c, endpoints, "pub", f"ipc://{runtime_dir}/pub.sock")
-    req = _endpoint_list(c, endpoints, "req", f"ipc://{runtime_dir}/req.sock")
-    curve = c.get(raw, "curve", "", dict, required=False)
-    if curve is not None:
-        c.unknown(curve, ("server_secret", "clients_dir"), "curve.")
-        for key in ("server_secret", "clients_dir"):
-            c.get(curve, key, "curve.", str)
-    limits = c.get(raw, "limits", "", dict, required=False, default={})
-    c.unknown(limits, ("max_request_bytes", "pub_hwm", "max_inflight_bytes", "engine_timeout", "max_clients"),
-              "limits.")
-    max_req = c.number(limits, "max_request_bytes", "limits.", 16 << 20, integer=True, minimum=1024,
-                       maximum=1 << 30)
-    hwm = c.number(limits, "pub_hwm", "limits.", 1000, integer=True, minimum=1, maximum=1 << 20)
-    inflight = c.number(limits, "max_inflight_bytes", "limits.", max(128 << 20, max_req), integer=True,
-                        minimum=max_req, maximum=16 << 30)
-    engine_timeout = c.number(limits, "engine_timeout", "limits.", 20.0, above=0, maximum=3600)
-    clients = c.number(limits, "max_clients", "limits.", 16, integer=True, minimum=1, maximum=1024)
-    workers = c.number(raw, "request_workers", "", 1, integer=True, minimum=1, maximum=64)
-    interval = c.number(raw, "status_interval", "", 5.0, above=0, maximum=3600)
-    insecure = c.get(raw, "insecure_tcp", "", bool, required=False, default=False)
-    group = c.get(raw, "group", "", str, required=False)
-    if group is not None:
-        try:
-            grp.getgrnam(group)
-        except KeyError:
-            c.add("group", f"no such group {group!r}")
-    http = parse_http(c, raw.get("http"), max_req) if "http" in raw else None
-    uplink = parse_uplink(c, raw.get("uplink"), state_dir, base, [s.name for s in streams])
+    check_struct(c, raw, mi.type_info(ConfigFile), "")
+    if isinstance(raw, dict):
+        _check_references(c, raw)
     if c.problems:
         raise ConfigError(where, c.problems)
-    return Config(path, runtime_dir, state_dir, models, streams, pub, req, curve, insecure, group, max_req, hwm,
-                  inflight, float(engine_timeout), clients, workers, float(interval), http, uplink, raw)
+    file = _converted(raw, ConfigFile, where)
+    base = base_dir or (path.parent if path else Path.cwd())
+    models = {}
+    for name, bundle in file.models.items():
+        try:
+            models[name] = bundle if os.path.isabs(bundle) else str((base / bundle).resolve())
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python 3.10)
+            c.add(f"models.{name}", f"{bundle!r} cannot be resolved ({first_line(exc)})")
+    only = next(iter(models)) if len(models) == 1 else None
+    streams = [StreamConfig(s.name, s.source, s.model or only, s.slots, float(s.stall_timeout), s.keep_results,
+                            s.policy) for s in file.streams]
+    runtime_dir = Path(file.runtime_dir or default_runtime_dir())
+    state_dir = Path(file.state_dir or default_state_dir())
+    http = parse_http(c, file.http, file.limits.max_request_bytes) if file.http is not None else None
+    uplink = parse_uplink(c, file.uplink, state_dir, base, [s.name for s in streams])
+    if c.problems:
+        raise ConfigError(where, c.problems)
+    pub, req = _endpoints(file.endpoints, runtime_dir)
+    curve = msgspec.structs.asdict(file.curve) if file.curve else None
+    limits = file.limits
+    inflight = limits.max_inflight_bytes if limits.max_inflight_bytes is not None else \
+        max(128 << 20, limits.max_request_bytes)
+    return Config(path, runtime_dir, state_dir, models, streams, pub, req,
+                  curve, file.insecure_tcp, file.group, limits.max_request_bytes, limits.pub_hwm,
+                  file.request_workers, float(file.status_interval), http, uplink, raw, file,
+                  max_inflight_bytes=inflight, engine_timeout=float(limits.engine_timeout),
+                  max_clients=limits.max_clients)
 
 
-def _streams(c: Checker, items: list, models: dict) -> list:
-    streams, seen = [], set()
-    for i, s in enumerate(items):
-        p = f"streams[{i}]."
+def _check_references(c: Checker, raw: dict) -> None:
+    """What one field cannot say alone: a stream's model is in models, stream
+    names are unique, the in-flight budget holds one request."""
+    limits = raw.get("limits") if isinstance(raw.get("limits"), dict) else {}
+    inflight, max_req = limits.get("max_inflight_bytes"), limits.get("max_request_bytes", 16 << 20)
+    if has_type(inflight, int) and has_type(max_req, int) and inflight < max_req:
+        c.add("limits.max_inflight_bytes", f"{inflight} is less than limits.max_request_bytes ({max_req}): "
+                                           "no request of the largest size could ever be served")
+    models = raw.get("models") if isinstance(raw.get("models"), dict) else {}
+    streams = raw.get("streams") if isinstance(raw.get("streams"), list) else []
+    seen = set()
+    for i, s in enumerate(streams):
         if not isinstance(s, dict):
-            c.add(f"streams[{i}]", f"expected an object, got {shown(s)}")
             continue
-        c.unknown(s, STREAM_FIELDS, p)
-        name = c.name(s, "name", p)
-        source = c.get(s, "source", p, str)
-        model = c.get(s, "model", p, str, required=len(models) != 1)
-        if model is None and len(models) == 1:
-            model = next(iter(models))
-        slots = c.number(s, "slots", p, 4, integer=True, minimum=2, maximum=64)
-        stall = c.number(s, "stall_timeout", p, 5.0, above=0, maximum=3600)
-        if name is not None:
+        model, name = s.get("model"), s.get("name")
+        if model is None and len(models) != 1:
+            c.add(f"streams[{i}].model", "missing" if models else "missing (and models is empty)")
+        elif isinstance(model, str) and model not in models:
+            c.add(f"streams[{i}].model", f"'{model}' is not in models ({', '.join(sorted(models)) or 'none'})")
+        if isinstance(name, str):
             if name in seen:
-                c.add(p + "name", f"'{name}' is used twice")
+                c.add(f"streams[{i}].name", f"'{name}' is used twice")
             seen.add(name)
-        if model is not None and model not in models:
-            c.add(p + "model", f"'{model}' is not in models ({', '.join(sorted(models)) or 'none'})")
-        if source is not None:
-            from lited.sources import SourceError, open_source
-
-            try:
-                open_source(source)
-            except SourceError as exc:
-                c.add(p + "source", str(exc))
-        if name and source and model:
-            streams.append(StreamConfig(name, source, model, slots, float(stall)))
-    return streams
 
 
-def _endpoint_list(c: Checker, endpoints: dict, key: str, default: str) -> list:
-    value = endpoints.get(key, [default])
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        c.add(f"endpoints.{key}", "expected an endpoint or a list of them")
-        return []
-    for v in value:
-        if not re.match(r"^(ipc|tcp|inproc)://.+", v):
-            c.add(f"endpoints.{key}", f"'{v}' is not an ipc://, tcp:// or inproc:// endpoint")
-    return value
+# -- reading the file ----------------------------------------------------------------
+
+def read_config_file(path: Union[str, os.PathLike]) -> Any:
+    """The file's contents as plain data: JSON, else YAML (duplicate keys refused)."""
+    path = Path(path)
+    try:
+        text = read_capped(path, MAX_CONFIG_BYTES).decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["missing"]) from None
+    except FileRefused as exc:  # a FIFO would block, /dev/zero would never end
+        raise ConfigError(str(path), [exc.reason]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), [f"not UTF-8 text ({exc})"]) from None
+    except OSError as exc:
+        raise ConfigError(str(path), [exc.strerror or str(exc)]) from None
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ConfigError(str(path), ["not valid JSON (nested too deep)"]) from None
+    except ValueError:
+        pass
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_loader())  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        what = " ".join(filter(None, (getattr(exc, "context", None), getattr(exc, "problem", None)))) or str(exc)
+        raise ConfigError(str(path), [f"{where}not valid YAML ({' '.join(what.split())})"]) from None
+
+
+_LOADER: Optional[type] = None
+
+
+def _loader() -> type:
+    """yaml's safe loader (the C one when there) that refuses a key given twice."""
+    global _LOADER
+    if _LOADER is None:
+        import yaml
+
+        base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+        class UniqueKeyLoader(base):  # type: ignore[misc, valid-type]
+            def construct_mapping(self, node, deep=False):  # noqa: ANN001 - yaml's signature
+                seen = set()
+                for key_node, _ in node.value:
+                    key = self.construct_object(key_node, deep=True)
+                    if isinstance(key, (str, int, float, bool)) and key in seen:
+                        raise yaml.constructor.ConstructorError(None, None, f"'{key}' is given twice",
+                                                                key_node.start_mark)
+                    seen.add(key)
+                return super().construct_mapping(node, deep)
+
+        _LOADER = UniqueKeyLoader
+    return _LOADER
+
+
+def load_config(path: Union[str, os.PathLike]) -> Config:
+    """The config the daemon runs with: the file checked, and what it names
+    on this machine (the group: a missing one would fail every stream's ring)."""
+    path = Path(path)
+    config = parse_config(read_config_file(path), path)
+    if config.group is not None:
+        try:
+            grp.getgrnam(config.group)
+        except KeyError:
+            raise ConfigError(str(path), [f"group: no such group {config.group!r}"]) from None
+    return config
+
+
+def client_endpoints(path: Union[str, os.PathLike]) -> Tuple[list, list]:
+    """(pub, req) endpoints of the daemon that runs with the config at `path`:
+    what `lited ctl --config` and `Client(config=...)` connect to. Only
+    runtime_dir and endpoints are read (and checked)."""
+    path = Path(path)
+    raw = read_config_file(path)
+    c = Checker()
+    check_struct(c, raw, mi.type_info(_Where), "")
+    if c.problems:
+        raise ConfigError(str(path), c.problems)
+    where = _converted(raw, _Where, str(path))
+    return _endpoints(where.endpoints, Path(where.runtime_dir or default_runtime_dir()))
 
 
 # ---------------------------------------------------------------------------
@@ -273,21 +533,6 @@ def parse_http(c: Checker, raw: Any, max_request_bytes: int) -> Optional[HttpCon
     if len(c.problems) > before:
         return None
     return HttpConfig(listen, token, max_body, budget, live, float(live_fps), events, public)
-
-
-def load_config(path: str | os.PathLike) -> Config:
-    path = Path(path)
-    try:
-        raw = json.loads(read_capped(path, MAX_CONFIG_BYTES).decode("utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(str(path), ["missing"]) from None
-    except FileRefused as exc:  # a FIFO would block, /dev/zero would never end
-        raise ConfigError(str(path), [exc.reason]) from None
-    except OSError as exc:
-        raise ConfigError(str(path), [f"cannot be read ({exc.strerror or exc})"]) from None
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise ConfigError(str(path), [f"not valid JSON ({exc})"]) from None
-    return parse_config(raw, path)
 
 
 # -- the `uplink` section (docs/uplink.md) ---------------------------------------------------------

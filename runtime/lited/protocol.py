@@ -15,11 +15,12 @@ from lited.validate import has_type, type_name
 
 VERSION = 1
 METHODS = ("ping", "status", "infer", "reload", "snapshot")
-RESULT_KEYS = ("stream", "seq", "frame_ts", "skipped", "model", "model_version", "task", "detections",
+RESULT_KEYS = ("stream", "seq", "frame_ts", "skipped", "model", "model_key", "model_version", "task", "detections",
                "classes", "timings_ms")
 OPTIONAL_RESULT_KEYS = ("text", "text_score")  # a text decoder's (ctc) result, when it is the bundle's own
 ANSWER_KEYS = ("stream", "seq", "detection", "id", "worker", "model", "model_version", "task", "detections",
                "classes", "error", "infer_ms", "round_trip_ms")
+FRAME_KEYS = ("ring", "generation", "slot", "slot_seq", "width", "height")
 DAEMON_STREAM = "_daemon"
 # msgpack limits for untrusted input: bounded nesting and sizes, no ext types
 _UNPACK_LIMITS = dict(max_str_len=1 << 16, max_array_len=1 << 16, max_map_len=1 << 10, max_ext_len=0)
@@ -63,9 +64,13 @@ def result_message(result: dict) -> dict:
     for key in OPTIONAL_RESULT_KEYS:
         if key in result:
             payload[key] = result[key]
-    payload["frame"] = {"ring": result.get("ring"), "slot": result.get("slot"), "slot_seq": result.get("slot_seq"),
-                        "width": result.get("width"), "height": result.get("height")}
+    payload["frame"] = frame_of(result)
     return payload
+
+
+def frame_of(result: dict) -> dict:
+    """A result's `frame` map: where its frame lies in shared memory."""
+    return {key: result.get(key) for key in FRAME_KEYS}
 
 
 def encode_result(result: dict) -> bytes:
@@ -120,8 +125,8 @@ def decode_payload(data: bytes, max_bin: int = 1 << 26) -> dict:
         raise ProtocolError("bad_request", f"not a msgpack message ({type(exc).__name__})") from None
     if not isinstance(obj, dict):
         raise ProtocolError("bad_request", f"expected a map, got {type(obj).__name__}")
-    if obj.get("v") != VERSION:
-        raise ProtocolError("bad_request", f"v: expected {VERSION}, got {obj.get('v')!r}")
+    if obj.get("v") != VERSION:  # a readable map: its id comes back, so the client can match the reply
+        raise ProtocolError("bad_request", f"v: expected {VERSION}, got {obj.get('v')!r}", obj.get("id"))
     return obj
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Print lited's live results with the client library (lited.client).
 
-    python subscriber.py [--endpoint ipc:///run/lited/pub.sock] [--stream cam0] [--duration S] [--frames]
+    python subscriber.py [--config FILE | --endpoint ipc:///run/lited/pub.sock] [--stream cam0] [--duration S] [--frames]
 
 With --frames it also reads each result's frame from shared memory, zero
 copy, and prints its mean brightness: what an app that crops or records
@@ -27,13 +27,15 @@ def describe(result: dict) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--endpoint", help="PUB endpoint (default: ipc://<runtime dir>/pub.sock)")
+    ap.add_argument("--config", help="the daemon's config: it says where its sockets are "
+                                    "(default /etc/lited/lited.conf if readable)")
+    ap.add_argument("--endpoint", help="PUB endpoint (default: from the config, else ipc://<runtime dir>/pub.sock)")
     ap.add_argument("--stream", action="append", help="stream(s) to follow (default: all)")
     ap.add_argument("--duration", type=float, help="stop after this many seconds")
     ap.add_argument("--frames", action="store_true", help="also read each frame from shared memory")
     args = ap.parse_args()
     deadline = time.monotonic() + args.duration if args.duration else None
-    with Subscriber(args.endpoint, streams=args.stream, events=True) as sub:
+    with Subscriber(args.endpoint, streams=args.stream, events=True, config=args.config) as sub:
         while deadline is None or time.monotonic() < deadline:
             msg = sub.recv(timeout=0.5)
             if msg is None:

@@ -3,14 +3,24 @@
 Decoders differ only in how their output layout becomes boxes, scores and
 class ids (in model-input pixels); suppression, label lookup and the mapping
 to source pixels live here once so they behave the same for every model.
+
+NMS is OpenCV's (cv2.dnn.NMSBoxes / NMSBoxesBatched) up to
+`OPENCV_UP_TO` candidates and numpy's above: measured side by side
+(docs/BENCHMARKS.md, "NMS"), OpenCV is 5-30x faster on the tens of
+candidates a thresholded detector leaves, but it cannot stop at `top_k`
+kept boxes, so with a thousand candidates of many classes the numpy loop,
+which stops there, wins. Both keep the same boxes in the same order.
 """
 from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
+import cv2
 import numpy as np
 
 from ..geometry import Geometry
+
+OPENCV_UP_TO = 500  # candidates; see the module docstring
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float,
@@ -18,15 +28,36 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float,
     """Indices of the `[x1, y1, x2, y2]` boxes greedy NMS keeps, best first.
 
     A box is dropped when its IoU with an already kept, better box is above
-    `iou_threshold`. With `classes`, boxes only suppress boxes of their own
-    class: each class is shifted into its own disjoint region (the batched
-    NMS trick), so one pass serves all classes. `top_k` > 0 stops after that
-    many. The loop runs once per *kept* box; each step is vectorised over the
-    remaining candidates, so callers should threshold scores first.
+    `iou_threshold`; equal scores keep their input order. With `classes`,
+    boxes only suppress boxes of their own class. `top_k` > 0 keeps at most
+    that many. Scores must be above 0 (decoders threshold them first).
     """
-    n = len(scores)
-    if n == 0:
+    if len(scores) == 0:
         return np.empty(0, dtype=np.intp)
+    if len(scores) <= OPENCV_UP_TO:
+        return nms_opencv(boxes, scores, iou_threshold, top_k, classes)
+    return nms_numpy(boxes, scores, iou_threshold, top_k, classes)
+
+
+def nms_opencv(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float,
+               top_k: int = 0, classes: Optional[np.ndarray] = None) -> np.ndarray:
+    """`nms` by cv2.dnn (its loop in C++; its own top_k limits candidates, not kept boxes)."""
+    xywh = np.array(boxes, dtype=np.float64)
+    xywh[:, 2:] -= xywh[:, :2]
+    score = np.asarray(scores, dtype=np.float32)
+    if classes is None:
+        keep = cv2.dnn.NMSBoxes(xywh, score, 0.0, iou_threshold)
+    else:
+        keep = cv2.dnn.NMSBoxesBatched(xywh, score, np.asarray(classes, dtype=np.int32), 0.0, iou_threshold)
+    keep = np.asarray(keep, dtype=np.intp).reshape(-1)
+    return keep[:top_k] if top_k > 0 else keep
+
+
+def nms_numpy(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float,
+              top_k: int = 0, classes: Optional[np.ndarray] = None) -> np.ndarray:
+    """`nms` in numpy: one pass per *kept* box, each vectorised over the
+    remaining candidates, stopping at `top_k`. Classes are shifted into
+    disjoint regions (the batched NMS trick), so one pass serves all."""
     boxes = np.asarray(boxes, dtype=np.float64)  # float64: class offsets stay exact
     if classes is not None:
         span = boxes.max() - boxes.min() + 1.0

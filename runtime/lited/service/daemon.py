@@ -5,6 +5,10 @@ Rules it keeps:
   swaps only when all are ready; on any failure the old ones keep serving,
   and every outcome is one reload record (log line, `reload` event,
   `last_reload` in status, the systemd status line);
+- `lited ctl reload` and SIGHUP are one thing (the config file is read
+  again), done under one lock; a bundle that would change what a model's
+  results mean (its task or labels) is refused unless forced, so an app
+  reading "face" results never gets a classifier's;
 - READY=1 once models are warm and sources are opening; WATCHDOG=1 only while
   every loop is alive: the inference loops, the bus loop, the request
   workers and the main loop (a camera being down does not stop the beats; a
@@ -42,7 +46,8 @@ from lited.service.sdnotify import Notifier, Watchdog
 from lited.service.uplink import Uplink
 from lited.sources import SourceError
 from lited.stream import Stream
-from lited.stream.ring import RingError, sweep_stale
+from lited.stream.ring import sweep_stale
+from lited.stream.stats import COUNTERS
 from lited.errors import first_line
 
 log = logging.getLogger("lited.daemon")
@@ -64,6 +69,24 @@ def return_freed_memory() -> None:
     mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD; setting it also stops the adaptation
 
 
+class ReloadRefused(ValueError):
+    """A reload that would change what a model's results mean, not forced."""
+
+
+def change_problem(name: str, old: Any, new: Any) -> Optional[str]:
+    """Why swapping model `name` from bundle `old` to `new` needs --force, or None."""
+    if old.task != new.task:
+        what = f"task {old.task} -> {new.task}"
+    elif list(old.labels) != list(new.labels):
+        gone, added = [x for x in old.labels if x not in new.labels], [x for x in new.labels if x not in old.labels]
+        what = "labels " + (", ".join(filter(None, (f"-{','.join(gone[:3])}" if gone else "",
+                                                  f"+{','.join(added[:3])}" if added else ""))) or "reordered")
+    else:
+        return None
+    return (f"model {name}: {new.name} {new.version} would replace {old.name} {old.version} with another {what}; "
+            "apps reading its results would misread them: refused (lited ctl reload --force swaps anyway)")
+
+
 class Daemon:
     # Test hook: tests install a callable() that runs once per main-loop
     # iteration, to wedge the main loop. None in production.
@@ -79,10 +102,13 @@ class Daemon:
         self.generation: dict = {}         # model name -> int, bumped on reload (request workers rebuild)
         self.streams: dict = {}            # stream name -> Stream
         self.stream_configs: dict = {}     # stream name -> the StreamConfig it was started from
+        self.warming: dict = {}            # stream name -> StreamConfig whose model is warming up
+        self.ready = False                 # every configured stream started (READY=1 sent)
         self.last_reload: dict = {}
+        self.ready = False                 # True once start() finished: streams warm, `ready` published
         self.stop_event = threading.Event()
         self.reload_requested = threading.Event()
-        self._reload_lock = threading.Lock()
+        self._reload_lock = threading.RLock()  # SIGHUP (main thread) and `reload` requests (a worker)
         self.requests = Requests(self, config.request_workers, config.max_request_bytes, config.max_inflight_bytes,
                                  config.engine_timeout, heartbeat=self.watchdog.beat)
         self.bus: Optional[Bus] = None
@@ -122,14 +148,15 @@ class Daemon:
             self.uplink = Uplink(cfg.uplink, self.requests.call, self._publish_answer, self._read_frame,
                                  self._health)
             self.uplink.start()
-        for sc in cfg.streams:
+        self.warming = {sc.name: sc for sc in cfg.streams}
+        for i, sc in enumerate(cfg.streams, 1):
             if self.stop_event.is_set():
                 return
-            self.notifier.status(f"warming up {sc.model} for {sc.name}")
             self.watchdog.beat("main", READY_TIMEOUT)
-            self._start_stream(sc)
+            self._start_stream(sc, f"{i}/{len(cfg.streams)}")
         self.notifier.ready(self.status_line())
         self.watchdog.start()
+        self.ready = True
         self._daemon_event("ready", f"{len(self.streams)} streams, {len(self.bundles)} models")
         log.info("serving: pub %s, req %s%s", " ".join(cfg.pub), " ".join(cfg.req),
                  f", http {' '.join(self.http.listening)}" if self.http else "", extra={"event": "ready"})
@@ -144,20 +171,32 @@ class Daemon:
         self.http = HttpFront(self, self.config.http, heartbeat=lambda: self.watchdog.beat("http"))
         self.http.start()
 
-    def _start_stream(self, sc: StreamConfig) -> Stream:
+    def _start_stream(self, sc: StreamConfig, progress: str = "") -> Stream:
+        """Warm up the stream's model (seconds on a board: said in the log and
+        the systemd status line), then start capturing."""
         bundle = self.bundles[sc.model]
+        self.warming[sc.name] = sc
+        what = f"stream {sc.name}{f' ({progress})' if progress else ''}: warming up {sc.model} ({bundle.name} {bundle.version})"
+        self.notifier.status(what)
+        log.info("%s", what, extra={"stream": sc.name, "event": "warming_up"})
+        t0 = time.monotonic()
         beat_name = f"infer-{sc.name}"
         self.watchdog.register(beat_name)
         stream = Stream(sc.name, sc.source, self._model_factory(bundle), self._publish_result,
                         self._publish_event, slots=sc.slots, stall_timeout=sc.stall_timeout,
-                        group=self.config.group, beat=lambda n=beat_name: self.watchdog.beat(n))
+                        group=self.config.group, beat=lambda n=beat_name: self.watchdog.beat(n),
+                        keep_results=sc.keep_results, policy=sc.policy, model_key=sc.model)
         try:
             stream.start()
         except BaseException:
             self.watchdog.unregister(beat_name)
+            self.warming.pop(sc.name, None)
             raise
         self.streams[sc.name] = stream
         self.stream_configs[sc.name] = sc
+        self.warming.pop(sc.name, None)
+        log.info("stream %s: model ready in %.1f s", sc.name, time.monotonic() - t0,
+                 extra={"stream": sc.name, "event": "warm"})
         return stream
 
     def _model_factory(self, bundle) -> Callable[[], Model]:
@@ -229,15 +268,7 @@ class Daemon:
     def _read_frame(self, result: dict, out: Optional[np.ndarray]) -> Optional[np.ndarray]:
         """A copy of the result's own frame (into `out` when it fits), None if it is gone."""
         stream = self.streams.get(result["stream"])
-        ring = stream.ring if stream is not None else None
-        if ring is None or ring.name != result.get("ring"):
-            return None
-        if out is None or out.shape != ring.shape:
-            out = None
-        try:
-            return ring.read(result["slot"], result["slot_seq"], out)
-        except RingError:       # rebuilt or closed meanwhile
-            return None
+        return stream.result_frame(result, out) if stream is not None else None
 
     def _health(self) -> dict:
         """The short health the uplink's retained status message carries."""
@@ -263,35 +294,45 @@ class Daemon:
         return READY_TIMEOUT * (len(self.streams) + 1)
 
     # -- reload
-    def reload_request(self, model: Optional[str], bundle: Optional[str]) -> dict:
-        """The `reload` request: all models, or `model`, optionally from another `bundle` directory."""
+    def reload_request(self, model: Optional[str], bundle: Optional[str], force: bool = False) -> dict:
+        """The `reload` request. Without `model`: what SIGHUP does (the config
+        file is read again). With it: that model only, from its configured
+        bundle directory or `bundle`. Raises ProtocolError("failed") when the
+        reload failed (the old models keep serving)."""
+        t0 = time.monotonic()
+        if model is None and bundle is None:
+            record = self.reload_config(force)
+            if not record["ok"]:
+                raise ProtocolError("failed", record["error"])
+            return {"reloaded": record["reloaded"], "started": record["started"], "stopped": record["stopped"],
+                    "took_ms": round((time.monotonic() - t0) * 1e3, 1)}
         if model is not None and model not in self.bundles:
             raise ProtocolError("not_found", f"params.model: no model '{model}'")
         if bundle is not None and model is None and len(self.bundles) > 1:
             raise ProtocolError("bad_request", "params.model: needed with params.bundle when several models run")
         names = [model] if model else list(self.bundles)
         paths = {n: bundle if bundle and n == (model or names[0]) else self.config.models[n] for n in names}
-        t0 = time.monotonic()
         try:
-            self.reload_models(paths)
+            self.reload_models(paths, force)
         except LOAD_ERRORS as exc:
             raise ProtocolError("failed", first_line(exc)) from None
-        return {"reloaded": names, "took_ms": round((time.monotonic() - t0) * 1e3, 1)}
+        return {"reloaded": names, "started": [], "stopped": [], "took_ms": round((time.monotonic() - t0) * 1e3, 1)}
 
-    def reload_models(self, paths: dict) -> None:
+    def reload_models(self, paths: dict, force: bool = False) -> None:
         """Load the bundles at `paths` (model name -> dir), warm a new model for
         every stream using them, then swap all at once. Raises on failure:
         nothing is swapped and the old models keep serving."""
         with self._reload_lock:
             self.notifier.reloading("reloading")
+            before = {n: self.bundles[n] for n in paths}
             try:
-                self._swap_models(paths)
+                self._swap_models(paths, force)
             except BaseException as exc:
                 self._record_reload(False, first_line(exc))
                 raise
-            self._record_reload(True, ", ".join(f"{n} {self.bundles[n].version}" for n in paths))
+            self._record_reload(True, list(paths), before)
 
-    def _swap_models(self, paths: dict) -> None:
+    def _swap_models(self, paths: dict, force: bool) -> None:
         prepared: list = []
         try:
             new_bundles = {n: load_bundle(p) for n, p in paths.items()}
@@ -299,6 +340,10 @@ class Daemon:
                 bundle = new_bundles.get(self.stream_configs[name].model)
                 if bundle is not None:
                     prepared.append((stream, stream.prepare_model(self._model_factory(bundle), READY_TIMEOUT)))
+            for n, bundle in new_bundles.items():  # after the models load: a broken bundle says so first
+                problem = None if force else change_problem(n, self.bundles[n], bundle)
+                if problem:
+                    raise ReloadRefused(problem)
         except BaseException:
             for _, runner in prepared:
                 runner.stop()
@@ -309,61 +354,73 @@ class Daemon:
             self.bundles[n] = bundle  # config.models keeps the configured path: a plain reload goes back to it
             self.generation[n] += 1
 
-    def reload_config(self) -> None:
-        """SIGHUP: re-read the config; reload changed or all models (bundles may
-        have changed in place), start new streams, stop removed ones."""
-        try:
-            new = load_config(self.config.path)
-        except ConfigError as exc:
-            self._record_reload(False, f"{exc}; keeping the running config")
-            return
-        kept = {n: p for n, p in new.models.items() if n in self.bundles}
-        added = {n: p for n, p in new.models.items() if n not in self.bundles}
-        try:
-            added_bundles = {n: load_bundle(p) for n, p in added.items()}
-        except LOAD_ERRORS as exc:
-            self._record_reload(False, f"{first_line(exc)}; the old models keep serving")
-            return
-        for n, bundle in added_bundles.items():
-            self.bundles[n] = bundle
-            self.generation[n] = 0
-            self.config.models[n] = added[n]
-        if kept:
+    def reload_config(self, force: bool = False) -> dict:
+        """SIGHUP and `lited ctl reload`: re-read the config; reload changed or
+        all models (bundles may have changed in place), start new streams,
+        stop removed ones. Returns the reload record (`ok`, `error` or
+        `models`), with what was reloaded, started and stopped."""
+        with self._reload_lock:
+            outcome: dict = {"reloaded": [], "started": [], "stopped": []}
             try:
-                self.reload_models(kept)  # records its outcome
-            except LOAD_ERRORS:
-                return
-        try:
-            wanted = {s.name: s for s in new.streams}
-            for name in [n for n in self.streams if n not in wanted or self.stream_configs[n] != wanted[n]]:
-                self._stop_stream(name)
-            for name, sc in wanted.items():
-                if name not in self.streams:
-                    self._start_stream(sc)
-            self.config.streams = new.streams
-            if self.uplink is not None and new.uplink is not None:
-                self.uplink.update_rules(new.uplink)
-            elif (self.uplink is None) != (new.uplink is None):
-                log.warning("uplink %s in the config: restart lited to apply",
-                            "added" if self.uplink is None else "removed", extra={"event": "reload"})
-        except LOAD_ERRORS as exc:
-            self._record_reload(False, f"{first_line(exc)}; the old models keep serving")
-            return
-        if not kept:
-            self._record_reload(True, ", ".join(added) or "none")
+                new = load_config(self.config.path)
+            except ConfigError as exc:
+                return {**self._record_reload(False, f"{exc}; keeping the running config"), **outcome}
+            kept = {n: p for n, p in new.models.items() if n in self.bundles}
+            added = {n: p for n, p in new.models.items() if n not in self.bundles}
+            try:
+                added_bundles = {n: load_bundle(p) for n, p in added.items()}
+            except LOAD_ERRORS as exc:
+                return {**self._record_reload(False, f"{first_line(exc)}; the old models keep serving"), **outcome}
+            for n, bundle in added_bundles.items():
+                self.bundles[n] = bundle
+                self.generation[n] = 0
+                self.config.models[n] = added[n]
+            if kept:
+                try:
+                    self.reload_models(kept, force)  # records its outcome
+                except LOAD_ERRORS:
+                    return {**self.last_reload, **outcome}
+            outcome["reloaded"] = list(new.models)
+            try:
+                wanted = {s.name: s for s in new.streams}
+                for name in [n for n in self.streams if n not in wanted or self.stream_configs[n] != wanted[n]]:
+                    self._stop_stream(name)
+                    outcome["stopped"].append(name)
+                for name, sc in wanted.items():
+                    if name not in self.streams:
+                        self._start_stream(sc)
+                        outcome["started"].append(name)
+                self.config.streams = new.streams
+                if self.uplink is not None and new.uplink is not None:
+                    self.uplink.update_rules(new.uplink)
+                elif (self.uplink is None) != (new.uplink is None):
+                    log.warning("uplink %s in the config: restart lited to apply",
+                                "added" if self.uplink is None else "removed", extra={"event": "reload"})
+            except LOAD_ERRORS as exc:
+                return {**self._record_reload(False, f"{first_line(exc)}; the old models keep serving"), **outcome}
+            if not kept:
+                self._record_reload(True, list(added))
+            return {**self.last_reload, **outcome}
 
-    def _record_reload(self, ok: bool, detail: str) -> None:
+    def _record_reload(self, ok: bool, detail: Any, before: Optional[dict] = None) -> dict:
         """Every reload ends here: status, log, event, systemd (READY=1 even if
-        something here fails, so RELOADING=1 is never left hanging)."""
-        self.last_reload = {"ok": ok, "models" if ok else "error": detail, "ts": time.time()}
+        something here fails, so RELOADING=1 is never left hanging). `detail`
+        is the error, or the list of models (config keys) reloaded or added;
+        `before` their bundles before the reload."""
         try:
             if ok:
+                reloaded, before = detail, before or {}
+                detail = ", ".join(_swapped(n, before.get(n, self.bundles[n]), self.bundles[n])
+                                   for n in reloaded) or "none"
+                self.last_reload = {"ok": True, "models": detail, "reloaded": reloaded, "ts": time.time()}
                 log.info("reloaded %s", detail, extra={"event": "reloaded", "bundle": detail})
             else:
+                self.last_reload = {"ok": False, "error": detail, "ts": time.time()}
                 log.error("reload failed, old models keep serving: %s", detail, extra={"event": "reload_failed"})
             self._daemon_event("reload", detail, ok=ok)
         finally:
             self.notifier.ready(self.status_line())
+        return self.last_reload
 
     # -- status
     def status(self) -> dict:
@@ -373,10 +430,15 @@ class Daemon:
             "uptime_s": round(time.monotonic() - self.started, 1), "rss_mb": round(rss_kb / 1024, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "engines_rss_mb": round(sum(_rss_kb(pid) for pid in child_pids()) / 1024, 1),
-            "models": {n: {"version": b.version, "bundle": str(b.root), "task": b.task}
+            "ready": self.ready,
+            "models": {n: {"name": b.name, "version": b.version, "bundle": str(b.root), "task": b.task}
                        for n, b in list(self.bundles.items())},
             # copies: a reload (main thread) may add or remove streams while a front end asks
-            "streams": [s.status() for s in list(self.streams.values())],
+            "streams": [s.status() for s in list(self.streams.values())] + [
+                {"stream": sc.name, "source": sc.source, "state": "starting", "detail": "model warming up",
+                 "fps": 0.0, "counters": dict.fromkeys(COUNTERS, 0), "latency_ms": {}, "ring": None, "policy": sc.policy,
+                 "model": None}
+                for sc in list(self.warming.values())],
             "last_reload": self.last_reload,
             "watchdog_stale": self.watchdog.stale(),
             "requests": self.requests.stats(),
@@ -395,6 +457,12 @@ class Daemon:
             line += f" | {self.uplink.status_line()}"
         return f"{line} | models: {models}"
 
+
+
+def _swapped(name: str, old: Any, new: Any) -> str:
+    """`face ultraface 1.1.0`, or `face mobilenetv2 1.0.0 (was ultraface 1.0.0)` when the bundle changed."""
+    was = f" (was {old.name} {old.version})" if (old.name, old.version) != (new.name, new.version) else ""
+    return f"{name} {new.name} {new.version}{was}"
 
 
 def _rss_kb(pid: object = "self") -> int:

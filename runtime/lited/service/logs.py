@@ -25,16 +25,16 @@ JOURNAL_SOCKET = "/run/systemd/journal/socket"
 
 
 def stderr_is_journal() -> bool:
-    """True when fd 2 is the journal stream systemd connected us to.
+    """True when our stderr is the journal stream systemd connected us to.
 
     systemd sets JOURNAL_STREAM=<dev>:<inode> of that stream; comparing it with
     fd 2 (as systemd.exec(5) advises) keeps a child whose stderr was
     redirected, e.g. `lited serve 2>file` run from a unit's shell, on stderr.
     """
     expected = os.environ.get("JOURNAL_STREAM", "")
-    try:
-        st = os.fstat(2)
-    except OSError:
+    try:  # sys.stderr's own descriptor: lited.quiet moves it off fd 2, which then goes to /dev/null
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
         return False
     return expected == f"{st.st_dev}:{st.st_ino}"
 

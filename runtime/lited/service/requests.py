@@ -57,10 +57,11 @@ class Service(Protocol):
     generation: dict
     streams: dict
     stop_event: threading.Event
+    ready: bool  # every configured stream started
 
     def status(self) -> dict: ...
 
-    def reload_request(self, model: Optional[str], bundle: Optional[str]) -> dict: ...
+    def reload_request(self, model: Optional[str], bundle: Optional[str], force: bool = False) -> dict: ...
 
     def reload_grace(self) -> float:
         """Seconds a reload may legitimately take (the watchdog's grace)."""
@@ -252,7 +253,8 @@ class Requests:
 
     def _handle(self, method: str, params: dict, models: Optional[ModelCache]) -> Any:
         if method == "ping":
-            return {"pong": True, "version": __version__, "protocol": protocol.VERSION}
+            return {"pong": True, "version": __version__, "protocol": protocol.VERSION,
+                    "ready": self.service.ready}
         if method == "status":
             return self.service.status()
         if method == "infer":
@@ -261,7 +263,8 @@ class Requests:
             return self._snapshot(params)
         if method == "reload":
             return self.service.reload_request(param(params, "model", str, required=False),
-                                               param(params, "bundle", str, required=False))
+                                               param(params, "bundle", str, required=False),
+                                               param(params, "force", bool, required=False, default=False))
         raise ProtocolError("unknown_method", f"method: unknown {method[:64]!r}")
 
     def _reserve(self, nbytes: int, what: str) -> None:
@@ -298,7 +301,7 @@ class Requests:
                 self.service.event("engine", f"{threading.current_thread().name}: model {name}: {first_line(exc)}; "
                                              "a fresh engine process serves the next request")
                 raise
-            return {"model": model.name, "model_version": model.version, **result,
+            return {"model": model.name, "model_key": name, "model_version": model.version, **result,
                     "width": image.shape[1], "height": image.shape[0]}
         finally:
             self.budget.give(cost)
@@ -311,23 +314,21 @@ class Requests:
         stream = self.service.streams.get(name)
         if stream is None:
             raise ProtocolError("not_found", f"params.stream: no stream '{name}'")
-        result, ring = stream.last_result, stream.ring
-        if result is None or ring is None:
-            raise ProtocolError("failed", f"stream '{name}' has no frame yet ({stream.current_state()})")
-        cost = 3 * int(np.prod(ring.shape))  # the frame's copy, OpenCV's JPEG buffer and the reply's bytes
+        ring = stream.ring
+        # the frame's copy, OpenCV's JPEG buffer and the reply's bytes
+        cost = 3 * int(np.prod(ring.shape)) if ring is not None else 0
         self._reserve(cost, f"a snapshot of stream '{name}'")
         try:
-            frame = stream.result_frame(result)
-            if frame is None:  # the result's own frame was overwritten: take the newest and say so
-                latest = ring.latest()
-                frame = ring.read(*latest) if latest else None
-                if frame is None:
-                    raise ProtocolError("failed", f"stream '{name}': no stable frame to read")
+            result, frame = stream.latest_result_frame()
+            if result is None:
+                raise ProtocolError("failed", f"stream '{name}' has no result yet ({stream.current_state()})")
+            if frame is None:  # never drawn on another frame: say so
+                raise ProtocolError("failed", f"stream '{name}': the frame of result {result['seq']} is gone")
             draw_result(frame, result)
             ok, jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
             return {"jpeg": jpeg.tobytes(), "seq": result["seq"], "frame_ts": result["frame_ts"],
                     "width": frame.shape[1], "height": frame.shape[0], "detections": result["detections"],
-                    "classes": result["classes"]}
+                    "classes": result["classes"], "frame": protocol.frame_of(result)}
         finally:
             self.budget.give(cost)
 

@@ -32,6 +32,9 @@ class Source:
     OPTIONS: ClassVar[Dict[str, Option]] = {}
 
     PACED_BY: ClassVar[Optional[str]] = None  # the option that makes a kind live (e.g. file's `realtime`)
+    #: A file or a folder has an end, where its stream ends (`loop` starts over
+    #: instead, in the source); a camera or network stream that ends is reopened.
+    FINITE: ClassVar[bool] = False
 
     @property
     def lossless(self) -> bool:

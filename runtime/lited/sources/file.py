@@ -21,6 +21,7 @@ from lited.sources.options import Option, flag
 class FileSource(opencv.CaptureSource):
     kind = "file"
     PACED_BY = "realtime"
+    FINITE = True
     OPTIONS = {
         "loop": Option(flag, False),
         "realtime": Option(flag, False),

@@ -32,6 +32,7 @@ MAX_STILL_BYTES = 256 << 20
 class ImagesSource(Source):
     kind = "images"
     PACED_BY = "fps"
+    FINITE = True
     OPTIONS = {
         "fps": Option(rate, 0.0),
         "loop": Option(flag, False),

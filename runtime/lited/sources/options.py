@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 from typing import Any, Callable, Dict, List, NamedTuple, Tuple
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 from lited.sources.errors import SourceError
+
+MAX_OPTIONS = 64  # a URI's options: far more than any kind has
 
 
 class Option(NamedTuple):
@@ -29,16 +31,17 @@ def split_uri(uri: str) -> Tuple[str, str, str]:
 
 
 def split_query(uri: str, query: str) -> List[Tuple[str, str, str]]:
-    """(name, value, raw text) for each `name=value` in the query, in order."""
-    pairs = []
-    for part in query.split("&"):
-        if not part:
-            continue
-        name, sep, value = part.partition("=")
-        if not sep:
-            raise SourceError(uri, f"option {unquote(name)!r} has no value (write {name}=VALUE)")
-        pairs.append((unquote(name), unquote(value), part))
-    return pairs
+    """(name, value, raw text) for each `name=value` in the query, in order:
+    decoded by urllib.parse.parse_qsl (%XX and '+'), the raw text kept for
+    options a kind passes on untouched (a camera's own URL)."""
+    parts = [part for part in query.split("&") if part]
+    for part in parts:
+        if "=" not in part:
+            raise SourceError(uri, f"option {unquote(part)!r} has no value (write {part}=VALUE)")
+    if len(parts) > MAX_OPTIONS:
+        raise SourceError(uri, f"{len(parts)} options: at most {MAX_OPTIONS}")
+    decoded = parse_qsl(query, keep_blank_values=True, strict_parsing=False, separator="&")
+    return [(name, value, part) for (name, value), part in zip(decoded, parts)]
 
 
 def parse_options(uri: str, pairs: List[Tuple[str, str, str]], spec: Dict[str, Option]) -> Dict[str, Any]:

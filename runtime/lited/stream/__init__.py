@@ -1,10 +1,10 @@
 """A stream: one source feeding one model, its frames in a shared-memory ring.
 
-    ring.py      the frame ring (seqlocked slots in shared memory; apps read it too)
+    ring.py      the frame ring (seqlocked slots in shared memory, leases, generations; apps read it too)
     capture.py   the capture loop: open, read into the ring, reconnect with backoff, rebuild the ring
-    handoff.py   frames from capture to the model: latest wins (or every one, lossless)
+    handoff.py   frames from capture to the model, each held until released: latest wins (or every one, lossless)
     feed.py      what a model runner may do with its stream: take frames, publish, report
-    runner.py    the model runner: prep, infer and post threads around one engine process
+    runner.py    the model runner: prep, infer and post threads around one engine process ("latest"/"queue")
     stats.py     counters, latency windows, fps, the stage timer
     stream.py    `Stream`, which wires them and keeps state, stall and status
 

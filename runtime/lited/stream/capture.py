@@ -4,8 +4,11 @@ Opens the source, reads each frame into a free ring slot in place (no copy:
 `read_into` on the shared-memory view), reconnects with a capped backoff
 when it fails (any failure: the thread never dies), skips a frame that
 cannot be read (`skipped` event), rebuilds the ring when the frame size
-changes or another process damaged it (`ring` event), and at the end of a
-lossless source waits for the last result before saying `ended`.
+changes or another process damaged it (`ring` event; a new segment renamed
+into place: frame numbers go on, the old segment stays mapped while frames
+of it are held), and at the end of a file or folder (a finite source) or a
+lossless one waits for the last result before saying `ended`; a live source
+that ends is reopened.
 """
 from __future__ import annotations
 
@@ -32,12 +35,12 @@ class CaptureLoop:
                  backoff: Optional[Backoff] = None, group: Union[str, int, None] = None) -> None:
         self.name = name
         self.source = source
-        self.slots = slots
+        self.slots = slots  # the whole ring: what the stream can hold plus the apps' margin
         self.group = group
         self.backoff = backoff or Backoff()
         self.ring: Optional[FrameRing] = None
-        self._retired: Optional[FrameRing] = None  # the ring before a frame-size change
         self._ring_lock = threading.Lock()
+        self._broken = 0  # leases the ring broke so far (logged: a sizing bug, never expected)
         self._guard = RingGuard.shared()
         self._damage: Optional[str] = None  # set by the ring guard: why the ring must be replaced
         self._handoff = handoff
@@ -52,15 +55,15 @@ class CaptureLoop:
 
     def stop(self, timeout: float) -> None:
         """Wait for the thread (a blocked network read ends within its read
-        timeout), close the source if it ended, and remove the rings."""
+        timeout), close the source if it ended, and remove the ring."""
         if self._thread.is_alive():
             self._thread.join(timeout)
         if not self._thread.is_alive():  # never close a capture another thread is blocked reading
             self.source.close()
         with self._ring_lock:
-            for ring in (self.ring, self._retired):
-                self._retire(ring)
-            self.ring = self._retired = None
+            if self.ring is not None:
+                self.ring.unlink()
+            self.ring = None
 
     def _run(self) -> None:
         """Capture until stopped or ended. Whatever goes wrong in here (a
@@ -127,16 +130,21 @@ class CaptureLoop:
             if not ok:
                 ring.abort(slot)
                 source.close()
-                if source.lossless or self._stop.is_set():
-                    handoff.wait_results(handoff.frame_offset + ring.frames_written - 1)
+                if source.FINITE or source.lossless or self._stop.is_set():
+                    handoff.wait_results(ring.frames_written - 1)
                     self._set_state("ended", "end of stream")
                     return True
                 self._retry("end of stream")
                 return False
-            number = handoff.frame_offset + ring.frames_written
+            number = ring.frames_written
             handoff.publishing()
             ring.commit(slot)
             stats.frame_captured(number, (time.perf_counter() - t0 - source.waited) * 1e3)
+            if ring.leases_broken != self._broken:
+                self._broken = ring.leases_broken
+                log.warning("stream %s: a frame held for a result was overwritten (%d so far): the ring "
+                            "is too small for its holders", self.name, self._broken,
+                            extra={"stream": self.name, "event": "lease_broken"})
             good += 1
             if good == 10:
                 self.backoff.reset()
@@ -144,10 +152,15 @@ class CaptureLoop:
             handoff.wake()
         return False
 
-    def _on_damage(self, why: str) -> None:
+    def _on_damage(self, ring: FrameRing, why: str) -> None:
         """From the ring guard's thread: the segment was already repaired;
-        the capture thread replaces the ring before its next frame."""
-        self._damage = why
+        the capture thread replaces the current ring before its next frame
+        (an older segment, kept for frames still held, only needed the repair)."""
+        if ring is self.ring:
+            self._damage = why
+        else:
+            log.warning("stream %s: ring %s (replaced already) %s; repaired", self.name, ring.name, why,
+                        extra={"stream": self.name, "event": "ring"})
 
     def _replace_damaged_ring(self) -> None:
         why, self._damage = self._damage, None
@@ -166,28 +179,19 @@ class CaptureLoop:
         self._stats.count("reconnects")
 
     def _ensure_ring(self, shape: tuple, force: bool = False) -> None:
-        """A ring for frames of `shape` (a new one if the size changed, or `force`)."""
+        """A ring for frames of `shape`: the first, or one rebuilt in place of
+        the old (which frames in flight and published results keep mapped)
+        when the size changed or `force`; each watched by the ring guard."""
         if shape[0] * shape[1] > MAX_FRAME_PIXELS:
             raise SourceError(self.source.uri, f"frames of {shape[1]}x{shape[0]} are over {MAX_FRAME_PIXELS} "
                                                "pixels; not making a ring for them")
         with self._ring_lock:
             if self.ring is not None and self.ring.shape == tuple(shape) and not force:
                 return
-            offset = 0
-            if self.ring is not None:
-                # frame numbers keep rising across rings (a damaged ring's count is gone: ours is kept)
-                offset = self._handoff.frame_offset + self.ring.frames_written
-                # Closed to readers at once, unmapped at the next change: a frame
-                # being preprocessed from it still passes its seq check.
-                self._retire(self._retired)
-                self._guard.unwatch(self.ring)
-                self.ring.unlink(unmap=False)
-                self._retired = self.ring
-            self.ring = FrameRing.create(self.name, self.slots, tuple(shape), group=self.group)
+            if self.ring is None:
+                self.ring = FrameRing.create(self.name, self.slots, tuple(shape), group=self.group)
+            else:
+                self.ring = self.ring.rebuilt(tuple(shape))
+                self._broken = 0
             self._guard.watch(self.ring, self._on_damage)
-            self._handoff.use_ring(self.ring, offset)
-
-    def _retire(self, ring: Optional[FrameRing]) -> None:
-        if ring is not None:
-            self._guard.unwatch(ring)
-            ring.unlink()
+            self._handoff.use_ring(self.ring)

@@ -6,6 +6,10 @@ waits. On a lossless source (a file read as fast as it is inferred) capture
 waits until the previous frame was taken, so none is dropped. Only the
 active runner is served: during a model swap the new one takes no frame
 until it is committed.
+
+A frame is handed out with a lease on its ring slot (`FrameRing.hold`): the
+capture thread will not rewrite it until its taker calls `Frame.release()`,
+exactly once, whatever becomes of it (published, replaced, lost).
 """
 from __future__ import annotations
 
@@ -13,39 +17,49 @@ import threading
 import time
 from typing import NamedTuple, Optional
 
+import numpy as np
+
 from lited.stream.ring import FrameMeta, FrameRing, RingError
 from lited.stream.stats import StreamStats
 
 
 class Frame(NamedTuple):
-    """A published frame as the runner takes it: where it lies and which it is."""
+    """A frame as the runner takes it: where it lies and which it is. It is
+    held (leased) from `next_frame` until `release()`: intact all that time,
+    whatever the camera does, so any stage may read `ring.view(slot)`."""
     ring: FrameRing
     slot: int
-    seq: int        # the slot's seqlock value: the frame is intact while the slot still has it
+    seq: int        # the slot's seqlock value
     meta: FrameMeta
     number: int     # frame number within the stream (never restarts, across ring rebuilds too)
-    skipped: int    # frames passed over since the last one taken
+
+    def release(self) -> None:
+        """Let the ring reuse the slot (once per frame taken)."""
+        self.ring.release(self.slot)
+
+    def view(self) -> np.ndarray:
+        """The frame's pixels, read-only, zero copy."""
+        return self.ring.view(self.slot)
 
 
 class FrameHandoff:
     def __init__(self, lossless: bool, stats: StreamStats, stop: threading.Event) -> None:
         self.lossless = lossless
         self.ring: Optional[FrameRing] = None
-        self.frame_offset = 0  # stream frame number = offset + the current ring's own number
         self._stats = stats
         self._stop = stop
         self._cond = threading.Condition()
         self._taken = threading.Event()
         self._taken.set()
         self._last_taken = -1
-        self._published = -1
+        self.published = -1  # number of the last frame whose result is out (-1: none yet)
         self._active: object = None
 
     # -- capture side
-    def use_ring(self, ring: FrameRing, frame_offset: int) -> None:
+    def use_ring(self, ring: FrameRing) -> None:
         """A new ring (first frame, or a new frame size): frames come from it now."""
         with self._cond:
-            self.ring, self.frame_offset = ring, frame_offset
+            self.ring = ring
             self._cond.notify_all()
 
     def wait_taken(self) -> None:
@@ -66,7 +80,7 @@ class FrameHandoff:
     def wait_results(self, last_frame: int, timeout: float = 30.0) -> None:
         """Wait until the result of `last_frame` is out, so `ended` comes after it."""
         deadline = time.monotonic() + timeout
-        while self._published < last_frame and not self._stop.is_set() and time.monotonic() < deadline:
+        while self.published < last_frame and not self._stop.is_set() and time.monotonic() < deadline:
             self._stop.wait(0.01)
 
     # -- runner side
@@ -81,7 +95,8 @@ class FrameHandoff:
 
     def next_frame(self, token: object, stop: threading.Event, timeout: float = 0.5) -> Optional[Frame]:
         """For the active runner only: the newest complete frame not taken yet,
-        waiting up to `timeout`; None if there was none."""
+        held for the caller (see `Frame.release`), waiting up to `timeout`;
+        None if there was none."""
         with self._cond:
             deadline = time.monotonic() + timeout
             while not stop.is_set() and not self._stop.is_set():
@@ -91,19 +106,23 @@ class FrameHandoff:
                     meta = ring.meta(*latest) if latest is not None else None
                 except RingError:  # rebuilt for a new frame size meanwhile: look again
                     latest = meta = None
-                if meta is not None:
-                    number = self.frame_offset + meta.frame
-                    if number > self._last_taken:
-                        skipped = number - self._last_taken - 1 if self._last_taken >= 0 else 0
-                        self._last_taken = number
-                        self._stats.count("skipped", skipped)
-                        self._taken.set()
-                        return Frame(ring, latest[0], latest[1], meta, number, skipped)
+                if meta is not None and meta.frame > self._last_taken:
+                    if not ring.hold(*latest):
+                        continue  # rewritten since: a newer frame is out, take that
+                    self._last_taken = meta.frame
+                    self._taken.set()
+                    return Frame(ring, latest[0], latest[1], meta, meta.frame)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
                 self._cond.wait(remaining)
         return None
 
+    def skipped_before(self, number: int) -> int:
+        """Frames not inferred between the last result and frame `number`'s
+        (passed over, replaced by a newer one, lost with an engine)."""
+        return number - self.published - 1
+
     def result_published(self, number: int) -> None:
-        self._published = number
+        """The result of frame `number` is out."""
+        self.published = number

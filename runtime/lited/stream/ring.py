@@ -8,6 +8,11 @@ between processes: every slot is a seqlock.
 Segment: `/dev/shm/lited-<boot8>-<pid>-<stream>`, the same object C code
 opens with `shm_open("/lited-...")`. The boot id and writer pid in the name
 let `sweep_stale()` tell a leftover from a crashed daemon from a live ring.
+A segment is created complete under a temporary name (`<name>~new`) and
+renamed into place, so the name is never missing or half-made: at once for
+a new ring; for one `rebuilt` for a new frame size when `link()` is called
+(the stream does it as it publishes the first result from it). A reader
+tells the segments apart by their generation.
 File mode 0o440: members of the daemon's group (the apps allowed to see the
 camera) read, nobody else opens it, and not even the daemon's own user can
 open it for writing or truncate it by its path (a truncated segment makes
@@ -28,11 +33,16 @@ Layout (native int64 words; every board lited targets is little-endian):
                        writer pid, writer start time (/proc/<pid>/stat
                        field 22: tells a reused pid from the writer),
                        state (1 live, 2 closed), latest published slot
-                       (-1: none yet), frames published so far
+                       (-1: none yet), the next frame number (frame numbers
+                       are the stream's: they go on rising across rebuilt
+                       segments), generation (the writer's CLOCK_MONOTONIC
+                       ns when it made the segment: never the same twice
+                       for a name within a boot)
     [128, 128+64*N)    one 64-byte header per slot: seq, frame number
                        (-1: empty or aborted), capture ts (CLOCK_MONOTONIC
                        ns, comparable across processes), wall clock ns at
-                       commit, width, height
+                       commit, width, height. A rebuilt segment starts its
+                       seqs above every seq of the one it replaces.
     data_offset + i*stride   slot i's pixels, H x W x C, 64-byte aligned
 
 Seqlock, and why it is sound from CPython on x86 and ARM:
@@ -55,6 +65,18 @@ Seqlock, and why it is sound from CPython on x86 and ARM:
   a reader that takes `latest()` and copies promptly almost always wins;
   when it loses, `read()` returns None and it asks again.
 
+Leases (the writer's process only; apps never take one and cannot stop the
+writer): `hold(slot, seq)` pins a frame until `release(slot)`. The writer
+never rewrites a held slot, the latest frame's or the one it is writing; of
+the free slots it takes the one least recently captured *or let go of* (a
+frame whose last lease goes counts as new as the newest frame). So in a ring
+of `max held + 2 + margin` slots every held frame stays, and a frame let go
+of (a result's, once the next result is out) stays readable for at least
+`margin` more frames: time for a subscriber that is a little late. Should
+the holds ever take every slot (a sizing bug), the writer breaks the oldest
+lease rather than stop (`leases_broken` counts it); its holder sees the seq
+change, as any reader would.
+
 Readers map the segment PROT_READ from an O_RDONLY descriptor: their arrays
 are read-only and even native code in a reader cannot write the daemon's
 frames.
@@ -69,7 +91,7 @@ import os
 import re
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Iterator, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
@@ -90,7 +112,7 @@ ALIGN = 64
 
 # Global header words.
 (_MAGIC, _VERSION, _SLOTS, _HEIGHT, _WIDTH, _CHANNELS, _DTYPE, _FRAME_BYTES,
- _STRIDE, _DATA_OFFSET, _PID, _START, _STATE, _LATEST, _FRAMES) = range(15)
+ _STRIDE, _DATA_OFFSET, _PID, _START, _STATE, _LATEST, _FRAMES, _GENERATION) = range(16)
 _HDR_WORDS = 16
 _HDR_BYTES = _HDR_WORDS * 8
 # Slot header words; one 64-byte cache line per slot.
@@ -98,10 +120,13 @@ _SEQ, _FRAME, _TS, _WALL, _W, _H = range(6)
 _SLOT_WORDS = 8
 _LIVE, _CLOSED = 1, 2
 
-_NAME_RE = re.compile(r"lited-([0-9a-f]{8})-([0-9]+)-(.+)\Z")
+TMP_SUFFIX = "~new"  # a segment being made; never a stream name ("~" is not allowed there)
+_NAME_RE = re.compile(r"lited-([0-9a-f]{8})-([0-9]+)-(.+?)(~new)?\Z")
 _LATEST_RETRIES = 64
 _OWNED: set = set()  # names this process created and has not unlinked
 _OWNED_LOCK = threading.Lock()
+_GENERATION_LOCK = threading.Lock()
+_last_generation = 0
 
 _FENCE_LOCK = threading.Lock()
 
@@ -150,6 +175,15 @@ def ring_name(stream: str, pid: Optional[int] = None) -> str:
     if problem:
         raise ValueError(f"stream name {problem}")
     return f"{PREFIX}{boot_id()}-{os.getpid() if pid is None else pid}-{stream}"
+
+
+def _new_generation() -> int:
+    """CLOCK_MONOTONIC ns, strictly rising within this process: no two
+    segments a boot sees under one name share a generation."""
+    global _last_generation
+    with _GENERATION_LOCK:
+        _last_generation = max(time.monotonic_ns(), _last_generation + 1)
+        return _last_generation
 
 
 def _path(name: str) -> str:
@@ -277,7 +311,8 @@ def _is_live(hdr: np.ndarray) -> bool:
 
 
 def _is_stale(name: str) -> bool:
-    """True only when a segment provably has no live writer."""
+    """True only when a segment provably has no live writer (a temporary
+    `~new` one included: its writer died between making and renaming it)."""
     m = _NAME_RE.match(name)
     if m is None:
         return False  # not named by lited: not ours to judge
@@ -310,7 +345,7 @@ def list_rings(stream: Optional[str] = None) -> list:
     found = []
     for name in os.listdir(SHM_DIR):
         m = _NAME_RE.match(name)
-        if m is None or m[1] != boot_id() or (stream is not None and m[3] != stream):
+        if m is None or m[4] or m[1] != boot_id() or (stream is not None and m[3] != stream):
             continue
         hdr = _peek(_path(name))
         if hdr is not None and _is_live(hdr):
@@ -344,8 +379,9 @@ def _create_file(name: str) -> int:
 class FrameRing:
     """One ring, as its writer (`create`) or as a reader (`attach`).
 
-    Threads: one thread writes (`begin_write`/`commit`/`abort`); any thread
-    may read (`latest`/`view`/`read`/`is_current`/`frame`)."""
+    Threads: one thread writes (`begin_write`/`commit`/`abort`/`rebuilt`);
+    any thread of the writer's process may `hold`/`release`; any thread may
+    read (`latest`/`view`/`read`/`is_current`/`frame`)."""
 
     liveness_interval = 0.5  # s without a new frame before latest() checks the writer
 
@@ -361,14 +397,15 @@ class FrameRing:
         self._ino = ino
         self._fd = -1  # the writer's descriptor of the segment, kept for damage() and repair()
         self._fd_lock = threading.Lock()
-        self._unlinked = False
         self._mm: Optional[mmap.mmap] = mm
         self._hdr = np.ndarray((_HDR_WORDS,), np.int64, buffer=mm)
         if writer:
             stat = _proc_stat(os.getpid())
             self.writer_pid, self._writer_start = os.getpid(), (stat[1] if stat else 0)
+            self.generation = _new_generation()
         else:
             self.writer_pid, self._writer_start = int(self._hdr[_PID]), int(self._hdr[_START])
+            self.generation = int(self._hdr[_GENERATION])
         slot_hdr = np.ndarray((layout.slots, _SLOT_WORDS), np.int64, buffer=mm, offset=_HDR_BYTES)
         self._seq = slot_hdr[:, _SEQ]
         self._rows = list(slot_hdr)
@@ -379,11 +416,22 @@ class FrameRing:
         self._views = [f.view() for f in frames]
         for v in self._views:
             v.flags.writeable = False
-        # Writer state (capture thread only).
-        self._next = 0
+        # Writer state: written by the capture thread; leases by any thread, under _lock.
+        self._lock = threading.Lock()
+        self._holds = [0] * layout.slots      # leases per slot
+        self._numbers = [-1] * layout.slots   # per slot: frame number, or the next one when let go of (-1: empty)
         self._latest = -1
         self._writing = -1
         self._frame = 0
+        # Segment life (writer): pending (made, not yet under the name) -> linked -> retired
+        # (no more writes; a successor is pending) -> closed (state 2; unmapped once no frame is held).
+        self._chain = threading.RLock()  # shared by a ring and the rings rebuilt from it
+        self.pending = False
+        self._replaces: Optional["FrameRing"] = None  # pending: the linked segment it will replace
+        self._retired = False
+        self._closed = False
+        self.leases_broken = 0
+        self.group: Union[str, int, None] = None
         self._owner_pid = os.getpid()
         # Reader state: when the frame count last moved.
         self._seen_frames = -1
@@ -393,49 +441,129 @@ class FrameRing:
 
     @classmethod
     def create(cls, stream: str, slots: int, shape: Tuple[int, int, int], dtype=np.uint8,
-               *, group: Union[str, int, None] = None) -> "FrameRing":
+               *, group: Union[str, int, None] = None, first_frame: int = 0) -> "FrameRing":
         """Create the writer's ring for `stream`: `slots` frames of `shape`
-        (height, width, channels), mode 0o440, group `group` if given.
-        Unlinked by `unlink()`/`close()`, or at normal interpreter exit."""
+        (height, width, channels), mode 0o440, group `group` if given; its
+        first frame gets number `first_frame`. Unlinked by `unlink()`/`close()`,
+        or at normal interpreter exit."""
         layout = _Layout.compute(slots, shape, dtype)
         name = ring_name(stream)
         _claim(name)
         try:
-            fd = _create_file(name)
+            ring = cls._make(name, layout, group, first_frame, 0)
         except BaseException:
             _OWNED.discard(name)
             raise
+        atexit.register(ring._unlink_at_exit)
+        return ring
+
+    @classmethod
+    def _make(cls, name: str, layout: _Layout, group: Union[str, int, None], first_frame: int,
+              first_seq: int, link: bool = True) -> "FrameRing":
+        """A complete segment made under `<name>~new`, then (`link`) renamed
+        to `name`, replacing what was there in one step."""
+        tmp = _path(name + TMP_SUFFIX)
+        fd = _create_file(name + TMP_SUFFIX)
         try:
             os.fchmod(fd, MODE)  # exact bits whatever the umask
             if group is not None:
                 os.fchown(fd, -1, _gid(group))
             os.posix_fallocate(fd, 0, layout.size)  # ENOSPC now, not SIGBUS mid-frame
             mm = mmap.mmap(fd, layout.size)
-            ino = os.fstat(fd).st_ino
+            ring = cls(name, mm, layout, os.fstat(fd).st_ino, writer=True)
+            ring._fd = fd
+            ring.group = group
+            ring._init_header(first_frame, first_seq)
+            ring.path, ring.pending = tmp, True
+            if link:
+                ring._rename()
         except BaseException:
             os.close(fd)
-            os.unlink(_path(name))
-            _OWNED.discard(name)
+            with suppress(FileNotFoundError):
+                os.unlink(tmp)
             raise
-        ring = cls(name, mm, layout, ino, writer=True)
-        ring._fd = fd
-        ring._init_header()
-        atexit.register(ring._unlink_at_exit)
         return ring
 
-    def _init_header(self) -> None:
+    def _rename(self) -> None:
+        os.rename(self.path, _path(self.name))
+        self.path, self.pending = _path(self.name), False
+
+    def _init_header(self, first_frame: int, first_seq: int) -> None:
         hdr = self._hdr
         self._layout.write(hdr)
         hdr[_PID] = self.writer_pid
         hdr[_START] = self._writer_start
         hdr[_STATE] = _LIVE
         hdr[_LATEST] = -1
-        hdr[_FRAMES] = 0
+        hdr[_FRAMES] = self._frame = first_frame
+        hdr[_GENERATION] = self.generation
+        self._seq[:] = first_seq
         for row in self._rows:
             row[_FRAME] = -1
             row[_W], row[_H] = self.shape[1], self.shape[0]
         _fence()
         hdr[_MAGIC:_MAGIC + 1] = np.frombuffer(MAGIC, np.int64)
+
+    def rebuilt(self, shape: Tuple[int, int, int]) -> "FrameRing":
+        """Writer: a segment for frames of `shape` to write from now on, with
+        a new generation; frame numbers go on from this ring's and its seqs
+        start above all of this ring's. It is *pending*: readers opening the
+        name still get this segment until `link()` on the new one puts it in
+        place, atomically (the stream does that just before publishing the
+        first result of it, so each result's segment is under the name until
+        the next result is out). This ring is never written again; once
+        replaced it is closed (state 2) and unmapped here when its last lease
+        is released: frames still held stay intact, and readers keep their
+        mappings. Rebuilding a ring that is itself still pending drops it: its
+        frames can then be had through leases only, not by name."""
+        with self._chain:
+            if not self.is_writer or self._retired or self._mm is None:
+                raise RingError(f"{self.name}: only the live writer rebuilds its ring")
+            if self._writing >= 0:
+                raise RingError(f"slot {self._writing} is being written: commit or abort it first")
+            layout = _Layout.compute(self.slots, shape, self.dtype)
+            first_seq = (int(self._seq.max()) | 1) + 1
+            if self.pending:  # never linked: the new one replaces the segment this one would have
+                replaces, self._replaces = self._replaces, None
+                self._close()
+            else:
+                replaces = self
+            new = FrameRing._make(self.name, layout, self.group, self._frame, first_seq, link=False)
+            new._chain, new._replaces = self._chain, replaces
+            self._retired = True
+            atexit.unregister(self._unlink_at_exit)
+            atexit.register(new._unlink_at_exit)
+            return new
+
+    def link(self) -> None:
+        """Put this pending segment under the ring's name (one rename) and
+        close the one it replaces. No-op unless pending."""
+        with self._chain:
+            if not self.pending or self._closed:
+                return
+            self._rename()
+            old, self._replaces = self._replaces, None
+            if old is not None:
+                old._close()
+
+    def _close(self) -> None:
+        """State 2 for readers; a pending segment loses its temporary name;
+        unmapped once no frame of it is held."""
+        self._retired = self._closed = True
+        if self._hdr is not None:
+            self._hdr[_STATE] = _CLOSED
+        if self.pending:
+            self._unlink_path()
+        with self._lock:
+            idle = not any(self._holds)
+        if idle:
+            self._unmap()
+
+    def _unlink_path(self) -> None:
+        """Remove this segment's name (or temporary name) if it still is ours."""
+        with suppress(FileNotFoundError):
+            if os.stat(self.path).st_ino == self._ino:
+                os.unlink(self.path)
 
     @classmethod
     def attach(cls, name: str) -> "FrameRing":
@@ -474,16 +602,51 @@ class FrameRing:
             return False
         return _writer_alive(self.writer_pid, self._writer_start)
 
+    def close(self) -> None:
+        """Unmap. A writer's close() unlinks as well: a ring nobody writes is
+        useless. Views still held elsewhere stay valid until dropped."""
+        if self.is_writer:
+            self.unlink()
+        else:
+            self._unmap()
+
+    def unlink(self) -> None:
+        """Writer: mark the ring closed (readers get RingGone), remove it from
+        /dev/shm (with the segment a pending one would replace) and unmap.
+        Idempotent."""
+        if not self.is_writer:
+            raise RingError("only the writer unlinks its ring; readers close()")
+        with self._chain:
+            old, self._replaces = self._replaces, None
+            if old is not None:
+                old.unlink()
+            if not self._closed:
+                atexit.unregister(self._unlink_at_exit)
+                self._retired = self._closed = True
+                if self._hdr is not None:
+                    self._hdr[_STATE] = _CLOSED
+                self._unlink_path()
+                _OWNED.discard(self.name)
+            self._unmap()
+
+    def _unlink_at_exit(self) -> None:
+        if os.getpid() == self._owner_pid:  # not in a forked child
+            self.unlink()
+
     def damage(self) -> Optional[str]:
         """Writer: why the segment is no longer the one this ring mapped
         (another process truncated it, or unlinked or replaced it at its
-        path), None while it is intact or once this ring was unlinked."""
+        path), None while it is intact or once it is unmapped. A segment
+        closed or retired is only checked for its size (its name is no
+        longer its own)."""
         with self._fd_lock:
-            if self._fd < 0 or self._unlinked:
+            if self._fd < 0:
                 return None
             size = os.fstat(self._fd).st_size
         if size < self._layout.size:
             return f"truncated to {size} bytes by another process"
+        if self._closed or self._retired:
+            return None
         try:
             if os.stat(self.path).st_ino != self._ino:
                 return "replaced at its path by another file"
@@ -501,39 +664,6 @@ class FrameRing:
                 return False
             os.ftruncate(self._fd, self._layout.size)
             return True
-
-    def close(self) -> None:
-        """Unmap. A writer's close() unlinks as well: a ring nobody writes is
-        useless. Views still held elsewhere stay valid until dropped."""
-        if self.is_writer:
-            self.unlink()
-        else:
-            self._unmap()
-
-    def unlink(self, unmap: bool = True) -> None:
-        """Writer: mark the ring closed (readers get RingGone), remove it from
-        /dev/shm and unmap. With `unmap=False` the mapping stays, so frames
-        this process is still working on keep their seq checks (a ring being
-        replaced for a new frame size); `close()` unmaps later. Idempotent."""
-        if not self.is_writer:
-            raise RingError("only the writer unlinks its ring; readers close()")
-        if self._mm is None:
-            return
-        if not self._unlinked:
-            self._unlinked = True
-            atexit.unregister(self._unlink_at_exit)
-            self._hdr[_STATE] = _CLOSED
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
-            _OWNED.discard(self.name)
-        if unmap:
-            self._unmap()
-
-    def _unlink_at_exit(self) -> None:
-        if os.getpid() == self._owner_pid:  # not in a forked child
-            self.unlink()
 
     def _unmap(self) -> None:
         with self._fd_lock:
@@ -558,11 +688,14 @@ class FrameRing:
 
     def __repr__(self) -> str:
         role = "writer" if self.is_writer else "reader"
-        return f"<FrameRing {self.name} {role} {self.slots}x{self.shape} {self.dtype}>"
+        return f"<FrameRing {self.name} {role} {self.slots}x{self.shape} {self.dtype} gen {self.generation}>"
 
     @property
     def frames(self) -> int:
-        """Frames published so far; also the number the next one will get."""
+        """The number the next frame will get: frames published in the
+        stream so far, counting the segments this one replaced."""
+        if self._hdr is None:
+            return self._frame
         return int(self._hdr[_FRAMES])
 
     @property
@@ -571,21 +704,60 @@ class FrameRing:
         process wiped the header by truncating the segment)."""
         return self._frame
 
+    # -- leases (writer's process) -----------------------------------------
+
+    def hold(self, slot: int, seq: int) -> bool:
+        """Pin frame (slot, seq): the writer will not rewrite the slot until
+        `release(slot)`. False (nothing held) if the slot no longer holds
+        that frame or the ring is unmapped. Each True needs one release."""
+        with self._lock:
+            seqs = self._seq
+            if seqs is None or seq & 1 or seqs[slot] != seq:
+                return False
+            self._holds[slot] += 1
+            return True
+
+    def release(self, slot: int) -> None:
+        """Give back one lease of `slot`. A retired ring is unmapped with its last lease."""
+        with self._lock:
+            if self._holds[slot] <= 0:
+                raise RingError(f"slot {slot}: released more often than held")
+            self._holds[slot] -= 1
+            if not self._holds[slot]:
+                self._numbers[slot] = self._frame  # let go of now: as recent as the newest frame
+            idle = self._closed and not any(self._holds)
+        if idle:
+            self._unmap()
+
+    @property
+    def held(self) -> int:
+        """Leases taken and not released."""
+        return sum(self._holds)
+
     # -- writer -----------------------------------------------------------
 
     def begin_write(self) -> Tuple[int, np.ndarray]:
-        """(slot, writable HxWxC view) of the next slot to fill in place, round
-        robin, never the slot of the latest published frame. Its seq is odd
-        from now until `commit`/`abort`."""
+        """(slot, writable HxWxC view) of the slot to fill in place: of the
+        free slots (not held, not the latest frame's) the one least recently
+        captured or let go of. Its seq is odd from now until `commit`/`abort`."""
         if self._writing >= 0:
             raise RingError(f"slot {self._writing} is being written: commit or abort it first")
-        if self._wviews is None:
-            raise RingError("begin_write on a read-only or closed ring")
-        slot = self._next
-        if slot == self._latest:
-            slot = (slot + 1) % self.slots
-        self._next = (slot + 1) % self.slots
-        self._seq[slot] += 1
+        if self._wviews is None or self._retired:
+            raise RingError("begin_write on a read-only, retired or closed ring")
+        holds, numbers, latest = self._holds, self._numbers, self._latest
+        with self._lock:
+            slot = oldest = -1
+            for i in range(self.slots):
+                if i == latest:
+                    continue
+                if not holds[i] and (slot < 0 or numbers[i] < numbers[slot]):
+                    slot = i
+                if oldest < 0 or numbers[i] < numbers[oldest]:
+                    oldest = i
+            if slot < 0:  # every other slot is held: more holders than the ring was sized for
+                slot = oldest
+                self.leases_broken += 1
+            self._seq[slot] += 1
         _fence()
         self._writing = slot
         return slot, self._wviews[slot]
@@ -606,6 +778,7 @@ class FrameRing:
         self._hdr[_LATEST] = slot
         self._hdr[_FRAMES] = frame + 1
         self._frame = frame + 1
+        self._numbers[slot] = frame
         self._latest = slot
         self._writing = -1
         return slot, seq
@@ -615,6 +788,7 @@ class FrameRing:
         anyone holding its old seq sees it changed."""
         self._check_writing(slot)
         self._rows[slot][_FRAME] = -1
+        self._numbers[slot] = -1
         _fence()
         self._seq[slot] += 1
         self._writing = -1

@@ -52,7 +52,7 @@ class RingGuard:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._watches: Dict[int, Tuple[FrameRing, Callable[[str], None]]] = {}
+        self._watches: Dict[int, Tuple[FrameRing, Callable[[FrameRing, str], None]]] = {}
         self._libc = ctypes.CDLL(None, use_errno=True)
         self._fd = self._libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
         if self._fd < 0:
@@ -61,9 +61,10 @@ class RingGuard:
             return
         threading.Thread(target=self._run, name="ring-guard", daemon=True).start()
 
-    def watch(self, ring: FrameRing, on_damage: Callable[[str], None]) -> None:
-        """Repair `ring` and call `on_damage(why)` (from this guard's thread)
-        whenever another process truncates, unlinks or replaces it."""
+    def watch(self, ring: FrameRing, on_damage: Callable[[FrameRing, str], None]) -> None:
+        """Repair `ring` and call `on_damage(ring, why)` (from this guard's
+        thread) whenever another process truncates, unlinks or replaces it,
+        until its segment is gone (inotify then drops the watch by itself)."""
         if self._fd < 0:
             return
         wd = self._libc.inotify_add_watch(self._fd, os.fsencode(ring.path),
@@ -74,13 +75,6 @@ class RingGuard:
         with self._lock:
             self._watches[wd] = (ring, on_damage)
         self._check(ring, on_damage)  # anything that happened before the watch was in place
-
-    def unwatch(self, ring: FrameRing) -> None:
-        with self._lock:
-            for wd, (watched, _) in list(self._watches.items()):
-                if watched is ring:
-                    del self._watches[wd]
-                    self._libc.inotify_rm_watch(self._fd, wd)
 
     def _run(self) -> None:
         while True:
@@ -101,11 +95,11 @@ class RingGuard:
                     self._check(*watched)
 
     @staticmethod
-    def _check(ring: FrameRing, on_damage: Callable[[str], None]) -> None:
+    def _check(ring: FrameRing, on_damage: Callable[[FrameRing, str], None]) -> None:
         try:
             why = ring.damage()
             if why is not None:
                 ring.repair()
-                on_damage(why)
+                on_damage(ring, why)
         except Exception as exc:  # noqa: BLE001 - the guard must outlive any one ring
             log.warning("ring guard: %s: %s", ring.name, exc)

@@ -1,23 +1,37 @@
 """The model runner: one model on one stream, as three threads around its engine.
 
-- prep: takes the newest frame from its feed (latest wins; on a live
-  source as late as the engine allows, so the inferred frame is the
-  freshest), preprocesses it from the ring slot straight into a free input
-  set of the engine (shared memory), re-checks the slot's seq (a frame
-  overwritten while read is dropped, never inferred) and submits it; up to
-  two runs wait in the engine, so it goes from frame to frame without idling.
+- prep: takes the newest frame from its feed, preprocesses it from the ring
+  slot straight into a free input set of the engine (shared memory) and
+  hands it to the engine as soon as the engine has room for it.
 - infer: builds the model, whose engine runs in a process of its own
   (engine_process.py: paddlelite's Python `run()` holds the GIL), and
-  collects the runs in order, waiting on a socket with the GIL released. If
-  the engine process dies, the frames it had are lost and it is restarted
-  after a capped backoff; the stream goes on.
+  collects the runs in order, waiting on a socket with the GIL released;
+  the moment a run is collected the next prepared one is submitted. If the
+  engine process dies, the frames it had are lost and it is restarted after
+  a capped backoff; the stream goes on.
 - post: decodes an output set and publishes, while the engine runs the next
   frames. A cascade's later stages run here too (their engines in processes
-  of their own): the crops are cut from the frame's ring slot, whose seq is
-  re-checked once they are cut, so nothing computed from a torn frame is
-  attached. When the post thread is the bottleneck (a cascade), prep takes
-  frames only as fast as post can use them, so a frame is still in its slot
-  when its crops are cut.
+  of their own): the crops are cut from the frame, which its lease keeps in
+  its ring slot until the result is published.
+
+Two policies, chosen by the stream (`Feed.policy`):
+
+- `latest` (live sources): one run in the engine, and one *prepared* run
+  waiting: the newest frame, preprocessed again whenever a newer frame
+  arrives (at most once a camera frame, and re-preparing takes at most half
+  of a core's CPU time). When the engine frees, that frame starts: nothing
+  queued behind a slow or jittery model grows stale, and a model faster than
+  the camera starts each frame as it arrives. No guess of when the engine
+  will be free is involved, so no misguess can leave a frame waiting.
+- `queue` (lossless sources): a second run queued behind the running one,
+  so the engine never waits for this process: the most results per second.
+
+Frames are leased (handoff.Frame): a frame stays intact in its ring slot
+from the moment prep takes it, through the engine and post, until the stream
+has published its result (the lease then goes to the stream) or the frame is
+dropped (replaced by a newer one, lost with a crashed engine, runner
+stopped). Every stage may therefore read `frame.view()`. A runner holds at
+most FRAMES_HELD frames, which is how the stream sizes its ring.
 
 A runner talks to its stream only through the `Feed` it is given. A reload
 builds a new runner beside the old one, warms it up, then the stream swaps
@@ -36,6 +50,7 @@ from lited.engines import EngineError
 from lited.preprocess import Preprocessor
 from lited.stream.backoff import Backoff
 from lited.stream.feed import Feed
+from lited.stream.handoff import Frame
 from lited.stream.ring import RingError
 from lited.stream.stats import StageTimer
 
@@ -50,7 +65,15 @@ class ModelRunner:
     back to its free list when its user is done.
     """
 
-    RUNS_IN_FLIGHT = 2  # one running, one queued behind it
+    RUNS_IN_FLIGHT = {"latest": 1, "queue": 2}  # runs in the engine at once: running (+ queued)
+    # The most frames a runner holds at once. A frame is in an input set (being
+    # prepared, prepared and waiting, in the engine) or an output set (in the
+    # engine, collected and waiting for post, being decoded and published):
+    # at most one prepared frame waits and one is being prepared, and the
+    # three output sets bound the rest, the run in the engine included.
+    # `latest`: 2 + 3; `queue` (prep waits while a prepared frame waits): 1 + 3.
+    FRAMES_HELD = 5
+    REPREP_DUTY = 0.5  # re-preparing for a newer frame takes at most this share of one core (CPU time)
     POST_PROGRESS_S = 60.0  # a cascade engine run slower than this counts as hung (no watchdog beats)
     # Test hook: tests install a callable(runner) that runs in the infer thread
     # before each collect, to inject faults (a wedged driver call). None in production.
@@ -59,25 +82,22 @@ class ModelRunner:
     def __init__(self, feed: Feed, model_factory: Callable) -> None:
         self.feed = feed
         self.factory = model_factory
+        self.policy = feed.policy
         self.model = None
         self.ready = threading.Event()
         self.error: Optional[BaseException] = None
+        self._runs = self.RUNS_IN_FLIGHT[self.policy]
         self._stop = threading.Event()
         self._cond = threading.Condition()
-        self._engine_lock = threading.Lock()  # submit vs restart
-        self._inflight: collections.deque = collections.deque()  # (input set, output set, geom, info), oldest first
+        self._ready: collections.deque = collections.deque()     # (input set, geom, info, frame): prepared
+        self._inflight: collections.deque = collections.deque()  # (input set, output set, geom, info, frame)
         self._failed: Optional[EngineError] = None  # a submit that failed: infer restarts the engine
+        self._restarting = False                    # no submits while the engine is being replaced
         self._free_inputs: list = []
         self._free_outputs: list = []
-        self._post_box: Optional[tuple] = None  # (output set, outputs, geometry, frame info): waiting for post
-        # Just-in-time prep: when the running run started and how long runs and preps take
-        # (moving averages), so prep takes the newest frame just before the engine would idle.
-        self._run_started: Optional[float] = None
-        self._last_done = 0.0
-        self._infer_s = 0.0
-        self._prep_s = 0.0
-        self._post_s = 0.0                      # a frame's post time (decode + cascade): up at once, down slowly
-        self._post_started: Optional[float] = None  # when post took up its current frame (None: idle)
+        self._post_box: Optional[tuple] = None  # (output set, outputs, geometry, info, frame): waiting for post
+        self._last_done = 0.0      # when the engine finished its last run (perf_counter)
+        self._reprep_after = 0.0   # no re-prep before this (perf_counter): REPREP_DUTY
         self._post_progress = time.monotonic()  # the post thread's last sign of life
         self._restarts = Backoff()
         name = feed.name
@@ -97,7 +117,7 @@ class ModelRunner:
             raise self.error
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the threads, then the engine process."""
+        """Stop the threads, release the frames still held, stop the engine process."""
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
@@ -105,13 +125,17 @@ class ModelRunner:
         for thread in (self._prep, self._infer, self._post):
             if thread.is_alive() and thread is not threading.current_thread():
                 thread.join(timeout)
+        with self._cond:
+            held = [run[-1] for run in (*self._ready, *self._inflight)]
+            if self._post_box is not None:
+                held.append(self._post_box[-1])
+            self._ready.clear()
+            self._inflight.clear()
+            self._post_box = None
+        for frame in held:
+            frame.release()
         if self.model is not None:
             self.model.close()
-
-    def _put_back(self, free: list, item: int) -> None:
-        with self._cond:
-            free.append(item)
-            self._cond.notify_all()
 
     def _take(self, free: list) -> Optional[int]:
         with self._cond:
@@ -119,12 +143,35 @@ class ModelRunner:
                 self._cond.wait(0.5)
             return None if self._stop.is_set() else free.pop()
 
+    # -- submitting: from whichever thread made room (prep, infer, post)
+    def _submit_ready(self) -> None:
+        """Start prepared runs while the engine has room for them: fewer than
+        the policy's runs in flight, a free output set, no restart going on."""
+        with self._cond:
+            while (self._ready and len(self._inflight) < self._runs and self._free_outputs
+                   and not self._restarting and self._failed is None and not self._stop.is_set()):
+                input_set, geom, info, frame = self._ready.popleft()
+                output_set = self._free_outputs.pop()
+                now = time.perf_counter()
+                info["_submitted_at"] = now
+                try:
+                    self.model.engine.submit(input_set, output_set)
+                except EngineError as exc:  # the infer thread restarts it; this frame is lost
+                    self._free_inputs.append(input_set)
+                    self._free_outputs.append(output_set)
+                    frame.release()
+                    self._failed = exc
+                    self._cond.notify_all()
+                    return
+                self._inflight.append((input_set, output_set, geom, info, frame))
+                self._cond.notify_all()
+
     # -- infer thread: builds the model, then collects its runs in order
     def _infer_loop(self) -> None:
         try:
             self.model = self.factory()
             sets = self.model.engine.input_sets
-            if sets < self.RUNS_IN_FLIGHT + 1:
+            if sets < self.RUNS_IN_FLIGHT["queue"] + 1:
                 raise TypeError("a stream's model needs its engine in a process of its own: Model(..., isolated=True)")
             spec, shape = self.model.bundle.preprocess, self.model.bundle.inputs[self.model.image_input]["shape"]
             self._pre = Preprocessor(spec, shape)
@@ -138,7 +185,6 @@ class ModelRunner:
         self._prep.start()
         self._post.start()
         engine = self.model.engine
-        waited_for_post = False
         while not self._stop.is_set():
             self.feed.beat()
             with self._cond:
@@ -156,44 +202,48 @@ class ModelRunner:
                 except EngineError as exc:
                     failed = exc
             if failed is not None:
-                with self._engine_lock:
-                    self._drop_inflight()
-                    self._restart_engine(engine, failed)
-                    with self._cond:
-                        self._failed = None  # a submit to the engine just replaced failed for the same reason
+                self._recover(engine, failed)
                 continue
             t1 = time.perf_counter()
             with self._cond:
-                input_set, output_set, geom, info = self._inflight.popleft()
+                input_set, output_set, geom, info, frame = self._inflight.popleft()
                 self._free_inputs.append(input_set)
-                self._run_started = time.monotonic() if self._inflight else None
                 self._cond.notify_all()
+            self._submit_ready()  # the engine starts the next prepared frame now, not after decoding
             started = max(info.pop("_submitted_at"), self._last_done)  # when the engine took it up
             self._last_done = t1
-            if not waited_for_post:  # else the run ended while this thread waited: its time is unknown
-                self._infer_s += 0.2 * ((t1 - started) - self._infer_s)
             timings = info["timings_ms"]
             timings["queue"] = (started - info.pop("_prepped_at")) * 1e3
             timings["infer"] = (t1 - started) * 1e3
             with self._cond:
-                waited_for_post = self._post_box is not None
                 while self._post_box is not None and not self._stop.is_set():
                     self._cond.wait(0.5)
                     if time.monotonic() - self._post_progress < self.POST_PROGRESS_S:
                         self.feed.beat()  # waiting for a slow cascade is not hanging
-                self._post_box = (output_set, outputs, geom, info)
+                if self._stop.is_set():
+                    frame.release()
+                    return
+                self._post_box = (output_set, outputs, geom, info, frame)
                 self._cond.notify_all()
             self._restarts.reset()
 
-    def _drop_inflight(self) -> None:
-        """The engine failed: the frames it had are lost; free their sets."""
+    def _recover(self, engine, exc: EngineError) -> None:
+        """The engine failed: the frames it had are lost (their sets freed,
+        their leases released); restart it, then go on with what is prepared."""
         with self._cond:
-            for input_set, output_set, _, _ in self._inflight:
+            self._restarting = True
+            lost = list(self._inflight)
+            self._inflight.clear()
+            for input_set, output_set, _, _, frame in lost:
                 self._free_inputs.append(input_set)
                 self._free_outputs.append(output_set)
-            self._inflight.clear()
-            self._run_started = None
+                frame.release()
             self._cond.notify_all()
+        self._restart_engine(engine, exc)
+        with self._cond:
+            self._restarting = False
+            self._failed = None  # a submit that failed meanwhile failed for the same reason
+        self._submit_ready()
 
     def _restart_engine(self, engine, exc: EngineError) -> None:
         """The engine process died or failed: say so, wait (capped backoff),
@@ -229,44 +279,41 @@ class ModelRunner:
                     self._cond.wait(0.5)
                 if self._post_box is None:
                     continue
-                output_set, outputs, geom, info = self._post_box
+                output_set, outputs, geom, info, frame = self._post_box
                 self._post_box = None
-                self._post_started = time.monotonic()
                 self._cond.notify_all()
+            self._post_progress = time.monotonic()
             t0 = time.perf_counter()
             decoded = decoder.decode(outputs, geom)
             t1 = time.perf_counter()
-            self._put_back(self._free_outputs, output_set)
+            with self._cond:
+                self._free_outputs.append(output_set)
+                self._cond.notify_all()
+            self._submit_ready()  # a prepared run may have waited for that output set
             timings = info["timings_ms"]
             timings["postprocess"] = (t1 - t0) * 1e3
-            ring = info.pop("_ring", None)
-            ran = True
             if model.cascade and decoded["detections"]:
-                ran = self._run_cascade(ring, info, decoded["detections"], timings)
-            if ran:  # a torn frame's quick post says nothing about the next one
-                took = time.perf_counter() - t0  # up at once, down slowly: a cascade's cost varies
-                self._post_s = took if took > self._post_s else self._post_s + 0.2 * (took - self._post_s)
-            self._post_started = None
+                self._run_cascade(frame, decoded["detections"], timings)
             timings["total"] = (time.monotonic_ns() - info.pop("_captured_ns")) / 1e6
             self.feed.publish({**info, "task": model.task, "model": model.name,
-                               "model_version": model.version, **decoded})
+                               "model_version": model.version, **decoded}, frame)
 
-    def _run_cascade(self, ring, info: dict, detections: list, timings: dict) -> bool:
-        """Cut the crops from the frame's ring slot, check the slot still holds
-        the frame, then run the later stages, which add their fields to the
-        detections. A torn frame (the slot was reused meanwhile; False) or a
-        failed stage engine leaves the detections without those fields."""
+    def _run_cascade(self, frame: Frame, detections: list, timings: dict) -> None:
+        """Cut the crops from the frame (leased: still in its slot), then run
+        the later stages, which add their fields to the detections. A frame
+        found torn all the same, or a failed stage engine, leaves the
+        detections without those fields."""
         timer = StageTimer(timings)
         cascade = self.model.cascade
         try:
-            crops = cascade.cut(ring.view(info["slot"]), detections)
-            intact = ring.is_current(info["slot"], info["slot_seq"])
+            crops = cascade.cut(frame.view(), detections)
+            intact = frame.ring.is_current(frame.slot, frame.seq)
         except (RingError, ValueError):
             intact = False
         timer.lap("crop")
         if not intact:
             self.feed.stats.count("torn")
-            return False
+            return
         try:
             cascade.run(crops, detections, timer, self._post_alive)
         except StageError as exc:
@@ -275,7 +322,6 @@ class ModelRunner:
                     for key in stage.adds:
                         det.pop(key, None)
             self._restart_stage_engine(exc)
-        return True
 
     def _post_alive(self) -> None:
         self._post_progress = time.monotonic()
@@ -296,101 +342,80 @@ class ModelRunner:
         except EngineError as again:
             feed.event("engine", f"stage {exc.stage.name}: {again}")
 
-    # -- prep thread: newest frame -> a free input set of the engine -> submitted
+    # -- prep thread: newest frame -> a free input set of the engine -> prepared
     def _prep_loop(self) -> None:
-        feed, model, pre = self.feed, self.model, self._pre
-        engine = model.engine
+        feed = self.feed
+        latest = self.policy == "latest"
         while not self._stop.is_set():
+            if not self._wait_for_room(latest):
+                return
             input_set = self._take(self._free_inputs)
             if input_set is None:
                 return
-            if not feed.lossless:
-                self._wait_until_engine_almost_free()
             frame = feed.next_frame(self._stop)
             if frame is None:
-                self._put_back(self._free_inputs, input_set)
-                continue
-            ring, meta = frame.ring, frame.meta
-            t0 = time.perf_counter()
-            try:
-                image = ring.view(frame.slot)
-                geom = pre(image, out=engine.input_view(model.image_input, pre.plan(image.shape), input_set))
-                model.set_extra_inputs(geom, input_set)
-                intact = ring.is_current(frame.slot, frame.seq)
-            except (RingError, ValueError):
-                intact = False
-            if not intact:  # overwritten while we read it: never infer a torn frame
-                feed.stats.count("torn")
-                self._put_back(self._free_inputs, input_set)
-                continue
-            prep_ms = (time.perf_counter() - t0) * 1e3
-            self._prep_s += 0.2 * (prep_ms / 1e3 - self._prep_s)
-            info = {"stream": feed.name, "seq": frame.number, "frame_ts": meta.wall_ns / 1e9,
-                    "skipped": frame.skipped, "ring": ring.name, "slot": frame.slot, "slot_seq": frame.seq,
-                    "width": meta.width, "height": meta.height, "_captured_ns": meta.ts_ns,
-                    "_prepped_at": time.perf_counter(),
-                    "timings_ms": {"capture": feed.stats.capture_ms(frame.number),
-                                   "wait": (time.monotonic_ns() - meta.ts_ns) / 1e6 - prep_ms,
-                                   "preprocess": prep_ms}}
-            if model.cascade:
-                info["_ring"] = ring  # post cuts the crops from the frame
-            if not self._submit(engine, input_set, geom, info):
-                return
-
-    def _submit(self, engine, input_set: int, geom, info: dict) -> bool:
-        """Queue the prepared input set in the engine once fewer than
-        RUNS_IN_FLIGHT runs are there; False when stopping."""
-        output_set = self._take(self._free_outputs)
-        with self._cond:
-            while len(self._inflight) >= self.RUNS_IN_FLIGHT and not self._stop.is_set():
-                self._cond.wait(0.5)
-        if output_set is None or self._stop.is_set():
-            return False
-        with self._engine_lock:
-            info["_submitted_at"] = time.perf_counter()
-            try:
-                engine.submit(input_set, output_set)
-            except EngineError as exc:  # the infer thread restarts it; this frame is lost
                 with self._cond:
                     self._free_inputs.append(input_set)
-                    self._free_outputs.append(output_set)
-                    self._failed = exc
-                    self._cond.notify_all()
-                return True
+                continue
+            prepared = self._prepare(frame, input_set)
+            if prepared is None:  # the lease was broken (never expected): do not infer a torn frame
+                feed.stats.count("torn")
+                frame.release()
+                with self._cond:
+                    self._free_inputs.append(input_set)
+                continue
+            replaced = None
             with self._cond:
-                self._inflight.append((input_set, output_set, geom, info))
-                if len(self._inflight) == 1:
-                    self._run_started = time.monotonic()
+                if latest and self._ready:  # latest wins: the newer frame takes the waiting one's place
+                    replaced = self._ready.popleft()
+                    self._free_inputs.append(replaced[0])
+                self._ready.append((input_set, *prepared, frame))
                 self._cond.notify_all()
-        return True
+            if replaced is not None:
+                replaced[-1].release()
+            self._submit_ready()
 
-    def _wait_until_engine_almost_free(self) -> None:
-        """Latest frame wins, so take it as late as possible: while the engine
-        has runs, wait until about one prep time (plus a margin) before the
-        last of them is done, so the inferred frame is the freshest and the
-        engine still never idles. When the post thread is slower than the
-        engine (a cascade), wait instead until the frame's inference would end
-        just as post is free for it: a frame never waits seconds for post
-        while its ring slot is reused."""
-        give_up = time.monotonic() + max(1.0, 2.0 * (self._infer_s + self._post_s))
-        while not self._stop.is_set():
-            now = time.monotonic()
-            ready_at = self._ready_at(now)
-            if ready_at is None or ready_at <= now or now >= give_up:
-                return
-            self._stop.wait(min(ready_at - now, give_up - now, 0.5))
+    def _prepare(self, frame: Frame, input_set: int) -> Optional[tuple]:
+        """Preprocess `frame` into `input_set`: (geometry, frame info), None if torn."""
+        model, pre, ring, meta = self.model, self._pre, frame.ring, frame.meta
+        t0, cpu0 = time.perf_counter(), time.thread_time()
+        try:
+            image = frame.view()
+            geom = pre(image, out=model.engine.input_view(model.image_input, pre.plan(image.shape), input_set))
+            model.set_extra_inputs(geom, input_set)
+            intact = ring.is_current(frame.slot, frame.seq)
+        except (RingError, ValueError):
+            intact = False
+        if not intact:
+            return None
+        t1 = time.perf_counter()
+        prep_ms = (t1 - t0) * 1e3
+        if self._ready:  # a re-prep: CPU time, not wall time (on a busy machine that is mostly waiting)
+            self._reprep_after = t1 + (time.thread_time() - cpu0) * (1 / self.REPREP_DUTY - 1)
+        info = {"stream": self.feed.name, "seq": frame.number, "frame_ts": meta.wall_ns / 1e9,
+                "ring": ring.name, "generation": ring.generation, "slot": frame.slot, "slot_seq": frame.seq,
+                "width": meta.width, "height": meta.height, "_captured_ns": meta.ts_ns, "_prepped_at": t1,
+                "timings_ms": {"capture": self.feed.stats.capture_ms(frame.number),
+                               "wait": (time.monotonic_ns() - meta.ts_ns) / 1e6 - prep_ms,
+                               "preprocess": prep_ms}}
+        return geom, info
 
-    def _ready_at(self, now: float) -> Optional[float]:
-        """When prep should take the next frame (None: now)."""
-        margin = 1.5 * self._prep_s + 0.001
+    def _wait_for_room(self, latest: bool) -> bool:
+        """Wait until taking another frame is worth it; False when stopping.
+
+        `queue`: while a prepared frame waits for the engine (it holds the
+        input set the next frame would need soonest, and frames stay few).
+        `latest`: while a prepared frame waits and another re-prep now would
+        take more than REPREP_DUTY of a core."""
         with self._cond:
-            started, inflight = self._run_started, len(self._inflight)
-            waiting = inflight + (self._post_box is not None)
-            post_started = self._post_started
-        ready = None if started is None else started + self._infer_s * inflight - margin
-        if self._post_s > self._infer_s:
-            post_free = (post_started + self._post_s if post_started is not None else now) + self._post_s * waiting
-            post_ready = post_free - self._infer_s - margin
-            ready = post_ready if ready is None else max(ready, post_ready)
-        return ready
-
+            while not self._stop.is_set():
+                if not self._ready:
+                    return True
+                if latest:
+                    wait_s = self._reprep_after - time.perf_counter()
+                    if wait_s <= 0:
+                        return True
+                    self._cond.wait(wait_s)
+                else:
+                    self._cond.wait(0.5)
+        return False

@@ -2,24 +2,28 @@
 
 It owns what belongs to the stream as a whole: its state (connecting,
 streaming, stalled, backoff, ended, stopped) and the events that report it,
-the stall check, the model swap, and status. `publish(result)` and
-`on_event(event)` are called from the stream's threads and must not block
-(the bus's PUB socket never does).
+the stall check, the model swap, status, and the published results' frames:
+it keeps the lease of its latest result's frame (and of `keep_results`
+older ones), so that frame stays readable in the ring until the next result
+is out, however slow the model. `publish(result)` and `on_event(event)` are
+called from the stream's threads and must not block (the bus's PUB socket
+never does).
 """
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Tuple, Union
 
 import numpy as np
 
 from lited.sources import open_source
 from lited.stream.backoff import Backoff
 from lited.stream.capture import CaptureLoop
-from lited.stream.feed import Feed
-from lited.stream.handoff import FrameHandoff
+from lited.stream.feed import POLICIES, Feed
+from lited.stream.handoff import Frame, FrameHandoff
 from lited.stream.ring import FrameRing, RingError
 from lited.stream.runner import ModelRunner
 from lited.stream.stats import StreamStats
@@ -29,20 +33,47 @@ log = logging.getLogger("lited.stream")
 STATES = ("connecting", "streaming", "stalled", "backoff", "ended", "stopped")
 
 
+def ring_slots(margin: int, keep_results: int = 0) -> int:
+    """Slots a stream's ring needs so that no lease is ever broken: the
+    frames its runner holds, the latest result's frame and `keep_results`
+    older ones, one being copied by a snapshot, the latest captured frame
+    (never rewritten) and the one being written, plus `margin` for apps
+    (a frame let go of stays readable for `margin` more frames)."""
+    return ModelRunner.FRAMES_HELD + 1 + keep_results + 1 + 2 + margin
+
+
 class Stream:
     def __init__(self, name: str, uri: str, model_factory: Callable, publish: Callable[[dict], None],
-                 on_event: Optional[Callable[[dict], None]] = None, slots: int = 4,
+                 on_event: Optional[Callable[[dict], None]] = None, slots: int = 2,
                  stall_timeout: float = 5.0, backoff: tuple = (0.5, 30.0), group: Union[str, int, None] = None,
-                 stats_window: int = 512, beat: Optional[Callable[[], None]] = None) -> None:
+                 stats_window: int = 512, beat: Optional[Callable[[], None]] = None, keep_results: int = 0,
+                 policy: Optional[str] = None, model_key: Optional[str] = None) -> None:
+        """`slots`: the apps' margin (see `ring_slots`); `keep_results`: older
+        results whose frames stay readable too; `policy`: "latest" or
+        "queue" (runner.py), by default "queue" for a lossless source and
+        "latest" otherwise; `model_key`: the model's name in the daemon's
+        config, added to every result as `model_key`."""
         self.name = name
         self.uri = uri
         self.source = open_source(uri)  # parse and validate now: a bad URI fails before any thread starts
+        if policy is None:
+            policy = "queue" if self.source.lossless else "latest"
+        if policy not in POLICIES:
+            raise ValueError(f"policy: expected one of {', '.join(POLICIES)}, got {policy!r}")
+        if keep_results < 0:
+            raise ValueError(f"keep_results: expected 0 or more, got {keep_results}")
+        self.policy = policy
+        self.keep_results = keep_results
+        self.model_key = model_key
         self.stall_timeout = stall_timeout
         self.state = "stopped"
         self.detail = ""
         self.stats = StreamStats(stats_window)
         self.runner: Optional[ModelRunner] = None
         self.last_result: Optional[dict] = None
+        self._results: collections.deque = collections.deque()  # (result, its frame's lease), oldest first
+        self._results_lock = threading.Lock()
+        self._snapshot_lock = threading.Lock()  # one snapshot lease at a time (ring_slots counts one)
         self._publish_cb = publish
         self._on_event = on_event
         self._beat = beat  # called by the active runner's loop at least every 0.5 s (watchdog)
@@ -50,8 +81,8 @@ class Stream:
         self._state_at = 0.0  # monotonic time of the last state change
         self._stop = threading.Event()
         self._handoff = FrameHandoff(self.source.lossless, self.stats, self._stop)
-        self._capture = CaptureLoop(name, self.source, slots, self._handoff, self.stats, self._set_state,
-                                    self._event, self._stop, Backoff(*backoff), group)
+        self._capture = CaptureLoop(name, self.source, ring_slots(slots, keep_results), self._handoff, self.stats,
+                                    self._set_state, self._event, self._stop, Backoff(*backoff), group)
 
     # -- lifecycle
     def start(self, timeout: float = 120.0) -> None:
@@ -67,12 +98,17 @@ class Stream:
         if self.runner:
             self.runner.stop(timeout)
         self._capture.stop(timeout)
+        with self._results_lock:
+            kept = [frame for _, frame in self._results]
+            self._results.clear()
+        for frame in kept:
+            frame.release()
         self._set_state("stopped")
 
     def prepare_model(self, model_factory: Callable, timeout: float = 120.0) -> ModelRunner:
         """Build and warm up a new model beside the running one; it takes no
         frames until `commit_model`. Raises if it fails (nothing changes)."""
-        feed = Feed(self.name, self._handoff, self.stats, self._publish, self._event, self._beat)
+        feed = Feed(self.name, self._handoff, self.stats, self._publish, self._event, self._beat, self.policy)
         runner = ModelRunner(feed, model_factory)
         runner.start(timeout)
         return runner
@@ -87,7 +123,7 @@ class Stream:
         self._model_factory = new.factory
         self._handoff.activate(new.feed)
         if announce:
-            self._event("model", f"{new.model.name} {new.model.version}")
+            self._event("model", f"{new.model.name} {new.model.version}", model_key=self.model_key)
 
     def swap_model(self, model_factory: Callable, timeout: float = 120.0) -> None:
         """prepare_model then commit_model: the old model serves until the new one is warm."""
@@ -106,7 +142,8 @@ class Stream:
         """A copy (into `out` when it fits) of the frame `result` was computed
         from; None once the ring reused its slot or was rebuilt."""
         ring = self.ring
-        if ring is None or result.get("ring") != ring.name or ring.shape[:2] != (result["height"], result["width"]):
+        if (ring is None or result.get("ring") != ring.name or result.get("generation") != ring.generation
+                or ring.shape[:2] != (result["height"], result["width"])):
             return None
         if out is not None and (out.shape != ring.shape or out.dtype != ring.dtype):
             out = None
@@ -119,10 +156,43 @@ class Stream:
     def counters(self) -> dict:
         return self.stats.counters
 
+    def latest_result_frame(self) -> Tuple[Optional[dict], Optional[np.ndarray]]:
+        """The latest result and a copy of its own frame; (None, None) before
+        the first result, (result, None) if its frame cannot be had (never
+        expected while the result is the latest: its frame is held)."""
+        with self._snapshot_lock:
+            with self._results_lock:
+                if not self._results:
+                    return None, None
+                result, frame = self._results[-1]
+                held = frame.ring.hold(frame.slot, frame.seq)
+            if not held:
+                return result, None
+            try:
+                return result, frame.view().copy()
+            except RingError:  # unmapped meanwhile
+                return result, None
+            finally:
+                frame.release()
+
     # -- what the threads report
-    def _publish(self, result: dict) -> None:
-        self.last_result = result
+    def _publish(self, result: dict, frame: Frame) -> None:
+        """Send `result` and keep its frame's lease; the lease of the result
+        `keep_results + 1` back is released once this one is out. The first
+        result from a ring rebuilt for a new frame size puts that ring under
+        the name first (FrameRing.link), so a result's segment is always the
+        one the name gives until the next result is out."""
+        if self.model_key is not None:
+            result["model_key"] = self.model_key
+        if frame.ring.pending:
+            frame.ring.link()
+        with self._results_lock:
+            self._results.append((result, frame))
+            self.last_result = result
+            old = self._results.popleft() if len(self._results) > self.keep_results + 1 else None
         self._publish_cb(result)
+        if old is not None:
+            old[1].release()
 
     def _set_state(self, state: str, detail: str = "") -> None:
         if state == self.state and detail == self.detail:
@@ -162,6 +232,8 @@ class Stream:
             "stream": self.name, "source": self.uri, "state": self.current_state(), "detail": self.detail,
             "fps": round(self.fps(), 2), "counters": dict(self.stats.counters),
             "latency_ms": self.stats.timings.summary(), "ring": ring.name if ring else None,
-            "model": {"name": model.name, "version": model.version, "engine_pid": model.engine.pid}
+            "policy": self.policy,
+            "model": {"name": model.name, "key": self.model_key, "version": model.version,
+                      "engine_pid": model.engine.pid}
             if model else None,
         }

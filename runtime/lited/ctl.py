@@ -1,0 +1,192 @@
+"""`lited ctl`: ask a running daemon, answer in a human table (or JSON with --json).
+
+It finds the daemon the way every client does (lited.client.daemon_endpoints:
+--endpoint, else the config the daemon runs with, --config or
+/etc/lited/lited.conf, else the default runtime directory) and fails at once
+when no daemon is there. Exit status: 0 done; 1 the daemon refused or the
+reload failed; 2 bad usage or config; 3 no daemon answered (like `systemctl
+status` for a stopped unit).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any, Callable, Optional
+
+EXIT_FAILED = 1
+EXIT_NOT_RUNNING = 3
+
+#: Seconds to wait for a reply when --timeout is not given: a reload warms models up.
+TIMEOUTS = {"ping": 10.0, "status": 10.0, "snapshot": 30.0, "reload": 300.0}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["ping", "status", "reload", "snapshot"])
+    p.add_argument("--config", help="the daemon's config: its endpoints are where to ask "
+                                    "(default /etc/lited/lited.conf if readable)")
+    p.add_argument("--endpoint", help="the request endpoint itself (ipc://..., tcp://...)")
+    p.add_argument("--json", action="store_true", help="the reply as one JSON object (for scripts)")
+    p.add_argument("--timeout", type=float, help="seconds to wait for the reply "
+                                                 "(default: ping, status 10; snapshot 30; reload 300)")
+    p.add_argument("--wait", type=float, default=0, metavar="S",
+                   help="wait up to S seconds for the daemon to come up (scripts that just started it)")
+    p.add_argument("--model", help="reload: only this model (default: what SIGHUP does: re-read the config)")
+    p.add_argument("--bundle", help="reload: load --model from this bundle directory instead of its configured one")
+    p.add_argument("--force", action="store_true",
+                   help="reload: swap even a bundle whose task or labels differ from the running one's")
+    p.add_argument("--stream", help="snapshot: stream name (default: the only stream)")
+    p.add_argument("-o", "--out", help="snapshot: JPEG file to write, '-' for stdout (default: STREAM.jpg)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lited.client import Client, ClientError, DaemonUnreachable, daemon_endpoints
+    from lited.progress import Progress
+
+    endpoint = args.endpoint or daemon_endpoints(args.config)[1]
+    timeout = args.timeout or TIMEOUTS[args.action]
+    with Client(endpoint, timeout=timeout) as client:
+        try:
+            if args.wait:
+                with Progress(f"waiting for lited serve at {endpoint}"):
+                    _wait_for(client, args.wait)
+            if args.action == "reload":
+                what = f"reloading {args.model or 'the config'}"
+                with Progress(f"{what} (the new models warm up beside the running ones)"):
+                    out = client.reload(args.model, args.bundle, timeout=timeout, force=args.force)
+            elif args.action == "snapshot":
+                out = _snapshot(client, args)
+            else:
+                t0 = time.perf_counter()
+                out = client.ping() if args.action == "ping" else client.status()
+                if args.action == "ping":
+                    out["answered_ms"] = round((time.perf_counter() - t0) * 1e3, 2)
+        except DaemonUnreachable as exc:
+            print(f"lited: {args.action}: {exc.message}", file=sys.stderr)
+            return EXIT_NOT_RUNNING
+        except TimeoutError as exc:
+            print(f"{exc} (is lited serve running, and not wedged? `systemctl status lited`)", file=sys.stderr)
+            return EXIT_NOT_RUNNING
+        except ClientError as exc:
+            print(f"lited: {args.action}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    # with `snapshot -o -` stdout holds the JPEG: what was done goes to stderr
+    where = sys.stderr if args.action == "snapshot" and out["written"] == "-" else sys.stdout
+    if args.json:
+        print(json.dumps(out, indent=None if args.action == "ping" else 2), file=where)
+    else:
+        print(HUMAN[args.action](out, endpoint), file=where)
+    return 0
+
+
+def _wait_for(client: Any, seconds: float) -> None:
+    """Until the daemon answers a ping saying it is ready (its streams'
+    models warm); DaemonUnreachable or TimeoutError after `seconds`."""
+    from lited.client import DaemonUnreachable
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if client.call("ping", timeout=max(0.2, min(5.0, deadline - time.monotonic()))).get("ready", True):
+                return
+        except (DaemonUnreachable, TimeoutError):
+            if time.monotonic() >= deadline:
+                raise
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"lited: the daemon at {client.endpoint} answers but was not ready "
+                               f"within {seconds:g} s (its models are still warming up)")
+        time.sleep(0.2)
+
+
+def _snapshot(client: Any, args: argparse.Namespace) -> dict:
+    stream = args.stream
+    if stream is None:
+        names = [s["stream"] for s in client.status()["streams"]]
+        if len(names) != 1:  # bad usage: the command line says it in one line, exit 2
+            raise ValueError(f"snapshot: --stream is needed: the daemon has {len(names)} streams "
+                             f"({', '.join(names) or 'none'})")
+        stream = names[0]
+    snap = client.snapshot(stream)
+    jpeg = snap.pop("jpeg")
+    out = args.out or f"{stream}.jpg"
+    if out == "-":
+        sys.stdout.buffer.write(jpeg)
+        sys.stdout.flush()
+    else:
+        with open(out, "wb") as fh:
+            fh.write(jpeg)
+    return {"written": out, "stream": stream, "seq": snap["seq"], "width": snap["width"], "height": snap["height"],
+            "detections": len(snap["detections"]), "classes": len(snap["classes"]), "bytes": len(jpeg)}
+
+
+# -- human output ------------------------------------------------------------------
+
+def table(rows: list, header: tuple) -> str:
+    """Columns padded to their widest cell, like `systemctl list-units`."""
+    cells = [tuple(str(c) for c in header)] + [tuple("-" if c is None else str(c) for c in r) for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{days}d" if days else "", f"{hours}h" if hours else "", f"{minutes}min" if minutes else "",
+             f"{secs}s"]
+    return " ".join(p for p in parts if p)
+
+
+def human_ping(out: dict, endpoint: str) -> str:
+    starting = "" if out.get("ready", True) else " (starting: models warming up)"
+    return (f"lited {out['version']} (protocol {out['protocol']}) answers at {endpoint} "
+            f"in {out['answered_ms']:.1f} ms{starting}")
+
+
+def human_status(out: dict, endpoint: str) -> str:
+    starting = "" if out.get("ready", True) else " (starting: models warming up)"
+    lines = [f"lited {out['version']} (protocol {out['protocol']}) at {endpoint}: up {_duration(out['uptime_s'])}"
+             f"{starting}, RSS {out['rss_mb']:.0f} MB + engine processes {out['engines_rss_mb']:.0f} MB"]
+    reload = out.get("last_reload") or {}
+    if reload:
+        when = time.strftime("%H:%M:%S", time.localtime(reload["ts"]))
+        lines.append(f"last reload {when}: " + (f"ok ({reload['models']})" if reload["ok"]
+                                                 else f"FAILED: {reload['error']}"))
+    if out.get("watchdog_stale"):
+        lines.append(f"watchdog: no beat from {', '.join(out['watchdog_stale'])}")
+    lines += ["", table([(n, m.get("name"), m["version"], m["task"], m["bundle"]) for n, m in out["models"].items()],
+                        ("MODEL", "BUNDLE", "VERSION", "TASK", "DIRECTORY"))]
+    if out["streams"]:
+        rows = []
+        for s in out["streams"]:
+            c = s["counters"]
+            infer = (s.get("latency_ms") or {}).get("infer") or {}
+            rows.append((s["stream"], s["state"], f"{s['fps']:.1f}", c.get("inferred", 0), c.get("skipped", 0),
+                         c.get("errors", 0), f"{infer['p50']:.1f} ms" if infer else None,
+                         s["model"]["name"] if s.get("model") else None, s["source"]))
+        lines += ["", table(rows, ("STREAM", "STATE", "FPS", "INFERRED", "SKIPPED", "ERRORS", "INFER p50", "MODEL",
+                                   "SOURCE"))]
+        details = [f"{s['stream']}: {s['detail']}" for s in out["streams"] if s.get("detail")]
+        lines += details
+    else:
+        lines += ["", "no streams (add some to the config, then `lited ctl reload`)"]
+    return "\n".join(lines)
+
+
+def human_reload(out: dict, endpoint: str) -> str:
+    line = f"reloaded {', '.join(out['reloaded']) or 'nothing'} in {out['took_ms'] / 1e3:.1f} s"
+    if out.get("started"):
+        line += f"; started {', '.join(out['started'])}"
+    if out.get("stopped"):
+        line += f"; stopped {', '.join(out['stopped'])}"
+    return line
+
+
+def human_snapshot(out: dict, endpoint: str) -> str:
+    found = f"{out['detections']} detections" if out["detections"] or not out["classes"] else f"{out['classes']} classes"
+    return f"{out['stream']} frame {out['seq']} ({out['width']}x{out['height']}, {found}) -> {out['written']}"
+
+
+HUMAN: dict = {"ping": human_ping, "status": human_status, "reload": human_reload, "snapshot": human_snapshot}

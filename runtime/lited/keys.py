@@ -1,0 +1,53 @@
+"""CURVE key files for tcp:// endpoints: made by `lited keygen`, checked by `lited config check`.
+
+The files are ZeroMQ's own certificate format (`zmq.auth`): NAME.key holds
+the public key (give it away), NAME.key_secret the public and secret keys
+(mode 0600, stays where it was made). The daemon's config names its own
+secret file and a directory of the public keys of the clients it lets in.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, Tuple
+
+
+class KeyFileError(Exception):
+    """A key pair that cannot be made (it exists already, no such directory)."""
+
+
+def make_keypair(directory: Path, name: str) -> Tuple[Path, Path]:
+    """Write NAME.key and NAME.key_secret into `directory`; refuse to overwrite."""
+    import zmq.auth
+
+    public, secret = directory / f"{name}.key", directory / f"{name}.key_secret"
+    for path in (public, secret):
+        if path.exists():
+            raise KeyFileError(f"{path} exists: not overwriting a key (remove it first, or pick another name)")
+    directory.mkdir(parents=True, exist_ok=True)
+    old = os.umask(0o077)  # the secret is never readable by others, not even for a moment
+    try:
+        zmq.auth.create_certificates(str(directory), name)
+    finally:
+        os.umask(old)
+    os.chmod(public, 0o644)
+    os.chmod(secret, 0o600)
+    return public, secret
+
+
+def curve_problems(server_secret: str, clients_dir: str) -> List[str]:
+    """What keeps the `curve` section of a config from working, by field."""
+    import zmq.auth
+
+    problems = []
+    try:
+        _, secret = zmq.auth.load_certificate(server_secret)
+        if not secret:
+            problems.append(f"curve.server_secret: {server_secret} holds no secret key (the NAME.key_secret file)")
+    except (OSError, ValueError) as exc:
+        problems.append(f"curve.server_secret: {server_secret}: {getattr(exc, 'strerror', None) or exc}")
+    if not os.path.isdir(clients_dir):
+        problems.append(f"curve.clients_dir: {clients_dir}: not a directory")
+    elif not any(name.endswith(".key") for name in os.listdir(clients_dir)):
+        problems.append(f"curve.clients_dir: {clients_dir}: no client public keys (*.key): no client could connect")
+    return problems
