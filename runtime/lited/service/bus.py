@@ -22,14 +22,13 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import struct
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import zmq
-from zmq.auth.thread import ThreadAuthenticator
-from zmq.utils.monitor import recv_monitor_message
 
 from lited.runtime_dir import AddressInUse, UnsafeDirectory, lock_endpoint, secure_dir
 
@@ -61,47 +60,96 @@ def ipc_path(endpoint: str) -> Optional[str]:
     return endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else None
 
 
-class ClientGate(ThreadAuthenticator):
-    """ZeroMQ's authentication hook (ZAP), asked about every new connection
-    to a request socket: refuses it while `limit` clients are connected, and
-    checks CURVE keys on tcp:// (`configure_curve`) as pyzmq's does.
+class ClientGate:
+    """ZeroMQ's authentication hook (ZAP) on a thread of its own, asked about
+    every new connection: refuses one to a request socket while `limit`
+    clients are connected, and checks CURVE keys (`allow_curve_keys`).
 
     Why: ZeroMQ reads each connected client's next requests (RCVHWM of them,
     plus the one arriving) into memory before the bus can look at them; 50
     clients sending 4 arrays of 7.7 MB took the daemon to 1,085 MB, 100 to
     2,126. Only bounding the clients bounds that. A refused client's queued
     requests are dropped by its ZeroMQ; it reconnects by itself and gets in
-    once others leave (its pending request times out)."""
+    once others leave (its pending request times out). Written on plain
+    sockets (not pyzmq's authenticator, which needs asyncio) so a daemon
+    without the HTTP front end loads no event loop."""
 
     DOMAIN = "lited-requests"  # set on the request sockets: subscribers are not counted
+    ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # fixed by the ZAP protocol (RFC 27)
+    _MONITOR_EVENT = struct.Struct("=hi")  # event, value (the connection's fd)
 
     def __init__(self, ctx: zmq.Context, limit: int) -> None:
-        super().__init__(ctx)
         self.limit = limit
         self.refused = 0
         # (monitor index, fd) of the request sockets' open connections, in accept order ->
         # None while its handshake is undecided, else whether it was let in
         self._open: dict = {}
         self._monitors: list = []
+        self._curve_keys: Optional[set] = None  # z85 public keys of allowed CURVE clients
+        self._stop = threading.Event()
+        self._zap = ctx.socket(zmq.REP)
+        self._zap.setsockopt(zmq.LINGER, 0)
+        self._zap.bind(self.ZAP_ENDPOINT)
+        self._thread = threading.Thread(target=self._run, name="zap", daemon=True)
 
     @property
     def connected(self) -> int:
         """Clients let in and still connected."""
         return sum(1 for admitted in self._open.values() if admitted)
 
+    def start(self) -> None:
+        self._thread.start()
+
+    def allow_curve_keys(self, clients_dir: str) -> None:
+        """Let in CURVE clients whose public key is a certificate in `clients_dir`."""
+        import zmq.auth
+
+        self._curve_keys = {key.decode() if isinstance(key, bytes) else key
+                            for key in zmq.auth.load_certificates(clients_dir)}
+
     def watch(self, sock: zmq.Socket) -> None:
         """Count `sock`'s connections (before it binds) and put them through this gate."""
         sock.zap_domain = self.DOMAIN.encode()
         self._monitors.append((sock, sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)))
 
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self._zap.poll(200):
+                continue
+            request = self._zap.recv_multipart()  # version, id, domain, address, identity, mechanism, credentials...
+            if len(request) < 6:
+                self._zap.send_multipart([b"1.0", request[1] if len(request) > 1 else b"", b"500", b"malformed",
+                                          b"", b""])
+                continue
+            code, text = self._decide(request[2].decode(errors="replace"), request[5], request[6:])
+            self._zap.send_multipart([request[0], request[1], code, text, b"", b""])
+        self._zap.close(0)
+
+    def _decide(self, domain: str, mechanism: bytes, credentials: list) -> tuple:
+        """(status code, text) for one connection's handshake."""
+        if mechanism == b"CURVE":
+            from zmq.utils import z85
+
+            key = z85.encode(credentials[0]).decode() if credentials else ""
+            if self._curve_keys is None or key not in self._curve_keys:
+                return b"400", b"unknown CURVE key"
+        if domain == self.DOMAIN and not self._admit():
+            self.refused += 1
+            if self.refused in (1, 10, 100) or self.refused % 1000 == 0:
+                log.warning("refused a client: %d connected (limits.max_clients %d); %d refused so far",
+                            self.connected, self.limit, self.refused, extra={"event": "client_refused"})
+            return b"400", b"too many clients"
+        return b"200", b"OK"
+
     def _count(self) -> None:
-        """Fold in the connections opened and closed since the last look (auth
+        """Fold in the connections opened and closed since the last look (ZAP
         thread only); events name a connection by its fd."""
         for index, (_, monitor) in enumerate(self._monitors):
             while monitor.poll(0):
-                event = recv_monitor_message(monitor)
-                key = (index, event["value"])
-                if event["event"] == zmq.EVENT_ACCEPTED:
+                frames = monitor.recv_multipart()
+                event, value = self._MONITOR_EVENT.unpack(frames[0][:self._MONITOR_EVENT.size])
+                key = (index, value)
+                if event == zmq.EVENT_ACCEPTED:
                     self._open[key] = None
                 else:
                     self._open.pop(key, None)
@@ -118,18 +166,12 @@ class ClientGate(ThreadAuthenticator):
             self._open[key] = admitted
         return admitted
 
-    async def handle_zap_message(self, msg: list) -> None:
-        if len(msg) >= 6 and msg[2].decode(errors="replace") == self.DOMAIN:
-            if not self._admit():
-                self.refused += 1
-                if self.refused in (1, 10, 100) or self.refused % 1000 == 0:
-                    log.warning("refused a client: %d connected (limits.max_clients %d); %d refused so far",
-                                self.connected, self.limit, self.refused, extra={"event": "client_refused"})
-                self._send_zap_reply(msg[1], b"400", b"too many clients")
-                return
-        await super().handle_zap_message(msg)
-
     def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(2)
+        else:
+            self._zap.close(0)
         for sock, monitor in self._monitors:
             try:
                 sock.disable_monitor()
@@ -137,7 +179,6 @@ class ClientGate(ThreadAuthenticator):
                 pass
             monitor.close(0)
         self._monitors = []
-        super().stop()
 
 
 class Bus:
@@ -229,8 +270,7 @@ class Bus:
             raise BusError(f"curve.server_secret: {curve.server_secret} holds no secret key")
         if not os.path.isdir(curve.clients_dir):
             raise BusError(f"curve.clients_dir: {curve.clients_dir}: not a directory")
-        for domain in ("*", ClientGate.DOMAIN):  # "*" is what pyzmq uses for sockets without a ZAP domain
-            self._auth.configure_curve(domain=domain, location=curve.clients_dir)
+        self._auth.allow_curve_keys(curve.clients_dir)
         sock.curve_publickey = public
         sock.curve_secretkey = secret
         sock.curve_server = True
