@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEMO_BUNDLE, need_shared
+from conftest import DEMO_BUNDLE, _load_tool, need_shared
 from lited.bundle import BundleError, load_bundle, seal_models
 from lited.model import Model
 
@@ -19,12 +19,7 @@ from lited.model import Model
 @pytest.fixture
 def bundle(tmp_path) -> Path:
     """A private copy of the committed demo bundle's detector (x86 model only, no stages) to break."""
-    dst = tmp_path / "b"
-    dst.mkdir()
-    shutil.copy(DEMO_BUNDLE / "manifest.json", dst)
-    shutil.copy(DEMO_BUNDLE / "model_x86.nb", dst)
-    edit(dst, lambda m: (m["models"].pop("arm"), m.pop("stages"), m.update(schema=1)))
-    return dst
+    return _load_tool("demo").detector_bundle(tmp_path / "b")
 
 
 def edit(root: Path, change) -> None:

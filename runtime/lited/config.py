@@ -17,14 +17,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, Union
 
 import msgspec
 from msgspec import Meta, Struct
 from msgspec import inspect as mi
 
 from lited.stream.feed import POLICIES
-from lited.validate import Checker, has_type, name_problem, shown, type_name
+from lited.validate import Checker, choice_problem, has_type, name_problem, shown, type_name
 
 try:
     from typing import Annotated
@@ -86,9 +86,7 @@ KEEP_RESULTS_MAX = 16
 
 
 def _policy_problem(value: Any) -> Optional[str]:
-    if value in POLICIES:
-        return None
-    return f"expected one of {', '.join(repr(p) for p in POLICIES)}, got {shown(value)}"
+    return choice_problem(value, POLICIES)
 
 
 class StreamSection(Section):
@@ -102,7 +100,7 @@ class StreamSection(Section):
     stall_timeout: Annotated[Seconds, Meta(description="seconds without a frame before 'stalled'")] = 5.0
     keep_results: Annotated[int, Meta(ge=0, le=KEEP_RESULTS_MAX, description="the frames of this many results "
                                       "before the latest stay readable too")] = 0
-    policy: Optional[Annotated[str, Meta(extra={"check": _policy_problem}, description="'latest' or 'queue' "
+    policy: Optional[Annotated[Literal[POLICIES], Meta(extra={"check": _policy_problem}, description="'latest' or 'queue' "
                                          "(default: 'queue' for a lossless source, else 'latest')")]] = None
 
 
