@@ -64,7 +64,7 @@ def test_every_problem_is_reported_at_once_with_its_field_path(bundle):
 
 
 @pytest.mark.parametrize("change, expected", [
-    (lambda m: m.update(schema=2), "schema: version 2 is not supported"),
+    (lambda m: m.update(schema=3), "schema: version 3 is not supported (this lited reads 1, 2)"),
     (lambda m: m.update(name="../evil"), "name: '../evil' may hold only"),
     (lambda m: m["decoder"].update(type="yolo9"), "decoder.type: unknown \"yolo9\", expected one of boxes"),
     (lambda m: m["preprocess"].update(color="YUV"), "preprocess.color: unknown \"YUV\""),

@@ -245,10 +245,12 @@ def cmd_config(args: argparse.Namespace) -> int:
         if not isinstance(models, dict):
             raise Refused(f"{conf}: no 'models' object; fix it or move it away")
         if args.model in models:
-            if models[args.model] == args.path:
+            entry = models[args.model]
+            where = entry.get("bundle") if isinstance(entry, dict) else entry  # {"bundle", "engine", ...} too
+            if where == args.path:
                 print(f"present {conf} already has model {args.model}")
             else:
-                print(f"other {conf}: model {args.model} is {models[args.model]}, not {args.path}: left as it is")
+                print(f"other {conf}: model {args.model} is {where}, not {args.path}: left as it is")
             return 0
         models[args.model] = args.path
         verb = "added"

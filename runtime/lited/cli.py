@@ -57,10 +57,16 @@ def format_result(result: dict, as_json: bool) -> str:
     return "\n".join(lines)
 
 
+def _engine_args(args: argparse.Namespace) -> dict:
+    """Model() keywords from --engine, --precision and --threads."""
+    return {"engine": args.engine, "precision": args.precision,
+            "options": {"threads": args.threads} if args.threads else None}
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
     from lited.model import load_model
 
-    model = load_model(args.bundle, args.target)
+    model = load_model(args.bundle, args.target, **_engine_args(args))
     images = [(path, _read_image(path)) for path in args.images]  # refuse a bad image before any output
     for path, image in images:
         result = {"image": path, **model.infer(image)}
@@ -82,19 +88,27 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                                                "first": bundle.labels[:5]},
         "golden": (bundle.golden or {}).get("image"),
     }
-    for t, mf in bundle.models().items():
-        entry = {"file": mf.path.name, "engine": mf.engine, "size": mf.size, "sha256": mf.sha256[:16] + "..."}
-        if mf.engine == "paddle_lite" and mf.path.is_file():
-            try:
-                entry.update({k: sorted(v) if isinstance(v, set) else v for k, v in read_nb_header(mf.path).items()})
-            except ValueError as exc:
-                entry["problem"] = str(exc)
-        info["models"][t] = entry
+    from lited.engines import ENGINES
+
+    for t, files in bundle.models().items():
+        info["models"][t] = []
+        for mf in files:
+            entry = {"file": mf.path.name, "engines": list(mf.engines), "precision": mf.precision,
+                     "installed": [k for k in mf.engines if k in ENGINES and ENGINES.get(k).available()],
+                     "size": mf.size, "sha256": mf.sha256[:16] + "..."}
+            if "paddle_lite" in mf.engines and mf.path.is_file():
+                try:
+                    entry.update({k: sorted(v) if isinstance(v, set) else v
+                                  for k, v in read_nb_header(mf.path).items()})
+                except ValueError as exc:
+                    entry["problem"] = str(exc)
+            info["models"][t].append(entry)
     from lited.model import Model
 
-    model = Model(bundle, args.target)
+    model = Model(bundle, args.target, **_engine_args(args))
     engine = model.engine
-    info["engine"] = {"kind": engine.kind, "version": engine.version, "device": engine.device,
+    info["engine"] = {"kind": engine.kind, "file": model.model_file.path.name, "why": model.choice.why,
+                      "version": engine.version, "device": engine.device,
                       "inputs": [{"name": s.name, "shape": list(shape)} for s, shape in
                                  zip(engine.inputs, engine.input_shapes())],
                       "outputs": [{"name": n, "shape": list(s)} for n, s in
@@ -103,11 +117,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     print(f"{info['name']} {info['version']}  ({info['task']})  {info['bundle']}")
-    print(f"  runs here as: {target} on {engine.kind} {engine.version} ({engine.device})"
-          f" (bundle optimized with {info['paddle_lite_version']})")
-    for t, e in info["models"].items():
-        print(f"  model {t:<7} {e['file']}  {e.get('size') or '?'} bytes  engine {e['engine']}"
-              f"  kernels {','.join(e.get('targets', []))}")
+    print(f"  runs here as: {target}, {info['engine']['file']} on {engine.kind} {engine.version} ({engine.device})"
+          f": {model.choice.why} (bundle optimized with {info['paddle_lite_version']})")
+    for t, files in info["models"].items():
+        for e in files:
+            kernels = f"  kernels {','.join(e['targets'])}" if e.get("targets") else ""
+            print(f"  model {t:<7} {e['file']}  {e.get('size') or '?'} bytes  {e['precision']}  engines "
+                  f"{', '.join(k + ('' if k in e['installed'] else ' (not installed)') for k in e['engines'])}"
+                  f"{kernels}")
     for s in info["engine"]["inputs"]:
         print(f"  input  {s['name']}  {s['shape']}")
     for s in info["engine"]["outputs"]:
@@ -153,8 +170,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"lited: stream {event['stream']}: {event['state']}"
                       f"{': ' + event['detail'] if event['detail'] else ''}", file=sys.stderr, flush=True)
 
-    stream = Stream(args.name, args.source, lambda: Model(bundle, args.target, isolated=True), publish, on_event,
-                    stall_timeout=args.stall_timeout)
+    stream = Stream(args.name, args.source, lambda: Model(bundle, args.target, isolated=True, **_engine_args(args)),
+                    publish, on_event, stall_timeout=args.stall_timeout)
     stream.start()
     deadline = time.monotonic() + args.duration if args.duration else None
     count = 0
@@ -185,8 +202,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_selftest(args: argparse.Namespace) -> int:
-    """Run the bundle's golden image and compare with its expected result."""
+    """Run the bundle's golden image on every engine it lists for this
+    machine that is installed here, and compare each with its expected
+    result: an engine that disagrees is caught before the bundle serves."""
     from lited.bundle import load_bundle
+    from lited.engines import ENGINES, EngineError
+    from lited.errors import first_line
     from lited.model import Model
     from lited.selftest import compare
 
@@ -194,13 +215,36 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     golden = bundle.golden
     if not golden:
         raise UsageError(f"bundle {bundle.root}: no golden image in the manifest (golden.image): nothing to test")
-    result = Model(bundle).infer(_read_image(str(bundle.root / golden["image"])))
-    problems = compare(result, golden["expected"], golden.get("tolerance", {}))
-    if problems:
-        print(f"lited: selftest {bundle.name} {bundle.version} FAILED: " + "; ".join(problems), file=sys.stderr)
+    image = _read_image(str(bundle.root / golden["image"]))
+    choices = [c for c in bundle.choices(args.target) if args.engine in (None, c.engine)]
+    if not choices:
+        raise UsageError(f"bundle {bundle.root}: lists no file for engine {args.engine!r} here")
+    failed = passed = 0
+    for choice in choices:
+        what = f"{bundle.name} {bundle.version} on {choice.engine} ({choice.model.path.name}, {choice.model.precision})"
+        if not ENGINES.get(choice.engine).available():
+            print(f"selftest {what}: skipped, not installed here ({ENGINES.get(choice.engine).package})")
+            continue
+        try:
+            result = Model(bundle, choice=choice).infer(image)
+        except EngineError as exc:  # this engine refuses the file: the others are still tested
+            problems = [first_line(exc)]
+        else:
+            problems = compare(result, choice.model.expected or golden["expected"], golden.get("tolerance", {}))
+        if problems:
+            print(f"lited: selftest {what} FAILED: " + "; ".join(problems), file=sys.stderr)
+            failed += 1
+            continue
+        passed += 1
+        print(f"selftest {what}: ok ({len(result['detections'])} detections, "
+              f"{len(result['classes'])} classes match {golden['image']})")
+    if failed:
         return 1
-    print(f"selftest {bundle.name} {bundle.version}: ok ({len(result['detections'])} detections, "
-          f"{len(result['classes'])} classes match {golden['image']})")
+    if not passed:
+        raise UsageError(f"bundle {bundle.root}: none of its engines is installed here: nothing could be tested")
+    engines = sorted({c.engine for c in choices if ENGINES.get(c.engine).available()})
+    print(f"selftest {bundle.name} {bundle.version}: ok on {', '.join(engines)} ({passed} file/engine "
+          f"pair{'s' if passed != 1 else ''})")
     return 0
 
 
@@ -242,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("infer", help="run a bundle's model on images")
     p.add_argument("--bundle", required=True, help="bundle directory")
     p.add_argument("--target", help="model target (default: this machine's)")
+    _add_engine_args(p)
     p.add_argument("--json", action="store_true", help="one JSON object per image per line")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.set_defaults(func=cmd_infer)
@@ -251,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", required=True, help="source URI: file://, rtsp://, v4l2://, gst://, images://, synth://")
     p.add_argument("--name", default="cam0", help="stream name (in results and the shared-memory ring)")
     p.add_argument("--target", help="model target (default: this machine's)")
+    _add_engine_args(p)
     p.add_argument("--json", action="store_true", help="one JSON object per frame per line")
     p.add_argument("--frames", type=int, help="stop after this many results")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
@@ -273,16 +319,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the reply")
     p.set_defaults(func=cmd_ctl)
 
-    p = sub.add_parser("selftest", help="check a bundle against its golden image")
-    p.add_argument("--bundle", required=True, help="bundle directory")
-    p.set_defaults(func=cmd_selftest)
-
-    p = sub.add_parser("inspect", help="show what a bundle holds")
+    p = sub.add_parser("selftest", help="check a bundle against its golden image, on every engine it lists")
     p.add_argument("--bundle", required=True, help="bundle directory")
     p.add_argument("--target", help="model target (default: this machine's)")
+    p.add_argument("--engine", help="test only this engine (default: every engine listed and installed)")
+    p.set_defaults(func=cmd_selftest)
+
+    p = sub.add_parser("inspect", help="show what a bundle holds, and which engine runs it here and why")
+    p.add_argument("--bundle", required=True, help="bundle directory")
+    p.add_argument("--target", help="model target (default: this machine's)")
+    _add_engine_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)
     return ap
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", help="engine to run (default: the bundle's first choice installed here)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="the bundle file of this precision")
+    p.add_argument("--threads", type=int, help="threads of the engine (default: the bundle's, else 1)")
 
 
 def main(argv: list | None = None) -> int:

@@ -32,6 +32,23 @@ class StreamConfig:
     stall_timeout: float = 5.0
 
 
+@dataclass(frozen=True)
+class ModelSettings:
+    """How one configured model runs: the engine and precision picked among
+    the bundle's files (None: the bundle's order of preference), and its
+    threads (None: the bundle's, else 1)."""
+
+    engine: Optional[str] = None
+    precision: Optional[str] = None
+    threads: Optional[int] = None
+
+    def model_kwargs(self, threads: Optional[int] = None) -> dict:
+        """Model() keywords; `threads` overrides the configured count."""
+        threads = threads or self.threads
+        return {"engine": self.engine, "precision": self.precision,
+                "options": {"threads": threads} if threads else None}
+
+
 @dataclass
 class Config:
     path: Optional[Path]
@@ -49,6 +66,7 @@ class Config:
     request_workers: int = 1
     status_interval: float = 5.0
     raw: dict = field(default_factory=dict)
+    model_settings: dict = field(default_factory=dict)  # name -> ModelSettings
 
 
 def default_runtime_dir() -> Path:
@@ -72,6 +90,8 @@ def default_state_dir() -> Path:
 TOP_FIELDS = ("runtime_dir", "state_dir", "models", "streams", "endpoints", "curve", "insecure_tcp", "group",
               "limits", "request_workers", "status_interval")
 STREAM_FIELDS = ("name", "source", "model", "slots", "stall_timeout")
+MODEL_FIELDS = ("bundle", "engine", "precision", "threads")
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def parse_config(raw: Any, path: Optional[Path] = None, base_dir: Optional[Path] = None) -> Config:
@@ -84,14 +104,14 @@ def parse_config(raw: Any, path: Optional[Path] = None, base_dir: Optional[Path]
     base = base_dir or (path.parent if path else Path.cwd())
     runtime_dir = Path(c.get(raw, "runtime_dir", "", str, required=False) or default_runtime_dir())
     state_dir = Path(c.get(raw, "state_dir", "", str, required=False) or default_state_dir())
-    models = {}
-    for name, bundle in c.get(raw, "models", "", dict, default={}).items():
+    models, settings = {}, {}
+    for name, entry in c.get(raw, "models", "", dict, default={}).items():
         problem = name_problem(name)
         if problem:
             c.add(f"models.{name}", problem)
-        elif not isinstance(bundle, str) or not bundle:
-            c.add(f"models.{name}", f"expected a bundle directory, got {shown(bundle)}")
-        else:
+            continue
+        bundle, settings[name] = _model_entry(c, name, entry)
+        if bundle is not None:
             models[name] = str((base / bundle).resolve()) if not os.path.isabs(bundle) else bundle
     streams = _streams(c, c.get(raw, "streams", "", list, required=False, default=[]), models)
     endpoints = c.get(raw, "endpoints", "", dict, required=False, default={})
@@ -115,7 +135,30 @@ def parse_config(raw: Any, path: Optional[Path] = None, base_dir: Optional[Path]
     if c.problems:
         raise ConfigError(where, c.problems)
     return Config(path, runtime_dir, state_dir, models, streams, pub, req, curve, insecure, group, max_req, hwm,
-                  workers, float(interval), raw)
+                  workers, float(interval), raw, settings)
+
+
+def _model_entry(c: Checker, name: str, entry: Any) -> tuple:
+    """`models.<name>`: a bundle directory, or {"bundle", "engine", "precision", "threads"};
+    returns (the directory or None, ModelSettings)."""
+    p = f"models.{name}"
+    if isinstance(entry, dict):
+        c.unknown(entry, MODEL_FIELDS, p + ".")
+        bundle = c.get(entry, "bundle", p + ".", str)
+        from lited.engines import ENGINES  # the registry lists engines without loading their backends
+
+        engine = c.choice(entry, "engine", p + ".", ENGINES.kinds()) if "engine" in entry else None
+        precision = c.choice(entry, "precision", p + ".", PRECISIONS) if "precision" in entry else None
+        threads = c.number(entry, "threads", p + ".", None, integer=True, minimum=1, maximum=256)
+        settings = ModelSettings(engine, precision, threads)
+    else:
+        bundle, settings = entry, ModelSettings()
+    if not isinstance(bundle, str) or not bundle:
+        if not isinstance(entry, dict) or "bundle" in entry:
+            c.add(p + (".bundle" if isinstance(entry, dict) else ""),
+                  f"expected a bundle directory, got {shown(bundle)}")
+        return None, settings
+    return bundle, settings
 
 
 def _streams(c: Checker, items: list, models: dict) -> list:

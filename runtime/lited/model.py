@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lited.bundle import Bundle, BundleError, load_bundle
+from lited.bundle import Bundle, BundleError, Choice, load_bundle
 from lited.decoders import make_decoder
 from lited.engine_process import EngineProcess
 from lited.engines import open_engine
@@ -26,15 +26,20 @@ class Model:
     """Everything needed to turn an image into a result."""
 
     def __init__(self, bundle: Bundle, target: str | None = None, options: dict | None = None,
-                 warmup: int = 1, isolated: bool = False) -> None:
+                 warmup: int = 1, isolated: bool = False, engine: str | None = None,
+                 precision: str | None = None, choice: Choice | None = None) -> None:
         """`isolated`: run the engine in a child process (engine_process.py),
         as streams and the daemon do, so its `run()` does not hold this
-        process's GIL and a crash in the backend does not take it down."""
+        process's GIL and a crash in the backend does not take it down.
+        `engine`, `precision`: the config's choice among the bundle's files
+        (else the bundle's order of preference, see `Bundle.choose`);
+        `options` (e.g. `threads`) go over the bundle's options for it.
+        `choice`: a file and engine picked already (`Bundle.choices`)."""
         self.bundle = bundle
-        self.model_file = bundle.model_for(target)
+        self.choice = choice or bundle.choose(target, engine, precision)
+        self.model_file = self.choice.model
         opener = EngineProcess if isolated else open_engine
-        self.engine = opener(self.model_file.engine, str(self.model_file.path),
-                             {**self.model_file.options, **(options or {})})
+        self.engine = opener(self.choice.engine, str(self.model_file.path), {**self.choice.options, **(options or {})})
         self.image_input = bundle.image_input
         self.engine.image_input = self.image_input
         self.preprocess = Preprocessor(bundle.preprocess, bundle.inputs[self.image_input]["shape"])
@@ -86,10 +91,19 @@ class Model:
         self.engine.set_input(self.image_input, tensor)
         self.set_extra_inputs(geom)
 
+    def input_arrays(self, image: np.ndarray) -> list:
+        """Every input of the model for `image`, in order, as new arrays (what
+        a quantiser calibrates on: exactly what this model would be fed)."""
+        geom = self.preprocess(image)
+        arrays = [self.preprocess.tensor.copy() if i == self.image_input else None for i in range(len(self.bundle.inputs))]
+        for index, fill, _ in self._extra:
+            arrays[index] = np.array([_fill(fill, geom)], np.float32)
+        return arrays
+
     def set_extra_inputs(self, geom, input_set: int | None = None) -> None:
         """The inputs filled from the geometry (`input_set`: of an isolated engine)."""
         for index, fill, buf in self._extra:
-            buf[0] = (geom.in_h, geom.in_w) if fill == "im_shape" else (1.0, 1.0)
+            buf[0] = _fill(fill, geom)
             if input_set is None:
                 self.engine.set_input(index, buf)
             else:
@@ -118,6 +132,12 @@ class Model:
         }
 
 
-def load_model(path: str, target: str | None = None, options: dict | None = None, isolated: bool = False) -> Model:
+def _fill(fill: str, geom) -> tuple:
+    """An extra input's value: `im_shape` the model-input size, `scale_factor` 1."""
+    return (geom.in_h, geom.in_w) if fill == "im_shape" else (1.0, 1.0)
+
+
+def load_model(path: str, target: str | None = None, options: dict | None = None, isolated: bool = False,
+               engine: str | None = None, precision: str | None = None) -> Model:
     """Validate the bundle at `path`, then load and warm up its model."""
-    return Model(load_bundle(path), target, options, isolated=isolated)
+    return Model(load_bundle(path), target, options, isolated=isolated, engine=engine, precision=precision)

@@ -7,6 +7,8 @@
                                      # (None if it has none): write the input there, no copy
     outputs = engine.run()           # list of float32 arrays owned by the engine,
                                      # valid until the next run() (copied out of the backend)
+    outputs = engine.run_into(inputs, outputs)  # or: read these arrays, write into those
+                                     # (in place where the backend can bind memory: `zero_copy`)
     engine.version                   # backend version string
     engine.device                    # where it runs, for humans: "cpu", "gpu:0 tensorrt fp16"
     engine.close()                   # free it now
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from typing import ClassVar, List, Optional
+from typing import ClassVar, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -46,6 +48,8 @@ class Engine:
     backend: ClassVar[str] = ""   # the module it imports
     package: ClassVar[str] = ""   # what provides that module (pip name), for "not installed" messages
     input_sets: ClassVar[int] = 1  # inputs that can be filled while another set runs (EngineProcess: 3)
+    formats: ClassVar[tuple] = ()  # model file suffixes it runs (".nb", ".onnx"): which bundle files it can take
+    zero_copy: ClassVar[bool] = False  # run_into reads inputs and writes outputs in place (no fallback copies)
 
     inputs: List[TensorSpec]
     output_names: List[str]
@@ -59,6 +63,18 @@ class Engine:
         """Is the backend installed here (without importing it)?"""
         return not cls.backend or importlib.util.find_spec(cls.backend) is not None
 
+    @classmethod
+    def can_run(cls, path: str) -> bool:
+        """Does this engine read a model file named like `path`?"""
+        return str(path).lower().endswith(cls.formats) if cls.formats else False
+
+    @classmethod
+    def process_env(cls, options: dict) -> Dict[str, str]:
+        """Environment a process must have before the backend loads, for these
+        options (a backend that reads its thread count only from the
+        environment). The engine process sets it in its child."""
+        return {}
+
     def set_input(self, index: int, array: np.ndarray) -> None:
         raise NotImplementedError
 
@@ -70,6 +86,25 @@ class Engine:
     def run(self) -> list:
         raise NotImplementedError
 
+    def run_into(self, inputs: Sequence[np.ndarray],
+                 outputs: Optional[Sequence[Optional[np.ndarray]]] = None) -> list:
+        """Run on `inputs` (one array per input, left alone until this returns),
+        writing output i into `outputs[i]` where that has the shape and dtype
+        this run produces. Returns the outputs: `outputs[i]` itself where it
+        was written, else the engine's own array, valid until the next run.
+
+        Engines with `zero_copy` read the inputs and write the outputs in
+        place; this fallback copies both ways (set_input, run, copyto)."""
+        for i, array in enumerate(inputs):
+            self.set_input(i, array)
+        result = list(self.run())
+        if outputs is not None:
+            for i, (out, got) in enumerate(zip(outputs, result)):
+                if out is not None and out.shape == got.shape and out.dtype == got.dtype:
+                    np.copyto(out, got)
+                    result[i] = out
+        return result
+
     def input_shapes(self) -> list:
         """Input shapes as the backend has them now."""
         raise NotImplementedError
@@ -80,3 +115,25 @@ class Engine:
 
     def close(self) -> None:
         """Free the backend now rather than at garbage collection."""
+
+
+def check_known(kind: str, options: dict, known: tuple, prefix: str = "") -> None:
+    """Refuse an option this engine does not have, naming it and the ones it has."""
+    for key in options:
+        if key not in known:
+            raise EngineError(f"unknown option '{prefix}{key}' for engine {kind}, expected one of {', '.join(known)}")
+
+
+def int_option(options: dict, name: str, default: int, minimum: int = 1) -> int:
+    """`options[name]` as an int >= minimum (a bool is not an int here)."""
+    value = options.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise EngineError(f"option '{name}': expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def bool_option(options: dict, name: str, default: bool) -> bool:
+    value = options.get(name, default)
+    if not isinstance(value, bool):
+        raise EngineError(f"option '{name}': expected true or false, got {value!r}")
+    return value

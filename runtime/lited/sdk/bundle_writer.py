@@ -13,7 +13,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from lited.bundle import seal_models
+from lited.bundle import file_specs, seal_models
 
 from lited.sdk import BuildError
 
@@ -38,7 +38,9 @@ def _bundle_file(path: Path) -> bool:
     """A name this builder writes into a bundle."""
     name = path.name
     return path.is_file() and (name in ("manifest.json", "README.md", "labels.txt", "NOTICE")
-                               or name.startswith("golden.") or fnmatch.fnmatch(name, "model_*.nb"))
+                               or name.startswith("golden.")
+                               or any(fnmatch.fnmatch(name, p) for p in ("model_*.nb", "model*.onnx", "model*.xml",
+                                                                          "model*.bin")))
 
 
 def prepare_dir(path: Path) -> Path:
@@ -55,9 +57,11 @@ def prepare_dir(path: Path) -> Path:
 def write_manifest(root: Path, manifest: dict) -> dict:
     """manifest.json with each model's sha256 and size filled in; returns what was written."""
     sealed = seal_models(manifest, root)
-    missing = sorted(set(manifest["models"]) - set(sealed["models"]))
+    wanted = {(t, e["file"]) for t, spec in manifest["models"].items() for e in file_specs(spec)}
+    missing = sorted(wanted - {(t, e["file"]) for t, spec in sealed["models"].items() for e in file_specs(spec)})
     if missing:
-        raise BuildError(f"{root}: model file for {', '.join(missing)} is missing")
+        raise BuildError(f"{root}: model file {', '.join(f for _, f in missing)} for "
+                         f"{', '.join(sorted({t for t, _ in missing}))} is missing")
     ordered = {k: sealed[k] for k in MANIFEST_ORDER if k in sealed}
     (root / "manifest.json").write_text(to_json(ordered) + "\n", encoding="utf-8")
     return ordered

@@ -7,7 +7,10 @@ Rules it keeps:
   `last_reload` in status, the systemd status line);
 - READY=1 once models are warm and sources are opening; WATCHDOG=1 only while
   every inference loop and the bus loop are alive (a camera being down does
-  not stop the beats; a wedged inference thread does).
+  not stop the beats; a wedged inference thread does);
+- the streams' engine threads together fit the cores (`share_cores`): each
+  stream has an engine process of its own, and N streams of T threads on
+  fewer than N x T cores would only take turns (and spin).
 """
 from __future__ import annotations
 
@@ -20,8 +23,8 @@ import time
 from typing import Any, Optional
 
 from lited import __version__, protocol
-from lited.bundle import BundleError, load_bundle
-from lited.config import Config, ConfigError, StreamConfig, load_config
+from lited.bundle import Bundle, BundleError, choose_engine, load_bundle, machine_target
+from lited.config import Config, ConfigError, ModelSettings, StreamConfig, load_config
 from lited.engine_process import child_pids
 from lited.engines import EngineError
 from lited.model import Model
@@ -49,6 +52,7 @@ class Daemon:
         self.generation: dict = {}         # model name -> int, bumped on reload (request workers rebuild)
         self.streams: dict = {}            # stream name -> Stream
         self.stream_configs: dict = {}     # stream name -> the StreamConfig it was started from
+        self.stream_threads: dict = {}     # stream name -> its engine's threads (share_cores)
         self.last_reload: dict = {}
         self.stop_event = threading.Event()
         self.reload_requested = threading.Event()
@@ -72,6 +76,7 @@ class Daemon:
         self.watchdog.register("bus")
         self.bus.start()
         self.requests.start()
+        self.stream_threads = self._plan_threads(cfg.streams)
         for sc in cfg.streams:
             self.notifier.status(f"warming up {sc.model} for {sc.name}")
             self._start_stream(sc)
@@ -80,11 +85,34 @@ class Daemon:
         self._daemon_event("ready", f"{len(self.streams)} streams, {len(self.bundles)} models")
         log.info("serving: pub %s, req %s", " ".join(cfg.pub), " ".join(cfg.req), extra={"event": "ready"})
 
+    def make_model(self, name: str, bundle: Optional[Bundle] = None, threads: Optional[int] = None) -> Model:
+        """Model `name` (from `bundle`, default its current one) in an engine
+        process, on the engine and threads the config asks for."""
+        settings = self.config.model_settings.get(name, ModelSettings())
+        return Model(bundle or self.bundles[name], isolated=True, **settings.model_kwargs(threads))
+
+    def _plan_threads(self, streams: list) -> dict:
+        """Each stream's engine threads: as configured (else the bundle's, else 1),
+        scaled down together when they would not fit the cores."""
+        requested = {}
+        for sc in streams:
+            settings = self.config.model_settings.get(sc.model, ModelSettings())
+            requested[sc.name] = settings.threads or _bundle_threads(self.bundles.get(sc.model), settings)
+        shared = share_cores(requested, len(os.sched_getaffinity(0)))
+        if shared != requested:
+            log.warning("engine threads asked for (%s) exceed the %d cores: running %s",
+                        ", ".join(f"{n} {t}" for n, t in requested.items()), len(os.sched_getaffinity(0)),
+                        ", ".join(f"{n} {t}" for n, t in shared.items()), extra={"event": "threads"})
+        return shared
+
+    def _stream_model(self, sc: StreamConfig, bundle: Bundle):
+        return lambda: self.make_model(sc.model, bundle, self.stream_threads.get(sc.name))
+
     def _start_stream(self, sc: StreamConfig) -> Stream:
         bundle = self.bundles[sc.model]
         beat_name = f"infer-{sc.name}"
         self.watchdog.register(beat_name)
-        stream = Stream(sc.name, sc.source, lambda b=bundle: Model(b, isolated=True), self._publish_result,
+        stream = Stream(sc.name, sc.source, self._stream_model(sc, bundle), self._publish_result,
                         self._publish_event, slots=sc.slots, stall_timeout=sc.stall_timeout,
                         group=self.config.group, beat=lambda n=beat_name: self.watchdog.beat(n))
         try:
@@ -178,9 +206,10 @@ class Daemon:
         try:
             new_bundles = {n: load_bundle(p) for n, p in paths.items()}
             for name, stream in self.streams.items():
-                bundle = new_bundles.get(self.stream_configs[name].model)
+                sc = self.stream_configs[name]
+                bundle = new_bundles.get(sc.model)
                 if bundle is not None:
-                    prepared.append((stream, stream.prepare_model(lambda b=bundle: Model(b, isolated=True))))
+                    prepared.append((stream, stream.prepare_model(self._stream_model(sc, bundle))))
         except BaseException:
             for _, runner in prepared:
                 runner.stop()
@@ -216,7 +245,9 @@ class Daemon:
                 self.reload_models(kept)  # records its outcome
             except LOAD_ERRORS:
                 return
+        self.config.model_settings = new.model_settings
         try:
+            self.stream_threads = self._plan_threads(new.streams)
             wanted = {s.name: s for s in new.streams}
             for name in [n for n in self.streams if n not in wanted or self.stream_configs[n] != wanted[n]]:
                 self._stop_stream(name)
@@ -263,6 +294,27 @@ class Daemon:
             line += " | last reload FAILED"
         return f"{line} | models: {models}"
 
+
+
+def share_cores(requested: dict, cores: int) -> dict:
+    """Threads per stream that fit `cores` together: as asked when they fit,
+    else each scaled down in proportion, never below 1 (a stream of one
+    thread more than the cores is better than a stream that never runs)."""
+    total = sum(requested.values())
+    if total <= cores:
+        return dict(requested)
+    return {name: max(1, threads * cores // total) for name, threads in requested.items()}
+
+
+def _bundle_threads(bundle: Optional[Bundle], settings: ModelSettings) -> int:
+    """The threads the bundle's options give the engine that will run it here (1 if none)."""
+    if bundle is None:
+        return 1
+    try:
+        files = bundle.models()[machine_target(bundle.manifest["models"])]
+        return int(choose_engine(files, settings.engine, settings.precision).options.get("threads") or 1)
+    except (BundleError, KeyError, TypeError, ValueError):
+        return 1
 
 
 def _rss_kb(pid: object = "self") -> int:

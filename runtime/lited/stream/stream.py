@@ -147,6 +147,7 @@ class Stream:
             "stream": self.name, "source": self.uri, "state": self.current_state(), "detail": self.detail,
             "fps": round(self.fps(), 2), "counters": dict(self.stats.counters),
             "latency_ms": self.stats.timings.summary(), "ring": ring.name if ring else None,
-            "model": {"name": model.name, "version": model.version, "engine_pid": model.engine.pid}
+            "model": {"name": model.name, "version": model.version, "engine": model.choice.engine,
+                      "device": model.engine.device, "engine_pid": model.engine.pid}
             if model else None,
         }
