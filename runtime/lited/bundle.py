@@ -426,10 +426,10 @@ def _check_model_entry(c: BundleChecker, spec: Any, where: str, root: Path) -> N
     c.choice(spec, "precision", p, PRECISIONS, "fp32")
     c.get(spec, "expected", p, dict, required=False)
     params = spec.get("params")
-    weights = ".pdiparams" if "paddle_inference" in engines else ".bin" if str(rel).lower().endswith(".xml") else ""
-    if weights and not isinstance(params, dict):
-        c.add(p + "params", f"missing: this model needs its weights file ({weights}) beside it "
-                            "({\"file\", \"sha256\", \"size\"})")
+    needs = "a paddle_inference model needs its .pdiparams" if "paddle_inference" in engines else \
+        "an OpenVINO IR (.xml) needs its .bin" if str(rel).lower().endswith(".xml") else ""
+    if needs and not isinstance(params, dict):
+        c.add(p + "params", f"missing: {needs} ({{\"file\", \"sha256\", \"size\"}})")
     elif isinstance(params, dict):
         c.safe_path(root, params.get("file"), p + "params.file")
         _check_sha(c, params, p + "params.")

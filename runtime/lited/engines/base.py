@@ -40,9 +40,10 @@ class TensorSpec:
 
 
 class Engine:
-    """One backend running one model file. Subclasses set `kind` (the
-    manifest's `models.<target>.engine`) and `backend` (the module they
-    import, lazily, in `__init__`)."""
+    """One backend running one model file. Subclasses set `kind` (the name
+    a manifest's `engine`/`engines` and a config's `engine` use), `backend`
+    (the module they import, lazily, in `__init__`), `package` (what
+    provides it) and `formats` (the model files they read)."""
 
     kind: ClassVar[str] = ""
     backend: ClassVar[str] = ""   # the module it imports
@@ -115,6 +116,64 @@ class Engine:
 
     def close(self) -> None:
         """Free the backend now rather than at garbage collection."""
+
+
+class InPlaceEngine(Engine):
+    """An engine whose backend reads inputs and writes outputs where it is told
+    (`run_into` binds the caller's memory). `set_input`, `input_view` and
+    `run` work on buffers of its own, bound the same way. Subclasses call
+    `init_buffers()` once `inputs` is known and implement `run_into`."""
+
+    zero_copy = True
+
+    def init_buffers(self, output_shapes: list) -> None:
+        """Once `inputs` is known; `output_shapes`: the model's (-1 where dynamic)."""
+        self._in_dtypes = [np.dtype(s.dtype) for s in self.inputs]
+        self._in_buf: list = [None] * len(self.inputs)
+        self._in_last: list = [None] * len(self.inputs)  # the arrays the last run read
+        self._out_last = list(output_shapes)
+
+    def ran(self, inputs: list, outputs: list) -> None:
+        """Note a run's inputs and outputs (for `input_shapes`, `output_shapes`)."""
+        self._in_last = inputs
+        self._out_last = [o.shape for o in outputs]
+
+    def input_shapes(self) -> list:
+        """Input shapes of the last run (the model's, -1 for dynamic, before)."""
+        return [a.shape if a is not None else s.shape for a, s in zip(self._in_last, self.inputs)]
+
+    def output_shapes(self) -> list:
+        """Output shapes of the last run."""
+        return list(self._out_last)
+
+    def set_input(self, index: int, array: np.ndarray) -> None:
+        """Copy `array` into input `index`'s buffer (the one the backend reads in place)."""
+        np.copyto(self.input_view(index, array.shape), array, casting="same_kind")
+
+    def input_view(self, index: int, shape: tuple) -> np.ndarray:
+        """The buffer the backend reads input `index` from: write the input there, no copy."""
+        shape = tuple(int(s) for s in shape)
+        buf = self._in_buf[index]
+        if buf is None or buf.shape != shape:
+            buf = self._in_buf[index] = np.zeros(shape, self._in_dtypes[index])
+        return buf
+
+    def run(self) -> list:
+        """Run on the engine's own input buffers; outputs valid until the next run."""
+        for i, buf in enumerate(self._in_buf):
+            if buf is None:
+                raise EngineError(f"input {i} ({self.inputs[i].name}): not set")
+        return self.run_into(self._in_buf, self.own_outputs(tuple(b.shape for b in self._in_buf)))
+
+    def own_outputs(self, input_shapes: tuple) -> Optional[list]:
+        """Arrays of the engine's own for `run()` to write into, or None (the backend's)."""
+        return None
+
+    def bindable(self, inputs: Sequence[np.ndarray]) -> list:
+        """`inputs` as the backend can read them in place: C-contiguous, the
+        input's dtype (a copy only where an array is not)."""
+        return [a if a.dtype == dt and a.flags.c_contiguous else np.ascontiguousarray(a, dt)
+                for a, dt in zip(inputs, self._in_dtypes)]
 
 
 def check_known(kind: str, options: dict, known: tuple, prefix: str = "") -> None:

@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from lited.engines.base import Engine, EngineError, TensorSpec, bool_option, check_known, int_option
+from lited.engines.base import EngineError, InPlaceEngine, TensorSpec, bool_option, check_known, int_option
 from lited.errors import first_line
 
 DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
@@ -46,14 +46,13 @@ MAX_BINDINGS = 12  # IOBindings kept: 3 input sets x 3 output sets, and spares f
 OWN_OUTPUT_SHAPES = 4  # engine-owned output sets kept (one per input shape, for run())
 
 
-class OnnxRuntimeEngine(Engine):
+class OnnxRuntimeEngine(InPlaceEngine):
     """One onnxruntime session. Use from one thread only."""
 
     kind = "onnxruntime"
     backend = "onnxruntime"
     package = "onnxruntime"
     formats = (".onnx", ".ort")
-    zero_copy = True
 
     def __init__(self, model_path: str, options: dict) -> None:
         import onnxruntime as ort  # here, not at import: listing engines must stay cheap
@@ -90,41 +89,21 @@ class OnnxRuntimeEngine(Engine):
         self.inputs = [TensorSpec(i.name, tuple(d if isinstance(d, int) else -1 for d in i.shape),
                                   DTYPES.get(i.type, i.type)) for i in ins]
         self.output_names = [o.name for o in outs]
-        self._np_in = [np.dtype(s.dtype) for s in self.inputs]
+        self.init_buffers([tuple(d if isinstance(d, int) else -1 for d in o.shape) for o in outs])
         self._run_options = ort.RunOptions()
         self._bindings: dict = {}          # (input pointers and shapes, output pointers) -> (IOBinding, arrays)
-        self._in_buf: list = [None] * len(ins)    # engine-owned inputs (set_input / input_view)
-        self._in_last: list = [None] * len(ins)   # the arrays the last run read
         self._out_shapes: dict = {}        # input shapes -> the output shapes a run produced
         self._own_out: dict = {}           # input shapes -> engine-owned outputs (run() writes there)
         self._outputs_vary = False         # output shapes depend on the data, not only the input shapes
-        self._last_out_shapes = [tuple(d if isinstance(d, int) else -1 for d in o.shape) for o in outs]
 
-    def set_input(self, index: int, array: np.ndarray) -> None:
-        """Copy `array` into input `index`'s buffer (the one ORT reads in place)."""
-        np.copyto(self.input_view(index, array.shape), array, casting="same_kind")
-
-    def input_view(self, index: int, shape: tuple) -> np.ndarray:
-        """The buffer ORT reads input `index` from: write the input there, no copy."""
-        shape = tuple(int(s) for s in shape)
-        buf = self._in_buf[index]
-        if buf is None or buf.shape != shape:
-            buf = self._in_buf[index] = np.zeros(shape, self._np_in[index])
-        return buf
-
-    def run(self) -> list:
-        """Run on the engine's own input buffers; outputs land in arrays owned by
-        the engine (one set per input shape), valid until the next run."""
-        for i, buf in enumerate(self._in_buf):
-            if buf is None:
-                raise EngineError(f"input {i} ({self.inputs[i].name}): not set")
-        return self.run_into(self._in_buf, self._own_out.get(tuple(b.shape for b in self._in_buf)))
+    def own_outputs(self, input_shapes: tuple) -> Optional[list]:
+        """`run()` writes into arrays of the engine's own, one set per input shape."""
+        return self._own_out.get(input_shapes)
 
     def run_into(self, inputs: Sequence[np.ndarray], outputs: Optional[Sequence[Optional[np.ndarray]]] = None) -> list:
         """Read input i in place from `inputs[i]` and write output i in place into
         `outputs[i]` when it has the shape this run produces (see Engine.run_into)."""
-        arrays = [a if a.dtype == dt and a.flags.c_contiguous else np.ascontiguousarray(a, dt)  # else a copy
-                  for a, dt in zip(inputs, self._np_in)]
+        arrays = self.bindable(inputs)
         in_shapes = tuple(a.shape for a in arrays)
         known = None if self._outputs_vary else self._out_shapes.get(in_shapes)
         targets: list = [None] * len(self.output_names)
@@ -150,13 +129,12 @@ class OnnxRuntimeEngine(Engine):
                 values = values if values is not None else binding.get_outputs()
                 target = values[i].numpy()
             result.append(target)
-        self._in_last = arrays
-        self._last_out_shapes = [r.shape for r in result]
+        self.ran(arrays, result)
         if not self._outputs_vary and in_shapes not in self._out_shapes:
-            self._out_shapes[in_shapes] = self._last_out_shapes
+            shapes = self._out_shapes[in_shapes] = [r.shape for r in result]
             if len(self._own_out) >= OWN_OUTPUT_SHAPES:
                 self._own_out.pop(next(iter(self._own_out)))
-            self._own_out[in_shapes] = [np.empty(s, np.float32) for s in self._last_out_shapes]
+            self._own_out[in_shapes] = [np.empty(s, np.float32) for s in shapes]
         return result
 
     def _binding(self, arrays: list, targets: list):
@@ -179,16 +157,7 @@ class OnnxRuntimeEngine(Engine):
                 self._bindings.pop(next(iter(self._bindings)))
         return entry[0]
 
-    def input_shapes(self) -> list:
-        """Input shapes of the last run (the model's, -1 for dynamic, before)."""
-        return [a.shape if a is not None else s.shape for a, s in zip(self._in_last, self.inputs)]
-
-    def output_shapes(self) -> list:
-        """Output shapes of the last run."""
-        return list(self._last_out_shapes)
-
     def close(self) -> None:
         self._bindings.clear()
         self._own_out.clear()
-        self._in_last = [None] * len(self.inputs)
         self._session = None

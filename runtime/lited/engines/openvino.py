@@ -33,7 +33,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from lited.engines.base import Engine, EngineError, TensorSpec, bool_option, check_known, int_option
+from lited.engines.base import EngineError, InPlaceEngine, TensorSpec, bool_option, check_known, int_option
 from lited.errors import first_line
 
 OPTIONS = ("threads", "device", "streams", "pin", "static_shapes", "cache_dir", "precision")
@@ -66,14 +66,13 @@ class _Compiled:
         self.out_checked: list = [False] * len(outs)
 
 
-class OpenVinoEngine(Engine):
+class OpenVinoEngine(InPlaceEngine):
     """One OpenVINO compiled model (and infer request). Use from one thread only."""
 
     kind = "openvino"
     backend = "openvino"
     package = "openvino"
     formats = (".onnx", ".xml")
-    zero_copy = True
 
     def __init__(self, model_path: str, options: dict) -> None:
         import openvino as ov  # here, not at import: listing engines must stay cheap
@@ -112,11 +111,8 @@ class OpenVinoEngine(Engine):
                                                           for d in i.get_partial_shape()),
                                   np.dtype(i.get_element_type().to_dtype()).name) for i in self._model.inputs]
         self.output_names = [o.get_any_name() for o in self._model.outputs]
-        self._np_in = [np.dtype(s.dtype) for s in self.inputs]
-        self._in_buf: list = [None] * len(self.inputs)
-        self._in_last: list = [None] * len(self.inputs)
-        self._last_out_shapes = [tuple(d.get_length() if d.is_static else -1 for d in o.get_partial_shape())
-                                 for o in self._model.outputs]
+        self.init_buffers([tuple(d.get_length() if d.is_static else -1 for d in o.get_partial_shape())
+                           for o in self._model.outputs])
 
     def _compile(self, shapes: Optional[tuple]) -> _Compiled:
         model = self._model
@@ -150,31 +146,11 @@ class OpenVinoEngine(Engine):
                 self._tensors.pop(next(iter(self._tensors)))
         return hit[0]
 
-    def set_input(self, index: int, array: np.ndarray) -> None:
-        """Copy `array` into input `index`'s buffer (read in place by the plugin)."""
-        np.copyto(self.input_view(index, array.shape), array, casting="same_kind")
-
-    def input_view(self, index: int, shape: tuple) -> np.ndarray:
-        """The buffer the plugin reads input `index` from: write there, no copy."""
-        shape = tuple(int(s) for s in shape)
-        buf = self._in_buf[index]
-        if buf is None or buf.shape != shape:
-            buf = self._in_buf[index] = np.zeros(shape, self._np_in[index])
-        return buf
-
-    def run(self) -> list:
-        """Run on the engine's own input buffers; outputs valid until the next run."""
-        for i, buf in enumerate(self._in_buf):
-            if buf is None:
-                raise EngineError(f"input {i} ({self.inputs[i].name}): not set")
-        return self.run_into(self._in_buf, None)
-
     def run_into(self, inputs: Sequence[np.ndarray], outputs: Optional[Sequence[Optional[np.ndarray]]] = None) -> list:
         """Read input i in place from `inputs[i]`; write output i in place into
         `outputs[i]` where the compiled output is static and `outputs[i]` has its
         shape (see Engine.run_into and, for why only there, the module docstring)."""
-        arrays = [a if a.dtype == dt and a.flags.c_contiguous else np.ascontiguousarray(a, dt)  # else a copy
-                  for a, dt in zip(inputs, self._np_in)]
+        arrays = self.bindable(inputs)
         entry = self._select(tuple(a.shape for a in arrays))
         req = entry.request
         for i, array in enumerate(arrays):
@@ -211,17 +187,8 @@ class OpenVinoEngine(Engine):
             else:
                 data = req.get_output_tensor(i).data  # the plugin's memory, valid until the next run
                 result.append(data if data.dtype == np.float32 else data.astype(np.float32))
-        self._in_last = arrays
-        self._last_out_shapes = [r.shape for r in result]
+        self.ran(arrays, result)
         return result
-
-    def input_shapes(self) -> list:
-        """Input shapes of the last run (the model's, -1 for dynamic, before)."""
-        return [a.shape if a is not None else s.shape for a, s in zip(self._in_last, self.inputs)]
-
-    def output_shapes(self) -> list:
-        """Output shapes of the last run."""
-        return list(self._last_out_shapes)
 
     def close(self) -> None:
         self._tensors.clear()
