@@ -624,6 +624,10 @@ Lite's within the golden tolerance (box 4 px, score 0.05): empty means identical
 NanoDet-m and PP-OCRv4 rec are decoded by a stand-in (`classification` over the first output) until
 their own decoders land; PP-OCRv4 rec's `.nb` and Paddle model were made by `tools/build_sdk.py` from its
 ONNX with its width fixed at 320; PP-OCRv4 det ran at 192x384 (det and rec one round: slow on Paddle Lite).
+Copies a frame in the engine process, steady state (its `stats()`, checked by tests/test_engines.py):
+OpenVINO and onnxruntime read the input set and write the output set in place, 0 and 0 (after the first
+run into each of the three output sets); Paddle Lite and Paddle Inference copy the inputs in and the
+outputs out, 1 and 1 (Paddle Lite's `run()` also copies its outputs out of the predictor).
 
 | model | engine | bare loop fps | bare CPU ms / frame | x Paddle Lite, wall (same round) | x Paddle Lite, CPU (same round) | `lited run` fps | run / bare | `lited run` CPU ms / frame: engine process / all | agrees with Paddle Lite |
 | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"""]

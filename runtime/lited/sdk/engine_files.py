@@ -13,6 +13,7 @@ promised.
 """
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def copy_onnx(onnx_file: Path, root: Path, inputs: list) -> str | None:
 
     model = onnx.load(str(onnx_file), load_external_data=False)
     weights = {i.name for i in model.graph.initializer}
-    names = [i.name for i in model.graph.input if i.name not in weights]
+    names = [re.sub(r"\W", "_", i.name) for i in model.graph.input if i.name not in weights]  # as x2paddle names them
     wanted = [spec["name"].removeprefix(X2PADDLE_PREFIX) for spec in inputs]
     if names != wanted:
         return None
