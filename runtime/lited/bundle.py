@@ -115,22 +115,32 @@ class Bundle:
         """target -> its model files ([ModelFile]), in the bundle's order of preference."""
         return {t: model_files(self.root, t, m) for t, m in self.manifest["models"].items()}
 
-    def model_files(self, target: str | None = None) -> list:
-        """The files of `target` (default: this machine's), each checked on disk."""
+    def _target_files(self, target: str | None) -> list:
+        """The files of `target` (default: this machine's), unchecked; refused if
+        the bundle has none for it or it does not run here."""
         target = target or machine_target(self.manifest["models"])
         models = self.models()
         if target not in models:
             raise BundleError(str(self.root), [f"models: no model for target '{target}' "
                                                f"(has {', '.join(sorted(models)) or 'none'})"])
         check_target_runs_here(target, str(self.root / "manifest.json"))
-        problems = [p for model in models[target] for p in check_model_file(model)]
-        if problems:
-            raise BundleError(str(self.root), problems)
         return models[target]
 
+    def model_files(self, target: str | None = None) -> list:
+        """The files of `target` (default: this machine's), each checked on disk."""
+        files = self._target_files(target)
+        problems = [p for model in files for p in check_model_file(model)]
+        if problems:
+            raise BundleError(str(self.root), problems)
+        return files
+
     def choose(self, target: str | None = None, engine: str | None = None, precision: str | None = None) -> Choice:
-        """The file and engine to run (see `choose_engine`), files checked on disk."""
-        return choose_engine(self.model_files(target), engine, precision, str(self.root / "manifest.json"))
+        """The file and engine to run (see `choose_engine`); that file checked on disk."""
+        choice = choose_engine(self._target_files(target), engine, precision, str(self.root / "manifest.json"))
+        problems = check_model_file(choice.model)
+        if problems:
+            raise BundleError(str(self.root), problems)
+        return choice
 
     def choices(self, target: str | None = None) -> list:
         """Every file and engine the bundle lists for `target`, installed or not
