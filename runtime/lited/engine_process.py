@@ -531,6 +531,10 @@ def main(argv: list) -> None:
     _set_thread_name(b"lited-engine")
     sock = socket.socket(fileno=int(argv[0]))
     _Child(sock).serve()
+    # Straight out, no interpreter teardown: a backend's static destructors can
+    # hang (an OpenVINO child was seen waiting on a futex forever after its
+    # parent died), and the child holds nothing that needs cleaning up.
+    os._exit(0)
 
 
 if __name__ == "__main__":
