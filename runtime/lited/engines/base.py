@@ -126,6 +126,11 @@ class InPlaceEngine(Engine):
 
     zero_copy = True
 
+    def threads_of(self, options: dict, known: tuple) -> int:
+        """Refuse options this engine has not; its `threads` (default 1)."""
+        check_known(self.kind, options, known)
+        return int_option(options, "threads", 1)
+
     def init_buffers(self, output_shapes: list) -> None:
         """Once `inputs` is known; `output_shapes`: the model's (-1 where dynamic)."""
         self._in_dtypes = [np.dtype(s.dtype) for s in self.inputs]

@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from lited.engines.base import EngineError, InPlaceEngine, TensorSpec, bool_option, check_known, int_option
+from lited.engines.base import EngineError, InPlaceEngine, TensorSpec, bool_option
 from lited.errors import first_line
 
 DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
@@ -57,8 +57,7 @@ class OnnxRuntimeEngine(InPlaceEngine):
     def __init__(self, model_path: str, options: dict) -> None:
         import onnxruntime as ort  # here, not at import: listing engines must stay cheap
 
-        check_known(self.kind, options, OPTIONS)
-        threads = int_option(options, "threads", 1)
+        threads = self.threads_of(options, OPTIONS)
         device = options.get("device", "cpu")
         if device not in DEVICES:
             raise EngineError(f"option 'device': unknown {device!r}, expected one of {', '.join(DEVICES)}")

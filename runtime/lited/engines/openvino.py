@@ -33,7 +33,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from lited.engines.base import EngineError, InPlaceEngine, TensorSpec, bool_option, check_known, int_option
+from lited.engines.base import EngineError, InPlaceEngine, TensorSpec, bool_option, int_option
 from lited.errors import first_line
 
 OPTIONS = ("threads", "device", "streams", "pin", "static_shapes", "cache_dir", "precision")
@@ -77,8 +77,7 @@ class OpenVinoEngine(InPlaceEngine):
     def __init__(self, model_path: str, options: dict) -> None:
         import openvino as ov  # here, not at import: listing engines must stay cheap
 
-        check_known(self.kind, options, OPTIONS)
-        threads = int_option(options, "threads", 1)
+        threads = self.threads_of(options, OPTIONS)
         device = str(options.get("device", "CPU")).upper()
         self._ov = ov
         core = _core()
