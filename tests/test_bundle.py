@@ -18,12 +18,13 @@ from lited.model import Model
 
 @pytest.fixture
 def bundle(tmp_path) -> Path:
-    """A private copy of the committed demo bundle's detector (x86 model only, no stages) to break."""
+    """A private copy of the committed demo bundle's detector (x86 model only, no stages, no golden
+    image: the cascade's expected result is not the detector's) to break."""
     dst = tmp_path / "b"
     dst.mkdir()
     shutil.copy(DEMO_BUNDLE / "manifest.json", dst)
     shutil.copy(DEMO_BUNDLE / "model_x86.nb", dst)
-    edit(dst, lambda m: (m["models"].pop("arm"), m.pop("stages"), m.update(schema=1)))
+    edit(dst, lambda m: (m["models"].pop("arm"), m.pop("stages"), m.pop("golden"), m.update(schema=1)))
     return dst
 
 

@@ -88,7 +88,7 @@ KEEP_RESULTS_MAX = 16
 def _policy_problem(value: Any) -> Optional[str]:
     if value in POLICIES:
         return None
-    return f"expected one of {', '.join(repr(p) for p in POLICIES)}, got {shown(value)}"
+    return f"unknown {shown(value)}, expected one of {', '.join(POLICIES)}"
 
 
 class StreamSection(Section):
