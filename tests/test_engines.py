@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import make_bundle, need_shared, shared_onnx
+from conftest import DEMO_BUNDLE, make_bundle, need_shared, shared_onnx
 from daemon_process import DaemonProcess
 from lited.bundle import BundleError, load_bundle, seal_models
 from lited.engine_process import SETS, EngineProcess
@@ -314,3 +314,62 @@ def test_config_picks_engine_precision_and_threads_per_model(tmp_path, multi):
     for part in ("models.a.engine: unknown \"tflite\"", "models.a.threads: expected an integer from 1",
                  "models.a.precision: unknown \"int4\"", "models.a.speed: unknown field"):
         assert part in str(info.value), str(info.value)
+
+
+# --- cascades: every stage picks its file and engine --------------------------
+
+def _demo_with_onnx(root: Path) -> Path:
+    """The demo cascade with the ONNX originals of its detector and its
+    classifier stage listed after their `.nb` (schema 2 in a stage too)."""
+    shutil.copytree(DEMO_BUNDLE, root)
+    shutil.copy(shared_onnx("ppocrv4_det"), root / "model.onnx")
+    shutil.copy(need_shared("models", "ppocr_cls", "onnx", "ch_ppocr_mobile_v2.0_cls_infer.onnx"),
+                root / "cls_model.onnx")
+    manifest = json.loads((root / "manifest.json").read_text())
+    first, cls = manifest["models"], manifest["stages"][0]["models"]
+    first["x86"] = [{**first["x86"], "engines": ["paddle_lite"]}, {"file": "model.onnx", "engines": ["onnxruntime"]}]
+    cls["x86"] = [{**cls["x86"], "engines": ["paddle_lite"]},
+                  {"file": "cls_model.onnx", "engines": ["onnxruntime", "openvino"]}]
+    (root / "manifest.json").write_text(json.dumps(seal_models({**manifest, "schema": 2}, root)))
+    return root
+
+
+def test_a_stage_lists_several_files_and_runs_on_the_first_stage_engine(tmp_path):
+    from lited.bundle import Choice
+
+    bundle = load_bundle(_demo_with_onnx(tmp_path / "demo"))
+    cls, rec = bundle.stages
+    assert [f.field for f in cls.model_files()] == ["stages[0].models.x86[0]", "stages[0].models.x86[1]"]
+    first = bundle.choose()
+    assert (first.engine, cls.choose_like(None, first).engine) == ("paddle_lite", "paddle_lite")
+    for kind in ("onnxruntime", "openvino"):
+        picked = cls.choose_like(None, Choice(first.model, kind, "test"))
+        assert (picked.model.path.name, picked.engine, picked.why) == ("cls_model.onnx", kind,
+                                                                         "the first stage's engine")
+    # a stage that does not list the engine runs on its own first choice
+    assert rec.choose_like(None, Choice(first.model, "onnxruntime", "test")).engine == "paddle_lite"
+
+    golden = bundle.golden
+    model = Model(bundle, engine="onnxruntime")
+    try:
+        assert [model.choice.engine] + [s.part.choice.engine for s in model.cascade.stages] == \
+            ["onnxruntime", "onnxruntime", "paddle_lite"]
+        result = model.infer(cv2.imread(str(bundle.root / golden["image"])))
+    finally:
+        model.close()
+    assert compare(result, golden["expected"], golden.get("tolerance", {})) == []
+
+
+def test_a_stage_file_is_refused_with_its_field_path(tmp_path):
+    root = _demo_with_onnx(tmp_path / "demo")
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["stages"][0]["models"]["x86"][1]["engines"] = ["paddle_lite"]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"stages\[0\]\.models\.x86\[1\]\.engines: paddle_lite cannot run "
+                                          r"\"cls_model\.onnx\""):
+        load_bundle(root)
+    manifest["stages"][0]["models"]["x86"][1]["engines"] = ["onnxruntime"]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    (root / "cls_model.onnx").write_bytes(b"x")
+    with pytest.raises(BundleError, match=r"cls_model\.onnx: .* \(truncated or wrong file\)"):
+        load_bundle(root)
