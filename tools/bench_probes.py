@@ -332,46 +332,14 @@ def probe_bare_process(args) -> dict:
     return {"rss_mb": rss, "peak_rss_mb": peak_rss_mb()}
 
 
-class OrtEngine:
-    """onnxruntime behind the part of the engine interface a `model.Part` uses:
-    no input buffer of its own (`input_view` is None), so lited's own
-    preprocessing, batching, decoders and crops run unchanged around it."""
-
-    kind = "onnxruntime"
-    image_input = 0
-    pid = None
-
-    def __init__(self, path: str, threads: int) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        self.names = [i.name for i in self.session.get_inputs()]
-        self.feed: dict = {}
-
-    def input_view(self, index: int, shape: tuple):
-        return None
-
-    def set_input(self, index: int, array: np.ndarray) -> None:
-        self.feed[self.names[index]] = array
-
-    def run(self) -> list:
-        return self.session.run(None, self.feed)
-
-    def close(self) -> None:
-        self.session = None
-
-
 def probe_ocr(args) -> dict:
     """The OCR cascade (det -> cls -> rec) per frame, split by stage: lited's
     Model.infer on Paddle Lite, or the same code with each part's engine
-    replaced by onnxruntime on the part's ONNX original (--onnx det,cls,rec)."""
+    replaced by lited's onnxruntime engine on the part's ONNX original (--onnx det,cls,rec)."""
     import cv2
 
     from lited.bundle import load_bundle
+    from lited.engines import open_engine
     from lited.model import Model
 
     image = cv2.imread(args.image)
@@ -381,7 +349,8 @@ def probe_ocr(args) -> dict:
         parts = [model] + [stage.part for stage in model.cascade.stages]
         for part, path in zip(parts, args.onnx.split(",")):
             part.engine.close()
-            part.engine = OrtEngine(path, args.threads or 1)
+            part.engine = open_engine("onnxruntime", path, {"threads": args.threads or 1})
+            part.engine.image_input = part.image_input
     stages: dict = {}
     texts: list = []
 
