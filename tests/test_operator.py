@@ -299,18 +299,20 @@ def test_p10_config_check_like_nginx_t_and_a_schema_for_editors(tmp_path, bundle
     proc = lited("config", "check", "--config", bad)
     assert proc.returncode == 2 and "line 3, column 3: not valid YAML" in one_line(proc) \
         and "'face' is given twice" in one_line(proc)
-    bad.write_text("models:\n  face: /nonexistent\nstreams:\n  - {name: cam0, slots: 0, source: 'synth://'}\n")
+    bad.write_text("models:\n  face: /nonexistent\nstreams:\n  - {name: cam0, slots: 65, source: 'synth://'}\n")
     proc = lited("config", "check", "--config", bad)
     assert proc.returncode == 2 and one_line(proc) == \
-        f"lited: config {bad}: streams[0].slots: expected an integer from 2 to 64, got 0"
+        f"lited: config {bad}: streams[0].slots: expected an integer from 0 to 64, got 65"
     bad.write_text("models:\n  face: /nonexistent\n")
     proc = lited("config", "check", "--config", bad)
     assert proc.returncode == 2 and one_line(proc).startswith(f"lited: config {bad}: models.face: ")
 
     schema = json.loads(lited("config", "schema").stdout)
     stream = schema["$defs"]["StreamSection"]["properties"]
-    assert stream["slots"] == {"description": "frames in the shared-memory ring", "type": "integer",
-                               "minimum": 2, "maximum": 64, "default": 4}
+    assert stream["slots"] == {"description": "the apps' margin in the frame ring, in camera frames, beyond what "
+                               "the daemon holds", "type": "integer", "minimum": 0, "maximum": 64, "default": 2}
+    model = schema["$defs"]["ConfigFile"]["properties"]["models"]["additionalProperties"]["anyOf"]
+    assert model[1] == {"$ref": "#/$defs/ModelSection"} and schema["$defs"]["ModelSection"]["required"] == ["bundle"]
     assert schema["$defs"]["ConfigFile"]["required"] == ["models"]
     assert (ROOT / "docs" / "config.schema.json").read_text() == json.dumps(schema, indent=2) + "\n", \
         "docs/config.schema.json is stale: lited config schema > docs/config.schema.json"
