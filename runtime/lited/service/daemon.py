@@ -11,7 +11,10 @@ Rules it keeps:
   reading "face" results never gets a classifier's;
 - READY=1 once models are warm and sources are opening; WATCHDOG=1 only while
   every inference loop and the bus loop are alive (a camera being down does
-  not stop the beats; a wedged inference thread does).
+  not stop the beats; a wedged inference thread does);
+- the streams' engine threads together fit the cores (`share_cores`): each
+  stream has an engine process of its own, and N streams of T threads on
+  fewer than N x T cores would only take turns (and spin).
 """
 from __future__ import annotations
 
@@ -26,8 +29,8 @@ from typing import Any, Optional
 import numpy as np
 
 from lited import __version__, protocol
-from lited.bundle import BundleError, load_bundle
-from lited.config import Config, ConfigError, StreamConfig, load_config
+from lited.bundle import Bundle, BundleError, choose_engine, load_bundle, machine_target
+from lited.config import Config, ConfigError, ModelSettings, StreamConfig, load_config
 from lited.engine_process import child_pids
 from lited.engines import EngineError
 from lited.model import Model
@@ -76,7 +79,7 @@ class Daemon:
         self.streams: dict = {}            # stream name -> Stream
         self.stream_configs: dict = {}     # stream name -> the StreamConfig it was started from
         self.warming: dict = {}            # stream name -> StreamConfig whose model is warming up
-        self.ready = False                 # every configured stream started (READY=1 sent)
+        self.stream_threads: dict = {}     # stream name -> its engine's threads (share_cores)
         self.last_reload: dict = {}
         self.ready = False                 # True once start() finished: streams warm, `ready` published
         self.stop_event = threading.Event()
@@ -109,6 +112,7 @@ class Daemon:
             self.uplink = Uplink(cfg.uplink, self.requests.call, self._publish_answer, self._read_frame,
                                  self._health)
             self.uplink.start()
+        self.stream_threads = self._plan_threads(cfg.streams)
         self.warming = {sc.name: sc for sc in cfg.streams}
         for i, sc in enumerate(cfg.streams, 1):
             self._start_stream(sc, f"{i}/{len(cfg.streams)}")
@@ -129,6 +133,29 @@ class Daemon:
         self.http = HttpFront(self, self.config.http, heartbeat=lambda: self.watchdog.beat("http"))
         self.http.start()
 
+    def make_model(self, name: str, bundle: Optional[Bundle] = None, threads: Optional[int] = None) -> Model:
+        """Model `name` (from `bundle`, default its current one) in an engine
+        process, on the engine and threads the config asks for."""
+        settings = self.config.model_settings.get(name, ModelSettings())
+        return Model(bundle or self.bundles[name], isolated=True, **settings.model_kwargs(threads))
+
+    def _plan_threads(self, streams: list) -> dict:
+        """Each stream's engine threads: as configured (else the bundle's, else 1),
+        scaled down together when they would not fit the cores."""
+        requested = {}
+        for sc in streams:
+            settings = self.config.model_settings.get(sc.model, ModelSettings())
+            requested[sc.name] = settings.threads or _bundle_threads(self.bundles.get(sc.model), settings)
+        shared = share_cores(requested, len(os.sched_getaffinity(0)))
+        if shared != requested:
+            log.warning("engine threads asked for (%s) exceed the %d cores: running %s",
+                        ", ".join(f"{n} {t}" for n, t in requested.items()), len(os.sched_getaffinity(0)),
+                        ", ".join(f"{n} {t}" for n, t in shared.items()), extra={"event": "threads"})
+        return shared
+
+    def _stream_model(self, sc: StreamConfig, bundle: Bundle):
+        return lambda: self.make_model(sc.model, bundle, self.stream_threads.get(sc.name))
+
     def _start_stream(self, sc: StreamConfig, progress: str = "") -> Stream:
         """Warm up the stream's model (seconds on a board: said in the log and
         the systemd status line), then start capturing."""
@@ -140,7 +167,7 @@ class Daemon:
         t0 = time.monotonic()
         beat_name = f"infer-{sc.name}"
         self.watchdog.register(beat_name)
-        stream = Stream(sc.name, sc.source, lambda b=bundle: Model(b, isolated=True), self._publish_result,
+        stream = Stream(sc.name, sc.source, self._stream_model(sc, bundle), self._publish_result,
                         self._publish_event, slots=sc.slots, stall_timeout=sc.stall_timeout,
                         group=self.config.group, beat=lambda n=beat_name: self.watchdog.beat(n),
                         keep_results=sc.keep_results, policy=sc.policy, model_key=sc.model)
@@ -279,9 +306,10 @@ class Daemon:
         try:
             new_bundles = {n: load_bundle(p) for n, p in paths.items()}
             for name, stream in self.streams.items():
-                bundle = new_bundles.get(self.stream_configs[name].model)
+                sc = self.stream_configs[name]
+                bundle = new_bundles.get(sc.model)
                 if bundle is not None:
-                    prepared.append((stream, stream.prepare_model(lambda b=bundle: Model(b, isolated=True))))
+                    prepared.append((stream, stream.prepare_model(self._stream_model(sc, bundle))))
             for n, bundle in new_bundles.items():  # after the models load: a broken bundle says so first
                 problem = None if force else change_problem(n, self.bundles[n], bundle)
                 if problem:
@@ -324,7 +352,9 @@ class Daemon:
                 except LOAD_ERRORS:
                     return {**self.last_reload, **outcome}
             outcome["reloaded"] = list(new.models)
+            self.config.model_settings = new.model_settings
             try:
+                self.stream_threads = self._plan_threads(new.streams)
                 wanted = {s.name: s for s in new.streams}
                 for name in [n for n in self.streams if n not in wanted or self.stream_configs[n] != wanted[n]]:
                     self._stop_stream(name)
@@ -400,6 +430,27 @@ def _swapped(name: str, old: Any, new: Any) -> str:
     """`face ultraface 1.1.0`, or `face mobilenetv2 1.0.0 (was ultraface 1.0.0)` when the bundle changed."""
     was = f" (was {old.name} {old.version})" if (old.name, old.version) != (new.name, new.version) else ""
     return f"{name} {new.name} {new.version}{was}"
+
+
+def share_cores(requested: dict, cores: int) -> dict:
+    """Threads per stream that fit `cores` together: as asked when they fit,
+    else each scaled down in proportion, never below 1 (a stream of one
+    thread more than the cores is better than a stream that never runs)."""
+    total = sum(requested.values())
+    if total <= cores:
+        return dict(requested)
+    return {name: max(1, threads * cores // total) for name, threads in requested.items()}
+
+
+def _bundle_threads(bundle: Optional[Bundle], settings: ModelSettings) -> int:
+    """The threads the bundle's options give the engine that will run it here (1 if none)."""
+    if bundle is None:
+        return 1
+    try:
+        files = bundle.models()[machine_target(bundle.manifest["models"])]
+        return int(choose_engine(files, settings.engine, settings.precision).options.get("threads") or 1)
+    except (BundleError, KeyError, TypeError, ValueError):
+        return 1
 
 
 def _rss_kb(pid: object = "self") -> int:

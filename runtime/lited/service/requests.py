@@ -47,6 +47,8 @@ class Service(Protocol):
 
     def reload_request(self, model: Optional[str], bundle: Optional[str], force: bool = False) -> dict: ...
 
+    def make_model(self, name: str) -> Model: ...
+
 
 class ModelCache:
     """A worker's own models, rebuilt when a reload bumps a model's generation."""
@@ -61,7 +63,7 @@ class ModelCache:
         if cached is None or cached[0] != generation:
             if cached is not None:
                 cached[1].close()
-            cached = self._models[name] = (generation, Model(self.service.bundles[name], isolated=True))
+            cached = self._models[name] = (generation, self.service.make_model(name))
         return cached[1]
 
     def drop(self, name: str) -> None:
