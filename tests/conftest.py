@@ -44,11 +44,16 @@ def _load_tool(name: str):
     return module
 
 
-def make_bundle(name: str, out_dir: Path, targets: tuple = ("x86",)) -> Path:
+def make_bundle(name: str, out_dir: Path, targets: tuple = ("x86",), engines: tuple = ()) -> Path:
     """Assemble the bundle of shared model `name` (manifest from tests/bundles)
-    into out_dir/name, as `make bundles` does."""
+    into out_dir/name, as `make bundles` does; with `engines`, its ONNX too."""
     models = need_shared("models", name).parent
-    return _load_tool("make_bundles").assemble(name, models, Path(out_dir), targets)
+    return _load_tool("make_bundles").assemble(name, models, Path(out_dir), targets, engines)
+
+
+def shared_onnx(name: str) -> Path:
+    """The ONNX original of shared model `name`."""
+    return need_shared("models", name, "onnx", _load_tool("make_bundles").ONNX_FILES[name])
 
 
 @pytest.fixture(scope="session")

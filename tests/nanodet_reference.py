@@ -12,6 +12,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from lited.selftest import iou
+
 SIZE = 416
 STRIDES = (8, 16, 32)
 REG_MAX = 7
@@ -63,14 +65,6 @@ def reference_decode(outs: list, src_w: int, src_h: int, score_thr: float, nms_t
     sx, sy = src_w / SIZE, src_h / SIZE
     return [(int(cols[i]), float(conf[i]), chosen[i, 0] * sx, chosen[i, 1] * sy, chosen[i, 2] * sx,
              chosen[i, 3] * sy) for i in keep]
-
-
-def iou(a, b) -> float:
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(w, 0.0) * max(h, 0.0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def match(got: list, want: list, min_iou: float = 0.7) -> tuple:

@@ -256,15 +256,18 @@ def model_input(image_path: Path, shape: list) -> np.ndarray:
 
 def check_rebuilt(zip_path: Path, name: str, shared: Path, image: Path, tmp_path: Path) -> dict:
     """The bundle is valid for lited and its x86 model computes what the shared one does."""
-    from lited.bundle import load_bundle, sha256_file
+    from lited.bundle import file_specs, load_bundle, sha256_file
 
     root = unzip_bundle(zip_path, name, tmp_path / "unzipped")
     bundle = load_bundle(root)
     manifest = bundle.manifest
     assert manifest["paddle_lite_version"] == "v2.13-rc"
     for spec in manifest["models"].values():
-        path = root / spec["file"]
-        assert spec["size"] == path.stat().st_size and spec["sha256"] == sha256_file(path)
+        for entry in file_specs(spec):
+            for part in (entry, entry.get("params")):
+                if part:
+                    path = root / part["file"]
+                    assert part["size"] == path.stat().st_size and part["sha256"] == sha256_file(path)
     assert (root / "README.md").is_file() and (root / manifest["golden"]["image"]).is_file()
     names = (shared / "labels.txt").read_text().splitlines()
     assert bundle.labels == [line.strip() for line in names if line.strip()]
@@ -278,18 +281,35 @@ def check_rebuilt(zip_path: Path, name: str, shared: Path, image: Path, tmp_path
 
 @pytest.mark.slow
 def test_rebuild_ultraface_from_onnx(tools_python: Path, tmp_path: Path) -> None:
+    """From ONNX: the .nb per target, the ONNX beside it (OpenVINO first on x86,
+    Paddle Lite first on ARM), an OpenVINO IR and an int8 model when asked,
+    the golden image self-tested on every engine listed, and the int8 model's
+    accuracy against fp32 reported beside its speed."""
     shared = need_shared("models", "ultraface")
     image = need_shared("images", "astronaut.png")
     out = tmp_path / "ultraface_sdk.zip"
     proc = run_build_sdk(tools_python, "--model", shared / "onnx" / "version-RFB-320.onnx",
                          "--config", ROOT / "tests" / "bundles" / "ultraface.json", "--labels", shared / "labels.txt",
-                         "--golden", image, "--targets", "x86,arm", "--out", out)
+                         "--golden", image, "--targets", "x86,arm", "--out", out, "--openvino-ir",
+                         "--int8", need_shared("images"), "--int8-engine", "onnxruntime")
     assert proc.returncode == 0, proc.stderr
     manifest = check_rebuilt(out, "ultraface", shared, image, tmp_path)
-    assert set(manifest["models"]) == {"x86", "arm"}
+    assert manifest["schema"] == 2 and set(manifest["models"]) == {"x86", "arm"}
+    assert [(e["file"], e.get("engines", [e.get("engine")]), e.get("precision", "fp32"))
+            for e in manifest["models"]["x86"]] == [
+        ("model.xml", ["openvino"], "fp32"), ("model.onnx", ["onnxruntime"], "fp32"),
+        ("model_x86.nb", ["paddle_lite"], "fp32"), ("model_int8.onnx", ["onnxruntime"], "int8")]
+    assert [e["file"] for e in manifest["models"]["arm"]] == ["model_arm.nb", "model.onnx", "model.xml",
+                                                              "model_int8.onnx"]
     assert manifest["inputs"] == [{"name": "x2paddle_input", "shape": [1, 3, 240, 320], "dtype": "float32"}]
     faces = manifest["golden"]["expected"]["detections"]
     assert [d["label"] for d in faces] == ["face"] and faces[0]["score"] > 0.9
+    for kind, file in (("openvino", "model.xml"), ("onnxruntime", "model.onnx"), ("paddle_lite", "model_x86.nb"),
+                       ("onnxruntime", "model_int8.onnx")):
+        assert f"on {kind} ({file}, " in proc.stdout and f"on {kind} ({file}, fp32) FAILED" not in proc.stdout
+    report = next(line for line in proc.stdout.splitlines() if line.startswith("build_sdk: int8 (onnxruntime, 4 "))
+    assert "matched at IoU 0.7 (recall" in report and " ms a run (x" in report and " MB" in report, report
+    assert "## Int8" in (tmp_path / "unzipped" / "ultraface" / "README.md").read_text()
 
 
 @pytest.mark.slow
@@ -325,6 +345,15 @@ def test_missing_params_file(tools_python: Path, tmp_path: Path) -> None:
                          "--targets", "x86", "--out", tmp_path / "x.zip")
     assert_refused(proc, "params file model.pdiparams is missing beside model.pdmodel")
     assert not (tmp_path / "x.zip").exists()
+
+
+@pytest.mark.slow
+def test_int8_needs_the_onnx_model(tools_python: Path, tmp_path: Path) -> None:
+    shared = need_shared("models", "fastestdet")
+    proc = run_build_sdk(tools_python, "--model", shared / "paddle", "--config",
+                         ROOT / "tests" / "bundles" / "fastestdet.json", "--labels", shared / "labels.txt",
+                         "--int8", need_shared("images"), "--targets", "x86", "--out", tmp_path / "x.zip")
+    assert_refused(proc, "--int8 needs the ONNX model in the bundle (--model M.onnx, without --no-onnx)")
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEMO_BUNDLE, need_shared
+from conftest import DEMO_BUNDLE, _load_tool, need_shared
 from lited.bundle import BundleError, load_bundle, seal_models
 from lited.model import Model
 
@@ -19,12 +19,7 @@ from lited.model import Model
 @pytest.fixture
 def bundle(tmp_path) -> Path:
     """A private copy of the committed demo bundle's detector (x86 model only, no stages) to break."""
-    dst = tmp_path / "b"
-    dst.mkdir()
-    shutil.copy(DEMO_BUNDLE / "manifest.json", dst)
-    shutil.copy(DEMO_BUNDLE / "model_x86.nb", dst)
-    edit(dst, lambda m: (m["models"].pop("arm"), m.pop("stages"), m.update(schema=1)))
-    return dst
+    return _load_tool("demo").detector_bundle(tmp_path / "b")
 
 
 def edit(root: Path, change) -> None:
@@ -78,6 +73,26 @@ def test_every_problem_is_reported_at_once_with_its_field_path(bundle):
     (lambda m: m.update(labels="labels.txt"), "labels: labels.txt: missing"),
     (lambda m: m.update(golden={"image": "g.jpg"}), "golden.image: g.jpg: missing"),
     (lambda m: m.update(models={}), "models: expected at least one target"),
+    # schema 2: several files per target
+    (lambda m: m["models"].update(x86=[m["models"]["x86"]]), "models.x86: several files per target, `engines`, "
+                                                              "`precision` and `expected` need \"schema\": 2"),
+    (lambda m: m.update(schema=2, models={"x86": []}), "models.x86: expected at least one model file"),
+    (lambda m: m.update(schema=2, models={"x86": [m["models"]["x86"], {**m["models"]["x86"], "file": "m.onnx",
+                                                                       "engines": ["paddle_lite"]}]}),
+     "models.x86[1].engines: paddle_lite cannot run \"m.onnx\" (it runs .nb files)"),
+    (lambda m: m.update(schema=2, models={"x86": [{**m["models"]["x86"], "engines": ["tflite"]}]}),
+     "models.x86[0].engines: unknown \"tflite\", expected any of onnxruntime, openvino"),
+    (lambda m: m.update(schema=2, models={"x86": [{**m["models"]["x86"], "engines": ["paddle_lite"],
+                                                   "engine": "paddle_lite"}]}),
+     "models.x86[0].engines: give either engine (one) or engines (a list), not both"),
+    (lambda m: m.update(schema=2, models={"x86": [{**m["models"]["x86"], "file": "m.onnx",
+                                                   "engines": ["openvino", "onnxruntime"],
+                                                   "options": {"paddle_lite": {"threads": 2}}}]}),
+     "models.x86[0].options.paddle_lite: not one of this file's engines (openvino, onnxruntime)"),
+    (lambda m: m.update(schema=2, models={"x86": [{**m["models"]["x86"], "file": "m.xml", "engines": ["openvino"]}]}),
+     "models.x86[0].params: missing: an OpenVINO IR (.xml) needs its .bin"),
+    (lambda m: m.update(schema=2, models={"x86": [{**m["models"]["x86"], "precision": "int4"}]}),
+     "models.x86[0].precision: unknown \"int4\", expected one of fp32, fp16, int8"),
 ])
 def test_manifest_field_refusals(bundle, change, expected):
     edit(bundle, change)
@@ -193,3 +208,14 @@ def test_extra_inputs_need_a_fill_and_exactly_one_image(bundle):
     assert "inputs[1].shape: expected [1, 2] for a 'scale_factor' input" in refusal(bundle)
     edit(bundle, lambda m: m["inputs"][1].pop("fill"))
     assert "inputs: expected exactly one image input" in refusal(bundle)
+
+
+def test_a_schema_2_target_lists_its_files_in_order(bundle):
+    """The demo's .nb as a one-file list (schema 2) loads as the schema 1 object does."""
+    edit(bundle, lambda m: m.update(schema=2, models={"x86": [{**m["models"]["x86"], "engines": ["paddle_lite"]}]}))
+    b = load_bundle(bundle)
+    files = b.model_files()
+    assert [(f.path.name, f.engines, f.field) for f in files] == [("model_x86.nb", ("paddle_lite",), "models.x86[0]")]
+    choice = b.choose()
+    assert (choice.model.path.name, choice.engine, choice.why) == ("model_x86.nb", "paddle_lite",
+                                                                  "the bundle's first choice")

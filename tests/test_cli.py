@@ -40,7 +40,7 @@ def test_inspect_shows_manifest_model_and_paddle_lite_version():
     assert "input  " in out and "output save_infer_model" in out and "kernels host,x86" in out
     info = json.loads(lited("inspect", "--bundle", str(DEMO_BUNDLE), "--json").stdout)
     assert info["engine"]["outputs"][0]["shape"][:2] == [1, 1]
-    assert set(info["models"]) == {"x86", "arm"} and info["models"]["arm"]["targets"] == ["arm", "host"]
+    assert set(info["models"]) == {"x86", "arm"} and info["models"]["arm"][0]["targets"] == ["arm", "host"]
 
 
 def test_a_bad_image_is_one_line_exit_2_and_no_output(tmp_path):

@@ -131,3 +131,4 @@ def test_the_documented_example_is_a_config_the_daemon_takes():
         path.unlink()
     assert [(s.name, s.model, s.slots) for s in config.streams] == [("gate", "det", 2), ("belt", "ocr", 2)]
     assert config.group == "lited" and config.max_request_bytes == 16777216
+    assert (config.model_settings["ocr"].engine, config.model_settings["ocr"].threads) == ("openvino", 2)

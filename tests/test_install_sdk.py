@@ -677,3 +677,11 @@ def test_board_watchdog_restarts_a_hung_daemon(board: Board) -> None:
         c.run(["systemctl", "reset-failed", UNIT])
         c.run(["systemctl", "restart", UNIT], timeout=120)
     assert show(c, UNIT, "ActiveState")["ActiveState"] == "active"
+
+
+def test_an_unknown_engine_is_a_usage_error(prefix: Prefix) -> None:
+    """`--engines` installs lited's extras by name; a name it has not is refused before anything runs."""
+    result = run_install(prefix, "--engines", "onnxruntime,tflite", "x.zip")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "--engines: unknown engine 'tflite' (onnxruntime, openvino, paddle_inference)" in result.stderr
+    assert not (prefix / BUNDLES).exists()

@@ -233,7 +233,7 @@ def test_p07_every_shipped_bundle_passes_selftest(bundles_dir):
         out, err = proc.communicate(timeout=180)
         manifest = json.loads((bundle / "manifest.json").read_text())
         assert proc.returncode == 0, (bundle, err)
-        assert out.startswith(f"selftest {manifest['name']} {manifest['version']}: ok (")
+        assert out.splitlines()[-1].startswith(f"selftest {manifest['name']} {manifest['version']}: ok on "), out
         assert (bundle / manifest["golden"]["image"]).is_file()
 
 
@@ -312,6 +312,9 @@ def test_p10_config_check_like_nginx_t_and_a_schema_for_editors(tmp_path, bundle
     assert stream["slots"] == {"description": "the apps' margin in the frame ring, in camera frames, beyond what "
                                               "the daemon holds", "type": "integer", "minimum": 0, "maximum": 64,
                                "default": 2}
+    assert stream["policy"]["anyOf"][1] == {"type": "null"} and stream["keep_results"]["maximum"] == 16
+    model = schema["$defs"]["ConfigFile"]["properties"]["models"]["additionalProperties"]["anyOf"]
+    assert model[1] == {"$ref": "#/$defs/ModelSection"} and schema["$defs"]["ModelSection"]["required"] == ["bundle"]
     assert schema["$defs"]["ConfigFile"]["required"] == ["models"]
     assert (ROOT / "docs" / "config.schema.json").read_text() == json.dumps(schema, indent=2) + "\n", \
         "docs/config.schema.json is stale: lited config schema > docs/config.schema.json"

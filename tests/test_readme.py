@@ -69,7 +69,7 @@ def test_readme_quick_tour_runs_as_written(tmp_path, first_install):  # noqa: F8
         assert proc.returncode == 0, proc.stderr
         assert out.startswith("lited 0.1.0 (Python 3.")
         assert "demo_ppocrv4 1.0.0  (ocr)" in out                       # inspect
-        assert "selftest demo_ppocrv4 1.0.0: ok (3 detections" in out              # selftest
+        assert "selftest demo_ppocrv4 1.0.0 on paddle_lite (model_x86.nb, fp32): ok (3 detections" in out  # selftest
         assert "sdk_template/demo_ppocrv4/golden.png  [ocr]" in out     # infer
         assert "cam0 #0  [ocr]" in out                                      # run
         assert "config sdk_template/demo.conf: ok" in out                              # config check

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How fast, and how much memory, beside what you would otherwise use.
 
-    python tools/bench.py [--models ultraface,fastestdet] [--quick] [--only live|http|ocr|uplink|nms] [--out docs/BENCHMARKS.md]
+    python tools/bench.py [--models ultraface,fastestdet] [--quick] [--only live|http|ocr|uplink|nms|engines] [--out docs/BENCHMARKS.md]
 
 Every row comes from one run on one machine; each measurement runs in its own
 process (tools/bench_probes.py) so its peak RSS is its own. Writes
@@ -11,6 +11,7 @@ and docs/benchmarks.png.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -29,25 +30,38 @@ PROBES = ROOT / "tools" / "bench_probes.py"
 SHARED = Path(os.environ.get("LITED_SHARED", ROOT.parent / "shared"))
 
 
-def _load_demo():
-    """tools/demo.py as a module (the demo bundle's detector alone comes from it)."""
+def _load_tool(name: str):
+    """tools/<name>.py as a module (demo: the demo bundle's detector alone; make_bundles: bundles, ONNX files)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("demo", ROOT / "tools" / "demo.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-IMAGE_FOR = {"ultraface": "astronaut", "fastestdet": "coffee", "mobilenetv2": "chelsea",
-             "ppocrv4_det": "page", "ppocr_cls": "page", "demo_ppocrv4_det": "page"}
-ONNX = {"ultraface": "ultraface/onnx/version-RFB-320.onnx", "fastestdet": "fastestdet/onnx/FastestDet.onnx",
-        "mobilenetv2": "mobilenetv2/onnx/mobilenet_v2_dequant_fp32.onnx",
-        "ppocrv4_det": "ppocrv4_det/onnx/ch_PP-OCRv4_det_infer.onnx",
-        "ppocr_cls": "ppocr_cls/onnx/ch_ppocr_mobile_v2.0_cls_sanitized.onnx",
-        "demo_ppocrv4_det": "ppocrv4_det/onnx/ch_PP-OCRv4_det_infer.onnx"}
-PADDLE = {m: f"{m}/paddle" for m in ("ultraface", "fastestdet", "mobilenetv2", "ppocrv4_det", "ppocr_cls")}
+
+
+IMAGE_FOR = {"ultraface": "astronaut", "fastestdet": "coffee", "mobilenetv2": "chelsea", "nanodet_m": "coffee",
+             "ppocrv4_det": "page", "ppocr_cls": "page", "ppocrv4_rec": "page", "demo_ppocrv4_det": "page"}
+MAKE_BUNDLES = _load_tool("make_bundles")
+ONNX = {**{m: f"{m}/onnx/{f}" for m, f in MAKE_BUNDLES.ONNX_FILES.items()},
+        "demo_ppocrv4_det": f"ppocrv4_det/onnx/{MAKE_BUNDLES.ONNX_FILES['ppocrv4_det']}"}
+PADDLE = {m: f"{m}/paddle" for m in ("ultraface", "fastestdet", "mobilenetv2", "ppocrv4_det", "ppocr_cls", "nanodet_m")}
 # the OCR cascade's three models as ONNX originals (det, cls with its dynamic batch, rec)
 OCR_ONNX = ("ppocrv4_det/onnx/ch_PP-OCRv4_det_infer.onnx", "ppocr_cls/onnx/ch_ppocr_mobile_v2.0_cls_infer.onnx",
             "ppocrv4_rec/onnx/ch_PP-OCRv4_rec_infer.onnx")
+ENGINE_KINDS = ("paddle_lite", "paddle_inference", "openvino", "onnxruntime")
+ENGINE_MODELS = ("ultraface", "fastestdet", "mobilenetv2", "nanodet_m", "ppocrv4_det", "ppocr_cls", "ppocrv4_rec")
+# PP-OCRv4 rec alone (its ctc decoder needs the OCR demo's keys, in the demo's cascade): a stand-in
+# `classification` decoder over its output costs about what ctc does (a pass over the output), and the
+# agreement check then compares its top class. NanoDet runs with its own gfl decoder (tests/bundles).
+STAND_IN = {
+    "ppocrv4_rec": {"name": "ppocrv4_rec", "task": "text_recognition",
+                    "inputs": [{"name": "x", "shape": [1, 3, 48, 320]}],
+                    "preprocess": {"color": "BGR", "resize": {"mode": "letterbox", "align": "top_left",
+                                                              "pad_value": 127.5, "interpolation": "linear"},
+                                   "scale": 1 / 255, "mean": [0.5] * 3, "std": [0.5] * 3},
+                    "decoder": {"type": "classification", "top_k": 1, "softmax": False}},
+}
 
 
 class Progress:
@@ -70,7 +84,7 @@ def probe(name: str, threads: int = 1, **kw) -> dict:
     for k, v in kw.items():
         args += [f"--{k}", str(v)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    if name in ("ort", "infer") and threads > 1:
+    if name == "pair" or (name in ("ort", "infer") and threads > 1):
         args += ["--threads", str(threads)]
     out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
     if out.returncode != 0:
@@ -78,12 +92,12 @@ def probe(name: str, threads: int = 1, **kw) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def make_video(image: Path, path: Path, frames: int) -> None:
+def make_video(image: Path, path: Path, frames: int, size: tuple | None = None) -> None:
     import cv2
 
     img = cv2.imread(str(image))
     h, w = img.shape[:2]
-    size = (640, 480) if w >= h else (480, 640)
+    size = size or ((640, 480) if w >= h else (480, 640))
     img = cv2.resize(img, size)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, size)
     for i in range(frames):
@@ -91,30 +105,34 @@ def make_video(image: Path, path: Path, frames: int) -> None:
     writer.release()
 
 
-def pi_bundle(name: str, src_bundle: Path, out: Path) -> Path | None:
-    """The same bundle with the Paddle Inference model, when paddle is installed."""
-    try:
-        import importlib.util
-
-        if importlib.util.find_spec("paddle") is None:
-            return None
-    except ImportError:
-        return None
+def add_paddle_inference(root: Path, paddle_dir: Path, alone: bool) -> None:
+    """Put the Paddle Inference model in the bundle at `root` (mkldnn on): as its
+    only file (`alone`), or after the others."""
     import shutil
 
-    from lited.bundle import seal_models
+    from lited.bundle import file_specs, seal_models
+
+    for f in ("model.pdmodel", "model.pdiparams"):
+        shutil.copy(paddle_dir / f, root / f)
+    manifest = json.loads((root / "manifest.json").read_text())
+    entry = {"file": "model.pdmodel", "engine": "paddle_inference", "params": {"file": "model.pdiparams"},
+             "options": {"threads": 1, "mkldnn": True}}
+    manifest["models"] = {"x86": entry if alone else [*file_specs(manifest["models"]["x86"]), entry]}
+    manifest["schema"] = 1 if alone else 2
+    (root / "manifest.json").write_text(json.dumps(seal_models(manifest, root)))
+
+
+def pi_bundle(name: str, src_bundle: Path, out: Path) -> Path | None:
+    """The same bundle with the Paddle Inference model, when paddle is installed."""
+    import importlib.util
+    import shutil
 
     paddle_dir = SHARED / "models" / PADDLE.get(name, "-")
-    if not paddle_dir.is_dir():
+    if importlib.util.find_spec("paddle") is None or not paddle_dir.is_dir():
         return None
     dst = out / f"{name}_pi"
     shutil.copytree(src_bundle, dst, ignore=shutil.ignore_patterns("*.nb"))
-    for f in ("model.pdmodel", "model.pdiparams"):
-        shutil.copy(paddle_dir / f, dst / f)
-    manifest = json.loads((dst / "manifest.json").read_text())
-    manifest["models"] = {"x86": {"file": "model.pdmodel", "engine": "paddle_inference",
-                                  "params": {"file": "model.pdiparams"}, "options": {"threads": 1, "mkldnn": True}}}
-    (dst / "manifest.json").write_text(json.dumps(seal_models(manifest, dst)))
+    add_paddle_inference(dst, paddle_dir, alone=True)
     return dst
 
 
@@ -201,6 +219,30 @@ def memory_mb(pid: int) -> dict:
     return {"rss": int(fields["Rss"].split()[0]) / 1024, "pss": int(fields["Pss"].split()[0]) / 1024}
 
 
+@contextlib.contextmanager
+def serving(config: dict, tmp: Path):
+    """`lited serve` on `config` (runtime dir tmp/run), up to READY=1 read from a
+    notify socket bound here: (the process, seconds to READY); stopped after."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "lited.conf").write_text(json.dumps({"runtime_dir": str(tmp / "run"), **config}))
+    notify_path = str(tmp / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(notify_path)
+    sock.settimeout(120)
+    t0 = time.monotonic()
+    daemon = subprocess.Popen([str(Path(PY).with_name("lited")), "serve", "--config", str(tmp / "lited.conf")],
+                              env={**os.environ, "NOTIFY_SOCKET": notify_path, "OMP_NUM_THREADS": "1"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while "READY=1" not in sock.recv(4096).decode():
+            pass
+        yield daemon, time.monotonic() - t0
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(30)
+        sock.close()
+
+
 def bench_daemon(bundles: Path, progress: Progress, tmp: Path) -> dict:
     """Start-up to READY, RSS beside a bare Paddle Lite process, infer over ipc,
     bus latency with 1 and 8 subscribers."""
@@ -214,24 +256,11 @@ def bench_daemon(bundles: Path, progress: Progress, tmp: Path) -> dict:
 
     out: dict = {}
     run = tmp / "run"
-    config = {"runtime_dir": str(run), "models": {"det": str(bundles / "ultraface")},
+    config = {"models": {"det": str(bundles / "ultraface")},
               "streams": [{"name": "cam", "source": "synth://?size=640x480&fps=25", "model": "det"}]}
-    (tmp / "lited.conf").write_text(json.dumps(config))
-    notify_path = str(tmp / "notify.sock")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(notify_path)
-    sock.settimeout(60)
     progress.step("daemon: start-up to READY=1")
-    t0 = time.monotonic()
-    daemon = subprocess.Popen([str(Path(PY).with_name("lited")), "serve", "--config", str(tmp / "lited.conf")],
-                              env={**os.environ, "NOTIFY_SOCKET": notify_path, "OMP_NUM_THREADS": "1"},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while True:
-            msg = sock.recv(4096).decode()
-            if "READY=1" in msg:
-                out["ready_s"] = time.monotonic() - t0
-                break
+    with serving(config, tmp) as (daemon, ready_s):
+        out["ready_s"] = ready_s
         time.sleep(2)
         out["daemon_mb"] = memory_mb(daemon.pid)
         engines = [memory_mb(pid) for pid in child_pids(daemon.pid)]
@@ -268,10 +297,6 @@ def bench_daemon(bundles: Path, progress: Progress, tmp: Path) -> dict:
             out[f"bus_{n}"] = {"p50": max(r["bus_ms"]["p50"] for r in results),
                                "p99": max(r["bus_ms"]["p99"] for r in results),
                                "e2e_p50": max(r["capture_to_app_ms"]["p50"] for r in results)}
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(30)
-        sock.close()
     t = time.perf_counter()
     subprocess.run([PY, "-c", "import lited.service.daemon, lited.cli"], check=True)
     out["import_daemon_s"] = time.perf_counter() - t
@@ -642,6 +667,171 @@ Where the servers cannot keep up, crops wait in the devices' outboxes and the ro
 queue; the resend timeout follows the confirmation time, so the servers are not sent copies.
 """)
     return "\n".join(lines)
+# --- engines: every engine on every model, side by side ----------------------
+
+ENGINE_FRAMES = {"ultraface": 80, "fastestdet": 80, "mobilenetv2": 60, "nanodet_m": 40, "ppocrv4_det": 24,
+                 "ppocr_cls": 120, "ppocrv4_rec": 24}
+ONE_ROUND = ("mobilenetv2", "nanodet_m", "ppocrv4_det", "ppocrv4_rec")  # slow on Paddle Lite: one round (time)
+VIDEO_SIZE = {"ppocrv4_det": (384, 192), "ppocrv4_rec": (320, 48)}  # PP-OCR det at 192x384, as measured before
+
+
+def build_sdk(args: list, tmp: Path, what: str) -> Path | None:
+    """tools/build_sdk.py (the tools venv); its work directory, or None when it cannot run here."""
+    work = tmp / f"work_{what}"
+    proc = subprocess.run([PY, str(ROOT / "tools" / "build_sdk.py"), *map(str, args), "--workdir", str(work)],
+                          capture_output=True, text=True, timeout=1800, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        sys.stderr.write(f"\nbench: build_sdk {what}: {proc.stderr.strip().splitlines()[-1:]}\n")
+        return None
+    return work
+
+
+FIX_SHAPE = """
+import sys, onnx
+model = onnx.load(sys.argv[1])
+dims = model.graph.input[0].type.tensor_type.shape.dim
+for dim, size in zip(dims, map(int, sys.argv[3].split(","))):
+    dim.ClearField("dim_param")
+    dim.dim_value = size
+for output in model.graph.output:
+    for dim in output.type.tensor_type.shape.dim:
+        dim.ClearField("dim_param")
+del model.graph.value_info[:]
+onnx.save(onnx.shape_inference.infer_shapes(model), sys.argv[2])
+"""
+
+
+def fixed_shape_onnx(onnx_file: Path, shape: list, tmp: Path) -> Path | None:
+    """A copy of the ONNX with its input's size fixed (in the tools venv, which has
+    onnx): x2paddle 1.6 cannot convert PP-OCRv4 rec with a dynamic width (its
+    LayerNorm then sees [-1, -1, -1])."""
+    out = tmp / f"{onnx_file.stem}_fixed.onnx"
+    tools = ROOT / ".venv-tools" / "bin" / "python"
+    if not tools.is_file():
+        return None
+    subprocess.run([str(tools), "-c", FIX_SHAPE, str(onnx_file), str(out), ",".join(map(str, shape))], check=True)
+    return out
+
+
+def engine_bundles(names: list, tmp: Path, progress: Progress) -> dict:
+    """name -> a bundle listing the model for every engine (ONNX, .nb, Paddle model)."""
+    import importlib.util
+
+    out, bundles = tmp / "engines", {}
+    with_pi = importlib.util.find_spec("paddle") is not None
+    for name in names:
+        progress.step(f"engines: bundle {name}")
+        if name == "ppocrv4_rec":  # ONNX only in ../shared: build_sdk converts it (x2paddle, paddle_lite_opt)
+            fragment = tmp / "ppocrv4_rec.json"
+            fragment.write_text(json.dumps(STAND_IN[name]))
+            onnx = fixed_shape_onnx(SHARED / "models" / ONNX[name], STAND_IN[name]["inputs"][0]["shape"], tmp)
+            work = onnx and build_sdk(["--model", onnx, "--config", fragment, "--targets", "x86",
+                                       "--out", tmp / "rec.zip", "--keep-dir", out / name], tmp, name)
+            if work is None:
+                continue
+            root, paddle_dir = out / name, work / "x2paddle" / "inference_model"
+        else:
+            root = MAKE_BUNDLES.assemble(name, SHARED / "models", out, ("x86",), ("openvino", "onnxruntime"),
+                                         STAND_IN.get(name))
+            paddle_dir = SHARED / "models" / PADDLE[name]
+        if with_pi:
+            add_paddle_inference(root, paddle_dir, alone=False)
+        bundles[name] = root
+    return bundles
+
+
+def bench_engines(bundles: dict, rounds: int, progress: Progress, tmp: Path) -> list:
+    """Each engine's bare loop and `lited run` per model, engines interleaved in
+    shuffled order within each round (load drifts), then the agreement check."""
+    import random
+
+    from lited.bundle import load_bundle
+    from lited.engines import ENGINES
+    from lited.selftest import compare
+
+    rows = []
+    for name, root in bundles.items():
+        kinds = [k for k in ENGINE_KINDS if ENGINES.get(k).available()
+                 and any(k in f.engines for f in load_bundle(root).model_files())]
+        image = SHARED / "images" / f"{IMAGE_FOR[name]}.png"
+        video = tmp / f"{name}_engines.avi"
+        make_video(image, video, ENGINE_FRAMES[name] + 20, VIDEO_SIZE.get(name))
+        by_kind: dict = {k: [] for k in kinds}
+        for r in range(rounds if name not in ONE_ROUND else 1):
+            order = random.Random(r).sample(kinds, len(kinds))
+            for kind in order:
+                progress.step(f"engines: {name} {kind} round {r + 1}")
+                try:
+                    by_kind[kind].append(probe("engine", bundle=root, engine=kind, image=image, video=video,
+                                               runs=ENGINE_FRAMES[name]))
+                except RuntimeError as exc:
+                    sys.stderr.write(f"\nbench: {exc}\n")
+        reference = (by_kind.get("paddle_lite") or [{}])[0].get("result")
+        for kind, runs in by_kind.items():
+            if not runs:
+                continue
+            problems = compare(runs[0]["result"], reference) if reference else ["no Paddle Lite result"]
+            lite = by_kind.get("paddle_lite", [])
+            rows.append({"model": name, "engine": kind, "runs": runs, "agrees": problems,
+                         "vs_lite": [r["bare_fps"] / p["bare_fps"] for r, p in zip(runs, lite)],
+                         "vs_lite_cpu": [p["bare_cpu_ms"] / r["bare_cpu_ms"] for r, p in zip(runs, lite)]})
+    return rows
+
+
+def bench_pair(bundle: Path, progress: Progress, tmp: Path) -> list:
+    """One stream, two streams of one thread each (what the daemon gives them on
+    2 cores), two streams of two threads each (what they would take unshared)."""
+    video = tmp / "pair.avi"
+    make_video(SHARED / "images" / "coffee.png", video, 180)
+    rows = []
+    for kind in ("onnxruntime", "paddle_lite"):
+        for streams, threads in ((1, 1), (2, 1), (2, 2)):
+            progress.step(f"pair: {kind} {streams}x{threads}")
+            rows.append({"engine": kind, "streams": streams, "threads": threads,
+                         **probe("pair", threads, bundle=bundle, engine=kind, video=video, runs=160, streams=streams)})
+    return rows
+
+
+def bench_footprint(bundle: Path, progress: Progress, tmp: Path) -> list:
+    """`lited serve` with one stream on each engine: daemon + engine PSS beside a
+    bare process of that engine (Python, numpy, the backend, the model, one run)."""
+    from lited.bundle import load_bundle
+    from lited.engine_process import child_pids
+    from lited.engines import ENGINES
+
+    rows = []
+    b = load_bundle(bundle)
+    for kind in ENGINE_KINDS:
+        if not ENGINES.get(kind).available():
+            continue
+        progress.step(f"footprint: {kind}")
+        config = {"models": {"det": {"bundle": str(bundle), "engine": kind}},
+                  "streams": [{"name": "cam", "source": "synth://?size=640x480&fps=25", "model": "det"}]}
+        with serving(config, tmp / f"fp_{kind}") as (daemon, _):
+            time.sleep(3)
+            mine = memory_mb(daemon.pid)
+            engines = [memory_mb(pid) for pid in child_pids(daemon.pid)]
+        model = b.choose(engine=kind).model
+        bare = probe("engine_process", engine=kind, model=model.path,
+                     shape="x".join(map(str, b.inputs[0]["shape"])))
+        rows.append({"engine": kind, "daemon": mine, "engine_mb": {k: sum(e[k] for e in engines) for k in ("rss", "pss")},
+                     "bare": bare})
+    return rows
+
+
+def bench_int8(names: list, calib: Path, progress: Progress, tmp: Path) -> list:
+    """build_sdk --int8 per model and quantiser: its accuracy and speed report."""
+    rows = []
+    for name in names:
+        for kind in ("openvino", "onnxruntime"):
+            progress.step(f"int8: {name} {kind}")
+            work = build_sdk(["--model", SHARED / "models" / ONNX[name], "--config",
+                              ROOT / "tests" / "bundles" / f"{name}.json", "--labels",
+                              SHARED / "models" / name / "labels.txt", "--targets", "x86", "--int8", calib,
+                              "--int8-engine", kind, "--out", tmp / f"{name}_{kind}_int8.zip"], tmp, f"{name}_{kind}")
+            if work is not None:
+                rows.append({"model": name, **json.loads((work / "int8_report.json").read_text())})
+    return rows
 
 
 def _spread(ratios: list) -> str:
@@ -825,6 +1015,123 @@ def plot(rows: list, path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
+
+
+def _med(values: list) -> float:
+    import statistics
+
+    return statistics.median(values)
+
+
+def _range(values: list, digits: int = 2) -> str:
+    return f" ({min(values):.{digits}f}-{max(values):.{digits}f})" if len(values) > 1 else ""
+
+
+def render_engines(rows: list, pair: list, footprint: list, int8: list, machine_line: str) -> str:
+    lines = [f"""## Engines: Paddle Lite, Paddle Inference, OpenVINO, onnxruntime
+
+Every figure in this section comes from one run of `tools/bench.py` (or `--only engines`) on
+{time.strftime('%Y-%m-%d')}. Machine: {machine_line}. The machine's two cores were shared with other
+work the whole time, so wall-clock figures are inflated and noisy: read the **ratios**, each measured in
+one process or one round, and the **CPU milliseconds per frame**, which other load barely moves (it
+counts spinning) and which say what a frame costs on a board.
+
+Per model, each engine ran in its own process, in shuffled order, in each round: its bare loop (the
+engine's `run()` on the video's first frame, preprocessed by lited: what an app calling that runtime
+pays; for Paddle Lite it includes copying the outputs out), timed before and after `lited run` on an
+unpaced MJPG file of the model's image through the whole pipeline (capture, preprocessing into the
+engine's input set in shared memory, the engine in its engine process, decoding), frames per second
+from the 10th result to three quarters of the file. One thread per engine (`threads: 1`). Paddle
+Inference runs with `mkldnn: true`. *x Paddle Lite* is the bare loop's speed over Paddle Lite's in the
+same round; *run / bare* is `lited run` fps over the bare loop's fps (the mean of before and after),
+median of the rounds (range). *Agrees* compares each engine's decoded result on the image with Paddle
+Lite's within the golden tolerance (box 4 px, score 0.05): empty means identical within it.
+NanoDet-m and PP-OCRv4 rec are decoded by a stand-in (`classification` over the first output) until
+their own decoders land; PP-OCRv4 rec's `.nb` and Paddle model were made by `tools/build_sdk.py` from its
+ONNX with its width fixed at 320; PP-OCRv4 det ran at 192x384. MobileNetV2, NanoDet-m and PP-OCRv4 det and
+rec ran one round (slow on Paddle Lite; the time the run had), the others two.
+Copies a frame in the engine process, steady state (its `stats()`, checked by tests/test_engines.py):
+OpenVINO and onnxruntime read the input set and write the output set in place, 0 and 0 (after the first
+run into each of the three output sets); Paddle Lite and Paddle Inference copy the inputs in and the
+outputs out, 1 and 1 (Paddle Lite's `run()` also copies its outputs out of the predictor).
+
+| model | engine | bare loop fps | bare CPU ms / frame | x Paddle Lite, wall (same round) | x Paddle Lite, CPU (same round) | `lited run` fps | run / bare | `lited run` CPU ms / frame: engine process / all | agrees with Paddle Lite |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"""]
+    best: dict = {}
+    for r in rows:
+        runs = r["runs"]
+        ratios = [x["fps"] / x["bare_fps"] for x in runs]
+        bare, cpu = _med([x["bare_fps"] for x in runs]), _med([x["bare_cpu_ms"] for x in runs])
+        if cpu < best.get(r["model"], ("", 0.0, float("inf")))[2]:
+            best[r["model"]] = (r["engine"], bare, cpu, ratios,
+                                [x["bare_cpu_ms"] / x["run_engine_cpu_ms"] for x in runs])
+        vs = " | ".join(f"{_med(r[k]):.2f}{_range(r[k])}" if r[k] else "-" for k in ("vs_lite", "vs_lite_cpu"))
+        agrees = "yes" if not r["agrees"] else "; ".join(r["agrees"])[:80]
+        lines.append(
+            f"| {r['model']} | {r['engine']} | {bare:.1f} | {cpu:.1f} | {vs} | "
+            f"{_med([x['fps'] for x in runs]):.1f} | {_med(ratios):.2f}{_range(ratios)} | "
+            f"{_med([x['run_engine_cpu_ms'] for x in runs]):.1f} / {_med([x['run_total_cpu_ms'] for x in runs]):.1f}"
+            f" | {agrees} |")
+    lines += ["", "The best engine per model (least CPU per frame in its bare loop: wall-clock speed on this loaded "
+              "machine follows the share of the cores a process gets) and `lited run` against its own bare loop "
+              "(aim: at least 0.97). *Engine CPU, bare / in `lited run`* is the CPU a frame costs the engine in "
+              "its bare loop over what it costs the engine process in `lited run`: 1.00 means lited adds nothing "
+              "to the engine's own work (no copies, no waiting); the fps ratio also carries the pipeline's own "
+              "CPU (capture, preprocessing, decoding: the *all* minus *engine process* column above), which on "
+              "an idle board runs on the other cores but here competes for the same saturated ones.", "",
+              "| model | best engine | bare CPU ms / frame | bare loop fps | `lited run` / bare loop (fps) | "
+              "engine CPU, bare / in `lited run` |", "| --- | --- | --- | --- | --- | --- |"]
+    for model, (engine, bare, cpu, ratios, cpu_ratios) in best.items():
+        lines.append(f"| {model} | {engine} | {cpu:.1f} | {bare:.1f} | {_med(ratios):.2f}{_range(ratios)} | "
+                     f"{_med(cpu_ratios):.2f}{_range(cpu_ratios)} |")
+    lines += ["", """### Footprint per engine
+
+`lited serve` with one synthetic 640x480 stream on UltraFace, run by each engine (`models.det.engine`):
+the daemon process and its engine process, PSS (shared pages split between the processes that share
+them), beside a bare process of that engine: Python, numpy, the backend, the model, one run, nothing
+else (no OpenCV, no ZeroMQ).
+
+| engine | daemon PSS MB | engine process PSS MB | together PSS MB | bare process of that engine PSS MB | daemon + engine over bare |
+| --- | --- | --- | --- | --- | --- |"""]
+    for f in footprint:
+        together = f["daemon"]["pss"] + f["engine_mb"]["pss"]
+        lines.append(f"| {f['engine']} | {f['daemon']['pss']:.0f} | {f['engine_mb']['pss']:.0f} | {together:.0f} | "
+                     f"{f['bare']['pss_mb']:.0f} | {together - f['bare']['pss_mb']:+.0f} MB |")
+    lines += ["", """### Two streams on one model
+
+FastestDet, two `lited run` streams on one file each at once, each with an engine process of its own:
+the daemon gives each stream `threads` so that together they fit the cores (`share_cores`: on these 2
+cores, 1 each); the last row per engine is what two streams of 2 threads would take without that.
+Total frames per second of the streams together and CPU milliseconds per frame (all processes).
+
+| engine | streams x threads | total fps | CPU ms / frame | threads in each engine process |
+| --- | --- | --- | --- | --- |"""]
+    for p in pair:
+        lines.append(f"| {p['engine']} | {p['streams']} x {p['threads']} | {p['fps']:.1f} | {p['cpu_ms']:.1f} | "
+                     f"{', '.join(map(str, p['engine_threads']))} |")
+    lines += ["", """### Int8
+
+`tools/build_sdk.py --int8 DIR --int8-engine E` on the same calibration images, accuracy against the
+same engine's fp32 model on those images (decoded results: boxes matched one to one at IoU 0.7 with the
+same label, or top-1 agreement), speed of each model's bare loop in interleaved bursts (1 thread), and
+file sizes (an IR counts its `.bin`). No VNNI on this CPU: int8 is rarely faster here.
+
+| model | quantiser | accuracy against fp32 | fp32 ms (CPU ms) | int8 ms (CPU ms) | speed-up (CPU) | size fp32 -> int8 |
+| --- | --- | --- | --- | --- | --- | --- |"""]
+    for q in int8:
+        if "top1_agreement" in q:
+            acc = f"top-1 agreement {q['top1_agreement']:.0%} of {q['frames']} images"
+        else:
+            acc = (f"boxes {q['fp32_boxes']} / {q['int8_boxes']}, {q['matched']} matched "
+                   f"(recall {q['recall'] or 0:.0%}, precision {q['precision'] or 0:.0%}) on {q['frames']} images")
+        sp = q["speed"]
+        lines.append(f"| {q['model']} | {'OpenVINO NNCF' if q['engine'] == 'openvino' else 'onnxruntime QDQ'} | "
+                     f"{acc} | {sp['fp32']['ms']:.2f} ({sp['fp32']['cpu_ms']:.2f}) | {sp['int8']['ms']:.2f} "
+                     f"({sp['int8']['cpu_ms']:.2f}) | x{q['speedup']:.2f} (x{q['cpu_speedup']:.2f}) | "
+                     f"{q['bytes']['fp32'] / 1e6:.1f} -> {q['bytes']['int8'] / 1e6:.1f} MB |")
+    return "\n".join(lines) + "\n"
+
+
 def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "unknown CPU")
@@ -839,51 +1146,63 @@ def machine() -> str:
 UPLINK_STEPS = 8
 
 
-def section_http(tmp: Path, progress: Progress) -> str:
+def section_http(tmp: Path, progress: Progress, args: argparse.Namespace) -> str:
     subprocess.run([PY, str(ROOT / "tools" / "make_bundles.py"), "--out", str(tmp / "bundles"), "ultraface"],
                    check=True, stdout=subprocess.DEVNULL)
     return render_http(bench_http(tmp / "bundles", progress, tmp))
 
 
-def section_ocr(tmp: Path, progress: Progress) -> str:
+def section_ocr(tmp: Path, progress: Progress, args: argparse.Namespace) -> str:
     return render_ocr(bench_ocr(progress, tmp), "")
 
 
-def section_uplink(tmp: Path, progress: Progress) -> str:
+def section_uplink(tmp: Path, progress: Progress, args: argparse.Namespace) -> str:
     subprocess.run([PY, str(ROOT / "tools" / "make_bundles.py"), "--out", str(tmp / "bundles"), "ultraface",
                     "mobilenetv2"], check=True, stdout=subprocess.DEVNULL)
     return render_uplink(bench_uplink(tmp / "bundles", progress, tmp))
 
 
-def section_live(tmp: Path, progress: Progress) -> str:
+def section_live(tmp: Path, progress: Progress, args: argparse.Namespace) -> str:
     names = [n for n in LIVE_MODELS if n == "demo_ppocrv4_det" or (SHARED / "models" / n).is_dir()]
     bundles = tmp / "bundles"
     subprocess.run([PY, str(ROOT / "tools" / "make_bundles.py"), "--out", str(bundles),
                     *[n for n in names if n != "demo_ppocrv4_det"]], check=True, stdout=subprocess.DEVNULL)
-    _load_demo().detector_bundle(bundles / "demo_ppocrv4_det")
+    _load_tool("demo").detector_bundle(bundles / "demo_ppocrv4_det")
     return render_live(bench_live(names, bundles, False, progress, tmp))
 
 
-def section_nms(tmp: Path, progress: Progress) -> str:
+def section_nms(tmp: Path, progress: Progress, args: argparse.Namespace) -> str:
     import bench_nms
 
     return bench_nms.render(bench_nms.measure())
 
 
+def section_engines(tmp: Path, progress: Progress, args: argparse.Namespace) -> str:
+    return run_engines(args, tmp, progress)
+
+
+def engine_steps(args: argparse.Namespace) -> int:
+    names = [n for n in args.engine_models.split(",") if (SHARED / "models" / n).is_dir()]
+    return len(names) * (1 + 4 * args.rounds) + 6 + 4 + 2 * len([n for n in args.int8_models.split(",") if n])
+
+
 # --only NAME: (its section's heading, what measures and renders it, its progress steps)
-SECTIONS = {"live": ("## Live cameras", section_live, len(LIVE_MODELS) * len(POLICIES) * 3),
-            "http": ("## The HTTP front end", section_http, 3), "ocr": ("## OCR cascade", section_ocr, 8),
-            "uplink": ("## MQTT uplink", section_uplink, UPLINK_STEPS),
-            "nms": ("## NMS: OpenCV beside the numpy loop", section_nms, 1)}
+SECTIONS = {"live": ("## Live cameras", section_live, lambda args: len(LIVE_MODELS) * len(POLICIES) * 3),
+            "http": ("## The HTTP front end", section_http, lambda args: 3),
+            "ocr": ("## OCR cascade", section_ocr, lambda args: 8),
+            "uplink": ("## MQTT uplink", section_uplink, lambda args: UPLINK_STEPS),
+            "nms": ("## NMS: OpenCV beside the numpy loop", section_nms, lambda args: 1),
+            "engines": ("## Engines: Paddle Lite, Paddle Inference, OpenVINO, onnxruntime", section_engines,
+                        engine_steps)}
 
 
-def only(name: str, out: Path) -> int:
+def only(name: str, out: Path, args: argparse.Namespace) -> int:
     """Measure one section alone and put it in place of the old one in `out`, dated (it is not
     from the same run as the rest); the rest of the file is kept as it is."""
     heading, measure, steps = SECTIONS[name]
-    progress = Progress(steps)
+    progress = Progress(steps(args))
     with tempfile.TemporaryDirectory() as tmp:
-        section = measure(Path(tmp), progress)
+        section = measure(Path(tmp), progress, args)
     progress.close()
     start = section.index(heading)
     line_end = section.index("\n", start)
@@ -907,18 +1226,24 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer runs (a smoke test of the benchmark itself)")
     ap.add_argument("--only", choices=sorted(SECTIONS), help="measure only this section and replace it in --out")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
+    ap.add_argument("--rounds", type=int, default=2, help="engines: rounds of every engine per model")
+    ap.add_argument("--calib", type=Path, default=SHARED / "images", help="int8: calibration images")
+    ap.add_argument("--engine-models", default=",".join(ENGINE_MODELS), help="engines: the models")
+    ap.add_argument("--int8-models", default="mobilenetv2,fastestdet", help="engines: models made int8")
+    ap.add_argument("--render-only", action="store_true",
+                    help="with --only engines: render build/bench_engines.json, measure nothing")
     args = ap.parse_args()
     if not (SHARED / "models").is_dir():
         print(f"bench: {SHARED / 'models'} is absent: nothing to measure", file=sys.stderr)
         return 2
     if args.only:
-        return only(args.only, args.out)
+        return only(args.only, args.out, args)
     names = [n for n in args.models.split(",") if n == "demo_ppocrv4_det" or (SHARED / "models" / n).is_dir()]
     thread_models = [n for n in ("fastestdet", "mobilenetv2") if n in names]
     with_uplink = {"ultraface", "mobilenetv2"} <= set(names)
     live_runs = len([n for n in names if n in LIVE_MODELS]) * len(POLICIES) * (1 if args.quick else 3)
     progress = Progress(live_runs + 5 * len(names) + 2 * len(thread_models) + 5 + 8 + 2
-                        + (UPLINK_STEPS if with_uplink else 0))
+                        + (UPLINK_STEPS if with_uplink else 0) + engine_steps(args))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         bundles = tmp / "bundles"
@@ -926,7 +1251,7 @@ def main() -> int:
         subprocess.run([PY, str(ROOT / "tools" / "make_bundles.py"), "--out", str(bundles), *shared_names],
                        check=True, stdout=subprocess.DEVNULL)
         if "demo_ppocrv4_det" in names:  # the demo bundle's detector alone (its cascade has its own section)
-            _load_demo().detector_bundle(bundles / "demo_ppocrv4_det")
+            _load_tool("demo").detector_bundle(bundles / "demo_ppocrv4_det")
         rows = bench_models(names, bundles, args.quick, progress, tmp)
         live = bench_live(names, bundles, args.quick, progress, tmp)
         threads = bench_threads(thread_models, bundles, progress)
@@ -934,6 +1259,7 @@ def main() -> int:
         http = bench_http(bundles, progress, tmp)
         ocr = bench_ocr(progress, tmp)
         uplink = bench_uplink(bundles, progress, tmp) if with_uplink else None
+        engines_section = run_engines(args, tmp, progress)
     progress.close()
     png = args.out.with_name("benchmarks.png")
     plot(rows, png)
@@ -941,9 +1267,43 @@ def main() -> int:
 
     args.out.write_text(render(rows, threads, live, daemon, machine(), png.name) + render_http(http) + "\n"
                         + render_ocr(ocr, "") + ("\n" + render_uplink(uplink) if uplink else "") + "\n"
-                        + bench_nms.render(bench_nms.measure()))
+                        + bench_nms.render(bench_nms.measure()) + "\n" + engines_section)
     print(args.out.read_text())
     return 0
+
+
+PARTIAL = ROOT / "build" / "bench_engines.json"  # every result so far: a run cut short still renders
+
+
+def run_engines(args: argparse.Namespace, tmp: Path, progress: Progress) -> str:
+    """The engines section: every engine on every model, the footprint per engine,
+    two streams on one model, int8. Results are kept in build/bench_engines.json
+    as they come (`--only engines --render-only` renders what is there)."""
+    if args.render_only:
+        done = json.loads(PARTIAL.read_text())
+        return render_engines(done["rows"], done["pair"], done["footprint"], done["int8"], done["machine"])
+    names = [n for n in args.engine_models.split(",") if (SHARED / "models" / n).is_dir()]
+    int8_models = [n for n in args.int8_models.split(",") if n]
+    done = {"rows": [], "pair": [], "footprint": [], "int8": [], "machine": machine()}
+
+    def keep(key: str, value: list) -> list:
+        done[key] = value
+        PARTIAL.parent.mkdir(exist_ok=True)
+        PARTIAL.write_text(json.dumps(done))
+        return value
+
+    bundles = engine_bundles(names, tmp, progress)
+    for name in names:
+        if name in bundles:
+            keep("rows", done["rows"] + bench_engines({name: bundles[name]}, args.rounds, progress, tmp))
+    for key, model, measure in (("footprint", "ultraface", bench_footprint), ("pair", "fastestdet", bench_pair)):
+        try:
+            if model in bundles:
+                keep(key, measure(bundles[model], progress, tmp))
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:  # the rest still runs
+            sys.stderr.write(f"\nbench: {key}: {exc}\n")
+    keep("int8", bench_int8(int8_models, args.calib, progress, tmp))
+    return render_engines(done["rows"], done["pair"], done["footprint"], done["int8"], done["machine"])
 
 
 if __name__ == "__main__":

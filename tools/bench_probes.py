@@ -332,46 +332,14 @@ def probe_bare_process(args) -> dict:
     return {"rss_mb": rss, "peak_rss_mb": peak_rss_mb()}
 
 
-class OrtEngine:
-    """onnxruntime behind the part of the engine interface a `model.Part` uses:
-    no input buffer of its own (`input_view` is None), so lited's own
-    preprocessing, batching, decoders and crops run unchanged around it."""
-
-    kind = "onnxruntime"
-    image_input = 0
-    pid = None
-
-    def __init__(self, path: str, threads: int) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        self.names = [i.name for i in self.session.get_inputs()]
-        self.feed: dict = {}
-
-    def input_view(self, index: int, shape: tuple):
-        return None
-
-    def set_input(self, index: int, array: np.ndarray) -> None:
-        self.feed[self.names[index]] = array
-
-    def run(self) -> list:
-        return self.session.run(None, self.feed)
-
-    def close(self) -> None:
-        self.session = None
-
-
 def probe_ocr(args) -> dict:
     """The OCR cascade (det -> cls -> rec) per frame, split by stage: lited's
     Model.infer on Paddle Lite, or the same code with each part's engine
-    replaced by onnxruntime on the part's ONNX original (--onnx det,cls,rec)."""
+    replaced by lited's onnxruntime engine on the part's ONNX original (--onnx det,cls,rec)."""
     import cv2
 
     from lited.bundle import load_bundle
+    from lited.engines import open_engine
     from lited.model import Model
 
     image = cv2.imread(args.image)
@@ -381,7 +349,8 @@ def probe_ocr(args) -> dict:
         parts = [model] + [stage.part for stage in model.cascade.stages]
         for part, path in zip(parts, args.onnx.split(",")):
             part.engine.close()
-            part.engine = OrtEngine(path, args.threads or 1)
+            part.engine = open_engine("onnxruntime", path, {"threads": args.threads or 1})
+            part.engine.image_input = part.image_input
     stages: dict = {}
     texts: list = []
 
@@ -463,8 +432,132 @@ def probe_uplink_device(args) -> dict:
             "round_trip_ms": stats(trips) if trips else None, "rss_mb": peak_rss_mb()}
 
 
+def cpu_s(pid: object = "self") -> float:
+    """User + system CPU seconds of a process so far (/proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bursts(run, seconds: float, bursts_: int = 3) -> dict:
+    """A bare loop in short bursts: median ms a run (of burst medians) and CPU ms a run."""
+    medians, cpu, n = [], 0.0, 0
+    for _ in range(bursts_):
+        times, c0, t0 = [], time.process_time(), time.perf_counter()
+        while time.perf_counter() - t0 < seconds / bursts_ or len(times) < 3:
+            t = time.perf_counter()
+            run()
+            times.append((time.perf_counter() - t) * 1e3)
+        cpu += time.process_time() - c0
+        n += len(times)
+        medians.append(statistics.median(times))
+    return {"ms": statistics.median(medians), "cpu_ms": cpu * 1e3 / n, "runs": n}
+
+
+def probe_engine(args) -> dict:
+    """One engine on one model: its bare run() loop in this process (before and
+    after), and `lited run` on a file through the whole pipeline with the engine
+    in its engine process; fps, CPU per frame (this process and the engine
+    process), and the decoded result on the image (for the agreement check)."""
+    import cv2
+
+    from lited.bundle import load_bundle
+    from lited.model import Model
+    from lited.stream import Stream
+
+    bundle = load_bundle(args.bundle)
+    opts = {"threads": args.threads or 1}
+    local = Model(bundle, engine=args.engine, options=opts)
+    result = local.infer(cv2.imread(args.image))
+    cap = cv2.VideoCapture(args.video)
+    frame = cap.read()[1]
+    cap.release()
+    local.infer(frame)  # the bare loop runs on the video's frame, as the stream does
+    seconds = min(6.0, max(2.0, args.runs * 0.02))
+    before = bursts(local.engine.run, seconds)
+    count, done, marks = [0], [], {}
+
+    def publish(_: dict) -> None:
+        count[0] += 1
+
+    stream = Stream("bench", f"file://{args.video}", lambda: Model(bundle, engine=args.engine, options=opts,
+                                                                  isolated=True),
+                    publish, lambda e: done.append(e) if e.get("state") == "ended" else None, stats_window=64)
+    stream.start()
+    start_at, stop_at = 10, max(11, args.runs * 3 // 4)
+    while not done:
+        n = count[0]
+        if n >= start_at and "t0" not in marks:
+            pid = stream.status()["model"]["engine_pid"]
+            marks.update(t0=time.perf_counter(), n0=n, pid=pid, c0=cpu_s(), e0=cpu_s(pid))
+        if n >= stop_at and "t1" not in marks and "t0" in marks:
+            marks.update(t1=time.perf_counter(), n1=n, c1=cpu_s(), e1=cpu_s(marks["pid"]))
+        time.sleep(0.002)
+    status = stream.status()
+    stream.stop()
+    after = bursts(local.engine.run, seconds)
+    local.close()
+    frames = marks["n1"] - marks["n0"]
+    bare_ms = (before["ms"] + after["ms"]) / 2
+    return {"engine": args.engine, "device": status["model"]["device"] if status.get("model") else "",
+            "fps": frames / (marks["t1"] - marks["t0"]), "bare_fps": 1000 / bare_ms,
+            "bare_ms_before_after": [before["ms"], after["ms"]],
+            "bare_cpu_ms": (before["cpu_ms"] + after["cpu_ms"]) / 2,
+            "run_engine_cpu_ms": (marks["e1"] - marks["e0"]) * 1e3 / frames,
+            "run_total_cpu_ms": (marks["e1"] - marks["e0"] + marks["c1"] - marks["c0"]) * 1e3 / frames,
+            "frames": count[0], "skipped": status["counters"]["skipped"],
+            "result": {k: result[k] for k in ("detections", "classes")}}
+
+
+def probe_pair(args) -> dict:
+    """Streams on one model at once (`--streams`, each with `--threads`): total fps
+    and CPU per frame, to see whether they oversubscribe the cores."""
+    from lited.bundle import load_bundle
+    from lited.model import Model
+    from lited.stream import Stream
+
+    bundle = load_bundle(args.bundle)
+    counts, done = [0] * args.streams, []
+    streams = []
+    for i in range(args.streams):
+        def publish(_: dict, i=i) -> None:
+            counts[i] += 1
+        streams.append(Stream(f"pair{i}", f"file://{args.video}",
+                              lambda: Model(bundle, engine=args.engine, options={"threads": args.threads},
+                                            isolated=True),
+                              publish, lambda e: done.append(e) if e.get("state") == "ended" else None))
+    for stream in streams:
+        stream.start()
+    while min(counts) < 10:
+        time.sleep(0.005)
+    pids = [s.status()["model"]["engine_pid"] for s in streams]
+    t0, n0, c0 = time.perf_counter(), sum(counts), cpu_s() + sum(cpu_s(p) for p in pids)
+    while min(counts) < args.runs * 3 // 4 and not done:
+        time.sleep(0.005)
+    t1, n1, c1 = time.perf_counter(), sum(counts), cpu_s() + sum(cpu_s(p) for p in pids)
+    threads = [len(os.listdir(f"/proc/{p}/task")) for p in pids]
+    for stream in streams:
+        stream.stop()
+    return {"fps": (n1 - n0) / (t1 - t0), "cpu_ms": (c1 - c0) * 1e3 / (n1 - n0), "engine_threads": threads}
+
+
+def probe_engine_process(args) -> dict:
+    """What any app running this engine pays: Python + numpy + the backend +
+    this model, run once on zeros (lited's thin engine class, nothing else of
+    lited: no OpenCV, no ZeroMQ). PSS and RSS."""
+    from lited.engines import open_engine
+
+    engine = open_engine(args.engine, args.model, {"threads": 1})
+    engine.set_input(0, np.zeros([int(x) for x in args.shape.split("x")], np.float32))
+    engine.run()
+    with open("/proc/self/smaps_rollup") as fh:
+        fields = dict(line.split(":", 1) for line in fh if line[:4] in ("Rss:", "Pss:"))
+    return {"rss_mb": int(fields["Rss"].split()[0]) / 1024, "pss_mb": int(fields["Pss"].split()[0]) / 1024}
+
+
 PROBES = {"bare": probe_bare, "infer": probe_infer, "ort": probe_ort, "run": probe_run, "live": probe_live,
-          "sub": probe_sub, "bare_process": probe_bare_process, "ocr": probe_ocr, "uplink_device": probe_uplink_device}
+          "sub": probe_sub, "bare_process": probe_bare_process, "ocr": probe_ocr, "uplink_device": probe_uplink_device,
+          "engine": probe_engine, "pair": probe_pair, "engine_process": probe_engine_process}
 
 
 def main() -> int:
@@ -485,6 +578,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=15.0, help="live, uplink_device: how long to measure")
     ap.add_argument("--policy", choices=("latest", "queue"), help="live: the stream's policy (default: the source's)")
     ap.add_argument("--warmup", type=float, default=3.0, help="live: seconds of results not counted")
+    ap.add_argument("--engine", help="engine, run, pair, engine_process: the engine kind")
+    ap.add_argument("--streams", type=int, default=2, help="pair: streams on one model")
     args = ap.parse_args()
     print(json.dumps(PROBES[args.probe](args)))
     return 0

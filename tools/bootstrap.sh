@@ -61,10 +61,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ tools/bootstrap.sh -nt "$stamp" ]; then
   extras=""
-  [ "$what" = test ] && extras="[tests,http,paddle_inference,dev]"
+  [ "$what" = test ] && extras="[tests,http,mqtt,paddle_inference,onnxruntime,openvino,dev]"
   echo "bootstrap: installing lited$extras and pinned wheels into .venv"
   .venv/bin/pip install -q --disable-pip-version-check -e ".$extras" 2>&1 | grep -v -e "^WARNING: Location" -e "^$" || true
   .venv/bin/python -c "import lited, paddlelite.lite, numpy, cv2, zmq, msgpack" \
     || { echo "bootstrap: the venv is incomplete" >&2; exit 1; }
+  # an extra that drags numpy to 2.x breaks paddlelite's from_numpy silently (models/README)
+  .venv/bin/python -c "import numpy, sys; sys.exit(numpy.__version__ != '1.26.4')" \
+    || { echo "bootstrap: numpy is not 1.26.4 in .venv (an extra upgraded it)" >&2; exit 1; }
   touch "$stamp"
 fi

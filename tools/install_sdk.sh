@@ -10,6 +10,7 @@
 #   --rollback NAME            make NAME's previous version current again
 #   --wheels DIR               install the runtime offline: pip --no-index --find-links DIR lited
 #   --paddlelite-wheel FILE    the Paddle Lite wheel to use (needed on ARM: PyPI has none)
+#   --engines LIST             also install these engines (extras): onnxruntime,openvino,paddle_inference
 #   --python FILE              the interpreter for the venv (default: CPython 3.10 as tools/bootstrap.sh finds it)
 #   --instance NAME            lited@NAME.service and /etc/lited/NAME.conf instead of lited.service
 #   --timeout SEC              how long to wait for the daemon to serve the new version (default 120)
@@ -31,14 +32,14 @@ repo=$(dirname "$here")
 
 say() { echo "install_sdk: $*"; }
 die() { echo "install_sdk: error: $*" >&2; exit 1; }
-help() { sed -n '2,25s/^# \{0,1\}//p' "$0"; }
+help() { sed -n '2,26s/^# \{0,1\}//p' "$0"; }
 usage() { help >&2; exit 2; }
 
 prefix=/ use_systemctl=1 rollback_name="" wheels="" paddle_wheel="" python="" instance="" timeout=120 src=""
-board=detect selftest=1
+board=detect selftest=1 engines=""
 while [ $# -gt 0 ]; do
     case $1 in
-        --prefix|--rollback|--wheels|--paddlelite-wheel|--python|--instance|--timeout|--board)
+        --prefix|--rollback|--wheels|--paddlelite-wheel|--python|--instance|--timeout|--board|--engines)
             [ $# -ge 2 ] || usage
             case $1 in
                 --prefix) prefix=$2 ;;
@@ -49,6 +50,7 @@ while [ $# -gt 0 ]; do
                 --instance) instance=$2 ;;
                 --timeout) timeout=$2 ;;
                 --board) board=$2 ;;
+                --engines) engines=$2 ;;
             esac
             shift 2 ;;
         --no-systemctl) use_systemctl=0; shift ;;
@@ -65,6 +67,16 @@ if [ -n "$wheels" ]; then
     [ -n "$lited_wheel" ] || die "--wheels $wheels: no lited-*.whl in it"
 fi
 case $instance in *[!A-Za-z0-9_.-]*) die "--instance $instance: letters, digits, '.', '_', '-' only" ;; esac
+extras="" engine_modules=""
+for engine in ${engines//,/ }; do
+    case $engine in
+        onnxruntime) engine_modules+=", onnxruntime" ;;
+        openvino) engine_modules+=", openvino" ;;
+        paddle_inference) engine_modules+=", paddle.inference" ;;
+        *) echo "install_sdk: --engines: unknown engine '$engine' (onnxruntime, openvino, paddle_inference)" >&2; exit 2 ;;
+    esac
+    extras+="${extras:+,}$engine"
+done
 
 # The board profile for the unit (systemd/boards/): its devices and memory.
 detect_board() {
@@ -167,7 +179,7 @@ runtime_id() {
                  -o -type f -print | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)
     fi
     [ -z "$paddle_wheel" ] || id="$id+$(sha256sum "$paddle_wheel" | cut -c1-16)"
-    echo "lited $version $id"
+    echo "lited $version $id${extras:+ [$extras]}"
 }
 
 install_runtime() {
@@ -179,8 +191,8 @@ install_runtime() {
     fi
     case $(uname -m) in
         aarch64|arm*)
-            if [ -z "$paddle_wheel" ] && ! "$venv/bin/python" -c 'import paddlelite' 2>/dev/null; then
-                die "PyPI has no Paddle Lite wheel for $(uname -m): build one (docs/install.md) and give --paddlelite-wheel FILE"
+            if [ -z "$paddle_wheel" ] && [ -z "$extras" ] && ! "$venv/bin/python" -c 'import paddlelite' 2>/dev/null; then
+                die "PyPI has no Paddle Lite wheel for $(uname -m): build one (docs/install.md) and give --paddlelite-wheel FILE, or install another engine (--engines onnxruntime)"
             fi ;;
     esac
     py=$(find_python)
@@ -191,7 +203,8 @@ install_runtime() {
     had_lited=$("$venv/bin/python" -c 'import lited' 2>/dev/null && echo 1 || echo 0)
     local pip=("$venv/bin/python" -m pip install --disable-pip-version-check --no-warn-script-location)
     if [ -n "$wheels" ]; then
-        quiet "pip install from $wheels" "${pip[@]}" --no-index --find-links "$wheels" ${paddle_wheel:+"$paddle_wheel"} lited
+        quiet "pip install from $wheels" "${pip[@]}" --no-index --find-links "$wheels" ${paddle_wheel:+"$paddle_wheel"} \
+            "lited${extras:+[$extras]}"
         # The same version from a rebuilt wheel: pip calls it satisfied, so force lited alone.
         [ "$had_lited" = 0 ] || quiet "pip install $lited_wheel" "${pip[@]}" --no-index --force-reinstall --no-deps "$lited_wheel"
     else
@@ -199,9 +212,11 @@ install_runtime() {
         mkdir "$scratch/src"
         tar -C "$repo" --exclude=__pycache__ --exclude='*.egg-info' -cf - pyproject.toml setup.cfg README.md runtime \
             | tar -C "$scratch/src" -xf -
-        quiet "pip install lited from $repo" "${pip[@]}" ${paddle_wheel:+"$paddle_wheel"} "$scratch/src"
+        quiet "pip install lited from $repo" "${pip[@]}" ${paddle_wheel:+"$paddle_wheel"} "$scratch/src${extras:+[$extras]}"
     fi
-    quiet "the runtime in $venv does not import" "$venv/bin/python" -c 'import lited, paddlelite.lite'
+    local base_engine=", paddlelite.lite"
+    [ -n "$paddle_wheel" ] || [ "$(uname -m)" = x86_64 ] || base_engine=""
+    quiet "the runtime in $venv does not import" "$venv/bin/python" -c "import lited$base_engine$engine_modules"
     echo "$want" >"$venv/.lited-install"
     say "runtime: ${want% *} installed in $venv ($("$venv/bin/python" -V))"
 }

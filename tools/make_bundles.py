@@ -4,10 +4,12 @@
 For every manifest in tests/bundles/<name>.json whose model is in
 ../shared/models/<name>/, writes build/bundles/<name>/ with the model files
 (x86 by default), labels, its golden image (../shared/images/<golden.image>)
-and the manifest with checksums filled in. `--update-golden` runs each
-bundle on its golden image and writes the result back into
-tests/bundles/<name>.json as its expected result (what `lited infer --json`
-prints, as tools/build_sdk.py records it).
+and the manifest with checksums filled in. `--engines openvino,onnxruntime`
+also puts the model's ONNX original in, as `model.onnx` listed for those
+engines (the order build_sdk writes). `--update-golden` runs each bundle on
+its golden image and writes the result back into tests/bundles/<name>.json
+as its expected result (what `lited infer --json` prints, as
+tools/build_sdk.py records it).
 """
 from __future__ import annotations
 
@@ -21,11 +23,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 from lited.bundle import load_bundle, seal_models
+from lited.sdk.engine_files import ONNX_NAME
+
+# each shared model's ONNX original (under ../shared/models/<name>/onnx/)
+ONNX_FILES = {"ultraface": "version-RFB-320.onnx", "fastestdet": "FastestDet.onnx",
+              "mobilenetv2": "mobilenet_v2_dequant_fp32.onnx", "ppocrv4_det": "ch_PP-OCRv4_det_infer.onnx",
+              "ppocr_cls": "ch_ppocr_mobile_v2.0_cls_sanitized.onnx", "nanodet_m": "nanodet_m.onnx",
+              "ppocrv4_rec": "ch_PP-OCRv4_rec_infer.onnx"}
 
 
-def assemble(name: str, models_dir: Path, out_dir: Path, targets: tuple = ("x86",)) -> Path:
-    """Copy one shared model's files and sealed manifest into out_dir/name."""
-    manifest = json.loads((ROOT / "tests" / "bundles" / f"{name}.json").read_text())
+def assemble(name: str, models_dir: Path, out_dir: Path, targets: tuple = ("x86",), engines: tuple = (),
+             manifest: dict | None = None) -> Path:
+    """Copy one shared model's files and sealed manifest (tests/bundles/<name>.json,
+    or `manifest`) into out_dir/name; with `engines`, its ONNX too, listed for them."""
+    manifest = manifest or json.loads((ROOT / "tests" / "bundles" / f"{name}.json").read_text())
     src, dst = models_dir / name, out_dir / name
     if dst.exists():
         shutil.rmtree(dst)
@@ -34,6 +45,12 @@ def assemble(name: str, models_dir: Path, out_dir: Path, targets: tuple = ("x86"
         spec = manifest["models"].get(target)
         if spec and (src / spec["file"]).is_file():
             shutil.copy2(src / spec["file"], dst / spec["file"])
+    if engines:
+        shutil.copy2(src / "onnx" / ONNX_FILES[name], dst / ONNX_NAME)
+        onnx = {"file": ONNX_NAME, "engines": list(engines)}
+        manifest = {**manifest, "schema": 2, "models": {
+            t: [onnx, {**spec, "engine": "paddle_lite"}] if t == "x86" else [spec, onnx]
+            for t, spec in manifest["models"].items()}}
     if manifest.get("labels"):
         shutil.copy2(src / manifest["labels"], dst / manifest["labels"])
     if manifest.get("golden"):
@@ -72,6 +89,7 @@ def main() -> int:
     ap.add_argument("--targets", default="x86", help="comma-separated targets to copy (x86,arm)")
     ap.add_argument("--update-golden", action="store_true",
                     help="record each bundle's result on its golden image in tests/bundles/<name>.json")
+    ap.add_argument("--engines", default="", help="also the ONNX, for these engines (openvino,onnxruntime)")
     ap.add_argument("names", nargs="*", help="models to assemble (default: all found)")
     args = ap.parse_args()
     if not args.models.is_dir():
@@ -80,10 +98,11 @@ def main() -> int:
     names = args.names or sorted(p.stem for p in (ROOT / "tests" / "bundles").glob("*.json")
                                  if (args.models / p.stem).is_dir())
     for name in names:
-        bundle = assemble(name, args.models, args.out, tuple(args.targets.split(",")))
+        engines = tuple(e for e in args.engines.split(",") if e)
+        bundle = assemble(name, args.models, args.out, tuple(args.targets.split(",")), engines)
         if args.update_golden:
             update_golden(name, bundle)
-            bundle = assemble(name, args.models, args.out, tuple(args.targets.split(",")))
+            bundle = assemble(name, args.models, args.out, tuple(args.targets.split(",")), engines)
         print(bundle)
     return 0
 

@@ -342,11 +342,12 @@ def cmd_config(args: argparse.Namespace) -> int:
             raise Refused(f"{conf}: no 'models' mapping; fix it or move it away")
         streams = _streams_using(config, args.model)
         if args.model in models:
-            if models[args.model] == args.path:
+            entry = models[args.model]
+            where = entry.get("bundle") if isinstance(entry, dict) else entry  # {"bundle", "engine", ...} too
+            if where == args.path:
                 print(f"present {streams} {conf} already has model {args.model}")
             else:
-                print(f"other {streams} {conf}: model {args.model} is {models[args.model]}, not {args.path}: "
-                      "left as it is")
+                print(f"other {streams} {conf}: model {args.model} is {where}, not {args.path}: left as it is")
             return 0
         text = conf.read_text(encoding="utf-8")
         try:

@@ -14,7 +14,7 @@ import os
 import platform
 import re
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,11 @@ from lited.files import MAX_MODEL_BYTES, FileRefused, open_regular, read_capped
 from lited.validate import Checker, is_number, shown, type_name
 
 SCHEMA = 2          # the newest manifest schema this lited reads
-SCHEMAS = (1, 2)    # 2 = 1 + `stages`; a bundle without stages is written as 1, so older lited run it
+# 2 = 1 + `stages` (a cascade) + several files per target (`models.<target>` a list, in
+# every stage too) with `engines`, `precision`, `expected`; a bundle that uses none of
+# these is written as 1, so older lited run it
+SCHEMAS = (1, 2)
+SCHEMA_2_FIELDS = ("engines", "precision", "expected")  # file fields schema 1 does not have
 RESIZE_MODES = ("stretch", "letterbox", "short_side_crop", "keep_ratio", "fit_height")
 # Caps on what a bundle may make the daemon read (a manifest that is /dev/zero,
 # a 50 MB labels file): every read is bounded, regular files only (lited/files.py).
@@ -60,16 +64,42 @@ class BundleError(Exception):
         super().__init__(_CONTROL_RE.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), message))
 
 
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
 @dataclass
 class ModelFile:
+    """One model file of a target: `models.<target>` (one file, schema 1's
+    form) or `models.<target>[i]` (several, in the bundle's order of preference)."""
+
     target: str
     path: Path
     sha256: str
     size: int | None
-    engine: str = "paddle_lite"
-    options: dict = field(default_factory=dict)
+    engines: tuple = ("paddle_lite",)  # the engines that can run it, the bundle's first choice first
+    options: dict = field(default_factory=dict)  # engine kind -> that engine's options
     params: "ModelFile | None" = None  # paddle_inference: the .pdiparams beside the .pdmodel
-    where: str = ""  # field path prefix of its stage: "" or "stages[0]."
+    field: str = ""                    # its field path in the manifest, for messages
+    precision: str = "fp32"
+    expected: dict | None = None       # its own golden result, where it differs from the bundle's (int8)
+
+    @property
+    def engine(self) -> str:
+        """The bundle's first choice of engine for this file."""
+        return self.engines[0]
+
+    def options_for(self, kind: str) -> dict:
+        return dict(self.options.get(kind, {}))
+
+
+@dataclass
+class Choice:
+    """Which file of a target runs, on which engine, and why (for `lited inspect`)."""
+
+    model: ModelFile
+    engine: str
+    why: str
+    options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -98,21 +128,55 @@ class ModelSpec:
         return self.root / labels if labels else None
 
     def models(self) -> dict:
-        return {t: _model_file(self.root, t, m, self.where) for t, m in self.manifest["models"].items()}
+        """target -> its model files ([ModelFile]), in the bundle's order of preference."""
+        return {t: model_files(self.root, t, m, self.where) for t, m in self.manifest["models"].items()}
 
-    def model_for(self, target: str | None = None) -> ModelFile:
-        """The model file for `target` (default: this machine's), checked on disk."""
+    def _target_files(self, target: str | None) -> list:
+        """The files of `target` (default: this machine's), unchecked; refused if
+        the bundle has none for it or it does not run here."""
         target = target or machine_target(self.manifest["models"])
         models = self.models()
         if target not in models:
             raise BundleError(str(self.root), [f"{self.where}models: no model for target '{target}' "
                                                f"(has {', '.join(sorted(models)) or 'none'})"])
         check_target_runs_here(target, str(self.root / "manifest.json"))
-        model = models[target]
-        problems = check_model_file(model)
+        return models[target]
+
+    def model_files(self, target: str | None = None) -> list:
+        """The files of `target` (default: this machine's), each checked on disk."""
+        files = self._target_files(target)
+        problems = [p for model in files for p in check_model_file(model)]
         if problems:
             raise BundleError(str(self.root), problems)
-        return model
+        return files
+
+    def choose(self, target: str | None = None, engine: str | None = None, precision: str | None = None) -> Choice:
+        """The file and engine to run (see `choose_engine`); that file checked on disk."""
+        choice = choose_engine(self._target_files(target), engine, precision, str(self.root / "manifest.json"))
+        problems = check_model_file(choice.model)
+        if problems:
+            raise BundleError(str(self.root), problems)
+        return choice
+
+    def choose_like(self, target: str | None, first: Choice) -> Choice:
+        """A later stage's file and engine: the engine (and precision) `first`
+        (the first stage's choice) runs on, where this stage lists a file for
+        them, else this stage's own order of preference."""
+        files = self._target_files(target)
+        for precision in (first.model.precision, None):
+            if any(first.engine in f.engines and precision in (None, f.precision) for f in files):
+                choice = self.choose(target, first.engine, precision)
+                return replace(choice, why="the first stage's engine")
+        return self.choose(target)
+
+    def choices(self, target: str | None = None) -> list:
+        """Every file and engine the bundle lists for `target`, installed or not
+        (`lited selftest` runs each installed one)."""
+        return [Choice(f, kind, "listed", f.options_for(kind)) for f in self.model_files(target) for kind in f.engines]
+
+    def model_for(self, target: str | None = None) -> ModelFile:
+        """The model file that runs here by default for `target`, checked on disk."""
+        return self.choose(target).model
 
 
 @dataclass
@@ -140,10 +204,10 @@ class Bundle(ModelSpec):
     def golden(self) -> dict | None:
         return self.manifest.get("golden")
 
-    def model_files(self, target: str | None = None) -> list:
-        """The model file of every stage for `target`, first stage first, each checked on disk."""
+    def all_model_files(self, target: str | None = None) -> list:
+        """Every model file of every stage for `target`, first stage first, each checked on disk."""
         target = target or machine_target(self.manifest["models"])
-        return [self.model_for(target)] + [stage.model_for(target) for stage in self.stages]
+        return [f for part in (self, *self.stages) for f in part.model_files(target)]
 
 
 def machine_target(models: dict | None = None) -> str:
@@ -173,12 +237,44 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def choose_engine(files: list, engine: str | None = None, precision: str | None = None,
+                  where: str = "bundle") -> Choice:
+    """Which of a target's files runs, on which engine: the one asked for
+    (`engine`, `precision`: the config's choice), else the bundle's order of
+    preference (files in order, each file's engines in order), skipping
+    engines not installed here. An engine the bundle does not list for the
+    file is never used: its golden self-test did not cover it."""
+    from lited.engines import ENGINES  # here: the registry imports every engine module (not their backends)
+
+    target_field = re.sub(r"\[\d+\]$", "", files[0].field)  # "models.x86" or "stages[0].models.x86"
+    listed = [(f, kind) for f in files for kind in f.engines
+              if (engine is None or kind == engine) and (precision is None or f.precision == precision)]
+    if not listed:
+        kinds = ", ".join(dict.fromkeys(f"{k} ({f.precision})" for f in files for k in f.engines))
+        asked = " ".join(x for x in (engine, precision) if x)
+        raise BundleError(where, [f"{target_field}: no file for {asked} (the bundle lists {kinds})"])
+    missing = []
+    for rank, (model, kind) in enumerate(listed):
+        if kind in ENGINES and ENGINES.get(kind).available():
+            if engine is not None:
+                why = "asked for (the config, or --engine)"
+            elif rank == 0:
+                why = "the bundle's first choice"
+            else:
+                why = f"the bundle's choice {rank + 1} ({', '.join(dict.fromkeys(missing))} not installed)"
+            return Choice(model, kind, why, model.options_for(kind))
+        missing.append(kind)
+    packages = ", ".join(dict.fromkeys(ENGINES.get(k).package if k in ENGINES else k for k in missing))
+    raise BundleError(where, [f"{target_field}: no engine installed here for "
+                              f"{', '.join(dict.fromkeys(missing))} (install {packages})"])
+
+
 def check_model_file(model: ModelFile) -> list:
     """Problems with a model file on disk: missing, truncated, wrong checksum."""
     path = model.path
     name = path.name
     if not path.is_file():
-        return [f"{name}: missing ({model.where}models.{model.target}.file)"]
+        return [f"{name}: missing ({model.field}.file)"]
     size = path.stat().st_size
     if model.size is not None and size != model.size:
         return [f"{name}: {size} bytes, manifest says {model.size} (truncated or wrong file)"]
@@ -189,19 +285,17 @@ def check_model_file(model: ModelFile) -> list:
     except OSError as exc:
         return [f"{name}: cannot be read ({exc.strerror or exc})"]
     if digest != model.sha256.lower():
-        field_path = f"{model.where}models.{model.target}.{'params.' if model.engine == 'params' else ''}sha256"
-        return [f"{name}: sha256 mismatch ({field_path})"]
+        return [f"{name}: sha256 mismatch ({model.field}.sha256)"]
     if model.params is not None:
         return check_model_file(model.params)
-    if model.engine == "paddle_lite":
+    if "paddle_lite" in model.engines:
         try:
             info = read_nb_header(path)
         except ValueError as exc:
             return [f"{name}: {exc}"]
         foreign = info["targets"] - NB_PORTABLE - {model.target} - ({"arm"} if model.target == "opencl" else set())
         if foreign:
-            return [f"{name}: holds {', '.join(sorted(foreign))} kernels but is listed as "
-                    f"{model.where}models.{model.target}"]
+            return [f"{name}: holds {', '.join(sorted(foreign))} kernels but is listed as {model.field}"]
     return []
 
 
@@ -252,13 +346,32 @@ def _walk_nb_weights(fh, size: int) -> None:
         raise ValueError(f"{size} bytes, its weights end early (truncated)")
 
 
-def _model_file(root: Path, target: str, spec: dict, where: str = "") -> ModelFile:
-    params = spec.get("params")
-    return ModelFile(target, root / spec["file"], spec["sha256"], spec.get("size"),
-                     spec.get("engine", "paddle_lite"), dict(spec.get("options", {})),
-                     ModelFile(target, root / params["file"], params["sha256"], params.get("size"), "params",
-                               where=where)
-                     if params else None, where)
+def file_specs(spec: dict | list) -> list:
+    """A target's file entries as a list: schema 1's one object, or the list."""
+    return list(spec) if isinstance(spec, list) else [spec]
+
+
+def spec_engines(spec: dict) -> tuple:
+    """The engines a file entry names: `engines`, or the one `engine` (default paddle_lite)."""
+    return tuple(spec["engines"]) if "engines" in spec else (spec.get("engine", "paddle_lite"),)
+
+
+def model_files(root: Path, target: str, spec: dict | list, prefix: str = "") -> list:
+    """The validated `models.<target>` entry as ModelFiles, in order
+    (`prefix`: its stage's field path, "" or "stages[0].")."""
+    out = []
+    entries = file_specs(spec)
+    for i, entry in enumerate(entries):
+        where = f"{prefix}models.{target}" + (f"[{i}]" if isinstance(spec, list) else "")
+        engines = spec_engines(entry)
+        options = dict(entry.get("options", {}))
+        options = options if "engines" in entry else {engines[0]: options}
+        params = entry.get("params")
+        out.append(ModelFile(target, root / entry["file"], entry["sha256"], entry.get("size"), engines, options,
+                             ModelFile(target, root / params["file"], params["sha256"], params.get("size"), (),
+                                       field=where + ".params") if params else None,
+                             where, entry.get("precision", "fp32"), entry.get("expected")))
+    return out
 
 
 class BundleChecker(Checker):
@@ -339,32 +452,81 @@ def _check_models(c: BundleChecker, manifest: dict, root: Path, where: str = "")
     if not models:
         c.add(where + "models", "expected at least one target")
     for target, spec in models.items():
-        p = f"{where}models.{target}."
-        if not isinstance(spec, dict):
-            c.add(p[:-1], "expected an object")
-            continue
-        c.safe_path(root, spec.get("file"), p + "file")
-        sha = c.get(spec, "sha256", p, str)
-        if sha is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha):
-            c.add(p + "sha256", "expected 64 hex digits")
-        size = c.get(spec, "size", p, int, required=False)
-        if size is not None and size < 0:
-            c.add(p + "size", "expected a positive integer")
-        from lited.engines import ENGINES  # here: the registry imports every engine module
+        p = f"{where}models.{target}"
+        if manifest.get("schema") == 1 and (isinstance(spec, list) or isinstance(spec, dict) and any(
+                k in spec for k in SCHEMA_2_FIELDS)):
+            c.add(p, "several files per target, `engines`, `precision` and `expected` need \"schema\": 2")
+        if isinstance(spec, list):
+            if not spec:
+                c.add(p, "expected at least one model file")
+            for i, entry in enumerate(spec):
+                _check_model_entry(c, entry, f"{p}[{i}]", root)
+        else:
+            _check_model_entry(c, spec, p, root)
 
+
+def _check_model_entry(c: BundleChecker, spec: Any, where: str, root: Path) -> None:
+    """One model file: `file`, `sha256`, `size`, `engine` or `engines`, `options`, `params`,
+    `precision`, `expected`."""
+    p = where + "."
+    if not isinstance(spec, dict):
+        c.add(where, "expected an object (a model file)")
+        return
+    rel = spec.get("file")
+    c.safe_path(root, rel, p + "file")
+    _check_sha(c, spec, p)
+    size = c.get(spec, "size", p, int, required=False)
+    if size is not None and size < 0:
+        c.add(p + "size", "expected a positive integer")
+    from lited.engines import ENGINES  # here: the registry imports every engine module
+
+    if "engine" in spec and "engines" in spec:
+        c.add(p + "engines", "give either engine (one) or engines (a list), not both")
+        return
+    if "engines" in spec:
+        engines = spec["engines"]
+        if not isinstance(engines, list) or not engines or not all(isinstance(e, str) for e in engines) \
+                or len(set(engines)) != len(engines):
+            c.add(p + "engines", f"expected a list of distinct engine names, got {shown(engines)}")
+            return
+        unknown = [e for e in engines if e not in ENGINES]
+        if unknown:
+            c.add(p + "engines", f"unknown {shown(unknown[0])}, expected any of {', '.join(ENGINES.kinds())}")
+            return
+        options = c.get(spec, "options", p, dict, required=False) or {}
+        for kind, value in options.items():
+            if kind not in engines:
+                c.add(p + f"options.{kind}", f"not one of this file's engines ({', '.join(engines)})")
+            elif not isinstance(value, dict):
+                c.add(p + f"options.{kind}", f"expected an object (that engine's options), got {shown(value)}")
+    else:
         engine = c.choice(spec, "engine", p, ENGINES.kinds(), "paddle_lite")
+        engines = [engine] if engine else []
         c.get(spec, "options", p, dict, required=False)
-        params = spec.get("params")
-        if engine == "paddle_inference" and not isinstance(params, dict):
-            c.add(p + "params", "missing: a paddle_inference model needs its .pdiparams "
-                                "({\"file\", \"sha256\", \"size\"})")
-        elif isinstance(params, dict):
-            c.safe_path(root, params.get("file"), p + "params.file")
-            psha = c.get(params, "sha256", p + "params.", str)
-            if psha is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", psha):
-                c.add(p + "params.sha256", "expected 64 hex digits")
-        elif params is not None:
-            c.add(p + "params", "expected an object")
+    if isinstance(rel, str):
+        for kind in engines:
+            cls = ENGINES.get(kind)
+            if not cls.can_run(rel):
+                c.add(p + ("engines" if "engines" in spec else "engine"),
+                      f"{kind} cannot run {shown(rel)} (it runs {', '.join(cls.formats)} files)")
+    c.choice(spec, "precision", p, PRECISIONS, "fp32")
+    c.get(spec, "expected", p, dict, required=False)
+    params = spec.get("params")
+    needs = "a paddle_inference model needs its .pdiparams" if "paddle_inference" in engines else \
+        "an OpenVINO IR (.xml) needs its .bin" if str(rel).lower().endswith(".xml") else ""
+    if needs and not isinstance(params, dict):
+        c.add(p + "params", f"missing: {needs} ({{\"file\", \"sha256\", \"size\"}})")
+    elif isinstance(params, dict):
+        c.safe_path(root, params.get("file"), p + "params.file")
+        _check_sha(c, params, p + "params.")
+    elif params is not None:
+        c.add(p + "params", "expected an object")
+
+
+def _check_sha(c: BundleChecker, spec: dict, p: str) -> None:
+    sha = c.get(spec, "sha256", p, str)
+    if sha is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha):
+        c.add(p + "sha256", "expected 64 hex digits")
 
 
 INPUT_FILLS = ("im_shape", "scale_factor")  # extra inputs lited fills per frame (PaddleDetection exports)
@@ -646,7 +808,7 @@ def load_bundle(path: str | os.PathLike, check_models: bool = True) -> Bundle:
                     stages=[StageSpec(root, spec, _labels_of(root, spec, f"stages[{i}].", where), f"stages[{i}].")
                             for i, spec in enumerate(manifest.get("stages", []))])
     if check_models:
-        bundle.model_files()
+        bundle.all_model_files()
     return bundle
 
 
@@ -664,7 +826,8 @@ def _labels_of(root: Path, part: dict, prefix: str, where: str) -> list:
 
 def seal_models(manifest: dict, root: Path) -> dict:
     """Fill `sha256` and `size` of each model file present under `root`; drop
-    targets whose file is absent (in every stage). For tools that assemble bundles."""
+    files that are absent, and targets left with none (in every stage). For
+    tools that assemble bundles."""
     sealed = _sealed_models(manifest, root)
     if "stages" in manifest:
         sealed["stages"] = [_sealed_models(stage, root) for stage in manifest["stages"]]
@@ -674,12 +837,17 @@ def seal_models(manifest: dict, root: Path) -> dict:
 def _sealed_models(manifest: dict, root: Path) -> dict:
     models = {}
     for target, spec in manifest["models"].items():
-        path = Path(root) / spec["file"]
-        if path.is_file():
-            models[target] = {**spec, **_sealed(path)}
-            params = spec.get("params")
-            if params and (Path(root) / params["file"]).is_file():
-                models[target]["params"] = {**params, **_sealed(Path(root) / params["file"])}
+        sealed = []
+        for entry in file_specs(spec):
+            path = Path(root) / entry["file"]
+            if path.is_file():
+                entry = {**entry, **_sealed(path)}
+                params = entry.get("params")
+                if params and (Path(root) / params["file"]).is_file():
+                    entry["params"] = {**params, **_sealed(Path(root) / params["file"])}
+                sealed.append(entry)
+        if sealed:
+            models[target] = sealed if isinstance(spec, list) else sealed[0]
     return {**manifest, "models": models}
 
 

@@ -95,12 +95,18 @@ def format_result(result: dict, as_json: bool) -> str:
     return "\n".join(lines)
 
 
+def _engine_args(args: argparse.Namespace) -> dict:
+    """Model() keywords from --engine, --precision and --threads."""
+    return {"engine": args.engine, "precision": args.precision,
+            "options": {"threads": args.threads} if args.threads else None}
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
     """A result per good image, one error line per bad one (exit 2 if any)."""
     from lited.model import load_model
 
     with _loading(args.bundle):
-        model = load_model(args.bundle, args.target)
+        model = load_model(args.bundle, args.target, **_engine_args(args))
     bad = 0
     for path, problem in _image_paths(args.images):
         image = None
@@ -129,23 +135,33 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "decoder": bundle.decoder, "labels": {"file": m.get("labels"), "count": len(bundle.labels),
                                                "first": bundle.labels[:5]},
         "golden": (bundle.golden or {}).get("image"),
-        "stages": [{"name": st.name, "file": st.model_for(target).path.name, "crop": st.crop, "decoder": st.decoder}
-                   for st in bundle.stages],
+        "stages": [],
     }
-    for t, mf in bundle.models().items():
-        entry = {"file": mf.path.name, "engine": mf.engine, "size": mf.size, "sha256": mf.sha256[:16] + "..."}
-        if mf.engine == "paddle_lite" and mf.path.is_file():
-            try:
-                entry.update({k: sorted(v) if isinstance(v, set) else v for k, v in read_nb_header(mf.path).items()})
-            except ValueError as exc:
-                entry["problem"] = str(exc)
-        info["models"][t] = entry
+    from lited.engines import ENGINES
+
+    for t, files in bundle.models().items():
+        info["models"][t] = []
+        for mf in files:
+            entry = {"file": mf.path.name, "engines": list(mf.engines), "precision": mf.precision,
+                     "installed": [k for k in mf.engines if k in ENGINES and ENGINES.get(k).available()],
+                     "size": mf.size, "sha256": mf.sha256[:16] + "..."}
+            if "paddle_lite" in mf.engines and mf.path.is_file():
+                try:
+                    entry.update({k: sorted(v) if isinstance(v, set) else v
+                                  for k, v in read_nb_header(mf.path).items()})
+                except ValueError as exc:
+                    entry["problem"] = str(exc)
+            info["models"][t].append(entry)
     from lited.model import Model
 
     with _loading(args.bundle):
-        model = Model(bundle, args.target)
+        model = Model(bundle, args.target, **_engine_args(args))
+    info["stages"] = [{"name": spec.name, "file": st.part.model_file.path.name, "engine": st.part.choice.engine,
+                       "why": st.part.choice.why, "crop": spec.crop, "decoder": spec.decoder}
+                      for spec, st in zip(bundle.stages, model.cascade.stages)]
     engine = model.engine
-    info["engine"] = {"kind": engine.kind, "version": engine.version, "device": engine.device,
+    info["engine"] = {"kind": engine.kind, "file": model.model_file.path.name, "why": model.choice.why,
+                      "version": engine.version, "device": engine.device,
                       "inputs": [{"name": s.name, "shape": list(shape)} for s, shape in
                                  zip(engine.inputs, engine.input_shapes())],
                       "outputs": [{"name": n, "shape": list(s)} for n, s in
@@ -154,11 +170,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     print(f"{info['name']} {info['version']}  ({info['task']})  {info['bundle']}")
-    print(f"  runs here as: {target} on {engine.kind} {engine.version} ({engine.device})"
-          f" (bundle optimized with {info['paddle_lite_version']})")
-    for t, e in info["models"].items():
-        print(f"  model {t:<7} {e['file']}  {e.get('size') or '?'} bytes  engine {e['engine']}"
-              f"  kernels {','.join(e.get('targets', []))}")
+    print(f"  runs here as: {target}, {info['engine']['file']} on {engine.kind} {engine.version} ({engine.device})"
+          f": {model.choice.why} (bundle optimized with {info['paddle_lite_version']})")
+    for t, files in info["models"].items():
+        for e in files:
+            kernels = f"  kernels {','.join(e['targets'])}" if e.get("targets") else ""
+            print(f"  model {t:<7} {e['file']}  {e.get('size') or '?'} bytes  {e['precision']}  engines "
+                  f"{', '.join(k + ('' if k in e['installed'] else ' (not installed)') for k in e['engines'])}"
+                  f"{kernels}")
     for s in info["engine"]["inputs"]:
         print(f"  input  {s['name']}  {s['shape']}")
     for s in info["engine"]["outputs"]:
@@ -167,8 +186,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"  preprocess: {pre.get('color', 'BGR')} {pre['resize']['mode']} "
           f"scale {pre.get('scale', 1 / 255):.6g} mean {pre.get('mean', [0, 0, 0])} std {pre.get('std', [1, 1, 1])}")
     print(f"  decoder: {json.dumps(bundle.decoder)}")
-    for stage in bundle.stages:
-        print(f"  then stage {stage.name} on {stage.crop['mode']} crops: {stage.model_for(target).path.name}, "
+    for stage, st in zip(bundle.stages, info["stages"]):
+        print(f"  then stage {stage.name} on {stage.crop['mode']} crops: {st['file']} on {st['engine']}, "
               f"input {stage.inputs[stage.image_input]['shape']}, decoder {json.dumps(stage.decoder)}")
     print(f"  labels: {info['labels']['count']} ({', '.join(info['labels']['first'])}"
           f"{', ...' if info['labels']['count'] > 5 else ''})")
@@ -217,8 +236,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"lited: stream {event['stream']}: {state}{': ' + detail if detail else ''}",
                   file=sys.stderr, flush=True)
 
-    stream = Stream(args.name, args.source, lambda: Model(bundle, args.target, isolated=True), publish, on_event,
-                    stall_timeout=args.stall_timeout)
+    stream = Stream(args.name, args.source, lambda: Model(bundle, args.target, isolated=True, **_engine_args(args)),
+                    publish, on_event, stall_timeout=args.stall_timeout)
     with _loading(args.bundle):
         stream.start()
     started = time.monotonic()
@@ -258,8 +277,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_selftest(args: argparse.Namespace) -> int:
-    """Run the bundle's golden image and compare with its expected result."""
+    """Run the bundle's golden image on every engine it lists for this
+    machine that is installed here, and compare each with its expected
+    result: an engine that disagrees is caught before the bundle serves."""
     from lited.bundle import load_bundle
+    from lited.engines import ENGINES, EngineError
+    from lited.errors import first_line
     from lited.model import Model
     from lited.selftest import compare
 
@@ -270,15 +293,37 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     image, problem = _read_image(str(bundle.root / golden["image"]))
     if problem:
         raise UsageError(f"bundle {bundle.root}: golden.image {golden['image']}: {problem}")
-    with _loading(args.bundle):
-        model = Model(bundle)
-    result = model.infer(image)
-    problems = compare(result, golden["expected"], golden.get("tolerance", {}))
-    if problems:
-        print(f"lited: selftest {bundle.name} {bundle.version} FAILED: " + "; ".join(problems), file=sys.stderr)
+    choices = [c for c in bundle.choices(args.target) if args.engine in (None, c.engine)]
+    if not choices:
+        raise UsageError(f"bundle {bundle.root}: lists no file for engine {args.engine!r} here")
+    failed = passed = 0
+    for choice in choices:
+        what = f"{bundle.name} {bundle.version} on {choice.engine} ({choice.model.path.name}, {choice.model.precision})"
+        if not ENGINES.get(choice.engine).available():
+            print(f"selftest {what}: skipped, not installed here ({ENGINES.get(choice.engine).package})")
+            continue
+        try:
+            with _loading(args.bundle):
+                model = Model(bundle, choice=choice)
+            result = model.infer(image)
+        except EngineError as exc:  # this engine refuses the file: the others are still tested
+            problems = [first_line(exc)]
+        else:
+            problems = compare(result, choice.model.expected or golden["expected"], golden.get("tolerance", {}))
+        if problems:
+            print(f"lited: selftest {what} FAILED: " + "; ".join(problems), file=sys.stderr)
+            failed += 1
+            continue
+        passed += 1
+        print(f"selftest {what}: ok ({len(result['detections'])} detections, "
+              f"{len(result['classes'])} classes match {golden['image']})")
+    if failed:
         return 1
-    print(f"selftest {bundle.name} {bundle.version}: ok ({len(result['detections'])} detections, "
-          f"{len(result['classes'])} classes match {golden['image']})")
+    if not passed:
+        raise UsageError(f"bundle {bundle.root}: none of its engines is installed here: nothing could be tested")
+    engines = sorted({c.engine for c in choices if ENGINES.get(c.engine).available()})
+    print(f"selftest {bundle.name} {bundle.version}: ok on {', '.join(engines)} ({passed} file/engine "
+          f"pair{'s' if passed != 1 else ''})")
     return 0
 
 
@@ -444,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("infer", "run a bundle's model on images", cmd_infer)
     p.add_argument("--bundle", required=True, help="bundle directory")
     p.add_argument("--target", help="model target (default: this machine's)")
+    _add_engine_args(p)
     p.add_argument("--json", action="store_true", help="one JSON object per image per line")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or directories of them")
 
@@ -452,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", required=True, help="source URI: file://, rtsp://, v4l2://, gst://, images://, synth://")
     p.add_argument("--name", default="cam0", help="stream name (in results and the shared-memory ring)")
     p.add_argument("--target", help="model target (default: this machine's)")
+    _add_engine_args(p)
     p.add_argument("--json", action="store_true", help="one JSON object per frame per line")
     p.add_argument("--frames", type=int, help="stop after this many results")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
@@ -495,14 +542,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="the keys' name: NAME.key (public) and NAME.key_secret")
     p.add_argument("--dir", default=".", help="where to write them (default: here)")
 
-    p = command("selftest", "check a bundle against its golden image", cmd_selftest)
-    p.add_argument("--bundle", required=True, help="bundle directory")
-
-    p = command("inspect", "show what a bundle holds", cmd_inspect)
+    p = command("selftest", "check a bundle against its golden image, on every engine it lists", cmd_selftest)
     p.add_argument("--bundle", required=True, help="bundle directory")
     p.add_argument("--target", help="model target (default: this machine's)")
+    p.add_argument("--engine", help="test only this engine (default: every engine listed and installed)")
+
+    p = command("inspect", "show what a bundle holds, and which engine runs it here and why", cmd_inspect)
+    p.add_argument("--bundle", required=True, help="bundle directory")
+    p.add_argument("--target", help="model target (default: this machine's)")
+    _add_engine_args(p)
     p.add_argument("--json", action="store_true")
     return ap
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", help="engine to run (default: the bundle's first choice installed here)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="the bundle file of this precision")
+    p.add_argument("--threads", type=int, help="threads of the engine (default: the bundle's, else 1)")
 
 
 def main(argv: list | None = None) -> int:

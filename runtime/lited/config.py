@@ -18,7 +18,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, Union
 
 import msgspec
 from msgspec import Meta, Struct
@@ -27,7 +27,7 @@ from msgspec import inspect as mi
 from lited.errors import first_line
 from lited.files import FileRefused, read_capped
 from lited.stream.feed import POLICIES
-from lited.validate import Checker, has_type, name_problem, shown, type_name
+from lited.validate import Checker, choice_problem, has_type, name_problem, shown, type_name
 
 try:
     from typing import Annotated
@@ -90,9 +90,7 @@ KEEP_RESULTS_MAX = 16
 
 
 def _policy_problem(value: Any) -> Optional[str]:
-    if value in POLICIES:
-        return None
-    return f"unknown {shown(value)}, expected one of {', '.join(POLICIES)}"
+    return choice_problem(value, POLICIES)
 
 
 class StreamSection(Section):
@@ -106,7 +104,7 @@ class StreamSection(Section):
     stall_timeout: Annotated[Seconds, Meta(description="seconds without a frame before 'stalled'")] = 5.0
     keep_results: Annotated[int, Meta(ge=0, le=KEEP_RESULTS_MAX, description="the frames of this many results "
                                       "before the latest stay readable too")] = 0
-    policy: Optional[Annotated[str, Meta(extra={"check": _policy_problem}, description="'latest' or 'queue' "
+    policy: Optional[Annotated[Literal[POLICIES], Meta(extra={"check": _policy_problem}, description="'latest' or 'queue' "
                                          "(default: 'queue' for a lossless source, else 'latest')")]] = None
 
 
@@ -133,9 +131,50 @@ class LimitsSection(Section):
                                      "at once")] = 16
 
 
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def _bundle_problem(value: Any) -> Optional[str]:
+    return None if isinstance(value, str) and value else f"expected a bundle directory, got {shown(value)}"
+
+
+def _one_of(options: Callable[[], tuple]) -> Callable[[Any], Optional[str]]:
+    """A check that `value` is one of `options()` (called when checking: engines come from their registry)."""
+    def problem(value: Any) -> Optional[str]:
+        known = options()
+        return None if value in known else f"unknown {shown(value)}, expected one of {', '.join(known)}"
+    return problem
+
+
+def _engine_kinds() -> tuple:
+    from lited.engines import ENGINES  # the registry lists engines without loading their backends
+
+    return tuple(ENGINES.kinds())
+
+
+_engine_problem = _one_of(_engine_kinds)
+_precision_problem = _one_of(lambda: PRECISIONS)
+BundleDir = Annotated[str, Meta(min_length=1, extra={"check": _bundle_problem},
+                                description="a bundle directory (relative: to the config file's)")]
+
+
+class ModelSection(Section):
+    """A model with how it runs (docs/config.md): the bundle's file and
+    engine picked by engine and precision, else the bundle's order of preference."""
+    bundle: BundleDir
+    engine: Optional[Annotated[str, Meta(extra={"check": _engine_problem},
+                                         description="paddle_lite, paddle_inference, openvino or onnxruntime "
+                                                     "(default: the bundle's first choice installed here)")]] = None
+    precision: Optional[Annotated[Literal[PRECISIONS], Meta(extra={"check": _precision_problem},
+                                            description="fp32, fp16 or int8 (default: the bundle's first choice)")]] = None
+    threads: Optional[Annotated[int, Meta(ge=1, le=256, description="the engine's threads (default: the bundle's, "
+                                          "else the cores shared between the streams on this model)")]] = None
+
+
 class ConfigFile(Section):
     """lited's config (docs/config.md)."""
-    models: Annotated[Dict[Name, str], Meta(description="model name -> bundle directory")]
+    models: Annotated[Dict[Name, Union[BundleDir, ModelSection]],
+                      Meta(description="model name -> bundle directory, or {bundle, engine, precision, threads}")]
     streams: List[StreamSection] = []
     runtime_dir: Optional[Annotated[str, Meta(description="where the ipc sockets go")]] = None
     state_dir: Optional[str] = None
@@ -198,6 +237,11 @@ def _check_value(c: Checker, value: Any, t: mi.Type, path: str) -> None:
         while isinstance(t, mi.Metadata):
             check = check or (t.extra or {}).get("check")
             t = t.type
+    if check is None and isinstance(t, mi.UnionType):  # e.g. a bundle directory or an object: an object is checked as the Struct
+        objects = [x for x in t.types if isinstance(x, (mi.StructType, mi.DictType))]
+        others = [x for x in t.types if x not in objects]
+        _check_value(c, value, objects[0] if isinstance(value, dict) and objects else others[0], path)
+        return
     if check is not None:
         problems = check(value)
         for problem in [problems] if isinstance(problems, str) else problems or []:
@@ -241,6 +285,23 @@ class StreamConfig:
     policy: Optional[str] = None  # None: from the source ("queue" if lossless, else "latest")
 
 
+@dataclass(frozen=True)
+class ModelSettings:
+    """How one configured model runs: the engine and precision picked among
+    the bundle's files (None: the bundle's order of preference), and its
+    threads (None: the bundle's, else 1)."""
+
+    engine: Optional[str] = None
+    precision: Optional[str] = None
+    threads: Optional[int] = None
+
+    def model_kwargs(self, threads: Optional[int] = None) -> dict:
+        """Model() keywords; `threads` overrides the configured count."""
+        threads = threads or self.threads
+        return {"engine": self.engine, "precision": self.precision,
+                "options": {"threads": threads} if threads else None}
+
+
 @dataclass
 class Config:
     path: Optional[Path]
@@ -261,6 +322,7 @@ class Config:
     uplink: Optional["UplinkConfig"] = None
     raw: dict = field(default_factory=dict)
     file: Optional[ConfigFile] = None  # the typed file: later sections are read from here
+    model_settings: dict = field(default_factory=dict)  # name -> ModelSettings
     max_inflight_bytes: int = 128 << 20
     engine_timeout: float = 20.0
     max_clients: int = 16
@@ -314,12 +376,16 @@ def parse_config(raw: Any, path: Optional[Path] = None, base_dir: Optional[Path]
         raise ConfigError(where, c.problems)
     file = _converted(raw, ConfigFile, where)
     base = base_dir or (path.parent if path else Path.cwd())
-    models = {}
-    for name, bundle in file.models.items():
+    models, settings = {}, {}
+    for name, entry in file.models.items():
+        bundle = entry if isinstance(entry, str) else entry.bundle
         try:
             models[name] = bundle if os.path.isabs(bundle) else str((base / bundle).resolve())
         except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python 3.10)
             c.add(f"models.{name}", f"{bundle!r} cannot be resolved ({first_line(exc)})")
+            continue
+        settings[name] = ModelSettings() if isinstance(entry, str) else \
+            ModelSettings(entry.engine, entry.precision, entry.threads)
     only = next(iter(models)) if len(models) == 1 else None
     streams = [StreamConfig(s.name, s.source, s.model or only, s.slots, float(s.stall_timeout), s.keep_results,
                             s.policy) for s in file.streams]
@@ -336,7 +402,7 @@ def parse_config(raw: Any, path: Optional[Path] = None, base_dir: Optional[Path]
         max(128 << 20, limits.max_request_bytes)
     return Config(path, runtime_dir, state_dir, models, streams, pub, req,
                   curve, file.insecure_tcp, file.group, limits.max_request_bytes, limits.pub_hwm,
-                  file.request_workers, float(file.status_interval), http, uplink, raw, file,
+                  file.request_workers, float(file.status_interval), http, uplink, raw, file, settings,
                   max_inflight_bytes=inflight, engine_timeout=float(limits.engine_timeout),
                   max_clients=limits.max_clients)
 

@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 import time
-from typing import Any, Callable, Optional
+from typing import Any
 
 EXIT_FAILED = 1
 EXIT_NOT_RUNNING = 3

@@ -12,9 +12,15 @@ owner can `restart()` it.
 `EngineProcess` has the engine interface (engines/base.py) plus input sets:
 `input_view(i, shape, input_set=k)` is a view of input i of input set k in
 shared memory (a memfd the parent owns), so preprocessing writes the model
-input there directly; `run(input_set=k, output_set=j)` has the child hand
-set k's inputs to the backend (the one copy Paddle Lite's `from_numpy` makes), run, and write
-the outputs into output set j (a memfd the child owns), returned as views.
+input there directly; `run(input_set=k, output_set=j)` has the child call
+the engine's `run_into(set k's views, set j's views)`: an engine that binds
+memory (onnxruntime, OpenVINO: `zero_copy`) reads the inputs and writes the
+outputs there in place; Paddle Lite copies the inputs in (`from_numpy`)
+and the child copies its outputs into output set j (a memfd the child
+owns). Either way the parent gets views of set j. The child counts these
+copies (`stats()`). Before the backend loads, the child's environment gets
+what the engine asks for (`Engine.process_env`: Paddle Lite x86's
+`OMP_NUM_THREADS` from `threads`).
 `submit()` + `collect()` split a run so that one can be queued behind
 another: the child then goes from one frame to the next without waiting
 for the parent (measured: it idled ~0.8 ms a frame between runs otherwise,
@@ -43,6 +49,7 @@ from typing import Optional
 import msgpack
 import numpy as np
 
+from lited.engines import ENGINES
 from lited.engines.base import Engine, EngineError, TensorSpec
 from lited.errors import first_line
 
@@ -126,10 +133,11 @@ class _Receiver:
 
 
 def _identity(path: str) -> tuple:
-    """What tells one model file from another at the same path (with Paddle
-    Inference's params beside it)."""
+    """What tells one model file from another at the same path (with the
+    weights beside it: Paddle Inference's .pdiparams, an OpenVINO IR's .bin)."""
     out = []
-    for name in (path, os.path.splitext(path)[0] + ".pdiparams"):
+    stem = os.path.splitext(path)[0]
+    for name in (path, stem + ".pdiparams", stem + ".bin"):
         try:
             st = os.stat(name)
             out.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
@@ -184,6 +192,8 @@ class EngineProcess(Engine):
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH")))))
+        if self.kind in ENGINES:  # an unknown kind is refused by the child's open, with its message
+            env.update(ENGINES.get(self.kind).process_env(self._spec["options"]))
         try:
             # the model path is for `ps` and `systemctl status` only
             self._proc = subprocess.Popen([sys.executable, "-m", "lited.engine_process", str(child.fileno()),
@@ -396,6 +406,11 @@ class EngineProcess(Engine):
         layout = [(tuple(shape), dtype) for shape, dtype in reply["outputs"]]
         self._out_views[output_set] = self._out_arena[output_set].views(layout)
 
+    def stats(self) -> dict:
+        """The child's counters: `runs`, and the copies it made of inputs
+        (`in_copies`) and outputs (`out_copies`) beside the backend's own work."""
+        return self._call({"op": "stats"})
+
     def input_shapes(self) -> list:
         """Input shapes as the backend has them (after the last run)."""
         return [tuple(s) for s in self._call({"op": "shapes"})["inputs"]]
@@ -417,6 +432,8 @@ class _Child:
         self.out_arena: list = [None] * SETS
         self.out_layout: list = [None] * SETS
         self.out_views: list = [None] * SETS
+        self.out_for: list = [None] * SETS     # input shapes of the last run into each output set
+        self.counts = {"runs": 0, "in_copies": 0, "out_copies": 0}
 
     def serve(self) -> None:
         while True:
@@ -452,6 +469,8 @@ class _Child:
         if op == "image_input":
             self.engine.image_input = int(message["index"])
             return {}, []
+        if op == "stats":
+            return dict(self.counts), []
         if op == "shapes":
             return {"inputs": [list(s) for s in self.engine.input_shapes()],
                     "outputs": [list(s) for s in self.engine.output_shapes()]}, []
@@ -468,10 +487,21 @@ class _Child:
         raise EngineError(f"op: unknown '{op}'")
 
     def run(self, input_set: int, output_set: int) -> tuple:
-        engine = self.engine
-        for index, (_, view) in self.inputs[input_set].items():
-            engine.set_input(index, view)
-        outputs = engine.run()
+        """Run on input set `input_set` into output set `output_set`. The set's
+        views go to `run_into` when the last run into that set had these input
+        shapes (so they have the output shapes); else the engine's own arrays
+        come back and are copied there once."""
+        engine, views = self.engine, self.inputs[input_set]
+        if len(views) == len(engine.inputs):
+            inputs = [views[i][1] for i in range(len(views))]
+            shapes = tuple(v.shape for v in inputs)
+            known = self.out_views[output_set] if self.out_for[output_set] == shapes else None
+            outputs = engine.run_into(inputs, known)
+            self.counts["in_copies"] += 0 if engine.zero_copy else len(inputs)
+        else:  # not every input sent: what the backend does then is its own (an error, or Paddle Lite's abort)
+            for index, (_, view) in views.items():
+                engine.set_input(index, view)
+            outputs, shapes = engine.run(), None
         layout = [(o.shape, o.dtype.str) for o in outputs]
         reply, fds = UNCHANGED, []
         if layout != self.out_layout[output_set]:  # tell the parent the new shapes (and arena, if new)
@@ -481,7 +511,13 @@ class _Child:
             reply = {"outputs": [[list(s), d] for s, d in layout], "size": arena.size}
             fds = [arena.fd] if new else []
         for view, output in zip(self.out_views[output_set], outputs):
-            np.copyto(view, output)
+            if output is not view:  # not written in place: a new shape, or the engine's own array
+                np.copyto(view, output)
+                self.counts["out_copies"] += 1
+            elif not engine.zero_copy:
+                self.counts["out_copies"] += 1  # Engine.run_into's fallback copied it there
+        self.out_for[output_set] = shapes
+        self.counts["runs"] += 1
         return reply, fds
 
 
@@ -517,6 +553,10 @@ def main(argv: list) -> None:
     _set_thread_name(b"lited-engine")
     sock = socket.socket(fileno=int(argv[0]))
     _Child(sock).serve()
+    # Straight out, no interpreter teardown: a backend's static destructors can
+    # hang (an OpenVINO child was seen waiting on a futex forever after its
+    # parent died), and the child holds nothing that needs cleaning up.
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from lited.bundle import Bundle, BundleError, ModelSpec, load_bundle
+from lited.bundle import Bundle, BundleError, Choice, ModelSpec, load_bundle
 from lited.cascade import Cascade, Stage
 from lited.decoders import make_decoder
 from lited.engine_process import EngineProcess
@@ -34,21 +34,27 @@ class Part:
     in this process or in a process of its own, its preprocessing and its decoder."""
 
     def __init__(self, spec: ModelSpec, target: Optional[str], options: Optional[dict], isolated: bool,
-                 run_timeout: Optional[float] = None) -> None:
+                 engine: Optional[str] = None, precision: Optional[str] = None,
+                 choice: Optional[Choice] = None, run_timeout: Optional[float] = None) -> None:
         """`isolated`: run the engine in a child process (engine_process.py),
         as streams and the daemon do, so its `run()` does not hold this
-        process's GIL and a crash in the backend does not take it down;
+        process's GIL and a crash in the backend does not take it down.
+        `engine`, `precision`: the config's choice among this part's files
+        (else the bundle's order of preference, see `ModelSpec.choose`);
+        `options` (e.g. `threads`) go over the bundle's options for it.
+        `choice`: a file and engine picked already (`ModelSpec.choices`).
         `run_timeout` (isolated only): seconds a run may take before the
         engine process counts as stuck and is killed (EngineError). The
         engine checks the manifest's sha256 on the very bytes it loads."""
         self.spec = spec
-        self.model_file = mf = spec.model_for(target)
+        self.choice = choice or spec.choose(target, engine, precision)
+        self.model_file = mf = self.choice.model
         checksums = {str(f.path): f.sha256 for f in (mf, mf.params) if f is not None}
-        engine_options = {**mf.options, **(options or {})}
+        engine_options = {**self.choice.options, **(options or {})}
         if isolated:
-            self.engine = EngineProcess(mf.engine, str(mf.path), engine_options, checksums, run_timeout)
+            self.engine = EngineProcess(self.choice.engine, str(mf.path), engine_options, checksums, run_timeout)
         else:
-            self.engine = open_engine(mf.engine, str(mf.path), engine_options, checksums)
+            self.engine = open_engine(self.choice.engine, str(mf.path), engine_options, checksums)
         try:
             self.image_input = spec.image_input
             self.engine.image_input = self.image_input
@@ -93,15 +99,22 @@ class Part:
         self.set_extra_inputs(geom)
         return self.engine.run(), geom
 
+    def input_arrays(self, image: np.ndarray) -> list:
+        """Every input of the model for `image`, in order, as new arrays (what
+        a quantiser calibrates on: exactly what this model would be fed)."""
+        geom = self.preprocess(image)
+        arrays = [self.preprocess.tensor.copy() if i == self.image_input else None
+                  for i in range(len(self.spec.inputs))]
+        for index, fill, _ in self._extra:
+            arrays[index] = np.array([_fill(fill, geom)], np.float32)
+        return arrays
+
     def set_extra_inputs(self, geom, input_set: Optional[int] = None, batch: int = 1) -> None:
         """The inputs a PaddleDetection export wants besides the image, filled
-        from the geometry (`input_set`: of an isolated engine): `im_shape` is
-        the input size, and `scale_factor` is 1 so its boxes stay in input
-        pixels (the geometry maps them back to the source, whatever the resize mode)."""
+        from the geometry (`input_set`: of an isolated engine; see `_fill`)."""
         for index, fill, buf in self._extra:
-            value = (geom.in_h, geom.in_w) if fill == "im_shape" else (1.0, 1.0)
             array = buf if batch == 1 else np.empty((batch, 2), np.float32)
-            array[:] = value
+            array[:] = _fill(fill, geom)
             if input_set is None:
                 self.engine.set_input(index, array)
             else:
@@ -129,16 +142,24 @@ class Model(Part):
     model (this Part) and the later stages of its cascade, if any."""
 
     def __init__(self, bundle: Bundle, target: Optional[str] = None, options: Optional[dict] = None,
-                 warmup: int = 1, isolated: bool = False, run_timeout: Optional[float] = None) -> None:
+                 warmup: int = 1, isolated: bool = False, engine: Optional[str] = None,
+                 precision: Optional[str] = None, choice: Optional[Choice] = None,
+                 run_timeout: Optional[float] = None) -> None:
+        """`engine`, `precision`, `choice`: the first stage's (see `Part`);
+        each later stage runs on the same engine and precision where it
+        lists a file for them, else on its own first choice (`ModelSpec.choose_like`);
+        `run_timeout`: as for `Part`, every stage's."""
         self.bundle = bundle
         self.name = bundle.name
         self.version = bundle.version
         self.task = bundle.task
         self.cascade = Cascade([])
-        super().__init__(bundle, target, options, isolated, run_timeout)
+        super().__init__(bundle, target, options, isolated, engine, precision, choice, run_timeout)
         try:
             for spec in bundle.stages:
-                self.cascade.stages.append(Stage(spec, Part(spec, target, options, isolated, run_timeout)))
+                part = Part(spec, target, options, isolated, choice=spec.choose_like(target, self.choice),
+                            run_timeout=run_timeout)
+                self.cascade.stages.append(Stage(spec, part))
             self.warm_up(warmup)
             for stage in self.cascade.stages:
                 stage.part.warm_up(warmup)
@@ -172,7 +193,14 @@ class Model(Part):
         return {"task": self.task, **result, "timings_ms": timer.ms}
 
 
-def load_model(path: str, target: Optional[str] = None, options: Optional[dict] = None,
-               isolated: bool = False) -> Model:
+def _fill(fill: str, geom) -> tuple:
+    """An extra input's value: `im_shape` the model-input size, and
+    `scale_factor` 1 so its boxes stay in input pixels (the geometry maps
+    them back to the source, whatever the resize mode)."""
+    return (geom.in_h, geom.in_w) if fill == "im_shape" else (1.0, 1.0)
+
+
+def load_model(path: str, target: Optional[str] = None, options: Optional[dict] = None, isolated: bool = False,
+               engine: Optional[str] = None, precision: Optional[str] = None) -> Model:
     """Validate the bundle at `path`, then load and warm up its model."""
-    return Model(load_bundle(path), target, options, isolated=isolated)
+    return Model(load_bundle(path), target, options, isolated=isolated, engine=engine, precision=precision)

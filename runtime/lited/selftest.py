@@ -1,4 +1,5 @@
-"""Compare a result with a bundle's golden expectation, within tolerances.
+"""Compare a result with a bundle's golden expectation, within tolerances; match
+the boxes of two results (int8 against fp32, one engine against another).
 
 Used by `lited selftest` (and so by tools/install_sdk.sh before it switches
 to a new bundle): the same model on the same image must find the same
@@ -35,3 +36,28 @@ def _close(got: dict, want: dict, tol: dict) -> bool:
     if "box" in want:
         return all(abs(a - b) <= tol["box_px"] for a, b in zip(got["box"], want["box"]))
     return True
+
+
+def iou(a: list, b: list) -> float:
+    """Intersection over union of two [x1, y1, x2, y2] boxes."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(w, 0.0) * max(h, 0.0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def matched_boxes(reference: list, got: list, threshold: float = 0.7) -> int:
+    """Detections of `got` matched one to one with `reference` (same label,
+    IoU >= threshold), greedily, the reference's best scores first."""
+    used: set = set()
+    for ref in sorted(reference, key=lambda d: -d["score"]):
+        best, best_iou = None, threshold
+        for j, g in enumerate(got):
+            if j not in used and g["label"] == ref["label"]:
+                value = iou(ref["box"], g["box"])
+                if value >= best_iou:
+                    best, best_iou = j, value
+        if best is not None:
+            used.add(best)
+    return len(used)

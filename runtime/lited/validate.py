@@ -73,6 +73,14 @@ def shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def choice_problem(value: Any, options: Iterable) -> Optional[str]:
+    """Why `value` is not one of `options` (None if it is)."""
+    options = tuple(options)
+    if value in options:
+        return None
+    return f"unknown {shown(value)}, expected one of {', '.join(map(str, options))}"
+
+
 class Checker:
     """Collects every problem at once, each prefixed with its field path."""
 
@@ -122,10 +130,10 @@ class Checker:
             self.add(path + key, f"expected {count} numbers, got {len(value)}")
 
     def choice(self, obj: dict, key: str, path: str, options: Iterable, default: Any = None) -> Any:
-        options = tuple(options)
         value = obj.get(key, default)
-        if value not in options:
-            self.add(path + key, f"unknown {shown(value)}, expected one of {', '.join(map(str, options))}")
+        problem = choice_problem(value, options)
+        if problem:
+            self.add(path + key, problem)
             return None
         return value
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
-import cv2
 import numpy as np
 
 from ..geometry import Geometry
@@ -42,6 +41,8 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float,
 def nms_opencv(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float,
                top_k: int = 0, classes: Optional[np.ndarray] = None) -> np.ndarray:
     """`nms` by cv2.dnn (its loop in C++; its own top_k limits candidates, not kept boxes)."""
+    import cv2  # on use: the SDK builder imports the decoders for their layouts, in a venv without OpenCV
+
     xywh = np.array(boxes, dtype=np.float64)
     xywh[:, 2:] -= xywh[:, :2]
     score = np.asarray(scores, dtype=np.float32)

@@ -1,6 +1,6 @@
 """Engines run a model: one file per backend, each a subclass of `base.Engine`
 that sets `kind` (see base.py for the interface and registry.py for the
-convention). `open_engine` loads a model with the engine a manifest names.
+convention). `open_engine` loads a model with the engine named.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ ENGINES: Registry[Engine] = Registry("lited.engines", Engine)
 
 
 def open_engine(kind: str, model_path: str, options: dict | None = None, checksums: dict | None = None) -> Engine:
-    """Load `model_path` with the engine named `kind` (a manifest's `models.<target>.engine`);
+    """Load `model_path` with the engine named `kind` (one a manifest lists for the file);
     `checksums` ({path: sha256}) are checked on the bytes the engine loads."""
     if kind not in ENGINES:
         raise EngineError(f"unknown engine '{kind}', expected one of {', '.join(ENGINES.kinds())}")

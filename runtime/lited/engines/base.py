@@ -9,6 +9,8 @@
                                      # (None if it has none): write the input there, no copy
     outputs = engine.run()           # list of float32 arrays owned by the engine,
                                      # valid until the next run() (copied out of the backend)
+    outputs = engine.run_into(inputs, outputs)  # or: read these arrays, write into those
+                                     # (in place where the backend can bind memory: `zero_copy`)
     engine.version                   # backend version string
     engine.device                    # where it runs, for humans: "cpu", "gpu:0 tensorrt fp16"
     engine.close()                   # free it now
@@ -24,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 from dataclasses import dataclass
-from typing import ClassVar, List, Optional
+from typing import ClassVar, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -61,14 +63,17 @@ class TensorSpec:
 
 
 class Engine:
-    """One backend running one model file. Subclasses set `kind` (the
-    manifest's `models.<target>.engine`) and `backend` (the module they
-    import, lazily, in `__init__`)."""
+    """One backend running one model file. Subclasses set `kind` (the name
+    a manifest's `engine`/`engines` and a config's `engine` use), `backend`
+    (the module they import, lazily, in `__init__`), `package` (what
+    provides it) and `formats` (the model files they read)."""
 
     kind: ClassVar[str] = ""
     backend: ClassVar[str] = ""   # the module it imports
     package: ClassVar[str] = ""   # what provides that module (pip name), for "not installed" messages
     input_sets: ClassVar[int] = 1  # inputs that can be filled while another set runs (EngineProcess: 3)
+    formats: ClassVar[tuple] = ()  # model file suffixes it runs (".nb", ".onnx"): which bundle files it can take
+    zero_copy: ClassVar[bool] = False  # run_into reads inputs and writes outputs in place (no fallback copies)
 
     inputs: List[TensorSpec]
     output_names: List[str]
@@ -82,6 +87,18 @@ class Engine:
         """Is the backend installed here (without importing it)?"""
         return not cls.backend or importlib.util.find_spec(cls.backend) is not None
 
+    @classmethod
+    def can_run(cls, path: str) -> bool:
+        """Does this engine read a model file named like `path`?"""
+        return str(path).lower().endswith(cls.formats) if cls.formats else False
+
+    @classmethod
+    def process_env(cls, options: dict) -> Dict[str, str]:
+        """Environment a process must have before the backend loads, for these
+        options (a backend that reads its thread count only from the
+        environment). The engine process sets it in its child."""
+        return {}
+
     def set_input(self, index: int, array: np.ndarray) -> None:
         raise NotImplementedError
 
@@ -93,6 +110,25 @@ class Engine:
     def run(self) -> list:
         raise NotImplementedError
 
+    def run_into(self, inputs: Sequence[np.ndarray],
+                 outputs: Optional[Sequence[Optional[np.ndarray]]] = None) -> list:
+        """Run on `inputs` (one array per input, left alone until this returns),
+        writing output i into `outputs[i]` where that has the shape and dtype
+        this run produces. Returns the outputs: `outputs[i]` itself where it
+        was written, else the engine's own array, valid until the next run.
+
+        Engines with `zero_copy` read the inputs and write the outputs in
+        place; this fallback copies both ways (set_input, run, copyto)."""
+        for i, array in enumerate(inputs):
+            self.set_input(i, array)
+        result = list(self.run())
+        if outputs is not None:
+            for i, (out, got) in enumerate(zip(outputs, result)):
+                if out is not None and out.shape == got.shape and out.dtype == got.dtype:
+                    np.copyto(out, got)
+                    result[i] = out
+        return result
+
     def input_shapes(self) -> list:
         """Input shapes as the backend has them now."""
         raise NotImplementedError
@@ -103,3 +139,88 @@ class Engine:
 
     def close(self) -> None:
         """Free the backend now rather than at garbage collection."""
+
+
+class InPlaceEngine(Engine):
+    """An engine whose backend reads inputs and writes outputs where it is told
+    (`run_into` binds the caller's memory). `set_input`, `input_view` and
+    `run` work on buffers of its own, bound the same way. Subclasses call
+    `init_buffers()` once `inputs` is known and implement `run_into`."""
+
+    zero_copy = True
+
+    def threads_of(self, options: dict, known: tuple) -> int:
+        """Refuse options this engine has not; its `threads` (default 1)."""
+        check_known(self.kind, options, known)
+        return int_option(options, "threads", 1)
+
+    def init_buffers(self, output_shapes: list) -> None:
+        """Once `inputs` is known; `output_shapes`: the model's (-1 where dynamic)."""
+        self._in_dtypes = [np.dtype(s.dtype) for s in self.inputs]
+        self._in_buf: list = [None] * len(self.inputs)
+        self._in_last: list = [None] * len(self.inputs)  # the arrays the last run read
+        self._out_last = list(output_shapes)
+
+    def ran(self, inputs: list, outputs: list) -> None:
+        """Note a run's inputs and outputs (for `input_shapes`, `output_shapes`)."""
+        self._in_last = inputs
+        self._out_last = [o.shape for o in outputs]
+
+    def input_shapes(self) -> list:
+        """Input shapes of the last run (the model's, -1 for dynamic, before)."""
+        return [a.shape if a is not None else s.shape for a, s in zip(self._in_last, self.inputs)]
+
+    def output_shapes(self) -> list:
+        """Output shapes of the last run."""
+        return list(self._out_last)
+
+    def set_input(self, index: int, array: np.ndarray) -> None:
+        """Copy `array` into input `index`'s buffer (the one the backend reads in place)."""
+        np.copyto(self.input_view(index, array.shape), array, casting="same_kind")
+
+    def input_view(self, index: int, shape: tuple) -> np.ndarray:
+        """The buffer the backend reads input `index` from: write the input there, no copy."""
+        shape = tuple(int(s) for s in shape)
+        buf = self._in_buf[index]
+        if buf is None or buf.shape != shape:
+            buf = self._in_buf[index] = np.zeros(shape, self._in_dtypes[index])
+        return buf
+
+    def run(self) -> list:
+        """Run on the engine's own input buffers; outputs valid until the next run."""
+        for i, buf in enumerate(self._in_buf):
+            if buf is None:
+                raise EngineError(f"input {i} ({self.inputs[i].name}): not set")
+        return self.run_into(self._in_buf, self.own_outputs(tuple(b.shape for b in self._in_buf)))
+
+    def own_outputs(self, input_shapes: tuple) -> Optional[list]:
+        """Arrays of the engine's own for `run()` to write into, or None (the backend's)."""
+        return None
+
+    def bindable(self, inputs: Sequence[np.ndarray]) -> list:
+        """`inputs` as the backend can read them in place: C-contiguous, the
+        input's dtype (a copy only where an array is not)."""
+        return [a if a.dtype == dt and a.flags.c_contiguous else np.ascontiguousarray(a, dt)
+                for a, dt in zip(inputs, self._in_dtypes)]
+
+
+def check_known(kind: str, options: dict, known: tuple, prefix: str = "") -> None:
+    """Refuse an option this engine does not have, naming it and the ones it has."""
+    for key in options:
+        if key not in known:
+            raise EngineError(f"unknown option '{prefix}{key}' for engine {kind}, expected one of {', '.join(known)}")
+
+
+def int_option(options: dict, name: str, default: int, minimum: int = 1) -> int:
+    """`options[name]` as an int >= minimum (a bool is not an int here)."""
+    value = options.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise EngineError(f"option '{name}': expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def bool_option(options: dict, name: str, default: bool) -> bool:
+    value = options.get(name, default)
+    if not isinstance(value, bool):
+        raise EngineError(f"option '{name}': expected true or false, got {value!r}")
+    return value

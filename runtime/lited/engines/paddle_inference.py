@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lited.engines.base import Engine, EngineError, TensorSpec, read_model_file
+from lited.engines.base import Engine, EngineError, TensorSpec, bool_option, check_known, int_option, read_model_file
 from lited.errors import first_line
 
 _PADDLE_SIGNALS = (signal.SIGTERM, signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGFPE, signal.SIGILL)
@@ -93,6 +93,7 @@ class PaddleInferenceEngine(Engine):
     kind = "paddle_inference"
     backend = "paddle"
     package = "paddlepaddle"
+    formats = (".pdmodel",)
 
     def __init__(self, model_path: str, options: dict, checksums: dict | None = None) -> None:
         model = Path(model_path)
@@ -240,14 +241,11 @@ def _read_program(data: bytes) -> tuple:
 
 def _check_options(options: dict) -> None:
     """Refuse unknown or ill-typed options, naming them, before anything is built."""
-    _known(options, OPTIONS, "")
+    check_known("paddle_inference", options, OPTIONS)
     for key in ("threads", "gpu_mem_mb"):
-        if key in options:
-            _int(options[key], key, 1)
-    if "device_id" in options:
-        _int(options["device_id"], "device_id", 0)
-    if not isinstance(options.get("mkldnn", False), bool):
-        raise EngineError(f"option 'mkldnn': expected true or false, got {options['mkldnn']!r}")
+        int_option(options, key, 1)
+    int_option(options, "device_id", 0, minimum=0)
+    bool_option(options, "mkldnn", False)
     device = options.get("device", "cpu")
     if device not in ("cpu", "gpu"):
         raise EngineError(f"option 'device': unknown {device!r}, expected 'cpu' or 'gpu'")
@@ -260,12 +258,12 @@ def _check_options(options: dict) -> None:
         return
     if not isinstance(trt, dict):
         raise EngineError(f"option 'trt': expected an object, got {trt!r}")
-    _known(trt, TRT_OPTIONS, "trt.")
+    check_known("paddle_inference", trt, TRT_OPTIONS, "trt.")
     if trt.get("precision", "fp32") not in PRECISIONS:
         raise EngineError(f"option 'trt.precision': unknown {trt['precision']!r}, expected one of "
                           f"{', '.join(PRECISIONS)}")
     if "workspace_mb" in trt:
-        _int(trt["workspace_mb"], "trt.workspace_mb", 1)
+        int_option({"trt.workspace_mb": trt["workspace_mb"]}, "trt.workspace_mb", 1)
     if not isinstance(trt.get("cache_dir", ""), str):
         raise EngineError(f"option 'trt.cache_dir': expected a path, got {trt['cache_dir']!r}")
     shapes = trt.get("shapes", {})
@@ -275,7 +273,7 @@ def _check_options(options: dict) -> None:
         path = f"trt.shapes.{name}"
         if not isinstance(ranges, dict):
             raise EngineError(f"option '{path}': expected {{\"min\": [...], \"opt\": [...], \"max\": [...]}}")
-        _known(ranges, ("min", "opt", "max"), path + ".")
+        check_known("paddle_inference", ranges, ("min", "opt", "max"), path + ".")
         dims = [ranges.get(k) for k in ("min", "opt", "max")]
         if not all(isinstance(d, list) and d and all(isinstance(n, int) and n > 0 for n in d) for d in dims) \
                 or len({len(d) for d in dims}) != 1:
@@ -322,15 +320,4 @@ def _use_gpu(config, options: dict, specs: dict) -> None:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         config.set_optim_cache_dir(str(cache_dir))
 
-
-def _known(options: dict, known: tuple, prefix: str) -> None:
-    for key in options:
-        if key not in known:
-            raise EngineError(f"unknown option '{prefix}{key}' for engine paddle_inference, "
-                              f"expected one of {', '.join(known)}")
-
-
-def _int(value, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise EngineError(f"option '{name}': expected an integer >= {minimum}, got {value!r}")
 

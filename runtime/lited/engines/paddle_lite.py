@@ -1,7 +1,13 @@
 """Paddle Lite engine: a MobileConfig predictor on a naive-buffer `.nb` file.
 
 Facts that shaped it (paddlelite 2.13rc0):
-- threads and power mode exist only on ARM builds of MobileConfig;
+- threads and power mode exist only on ARM builds of MobileConfig; the x86
+  build's kernels size their OpenMP pool from `OMP_NUM_THREADS` when the
+  library loads (unset: one thread per core, and every stream's engine
+  process would make one), so `threads` reaches them through the
+  environment (`process_env`, set by the engine process before its child
+  imports paddlelite). Measured here, more OpenMP threads make x86 Paddle
+  Lite no faster (the extra threads do almost no work): the default is 1;
 - `Tensor.from_numpy` always copies, so inputs are staged in a preallocated
   float32 buffer and handed over once;
 - an output's `numpy()` is a view valid only until the next `run()`, so
@@ -20,6 +26,8 @@ Facts that shaped it (paddlelite 2.13rc0):
 """
 from __future__ import annotations
 
+import os
+import sys
 from collections import OrderedDict
 
 import numpy as np
@@ -38,8 +46,18 @@ class PaddleLiteEngine(Engine):
     kind = "paddle_lite"
     backend = "paddlelite"
     package = "paddlelite"
+    formats = (".nb",)
+
+    @classmethod
+    def process_env(cls, options: dict) -> dict:
+        """`OMP_NUM_THREADS` = `threads` (default 1): what the x86 build's kernels follow."""
+        return {"OMP_NUM_THREADS": str(int(options.get("threads") or 1))}
 
     def __init__(self, model_path: str, options: dict, checksums: dict | None = None) -> None:
+        if "paddlelite.lite" not in sys.modules:  # in this process (lited infer): before the library loads
+            for key, value in self.process_env(options).items():
+                if options.get("threads") or key not in os.environ:  # else the operator's own setting
+                    os.environ[key] = value
         from paddlelite import lite  # here, not at import: the registry lists engines without loading them
 
         self._lite = lite
@@ -65,7 +83,9 @@ class PaddleLiteEngine(Engine):
         self._by_shape: OrderedDict = OrderedDict()
         self._use(self._build(), None)
         self.version = self._predictor.get_version()
-        self.device = "cpu" + (f", {threads} threads" if threads and hasattr(config, "set_threads") else "")
+        omp = os.environ.get("OMP_NUM_THREADS")
+        shown = threads if hasattr(config, "set_threads") else omp
+        self.device = "cpu" + (f", {shown} thread{'s' if str(shown) != '1' else ''}" if shown else "")
         self.inputs = [TensorSpec(n, tuple(t.shape())) for n, t in zip(self._predictor.get_input_names(), self._inputs)]
         self.output_names = list(self._predictor.get_output_names())
         self._out: list[np.ndarray | None] = [None] * len(self._outputs)

@@ -1,11 +1,13 @@
-"""The build, step by step: configs -> Paddle model -> one `.nb` per target ->
-bundle directory -> checked by lited -> golden result -> zip.
+"""The build, step by step: configs -> Paddle model -> one `.nb` per target
+(and the ONNX, an OpenVINO IR, an int8 model beside it) -> bundle directory ->
+checked by lited -> golden result, self-tested on every engine listed -> zip.
 
 Cheap checks (targets, configs, labels, names) come before the slow ones
 (x2paddle, paddle_lite_opt), so a typo fails in a second, not a minute.
 """
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -18,7 +20,8 @@ from pathlib import Path
 from lited.bundle import machine_target
 from lited.validate import name_problem, version_problem
 
-from lited.sdk import BuildError, bundle_writer, labels, paddle_model, readme
+from lited.sdk import BuildError, bundle_writer, engine_files, int8, labels, paddle_model, readme
+from lited.sdk.agreement import summary as int8_summary
 from lited.sdk.config_import import import_configs
 from lited.sdk.judge import LitedVenv
 from lited.sdk.inputs import merge_inputs
@@ -51,6 +54,11 @@ class Options:
     keep_dir: Path | None = None
     workdir: Path | None = None
     argv: list = field(default_factory=list)
+    onnx: bool = True                  # keep an ONNX source beside the .nb (OpenVINO, onnxruntime)
+    openvino_ir: bool = False
+    int8: Path | None = None           # calibration images
+    int8_engine: str = "openvino"
+    int8_eval: Path | None = None      # images for the accuracy report (default: the calibration images)
 
 
 def _say(message: str, warning: bool = False) -> None:
@@ -139,6 +147,19 @@ def _preflight(opts: Options, opt: LiteOpt, judge: LitedVenv, host: str) -> None
         raise BuildError(f"--notice: {opts.notice}: not found")
     if opts.fp16 and "arm" not in opts.targets:
         _say("note: --fp16 applies to the arm target only; the other models stay fp32", warning=True)
+    onnx_source = opts.model.suffix.lower() == ".onnx"
+    for flag, asked in (("--openvino-ir", opts.openvino_ir), ("--int8", opts.int8)):
+        if asked and not (onnx_source and opts.onnx):
+            raise BuildError(f"{flag} needs the ONNX model in the bundle (--model M.onnx, without --no-onnx)")
+    for flag, folder in (("--int8", opts.int8), ("--int8-eval", opts.int8_eval)):
+        if folder is not None and not folder.is_dir():
+            raise BuildError(f"{flag}: {folder}: not a directory of images")
+    if opts.int8 and opts.int8_engine not in int8.ENGINES:
+        raise BuildError(f"--int8-engine: unknown '{opts.int8_engine}', expected one of {', '.join(int8.ENGINES)}")
+    if opts.int8 and not judge.present:
+        raise BuildError(f"--int8 needs lited in {opts.daemon_venv} to prepare the calibration inputs")
+    if opts.int8 and host not in opts.targets:
+        raise BuildError(f"--int8 needs the {host} target: the calibration inputs come from running it here")
 
 
 def _build(opts: Options, workdir: Path, timings: dict) -> dict:
@@ -166,13 +187,25 @@ def _build(opts: Options, workdir: Path, timings: dict) -> dict:
         decoder = complete_gfl(decoder, paddle_model.read_output_shapes(model), None if -1 in size else size)
 
     root = bundle_writer.prepare_dir(opts.keep_dir or workdir / "bundle" / name)
-    models = {}
+    nbs = {}
     for target in opts.targets:
         with _Step(f"paddle_lite_opt {target}", timings):
-            nb = opt.optimize(model, target, root, fp16=opts.fp16, quant=opts.quant)
-        models[target] = {"file": nb.name}
+            nbs[target] = opt.optimize(model, target, root, fp16=opts.fp16, quant=opts.quant).name
+    onnx = ir = None
+    if opts.onnx and opts.model.suffix.lower() == ".onnx":
+        onnx = engine_files.copy_onnx(opts.model, root, inputs)
+        if onnx is None and (opts.int8 or opts.openvino_ir):
+            raise BuildError(f"{opts.model.name}: its inputs are not the Paddle model's, in the same order, so it "
+                             f"cannot go in the bundle, nor an IR or int8 model made from it")
+        if onnx is None:
+            _say("warning: the ONNX's inputs are not the Paddle model's, in the same order: not kept in the "
+                 "bundle (only Paddle Lite will run it)", warning=True)
+    if opts.openvino_ir and onnx:
+        with _Step("OpenVINO IR", timings):
+            ir = engine_files.write_ir(root)[0]
+    models = {t: engine_files.target_files(t, nb, onnx, ir, None) for t, nb in nbs.items()}
     manifest = {
-        "schema": 1, "name": name, "version": version,
+        "schema": 2 if onnx else 1, "name": name, "version": version,
         "task": fields.get("task") or TASK_BY_DECODER.get(decoder["type"], "detection"),
         "paddle_lite_version": lite_version, "models": models, "inputs": inputs,
         "preprocess": fields["preprocess"], "decoder": decoder,
@@ -188,15 +221,52 @@ def _build(opts: Options, workdir: Path, timings: dict) -> dict:
         judge.validate(root, check_model=host in opts.targets)
     else:
         _say(f"warning: no lited in {opts.daemon_venv}: the bundle was not checked by the runtime", warning=True)
+    report = None
+    if opts.int8 is not None and onnx:
+        manifest, report = _int8(opts, root, manifest, nbs, onnx, ir, judge, workdir, timings)
     if opts.golden is not None:
         image = bundle_writer.copy_in(root, opts.golden, "golden" + opts.golden.suffix.lower())
         with _Step("golden", timings):
-            expected = judge.infer(root, root / image)
-        manifest["golden"] = {"image": image, "expected": expected, "tolerance": dict(DEFAULT_TOLERANCE)}
-        manifest = bundle_writer.write_manifest(root, manifest)
+            # Paddle Lite's result is the reference; every other engine listed must agree with it
+            expected = judge.infer(root, root / image, engine="paddle_lite")
+            manifest["golden"] = {"image": image, "expected": expected, "tolerance": dict(DEFAULT_TOLERANCE)}
+            if report is not None:  # the int8 file's own result: its self-test checks the engine, not int8's accuracy
+                own = judge.infer(root, root / image, engine=opts.int8_engine, precision="int8")
+                for files in manifest["models"].values():
+                    for spec in files:
+                        if spec.get("precision") == "int8":
+                            spec["expected"] = own
+            manifest = bundle_writer.write_manifest(root, manifest)
         judge.validate(root, check_model=True)
+        with _Step("selftest on every engine", timings):
+            for line in judge.selftest(root):
+                _say(line)
     build_info = {"source": opts.model.name, "command": _command(opts), "fp16": opts.fp16, "quant": opts.quant,
-                  "notice": opts.notice is not None, "labels_count": len(names or [])}
+                  "notice": opts.notice is not None, "labels_count": len(names or []),
+                  "int8": int8_summary(report) if report else None, "int8_engine": opts.int8_engine}
     (root / "README.md").write_text(readme.render(manifest, build_info), encoding="utf-8")
     bundle_writer.write_zip(root, opts.out, name)
-    return {"zip": opts.out, "dir": root if opts.keep_dir else None, "manifest": manifest, "timings": timings}
+    return {"zip": opts.out, "dir": root if opts.keep_dir else None, "manifest": manifest, "timings": timings,
+            "int8": report}
+
+
+def _int8(opts: Options, root: Path, manifest: dict, nbs: dict, onnx: str, ir: str | None, judge: LitedVenv,
+          workdir: Path, timings: dict) -> tuple:
+    """Quantise the ONNX on the calibration images (prepared by the daemon's
+    lited), list the int8 file last in every target, and measure it against
+    fp32 on the same engine: accuracy beside speed (printed, in the README)."""
+    with _Step(f"int8 ({opts.int8_engine})", timings):
+        npz = workdir / "calibration.npz"
+        judge.agreement("tensors", root, opts.int8, npz)
+        frames = int8.calibration_data(npz)
+        made = int8.quantize(opts.int8_engine, root / onnx, frames, root, workdir)
+        entry = engine_files.entry(made.name, (opts.int8_engine,), "int8")
+        manifest["models"] = {t: engine_files.target_files(t, nb, onnx, ir, entry) for t, nb in nbs.items()}
+        manifest = bundle_writer.write_manifest(root, manifest)
+        judge.validate(root, check_model=True)
+    with _Step("int8 against fp32", timings):
+        report = judge.agreement("compare", root, opts.int8_engine, opts.int8_eval or opts.int8)
+    report["calibration_images"] = len(frames)
+    (workdir / "int8_report.json").write_text(json.dumps(report))
+    _say(f"int8 ({opts.int8_engine}, {len(frames)} calibration images): {int8_summary(report)}")
+    return manifest, report

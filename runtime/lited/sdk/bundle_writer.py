@@ -13,7 +13,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from lited.bundle import seal_models
+from lited.bundle import file_specs, seal_models
 
 from lited.sdk import BuildError
 
@@ -38,9 +38,10 @@ def _bundle_file(path: Path) -> bool:
     """A name this builder writes into a bundle."""
     name = path.name
     return path.is_file() and (name in ("manifest.json", "README.md", "labels.txt", "NOTICE")
-                               or name.startswith("golden.") or fnmatch.fnmatch(name, "*model_*.nb")
-                               or fnmatch.fnmatch(name, "*_labels.txt")
-                               or fnmatch.fnmatch(name, "*_model.pd*"))
+                               or name.startswith("golden.")
+                               or any(fnmatch.fnmatch(name, p) for p in (
+                                   "*model_*.nb", "*_labels.txt", "*_model.pd*", "model*.onnx", "model*.xml",
+                                   "model*.bin")))
 
 
 def prepare_dir(path: Path) -> Path:
@@ -60,9 +61,11 @@ def write_manifest(root: Path, manifest: dict) -> dict:
     parts = [("", manifest, sealed)] + [(f"stages[{i}].", stage, sealed["stages"][i])
                                         for i, stage in enumerate(manifest.get("stages", []))]
     for where, part, done in parts:
-        missing = sorted(set(part["models"]) - set(done["models"]))
+        wanted = {(t, e["file"]) for t, spec in part["models"].items() for e in file_specs(spec)}
+        missing = sorted(wanted - {(t, e["file"]) for t, spec in done["models"].items() for e in file_specs(spec)})
         if missing:
-            raise BuildError(f"{root}: {where}model file for {', '.join(missing)} is missing")
+            raise BuildError(f"{root}: {where}model file {', '.join(f for _, f in missing)} for "
+                             f"{', '.join(sorted({t for t, _ in missing}))} is missing")
     ordered = {k: sealed[k] for k in MANIFEST_ORDER if k in sealed}
     (root / "manifest.json").write_text(to_json(ordered) + "\n", encoding="utf-8")
     return ordered

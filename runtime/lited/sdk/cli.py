@@ -36,6 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--fp16", action="store_true", help="fp16 kernels for the arm target (ARMv8.2+ boards)")
     ap.add_argument("--quant-weights", choices=("int8", "int16"), dest="quant",
                     help="store weights quantized (smaller file; computed in float)")
+    ap.add_argument("--no-onnx", action="store_false", dest="onnx",
+                    help="do not keep the ONNX model in the bundle (by default it is kept beside the .nb, "
+                         "for the OpenVINO and onnxruntime engines)")
+    ap.add_argument("--openvino-ir", action="store_true", help="also write an OpenVINO IR (model.xml + model.bin)")
+    ap.add_argument("--int8", type=Path, metavar="DIR",
+                    help="also make an int8 model, calibrated on the images in DIR, and report its accuracy "
+                         "and speed against fp32")
+    ap.add_argument("--int8-engine", choices=("openvino", "onnxruntime"), default="openvino",
+                    help="quantiser and engine of the int8 model: OpenVINO NNCF (default) or onnxruntime's")
+    ap.add_argument("--int8-eval", type=Path, metavar="DIR",
+                    help="images for the int8 accuracy report (default: the calibration images)")
     ap.add_argument("--opt", type=Path, help="another paddle_lite_opt (default: the tools venv's)")
     ap.add_argument("--lited-venv", type=Path, default=DAEMON_VENV, dest="daemon_venv",
                     help=f"venv whose lited checks the bundle and computes the golden result (default {DAEMON_VENV})")
@@ -53,7 +64,9 @@ def main(argv: list) -> int:
     opts = Options(model=args.model, configs=args.config, targets=list(dict.fromkeys(targets)), out=args.out,
                    name=args.name, version=args.version, golden=args.golden, labels=args.labels,
                    notice=args.notice, fp16=args.fp16, quant=args.quant, opt=args.opt,
-                   daemon_venv=args.daemon_venv, keep_dir=args.keep_dir, workdir=args.workdir, argv=argv)
+                   daemon_venv=args.daemon_venv, keep_dir=args.keep_dir, workdir=args.workdir, argv=argv,
+                   onnx=args.onnx, openvino_ir=args.openvino_ir, int8=args.int8, int8_engine=args.int8_engine,
+                   int8_eval=args.int8_eval)
     try:
         summary = build(opts)
     except BuildError as exc:

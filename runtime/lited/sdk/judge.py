@@ -46,12 +46,25 @@ class LitedVenv:
         _run([daemon_python(self.venv), "-c", _VALIDATE, bundle, "1" if check_model else "0"],
              "lited refused the bundle")
 
-    def infer(self, bundle: Path, image: Path) -> dict:
-        """`lited infer --json` on one image: {"detections": [...], "classes": [...]}."""
-        out = _run([daemon_lited(self.venv), "infer", "--bundle", bundle, "--json", image],
-                   f"lited infer on {image.name}")
+    def infer(self, bundle: Path, image: Path, engine: str | None = None, precision: str | None = None) -> dict:
+        """`lited infer --json` on one image: {"detections": [...], "classes": [...]}
+        (on `engine` and `precision` when given, else the bundle's first choice)."""
+        choice = [*(["--engine", engine] if engine else []), *(["--precision", precision] if precision else [])]
+        out = _run([daemon_lited(self.venv), "infer", "--bundle", bundle, *choice, "--json", image],
+                   f"lited infer on {image.name}{' with ' + engine if engine else ''}")
         try:
             result = json.loads(out.strip().splitlines()[-1])
         except (json.JSONDecodeError, IndexError):
             raise BuildError(f"lited infer on {image.name}: expected one JSON line, got {out[:200]!r}") from None
         return {"detections": result.get("detections", []), "classes": result.get("classes", [])}
+
+    def selftest(self, bundle: Path) -> list:
+        """`lited selftest`: the golden image on every engine the bundle lists and
+        the daemon venv has; its lines (which engines passed, which were skipped)."""
+        out = _run([daemon_lited(self.venv), "selftest", "--bundle", bundle], "lited selftest")
+        return [line for line in out.splitlines() if line.strip()]
+
+    def agreement(self, *args: object) -> dict:
+        """`python -m lited.sdk.agreement ARGS` (tensors or compare) in the daemon venv: its JSON."""
+        out = _run([daemon_python(self.venv), "-m", "lited.sdk.agreement", *args], f"lited {args[0]}")
+        return json.loads(out.strip().splitlines()[-1])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from lited.bundle import file_specs, spec_engines
+
 TARGET_NOTES = {"x86": "x86_64 hosts", "arm": "ARM boards (aarch64/armv7)",
                 "opencl": "ARM boards with an OpenCL GPU (falls back to ARM kernels)"}
 
@@ -36,9 +38,17 @@ def render(manifest: dict, build: dict) -> str:
              f"{' (' + build['quant'] + ' weights)' if build.get('quant') else ''}.", "",
              "## Files", "", "| file | what |", "| --- | --- |",
              "| `manifest.json` | what the runtime reads: models, input, preprocessing, decoder |"]
-    for target, model in manifest["models"].items():
-        lines.append(f"| `{model['file']}` | Paddle Lite model for {TARGET_NOTES.get(target, target)}, "
-                     f"{model['size']} bytes, sha256 `{model['sha256'][:16]}...` |")
+    described: dict = {}  # file -> its row (the ONNX serves several targets)
+    for target, spec in manifest["models"].items():
+        for rank, model in enumerate(file_specs(spec), 1):
+            row = described.setdefault(model["file"], {"model": model, "targets": []})
+            row["targets"].append(f"{TARGET_NOTES.get(target, target)} (choice {rank})")
+    for file, row in described.items():
+        model = row["model"]
+        engines = ", ".join(spec_engines(model))
+        weights = f" + `{model['params']['file']}`" if model.get("params") else ""
+        lines.append(f"| `{file}`{weights} | {model.get('precision', 'fp32')} model run by {engines}, for "
+                     f"{'; '.join(row['targets'])}; {model['size']} bytes, sha256 `{model['sha256'][:16]}...` |")
     if manifest.get("labels"):
         lines.append(f"| `{manifest['labels']}` | {build['labels_count']} class names, in output order |")
     if manifest.get("golden"):
@@ -69,6 +79,11 @@ def render(manifest: dict, build: dict) -> str:
               "```", "",
               "A model runs only on its target: lited refuses an ARM model on x86 and the reverse",
               "(Paddle Lite would crash), and any file whose size or sha256 differs from the manifest."]
+    lines += ["", "lited runs the first file of this machine's target whose engine is installed, unless the",
+              "config asks for an engine or a precision (docs/bundle.md); `lited inspect` says which and why."]
+    if build.get("int8"):
+        lines += ["", "## Int8", "", f"Quantised by {build['int8_engine']} on the calibration images; against fp32 on "
+                  f"the same engine: {build['int8']}.", "Select it with `\"precision\": \"int8\"` in the config."]
     if manifest.get("golden"):
         lines += ["", "## Self-test", ""] + _golden(manifest["golden"])
     lines += ["", "## Rebuild", "", "```", build["command"], "```", ""]

@@ -19,6 +19,9 @@ Rules it keeps:
 - memory: requests share one byte budget, replies a client leaves unread
   are bounded, large freed buffers go back to the system (docs/RELIABILITY.md,
   "Memory budget").
+- the streams' engine threads together fit the cores (`share_cores`): each
+  stream has an engine process of its own, and N streams of T threads on
+  fewer than N x T cores would only take turns (and spin).
 """
 from __future__ import annotations
 
@@ -34,8 +37,8 @@ from typing import Any, Callable, ClassVar, Optional
 import numpy as np
 
 from lited import __version__, protocol
-from lited.bundle import BundleError, load_bundle
-from lited.config import Config, ConfigError, StreamConfig, load_config
+from lited.bundle import Bundle, BundleError, choose_engine, load_bundle, machine_target
+from lited.config import Config, ConfigError, ModelSettings, StreamConfig, load_config
 from lited.engine_process import child_pids
 from lited.engines import EngineError
 from lited.model import Model
@@ -103,7 +106,7 @@ class Daemon:
         self.streams: dict = {}            # stream name -> Stream
         self.stream_configs: dict = {}     # stream name -> the StreamConfig it was started from
         self.warming: dict = {}            # stream name -> StreamConfig whose model is warming up
-        self.ready = False                 # every configured stream started (READY=1 sent)
+        self.stream_threads: dict = {}     # stream name -> its engine's threads (share_cores)
         self.last_reload: dict = {}
         self.ready = False                 # True once start() finished: streams warm, `ready` published
         self.stop_event = threading.Event()
@@ -148,6 +151,7 @@ class Daemon:
             self.uplink = Uplink(cfg.uplink, self.requests.call, self._publish_answer, self._read_frame,
                                  self._health)
             self.uplink.start()
+        self.stream_threads = self._plan_threads(cfg.streams)
         self.warming = {sc.name: sc for sc in cfg.streams}
         for i, sc in enumerate(cfg.streams, 1):
             if self.stop_event.is_set():
@@ -171,6 +175,30 @@ class Daemon:
         self.http = HttpFront(self, self.config.http, heartbeat=lambda: self.watchdog.beat("http"))
         self.http.start()
 
+    def make_model(self, name: str, bundle: Optional[Bundle] = None, threads: Optional[int] = None) -> Model:
+        """Model `name` (from `bundle`, default its current one) in an engine
+        process, on the engine and threads the config asks for."""
+        settings = self.config.model_settings.get(name, ModelSettings())
+        return Model(bundle or self.bundles[name], isolated=True, run_timeout=self.config.engine_timeout,
+                     **settings.model_kwargs(threads))
+
+    def _plan_threads(self, streams: list) -> dict:
+        """Each stream's engine threads: as configured (else the bundle's, else 1),
+        scaled down together when they would not fit the cores."""
+        requested = {}
+        for sc in streams:
+            settings = self.config.model_settings.get(sc.model, ModelSettings())
+            requested[sc.name] = settings.threads or _bundle_threads(self.bundles.get(sc.model), settings)
+        shared = share_cores(requested, len(os.sched_getaffinity(0)))
+        if shared != requested:
+            log.warning("engine threads asked for (%s) exceed the %d cores: running %s",
+                        ", ".join(f"{n} {t}" for n, t in requested.items()), len(os.sched_getaffinity(0)),
+                        ", ".join(f"{n} {t}" for n, t in shared.items()), extra={"event": "threads"})
+        return shared
+
+    def _stream_model(self, sc: StreamConfig, bundle: Bundle):
+        return lambda: self.make_model(sc.model, bundle, self.stream_threads.get(sc.name))
+
     def _start_stream(self, sc: StreamConfig, progress: str = "") -> Stream:
         """Warm up the stream's model (seconds on a board: said in the log and
         the systemd status line), then start capturing."""
@@ -182,7 +210,7 @@ class Daemon:
         t0 = time.monotonic()
         beat_name = f"infer-{sc.name}"
         self.watchdog.register(beat_name)
-        stream = Stream(sc.name, sc.source, self._model_factory(bundle), self._publish_result,
+        stream = Stream(sc.name, sc.source, self._stream_model(sc, bundle), self._publish_result,
                         self._publish_event, slots=sc.slots, stall_timeout=sc.stall_timeout,
                         group=self.config.group, beat=lambda n=beat_name: self.watchdog.beat(n),
                         keep_results=sc.keep_results, policy=sc.policy, model_key=sc.model)
@@ -198,10 +226,6 @@ class Daemon:
         log.info("stream %s: model ready in %.1f s", sc.name, time.monotonic() - t0,
                  extra={"stream": sc.name, "event": "warm"})
         return stream
-
-    def _model_factory(self, bundle) -> Callable[[], Model]:
-        timeout = self.config.engine_timeout
-        return lambda: Model(bundle, isolated=True, run_timeout=timeout)
 
     def _stop_stream(self, name: str) -> None:
         stream = self.streams.pop(name)
@@ -337,9 +361,10 @@ class Daemon:
         try:
             new_bundles = {n: load_bundle(p) for n, p in paths.items()}
             for name, stream in self.streams.items():
-                bundle = new_bundles.get(self.stream_configs[name].model)
+                sc = self.stream_configs[name]
+                bundle = new_bundles.get(sc.model)
                 if bundle is not None:
-                    prepared.append((stream, stream.prepare_model(self._model_factory(bundle), READY_TIMEOUT)))
+                    prepared.append((stream, stream.prepare_model(self._stream_model(sc, bundle), READY_TIMEOUT)))
             for n, bundle in new_bundles.items():  # after the models load: a broken bundle says so first
                 problem = None if force else change_problem(n, self.bundles[n], bundle)
                 if problem:
@@ -381,7 +406,9 @@ class Daemon:
                 except LOAD_ERRORS:
                     return {**self.last_reload, **outcome}
             outcome["reloaded"] = list(new.models)
+            self.config.model_settings = new.model_settings
             try:
+                self.stream_threads = self._plan_threads(new.streams)
                 wanted = {s.name: s for s in new.streams}
                 for name in [n for n in self.streams if n not in wanted or self.stream_configs[n] != wanted[n]]:
                     self._stop_stream(name)
@@ -463,6 +490,27 @@ def _swapped(name: str, old: Any, new: Any) -> str:
     """`face ultraface 1.1.0`, or `face mobilenetv2 1.0.0 (was ultraface 1.0.0)` when the bundle changed."""
     was = f" (was {old.name} {old.version})" if (old.name, old.version) != (new.name, new.version) else ""
     return f"{name} {new.name} {new.version}{was}"
+
+
+def share_cores(requested: dict, cores: int) -> dict:
+    """Threads per stream that fit `cores` together: as asked when they fit,
+    else each scaled down in proportion, never below 1 (a stream of one
+    thread more than the cores is better than a stream that never runs)."""
+    total = sum(requested.values())
+    if total <= cores:
+        return dict(requested)
+    return {name: max(1, threads * cores // total) for name, threads in requested.items()}
+
+
+def _bundle_threads(bundle: Optional[Bundle], settings: ModelSettings) -> int:
+    """The threads the bundle's options give the engine that will run it here (1 if none)."""
+    if bundle is None:
+        return 1
+    try:
+        files = bundle.models()[machine_target(bundle.manifest["models"])]
+        return int(choose_engine(files, settings.engine, settings.precision).options.get("threads") or 1)
+    except (BundleError, KeyError, TypeError, ValueError):
+        return 1
 
 
 def _rss_kb(pid: object = "self") -> int:

@@ -63,6 +63,8 @@ class Service(Protocol):
 
     def reload_request(self, model: Optional[str], bundle: Optional[str], force: bool = False) -> dict: ...
 
+    def make_model(self, name: str) -> Model: ...
+
     def reload_grace(self) -> float:
         """Seconds a reload may legitimately take (the watchdog's grace)."""
 
@@ -95,9 +97,8 @@ class ByteBudget:
 class ModelCache:
     """A worker's own models, rebuilt when a reload bumps a model's generation."""
 
-    def __init__(self, service: Service, engine_timeout: Optional[float] = None) -> None:
+    def __init__(self, service: Service) -> None:
         self.service = service
-        self.engine_timeout = engine_timeout
         self._models: dict = {}  # name -> (generation, Model)
 
     def get(self, name: str) -> Model:
@@ -106,8 +107,7 @@ class ModelCache:
         if cached is None or cached[0] != generation:
             if cached is not None:
                 cached[1].close()
-            model = Model(self.service.bundles[name], isolated=True, run_timeout=self.engine_timeout)
-            cached = self._models[name] = (generation, model)
+            cached = self._models[name] = (generation, self.service.make_model(name))
         return cached[1]
 
     def drop(self, name: str) -> None:
@@ -211,7 +211,7 @@ class Requests:
 
     # -- workers
     def _work(self, name: str) -> None:
-        models = ModelCache(self.service, self.engine_timeout)
+        models = ModelCache(self.service)
         try:
             while not self.service.stop_event.is_set():
                 self.heartbeat(name, 0.0)

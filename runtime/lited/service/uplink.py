@@ -35,7 +35,7 @@ from lited import __version__
 from lited import uplink_protocol as up
 from lited.config import UplinkConfig
 from lited.crops import crop_rect, encode_jpeg
-from lited.mqtt_link import BrokerSettings, connect_async, make_client, publish_properties, user_properties
+from lited.mqtt_link import BrokerSettings, connect_async, make_client, publish_properties
 from lited.protocol import ProtocolError
 from lited.service.outbox import Outbox
 

@@ -234,6 +234,6 @@ class Stream:
             "latency_ms": self.stats.timings.summary(), "ring": ring.name if ring else None,
             "policy": self.policy,
             "model": {"name": model.name, "key": self.model_key, "version": model.version,
-                      "engine_pid": model.engine.pid}
+                      "engine": model.choice.engine, "device": model.engine.device, "engine_pid": model.engine.pid}
             if model else None,
         }

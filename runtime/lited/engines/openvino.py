@@ -1,0 +1,215 @@
+"""OpenVINO engine: a compiled model on an `.onnx` file or an IR (`.xml` + `.bin`).
+
+Facts that shaped it (openvino 2026.4.1, CPU plugin, x86_64 AVX2, 2 cores):
+- the CPU plugin reads ONNX directly, with outputs bit-identical to an fp32
+  IR of the same model, so a bundle need not ship an IR (`ov.save_model`
+  compresses weights to fp16 by default, which changes the outputs);
+  `cache_dir` keeps compiled blobs so the next start compiles in about half
+  the time;
+- `INFERENCE_NUM_THREADS` sets the threads of one inference, with
+  `PERFORMANCE_HINT=LATENCY` and `NUM_STREAMS=1`. `ENABLE_CPU_PINNING`
+  defaults to true: measured, two engine processes with two threads each
+  pinned a thread to the same core. Off unless `pin` asks for it;
+- `infer()` releases the GIL;
+- an `ov.Tensor(array, shared_memory=True)` set as an input is read in
+  place, and set as an output of a model whose output shapes are static it
+  is written in place (checked once per binding: were the bytes ours?);
+- DANGER: on a model with dynamic output shapes, an output tensor bound with
+  the wrong shape for the next input is silently reshaped when it is
+  smaller and, when it is too small, leaves the compiled model broken
+  (fresh requests return shape (0, 1, 0, 0)) and the process then dies in
+  malloc ("unaligned tcache chunk") or "pure virtual method called". So
+  outputs are bound only where the compiled model's output shape is static.
+  A model with dynamic inputs (PP-OCR det) is compiled once per input
+  shape (`static_shapes`, default on: 6-20 % faster than the dynamic
+  compile, and its outputs can be bound), keeping a small LRU like the
+  Paddle Lite engine's; `static_shapes: false` compiles it once, dynamic,
+  and its outputs are the plugin's memory, copied by the caller.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from lited.engines.base import EngineError, InPlaceEngine, TensorSpec, bool_option, int_option, read_model_file
+from lited.errors import first_line
+
+OPTIONS = ("threads", "device", "streams", "pin", "static_shapes", "cache_dir", "precision")
+COMPILED_PER_SHAPE = 2  # compiled models kept for a dynamic-input model with static_shapes
+TENSORS_KEPT = 24       # ov.Tensor wrappers kept (3 input sets, 3 output sets, a few outputs each)
+_CORE = None
+
+
+def _core():
+    """One ov.Core per process (it holds the loaded plugins)."""
+    global _CORE
+    if _CORE is None:
+        import openvino as ov
+        _CORE = ov.Core()
+    return _CORE
+
+
+class _Compiled:
+    """A compiled model, its one infer request, and what is bound to it."""
+
+    def __init__(self, compiled) -> None:
+        self.request = compiled.create_infer_request()
+        outs = compiled.outputs
+        self.static_out = [o.get_partial_shape().is_static and o.get_element_type().get_type_name() == "f32"
+                           for o in outs]
+        self.out_shapes = [tuple(o.get_shape()) if s else None for o, s in zip(outs, self.static_out)]
+        self.own_out = [np.empty(s, np.float32) if s is not None else None for s in self.out_shapes]
+        self.in_bound: list = [None] * len(compiled.inputs)
+        self.out_bound: list = [None] * len(outs)
+        self.out_checked: list = [False] * len(outs)
+
+
+class OpenVinoEngine(InPlaceEngine):
+    """One OpenVINO compiled model (and infer request). Use from one thread only."""
+
+    kind = "openvino"
+    backend = "openvino"
+    package = "openvino"
+    formats = (".onnx", ".xml")
+
+    def __init__(self, model_path: str, options: dict, checksums: Optional[dict] = None) -> None:
+        import openvino as ov  # here, not at import: listing engines must stay cheap
+
+        threads = self.threads_of(options, OPTIONS)
+        device = str(options.get("device", "CPU")).upper()
+        self._ov = ov
+        core = _core()
+        present = core.available_devices
+        base = device.split(":")[0].split(".")[0]
+        if base not in ("AUTO", "MULTI", "HETERO") and not any(d.startswith(base) for d in present):
+            raise EngineError(f"option 'device': {device!r} asked, but OpenVINO sees only {', '.join(present)}")
+        config: dict = {"PERFORMANCE_HINT": "LATENCY"}
+        if base == "CPU":
+            config.update({"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": int_option(options, "streams", 1),
+                           "ENABLE_CPU_PINNING": bool_option(options, "pin", False)})
+        if options.get("precision"):
+            config["INFERENCE_PRECISION_HINT"] = str(options["precision"])
+        if options.get("cache_dir"):
+            config["CACHE_DIR"] = str(options["cache_dir"])
+        self._config, self._device, self._model_path = config, device, str(model_path)
+        # From memory: the bytes OpenVINO reads are the ones checked against the manifest.
+        model_bytes = read_model_file(str(model_path), checksums)
+        self._weights: Optional[np.ndarray] = None  # an IR's .bin, kept alive for the model made over it
+        if str(model_path).lower().endswith(".xml"):
+            weights = next((p for p in (checksums or {}) if p != str(model_path)),
+                           str(Path(model_path).with_suffix(".bin")))
+            self._weights = np.frombuffer(read_model_file(weights, checksums), np.uint8)
+        try:
+            if self._weights is not None:
+                self._model = core.read_model(model_bytes, ov.Tensor(self._weights))
+            else:
+                self._model = core.read_model(model_bytes)
+        except Exception as exc:  # noqa: BLE001
+            raise EngineError(f"{model_path}: OpenVINO refused the model: {_message(exc)}") from None
+        dynamic = any(i.get_partial_shape().is_dynamic for i in self._model.inputs)
+        self._per_shape = dynamic and bool_option(options, "static_shapes", True)
+        self._by_shape: OrderedDict = OrderedDict()
+        self._tensors: dict = {}  # (pointer, shape, dtype) -> (ov.Tensor, the array it wraps)
+        self._entry: Optional[_Compiled] = None if self._per_shape else self._compile(None)
+        self.version = ov.__version__.split("-")[0]
+        self.device = f"{device.lower()}, {threads} thread{'s' if threads != 1 else ''}" if base == "CPU" \
+            else device.lower()
+        self.inputs = [TensorSpec(i.get_any_name(), tuple(d.get_length() if d.is_static else -1
+                                                          for d in i.get_partial_shape()),
+                                  np.dtype(i.get_element_type().to_dtype()).name) for i in self._model.inputs]
+        self.output_names = [o.get_any_name() for o in self._model.outputs]
+        self.init_buffers([tuple(d.get_length() if d.is_static else -1 for d in o.get_partial_shape())
+                           for o in self._model.outputs])
+
+    def _compile(self, shapes: Optional[tuple]) -> _Compiled:
+        model = self._model
+        if shapes is not None:
+            model = model.clone()
+            model.reshape({i: self._ov.PartialShape(list(s)) for i, s in enumerate(shapes)})
+        try:
+            return _Compiled(_core().compile_model(model, self._device, self._config))
+        except Exception as exc:  # noqa: BLE001
+            raise EngineError(f"{self._model_path}: OpenVINO could not compile it for {self._device}: "
+                              f"{_message(exc)}") from None
+
+    def _select(self, shapes: tuple) -> _Compiled:
+        if not self._per_shape:
+            return self._entry  # type: ignore[return-value]
+        entry = self._by_shape.get(shapes)
+        if entry is None:
+            entry = self._by_shape[shapes] = self._compile(shapes)
+            while len(self._by_shape) > COMPILED_PER_SHAPE:
+                self._by_shape.popitem(last=False)
+        self._by_shape.move_to_end(shapes)
+        return entry
+
+    def _tensor(self, array: np.ndarray):
+        """An ov.Tensor over `array`'s memory, kept for reuse (making one costs ~8 us)."""
+        key = (array.ctypes.data, array.shape, array.dtype.str)
+        hit = self._tensors.get(key)
+        if hit is None:
+            hit = self._tensors[key] = (self._ov.Tensor(array, shared_memory=True), array)
+            while len(self._tensors) > TENSORS_KEPT:
+                self._tensors.pop(next(iter(self._tensors)))
+        return hit[0]
+
+    def run_into(self, inputs: Sequence[np.ndarray], outputs: Optional[Sequence[Optional[np.ndarray]]] = None) -> list:
+        """Read input i in place from `inputs[i]`; write output i in place into
+        `outputs[i]` where the compiled output is static and `outputs[i]` has its
+        shape (see Engine.run_into and, for why only there, the module docstring)."""
+        arrays = self.bindable(inputs)
+        entry = self._select(tuple(a.shape for a in arrays))
+        req = entry.request
+        for i, array in enumerate(arrays):
+            bound = entry.in_bound[i]
+            if bound is None or bound.ctypes.data != array.ctypes.data or bound.shape != array.shape:
+                req.set_input_tensor(i, self._tensor(array))
+                entry.in_bound[i] = array
+        for i, static in enumerate(entry.static_out):
+            if not static:
+                continue  # never bind a dynamic output: see the module docstring
+            target = outputs[i] if outputs is not None else None
+            if target is None or target.shape != entry.out_shapes[i] or target.dtype != np.float32 \
+                    or not target.flags.c_contiguous or not target.flags.writeable:
+                target = entry.own_out[i]
+            if entry.out_bound[i] is None or entry.out_bound[i].ctypes.data != target.ctypes.data:
+                req.set_output_tensor(i, self._tensor(target))
+                entry.out_bound[i] = target
+                entry.out_checked[i] = False
+        try:
+            req.infer()
+        except Exception as exc:  # noqa: BLE001
+            raise EngineError(f"openvino: {_message(exc)}") from None
+        result = []
+        for i, static in enumerate(entry.static_out):
+            if static:
+                bound = entry.out_bound[i]
+                if not entry.out_checked[i]:  # once per binding: did the plugin write where we asked?
+                    data = req.get_output_tensor(i).data
+                    if not np.shares_memory(data, bound):
+                        np.copyto(bound, data)
+                        entry.static_out[i] = False  # it did not: from now on its own memory
+                    entry.out_checked[i] = True
+                result.append(bound)
+            else:
+                data = req.get_output_tensor(i).data  # the plugin's memory, valid until the next run
+                result.append(data if data.dtype == np.float32 else data.astype(np.float32))
+        self.ran(arrays, result)
+        return result
+
+    def close(self) -> None:
+        self._tensors.clear()
+        self._by_shape.clear()
+        self._entry = None
+        self._model = None
+
+
+def _message(exc: BaseException) -> str:
+    """OpenVINO's message on one line: its first lines only say where in its
+    source it was raised ("Exception from src/...:84:", "Check '...' failed at ...")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    said = [line for line in lines if not line.startswith(("Exception from ", "Check '"))]
+    return " ".join(said)[:300] if said else first_line(exc)

@@ -1,0 +1,375 @@
+"""OpenVINO and onnxruntime beside Paddle Lite: the same answers on the real
+models, inputs and outputs in the engine process's shared memory with no
+copy, threads as asked, and bundles that list several files per target,
+picked per model and self-tested on every engine they list."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import DEMO_BUNDLE, make_bundle, need_shared, shared_onnx
+from daemon_process import DaemonProcess
+from lited.bundle import BundleError, load_bundle, seal_models
+from lited.engine_process import SETS, EngineProcess
+from lited.engines import ENGINES, open_engine
+from lited.model import Model
+from lited.preprocess import Preprocessor
+from lited.selftest import compare
+
+NEW_ENGINES = ("openvino", "onnxruntime")
+IMAGE_FOR = {"ultraface": "astronaut", "fastestdet": "coffee", "mobilenetv2": "chelsea",
+             "ppocrv4_det": "page", "ppocr_cls": "page", "nanodet_m": "coffee"}
+NANODET_PREPROCESS = {"color": "BGR", "resize": {"mode": "stretch", "interpolation": "area"}, "scale": 1,
+                      "mean": [103.53, 116.28, 123.675], "std": [57.375, 57.12, 58.395]}
+LITED = [sys.executable, "-m", "lited.cli"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _need_engines():
+    missing = [k for k in NEW_ENGINES if not ENGINES.get(k).available()]
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{', '.join(missing)} not installed (make test installs the extras)")
+        pytest.skip(f"{', '.join(missing)} not installed (pip install '.[openvino,onnxruntime]')")
+
+
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory) -> Path:
+    """Bundles of the shared models with their ONNX listed for OpenVINO and onnxruntime."""
+    out = tmp_path_factory.mktemp("multi")
+    for name in ("ultraface", "fastestdet", "mobilenetv2", "ppocr_cls", "ppocrv4_det"):
+        make_bundle(name, out, engines=NEW_ENGINES)
+    return out
+
+
+def image(name: str) -> np.ndarray:
+    return cv2.imread(str(need_shared("images", f"{IMAGE_FOR[name]}.png")))
+
+
+
+
+# --- the same answers ---------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["ultraface", "fastestdet", "mobilenetv2", "ppocr_cls", "ppocrv4_det", "nanodet_m"])
+def test_raw_outputs_match_paddle_lite(name):
+    """The ONNX on OpenVINO and onnxruntime computes what the .nb computes on
+    Paddle Lite x86, from the same preprocessed real image."""
+    manifest = json.loads((Path(__file__).parent / "bundles" / f"{name}.json").read_text()) \
+        if name != "nanodet_m" else {"preprocess": NANODET_PREPROCESS, "inputs": [{"shape": [1, 3, 416, 416]}]}
+    pre = Preprocessor(manifest["preprocess"], manifest["inputs"][0]["shape"])
+    pre(image(name))
+    reference = open_engine("paddle_lite", str(need_shared("models", name, "model_x86.nb")), {})
+    reference.set_input(0, pre.tensor)
+    expected = [o.copy() for o in reference.run()]
+    for kind in NEW_ENGINES:
+        engine = open_engine(kind, str(shared_onnx(name)), {})
+        engine.set_input(0, pre.tensor)
+        got = engine.run()
+        assert [o.shape for o in got] == [o.shape for o in expected], kind
+        for g, e in zip(got, expected):
+            np.testing.assert_allclose(g, e, rtol=1e-3, atol=2e-4 * max(1.0, float(np.abs(e).max())), err_msg=kind)
+
+
+@pytest.mark.parametrize("name", ["ultraface", "fastestdet", "mobilenetv2", "ppocr_cls", "ppocrv4_det"])
+def test_decoded_results_match_paddle_lite_within_the_golden_tolerance(multi, name):
+    bundle = load_bundle(multi / name)
+    reference = Model(bundle, engine="paddle_lite").infer(image(name))
+    assert reference["detections"] or reference["classes"]
+    for kind in NEW_ENGINES:
+        model = Model(bundle, engine=kind)
+        assert (model.choice.engine, model.model_file.path.name) == (kind, "model.onnx")
+        assert compare(model.infer(image(name)), reference) == [], kind
+
+
+# --- zero copy in the engine process -----------------------------------------
+
+@pytest.mark.parametrize("kind", NEW_ENGINES)
+def test_the_engine_process_binds_shared_memory_without_copies(kind):
+    """Inputs are read where preprocessing wrote them, outputs written where the
+    parent reads them: after the first run into each output set, no copy."""
+    path = str(shared_onnx("nanodet_m"))  # six outputs
+    local = open_engine(kind, path, {})
+    remote = EngineProcess(kind, path, {})
+    shape = (1, 3, 416, 416)
+    try:
+        xs = [np.random.default_rng(k).standard_normal(shape).astype(np.float32) for k in range(SETS)]
+        for k, x in enumerate(xs):
+            remote.input_view(0, shape, input_set=k)[...] = x
+        for round_ in range(3):
+            for k in range(SETS):
+                remote.submit(input_set=k, output_set=(k + round_) % SETS)
+            for k in range(SETS):
+                local.set_input(0, xs[k])
+                got = remote.collect()
+                assert all(np.array_equal(g, e) for g, e in zip(got, local.run())), (round_, k)
+        counts = remote.stats()
+        outputs = len(remote.output_names)
+        assert counts == {"runs": 3 * SETS, "in_copies": 0, "out_copies": outputs * SETS}, counts
+        remote.input_view(0, shape, input_set=0)[...] *= 0.5  # read in place: the next run sees it
+        remote.submit(0, 0)
+        local.set_input(0, xs[0] * 0.5)
+        assert all(np.array_equal(g, e) for g, e in zip(remote.collect(), local.run()))
+        assert remote.stats()["out_copies"] == outputs * SETS
+    finally:
+        remote.close()
+
+
+def test_paddle_lite_through_the_engine_process_copies_in_and_out():
+    path = str(need_shared("models", "fastestdet", "model_x86.nb"))
+    remote = EngineProcess("paddle_lite", path, {})
+    try:
+        remote.input_view(0, (1, 3, 352, 352), input_set=0)[...] = 0.5
+        for _ in range(4):
+            remote.run(0, 0)
+        assert remote.stats() == {"runs": 4, "in_copies": 4, "out_copies": 4}
+    finally:
+        remote.close()
+
+
+@pytest.mark.parametrize("static_shapes", [True, False])
+def test_openvino_survives_input_shapes_changing_between_runs(static_shapes):
+    """Binding an output of a dynamic-shape model corrupts OpenVINO's heap;
+    the engine binds only static outputs (one compile per shape), so PP-OCR
+    det on changing shapes gives onnxruntime's answers and lives."""
+    path = str(shared_onnx("ppocrv4_det"))
+    reference = open_engine("onnxruntime", path, {})
+    remote = EngineProcess("openvino", path, {"static_shapes": static_shapes})
+    try:
+        for i, (h, w) in enumerate([(192, 384), (256, 384), (224, 320), (192, 384), (320, 320)]):
+            x = np.random.default_rng(i).random((1, 3, h, w), np.float32)
+            remote.input_view(0, x.shape, input_set=i % SETS)[...] = x
+            got = remote.run(input_set=i % SETS, output_set=i % 2)
+            reference.set_input(0, x)
+            np.testing.assert_allclose(got[0], reference.run()[0], atol=2e-4)
+    finally:
+        remote.close()
+
+
+# --- threads ------------------------------------------------------------------
+
+def _threads_of(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+@pytest.mark.parametrize("kind, path", [("paddle_lite", "fastestdet/model_x86.nb"),
+                                        ("onnxruntime", "fastestdet/onnx/FastestDet.onnx"),
+                                        ("openvino", "fastestdet/onnx/FastestDet.onnx")])
+def test_each_engine_honours_threads(kind, path):
+    """Paddle Lite x86 through OMP_NUM_THREADS in its engine process, the
+    others through their own options: 2 threads make more threads than 1."""
+    counts = {}
+    for threads in (1, 2):
+        remote = EngineProcess(kind, str(need_shared("models", path)), {"threads": threads})
+        try:
+            remote.input_view(0, (1, 3, 352, 352), input_set=0)[...] = 0.5
+            remote.run(0, 0)
+            assert remote.device.endswith(f"{threads} thread{'s' if threads > 1 else ''}"), remote.device
+            if kind == "paddle_lite":
+                environ = open(f"/proc/{remote.pid}/environ", "rb").read().split(b"\0")
+                assert f"OMP_NUM_THREADS={threads}".encode() in environ
+            counts[threads] = _threads_of(remote.pid)
+        finally:
+            remote.close()
+    assert counts[2] > counts[1], counts
+
+
+def test_two_streams_on_one_model_share_the_cores(tmp_path, multi):
+    """Two streams each asking for every core get half of them each: one
+    engine process per stream, together no more threads than cores."""
+    cores = len(os.sched_getaffinity(0))
+    config = {"models": {"det": {"bundle": str(multi / "fastestdet"), "engine": "onnxruntime", "threads": cores}},
+              "streams": [{"name": n, "source": "synth://?size=320x240&fps=5", "model": "det"} for n in ("a", "b")]}
+    daemon = DaemonProcess(tmp_path, config).start()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # the request socket answers before the streams are warm
+            streams = daemon.client().status()["streams"]
+            if len(streams) == 2 and all(s["model"] for s in streams):
+                break
+            time.sleep(0.2)
+        each = max(1, cores // 2)
+        assert len(streams) == 2
+        for stream in streams:
+            assert stream["model"]["engine"] == "onnxruntime"
+            assert stream["model"]["device"] == f"cpu, {each} thread{'s' if each > 1 else ''}", stream["model"]
+    finally:
+        assert daemon.stop() == 0, daemon.output()
+    assert "exceed the" in daemon.output()  # said in the log, with what it runs instead
+
+
+# --- bundles with several files per target -------------------------------------
+
+def test_the_bundle_order_picks_the_engine_and_inspect_says_why(multi):
+    proc = subprocess.run([*LITED, "inspect", "--bundle", str(multi / "fastestdet"), "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert (info["engine"]["kind"], info["engine"]["file"]) == ("openvino", "model.onnx")
+    assert info["engine"]["why"] == "the bundle's first choice"
+    assert [(f["file"], f["engines"]) for f in info["models"]["x86"]] == [
+        ("model.onnx", ["openvino", "onnxruntime"]), ("model_x86.nb", ["paddle_lite"])]
+    proc = subprocess.run([*LITED, "inspect", "--bundle", str(multi / "fastestdet"), "--engine", "paddle_lite"],
+                          capture_output=True, text=True, timeout=120)
+    assert "model_x86.nb on paddle_lite" in proc.stdout and "asked for" in proc.stdout, proc.stdout
+
+
+def test_an_engine_not_installed_falls_to_the_next_one_listed(multi, tmp_path):
+    """As on a board without OpenVINO: onnxruntime runs the ONNX, says why,
+    and the self-test names what it skipped."""
+    root = _with_golden(multi / "ultraface", tmp_path / "ultraface")
+    code = f"""
+import sys
+sys.modules["openvino"] = None  # as if the openvino extra were not installed
+from lited.bundle import load_bundle
+from lited.model import Model
+model = Model(load_bundle({str(root)!r}))
+print(model.choice.engine, "|", model.choice.why)
+from lited.cli import main
+sys.exit(main(["selftest", "--bundle", {str(root)!r}]))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "onnxruntime | the bundle's choice 2 (openvino not installed)", proc.stdout
+    assert "on openvino (model.onnx, fp32): skipped, not installed here (openvino)" in proc.stdout
+    assert lines[-1] == "selftest ultraface 1.0.0: ok on onnxruntime, paddle_lite (2 file/engine pairs)"
+
+
+def test_asking_for_an_engine_the_bundle_does_not_list_is_refused(multi, bundles_dir):
+    with pytest.raises(BundleError, match=r"models\.x86: no file for openvino \(the bundle lists paddle_lite"):
+        Model(load_bundle(bundles_dir / "fastestdet"), engine="openvino")
+
+
+def _with_golden(src: Path, dst: Path) -> Path:
+    """A copy of the bundle with a golden image whose expectation Paddle Lite gave."""
+    shutil.copytree(src, dst)
+    shutil.copy(need_shared("images", "astronaut.png"), dst / "golden.png")
+    bundle = load_bundle(dst)
+    expected = Model(bundle, engine="paddle_lite").infer(cv2.imread(str(dst / "golden.png")))
+    manifest = dict(bundle.manifest, golden={"image": "golden.png", "expected": {
+        k: expected[k] for k in ("detections", "classes")}})
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    return dst
+
+
+def test_selftest_runs_every_engine_listed_and_catches_the_one_that_disagrees(multi, tmp_path):
+    root = _with_golden(multi / "ultraface", tmp_path / "ultraface")
+    proc = subprocess.run([*LITED, "selftest", "--bundle", str(root)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for kind, file in (("openvino", "model.onnx"), ("onnxruntime", "model.onnx"), ("paddle_lite", "model_x86.nb")):
+        assert f"on {kind} ({file}, fp32): ok (1 detections" in proc.stdout, proc.stdout
+    # the ONNX's engines must now find no face: both fail, each named, and Paddle Lite still passes
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["models"]["x86"][0]["expected"] = {"detections": [], "classes": []}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    proc = subprocess.run([*LITED, "selftest", "--bundle", str(root)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    for kind in ("openvino", "onnxruntime"):
+        assert f"on {kind} (model.onnx, fp32) FAILED: detections: 1 found, 0 expected" in proc.stderr, proc.stderr
+    assert "on paddle_lite (model_x86.nb, fp32): ok" in proc.stdout
+    # an ONNX its engines cannot read (sealed again after the damage): each fails with the reason
+    data = bytearray((root / "model.onnx").read_bytes())
+    data[len(data) // 2:len(data) // 2 + 4096] = b"\x07" * 4096
+    (root / "model.onnx").write_bytes(bytes(data))
+    (root / "manifest.json").write_text(json.dumps(seal_models(manifest, root)))
+    proc = subprocess.run([*LITED, "selftest", "--bundle", str(root)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "on openvino (model.onnx, fp32) FAILED: " in proc.stderr and "OpenVINO refused the model: FrontEnd API" \
+        in proc.stderr, proc.stderr
+    assert "on onnxruntime (model.onnx, fp32) FAILED: " in proc.stderr and "onnxruntime refused the model" \
+        in proc.stderr
+    assert "on paddle_lite (model_x86.nb, fp32): ok" in proc.stdout
+
+
+def test_a_corrupt_second_file_refuses_the_bundle(multi, tmp_path):
+    root = tmp_path / "b"
+    shutil.copytree(multi / "fastestdet", root)
+    with open(root / "model.onnx", "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"\xff" * 8)
+    with pytest.raises(BundleError, match=r"model\.onnx: sha256 mismatch \(models\.x86\[0\]\.sha256\)"):
+        load_bundle(root)
+
+
+def test_config_picks_engine_precision_and_threads_per_model(tmp_path, multi):
+    from lited.config import ConfigError, parse_config
+
+    cfg = parse_config({"models": {"a": str(multi / "fastestdet"),
+                                   "b": {"bundle": str(multi / "ultraface"), "engine": "onnxruntime", "threads": 2}}})
+    assert cfg.models["b"] == str(multi / "ultraface")
+    assert (cfg.model_settings["b"].engine, cfg.model_settings["b"].threads) == ("onnxruntime", 2)
+    assert cfg.model_settings["a"].engine is None
+    with pytest.raises(ConfigError) as info:
+        parse_config({"models": {"a": {"bundle": "x", "engine": "tflite", "threads": 0, "precision": "int4",
+                                       "speed": 1}}})
+    for part in ("models.a.engine: unknown \"tflite\"", "models.a.threads: expected an integer from 1",
+                 "models.a.precision: unknown \"int4\"", "models.a.speed: unknown field"):
+        assert part in str(info.value), str(info.value)
+
+
+# --- cascades: every stage picks its file and engine --------------------------
+
+def _demo_with_onnx(root: Path) -> Path:
+    """The demo cascade with the ONNX originals of its detector and its
+    classifier stage listed after their `.nb` (schema 2 in a stage too)."""
+    shutil.copytree(DEMO_BUNDLE, root)
+    shutil.copy(shared_onnx("ppocrv4_det"), root / "model.onnx")
+    shutil.copy(need_shared("models", "ppocr_cls", "onnx", "ch_ppocr_mobile_v2.0_cls_infer.onnx"),
+                root / "cls_model.onnx")
+    manifest = json.loads((root / "manifest.json").read_text())
+    first, cls = manifest["models"], manifest["stages"][0]["models"]
+    first["x86"] = [{**first["x86"], "engines": ["paddle_lite"]}, {"file": "model.onnx", "engines": ["onnxruntime"]}]
+    cls["x86"] = [{**cls["x86"], "engines": ["paddle_lite"]},
+                  {"file": "cls_model.onnx", "engines": ["onnxruntime", "openvino"]}]
+    (root / "manifest.json").write_text(json.dumps(seal_models({**manifest, "schema": 2}, root)))
+    return root
+
+
+def test_a_stage_lists_several_files_and_runs_on_the_first_stage_engine(tmp_path):
+    from lited.bundle import Choice
+
+    bundle = load_bundle(_demo_with_onnx(tmp_path / "demo"))
+    cls, rec = bundle.stages
+    assert [f.field for f in cls.model_files()] == ["stages[0].models.x86[0]", "stages[0].models.x86[1]"]
+    first = bundle.choose()
+    assert (first.engine, cls.choose_like(None, first).engine) == ("paddle_lite", "paddle_lite")
+    for kind in ("onnxruntime", "openvino"):
+        picked = cls.choose_like(None, Choice(first.model, kind, "test"))
+        assert (picked.model.path.name, picked.engine, picked.why) == ("cls_model.onnx", kind,
+                                                                         "the first stage's engine")
+    # a stage that does not list the engine runs on its own first choice
+    assert rec.choose_like(None, Choice(first.model, "onnxruntime", "test")).engine == "paddle_lite"
+
+    golden = bundle.golden
+    model = Model(bundle, engine="onnxruntime")
+    try:
+        assert [model.choice.engine] + [s.part.choice.engine for s in model.cascade.stages] == \
+            ["onnxruntime", "onnxruntime", "paddle_lite"]
+        result = model.infer(cv2.imread(str(bundle.root / golden["image"])))
+    finally:
+        model.close()
+    assert compare(result, golden["expected"], golden.get("tolerance", {})) == []
+
+
+def test_a_stage_file_is_refused_with_its_field_path(tmp_path):
+    root = _demo_with_onnx(tmp_path / "demo")
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["stages"][0]["models"]["x86"][1]["engines"] = ["paddle_lite"]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"stages\[0\]\.models\.x86\[1\]\.engines: paddle_lite cannot run "
+                                          r"\"cls_model\.onnx\""):
+        load_bundle(root)
+    manifest["stages"][0]["models"]["x86"][1]["engines"] = ["onnxruntime"]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    (root / "cls_model.onnx").write_bytes(b"x")
+    with pytest.raises(BundleError, match=r"cls_model\.onnx: .* \(truncated or wrong file\)"):
+        load_bundle(root)
