@@ -13,8 +13,13 @@ from lited.client import Client, ClientError, DaemonUnreachable
 
 
 class DaemonProcess:
-    def __init__(self, tmp: Path, config: dict, args: tuple = (), env: dict | None = None) -> None:
+    def __init__(self, tmp: Path, config: dict, args: tuple = (), env: dict | None = None,
+                 wrapper: tuple = (), python: tuple = ("-m", "lited.cli")) -> None:
+        """`wrapper`: argv run in front of the interpreter (unshare, setpriv);
+        `python`: what the interpreter runs (a test script that installs a fault hook)."""
         self.tmp = Path(tmp)
+        self.wrapper = tuple(wrapper)
+        self.python = tuple(python)
         self.run_dir = self.tmp / "run"
         self.config = {"runtime_dir": str(self.run_dir), **config}
         self.config_path = self.tmp / "lited.json"
@@ -39,8 +44,9 @@ class DaemonProcess:
     def start(self, timeout: float = 60) -> "DaemonProcess":
         self.write_config()
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "lited.cli", "serve", "--config", str(self.config_path),
-                                      *self.args], stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
+        self.proc = subprocess.Popen([*self.wrapper, sys.executable, *self.python, "serve", "--config",
+                                      str(self.config_path), *self.args],
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + timeout
         with Client(self.req, timeout=1) as client:
             while time.monotonic() < deadline:

@@ -60,7 +60,7 @@ def _publish(ring: FrameRing, value) -> tuple:
 def test_round_trip_real_frames(make_ring):
     writer = make_ring(slots=3, shape=(480, 640, 3))
     assert writer.name == f"lited-{boot_id()}-{os.getpid()}-{writer.name.split('-', 3)[3]}"
-    assert stat.S_IMODE(os.stat(writer.path).st_mode) == 0o640
+    assert stat.S_IMODE(os.stat(writer.path).st_mode) == 0o440
     img = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
     slot, arr = writer.begin_write()
     np.copyto(arr, img)

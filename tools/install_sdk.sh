@@ -118,6 +118,19 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
+# A SIGKILLed run cannot clean up: its scratch dir stays. Each run holds a lock
+# on its own dir; the next run removes every one of ours that nobody holds (its
+# installer is gone) once it is over 5 s old (a run takes its lock a moment
+# after making its dir).
+exec 8<"$scratch"
+flock -n 8 || true
+now=$(date +%s)
+for old in "${TMPDIR:-/tmp}"/install_sdk.*; do
+    [ "$old" != "$scratch" ] && [ -d "$old" ] && [ ! -L "$old" ] && [ -O "$old" ] || continue
+    if flock -n "$old" true 2>/dev/null && [ $((now - $(stat -c %Y "$old"))) -gt 5 ]; then
+        rm -rf "$old"
+    fi
+done
 
 mkdir -p "$bundles"
 exec 9>"$bundles/.lock"

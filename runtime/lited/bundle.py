@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from lited.files import MAX_MODEL_BYTES, FileRefused, open_regular, read_capped
 from lited.validate import Checker, is_number, shown, type_name
 
 SCHEMA = 2          # the newest manifest schema this lited reads
@@ -27,6 +28,11 @@ SCHEMA = 2          # the newest manifest schema this lited reads
 SCHEMAS = (1, 2)
 SCHEMA_2_FIELDS = ("engines", "precision", "expected")  # file fields schema 1 does not have
 RESIZE_MODES = ("stretch", "letterbox", "short_side_crop", "keep_ratio", "fit_height")
+# Caps on what a bundle may make the daemon read (a manifest that is /dev/zero,
+# a 50 MB labels file): every read is bounded, regular files only (lited/files.py).
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_LABELS_BYTES = 4 << 20
+MAX_LABELS = 100_000
 INTERPOLATIONS = ("nearest", "linear", "area", "cubic")
 # Which targets run on which machines (`platform.machine()`).
 TARGET_MACHINES = {
@@ -225,7 +231,7 @@ def check_target_runs_here(target: str, where: str) -> None:
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_regular(path, MAX_MODEL_BYTES) as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -272,7 +278,13 @@ def check_model_file(model: ModelFile) -> list:
     size = path.stat().st_size
     if model.size is not None and size != model.size:
         return [f"{name}: {size} bytes, manifest says {model.size} (truncated or wrong file)"]
-    if sha256_file(path) != model.sha256.lower():
+    try:
+        digest = sha256_file(path)
+    except FileRefused as exc:  # replaced by a FIFO or a device meanwhile, or over MAX_MODEL_BYTES
+        return [f"{name}: {exc.reason}"]
+    except OSError as exc:
+        return [f"{name}: cannot be read ({exc.strerror or exc})"]
+    if digest != model.sha256.lower():
         return [f"{name}: sha256 mismatch ({model.field}.sha256)"]
     if model.params is not None:
         return check_model_file(model.params)
@@ -290,8 +302,8 @@ def check_model_file(model: ModelFile) -> list:
 def read_nb_header(path: Path) -> dict:
     """Version and kernel targets of a Paddle Lite `.nb`, read from its header
     and topology (the weights are only walked). Raises ValueError if truncated."""
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
+    with open_regular(path, MAX_MODEL_BYTES) as fh:
+        size = os.fstat(fh.fileno()).st_size
         head = fh.read(NB_HEADER.size)
         if len(head) < NB_HEADER.size:
             raise ValueError(f"{size} bytes, too small for a Paddle Lite model (truncated)")
@@ -428,6 +440,9 @@ def _check_part(c: BundleChecker, spec: dict, root: Path, where: str) -> None:
         full = c.safe_path(root, labels, where + "labels")
         if full is not None and not full.is_file():
             c.add(where + "labels", f"{labels}: missing")
+        elif full is not None and full.stat().st_size > MAX_LABELS_BYTES:
+            c.add(where + "labels", f"{labels}: {full.stat().st_size} bytes, over the limit of "
+                                    f"{MAX_LABELS_BYTES >> 20} MiB")
 
 
 def _check_models(c: BundleChecker, manifest: dict, root: Path, where: str = "") -> None:
@@ -757,8 +772,12 @@ def split_labels(text: str) -> list:
 
 
 def read_labels(path: Path) -> list:
-    with open(path, encoding="utf-8", newline="") as fh:
-        return split_labels(fh.read())
+    """The labels (split_labels); FileRefused over MAX_LABELS_BYTES or
+    MAX_LABELS labels, UnicodeDecodeError if not UTF-8."""
+    labels = split_labels(read_capped(path, MAX_LABELS_BYTES).decode("utf-8"))
+    if len(labels) > MAX_LABELS:
+        raise FileRefused(path, f"{len(labels)} labels, over the limit of {MAX_LABELS}")
+    return labels
 
 
 def load_bundle(path: str | os.PathLike, check_models: bool = True) -> Bundle:
@@ -773,10 +792,13 @@ def load_bundle(path: str | os.PathLike, check_models: bool = True) -> Bundle:
     if not root.is_dir():
         raise BundleError(str(root), ["not a directory"])
     try:
-        with open(root / "manifest.json", encoding="utf-8") as fh:
-            manifest = json.load(fh)
+        manifest = json.loads(read_capped(root / "manifest.json", MAX_MANIFEST_BYTES).decode("utf-8"))
     except FileNotFoundError:
         raise BundleError(where, ["missing"]) from None
+    except FileRefused as exc:  # a FIFO, a device, a directory, or too big: never read (or waited on) whole
+        raise BundleError(where, [exc.reason]) from None
+    except OSError as exc:
+        raise BundleError(where, [f"cannot be read ({exc.strerror or exc})"]) from None
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
         raise BundleError(where, [f"not valid JSON ({exc})"]) from None
     problems = validate_manifest(manifest, root)
@@ -795,6 +817,8 @@ def _labels_of(root: Path, part: dict, prefix: str, where: str) -> list:
         return []
     try:
         return read_labels(root / part["labels"])
+    except FileRefused as exc:
+        raise BundleError(where, [f"{prefix}labels: {part['labels']}: {exc.reason}"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise BundleError(where, [f"{prefix}labels: {part['labels']}: not readable as UTF-8 text "
                                   f"({type(exc).__name__})"]) from None

@@ -20,6 +20,11 @@ read: its runtime_dir and endpoints), else the default runtime directory's
 sockets; `lited ctl` uses the same rule. A missing or dead ipc:// socket
 raises DaemonUnreachable at once instead of waiting for a reply that cannot
 come, and a Subscriber asked for a stream the daemon does not have says so.
+
+Before talking over an ipc:// socket, both check that the daemon behind it
+runs as a user they trust (themselves, root, or the service user `lited`;
+`trusted_uids` to say otherwise) and that nobody else could have replaced
+the socket: `UntrustedPeer` (a PermissionError) if not (lited/runtime_dir.py).
 """
 from __future__ import annotations
 
@@ -35,10 +40,11 @@ import zmq
 
 from lited import protocol
 from lited.config import DEFAULT_CONFIG, client_endpoints, default_runtime_dir
+from lited.runtime_dir import PeerCheck, UntrustedPeer
 from lited.stream.ring import FrameOverwritten, FrameRing, RingError, RingGone
 
 __all__ = ["Client", "ClientError", "DaemonUnreachable", "FrameOverwritten", "RingGone", "Subscriber",
-           "daemon_endpoints"]
+           "UntrustedPeer", "daemon_endpoints"]
 
 
 class ClientError(Exception):
@@ -122,13 +128,17 @@ class Subscriber:
     def __init__(self, endpoint: Optional[str] = None, streams: Optional[list] = None, events: bool = False,
                  context: Optional[zmq.Context] = None, curve: Optional[dict] = None,
                  config: Union[str, os.PathLike, None] = None, check: bool = True,
-                 request_endpoint: Optional[str] = None, answers: bool = False) -> None:
+                 request_endpoint: Optional[str] = None, answers: bool = False,
+                 trusted_uids: Optional[set] = None) -> None:
         if endpoint is None:
             endpoint, found_req = daemon_endpoints(config)
             request_endpoint = request_endpoint or found_req
         self.endpoint = endpoint
+        self._peer = PeerCheck(endpoint, trusted_uids)
+        self._peer.verify()  # before ZeroMQ connects and greets it
         if check:
-            _check_streams(endpoint, request_endpoint or _request_endpoint_beside(endpoint), streams, context, curve)
+            _check_streams(endpoint, request_endpoint or _request_endpoint_beside(endpoint), streams, context, curve,
+                           trusted_uids)
         self.context = context or zmq.Context.instance()
         self.socket = self.context.socket(zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -152,6 +162,7 @@ class Subscriber:
             if timeout is not None and not self.socket.poll(int(timeout * 1000)):
                 return None
             frames = self.socket.recv_multipart()
+            self._peer.verify()  # cheap unless the socket file changed (a daemon restart)
             if len(frames) != 2:
                 self.malformed += 1
                 continue
@@ -232,8 +243,10 @@ class Client:
 
     def __init__(self, endpoint: Optional[str] = None, timeout: float = 10.0,
                  context: Optional[zmq.Context] = None, curve: Optional[dict] = None,
-                 config: Union[str, os.PathLike, None] = None) -> None:
+                 config: Union[str, os.PathLike, None] = None, trusted_uids: Optional[set] = None) -> None:
         self.endpoint = endpoint or daemon_endpoints(config)[1]
+        self._peer = PeerCheck(self.endpoint, trusted_uids)
+        self._peer.verify()  # before ZeroMQ connects and greets it
         self.context = context or zmq.Context.instance()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -244,7 +257,10 @@ class Client:
         self._answered = False
 
     def call(self, method: str, timeout: Optional[float] = None, **params: Any) -> Any:
-        """Send a request, wait for its reply; ClientError (DaemonUnreachable) or TimeoutError."""
+        """Send a request, wait for its reply; ClientError (DaemonUnreachable),
+        TimeoutError, or UntrustedPeer before anything is sent to a daemon it
+        must not trust."""
+        self._peer.verify()
         if not self._answered:
             problem = unreachable(self.endpoint)
             if problem:
@@ -311,14 +327,14 @@ class Client:
 
 
 def _check_streams(pub: str, req: Optional[str], streams: Optional[list], context: Optional[zmq.Context],
-                   curve: Optional[dict]) -> None:
+                   curve: Optional[dict], trusted_uids: Optional[set] = None) -> None:
     """DaemonUnreachable or ClientError(`not_found`) now, rather than silence for ever."""
     problem = unreachable(pub)
     if problem:
         raise DaemonUnreachable(problem)
     if not streams or req is None or unreachable(req):
         return  # no request socket to ask (a custom layout, tcp://): nothing more to check
-    with Client(req, timeout=10, context=context, curve=curve) as client:
+    with Client(req, timeout=10, context=context, curve=curve, trusted_uids=trusted_uids) as client:
         have = [s["stream"] for s in client.status()["streams"]]
     missing = [s for s in streams if s not in have]
     if missing:

@@ -11,6 +11,7 @@ daemon reads it as `config.file.<section>`.
 """
 from __future__ import annotations
 
+import grp
 import ipaddress
 import json
 import os
@@ -23,6 +24,8 @@ import msgspec
 from msgspec import Meta, Struct
 from msgspec import inspect as mi
 
+from lited.errors import first_line
+from lited.files import FileRefused, read_capped
 from lited.stream.feed import POLICIES
 from lited.validate import Checker, choice_problem, has_type, name_problem, shown, type_name
 
@@ -34,6 +37,7 @@ except ImportError:  # Python 3.8
 #: Where the service's config lives (systemd/lited.service); `lited ctl` and
 #: `lited config check` read it when no --config is given.
 DEFAULT_CONFIG = Path("/etc/lited/lited.conf")
+MAX_CONFIG_BYTES = 1 << 20  # a config is read whole: a FIFO or /dev/zero must not be waited on or read for ever
 
 
 class ConfigError(Exception):
@@ -118,6 +122,13 @@ class CurveSection(Section):
 class LimitsSection(Section):
     max_request_bytes: Annotated[int, Meta(ge=1024, le=1 << 30)] = 16 << 20
     pub_hwm: Annotated[int, Meta(ge=1, le=1 << 20, description="messages queued per subscriber before PUB drops")] = 1000
+    max_inflight_bytes: Optional[Annotated[int, Meta(ge=1024, le=16 << 30, description=(
+        "bytes all requests in flight may hold together, decoding included (at least max_request_bytes; "
+        "default 128 MiB)"))]] = None
+    engine_timeout: Annotated[Seconds, Meta(description="seconds an engine process may take to answer a run "
+                                            "before it counts as stuck and is killed")] = 20.0
+    max_clients: Annotated[int, Meta(ge=1, le=1024, description="clients connected to the request socket(s) "
+                                     "at once")] = 16
 
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -312,14 +323,18 @@ class Config:
     raw: dict = field(default_factory=dict)
     file: Optional[ConfigFile] = None  # the typed file: later sections are read from here
     model_settings: dict = field(default_factory=dict)  # name -> ModelSettings
+    max_inflight_bytes: int = 128 << 20
+    engine_timeout: float = 20.0
+    max_clients: int = 16
 
 
 def default_runtime_dir() -> Path:
-    """systemd's RuntimeDirectory, else /run/lited if we may write there,
-    else $XDG_RUNTIME_DIR/lited, else /tmp/lited-<uid>."""
+    """systemd's RuntimeDirectory, else /run/lited if we may write there or
+    create it (root), else $XDG_RUNTIME_DIR/lited, else /tmp/lited-<uid>
+    (the daemon creates and checks it: service/bus.py, lited/runtime_dir.py)."""
     if os.environ.get("RUNTIME_DIRECTORY"):
         return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0])
-    if os.access("/run/lited", os.W_OK):
+    if os.access("/run/lited", os.W_OK) or (not os.path.lexists("/run/lited") and os.access("/run", os.W_OK)):
         return Path("/run/lited")
     if os.environ.get("XDG_RUNTIME_DIR"):
         return Path(os.environ["XDG_RUNTIME_DIR"]) / "lited"
@@ -364,7 +379,11 @@ def parse_config(raw: Any, path: Optional[Path] = None, base_dir: Optional[Path]
     models, settings = {}, {}
     for name, entry in file.models.items():
         bundle = entry if isinstance(entry, str) else entry.bundle
-        models[name] = bundle if os.path.isabs(bundle) else str((base / bundle).resolve())
+        try:
+            models[name] = bundle if os.path.isabs(bundle) else str((base / bundle).resolve())
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python 3.10)
+            c.add(f"models.{name}", f"{bundle!r} cannot be resolved ({first_line(exc)})")
+            continue
         settings[name] = ModelSettings() if isinstance(entry, str) else \
             ModelSettings(entry.engine, entry.precision, entry.threads)
     only = next(iter(models)) if len(models) == 1 else None
@@ -378,13 +397,24 @@ def parse_config(raw: Any, path: Optional[Path] = None, base_dir: Optional[Path]
         raise ConfigError(where, c.problems)
     pub, req = _endpoints(file.endpoints, runtime_dir)
     curve = msgspec.structs.asdict(file.curve) if file.curve else None
+    limits = file.limits
+    inflight = limits.max_inflight_bytes if limits.max_inflight_bytes is not None else \
+        max(128 << 20, limits.max_request_bytes)
     return Config(path, runtime_dir, state_dir, models, streams, pub, req,
-                  curve, file.insecure_tcp, file.group, file.limits.max_request_bytes, file.limits.pub_hwm,
-                  file.request_workers, float(file.status_interval), http, uplink, raw, file, settings)
+                  curve, file.insecure_tcp, file.group, limits.max_request_bytes, limits.pub_hwm,
+                  file.request_workers, float(file.status_interval), http, uplink, raw, file, settings,
+                  max_inflight_bytes=inflight, engine_timeout=float(limits.engine_timeout),
+                  max_clients=limits.max_clients)
 
 
 def _check_references(c: Checker, raw: dict) -> None:
-    """What one field cannot say alone: a stream's model is in models, stream names are unique."""
+    """What one field cannot say alone: a stream's model is in models, stream
+    names are unique, the in-flight budget holds one request."""
+    limits = raw.get("limits") if isinstance(raw.get("limits"), dict) else {}
+    inflight, max_req = limits.get("max_inflight_bytes"), limits.get("max_request_bytes", 16 << 20)
+    if has_type(inflight, int) and has_type(max_req, int) and inflight < max_req:
+        c.add("limits.max_inflight_bytes", f"{inflight} is less than limits.max_request_bytes ({max_req}): "
+                                           "no request of the largest size could ever be served")
     models = raw.get("models") if isinstance(raw.get("models"), dict) else {}
     streams = raw.get("streams") if isinstance(raw.get("streams"), list) else []
     seen = set()
@@ -408,15 +438,19 @@ def read_config_file(path: Union[str, os.PathLike]) -> Any:
     """The file's contents as plain data: JSON, else YAML (duplicate keys refused)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_capped(path, MAX_CONFIG_BYTES).decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(str(path), ["missing"]) from None
+    except FileRefused as exc:  # a FIFO would block, /dev/zero would never end
+        raise ConfigError(str(path), [exc.reason]) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(str(path), [f"not UTF-8 text ({exc})"]) from None
     except OSError as exc:
         raise ConfigError(str(path), [exc.strerror or str(exc)]) from None
     try:
         return json.loads(text)
+    except RecursionError:
+        raise ConfigError(str(path), ["not valid JSON (nested too deep)"]) from None
     except ValueError:
         pass
     import yaml
@@ -457,8 +491,16 @@ def _loader() -> type:
 
 
 def load_config(path: Union[str, os.PathLike]) -> Config:
+    """The config the daemon runs with: the file checked, and what it names
+    on this machine (the group: a missing one would fail every stream's ring)."""
     path = Path(path)
-    return parse_config(read_config_file(path), path)
+    config = parse_config(read_config_file(path), path)
+    if config.group is not None:
+        try:
+            grp.getgrnam(config.group)
+        except KeyError:
+            raise ConfigError(str(path), [f"group: no such group {config.group!r}"]) from None
+    return config
 
 
 def client_endpoints(path: Union[str, os.PathLike]) -> Tuple[list, list]:

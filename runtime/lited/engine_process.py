@@ -165,9 +165,16 @@ class EngineProcess(Engine):
 
     input_sets = SETS
 
-    def __init__(self, kind: str, model_path: str, options: Optional[dict] = None) -> None:
+    def __init__(self, kind: str, model_path: str, options: Optional[dict] = None,
+                 checksums: Optional[dict] = None, run_timeout: Optional[float] = None) -> None:
+        """`checksums`: {file: sha256} the child checks on the bytes it loads;
+        `run_timeout`: seconds to wait for any reply after the model is open
+        (None: for ever); past it the child counts as stuck (SIGSTOP, a hung
+        driver call) and is killed, and the call raises EngineError."""
         self.kind = kind
-        self._spec = {"op": "open", "kind": kind, "path": str(model_path), "options": dict(options or {})}
+        self.run_timeout = run_timeout
+        self._spec = {"op": "open", "kind": kind, "path": str(model_path), "options": dict(options or {}),
+                      "checksums": dict(checksums or {})}
         self._image_input = 0
         self._identity = _identity(str(model_path))
         self._sock: Optional[socket.socket] = None
@@ -207,7 +214,7 @@ class EngineProcess(Engine):
         except BaseException:
             self._stop_child()  # the input arenas stay: restart() may try again
             raise
-        parent.settimeout(None)
+        parent.settimeout(self.run_timeout)
         self.inputs = [TensorSpec(name, tuple(shape), dtype) for name, shape, dtype in info["inputs"]]
         self.output_names = list(info["outputs"])
         self.version = info["version"]
@@ -263,6 +270,17 @@ class EngineProcess(Engine):
             if arena is not None:
                 arena.close()
 
+    def _kill_child(self) -> None:
+        """A child that does not answer (SIGSTOPped, wedged in a driver): SIGKILL
+        works on either; the next call finds it dead and restart() replaces it."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            try:
+                proc.wait(5.0)
+            except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL is not ignorable
+                pass
+
     def _call(self, message, fds: Optional[list] = None):
         """Send one request and wait (GIL released) for its reply."""
         if self._pending:
@@ -283,7 +301,10 @@ class EngineProcess(Engine):
         try:
             data, got_fds = self._receiver.recv()
         except socket.timeout:
-            raise EngineError(f"{self._spec['path']}: engine process did not answer in {OPEN_TIMEOUT:.0f} s") from None
+            waited = self._sock.gettimeout()
+            self._kill_child()
+            raise EngineError(f"{self._spec['path']}: engine process did not answer in {waited:g} s "
+                              "(stopped or stuck); killed it") from None
         except OSError:
             data, got_fds = b"", []
         if not data:
@@ -440,7 +461,8 @@ class _Child:
         op = message.get("op")
         if op == "open":
             from lited.engines import open_engine
-            self.engine = engine = open_engine(message["kind"], message["path"], message["options"])
+            self.engine = engine = open_engine(message["kind"], message["path"], message["options"],
+                                               message.get("checksums"))
             return {"inputs": [[s.name, list(s.shape), s.dtype] for s in engine.inputs],
                     "outputs": list(engine.output_names), "version": engine.version,
                     "device": engine.device}, []

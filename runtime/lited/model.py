@@ -35,19 +35,26 @@ class Part:
 
     def __init__(self, spec: ModelSpec, target: Optional[str], options: Optional[dict], isolated: bool,
                  engine: Optional[str] = None, precision: Optional[str] = None,
-                 choice: Optional[Choice] = None) -> None:
+                 choice: Optional[Choice] = None, run_timeout: Optional[float] = None) -> None:
         """`isolated`: run the engine in a child process (engine_process.py),
         as streams and the daemon do, so its `run()` does not hold this
         process's GIL and a crash in the backend does not take it down.
         `engine`, `precision`: the config's choice among this part's files
         (else the bundle's order of preference, see `ModelSpec.choose`);
         `options` (e.g. `threads`) go over the bundle's options for it.
-        `choice`: a file and engine picked already (`ModelSpec.choices`)."""
+        `choice`: a file and engine picked already (`ModelSpec.choices`).
+        `run_timeout` (isolated only): seconds a run may take before the
+        engine process counts as stuck and is killed (EngineError). The
+        engine checks the manifest's sha256 on the very bytes it loads."""
         self.spec = spec
         self.choice = choice or spec.choose(target, engine, precision)
-        self.model_file = self.choice.model
-        opener = EngineProcess if isolated else open_engine
-        self.engine = opener(self.choice.engine, str(self.model_file.path), {**self.choice.options, **(options or {})})
+        self.model_file = mf = self.choice.model
+        checksums = {str(f.path): f.sha256 for f in (mf, mf.params) if f is not None}
+        engine_options = {**self.choice.options, **(options or {})}
+        if isolated:
+            self.engine = EngineProcess(self.choice.engine, str(mf.path), engine_options, checksums, run_timeout)
+        else:
+            self.engine = open_engine(self.choice.engine, str(mf.path), engine_options, checksums)
         try:
             self.image_input = spec.image_input
             self.engine.image_input = self.image_input
@@ -136,19 +143,22 @@ class Model(Part):
 
     def __init__(self, bundle: Bundle, target: Optional[str] = None, options: Optional[dict] = None,
                  warmup: int = 1, isolated: bool = False, engine: Optional[str] = None,
-                 precision: Optional[str] = None, choice: Optional[Choice] = None) -> None:
+                 precision: Optional[str] = None, choice: Optional[Choice] = None,
+                 run_timeout: Optional[float] = None) -> None:
         """`engine`, `precision`, `choice`: the first stage's (see `Part`);
         each later stage runs on the same engine and precision where it
-        lists a file for them, else on its own first choice (`ModelSpec.choose_like`)."""
+        lists a file for them, else on its own first choice (`ModelSpec.choose_like`);
+        `run_timeout`: as for `Part`, every stage's."""
         self.bundle = bundle
         self.name = bundle.name
         self.version = bundle.version
         self.task = bundle.task
         self.cascade = Cascade([])
-        super().__init__(bundle, target, options, isolated, engine, precision, choice)
+        super().__init__(bundle, target, options, isolated, engine, precision, choice, run_timeout)
         try:
             for spec in bundle.stages:
-                part = Part(spec, target, options, isolated, choice=spec.choose_like(target, self.choice))
+                part = Part(spec, target, options, isolated, choice=spec.choose_like(target, self.choice),
+                            run_timeout=run_timeout)
                 self.cascade.stages.append(Stage(spec, part))
             self.warm_up(warmup)
             for stage in self.cascade.stages:

@@ -161,12 +161,14 @@ class Checker:
 
 def _range_text(integer: bool, minimum: Optional[float], maximum: Optional[float], above: Optional[float]) -> str:
     what = "an integer" if integer else "a number"
+    def num(v: float) -> str:
+        return str(int(v)) if integer or float(v).is_integer() and abs(v) < 1e15 else f"{v:g}"
     if above is not None:
-        return f"{what} above {above:g}" + (f" and at most {maximum:g}" if maximum is not None else "")
+        return f"{what} above {num(above)}" + (f" and at most {num(maximum)}" if maximum is not None else "")
     if minimum is not None and maximum is not None:
-        return f"{what} from {minimum:g} to {maximum:g}"
+        return f"{what} from {num(minimum)} to {num(maximum)}"
     if minimum is not None:
-        return f"{what} of at least {minimum:g}"
+        return f"{what} of at least {num(minimum)}"
     if maximum is not None:
-        return f"{what} of at most {maximum:g}"
+        return f"{what} of at most {num(maximum)}"
     return what

@@ -12,14 +12,15 @@ __all__ = ["ENGINES", "Engine", "EngineError", "TensorSpec", "open_engine"]
 ENGINES: Registry[Engine] = Registry("lited.engines", Engine)
 
 
-def open_engine(kind: str, model_path: str, options: dict | None = None) -> Engine:
-    """Load `model_path` with the engine named `kind` (one a manifest lists for the file)."""
+def open_engine(kind: str, model_path: str, options: dict | None = None, checksums: dict | None = None) -> Engine:
+    """Load `model_path` with the engine named `kind` (one a manifest lists for the file);
+    `checksums` ({path: sha256}) are checked on the bytes the engine loads."""
     if kind not in ENGINES:
         raise EngineError(f"unknown engine '{kind}', expected one of {', '.join(ENGINES.kinds())}")
     cls = ENGINES.get(kind)
     if not cls.available():
         raise EngineError(f"engine '{kind}' is not installed here ({cls.package or cls.backend})")
     try:
-        return cls(model_path, options or {})
+        return cls(model_path, options or {}, checksums)
     except ImportError as exc:
         raise EngineError(f"engine '{kind}' is not installed here ({exc.name or exc})") from None

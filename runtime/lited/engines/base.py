@@ -1,6 +1,8 @@
 """The engine interface: what every backend (one file in this package) is.
 
-    engine = open_engine(kind, model_path, options)
+    engine = open_engine(kind, model_path, options, checksums)
+                                     # checksums: {file path: sha256} of the bundle's manifest; the
+                                     # engine loads the very bytes it hashed (read_model_file)
     engine.inputs                    # [TensorSpec(name, shape, dtype)], shape as the model reports it
     engine.set_input(i, array)       # float32, C-contiguous; one copy into the backend
     engine.input_view(i, shape)      # or: a writable view of the backend's own input buffer
@@ -21,15 +23,36 @@ because paddlelite's `run()` holds the GIL.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from dataclasses import dataclass
 from typing import ClassVar, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from lited.files import MAX_MODEL_BYTES, FileRefused, read_capped
+
 
 class EngineError(Exception):
     """The backend is missing, refused the model, or failed while running it."""
+
+
+def read_model_file(path: str, checksums: Optional[dict]) -> bytes:
+    """The bytes of model file `path`, read once, for the backend to load
+    from memory. The bundle's sha256 was checked when it was loaded, but the
+    file may have been replaced since (an upgrade, an attacker): if
+    `checksums` names `path`, the bytes handed over must have that digest."""
+    try:
+        data = read_capped(path, MAX_MODEL_BYTES)
+    except FileRefused as exc:
+        raise EngineError(str(exc)) from None
+    except OSError as exc:
+        raise EngineError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    expected = (checksums or {}).get(str(path))
+    if expected and hashlib.sha256(data).hexdigest() != expected.lower():
+        raise EngineError(f"{path}: sha256 differs from the manifest's: the file changed after the bundle was "
+                          "checked; refusing to load it (reload the bundle)")
+    return data
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from lited.engines.base import EngineError, InPlaceEngine, TensorSpec, bool_option
+from lited.engines.base import EngineError, InPlaceEngine, TensorSpec, bool_option, read_model_file
 from lited.errors import first_line
 
 DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
@@ -54,7 +54,7 @@ class OnnxRuntimeEngine(InPlaceEngine):
     package = "onnxruntime"
     formats = (".onnx", ".ort")
 
-    def __init__(self, model_path: str, options: dict) -> None:
+    def __init__(self, model_path: str, options: dict, checksums: Optional[dict] = None) -> None:
         import onnxruntime as ort  # here, not at import: listing engines must stay cheap
 
         threads = self.threads_of(options, OPTIONS)
@@ -76,8 +76,10 @@ class OnnxRuntimeEngine(InPlaceEngine):
         if DEVICES[device] and not wanted and device != "auto":
             raise EngineError(f"option 'device': {device!r} asked, but this onnxruntime has only "
                               f"{', '.join(available)} (install onnxruntime-gpu or onnxruntime-openvino)")
+        # From memory: the bytes the session gets are the ones checked against the manifest.
+        model_bytes = read_model_file(str(model_path), checksums)
         try:
-            self._session = ort.InferenceSession(str(model_path), so, providers=wanted + ["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(model_bytes, so, providers=wanted + ["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph/... with C++ text
             raise EngineError(f"{model_path}: onnxruntime refused the model: {first_line(exc)}") from None
         used = self._session.get_providers()[0]

@@ -29,11 +29,12 @@ Facts that shaped it (openvino 2026.4.1, CPU plugin, x86_64 AVX2, 2 cores):
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-from lited.engines.base import EngineError, InPlaceEngine, TensorSpec, bool_option, int_option
+from lited.engines.base import EngineError, InPlaceEngine, TensorSpec, bool_option, int_option, read_model_file
 from lited.errors import first_line
 
 OPTIONS = ("threads", "device", "streams", "pin", "static_shapes", "cache_dir", "precision")
@@ -74,7 +75,7 @@ class OpenVinoEngine(InPlaceEngine):
     package = "openvino"
     formats = (".onnx", ".xml")
 
-    def __init__(self, model_path: str, options: dict) -> None:
+    def __init__(self, model_path: str, options: dict, checksums: Optional[dict] = None) -> None:
         import openvino as ov  # here, not at import: listing engines must stay cheap
 
         threads = self.threads_of(options, OPTIONS)
@@ -94,8 +95,18 @@ class OpenVinoEngine(InPlaceEngine):
         if options.get("cache_dir"):
             config["CACHE_DIR"] = str(options["cache_dir"])
         self._config, self._device, self._model_path = config, device, str(model_path)
+        # From memory: the bytes OpenVINO reads are the ones checked against the manifest.
+        model_bytes = read_model_file(str(model_path), checksums)
+        self._weights: Optional[np.ndarray] = None  # an IR's .bin, kept alive for the model made over it
+        if str(model_path).lower().endswith(".xml"):
+            weights = next((p for p in (checksums or {}) if p != str(model_path)),
+                           str(Path(model_path).with_suffix(".bin")))
+            self._weights = np.frombuffer(read_model_file(weights, checksums), np.uint8)
         try:
-            self._model = core.read_model(str(model_path))
+            if self._weights is not None:
+                self._model = core.read_model(model_bytes, ov.Tensor(self._weights))
+            else:
+                self._model = core.read_model(model_bytes)
         except Exception as exc:  # noqa: BLE001
             raise EngineError(f"{model_path}: OpenVINO refused the model: {_message(exc)}") from None
         dynamic = any(i.get_partial_shape().is_dynamic for i in self._model.inputs)

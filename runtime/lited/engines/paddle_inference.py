@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lited.engines.base import Engine, EngineError, TensorSpec, bool_option, check_known, int_option
+from lited.engines.base import Engine, EngineError, TensorSpec, bool_option, check_known, int_option, read_model_file
 from lited.errors import first_line
 
 _PADDLE_SIGNALS = (signal.SIGTERM, signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGFPE, signal.SIGILL)
@@ -95,7 +95,7 @@ class PaddleInferenceEngine(Engine):
     package = "paddlepaddle"
     formats = (".pdmodel",)
 
-    def __init__(self, model_path: str, options: dict) -> None:
+    def __init__(self, model_path: str, options: dict, checksums: dict | None = None) -> None:
         model = Path(model_path)
         params = model.with_suffix(".pdiparams")
         for path in (model, params):
@@ -104,11 +104,15 @@ class PaddleInferenceEngine(Engine):
                                   f"{model.stem}.pdiparams side by side)")
         _check_options(options)
         _load()
+        # Loaded from memory: the bytes the predictor gets are the ones checked against the manifest.
+        program, weights = read_model_file(str(model), checksums), read_model_file(str(params), checksums)
         try:
-            specs, op_types = _read_program(model)
+            specs, op_types = _read_program(program)
         except Exception as exc:  # noqa: BLE001 - paddle raises ValueError/RuntimeError with C++ text
             raise EngineError(f"{model}: Paddle Inference refused the model: {first_line(exc)}") from None
-        config = pi.Config(str(model), str(params))
+        config = pi.Config()
+        config.set_model_buffer(program, len(program), weights, len(weights))
+        del program, weights
         config.disable_glog_info()
         config.enable_memory_optim()
         config.set_cpu_math_library_num_threads(int(options.get("threads", 1)))
@@ -220,9 +224,9 @@ def _alias(array: np.ndarray):
     return paddle.Tensor(value=array, place=paddle.CPUPlace(), zero_copy=True)
 
 
-def _read_program(model: Path) -> tuple:
+def _read_program(data: bytes) -> tuple:
     """Input name -> TensorSpec (from the `feed` ops' variables), and the op types used."""
-    program = core.ProgramDesc(model.read_bytes())
+    program = core.ProgramDesc(data)
     block = program.block(0)  # a view into `program`: keep that alive while reading
     specs, op_types = {}, set()
     for i in range(block.op_size()):

@@ -32,7 +32,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from lited.engines.base import Engine, EngineError, TensorSpec
+from lited.engines.base import Engine, EngineError, TensorSpec, read_model_file
 
 PREDICTORS_PER_SHAPE = 2  # predictors kept for a dynamic-shape model (option `predictors`)
 
@@ -53,7 +53,7 @@ class PaddleLiteEngine(Engine):
         """`OMP_NUM_THREADS` = `threads` (default 1): what the x86 build's kernels follow."""
         return {"OMP_NUM_THREADS": str(int(options.get("threads") or 1))}
 
-    def __init__(self, model_path: str, options: dict) -> None:
+    def __init__(self, model_path: str, options: dict, checksums: dict | None = None) -> None:
         if "paddlelite.lite" not in sys.modules:  # in this process (lited infer): before the library loads
             for key, value in self.process_env(options).items():
                 if options.get("threads") or key not in os.environ:  # else the operator's own setting
@@ -62,7 +62,9 @@ class PaddleLiteEngine(Engine):
 
         self._lite = lite
         config = lite.MobileConfig()
-        config.set_model_from_file(str(model_path))
+        # From memory, not from the file: the bytes loaded (now, and for every
+        # predictor built later for a new input shape) are the bytes checked.
+        config.set_model_from_buffer(read_model_file(str(model_path), checksums))
         threads = options.get("threads")
         if threads and hasattr(config, "set_threads"):
             config.set_threads(int(threads))

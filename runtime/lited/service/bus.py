@@ -7,23 +7,41 @@
 - The ROUTER loop runs on its own thread. Replies may be produced on other
   threads (an `infer` request runs on a worker); they are queued and the
   loop is woken through a pipe, so only the loop thread touches ROUTER.
+- Replies a client leaves unread are bounded in bytes, per client and in
+  all (REPLY_BYTES_PER_PEER, REPLY_BYTES_TOTAL); past that they are dropped
+  and counted (`status`: `bus.replies_dropped_slow`).
 - ipc:// socket files are made 0660 (the service's group may connect, no
-  one else; the runtime directory is 0750). tcp:// endpoints get their own
-  sockets with CURVE encryption and a list of allowed client keys, or are
-  refused unless `insecure_tcp` is set.
+  one else) in a directory the daemon owns and nobody else may write
+  (created 0750, or refused: lited/runtime_dir.py), each under a lock file
+  that keeps a second daemon off it ("address in use"). tcp:// endpoints
+  get their own sockets with CURVE encryption and a list of allowed client
+  keys, or are refused unless `insecure_tcp` is set.
 """
 from __future__ import annotations
 
 import collections
 import logging
 import os
+import struct
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import zmq
 
+from lited.runtime_dir import AddressInUse, UnsafeDirectory, lock_endpoint, secure_dir
+
 log = logging.getLogger("lited.bus")
+# Replies a client has not read yet (a DEALER that never reads kept 250 1080p
+# snapshots, 1 GB, inside ZeroMQ): bounded per client and over all clients.
+# ZeroMQ bounds queues in messages only, so replies of TRACK_MIN bytes or
+# more are counted here until ZeroMQ has written them to the socket.
+REPLY_BYTES_PER_PEER = 16 << 20
+REPLY_BYTES_TOTAL = 64 << 20
+TRACK_MIN = 64 << 10
+ROUTER_RCVHWM = 2  # (1 loses the first message when ZAP is on: libzmq 4.3.5)
+OVERSIZE_ANSWERED = 64 << 10  # requests over max_request_bytes by up to this get a `too_large` reply
 
 
 class BusError(Exception):
@@ -42,15 +60,138 @@ def ipc_path(endpoint: str) -> Optional[str]:
     return endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else None
 
 
+class ClientGate:
+    """ZeroMQ's authentication hook (ZAP) on a thread of its own, asked about
+    every new connection: refuses one to a request socket while `limit`
+    clients are connected, and checks CURVE keys (`allow_curve_keys`).
+
+    Why: ZeroMQ reads each connected client's next requests (RCVHWM of them,
+    plus the one arriving) into memory before the bus can look at them; 50
+    clients sending 4 arrays of 7.7 MB took the daemon to 1,085 MB, 100 to
+    2,126. Only bounding the clients bounds that. A refused client's queued
+    requests are dropped by its ZeroMQ; it reconnects by itself and gets in
+    once others leave (its pending request times out). Written on plain
+    sockets (not pyzmq's authenticator, which needs asyncio) so a daemon
+    without the HTTP front end loads no event loop."""
+
+    DOMAIN = "lited-requests"  # set on the request sockets: subscribers are not counted
+    ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # fixed by the ZAP protocol (RFC 27)
+    _MONITOR_EVENT = struct.Struct("=hi")  # event, value (the connection's fd)
+
+    def __init__(self, ctx: zmq.Context, limit: int) -> None:
+        self.limit = limit
+        self.refused = 0
+        # (monitor index, fd) of the request sockets' open connections, in accept order ->
+        # None while its handshake is undecided, else whether it was let in
+        self._open: dict = {}
+        self._monitors: list = []
+        self._curve_keys: Optional[set] = None  # z85 public keys of allowed CURVE clients
+        self._stop = threading.Event()
+        self._zap = ctx.socket(zmq.REP)
+        self._zap.setsockopt(zmq.LINGER, 0)
+        self._zap.bind(self.ZAP_ENDPOINT)
+        self._thread = threading.Thread(target=self._run, name="zap", daemon=True)
+
+    @property
+    def connected(self) -> int:
+        """Clients let in and still connected."""
+        return sum(1 for admitted in self._open.values() if admitted)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def allow_curve_keys(self, clients_dir: str) -> None:
+        """Let in CURVE clients whose public key is a certificate in `clients_dir`."""
+        import zmq.auth
+
+        self._curve_keys = {key.decode() if isinstance(key, bytes) else key
+                            for key in zmq.auth.load_certificates(clients_dir)}
+
+    def watch(self, sock: zmq.Socket) -> None:
+        """Count `sock`'s connections (before it binds) and put them through this gate."""
+        sock.zap_domain = self.DOMAIN.encode()
+        self._monitors.append((sock, sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self._zap.poll(200):
+                continue
+            request = self._zap.recv_multipart()  # version, id, domain, address, identity, mechanism, credentials...
+            if len(request) < 6:
+                self._zap.send_multipart([b"1.0", request[1] if len(request) > 1 else b"", b"500", b"malformed",
+                                          b"", b""])
+                continue
+            code, text = self._decide(request[2].decode(errors="replace"), request[5], request[6:])
+            self._zap.send_multipart([request[0], request[1], code, text, b"", b""])
+        self._zap.close(0)
+
+    def _decide(self, domain: str, mechanism: bytes, credentials: list) -> tuple:
+        """(status code, text) for one connection's handshake."""
+        if mechanism == b"CURVE":
+            from zmq.utils import z85
+
+            key = z85.encode(credentials[0]).decode() if credentials else ""
+            if self._curve_keys is None or key not in self._curve_keys:
+                return b"400", b"unknown CURVE key"
+        if domain == self.DOMAIN and not self._admit():
+            self.refused += 1
+            if self.refused in (1, 10, 100) or self.refused % 1000 == 0:
+                log.warning("refused a client: %d connected (limits.max_clients %d); %d refused so far",
+                            self.connected, self.limit, self.refused, extra={"event": "client_refused"})
+            return b"400", b"too many clients"
+        return b"200", b"OK"
+
+    def _count(self) -> None:
+        """Fold in the connections opened and closed since the last look (ZAP
+        thread only); events name a connection by its fd."""
+        for index, (_, monitor) in enumerate(self._monitors):
+            while monitor.poll(0):
+                frames = monitor.recv_multipart()
+                event, value = self._MONITOR_EVENT.unpack(frames[0][:self._MONITOR_EVENT.size])
+                key = (index, value)
+                if event == zmq.EVENT_ACCEPTED:
+                    self._open[key] = None
+                else:
+                    self._open.pop(key, None)
+
+    def _admit(self) -> bool:
+        """Decide the oldest undecided connection (handshakes finish about in
+        accept order; a guess wrong by one changes who waits, not how many
+        are in): in while fewer than `limit` are in. So a burst of clients
+        fills the free places instead of all being refused."""
+        self._count()
+        admitted = self.connected < self.limit
+        key = next((k for k, v in self._open.items() if v is None), None)
+        if key is not None:
+            self._open[key] = admitted
+        return admitted
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(2)
+        else:
+            self._zap.close(0)
+        for sock, monitor in self._monitors:
+            try:
+                sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            monitor.close(0)
+        self._monitors = []
+
+
 class Bus:
     def __init__(self, pub: list, req: list, handler: Callable[[bytes, Callable], None],
                  curve: Optional[Curve] = None, insecure_tcp: bool = False, hwm: int = 1000,
-                 max_request_bytes: int = 16 << 20, heartbeat: Optional[Callable[[], None]] = None) -> None:
+                 max_request_bytes: int = 16 << 20, heartbeat: Optional[Callable[[], None]] = None,
+                 max_clients: int = 16) -> None:
         self.handler = handler
         self.max_request_bytes = max_request_bytes
         self.heartbeat = heartbeat or (lambda: None)
         self.ctx = zmq.Context.instance()
-        self._auth = None
+        self._auth = ClientGate(self.ctx, max_clients)
+        self._auth.start()
         self._pub_lock = threading.Lock()
         self._replies: collections.deque = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
@@ -59,7 +200,13 @@ class Bus:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bus", daemon=True)
         self.dropped = 0  # replies that could not be sent (client gone)
+        self.dropped_slow = 0  # replies dropped because their client had too much unread
+        self.max_reply_bytes = REPLY_BYTES_PER_PEER
+        self._unread: dict = {}  # peer routing id -> deque of (MessageTracker, size), oldest first
+        self._queued_total = 0
+        self._next_sweep = 0.0
         self.endpoints: list = []
+        self._locks: list = []  # fds of the ipc endpoints' lock files, held until close()
         self._pubs: list = []
         self._routers: list = []
         try:
@@ -82,17 +229,26 @@ class Bus:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, hwm)
         if kind == "req":
-            sock.setsockopt(zmq.RCVHWM, hwm)
-            sock.setsockopt(zmq.MAXMSGSIZE, 2 * self.max_request_bytes)  # far over the limit: dropped by ZeroMQ
-            sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+            # Few requests queued per client inside ZeroMQ: past that it stops reading that
+            # client's socket (the sender waits), so a flood stays in the senders, not here.
+            sock.setsockopt(zmq.RCVHWM, ROUTER_RCVHWM)
+            # Over the limit by a little: `too_large` with its id; by more, dropped by ZeroMQ with the connection.
+            sock.setsockopt(zmq.MAXMSGSIZE, self.max_request_bytes + OVERSIZE_ANSWERED)
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full or gone client raises: counted, not silent
+            self._auth.watch(sock)
         if curve is not None:
             self._setup_curve(sock, curve)
         for endpoint in endpoints:
             path = ipc_path(endpoint)
             if path:
-                os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
-                if os.path.exists(path):
-                    os.unlink(path)  # a leftover from a crashed run
+                try:
+                    secure_dir(os.path.dirname(path))  # ours alone: nobody else can swap the socket
+                    self._locks.append(lock_endpoint(path))  # one daemon per socket: "address in use"
+                except (UnsafeDirectory, AddressInUse) as exc:
+                    sock.close(0)
+                    raise BusError(str(exc)) from None
+                if os.path.lexists(path):
+                    os.unlink(path)  # a leftover from a crashed run (we hold its lock: nobody serves it)
             try:
                 sock.bind(endpoint)
             except zmq.ZMQError as exc:
@@ -105,7 +261,6 @@ class Bus:
 
     def _setup_curve(self, sock: zmq.Socket, curve: Curve) -> None:
         import zmq.auth
-        from zmq.auth.thread import ThreadAuthenticator
 
         try:
             public, secret = zmq.auth.load_certificate(curve.server_secret)
@@ -115,10 +270,7 @@ class Bus:
             raise BusError(f"curve.server_secret: {curve.server_secret} holds no secret key")
         if not os.path.isdir(curve.clients_dir):
             raise BusError(f"curve.clients_dir: {curve.clients_dir}: not a directory")
-        if self._auth is None:
-            self._auth = ThreadAuthenticator(self.ctx)
-            self._auth.start()
-            self._auth.configure_curve(domain="*", location=curve.clients_dir)
+        self._auth.allow_curve_keys(curve.clients_dir)
         sock.curve_publickey = public
         sock.curve_secretkey = secret
         sock.curve_server = True
@@ -174,26 +326,85 @@ class Bus:
                     pass
             while self._replies:
                 (sock, frames), payload = self._replies.popleft()
-                try:
-                    sock.send_multipart([*frames, payload], flags=zmq.NOBLOCK)
-                except zmq.ZMQError:
-                    self.dropped += 1
+                self._send_reply(sock, frames, payload)
             for sock in self._routers:
                 if sock in events:
                     self._drain(sock)
+
+    def _send_reply(self, sock: zmq.Socket, frames: list, payload: bytes) -> None:
+        """Send a reply unless its client already has REPLY_BYTES_PER_PEER
+        queued unread (or all clients REPLY_BYTES_TOTAL): then it is dropped
+        and counted. Large replies are sent zero-copy and tracked until
+        ZeroMQ has handed them to the kernel, which is when they stop
+        counting; small ones are bounded by the high-water mark."""
+        size = len(payload)
+        peer = frames[0]
+        if size >= TRACK_MIN:
+            queued = self._queued_bytes(peer)
+            if queued + size > REPLY_BYTES_PER_PEER or self._queued_total + size > REPLY_BYTES_TOTAL:
+                self.dropped_slow += 1
+                if self.dropped_slow in (1, 10, 100) or self.dropped_slow % 1000 == 0:
+                    log.warning("dropped a %d-byte reply: its client has %d bytes of replies unread (all clients: "
+                                "%d); %d dropped so far", size, queued, self._queued_total, self.dropped_slow,
+                                extra={"event": "reply_dropped"})
+                return
+        try:
+            if size < TRACK_MIN:
+                sock.send_multipart([*frames, payload], flags=zmq.NOBLOCK)
+                return
+            tracker = sock.send_multipart([*frames, payload], flags=zmq.NOBLOCK, copy=False, track=True)
+        except zmq.Again:  # its queue is at the high-water mark: it does not read
+            self.dropped_slow += 1
+            return
+        except zmq.ZMQError:  # the client is gone
+            self.dropped += 1
+            return
+        self._unread.setdefault(peer, collections.deque()).append((tracker, size))
+        self._queued_total += size
+
+    def _queued_bytes(self, peer: bytes) -> int:
+        """Bytes of tracked replies to `peer` ZeroMQ still holds (forgetting
+        the ones it has sent); every peer is swept now and then."""
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + 1.0
+            for other in list(self._unread):
+                self._sweep(other)
+        return self._sweep(peer)
+
+    def _sweep(self, peer: bytes) -> int:
+        pending = self._unread.get(peer)
+        if pending is None:
+            return 0
+        while pending and pending[0][0].done:
+            self._queued_total -= pending.popleft()[1]
+        if not pending:
+            del self._unread[peer]
+            return 0
+        return sum(size for _, size in pending)
+
+    def stats(self) -> dict:
+        """For `status`: replies dropped (client gone, or too far behind), bytes
+        queued, clients connected to the request sockets and refused."""
+        return {"replies_dropped": self.dropped + self.dropped_slow, "replies_dropped_slow": self.dropped_slow,
+                "reply_bytes_queued": self._queued_total, "slow_clients": len(self._unread),
+                "clients": self._auth.connected, "clients_refused": self._auth.refused}
 
     def _drain(self, sock: zmq.Socket, budget: int = 64) -> None:
         """Read up to `budget` requests, so one chatty client cannot starve replies."""
         for _ in range(budget):
             try:
-                frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=True)
+                # zero-copy: a request refused unread (too large, over the budget) is never copied
+                frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             if len(frames) < 2:
                 continue
             # DEALER: [identity, payload]; REQ: [identity, b"", payload]
-            route = (sock, frames[:-1])
-            self.handler(frames[-1], lambda payload, route=route: self.reply(route, payload))
+            route = (sock, [f.bytes for f in frames[:-1]])
+            payload = frames[-1].buffer
+            del frames
+            self.handler(payload, lambda reply, route=route: self.reply(route, reply))
 
     def stop(self) -> None:
         self._stop.set()
@@ -205,13 +416,16 @@ class Bus:
     def close(self) -> None:
         for sock in self._pubs + self._routers:
             sock.close(0)
-        for endpoint in self.endpoints:
+        for endpoint in self.endpoints:  # only sockets we bound, under locks we hold
             path = ipc_path(endpoint)
             if path and os.path.exists(path):
                 try:
                     os.unlink(path)
                 except OSError:
                     pass
+        for fd in self._locks:
+            os.close(fd)  # releases the lock; the file stays (unlinking it would race the next daemon)
+        self._locks = []
         self._pubs, self._routers = [], []
         if self._auth is not None:
             self._auth.stop()

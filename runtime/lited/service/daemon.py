@@ -10,21 +10,29 @@ Rules it keeps:
   results mean (its task or labels) is refused unless forced, so an app
   reading "face" results never gets a classifier's;
 - READY=1 once models are warm and sources are opening; WATCHDOG=1 only while
-  every inference loop and the bus loop are alive (a camera being down does
-  not stop the beats; a wedged inference thread does);
+  every loop is alive: the inference loops, the bus loop, the request
+  workers and the main loop (a camera being down does not stop the beats; a
+  wedged thread does); a step that may legitimately take long (a reload, a
+  request building a model) beats with a grace as long as its bound;
+- signal handlers are installed before anything answers: a SIGHUP during
+  start-up is a reload once serving, a SIGTERM a clean stop;
+- memory: requests share one byte budget, replies a client leaves unread
+  are bounded, large freed buffers go back to the system (docs/RELIABILITY.md,
+  "Memory budget").
 - the streams' engine threads together fit the cores (`share_cores`): each
   stream has an engine process of its own, and N streams of T threads on
   fewer than N x T cores would only take turns (and spin).
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import resource
 import signal
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 import numpy as np
 
@@ -47,6 +55,21 @@ from lited.errors import first_line
 
 log = logging.getLogger("lited.daemon")
 LOAD_ERRORS = (BundleError, EngineError, SourceError, ValueError, OSError, TimeoutError)
+READY_TIMEOUT = 120.0  # s a stream's new model may take to build and warm up (Stream.prepare_model)
+MMAP_THRESHOLD = 1 << 20  # glibc: allocations this big are mmapped, so freeing them returns the memory
+
+
+def return_freed_memory() -> None:
+    """Have glibc mmap every allocation of MMAP_THRESHOLD bytes or more and
+    unmap it on free. By default the threshold adapts upwards (to 32 MB) as
+    such blocks are freed, after which large request buffers come from the
+    heap and stay in the daemon's RSS (measured: 350-430 MB kept after a
+    flood of 7.7 MB arrays). No-op without glibc."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD; setting it also stops the adaptation
 
 
 class ReloadRefused(ValueError):
@@ -68,6 +91,10 @@ def change_problem(name: str, old: Any, new: Any) -> Optional[str]:
 
 
 class Daemon:
+    # Test hook: tests install a callable() that runs once per main-loop
+    # iteration, to wedge the main loop. None in production.
+    fault_hook: ClassVar[Optional[Callable[[], None]]] = None
+
     def __init__(self, config: Config, insecure_tcp: bool = False) -> None:
         self.config = config
         self.insecure_tcp = insecure_tcp or config.insecure_tcp
@@ -85,14 +112,28 @@ class Daemon:
         self.stop_event = threading.Event()
         self.reload_requested = threading.Event()
         self._reload_lock = threading.RLock()  # SIGHUP (main thread) and `reload` requests (a worker)
-        self.requests = Requests(self, config.request_workers, config.max_request_bytes)
+        self.requests = Requests(self, config.request_workers, config.max_request_bytes, config.max_inflight_bytes,
+                                 config.engine_timeout, heartbeat=self.watchdog.beat)
         self.bus: Optional[Bus] = None
         self.http: Any = None  # service/http.HttpFront when the config has `http` (tornado is imported only then)
         self.uplink: Optional[Uplink] = None
 
     # -- start and stop
+    def install_signal_handlers(self) -> None:
+        """Before anything answers: a signal during start-up must not kill us
+        with our socket files left behind (SIGHUP's default action)."""
+        signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+
     def start(self) -> None:
+        """Bind (a second daemon on the same sockets fails here, at once),
+        load, start; a SIGTERM meanwhile skips what is left."""
         cfg = self.config
+        curve = Curve(cfg.curve["server_secret"], cfg.curve["clients_dir"]) if cfg.curve else None
+        self.bus = Bus(cfg.pub, cfg.req, self.requests.on_message, curve, self.insecure_tcp, cfg.pub_hwm,
+                       cfg.max_request_bytes, heartbeat=lambda: self.watchdog.beat("bus"), max_clients=cfg.max_clients)
+        self.requests.max_reply_bytes = self.bus.max_reply_bytes
         swept = sweep_stale()
         if swept:
             log.info("removed %d stale frame rings: %s", len(swept), ", ".join(swept), extra={"event": "sweep"})
@@ -100,13 +141,11 @@ class Daemon:
         for name, path in cfg.models.items():
             self.bundles[name] = load_bundle(path)
             self.generation[name] = 0
+        for name in ("bus", "main", *self.requests.loop_names):
+            self.watchdog.register(name)
         self.requests.start()
-        if cfg.http is not None:  # before the bus: once `ping` answers, HTTP is served too
+        if cfg.http is not None:  # before the bus loop: once `ping` answers, HTTP is served too
             self._start_http()
-        curve = Curve(cfg.curve["server_secret"], cfg.curve["clients_dir"]) if cfg.curve else None
-        self.bus = Bus(cfg.pub, cfg.req, self.requests.on_message, curve, self.insecure_tcp, cfg.pub_hwm,
-                       cfg.max_request_bytes, heartbeat=lambda: self.watchdog.beat("bus"))
-        self.watchdog.register("bus")
         self.bus.start()
         if cfg.uplink is not None:
             self.uplink = Uplink(cfg.uplink, self.requests.call, self._publish_answer, self._read_frame,
@@ -115,6 +154,9 @@ class Daemon:
         self.stream_threads = self._plan_threads(cfg.streams)
         self.warming = {sc.name: sc for sc in cfg.streams}
         for i, sc in enumerate(cfg.streams, 1):
+            if self.stop_event.is_set():
+                return
+            self.watchdog.beat("main", READY_TIMEOUT)
             self._start_stream(sc, f"{i}/{len(cfg.streams)}")
         self.notifier.ready(self.status_line())
         self.watchdog.start()
@@ -137,7 +179,8 @@ class Daemon:
         """Model `name` (from `bundle`, default its current one) in an engine
         process, on the engine and threads the config asks for."""
         settings = self.config.model_settings.get(name, ModelSettings())
-        return Model(bundle or self.bundles[name], isolated=True, **settings.model_kwargs(threads))
+        return Model(bundle or self.bundles[name], isolated=True, run_timeout=self.config.engine_timeout,
+                     **settings.model_kwargs(threads))
 
     def _plan_threads(self, streams: list) -> dict:
         """Each stream's engine threads: as configured (else the bundle's, else 1),
@@ -207,14 +250,16 @@ class Daemon:
             self.bus.stop()
 
     def run_forever(self) -> None:
-        """Main thread: signals, status line, reloads asked for by SIGHUP."""
-        signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
-        signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
-        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+        """Main thread: status line, stall checks, reloads asked for by SIGHUP."""
         next_status = 0.0
         while not self.stop_event.is_set():
+            self.watchdog.beat("main")
+            fault = Daemon.fault_hook
+            if fault is not None:
+                fault()
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
+                self.watchdog.beat("main", self.reload_grace())
                 self.reload_config()
             for stream in list(self.streams.values()):
                 stream.check_stall()
@@ -261,6 +306,16 @@ class Daemon:
         if self.bus is not None:
             self._publish_event({"stream": protocol.DAEMON_STREAM, "event": kind, "detail": detail,
                                  "ts": time.time(), **extra})
+
+    def event(self, kind: str, detail: str) -> None:
+        """A daemon event from the request core (an `engine` of a request worker)."""
+        log.warning("%s: %s", kind, detail, extra={"event": kind})
+        self._daemon_event(kind, detail)
+
+    def reload_grace(self) -> float:
+        """How long a reload may legitimately take: each stream's new model
+        builds and warms up within READY_TIMEOUT, one after the other."""
+        return READY_TIMEOUT * (len(self.streams) + 1)
 
     # -- reload
     def reload_request(self, model: Optional[str], bundle: Optional[str], force: bool = False) -> dict:
@@ -309,7 +364,7 @@ class Daemon:
                 sc = self.stream_configs[name]
                 bundle = new_bundles.get(sc.model)
                 if bundle is not None:
-                    prepared.append((stream, stream.prepare_model(self._stream_model(sc, bundle))))
+                    prepared.append((stream, stream.prepare_model(self._stream_model(sc, bundle), READY_TIMEOUT)))
             for n, bundle in new_bundles.items():  # after the models load: a broken bundle says so first
                 problem = None if force else change_problem(n, self.bundles[n], bundle)
                 if problem:
@@ -321,8 +376,7 @@ class Daemon:
         for stream, runner in prepared:
             stream.commit_model(runner)
         for n, bundle in new_bundles.items():
-            self.bundles[n] = bundle
-            self.config.models[n] = str(paths[n])
+            self.bundles[n] = bundle  # config.models keeps the configured path: a plain reload goes back to it
             self.generation[n] += 1
 
     def reload_config(self, force: bool = False) -> dict:
@@ -376,19 +430,23 @@ class Daemon:
             return {**self.last_reload, **outcome}
 
     def _record_reload(self, ok: bool, detail: Any, before: Optional[dict] = None) -> dict:
-        """Every reload ends here: status, log, event, systemd. `detail` is the
-        error, or the list of models (config keys) reloaded or added; `before`
-        their bundles before the reload."""
-        if ok:
-            reloaded, before = detail, before or {}
-            detail = ", ".join(_swapped(n, before.get(n, self.bundles[n]), self.bundles[n]) for n in reloaded) or "none"
-            self.last_reload = {"ok": True, "models": detail, "reloaded": reloaded, "ts": time.time()}
-            log.info("reloaded %s", detail, extra={"event": "reloaded", "bundle": detail})
-        else:
-            self.last_reload = {"ok": False, "error": detail, "ts": time.time()}
-            log.error("reload failed, old models keep serving: %s", detail, extra={"event": "reload_failed"})
-        self._daemon_event("reload", detail, ok=ok)
-        self.notifier.ready(self.status_line())
+        """Every reload ends here: status, log, event, systemd (READY=1 even if
+        something here fails, so RELOADING=1 is never left hanging). `detail`
+        is the error, or the list of models (config keys) reloaded or added;
+        `before` their bundles before the reload."""
+        try:
+            if ok:
+                reloaded, before = detail, before or {}
+                detail = ", ".join(_swapped(n, before.get(n, self.bundles[n]), self.bundles[n])
+                                   for n in reloaded) or "none"
+                self.last_reload = {"ok": True, "models": detail, "reloaded": reloaded, "ts": time.time()}
+                log.info("reloaded %s", detail, extra={"event": "reloaded", "bundle": detail})
+            else:
+                self.last_reload = {"ok": False, "error": detail, "ts": time.time()}
+                log.error("reload failed, old models keep serving: %s", detail, extra={"event": "reload_failed"})
+            self._daemon_event("reload", detail, ok=ok)
+        finally:
+            self.notifier.ready(self.status_line())
         return self.last_reload
 
     # -- status
@@ -410,6 +468,8 @@ class Daemon:
                 for sc in list(self.warming.values())],
             "last_reload": self.last_reload,
             "watchdog_stale": self.watchdog.stale(),
+            "requests": self.requests.stats(),
+            "bus": self.bus.stats() if self.bus is not None else {},
             **({"http": self.http.status()} if self.http is not None else {}),
             "uplink": self.uplink.status() if self.uplink is not None else None,
         }
@@ -464,7 +524,9 @@ def _rss_kb(pid: object = "self") -> int:
 def serve(config_path: str, insecure_tcp: bool = False) -> int:
     """`lited serve`: run until SIGTERM; bad config or bundle -> exception before anything starts."""
     config = load_config(config_path)
+    return_freed_memory()
     daemon = Daemon(config, insecure_tcp)
+    daemon.install_signal_handlers()
     try:
         daemon.start()
     except BaseException:

@@ -8,28 +8,44 @@ Rules it keeps:
 - every failure becomes a `ProtocolError` with a code and one line;
 - each worker owns its models (a predictor belongs to one thread), each in
   an engine process of its own, stopped within a second once a reload
-  replaces the model.
+  replaces the model;
+- every wait is bounded: an engine that does not answer within
+  `engine_timeout` is killed (an `engine` event says so) and a fresh one
+  serves the next request; each worker beats the watchdog, with a grace as
+  long as the request it starts may legitimately take;
+- memory is bounded across all requests, not per request: a request holds
+  its bytes, and an encoded image what decoding it will take (read from its
+  header), from arrival to reply, out of one budget (`max_inflight_bytes`);
+  a request that does not fit now is `busy`, one that never could is
+  `too_large`. A reply larger than the bus may queue for one client is
+  `too_large` too.
 """
 from __future__ import annotations
 
 import logging
 import queue
 import threading
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, ClassVar, Optional, Protocol
 
 import cv2
+import msgpack
+import numpy as np
 
 from lited import __version__, protocol
+from lited.engine_process import OPEN_TIMEOUT
 from lited.engines import EngineError
 from lited.errors import first_line
 from lited.model import Model
 from lited.protocol import ProtocolError, param
-from lited.service.images import decode_image
+from lited.service.images import decode_image, image_cost
 from lited.service.render import draw_result
 
 log = logging.getLogger("lited.requests")
 QUEUE_SIZE = 32
 CHEAP = ("ping", "status")
+SNAPSHOT_GRACE = 30.0  # s a snapshot (a frame copy, drawing, JPEG) may take before the watchdog minds
+ID_WITHIN = 4096  # bytes of a refused request searched for its id
+IDLE_BEAT = 0.25  # s between an idle worker's watchdog beats (well under any WatchdogSec)
 
 # done(result, error): exactly one of them is None
 Done = Callable[[Any, Optional[ProtocolError]], None]
@@ -48,6 +64,34 @@ class Service(Protocol):
     def reload_request(self, model: Optional[str], bundle: Optional[str], force: bool = False) -> dict: ...
 
     def make_model(self, name: str) -> Model: ...
+
+    def reload_grace(self) -> float:
+        """Seconds a reload may legitimately take (the watchdog's grace)."""
+
+    def event(self, kind: str, detail: str) -> None:
+        """Publish a daemon event (`engine` when a request worker's engine failed)."""
+
+
+class ByteBudget:
+    """Bytes held by requests from arrival to reply, across all of them."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.refused = 0  # requests answered `busy` because the budget was spent
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> bool:
+        with self._lock:
+            if self.used + nbytes > self.limit:
+                self.refused += 1
+                return False
+            self.used += nbytes
+            return True
+
+    def give(self, nbytes: int) -> None:
+        with self._lock:
+            self.used -= nbytes
 
 
 class ModelCache:
@@ -85,12 +129,24 @@ class ModelCache:
 class Requests:
     """Validates, queues and answers requests for any front end."""
 
-    def __init__(self, service: Service, workers: int = 1, max_request_bytes: int = 16 << 20) -> None:
+    # Test hook: tests install a callable(worker name, method) that runs in a worker
+    # after it took a request and before it starts it, to wedge it. None in production.
+    fault_hook: ClassVar[Optional[Callable[[str, str], None]]] = None
+
+    def __init__(self, service: Service, workers: int = 1, max_request_bytes: int = 16 << 20,
+                 max_inflight_bytes: int = 128 << 20, engine_timeout: Optional[float] = 20.0,
+                 max_reply_bytes: Optional[int] = None,
+                 heartbeat: Optional[Callable[[str, float], None]] = None) -> None:
         self.service = service
         self.max_request_bytes = max_request_bytes
+        self.max_reply_bytes = max_reply_bytes
+        self.engine_timeout = engine_timeout
+        self.budget = ByteBudget(max_inflight_bytes)
+        self.heartbeat = heartbeat or (lambda name, grace=0.0: None)
         self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
-        self._threads = [threading.Thread(target=self._work, name=f"requests-{i}", daemon=True)
-                         for i in range(workers)]
+        self.loop_names = [f"requests-{i}" for i in range(workers)]
+        self._threads = [threading.Thread(target=self._work, args=(name,), name=name, daemon=True)
+                         for name in self.loop_names]
 
     def start(self) -> None:
         for thread in self._threads:
@@ -103,21 +159,45 @@ class Requests:
             except queue.Full:
                 pass
 
+    def stats(self) -> dict:
+        return {"inflight_bytes": self.budget.used, "max_inflight_bytes": self.budget.limit,
+                "refused_busy": self.budget.refused}
+
     # -- front ends
     def on_message(self, data: bytes, respond: Callable[[bytes], None]) -> None:
-        """The bus's handler: a msgpack request in, a msgpack reply out (now or later)."""
-        request_id = None
+        """The bus's handler: a msgpack request in, a msgpack reply out (now or later).
+        The request's bytes count against the in-flight budget until its reply is made."""
         try:
             if len(data) > self.max_request_bytes:
                 raise ProtocolError("too_large", f"request of {len(data)} bytes is over limits.max_request_bytes "
                                                  f"({self.max_request_bytes})", _request_id(data))
-            req = protocol.decode_request(data, self.max_request_bytes)
+            if not self.budget.take(len(data)):
+                raise ProtocolError("busy", f"requests in flight hold {self.budget.used} bytes; "
+                                            f"this one ({len(data)}) would pass limits.max_inflight_bytes; retry",
+                                    _request_id(data))
         except ProtocolError as exc:
             respond(protocol.encode_reply(exc.request_id, error=exc))
             return
+        held = [len(data)]  # given back once, when the reply is made
+        request_id = None
+
+        def reply(result: Any, error: Optional[ProtocolError]) -> None:
+            payload = protocol.encode_reply(request_id, result, error)
+            if self.max_reply_bytes is not None and len(payload) > self.max_reply_bytes:
+                payload = protocol.encode_reply(request_id, error=ProtocolError(
+                    "too_large", f"reply of {len(payload)} bytes is over the {self.max_reply_bytes} bytes the bus "
+                                 "queues for one client (a snapshot: ask for a lower quality)"))
+            self.budget.give(held.pop() if held else 0)
+            respond(payload)
+
+        try:
+            req = protocol.decode_request(data, self.max_request_bytes)
+        except ProtocolError as exc:
+            request_id = exc.request_id
+            reply(None, exc)
+            return
         request_id = req.get("id")
-        self.call(req["method"], req["params"],
-                  lambda result, error: respond(protocol.encode_reply(request_id, result, error)))
+        self.call(req["method"], req["params"], reply)
 
     def call(self, method: str, params: dict, done: Done) -> None:
         """Answer `method` now (cheap) or from a worker; `done` gets the result or the error."""
@@ -130,20 +210,35 @@ class Requests:
         self._answer(method, params, done, None)
 
     # -- workers
-    def _work(self) -> None:
+    def _work(self, name: str) -> None:
         models = ModelCache(self.service)
         try:
             while not self.service.stop_event.is_set():
+                self.heartbeat(name, 0.0)
                 try:
-                    item = self._queue.get(timeout=1.0)
+                    item = self._queue.get(timeout=IDLE_BEAT)
                 except queue.Empty:
                     models.close_stale()
                     continue
                 if item is None:
                     return
+                fault = Requests.fault_hook
+                if fault is not None:
+                    fault(name, item[0])
+                self.heartbeat(name, self._grace(item[0]))
                 self._answer(*item, models)
         finally:
             models.close()
+
+    def _grace(self, method: str) -> float:
+        """How long `method` may legitimately keep a worker from beating: an
+        infer may build the model's engine process, then waits at most
+        engine_timeout for each run (the warm-up and the request's)."""
+        if method == "reload":
+            return self.service.reload_grace()
+        if method == "infer":
+            return OPEN_TIMEOUT + 2 * (self.engine_timeout or OPEN_TIMEOUT)
+        return SNAPSHOT_GRACE
 
     def _answer(self, method: str, params: dict, done: Done, models: Optional[ModelCache]) -> None:
         try:
@@ -151,7 +246,7 @@ class Requests:
         except ProtocolError as exc:
             done(None, exc)
         except Exception as exc:  # noqa: BLE001 - a failed request must not kill the worker
-            log.warning("%s request failed: %s", method, exc, extra={"event": "request_failed"})
+            log.warning("%s request failed: %s", method, first_line(exc), extra={"event": "request_failed"})
             done(None, ProtocolError("failed", first_line(exc)))
         else:
             done(result, None)
@@ -172,6 +267,16 @@ class Requests:
                                                param(params, "force", bool, required=False, default=False))
         raise ProtocolError("unknown_method", f"method: unknown {method[:64]!r}")
 
+    def _reserve(self, nbytes: int, what: str) -> None:
+        """Hold `nbytes` more of the in-flight budget for this request (given
+        back by `_release`), or refuse it: busy now, or too large ever."""
+        if nbytes > self.budget.limit:
+            raise ProtocolError("too_large", f"{what} needs {nbytes} bytes, over limits.max_inflight_bytes "
+                                             f"({self.budget.limit})")
+        if not self.budget.take(nbytes):
+            raise ProtocolError("busy", f"{what} needs {nbytes} bytes and requests in flight hold "
+                                        f"{self.budget.used} of limits.max_inflight_bytes; retry")
+
     # -- handlers
     def _model_name(self, params: dict) -> str:
         bundles = self.service.bundles
@@ -184,15 +289,22 @@ class Requests:
 
     def _infer(self, params: dict, models: ModelCache) -> dict:
         name = self._model_name(params)
-        image = decode_image(params)
-        model = models.get(name)
+        cost = image_cost(params)  # the header's size, before a pixel is decoded
+        self._reserve(cost, "decoding params.image")
         try:
-            result = model.infer(image)
-        except EngineError:  # its process died: this request fails, the next one gets a fresh engine
-            models.drop(name)
-            raise
-        return {"model": model.name, "model_key": name, "model_version": model.version, **result,
-                "width": image.shape[1], "height": image.shape[0]}
+            image = decode_image(params)
+            model = models.get(name)
+            try:
+                result = model.infer(image)
+            except EngineError as exc:  # died or stuck (killed): this request fails, the next gets a fresh engine
+                models.drop(name)
+                self.service.event("engine", f"{threading.current_thread().name}: model {name}: {first_line(exc)}; "
+                                             "a fresh engine process serves the next request")
+                raise
+            return {"model": model.name, "model_key": name, "model_version": model.version, **result,
+                    "width": image.shape[1], "height": image.shape[0]}
+        finally:
+            self.budget.give(cost)
 
     def _snapshot(self, params: dict) -> dict:
         name = param(params, "stream", str)
@@ -202,22 +314,39 @@ class Requests:
         stream = self.service.streams.get(name)
         if stream is None:
             raise ProtocolError("not_found", f"params.stream: no stream '{name}'")
-        result, frame = stream.latest_result_frame()
-        if result is None:
-            raise ProtocolError("failed", f"stream '{name}' has no result yet ({stream.current_state()})")
-        if frame is None:  # never drawn on another frame: say so
-            raise ProtocolError("failed", f"stream '{name}': the frame of result {result['seq']} is gone")
-        draw_result(frame, result)
-        ok, jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
-        return {"jpeg": jpeg.tobytes(), "seq": result["seq"], "frame_ts": result["frame_ts"],
-                "width": frame.shape[1], "height": frame.shape[0], "detections": result["detections"],
-                "classes": result["classes"], "frame": protocol.frame_of(result)}
+        ring = stream.ring
+        # the frame's copy, OpenCV's JPEG buffer and the reply's bytes
+        cost = 3 * int(np.prod(ring.shape)) if ring is not None else 0
+        self._reserve(cost, f"a snapshot of stream '{name}'")
+        try:
+            result, frame = stream.latest_result_frame()
+            if result is None:
+                raise ProtocolError("failed", f"stream '{name}' has no result yet ({stream.current_state()})")
+            if frame is None:  # never drawn on another frame: say so
+                raise ProtocolError("failed", f"stream '{name}': the frame of result {result['seq']} is gone")
+            draw_result(frame, result)
+            ok, jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            return {"jpeg": jpeg.tobytes(), "seq": result["seq"], "frame_ts": result["frame_ts"],
+                    "width": frame.shape[1], "height": frame.shape[0], "detections": result["detections"],
+                    "classes": result["classes"], "frame": protocol.frame_of(result)}
+        finally:
+            self.budget.give(cost)
 
 
 def _request_id(data: bytes) -> Any:
-    """The `id` of a request refused as too large, so the client can match the
-    reply (ZeroMQ already bounds it to twice the limit); None if undecodable."""
+    """The `id` of a request refused before it is decoded (too large, or over
+    the in-flight budget), so the client can match the reply; None if it has
+    none or is not a msgpack map. Reads the map only as far as `id`, which
+    clients put before `params`, within its first ID_WITHIN bytes: a refusal
+    costs no copy of the payload."""
+    head = bytes(data[:ID_WITHIN])
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=ID_WITHIN + 1)
+    unpacker.feed(head)
     try:
-        return protocol.decode_payload(data, max_bin=len(data)).get("id")
-    except ProtocolError as exc:
-        return exc.request_id
+        for _ in range(unpacker.read_map_header()):
+            if unpacker.unpack() == "id":
+                return unpacker.unpack()
+            unpacker.skip()
+    except Exception:  # noqa: BLE001 - hostile bytes: no id to echo
+        return None
+    return None

@@ -146,14 +146,17 @@ class Watchdog:
         with self._lock:
             self._beats.pop(name, None)
 
-    def beat(self, name: str) -> None:
-        """Loop `name` came round once more."""
+    def beat(self, name: str, grace: float = 0.0) -> None:
+        """Loop `name` came round once more. `grace`: it is about to do
+        something that may legitimately take up to that many seconds (build
+        a model, a reload): it goes stale only `grace` s later than usual, so
+        a slow step is not killed, but a wedged one still is."""
         now = self._clock()
         with self._lock:
-            self._beats[name] = now
+            self._beats[name] = now + grace
 
     def stale(self) -> List[str]:
-        """Names of loops whose last beat is older than `stale_after`, sorted."""
+        """Names of loops whose last beat (plus its grace) is older than `stale_after`, sorted."""
         if self.stale_after is None:
             return []
         limit = self._clock() - self.stale_after

@@ -13,17 +13,18 @@ One module per kind (a `base.Source` subclass that sets `kind`):
 Contract (`base.Source`): `open()` opens and returns the frame shape
 (H, W, 3) BGR uint8; `read_into(out)` fills the caller's buffer in place and
 returns False at end of stream; errors are `SourceError`, a size change is
-`FrameShapeChanged` (`out` untouched). `open_source` only parses and
+`FrameShapeChanged`, one frame that cannot be read (the source goes on) is
+`FrameUnreadable` (`out` untouched either way). `open_source` only parses and
 validates, so a typo is reported before any device is touched.
 """
 from __future__ import annotations
 
 from lited.registry import Registry
 from lited.sources.base import Pacer, Source
-from lited.sources.errors import FrameShapeChanged, SourceError
+from lited.sources.errors import FrameShapeChanged, FrameUnreadable, SourceError
 from lited.sources.options import split_uri
 
-__all__ = ["FrameShapeChanged", "Pacer", "SOURCES", "Source", "SourceError", "open_source"]
+__all__ = ["FrameShapeChanged", "FrameUnreadable", "Pacer", "SOURCES", "Source", "SourceError", "open_source"]
 
 SOURCES: Registry[Source] = Registry("lited.sources", Source)  # scheme -> Source subclass, one file per kind
 

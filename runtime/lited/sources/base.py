@@ -14,6 +14,10 @@ import numpy as np
 from lited.sources.errors import FrameShapeChanged, Shape, SourceError, redact
 from lited.sources.options import Option, parse_options, split_query
 
+# No frame may be larger: a ring holds `slots` of them in shared memory (at
+# this size 201 MB each). The capture loop refuses a source that opens larger.
+MAX_FRAME_PIXELS = 8192 * 8192
+
 
 class Source:
     """One frame producer. `open_source` builds it; `open` touches the device.

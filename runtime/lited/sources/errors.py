@@ -34,3 +34,9 @@ class FrameShapeChanged(SourceError):
         self.old_shape = old_shape
         self.new_shape = new_shape
         super().__init__(uri, f"frame shape changed from {old_shape} to {new_shape}")
+
+
+class FrameUnreadable(SourceError):
+    """One frame could not be read (a still that does not decode); the source
+    itself is fine and the next `read_into` goes on with the frame after it.
+    `out` is untouched."""

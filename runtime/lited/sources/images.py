@@ -1,10 +1,15 @@
 """images://DIR?fps=N&loop=1 — the images of a folder, in name order.
 
 The folder is listed once at open. Images are not resized: one of another
-size raises FrameShapeChanged and the pipeline decides. cv2.imread cannot
+size raises FrameShapeChanged and the pipeline decides. OpenCV cannot
 decode into a given buffer, so each image costs one allocation and one copy
 into `out` (stills, not a camera: acceptable). `fps` paces (0: as fast as
 the consumer reads); `loop` starts over after the last image.
+
+An image that cannot be read (empty, not an image, a FIFO, over
+MAX_STILL_BYTES or MAX_FRAME_PIXELS) is skipped: `FrameUnreadable` names
+it once and the next read goes on with the image after it, so no image
+after a bad one is lost and none before it is read twice.
 """
 from __future__ import annotations
 
@@ -14,11 +19,14 @@ from typing import List
 import cv2
 import numpy as np
 
-from lited.sources.base import Pacer, Source
-from lited.sources.errors import Shape
+from lited.files import read_capped
+from lited.imageheader import image_size
+from lited.sources.base import MAX_FRAME_PIXELS, Pacer, Source
+from lited.sources.errors import FrameUnreadable, Shape
 from lited.sources.options import Option, flag, rate
 
 EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+MAX_STILL_BYTES = 256 << 20
 
 
 class ImagesSource(Source):
@@ -46,24 +54,40 @@ class ImagesSource(Source):
         )
         if not self.files:
             raise self.error(f"no images ({', '.join(EXTENSIONS)}) in {self.path}")
-        self.index = 1
         self.fps = self.options["fps"] or None
         self.pacer = Pacer(self.fps)
-        return self._first_frame(self._load(self.files[0]))
+        self._unread: List[str] = []  # images skipped while looking for the first: reported by the next reads
+        for self.index, path in enumerate(self.files, 1):
+            try:
+                return self._first_frame(self._load(path))
+            except FrameUnreadable as exc:
+                self._unread.append(exc.detail)
+        raise self.error(f"none of the {len(self.files)} images in {self.path} can be read")
 
     def _load(self, path: str) -> np.ndarray:
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
+        """The image at `path`; FrameUnreadable (the source goes on) if it cannot be read."""
+        try:
+            data = read_capped(path, MAX_STILL_BYTES)
+        except OSError as exc:
+            raise FrameUnreadable(self.uri, f"{exc}; skipped") from None
+        size = image_size(data)
+        if size is not None and size.width * size.height > MAX_FRAME_PIXELS:
+            raise FrameUnreadable(self.uri, f"{path}: {size.width}x{size.height} is over {MAX_FRAME_PIXELS} "
+                                            "pixels; skipped")
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
         if image is None:
-            raise self.error(f"cannot decode {path}")
+            raise FrameUnreadable(self.uri, f"cannot decode {path} ({len(data)} bytes); skipped")
         return image
 
     def _read(self, out: np.ndarray) -> bool:
+        if self._unread:
+            raise FrameUnreadable(self.uri, self._unread.pop(0))
         if self.index >= len(self.files):
             if not self.options["loop"]:
                 return False
             self.index = 0
-        image = self._load(self.files[self.index])
-        self.index += 1
+        self.index += 1  # past this image whatever happens: a bad one is skipped, never retried
+        image = self._load(self.files[self.index - 1])
         if image.shape != out.shape:
             raise self._frame_shape_changed(image)
         np.copyto(out, image)

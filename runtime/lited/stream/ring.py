@@ -13,9 +13,15 @@ renamed into place, so the name is never missing or half-made: at once for
 a new ring; for one `rebuilt` for a new frame size when `link()` is called
 (the stream does it as it publishes the first result from it). A reader
 tells the segments apart by their generation.
-File mode 0o640: the daemon's user writes, members of its group (the apps
-allowed to see the camera) read, nobody else opens it. `create(group=...)`
-sets that group; otherwise it is the daemon's primary group.
+File mode 0o440: members of the daemon's group (the apps allowed to see the
+camera) read, nobody else opens it, and not even the daemon's own user can
+open it for writing or truncate it by its path (a truncated segment makes
+every access to the mapping beyond its end a SIGBUS, which kills the
+process); the writer keeps the descriptor it created it with.
+`create(group=...)` sets that group; otherwise it is the daemon's primary
+group. Root (or the user after a chmod) can still truncate it: the writer
+then notices (`damage()`, watched by stream/ring_guard.py), gives it its
+size back (`repair()`), and the capture loop replaces the ring.
 
 Layout (native int64 words; every board lited targets is little-endian):
 
@@ -101,7 +107,7 @@ SHM_DIR = "/dev/shm"
 PREFIX = "lited-"
 MAGIC = b"LITEDRNG"
 LAYOUT_VERSION = 1
-MODE = 0o640
+MODE = 0o440
 ALIGN = 64
 
 # Global header words.
@@ -389,6 +395,8 @@ class FrameRing:
         self.dtype = layout.dtype
         self._layout = layout
         self._ino = ino
+        self._fd = -1  # the writer's descriptor of the segment, kept for damage() and repair()
+        self._fd_lock = threading.Lock()
         self._mm: Optional[mmap.mmap] = mm
         self._hdr = np.ndarray((_HDR_WORDS,), np.int64, buffer=mm)
         if writer:
@@ -435,7 +443,7 @@ class FrameRing:
     def create(cls, stream: str, slots: int, shape: Tuple[int, int, int], dtype=np.uint8,
                *, group: Union[str, int, None] = None, first_frame: int = 0) -> "FrameRing":
         """Create the writer's ring for `stream`: `slots` frames of `shape`
-        (height, width, channels), mode 0o640, group `group` if given; its
+        (height, width, channels), mode 0o440, group `group` if given; its
         first frame gets number `first_frame`. Unlinked by `unlink()`/`close()`,
         or at normal interpreter exit."""
         layout = _Layout.compute(slots, shape, dtype)
@@ -463,17 +471,17 @@ class FrameRing:
             os.posix_fallocate(fd, 0, layout.size)  # ENOSPC now, not SIGBUS mid-frame
             mm = mmap.mmap(fd, layout.size)
             ring = cls(name, mm, layout, os.fstat(fd).st_ino, writer=True)
+            ring._fd = fd
             ring.group = group
             ring._init_header(first_frame, first_seq)
             ring.path, ring.pending = tmp, True
             if link:
                 ring._rename()
         except BaseException:
+            os.close(fd)
             with suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        finally:
-            os.close(fd)
         return ring
 
     def _rename(self) -> None:
@@ -625,7 +633,43 @@ class FrameRing:
         if os.getpid() == self._owner_pid:  # not in a forked child
             self.unlink()
 
+    def damage(self) -> Optional[str]:
+        """Writer: why the segment is no longer the one this ring mapped
+        (another process truncated it, or unlinked or replaced it at its
+        path), None while it is intact or once it is unmapped. A segment
+        closed or retired is only checked for its size (its name is no
+        longer its own)."""
+        with self._fd_lock:
+            if self._fd < 0:
+                return None
+            size = os.fstat(self._fd).st_size
+        if size < self._layout.size:
+            return f"truncated to {size} bytes by another process"
+        if self._closed or self._retired:
+            return None
+        try:
+            if os.stat(self.path).st_ino != self._ino:
+                return "replaced at its path by another file"
+        except FileNotFoundError:
+            return "unlinked by another process"
+        return None
+
+    def repair(self) -> bool:
+        """Writer: give a truncated segment its size back at once (the lost
+        pages come back as zeros), so that no access to the mapping faults;
+        True if it had to. The frames and header in it are gone: replace
+        the ring."""
+        with self._fd_lock:
+            if self._fd < 0 or os.fstat(self._fd).st_size >= self._layout.size:
+                return False
+            os.ftruncate(self._fd, self._layout.size)
+            return True
+
     def _unmap(self) -> None:
+        with self._fd_lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
         mm, self._mm = self._mm, None
         if mm is None:
             return
@@ -653,6 +697,12 @@ class FrameRing:
         if self._hdr is None:
             return self._frame
         return int(self._hdr[_FRAMES])
+
+    @property
+    def frames_written(self) -> int:
+        """Writer: `frames` as this process counts them (kept when another
+        process wiped the header by truncating the segment)."""
+        return self._frame
 
     # -- leases (writer's process) -----------------------------------------
 

@@ -1,0 +1,67 @@
+"""Reading files named by untrusted input: regular files only, size-capped.
+
+Why: a bundle, a config or an image path may name a FIFO (an `open()` that
+never returns: a wedged request worker), a device such as `/dev/zero` (a
+read that grows the daemon by a gigabyte a second) or a file far larger than
+anything legitimate. Every such read goes through `open_regular`/`read_capped`:
+opened with O_NONBLOCK (a FIFO or device never blocks the open), checked with
+`fstat` on the descriptor actually read (not a path checked earlier), and read
+no further than its cap. Standard library only.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from typing import BinaryIO
+
+CHUNK = 1 << 20
+MAX_MODEL_BYTES = 2 << 30  # a model file: read whole into memory once, hashed, handed to its engine
+
+
+class FileRefused(OSError):
+    """Not a regular file, or over its size cap. str() is one line naming the
+    file; `reason` is the same without it."""
+
+    def __init__(self, path: "str | os.PathLike", reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.reason = reason
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n} bytes"
+
+
+def open_regular(path: "str | os.PathLike", limit: int | None = None) -> BinaryIO:
+    """`path` opened for reading, if it is a regular file of at most `limit`
+    bytes (None: any size); FileRefused otherwise, FileNotFoundError if absent.
+    The descriptor is blocking again once checked, so reads behave as usual."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileRefused(path, f"not a regular file ({_kind(st.st_mode)})")
+        if limit is not None and st.st_size > limit:
+            raise FileRefused(path, f"{st.st_size} bytes, over the limit of {_mib(limit)}")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_capped(path: "str | os.PathLike", limit: int) -> bytes:
+    """The whole of regular file `path` if it holds at most `limit` bytes
+    (also when it grows while being read); FileRefused otherwise."""
+    with open_regular(path, limit) as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise FileRefused(path, f"grew past the limit of {_mib(limit)} while being read")
+    return data
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a plain file"

@@ -1,0 +1,82 @@
+"""A config that cannot work (issue 20, item 15): `lited serve` refuses it
+with one line naming the field, exit 2, before anything starts. The
+tester got a 19-line ZMQError traceback for `pub_hwm: -5`, a 27-line one
+for a model path that is a symlink loop, defaults instead of `slots`,
+`stall_timeout` or `max_request_bytes` of 0, `too_large` for every request
+with `max_request_bytes: -1`, and 60 events in 5 s with `stall_timeout: -1`.
+A config file that is a FIFO or /dev/zero is refused too (it would block,
+or never end).
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import DEMO_BUNDLE
+
+BASE = {"models": {"ocr": str(DEMO_BUNDLE)}, "streams": [{"name": "cam", "source": "synth://?fps=5"}]}
+
+
+def capped() -> None:
+    """At most 4 GB of address space: a `lited serve` that reads /dev/zero whole fails, not the machine."""
+    resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+
+def serve(path: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "lited.cli", "serve", "--config", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=capped)
+
+
+def with_stream(**fields) -> dict:
+    return {**BASE, "streams": [{**BASE["streams"][0], **fields}]}
+
+
+def test_values_that_cannot_work_are_one_line_exit_2_with_the_field(tmp_path):
+    (tmp_path / "loop").symlink_to("loop")  # a symlink loop
+    cases = {
+        "pub_hwm -5": ({**BASE, "limits": {"pub_hwm": -5}}, "limits.pub_hwm: expected an integer from 1"),
+        "model path a symlink loop": ({**BASE, "models": {"ocr": "loop"}}, "models.ocr: 'loop' cannot be resolved"),
+        "slots -1": (with_stream(slots=-1), "streams[0].slots: expected an integer from 0 to 64, got -1"),
+        "stall_timeout 0": (with_stream(stall_timeout=0), "streams[0].stall_timeout: expected a number above 0"),
+        "stall_timeout -1": (with_stream(stall_timeout=-1), "streams[0].stall_timeout: expected a number above 0"),
+        "max_request_bytes 0": ({**BASE, "limits": {"max_request_bytes": 0}},
+                                "limits.max_request_bytes: expected an integer from 1024"),
+        "max_request_bytes -1": ({**BASE, "limits": {"max_request_bytes": -1}},
+                                 "limits.max_request_bytes: expected an integer from 1024"),
+        "engine_timeout 0": ({**BASE, "limits": {"engine_timeout": 0}},
+                             "limits.engine_timeout: expected a number above 0"),
+        "max_inflight_bytes under max_request_bytes": ({**BASE, "limits": {"max_inflight_bytes": 1 << 20}},
+                                                       "limits.max_inflight_bytes: 1048576 is less than "
+                                                       "limits.max_request_bytes (16777216)"),
+        "max_clients 0": ({**BASE, "limits": {"max_clients": 0}}, "limits.max_clients: expected an integer from 1"),
+        "group that does not exist": ({**BASE, "group": "nosuchgroup"}, "group: no such group 'nosuchgroup'"),
+    }
+    procs = {}
+    for name, (config, _) in cases.items():
+        path = tmp_path / f"{name.replace(' ', '_')}.json"
+        path.write_text(json.dumps(config))
+        procs[name] = serve(path)
+    os.mkfifo(tmp_path / "fifo.json")
+    specials = {"config is a FIFO": (tmp_path / "fifo.json", "fifo.json: not a regular file (a FIFO)"),
+                "config is /dev/zero": (Path("/dev/zero"), "/dev/zero: not a regular file (a character device)")}
+    for name, (path, _) in specials.items():
+        procs[name] = serve(path)
+    expected = {**{k: v[1] for k, v in cases.items()}, **{k: v[1] for k, v in specials.items()}}
+    outcomes = {}
+    for name, proc in procs.items():
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            outcomes[name] = ("still running after 60 s", err)
+            continue
+        outcomes[name] = (proc.returncode, err)
+    print("\nRELIABILITY config: " + "; ".join(f"{k}: exit {v[0]}, {v[1].count(chr(10))} line(s)"
+                                                for k, v in outcomes.items()))
+    for name, (code, err) in outcomes.items():
+        assert code == 2 and err.count("\n") == 1 and expected[name] in err, (name, code, err)

@@ -1,0 +1,162 @@
+"""Streams an adversarial tester broke (issue 20, items 1, 4, 5): each fault
+is injected into a real `lited serve` and must cost no more than the frame
+it hits, with the daemon saying what happened.
+
+- a 0-byte image in an `images://` folder is skipped with a `skipped`
+  event; the images after it are inferred once each and the stream ends
+  (it used to re-infer the ones before it on every backoff, for ever);
+- a capture thread that meets an error it did not expect (here: no space
+  left in /dev/shm for the ring, in a mount namespace of the daemon's own;
+  a frame size over the limit) reports `backoff` with the reason and keeps
+  retrying (it used to die, leaving the stream `connecting` with zero
+  counters and no event); a `group` that does not exist is refused at start;
+- a frame ring truncated by root is given its size back at once, replaced,
+  reported (`ring` event), and the stream goes on (the daemon used to die
+  of SIGBUS); its own (non-root) user cannot truncate it at all (0440).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import pytest
+
+from conftest import need_shared
+from daemon_process import DaemonProcess
+from soak import Recorder
+
+
+def states(messages: list) -> list:
+    return [(m["state"], m["detail"]) for _, m in messages if m.get("event") == "state"]
+
+
+def events(messages: list, kind: str) -> list:
+    return [m for _, m in messages if m.get("type") == "event" and m.get("event") == kind]
+
+
+def results(messages: list) -> list:
+    return [m for _, m in messages if m.get("type") == "result"]
+
+
+def stream_status(d: DaemonProcess, name: str) -> dict:
+    with d.client() as client:
+        return next(s for s in client.status()["streams"] if s["stream"] == name)
+
+
+def test_an_unreadable_image_is_skipped_and_the_rest_inferred_once(tmp_path, bundles_dir):
+    folder = tmp_path / "stills"
+    folder.mkdir()
+    for i, name in enumerate(("astronaut", "chelsea", "coffee")):
+        image = cv2.resize(cv2.imread(str(need_shared("images", f"{name}.png"))), (320, 240))
+        cv2.imwrite(str(folder / f"{'ace'[i]}.png"), image)
+    (folder / "b.png").write_bytes(b"")  # 0 bytes, between a.png and c.png
+    os.mkfifo(folder / "d.png")  # a FIFO must not block the capture thread either
+    d = DaemonProcess(tmp_path, {"models": {"face": str(bundles_dir / "ultraface")}, "streams": []}).start()
+    try:
+        with Recorder(d.pub) as rec:
+            d.write_config({**d.config, "streams": [{"name": "stills", "source": f"images://{folder}"}]})
+            d.signal(__import__("signal").SIGHUP)
+            rec.wait(lambda ms: ("ended", "end of stream") in states(ms), stream="stills", timeout=30)
+            time.sleep(0.5)  # anything after `ended` would be a re-read
+            msgs = rec.since(stream="stills")
+        seqs = [r["seq"] for r in results(msgs)]
+        skipped = [e["detail"] for e in events(msgs, "skipped")]
+        status = stream_status(d, "stills")
+        print(f"\nRELIABILITY images: results {seqs}, skipped {skipped}, counters {status['counters']}")
+        assert seqs == [0, 1, 2], seqs  # a, c, e: once each, in order
+        assert len(skipped) == 2 and "b.png (0 bytes)" in skipped[0] and "d.png" in skipped[1], skipped
+        assert "FIFO" in skipped[1]
+        assert status["state"] == "ended" and status["counters"]["captured"] == 3
+        assert status["counters"]["reconnects"] == 0
+    finally:
+        assert d.stop() == 0, d.output()[-3000:]
+
+
+def test_capture_failures_become_backoff_never_a_dead_thread(tmp_path, bundles_dir):
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare for a daemon with a small /dev/shm of its own")
+    # /dev/shm of 1 MiB in the daemon's own mount namespace: a 640x480 ring (4 x 0.9 MB) does not fit (ENOSPC)
+    wrapper = ("unshare", "--mount", "--propagation", "private", "sh", "-c",
+               'mount -t tmpfs -o size=1m lited-small-shm /dev/shm && exec "$@"', "sh")
+    config = {"models": {"face": str(bundles_dir / "ultraface")},
+              "streams": [{"name": "nospace", "source": "synth://?size=640x480&fps=10"},
+                          {"name": "huge", "source": "synth://?size=100000x100000&fps=10"},
+                          {"name": "small", "source": "synth://?size=64x48&fps=10"}]}
+    d = DaemonProcess(tmp_path, config, wrapper=wrapper).start()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with d.client() as client:
+                streams = {s["stream"]: s for s in client.status()["streams"]}
+            if len(streams) == 3 and all(streams[n]["counters"]["errors"] >= 2 for n in ("nospace", "huge")) \
+                    and streams["small"]["counters"]["inferred"] >= 5:
+                break
+            time.sleep(0.2)
+        print("\nRELIABILITY capture failures:", {n: (s["state"], s["detail"], s["counters"]["errors"])
+                                                  for n, s in streams.items()})
+        assert streams["nospace"]["state"] == "backoff", streams["nospace"]
+        assert "No space left on device" in streams["nospace"]["detail"], streams["nospace"]
+        assert streams["huge"]["state"] == "backoff" and "over 67108864 pixels" in streams["huge"]["detail"]
+        assert all(streams[n]["counters"]["errors"] >= 2 for n in ("nospace", "huge")), streams  # still retrying
+        assert streams["small"]["state"] == "streaming" and streams["small"]["counters"]["inferred"] >= 5
+    finally:
+        assert d.stop() == 0, d.output()[-3000:]
+
+    # A group that does not exist: refused at start, one line, exit 2 (it used to kill every capture thread)
+    bad = tmp_path / "bad.json"
+    bad.write_text(__import__("json").dumps({**config, "streams": config["streams"][2:], "group": "nosuchgroup"}))
+    run = subprocess.run([sys.executable, "-m", "lited.cli", "serve", "--config", str(bad)], capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert "group: no such group 'nosuchgroup'" in run.stderr
+
+
+def test_a_truncated_ring_is_repaired_replaced_and_reported(tmp_path, bundles_dir):
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root (to truncate a 0440 segment) and setpriv (to try as its non-root owner)")
+    config = {"models": {"face": str(bundles_dir / "ultraface")},
+              "streams": [{"name": "cam", "source": "synth://?size=64x48&fps=4"}]}
+    d = DaemonProcess(tmp_path, config).start()
+    try:
+        with Recorder(d.pub) as rec:
+            first = rec.wait(lambda ms: results(ms), stream="cam")[0]
+            path = Path("/dev/shm") / first["frame"]["ring"]
+            # Root can truncate it: three times, each right after a result (the quiet moment between frames).
+            inodes = [path.stat().st_ino]
+            for _ in range(3):
+                t = time.monotonic()
+                rec.wait(lambda ms: results(ms), t=t, stream="cam")
+                time.sleep(0.05)
+                os.truncate(path, 0)
+                rec.wait(lambda ms: events(ms, "ring") or d.proc.poll() is not None, t=t, stream="cam", timeout=10)
+                assert d.proc.poll() is None, f"the daemon died: {d.proc.returncode}"
+                after = rec.wait(lambda ms: results(ms), t=time.monotonic(), stream="cam")[0]
+                inodes.append((Path("/dev/shm") / after["frame"]["ring"]).stat().st_ino)
+            msgs = rec.since(stream="cam")
+        # Its owner (not root) cannot truncate it at all: the mode refuses the open for writing.
+        st = path.stat()
+        assert stat.S_IMODE(st.st_mode) == 0o440
+        os.chown(path, 65534, -1)
+        as_owner = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                                   "truncate", "-s", "0", str(path)], capture_output=True, text=True)
+        os.chown(path, st.st_uid, -1)
+        assert as_owner.returncode != 0 and "Permission denied" in as_owner.stderr, as_owner
+        assert path.stat().st_size == st.st_size
+        rings = events(msgs, "ring")
+        seqs = [r["seq"] for r in results(msgs)]
+        print(f"\nRELIABILITY truncated ring: {len(rings)} ring events ({rings[0]['detail']}), "
+              f"{len(seqs)} results, inodes {inodes}")
+        assert len(rings) == 3 and "truncated to 0 bytes by another process" in rings[0]["detail"]
+        assert len(set(inodes)) == 4  # a new segment each time
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)  # frame numbers keep rising
+        with d.client() as client:
+            assert client.ping()["pong"]
+        assert stream_status(d, "cam")["state"] == "streaming"
+    finally:
+        assert d.stop() == 0, d.output()[-3000:]
