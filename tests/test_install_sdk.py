@@ -210,16 +210,22 @@ def make_prefix(path: Path, checkout: Path) -> Prefix:
     return prefix
 
 
+_first_install: List[FirstInstall] = []  # test_readme imports the fixture: pytest would run it twice
+
+
 @pytest.fixture(scope="session")
 def first_install(tmp_path_factory, golden, checkout: Path) -> FirstInstall:
-    """The installer on an empty prefix, runtime and all (pip from the checkout): once a session."""
-    work = tmp_path_factory.mktemp("first-install")
-    (work / "sdk").mkdir()
-    bundle_zip = Sdk(work / "sdk", golden).zip("1.0.0")
-    prefix = make_prefix(work / "root", checkout)
-    started = time.monotonic()
-    result = run_install(prefix, bundle_zip)
-    return FirstInstall(prefix, bundle_zip, result, time.monotonic() - started)
+    """The installer on an empty prefix, runtime and all (pip from the checkout): once a session,
+    also for the modules that import this fixture."""
+    if not _first_install:
+        work = tmp_path_factory.mktemp("first-install")
+        (work / "sdk").mkdir()
+        bundle_zip = Sdk(work / "sdk", golden).zip("1.0.0")
+        prefix = make_prefix(work / "root", checkout)
+        started = time.monotonic()
+        result = run_install(prefix, bundle_zip)
+        _first_install.append(FirstInstall(prefix, bundle_zip, result, time.monotonic() - started))
+    return _first_install[0]
 
 
 @pytest.fixture

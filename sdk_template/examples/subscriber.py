@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Print lited's live results with the client library (lited.client).
 
-    python subscriber.py [--config FILE | --endpoint ipc:///run/lited/pub.sock] [--stream cam0] [--duration S] [--frames]
+    python subscriber.py [--config FILE | --endpoint ipc:///run/lited/pub.sock] [--stream cam0] [--duration S] [--count N] [--frames]
 
 With --frames it also reads each result's frame from shared memory, zero
 copy, and prints its mean brightness: what an app that crops or records
@@ -32,11 +32,13 @@ def main() -> int:
     ap.add_argument("--endpoint", help="PUB endpoint (default: from the config, else ipc://<runtime dir>/pub.sock)")
     ap.add_argument("--stream", action="append", help="stream(s) to follow (default: all)")
     ap.add_argument("--duration", type=float, help="stop after this many seconds")
+    ap.add_argument("--count", type=int, help="stop after this many results")
     ap.add_argument("--frames", action="store_true", help="also read each frame from shared memory")
     args = ap.parse_args()
     deadline = time.monotonic() + args.duration if args.duration else None
+    results = 0
     with Subscriber(args.endpoint, streams=args.stream, events=True, config=args.config) as sub:
-        while deadline is None or time.monotonic() < deadline:
+        while (deadline is None or time.monotonic() < deadline) and (args.count is None or results < args.count):
             msg = sub.recv(timeout=0.5)
             if msg is None:
                 continue
@@ -52,6 +54,7 @@ def main() -> int:
                 except (FrameOverwritten, RingGone) as exc:
                     line += f" (frame gone: {exc})"
             print(line, flush=True)
+            results += 1
     return 0
 
 
