@@ -178,7 +178,7 @@ def probe_live(args) -> dict:
     import tempfile
 
     from lited.bundle import load_bundle
-    from lited.client import Client, FrameOverwritten, RingGone, Subscriber
+    from lited.client import Client, DaemonUnreachable, FrameOverwritten, RingGone, Subscriber
 
     bundle = load_bundle(args.bundle)
     bare_run = bare_predictor_run(bundle, args.video)
@@ -195,13 +195,13 @@ def probe_live(args) -> dict:
                                    f"{tmp}/lited.conf"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             with Client(f"ipc://{tmp}/run/req.sock", timeout=2) as client, \
-                    Subscriber(f"ipc://{tmp}/run/pub.sock", streams=["live"]) as sub:
+                    Subscriber(f"ipc://{tmp}/run/pub.sock", streams=["live"], check=False) as sub:
                 deadline = time.monotonic() + 120
                 while True:
                     try:
                         if client.status()["ready"]:
                             break
-                    except TimeoutError:
+                    except (TimeoutError, DaemonUnreachable):  # not up yet
                         pass
                     if time.monotonic() > deadline or daemon.poll() is not None:
                         raise RuntimeError("lited serve did not get ready")
