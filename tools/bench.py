@@ -24,27 +24,18 @@ import tempfile
 import time
 from pathlib import Path
 
+import demo  # tools/, beside this script: the demo bundle's detector alone
+import make_bundles  # bundles and the ONNX originals' names
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 PROBES = ROOT / "tools" / "bench_probes.py"
 SHARED = Path(os.environ.get("LITED_SHARED", ROOT.parent / "shared"))
 
-
-def _load_tool(name: str):
-    """tools/<name>.py as a module (demo: the demo bundle's detector alone; make_bundles: bundles, ONNX files)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 IMAGE_FOR = {"ultraface": "astronaut", "fastestdet": "coffee", "mobilenetv2": "chelsea", "nanodet_m": "coffee",
              "ppocrv4_det": "page", "ppocr_cls": "page", "ppocrv4_rec": "page", "demo_ppocrv4_det": "page"}
-MAKE_BUNDLES = _load_tool("make_bundles")
-ONNX = {**{m: f"{m}/onnx/{f}" for m, f in MAKE_BUNDLES.ONNX_FILES.items()},
-        "demo_ppocrv4_det": f"ppocrv4_det/onnx/{MAKE_BUNDLES.ONNX_FILES['ppocrv4_det']}"}
+ONNX = {**{m: f"{m}/onnx/{f}" for m, f in make_bundles.ONNX_FILES.items()},
+        "demo_ppocrv4_det": f"ppocrv4_det/onnx/{make_bundles.ONNX_FILES['ppocrv4_det']}"}
 PADDLE = {m: f"{m}/paddle" for m in ("ultraface", "fastestdet", "mobilenetv2", "ppocrv4_det", "ppocr_cls", "nanodet_m")}
 # the OCR cascade's three models as ONNX originals (det, cls with its dynamic batch, rec)
 OCR_ONNX = ("ppocrv4_det/onnx/ch_PP-OCRv4_det_infer.onnx", "ppocr_cls/onnx/ch_ppocr_mobile_v2.0_cls_infer.onnx",
@@ -731,7 +722,7 @@ def engine_bundles(names: list, tmp: Path, progress: Progress) -> dict:
                 continue
             root, paddle_dir = out / name, work / "x2paddle" / "inference_model"
         else:
-            root = MAKE_BUNDLES.assemble(name, SHARED / "models", out, ("x86",), ("openvino", "onnxruntime"),
+            root = make_bundles.assemble(name, SHARED / "models", out, ("x86",), ("openvino", "onnxruntime"),
                                          STAND_IN.get(name))
             paddle_dir = SHARED / "models" / PADDLE[name]
         if with_pi:
@@ -1178,7 +1169,7 @@ def section_live(tmp: Path, progress: Progress, args: argparse.Namespace) -> str
     bundles = tmp / "bundles"
     subprocess.run([PY, str(ROOT / "tools" / "make_bundles.py"), "--out", str(bundles),
                     *[n for n in names if n != "demo_ppocrv4_det"]], check=True, stdout=subprocess.DEVNULL)
-    _load_tool("demo").detector_bundle(bundles / "demo_ppocrv4_det")
+    demo.detector_bundle(bundles / "demo_ppocrv4_det")
     return render_live(bench_live(names, bundles, False, progress, tmp))
 
 
@@ -1262,7 +1253,7 @@ def main() -> int:
         subprocess.run([PY, str(ROOT / "tools" / "make_bundles.py"), "--out", str(bundles), *shared_names],
                        check=True, stdout=subprocess.DEVNULL)
         if "demo_ppocrv4_det" in names:  # the demo bundle's detector alone (its cascade has its own section)
-            _load_tool("demo").detector_bundle(bundles / "demo_ppocrv4_det")
+            demo.detector_bundle(bundles / "demo_ppocrv4_det")
         rows = bench_models(names, bundles, args.quick, progress, tmp)
         live = bench_live(names, bundles, args.quick, progress, tmp)
         threads = bench_threads(thread_models, bundles, progress)
