@@ -21,8 +21,12 @@ Two policies, chosen by the stream (`Feed.policy`):
   arrives (at most once a camera frame, and re-preparing takes at most half
   of a core's CPU time). When the engine frees, that frame starts: nothing
   queued behind a slow or jittery model grows stale, and a model faster than
-  the camera starts each frame as it arrives. No guess of when the engine
-  will be free is involved, so no misguess can leave a frame waiting.
+  the camera starts each frame as it arrives. One exception, for a model
+  slower than a steady camera: the prepared frame is up to a camera interval
+  old when the engine frees, so if the next frame is due (and prepared) very
+  soon, the engine waits for it instead. Waits are short and rare enough to
+  cost at most HOLD_SHARE of the engine's time (see `_hold`); if the frame
+  does not come in time, the prepared one starts.
 - `queue` (lossless sources): a second run queued behind the running one,
   so the engine never waits for this process: the most results per second.
 
@@ -74,6 +78,7 @@ class ModelRunner:
     # `latest`: 2 + 3; `queue` (prep waits while a prepared frame waits): 1 + 3.
     FRAMES_HELD = 5
     REPREP_DUTY = 0.5  # re-preparing for a newer frame takes at most this share of one core (CPU time)
+    HOLD_SHARE = 0.02  # `latest`: the engine waits for a fresher frame at most this share of its run time
     POST_PROGRESS_S = 60.0  # a cascade engine run slower than this counts as hung (no watchdog beats)
     # Test hook: tests install a callable(runner) that runs in the infer thread
     # before each collect, to inject faults (a wedged driver call). None in production.
@@ -98,6 +103,13 @@ class ModelRunner:
         self._post_box: Optional[tuple] = None  # (output set, outputs, geometry, info, frame): waiting for post
         self._last_done = 0.0      # when the engine finished its last run (perf_counter)
         self._reprep_after = 0.0   # no re-prep before this (perf_counter): REPREP_DUTY
+        self._hold_until: Optional[float] = None  # the engine waits for a frame newer than _held_frame until then
+        self._held_frame = -1
+        self._hold_started = 0.0
+        self._held_s = 0.0         # time the engine spent waiting for fresher frames (monotonic s)
+        self._engine_s = 0.0       # time the engine spent running frames (s)
+        self._run_s = 0.0          # recent run time of one frame, and of preparing one (EMA, s)
+        self._prep_s = 0.0
         self._post_progress = time.monotonic()  # the post thread's last sign of life
         self._restarts = Backoff()
         name = feed.name
@@ -150,6 +162,8 @@ class ModelRunner:
         with self._cond:
             while (self._ready and len(self._inflight) < self._runs and self._free_outputs
                    and not self._restarting and self._failed is None and not self._stop.is_set()):
+                if self.policy == "latest" and self._hold(self._ready[0][-1]):
+                    return
                 input_set, geom, info, frame = self._ready.popleft()
                 output_set = self._free_outputs.pop()
                 now = time.perf_counter()
@@ -165,6 +179,39 @@ class ModelRunner:
                     return
                 self._inflight.append((input_set, output_set, geom, info, frame))
                 self._cond.notify_all()
+
+    def _hold(self, ready: Frame) -> bool:
+        """`latest`, the engine free and frame `ready` prepared: should the
+        engine wait for a newer one? (Called with the lock held.)
+
+        The prepared frame is as old as the engine's run is long, modulo the
+        camera interval T: anything from 0 to T. Waiting c s for the next one
+        saves it T - c s of age at the cost of c idle. Waiting only when
+        c <= w, with a roughly uniform c, costs w^2 / 2T per run on average;
+        w = sqrt(2 HOLD_SHARE T run) keeps that at HOLD_SHARE of the run
+        time, and a running total holds it there whatever the timing does."""
+        now = time.monotonic()
+        if self._hold_until is not None:
+            if ready.number > self._held_frame or now >= self._hold_until:  # fresher, or it did not come
+                self._held_s += now - self._hold_started
+                self._hold_until = None
+                return False
+            return True
+        beat = self.feed.next_frame_due()
+        if beat is None:
+            return False
+        due, interval = beat
+        fresh_at = due + self._prep_s
+        cost = fresh_at - now
+        limit = min(interval, (2 * self.HOLD_SHARE * interval * self._run_s) ** 0.5)
+        age = now - ready.meta.ts_ns / 1e9
+        if not 0 < cost <= min(limit, age) or self._held_s + cost > self.HOLD_SHARE * self._engine_s + limit:
+            return False
+        self._held_frame = ready.number
+        self._hold_started = now
+        self._hold_until = fresh_at + 0.25 * limit + 0.002  # a little late is still worth it
+        self._cond.notify_all()  # the infer thread submits at _hold_until if nothing newer came
+        return True
 
     # -- infer thread: builds the model, then collects its runs in order
     def _infer_loop(self) -> None:
@@ -189,10 +236,13 @@ class ModelRunner:
             self.feed.beat()
             with self._cond:
                 if not self._inflight and self._failed is None:
-                    self._cond.wait(0.5)
+                    self._cond.wait(0.5 if self._hold_until is None
+                                    else min(0.5, max(0.0, self._hold_until - time.monotonic())))
                 failed, self._failed = self._failed, None
-                if failed is None and not self._inflight:
-                    continue
+                idle = failed is None and not self._inflight
+            if idle:
+                self._submit_ready()  # a wait for a fresher frame may have run out
+                continue
             if failed is None:
                 fault = ModelRunner.fault_hook
                 if fault is not None:
@@ -212,6 +262,8 @@ class ModelRunner:
             self._submit_ready()  # the engine starts the next prepared frame now, not after decoding
             started = max(info.pop("_submitted_at"), self._last_done)  # when the engine took it up
             self._last_done = t1
+            self._engine_s += t1 - started
+            self._run_s += (t1 - started - self._run_s) * (1.0 if self._run_s == 0 else 0.2)
             timings = info["timings_ms"]
             timings["queue"] = (started - info.pop("_prepped_at")) * 1e3
             timings["infer"] = (t1 - started) * 1e3
@@ -390,6 +442,7 @@ class ModelRunner:
             return None
         t1 = time.perf_counter()
         prep_ms = (t1 - t0) * 1e3
+        self._prep_s += (t1 - t0 - self._prep_s) * 0.2
         if self._ready:  # a re-prep: CPU time, not wall time (on a busy machine that is mostly waiting)
             self._reprep_after = t1 + (time.thread_time() - cpu0) * (1 / self.REPREP_DUTY - 1)
         info = {"stream": self.feed.name, "seq": frame.number, "frame_ts": meta.wall_ns / 1e9,

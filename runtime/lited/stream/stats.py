@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import collections
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -95,15 +95,32 @@ class StreamStats:
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] += n
 
-    def frame_captured(self, frame: int, capture_ms: float) -> None:
-        """A frame was committed to the ring after `capture_ms` of reading."""
-        now = time.monotonic()
+    def frame_captured(self, frame: int, capture_ms: float, at: Optional[float] = None) -> None:
+        """A frame was committed to the ring after `capture_ms` of reading, at
+        `at` (`time.monotonic()`, now if None)."""
+        now = time.monotonic() if at is None else at
         self.last_frame_at = now
         self._captured_at.append(now)
         self.counters["captured"] += 1
         self._capture_ms[frame] = capture_ms
         if len(self._capture_ms) > 64:
             self._capture_ms.pop(next(iter(self._capture_ms)))
+
+    def next_frame_due(self, intervals: int = 16) -> Optional[Tuple[float, float]]:
+        """When the next frame should arrive (`time.monotonic()` s) and the
+        camera interval (s): the last arrival plus the median of the last
+        `intervals` intervals, and that median. None unless
+        the source is steady (a paced camera: the middle half of the intervals
+        within 25% of the median), as a file read flat out or a stalling
+        network camera is not."""
+        times = list(self._captured_at)[-(intervals + 1):]
+        if len(times) <= intervals:
+            return None
+        gaps = sorted(b - a for a, b in zip(times, times[1:]))
+        median = gaps[len(gaps) // 2]
+        if median <= 0 or gaps[3 * len(gaps) // 4] - gaps[len(gaps) // 4] > 0.25 * median:
+            return None
+        return times[-1] + median, median
 
     def capture_ms(self, frame: int) -> float:
         """How long reading frame `frame` took (0 once it is forgotten)."""

@@ -1,0 +1,41 @@
+"""The camera's beat, as the `latest` policy reads it to decide whether the
+engine waits a moment for a fresher frame (runner.py `_hold`)."""
+import random
+
+import pytest
+
+RANDOM = random.Random(2)
+
+from lited.stream.stats import StreamStats
+
+
+def _stats(gaps):
+    stats, at = StreamStats(), 100.0
+    stats.frame_captured(0, 1.0, at=at)
+    for number, gap in enumerate(gaps, 1):
+        at += gap
+        stats.frame_captured(number, 1.0, at=at)
+    return stats, at
+
+
+def test_a_steady_camera_has_a_due_time_and_an_interval():
+    rng = random.Random(1)
+    stats, last = _stats([1 / 30 + rng.uniform(-0.002, 0.002) for _ in range(40)])
+    due, interval = stats.next_frame_due()
+    assert interval == pytest.approx(1 / 30, abs=0.002)
+    assert due == pytest.approx(last + interval)
+
+
+def test_a_camera_that_drops_a_frame_now_and_then_is_still_steady():
+    gaps = [1 / 30] * 40
+    gaps[-5] = 2 / 30
+    assert StreamStats.next_frame_due(_stats(gaps)[0])[1] == pytest.approx(1 / 30)
+
+
+@pytest.mark.parametrize("gaps", [
+    [1 / 30] * 10,                                                      # too few frames yet
+    [RANDOM.expovariate(30) for _ in range(40)],              # frames at random times
+    [0.001, 0.001, 0.2] * 14,                                           # a network camera in bursts
+], ids=["short", "random", "bursts"])
+def test_an_unsteady_or_new_source_has_no_due_time(gaps):
+    assert _stats(gaps)[0].next_frame_due() is None
