@@ -5,7 +5,7 @@ process (summed) and its /dev/shm rings are sampled. Exits non-zero when memory,
 
     python tests/soak.py --minutes 30                  # the documented long run
     LITED_SOAK_MINUTES=30 python tests/soak.py         # the same
-    python tests/soak.py --minutes 2 --json out.json   # what CI runs (tests/test_reliability_soak.py)
+    python tests/soak.py --minutes 1 --json out.json   # what CI runs (tests/test_reliability_soak.py)
 
 RSS growth is the slope of a least-squares line through the samples of the
 last two thirds of the run (the first third is warm-up: allocator pools,

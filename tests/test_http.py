@@ -493,7 +493,7 @@ def test_50_infer_and_10_live_clients_beside_a_stream(tmp_path, bundles_dir):
         sampler.start()
         for _ in range(2):
             a = figures()
-            time.sleep(10)
+            time.sleep(6)
             quiet = rates(a, figures())
             a = figures()
             load = subprocess.run([sys.executable, str(ROOT / "tests" / "http_load.py"), s.url, str(big), str(small),

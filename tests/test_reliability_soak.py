@@ -1,5 +1,5 @@
 """The soak script (tests/soak.py) run briefly: a full-speed synthetic stream
-with two subscriber processes for LITED_SOAK_CI_MINUTES (default 2) minutes.
+with two subscriber processes for LITED_SOAK_CI_MINUTES (default 1) minutes.
 The long run (`LITED_SOAK_MINUTES=30 python tests/soak.py`, RSS < 1 MB/hour)
 is documented in docs/RELIABILITY.md."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT, need_shared
 
-MINUTES = float(os.environ.get("LITED_SOAK_CI_MINUTES", "2"))
+MINUTES = float(os.environ.get("LITED_SOAK_CI_MINUTES", "1"))
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ from daemon_process import DaemonProcess
 from soak import Recorder, fd_count, max_gap, rss_mb, shm_rings
 from lited.client import Subscriber
 
-RTSP_CYCLES = int(os.environ.get("LITED_RTSP_CYCLES", "8"))
+RTSP_CYCLES = int(os.environ.get("LITED_RTSP_CYCLES", "4"))
 STALL_CYCLES = int(os.environ.get("LITED_STALL_CYCLES", "1"))
 SEED = int(os.environ.get("LITED_FAULT_SEED", "7"))
 # FFmpeg needs about 2 s to open the test server's stream (probing): an open
