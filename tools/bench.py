@@ -1018,21 +1018,28 @@ def _range(values: list, digits: int = 2) -> str:
     return f" ({min(values):.{digits}f}-{max(values):.{digits}f})" if len(values) > 1 else ""
 
 
+def _load_range(rows: list) -> str:
+    loads = [r["load"] for row in rows for r in row["runs"] if "load" in r]
+    return f"{min(loads):.1f} to {max(loads):.1f}" if loads else "not recorded"
+
+
 def render_engines(rows: list, pair: list, footprint: list, int8: list, machine_line: str) -> str:
     lines = [f"""## Engines: Paddle Lite, Paddle Inference, OpenVINO, onnxruntime
 
 Every figure in this section comes from one run of `tools/bench.py` (or `--only engines`) on
-{time.strftime('%Y-%m-%d')}. Machine: {machine_line}. The machine's two cores were shared with other
-work the whole time, so wall-clock figures are inflated and noisy: read the **ratios**, each measured in
-one process or one round, and the **CPU milliseconds per frame**, which other load barely moves (it
-counts spinning) and which say what a frame costs on a board.
+{time.strftime('%Y-%m-%d')}. Machine: {machine_line}. The 1-minute load average at the ends of the
+engine runs was {_load_range(rows)} (two cores: above 2, other work took turns with the engines, and
+wall-clock figures are inflated and noisy). The **ratios** are each measured in one process or one
+round, and the **CPU milliseconds per frame**, which other load barely moves (it counts spinning),
+say what a frame costs on a board.
 
 Per model, each engine ran in its own process, in shuffled order, in each round: its bare loop (the
 engine's `run()` on the video's first frame, preprocessed by lited: what an app calling that runtime
 pays; for Paddle Lite it includes copying the outputs out), timed before and after `lited run` on an
 unpaced MJPG file of the model's image through the whole pipeline (capture, preprocessing into the
-engine's input set in shared memory, the engine in its engine process, decoding), frames per second
-from the 10th result to three quarters of the file. One thread per engine (`threads: 1`). Paddle
+engine's input set in shared memory, the engine in its engine process, decoding), the file looping,
+frames per second from the 10th result for as long as the bare loop's bursts (2-6 s, and at least
+40 frames). One thread per engine (`threads: 1`). Paddle
 Inference runs with `mkldnn: true`. *x Paddle Lite* is the bare loop's speed over Paddle Lite's in the
 same round; *run / bare* is `lited run` fps over the bare loop's fps (the mean of before and after),
 median of the rounds (range). *Agrees* compares each engine's decoded result on the image with Paddle
