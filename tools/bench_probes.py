@@ -463,11 +463,13 @@ def probe_engine(args) -> dict:
 
     from lited.bundle import load_bundle
     from lited.model import Model
+    from lited.preprocess import share_cores_with_engines
     from lited.stream import Stream
 
     bundle = load_bundle(args.bundle)
     opts = {"threads": args.threads or 1}
     local = Model(bundle, engine=args.engine, options=opts)
+    share_cores_with_engines(opts["threads"])  # as `lited run` does (after the bare loop's Model: it is not isolated)
     result = local.infer(cv2.imread(args.image))
     cap = cv2.VideoCapture(args.video)
     frame = cap.read()[1]

@@ -208,10 +208,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from lited.bundle import load_bundle
     from lited.model import Model
+    from lited.preprocess import share_cores_with_engines
     from lited.sources import SourceError
     from lited.stream import Stream
 
     bundle = load_bundle(args.bundle)
+    share_cores_with_engines(args.threads or 1)  # the engine's process runs 1 thread unless told
     results: queue.Queue = queue.Queue(maxsize=256)
     ended, opened, last_problem = [], [], [""]
 

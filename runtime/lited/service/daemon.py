@@ -42,6 +42,7 @@ from lited.config import Config, ConfigError, ModelSettings, StreamConfig, load_
 from lited.engine_process import child_pids
 from lited.engines import EngineError
 from lited.model import Model
+from lited.preprocess import share_cores_with_engines
 from lited.protocol import ProtocolError
 from lited.service.bus import Bus, Curve
 from lited.service.requests import Requests
@@ -194,6 +195,7 @@ class Daemon:
             log.warning("engine threads asked for (%s) exceed the %d cores: running %s",
                         ", ".join(f"{n} {t}" for n, t in requested.items()), len(os.sched_getaffinity(0)),
                         ", ".join(f"{n} {t}" for n, t in shared.items()), extra={"event": "threads"})
+        share_cores_with_engines(sum(shared.values()))
         return shared
 
     def _stream_model(self, sc: StreamConfig, bundle: Bundle):
