@@ -193,7 +193,7 @@ class ModelRunner:
         now = time.monotonic()
         if self._hold_until is not None:
             if ready.number > self._held_frame or now >= self._hold_until:  # fresher, or it did not come
-                self._held_s += now - self._hold_started
+                self._held_s += min(now, self._hold_until) - self._hold_started
                 self._hold_until = None
                 return False
             return True
@@ -236,8 +236,8 @@ class ModelRunner:
             self.feed.beat()
             with self._cond:
                 if not self._inflight and self._failed is None:
-                    self._cond.wait(0.5 if self._hold_until is None
-                                    else min(0.5, max(0.0, self._hold_until - time.monotonic())))
+                    hold_s = 0.0 if self._hold_until is None else self._hold_until - time.monotonic()
+                    self._cond.wait(min(0.5, hold_s) if hold_s > 0 else 0.5)
                 failed, self._failed = self._failed, None
                 idle = failed is None and not self._inflight
             if idle:
