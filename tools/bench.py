@@ -662,7 +662,6 @@ queue; the resend timeout follows the confirmation time, so the servers are not 
 
 ENGINE_FRAMES = {"ultraface": 80, "fastestdet": 80, "mobilenetv2": 60, "nanodet_m": 40, "ppocrv4_det": 24,
                  "ppocr_cls": 120, "ppocrv4_rec": 24}
-ONE_ROUND = ("mobilenetv2", "nanodet_m", "ppocrv4_det", "ppocrv4_rec")  # slow on Paddle Lite: one round (time)
 VIDEO_SIZE = {"ppocrv4_det": (384, 192), "ppocrv4_rec": (320, 48)}  # PP-OCR det at 192x384, as measured before
 
 
@@ -748,7 +747,7 @@ def bench_engines(bundles: dict, rounds: int, progress: Progress, tmp: Path) -> 
         video = tmp / f"{name}_engines.avi"
         make_video(image, video, ENGINE_FRAMES[name] + 20, VIDEO_SIZE.get(name))
         by_kind: dict = {k: [] for k in kinds}
-        for r in range(rounds if name not in ONE_ROUND else 1):
+        for r in range(rounds):
             order = random.Random(r).sample(kinds, len(kinds))
             for kind in order:
                 progress.step(f"engines: {name} {kind} round {r + 1}")
@@ -821,7 +820,7 @@ def bench_int8(names: list, calib: Path, progress: Progress, tmp: Path) -> list:
                               SHARED / "models" / name / "labels.txt", "--targets", "x86", "--int8", calib,
                               "--int8-engine", kind, "--out", tmp / f"{name}_{kind}_int8.zip"], tmp, f"{name}_{kind}")
             if work is not None:
-                rows.append({"model": name, **json.loads((work / "int8_report.json").read_text())})
+                rows.append({"model": name, "calib": str(calib), **json.loads((work / "int8_report.json").read_text())})
     return rows
 
 
@@ -1046,8 +1045,7 @@ median of the rounds (range). *Agrees* compares each engine's decoded result on 
 Lite's within the golden tolerance (box 4 px, score 0.05): empty means identical within it.
 NanoDet-m and PP-OCRv4 rec are decoded by a stand-in (`classification` over the first output) until
 their own decoders land; PP-OCRv4 rec's `.nb` and Paddle model were made by `tools/build_sdk.py` from its
-ONNX with its width fixed at 320; PP-OCRv4 det ran at 192x384. MobileNetV2, NanoDet-m and PP-OCRv4 det and
-rec ran one round (slow on Paddle Lite; the time the run had), the others two.
+ONNX with its width fixed at 320; PP-OCRv4 det ran at 192x384. Every model ran `--rounds` rounds (default 2).
 Copies a frame in the engine process, steady state (its `stats()`, checked by tests/test_engines.py):
 OpenVINO and onnxruntime read the input set and write the output set in place, 0 and 0 (after the first
 run into each of the three output sets); Paddle Lite and Paddle Inference copy the inputs in and the
@@ -1112,10 +1110,12 @@ Total frames per second of the streams together and CPU milliseconds per frame (
 `tools/build_sdk.py --int8 DIR --int8-engine E` on the same calibration images, accuracy against the
 same engine's fp32 model on those images (decoded results: boxes matched one to one at IoU 0.7 with the
 same label, or top-1 agreement), speed of each model's bare loop in interleaved bursts (1 thread), and
-file sizes (an IR counts its `.bin`). No VNNI on this CPU: int8 is rarely faster here.
+file sizes (an IR counts its `.bin`). No VNNI on this CPU: int8 is rarely faster here. Calibration
+images: {calib}.
 
 | model | quantiser | accuracy against fp32 | fp32 ms (CPU ms) | int8 ms (CPU ms) | speed-up (CPU) | size fp32 -> int8 |
-| --- | --- | --- | --- | --- | --- | --- |"""]
+| --- | --- | --- | --- | --- | --- | --- |""".replace("{calib}", ", ".join(sorted({f"`{q['calib']}`" for q in int8 if "calib" in q}))
+                                                   or "not recorded")]
     for q in int8:
         if "top1_agreement" in q:
             acc = f"top-1 agreement {q['top1_agreement']:.0%} of {q['frames']} images"
