@@ -79,6 +79,7 @@ class ModelRunner:
     FRAMES_HELD = 5
     REPREP_DUTY = 0.5  # re-preparing for a newer frame takes at most this share of one core (CPU time)
     HOLD_SHARE = 0.02  # `latest`: the engine waits for a fresher frame at most this share of its run time
+    HOLD_RUNS_MAX = 5  # ... and only when a run takes under this many camera intervals (below)
     POST_PROGRESS_S = 60.0  # a cascade engine run slower than this counts as hung (no watchdog beats)
     # Test hook: tests install a callable(runner) that runs in the infer thread
     # before each collect, to inject faults (a wedged driver call). None in production.
@@ -189,7 +190,10 @@ class ModelRunner:
         saves it T - c s of age at the cost of c idle. Waiting only when
         c <= w, with a roughly uniform c, costs w^2 / 2T per run on average;
         w = sqrt(2 HOLD_SHARE T run) keeps that at HOLD_SHARE of the run
-        time, and a running total holds it there whatever the timing does."""
+        time, and a running total holds it there whatever the timing does.
+        A run of more than HOLD_RUNS_MAX intervals never waits: the age a
+        wait saves (T / 2 on average) is then under a tenth of the run, not
+        worth 2% of the results."""
         now = time.monotonic()
         if self._hold_until is not None:
             if ready.number > self._held_frame or now >= self._hold_until:  # fresher, or it did not come
@@ -201,6 +205,8 @@ class ModelRunner:
         if beat is None:
             return False
         due, interval = beat
+        if self._run_s > self.HOLD_RUNS_MAX * interval:
+            return False
         fresh_at = due + self._prep_s
         cost = fresh_at - now
         limit = min(interval, (2 * self.HOLD_SHARE * interval * self._run_s) ** 0.5)
