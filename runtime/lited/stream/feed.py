@@ -7,7 +7,7 @@ stream decides what a result or an event turns into.
 from __future__ import annotations
 
 import threading
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional
 
 from lited.stream.handoff import Frame, FrameHandoff
 from lited.stream.stats import StreamStats
@@ -44,12 +44,6 @@ class Feed:
         """The newest frame not taken yet, held until `Frame.release()` or
         `publish` (waits up to 0.5 s); None if none or not active."""
         return self._handoff.next_frame(self, stop)
-
-    def next_frame_due(self) -> Optional[Tuple[float, float]]:
-        """When the stream's next frame should arrive (`time.monotonic()` s)
-        and the camera interval (s); None unless its source is steady
-        (StreamStats.next_frame_due)."""
-        return self.stats.next_frame_due()
 
     def wake(self) -> None:
         """Wake a `next_frame` waiting in another thread (when stopping)."""

@@ -201,7 +201,7 @@ class ModelRunner:
                 self._hold_until = None
                 return False
             return True
-        beat = self.feed.next_frame_due()
+        beat = self.feed.stats.next_frame_due()
         if beat is None:
             return False
         due, interval = beat
