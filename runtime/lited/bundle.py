@@ -158,6 +158,13 @@ class ModelSpec:
             raise BundleError(str(self.root), problems)
         return choice
 
+    def engine_threads(self, target: str | None = None, engine: str | None = None,
+                       precision: str | None = None) -> int:
+        """The threads the bundle's options give the engine `choose` would pick
+        (1 if none), without reading the model file."""
+        choice = choose_engine(self._target_files(target), engine, precision, str(self.root / "manifest.json"))
+        return int(choice.options.get("threads") or 1)
+
     def choose_like(self, target: str | None, first: Choice) -> Choice:
         """A later stage's file and engine: the engine (and precision) `first`
         (the first stage's choice) runs on, where this stage lists a file for

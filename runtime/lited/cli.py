@@ -213,7 +213,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lited.stream import Stream
 
     bundle = load_bundle(args.bundle)
-    share_cores_with_engines(args.threads or 1)  # the engine's process runs 1 thread unless told
+    share_cores_with_engines(args.threads or bundle.engine_threads(args.target, args.engine, args.precision))
     results: queue.Queue = queue.Queue(maxsize=256)
     ended, opened, last_problem = [], [], [""]
 

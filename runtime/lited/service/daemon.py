@@ -37,7 +37,7 @@ from typing import Any, Callable, ClassVar, Optional
 import numpy as np
 
 from lited import __version__, protocol
-from lited.bundle import Bundle, BundleError, choose_engine, load_bundle, machine_target
+from lited.bundle import Bundle, BundleError, load_bundle
 from lited.config import Config, ConfigError, ModelSettings, StreamConfig, load_config
 from lited.engine_process import child_pids
 from lited.engines import EngineError
@@ -509,8 +509,7 @@ def _bundle_threads(bundle: Optional[Bundle], settings: ModelSettings) -> int:
     if bundle is None:
         return 1
     try:
-        files = bundle.models()[machine_target(bundle.manifest["models"])]
-        return int(choose_engine(files, settings.engine, settings.precision).options.get("threads") or 1)
+        return bundle.engine_threads(None, settings.engine, settings.precision)
     except (BundleError, KeyError, TypeError, ValueError):
         return 1
 
