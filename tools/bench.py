@@ -832,6 +832,11 @@ def fmt(x: float) -> str:
     return f"{x:.2f}" if x < 100 else f"{x:.0f}"
 
 
+def _load_range(rows: list) -> str:
+    loads = [r["load"] for row in rows for r in row["runs"] if "load" in r]
+    return f"{min(loads):.1f} to {max(loads):.1f}" if loads else "not recorded"
+
+
 def render_live(live: list) -> str:
     """The live-camera section (also measured alone by --only live)."""
     lines = ["""## Live cameras: capture to result, and every result's own frame
@@ -847,13 +852,12 @@ subscriber could copy. `latest` is the live default (one run in the engine, the 
 started the moment it frees); `queue` keeps a second run queued (the lossless default), shown for
 comparison. Each policy ran three times, alternating with the other; the row is the run with the
 median latency ratio, the ranges of the three follow. Measured on {date}; the machine's 1-minute
-load average was {load_lo:.1f} to {load_hi:.1f} at the ends of the runs (two cores: above 2, other
+load average was {loads} at the ends of the runs (two cores: above 2, other
 jobs took turns with the daemon's threads and its engine process).
 
 | model | policy | camera fps | bare loop fps | results/s | results/s ratio | capture -> result p50 / p99 ms | own work p50 ms | latency ratio | wait / queue / infer p50 ms | frames read | skipped |
 | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"""]
-    loads = [r.get("load", float("nan")) for lv in live for r in lv["runs"]] or [float("nan")]
-    lines[0] = lines[0].format(date=time.strftime("%Y-%m-%d"), load_lo=min(loads), load_hi=max(loads))
+    lines[0] = lines[0].format(date=time.strftime("%Y-%m-%d"), loads=_load_range(live))
     for lv in live:
         r = lv["run"]
         lines.append(
@@ -1015,11 +1019,6 @@ def _med(values: list) -> float:
 
 def _range(values: list, digits: int = 2) -> str:
     return f" ({min(values):.{digits}f}-{max(values):.{digits}f})" if len(values) > 1 else ""
-
-
-def _load_range(rows: list) -> str:
-    loads = [r["load"] for row in rows for r in row["runs"] if "load" in r]
-    return f"{min(loads):.1f} to {max(loads):.1f}" if loads else "not recorded"
 
 
 def render_engines(rows: list, pair: list, footprint: list, int8: list, machine_line: str) -> str:
