@@ -269,7 +269,7 @@ class Requests:
 
     def _reserve(self, nbytes: int, what: str) -> None:
         """Hold `nbytes` more of the in-flight budget for this request (given
-        back by `_release`), or refuse it: busy now, or too large ever."""
+        back by `self.budget.give`), or refuse it: busy now, or too large ever."""
         if nbytes > self.budget.limit:
             raise ProtocolError("too_large", f"{what} needs {nbytes} bytes, over limits.max_inflight_bytes "
                                              f"({self.budget.limit})")
