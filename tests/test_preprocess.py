@@ -139,18 +139,3 @@ def test_fit_height_is_rapidocr_exactly(size):
                         [1, 48, -1, 3])
     nhwc(image)
     np.testing.assert_allclose(nhwc.tensor[0].transpose(2, 0, 1)[None], rec.tensor, atol=1e-6)
-
-
-def test_opencv_gets_the_cores_the_engines_leave():
-    """The daemon's OpenCV threads (preprocessing, decoding) do not contend with its engines."""
-    import cv2
-
-    from lited.preprocess import share_cores_with_engines
-
-    before = cv2.getNumThreads()
-    try:
-        assert share_cores_with_engines(1, cores=2) == 1 and cv2.getNumThreads() == 1
-        assert share_cores_with_engines(2, cores=8) == 6 and cv2.getNumThreads() == 6
-        assert share_cores_with_engines(4, cores=2) == 1  # engines oversubscribed: OpenCV still runs
-    finally:
-        cv2.setNumThreads(before)

@@ -206,14 +206,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     daemon, which retries for ever, a command in the foreground must end."""
     import queue
 
+    from lited import cores
     from lited.bundle import load_bundle
     from lited.model import Model
-    from lited.preprocess import share_cores_with_engines
     from lited.sources import SourceError
     from lited.stream import Stream
 
     bundle = load_bundle(args.bundle)
-    share_cores_with_engines(args.threads or bundle.engine_threads(args.target, args.engine, args.precision))
+    threads = args.threads or bundle.engine_threads(args.target, args.engine, args.precision)
+    plan = cores.plan_cores({args.name: threads}, os.sched_getaffinity(0), pin=not args.no_pin_engines)
+    cores.apply(plan)
+    if args.verbose:
+        print(f"lited: cores: {plan.describe()}", file=sys.stderr, flush=True)
     results: queue.Queue = queue.Queue(maxsize=256)
     ended, opened, last_problem = [], [], [""]
 
@@ -238,7 +242,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"lited: stream {event['stream']}: {state}{': ' + detail if detail else ''}",
                   file=sys.stderr, flush=True)
 
-    stream = Stream(args.name, args.source, lambda: Model(bundle, args.target, isolated=True, **_engine_args(args)),
+    stream = Stream(args.name, args.source, lambda: Model(bundle, args.target, isolated=True,
+                                                          cpus=plan.engines[args.name], **_engine_args(args)),
                     publish, on_event, stall_timeout=args.stall_timeout)
     with _loading(args.bundle):
         stream.start()
@@ -507,7 +512,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--open-timeout", type=float, default=10.0, metavar="S",
                    help="give up (exit 2) when the source has not opened within S seconds (default 10)")
     p.add_argument("--stall-timeout", type=float, default=5.0, help="seconds without a frame before 'stalled'")
-    p.add_argument("-v", "--verbose", action="store_true", help="print every state change on stderr")
+    p.add_argument("--no-pin-engines", action="store_true",
+                   help="let the engine share every core with lited's own threads (default: when its threads leave "
+                        "cores over, it gets cores of its own; docs/config.md, pin_engines)")
+    p.add_argument("-v", "--verbose", action="store_true", help="print every state change on stderr and the cores used")
 
     p = command("serve", "the daemon: streams, results and requests over ZeroMQ", cmd_serve)
     p.add_argument("--config", required=True, help="config file (YAML or JSON, see docs/config.md)")

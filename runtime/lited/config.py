@@ -185,6 +185,8 @@ class ConfigFile(Section):
     limits: LimitsSection = LimitsSection()
     request_workers: Annotated[int, Meta(ge=1, le=64)] = 1
     status_interval: Seconds = 5.0
+    pin_engines: Annotated[bool, Meta(description="when the streams' engine threads leave cores over, run each "
+                                      "engine process on cores of its own and lited's own threads on the rest")] = True
     # checked by parse_http / parse_uplink below, which need the rest of the config
     http: Optional[Annotated[Dict[str, Any], Meta(description="the HTTP front end (docs/http.md)")]] = None
     uplink: Optional[Annotated[Dict[str, Any], Meta(description="the MQTT uplink (docs/uplink.md)")]] = None
@@ -326,6 +328,7 @@ class Config:
     max_inflight_bytes: int = 128 << 20
     engine_timeout: float = 20.0
     max_clients: int = 16
+    pin_engines: bool = True
 
 
 def default_runtime_dir() -> Path:
@@ -404,7 +407,7 @@ def parse_config(raw: Any, path: Optional[Path] = None, base_dir: Optional[Path]
                   curve, file.insecure_tcp, file.group, limits.max_request_bytes, limits.pub_hwm,
                   file.request_workers, float(file.status_interval), http, uplink, raw, file, settings,
                   max_inflight_bytes=inflight, engine_timeout=float(limits.engine_timeout),
-                  max_clients=limits.max_clients)
+                  max_clients=limits.max_clients, pin_engines=file.pin_engines)
 
 
 def _check_references(c: Checker, raw: dict) -> None:

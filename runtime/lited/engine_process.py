@@ -20,7 +20,8 @@ and the child copies its outputs into output set j (a memfd the child
 owns). Either way the parent gets views of set j. The child counts these
 copies (`stats()`). Before the backend loads, the child's environment gets
 what the engine asks for (`Engine.process_env`: Paddle Lite x86's
-`OMP_NUM_THREADS` from `threads`).
+`OMP_NUM_THREADS` from `threads`), and its threads the cores it was given
+(`cpus`: lited/cores.py).
 `submit()` + `collect()` split a run so that one can be queued behind
 another: the child then goes from one frame to the next without waiting
 for the parent (measured: it idled ~0.8 ms a frame between runs otherwise,
@@ -44,11 +45,12 @@ import socket
 import struct
 import subprocess
 import sys
-from typing import Optional
+from typing import Optional, Sequence
 
 import msgpack
 import numpy as np
 
+from lited.cores import pin_threads
 from lited.engines import ENGINES
 from lited.engines.base import Engine, EngineError, TensorSpec
 from lited.errors import first_line
@@ -166,15 +168,19 @@ class EngineProcess(Engine):
     input_sets = SETS
 
     def __init__(self, kind: str, model_path: str, options: Optional[dict] = None,
-                 checksums: Optional[dict] = None, run_timeout: Optional[float] = None) -> None:
+                 checksums: Optional[dict] = None, run_timeout: Optional[float] = None,
+                 cpus: Optional[Sequence[int]] = None) -> None:
         """`checksums`: {file: sha256} the child checks on the bytes it loads;
         `run_timeout`: seconds to wait for any reply after the model is open
         (None: for ever); past it the child counts as stuck (SIGSTOP, a hung
-        driver call) and is killed, and the call raises EngineError."""
+        driver call) and is killed, and the call raises EngineError;
+        `cpus`: the cores the child's threads run on (lited/cores.py; None:
+        those of the thread that starts it)."""
         self.kind = kind
         self.run_timeout = run_timeout
+        self.cpus = sorted(cpus) if cpus else None
         self._spec = {"op": "open", "kind": kind, "path": str(model_path), "options": dict(options or {}),
-                      "checksums": dict(checksums or {})}
+                      "checksums": dict(checksums or {}), "cpus": self.cpus}
         self._image_input = 0
         self._identity = _identity(str(model_path))
         self._sock: Optional[socket.socket] = None
@@ -223,6 +229,12 @@ class EngineProcess(Engine):
     @property
     def pid(self) -> Optional[int]:
         return self._proc.pid if self._proc else None
+
+    def move_to(self, cpus: Sequence[int]) -> None:
+        """Run the child's threads on `cpus` from now on (and after a restart)."""
+        self.cpus = self._spec["cpus"] = sorted(cpus)
+        if self._proc is not None:
+            pin_threads(self.cpus, self._proc.pid)
 
     def restart(self) -> None:
         """A fresh child for the same model (after a crash): the input arenas
@@ -461,6 +473,8 @@ class _Child:
         op = message.get("op")
         if op == "open":
             from lited.engines import open_engine
+            if message.get("cpus"):  # before the backend makes its threads: they inherit the cores
+                pin_threads(message["cpus"])
             self.engine = engine = open_engine(message["kind"], message["path"], message["options"],
                                                message.get("checksums"))
             return {"inputs": [[s.name, list(s.shape), s.dtype] for s in engine.inputs],

@@ -10,7 +10,7 @@ each detection.
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -35,7 +35,8 @@ class Part:
 
     def __init__(self, spec: ModelSpec, target: Optional[str], options: Optional[dict], isolated: bool,
                  engine: Optional[str] = None, precision: Optional[str] = None,
-                 choice: Optional[Choice] = None, run_timeout: Optional[float] = None) -> None:
+                 choice: Optional[Choice] = None, run_timeout: Optional[float] = None,
+                 cpus: Optional[Sequence[int]] = None) -> None:
         """`isolated`: run the engine in a child process (engine_process.py),
         as streams and the daemon do, so its `run()` does not hold this
         process's GIL and a crash in the backend does not take it down.
@@ -44,7 +45,8 @@ class Part:
         `options` (e.g. `threads`) go over the bundle's options for it.
         `choice`: a file and engine picked already (`ModelSpec.choices`).
         `run_timeout` (isolated only): seconds a run may take before the
-        engine process counts as stuck and is killed (EngineError). The
+        engine process counts as stuck and is killed (EngineError); `cpus`
+        (isolated only): the cores of the engine process (lited/cores.py). The
         engine checks the manifest's sha256 on the very bytes it loads."""
         self.spec = spec
         self.choice = choice or spec.choose(target, engine, precision)
@@ -52,7 +54,8 @@ class Part:
         checksums = {str(f.path): f.sha256 for f in (mf, mf.params) if f is not None}
         engine_options = {**self.choice.options, **(options or {})}
         if isolated:
-            self.engine = EngineProcess(self.choice.engine, str(mf.path), engine_options, checksums, run_timeout)
+            self.engine = EngineProcess(self.choice.engine, str(mf.path), engine_options, checksums, run_timeout,
+                                        cpus)
         else:
             self.engine = open_engine(self.choice.engine, str(mf.path), engine_options, checksums)
         try:
@@ -144,8 +147,9 @@ class Model(Part):
     def __init__(self, bundle: Bundle, target: Optional[str] = None, options: Optional[dict] = None,
                  warmup: int = 1, isolated: bool = False, engine: Optional[str] = None,
                  precision: Optional[str] = None, choice: Optional[Choice] = None,
-                 run_timeout: Optional[float] = None) -> None:
-        """`engine`, `precision`, `choice`: the first stage's (see `Part`);
+                 run_timeout: Optional[float] = None, cpus: Optional[Sequence[int]] = None) -> None:
+        """`engine`, `precision`, `choice`, `cpus`: the first stage's (see `Part`;
+        a later stage's engine process runs on the cores of the thread that builds it);
         each later stage runs on the same engine and precision where it
         lists a file for them, else on its own first choice (`ModelSpec.choose_like`);
         `run_timeout`: as for `Part`, every stage's."""
@@ -154,7 +158,7 @@ class Model(Part):
         self.version = bundle.version
         self.task = bundle.task
         self.cascade = Cascade([])
-        super().__init__(bundle, target, options, isolated, engine, precision, choice, run_timeout)
+        super().__init__(bundle, target, options, isolated, engine, precision, choice, run_timeout, cpus)
         try:
             for spec in bundle.stages:
                 part = Part(spec, target, options, isolated, choice=spec.choose_like(target, self.choice),

@@ -11,8 +11,6 @@ buffers once (and the pad of a letterbox is filled once, not per frame).
 from __future__ import annotations
 
 import math
-import os
-from typing import Optional
 
 import cv2
 import numpy as np
@@ -23,19 +21,6 @@ INTERPOLATION = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR, "area
                  "cubic": cv2.INTER_CUBIC}
 # fit_height's default pad pixel: mid-grey, which PP-OCR's (x/255 - 0.5)/0.5 makes 0, as PaddleOCR pads
 FIT_HEIGHT_PAD = 127.5
-
-
-def share_cores_with_engines(engine_threads: int, cores: Optional[int] = None) -> int:
-    """Give OpenCV (preprocessing, decoding, crops) the cores the engines
-    leave, at least one, and return that count. OpenCV's own default is every
-    core: on two cores, with an engine of one thread in its process, its
-    second thread only contends with the engine (measured with FastestDet on
-    onnxruntime: 9.0 -> 7.4 ms of daemon CPU a frame, and 0.74-0.78 -> 0.78-0.89
-    of the engine's bare loop). The setting is the process's."""
-    cores = cores or len(os.sched_getaffinity(0))
-    threads = max(1, cores - engine_threads)
-    cv2.setNumThreads(threads)
-    return threads
 
 
 class Preprocessor:

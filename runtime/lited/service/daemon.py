@@ -19,9 +19,11 @@ Rules it keeps:
 - memory: requests share one byte budget, replies a client leaves unread
   are bounded, large freed buffers go back to the system (docs/RELIABILITY.md,
   "Memory budget").
-- the streams' engine threads together fit the cores (`share_cores`): each
-  stream has an engine process of its own, and N streams of T threads on
-  fewer than N x T cores would only take turns (and spin).
+- the streams' engine threads together fit the cores (`cores.share_threads`):
+  each stream has an engine process of its own, and N streams of T threads
+  on fewer than N x T cores would only take turns (and spin); when they leave
+  cores over, each engine process gets cores of its own and the daemon's
+  threads the rest (`cores.plan_cores`, config `pin_engines`).
 """
 from __future__ import annotations
 
@@ -39,10 +41,10 @@ import numpy as np
 from lited import __version__, protocol
 from lited.bundle import Bundle, BundleError, load_bundle
 from lited.config import Config, ConfigError, ModelSettings, StreamConfig, load_config
+from lited.cores import CorePlan, apply as apply_plan, plan_cores, share_threads
 from lited.engine_process import child_pids
 from lited.engines import EngineError
 from lited.model import Model
-from lited.preprocess import share_cores_with_engines
 from lited.protocol import ProtocolError
 from lited.service.bus import Bus, Curve
 from lited.service.requests import Requests
@@ -107,7 +109,9 @@ class Daemon:
         self.streams: dict = {}            # stream name -> Stream
         self.stream_configs: dict = {}     # stream name -> the StreamConfig it was started from
         self.warming: dict = {}            # stream name -> StreamConfig whose model is warming up
-        self.stream_threads: dict = {}     # stream name -> its engine's threads (share_cores)
+        self.stream_threads: dict = {}     # stream name -> its engine's threads (cores.share_threads)
+        self.cpus = tuple(sorted(os.sched_getaffinity(0)))  # every core we may use, before any plan pins us
+        self.core_plan: Optional[CorePlan] = None
         self.last_reload: dict = {}
         self.ready = False                 # True once start() finished: streams warm, `ready` published
         self.stop_event = threading.Event()
@@ -176,12 +180,14 @@ class Daemon:
         self.http = HttpFront(self, self.config.http, heartbeat=lambda: self.watchdog.beat("http"))
         self.http.start()
 
-    def make_model(self, name: str, bundle: Optional[Bundle] = None, threads: Optional[int] = None) -> Model:
+    def make_model(self, name: str, bundle: Optional[Bundle] = None, threads: Optional[int] = None,
+                   cpus: Optional[tuple] = None) -> Model:
         """Model `name` (from `bundle`, default its current one) in an engine
-        process, on the engine and threads the config asks for."""
+        process, on the engine and threads the config asks for, on `cpus`
+        (None: the cores of the calling thread)."""
         settings = self.config.model_settings.get(name, ModelSettings())
         return Model(bundle or self.bundles[name], isolated=True, run_timeout=self.config.engine_timeout,
-                     **settings.model_kwargs(threads))
+                     cpus=cpus, **settings.model_kwargs(threads))
 
     def _plan_threads(self, streams: list) -> dict:
         """Each stream's engine threads: as configured (else the bundle's, else 1),
@@ -190,16 +196,24 @@ class Daemon:
         for sc in streams:
             settings = self.config.model_settings.get(sc.model, ModelSettings())
             requested[sc.name] = settings.threads or _bundle_threads(self.bundles.get(sc.model), settings)
-        shared = share_cores(requested, len(os.sched_getaffinity(0)))
+        shared = share_threads(requested, len(self.cpus))
         if shared != requested:
             log.warning("engine threads asked for (%s) exceed the %d cores: running %s",
-                        ", ".join(f"{n} {t}" for n, t in requested.items()), len(os.sched_getaffinity(0)),
+                        ", ".join(f"{n} {t}" for n, t in requested.items()), len(self.cpus),
                         ", ".join(f"{n} {t}" for n, t in shared.items()), extra={"event": "threads"})
-        share_cores_with_engines(sum(shared.values()))
+        self.core_plan = plan_cores(shared, self.cpus, self.config.pin_engines)
+        apply_plan(self.core_plan)
+        for name, stream in self.streams.items():  # a reload: streams that keep running move too
+            model = stream.model
+            if model is not None and name in self.core_plan.engines:
+                model.engine.move_to(self.core_plan.engines[name])
+        if shared:
+            log.info("cores: %s", self.core_plan.describe(), extra={"event": "threads"})
         return shared
 
     def _stream_model(self, sc: StreamConfig, bundle: Bundle):
-        return lambda: self.make_model(sc.model, bundle, self.stream_threads.get(sc.name))
+        cpus = self.core_plan.engines.get(sc.name) if self.core_plan else None
+        return lambda: self.make_model(sc.model, bundle, self.stream_threads.get(sc.name), cpus)
 
     def _start_stream(self, sc: StreamConfig, progress: str = "") -> Stream:
         """Warm up the stream's model (seconds on a board: said in the log and
@@ -492,16 +506,6 @@ def _swapped(name: str, old: Any, new: Any) -> str:
     """`face ultraface 1.1.0`, or `face mobilenetv2 1.0.0 (was ultraface 1.0.0)` when the bundle changed."""
     was = f" (was {old.name} {old.version})" if (old.name, old.version) != (new.name, new.version) else ""
     return f"{name} {new.name} {new.version}{was}"
-
-
-def share_cores(requested: dict, cores: int) -> dict:
-    """Threads per stream that fit `cores` together: as asked when they fit,
-    else each scaled down in proportion, never below 1 (a stream of one
-    thread more than the cores is better than a stream that never runs)."""
-    total = sum(requested.values())
-    if total <= cores:
-        return dict(requested)
-    return {name: max(1, threads * cores // total) for name, threads in requested.items()}
 
 
 def _bundle_threads(bundle: Optional[Bundle], settings: ModelSettings) -> int:

@@ -234,6 +234,7 @@ class Stream:
             "latency_ms": self.stats.timings.summary(), "ring": ring.name if ring else None,
             "policy": self.policy,
             "model": {"name": model.name, "key": self.model_key, "version": model.version,
-                      "engine": model.choice.engine, "device": model.engine.device, "engine_pid": model.engine.pid}
+                      "engine": model.choice.engine, "device": model.engine.device, "engine_pid": model.engine.pid,
+                      "cpus": getattr(model.engine, "cpus", None)}
             if model else None,
         }

@@ -1,0 +1,127 @@
+"""Engines on cores of their own, lited's own threads on the rest (lited/cores.py):
+the plan, and a real daemon's processes and threads as the kernel has them."""
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from daemon_process import DaemonProcess
+from test_daemon import wait_until
+from lited.client import Subscriber
+from lited.cores import apply, pin_threads, plan_cores, share_threads
+
+CPUS = sorted(os.sched_getaffinity(0))
+
+
+def cores_of(pid: object) -> set:
+    """The distinct sets of cores the threads of `pid` may run on."""
+    out = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            out.add(frozenset(os.sched_getaffinity(int(tid))))
+        except OSError:  # ended meanwhile
+            pass
+    assert out, pid
+    return out
+
+
+def test_each_engine_gets_cores_of_its_own_when_the_threads_leave_some():
+    plan = plan_cores({"a": 2, "b": 1}, range(8))
+    assert plan.pinned and plan.engines == {"a": (6, 7), "b": (5,)}
+    assert plan.own == (0, 1, 2, 3, 4) and plan.opencv_threads == 5
+    assert "engine of a on cores 6,7" in plan.describe()
+    plan = plan_cores({"cam": 1}, [0, 1])
+    assert plan.engines == {"cam": (1,)} and plan.own == (0,) and plan.opencv_threads == 1
+    # engines that need every core: nothing is pinned, OpenCV still gets a thread
+    plan = plan_cores({"a": 1, "b": 1}, [0, 1])
+    assert not plan.pinned and plan.engines == {"a": (0, 1), "b": (0, 1)} and plan.own == (0, 1)
+    assert plan.opencv_threads == 1
+    plan = plan_cores({"cam": 1}, [0, 1, 2, 3], pin=False)
+    assert not plan.pinned and plan.engines["cam"] == (0, 1, 2, 3) and plan.opencv_threads == 3
+    assert share_threads({"a": 2, "b": 2}, 2) == {"a": 1, "b": 1}
+    assert share_threads({"a": 1, "b": 1}, 4) == {"a": 1, "b": 1}
+
+
+def test_applying_a_plan_pins_every_thread_and_sizes_opencv():
+    """lited's own threads (those running already too) go on the cores the
+    engines leave; OpenCV gets as many threads (its default, every core,
+    contended with the engines)."""
+    import threading
+
+    import cv2
+
+    before = cv2.getNumThreads()
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait, daemon=True)
+    worker.start()
+    try:
+        plan = plan_cores({"cam": 1}, CPUS)
+        apply(plan)
+        assert cv2.getNumThreads() == plan.opencv_threads
+        assert cores_of("self") == {frozenset(plan.own)}
+    finally:
+        pin_threads(CPUS)
+        cv2.setNumThreads(before)
+        stop.set()
+    assert cores_of("self") == {frozenset(CPUS)}
+
+
+def test_the_daemon_gives_its_engines_cores_of_their_own(tmp_path, bundles_dir):
+    """A real daemon on UltraFace, one engine thread: the engine process's
+    threads on the last core, the daemon's on the others; a second stream
+    (reload) re-plans and moves the running engine too; `pin_engines: false`
+    leaves everything on every core."""
+    if len(CPUS) < 2:
+        pytest.skip("one core: there is no core to give an engine of its own")
+    model = {"bundle": str(bundles_dir / "ultraface"), "threads": 1}
+    stream = {"name": "a", "source": "synth://?size=320x240&fps=20", "model": "face"}
+    d = DaemonProcess(tmp_path / "d", {"models": {"face": model}, "streams": [stream]})
+    (tmp_path / "d").mkdir()
+    with d, d.client() as client, Subscriber(d.pub, streams=["a"]) as sub:
+        d.wait_ready()
+        plan = plan_cores({"a": 1}, CPUS)
+        status = client.status()["streams"][0]
+        assert status["model"]["cpus"] == list(plan.engines["a"]) == [CPUS[-1]]
+        assert cores_of(status["model"]["engine_pid"]) == {frozenset(plan.engines["a"])}
+        assert cores_of(d.proc.pid) == {frozenset(plan.own)}
+        assert "engine of a on cores" in d.output()
+        assert wait_until(lambda: sub.recv(1)).get("stream") == "a"  # results flow
+
+        d.config["streams"].append({**stream, "name": "b"})
+        d.write_config()
+        d.signal(signal.SIGHUP)
+        plan = plan_cores({"a": 1, "b": 1}, CPUS)
+        streams = wait_until(lambda: (lambda s: s if len(s) == 2 and all(x["model"] for x in s) else None)(
+            client.status()["streams"]))
+        for status in streams:
+            cores = plan.engines[status["stream"]]
+            assert status["model"]["cpus"] == list(cores)
+            assert cores_of(status["model"]["engine_pid"]) == {frozenset(cores)}, status["stream"]
+        assert cores_of(d.proc.pid) == {frozenset(plan.own)}
+
+    shared = DaemonProcess(tmp_path / "s", {"models": {"face": model}, "streams": [stream], "pin_engines": False})
+    (tmp_path / "s").mkdir()
+    with shared, shared.client() as client:
+        shared.wait_ready()
+        status = client.status()["streams"][0]
+        assert status["model"]["cpus"] == CPUS
+        assert cores_of(status["model"]["engine_pid"]) == {frozenset(CPUS)}
+        assert cores_of(shared.proc.pid) == {frozenset(CPUS)}
+
+
+def test_lited_run_places_its_engine_and_says_where(tmp_path, bundles_dir):
+    """`lited run -v` says where its engine and its own threads run;
+    `--no-pin-engines` leaves both on every core."""
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "lited.cli", "run", "--json", "--bundle", str(bundles_dir / "ultraface"),
+            "--threads", "1", "--source", "synth://?size=320x240&fps=30", "--frames", "3", "-v"]
+    pinned, shared = plan_cores({"cam0": 1}, CPUS), plan_cores({"cam0": 1}, CPUS, pin=False)
+    for extra, expected in (([], pinned), (["--no-pin-engines"], shared)):
+        proc = subprocess.run(base + extra, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert f"lited: cores: {expected.describe()}" in proc.stderr.splitlines(), proc.stderr
+        assert len(proc.stdout.splitlines()) == 3
