@@ -662,7 +662,8 @@ queue; the resend timeout follows the confirmation time, so the servers are not 
 
 ENGINE_FRAMES = {"ultraface": 80, "fastestdet": 80, "mobilenetv2": 60, "nanodet_m": 40, "ppocrv4_det": 24,
                  "ppocr_cls": 120, "ppocrv4_rec": 24}
-VIDEO_SIZE = {"ppocrv4_det": (384, 192), "ppocrv4_rec": (320, 48)}  # PP-OCR det at 192x384, as measured before
+# PP-OCR det at 192x384, as measured before; the text-line models on text-line frames (their crops in a cascade)
+VIDEO_SIZE = {"ppocrv4_det": (384, 192), "ppocrv4_rec": (320, 48), "ppocr_cls": (192, 48)}
 
 
 def build_sdk(args: list, tmp: Path, what: str) -> Path | None:
@@ -1033,18 +1034,22 @@ say what a frame costs on a board.
 
 Per model, each engine ran in its own process, in shuffled order, in each round: its bare loop (the
 engine's `run()` on the video's first frame, preprocessed by lited: what an app calling that runtime
-pays; for Paddle Lite it includes copying the outputs out), timed before and after `lited run` on an
-unpaced MJPG file of the model's image through the whole pipeline (capture, preprocessing into the
-engine's input set in shared memory, the engine in its engine process, decoding), the file looping,
-frames per second from the 10th result for as long as the bare loop's bursts (2-6 s, and at least
-40 frames). One thread per engine (`threads: 1`). Paddle
-Inference runs with `mkldnn: true`. *x Paddle Lite* is the bare loop's speed over Paddle Lite's in the
-same round; *run / bare* is `lited run` fps over the bare loop's fps (the mean of before and after),
-median of the rounds (range). *Agrees* compares each engine's decoded result on the image with Paddle
+pays; for Paddle Lite it includes copying the outputs out), in windows alternating with `lited run` on
+an unpaced MJPG file of the model's image through the whole pipeline (capture, preprocessing into the
+engine's input set in shared memory, the engine in its engine process, decoding), the file looping:
+bare, run, bare, run, bare, run, bare, each window 1-3 s (a run window at least 15 frames), from the
+10th result. The engine process is stopped (SIGSTOP) during the bare windows, and the pipeline then
+idles. The host's speed drifts by several percent within seconds, so each run window is compared with
+the bare windows on either side of it. `lited run` places its work as the daemon does (docs/config.md,
+"Threads and cores"): the engine process on core 1, the rest of lited on core 0. One thread per engine
+(`threads: 1`). Paddle Inference runs with `mkldnn: true`. *x Paddle Lite* is the bare loop's speed over
+Paddle Lite's in the same round; *run / bare* is a run window's fps over the mean of the bare windows
+beside it, the median of a probe's three, then the median of the rounds (range). *Agrees* compares each engine's decoded result on the image with Paddle
 Lite's within the golden tolerance (box 4 px, score 0.05): empty means identical within it.
 NanoDet-m and PP-OCRv4 rec are decoded by a stand-in (`classification` over the first output) until
 their own decoders land; PP-OCRv4 rec's `.nb` and Paddle model were made by `tools/build_sdk.py` from its
-ONNX with its width fixed at 320; PP-OCRv4 det ran at 192x384. Every model ran `--rounds` rounds (default 2).
+ONNX with its width fixed at 320; PP-OCRv4 det ran at 192x384, and the text-line models on frames of a
+text line (PP-OCR cls 192x48, PP-OCRv4 rec 320x48: in the OCR cascade they run on crops of that size). Every model ran `--rounds` rounds (default 2).
 Copies a frame in the engine process, steady state (its `stats()`, checked by tests/test_engines.py):
 OpenVINO and onnxruntime read the input set and write the output set in place, 0 and 0 (after the first
 run into each of the three output sets); Paddle Lite and Paddle Inference copy the inputs in and the
@@ -1055,7 +1060,7 @@ outputs out, 1 and 1 (Paddle Lite's `run()` also copies its outputs out of the p
     best: dict = {}
     for r in rows:
         runs = r["runs"]
-        ratios = [x["fps"] / x["bare_fps"] for x in runs]
+        ratios = [x["ratio"] for x in runs]
         bare, cpu = _med([x["bare_fps"] for x in runs]), _med([x["bare_cpu_ms"] for x in runs])
         if cpu < best.get(r["model"], ("", 0.0, float("inf")))[2]:
             best[r["model"]] = (r["engine"], bare, cpu, ratios,
@@ -1095,7 +1100,7 @@ else (no OpenCV, no ZeroMQ).
     lines += ["", """### Two streams on one model
 
 FastestDet, two `lited run` streams on one file each at once, each with an engine process of its own:
-the daemon gives each stream `threads` so that together they fit the cores (`share_cores`: on these 2
+the daemon gives each stream `threads` so that together they fit the cores (`cores.share_threads`: on these 2
 cores, 1 each); the last row per engine is what two streams of 2 threads would take without that.
 Total frames per second of the streams together and CPU milliseconds per frame (all processes).
 

@@ -12,6 +12,7 @@ import gc
 import json
 import os
 import resource
+import signal
 import statistics
 import sys
 import time
@@ -58,6 +59,19 @@ def load(args):
 
 def _options(args) -> dict:
     return {"threads": args.threads} if args.threads else {}
+
+
+def place_as_lited_run(threads: int) -> tuple:
+    """Put this process on the cores `lited run` would use beside an engine
+    of `threads` (lited/cores.py), for the stream about to run here: (the
+    engine's cores, every core; `pin_threads(every)` undoes it for the bare
+    loop timed after the stream)."""
+    from lited import cores
+
+    every = sorted(os.sched_getaffinity(0))
+    plan = cores.plan_cores({"bench": threads}, every)
+    cores.apply(plan)
+    return plan.engines["bench"], every
 
 
 def probe_bare(args) -> dict:
@@ -116,6 +130,7 @@ def probe_run(args) -> dict:
     """lited run on an unpaced file source: fps beside a bare run() loop in the
     same process, allocations per frame, and frame copies."""
     from lited.bundle import load_bundle
+    from lited.cores import pin_threads
     from lited.model import Model
     from lited.stream import Stream
 
@@ -133,7 +148,9 @@ def probe_run(args) -> dict:
     # (load on a shared machine drifts; the two together bracket the stream's run)
     bare_run = bare_predictor_run(bundle, args.video)
     bare_before = timed(bare_run, 100)
-    stream = Stream("bench", f"file://{args.video}", lambda: Model(bundle, options=_options(args), isolated=True), publish,
+    cpus, every = place_as_lited_run(args.threads or bundle.engine_threads(None, None, None))
+    stream = Stream("bench", f"file://{args.video}", lambda: Model(bundle, options=_options(args), isolated=True,
+                                                                   cpus=cpus), publish,
                     lambda e: done.append(e) if e.get("state") == "ended" else None, stats_window=64)
     stream.start()
     tracing = {}
@@ -152,6 +169,7 @@ def probe_run(args) -> dict:
     t_end, n_end = time.perf_counter(), count[0]
     status = stream.status()
     stream.stop()
+    pin_threads(every)
     t_mid, n_mid = tracing.get("fps_end", (t_end, n_end))
     fps = (n_mid - first["n"]) / (t_mid - first["t"])
     alloc = {}
@@ -439,6 +457,9 @@ def cpu_s(pid: object = "self") -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+ROUNDS = 3  # probe_engine: run windows, each between two bare windows
+
+
 def bursts(run, seconds: float, bursts_: int = 3) -> dict:
     """A bare loop in short bursts: median ms a run (of burst medians) and CPU ms a run."""
     medians, cpu, n = [], 0.0, 0
@@ -455,60 +476,80 @@ def bursts(run, seconds: float, bursts_: int = 3) -> dict:
 
 
 def probe_engine(args) -> dict:
-    """One engine on one model: its bare run() loop in this process (before and
-    after), and `lited run` on a file through the whole pipeline with the engine
+    """One engine on one model: its bare run() loop in this process, in windows
+    alternating with `lited run` on a file through the whole pipeline with the engine
     in its engine process; fps, CPU per frame (this process and the engine
     process), and the decoded result on the image (for the agreement check)."""
     import cv2
 
     from lited.bundle import load_bundle
+    from lited.cores import pin_threads
     from lited.model import Model
-    from lited.preprocess import share_cores_with_engines
     from lited.stream import Stream
 
     bundle = load_bundle(args.bundle)
     opts = {"threads": args.threads or 1}
     local = Model(bundle, engine=args.engine, options=opts)
-    share_cores_with_engines(opts["threads"])  # as `lited run` does (after the bare loop's Model: it is not isolated)
     result = local.infer(cv2.imread(args.image))
     cap = cv2.VideoCapture(args.video)
     frame = cap.read()[1]
     cap.release()
     local.infer(frame)  # the bare loop runs on the video's frame, as the stream does
     seconds = min(6.0, max(2.0, args.runs * 0.02))
-    before = bursts(local.engine.run, seconds)
-    count, marks = [0], {}
+    window = seconds / 2
+    count = [0]
 
     def publish(_: dict) -> None:
         count[0] += 1
 
-    # The file loops (unpaced: the `queue` policy), timed for as long as a burst of the
-    # bare loop, from the 10th result: a fast engine's window is not a fraction of a second.
+    def wait_for(n: int) -> None:
+        deadline = time.monotonic() + 300
+        while count[0] < n:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{args.engine}: {n} results not out after 300 s: {stream.status()}")
+            time.sleep(0.002)
+
+    # The file loops (unpaced: the `queue` policy). Bare loop and stream alternate,
+    # bare-run-bare-run-bare-run-bare, each window half the old 2-6 s: the host's
+    # speed drifts by several percent over seconds, so each run window is compared with
+    # the bare windows on either side of it. During a bare window the engine process is
+    # stopped (SIGSTOP): the pipeline waits for it and uses no CPU.
+    cpus, every = place_as_lited_run(opts["threads"])
+    own = sorted(os.sched_getaffinity(0))
     stream = Stream("bench", f"file://{args.video}?loop=1", lambda: Model(bundle, engine=args.engine, options=opts,
-                                                                         isolated=True),
+                                                                         isolated=True, cpus=cpus),
                     publish, lambda e: None, stats_window=64)
     stream.start()
-    deadline = time.monotonic() + 300
-    while count[0] < 10:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{args.engine}: 10 results not out after 300 s: {stream.status()}")
-        time.sleep(0.002)
+    wait_for(10)
     pid = stream.status()["model"]["engine_pid"]
-    marks.update(t0=time.perf_counter(), n0=count[0], pid=pid, c0=cpu_s(), e0=cpu_s(pid))
-    time.sleep(max(seconds, 40 * before["ms"] / 1e3))  # and at least 40 frames
-    marks.update(t1=time.perf_counter(), n1=count[0], c1=cpu_s(), e1=cpu_s(pid))
+    bare, runs = [], []
+
+    def bare_window() -> None:
+        os.kill(pid, signal.SIGSTOP)
+        pin_threads(every)  # the bare loop as an app would run it: on any core
+        bare.append(bursts(local.engine.run, window))
+        pin_threads(own)
+        os.kill(pid, signal.SIGCONT)
+
+    for _ in range(ROUNDS):
+        bare_window()
+        wait_for(count[0] + 3)  # the pipeline is full again
+        m0 = (time.perf_counter(), count[0], cpu_s(), cpu_s(pid))
+        time.sleep(max(window, 15 * bare[-1]["ms"] / 1e3))  # and at least 15 frames
+        m1 = (time.perf_counter(), count[0], cpu_s(), cpu_s(pid))
+        runs.append([b - a for a, b in zip(m0, m1)])  # seconds, frames, CPU s here, CPU s of the engine
+    bare_window()
     status = stream.status()
     stream.stop()
-    after = bursts(local.engine.run, seconds)
+    pin_threads(every)
     local.close()
-    frames = marks["n1"] - marks["n0"]
-    bare_ms = (before["ms"] + after["ms"]) / 2
+    ratios = [n / t / (2000 / (b0["ms"] + b1["ms"])) for (t, n, _, _), b0, b1 in zip(runs, bare, bare[1:])]
+    seconds_, frames, here, engine = (sum(r[i] for r in runs) for i in range(4))
     return {"engine": args.engine, "device": status["model"]["device"] if status.get("model") else "",
-            "fps": frames / (marks["t1"] - marks["t0"]), "bare_fps": 1000 / bare_ms,
-            "bare_ms_before_after": [before["ms"], after["ms"]],
-            "bare_cpu_ms": (before["cpu_ms"] + after["cpu_ms"]) / 2,
-            "run_engine_cpu_ms": (marks["e1"] - marks["e0"]) * 1e3 / frames,
-            "run_total_cpu_ms": (marks["e1"] - marks["e0"] + marks["c1"] - marks["c0"]) * 1e3 / frames,
+            "fps": frames / seconds_, "bare_fps": 1000 / statistics.mean(b["ms"] for b in bare),
+            "ratio": statistics.median(ratios), "ratios": ratios, "bare_ms": [b["ms"] for b in bare],
+            "bare_cpu_ms": statistics.mean(b["cpu_ms"] for b in bare),
+            "run_engine_cpu_ms": engine * 1e3 / frames, "run_total_cpu_ms": (engine + here) * 1e3 / frames,
             "frames": count[0], "skipped": status["counters"]["skipped"], "load": os.getloadavg()[0],
             "result": {k: result[k] for k in ("detections", "classes")}}
 
