@@ -851,7 +851,8 @@ second over min(camera fps, bare `run()` loop fps), the bare loop timed in the p
 just before and after the daemon ran. *frames read* is the share of results whose frame that
 subscriber could copy. `latest` is the live default (one run in the engine, the newest frame
 started the moment it frees); `queue` keeps a second run queued (the lossless default), shown for
-comparison. Each policy ran three times, alternating with the other; the row is the run with the
+comparison. The daemon ran with its defaults: where its engine's threads left a core over, the engine
+process had cores of its own (docs/config.md, "Threads and cores"). Each policy ran three times, alternating with the other; the row is the run with the
 median latency ratio, the ranges of the three follow. Measured on {date}; the machine's 1-minute
 load average was {loads} at the ends of the runs (two cores: above 2, other
 jobs took turns with the daemon's threads and its engine process).
