@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import signal
 
+import numpy as np
 import pytest
 
 from daemon_process import DaemonProcess
 from test_daemon import wait_until
 from lited.client import Subscriber
+from lited.engine_process import child_pids
 from lited.cores import apply, pin_threads, plan_cores, share_threads
 
 CPUS = sorted(os.sched_getaffinity(0))
@@ -88,6 +90,10 @@ def test_the_daemon_gives_its_engines_cores_of_their_own(tmp_path, bundles_dir):
         assert cores_of(d.proc.pid) == {frozenset(plan.own)}
         assert "engine of a on cores" in d.output()
         assert wait_until(lambda: sub.recv(1)).get("stream") == "a"  # results flow
+        # a request worker's engine process is not in the plan: it may use every core
+        client.infer(image=np.zeros((240, 320, 3), np.uint8), model="face")
+        (worker,) = set(child_pids(d.proc.pid)) - {status["model"]["engine_pid"]}
+        assert cores_of(worker) == {frozenset(CPUS)}
 
         d.config["streams"].append({**stream, "name": "b"})
         d.write_config()

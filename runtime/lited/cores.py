@@ -16,8 +16,8 @@ they would without a plan.
 Engine processes are placed by the cores they are told of (`EngineProcess`
 pins the child's threads when it opens the model); lited's own threads by
 `apply`, which pins every thread of this process (threads made later
-inherit their maker's cores, and so do request workers' and cascade stages'
-engine processes, which are not in the plan).
+inherit their maker's cores, and so do a cascade's later stages' engine
+processes; request workers' engine processes are given every core).
 """
 from __future__ import annotations
 

@@ -184,10 +184,11 @@ class Daemon:
                    cpus: Optional[tuple] = None) -> Model:
         """Model `name` (from `bundle`, default its current one) in an engine
         process, on the engine and threads the config asks for, on `cpus`
-        (None: the cores of the calling thread)."""
+        (a stream's, from the core plan; None, as for a request worker's: every
+        core, as an app's own process would run it)."""
         settings = self.config.model_settings.get(name, ModelSettings())
         return Model(bundle or self.bundles[name], isolated=True, run_timeout=self.config.engine_timeout,
-                     cpus=cpus, **settings.model_kwargs(threads))
+                     cpus=cpus or self.cpus, **settings.model_kwargs(threads))
 
     def _plan_threads(self, streams: list) -> dict:
         """Each stream's engine threads: as configured (else the bundle's, else 1),
