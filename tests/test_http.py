@@ -542,7 +542,10 @@ def test_the_page_in_chromium(served, video, expected):
         b.wait_for("document.body.dataset.ready === '1' && window.lited.streams.cam !== undefined", timeout=20)
         b.wait_for("window.lited.streams.cam.frames >= 3", timeout=30)
         shown = []
-        for _ in range(4):  # the live picture changes, and each one shown is drawn with its own result
+        # the live picture changes, and each one shown is drawn with its own result; the pictures
+        # take turns frame by frame, so sample until two of them were shown (a fixed interval can
+        # fall in step with the three-frame cycle: 4 samples 12, 12 and 9 frames apart showed one)
+        while len(shown) < 4 or (len({k for _, k in shown}) < 2 and len(shown) < 16):
             state = json.loads(b.eval(FRAME_AND_RESULT))
             png = base64.b64decode(state["png"].split(",", 1)[1])
             image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
@@ -554,7 +557,7 @@ def test_the_page_in_chromium(served, video, expected):
                 assert box_drawn(image, d["box"])
             assert state["labels"] == [f"{d['label']} {d['score']:.2f}" for d in result["detections"]]
             shown.append((state["seq"], k))
-            time.sleep(0.4)
+            time.sleep((0.3, 0.35, 0.45)[len(shown) % 3])
         assert len({seq for seq, _ in shown}) >= 3 and len({k for _, k in shown}) >= 2, shown
         # the stream's figures and the models
         b.wait_for("document.querySelector('#stream-cam .fps').textContent !== ''")
