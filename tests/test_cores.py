@@ -11,8 +11,8 @@ import pytest
 from daemon_process import DaemonProcess
 from test_daemon import wait_until
 from lited.client import Subscriber
-from lited.engine_process import child_pids
 from lited.cores import apply, pin_threads, plan_cores, share_threads
+from lited.engine_process import child_pids
 
 CPUS = sorted(os.sched_getaffinity(0))
 

@@ -63,15 +63,15 @@ def _options(args) -> dict:
 
 def place_as_lited_run(threads: int) -> tuple:
     """Put this process on the cores `lited run` would use beside an engine
-    of `threads` (lited/cores.py), for the stream about to run here: (the
-    engine's cores, every core; `pin_threads(every)` undoes it for the bare
-    loop timed after the stream)."""
+    of `threads` (lited/cores.py), for the stream "bench" about to run here:
+    (the plan, every core; `pin_threads(every)` undoes it for the bare loop
+    timed after the stream)."""
     from lited import cores
 
     every = sorted(os.sched_getaffinity(0))
     plan = cores.plan_cores({"bench": threads}, every)
     cores.apply(plan)
-    return plan.engines["bench"], every
+    return plan, every
 
 
 def probe_bare(args) -> dict:
@@ -148,9 +148,9 @@ def probe_run(args) -> dict:
     # (load on a shared machine drifts; the two together bracket the stream's run)
     bare_run = bare_predictor_run(bundle, args.video)
     bare_before = timed(bare_run, 100)
-    cpus, every = place_as_lited_run(args.threads or bundle.engine_threads(None, None, None))
+    plan, every = place_as_lited_run(args.threads or bundle.engine_threads(None, None, None))
     stream = Stream("bench", f"file://{args.video}", lambda: Model(bundle, options=_options(args), isolated=True,
-                                                                   cpus=cpus), publish,
+                                                                   cpus=plan.engines["bench"]), publish,
                     lambda e: done.append(e) if e.get("state") == "ended" else None, stats_window=64)
     stream.start()
     tracing = {}
@@ -514,10 +514,9 @@ def probe_engine(args) -> dict:
     # speed drifts by several percent over seconds, so each run window is compared with
     # the bare windows on either side of it. During a bare window the engine process is
     # stopped (SIGSTOP): the pipeline waits for it and uses no CPU.
-    cpus, every = place_as_lited_run(opts["threads"])
-    own = sorted(os.sched_getaffinity(0))
+    plan, every = place_as_lited_run(opts["threads"])
     stream = Stream("bench", f"file://{args.video}?loop=1", lambda: Model(bundle, engine=args.engine, options=opts,
-                                                                         isolated=True, cpus=cpus),
+                                                                         isolated=True, cpus=plan.engines["bench"]),
                     publish, lambda e: None, stats_window=64)
     stream.start()
     wait_for(10)
@@ -528,7 +527,7 @@ def probe_engine(args) -> dict:
         os.kill(pid, signal.SIGSTOP)
         pin_threads(every)  # the bare loop as an app would run it: on any core
         bare.append(bursts(local.engine.run, window))
-        pin_threads(own)
+        pin_threads(plan.own)
         os.kill(pid, signal.SIGCONT)
 
     for _ in range(ROUNDS):

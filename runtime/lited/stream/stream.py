@@ -235,6 +235,6 @@ class Stream:
             "policy": self.policy,
             "model": {"name": model.name, "key": self.model_key, "version": model.version,
                       "engine": model.choice.engine, "device": model.engine.device, "engine_pid": model.engine.pid,
-                      "cpus": getattr(model.engine, "cpus", None)}
+                      "cpus": model.engine.cpus}
             if model else None,
         }
