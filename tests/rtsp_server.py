@@ -18,6 +18,8 @@ import tempfile
 import time
 from typing import Optional
 
+from lited.sources.gst import keep_libgcc_unwinder
+
 LAUNCH = (
     "( videotestsrc is-live=true pattern=ball"
     " ! video/x-raw,width=320,height=240,framerate=15/1"
@@ -29,6 +31,7 @@ LAUNCH = (
 def missing() -> Optional[str]:
     """Why this machine cannot run the server, or None when it can."""
     try:
+        keep_libgcc_unwinder()  # before gi: see lited/sources/gst.py
         import gi
 
         gi.require_version("Gst", "1.0")
@@ -100,6 +103,7 @@ class RtspServer:
 
 
 def serve(port: int, path: str) -> None:
+    keep_libgcc_unwinder()  # before gi: see lited/sources/gst.py
     import gi
 
     gi.require_version("Gst", "1.0")

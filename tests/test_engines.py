@@ -79,6 +79,35 @@ def test_raw_outputs_match_paddle_lite(name):
             np.testing.assert_allclose(g, e, rtol=1e-3, atol=2e-4 * max(1.0, float(np.abs(e).max())), err_msg=kind)
 
 
+def test_openvino_and_onnxruntime_work_in_a_process_that_opened_a_gstreamer_source():
+    """GStreamer brings libunwind into the global symbol scope; OpenVINO's
+    device enumeration throws and catches a C++ exception, which crashed such
+    a process (a segfault in the unwinder) until the GStreamer source kept
+    libgcc_s's unwinder first. And `import openvino` sends nothing: its
+    telemetry module is hidden (no sender thread, even outside CI where
+    openvino would otherwise send)."""
+    script = f"""
+import threading, numpy as np
+from lited.sources import open_source
+from lited.engines import open_engine
+src = open_source("gst://videotestsrc num-buffers=3 ! video/x-raw,format=BGR,width=64,height=48 ! appsink")
+frame = np.empty(src.open(), np.uint8)
+src.read_into(frame)
+src.close()
+for kind in ("openvino", "onnxruntime"):
+    engine = open_engine(kind, {str(shared_onnx("mobilenetv2"))!r}, {{}})
+    engine.set_input(0, np.zeros((1, 3, 224, 224), np.float32))
+    assert engine.run()[0].shape == (1, 1000), kind
+import sys
+assert "openvino_telemetry" in sys.modules and sys.modules["openvino_telemetry"] is None, "telemetry imported"
+threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+assert not threads, threads
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
 @pytest.mark.parametrize("name", ["ultraface", "fastestdet", "mobilenetv2", "ppocr_cls", "ppocrv4_det"])
 def test_decoded_results_match_paddle_lite_within_the_golden_tolerance(multi, name):
     bundle = load_bundle(multi / name)

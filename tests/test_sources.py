@@ -20,6 +20,7 @@ import rtsp_server
 from conftest import need_shared
 from lited.sources import FrameShapeChanged, SourceError, open_source
 from lited.sources import network
+from lited.sources.gst import keep_libgcc_unwinder
 
 IMAGES = ("astronaut.png", "chelsea.png", "coffee.png", "page.png")
 W, H = 320, 240
@@ -35,6 +36,7 @@ def need(reason: str | None) -> None:
 
 def gst_missing() -> str | None:
     try:
+        keep_libgcc_unwinder()  # before gi: see lited/sources/gst.py
         import gi
 
         gi.require_version("Gst", "1.0")

@@ -25,9 +25,16 @@ Facts that shaped it (openvino 2026.4.1, CPU plugin, x86_64 AVX2, 2 cores):
   compile, and its outputs can be bound), keeping a small LRU like the
   Paddle Lite engine's; `static_shapes: false` compiles it once, dynamic,
   and its outputs are the plugin's memory, copied by the caller.
+- `import openvino` reports the import to Google Analytics (openvino_telemetry,
+  from a thread that forks a sender process) unless the user opted out or
+  CI=true; in a process that has loaded GStreamer that fork was seen to end
+  in a segfault. lited imports it through `import_openvino`, which hides
+  openvino_telemetry: openvino (and NNCF) then fall back to their stubs, and
+  a board sends nothing.
 """
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from pathlib import Path
 from typing import Optional, Sequence
@@ -43,12 +50,18 @@ TENSORS_KEPT = 24       # ov.Tensor wrappers kept (3 input sets, 3 output sets, 
 _CORE = None
 
 
+def import_openvino():
+    """openvino, imported with its telemetry off (see the module's docstring)."""
+    sys.modules.setdefault("openvino_telemetry", None)  # None: `import openvino_telemetry` raises ImportError
+    import openvino
+    return openvino
+
+
 def _core():
     """One ov.Core per process (it holds the loaded plugins)."""
     global _CORE
     if _CORE is None:
-        import openvino as ov
-        _CORE = ov.Core()
+        _CORE = import_openvino().Core()
     return _CORE
 
 
@@ -76,7 +89,7 @@ class OpenVinoEngine(InPlaceEngine):
     formats = (".onnx", ".xml")
 
     def __init__(self, model_path: str, options: dict, checksums: Optional[dict] = None) -> None:
-        import openvino as ov  # here, not at import: listing engines must stay cheap
+        ov = import_openvino()  # here, not at import: listing engines must stay cheap
 
         threads = self.threads_of(options, OPTIONS)
         device = str(options.get("device", "CPU")).upper()

@@ -43,8 +43,10 @@ def copy_onnx(onnx_file: Path, root: Path, inputs: list) -> str | None:
 def write_ir(root: Path) -> tuple:
     """The bundle's ONNX as an OpenVINO IR (weights kept fp32: `save_model`
     would compress them to fp16, which changes the outputs); (xml, bin) names."""
+    from lited.engines.openvino import import_openvino
+
     try:
-        import openvino as ov
+        ov = import_openvino()
     except ImportError:
         raise BuildError("--openvino-ir needs openvino in the tools venv (make tools-venv)") from None
     try:

@@ -48,8 +48,10 @@ def quantize(engine: str, onnx_file: Path, frames: list, out_dir: Path, workdir:
 
 
 def _nncf(onnx_file: Path, frames: list, out_dir: Path, workdir: Path) -> Path:
+    from lited.engines.openvino import import_openvino
+
+    ov = import_openvino()  # first: nncf imports openvino, and both would report to Google Analytics
     import nncf
-    import openvino as ov
 
     model = ov.Core().read_model(str(onnx_file))
     names = [i.get_any_name() for i in model.inputs]

@@ -114,10 +114,26 @@ _GST_MAP_READ = 1
 _libgst: Any = None
 
 
+def keep_libgcc_unwinder() -> None:
+    """Call before the first `import gi` of a process that loads GStreamer.
+
+    libgstreamer links libunwind, and PyGObject loads it into the global
+    symbol scope, so libunwind's `_Unwind_*` then stand in for libgcc_s's in
+    every C++ library loaded after it. A C++ exception thrown and caught
+    inside such a library then crashes the process: OpenVINO's device
+    enumeration did, in a process that had opened a GStreamer source.
+    Loading libgcc_s into the global scope first keeps its unwinder first."""
+    try:
+        ctypes.CDLL(ctypes.util.find_library("gcc_s") or "libgcc_s.so.1", mode=ctypes.RTLD_GLOBAL)
+    except OSError:  # no libgcc_s (a libc++ or static toolchain): nothing to keep
+        pass
+
+
 def _gst() -> Any:
     """PyGObject's Gst, GstApp and GLib, initialised once, and libgstreamer
     for ctypes; ImportError or ValueError when PyGObject or a typelib is missing."""
     global _libgst
+    keep_libgcc_unwinder()
     import gi
 
     gi.require_version("Gst", "1.0")
