@@ -148,6 +148,9 @@ class Daemon:
             self.generation[name] = 0
         for name in ("bus", "main", *self.requests.loop_names):
             self.watchdog.register(name)
+        # listed (state "starting") from the first status answered: a subscriber that checks
+        # its streams as soon as `ping` answers must find them
+        self.warming = {sc.name: sc for sc in cfg.streams}
         self.requests.start()
         if cfg.http is not None:  # before the bus loop: once `ping` answers, HTTP is served too
             self._start_http()
@@ -157,7 +160,6 @@ class Daemon:
                                  self._health)
             self.uplink.start()
         self.stream_threads = self._plan_threads(cfg.streams)
-        self.warming = {sc.name: sc for sc in cfg.streams}
         for i, sc in enumerate(cfg.streams, 1):
             if self.stop_event.is_set():
                 return
