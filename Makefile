@@ -1,6 +1,8 @@
 # lited: two commands on a fresh machine: `make demo` and `make test`.
 PY := .venv/bin/python
 SHARED ?= ../shared
+# test processes side by side (pytest-xdist, one test file each at a time): the suite was tuned on 2 cores
+TEST_JOBS ?= 2
 
 .PHONY: demo demo-cloud test test-fast bundles bench venv venv-test tools-venv clean
 
@@ -26,13 +28,14 @@ demo: venv
 demo-cloud: venv-test
 	@$(PY) tools/demo_cloud.py
 
-## test: the whole suite (as CI runs it)
-test: venv-test tools-venv
-	@$(PY) -m pytest -q
+## test: the whole suite (as CI runs it); the two venvs are made side by side
+test:
+	@$(MAKE) --no-print-directory -j2 venv-test tools-venv
+	@$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile
 
 ## test-fast: skip the slow tests (model conversion, long soak)
 test-fast: venv-test
-	@$(PY) -m pytest -q -m "not slow"
+	@$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile -m "not slow"
 
 ## bench: speed and memory beside bare Paddle Lite and onnxruntime -> docs/BENCHMARKS.md
 bench: venv-test
