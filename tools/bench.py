@@ -181,7 +181,6 @@ def bench_live(names: list, bundles: Path, quick: bool, progress: Progress, tmp:
         for policy, results in runs.items():
             for r in results:
                 r["latency_ratio"] = r["latency"]["p50"] / r["own"]["p50"]
-                r["rate_ratio"] = r["results_per_s"] / min(r["camera_fps"] or 30.0, r["bare_fps"])
             results.sort(key=lambda r: r["latency_ratio"])
             out.append({"model": name, "policy": policy, "run": results[len(results) // 2], "runs": results,
                         "latency_ratios": [r["latency_ratio"] for r in results],
@@ -847,9 +846,14 @@ read by a subscriber in another process that copies each result's frame from sha
 moment the result arrives. *capture -> result* is `timings_ms.total` (frame published in the ring
 to result ready); *own work* is `preprocess + infer + postprocess` of the same results; *latency
 ratio* is the p50 of the first over the p50 of the second. *results/s ratio* is results per
-second over min(camera fps, bare `run()` loop fps), the bare loop timed in the probe process
-just before and after the daemon ran. *frames read* is the share of results whose frame that
-subscriber could copy. `latest` is the live default (one run in the engine, the newest frame
+second over min(camera fps, bare `run()` loop fps). The bare loop (a bare Paddle Lite predictor,
+one thread, in the probe process) takes turns with the daemon: bare, live, bare, live, bare,
+with the daemon's engine process stopped (SIGSTOP) during the bare windows; each live window is
+compared with the mean of the bare windows on either side of it, and the probe gives the median
+of its two windows (the host's speed drifts by several percent over seconds). The results of the
+first runs after each bare window are not counted. *frames read* is the share of results whose frame that
+subscriber could copy. *skipped* is the stream's `skipped` counter at the end: frames the camera
+delivered that no run started, the bare windows' included (the engine was stopped then). `latest` is the live default (one run in the engine, the newest frame
 started the moment it frees); `queue` keeps a second run queued (the lossless default), shown for
 comparison. The daemon ran with its defaults: where its engine's threads left a core over, the engine
 process had cores of its own (docs/config.md, "Threads and cores"). Each policy ran three times, alternating with the other; the row is the run with the

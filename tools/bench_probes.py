@@ -28,6 +28,10 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+ROUNDS = 3  # probe_engine: run windows, each between two bare windows
+LIVE_ROUNDS = 2  # probe_live: live windows, each between two bare windows
+
+
 def timed(fn, runs: int, warmup: int = 5) -> list:
     for _ in range(warmup):
         fn()
@@ -191,7 +195,10 @@ def probe_live(args) -> dict:
     subscriber in this process that copies each result's frame the moment the
     result arrives: results/s, capture->result latency beside the model's own
     work (preprocess + infer + postprocess), the share of frames it could
-    read; and a bare run() loop in this process before and after."""
+    read. A bare run() loop in this process takes turns with the daemon:
+    bare, live, bare, live, bare; during a bare window the daemon's engine
+    process is stopped (SIGSTOP), and each live window's results/s is compared
+    with the bare windows on either side of it (the host drifts over seconds)."""
     import subprocess
     import tempfile
 
@@ -200,9 +207,10 @@ def probe_live(args) -> dict:
 
     bundle = load_bundle(args.bundle)
     bare_run = bare_predictor_run(bundle, args.video)
-    bare_runs = max(20, min(100, int(3000 / statistics.median(timed(bare_run, 5, warmup=1)))))
-    bare_before = timed(bare_run, bare_runs)
-    rows = []
+    bare_ms = statistics.median(timed(bare_run, 5, warmup=1))
+    bare_seconds = max(2.0, min(8.0, 5 * bare_ms / 1000))  # at least ~5 runs
+    windows: list = []  # per live window: [(arrived, timings_ms, readable)]
+    bare: list = []     # per bare window: fps
     with tempfile.TemporaryDirectory() as tmp:
         stream = {"name": "live", "source": f"file://{args.video}?realtime=1&loop=1", "model": "m"}
         if args.policy:
@@ -224,36 +232,59 @@ def probe_live(args) -> dict:
                     if time.monotonic() > deadline or daemon.poll() is not None:
                         raise RuntimeError("lited serve did not get ready")
                     time.sleep(0.2)
+                engine_pid = client.status()["streams"][0]["model"]["engine_pid"]
                 out = None
-                warm_until = time.monotonic() + args.warmup
-                end = warm_until + args.seconds
-                while time.monotonic() < end:
-                    msg = sub.recv(timeout=1.0)
-                    if msg is None or msg.get("type") != "result":
-                        continue
-                    arrived = time.perf_counter()
+
+                def results(warmup: float, seconds: float) -> list:
+                    """Results arriving in `seconds` after `warmup` s of results not counted."""
+                    nonlocal out
+                    rows = []
+                    warm_until = time.monotonic() + warmup
+                    end = warm_until + seconds
+                    while time.monotonic() < end:
+                        msg = sub.recv(timeout=1.0)
+                        if msg is None or msg.get("type") != "result":
+                            continue
+                        arrived = time.perf_counter()
+                        try:
+                            out = sub.frame(msg, out)
+                            readable = True
+                        except (FrameOverwritten, RingGone):
+                            readable = False
+                        if time.monotonic() >= warm_until:
+                            rows.append((arrived, msg["timings_ms"], readable))
+                    return rows
+
+                def bare_window() -> None:
+                    os.kill(engine_pid, signal.SIGSTOP)
                     try:
-                        out = sub.frame(msg, out)
-                        readable = True
-                    except (FrameOverwritten, RingGone):
-                        readable = False
-                    if time.monotonic() >= warm_until:
-                        rows.append((arrived, msg["timings_ms"], readable))
+                        bare.append(1000 / bursts(bare_run, bare_seconds)["ms"])
+                    finally:
+                        os.kill(engine_pid, signal.SIGCONT)
+
+                results(args.warmup, 0)
+                for _ in range(LIVE_ROUNDS):
+                    bare_window()
+                    # results from before the stop are late: skip a few runs' worth
+                    windows.append(results(max(1.0, 3 * bare_ms / 1000), args.seconds / LIVE_ROUNDS))
+                bare_window()
                 status = client.status()["streams"][0]
         finally:
             daemon.terminate()
             daemon.wait(30)
-    bare_after = timed(bare_run, bare_runs)
+    camera = status["fps"] or 30.0
+    rates = [(len(w) - 1) / (w[-1][0] - w[0][0]) if len(w) > 1 else float("nan") for w in windows]
+    rate_ratios = [r / min(camera, (b0 + b1) / 2) for r, b0, b1 in zip(rates, bare, bare[1:])]
+    rows = [row for w in windows for row in w]
     total = [t["total"] for _, t, _ in rows]
     own = [t["preprocess"] + t["infer"] + t["postprocess"] for _, t, _ in rows]
-    span = rows[-1][0] - rows[0][0] if len(rows) > 1 else float("nan")
-    return {"results": len(rows), "results_per_s": (len(rows) - 1) / span, "camera_fps": status["fps"],
+    return {"results": len(rows), "results_per_s": statistics.median(rates), "camera_fps": status["fps"],
             "policy": status["policy"], "latency": stats(total), "own": stats(own),
             "stages": {k: statistics.median(t[k] for _, t, _ in rows) for k in ("wait", "queue", "infer")},
             "readable": sum(r for _, _, r in rows) / len(rows),
             "skipped": status["counters"]["skipped"], "torn": status["counters"]["torn"],
-            "bare_fps": 1000 / statistics.mean(bare_before + bare_after),
-            "bare_fps_before_after": [1000 / statistics.mean(bare_before), 1000 / statistics.mean(bare_after)],
+            "bare_fps": statistics.mean(bare), "bare_fps_windows": bare,
+            "rate_ratio": statistics.median(rate_ratios), "rate_ratios": rate_ratios,
             "load": os.getloadavg()[0]}
 
 
@@ -455,9 +486,6 @@ def cpu_s(pid: object = "self") -> float:
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-ROUNDS = 3  # probe_engine: run windows, each between two bare windows
 
 
 def bursts(run, seconds: float, bursts_: int = 3) -> dict:
