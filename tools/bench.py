@@ -847,10 +847,10 @@ moment the result arrives. *capture -> result* is `timings_ms.total` (frame publ
 to result ready); *own work* is `preprocess + infer + postprocess` of the same results; *latency
 ratio* is the p50 of the first over the p50 of the second. *results/s ratio* is results per
 second over min(camera fps, bare `run()` loop fps). The bare loop (a bare Paddle Lite predictor,
-one thread, in the probe process) takes turns with the daemon: bare, live, bare, live, bare,
+one thread, in the probe process; its fps is runs over wall time) takes turns with the daemon: bare, live, bare, live, bare, live, bare,
 with the daemon's engine process stopped (SIGSTOP) during the bare windows; each live window is
 compared with the mean of the bare windows on either side of it, and the probe gives the median
-of its two windows (the host's speed drifts by several percent over seconds). The results of the
+of its three windows (the host's speed drifts by several percent over seconds). The results of the
 first runs after each bare window are not counted. *frames read* is the share of results whose frame that
 subscriber could copy. *skipped* is the stream's `skipped` counter at the end: frames the camera
 delivered that no run started, the bare windows' included (the engine was stopped then). `latest` is the live default (one run in the engine, the newest frame
@@ -1049,7 +1049,9 @@ the bare windows on either side of it. `lited run` places its work as the daemon
 "Threads and cores"): the engine process on core 1, the rest of lited on core 0. One thread per engine
 (`threads: 1`). Paddle Inference runs with `mkldnn: true`. *x Paddle Lite* is the bare loop's speed over
 Paddle Lite's in the same round; *run / bare* is a run window's fps over the mean of the bare windows
-beside it, the median of a probe's three, then the median of the rounds (range). *Agrees* compares each engine's decoded result on the image with Paddle
+beside it, the median of a probe's three, then the median of the rounds (range); a bare window's fps is
+its runs over its wall time, like `lited run`'s (every slow run counted; until 2026-12-01 it was 1000 over
+the median run's ms, which differs from it by a few percent either way on this host). *Agrees* compares each engine's decoded result on the image with Paddle
 Lite's within the golden tolerance (box 4 px, score 0.05): empty means identical within it.
 NanoDet-m and PP-OCRv4 rec are decoded by a stand-in (`classification` over the first output) until
 their own decoders land; PP-OCRv4 rec's `.nb` and Paddle model were made by `tools/build_sdk.py` from its

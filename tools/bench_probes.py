@@ -29,7 +29,7 @@ def peak_rss_mb() -> float:
 
 
 ROUNDS = 3  # probe_engine: run windows, each between two bare windows
-LIVE_ROUNDS = 2  # probe_live: live windows, each between two bare windows
+LIVE_ROUNDS = 3  # probe_live: live windows, each between two bare windows
 
 
 def timed(fn, runs: int, warmup: int = 5) -> list:
@@ -196,7 +196,7 @@ def probe_live(args) -> dict:
     result arrives: results/s, capture->result latency beside the model's own
     work (preprocess + infer + postprocess), the share of frames it could
     read. A bare run() loop in this process takes turns with the daemon:
-    bare, live, bare, live, bare; during a bare window the daemon's engine
+    bare, live, bare, live, bare, live, bare; during a bare window the daemon's engine
     process is stopped (SIGSTOP), and each live window's results/s is compared
     with the bare windows on either side of it (the host drifts over seconds)."""
     import subprocess
@@ -258,7 +258,7 @@ def probe_live(args) -> dict:
                 def bare_window() -> None:
                     os.kill(engine_pid, signal.SIGSTOP)
                     try:
-                        bare.append(1000 / bursts(bare_run, bare_seconds)["ms"])
+                        bare.append(bursts(bare_run, bare_seconds)["fps"])
                     finally:
                         os.kill(engine_pid, signal.SIGCONT)
 
@@ -489,18 +489,21 @@ def cpu_s(pid: object = "self") -> float:
 
 
 def bursts(run, seconds: float, bursts_: int = 3) -> dict:
-    """A bare loop in short bursts: median ms a run (of burst medians) and CPU ms a run."""
-    medians, cpu, n = [], 0.0, 0
+    """A bare loop in short bursts: runs a second over the bursts' wall time
+    (`fps`: a throughput, every slow run counted, as `lited run`'s fps is),
+    the median ms a run (of burst medians) and CPU ms a run."""
+    medians, cpu, wall, n = [], 0.0, 0.0, 0
     for _ in range(bursts_):
         times, c0, t0 = [], time.process_time(), time.perf_counter()
         while time.perf_counter() - t0 < seconds / bursts_ or len(times) < 3:
             t = time.perf_counter()
             run()
             times.append((time.perf_counter() - t) * 1e3)
+        wall += time.perf_counter() - t0
         cpu += time.process_time() - c0
         n += len(times)
         medians.append(statistics.median(times))
-    return {"ms": statistics.median(medians), "cpu_ms": cpu * 1e3 / n, "runs": n}
+    return {"fps": n / wall, "ms": statistics.median(medians), "cpu_ms": cpu * 1e3 / n, "runs": n}
 
 
 def probe_engine(args) -> dict:
@@ -570,10 +573,10 @@ def probe_engine(args) -> dict:
     stream.stop()
     pin_threads(every)
     local.close()
-    ratios = [n / t / (2000 / (b0["ms"] + b1["ms"])) for (t, n, _, _), b0, b1 in zip(runs, bare, bare[1:])]
+    ratios = [n / t / ((b0["fps"] + b1["fps"]) / 2) for (t, n, _, _), b0, b1 in zip(runs, bare, bare[1:])]
     seconds_, frames, here, engine = (sum(r[i] for r in runs) for i in range(4))
     return {"engine": args.engine, "device": status["model"]["device"] if status.get("model") else "",
-            "fps": frames / seconds_, "bare_fps": 1000 / statistics.mean(b["ms"] for b in bare),
+            "fps": frames / seconds_, "bare_fps": statistics.mean(b["fps"] for b in bare),
             "ratio": statistics.median(ratios), "ratios": ratios, "bare_ms": [b["ms"] for b in bare],
             "bare_cpu_ms": statistics.mean(b["cpu_ms"] for b in bare),
             "run_engine_cpu_ms": engine * 1e3 / frames, "run_total_cpu_ms": (engine + here) * 1e3 / frames,
