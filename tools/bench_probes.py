@@ -52,6 +52,12 @@ def stats(ms: list) -> dict:
             "n": len(ms)}
 
 
+def against_bare_beside(rates: list, bare_fps: list, ceiling: float = float("inf")) -> list:
+    """Each window's rate over min(ceiling, the mean of the bare windows either side of it): the
+    host drifts, so a window is only compared with bare loops seconds from it."""
+    return [r / min(ceiling, (b0 + b1) / 2) for r, b0, b1 in zip(rates, bare_fps, bare_fps[1:])]
+
+
 def load(args):
     import cv2
 
@@ -274,7 +280,7 @@ def probe_live(args) -> dict:
             daemon.wait(30)
     camera = status["fps"] or 30.0
     rates = [(len(w) - 1) / (w[-1][0] - w[0][0]) if len(w) > 1 else float("nan") for w in windows]
-    rate_ratios = [r / min(camera, (b0 + b1) / 2) for r, b0, b1 in zip(rates, bare, bare[1:])]
+    rate_ratios = against_bare_beside(rates, bare, camera)
     rows = [row for w in windows for row in w]
     total = [t["total"] for _, t, _ in rows]
     own = [t["preprocess"] + t["infer"] + t["postprocess"] for _, t, _ in rows]
@@ -573,7 +579,7 @@ def probe_engine(args) -> dict:
     stream.stop()
     pin_threads(every)
     local.close()
-    ratios = [n / t / ((b0["fps"] + b1["fps"]) / 2) for (t, n, _, _), b0, b1 in zip(runs, bare, bare[1:])]
+    ratios = against_bare_beside([n / t for t, n, _, _ in runs], [b["fps"] for b in bare])
     seconds_, frames, here, engine = (sum(r[i] for r in runs) for i in range(4))
     return {"engine": args.engine, "device": status["model"]["device"] if status.get("model") else "",
             "fps": frames / seconds_, "bare_fps": statistics.mean(b["fps"] for b in bare),
