@@ -119,6 +119,34 @@ def test_decoded_results_match_paddle_lite_within_the_golden_tolerance(multi, na
         assert compare(model.infer(image(name)), reference) == [], kind
 
 
+def test_a_manifest_input_shape_the_model_contradicts_is_refused_before_a_run(multi, tmp_path):
+    """OpenVINO and onnxruntime declare their input shapes: a manifest that says
+    otherwise is refused in one line naming the field and the file, for the
+    engine in this process and in an engine process, and by `lited infer`."""
+    root = tmp_path / "ultraface"
+    shutil.copytree(multi / "ultraface", root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["inputs"][0]["shape"] = [1, 3, 320, 240]  # the model takes 240x320
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    said = "inputs[0].shape: [1, 3, 320, 240], but model.onnx (models.x86[0]) takes [1, 3, 240, 320]"
+    for kind in NEW_ENGINES:
+        for isolated in (False, True):
+            with pytest.raises(BundleError) as refusal:
+                Model(load_bundle(root), engine=kind, isolated=isolated)
+            assert said in str(refusal.value), (kind, isolated)
+        proc = subprocess.run([*LITED, "infer", "--engine", kind, "--bundle", str(root),
+                               str(need_shared("images", "astronaut.png"))], capture_output=True, text=True)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and said in proc.stderr, proc.stderr
+
+
+def test_an_empty_labels_file_is_refused_like_a_short_one(multi, tmp_path):
+    root = tmp_path / "mobilenetv2"
+    shutil.copytree(multi / "mobilenetv2", root)
+    (root / "labels.txt").write_text("")
+    with pytest.raises(BundleError, match="labels.txt: 0 labels for 1000 classes"):
+        Model(load_bundle(root), engine="onnxruntime")
+
+
 # --- zero copy in the engine process -----------------------------------------
 
 @pytest.mark.parametrize("kind", NEW_ENGINES)

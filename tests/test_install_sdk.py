@@ -323,7 +323,10 @@ def test_upgrade_flips_current_and_previous_and_rollback_returns(prefix: Prefix,
     # The same version with other content is refused: versions must mean something.
     before = snapshot(prefix)
     other = sdk.zip("1.2.0", tolerance={"box_px": 8, "score": 0.05})
-    refused(run_install(prefix, other), "1.2.0 is installed with a different manifest")
+    refused(run_install(prefix, other), "1.2.0 is installed (current) with a different manifest")
+    # previous too: a rollback must land on what was installed under that version
+    other = sdk.zip("1.1.0", tolerance={"box_px": 8, "score": 0.05})
+    refused(run_install(prefix, other), "1.1.0 is installed (previous) with a different manifest")
     refused(run_install(prefix, "--rollback", "nothing"), "nothing is not installed")
     assert snapshot(prefix) == before
 
@@ -423,11 +426,17 @@ def test_bundle_failing_its_selftest_or_not_loading_is_refused(prefix: Prefix, s
     result = run_install(prefix, bundle)
     refused(result, f"{NAME} 1.1.0 has no golden image to self-test", "--no-selftest")
     assert result.stdout == ""
-    # ... and with --no-selftest it must at least load: a truncated model does not.
+    # ... and with --no-selftest it must at least load, which is checked first: a truncated
+    # model, a golden image or a model file missing, all at once, before anything is done.
     model = bundle / "model_x86.nb"
     model.write_bytes(model.read_bytes()[:1000])
-    refused(run_install(prefix, "--no-selftest", bundle), f"{NAME} 1.1.0 does not load, 1.0.0 stays current",
-            "model_x86.nb")
+    result = run_install(prefix, "--no-selftest", bundle)
+    refused(result, "model_x86.nb", "truncated")
+    assert "bundle:" not in result.stdout.replace("bundle: " + NAME + " 1.1.0 checked", "")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["golden"] = {"image": "golden.png", "expected": {"detections": [], "classes": []}}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    refused(run_install(prefix, "--no-selftest", bundle), "golden.image: golden.png: missing")
     assert snapshot(prefix) == before
     assert "1.0.0: ok" in selftest_current(prefix)
 

@@ -366,32 +366,42 @@ fi
 
 # --- install SRC ---------------------------------------------------------------
 
-# The bundle is checked first: a bad one is refused before the runtime or the units are touched.
+# The bundle is checked first: an unsafe or unnamed one is refused before anything is written.
 check_helper check "$src" >"$scratch/check" 2>"$scratch/err" \
     || die "refused: $(tail -n 1 "$scratch/err")"
 read -r name version nfiles megabytes manifest_sha golden <"$scratch/check"
 if [ "$golden" != golden ] && [ "$selftest" = 1 ]; then
     die "refused: $name $version has no golden image to self-test (tools/build_sdk.py --golden IMAGE adds one; --no-selftest installs it untested)"
 fi
+bdir=$bundles/$name
+cur=$(readlink "$bdir/current" 2>/dev/null || true)
+prev=$(readlink "$bdir/previous" 2>/dev/null || true)
+# A version is its content: current or previous (a rollback's target) never changes under the same name.
+for kept in "$cur" "$prev"; do
+    if [ "$kept" = "$version" ] && [ "$(sha256sum <"$bdir/$version/manifest.json" | cut -d' ' -f1)" != "$manifest_sha" ]; then
+        die "$name $version is installed ($( [ "$kept" = "$cur" ] && echo current || echo previous )) with a different manifest: give the new bundle a new version (nothing changed)"
+    fi
+done
 say "bundle: $name $version checked ($nfiles files, $megabytes MB)"
 
 install_runtime
+# With the runtime (its engines' registry needs numpy), the bundle is unpacked in scratch and loaded
+# as the daemon would: every manifest problem, the golden image, this machine's target, the model
+# checksums. A bad one is refused here, before the command, the units, the config or the bundles.
+helper check "$src" --unpack-to "$scratch/checked" >/dev/null 2>"$scratch/err" \
+    || die "refused: $(tail -n 1 "$scratch/err")"
+rm -rf "$scratch/checked"
 link_command
 install_units
 
-bdir=$bundles/$name
 conf_model_path=/var/lib/lited/bundles/$name/current
 helper config "$conf" "$name" "$conf_model_path" --dry-run >"$scratch/out" 2>"$scratch/err" \
     || die "$(tail -n 1 "$scratch/err")"
 
 mkdir -p "$bdir"
 rm -rf "$bdir"/.unpack-* "$bdir"/.trash-* "$bdir"/.current.new "$bdir"/.previous.new   # left by a killed run
-cur=$(readlink "$bdir/current" 2>/dev/null || true)
-prev=$(readlink "$bdir/previous" 2>/dev/null || true)
 already=0
 if [ "$cur" = "$version" ]; then
-    [ "$(sha256sum <"$bdir/current/manifest.json" | cut -d' ' -f1)" = "$manifest_sha" ] \
-        || die "$name $version is installed with a different manifest: give the new bundle a new version (nothing changed)"
     say "bundle: $name $version already installed ($bdir/current)"
     already=1
 else

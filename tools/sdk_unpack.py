@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """The Python half of tools/install_sdk.sh: what is awkward or unsafe in sh.
 
-    sdk_unpack.py check  SRC            SRC is safe to unpack? prints NAME VERSION FILES MB MANIFEST_SHA256 GOLDEN
+    sdk_unpack.py check  SRC [--unpack-to DIR]
+                                        SRC is safe to unpack? prints NAME VERSION FILES MB MANIFEST_SHA256 GOLDEN;
+                                        with DIR (new, scratch), also unpacks it there and loads it as the
+                                        daemon would (every manifest problem, the golden image, this
+                                        machine's target and model checksums)
     sdk_unpack.py unpack SRC DEST       check again, then copy the bundle's files into the empty DEST
     sdk_unpack.py config CONF MODEL PATH [--dry-run]
                                         make sure the daemon config names MODEL; prints STATE STREAMS MESSAGE
@@ -17,10 +21,11 @@ fifo or socket, is encrypted or duplicated, or if the entries pass the
 limits below. Files are written 0644 and directories 0755 whatever the zip
 says (the daemon's user must read them; nothing in a bundle is executable).
 
-check/unpack need only the standard library and lited.validate (itself
-standard library only: install_sdk.sh puts the checkout's runtime/ on
+check (without --unpack-to) and unpack need only the standard library and lited.validate
+(itself standard library only: install_sdk.sh puts the checkout's runtime/ on
 PYTHONPATH), so a bundle is checked before the runtime is installed;
-`config` (YAML) and `wait` (lited.client) run with the runtime's venv Python.
+`check --unpack-to` (lited.bundle: the engines' registry needs numpy), `config` (YAML)
+and `wait` (lited.client) run with the runtime's venv Python.
 Exit status: 0 ok, 1 refused or failed, 3 (wait) timed out.
 """
 from __future__ import annotations
@@ -237,6 +242,16 @@ class Source:
 def cmd_check(args: argparse.Namespace) -> int:
     src = Source(args.src)
     manifest, raw = src.manifest()
+    if args.unpack_to:
+        from lited.bundle import BundleError, load_bundle
+
+        dest = Path(args.unpack_to)
+        dest.mkdir(0o700)
+        unpack(src, dest)
+        try:
+            load_bundle(dest)
+        except BundleError as exc:
+            raise Refused("; ".join(exc.problems)) from None
     print(manifest["name"], manifest["version"], len(src.files), f"{src.limits.bytes / 1e6:.1f}",
           hashlib.sha256(raw).hexdigest(), "golden" if manifest.get("golden") else "-")
     return 0
@@ -244,7 +259,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_unpack(args: argparse.Namespace) -> int:
     src = Source(args.src)
-    dest = Path(args.dest)
+    written = unpack(src, Path(args.dest))
+    print(f"{len(src.files)} files, {written / 1e6:.1f} MB")
+    return 0
+
+
+def unpack(src: Source, dest: Path) -> int:
+    """Copy the bundle's files into the empty `dest`, synced; the bytes written."""
     if any(dest.iterdir()):
         raise Refused(f"{dest}: not empty")
     written = 0
@@ -271,8 +292,7 @@ def cmd_unpack(args: argparse.Namespace) -> int:
             os.fsync(fd)
         finally:
             os.close(fd)
-    print(f"{len(src.files)} files, {written / 1e6:.1f} MB")
-    return 0
+    return written
 
 
 # --- the daemon's config ---
@@ -429,6 +449,7 @@ def main(argv: list | None = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("check")
     p.add_argument("src")
+    p.add_argument("--unpack-to", help="a new scratch directory: unpack there and load the bundle")
     p.set_defaults(func=cmd_check)
     p = sub.add_parser("unpack")
     p.add_argument("src")

@@ -59,6 +59,7 @@ class Part:
         else:
             self.engine = open_engine(self.choice.engine, str(mf.path), engine_options, checksums)
         try:
+            check_input_shapes(spec, self.engine.inputs, f"{mf.path.name} ({mf.field})" if mf.field else mf.path.name)
             self.image_input = spec.image_input
             self.engine.image_input = self.image_input
             self.preprocess = Preprocessor(spec.preprocess, spec.inputs[self.image_input]["shape"])
@@ -88,7 +89,7 @@ class Part:
             outputs = self.forward(frame)[0]
         classes = self.decoder.num_classes(outputs)
         labels = self.spec.labels
-        if classes and labels and len(labels) < classes:
+        if classes and self.spec.labels_file is not None and len(labels) < classes:  # an empty file too
             raise BundleError(str(self.spec.labels_file), [f"{len(labels)} labels for {classes} classes"])
 
     def forward(self, image: np.ndarray) -> tuple:
@@ -195,6 +196,26 @@ class Model(Part):
             timer.lap("crop")
             self.cascade.run(crops, result["detections"], timer)
         return {"task": self.task, **result, "timings_ms": timer.ms}
+
+
+def check_input_shapes(spec: ModelSpec, engine_inputs: list, model_field: str) -> None:
+    """Refuse a manifest whose `inputs` contradict the model file, before any
+    run: a wrong shape either fails deep inside the backend or, where the
+    backend resizes its input (Paddle Lite), runs and gives wrong results.
+    Only what the engine declares is compared (Paddle Lite's Python API
+    declares no input shape; -1 or 0 is a dynamic dimension on either side)."""
+    where = str(spec.root / "manifest.json")
+    if len(engine_inputs) != len(spec.inputs):
+        raise BundleError(where, [f"{spec.where}inputs: {len(spec.inputs)} listed, but {model_field} "
+                                  f"takes {len(engine_inputs)}"])
+    for i, (declared, actual) in enumerate(zip(spec.inputs, engine_inputs)):
+        shape, model_shape = list(declared["shape"]), list(actual.shape)
+        if not model_shape:
+            continue
+        if len(shape) != len(model_shape) or any(
+                a > 0 and b > 0 and a != b for a, b in zip(shape, model_shape)):
+            raise BundleError(where, [f"{spec.where}inputs[{i}].shape: {shape}, but {model_field} takes "
+                                      f"{model_shape} (-1: any)"])
 
 
 def _fill(fill: str, geom) -> tuple:

@@ -173,27 +173,29 @@ class OpenVinoEngine(InPlaceEngine):
         """Read input i in place from `inputs[i]`; write output i in place into
         `outputs[i]` where the compiled output is static and `outputs[i]` has its
         shape (see Engine.run_into and, for why only there, the module docstring)."""
-        arrays = self.bindable(inputs)
-        entry = self._select(tuple(a.shape for a in arrays))
-        req = entry.request
-        for i, array in enumerate(arrays):
-            bound = entry.in_bound[i]
-            if bound is None or bound.ctypes.data != array.ctypes.data or bound.shape != array.shape:
-                req.set_input_tensor(i, self._tensor(array))
-                entry.in_bound[i] = array
-        for i, static in enumerate(entry.static_out):
-            if not static:
-                continue  # never bind a dynamic output: see the module docstring
-            target = outputs[i] if outputs is not None else None
-            if target is None or target.shape != entry.out_shapes[i] or target.dtype != np.float32 \
-                    or not target.flags.c_contiguous or not target.flags.writeable:
-                target = entry.own_out[i]
-            if entry.out_bound[i] is None or entry.out_bound[i].ctypes.data != target.ctypes.data:
-                req.set_output_tensor(i, self._tensor(target))
-                entry.out_bound[i] = target
-                entry.out_checked[i] = False
-        try:
+        try:  # binding checks shapes too: a wrong one is the backend's refusal, in one line
+            arrays = self.bindable(inputs)
+            entry = self._select(tuple(a.shape for a in arrays))
+            req = entry.request
+            for i, array in enumerate(arrays):
+                bound = entry.in_bound[i]
+                if bound is None or bound.ctypes.data != array.ctypes.data or bound.shape != array.shape:
+                    req.set_input_tensor(i, self._tensor(array))
+                    entry.in_bound[i] = array
+            for i, static in enumerate(entry.static_out):
+                if not static:
+                    continue  # never bind a dynamic output: see the module docstring
+                target = outputs[i] if outputs is not None else None
+                if target is None or target.shape != entry.out_shapes[i] or target.dtype != np.float32 \
+                        or not target.flags.c_contiguous or not target.flags.writeable:
+                    target = entry.own_out[i]
+                if entry.out_bound[i] is None or entry.out_bound[i].ctypes.data != target.ctypes.data:
+                    req.set_output_tensor(i, self._tensor(target))
+                    entry.out_bound[i] = target
+                    entry.out_checked[i] = False
             req.infer()
+        except EngineError:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise EngineError(f"openvino: {_message(exc)}") from None
         result = []
