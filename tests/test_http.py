@@ -192,6 +192,13 @@ def test_bad_requests_get_the_bus_codes_as_http_statuses(served):
     error(requests.post(u + "/v1/infer?threshold=2", data=photo), 400, "bad_request")
     error(requests.post(u + "/v1/infer?threshold=x", data=photo), 400, "bad_request")
     error(requests.post(u + "/v1/infer", files={"other": ("x", b"1")}), 400, "bad_request")
+    for ctype in ("multipart/form-data; boundary=xyz", "multipart/form-data", "multipart/form-data; boundary="):
+        said = error(requests.post(u + "/v1/infer", data=b"hello", headers={"Content-Type": ctype}), 400, "bad_request")
+        assert said["error"]["message"].startswith("body: not a multipart/form-data body"), said
+    easyedge = requests.post(u + "/", data=b"hello", headers={"Content-Type": "multipart/form-data"})
+    assert easyedge.status_code == 400 and "error_code" in easyedge.json(), easyedge.text
+    error(requests.get(u + "/v1/events?types=bogus"), 400, "bad_request")
+    error(requests.get(u + "/v1/events?stream=cam,nope"), 404, "not_found")
     assert "params.model" in error(requests.post(u + "/v1/infer?model=nope", data=photo), 404, "not_found")["error"]["message"]
     error(requests.post(u + "/v1/infer", data=b"\0" * (5 << 20)), 413, "too_large")
     error(requests.post(u + "/v1/infer", data=(b"\0" * (1 << 20) for _ in range(6))), 413, "too_large")  # chunked
@@ -210,6 +217,60 @@ def test_bad_requests_get_the_bus_codes_as_http_statuses(served):
     reply = raw_request(u, "POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n")
     assert reply.startswith(b"HTTP/1.1 413 ") and time.monotonic() - t0 < 3, reply
     assert requests.get(u + "/v1/status").status_code == 200  # and it still serves
+
+
+def engine_process(pid: int) -> bool:
+    """`pid` runs lited.engine_process (has exec'd: stopping a child between fork
+    and exec would stop its parent's thread that started it, GIL and all)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return b"lited.engine_process" in fh.read()
+    except OSError:
+        return False
+
+
+def test_a_stream_warming_up_is_there_and_starting(tmp_path, bundles_dir):
+    """Until its model is warm, a configured stream is listed as starting: snapshot
+    and live answer 500 "no result yet" (not 404), the metrics say `starting`, the
+    event filter takes its name. The warm-up is held by stopping its engine process."""
+    import signal
+
+    from lited.client import ClientError
+    from lited.engine_process import child_pids
+
+    d = DaemonProcess(tmp_path, {"models": {"face": str(bundles_dir / "ultraface")},
+                                 "streams": [{"name": "cam", "source": "synth://?size=320x240&fps=5", "model": "face"}],
+                                 "http": {"listen": "127.0.0.1:0"}})
+    d.start()
+    held: list = []
+    try:
+        with d.client() as client:
+            deadline = time.monotonic() + 60
+            while not held:  # an engine process exists from the start of the warm-up to its end
+                assert time.monotonic() < deadline, d.output()
+                held = [pid for pid in child_pids(d.proc.pid) if engine_process(pid)]  # exec'd: the daemon
+            for pid in held:
+                os.kill(pid, signal.SIGSTOP)
+            status = client.status()
+            assert status["streams"][0]["state"] == "starting", status  # else the warm-up beat the test
+            u = "http://" + status["http"]["listening"][0]
+            for route in ("snapshot.jpg", "live"):
+                said = error(requests.get(f"{u}/v1/streams/cam/{route}", timeout=10), 500, "failed")
+                assert "no result yet (starting" in said["error"]["message"], said
+            metrics = requests.get(u + "/metrics", timeout=10).text
+            assert 'lited_stream_state{state="starting",stream="cam"} 1.0' in metrics, metrics
+            with requests.get(u + "/v1/events?stream=cam", stream=True, timeout=10) as events:
+                assert events.status_code == 200
+            with pytest.raises(ClientError, match="no result yet"):
+                client.snapshot("cam")
+            for pid in held:
+                os.kill(pid, signal.SIGCONT)
+            held = []
+            d.wait_ready()
+    finally:
+        for pid in held:
+            os.kill(pid, signal.SIGCONT)
+        assert d.stop() == 0, d.output()
 
 
 def test_a_full_queue_is_503_busy(served):

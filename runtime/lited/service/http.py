@@ -42,7 +42,7 @@ import tornado.ioloop
 import tornado.iostream
 import tornado.netutil
 import tornado.web
-from tornado.httputil import parse_body_arguments
+from tornado.httputil import HTTPInputError, parse_body_arguments
 
 from lited.config import BODY_COPIES, HttpConfig
 from lited.protocol import ProtocolError, event_message, json_ready, result_message
@@ -68,6 +68,7 @@ class Service(Protocol):
     """What the front end needs of the daemon (service/daemon.py)."""
     bundles: dict
     streams: dict
+    warming: dict   # configured streams whose model is still warming up (state "starting")
     requests: Any   # service/requests.Requests
 
     def status(self) -> dict: ...
@@ -452,7 +453,10 @@ class Handler(tornado.web.RequestHandler):
         if ctype.lower().startswith("multipart/form-data"):
             args: dict = {}
             files: dict = {}
-            parse_body_arguments(ctype, body, args, files)
+            try:
+                parse_body_arguments(ctype, body, args, files)
+            except HTTPInputError as exc:
+                raise ProtocolError("bad_request", f"body: not a multipart/form-data body ({exc})") from None
             del body
             for key, values in args.items():
                 fields[key] = values[0].decode("utf-8", "replace")
@@ -466,9 +470,13 @@ class Handler(tornado.web.RequestHandler):
         return body, fields
 
     def stream_name(self, name: str) -> str:
-        if name not in self.front.service.streams:
-            raise ProtocolError("not_found", f"stream: no stream '{name}' "
-                                             f"(have {', '.join(self.front.service.streams) or 'none'})")
+        """`name`, a running stream; a configured one still starting has no result yet."""
+        service = self.front.service
+        if name not in service.streams:
+            if name in service.warming:
+                raise ProtocolError("failed", f"stream '{name}' has no result yet (starting: model warming up)")
+            have = [*service.streams, *service.warming]
+            raise ProtocolError("not_found", f"stream: no stream '{name}' (have {', '.join(have) or 'none'})")
         return name
 
 
@@ -655,7 +663,16 @@ class Events(Handler):
         def wanted(key: str) -> set:
             return {v for v in self.get_query_argument(key, "").split(",") if v}
 
-        client = EventClient(wanted("stream"), wanted("types"))
+        streams, types = wanted("stream"), wanted("types")
+        service = self.front.service
+        unknown_types = sorted(types - {"result", "event"})
+        if unknown_types:
+            return self.fail("bad_request", f"types: unknown '{unknown_types[0]}', expected result or event")
+        unknown = sorted(streams - {"_daemon", *service.streams, *service.warming})
+        if unknown:
+            have = ", ".join(["_daemon", *service.streams, *service.warming])
+            return self.fail("not_found", f"stream: no stream '{unknown[0]}' (have {have})")
+        client = EventClient(streams, types)
         fanout.clients.add(client)
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("X-Accel-Buffering", "no")

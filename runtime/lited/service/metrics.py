@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from lited.stream.stats import BUCKETS_MS, STAGES
 
-STATES = ("connecting", "streaming", "stalled", "backoff", "ended", "stopped")
+STATES = ("starting", "connecting", "streaming", "stalled", "backoff", "ended", "stopped")  # starting: model warming up
 COUNTER_NAMES = {"captured": "frames_captured", "inferred": "frames_inferred", "skipped": "frames_skipped",
                  "torn": "frames_torn", "reconnects": "reconnects", "errors": "errors",
                  "engine_restarts": "engine_restarts"}

@@ -56,6 +56,7 @@ class Service(Protocol):
     bundles: dict
     generation: dict
     streams: dict
+    warming: dict  # configured streams whose model is still warming up (state "starting")
     stop_event: threading.Event
     ready: bool  # every configured stream started
 
@@ -313,6 +314,8 @@ class Requests:
             raise ProtocolError("bad_request", "params.quality: expected 1 to 100")
         stream = self.service.streams.get(name)
         if stream is None:
+            if name in self.service.warming:
+                raise ProtocolError("failed", f"stream '{name}' has no result yet (starting: model warming up)")
             raise ProtocolError("not_found", f"params.stream: no stream '{name}'")
         ring = stream.ring
         # the frame's copy, OpenCV's JPEG buffer and the reply's bytes
