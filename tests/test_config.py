@@ -52,6 +52,7 @@ def with_changes(**changes) -> dict:
     ({"limits__max_request_byte": 5}, "limits.max_request_byte: unknown field"),
     ({"streams__0__name": "../x"}, "streams[0].name: '../x' may hold only letters"),
     ({"endpoints__pub": []}, "endpoints.pub: expected an endpoint or a list of them"),
+    ({"http": {"listen": ["127.0.0.1:24401", "127.0.0.1:24401"]}}, "http.listen: 127.0.0.1:24401 is listed twice"),
 ])
 def test_values_that_cannot_work_are_refused_with_their_field(changes, message):
     with pytest.raises(ConfigError) as info:
@@ -79,6 +80,19 @@ def test_serve_refuses_a_bad_config_in_one_line_exit_2(tmp_path):
     assert len(lines) == 1, proc.stderr
     assert "streams[0].slots: expected an integer from 0 to 64, got -1" in lines[0]
     assert "request_workers: expected an integer from 1 to 64, got 0" in lines[0]
+
+
+def test_config_check_says_what_serve_would_of_an_engine_the_bundle_does_not_list(tmp_path):
+    """The demo bundle lists OpenVINO and onnxruntime for its ONNX, Paddle Lite for
+    its .nb: Paddle Inference it does not list. Both commands refuse, naming the field."""
+    conf = tmp_path / "lited.conf"
+    conf.write_text(json.dumps({**BASE, "models": {"ocr": {"bundle": str(DEMO_BUNDLE), "engine": "paddle_inference"}}}))
+    for command in ("config check", "serve"):
+        proc = subprocess.run([sys.executable, "-m", "lited.cli", *command.split(), "--config", str(conf)],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and proc.stdout == "", (command, proc.stdout, proc.stderr)
+        assert proc.stderr.count("\n") == 1 and "models.ocr.engine: bundle " in proc.stderr \
+            and "no file for paddle_inference" in proc.stderr, (command, proc.stderr)
 
 
 NAMES = ["a", "A.b-c_1", "_x", "x" * 64, "9", ".a", "-a", "a/b", "x" * 65, "current", "previous", "a b", "é", ""]

@@ -347,7 +347,7 @@ def cmd_config(args: argparse.Namespace) -> int:
         print(json.dumps(json_schema(), indent=2))
         return 0
     from lited.bundle import load_bundle
-    from lited.config import ConfigError
+    from lited.config import ConfigError, ModelSettings, model_choice_problem
     from lited.keys import curve_problems
 
     path = Path(args.config or DEFAULT_CONFIG)
@@ -358,6 +358,10 @@ def cmd_config(args: argparse.Namespace) -> int:
             bundles[name] = load_bundle(directory)
         except Exception as exc:  # noqa: BLE001 - every bundle's problem is reported, then exit 2
             problems.append(f"models.{name}: {str(exc).splitlines()[0]}")
+            continue
+        problem = model_choice_problem(name, bundles[name], config.model_settings.get(name, ModelSettings()))
+        if problem:
+            problems.append(problem)
     if config.curve:
         problems += curve_problems(config.curve["server_secret"], config.curve["clients_dir"])
     tcp = [e for e in config.pub + config.req if e.startswith("tcp://")]

@@ -168,7 +168,7 @@ class ModelSection(Section):
     precision: Optional[Annotated[Literal[PRECISIONS], Meta(extra={"check": _precision_problem},
                                             description="fp32, fp16 or int8 (default: the bundle's first choice)")]] = None
     threads: Optional[Annotated[int, Meta(ge=1, le=256, description="the engine's threads (default: the bundle's, "
-                                          "else the cores shared between the streams on this model)")]] = None
+                                          "else 1; streams together are kept within the cores)")]] = None
 
 
 class ConfigFile(Section):
@@ -302,6 +302,23 @@ class ModelSettings:
         threads = threads or self.threads
         return {"engine": self.engine, "precision": self.precision,
                 "options": {"threads": threads} if threads else None}
+
+
+def model_choice_problem(name: str, bundle: Any, settings: ModelSettings) -> Optional[str]:
+    """Why `bundle` cannot run here as `models.<name>` asks (an engine or
+    precision it lists no file for, or no engine of it installed), naming the
+    config field; None if it can. `lited config check` and `lited serve` ask
+    it, so the check says what the start would."""
+    from lited.bundle import BundleError
+
+    try:
+        first = bundle.choose(None, settings.engine, settings.precision)
+        for stage in bundle.stages:
+            stage.choose_like(None, first)
+    except BundleError as exc:
+        field = f"models.{name}" + (".engine" if settings.engine else ".precision" if settings.precision else "")
+        return f"{field}: bundle {bundle.root}: {'; '.join(exc.problems)}"
+    return None
 
 
 @dataclass
@@ -579,6 +596,8 @@ def parse_http(c: Checker, raw: Any, max_request_bytes: int) -> Optional[HttpCon
             if parsed is None:
                 c.add("http.listen", f"{shown(value)} is not HOST:PORT with an IP address (or localhost) "
                                      "and a port from 0 to 65535")
+            elif parsed in listen and parsed[1] != 0:
+                c.add("http.listen", f"{value} is listed twice")
             else:
                 listen.append(parsed)
     token = c.get(raw, "token", "http.", str, required=False)

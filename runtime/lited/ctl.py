@@ -156,6 +156,8 @@ def human_status(out: dict, endpoint: str) -> str:
                                                  else f"FAILED: {reload['error']}"))
     if out.get("watchdog_stale"):
         lines.append(f"watchdog: no beat from {', '.join(out['watchdog_stale'])}")
+    if out.get("http"):
+        lines.append(f"http: listening on {', '.join(out['http']['listening'])}")
     lines += ["", table([(n, m.get("name"), m["version"], m["task"], m["bundle"]) for n, m in out["models"].items()],
                         ("MODEL", "BUNDLE", "VERSION", "TASK", "DIRECTORY"))]
     if out["streams"]:

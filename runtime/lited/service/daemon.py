@@ -40,7 +40,7 @@ import numpy as np
 
 from lited import __version__, protocol
 from lited.bundle import Bundle, BundleError, load_bundle
-from lited.config import Config, ConfigError, ModelSettings, StreamConfig, load_config
+from lited.config import Config, ConfigError, ModelSettings, StreamConfig, load_config, model_choice_problem
 from lited.cores import CorePlan, apply as apply_plan, plan_cores, share_threads
 from lited.engine_process import child_pids
 from lited.engines import EngineError
@@ -146,6 +146,10 @@ class Daemon:
         for name, path in cfg.models.items():
             self.bundles[name] = load_bundle(path)
             self.generation[name] = 0
+        problems = [model_choice_problem(n, b, cfg.model_settings.get(n, ModelSettings()))
+                    for n, b in self.bundles.items()]
+        if any(problems):
+            raise ConfigError(str(cfg.path), [p for p in problems if p])
         for name in ("bus", "main", *self.requests.loop_names):
             self.watchdog.register(name)
         # listed (state "starting") from the first status answered: a subscriber that checks
