@@ -220,6 +220,11 @@ def test_reload_swaps_the_model_while_results_keep_flowing(daemon):
         snap = client.snapshot("cam")
         image = cv2.imdecode(np.frombuffer(snap["jpeg"], np.uint8), cv2.IMREAD_COLOR)
         assert image.shape == (480, 640, 3)
+        # a plain reload (SIGHUP's) goes back to the bundle the config names: undoing a forced swap needs no force
+        assert "det" in client.reload()["reloaded"]
+        assert client.status()["models"]["det"]["name"] == "fastestdet"
+        with pytest.raises(ClientError, match="another task"):  # swapping away again does
+            client.reload(model="det", bundle=daemon.config["models"]["face"])
 
 
 def test_an_engine_crash_costs_frames_not_the_daemon(daemon):

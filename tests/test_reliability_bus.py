@@ -24,6 +24,7 @@ import zmq
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from conftest import ROOT
 from daemon_process import DaemonProcess
 from soak import Recorder, fd_count, max_gap, rss_mb
 from lited import protocol
@@ -267,3 +268,77 @@ def test_thousands_of_vanishing_clients_and_stuck_subscribers(daemon):
     with daemon.client() as client:
         status = client.status()
     assert status["streams"][0]["state"] == "streaming"
+
+
+def test_a_client_refused_over_max_clients_gets_in_once_another_leaves(tmp_path, bundles_dir):
+    """ZeroMQ never retries a connection the daemon refused (too many clients):
+    `Client` times out, connects anew, and its next call gets in once a place is
+    free; status counts a client that left within a moment, not at the next arrival."""
+    d = DaemonProcess(tmp_path, {"models": {"face": str(bundles_dir / "ultraface")}, "limits": {"max_clients": 1}})
+    d.start()
+    ctx = zmq.Context()
+    try:
+        holder = dealer(d, ctx)
+        holder.send(protocol.encode_request("ping", {}, 1))
+        assert holder.poll(10000) and msgpack.unpackb(holder.recv(), raw=False)["ok"]  # in: the one place
+        with Client(d.req, timeout=1) as late:
+            with pytest.raises(TimeoutError, match="max_clients"):
+                late.ping()
+            holder.close(0)
+            deadline = time.monotonic() + 10
+            while True:  # the place is free now: the next call connects anew and gets in
+                try:
+                    assert late.ping()["version"]
+                    break
+                except TimeoutError:
+                    assert time.monotonic() < deadline, d.output()
+            status = late.status()
+            assert status["bus"]["clients"] == 1 and status["bus"]["clients_refused"] >= 1, status["bus"]
+    finally:
+        ctx.destroy(0)
+        assert d.stop() == 0, d.output()
+
+
+def test_the_client_count_drops_when_clients_leave(daemon):
+    ctx = zmq.Context()
+    try:
+        with Client(daemon.req, timeout=10) as watcher:
+            before = watcher.status()["bus"]["clients"]
+            socks = [dealer(daemon, ctx) for _ in range(3)]
+            for i, sock in enumerate(socks):
+                sock.send(protocol.encode_request("ping", {}, i))
+                assert sock.poll(10000)
+            assert watcher.status()["bus"]["clients"] == before + 3
+            for sock in socks:
+                sock.close(0)
+            deadline = time.monotonic() + 5
+            while watcher.status()["bus"]["clients"] != before:
+                assert time.monotonic() < deadline, watcher.status()["bus"]
+                time.sleep(0.1)
+    finally:
+        ctx.destroy(0)
+
+
+def test_nil_params_are_absent_integral_floats_are_ints_and_v_is_the_integer_1(daemon):
+    """docs/protocol.md "Encoding", as msgpack encoders of other languages write it."""
+    ctx = zmq.Context()
+    try:
+        sock = dealer(daemon, ctx)
+
+        def ask(message: dict) -> dict:
+            sock.send(msgpack.packb(message, use_bin_type=True))
+            assert sock.poll(30000)
+            return msgpack.unpackb(sock.recv(), raw=False)
+
+        png = (ROOT / "sdk_template" / "demo_ppocrv4" / "golden.png").read_bytes()
+        assert ask({"v": 1, "id": 1, "method": "infer", "params": {"image": png, "model": None}})["ok"]
+        array = {"array": bytes(48 * 64 * 3), "shape": [48.0, 64.0, 3.0], "dtype": None, "image": None}
+        reply = ask({"v": 1, "id": 2, "method": "infer", "params": array})
+        assert reply["ok"] and (reply["result"]["height"], reply["result"]["width"]) == (48, 64), reply
+        reply = ask({"v": 1, "id": 3, "method": "reload", "params": {"model": None, "force": None, "bundle": None}})
+        assert reply["ok"], reply
+        for v in (True, 1.0, "1", 2, None):
+            reply = ask({"v": v, "id": 4, "method": "ping"})
+            assert not reply["ok"] and reply["error"]["code"] == "bad_request" and reply["id"] == 4, (v, reply)
+    finally:
+        ctx.destroy(0)

@@ -286,6 +286,24 @@ def test_images_in_name_order_with_a_size_change(tmp_path, stills):
     assert not src.read_into(out)
 
 
+def test_images_of_changing_sizes_keep_their_pace(tmp_path, stills):
+    """A size change is not paced twice: images of alternating sizes at 10 fps come 0.1 s apart."""
+    for i in range(6):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), stills[0] if i % 2 else cv2.resize(stills[1], (160, 120)))
+    src = open_source(f"images://{tmp_path}?fps=10")
+    out = np.zeros(src.open(), np.uint8)
+    times = []
+    while len(times) < 6:
+        try:
+            if not src.read_into(out):
+                break
+            times.append(time.monotonic())
+        except FrameShapeChanged as changed:
+            out = np.zeros(changed.new_shape, np.uint8)
+    gaps = np.diff(times)
+    assert len(times) == 6 and 0.08 < np.median(gaps) < 0.14, gaps
+
+
 def test_images_loop_and_undecodable_file(tmp_path, stills):
     cv2.imwrite(str(tmp_path / "1.png"), stills[3])
     cv2.imwrite(str(tmp_path / "2.png"), stills[1])

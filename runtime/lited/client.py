@@ -248,13 +248,21 @@ class Client:
         self._peer = PeerCheck(self.endpoint, trusted_uids)
         self._peer.verify()  # before ZeroMQ connects and greets it
         self.context = context or zmq.Context.instance()
-        self.socket = self.context.socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        _apply_curve(self.socket, curve)
-        self.socket.connect(self.endpoint)
         self.timeout = timeout
+        self._curve = curve
         self._ids = itertools.count(1)
         self._answered = False
+        self._connect()
+
+    def _connect(self) -> None:
+        """A fresh socket. Also after a call timed out: a connection the daemon
+        refused (over `limits.max_clients`) is never retried by ZeroMQ, and its
+        sends would block for ever; a new one is asked about again."""
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.SNDTIMEO, max(1, int(self.timeout * 1000)))
+        _apply_curve(self.socket, self._curve)
+        self.socket.connect(self.endpoint)
 
     def call(self, method: str, timeout: Optional[float] = None, **params: Any) -> Any:
         """Send a request, wait for its reply; ClientError (DaemonUnreachable),
@@ -266,16 +274,22 @@ class Client:
             if problem:
                 raise DaemonUnreachable(problem)
         request_id = next(self._ids)
-        self.socket.send(protocol.encode_request(method, params, request_id))
         deadline = time.monotonic() + (timeout or self.timeout)
+        try:
+            self.socket.send(protocol.encode_request(method, params, request_id))
+            sent = True
+        except zmq.Again:  # no connection to send on (refused: too many clients)
+            sent = False
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self.socket.poll(int(remaining * 1000)):
+            if not sent or remaining <= 0 or not self.socket.poll(int(remaining * 1000)):
                 problem = unreachable(self.endpoint)
                 if problem:  # it went away while we waited
                     raise DaemonUnreachable(problem)
+                self.socket.close(0)
+                self._connect()
                 raise TimeoutError(f"lited: no reply to {method} within {timeout or self.timeout:.1f} s "
-                                   f"from {self.endpoint}")
+                                   f"from {self.endpoint} (over limits.max_clients? the next call connects anew)")
             reply = protocol.decode_reply(self.socket.recv())
             self._answered = True
             if reply.get("id") != request_id:

@@ -125,7 +125,8 @@ def decode_payload(data: bytes, max_bin: int = 1 << 26) -> dict:
         raise ProtocolError("bad_request", f"not a msgpack message ({type(exc).__name__})") from None
     if not isinstance(obj, dict):
         raise ProtocolError("bad_request", f"expected a map, got {type(obj).__name__}")
-    if obj.get("v") != VERSION:  # a readable map: its id comes back, so the client can match the reply
+    if type(obj.get("v")) is not int or obj["v"] != VERSION:  # the integer (not true, not 1.0); a readable
+        # map: its id comes back, so the client can match the reply
         raise ProtocolError("bad_request", f"v: expected {VERSION}, got {obj.get('v')!r}", obj.get("id"))
     return obj
 
@@ -156,6 +157,8 @@ def param(params: dict, name: str, kind: Any, required: bool = True, default: An
             raise ProtocolError("bad_request", f"params.{name}: missing")
         return default
     value = params[name]
+    if kind is int and isinstance(value, float) and value.is_integer():
+        value = int(value)  # a number is an int or a float (docs/protocol.md): 50.0 is 50
     if not has_type(value, kind):
         raise ProtocolError("bad_request", f"params.{name}: expected {type_name(kind)}")
     return value

@@ -69,7 +69,7 @@ class ClientGate:
     plus the one arriving) into memory before the bus can look at them; 50
     clients sending 4 arrays of 7.7 MB took the daemon to 1,085 MB, 100 to
     2,126. Only bounding the clients bounds that. A refused client's queued
-    requests are dropped by its ZeroMQ; it reconnects by itself and gets in
+    requests are dropped by its ZeroMQ, which never retries; a new socket of it gets in
     once others leave (its pending request times out). Written on plain
     sockets (not pyzmq's authenticator, which needs asyncio) so a daemon
     without the HTTP front end loads no event loop."""
@@ -84,6 +84,7 @@ class ClientGate:
         # (monitor index, fd) of the request sockets' open connections, in accept order ->
         # None while its handshake is undecided, else whether it was let in
         self._open: dict = {}
+        self._connected = 0  # let in and still open: kept by the ZAP thread, read by status
         self._monitors: list = []
         self._curve_keys: Optional[set] = None  # z85 public keys of allowed CURVE clients
         self._stop = threading.Event()
@@ -94,8 +95,8 @@ class ClientGate:
 
     @property
     def connected(self) -> int:
-        """Clients let in and still connected."""
-        return sum(1 for admitted in self._open.values() if admitted)
+        """Clients let in and still connected (as of the ZAP thread's last look, at most 0.2 s ago)."""
+        return self._connected
 
     def start(self) -> None:
         self._thread.start()
@@ -115,6 +116,7 @@ class ClientGate:
     def _run(self) -> None:
         while not self._stop.is_set():
             if not self._zap.poll(200):
+                self._count()  # disconnects are counted though nobody new connects
                 continue
             request = self._zap.recv_multipart()  # version, id, domain, address, identity, mechanism, credentials...
             if len(request) < 6:
@@ -153,6 +155,7 @@ class ClientGate:
                     self._open[key] = None
                 else:
                     self._open.pop(key, None)
+        self._connected = sum(1 for admitted in self._open.values() if admitted)
 
     def _admit(self) -> bool:
         """Decide the oldest undecided connection (handshakes finish about in
@@ -160,10 +163,11 @@ class ClientGate:
         are in): in while fewer than `limit` are in. So a burst of clients
         fills the free places instead of all being refused."""
         self._count()
-        admitted = self.connected < self.limit
+        admitted = self._connected < self.limit
         key = next((k for k, v in self._open.items() if v is None), None)
         if key is not None:
             self._open[key] = admitted
+            self._connected += admitted
         return admitted
 
     def stop(self) -> None:

@@ -201,7 +201,10 @@ class Requests:
         self.call(req["method"], req["params"], reply)
 
     def call(self, method: str, params: dict, done: Done) -> None:
-        """Answer `method` now (cheap) or from a worker; `done` gets the result or the error."""
+        """Answer `method` now (cheap) or from a worker; `done` gets the result or the error.
+        A nil parameter is an absent one (docs/protocol.md), whoever sends it."""
+        if any(v is None for v in params.values()):
+            params = {k: v for k, v in params.items() if v is not None}
         if method not in CHEAP:
             try:
                 self._queue.put_nowait((method, params, done))

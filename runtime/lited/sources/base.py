@@ -86,11 +86,11 @@ class Source:
                 f"out must be a C-contiguous uint8 array of shape {self.shape}, "
                 f"got {out.dtype} {out.shape}"
             )
-        self.pacer.wait()
-        if self._pending is not None:
+        if self._pending is not None:  # a frame of a new size, paced when it was read: not paced again
             np.copyto(out, self._pending)
             self._pending = None
             return True
+        self.pacer.wait()
         return self._read(out)
 
     def _read(self, out: np.ndarray) -> bool:
