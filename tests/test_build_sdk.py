@@ -549,16 +549,27 @@ def test_an_op_a_target_lacks_is_named_at_build_time(tools_python: Path, tmp_pat
 def test_a_dynamic_width_survives_x2paddle(tools_python: Path, tmp_path: Path) -> None:
     """PP-OCRv4 rec with a dynamic width: x2paddle folds six reshapes to width 1; build_sdk finds it
     (the program fails at other widths), repairs them and the .nb reads at any width as onnxruntime does."""
+    import cv2
     import onnxruntime as ort
 
     shared = need_shared("models", "ppocrv4_rec")
     out = tmp_path / "rec.zip"
+    line = tmp_path / "line.png"  # page.png's first line: "Region-based segmentation"
+    cv2.imwrite(str(line), cv2.imread(str(need_shared("images", "page.png")))[0:40, 0:300])
     proc = run_build_sdk(tools_python, "--model", shared / "onnx" / "ch_PP-OCRv4_rec_infer.onnx", "--config",
                          ROOT / "tools" / "demo_bundle" / "rec.json", "--labels", shared / "keys.txt",
-                         "--targets", "x86", "--workdir", tmp_path / "work", "--out", out)
+                         "--targets", "x86", "--workdir", tmp_path / "work", "--out", out, "--golden", line)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "work" / "x2paddle_pinned").is_dir()  # the repair ran
     root = unzip_bundle(out, "ppocrv4_rec", tmp_path / "unzipped")
+    # a text recognizer's golden result is its reading, and the self-test compares it
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["golden"]["expected"]["text"] == "Region-based segmentation", manifest["golden"]
+    cv2.imwrite(str(root / manifest["golden"]["image"]), cv2.imread(str(need_shared("images", "chelsea.png"))))
+    selftest = subprocess.run([sys.executable, "-m", "lited.cli", "selftest", "--bundle", str(root), "--engine",
+                               "paddle_lite"], capture_output=True, text=True, timeout=300)
+    assert selftest.returncode == 1 and "text: '" in selftest.stderr and \
+        "'Region-based segmentation' expected" in selftest.stderr, selftest.stderr
     options = ort.SessionOptions()
     options.log_severity_level = 3
     sess = ort.InferenceSession(str(shared / "onnx" / "ch_PP-OCRv4_rec_infer.onnx"), options,

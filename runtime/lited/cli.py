@@ -322,8 +322,9 @@ def cmd_selftest(args: argparse.Namespace) -> int:
             failed += 1
             continue
         passed += 1
+        read = f", text {result['text']!r}" if "text" in result else ""
         print(f"selftest {what}: ok ({len(result['detections'])} detections, "
-              f"{len(result['classes'])} classes match {golden['image']})")
+              f"{len(result['classes'])} classes{read} match {golden['image']})")
     if failed:
         return 1
     if not passed:

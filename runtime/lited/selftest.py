@@ -27,6 +27,8 @@ def compare(result: dict, expected: dict, tolerance: dict | None = None) -> list
                 problems.append(f"{key}: expected {w['label']} {w['score']:.2f}{where} not found")
             else:
                 unmatched.remove(match)
+    if "text" in expected and result.get("text") != expected["text"]:  # a text recognizer's reading
+        problems.append(f"text: {result.get('text')!r} read, {expected['text']!r} expected")
     return problems
 
 

@@ -56,7 +56,8 @@ class LitedVenv:
             result = json.loads(out.strip().splitlines()[-1])
         except (json.JSONDecodeError, IndexError):
             raise BuildError(f"lited infer on {image.name}: expected one JSON line, got {out[:200]!r}") from None
-        return {"detections": result.get("detections", []), "classes": result.get("classes", [])}
+        text = {"text": result["text"]} if "text" in result else {}  # a text recognizer's reading is its result
+        return {"detections": result.get("detections", []), "classes": result.get("classes", []), **text}
 
     def selftest(self, bundle: Path) -> list:
         """`lited selftest`: the golden image on every engine the bundle lists and
