@@ -93,6 +93,17 @@ def test_every_problem_is_reported_at_once_with_its_field_path(bundle):
      "models.x86[0].params: missing: an OpenVINO IR (.xml) needs its .bin"),
     (lambda m: m.update(schema=2, models={"x86": [{**m["models"]["x86"], "precision": "int4"}]}),
      "models.x86[0].precision: unknown \"int4\", expected one of fp32, fp16, int8"),
+    # a typo is refused, never ignored
+    (lambda m: m.update(label="labels.txt"), "label: unknown field (known: "),
+    (lambda m: m.update(stage=[]), "stage: unknown field (known: "),
+    (lambda m: m["inputs"][0].update(layout="NCHW"), "inputs[0].layout: unknown field"),
+    (lambda m: m["models"]["x86"].update(sha="x"), "models.x86.sha: unknown field"),
+    (lambda m: m["models"]["x86"].update(options={"thread": 4}), "models.x86.options.thread: unknown field "
+                                                                  "(known: power_mode, predictors, threads)"),
+    (lambda m: m.update(golden={"image": "g.jpg", "expected": {}, "tolerence": {}}), "golden.tolerence: unknown field"),
+    (lambda m: m.update(golden={"image": "g.jpg", "expected": {}, "tolerance": {"box": 1}}),
+     "golden.tolerance.box: unknown field"),
+    (lambda m: m["decoder"].pop("type"), "decoder.type: missing, expected one of boxes"),
 ])
 def test_manifest_field_refusals(bundle, change, expected):
     edit(bundle, change)
@@ -105,6 +116,19 @@ def test_not_json_and_missing_manifest(bundle, tmp_path):
     (bundle / "manifest.json").unlink()
     assert refusal(bundle).endswith("manifest.json: missing")
     assert "not a directory" in refusal(tmp_path / "absent")
+
+
+def test_manifest_and_model_file_problems_come_together(bundle):
+    (bundle / "model_x86.nb").unlink()
+    edit(bundle, lambda m: m.update(labels="nolabels.txt"))
+    message = refusal(bundle)
+    assert "labels: nolabels.txt: missing" in message and "model_x86.nb: missing (models.x86.file)" in message, message
+
+
+def test_a_labels_file_that_is_a_fifo_is_not_called_missing(bundle):
+    os.mkfifo(bundle / "fifo.txt")
+    edit(bundle, lambda m: m.update(labels="fifo.txt"))
+    assert "labels: fifo.txt: not a regular file" in refusal(bundle)
 
 
 def test_missing_model_file_is_named(bundle):

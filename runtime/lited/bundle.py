@@ -27,6 +27,9 @@ SCHEMA = 2          # the newest manifest schema this lited reads
 # these is written as 1, so older lited run it
 SCHEMAS = (1, 2)
 SCHEMA_2_FIELDS = ("engines", "precision", "expected")  # file fields schema 1 does not have
+MODEL_FILE_FIELDS = ("file", "sha256", "size", "engine", "engines", "options", "params", "precision", "expected")
+MANIFEST_FIELDS = ("schema", "name", "version", "task", "paddle_lite_version", "models", "inputs", "preprocess",
+                   "decoder", "labels", "golden", "stages")  # a typo ("label", "stage") is refused, not ignored
 RESIZE_MODES = ("stretch", "letterbox", "short_side_crop", "keep_ratio", "fit_height")
 # Caps on what a bundle may make the daemon read (a manifest that is /dev/zero,
 # a 50 MB labels file): every read is bounded, regular files only (lited/files.py).
@@ -413,6 +416,7 @@ def validate_manifest(manifest: Any, root: Path) -> list:
     if schema is not None and schema not in SCHEMAS:
         c.add("schema", f"version {schema} is not supported (this lited reads "
                         f"{', '.join(map(str, SCHEMAS))})")
+    c.unknown(manifest, MANIFEST_FIELDS, "")
     c.name(manifest, "name", "")
     c.version(manifest, "version", "")
     c.get(manifest, "task", "", str)
@@ -427,12 +431,23 @@ def validate_manifest(manifest: Any, root: Path) -> list:
         if not isinstance(golden, dict):
             c.add("golden", "expected an object")
         else:
+            c.unknown(golden, ("image", "expected", "tolerance"), "golden.")
             image = c.safe_path(root, golden.get("image"), "golden.image")
             if image is not None and not image.is_file():
-                c.add("golden.image", f"{golden['image']}: missing")
+                c.add("golden.image", f"{golden['image']}: {_not_a_file(image)}")
             c.get(golden, "expected", "golden.", dict)
-            c.get(golden, "tolerance", "golden.", dict, required=False)
+            tolerance = c.get(golden, "tolerance", "golden.", dict, required=False)
+            if tolerance is not None:
+                c.unknown(tolerance, ("box_px", "score"), "golden.tolerance.")
+            expected = golden.get("expected")
+            if isinstance(expected, dict) and "text" in expected and not isinstance(expected["text"], str):
+                c.add("golden.expected.text", f"expected a string, got {shown(expected['text'])}")
     return c.problems
+
+
+def _not_a_file(path: Path) -> str:
+    """Why `path`, not a regular file, cannot be read: missing, or something else there."""
+    return "not a regular file" if path.exists() or path.is_symlink() else "missing"
 
 
 def _check_part(c: BundleChecker, spec: dict, root: Path, where: str) -> None:
@@ -446,7 +461,7 @@ def _check_part(c: BundleChecker, spec: dict, root: Path, where: str) -> None:
     if labels is not None:
         full = c.safe_path(root, labels, where + "labels")
         if full is not None and not full.is_file():
-            c.add(where + "labels", f"{labels}: missing")
+            c.add(where + "labels", f"{labels}: {_not_a_file(full)}")
         elif full is not None and full.stat().st_size > MAX_LABELS_BYTES:
             c.add(where + "labels", f"{labels}: {full.stat().st_size} bytes, over the limit of "
                                     f"{MAX_LABELS_BYTES >> 20} MiB")
@@ -479,6 +494,7 @@ def _check_model_entry(c: BundleChecker, spec: Any, where: str, root: Path) -> N
     if not isinstance(spec, dict):
         c.add(where, "expected an object (a model file)")
         return
+    c.unknown(spec, MODEL_FILE_FIELDS, p)
     rel = spec.get("file")
     c.safe_path(root, rel, p + "file")
     _check_sha(c, spec, p)
@@ -506,10 +522,14 @@ def _check_model_entry(c: BundleChecker, spec: Any, where: str, root: Path) -> N
                 c.add(p + f"options.{kind}", f"not one of this file's engines ({', '.join(engines)})")
             elif not isinstance(value, dict):
                 c.add(p + f"options.{kind}", f"expected an object (that engine's options), got {shown(value)}")
+            else:
+                c.unknown(value, ENGINES.get(kind).options, p + f"options.{kind}.")
     else:
         engine = c.choice(spec, "engine", p, ENGINES.kinds(), "paddle_lite")
         engines = [engine] if engine else []
-        c.get(spec, "options", p, dict, required=False)
+        options = c.get(spec, "options", p, dict, required=False)
+        if engine and options:
+            c.unknown(options, ENGINES.get(engine).options, p + "options.")
     if isinstance(rel, str):
         for kind in engines:
             cls = ENGINES.get(kind)
@@ -549,6 +569,7 @@ def _check_inputs(c: BundleChecker, manifest: dict, where: str = "") -> None:
         if not isinstance(spec, dict):
             c.add(p[:-1], "expected an object")
             continue
+        c.unknown(spec, ("name", "shape", "dtype", "fill"), p)
         c.get(spec, "name", p, str)
         shape = c.get(spec, "shape", p, list)
         fill = spec.get("fill")
@@ -810,6 +831,8 @@ def load_bundle(path: str | os.PathLike, check_models: bool = True) -> Bundle:
         raise BundleError(where, [f"not valid JSON ({exc})"]) from None
     problems = validate_manifest(manifest, root)
     if problems:
+        if check_models:  # every problem at once: the model files too, as far as the manifest can be read
+            problems += [p for p in _model_file_problems(manifest, root) if p not in problems]
         raise BundleError(where, problems)
     bundle = Bundle(root, manifest, _labels_of(root, manifest, "", where),
                     stages=[StageSpec(root, spec, _labels_of(root, spec, f"stages[{i}].", where), f"stages[{i}].")
@@ -817,6 +840,17 @@ def load_bundle(path: str | os.PathLike, check_models: bool = True) -> Bundle:
     if check_models:
         bundle.all_model_files()
     return bundle
+
+
+def _model_file_problems(manifest: dict, root: Path) -> list:
+    """The on-disk problems of this machine's model files (first stage), for a
+    manifest already found wrong elsewhere; none if its models cannot be read."""
+    try:
+        models = manifest["models"]
+        target = machine_target(models)
+        return [p for model in model_files(root, target, models[target]) for p in check_model_file(model)]
+    except Exception:  # noqa: BLE001 - that part of the manifest is itself wrong: already said
+        return []
 
 
 def _labels_of(root: Path, part: dict, prefix: str, where: str) -> list:

@@ -166,6 +166,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                                  zip(engine.inputs, engine.input_shapes())],
                       "outputs": [{"name": n, "shape": list(s)} for n, s in
                                   zip(engine.output_names, engine.output_shapes())]}
+    info["warnings"] = _version_warnings(info, engine)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -193,7 +194,26 @@ def cmd_inspect(args: argparse.Namespace) -> int:
           f"{', ...' if info['labels']['count'] > 5 else ''})")
     if info["golden"]:
         print(f"  golden image: {info['golden']}")
+    for warning in info["warnings"]:
+        print(f"  warning: {warning}")
     return 0
+
+
+def _version_warnings(info: dict, engine: Any) -> list:
+    """Paddle Lite versions that disagree: the manifest's `paddle_lite_version`,
+    each `.nb`'s own header, and the runtime that runs it here (a .nb is only
+    sure to load on the version that optimized it)."""
+    declared = info["paddle_lite_version"]
+    warnings = []
+    for files in info["models"].values():
+        for e in files:
+            if declared and e.get("version") and e["version"] != declared:
+                warnings.append(f"{e['file']} was optimized with Paddle Lite {e['version']}, "
+                                f"the manifest says {declared} (paddle_lite_version)")
+    if engine.kind == "paddle_lite" and declared and engine.version != declared:
+        warnings.append(f"paddle_lite_version: the bundle was optimized with {declared}, this runtime is "
+                        f"Paddle Lite {engine.version}: if the model misbehaves, optimize it again with this version")
+    return warnings
 
 
 RUN_KEYS = ("stream", "seq", "frame_ts", "skipped", "task", "detections", "classes", "timings_ms")

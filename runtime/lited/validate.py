@@ -131,7 +131,9 @@ class Checker:
 
     def choice(self, obj: dict, key: str, path: str, options: Iterable, default: Any = None) -> Any:
         value = obj.get(key, default)
-        problem = choice_problem(value, options)
+        options = tuple(options)
+        problem = f"missing, expected one of {', '.join(map(str, options))}" if value is None and key not in obj \
+            else choice_problem(value, options)
         if problem:
             self.add(path + key, problem)
             return None

@@ -73,6 +73,7 @@ class Engine:
     package: ClassVar[str] = ""   # what provides that module (pip name), for "not installed" messages
     input_sets: ClassVar[int] = 1  # inputs that can be filled while another set runs (EngineProcess: 3)
     formats: ClassVar[tuple] = ()  # model file suffixes it runs (".nb", ".onnx"): which bundle files it can take
+    options: ClassVar[tuple] = ("threads",)  # the option names it takes (a manifest's or config's others are refused)
     zero_copy: ClassVar[bool] = False  # run_into reads inputs and writes outputs in place (no fallback copies)
 
     inputs: List[TensorSpec]

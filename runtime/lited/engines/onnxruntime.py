@@ -50,6 +50,7 @@ class OnnxRuntimeEngine(InPlaceEngine):
     """One onnxruntime session. Use from one thread only."""
 
     kind = "onnxruntime"
+    options = OPTIONS
     backend = "onnxruntime"
     package = "onnxruntime"
     formats = (".onnx", ".ort")

@@ -84,6 +84,7 @@ class OpenVinoEngine(InPlaceEngine):
     """One OpenVINO compiled model (and infer request). Use from one thread only."""
 
     kind = "openvino"
+    options = OPTIONS
     backend = "openvino"
     package = "openvino"
     formats = (".onnx", ".xml")

@@ -91,6 +91,7 @@ class PaddleInferenceEngine(Engine):
     """One Paddle Inference predictor. Use from one thread only."""
 
     kind = "paddle_inference"
+    options = OPTIONS
     backend = "paddle"
     package = "paddlepaddle"
     formats = (".pdmodel",)

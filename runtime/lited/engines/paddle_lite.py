@@ -32,7 +32,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from lited.engines.base import Engine, EngineError, TensorSpec, read_model_file
+from lited.engines.base import Engine, EngineError, TensorSpec, check_known, read_model_file
 
 PREDICTORS_PER_SHAPE = 2  # predictors kept for a dynamic-shape model (option `predictors`)
 
@@ -44,6 +44,7 @@ class PaddleLiteEngine(Engine):
     """One Paddle Lite predictor. Use from one thread only."""
 
     kind = "paddle_lite"
+    options = ("threads", "power_mode", "predictors")
     backend = "paddlelite"
     package = "paddlelite"
     formats = (".nb",)
@@ -58,6 +59,7 @@ class PaddleLiteEngine(Engine):
             for key, value in self.process_env(options).items():
                 if options.get("threads") or key not in os.environ:  # else the operator's own setting
                     os.environ[key] = value
+        check_known(self.kind, options, self.options)
         from paddlelite import lite  # here, not at import: the registry lists engines without loading them
 
         self._lite = lite
