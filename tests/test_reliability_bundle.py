@@ -64,6 +64,8 @@ def names_a_field_or_file(problem: str, manifest) -> bool:
     `inputs[0].shape: ...`) or a file of the bundle (`model_x86.nb: ...`)."""
     if re.match(rf"({'|'.join(FIELDS)})([.\[:]|$)", problem) or problem.startswith("manifest: "):
         return True
+    if isinstance(manifest, dict) and any(problem.startswith(f"{key}: unknown field (known: ") for key in manifest):
+        return True  # a top-level field lited does not know, named
     files = list(_leaves(manifest, str))
     return any(problem.startswith(f"{Path(f).name}: ") for f in files if Path(f).name)
 
