@@ -206,8 +206,12 @@ def test_bad_requests_get_the_bus_codes_as_http_statuses(served):
     error(requests.get(u + "/v1/streams/nope/live"), 404, "not_found")
     error(requests.get(u + "/v1/streams/cam/snapshot.jpg?quality=0"), 400, "bad_request")
     error(requests.get(u + "/v2/anything"), 404, "not_found")
-    error(requests.put(u + "/v1/status"), 405, "unknown_method")
-    error(requests.get(u + "/v1/infer"), 405, "unknown_method")
+    for method, path, allow in (("PUT", "/v1/status", "GET"), ("GET", "/v1/infer", "POST"), ("PUT", "/", "GET, POST")):
+        r = requests.request(method, u + path)
+        assert r.status_code == 405 and r.headers.get("Allow") == allow, (method, path, r.status_code, r.headers)
+        if path != "/":  # POST / answers in EasyEdge's shape
+            error(r, 405, "unknown_method")
+    assert requests.head(u + "/v1/status").status_code == 405  # HEAD is not served
     error(requests.post(u + "/v1/reload", data=b"{nope"), 400, "bad_request")
     error(requests.post(u + "/v1/reload", json={"model": "det", "x": 1}), 400, "bad_request")
     error(requests.post(u + "/v1/reload", json={"model": "nope"}), 404, "not_found")
@@ -435,6 +439,10 @@ def test_other_addresses_need_a_token(tmp_path, bundles_dir):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert "http.token: needed: 0.0.0.0:0 is not a loopback address" in out.stderr
+    from lited.config import ConfigError, parse_config
+    with pytest.raises(ConfigError, match=r"http\.token: needed: \[::\]:24401 is not"):  # IPv6 in brackets
+        parse_config({"runtime_dir": str(tmp_path / "run"), "models": {"det": str(bundles_dir / "fastestdet")},
+                      "http": {"listen": ["[::]:24401", "[::1]:24401"]}})
 
 
 def test_a_port_already_taken_stops_the_start_with_one_line(tmp_path, bundles_dir):

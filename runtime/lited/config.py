@@ -560,6 +560,11 @@ class HttpConfig:
     metrics_public: bool = False      # /metrics without the token
 
 
+def address(host: str, port: int) -> str:
+    """'host:port', an IPv6 host in brackets ('[::]:24401')."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def parse_listen(value: str) -> Optional[tuple]:
     """'HOST:PORT' ('[v6]:PORT', 'localhost:PORT') -> (host, port), None if malformed."""
     host, sep, port = value.rpartition(":")
@@ -603,7 +608,7 @@ def parse_http(c: Checker, raw: Any, max_request_bytes: int) -> Optional[HttpCon
     token = c.get(raw, "token", "http.", str, required=False)
     if token is not None and (len(token) < MIN_TOKEN_CHARS or not token.isprintable() or " " in token):
         c.add("http.token", f"expected at least {MIN_TOKEN_CHARS} printable characters without spaces")
-    remote = [f"{h}:{p}" for h, p in listen if not is_loopback(h)]
+    remote = [address(h, p) for h, p in listen if not is_loopback(h)]
     if remote and token is None:
         c.add("http.token", f"needed: {', '.join(remote)} is not a loopback address "
                             "(clients send 'Authorization: Bearer <token>')")

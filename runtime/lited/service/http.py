@@ -44,7 +44,7 @@ import tornado.netutil
 import tornado.web
 from tornado.httputil import HTTPInputError, parse_body_arguments
 
-from lited.config import BODY_COPIES, HttpConfig
+from lited.config import BODY_COPIES, HttpConfig, address
 from lited.protocol import ProtocolError, event_message, json_ready, result_message
 from lited.service import easyedge, live
 from lited.service.metrics import Metrics
@@ -116,15 +116,14 @@ class HttpFront:
                 try:
                     sockets = tornado.netutil.bind_sockets(port, host)
                 except OSError as exc:
-                    raise OSError(f"http.listen: {host}:{port}: cannot bind ({exc.strerror})") from None
+                    raise OSError(f"http.listen: {address(host, port)}: cannot bind ({exc.strerror})") from None
                 server = tornado.httpserver.HTTPServer(
                     app, max_body_size=4 * self.config.max_body_bytes, max_buffer_size=4 << 20,
                     idle_connection_timeout=60, body_timeout=60, max_header_size=16 << 10)
                 server.add_sockets(sockets)
                 self._servers.append(server)
                 for sock in sockets:
-                    h, p = sock.getsockname()[:2]
-                    self.listening.append(f"[{h}]:{p}" if ":" in h else f"{h}:{p}")
+                    self.listening.append(address(*sock.getsockname()[:2]))
         except BaseException as exc:  # noqa: BLE001 - reported by start()
             self._error = exc
             for server in self._servers:
@@ -405,7 +404,8 @@ class Handler(tornado.web.RequestHandler):
     # -- answers
     def refuse(self, code: str, message: str, headers: Optional[dict] = None) -> None:
         """Fail before the body was read (in prepare or data_received). tornado
-        then reads and drops the rest of the body and closes the connection;
+        then closes the connection once the answer is written, without reading
+        the rest of the body (a client still sending it may see a reset);
         `Connection: close` says so, or a keep-alive client would send its next
         request into a closing connection."""
         self._refused = True
@@ -435,8 +435,16 @@ class Handler(tornado.web.RequestHandler):
         """Whatever went wrong, a JSON error; the traceback goes to the log only."""
         code = CODE_OF_STATUS.get(status_code, "failed")
         message = self._reason if status_code < 500 else "internal error (see the daemon's log)"
+        if status_code == 405:  # RFC 9110: a 405 lists the methods the route has
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(self.error_body(code, message), separators=(",", ":")))
+
+    def allowed_methods(self) -> list:
+        """The methods this route defines (HEAD and OPTIONS: none does)."""
+        base = tornado.web.RequestHandler
+        return [m for m in self.SUPPORTED_METHODS
+                if getattr(type(self), m.lower(), None) is not getattr(base, m.lower(), None)]
 
     def compute_etag(self) -> None:
         return None  # answers are live figures and frames: never cached
