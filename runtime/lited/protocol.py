@@ -122,7 +122,9 @@ def decode_payload(data: bytes, max_bin: int = 1 << 26) -> dict:
     try:
         obj = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=max_bin, **_UNPACK_LIMITS)
     except Exception as exc:  # msgpack raises many types on hostile input
-        raise ProtocolError("bad_request", f"not a msgpack message ({type(exc).__name__})") from None
+        said = " ".join(str(exc).split())[:120]  # e.g. a map with an int key: "int is not allowed for map key ..."
+        raise ProtocolError("bad_request", f"not a msgpack message lited reads ({type(exc).__name__}"
+                                           f"{': ' + said if said else ''})") from None
     if not isinstance(obj, dict):
         raise ProtocolError("bad_request", f"expected a map, got {type(obj).__name__}")
     if type(obj.get("v")) is not int or obj["v"] != VERSION:  # the integer (not true, not 1.0); a readable
