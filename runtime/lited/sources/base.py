@@ -61,6 +61,7 @@ class Source:
         self.fps: Optional[float] = None
         self.shape: Optional[Shape] = None
         self._pending: Optional[np.ndarray] = None
+        self._pending_paced = False  # the pending frame's read already waited its turn (a new size)
         self.pacer = Pacer(None)
 
     def error(self, detail: str) -> SourceError:
@@ -86,11 +87,12 @@ class Source:
                 f"out must be a C-contiguous uint8 array of shape {self.shape}, "
                 f"got {out.dtype} {out.shape}"
             )
-        if self._pending is not None:  # a frame of a new size, paced when it was read: not paced again
+        if not (self._pending is not None and self._pending_paced):  # a new size's frame waited when read
+            self.pacer.wait()
+        if self._pending is not None:
             np.copyto(out, self._pending)
             self._pending = None
             return True
-        self.pacer.wait()
         return self._read(out)
 
     def _read(self, out: np.ndarray) -> bool:
@@ -99,14 +101,14 @@ class Source:
     def _first_frame(self, frame: np.ndarray) -> Shape:
         """Keep a frame read while opening (it proves the stream decodes) for
         the first `read_into`; its shape is the source's."""
-        self._pending = frame
+        self._pending, self._pending_paced = frame, False
         self.shape = tuple(frame.shape)  # type: ignore[assignment]
         return self.shape  # type: ignore[return-value]
 
     def _frame_shape_changed(self, frame: np.ndarray) -> FrameShapeChanged:
         """Keep `frame` for the next read and build the error to raise."""
         old, self.shape = self.shape, tuple(frame.shape)  # type: ignore[assignment]
-        self._pending = frame
+        self._pending, self._pending_paced = frame, True
         return FrameShapeChanged(self.uri, old, self.shape)  # type: ignore[arg-type]
 
     def close(self) -> None:
