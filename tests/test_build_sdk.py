@@ -329,11 +329,13 @@ def test_rebuild_fastestdet_from_paddle_dir(tools_python: Path, tmp_path: Path) 
 
 # --- (c) broken inputs: one line, exit code 2 ----------------------------------
 
-def assert_refused(proc: subprocess.CompletedProcess, message: str) -> None:
+def assert_refused(proc: subprocess.CompletedProcess, *messages: str) -> str:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1 and lines[0].startswith("build_sdk: "), proc.stderr
-    assert message in lines[0], lines[0]
+    for message in messages:
+        assert message in lines[0], lines[0]
+    return lines[0]
 
 
 @pytest.mark.slow
@@ -373,6 +375,21 @@ def test_a_name_the_installer_would_refuse_is_refused_before_conversion(tools_py
                          ROOT / "tests" / "bundles" / "fastestdet.json", "--labels", shared / "labels.txt",
                          "--name", name, "--targets", "x86", "--out", tmp_path / "x.zip")
     assert_refused(proc, f"--name: '{name}' may hold only letters")
+
+
+@pytest.mark.slow
+def test_a_bad_fragment_is_refused_before_conversion_naming_its_file(tools_python: Path, tmp_path: Path) -> None:
+    shared = need_shared("models", "fastestdet")
+    fragment = json.loads((ROOT / "tests" / "bundles" / "fastestdet.json").read_text())
+    fragment["preprocess"]["colour"] = "RGB"
+    fragment["preprocess"]["mean"] = [0.5, 0.5]
+    bad = tmp_path / "frag.json"
+    bad.write_text(json.dumps(fragment))
+    proc = run_build_sdk(tools_python, "--model", shared / "paddle", "--config", bad, "--labels",
+                         shared / "labels.txt", "--targets", "x86", "--out", tmp_path / "x.zip",
+                         "--workdir", tmp_path / "work")
+    line = assert_refused(proc, "frag.json: ", "preprocess.colour: unknown field", "preprocess.mean: expected 3")
+    assert "/tmp/" not in line.replace(str(tmp_path), "") and not (tmp_path / "work" / "bundle").exists(), line
 
 
 @pytest.mark.slow

@@ -450,6 +450,16 @@ def _not_a_file(path: Path) -> str:
     return "not a regular file" if path.exists() or path.is_symlink() else "missing"
 
 
+def preprocess_problems(fields: dict) -> list:
+    """The problems of a config's `preprocess` as a manifest would have them,
+    before a model exists to complete the manifest: what a builder can refuse
+    at once, naming the field, instead of after conversion. (Not the decoder's:
+    its registry needs OpenCV, which the builder's venv has not.)"""
+    c = BundleChecker()
+    _check_preprocess(c, fields)
+    return c.problems
+
+
 def _check_part(c: BundleChecker, spec: dict, root: Path, where: str) -> None:
     """What the first stage and every later stage have: models, inputs,
     preprocessing, decoder, labels (`where`: the field path prefix)."""
