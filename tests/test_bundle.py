@@ -125,6 +125,13 @@ def test_manifest_and_model_file_problems_come_together(bundle):
     assert "labels: nolabels.txt: missing" in message and "model_x86.nb: missing (models.x86.file)" in message, message
 
 
+@pytest.mark.parametrize("size", ["123", True, -1])
+def test_a_wrong_size_field_is_said_once(bundle, size):
+    edit(bundle, lambda m: m["models"]["x86"].update(size=size))
+    message = refusal(bundle)
+    assert "models.x86.size: expected" in message and "manifest says" not in message, message
+
+
 def test_a_labels_file_that_is_a_fifo_is_not_called_missing(bundle):
     os.mkfifo(bundle / "fifo.txt")
     edit(bundle, lambda m: m.update(labels="fifo.txt"))

@@ -52,7 +52,10 @@ def with_changes(**changes) -> dict:
     ({"limits__max_request_byte": 5}, "limits.max_request_byte: unknown field"),
     ({"streams__0__name": "../x"}, "streams[0].name: '../x' may hold only letters"),
     ({"endpoints__pub": []}, "endpoints.pub: expected an endpoint or a list of them"),
-    ({"http": {"listen": ["127.0.0.1:24401", "127.0.0.1:24401"]}}, "http.listen: 127.0.0.1:24401 is listed twice"),
+    ({"http": {"listen": ["127.0.0.1:24401", "127.0.0.1:24401"]}}, "http.listen: 127.0.0.1:24401 overlaps 127.0.0.1:24401"),
+    ({"http": {"listen": ["localhost:24401", "127.0.0.1:24401"]}}, "http.listen: 127.0.0.1:24401 overlaps localhost:24401"),
+    ({"http": {"listen": ["0.0.0.0:24401", "127.0.0.1:24401"], "token": "x" * 20}},
+     "http.listen: 127.0.0.1:24401 overlaps 0.0.0.0:24401"),
 ])
 def test_values_that_cannot_work_are_refused_with_their_field(changes, message):
     with pytest.raises(ConfigError) as info:

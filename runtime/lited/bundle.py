@@ -858,7 +858,10 @@ def _model_file_problems(manifest: dict, root: Path) -> list:
     try:
         models = manifest["models"]
         target = machine_target(models)
-        return [p for model in model_files(root, target, models[target]) for p in check_model_file(model)]
+        files = [m for m in model_files(root, target, models[target])  # fields found wrong are said already
+                 if (m.size is None or type(m.size) is int and m.size >= 0)
+                 and isinstance(m.sha256, str) and re.fullmatch(r"[0-9a-fA-F]{64}", m.sha256)]
+        return [p for model in files for p in check_model_file(model)]
     except Exception:  # noqa: BLE001 - that part of the manifest is itself wrong: already said
         return []
 

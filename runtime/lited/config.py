@@ -579,6 +579,20 @@ def parse_listen(value: str) -> Optional[tuple]:
     return host, int(port)
 
 
+def _overlap(a: tuple, b: tuple) -> bool:
+    """Would binding listen addresses `a` and `b` (host, port) collide? The same
+    port (not 0) and the same address, `localhost` being 127.0.0.1 and ::1, or a
+    wildcard (0.0.0.0, ::) beside any address of its family."""
+    if a[1] != b[1] or a[1] == 0:
+        return False
+
+    def ips(host: str) -> set:
+        return {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")} if host == "localhost" \
+            else {ipaddress.ip_address(host)}
+    return any(x == y or (x.version == y.version and (x.is_unspecified or y.is_unspecified))
+               for x in ips(a[0]) for y in ips(b[0]))
+
+
 def is_loopback(host: str) -> bool:
     return host == "localhost" or ipaddress.ip_address(host).is_loopback
 
@@ -601,10 +615,12 @@ def parse_http(c: Checker, raw: Any, max_request_bytes: int) -> Optional[HttpCon
             if parsed is None:
                 c.add("http.listen", f"{shown(value)} is not HOST:PORT with an IP address (or localhost) "
                                      "and a port from 0 to 65535")
-            elif parsed in listen and parsed[1] != 0:
-                c.add("http.listen", f"{value} is listed twice")
             else:
-                listen.append(parsed)
+                clash = next((address(*other) for other in listen if _overlap(parsed, other)), None)
+                if clash:
+                    c.add("http.listen", f"{value} overlaps {clash}: both cannot be bound")
+                else:
+                    listen.append(parsed)
     token = c.get(raw, "token", "http.", str, required=False)
     if token is not None and (len(token) < MIN_TOKEN_CHARS or not token.isprintable() or " " in token):
         c.add("http.token", f"expected at least {MIN_TOKEN_CHARS} printable characters without spaces")
