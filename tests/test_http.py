@@ -332,6 +332,18 @@ def test_each_live_frame_is_drawn_with_its_own_result(served, video, expected):
     assert len(seen) >= 2  # the pictures did change under the view
 
 
+def test_an_event_client_that_leaves_frees_its_place_at_once(served):
+    """Nothing to send for 15 s (a stream filter that matches little) is not how
+    long a gone client keeps its place."""
+    with requests.get(served.url + "/v1/events?stream=_daemon", stream=True, timeout=10) as r:
+        assert r.status_code == 200
+        assert requests.get(served.url + "/v1/status").json()["http"]["event_clients"] == 1
+    left = time.monotonic()
+    while requests.get(served.url + "/v1/status").json()["http"]["event_clients"]:
+        assert time.monotonic() - left < 3
+        time.sleep(0.1)
+
+
 def test_events_are_server_sent(served):
     def read(url: str, n: int, after=None) -> list:
         out = []
@@ -481,10 +493,15 @@ def test_the_token_guards_every_route_but_the_page_files(tmp_path, bundles_dir):
         assert browser.get(u + "/v1/status").status_code == 200
         error(browser.post(u + "/v1/reload", headers={"Origin": "http://elsewhere.example"}), 403, "forbidden")
         assert browser.post(u + "/v1/reload", headers={"Origin": u}).status_code == 200
-        # live clients are capped
+        # live clients are capped, and a client that leaves frees its place within a look (1 s), not at
+        # the next write that fails
         with requests.get(u + "/v1/streams/cam/live", headers=bearer, stream=True, timeout=10) as first:
             assert first.status_code == 200
             error(requests.get(u + "/v1/streams/cam/live", headers=bearer, timeout=10), 503, "busy")
+        left = time.monotonic()
+        while requests.get(u + "/v1/status", headers=bearer).json()["http"]["live_clients"]:
+            assert time.monotonic() - left < 3
+            time.sleep(0.1)
     finally:
         assert s.daemon.stop() == 0, s.daemon.output()
 

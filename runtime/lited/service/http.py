@@ -30,6 +30,7 @@ import concurrent.futures
 import hmac
 import json
 import logging
+import socket
 import threading
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
@@ -57,6 +58,8 @@ HTTP_STATUS = {"bad_request": 400, "unauthorized": 401, "forbidden": 403, "not_f
 CODE_OF_STATUS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                   405: "unknown_method", 413: "too_large", 503: "busy"}
 EVENT_QUEUE = 256         # messages waiting per server-sent-events client before it loses some
+PEER_CHECK_S = 1.0        # s between looks at whether a streaming client is still there
+KEEP_ALIVE_S = 15.0       # s of silence before an event stream sends a comment line
 SEND_TIMEOUT = 10.0       # s a streaming client may take to read a frame or message before it is dropped
 PAGE_DIR = Path(__file__).with_name("page")
 PAGE_FILES = {"lited.js": "application/javascript; charset=utf-8", "lited.css": "text/css; charset=utf-8"}
@@ -446,6 +449,20 @@ class Handler(tornado.web.RequestHandler):
         return [m for m in self.SUPPORTED_METHODS
                 if getattr(type(self), m.lower(), None) is not getattr(base, m.lower(), None)]
 
+    def peer_gone(self) -> bool:
+        """Has the client closed its end? Tornado reads nothing while a handler
+        streams, so it would notice only when a write fails (seconds later, at
+        the next keep-alive): a streaming client's place is freed at once."""
+        stream = self.request.connection.stream
+        if stream.closed():
+            return True
+        try:
+            return stream.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:  # reset
+            return True
+
     def compute_etag(self) -> None:
         return None  # answers are live figures and frames: never cached
 
@@ -645,8 +662,8 @@ class Live(Handler):
             self.set_header("X-Accel-Buffering", "no")
             await self.flush()
             seq = -1
-            while not self.request.connection.stream.closed():
-                got = await view.next_part(seq, timeout=5.0)
+            while not self.peer_gone():
+                got = await view.next_part(seq, timeout=PEER_CHECK_S)
                 if got is None:
                     continue
                 seq, part = got
@@ -687,12 +704,16 @@ class Events(Handler):
         try:
             self.write(b"retry: 2000\n: connected\n\n")
             await self.flush()
-            told = 0
-            while True:
+            told, quiet = 0, 0.0
+            while not self.peer_gone():
                 try:
-                    data = await asyncio.wait_for(client.queue.get(), 15)
+                    data = await asyncio.wait_for(client.queue.get(), PEER_CHECK_S)
+                    quiet = 0.0
                 except asyncio.TimeoutError:
-                    data = b": keep-alive\n\n"
+                    quiet += PEER_CHECK_S
+                    if quiet < KEEP_ALIVE_S:
+                        continue
+                    data, quiet = b": keep-alive\n\n", 0.0
                 if client.dropped != told:
                     told = client.dropped
                     self.write(b"event: dropped\ndata: {\"dropped\":%d}\n\n" % told)
