@@ -183,6 +183,11 @@ def test_an_arm_only_bundle_is_refused_on_x86_before_loading(tmp_path):
     with pytest.raises(BundleError, match="built for arm, this machine is x86_64; refusing to load it"):
         b.model_for("arm")
     assert arm.exists()
+    # inspect shows it for its target without loading it
+    proc = subprocess.run([sys.executable, "-m", "lited.cli", "inspect", "--bundle", str(dst), "--target", "arm"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "model arm     model_arm.nb" in proc.stdout \
+        and "warning: target arm does not run on this machine: the model was not loaded" in proc.stdout, proc
 
 
 def test_an_arm_model_listed_as_x86_is_caught_by_its_kernels(bundle):

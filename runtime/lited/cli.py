@@ -123,9 +123,14 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from lited.bundle import load_bundle, machine_target, read_nb_header
+    from lited.bundle import BundleError, check_target_runs_here, load_bundle, machine_target, read_nb_header
 
-    bundle = load_bundle(args.bundle)
+    try:  # --target of another machine (an arm bundle looked at on a PC): shown, never loaded
+        check_target_runs_here(args.target, "") if args.target else None
+        foreign = False
+    except BundleError:
+        foreign = True
+    bundle = load_bundle(args.bundle, check_models=not foreign)
     m = bundle.manifest
     target = args.target or machine_target(m["models"])
     info: dict = {
@@ -152,6 +157,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 except ValueError as exc:
                     entry["problem"] = str(exc)
             info["models"][t].append(entry)
+    if foreign:
+        return _inspect_foreign(info, bundle, args)
     from lited.model import Model
 
     with _loading(args.bundle):
@@ -194,6 +201,36 @@ def cmd_inspect(args: argparse.Namespace) -> int:
           f"{', ...' if info['labels']['count'] > 5 else ''})")
     if info["golden"]:
         print(f"  golden image: {info['golden']}")
+    for warning in info["warnings"]:
+        print(f"  warning: {warning}")
+    return 0
+
+
+def _inspect_foreign(info: dict, bundle: Any, args: argparse.Namespace) -> int:
+    """`inspect --target T` for a target this machine does not run: what the
+    manifest and the files say (checked on disk), without loading a model."""
+    from lited.bundle import check_model_file
+
+    target = info["target"]
+    if target not in info["models"]:
+        raise UsageError(f"bundle {bundle.root}: --target {target}: it has no model for it "
+                         f"(has {', '.join(info['models'])})")
+    problems = [p for f in bundle.models()[target] for p in check_model_file(f)]
+    info["engine"] = None
+    info["warnings"] = [f"target {target} does not run on this machine: the model was not loaded"] + problems
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{info['name']} {info['version']}  ({info['task']})  {info['bundle']}")
+    for t, files in info["models"].items():
+        for e in files:
+            kernels = f"  kernels {','.join(e['targets'])}" if e.get("targets") else ""
+            print(f"  model {t:<7} {e['file']}  {e.get('size') or '?'} bytes  {e['precision']}  engines "
+                  f"{', '.join(e['engines'])}{kernels}")
+    for s in bundle.inputs:
+        print(f"  input  {s['name']}  {s['shape']}")
+    print(f"  decoder: {json.dumps(bundle.decoder)}")
+    print(f"  labels: {info['labels']['count']}")
     for warning in info["warnings"]:
         print(f"  warning: {warning}")
     return 0
