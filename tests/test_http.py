@@ -257,6 +257,7 @@ def test_a_stream_warming_up_is_there_and_starting(tmp_path, bundles_dir):
                 os.kill(pid, signal.SIGSTOP)
             status = client.status()
             assert status["streams"][0]["state"] == "starting", status  # else the warm-up beat the test
+            assert status["streams"][0]["policy"] == "latest", status  # a paced source's, known from its URI
             u = "http://" + status["http"]["listening"][0]
             for route in ("snapshot.jpg", "live"):
                 said = error(requests.get(f"{u}/v1/streams/cam/{route}", timeout=10), 500, "failed")

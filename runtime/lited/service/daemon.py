@@ -54,6 +54,7 @@ from lited.sources import SourceError
 from lited.stream import Stream
 from lited.stream.ring import sweep_stale
 from lited.stream.stats import COUNTERS
+from lited.stream.stream import source_policy
 from lited.errors import first_line
 
 log = logging.getLogger("lited.daemon")
@@ -495,7 +496,8 @@ class Daemon:
             # copies: a reload (main thread) may add or remove streams while a front end asks
             "streams": [s.status() for s in list(self.streams.values())] + [
                 {"stream": sc.name, "source": sc.source, "state": "starting", "detail": "model warming up",
-                 "fps": 0.0, "counters": dict.fromkeys(COUNTERS, 0), "latency_ms": {}, "ring": None, "policy": sc.policy,
+                 "fps": 0.0, "counters": dict.fromkeys(COUNTERS, 0), "latency_ms": {}, "ring": None,
+                 "policy": sc.policy or source_policy(sc.source),
                  "model": None}
                 for sc in list(self.warming.values())],
             "last_reload": self.last_reload,

@@ -20,6 +20,7 @@ from typing import Callable, Optional, Tuple, Union
 import numpy as np
 
 from lited.sources import open_source
+from lited.sources.base import Source
 from lited.stream.backoff import Backoff
 from lited.stream.capture import CaptureLoop
 from lited.stream.feed import POLICIES, Feed
@@ -31,6 +32,15 @@ from lited.stream.stats import StreamStats
 log = logging.getLogger("lited.stream")
 
 STATES = ("connecting", "streaming", "stalled", "backoff", "ended", "stopped")
+
+
+def source_policy(source: Union[str, Source]) -> str:
+    """The policy a source (or source URI, parsed only) gets unless the config
+    says: "queue" when it is lossless (a file read as fast as it is inferred),
+    else "latest"."""
+    if isinstance(source, str):
+        source = open_source(source)
+    return "queue" if source.lossless else "latest"
 
 
 def ring_slots(margin: int, keep_results: int = 0) -> int:
@@ -56,8 +66,7 @@ class Stream:
         self.name = name
         self.uri = uri
         self.source = open_source(uri)  # parse and validate now: a bad URI fails before any thread starts
-        if policy is None:
-            policy = "queue" if self.source.lossless else "latest"
+        policy = policy or source_policy(self.source)
         if policy not in POLICIES:
             raise ValueError(f"policy: expected one of {', '.join(POLICIES)}, got {policy!r}")
         if keep_results < 0:
