@@ -153,10 +153,13 @@ class ModelSpec:
             raise BundleError(str(self.root), problems)
         return files
 
-    def choose(self, target: str | None = None, engine: str | None = None, precision: str | None = None) -> Choice:
-        """The file and engine to run (see `choose_engine`); that file checked on disk."""
+    def choose(self, target: str | None = None, engine: str | None = None, precision: str | None = None,
+               check_file: bool = True) -> Choice:
+        """The file and engine to run (see `choose_engine`); that file checked on
+        disk unless `check_file` is false (its bytes were checked already, or are
+        not to be read)."""
         choice = choose_engine(self._target_files(target), engine, precision, str(self.root / "manifest.json"))
-        problems = check_model_file(choice.model)
+        problems = check_model_file(choice.model) if check_file else []
         if problems:
             raise BundleError(str(self.root), problems)
         return choice
@@ -165,19 +168,18 @@ class ModelSpec:
                        precision: str | None = None) -> int:
         """The threads the bundle's options give the engine `choose` would pick
         (1 if none), without reading the model file."""
-        choice = choose_engine(self._target_files(target), engine, precision, str(self.root / "manifest.json"))
-        return int(choice.options.get("threads") or 1)
+        return int(self.choose(target, engine, precision, check_file=False).options.get("threads") or 1)
 
-    def choose_like(self, target: str | None, first: Choice) -> Choice:
+    def choose_like(self, target: str | None, first: Choice, check_file: bool = True) -> Choice:
         """A later stage's file and engine: the engine (and precision) `first`
         (the first stage's choice) runs on, where this stage lists a file for
         them, else this stage's own order of preference."""
         files = self._target_files(target)
         for precision in (first.model.precision, None):
             if any(first.engine in f.engines and precision in (None, f.precision) for f in files):
-                choice = self.choose(target, first.engine, precision)
+                choice = self.choose(target, first.engine, precision, check_file)
                 return replace(choice, why="the first stage's engine")
-        return self.choose(target)
+        return self.choose(target, check_file=check_file)
 
     def choices(self, target: str | None = None) -> list:
         """Every file and engine the bundle lists for `target`, installed or not
@@ -842,7 +844,7 @@ def load_bundle(path: str | os.PathLike, check_models: bool = True) -> Bundle:
     problems = validate_manifest(manifest, root)
     if problems:
         if check_models:  # every problem at once: the model files too, as far as the manifest can be read
-            problems += [p for p in _model_file_problems(manifest, root) if p not in problems]
+            problems += [p for p in _model_file_problems(manifest, root, problems) if p not in problems]
         raise BundleError(where, problems)
     bundle = Bundle(root, manifest, _labels_of(root, manifest, "", where),
                     stages=[StageSpec(root, spec, _labels_of(root, spec, f"stages[{i}].", where), f"stages[{i}].")
@@ -852,15 +854,16 @@ def load_bundle(path: str | os.PathLike, check_models: bool = True) -> Bundle:
     return bundle
 
 
-def _model_file_problems(manifest: dict, root: Path) -> list:
+def _model_file_problems(manifest: dict, root: Path, said: list) -> list:
     """The on-disk problems of this machine's model files (first stage), for a
-    manifest already found wrong elsewhere; none if its models cannot be read."""
+    manifest already found wrong elsewhere (`said`); none if its models cannot
+    be read, nor for a file whose own fields were found wrong (its size or
+    sha256 would be read as they are)."""
     try:
         models = manifest["models"]
         target = machine_target(models)
-        files = [m for m in model_files(root, target, models[target])  # fields found wrong are said already
-                 if (m.size is None or type(m.size) is int and m.size >= 0)
-                 and isinstance(m.sha256, str) and re.fullmatch(r"[0-9a-fA-F]{64}", m.sha256)]
+        files = [m for m in model_files(root, target, models[target])
+                 if not any(p.startswith(m.field + ".") for p in said)]
         return [p for model in files for p in check_model_file(model)]
     except Exception:  # noqa: BLE001 - that part of the manifest is itself wrong: already said
         return []

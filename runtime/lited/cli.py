@@ -125,11 +125,12 @@ def cmd_infer(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from lited.bundle import BundleError, check_target_runs_here, load_bundle, machine_target, read_nb_header
 
-    try:  # --target of another machine (an arm bundle looked at on a PC): shown, never loaded
-        check_target_runs_here(args.target, "") if args.target else None
-        foreign = False
-    except BundleError:
-        foreign = True
+    foreign = False  # --target of another machine (an arm bundle looked at on a PC): shown, never loaded
+    if args.target:
+        try:
+            check_target_runs_here(args.target, "")
+        except BundleError:
+            foreign = True
     bundle = load_bundle(args.bundle, check_models=not foreign)
     m = bundle.manifest
     target = args.target or machine_target(m["models"])
@@ -158,37 +159,26 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                     entry["problem"] = str(exc)
             info["models"][t].append(entry)
     if foreign:
-        return _inspect_foreign(info, bundle, args)
-    from lited.model import Model
-
-    with _loading(args.bundle):
-        model = Model(bundle, args.target, **_engine_args(args))
-    info["stages"] = [{"name": spec.name, "file": st.part.model_file.path.name, "engine": st.part.choice.engine,
-                       "why": st.part.choice.why, "crop": spec.crop, "decoder": spec.decoder}
-                      for spec, st in zip(bundle.stages, model.cascade.stages)]
-    engine = model.engine
-    info["engine"] = {"kind": engine.kind, "file": model.model_file.path.name, "why": model.choice.why,
-                      "version": engine.version, "device": engine.device,
-                      "inputs": [{"name": s.name, "shape": list(shape)} for s, shape in
-                                 zip(engine.inputs, engine.input_shapes())],
-                      "outputs": [{"name": n, "shape": list(s)} for n, s in
-                                  zip(engine.output_names, engine.output_shapes())]}
-    info["warnings"] = _version_warnings(info, engine)
+        model, info["engine"], info["warnings"] = None, None, _foreign_problems(info, bundle)
+    else:
+        model = _inspect_load(info, bundle, args)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     print(f"{info['name']} {info['version']}  ({info['task']})  {info['bundle']}")
-    print(f"  runs here as: {target}, {info['engine']['file']} on {engine.kind} {engine.version} ({engine.device})"
-          f": {model.choice.why} (bundle optimized with {info['paddle_lite_version']})")
+    if model is not None:
+        engine = model.engine
+        print(f"  runs here as: {target}, {info['engine']['file']} on {engine.kind} {engine.version} "
+              f"({engine.device}): {model.choice.why} (bundle optimized with {info['paddle_lite_version']})")
     for t, files in info["models"].items():
         for e in files:
             kernels = f"  kernels {','.join(e['targets'])}" if e.get("targets") else ""
             print(f"  model {t:<7} {e['file']}  {e.get('size') or '?'} bytes  {e['precision']}  engines "
                   f"{', '.join(k + ('' if k in e['installed'] else ' (not installed)') for k in e['engines'])}"
                   f"{kernels}")
-    for s in info["engine"]["inputs"]:
+    for s in info["engine"]["inputs"] if info["engine"] else bundle.inputs:
         print(f"  input  {s['name']}  {s['shape']}")
-    for s in info["engine"]["outputs"]:
+    for s in info["engine"]["outputs"] if info["engine"] else []:
         print(f"  output {s['name']}  {s['shape']}")
     pre = bundle.preprocess
     print(f"  preprocess: {pre.get('color', 'BGR')} {pre['resize']['mode']} "
@@ -206,34 +196,37 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _inspect_foreign(info: dict, bundle: Any, args: argparse.Namespace) -> int:
-    """`inspect --target T` for a target this machine does not run: what the
-    manifest and the files say (checked on disk), without loading a model."""
+def _inspect_load(info: dict, bundle: Any, args: argparse.Namespace) -> Any:
+    """Load the model as `lited run` would; its engine, stages and version warnings into `info`."""
+    from lited.model import Model
+
+    with _loading(args.bundle):
+        model = Model(bundle, args.target, **_engine_args(args))
+    info["stages"] = [{"name": spec.name, "file": st.part.model_file.path.name, "engine": st.part.choice.engine,
+                       "why": st.part.choice.why, "crop": spec.crop, "decoder": spec.decoder}
+                      for spec, st in zip(bundle.stages, model.cascade.stages)]
+    engine = model.engine
+    info["engine"] = {"kind": engine.kind, "file": model.model_file.path.name, "why": model.choice.why,
+                      "version": engine.version, "device": engine.device,
+                      "inputs": [{"name": s.name, "shape": list(shape)} for s, shape in
+                                 zip(engine.inputs, engine.input_shapes())],
+                      "outputs": [{"name": n, "shape": list(s)} for n, s in
+                                  zip(engine.output_names, engine.output_shapes())]}
+    info["warnings"] = _version_warnings(info, engine)
+    return model
+
+
+def _foreign_problems(info: dict, bundle: Any) -> list:
+    """`inspect --target T` for a target this machine does not run: the model is
+    not loaded; its files are checked on disk, their problems are warnings."""
     from lited.bundle import check_model_file
 
     target = info["target"]
     if target not in info["models"]:
         raise UsageError(f"bundle {bundle.root}: --target {target}: it has no model for it "
                          f"(has {', '.join(info['models'])})")
-    problems = [p for f in bundle.models()[target] for p in check_model_file(f)]
-    info["engine"] = None
-    info["warnings"] = [f"target {target} does not run on this machine: the model was not loaded"] + problems
-    if args.json:
-        print(json.dumps(info, indent=2))
-        return 0
-    print(f"{info['name']} {info['version']}  ({info['task']})  {info['bundle']}")
-    for t, files in info["models"].items():
-        for e in files:
-            kernels = f"  kernels {','.join(e['targets'])}" if e.get("targets") else ""
-            print(f"  model {t:<7} {e['file']}  {e.get('size') or '?'} bytes  {e['precision']}  engines "
-                  f"{', '.join(e['engines'])}{kernels}")
-    for s in bundle.inputs:
-        print(f"  input  {s['name']}  {s['shape']}")
-    print(f"  decoder: {json.dumps(bundle.decoder)}")
-    print(f"  labels: {info['labels']['count']}")
-    for warning in info["warnings"]:
-        print(f"  warning: {warning}")
-    return 0
+    return [f"target {target} does not run on this machine: the model was not loaded"] + \
+        [p for f in bundle.models()[target] for p in check_model_file(f)]
 
 
 def _version_warnings(info: dict, engine: Any) -> list:

@@ -308,13 +308,14 @@ def model_choice_problem(name: str, bundle: Any, settings: ModelSettings) -> Opt
     """Why `bundle` cannot run here as `models.<name>` asks (an engine or
     precision it lists no file for, or no engine of it installed), naming the
     config field; None if it can. `lited config check` and `lited serve` ask
-    it, so the check says what the start would."""
+    it, so the check says what the start would. (The files are not read again:
+    loading the bundle checked them.)"""
     from lited.bundle import BundleError
 
     try:
-        first = bundle.choose(None, settings.engine, settings.precision)
+        first = bundle.choose(None, settings.engine, settings.precision, check_file=False)
         for stage in bundle.stages:
-            stage.choose_like(None, first)
+            stage.choose_like(None, first, check_file=False)
     except BundleError as exc:
         field = f"models.{name}" + (".engine" if settings.engine else ".precision" if settings.precision else "")
         return f"{field}: bundle {bundle.root}: {'; '.join(exc.problems)}"

@@ -152,15 +152,19 @@ def decode_request(data: bytes, max_bin: int = 1 << 26) -> dict:
     return req
 
 
+def integral(value: Any) -> Any:
+    """A float with an integral value as that int (a number is an int or a
+    float, docs/protocol.md: 50.0 is 50); anything else as it is."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def param(params: dict, name: str, kind: Any, required: bool = True, default: Any = None) -> Any:
     """A request parameter of type `kind`, or ProtocolError naming it."""
     if name not in params:
         if required:
             raise ProtocolError("bad_request", f"params.{name}: missing")
         return default
-    value = params[name]
-    if kind is int and isinstance(value, float) and value.is_integer():
-        value = int(value)  # a number is an int or a float (docs/protocol.md): 50.0 is 50
+    value = integral(params[name]) if kind is int else params[name]
     if not has_type(value, kind):
         raise ProtocolError("bad_request", f"params.{name}: expected {type_name(kind)}")
     return value

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 
 from lited.imageheader import image_size
-from lited.protocol import ProtocolError, param
+from lited.protocol import ProtocolError, integral, param
 
 MAX_IMAGE_PIXELS = 8192 * 8192
 # Peak bytes OpenCV holds while decoding, per byte of the decoded BGR image
@@ -27,7 +27,7 @@ def image_cost(params: dict) -> int:
         _check_pixels("params.image", size.height, size.width, f"a {size.format.upper()} of ")
         return int(size.width * size.height * 3 * DECODE_FACTOR)
     shape = param(params, "shape", list)
-    shape[:] = [int(d) if isinstance(d, float) and d.is_integer() else d for d in shape]  # 480.0 is 480
+    shape[:] = [integral(d) for d in shape]  # 480.0 is 480 (decode_image reads this list after)
     if (len(shape) != 3 or shape[2] != 3 or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
                                                      for d in shape)):
         raise ProtocolError("bad_request", "params.shape: expected [height, width, 3]")
