@@ -268,6 +268,11 @@ def test_a_stream_warming_up_is_there_and_starting(tmp_path, bundles_dir):
                 assert events.status_code == 200
             with pytest.raises(ClientError, match="no result yet"):
                 client.snapshot("cam")
+            # a name that is not there is told apart, with the streams there are (this one included)
+            said = error(requests.get(f"{u}/v1/streams/nope/live", timeout=10), 404, "not_found")
+            assert said["error"]["message"] == "stream: no stream 'nope' (have cam)", said
+            with pytest.raises(ClientError, match=r"params.stream: no stream 'nope' \(have cam\)"):
+                client.snapshot("nope")
             for pid in held:
                 os.kill(pid, signal.SIGCONT)
             held = []

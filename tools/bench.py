@@ -1182,8 +1182,13 @@ def section_uplink(tmp: Path, progress: Progress, args: argparse.Namespace) -> s
     return render_uplink(bench_uplink(tmp / "bundles", progress, tmp))
 
 
+def live_models(args: argparse.Namespace) -> list:
+    """The live section's models among --models."""
+    return [n for n in LIVE_MODELS if n in args.models.split(",")]
+
+
 def section_live(tmp: Path, progress: Progress, args: argparse.Namespace) -> str:
-    names = [n for n in LIVE_MODELS if n == "demo_ppocrv4_det" or (SHARED / "models" / n).is_dir()]
+    names = [n for n in live_models(args) if n == "demo_ppocrv4_det" or (SHARED / "models" / n).is_dir()]
     bundles = tmp / "bundles"
     subprocess.run([PY, str(ROOT / "tools" / "make_bundles.py"), "--out", str(bundles),
                     *[n for n in names if n != "demo_ppocrv4_det"]], check=True, stdout=subprocess.DEVNULL)
@@ -1207,7 +1212,7 @@ def engine_steps(args: argparse.Namespace) -> int:
 
 
 # --only NAME: (its section's heading, what measures and renders it, its progress steps)
-SECTIONS = {"live": ("## Live cameras", section_live, lambda args: len(LIVE_MODELS) * len(POLICIES) * 3),
+SECTIONS = {"live": ("## Live cameras", section_live, lambda args: len(live_models(args)) * len(POLICIES) * 3),
             "http": ("## The HTTP front end", section_http, lambda args: 3),
             "ocr": ("## OCR cascade", section_ocr, lambda args: 8),
             "uplink": ("## MQTT uplink", section_uplink, lambda args: UPLINK_STEPS),

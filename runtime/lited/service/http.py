@@ -50,6 +50,7 @@ from lited.protocol import ProtocolError, event_message, json_ready, result_mess
 from lited.service import easyedge, live
 from lited.service.metrics import Metrics
 from lited.service.render import draw_result
+from lited.service.requests import running_stream, stream_names
 
 log = logging.getLogger("lited.http")
 
@@ -496,12 +497,7 @@ class Handler(tornado.web.RequestHandler):
 
     def stream_name(self, name: str) -> str:
         """`name`, a running stream; a configured one still starting has no result yet."""
-        service = self.front.service
-        if name not in service.streams:
-            if name in service.warming:
-                raise ProtocolError("failed", f"stream '{name}' has no result yet (starting: model warming up)")
-            have = [*service.streams, *service.warming]
-            raise ProtocolError("not_found", f"stream: no stream '{name}' (have {', '.join(have) or 'none'})")
+        running_stream(self.front.service, name, "stream")
         return name
 
 
@@ -693,9 +689,10 @@ class Events(Handler):
         unknown_types = sorted(types - {"result", "event"})
         if unknown_types:
             return self.fail("bad_request", f"types: unknown '{unknown_types[0]}', expected result or event")
-        unknown = sorted(streams - {"_daemon", *service.streams, *service.warming})
+        names = ["_daemon", *stream_names(service)]
+        unknown = sorted(streams - set(names))
         if unknown:
-            have = ", ".join(["_daemon", *service.streams, *service.warming])
+            have = ", ".join(names)
             return self.fail("not_found", f"stream: no stream '{unknown[0]}' (have {have})")
         client = EventClient(streams, types)
         fanout.clients.add(client)

@@ -51,6 +51,23 @@ IDLE_BEAT = 0.25  # s between an idle worker's watchdog beats (well under any Wa
 Done = Callable[[Any, Optional[ProtocolError]], None]
 
 
+def stream_names(service: "Service") -> list:
+    """Every configured stream: the running ones, then those still starting."""
+    return [*service.streams, *service.warming]
+
+
+def running_stream(service: "Service", name: str, field: str):
+    """The running stream `name`. One still starting (its model warming up)
+    has no result yet, which is said apart from a name that is not there."""
+    stream = service.streams.get(name)
+    if stream is None:
+        if name in service.warming:
+            raise ProtocolError("failed", f"stream '{name}' has no result yet (starting: model warming up)")
+        have = ", ".join(stream_names(service)) or "none"
+        raise ProtocolError("not_found", f"{field}: no stream '{name}' (have {have})")
+    return stream
+
+
 class Service(Protocol):
     """What the request core needs of the daemon (service/daemon.py)."""
     bundles: dict
@@ -315,11 +332,7 @@ class Requests:
         quality = param(params, "quality", int, required=False, default=85)
         if not 1 <= quality <= 100:
             raise ProtocolError("bad_request", "params.quality: expected 1 to 100")
-        stream = self.service.streams.get(name)
-        if stream is None:
-            if name in self.service.warming:
-                raise ProtocolError("failed", f"stream '{name}' has no result yet (starting: model warming up)")
-            raise ProtocolError("not_found", f"params.stream: no stream '{name}'")
+        stream = running_stream(self.service, name, "params.stream")
         ring = stream.ring
         # the frame's copy, OpenCV's JPEG buffer and the reply's bytes
         cost = 3 * int(np.prod(ring.shape)) if ring is not None else 0
