@@ -181,18 +181,24 @@ def test_a_subscriber_that_never_reads_does_not_slow_others_or_grow_the_daemon(t
         with Subscriber(d.pub, streams=["fast"]) as live:
             live.recv(10)
             rss = [d.rss_mb()]
-            counts = []
+            counts, dropped, last = [], 0, None
             for _ in range(4):
                 t0, n = time.monotonic(), 0
                 while time.monotonic() - t0 < 2:
-                    if live.recv(1):
+                    m = live.recv(1)
+                    if m and m["type"] == "result":
                         n += 1
+                        if last is not None:  # docs/protocol.md: a jump beyond skipped + 1 was dropped for us
+                            dropped += m["seq"] - last - m["skipped"] - 1
+                        last = m["seq"]
                 counts.append(n)
                 rss.append(d.rss_mb())
         stuck.close()
         with d.client() as client:
             fps = client.status()["streams"][0]["fps"]
-    assert min(counts) > 0.5 * max(counts) and min(counts) > 10  # the live subscriber keeps its pace
+    # the live subscriber gets results all along, none dropped for it: the stuck one holds nothing up
+    # (its pace is the machine's: on a shared CI host a window can be slower than another)
+    assert min(counts) > 10 and dropped == 0, (counts, dropped)
     assert rss[-1] - rss[1] < 8, rss  # bounded: nothing queues up for the stuck one
     assert fps > 5
 
