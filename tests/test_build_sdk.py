@@ -383,12 +383,14 @@ def test_a_bad_fragment_is_refused_before_conversion_naming_its_file(tools_pytho
     fragment = json.loads((ROOT / "tests" / "bundles" / "fastestdet.json").read_text())
     fragment["preprocess"]["colour"] = "RGB"
     fragment["preprocess"]["mean"] = [0.5, 0.5]
+    fragment["decoder"]["score_treshold"] = 0.3  # a typo
     bad = tmp_path / "frag.json"
     bad.write_text(json.dumps(fragment))
     proc = run_build_sdk(tools_python, "--model", shared / "paddle", "--config", bad, "--labels",
                          shared / "labels.txt", "--targets", "x86", "--out", tmp_path / "x.zip",
                          "--workdir", tmp_path / "work")
-    line = assert_refused(proc, "frag.json: ", "preprocess.colour: unknown field", "preprocess.mean: expected 3")
+    line = assert_refused(proc, "frag.json: ", "preprocess.colour: unknown field", "preprocess.mean: expected 3",
+                          "decoder.score_treshold: unknown parameter")
     assert "/tmp/" not in line.replace(str(tmp_path), "") and not (tmp_path / "work" / "bundle").exists(), line
 
 

@@ -452,13 +452,13 @@ def _not_a_file(path: Path) -> str:
     return "not a regular file" if path.exists() or path.is_symlink() else "missing"
 
 
-def preprocess_problems(fields: dict) -> list:
-    """The problems of a config's `preprocess` as a manifest would have them,
-    before a model exists to complete the manifest: what a builder can refuse
-    at once, naming the field, instead of after conversion. (Not the decoder's:
-    its registry needs OpenCV, which the builder's venv has not.)"""
+def config_problems(fields: dict) -> list:
+    """The problems of a config's `preprocess` and `decoder` as a manifest
+    would have them, before a model exists to complete the manifest: what a
+    builder can refuse at once, naming the field, instead of after conversion."""
     c = BundleChecker()
     _check_preprocess(c, fields)
+    _check_decoder(c, fields)
     return c.problems
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from typing import List
 
-import cv2
 import numpy as np
 
 from ..geometry import Geometry
@@ -28,6 +27,8 @@ from .base import Decoder
 def ordered_corners(rect: tuple) -> np.ndarray:
     """The 4 corners of a `cv2.minAreaRect` result as top-left, top-right,
     bottom-right, bottom-left (PaddleOCR's `get_mini_boxes` order)."""
+    import cv2  # on use, as every decoder's backend (registry.py): the SDK builder's venv has no OpenCV
+
     pts = cv2.boxPoints(rect)
     pts = pts[np.argsort(pts[:, 0], kind="stable")]
     left = (0, 1) if pts[1, 1] > pts[0, 1] else (1, 0)
@@ -38,6 +39,8 @@ def ordered_corners(rect: tuple) -> np.ndarray:
 def box_score(prob: np.ndarray, corners: np.ndarray) -> float:
     """Mean probability inside the polygon, over its bounding-box crop only
     (PaddleOCR's `box_score_fast`)."""
+    import cv2
+
     h, w = prob.shape
     x0 = min(max(int(np.floor(corners[:, 0].min())), 0), w - 1)
     x1 = min(max(int(np.ceil(corners[:, 0].max())), 0), w - 1)
@@ -65,6 +68,8 @@ class DbTextDecoder(Decoder):
         self._bitmap = np.empty((0, 0), dtype=np.uint8)
 
     def decode(self, outputs: List[np.ndarray], geom: Geometry) -> dict:
+        import cv2
+
         prob = outputs[0].reshape(outputs[0].shape[-2:])
         if self._bitmap.shape != prob.shape:
             self._bitmap = np.empty(prob.shape, dtype=np.uint8)

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lited.bundle import machine_target, preprocess_problems
+from lited.bundle import config_problems, machine_target
 from lited.validate import name_problem, version_problem
 
 from lited.sdk import BuildError, bundle_writer, engine_files, int8, labels, paddle_model, readme
@@ -168,7 +168,7 @@ def _build(opts: Options, workdir: Path, timings: dict) -> dict:
     _preflight(opts, opt, judge, host)
     fields = import_configs(opts.configs)
     _check_fields(fields, opts.configs)
-    problems = preprocess_problems(fields)  # before minutes of conversion
+    problems = config_problems(fields)  # before minutes of conversion
     if problems:
         raise BuildError(f"{', '.join(Path(c).name for c in opts.configs)}: {'; '.join(problems)}")
     names = labels.LabelFile(opts.labels, origin="--labels").read() if opts.labels \
