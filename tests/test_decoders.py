@@ -550,3 +550,17 @@ def test_every_decoder_builds_from_its_defaults(kind):
     for name, (typ, default) in cls.PARAMS.items():
         assert isinstance(default, typ), f"{kind}.{name}"
     make_decoder({"type": kind}, [])
+
+
+def test_the_decoder_registry_and_the_manifest_check_load_without_opencv() -> None:
+    """The SDK builder's venv has no OpenCV and checks a config's decoder
+    before conversion: every decoder imports its backend on use (registry.py)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['cv2'] = None\n"
+            "from lited.bundle import config_problems\n"
+            "print(config_problems({'preprocess': {}, 'decoder': {'type': 'db_text', 'tresh': 0.3}}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "decoder.tresh: unknown parameter for 'db_text'" in proc.stdout, proc.stdout
