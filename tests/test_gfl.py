@@ -5,6 +5,8 @@ by shape (re-arrangements of the same real outputs must decode alike).
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from conftest import need_shared
@@ -107,11 +109,14 @@ def test_logits_are_thresholded_as_logits(nanodet, labels):
 
 def test_wrong_strides_or_reg_max_are_named(nanodet, labels):
     outs, w, h = nanodet["astronaut"]
-    with pytest.raises(LayoutError, match="matches no stride"):
+    with pytest.raises(LayoutError, match=r"^decoder\.strides: a level of \d+ anchors matches no stride"):
         decoded(outs, w, h, labels, strides=[8, 16, 64])
-    with pytest.raises(LayoutError, match="box channels"):
+    with pytest.raises(LayoutError, match=r"^decoder\.strides: 3 levels in the outputs, 4 strides given"):
+        decoded(outs, w, h, labels, strides=[8, 16, 32, 64])
+    with pytest.raises(LayoutError, match=r"^decoder\.reg_max: output \d: 32 box channels, expected 4 \* \(reg_max "
+                                          r"\+ 1\) = 68 \(outputs \[\["):
         decoded(outs, w, h, labels, reg_max=16)
-    with pytest.raises(LayoutError):
+    with pytest.raises(LayoutError, match="^outputs .* are not a GFL head"):  # no parameter to blame
         decoded(outs[:5], w, h, labels)
 
 
@@ -152,3 +157,18 @@ def test_non_square_input_and_reg_max_16():
     assert len(out) == 1 and out[0]["label"] == "c"
     assert np.allclose(out[0]["box"], [cx - dist, cy - dist, cx + dist, cy + dist], atol=1e-2)
 
+
+
+def test_the_builder_checks_given_strides_and_reg_max_against_the_converted_model():
+    """Right after conversion, not at the golden run: a wrong `strides` or
+    `reg_max` in a fragment is refused naming the fragment and the field."""
+    from lited.sdk import BuildError
+    from lited.sdk.paddledet_cfg import complete_gfl
+
+    shapes = [[1, 2704, 80], [1, 676, 80], [1, 169, 80], [1, 2704, 32], [1, 676, 32], [1, 169, 32]]  # NanoDet-m
+    assert complete_gfl({"type": "gfl"}, shapes, (416, 416), "f.json") == \
+        {"type": "gfl", "reg_max": 7, "strides": [8, 16, 32]}
+    for given, said in (({"strides": [8, 16, 32, 64]}, "frag.json: decoder.strides: 3 levels in the outputs, 4 "),
+                        ({"reg_max": 16}, "frag.json: decoder.reg_max: output 3: 32 box channels")):
+        with pytest.raises(BuildError, match=re.escape(said)):
+            complete_gfl({"type": "gfl", **given}, shapes, (416, 416), "frag.json")

@@ -51,7 +51,12 @@ DEFAULT_REG_MAX = 7
 
 
 class LayoutError(ValueError):
-    """The outputs do not form a GFL head layout (message says why)."""
+    """The outputs do not form a GFL head layout (message says why); `field`
+    names the decoder parameter that contradicts them, when one does."""
+
+    def __init__(self, message: str, field: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class _Part:
@@ -133,8 +138,11 @@ def resolve_layout(shapes: Sequence[Tuple[int, ...]], in_hw: Optional[Tuple[int,
         try:
             return _resolve(_parts(shapes, channels_first_3d), in_hw, list(strides), reg_max)
         except LayoutError as exc:
-            errors.append(str(exc))
-    raise LayoutError(f"outputs {[list(s) for s in shapes]} are not a GFL head: " + errors[0])
+            errors.append(exc)
+    first, outputs = errors[0], [list(s) for s in shapes]
+    if first.field:
+        raise LayoutError(f"decoder.{first.field}: {first} (outputs {outputs})", first.field)
+    raise LayoutError(f"outputs {outputs} are not a GFL head: {first}")
 
 
 def _resolve(parts: List[_Part], in_hw: Optional[Tuple[int, int]], strides: List[int],
@@ -168,7 +176,7 @@ def _resolve(parts: List[_Part], in_hw: Optional[Tuple[int, int]], strides: List
                 rm = reg_max
                 if box_p.k != box_w:
                     raise LayoutError(f"output {box_p.index}: {box_p.k} box channels, expected "
-                                      f"4 * (reg_max + 1) = {box_w}")
+                                      f"4 * (reg_max + 1) = {box_w}", "reg_max")
             c = cls_p.k
             lv = {"n": n, "cls": (cls_p, 0), "box": (box_p, 0), "hw": cls_p.hw or box_p.hw}
         else:
@@ -176,7 +184,8 @@ def _resolve(parts: List[_Part], in_hw: Optional[Tuple[int, int]], strides: List
             rm = reg_max if reg_max >= 0 else DEFAULT_REG_MAX
             c = p.k - 4 * (rm + 1)
             if c <= 0:
-                raise LayoutError(f"output {p.index}: {p.k} channels, too few for classes + 4 * ({rm} + 1)")
+                raise LayoutError(f"output {p.index}: {p.k} channels, too few for classes + 4 * ({rm} + 1)",
+                                  "reg_max" if reg_max >= 0 else None)
             lv = {"n": n, "cls": (p, 0), "box": (p, c), "hw": p.hw}
         if num_classes is None:
             num_classes, reg_max_found = c, rm
@@ -218,12 +227,12 @@ def _assign_strides(levels: List[dict], in_hw: Tuple[int, int], strides: List[in
     in_h, in_w = in_hw
     if strides:
         if len(strides) != len(levels):
-            raise LayoutError(f"{len(levels)} levels in the outputs, {len(strides)} strides given")
+            raise LayoutError(f"{len(levels)} levels in the outputs, {len(strides)} strides given", "strides")
         by_n = {math.ceil(in_h / s) * math.ceil(in_w / s): s for s in strides}
         for lv in levels:
             if lv["n"] not in by_n:
                 raise LayoutError(f"a level of {lv['n']} anchors matches no stride in {strides} "
-                                  f"for a {in_w}x{in_h} input")
+                                  f"for a {in_w}x{in_h} input", "strides")
             lv["stride"] = by_n[lv["n"]]
     else:
         for lv in levels:
@@ -261,11 +270,12 @@ def _resolve_concatenated(p: _Part, in_hw: Tuple[int, int], strides: List[int], 
                               f"for a {in_w}x{in_h} input")
     elif sum(count(s) for s in strides) != p.n:
         raise LayoutError(f"{p.n} anchors, but strides {strides} on a {in_w}x{in_h} input give "
-                          f"{sum(count(s) for s in strides)}")
+                          f"{sum(count(s) for s in strides)}", "strides")
     rm = reg_max if reg_max >= 0 else DEFAULT_REG_MAX
     c = p.k - 4 * (rm + 1)
     if c <= 0:
-        raise LayoutError(f"output {p.index}: {p.k} channels, too few for classes + 4 * ({rm} + 1)")
+        raise LayoutError(f"output {p.index}: {p.k} channels, too few for classes + 4 * ({rm} + 1)",
+                          "reg_max" if reg_max >= 0 else None)
     levels = [{"n": count(s), "stride": s, "h": math.ceil(in_h / s), "w": math.ceil(in_w / s),
                "cls": (p, 0), "box": (p, c), "hw": None, "concat": True} for s in sorted(strides)]
     return _Layout(levels, c, rm)

@@ -187,7 +187,8 @@ def _build(opts: Options, workdir: Path, timings: dict) -> dict:
     if decoder["type"] == "gfl":  # write what the outputs say, so the manifest states every value
         image = next(spec for spec in inputs if "fill" not in spec)["shape"]
         size = tuple(image[2:4]) if fields["preprocess"].get("layout", "NCHW") == "NCHW" else tuple(image[1:3])
-        decoder = complete_gfl(decoder, paddle_model.read_output_shapes(model), None if -1 in size else size)
+        decoder = complete_gfl(decoder, paddle_model.read_output_shapes(model), None if -1 in size else size,
+                               ", ".join(Path(c).name for c in opts.configs))
 
     root = bundle_writer.prepare_dir(opts.keep_dir or workdir / "bundle" / name)
     nbs = {}

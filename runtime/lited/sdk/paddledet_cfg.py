@@ -137,10 +137,12 @@ def _gfl_decoder(cfg: dict, where: str) -> dict:
     return decoder
 
 
-def complete_gfl(decoder: dict, output_shapes: list, input_hw: tuple | None) -> dict:
-    """The `gfl` decoder with `reg_max` (and `strides`, if missing) read from
-    the model's output shapes, so the manifest states every value."""
-    if decoder.get("type") != "gfl" or decoder.get("reg_max", -1) >= 0:
+def complete_gfl(decoder: dict, output_shapes: list, input_hw: tuple | None, where: str) -> dict:
+    """The `gfl` decoder checked against the model's output shapes, right
+    after conversion (a `strides` or `reg_max` they contradict is named, with
+    `where`, the configs), and with `reg_max` and `strides`, if missing, read
+    from them, so the manifest states every value."""
+    if decoder.get("type") != "gfl":
         return decoder
     from lited.decoders.gfl import LayoutError, resolve_layout
 
@@ -148,9 +150,10 @@ def complete_gfl(decoder: dict, output_shapes: list, input_hw: tuple | None) -> 
     if input_hw is None or any(d < 0 for s in shapes for d in s):
         return decoder  # sizes only known at run time: the decoder finds reg_max from the outputs
     try:
-        layout = resolve_layout(shapes, input_hw, decoder.get("strides") or ())
+        layout = resolve_layout(shapes, input_hw, decoder.get("strides") or (), decoder.get("reg_max", -1))
     except LayoutError as exc:
-        raise BuildError(f"decoder gfl: the model's outputs {output_shapes}: {exc}") from None
+        said = str(exc) if exc.field else f"decoder: {exc}"
+        raise BuildError(f"{where}: {said}") from None
     return {**decoder, "reg_max": layout.reg_max, "strides": sorted(lv["stride"] for lv in layout.levels)}
 
 
