@@ -113,7 +113,7 @@ def test_network_url_keeps_camera_params_and_drops_ours():
      "source 'foo://bar': unknown scheme 'foo' (known: file, gst, http, https, images, rtsp, synth, v4l2)"),
     ("/videos/a.mp4", "source '/videos/a.mp4': not a URI: expected SCHEME://..., e.g. file:///videos/in.mp4"),
     ("synth://?fps=-1", "option 'fps' must be a number >= 0, got '-1'"),
-    ("file:///x.mp4?loop=2", "option 'loop' must be 0 or 1, got '2'"),
+    ("file:///x.mp4?loop=2", "option 'loop' must be 0 or 1 (or true/false, yes/no, on/off), got '2'"),
     ("images:///d?loop", "option 'loop' has no value (write loop=VALUE)"),
     ("synth://?fps=1&fps=2", "option 'fps' given twice"),
     ("v4l2:///dev/video0?fourcc=MJPEG", "option 'fourcc' must be 4 characters like MJPG or YUYV, got 'MJPEG'"),
@@ -504,6 +504,19 @@ def test_rtsp_frozen_camera_times_out_not_hangs(rtsp):
     rtsp.kill(signal.SIGSTOP)  # socket open, no data: a hung camera
     elapsed = read_until_error(src, out)
     assert READ_TIMEOUT - 0.2 < elapsed < READ_TIMEOUT + 1.5, elapsed
+
+
+def test_rtsp_open_timeout_shorter_than_the_cameras_open_is_refused_not_flapping(rtsp):
+    """The test server takes about 2 s to open. Cut short by the open timeout,
+    OpenCV still calls the capture open, hands out a few buffered frames and
+    fails: that was a stream flapping between streaming and backoff, blamed on
+    the read timeout. It is refused at open, naming the option."""
+    src = open_source(f"{rtsp.url}?lited_open_timeout=0.5&lited_read_timeout={READ_TIMEOUT:g}")
+    with pytest.raises(SourceError, match=r"not open within 0.5 s \(lited_open_timeout\): the stream answered"):
+        src.open()
+    src, out = open_rtsp(rtsp)  # the default, 10 s, is enough
+    assert len(read_all(src, out, limit=30)) == 30
+    src.close()
 
 
 def test_rtsp_silent_server_hits_the_open_timeout():

@@ -12,7 +12,12 @@ callback that breaks any FFmpeg wait, so a camera that dies or hangs
 without an end of stream makes `read_into` raise within the read timeout
 instead of blocking. A read that ran into it is a lost stream even if it
 returns a frame: on the interrupt OpenCV flushes the decoder, which then
-hands out its delayed (stale) frames one timeout apiece.
+hands out its delayed (stale) frames one timeout apiece. An open that ran
+into the open timeout is refused, although OpenCV calls it open: the
+interrupt cut FFmpeg's probe of the stream short, and the capture then
+hands out the frames it had buffered and fails (measured: a camera that
+takes 2 s to open, given 0.5 s, gave 6 frames, then a failed read; the
+stream flapped between streaming and backoff for as long as it ran).
 
 Latency options go to FFmpeg in OPENCV_FFMPEG_CAPTURE_OPTIONS, set only
 while opening (an admin's own value is appended and wins):
@@ -46,6 +51,7 @@ PREFIX = "lited_"
 # OpenCV 4.11.0 drops OPENCV_FFMPEG_CAPTURE_OPTIONS (see the module doc).
 FFMPEG_OPTIONS_IGNORED = cv2.__version__.startswith("4.11.")
 ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+OPEN_TIMEOUT_SLACK = 0.02  # s: an open this close to lited_open_timeout was cut short by it
 _env_lock = threading.Lock()
 
 
@@ -111,8 +117,14 @@ class NetworkSource(opencv.CaptureSource):
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self.options["lited_open_timeout"] * 1000),
             cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.options["lited_read_timeout"] * 1000),
         ]
+        limit = self.options["lited_open_timeout"]
+        start = time.monotonic()
         with ffmpeg_options(self.ffmpeg_options()):
             self._cap = cv2.VideoCapture(self.url, cv2.CAP_FFMPEG, timeouts)
+        if self._cap.isOpened() and time.monotonic() - start >= limit - OPEN_TIMEOUT_SLACK:
+            self.close()  # cut short by the interrupt: see the module doc
+            raise self.error(f"not open within {limit:g} s (lited_open_timeout): the stream answered but "
+                             "was still opening; raise lited_open_timeout")
         shape = opencv.first_frame(self, self._cap, "stream")
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps = fps if 0 < fps < 1000 else None
@@ -124,11 +136,14 @@ class NetworkSource(opencv.CaptureSource):
         timeout = self.options["lited_read_timeout"]
         start = time.monotonic()
         ok = opencv.read_into(self, self._cap, out)
-        if ok and time.monotonic() - start < timeout:
+        waited = time.monotonic() - start
+        if ok and waited < timeout:
             return True
         finite = self._finite
         self.close()
         if finite and not ok:
             return False
+        if waited < timeout:  # not the timeout: the connection closed or broke
+            raise self.error(f"stream lost: the read failed after {waited:.1f} s (connection closed or broken)")
         raise self.error(f"stream lost: no frame within {timeout:g} s (lited_read_timeout)")
 

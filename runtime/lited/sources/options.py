@@ -70,7 +70,7 @@ def flag(text: str) -> bool:
         return True
     if low in ("0", "false", "no", "off"):
         return False
-    raise ValueError("0 or 1")
+    raise ValueError("0 or 1 (or true/false, yes/no, on/off)")
 
 
 def count(text: str) -> int:
