@@ -244,6 +244,27 @@ def test_file_loop_wraps_around(video, stills):
     assert mean_diff(frames[total - 1], stills[-1]) < 8
 
 
+def test_file_loop_with_the_file_gone_is_an_error_to_retry_not_the_end(video, stills, tmp_path):
+    """A looping file missing when it starts over: an error (the stream backs
+    off and reopens it once it is back), never an end (that stream would stay
+    ended for good)."""
+    import shutil
+
+    clip = tmp_path / "clip.avi"
+    shutil.copy(video, clip)
+    src = open_source(f"file://{clip}?loop=1")
+    src.open()
+    out = np.zeros((H, W, 3), np.uint8)
+    clip.unlink()  # still open: this pass plays on
+    assert len(read_all(src, out, limit=len(stills) * PER_IMAGE)) == len(stills) * PER_IMAGE
+    with pytest.raises(SourceError, match=f"loop: cannot start {clip} again: no such file"):
+        src.read_into(out)
+    shutil.copy(video, clip)
+    src.open()
+    assert len(read_all(src, out, limit=3)) == 3
+    src.close()
+
+
 def test_file_realtime_paces_at_the_file_fps(video):
     src = open_source(f"file://{video}?realtime=1")
     src.open()

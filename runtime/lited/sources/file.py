@@ -50,7 +50,13 @@ class FileSource(opencv.CaptureSource):
             return True
         if not self.options["loop"]:
             return False
-        # Reopening rewinds every container; seeking does not always.
+        # Reopening rewinds every container; seeking does not always. A file
+        # gone or broken meanwhile is an error, so the stream retries with
+        # backoff: ending it would end a looping stream for good.
         self._cap.release()
         self._cap = cv2.VideoCapture(self.path, cv2.CAP_FFMPEG)
-        return opencv.read_into(self, self._cap, out)
+        if opencv.read_into(self, self._cap, out):
+            return True
+        self.close()
+        why = "no such file" if not os.path.isfile(self.path) else "it gives no frame"
+        raise self.error(f"loop: cannot start {self.path} again: {why}")
