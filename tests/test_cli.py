@@ -51,3 +51,49 @@ def test_a_bad_image_is_one_line_exit_2_and_no_output(tmp_path):
     assert proc.stderr.strip() == f"lited: {bad}: not a readable image"
     proc = lited("--debug", "infer", "--bundle", str(tmp_path / "no-bundle"), str(bad))
     assert "Traceback" in proc.stderr
+
+
+def test_command_line_values_that_cannot_work_are_usage_errors(bundles_dir):
+    """Refused before anything starts, exit 2, in the config's words: they used
+    to be taken (a run of 0 frames or seconds exiting 0 with nothing said,
+    --threads -3 shown as "-3 threads", a bad --name retried for 10 s)."""
+    run = ("run", "--bundle", str(bundles_dir / "ultraface"), "--source", "synth://?size=160x120&fps=5")
+    for args, said in (((*run, "--frames", "0"), "argument --frames: expected an integer of at least 1, got '0'"),
+                       ((*run, "--duration", "0"), "argument --duration: expected a number above 0, got '0'"),
+                       ((*run, "--open-timeout", "-1"), "argument --open-timeout: expected a number above 0"),
+                       ((*run, "--stall-timeout", "-1"), "argument --stall-timeout: expected a number above 0"),
+                       ((*run, "--name", "bad name"), "argument --name: 'bad name' may hold only letters"),
+                       ((*run, "--name", "current"), "argument --name: 'current' may hold only letters"),
+                       (("inspect", "--bundle", str(bundles_dir / "ultraface"), "--threads", "-3"),
+                        "argument --threads: expected an integer from 1 to 256, got '-3'"),
+                       (("ctl", "ping", "--timeout", "-1"), "argument --timeout: expected a number above 0")):
+        proc = lited(*args)
+        assert proc.returncode == 2 and proc.stdout == "", (args, proc.stdout, proc.stderr)
+        assert said in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
+
+
+def test_run_reports_a_stall_and_cleans_up_on_sigterm(bundles_dir, tmp_path):
+    """--stall-timeout is checked as the daemon checks it (the capture thread
+    may be blocked in its read), and SIGTERM (timeout(1), systemd) removes
+    the stream's frame ring like Ctrl-C does."""
+    import os
+    import signal
+    import time
+
+    name = f"stall{os.getpid()}"
+    proc = subprocess.Popen([sys.executable, "-m", "lited.cli", "run", "--bundle", str(bundles_dir / "ultraface"),
+                             "--source", "synth://?size=160x120&fps=0.25", "--stall-timeout", "1", "--name", name,
+                             "-v", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        err = ""
+        while "stalled: no frame for 1 s" not in err:
+            assert time.monotonic() < deadline and proc.poll() is None, err
+            err += proc.stderr.readline()
+        assert any(name in f for f in os.listdir("/dev/shm"))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not any(name in f for f in os.listdir("/dev/shm")), os.listdir("/dev/shm")

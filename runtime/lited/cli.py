@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Tuple
 
 from lited import __version__, ctl
+from lited.validate import arg_name, arg_number
 
 EXIT_BAD_INPUT = 2
 
@@ -255,6 +256,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     --duration) ends it with exit 2 and the source's last error: unlike the
     daemon, which retries for ever, a command in the foreground must end."""
     import queue
+    import signal
 
     from lited import cores
     from lited.bundle import load_bundle
@@ -292,6 +294,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"lited: stream {event['stream']}: {state}{': ' + detail if detail else ''}",
                   file=sys.stderr, flush=True)
 
+    def stop_on_sigterm(signum: int, frame: Any) -> None:  # timeout(1), systemd: clean up as for Ctrl-C
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     stream = Stream(args.name, args.source, lambda: Model(bundle, args.target, isolated=True,
                                                           cpus=plan.engines[args.name], **_engine_args(args)),
                     publish, on_event, stall_timeout=args.stall_timeout)
@@ -303,6 +309,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         while args.frames is None or count < args.frames:
             now = time.monotonic()
+            stream.check_stall()  # as the daemon's loop does: its capture thread may be blocked in a read
             if deadline is not None and now >= deadline:
                 break
             if not opened and now - started >= args.open_timeout:
@@ -533,6 +540,9 @@ def _broker_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--password-file", help="file whose first line is the password")
 
 
+SECONDS = arg_number(above=0)  # a duration or timeout given on the command line
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lited", description="lited: the Paddle Lite daemon")
     ap.add_argument("--version", action="version", version=f"lited {__version__} (Python {sys.version.split()[0]})")
@@ -558,15 +568,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("run", "run one stream in the foreground", cmd_run)
     p.add_argument("--bundle", required=True, help="bundle directory")
     p.add_argument("--source", required=True, help="source URI: file://, rtsp://, v4l2://, gst://, images://, synth://")
-    p.add_argument("--name", default="cam0", help="stream name (in results and the shared-memory ring)")
+    p.add_argument("--name", default="cam0", type=arg_name, help="stream name (in results and the shared-memory ring)")
     p.add_argument("--target", help="model target (default: this machine's)")
     _add_engine_args(p)
     p.add_argument("--json", action="store_true", help="one JSON object per frame per line")
-    p.add_argument("--frames", type=int, help="stop after this many results")
-    p.add_argument("--duration", type=float, help="stop after this many seconds")
-    p.add_argument("--open-timeout", type=float, default=10.0, metavar="S",
+    p.add_argument("--frames", type=arg_number(integer=True, minimum=1), help="stop after this many results")
+    p.add_argument("--duration", type=SECONDS, help="stop after this many seconds")
+    p.add_argument("--open-timeout", type=SECONDS, default=10.0, metavar="S",
                    help="give up (exit 2) when the source has not opened within S seconds (default 10)")
-    p.add_argument("--stall-timeout", type=float, default=5.0, help="seconds without a frame before 'stalled'")
+    p.add_argument("--stall-timeout", type=SECONDS, default=5.0, help="seconds without a frame before 'stalled'")
     p.add_argument("--no-pin-engines", action="store_true",
                    help="let the engine share every core with lited's own threads (default: when its threads leave "
                         "cores over, it gets cores of its own; docs/config.md, pin_engines)")
@@ -585,10 +595,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="model target (default: this machine's)")
     p.add_argument("--group", default="lited", help="shared-subscription group: workers in one group share the load")
     p.add_argument("--client-id", help="stable MQTT client id: the broker keeps this worker's session and queue")
-    p.add_argument("--session-expiry", type=int, default=600,
+    p.add_argument("--session-expiry", type=arg_number(integer=True, minimum=0), default=600,
                    help="with --client-id: seconds the broker keeps the session of a worker that vanished")
     p.add_argument("--record", help="append every first-seen message (JSON lines) to this file")
-    p.add_argument("--duration", type=float, help="stop after this many seconds (default: until SIGTERM)")
+    p.add_argument("--duration", type=SECONDS, help="stop after this many seconds (default: until SIGTERM)")
 
     p = command("remote", "ask a device over MQTT: ping, status, reload, snapshot", cmd_remote)
     _broker_arguments(p)
@@ -597,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="reload: model name from the device's config (default: all)")
     p.add_argument("--stream", help="snapshot: stream name")
     p.add_argument("--out", help="snapshot: JPEG file to write")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the reply")
+    p.add_argument("--timeout", type=SECONDS, default=30.0, help="seconds to wait for the reply")
 
     p = command("config", "check the daemon's config (like nginx -t), or print its JSON Schema", cmd_config)
     p.add_argument("action", choices=["check", "schema"])
@@ -623,7 +633,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", help="engine to run (default: the bundle's first choice installed here)")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="the bundle file of this precision")
-    p.add_argument("--threads", type=int, help="threads of the engine (default: the bundle's, else 1)")
+    p.add_argument("--threads", type=arg_number(integer=True, minimum=1, maximum=256),
+                   help="threads of the engine, 1 to 256 (default: the bundle's, else 1)")
 
 
 def main(argv: list | None = None) -> int:

@@ -174,3 +174,33 @@ def _range_text(integer: bool, minimum: Optional[float], maximum: Optional[float
     if maximum is not None:
         return f"{what} of at most {num(maximum)}"
     return what
+
+
+def arg_number(integer: bool = False, minimum: Optional[float] = None, maximum: Optional[float] = None,
+               above: Optional[float] = None) -> Callable[[str], Any]:
+    """An argparse `type` for a number in range, refused in the config's words
+    (`expected an integer from 1 to 256, got '-3'`): a command-line value that
+    cannot work is a usage error (exit 2), never silently odd behaviour."""
+    import argparse
+
+    def parse(text: str) -> Any:
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            value = None
+        if value is None or not is_number(value) or (minimum is not None and value < minimum) \
+                or (maximum is not None and value > maximum) or (above is not None and value <= above):
+            raise argparse.ArgumentTypeError(f"expected {_range_text(integer, minimum, maximum, above)}, "
+                                             f"got {text!r}")
+        return value
+    return parse
+
+
+def arg_name(text: str) -> str:
+    """An argparse `type` for a name (a stream's, say): the one name rule."""
+    import argparse
+
+    problem = name_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
