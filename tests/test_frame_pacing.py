@@ -1,12 +1,13 @@
 """The camera's beat, as the `latest` policy reads it to decide whether the
 engine waits a moment for a fresher frame (runner.py `_hold`)."""
 import random
+import time
 
 import pytest
 
 RANDOM = random.Random(2)
 
-from lited.stream.stats import StreamStats
+from lited.stream.stats import FPS_MIN_SPAN, StreamStats
 
 
 def _stats(gaps):
@@ -39,3 +40,17 @@ def test_a_camera_that_drops_a_frame_now_and_then_is_still_steady():
 ], ids=["short", "random", "bursts"])
 def test_an_unsteady_or_new_source_has_no_due_time(gaps):
     assert _stats(gaps)[0].next_frame_due() is None
+
+
+def test_fps_is_sane_when_a_network_camera_hands_out_its_buffer_at_once():
+    """Seen: status "fps 1061" just after an RTSP camera at 5 fps connected,
+    its buffered frames captured within milliseconds."""
+    stats = StreamStats()
+    now = time.monotonic()
+    for i in range(14):  # a burst, 1 ms apart
+        stats.frame_captured(i, 0.1, at=now - 0.014 + i * 0.001)
+    assert stats.fps(5.0) == pytest.approx(13 / FPS_MIN_SPAN)
+    steady = StreamStats()
+    for i in range(60):  # 30 fps for 2 s
+        steady.frame_captured(i, 0.1, at=now - 2.0 + (i + 1) / 30)
+    assert steady.fps(5.0) == pytest.approx(30.0, rel=1e-6)
