@@ -50,16 +50,21 @@ class ConfigError(Exception):
 # Meta(extra={"check": f}) gives a field a check of its own: f(value) -> a
 # problem, a list of them, or None; the generic checks are skipped for it.
 
-def _source_problem(uri: Any) -> Optional[str]:
-    if not isinstance(uri, str):
-        return f"expected a source URI, got {shown(uri)}"
-    from lited.sources import SourceError, open_source  # parses the URI; no I/O
-
+def _refusal(value: Any, expected: str, parse: Callable[[str], Any], error: type) -> Optional[str]:
+    """Why `parse` refuses `value`, in its error's words (None: it takes it)."""
+    if not isinstance(value, str):
+        return f"expected {expected}, got {shown(value)}"
     try:
-        open_source(uri)
-    except SourceError as exc:
+        parse(value)
+    except error as exc:
         return str(exc)
     return None
+
+
+def _source_problem(uri: Any) -> Optional[str]:
+    from lited.sources import SourceError, open_source  # parses the URI; no I/O
+
+    return _refusal(uri, "a source URI", open_source, SourceError)
 
 
 def _endpoint_problems(value: Any) -> List[str]:
@@ -705,15 +710,9 @@ class UplinkConfig:
 
 
 def _broker_problem(value: Any) -> Optional[str]:
-    if not isinstance(value, str):
-        return f"expected a string, got {shown(value)}"
     from lited.mqtt_link import LinkError, parse_url
 
-    try:
-        parse_url(value)
-    except LinkError as exc:
-        return str(exc)
-    return None
+    return _refusal(value, "a string", parse_url, LinkError)
 
 
 def _device_problem(value: Any) -> Optional[str]:
