@@ -63,6 +63,47 @@ def test_values_that_cannot_work_are_refused_with_their_field(changes, message):
     assert message in str(info.value)
 
 
+def test_http_and_uplink_fields_are_checked_with_the_rest_at_once():
+    """Their field checks are the schema's, so a bad stream, a bad http field
+    and a bad uplink field are all said in one go, as are the checks that span
+    fields (a missing token beside a bad live_fps)."""
+    raw = with_changes(streams__0__slots=-1)
+    raw["http"] = {"listen": ["0.0.0.0:0", "nowhere"], "live_fps": 0, "metrics_public": "yes"}
+    raw["uplink"] = {"broker": "mqtt://127.0.0.1", "device": "gate", "window": 0, "outbox": {"max_bytes": 10},
+                     "streams": {"cam": {"attach": "video", "labels": "face"}}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    said = info.value.problems
+    for message in ("streams[0].slots: expected an integer from 0 to 64, got -1",
+                    "http.listen: \"nowhere\" is not HOST:PORT", "http.live_fps: expected a number above 0",
+                    "http.metrics_public: expected true/false", "uplink.window: expected an integer from 1 to 1000",
+                    "uplink.outbox.max_bytes: expected an integer from 65536",
+                    "uplink.streams.cam.attach: unknown \"video\", expected one of none, crops, frame",
+                    "uplink.streams.cam.labels: expected a list"):
+        assert any(message in p for p in said), (message, said)
+    raw = with_changes()
+    raw["http"] = {"listen": "0.0.0.0:0", "live_fps": 0}
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert [p.split(":")[0] for p in info.value.problems] == ["http.live_fps"]  # the field first; then, fixed:
+    raw["http"]["live_fps"] = 5
+    with pytest.raises(ConfigError, match="http.token: needed: 0.0.0.0:0 is not a loopback address"):
+        parse_config(raw)
+
+
+def test_the_schema_knows_http_and_uplink_field_by_field():
+    from lited.config import json_schema
+
+    defs = json_schema()["$defs"]
+    assert defs["HttpSection"]["properties"]["live_fps"]["exclusiveMinimum"] == 0
+    assert defs["HttpSection"]["additionalProperties"] is False
+    assert defs["UplinkSection"]["required"] == ["broker", "device"]
+    assert defs["UplinkRuleSection"]["properties"]["attach"]["enum"] == ["crops", "frame", "none"]
+    config = parse_config({**with_changes(), "http": {}, "uplink": {"broker": "mqtt://127.0.0.1", "device": "gate"}})
+    assert (config.http.max_body_bytes, config.http.body_budget_bytes, config.http.live_fps) == (16 << 20, 48 << 20, 10.0)
+    assert (config.uplink.username, config.uplink.window, config.uplink.rules) == ("gate", 64, {})
+
+
 def test_zero_and_false_are_kept_where_they_are_valid():
     config = parse_config(with_changes(insecure_tcp=False, streams__0__slots=0, streams__0__keep_results=0))
     assert config.insecure_tcp is False and config.streams[0].slots == 0 and config.streams[0].keep_results == 0

@@ -50,16 +50,21 @@ class ConfigError(Exception):
 # Meta(extra={"check": f}) gives a field a check of its own: f(value) -> a
 # problem, a list of them, or None; the generic checks are skipped for it.
 
-def _source_problem(uri: Any) -> Optional[str]:
-    if not isinstance(uri, str):
-        return f"expected a source URI, got {shown(uri)}"
-    from lited.sources import SourceError, open_source  # parses the URI; no I/O
-
+def _refusal(value: Any, expected: str, parse: Callable[[str], Any], error: type) -> Optional[str]:
+    """Why `parse` refuses `value`, in its error's words (None: it takes it)."""
+    if not isinstance(value, str):
+        return f"expected {expected}, got {shown(value)}"
     try:
-        open_source(uri)
-    except SourceError as exc:
+        parse(value)
+    except error as exc:
         return str(exc)
     return None
+
+
+def _source_problem(uri: Any) -> Optional[str]:
+    from lited.sources import SourceError, open_source  # parses the URI; no I/O
+
+    return _refusal(uri, "a source URI", open_source, SourceError)
 
 
 def _endpoint_problems(value: Any) -> List[str]:
@@ -187,9 +192,9 @@ class ConfigFile(Section):
     status_interval: Seconds = 5.0
     pin_engines: Annotated[bool, Meta(description="when the streams' engine threads leave cores over, run each "
                                       "engine process on cores of its own and lited's own threads on the rest")] = True
-    # checked by parse_http / parse_uplink below, which need the rest of the config
-    http: Optional[Annotated[Dict[str, Any], Meta(description="the HTTP front end (docs/http.md)")]] = None
-    uplink: Optional[Annotated[Dict[str, Any], Meta(description="the MQTT uplink (docs/uplink.md)")]] = None
+    # their Structs are below, each with what checks the fields that span them (parse_http, parse_uplink)
+    http: Optional[Annotated["HttpSection", Meta(description="the HTTP front end (docs/http.md)")]] = None
+    uplink: Optional[Annotated["UplinkSection", Meta(description="the MQTT uplink (docs/uplink.md)")]] = None
 
 
 class _Where(Struct, kw_only=True, frozen=True):
@@ -542,8 +547,6 @@ def client_endpoints(path: Union[str, os.PathLike]) -> Tuple[list, list]:
 # `http`: the HTTP front end (service/http.py, docs/config.md "http"). All of
 # it is here, in one piece, so it can move into a config schema as a unit.
 # ---------------------------------------------------------------------------
-HTTP_FIELDS = ("listen", "token", "max_body_bytes", "body_budget_bytes", "max_live_clients", "live_fps",
-               "max_event_clients", "metrics_public")
 HTTP_DEFAULT_LISTEN = "127.0.0.1:24401"  # EasyEdge's port: code written for its SDK finds lited there
 BODY_COPIES = 3  # a body counts this many times against the budget: itself, its text or a copy, the image in it
 MIN_TOKEN_CHARS = 16
@@ -598,60 +601,72 @@ def is_loopback(host: str) -> bool:
     return host == "localhost" or ipaddress.ip_address(host).is_loopback
 
 
-def parse_http(c: Checker, raw: Any, max_request_bytes: int) -> Optional[HttpConfig]:
-    """The `http` section: problems go to `c`; None when it has any."""
-    if not isinstance(raw, dict):
-        c.add("http", f"expected an object, got {shown(raw)}")
+def _listen_problems(value: Any) -> List[str]:
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list) or not values:
+        return [f"expected 'HOST:PORT' or a list of them, got {shown(value)}"]
+    return [f"{shown(v)} is not HOST:PORT with an IP address (or localhost) and a port from 0 to 65535"
+            for v in values if not isinstance(v, str) or parse_listen(v) is None]
+
+
+def _token_problem(value: Any) -> Optional[str]:
+    if isinstance(value, str) and len(value) >= MIN_TOKEN_CHARS and value.isprintable() and " " not in value:
         return None
+    return f"expected at least {MIN_TOKEN_CHARS} printable characters without spaces"
+
+
+class HttpSection(Section):
+    """The HTTP front end, field by field (docs/config.md "http"); parse_http
+    checks what spans fields and fills the defaults that follow others."""
+    listen: Annotated[Union[str, List[str]], Meta(extra={"check": _listen_problems}, description=(
+        "HOST:PORT (HOST an IP address, [v6] or localhost; port 0: any free one), or a list of them"))] \
+        = HTTP_DEFAULT_LISTEN
+    token: Optional[Annotated[str, Meta(extra={"check": _token_problem}, description=(
+        f"the bearer token, at least {MIN_TOKEN_CHARS} printable characters without spaces; "
+        "required when any listen address is not loopback"))]] = None
+    max_body_bytes: Optional[Annotated[int, Meta(ge=1024, le=1 << 30, description=(
+        "one request body (default: limits.max_request_bytes)"))]] = None
+    body_budget_bytes: Optional[Annotated[int, Meta(ge=1024, le=1 << 34, description=(
+        f"all request bodies in flight, each counted {BODY_COPIES} times; at least "
+        f"{BODY_COPIES} x max_body_bytes (the default)"))]] = None
+    max_live_clients: Annotated[int, Meta(ge=0, le=1000, description="MJPEG clients, all streams together")] = 10
+    live_fps: Annotated[float, Meta(gt=0, le=120, description="live frames per second per stream at most")] = 10.0
+    max_event_clients: Annotated[int, Meta(ge=0, le=1000, description="server-sent-events clients")] = 20
+    metrics_public: Annotated[bool, Meta(description="/metrics without the token")] = False
+
+
+def parse_http(c: Checker, section: HttpSection, max_request_bytes: int) -> Optional[HttpConfig]:
+    """The `http` section, its fields already checked: what spans them (listen
+    addresses that collide, a token for a non-loopback address, the budget
+    against the body size); problems go to `c`, None when it has any."""
     before = len(c.problems)
-    c.unknown(raw, HTTP_FIELDS, "http.")
-    listen_raw = raw.get("listen", HTTP_DEFAULT_LISTEN)
-    listen_raw = [listen_raw] if isinstance(listen_raw, str) else listen_raw
-    listen = []
-    if not isinstance(listen_raw, list) or not listen_raw:
-        c.add("http.listen", f"expected 'HOST:PORT' or a list of them, got {shown(raw.get('listen'))}")
-    else:
-        for value in listen_raw:
-            parsed = parse_listen(value) if isinstance(value, str) else None
-            if parsed is None:
-                c.add("http.listen", f"{shown(value)} is not HOST:PORT with an IP address (or localhost) "
-                                     "and a port from 0 to 65535")
-            else:
-                clash = next((address(*other) for other in listen if _overlap(parsed, other)), None)
-                if clash:
-                    c.add("http.listen", f"{value} overlaps {clash}: both cannot be bound")
-                else:
-                    listen.append(parsed)
-    token = c.get(raw, "token", "http.", str, required=False)
-    if token is not None and (len(token) < MIN_TOKEN_CHARS or not token.isprintable() or " " in token):
-        c.add("http.token", f"expected at least {MIN_TOKEN_CHARS} printable characters without spaces")
+    listen: list = []
+    for value in [section.listen] if isinstance(section.listen, str) else section.listen:
+        parsed = parse_listen(value)
+        clash = next((address(*other) for other in listen if _overlap(parsed, other)), None)
+        if clash:
+            c.add("http.listen", f"{value} overlaps {clash}: both cannot be bound")
+        else:
+            listen.append(parsed)
     remote = [address(h, p) for h, p in listen if not is_loopback(h)]
-    if remote and token is None:
+    if remote and section.token is None:
         c.add("http.token", f"needed: {', '.join(remote)} is not a loopback address "
                             "(clients send 'Authorization: Bearer <token>')")
-    max_body = c.number(raw, "max_body_bytes", "http.", max_request_bytes, integer=True, minimum=1024,
-                        maximum=1 << 30)
-    budget = c.number(raw, "body_budget_bytes", "http.", BODY_COPIES * (max_body or max_request_bytes),
-                      integer=True, minimum=1024, maximum=1 << 34)
-    if max_body is not None and budget is not None and budget < BODY_COPIES * max_body:
+    max_body = section.max_body_bytes if section.max_body_bytes is not None else max_request_bytes
+    budget = section.body_budget_bytes if section.body_budget_bytes is not None else BODY_COPIES * max_body
+    if budget < BODY_COPIES * max_body:
         c.add("http.body_budget_bytes", f"{budget} is below {BODY_COPIES} x http.max_body_bytes "
                                         f"({BODY_COPIES * max_body}): a body of the largest size could not be taken")
-    live = c.number(raw, "max_live_clients", "http.", 10, integer=True, minimum=0, maximum=1000)
-    live_fps = c.number(raw, "live_fps", "http.", 10.0, above=0, maximum=120)
-    events = c.number(raw, "max_event_clients", "http.", 20, integer=True, minimum=0, maximum=1000)
-    public = c.get(raw, "metrics_public", "http.", bool, required=False, default=False)
     if len(c.problems) > before:
         return None
-    return HttpConfig(listen, token, max_body, budget, live, float(live_fps), events, public)
+    return HttpConfig(listen, section.token, max_body, budget, section.max_live_clients, float(section.live_fps),
+                      section.max_event_clients, section.metrics_public)
 
 
 # -- the `uplink` section (docs/uplink.md) ---------------------------------------------------------
 # Kept in one block so it can move with the config format; it needs only the Checker, the state
 # directory (default outbox place), the config's directory (relative paths) and the stream names.
 
-UPLINK_FIELDS = ("broker", "device", "username", "password_file", "ca", "cert", "key", "keepalive", "ack",
-                 "window", "resend_after", "outbox", "status_interval", "events", "requests", "streams")
-UPLINK_RULE_FIELDS = ("labels", "min_score", "max_rate", "attach", "margin", "jpeg_quality", "max_crops")
 UPLINK_ACK_MODES = ("broker", "cloud")
 UPLINK_ATTACH = ("none", "crops", "frame")
 ALL_STREAMS = "*"
@@ -694,34 +709,90 @@ class UplinkConfig:
         return self.rules.get(stream) or self.rules.get(ALL_STREAMS)
 
 
-def parse_uplink(c: Checker, raw: Any, state_dir: Path, base: Path, stream_names: list) -> Optional[UplinkConfig]:
-    if raw is None:
+def _broker_problem(value: Any) -> Optional[str]:
+    from lited.mqtt_link import LinkError, parse_url
+
+    return _refusal(value, "a string", parse_url, LinkError)
+
+
+def _device_problem(value: Any) -> Optional[str]:
+    if value == SERVER_IDENTITY:
+        return f"'{SERVER_IDENTITY}' is the servers' identity in the documented broker ACL"
+    return name_problem(value)
+
+
+def _ack_problem(value: Any) -> Optional[str]:
+    return choice_problem(value, UPLINK_ACK_MODES)
+
+
+def _attach_problem(value: Any) -> Optional[str]:
+    return choice_problem(value, UPLINK_ATTACH)
+
+
+class UplinkRuleSection(Section):
+    """Which results of a stream go up, and with which images (docs/uplink.md)."""
+    labels: Optional[Annotated[List[str], Meta(description="detections (or classes) with one of these labels "
+                                                            "(default: every label)")]] = None
+    min_score: Annotated[float, Meta(ge=0, le=1, description="... and at least this score")] = 0.0
+    max_rate: Optional[Annotated[float, Meta(gt=0, le=1000, description="results per second of this stream "
+                                             "at most (default: no limit)")]] = None
+    attach: Annotated[Literal[UPLINK_ATTACH], Meta(extra={"check": _attach_problem}, description=(
+        "'crops': a JPEG of each selected detection; 'frame': of the whole frame"))] = "none"
+    margin: Annotated[float, Meta(ge=0, le=2, description="crops: the box grown by this fraction of its "
+                                  "width and height on each side")] = 0.1
+    jpeg_quality: Annotated[int, Meta(ge=1, le=100)] = 85
+    max_crops: Annotated[int, Meta(ge=1, le=64, description="crops per result at most")] = 8
+
+
+class OutboxSection(Section):
+    dir: Optional[Annotated[str, Meta(description="where the outbox lives (default: <state_dir>/outbox)")]] = None
+    max_bytes: Annotated[int, Meta(ge=64 << 10, le=1 << 40, description="its bound on disk; when full, the "
+                                   "oldest records go first")] = 64 << 20
+
+
+class UplinkSection(Section):
+    """The MQTT uplink, field by field (docs/uplink.md); parse_uplink checks
+    what needs the rest of the config (stream names, files, paho)."""
+    broker: Annotated[str, Meta(extra={"check": _broker_problem},
+                                description="mqtt://HOST[:PORT] (1883) or mqtts://HOST[:PORT] (8883, TLS)")]
+    device: Annotated[str, Meta(extra={"check": _device_problem}, description=(
+        "this board's id, a name (not 'cloud'): every topic is under lited/<device>/"))]
+    username: Optional[Annotated[str, Meta(description="MQTT user name (default: device)")]] = None
+    password_file: Optional[Annotated[str, Meta(description="a file whose first line is the MQTT password")]] = None
+    ca: Optional[Annotated[str, Meta(description="mqtts://: the CA file that signed the broker's certificate "
+                                                 "(default: the system's CAs)")]] = None
+    cert: Optional[Annotated[str, Meta(description="a client certificate (with key)")]] = None
+    key: Optional[Annotated[str, Meta(description="the client certificate's key (with cert)")]] = None
+    keepalive: Annotated[int, Meta(ge=5, le=3600, description="seconds")] = 30
+    ack: Annotated[Literal[UPLINK_ACK_MODES], Meta(extra={"check": _ack_problem}, description=(
+        "when a record leaves the outbox: at the broker's PUBACK, or when lited cloud confirms it"))] = "broker"
+    window: Annotated[int, Meta(ge=1, le=1000, description="records sent and not yet acknowledged, at most")] = 64
+    resend_after: Annotated[float, Meta(gt=0, le=3600, description="ack: cloud: seconds before an unconfirmed "
+                                        "record is sent again")] = 10.0
+    outbox: OutboxSection = OutboxSection()
+    status_interval: Annotated[float, Meta(gt=0, le=86400, description="seconds between retained status "
+                                           "messages")] = 60.0
+    events: Annotated[bool, Meta(description="send the events of every stream and of the daemon")] = True
+    requests: Annotated[bool, Meta(description="take remote requests on lited/<device>/req")] = True
+    streams: Annotated[Dict[str, UplinkRuleSection], Meta(description=(
+        "stream name (or '*' for every stream without its own rule) -> rule; a stream without one sends nothing"))] = {}
+
+
+def parse_uplink(c: Checker, section: Optional[UplinkSection], state_dir: Path, base: Path,
+                 stream_names: list) -> Optional[UplinkConfig]:
+    """The `uplink` section, its fields already checked: what needs the rest
+    (the streams its rules name, its files, paho-mqtt); problems go to `c`."""
+    if section is None:
         return None
     p = "uplink."
-    if not isinstance(raw, dict):
-        c.add("uplink", f"expected an object, got {shown(raw)}")
-        return None
-    c.unknown(raw, UPLINK_FIELDS, p)
+    before = len(c.problems)
     import importlib.util
 
     if importlib.util.find_spec("paho") is None:
         c.add("uplink", "needs paho-mqtt 2.x, which is not installed (pip install 'lited[mqtt]')")
-    broker = c.get(raw, "broker", p, str)
-    if broker is not None:
-        from lited.mqtt_link import LinkError, parse_url
-
-        try:
-            parse_url(broker)
-        except LinkError as exc:
-            c.add(p + "broker", str(exc))
-    device = c.name(raw, "device", p)
-    if device == SERVER_IDENTITY:
-        c.add(p + "device", f"'{SERVER_IDENTITY}' is the servers' identity in the documented broker ACL")
-        device = None
-    username = c.get(raw, "username", p, str, required=False, default=device)
     files = {}
     for key in ("password_file", "ca", "cert", "key"):
-        value = c.get(raw, key, p, str, required=False)
+        value = getattr(section, key)
         if value is not None:
             value = value if os.path.isabs(value) else str((base / value).resolve())
             if not os.path.isfile(value):
@@ -729,46 +800,21 @@ def parse_uplink(c: Checker, raw: Any, state_dir: Path, base: Path, stream_names
         files[key] = value
     if (files["cert"] is None) != (files["key"] is None):
         c.add(p + ("key" if files["key"] is None else "cert"), "cert and key go together")
-    keepalive = c.number(raw, "keepalive", p, 30, integer=True, minimum=5, maximum=3600)
-    ack = c.choice(raw, "ack", p, UPLINK_ACK_MODES, default="broker")
-    window = c.number(raw, "window", p, 64, integer=True, minimum=1, maximum=1000)
-    resend_after = c.number(raw, "resend_after", p, 10.0, above=0, maximum=3600)
-    outbox = c.get(raw, "outbox", p, dict, required=False, default={})
-    c.unknown(outbox, ("dir", "max_bytes"), p + "outbox.")
-    outbox_dir = c.get(outbox, "dir", p + "outbox.", str, required=False)
-    outbox_dir = Path(outbox_dir) if outbox_dir else state_dir / "outbox"
-    max_bytes = c.number(outbox, "max_bytes", p + "outbox.", 64 << 20, integer=True, minimum=64 << 10,
-                         maximum=1 << 40)
-    status_interval = c.number(raw, "status_interval", p, 60.0, above=0, maximum=86400)
-    events = c.get(raw, "events", p, bool, required=False, default=True)
-    requests = c.get(raw, "requests", p, bool, required=False, default=True)
     rules = {}
-    for stream, rule in c.get(raw, "streams", p, dict, required=False, default={}).items():
-        rp = f"{p}streams.{stream}"
+    for stream, rule in section.streams.items():
         if stream != ALL_STREAMS and stream not in stream_names:
-            c.add(rp, f"not a stream in streams ({', '.join(stream_names) or 'none'}) nor '{ALL_STREAMS}'")
-        elif not isinstance(rule, dict):
-            c.add(rp, f"expected an object, got {shown(rule)}")
-        else:
-            rules[stream] = _uplink_rule(c, rule, rp + ".")
-    if broker is None or device is None:
+            c.add(f"{p}streams.{stream}", f"not a stream in streams ({', '.join(stream_names) or 'none'}) "
+                                          f"nor '{ALL_STREAMS}'")
+            continue
+        rules[stream] = UplinkRule(frozenset(rule.labels) if rule.labels is not None else None,
+                                   float(rule.min_score), float(rule.max_rate) if rule.max_rate is not None else None,
+                                   rule.attach, float(rule.margin), rule.jpeg_quality, rule.max_crops)
+    if len(c.problems) > before:
         return None
-    return UplinkConfig(broker, device, username, files["password_file"], files["ca"], files["cert"], files["key"],
-                        keepalive, ack, window, float(resend_after), outbox_dir, max_bytes, float(status_interval),
-                        events, requests, rules)
-
-
-def _uplink_rule(c: Checker, raw: dict, p: str) -> UplinkRule:
-    c.unknown(raw, UPLINK_RULE_FIELDS, p)
-    labels = c.get(raw, "labels", p, list, required=False)
-    if labels is not None and not all(isinstance(x, str) for x in labels):
-        c.add(p + "labels", "expected a list of label strings")
-        labels = None
-    max_rate = c.number(raw, "max_rate", p, None, above=0, maximum=1000)
-    return UplinkRule(frozenset(labels) if labels is not None else None,
-                      float(c.number(raw, "min_score", p, 0.0, minimum=0, maximum=1)),
-                      float(max_rate) if max_rate is not None else None,
-                      c.choice(raw, "attach", p, UPLINK_ATTACH, default="none") or "none",
-                      float(c.number(raw, "margin", p, 0.1, minimum=0, maximum=2)),
-                      c.number(raw, "jpeg_quality", p, 85, integer=True, minimum=1, maximum=100),
-                      c.number(raw, "max_crops", p, 8, integer=True, minimum=1, maximum=64))
+    outbox = section.outbox
+    return UplinkConfig(section.broker, section.device,
+                        section.username if section.username is not None else section.device,
+                        files["password_file"], files["ca"], files["cert"], files["key"], section.keepalive,
+                        section.ack, section.window, float(section.resend_after),
+                        Path(outbox.dir) if outbox.dir else state_dir / "outbox", outbox.max_bytes,
+                        float(section.status_interval), section.events, section.requests, rules)
