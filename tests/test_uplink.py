@@ -447,10 +447,24 @@ def test_second_model_answers_remote_requests_and_last_will(broker, tmp_path, bu
         assert remote_call(broker.server_settings(), "dev1", "infer", {})["error"]["code"] == "bad_request"
         reply = remote_call(broker.server_settings(), "dev1", "reload", {"bundle": "/tmp"})
         assert "params.bundle" in reply["error"]["message"]
-        cloud_client, _ = connected(broker.server_settings(), "cloud-rogue")
+        from lited.mqtt_link import publish_properties
+
+        cloud_client, got = connected(broker.server_settings(), "cloud-rogue")
         cloud_client.publish("lited/dev1/req", b'{"v":1,"method":"status"}', qos=1)
-        wait_until(lambda: uplink_status(d)["counters"]["requests_refused"] >= 1, 10)
+        # a wildcard reply topic used to kill paho's network thread for good (the uplink then said "connected")
+        for bad in ("lited/dev1/resp/#", "lited/dev1/resp/+", "lited/dev1/resp/a/b"):
+            cloud_client.publish("lited/dev1/req", b'{"v":1,"id":1,"method":"ping"}', qos=1,
+                                 properties=publish_properties(response_topic=bad))
+        wait_until(lambda: uplink_status(d)["counters"]["requests_refused"] >= 4, 10)
+        assert subscribe(cloud_client, "lited/dev1/resp/rogue") == [1]
+        cloud_client.publish("lited/dev1/req", b'{"v":true,"id":9,"method":"ping"}', qos=1,
+                             properties=publish_properties(response_topic="lited/dev1/resp/rogue"))
+        topic, payload = wait_until(lambda: got[0] if got else None, 10)
+        said = json.loads(payload)  # as on the bus: v is the integer 1, and a readable request's id comes back
+        assert (said["id"], said["ok"], said["error"]["code"]) == (9, False, "bad_request"), said
         close(cloud_client)
+        out = subprocess.run([*remote, "ping"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr  # the uplink still answers
         online = [s for s in statuses if s["state"] == "online"][-1]
         # one datagram may carry READY=1 and STATUS= together, as systemd allows
         line = wait_until(lambda: next((ln for n in reversed(notes) for ln in n.splitlines()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from typing import Any, Optional, Tuple
 
 from lited.validate import has_type, name_problem
@@ -36,7 +37,26 @@ IMAGE_PROPERTIES = ("stream", "seq", "frame_ts", "detection", "label", "score", 
 
 
 class UplinkMessageError(ValueError):
-    """An MQTT message that breaks docs/uplink.md; the text names the field."""
+    """An MQTT message that breaks docs/uplink.md; the text names the field.
+    `request_id`: a request's id when its JSON object was readable, so the
+    error reply carries it (as the local bus does)."""
+
+    def __init__(self, message: str, request_id: Any = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+def reply_topic_problem(device: str, value: Any) -> Optional[str]:
+    """Why `value` cannot be a request's ResponseTopic, or None: exactly one
+    level under lited/<device>/resp/ (the documented ACL grants `resp/+`), no
+    wildcard (paho refuses to publish there, from its network thread)."""
+    base = topic(device, "resp") + "/"
+    if not isinstance(value, str) or not value.startswith(base):
+        return f"request without a ResponseTopic under {base}"
+    client = value[len(base):]
+    if not client or any(c in client for c in "/+#\0"):
+        return f"ResponseTopic {value[:120]!r}: expected {base}<one level, no '/', '+', '#'>"
+    return None
 
 
 def topic(device: str, kind: str, stream: Optional[str] = None) -> str:
@@ -90,9 +110,14 @@ def from_json(payload: bytes, what: str, limit: int = 1 << 20) -> dict:
         raise UplinkMessageError(f"{what}: not JSON ({exc.__class__.__name__})") from None
     if not isinstance(obj, dict):
         raise UplinkMessageError(f"{what}: expected a JSON object")
-    if obj.get("v") != VERSION:
-        raise UplinkMessageError(f"{what}.v: expected {VERSION}, got {obj.get('v')!r}")
+    if type(obj.get("v")) is not int or obj["v"] != VERSION:  # the integer: not true, not 1.0 (as the bus)
+        raise UplinkMessageError(f"{what}.v: expected {VERSION}, got {obj.get('v')!r}", _echoable(obj.get("id")))
     return obj
+
+
+def _echoable(request_id: Any) -> Any:
+    """A request id that can go back in a JSON reply (not NaN or infinity)."""
+    return None if isinstance(request_id, float) and not math.isfinite(request_id) else request_id
 
 
 # -- device -> cloud
@@ -187,16 +212,20 @@ def parse_ack(payload: bytes) -> list:
 def parse_request(payload: bytes) -> Tuple[Any, str, dict]:
     """A remote request -> (id, method, params), or UplinkMessageError."""
     msg = from_json(payload, "request", limit=MAX_REQUEST_BYTES)
+    request_id = _echoable(msg.get("id"))
+    if request_id is not msg.get("id"):
+        raise UplinkMessageError("id: not a finite number")
     method, params = msg.get("method"), msg.get("params") or {}
     if not isinstance(method, str):
-        raise UplinkMessageError("method: expected a string")
+        raise UplinkMessageError("method: expected a string", request_id)
     if method not in REMOTE_METHODS:
-        raise UplinkMessageError(f"method: {method[:64]!r} is not offered over MQTT ({', '.join(REMOTE_METHODS)})")
+        raise UplinkMessageError(f"method: {method[:64]!r} is not offered over MQTT ({', '.join(REMOTE_METHODS)})",
+                                 request_id)
     if not isinstance(params, dict):
-        raise UplinkMessageError("params: expected an object")
+        raise UplinkMessageError("params: expected an object", request_id)
     if method == "reload" and "bundle" in params:
-        raise UplinkMessageError("params.bundle: not accepted over MQTT (the configured bundles only)")
-    return msg.get("id"), method, params
+        raise UplinkMessageError("params.bundle: not accepted over MQTT (the configured bundles only)", request_id)
+    return request_id, method, params
 
 
 def request_message(method: str, params: Optional[dict] = None, request_id: Any = None) -> dict:

@@ -82,6 +82,7 @@ class Uplink:
         self._inflight: dict = {}                # mid -> seq, waiting for PUBACK
         self._inflight_seqs: set = set()
         self._early: dict = {}                   # mid -> (reason code, time) of a PUBACK before publish() returned
+        self._replies: collections.OrderedDict = collections.OrderedDict()  # mid -> topic of a request's reply
         self._unconfirmed: collections.OrderedDict = collections.OrderedDict()  # seq -> [where, sent at, resent]
         self._seen_answers: collections.OrderedDict = collections.OrderedDict()
         self._round_trips: collections.deque = collections.deque(maxlen=512)
@@ -388,14 +389,25 @@ class Uplink:
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         with self._lock:
             seq = self._inflight.pop(mid, None)
-            if seq is None:                       # before publish() returned, or not an outbox message
+            reply_to = self._replies.pop(mid, None) if seq is None else None
+            if seq is None and reply_to is None:  # before publish() returned, or a status message
                 self._early.pop(mid, None)
                 self._early[mid] = (reason_code, time.monotonic())
                 while len(self._early) > 1024:
                     self._early.pop(next(iter(self._early)))
                 return
-            self._inflight_seqs.discard(seq)
+            if seq is not None:
+                self._inflight_seqs.discard(seq)
+        if seq is None:
+            self._reply_acked(reply_to, reason_code)
+            return
         self._puback(seq, reason_code)
+
+    def _reply_acked(self, reply_to: str, reason_code: Any) -> None:
+        if reason_code.is_failure:                # e.g. 0x87: the ACL grants resp/+ to this device, not that topic
+            self._count("refused_by_broker")
+            log.warning("uplink: the broker refused the reply to %s: %s", reply_to, reason_code,
+                        extra={"event": "uplink"})
 
     def _puback(self, seq: int, reason_code: Any) -> None:
         if reason_code.is_failure:                # e.g. 0x87: the broker's ACL refused our own topic
@@ -467,22 +479,36 @@ class Uplink:
         props = msg.properties
         reply_to = getattr(props, "ResponseTopic", None)
         correlation = getattr(props, "CorrelationData", None)
-        if not reply_to or not reply_to.startswith(up.topic(self.device, "resp") + "/"):
+        problem = up.reply_topic_problem(self.device, reply_to)
+        if problem:
             self._count("requests_refused")
-            raise up.UplinkMessageError(f"request without a ResponseTopic under {up.topic(self.device, 'resp')}/")
+            raise up.UplinkMessageError(problem)
         self._count("requests")
 
         def reply(result: Any, error: Optional[ProtocolError], request_id: Any = None) -> None:
             body = (up.reply_message(request_id, result) if error is None
                     else up.reply_message(request_id, code=error.code, message=str(error)))
-            self.client.publish(reply_to, up.to_json(body), qos=1,
-                                properties=publish_properties(content_type=JSON_TYPE, correlation=correlation))
+            try:
+                info = self.client.publish(reply_to, up.to_json(body), qos=1,
+                                           properties=publish_properties(content_type=JSON_TYPE,
+                                                                         correlation=correlation))
+            except (ValueError, TypeError) as exc:  # never into paho's network thread: it would die
+                log.warning("uplink: a reply to %s was not sent: %s", reply_to, exc, extra={"event": "uplink"})
+                return
+            with self._lock:
+                early = self._early.pop(info.mid, None)
+                if early is None:
+                    self._replies[info.mid] = reply_to
+                    while len(self._replies) > 1024:  # never acknowledged (the link went down): forgotten
+                        self._replies.popitem(last=False)
+            if early is not None:
+                self._reply_acked(reply_to, early[0])
 
         try:
             request_id, method, params = up.parse_request(msg.payload)
         except up.UplinkMessageError as exc:
             self._count("requests_refused")
-            reply(None, ProtocolError("bad_request", str(exc)))
+            reply(None, ProtocolError("bad_request", str(exc)), exc.request_id)
             return
         self._call(method, params, lambda result, error: reply(result, error, request_id))
 
