@@ -124,3 +124,19 @@ def test_full_disk_drops_oldest_counts_and_never_raises(tmp_path):
         ob.close()
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_a_record_over_a_quarter_of_the_bound_is_refused_counted_and_said(tmp_path, caplog):
+    """Seen: `attach: frame` with outbox.max_bytes at its minimum (64 KiB): every
+    frame was refused with nothing in the log and outbox.refused at 0."""
+    box = Outbox(str(tmp_path / "ob"), 64 << 10)
+    with pytest.raises(ValueError, match=r"a record of \d+ bytes is over the limit of 16384 \(a quarter of "
+                                         r"outbox.max_bytes"):
+        box.put_many([("lited/d/frames/cam", b"", b"\xff" * 20000)])
+    assert box.put_many([("lited/d/results/cam", b"", b"{}")]) == [1]  # the next fits: nothing was taken
+    with caplog.at_level("WARNING", logger="lited"):
+        box.refuse(2, "a record of 20040 bytes is over the limit")
+        box.refuse(2, "again")  # counted, not logged again within DROP_LOG_INTERVAL
+    assert box.stats()["refused"] == 4
+    assert [r.getMessage() for r in caplog.records if "refused" in r.getMessage()] == \
+        ["outbox: refused 2 records (2 so far): a record of 20040 bytes is over the limit"]

@@ -462,6 +462,11 @@ def test_second_model_answers_remote_requests_and_last_will(broker, tmp_path, bu
         topic, payload = wait_until(lambda: got[0] if got else None, 10)
         said = json.loads(payload)  # as on the bus: v is the integer 1, and a readable request's id comes back
         assert (said["id"], said["ok"], said["error"]["code"]) == (9, False, "bad_request"), said
+        bad = uplink_status(d)["counters"]["bad_messages"]  # an answer to a crop this device never sent
+        forged = {**answer, "id": "dev1:00000000:999999"}
+        forged.pop("round_trip_ms", None)
+        cloud_client.publish("lited/dev1/answers/cam", json.dumps(forged).encode(), qos=1)
+        wait_until(lambda: uplink_status(d)["counters"]["bad_messages"] == bad + 1, 10)
         close(cloud_client)
         out = subprocess.run([*remote, "ping"], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr  # the uplink still answers
@@ -525,6 +530,7 @@ def test_uplink_config_problems_name_their_field(tmp_path):
              ({"ca": "/nonexistent.crt"}, "uplink.ca"), ({"cert": str(tmp_path / "ca.crt")}, "uplink.key"),
              ({"ack": "maybe"}, "uplink.ack"), ({"window": 0}, "uplink.window"), ({"bogus": 1}, "uplink.bogus"),
              ({"outbox": {"max_bytes": 10}}, "uplink.outbox.max_bytes"),
+             ({"outbox": {"dir": str(tmp_path / "ca.crt" / "outbox")}}, "uplink.outbox.dir"),  # under a file
              ({"streams": {"nope": {}}}, "uplink.streams.nope"),
              ({"streams": {"cam": {"attach": "video"}}}, "uplink.streams.cam.attach"),
              ({"streams": {"cam": {"min_score": 2}}}, "uplink.streams.cam.min_score"),

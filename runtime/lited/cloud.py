@@ -38,6 +38,8 @@ from lited.mqtt_link import BrokerSettings, connect_async, make_client, publish_
 log = logging.getLogger("lited.cloud")
 ANSWER_CACHE = 4096
 ACK_BATCH = 64
+# what `stats()` (printed on SIGTERM) always has, zeros included: scripts read them by name
+STAT_COUNTERS = ("received", "answered", "results", "events", "crops", "frames", "status", "failed", "bad")
 RECEIVE_MAXIMUM = 64
 
 
@@ -137,8 +139,8 @@ class CloudWorker:
 
     def stats(self) -> dict:
         took = time.monotonic() - self.started
-        return {"client_id": self.client_id, "uptime_s": round(took, 1), **self.counters,
-                "duplicates": self.dedup.duplicates}
+        return {"client_id": self.client_id, "uptime_s": round(took, 1),
+                **{name: self.counters[name] for name in STAT_COUNTERS}, "duplicates": self.dedup.duplicates}
 
     # -- paho's thread
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:

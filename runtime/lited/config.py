@@ -778,6 +778,18 @@ class UplinkSection(Section):
         "stream name (or '*' for every stream without its own rule) -> rule; a stream without one sends nothing"))] = {}
 
 
+def _directory_problem(path: Path) -> Optional[str]:
+    """Why `path` cannot be a directory the daemon makes (or uses) and writes, or None."""
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{path}: {'not a directory' if probe == path else f'{probe} is not a directory'}"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{path}: {probe} is not writable"
+    return None
+
+
 def parse_uplink(c: Checker, section: Optional[UplinkSection], state_dir: Path, base: Path,
                  stream_names: list) -> Optional[UplinkConfig]:
     """The `uplink` section, its fields already checked: what needs the rest
@@ -788,7 +800,11 @@ def parse_uplink(c: Checker, section: Optional[UplinkSection], state_dir: Path, 
     before = len(c.problems)
     import importlib.util
 
-    if importlib.util.find_spec("paho") is None:
+    try:  # the client module itself: a paho without it (a broken install) is as good as none
+        paho = importlib.util.find_spec("paho.mqtt.client")
+    except ImportError:
+        paho = None
+    if paho is None:
         c.add("uplink", "needs paho-mqtt 2.x, which is not installed (pip install 'lited[mqtt]')")
     files = {}
     for key in ("password_file", "ca", "cert", "key"):
@@ -800,6 +816,10 @@ def parse_uplink(c: Checker, section: Optional[UplinkSection], state_dir: Path, 
         files[key] = value
     if (files["cert"] is None) != (files["key"] is None):
         c.add(p + ("key" if files["key"] is None else "cert"), "cert and key go together")
+    if section.outbox.dir:
+        problem = _directory_problem(Path(section.outbox.dir))
+        if problem:
+            c.add(p + "outbox.dir", problem)
     rules = {}
     for stream, rule in section.streams.items():
         if stream != ALL_STREAMS and stream not in stream_names:

@@ -127,7 +127,7 @@ def result_message(device: str, result: dict, detections: list, classes: list, c
     with `index`, its place in the local result) and which images follow."""
     return {"v": VERSION, "type": "result", "device": device, "stream": result["stream"], "seq": result["seq"],
             "frame_ts": result.get("frame_ts"), "skipped": result.get("skipped"), "model": result.get("model"),
-            "model_version": result.get("model_version"), "task": result.get("task"),
+            "model_key": result.get("model_key"), "model_version": result.get("model_version"), "task": result.get("task"),
             "detections": detections, "classes": classes, "timings_ms": result.get("timings_ms"),
             "width": result.get("width"), "height": result.get("height"), "crops": crops, "frame": frame}
 

@@ -164,7 +164,13 @@ class Daemon:
         if cfg.uplink is not None:
             self.uplink = Uplink(cfg.uplink, self.requests.call, self._publish_answer, self._read_frame,
                                  self._health)
-            self.uplink.start()
+            try:
+                self.uplink.start()
+            except OSError as exc:
+                if not str(exc.filename or "").startswith(str(cfg.uplink.outbox_dir)):
+                    raise
+                raise ConfigError(str(cfg.path or "<config>"), [  # its outbox directory cannot be made or used
+                    f"uplink.outbox.dir: {cfg.uplink.outbox_dir}: {exc.strerror or exc}"]) from None
         self.stream_threads = self._plan_threads(cfg.streams)
         for i, sc in enumerate(cfg.streams, 1):
             if self.stop_event.is_set():

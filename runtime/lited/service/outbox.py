@@ -88,6 +88,7 @@ class Outbox:
         self._acked: set = set()                 # acked seqs above acked_below
         self._last_state_write = 0.0
         self._last_drop_log = -DROP_LOG_INTERVAL
+        self._last_refuse_log = -DROP_LOG_INTERVAL
         self.truncated_bytes = 0                 # torn tails cut on open
         state = self._read_state()
         self.epoch = state.get("epoch") or secrets.token_hex(4)
@@ -158,8 +159,9 @@ class Outbox:
                     t = topic.encode()
                     body = BODY.pack(first + i, now, len(t), len(meta)) + t + meta + payload
                     if len(body) > MAX_RECORD or HEAD.size + len(body) > self.max_bytes // 4:
-                        raise ValueError(f"outbox: a record of {len(body)} bytes is over the limit "
-                                         f"({min(MAX_RECORD, self.max_bytes // 4)})")
+                        raise ValueError(f"a record of {len(body)} bytes is over the limit of "
+                                         f"{min(MAX_RECORD, self.max_bytes // 4)} (a quarter of outbox.max_bytes, "
+                                         f"at most {MAX_RECORD >> 20} MiB)")
                     records.append(HEAD.pack(MAGIC, len(body), zlib.crc32(body)) + body)
                 blob = b"".join(records)
                 seg = self._append_locked(first, blob, len(records))
@@ -187,6 +189,19 @@ class Outbox:
             with self._lock:
                 self.durable_last = max(self.durable_last, first + len(records) - 1)
         return list(range(first, first + len(records)))
+
+    def refuse(self, count: int, why: str) -> None:
+        """`count` records refused before they reached the log (`put_many`'s
+        ValueError: each over the record limit): counted in `refused` like the
+        ones a full disk refuses, and logged (at most every DROP_LOG_INTERVAL s)."""
+        with self._lock:
+            self.refused += count
+            now = time.monotonic()
+            if now - self._last_refuse_log < DROP_LOG_INTERVAL:
+                return
+            self._last_refuse_log = now
+        log.warning("outbox: refused %d records (%d so far): %s", count, self.refused, why,
+                    extra={"event": "outbox_refused"})
 
     def _append_locked(self, first: int, blob: bytes, count: int) -> Optional[_Segment]:
         while True:

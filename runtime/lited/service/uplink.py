@@ -230,11 +230,12 @@ class Uplink:
         records = [r for batch in batches for r in batch]
         try:
             seqs = self.outbox.put_many(records) if records else []
-        except ValueError:             # a record over the limit: store the others, one result at a time
+        except ValueError as exc:      # a record over the limit: store the others, one result at a time
             if len(batches) > 1:
                 for batch in batches:
                     self._store([batch])
                 return
+            self.outbox.refuse(len(records), str(exc))
             seqs = None
         except OSError as exc:         # a failing disk: counted, never raised into the daemon
             log.warning("uplink: cannot store %d records: %s", len(records), exc, extra={"event": "uplink"})
@@ -459,6 +460,9 @@ class Uplink:
     def _answer(self, answer: dict) -> None:
         """An answer to one of our crops or frames: once on the local bus (duplicates dropped by id)."""
         msg_id = answer["id"]
+        parsed = up.parse_id(msg_id)
+        if parsed is None or parsed[:2] != (self.device, self.outbox.epoch) or parsed[2] >= self.outbox.next_seq:
+            raise up.UplinkMessageError(f"answer id {str(msg_id)[:80]!r}: not a crop or frame this device sent")
         with self._lock:
             duplicate = msg_id in self._seen_answers
             self._seen_answers[msg_id] = True
