@@ -658,6 +658,12 @@ def main(argv: list | None = None) -> int:
             raise
         print(f"lited: {exc}".splitlines()[0], file=sys.stderr)
         return EXIT_BAD_INPUT
+    except ModuleNotFoundError as exc:  # an optional extra not installed (paho for cloud/remote, tornado, ...)
+        if args.debug:
+            raise
+        print(f"lited: {exc} (an optional part of lited: pip install 'lited[mqtt,http]' or the extra the docs "
+              "name for this command)", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
 
