@@ -144,6 +144,8 @@ SCRIPT = [
     (result("cam0", 1238, classes=None, detections=[DOG], model_version=None),  # nil is absent
      "cam0 1238 fastestdet 1 detections: dog 0.51 0.0,0.0,64.0,48.0", None),
     (event("cam0", "state", state="stalled", detail=None), "event cam0 state stalled -", None),
+    # The daemon's own streaming event carries an empty detail: it prints as "-" too.
+    (event("cam0", "state", state="streaming", detail=""), "event cam0 state streaming -", None),
     (event("cam0", "state", state=None, detail="why"), "event cam0 state - why", None),
     (result("cam0", None), None, "bad seq"),
     (event("_daemon", "ready"), "event _daemon ready - -", None),
