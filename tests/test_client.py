@@ -2,13 +2,15 @@
 errors it raises, against real sockets and a real daemon (test_daemon's)."""
 from __future__ import annotations
 
+import re
+
 import cv2
 import numpy as np
 import pytest
 
 from conftest import need_shared
 from test_daemon import daemon  # noqa: F401 - fixture: a real `lited serve`
-from lited.client import Client, ClientError
+from lited.client import Client, ClientError, Subscriber
 
 H, W = 48, 64
 # (array, what the one-line refusal names), each once silently cast or sent as it was.
@@ -49,3 +51,16 @@ def test_infer_takes_bgr_uint8_and_refuses_as_the_daemon_does(daemon):  # noqa: 
             client.call("infer", model="det", array=grey.tobytes(), shape=list(grey.shape), dtype="uint8")
         with pytest.raises(ClientError, match=r"image: shape \[\d+, \d+\]; expected \[height, width, 3\]"):
             client.infer(image=grey, model="det")
+
+
+@pytest.mark.parametrize("make", [Client, Subscriber])
+def test_a_config_that_cannot_be_read_raises_config_error_naming_it(tmp_path, make):
+    from lited.client import ConfigError  # what an app imports: no reaching into lited.config
+
+    missing = tmp_path / "missing.conf"
+    with pytest.raises(ConfigError, match=f"^config {re.escape(str(missing))}: missing$"):
+        make(config=missing)
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text('{"runtime_dir": 5}')
+    with pytest.raises(ConfigError, match=f"^config {re.escape(str(wrong))}: runtime_dir: expected a string, got 5$"):
+        make(config=wrong)

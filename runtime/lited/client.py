@@ -17,9 +17,11 @@ an app can read them without a copy and cannot corrupt the daemon.
 Finding the daemon: an explicit endpoint, else the endpoints of the config
 the daemon runs with (`config=`, default /etc/lited/lited.conf when it can be
 read: its runtime_dir and endpoints), else the default runtime directory's
-sockets; `lited ctl` uses the same rule. A missing or dead ipc:// socket
-raises DaemonUnreachable at once instead of waiting for a reply that cannot
-come, and a Subscriber asked for a stream the daemon does not have says so.
+sockets; `lited ctl` uses the same rule. A config that cannot be read
+(missing, or its runtime_dir or endpoints wrong) raises ConfigError naming
+the file, a missing or dead ipc:// socket raises DaemonUnreachable at once
+instead of waiting for a reply that cannot come, and a Subscriber asked for
+a stream the daemon does not have says so.
 
 Before talking over an ipc:// socket, both check that the daemon behind it
 runs as a user they trust (themselves, root, or the service user `lited`;
@@ -39,12 +41,12 @@ import numpy as np
 import zmq
 
 from lited import protocol
-from lited.config import DEFAULT_CONFIG, client_endpoints, default_runtime_dir
+from lited.config import DEFAULT_CONFIG, ConfigError, client_endpoints, default_runtime_dir
 from lited.runtime_dir import PeerCheck, UntrustedPeer
 from lited.stream.ring import FrameOverwritten, FrameRing, RingError, RingGone
 
-__all__ = ["Client", "ClientError", "DaemonUnreachable", "FrameOverwritten", "RingGone", "Subscriber",
-           "UntrustedPeer", "daemon_endpoints"]
+__all__ = ["Client", "ClientError", "ConfigError", "DaemonUnreachable", "FrameOverwritten", "RingGone",
+           "Subscriber", "UntrustedPeer", "daemon_endpoints"]
 
 
 class ClientError(Exception):
