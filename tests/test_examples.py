@@ -6,9 +6,12 @@ docs/protocol.md (the daemon's own encoder is not used: the point is that the
 document alone is enough), valid ones interleaved with malformed ones. Both
 must print exactly the expected lines and live through the bad messages.
 c_request talks to a ROUTER in the test that answers per the document.
+subscriber.py, the client library's example, is run where there is no daemon
+and against a real one without the stream it asks for.
 """
 from __future__ import annotations
 
+import json
 import os
 import select
 import shutil
@@ -19,6 +22,9 @@ from pathlib import Path
 import msgpack
 import pytest
 import zmq
+
+from test_daemon import daemon  # noqa: F401 - fixture: a real `lited serve`, for subscriber.py
+from lited.client import ClientError, ConfigError, Subscriber
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "sdk_template" / "examples"
@@ -144,6 +150,8 @@ SCRIPT = [
     (result("cam0", 1238, classes=None, detections=[DOG], model_version=None),  # nil is absent
      "cam0 1238 fastestdet 1 detections: dog 0.51 0.0,0.0,64.0,48.0", None),
     (event("cam0", "state", state="stalled", detail=None), "event cam0 state stalled -", None),
+    # The daemon's own streaming event carries an empty detail: it prints as "-" too.
+    (event("cam0", "state", state="streaming", detail=""), "event cam0 state streaming -", None),
     (event("cam0", "state", state=None, detail="why"), "event cam0 state - why", None),
     (result("cam0", None), None, "bad seq"),
     (event("_daemon", "ready"), "event _daemon ready - -", None),
@@ -283,3 +291,34 @@ def test_c_request_prints_any_result(c_examples, tmp_path):
         ctx.term()
     assert proc.returncode == 0, got_err
     assert got_out.startswith("ok {") and '"uptime_s"' in got_out and '"streaming"' in got_out
+
+
+def run_lited_subscriber(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(EXAMPLES / "subscriber.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def library_message(**where) -> str:
+    """What the library says when a Subscriber is made so: subscriber.py must say just that."""
+    with pytest.raises((ClientError, ConfigError)) as info:
+        Subscriber(**where)
+    return str(info.value)
+
+
+def test_lited_subscriber_without_a_daemon_or_its_config_says_so_in_one_line(tmp_path):
+    (tmp_path / "run").mkdir()  # a runtime dir with nothing listening in it
+    config = tmp_path / "lited.json"
+    config.write_text(json.dumps({"runtime_dir": str(tmp_path / "run")}))
+    for path, said in [(config, f"unreachable: no socket {tmp_path}/run/pub.sock"),
+                       (tmp_path / "missing.conf", f"config {tmp_path}/missing.conf: missing")]:
+        proc = run_lited_subscriber("--config", path, "--count", 1)
+        expected = library_message(config=path)
+        assert expected.startswith(said)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", expected + "\n")
+
+
+def test_lited_subscriber_asked_for_an_unknown_stream_says_so_in_one_line(daemon):  # noqa: F811
+    proc = run_lited_subscriber("--config", daemon.config_path, "--stream", "cam9", "--count", 1)
+    expected = library_message(config=daemon.config_path, streams=["cam9"])
+    assert expected.startswith("not_found: no stream 'cam9' in the daemon")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", expected + "\n")

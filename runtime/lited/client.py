@@ -17,9 +17,11 @@ an app can read them without a copy and cannot corrupt the daemon.
 Finding the daemon: an explicit endpoint, else the endpoints of the config
 the daemon runs with (`config=`, default /etc/lited/lited.conf when it can be
 read: its runtime_dir and endpoints), else the default runtime directory's
-sockets; `lited ctl` uses the same rule. A missing or dead ipc:// socket
-raises DaemonUnreachable at once instead of waiting for a reply that cannot
-come, and a Subscriber asked for a stream the daemon does not have says so.
+sockets; `lited ctl` uses the same rule. A config that cannot be read
+(missing, or its runtime_dir or endpoints wrong) raises ConfigError naming
+the file, a missing or dead ipc:// socket raises DaemonUnreachable at once
+instead of waiting for a reply that cannot come, and a Subscriber asked for
+a stream the daemon does not have says so.
 
 Before talking over an ipc:// socket, both check that the daemon behind it
 runs as a user they trust (themselves, root, or the service user `lited`;
@@ -39,16 +41,17 @@ import numpy as np
 import zmq
 
 from lited import protocol
-from lited.config import DEFAULT_CONFIG, client_endpoints, default_runtime_dir
+from lited.config import DEFAULT_CONFIG, ConfigError, client_endpoints, default_runtime_dir
 from lited.runtime_dir import PeerCheck, UntrustedPeer
 from lited.stream.ring import FrameOverwritten, FrameRing, RingError, RingGone
 
-__all__ = ["Client", "ClientError", "DaemonUnreachable", "FrameOverwritten", "RingGone", "Subscriber",
-           "UntrustedPeer", "daemon_endpoints"]
+__all__ = ["Client", "ClientError", "ConfigError", "DaemonUnreachable", "FrameOverwritten", "RingGone",
+           "Subscriber", "UntrustedPeer", "daemon_endpoints"]
 
 
 class ClientError(Exception):
-    """The daemon answered with an error; `code` as in docs/protocol.md."""
+    """The daemon answered with an error, or the client refused what the daemon
+    would (an `infer` array it does not take); `code` as in docs/protocol.md."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
@@ -306,10 +309,13 @@ class Client:
         return self.call("status")
 
     def infer(self, image: Any, model: Optional[str] = None, timeout: Optional[float] = None) -> dict:
-        """`image`: a BGR uint8 array, encoded image bytes, or a file path."""
+        """`image`: a BGR uint8 array (height x width x 3), encoded image bytes,
+        or a file path. An array of another dtype or shape is refused here
+        (ClientError `bad_request`, as the daemon would), never cast: a 0..1
+        float image cast to uint8 is black, and the result silently wrong."""
         params: dict = {} if model is None else {"model": model}
         if isinstance(image, np.ndarray):
-            array = np.ascontiguousarray(image, np.uint8)
+            array = np.ascontiguousarray(_checked_array(image))
             params.update(array=array.tobytes(), shape=list(array.shape), dtype="uint8")
         elif isinstance(image, (bytes, bytearray)):
             params["image"] = bytes(image)
@@ -338,6 +344,18 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _checked_array(image: np.ndarray) -> np.ndarray:
+    """`image` if the daemon takes it as an `array` (docs/protocol.md, `infer`),
+    else ClientError `bad_request` saying how to make it so."""
+    if image.dtype != np.uint8:
+        raise ClientError("bad_request", f"image: dtype {image.dtype}; only uint8 (BGR) is accepted: convert it, "
+                                         "e.g. np.clip(x * 255, 0, 255).astype(np.uint8) for 0..1 floats")
+    if image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+        raise ClientError("bad_request", f"image: shape {list(image.shape)}; expected [height, width, 3] (BGR: "
+                                         "cv2.cvtColor(x, cv2.COLOR_GRAY2BGR) for grey, COLOR_BGRA2BGR for BGRA)")
+    return image
 
 
 def _check_streams(pub: str, req: Optional[str], streams: Optional[list], context: Optional[zmq.Context],

@@ -127,8 +127,9 @@ static why_t put_result(FILE *out, const msgpack_object *msg)
     return NULL;
 }
 
-/* "event stream kind state detail", "-" for what the event does not carry;
- * a reload's `ok` shows as the state "ok" / "failed". */
+/* "event stream kind state detail", "-" for what the event does not carry
+ * (an empty detail carries nothing too); a reload's `ok` shows as the state
+ * "ok" / "failed". */
 static why_t put_event(FILE *out, const msgpack_object *msg)
 {
     const msgpack_object *stream = get(msg, "stream");
@@ -157,7 +158,7 @@ static why_t put_event(FILE *out, const msgpack_object *msg)
     else
         fputs(ok ? (ok->via.boolean ? "ok" : "failed") : "-", out);
     fputc(' ', out);
-    if (detail)
+    if (detail && detail->via.str.size > 0) /* an empty detail carries nothing either */
         put_str(out, detail);
     else
         fputc('-', out);

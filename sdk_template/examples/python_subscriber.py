@@ -92,7 +92,7 @@ def format_event(msg):
         raise Malformed("bad ok")
     if state is None:  # a reload's `ok` stands in for the state
         state = "-" if ok is None else ("ok" if ok else "failed")
-    detail = "-" if detail is None else detail
+    detail = detail or "-"  # absent, nil or empty: it carries nothing
     return f"event {clean(stream)} {clean(event)} {clean(state)} {clean(detail)}"
 
 

@@ -6,13 +6,17 @@
 With --frames it also reads each result's frame from shared memory, zero
 copy, and prints its mean brightness: what an app that crops or records
 the detected objects would do.
+
+No daemon to talk to, a config that cannot be read, or a stream the daemon
+does not have: the library's one-line message on stderr, exit 2.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
-from lited.client import FrameOverwritten, RingGone, Subscriber
+from lited.client import ClientError, ConfigError, FrameOverwritten, RingGone, Subscriber
 
 
 def describe(result: dict) -> str:
@@ -37,7 +41,12 @@ def main() -> int:
     args = ap.parse_args()
     deadline = time.monotonic() + args.duration if args.duration else None
     results = 0
-    with Subscriber(args.endpoint, streams=args.stream, events=True, config=args.config) as sub:
+    try:
+        sub = Subscriber(args.endpoint, streams=args.stream, events=True, config=args.config)
+    except (ClientError, ConfigError) as exc:  # DaemonUnreachable is a ClientError too
+        print(exc, file=sys.stderr)
+        return 2
+    with sub:
         while (deadline is None or time.monotonic() < deadline) and (args.count is None or results < args.count):
             msg = sub.recv(timeout=0.5)
             if msg is None:

@@ -1,0 +1,66 @@
+"""lited.client as an app meets it: what it refuses before sending, and the
+errors it raises, against real sockets and a real daemon (test_daemon's)."""
+from __future__ import annotations
+
+import re
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import need_shared
+from test_daemon import daemon  # noqa: F401 - fixture: a real `lited serve`
+from lited.client import Client, ClientError, Subscriber
+
+H, W = 48, 64
+# (array, what the one-line refusal names), each once silently cast or sent as it was.
+BAD_ARRAYS = [
+    (np.full((H, W, 3), 0.5, np.float32), "dtype float32; only uint8 (BGR) is accepted"),
+    (np.zeros((H, W, 3), np.uint16), "dtype uint16"),
+    (np.zeros((H, W, 3), bool), "dtype bool"),
+    (np.zeros((H, W, 3), np.int64), "dtype int64"),
+    (np.zeros((H, W), np.uint8), f"shape [{H}, {W}]; expected [height, width, 3]"),
+    (np.zeros((H, W, 4), np.uint8), f"shape [{H}, {W}, 4]; expected [height, width, 3]"),
+    (np.zeros((0, W, 3), np.uint8), f"shape [0, {W}, 3]; expected [height, width, 3]"),
+]
+
+
+@pytest.mark.parametrize("array, named", BAD_ARRAYS, ids=[named.split(";")[0] for _, named in BAD_ARRAYS])
+def test_infer_refuses_an_array_the_daemon_would_before_sending_it(tmp_path, array, named):
+    """No socket behind the endpoint: a refusal, not DaemonUnreachable, shows
+    the array was looked at before anything was sent."""
+    with Client(f"ipc://{tmp_path}/req.sock") as client:
+        with pytest.raises(ClientError) as info:
+            client.infer(image=array)
+    assert info.value.code == "bad_request", info.value
+    assert str(info.value).startswith(f"bad_request: image: {named}") and "\n" not in str(info.value)
+
+
+def test_infer_takes_bgr_uint8_and_refuses_as_the_daemon_does(daemon):  # noqa: F811
+    photo = cv2.imread(str(need_shared("images", "chelsea.png")))
+    with daemon.client(timeout=60) as client:
+        found = client.infer(image=photo, model="det")
+        assert [d["label"] for d in found["detections"]][:1] == ["cat"], found
+        view = photo[::2, ::2]  # not contiguous: still taken
+        assert client.infer(image=view, model="det")["width"] == view.shape[1]
+        with pytest.raises(ClientError, match="dtype float32"):  # once cast to all but black, and answered
+            client.infer(image=photo.astype(np.float32) / 255, model="det")
+        # The daemon's own words for a grey image, sent past the client's check: the client says the same.
+        grey = cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY)
+        with pytest.raises(ClientError, match=r"params\.shape: expected \[height, width, 3\]"):
+            client.call("infer", model="det", array=grey.tobytes(), shape=list(grey.shape), dtype="uint8")
+        with pytest.raises(ClientError, match=r"image: shape \[\d+, \d+\]; expected \[height, width, 3\]"):
+            client.infer(image=grey, model="det")
+
+
+@pytest.mark.parametrize("make", [Client, Subscriber])
+def test_a_config_that_cannot_be_read_raises_config_error_naming_it(tmp_path, make):
+    from lited.client import ConfigError  # what an app imports: no reaching into lited.config
+
+    missing = tmp_path / "missing.conf"
+    with pytest.raises(ConfigError, match=f"^config {re.escape(str(missing))}: missing$"):
+        make(config=missing)
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text('{"runtime_dir": 5}')
+    with pytest.raises(ConfigError, match=f"^config {re.escape(str(wrong))}: runtime_dir: expected a string, got 5$"):
+        make(config=wrong)
