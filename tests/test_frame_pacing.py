@@ -54,3 +54,13 @@ def test_fps_is_sane_when_a_network_camera_hands_out_its_buffer_at_once():
     for i in range(60):  # 30 fps for 2 s
         steady.frame_captured(i, 0.1, at=now - 2.0 + (i + 1) / 30)
     assert steady.fps(5.0) == pytest.approx(30.0, rel=1e-6)
+    settled = StreamStats()  # the burst, then 5 fps for 5 s: the burst is out of the window by now
+    for i in range(30):
+        settled.frame_captured(i, 0.1, at=now - 5.0 + i * 0.001)
+    for i in range(25):
+        settled.frame_captured(30 + i, 0.1, at=now - 5.0 + (i + 1) * 0.2)
+    assert settled.fps(5.0) == pytest.approx(5.0, rel=1e-6)
+    slow = StreamStats()  # one frame in 5 s: the last two frames still give the rate
+    for i in range(3):
+        slow.frame_captured(i, 0.1, at=now - 10.0 + i * 5.0)
+    assert slow.fps(6.0) == pytest.approx(0.2)

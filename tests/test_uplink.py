@@ -463,10 +463,17 @@ def test_second_model_answers_remote_requests_and_last_will(broker, tmp_path, bu
         said = json.loads(payload)  # as on the bus: v is the integer 1, and a readable request's id comes back
         assert (said["id"], said["ok"], said["error"]["code"]) == (9, False, "bad_request"), said
         bad = uplink_status(d)["counters"]["bad_messages"]  # an answer to a crop this device never sent
-        forged = {**answer, "id": "dev1:00000000:999999"}
-        forged.pop("round_trip_ms", None)
-        cloud_client.publish("lited/dev1/answers/cam", json.dumps(forged).encode(), qos=1)
-        wait_until(lambda: uplink_status(d)["counters"]["bad_messages"] == bad + 1, 10)
+        epoch = answer["id"].split(":")[1]
+        for forged_id in ("dev1:00000000:999999", f"dev1:{epoch}:0", f"dev1:{epoch}:99999999"):
+            forged = {**answer, "id": forged_id}
+            forged.pop("round_trip_ms", None)
+            cloud_client.publish("lited/dev1/answers/cam", json.dumps(forged).encode(), qos=1)
+        wait_until(lambda: uplink_status(d)["counters"]["bad_messages"] == bad + 3, 10)
+        cloud_client.publish("lited/dev1/req", b'{"v":1,"id":[NaN],"method":"ping"}', qos=1,
+                             properties=publish_properties(response_topic="lited/dev1/resp/rogue"))
+        topic, payload = wait_until(lambda: got[1] if len(got) > 1 else None, 10)
+        said = json.loads(payload, parse_constant=lambda c: pytest.fail(f"{c} in a reply: not JSON"))
+        assert said["id"] is None and "NaN or infinity" in said["error"]["message"], said
         close(cloud_client)
         out = subprocess.run([*remote, "ping"], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr  # the uplink still answers
@@ -531,6 +538,7 @@ def test_uplink_config_problems_name_their_field(tmp_path):
              ({"ack": "maybe"}, "uplink.ack"), ({"window": 0}, "uplink.window"), ({"bogus": 1}, "uplink.bogus"),
              ({"outbox": {"max_bytes": 10}}, "uplink.outbox.max_bytes"),
              ({"outbox": {"dir": str(tmp_path / "ca.crt" / "outbox")}}, "uplink.outbox.dir"),  # under a file
+             ({"outbox": {"dir": "/proc/lited-outbox"}}, "uplink.outbox.dir"),  # cannot be made, even as root
              ({"streams": {"nope": {}}}, "uplink.streams.nope"),
              ({"streams": {"cam": {"attach": "video"}}}, "uplink.streams.cam.attach"),
              ({"streams": {"cam": {"min_score": 2}}}, "uplink.streams.cam.min_score"),

@@ -576,7 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=SECONDS, help="stop after this many seconds")
     p.add_argument("--open-timeout", type=SECONDS, default=10.0, metavar="S",
                    help="give up (exit 2) when the source has not opened within S seconds (default 10)")
-    p.add_argument("--stall-timeout", type=SECONDS, default=5.0, help="seconds without a frame before 'stalled'")
+    p.add_argument("--stall-timeout", type=arg_number(above=0, maximum=3600), default=5.0,
+                   help="seconds without a frame before 'stalled' (as a stream's stall_timeout: at most 3600)")
     p.add_argument("--no-pin-engines", action="store_true",
                    help="let the engine share every core with lited's own threads (default: when its threads leave "
                         "cores over, it gets cores of its own; docs/config.md, pin_engines)")

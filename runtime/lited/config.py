@@ -779,7 +779,10 @@ class UplinkSection(Section):
 
 
 def _directory_problem(path: Path) -> Optional[str]:
-    """Why `path` cannot be a directory the daemon makes (or uses) and writes, or None."""
+    """Why `path` cannot be a directory the daemon makes (or uses) and writes,
+    or None. Where it does not exist yet, a directory is made and removed at
+    once in the deepest part that does (`nginx -t` opens its logs likewise):
+    only trying tells /proc or a read-only mount from a writable place, as root."""
     probe = path
     while not probe.exists() and probe.parent != probe:
         probe = probe.parent
@@ -787,6 +790,13 @@ def _directory_problem(path: Path) -> Optional[str]:
         return f"{path}: {'not a directory' if probe == path else f'{probe} is not a directory'}"
     if not os.access(probe, os.W_OK | os.X_OK):
         return f"{path}: {probe} is not writable"
+    if probe != path:
+        import tempfile
+
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".lited-check-", dir=probe))
+        except OSError as exc:
+            return f"{path}: cannot be made in {probe} ({exc.strerror or exc})"
     return None
 
 

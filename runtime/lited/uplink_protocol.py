@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 from typing import Any, Optional, Tuple
 
 from lited.validate import has_type, name_problem
@@ -116,8 +115,13 @@ def from_json(payload: bytes, what: str, limit: int = 1 << 20) -> dict:
 
 
 def _echoable(request_id: Any) -> Any:
-    """A request id that can go back in a JSON reply (not NaN or infinity)."""
-    return None if isinstance(request_id, float) and not math.isfinite(request_id) else request_id
+    """A request id that can go back in a JSON reply: None for one with NaN or
+    infinity in it (JSON has none; Python's parser reads them)."""
+    try:
+        json.dumps(request_id, allow_nan=False)
+    except ValueError:
+        return None
+    return request_id
 
 
 # -- device -> cloud
@@ -214,7 +218,7 @@ def parse_request(payload: bytes) -> Tuple[Any, str, dict]:
     msg = from_json(payload, "request", limit=MAX_REQUEST_BYTES)
     request_id = _echoable(msg.get("id"))
     if request_id is not msg.get("id"):
-        raise UplinkMessageError("id: not a finite number")
+        raise UplinkMessageError("id: NaN or infinity in it (JSON has none)")
     method, params = msg.get("method"), msg.get("params") or {}
     if not isinstance(method, str):
         raise UplinkMessageError("method: expected a string", request_id)

@@ -461,7 +461,8 @@ class Uplink:
         """An answer to one of our crops or frames: once on the local bus (duplicates dropped by id)."""
         msg_id = answer["id"]
         parsed = up.parse_id(msg_id)
-        if parsed is None or parsed[:2] != (self.device, self.outbox.epoch) or parsed[2] >= self.outbox.next_seq:
+        if parsed is None or parsed[:2] != (self.device, self.outbox.epoch) \
+                or not 1 <= parsed[2] < self.outbox.next_seq:
             raise up.UplinkMessageError(f"answer id {str(msg_id)[:80]!r}: not a crop or frame this device sent")
         with self._lock:
             duplicate = msg_id in self._seen_answers

@@ -20,6 +20,7 @@ COUNTERS = ("captured", "inferred", "skipped", "torn", "reconnects", "errors", "
 # Upper bounds (ms) of the latency histograms' buckets (Prometheus `le`), +Inf implied
 BUCKETS_MS = (1, 2.5, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000, 2500, 5000, 10000)
 FPS_MIN_SPAN = 0.5  # s: the shortest span a capture rate is taken over (fps)
+FPS_WINDOW_S = 4.0  # s: the capture rate counts the frames of this long (at least the last two)
 MODEL_VERSIONS_KEPT = 8  # histograms of this many (model, version) pairs per stream, the newest
 
 
@@ -139,10 +140,16 @@ class StreamStats:
         hist.add(timings)
 
     def fps(self, idle_after: float) -> float:
-        """Capture rate over the last frames; 0 after `idle_after` s without one.
-        Over FPS_MIN_SPAN s at least: a network camera hands out its buffered
-        frames at once when it connects (seen: "1061 fps" on a 5 fps stream)."""
+        """Capture rate over the frames of the last FPS_WINDOW_S s (at least the
+        last two), over FPS_MIN_SPAN s at least; 0 after `idle_after` s without
+        a frame. A network camera hands out its buffered frames at once when it
+        connects: over the last 64 frames that read "1061 fps", then about 10 s
+        of too much, on a 5 fps camera."""
         window = list(self._captured_at)
-        if len(window) < 2 or time.monotonic() - window[-1] > idle_after:
+        now = time.monotonic()
+        if len(window) < 2 or now - window[-1] > idle_after:
             return 0.0
-        return (len(window) - 1) / max(window[-1] - window[0], FPS_MIN_SPAN)
+        recent = [t for t in window if t >= now - FPS_WINDOW_S]
+        if len(recent) < 2:
+            recent = window[-2:]
+        return (len(recent) - 1) / max(recent[-1] - recent[0], FPS_MIN_SPAN)
