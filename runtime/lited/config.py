@@ -94,8 +94,14 @@ SLOTS_DEFAULT, SLOTS_MAX = 2, 64
 KEEP_RESULTS_MAX = 16
 
 
-def _policy_problem(value: Any) -> Optional[str]:
-    return choice_problem(value, POLICIES)
+def _one_of(options: Callable[[], tuple]) -> Callable[[Any], Optional[str]]:
+    """A check that `value` is one of `options()` (called when checking: engines come from their registry)."""
+    def problem(value: Any) -> Optional[str]:
+        return choice_problem(value, options())
+    return problem
+
+
+_policy_problem = _one_of(lambda: POLICIES)
 
 
 class StreamSection(Section):
@@ -141,14 +147,6 @@ PRECISIONS = ("fp32", "fp16", "int8")
 
 def _bundle_problem(value: Any) -> Optional[str]:
     return None if isinstance(value, str) and value else f"expected a bundle directory, got {shown(value)}"
-
-
-def _one_of(options: Callable[[], tuple]) -> Callable[[Any], Optional[str]]:
-    """A check that `value` is one of `options()` (called when checking: engines come from their registry)."""
-    def problem(value: Any) -> Optional[str]:
-        known = options()
-        return None if value in known else f"unknown {shown(value)}, expected one of {', '.join(known)}"
-    return problem
 
 
 def _engine_kinds() -> tuple:
@@ -721,12 +719,8 @@ def _device_problem(value: Any) -> Optional[str]:
     return name_problem(value)
 
 
-def _ack_problem(value: Any) -> Optional[str]:
-    return choice_problem(value, UPLINK_ACK_MODES)
-
-
-def _attach_problem(value: Any) -> Optional[str]:
-    return choice_problem(value, UPLINK_ATTACH)
+_ack_problem = _one_of(lambda: UPLINK_ACK_MODES)
+_attach_problem = _one_of(lambda: UPLINK_ATTACH)
 
 
 class UplinkRuleSection(Section):
