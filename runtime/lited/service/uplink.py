@@ -319,14 +319,20 @@ class Uplink:
             self._unconfirmed.move_to_end(rec.seq)
         info = self.client.publish(rec.topic, rec.payload, qos=1, properties=props)
         with self._lock:
-            early = self._early.pop(info.mid, None)
-            if early is not None and time.monotonic() - early[1] > EARLY_PUBACK_S:
-                early = None                     # a status or reply message's PUBACK, its mid since reused
+            early = self._early_puback(info.mid)
             if early is None:
                 self._inflight[info.mid] = rec.seq
                 self._inflight_seqs.add(rec.seq)
         if early is not None:
-            self._puback(rec.seq, early[0])
+            self._puback(rec.seq, early)
+
+    def _early_puback(self, mid: int) -> Any:
+        """The reason code of `mid`'s PUBACK if it came before publish()
+        returned, else None (then the caller files `mid`). Lock held."""
+        early = self._early.pop(mid, None)
+        if early is None or time.monotonic() - early[1] > EARLY_PUBACK_S:
+            return None                          # none, or a status message's, its mid since reused
+        return early[0]
 
     def _resend_due(self, now: float) -> None:
         """Records sent, acknowledged by the broker but not by the cloud
@@ -463,7 +469,7 @@ class Uplink:
         parsed = up.parse_id(msg_id)
         if parsed is None or parsed[:2] != (self.device, self.outbox.epoch) \
                 or not 1 <= parsed[2] < self.outbox.next_seq:
-            raise up.UplinkMessageError(f"answer id {str(msg_id)[:80]!r}: not a crop or frame this device sent")
+            raise up.UplinkMessageError(f"answer id {str(msg_id)[:80]!r}: not an id this device handed out")
         with self._lock:
             duplicate = msg_id in self._seen_answers
             self._seen_answers[msg_id] = True
@@ -501,13 +507,13 @@ class Uplink:
                 log.warning("uplink: a reply to %s was not sent: %s", reply_to, exc, extra={"event": "uplink"})
                 return
             with self._lock:
-                early = self._early.pop(info.mid, None)
+                early = self._early_puback(info.mid)
                 if early is None:
                     self._replies[info.mid] = reply_to
                     while len(self._replies) > 1024:  # never acknowledged (the link went down): forgotten
                         self._replies.popitem(last=False)
             if early is not None:
-                self._reply_acked(reply_to, early[0])
+                self._reply_acked(reply_to, early)
 
         try:
             request_id, method, params = up.parse_request(msg.payload)
