@@ -404,6 +404,28 @@ def test_config_of_another_model(tools_python: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_fewer_labels_than_classes_are_refused_naming_where_they_came_from(tools_python: Path,
+                                                                          tmp_path: Path) -> None:
+    """Every board refuses such a bundle at load: the build runs it (no golden
+    image given) and names the file to fix, not the bundle's labels.txt."""
+    shared = need_shared("models", "fastestdet")
+    two = tmp_path / "two.txt"
+    two.write_text("cup\nspoon\n")
+    proc = run_build_sdk(tools_python, "--model", shared / "paddle", "--config",
+                         ROOT / "tests" / "bundles" / "fastestdet.json", "--labels", two, "--targets", "x86",
+                         "--out", tmp_path / "x.zip", "--workdir", tmp_path / "work")
+    line = assert_refused(proc, f"--labels {two}: 2 labels for 80 classes")
+    assert "labels.txt" not in line and not (tmp_path / "x.zip").exists(), line
+    fragment = json.loads((ROOT / "tests" / "bundles" / "fastestdet.json").read_text())
+    fragment["labels"] = ["cup", "spoon", "fork"]
+    listed = tmp_path / "frag.json"
+    listed.write_text(json.dumps(fragment))
+    proc = run_build_sdk(tools_python, "--model", shared / "paddle", "--config", listed, "--targets", "x86",
+                         "--out", tmp_path / "y.zip", "--workdir", tmp_path / "work2")
+    assert_refused(proc, "frag.json: labels: 3 labels for 80 classes")
+
+
+@pytest.mark.slow
 def test_unknown_target_from_another_python(tools_python: Path, tmp_path: Path) -> None:
     """Started with the daemon's Python, it re-executes itself in the tools venv."""
     shared = need_shared("models", "ultraface")

@@ -173,6 +173,7 @@ def _build(opts: Options, workdir: Path, timings: dict) -> dict:
         raise BuildError(f"{', '.join(Path(c).name for c in opts.configs)}: {'; '.join(problems)}")
     names = labels.LabelFile(opts.labels, origin="--labels").read() if opts.labels \
         else labels.resolve(fields.get("labels"))
+    names_from = f"--labels {opts.labels}" if opts.labels else labels.origin(fields.get("labels"), ", ".join(Path(c).name for c in opts.configs))
     name = _name(opts, fields)
     version = str(opts.version or fields.get("version") or "1.0.0")
     problem = version_problem(version)
@@ -221,10 +222,31 @@ def _build(opts: Options, workdir: Path, timings: dict) -> dict:
     if opts.notice:
         bundle_writer.copy_in(root, opts.notice, "NOTICE")
     manifest = bundle_writer.write_manifest(root, manifest)
+    with labels.named_as(root / "labels.txt", names_from):
+        manifest, report = _judge(opts, root, manifest, nbs, onnx, ir, judge, host, workdir, timings)
+    build_info = {"source": opts.model.name, "command": _command(opts), "fp16": opts.fp16, "quant": opts.quant,
+                  "notice": opts.notice is not None, "labels_count": len(names or []),
+                  "int8": int8_summary(report) if report else None, "int8_engine": opts.int8_engine}
+    (root / "README.md").write_text(readme.render(manifest, build_info), encoding="utf-8")
+    bundle_writer.write_zip(root, opts.out, name)
+    return {"zip": opts.out, "dir": root if opts.keep_dir else None, "manifest": manifest, "timings": timings,
+            "int8": report}
+
+
+def _judge(opts: Options, root: Path, manifest: dict, nbs: dict, onnx: str | None, ir: str | None,
+           judge: LitedVenv, host: str, workdir: Path, timings: dict) -> tuple:
+    """The daemon's lited checks the bundle, loads and runs this machine's
+    model (a labels file shorter than the model's classes is refused at load,
+    on every board: so here, golden image or not), adds the int8 file and the
+    golden result: (manifest, int8 report or None)."""
     if judge.present:
         judge.validate(root, check_model=host in opts.targets)
     else:
         _say(f"warning: no lited in {opts.daemon_venv}: the bundle was not checked by the runtime", warning=True)
+    if judge.present and host in opts.targets and opts.golden is None:
+        blank = workdir / "blank.bmp"
+        bundle_writer.write_blank_image(blank)
+        judge.infer(root, blank)
     report = None
     if opts.int8 is not None and onnx:
         manifest, report = _int8(opts, root, manifest, nbs, onnx, ir, judge, workdir, timings)
@@ -245,13 +267,7 @@ def _build(opts: Options, workdir: Path, timings: dict) -> dict:
         with _Step("selftest on every engine", timings):
             for line in judge.selftest(root):
                 _say(line)
-    build_info = {"source": opts.model.name, "command": _command(opts), "fp16": opts.fp16, "quant": opts.quant,
-                  "notice": opts.notice is not None, "labels_count": len(names or []),
-                  "int8": int8_summary(report) if report else None, "int8_engine": opts.int8_engine}
-    (root / "README.md").write_text(readme.render(manifest, build_info), encoding="utf-8")
-    bundle_writer.write_zip(root, opts.out, name)
-    return {"zip": opts.out, "dir": root if opts.keep_dir else None, "manifest": manifest, "timings": timings,
-            "int8": report}
+    return manifest, report
 
 
 def _int8(opts: Options, root: Path, manifest: dict, nbs: dict, onnx: str, ir: str | None, judge: LitedVenv,

@@ -10,6 +10,7 @@ import fnmatch
 import json
 import os
 import shutil
+import struct
 import zipfile
 from pathlib import Path
 
@@ -69,6 +70,16 @@ def write_manifest(root: Path, manifest: dict) -> dict:
     ordered = {k: sealed[k] for k in MANIFEST_ORDER if k in sealed}
     (root / "manifest.json").write_text(to_json(ordered) + "\n", encoding="utf-8")
     return ordered
+
+
+def write_blank_image(path: Path, side: int = 64) -> None:
+    """A mid-grey 24-bit BMP (the builder's venv may have no OpenCV): an image
+    to load and run a bundle on when no golden image is given."""
+    row = side * 3  # a multiple of 4 for any side: no row padding
+    pixels = bytes([128]) * (row * side)
+    header = b"BM" + struct.pack("<IHHI", 54 + len(pixels), 0, 0, 54) + \
+        struct.pack("<IiiHHIIiiII", 40, side, side, 1, 24, 0, len(pixels), 2835, 2835, 0, 0)
+    path.write_bytes(header + pixels)
 
 
 def write_labels(root: Path, labels: list) -> str:

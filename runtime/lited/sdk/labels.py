@@ -9,8 +9,10 @@ here only fails when that file is actually needed.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from lited.bundle import split_labels
 
@@ -62,3 +64,29 @@ def resolve(source: object) -> list | None:
     if isinstance(source, LabelFile):
         return source.read()
     return [str(name) for name in source]  # type: ignore[union-attr]
+
+
+def origin(source: object, configs: str) -> str | None:
+    """Where a config's `labels` came from, for messages: the file it names,
+    or the config that lists them (None: no labels)."""
+    if isinstance(source, LabelFile):
+        return f"{source.origin or configs + ': labels'} {source.path}"
+    return None if source is None else f"{configs}: labels"
+
+
+@contextmanager
+def named_as(bundle_labels: Path, origin_: str | None) -> Iterator[None]:
+    """Within: a BuildError naming the bundle's labels file (the daemon's lited
+    refused it: fewer labels than the model's classes) names where the labels
+    came from instead, the file the user can fix."""
+    try:
+        yield
+    except BuildError as exc:
+        if origin_ is None:
+            raise
+        text = str(exc)
+        for form in (f"bundle {bundle_labels}", f"bundle {bundle_labels.resolve()}", str(bundle_labels)):
+            text = text.replace(form, origin_)
+        if text == str(exc):
+            raise
+        raise BuildError(text) from None
