@@ -526,7 +526,7 @@ def test_workers_in_one_group_share_the_load(broker, tmp_path, bundles_dir):
 # -- config ----------------------------------------------------------------------------------------
 
 def test_uplink_config_problems_name_their_field(tmp_path):
-    (tmp_path / "ca.crt").write_text("x")
+    broker_tool.make_pki(tmp_path, ())  # ca.crt
     good = {"models": {"m": str(tmp_path)}, "streams": [{"name": "cam", "source": "synth://"}],
             "uplink": {"broker": "mqtts://127.0.0.1:8883", "device": "dev1", "ca": str(tmp_path / "ca.crt"),
                        "streams": {"cam": {"labels": ["face"], "attach": "crops"}}}}
@@ -547,6 +547,77 @@ def test_uplink_config_problems_name_their_field(tmp_path):
         with pytest.raises(ConfigError) as info:
             parse_config({**good, "uplink": {**good["uplink"], **change}}, base_dir=tmp_path)
         assert f"{field}:" in str(info.value), (change, info.value)
+
+
+def test_tls_files_are_read_at_config_check_naming_the_field(broker, tmp_path):
+    """A CA that is not PEM, a key of another certificate, a directory: `config
+    check` (and so serve) names the field and file, not OpenSSL's words alone."""
+    other = tmp_path / "other"
+    broker_tool.make_pki(other, ("dev1",))
+    pki = broker.pki
+    good = {"models": {"m": str(tmp_path)}, "streams": [{"name": "cam", "source": "synth://"}],
+            "uplink": {**broker.uplink_config("dev1"), "cert": str(pki / "cloud.crt"), "key": str(pki / "cloud.key")}}
+    parse_config(good, base_dir=tmp_path)
+    cases = [({"ca": str(pki / "ca.key")}, f"uplink.ca: {pki / 'ca.key'}: no PEM certificate in it"),
+             ({"ca": str(pki)}, f"uplink.ca: {pki}: not a regular file (a directory)"),
+             ({"ca": "/dev/null"}, "uplink.ca: /dev/null: not a regular file (a character device)"),
+             ({"cert": str(pki / "cloud.key")}, f"uplink.cert: {pki / 'cloud.key'}: no PEM certificate in it"),
+             ({"key": str(other / "dev1.key")}, f"uplink.key: {other / 'dev1.key'}: not the key of that certificate"),
+             ({"key": str(pki / "cloud.crt")}, f"uplink.key: {pki / 'cloud.crt'}: not a PEM private key")]
+    for change, text in cases:
+        with pytest.raises(ConfigError) as info:
+            parse_config({**good, "uplink": {**good["uplink"], **change}}, base_dir=tmp_path)
+        assert text in str(info.value) and "_ssl.c" not in str(info.value), (change, str(info.value))
+    out = subprocess.run([sys.executable, "-m", "lited.cli", "cloud", "--broker", broker.server_url, "--ca",
+                          str(tmp_path / "none.crt")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and f"--ca: {tmp_path / 'none.crt'}: no such file" in out.stderr, out.stderr
+
+
+def test_a_refused_tls_handshake_is_said_once_with_its_reason(broker, tmp_path, bundles_dir):
+    """paho retries and keeps the error to itself; lited says why, once: in the
+    log, in the uplink status and in `lited cloud` and `lited remote`."""
+    broker.start()
+    other = tmp_path / "other"
+    broker_tool.make_pki(other, ("cloud",))
+    refused = "TLS: the broker's certificate was refused: certificate verify failed"
+    config = {"models": {"det": str(bundles_dir / "ultraface")}, "streams": [{"name": "cam", "source": "synth://"}],
+              "uplink": {**broker.uplink_config("dev1"), "ca": str(other / "ca.crt")}}
+    with device(tmp_path, config).start() as d:
+        wait_until(lambda: refused in uplink_status(d)["last_error"], 30)
+        time.sleep(3)  # paho retries every 0.2-5 s meanwhile
+        assert d.output().count(refused) == 1, d.output()
+    args = ["--broker", broker.server_url, "--ca", str(other / "ca.crt"), "--cert", str(other / "cloud.crt"),
+            "--key", str(other / "cloud.key")]
+    out = subprocess.run([sys.executable, "-m", "lited.cli", "cloud", *args, "--duration", "4"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stderr.count(refused) == 1, out.stderr
+    out = subprocess.run([sys.executable, "-m", "lited.cli", "remote", *args, "--timeout", "3", "dev1", "status"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and refused in out.stderr, out.stderr
+    plain = free_tcp_listener()
+    out = subprocess.run([sys.executable, "-m", "lited.cli", "remote", "--broker", f"mqtts://127.0.0.1:{plain[1]}",
+                          "--timeout", "3", "dev1", "status"], capture_output=True, text=True, timeout=60)
+    plain[0].close()
+    assert "mqtt:// port given as mqtts://" in out.stderr, out.stderr
+
+
+def free_tcp_listener() -> tuple:
+    """A loopback socket that accepts and closes, as a plain-MQTT port does to a TLS hello."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            conn.recv(1024)
+            conn.sendall(b"\x20\x02\x00\x00")  # bytes of MQTT, not of TLS
+            conn.close()
+    threading.Thread(target=serve, daemon=True).start()
+    return sock, sock.getsockname()[1]
 
 
 def test_cloud_and_remote_refuse_bad_input_in_one_line(tmp_path):

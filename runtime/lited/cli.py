@@ -462,8 +462,10 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def _broker_settings(args: argparse.Namespace) -> Any:
     from lited.mqtt_link import BrokerSettings
 
-    settings = BrokerSettings(args.broker, args.ca, args.cert, args.key, args.username, args.password_file)
-    settings.address  # a bad URL fails here, as a one-line error
+    settings = BrokerSettings(args.broker, args.ca, args.cert, args.key, args.username, args.password_file,
+                              names={"ca": "--ca", "cert": "--cert", "key": "--key",
+                                     "password_file": "--password-file"})
+    settings.check()  # a bad URL or TLS file fails here, as a one-line error naming the option
     return settings
 
 

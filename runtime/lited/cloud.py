@@ -33,7 +33,8 @@ from typing import Any, Callable, Optional, TextIO
 from lited import uplink_protocol as up
 from lited.crops import decode_jpeg
 from lited.errors import first_line
-from lited.mqtt_link import BrokerSettings, connect_async, make_client, publish_properties, user_properties
+from lited.mqtt_link import (BrokerSettings, ConnectWatch, connect_async, make_client, publish_properties,
+                             user_properties)
 
 log = logging.getLogger("lited.cloud")
 ANSWER_CACHE = 4096
@@ -120,6 +121,7 @@ class CloudWorker:
         self.client.on_disconnect = lambda *a: self.connected.clear()
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
+        self._watch = ConnectWatch(self.client, self._connect_trouble)
         connect_async(self.client, self.settings, self.session_expiry, receive_maximum=RECEIVE_MAXIMUM)
 
     def stop(self) -> None:
@@ -148,8 +150,14 @@ class CloudWorker:
             log.warning("cloud: connection refused: %s", reason_code)
             return
         client.subscribe(self.topics())    # again on every connect: a restarted broker may have lost the session
+        self._watch.connected()
         self.connected.set()
         log.info("cloud: %s connected to %s, group %s", self.client_id, self.settings.url, self.group)
+
+    def _connect_trouble(self, reason: str) -> None:
+        """A new reason for not being connected: logged once, not at every retry."""
+        if reason and not self._stop.is_set():
+            log.warning("cloud: %s: %s; retrying", self.settings.url, reason)
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, reason_codes: list, properties: Any) -> None:
         refused = [str(rc) for rc in reason_codes if rc.is_failure]
@@ -293,10 +301,12 @@ def remote_call(settings: BrokerSettings, device: str, method: str, params: Opti
     client.on_connect = on_connect
     client.on_subscribe = lambda *a: subscribed.set()
     client.on_message = on_message
+    watch = ConnectWatch(client, lambda reason: None)
     connect_async(client, settings, session_expiry=0)
     try:
         if not subscribed.wait(timeout) and not replied.is_set():
-            raise TimeoutError(f"lited: no connection to {settings.url} within {timeout:.0f} s")
+            why = f": {watch.reason}" if watch.reason else ""
+            raise TimeoutError(f"lited: no connection to {settings.url} within {timeout:.0f} s{why}")
         if "error" not in out:
             props = publish_properties(content_type="application/json", response_topic=reply_topic,
                                        correlation=correlation)

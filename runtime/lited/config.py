@@ -810,16 +810,25 @@ def parse_uplink(c: Checker, section: Optional[UplinkSection], state_dir: Path, 
         paho = None
     if paho is None:
         c.add("uplink", "needs paho-mqtt 2.x, which is not installed (pip install 'lited[mqtt]')")
+    from lited.mqtt_link import BrokerSettings, LinkError, file_problem
+
     files = {}
     for key in ("password_file", "ca", "cert", "key"):
         value = getattr(section, key)
         if value is not None:
             value = value if os.path.isabs(value) else str((base / value).resolve())
-            if not os.path.isfile(value):
-                c.add(p + key, f"{value}: no such file")
+            problem = file_problem(value)
+            if problem:
+                c.add(p + key, f"{value}: {problem}")
         files[key] = value
     if (files["cert"] is None) != (files["key"] is None):
         c.add(p + ("key" if files["key"] is None else "cert"), "cert and key go together")
+    if len(c.problems) == before:  # the files are there: read them as TLS will (not PEM, a key of another cert)
+        try:
+            BrokerSettings(section.broker, files["ca"], files["cert"], files["key"], None, files["password_file"],
+                           names={key: p + key for key in files}).check()
+        except LinkError as exc:
+            c.add(exc.field or p + "broker", exc.detail)
     if section.outbox.dir:
         problem = _directory_problem(Path(section.outbox.dir))
         if problem:

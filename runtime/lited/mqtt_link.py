@@ -7,16 +7,28 @@ paho is imported here only, and only when an uplink or `lited cloud` runs.
 """
 from __future__ import annotations
 
+import errno
+import os
+import socket
 import ssl
-from dataclasses import dataclass
-from typing import Any, Optional
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
+
+from lited.files import FileRefused, open_regular
 
 SCHEMES = {"mqtt": (False, 1883), "mqtts": (True, 8883)}
 
 
 class LinkError(ValueError):
-    """A broker URL or credential that cannot work; the text names it."""
+    """A broker URL or credential that cannot work; the text names it
+    (`field`: the field or option at fault, when there is one; `detail`: the
+    text after it)."""
+
+    def __init__(self, text: str, field: Optional[str] = None) -> None:
+        super().__init__(f"{field}: {text}" if field else text)
+        self.field, self.detail = field, text
 
 
 @dataclass
@@ -28,11 +40,154 @@ class BrokerSettings:
     username: Optional[str] = None
     password_file: Optional[str] = None
     keepalive: int = 30
+    names: dict = field(default_factory=dict)  # how the user named each field ("uplink.ca", "--ca"), for errors
 
     @property
     def address(self) -> tuple:
         """(host, port, tls) of `url`; LinkError if it is not mqtt:// or mqtts://."""
         return parse_url(self.url)
+
+    def name(self, key: str) -> str:
+        return self.names.get(key, key)
+
+    def check(self) -> None:
+        """What can be known before connecting: the URL, the password file,
+        and for mqtts:// the CA, certificate and key read as TLS will read
+        them. LinkError naming the field and file."""
+        _, _, tls = self.address
+        if self.password_file:
+            _regular(self.password_file, self.name("password_file"))
+        if tls:
+            tls_context(self)
+
+
+def file_problem(path: str) -> Optional[str]:
+    """Why `path` cannot be read as a credential file ('no such file', 'not a
+    regular file (a directory)', 'Permission denied'), None if it can."""
+    try:
+        open_regular(path).close()
+    except FileNotFoundError:
+        return "no such file"
+    except FileRefused as exc:
+        return exc.reason
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def _regular(path: str, name: str) -> None:
+    problem = file_problem(path)
+    if problem:
+        raise LinkError(f"{path}: {problem}", name)
+
+
+def tls_context(settings: BrokerSettings) -> ssl.SSLContext:
+    """The client's TLS context: the broker's certificate checked against
+    `ca` (else the system's CAs) and its name against the URL's host, and the
+    client certificate if any. LinkError naming the field and file when one
+    cannot be used (OpenSSL's own words would name neither)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, host names checked
+    if settings.ca:
+        _regular(settings.ca, settings.name("ca"))
+        try:
+            ctx.load_verify_locations(cafile=settings.ca)
+        except (ssl.SSLError, OSError) as exc:
+            raise LinkError(f"{settings.ca}: no PEM certificate in it ({_ssl_words(exc)})",
+                            settings.name("ca")) from None
+    else:
+        ctx.load_default_certs()
+    if settings.cert or settings.key:
+        if not (settings.cert and settings.key):
+            missing = "key" if settings.cert else "cert"
+            raise LinkError(f"needed with {settings.name('cert' if settings.cert else 'key')} (a client "
+                            "certificate and its key go together)", settings.name(missing))
+        _regular(settings.cert, settings.name("cert"))
+        _regular(settings.key, settings.name("key"))
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=settings.cert)
+        except (ssl.SSLError, OSError) as exc:
+            raise LinkError(f"{settings.cert}: no PEM certificate in it ({_ssl_words(exc)})",
+                            settings.name("cert")) from None
+        try:
+            ctx.load_cert_chain(settings.cert, settings.key)
+        except (ssl.SSLError, OSError) as exc:
+            why = ("not the key of that certificate" if getattr(exc, "reason", "") == "KEY_VALUES_MISMATCH"
+                   else f"not a PEM private key without a passphrase ({_ssl_words(exc)})")
+            raise LinkError(f"{settings.key}: {why} ({settings.name('cert')} {settings.cert})",
+                            settings.name("key")) from None
+    return ctx
+
+
+def _ssl_words(exc: "BaseException | str") -> str:
+    """OpenSSL's reason without its source location: 'no certificate or crl found'."""
+    text = str(exc)
+    return text.split("] ", 1)[-1].split(" (_ssl.c", 1)[0]
+
+
+def connect_problem(exc: BaseException) -> str:
+    """One line for why a connection attempt failed (paho retries and keeps
+    the exception to itself): what a user checks first."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: the broker's certificate was refused: {_ssl_words(exc)} (check ca and the URL's host)"
+    if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError, BrokenPipeError)):
+        return "the broker closed the connection during the handshake (an mqtt:// port given as mqtts://?)"
+    if isinstance(exc, ssl.SSLError):
+        words = _ssl_words(exc)
+        if getattr(exc, "reason", "") in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
+            return f"TLS: {words} (an mqtt:// port given as mqtts://?)"
+        if "alert" in words:
+            return f"TLS: the broker refused the handshake: {words} (check cert and key, and the broker's log)"
+        return f"TLS: {words}"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host: {exc.strerror}"
+    if isinstance(exc, OSError) and exc.errno:
+        return f"{os.strerror(exc.errno)} ({errno.errorcode.get(exc.errno, exc.errno)})"
+    return str(exc) or type(exc).__name__
+
+
+class ConnectWatch:
+    """The last reason paho's thread failed to connect or lost the connection,
+    and a callback when it changes. paho catches the error in its loop and
+    calls `on_connect_fail` or `on_disconnect` without it ("Unspecified
+    error"); wrapping the client's `reconnect` (which that loop calls) keeps a
+    failed connect's exception, and its error log line a failed read's (a
+    TLS 1.3 broker refuses a client certificate after the handshake)."""
+
+    READ_FAILED = "failed to receive on socket: "
+
+    def __init__(self, client: Any, changed: Callable[[str], None]) -> None:
+        self.reason = ""
+        self._changed = changed
+        self._lock = threading.Lock()
+        self._reconnect = client.reconnect
+        client.reconnect = self._attempt
+        client.on_log = self._log
+
+    def _log(self, client: Any, userdata: Any, level: int, text: str) -> None:
+        from paho.mqtt.client import MQTT_LOG_ERR
+
+        if level == MQTT_LOG_ERR and text.startswith(self.READ_FAILED):
+            words = _ssl_words(text[len(self.READ_FAILED):])
+            self._set(f"TLS: the broker refused the handshake: {words} (check cert and key, and the broker's log)"
+                      if "alert" in words else words)
+
+    def _attempt(self) -> Any:
+        try:
+            result = self._reconnect()
+        except OSError as exc:
+            self._set(connect_problem(exc))
+            raise
+        return result
+
+    def connected(self) -> None:
+        """Connected: the next failure is news again."""
+        self._set("", notify=False)
+
+    def _set(self, reason: str, notify: bool = True) -> None:
+        with self._lock:
+            news, self.reason = reason != self.reason, reason
+        if news and notify:
+            self._changed(reason)
 
 
 def parse_url(url: str) -> tuple:
@@ -66,8 +221,7 @@ def make_client(settings: BrokerSettings, client_id: str, will: Optional[tuple] 
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
                          manual_ack=manual_ack)
     if tls:
-        client.tls_set(ca_certs=settings.ca, certfile=settings.cert, keyfile=settings.key,
-                       cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        client.tls_set_context(tls_context(settings))
     if settings.username:
         password = read_password(settings.password_file) if settings.password_file else None
         client.username_pw_set(settings.username, password)

@@ -35,7 +35,7 @@ from lited import __version__
 from lited import uplink_protocol as up
 from lited.config import UplinkConfig
 from lited.crops import crop_rect, encode_jpeg
-from lited.mqtt_link import BrokerSettings, connect_async, make_client, publish_properties
+from lited.mqtt_link import BrokerSettings, ConnectWatch, connect_async, make_client, publish_properties
 from lited.protocol import ProtocolError
 from lited.service.outbox import Outbox
 
@@ -58,7 +58,11 @@ Call = Callable[[str, dict, Callable[[Any, Optional[ProtocolError]], None]], Non
 
 
 def settings_of(cfg: UplinkConfig) -> BrokerSettings:
-    return BrokerSettings(cfg.broker, cfg.ca, cfg.cert, cfg.key, cfg.username, cfg.password_file, cfg.keepalive)
+    return BrokerSettings(cfg.broker, cfg.ca, cfg.cert, cfg.key, cfg.username, cfg.password_file, cfg.keepalive,
+                          names=FIELD_NAMES)
+
+
+FIELD_NAMES = {key: f"uplink.{key}" for key in ("ca", "cert", "key", "password_file")}
 
 
 class Uplink:
@@ -112,6 +116,7 @@ class Uplink:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
         self.client.on_message = self._on_message
+        self._watch = ConnectWatch(self.client, self._connect_trouble)
         connect_async(self.client, settings_of(cfg))
         for t in self._threads:
             t.start()
@@ -379,19 +384,27 @@ class Uplink:
             client.subscribe(up.topic(self.device, "req"), qos=1)
         client.subscribe([(up.topic(self.device, "answers", "+"), 1), (up.topic(self.device, "ack"), 1)])
         self.last_error = ""
+        self._watch.connected()
         self._status_due = 0.0
         self.connected.set()
         self._wake.set()
         log.info("uplink: connected to %s", self.cfg.broker, extra={"event": "uplink_connected"})
 
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
-        self.last_error = f"cannot connect to {self.cfg.broker}"
+        reason = self._watch.reason
+        self.last_error = f"cannot connect to {self.cfg.broker}" + (f": {reason}" if reason else "")
+
+    def _connect_trouble(self, reason: str) -> None:
+        """A new reason for not being connected: logged once, not at every retry."""
+        if reason and not self._stop.is_set():
+            log.warning("uplink: %s: %s; retrying", self.cfg.broker, reason, extra={"event": "uplink_lost"})
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if self.connected.is_set() and not self._stop.is_set():
             log.warning("uplink: disconnected (%s); reconnecting", reason_code, extra={"event": "uplink_lost"})
         self.connected.clear()
-        self.last_error = f"disconnected: {reason_code}"
+        reason = self._watch.reason
+        self.last_error = f"disconnected: {reason if reason and reason_code.is_failure else reason_code}"
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         with self._lock:
