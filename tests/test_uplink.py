@@ -582,7 +582,7 @@ def test_a_refused_tls_handshake_is_said_once_with_its_reason(broker, tmp_path, 
     refused = "TLS: the broker's certificate was refused: certificate verify failed"
     config = {"models": {"det": str(bundles_dir / "ultraface")}, "streams": [{"name": "cam", "source": "synth://"}],
               "uplink": {**broker.uplink_config("dev1"), "ca": str(other / "ca.crt")}}
-    with device(tmp_path, config).start() as d:
+    with device(tmp_path, config) as d:
         wait_until(lambda: refused in uplink_status(d)["last_error"], 30)
         time.sleep(3)  # paho retries every 0.2-5 s meanwhile
         assert d.output().count(refused) == 1, d.output()
