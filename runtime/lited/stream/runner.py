@@ -94,7 +94,14 @@ class ModelRunner:
         self.error: Optional[BaseException] = None
         self._runs = self.RUNS_IN_FLIGHT[self.policy]
         self._stop = threading.Event()
-        self._cond = threading.Condition()
+        # One lock for the runner's state, and a condition per thread that
+        # waits on it: each change wakes only the thread it concerns (one
+        # condition for all woke every thread at every change: ~29 context
+        # switches a frame on a 1 ms model, each taking the GIL in turn).
+        self._lock = threading.RLock()
+        self._to_prep = threading.Condition(self._lock)   # an input set freed, the prepared frame taken
+        self._to_infer = threading.Condition(self._lock)  # a run submitted or failed, a hold set, post took its box
+        self._to_post = threading.Condition(self._lock)   # a run collected for post
         self._ready: collections.deque = collections.deque()     # (input set, geom, info, frame): prepared
         self._inflight: collections.deque = collections.deque()  # (input set, output set, geom, info, frame)
         self._failed: Optional[EngineError] = None  # a submit that failed: infer restarts the engine
@@ -132,13 +139,14 @@ class ModelRunner:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the threads, release the frames still held, stop the engine process."""
         self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
+        with self._lock:
+            for cond in (self._to_prep, self._to_infer, self._to_post):
+                cond.notify_all()
         self.feed.wake()
         for thread in (self._prep, self._infer, self._post):
             if thread.is_alive() and thread is not threading.current_thread():
                 thread.join(timeout)
-        with self._cond:
+        with self._lock:
             held = [run[-1] for run in (*self._ready, *self._inflight)]
             if self._post_box is not None:
                 held.append(self._post_box[-1])
@@ -151,16 +159,16 @@ class ModelRunner:
             self.model.close()
 
     def _take(self, free: list) -> Optional[int]:
-        with self._cond:
+        with self._lock:
             while not free and not self._stop.is_set():
-                self._cond.wait(0.5)
+                self._to_prep.wait(0.5)
             return None if self._stop.is_set() else free.pop()
 
     # -- submitting: from whichever thread made room (prep, infer, post)
     def _submit_ready(self) -> None:
         """Start prepared runs while the engine has room for them: fewer than
         the policy's runs in flight, a free output set, no restart going on."""
-        with self._cond:
+        with self._lock:
             while (self._ready and len(self._inflight) < self._runs and self._free_outputs
                    and not self._restarting and self._failed is None and not self._stop.is_set()):
                 if self.policy == "latest" and self._hold(self._ready[0][-1]):
@@ -176,10 +184,12 @@ class ModelRunner:
                     self._free_outputs.append(output_set)
                     frame.release()
                     self._failed = exc
-                    self._cond.notify_all()
+                    self._to_prep.notify()
+                    self._to_infer.notify()
                     return
                 self._inflight.append((input_set, output_set, geom, info, frame))
-                self._cond.notify_all()
+                self._to_prep.notify()   # room for the next prepared frame
+                self._to_infer.notify()  # a run to collect
 
     def _hold(self, ready: Frame) -> bool:
         """`latest`, the engine free and frame `ready` prepared: should the
@@ -216,7 +226,7 @@ class ModelRunner:
         self._held_frame = ready.number
         self._hold_started = now
         self._hold_until = fresh_at + 0.25 * limit + 0.002  # a little late is still worth it
-        self._cond.notify_all()  # the infer thread submits at _hold_until if nothing newer came
+        self._to_infer.notify()  # the infer thread submits at _hold_until if nothing newer came
         return True
 
     # -- infer thread: builds the model, then collects its runs in order
@@ -240,10 +250,10 @@ class ModelRunner:
         engine = self.model.engine
         while not self._stop.is_set():
             self.feed.beat()
-            with self._cond:
+            with self._lock:
                 if not self._inflight and self._failed is None:
                     hold_s = 0.0 if self._hold_until is None else self._hold_until - time.monotonic()
-                    self._cond.wait(min(0.5, hold_s) if hold_s > 0 else 0.5)
+                    self._to_infer.wait(min(0.5, hold_s) if hold_s > 0 else 0.5)
                 failed, self._failed = self._failed, None
                 idle = failed is None and not self._inflight
             if idle:
@@ -261,10 +271,10 @@ class ModelRunner:
                 self._recover(engine, failed)
                 continue
             t1 = time.perf_counter()
-            with self._cond:
+            with self._lock:
                 input_set, output_set, geom, info, frame = self._inflight.popleft()
                 self._free_inputs.append(input_set)
-                self._cond.notify_all()
+                self._to_prep.notify()
             self._submit_ready()  # the engine starts the next prepared frame now, not after decoding
             started = max(info.pop("_submitted_at"), self._last_done)  # when the engine took it up
             self._last_done = t1
@@ -273,22 +283,22 @@ class ModelRunner:
             timings = info["timings_ms"]
             timings["queue"] = (started - info.pop("_prepped_at")) * 1e3
             timings["infer"] = (t1 - started) * 1e3
-            with self._cond:
+            with self._lock:
                 while self._post_box is not None and not self._stop.is_set():
-                    self._cond.wait(0.5)
+                    self._to_infer.wait(0.5)
                     if time.monotonic() - self._post_progress < self.POST_PROGRESS_S:
                         self.feed.beat()  # waiting for a slow cascade is not hanging
                 if self._stop.is_set():
                     frame.release()
                     return
                 self._post_box = (output_set, outputs, geom, info, frame)
-                self._cond.notify_all()
+                self._to_post.notify()
             self._restarts.reset()
 
     def _recover(self, engine, exc: EngineError) -> None:
         """The engine failed: the frames it had are lost (their sets freed,
         their leases released); restart it, then go on with what is prepared."""
-        with self._cond:
+        with self._lock:
             self._restarting = True
             lost = list(self._inflight)
             self._inflight.clear()
@@ -296,9 +306,9 @@ class ModelRunner:
                 self._free_inputs.append(input_set)
                 self._free_outputs.append(output_set)
                 frame.release()
-            self._cond.notify_all()
+            self._to_prep.notify()
         self._restart_engine(engine, exc)
-        with self._cond:
+        with self._lock:
             self._restarting = False
             self._failed = None  # a submit that failed meanwhile failed for the same reason
         self._submit_ready()
@@ -332,21 +342,20 @@ class ModelRunner:
         model = self.model
         decoder = model.decoder
         while not self._stop.is_set():
-            with self._cond:
+            with self._lock:
                 if self._post_box is None:
-                    self._cond.wait(0.5)
+                    self._to_post.wait(0.5)
                 if self._post_box is None:
                     continue
                 output_set, outputs, geom, info, frame = self._post_box
                 self._post_box = None
-                self._cond.notify_all()
+                self._to_infer.notify()
             self._post_progress = time.monotonic()
             t0 = time.perf_counter()
             decoded = decoder.decode(outputs, geom)
             t1 = time.perf_counter()
-            with self._cond:
+            with self._lock:
                 self._free_outputs.append(output_set)
-                self._cond.notify_all()
             self._submit_ready()  # a prepared run may have waited for that output set
             timings = info["timings_ms"]
             timings["postprocess"] = (t1 - t0) * 1e3
@@ -412,23 +421,22 @@ class ModelRunner:
                 return
             frame = feed.next_frame(self._stop)
             if frame is None:
-                with self._cond:
+                with self._lock:
                     self._free_inputs.append(input_set)
                 continue
             prepared = self._prepare(frame, input_set)
             if prepared is None:  # the lease was broken (never expected): do not infer a torn frame
                 feed.stats.count("torn")
                 frame.release()
-                with self._cond:
+                with self._lock:
                     self._free_inputs.append(input_set)
                 continue
             replaced = None
-            with self._cond:
+            with self._lock:
                 if latest and self._ready:  # latest wins: the newer frame takes the waiting one's place
                     replaced = self._ready.popleft()
                     self._free_inputs.append(replaced[0])
                 self._ready.append((input_set, *prepared, frame))
-                self._cond.notify_all()
             if replaced is not None:
                 replaced[-1].release()
             self._submit_ready()
@@ -466,7 +474,7 @@ class ModelRunner:
         input set the next frame would need soonest, and frames stay few).
         `latest`: while a prepared frame waits and another re-prep now would
         take more than REPREP_DUTY of a core."""
-        with self._cond:
+        with self._lock:
             while not self._stop.is_set():
                 if not self._ready:
                     return True
@@ -474,7 +482,7 @@ class ModelRunner:
                     wait_s = self._reprep_after - time.perf_counter()
                     if wait_s <= 0:
                         return True
-                    self._cond.wait(wait_s)
+                    self._to_prep.wait(wait_s)
                 else:
-                    self._cond.wait(0.5)
+                    self._to_prep.wait(0.5)
         return False
