@@ -1071,7 +1071,9 @@ outputs out, 1 and 1 (Paddle Lite's `run()` also copies its outputs out of the p
         bare, cpu = _med([x["bare_fps"] for x in runs]), _med([x["bare_cpu_ms"] for x in runs])
         if cpu < best.get(r["model"], ("", 0.0, float("inf")))[2]:
             best[r["model"]] = (r["engine"], bare, cpu, ratios,
-                                [x["bare_cpu_ms"] / x["run_engine_cpu_ms"] for x in runs])
+                                [x["bare_cpu_ms"] / x["run_engine_cpu_ms"] for x in runs],
+                                [x["run_engine_cpu_ms"] * x["fps"] / 1e3 for x in runs],
+                                [x["beside_busy"] for x in runs if "beside_busy" in x])
         vs = " | ".join(f"{_med(r[k]):.2f}{_range(r[k])}" if r[k] else "-" for k in ("vs_lite", "vs_lite_cpu"))
         agrees = "yes" if not r["agrees"] else "; ".join(r["agrees"])[:80]
         lines.append(
@@ -1084,13 +1086,20 @@ outputs out, 1 and 1 (Paddle Lite's `run()` also copies its outputs out of the p
               "(aim: at least 0.97). *Engine CPU, bare / in `lited run`* is the CPU a frame costs the engine in "
               "its bare loop over what it costs the engine process in `lited run`: 1.00 means lited adds nothing "
               "to the engine's own work (no copies, no waiting); the fps ratio also carries the pipeline's own "
-              "CPU (capture, preprocessing, decoding: the *all* minus *engine process* column above), which on "
-              "an idle board runs on the other cores but here competes for the same saturated ones.", "",
+              "CPU (capture, preprocessing, decoding: the *all* minus *engine process* column above), which "
+              "runs on the other core. *Engine busy* is the share of the wall time the engine process spent "
+              "computing in `lited run` (its CPU per frame times the frames per second; it alone runs on its "
+              "core): 1.00 means the pipeline never kept it waiting for a frame. *Bare, other core busy / idle* "
+              "is the bare loop on the engine's core while a pure-Python spin runs on the other core, over the "
+              "same loop with that core idle (alternating windows, `beside_a_busy_core` in tools/bench_probes.py): "
+              "what work on one core costs an engine on the other on this host, whatever the work is.", "",
               "| model | best engine | bare CPU ms / frame | bare loop fps | `lited run` / bare loop (fps) | "
-              "engine CPU, bare / in `lited run` |", "| --- | --- | --- | --- | --- | --- |"]
-    for model, (engine, bare, cpu, ratios, cpu_ratios) in best.items():
+              "engine CPU, bare / in `lited run` | engine busy in `lited run` | bare, other core busy / idle |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for model, (engine, bare, cpu, ratios, cpu_ratios, busy, beside) in best.items():
         lines.append(f"| {model} | {engine} | {cpu:.1f} | {bare:.1f} | {_med(ratios):.2f}{_range(ratios)} | "
-                     f"{_med(cpu_ratios):.2f}{_range(cpu_ratios)} |")
+                     f"{_med(cpu_ratios):.2f}{_range(cpu_ratios)} | {_med(busy):.2f}{_range(busy)} | "
+                     + (f"{_med(beside):.2f}{_range(beside)} |" if beside else "- |"))
     lines += ["", """### Footprint per engine
 
 `lited serve` with one synthetic 640x480 stream on UltraFace, run by each engine (`models.det.engine`):

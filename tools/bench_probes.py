@@ -14,6 +14,7 @@ import os
 import resource
 import signal
 import statistics
+import subprocess
 import sys
 import time
 import tracemalloc
@@ -205,7 +206,6 @@ def probe_live(args) -> dict:
     bare, live, bare, live, bare, live, bare; during a bare window the daemon's engine
     process is stopped (SIGSTOP), and each live window's results/s is compared
     with the bare windows on either side of it (the host drifts over seconds)."""
-    import subprocess
     import tempfile
 
     from lited.bundle import load_bundle
@@ -577,6 +577,7 @@ def probe_engine(args) -> dict:
     bare_window()
     status = stream.status()
     stream.stop()
+    beside = beside_a_busy_core(local.engine.run, plan.engines["bench"], plan.own, window / 2)
     pin_threads(every)
     local.close()
     ratios = against_bare_beside([n / t for t, n, _, _ in runs], [b["fps"] for b in bare])
@@ -587,7 +588,34 @@ def probe_engine(args) -> dict:
             "bare_cpu_ms": statistics.mean(b["cpu_ms"] for b in bare),
             "run_engine_cpu_ms": engine * 1e3 / frames, "run_total_cpu_ms": (engine + here) * 1e3 / frames,
             "frames": count[0], "skipped": status["counters"]["skipped"], "load": os.getloadavg()[0],
+            "beside_busy": statistics.median(beside), "beside_busy_all": beside,
             "result": {k: result[k] for k in ("detections", "classes")}}
+
+
+SPIN = "import os, sys\nos.sched_setaffinity(0, {int(c) for c in sys.argv[1:]})\nwhile True:\n    pass\n"
+
+
+def beside_a_busy_core(run, engine_cpus: list, other_cpus: list, window: float) -> list:
+    """The bare loop on the engine's cores, in windows alternating between the
+    other cores idle and busy with a pure-Python spin (another process, no
+    memory traffic to speak of): each busy window's fps over the idle windows'
+    beside it. Under 1.00 when one core's work slows the next one's (shared
+    execution units or caches, a clock that drops as more cores run), which
+    `lited run`'s pipeline then costs the engine whatever lited does."""
+    from lited.cores import pin_threads
+
+    pin_threads(engine_cpus)
+    fps = []
+    for busy in (False, True, False, True, False, True, False):
+        burner = subprocess.Popen([sys.executable, "-c", SPIN, *map(str, other_cpus)]) if busy else None
+        try:
+            time.sleep(0.2 if busy else 0.0)  # the burner is spinning
+            fps.append(bursts(run, window)["fps"])
+        finally:
+            if burner is not None:
+                burner.kill()
+                burner.wait()
+    return against_bare_beside(fps[1::2], fps[0::2])
 
 
 def probe_pair(args) -> dict:
