@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -441,6 +442,59 @@ def test_easyedge_and_edgeboard_clients_work_unchanged(served, tmp_path, monkeyp
     assert drawn.shape == (512, 512, 3)
     missing = requests.post(served.url + "/api/model/service/base64/mid=7", data=payload)
     assert missing.status_code == 404 and missing.json()["code"] == 1004
+    for mid in ("x", "-1", ""):  # not a number: still EdgeBoard's shape, not the plain 404 of an unknown route
+        bad = requests.post(served.url + f"/api/model/service/base64/mid={mid}", data=payload)
+        assert bad.status_code == 404 and bad.json()["code"] == 1004 and "mid" in bad.json()["msg"], (mid, bad.text)
+    shown = requests.post(served.url + "/api/model/service/base64/mid=1",
+                          json={**json.loads(payload), "show": "yes"})  # not a bool: said, not taken as false
+    assert shown.status_code == 400 and shown.json()["code"] == 1001 and "show" in shown.json()["msg"], shown.text
+
+
+def test_form_fields_as_curl_sends_them(served):
+    """`curl -F 'image=<photo.jpg'` sends the image as a part without a file name;
+    an empty `quality` is the default, as an empty `threshold` is."""
+    photo = need_shared("images", "coffee.png").read_bytes()
+    want = requests.post(served.url + "/v1/infer", data=photo).json()
+    got = requests.post(served.url + "/v1/infer", files={"image": (None, photo)})
+    assert got.status_code == 200 and got.json()["detections"] == want["detections"], got.text[:300]
+    snap = requests.get(served.url + "/v1/streams/cam/snapshot.jpg?quality=")
+    assert snap.status_code == 200 and snap.headers["Content-Type"] == "image/jpeg", snap.text[:300]
+
+
+def test_a_stream_a_reload_removes_leaves_live_views_page_and_metrics(tmp_path, bundles_dir, video):
+    """Its live viewers are let go (they held places under max_live_clients),
+    the page drops its card, /metrics its live series; the others go on."""
+    need_chromium()
+    source = f"file://{video[0]}?loop=1&realtime=1"
+    s = serve(tmp_path, bundles_dir, {}, [{"name": "cam", "source": source, "model": "det"},
+                                          {"name": "tmp", "source": source, "model": "det"}])
+    try:
+        with Chromium() as b:
+            b.navigate(s.url + "/")
+            b.wait_for("window.lited.streams.tmp !== undefined && window.lited.streams.tmp.frames >= 2", timeout=30)
+            with requests.get(s.url + "/v1/streams/tmp/live", stream=True, timeout=30) as live:
+                chunks = live.iter_content(65536)
+                next(chunks)
+                assert 'lited_live_frames_total{outcome="encoded",stream="tmp"}' in \
+                    requests.get(s.url + "/metrics").text
+                s.daemon.config["streams"] = s.daemon.config["streams"][:1]
+                s.daemon.write_config()
+                s.daemon.signal(signal.SIGHUP)
+                t0 = time.monotonic()
+                for _ in chunks:  # the body ends (the stream is gone) instead of hanging for ever
+                    assert time.monotonic() - t0 < 20, "the live view of a removed stream did not end"
+            b.wait_for("window.lited.streams.tmp === undefined && !document.querySelector('#stream-tmp')",
+                       timeout=20)
+            assert b.eval("window.lited.streams.cam !== undefined && !!document.querySelector('#stream-cam')")
+        metrics = requests.get(s.url + "/metrics").text
+        assert 'stream="tmp"' not in metrics and 'stream="cam"' in metrics
+        assert requests.get(s.url + "/v1/status").json()["http"]["live_clients"] == 0
+        assert requests.get(s.url + "/v1/streams/tmp/live", timeout=10).status_code == 404
+        page = requests.get(s.url + "/")
+        counted = requests.get(s.url + "/metrics").text
+        assert page.status_code == 200 and 'route="/"' in counted and 'route="/ (easyedge)"' not in counted
+    finally:
+        assert s.daemon.stop() == 0, s.daemon.output()
 
 
 def load_labels(served: Served, model: str) -> list:

@@ -180,7 +180,8 @@ class HttpFront:
     def figures(self) -> dict:
         return {"requests": dict(self.request_counts), "live_clients": self.live_clients,
                 "event_clients": len(self.events.clients),
-                "live": {name: (v.encoded, v.overwritten) for name, v in list(self.views.items())}}
+                "live": {name: (v.encoded, v.overwritten) for name, v in list(self.views.items())
+                         if name in self.service.streams}}
 
     def post(self, callback: Callable[..., Any], *args: Any) -> None:
         """Run `callback(*args)` on the loop (from any thread); dropped once the loop is closed."""
@@ -203,6 +204,8 @@ class HttpFront:
     def live_view(self, name: str) -> Optional[live.LiveView]:
         if name not in self.service.streams:
             return None
+        for gone in [n for n, v in self.views.items() if n not in self.service.streams and not v.watchers]:
+            del self.views[gone]  # a stream a reload removed: its view and its figures go
         view = self.views.get(name)
         if view is None:
             view = self.views[name] = live.LiveView(name, self.service.streams, self.config.live_fps, self.post)
@@ -484,11 +487,15 @@ class Handler(tornado.web.RequestHandler):
             except HTTPInputError as exc:
                 raise ProtocolError("bad_request", f"body: not a multipart/form-data body ({exc})") from None
             del body
+            image = next((files[key][0]["body"] for key in ("image", "file") if key in files), None)
+            for key in ("image", "file"):  # a part without a file name (curl -F 'image=<photo.jpg') is the image too
+                if image is None and key in args:
+                    image = args[key][0]
+                args.pop(key, None)
             for key, values in args.items():
                 fields[key] = values[0].decode("utf-8", "replace")
-            for key in ("image", "file"):
-                if key in files:
-                    return files[key][0]["body"], fields
+            if image is not None:
+                return image, fields
             raise ProtocolError("bad_request", "image: multipart/form-data without an 'image' (or 'file') part")
         if not body:
             raise ProtocolError("bad_request", "image: the body is empty (send the image file's bytes, "
@@ -568,13 +575,16 @@ class EdgeBoard(Handler):
     async def post(self, mid: str) -> None:
         names = list(self.front.service.bundles)
         try:
-            if int(mid) >= len(names):
+            if not mid.isdigit() or int(mid) >= len(names):
                 raise ProtocolError("not_found", f"mid: no model {mid} (have 0 to {len(names) - 1}, in config order)")
             name = names[int(mid)]
             image, obj = base64_image(self.body(), "image")
             result = await self.ask("infer", {"image": image, "model": name})
             data: dict = {"result": easyedge.edgeboard_results(result, self.front.service.bundles[name].labels)}
-            if obj.get("show") is True:
+            show = obj.get("show", False)
+            if not isinstance(show, bool):
+                raise ProtocolError("bad_request", f"show: expected true or false, got {str(show)[:32]!r}")
+            if show:
                 drawn = await asyncio.get_running_loop().run_in_executor(self.front.drawer, drawn_jpeg, image, result)
                 data["image"] = base64.b64encode(drawn).decode("ascii")
         except ProtocolError as exc:
@@ -626,7 +636,7 @@ class Snapshot(Handler):
 
     async def get(self, name: str) -> None:
         try:
-            raw = self.get_query_argument("quality", "85")
+            raw = self.get_query_argument("quality", "") or "85"  # empty is the default, as for threshold
             if not raw.isdigit() or not 1 <= int(raw) <= 100:
                 raise ProtocolError("bad_request", f"quality: expected 1 to 100, got {raw[:16]!r}")
             snap = await self.ask("snapshot", {"stream": self.stream_name(name), "quality": int(raw)})
@@ -658,7 +668,7 @@ class Live(Handler):
             self.set_header("X-Accel-Buffering", "no")
             await self.flush()
             seq = -1
-            while not self.peer_gone():
+            while not self.peer_gone() and view.name in front.service.streams:  # a reload may remove it
                 got = await view.next_part(seq, timeout=PEER_CHECK_S)
                 if got is None:
                     continue
@@ -738,6 +748,7 @@ class Page(EasyEdge):
         if self.request.method != "GET":
             return super().prepare()
         self.takes_body = False
+        self.route = "/"  # the page, not EasyEdge's inferences, in /metrics
         token = self.get_query_argument("token", None)
         cfg = self.front.config
         if token is not None and cfg.token is not None and _same(token, cfg.token):
@@ -787,7 +798,7 @@ def make_app(front: HttpFront) -> tornado.web.Application:
         (rf"/v1/streams/{NAME}/live", Live),
         (r"/v1/events", Events),
         (r"/metrics", MetricsRoute),
-        (r"/api/model/service/base64/mid=(\d+)", EdgeBoard),
+        (r"/api/model/service/base64/mid=([^/]*)", EdgeBoard),  # any mid: a bad one answered in EdgeBoard's shape
     ], default_handler_class=NotFound, front=front, log_function=_logged(front), compress_response=False)
 
 

@@ -65,9 +65,16 @@ function streamCard(name) {
   const empty = $("#streams .empty");
   if (empty) empty.remove();
   $("#streams").appendChild(card);
-  s = lited.streams[name] = { card, frames: 0, seq: -1, result: null };
+  s = lited.streams[name] = { card, frames: 0, seq: -1, result: null, stop: new AbortController() };
   watch(name, s);
   return s;
+}
+
+function dropStream(name) {  // gone from the daemon (config reload): its card and its live view go
+  const s = lited.streams[name];
+  delete lited.streams[name];
+  s.stop.abort();
+  s.card.remove();
 }
 
 function showFrame(s, bitmap, part) {
@@ -93,9 +100,10 @@ function showFrame(s, bitmap, part) {
 }
 
 async function watch(name, s) {
-  for (;;) {
+  while (!s.stop.signal.aborted) {
     try {
-      const resp = await fetch(`/v1/streams/${encodeURIComponent(name)}/live`, { cache: "no-store" });
+      const resp = await fetch(`/v1/streams/${encodeURIComponent(name)}/live`,
+                               { cache: "no-store", signal: s.stop.signal });
       if (resp.ok) {
         for await (const part of parts(resp.body.getReader())) {
           const bitmap = await createImageBitmap(new Blob([part.jpeg], { type: "image/jpeg" }));
@@ -106,6 +114,7 @@ async function watch(name, s) {
         return;  // the stream is gone (config reload)
       }
     } catch (e) {
+      if (s.stop.signal.aborted) return;
       console.warn("live", name, e);
     }
     await sleep(2000);
@@ -136,6 +145,8 @@ function showStatus(st) {
     text($(".restarts", card), String(c.engine_restarts));
     text($(".reconnects", card), String(c.reconnects));
   }
+  const present = new Set(st.streams.map((s) => s.stream));
+  for (const name of Object.keys(lited.streams)) if (!present.has(name)) dropStream(name);
   const rows = Object.entries(st.models).map(([name, m]) => {
     const tr = document.createElement("tr");
     for (const v of [name, m.version, m.task, m.bundle]) { const td = document.createElement("td"); td.textContent = v; tr.appendChild(td); }
