@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, _load_tool, write_video
+from conftest import _load_tool, write_video
 from daemon_process import DaemonProcess
 from test_daemon import wait_until
 from lited.client import Subscriber
@@ -586,6 +586,9 @@ def test_a_refused_tls_handshake_is_said_once_with_its_reason(broker, tmp_path, 
         wait_until(lambda: refused in uplink_status(d)["last_error"], 30)
         time.sleep(3)  # paho retries every 0.2-5 s meanwhile
         assert d.output().count(refused) == 1, d.output()
+        table = subprocess.run([sys.executable, "-m", "lited.cli", "ctl", "status", "--endpoint", d.req],
+                               capture_output=True, text=True, timeout=30).stdout
+        assert f"uplink: {broker.device_url} as dev1, NOT CONNECTED (cannot connect to" in table, table
     args = ["--broker", broker.server_url, "--ca", str(other / "ca.crt"), "--cert", str(other / "cloud.crt"),
             "--key", str(other / "cloud.key")]
     out = subprocess.run([sys.executable, "-m", "lited.cli", "cloud", *args, "--duration", "4"],

@@ -160,6 +160,12 @@ def human_status(out: dict, endpoint: str) -> str:
         lines.append(f"watchdog: no beat from {', '.join(out['watchdog_stale'])}")
     if out.get("http"):
         lines.append(f"http: listening on {', '.join(out['http']['listening'])}")
+    up = out.get("uplink")
+    if up:
+        box = up["outbox"]
+        lines.append(f"uplink: {up['broker']} as {up['device']}, " + ("connected" if up["connected"] else
+                     f"NOT CONNECTED ({up['last_error'] or 'connecting'})") +
+                     f"; outbox {box['queued']} queued, {box['dropped']} dropped")
     lines += ["", table([(n, m.get("name"), m["version"], m["task"], m["bundle"]) for n, m in out["models"].items()],
                         ("MODEL", "BUNDLE", "VERSION", "TASK", "DIRECTORY"))]
     if out["streams"]:

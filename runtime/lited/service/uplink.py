@@ -37,7 +37,7 @@ from lited.config import UplinkConfig
 from lited.crops import crop_rect, encode_jpeg
 from lited.mqtt_link import BrokerSettings, ConnectWatch, connect_async, make_client, publish_properties
 from lited.protocol import ProtocolError
-from lited.service.outbox import Outbox
+from lited.service.outbox import DROP_LOG_INTERVAL, Outbox
 
 log = logging.getLogger("lited.uplink")
 QUEUE_SIZE = 256
@@ -80,6 +80,7 @@ class Uplink:
         self.last_error = ""
         self.counters = dict.fromkeys(COUNTERS, 0)
         self._count_lock = threading.Lock()
+        self._refusal_logged = -DROP_LOG_INTERVAL  # when a broker's refusal was last logged (monotonic s)
         self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
         self._last_selected: dict = {}           # stream -> monotonic time (max_rate)
         self._lock = threading.Lock()            # the maps below; never held around client.publish()
@@ -425,14 +426,23 @@ class Uplink:
 
     def _reply_acked(self, reply_to: str, reason_code: Any) -> None:
         if reason_code.is_failure:                # e.g. 0x87: the ACL grants resp/+ to this device, not that topic
-            self._count("refused_by_broker")
-            log.warning("uplink: the broker refused the reply to %s: %s", reply_to, reason_code,
-                        extra={"event": "uplink"})
+            self._refused_by_broker(f"the reply to {reply_to}", reason_code)
+
+    def _refused_by_broker(self, what: str, reason_code: Any) -> None:
+        """Counted every time, logged at most every DROP_LOG_INTERVAL s (an ACL
+        that refuses a topic refuses every record of it)."""
+        self._count("refused_by_broker")
+        now = time.monotonic()
+        with self._count_lock:
+            if now - self._refusal_logged < DROP_LOG_INTERVAL:
+                return
+            self._refusal_logged = now
+        log.warning("uplink: the broker refused %s: %s (%d refused so far)", what, reason_code,
+                    self.counters["refused_by_broker"], extra={"event": "uplink"})
 
     def _puback(self, seq: int, reason_code: Any) -> None:
         if reason_code.is_failure:                # e.g. 0x87: the broker's ACL refused our own topic
-            self._count("refused_by_broker")
-            log.warning("uplink: the broker refused record %d: %s", seq, reason_code, extra={"event": "uplink"})
+            self._refused_by_broker(f"record {seq}", reason_code)
             self._confirmed(seq)
         elif self.cfg.ack == "broker":
             self._confirmed(seq)
