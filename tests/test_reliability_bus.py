@@ -251,6 +251,9 @@ def test_thousands_of_vanishing_clients_and_stuck_subscribers(daemon):
         time.sleep(2)  # the daemon notices the last disconnects
         results = [at for at, _ in rec.since(t0, "cam", "result")]
     pings = pinger.stop()
+    deadline = time.monotonic() + 10  # on a busy host the daemon may notice the last disconnects later
+    while fd_count(pid) > base["fds"] + 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
     after = {"rss": rss_mb(pid), "fds": fd_count(pid)}
     for s in stuck:
         s.close()
@@ -278,9 +281,15 @@ def test_a_client_refused_over_max_clients_gets_in_once_another_leaves(tmp_path,
     d.start()
     ctx = zmq.Context()
     try:
-        holder = dealer(d, ctx)
-        holder.send(protocol.encode_request("ping", {}, 1))
-        assert holder.poll(10000) and msgpack.unpackb(holder.recv(), raw=False)["ok"]  # in: the one place
+        deadline = time.monotonic() + 20
+        while True:  # the start-up check's client may hold the place a moment longer on a busy host
+            holder = dealer(d, ctx)
+            holder.send(protocol.encode_request("ping", {}, 1))
+            if holder.poll(2000):
+                break
+            holder.close(0)  # refused: as `Client` does, connect anew
+            assert time.monotonic() < deadline, d.output()
+        assert msgpack.unpackb(holder.recv(), raw=False)["ok"]  # in: the one place
         with Client(d.req, timeout=1) as late:
             with pytest.raises(TimeoutError, match="max_clients"):
                 late.ping()
