@@ -156,6 +156,9 @@ class ConnectWatch:
     READ_FAILED = "failed to receive on socket: "
 
     def __init__(self, client: Any, changed: Callable[[str], None]) -> None:
+        from paho.mqtt.client import MQTT_LOG_ERR
+
+        self._error_level = MQTT_LOG_ERR  # on_log sees every packet's debug line: compare, nothing more
         self.reason = ""
         self._changed = changed
         self._lock = threading.Lock()
@@ -164,9 +167,7 @@ class ConnectWatch:
         client.on_log = self._log
 
     def _log(self, client: Any, userdata: Any, level: int, text: str) -> None:
-        from paho.mqtt.client import MQTT_LOG_ERR
-
-        if level == MQTT_LOG_ERR and text.startswith(self.READ_FAILED):
+        if level == self._error_level and text.startswith(self.READ_FAILED):
             words = _ssl_words(text[len(self.READ_FAILED):])
             self._set(f"TLS: the broker refused the handshake: {words} (check cert and key, and the broker's log)"
                       if "alert" in words else words)
