@@ -74,7 +74,7 @@ def test_readme_quick_tour_runs_as_written(tmp_path, first_install):  # noqa: F8
         assert "cam0 #0  [ocr]" in out                                      # run
         assert "config sdk_template/demo.conf: ok" in out                              # config check
         status = out[out.index("lited 0.1.0 (protocol 1) at ipc://"):]
-        assert re.search(r"\ncam0 +streaming ", status), status                        # ctl status
+        assert re.search(r"\ncam0 +(connecting|streaming) ", status), status  # ctl status (its first frame may be on its way)
         assert re.search(r"\ncam0 #\d+ demo_ppocrv4: 3 found \[text", out)          # the subscriber
         assert re.search(r"\ncam0 frame \d+ \(640x256, 3 detections\) -> /tmp/cam0.jpg", out)  # snapshot
         assert cv2.imread(str(snapshot)).shape == (256, 640, 3)
