@@ -725,3 +725,12 @@ def test_the_page_in_chromium(served, video, expected):
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         shot = b.screenshot(str(ARTIFACTS / "http_page.png"), full_page=True)
         assert os.path.getsize(shot) > 20_000
+        # a file that is not an image: its error, and not the last picture with its boxes beside it
+        not_image = ARTIFACTS / "not-an-image.txt"
+        not_image.write_text("not an image\n")
+        b.set_files("#file", [str(not_image)])
+        b.click("#infer-btn")
+        b.wait_for("document.querySelector('#infer-result').dataset.status === '400'", timeout=30)
+        assert b.eval("document.querySelector('#upload-view').width") == 0
+        assert b.eval("document.querySelectorAll('#upload-results tbody tr').length") == 0
+        assert "400" in b.eval("document.querySelector('#upload-timing').textContent")

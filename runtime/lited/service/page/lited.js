@@ -214,6 +214,12 @@ function drawBoxes(canvas, bitmap, result) {
   }
 }
 
+function clearUpload() {
+  const view = $("#upload-view");
+  view.width = view.height = 0;
+  $("#upload-results tbody").replaceChildren();
+}
+
 $("#infer-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   const file = $("#file").files[0];
@@ -229,6 +235,7 @@ $("#infer-form").addEventListener("submit", async (e) => {
     resp = await fetch("/v1/infer", { method: "POST", body: form });
     body = await resp.json();
   } catch (err) {
+    clearUpload();
     out.textContent = String(err);
     out.dataset.status = "error";
     return;
@@ -236,7 +243,7 @@ $("#infer-form").addEventListener("submit", async (e) => {
   out.textContent = JSON.stringify(body, null, 1);
   const rows = $("#upload-results tbody");
   if (!resp.ok) {
-    rows.replaceChildren();
+    clearUpload();  // not the last image's picture and boxes beside this one's error
     text($("#upload-timing"), `${resp.status}: ${body.error ? body.error.message : ""}`);
     $("#upload-timing").className = "error";
     out.dataset.status = String(resp.status);
