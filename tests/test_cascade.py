@@ -132,6 +132,17 @@ def test_a_missing_stage_model_is_refused_before_loading(ocr_copy):
 
 # -- crops ----------------------------------------------------------------------
 
+def test_the_self_test_checks_what_the_cascade_reads(ocr_copy):
+    """A bundle whose recognizer reads other text than its golden result says
+    (shifted labels, another model) must fail its self-test: the installer
+    switches to a bundle only after it passes."""
+    def misread(m: dict) -> None:
+        m["golden"]["expected"]["detections"][0]["text"] = "something else"
+    edit(ocr_copy, misread)
+    proc = lited("selftest", "--bundle", str(ocr_copy))
+    assert proc.returncode == 1 and "'something else' expected" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
 def test_quad_crop_turns_a_tilted_line_upright():
     page = np.full((200, 400, 3), 255, np.uint8)
     cv2.putText(page, "tilted text", (60, 110), cv2.FONT_HERSHEY_SIMPLEX, 1.2, (0, 0, 0), 2, cv2.LINE_AA)

@@ -22,11 +22,13 @@ def compare(result: dict, expected: dict, tolerance: dict | None = None) -> list
         unmatched = list(got)
         for w in want:
             match = next((g for g in unmatched if _close(g, w, tol)), None)
+            where = f" at {[round(v) for v in w['box']]}" if "box" in w else ""
             if match is None:
-                where = f" at {[round(v) for v in w['box']]}" if "box" in w else ""
                 problems.append(f"{key}: expected {w['label']} {w['score']:.2f}{where} not found")
-            else:
-                unmatched.remove(match)
+                continue
+            unmatched.remove(match)
+            if "text" in w and match.get("text") != w["text"]:  # a cascade's recognizer read it otherwise
+                problems.append(f"{key}: {w['label']}{where}: {match.get('text')!r} read, {w['text']!r} expected")
     if "text" in expected and result.get("text") != expected["text"]:  # a text recognizer's reading
         problems.append(f"text: {result.get('text')!r} read, {expected['text']!r} expected")
     return problems
