@@ -364,6 +364,16 @@ def test_unsafe_sources_are_refused_and_change_nothing(prefix: Prefix, sdk: Sdk,
     refused(run_install(prefix, big), "refused", f"'{NAME}/huge.bin': uncompressed size passes 2048 MiB")
     (tmp_path / "junk.zip").write_text("not a zip")
     refused(run_install(prefix, tmp_path / "junk.zip"), "refused", "not a zip file")
+    # An entry damaged inside the zip (a byte flipped on the way): named, not zlib's words alone.
+    damaged = write_zip(tmp_path / "damaged.zip", [*good, (f"{NAME}/filler.bin", os.urandom(1 << 16), REGULAR)])
+    with zipfile.ZipFile(damaged) as zf:
+        info = zf.getinfo(f"{NAME}/filler.bin")
+    data = bytearray(damaged.read_bytes())
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data[start + info.compress_size // 2] ^= 0xFF
+    damaged.write_bytes(data)
+    refused(run_install(prefix, damaged), "refused", "damaged.zip: entry 'filler.bin': damaged in the zip")
+    assert snapshot(prefix) == before
 
     # A directory is checked the same way: no links, hard links or special files.
     for case, make in {"symlink": lambda d: (d / "passwd").symlink_to("/etc/passwd"),
@@ -385,6 +395,18 @@ def test_p09_help_is_usage_on_stdout_and_bad_usage_exits_2(checkout: Path) -> No
     result = subprocess.run([str(installer), "--bogus"], capture_output=True, text=True, env=ENV, timeout=30)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("install_sdk: unknown option --bogus\nInstall an SDK bundle")
+    for args, message in ((["--python", "/nonexistent", "x.zip"], "--python /nonexistent: no such program"),
+                          (["--instance", "../x", "x.zip"], "--instance ../x: letters, digits"),
+                          (["--instance", "", "x.zip"], "--instance: empty"),
+                          (["--wheels", "/nonexistent", "x.zip"], "--wheels /nonexistent: no such directory"),
+                          (["--paddlelite-wheel", "/no.whl", "x.zip"], "--paddlelite-wheel /no.whl: no such file"),
+                          (["--timeout", "abc", "x.zip"], "--timeout abc: whole seconds above 0"),
+                          (["--timeout", "-5", "x.zip"], "--timeout -5: whole seconds above 0"),
+                          (["--rollback", "../b"], "--rollback ../b: not a bundle name"),
+                          (["x.zip", "--prefix"], "--prefix: needs a value")):
+        result = subprocess.run([str(installer), *args], capture_output=True, text=True, env=ENV, timeout=30)
+        assert result.returncode == 2 and result.stderr == f"install_sdk: error: {message}" + \
+            result.stderr.split(message, 1)[-1] and result.stderr.count("\n") == 1, (args, result.stderr)
 
 
 def test_p09_a_bad_zip_is_refused_before_the_runtime_and_units_are_touched(tmp_path: Path, checkout: Path) -> None:

@@ -34,21 +34,25 @@ say() { echo "install_sdk: $*"; }
 die() { echo "install_sdk: error: $*" >&2; exit 1; }
 help() { sed -n '2,26s/^# \{0,1\}//p' "$0"; }
 usage() { help >&2; exit 2; }
+bad() { echo "install_sdk: error: $*" >&2; exit 2; }   # bad usage: one line, exit 2
 
 prefix=/ use_systemctl=1 rollback_name="" wheels="" paddle_wheel="" python="" instance="" timeout=120 src=""
 board=detect selftest=1 engines=""
 while [ $# -gt 0 ]; do
     case $1 in
         --prefix|--rollback|--wheels|--paddlelite-wheel|--python|--instance|--timeout|--board|--engines)
-            [ $# -ge 2 ] || usage
+            [ $# -ge 2 ] || bad "$1: needs a value"
+            [ -n "$2" ] || bad "$1: empty"
             case $1 in
                 --prefix) prefix=$2 ;;
                 --rollback) rollback_name=$2 ;;
-                --wheels) wheels=$(cd "$2" && pwd) || die "--wheels $2: no such directory" ;;
-                --paddlelite-wheel) paddle_wheel=$(realpath -e "$2") || die "--paddlelite-wheel $2: no such file" ;;
-                --python) python=$2 ;;
+                --wheels) [ -d "$2" ] || bad "--wheels $2: no such directory"; wheels=$(cd "$2" && pwd) ;;
+                --paddlelite-wheel) [ -f "$2" ] || bad "--paddlelite-wheel $2: no such file"
+                                    paddle_wheel=$(realpath -e "$2") ;;
+                --python) command -v -- "$2" >/dev/null || bad "--python $2: no such program"; python=$2 ;;
                 --instance) instance=$2 ;;
-                --timeout) timeout=$2 ;;
+                --timeout) [[ $2 =~ ^[0-9]+$ ]] && [ "$2" -gt 0 ] || bad "--timeout $2: whole seconds above 0"
+                           timeout=$2 ;;
                 --board) board=$2 ;;
                 --engines) engines=$2 ;;
             esac
@@ -66,7 +70,8 @@ if [ -n "$wheels" ]; then
     lited_wheel=$(find "$wheels" -maxdepth 1 -name 'lited-*.whl' | sort -V | tail -n 1)
     [ -n "$lited_wheel" ] || die "--wheels $wheels: no lited-*.whl in it"
 fi
-case $instance in *[!A-Za-z0-9_.-]*) die "--instance $instance: letters, digits, '.', '_', '-' only" ;; esac
+case $instance in *[!A-Za-z0-9_.-]*|.*) bad "--instance $instance: letters, digits, '.', '_', '-' only, not starting with '.'" ;; esac
+case $rollback_name in *[!A-Za-z0-9_.-]*|.*) bad "--rollback $rollback_name: not a bundle name" ;; esac
 extras="" engine_modules=""
 for engine in ${engines//,/ }; do
     case $engine in
@@ -146,7 +151,11 @@ quiet() {
 }
 helper() { PYTHONPATH="$repo/runtime${PYTHONPATH:+:$PYTHONPATH}" "$venv/bin/python" "$here/sdk_unpack.py" "$@"; }
 # sdk_unpack.py check needs only the standard library: it runs before the runtime exists.
-check_helper() { PYTHONPATH="$repo/runtime${PYTHONPATH:+:$PYTHONPATH}" "$(find_python)" "$here/sdk_unpack.py" "$@"; }
+check_helper() {
+    local py
+    py=$(find_python) || exit 1   # find_python said why
+    PYTHONPATH="$repo/runtime${PYTHONPATH:+:$PYTHONPATH}" "$py" "$here/sdk_unpack.py" "$@"
+}
 
 # --- runtime -----------------------------------------------------------------
 

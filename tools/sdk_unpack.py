@@ -40,6 +40,7 @@ import struct
 import sys
 import time
 import zipfile
+import zlib
 from pathlib import Path
 
 from lited.validate import name_problem, version_problem
@@ -277,7 +278,10 @@ def unpack(src: Source, dest: Path) -> int:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         with src.open(rel) as fin, os.fdopen(fd, "wb") as fout:
             while True:
-                chunk = fin.read(CHUNK)
+                try:
+                    chunk = fin.read(CHUNK)
+                except (zipfile.BadZipFile, zlib.error, EOFError) as exc:  # damaged in the zip: name the entry
+                    raise Refused(f"entry {rel!r}: damaged in the zip ({exc})") from None
                 if not chunk:
                     break
                 written += len(chunk)
