@@ -419,6 +419,27 @@ def test_p09_a_bad_zip_is_refused_before_the_runtime_and_units_are_touched(tmp_p
     assert not (root / "opt").exists() and not (root / "etc").exists()
 
 
+def test_a_venv_of_another_python_is_made_anew(tmp_path: Path, checkout: Path, sdk: Sdk) -> None:
+    """A run with --python of a version Paddle Lite has no wheel for fails at pip and leaves that
+    venv; the next run, with the right interpreter, makes the venv anew instead of failing on it."""
+    other = shutil.which("python3.11") or "/usr/bin/python3"
+    right = f"{Path(sys.base_prefix).resolve()}/bin/python3.10"
+    version = "import sys; print(sys.version_info[:2])"
+    versions = [subprocess.run([p, "-c", version], capture_output=True, text=True).stdout for p in (other, right)]
+    if versions[0] == versions[1]:
+        pytest.skip(f"{other} is Python 3.10 too: no other version here")
+    root = make_prefix(tmp_path / "root", checkout)
+    venv = root / "opt/lited/venv"
+    subprocess.run([other, "-m", "venv", str(venv)], check=True)  # the failed run's leftover
+    wheels = tmp_path / "wheels"  # offline, and a lited wheel pip refuses: the run stops right after the venv
+    wheels.mkdir()
+    (wheels / "lited-0.0.0-py3-none-any.whl").write_bytes(b"not a wheel")
+    result = run_install(root, "--wheels", wheels, "--python", right, sdk.zip("1.0.0"))
+    assert result.returncode == 1 and "pip install from" in result.stderr, result.stdout + result.stderr
+    made = subprocess.run([str(venv / "bin/python"), "-c", version], capture_output=True, text=True).stdout
+    assert made == versions[1], (made, versions)
+
+
 def test_p09_after_an_install_it_says_what_to_do_next(first_install: FirstInstall) -> None:
     root = first_install.prefix
     last = first_install.result.stdout.splitlines()[-1]

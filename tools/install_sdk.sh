@@ -206,7 +206,10 @@ install_runtime() {
     esac
     py=$(find_python)
     say "runtime: installing ${want% *} into $venv (pip: a minute or more)..."
-    if ! "$venv/bin/python" -c '' 2>/dev/null; then
+    local pyver='import sys; print(sys.version_info[:2])'
+    # No venv, or one of another Python (a run that failed with --python of another version left it):
+    # made anew, so the next run with the right interpreter is not stuck on it.
+    if ! "$venv/bin/python" -c '' 2>/dev/null || [ "$("$venv/bin/python" -c "$pyver")" != "$("$py" -c "$pyver")" ]; then
         quiet "creating $venv" "$py" -m venv --clear "$venv"
     fi
     had_lited=$("$venv/bin/python" -c 'import lited' 2>/dev/null && echo 1 || echo 0)
