@@ -334,6 +334,7 @@ def test_upgrade_flips_current_and_previous_and_rollback_returns(prefix: Prefix,
     lines = install_ok(prefix, "--instance", "cam9", sdk.zip("1.2.0"))
     assert f"install_sdk: bundle: {NAME} 1.2.0 already installed ({prefix}/{BUNDLES}/current)" in lines
     assert read_config_file(prefix / "etc/lited/cam9.conf") == {"models": {NAME: CONFIG_PATH}, "streams": []}
+    assert lines[-1].endswith("`lited ctl --config /etc/lited/cam9.conf status` shows what is served"), lines[-1]
 
 
 def test_unsafe_sources_are_refused_and_change_nothing(prefix: Prefix, sdk: Sdk, tmp_path: Path) -> None:

@@ -465,7 +465,9 @@ if [ "$already" = 0 ]; then
 fi
 say "done: $name $version"
 if [ "$streams" = 0 ]; then
+    status="lited ctl status"   # reads /etc/lited/lited.conf: an instance's daemon needs its own
+    [ -z "$instance" ] || status="lited ctl --config /etc/lited/$instance.conf status"
     say "next: no stream uses $name yet: add one to $conf (docs/config.md), check it with" \
         "\`lited config check --config $conf\`, then \`systemctl reload $unit\`;" \
-        "\`lited ctl status\` shows what is served"
+        "\`$status\` shows what is served"
 fi
