@@ -719,6 +719,8 @@ def _device_problem(value: Any) -> Optional[str]:
     return name_problem(value)
 
 
+# the uplink's credential files -> how messages name their fields
+UPLINK_FILES = {key: f"uplink.{key}" for key in ("password_file", "ca", "cert", "key")}
 _ack_problem = _one_of(lambda: UPLINK_ACK_MODES)
 _attach_problem = _one_of(lambda: UPLINK_ATTACH)
 
@@ -813,20 +815,20 @@ def parse_uplink(c: Checker, section: Optional[UplinkSection], state_dir: Path, 
     from lited.mqtt_link import BrokerSettings, LinkError, file_problem
 
     files = {}
-    for key in ("password_file", "ca", "cert", "key"):
+    for key, named in UPLINK_FILES.items():
         value = getattr(section, key)
         if value is not None:
             value = value if os.path.isabs(value) else str((base / value).resolve())
             problem = file_problem(value)
             if problem:
-                c.add(p + key, f"{value}: {problem}")
+                c.add(named, f"{value}: {problem}")
         files[key] = value
     if (files["cert"] is None) != (files["key"] is None):
         c.add(p + ("key" if files["key"] is None else "cert"), "cert and key go together")
     if len(c.problems) == before:  # the files are there: read them as TLS will (not PEM, a key of another cert)
         try:
             BrokerSettings(section.broker, files["ca"], files["cert"], files["key"], None, files["password_file"],
-                           names={key: p + key for key in files}).check()
+                           names=UPLINK_FILES).check()
         except LinkError as exc:
             c.add(exc.field or p + "broker", exc.detail)
     if section.outbox.dir:

@@ -124,6 +124,10 @@ def _ssl_words(exc: "BaseException | str") -> str:
     return text.split("] ", 1)[-1].split(" (_ssl.c", 1)[0]
 
 
+def _handshake_refused(words: str) -> str:
+    return f"TLS: the broker refused the handshake: {words} (check cert and key, and the broker's log)"
+
+
 def connect_problem(exc: BaseException) -> str:
     """One line for why a connection attempt failed (paho retries and keeps
     the exception to itself): what a user checks first."""
@@ -135,9 +139,7 @@ def connect_problem(exc: BaseException) -> str:
         words = _ssl_words(exc)
         if getattr(exc, "reason", "") in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
             return f"TLS: {words} (an mqtt:// port given as mqtts://?)"
-        if "alert" in words:
-            return f"TLS: the broker refused the handshake: {words} (check cert and key, and the broker's log)"
-        return f"TLS: {words}"
+        return _handshake_refused(words) if "alert" in words else f"TLS: {words}"
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve the host: {exc.strerror}"
     if isinstance(exc, OSError) and exc.errno:
@@ -169,8 +171,7 @@ class ConnectWatch:
     def _log(self, client: Any, userdata: Any, level: int, text: str) -> None:
         if level == self._error_level and text.startswith(self.READ_FAILED):
             words = _ssl_words(text[len(self.READ_FAILED):])
-            self._set(f"TLS: the broker refused the handshake: {words} (check cert and key, and the broker's log)"
-                      if "alert" in words else words)
+            self._set(_handshake_refused(words) if "alert" in words else words)
 
     def _attempt(self) -> Any:
         try:

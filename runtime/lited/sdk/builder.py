@@ -168,12 +168,13 @@ def _build(opts: Options, workdir: Path, timings: dict) -> dict:
     _preflight(opts, opt, judge, host)
     fields = import_configs(opts.configs)
     _check_fields(fields, opts.configs)
+    configs = ", ".join(Path(c).name for c in opts.configs)  # how messages name the configs
     problems = config_problems(fields)  # before minutes of conversion
     if problems:
-        raise BuildError(f"{', '.join(Path(c).name for c in opts.configs)}: {'; '.join(problems)}")
+        raise BuildError(f"{configs}: {'; '.join(problems)}")
     names = labels.LabelFile(opts.labels, origin="--labels").read() if opts.labels \
         else labels.resolve(fields.get("labels"))
-    names_from = f"--labels {opts.labels}" if opts.labels else labels.origin(fields.get("labels"), ", ".join(Path(c).name for c in opts.configs))
+    names_from = f"--labels {opts.labels}" if opts.labels else labels.origin(fields.get("labels"), configs)
     name = _name(opts, fields)
     version = str(opts.version or fields.get("version") or "1.0.0")
     problem = version_problem(version)
@@ -189,7 +190,7 @@ def _build(opts: Options, workdir: Path, timings: dict) -> dict:
         image = next(spec for spec in inputs if "fill" not in spec)["shape"]
         size = tuple(image[2:4]) if fields["preprocess"].get("layout", "NCHW") == "NCHW" else tuple(image[1:3])
         decoder = complete_gfl(decoder, paddle_model.read_output_shapes(model), None if -1 in size else size,
-                               ", ".join(Path(c).name for c in opts.configs))
+                               configs)
 
     root = bundle_writer.prepare_dir(opts.keep_dir or workdir / "bundle" / name)
     nbs = {}

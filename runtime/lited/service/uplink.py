@@ -33,7 +33,7 @@ import numpy as np
 
 from lited import __version__
 from lited import uplink_protocol as up
-from lited.config import UplinkConfig
+from lited.config import UPLINK_FILES, UplinkConfig
 from lited.crops import crop_rect, encode_jpeg
 from lited.mqtt_link import BrokerSettings, ConnectWatch, connect_async, make_client, publish_properties
 from lited.protocol import ProtocolError
@@ -59,10 +59,7 @@ Call = Callable[[str, dict, Callable[[Any, Optional[ProtocolError]], None]], Non
 
 def settings_of(cfg: UplinkConfig) -> BrokerSettings:
     return BrokerSettings(cfg.broker, cfg.ca, cfg.cert, cfg.key, cfg.username, cfg.password_file, cfg.keepalive,
-                          names=FIELD_NAMES)
-
-
-FIELD_NAMES = {key: f"uplink.{key}" for key in ("ca", "cert", "key", "password_file")}
+                          names=UPLINK_FILES)
 
 
 class Uplink:
