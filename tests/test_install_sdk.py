@@ -323,12 +323,30 @@ def test_upgrade_flips_current_and_previous_and_rollback_returns(prefix: Prefix,
     # The same version with other content is refused: versions must mean something.
     before = snapshot(prefix)
     other = sdk.zip("1.2.0", tolerance={"box_px": 8, "score": 0.05})
-    refused(run_install(prefix, other), "1.2.0 is installed (current) with a different manifest")
+    refused(run_install(prefix, other), "1.2.0 is installed (current) with a different manifest.json")
+    # in a file the manifest does not seal too: labels change what every result says
+    labels = (prefix / BUNDLES / "1.2.0/labels.txt").read_bytes()
+    other = sdk.zip("1.2.0", extra={"labels.txt": labels.replace(b"face", b"head")})
+    assert b"face" in labels
+    refused(run_install(prefix, other), "1.2.0 is installed (current) with a different labels.txt: "
+                                        "give the new bundle a new version (nothing changed)")
+    refused(run_install(prefix, sdk.zip("1.2.0", extra={"NOTES.txt": b"x"})), "with a file more (NOTES.txt)")
     # previous too: a rollback must land on what was installed under that version
     other = sdk.zip("1.1.0", tolerance={"box_px": 8, "score": 0.05})
     refused(run_install(prefix, other), "1.1.0 is installed (previous) with a different manifest")
     refused(run_install(prefix, "--rollback", "nothing"), "nothing is not installed")
     assert snapshot(prefix) == before
+
+    # Older versions install too, and say so; previous given again is unpacked anew.
+    lines = install_ok(prefix, sdk.zip("1.1.0"))
+    assert "install_sdk: bundle: 1.1.0 is the previous version: it becomes current again " \
+           f"(--rollback {NAME} does that without unpacking)" in lines
+    lines = install_ok(prefix, sdk.zip("1.0.10"))
+    assert "install_sdk: bundle: 1.0.10 is older than current 1.1.0: a downgrade" in lines
+    assert links(prefix) == {"current": "1.0.10", "previous": "1.1.0"}
+    lines = install_ok(prefix, sdk.zip("1.2.0"))
+    assert not any("downgrade" in line for line in lines), lines
+    assert links(prefix) == {"current": "1.2.0", "previous": "1.0.10"}
 
     # lited@cam9.service: its own config; the bundle (shared by name) is there already.
     lines = install_ok(prefix, "--instance", "cam9", sdk.zip("1.2.0"))
@@ -441,14 +459,76 @@ def test_a_venv_of_another_python_is_made_anew(tmp_path: Path, checkout: Path, s
     assert made == versions[1], (made, versions)
 
 
+def test_a_rerun_prunes_what_a_killed_run_left_and_says_what_it_leaves(prefix: Prefix, sdk: Sdk) -> None:
+    """A run killed between its flip and its prune leaves an older version: the next run, though
+    the bundle is already installed, prunes it. A `lited` on PATH that is not ours, and a --python
+    the installed runtime is not made with, are left, each with a line."""
+    install_ok(prefix, sdk.zip("1.0.0"))
+    install_ok(prefix, sdk.zip("1.1.0"))
+    shutil.copytree(prefix / BUNDLES / "1.0.0", prefix / BUNDLES / "0.9.0")  # what the killed run left
+    command = prefix / "usr/local/bin/lited"
+    command.unlink()
+    command.write_text("#!/bin/sh\necho another lited\n")
+    other = shutil.which("python3.11") or "/usr/bin/python3"
+    version = "import sys; print('%d.%d' % sys.version_info[:2])"
+    other_version = subprocess.run([other, "-c", version], capture_output=True, text=True).stdout.strip()
+    lines = install_ok(prefix, "--python", other, sdk.zip("1.1.0"))
+    assert f"install_sdk: bundle: {NAME} 1.1.0 already installed ({prefix}/{BUNDLES}/current)" in lines
+    assert f"install_sdk: pruned: {NAME} 0.9.0" in lines
+    assert sorted(p.name for p in (prefix / BUNDLES).iterdir() if not p.name.startswith(".")) == \
+        ["1.0.0", "1.1.0", "current", "previous"]
+    assert f"install_sdk: runtime: {prefix}/usr/local/bin/lited is not lited's link (left as it is): " \
+           "run /opt/lited/venv/bin/lited for lited" in lines
+    assert command.read_text() == "#!/bin/sh\necho another lited\n"
+    if other_version != "3.10":
+        assert f"install_sdk: runtime: lited 0.1.0 already installed in {prefix}/opt/lited/venv (Python 3.10; " \
+               f"--python {other} not used: remove {prefix}/opt/lited/venv to change it)" in lines, lines
+
+
+CONFIG_EDITS = [  # (the user's config, what the installer leaves): only the model is added
+    ("# mine\nstreams: []  # none yet\n", "# mine\nstreams: []  # none yet\nmodels:\n  m: /var/m\n"),
+    ("models:\nstreams: []\n", "models:\n  m: /var/m\nstreams: []\n"),
+    ("models:  # the bundles\n    det: /srv/det  # mine\n", "models:  # the bundles\n    m: /var/m\n    det: /srv/det  # mine\n"),
+    ('{"models": {"det": "/srv/det"}, "streams": []}\n', '{"models": {"det": "/srv/det", "m": "/var/m"}, "streams": []}\n'),
+    ('{\n    "streams": []\n}\n', '{\n    "streams": [],\n    "models": {\n        "m": "/var/m"\n    }\n}\n'),
+]
+
+
+@pytest.mark.parametrize("before,after", CONFIG_EDITS)
+def test_the_config_gets_the_model_and_keeps_its_layout(tmp_path: Path, before: str, after: str) -> None:
+    """What install_sdk.sh runs on an existing config (tools/sdk_unpack.py config)."""
+    conf = tmp_path / ("lited.conf")
+    conf.write_text(before)
+    out = subprocess.run([sys.executable, str(ROOT / "tools/sdk_unpack.py"), "config", str(conf), "m", "/var/m"],
+                         capture_output=True, text=True, env={**ENV, "PYTHONPATH": str(ROOT / "runtime")}, timeout=60)
+    assert (out.returncode, out.stdout, out.stderr) == (0, f"added 0 added model m to {conf}\n", "")
+    assert conf.read_text() == after
+
+
+def test_a_config_the_model_cannot_be_added_to_is_named_once(tmp_path: Path) -> None:
+    conf = tmp_path / "lited.conf"
+    for text, why in (("models: [det]\n", "'models' is not a mapping; fix it or move it away"),
+                      ("models: {det: /srv/det}\n", "add `m: /var/m` under models: by hand")):
+        conf.write_text(text)
+        out = subprocess.run([sys.executable, str(ROOT / "tools/sdk_unpack.py"), "config", str(conf), "m", "/var/m"],
+                             capture_output=True, text=True, env={**ENV, "PYTHONPATH": str(ROOT / "runtime")}, timeout=60)
+        assert out.returncode == 1 and out.stderr.startswith(f"{conf}: ") and out.stderr.count(str(conf)) == 1, out.stderr
+        assert why in out.stderr and conf.read_text() == text
+
+
 def test_p09_after_an_install_it_says_what_to_do_next(first_install: FirstInstall) -> None:
     root = first_install.prefix
     last = first_install.result.stdout.splitlines()[-1]
+    # Under --prefix the config names the board's paths: the check it names is the board's, and the
+    # service was not started (--no-systemctl), so a reload alone would not start it.
     assert last == (f"install_sdk: next: no stream uses {NAME} yet: add one to {root}/etc/lited/lited.conf "
-                    f"(docs/config.md), check it with `lited config check --config {root}/etc/lited/lited.conf`, "
-                    "then `systemctl reload lited.service`; `lited ctl status` shows what is served")
-    # and the config it points to says how, in comments, and passes the check it names
-    assert "# streams:\n#   - name: cam0\n" in (root / "etc/lited/lited.conf").read_text()
+                    "(docs/config.md), on the board, check it with `lited config check --config "
+                    "/etc/lited/lited.conf`, then `systemctl enable lited.service` and "
+                    "`systemctl reload-or-restart lited.service`; `lited ctl status` shows what is served")
+    # and the config it points to says how, in comments, naming its path on the board
+    text = (root / "etc/lited/lited.conf").read_text()
+    assert "# streams:\n#   - name: cam0\n" in text
+    assert "#   lited config check --config /etc/lited/lited.conf\n" in text, text
     check = subprocess.run([str(root / "opt/lited/venv/bin/lited"), "config", "check", "--config",
                             str(root / "etc/lited/lited.conf")], capture_output=True, text=True, timeout=60)
     assert check.returncode == 2  # its bundle path is /var/lib/..., as on the board, not under the prefix

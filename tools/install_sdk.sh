@@ -194,8 +194,13 @@ runtime_id() {
 install_runtime() {
     local want had_lited py
     want=$(runtime_id)
+    local pyver='import sys; print("%d.%d" % sys.version_info[:2])'
     if [ "$(cat "$venv/.lited-install" 2>/dev/null)" = "$want" ] && "$venv/bin/python" -c 'import lited' 2>/dev/null; then
-        say "runtime: ${want% *} already installed in $venv"
+        local unused=""   # a working runtime is not replaced for another interpreter: say so
+        if [ -n "$python" ] && [ "$("$python" -c "$pyver" 2>/dev/null)" != "$("$venv/bin/python" -c "$pyver")" ]; then
+            unused=" (Python $("$venv/bin/python" -c "$pyver"); --python $python not used: remove $venv to change it)"
+        fi
+        say "runtime: ${want% *} already installed in $venv$unused"
         return
     fi
     case $(uname -m) in
@@ -206,7 +211,6 @@ install_runtime() {
     esac
     py=$(find_python)
     say "runtime: installing ${want% *} into $venv (pip: a minute or more)..."
-    local pyver='import sys; print(sys.version_info[:2])'
     # No venv, or one of another Python (a run that failed with --python of another version left it):
     # made anew, so the next run with the right interpreter is not stuck on it.
     if ! "$venv/bin/python" -c '' 2>/dev/null || [ "$("$venv/bin/python" -c "$pyver")" != "$("$py" -c "$pyver")" ]; then
@@ -237,7 +241,10 @@ install_runtime() {
 # left alone, and a read-only /usr (an image, a container) only costs the shortcut.
 link_command() {
     local bin=$root/usr/local/bin
-    if [ -e "$bin/lited" ] && [ "$(readlink "$bin/lited")" != /opt/lited/venv/bin/lited ]; then return 0; fi
+    if [ -e "$bin/lited" ] && [ "$(readlink "$bin/lited")" != /opt/lited/venv/bin/lited ]; then
+        say "runtime: $bin/lited is not lited's link (left as it is): run /opt/lited/venv/bin/lited for lited"
+        return 0
+    fi
     { mkdir -p "$bin" && ln -sfn /opt/lited/venv/bin/lited "$bin/lited"; } 2>/dev/null \
         || say "runtime: $bin is not writable: run /opt/lited/venv/bin/lited for lited"
 }
@@ -388,13 +395,24 @@ fi
 bdir=$bundles/$name
 cur=$(readlink "$bdir/current" 2>/dev/null || true)
 prev=$(readlink "$bdir/previous" 2>/dev/null || true)
-# A version is its content: current or previous (a rollback's target) never changes under the same name.
+# A version is its content: current or previous (a rollback's target) never changes under the same
+# name, not even in a file the manifest does not seal (labels, a README).
 for kept in "$cur" "$prev"; do
-    if [ "$kept" = "$version" ] && [ "$(sha256sum <"$bdir/$version/manifest.json" | cut -d' ' -f1)" != "$manifest_sha" ]; then
-        die "$name $version is installed ($( [ "$kept" = "$cur" ] && echo current || echo previous )) with a different manifest: give the new bundle a new version (nothing changed)"
+    [ "$kept" = "$version" ] || continue
+    check_helper differs "$src" "$bdir/$version" >"$scratch/differs" 2>"$scratch/err" \
+        || die "refused: $(tail -n 1 "$scratch/err")"
+    if [ -s "$scratch/differs" ]; then
+        die "$name $version is installed ($( [ "$kept" = "$cur" ] && echo current || echo previous )) with $(cat "$scratch/differs"): give the new bundle a new version (nothing changed)"
     fi
 done
 say "bundle: $name $version checked ($nfiles files, $megabytes MB)"
+if [ -n "$cur" ] && [ "$version" != "$cur" ]; then
+    if [ "$version" = "$prev" ]; then
+        say "bundle: $version is the previous version: it becomes current again (--rollback $name does that without unpacking)"
+    elif [ "$(printf '%s\n' "$version" "$cur" | sort -V | head -n 1)" = "$version" ]; then
+        say "bundle: $version is older than current $cur: a downgrade"
+    fi
+fi
 
 install_runtime
 # With the runtime (its engines' registry needs numpy), the bundle is unpacked in scratch and loaded
@@ -407,6 +425,7 @@ link_command
 install_units
 
 conf_model_path=/var/lib/lited/bundles/$name/current
+board_conf=${conf#"$root"}   # the config's path on the board: what a command to run there names
 helper config "$conf" "$name" "$conf_model_path" --dry-run >"$scratch/out" 2>"$scratch/err" \
     || die "$(tail -n 1 "$scratch/err")"
 
@@ -442,7 +461,7 @@ else
 fi
 
 [ ! -f "$conf" ] || cp -p "$conf" "$scratch/conf.before"
-helper config "$conf" "$name" "$conf_model_path" >"$scratch/out" 2>"$scratch/err" \
+helper config "$conf" "$name" "$conf_model_path" --named "$board_conf" >"$scratch/out" 2>"$scratch/err" \
     || { failure=$(tail -n 1 "$scratch/err"); [ "$already" = 1 ] && die "$failure"; roll_back "$version"; }
 read -r config_state streams config_message <"$scratch/out"
 case $config_state in created|added) config_changed=1 ;; esac
@@ -455,19 +474,23 @@ if ! activate "$version" "$reload"; then
     if [ "$already" = 1 ]; then roll_back ""; else roll_back "$version"; fi
 fi
 
-if [ "$already" = 0 ]; then
-    for dir in "$bdir"/*/; do
-        dir=${dir%/}
-        [ -d "$dir" ] || continue
-        [ -L "$dir" ] || [ "${dir##*/}" = "$version" ] || [ "${dir##*/}" = "${prev_new:-}" ] || {
-            discard "$dir"; say "pruned: $name ${dir##*/}"; }
-    done
-fi
+# Already installed too: a run killed between its flip and here left an older version.
+[ "$already" = 0 ] || prev_new=$prev
+for dir in "$bdir"/*/; do
+    dir=${dir%/}
+    [ -d "$dir" ] || continue
+    [ -L "$dir" ] || [ "${dir##*/}" = "$version" ] || [ "${dir##*/}" = "${prev_new:-}" ] || {
+        discard "$dir"; say "pruned: $name ${dir##*/}"; }
+done
 say "done: $name $version"
 if [ "$streams" = 0 ]; then
     status="lited ctl status"   # reads /etc/lited/lited.conf: an instance's daemon needs its own
     [ -z "$instance" ] || status="lited ctl --config /etc/lited/$instance.conf status"
-    say "next: no stream uses $name yet: add one to $conf (docs/config.md), check it with" \
-        "\`lited config check --config $conf\`, then \`systemctl reload $unit\`;" \
+    apply="\`systemctl reload $unit\`"   # it was started or reloaded above
+    [ "$use_systemctl" = 1 ] || apply="\`systemctl enable $unit\` and \`systemctl reload-or-restart $unit\`"
+    where=""   # under --prefix the config names the board's paths: check it there
+    [ -z "$root" ] || where="on the board, "
+    say "next: no stream uses $name yet: add one to $conf (docs/config.md), ${where}check it with" \
+        "\`lited config check --config $board_conf\`, then $apply;" \
         "\`$status\` shows what is served"
 fi

@@ -7,8 +7,11 @@
                                         daemon would (every manifest problem, the golden image, this
                                         machine's target and model checksums)
     sdk_unpack.py unpack SRC DEST       check again, then copy the bundle's files into the empty DEST
-    sdk_unpack.py config CONF MODEL PATH [--dry-run]
+    sdk_unpack.py differs SRC DIR       prints how SRC's files differ from the installed DIR's (the first
+                                        difference, e.g. `a different cls_labels.txt`), nothing when the same
+    sdk_unpack.py config CONF MODEL PATH [--dry-run] [--named BOARD_PATH]
                                         make sure the daemon config names MODEL; prints STATE STREAMS MESSAGE
+                                        (a new config's header names it as BOARD_PATH: --prefix)
                                         (STATE created/added/present/other, STREAMS: how many streams use MODEL)
     sdk_unpack.py wait --config CONF --runtime-dir DIR --model M --version V --since TS [--timeout S] [--reloaded]
                                         until the running daemon serves M at V (V '-': M is gone)
@@ -21,7 +24,7 @@ fifo or socket, is encrypted or duplicated, or if the entries pass the
 limits below. Files are written 0644 and directories 0755 whatever the zip
 says (the daemon's user must read them; nothing in a bundle is executable).
 
-check (without --unpack-to) and unpack need only the standard library and lited.validate
+check (without --unpack-to), unpack and differs need only the standard library and lited.validate
 (itself standard library only: install_sdk.sh puts the checkout's runtime/ on
 PYTHONPATH), so a bundle is checked before the runtime is installed;
 `check --unpack-to` (lited.bundle: the engines' registry needs numpy), `config` (YAML)
@@ -265,6 +268,36 @@ def cmd_unpack(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_chunk(fh, rel: str) -> bytes:
+    """The next chunk of entry `rel`; Refused naming it when it is damaged in the zip."""
+    try:
+        return fh.read(CHUNK)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise Refused(f"entry {rel!r}: damaged in the zip ({exc})") from None
+
+
+def cmd_differs(args: argparse.Namespace) -> int:
+    """A version is its content: what a same-version source would change, if anything."""
+    src, installed = Source(args.src), Path(args.dir)
+    have = {p.relative_to(installed).as_posix() for p in installed.rglob("*") if p.is_file()}
+    for rel in sorted(set(src.files) | have, key=lambda r: (r != "manifest.json", r)):
+        if rel not in have:
+            print(f"a file more ({rel})")
+            return 0
+        if rel not in src.files:
+            print(f"a file less ({rel})")
+            return 0
+        with src.open(rel) as new, open(installed / rel, "rb") as old:
+            while True:
+                chunk = read_chunk(new, rel)
+                if chunk != old.read(len(chunk) or 1):
+                    print(f"a different {rel}")
+                    return 0
+                if not chunk:
+                    break
+    return 0
+
+
 def unpack(src: Source, dest: Path) -> int:
     """Copy the bundle's files into the empty `dest`, synced; the bytes written."""
     if any(dest.iterdir()):
@@ -278,10 +311,7 @@ def unpack(src: Source, dest: Path) -> int:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         with src.open(rel) as fin, os.fdopen(fd, "wb") as fout:
             while True:
-                try:
-                    chunk = fin.read(CHUNK)
-                except (zipfile.BadZipFile, zlib.error, EOFError) as exc:  # damaged in the zip: name the entry
-                    raise Refused(f"entry {rel!r}: damaged in the zip ({exc})") from None
+                chunk = read_chunk(fin, rel)
                 if not chunk:
                     break
                 written += len(chunk)
@@ -348,6 +378,15 @@ def _with_model_yaml(text: str, config: dict, model: str, path: str) -> str:
     return new
 
 
+def _json_like(text: str, config: dict) -> str:
+    """`config` as JSON laid out as `text` was: one line stays one line, else its indent."""
+    lines = text.strip().splitlines()
+    if len(lines) == 1:
+        return json.dumps(config, ensure_ascii=False) + "\n"
+    indent = len(lines[1]) - len(lines[1].lstrip(" ")) or 2
+    return json.dumps(config, indent=indent, ensure_ascii=False) + "\n"
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     """Add MODEL -> PATH to CONF (written whole to a temp file, then renamed);
     never touches streams or a model that the user pointed elsewhere. A new
@@ -361,9 +400,10 @@ def cmd_config(args: argparse.Namespace) -> int:
             config = read_config_file(conf)
         except ConfigError as exc:
             raise Refused(f"{str(exc).split(': ', 1)[1]}; fix it or move it away") from None
-        models = config.get("models") if isinstance(config, dict) else None
-        if not isinstance(models, dict):
-            raise Refused(f"{conf}: no 'models' mapping; fix it or move it away")
+        models = config.get("models") if isinstance(config, dict) else []
+        models = {} if models is None else models  # no models: yet (or `models:` empty): it gets one
+        if not isinstance(models, dict):  # (main names the file)
+            raise Refused("'models' is not a mapping; fix it or move it away")
         streams = _streams_using(config, args.model)
         if args.model in models:
             entry = models[args.model]
@@ -376,14 +416,14 @@ def cmd_config(args: argparse.Namespace) -> int:
         text = conf.read_text(encoding="utf-8")
         try:
             json.loads(text)
-            new_text = json.dumps({**config, "models": {**models, args.model: args.path}}, indent=2) + "\n"
+            new_text = _json_like(text, {**config, "models": {**models, args.model: args.path}})
         except ValueError:
             new_text = _with_model_yaml(text, config, args.model, args.path)
         verb, streams = "added", _streams_using({**config, "models": {**models, args.model: args.path}}, args.model)
         message = f"added model {args.model} to {conf}"
     else:
         unit = f"lited@{conf.stem}" if conf.name != "lited.conf" else "lited"
-        new_text = NEW_CONFIG.format(conf=conf, unit=unit, model=args.model, path=args.path)
+        new_text = NEW_CONFIG.format(conf=args.named or conf, unit=unit, model=args.model, path=args.path)
         verb, streams = "created", 0
         message = f"created {conf} with model {args.model} and no streams"
     if not args.dry_run:
@@ -459,11 +499,16 @@ def main(argv: list | None = None) -> int:
     p.add_argument("src")
     p.add_argument("dest")
     p.set_defaults(func=cmd_unpack)
+    p = sub.add_parser("differs")
+    p.add_argument("src")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_differs)
     p = sub.add_parser("config")
     p.add_argument("conf")
     p.add_argument("model")
     p.add_argument("path")
     p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--named", help="the config's path on the board (under --prefix), for a new config's header")
     p.set_defaults(func=cmd_config)
     p = sub.add_parser("wait")
     p.add_argument("--config", required=True)
