@@ -279,6 +279,8 @@ def read_chunk(fh, rel: str) -> bytes:
 def cmd_differs(args: argparse.Namespace) -> int:
     """A version is its content: what a same-version source would change, if anything."""
     src, installed = Source(args.src), Path(args.dir)
+    if not installed.is_dir():
+        raise Refused(f"{installed}: missing, though current or previous names it (remove that link, then install again)")
     have = {p.relative_to(installed).as_posix() for p in installed.rglob("*") if p.is_file()}
     for rel in sorted(set(src.files) | have, key=lambda r: (r != "manifest.json", r)):
         if rel not in have:
