@@ -431,3 +431,39 @@ def test_a_stage_file_is_refused_with_its_field_path(tmp_path):
     (root / "cls_model.onnx").write_bytes(b"x")
     with pytest.raises(BundleError, match=r"cls_model\.onnx: .* \(truncated or wrong file\)"):
         load_bundle(root)
+
+
+def _int_outputs_bundle(root: Path) -> Path:
+    """A classifier whose second and third outputs are int64 and int32 (tests/data/onnx)."""
+    root.mkdir()
+    shutil.copy(Path(__file__).parent / "data" / "onnx" / "int_outputs.onnx", root / "model.onnx")
+    (root / "labels.txt").write_text("a\nb\nc\nd\ne\n")
+    manifest = {"schema": 2, "name": "int_outputs", "version": "1.0.0", "task": "classification",
+                "models": {"x86": [{"file": "model.onnx", "engines": ["onnxruntime", "openvino"]}]},
+                "inputs": [{"name": "x", "shape": [1, 3, 16, 16], "dtype": "float32"}],
+                "preprocess": {"color": "RGB", "resize": {"mode": "stretch"}, "scale": 1 / 255, "mean": [0.5] * 3,
+                               "std": [0.5] * 3},
+                "decoder": {"type": "classification", "top_k": 5, "softmax": False}, "labels": "labels.txt"}
+    (root / "manifest.json").write_text(json.dumps(seal_models(manifest, root)))
+    return root
+
+
+def test_outputs_that_are_not_float32_run_on_every_engine(tmp_path):
+    """A PaddleDetection export's row count is int32: onnxruntime bound every output as float32
+    from the second run on ("Unexpected output data type"), in the daemon's engine process too."""
+    bundle = _int_outputs_bundle(tmp_path / "b")
+    pictures = [cv2.imread(str(need_shared("images", f"{n}.png"))) for n in ("chelsea", "coffee", "astronaut")]
+    reference = None
+    for kind in NEW_ENGINES:
+        model = Model(load_bundle(bundle), engine=kind)
+        try:
+            got = [[(c["label"], round(c["score"], 4)) for c in model.infer(p)["classes"]] for p in pictures + pictures]
+        finally:
+            model.close()
+        reference = reference or got
+        assert got == reference, kind
+    run = subprocess.run([*LITED, "run", "--bundle", str(bundle), "--engine", "onnxruntime", "--json", "--frames", "6",
+                          "--source", f"images://{need_shared('images', 'chelsea.png').parent}?fps=30&loop=1"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert len(run.stdout.splitlines()) == 6 and all(json.loads(line)["classes"] for line in run.stdout.splitlines())

@@ -7,7 +7,8 @@
     engine.set_input(i, array)       # float32, C-contiguous; one copy into the backend
     engine.input_view(i, shape)      # or: a writable view of the backend's own input buffer
                                      # (None if it has none): write the input there, no copy
-    outputs = engine.run()           # list of float32 arrays owned by the engine,
+    outputs = engine.run()           # list of arrays owned by the engine (float32; an integer
+                                     # output may keep its own dtype: a PaddleDetection row count),
                                      # valid until the next run() (copied out of the backend)
     outputs = engine.run_into(inputs, outputs)  # or: read these arrays, write into those
                                      # (in place where the backend can bind memory: `zero_copy`)

@@ -94,7 +94,7 @@ class OnnxRuntimeEngine(InPlaceEngine):
         self.init_buffers([tuple(d if isinstance(d, int) else -1 for d in o.shape) for o in outs])
         self._run_options = ort.RunOptions()
         self._bindings: dict = {}          # (input pointers and shapes, output pointers) -> (IOBinding, arrays)
-        self._out_shapes: dict = {}        # input shapes -> the output shapes a run produced
+        self._out_shapes: dict = {}        # input shapes -> the (shape, dtype) of each output a run produced
         self._own_out: dict = {}           # input shapes -> engine-owned outputs (run() writes there)
         self._outputs_vary = False         # output shapes depend on the data, not only the input shapes
 
@@ -111,7 +111,7 @@ class OnnxRuntimeEngine(InPlaceEngine):
         targets: list = [None] * len(self.output_names)
         if known is not None and outputs is not None:
             for i, out in enumerate(outputs):
-                if out is not None and out.shape == known[i] and out.dtype == np.float32 \
+                if out is not None and (out.shape, out.dtype) == known[i] \
                         and out.flags.c_contiguous and out.flags.writeable:
                     targets[i] = out
         binding = self._binding(arrays, targets)
@@ -133,10 +133,11 @@ class OnnxRuntimeEngine(InPlaceEngine):
             result.append(target)
         self.ran(arrays, result)
         if not self._outputs_vary and in_shapes not in self._out_shapes:
-            shapes = self._out_shapes[in_shapes] = [r.shape for r in result]
+            # each output's dtype as the model gives it (a PaddleDetection export's row count is int32)
+            layouts = self._out_shapes[in_shapes] = [(r.shape, r.dtype) for r in result]
             if len(self._own_out) >= OWN_OUTPUT_SHAPES:
                 self._own_out.pop(next(iter(self._own_out)))
-            self._own_out[in_shapes] = [np.empty(s, np.float32) for s in shapes]
+            self._own_out[in_shapes] = [np.empty(shape, dtype) for shape, dtype in layouts]
         return result
 
     def _binding(self, arrays: list, targets: list):
@@ -153,7 +154,7 @@ class OnnxRuntimeEngine(InPlaceEngine):
                 if t is None:
                     binding.bind_output(name, "cpu")  # ORT allocates: shape not known yet, or no buffer given
                 else:
-                    binding.bind_output(name, "cpu", 0, np.float32, t.shape, t.ctypes.data)
+                    binding.bind_output(name, "cpu", 0, t.dtype, t.shape, t.ctypes.data)
             entry = self._bindings[key] = (binding, arrays, targets)
             while len(self._bindings) > MAX_BINDINGS:
                 self._bindings.pop(next(iter(self._bindings)))
