@@ -209,6 +209,30 @@ def test_bad_config_is_refused_by_name(tmp_path: Path, name: str, text: str, mes
         import_config(cfg)
 
 
+def test_a_stage_from_a_bundle_that_lists_several_files_takes_its_nb(tmp_path: Path) -> None:
+    """A bundle built from ONNX lists the ONNX (and an int8 file) beside the .nb (schema 2): as a
+    cascade stage it gives its full-precision .nb, as the docs say (it crashed the builder with
+    "'list' object has no attribute 'items'")."""
+    from lited.sdk.stages import add_stages
+
+    stage = tmp_path / "kind"
+    stage.mkdir()
+    for name in ("model.onnx", "model_x86.nb", "model_int8.onnx", "labels.txt"):
+        (stage / name).write_bytes(name.encode())
+    files = [{"file": "model_int8.onnx", "engines": ["openvino"], "precision": "int8", "expected": {}},
+             {"file": "model.onnx", "engines": ["openvino", "onnxruntime"], "sha256": "0", "size": 10},
+             {"file": "model_x86.nb", "engine": "paddle_lite", "sha256": "0", "size": 12}]
+    (stage / "manifest.json").write_text(json.dumps({
+        "schema": 2, "name": "kind", "version": "1.0.0", "task": "classification", "models": {"x86": files},
+        "inputs": [{"name": "x", "shape": [-1, 3, 32, 32], "dtype": "float32"}], "preprocess": {},
+        "decoder": {"type": "classification"}, "labels": "labels.txt"}))
+    root = tmp_path / "bundle"
+    root.mkdir()
+    [made] = add_stages([{"name": "kind", "bundle": str(stage), "batch": 4}], ["x86"], root, tmp_path)
+    assert made["models"] == {"x86": {"file": "kind_model_x86.nb", "engine": "paddle_lite"}}
+    assert (root / "kind_model_x86.nb").read_bytes() == b"model_x86.nb" and made["labels"] == "kind_labels.txt"
+
+
 def test_missing_tools_venv_tells_the_command(tmp_path: Path) -> None:
     env = {**os.environ, "LITED_TOOLS_VENV": str(tmp_path / "absent")}
     proc = subprocess.run([sys.executable, str(BUILD_SDK), "--model", "m.onnx", "--out", "x.zip"],

@@ -48,6 +48,17 @@ def _bundle_dir(source: Path, workdir: Path, index: int) -> Path:
     return found[0]
 
 
+def _paddle_lite_file(spec) -> dict:
+    """A stage takes its bundle's `.nb` only (schema 2 lists the ONNX and others beside it): the
+    target's Paddle Lite file, full precision first; a list without one gives its first file."""
+    if not isinstance(spec, list):
+        return spec
+    files = [f for f in spec if isinstance(f, dict)]
+    lite = [f for f in files if f.get("engine") == "paddle_lite" or "paddle_lite" in (f.get("engines") or ())]
+    lite.sort(key=lambda f: f.get("precision", "fp32") != "fp32")
+    return (lite or files)[0]
+
+
 def _copy(src_root: Path, rel: str, root: Path, name: str, index: int) -> str:
     src = src_root / rel
     if not src.is_file():
@@ -84,7 +95,8 @@ def add_stages(entries: list, targets: list, root: Path, workdir: Path) -> list:
                              f"{','.join(targets)}")
         stage_models = {}
         for target in targets:
-            spec = {k: v for k, v in models[target].items() if k not in ("sha256", "size")}
+            spec = {k: v for k, v in _paddle_lite_file(models[target]).items()
+                    if k not in ("sha256", "size", "expected")}
             spec["file"] = _copy(src, spec["file"], root, name, i)
             if isinstance(spec.get("params"), dict):
                 spec["params"] = {"file": _copy(src, spec["params"]["file"], root, name, i)}
