@@ -137,6 +137,19 @@ def test_a_manifest_input_shape_the_model_contradicts_is_refused_before_a_run(mu
         proc = subprocess.run([*LITED, "infer", "--engine", kind, "--bundle", str(root),
                                str(need_shared("images", "astronaut.png"))], capture_output=True, text=True)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and said in proc.stderr, proc.stderr
+    # A side the manifest leaves dynamic (a keep-ratio resize) where the model fixes it: the first
+    # image of another shape would fail inside the engine. The batch may stay dynamic.
+    manifest["inputs"][0]["shape"] = [-1, 3, -1, -1]
+    manifest["preprocess"]["resize"] = {"mode": "keep_ratio", "max_side": 320}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    for kind in NEW_ENGINES:
+        with pytest.raises(BundleError, match=r"inputs\[0\]\.shape: \[-1, 3, -1, -1\], but model.onnx "
+                                              r"\(models.x86\[0\]\) takes \[1, 3, 240, 320\]"):
+            Model(load_bundle(root), engine=kind)
+    manifest["inputs"][0]["shape"] = [-1, 3, 240, 320]
+    manifest["preprocess"]["resize"] = {"mode": "stretch"}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    Model(load_bundle(root), engine="onnxruntime").close()
 
 
 def test_an_empty_labels_file_is_refused_like_a_short_one(multi, tmp_path):

@@ -203,7 +203,9 @@ def check_input_shapes(spec: ModelSpec, engine_inputs: list, model_field: str) -
     run: a wrong shape either fails deep inside the backend or, where the
     backend resizes its input (Paddle Lite), runs and gives wrong results.
     Only what the engine declares is compared (Paddle Lite's Python API
-    declares no input shape; -1 or 0 is a dynamic dimension on either side)."""
+    declares no input shape; -1 or 0 is a dynamic dimension). A dimension the
+    manifest leaves dynamic past the batch (a keep-ratio resize) is refused
+    where the model fixes it: the first input of another size would fail."""
     where = str(spec.root / "manifest.json")
     if len(engine_inputs) != len(spec.inputs):
         raise BundleError(where, [f"{spec.where}inputs: {len(spec.inputs)} listed, but {model_field} "
@@ -213,7 +215,7 @@ def check_input_shapes(spec: ModelSpec, engine_inputs: list, model_field: str) -
         if not model_shape:
             continue
         if len(shape) != len(model_shape) or any(
-                a > 0 and b > 0 and a != b for a, b in zip(shape, model_shape)):
+                b > 0 and a != b and (a > 0 or axis > 0) for axis, (a, b) in enumerate(zip(shape, model_shape))):
             raise BundleError(where, [f"{spec.where}inputs[{i}].shape: {shape}, but {model_field} takes "
                                       f"{model_shape} (-1: any)"])
 

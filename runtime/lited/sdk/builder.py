@@ -199,13 +199,13 @@ def _build(opts: Options, workdir: Path, timings: dict) -> dict:
             nbs[target] = opt.optimize(model, target, root, fp16=opts.fp16, quant=opts.quant).name
     onnx = ir = None
     if opts.onnx and opts.model.suffix.lower() == ".onnx":
-        onnx = engine_files.copy_onnx(opts.model, root, inputs)
+        onnx, why_not = engine_files.copy_onnx(opts.model, root, inputs)
         if onnx is None and (opts.int8 or opts.openvino_ir):
-            raise BuildError(f"{opts.model.name}: its inputs are not the Paddle model's, in the same order, so it "
-                             f"cannot go in the bundle, nor an IR or int8 model made from it")
+            raise BuildError(f"{opts.model.name}: {why_not}, so it cannot go in the bundle, nor an IR or int8 "
+                             f"model made from it")
         if onnx is None:
-            _say("warning: the ONNX's inputs are not the Paddle model's, in the same order: not kept in the "
-                 "bundle (only Paddle Lite will run it)", warning=True)
+            _say(f"warning: {opts.model.name}: {why_not}: not kept in the bundle (only Paddle Lite will run it)",
+                 warning=True)
     if opts.openvino_ir and onnx:
         with _Step("OpenVINO IR", timings):
             ir = engine_files.write_ir(root)[0]

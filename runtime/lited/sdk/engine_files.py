@@ -25,19 +25,35 @@ X2PADDLE_PREFIX = "x2paddle_"
 ONNX_ENGINES = ("openvino", "onnxruntime")
 
 
-def copy_onnx(onnx_file: Path, root: Path, inputs: list) -> str | None:
-    """Copy the ONNX into the bundle when its inputs are the manifest's, in the
-    same order (engines feed inputs by position); else None, and why on stderr."""
+def copy_onnx(onnx_file: Path, root: Path, inputs: list) -> tuple:
+    """Copy the ONNX into the bundle when its inputs are the manifest's: the
+    same order (engines feed inputs by position) and every dimension the ONNX
+    fixes fixed alike (a config may make a side dynamic that only the
+    converted Paddle model takes as such). Returns (file name, None), or
+    (None, why not). Weights kept in external data files are written into
+    the one file: a bundle's model is one file (or an IR's two)."""
     import onnx
 
     model = onnx.load(str(onnx_file), load_external_data=False)
     weights = {i.name for i in model.graph.initializer}
-    names = [re.sub(r"\W", "_", i.name) for i in model.graph.input if i.name not in weights]  # as x2paddle names them
+    graph_inputs = [i for i in model.graph.input if i.name not in weights]
+    names = [re.sub(r"\W", "_", i.name) for i in graph_inputs]  # as x2paddle names them
     wanted = [spec["name"].removeprefix(X2PADDLE_PREFIX) for spec in inputs]
     if names != wanted:
-        return None
-    shutil.copyfile(onnx_file, root / ONNX_NAME)
-    return ONNX_NAME
+        return None, "its inputs are not the Paddle model's, in the same order"
+    for spec, graph_input in zip(inputs, graph_inputs):
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in graph_input.type.tensor_type.shape.dim]
+        if len(dims) != len(spec["shape"]) or any(d > 0 and d != s for d, s in zip(dims, spec["shape"])):
+            return None, f"it fixes input '{graph_input.name}' to {dims} (-1: any), the bundle's is {spec['shape']}"
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        try:
+            onnx.save(onnx.load(str(onnx_file)), str(root / ONNX_NAME))
+        except (OSError, ValueError) as exc:  # a data file missing; over protobuf's 2 GiB
+            raise BuildError(f"{onnx_file.name}: its weights in external data could not be put in one file "
+                             f"({str(exc).strip().splitlines()[0][:200]}); --no-onnx builds the .nb alone") from None
+    else:
+        shutil.copyfile(onnx_file, root / ONNX_NAME)
+    return ONNX_NAME, None
 
 
 def write_ir(root: Path) -> tuple:
