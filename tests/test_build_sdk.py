@@ -248,6 +248,41 @@ def run_build_sdk(python: Path, *args: object) -> subprocess.CompletedProcess:
                           timeout=900, stdin=subprocess.DEVNULL)
 
 
+COPY_ONNX = """
+import json, sys
+from pathlib import Path
+import onnx, onnxruntime
+from lited.sdk.engine_files import copy_onnx
+src, work = Path(sys.argv[1]), Path(sys.argv[2])
+out = {}
+for shape in ([1, 3, -1, -1], [1, 3, 16, 16]):
+    root = work / str(len(out)); root.mkdir()
+    out[str(shape)] = copy_onnx(src, root, [{"name": "x", "shape": shape}])
+external = work / "ext"; external.mkdir()
+onnx.save_model(onnx.load(str(src)), str(external / "m.onnx"), save_as_external_data=True,
+                location="m.data", size_threshold=0)
+root = work / "from_external"; root.mkdir()
+out["external"] = copy_onnx(external / "m.onnx", root, [{"name": "x", "shape": [1, 3, 16, 16]}])
+out["files"] = sorted(p.name for p in root.iterdir())
+out["runs"] = len(onnxruntime.InferenceSession(str(root / "model.onnx")).get_outputs())  # no m.data here
+print(json.dumps(out))
+"""
+
+
+def test_the_onnx_is_kept_only_as_one_file_that_takes_the_bundle_inputs(tools_python: Path, tmp_path: Path) -> None:
+    """A config that makes a side dynamic which the ONNX fixes leaves the ONNX out (it would fail on
+    the first other size); weights in an external data file are written into model.onnx."""
+    proc = subprocess.run([str(tools_python), "-c", COPY_ONNX, str(ROOT / "tests/data/onnx/int_outputs.onnx"),
+                           str(tmp_path)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "runtime")})
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["[1, 3, -1, -1]"] == [None, "it fixes input 'x' to [1, 3, 16, 16] (-1: any), the bundle's is "
+                                           "[1, 3, -1, -1]"]
+    assert out["[1, 3, 16, 16]"] == ["model.onnx", None]
+    assert out["external"] == ["model.onnx", None] and out["files"] == ["model.onnx"] and out["runs"] == 3
+
+
 def unzip_bundle(zip_path: Path, name: str, dest: Path) -> Path:
     """Extract, checking the zip holds only regular files under `name/`."""
     with zipfile.ZipFile(zip_path) as zf:
