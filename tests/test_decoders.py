@@ -345,6 +345,29 @@ def test_priorbox_ultraface_one_face_matches_upstream(ultraface):
     np.testing.assert_allclose([d["box"] for d in dets], ref_boxes, atol=1.01)  # upstream truncates to int
 
 
+def test_priorbox_takes_its_outputs_in_either_order(ultraface):
+    """A model listing its boxes before its scores decodes the same (the one of 4 columns is the
+    boxes); it decoded boxes from scores, or blamed the labels."""
+    outputs, geom, labels = ultraface
+    dec = make_decoder({"type": "priorbox"}, labels)
+    assert dec.layout_problem(list(outputs)) is None and dec.layout_problem(list(outputs)[::-1]) is None
+    assert dec.num_classes(list(outputs)[::-1]) == 2
+    assert decode_unchanged(dec, list(outputs)[::-1], geom) == decode_unchanged(dec, list(outputs), geom)
+
+
+@pytest.mark.parametrize("kind, outputs, why", [
+    ("grid", [(1, 64, 8)], "outputs [[1, 64, 8]]: the first is not [1, 5+C, H, W]"),
+    ("boxes", [(1, 64, 8)], "outputs [[1, 64, 8]]: the first is not [N, 6] (class, score, x1, y1, x2, y2)"),
+    ("priorbox", [(1, 64, 8)], "outputs [[1, 64, 8]]: expected scores [1, N, C] and boxes [1, N, 4]"),
+    ("priorbox", [(1, 64, 3), (1, 32, 4)], "expected scores [1, N, C] and boxes [1, N, 4]"),
+])
+def test_outputs_of_another_layout_are_named(kind, outputs, why):
+    dec = make_decoder({"type": kind}, [])
+    assert dec.layout_problem([np.zeros(s, np.float32) for s in outputs]).endswith(why)
+    fits = {"grid": [(1, 8, 10, 10)], "boxes": [(64, 6), (1,)], "priorbox": [(1, 64, 3), (1, 64, 4)]}[kind]
+    assert dec.layout_problem([np.zeros(s, np.float32) for s in fits]) is None
+
+
 @pytest.mark.parametrize("image, expected", [("chelsea.png", "cat"), ("coffee.png", "cup")])
 def test_grid_fastestdet_matches_upstream(fastestdet, image, expected):
     runs, labels = fastestdet

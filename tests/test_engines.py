@@ -480,3 +480,18 @@ def test_outputs_that_are_not_float32_run_on_every_engine(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert len(run.stdout.splitlines()) == 6 and all(json.loads(line)["classes"] for line in run.stdout.splitlines())
+
+
+def test_a_decoder_of_another_layout_is_refused_at_load(multi, tmp_path):
+    """A model whose outputs are not its decoder's layout is refused in one line naming decoder.type
+    (it failed at its first frame with numpy's words, or decoded garbage)."""
+    root = tmp_path / "ultraface"
+    shutil.copytree(multi / "ultraface", root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["decoder"] = {"type": "grid"}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    proc = subprocess.run([*LITED, "infer", "--bundle", str(root), str(need_shared("images", "astronaut.png"))],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "manifest.json: decoder: grid: outputs [[1, 4420, 2], [1, 4420, 4]]: the first is not [1, 5+C, H, W]" \
+        in proc.stderr, proc.stderr

@@ -87,6 +87,10 @@ class Part:
         frame = np.full((h, w, 3), 128, np.uint8)
         for _ in range(runs):
             outputs = self.forward(frame)[0]
+        problem = self.decoder.layout_problem(outputs)
+        if problem:
+            raise BundleError(str(self.spec.root / "manifest.json"),
+                              [f"{self.spec.where}decoder: {self.spec.decoder['type']}: {problem}"])
         classes = self.decoder.num_classes(outputs)
         labels = self.spec.labels
         if classes and self.spec.labels_file is not None and len(labels) < classes:  # an empty file too

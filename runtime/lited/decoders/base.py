@@ -52,3 +52,15 @@ class Decoder:
         """How many classes the outputs hold (checked against the labels at
         load), or None when the layout does not say."""
         return None
+
+    def layout_problem(self, outputs: List[np.ndarray]) -> Optional[str]:
+        """Why these outputs (of the warm-up run, at load) are not this
+        decoder's layout, or None: a model of another layout is refused in
+        one line naming `decoder.type` instead of failing at its first frame
+        (or, worse, decoding garbage)."""
+        return None
+
+
+def shapes(outputs: List[np.ndarray]) -> list:
+    """The outputs' shapes, as a message shows them."""
+    return [list(o.shape) for o in outputs]

@@ -9,18 +9,24 @@ export pads); rows with a negative class are padding too.
 """
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 
 from ..geometry import Geometry
-from .base import Decoder
+from .base import Decoder, shapes
 from .nms import to_detections
 
 
 class BoxesDecoder(Decoder):
     kind = "boxes"
     PARAMS = {"score_threshold": (float, 0.5), "top_k": (int, 100)}
+
+    def layout_problem(self, outputs: List[np.ndarray]) -> Optional[str]:
+        rows = outputs[0]
+        if rows.ndim not in (2, 3) or rows.shape[-1] != 6 or (rows.ndim == 3 and rows.shape[0] != 1):
+            return f"outputs {shapes(outputs)}: the first is not [N, 6] (class, score, x1, y1, x2, y2)"
+        return None
 
     def decode(self, outputs: List[np.ndarray], geom: Geometry) -> dict:
         rows = outputs[0].reshape(-1, 6)

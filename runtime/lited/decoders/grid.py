@@ -10,12 +10,12 @@ per cell (its best class); NMS is class-agnostic, like upstream's.
 """
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 
 from ..geometry import Geometry
-from .base import Decoder
+from .base import Decoder, shapes
 from .nms import nms, to_detections
 
 
@@ -26,6 +26,12 @@ class GridDecoder(Decoder):
     def num_classes(self, outputs: List[np.ndarray]) -> int:
         """Class channels after obj and the 4 box terms (checked against the labels at load)."""
         return int(outputs[0].shape[1]) - 5
+
+    def layout_problem(self, outputs: List[np.ndarray]) -> Optional[str]:
+        grid = outputs[0]
+        if grid.ndim != 4 or grid.shape[0] != 1 or grid.shape[1] < 6:
+            return f"outputs {shapes(outputs)}: the first is not [1, 5+C, H, W]"
+        return None
 
     def decode(self, outputs: List[np.ndarray], geom: Geometry) -> dict:
         grid = outputs[0][0]
