@@ -443,13 +443,14 @@ def test_a_bad_fragment_is_refused_before_conversion_naming_its_file(tools_pytho
     fragment["preprocess"]["colour"] = "RGB"
     fragment["preprocess"]["mean"] = [0.5, 0.5]
     fragment["decoder"]["score_treshold"] = 0.3  # a typo
+    fragment["inputs"][0]["layout"] = "NCHW"  # preprocess's field, in the wrong place: it was dropped silently
     bad = tmp_path / "frag.json"
     bad.write_text(json.dumps(fragment))
     proc = run_build_sdk(tools_python, "--model", shared / "paddle", "--config", bad, "--labels",
                          shared / "labels.txt", "--targets", "x86", "--out", tmp_path / "x.zip",
                          "--workdir", tmp_path / "work")
     line = assert_refused(proc, "frag.json: ", "preprocess.colour: unknown field", "preprocess.mean: expected 3",
-                          "decoder.score_treshold: unknown parameter")
+                          "decoder.score_treshold: unknown parameter", "inputs[0].layout: unknown field")
     assert "/tmp/" not in line.replace(str(tmp_path), "") and not (tmp_path / "work" / "bundle").exists(), line
 
 

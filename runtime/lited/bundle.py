@@ -452,11 +452,18 @@ def _not_a_file(path: Path) -> str:
     return "not a regular file" if path.exists() or path.is_symlink() else "missing"
 
 
+INPUT_KEYS = ("name", "shape", "dtype", "fill")  # of an `inputs[]` entry
+
+
 def config_problems(fields: dict) -> list:
     """The problems of a config's `preprocess` and `decoder` as a manifest
     would have them, before a model exists to complete the manifest: what a
     builder can refuse at once, naming the field, instead of after conversion."""
     c = BundleChecker()
+    inputs = fields.get("inputs")
+    for i, spec in enumerate(inputs if isinstance(inputs, list) else []):
+        if isinstance(spec, dict):  # a config's inputs may be partial (a shape): only a typo is sure
+            c.unknown(spec, INPUT_KEYS, f"inputs[{i}].")
     _check_preprocess(c, fields)
     _check_decoder(c, fields)
     return c.problems
@@ -581,7 +588,7 @@ def _check_inputs(c: BundleChecker, manifest: dict, where: str = "") -> None:
         if not isinstance(spec, dict):
             c.add(p[:-1], "expected an object")
             continue
-        c.unknown(spec, ("name", "shape", "dtype", "fill"), p)
+        c.unknown(spec, INPUT_KEYS, p)
         c.get(spec, "name", p, str)
         shape = c.get(spec, "shape", p, list)
         fill = spec.get("fill")
