@@ -53,17 +53,35 @@ def _x2paddle(onnx_file: Path, workdir: Path, name: str, shapes: dict) -> Path:
            "--disable_feedback=True"]
     if shapes:
         cmd.append(f"--input_shape_dict={shapes!r}")
-    proc.run(cmd, workdir / f"{name}.log", f"{onnx_file.name}: x2paddle")
+    log = workdir / f"{name}.log"
+    output = proc.run(cmd, log, f"{onnx_file.name}: x2paddle")
     model_file = out / "inference_model" / "model.pdmodel"
-    if not model_file.is_file():
-        raise BuildError(f"{onnx_file.name}: x2paddle wrote no {model_file} (log {workdir / f'{name}.log'})")
+    if not model_file.is_file():  # x2paddle caught its own error and exited 0: the log says what
+        raise BuildError(f"{onnx_file.name}: x2paddle wrote no model: {proc.reason(output)} (log {log})")
     return model_file
+
+
+def _check_onnx(onnx_file: Path) -> None:
+    """What x2paddle reports as `IndexError: list index out of range` or, exiting 0, not at all."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        graph = onnx.load(str(onnx_file), load_external_data=False).graph
+    except (DecodeError, ValueError, OSError) as exc:
+        raise BuildError(f"{onnx_file.name}: not an ONNX model ({str(exc).strip().splitlines()[0][:200]})") from None
+    if not graph.node:
+        raise BuildError(f"{onnx_file.name}: an ONNX model with no graph ({onnx_file.stat().st_size} bytes: "
+                         "empty or cut short?)")
+    if not dynamic_shapes.onnx_inputs(onnx_file):
+        raise BuildError(f"{onnx_file.name}: its graph has no inputs (lited feeds a model an image)")
 
 
 def onnx_to_paddle(onnx_file: Path, workdir: Path, inputs: list | None = None) -> PaddleModel:
     """Convert with x2paddle into workdir/x2paddle/inference_model/. Sides the
     config's `inputs` leave dynamic (-1) are asked for and checked to run at
     two sizes, with x2paddle's folded reshapes repaired (dynamic_shapes.py)."""
+    _check_onnx(onnx_file)
     asked = dynamic_shapes.shapes_to_ask(onnx_file, inputs)
     model_file = _x2paddle(onnx_file, workdir, "x2paddle", asked)
     if dynamic_shapes.needs_probe(asked):
