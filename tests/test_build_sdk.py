@@ -680,3 +680,26 @@ def test_a_dynamic_width_survives_x2paddle(tools_python: Path, tmp_path: Path) -
         x = rng.uniform(-1, 1, (1, 3, 48, width)).astype(np.float32)
         lite, = outputs(root / "model_x86.nb", x)
         np.testing.assert_allclose(lite, sess.run(None, {"x": x})[0], atol=2e-3)
+
+
+@pytest.mark.slow
+def test_a_kernel_paddle_lite_lacks_is_named_by_the_build_and_by_the_engine_process(tools_python: Path,
+                                                                                     tmp_path: Path) -> None:
+    """tests/data/onnx/reduce_l2.onnx converts and passes paddle_lite_opt, then aborts inside Paddle
+    Lite at its first run (x86 has no `abs` activation kernel). The build said 'exit -6' and a stream
+    'engine process died (SIGABRT)': both now give Paddle Lite's words."""
+    fragment = tmp_path / "frag.json"
+    fragment.write_text(json.dumps({"task": "classification", "preprocess": {"color": "RGB", "resize": {"mode": "stretch"}, "scale": 1 / 255},
+                                    "decoder": {"type": "classification", "softmax": False}}))
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\nc\nd\ne\n")
+    golden = need_shared("images", "chelsea.png")
+    proc = run_build_sdk(tools_python, "--model", ROOT / "tests/data/onnx/reduce_l2.onnx", "--config", fragment,
+                         "--labels", labels, "--targets", "x86", "--golden", golden, "--out", tmp_path / "x.zip",
+                         "--keep-dir", tmp_path / "keep")
+    assert_refused(proc, "lited infer on golden.png with paddle_lite: died of SIGABRT: unsupported active type:abs")
+    run = subprocess.run([sys.executable, "-m", "lited.cli", "run", "--engine", "paddle_lite", "--bundle",
+                          str(tmp_path / "keep"), "--source", f"images://{golden.parent}?fps=5&loop=1", "--frames", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0, run.stdout
+    assert "engine process died (SIGABRT): unsupported active type:abs" in run.stderr, run.stderr

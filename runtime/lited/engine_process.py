@@ -40,11 +40,13 @@ from __future__ import annotations
 import collections
 import mmap
 import os
+import re
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import threading
 from typing import Optional, Sequence
 
 import msgpack
@@ -157,6 +159,43 @@ def _send(sock: socket.socket, message, fds: list) -> None:
 
 
 
+class NativeLog:
+    """The engine process's stderr, passed on line by line to this process's
+    own (the journal under systemd; nowhere for a quiet command line), and
+    the last line that says why it failed kept: Paddle Lite aborts (SIGABRT)
+    on a kernel it lacks, after one fatal glog line (`[F 12/ 1 ...
+    elementwise_compute.cc:355 Run] unsupported active type:abs`). A crash is
+    then reported with those words instead of a bare signal name."""
+
+    FATAL = re.compile(r"^\[F [^\]]*\]\s*|^(?:Fatal Python error|terminate called|Check failed)")
+
+    def __init__(self, pipe) -> None:
+        self._pipe = pipe
+        self._fatal: Optional[str] = None
+        self._glog = False
+        self._thread = threading.Thread(target=self._drain, name="engine-stderr", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        with self._pipe:
+            for line in iter(self._pipe.readline, b""):
+                try:
+                    os.write(2, line)
+                except OSError:
+                    pass
+                text = line.decode("utf-8", "replace").strip()
+                match = self.FATAL.match(text)
+                if match and text.startswith("[F"):  # the backend's own words win over what follows them
+                    self._fatal, self._glog = text[match.end():][:300] or text[:300], True
+                elif match and not self._glog:       # faulthandler's "Fatal Python error: Aborted" comes after
+                    self._fatal = text[:300]
+
+    def last_words(self, wait: float = 1.0) -> Optional[str]:
+        """The fatal line, once the process's stderr is closed (it has exited) or after `wait` s."""
+        self._thread.join(wait)
+        return self._fatal
+
+
 class EngineProcess(Engine):
     """The engine interface, served by a child process that owns the backend.
 
@@ -204,9 +243,11 @@ class EngineProcess(Engine):
             # the model path is for `ps` and `systemctl status` only
             self._proc = subprocess.Popen([sys.executable, "-m", "lited.engine_process", str(child.fileno()),
                                            self._spec["path"]],
-                                          pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, env=env)
+                                          pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
+                                          stderr=subprocess.PIPE, env=env)
         finally:
             child.close()
+        self._native = NativeLog(self._proc.stderr)
         self._sock = parent
         self._receiver = _Receiver(parent)
         self._pending: collections.deque = collections.deque()  # output sets of submitted runs, oldest first
@@ -340,12 +381,14 @@ class EngineProcess(Engine):
             code = proc.wait(2.0)
         except subprocess.TimeoutExpired:
             return "stopped answering"
+        why = self._native.last_words()
+        why = f": {why}" if why else ""
         if code < 0:
             try:
-                return f"died ({signal.Signals(-code).name})"
+                return f"died ({signal.Signals(-code).name}){why}"
             except ValueError:
-                return f"died (signal {-code})"
-        return f"exited with status {code}"
+                return f"died (signal {-code}){why}"
+        return f"exited with status {code}{why}"
 
     # -- the engine interface
     @property
