@@ -460,7 +460,7 @@ def test_config_of_another_model(tools_python: Path, tmp_path: Path) -> None:
     proc = run_build_sdk(tools_python, "--model", shared / "paddle", "--config",
                          ROOT / "tests" / "bundles" / "fastestdet.json", "--labels", shared / "labels.txt",
                          "--targets", "x86", "--out", tmp_path / "x.zip")
-    assert_refused(proc, "the config says [1, 3, 352, 352], the model's is [1, 3, 240, 320]")
+    assert_refused(proc, "build_sdk: fastestdet.json: inputs.", "the config says [1, 3, 352, 352], the model's is [1, 3, 240, 320]")
 
 
 @pytest.mark.slow

@@ -184,7 +184,10 @@ def _build(opts: Options, workdir: Path, timings: dict) -> dict:
     with _Step("paddle model" if opts.model.suffix.lower() != ".onnx" else "x2paddle", timings):
         model = paddle_model.resolve(opts.model, workdir, fields.get("inputs"))
         feeds = paddle_model.read_inputs(model)
-    inputs = merge_inputs(feeds, fields.get("inputs"))
+    try:
+        inputs = merge_inputs(feeds, fields.get("inputs"))
+    except BuildError as exc:  # the config contradicts the model: name the config, as its other errors do
+        raise BuildError(f"{configs}: {exc}") from None
     decoder = fields["decoder"]
     if decoder["type"] == "gfl":  # write what the outputs say, so the manifest states every value
         image = next(spec for spec in inputs if "fill" not in spec)["shape"]
