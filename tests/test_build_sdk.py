@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -434,6 +435,19 @@ def test_a_name_the_installer_would_refuse_is_refused_before_conversion(tools_py
                          ROOT / "tests" / "bundles" / "fastestdet.json", "--labels", shared / "labels.txt",
                          "--name", name, "--targets", "x86", "--out", tmp_path / "x.zip")
     assert_refused(proc, f"--name: '{name}' may hold only letters")
+
+
+def test_a_golden_image_that_is_not_one_is_refused_before_conversion(tools_python: Path, tmp_path: Path) -> None:
+    """It was refused after the conversion, naming the bundle's copy (out/golden.png)."""
+    shared = need_shared("models", "fastestdet")
+    bad = tmp_path / "photo.png"
+    bad.write_text("not a picture")
+    started = time.monotonic()
+    proc = run_build_sdk(tools_python, "--model", shared / "paddle", "--config",
+                         ROOT / "tests" / "bundles" / "fastestdet.json", "--labels", shared / "labels.txt",
+                         "--golden", bad, "--targets", "x86", "--out", tmp_path / "x.zip")
+    assert_refused(proc, f"build_sdk: --golden: {bad}: not a readable PNG image")
+    assert time.monotonic() - started < 30
 
 
 @pytest.mark.slow

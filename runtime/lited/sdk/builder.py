@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lited.bundle import config_problems, machine_target
+from lited.imageheader import image_size
 from lited.validate import name_problem, version_problem
 
 from lited.sdk import BuildError, bundle_writer, engine_files, int8, labels, paddle_model, readme
@@ -139,6 +140,10 @@ def _preflight(opts: Options, opt: LiteOpt, judge: LitedVenv, host: str) -> None
     if opts.golden is not None:
         if not opts.golden.is_file():
             raise BuildError(f"--golden: {opts.golden}: not found")
+        with open(opts.golden, "rb") as fh:  # now, not after minutes of conversion, naming the user's file
+            header = fh.read(1 << 16)
+        if opts.golden.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp") and image_size(header) is None:
+            raise BuildError(f"--golden: {opts.golden}: not a readable {opts.golden.suffix[1:].upper()} image")
         if host not in opts.targets:
             raise BuildError(f"--golden needs the {host} target: the expected result comes from running it here")
         if not judge.present:
