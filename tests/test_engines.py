@@ -20,7 +20,7 @@ from conftest import DEMO_BUNDLE, make_bundle, need_shared, shared_onnx
 from daemon_process import DaemonProcess
 from lited.bundle import BundleError, load_bundle, seal_models
 from lited.engine_process import SETS, EngineProcess
-from lited.engines import ENGINES, open_engine
+from lited.engines import ENGINES, EngineError, open_engine
 from lited.model import Model
 from lited.preprocess import Preprocessor
 from lited.selftest import compare
@@ -495,3 +495,14 @@ def test_a_decoder_of_another_layout_is_refused_at_load(multi, tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "manifest.json: decoder: grid: outputs [[1, 4420, 2], [1, 4420, 4]]: the first is not [1, 5+C, H, W]" \
         in proc.stderr, proc.stderr
+
+
+def test_an_onnxruntime_error_keeps_the_facts_it_gives_after_its_first_line():
+    """ORT says which index and sizes on its second line; the first alone was cut off mid-sentence
+    ('... for the following indices')."""
+    engine = open_engine("onnxruntime", str(Path(__file__).parent / "data" / "onnx" / "int_outputs.onnx"), {})
+    try:
+        with pytest.raises(EngineError, match=r"for the following indices; index: 2 Got: 17 Expected: 16$"):
+            engine.run_into([np.zeros((1, 3, 17, 16), np.float32)])
+    finally:
+        engine.close()

@@ -46,6 +46,14 @@ MAX_BINDINGS = 12  # IOBindings kept: 3 input sets x 3 output sets, and spares f
 OWN_OUTPUT_SHAPES = 4  # engine-owned output sets kept (one per input shape, for run())
 
 
+def ort_words(exc: BaseException) -> str:
+    """onnxruntime's message on one line: it puts the facts on the lines after the first ("... for
+    the following indices" / "index: 2 Got: 64 Expected: 37"), then a boilerplate hint."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    kept = [line for line in lines if not line.startswith("Please fix")]
+    return "; ".join(kept)[:400] if kept else first_line(exc)
+
+
 class OnnxRuntimeEngine(InPlaceEngine):
     """One onnxruntime session. Use from one thread only."""
 
@@ -82,7 +90,7 @@ class OnnxRuntimeEngine(InPlaceEngine):
         try:
             self._session = ort.InferenceSession(model_bytes, so, providers=wanted + ["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph/... with C++ text
-            raise EngineError(f"{model_path}: onnxruntime refused the model: {first_line(exc)}") from None
+            raise EngineError(f"{model_path}: onnxruntime refused the model: {ort_words(exc)}") from None
         used = self._session.get_providers()[0]
         self.version = ort.__version__
         self.device = "cpu" if used == "CPUExecutionProvider" else used.replace("ExecutionProvider", "").lower()
@@ -123,7 +131,7 @@ class OnnxRuntimeEngine(InPlaceEngine):
                 self._bindings.clear()
                 self._own_out.clear()
                 return self.run_into(inputs, None)
-            raise EngineError(f"onnxruntime: {first_line(exc)}") from None
+            raise EngineError(f"onnxruntime: {ort_words(exc)}") from None
         values = None
         result: list = []
         for i, target in enumerate(targets):
