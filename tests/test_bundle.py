@@ -214,6 +214,27 @@ def test_fewer_labels_than_classes_is_refused_at_load(tmp_path):
         Model(load_bundle(root))
 
 
+def test_a_keys_file_with_a_line_too_many_is_refused_at_load(tmp_path):
+    """A CTC recognizer's keys are exactly its classes: one line more shifts every character it reads
+    (the demo's recognizer read '渤袱nwCy8...' for 'Region-based segmentation'), so more is refused
+    too, not only fewer. A classifier's spare labels are never read: still accepted."""
+    import shutil
+
+    from conftest import DEMO_BUNDLE, make_bundle
+
+    demo = tmp_path / "demo"
+    shutil.copytree(DEMO_BUNDLE, demo)
+    keys = demo / "rec_labels.txt"
+    keys.write_text("#\n" + keys.read_text(encoding="utf-8"), encoding="utf-8")
+    with pytest.raises(BundleError, match=r"rec_labels.txt: 6624 labels for 6623 classes \(a keys file needs "
+                                          r"exactly one line a class: one more shifts every character\)"):
+        Model(load_bundle(demo))
+    root = make_bundle("mobilenetv2", tmp_path / "cls")
+    with open(root / "labels.txt", "a") as fh:
+        fh.write("one more\n")
+    Model(load_bundle(root)).close()
+
+
 def test_cli_refuses_with_one_line_and_exit_code_2(bundle):
     edit(bundle, lambda m: m["preprocess"].update(mean=[1, 2]))
     image = bundle / "img.png"

@@ -93,8 +93,11 @@ class Part:
                               [f"{self.spec.where}decoder: {self.spec.decoder['type']}: {problem}"])
         classes = self.decoder.num_classes(outputs)
         labels = self.spec.labels
-        if classes and self.spec.labels_file is not None and len(labels) < classes:  # an empty file too
-            raise BundleError(str(self.spec.labels_file), [f"{len(labels)} labels for {classes} classes"])
+        if classes and self.spec.labels_file is not None and (
+                len(labels) < classes or (self.decoder.EXACT_LABELS and len(labels) != classes)):  # empty too
+            exact = " (a keys file needs exactly one line a class: one more shifts every character)" \
+                if len(labels) > classes else ""
+            raise BundleError(str(self.spec.labels_file), [f"{len(labels)} labels for {classes} classes{exact}"])
 
     def forward(self, image: np.ndarray) -> tuple:
         """(outputs, geometry) of one run on a BGR uint8 image. Preprocessing

@@ -13,8 +13,9 @@ ends in logits (the scores become probabilities, the text is the same).
 The labels are the keys file, one key a line, kept as they are: PP-OCR's
 ppocr_keys_v1 has a line that is U+3000 (ideographic space), which a
 reader dropping blank-looking lines would lose, shifting every later key.
-`num_classes` is K - 1 - use_space_char, so the load-time check
-(`len(labels) >= num_classes`) refuses a short keys file.
+`num_classes` is K - 1 - use_space_char, and the load-time check refuses
+a keys file of any other length (EXACT_LABELS): one line too few or too
+many shifts every character read.
 
 The result is `{"detections": [], "classes": [], "text", "text_score"}`; as a
 cascade stage, `text` and `text_score` are added to each detection.
@@ -62,6 +63,8 @@ class CtcDecoder(Decoder):
                 raise ValueError(f"normalize: {self.normalize!r} (expected one of {', '.join(NORMAL_FORMS)})")
             chars = [unicodedata.normalize(self.normalize, c) for c in chars]  # once, not per line
         self._chars = np.array(chars, dtype=object)
+
+    EXACT_LABELS = True
 
     def num_classes(self, outputs: List[np.ndarray]) -> Optional[int]:
         """Keys the output expects (K minus the blank and the space)."""
