@@ -105,6 +105,8 @@ def test_stage_problems_are_named_by_field_path(ocr_copy):
                  "stages[1].name: 'cls' is used by an earlier stage",
                  "stages[1].preprocess.resize.widths: missing: a dynamic input width",
                  "stages[1].colour: unknown field",
+                 # the last stage turns its crop for no one: the stages were given in the wrong order
+                 "stages[1].rotate: no stage after it to turn the crop for",
                  "stages[0].models.x86.file: '../x.nb' leaves the bundle"]:
         assert part in message, (part, message)
 
