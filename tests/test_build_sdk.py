@@ -450,6 +450,21 @@ def test_a_golden_image_that_is_not_one_is_refused_before_conversion(tools_pytho
     assert time.monotonic() - started < 30
 
 
+def test_a_bad_stage_is_refused_before_conversion_naming_its_config(tools_python: Path, tmp_path: Path) -> None:
+    """A stage's typo or missing bundle was found after the conversion, naming no config."""
+    shared = need_shared("models", "fastestdet")
+    fragment = tmp_path / "cascade.json"
+    for stage, why in (({"name": "cls", "bundle": "nowhere.zip"}, f"stages[0].bundle: {tmp_path}/nowhere.zip: not found"),
+                       ({"name": "cls", "bundle": "x", "labels": "l.txt"}, "stages[0].labels: unknown field")):
+        fragment.write_text(json.dumps({"stages": [stage]}))
+        proc = run_build_sdk(tools_python, "--model", shared / "paddle", "--config",
+                             ROOT / "tests" / "bundles" / "fastestdet.json", "--config", fragment, "--labels",
+                             shared / "labels.txt", "--targets", "x86", "--out", tmp_path / "x.zip",
+                             "--workdir", tmp_path / "work")
+        assert_refused(proc, f"build_sdk: fastestdet.json, cascade.json: {why}")
+        assert not (tmp_path / "work" / "opt_x86.log").exists(), "converted before refusing"
+
+
 @pytest.mark.slow
 def test_a_bad_fragment_is_refused_before_conversion_naming_its_file(tools_python: Path, tmp_path: Path) -> None:
     shared = need_shared("models", "fastestdet")

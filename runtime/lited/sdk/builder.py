@@ -186,6 +186,15 @@ def _build(opts: Options, workdir: Path, timings: dict) -> dict:
     if problem:
         raise BuildError(f"--version: {problem}")
 
+    stages = None
+    if fields.get("stages"):  # checked and copied aside before minutes of conversion, naming the configs
+        staged = workdir / "stage_files"
+        staged.mkdir(exist_ok=True)
+        try:
+            stages = add_stages(fields["stages"], opts.targets, staged, workdir)
+        except BuildError as exc:
+            raise BuildError(f"{configs}: {exc}") from None
+
     with _Step("paddle model" if opts.model.suffix.lower() != ".onnx" else "x2paddle", timings):
         model = paddle_model.resolve(opts.model, workdir, fields.get("inputs"))
         feeds = paddle_model.read_inputs(model)
@@ -227,7 +236,9 @@ def _build(opts: Options, workdir: Path, timings: dict) -> dict:
     }
     if fields.get("stages"):
         manifest["schema"] = 2  # a lited that reads only schema 1 refuses it rather than ignore the stages
-        manifest["stages"] = add_stages(fields["stages"], opts.targets, root, workdir)
+        manifest["stages"] = stages
+        for staged_file in sorted((workdir / "stage_files").iterdir()):
+            shutil.move(str(staged_file), root / staged_file.name)
     if opts.notice:
         bundle_writer.copy_in(root, opts.notice, "NOTICE")
     manifest = bundle_writer.write_manifest(root, manifest)

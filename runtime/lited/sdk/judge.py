@@ -52,8 +52,11 @@ class LitedVenv:
 
     def validate(self, bundle: Path, check_model: bool) -> None:
         """lited.bundle's full check; `check_model` also checks this machine's model file."""
-        _run([daemon_python(self.venv), "-c", _VALIDATE, bundle, "1" if check_model else "0"],
-             "lited refused the bundle")
+        try:
+            _run([daemon_python(self.venv), "-c", _VALIDATE, bundle, "1" if check_model else "0"],
+                 "lited refused the bundle")
+        except BuildError as exc:  # the bundle is built in a work directory a failure removes: not its path
+            raise BuildError(str(exc).replace(f"bundle {bundle}/", f"{Path(bundle).name}/")) from None
 
     def infer(self, bundle: Path, image: Path, engine: str | None = None, precision: str | None = None) -> dict:
         """`lited infer --json` on one image: {"detections": [...], "classes": [...]}
