@@ -732,3 +732,19 @@ def test_a_kernel_paddle_lite_lacks_is_named_by_the_build_and_by_the_engine_proc
                          capture_output=True, text=True, timeout=120)
     assert run.returncode != 0, run.stdout
     assert "engine process died (SIGABRT): unsupported active type:abs" in run.stderr, run.stderr
+
+
+@pytest.mark.slow
+def test_paddleocr_published_onnx_with_at_in_its_tensor_names_converts(tools_python: Path, tmp_path: Path) -> None:
+    """PaddleOCR's own cls ONNX (paddle2onnx) names tensors `Add@0`: x2paddle wrote them into Python
+    ('SyntaxError: cannot assign to expression here'). The builder renames them in its copy."""
+    shared = need_shared("models", "ppocr_cls")
+    proc = run_build_sdk(tools_python, "--model", shared / "onnx" / "ch_ppocr_mobile_v2.0_cls_infer.onnx",
+                         "--config", ROOT / "tools" / "demo_bundle" / "cls.json", "--labels", shared / "labels.txt",
+                         "--golden", need_shared("images", "page.png"), "--targets", "x86",
+                         "--out", tmp_path / "cls.zip", "--workdir", tmp_path / "work")
+    assert proc.returncode == 0, proc.stderr
+    names = subprocess.run([str(tools_python), "-c", "import onnx, sys; g = onnx.load(sys.argv[1]).graph; "
+                            "print(sum('@' in n for node in g.node for n in (*node.input, *node.output)))",
+                            str(tmp_path / "work" / "x2paddle_input.onnx")], capture_output=True, text=True)
+    assert names.stdout.strip() == "0", names.stderr

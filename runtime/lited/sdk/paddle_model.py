@@ -77,11 +77,42 @@ def _check_onnx(onnx_file: Path) -> None:
         raise BuildError(f"{onnx_file.name}: its graph has no inputs (lited feeds a model an image)")
 
 
+def _x2paddle_names(onnx_file: Path, workdir: Path) -> Path:
+    """paddle2onnx names tensors like `Add@0` (PaddleOCR's published ONNX models): x2paddle writes
+    them into Python code as they are (`x2paddle_Add@0 = ...`: a SyntaxError). Such names are
+    renamed in a copy for x2paddle, `@` to `_` (unique); other models go as they are."""
+    import onnx
+
+    model = onnx.load(str(onnx_file))  # its weights too (an external data file): the copy is one file
+    graph = model.graph
+    names = {n for node in graph.node for n in (*node.input, *node.output)} | \
+        {v.name for v in (*graph.input, *graph.output, *graph.value_info, *graph.initializer)}
+    bad = sorted(n for n in names if "@" in n)
+    if not bad:
+        return onnx_file
+    taken, renamed = set(names), {}
+    for name in bad:
+        new = name.replace("@", "_")
+        while new in taken:
+            new += "_"
+        taken.add(new)
+        renamed[name] = new
+    for node in graph.node:
+        node.input[:] = [renamed.get(n, n) for n in node.input]
+        node.output[:] = [renamed.get(n, n) for n in node.output]
+    for value in (*graph.input, *graph.output, *graph.value_info, *graph.initializer):
+        value.name = renamed.get(value.name, value.name)
+    out = workdir / "x2paddle_input.onnx"
+    onnx.save(model, str(out))
+    return out
+
+
 def onnx_to_paddle(onnx_file: Path, workdir: Path, inputs: list | None = None) -> PaddleModel:
     """Convert with x2paddle into workdir/x2paddle/inference_model/. Sides the
     config's `inputs` leave dynamic (-1) are asked for and checked to run at
     two sizes, with x2paddle's folded reshapes repaired (dynamic_shapes.py)."""
     _check_onnx(onnx_file)
+    onnx_file = _x2paddle_names(onnx_file, workdir)
     asked = dynamic_shapes.shapes_to_ask(onnx_file, inputs)
     model_file = _x2paddle(onnx_file, workdir, "x2paddle", asked)
     if dynamic_shapes.needs_probe(asked):
