@@ -2,6 +2,8 @@
 errors it raises, against real sockets and a real daemon (test_daemon's)."""
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 
 import cv2
@@ -41,6 +43,8 @@ def test_infer_takes_bgr_uint8_and_refuses_as_the_daemon_does(daemon):  # noqa: 
     with daemon.client(timeout=60) as client:
         found = client.infer(image=photo, model="det")
         assert [d["label"] for d in found["detections"]][:1] == ["cat"], found
+        encoded = cv2.imencode(".png", photo)[1].tobytes()
+        assert client.infer(image=memoryview(encoded), model="det")["detections"] == found["detections"]
         view = photo[::2, ::2]  # not contiguous: still taken
         assert client.infer(image=view, model="det")["width"] == view.shape[1]
         with pytest.raises(ClientError, match="dtype float32"):  # once cast to all but black, and answered
@@ -64,3 +68,24 @@ def test_a_config_that_cannot_be_read_raises_config_error_naming_it(tmp_path, ma
     wrong.write_text('{"runtime_dir": 5}')
     with pytest.raises(ConfigError, match=f"^config {re.escape(str(wrong))}: runtime_dir: expected a string, got 5$"):
         make(config=wrong)
+
+
+@pytest.mark.parametrize("image, named", [(None, "NoneType (cv2.imread gives None"), (True, "bool"), (1.5, "float"),
+                                          ([[0, 0, 0]], "list"), ("fd", "int")], ids=str)
+def test_infer_refuses_what_is_no_array_bytes_or_path_before_sending_it(tmp_path, image, named):
+    """An int was opened as a file descriptor: infer(5) read and closed fd 5
+    (ZeroMQ's epoll: libzmq aborted the process later), infer(True) closed stdout."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"not an image")
+    os.close(write_end)
+    try:
+        image = read_end if image == "fd" else image
+        with Client(f"ipc://{tmp_path}/req.sock") as client:
+            with pytest.raises(ClientError) as info:
+                client.infer(image=image)
+        assert str(info.value).startswith("bad_request: image: expected a BGR uint8 array, encoded image bytes or "
+                                          f"a file path, got {named}"), info.value
+        assert os.read(read_end, 100) == b"not an image"  # the descriptor untouched, still open
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(read_end)

@@ -309,19 +309,27 @@ class Client:
         return self.call("status")
 
     def infer(self, image: Any, model: Optional[str] = None, timeout: Optional[float] = None) -> dict:
-        """`image`: a BGR uint8 array (height x width x 3), encoded image bytes,
-        or a file path. An array of another dtype or shape is refused here
-        (ClientError `bad_request`, as the daemon would), never cast: a 0..1
-        float image cast to uint8 is black, and the result silently wrong."""
+        """`image`: a BGR uint8 array (height x width x 3), encoded image bytes
+        (bytes, bytearray or memoryview), or a file path (str or os.PathLike).
+        Anything else is refused here (ClientError `bad_request`), before
+        anything is sent: an int is never taken for a file descriptor. An
+        array of another dtype or shape is refused too (as the daemon would),
+        never cast: a 0..1 float image cast to uint8 is black, and the result
+        silently wrong."""
         params: dict = {} if model is None else {"model": model}
         if isinstance(image, np.ndarray):
             array = np.ascontiguousarray(_checked_array(image))
             params.update(array=array.tobytes(), shape=list(array.shape), dtype="uint8")
-        elif isinstance(image, (bytes, bytearray)):
+        elif isinstance(image, (bytes, bytearray, memoryview)):
             params["image"] = bytes(image)
-        else:
+        elif isinstance(image, (str, os.PathLike)):
             with open(image, "rb") as fh:
                 params["image"] = fh.read()
+        else:
+            raise ClientError("bad_request", f"image: expected a BGR uint8 array, encoded image bytes or a file path, "
+                                             f"got {type(image).__name__}"
+                                             + (" (cv2.imread gives None for a file it cannot read)"
+                                                if image is None else ""))
         return self.call("infer", timeout=timeout, **params)
 
     def reload(self, model: Optional[str] = None, bundle: Optional[str] = None, timeout: float = 120.0,
