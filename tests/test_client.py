@@ -12,7 +12,8 @@ import pytest
 
 from conftest import need_shared
 from test_daemon import daemon  # noqa: F401 - fixture: a real `lited serve`
-from lited.client import Client, ClientError, Subscriber
+from daemon_process import DaemonProcess
+from lited.client import Client, ClientError, RingGone, Subscriber
 
 H, W = 48, 64
 # (array, what the one-line refusal names), each once silently cast or sent as it was.
@@ -89,3 +90,32 @@ def test_infer_refuses_what_is_no_array_bytes_or_path_before_sending_it(tmp_path
     finally:
         with contextlib.suppress(OSError):
             os.close(read_end)
+
+
+def test_frames_of_results_before_a_resize_stay_readable(tmp_path, bundles_dir):
+    """Each image has another size, so every result comes from a new ring
+    segment. The segments this Subscriber mapped stay mapped (old_segments,
+    2 by default): the previous result's frame (keep_results: 1) and those of
+    the two segments before the latest read back as they were; RingGone
+    claimed they were replaced before they were mapped."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    photo = cv2.imread(str(need_shared("images", "chelsea.png")))
+    for i, width in enumerate((320, 288, 256, 224)):
+        cv2.imwrite(str(folder / f"{i}.png"), cv2.resize(photo, (width, 240)))
+    stream = {"name": "cam", "source": f"images://{folder}?fps=4&loop=1", "model": "det", "keep_results": 1}
+    with DaemonProcess(tmp_path, {"models": {"det": str(bundles_dir / "fastestdet")}, "streams": [stream]}) as d:
+        with Subscriber(d.pub, streams=["cam"]) as sub:
+            results, frames = [], []
+            while len(results) < 6:
+                result = sub.recv(timeout=30)
+                assert result is not None, "no result in 30 s"
+                frames.append(sub.frame(result))  # read on arrival
+                if results:
+                    assert np.array_equal(sub.frame(results[-1]), frames[-2])  # after the resize
+                results.append(result)
+            assert len({r["frame"]["generation"] for r in results}) >= 4
+            for result, frame in list(zip(results, frames))[-3:]:
+                assert np.array_equal(sub.frame(result), frame)
+            with pytest.raises(RingGone, match="no longer maps it .*old_segments"):
+                sub.frame(results[0])

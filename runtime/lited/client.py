@@ -126,13 +126,21 @@ class Subscriber:
     or when it has no stream of that name (ClientError `not_found`, asked over
     the request socket beside the PUB one, or `request_endpoint`). An app
     started before the daemon, or waiting for a stream a reload will add,
-    passes check=False."""
+    passes check=False.
+
+    When the daemon rebuilds a ring for a new frame size, the segments this
+    subscriber had mapped stay mapped, so the frames of the results it got
+    before the resize stay readable (docs/protocol.md): at most
+    `old_segments` replaced segments per ring, the newest; each holds its
+    memory (slots x frame size) until it is dropped."""
 
     def __init__(self, endpoint: Optional[str] = None, streams: Optional[list] = None, events: bool = False,
                  context: Optional[zmq.Context] = None, curve: Optional[dict] = None,
                  config: Union[str, os.PathLike, None] = None, check: bool = True,
                  request_endpoint: Optional[str] = None, answers: bool = False,
-                 trusted_uids: Optional[set] = None) -> None:
+                 trusted_uids: Optional[set] = None, old_segments: int = 2) -> None:
+        if old_segments < 0:
+            raise ValueError(f"old_segments: expected 0 or more, got {old_segments}")
         if endpoint is None:
             endpoint, found_req = daemon_endpoints(config)
             request_endpoint = request_endpoint or found_req
@@ -156,7 +164,9 @@ class Subscriber:
         if events and streams:
             self.socket.setsockopt(zmq.SUBSCRIBE, protocol.event_topic(protocol.DAEMON_STREAM))
         self.socket.connect(endpoint)
-        self._rings: dict = {}
+        self._rings: dict = {}  # ring name -> its segments this subscriber maps, oldest first
+        self._dropped: dict = {}  # ring name -> the newest generation unmapped to keep within old_segments
+        self.old_segments = old_segments
         self.malformed = 0
 
     def recv(self, timeout: Optional[float] = None) -> Optional[dict]:
@@ -186,32 +196,58 @@ class Subscriber:
 
     def _ring(self, result: dict) -> FrameRing:
         """The mapped segment holding the result's frame: the ring named in
-        it, of the generation it names (a ring rebuilt for a new frame size
-        is a new segment under the same name, put there with its first
-        result; results come in order, so once a result names the new one
-        the old mapping is dropped). RingGone if its writer is gone."""
+        it, of the generation it names. A ring rebuilt for a new frame size
+        is a new segment under the same name; the segments this subscriber
+        mapped before stay mapped (up to `old_segments` per ring), so the
+        results it got before a resize can still be read. RingGone if the
+        writer is gone, or the segment was replaced before it was mapped."""
         frame = result["frame"]
         name, generation = frame["ring"], frame.get("generation")
-        ring = self._rings.get(name)
-        if ring is not None and ring.writer_alive() and (not generation or ring.generation == generation):
-            return ring
-        for old in [n for n, r in self._rings.items() if n == name or not r.writer_alive()]:
-            self._rings.pop(old).close()
+        mapped = self._rings.get(name, [])  # oldest first
+        for ring in reversed(mapped):
+            if not generation or ring.generation == generation:
+                if ring.writer_alive() or (generation and ring.readable()):
+                    return ring
+                break
+        self._drop_unreadable()
         ring = FrameRing.attach(name)
         if generation and ring.generation != generation:
             ring.close()
-            raise RingGone(f"{name}: generation {generation} was replaced by {ring.generation} before it was mapped")
-        self._rings[name] = ring
+            if generation <= self._dropped.get(name, 0):
+                raise RingGone(f"{name}: generation {generation} was replaced by newer ones and this subscriber no "
+                               f"longer maps it (it keeps {self.old_segments} replaced segments: old_segments)")
+            raise RingGone(f"{name}: generation {generation} was replaced by {ring.generation} before this subscriber "
+                           "mapped it")
+        mapped = self._rings.setdefault(name, [])
+        mapped.append(ring)
+        while len(mapped) > 1 + self.old_segments:
+            oldest = mapped.pop(0)
+            self._dropped[name] = oldest.generation
+            oldest.close()
         return ring
+
+    def _drop_unreadable(self) -> None:
+        """Unmap the segments whose frames can no longer be read (their writer
+        is gone: a restart), and those of the same generation as a newer one."""
+        for name, mapped in list(self._rings.items()):
+            keep = [ring for ring in mapped if ring.readable()]
+            for ring in mapped:
+                if ring not in keep:
+                    ring.close()
+            if keep:
+                self._rings[name] = keep
+            else:
+                del self._rings[name]
 
     @contextlib.contextmanager
     def frame_view(self, result: dict) -> Iterator[np.ndarray]:
         """The result's own frame, zero copy and read-only, for the `with` body.
         The daemon keeps the frame of its latest result (and `keep_results`
         older ones) intact, so reading each result as it arrives always
-        works. Raises FrameOverwritten (on entry or exit) if the daemon reused
-        the slot (a result read late), RingGone if the daemon restarted or the
-        result's ring segment was replaced before this subscriber mapped it."""
+        works, across resizes too. Raises FrameOverwritten (on entry or exit)
+        if the daemon reused the slot (a result read late), RingGone if the
+        daemon restarted, or the result's ring segment was replaced before
+        this subscriber mapped it (or more than `old_segments` segments ago)."""
         frame = result["frame"]
         with self._ring(result).frame(frame["slot"], frame["slot_seq"]) as view:
             yield view
@@ -225,7 +261,7 @@ class Subscriber:
         return data
 
     def close(self) -> None:
-        for ring in self._rings.values():
+        for ring in itertools.chain.from_iterable(self._rings.values()):
             with contextlib.suppress(RingError):
                 ring.close()
         self._rings.clear()
