@@ -5,15 +5,18 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
+import time
 
 import cv2
 import numpy as np
 import pytest
+import zmq
 
 from conftest import need_shared
 from test_daemon import daemon  # noqa: F401 - fixture: a real `lited serve`
 from daemon_process import DaemonProcess
-from lited.client import Client, ClientError, RingGone, Subscriber
+from lited.client import Client, ClientError, DaemonUnreachable, RingGone, Subscriber
 
 H, W = 48, 64
 # (array, what the one-line refusal names), each once silently cast or sent as it was.
@@ -119,3 +122,71 @@ def test_frames_of_results_before_a_resize_stay_readable(tmp_path, bundles_dir):
                 assert np.array_equal(sub.frame(result), frame)
             with pytest.raises(RingGone, match="no longer maps it .*old_segments"):
                 sub.frame(results[0])
+
+
+@pytest.fixture
+def silent_daemon(tmp_path):
+    """Real ZeroMQ sockets where a daemon's would be that never answer a
+    request: (pub, req) endpoints."""
+    context = zmq.Context()
+    pub, req = context.socket(zmq.PUB), context.socket(zmq.ROUTER)
+    pub.bind(f"ipc://{tmp_path}/pub.sock")
+    req.bind(f"ipc://{tmp_path}/req.sock")
+    yield f"ipc://{tmp_path}/pub.sock", f"ipc://{tmp_path}/req.sock"
+    pub.close(0)
+    req.close(0)
+    context.term()
+
+
+def timed(call, *args, **kwargs) -> tuple:
+    """(the exception `call` raised, seconds it took)."""
+    t0 = time.monotonic()
+    with pytest.raises(Exception) as info:
+        call(*args, **kwargs)
+    return info.value, time.monotonic() - t0
+
+
+def test_a_client_whose_daemon_went_away_fails_at_once_on_every_call(tmp_path, bundles_dir):
+    """Each call waited the whole timeout before it looked at the socket."""
+    with DaemonProcess(tmp_path, {"models": {"det": str(bundles_dir / "fastestdet")}, "streams": []}) as d:
+        with Client(d.req, timeout=5) as client:
+            client.ping()
+            d.proc.kill()  # SIGKILL: its socket files stay, nothing listens
+            d.proc.wait()
+            for _ in range(2):
+                error, took = timed(client.ping)
+                assert isinstance(error, DaemonUnreachable) and "nothing listens" in str(error), error
+                assert took < 2, took
+            d.start()
+            assert client.ping()["protocol"] == 1  # the same Client, once a daemon is back
+            d.stop()  # SIGTERM: it removes its sockets
+            for call in (client.ping, client.status):
+                error, took = timed(call)
+                assert isinstance(error, DaemonUnreachable) and "no socket" in str(error), error
+                assert took < 0.5, took
+
+
+def test_a_subscriber_check_that_cannot_ask_the_daemon_says_so(tmp_path, silent_daemon):
+    """A missing or dead request socket skipped the check in silence; one that
+    never answers blocked 10 s, with no way to say less, and a TimeoutError
+    the docs did not name."""
+    pub, _ = silent_daemon
+    dead = tmp_path / "dead.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(str(dead))  # a socket file nothing listens on
+    for req, said in ((f"ipc://{tmp_path}/missing.sock", "no socket"), (f"ipc://{dead}", "nothing listens")):
+        with pytest.raises(DaemonUnreachable, match=f"cannot check streams 'cam' over {re.escape(req)}: {said}"):
+            Subscriber(pub, streams=["cam"], request_endpoint=req)
+    error, took = timed(Subscriber, pub, streams=["cam"], timeout=0.5)
+    assert isinstance(error, TimeoutError) and "within 0.5 s" in str(error) and "check=False" in str(error), error
+    assert took < 3, took
+
+
+def test_a_timeout_after_a_large_request_names_max_request_bytes(silent_daemon):
+    """The library knows the size it sent; it blamed max_clients only."""
+    with Client(silent_daemon[1], timeout=0.5) as client:
+        error, _ = timed(client.infer, np.zeros((200, 200, 3), np.uint8))
+        assert isinstance(error, TimeoutError) and "request of 120" in str(error), error
+        assert "limits.max_request_bytes" in str(error) and "limits.max_clients" in str(error), error
+        error, _ = timed(client.ping)
+        assert isinstance(error, TimeoutError) and "max_request_bytes" not in str(error), error

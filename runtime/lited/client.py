@@ -86,20 +86,23 @@ def _local_first(endpoints: list) -> str:
     return next((e for e in endpoints if e.startswith("ipc://")), endpoints[0])
 
 
-def unreachable(endpoint: str) -> Optional[str]:
+def unreachable(endpoint: str, probe: bool = True) -> Optional[str]:
     """Why nothing can answer at `endpoint`, found at once for an ipc:// socket
-    (missing, refused, not ours to open); None when it may answer (or for
-    tcp://, where ZeroMQ only says so by never replying)."""
+    (missing; with `probe`, a connection to it also says refused or not ours
+    to open); None when it may answer (or for tcp://, where ZeroMQ only says
+    so by never replying)."""
     path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else None
     if not path or path.startswith("@"):  # tcp://, inproc://, or an abstract socket: nothing to look at
         return None
     if not os.path.exists(path):
         return (f"no socket {path}: is lited serve running? (`lited ctl --config FILE` finds the sockets "
                 "of the daemon that runs with FILE)")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(2)
+    if not probe:
+        return None
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.settimeout(2)
     try:
-        probe.connect(path)
+        conn.connect(path)
     except ConnectionRefusedError:
         return f"nothing listens on {path} (left by a daemon that is gone: is lited serve running?)"
     except PermissionError:
@@ -107,8 +110,22 @@ def unreachable(endpoint: str) -> Optional[str]:
     except OSError as exc:
         return f"{path}: {exc.strerror or exc}"
     finally:
-        probe.close()
+        conn.close()
     return None
+
+
+PROBE_INTERVAL = 0.5  # s: while a call waits, how often it looks whether the daemon's socket is still alive
+OVERSIZE_DROPPED = (1 << 10) + (64 << 10)  # bytes: over the least limits.max_request_bytes by the 64 KiB the
+# daemon still answers `too_large`, a request may be dropped without a reply (docs/protocol.md, too_large)
+
+
+def _timeout_causes(request_bytes: int) -> str:
+    """What a request that got no reply may have run into, for the TimeoutError."""
+    causes = "over limits.max_clients? the next call connects anew"
+    if request_bytes > OVERSIZE_DROPPED:
+        return (f"a request of {request_bytes} bytes: over the daemon's limits.max_request_bytes (16 MiB by default) "
+                f"by more than 64 KiB, dropped without a reply? or {causes}")
+    return causes
 
 
 def _request_endpoint_beside(pub: str) -> Optional[str]:
@@ -123,10 +140,14 @@ class Subscriber:
 
     With `check` (the default) it fails at once, rather than waiting in
     silence, when the daemon's socket is missing or dead (DaemonUnreachable)
-    or when it has no stream of that name (ClientError `not_found`, asked over
-    the request socket beside the PUB one, or `request_endpoint`). An app
-    started before the daemon, or waiting for a stream a reload will add,
-    passes check=False.
+    or when it has no stream of that name (ClientError `not_found`, asked with
+    a `status` request over the request socket beside the PUB one, or
+    `request_endpoint`: DaemonUnreachable if that one is missing or dead,
+    TimeoutError if no reply comes within `timeout` seconds, e.g. over
+    limits.max_clients). With no request socket to ask (a PUB endpoint not
+    named pub.sock and no `request_endpoint`, or tcp://) only the PUB socket
+    is checked. An app started before the daemon, or waiting for a stream a
+    reload will add, passes check=False.
 
     When the daemon rebuilds a ring for a new frame size, the segments this
     subscriber had mapped stay mapped, so the frames of the results it got
@@ -138,7 +159,7 @@ class Subscriber:
                  context: Optional[zmq.Context] = None, curve: Optional[dict] = None,
                  config: Union[str, os.PathLike, None] = None, check: bool = True,
                  request_endpoint: Optional[str] = None, answers: bool = False,
-                 trusted_uids: Optional[set] = None, old_segments: int = 2) -> None:
+                 trusted_uids: Optional[set] = None, old_segments: int = 2, timeout: float = 10.0) -> None:
         if old_segments < 0:
             raise ValueError(f"old_segments: expected 0 or more, got {old_segments}")
         if endpoint is None:
@@ -149,7 +170,7 @@ class Subscriber:
         self._peer.verify()  # before ZeroMQ connects and greets it
         if check:
             _check_streams(endpoint, request_endpoint or _request_endpoint_beside(endpoint), streams, context, curve,
-                           trusted_uids)
+                           trusted_uids, timeout)
         self.context = context or zmq.Context.instance()
         self.socket = self.context.socket(zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -277,8 +298,10 @@ class Subscriber:
 class Client:
     """Requests with timeouts. One Client per thread.
 
-    The first call (and a call that times out) looks at an ipc:// socket
-    first: a missing or dead one raises DaemonUnreachable at once."""
+    A daemon that is not there, or went away, raises DaemonUnreachable at
+    once (see `call`), not after the timeout. A TimeoutError says what the
+    request may have run into: limits.max_clients, or, for a request over
+    64 KiB (a large `infer` array), limits.max_request_bytes."""
 
     def __init__(self, endpoint: Optional[str] = None, timeout: float = 10.0,
                  context: Optional[zmq.Context] = None, curve: Optional[dict] = None,
@@ -306,29 +329,33 @@ class Client:
     def call(self, method: str, timeout: Optional[float] = None, **params: Any) -> Any:
         """Send a request, wait for its reply; ClientError (DaemonUnreachable),
         TimeoutError, or UntrustedPeer before anything is sent to a daemon it
-        must not trust."""
+        must not trust. A daemon that went away is found at once, not after
+        the timeout: every call looks whether an ipc:// socket file is still
+        there (a stopped daemon removes it), and whether something listens on
+        it on the first call, after a failed one, and every half second while
+        it waits for the reply (a killed daemon leaves a dead socket)."""
         self._peer.verify()
-        if not self._answered:
-            problem = unreachable(self.endpoint)
-            if problem:
-                raise DaemonUnreachable(problem)
+        self._raise_if_unreachable(probe=not self._answered)
         request_id = next(self._ids)
-        deadline = time.monotonic() + (timeout or self.timeout)
+        wait = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        request = protocol.encode_request(method, params, request_id)
         try:
-            self.socket.send(protocol.encode_request(method, params, request_id))
+            self.socket.send(request)
             sent = True
         except zmq.Again:  # no connection to send on (refused: too many clients)
             sent = False
         while True:
             remaining = deadline - time.monotonic()
-            if not sent or remaining <= 0 or not self.socket.poll(int(remaining * 1000)):
-                problem = unreachable(self.endpoint)
-                if problem:  # it went away while we waited
-                    raise DaemonUnreachable(problem)
+            if not sent or remaining <= 0:
+                self._raise_if_unreachable(probe=True)  # it went away while we waited
                 self.socket.close(0)
                 self._connect()
-                raise TimeoutError(f"lited: no reply to {method} within {timeout or self.timeout:.1f} s "
-                                   f"from {self.endpoint} (over limits.max_clients? the next call connects anew)")
+                raise TimeoutError(f"lited: no reply to {method} within {wait:.1f} s from {self.endpoint} "
+                                   f"({_timeout_causes(len(request))})")
+            if not self.socket.poll(int(min(remaining, PROBE_INTERVAL) * 1000)):
+                self._raise_if_unreachable(probe=True)
+                continue
             reply = protocol.decode_reply(self.socket.recv())
             self._answered = True
             if reply.get("id") != request_id:
@@ -337,6 +364,14 @@ class Client:
                 return reply.get("result")
             error = reply.get("error") or {}
             raise ClientError(error.get("code", "failed"), error.get("message", ""))
+
+    def _raise_if_unreachable(self, probe: bool) -> None:
+        """DaemonUnreachable if the ipc:// socket is gone (or, with `probe`,
+        dead); the next call then probes again before sending."""
+        problem = unreachable(self.endpoint, probe)
+        if problem:
+            self._answered = False
+            raise DaemonUnreachable(problem)
 
     def ping(self) -> dict:
         return self.call("ping")
@@ -403,15 +438,22 @@ def _checked_array(image: np.ndarray) -> np.ndarray:
 
 
 def _check_streams(pub: str, req: Optional[str], streams: Optional[list], context: Optional[zmq.Context],
-                   curve: Optional[dict], trusted_uids: Optional[set] = None) -> None:
-    """DaemonUnreachable or ClientError(`not_found`) now, rather than silence for ever."""
+                   curve: Optional[dict], trusted_uids: Optional[set], timeout: float) -> None:
+    """DaemonUnreachable, ClientError(`not_found`) or TimeoutError now, rather than silence for ever."""
     problem = unreachable(pub)
     if problem:
         raise DaemonUnreachable(problem)
-    if not streams or req is None or unreachable(req):
+    if not streams or req is None:
         return  # no request socket to ask (a custom layout, tcp://): nothing more to check
-    with Client(req, timeout=10, context=context, curve=curve, trusted_uids=trusted_uids) as client:
-        have = [s["stream"] for s in client.status()["streams"]]
+    problem = unreachable(req)
+    if problem:
+        raise DaemonUnreachable(f"cannot check streams {', '.join(map(repr, streams))} over {req}: {problem}")
+    with Client(req, timeout=timeout, context=context, curve=curve, trusted_uids=trusted_uids) as client:
+        try:
+            have = [s["stream"] for s in client.status()["streams"]]
+        except TimeoutError:
+            raise TimeoutError(f"lited: no reply within {timeout:.1f} s to the status request that checks the "
+                               f"streams, from {req} (over limits.max_clients? check=False skips the check)") from None
     missing = [s for s in streams if s not in have]
     if missing:
         raise ClientError("not_found", f"no stream {', '.join(map(repr, missing))} in the daemon at {pub} "
