@@ -16,7 +16,7 @@ import zmq
 from conftest import need_shared
 from test_daemon import daemon  # noqa: F401 - fixture: a real `lited serve`
 from daemon_process import DaemonProcess
-from lited.client import Client, ClientError, DaemonUnreachable, RingGone, Subscriber
+from lited.client import Client, ClientError, DaemonUnreachable, RingGone, Subscriber, UntrustedPeer
 
 H, W = 48, 64
 # (array, what the one-line refusal names), each once silently cast or sent as it was.
@@ -190,3 +190,31 @@ def test_a_timeout_after_a_large_request_names_max_request_bytes(silent_daemon):
         assert "limits.max_request_bytes" in str(error) and "limits.max_clients" in str(error), error
         error, _ = timed(client.ping)
         assert isinstance(error, TimeoutError) and "max_request_bytes" not in str(error), error
+
+
+def test_misuse_is_one_clear_error(tmp_path, silent_daemon):
+    """Each was a raw ZMQError, a silent default, a string split into
+    characters, or a message with an empty name in it."""
+    pub, req = silent_daemon
+    with pytest.raises(ValueError, match=r"^endpoint 'garbage': Invalid argument \(expected ipc://PATH"):
+        Client("garbage")
+    for timeout in (0, -1, True):
+        with pytest.raises(ValueError, match=f"^timeout: expected seconds > 0, got {timeout!r}$"):
+            Client(req, timeout=timeout)
+        with pytest.raises(ValueError, match=f"^timeout: expected seconds > 0, got {timeout!r}$"):
+            Subscriber(pub, timeout=timeout)
+    client = Client(req)
+    with pytest.raises(ValueError, match="^timeout: expected seconds > 0, got 0$"):
+        client.call("ping", timeout=0)  # waited for the default
+    client.close()
+    with pytest.raises(ValueError, match="^lited: this Client is closed$"):
+        client.ping()
+    sub = Subscriber(pub, check=False)
+    sub.close()
+    with pytest.raises(ValueError, match="^lited: this Subscriber is closed$"):
+        sub.recv(timeout=0.1)
+    missing = f"ipc://{tmp_path}/missing.sock"
+    with pytest.raises(DaemonUnreachable, match="cannot check streams 'cam' over"):  # one name: not 'c', 'a', 'm'
+        Subscriber(pub, streams="cam", request_endpoint=missing)
+    with pytest.raises(UntrustedPeer, match="someone other than nobody \\(trusted_uids is empty\\) could"):
+        Client(req, trusted_uids=set())

@@ -51,7 +51,9 @@ __all__ = ["Client", "ClientError", "ConfigError", "DaemonUnreachable", "FrameOv
 
 class ClientError(Exception):
     """The daemon answered with an error, or the client refused what the daemon
-    would (an `infer` array it does not take); `code` as in docs/protocol.md."""
+    would (an `infer` array it does not take); `code` as in docs/protocol.md,
+    or `unreachable` (DaemonUnreachable: said by this library, never sent by
+    the daemon)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
@@ -60,7 +62,8 @@ class ClientError(Exception):
 
 
 class DaemonUnreachable(ClientError):
-    """No daemon can answer at the endpoint (no socket, nothing listening, no permission)."""
+    """No daemon can answer at the endpoint (no socket, nothing listening, no
+    permission); code `unreachable`, the library's own (not a protocol code)."""
 
     def __init__(self, message: str) -> None:
         super().__init__("unreachable", message)
@@ -136,7 +139,8 @@ def _request_endpoint_beside(pub: str) -> Optional[str]:
 
 
 class Subscriber:
-    """Results (and optionally events and uplink answers) of some or all streams.
+    """Results (and optionally events and uplink answers) of some or all
+    streams (`streams`: a name or a list of names; all when None).
 
     With `check` (the default) it fails at once, rather than waiting in
     silence, when the daemon's socket is missing or dead (DaemonUnreachable)
@@ -155,7 +159,7 @@ class Subscriber:
     `old_segments` replaced segments per ring, the newest; each holds its
     memory (slots x frame size) until it is dropped."""
 
-    def __init__(self, endpoint: Optional[str] = None, streams: Optional[list] = None, events: bool = False,
+    def __init__(self, endpoint: Optional[str] = None, streams: Union[str, list, None] = None, events: bool = False,
                  context: Optional[zmq.Context] = None, curve: Optional[dict] = None,
                  config: Union[str, os.PathLike, None] = None, check: bool = True,
                  request_endpoint: Optional[str] = None, answers: bool = False,
@@ -165,6 +169,9 @@ class Subscriber:
         if endpoint is None:
             endpoint, found_req = daemon_endpoints(config)
             request_endpoint = request_endpoint or found_req
+        if isinstance(streams, str):
+            streams = [streams]  # one name, not its characters
+        _check_timeout(timeout)
         self.endpoint = endpoint
         self._peer = PeerCheck(endpoint, trusted_uids)
         self._peer.verify()  # before ZeroMQ connects and greets it
@@ -184,14 +191,17 @@ class Subscriber:
                 self.socket.setsockopt(zmq.SUBSCRIBE, protocol.answer_topic(stream) if stream else b"answer/")
         if events and streams:
             self.socket.setsockopt(zmq.SUBSCRIBE, protocol.event_topic(protocol.DAEMON_STREAM))
-        self.socket.connect(endpoint)
+        _connect(self.socket, endpoint)
         self._rings: dict = {}  # ring name -> its segments this subscriber maps, oldest first
         self._dropped: dict = {}  # ring name -> the newest generation unmapped to keep within old_segments
         self.old_segments = old_segments
         self.malformed = 0
 
     def recv(self, timeout: Optional[float] = None) -> Optional[dict]:
-        """The next result or event, or None after `timeout` seconds."""
+        """The next result or event, or None after `timeout` seconds.
+        ValueError once closed."""
+        if self.socket.closed:
+            raise ValueError("lited: this Subscriber is closed")
         while True:
             if timeout is not None and not self.socket.poll(int(timeout * 1000)):
                 return None
@@ -262,7 +272,10 @@ class Subscriber:
 
     @contextlib.contextmanager
     def frame_view(self, result: dict) -> Iterator[np.ndarray]:
-        """The result's own frame, zero copy and read-only, for the `with` body.
+        """The result's own frame, zero copy and read-only, for the `with` body
+        only: the array still works after it, but shows whatever the daemon
+        has written into the slot since, with no error (copy what you keep,
+        or use `frame()`).
         The daemon keeps the frame of its latest result (and `keep_results`
         older ones) intact, so reading each result as it arrives always
         works, across resizes too. Raises FrameOverwritten (on entry or exit)
@@ -306,6 +319,7 @@ class Client:
     def __init__(self, endpoint: Optional[str] = None, timeout: float = 10.0,
                  context: Optional[zmq.Context] = None, curve: Optional[dict] = None,
                  config: Union[str, os.PathLike, None] = None, trusted_uids: Optional[set] = None) -> None:
+        _check_timeout(timeout)
         self.endpoint = endpoint or daemon_endpoints(config)[1]
         self._peer = PeerCheck(self.endpoint, trusted_uids)
         self._peer.verify()  # before ZeroMQ connects and greets it
@@ -324,7 +338,7 @@ class Client:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SNDTIMEO, max(1, int(self.timeout * 1000)))
         _apply_curve(self.socket, self._curve)
-        self.socket.connect(self.endpoint)
+        _connect(self.socket, self.endpoint)
 
     def call(self, method: str, timeout: Optional[float] = None, **params: Any) -> Any:
         """Send a request, wait for its reply; ClientError (DaemonUnreachable),
@@ -333,7 +347,12 @@ class Client:
         the timeout: every call looks whether an ipc:// socket file is still
         there (a stopped daemon removes it), and whether something listens on
         it on the first call, after a failed one, and every half second while
-        it waits for the reply (a killed daemon leaves a dead socket)."""
+        it waits for the reply (a killed daemon leaves a dead socket).
+        `timeout` (seconds, > 0; default the Client's); ValueError once closed."""
+        if self.socket.closed:
+            raise ValueError("lited: this Client is closed")
+        if timeout is not None:
+            _check_timeout(timeout)
         self._peer.verify()
         self._raise_if_unreachable(probe=not self._answered)
         request_id = next(self._ids)
@@ -423,6 +442,22 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check_timeout(timeout: float) -> None:
+    """ValueError unless `timeout` is a number of seconds above 0 (0 waited
+    for the default, a negative one gave a TimeoutError at once)."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"timeout: expected seconds > 0, got {timeout!r}")
+
+
+def _connect(sock: zmq.Socket, endpoint: str) -> None:
+    """Connect, or ValueError naming an endpoint ZeroMQ cannot take."""
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close(0)
+        raise ValueError(f"endpoint {endpoint!r}: {zmq.strerror(exc.errno)} (expected ipc://PATH or tcp://HOST:PORT)") from None
 
 
 def _checked_array(image: np.ndarray) -> np.ndarray:
