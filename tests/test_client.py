@@ -218,3 +218,18 @@ def test_misuse_is_one_clear_error(tmp_path, silent_daemon):
         Subscriber(pub, streams="cam", request_endpoint=missing)
     with pytest.raises(UntrustedPeer, match="someone other than nobody \\(trusted_uids is empty\\) could"):
         Client(req, trusted_uids=set())
+
+
+def test_a_slow_subscriber_with_a_small_rcvhwm_sees_seq_jump(tmp_path, bundles_dir):
+    """With ZeroMQ's receive queue of 1000 messages, a stalled subscriber
+    found every result queued, stale, with no seq jump to tell it: the
+    daemon drops for it only once that queue, `limits.pub_hwm` and the
+    socket buffers between (some 170 results here) are full."""
+    stream = {"name": "cam", "source": "synth://?size=160x120&fps=20", "model": "det"}
+    config = {"models": {"det": str(bundles_dir / "fastestdet")}, "streams": [stream], "limits": {"pub_hwm": 2}}
+    with DaemonProcess(tmp_path, config) as d, Subscriber(d.pub, streams="cam", rcvhwm=1) as sub:
+        assert sub.recv(timeout=30) is not None, "no result in 30 s"
+        time.sleep(12)  # some 240 results meanwhile
+        results = [sub.recv(timeout=5) for _ in range(240)]
+    jumps = [b["seq"] for a, b in zip(results, results[1:]) if b["seq"] - a["seq"] > b["skipped"] + 1]
+    assert jumps, [r["seq"] for r in results]

@@ -157,13 +157,23 @@ class Subscriber:
     subscriber had mapped stay mapped, so the frames of the results it got
     before the resize stay readable (docs/protocol.md): at most
     `old_segments` replaced segments per ring, the newest; each holds its
-    memory (slots x frame size) until it is dropped."""
+    memory (slots x frame size) until it is dropped.
+
+    `rcvhwm`: how many messages this subscriber's own ZeroMQ queue holds
+    (ZMQ_RCVHWM; 1000, ZeroMQ's default). A slow app is behind by that many,
+    plus the daemon's `limits.pub_hwm` and what the socket buffers between
+    hold (some 170 small results over ipc://), before the daemon drops any
+    for it and `seq` jumps: an app that wants stale results dropped sooner
+    passes a small one (docs/protocol.md)."""
 
     def __init__(self, endpoint: Optional[str] = None, streams: Union[str, list, None] = None, events: bool = False,
                  context: Optional[zmq.Context] = None, curve: Optional[dict] = None,
                  config: Union[str, os.PathLike, None] = None, check: bool = True,
                  request_endpoint: Optional[str] = None, answers: bool = False,
-                 trusted_uids: Optional[set] = None, old_segments: int = 2, timeout: float = 10.0) -> None:
+                 trusted_uids: Optional[set] = None, old_segments: int = 2, timeout: float = 10.0,
+                 rcvhwm: int = 1000) -> None:
+        if rcvhwm < 0:
+            raise ValueError(f"rcvhwm: expected 0 (no limit) or more, got {rcvhwm}")
         if old_segments < 0:
             raise ValueError(f"old_segments: expected 0 or more, got {old_segments}")
         if endpoint is None:
@@ -181,6 +191,7 @@ class Subscriber:
         self.context = context or zmq.Context.instance()
         self.socket = self.context.socket(zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.RCVHWM, rcvhwm)
         _apply_curve(self.socket, curve)
         self.streams = set(streams) if streams else None
         for stream in streams or [""]:
