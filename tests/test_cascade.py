@@ -269,6 +269,20 @@ def test_a_live_stream_cuts_every_crop_from_its_own_held_frame(det_cls, tmp_path
         assert result["detections"] and all("classes" in d for d in result["detections"])
 
 
+def test_a_cascade_result_total_is_the_sum_of_its_timings(det_cls, tmp_path):
+    """A frame collected while the post thread still ran the previous frame's
+    cascade waited there, in no key: total was about twice the sum of the
+    parts on the demo (post_wait now)."""
+    video = tmp_path / "text.avi"
+    text_video(video, frames=60, fps=30)
+    results, _ = stream_results(det_cls, f"file://{video}?realtime=1&loop=1", slots=0, count=4)
+    assert len(results) >= 4
+    for result in results:
+        t = result["timings_ms"]
+        parts = sum(v for k, v in t.items() if k not in ("capture", "total"))
+        assert "post_wait" in t and abs(t["total"] - parts) < 5 + 0.02 * t["total"], t
+
+
 @pytest.mark.slow
 def test_the_demo_reads_the_scrolling_text(tmp_path):
     """`make demo`: the daemon reads the lines it scrolls by; character accuracy against what it drew."""

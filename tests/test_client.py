@@ -2,15 +2,21 @@
 errors it raises, against real sockets and a real daemon (test_daemon's)."""
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import socket
+import time
 
 import cv2
 import numpy as np
 import pytest
+import zmq
 
 from conftest import need_shared
 from test_daemon import daemon  # noqa: F401 - fixture: a real `lited serve`
-from lited.client import Client, ClientError, Subscriber
+from daemon_process import DaemonProcess
+from lited.client import Client, ClientError, DaemonUnreachable, RingGone, Subscriber, UntrustedPeer
 
 H, W = 48, 64
 # (array, what the one-line refusal names), each once silently cast or sent as it was.
@@ -41,6 +47,8 @@ def test_infer_takes_bgr_uint8_and_refuses_as_the_daemon_does(daemon):  # noqa: 
     with daemon.client(timeout=60) as client:
         found = client.infer(image=photo, model="det")
         assert [d["label"] for d in found["detections"]][:1] == ["cat"], found
+        encoded = cv2.imencode(".png", photo)[1].tobytes()
+        assert client.infer(image=memoryview(encoded), model="det")["detections"] == found["detections"]
         view = photo[::2, ::2]  # not contiguous: still taken
         assert client.infer(image=view, model="det")["width"] == view.shape[1]
         with pytest.raises(ClientError, match="dtype float32"):  # once cast to all but black, and answered
@@ -64,3 +72,164 @@ def test_a_config_that_cannot_be_read_raises_config_error_naming_it(tmp_path, ma
     wrong.write_text('{"runtime_dir": 5}')
     with pytest.raises(ConfigError, match=f"^config {re.escape(str(wrong))}: runtime_dir: expected a string, got 5$"):
         make(config=wrong)
+
+
+@pytest.mark.parametrize("image, named", [(None, "NoneType (cv2.imread gives None"), (True, "bool"), (1.5, "float"),
+                                          ([[0, 0, 0]], "list"), ("fd", "int")], ids=str)
+def test_infer_refuses_what_is_no_array_bytes_or_path_before_sending_it(tmp_path, image, named):
+    """An int was opened as a file descriptor: infer(5) read and closed fd 5
+    (ZeroMQ's epoll: libzmq aborted the process later), infer(True) closed stdout."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"not an image")
+    os.close(write_end)
+    try:
+        image = read_end if image == "fd" else image
+        with Client(f"ipc://{tmp_path}/req.sock") as client:
+            with pytest.raises(ClientError) as info:
+                client.infer(image=image)
+        assert str(info.value).startswith("bad_request: image: expected a BGR uint8 array, encoded image bytes or "
+                                          f"a file path, got {named}"), info.value
+        assert os.read(read_end, 100) == b"not an image"  # the descriptor untouched, still open
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(read_end)
+
+
+def test_frames_of_results_before_a_resize_stay_readable(tmp_path, bundles_dir):
+    """Each image has another size, so every result comes from a new ring
+    segment. The segments this Subscriber mapped stay mapped (old_segments,
+    2 by default): the previous result's frame (keep_results: 1) and those of
+    the two segments before the latest read back as they were; RingGone
+    claimed they were replaced before they were mapped."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    photo = cv2.imread(str(need_shared("images", "chelsea.png")))
+    for i, width in enumerate((320, 288, 256, 224)):
+        cv2.imwrite(str(folder / f"{i}.png"), cv2.resize(photo, (width, 240)))
+    stream = {"name": "cam", "source": f"images://{folder}?fps=4&loop=1", "model": "det", "keep_results": 1}
+    with DaemonProcess(tmp_path, {"models": {"det": str(bundles_dir / "fastestdet")}, "streams": [stream]}) as d:
+        with Subscriber(d.pub, streams=["cam"]) as sub:
+            results, frames = [], []
+            while len(results) < 6:
+                result = sub.recv(timeout=30)
+                assert result is not None, "no result in 30 s"
+                frames.append(sub.frame(result))  # read on arrival
+                if results:
+                    assert np.array_equal(sub.frame(results[-1]), frames[-2])  # after the resize
+                results.append(result)
+            assert len({r["frame"]["generation"] for r in results}) >= 4
+            for result, frame in list(zip(results, frames))[-3:]:
+                assert np.array_equal(sub.frame(result), frame)
+            with pytest.raises(RingGone, match="no longer maps it .*old_segments"):
+                sub.frame(results[0])
+
+
+@pytest.fixture
+def silent_daemon(tmp_path):
+    """Real ZeroMQ sockets where a daemon's would be that never answer a
+    request: (pub, req) endpoints."""
+    context = zmq.Context()
+    pub, req = context.socket(zmq.PUB), context.socket(zmq.ROUTER)
+    pub.bind(f"ipc://{tmp_path}/pub.sock")
+    req.bind(f"ipc://{tmp_path}/req.sock")
+    yield f"ipc://{tmp_path}/pub.sock", f"ipc://{tmp_path}/req.sock"
+    pub.close(0)
+    req.close(0)
+    context.term()
+
+
+def timed(call, *args, **kwargs) -> tuple:
+    """(the exception `call` raised, seconds it took)."""
+    t0 = time.monotonic()
+    with pytest.raises(Exception) as info:
+        call(*args, **kwargs)
+    return info.value, time.monotonic() - t0
+
+
+def test_a_client_whose_daemon_went_away_fails_at_once_on_every_call(tmp_path, bundles_dir):
+    """Each call waited the whole timeout before it looked at the socket."""
+    with DaemonProcess(tmp_path, {"models": {"det": str(bundles_dir / "fastestdet")}, "streams": []}) as d:
+        with Client(d.req, timeout=5) as client:
+            client.ping()
+            d.proc.kill()  # SIGKILL: its socket files stay, nothing listens
+            d.proc.wait()
+            for _ in range(2):
+                error, took = timed(client.ping)
+                assert isinstance(error, DaemonUnreachable) and "nothing listens" in str(error), error
+                assert took < 2, took
+            d.start()
+            assert client.ping()["protocol"] == 1  # the same Client, once a daemon is back
+            d.stop()  # SIGTERM: it removes its sockets
+            for call in (client.ping, client.status):
+                error, took = timed(call)
+                assert isinstance(error, DaemonUnreachable) and "no socket" in str(error), error
+                assert took < 0.5, took
+
+
+def test_a_subscriber_check_that_cannot_ask_the_daemon_says_so(tmp_path, silent_daemon):
+    """A missing or dead request socket skipped the check in silence; one that
+    never answers blocked 10 s, with no way to say less, and a TimeoutError
+    the docs did not name."""
+    pub, _ = silent_daemon
+    dead = tmp_path / "dead.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(str(dead))  # a socket file nothing listens on
+    for req, said in ((f"ipc://{tmp_path}/missing.sock", "no socket"), (f"ipc://{dead}", "nothing listens")):
+        with pytest.raises(DaemonUnreachable, match=f"cannot check streams 'cam' over {re.escape(req)}: {said}"):
+            Subscriber(pub, streams=["cam"], request_endpoint=req)
+    error, took = timed(Subscriber, pub, streams=["cam"], timeout=0.5)
+    assert isinstance(error, TimeoutError) and "within 0.5 s" in str(error) and "check=False" in str(error), error
+    assert took < 3, took
+
+
+def test_a_timeout_after_a_large_request_names_max_request_bytes(silent_daemon):
+    """The library knows the size it sent; it blamed max_clients only."""
+    with Client(silent_daemon[1], timeout=0.5) as client:
+        error, _ = timed(client.infer, np.zeros((200, 200, 3), np.uint8))
+        assert isinstance(error, TimeoutError) and "request of 120" in str(error), error
+        assert "limits.max_request_bytes" in str(error) and "limits.max_clients" in str(error), error
+        error, _ = timed(client.ping)
+        assert isinstance(error, TimeoutError) and "max_request_bytes" not in str(error), error
+
+
+def test_misuse_is_one_clear_error(tmp_path, silent_daemon):
+    """Each was a raw ZMQError, a silent default, a string split into
+    characters, or a message with an empty name in it."""
+    pub, req = silent_daemon
+    with pytest.raises(ValueError, match=r"^endpoint 'garbage': Invalid argument \(expected ipc://PATH"):
+        Client("garbage")
+    for timeout in (0, -1, True):
+        with pytest.raises(ValueError, match=f"^timeout: expected seconds > 0, got {timeout!r}$"):
+            Client(req, timeout=timeout)
+        with pytest.raises(ValueError, match=f"^timeout: expected seconds > 0, got {timeout!r}$"):
+            Subscriber(pub, timeout=timeout)
+    client = Client(req)
+    with pytest.raises(ValueError, match="^timeout: expected seconds > 0, got 0$"):
+        client.call("ping", timeout=0)  # waited for the default
+    client.close()
+    with pytest.raises(ValueError, match="^lited: this Client is closed$"):
+        client.ping()
+    sub = Subscriber(pub, check=False)
+    sub.close()
+    with pytest.raises(ValueError, match="^lited: this Subscriber is closed$"):
+        sub.recv(timeout=0.1)
+    missing = f"ipc://{tmp_path}/missing.sock"
+    with pytest.raises(DaemonUnreachable, match="cannot check streams 'cam' over"):  # one name: not 'c', 'a', 'm'
+        Subscriber(pub, streams="cam", request_endpoint=missing)
+    with pytest.raises(UntrustedPeer, match="someone other than nobody \\(trusted_uids is empty\\) could"):
+        Client(req, trusted_uids=set())
+
+
+def test_a_slow_subscriber_with_a_small_rcvhwm_sees_seq_jump(tmp_path, bundles_dir):
+    """With ZeroMQ's receive queue of 1000 messages, a stalled subscriber
+    found every result queued, stale, with no seq jump to tell it: the
+    daemon drops for it only once that queue, `limits.pub_hwm` and the
+    socket buffers between (some 170 results here) are full."""
+    stream = {"name": "cam", "source": "synth://?size=160x120&fps=20", "model": "det"}
+    config = {"models": {"det": str(bundles_dir / "fastestdet")}, "streams": [stream], "limits": {"pub_hwm": 2}}
+    with DaemonProcess(tmp_path, config) as d, Subscriber(d.pub, streams="cam", rcvhwm=1) as sub:
+        assert sub.recv(timeout=30) is not None, "no result in 30 s"
+        time.sleep(12)  # some 240 results meanwhile
+        results = [sub.recv(timeout=5) for _ in range(240)]
+    jumps = [b["seq"] for a, b in zip(results, results[1:]) if b["seq"] - a["seq"] > b["skipped"] + 1]
+    assert jumps, [r["seq"] for r in results]

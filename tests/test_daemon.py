@@ -115,6 +115,18 @@ def test_infer_requests_run_in_an_engine_process_a_reload_stops(daemon):
         assert len(engine_pids(daemon) - {old}) == 1
 
 
+def test_reload_with_a_bundle_but_no_model_is_refused_even_with_one_model(tmp_path, bundles_dir):
+    """It was aimed at the first model: with force, a silent swap of the default."""
+    with DaemonProcess(tmp_path, {"models": {"det": str(bundles_dir / "fastestdet")}, "streams": []}) as d:
+        with d.client() as client:
+            with pytest.raises(ClientError) as info:
+                client.call("reload", bundle=str(bundles_dir / "ultraface"), force=True)
+            assert info.value.code == "bad_request", info.value
+            assert info.value.message == "params.model: needed with params.bundle (the key of the model to load it " \
+                                         "for: det)"
+            assert client.status()["models"]["det"]["name"] == "fastestdet"
+
+
 def test_bad_requests_get_error_replies_and_the_daemon_keeps_serving(daemon):
     with daemon.client() as client:
         cases = [({"method": "nope"}, "unknown_method"),

@@ -17,6 +17,7 @@ import select
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import msgpack
@@ -24,6 +25,7 @@ import pytest
 import zmq
 
 from test_daemon import daemon  # noqa: F401 - fixture: a real `lited serve`, for subscriber.py
+from test_reliability_security import probe_python
 from lited.client import ClientError, ConfigError, Subscriber
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,6 +161,12 @@ SCRIPT = [
     (event("_daemon", "reload", ok=False, detail="fastestdet: no model.nb in the bundle"),
      "event _daemon reload failed fastestdet: no model.nb in the bundle", None),
     (event("_daemon", "stopping"), "event _daemon stopping - -", None),
+    # A number may come as a float: a frame number of 1239.0 is 1239, of 1239.5 no frame number.
+    (result("cam0", 1239.0, detections=[DOG]), "cam0 1239 fastestdet 1 detections: dog 0.51 0.0,0.0,64.0,48.0", None),
+    (result("cam0", 1239.5), None, "bad seq"),
+    # Event kinds and states a later version adds are ignored, not printed.
+    (event("cam0", "newkind"), None, None),
+    (event("cam0", "state", state="dreaming", detail="a later state"), None, None),
 ]
 
 
@@ -322,3 +330,42 @@ def test_lited_subscriber_asked_for_an_unknown_stream_says_so_in_one_line(daemon
     expected = library_message(config=daemon.config_path, streams=["cam9"])
     assert expected.startswith("not_found: no stream 'cam9' in the daemon")
     assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", expected + "\n")
+
+
+@pytest.fixture(params=["c_subscriber", "python_subscriber", "c_request"])
+def client(request) -> list[str]:
+    """Each example client that talks to the daemon directly, as argv."""
+    if request.param == "python_subscriber":
+        return [sys.executable, str(EXAMPLES / "python_subscriber.py")]
+    return [str(request.getfixturevalue("c_examples") / request.param)]
+
+
+def run_client(argv: list[str], endpoint: str) -> tuple:
+    """(exit code, stdout, stderr with the program's name as `PROG`)."""
+    proc = subprocess.run(argv + [endpoint], capture_output=True, text=True, timeout=TIMEOUT)
+    return proc.returncode, proc.stdout, proc.stderr.replace(argv[-1], "PROG")
+
+
+def test_a_client_checks_who_serves_the_socket_before_talking(client, tmp_path):
+    """protocol.md asks a client to check the listener's user (SO_PEERCRED);
+    the examples did not, and talked to whoever listened."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to listen as another user")
+    path = tmp_path / "nothing.sock"
+    assert run_client(client, f"ipc://{path}") == (
+        1, "", f"PROG: nothing listens on {path} (No such file or directory): is lited serve running?\n")
+    base = Path(tempfile.mkdtemp(prefix="lited-peer-"))
+    base.chmod(0o777)  # nobody makes its socket here
+    listener = subprocess.Popen(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", probe_python(),
+                                 "-c", "import socket, sys, time; s = socket.socket(socket.AF_UNIX); "
+                                 "s.bind(sys.argv[1]); s.listen(); print('ok', flush=True); time.sleep(60)",
+                                 str(base / "pub.sock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert listener.stdout.readline() == "ok\n"
+        assert run_client(client, f"ipc://{base}/pub.sock") == (
+            1, "", f"PROG: {base}/pub.sock is served by uid 65534, not by this user, root or lited: refusing to "
+                   "talk to it\n")
+    finally:
+        listener.kill()
+        listener.wait()
+        shutil.rmtree(base)

@@ -712,7 +712,7 @@ def _check_decoder(c: BundleChecker, manifest: dict, where: str = "") -> None:
 
 STAGE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 # result timing keys a stage name must not take (its time is reported under its name)
-TIMING_KEYS = ("capture", "wait", "preprocess", "queue", "infer", "postprocess", "crop", "total")
+TIMING_KEYS = ("capture", "wait", "preprocess", "queue", "infer", "post_wait", "postprocess", "crop", "total")
 STAGE_FIELDS = ("name", "models", "inputs", "preprocess", "decoder", "labels", "crop", "select", "rotate", "batch")
 CROP_MODES = ("quad", "box")
 STAGE_MAX_CROPS = 32  # crops per frame a stage runs on by default (the best-scoring detections)

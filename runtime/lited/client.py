@@ -51,7 +51,9 @@ __all__ = ["Client", "ClientError", "ConfigError", "DaemonUnreachable", "FrameOv
 
 class ClientError(Exception):
     """The daemon answered with an error, or the client refused what the daemon
-    would (an `infer` array it does not take); `code` as in docs/protocol.md."""
+    would (an `infer` array it does not take); `code` as in docs/protocol.md,
+    or `unreachable` (DaemonUnreachable: said by this library, never sent by
+    the daemon)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
@@ -60,7 +62,8 @@ class ClientError(Exception):
 
 
 class DaemonUnreachable(ClientError):
-    """No daemon can answer at the endpoint (no socket, nothing listening, no permission)."""
+    """No daemon can answer at the endpoint (no socket, nothing listening, no
+    permission); code `unreachable`, the library's own (not a protocol code)."""
 
     def __init__(self, message: str) -> None:
         super().__init__("unreachable", message)
@@ -86,20 +89,23 @@ def _local_first(endpoints: list) -> str:
     return next((e for e in endpoints if e.startswith("ipc://")), endpoints[0])
 
 
-def unreachable(endpoint: str) -> Optional[str]:
+def unreachable(endpoint: str, probe: bool = True) -> Optional[str]:
     """Why nothing can answer at `endpoint`, found at once for an ipc:// socket
-    (missing, refused, not ours to open); None when it may answer (or for
-    tcp://, where ZeroMQ only says so by never replying)."""
+    (missing; with `probe`, a connection to it also says refused or not ours
+    to open); None when it may answer (or for tcp://, where ZeroMQ only says
+    so by never replying)."""
     path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else None
     if not path or path.startswith("@"):  # tcp://, inproc://, or an abstract socket: nothing to look at
         return None
     if not os.path.exists(path):
         return (f"no socket {path}: is lited serve running? (`lited ctl --config FILE` finds the sockets "
                 "of the daemon that runs with FILE)")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(2)
+    if not probe:
+        return None
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.settimeout(2)
     try:
-        probe.connect(path)
+        conn.connect(path)
     except ConnectionRefusedError:
         return f"nothing listens on {path} (left by a daemon that is gone: is lited serve running?)"
     except PermissionError:
@@ -107,8 +113,22 @@ def unreachable(endpoint: str) -> Optional[str]:
     except OSError as exc:
         return f"{path}: {exc.strerror or exc}"
     finally:
-        probe.close()
+        conn.close()
     return None
+
+
+PROBE_INTERVAL = 0.5  # s: while a call waits, how often it looks whether the daemon's socket is still alive
+OVERSIZE_DROPPED = (1 << 10) + (64 << 10)  # bytes: over the least limits.max_request_bytes by the 64 KiB the
+# daemon still answers `too_large`, a request may be dropped without a reply (docs/protocol.md, too_large)
+
+
+def _timeout_causes(request_bytes: int) -> str:
+    """What a request that got no reply may have run into, for the TimeoutError."""
+    causes = "over limits.max_clients? the next call connects anew"
+    if request_bytes > OVERSIZE_DROPPED:
+        return (f"a request of {request_bytes} bytes: over the daemon's limits.max_request_bytes (16 MiB by default) "
+                f"by more than 64 KiB, dropped without a reply? or {causes}")
+    return causes
 
 
 def _request_endpoint_beside(pub: str) -> Optional[str]:
@@ -119,32 +139,59 @@ def _request_endpoint_beside(pub: str) -> Optional[str]:
 
 
 class Subscriber:
-    """Results (and optionally events and uplink answers) of some or all streams.
+    """Results (and optionally events and uplink answers) of some or all
+    streams (`streams`: a name or a list of names; all when None).
 
     With `check` (the default) it fails at once, rather than waiting in
     silence, when the daemon's socket is missing or dead (DaemonUnreachable)
-    or when it has no stream of that name (ClientError `not_found`, asked over
-    the request socket beside the PUB one, or `request_endpoint`). An app
-    started before the daemon, or waiting for a stream a reload will add,
-    passes check=False."""
+    or when it has no stream of that name (ClientError `not_found`, asked with
+    a `status` request over the request socket beside the PUB one, or
+    `request_endpoint`: DaemonUnreachable if that one is missing or dead,
+    TimeoutError if no reply comes within `timeout` seconds, e.g. over
+    limits.max_clients). With no request socket to ask (a PUB endpoint not
+    named pub.sock and no `request_endpoint`, or tcp://) only the PUB socket
+    is checked. An app started before the daemon, or waiting for a stream a
+    reload will add, passes check=False.
 
-    def __init__(self, endpoint: Optional[str] = None, streams: Optional[list] = None, events: bool = False,
+    When the daemon rebuilds a ring for a new frame size, the segments this
+    subscriber had mapped stay mapped, so the frames of the results it got
+    before the resize stay readable (docs/protocol.md): at most
+    `old_segments` replaced segments per ring, the newest; each holds its
+    memory (slots x frame size) until it is dropped.
+
+    `rcvhwm`: how many messages this subscriber's own ZeroMQ queue holds
+    (ZMQ_RCVHWM; 1000, ZeroMQ's default). A slow app is behind by that many,
+    plus the daemon's `limits.pub_hwm` and what the socket buffers between
+    hold (some 170 small results over ipc://), before the daemon drops any
+    for it and `seq` jumps: an app that wants stale results dropped sooner
+    passes a small one (docs/protocol.md)."""
+
+    def __init__(self, endpoint: Optional[str] = None, streams: Union[str, list, None] = None, events: bool = False,
                  context: Optional[zmq.Context] = None, curve: Optional[dict] = None,
                  config: Union[str, os.PathLike, None] = None, check: bool = True,
                  request_endpoint: Optional[str] = None, answers: bool = False,
-                 trusted_uids: Optional[set] = None) -> None:
+                 trusted_uids: Optional[set] = None, old_segments: int = 2, timeout: float = 10.0,
+                 rcvhwm: int = 1000) -> None:
+        if rcvhwm < 0:
+            raise ValueError(f"rcvhwm: expected 0 (no limit) or more, got {rcvhwm}")
+        if old_segments < 0:
+            raise ValueError(f"old_segments: expected 0 or more, got {old_segments}")
         if endpoint is None:
             endpoint, found_req = daemon_endpoints(config)
             request_endpoint = request_endpoint or found_req
+        if isinstance(streams, str):
+            streams = [streams]  # one name, not its characters
+        _check_timeout(timeout)
         self.endpoint = endpoint
         self._peer = PeerCheck(endpoint, trusted_uids)
         self._peer.verify()  # before ZeroMQ connects and greets it
         if check:
             _check_streams(endpoint, request_endpoint or _request_endpoint_beside(endpoint), streams, context, curve,
-                           trusted_uids)
+                           trusted_uids, timeout)
         self.context = context or zmq.Context.instance()
         self.socket = self.context.socket(zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.RCVHWM, rcvhwm)
         _apply_curve(self.socket, curve)
         self.streams = set(streams) if streams else None
         for stream in streams or [""]:
@@ -155,12 +202,17 @@ class Subscriber:
                 self.socket.setsockopt(zmq.SUBSCRIBE, protocol.answer_topic(stream) if stream else b"answer/")
         if events and streams:
             self.socket.setsockopt(zmq.SUBSCRIBE, protocol.event_topic(protocol.DAEMON_STREAM))
-        self.socket.connect(endpoint)
-        self._rings: dict = {}
+        _connect(self.socket, endpoint)
+        self._rings: dict = {}  # ring name -> its segments this subscriber maps, oldest first
+        self._dropped: dict = {}  # ring name -> the newest generation unmapped to keep within old_segments
+        self.old_segments = old_segments
         self.malformed = 0
 
     def recv(self, timeout: Optional[float] = None) -> Optional[dict]:
-        """The next result or event, or None after `timeout` seconds."""
+        """The next result or event, or None after `timeout` seconds.
+        ValueError once closed."""
+        if self.socket.closed:
+            raise ValueError("lited: this Subscriber is closed")
         while True:
             if timeout is not None and not self.socket.poll(int(timeout * 1000)):
                 return None
@@ -186,32 +238,61 @@ class Subscriber:
 
     def _ring(self, result: dict) -> FrameRing:
         """The mapped segment holding the result's frame: the ring named in
-        it, of the generation it names (a ring rebuilt for a new frame size
-        is a new segment under the same name, put there with its first
-        result; results come in order, so once a result names the new one
-        the old mapping is dropped). RingGone if its writer is gone."""
+        it, of the generation it names. A ring rebuilt for a new frame size
+        is a new segment under the same name; the segments this subscriber
+        mapped before stay mapped (up to `old_segments` per ring), so the
+        results it got before a resize can still be read. RingGone if the
+        writer is gone, or the segment was replaced before it was mapped."""
         frame = result["frame"]
         name, generation = frame["ring"], frame.get("generation")
-        ring = self._rings.get(name)
-        if ring is not None and ring.writer_alive() and (not generation or ring.generation == generation):
-            return ring
-        for old in [n for n, r in self._rings.items() if n == name or not r.writer_alive()]:
-            self._rings.pop(old).close()
+        mapped = self._rings.get(name, [])  # oldest first
+        for ring in reversed(mapped):
+            if not generation or ring.generation == generation:
+                if ring.writer_alive() or (generation and ring.readable()):
+                    return ring
+                break
+        self._drop_unreadable()
         ring = FrameRing.attach(name)
         if generation and ring.generation != generation:
             ring.close()
-            raise RingGone(f"{name}: generation {generation} was replaced by {ring.generation} before it was mapped")
-        self._rings[name] = ring
+            if generation <= self._dropped.get(name, 0):
+                raise RingGone(f"{name}: generation {generation} was replaced by newer ones and this subscriber no "
+                               f"longer maps it (it keeps {self.old_segments} replaced segments: old_segments)")
+            raise RingGone(f"{name}: generation {generation} was replaced by {ring.generation} before this subscriber "
+                           "mapped it")
+        mapped = self._rings.setdefault(name, [])
+        mapped.append(ring)
+        while len(mapped) > 1 + self.old_segments:
+            oldest = mapped.pop(0)
+            self._dropped[name] = oldest.generation
+            oldest.close()
         return ring
+
+    def _drop_unreadable(self) -> None:
+        """Unmap the segments whose frames can no longer be read (their writer
+        is gone: a restart), and those of the same generation as a newer one."""
+        for name, mapped in list(self._rings.items()):
+            keep = [ring for ring in mapped if ring.readable()]
+            for ring in mapped:
+                if ring not in keep:
+                    ring.close()
+            if keep:
+                self._rings[name] = keep
+            else:
+                del self._rings[name]
 
     @contextlib.contextmanager
     def frame_view(self, result: dict) -> Iterator[np.ndarray]:
-        """The result's own frame, zero copy and read-only, for the `with` body.
+        """The result's own frame, zero copy and read-only, for the `with` body
+        only: the array still works after it, but shows whatever the daemon
+        has written into the slot since, with no error (copy what you keep,
+        or use `frame()`).
         The daemon keeps the frame of its latest result (and `keep_results`
         older ones) intact, so reading each result as it arrives always
-        works. Raises FrameOverwritten (on entry or exit) if the daemon reused
-        the slot (a result read late), RingGone if the daemon restarted or the
-        result's ring segment was replaced before this subscriber mapped it."""
+        works, across resizes too. Raises FrameOverwritten (on entry or exit)
+        if the daemon reused the slot (a result read late), RingGone if the
+        daemon restarted, or the result's ring segment was replaced before
+        this subscriber mapped it (or more than `old_segments` segments ago)."""
         frame = result["frame"]
         with self._ring(result).frame(frame["slot"], frame["slot_seq"]) as view:
             yield view
@@ -225,7 +306,7 @@ class Subscriber:
         return data
 
     def close(self) -> None:
-        for ring in self._rings.values():
+        for ring in itertools.chain.from_iterable(self._rings.values()):
             with contextlib.suppress(RingError):
                 ring.close()
         self._rings.clear()
@@ -241,12 +322,15 @@ class Subscriber:
 class Client:
     """Requests with timeouts. One Client per thread.
 
-    The first call (and a call that times out) looks at an ipc:// socket
-    first: a missing or dead one raises DaemonUnreachable at once."""
+    A daemon that is not there, or went away, raises DaemonUnreachable at
+    once (see `call`), not after the timeout. A TimeoutError says what the
+    request may have run into: limits.max_clients, or, for a request over
+    64 KiB (a large `infer` array), limits.max_request_bytes."""
 
     def __init__(self, endpoint: Optional[str] = None, timeout: float = 10.0,
                  context: Optional[zmq.Context] = None, curve: Optional[dict] = None,
                  config: Union[str, os.PathLike, None] = None, trusted_uids: Optional[set] = None) -> None:
+        _check_timeout(timeout)
         self.endpoint = endpoint or daemon_endpoints(config)[1]
         self._peer = PeerCheck(self.endpoint, trusted_uids)
         self._peer.verify()  # before ZeroMQ connects and greets it
@@ -265,34 +349,43 @@ class Client:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SNDTIMEO, max(1, int(self.timeout * 1000)))
         _apply_curve(self.socket, self._curve)
-        self.socket.connect(self.endpoint)
+        _connect(self.socket, self.endpoint)
 
     def call(self, method: str, timeout: Optional[float] = None, **params: Any) -> Any:
         """Send a request, wait for its reply; ClientError (DaemonUnreachable),
         TimeoutError, or UntrustedPeer before anything is sent to a daemon it
-        must not trust."""
+        must not trust. A daemon that went away is found at once, not after
+        the timeout: every call looks whether an ipc:// socket file is still
+        there (a stopped daemon removes it), and whether something listens on
+        it on the first call, after a failed one, and every half second while
+        it waits for the reply (a killed daemon leaves a dead socket).
+        `timeout` (seconds, > 0; default the Client's); ValueError once closed."""
+        if self.socket.closed:
+            raise ValueError("lited: this Client is closed")
+        if timeout is not None:
+            _check_timeout(timeout)
         self._peer.verify()
-        if not self._answered:
-            problem = unreachable(self.endpoint)
-            if problem:
-                raise DaemonUnreachable(problem)
+        self._raise_if_unreachable(probe=not self._answered)
         request_id = next(self._ids)
-        deadline = time.monotonic() + (timeout or self.timeout)
+        wait = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        request = protocol.encode_request(method, params, request_id)
         try:
-            self.socket.send(protocol.encode_request(method, params, request_id))
+            self.socket.send(request)
             sent = True
         except zmq.Again:  # no connection to send on (refused: too many clients)
             sent = False
         while True:
             remaining = deadline - time.monotonic()
-            if not sent or remaining <= 0 or not self.socket.poll(int(remaining * 1000)):
-                problem = unreachable(self.endpoint)
-                if problem:  # it went away while we waited
-                    raise DaemonUnreachable(problem)
+            if not sent or remaining <= 0:
+                self._raise_if_unreachable(probe=True)  # it went away while we waited
                 self.socket.close(0)
                 self._connect()
-                raise TimeoutError(f"lited: no reply to {method} within {timeout or self.timeout:.1f} s "
-                                   f"from {self.endpoint} (over limits.max_clients? the next call connects anew)")
+                raise TimeoutError(f"lited: no reply to {method} within {wait:.1f} s from {self.endpoint} "
+                                   f"({_timeout_causes(len(request))})")
+            if not self.socket.poll(int(min(remaining, PROBE_INTERVAL) * 1000)):
+                self._raise_if_unreachable(probe=True)
+                continue
             reply = protocol.decode_reply(self.socket.recv())
             self._answered = True
             if reply.get("id") != request_id:
@@ -302,6 +395,14 @@ class Client:
             error = reply.get("error") or {}
             raise ClientError(error.get("code", "failed"), error.get("message", ""))
 
+    def _raise_if_unreachable(self, probe: bool) -> None:
+        """DaemonUnreachable if the ipc:// socket is gone (or, with `probe`,
+        dead); the next call then probes again before sending."""
+        problem = unreachable(self.endpoint, probe)
+        if problem:
+            self._answered = False
+            raise DaemonUnreachable(problem)
+
     def ping(self) -> dict:
         return self.call("ping")
 
@@ -309,19 +410,27 @@ class Client:
         return self.call("status")
 
     def infer(self, image: Any, model: Optional[str] = None, timeout: Optional[float] = None) -> dict:
-        """`image`: a BGR uint8 array (height x width x 3), encoded image bytes,
-        or a file path. An array of another dtype or shape is refused here
-        (ClientError `bad_request`, as the daemon would), never cast: a 0..1
-        float image cast to uint8 is black, and the result silently wrong."""
+        """`image`: a BGR uint8 array (height x width x 3), encoded image bytes
+        (bytes, bytearray or memoryview), or a file path (str or os.PathLike).
+        Anything else is refused here (ClientError `bad_request`), before
+        anything is sent: an int is never taken for a file descriptor. An
+        array of another dtype or shape is refused too (as the daemon would),
+        never cast: a 0..1 float image cast to uint8 is black, and the result
+        silently wrong."""
         params: dict = {} if model is None else {"model": model}
         if isinstance(image, np.ndarray):
             array = np.ascontiguousarray(_checked_array(image))
             params.update(array=array.tobytes(), shape=list(array.shape), dtype="uint8")
-        elif isinstance(image, (bytes, bytearray)):
+        elif isinstance(image, (bytes, bytearray, memoryview)):
             params["image"] = bytes(image)
-        else:
+        elif isinstance(image, (str, os.PathLike)):
             with open(image, "rb") as fh:
                 params["image"] = fh.read()
+        else:
+            raise ClientError("bad_request", f"image: expected a BGR uint8 array, encoded image bytes or a file path, "
+                                             f"got {type(image).__name__}"
+                                             + (" (cv2.imread gives None for a file it cannot read)"
+                                                if image is None else ""))
         return self.call("infer", timeout=timeout, **params)
 
     def reload(self, model: Optional[str] = None, bundle: Optional[str] = None, timeout: float = 120.0,
@@ -346,6 +455,22 @@ class Client:
         self.close()
 
 
+def _check_timeout(timeout: float) -> None:
+    """ValueError unless `timeout` is a number of seconds above 0 (0 waited
+    for the default, a negative one gave a TimeoutError at once)."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"timeout: expected seconds > 0, got {timeout!r}")
+
+
+def _connect(sock: zmq.Socket, endpoint: str) -> None:
+    """Connect, or ValueError naming an endpoint ZeroMQ cannot take."""
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close(0)
+        raise ValueError(f"endpoint {endpoint!r}: {zmq.strerror(exc.errno)} (expected ipc://PATH or tcp://HOST:PORT)") from None
+
+
 def _checked_array(image: np.ndarray) -> np.ndarray:
     """`image` if the daemon takes it as an `array` (docs/protocol.md, `infer`),
     else ClientError `bad_request` saying how to make it so."""
@@ -359,15 +484,22 @@ def _checked_array(image: np.ndarray) -> np.ndarray:
 
 
 def _check_streams(pub: str, req: Optional[str], streams: Optional[list], context: Optional[zmq.Context],
-                   curve: Optional[dict], trusted_uids: Optional[set] = None) -> None:
-    """DaemonUnreachable or ClientError(`not_found`) now, rather than silence for ever."""
+                   curve: Optional[dict], trusted_uids: Optional[set], timeout: float) -> None:
+    """DaemonUnreachable, ClientError(`not_found`) or TimeoutError now, rather than silence for ever."""
     problem = unreachable(pub)
     if problem:
         raise DaemonUnreachable(problem)
-    if not streams or req is None or unreachable(req):
+    if not streams or req is None:
         return  # no request socket to ask (a custom layout, tcp://): nothing more to check
-    with Client(req, timeout=10, context=context, curve=curve, trusted_uids=trusted_uids) as client:
-        have = [s["stream"] for s in client.status()["streams"]]
+    problem = unreachable(req)
+    if problem:
+        raise DaemonUnreachable(f"cannot check streams {', '.join(map(repr, streams))} over {req}: {problem}")
+    with Client(req, timeout=timeout, context=context, curve=curve, trusted_uids=trusted_uids) as client:
+        try:
+            have = [s["stream"] for s in client.status()["streams"]]
+        except TimeoutError:
+            raise TimeoutError(f"lited: no reply within {timeout:.1f} s to the status request that checks the "
+                               f"streams, from {req} (over limits.max_clients? check=False skips the check)") from None
     missing = [s for s in streams if s not in have]
     if missing:
         raise ClientError("not_found", f"no stream {', '.join(map(repr, missing))} in the daemon at {pub} "

@@ -159,7 +159,7 @@ class PeerCheck:
             return
         if (st.st_dev, st.st_ino) == self._checked:
             return
-        names = ", ".join(_user(u) for u in sorted(self.trusted))
+        names = ", ".join(_user(u) for u in sorted(self.trusted)) or "nobody (trusted_uids is empty)"
         directory = os.stat(os.path.dirname(self.path) or ".")
         sticky = directory.st_mode & stat.S_ISVTX and st.st_uid in self.trusted
         if directory.st_uid not in self.trusted or (directory.st_mode & 0o022 and not sticky):

@@ -7,6 +7,7 @@
  * protocol N" for ping, "ok RESULT" (msgpack-c's debug print) otherwise;
  * an error reply prints "error CODE: MESSAGE" to stderr and exits 1.
  * Written from docs/protocol.md alone, with libzmq and msgpack-c. */
+#define _GNU_SOURCE /* struct ucred (SO_PEERCRED) */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,7 @@
 #include <zmq.h>
 
 #include "lited_msgpack.h"
+#include "lited_peer.h"
 
 #define REQUEST_ID 1
 
@@ -99,6 +101,11 @@ int main(int argc, char **argv)
         }
     }
 
+    char why_peer[512];
+    if (untrusted_peer(endpoint, why_peer, sizeof why_peer)) {
+        fprintf(stderr, "%s: %s\n", argv[0], why_peer);
+        return 1;
+    }
     void *ctx = zmq_ctx_new();
     void *dealer = zmq_socket(ctx, ZMQ_DEALER);
     int timeout = (int)timeout_ms, linger = 0;

@@ -6,7 +6,7 @@
  * TOPIC_PREFIX defaults to "result/" ("" gets everything), COUNT is how many
  * messages to receive before exiting 0 (default 0: forever).
  * Written from docs/protocol.md alone, with libzmq and msgpack-c. */
-#define _POSIX_C_SOURCE 200809L /* open_memstream */
+#define _GNU_SOURCE /* open_memstream; struct ucred (SO_PEERCRED) */
 
 #include <errno.h>
 #include <inttypes.h>
@@ -18,6 +18,7 @@
 #include <zmq.h>
 
 #include "lited_msgpack.h"
+#include "lited_peer.h"
 
 /* Why a message was skipped, or NULL when it was fine. */
 typedef const char *why_t;
@@ -50,13 +51,38 @@ static double num(const msgpack_object *o)
     }
 }
 
-static void put_int(FILE *out, const msgpack_object *o)
+/* An integer, or a float with an integral value ("accept a msgpack int or
+ * float wherever a number is expected": 3.0 is 3). */
+static int is_whole(const msgpack_object *o)
+{
+    if (is_int(o))
+        return 1;
+    return is_num(o) && o->via.f64 >= -9.2e18 && o->via.f64 <= 9.2e18 &&
+           (double)(int64_t)o->via.f64 == o->via.f64;
+}
+
+static void put_whole(FILE *out, const msgpack_object *o)
 {
     if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
         fprintf(out, "%" PRIu64, o->via.u64);
-    else
+    else if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
         fprintf(out, "%" PRId64, o->via.i64);
+    else
+        fprintf(out, "%" PRId64, (int64_t)o->via.f64);
 }
+
+/* One of `known` (NULL-terminated): a value a later protocol version added is not. */
+static int is_one_of(const msgpack_object *o, const char *const *known)
+{
+    for (; *known; known++)
+        if (str_is(o, *known))
+            return 1;
+    return 0;
+}
+
+static const char *const EVENTS[] = {"state", "resized", "ring", "skipped", "model", "engine", "reload",
+                                     "ready", "stopping", NULL};
+static const char *const STATES[] = {"connecting", "streaming", "stalled", "backoff", "ended", "stopped", NULL};
 
 /* "N detections: label score x1,y1,x2,y2; ..." or "N classes: label score; ...".
  * A missing list is an empty one. */
@@ -104,13 +130,13 @@ static why_t put_result(FILE *out, const msgpack_object *msg)
 
     if (!is_str(stream))
         return "bad stream";
-    if (!is_int(seq))
+    if (!is_whole(seq))
         return "bad seq";
     if (!is_str(model))
         return "bad model";
     put_str(out, stream);
     fputc(' ', out);
-    put_int(out, seq);
+    put_whole(out, seq);
     fputc(' ', out);
     put_str(out, model);
     fputc(' ', out);
@@ -148,6 +174,8 @@ static why_t put_event(FILE *out, const msgpack_object *msg)
         return "bad detail";
     if (ok && ok->type != MSGPACK_OBJECT_BOOLEAN)
         return "bad ok";
+    if (!is_one_of(event, EVENTS) || (state && !is_one_of(state, STATES)))
+        return NULL; /* a kind or state this client does not know: ignore it, print nothing */
     fputs("event ", out);
     put_str(out, stream);
     fputc(' ', out);
@@ -242,6 +270,11 @@ int main(int argc, char **argv)
     /* Line by line even into a pipe, so a reader sees each message at once. */
     setvbuf(stdout, NULL, _IOLBF, 0);
 
+    char why_peer[512];
+    if (untrusted_peer(endpoint, why_peer, sizeof why_peer)) {
+        fprintf(stderr, "%s: %s\n", argv[0], why_peer);
+        return 1;
+    }
     void *ctx = zmq_ctx_new();
     void *sub = zmq_socket(ctx, ZMQ_SUB);
     if (!sub || zmq_connect(sub, endpoint) != 0 ||

@@ -10,10 +10,17 @@ messages to receive before exiting 0 (default 0: forever).
 Plain pyzmq + msgpack, written from docs/protocol.md alone; it prints exactly
 what c_subscriber prints, so the two can be compared line for line.
 """
+import os
+import pwd
+import socket
+import struct
 import sys
 
 import msgpack
 import zmq
+
+EVENTS = ("state", "resized", "ring", "skipped", "model", "engine", "reload", "ready", "stopping")
+STATES = ("connecting", "streaming", "stalled", "backoff", "ended", "stopped")
 
 
 class Malformed(Exception):
@@ -26,6 +33,40 @@ def is_int(x):
 
 def is_num(x):
     return type(x) in (int, float)
+
+
+def is_whole(x):
+    """An int, or a float with an integral value (a number may come as either: 3.0 is 3)."""
+    return is_int(x) or (type(x) is float and -9.2e18 <= x <= 9.2e18 and x == int(x))
+
+
+def untrusted_peer(endpoint):
+    """None when the process listening on an ipc:// endpoint runs as a user
+    this client trusts (itself, root or the service user lited), else why not.
+    ZeroMQ shows a client nothing of its peer, so this asks the kernel
+    (SO_PEERCRED) over a plain connection of its own, closed at once; the
+    ZeroMQ connection that follows goes to the same socket as long as nobody
+    can replace it, which the daemon's runtime directory (writable by its user
+    only) ensures. Other transports: None (tcp:// is CURVE's business)."""
+    if not endpoint.startswith("ipc://"):
+        return None
+    path = endpoint[len("ipc://"):]
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+        _, uid, _ = struct.unpack("3i", probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                         struct.calcsize("3i")))
+    except OSError as exc:
+        return f"nothing listens on {path} ({exc.strerror}): is lited serve running?"
+    finally:
+        probe.close()
+    try:
+        service = pwd.getpwnam("lited").pw_uid
+    except KeyError:
+        service = None
+    if uid in (os.getuid(), 0, service):
+        return None
+    return f"{path} is served by uid {uid}, not by this user, root or lited: refusing to talk to it"
 
 
 def clean(s):
@@ -65,11 +106,11 @@ def format_result(msg):
     stream, seq, model = msg.get("stream"), msg.get("seq"), msg.get("model")
     if type(stream) is not str:
         raise Malformed("bad stream")
-    if not is_int(seq):
+    if not is_whole(seq):
         raise Malformed("bad seq")
     if type(model) is not str:
         raise Malformed("bad model")
-    line = f"{clean(stream)} {seq} {clean(model)} "
+    line = f"{clean(stream)} {int(seq)} {clean(model)} "
     line += items(msg.get("detections"), "detections", True, "bad detections")
     classes = msg.get("classes")
     if classes is not None and classes != []:  # detectors send none: say nothing
@@ -90,6 +131,8 @@ def format_event(msg):
         raise Malformed("bad detail")
     if ok is not None and type(ok) is not bool:
         raise Malformed("bad ok")
+    if event not in EVENTS or (state is not None and state not in STATES):
+        return None  # a kind or state this client does not know: ignore it, print nothing
     if state is None:  # a reload's `ok` stands in for the state
         state = "-" if ok is None else ("ok" if ok else "failed")
     detail = detail or "-"  # absent, nil or empty: it carries nothing
@@ -139,6 +182,10 @@ def main(argv):
     # Labels are UTF-8 whatever the locale says; flush each line for whoever reads the pipe.
     sys.stdout.reconfigure(encoding="utf-8", errors="surrogateescape", line_buffering=True)
 
+    why = untrusted_peer(endpoint)
+    if why:
+        print(f"{argv[0]}: {why}", file=sys.stderr)
+        return 1
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.linger = 0

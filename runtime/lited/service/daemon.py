@@ -352,7 +352,7 @@ class Daemon:
     def reload_request(self, model: Optional[str], bundle: Optional[str], force: bool = False) -> dict:
         """The `reload` request. Without `model`: what SIGHUP does (the config
         file is read again). With it: that model only, from its configured
-        bundle directory or `bundle`. Raises ProtocolError("failed") when the
+        bundle directory or `bundle` (which needs `model`). Raises ProtocolError("failed") when the
         reload failed (the old models keep serving)."""
         t0 = time.monotonic()
         if model is None and bundle is None:
@@ -363,8 +363,9 @@ class Daemon:
                     "took_ms": round((time.monotonic() - t0) * 1e3, 1)}
         if model is not None and model not in self.bundles:
             raise ProtocolError("not_found", f"params.model: no model '{model}'")
-        if bundle is not None and model is None and len(self.bundles) > 1:
-            raise ProtocolError("bad_request", "params.model: needed with params.bundle when several models run")
+        if bundle is not None and model is None:  # never a default: a forced swap would replace it in silence
+            raise ProtocolError("bad_request", f"params.model: needed with params.bundle (the key of the model to "
+                                               f"load it for: {', '.join(self.bundles)})")
         names = [model] if model else list(self.bundles)
         paths = {n: bundle if bundle and n == (model or names[0]) else self.config.models[n] for n in names}
         try:

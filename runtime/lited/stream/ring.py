@@ -602,6 +602,17 @@ class FrameRing:
             return False
         return _writer_alive(self.writer_pid, self._writer_start)
 
+    def readable(self) -> bool:
+        """Reader: do the frames in this mapping still hold what was written?
+        Yes while the segment is live, and after its writer closed it on
+        replacing it (state 2: never written again) as long as the writer
+        runs; no once the writer is gone (a restart: its frames are stale)
+        or the segment was wiped (a truncated one is given its size back as
+        zeros)."""
+        if self._mm is None or int(self._hdr[_GENERATION]) != self.generation:
+            return False
+        return self._hdr[_STATE] in (_LIVE, _CLOSED) and _writer_alive(self.writer_pid, self._writer_start)
+
     def close(self) -> None:
         """Unmap. A writer's close() unlinks as well: a ring nobody writes is
         useless. Views still held elsewhere stay valid until dropped."""

@@ -283,6 +283,7 @@ class ModelRunner:
             timings = info["timings_ms"]
             timings["queue"] = (started - info.pop("_prepped_at")) * 1e3
             timings["infer"] = (t1 - started) * 1e3
+            info["_collected_at"] = t1
             with self._lock:
                 while self._post_box is not None and not self._stop.is_set():
                     self._to_infer.wait(0.5)
@@ -358,6 +359,8 @@ class ModelRunner:
                 self._free_outputs.append(output_set)
             self._submit_ready()  # a prepared run may have waited for that output set
             timings = info["timings_ms"]
+            # collected while this thread still decoded (and ran the cascade of) the previous frame
+            timings["post_wait"] = (t0 - info.pop("_collected_at")) * 1e3
             timings["postprocess"] = (t1 - t0) * 1e3
             if model.cascade and decoded["detections"]:
                 self._run_cascade(frame, decoded["detections"], timings)

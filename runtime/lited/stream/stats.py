@@ -14,7 +14,8 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 # capture: reading the frame; wait: published -> prep starts; queue: prep done -> engine starts;
-# total: published -> result ready (wait + preprocess + queue + infer + postprocess)
+# total: published -> result ready (wait + preprocess + queue + infer + post_wait + postprocess, and a
+# cascade's crop and stages; post_wait, crop and the stages are in results only, not in these summaries)
 STAGES = ("capture", "wait", "preprocess", "queue", "infer", "postprocess", "total")
 COUNTERS = ("captured", "inferred", "skipped", "torn", "reconnects", "errors", "engine_restarts")
 # Upper bounds (ms) of the latency histograms' buckets (Prometheus `le`), +Inf implied
