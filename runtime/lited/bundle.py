@@ -768,9 +768,10 @@ def _check_stages(c: BundleChecker, stages: Any, manifest: dict, root: Path) -> 
             c.number(rotate, "min_score", p + "rotate.", 0.0, minimum=0, maximum=1)
             if adds and "classes" not in adds:
                 c.add(p + "rotate", f"needs a classifying stage (decoder '{kind}' gives no classes)")
-            if i == len(stages) - 1:  # it turns the crop for the stages after it: here it would turn nothing
-                c.add(p + "rotate", "no stage after it to turn the crop for (the classifier that rotates goes "
-                                    "before the stages that read the turned crop)")
+            if i == len(stages) - 1 and i > 0:  # stages read the crop before it turns it: the wrong order
+                c.add(p + "rotate", "no stage after it to turn the crop for, and stages before it read it "
+                                    "unturned (the classifier that rotates goes before the stages that read "
+                                    "the crop)")
         batch = c.number(stage, "batch", p, 1, integer=True, minimum=1, maximum=64)
         if batch and batch > 1:
             shape = _image_shape(stage)

@@ -46,7 +46,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 from typing import Optional, Sequence
 
 import msgpack
@@ -160,40 +159,60 @@ def _send(sock: socket.socket, message, fds: list) -> None:
 
 
 class NativeLog:
-    """The engine process's stderr, passed on line by line to this process's
-    own (the journal under systemd; nowhere for a quiet command line), and
-    the last line that says why it failed kept: Paddle Lite aborts (SIGABRT)
-    on a kernel it lacks, after one fatal glog line (`[F 12/ 1 ...
-    elementwise_compute.cc:355 Run] unsupported active type:abs`). A crash is
-    then reported with those words instead of a bare signal name."""
+    """Where the engine process writes its stderr when this process sends its
+    own native output nowhere (a quiet command line, the daemon: quiet.py):
+    a memory file read only when the child dies, for the line that says why.
+    Paddle Lite aborts (SIGABRT) on a kernel it lacks after one fatal glog
+    line (`[F 12/ 1 ... elementwise_compute.cc:355 Run] unsupported active
+    type:abs`); a crash is then reported with those words, not a bare signal
+    name. No thread reads it (a reader per engine process cost the daemon
+    megabytes of malloc arenas): the file is emptied when it passes LIMIT, and
+    what the child writes after that lands past a hole, which takes no memory.
+    With --debug (stderr somewhere) the child writes there as before."""
 
+    LIMIT = 1 << 20
+    TAIL = 1 << 16
     FATAL = re.compile(r"^\[F [^\]]*\]\s*|^(?:Fatal Python error|terminate called|Check failed)")
 
-    def __init__(self, pipe) -> None:
-        self._pipe = pipe
-        self._fatal: Optional[str] = None
-        self._glog = False
-        self._thread = threading.Thread(target=self._drain, name="engine-stderr", daemon=True)
-        self._thread.start()
+    def __init__(self) -> None:
+        self.fd: Optional[int] = None
+        try:
+            if os.path.samestat(os.fstat(2), os.stat(os.devnull)):
+                self.fd = os.memfd_create("lited-engine-stderr", os.MFD_CLOEXEC)
+        except (OSError, AttributeError):  # no fd 2, no memfd: the child inherits stderr
+            self.fd = None
 
-    def _drain(self) -> None:
-        with self._pipe:
-            for line in iter(self._pipe.readline, b""):
-                try:
-                    os.write(2, line)
-                except OSError:
-                    pass
-                text = line.decode("utf-8", "replace").strip()
-                match = self.FATAL.match(text)
-                if match and text.startswith("[F"):  # the backend's own words win over what follows them
-                    self._fatal, self._glog = text[match.end():][:300] or text[:300], True
-                elif match and not self._glog:       # faulthandler's "Fatal Python error: Aborted" comes after
-                    self._fatal = text[:300]
+    def trim(self) -> None:
+        if self.fd is not None and os.fstat(self.fd).st_size > self.LIMIT:
+            os.ftruncate(self.fd, 0)
 
-    def last_words(self, wait: float = 1.0) -> Optional[str]:
-        """The fatal line, once the process's stderr is closed (it has exited) or after `wait` s."""
-        self._thread.join(wait)
-        return self._fatal
+    def reset(self) -> None:
+        """Empty, for a new child (an old child's last words are not the new one's)."""
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.lseek(self.fd, 0, os.SEEK_SET)
+
+    def last_words(self) -> Optional[str]:
+        """The child's fatal line, if it wrote one (the backend's own words win over a
+        `Fatal Python error: Aborted` from faulthandler that follows them)."""
+        if self.fd is None:
+            return None
+        size = os.fstat(self.fd).st_size
+        tail = os.pread(self.fd, min(size, self.TAIL), max(0, size - self.TAIL)).replace(b"\0", b"")
+        found = None
+        for line in tail.decode("utf-8", "replace").splitlines():
+            text = line.strip()
+            match = self.FATAL.match(text)
+            if match and text.startswith("[F"):
+                return (text[match.end():] or text)[:300]
+            if match and found is None:
+                found = text[:300]
+        return found
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 class EngineProcess(Engine):
@@ -224,6 +243,8 @@ class EngineProcess(Engine):
         self._identity = _identity(str(model_path))
         self._sock: Optional[socket.socket] = None
         self._proc: Optional[subprocess.Popen] = None
+        self._native = NativeLog()  # the child's stderr, when it would go nowhere: read when it dies
+        self._submits = 0
         self._start()
         count = len(self.inputs)
         # per input set and input: its arena, the view preprocessing writes, and whether the child has it
@@ -239,15 +260,15 @@ class EngineProcess(Engine):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH")))))
         if self.kind in ENGINES:  # an unknown kind is refused by the child's open, with its message
             env.update(ENGINES.get(self.kind).process_env(self._spec["options"]))
+        self._native.reset()
         try:
             # the model path is for `ps` and `systemctl status` only
             self._proc = subprocess.Popen([sys.executable, "-m", "lited.engine_process", str(child.fileno()),
                                            self._spec["path"]],
                                           pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
-                                          stderr=subprocess.PIPE, env=env)
+                                          stderr=self._native.fd, env=env)
         finally:
             child.close()
-        self._native = NativeLog(self._proc.stderr)
         self._sock = parent
         self._receiver = _Receiver(parent)
         self._pending: collections.deque = collections.deque()  # output sets of submitted runs, oldest first
@@ -293,6 +314,7 @@ class EngineProcess(Engine):
     def close(self) -> None:
         """Stop the child and free the shared memory (views still held stay valid)."""
         self._stop_child()
+        self._native.close()
         for row in getattr(self, "_in_arena", ()):
             for arena in row:
                 if arena is not None:
@@ -301,6 +323,7 @@ class EngineProcess(Engine):
     def __del__(self) -> None:
         try:
             self._stop_child()
+            self._native.close()
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
 
@@ -436,6 +459,9 @@ class EngineProcess(Engine):
         else:
             self._send_request(self._run_msg[input_set][output_set])
         self._pending.append(output_set)
+        self._submits += 1
+        if not self._submits & 4095:  # a backend that logs every run fills its stderr file: empty it now and then
+            self._native.trim()
 
     def collect(self) -> list:
         """Wait (GIL released) for the oldest submitted run; its outputs."""
