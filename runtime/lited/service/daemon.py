@@ -160,7 +160,7 @@ class Daemon:
         self.requests.start()
         if cfg.http is not None:  # before the bus loop: once `ping` answers, HTTP is served too
             self._start_http()
-        self.bus.start()
+        # before the bus loop too: once `ping` answers, status shows the uplink (it was None for a moment)
         if cfg.uplink is not None:
             self.uplink = Uplink(cfg.uplink, self.requests.call, self._publish_answer, self._read_frame,
                                  self._health)
@@ -171,6 +171,7 @@ class Daemon:
                     raise
                 raise ConfigError(str(cfg.path or "<config>"), [  # its outbox directory cannot be made or used
                     f"uplink.outbox.dir: {cfg.uplink.outbox_dir}: {exc.strerror or exc}"]) from None
+        self.bus.start()
         self.stream_threads = self._plan_threads(cfg.streams)
         for i, sc in enumerate(cfg.streams, 1):
             if self.stop_event.is_set():
