@@ -220,6 +220,25 @@ def test_misuse_is_one_clear_error(tmp_path, silent_daemon):
         Client(req, trusted_uids=set())
 
 
+def test_frame_of_something_that_is_not_a_result_is_one_clear_error(tmp_path, bundles_dir):
+    """An event, or a result whose slot is not the ring's, gave a raw KeyError or IndexError
+    (slot 999), or, for slot -1, another slot's frame: numpy indexes from the end."""
+    stream = {"name": "cam", "source": "synth://?size=160x120&fps=10", "model": "det"}
+    config = {"models": {"det": str(bundles_dir / "fastestdet")}, "streams": [stream]}
+    with DaemonProcess(tmp_path, config) as d, Subscriber(d.pub, streams="cam") as sub:
+        result = sub.recv(timeout=30)
+        assert result is not None and sub.frame(result).shape == (120, 160, 3)
+        with pytest.raises(ValueError, match=r"expected a result message with its frame .*, got 'event'"):
+            sub.frame({"type": "event", "stream": "cam", "event": "state"})
+        for slot in (999, -1):
+            bad = {**result, "frame": {**result["frame"], "slot": slot}}
+            with pytest.raises(ValueError, match=rf"slot {slot}: the ring has slots 0 to \d+"):
+                sub.frame(bad)
+            with pytest.raises(ValueError, match=rf"slot {slot}: the ring has slots 0 to \d+"):
+                with sub.frame_view(bad):
+                    pass
+
+
 def test_a_slow_subscriber_with_a_small_rcvhwm_sees_seq_jump(tmp_path, bundles_dir):
     """With ZeroMQ's receive queue of 1000 messages, a stalled subscriber
     found every result queued, stale, with no seq jump to tell it: the

@@ -131,6 +131,16 @@ def _timeout_causes(request_bytes: int) -> str:
     return causes
 
 
+def _frame_of(result: Any) -> dict:
+    """The `frame` of a result message; ValueError for anything else (an event, a hand-made dict)."""
+    frame = result.get("frame") if isinstance(result, dict) else None
+    if not (isinstance(frame, dict) and isinstance(frame.get("ring"), str)
+            and all(isinstance(frame.get(k), int) and not isinstance(frame.get(k), bool) for k in ("slot", "slot_seq"))):
+        kind = result.get("type") if isinstance(result, dict) else type(result).__name__
+        raise ValueError(f"lited: expected a result message with its frame (ring, slot, slot_seq), got {kind!r}")
+    return frame
+
+
 def _request_endpoint_beside(pub: str) -> Optional[str]:
     """ipc://DIR/req.sock for ipc://DIR/pub.sock (the default layout), else None."""
     if pub.startswith("ipc://") and pub.endswith("/pub.sock"):
@@ -243,7 +253,7 @@ class Subscriber:
         mapped before stay mapped (up to `old_segments` per ring), so the
         results it got before a resize can still be read. RingGone if the
         writer is gone, or the segment was replaced before it was mapped."""
-        frame = result["frame"]
+        frame = _frame_of(result)
         name, generation = frame["ring"], frame.get("generation")
         mapped = self._rings.get(name, [])  # oldest first
         for ring in reversed(mapped):
@@ -292,14 +302,17 @@ class Subscriber:
         works, across resizes too. Raises FrameOverwritten (on entry or exit)
         if the daemon reused the slot (a result read late), RingGone if the
         daemon restarted, or the result's ring segment was replaced before
-        this subscriber mapped it (or more than `old_segments` segments ago)."""
-        frame = result["frame"]
+        this subscriber mapped it (or more than `old_segments` segments ago);
+        ValueError for what is not a result with its frame (an event) or
+        names a slot the ring does not have."""
+        frame = _frame_of(result)
         with self._ring(result).frame(frame["slot"], frame["slot_seq"]) as view:
             yield view
 
     def frame(self, result: dict, out: Optional[np.ndarray] = None) -> np.ndarray:
-        """A copy of the result's frame (into `out` if given); FrameOverwritten if gone."""
-        frame = result["frame"]
+        """A copy of the result's frame (into `out` if given); FrameOverwritten if gone
+        (and RingGone, ValueError as for `frame_view`)."""
+        frame = _frame_of(result)
         data = self._ring(result).read(frame["slot"], frame["slot_seq"], out)
         if data is None:
             raise FrameOverwritten(f"frame {result['seq']} of {result['stream']} was overwritten")

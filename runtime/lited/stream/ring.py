@@ -857,6 +857,8 @@ class FrameRing:
         seqs = self._seq
         if seqs is None:
             raise RingGone(f"{self.name}: closed")
+        if not 0 <= slot < self.slots:  # a negative one would index from the end: another slot's frame
+            raise ValueError(f"{self.name}: slot {slot}: the ring has slots 0 to {self.slots - 1}")
         return not seq & 1 and seqs[slot] == seq
 
     def is_current(self, slot: int, seq: int) -> bool:
