@@ -213,6 +213,11 @@ def test_misuse_is_one_clear_error(tmp_path, silent_daemon):
     sub.close()
     with pytest.raises(ValueError, match="^lited: this Subscriber is closed$"):
         sub.recv(timeout=0.1)
+    with pytest.raises(ValueError, match="^lited: this Subscriber is closed$"):  # it mapped the ring again
+        sub.frame({"type": "result", "frame": {"ring": "lited-x-cam", "slot": 0, "slot_seq": 2}})
+    for name, value in (("rcvhwm", "x"), ("old_segments", 1.5), ("rcvhwm", True)):
+        with pytest.raises(ValueError, match=f"^{name}: expected a whole number"):
+            Subscriber(pub, check=False, **{name: value})
     missing = f"ipc://{tmp_path}/missing.sock"
     with pytest.raises(DaemonUnreachable, match="cannot check streams 'cam' over"):  # one name: not 'c', 'a', 'm'
         Subscriber(pub, streams="cam", request_endpoint=missing)

@@ -124,7 +124,8 @@ OVERSIZE_DROPPED = (1 << 10) + (64 << 10)  # bytes: over the least limits.max_re
 
 def _timeout_causes(request_bytes: int) -> str:
     """What a request that got no reply may have run into, for the TimeoutError."""
-    causes = "over limits.max_clients? the next call connects anew"
+    causes = ("busy for longer than the timeout (a slow model, requests queued before this one)? "
+              "over limits.max_clients? the next call connects anew")
     if request_bytes > OVERSIZE_DROPPED:
         return (f"a request of {request_bytes} bytes: over the daemon's limits.max_request_bytes (16 MiB by default) "
                 f"by more than 64 KiB, dropped without a reply? or {causes}")
@@ -170,7 +171,7 @@ class Subscriber:
     memory (slots x frame size) until it is dropped.
 
     `rcvhwm`: how many messages this subscriber's own ZeroMQ queue holds
-    (ZMQ_RCVHWM; 1000, ZeroMQ's default). A slow app is behind by that many,
+    (ZMQ_RCVHWM; 1000, ZeroMQ's default; 0: no limit). A slow app is behind by that many,
     plus the daemon's `limits.pub_hwm` and what the socket buffers between
     hold (some 170 small results over ipc://), before the daemon drops any
     for it and `seq` jumps: an app that wants stale results dropped sooner
@@ -182,10 +183,9 @@ class Subscriber:
                  request_endpoint: Optional[str] = None, answers: bool = False,
                  trusted_uids: Optional[set] = None, old_segments: int = 2, timeout: float = 10.0,
                  rcvhwm: int = 1000) -> None:
-        if rcvhwm < 0:
-            raise ValueError(f"rcvhwm: expected 0 (no limit) or more, got {rcvhwm}")
-        if old_segments < 0:
-            raise ValueError(f"old_segments: expected 0 or more, got {old_segments}")
+        for name, value, meaning in (("rcvhwm", rcvhwm, "0 (no limit) or more"), ("old_segments", old_segments, "0 or more")):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name}: expected a whole number, {meaning}, got {value!r}")
         if endpoint is None:
             endpoint, found_req = daemon_endpoints(config)
             request_endpoint = request_endpoint or found_req
@@ -254,6 +254,8 @@ class Subscriber:
         results it got before a resize can still be read. RingGone if the
         writer is gone, or the segment was replaced before it was mapped."""
         frame = _frame_of(result)
+        if self.socket.closed:  # close() unmapped the rings: not mapped again behind its back
+            raise ValueError("lited: this Subscriber is closed")
         name, generation = frame["ring"], frame.get("generation")
         mapped = self._rings.get(name, [])  # oldest first
         for ring in reversed(mapped):
@@ -319,6 +321,8 @@ class Subscriber:
         return data
 
     def close(self) -> None:
+        """Unmap every ring segment and close the socket; recv(), frame() and frame_view() are then a
+        ValueError (a view still held stays readable)."""
         for ring in itertools.chain.from_iterable(self._rings.values()):
             with contextlib.suppress(RingError):
                 ring.close()
@@ -337,8 +341,10 @@ class Client:
 
     A daemon that is not there, or went away, raises DaemonUnreachable at
     once (see `call`), not after the timeout. A TimeoutError says what the
-    request may have run into: limits.max_clients, or, for a request over
-    64 KiB (a large `infer` array), limits.max_request_bytes."""
+    request may have run into: a daemon busy for longer than the timeout
+    (a slow model, requests queued before it), limits.max_clients (the next
+    call connects anew and gets in once a place is free), or, for a request
+    over 64 KiB (a large `infer` array), limits.max_request_bytes."""
 
     def __init__(self, endpoint: Optional[str] = None, timeout: float = 10.0,
                  context: Optional[zmq.Context] = None, curve: Optional[dict] = None,
@@ -352,6 +358,7 @@ class Client:
         self._curve = curve
         self._ids = itertools.count(1)
         self._answered = False
+        self._reconnect = False  # the last call timed out: the next one connects anew
         self._connect()
 
     def _connect(self) -> None:
@@ -379,6 +386,10 @@ class Client:
             _check_timeout(timeout)
         self._peer.verify()
         self._raise_if_unreachable(probe=not self._answered)
+        if self._reconnect:  # now, not when the last call timed out: a place may have freed since
+            self.socket.close(0)
+            self._connect()
+            self._reconnect = False
         request_id = next(self._ids)
         wait = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
@@ -392,8 +403,7 @@ class Client:
             remaining = deadline - time.monotonic()
             if not sent or remaining <= 0:
                 self._raise_if_unreachable(probe=True)  # it went away while we waited
-                self.socket.close(0)
-                self._connect()
+                self._reconnect = True
                 raise TimeoutError(f"lited: no reply to {method} within {wait:.1f} s from {self.endpoint} "
                                    f"({_timeout_causes(len(request))})")
             if not self.socket.poll(int(min(remaining, PROBE_INTERVAL) * 1000)):
