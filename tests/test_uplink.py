@@ -576,8 +576,7 @@ def test_tls_files_are_read_at_config_check_naming_the_field(broker, tmp_path):
 def test_a_refused_tls_handshake_is_said_once_with_its_reason(broker, tmp_path, bundles_dir):
     """paho retries and keeps the error to itself; lited says why, once: in the
     log, in the uplink status and in `lited cloud` and `lited remote`."""
-    broker.start()
-    other = tmp_path / "other"
+    other = tmp_path / "other"  # (the fixture started the broker: a second start left a mosquitto behind)
     broker_tool.make_pki(other, ("cloud",))
     refused = "TLS: the broker's certificate was refused: certificate verify failed"
     config = {"models": {"det": str(bundles_dir / "ultraface")}, "streams": [{"name": "cam", "source": "synth://"}],

@@ -162,6 +162,8 @@ use_identity_as_username true
     # -- lifecycle
     def start(self, timeout: float = 10.0) -> float:
         """Start mosquitto and wait until it completes a TLS handshake; seconds taken."""
+        if self.proc is not None and self.proc.poll() is None:  # a second one would be left running
+            raise RuntimeError(f"mosquitto is running already (pid {self.proc.pid}): stop() it first")
         t0 = time.monotonic()
         self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
