@@ -388,7 +388,7 @@ fi
 # The bundle is checked first: an unsafe or unnamed one is refused before anything is written.
 check_helper check "$src" >"$scratch/check" 2>"$scratch/err" \
     || die "refused: $(tail -n 1 "$scratch/err")"
-read -r name version nfiles megabytes manifest_sha golden <"$scratch/check"
+read -r name version nfiles megabytes _ golden <"$scratch/check"   # (the manifest sha: `differs` compares every file)
 if [ "$golden" != golden ] && [ "$selftest" = 1 ]; then
     die "refused: $name $version has no golden image to self-test (tools/build_sdk.py --golden IMAGE adds one; --no-selftest installs it untested)"
 fi

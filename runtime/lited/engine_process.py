@@ -40,7 +40,6 @@ from __future__ import annotations
 import collections
 import mmap
 import os
-import re
 import signal
 import socket
 import struct
@@ -54,7 +53,7 @@ import numpy as np
 from lited.cores import pin_threads
 from lited.engines import ENGINES
 from lited.engines.base import Engine, EngineError, TensorSpec
-from lited.errors import first_line
+from lited.errors import first_line, glog_fatal
 
 SETS = 3                  # input sets and output sets: one running, one queued, one being filled or read
 MAX_MESSAGE = 1 << 20
@@ -172,7 +171,7 @@ class NativeLog:
 
     LIMIT = 1 << 20
     TAIL = 1 << 16
-    FATAL = re.compile(r"^\[F [^\]]*\]\s*|^(?:Fatal Python error|terminate called|Check failed)")
+    OTHER_FATAL = ("Fatal Python error", "terminate called", "Check failed")
 
     def __init__(self) -> None:
         self.fd: Optional[int] = None
@@ -199,15 +198,11 @@ class NativeLog:
             return None
         size = os.fstat(self.fd).st_size
         tail = os.pread(self.fd, min(size, self.TAIL), max(0, size - self.TAIL)).replace(b"\0", b"")
-        found = None
-        for line in tail.decode("utf-8", "replace").splitlines():
-            text = line.strip()
-            match = self.FATAL.match(text)
-            if match and text.startswith("[F"):
-                return (text[match.end():] or text)[:300]
-            if match and found is None:
-                found = text[:300]
-        return found
+        lines = [line.strip() for line in tail.decode("utf-8", "replace").splitlines() if line.strip()]
+        fatal = glog_fatal(lines)
+        if fatal is None:
+            fatal = next((line for line in lines if line.startswith(self.OTHER_FATAL)), None)
+        return fatal[:300] if fatal is not None else None
 
     def close(self) -> None:
         if self.fd is not None:

@@ -1,6 +1,21 @@
 """How a failure is shown: one line, never a traceback."""
 from __future__ import annotations
 
+import re
+from typing import List, Optional
+
+GLOG = re.compile(r"^\[([FEWI]) [\d/]+ [\d:. ]+ [^\]]*\]\s*")  # Paddle Lite's (glog's) line prefix
+
+
+def glog_fatal(lines: List[str]) -> Optional[str]:
+    """The message of the first fatal (`F`) glog line among `lines` (stripped), which Paddle Lite and
+    paddle_lite_opt write just before they abort; it may sit on the next line."""
+    for i, line in enumerate(lines):
+        match = GLOG.match(line)
+        if match and match.group(1) == "F":
+            return line[match.end():] or (lines[i + 1] if i + 1 < len(lines) else "")
+    return None
+
 
 def first_line(exc: BaseException) -> str:
     """The first line of `exc`'s message (C++ backends add hints and

@@ -31,10 +31,14 @@ def onnx_inputs(onnx_file: Path) -> list:
     """[(name, shape)] of the ONNX graph's real inputs; -1 for a symbolic or unknown size."""
     import onnx
 
-    model = onnx.load(str(onnx_file), load_external_data=False)
-    initializers = {i.name for i in model.graph.initializer}
+    return graph_inputs(onnx.load(str(onnx_file), load_external_data=False).graph)
+
+
+def graph_inputs(graph) -> list:
+    """`onnx_inputs` of a graph loaded already."""
+    initializers = {i.name for i in graph.initializer}
     out = []
-    for value in model.graph.input:
+    for value in graph.input:
         if value.name in initializers:
             continue
         dims = value.type.tensor_type.shape.dim

@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from lited.sdk import BuildError
+from lited.sdk.dynamic_shapes import graph_inputs
 
 ONNX_NAME = "model.onnx"
 IR_NAME = "model.xml"
@@ -35,16 +36,14 @@ def copy_onnx(onnx_file: Path, root: Path, inputs: list) -> tuple:
     import onnx
 
     model = onnx.load(str(onnx_file), load_external_data=False)
-    weights = {i.name for i in model.graph.initializer}
-    graph_inputs = [i for i in model.graph.input if i.name not in weights]
-    names = [re.sub(r"\W", "_", i.name) for i in graph_inputs]  # as x2paddle names them
+    feeds = graph_inputs(model.graph)
+    names = [re.sub(r"\W", "_", name) for name, _ in feeds]  # as x2paddle names them
     wanted = [spec["name"].removeprefix(X2PADDLE_PREFIX) for spec in inputs]
     if names != wanted:
         return None, "its inputs are not the Paddle model's, in the same order"
-    for spec, graph_input in zip(inputs, graph_inputs):
-        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in graph_input.type.tensor_type.shape.dim]
+    for spec, (name, dims) in zip(inputs, feeds):
         if len(dims) != len(spec["shape"]) or any(d > 0 and d != s for d, s in zip(dims, spec["shape"])):
-            return None, f"it fixes input '{graph_input.name}' to {dims} (-1: any), the bundle's is {spec['shape']}"
+            return None, f"it fixes input '{name}' to {dims} (-1: any), the bundle's is {spec['shape']}"
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         try:
             onnx.save(onnx.load(str(onnx_file)), str(root / ONNX_NAME))

@@ -73,7 +73,7 @@ def _check_onnx(onnx_file: Path) -> None:
     if not graph.node:
         raise BuildError(f"{onnx_file.name}: an ONNX model with no graph ({onnx_file.stat().st_size} bytes: "
                          "empty or cut short?)")
-    if not dynamic_shapes.onnx_inputs(onnx_file):
+    if not dynamic_shapes.graph_inputs(graph):
         raise BuildError(f"{onnx_file.name}: its graph has no inputs (lited feeds a model an image)")
 
 

@@ -11,9 +11,9 @@ import signal
 import subprocess
 from pathlib import Path
 
+from lited.errors import GLOG, glog_fatal
 from lited.sdk import BuildError
 
-_GLOG = re.compile(r"^\[([FEWI]) [\d/]+ [\d:. ]+ [^\]]*\]\s*")
 _X2PADDLE_OP = re.compile(r"^=+ (\S+) =+$")
 _ERROR = re.compile(r"^[A-Za-z_.]*(Error|Exception): \S")
 
@@ -30,16 +30,14 @@ def reason(log: str) -> str:
                 break
             ops.append(match.group(1))
         return f"unsupported ONNX op(s): {', '.join(ops) or '?'}"
-    for i, line in enumerate(lines):  # paddle_lite_opt's fatal glog line, message maybe on the next
-        match = _GLOG.match(line)
-        if match and match.group(1) == "F":
-            rest = line[match.end():] or (lines[i + 1] if i + 1 < len(lines) else "")
-            return rest
+    fatal = glog_fatal(lines)  # paddle_lite_opt's fatal glog line
+    if fatal is not None:
+        return fatal
     for line in reversed(lines):  # Paddle's `XxxError: ...` or a traceback's exception line
         if _ERROR.match(line):
             return line
     for line in reversed(lines):  # else the last words
-        if not _GLOG.match(line):
+        if not GLOG.match(line):
             return line
     return "no output"
 
