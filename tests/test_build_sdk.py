@@ -715,8 +715,8 @@ def test_a_dynamic_width_survives_x2paddle(tools_python: Path, tmp_path: Path) -
 def test_a_kernel_paddle_lite_lacks_is_named_by_the_build_and_by_the_engine_process(tools_python: Path,
                                                                                      tmp_path: Path) -> None:
     """tests/data/onnx/reduce_l2.onnx converts and passes paddle_lite_opt, then aborts inside Paddle
-    Lite at its first run (x86 has no `abs` activation kernel). The build said 'exit -6' and a stream
-    'engine process died (SIGABRT)': both now give Paddle Lite's words."""
+    Lite at its first run (x86 has no `abs` activation kernel). The build said 'exit -6', `lited infer`
+    nothing at all (exit 134) and a stream 'engine process died (SIGABRT)': all now give Paddle Lite's words."""
     fragment = tmp_path / "frag.json"
     fragment.write_text(json.dumps({"task": "classification", "preprocess": {"color": "RGB", "resize": {"mode": "stretch"}, "scale": 1 / 255},
                                     "decoder": {"type": "classification", "softmax": False}}))
@@ -726,7 +726,23 @@ def test_a_kernel_paddle_lite_lacks_is_named_by_the_build_and_by_the_engine_proc
     proc = run_build_sdk(tools_python, "--model", ROOT / "tests/data/onnx/reduce_l2.onnx", "--config", fragment,
                          "--labels", labels, "--targets", "x86", "--golden", golden, "--out", tmp_path / "x.zip",
                          "--keep-dir", tmp_path / "keep")
-    assert_refused(proc, "lited infer on golden.png with paddle_lite: died of SIGABRT: unsupported active type:abs")
+    assert_refused(proc, "lited infer on golden.png with paddle_lite: lited: died (SIGABRT): unsupported active type:abs")
+    infer = subprocess.run([sys.executable, "-m", "lited.cli", "infer", "--engine", "paddle_lite", "--bundle",
+                            str(tmp_path / "keep"), str(golden)], capture_output=True, text=True, timeout=120)
+    assert (infer.returncode, infer.stderr) == (134, "lited: died (SIGABRT): unsupported active type:abs\n")
+    # selftest runs each engine in a process of its own: the abort fails paddle_lite, the ONNX engines are tested
+    manifest = json.loads((tmp_path / "keep" / "manifest.json").read_text())
+    onnx = subprocess.run([sys.executable, "-m", "lited.cli", "infer", "--engine", "onnxruntime", "--json", "--bundle",
+                           str(tmp_path / "keep"), str(golden)], capture_output=True, text=True, timeout=120)
+    expected = json.loads(onnx.stdout)
+    manifest["golden"] = {"image": "golden.png", "expected": {k: expected[k] for k in ("detections", "classes")}}
+    (tmp_path / "keep" / "manifest.json").write_text(json.dumps(manifest))
+    selftest = subprocess.run([sys.executable, "-m", "lited.cli", "selftest", "--bundle", str(tmp_path / "keep")],
+                              capture_output=True, text=True, timeout=300)
+    assert selftest.returncode == 1, selftest.stdout
+    assert "on paddle_lite (model_x86.nb, fp32) FAILED: " in selftest.stderr, selftest.stderr
+    assert "engine process died (SIGABRT): unsupported active type:abs" in selftest.stderr, selftest.stderr
+    assert "on onnxruntime (model.onnx, fp32): ok" in selftest.stdout, selftest.stdout
     run = subprocess.run([sys.executable, "-m", "lited.cli", "run", "--engine", "paddle_lite", "--bundle",
                           str(tmp_path / "keep"), "--source", f"images://{golden.parent}?fps=5&loop=1", "--frames", "1"],
                          capture_output=True, text=True, timeout=120)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 from conftest import DEMO_BUNDLE, need_shared
 
@@ -97,3 +99,63 @@ def test_run_reports_a_stall_and_cleans_up_on_sigterm(bundles_dir, tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert not any(name in f for f in os.listdir("/dev/shm")), os.listdir("/dev/shm")
+
+
+def test_infer_into_a_reader_that_left_ends_quietly(bundles_dir):
+    """`lited infer ... | head -1` said `lited: [Errno 32] Broken pipe` and exit 2, as if the input were bad."""
+    chelsea = str(need_shared("images", "chelsea.png"))
+    proc = subprocess.Popen([sys.executable, "-m", "lited.cli", "infer", "--bundle", str(bundles_dir / "ultraface"),
+                             chelsea, chelsea, chelsea], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()
+    assert proc.wait(timeout=120) == 141
+    assert proc.stderr.read() == b""
+
+
+WATCHED = """
+import os, sys, time
+from lited.quiet import quiet_native_output
+from lited.native_crash import run_watched
+quiet_native_output()
+def work():
+    print("child", os.getpid(), flush=True)
+    if sys.argv[1] == "abort":
+        os.write(2, b"[F 12/ 1 16:41:37.545 ...elementwise_compute.cc:355 Run] unsupported active type:abs\\n")
+        os.abort()
+    if sys.argv[1] == "sleep":
+        time.sleep(60)
+    return int(sys.argv[1])
+sys.exit(run_watched(work))
+"""
+
+
+def test_a_native_crash_in_an_in_process_command_is_told_in_the_librarys_words():
+    """`lited infer` on a model Paddle Lite aborts in exited 134 with nothing said: the quiet command
+    line sends native output to /dev/null. infer and inspect now run in a watched child whose
+    stderr a memory file keeps."""
+    run = [sys.executable, "-c", WATCHED]
+    aborted = subprocess.run([*run, "abort"], capture_output=True, text=True, timeout=60)
+    assert aborted.returncode == 134
+    assert aborted.stderr == "lited: died (SIGABRT): unsupported active type:abs\n"
+    passed = subprocess.run([*run, "3"], capture_output=True, text=True, timeout=60)
+    assert (passed.returncode, passed.stderr) == (3, "")
+    # a SIGTERM to the parent (timeout(1)) is passed on and not called a crash; a SIGKILL takes the child too
+    for signum, code in ((signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGKILL, -signal.SIGKILL)):
+        proc = subprocess.Popen([*run, "sleep"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        child = int(proc.stdout.readline().split()[1])
+        proc.send_signal(signum)
+        assert proc.wait(timeout=30) == code
+        assert proc.stderr.read() == ""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _running(child):
+            time.sleep(0.05)
+        assert not _running(child), f"child {child} outlived its parent's {signum.name}"
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for an init that may reap slowly)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

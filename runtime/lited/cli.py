@@ -367,9 +367,12 @@ def cmd_selftest(args: argparse.Namespace) -> int:
             print(f"selftest {what}: skipped, not installed here ({ENGINES.get(choice.engine).package})")
             continue
         try:
-            with _loading(args.bundle):
-                model = Model(bundle, choice=choice)
-            result = model.infer(image)
+            with _loading(args.bundle):  # in an engine process: one that crashes fails, the others are tested
+                model = Model(bundle, choice=choice, isolated=True)
+            try:
+                result = model.infer(image)
+            finally:
+                model.close()
         except EngineError as exc:  # this engine refuses the file: the others are still tested
             problems = [first_line(exc)]
         else:
@@ -640,12 +643,25 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="threads of the engine, 1 to 256 (default: the bundle's, else 1)")
 
 
+#: Commands that run a model in this process: a native crash there is told by run_watched.
+IN_PROCESS = ("infer", "inspect")
+
+
 def main(argv: list | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.debug:
         from lited.quiet import quiet_native_output
 
         quiet_native_output()
+        if args.command in IN_PROCESS:
+            from lited.native_crash import run_watched
+
+            return run_watched(lambda: _dispatch(args))
+    return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """The command's exit code; a bad input is one line on stderr and EXIT_BAD_INPUT."""
     from lited.bundle import BundleError
     from lited.engines import EngineError
     from lited.service.bus import BusError
@@ -655,6 +671,9 @@ def main(argv: list | None = None) -> int:
 
     try:
         return args.func(args)
+    except BrokenPipeError:  # `lited infer ... | head`: the reader has what it wanted; end as SIGPIPE would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 128 + 13
     except (BundleError, BusError, ConfigError, EngineError, LinkError, SourceError, UsageError, ValueError,
             OSError) as exc:
         if args.debug:

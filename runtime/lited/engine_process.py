@@ -53,7 +53,8 @@ import numpy as np
 from lited.cores import pin_threads
 from lited.engines import ENGINES
 from lited.engines.base import Engine, EngineError, TensorSpec
-from lited.errors import first_line, glog_fatal
+from lited.errors import first_line
+from lited.native_crash import NativeLog, death
 
 SETS = 3                  # input sets and output sets: one running, one queued, one being filled or read
 MAX_MESSAGE = 1 << 20
@@ -155,59 +156,6 @@ def _send(sock: socket.socket, message, fds: list) -> None:
     else:
         sock.send(data)
 
-
-
-class NativeLog:
-    """Where the engine process writes its stderr when this process sends its
-    own native output nowhere (a quiet command line, the daemon: quiet.py):
-    a memory file read only when the child dies, for the line that says why.
-    Paddle Lite aborts (SIGABRT) on a kernel it lacks after one fatal glog
-    line (`[F 12/ 1 ... elementwise_compute.cc:355 Run] unsupported active
-    type:abs`); a crash is then reported with those words, not a bare signal
-    name. No thread reads it (a reader per engine process cost the daemon
-    megabytes of malloc arenas): the file is emptied when it passes LIMIT, and
-    what the child writes after that lands past a hole, which takes no memory.
-    With --debug (stderr somewhere) the child writes there as before."""
-
-    LIMIT = 1 << 20
-    TAIL = 1 << 16
-    OTHER_FATAL = ("Fatal Python error", "terminate called", "Check failed")
-
-    def __init__(self) -> None:
-        self.fd: Optional[int] = None
-        try:
-            if os.path.samestat(os.fstat(2), os.stat(os.devnull)):
-                self.fd = os.memfd_create("lited-engine-stderr", os.MFD_CLOEXEC)
-        except (OSError, AttributeError):  # no fd 2, no memfd: the child inherits stderr
-            self.fd = None
-
-    def trim(self) -> None:
-        if self.fd is not None and os.fstat(self.fd).st_size > self.LIMIT:
-            os.ftruncate(self.fd, 0)
-
-    def reset(self) -> None:
-        """Empty, for a new child (an old child's last words are not the new one's)."""
-        if self.fd is not None:
-            os.ftruncate(self.fd, 0)
-            os.lseek(self.fd, 0, os.SEEK_SET)
-
-    def last_words(self) -> Optional[str]:
-        """The child's fatal line, if it wrote one (the backend's own words win over a
-        `Fatal Python error: Aborted` from faulthandler that follows them)."""
-        if self.fd is None:
-            return None
-        size = os.fstat(self.fd).st_size
-        tail = os.pread(self.fd, min(size, self.TAIL), max(0, size - self.TAIL)).replace(b"\0", b"")
-        lines = [line.strip() for line in tail.decode("utf-8", "replace").splitlines() if line.strip()]
-        fatal = glog_fatal(lines)
-        if fatal is None:
-            fatal = next((line for line in lines if line.startswith(self.OTHER_FATAL)), None)
-        return fatal[:300] if fatal is not None else None
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
 
 
 class EngineProcess(Engine):
@@ -399,14 +347,7 @@ class EngineProcess(Engine):
             code = proc.wait(2.0)
         except subprocess.TimeoutExpired:
             return "stopped answering"
-        why = self._native.last_words()
-        why = f": {why}" if why else ""
-        if code < 0:
-            try:
-                return f"died ({signal.Signals(-code).name}){why}"
-            except ValueError:
-                return f"died (signal {-code}){why}"
-        return f"exited with status {code}{why}"
+        return death(code, self._native.last_words())
 
     # -- the engine interface
     @property

@@ -9,12 +9,11 @@ compares against later.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 from pathlib import Path
 
 from lited.sdk import BuildError
-from lited.sdk.proc import reason
+from lited.native_crash import death
 from lited.sdk.venv import daemon_lited, daemon_python
 
 _VALIDATE = ("import sys\n"
@@ -26,17 +25,11 @@ _VALIDATE = ("import sys\n"
 
 
 def _run(cmd: list, what: str) -> str:
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    if proc.returncode < 0 and str(cmd[0]).endswith("lited"):
-        # Killed by a signal inside an engine (Paddle Lite aborts on an op it has no kernel for): its
-        # reason went to the native stderr that lited silences; once more with --debug to read it.
-        again = subprocess.run([str(c) for c in (cmd[0], "--debug", *cmd[1:])], capture_output=True, text=True,
-                               stdin=subprocess.DEVNULL, errors="replace")
-        status = signal.Signals(-proc.returncode).name
-        raise BuildError(f"{what}: died of {status}: {reason(again.stderr)}")
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          errors="replace")
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.splitlines() if line.strip() and "libpng warning" not in line]
-        raise BuildError(f"{what}: {lines[-1] if lines else f'exit {proc.returncode}'}")
+        raise BuildError(f"{what}: {lines[-1] if lines else death(proc.returncode, None)}")
     return proc.stdout
 
 
