@@ -450,12 +450,20 @@ def test_a_golden_image_that_is_not_one_is_refused_before_conversion(tools_pytho
     assert time.monotonic() - started < 30
 
 
-def test_a_bad_stage_is_refused_before_conversion_naming_its_config(tools_python: Path, tmp_path: Path) -> None:
-    """A stage's typo or missing bundle was found after the conversion, naming no config."""
+def test_a_bad_stage_is_refused_before_conversion_naming_its_config(tools_python: Path, tmp_path: Path,
+                                                                   bundles_dir: Path) -> None:
+    """A stage's typo or missing bundle was found after the conversion, naming no config; so was a
+    stage decoder that finds boxes or a batch the stage's model cannot take (the judge's check, after
+    minutes of conversion)."""
     shared = need_shared("models", "fastestdet")
     fragment = tmp_path / "cascade.json"
+    cls = str(bundles_dir / "ppocr_cls")
     for stage, why in (({"name": "cls", "bundle": "nowhere.zip"}, f"stages[0].bundle: {tmp_path}/nowhere.zip: not found"),
-                       ({"name": "cls", "bundle": "x", "labels": "l.txt"}, "stages[0].labels: unknown field")):
+                       ({"name": "cls", "bundle": "x", "labels": "l.txt"}, "stages[0].labels: unknown field"),
+                       ({"name": "cls", "bundle": cls, "decoder": {"type": "grid"}},
+                        "stages[0].decoder.type: 'grid' finds boxes; a stage adds one result to each detection"),
+                       ({"name": "cls", "bundle": cls, "inputs": [{"name": "x", "shape": [1, 3, 48, 192]}], "batch": 6},
+                        "stages[0].batch: 6, but the model's batch is fixed at 1")):
         fragment.write_text(json.dumps({"stages": [stage]}))
         proc = run_build_sdk(tools_python, "--model", shared / "paddle", "--config",
                              ROOT / "tests" / "bundles" / "fastestdet.json", "--config", fragment, "--labels",

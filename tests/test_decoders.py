@@ -360,11 +360,14 @@ def test_priorbox_takes_its_outputs_in_either_order(ultraface):
     ("boxes", [(1, 64, 8)], "outputs [[1, 64, 8]]: the first is not [N, 6] (class, score, x1, y1, x2, y2)"),
     ("priorbox", [(1, 64, 8)], "outputs [[1, 64, 8]]: expected scores [1, N, C] and boxes [1, N, 4]"),
     ("priorbox", [(1, 64, 3), (1, 32, 4)], "expected scores [1, N, C] and boxes [1, N, 4]"),
+    ("ctc", [(6, 2)], "outputs [[6, 2]]: the first is not [N, T, K] (K: the blank, the keys, the space)"),
+    ("ctc", [(1, 40, 2)], "outputs [[1, 40, 2]]: the first is not [N, T, K] (K: the blank, the keys, the space)"),
 ])
 def test_outputs_of_another_layout_are_named(kind, outputs, why):
     dec = make_decoder({"type": kind}, [])
     assert dec.layout_problem([np.zeros(s, np.float32) for s in outputs]).endswith(why)
-    fits = {"grid": [(1, 8, 10, 10)], "boxes": [(64, 6), (1,)], "priorbox": [(1, 64, 3), (1, 64, 4)]}[kind]
+    fits = {"grid": [(1, 8, 10, 10)], "boxes": [(64, 6), (1,)], "priorbox": [(1, 64, 3), (1, 64, 4)],
+            "ctc": [(1, 40, 3)]}[kind]
     assert dec.layout_problem([np.zeros(s, np.float32) for s in fits]) is None
 
 

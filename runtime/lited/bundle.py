@@ -469,6 +469,15 @@ def config_problems(fields: dict) -> list:
     return c.problems
 
 
+def stage_problems(stages: list, targets: list, root: Path) -> list:
+    """The problems of a cascade's `stages` (their files in `root`) as the
+    manifest will have them, before the first stage's model exists: a builder
+    refuses a stage's bad decoder or batch at once, not after conversion."""
+    c = BundleChecker()
+    _check_stages(c, [_sealed_models(stage, root) for stage in stages], {"models": dict.fromkeys(targets)}, root)
+    return c.problems
+
+
 def _check_part(c: BundleChecker, spec: dict, root: Path, where: str) -> None:
     """What the first stage and every later stage have: models, inputs,
     preprocessing, decoder, labels (`where`: the field path prefix)."""

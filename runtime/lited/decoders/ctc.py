@@ -28,7 +28,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from ..geometry import Geometry
-from .base import Decoder
+from .base import Decoder, shapes
 
 NORMAL_FORMS = ("NFC", "NFKC", "NFD", "NFKD")
 
@@ -69,6 +69,14 @@ class CtcDecoder(Decoder):
     def num_classes(self, outputs: List[np.ndarray]) -> Optional[int]:
         """Keys the output expects (K minus the blank and the space)."""
         return int(outputs[0].shape[-1]) - 1 - int(self.use_space_char)
+
+    def layout_problem(self, outputs: List[np.ndarray]) -> Optional[str]:
+        """A classifier's [N, C] decoded as text read "" for every crop, with no word of why."""
+        probs = outputs[0]
+        if probs.ndim != 3 or self.num_classes(outputs) < 1:
+            return f"outputs {shapes(outputs)}: the first is not [N, T, K] (K: the blank, the keys" \
+                   f"{', the space' if self.use_space_char else ''})"
+        return None
 
     def decode(self, outputs: List[np.ndarray], geom: Optional[Geometry] = None) -> dict:
         probs = outputs[0]

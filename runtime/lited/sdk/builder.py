@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lited.bundle import config_problems, machine_target
+from lited.bundle import config_problems, machine_target, stage_problems
 from lited.imageheader import image_size
 from lited.validate import name_problem, version_problem
 
@@ -194,6 +194,9 @@ def _build(opts: Options, workdir: Path, timings: dict) -> dict:
             stages = add_stages(fields["stages"], opts.targets, staged, workdir)
         except BuildError as exc:
             raise BuildError(f"{configs}: {exc}") from None
+        problems = stage_problems(stages, opts.targets, staged)
+        if problems:
+            raise BuildError(f"{configs}: {'; '.join(problems)}")
 
     with _Step("paddle model" if opts.model.suffix.lower() != ".onnx" else "x2paddle", timings):
         model = paddle_model.resolve(opts.model, workdir, fields.get("inputs"))

@@ -68,6 +68,12 @@ def _copy(src_root: Path, rel: str, root: Path, name: str, index: int) -> str:
     return dst
 
 
+def _merges(base, override) -> bool:
+    """An override merges into the bundle's object key by key, unless it names another `type`
+    (a decoder of another kind: the bundle's parameters are not its parameters)."""
+    return isinstance(base, dict) and isinstance(override, dict) and override.get("type", base.get("type")) == base.get("type")
+
+
 def add_stages(entries: list, targets: list, root: Path, workdir: Path) -> list:
     """The manifest's `stages`, with each stage's files copied into `root`."""
     stages, names = [], set()
@@ -108,7 +114,7 @@ def add_stages(entries: list, targets: list, root: Path, workdir: Path) -> list:
         stage = {"name": name, "models": stage_models}
         for key in OVERRIDES:
             base = manifest.get(key)
-            stage[key] = merge(base, entry[key]) if isinstance(base, dict) and key in entry else entry.get(key, base)
+            stage[key] = merge(base, entry[key]) if _merges(base, entry.get(key)) else entry.get(key, base)
         stage["labels"] = _copy(src, manifest["labels"], root, name, i) if manifest.get("labels") else None
         stage.update({key: entry[key] for key in STAGE_KEYS if key in entry and key != "name"})
         stages.append(stage)
