@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lited.bundle import NB_HEADER
 from lited.sdk import BuildError, proc
 from lited.sdk.paddle_model import PaddleModel
 from lited.sdk.venv import tool
@@ -60,4 +61,24 @@ class LiteOpt:
         if not nb.is_file():
             raise BuildError(f"paddle_lite_opt --valid_targets={valid} wrote no {nb.name} "
                              f"(log {self.workdir / f'opt_{target}.log'})")
+        zero_version_padding(nb)
         return nb
+
+
+def zero_version_padding(nb: Path) -> None:
+    """opt writes its version into a 16-byte field of the header, C string then
+    whatever its stack held (a pointer: 4 to 7 bytes that differ at every run):
+    zeroed, the same model gives the same `.nb`, byte for byte. A rebuild of a
+    release then has the release's checksums, and the installer does not refuse
+    it as the same version with other bytes. Paddle Lite reads the field only
+    up to the NUL."""
+    with open(nb, "r+b") as fh:
+        head = fh.read(NB_HEADER.size)
+        if len(head) < NB_HEADER.size:
+            return  # truncated: the bundle check says so
+        field = head[2:18]
+        end = field.find(b"\0")
+        if end < 0 or not field[end:].strip(b"\0"):
+            return
+        fh.seek(2 + end)
+        fh.write(bytes(len(field) - end))
