@@ -117,3 +117,25 @@ def test_sockets_and_rings_refuse_other_users(daemon):
     assert set(results["control: loosened"].values()) == {"ok"}, results
     with daemon.client() as client:
         assert client.ping()["pong"]
+
+
+def test_status_hides_camera_passwords(bundles_dir, tmp_path):
+    """Events and the log masked a source's password, but status (`lited ctl status`, and
+    /v1/status, which any local user may read over loopback) showed it in clear."""
+    import socket
+    with socket.socket() as s:  # a port nothing listens on: the streams stay in backoff
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = {"models": {"face": str(bundles_dir / "ultraface")},
+              "streams": [{"name": "cam", "source": f"rtsp://admin:s3cretPW@127.0.0.1:{port}/live"},
+                          {"name": "web", "source": f"http://127.0.0.1:{port}/v.mjpg?user=admin&pwd=p4ssWD&ch=1"}]}
+    with DaemonProcess(tmp_path, config) as d:
+        d.wait_ready()
+        with d.client() as client:
+            status = client.status()
+        text = json.dumps(status)
+        assert "s3cretPW" not in text and "p4ssWD" not in text, text
+        sources = {s["stream"]: s["source"] for s in status["streams"]}
+        assert sources == {"cam": f"rtsp://admin:***@127.0.0.1:{port}/live",
+                           "web": f"http://127.0.0.1:{port}/v.mjpg?user=admin&pwd=***&ch=1"}
+    assert "s3cretPW" not in d.output() and "p4ssWD" not in d.output()

@@ -51,6 +51,7 @@ from lited.service.requests import Requests
 from lited.service.sdnotify import Notifier, Watchdog
 from lited.service.uplink import Uplink
 from lited.sources import SourceError
+from lited.sources.errors import redact
 from lited.stream import Stream
 from lited.stream.ring import sweep_stale
 from lited.stream.stats import COUNTERS
@@ -503,7 +504,7 @@ class Daemon:
                        for n, b in list(self.bundles.items())},
             # copies: a reload (main thread) may add or remove streams while a front end asks
             "streams": [s.status() for s in list(self.streams.values())] + [
-                {"stream": sc.name, "source": sc.source, "state": "starting", "detail": "model warming up",
+                {"stream": sc.name, "source": redact(sc.source), "state": "starting", "detail": "model warming up",
                  "fps": 0.0, "counters": dict.fromkeys(COUNTERS, 0), "latency_ms": {}, "ring": None,
                  "policy": sc.policy or source_policy(sc.source),
                  "model": None}

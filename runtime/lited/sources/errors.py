@@ -7,11 +7,15 @@ from typing import Optional, Tuple
 Shape = Tuple[int, int, int]
 
 _PASSWORD = re.compile(r"(://[^/:@?#]*:)[^/@?#]*@")
+# cameras that take their credentials in the query (`...?user=admin&password=...`)
+_SECRET_PARAM = re.compile(r"([?&](?:password|passwd|pwd|pass|token|access_token|secret|key|auth)=)[^&#]*", re.I)
 
 
 def redact(uri: str) -> str:
-    """The URI with any password masked: error messages end up in logs."""
-    return _PASSWORD.sub(r"\1***@", uri)
+    """The URI with any password masked (userinfo, and query parameters that
+    name a secret): messages end up in logs, and status is readable by any
+    local user over loopback HTTP."""
+    return _SECRET_PARAM.sub(r"\1***", _PASSWORD.sub(r"\1***@", uri))
 
 
 class SourceError(Exception):

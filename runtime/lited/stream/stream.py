@@ -21,6 +21,7 @@ import numpy as np
 
 from lited.sources import open_source
 from lited.sources.base import Source
+from lited.sources.errors import redact
 from lited.stream.backoff import Backoff
 from lited.stream.capture import CaptureLoop
 from lited.stream.feed import POLICIES, Feed
@@ -238,7 +239,7 @@ class Stream:
     def status(self) -> dict:
         model, ring = self.model, self.ring
         return {
-            "stream": self.name, "source": self.uri, "state": self.current_state(), "detail": self.detail,
+            "stream": self.name, "source": redact(self.uri), "state": self.current_state(), "detail": self.detail,
             "fps": round(self.fps(), 2), "counters": dict(self.stats.counters),
             "latency_ms": self.stats.timings.summary(), "ring": ring.name if ring else None,
             "policy": self.policy,
