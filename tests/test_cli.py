@@ -159,3 +159,19 @@ def _running(pid: int) -> bool:
             return fh.read().rpartition(")")[2].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_run_names_the_images_it_skips(bundles_dir, tmp_path):
+    """`lited run` on a folder with an empty and a text `.png` gave the good images' results and
+    exit 0 without a word about the others (`lited infer` names each it cannot read)."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(need_shared("images", "chelsea.png").read_bytes())
+    (folder / "b.png").write_bytes(b"")
+    (folder / "c.png").write_text("hello")
+    proc = lited("run", "--bundle", str(bundles_dir / "ultraface"), "--source", f"images://{folder}", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == 1
+    assert f"lited: stream cam0: source 'images://{folder}': cannot decode {folder}/b.png (0 bytes); skipped" \
+        in proc.stderr.splitlines(), proc.stderr
+    assert any(line.endswith(f"cannot decode {folder}/c.png (5 bytes); skipped") for line in proc.stderr.splitlines())

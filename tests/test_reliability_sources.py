@@ -239,3 +239,53 @@ def test_a_file_ends_and_frames_change_size_mid_stream(tmp_path, face):
     seqs = [m["seq"] for m in res]
     assert seqs == sorted(seqs)
     assert rings_after == []
+
+
+def test_a_camera_that_never_answers_holds_up_no_other_stream(tmp_path, rtsp, face):
+    """OpenCV's FFmpeg backend opens one capture at a time per process. A camera that accepted the
+    connection and never answered held that lock for its whole lited_open_timeout at every retry:
+    a looping file froze 18 s at each restart, live cameras were not back for minutes, and a reload
+    or SIGTERM waited for the open. The server is now asked first, with no lock held."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts, never answers: a hung camera
+    video = tmp_path / "loop.avi"
+    write_video(video, frames=24)  # 1.6 s at 15 fps: a restart (an FFmpeg open) every 1.6 s
+    hole = f"rtsp://127.0.0.1:{silent.getsockname()[1]}/live?lited_open_timeout=6"
+    config = {"models": {"face": face}, "streams": [
+        {"name": "vid", "source": f"file://{video}?loop=1&realtime=1"},
+        {"name": "cam", "source": f"{rtsp.url}?{RTSP_OPTS}"},
+        {"name": "hole", "source": hole}]}
+    try:
+        with DaemonProcess(tmp_path, config) as d, Recorder(d.pub) as rec:
+            settled(rec, "cam")
+            rtsp.kill(signal.SIGKILL)
+            time.sleep(0.5)
+            rtsp.start()  # while the silent camera is (most likely) opening
+            back = time.monotonic()
+            rec.wait(lambda ms: [m for _, m in ms if m["frame_ts"] > time.time() - 1], t=back, stream="cam",
+                     kind="result", timeout=15)
+            rec.wait(lambda ms: len([m for _, m in ms if m.get("state") == "backoff"]) >= 2, stream="hole",
+                     timeout=30)  # two whole opens of 6 s
+            vid = [at for at, _ in rec.since(0, "vid", "result")]
+            holes = [m["detail"] for _, m in rec.since(0, "hole") if m.get("state") == "backoff"]
+            assert max_gap(vid[5:]) < 1.5, max_gap(vid[5:])  # it froze for the whole 6 s open before
+            assert "accepted the connection but did not answer OPTIONS within 6 s (lited_open_timeout)" in holes[0]
+            # removed while it opens: the reload does not wait for the open, and nothing follows `stopped`
+            d.write_config({**config, "streams": config["streams"][:2]})
+            rec.wait(lambda ms: [m for _, m in ms if m.get("state") == "connecting"], t=time.monotonic(),
+                     stream="hole", timeout=30)
+            started = time.monotonic()
+            with d.client(timeout=30) as client:
+                assert client.reload()["stopped"] == ["hole"]
+            took = time.monotonic() - started
+            time.sleep(7)  # past the open it was in
+            after = [m for _, m in rec.since(started, "hole") if m.get("type") == "event"]
+            print(f"\nRELIABILITY silent_camera: file stream's longest gap {max_gap(vid[5:]):.2f} s over "
+                  f"{len(vid)} results, reload removing the opening stream {took:.2f} s")
+            assert took < 4, took
+            assert [m.get("state") for m in after] == ["stopped"], after
+    finally:
+        silent.close()

@@ -119,11 +119,13 @@ def test_network_url_keeps_camera_params_and_drops_ours():
     ("v4l2:///dev/video0?fourcc=MJPEG", "option 'fourcc' must be 4 characters like MJPG or YUYV, got 'MJPEG'"),
     ("v4l2:///dev/video0?width=0", "option 'width' must be a whole number > 0, got '0'"),
     ("v4l2://video0", "device must be a /dev path like /dev/video0, got 'video0'"),
-    ("rtsp://cam/s?lited_read_timeout=0", "option 'lited_read_timeout' must be a number of seconds > 0, got '0'"),
+    ("rtsp://cam/s?lited_read_timeout=0", "option 'lited_read_timeout' must be a number of seconds > 0 and at most 3600, got '0'"),
+    ("rtsp://cam/s?lited_read_timeout=1e9", "option 'lited_read_timeout' must be a number of seconds > 0 and at most 3600, got '1e9'"),
     ("rtsp://cam/s?lited_transport=http", "option 'lited_transport' must be tcp or udp, got 'http'"),
     ("rtsp://cam/s?lited_bogus=1", "unknown option 'lited_bogus' (known: lited_open_timeout, lited_read_timeout, lited_transport)"),
     ("http://cam/s?lited_transport=tcp", "option 'lited_transport' applies to rtsp:// only"),
     ("rtsp:///nohost", "no host (write rtsp://HOST[:PORT]/PATH)"),
+    ("rtsp://cam:99999/live", "bad port: port out of range 0-65535"),
     ("synth://here", "synth takes no path"),
     ("file://", "no file path"),
     ("gst://videotestsrc ! fakesink", "the pipeline must end in an appsink"),
@@ -455,7 +457,7 @@ def test_http_file_reads_to_the_end(video, stills):
 
     class Handler(http.server.SimpleHTTPRequestHandler):
         def log_message(self, fmt, *args):
-            paths.append(self.path)
+            paths.append(f"{self.command} {self.path}")
 
     server = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), functools.partial(Handler, directory=str(video.parent))
@@ -469,7 +471,8 @@ def test_http_file_reads_to_the_end(video, stills):
         frames = read_all(src, out)
         assert len(frames) == len(stills) * PER_IMAGE  # a served file ends with False
         assert mean_diff(frames[-1], stills[-1]) < 8
-        assert paths == [f"/{video.name}?token=abc"]  # lited_* never reaches the server
+        # lited_* never reaches the server; the HEAD asks the server first (sources/probe.py)
+        assert paths == [f"HEAD /{video.name}?token=abc", f"GET /{video.name}?token=abc"]
     finally:
         server.shutdown()
         server.server_close()
@@ -548,11 +551,35 @@ def test_rtsp_silent_server_hits_the_open_timeout():
         port = listener.getsockname()[1]
         src = open_source(f"rtsp://127.0.0.1:{port}/x?lited_open_timeout=1")
         start = time.monotonic()
-        with pytest.raises(SourceError, match="cannot open stream"):
+        with pytest.raises(SourceError, match=rf"127.0.0.1:{port} accepted the connection but did not answer "
+                                              r"OPTIONS within 1 s \(lited_open_timeout\)"):
             src.open()
         assert time.monotonic() - start < 3
+        # stopping the stream ends an open that waits on it (a reload or SIGTERM waited the whole timeout)
+        src = open_source(f"rtsp://127.0.0.1:{port}/x?lited_open_timeout=30")
+        stop = threading.Event()
+        src.cancel_with(stop)
+        threading.Timer(0.3, stop.set).start()
+        start = time.monotonic()
+        with pytest.raises(SourceError, match="stopped while opening"):
+            src.open()
+        assert time.monotonic() - start < 1.5
     finally:
         listener.close()
+
+
+def test_rtsp_errors_say_which_failure_it_was(rtsp):
+    """FFmpeg says "cannot open stream" for a server that is down, a wrong path and a silent server
+    alike; the server is asked, and its answer named."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    with pytest.raises(SourceError, match=rf"connection refused by 127.0.0.1:{port} \(nothing listening there"):
+        open_source(f"rtsp://127.0.0.1:{port}/live").open()
+    wrong = rtsp.url.rsplit("/", 1)[0] + "/nope"
+    with pytest.raises(SourceError, match=r"cannot open stream: the server has no stream at /nope \('404 Not Found'\)"):
+        open_source(wrong).open()
 
 
 def test_rtsp_udp_transport():

@@ -280,6 +280,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             pass
 
     def on_event(event: dict) -> None:
+        if event["event"] == "skipped":  # an image that cannot be read: said, as `lited infer` says it
+            print(f"lited: stream {event['stream']}: {event['detail']}", file=sys.stderr, flush=True)
         if event["event"] != "state":
             return
         state, detail = event["state"], event["detail"]

@@ -376,28 +376,29 @@ class Daemon:
             raise ProtocolError("failed", first_line(exc)) from None
         return {"reloaded": names, "started": [], "stopped": [], "took_ms": round((time.monotonic() - t0) * 1e3, 1)}
 
-    def reload_models(self, paths: dict, force: bool = False) -> None:
+    def reload_models(self, paths: dict, force: bool = False, leaving: frozenset = frozenset()) -> None:
         """Load the bundles at `paths` (model name -> dir), warm a new model for
-        every stream using them, then swap all at once. Raises on failure:
-        nothing is swapped and the old models keep serving."""
+        every stream using them (but the streams `leaving`, which the reload
+        stops next), then swap all at once. Raises on failure: nothing is
+        swapped and the old models keep serving."""
         with self._reload_lock:
             self.notifier.reloading("reloading")
             before = {n: self.bundles[n] for n in paths}
             try:
-                self._swap_models(paths, force)
+                self._swap_models(paths, force, leaving)
             except BaseException as exc:
                 self._record_reload(False, first_line(exc))
                 raise
             self._record_reload(True, list(paths), before)
 
-    def _swap_models(self, paths: dict, force: bool) -> None:
+    def _swap_models(self, paths: dict, force: bool, leaving: frozenset) -> None:
         prepared: list = []
         try:
             new_bundles = {n: load_bundle(p) for n, p in paths.items()}
             for name, stream in self.streams.items():
                 sc = self.stream_configs[name]
                 bundle = new_bundles.get(sc.model)
-                if bundle is not None:
+                if bundle is not None and name not in leaving:
                     prepared.append((stream, stream.prepare_model(self._stream_model(sc, bundle), READY_TIMEOUT)))
             changed = set()
             for n, bundle in new_bundles.items():  # after the models load: a broken bundle says so first
@@ -442,17 +443,18 @@ class Daemon:
                 self.bundles[n] = bundle
                 self.generation[n] = 0
                 self.config.models[n] = added[n]
+            wanted = {s.name: s for s in new.streams}
+            leaving = frozenset(n for n in self.streams if n not in wanted or self.stream_configs[n] != wanted[n])
             if kept:
                 try:
-                    self.reload_models(kept, force)  # records its outcome
+                    self.reload_models(kept, force, leaving)  # records its outcome
                 except LOAD_ERRORS:
                     return {**self.last_reload, **outcome}
             outcome["reloaded"] = list(new.models)
             self.config.model_settings = new.model_settings
             try:
                 self.stream_threads = self._plan_threads(new.streams)
-                wanted = {s.name: s for s in new.streams}
-                for name in [n for n in self.streams if n not in wanted or self.stream_configs[n] != wanted[n]]:
+                for name in [n for n in self.streams if n in leaving]:
                     self._stop_stream(name)
                     outcome["stopped"].append(name)
                 for name, sc in wanted.items():

@@ -5,6 +5,7 @@ so the read path never allocates a frame: `read_into(out)` writes in place.
 """
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, ClassVar, Dict, Optional
 from urllib.parse import unquote
@@ -63,6 +64,12 @@ class Source:
         self._pending: Optional[np.ndarray] = None
         self._pending_paced = False  # the pending frame's read already waited its turn (a new size)
         self.pacer = Pacer(None)
+        #: Set when the stream stops: an open that waits on the network gives up (probe.py).
+        self.cancelled = threading.Event()
+
+    def cancel_with(self, stop: threading.Event) -> None:
+        """Give up waiting in `open` once `stop` is set (the stream's own stop event)."""
+        self.cancelled = stop
 
     def error(self, detail: str) -> SourceError:
         return SourceError(self.uri, detail)

@@ -28,6 +28,10 @@ without the dictionary, so it would do nothing). OpenCV 4.11.0 ignores that vari
 27091, fixed in 4.12): setting it only makes FFmpeg prefer TCP, so there
 `lited_transport=udp` is refused rather than silently ignored.
 
+Before OpenCV opens, the server is asked itself (probe.py): OpenCV's
+FFmpeg opens one capture at a time per process, and a camera that never
+answers must not hold the other streams' opens for lited_open_timeout.
+
 A live stream has no end: losing it is a SourceError (the pipeline
 reconnects); only a stream that declares a frame count (a video file served
 over HTTP) ends with False.
@@ -43,8 +47,8 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from lited.sources import opencv
-from lited.sources.errors import Shape
+from lited.sources import opencv, probe
+from lited.sources.errors import Shape, SourceError
 from lited.sources.options import Option, choice, parse_options, seconds, split_query
 
 PREFIX = "lited_"
@@ -52,6 +56,7 @@ PREFIX = "lited_"
 FFMPEG_OPTIONS_IGNORED = cv2.__version__.startswith("4.11.")
 ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 OPEN_TIMEOUT_SLACK = 0.02  # s: an open this close to lited_open_timeout was cut short by it
+REFUSAL_TIMEOUT = 3.0  # s: to ask a server that FFmpeg could not open why
 _env_lock = threading.Lock()
 
 
@@ -101,6 +106,10 @@ class NetworkSource(opencv.CaptureSource):
                 f"lited_transport=udp cannot be set with OpenCV {cv2.__version__}, "
                 "which ignores OPENCV_FFMPEG_CAPTURE_OPTIONS (opencv issue 27091); it uses TCP"
             )
+        try:
+            probe.server_address(uri.partition("?")[0])
+        except ValueError as exc:  # a port of 99999 or "abc" would fail at every open, for ever
+            raise self.error(f"bad port: {str(exc).lower()}") from None
         self.url = uri
         self._finite = False
 
@@ -119,13 +128,25 @@ class NetworkSource(opencv.CaptureSource):
         ]
         limit = self.options["lited_open_timeout"]
         start = time.monotonic()
+        why = probe.reachable(self.url, limit, self.cancelled)  # before OpenCV's one-open-at-a-time lock
+        if self.cancelled.is_set():
+            raise self.error("stopped while opening")
+        if why:
+            raise self.error(why)
+        timeouts[1] = max(1, int((limit - (time.monotonic() - start)) * 1000))  # what is left of the limit
         with ffmpeg_options(self.ffmpeg_options()):
             self._cap = cv2.VideoCapture(self.url, cv2.CAP_FFMPEG, timeouts)
         if self._cap.isOpened() and time.monotonic() - start >= limit - OPEN_TIMEOUT_SLACK:
             self.close()  # cut short by the interrupt: see the module doc
             raise self.error(f"not open within {limit:g} s (lited_open_timeout): the stream answered but "
                              "was still opening; raise lited_open_timeout")
-        shape = opencv.first_frame(self, self._cap, "stream")
+        try:
+            shape = opencv.first_frame(self, self._cap, "stream")
+        except SourceError as exc:  # FFmpeg says "cannot open": the server may say why
+            why = probe.refusal(self.url, REFUSAL_TIMEOUT, self.cancelled)
+            if why:
+                raise self.error(f"cannot open stream: {why}") from None
+            raise exc
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps = fps if 0 < fps < 1000 else None
         self._finite = self._cap.get(cv2.CAP_PROP_FRAME_COUNT) > 0

@@ -96,13 +96,16 @@ def rate(text: str) -> float:
     return value
 
 
+MAX_SECONDS = 3600.0  # a timeout past an hour is a typo (1e9 would never fire), as the config's
+
+
 def seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError("a number of seconds > 0")
+    if not math.isfinite(value) or not 0 < value <= MAX_SECONDS:
+        raise ValueError(f"a number of seconds > 0 and at most {MAX_SECONDS:g}")
     return value
 
 

@@ -48,6 +48,7 @@ class CaptureLoop:
         self._set_state = set_state
         self._event = event
         self._stop = stop
+        source.cancel_with(stop)  # a network open waiting on a silent camera ends with the stream
         self._thread = threading.Thread(target=self._run, name=f"capture-{name}", daemon=True)
 
     def start(self) -> None:
@@ -96,6 +97,9 @@ class CaptureLoop:
         except SourceError as exc:
             self._retry(str(exc))
             return False
+        if self._stop.is_set():  # stopped while it opened: it is not streaming, and not to be retried
+            source.close()
+            return True
         self._ensure_ring(shape)
         self._set_state("streaming")
         good = 0
@@ -172,6 +176,8 @@ class CaptureLoop:
         self._ensure_ring(ring.shape, force=True)
 
     def _retry(self, why: str) -> None:
+        if self._stop.is_set():  # the stream said `stopped` already: no `backoff` after it
+            return
         self._stats.count("errors")
         delay = self.backoff.next()
         self._set_state("backoff", f"{why}; retry in {delay:.1f} s")
