@@ -295,3 +295,26 @@ def test_the_demo_reads_the_scrolling_text(tmp_path):
     assert out["accuracy"] >= 0.95, out
     printed = [line for line in proc.stdout.splitlines() if line.startswith("demo: frame ")]
     assert printed and any(pair["read"] in printed[0] for pair in out["lines"] if pair["read"])
+
+
+def test_a_reload_refuses_a_stage_gone_or_classifying_into_other_labels(ocr_copy, tmp_path):
+    """The daemon refuses a reload whose bundle has another task or labels; a cascade's orientation
+    classifier relabelled (0/180 -> 0/90) or dropped went through, though apps read its classes on
+    every detection."""
+    from lited.bundle import load_bundle
+    from lited.service.daemon import change_problem
+
+    old = load_bundle(ocr_copy)
+    relabelled = tmp_path / "relabelled"
+    shutil.copytree(ocr_copy, relabelled)
+    (relabelled / "cls_labels.txt").write_text("0\n90\n")
+    assert change_problem("ocr", old, load_bundle(relabelled)).startswith(
+        "model ocr: demo_ppocrv4 1.0.0 would replace demo_ppocrv4 1.0.0 with another stage cls labels -180, +90;")
+    dropped = tmp_path / "dropped"
+    shutil.copytree(ocr_copy, dropped)
+    edit(dropped, lambda m: m["stages"].pop(0))
+    assert "another cascade: stage cls gone;" in change_problem("ocr", old, load_bundle(dropped))
+    keys = tmp_path / "keys"  # a recognizer's keys are how it spells, not labels apps look up: a new one is fine
+    shutil.copytree(ocr_copy, keys)
+    (keys / "rec_labels.txt").write_text((ocr_copy / "rec_labels.txt").read_text().replace("a", "A", 1))
+    assert change_problem("ocr", old, load_bundle(keys)) is None

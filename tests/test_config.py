@@ -139,6 +139,23 @@ def test_config_check_says_what_serve_would_of_an_engine_the_bundle_does_not_lis
             and "no file for paddle_inference" in proc.stderr, (command, proc.stderr)
 
 
+WITHOUT_TORNADO = ("import sys; sys.modules['tornado'] = None\n"  # a runtime installed without the http extra
+                   "from lited.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+def test_config_check_says_what_serve_would_of_an_optional_part_not_installed(tmp_path):
+    """`config check` said ok to an `http:` section on a runtime without tornado; `serve` then
+    stopped at it, and systemd restarted it in a loop."""
+    conf = tmp_path / "lited.conf"
+    conf.write_text(json.dumps({**BASE, "http": {"listen": "127.0.0.1:0"}}))
+    for command in ("config check", "serve"):
+        proc = subprocess.run([sys.executable, "-c", WITHOUT_TORNADO, *command.split(), "--config", str(conf)],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and proc.stdout == "", (command, proc.stdout, proc.stderr)
+        assert proc.stderr.count("\n") == 1 and "http: needs the 'http' extra (pip install 'lited[http]'" \
+            in proc.stderr and "No module named 'tornado" in proc.stderr, (command, proc.stderr)
+
+
 NAMES = ["a", "A.b-c_1", "_x", "x" * 64, "9", ".a", "-a", "a/b", "x" * 65, "current", "previous", "a b", "é", ""]
 
 

@@ -270,7 +270,8 @@ def test_first_install_lays_out_runtime_units_config_and_bundle(first_install: F
         assert "ProtectHome=tmpfs" in (units / "lited.service.d/30-python.conf").read_text()
     config_text = (root / "etc/lited/lited.conf").read_text()
     assert config_text.startswith("# lited's config") and "#   - name: cam0" in config_text  # YAML, commented
-    assert read_config_file(root / "etc/lited/lited.conf") == {"models": {NAME: CONFIG_PATH}, "streams": []}
+    assert read_config_file(root / "etc/lited/lited.conf") == {"runtime_dir": "/run/lited",
+                                                                "models": {NAME: CONFIG_PATH}, "streams": []}
     assert os.readlink(root / "usr/local/bin/lited") == "/opt/lited/venv/bin/lited"
     assert links(root) == {"current": "1.0.0"}
     version_dir = root / BUNDLES / "1.0.0"
@@ -351,7 +352,9 @@ def test_upgrade_flips_current_and_previous_and_rollback_returns(prefix: Prefix,
     # lited@cam9.service: its own config; the bundle (shared by name) is there already.
     lines = install_ok(prefix, "--instance", "cam9", sdk.zip("1.2.0"))
     assert f"install_sdk: bundle: {NAME} 1.2.0 already installed ({prefix}/{BUNDLES}/current)" in lines
-    assert read_config_file(prefix / "etc/lited/cam9.conf") == {"models": {NAME: CONFIG_PATH}, "streams": []}
+    # its runtime_dir is the unit's RuntimeDirectory: `lited ctl --config` asked lited.service instead
+    assert read_config_file(prefix / "etc/lited/cam9.conf") == {"runtime_dir": "/run/lited/cam9",
+                                                                "models": {NAME: CONFIG_PATH}, "streams": []}
     assert lines[-1].endswith("`lited ctl --config /etc/lited/cam9.conf status` shows what is served"), lines[-1]
 
 
@@ -404,6 +407,22 @@ def test_unsafe_sources_are_refused_and_change_nothing(prefix: Prefix, sdk: Sdk,
         assert snapshot(prefix) == before, case
     assert not (tmp_path / "evil").exists() and not (prefix / "var/lib/lited/evil").exists()
     assert links(prefix) == {"current": "1.0.0"}
+
+
+def test_no_python_310_is_said_in_one_line(checkout: Path, tmp_path: Path) -> None:
+    """With no CPython 3.10 to be found, the installer exited 1 and said nothing: the message went
+    to a file of the bundle check's, deleted on exit."""
+    path = "/usr/bin:/bin"
+    if any(subprocess.run([f"{d}/{exe}", "-c", "import sys; sys.exit(sys.version_info[:2] != (3, 10))"],
+                          capture_output=True).returncode == 0
+           for d in path.split(":") for exe in ("python3.10", "python3") if os.path.exists(f"{d}/{exe}")):
+        pytest.skip("this machine has a CPython 3.10 in /usr/bin")
+    result = subprocess.run(["bash", str(checkout / "tools" / "install_sdk.sh"), "--prefix", str(tmp_path / "root"),
+                             str(checkout / "sdk_template" / "demo_ppocrv4")], capture_output=True, text=True,
+                            env={"PATH": path, "HOME": str(tmp_path)}, timeout=60)
+    assert (result.returncode, result.stdout) == (1, ""), result.stdout + result.stderr
+    assert result.stderr == ("install_sdk: error: CPython 3.10 not found (Paddle Lite wheels exist only for CPython "
+                             "<= 3.10 on x86_64): install python3.10 or give --python FILE\n")
 
 
 def test_p09_help_is_usage_on_stdout_and_bad_usage_exits_2(checkout: Path) -> None:
@@ -713,6 +732,11 @@ def test_board_install_starts_the_real_daemon(board: Board) -> None:
     assert cmdline[1:4] == [f"{VENV}/bin/lited", "serve", "--config"], cmdline
     uid = c.run(["id", "-u", "lited"], check=True).stdout.strip()
     assert f"Uid:\t{uid}\t" in c.run(["cat", f"/proc/{state['MainPID']}/status"], check=True).stdout
+    # the service reads its bundles and cannot change them: systemd chowned a StateDirectory=lited
+    # (bundles included) to the service user at its first start
+    owners = c.run(["stat", "-c", "%U", "/var/lib/lited", f"/var/lib/lited/bundles/{NAME}",
+                    f"/var/lib/lited/bundles/{NAME}/1.0.0"], check=True).stdout.split()
+    assert owners == ["root"] * 3, owners
 
     # STATUS= comes every second (status_interval): the stream, its state and fps, the model.
     samples = [show(c, UNIT, "StatusText")["StatusText"]]
@@ -823,4 +847,8 @@ def test_an_unknown_engine_is_a_usage_error(prefix: Prefix) -> None:
     result = run_install(prefix, "--engines", "onnxruntime,tflite", "x.zip")
     assert result.returncode == 2, result.stdout + result.stderr
     assert "--engines: unknown engine 'tflite' (onnxruntime, openvino, paddle_inference)" in result.stderr
+    result = run_install(prefix, "--with", "http,ftp", "x.zip")  # the optional parts: the same
+    assert result.returncode == 2 and "--with: unknown part 'ftp' (http, mqtt, gst)" in result.stderr, result.stderr
+    result = run_install(prefix, "--instance", "state", "x.zip")  # /var/lib/lited/state is lited.service's
+    assert result.returncode == 2 and "--instance state: taken" in result.stderr, result.stderr
     assert not (prefix / BUNDLES).exists()

@@ -170,6 +170,19 @@ def test_p04_ctl_reload_rereads_the_config_and_refuses_another_task(tmp_path, bu
             proc = lited("ctl", *conf, "reload", "--model", "face", "--bundle", cls, "--force", "--json")
             assert proc.returncode == 0 and json.loads(proc.stdout)["reloaded"] == ["face"], proc.stderr
             assert client.status()["models"]["face"]["name"] == "mobilenetv2"
+
+            # a typo in the config the daemon runs from: ctl still reaches it (it exited 2 at the typo) and
+            # a reload fails as a reload (exit 1, the daemon's words), the old config serving on
+            text = d.config_path.read_text()
+            d.config_path.write_text(text[:-3])
+            proc = lited("ctl", *conf, "status")
+            assert proc.returncode == 0, proc.stderr
+            assert proc.stderr.startswith(f"lited: warning: config {d.config_path}: ") and proc.stderr.rstrip() \
+                .endswith(f"; asking the daemon at ipc://{d.run_dir}/req.sock"), proc.stderr
+            proc = lited("ctl", *conf, "reload")
+            assert proc.returncode == 1 and "not valid YAML" in proc.stderr.splitlines()[-1], proc.stderr
+            assert client.status()["streams"][0]["state"] == "streaming"
+            d.config_path.write_text(text)
     assert "reloaded face mobilenetv2 1.0.0 (was ultraface 1.0.0)" in d.output()
 
 
@@ -210,16 +223,31 @@ def test_p06_infer_prints_every_good_result_and_one_line_per_bad_input(bundles_d
     assert proc.returncode == 0 and "libpng warning: iCCP" in proc.stderr
 
 
-def test_p06_network_source_errors_are_one_line_without_ffmpeg_noise(bundles_dir):
-    with socket.socket() as s:  # a port nothing listens on
+def test_p06_network_source_errors_are_one_line_without_ffmpeg_noise(bundles_dir, tmp_path):
+    with socket.socket() as s:  # a port nothing listens on: refused before FFmpeg is asked (sources/probe.py)
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     uri = f"rtsp://127.0.0.1:{port}/cam"
     proc = lited("run", "--bundle", bundles_dir / "ultraface", "--source", uri, "--open-timeout", "3")
     assert proc.returncode == 2
-    assert one_line(proc).startswith(f"lited: source '{uri}': ")
-    proc = lited("--debug", "run", "--bundle", bundles_dir / "ultraface", "--source", uri, "--open-timeout", "2")
-    assert "[tcp @" in proc.stderr or "WARN" in proc.stderr, proc.stderr  # what was silenced
+    assert one_line(proc).startswith(f"lited: source '{uri}': connection refused by 127.0.0.1:{port}")
+    # a server that answers, with something FFmpeg cannot read: FFmpeg's own lines only with --debug
+    import functools
+    import http.server
+    import threading
+    (tmp_path / "cam.mp4").write_text("not a video")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(
+        http.server.SimpleHTTPRequestHandler, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_address[1]}/cam.mp4"
+        proc = lited("run", "--bundle", bundles_dir / "ultraface", "--source", uri, "--open-timeout", "3")
+        assert proc.returncode == 2
+        assert one_line(proc).startswith(f"lited: source '{uri}': ")
+        proc = lited("--debug", "run", "--bundle", bundles_dir / "ultraface", "--source", uri, "--open-timeout", "2")
+        assert "[" in proc.stderr.split("Traceback")[0] or "WARN" in proc.stderr, proc.stderr  # what was silenced
+    finally:
+        server.shutdown()
 
 
 # -- 7: every shipped bundle has a golden image and passes its self-test --------------------

@@ -211,3 +211,23 @@ def test_a_second_daemon_on_the_same_sockets_fails_fast(tmp_path, bundles_dir):
             assert client.ping()["pong"]
     finally:
         assert d.stop() == 0, d.output()[-3000:]
+
+
+def test_a_client_that_cannot_write_run_lited_still_finds_the_daemon_there(tmp_path):
+    """An app in group lited may enter /run/lited but not write it: clients took the daemon's own
+    rule (/run/lited only if writable) and looked in /tmp/lited-<uid>, so the README's subscriber
+    failed for exactly the users the docs let in. A read-only /run stands in for the missing write
+    permission (access(2) says so even to root)."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare for a /run of its own")
+    env = {k: v for k, v in os.environ.items() if k not in ("RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR")}
+    code = ("from lited.config import default_runtime_dir as d; from lited.client import daemon_endpoints as e; "
+            "print(d()); print(*e())")
+    script = (f'mount -t tmpfs lited-run /run && mkdir -m 750 /run/lited && mount -o remount,ro /run && '
+              f'{sys.executable} -c "{code}"')
+    run = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                         capture_output=True, text=True, env=env, timeout=60)
+    lines = run.stdout.splitlines()
+    assert len(lines) == 2, run.stdout + run.stderr
+    assert lines[0] != "/run/lited"  # a daemon of this user would not make its sockets there
+    assert lines[1] == "ipc:///run/lited/pub.sock ipc:///run/lited/req.sock"

@@ -312,6 +312,25 @@ def test_stderr_logging_is_one_compact_line(extra_env: Dict[str, str]) -> None:
     assert re.fullmatch(r"\S+ W lited\.test: plain", lines[1]), lines[1]
 
 
+def test_a_failed_start_is_an_error_in_the_journal(tmp_path) -> None:
+    """A unit's `lited serve` that cannot start ends with one line on stderr, which journald files
+    at priority info: `journalctl -u lited -p err` showed nothing. With stderr the journal stream,
+    the line carries journald's `<3>` prefix (SyslogLevelPrefix, on by default)."""
+    config = tmp_path / "bad.conf"
+    config.write_text("models: [\n")
+    for is_journal in (True, False):
+        err = tmp_path / f"stderr-{is_journal}"
+        with open(err, "w") as fh:
+            st = os.fstat(fh.fileno())
+            env = {**CHILD_ENV, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}" if is_journal else "8:12345"}
+            code = subprocess.run([sys.executable, "-m", "lited.cli", "serve", "--config", str(config)],
+                                  stderr=fh, env=env, timeout=60).returncode
+        assert code == 2
+        line = err.read_text()
+        assert line.startswith("<3>lited: config " if is_journal else "lited: config "), line
+        assert line.count("\n") == 1, line
+
+
 # --- in a booted systemd ----------------------------------------------------
 
 def python_binds() -> List[str]:
@@ -446,8 +465,10 @@ def test_lited_units_run_hardened(container: Container) -> None:
             wait_for(lambda s=stream: rings(container, s), 10, f"the frame ring of {stream}")
             ring = container.run(["stat", "-c", "%a %U %G", rings(container, stream)[0]], check=True).stdout
             assert ring.strip() == "440 lited lited"  # group lited may read the frame ring; not even lited writes it by name
-        for state_dir in ("/var/lib/lited", "/var/lib/lited/cam1"):
+        for state_dir in ("/var/lib/lited/state", "/var/lib/lited/cam1"):
             assert container.run(["stat", "-c", "%a %U", state_dir], check=True).stdout.strip() == "750 lited"
+        # their parent stays root's: a StateDirectory=lited gave it (and the bundles in it) to lited
+        assert container.run(["stat", "-c", "%U", "/var/lib/lited"], check=True).stdout.strip() == "root"
 
         [ready] = journal(container, "lited.service", "EVENT=ready")
         assert ready["SYSLOG_IDENTIFIER"] == "lited"

@@ -11,6 +11,8 @@
 #   --wheels DIR               install the runtime offline: pip --no-index --find-links DIR lited
 #   --paddlelite-wheel FILE    the Paddle Lite wheel to use (needed on ARM: PyPI has none)
 #   --engines LIST             also install these engines (extras): onnxruntime,openvino,paddle_inference
+#   --with LIST                also install these optional parts (extras): http (the HTTP front end and
+#                              /metrics), mqtt (the MQTT uplink), gst (gst:// sources through PyGObject)
 #   --python FILE              the interpreter for the venv (default: CPython 3.10 as tools/bootstrap.sh finds it)
 #   --instance NAME            lited@NAME.service and /etc/lited/NAME.conf instead of lited.service
 #   --timeout SEC              how long to wait for the daemon to serve the new version (default 120)
@@ -37,10 +39,10 @@ usage() { help >&2; exit 2; }
 bad() { echo "install_sdk: error: $*" >&2; exit 2; }   # bad usage: one line, exit 2
 
 prefix=/ use_systemctl=1 rollback_name="" wheels="" paddle_wheel="" python="" instance="" timeout=120 src=""
-board=detect selftest=1 engines=""
+board=detect selftest=1 engines="" parts=""
 while [ $# -gt 0 ]; do
     case $1 in
-        --prefix|--rollback|--wheels|--paddlelite-wheel|--python|--instance|--timeout|--board|--engines)
+        --prefix|--rollback|--wheels|--paddlelite-wheel|--python|--instance|--timeout|--board|--engines|--with)
             [ $# -ge 2 ] || bad "$1: needs a value"
             [ -n "$2" ] || bad "$1: empty"
             case $1 in
@@ -55,6 +57,7 @@ while [ $# -gt 0 ]; do
                            timeout=$2 ;;
                 --board) board=$2 ;;
                 --engines) engines=$2 ;;
+                --with) parts=$2 ;;
             esac
             shift 2 ;;
         --no-systemctl) use_systemctl=0; shift ;;
@@ -71,17 +74,30 @@ if [ -n "$wheels" ]; then
     [ -n "$lited_wheel" ] || die "--wheels $wheels: no lited-*.whl in it"
 fi
 case $instance in *[!A-Za-z0-9_.-]*|.*) bad "--instance $instance: letters, digits, '.', '_', '-' only, not starting with '.'" ;; esac
+case $instance in state|bundles) bad "--instance $instance: taken (/var/lib/lited/$instance is lited's own)" ;; esac
 case $rollback_name in *[!A-Za-z0-9_.-]*|.*) bad "--rollback $rollback_name: not a bundle name" ;; esac
 extras="" engine_modules=""
-for engine in ${engines//,/ }; do
-    case $engine in
-        onnxruntime) engine_modules+=", onnxruntime" ;;
-        openvino) engine_modules+=", openvino" ;;
-        paddle_inference) engine_modules+=", paddle.inference" ;;
-        *) echo "install_sdk: --engines: unknown engine '$engine' (onnxruntime, openvino, paddle_inference)" >&2; exit 2 ;;
+modules_of() {   # the modules an extra brings: the runtime must import them once installed
+    case $1 in
+        paddle_inference) echo paddle.inference ;;
+        http) echo tornado, prometheus_client ;;
+        mqtt) echo paho.mqtt.client ;;
+        gst) echo gi ;;
+        *) echo "$1" ;;
     esac
-    extras+="${extras:+,}$engine"
-done
+}
+take_extras() {  # take_extras OPTION WHAT LIST KNOWN...: each of LIST (commas) must be one of KNOWN
+    local option=$1 what=$2 list=$3 item known
+    shift 3
+    known=$(echo "$@" | sed 's/ /, /g')
+    for item in ${list//,/ }; do
+        case " $* " in *" $item "*) ;; *) echo "install_sdk: $option: unknown $what '$item' ($known)" >&2; exit 2 ;; esac
+        engine_modules+=", $(modules_of "$item")"
+        extras+="${extras:+,}$item"
+    done
+}
+take_extras --engines engine "$engines" onnxruntime openvino paddle_inference
+take_extras --with part "$parts" http mqtt gst
 
 # The board profile for the unit (systemd/boards/): its devices and memory.
 detect_board() {
@@ -151,11 +167,7 @@ quiet() {
 }
 helper() { PYTHONPATH="$repo/runtime${PYTHONPATH:+:$PYTHONPATH}" "$venv/bin/python" "$here/sdk_unpack.py" "$@"; }
 # sdk_unpack.py check needs only the standard library: it runs before the runtime exists.
-check_helper() {
-    local py
-    py=$(find_python) || exit 1   # find_python said why
-    PYTHONPATH="$repo/runtime${PYTHONPATH:+:$PYTHONPATH}" "$py" "$here/sdk_unpack.py" "$@"
-}
+check_helper() { PYTHONPATH="$repo/runtime${PYTHONPATH:+:$PYTHONPATH}" "$check_python" "$here/sdk_unpack.py" "$@"; }
 
 # --- runtime -----------------------------------------------------------------
 
@@ -386,6 +398,9 @@ fi
 # --- install SRC ---------------------------------------------------------------
 
 # The bundle is checked first: an unsafe or unnamed one is refused before anything is written.
+# (Its Python is found here, not inside check_helper, whose stderr goes to a file: with no 3.10 the
+# installer ended with exit 1 and nothing said.)
+check_python=$(find_python) || exit 1   # find_python said why, on stderr
 check_helper check "$src" >"$scratch/check" 2>"$scratch/err" \
     || die "refused: $(tail -n 1 "$scratch/err")"
 read -r name version nfiles megabytes _ golden <"$scratch/check"   # (the manifest sha: `differs` compares every file)
@@ -426,10 +441,16 @@ install_units
 
 conf_model_path=/var/lib/lited/bundles/$name/current
 board_conf=${conf#"$root"}   # the config's path on the board: what a command to run there names
-helper config "$conf" "$name" "$conf_model_path" --dry-run >"$scratch/out" 2>"$scratch/err" \
+helper config "$conf" "$name" "$conf_model_path" --runtime-dir "$rundir" --dry-run >"$scratch/out" 2>"$scratch/err" \
     || die "$(tail -n 1 "$scratch/err")"
 
 mkdir -p "$bdir"
+# The bundles are root's: the service only reads them. A unit of an older lited had /var/lib/lited as
+# its StateDirectory, which systemd chowns (contents too) to the service user at the first start: the
+# daemon could then have rewritten its own models. Now its state is /var/lib/lited/state.
+if [ "$(id -u)" = 0 ] && [ "$(stat -c %u "$root/var/lib/lited")" != 0 ]; then
+    chown root:root "$root/var/lib/lited" && chmod 755 "$root/var/lib/lited" && chown -R root:root "$bundles"
+fi
 rm -rf "$bdir"/.unpack-* "$bdir"/.trash-* "$bdir"/.current.new "$bdir"/.previous.new   # left by a killed run
 already=0
 if [ "$cur" = "$version" ]; then
@@ -461,7 +482,7 @@ else
 fi
 
 [ ! -f "$conf" ] || cp -p "$conf" "$scratch/conf.before"
-helper config "$conf" "$name" "$conf_model_path" --named "$board_conf" >"$scratch/out" 2>"$scratch/err" \
+helper config "$conf" "$name" "$conf_model_path" --runtime-dir "$rundir" --named "$board_conf" >"$scratch/out" 2>"$scratch/err" \
     || { failure=$(tail -n 1 "$scratch/err"); [ "$already" = 1 ] && die "$failure"; roll_back "$version"; }
 read -r config_state streams config_message <"$scratch/out"
 case $config_state in created|added) config_changed=1 ;; esac

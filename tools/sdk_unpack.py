@@ -337,6 +337,9 @@ NEW_CONFIG = """\
 # lited's config (docs/config.md): YAML (or JSON). Check it with
 #   lited config check --config {conf}
 # then apply it with `systemctl reload {unit}` (or `lited ctl reload`).
+# Where {unit} puts its sockets (its RuntimeDirectory): `lited ctl --config`
+# and apps that read this file find it there.
+runtime_dir: {runtime_dir}
 models:
   {model}: {path}
 # The camera streams, each feeding one of the models above, e.g.
@@ -425,7 +428,8 @@ def cmd_config(args: argparse.Namespace) -> int:
         message = f"added model {args.model} to {conf}"
     else:
         unit = f"lited@{conf.stem}" if conf.name != "lited.conf" else "lited"
-        new_text = NEW_CONFIG.format(conf=args.named or conf, unit=unit, model=args.model, path=args.path)
+        new_text = NEW_CONFIG.format(conf=args.named or conf, unit=unit, model=args.model, path=args.path,
+                                     runtime_dir=args.runtime_dir)
         verb, streams = "created", 0
         message = f"created {conf} with model {args.model} and no streams"
     if not args.dry_run:
@@ -511,6 +515,7 @@ def main(argv: list | None = None) -> int:
     p.add_argument("path")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--named", help="the config's path on the board (under --prefix), for a new config's header")
+    p.add_argument("--runtime-dir", default="/run/lited", help="the unit's runtime directory, for a new config")
     p.set_defaults(func=cmd_config)
     p = sub.add_parser("wait")
     p.add_argument("--config", required=True)

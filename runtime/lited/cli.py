@@ -431,6 +431,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     if tcp and not config.curve and not config.insecure_tcp:
         problems.append(f"endpoints: {', '.join(tcp)}: TCP needs CURVE keys (curve:, see `lited keygen`) "
                         "or insecure_tcp: true")
+    problems += _missing_parts(config)
     if problems:
         raise ConfigError(str(path), problems)
     print(f"config {path}: ok")
@@ -442,6 +443,24 @@ def cmd_config(args: argparse.Namespace) -> int:
         print("  no streams: the daemon will only answer requests")
     print(f"  endpoints: pub {' '.join(config.pub)}; req {' '.join(config.req)}")
     return 0
+
+
+#: config section -> (lited's extra, the modules it brings), imported only when the section is there
+OPTIONAL_PARTS = {"http": ("http", ("tornado", "prometheus_client")), "uplink": ("mqtt", ("paho",))}
+
+
+def _missing_parts(config: Any) -> list:
+    """The optional parts a config needs and this runtime lacks: the daemon would refuse to start
+    (`config check` passed an `http:` that `lited serve` then stopped at)."""
+    import importlib.util
+
+    problems = []
+    for section, (extra, modules) in OPTIONAL_PARTS.items():
+        missing = [m for m in modules if importlib.util.find_spec(m) is None]
+        if getattr(config, section) is not None and missing:
+            problems.append(f"{section}: needs the '{extra}' extra (pip install 'lited[{extra}]', or the installer's "
+                            f"--with {extra}): No module named '{missing[0]}'")
+    return problems
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -680,16 +699,24 @@ def _dispatch(args: argparse.Namespace) -> int:
             OSError) as exc:
         if args.debug:
             raise
-        print(f"lited: {exc}".splitlines()[0], file=sys.stderr)
+        _fatal(f"lited: {exc}".splitlines()[0])
         return EXIT_BAD_INPUT
     except ModuleNotFoundError as exc:  # an optional extra not installed (paho for cloud/remote, tornado, ...)
         if args.debug:
             raise
-        print(f"lited: {exc} (an optional part of lited: pip install 'lited[mqtt,http]' or the extra the docs "
-              "name for this command)", file=sys.stderr)
+        _fatal(f"lited: {exc} (an optional part of lited: pip install 'lited[mqtt,http]' or the extra the docs "
+               "name for this command)")
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
+
+
+def _fatal(line: str) -> None:
+    """The one line a failed command ends with; in the journal (a unit's `lited serve` that cannot
+    start) at priority err, not the info every line on stderr gets (`journalctl -p err` finds it)."""
+    from lited.service.logs import stderr_is_journal
+
+    print(f"<3>{line}" if stderr_is_journal() else line, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

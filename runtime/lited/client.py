@@ -41,7 +41,7 @@ import numpy as np
 import zmq
 
 from lited import protocol
-from lited.config import DEFAULT_CONFIG, ConfigError, client_endpoints, default_runtime_dir
+from lited.config import DEFAULT_CONFIG, ConfigError, client_endpoints, client_runtime_dir
 from lited.runtime_dir import PeerCheck, UntrustedPeer
 from lited.stream.ring import FrameOverwritten, FrameRing, RingError, RingGone
 
@@ -70,7 +70,7 @@ class DaemonUnreachable(ClientError):
 
 
 def default_endpoint(kind: str) -> str:
-    return f"ipc://{default_runtime_dir()}/{kind}.sock"
+    return f"ipc://{client_runtime_dir()}/{kind}.sock"
 
 
 def daemon_endpoints(config: Union[str, os.PathLike, None] = None) -> Tuple[str, str]:

@@ -365,10 +365,25 @@ def default_runtime_dir() -> Path:
     return Path(f"/tmp/lited-{os.getuid()}")
 
 
+def client_runtime_dir() -> Path:
+    """Where a client looks for the daemon when no config names the place:
+    /run/lited whenever it exists (the service's, which an app in group lited
+    may enter but not write: `default_runtime_dir` would send that app to its
+    own /tmp/lited-<uid>), else where a daemon of this user would be."""
+    if os.environ.get("RUNTIME_DIRECTORY"):
+        return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0])
+    if os.path.isdir("/run/lited"):
+        return Path("/run/lited")
+    return default_runtime_dir()
+
+
 def default_state_dir() -> Path:
+    """systemd's StateDirectory (/var/lib/lited/state for lited.service), else the same
+    place for a daemon that may write there (root), else ~/.local/state/lited."""
     if os.environ.get("STATE_DIRECTORY"):
         return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
-    return Path("/var/lib/lited") if os.access("/var/lib/lited", os.W_OK) else Path.home() / ".local/state/lited"
+    return Path("/var/lib/lited/state") if os.access("/var/lib/lited", os.W_OK) else \
+        Path.home() / ".local/state/lited"
 
 
 def _converted(raw: Any, cls: type, where: str) -> Any:
@@ -538,7 +553,7 @@ def client_endpoints(path: Union[str, os.PathLike]) -> Tuple[list, list]:
     if c.problems:
         raise ConfigError(str(path), c.problems)
     where = _converted(raw, _Where, str(path))
-    return _endpoints(where.endpoints, Path(where.runtime_dir or default_runtime_dir()))
+    return _endpoints(where.endpoints, Path(where.runtime_dir or client_runtime_dir()))
 
 
 # ---------------------------------------------------------------------------

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
-from typing import Any
+from typing import Any, Optional
 
 from lited.validate import arg_number
 
@@ -42,11 +43,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", help="snapshot: JPEG file to write, '-' for stdout (default: STREAM.jpg)")
 
 
+def endpoint_despite(error: Exception, config: Optional[str]) -> str:
+    """The request endpoint when the config does not read (a YAML typo while the daemon runs on the
+    text it read before): its top-level `runtime_dir:` line if it has one, else the default place.
+    The error again (ConfigError) when the file is not there at all: nothing to go on."""
+    from lited.config import DEFAULT_CONFIG, client_runtime_dir
+
+    path = config or DEFAULT_CONFIG
+    try:
+        text = open(path, encoding="utf-8", errors="replace").read(1 << 20)
+    except OSError:
+        raise error from None
+    match = re.search(r"^\s*[{,]?\s*[\"']?runtime_dir[\"']?\s*:\s*[\"']?([^\s\"',#}]+)", text, re.M)
+    return f"ipc://{match.group(1) if match else client_runtime_dir()}/req.sock"
+
+
 def run(args: argparse.Namespace) -> int:
-    from lited.client import Client, ClientError, DaemonUnreachable, daemon_endpoints
+    from lited.client import Client, ClientError, ConfigError, DaemonUnreachable, daemon_endpoints
     from lited.progress import Progress
 
-    endpoint = args.endpoint or daemon_endpoints(args.config)[1]
+    try:
+        endpoint = args.endpoint or daemon_endpoints(args.config)[1]
+    except ConfigError as exc:  # a typo in the file the daemon was started from must not lock ctl out
+        endpoint = endpoint_despite(exc, args.config)
+        print(f"lited: warning: {exc}; asking the daemon at {endpoint}", file=sys.stderr)
     timeout = args.timeout or TIMEOUTS[args.action]
     with Client(endpoint, timeout=timeout) as client:
         try:

@@ -82,17 +82,38 @@ class ReloadRefused(ValueError):
 
 
 def change_problem(name: str, old: Any, new: Any) -> Optional[str]:
-    """Why swapping model `name` from bundle `old` to `new` needs --force, or None."""
+    """Why swapping model `name` from bundle `old` to `new` needs --force, or None: another task,
+    other labels, or a cascade stage gone or classifying into other labels (apps read a stage's
+    classes on each detection as they read the first stage's)."""
     if old.task != new.task:
         what = f"task {old.task} -> {new.task}"
     elif list(old.labels) != list(new.labels):
-        gone, added = [x for x in old.labels if x not in new.labels], [x for x in new.labels if x not in old.labels]
-        what = "labels " + (", ".join(filter(None, (f"-{','.join(gone[:3])}" if gone else "",
-                                                  f"+{','.join(added[:3])}" if added else ""))) or "reordered")
+        what = _labels_change(old.labels, new.labels)
     else:
-        return None
+        what = _stage_change(old.stages, new.stages)
+        if what is None:
+            return None
     return (f"model {name}: {new.name} {new.version} would replace {old.name} {old.version} with another {what}; "
             "apps reading its results would misread them: refused (lited ctl reload --force swaps anyway)")
+
+
+def _labels_change(old: list, new: list) -> str:
+    gone, added = [x for x in old if x not in new], [x for x in new if x not in old]
+    return "labels " + (", ".join(filter(None, (f"-{','.join(gone[:3])}" if gone else "",
+                                                f"+{','.join(added[:3])}" if added else ""))) or "reordered")
+
+
+def _stage_change(old: list, new: list) -> Optional[str]:
+    from lited.decoders import DECODERS
+
+    now = {stage.name: stage for stage in new}
+    for stage in old:
+        if stage.name not in now:
+            return f"cascade: stage {stage.name} gone"
+        classifies = "classes" in DECODERS.get(stage.decoder["type"]).ADDS
+        if classifies and list(stage.labels) != list(now[stage.name].labels):
+            return f"stage {stage.name} {_labels_change(stage.labels, now[stage.name].labels)}"
+    return None
 
 
 class Daemon:
