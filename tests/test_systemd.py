@@ -68,7 +68,7 @@ def unit_dir() -> Iterator[Path]:
         for unit in ("lited.service", "lited@.service"):
             path = root / unit
             text = path.read_text()
-            assert text.count(DEPLOYED_LITED) == 1, f"{unit}: expected ExecStart={DEPLOYED_LITED} once"
+            assert text.count(DEPLOYED_LITED) == 2, f"{unit}: expected {DEPLOYED_LITED} in ExecStart and ExecReload"
             path.write_text(text.replace(DEPLOYED_LITED, str(VENV_LITED)))
         yield root
 
@@ -424,6 +424,8 @@ def install_lited(container: Container) -> None:
             "[Service]\n"
             "ExecStart=\n"
             f"ExecStart={VENV_LITED} serve --config /etc/lited/{config}.conf\n"
+            "ExecReload=\n"
+            f"ExecReload={VENV_LITED} ctl --config /etc/lited/{config}.conf reload\n"
             # This Python lives under /root (pyenv): ProtectHome=yes would hide
             # it, tmpfs lets the bind below show through. tools/install_sdk.sh
             # writes the same for a venv on such a Python; one on /usr needs none.
@@ -474,9 +476,19 @@ def test_lited_units_run_hardened(container: Container) -> None:
         assert ready["SYSLOG_IDENTIFIER"] == "lited"
         assert "streaming" in {e["EVENT"] for e in journal(container, "lited.service", "STREAM=cam0")}
 
+        # ExecReload is `lited ctl reload`: systemctl returns when the reload is done (it returned at
+        # once, before, and 0 even for a reload that then failed) and fails when it failed
         container.run(["systemctl", "reload", "lited.service"], check=True)
-        wait_for(lambda: journal(container, "lited.service", "EVENT=reloaded"), 20, "the reload to be done")
+        assert journal(container, "lited.service", "EVENT=reloaded"), "systemctl reload returned before the reload"
         assert show(container, "lited.service", "ActiveState")["ActiveState"] == "active"
+        config = container.path("/etc/lited/lited.conf")
+        good = config.read_text()
+        config.write_text(good.replace('"streams"', '"streems"'))
+        failed = container.run(["systemctl", "reload", "lited.service"], timeout=120)
+        config.write_text(good)
+        assert failed.returncode != 0, failed.stdout + failed.stderr
+        assert show(container, "lited.service", "ActiveState")["ActiveState"] == "active"
+        assert journal(container, "lited.service", "EVENT=reload_failed")
 
         # The runtime directory is shared: stopping an instance must not take it away.
         container.run(["systemctl", "stop", "lited@cam1.service"], check=True)

@@ -315,7 +315,7 @@ discard() {
 # activate VERSION RELOAD: make the service serve VERSION of $name (reload it, or
 # start it if it is not running); on failure set $failure and return 1.
 activate() {
-    local version=$1 reload=$2 since verb reloaded=()
+    local version=$1 reload=$2 since verb reloaded=() reload_failed=""
     if [ "$use_systemctl" = 0 ]; then
         say "service: not touched ($why_not_systemctl)"
         return 0
@@ -324,7 +324,9 @@ activate() {
     if [ "$was_active" = 1 ]; then
         if [ "$reload" = 0 ]; then say "service: $unit active"; return 0; fi
         verb="reloaded" reloaded=(--reloaded)
-        systemctl reload "$unit" 2>"$scratch/err" || { failure="systemctl reload: $(tail -n 1 "$scratch/err")"; return 1; }
+        # ExecReload is `lited ctl reload`: systemctl waits for the reload and fails when it failed; the
+        # daemon's own words for why come from the wait below (systemctl says only "control process exited")
+        systemctl reload "$unit" 2>"$scratch/err" || reload_failed="systemctl reload: $(tail -n 1 "$scratch/err")"
     else
         verb="started (and enabled)"
         if ! systemctl enable --now "$unit" >/dev/null 2>"$scratch/err"; then
@@ -333,6 +335,7 @@ activate() {
         fi
     fi
     if [ "$config_state" = other ]; then   # the config serves $name from elsewhere: nothing to wait for
+        if [ -n "$reload_failed" ]; then failure=$reload_failed; return 1; fi
         say "service: $verb $unit"
         return 0
     fi
@@ -341,6 +344,7 @@ activate() {
         failure=$(tail -n 1 "$scratch/err")
         return 1
     fi
+    if [ -n "$reload_failed" ]; then failure=$reload_failed; return 1; fi
     say "service: $verb $unit, $(cat "$scratch/out")"
 }
 
