@@ -104,6 +104,18 @@ def test_every_problem_is_reported_at_once_with_its_field_path(bundle):
     (lambda m: m.update(golden={"image": "g.jpg", "expected": {}, "tolerance": {"box": 1}}),
      "golden.tolerance.box: unknown field"),
     (lambda m: m["decoder"].pop("type"), "decoder.type: missing, expected one of boxes"),
+    # what selftest compares is checked at load: it was a traceback in selftest, so in the installer
+    (lambda m: m.update(golden={"image": "g.jpg", "expected": {"detections": [{"label": "a", "score": "x"}]}}),
+     "golden.expected.detections[0].score: expected a number, got \"x\""),
+    (lambda m: m.update(golden={"image": "g.jpg", "expected": {"detections": [{"score": 0.5}]}}),
+     "golden.expected.detections[0].label: missing"),
+    (lambda m: m.update(golden={"image": "g.jpg", "expected": {"detection": []}}),
+     "golden.expected.detection: unknown field"),
+    (lambda m: m.update(golden={"image": "g.jpg", "expected": {}, "tolerance": {"box_px": -1}}),
+     "golden.tolerance.box_px: expected a number of at least 0, got -1"),
+    # a share is a share: a threshold of -1 gave junk boxes; a count is 0 (all) or more
+    (lambda m: m["decoder"].update(thresh=1.5), "decoder.thresh: expected a number from 0 to 1, got 1.5"),
+    (lambda m: m["decoder"].update(max_candidates=0), "decoder.max_candidates: expected a number of at least 1"),
 ])
 def test_manifest_field_refusals(bundle, change, expected):
     edit(bundle, change)
@@ -212,6 +224,40 @@ def test_fewer_labels_than_classes_is_refused_at_load(tmp_path):
     (root / "labels.txt").write_text("tench\ngoldfish\n")
     with pytest.raises(BundleError, match=r"labels.txt: 2 labels for 1000 classes"):
         Model(load_bundle(root))
+
+
+@pytest.mark.parametrize("model, decoder, expected", [
+    # a detector's [1, 4420, 2] read as 8840 classes named by number past the 2 labels
+    ("ultraface", {"type": "classification"}, "decoder: classification: outputs [[1, 4420, 2], [1, 4420, 4]]: "
+                                              "the first is not [1, C] (one score per class)"),
+    # found by the first frame's decode: the stream's post thread died of it, status still said streaming
+    ("ultraface", {"type": "gfl"}, "decoder: gfl: outputs [[1, 4420, 2], [1, 4420, 4]] are not a GFL head"),
+    ("ultraface", {"type": "priorbox", "background_class": 5}, "background_class 5, but the scores have 2 classes"),
+])
+def test_a_decoder_that_cannot_read_its_outputs_is_refused_at_load(tmp_path, model, decoder, expected):
+    from conftest import make_bundle
+
+    root = make_bundle(model, tmp_path)
+    edit(root, lambda m: m.update(decoder=decoder))
+    with pytest.raises(BundleError, match=f"{root}/manifest.json: ") as info:
+        Model(load_bundle(root))
+    assert expected in str(info.value)
+
+
+def test_an_engine_option_refused_names_its_bundle_and_file(tmp_path):
+    """`device: TPU` said only `option 'device': 'TPU' asked, but OpenVINO sees only CPU`."""
+    from conftest import make_bundle
+    from lited.engines import ENGINES, EngineError
+
+    if not ENGINES.get("openvino").available():
+        pytest.skip("openvino is not installed")
+    root = make_bundle("ultraface", tmp_path, engines=("openvino",))
+    edit(root, lambda m: [f.update(options={"openvino": {"device": "TPU"}}) for f in m["models"]["x86"]
+                          if f["file"].endswith(".onnx")])
+    with pytest.raises(EngineError) as info:
+        Model(load_bundle(root), engine="openvino")
+    assert str(info.value).startswith(f"bundle {root}/manifest.json: models.x86[") and \
+        "on openvino: option 'device': 'TPU'" in str(info.value), str(info.value)
 
 
 def test_a_keys_file_with_a_line_too_many_is_refused_at_load(tmp_path):

@@ -257,3 +257,24 @@ def test_a_slow_subscriber_with_a_small_rcvhwm_sees_seq_jump(tmp_path, bundles_d
         results = [sub.recv(timeout=5) for _ in range(240)]
     jumps = [b["seq"] for a, b in zip(results, results[1:]) if b["seq"] - a["seq"] > b["skipped"] + 1]
     assert jumps, [r["seq"] for r in results]
+
+
+def test_curve_keys_given_wrong_are_a_config_error_naming_them(tmp_path):
+    """`curve={}` was ignored (then a timeout), a public key as the secret a TypeError, a missing
+    file an OSError: now one ConfigError naming what was given, before anything is sent."""
+    import subprocess
+    import sys
+
+    from lited.client import ConfigError
+
+    subprocess.run([sys.executable, "-m", "lited.cli", "keygen", "app", "--dir", str(tmp_path)], check=True,
+                   capture_output=True)
+    public, secret = str(tmp_path / "app.key"), str(tmp_path / "app.key_secret")
+    for curve, message in (({}, "expected {'server_public': FILE, 'client_secret': FILE}, got {}"),
+                           ({"server_public": public, "client_secret": public}, "holds no secret key"),
+                           ({"server_public": str(tmp_path / "no.key"), "client_secret": secret},
+                            "Invalid certificate file")):
+        with pytest.raises(ConfigError, match="^config curve=") as info:
+            Client("tcp://127.0.0.1:1", timeout=1, curve=curve)
+        assert message in str(info.value), str(info.value)
+    Client("tcp://127.0.0.1:1", timeout=1, curve={"server_public": public, "client_secret": secret}).close()

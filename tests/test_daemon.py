@@ -284,6 +284,7 @@ def test_tcp_needs_curve_keys_or_insecure_flag(tmp_path, bundles_dir):
     clients = keys / "clients"
     clients.mkdir(parents=True)
     _, server_secret = zmq.auth.create_certificates(keys, "server")
+    os.chmod(server_secret, 0o600)  # pyzmq leaves it to the umask (0644 here), which the daemon refuses
     client_public, client_secret = zmq.auth.create_certificates(keys, "client")
     os.rename(client_public, clients / "client.key")
     port = 45000 + os.getpid() % 1000

@@ -366,6 +366,16 @@ def test_p10_keygen_makes_the_curve_keys_tcp_needs(tmp_path):
     conf = tmp_path / "d" / "lited.json"
     conf.write_text(json.dumps(config))
     assert lited("config", "check", "--config", conf).returncode == 0
+    # what serve refused to start with, config check said ok to: one check now, naming the field
+    (clients / "notes.key").write_text("garbage")
+    (keys / "server.key_secret").chmod(0o644)
+    for command in (("config", "check"), ("serve",)):
+        proc = lited(*command, "--config", conf)
+        assert proc.returncode == 2, proc.stderr
+        assert "curve.server_secret: " in proc.stderr and "mode 0644, readable or writable by others" in proc.stderr
+        assert "curve.clients_dir: notes.key: " in proc.stderr and "(a client's NAME.key from lited keygen)" in proc.stderr, proc.stderr
+    (clients / "notes.key").unlink()
+    (keys / "server.key_secret").chmod(0o600)
     d = subprocess.Popen([sys.executable, "-m", "lited.cli", "serve", "--config", str(conf)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -374,6 +384,19 @@ def test_p10_keygen_makes_the_curve_keys_tcp_needs(tmp_path):
             assert wait_until(lambda: _answers(client))["pong"] is True
         with Client(f"tcp://127.0.0.1:{port}", timeout=1) as stranger, pytest.raises(TimeoutError):
             stranger.ping()  # no key: CURVE lets nobody else in
+        # a reload reads the client keys again: one added gets in, one removed is refused (it kept access
+        # until a restart)
+        assert lited("keygen", "app2", "--dir", tmp_path / "app2").returncode == 0
+        (clients / "app2.key").write_bytes((tmp_path / "app2" / "app2.key").read_bytes())
+        with Client(f"tcp://127.0.0.1:{port}", timeout=30, curve=curve) as client:
+            client.reload()
+        curve2 = {**curve, "client_secret": str(tmp_path / "app2" / "app2.key_secret")}
+        with Client(f"tcp://127.0.0.1:{port}", timeout=5, curve=curve2) as client:
+            assert client.ping()["pong"] is True
+            (clients / "app.key").unlink()
+            client.reload()
+        with Client(f"tcp://127.0.0.1:{port}", timeout=1, curve=curve) as removed, pytest.raises(TimeoutError):
+            removed.ping()
     finally:
         d.terminate()
         assert d.wait(20) == 0

@@ -221,3 +221,37 @@ def test_held_frames_stay_within_the_ring_size_and_all_go_back(fastestdet, polic
     assert ring.leases_broken == 0 and ring.held == 0
     seqs = [r["seq"] for r in sink.results]
     assert all(b - a == r["skipped"] + 1 for a, b, r in zip(seqs, seqs[1:], sink.results[1:]))
+
+
+def test_a_frame_the_decoder_cannot_read_costs_that_result_not_the_stream(tmp_path, fastestdet):
+    """An exception in the decoder ended the post thread: the stream said `streaming` and published
+    nothing more, for ever (a hand-written bundle's gfl decoder on a priorbox model did it at the
+    first frame). Now that frame's result is lost, the error counted and said once, the rest flow.
+    The failing decoder is the test's own, installed on the model the stream builds."""
+    frames = write_video(tmp_path / "v.avi", frames=12)
+    sink = Collector()
+
+    def model():
+        m = Model(fastestdet, isolated=True)
+        decode, calls = m.decoder.decode, []
+
+        def flaky(outputs, geom):
+            calls.append(1)
+            if 3 <= len(calls) <= 5:
+                raise ValueError("outputs [[1, 85, 22, 22]] not as expected")
+            return decode(outputs, geom)
+        m.decoder.decode = flaky
+        return m
+
+    s = Stream("cam", f"file://{tmp_path / 'v.avi'}", model, sink.publish, sink.event)
+    s.start()
+    try:
+        results = sink.wait(len(frames) - 3, timeout=60)
+        status = s.status()
+    finally:
+        s.stop()
+    assert [r["seq"] for r in results] == [0, 1] + list(range(5, len(frames)))
+    decode_events = [e for e in sink.events if e["event"] == "decode"]
+    assert [e["detail"] for e in decode_events] == [
+        "decoder grid: ValueError: outputs [[1, 85, 22, 22]] not as expected; the frame's result is lost"]
+    assert status["counters"]["errors"] >= 3

@@ -306,6 +306,38 @@ def test_a_client_refused_over_max_clients_gets_in_once_another_leaves(tmp_path,
         assert d.stop() == 0, d.output()
 
 
+def test_remote_clients_cannot_take_the_local_clients_places(tmp_path, bundles_dir):
+    """max_clients counted every request endpoint together: remote (tcp://) clients holding the
+    places kept `lited ctl` out, and so `systemctl reload` (found over CURVE; plain TCP here)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = tmp_path / "run"
+    d = DaemonProcess(tmp_path, {"models": {"face": str(bundles_dir / "ultraface")}, "limits": {"max_clients": 2},
+                                 "insecure_tcp": True,
+                                 "endpoints": {"req": [f"ipc://{run}/req.sock", f"tcp://127.0.0.1:{port}"]}})
+    d.start()
+    ctx = zmq.Context()
+    try:
+        remote = []
+        for i in range(4):  # 2 get in, 2 are refused
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(f"tcp://127.0.0.1:{port}")
+            sock.send(protocol.encode_request("ping", {}, i))
+            remote.append(sock)
+        answered = sum(1 for sock in remote if sock.poll(3000))
+        assert answered == 2, answered
+        with Client(d.req, timeout=5) as local:  # the ipc endpoint has its own places
+            status = local.status()
+        assert status["bus"]["clients_refused"] >= 2, status["bus"]
+    finally:
+        ctx.destroy(0)
+        assert d.stop() == 0, d.output()
+
+
 def test_the_client_count_drops_when_clients_leave(daemon):
     ctx = zmq.Context()
     try:
@@ -349,3 +381,43 @@ def test_nil_params_are_absent_integral_floats_are_ints_and_v_is_the_integer_1(d
             assert not reply["ok"] and reply["error"]["code"] == "bad_request" and reply["id"] == 4, (v, reply)
     finally:
         ctx.destroy(0)
+
+
+SUBSCRIPTION_FLOOD = """
+import sys, time, zmq
+ctx = zmq.Context()
+subs = []
+for i in range(3):
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.RECONNECT_IVL, 60000)  # dropped once: not again within the test
+    sub.connect(sys.argv[1])
+    for j in range(20):
+        sub.setsockopt(zmq.SUBSCRIBE, bytes([65 + j]) * (1 << 20))
+    subs.append(sub)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_flood_of_huge_subscriptions_costs_the_daemon_nothing(daemon):
+    """A subscriber's subscriptions are messages ZeroMQ keeps: 300 of 1 MiB took a daemon to 15 GB
+    and stalled its stream (found over an allowed CURVE tcp:// connection). Now a subscription over
+    a topic's size drops that subscriber; the others, and the stream, go on. (The flooding app is a
+    process of its own, as it would be.)"""
+    import subprocess
+    import sys
+
+    pid = daemon.proc.pid
+    before = rss_mb(pid)
+    with Recorder(daemon.pub) as rec:
+        flood = subprocess.Popen([sys.executable, "-c", SUBSCRIPTION_FLOOD, daemon.pub, "3"])
+        time.sleep(3)
+        grew = rss_mb(pid) - before
+        results = rec.since(0, "cam", "result")
+        flood.wait(timeout=30)
+    print(f"\nRELIABILITY subscription flood: 60 x 1 MiB subscriptions, daemon RSS +{grew:.1f} MB, "
+          f"{len(results)} results in 3 s to a well-behaved subscriber")
+    assert grew < 50, grew  # +969 MB before (60 x 1 MiB kept), +15 GB with 300
+    assert max_gap([at for at, _ in results]) < 2.0, results  # the stream never stalled
+    with Client(daemon.req, timeout=10) as client:
+        assert client.status()["streams"][0]["state"] == "streaming"

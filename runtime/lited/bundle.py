@@ -268,8 +268,9 @@ def choose_engine(files: list, engine: str | None = None, precision: str | None 
     missing = []
     for rank, (model, kind) in enumerate(listed):
         if kind in ENGINES and ENGINES.get(kind).available():
-            if engine is not None:
-                why = "asked for (the config, or --engine)"
+            if engine is not None or precision is not None:
+                asked = " and ".join(f"--{k} {v}" for k, v in (("engine", engine), ("precision", precision)) if v)
+                why = f"asked for (the config, or {asked})"
             elif rank == 0:
                 why = "the bundle's first choice"
             else:
@@ -437,14 +438,39 @@ def validate_manifest(manifest: Any, root: Path) -> list:
             image = c.safe_path(root, golden.get("image"), "golden.image")
             if image is not None and not image.is_file():
                 c.add("golden.image", f"{golden['image']}: {_not_a_file(image)}")
-            c.get(golden, "expected", "golden.", dict)
+            expected = c.get(golden, "expected", "golden.", dict)
+            if expected is not None:
+                check_expected(c, expected, "golden.expected.")
             tolerance = c.get(golden, "tolerance", "golden.", dict, required=False)
             if tolerance is not None:
                 c.unknown(tolerance, ("box_px", "score"), "golden.tolerance.")
-            expected = golden.get("expected")
-            if isinstance(expected, dict) and "text" in expected and not isinstance(expected["text"], str):
-                c.add("golden.expected.text", f"expected a string, got {shown(expected['text'])}")
+                c.number(tolerance, "box_px", "golden.tolerance.", minimum=0)
+                c.number(tolerance, "score", "golden.tolerance.", minimum=0, maximum=1)
     return c.problems
+
+
+EXPECTED_KEYS = ("detections", "classes", "text", "text_score")  # of a golden result (`lited infer --json`'s)
+EXPECTED_ITEM_KEYS = ("label", "score", "box", "polygon", "classes", "text", "text_score")
+
+
+def check_expected(c: BundleChecker, expected: dict, p: str) -> None:
+    """A golden result as `lited infer --json` writes it: what selftest compares is checked here,
+    so a typo is named at load, not met as a traceback in selftest (or the installer)."""
+    c.unknown(expected, EXPECTED_KEYS, p)
+    for key in ("detections", "classes"):
+        items = c.get(expected, key, p, list, required=False) or []
+        for i, item in enumerate(items):
+            q = f"{p}{key}[{i}]."
+            if not isinstance(item, dict):
+                c.add(q[:-1], f"expected an object, got {shown(item)}")
+                continue
+            c.unknown(item, EXPECTED_ITEM_KEYS, q)
+            c.get(item, "label", q, str)
+            c.number(item, "score", q, required=True)
+            c.numbers(item, "box", q, 4)
+            c.get(item, "text", q, str, required=False)
+    c.get(expected, "text", p, str, required=False)
+    c.number(expected, "text_score", p)
 
 
 def _not_a_file(path: Path) -> str:
@@ -565,7 +591,9 @@ def _check_model_entry(c: BundleChecker, spec: Any, where: str, root: Path) -> N
                 c.add(p + ("engines" if "engines" in spec else "engine"),
                       f"{kind} cannot run {shown(rel)} (it runs {', '.join(cls.formats)} files)")
     c.choice(spec, "precision", p, PRECISIONS, "fp32")
-    c.get(spec, "expected", p, dict, required=False)
+    expected = c.get(spec, "expected", p, dict, required=False)
+    if expected is not None:
+        check_expected(c, expected, p + "expected.")
     params = spec.get("params")
     needs = "a paddle_inference model needs its .pdiparams" if "paddle_inference" in engines else \
         "an OpenVINO IR (.xml) needs its .bin" if str(rel).lower().endswith(".xml") else ""
@@ -715,8 +743,18 @@ def _check_decoder(c: BundleChecker, manifest: dict, where: str = "") -> None:
             c.add(p + key, f"expected {type_name(ptype)}, got {shown(value)}")
             typed = False
     if typed:
+        for key, (low, high) in DECODER_RANGES.items():
+            if key in params:
+                c.number(dec, key, p, minimum=low, maximum=high)
         for key, message in cls.problems({k: v for k, v in dec.items() if k != "type"}):
             c.add(p + key, message)
+
+
+# What a decoder parameter of that name can be, whichever decoder has it: a score or an overlap is a
+# share (a threshold of -1 gave junk boxes, an nms_iou of 2 turned NMS off); a count is 0 (all) or more
+DECODER_RANGES = {"score_threshold": (0, 1), "nms_iou": (0, 1), "min_score": (0, 1), "thresh": (0, 1),
+                  "box_thresh": (0, 1), "top_k": (0, None), "nms_top_k": (0, None), "background_class": (0, None),
+                  "max_candidates": (1, None), "min_size": (0, None), "unclip_ratio": (0, None)}
 
 
 STAGE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")

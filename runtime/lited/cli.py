@@ -280,7 +280,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             pass
 
     def on_event(event: dict) -> None:
-        if event["event"] == "skipped":  # an image that cannot be read: said, as `lited infer` says it
+        if event["event"] in ("skipped", "decode"):  # an image that cannot be read, a result lost: said
             print(f"lited: stream {event['stream']}: {event['detail']}", file=sys.stderr, flush=True)
         if event["event"] != "state":
             return
@@ -478,8 +478,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     print(f"wrote {public} (public: hand it out) and {secret} (secret, mode 0600: keep it where it is)")
     print("  for the daemon:  curve: {server_secret: " + str(secret) + ", clients_dir: DIR}  "
           "(DIR holds the public keys of the clients it lets in)")
-    print(f"  for a client:    copy {public} into the daemon's clients_dir; the client uses {secret} "
-          "and the daemon's public key")
+    print(f"  for a client:    copy {public} into the daemon's clients_dir; the client connects with "
+          f"curve={{'server_public': SERVER.key, 'client_secret': '{secret}'}} (docs/protocol.md, \"Over TCP\")")
     return 0
 
 

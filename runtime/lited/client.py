@@ -530,14 +530,31 @@ def _check_streams(pub: str, req: Optional[str], streams: Optional[list], contex
                                        "or pass check=False to wait for it")
 
 
+CURVE_KEYS = ("server_public", "client_secret")
+
+
 def _apply_curve(sock: zmq.Socket, curve: Optional[dict]) -> None:
-    """curve: {"server_public": path, "client_secret": path} (zmq.auth certificate files)."""
-    if not curve:
+    """curve: {"server_public": the daemon's NAME.key, "client_secret": this app's NAME.key_secret}
+    (`lited keygen` files). Anything else is a ConfigError naming the key, before a byte is sent:
+    `{}` was ignored (then a timeout), a public key as the secret a TypeError."""
+    if curve is None:
         return
     import zmq.auth
 
-    server_public, _ = zmq.auth.load_certificate(curve["server_public"])
-    public, secret = zmq.auth.load_certificate(curve["client_secret"])
-    sock.curve_serverkey = server_public
-    sock.curve_publickey = public
-    sock.curve_secretkey = secret
+    if not isinstance(curve, dict) or sorted(curve) != sorted(CURVE_KEYS):
+        sock.close(0)
+        raise ConfigError("curve=", [f"expected {{'server_public': FILE, 'client_secret': FILE}}, got {curve!r}"])
+    keys = {}
+    for name in CURVE_KEYS:
+        try:
+            keys[name] = zmq.auth.load_certificate(str(curve[name]))
+        except (OSError, ValueError, TypeError) as exc:
+            sock.close(0)
+            raise ConfigError(f"curve={{'{name}': {curve[name]!r}}}", [getattr(exc, "strerror", None) or str(exc)]) \
+                from None
+    if keys["client_secret"][1] is None:
+        sock.close(0)
+        raise ConfigError(f"curve={{'client_secret': {curve['client_secret']!r}}}",
+                          ["holds no secret key (the NAME.key_secret file of this app's lited keygen)"])
+    sock.curve_serverkey = keys["server_public"][0]
+    sock.curve_publickey, sock.curve_secretkey = keys["client_secret"]

@@ -36,7 +36,9 @@ def make_keypair(directory: Path, name: str) -> Tuple[Path, Path]:
 
 
 def curve_problems(server_secret: str, clients_dir: str) -> List[str]:
-    """What keeps the `curve` section of a config from working, by field."""
+    """What keeps the `curve` section of a config from working, by field: what `lited config
+    check` says and what the daemon refuses to start with (one check, so a check that passes
+    is a start that does)."""
     import zmq.auth
 
     problems = []
@@ -44,10 +46,25 @@ def curve_problems(server_secret: str, clients_dir: str) -> List[str]:
         _, secret = zmq.auth.load_certificate(server_secret)
         if not secret:
             problems.append(f"curve.server_secret: {server_secret} holds no secret key (the NAME.key_secret file)")
+        elif os.stat(server_secret).st_mode & 0o007:  # 0640 for the service's group is fine; others never
+            problems.append(f"curve.server_secret: {server_secret}: mode {os.stat(server_secret).st_mode & 0o777:04o}, "
+                            "readable or writable by others: a key anyone may read is no key (chmod 600, or 640 "
+                            "with the daemon's group)")
     except (OSError, ValueError) as exc:
         problems.append(f"curve.server_secret: {server_secret}: {getattr(exc, 'strerror', None) or exc}")
     if not os.path.isdir(clients_dir):
         problems.append(f"curve.clients_dir: {clients_dir}: not a directory")
-    elif not any(name.endswith(".key") for name in os.listdir(clients_dir)):
+        return problems
+    keys = sorted(name for name in os.listdir(clients_dir) if name.endswith(".key"))
+    if not keys:
         problems.append(f"curve.clients_dir: {clients_dir}: no client public keys (*.key): no client could connect")
+    for name in keys:  # the daemon loads every one: a bad one stopped its start (with no field named)
+        try:
+            public, _ = zmq.auth.load_certificate(os.path.join(clients_dir, name))
+        except (OSError, ValueError) as exc:
+            public, why = None, getattr(exc, "strerror", None) or exc
+        else:
+            why = "no public key in it"
+        if not public:
+            problems.append(f"curve.clients_dir: {name}: {why} (a client's NAME.key from lited keygen)")
     return problems

@@ -18,7 +18,8 @@ from lited.bundle import Bundle, BundleError, Choice, ModelSpec, load_bundle
 from lited.cascade import Cascade, Stage
 from lited.decoders import make_decoder
 from lited.engine_process import EngineProcess
-from lited.engines import open_engine
+from lited.engines import EngineError, open_engine
+from lited.errors import first_line
 from lited.preprocess import Preprocessor
 from lited.stream.stats import StageTimer
 
@@ -53,19 +54,29 @@ class Part:
         self.model_file = mf = self.choice.model
         checksums = {str(f.path): f.sha256 for f in (mf, mf.params) if f is not None}
         engine_options = {**self.choice.options, **(options or {})}
-        if isolated:
-            self.engine = EngineProcess(self.choice.engine, str(mf.path), engine_options, checksums, run_timeout,
-                                        cpus)
-        else:
-            self.engine = open_engine(self.choice.engine, str(mf.path), engine_options, checksums)
+        manifest = str(spec.root / "manifest.json")
+        try:
+            if isolated:
+                self.engine = EngineProcess(self.choice.engine, str(mf.path), engine_options, checksums,
+                                            run_timeout, cpus)
+            else:
+                self.engine = open_engine(self.choice.engine, str(mf.path), engine_options, checksums)
+        except EngineError as exc:  # an engine option it refuses (`device: TPU`) named no bundle or file
+            if mf.path.name in str(exc):
+                raise
+            raise EngineError(f"bundle {manifest}: {mf.field or mf.path.name} on {self.choice.engine}: "
+                              f"{first_line(exc)}") from exc
         try:
             check_input_shapes(spec, self.engine.inputs, f"{mf.path.name} ({mf.field})" if mf.field else mf.path.name)
             self.image_input = spec.image_input
             self.engine.image_input = self.image_input
-            self.preprocess = Preprocessor(spec.preprocess, spec.inputs[self.image_input]["shape"])
+            try:
+                self.preprocess = Preprocessor(spec.preprocess, spec.inputs[self.image_input]["shape"])
+                self.decoder = make_decoder(spec.decoder, spec.labels)
+            except ValueError as exc:  # "preprocess.resize.mode: ...": the field, in its bundle (and stage)
+                raise BundleError(manifest, [f"{spec.where}{first_line(exc)}"]) from None
             self._extra = [(i, s["fill"], np.empty((1, 2), np.float32))
                            for i, s in enumerate(spec.inputs) if "fill" in s]
-            self.decoder = make_decoder(spec.decoder, spec.labels)
         except BaseException:
             self.engine.close()
             raise
@@ -86,7 +97,7 @@ class Part:
             h, w = (shape[2], shape[3]) if self.preprocess.layout == "NCHW" else (shape[1], shape[2])
         frame = np.full((h, w, 3), 128, np.uint8)
         for _ in range(runs):
-            outputs = self.forward(frame)[0]
+            outputs, geom = self.forward(frame)
         problem = self.decoder.layout_problem(outputs)
         if problem:
             raise BundleError(str(self.spec.root / "manifest.json"),
@@ -98,6 +109,11 @@ class Part:
             exact = " (a keys file needs exactly one line a class: one more shifts every character)" \
                 if len(labels) > classes else ""
             raise BundleError(str(self.spec.labels_file), [f"{len(labels)} labels for {classes} classes{exact}"])
+        try:  # what a layout check does not catch fails here, at load, not in every frame's post-processing
+            self.decoder.decode(outputs, geom)
+        except (ValueError, IndexError, KeyError) as exc:
+            raise BundleError(str(self.spec.root / "manifest.json"),
+                              [f"{self.spec.where}decoder: {self.spec.decoder['type']}: {first_line(exc)}"]) from None
 
     def forward(self, image: np.ndarray) -> tuple:
         """(outputs, geometry) of one run on a BGR uint8 image. Preprocessing

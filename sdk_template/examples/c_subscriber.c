@@ -80,7 +80,7 @@ static int is_one_of(const msgpack_object *o, const char *const *known)
     return 0;
 }
 
-static const char *const EVENTS[] = {"state", "resized", "ring", "skipped", "model", "engine", "reload",
+static const char *const EVENTS[] = {"state", "resized", "ring", "skipped", "decode", "model", "engine", "reload",
                                      "ready", "stopping", NULL};
 static const char *const STATES[] = {"connecting", "streaming", "stalled", "backoff", "ended", "stopped", NULL};
 

@@ -19,7 +19,7 @@ import sys
 import msgpack
 import zmq
 
-EVENTS = ("state", "resized", "ring", "skipped", "model", "engine", "reload", "ready", "stopping")
+EVENTS = ("state", "resized", "ring", "skipped", "decode", "model", "engine", "reload", "ready", "stopping")
 STATES = ("connecting", "streaming", "stalled", "backoff", "ended", "stopped")
 
 

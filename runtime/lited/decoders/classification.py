@@ -5,12 +5,12 @@ PP-OCR's orientation classifier); applying it twice would flatten scores.
 """
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 
 from ..geometry import Geometry
-from .base import Decoder
+from .base import Decoder, shapes
 from .nms import label_for
 
 
@@ -20,8 +20,14 @@ class ClassificationDecoder(Decoder):
     ADDS = ("classes",)
 
     def num_classes(self, outputs: List[np.ndarray]) -> int:
-        """Classes the model scores (checked against the labels at load)."""
-        return int(outputs[0].shape[-1])
+        """Classes the model scores (checked against the labels at load): [1, C] or [1, C, 1, 1]."""
+        return int(outputs[0].size)
+
+    def layout_problem(self, outputs: List[np.ndarray]) -> Optional[str]:
+        """A detector's outputs ([1, 4420, 2]) read as 8840 classes, named by number past the labels."""
+        if sum(d > 1 for d in outputs[0].shape) > 1:
+            return f"outputs {shapes(outputs)}: the first is not [1, C] (one score per class)"
+        return None
 
     def decode(self, outputs: List[np.ndarray], geom: Geometry) -> dict:
         scores = np.asarray(outputs[0], dtype=np.float32).reshape(-1)

@@ -42,6 +42,8 @@ class PriorBoxDecoder(Decoder):
         scores, boxes = self._scores_boxes(outputs)
         if scores.ndim != 3 or boxes.ndim != 3 or boxes.shape[-1] != 4 or scores.shape[1] != boxes.shape[1]:
             return f"outputs {shapes(outputs)}: expected scores [1, N, C] and boxes [1, N, 4]"
+        if self.background_class >= scores.shape[-1]:  # no column is background: it kept background boxes
+            return f"background_class {self.background_class}, but the scores have {scores.shape[-1]} classes"
         return None
 
     def decode(self, outputs: List[np.ndarray], geom: Geometry) -> dict:

@@ -30,6 +30,7 @@ from typing import Callable, Optional
 
 import zmq
 
+from lited.keys import curve_problems
 from lited.runtime_dir import AddressInUse, UnsafeDirectory, lock_endpoint, secure_dir
 
 log = logging.getLogger("lited.bus")
@@ -42,6 +43,8 @@ REPLY_BYTES_TOTAL = 64 << 20
 TRACK_MIN = 64 << 10
 ROUTER_RCVHWM = 2  # (1 loses the first message when ZAP is on: libzmq 4.3.5)
 OVERSIZE_ANSWERED = 64 << 10  # requests over max_request_bytes by up to this get a `too_large` reply
+SUBSCRIPTION_MAX = 512  # bytes of one subscription message (a topic is under 80)
+HANDSHAKE_MS = 10_000  # a tcp:// peer's CURVE handshake must be done by then
 
 
 class BusError(Exception):
@@ -75,6 +78,9 @@ class ClientGate:
     without the HTTP front end loads no event loop."""
 
     DOMAIN = "lited-requests"  # set on the request sockets: subscribers are not counted
+    # local (ipc://) and remote (tcp://) clients each have `limit` places: remote clients holding all
+    # of them kept `lited ctl` (and so `systemctl reload`) out
+    DOMAINS = {False: DOMAIN, True: DOMAIN + "-tcp"}
     ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # fixed by the ZAP protocol (RFC 27)
     _MONITOR_EVENT = struct.Struct("=hi")  # event, value (the connection's fd)
 
@@ -85,7 +91,7 @@ class ClientGate:
         # None while its handshake is undecided, else whether it was let in
         self._open: dict = {}
         self._connected = 0  # let in and still open: kept by the ZAP thread, read by status
-        self._monitors: list = []
+        self._monitors: list = []  # (socket, its monitor, its domain)
         self._curve_keys: Optional[set] = None  # z85 public keys of allowed CURVE clients
         self._stop = threading.Event()
         self._zap = ctx.socket(zmq.REP)
@@ -108,10 +114,12 @@ class ClientGate:
         self._curve_keys = {key.decode() if isinstance(key, bytes) else key
                             for key in zmq.auth.load_certificates(clients_dir)}
 
-    def watch(self, sock: zmq.Socket) -> None:
-        """Count `sock`'s connections (before it binds) and put them through this gate."""
-        sock.zap_domain = self.DOMAIN.encode()
-        self._monitors.append((sock, sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)))
+    def watch(self, sock: zmq.Socket, remote: bool = False) -> None:
+        """Count `sock`'s connections (before it binds) and put them through this gate; `remote`
+        (tcp://) ones have places of their own."""
+        domain = self.DOMAINS[remote]
+        sock.zap_domain = domain.encode()
+        self._monitors.append((sock, sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED), domain))
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -135,7 +143,7 @@ class ClientGate:
             key = z85.encode(credentials[0]).decode() if credentials else ""
             if self._curve_keys is None or key not in self._curve_keys:
                 return b"400", b"unknown CURVE key"
-        if domain == self.DOMAIN and not self._admit():
+        if domain in self.DOMAINS.values() and not self._admit(domain):
             self.refused += 1
             if self.refused in (1, 10, 100) or self.refused % 1000 == 0:
                 log.warning("refused a client: %d connected (limits.max_clients %d); %d refused so far",
@@ -146,7 +154,7 @@ class ClientGate:
     def _count(self) -> None:
         """Fold in the connections opened and closed since the last look (ZAP
         thread only); events name a connection by its fd."""
-        for index, (_, monitor) in enumerate(self._monitors):
+        for index, (_, monitor, _) in enumerate(self._monitors):
             while monitor.poll(0):
                 frames = monitor.recv_multipart()
                 event, value = self._MONITOR_EVENT.unpack(frames[0][:self._MONITOR_EVENT.size])
@@ -157,14 +165,16 @@ class ClientGate:
                     self._open.pop(key, None)
         self._connected = sum(1 for admitted in self._open.values() if admitted)
 
-    def _admit(self) -> bool:
-        """Decide the oldest undecided connection (handshakes finish about in
-        accept order; a guess wrong by one changes who waits, not how many
-        are in): in while fewer than `limit` are in. So a burst of clients
-        fills the free places instead of all being refused."""
+    def _admit(self, domain: str) -> bool:
+        """Decide the oldest undecided connection of `domain`'s sockets (handshakes
+        finish about in accept order; a guess wrong by one changes who waits,
+        not how many are in): in while fewer than `limit` of them are in. So a
+        burst of clients fills the free places instead of all being refused."""
         self._count()
-        admitted = self._connected < self.limit
-        key = next((k for k, v in self._open.items() if v is None), None)
+        mine = {i for i, (_, _, d) in enumerate(self._monitors) if d == domain}
+        inside = sum(1 for (index, _), admitted in self._open.items() if admitted and index in mine)
+        admitted = inside < self.limit
+        key = next((k for k, v in self._open.items() if v is None and k[0] in mine), None)
         if key is not None:
             self._open[key] = admitted
             self._connected += admitted
@@ -176,7 +186,7 @@ class ClientGate:
             self._thread.join(2)
         else:
             self._zap.close(0)
-        for sock, monitor in self._monitors:
+        for sock, monitor, _ in self._monitors:
             try:
                 sock.disable_monitor()
             except zmq.ZMQError:
@@ -221,8 +231,11 @@ class Bus:
                     sockets.append(self._bind(kind, local, None, hwm))
                 if remote:
                     if curve is None and not insecure_tcp:
-                        raise BusError(f"{', '.join(remote)}: TCP needs CURVE keys (config 'curve') "
-                                       "or --insecure-tcp")
+                        raise BusError(f"{', '.join(remote)}: TCP needs CURVE keys (config 'curve', see lited "
+                                       "keygen) or insecure_tcp: true (--insecure-tcp)")
+                    if curve is None:
+                        log.warning("%s: TCP without CURVE: anyone who can reach it may ask and read (a lab "
+                                    "bench, never a factory network)", ", ".join(remote), extra={"event": "insecure_tcp"})
                     sockets.append(self._bind(kind, remote, curve, hwm))
         except Exception:
             self.close()
@@ -232,6 +245,13 @@ class Bus:
         sock = self.ctx.socket(zmq.PUB if kind == "pub" else zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, hwm)
+        # a peer that connects and never finishes its handshake is dropped (2000 held as many descriptors)
+        sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
+        if kind == "pub":
+            # What a subscriber sends is its subscriptions, each kept by ZeroMQ: 300 of 1 MiB took the
+            # daemon to 15 GB. A topic is at most `event/` or `result/` and a stream name: one past
+            # SUBSCRIPTION_MAX drops that subscriber's connection.
+            sock.setsockopt(zmq.MAXMSGSIZE, SUBSCRIPTION_MAX)
         if kind == "req":
             # Few requests queued per client inside ZeroMQ: past that it stops reading that
             # client's socket (the sender waits), so a flood stays in the senders, not here.
@@ -239,7 +259,7 @@ class Bus:
             # Over the limit by a little: `too_large` with its id; by more, dropped by ZeroMQ with the connection.
             sock.setsockopt(zmq.MAXMSGSIZE, self.max_request_bytes + OVERSIZE_ANSWERED)
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full or gone client raises: counted, not silent
-            self._auth.watch(sock)
+            self._auth.watch(sock, remote=curve is not None or any(e.startswith("tcp://") for e in endpoints))
         if curve is not None:
             self._setup_curve(sock, curve)
         for endpoint in endpoints:
@@ -263,17 +283,18 @@ class Bus:
             self.endpoints.append(endpoint)
         return sock
 
+    def allow_curve_keys(self, clients_dir: str) -> None:
+        """The clients let in from now on: a reload reads the directory again (a removed key's
+        connections stay open until they close; ZeroMQ asks only at the handshake)."""
+        self._auth.allow_curve_keys(clients_dir)
+
     def _setup_curve(self, sock: zmq.Socket, curve: Curve) -> None:
         import zmq.auth
 
-        try:
-            public, secret = zmq.auth.load_certificate(curve.server_secret)
-        except (OSError, ValueError) as exc:
-            raise BusError(f"curve.server_secret: {curve.server_secret}: {exc}") from None
-        if not secret:
-            raise BusError(f"curve.server_secret: {curve.server_secret} holds no secret key")
-        if not os.path.isdir(curve.clients_dir):
-            raise BusError(f"curve.clients_dir: {curve.clients_dir}: not a directory")
+        problems = curve_problems(curve.server_secret, curve.clients_dir)  # what `lited config check` says
+        if problems:
+            raise BusError("; ".join(problems))
+        public, secret = zmq.auth.load_certificate(curve.server_secret)
         self._auth.allow_curve_keys(curve.clients_dir)
         sock.curve_publickey = public
         sock.curve_secretkey = secret

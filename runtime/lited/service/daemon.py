@@ -44,6 +44,7 @@ from lited.config import Config, ConfigError, ModelSettings, StreamConfig, load_
 from lited.cores import CorePlan, apply as apply_plan, plan_cores, share_threads
 from lited.engine_process import child_pids
 from lited.engines import EngineError
+from lited.keys import curve_problems
 from lited.model import Model
 from lited.protocol import ProtocolError
 from lited.service.bus import Bus, Curve
@@ -452,8 +453,12 @@ class Daemon:
             outcome: dict = {"reloaded": [], "started": [], "stopped": []}
             try:
                 new = load_config(self.config.path)
+                problems = curve_problems(new.curve["server_secret"], new.curve["clients_dir"]) if new.curve else []
+                if problems:
+                    raise ConfigError(str(self.config.path), problems)
             except ConfigError as exc:
                 return {**self._record_reload(False, f"{exc}; keeping the running config"), **outcome}
+            self._reload_curve(new.curve)
             kept = {n: p for n, p in new.models.items() if n in self.bundles}
             added = {n: p for n, p in new.models.items() if n not in self.bundles}
             try:
@@ -493,6 +498,20 @@ class Daemon:
             if not kept:
                 self._record_reload(True, list(added))
             return {**self.last_reload, **outcome}
+
+    def _reload_curve(self, curve: Optional[dict]) -> None:
+        """The allowed client keys are read again (a key removed is refused from its next
+        connection); a new server key or a `curve:` added or removed needs a restart (the sockets
+        were bound with the old), which is logged."""
+        old = self.config.curve
+        if curve and old and curve["server_secret"] == old["server_secret"]:
+            if self.bus is not None:
+                self.bus.allow_curve_keys(curve["clients_dir"])
+            old["clients_dir"] = curve["clients_dir"]
+        elif curve != old:
+            log.warning("curve %s in the config: restart lited to apply (the client keys in use are those it "
+                        "started with)", "changed" if curve and old else "added" if curve else "removed",
+                        extra={"event": "reload"})
 
     def _record_reload(self, ok: bool, detail: Any, before: Optional[dict] = None) -> dict:
         """Every reload ends here: status, log, event, systemd (READY=1 even if

@@ -51,6 +51,7 @@ from typing import Callable, ClassVar, Optional
 
 from lited.cascade import StageError
 from lited.engines import EngineError
+from lited.errors import first_line
 from lited.preprocess import Preprocessor
 from lited.stream.backoff import Backoff
 from lited.stream.feed import Feed
@@ -120,6 +121,7 @@ class ModelRunner:
         self._prep_s = 0.0
         self._post_progress = time.monotonic()  # the post thread's last sign of life
         self._restarts = Backoff()
+        self._decode_error = ""    # the last decoder failure said (each new one is said once)
         name = feed.name
         self._infer = threading.Thread(target=self._infer_loop, name=f"infer-{name}", daemon=True)
         self._prep = threading.Thread(target=self._prep_loop, name=f"prep-{name}", daemon=True)
@@ -353,11 +355,17 @@ class ModelRunner:
                 self._to_infer.notify()
             self._post_progress = time.monotonic()
             t0 = time.perf_counter()
-            decoded = decoder.decode(outputs, geom)
+            try:
+                decoded = decoder.decode(outputs, geom)
+            except Exception as exc:  # noqa: BLE001 - a frame's outputs the decoder cannot read: that result
+                decoded = None        # is lost, the stream goes on (this thread dying stopped every result)
+                self._decode_failed(exc)
             t1 = time.perf_counter()
             with self._lock:
                 self._free_outputs.append(output_set)
             self._submit_ready()  # a prepared run may have waited for that output set
+            if decoded is None:
+                continue
             timings = info["timings_ms"]
             # collected while this thread still decoded (and ran the cascade of) the previous frame
             timings["post_wait"] = (t0 - info.pop("_collected_at")) * 1e3
@@ -367,6 +375,17 @@ class ModelRunner:
             timings["total"] = (time.monotonic_ns() - info.pop("_captured_ns")) / 1e6
             self.feed.publish({**info, "task": model.task, "model": model.name,
                                "model_version": model.version, **decoded}, frame)
+
+    def _decode_failed(self, exc: Exception) -> None:
+        """Counted as an error each time; logged and published (a `decode` event) once per distinct
+        failure, not at every frame."""
+        feed = self.feed
+        feed.stats.count("errors")
+        why = f"decoder {self.model.decoder.kind}: {type(exc).__name__}: {first_line(exc)}; the frame's result is lost"
+        if why != self._decode_error:
+            self._decode_error = why
+            log.warning("stream %s: %s", feed.name, why, exc_info=True, extra={"stream": feed.name, "event": "decode"})
+            feed.event("decode", why)
 
     def _run_cascade(self, frame: Frame, detections: list, timings: dict) -> None:
         """Cut the crops from the frame (leased: still in its slot), then run
