@@ -65,7 +65,9 @@ def test_every_problem_is_reported_at_once_with_its_field_path(bundle):
     (lambda m: m.update(name="../evil"), "name: '../evil' may hold only"),
     (lambda m: m["decoder"].update(type="yolo9"), "decoder.type: unknown \"yolo9\", expected one of boxes"),
     (lambda m: m["preprocess"].update(color="YUV"), "preprocess.color: unknown \"YUV\""),
-    (lambda m: m["preprocess"]["resize"].update(pad_value=3), "preprocess.resize.pad_value: unknown field for mode"),
+    (lambda m: m["preprocess"]["resize"].update(pad_value=3), "preprocess.resize.pad_value: unknown field for mode "
+                                                               "\"keep_ratio\" (known: interpolation, max_side, min_side"),
+    (lambda m: m["models"]["x86"].pop("file"), "models.x86.file: missing"),
     (lambda m: m["models"]["x86"].update(sha256="abc"), "models.x86.sha256: expected 64 hex digits"),
     (lambda m: m["models"]["x86"].update(engine="tflite"), "models.x86.engine: unknown \"tflite\""),
     (lambda m: m["models"]["x86"].update(file="../../etc/passwd"), "models.x86.file: '../../etc/passwd' leaves the bundle"),

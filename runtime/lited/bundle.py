@@ -392,6 +392,9 @@ class BundleChecker(Checker):
 
     def safe_path(self, root: Path, rel: Any, path: str) -> Path | None:
         """A file inside the bundle: no absolute paths, no `..`, no links out."""
+        if rel is None:  # absent, as every other required field says it
+            self.add(path, "missing")
+            return None
         if not isinstance(rel, str) or not rel:
             self.add(path, f"expected a file name, got {shown(rel)}")
             return None
@@ -672,7 +675,7 @@ def _check_preprocess(c: BundleChecker, manifest: dict, where: str = "") -> None
         "letterbox": {"pad_value", "align"}, "short_side_crop": {"short_side"},
         "keep_ratio": {"max_side", "min_side", "multiple"}, "fit_height": {"pad_value", "widths"}}.get(mode, set())
     for key in sorted(set(resize) - allowed):
-        c.add(p + key, f"unknown field for mode {json.dumps(mode)}")
+        c.add(p + key, f"unknown field for mode {json.dumps(mode)} (known: {', '.join(sorted(allowed))})")
     if mode in ("letterbox", "fit_height"):
         pad = c.get(resize, "pad_value", p, float, required=False)
         if pad is not None and not is_number(pad):

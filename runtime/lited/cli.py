@@ -475,6 +475,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         public, secret = make_keypair(Path(args.dir), args.name)
     except KeyFileError as exc:
         raise UsageError(str(exc)) from None
+    except OSError as exc:  # a --dir it cannot write in (/proc, read-only): said as the directory's problem
+        raise UsageError(f"keygen: --dir {args.dir}: cannot write the keys there ({exc.strerror})") from None
     print(f"wrote {public} (public: hand it out) and {secret} (secret, mode 0600: keep it where it is)")
     print("  for the daemon:  curve: {server_secret: " + str(secret) + ", clients_dir: DIR}  "
           "(DIR holds the public keys of the clients it lets in)")
