@@ -92,6 +92,9 @@ class ClientGate:
         self._open: dict = {}
         self._connected = 0  # let in and still open: kept by the ZAP thread, read by status
         self._monitors: list = []  # (socket, its monitor, its domain)
+        # decisions made before the monitor said the connection was accepted (the ZAP request can
+        # come first), per domain, oldest first: they were lost, and the count drifted by one
+        self._early: dict = {domain: collections.deque() for domain in self.DOMAINS.values()}
         self._curve_keys: Optional[set] = None  # z85 public keys of allowed CURVE clients
         self._stop = threading.Event()
         self._zap = ctx.socket(zmq.REP)
@@ -160,10 +163,12 @@ class ClientGate:
                 event, value = self._MONITOR_EVENT.unpack(frames[0][:self._MONITOR_EVENT.size])
                 key = (index, value)
                 if event == zmq.EVENT_ACCEPTED:
-                    self._open[key] = None
+                    early = self._early[self._monitors[index][2]]
+                    self._open[key] = early.popleft() if early else None
                 else:
                     self._open.pop(key, None)
-        self._connected = sum(1 for admitted in self._open.values() if admitted)
+        self._connected = sum(1 for admitted in self._open.values() if admitted) + \
+            sum(sum(early) for early in self._early.values())
 
     def _admit(self, domain: str) -> bool:
         """Decide the oldest undecided connection of `domain`'s sockets (handshakes
@@ -173,11 +178,14 @@ class ClientGate:
         self._count()
         mine = {i for i, (_, _, d) in enumerate(self._monitors) if d == domain}
         inside = sum(1 for (index, _), admitted in self._open.items() if admitted and index in mine)
+        inside += sum(self._early[domain])
         admitted = inside < self.limit
         key = next((k for k, v in self._open.items() if v is None and k[0] in mine), None)
         if key is not None:
             self._open[key] = admitted
-            self._connected += admitted
+        else:  # its handshake came before its monitor's accept event: the decision waits for that
+            self._early[domain].append(admitted)
+        self._connected += admitted
         return admitted
 
     def stop(self) -> None:
