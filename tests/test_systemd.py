@@ -331,6 +331,20 @@ def test_a_failed_start_is_an_error_in_the_journal(tmp_path) -> None:
         assert line.count("\n") == 1, line
 
 
+def test_a_failed_start_is_the_units_status(notify_socket: socket.socket, tmp_path) -> None:
+    """`systemctl status` showed the last process's `Status: "stopping"` beside a failed start: the
+    one line the start failed with is now the unit's STATUS=."""
+    config = tmp_path / "bad.conf"
+    config.write_text("models: [\n")
+    env = {**CHILD_ENV, "NOTIFY_SOCKET": notify_socket.getsockname()}
+    proc = subprocess.Popen([sys.executable, "-m", "lited.cli", "serve", "--config", str(config)], env=env,
+                            stderr=subprocess.DEVNULL)
+    messages = receive(notify_socket, proc)
+    assert proc.returncode == 2
+    statuses = [fields["STATUS"] for _, _, fields in messages if "STATUS" in fields]
+    assert statuses and statuses[-1].startswith(f"lited: config {config}: "), messages
+
+
 # --- in a booted systemd ----------------------------------------------------
 
 def python_binds() -> List[str]:

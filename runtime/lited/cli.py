@@ -715,10 +715,16 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _fatal(line: str) -> None:
     """The one line a failed command ends with; in the journal (a unit's `lited serve` that cannot
-    start) at priority err, not the info every line on stderr gets (`journalctl -p err` finds it)."""
+    start) at priority err, not the info every line on stderr gets (`journalctl -p err` finds it),
+    and as the unit's STATUS=, which `systemctl status` shows (it showed the last process's
+    "stopping" beside a failed start)."""
     from lited.service.logs import stderr_is_journal
 
     print(f"<3>{line}" if stderr_is_journal() else line, file=sys.stderr, flush=True)
+    if os.environ.get("NOTIFY_SOCKET"):
+        from lited.service.sdnotify import Notifier
+
+        Notifier().status(line)
 
 
 if __name__ == "__main__":
