@@ -456,8 +456,10 @@ def _missing_parts(config: Any) -> list:
 
     problems = []
     for section, (extra, modules) in OPTIONAL_PARTS.items():
+        if getattr(config, section) is None:
+            continue
         missing = [m for m in modules if importlib.util.find_spec(m) is None]
-        if getattr(config, section) is not None and missing:
+        if missing:
             problems.append(f"{section}: needs the '{extra}' extra (pip install 'lited[{extra}]', or the installer's "
                             f"--with {extra}): No module named '{missing[0]}'")
     return problems

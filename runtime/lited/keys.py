@@ -47,7 +47,8 @@ def curve_problems(server_secret: str, clients_dir: str) -> List[str]:
         if not secret:
             problems.append(f"curve.server_secret: {server_secret} holds no secret key (the NAME.key_secret file)")
         elif os.stat(server_secret).st_mode & 0o007:  # 0640 for the service's group is fine; others never
-            problems.append(f"curve.server_secret: {server_secret}: mode {os.stat(server_secret).st_mode & 0o777:04o}, "
+            mode = os.stat(server_secret).st_mode & 0o777
+            problems.append(f"curve.server_secret: {server_secret}: mode {mode:04o}, "
                             "readable or writable by others: a key anyone may read is no key (chmod 600, or 640 "
                             "with the daemon's group)")
     except (OSError, ValueError) as exc:

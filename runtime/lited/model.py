@@ -100,8 +100,7 @@ class Part:
             outputs, geom = self.forward(frame)
         problem = self.decoder.layout_problem(outputs)
         if problem:
-            raise BundleError(str(self.spec.root / "manifest.json"),
-                              [f"{self.spec.where}decoder: {self.spec.decoder['type']}: {problem}"])
+            raise self._decoder_refused(problem)
         classes = self.decoder.num_classes(outputs)
         labels = self.spec.labels
         if classes and self.spec.labels_file is not None and (
@@ -112,8 +111,11 @@ class Part:
         try:  # what a layout check does not catch fails here, at load, not in every frame's post-processing
             self.decoder.decode(outputs, geom)
         except (ValueError, IndexError, KeyError) as exc:
-            raise BundleError(str(self.spec.root / "manifest.json"),
-                              [f"{self.spec.where}decoder: {self.spec.decoder['type']}: {first_line(exc)}"]) from None
+            raise self._decoder_refused(first_line(exc)) from None
+
+    def _decoder_refused(self, why: str) -> BundleError:
+        return BundleError(str(self.spec.root / "manifest.json"),
+                           [f"{self.spec.where}decoder: {self.spec.decoder['type']}: {why}"])
 
     def forward(self, image: np.ndarray) -> tuple:
         """(outputs, geometry) of one run on a BGR uint8 image. Preprocessing

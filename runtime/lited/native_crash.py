@@ -20,8 +20,8 @@ from lited.errors import glog_fatal
 
 
 class NativeLog:
-    """Where the engine process writes its stderr when this process sends its
-    own native output nowhere (a quiet command line, the daemon: quiet.py):
+    """Where a child (an engine process, run_watched's) writes its stderr when this process
+    sends its own native output nowhere (a quiet command line, the daemon: quiet.py):
     a memory file read only when the child dies, for the line that says why.
     Paddle Lite aborts (SIGABRT) on a kernel it lacks after one fatal glog
     line (`[F 12/ 1 ... elementwise_compute.cc:355 Run] unsupported active
@@ -39,7 +39,7 @@ class NativeLog:
         self.fd: Optional[int] = None
         try:
             if os.path.samestat(os.fstat(2), os.stat(os.devnull)):
-                self.fd = os.memfd_create("lited-engine-stderr", os.MFD_CLOEXEC)
+                self.fd = os.memfd_create("lited-native-stderr", os.MFD_CLOEXEC)
         except (OSError, AttributeError):  # no fd 2, no memfd: the child inherits stderr
             self.fd = None
 
@@ -129,13 +129,10 @@ def run_watched(work: Callable[[], int]) -> int:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     code = os.waitstatus_to_exitcode(status)
-    if code >= 0:
-        log.close()
-        return code
-    if -code not in sent:
+    if code < 0 and -code not in sent:
         print(f"lited: {death(code, log.last_words())}", file=sys.stderr, flush=True)
     log.close()
-    return 128 - code
+    return code if code >= 0 else 128 - code
 
 
 def _wait_trimming(pid: int, log: NativeLog) -> int:

@@ -231,6 +231,7 @@ class Bus:
         self._locks: list = []  # fds of the ipc endpoints' lock files, held until close()
         self._pubs: list = []
         self._routers: list = []
+        keypair = None  # the daemon's CURVE keys, checked and loaded once, for its first tcp:// socket
         try:
             for kind, endpoints, sockets in (("pub", pub, self._pubs), ("req", req, self._routers)):
                 local = [e for e in endpoints if not e.startswith("tcp://")]
@@ -244,12 +245,14 @@ class Bus:
                     if curve is None:
                         log.warning("%s: TCP without CURVE: anyone who can reach it may ask and read (a lab "
                                     "bench, never a factory network)", ", ".join(remote), extra={"event": "insecure_tcp"})
-                    sockets.append(self._bind(kind, remote, curve, hwm))
+                    elif keypair is None:
+                        keypair = self._load_curve(curve)
+                    sockets.append(self._bind(kind, remote, keypair, hwm))
         except Exception:
             self.close()
             raise
 
-    def _bind(self, kind: str, endpoints: list, curve: Optional[Curve], hwm: int) -> zmq.Socket:
+    def _bind(self, kind: str, endpoints: list, keypair: Optional[tuple], hwm: int) -> zmq.Socket:
         sock = self.ctx.socket(zmq.PUB if kind == "pub" else zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, hwm)
@@ -267,9 +270,10 @@ class Bus:
             # Over the limit by a little: `too_large` with its id; by more, dropped by ZeroMQ with the connection.
             sock.setsockopt(zmq.MAXMSGSIZE, self.max_request_bytes + OVERSIZE_ANSWERED)
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full or gone client raises: counted, not silent
-            self._auth.watch(sock, remote=curve is not None or any(e.startswith("tcp://") for e in endpoints))
-        if curve is not None:
-            self._setup_curve(sock, curve)
+            self._auth.watch(sock, remote=any(e.startswith("tcp://") for e in endpoints))
+        if keypair is not None:
+            sock.curve_publickey, sock.curve_secretkey = keypair
+            sock.curve_server = True
         for endpoint in endpoints:
             path = ipc_path(endpoint)
             if path:
@@ -296,17 +300,16 @@ class Bus:
         connections stay open until they close; ZeroMQ asks only at the handshake)."""
         self._auth.allow_curve_keys(clients_dir)
 
-    def _setup_curve(self, sock: zmq.Socket, curve: Curve) -> None:
+    def _load_curve(self, curve: Curve) -> tuple:
+        """(public, secret) of the daemon's key, once its files passed the check `lited config
+        check` makes; the allowed client keys go to the gate."""
         import zmq.auth
 
-        problems = curve_problems(curve.server_secret, curve.clients_dir)  # what `lited config check` says
+        problems = curve_problems(curve.server_secret, curve.clients_dir)
         if problems:
             raise BusError("; ".join(problems))
-        public, secret = zmq.auth.load_certificate(curve.server_secret)
         self._auth.allow_curve_keys(curve.clients_dir)
-        sock.curve_publickey = public
-        sock.curve_secretkey = secret
-        sock.curve_server = True
+        return zmq.auth.load_certificate(curve.server_secret)
 
     # -- publishing (any thread)
     def publish(self, topic: bytes, payload: bytes) -> None:

@@ -122,10 +122,6 @@ class NetworkSource(opencv.CaptureSource):
         return "|".join(opts)
 
     def open(self) -> Shape:
-        timeouts = [
-            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self.options["lited_open_timeout"] * 1000),
-            cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.options["lited_read_timeout"] * 1000),
-        ]
         limit = self.options["lited_open_timeout"]
         start = time.monotonic()
         why = probe.reachable(self.url, limit, self.cancelled)  # before OpenCV's one-open-at-a-time lock
@@ -133,7 +129,10 @@ class NetworkSource(opencv.CaptureSource):
             raise self.error("stopped while opening")
         if why:
             raise self.error(why)
-        timeouts[1] = max(1, int((limit - (time.monotonic() - start)) * 1000))  # what is left of the limit
+        timeouts = [  # OpenCV gets what is left of the open limit
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, max(1, int((limit - (time.monotonic() - start)) * 1000)),
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.options["lited_read_timeout"] * 1000),
+        ]
         with ffmpeg_options(self.ffmpeg_options()):
             self._cap = cv2.VideoCapture(self.url, cv2.CAP_FFMPEG, timeouts)
         if self._cap.isOpened() and time.monotonic() - start >= limit - OPEN_TIMEOUT_SLACK:

@@ -95,9 +95,7 @@ def _exchange(url: str, rtsp_method: str, timeout: float, cancelled: threading.E
 
 
 def _request(parts, method: str) -> bytes:
-    netloc = parts.hostname if ":" not in (parts.hostname or "") else f"[{parts.hostname}]"
-    if parts.port:
-        netloc += f":{parts.port}"
+    netloc = parts.netloc.rpartition("@")[2]  # host[:port] as written, without the credentials
     if parts.scheme.lower() == "rtsp":  # no credentials on the wire: a 401 says the server wants them
         url = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
         return f"{method} {url} RTSP/1.0\r\nCSeq: 1\r\nUser-Agent: lited\r\n\r\n".encode()
