@@ -45,6 +45,7 @@ ROUTER_RCVHWM = 2  # (1 loses the first message when ZAP is on: libzmq 4.3.5)
 OVERSIZE_ANSWERED = 64 << 10  # requests over max_request_bytes by up to this get a `too_large` reply
 SUBSCRIPTION_MAX = 512  # bytes of one subscription message (a topic is under 80)
 HANDSHAKE_MS = 10_000  # a tcp:// peer's CURVE handshake must be done by then
+EARLY_TTL = 2.0  # s a handshake's decision waits for its connection's accept event
 
 
 class BusError(Exception):
@@ -92,8 +93,9 @@ class ClientGate:
         self._open: dict = {}
         self._connected = 0  # let in and still open: kept by the ZAP thread, read by status
         self._monitors: list = []  # (socket, its monitor, its domain)
-        # decisions made before the monitor said the connection was accepted (the ZAP request can
-        # come first), per domain, oldest first: they were lost, and the count drifted by one
+        # (time, decision) made before the monitor said the connection was accepted (the ZAP request
+        # can come first), per domain, oldest first: they were lost, and the count drifted by one; kept
+        # EARLY_TTL at most
         self._early: dict = {domain: collections.deque() for domain in self.DOMAINS.values()}
         self._curve_keys: Optional[set] = None  # z85 public keys of allowed CURVE clients
         self._stop = threading.Event()
@@ -164,11 +166,15 @@ class ClientGate:
                 key = (index, value)
                 if event == zmq.EVENT_ACCEPTED:
                     early = self._early[self._monitors[index][2]]
-                    self._open[key] = early.popleft() if early else None
+                    self._open[key] = early.popleft()[1] if early else None
                 else:
                     self._open.pop(key, None)
+        stale = time.monotonic() - EARLY_TTL
+        for early in self._early.values():  # an accept event never seen (a monitor that dropped it) must
+            while early and early[0][0] < stale:  # not hold a place for ever
+                early.popleft()
         self._connected = sum(1 for admitted in self._open.values() if admitted) + \
-            sum(sum(early) for early in self._early.values())
+            sum(admitted for early in self._early.values() for _, admitted in early)
 
     def _admit(self, domain: str) -> bool:
         """Decide the oldest undecided connection of `domain`'s sockets (handshakes
@@ -178,13 +184,13 @@ class ClientGate:
         self._count()
         mine = {i for i, (_, _, d) in enumerate(self._monitors) if d == domain}
         inside = sum(1 for (index, _), admitted in self._open.items() if admitted and index in mine)
-        inside += sum(self._early[domain])
+        inside += sum(admitted for _, admitted in self._early[domain])
         admitted = inside < self.limit
         key = next((k for k, v in self._open.items() if v is None and k[0] in mine), None)
         if key is not None:
             self._open[key] = admitted
         else:  # its handshake came before its monitor's accept event: the decision waits for that
-            self._early[domain].append(admitted)
+            self._early[domain].append((time.monotonic(), admitted))
         self._connected += admitted
         return admitted
 
