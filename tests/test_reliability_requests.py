@@ -271,8 +271,10 @@ def test_a_memory_error_during_reload_is_one_line_recorded_and_ready_again(tmp_p
     manifest = json.loads((bundle / "manifest.json").read_text())
     (bundle / manifest["labels"]).write_text("face\n" * 780_000)  # 3.9 MB: under the cap, over what is left
     notify = NotifyListener()
+    # ready, not just answering: a ping is answered before the watchdog's thread starts, which the
+    # address-space limit below then kept from starting (CI: "can't start new thread" at start-up)
     d = DaemonProcess(tmp_path, {"models": {"face": str(bundles_dir / "ultraface")}, "streams": []},
-                      env=notify.env(60)).start()
+                      env=notify.env(60)).start().wait_ready()
     try:
         with d.client(timeout=30) as client:
             vm = int(open(f"/proc/{d.proc.pid}/status").read().split("VmSize:")[1].split()[0]) << 10
