@@ -746,18 +746,11 @@ def _check_decoder(c: BundleChecker, manifest: dict, where: str = "") -> None:
             c.add(p + key, f"expected {type_name(ptype)}, got {shown(value)}")
             typed = False
     if typed:
-        for key, (low, high) in DECODER_RANGES.items():
+        for key, (low, high) in cls.RANGES.items():
             if key in params:
                 c.number(dec, key, p, minimum=low, maximum=high)
         for key, message in cls.problems({k: v for k, v in dec.items() if k != "type"}):
             c.add(p + key, message)
-
-
-# What a decoder parameter of that name can be, whichever decoder has it: a score or an overlap is a
-# share (a threshold of -1 gave junk boxes, an nms_iou of 2 turned NMS off); a count is 0 (all) or more
-DECODER_RANGES = {"score_threshold": (0, 1), "nms_iou": (0, 1), "min_score": (0, 1), "thresh": (0, 1),
-                  "box_thresh": (0, 1), "top_k": (0, None), "nms_top_k": (0, None), "background_class": (0, None),
-                  "max_candidates": (1, None), "min_size": (0, None), "unclip_ratio": (0, None)}
 
 
 STAGE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")

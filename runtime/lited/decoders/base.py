@@ -34,6 +34,14 @@ class Decoder:
     # The labels must be exactly as many as the classes, not at least: a keys file with a line too many
     # shifts every character a CTC decoder reads (a classifier's spare labels are never read).
     EXACT_LABELS: ClassVar[bool] = False
+    # What a parameter of that name can be, whichever decoder has it (checked at load before `problems()`):
+    # a score or an overlap is a share (a threshold of -1 gave junk boxes, an nms_iou of 2 turned NMS off);
+    # a count is 0 (all) or more. A decoder with a parameter of another meaning under one of these names
+    # overrides RANGES.
+    RANGES: ClassVar[Dict[str, Tuple[float, Optional[float]]]] = {
+        "score_threshold": (0, 1), "nms_iou": (0, 1), "min_score": (0, 1), "thresh": (0, 1), "box_thresh": (0, 1),
+        "top_k": (0, None), "nms_top_k": (0, None), "background_class": (0, None), "max_candidates": (1, None),
+        "min_size": (0, None), "unclip_ratio": (0, None)}
 
     def __init__(self, params: dict, labels: List[str]) -> None:
         """`params` holds every name in PARAMS (defaults filled in); each
