@@ -357,10 +357,9 @@ def test_p10_keygen_makes_the_curve_keys_tcp_needs(tmp_path):
     assert lited("keygen", "app", "--dir", tmp_path / "app").returncode == 0
     clients.mkdir()
     (clients / "app.key").write_bytes((tmp_path / "app" / "app.key").read_bytes())
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = {"models": {}, "runtime_dir": str(tmp_path / "run"), "endpoints": {"req": [f"tcp://127.0.0.1:{port}"]},
+    port, pub_port = free_port(), free_port()
+    config = {"models": {}, "runtime_dir": str(tmp_path / "run"),
+              "endpoints": {"req": [f"tcp://127.0.0.1:{port}"], "pub": [f"tcp://127.0.0.1:{pub_port}"]},
               "curve": {"server_secret": str(keys / "server.key_secret"), "clients_dir": str(clients)}}
     (tmp_path / "d").mkdir()
     conf = tmp_path / "d" / "lited.json"
@@ -382,8 +381,14 @@ def test_p10_keygen_makes_the_curve_keys_tcp_needs(tmp_path):
         curve = {"server_public": str(keys / "server.key"), "client_secret": str(tmp_path / "app" / "app.key_secret")}
         with Client(f"tcp://127.0.0.1:{port}", timeout=1, curve=curve) as client:
             assert wait_until(lambda: _answers(client))["pong"] is True
-        with Client(f"tcp://127.0.0.1:{port}", timeout=1) as stranger, pytest.raises(TimeoutError):
+        # a refused handshake is said at once (it was a timeout after the whole wait, for any of these)
+        with Client(f"tcp://127.0.0.1:{port}", timeout=30) as stranger, pytest.raises(ClientError) as info:
             stranger.ping()  # no key: CURVE lets nobody else in
+        assert info.value.code == "refused" and "needs curve=" in info.value.message, info.value
+        wrong_server = {**curve, "server_public": str(tmp_path / "app" / "app.key")}
+        with Client(f"tcp://127.0.0.1:{port}", timeout=30, curve=wrong_server) as lost, \
+                pytest.raises(ClientError, match="is curve\\['server_public'\\] the daemon's public key"):
+            lost.ping()
         # a reload reads the client keys again: one added gets in, one removed is refused (it kept access
         # until a restart)
         assert lited("keygen", "app2", "--dir", tmp_path / "app2").returncode == 0
@@ -395,11 +400,21 @@ def test_p10_keygen_makes_the_curve_keys_tcp_needs(tmp_path):
             assert client.ping()["pong"] is True
             (clients / "app.key").unlink()
             client.reload()
-        with Client(f"tcp://127.0.0.1:{port}", timeout=1, curve=curve) as removed, pytest.raises(TimeoutError):
+        with Client(f"tcp://127.0.0.1:{port}", timeout=30, curve=curve) as removed, pytest.raises(ClientError) as info:
             removed.ping()
+        assert info.value.code == "refused" and "CURVE public key is not in its clients_dir" in info.value.message
+        with Subscriber(f"tcp://127.0.0.1:{pub_port}", curve=curve, check=False) as removed, \
+                pytest.raises(ClientError, match="refused: .*clients_dir"):
+            removed.recv(timeout=30)  # it heard silence for ever
     finally:
         d.terminate()
         assert d.wait(20) == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _answers(client: Client):

@@ -52,8 +52,8 @@ __all__ = ["Client", "ClientError", "ConfigError", "DaemonUnreachable", "FrameOv
 class ClientError(Exception):
     """The daemon answered with an error, or the client refused what the daemon
     would (an `infer` array it does not take); `code` as in docs/protocol.md,
-    or `unreachable` (DaemonUnreachable: said by this library, never sent by
-    the daemon)."""
+    or `unreachable` (DaemonUnreachable) or `refused` (the daemon refused the
+    connection's handshake): said by this library, never sent by the daemon."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
@@ -125,11 +125,69 @@ OVERSIZE_DROPPED = (1 << 10) + (64 << 10)  # bytes: over the least limits.max_re
 def _timeout_causes(request_bytes: int) -> str:
     """What a request that got no reply may have run into, for the TimeoutError."""
     causes = ("busy for longer than the timeout (a slow model, requests queued before this one)? "
-              "over limits.max_clients? the next call connects anew")
+              "the next call connects anew")
     if request_bytes > OVERSIZE_DROPPED:
         return (f"a request of {request_bytes} bytes: over the daemon's limits.max_request_bytes (16 MiB by default) "
                 f"by more than 64 KiB, dropped without a reply? or {causes}")
     return causes
+
+
+class HandshakeWatch:
+    """Why the daemon's end of a socket's connection failed its ZeroMQ handshake, heard on a monitor of
+    that socket. ZeroMQ tells the socket's user nothing: a refused request timed out, a refused
+    subscriber heard silence for ever, and libzmq never connects again after a refusal."""
+
+    EVENTS = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | \
+        zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_SUCCEEDED
+    # a failure with no detail (a CURVE server key that does not match, which ZeroMQ retries for ever)
+    # counts once seen this many times in a row: once may be a daemon restarting mid-handshake
+    NO_DETAIL_TIMES = 2
+
+    def __init__(self, sock: zmq.Socket, endpoint: str, curve: bool, requests: bool) -> None:
+        self.endpoint = endpoint
+        self._curve = curve
+        self._requests = requests  # a request socket (counted against limits.max_clients), not a subscriber
+        self._no_detail = 0
+        self.monitor = sock.get_monitor_socket(self.EVENTS)
+
+    def problem(self) -> Optional[str]:
+        """Why the last handshake failed, or None while none has (reads the monitor; never waits)."""
+        from zmq.utils.monitor import parse_monitor_message
+
+        failure = None
+        while self.monitor.poll(0):
+            event = parse_monitor_message(self.monitor.recv_multipart())
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._no_detail, failure = 0, None
+            elif event["event"] != zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                failure = event
+            else:
+                self._no_detail += 1
+                if self._no_detail >= self.NO_DETAIL_TIMES:
+                    failure = event
+        if failure is None:
+            return None
+        tcp = self.endpoint.startswith("tcp://")
+        if failure["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            why = []
+            if tcp and self._curve:
+                why.append("this app's CURVE public key is not in its clients_dir (the .key of `lited keygen` "
+                           "NAME, copied there and reloaded)")
+            if self._requests:
+                why.append(f"it has limits.max_clients {'remote' if tcp else 'local'} clients connected (a new "
+                           "Client gets in once one leaves)")
+            return (f"the daemon at {self.endpoint} refused this connection (ZAP status {failure['value']}): "
+                    + (" or ".join(why) or "its authentication said no"))
+        if tcp and self._curve:
+            return (f"the CURVE handshake with {self.endpoint} failed: is curve['server_public'] the daemon's "
+                    "public key (its NAME.key), and does that endpoint use CURVE?")
+        if tcp:
+            return (f"the handshake with {self.endpoint} failed: a tcp:// endpoint with CURVE keys needs curve="
+                    "{'server_public': ..., 'client_secret': ...} (docs/protocol.md, Over TCP)")
+        return f"the handshake with {self.endpoint} failed (not a lited socket?)"
+
+    def close(self) -> None:
+        self.monitor.close(0)
 
 
 def _frame_of(result: Any) -> dict:
@@ -158,8 +216,9 @@ class Subscriber:
     or when it has no stream of that name (ClientError `not_found`, asked with
     a `status` request over the request socket beside the PUB one, or
     `request_endpoint`: DaemonUnreachable if that one is missing or dead,
-    TimeoutError if no reply comes within `timeout` seconds, e.g. over
-    limits.max_clients). With no request socket to ask (a PUB endpoint not
+    ClientError `refused` if the daemon refuses the connection (over
+    limits.max_clients), TimeoutError if no reply comes within `timeout`
+    seconds). With no request socket to ask (a PUB endpoint not
     named pub.sock and no `request_endpoint`, or tcp://) only the PUB socket
     is checked. An app started before the daemon, or waiting for a stream a
     reload will add, passes check=False.
@@ -212,7 +271,15 @@ class Subscriber:
                 self.socket.setsockopt(zmq.SUBSCRIBE, protocol.answer_topic(stream) if stream else b"answer/")
         if events and streams:
             self.socket.setsockopt(zmq.SUBSCRIBE, protocol.event_topic(protocol.DAEMON_STREAM))
-        _connect(self.socket, endpoint)
+        self._handshake = HandshakeWatch(self.socket, endpoint, curve is not None, requests=False)
+        self._poller = zmq.Poller()
+        self._poller.register(self.socket, zmq.POLLIN)
+        self._poller.register(self._handshake.monitor, zmq.POLLIN)
+        try:
+            _connect(self.socket, endpoint)
+        except ValueError:
+            self._handshake.close()
+            raise
         self._rings: dict = {}  # ring name -> its segments this subscriber maps, oldest first
         self._dropped: dict = {}  # ring name -> the newest generation unmapped to keep within old_segments
         self.old_segments = old_segments
@@ -220,12 +287,22 @@ class Subscriber:
 
     def recv(self, timeout: Optional[float] = None) -> Optional[dict]:
         """The next result or event, or None after `timeout` seconds.
-        ValueError once closed."""
+        ValueError once closed; ClientError `refused` when the daemon refused
+        this subscriber's connection (a CURVE key it does not allow, a wrong
+        server key): ZeroMQ would wait in silence for ever."""
         if self.socket.closed:
             raise ValueError("lited: this Subscriber is closed")
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if timeout is not None and not self.socket.poll(int(timeout * 1000)):
-                return None
+            wait = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            ready = dict(self._poller.poll(wait))
+            problem = self._handshake.problem()
+            if problem:
+                raise ClientError("refused", problem)
+            if self.socket not in ready:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
+                continue
             frames = self.socket.recv_multipart()
             self._peer.verify()  # cheap unless the socket file changed (a daemon restart)
             if len(frames) != 2:
@@ -327,6 +404,7 @@ class Subscriber:
             with contextlib.suppress(RingError):
                 ring.close()
         self._rings.clear()
+        self._handshake.close()
         self.socket.close(0)
 
     def __enter__(self) -> "Subscriber":
@@ -340,11 +418,13 @@ class Client:
     """Requests with timeouts. One Client per thread.
 
     A daemon that is not there, or went away, raises DaemonUnreachable at
-    once (see `call`), not after the timeout. A TimeoutError says what the
-    request may have run into: a daemon busy for longer than the timeout
-    (a slow model, requests queued before it), limits.max_clients (the next
-    call connects anew and gets in once a place is free), or, for a request
-    over 64 KiB (a large `infer` array), limits.max_request_bytes."""
+    once (see `call`), not after the timeout; so does a connection the
+    daemon refused (ClientError `refused`: over limits.max_clients, or over
+    tcp:// a CURVE key it does not allow; the next call connects anew and
+    gets in once a place is free). A TimeoutError says what the request may
+    have run into: a daemon busy for longer than the timeout (a slow model,
+    requests queued before it), or, for a request over 64 KiB (a large
+    `infer` array), limits.max_request_bytes."""
 
     def __init__(self, endpoint: Optional[str] = None, timeout: float = 10.0,
                  context: Optional[zmq.Context] = None, curve: Optional[dict] = None,
@@ -358,18 +438,30 @@ class Client:
         self._curve = curve
         self._ids = itertools.count(1)
         self._answered = False
-        self._reconnect = False  # the last call timed out: the next one connects anew
+        self._reconnect = False  # the last call timed out or was refused: the next one connects anew
         self._connect()
 
     def _connect(self) -> None:
-        """A fresh socket. Also after a call timed out: a connection the daemon
+        """A fresh socket. Also after a call timed out or was refused: a connection the daemon
         refused (over `limits.max_clients`) is never retried by ZeroMQ, and its
         sends would block for ever; a new one is asked about again."""
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SNDTIMEO, max(1, int(self.timeout * 1000)))
         _apply_curve(self.socket, self._curve)
-        _connect(self.socket, self.endpoint)
+        self._handshake = HandshakeWatch(self.socket, self.endpoint, self._curve is not None, requests=True)
+        self._poller = zmq.Poller()
+        self._poller.register(self.socket, zmq.POLLIN)
+        self._poller.register(self._handshake.monitor, zmq.POLLIN)
+        try:
+            _connect(self.socket, self.endpoint)
+        except ValueError:
+            self._handshake.close()
+            raise
+
+    def _close_socket(self) -> None:
+        self._handshake.close()
+        self.socket.close(0)
 
     def call(self, method: str, timeout: Optional[float] = None, **params: Any) -> Any:
         """Send a request, wait for its reply; ClientError (DaemonUnreachable),
@@ -387,7 +479,7 @@ class Client:
         self._peer.verify()
         self._raise_if_unreachable(probe=not self._answered)
         if self._reconnect:  # now, not when the last call timed out: a place may have freed since
-            self.socket.close(0)
+            self._close_socket()
             self._connect()
             self._reconnect = False
         request_id = next(self._ids)
@@ -402,11 +494,14 @@ class Client:
         while True:
             remaining = deadline - time.monotonic()
             if not sent or remaining <= 0:
+                self._raise_if_refused()
                 self._raise_if_unreachable(probe=True)  # it went away while we waited
                 self._reconnect = True
                 raise TimeoutError(f"lited: no reply to {method} within {wait:.1f} s from {self.endpoint} "
                                    f"({_timeout_causes(len(request))})")
-            if not self.socket.poll(int(min(remaining, PROBE_INTERVAL) * 1000)):
+            ready = dict(self._poller.poll(int(min(remaining, PROBE_INTERVAL) * 1000)))
+            self._raise_if_refused()
+            if self.socket not in ready:
                 self._raise_if_unreachable(probe=True)
                 continue
             reply = protocol.decode_reply(self.socket.recv())
@@ -417,6 +512,14 @@ class Client:
                 return reply.get("result")
             error = reply.get("error") or {}
             raise ClientError(error.get("code", "failed"), error.get("message", ""))
+
+    def _raise_if_refused(self) -> None:
+        """ClientError `refused` once the daemon refused this connection's handshake (the next call
+        connects anew): at once, not after the timeout."""
+        problem = self._handshake.problem()
+        if problem:
+            self._reconnect = True
+            raise ClientError("refused", problem)
 
     def _raise_if_unreachable(self, probe: bool) -> None:
         """DaemonUnreachable if the ipc:// socket is gone (or, with `probe`,
@@ -469,7 +572,7 @@ class Client:
         return self.call("snapshot", stream=stream, quality=quality)
 
     def close(self) -> None:
-        self.socket.close(0)
+        self._close_socket()
 
     def __enter__(self) -> "Client":
         return self
@@ -522,7 +625,7 @@ def _check_streams(pub: str, req: Optional[str], streams: Optional[list], contex
             have = [s["stream"] for s in client.status()["streams"]]
         except TimeoutError:
             raise TimeoutError(f"lited: no reply within {timeout:.1f} s to the status request that checks the "
-                               f"streams, from {req} (over limits.max_clients? check=False skips the check)") from None
+                               f"streams, from {req} (check=False skips the check)") from None
     missing = [s for s in streams if s not in have]
     if missing:
         raise ClientError("not_found", f"no stream {', '.join(map(repr, missing))} in the daemon at {pub} "

@@ -104,16 +104,17 @@ def run(args: argparse.Namespace) -> int:
 
 def _wait_for(client: Any, seconds: float) -> None:
     """Until the daemon answers a ping saying it is ready (its streams'
-    models warm); DaemonUnreachable or TimeoutError after `seconds`."""
-    from lited.client import DaemonUnreachable
+    models warm); DaemonUnreachable, TimeoutError or ClientError `refused`
+    (its clients' places all taken) after `seconds`."""
+    from lited.client import ClientError
 
     deadline = time.monotonic() + seconds
     while True:
         try:
             if client.call("ping", timeout=max(0.2, min(5.0, deadline - time.monotonic()))).get("ready", True):
                 return
-        except (DaemonUnreachable, TimeoutError):
-            if time.monotonic() >= deadline:
+        except (ClientError, TimeoutError) as exc:
+            if getattr(exc, "code", "unreachable") not in ("unreachable", "refused") or time.monotonic() >= deadline:
                 raise
         if time.monotonic() >= deadline:
             raise TimeoutError(f"lited: the daemon at {client.endpoint} answers but was not ready "
