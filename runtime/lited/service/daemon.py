@@ -471,15 +471,23 @@ class Daemon:
                 self.config.models[n] = added[n]
             wanted = {s.name: s for s in new.streams}
             leaving = frozenset(n for n in self.streams if n not in wanted or self.stream_configs[n] != wanted[n])
+            # the new models are made with the new config's engine, threads and cores (they were made with the
+            # old ones, so an engine or threads change came one reload late), and back to the old on failure
+            old_settings, self.config.model_settings = self.config.model_settings, new.model_settings
+            try:
+                self.stream_threads = self._plan_threads(new.streams)
+            except LOAD_ERRORS as exc:
+                self.config.model_settings = old_settings
+                return {**self._record_reload(False, f"{first_line(exc)}; the old models keep serving"), **outcome}
             if kept:
                 try:
                     self.reload_models(kept, force, leaving)  # records its outcome
                 except LOAD_ERRORS:
+                    self.config.model_settings = old_settings
+                    self.stream_threads = self._plan_threads(self.config.streams)
                     return {**self.last_reload, **outcome}
             outcome["reloaded"] = list(new.models)
-            self.config.model_settings = new.model_settings
             try:
-                self.stream_threads = self._plan_threads(new.streams)
                 for name in [n for n in self.streams if n in leaving]:
                     self._stop_stream(name)
                     outcome["stopped"].append(name)
