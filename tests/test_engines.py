@@ -5,6 +5,7 @@ picked per model and self-tested on every engine they list."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 from conftest import DEMO_BUNDLE, make_bundle, need_shared, shared_onnx
 from daemon_process import DaemonProcess
 from lited.bundle import BundleError, load_bundle, seal_models
+from lited.client import ClientError
 from lited.engine_process import SETS, EngineProcess
 from lited.engines import ENGINES, EngineError, open_engine
 from lited.model import Model
@@ -276,6 +278,35 @@ def test_two_streams_on_one_model_share_the_cores(tmp_path, multi):
     assert "exceed the" in daemon.output()  # said in the log, with what it runs instead
 
 
+def test_a_reload_runs_the_engine_and_threads_of_the_config_it_reads(tmp_path, multi):
+    """A reload made its models with the previous config's engine and threads: a switch came one
+    reload late, a config naming an engine the bundle has no file for was taken, and the next good
+    one refused with the old one's error."""
+    threads = min(2, len(os.sched_getaffinity(0)))
+    config = {"models": {"det": {"bundle": str(multi / "fastestdet"), "engine": "onnxruntime", "threads": 1}},
+              "streams": [{"name": "cam", "source": "synth://?size=320x240&fps=5", "model": "det"}]}
+    daemon = DaemonProcess(tmp_path, config).start()
+
+    def reload_to(engine: str, n: int = 1) -> dict:
+        daemon.write_config({**config, "models": {"det": {**config["models"]["det"], "engine": engine,
+                                                          "threads": n}}})
+        with daemon.client(timeout=120) as client:
+            client.reload(timeout=120)
+            return client.status()["streams"][0]["model"]
+
+    try:
+        daemon.wait_ready()
+        model = reload_to("openvino", threads)
+        assert (model["engine"], model["device"]) == ("openvino", f"cpu, {threads} thread{'s' * (threads > 1)}"), model
+        with pytest.raises(ClientError, match="no file for paddle_inference"):
+            reload_to("paddle_inference")
+        with daemon.client() as client:
+            assert client.status()["streams"][0]["model"]["engine"] == "openvino"  # the old one keeps serving
+        assert reload_to("paddle_lite")["engine"] == "paddle_lite"
+    finally:
+        assert daemon.stop() == 0, daemon.output()
+
+
 # --- bundles with several files per target -------------------------------------
 
 def test_the_bundle_order_picks_the_engine_and_inspect_says_why(multi):
@@ -368,6 +399,34 @@ def test_a_corrupt_second_file_refuses_the_bundle(multi, tmp_path):
         fh.seek(100)
         fh.write(b"\xff" * 8)
     with pytest.raises(BundleError, match=r"model\.onnx: sha256 mismatch \(models\.x86\[0\]\.sha256\)"):
+        load_bundle(root)
+
+
+def test_every_listed_engine_s_options_are_checked_at_load(multi, tmp_path):
+    """Only the engine that ran here had its option values checked: a bundle whose fallback engine's
+    threads were 0 loaded here and failed on the board that falls back to it; Paddle Lite's took
+    'abc' (an int() traceback) and 0, and no engine's had a ceiling (1000 threads ran)."""
+    cases = [({"onnxruntime": {"threads": 0}}, "options.onnxruntime: option 'threads': expected an integer "
+                                               "from 1 to 256, got 0"),
+             ({"openvino": {"threads": 1000}}, "options.openvino: option 'threads': expected an integer from 1 "
+                                               "to 256, got 1000"),
+             ({"openvino": {"pin": "yes"}}, "options.openvino: option 'pin': expected true or false, got 'yes'"),
+             ({"onnxruntime": {"device": "tpu"}}, "options.onnxruntime: option 'device': unknown 'tpu'")]
+    for i, (options, said) in enumerate(cases):
+        root = tmp_path / f"b{i}"
+        shutil.copytree(multi / "fastestdet", root)
+        manifest = json.loads((root / "manifest.json").read_text())
+        manifest["models"]["x86"][0]["options"] = options
+        (root / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(BundleError, match=re.escape("models.x86[0]." + said)):
+            load_bundle(root)
+    root = tmp_path / "lite"
+    shutil.copytree(multi / "fastestdet", root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["models"]["x86"][1]["options"] = {"threads": "abc"}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=re.escape("models.x86[1].options: option 'threads': expected an integer "
+                                                    "from 1 to 256, got 'abc'")):
         load_bundle(root)
 
 

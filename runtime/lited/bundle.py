@@ -580,13 +580,13 @@ def _check_model_entry(c: BundleChecker, spec: Any, where: str, root: Path) -> N
             elif not isinstance(value, dict):
                 c.add(p + f"options.{kind}", f"expected an object (that engine's options), got {shown(value)}")
             else:
-                c.unknown(value, ENGINES.get(kind).options, p + f"options.{kind}.")
+                _check_engine_options(c, ENGINES.get(kind), value, p + f"options.{kind}")
     else:
         engine = c.choice(spec, "engine", p, ENGINES.kinds(), "paddle_lite")
         engines = [engine] if engine else []
         options = c.get(spec, "options", p, dict, required=False)
         if engine and options:
-            c.unknown(options, ENGINES.get(engine).options, p + "options.")
+            _check_engine_options(c, ENGINES.get(engine), options, p + "options")
     if isinstance(rel, str):
         for kind in engines:
             cls = ENGINES.get(kind)
@@ -717,6 +717,18 @@ def _check_fit_height(c: BundleChecker, resize: dict, manifest: dict, where: str
                             "predictor each), e.g. [320, 640, 960]")
     elif width != -1 and widths is not None:
         c.add(p + "widths", f"only for a dynamic input width (this one is {width})")
+
+
+def _check_engine_options(c: BundleChecker, engine: Any, options: dict, p: str) -> None:
+    """The options of one engine a file lists: names, then values, whichever engine runs here (a value
+    only the engine a board falls back to reads was found only on that board)."""
+    from lited.engines import EngineError
+
+    c.unknown(options, engine.options, p + ".")
+    try:
+        engine.check_options({k: v for k, v in options.items() if k in engine.options})
+    except EngineError as exc:
+        c.add(p, str(exc))
 
 
 def _check_decoder(c: BundleChecker, manifest: dict, where: str = "") -> None:

@@ -34,6 +34,9 @@ import numpy as np
 from lited.files import MAX_MODEL_BYTES, FileRefused, read_capped
 
 
+MAX_THREADS = 256  # an engine's threads, wherever they are set (bundle, config, --threads)
+
+
 class EngineError(Exception):
     """The backend is missing, refused the model, or failed while running it."""
 
@@ -95,6 +98,15 @@ class Engine:
         return str(path).lower().endswith(cls.formats) if cls.formats else False
 
     @classmethod
+    def check_options(cls, options: dict) -> None:
+        """EngineError naming the first option this engine has not, or whose
+        value it cannot take. The bundle check runs it for every engine a file
+        lists (a bad value for the engine a board falls back to was found only
+        there), and the engine when it opens. Subclasses add their options'."""
+        check_known(cls.kind, options, cls.options)
+        int_option(options, "threads", 1, maximum=MAX_THREADS)
+
+    @classmethod
     def process_env(cls, options: dict) -> Dict[str, str]:
         """Environment a process must have before the backend loads, for these
         options (a backend that reads its thread count only from the
@@ -151,10 +163,10 @@ class InPlaceEngine(Engine):
 
     zero_copy = True
 
-    def threads_of(self, options: dict, known: tuple) -> int:
-        """Refuse options this engine has not; its `threads` (default 1)."""
-        check_known(self.kind, options, known)
-        return int_option(options, "threads", 1)
+    def threads_of(self, options: dict) -> int:
+        """Refuse options this engine has not or cannot take; its `threads` (default 1)."""
+        self.check_options(options)
+        return int(options.get("threads", 1))
 
     def init_buffers(self, output_shapes: list) -> None:
         """Once `inputs` is known; `output_shapes`: the model's (-1 where dynamic)."""
@@ -213,12 +225,24 @@ def check_known(kind: str, options: dict, known: tuple, prefix: str = "") -> Non
             raise EngineError(f"unknown option '{prefix}{key}' for engine {kind}, expected one of {', '.join(known)}")
 
 
-def int_option(options: dict, name: str, default: int, minimum: int = 1) -> int:
-    """`options[name]` as an int >= minimum (a bool is not an int here)."""
+def int_option(options: dict, name: str, default: int, minimum: int = 1, maximum: Optional[int] = None) -> int:
+    """`options[name]` as an int from minimum to maximum (a bool is not an int here)."""
     value = options.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise EngineError(f"option '{name}': expected an integer >= {minimum}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or \
+            (maximum is not None and value > maximum):
+        raise EngineError(f"option '{name}': expected an integer " + (f">= {minimum}" if maximum is None else
+                                                                       f"from {minimum} to {maximum}")
+                          + f", got {value!r}")
     return value
+
+
+def str_option(options: dict, name: str, choices: Optional[tuple] = None) -> None:
+    """`options[name]`, when given, is a string (one of `choices`, when given)."""
+    value = options.get(name)
+    if value is not None and not isinstance(value, str):
+        raise EngineError(f"option '{name}': expected a string, got {value!r}")
+    if value is not None and choices and value not in choices:
+        raise EngineError(f"option '{name}': unknown {value!r}, expected one of {', '.join(choices)}")
 
 
 def bool_option(options: dict, name: str, default: bool) -> bool:

@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from lited.engines.base import EngineError, InPlaceEngine, TensorSpec, bool_option, read_model_file
+from lited.engines.base import EngineError, InPlaceEngine, TensorSpec, bool_option, read_model_file, str_option
 from lited.errors import first_line
 
 DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
@@ -63,13 +63,18 @@ class OnnxRuntimeEngine(InPlaceEngine):
     package = "onnxruntime"
     formats = (".onnx", ".ort")
 
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        super().check_options(options)
+        str_option(options, "device", DEVICES)
+        bool_option(options, "spin", False)
+        str_option(options, "optimized_model")
+
     def __init__(self, model_path: str, options: dict, checksums: Optional[dict] = None) -> None:
         import onnxruntime as ort  # here, not at import: listing engines must stay cheap
 
-        threads = self.threads_of(options, OPTIONS)
+        threads = self.threads_of(options)
         device = options.get("device", "cpu")
-        if device not in DEVICES:
-            raise EngineError(f"option 'device': unknown {device!r}, expected one of {', '.join(DEVICES)}")
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1

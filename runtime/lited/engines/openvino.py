@@ -41,7 +41,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from lited.engines.base import EngineError, InPlaceEngine, TensorSpec, bool_option, int_option, read_model_file
+from lited.engines.base import EngineError, InPlaceEngine, TensorSpec, bool_option, int_option, read_model_file, \
+    str_option
 from lited.errors import first_line
 
 OPTIONS = ("threads", "device", "streams", "pin", "static_shapes", "cache_dir", "precision")
@@ -89,10 +90,19 @@ class OpenVinoEngine(InPlaceEngine):
     package = "openvino"
     formats = (".onnx", ".xml")
 
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        super().check_options(options)
+        int_option(options, "streams", 1)
+        for name in ("pin", "static_shapes"):
+            bool_option(options, name, False)
+        for name in ("device", "cache_dir", "precision"):
+            str_option(options, name)
+
     def __init__(self, model_path: str, options: dict, checksums: Optional[dict] = None) -> None:
         ov = import_openvino()  # here, not at import: listing engines must stay cheap
 
-        threads = self.threads_of(options, OPTIONS)
+        threads = self.threads_of(options)
         device = str(options.get("device", "CPU")).upper()
         self._ov = ov
         core = _core()

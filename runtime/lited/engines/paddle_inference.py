@@ -96,6 +96,11 @@ class PaddleInferenceEngine(Engine):
     package = "paddlepaddle"
     formats = (".pdmodel",)
 
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        super().check_options(options)
+        _check_options(options)
+
     def __init__(self, model_path: str, options: dict, checksums: dict | None = None) -> None:
         model = Path(model_path)
         params = model.with_suffix(".pdiparams")
@@ -103,7 +108,7 @@ class PaddleInferenceEngine(Engine):
             if not path.is_file():
                 raise EngineError(f"{path}: missing (Paddle Inference needs {model.stem}.pdmodel and "
                                   f"{model.stem}.pdiparams side by side)")
-        _check_options(options)
+        self.check_options(options)
         _load()
         # Loaded from memory: the bytes the predictor gets are the ones checked against the manifest.
         program, weights = read_model_file(str(model), checksums), read_model_file(str(params), checksums)
@@ -241,10 +246,9 @@ def _read_program(data: bytes) -> tuple:
 
 
 def _check_options(options: dict) -> None:
-    """Refuse unknown or ill-typed options, naming them, before anything is built."""
-    check_known("paddle_inference", options, OPTIONS)
-    for key in ("threads", "gpu_mem_mb"):
-        int_option(options, key, 1)
+    """Refuse ill-typed options (beyond the base's names and threads), naming them, before anything
+    is built."""
+    int_option(options, "gpu_mem_mb", 1)
     int_option(options, "device_id", 0, minimum=0)
     bool_option(options, "mkldnn", False)
     device = options.get("device", "cpu")

@@ -32,7 +32,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from lited.engines.base import Engine, EngineError, TensorSpec, check_known, read_model_file
+from lited.engines.base import Engine, EngineError, TensorSpec, int_option, read_model_file, str_option
 
 PREDICTORS_PER_SHAPE = 2  # predictors kept for a dynamic-shape model (option `predictors`)
 
@@ -50,6 +50,12 @@ class PaddleLiteEngine(Engine):
     formats = (".nb",)
 
     @classmethod
+    def check_options(cls, options: dict) -> None:
+        super().check_options(options)
+        str_option(options, "power_mode", POWER_MODES)
+        int_option(options, "predictors", PREDICTORS_PER_SHAPE)
+
+    @classmethod
     def process_env(cls, options: dict) -> dict:
         """`OMP_NUM_THREADS` = `threads` (default 1): what the x86 build's kernels follow."""
         return {"OMP_NUM_THREADS": str(int(options.get("threads") or 1))}
@@ -59,7 +65,7 @@ class PaddleLiteEngine(Engine):
             for key, value in self.process_env(options).items():
                 if options.get("threads") or key not in os.environ:  # else the operator's own setting
                     os.environ[key] = value
-        check_known(self.kind, options, self.options)
+        self.check_options(options)
         from paddlelite import lite  # here, not at import: the registry lists engines without loading them
 
         self._lite = lite
@@ -72,15 +78,10 @@ class PaddleLiteEngine(Engine):
             config.set_threads(int(threads))
         power = options.get("power_mode")
         if power and hasattr(config, "set_power_mode"):
-            if power not in POWER_MODES:
-                raise EngineError(f"power_mode: unknown '{power}', expected one of {', '.join(POWER_MODES)}")
             config.set_power_mode(getattr(lite.PowerMode, power))
         self._config = config
         self._model_path = str(model_path)
-        keep = options.get("predictors", PREDICTORS_PER_SHAPE)
-        if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
-            raise EngineError(f"predictors: expected a positive integer, got {keep!r}")
-        self._keep = keep
+        self._keep = options.get("predictors", PREDICTORS_PER_SHAPE)
         self.image_input = 0  # the input whose shape may change (the model sets it from the bundle)
         self._by_shape: OrderedDict = OrderedDict()
         self._use(self._build(), None)
