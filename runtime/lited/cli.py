@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Tuple
 
 from lited import __version__, ctl
-from lited.validate import arg_name, arg_number
+from lited.validate import arg_engine, arg_name, arg_number
 
 EXIT_BAD_INPUT = 2
 
@@ -265,8 +265,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lited.stream import Stream
 
     bundle = load_bundle(args.bundle)
-    threads = args.threads or bundle.engine_threads(args.target, args.engine, args.precision)
-    plan = cores.plan_cores({args.name: threads}, os.sched_getaffinity(0), pin=not args.no_pin_engines)
+    asked = args.threads or bundle.engine_threads(args.target, args.engine, args.precision)
+    cpus = os.sched_getaffinity(0)
+    threads = cores.share_threads({args.name: asked}, len(cpus))[args.name]
+    if threads != asked:  # as the daemon does: more threads than cores only fight each other
+        print(f"lited: engine threads asked for ({asked}) exceed the {len(cpus)} cores: running {threads}",
+              file=sys.stderr, flush=True)
+        args.threads = threads
+    plan = cores.plan_cores({args.name: threads}, cpus, pin=not args.no_pin_engines)
     cores.apply(plan)
     if args.verbose:
         print(f"lited: cores: {plan.describe()}", file=sys.stderr, flush=True)
@@ -651,7 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("selftest", "check a bundle against its golden image, on every engine it lists", cmd_selftest)
     p.add_argument("--bundle", required=True, help="bundle directory")
     p.add_argument("--target", help="model target (default: this machine's)")
-    p.add_argument("--engine", help="test only this engine (default: every engine listed and installed)")
+    p.add_argument("--engine", type=arg_engine, help="test only this engine (default: every engine listed and installed)")
 
     p = command("inspect", "show what a bundle holds, and which engine runs it here and why", cmd_inspect)
     p.add_argument("--bundle", required=True, help="bundle directory")
@@ -662,7 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--engine", help="engine to run (default: the bundle's first choice installed here)")
+    p.add_argument("--engine", type=arg_engine, help="engine to run (default: the bundle's first choice installed here)")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="the bundle file of this precision")
     p.add_argument("--threads", type=arg_number(integer=True, minimum=1, maximum=256),
                    help="threads of the engine, 1 to 256 (default: the bundle's, else 1)")

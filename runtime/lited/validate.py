@@ -204,3 +204,14 @@ def arg_name(text: str) -> str:
     if problem:
         raise argparse.ArgumentTypeError(problem)
     return text
+
+
+def arg_engine(text: str) -> str:
+    """An argparse `type` for an engine name: one of the registry's (else "no file for foo" came later)."""
+    import argparse
+
+    from lited.engines import ENGINES  # only when --engine is given: the registry imports every engine module
+
+    if text not in ENGINES:
+        raise argparse.ArgumentTypeError(f"unknown engine {text!r}, expected one of {', '.join(ENGINES.kinds())}")
+    return text

@@ -156,6 +156,8 @@ def _preflight(opts: Options, opt: LiteOpt, judge: LitedVenv, host: str) -> None
     for flag, asked in (("--openvino-ir", opts.openvino_ir), ("--int8", opts.int8)):
         if asked and not (onnx_source and opts.onnx):
             raise BuildError(f"{flag} needs the ONNX model in the bundle (--model M.onnx, without --no-onnx)")
+    if opts.int8_eval is not None and opts.int8 is None:  # it was ignored: a build without the report asked for
+        raise BuildError("--int8-eval needs --int8 DIR (the calibration images): it only feeds the int8 report")
     for flag, folder in (("--int8", opts.int8), ("--int8-eval", opts.int8_eval)):
         if folder is not None and not folder.is_dir():
             raise BuildError(f"{flag}: {folder}: not a directory of images")
