@@ -209,8 +209,9 @@ def test_a_subscriber_that_never_reads_does_not_slow_others_or_grow_the_daemon(t
         with d.client() as client:
             fps = client.status()["streams"][0]["fps"]
     # the live subscriber gets results all along, none dropped for it: the stuck one holds nothing up
-    # (its pace is the machine's: on a shared CI host a window can be slower than another)
-    assert min(counts) > 10 and dropped == 0, (counts, dropped)
+    # (its pace is the machine's: on a shared CI host a window can be slower than another; a stuck
+    # subscriber holding things up would leave windows empty)
+    assert min(counts) >= 5 and dropped == 0, (counts, dropped)
     assert rss[-1] - rss[1] < 8, rss  # bounded: nothing queues up for the stuck one
     assert fps > 5
 
