@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -256,7 +257,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     --duration) ends it with exit 2 and the source's last error: unlike the
     daemon, which retries for ever, a command in the foreground must end."""
     import queue
-    import signal
 
     from lited import cores
     from lited.bundle import load_bundle
@@ -345,7 +345,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from lited.service.logs import setup_logging
 
     setup_logging("DEBUG" if args.debug else "INFO", debug=args.debug)
-    return serve(args.config, args.insecure_tcp)
+    return serve(args.config, args.insecure_tcp, EARLY_SIGNALS)
 
 
 def cmd_selftest(args: argparse.Namespace) -> int:
@@ -505,7 +505,6 @@ def _broker_settings(args: argparse.Namespace) -> Any:
 
 def cmd_cloud(args: argparse.Namespace) -> int:
     """The server side of the uplink: a second model on the devices' crops, answers back."""
-    import signal
     import threading
 
     from lited.cloud import CloudWorker
@@ -678,7 +677,20 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
 IN_PROCESS = ("infer", "inspect")
 
 
+EARLY_SIGNALS: list = []  # signals `lited serve` got before its daemon took them over (keep_early_signals)
+
+
+def keep_early_signals() -> None:
+    """SIGHUP, SIGTERM and SIGINT that come while `lited serve` imports and reads its config (longer on a
+    board) are kept for the daemon, not fatal: SIGHUP's default action killed it with exit 129 and
+    nothing said."""
+    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _: EARLY_SIGNALS.append(signum))
+
+
 def main(argv: list | None = None) -> int:
+    if "serve" in (sys.argv[1:] if argv is None else argv)[:2]:
+        keep_early_signals()
     args = build_parser().parse_args(argv)
     if not args.debug:
         from lited.quiet import quiet_native_output

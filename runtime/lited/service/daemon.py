@@ -34,7 +34,7 @@ import resource
 import signal
 import threading
 import time
-from typing import Any, Callable, ClassVar, Optional
+from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import numpy as np
 
@@ -149,12 +149,15 @@ class Daemon:
         self.uplink: Optional[Uplink] = None
 
     # -- start and stop
-    def install_signal_handlers(self) -> None:
+    def install_signal_handlers(self, early: Sequence[int] = ()) -> None:
         """Before anything answers: a signal during start-up must not kill us
-        with our socket files left behind (SIGHUP's default action)."""
+        with our socket files left behind (SIGHUP's default action). `early`:
+        the signals that came before (kept by the CLI), done now."""
         signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+        for signum in early:
+            (self.reload_requested if signum == signal.SIGHUP else self.stop_event).set()
 
     def start(self) -> None:
         """Bind (a second daemon on the same sockets fails here, at once),
@@ -603,12 +606,13 @@ def _rss_kb(pid: object = "self") -> int:
         return 0
 
 
-def serve(config_path: str, insecure_tcp: bool = False) -> int:
-    """`lited serve`: run until SIGTERM; bad config or bundle -> exception before anything starts."""
+def serve(config_path: str, insecure_tcp: bool = False, early_signals: Sequence[int] = ()) -> int:
+    """`lited serve`: run until SIGTERM; bad config or bundle -> exception before anything starts.
+    `early_signals`: what came before the daemon's handlers (a SIGTERM then stops it at once)."""
     config = load_config(config_path)
     return_freed_memory()
     daemon = Daemon(config, insecure_tcp)
-    daemon.install_signal_handlers()
+    daemon.install_signal_handlers(early_signals)
     try:
         daemon.start()
     except BaseException:
