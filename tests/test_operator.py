@@ -325,8 +325,10 @@ def test_p10_config_check_like_nginx_t_and_a_schema_for_editors(tmp_path, bundle
     bad = tmp_path / "bad.conf"
     bad.write_text("models:\n  face: /nonexistent   # gone\n  face: /twice\nstreams:\n  - {name: cam0, slots: 0}\n")
     proc = lited("config", "check", "--config", bad)
-    assert proc.returncode == 2 and "line 3, column 3: not valid YAML" in one_line(proc) \
-        and "'face' is given twice" in one_line(proc)
+    assert proc.returncode == 2 and one_line(proc) == f"lited: config {bad}: line 3, column 3: 'face' is given twice"
+    legacy.write_text('{"models": {"face": "/nonexistent"},\n "models": {"face": "/twice"}}')  # JSON took the last
+    proc = lited("config", "check", "--config", legacy)
+    assert proc.returncode == 2 and one_line(proc) == f"lited: config {legacy}: line 2, column 2: 'models' is given twice"
     bad.write_text("models:\n  face: /nonexistent\nstreams:\n  - {name: cam0, slots: -1, source: 'synth://'}\n")
     proc = lited("config", "check", "--config", bad)
     assert proc.returncode == 2 and one_line(proc) == \

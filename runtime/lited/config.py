@@ -487,7 +487,7 @@ def read_config_file(path: Union[str, os.PathLike]) -> Any:
     except OSError as exc:
         raise ConfigError(str(path), [exc.strerror or str(exc)]) from None
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_keys)  # a key given twice: YAML's parse says where
     except RecursionError:
         raise ConfigError(str(path), ["not valid JSON (nested too deep)"]) from None
     except ValueError:
@@ -500,7 +500,18 @@ def read_config_file(path: Union[str, os.PathLike]) -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         what = " ".join(filter(None, (getattr(exc, "context", None), getattr(exc, "problem", None)))) or str(exc)
-        raise ConfigError(str(path), [f"{where}not valid YAML ({' '.join(what.split())})"]) from None
+        what = " ".join(what.split())
+        if what.endswith("is given twice"):  # JSON's too (json.loads took the last in silence)
+            raise ConfigError(str(path), [f"{where}{what}"]) from None
+        raise ConfigError(str(path), [f"{where}not valid YAML ({what})"]) from None
+
+
+def _unique_keys(pairs: list) -> dict:
+    """A JSON object, or ValueError for a key given twice (json took the last one in silence)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("a key given twice")
+    return obj
 
 
 _LOADER: Optional[type] = None
