@@ -134,3 +134,47 @@ def test_daemon_killed_while_an_app_holds_frames(tmp_path, bundles_dir):
         assert r["frame_view"].startswith("RingGone: "), r
         assert r["new_ring"] != r["ring"] and r["new_frame"] == [240, 320, 3]
     assert not shm_rings(d.proc.pid)
+
+
+def test_a_runtime_directory_removed_under_the_daemon_is_made_again(tmp_path, bundles_dir):
+    """A tmp cleaner or an operator removing the runtime directory left the daemon streaming to
+    nobody (`lited ctl`: no socket), let a second daemon start on the same config, and the first's
+    clean stop then removed the second's sockets. The bus binds a removed socket file again, a
+    second daemon is refused, and a file of another's in its place is left alone."""
+    import shutil
+    import socket
+
+    config = {"models": {"face": str(bundles_dir / "ultraface")},
+              "streams": [{"name": "cam", "source": "synth://?size=64x48&fps=5"}]}
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+    d = DaemonProcess(tmp_path / "a", config).start()
+    try:
+        shutil.rmtree(d.run_dir)
+        deadline = time.monotonic() + 15
+        while not (d.run_dir / "req.sock").exists() or not (d.run_dir / "pub.sock").exists():
+            assert time.monotonic() < deadline, d.output()[-2000:]
+            time.sleep(0.1)
+        with d.client() as client:
+            assert client.ping()["pong"]
+        assert "its socket file was removed under the running daemon (a tmp cleaner?): bound it again" in d.output()
+        second = DaemonProcess(tmp_path / "b", {**config, "runtime_dir": str(d.run_dir)})
+        try:
+            second.start(timeout=30)
+            raise AssertionError("a second daemon started on the same sockets")
+        except RuntimeError as exc:
+            assert "address in use" in str(exc), exc
+        # removed again, and another's socket put in its place at once: said, and left alone at stop
+        shutil.rmtree(d.run_dir)
+        os.mkdir(d.run_dir, 0o750)
+        other = socket.socket(socket.AF_UNIX)
+        other.bind(str(d.run_dir / "req.sock"))
+        other.listen()
+        deadline = time.monotonic() + 15
+        while "another socket file has taken this daemon's place" not in d.output():
+            assert time.monotonic() < deadline, d.output()[-2000:]
+            time.sleep(0.1)
+    finally:
+        assert d.stop() == 0, d.output()[-3000:]
+    assert (d.run_dir / "req.sock").exists()  # the other's: its clean stop removed it before
+    other.close()

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import struct
@@ -46,6 +47,7 @@ OVERSIZE_ANSWERED = 64 << 10  # requests over max_request_bytes by up to this ge
 SUBSCRIPTION_MAX = 512  # bytes of one subscription message (a topic is under 80)
 HANDSHAKE_MS = 10_000  # a tcp:// peer's CURVE handshake must be done by then
 EARLY_TTL = 2.0  # s a handshake's decision waits for its connection's accept event
+SOCKET_CHECK_S = 2.0  # how often the bus looks whether its ipc:// socket files are still there
 
 
 class BusError(Exception):
@@ -58,6 +60,15 @@ class Curve:
     of allowed clients' public keys (files made by `zmq.auth.create_certificates`)."""
     server_secret: str
     clients_dir: str
+
+
+def _identity(path: str) -> Optional[tuple]:
+    """(device, inode) of the file at `path`, or None when there is none."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def ipc_path(endpoint: str) -> Optional[str]:
@@ -235,6 +246,9 @@ class Bus:
         self._next_sweep = 0.0
         self.endpoints: list = []
         self._locks: list = []  # fds of the ipc endpoints' lock files, held until close()
+        self._files: dict = {}  # ipc:// endpoint -> (its socket, (st_dev, st_ino) of the file it bound)
+        self._lost: set = set()  # ipc:// endpoints whose file is another's (or cannot be made again)
+        self._next_socket_check = 0.0
         self._pubs: list = []
         self._routers: list = []
         keypair = None  # the daemon's CURVE keys, checked and loaded once, for its first tcp:// socket
@@ -281,25 +295,62 @@ class Bus:
             sock.curve_publickey, sock.curve_secretkey = keypair
             sock.curve_server = True
         for endpoint in endpoints:
-            path = ipc_path(endpoint)
-            if path:
-                try:
-                    secure_dir(os.path.dirname(path))  # ours alone: nobody else can swap the socket
-                    self._locks.append(lock_endpoint(path))  # one daemon per socket: "address in use"
-                except (UnsafeDirectory, AddressInUse) as exc:
-                    sock.close(0)
-                    raise BusError(str(exc)) from None
-                if os.path.lexists(path):
-                    os.unlink(path)  # a leftover from a crashed run (we hold its lock: nobody serves it)
             try:
-                sock.bind(endpoint)
-            except zmq.ZMQError as exc:
+                self._bind_endpoint(sock, endpoint)
+            except BusError:
                 sock.close(0)
-                raise BusError(f"{endpoint}: cannot bind ({exc})") from None
-            if path:
-                os.chmod(path, 0o660)
+                raise
             self.endpoints.append(endpoint)
         return sock
+
+    def _bind_endpoint(self, sock: zmq.Socket, endpoint: str) -> None:
+        """Bind `endpoint`; an ipc:// one in a directory of ours, under its lock, its file 0660 and
+        remembered (keep_socket_files)."""
+        path = ipc_path(endpoint)
+        if path:
+            try:
+                secure_dir(os.path.dirname(path))  # ours alone: nobody else can swap the socket
+                self._locks.append(lock_endpoint(path))  # one daemon per socket: "address in use"
+            except (UnsafeDirectory, AddressInUse) as exc:
+                raise BusError(str(exc)) from None
+            if os.path.lexists(path):
+                os.unlink(path)  # a leftover from a crashed run (we hold its lock: nobody serves it)
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            raise BusError(f"{endpoint}: cannot bind ({exc})") from None
+        if path:
+            os.chmod(path, 0o660)
+            self._files[endpoint] = (sock, _identity(path))
+
+    def keep_socket_files(self) -> None:
+        """Bind again an ipc:// socket whose file is gone: a tmp cleaner or an operator removed the
+        runtime directory under a running daemon, which then served nobody, and a second daemon
+        could start on the same config (bus thread; every SOCKET_CHECK_S). A file of another's in
+        its place is left alone, said once, and kept at close."""
+        for endpoint, (sock, ident) in list(self._files.items()):
+            path = ipc_path(endpoint)
+            now = _identity(path)
+            if now == ident or endpoint in self._lost:
+                continue
+            if now is not None:
+                self._lost.add(endpoint)
+                log.error("%s: another socket file has taken this daemon's place (its directory was removed "
+                          "while it ran, and another lited serve started?): clients reach that one, not this: "
+                          "stop one of them", path, extra={"event": "socket_lost"})
+                continue
+            try:
+                with self._pub_lock:
+                    with contextlib.suppress(zmq.ZMQError):
+                        sock.unbind(endpoint)
+                    self._bind_endpoint(sock, endpoint)
+            except BusError as exc:
+                self._lost.add(endpoint)
+                log.error("%s: its socket file was removed and cannot be made again: %s", path, exc,
+                          extra={"event": "socket_lost"})
+                continue
+            log.warning("%s: its socket file was removed under the running daemon (a tmp cleaner?): bound it "
+                        "again", path, extra={"event": "socket_rebound"})
 
     def allow_curve_keys(self, clients_dir: str) -> None:
         """The clients let in from now on: a reload reads the directory again (a removed key's
@@ -372,6 +423,9 @@ class Bus:
             for sock in self._routers:
                 if sock in events:
                     self._drain(sock)
+            if time.monotonic() >= self._next_socket_check:
+                self._next_socket_check = time.monotonic() + SOCKET_CHECK_S
+                self.keep_socket_files()
 
     def _send_reply(self, sock: zmq.Socket, frames: list, payload: bytes) -> None:
         """Send a reply unless its client already has REPLY_BYTES_PER_PEER
@@ -458,13 +512,13 @@ class Bus:
     def close(self) -> None:
         for sock in self._pubs + self._routers:
             sock.close(0)
-        for endpoint in self.endpoints:  # only sockets we bound, under locks we hold
+        # only the files we bound: one another daemon put in their place (our directory was removed
+        # under us) is left alone (it was unlinked, and that daemon could no longer be reached)
+        for endpoint, (_, ident) in self._files.items():
             path = ipc_path(endpoint)
-            if path and os.path.exists(path):
-                try:
+            if _identity(path) == ident:
+                with contextlib.suppress(OSError):
                     os.unlink(path)
-                except OSError:
-                    pass
         for fd in self._locks:
             os.close(fd)  # releases the lock; the file stays (unlinking it would race the next daemon)
         self._locks = []
