@@ -80,3 +80,26 @@ def test_values_that_cannot_work_are_one_line_exit_2_with_the_field(tmp_path):
                                                 for k, v in outcomes.items()))
     for name, (code, err) in outcomes.items():
         assert code == 2 and err.count("\n") == 1 and expected[name] in err, (name, code, err)
+
+
+def test_a_reload_names_the_fields_it_does_not_apply(tmp_path, bundles_dir):
+    """A reload took a new runtime_dir or endpoints in silence (`lited ctl` then looked for the daemon
+    where it was not); the limits and the rest likewise."""
+    import time
+
+    from daemon_process import DaemonProcess
+
+    config = {"models": {"face": str(bundles_dir / "ultraface")}}
+    d = DaemonProcess(tmp_path, config).start()
+    try:
+        d.write_config({**config, "runtime_dir": str(tmp_path / "elsewhere"), "limits": {"max_clients": 4}})
+        with d.client(timeout=60) as client:  # the running daemon, at the sockets it has
+            client.reload(timeout=60)
+        deadline = time.monotonic() + 10
+        while "restart lited to apply" not in d.output():
+            assert time.monotonic() < deadline, d.output()[-2000:]
+            time.sleep(0.1)
+        assert "runtime_dir, endpoints.pub, endpoints.req, limits.max_clients changed in the config: restart lited " \
+               "to apply" in d.output(), d.output()[-2000:]
+    finally:
+        assert d.stop() == 0, d.output()[-3000:]

@@ -462,6 +462,10 @@ class Daemon:
             except ConfigError as exc:
                 return {**self._record_reload(False, f"{exc}; keeping the running config"), **outcome}
             self._reload_curve(new.curve)
+            restart = [name for field, name in RESTART_FIELDS.items() if getattr(new, field) != getattr(self.config, field)]
+            if restart:  # taken in silence before, and `lited ctl` then looked for the daemon where it was not
+                log.warning("%s changed in the config: restart lited to apply (a reload applies models, engines, "
+                            "streams, uplink rules and client keys)", ", ".join(restart), extra={"event": "reload"})
             kept = {n: p for n, p in new.models.items() if n in self.bundles}
             added = {n: p for n, p in new.models.items() if n not in self.bundles}
             try:
@@ -604,6 +608,16 @@ def _rss_kb(pid: object = "self") -> int:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
     except OSError:
         return 0
+
+
+# config fields a reload does not apply (the sockets, the request workers and the limits are made at
+# start): file name of each
+RESTART_FIELDS = {"runtime_dir": "runtime_dir", "state_dir": "state_dir", "pub": "endpoints.pub",
+                  "req": "endpoints.req", "group": "group", "insecure_tcp": "insecure_tcp",
+                  "max_request_bytes": "limits.max_request_bytes", "pub_hwm": "limits.pub_hwm",
+                  "max_inflight_bytes": "limits.max_inflight_bytes", "max_clients": "limits.max_clients",
+                  "engine_timeout": "limits.engine_timeout", "request_workers": "request_workers",
+                  "status_interval": "status_interval", "pin_engines": "pin_engines", "http": "http"}
 
 
 def serve(config_path: str, insecure_tcp: bool = False, early_signals: Sequence[int] = ()) -> int:
