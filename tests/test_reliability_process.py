@@ -178,3 +178,37 @@ def test_a_runtime_directory_removed_under_the_daemon_is_made_again(tmp_path, bu
         assert d.stop() == 0, d.output()[-3000:]
     assert (d.run_dir / "req.sock").exists()  # the other's: its clean stop removed it before
     other.close()
+
+
+def test_a_stream_whose_engine_cannot_restart_says_so_in_status(tmp_path, bundles_dir):
+    """With its model file moved away, a stream's killed engine could not restart, and status still
+    said `streaming` (the source was): nothing but engine_pid null told it. It also said the file had
+    "changed on disk". Put back, the engine comes back by itself."""
+    import shutil
+    import signal
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(bundles_dir / "ultraface", bundle)
+    config = {"models": {"face": str(bundle)}, "streams": [{"name": "cam", "source": "synth://?size=64x48&fps=10"}]}
+    d = DaemonProcess(tmp_path, config).start().wait_ready()
+    model = bundle / "model_x86.nb"
+    try:
+        with d.client() as client:
+            os.rename(model, tmp_path / "away.nb")
+            os.kill(client.status()["streams"][0]["model"]["engine_pid"], signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while "gone since" not in ((stream := client.status()["streams"][0])["engine_down"] or ""):
+                assert time.monotonic() < deadline, stream  # first "died (SIGKILL)", then the restart's reason
+                time.sleep(0.1)
+            assert "model_x86.nb: gone since it was loaded (moved or removed?)" in stream["engine_down"], stream
+            table = subprocess.run([sys.executable, "-m", "lited.cli", "ctl", "--config", str(d.config_path), "status"],
+                                   capture_output=True, text=True, timeout=60).stdout
+            assert "streaming (engine down)" in table and "cam: engine down: " in table, table
+            os.rename(tmp_path / "away.nb", model)
+            deadline = time.monotonic() + 60
+            while (stream := client.status()["streams"][0])["engine_down"]:
+                assert time.monotonic() < deadline, stream
+                time.sleep(0.2)
+            assert stream["model"]["engine_pid"]
+    finally:
+        assert d.stop() == 0, d.output()[-3000:]

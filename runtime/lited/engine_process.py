@@ -248,6 +248,9 @@ class EngineProcess(Engine):
         bundle): the bundle's manifest here describes the old one."""
         self._stop_child()
         if _identity(self._spec["path"]) != self._identity:
+            if not os.path.exists(self._spec["path"]):  # moved or removed: retried, as a change is
+                raise EngineError(f"{self._spec['path']}: gone since it was loaded (moved or removed?); "
+                                  "restarting once it is back (or reload the bundle)")
             raise EngineError(f"{self._spec['path']}: changed on disk since it was loaded; "
                               "not restarting with another model (reload the bundle)")
         self._start()

@@ -562,7 +562,7 @@ class Daemon:
             # copies: a reload (main thread) may add or remove streams while a front end asks
             "streams": [s.status() for s in list(self.streams.values())] + [
                 {"stream": sc.name, "source": redact(sc.source), "state": "starting", "detail": "model warming up",
-                 "fps": 0.0, "counters": dict.fromkeys(COUNTERS, 0), "latency_ms": {}, "ring": None,
+                 "engine_down": None, "fps": 0.0, "counters": dict.fromkeys(COUNTERS, 0), "latency_ms": {}, "ring": None,
                  "policy": sc.policy or source_policy(sc.source),
                  "model": None}
                 for sc in list(self.warming.values())],

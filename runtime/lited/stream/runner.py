@@ -327,6 +327,8 @@ class ModelRunner:
             log.warning("stream %s: %s; restarting the engine in %.1f s", feed.name, exc, delay,
                         extra={"stream": feed.name, "event": "engine"})
             feed.event("engine", f"{exc}; restarting in {delay:.1f} s")
+            feed.stats.engine_down = f"{exc} (engine restart {feed.stats.counters['engine_restarts']}, the next in " \
+                                     f"{delay:.1f} s)"
             deadline = time.monotonic() + delay
             while not self._stop.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
                 feed.beat()  # backing off is not hanging: the watchdog must not restart the daemon
@@ -336,6 +338,7 @@ class ModelRunner:
                 return
             try:
                 engine.restart()
+                feed.stats.engine_down = None
                 return
             except EngineError as again:
                 exc = again

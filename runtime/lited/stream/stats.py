@@ -92,6 +92,9 @@ class StreamStats:
         self.timings = Timings(window)
         self.histograms: Dict[tuple, StageHistograms] = {}  # (model, version) -> since the start
         self.last_frame_at = 0.0
+        # why the stream's engine is down, while it is (its runner backs off and retries): the source
+        # may stream on, and `state` says only that
+        self.engine_down: Optional[str] = None
         self._captured_at: collections.deque = collections.deque(maxlen=64)
         self._capture_ms: Dict[int, float] = {}
 

@@ -240,6 +240,7 @@ class Stream:
         model, ring = self.model, self.ring
         return {
             "stream": self.name, "source": redact(self.uri), "state": self.current_state(), "detail": self.detail,
+            "engine_down": self.stats.engine_down,
             "fps": round(self.fps(), 2), "counters": dict(self.stats.counters),
             "latency_ms": self.stats.timings.summary(), "ring": ring.name if ring else None,
             "policy": self.policy,
