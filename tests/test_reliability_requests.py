@@ -309,6 +309,25 @@ def test_a_stopped_engine_process_fails_its_request_and_is_replaced(tmp_path, bu
         assert d.stop() == 0, d.output()[-3000:]
 
 
+def test_a_worker_engine_that_dies_idle_is_replaced_before_the_next_request(tmp_path, bundles_dir):
+    """A request worker's engine killed while idle (an OOM kill) stayed a zombie, and the next
+    request, which had nothing to do with it, failed with its death."""
+    config = {"models": {"face": str(bundles_dir / "ultraface")}}
+    image = str(need_shared("images", "astronaut.png"))
+    d = DaemonProcess(tmp_path, config).start()
+    try:
+        with Recorder(d.pub) as rec, d.client(timeout=30) as client:
+            assert client.infer(image=image)["detections"]
+            (worker,) = engine_pids(d)
+            os.kill(worker, signal.SIGKILL)
+            event = rec.wait(lambda ms: [m for _, m in ms if m.get("event") == "engine"], stream="_daemon")[0]
+            assert not os.path.exists(f"/proc/{worker}"), "left a zombie"
+            assert client.infer(image=image)["detections"]  # failed with "engine process died (SIGKILL)"
+        assert "model face: " in event["detail"] and "engine process died (SIGKILL) while idle" in event["detail"]
+    finally:
+        assert d.stop() == 0, d.output()[-3000:]
+
+
 # --- item 16: reload failures and what a plain reload reloads --------------------------------
 
 def test_a_memory_error_during_reload_is_one_line_recorded_and_ready_again(tmp_path, bundles_dir):

@@ -342,6 +342,13 @@ class EngineProcess(Engine):
             reply["fds"] = got_fds
         return reply
 
+    def ended(self) -> Optional[str]:
+        """How the child ended if it has (an OOM kill while idle, say), else None; never waits,
+        and reaps a dead child."""
+        if self._proc is None or self._proc.poll() is None:
+            return None
+        return f"{self._spec['path']}: engine process {self._exit_status()}"
+
     def _exit_status(self) -> str:
         proc = self._proc
         if proc is None:

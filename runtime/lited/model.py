@@ -203,6 +203,16 @@ class Model(Part):
         for stage in self.cascade.stages:
             stage.part.close()
 
+    def engine_ended(self) -> Optional[str]:
+        """Why one of its engine processes (the first stage's or a later one's) ended, if one has;
+        None while all run (or for engines in this process)."""
+        for engine in [self.engine] + [stage.part.engine for stage in self.cascade.stages]:
+            ended = getattr(engine, "ended", None)
+            why = ended() if ended is not None else None
+            if why:
+                return why
+        return None
+
     def infer(self, image: np.ndarray) -> dict:
         """Run the model (and its cascade) on a BGR uint8 image; boxes come back in its pixels."""
         timer = StageTimer()

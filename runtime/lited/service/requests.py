@@ -121,12 +121,25 @@ class ModelCache:
 
     def get(self, name: str) -> Model:
         cached = self._models.get(name)
+        if cached is not None and not self.alive(name):
+            cached = None
         generation = self.service.generation[name]
         if cached is None or cached[0] != generation:
             if cached is not None:
                 cached[1].close()
             cached = self._models[name] = (generation, self.service.make_model(name))
         return cached[1]
+
+    def alive(self, name: str) -> bool:
+        """False, and the model dropped (a fresh one serves the next request) with an `engine` event,
+        if one of its engine processes ended while idle (an OOM kill): the next request failed."""
+        entry = self._models.get(name)
+        ended = entry[1].engine_ended() if entry is not None else None
+        if ended:
+            self.drop(name)
+            self.service.event("engine", f"{threading.current_thread().name}: model {name}: {ended} while idle; "
+                                         "a fresh engine process serves the next request")
+        return not ended
 
     def drop(self, name: str) -> None:
         """Stop a model whose engine failed: the next request builds a fresh one."""
@@ -135,9 +148,12 @@ class ModelCache:
             entry[1].close()
 
     def close_stale(self) -> None:
-        """Stop the engines of models a reload replaced or removed."""
+        """Stop the engines of models a reload replaced or removed; drop those whose engine ended
+        (and reap it: it stayed a zombie until the next request)."""
         for name in [n for n, (gen, _) in self._models.items() if self.service.generation.get(n) != gen]:
             self.drop(name)
+        for name in list(self._models):
+            self.alive(name)
 
     def close(self) -> None:
         for name in list(self._models):
