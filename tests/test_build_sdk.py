@@ -434,7 +434,7 @@ def test_a_name_the_installer_would_refuse_is_refused_before_conversion(tools_py
     proc = run_build_sdk(tools_python, "--model", shared / "paddle", "--config",
                          ROOT / "tests" / "bundles" / "fastestdet.json", "--labels", shared / "labels.txt",
                          "--name", name, "--targets", "x86", "--out", tmp_path / "x.zip")
-    assert_refused(proc, f"--name: '{name}' may hold only letters")
+    assert_refused(proc, f"--name: '{name}' may hold only ASCII letters")
 
 
 def test_a_golden_image_that_is_not_one_is_refused_before_conversion(tools_python: Path, tmp_path: Path) -> None:

@@ -64,8 +64,8 @@ def test_command_line_values_that_cannot_work_are_usage_errors(bundles_dir):
                        ((*run, "--duration", "0"), "argument --duration: expected a number above 0, got '0'"),
                        ((*run, "--open-timeout", "-1"), "argument --open-timeout: expected a number above 0"),
                        ((*run, "--stall-timeout", "-1"), "argument --stall-timeout: expected a number above 0"),
-                       ((*run, "--name", "bad name"), "argument --name: 'bad name' may hold only letters"),
-                       ((*run, "--name", "current"), "argument --name: 'current' may hold only letters"),
+                       ((*run, "--name", "bad name"), "argument --name: 'bad name' may hold only ASCII letters"),
+                       ((*run, "--name", "current"), "argument --name: 'current' may hold only ASCII letters"),
                        (("inspect", "--bundle", str(bundles_dir / "ultraface"), "--threads", "-3"),
                         "argument --threads: expected an integer from 1 to 256, got '-3'"),
                        (("ctl", "ping", "--timeout", "-1"), "argument --timeout: expected a number above 0")):

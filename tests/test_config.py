@@ -50,7 +50,7 @@ def with_changes(**changes) -> dict:
     ({"status_interval": 0}, "status_interval: expected a number above 0"),
     ({"insecure_tcp": "yes"}, "insecure_tcp: expected true/false, got \"yes\""),
     ({"limits__max_request_byte": 5}, "limits.max_request_byte: unknown field"),
-    ({"streams__0__name": "../x"}, "streams[0].name: '../x' may hold only letters"),
+    ({"streams__0__name": "../x"}, "streams[0].name: '../x' may hold only ASCII letters"),
     ({"endpoints__pub": []}, "endpoints.pub: expected an endpoint or a list of them"),
     ({"http": {"listen": ["127.0.0.1:24401", "127.0.0.1:24401"]}}, "http.listen: 127.0.0.1:24401 overlaps 127.0.0.1:24401"),
     ({"http": {"listen": ["localhost:24401", "127.0.0.1:24401"]}}, "http.listen: 127.0.0.1:24401 overlaps localhost:24401"),

@@ -93,9 +93,11 @@ def test_a_runtime_dir_another_user_could_change_is_refused(tmp_path, bundles_di
         lax.chmod(0o777)
         link = base / "link"  # a symlink to a directory of nobody's
         link.symlink_to(planted)
+        (base / "afile").write_text("")
         models = {"face": str(bundles_dir / "ultraface")}
         cases = {planted: "owned by uid 65534", lax: "mode 0777 lets group or others write",
-                 link: "not a directory (a symlink"}
+                 link: "not a directory (a symlink",
+                 base / "afile" / "rt": f"cannot be made: {base / 'afile'} is not a directory"}  # "File exists"
         for runtime_dir, why in cases.items():
             run = serve_once({"models": models, "runtime_dir": str(runtime_dir)}, tmp_path)
             print(f"\nRELIABILITY runtime dir {runtime_dir.name}: exit {run.returncode}: {run.stderr.strip()}")

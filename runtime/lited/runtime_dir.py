@@ -60,12 +60,16 @@ def secure_dir(path: "str | os.PathLike", mode: int = 0o750) -> Path:
     write: created now (parents as needed), or checked if it exists.
     UnsafeDirectory naming the problem otherwise."""
     path = Path(path)
-    os.makedirs(path.parent, 0o755, exist_ok=True)
     created = True
     try:
+        os.makedirs(path.parent, 0o755, exist_ok=True)
         os.mkdir(path, mode)  # atomic: fails on anything already there, a link included
-    except FileExistsError:
+    except FileExistsError as exc:
+        if exc.filename != str(path):  # a file where a parent directory should be ("File exists: 'afile'")
+            raise UnsafeDirectory(f"{path}: cannot be made: {exc.filename} is not a directory") from None
         created = False
+    except NotADirectoryError:
+        raise UnsafeDirectory(f"{path}: cannot be made: a part of it is not a directory") from None
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:

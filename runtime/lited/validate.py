@@ -16,12 +16,12 @@ from typing import Any, Callable, Iterable, Optional
 # names (/var/lib/lited/bundles/<name>), shared-memory names and topics.
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
 RESERVED_NAMES = frozenset({"current", "previous"})  # the installer's links beside a bundle's versions
-NAME_RULE = ("may hold only letters, digits, '.', '_' and '-' (1 to 64 of them, not starting with '.' or '-', "
+NAME_RULE = ("may hold only ASCII letters, digits, '.', '_' and '-' (1 to 64 of them, not starting with '.' or '-', "
              "not 'current' or 'previous')")
 
 # A bundle version becomes a directory name too (/var/lib/lited/bundles/<name>/<version>); '+' is allowed (semver).
 VERSION_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}\Z")
-VERSION_RULE = "may hold only letters, digits, '.', '_', '+' and '-' (1 to 64 of them, not starting with '.', '+' or '-')"
+VERSION_RULE = "may hold only ASCII letters, digits, '.', '_', '+' and '-' (1 to 64 of them, not starting with '.', '+' or '-')"
 
 TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object",
               bool: "true/false", bytes: "bin", type(None): "null"}

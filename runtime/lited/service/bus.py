@@ -313,6 +313,8 @@ class Bus:
                 self._locks.append(lock_endpoint(path))  # one daemon per socket: "address in use"
             except (UnsafeDirectory, AddressInUse) as exc:
                 raise BusError(str(exc)) from None
+            except OSError as exc:  # a full or read-only runtime_dir: "[Errno 28] ..." named no path
+                raise BusError(f"{path}: {exc.strerror or exc} (runtime_dir)") from None
             if os.path.lexists(path):
                 os.unlink(path)  # a leftover from a crashed run (we hold its lock: nobody serves it)
         try:

@@ -78,7 +78,8 @@ class CaptureLoop:
                     return
             except Exception as exc:  # noqa: BLE001 - see above
                 if not isinstance(exc, SourceError):
-                    log.warning("stream %s: capture failed: %s", self.name, exc, exc_info=True,
+                    log.warning("stream %s: capture failed: %s", self.name, exc,
+                                exc_info=log.isEnabledFor(logging.DEBUG),  # tracebacks with --debug only
                                 extra={"stream": self.name, "event": "capture_failed"})
                 try:
                     self.source.close()

@@ -468,7 +468,12 @@ class FrameRing:
             os.fchmod(fd, MODE)  # exact bits whatever the umask
             if group is not None:
                 os.fchown(fd, -1, _gid(group))
-            os.posix_fallocate(fd, 0, layout.size)  # ENOSPC now, not SIGBUS mid-frame
+            try:
+                os.posix_fallocate(fd, 0, layout.size)  # ENOSPC now, not SIGBUS mid-frame
+            except OSError as exc:  # "[Errno 28] No space left on device" named neither the place nor the size
+                raise RingError(f"{os.path.dirname(tmp)}: no room for frame ring {name} ({layout.size} bytes: "
+                                f"{layout.slots} slots of {'x'.join(map(str, layout.shape))}): {exc.strerror} "
+                                "(free some, or give the stream fewer slots)") from None
             mm = mmap.mmap(fd, layout.size)
             ring = cls(name, mm, layout, os.fstat(fd).st_ino, writer=True)
             ring._fd = fd
