@@ -70,6 +70,29 @@ def test_torn_tail_and_bitflip_are_cut_never_sent(tmp_path):
     assert ob.put("t", b"z") == 102          # and its seq is not handed out again
 
 
+@pytest.mark.parametrize("where", ["payload", "header"])
+def test_a_damaged_record_inside_a_segment_loses_only_itself(tmp_path, where):
+    """One flipped byte in the middle of a segment cut every intact record after it, uncounted
+    (the audit: seqs 214-219 lost for one bad one and a torn tail)."""
+    d = tmp_path / "ob"
+    ob = Outbox(str(d), max_bytes=1 << 20, segment_bytes=64 << 10)
+    where_of = {}
+    for _ in range(20):
+        (seq,) = ob.put_many([("t", b"", b"x" * 100)])
+        where_of[seq] = ob.read(seq - 1, 1)[0].where
+    ob.close()
+    path, offset, length = where_of[10]
+    data = bytearray(Path(path).read_bytes())
+    data[offset + (length - 1 if where == "payload" else 1)] ^= 0xFF  # its payload, or its magic
+    data += HEAD.pack(b"LOB1", 500, 123) + b"partial"  # and a torn tail
+    Path(path).write_bytes(bytes(data))
+    ob = Outbox(str(d), max_bytes=1 << 20, segment_bytes=64 << 10)
+    assert [r.seq for r in ob.read(0, 1000)] == [s for s in range(1, 21) if s != 10]
+    st = ob.stats()
+    assert st["dropped"] == 1 and st["damaged_bytes"] == length and st["truncated_bytes"] > 0, st
+    assert ob.put("t", b"z") == 21
+
+
 def test_bound_drops_oldest_and_counts_across_a_restart(tmp_path):
     d = tmp_path / "ob"
     ob = Outbox(str(d), max_bytes=256 << 10, segment_bytes=32 << 10)
@@ -121,6 +144,37 @@ def test_full_disk_drops_oldest_counts_and_never_raises(tmp_path):
         seqs = [r.seq for r in ob.read(0, 10_000, 1 << 30)]
         assert seqs[-1] == results[-1][-1] and seqs == list(range(seqs[0], seqs[-1] + 1))
         assert st["dropped"] + st["refused"] + len(seqs) == 2000
+        ob.close()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_a_full_disk_with_nothing_to_drop_refuses_says_so_and_does_not_flood_the_log(tmp_path, caplog):
+    """The disk filled by another file: every record refused and counted, but the log had 30
+    "cannot write state.json" lines in 10 s and none saying records were refused."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (root needed): {r.stderr.decode().strip()}")
+    try:
+        ob = Outbox(str(mnt / "ob"), max_bytes=64 << 20, segment_bytes=128 << 10)
+        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)  # someone else's file takes what is left
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        with caplog.at_level("WARNING", logger="lited"):
+            results = [ob.put_many([("t", b"", os.urandom(3000))]) for _ in range(30)]
+        assert results == [None] * 30 and ob.stats()["refused"] == 30
+        lines = [r.getMessage() for r in caplog.records]
+        assert [m for m in lines if "refused" in m] == \
+            ["outbox: the disk is full and nothing older is left to drop: refused 1 records (1 so far)"], lines
+        assert len([m for m in lines if "state.json" in m]) <= 1, lines
+        assert not (mnt / "ob" / "state.json.tmp").exists()
         ob.close()
     finally:
         subprocess.run(["umount", "-l", str(mnt)])

@@ -186,7 +186,10 @@ def human_status(out: dict, endpoint: str) -> str:
         box = up["outbox"]
         lines.append(f"uplink: {up['broker']} as {up['device']}, " + ("connected" if up["connected"] else
                      f"NOT CONNECTED ({up['last_error'] or 'connecting'})") +
-                     f"; outbox {box['queued']} queued, {box['dropped']} dropped")
+                     f"; outbox {box['queued']} queued, {box['dropped']} dropped"
+                     # losses that only --json showed: refused (a full disk, a record too big), by the broker (ACL)
+                     + "".join(f", {n} {what}" for n, what in ((box.get("refused"), "refused"),
+                               ((up.get("counters") or {}).get("refused_by_broker"), "refused by the broker")) if n))
     lines += ["", table([(n, m.get("name"), m["version"], m["task"], m["bundle"]) for n, m in out["models"].items()],
                         ("MODEL", "BUNDLE", "VERSION", "TASK", "DIRECTORY"))]
     if out["streams"]:

@@ -234,10 +234,11 @@ def make_client(settings: BrokerSettings, client_id: str, will: Optional[tuple] 
 
 
 def connect_async(client: Any, settings: BrokerSettings, session_expiry: int = 3600,
-                  receive_maximum: Optional[int] = None) -> None:
+                  receive_maximum: Optional[int] = None, max_packet: Optional[int] = None) -> None:
     """Connect in paho's own thread (started here), retrying for ever with a
     persistent session: the broker keeps subscriptions and queued QoS 1
-    messages for `session_expiry` seconds while we are away."""
+    messages for `session_expiry` seconds while we are away. `max_packet`:
+    the largest packet we take (the broker drops larger ones for us)."""
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
@@ -246,6 +247,8 @@ def connect_async(client: Any, settings: BrokerSettings, session_expiry: int = 3
     props.SessionExpiryInterval = session_expiry
     if receive_maximum:
         props.ReceiveMaximum = receive_maximum
+    if max_packet:
+        props.MaximumPacketSize = max_packet
     client.connect_async(host, port, keepalive=settings.keepalive, clean_start=False, properties=props)
     client.loop_start()
 

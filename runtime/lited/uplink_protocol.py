@@ -31,6 +31,11 @@ DEVICE_KINDS = ("events", "results", "crops", "frames")   # what a device publis
 IMAGE_KINDS = ("crops", "frames")
 REMOTE_METHODS = ("ping", "status", "reload", "snapshot")
 MAX_REQUEST_BYTES = 64 << 10
+MAX_ANSWER_BYTES = 1 << 20  # an answer or an ack a device takes
+# The largest MQTT packet a device accepts (MQTT 5 Maximum Packet Size, sent at connect): the broker
+# drops larger ones for it, so a 50 MB message to its topics is never read into its memory (it was,
+# then refused: +200 MB peak). The largest message it takes, an answer, and room for topic and properties.
+MAX_DEVICE_PACKET = MAX_ANSWER_BYTES + (64 << 10)
 # user properties of a crop or frame message, in this order; values are strings (MQTT 5 rule)
 IMAGE_PROPERTIES = ("stream", "seq", "frame_ts", "detection", "label", "score", "box", "queued_ts")
 
@@ -189,7 +194,7 @@ def answer_message(msg_id: str, image: dict, worker: str, model: Optional[dict],
 
 
 def parse_answer(payload: bytes) -> dict:
-    msg = from_json(payload, "answer", limit=1 << 20)
+    msg = from_json(payload, "answer", limit=MAX_ANSWER_BYTES)
     for key, kind in (("id", str), ("stream", str), ("seq", int)):
         if not has_type(msg.get(key), kind):
             raise UplinkMessageError(f"answer.{key}: expected {kind.__name__}")
@@ -206,7 +211,7 @@ def ack_message(ids: list) -> dict:
 
 
 def parse_ack(payload: bytes) -> list:
-    msg = from_json(payload, "ack", limit=1 << 20)
+    msg = from_json(payload, "ack", limit=MAX_ANSWER_BYTES)
     ids = msg.get("ids")
     if not isinstance(ids, list):
         raise UplinkMessageError("ack.ids: expected a list")

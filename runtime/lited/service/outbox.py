@@ -31,6 +31,7 @@ Standard library only.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import errno
 import json
 import logging
@@ -89,7 +90,10 @@ class Outbox:
         self._last_state_write = 0.0
         self._last_drop_log = -DROP_LOG_INTERVAL
         self._last_refuse_log = -DROP_LOG_INTERVAL
+        self._last_state_log = -DROP_LOG_INTERVAL
+        self._state_failures = 0
         self.truncated_bytes = 0                 # torn tails cut on open
+        self.damaged_bytes = 0                   # damaged stretches skipped on open (records after them kept)
         state = self._read_state()
         self.epoch = state.get("epoch") or secrets.token_hex(4)
         self.acked_below = int(state.get("acked_below", 1))
@@ -124,9 +128,17 @@ class Outbox:
                 continue
             with open(path, "rb") as fh:
                 data = fh.read()
-            count, last, good = 0, first - 1, 0
-            for rec in _scan(data, path):
+            count, last, good, skipped, lost = 0, first - 1, 0, [], 0
+            for rec in _scan(data, path, skipped=skipped):
+                if skipped and rec.where[1] == skipped[-1][0] + skipped[-1][1]:  # the seqs the stretch held
+                    lost += max(0, rec.seq - max(last + 1, self.acked_below))
                 count, last, good = count + 1, rec.seq, rec.where[1] + rec.where[2]
+            if skipped:
+                log.warning("%s: skipped %d damaged bytes at offset %s; %d records lost there (counted in dropped), "
+                            "the intact ones after them kept", path, sum(b for _, b in skipped),
+                            ", ".join(str(o) for o, _ in skipped), lost, extra={"event": "outbox_damaged"})
+                self.damaged_bytes += sum(b for _, b in skipped)
+                self.dropped += lost
             if good < len(data):
                 log.warning("%s: cutting a torn tail of %d bytes at offset %d", path, len(data) - good, good,
                             extra={"event": "outbox_torn"})
@@ -168,6 +180,12 @@ class Outbox:
                 if seg is None:
                     self.refused += len(records)
                     refused = True
+                    now = time.monotonic()  # said, at most every DROP_LOG_INTERVAL: it was counted in silence
+                    if now - self._last_refuse_log >= DROP_LOG_INTERVAL:
+                        self._last_refuse_log = now
+                        log.warning("outbox: the disk is full and nothing older is left to drop: refused %d "
+                                    "records (%d so far)", len(records), self.refused,
+                                    extra={"event": "outbox_refused"})
                 else:
                     refused = False
                     fd, before = self._fd, seg.size - len(blob)
@@ -356,7 +374,8 @@ class Outbox:
             queued = max(0, self.durable_last - self.acked_below + 1 - len(self._acked))
             return {"queued": queued, "bytes": size, "max_bytes": self.max_bytes, "segments": len(self._segments),
                     "dropped": self.dropped, "refused": self.refused, "next_seq": self.next_seq,
-                    "acked_below": self.acked_below, "truncated_bytes": self.truncated_bytes, "epoch": self.epoch}
+                    "acked_below": self.acked_below, "truncated_bytes": self.truncated_bytes,
+                    "damaged_bytes": self.damaged_bytes, "epoch": self.epoch}
 
     def _write_state(self, force: bool) -> None:
         with self._state_lock:
@@ -376,7 +395,13 @@ class Outbox:
                 _fsync_dir(self.dir)
             except OSError as exc:   # a full disk must not stop the daemon: written again later
                 self._last_state_write = 0.0
-                log.warning("outbox: cannot write state.json: %s", exc)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                self._state_failures += 1
+                if now - self._last_state_log >= DROP_LOG_INTERVAL:  # once per record, 30 lines in 10 s, before
+                    self._last_state_log = now
+                    log.warning("outbox: cannot write state.json: %s (%d times so far)", exc, self._state_failures,
+                                extra={"event": "outbox_state"})
 
     def close(self) -> None:
         with self._write_lock, self._lock:
@@ -386,25 +411,46 @@ class Outbox:
                 self._fd = None
 
 
-def _scan(data: bytes, path: str, base: int = 0):
-    """Yield each valid Record in `data`; stop at the first bad one."""
+def _scan(data: bytes, path: str, base: int = 0, skipped: Optional[list] = None):
+    """Yield each valid Record in `data`. Past a bad one (a flipped bit, a torn write) it looks for the
+    next valid record and goes on from there: one damaged record cut off every intact one after it in
+    its segment, uncounted. `skipped` gets (offset, bytes) of each bad stretch followed by a good record
+    (a bad stretch at the end is the torn tail: the caller cuts it)."""
     off, n = 0, len(data)
     while off + HEAD.size <= n:
-        magic, length, crc = HEAD.unpack_from(data, off)
-        start, end = off + HEAD.size, off + HEAD.size + length
-        if magic != MAGIC or length < BODY.size or length > MAX_RECORD or end > n:
-            return
-        body = memoryview(data)[start:end]
-        if zlib.crc32(body) != crc:
-            return
-        seq, ts, tlen, mlen = BODY.unpack_from(body, 0)
-        if BODY.size + tlen + mlen > length:
-            return
-        t0 = BODY.size
-        topic = bytes(body[t0:t0 + tlen]).decode("utf-8", "replace")
-        meta = bytes(body[t0 + tlen:t0 + tlen + mlen])
-        yield Record(seq, ts, topic, meta, bytes(body[t0 + tlen + mlen:]), (path, base + off, end - off))
-        off = end
+        rec = _record_at(data, off, path, base)
+        if rec is None:
+            bad = off
+            off = data.find(MAGIC, off + 1)
+            while off != -1 and _record_at(data, off, path, base) is None:
+                off = data.find(MAGIC, off + 1)
+            if off == -1:
+                return
+            if skipped is not None:
+                skipped.append((base + bad, off - bad))
+            continue
+        yield rec
+        off += rec.where[2]
+
+
+def _record_at(data: bytes, off: int, path: str, base: int) -> Optional[Record]:
+    """The record starting at `off` if it is whole and its crc holds, else None."""
+    if off + HEAD.size > len(data):
+        return None
+    magic, length, crc = HEAD.unpack_from(data, off)
+    start, end = off + HEAD.size, off + HEAD.size + length
+    if magic != MAGIC or length < BODY.size or length > MAX_RECORD or end > len(data):
+        return None
+    body = memoryview(data)[start:end]
+    if zlib.crc32(body) != crc:
+        return None
+    seq, ts, tlen, mlen = BODY.unpack_from(body, 0)
+    if BODY.size + tlen + mlen > length:
+        return None
+    t0 = BODY.size
+    topic = bytes(body[t0:t0 + tlen]).decode("utf-8", "replace")
+    meta = bytes(body[t0 + tlen:t0 + tlen + mlen])
+    return Record(seq, ts, topic, meta, bytes(body[t0 + tlen + mlen:]), (path, base + off, end - off))
 
 
 def _fsync_dir(path: str) -> None:

@@ -115,7 +115,7 @@ class Uplink:
         self.client.on_publish = self._on_publish
         self.client.on_message = self._on_message
         self._watch = ConnectWatch(self.client, self._connect_trouble)
-        connect_async(self.client, settings_of(cfg))
+        connect_async(self.client, settings_of(cfg), max_packet=up.MAX_DEVICE_PACKET)
         for t in self._threads:
             t.start()
         log.info("uplink to %s as %s, outbox %s (%d queued)", cfg.broker, self.device, cfg.outbox_dir,
