@@ -483,6 +483,8 @@ def test_second_model_answers_remote_requests_and_last_will(broker, tmp_path, bu
                                         if "uplink up, outbox" in ln), None), 10)
         assert line.startswith("STATUS=") and " dropped" in line, line   # the systemd status line has the outbox
         assert online["uplink"]["connected"] and online["streams"][0]["stream"] == "cam"
+        first = next(s for s in statuses if s["state"] == "online")  # at connect, before the model was warm
+        assert [s["stream"] for s in first["streams"]] == ["cam"], first  # it listed no stream
         d.proc.kill()                        # no clean DISCONNECT: the broker publishes the last will
         wait_until(lambda: statuses and statuses[-1]["state"] == "offline", 20)
     finally:
@@ -601,6 +603,27 @@ def test_a_refused_tls_handshake_is_said_once_with_its_reason(broker, tmp_path, 
                           "--timeout", "3", "dev1", "status"], capture_output=True, text=True, timeout=60)
     plain[0].close()
     assert "mqtt:// port given as mqtts://" in out.stderr, out.stderr
+
+
+def test_a_refused_login_is_said_once_and_a_refused_request_at_once(broker, tmp_path, bundles_dir):
+    """A wrong password was logged at every retry (every 5 s) and `last_error` said "disconnected:
+    Protocol error"; `lited remote` publishing where the ACL says no waited its whole timeout and
+    said "no reply"."""
+    wrong = tmp_path / "wrong.password"
+    wrong.write_text("not-the-password\n")
+    refused = "the broker refused the connection: Not authorized"
+    config = {"models": {"det": str(bundles_dir / "ultraface")}, "streams": [{"name": "cam", "source": "synth://"}],
+              "uplink": {**broker.uplink_config("dev1"), "password_file": str(wrong)}}
+    with device(tmp_path, config) as d:
+        wait_until(lambda: refused in uplink_status(d)["last_error"], 30)
+        time.sleep(8)  # paho retries every 0.2-5 s meanwhile
+        assert d.output().count(refused) == 1, d.output()
+        assert uplink_status(d)["last_error"] == f"cannot connect to {broker.device_url}: {refused}"
+    # a device's own login asking another device: its publish to dev2/req is refused by the ACL
+    out = subprocess.run([sys.executable, "-m", "lited.cli", "remote", "--broker", broker.device_url, "--ca", broker.ca,
+                          "--username", "dev1", "--password-file", broker.password_file("dev1"), "--timeout", "30",
+                          "dev2", "ping"], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "the broker refused the request: Not authorized" in out.stderr, out.stderr
 
 
 def free_tcp_listener() -> tuple:

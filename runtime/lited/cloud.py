@@ -297,10 +297,22 @@ def remote_call(settings: BrokerSettings, device: str, method: str, params: Opti
             out["reply"] = msg.payload
             replied.set()
 
+    def on_publish(client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        # the broker's word on the request (MQTT 5 PUBACK): refused by its ACL, or nobody to take it,
+        # said at once; it was "no reply" after the whole timeout
+        if reason_code.is_failure:
+            out["error"] = f"the broker refused the request: {reason_code}"
+        elif reason_code.value == 0x10:  # No matching subscribers: no session of the device takes requests
+            out["error"] = (f"no device takes requests on {up.topic(device, 'req')} (the broker has no subscriber "
+                            "there: the device never connected, or has `requests: false`)")
+        if "error" in out:
+            replied.set()
+
     client = make_client(settings, client_id)
     client.on_connect = on_connect
     client.on_subscribe = lambda *a: subscribed.set()
     client.on_message = on_message
+    client.on_publish = on_publish
     watch = ConnectWatch(client, lambda reason: None)
     connect_async(client, settings, session_expiry=0)
     try:

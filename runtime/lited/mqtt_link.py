@@ -185,6 +185,10 @@ class ConnectWatch:
         """Connected: the next failure is news again."""
         self._set("", notify=False)
 
+    def refused(self, reason: str) -> None:
+        """The broker answered and refused us (CONNACK): a reason like a failed connect's."""
+        self._set(reason)
+
     def _set(self, reason: str, notify: bool = True) -> None:
         with self._lock:
             news, self.reason = reason != self.reason, reason

@@ -356,8 +356,11 @@ class Daemon:
         """The short health the uplink's retained status message carries."""
         return {"uptime_s": round(time.monotonic() - self.started, 1), "rss_mb": round(_rss_kb() / 1024, 1),
                 "models": {n: b.version for n, b in list(self.bundles.items())},
+                # every configured stream from the first message, as `status` lists them: one still warming
+                # up is `starting` (the first, at connect, listed none)
                 "streams": [{"stream": s.name, "state": s.current_state(), "fps": round(s.fps(), 2)}
-                            for s in list(self.streams.values())],
+                            for s in list(self.streams.values())]
+                + [{"stream": sc.name, "state": "starting", "fps": 0.0} for sc in list(self.warming.values())],
                 "last_reload": self.last_reload}
 
     def _daemon_event(self, kind: str, detail: str, **extra: Any) -> None:

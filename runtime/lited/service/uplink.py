@@ -373,10 +373,9 @@ class Uplink:
 
     # -- paho's thread: never wait for anything held around client.publish()
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        if reason_code.is_failure:
-            self.last_error = f"connect refused: {reason_code}"
-            log.warning("uplink: %s refused the connection: %s", self.cfg.broker, reason_code,
-                        extra={"event": "uplink"})
+        if reason_code.is_failure:  # said once per new reason (it was at every retry, every 5 s)
+            self.last_error = f"cannot connect to {self.cfg.broker}: the broker refused the connection: {reason_code}"
+            self._watch.refused(f"the broker refused the connection: {reason_code}")
             return
         if self.cfg.requests:
             client.subscribe(up.topic(self.device, "req"), qos=1)
@@ -398,9 +397,12 @@ class Uplink:
             log.warning("uplink: %s: %s; retrying", self.cfg.broker, reason, extra={"event": "uplink_lost"})
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        if self.connected.is_set() and not self._stop.is_set():
+        was_connected = self.connected.is_set()
+        if was_connected and not self._stop.is_set():
             log.warning("uplink: disconnected (%s); reconnecting", reason_code, extra={"event": "uplink_lost"})
         self.connected.clear()
+        if not was_connected and "refused the connection" in self.last_error:
+            return  # the CONNACK said why; paho's disconnect after it says only "Protocol error"
         reason = self._watch.reason
         self.last_error = f"disconnected: {reason if reason and reason_code.is_failure else reason_code}"
 
