@@ -529,6 +529,7 @@ def test_workers_in_one_group_share_the_load(broker, tmp_path, bundles_dir):
 
 def test_uplink_config_problems_name_their_field(tmp_path):
     broker_tool.make_pki(tmp_path, ())  # ca.crt
+    (tmp_path / "empty.password").write_text("\n")  # passed, then "Not authorized" at every connect
     good = {"models": {"m": str(tmp_path)}, "streams": [{"name": "cam", "source": "synth://"}],
             "uplink": {"broker": "mqtts://127.0.0.1:8883", "device": "dev1", "ca": str(tmp_path / "ca.crt"),
                        "streams": {"cam": {"labels": ["face"], "attach": "crops"}}}}
@@ -537,6 +538,7 @@ def test_uplink_config_problems_name_their_field(tmp_path):
     cases = [({"broker": "http://x"}, "uplink.broker"), ({"device": "a/b"}, "uplink.device"),
              ({"device": "cloud"}, "uplink.device"), ({"broker": "mqtt://u:p@host"}, "uplink.broker"),
              ({"ca": "/nonexistent.crt"}, "uplink.ca"), ({"cert": str(tmp_path / "ca.crt")}, "uplink.key"),
+             ({"password_file": str(tmp_path / "empty.password")}, "uplink.password_file"),
              ({"ack": "maybe"}, "uplink.ack"), ({"window": 0}, "uplink.window"), ({"bogus": 1}, "uplink.bogus"),
              ({"outbox": {"max_bytes": 10}}, "uplink.outbox.max_bytes"),
              ({"outbox": {"dir": str(tmp_path / "ca.crt" / "outbox")}}, "uplink.outbox.dir"),  # under a file

@@ -207,8 +207,11 @@ class CloudWorker:
             raise up.UplinkMessageError(f"{msg.topic}: not a lited topic")
         device, kind, stream = where
         if kind == "status":
+            if not msg.payload:  # a retained status cleared: nothing to record
+                return
+            message = up.from_json(msg.payload, "status")  # junk was recorded as null, not counted as bad
             self.counters["status"] += 1
-            self._record({"kind": "status", "device": device, "message": _json_or_none(msg.payload)})
+            self._record({"kind": "status", "device": device, "message": message})
             return
         msg_id = dict(user_properties(msg)).get(up.ID_PROPERTY)
         parsed = up.parse_id(msg_id)
@@ -267,13 +270,6 @@ class CloudWorker:
         if self.record is not None:
             self.record.write(json.dumps({"ts": time.time(), "worker": self.client_id, **entry}) + "\n")
             self.record.flush()
-
-
-def _json_or_none(payload: bytes) -> Any:
-    try:
-        return json.loads(payload)
-    except ValueError:
-        return None
 
 
 def remote_call(settings: BrokerSettings, device: str, method: str, params: Optional[dict] = None,

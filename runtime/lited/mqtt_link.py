@@ -57,6 +57,14 @@ class BrokerSettings:
         _, _, tls = self.address
         if self.password_file:
             _regular(self.password_file, self.name("password_file"))
+            try:
+                empty = not read_password(self.password_file)
+            except (OSError, UnicodeDecodeError) as exc:
+                raise LinkError(f"{self.password_file}: {getattr(exc, 'strerror', None) or exc}",
+                                self.name("password_file")) from None
+            if empty:  # taken, then "Not authorized" at every connect
+                raise LinkError(f"{self.password_file}: its first line is empty (the MQTT password goes there)",
+                                self.name("password_file"))
         if tls:
             tls_context(self)
 
