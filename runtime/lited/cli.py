@@ -162,6 +162,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             info["models"][t].append(entry)
     if foreign:
         model, info["engine"], info["warnings"] = None, None, _foreign_problems(info, bundle)
+        # what that machine would pick, as far as the bundle says (its installed engines decide the rest)
+        listed = [(f, kind) for f in bundle.models().get(target, []) for kind in f.engines
+                  if getattr(args, "engine", None) in (None, kind) and getattr(args, "precision", None) in
+                  (None, f.precision)]
+        info["runs_there"] = {"file": listed[0][0].path.name, "engine": listed[0][1],
+                              "precision": listed[0][0].precision} if listed else None
     else:
         model = _inspect_load(info, bundle, args)
     if args.json:
@@ -172,6 +178,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         engine = model.engine
         print(f"  runs here as: {target}, {info['engine']['file']} on {engine.kind} {engine.version} "
               f"({engine.device}): {model.choice.why} (bundle optimized with {info['paddle_lite_version']})")
+    there = info.get("runs_there")
+    if there:
+        print(f"  runs on {target} as: {there['file']} on {there['engine']} ({there['precision']}): the bundle's "
+              "first choice there, if that engine is installed there (else its next one)")
     for t, files in info["models"].items():
         for e in files:
             kernels = f"  kernels {','.join(e['targets'])}" if e.get("targets") else ""

@@ -46,9 +46,11 @@ def render(manifest: dict, build: dict) -> str:
     for file, row in described.items():
         model = row["model"]
         engines = ", ".join(spec_engines(model))
-        weights = f" + `{model['params']['file']}`" if model.get("params") else ""
+        params = model.get("params")
+        weights = f" + `{params['file']}`" if params else ""
+        size = f"{model['size']} bytes" + (f" + {params['size']} bytes" if params and params.get("size") else "")
         lines.append(f"| `{file}`{weights} | {model.get('precision', 'fp32')} model run by {engines}, for "
-                     f"{'; '.join(row['targets'])}; {model['size']} bytes, sha256 `{model['sha256'][:16]}...` |")
+                     f"{'; '.join(row['targets'])}; {size}, sha256 `{model['sha256'][:16]}...` |")
     if manifest.get("labels"):
         lines.append(f"| `{manifest['labels']}` | {build['labels_count']} class names, in output order |")
     if manifest.get("golden"):
