@@ -399,7 +399,10 @@ class Uplink:
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         was_connected = self.connected.is_set()
         if was_connected and not self._stop.is_set():
-            log.warning("uplink: disconnected (%s); reconnecting", reason_code, extra={"event": "uplink_lost"})
+            # paho says "Unspecified error" for a connection the broker closed without a DISCONNECT (a stop)
+            why = self._watch.reason or ("the broker closed the connection" if str(reason_code) == "Unspecified error"
+                                         else str(reason_code))
+            log.warning("uplink: disconnected (%s); reconnecting", why, extra={"event": "uplink_lost"})
         self.connected.clear()
         if not was_connected and "refused the connection" in self.last_error:
             return  # the CONNACK said why; paho's disconnect after it says only "Protocol error"
