@@ -2,6 +2,7 @@
 records, the byte bound, acknowledgements, a full disk (a real 1 MiB tmpfs)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
@@ -128,14 +129,23 @@ def test_acks_free_segments_and_a_restart_replays_only_unacked(tmp_path):
     assert ob.epoch == epoch, "the epoch is kept: ids stay unique"
 
 
-def test_full_disk_drops_oldest_counts_and_never_raises(tmp_path):
-    """A 1 MiB tmpfs holds the outbox; its byte bound is far above what fits."""
+@contextlib.contextmanager
+def small_disk(tmp_path: Path, size: str):
+    """A real tmpfs of `size` mounted for the test (root), unmounted after."""
     mnt = tmp_path / "small"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs (root needed): {r.stderr.decode().strip()}")
     try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_full_disk_drops_oldest_counts_and_never_raises(tmp_path):
+    """A 1 MiB tmpfs holds the outbox; its byte bound is far above what fits."""
+    with small_disk(tmp_path, "1m") as mnt:
         ob = Outbox(str(mnt / "ob"), max_bytes=64 << 20, segment_bytes=128 << 10)
         results = [ob.put_many([("t", b"", os.urandom(3000))] * 2) for _ in range(1000)]   # ~6 MB into 1 MiB
         st = ob.stats()
@@ -145,19 +155,12 @@ def test_full_disk_drops_oldest_counts_and_never_raises(tmp_path):
         assert seqs[-1] == results[-1][-1] and seqs == list(range(seqs[0], seqs[-1] + 1))
         assert st["dropped"] + st["refused"] + len(seqs) == 2000
         ob.close()
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)])
 
 
 def test_a_full_disk_with_nothing_to_drop_refuses_says_so_and_does_not_flood_the_log(tmp_path, caplog):
     """The disk filled by another file: every record refused and counted, but the log had 30
     "cannot write state.json" lines in 10 s and none saying records were refused."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (root needed): {r.stderr.decode().strip()}")
-    try:
+    with small_disk(tmp_path, "256k") as mnt:
         ob = Outbox(str(mnt / "ob"), max_bytes=64 << 20, segment_bytes=128 << 10)
         fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)  # someone else's file takes what is left
         try:
@@ -176,8 +179,6 @@ def test_a_full_disk_with_nothing_to_drop_refuses_says_so_and_does_not_flood_the
         assert len([m for m in lines if "state.json" in m]) <= 1, lines
         assert not (mnt / "ob" / "state.json.tmp").exists()
         ob.close()
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)])
 
 
 def test_a_record_over_a_quarter_of_the_bound_is_refused_counted_and_said(tmp_path, caplog):
