@@ -225,7 +225,7 @@ class CloudWorker:
         if first:
             self.counters[kind] += 1
             self._record({"kind": kind[:-1], "device": device, "id": msg_id,
-                          "message": up.from_json(msg.payload, kind[:-1])})
+                          "message": up.parse_device_message(msg.payload, kind[:-1])})
         self._acks[device].append(msg_id)
 
     def _answer_image(self, msg: Any, device: str, msg_id: str, first: bool) -> None:

@@ -145,6 +145,22 @@ def event_message(device: str, event: dict) -> dict:
     return {"v": VERSION, "type": "event", "device": device, **event}
 
 
+# what a server needs of a device's message to use it (`lited cloud` recorded {"v":1,"type":"result"} as one)
+DEVICE_MESSAGE_KEYS = {"result": (("stream", str), ("seq", int), ("detections", list), ("classes", list)),
+                       "event": (("stream", str), ("event", str))}
+
+
+def parse_device_message(payload: bytes, kind: str) -> dict:
+    """A device's result or event message, or UplinkMessageError naming the field it lacks."""
+    msg = from_json(payload, kind)
+    if msg.get("type") != kind:
+        raise UplinkMessageError(f"{kind}.type: expected {kind!r}, got {str(msg.get('type'))[:32]!r}")
+    for key, want in DEVICE_MESSAGE_KEYS.get(kind, ()):
+        if not has_type(msg.get(key), want):
+            raise UplinkMessageError(f"{kind}.{key}: expected {want.__name__}")
+    return msg
+
+
 def image_properties(stream: str, seq: int, frame_ts: Any, detection: Optional[dict], index: Optional[int],
                      queued_ts: float) -> list:
     """User properties of a crop (detection given) or a whole frame (None)."""
