@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 from typing import Any, Optional, Tuple
 
 from lited.validate import has_type, name_problem
@@ -111,6 +112,9 @@ def from_json(payload: bytes, what: str, limit: int = 1 << 20) -> dict:
     try:
         obj = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as exc:
+        if "digits" in str(exc):  # valid JSON Python will not read: an integer of thousands of digits
+            raise UplinkMessageError(f"{what}: an integer of more than {sys.get_int_max_str_digits()} digits") \
+                from None
         raise UplinkMessageError(f"{what}: not JSON ({exc.__class__.__name__})") from None
     if not isinstance(obj, dict):
         raise UplinkMessageError(f"{what}: expected a JSON object")
