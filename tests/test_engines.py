@@ -303,6 +303,17 @@ def test_a_reload_runs_the_engine_and_threads_of_the_config_it_reads(tmp_path, m
         with daemon.client() as client:
             assert client.status()["streams"][0]["model"]["engine"] == "openvino"  # the old one keeps serving
         assert reload_to("paddle_lite")["engine"] == "paddle_lite"
+        # the threads a new bundle's own options ask for apply at the reload that loads it (they came one late)
+        bundle = tmp_path / "threaded"
+        shutil.copytree(multi / "fastestdet", bundle)
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        manifest["models"]["x86"][0]["options"] = {"openvino": {"threads": threads}}
+        (bundle / "manifest.json").write_text(json.dumps(manifest))
+        daemon.write_config({**config, "models": {"det": {"bundle": str(bundle), "engine": "openvino"}}})
+        with daemon.client(timeout=120) as client:
+            client.reload(timeout=120)
+            model = client.status()["streams"][0]["model"]
+        assert model["device"] == f"cpu, {threads} thread{'s' * (threads > 1)}", model
     finally:
         assert daemon.stop() == 0, daemon.output()
 

@@ -231,13 +231,15 @@ class Daemon:
         return Model(bundle or self.bundles[name], isolated=True, run_timeout=self.config.engine_timeout,
                      cpus=cpus or self.cpus, **settings.model_kwargs(threads))
 
-    def _plan_threads(self, streams: list) -> dict:
+    def _plan_threads(self, streams: list, bundles: Optional[dict] = None) -> dict:
         """Each stream's engine threads: as configured (else the bundle's, else 1),
-        scaled down together when they would not fit the cores."""
+        scaled down together when they would not fit the cores. `bundles`: the
+        ones a reload is about to load, by model name (else those running)."""
+        bundles = {**self.bundles, **(bundles or {})}
         requested = {}
         for sc in streams:
             settings = self.config.model_settings.get(sc.model, ModelSettings())
-            requested[sc.name] = settings.threads or _bundle_threads(self.bundles.get(sc.model), settings)
+            requested[sc.name] = settings.threads or _bundle_threads(bundles.get(sc.model), settings)
         shared = share_threads(requested, len(self.cpus))
         if shared != requested:
             log.warning("engine threads asked for (%s) exceed the %d cores: running %s",
@@ -404,7 +406,8 @@ class Daemon:
             raise ProtocolError("failed", first_line(exc)) from None
         return {"reloaded": names, "started": [], "stopped": [], "took_ms": round((time.monotonic() - t0) * 1e3, 1)}
 
-    def reload_models(self, paths: dict, force: bool = False, leaving: frozenset = frozenset()) -> None:
+    def reload_models(self, paths: dict, force: bool = False, leaving: frozenset = frozenset(),
+                      loaded: Optional[dict] = None) -> None:
         """Load the bundles at `paths` (model name -> dir), warm a new model for
         every stream using them (but the streams `leaving`, which the reload
         stops next), then swap all at once. Raises on failure: nothing is
@@ -413,16 +416,16 @@ class Daemon:
             self.notifier.reloading("reloading")
             before = {n: self.bundles[n] for n in paths}
             try:
-                self._swap_models(paths, force, leaving)
+                self._swap_models(paths, force, leaving, loaded or {})
             except BaseException as exc:
                 self._record_reload(False, first_line(exc))
                 raise
             self._record_reload(True, list(paths), before)
 
-    def _swap_models(self, paths: dict, force: bool, leaving: frozenset) -> None:
+    def _swap_models(self, paths: dict, force: bool, leaving: frozenset, loaded: dict) -> None:
         prepared: list = []
         try:
-            new_bundles = {n: load_bundle(p) for n, p in paths.items()}
+            new_bundles = {n: loaded[n] if n in loaded else load_bundle(p) for n, p in paths.items()}
             for name, stream in self.streams.items():
                 sc = self.stream_configs[name]
                 bundle = new_bundles.get(sc.model)
@@ -484,14 +487,15 @@ class Daemon:
             # the new models are made with the new config's engine, threads and cores (they were made with the
             # old ones, so an engine or threads change came one reload late), and back to the old on failure
             old_settings, self.config.model_settings = self.config.model_settings, new.model_settings
-            try:
-                self.stream_threads = self._plan_threads(new.streams)
+            try:  # the threads the new bundles ask for (planned with the old ones, they came one reload late)
+                kept_bundles = {n: load_bundle(p) for n, p in kept.items()}
+                self.stream_threads = self._plan_threads(new.streams, kept_bundles)
             except LOAD_ERRORS as exc:
                 self.config.model_settings = old_settings
                 return {**self._record_reload(False, f"{first_line(exc)}; the old models keep serving"), **outcome}
             if kept:
                 try:
-                    self.reload_models(kept, force, leaving)  # records its outcome
+                    self.reload_models(kept, force, leaving, kept_bundles)  # records its outcome
                 except LOAD_ERRORS:
                     self.config.model_settings = old_settings
                     self.stream_threads = self._plan_threads(self.config.streams)
