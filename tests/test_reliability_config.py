@@ -94,7 +94,8 @@ def test_a_reload_names_the_fields_it_does_not_apply(tmp_path, bundles_dir):
     try:
         d.write_config({**config, "runtime_dir": str(tmp_path / "elsewhere"), "limits": {"max_clients": 4}})
         with d.client(timeout=60) as client:  # the running daemon, at the sockets it has
-            client.reload(timeout=60)
+            reply = client.reload(timeout=60)
+        assert reply["needs_restart"] == ["runtime_dir", "endpoints.pub", "endpoints.req", "limits.max_clients"], reply
         deadline = time.monotonic() + 10
         while "restart lited to apply" not in d.output():
             assert time.monotonic() < deadline, d.output()[-2000:]

@@ -163,11 +163,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if foreign:
         model, info["engine"], info["warnings"] = None, None, _foreign_problems(info, bundle)
         # what that machine would pick, as far as the bundle says (its installed engines decide the rest)
+        asked = [f"--{k} {getattr(args, k)}" for k in ("engine", "precision") if getattr(args, k, None)]
         listed = [(f, kind) for f in bundle.models().get(target, []) for kind in f.engines
                   if getattr(args, "engine", None) in (None, kind) and getattr(args, "precision", None) in
                   (None, f.precision)]
+        if not listed:  # as for this machine's target: the bundle has nothing for what was asked
+            raise BundleError(str(bundle.root), [f"models.{target}: no file for {' '.join(asked)}"])
         info["runs_there"] = {"file": listed[0][0].path.name, "engine": listed[0][1],
-                              "precision": listed[0][0].precision} if listed else None
+                              "precision": listed[0][0].precision,
+                              "why": f"asked for ({', '.join(asked)})" if asked else "the bundle's first choice"}
     else:
         model = _inspect_load(info, bundle, args)
     if args.json:
@@ -180,8 +184,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
               f"({engine.device}): {model.choice.why} (bundle optimized with {info['paddle_lite_version']})")
     there = info.get("runs_there")
     if there:
-        print(f"  runs on {target} as: {there['file']} on {there['engine']} ({there['precision']}): the bundle's "
-              "first choice there, if that engine is installed there (else its next one)")
+        print(f"  runs on {target} as: {there['file']} on {there['engine']} ({there['precision']}): {there['why']}"
+              + (", if that engine is installed there (else its next one)" if not there["why"].startswith("asked")
+                 else ""))
     for t, files in info["models"].items():
         for e in files:
             kernels = f"  kernels {','.join(e['targets'])}" if e.get("targets") else ""

@@ -216,6 +216,8 @@ def human_reload(out: dict, endpoint: str) -> str:
         line += f"; started {', '.join(out['started'])}"
     if out.get("stopped"):
         line += f"; stopped {', '.join(out['stopped'])}"
+    if out.get("needs_restart"):
+        line += f"; changed in the config, applied at the next start: {', '.join(out['needs_restart'])}"
     return line
 
 

@@ -22,6 +22,7 @@ Standard library only.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -111,8 +112,14 @@ def lock_endpoint(socket_path: "str | os.PathLike") -> int:
     except BaseException:
         os.close(fd)
         raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:  # a full disk: no empty lock file left behind (we hold it: nobody else uses it)
+        with contextlib.suppress(OSError):
+            os.unlink(lock_path)
+        os.close(fd)
+        raise
     return fd
 
 

@@ -337,7 +337,7 @@ class Bus:
                 continue
             if now is not None:
                 self._lost.add(endpoint)
-                log.error("%s: another socket file has taken this daemon's place (its directory was removed "
+                log.error("%s: another file has taken this daemon's socket's place (its directory was removed "
                           "while it ran, and another lited serve started?): clients reach that one, not this: "
                           "stop one of them", path, extra={"event": "socket_lost"})
                 continue

@@ -392,6 +392,7 @@ class Daemon:
             if not record["ok"]:
                 raise ProtocolError("failed", record["error"])
             return {"reloaded": record["reloaded"], "started": record["started"], "stopped": record["stopped"],
+                    "needs_restart": record.get("needs_restart", []),
                     "took_ms": round((time.monotonic() - t0) * 1e3, 1)}
         if model is not None and model not in self.bundles:
             raise ProtocolError("not_found", f"params.model: no model '{model}'")
@@ -404,7 +405,8 @@ class Daemon:
             self.reload_models(paths, force)
         except LOAD_ERRORS as exc:
             raise ProtocolError("failed", first_line(exc)) from None
-        return {"reloaded": names, "started": [], "stopped": [], "took_ms": round((time.monotonic() - t0) * 1e3, 1)}
+        return {"reloaded": names, "started": [], "stopped": [], "needs_restart": [],
+                "took_ms": round((time.monotonic() - t0) * 1e3, 1)}
 
     def reload_models(self, paths: dict, force: bool = False, leaving: frozenset = frozenset(),
                       loaded: Optional[dict] = None) -> None:
@@ -469,6 +471,7 @@ class Daemon:
                 return {**self._record_reload(False, f"{exc}; keeping the running config"), **outcome}
             self._reload_curve(new.curve)
             restart = [name for field, name in RESTART_FIELDS.items() if getattr(new, field) != getattr(self.config, field)]
+            outcome["needs_restart"] = restart  # said in the reply too: `systemctl reload` shows no log line
             if restart:  # taken in silence before, and `lited ctl` then looked for the daemon where it was not
                 log.warning("%s changed in the config: restart lited to apply (a reload applies models, engines, "
                             "streams, uplink rules and client keys)", ", ".join(restart), extra={"event": "reload"})

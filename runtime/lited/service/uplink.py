@@ -379,6 +379,8 @@ class Uplink:
             return
         if self.cfg.requests:
             client.subscribe(up.topic(self.device, "req"), qos=1)
+        else:  # a kept session may hold the subscription of a run with requests on: requests then came, unanswered
+            client.unsubscribe(up.topic(self.device, "req"))
         client.subscribe([(up.topic(self.device, "answers", "+"), 1), (up.topic(self.device, "ack"), 1)])
         self.last_error = ""
         self._watch.connected()

@@ -129,6 +129,7 @@ class Stream:
         old = self.runner
         if old is not None:
             old.stop()
+        self.stats.engine_down = None  # the old runner's, stopped in its backoff: the new one's engine runs
         self.runner = new
         self._model_factory = new.factory
         self._handoff.activate(new.feed)
