@@ -51,6 +51,7 @@ def with_changes(**changes) -> dict:
     ({"insecure_tcp": "yes"}, "insecure_tcp: expected true/false, got \"yes\""),
     ({"limits__max_request_byte": 5}, "limits.max_request_byte: unknown field"),
     ({"streams__0__name": "../x"}, "streams[0].name: '../x' may hold only ASCII letters"),
+    ({"streams__0__name": "_daemon"}, "streams[0].name: '_daemon' is reserved for the daemon's own events"),
     ({"endpoints__pub": []}, "endpoints.pub: expected an endpoint or a list of them"),
     ({"http": {"listen": ["127.0.0.1:24401", "127.0.0.1:24401"]}}, "http.listen: 127.0.0.1:24401 overlaps 127.0.0.1:24401"),
     ({"http": {"listen": ["localhost:24401", "127.0.0.1:24401"]}}, "http.listen: 127.0.0.1:24401 overlaps localhost:24401"),

@@ -617,7 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("run", "run one stream in the foreground", cmd_run)
     p.add_argument("--bundle", required=True, help="bundle directory")
-    p.add_argument("--source", required=True, help="source URI: file://, rtsp://, v4l2://, gst://, images://, synth://")
+    p.add_argument("--source", required=True, help="source URI: file://, rtsp://, http(s)://, v4l2://, gst://, images://, synth://")
     p.add_argument("--name", default="cam0", type=arg_name, help="stream name (in results and the shared-memory ring)")
     p.add_argument("--target", help="model target (default: this machine's)")
     _add_engine_args(p)

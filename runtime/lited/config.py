@@ -26,6 +26,7 @@ from msgspec import inspect as mi
 
 from lited.errors import first_line
 from lited.files import FileRefused, read_capped
+from lited.protocol import DAEMON_STREAM
 from lited.stream.feed import POLICIES
 from lited.validate import Checker, choice_problem, has_type, name_problem, shown, type_name
 
@@ -468,6 +469,8 @@ def _check_references(c: Checker, raw: dict) -> None:
         if isinstance(name, str):
             if name in seen:
                 c.add(f"streams[{i}].name", f"'{name}' is used twice")
+            if name == DAEMON_STREAM:  # its events would pass for the daemon's own (docs/protocol.md)
+                c.add(f"streams[{i}].name", f"'{name}' is reserved for the daemon's own events")
             seen.add(name)
 
 
