@@ -334,18 +334,16 @@ activate() {
             return 1
         fi
     fi
-    if [ "$config_state" = other ]; then   # the config serves $name from elsewhere: nothing to wait for
-        if [ -n "$reload_failed" ]; then failure=$reload_failed; return 1; fi
-        say "service: $verb $unit"
-        return 0
-    fi
-    if ! helper wait --config "$conf" --runtime-dir "$rundir" --model "$name" --version "${version:--}" \
-            --since "$since" --timeout "$timeout" "${reloaded[@]}" >"$scratch/out" 2>"$scratch/err"; then
+    : >"$scratch/out"
+    # the config serves $name from elsewhere ("other"): nothing to wait for
+    if [ "$config_state" != other ] && ! helper wait --config "$conf" --runtime-dir "$rundir" --model "$name" \
+            --version "${version:--}" --since "$since" --timeout "$timeout" "${reloaded[@]}" \
+            >"$scratch/out" 2>"$scratch/err"; then
         failure=$(tail -n 1 "$scratch/err")
         return 1
     fi
     if [ -n "$reload_failed" ]; then failure=$reload_failed; return 1; fi
-    say "service: $verb $unit, $(cat "$scratch/out")"
+    say "service: $verb $unit$([ -s "$scratch/out" ] && printf ', %s' "$(cat "$scratch/out")")"
 }
 
 # After a failed activate: links back, config back, the service back on the old version; exit 1.
