@@ -379,10 +379,15 @@ def test_events_are_server_sent(served):
 def test_metrics_parse_with_prometheus_own_parser(served):
     from prometheus_client.parser import text_string_to_metric_families
 
+    deadline = time.monotonic() + 60  # the module's daemon may have just started (this test run alone)
+    while requests.get(served.url + "/v1/status").json()["streams"][0]["counters"]["inferred"] <= 10:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
     r = requests.get(served.url + "/metrics")
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
     fams = {f.name: f for f in text_string_to_metric_families(r.text)}
-    for name, kind in [("lited_stream_fps", "gauge"), ("lited_stream_frames_captured", "counter"),
+    for name, kind in [("lited_stream_fps", "gauge"), ("lited_stream_engine_down", "gauge"),
+                       ("lited_stream_frames_captured", "counter"),
                        ("lited_stream_frames_inferred", "counter"), ("lited_stream_frames_skipped", "counter"),
                        ("lited_stream_frames_torn", "counter"), ("lited_stream_reconnects", "counter"),
                        ("lited_stream_engine_restarts", "counter"), ("lited_stage_latency_seconds", "histogram"),
@@ -472,6 +477,10 @@ def test_a_stream_a_reload_removes_leaves_live_views_page_and_metrics(tmp_path, 
         with Chromium() as b:
             b.navigate(s.url + "/")
             b.wait_for("window.lited.streams.tmp !== undefined && window.lited.streams.tmp.frames >= 2", timeout=30)
+            host, port = s.url.split("//")[1].rsplit(":", 1)
+            raw = socket.create_connection((host, int(port)), timeout=30)  # HTTP/1.1: keep-alive asked
+            raw.sendall(b"GET /v1/streams/tmp/live HTTP/1.1\r\nHost: lited\r\n\r\n")
+            assert raw.recv(65536).startswith(b"HTTP/1.1 200")
             with requests.get(s.url + "/v1/streams/tmp/live", stream=True, timeout=30) as live:
                 chunks = live.iter_content(65536)
                 next(chunks)
@@ -483,6 +492,12 @@ def test_a_stream_a_reload_removes_leaves_live_views_page_and_metrics(tmp_path, 
                 t0 = time.monotonic()
                 for _ in chunks:  # the body ends (the stream is gone) instead of hanging for ever
                     assert time.monotonic() - t0 < 20, "the live view of a removed stream did not end"
+            # and the connection closes, as its `Connection: close` says (it stayed open: a client
+            # waiting for the end of the connection hung)
+            raw.settimeout(20)
+            while raw.recv(65536):
+                assert time.monotonic() - t0 < 20, "the connection of a removed stream's live view stayed open"
+            raw.close()
             b.wait_for("window.lited.streams.tmp === undefined && !document.querySelector('#stream-tmp')",
                        timeout=20)
             assert b.eval("window.lited.streams.cam !== undefined && !!document.querySelector('#stream-cam')")

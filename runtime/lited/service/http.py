@@ -675,6 +675,9 @@ class Live(Handler):
                 seq, part = got
                 self.write(part)
                 await asyncio.wait_for(self.flush(), SEND_TIMEOUT)
+            if not self.peer_gone():  # the stream left (a reload): end the body and close, as the header says
+                await self.finish()  # (tornado kept a keep-alive connection open: a client waiting for EOF hung)
+                self.request.connection.close()
         except (tornado.iostream.StreamClosedError, asyncio.TimeoutError):
             pass
         finally:

@@ -80,6 +80,9 @@ class _Collector:
     def _streams(self, streams: list, Counter: Any, Gauge: Any, Histogram: Any, Info: Any) -> Iterator[Any]:
         fps = Gauge("lited_stream_fps", "capture rate over the last frames", labels=["stream"])
         state = Gauge("lited_stream_state", "1 for the state the stream is in", labels=["stream", "state"])
+        # the source may stream on while the engine is down: `state` does not show it (status: engine_down)
+        engine_down = Gauge("lited_stream_engine_down", "1 while the stream's engine process is down and being "
+                            "restarted", labels=["stream"])
         model = Info("lited_stream_model", "the model a stream runs", labels=["stream"])
         counters = {key: Counter(f"lited_stream_{name}", f"stream {name.replace('_', ' ')} since the start",
                                  labels=["stream"]) for key, name in COUNTER_NAMES.items()}
@@ -93,6 +96,7 @@ class _Collector:
             fps.add_metric([name], s["fps"])
             for st in STATES:
                 state.add_metric([name, st], 1.0 if s["state"] == st else 0.0)
+            engine_down.add_metric([name], 1.0 if s.get("engine_down") else 0.0)
             if s.get("model"):
                 model.add_metric([name], {"model": s["model"]["name"], "version": s["model"]["version"]})
             for key, value in s["counters"].items():
@@ -111,7 +115,7 @@ class _Collector:
                         buckets.append((_le(bound), cumulative))
                     buckets.append(("+Inf", cumulative + counts[-1]))
                     hist.add_metric([name, model_name, version, stage], buckets, sum_value=total / 1e3)
-        yield from (fps, state, model, *counters.values(), hist, recent)
+        yield from (fps, state, engine_down, model, *counters.values(), hist, recent)
 
     def _http(self, Counter: Any, Gauge: Any) -> Iterator[Any]:
         figures = self.m.http_figures()

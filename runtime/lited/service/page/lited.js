@@ -132,7 +132,8 @@ function showStatus(st) {
   for (const s of st.streams) {
     const { card } = streamCard(s.stream);
     const state = $(".state", card);
-    text(state, s.state + (s.detail ? ` (${s.detail})` : ""));
+    // the source may stream on while the engine is down: said beside the state, as `lited ctl status` does
+    text(state, s.state + (s.detail ? ` (${s.detail})` : "") + (s.engine_down ? ` (engine down: ${s.engine_down})` : ""));
     state.className = "state " + s.state;
     card.dataset.state = s.state;
     text($(".fps", card), s.fps.toFixed(1));
@@ -186,7 +187,7 @@ function listen() {
     const ev = JSON.parse(e.data);
     logLine(`${ev.stream} ${ev.event}${ev.state ? " " + ev.state : ""}${ev.detail ? ": " + ev.detail : ""}`,
             ev.ok === false || ev.event === "engine");
-    if (ev.event === "state" || ev.event === "reload" || ev.event === "model") refreshStatus();
+    if (["state", "reload", "model", "engine"].includes(ev.event)) refreshStatus();
   });
   events.addEventListener("dropped", (e) => logLine(`events dropped: ${e.data}`, true));
 }
