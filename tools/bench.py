@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import demo  # tools/, beside this script: the demo bundle's detector alone
 import make_bundles  # bundles and the ONNX originals' names
@@ -881,7 +882,12 @@ def render(rows: list, threads: list, live: list, daemon: dict, machine: str, pl
 
 Written by `python tools/bench.py` on {time.strftime('%Y-%m-%d')}. Every figure below comes from the
 same run on the same machine, so read the **ratios**: absolute times move with load (two shared
-cores here). Each measurement ran in its own process; *RSS* is that process's peak.
+cores here; at a load average over 2 the engines' ratios moved by 0.2 and more). Each measurement ran
+in its own process; *RSS* is that process's peak. A section measured apart (`tools/bench.py --only
+NAME`) says so, dated, under its heading; `--only engines` rewrites its whole section, and a part
+whose model is not among `--engine-models` (footprint: ultraface; two streams: fastestdet) or whose
+tools are absent (int8: `make tools-venv`) comes out empty. The models and images are read from
+`../shared` beside the repository, or `LITED_SHARED`.
 
 Machine: {machine}
 
@@ -979,7 +985,7 @@ onnxruntime's `intra_op_num_threads` is swept alongside. p50 ms.
 | its engine process{'es' if d['engine_count'] != 1 else ''} ({d['engine_count']}: the stream's predictor), RSS / PSS | {em['rss']:.0f} / {em['pss']:.0f} MB |
 | together, RSS summed / PSS summed (RSS counts the shared Python and numpy pages twice) | {dm['rss'] + em['rss']:.0f} / {total_pss:.0f} MB |
 | a bare Python process that loads Paddle Lite and the same model and runs it once, RSS | {d['bare_process']['rss_mb']:.0f} MB |
-| daemon + engine (PSS) over that bare process | {over:+.0f} MB (aim: under 40 MB; RSS summed: {dm['rss'] + em['rss'] - d['bare_process']['rss_mb']:+.0f} MB) |
+| daemon + engine (PSS) over that bare process's RSS (like for like, PSS over PSS: the engines section's footprint) | {over:+.0f} MB (aim: under 40 MB; RSS summed: {dm['rss'] + em['rss'] - d['bare_process']['rss_mb']:+.0f} MB) |
 | `import lited.service.daemon, lited.cli` in a new interpreter (bare interpreter: {d['python_s']:.2f} s) | {d['import_daemon_s']:.2f} s |
 | `infer` in process (`Model.infer` on the 512x512 astronaut photo) p50 | {d['infer_local_ms']:.2f} ms |
 | `infer` request over ipc, raw BGR array, round trip p50 | {d['infer_ipc_ms']:.2f} ms (x{d['infer_ipc_ms'] / d['infer_local_ms']:.2f}) |
@@ -1175,9 +1181,15 @@ def _uplink_up(client) -> bool:
 UPLINK_STEPS = 8
 
 
+def assemble_bundles(out: Path, names: list) -> None:
+    """The shared models' bundles into `out`, from SHARED (LITED_SHARED): make_bundles alone looked in
+    ../shared, so a clone without it beside failed with a traceback."""
+    subprocess.run([PY, str(ROOT / "tools" / "make_bundles.py"), "--models", str(SHARED / "models"), "--out", str(out),
+                    *names], check=True, stdout=subprocess.DEVNULL)
+
+
 def section_http(tmp: Path, progress: Progress, args: argparse.Namespace) -> str:
-    subprocess.run([PY, str(ROOT / "tools" / "make_bundles.py"), "--out", str(tmp / "bundles"), "ultraface"],
-                   check=True, stdout=subprocess.DEVNULL)
+    assemble_bundles(tmp / "bundles", ["ultraface"])
     return render_http(bench_http(tmp / "bundles", progress, tmp))
 
 
@@ -1186,8 +1198,7 @@ def section_ocr(tmp: Path, progress: Progress, args: argparse.Namespace) -> str:
 
 
 def section_uplink(tmp: Path, progress: Progress, args: argparse.Namespace) -> str:
-    subprocess.run([PY, str(ROOT / "tools" / "make_bundles.py"), "--out", str(tmp / "bundles"), "ultraface",
-                    "mobilenetv2"], check=True, stdout=subprocess.DEVNULL)
+    assemble_bundles(tmp / "bundles", ["ultraface", "mobilenetv2"])
     return render_uplink(bench_uplink(tmp / "bundles", progress, tmp))
 
 
@@ -1199,8 +1210,7 @@ def live_models(args: argparse.Namespace) -> list:
 def section_live(tmp: Path, progress: Progress, args: argparse.Namespace) -> str:
     names = [n for n in live_models(args) if n == "demo_ppocrv4_det" or (SHARED / "models" / n).is_dir()]
     bundles = tmp / "bundles"
-    subprocess.run([PY, str(ROOT / "tools" / "make_bundles.py"), "--out", str(bundles),
-                    *[n for n in names if n != "demo_ppocrv4_det"]], check=True, stdout=subprocess.DEVNULL)
+    assemble_bundles(bundles, [n for n in names if n != "demo_ppocrv4_det"])
     demo.detector_bundle(bundles / "demo_ppocrv4_det")
     return render_live(bench_live(names, bundles, False, progress, tmp))
 
@@ -1255,20 +1265,29 @@ def only(name: str, out: Path, args: argparse.Namespace) -> int:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="ultraface,fastestdet,mobilenetv2,ppocrv4_det,ppocr_cls,demo_ppocrv4_det")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--models", default="ultraface,fastestdet,mobilenetv2,ppocrv4_det,ppocr_cls,demo_ppocrv4_det",
+                    help="models of the single-image, streams and live tables (the daemon and HTTP sections run "
+                         "UltraFace, the threads table FastestDet and MobileNetV2 among these)")
     ap.add_argument("--quick", action="store_true", help="fewer runs (a smoke test of the benchmark itself)")
     ap.add_argument("--only", choices=sorted(SECTIONS), help="measure only this section and replace it in --out")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
-    ap.add_argument("--rounds", type=int, default=2, help="engines: rounds of every engine per model")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "BENCHMARKS.md", help="the report written")
+    ap.add_argument("--rounds", type=int, default=2, help="engines: rounds of every engine per model (1 or more)")
     ap.add_argument("--calib", type=Path, default=SHARED / "images", help="int8: calibration images")
-    ap.add_argument("--engine-models", default=",".join(ENGINE_MODELS), help="engines: the models")
+    ap.add_argument("--engine-models", default=",".join(ENGINE_MODELS),
+                    help="engines: the models (the footprint needs ultraface among them, two streams fastestdet)")
     ap.add_argument("--int8-models", default="mobilenetv2,fastestdet", help="engines: models made int8")
     ap.add_argument("--render-only", action="store_true",
                     help="with --only engines: render build/bench_engines.json, measure nothing")
     args = ap.parse_args()
     if not (SHARED / "models").is_dir():
-        print(f"bench: {SHARED / 'models'} is absent: nothing to measure", file=sys.stderr)
+        print(f"bench: {SHARED / 'models'} is absent: nothing to measure (LITED_SHARED names another place)",
+              file=sys.stderr)
+        return 2
+    problem = argument_problem(args)
+    if problem:  # before minutes of measuring: an unknown model wrote empty tables, a bad --out lost them all
+        print(f"bench: {problem}", file=sys.stderr)
         return 2
     if args.only:
         return only(args.only, args.out, args)
@@ -1281,9 +1300,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         bundles = tmp / "bundles"
-        shared_names = [n for n in names if n != "demo_ppocrv4_det"]
-        subprocess.run([PY, str(ROOT / "tools" / "make_bundles.py"), "--out", str(bundles), *shared_names],
-                       check=True, stdout=subprocess.DEVNULL)
+        # the daemon and HTTP sections run UltraFace whatever --models says (it crashed without it)
+        assemble_bundles(bundles, sorted({n for n in names if n != "demo_ppocrv4_det"} | {"ultraface"}))
         if "demo_ppocrv4_det" in names:  # the demo bundle's detector alone (its cascade has its own section)
             demo.detector_bundle(bundles / "demo_ppocrv4_det")
         rows = bench_models(names, bundles, args.quick, progress, tmp)
@@ -1304,6 +1322,26 @@ def main() -> int:
                         + bench_nms.render(bench_nms.measure()) + "\n" + engines_section)
     print(args.out.read_text())
     return 0
+
+
+def argument_problem(args: argparse.Namespace) -> Optional[str]:
+    """Why these arguments cannot give a report, or None."""
+    known = set(ENGINE_MODELS) | set(LIVE_MODELS) | set(make_bundles.ONNX_FILES)
+    for flag, value in (("--models", args.models), ("--engine-models", args.engine_models),
+                        ("--int8-models", args.int8_models)):
+        names = [n for n in value.split(",") if n]
+        if not names and flag != "--int8-models":
+            return f"{flag}: no model named"
+        for name in names:
+            if name not in known:
+                return f"{flag}: unknown model {name!r} (known: {', '.join(sorted(known))})"
+            if name != "demo_ppocrv4_det" and not (SHARED / "models" / name).is_dir():
+                return f"{flag}: {SHARED / 'models' / name} is absent"
+    if args.rounds < 1:
+        return f"--rounds: expected 1 or more, got {args.rounds}"
+    if not args.out.parent.is_dir():
+        return f"--out: {args.out.parent} is not a directory"
+    return None
 
 
 PARTIAL = ROOT / "build" / "bench_engines.json"  # every result so far: a run cut short still renders
