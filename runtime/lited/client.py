@@ -144,12 +144,27 @@ class HandshakeWatch:
     NO_DETAIL_TIMES = 2
 
     def __init__(self, sock: zmq.Socket, endpoint: str, curve: bool, requests: bool) -> None:
+        """Watch `sock`, then connect it to `endpoint` (the monitor is on first: a refusal can come
+        at once); ValueError, nothing left open, for an endpoint ZeroMQ cannot take."""
         self.endpoint = endpoint
         self._curve = curve
         self._requests = requests  # a request socket (counted against limits.max_clients), not a subscriber
         self._no_detail = 0
         self._sock = sock
         self.monitor = sock.get_monitor_socket(self.EVENTS)
+        self._poller = zmq.Poller()
+        self._poller.register(sock, zmq.POLLIN)
+        self._poller.register(self.monitor, zmq.POLLIN)
+        try:
+            _connect(sock, endpoint)
+        except ValueError:
+            self.close()
+            raise
+
+    def wait(self, timeout_ms: Optional[int]) -> bool:
+        """Until the socket has a message (True) or `timeout_ms` passed (False, None: for ever); a
+        handshake event ends the wait too, for `problem()` to read."""
+        return self._sock in dict(self._poller.poll(timeout_ms))
 
     def problem(self) -> Optional[str]:
         """Why the last handshake failed, or None while none has (reads the monitor; never waits)."""
@@ -277,14 +292,6 @@ class Subscriber:
         if events and streams:
             self.socket.setsockopt(zmq.SUBSCRIBE, protocol.event_topic(protocol.DAEMON_STREAM))
         self._handshake = HandshakeWatch(self.socket, endpoint, curve is not None, requests=False)
-        self._poller = zmq.Poller()
-        self._poller.register(self.socket, zmq.POLLIN)
-        self._poller.register(self._handshake.monitor, zmq.POLLIN)
-        try:
-            _connect(self.socket, endpoint)
-        except ValueError:
-            self._handshake.close()
-            raise
         self._rings: dict = {}  # ring name -> its segments this subscriber maps, oldest first
         self._dropped: dict = {}  # ring name -> the newest generation unmapped to keep within old_segments
         self.old_segments = old_segments
@@ -300,11 +307,11 @@ class Subscriber:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             wait = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
-            ready = dict(self._poller.poll(wait))
+            readable = self._handshake.wait(wait)
             problem = self._handshake.problem()
             if problem:
                 raise ClientError("refused", problem)
-            if self.socket not in ready:
+            if not readable:
                 if deadline is not None and time.monotonic() >= deadline:
                     return None
                 continue
@@ -455,14 +462,6 @@ class Client:
         self.socket.setsockopt(zmq.SNDTIMEO, max(1, int(self.timeout * 1000)))
         _apply_curve(self.socket, self._curve)
         self._handshake = HandshakeWatch(self.socket, self.endpoint, self._curve is not None, requests=True)
-        self._poller = zmq.Poller()
-        self._poller.register(self.socket, zmq.POLLIN)
-        self._poller.register(self._handshake.monitor, zmq.POLLIN)
-        try:
-            _connect(self.socket, self.endpoint)
-        except ValueError:
-            self._handshake.close()
-            raise
 
     def _close_socket(self) -> None:
         self._handshake.close()
@@ -504,9 +503,9 @@ class Client:
                 self._reconnect = True
                 raise TimeoutError(f"lited: no reply to {method} within {wait:.1f} s from {self.endpoint} "
                                    f"({_timeout_causes(len(request))})")
-            ready = dict(self._poller.poll(int(min(remaining, PROBE_INTERVAL) * 1000)))
+            readable = self._handshake.wait(int(min(remaining, PROBE_INTERVAL) * 1000))
             self._raise_if_refused()
-            if self.socket not in ready:
+            if not readable:
                 self._raise_if_unreachable(probe=True)
                 continue
             reply = protocol.decode_reply(self.socket.recv())
