@@ -14,6 +14,7 @@ LITED_CHURN_CLIENTS; the long run in docs/RELIABILITY.md:
 from __future__ import annotations
 
 import os
+import socket
 import statistics
 import threading
 import time
@@ -309,8 +310,6 @@ def test_a_client_refused_over_max_clients_gets_in_once_another_leaves(tmp_path,
 def test_remote_clients_cannot_take_the_local_clients_places(tmp_path, bundles_dir):
     """max_clients counted every request endpoint together: remote (tcp://) clients holding the
     places kept `lited ctl` out, and so `systemctl reload` (found over CURVE; plain TCP here)."""
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -355,6 +354,30 @@ def test_the_client_count_drops_when_clients_leave(daemon):
                 assert time.monotonic() < deadline, watcher.status()["bus"]
                 time.sleep(0.1)
     finally:
+        ctx.destroy(0)
+
+
+def test_a_connection_that_never_handshakes_takes_no_client_s_place_in_the_count(daemon):
+    """A connection that sends nothing (a port scanner, a client that died at
+    once) is accepted and never handshakes. The next client's place was
+    booked to it (the gate matched decisions to connections in accept order),
+    and when it went the count lost a client that was still there."""
+    ctx = zmq.Context()
+    silent = socket.socket(socket.AF_UNIX)
+    try:
+        with Client(daemon.req, timeout=10) as watcher:
+            before = watcher.status()["bus"]["clients"]
+            silent.connect(daemon.req[len("ipc://"):])
+            time.sleep(1.5)
+            socks = [dealer(daemon, ctx) for _ in range(3)]
+            for i, sock in enumerate(socks):
+                sock.send(protocol.encode_request("ping", {}, i))
+                assert sock.poll(10000)
+            silent.close()
+            time.sleep(1.0)  # the daemon has seen it go (its gate looks every 0.2 s)
+            assert watcher.status()["bus"]["clients"] == before + 3
+    finally:
+        silent.close()
         ctx.destroy(0)
 
 

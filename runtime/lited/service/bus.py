@@ -47,6 +47,7 @@ OVERSIZE_ANSWERED = 64 << 10  # requests over max_request_bytes by up to this ge
 SUBSCRIPTION_MAX = 512  # bytes of one subscription message (a topic is under 80)
 HANDSHAKE_MS = 10_000  # a tcp:// peer's CURVE handshake must be done by then
 EARLY_TTL = 2.0  # s a handshake's decision waits for its connection's accept event
+HANDSHAKE_S = 1.0  # s from a connection's accept to its handshake's decision, at most, for the decision to be its
 SOCKET_CHECK_S = 2.0  # how often the bus looks whether its ipc:// socket files are still there
 
 
@@ -102,6 +103,9 @@ class ClientGate:
         # (monitor index, fd) of the request sockets' open connections, in accept order ->
         # None while its handshake is undecided, else whether it was let in
         self._open: dict = {}
+        # of those undecided, when their accept event was seen (monotonic s): a connection that never
+        # handshakes (it died at once, a port scanner) must not take the decision of a later one
+        self._undecided: dict = {}
         self._connected = 0  # let in and still open: kept by the ZAP thread, read by status
         self._monitors: list = []  # (socket, its monitor, its domain)
         # (time, decision) made before the monitor said the connection was accepted (the ZAP request
@@ -178,8 +182,11 @@ class ClientGate:
                 if event == zmq.EVENT_ACCEPTED:
                     early = self._early[self._monitors[index][2]]
                     self._open[key] = early.popleft()[1] if early else None
+                    if self._open[key] is None:
+                        self._undecided[key] = time.monotonic()
                 else:
                     self._open.pop(key, None)
+                    self._undecided.pop(key, None)
         stale = time.monotonic() - EARLY_TTL
         for early in self._early.values():  # an accept event never seen (a monitor that dropped it) must
             while early and early[0][0] < stale:  # not hold a place for ever
@@ -188,18 +195,22 @@ class ClientGate:
             sum(admitted for early in self._early.values() for _, admitted in early)
 
     def _admit(self, domain: str) -> bool:
-        """Decide the oldest undecided connection of `domain`'s sockets (handshakes
-        finish about in accept order; a guess wrong by one changes who waits,
-        not how many are in): in while fewer than `limit` of them are in. So a
-        burst of clients fills the free places instead of all being refused."""
+        """Decide the oldest connection of `domain`'s sockets accepted within
+        HANDSHAKE_S and undecided (handshakes finish about in accept order; a
+        guess wrong by one changes who waits, not how many are in; an older
+        one never handshook, and would keep the decision when it goes): in
+        while fewer than `limit` of them are in. So a burst of clients fills
+        the free places instead of all being refused."""
         self._count()
         mine = {i for i, (_, _, d) in enumerate(self._monitors) if d == domain}
         inside = sum(1 for (index, _), admitted in self._open.items() if admitted and index in mine)
         inside += sum(admitted for _, admitted in self._early[domain])
         admitted = inside < self.limit
-        key = next((k for k, v in self._open.items() if v is None and k[0] in mine), None)
+        recent = time.monotonic() - HANDSHAKE_S
+        key = next((k for k, seen in self._undecided.items() if seen >= recent and k[0] in mine), None)
         if key is not None:
             self._open[key] = admitted
+            del self._undecided[key]
         else:  # its handshake came before its monitor's accept event: the decision waits for that
             self._early[domain].append((time.monotonic(), admitted))
         self._connected += admitted
