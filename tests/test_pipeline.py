@@ -223,6 +223,51 @@ def test_held_frames_stay_within_the_ring_size_and_all_go_back(fastestdet, polic
     assert all(b - a == r["skipped"] + 1 for a, b, r in zip(seqs, seqs[1:], sink.results[1:]))
 
 
+def test_a_result_frame_held_for_a_late_reader_stays_that_frame_and_goes_back(fastestdet):
+    """`hold_result_frame`, as the uplink's packer takes it when it selects a
+    result: the lease keeps that very frame intact while the camera goes
+    round the ring many times; the ring has room for `held_elsewhere` such
+    leases (none broken, capture goes on), each goes back on release, and a
+    result whose frame the ring already reused gets None, not another frame."""
+    sink, held = Collector(), []
+    stream: list = []
+
+    def publish(result: dict) -> None:
+        sink.publish(result)
+        if result["seq"] >= 3 and len(held) < 3:
+            lease = stream[0].hold_result_frame(result)
+            held.append((result, lease, lease.view().copy()))
+
+    s = Stream("cam", "synth://?size=640x480&fps=100", lambda: Model(fastestdet, isolated=True), publish,
+               sink.event, held_elsewhere=3)
+    stream.append(s)
+    s.start()
+    try:
+        sink.wait(1)
+        ring = s.ring
+        assert ring.slots == ring_slots(2, 0, 3)
+        start = ring.frames_written
+        deadline = time.monotonic() + 30
+        while ring.frames_written < start + 5 * ring.slots and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ring.frames_written >= start + 5 * ring.slots, "the camera must have gone round the ring"
+        assert len(held) == 3
+        for result, lease, pixels in held:
+            assert ring.is_current(lease.slot, lease.seq) and (lease.view() == pixels).all()
+            assert (lease.slot, lease.seq) == (result["slot"], result["slot_seq"])
+        assert ring.leases_broken == 0
+        gone = held[0][0]
+        for _, lease, _ in held:
+            lease.release()
+        deadline = time.monotonic() + 30
+        while ring.is_current(gone["slot"], gone["slot_seq"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert s.hold_result_frame(gone) is None
+    finally:
+        s.stop()
+    assert ring.held == 0
+
+
 def test_a_frame_the_decoder_cannot_read_costs_that_result_not_the_stream(tmp_path, fastestdet):
     """An exception in the decoder ended the post thread: the stream said `streaming` and published
     nothing more, for ever (a hand-written bundle's gfl decoder on a priorbox model did it at the

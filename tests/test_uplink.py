@@ -275,9 +275,9 @@ def test_broker_killed_20_times_during_a_live_stream_loses_nothing(broker, tmp_p
     try:
         cloud = Cloud(broker, tmp_path)
         wait_until(lambda: uplink_status(d)["connected"])
-        # 32 slots keep a frame in the ring ~2 s: time for the uplink to cut its crops on a loaded machine
+        # the default ring: a selected result's frame is leased until the uplink cuts its crops
         add_stream(d, {"name": "cam", "source": f"file://{tmp_path / 'v.avi'}?realtime=1&loop=1",
-                       "model": "face", "slots": 32})
+                       "model": "face"})
         wait_until(lambda: len(bus.results) > 5)
         kills = 0
         for _ in range(20):
@@ -304,8 +304,8 @@ def test_broker_killed_20_times_during_a_live_stream_loses_nothing(broker, tmp_p
           f"{len(crops)} crops; device sent {counters['sent']} (resent {counters['resent']}), "
           f"server dropped {stats['duplicates']} duplicates; frames gone {counters['frame_gone']}")
     assert len(want) >= 40 and counters["resent"] > 0, "the test must have made the device send again"
-    assert status["outbox"]["dropped"] == 0 and counters["frame_gone"] <= len(want) // 10
-    assert len(crops) >= len(want) - counters["frame_gone"]
+    assert status["outbox"]["dropped"] == 0 and counters["frame_gone"] == 0
+    assert len(crops) >= len(want)
 
 
 def test_daemon_restart_with_a_full_outbox_loses_nothing(broker, tmp_path, bundles_dir):
@@ -322,8 +322,7 @@ def test_daemon_restart_with_a_full_outbox_loses_nothing(broker, tmp_path, bundl
     d.start()
     bus = Collector(d.pub)
     try:
-        add_stream(d, {"name": "cam", "source": f"file://{tmp_path / 'v.avi'}?realtime=1&loop=1", "model": "face",
-                       "slots": 32})
+        add_stream(d, {"name": "cam", "source": f"file://{tmp_path / 'v.avi'}?realtime=1&loop=1", "model": "face"})
         wait_until(lambda: uplink_status(d)["outbox"]["bytes"] > 200 << 10, 90)
         d.write_config({**config, "streams": []})
         d.signal(signal.SIGHUP)

@@ -36,8 +36,6 @@ import threading
 import time
 from typing import Any, Callable, ClassVar, Optional, Sequence
 
-import numpy as np
-
 from lited import __version__, protocol
 from lited.bundle import Bundle, BundleError, load_bundle
 from lited.config import Config, ConfigError, ModelSettings, StreamConfig, load_config, model_choice_problem
@@ -50,10 +48,11 @@ from lited.protocol import ProtocolError
 from lited.service.bus import Bus, Curve
 from lited.service.requests import Requests
 from lited.service.sdnotify import Notifier, Watchdog
-from lited.service.uplink import Uplink
+from lited.service.uplink import FRAMES_HELD as UPLINK_FRAMES_HELD, Uplink
 from lited.sources import SourceError
 from lited.sources.errors import redact
 from lited.stream import Stream
+from lited.stream.handoff import Frame
 from lited.stream.ring import sweep_stale
 from lited.stream.stats import COUNTERS
 from lited.stream.stream import source_policy
@@ -188,7 +187,7 @@ class Daemon:
             self._start_http()
         # before the bus loop too: once `ping` answers, status shows the uplink (it was None for a moment)
         if cfg.uplink is not None:
-            self.uplink = Uplink(cfg.uplink, self.requests.call, self._publish_answer, self._read_frame,
+            self.uplink = Uplink(cfg.uplink, self.requests.call, self._publish_answer, self._hold_frame,
                                  self._health)
             try:
                 self.uplink.start()
@@ -273,7 +272,8 @@ class Daemon:
         stream = Stream(sc.name, sc.source, self._stream_model(sc, bundle), self._publish_result,
                         self._publish_event, slots=sc.slots, stall_timeout=sc.stall_timeout,
                         group=self.config.group, beat=lambda n=beat_name: self.watchdog.beat(n),
-                        keep_results=sc.keep_results, policy=sc.policy, model_key=sc.model)
+                        keep_results=sc.keep_results, policy=sc.policy, model_key=sc.model,
+                        held_elsewhere=UPLINK_FRAMES_HELD if self.uplink is not None else 0)
         try:
             stream.start()
         except BaseException:
@@ -349,10 +349,10 @@ class Daemon:
         """A server's answer to one of our crops, from the uplink: on the local bus."""
         self.bus.publish(protocol.answer_topic(stream), protocol.encode_answer(answer))
 
-    def _read_frame(self, result: dict, out: Optional[np.ndarray]) -> Optional[np.ndarray]:
-        """A copy of the result's own frame (into `out` when it fits), None if it is gone."""
+    def _hold_frame(self, result: dict) -> Optional[Frame]:
+        """A lease of the result's own frame (the uplink's packer), None if it is gone."""
         stream = self.streams.get(result["stream"])
-        return stream.result_frame(result, out) if stream is not None else None
+        return stream.hold_result_frame(result) if stream is not None else None
 
     def _health(self) -> dict:
         """The short health the uplink's retained status message carries."""

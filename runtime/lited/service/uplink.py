@@ -5,8 +5,11 @@ Rules it keeps:
 - the stream threads only choose (labels, score, rate) and hand a result to
   a bounded queue: they never wait for the disk, the network or JPEG
   encoding (a full queue is counted as `busy`);
-- the packer thread reads the result's frame from the ring (a frame already
-  overwritten is counted as `frame_gone`), cuts and encodes the crops; the
+- a selected result that attaches images takes a lease of its frame in the
+  ring at once (up to `LEASES_QUEUED` per stream; the ring is sized for
+  them), so the packer cuts its crops from that very frame however far it
+  lags; past that, the packer leases the frame when it comes to it, and one
+  the ring already reused is counted as `frame_gone`; it cuts and encodes the crops; the
   store thread writes the result and its images to the outbox together with
   everything else packed meanwhile (one fdatasync): durable before counted;
 - the sender thread hands paho at most `window` unacknowledged records
@@ -29,7 +32,6 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-import numpy as np
 
 from lited import __version__
 from lited import uplink_protocol as up
@@ -38,6 +40,7 @@ from lited.crops import crop_rect, encode_jpeg
 from lited.mqtt_link import BrokerSettings, ConnectWatch, connect_async, make_client, publish_properties
 from lited.protocol import ProtocolError
 from lited.service.outbox import DROP_LOG_INTERVAL, Outbox
+from lited.stream.handoff import Frame
 
 log = logging.getLogger("lited.uplink")
 QUEUE_SIZE = 256
@@ -51,8 +54,11 @@ COUNTERS = ("selected", "rate_limited", "busy", "frame_gone", "queued", "refused
             "acked", "refused_by_broker", "answers", "duplicate_answers", "bad_messages", "requests",
             "requests_refused")
 
-# (result) -> its frame copied out of the ring, or None if it was overwritten; `out` may be reused
-ReadFrame = Callable[[dict, Optional[np.ndarray]], Optional[np.ndarray]]
+LEASES_QUEUED = 2         # frames per stream leased by waiting results (see FRAMES_HELD)
+FRAMES_HELD = LEASES_QUEUED + 1   # leases per stream at once: those waiting, and one the packer takes itself
+
+# (result) -> a lease of its frame in the ring (`view()`, then `release()` once), None if it is gone
+HoldFrame = Callable[[dict], Optional[Frame]]
 # (method, params, done(result, error)): the request core (service/requests.py)
 Call = Callable[[str, dict, Callable[[Any, Optional[ProtocolError]], None]], None]
 
@@ -64,12 +70,13 @@ def settings_of(cfg: UplinkConfig) -> BrokerSettings:
 
 class Uplink:
     def __init__(self, cfg: UplinkConfig, call: Call, publish_local: Callable[[str, dict], None],
-                 read_frame: ReadFrame, health: Callable[[], dict]) -> None:
+                 hold_frame: HoldFrame, health: Callable[[], dict]) -> None:
         self.cfg = cfg
         self.device = cfg.device
         self._call = call
         self._publish_local = publish_local
-        self._read_frame = read_frame
+        self._hold_frame = hold_frame
+        self._leased: collections.Counter = collections.Counter()  # stream -> leases of waiting results
         self._health = health
         self.outbox: Optional[Outbox] = None
         self.client: Any = None
@@ -94,7 +101,6 @@ class Uplink:
         self._status_due = 0.0
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._frame: Optional[np.ndarray] = None
         self._stored: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)   # packed, to be written
         self._threads = [threading.Thread(target=self._pack_loop, name="uplink-pack", daemon=True),
                          threading.Thread(target=self._store_loop, name="uplink-store", daemon=True),
@@ -173,17 +179,37 @@ class Uplink:
                 return
             self._last_selected[result["stream"]] = now
         self._count("selected")
-        self._offer(("result", result, dets, classes, rule))
+        self._offer(("result", result, dets, classes, rule, self._lease(result, rule)))
 
     def offer_event(self, event: dict) -> None:
         if self.cfg.events:
             self._offer(("event", event))
+
+    def _lease(self, result: dict, rule: Any) -> Optional[Frame]:
+        """The frame of a result whose images will be cut, leased while its stream has a lease to spare."""
+        stream = result["stream"]
+        with self._count_lock:
+            if rule.attach == "none" or self._leased[stream] >= LEASES_QUEUED:
+                return None
+            self._leased[stream] += 1
+        lease = self._hold_frame(result)
+        if lease is None:
+            self._give_back(stream, None)
+        return lease
+
+    def _give_back(self, stream: str, lease: Optional[Frame]) -> None:
+        if lease is not None:
+            lease.release()
+        with self._count_lock:
+            self._leased[stream] -= 1
 
     def _offer(self, item: tuple) -> None:
         try:
             self._queue.put_nowait(item)
         except queue.Full:
             self._count("busy")
+            if item[0] == "result" and item[5] is not None:
+                self._give_back(item[1]["stream"], item[5])
 
     def _count(self, name: str, n: int = 1) -> None:
         with self._count_lock:
@@ -253,22 +279,28 @@ class Uplink:
         """[(detection index or None for the whole frame, detection, pixels)] of a result."""
         if item[0] != "result" or item[4].attach == "none":
             return []
-        _, result, dets, _, rule = item
-        frame = self._read_frame(result, self._frame)
-        if frame is None:
+        _, result, dets, _, rule, queued = item
+        lease = queued or self._hold_frame(result)
+        if lease is None:
             self._count("frame_gone")
             return []
-        self._frame = frame
-        if rule.attach == "frame":
-            return [(None, None, frame.copy())]
-        h, w = frame.shape[:2]
-        out = []
-        for index, det in dets[:rule.max_crops]:
-            rect = crop_rect(det["box"], rule.margin, w, h)
-            if rect is not None:
-                x1, y1, x2, y2 = rect
-                out.append((index, det, frame[y1:y2, x1:x2].copy()))
-        return out
+        try:
+            frame = lease.view()
+            if rule.attach == "frame":
+                return [(None, None, frame.copy())]
+            h, w = frame.shape[:2]
+            out = []
+            for index, det in dets[:rule.max_crops]:
+                rect = crop_rect(det["box"], rule.margin, w, h)
+                if rect is not None:
+                    x1, y1, x2, y2 = rect
+                    out.append((index, det, frame[y1:y2, x1:x2].copy()))
+            return out
+        finally:
+            if queued is not None:
+                self._give_back(result["stream"], queued)
+            else:
+                lease.release()
 
     def _records(self, item: tuple, images: list) -> list:
         """(topic, meta, payload) of an event, or of a result and its images."""
@@ -276,7 +308,7 @@ class Uplink:
             event = item[1]
             return [(up.topic(self.device, "events", event["stream"]), _meta(JSON_TYPE),
                      up.to_json(up.event_message(self.device, event)))]
-        _, result, dets, classes, rule = item
+        _, result, dets, classes, rule, _ = item
         stream = result["stream"]
         crops = [index for index, _, _ in images if index is not None]
         message = up.result_message(self.device, result, [{**d, "index": i} for i, d in dets], classes, crops,

@@ -44,13 +44,15 @@ def source_policy(source: Union[str, Source]) -> str:
     return "queue" if source.lossless else "latest"
 
 
-def ring_slots(margin: int, keep_results: int = 0) -> int:
+def ring_slots(margin: int, keep_results: int = 0, held_elsewhere: int = 0) -> int:
     """Slots a stream's ring needs so that no lease is ever broken: the
     frames its runner holds, the latest result's frame and `keep_results`
-    older ones, one being copied by a snapshot, the latest captured frame
-    (never rewritten) and the one being written, plus `margin` for apps
-    (a frame let go of stays readable for `margin` more frames)."""
-    return ModelRunner.FRAMES_HELD + 1 + keep_results + 1 + 2 + margin
+    older ones, one being copied by a snapshot, `held_elsewhere` leased by
+    other parts of the daemon (`hold_result_frame`: the uplink's packer), the
+    latest captured frame (never rewritten) and the one being written, plus
+    `margin` for apps (a frame let go of stays readable for `margin` more
+    frames)."""
+    return ModelRunner.FRAMES_HELD + 1 + keep_results + 1 + held_elsewhere + 2 + margin
 
 
 class Stream:
@@ -58,9 +60,10 @@ class Stream:
                  on_event: Optional[Callable[[dict], None]] = None, slots: int = 2,
                  stall_timeout: float = 5.0, backoff: tuple = (0.5, 30.0), group: Union[str, int, None] = None,
                  stats_window: int = 512, beat: Optional[Callable[[], None]] = None, keep_results: int = 0,
-                 policy: Optional[str] = None, model_key: Optional[str] = None) -> None:
+                 policy: Optional[str] = None, model_key: Optional[str] = None, held_elsewhere: int = 0) -> None:
         """`slots`: the apps' margin (see `ring_slots`); `keep_results`: older
-        results whose frames stay readable too; `policy`: "latest" or
+        results whose frames stay readable too; `held_elsewhere`: frames that
+        `hold_result_frame` callers may hold at once; `policy`: "latest" or
         "queue" (runner.py), by default "queue" for a lossless source and
         "latest" otherwise; `model_key`: the model's name in the daemon's
         config, added to every result as `model_key`."""
@@ -91,7 +94,8 @@ class Stream:
         self._state_at = 0.0  # monotonic time of the last state change
         self._stop = threading.Event()
         self._handoff = FrameHandoff(self.source.lossless, self.stats, self._stop)
-        self._capture = CaptureLoop(name, self.source, ring_slots(slots, keep_results), self._handoff, self.stats,
+        self._capture = CaptureLoop(name, self.source, ring_slots(slots, keep_results, held_elsewhere),
+                                    self._handoff, self.stats,
                                     self._set_state, self._event, self._stop, Backoff(*backoff), group)
 
     # -- lifecycle
@@ -149,12 +153,19 @@ class Stream:
         """The ring frames are written to now (None before the first frame)."""
         return self._capture.ring
 
-    def result_frame(self, result: dict, out: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
-        """A copy (into `out` when it fits) of the frame `result` was computed
-        from; None once the ring reused its slot or was rebuilt."""
+    def _in_ring(self, result: dict) -> Optional[FrameRing]:
+        """The ring under the stream's name, if `result` names it (segment and frame size)."""
         ring = self.ring
         if (ring is None or result.get("ring") != ring.name or result.get("generation") != ring.generation
                 or ring.shape[:2] != (result["height"], result["width"])):
+            return None
+        return ring
+
+    def result_frame(self, result: dict, out: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
+        """A copy (into `out` when it fits) of the frame `result` was computed
+        from; None once the ring reused its slot or was rebuilt."""
+        ring = self._in_ring(result)
+        if ring is None:
             return None
         if out is not None and (out.shape != ring.shape or out.dtype != ring.dtype):
             out = None
@@ -162,6 +173,24 @@ class Stream:
             return ring.read(result["slot"], result["slot_seq"], out)
         except RingError:  # closed under us (the stream stopped or the frame size changed)
             return None
+
+    def hold_result_frame(self, result: dict) -> Optional[Frame]:
+        """A lease of the frame `result` was computed from, for a reader in
+        this process that reads it later (`view()`, then `release()` once):
+        certain while `result` is one the stream keeps (its latest, or
+        `keep_results` back), else only while the ring has not reused the
+        slot; None when it has. The ring has room for `held_elsewhere` such
+        leases at once."""
+        with self._results_lock:  # a kept frame's lease cannot go while this one is taken
+            frame = next((f for kept, f in reversed(self._results) if kept is result), None)
+            if frame is not None:
+                return frame if frame.ring.hold(frame.slot, frame.seq) else None
+        ring = self._in_ring(result)
+        slot, seq = result["slot"], result["slot_seq"]
+        if ring is None or not ring.hold(slot, seq):
+            return None
+        meta = ring.meta(slot, seq)  # held: the slot keeps this frame
+        return Frame(ring, slot, seq, meta, result["seq"])  # type: ignore[arg-type]
 
     @property
     def counters(self) -> dict:
