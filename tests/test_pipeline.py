@@ -268,11 +268,41 @@ def test_a_result_frame_held_for_a_late_reader_stays_that_frame_and_goes_back(fa
     assert ring.held == 0
 
 
+def test_a_live_stream_whose_post_is_slower_than_its_engine_starts_frames_as_post_frees(fastestdet):
+    """`latest`, post slower than the engine (a cascade's stages; here the test's own decoder, 0.3 s):
+    the engine ran the next frames at once and their results waited for post one behind the other,
+    each older (the cascade audit: 3 s stages, results 17 s behind the camera, `infer` counting the
+    wait). The engine now starts a frame so that it ends as post frees: the result hardly waits for
+    post, and the frames in between are skipped."""
+    sink = Collector()
+
+    def model():
+        m = Model(fastestdet, isolated=True)
+        decode = m.decoder.decode
+
+        def slow(outputs, geom):
+            time.sleep(0.3)
+            return decode(outputs, geom)
+        m.decoder.decode = slow
+        return m
+
+    s = Stream("cam", "synth://?size=640x480&fps=30", model, sink.publish, sink.event)
+    s.start()
+    try:
+        results = sink.wait(10, timeout=60)
+    finally:
+        s.stop()
+    assert len(results) >= 10
+    for result in results[3:10]:
+        t = result["timings_ms"]
+        assert t["post_wait"] < 100 and t["total"] < 500 and result["skipped"] >= 5, (t, result["skipped"])
+
+
 def test_a_frame_the_decoder_cannot_read_costs_that_result_not_the_stream(tmp_path, fastestdet):
     """An exception in the decoder ended the post thread: the stream said `streaming` and published
     nothing more, for ever (a hand-written bundle's gfl decoder on a priorbox model did it at the
-    first frame). Now that frame's result is lost, the error counted and said once, the rest flow.
-    The failing decoder is the test's own, installed on the model the stream builds."""
+    first frame). Now that frame's result is lost, the error counted and said once, the rest flow,
+    and its frame goes back to the ring. The failing decoder is the test's own, installed on the model the stream builds."""
     frames = write_video(tmp_path / "v.avi", frames=12)
     sink = Collector()
 
@@ -293,9 +323,11 @@ def test_a_frame_the_decoder_cannot_read_costs_that_result_not_the_stream(tmp_pa
     try:
         results = sink.wait(len(frames) - 3, timeout=60)
         status = s.status()
+        ring = s.ring
     finally:
         s.stop()
     assert [r["seq"] for r in results] == [0, 1] + list(range(5, len(frames)))
+    assert ring.held == 0, "the failed frames' leases went back (each kept a slot for ever)"
     decode_events = [e for e in sink.events if e["event"] == "decode"]
     assert [e["detail"] for e in decode_events] == [
         "decoder grid: ValueError: outputs [[1, 85, 22, 22]] not as expected; the frame's result is lost"]

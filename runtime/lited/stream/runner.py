@@ -26,7 +26,10 @@ Two policies, chosen by the stream (`Feed.policy`):
   old when the engine frees, so if the next frame is due (and prepared) very
   soon, the engine waits for it instead. Waits are short and rare enough to
   cost at most HOLD_SHARE of the engine's time (see `_hold`); if the frame
-  does not come in time, the prepared one starts.
+  does not come in time, the prepared one starts. And when post is the slow
+  part (a cascade's later stages), the engine starts the next frame only so
+  that it finishes as post frees (`_post_gate`): its result does not wait
+  behind the previous ones, and the frame it starts is that much newer.
 - `queue` (lossless sources): a second run queued behind the running one,
   so the engine never waits for this process: the most results per second.
 
@@ -120,6 +123,10 @@ class ModelRunner:
         self._run_s = 0.0          # recent run time of one frame, and of preparing one (EMA, s)
         self._prep_s = 0.0
         self._post_progress = time.monotonic()  # the post thread's last sign of life
+        self._post_started: Optional[float] = None  # when post took up the result it is on (monotonic s)
+        self._post_s = 0.0         # recent time post takes over a result: decoding, a cascade's stages (EMA, s)
+        self._gate_until: Optional[float] = None  # `latest`: the engine waits for post until then (monotonic s)
+        self._collected = False    # a run collected, not yet handed to post
         self._restarts = Backoff()
         self._decode_error = ""    # the last decoder failure said (each new one is said once)
         name = feed.name
@@ -173,7 +180,7 @@ class ModelRunner:
         with self._lock:
             while (self._ready and len(self._inflight) < self._runs and self._free_outputs
                    and not self._restarting and self._failed is None and not self._stop.is_set()):
-                if self.policy == "latest" and self._hold(self._ready[0][-1]):
+                if self.policy == "latest" and (self._post_gated() or self._hold(self._ready[0][-1])):
                     return
                 input_set, geom, info, frame = self._ready.popleft()
                 output_set = self._free_outputs.pop()
@@ -192,6 +199,28 @@ class ModelRunner:
                 self._inflight.append((input_set, output_set, geom, info, frame))
                 self._to_prep.notify()   # room for the next prepared frame
                 self._to_infer.notify()  # a run to collect
+
+    def _post_gated(self) -> bool:
+        """`latest`, the engine free: should it wait because post would still be
+        busy when this run ends? (Called with the lock held.) Post is the slow
+        part only with a cascade (or a decoder slower than the model): a run
+        started now would wait for post, and the results behind it too, each
+        one older (seen: 3 runs of a 3 s stage, 17 s behind the camera)."""
+        now = time.monotonic()
+        waiting = self._post_box is not None or self._collected  # a result already waits for post
+        if self._post_s == 0 and (waiting or self._post_started is not None):
+            self._gate_until = now + 0.5  # how long post takes is not known yet: until it is done (_post_done)
+            return True
+        busy = 0.0 if self._post_started is None else max(0.0, self._post_s - (now - self._post_started))
+        if waiting:
+            busy += self._post_s
+        wait_s = busy - self._run_s
+        if wait_s <= 0.001:
+            self._gate_until = None
+            return False
+        self._gate_until = now + wait_s
+        self._to_infer.notify()  # the infer thread submits then (post finishing submits sooner)
+        return True
 
     def _hold(self, ready: Frame) -> bool:
         """`latest`, the engine free and frame `ready` prepared: should the
@@ -254,8 +283,9 @@ class ModelRunner:
             self.feed.beat()
             with self._lock:
                 if not self._inflight and self._failed is None:
-                    hold_s = 0.0 if self._hold_until is None else self._hold_until - time.monotonic()
-                    self._to_infer.wait(min(0.5, hold_s) if hold_s > 0 else 0.5)
+                    wake = min((t for t in (self._hold_until, self._gate_until) if t is not None), default=None)
+                    wait_s = 0.5 if wake is None else wake - time.monotonic()
+                    self._to_infer.wait(min(0.5, wait_s) if wait_s > 0 else 0.5)
                 failed, self._failed = self._failed, None
                 idle = failed is None and not self._inflight
             if idle:
@@ -276,6 +306,7 @@ class ModelRunner:
             with self._lock:
                 input_set, output_set, geom, info, frame = self._inflight.popleft()
                 self._free_inputs.append(input_set)
+                self._collected = True
                 self._to_prep.notify()
             self._submit_ready()  # the engine starts the next prepared frame now, not after decoding
             started = max(info.pop("_submitted_at"), self._last_done)  # when the engine took it up
@@ -291,6 +322,7 @@ class ModelRunner:
                     self._to_infer.wait(0.5)
                     if time.monotonic() - self._post_progress < self.POST_PROGRESS_S:
                         self.feed.beat()  # waiting for a slow cascade is not hanging
+                self._collected = False
                 if self._stop.is_set():
                     frame.release()
                     return
@@ -355,6 +387,7 @@ class ModelRunner:
                     continue
                 output_set, outputs, geom, info, frame = self._post_box
                 self._post_box = None
+                self._post_started = time.monotonic()
                 self._to_infer.notify()
             self._post_progress = time.monotonic()
             t0 = time.perf_counter()
@@ -368,6 +401,8 @@ class ModelRunner:
                 self._free_outputs.append(output_set)
             self._submit_ready()  # a prepared run may have waited for that output set
             if decoded is None:
+                frame.release()  # kept for ever, each failed frame took a slot of the ring from the camera
+                self._post_done()
                 continue
             timings = info["timings_ms"]
             # collected while this thread still decoded (and ran the cascade of) the previous frame
@@ -378,6 +413,15 @@ class ModelRunner:
             timings["total"] = (time.monotonic_ns() - info.pop("_captured_ns")) / 1e6
             self.feed.publish({**info, "task": model.task, "model": model.name,
                                "model_version": model.version, **decoded}, frame)
+            self._post_done()
+
+    def _post_done(self) -> None:
+        """Post is free: learn how long it took, and let a run gated on it start."""
+        with self._lock:
+            took = time.monotonic() - self._post_started
+            self._post_s += (took - self._post_s) * (1.0 if self._post_s == 0 else 0.2)
+            self._post_started = None
+        self._submit_ready()
 
     def _decode_failed(self, exc: Exception) -> None:
         """Counted as an error each time; logged and published (a `decode` event) once per distinct
