@@ -8,7 +8,9 @@ they take seconds, not minutes (the recognizer runs ~1 s per line on x86).
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -281,6 +283,41 @@ def test_a_cascade_result_total_is_the_sum_of_its_timings(det_cls, tmp_path):
         t = result["timings_ms"]
         parts = sum(v for k, v in t.items() if k not in ("capture", "total"))
         assert "post_wait" in t and abs(t["total"] - parts) < 5 + 0.02 * t["total"], t
+
+
+def test_a_stage_engine_that_cannot_restart_backs_off_says_so_and_comes_back(det_cls, tmp_path):
+    """The stage's engine dies while its model file is away (an upgrade moving files): each fresh
+    try fails. It was tried at every frame, two `engine` events and a log line a frame, and status
+    never said so. Now the tries back off (0.5 s doubling), `engine_down` says it, results carry
+    the first stage's fields only, and once the file is back the stage runs again."""
+    video = tmp_path / "text.avi"
+    text_video(video, frames=60, fps=30)
+    bundle = load_bundle(det_cls)
+    results, events = [], []
+    s = Stream("ocr", f"file://{video}?realtime=1&loop=1", lambda: Model(bundle, isolated=True),
+               results.append, events.append)
+    s.start()
+    model_file = det_cls / "cls_model_x86.nb"
+    try:
+        deadline = time.monotonic() + 60
+        while len(results) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        model_file.rename(tmp_path / "away.nb")
+        os.kill(s.model.cascade.stages[0].part.engine.pid, signal.SIGKILL)
+        time.sleep(4)
+        down = s.status()["engine_down"]
+        during = len(results)
+        tries = [e["detail"] for e in events if e["event"] == "engine"]
+        (tmp_path / "away.nb").rename(model_file)
+        time.sleep(5)
+        after = [r for r in results[during:] if r["detections"]]
+        up = s.status()["engine_down"]
+    finally:
+        s.stop()
+    assert down and "stage cls" in down and "first stage's fields only" in down, down
+    assert 2 <= len(tries) <= 5, tries  # 0.5 + 1 + 2 s of backoff in 4 s, not one a frame
+    assert all("restarting in" in t for t in tries), tries
+    assert up is None and after and all("classes" in d for d in after[-1]["detections"]), (up, after[-1:])
 
 
 @pytest.mark.slow

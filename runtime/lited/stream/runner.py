@@ -128,6 +128,9 @@ class ModelRunner:
         self._gate_until: Optional[float] = None  # `latest`: the engine waits for post until then (monotonic s)
         self._collected = False    # a run collected, not yet handed to post
         self._restarts = Backoff()
+        self._stage_restarts = Backoff()
+        self._stage_down: Optional[StageError] = None  # a cascade stage's engine is down: its last failure
+        self._stage_retry_at = 0.0  # ... and when a fresh one is tried (monotonic s)
         self._decode_error = ""    # the last decoder failure said (each new one is said once)
         name = feed.name
         self._infer = threading.Thread(target=self._infer_loop, name=f"infer-{name}", daemon=True)
@@ -450,6 +453,8 @@ class ModelRunner:
         if not intact:
             self.feed.stats.count("torn")
             return
+        if self._stage_down is not None and not self._stage_back():
+            return  # its fields are left out until a fresh engine runs (status: engine_down)
         try:
             cascade.run(crops, detections, timer, self._post_alive)
         except StageError as exc:
@@ -457,26 +462,45 @@ class ModelRunner:
                 for det in detections:
                     for key in stage.adds:
                         det.pop(key, None)
-            self._restart_stage_engine(exc)
+            self._stage_failed(exc)
 
     def _post_alive(self) -> None:
         self._post_progress = time.monotonic()
 
-    def _restart_stage_engine(self, exc: "StageError") -> None:
-        """A cascade stage's engine failed (its process died): say so and
-        start a fresh one; this frame's stage fields are lost, the stream
-        goes on (the next failure tries again)."""
+    def _stage_failed(self, exc: StageError) -> None:
+        """A cascade stage's engine failed (its process died, or a fresh one
+        could not start): say so once, and leave the stages out until a fresh
+        one is tried after a capped backoff, as for the stream's own engine.
+        Tried at every frame, a model changed on disk made two events and a
+        log line a frame, and status never showed it."""
         if self._stop.is_set():  # stopping closed it
             return
         feed = self.feed
+        delay = self._stage_restarts.next()
         feed.stats.count("engine_restarts")
-        log.warning("stream %s: %s; restarting its engine", feed.name, exc,
+        log.warning("stream %s: %s; restarting its engine in %.1f s", feed.name, exc, delay,
                     extra={"stream": feed.name, "event": "engine"})
-        feed.event("engine", f"{exc}; restarting")
+        feed.event("engine", f"{exc}; restarting in {delay:.1f} s")
+        feed.stats.engine_down = f"{exc} (engine restart {feed.stats.counters['engine_restarts']}, the next in " \
+                                 f"{delay:.1f} s; results carry the first stage's fields only)"
+        self._stage_down = exc
+        self._stage_retry_at = time.monotonic() + delay
+
+    def _stage_back(self) -> bool:
+        """The down stage's engine: once its backoff is over, start a fresh
+        one (in this thread: the frame waits for it). True once it runs."""
+        down = self._stage_down
+        if down is None or time.monotonic() < self._stage_retry_at:
+            return down is None
         try:
-            exc.stage.part.engine.restart()
+            down.stage.part.engine.restart()
         except EngineError as again:
-            feed.event("engine", f"stage {exc.stage.name}: {again}")
+            self._stage_failed(StageError(down.stage, again))
+            return False
+        self._stage_down = None
+        self._stage_restarts.reset()
+        self.feed.stats.engine_down = None
+        return True
 
     # -- prep thread: newest frame -> a free input set of the engine -> prepared
     def _prep_loop(self) -> None:
