@@ -355,3 +355,29 @@ def test_a_reload_refuses_a_stage_gone_or_classifying_into_other_labels(ocr_copy
     shutil.copytree(ocr_copy, keys)
     (keys / "rec_labels.txt").write_text((ocr_copy / "rec_labels.txt").read_text().replace("a", "A", 1))
     assert change_problem("ocr", old, load_bundle(keys)) is None
+
+
+def test_a_plain_reload_goes_back_after_a_swap_that_added_a_stage(ocr_copy, tmp_path):
+    """`reload --model NAME --bundle DIR` onto the same detector with a stage more is taken without
+    --force (apps only get more fields). Going back was then refused ("stage cls gone"), so every
+    plain reload and SIGHUP after it failed. The config's bundle comes back now, as config.md says."""
+    from daemon_process import DaemonProcess
+    from lited.client import ClientError
+
+    det_only = tmp_path / "det_only"
+    shutil.copytree(ocr_copy, det_only)
+    edit(det_only, lambda m: m.pop("stages"))
+    other = tmp_path / "det_only_too"
+    shutil.copytree(det_only, other)
+    d = DaemonProcess(tmp_path, {"models": {"ocr": str(det_only)}, "streams": []})
+    d.start()
+    try:
+        with d.client(timeout=120) as client:
+            assert client.reload(model="ocr", bundle=str(ocr_copy))["reloaded"] == ["ocr"]
+            assert client.reload()["reloaded"] == ["ocr"]
+            assert client.status()["models"]["ocr"]["bundle"] == str(det_only)
+            client.reload(model="ocr", bundle=str(ocr_copy))
+            with pytest.raises(ClientError, match="stage cls gone"):  # to a bundle not the config's: asked
+                client.reload(model="ocr", bundle=str(other))
+    finally:
+        d.stop()

@@ -129,7 +129,7 @@ class Daemon:
         self.started = time.monotonic()
         self.bundles: dict = {}            # model name -> Bundle
         self.generation: dict = {}         # model name -> int, bumped on reload (request workers rebuild)
-        self.forced_away: set = set()      # models forced onto a bundle of another meaning than the config's
+        self.swapped_away: set = set()     # models serving another bundle than the config's (--bundle)
         self.streams: dict = {}            # stream name -> Stream
         self.stream_configs: dict = {}     # stream name -> the StreamConfig it was started from
         self.warming: dict = {}            # stream name -> StreamConfig whose model is warming up
@@ -433,14 +433,13 @@ class Daemon:
                 bundle = new_bundles.get(sc.model)
                 if bundle is not None and name not in leaving:
                     prepared.append((stream, stream.prepare_model(self._stream_model(sc, bundle), READY_TIMEOUT)))
-            changed = set()
             for n, bundle in new_bundles.items():  # after the models load: a broken bundle says so first
                 problem = change_problem(n, self.bundles[n], bundle)
-                back = paths[n] == self.config.models.get(n) and n in self.forced_away
-                if problem and not (force or back):  # going back to the config's bundle undoes a forced swap
+                # going back to the config's bundle undoes a swap, whatever it changed: one that added a
+                # stage, taken without --force, made every plain reload (and SIGHUP) refused after it
+                back = paths[n] == self.config.models.get(n) and n in self.swapped_away
+                if problem and not (force or back):
                     raise ReloadRefused(problem)
-                if problem:
-                    changed.add(n)
         except BaseException:
             for _, runner in prepared:
                 runner.stop()
@@ -451,9 +450,9 @@ class Daemon:
             self.bundles[n] = bundle  # config.models keeps the configured path: a plain reload goes back to it
             self.generation[n] += 1
             if paths[n] == self.config.models.get(n):
-                self.forced_away.discard(n)
-            elif n in changed:
-                self.forced_away.add(n)
+                self.swapped_away.discard(n)
+            else:
+                self.swapped_away.add(n)
 
     def reload_config(self, force: bool = False) -> dict:
         """SIGHUP and `lited ctl reload`: re-read the config; reload changed or
