@@ -113,6 +113,22 @@ def test_stage_problems_are_named_by_field_path(ocr_copy):
         assert part in message, (part, message)
 
 
+def test_a_label_a_stage_names_must_be_one_its_labels_file_has(ocr_copy):
+    """A typo in `select.labels` switched the stage off, one in `rotate.label` the rotation, and
+    both passed `config check` in silence (the cascade audit)."""
+    def typo(m):
+        m["labels"] = "det_labels.txt"
+        m["stages"][0]["select"] = {"labels": ["txet"]}
+        m["stages"][0]["rotate"] = {"label": "108"}
+    (ocr_copy / "det_labels.txt").write_text("text\n")
+    edit(ocr_copy, typo)
+    with pytest.raises(BundleError) as info:
+        load_bundle(ocr_copy)
+    message = str(info.value)
+    assert "stages[0].select.labels: 'txet' not among the first stage's labels (det_labels.txt)" in message, message
+    assert "stages[0].rotate.label: '108' not among the stage's labels (cls_labels.txt)" in message, message
+
+
 def test_a_stage_needs_schema_2_and_a_model_for_each_target(ocr_copy):
     edit(ocr_copy, lambda m: m.update(schema=1))
     with pytest.raises(BundleError, match=r"stages: needs \"schema\": 2"):
@@ -345,8 +361,10 @@ def test_a_reload_refuses_a_stage_gone_or_classifying_into_other_labels(ocr_copy
     relabelled = tmp_path / "relabelled"
     shutil.copytree(ocr_copy, relabelled)
     (relabelled / "cls_labels.txt").write_text("0\n90\n")
+    edit(relabelled, lambda m: m["stages"][0]["rotate"].update(label="90"))
     assert change_problem("ocr", old, load_bundle(relabelled)).startswith(
-        "model ocr: demo_ppocrv4 1.0.0 would replace demo_ppocrv4 1.0.0 with another stage cls labels -180, +90;")
+        f"model ocr: demo_ppocrv4 1.0.0 ({relabelled}) would replace demo_ppocrv4 1.0.0 ({ocr_copy}) with another "
+        "cascade: stage cls with labels -180, +90;")
     dropped = tmp_path / "dropped"
     shutil.copytree(ocr_copy, dropped)
     edit(dropped, lambda m: m["stages"].pop(0))

@@ -915,9 +915,30 @@ def load_bundle(path: str | os.PathLike, check_models: bool = True) -> Bundle:
     bundle = Bundle(root, manifest, _labels_of(root, manifest, "", where),
                     stages=[StageSpec(root, spec, _labels_of(root, spec, f"stages[{i}].", where), f"stages[{i}].")
                             for i, spec in enumerate(manifest.get("stages", []))])
+    problems = _stage_label_problems(bundle)
+    if problems:
+        raise BundleError(where, problems)
     if check_models:
         bundle.all_model_files()
     return bundle
+
+
+def _stage_label_problems(bundle: Bundle) -> list:
+    """Labels a stage names that the labels files do not have: a typo in
+    `select.labels` switched the stage off, one in `rotate.label` the
+    rotation, in silence (the files are read only once the manifest is valid)."""
+    problems = []
+    for i, stage in enumerate(bundle.stages):
+        p = f"stages[{i}]."
+        unknown = [x for x in stage.select["labels"] if bundle.labels and x not in bundle.labels]
+        if unknown:
+            problems.append(f"{p}select.labels: {', '.join(map(repr, unknown))} not among the first stage's labels "
+                            f"({bundle.manifest['labels']}): the stage would never run")
+        rotate = stage.rotate
+        if rotate and stage.labels and rotate.get("label") not in stage.labels:
+            problems.append(f"{p}rotate.label: {rotate.get('label')!r} not among the stage's labels "
+                            f"({stage.manifest['labels']}): no crop would ever be turned")
+    return problems
 
 
 def _model_file_problems(manifest: dict, root: Path, said: list) -> list:

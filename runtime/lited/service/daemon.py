@@ -93,7 +93,9 @@ def change_problem(name: str, old: Any, new: Any) -> Optional[str]:
         what = _stage_change(old.stages, new.stages)
         if what is None:
             return None
-    return (f"model {name}: {new.name} {new.version} would replace {old.name} {old.version} with another {what}; "
+    same = (new.name, new.version) == (old.name, old.version)  # then which is which is their directories
+    return (f"model {name}: {new.name} {new.version}{f' ({new.root})' if same else ''} would replace "
+            f"{old.name} {old.version}{f' ({old.root})' if same else ''} with another {what}; "
             "apps reading its results would misread them: refused (lited ctl reload --force swaps anyway)")
 
 
@@ -112,7 +114,7 @@ def _stage_change(old: list, new: list) -> Optional[str]:
             return f"cascade: stage {stage.name} gone"
         classifies = "classes" in DECODERS.get(stage.decoder["type"]).ADDS
         if classifies and list(stage.labels) != list(now[stage.name].labels):
-            return f"stage {stage.name} {_labels_change(stage.labels, now[stage.name].labels)}"
+            return f"cascade: stage {stage.name} with {_labels_change(stage.labels, now[stage.name].labels)}"
     return None
 
 
