@@ -379,3 +379,26 @@ def test_a_plain_reload_after_reload_bundle_goes_back_to_the_configured_bundle(t
             "version": manifest["version"], "bundle": str(bundles_dir / "ultraface"), "task": manifest["task"]}
     finally:
         assert d.stop() == 0, d.output()[-3000:]
+
+
+def test_a_reload_request_during_start_up_waits_for_it(tmp_path, bundles_dir):
+    """`lited ctl reload` while the streams still warmed up started each stream a second time
+    beside the first (the CLI audit): two engine processes for one stream, the second copy in
+    `backoff` for ever ("this process already writes a ring for that stream"). A reload now
+    waits for start-up, as a SIGHUP does, and finds the streams running."""
+    streams = [{"name": f"cam{i}", "source": "synth://?size=64x48&fps=10"} for i in range(3)]
+    d = DaemonProcess(tmp_path, {"models": {"face": str(bundles_dir / "ultraface")}, "streams": streams}).start()
+    try:
+        with d.client(timeout=120) as client:
+            assert not client.status()["ready"], "the reload must come during start-up"
+            reply = client.reload()
+        d.wait_ready()
+        time.sleep(2)
+        with d.client() as client:
+            status = client.status()
+        assert reply["started"] == [] and reply["reloaded"] == ["face"], reply
+        assert [s["state"] for s in status["streams"]] == ["streaming"] * 3, status["streams"]
+        assert len(engine_pids(d)) == 3, engine_pids(d)
+    finally:
+        assert d.stop() == 0, d.output()[-3000:]
+

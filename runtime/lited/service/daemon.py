@@ -199,12 +199,15 @@ class Daemon:
                 raise ConfigError(str(cfg.path or "<config>"), [  # its outbox directory cannot be made or used
                     f"uplink.outbox.dir: {cfg.uplink.outbox_dir}: {exc.strerror or exc}"]) from None
         self.bus.start()
-        self.stream_threads = self._plan_threads(cfg.streams)
-        for i, sc in enumerate(cfg.streams, 1):
-            if self.stop_event.is_set():
-                return
-            self.watchdog.beat("main", READY_TIMEOUT)
-            self._start_stream(sc, f"{i}/{len(cfg.streams)}")
+        # a `reload` request (a worker thread, once the bus answers) waits for the streams to start, as
+        # a SIGHUP does: taken at once, it started each stream a second time beside the first
+        with self._reload_lock:
+            self.stream_threads = self._plan_threads(cfg.streams)
+            for i, sc in enumerate(cfg.streams, 1):
+                if self.stop_event.is_set():
+                    return
+                self.watchdog.beat("main", READY_TIMEOUT)
+                self._start_stream(sc, f"{i}/{len(cfg.streams)}")
         self.notifier.ready(self.status_line())
         self.watchdog.start()
         self.ready = True
