@@ -86,7 +86,7 @@ def test_sockets_and_rings_refuse_other_users(daemon):
     deadline = time.monotonic() + 30
 
     def linked() -> list:  # not a segment still being made under its temporary name (`~new`)
-        return [name for name in shm_rings(daemon.proc.pid) if not name.endswith("~new")]
+        return [name for name in shm_rings(daemon.proc.pid) if "~new" not in name]
 
     while not linked() and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -86,6 +86,7 @@ from __future__ import annotations
 import atexit
 import functools
 import grp
+import itertools
 import mmap
 import os
 import re
@@ -120,10 +121,11 @@ _SEQ, _FRAME, _TS, _WALL, _W, _H = range(6)
 _SLOT_WORDS = 8
 _LIVE, _CLOSED = 1, 2
 
-TMP_SUFFIX = "~new"  # a segment being made; never a stream name ("~" is not allowed there)
-_NAME_RE = re.compile(r"lited-([0-9a-f]{8})-([0-9]+)-(.+?)(~new)?\Z")
+TMP_SUFFIX = "~new"  # a segment being made (+ a number: each its own); never a stream name ("~" is not allowed there)
+_NAME_RE = re.compile(r"lited-([0-9a-f]{8})-([0-9]+)-(.+?)(~new[0-9]*)?\Z")
 _LATEST_RETRIES = 64
 _OWNED: set = set()  # names this process created and has not unlinked
+_TMP_NUMBERS = itertools.count()  # temporary names: one per segment made
 _OWNED_LOCK = threading.Lock()
 _GENERATION_LOCK = threading.Lock()
 _last_generation = 0
@@ -460,10 +462,11 @@ class FrameRing:
     @classmethod
     def _make(cls, name: str, layout: _Layout, group: Union[str, int, None], first_frame: int,
               first_seq: int, link: bool = True) -> "FrameRing":
-        """A complete segment made under `<name>~new`, then (`link`) renamed
+        """A complete segment made under `<name>~new<n>`, then (`link`) renamed
         to `name`, replacing what was there in one step."""
-        tmp = _path(name + TMP_SUFFIX)
-        fd = _create_file(name + TMP_SUFFIX)
+        tmp_name = f"{name}{TMP_SUFFIX}{next(_TMP_NUMBERS)}"
+        tmp = _path(tmp_name)
+        fd = _create_file(tmp_name)
         try:
             os.fchmod(fd, MODE)  # exact bits whatever the umask
             if group is not None:
@@ -519,8 +522,11 @@ class FrameRing:
         the next result is out). This ring is never written again; once
         replaced it is closed (state 2) and unmapped here when its last lease
         is released: frames still held stay intact, and readers keep their
-        mappings. Rebuilding a ring that is itself still pending drops it: its
-        frames can then be had through leases only, not by name."""
+        mappings. A ring rebuilt while itself still pending keeps its own
+        temporary name while any of its frames is held: a result of it still
+        to come links it in turn (dropped at once, the results of a slow model
+        named a segment no name gave). It goes when its last lease does, or
+        when a later segment is linked."""
         with self._chain:
             if not self.is_writer or self._retired or self._mm is None:
                 raise RingError(f"{self.name}: only the live writer rebuilds its ring")
@@ -528,28 +534,31 @@ class FrameRing:
                 raise RingError(f"slot {self._writing} is being written: commit or abort it first")
             layout = _Layout.compute(self.slots, shape, self.dtype)
             first_seq = (int(self._seq.max()) | 1) + 1
-            if self.pending:  # never linked: the new one replaces the segment this one would have
-                replaces, self._replaces = self._replaces, None
-                self._close()
-            else:
-                replaces = self
             new = FrameRing._make(self.name, layout, self.group, self._frame, first_seq, link=False)
-            new._chain, new._replaces = self._chain, replaces
+            new._chain, new._replaces = self._chain, self
             self._retired = True
+            if self.pending:
+                with self._lock:
+                    unheld = not any(self._holds)
+                if unheld:  # no result of it can come: never linked
+                    self._close()
             atexit.unregister(self._unlink_at_exit)
             atexit.register(new._unlink_at_exit)
             return new
 
     def link(self) -> None:
         """Put this pending segment under the ring's name (one rename) and
-        close the one it replaces. No-op unless pending."""
+        close the ones it replaces (the linked one, and pending ones that
+        were never linked). No-op unless pending."""
         with self._chain:
             if not self.pending or self._closed:
                 return
             self._rename()
             old, self._replaces = self._replaces, None
-            if old is not None:
+            while old is not None:
                 old._close()
+                older, old._replaces = old._replaces, None
+                old = older
 
     def _close(self) -> None:
         """State 2 for readers; a pending segment loses its temporary name;
@@ -734,15 +743,21 @@ class FrameRing:
             return True
 
     def release(self, slot: int) -> None:
-        """Give back one lease of `slot`. A retired ring is unmapped with its last lease."""
+        """Give back one lease of `slot`. A retired ring is unmapped with its
+        last lease (one never linked closed: no result of it can come now)."""
         with self._lock:
             if self._holds[slot] <= 0:
                 raise RingError(f"slot {slot}: released more often than held")
             self._holds[slot] -= 1
             if not self._holds[slot]:
                 self._numbers[slot] = self._frame  # let go of now: as recent as the newest frame
-            idle = self._closed and not any(self._holds)
-        if idle:
+            unheld = not any(self._holds)
+            idle = self._closed and unheld
+        if unheld and self._retired and self.pending and not self._closed:
+            with self._chain:
+                if self.pending and not self._closed and not self.held:
+                    self._close()
+        elif idle:
             self._unmap()
 
     @property
