@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -53,6 +54,25 @@ def test_a_bad_image_is_one_line_exit_2_and_no_output(tmp_path):
     assert proc.stderr.strip() == f"lited: {bad}: not a readable image"
     proc = lited("--debug", "infer", "--bundle", str(tmp_path / "no-bundle"), str(bad))
     assert "Traceback" in proc.stderr
+
+
+def test_an_image_whose_header_claims_too_many_pixels_is_one_line_and_the_rest_go_on(tmp_path):
+    """A 70-byte PNG saying 100000 x 100000: OpenCV refused it with a cv2.error, a traceback and
+    exit 1, and the folder's other images were not read (the CLI audit). Now one line, as for a
+    file that is not an image, before a pixel is decoded; the folder's good image gets its result."""
+    import struct
+    import zlib
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    ihdr = struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0)
+    (folder / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr
+                                    + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr)))
+    shutil.copy(DEMO_BUNDLE / "golden.png", folder / "a.png")
+    proc = lited("infer", "--bundle", str(DEMO_BUNDLE), "--json", str(folder))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip() == f"lited: {folder / 'b.png'}: 100000x100000 is over 67108864 pixels"
+    assert [json.loads(line)["image"] for line in proc.stdout.splitlines()] == [str(folder / "a.png")]
 
 
 def test_command_line_values_that_cannot_work_are_usage_errors(bundles_dir):

@@ -4,14 +4,16 @@ Why: a 1.1 MB PNG can say it is 20000 x 20000 pixels, and decoding it
 allocates 1.2 GB (measured: the daemon went from 105 MB to 2,364 MB). So the
 daemon reads the size first and refuses an image over its limit without
 decoding a pixel. The formats lited takes from clients are JPEG, PNG and BMP
-(docs/protocol.md); anything else is not decoded at all. Standard library only.
+(docs/protocol.md); anything else is not decoded at all. `decode_bounded`
+decodes a file's bytes within such a limit (files may be other formats too).
 """
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+MAX_IMAGE_PIXELS = 8192 * 8192  # the most pixels lited decodes an image of, or takes a frame of
 # Start-of-frame markers (baseline, extended, progressive, lossless, arithmetic); not DHT (C4), JPG (C8), DAC (CC).
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _JPEG_NO_LENGTH = frozenset(range(0xD0, 0xD8)) | {0x01, 0xD8}  # RSTn, TEM, SOI
@@ -73,3 +75,27 @@ def _bmp(data: bytes) -> Optional[ImageSize]:
     else:
         width, height = struct.unpack_from("<ii", data, 18)
     return ImageSize("bmp", width, abs(height))  # negative height: rows stored top-down
+
+
+
+class ImageTooLarge(ValueError):
+    """An image whose header says more pixels than the limit: 'WxH is over N pixels'."""
+
+
+def decode_bounded(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Any:
+    """The BGR image `data` encodes; None if OpenCV cannot decode it (or
+    refuses: its own pixel limit, for formats whose header this module does
+    not read, raised a cv2.error and a traceback in `lited infer`);
+    ImageTooLarge if its header says more than `max_pixels` pixels, before
+    anything is decoded."""
+    import cv2
+    import numpy as np
+
+    size = image_size(data)
+    if size is not None and size.width * size.height > max_pixels:
+        raise ImageTooLarge(f"{size.width}x{size.height} is over {max_pixels} pixels")
+    try:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    except cv2.error:
+        return None
+

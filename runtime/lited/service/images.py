@@ -5,10 +5,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from lited.imageheader import image_size
+from lited.imageheader import MAX_IMAGE_PIXELS, image_size
 from lited.protocol import ProtocolError, integral, param
 
-MAX_IMAGE_PIXELS = 8192 * 8192
 # Peak bytes OpenCV holds while decoding, per byte of the decoded BGR image
 # (measured with 4000x3000 JPEG baseline and progressive, PNG 8/16-bit, grey,
 # BGRA and BMP: 2.13-2.16), rounded up.

@@ -12,12 +12,13 @@ from urllib.parse import unquote
 
 import numpy as np
 
+from lited.imageheader import MAX_IMAGE_PIXELS
 from lited.sources.errors import FrameShapeChanged, Shape, SourceError, redact
 from lited.sources.options import Option, parse_options, split_query
 
 # No frame may be larger: a ring holds `slots` of them in shared memory (at
 # this size 201 MB each). The capture loop refuses a source that opens larger.
-MAX_FRAME_PIXELS = 8192 * 8192
+MAX_FRAME_PIXELS = MAX_IMAGE_PIXELS
 
 
 class Source:

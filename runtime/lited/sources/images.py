@@ -16,11 +16,10 @@ from __future__ import annotations
 import os
 from typing import List
 
-import cv2
 import numpy as np
 
 from lited.files import read_capped
-from lited.imageheader import image_size
+from lited.imageheader import ImageTooLarge, decode_bounded
 from lited.sources.base import MAX_FRAME_PIXELS, Pacer, Source
 from lited.sources.errors import FrameUnreadable, Shape
 from lited.sources.options import Option, flag, rate
@@ -70,11 +69,10 @@ class ImagesSource(Source):
             data = read_capped(path, MAX_STILL_BYTES)
         except OSError as exc:
             raise FrameUnreadable(self.uri, f"{exc}; skipped") from None
-        size = image_size(data)
-        if size is not None and size.width * size.height > MAX_FRAME_PIXELS:
-            raise FrameUnreadable(self.uri, f"{path}: {size.width}x{size.height} is over {MAX_FRAME_PIXELS} "
-                                            "pixels; skipped")
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+        try:
+            image = decode_bounded(data, MAX_FRAME_PIXELS)
+        except ImageTooLarge as exc:
+            raise FrameUnreadable(self.uri, f"{path}: {exc}; skipped") from None
         if image is None:
             raise FrameUnreadable(self.uri, f"cannot decode {path} ({len(data)} bytes); skipped")
         return image
