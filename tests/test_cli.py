@@ -86,6 +86,12 @@ def test_command_line_values_that_cannot_work_are_usage_errors(bundles_dir):
                        ((*run, "--stall-timeout", "-1"), "argument --stall-timeout: expected a number above 0"),
                        ((*run, "--name", "bad name"), "argument --name: 'bad name' may hold only ASCII letters"),
                        ((*run, "--name", "current"), "argument --name: 'current' may hold only ASCII letters"),
+                       ((*run, "--name", "_daemon"), "argument --name: '_daemon' is reserved for the daemon's own"),
+                       ((*run, "--open-timeout", "5000"), "argument --open-timeout: expected a number above 0 and at "
+                                                          "most 3600, got '5000'"),
+                       (("ctl", "ping", "--timeout", "5000"), "argument --timeout: expected a number above 0 and at "
+                                                             "most 3600"),
+                       (("ctl", "ping", "--wait", "99999"), "argument --wait: expected a number from 0 to 3600"),
                        (("inspect", "--bundle", str(bundles_dir / "ultraface"), "--threads", "-3"),
                         "argument --threads: expected an integer from 1 to 256, got '-3'"),
                        (("ctl", "ping", "--timeout", "-1"), "argument --timeout: expected a number above 0")):

@@ -28,7 +28,7 @@ from lited.errors import first_line
 from lited.files import FileRefused, read_capped
 from lited.protocol import DAEMON_STREAM
 from lited.stream.feed import POLICIES
-from lited.validate import Checker, choice_problem, has_type, name_problem, shown, type_name
+from lited.validate import MAX_TIMEOUT_S, Checker, choice_problem, has_type, name_problem, shown, type_name
 
 try:
     from typing import Annotated
@@ -82,7 +82,7 @@ Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$", extra=
 Endpoints = Annotated[Union[str, List[str]], Meta(
     extra={"check": _endpoint_problems},
     description="an ipc://, tcp:// or inproc:// endpoint, or a list of them")]
-Seconds = Annotated[float, Meta(gt=0, le=3600)]
+Seconds = Annotated[float, Meta(gt=0, le=MAX_TIMEOUT_S)]
 
 
 class Section(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Optional
 # One rule for bundle, model, stream and ring names: they become directory
 # names (/var/lib/lited/bundles/<name>), shared-memory names and topics.
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
+MAX_TIMEOUT_S = 3600  # every lited timeout, in the config and on the command line
 RESERVED_NAMES = frozenset({"current", "previous"})  # the installer's links beside a bundle's versions
 NAME_RULE = ("may hold only ASCII letters, digits, '.', '_' and '-' (1 to 64 of them, not starting with '.' or '-', "
              "not 'current' or 'previous')")
@@ -203,6 +204,17 @@ def arg_name(text: str) -> str:
     problem = name_problem(text)
     if problem:
         raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def arg_stream_name(text: str) -> str:
+    """An argparse `type` for a stream's name: the name rule, and not the name of the daemon's own events."""
+    import argparse
+
+    from lited.protocol import DAEMON_STREAM
+
+    if arg_name(text) == DAEMON_STREAM:
+        raise argparse.ArgumentTypeError(f"'{text}' is reserved for the daemon's own events")
     return text
 
 

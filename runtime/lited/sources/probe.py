@@ -38,7 +38,12 @@ def server_address(url: str) -> tuple:
     host = parts.hostname
     if not host:
         raise ValueError("no host")
-    port = parts.port  # ValueError: "Port out of range 0-65535", or not a number
+    try:
+        port = parts.port  # ValueError: "Port out of range 0-65535", or not a number
+    except ValueError as exc:
+        raise ValueError(f"{exc} (expected 1 to 65535)") from None
+    if port == 0:  # urllib takes it, and no server listens there
+        raise ValueError("port 0 (expected 1 to 65535)")
     return host, port or DEFAULT_PORTS[parts.scheme.lower()]
 
 
