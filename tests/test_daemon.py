@@ -142,6 +142,8 @@ def test_bad_requests_get_error_replies_and_the_daemon_keeps_serving(daemon):
                 client.call(body["method"], **body.get("params", {}))
             assert info.value.code == code, (body, info.value)
         assert "params.image" in str(pytest.raises(ClientError, client.call, "infer", image="str").value)
+        # neither: it said "params.shape: missing" (the frames audit)
+        assert "params.image or params.array: missing" in str(pytest.raises(ClientError, client.call, "infer").value)
         assert client.ping()["pong"] is True
 
 

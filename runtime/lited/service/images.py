@@ -25,6 +25,8 @@ def image_cost(params: dict) -> int:
             raise ProtocolError("bad_request", "params.image: not a JPEG, PNG or BMP image (or its header is cut short)")
         _check_pixels("params.image", size.height, size.width, f"a {size.format.upper()} of ")
         return int(size.width * size.height * 3 * DECODE_FACTOR)
+    if "array" not in params:  # else "params.shape: missing" named the wrong field
+        raise ProtocolError("bad_request", "params.image or params.array: missing (an image to infer)")
     shape = param(params, "shape", list)
     shape[:] = [integral(d) for d in shape]  # 480.0 is 480 (decode_image reads this list after)
     if (len(shape) != 3 or shape[2] != 3 or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
