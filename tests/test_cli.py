@@ -75,6 +75,42 @@ def test_an_image_whose_header_claims_too_many_pixels_is_one_line_and_the_rest_g
     assert [json.loads(line)["image"] for line in proc.stdout.splitlines()] == [str(folder / "a.png")]
 
 
+def test_a_target_this_machine_does_not_run_is_named_by_infer_run_and_selftest(tmp_path):
+    """An arm-only bundle with --target arm said "no model for target 'x86' (has arm)": about the
+    target not asked for (the CLI audit). It names the one asked for now, and why it cannot run."""
+    arm_only = tmp_path / "arm_only"
+    shutil.copytree(DEMO_BUNDLE, arm_only, ignore=shutil.ignore_patterns("*_x86.nb"))
+    manifest = json.loads((arm_only / "manifest.json").read_text())
+    for part in [manifest, *manifest["stages"]]:
+        part["models"].pop("x86")
+    (arm_only / "manifest.json").write_text(json.dumps(manifest))
+    for args in (("infer", str(DEMO_BUNDLE / "golden.png")), ("run", "--source", "synth://"), ("selftest",)):
+        proc = lited(args[0], "--bundle", str(arm_only), "--target", "arm", *args[1:])
+        assert proc.returncode == 2 and proc.stderr.strip() == (
+            f"lited: bundle {arm_only}: models.arm: built for arm, this machine is x86_64; refusing to load it "
+            "(Paddle Lite would crash)"), (args, proc.stderr)
+
+
+def test_unhelpful_system_words_are_said_in_lited_s(tmp_path):
+    """A Unix socket that accepts nothing said "Resource temporarily unavailable"; keygen --dir
+    naming a file said "File exists" (the CLI audit)."""
+    import socket
+
+    path = tmp_path / "fake.sock"
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))
+        listener.listen(0)
+        proc = lited("ctl", "--endpoint", f"ipc://{path}", "--timeout", "5", "ping")
+    assert proc.returncode == 3 and proc.stderr.strip() == (
+        f"lited: ping: nothing accepts connections on {path} (its backlog is full): not a lited request socket, "
+        "or a daemon that hangs"), proc.stderr
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    proc = lited("keygen", "k", "--dir", str(afile))
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"lited: keygen: --dir {afile}: cannot write the keys there (a file, not a directory)"), proc.stderr
+
+
 def test_command_line_values_that_cannot_work_are_usage_errors(bundles_dir):
     """Refused before anything starts, exit 2, in the config's words: they used
     to be taken (a run of 0 frames or seconds exiting 0 with nothing said,

@@ -111,12 +111,22 @@ def _engine_args(args: argparse.Namespace) -> dict:
             "options": {"threads": args.threads} if args.threads else None}
 
 
+def _bundle_to_run(args: argparse.Namespace) -> Any:
+    """The bundle of --bundle, to run here: a --target this machine does not run is refused first,
+    naming it (it said "no model for target 'x86'", the target not asked for)."""
+    from lited.bundle import check_target_runs_here, load_bundle
+
+    if args.target:
+        check_target_runs_here(args.target, args.bundle)
+    return load_bundle(args.bundle)
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
     """A result per good image, one error line per bad one (exit 2 if any)."""
-    from lited.model import load_model
+    from lited.model import Model
 
     with _loading(args.bundle):
-        model = load_model(args.bundle, args.target, **_engine_args(args))
+        model = Model(_bundle_to_run(args), args.target, **_engine_args(args))
     bad = 0
     for path, problem in _image_paths(args.images):
         image = None
@@ -282,12 +292,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     import queue
 
     from lited import cores
-    from lited.bundle import load_bundle
     from lited.model import Model
     from lited.sources import SourceError
     from lited.stream import Stream
 
-    bundle = load_bundle(args.bundle)
+    bundle = _bundle_to_run(args)
     asked = args.threads or bundle.engine_threads(args.target, args.engine, args.precision)
     cpus = os.sched_getaffinity(0)
     threads = cores.share_threads({args.name: asked}, len(cpus))[args.name]
@@ -375,13 +384,12 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     """Run the bundle's golden image on every engine it lists for this
     machine that is installed here, and compare each with its expected
     result: an engine that disagrees is caught before the bundle serves."""
-    from lited.bundle import load_bundle
     from lited.engines import ENGINES, EngineError
     from lited.errors import first_line
     from lited.model import Model
     from lited.selftest import compare
 
-    bundle = load_bundle(args.bundle)
+    bundle = _bundle_to_run(args)
     golden = bundle.golden
     if not golden:
         raise UsageError(f"bundle {bundle.root}: no golden image in the manifest (golden.image): nothing to test")
@@ -507,7 +515,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     except KeyFileError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:  # a --dir it cannot write in (/proc, read-only): said as the directory's problem
-        raise UsageError(f"keygen: --dir {args.dir}: cannot write the keys there ({exc.strerror})") from None
+        why = "a file, not a directory" if os.path.isfile(args.dir) else exc.strerror
+        raise UsageError(f"keygen: --dir {args.dir}: cannot write the keys there ({why})") from None
     print(f"wrote {public} (public: hand it out) and {secret} (secret, mode 0600: keep it where it is)")
     print("  for the daemon:  curve: {server_secret: " + str(secret) + ", clients_dir: DIR}  "
           "(DIR holds the public keys of the clients it lets in)")

@@ -110,6 +110,9 @@ def unreachable(endpoint: str, probe: bool = True) -> Optional[str]:
         return f"nothing listens on {path} (left by a daemon that is gone: is lited serve running?)"
     except PermissionError:
         return f"{path}: permission denied (the service's sockets are its group's: join that group, e.g. lited)"
+    except BlockingIOError:  # EAGAIN: its listen backlog is full ("Resource temporarily unavailable" said nothing)
+        return (f"nothing accepts connections on {path} (its backlog is full): not a lited request socket, or "
+                "a daemon that hangs")
     except OSError as exc:
         return f"{path}: {exc.strerror or exc}"
     finally:

@@ -137,8 +137,11 @@ def _snapshot(client: Any, args: argparse.Namespace) -> dict:
         sys.stdout.buffer.write(jpeg)
         sys.stdout.flush()
     else:
-        with open(out, "wb") as fh:
-            fh.write(jpeg)
+        try:
+            with open(out, "wb") as fh:
+                fh.write(jpeg)
+        except OSError as exc:  # bad usage, in one line (it was Python's "[Errno 2] ...: 'x.jpg'")
+            raise ValueError(f"snapshot: cannot write {out}: {exc.strerror or exc}") from None
     return {"written": out, "stream": stream, "seq": snap["seq"], "width": snap["width"], "height": snap["height"],
             "detections": len(snap["detections"]), "classes": len(snap["classes"]), "bytes": len(jpeg)}
 
