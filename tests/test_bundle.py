@@ -47,6 +47,7 @@ def test_every_problem_is_reported_at_once_with_its_field_path(bundle):
         m["preprocess"]["std"] = [0.5, 0, 0.5]
         m["preprocess"]["resize"]["mode"] = "squash"
         m["decoder"]["thresh"] = "high"
+        m["decoder"]["box_thresh"] = 7  # was not said beside a parameter of the wrong type (the CLI audit)
         m["decoder"]["unclip"] = 2
         m["inputs"][0]["shape"] = [1, 3, 32]
         del m["version"]
@@ -54,6 +55,7 @@ def test_every_problem_is_reported_at_once_with_its_field_path(bundle):
     message = refusal(bundle)
     for part in ["preprocess.mean: expected 3 numbers, got 2", "preprocess.std: must not contain 0",
                  "preprocess.resize.mode: unknown \"squash\"", "decoder.thresh: expected a number, got \"high\"",
+                 "decoder.box_thresh: expected a number from 0 to 1, got 7",
                  "decoder.unclip: unknown parameter for 'db_text'", "inputs[0].shape: expected 4 sizes",
                  "version: missing"]:
         assert part in message, message

@@ -743,7 +743,7 @@ def _check_decoder(c: BundleChecker, manifest: dict, where: str = "") -> None:
         return
     cls = DECODERS.get(kind)
     params = cls.PARAMS
-    typed = True
+    mistyped = set()
     for key, value in dec.items():
         if key == "type":
             continue
@@ -756,11 +756,11 @@ def _check_decoder(c: BundleChecker, manifest: dict, where: str = "") -> None:
             ok = False
         if not ok:
             c.add(p + key, f"expected {type_name(ptype)}, got {shown(value)}")
-            typed = False
-    if typed:
-        for key, (low, high) in cls.RANGES.items():
-            if key in params:
-                c.number(dec, key, p, minimum=low, maximum=high)
+            mistyped.add(key)
+    for key, (low, high) in cls.RANGES.items():  # every problem at once: the others' ranges too
+        if key in params and key not in mistyped:
+            c.number(dec, key, p, minimum=low, maximum=high)
+    if not mistyped:  # checks across parameters need them all of the right type
         for key, message in cls.problems({k: v for k, v in dec.items() if k != "type"}):
             c.add(p + key, message)
 
