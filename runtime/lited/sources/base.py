@@ -95,7 +95,9 @@ class Source:
                 f"out must be a C-contiguous uint8 array of shape {self.shape}, "
                 f"got {out.dtype} {out.shape}"
             )
-        if not (self._pending is not None and self._pending_paced):  # a new size's frame waited when read
+        if self._pending is not None and self._pending_paced:  # a new size's frame waited when it was read:
+            self.pacer.waited = 0.0  # that wait is not this read's (left, capture_ms came out at minus a frame)
+        else:
             self.pacer.wait()
         if self._pending is not None:
             np.copyto(out, self._pending)
