@@ -111,6 +111,20 @@ def test_unhelpful_system_words_are_said_in_lited_s(tmp_path):
         f"lited: keygen: --dir {afile}: cannot write the keys there (a file, not a directory)"), proc.stderr
 
 
+def test_a_golden_result_pasted_whole_from_infer_passes_selftest(tmp_path):
+    """sdk_template/README.md: paste what `lited infer --json` printed as golden.expected. Its
+    image, task and timings_ms were refused as unknown fields (the examples audit)."""
+    bundle = tmp_path / "demo"
+    shutil.copytree(DEMO_BUNDLE, bundle)
+    printed = lited("infer", "--bundle", str(bundle), "--json", str(bundle / "golden.png"))
+    assert printed.returncode == 0, printed.stderr
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["golden"]["expected"] = json.loads(printed.stdout)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    proc = lited("selftest", "--bundle", str(bundle), "--engine", "paddle_lite")
+    assert proc.returncode == 0 and " ok on paddle_lite" in proc.stdout, (proc.stdout, proc.stderr)
+
+
 def test_command_line_values_that_cannot_work_are_usage_errors(bundles_dir):
     """Refused before anything starts, exit 2, in the config's words: they used
     to be taken (a run of 0 frames or seconds exiting 0 with nothing said,

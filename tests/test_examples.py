@@ -112,6 +112,9 @@ SCRIPT = [
     (result("cam0", 1234, detections=[CAT, DOG]),
      "cam0 1234 fastestdet 2 detections: cat 0.82 10.5,20.2,110.0,220.8; "
      "dog 0.51 0.0,0.0,64.0,48.0", None),
+    (result("cam0", 1240, detections=[{**CAT, "text": "Paddle\tLite", "text_score": 0.97}]),  # a cascade read it
+     'cam0 1240 fastestdet 1 detections: cat 0.82 10.5,20.2,110.0,220.8 "Paddle?Lite"', None),
+    (result("cam0", 1241, detections=[{**CAT, "text": 7}]), None, "bad detections"),
     (result("cam1", 7, model="mobilenet", task="classification",
             classes=[{"label": "tabby", "score": 0.71}, {"label": "tiger", "score": 0.2}]),
      "cam1 7 mobilenet 0 detections | 2 classes: tabby 0.71; tiger 0.20", None),
@@ -241,6 +244,8 @@ PING = {"pong": True, "version": "0.1.0", "protocol": 1}
 
 @pytest.mark.parametrize("method, reply, rc, out, err", [
     ("ping", {"v": 1, "id": 1, "ok": True, "result": PING}, 0, "pong 0.1.0 protocol 1\n", ""),
+    # "accept a msgpack int or float wherever a number is expected" (the examples audit)
+    ("ping", {"v": 1.0, "id": 1.0, "ok": True, "result": {**PING, "protocol": 1.0}}, 0, "pong 0.1.0 protocol 1\n", ""),
     ("nope", {"v": 1, "id": 1, "ok": False,
               "error": {"code": "unknown_method", "message": "no method 'nope'"}},
      1, "", "error unknown_method: no method 'nope'\n"),

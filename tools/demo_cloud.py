@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -66,6 +67,10 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],  # --help ran the whole demo
+                                 epilog=f"Writes {OUT.relative_to(ROOT)}/; needs Mosquitto and {SHARED}/models.")
+    ap.add_argument("--seconds", type=float, default=8.0, help="how long to show answers (default 8)")
+    args = ap.parse_args()
     if not (SHARED / "models" / "ultraface").is_dir() or not (SHARED / "models" / "mobilenetv2").is_dir():
         say(f"needs ultraface and mobilenetv2 in {SHARED / 'models'} (set LITED_SHARED)")
         return 2
@@ -100,7 +105,7 @@ def main() -> int:
         wait_for(lambda: b"subscribed to" in cloud_log.read_bytes() or cloud.poll() is not None, 120, "lited cloud")
         from lited.client import Subscriber
 
-        say("answers on the board's local bus (topic answer/cam0) for 8 s:")
+        say(f"answers on the board's local bus (topic answer/cam0) for {args.seconds:g} s:")
         shown, deadline = 0, None
         with Subscriber(f"ipc://{OUT / 'run'}/pub.sock", answers=True) as sub:
             t0 = time.monotonic()
@@ -110,7 +115,7 @@ def main() -> int:
                 msg = sub.recv(timeout=0.5)
                 if msg is None or msg["type"] != "answer":
                     continue
-                deadline = deadline or time.monotonic() + 8
+                deadline = deadline or time.monotonic() + args.seconds
                 best = msg["classes"][0] if msg.get("classes") else {"label": "-", "score": 0}
                 print(f"  cam0 #{msg['seq']} face {msg['detection']} -> {msg.get('model')} on {msg['worker']}: "
                       f"{best['label']} {best['score']:.2f}  (round trip {msg.get('round_trip_ms', 0):.0f} ms)",

@@ -453,13 +453,15 @@ def validate_manifest(manifest: Any, root: Path) -> list:
 
 
 EXPECTED_KEYS = ("detections", "classes", "text", "text_score")  # of a golden result (`lited infer --json`'s)
+# what else `lited infer --json` prints: a result pasted whole (as sdk_template/README.md says) is taken, these unread
+INFER_ONLY_KEYS = ("image", "task", "timings_ms")
 EXPECTED_ITEM_KEYS = ("label", "score", "box", "polygon", "classes", "text", "text_score")
 
 
 def check_expected(c: BundleChecker, expected: dict, p: str) -> None:
     """A golden result as `lited infer --json` writes it: what selftest compares is checked here,
     so a typo is named at load, not met as a traceback in selftest (or the installer)."""
-    c.unknown(expected, EXPECTED_KEYS, p)
+    c.unknown(expected, EXPECTED_KEYS + INFER_ONLY_KEYS, p)
     for key in ("detections", "classes"):
         items = c.get(expected, key, p, list, required=False) or []
         for i, item in enumerate(items):

@@ -28,9 +28,11 @@ static void pack_str(msgpack_packer *pk, const char *s)
     msgpack_pack_str_body(pk, s, len);
 }
 
+/* The whole number `value`, as an int or a float ("accept a msgpack int or float wherever a
+ * number is expected": an id of 1.0 is 1). */
 static int is_uint(const msgpack_object *o, uint64_t value)
 {
-    return o && o->type == MSGPACK_OBJECT_POSITIVE_INTEGER && o->via.u64 == value;
+    return o && is_whole(o) && num(o) == (double)value;
 }
 
 /* Print the reply; returns the exit status, or -1 when the reply is malformed. */
@@ -67,11 +69,11 @@ static int put_reply(const msgpack_object *reply, const char *method)
             return -1;
         const msgpack_object *version = get(result, "version");
         const msgpack_object *protocol = get(result, "protocol");
-        if (!is_str(version) || !protocol || protocol->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+        if (!is_str(version) || !is_whole(protocol) || num(protocol) < 0)
             return -1;
         fputs("pong ", stdout);
         put_str(stdout, version);
-        printf(" protocol %llu\n", (unsigned long long)protocol->via.u64);
+        printf(" protocol %.0f\n", num(protocol));
         return 0;
     }
     fputs("ok ", stdout);

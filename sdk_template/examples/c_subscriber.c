@@ -29,38 +29,6 @@ static int str_is(const msgpack_object *o, const char *s)
            memcmp(o->via.str.ptr, s, o->via.str.size) == 0;
 }
 
-static int is_int(const msgpack_object *o)
-{
-    return o && (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER ||
-                 o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER);
-}
-
-/* "numbers are msgpack ints or float64"; float32 costs nothing to accept. */
-static int is_num(const msgpack_object *o)
-{
-    return is_int(o) || (o && (o->type == MSGPACK_OBJECT_FLOAT64 ||
-                               o->type == MSGPACK_OBJECT_FLOAT32));
-}
-
-static double num(const msgpack_object *o)
-{
-    switch (o->type) {
-    case MSGPACK_OBJECT_POSITIVE_INTEGER: return (double)o->via.u64;
-    case MSGPACK_OBJECT_NEGATIVE_INTEGER: return (double)o->via.i64;
-    default: return o->via.f64;
-    }
-}
-
-/* An integer, or a float with an integral value ("accept a msgpack int or
- * float wherever a number is expected": 3.0 is 3). */
-static int is_whole(const msgpack_object *o)
-{
-    if (is_int(o))
-        return 1;
-    return is_num(o) && o->via.f64 >= -9.2e18 && o->via.f64 <= 9.2e18 &&
-           (double)(int64_t)o->via.f64 == o->via.f64;
-}
-
 static void put_whole(FILE *out, const msgpack_object *o)
 {
     if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
@@ -84,8 +52,8 @@ static const char *const EVENTS[] = {"state", "resized", "ring", "skipped", "dec
                                      "ready", "stopping", NULL};
 static const char *const STATES[] = {"connecting", "streaming", "stalled", "backoff", "ended", "stopped", NULL};
 
-/* "N detections: label score x1,y1,x2,y2; ..." or "N classes: label score; ...".
- * A missing list is an empty one. */
+/* "N detections: label score x1,y1,x2,y2 ["text"]; ..." or "N classes: label score; ...".
+ * A missing list is an empty one; "text" is what a cascade's text stage read. */
 static why_t put_items(FILE *out, const msgpack_object *list, const char *name,
                        int boxes, why_t bad)
 {
@@ -114,6 +82,14 @@ static why_t put_items(FILE *out, const msgpack_object *list, const char *name,
             if (!is_num(&box->via.array.ptr[j]))
                 return bad;
             fprintf(out, "%c%.1f", j ? ',' : ' ', num(&box->via.array.ptr[j]));
+        }
+        const msgpack_object *text = get(item, "text");
+        if (text) {
+            if (!is_str(text))
+                return bad;
+            fputs(" \"", out);
+            put_str(out, text);
+            fputc('"', out);
         }
     }
     return NULL;

@@ -42,4 +42,36 @@ static inline void put_str(FILE *out, const msgpack_object *o)
     }
 }
 
+static inline int is_int(const msgpack_object *o)
+{
+    return o && (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER ||
+                 o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER);
+}
+
+/* "numbers are msgpack ints or float64"; float32 costs nothing to accept. */
+static inline int is_num(const msgpack_object *o)
+{
+    return is_int(o) || (o && (o->type == MSGPACK_OBJECT_FLOAT64 ||
+                               o->type == MSGPACK_OBJECT_FLOAT32));
+}
+
+static inline double num(const msgpack_object *o)
+{
+    switch (o->type) {
+    case MSGPACK_OBJECT_POSITIVE_INTEGER: return (double)o->via.u64;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER: return (double)o->via.i64;
+    default: return o->via.f64;
+    }
+}
+
+/* An integer, or a float with an integral value ("accept a msgpack int or
+ * float wherever a number is expected": 3.0 is 3). */
+static inline int is_whole(const msgpack_object *o)
+{
+    if (is_int(o))
+        return 1;
+    return is_num(o) && o->via.f64 >= -9.2e18 && o->via.f64 <= 9.2e18 &&
+           (double)(int64_t)o->via.f64 == o->via.f64;
+}
+
 #endif

@@ -79,7 +79,8 @@ def str_keys(pairs):
 
 
 def items(lst, name, boxes, bad):
-    """'N detections: label score x1,y1,x2,y2; ...' or 'N classes: label score; ...'.
+    """'N detections: label score x1,y1,x2,y2 ["text"]; ...' or 'N classes: label score; ...'
+    ("text": what a cascade's text stage read).
 
     Here and below, None (msgpack nil) counts as absent, as in the C example."""
     if lst is None:  # a missing list is an empty one
@@ -98,6 +99,11 @@ def items(lst, name, boxes, bad):
             if type(box) is not list or len(box) != 4 or not all(map(is_num, box)):
                 raise Malformed(bad)
             text += " " + ",".join(f"{x:.1f}" for x in box)
+            read = item.get("text")
+            if read is not None:
+                if type(read) is not str:
+                    raise Malformed(bad)
+                text += f' "{clean(read)}"'
         parts.append(text)
     return f"{len(lst)} {name}" + (": " + "; ".join(parts) if parts else "")
 

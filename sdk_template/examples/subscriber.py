@@ -7,8 +7,10 @@ With --frames it also reads each result's frame from shared memory, zero
 copy, and prints its mean brightness: what an app that crops or records
 the detected objects would do.
 
-No daemon to talk to, a config that cannot be read, or a stream the daemon
-does not have: the library's one-line message on stderr, exit 2.
+No daemon to talk to, one that refuses us, a socket served by a process we
+must not trust, a config that cannot be read, or a stream the daemon does
+not have: the library's one-line message on stderr, exit 2. Ctrl-C ends it
+quietly (exit 130).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import argparse
 import sys
 import time
 
-from lited.client import ClientError, ConfigError, FrameOverwritten, RingGone, Subscriber
+from lited.client import ClientError, ConfigError, FrameOverwritten, RingGone, Subscriber, UntrustedPeer
 
 
 def describe(result: dict) -> str:
@@ -39,20 +41,32 @@ def main() -> int:
     ap.add_argument("--count", type=int, help="stop after this many results")
     ap.add_argument("--frames", action="store_true", help="also read each frame from shared memory")
     args = ap.parse_args()
-    deadline = time.monotonic() + args.duration if args.duration else None
-    results = 0
     try:
-        sub = Subscriber(args.endpoint, streams=args.stream, events=True, config=args.config)
-    except (ClientError, ConfigError) as exc:  # DaemonUnreachable is a ClientError too
+        return follow(args)
+    except (ClientError, ConfigError, UntrustedPeer) as exc:  # DaemonUnreachable and `refused` are ClientErrors
         print(exc, file=sys.stderr)
         return 2
-    with sub:
+    except KeyboardInterrupt:
+        return 130
+
+
+def event_line(msg: dict) -> str:
+    """`event STREAM KIND STATE DETAIL` as the C example prints it: `-` for what the event does not
+    carry, a reload's `ok` as the state `ok` or `failed`."""
+    state = msg.get("state") or {True: "ok", False: "failed"}.get(msg.get("ok")) or "-"
+    return f"event {msg['stream']} {msg['event']} {state} {msg.get('detail') or '-'}"
+
+
+def follow(args: argparse.Namespace) -> int:
+    deadline = time.monotonic() + args.duration if args.duration else None
+    results = 0
+    with Subscriber(args.endpoint, streams=args.stream, events=True, config=args.config) as sub:
         while (deadline is None or time.monotonic() < deadline) and (args.count is None or results < args.count):
             msg = sub.recv(timeout=0.5)
             if msg is None:
                 continue
             if msg["type"] == "event":
-                print(f"event {msg['stream']} {msg['event']} {msg.get('state', '')} {msg.get('detail', '')}".rstrip())
+                print(event_line(msg), flush=True)
                 continue
             line = describe(msg)
             if args.frames:
