@@ -332,6 +332,12 @@ def test_upgrade_flips_current_and_previous_and_rollback_returns(prefix: Prefix,
     refused(run_install(prefix, other), "1.2.0 is installed (current) with a different labels.txt: "
                                         "give the new bundle a new version (nothing changed)")
     refused(run_install(prefix, sdk.zip("1.2.0", extra={"NOTES.txt": b"x"})), "with a file more (NOTES.txt)")
+    # a sealed file changed under the same manifest: said as the checksum it fails (the examples audit)
+    model = sorted((prefix / BUNDLES / "1.2.0").glob("*.nb"))[0]
+    flipped = bytearray(model.read_bytes())
+    flipped[-1] ^= 1
+    refused(run_install(prefix, sdk.zip("1.2.0", extra={model.name: bytes(flipped)})),
+            f"with a different {model.name}, whose sha256 is not its manifest's (damaged, or changed after sealing)")
     # previous too: a rollback must land on what was installed under that version
     other = sdk.zip("1.1.0", tolerance={"box_px": 8, "score": 0.05})
     refused(run_install(prefix, other), "1.1.0 is installed (previous) with a different manifest")

@@ -293,11 +293,33 @@ def cmd_differs(args: argparse.Namespace) -> int:
             while True:
                 chunk = read_chunk(new, rel)
                 if chunk != old.read(len(chunk) or 1):
-                    print(f"a different {rel}")
+                    # the manifests are the same (compared first): a sealed file that differs is not the one
+                    # its manifest's sha256 names, which the installed one is
+                    sealed = rel in _sealed_files(installed / "manifest.json")
+                    print(f"a different {rel}" + (", whose sha256 is not its manifest's (damaged, or changed after "
+                                                  "sealing)" if sealed else ""))
                     return 0
                 if not chunk:
                     break
     return 0
+
+
+def _sealed_files(manifest: Path) -> set:
+    """The files a manifest gives a sha256 for (`{"file": ..., "sha256": ...}` anywhere in it)."""
+    try:
+        doc = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return set()
+    found, todo = set(), [doc]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("file"), str) and "sha256" in node:
+                found.add(node["file"])
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            todo.extend(node)
+    return found
 
 
 def unpack(src: Source, dest: Path) -> int:
