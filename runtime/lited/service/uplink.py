@@ -82,6 +82,7 @@ class Uplink:
         self.client: Any = None
         self.connected = threading.Event()
         self.last_error = ""
+        self._connack_refused = False            # the broker's last CONNACK refused us (last_error says why)
         self.counters = dict.fromkeys(COUNTERS, 0)
         self._count_lock = threading.Lock()
         self._refusal_logged = -DROP_LOG_INTERVAL  # when a broker's refusal was last logged (monotonic s)
@@ -408,7 +409,9 @@ class Uplink:
         if reason_code.is_failure:  # said once per new reason (it was at every retry, every 5 s)
             self.last_error = f"cannot connect to {self.cfg.broker}: the broker refused the connection: {reason_code}"
             self._watch.refused(f"the broker refused the connection: {reason_code}")
+            self._connack_refused = True
             return
+        self._connack_refused = False
         if self.cfg.requests:
             client.subscribe(up.topic(self.device, "req"), qos=1)
         else:  # a kept session may hold the subscription of a run with requests on: requests then came, unanswered
@@ -438,7 +441,7 @@ class Uplink:
                                          else str(reason_code))
             log.warning("uplink: disconnected (%s); reconnecting", why, extra={"event": "uplink_lost"})
         self.connected.clear()
-        if not was_connected and "refused the connection" in self.last_error:
+        if not was_connected and self._connack_refused:
             return  # the CONNACK said why; paho's disconnect after it says only "Protocol error"
         reason = self._watch.reason
         self.last_error = f"disconnected: {reason if reason and reason_code.is_failure else reason_code}"
