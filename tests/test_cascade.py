@@ -117,15 +117,14 @@ def test_a_label_a_stage_names_must_be_one_its_labels_file_has(ocr_copy):
     """A typo in `select.labels` switched the stage off, one in `rotate.label` the rotation, and
     both passed `config check` in silence (the cascade audit)."""
     def typo(m):
-        m["labels"] = "det_labels.txt"
         m["stages"][0]["select"] = {"labels": ["txet"]}
         m["stages"][0]["rotate"] = {"label": "108"}
-    (ocr_copy / "det_labels.txt").write_text("text\n")
-    edit(ocr_copy, typo)
+    edit(ocr_copy, typo)  # no labels file: db_text labels every detection "text" (the re-check)
     with pytest.raises(BundleError) as info:
         load_bundle(ocr_copy)
     message = str(info.value)
-    assert "stages[0].select.labels: 'txet' not among the first stage's labels (det_labels.txt)" in message, message
+    assert ("stages[0].select.labels: 'txet' not among the first stage's labels ('db_text' labels every "
+            "detection text): the stage would never run") in message, message
     assert "stages[0].rotate.label: '108' not among the stage's labels (cls_labels.txt)" in message, message
 
 

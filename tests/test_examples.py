@@ -115,6 +115,8 @@ SCRIPT = [
     (result("cam0", 1240, detections=[{**CAT, "text": "Paddle\tLite", "text_score": 0.97}]),  # a cascade read it
      'cam0 1240 fastestdet 1 detections: cat 0.82 10.5,20.2,110.0,220.8 "Paddle?Lite"', None),
     (result("cam0", 1241, detections=[{**CAT, "text": 7}]), None, "bad detections"),
+    (result("cam0", 1242, detections=[{**CAT, "text": 'say "hi"; a\\b'}]),  # quotes and ";" stay one field
+     'cam0 1242 fastestdet 1 detections: cat 0.82 10.5,20.2,110.0,220.8 "say \\"hi\\"; a\\\\b"', None),
     (result("cam1", 7, model="mobilenet", task="classification",
             classes=[{"label": "tabby", "score": 0.71}, {"label": "tiger", "score": 0.2}]),
      "cam1 7 mobilenet 0 detections | 2 classes: tabby 0.71; tiger 0.20", None),

@@ -337,12 +337,20 @@ def test_upgrade_flips_current_and_previous_and_rollback_returns(prefix: Prefix,
     flipped = bytearray(model.read_bytes())
     flipped[-1] ^= 1
     refused(run_install(prefix, sdk.zip("1.2.0", extra={model.name: bytes(flipped)})),
-            f"with a different {model.name}, whose sha256 is not its manifest's (damaged, or changed after sealing)")
+            f"with a different {model.name}, whose sha256 is not its manifest's (this bundle's copy is damaged, or "
+            "was changed after sealing): nothing changed")
     # previous too: a rollback must land on what was installed under that version
     other = sdk.zip("1.1.0", tolerance={"box_px": 8, "score": 0.05})
     refused(run_install(prefix, other), "1.1.0 is installed (previous) with a different manifest")
     refused(run_install(prefix, "--rollback", "nothing"), "nothing is not installed")
     assert snapshot(prefix) == before
+    # the board's copy damaged, the bundle good: the board's copy is named, not the bundle
+    installed = prefix / BUNDLES / "1.2.0" / model.name
+    good = installed.read_bytes()
+    installed.write_bytes(bytes(flipped))
+    refused(run_install(prefix, sdk.zip("1.2.0")), f"with a {model.name} whose installed copy fails its manifest's "
+                                                   "sha256 (damaged on this board: install the bundle as a new version")
+    installed.write_bytes(good)
 
     # Older versions install too, and say so; previous given again is unpacked anew.
     lines = install_ok(prefix, sdk.zip("1.1.0"))

@@ -419,7 +419,11 @@ for kept in "$cur" "$prev"; do
     check_helper differs "$src" "$bdir/$version" >"$scratch/differs" 2>"$scratch/err" \
         || die "refused: $(tail -n 1 "$scratch/err")"
     if [ -s "$scratch/differs" ]; then
-        die "$name $version is installed ($( [ "$kept" = "$cur" ] && echo current || echo previous )) with $(cat "$scratch/differs"): give the new bundle a new version (nothing changed)"
+        case $(cat "$scratch/differs") in
+            *sha256*) advice="nothing changed" ;;   # one copy is damaged: it says which, and what to do
+            *) advice="give the new bundle a new version (nothing changed)" ;;
+        esac
+        die "$name $version is installed ($( [ "$kept" = "$cur" ] && echo current || echo previous )) with $(cat "$scratch/differs"): $advice"
     fi
 done
 say "bundle: $name $version checked ($nfiles files, $megabytes MB)"

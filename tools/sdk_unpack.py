@@ -293,33 +293,48 @@ def cmd_differs(args: argparse.Namespace) -> int:
             while True:
                 chunk = read_chunk(new, rel)
                 if chunk != old.read(len(chunk) or 1):
-                    # the manifests are the same (compared first): a sealed file that differs is not the one
-                    # its manifest's sha256 names, which the installed one is
-                    sealed = rel in _sealed_files(installed / "manifest.json")
-                    print(f"a different {rel}" + (", whose sha256 is not its manifest's (damaged, or changed after "
-                                                  "sealing)" if sealed else ""))
+                    # the manifests are the same (compared first): of a sealed file that differs, one copy is
+                    # not the file its manifest's sha256 names
+                    sealed = _sealed_files(installed / "manifest.json").get(rel)
+                    if sealed is None:
+                        print(f"a different {rel}")
+                    elif _sha256(installed / rel) != sealed:
+                        print(f"a {rel} whose installed copy fails its manifest's sha256 (damaged on this board: "
+                              f"install the bundle as a new version, or remove {installed} first if it is not "
+                              "current)")
+                    else:
+                        print(f"a different {rel}, whose sha256 is not its manifest's (this bundle's copy is "
+                              "damaged, or was changed after sealing)")
                     return 0
                 if not chunk:
                     break
     return 0
 
 
-def _sealed_files(manifest: Path) -> set:
-    """The files a manifest gives a sha256 for (`{"file": ..., "sha256": ...}` anywhere in it)."""
+def _sealed_files(manifest: Path) -> dict:
+    """File -> sha256, of the files a manifest seals (`{"file": ..., "sha256": ...}` anywhere in it)."""
     try:
         doc = json.loads(manifest.read_text())
     except (OSError, ValueError):
-        return set()
-    found, todo = set(), [doc]
+        return {}
+    found, todo = {}, [doc]
     while todo:
         node = todo.pop()
         if isinstance(node, dict):
-            if isinstance(node.get("file"), str) and "sha256" in node:
-                found.add(node["file"])
+            if isinstance(node.get("file"), str) and isinstance(node.get("sha256"), str):
+                found[node["file"]] = node["sha256"]
             todo.extend(node.values())
         elif isinstance(node, list):
             todo.extend(node)
     return found
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def unpack(src: Source, dest: Path) -> int:

@@ -929,13 +929,18 @@ def _stage_label_problems(bundle: Bundle) -> list:
     """Labels a stage names that the labels files do not have: a typo in
     `select.labels` switched the stage off, one in `rotate.label` the
     rotation, in silence (the files are read only once the manifest is valid)."""
+    from lited.decoders import DECODERS
+
     problems = []
+    own = DECODERS.get(bundle.decoder["type"]).OWN_LABELS
+    first, named = (own, f"'{bundle.decoder['type']}' labels every detection {', '.join(own)}") if own else \
+        (bundle.labels, bundle.manifest.get("labels"))
     for i, stage in enumerate(bundle.stages):
         p = f"stages[{i}]."
-        unknown = [x for x in stage.select["labels"] if bundle.labels and x not in bundle.labels]
+        unknown = [x for x in stage.select["labels"] if first and x not in first]
         if unknown:
             problems.append(f"{p}select.labels: {', '.join(map(repr, unknown))} not among the first stage's labels "
-                            f"({bundle.manifest['labels']}): the stage would never run")
+                            f"({named}): the stage would never run")
         rotate = stage.rotate
         if rotate and stage.labels and rotate.get("label") not in stage.labels:
             problems.append(f"{p}rotate.label: {rotate.get('label')!r} not among the stage's labels "

@@ -114,11 +114,17 @@ def _engine_args(args: argparse.Namespace) -> dict:
 def _bundle_to_run(args: argparse.Namespace) -> Any:
     """The bundle of --bundle, to run here: a --target this machine does not run is refused first,
     naming it (it said "no model for target 'x86'", the target not asked for)."""
-    from lited.bundle import check_target_runs_here, load_bundle
+    from lited.bundle import BundleError, check_target_runs_here, load_bundle
 
-    if args.target:
-        check_target_runs_here(args.target, args.bundle)
-    return load_bundle(args.bundle)
+    if not args.target:
+        return load_bundle(args.bundle)
+    bundle = load_bundle(args.bundle, check_models=False)
+    models = bundle.manifest["models"]
+    if args.target not in models:
+        raise BundleError(str(bundle.root), [f"models: no model for target '{args.target}' (has {', '.join(models)})"])
+    check_target_runs_here(args.target, args.bundle)
+    bundle.all_model_files(args.target)  # on disk, checked as load_bundle checks this machine's
+    return bundle
 
 
 def cmd_infer(args: argparse.Namespace) -> int:

@@ -87,9 +87,8 @@ static why_t put_items(FILE *out, const msgpack_object *list, const char *name,
         if (text) {
             if (!is_str(text))
                 return bad;
-            fputs(" \"", out);
-            put_str(out, text);
-            fputc('"', out);
+            fputc(' ', out);
+            put_quoted(out, text);
         }
     }
     return NULL;

@@ -42,6 +42,19 @@ static inline void put_str(FILE *out, const msgpack_object *o)
     }
 }
 
+/* The string in double quotes, its own quotes and backslashes escaped with a backslash. */
+static inline void put_quoted(FILE *out, const msgpack_object *o)
+{
+    fputc('"', out);
+    for (uint32_t i = 0; i < o->via.str.size; i++) {
+        unsigned char c = (unsigned char)o->via.str.ptr[i];
+        if (c == '"' || c == '\\')
+            fputc('\\', out);
+        fputc(c < 0x20 || c == 0x7f ? '?' : c, out);
+    }
+    fputc('"', out);
+}
+
 static inline int is_int(const msgpack_object *o)
 {
     return o && (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER ||

@@ -103,7 +103,7 @@ def items(lst, name, boxes, bad):
             if read is not None:
                 if type(read) is not str:
                     raise Malformed(bad)
-                text += f' "{clean(read)}"'
+                text += ' "' + clean(read).replace("\\", "\\\\").replace('"', '\\"') + '"'
         parts.append(text)
     return f"{len(lst)} {name}" + (": " + "; ".join(parts) if parts else "")
 

@@ -31,6 +31,7 @@ class Decoder:
     kind: ClassVar[str] = ""
     PARAMS: ClassVar[Dict[str, Tuple[type, object]]] = {}
     ADDS: ClassVar[Tuple[str, ...]] = ()  # result keys a cascade stage adds to each detection
+    OWN_LABELS: ClassVar[Tuple[str, ...]] = ()  # the labels it gives whatever the labels file (db_text: "text")
     # The labels must be exactly as many as the classes, not at least: a keys file with a line too many
     # shifts every character a CTC decoder reads (a classifier's spare labels are never read).
     EXACT_LABELS: ClassVar[bool] = False

@@ -54,6 +54,7 @@ def box_score(prob: np.ndarray, corners: np.ndarray) -> float:
 
 class DbTextDecoder(Decoder):
     kind = "db_text"
+    OWN_LABELS = ("text",)
     PARAMS = {
         "thresh": (float, 0.3),
         "box_thresh": (float, 0.5),
@@ -92,6 +93,6 @@ class DbTextDecoder(Decoder):
             return {"detections": [], "classes": []}
         polys = geom.points_to_source(np.stack(polygons))
         boxes = np.concatenate([polys.min(axis=1), polys.max(axis=1)], axis=1)
-        detections = [{"label": "text", "score": s, "box": b, "polygon": p}
+        detections = [{"label": self.OWN_LABELS[0], "score": s, "box": b, "polygon": p}
                       for s, b, p in zip(scores, boxes.tolist(), polys.tolist())]
         return {"detections": detections, "classes": []}

@@ -40,10 +40,10 @@ def server_address(url: str) -> tuple:
         raise ValueError("no host")
     try:
         port = parts.port  # ValueError: "Port out of range 0-65535", or not a number
-    except ValueError as exc:
-        raise ValueError(f"{exc} (expected 1 to 65535)") from None
-    if port == 0:  # urllib takes it, and no server listens there
-        raise ValueError("port 0 (expected 1 to 65535)")
+    except ValueError:
+        port = 0
+    if port == 0:  # urllib takes 0, and no server listens there
+        raise ValueError(f"port {parts.netloc.rpartition(':')[2]!r}: expected 1 to 65535")
     return host, port or DEFAULT_PORTS[parts.scheme.lower()]
 
 

@@ -127,6 +127,7 @@ class ModelRunner:
         self._post_s = 0.0         # recent time post takes over a result: decoding, a cascade's stages (EMA, s)
         self._gate_until: Optional[float] = None  # `latest`: the engine waits for post until then (monotonic s)
         self._collected = False    # a run collected, not yet handed to post
+        self._post_restarting = False  # post is starting a stage engine afresh: how long it takes is not known
         self._restarts = Backoff()
         self._stage_restarts = Backoff()
         self._stage_down: Optional[StageError] = None  # a cascade stage's engine is down: its last failure
@@ -211,7 +212,7 @@ class ModelRunner:
         one older (seen: 3 runs of a 3 s stage, 17 s behind the camera)."""
         now = time.monotonic()
         waiting = self._post_box is not None or self._collected  # a result already waits for post
-        if self._post_s == 0 and (waiting or self._post_started is not None):
+        if (self._post_s == 0 or self._post_restarting) and (waiting or self._post_started is not None):
             self._gate_until = now + 0.5  # how long post takes is not known yet: until it is done (_post_done)
             return True
         busy = 0.0 if self._post_started is None else max(0.0, self._post_s - (now - self._post_started))
@@ -419,11 +420,14 @@ class ModelRunner:
             self._post_done()
 
     def _post_done(self) -> None:
-        """Post is free: learn how long it took, and let a run gated on it start."""
+        """Post is free: learn how long it took (not from a frame that waited for a stage engine's
+        restart), and let a run gated on it start."""
         with self._lock:
             took = time.monotonic() - self._post_started
-            self._post_s += (took - self._post_s) * (1.0 if self._post_s == 0 else 0.2)
+            if not self._post_restarting:
+                self._post_s += (took - self._post_s) * (1.0 if self._post_s == 0 else 0.2)
             self._post_started = None
+            self._post_restarting = False
         self._submit_ready()
 
     def _decode_failed(self, exc: Exception) -> None:
@@ -463,6 +467,8 @@ class ModelRunner:
                     for key in stage.adds:
                         det.pop(key, None)
             self._stage_failed(exc)
+            return
+        self._stage_restarts.reset()  # a run, not a start, proves a fresh engine: one dying at once backs off
 
     def _post_alive(self) -> None:
         self._post_progress = time.monotonic()
@@ -492,13 +498,14 @@ class ModelRunner:
         down = self._stage_down
         if down is None or time.monotonic() < self._stage_retry_at:
             return down is None
+        with self._lock:  # the engine waits for post to be done (its time now is not its usual)
+            self._post_restarting = True
         try:
             down.stage.part.engine.restart()
         except EngineError as again:
             self._stage_failed(StageError(down.stage, again))
             return False
         self._stage_down = None
-        self._stage_restarts.reset()
         self.feed.stats.engine_down = None
         return True
 
