@@ -274,7 +274,8 @@ def test_a_camera_that_never_answers_holds_up_no_other_stream(tmp_path, rtsp, fa
                      timeout=30)  # two whole opens of 6 s
             vid = [at for at, _ in rec.since(0, "vid", "result")]
             holes = [m["detail"] for _, m in rec.since(0, "hole") if m.get("state") == "backoff"]
-            assert max_gap(vid[5:]) < 1.5, max_gap(vid[5:])  # it froze for the whole 6 s open before
+            # it froze for the whole 6 s open before; a loop's own reopen, on a loaded CI host, took 1.5 s once
+            assert max_gap(vid[5:]) < 3.0, max_gap(vid[5:])
             assert "accepted the connection but did not answer OPTIONS within 6 s (lited_open_timeout)" in holes[0]
             # removed while it opens: the reload does not wait for the open, and nothing follows `stopped`
             d.write_config({**config, "streams": config["streams"][:2]})
