@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Tuple
 
 from lited import __version__, ctl
-from lited.validate import MAX_TIMEOUT_S, arg_engine, arg_number, arg_stream_name
+from lited.validate import arg_engine, arg_number, arg_stream_name, arg_timeout
 
 EXIT_BAD_INPUT = 2
 
@@ -614,7 +614,6 @@ def _broker_arguments(p: argparse.ArgumentParser) -> None:
 
 
 SECONDS = arg_number(above=0)  # a duration given on the command line
-TIMEOUT = arg_number(above=0, maximum=MAX_TIMEOUT_S)  # a timeout: at most an hour, as every lited timeout
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -648,9 +647,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per frame per line")
     p.add_argument("--frames", type=arg_number(integer=True, minimum=1), help="stop after this many results")
     p.add_argument("--duration", type=SECONDS, help="stop after this many seconds")
-    p.add_argument("--open-timeout", type=TIMEOUT, default=10.0, metavar="S",
+    p.add_argument("--open-timeout", type=arg_timeout, default=10.0, metavar="S",
                    help="give up (exit 2) when the source has not opened within S seconds (default 10)")
-    p.add_argument("--stall-timeout", type=TIMEOUT, default=5.0,
+    p.add_argument("--stall-timeout", type=arg_timeout, default=5.0,
                    help="seconds without a frame before 'stalled' (as a stream's stall_timeout: at most 3600)")
     p.add_argument("--no-pin-engines", action="store_true",
                    help="let the engine share every core with lited's own threads (default: when its threads leave "
@@ -682,7 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="reload: model name from the device's config (default: all)")
     p.add_argument("--stream", help="snapshot: stream name")
     p.add_argument("--out", help="snapshot: JPEG file to write")
-    p.add_argument("--timeout", type=TIMEOUT, default=30.0, help="seconds to wait for the reply")
+    p.add_argument("--timeout", type=arg_timeout, default=30.0, help="seconds to wait for the reply")
 
     p = command("config", "check the daemon's config (like nginx -t), or print its JSON Schema", cmd_config)
     p.add_argument("action", choices=["check", "schema"])

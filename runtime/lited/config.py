@@ -26,9 +26,8 @@ from msgspec import inspect as mi
 
 from lited.errors import first_line
 from lited.files import FileRefused, read_capped
-from lited.protocol import DAEMON_STREAM
 from lited.stream.feed import POLICIES
-from lited.validate import MAX_TIMEOUT_S, Checker, choice_problem, has_type, name_problem, shown, type_name
+from lited.validate import MAX_TIMEOUT_S, Checker, reserved_stream_problem, choice_problem, has_type, name_problem, shown, type_name
 
 try:
     from typing import Annotated
@@ -469,8 +468,9 @@ def _check_references(c: Checker, raw: dict) -> None:
         if isinstance(name, str):
             if name in seen:
                 c.add(f"streams[{i}].name", f"'{name}' is used twice")
-            if name == DAEMON_STREAM:  # its events would pass for the daemon's own (docs/protocol.md)
-                c.add(f"streams[{i}].name", f"'{name}' is reserved for the daemon's own events")
+            reserved = reserved_stream_problem(name)
+            if reserved:
+                c.add(f"streams[{i}].name", reserved)
             seen.add(name)
 
 

@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any, Optional
 
-from lited.validate import MAX_TIMEOUT_S, arg_number
+from lited.validate import MAX_TIMEOUT_S, arg_number, arg_timeout
 
 EXIT_FAILED = 1
 EXIT_NOT_RUNNING = 3
@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                     "(default /etc/lited/lited.conf if readable)")
     p.add_argument("--endpoint", help="the request endpoint itself (ipc://..., tcp://...)")
     p.add_argument("--json", action="store_true", help="the reply as one JSON object (for scripts)")
-    p.add_argument("--timeout", type=arg_number(above=0, maximum=MAX_TIMEOUT_S), help="seconds to wait for the reply "
+    p.add_argument("--timeout", type=arg_timeout, help="seconds to wait for the reply "
                                                  "(default: ping, status 10; snapshot 30; reload 300)")
     p.add_argument("--wait", type=arg_number(minimum=0, maximum=MAX_TIMEOUT_S), default=0, metavar="S",
                    help="wait up to S seconds for the daemon to come up (scripts that just started it)")

@@ -207,15 +207,27 @@ def arg_name(text: str) -> str:
     return text
 
 
+def reserved_stream_problem(name: Any) -> Optional[str]:
+    """Why `name`, valid by the name rule, still cannot name a stream, or None: it is the name of
+    the daemon's own events, which its events would pass for (docs/protocol.md)."""
+    from lited.protocol import DAEMON_STREAM  # (protocol imports this module)
+
+    return f"'{name}' is reserved for the daemon's own events" if name == DAEMON_STREAM else None
+
+
 def arg_stream_name(text: str) -> str:
     """An argparse `type` for a stream's name: the name rule, and not the name of the daemon's own events."""
     import argparse
 
-    from lited.protocol import DAEMON_STREAM
-
-    if arg_name(text) == DAEMON_STREAM:
-        raise argparse.ArgumentTypeError(f"'{text}' is reserved for the daemon's own events")
+    problem = reserved_stream_problem(arg_name(text))
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return text
+
+
+def arg_timeout(text: str) -> float:
+    """An argparse `type` for a timeout in seconds: above 0 and at most MAX_TIMEOUT_S, as every lited timeout."""
+    return arg_number(above=0, maximum=MAX_TIMEOUT_S)(text)
 
 
 def arg_engine(text: str) -> str:
