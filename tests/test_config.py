@@ -53,6 +53,9 @@ def with_changes(**changes) -> dict:
     ({"streams__0__name": "../x"}, "streams[0].name: '../x' may hold only ASCII letters"),
     ({"streams__0__name": "_daemon"}, "streams[0].name: '_daemon' is reserved for the daemon's own events"),
     ({"endpoints__pub": []}, "endpoints.pub: expected an endpoint or a list of them"),
+    # YAML 1.1 reads 1.6e7 as text: the message says so, it only showed the quotes
+    ({"limits__max_request_bytes": "1.6e7"}, "limits.max_request_bytes: expected an integer from 1024 to 1073741824, "
+                                              "got \"1.6e7\" (text, not a number: unquote it; YAML reads 1e7 as text"),
     ({"http": {"listen": ["127.0.0.1:24401", "127.0.0.1:24401"]}}, "http.listen: 127.0.0.1:24401 overlaps 127.0.0.1:24401"),
     ({"http": {"listen": ["localhost:24401", "127.0.0.1:24401"]}}, "http.listen: 127.0.0.1:24401 overlaps localhost:24401"),
     ({"http": {"listen": ["0.0.0.0:24401", "127.0.0.1:24401"], "token": "x" * 20}},
@@ -208,3 +211,29 @@ def test_the_documented_example_is_a_config_the_daemon_takes():
     assert [(s.name, s.model, s.slots) for s in config.streams] == [("gate", "det", 2), ("belt", "ocr", 2)]
     assert config.group == "lited" and config.max_request_bytes == 16777216
     assert (config.model_settings["ocr"].engine, config.model_settings["ocr"].threads) == ("openvino", 2)
+
+
+def test_every_path_of_the_config_is_relative_to_its_folder(tmp_path):
+    """A relative runtime_dir went to the daemon's working directory (the bundles, to the config's folder):
+    `lited ctl --config` then looked elsewhere than the daemon bound."""
+    from lited.config import client_endpoints
+
+    here = tmp_path / "etc"
+    here.mkdir()
+    raw = {**BASE, "runtime_dir": "run", "state_dir": "state",
+           "curve": {"server_secret": "keys/server.key_secret", "clients_dir": "keys/clients"}}
+    (here / "lited.json").write_text(json.dumps(raw))
+    config = parse_config(raw, here / "lited.json")
+    assert (config.runtime_dir, config.state_dir) == (here / "run", here / "state")
+    assert config.curve == {"server_secret": str(here / "keys/server.key_secret"),
+                            "clients_dir": str(here / "keys/clients")}
+    assert config.pub == [f"ipc://{here}/run/pub.sock"]
+    assert client_endpoints(here / "lited.json") == (config.pub, config.req)
+
+
+def test_ctl_reload_says_restarted_for_a_stream_in_started_and_stopped():
+    from lited.ctl import human_reload
+
+    line = human_reload({"reloaded": ["det"], "started": ["a", "new"], "stopped": ["a", "gone"], "took_ms": 1200},
+                        "ipc://x")
+    assert line == "reloaded det in 1.2 s; restarted a; started new; stopped gone"

@@ -104,3 +104,79 @@ def test_a_reload_names_the_fields_it_does_not_apply(tmp_path, bundles_dir):
                "to apply" in d.output(), d.output()[-2000:]
     finally:
         assert d.stop() == 0, d.output()[-3000:]
+
+
+def _engine_children(pid: int) -> list:
+    """The daemon's engine processes (its children running lited.engine_process)."""
+    kids = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids += (task / "children").read_text().split()
+    return [int(k) for k in kids if b"lited.engine_process" in Path(f"/proc/{k}/cmdline").read_bytes()]
+
+
+def test_config_check_and_serve_name_every_problem_of_what_the_config_names(tmp_path):
+    """A `group` that does not exist hid every bundle problem, and `lited serve` named only the first
+    bad bundle, without its field (config check named them all): one pass for both now."""
+    path = tmp_path / "lited.json"
+    path.write_text(json.dumps({"models": {"a": "/nonexist1", "b": "/nonexist2"}, "group": "nosuchgroup"}))
+    expected = (f"lited: config {path}: group: no such group 'nosuchgroup'; models.a: bundle /nonexist1: not a "
+                "directory; models.b: bundle /nonexist2: not a directory\n")
+    check = subprocess.run([sys.executable, "-m", "lited.cli", "config", "check", "--config", str(path)],
+                           capture_output=True, text=True, timeout=60)
+    proc = serve(path)
+    out, err = proc.communicate(timeout=60)
+    assert (check.returncode, check.stderr) == (2, expected)
+    assert (proc.returncode, err) == (2, expected)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_reload_checks_the_config_as_a_start_does_and_leaves_ended_streams_alone(tmp_path, bundles_dir):
+    """Found by a black-box audit of docs/config.md: a reload named only the first bad bundle, without
+    its field; writing out the policy a stream had by default restarted it; a stream whose file had
+    ended kept its engine process (142 MB) and got a new one, and a `model` event, at every reload."""
+    import time
+
+    from conftest import write_video
+    from daemon_process import DaemonProcess
+
+    write_video(tmp_path / "once.avi", frames=6)
+    face = str(bundles_dir / "ultraface")
+    streams = [{"name": "once", "source": f"file://{tmp_path}/once.avi"},
+               {"name": "live", "source": "synth://?size=320x240&fps=5"}]
+    config = {"models": {"face": face}, "streams": streams}
+    # a watchdog: a stream whose runner stopped at its end must not look stale
+    with DaemonProcess(tmp_path, config, env={"WATCHDOG_USEC": "2000000"}) as d:
+        with d.client(timeout=60) as client:
+            def states() -> dict:
+                return {s["stream"]: s for s in client.status()["streams"]}
+            deadline = time.monotonic() + 60
+            while not (states()["once"]["state"] == "ended" and states()["live"]["state"] == "streaming"):
+                assert time.monotonic() < deadline, client.status()
+                time.sleep(0.2)
+            assert states()["once"]["model"]["engine_pid"] is None
+            deadline = time.monotonic() + 10
+            while len(_engine_children(d.proc.pid)) != 1:  # the live stream's only
+                assert time.monotonic() < deadline, _engine_children(d.proc.pid)
+                time.sleep(0.2)
+
+            d.write_config({"models": {"face": face},
+                            "streams": [streams[0], {**streams[1], "policy": "latest"}]})  # the default, written out
+            reply = client.reload(timeout=60)
+            assert (reply["started"], reply["stopped"]) == ([], []), reply
+            time.sleep(3)  # past the watchdog's 2 s
+            status = client.status()
+            assert status["watchdog_stale"] == [], status["watchdog_stale"]
+            assert {s["stream"]: s["state"] for s in status["streams"]} == {"once": "ended", "live": "streaming"}
+            assert states()["once"]["model"]["engine_pid"] is None and len(_engine_children(d.proc.pid)) == 1
+
+            d.write_config({**d.config, "models": {"face": face, "a": "/nonexist1", "b": "/nonexist2"},
+                            "streams": [{**s, "model": "face"} for s in d.config["streams"]]})
+            from lited.client import ClientError
+            try:
+                client.reload(timeout=60)
+                raise AssertionError("a reload with two missing bundles passed")
+            except ClientError as exc:
+                error = str(exc)
+            assert (f"config {d.config_path}: models.a: bundle /nonexist1: not a directory; models.b: bundle "
+                    "/nonexist2: not a directory; keeping the running config") in error, error
+            assert states()["live"]["state"] == "streaming"

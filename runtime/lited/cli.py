@@ -452,24 +452,12 @@ def cmd_config(args: argparse.Namespace) -> int:
     if args.action == "schema":
         print(json.dumps(json_schema(), indent=2))
         return 0
-    from lited.bundle import load_bundle
-    from lited.config import ConfigError, ModelSettings, model_choice_problem
-    from lited.keys import curve_problems
+    from lited.config import ConfigError
+    from lited.preflight import machine_problems
 
     path = Path(args.config or DEFAULT_CONFIG)
     config = load_config(path)
-    bundles, problems = {}, []
-    for name, directory in config.models.items():
-        try:
-            bundles[name] = load_bundle(directory)
-        except Exception as exc:  # noqa: BLE001 - every bundle's problem is reported, then exit 2
-            problems.append(f"models.{name}: {str(exc).splitlines()[0]}")
-            continue
-        problem = model_choice_problem(name, bundles[name], config.model_settings.get(name, ModelSettings()))
-        if problem:
-            problems.append(problem)
-    if config.curve:
-        problems += curve_problems(config.curve["server_secret"], config.curve["clients_dir"])
+    bundles, problems = machine_problems(config)
     tcp = [e for e in config.pub + config.req if e.startswith("tcp://")]
     if tcp and not config.curve and not config.insecure_tcp:
         problems.append(f"endpoints: {', '.join(tcp)}: TCP needs CURVE keys (curve:, see `lited keygen`) "

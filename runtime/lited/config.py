@@ -11,7 +11,6 @@ daemon reads it as `config.file.<section>`.
 """
 from __future__ import annotations
 
-import grp
 import ipaddress
 import json
 import os
@@ -78,7 +77,7 @@ def _endpoint_problems(value: Any) -> List[str]:
 
 Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$", extra={"check": name_problem},
                            description="1 to 64 letters, digits, '.', '_', '-', not starting with '.' or '-'")]
-Endpoints = Annotated[Union[str, List[str]], Meta(
+Endpoints = Annotated[Union[str, Annotated[List[str], Meta(min_length=1)]], Meta(
     extra={"check": _endpoint_problems},
     description="an ipc://, tcp:// or inproc:// endpoint, or a list of them")]
 Seconds = Annotated[float, Meta(gt=0, le=MAX_TIMEOUT_S)]
@@ -428,14 +427,15 @@ def parse_config(raw: Any, path: Optional[Path] = None, base_dir: Optional[Path]
     only = next(iter(models)) if len(models) == 1 else None
     streams = [StreamConfig(s.name, s.source, s.model or only, s.slots, float(s.stall_timeout), s.keep_results,
                             s.policy) for s in file.streams]
-    runtime_dir = Path(file.runtime_dir or default_runtime_dir())
-    state_dir = Path(file.state_dir or default_state_dir())
+    runtime_dir = Path(relative_to_config(base, file.runtime_dir) or default_runtime_dir())
+    state_dir = Path(relative_to_config(base, file.state_dir) or default_state_dir())
     http = parse_http(c, file.http, file.limits.max_request_bytes) if file.http is not None else None
     uplink = parse_uplink(c, file.uplink, state_dir, base, [s.name for s in streams])
     if c.problems:
         raise ConfigError(where, c.problems)
     pub, req = _endpoints(file.endpoints, runtime_dir)
-    curve = msgspec.structs.asdict(file.curve) if file.curve else None
+    curve = ({k: relative_to_config(base, v) for k, v in msgspec.structs.asdict(file.curve).items()}
+             if file.curve else None)
     limits = file.limits
     inflight = limits.max_inflight_bytes if limits.max_inflight_bytes is not None else \
         max(128 << 20, limits.max_request_bytes)
@@ -444,6 +444,12 @@ def parse_config(raw: Any, path: Optional[Path] = None, base_dir: Optional[Path]
                   file.request_workers, float(file.status_interval), http, uplink, raw, file, settings,
                   max_inflight_bytes=inflight, engine_timeout=float(limits.engine_timeout),
                   max_clients=limits.max_clients, pin_engines=file.pin_engines)
+
+
+def relative_to_config(base: Path, path: Optional[str]) -> Optional[str]:
+    """A path of the config, relative to its directory (`base`) unless absolute;
+    None and "" (absent) as they are."""
+    return str(base / path) if path and not os.path.isabs(path) else path
 
 
 def _check_references(c: Checker, raw: dict) -> None:
@@ -544,16 +550,10 @@ def _loader() -> type:
 
 
 def load_config(path: Union[str, os.PathLike]) -> Config:
-    """The config the daemon runs with: the file checked, and what it names
-    on this machine (the group: a missing one would fail every stream's ring)."""
+    """The config file read and checked (the first pass; what it names on this
+    machine, the second, is lited/preflight.py)."""
     path = Path(path)
-    config = parse_config(read_config_file(path), path)
-    if config.group is not None:
-        try:
-            grp.getgrnam(config.group)
-        except KeyError:
-            raise ConfigError(str(path), [f"group: no such group {config.group!r}"]) from None
-    return config
+    return parse_config(read_config_file(path), path)
 
 
 def client_endpoints(path: Union[str, os.PathLike]) -> Tuple[list, list]:
@@ -567,7 +567,8 @@ def client_endpoints(path: Union[str, os.PathLike]) -> Tuple[list, list]:
     if c.problems:
         raise ConfigError(str(path), c.problems)
     where = _converted(raw, _Where, str(path))
-    return _endpoints(where.endpoints, Path(where.runtime_dir or client_runtime_dir()))
+    runtime_dir = relative_to_config(path.parent, where.runtime_dir)
+    return _endpoints(where.endpoints, Path(runtime_dir or client_runtime_dir()))
 
 
 # ---------------------------------------------------------------------------
@@ -645,7 +646,7 @@ def _token_problem(value: Any) -> Optional[str]:
 class HttpSection(Section):
     """The HTTP front end, field by field (docs/config.md "http"); parse_http
     checks what spans fields and fills the defaults that follow others."""
-    listen: Annotated[Union[str, List[str]], Meta(extra={"check": _listen_problems}, description=(
+    listen: Annotated[Union[str, Annotated[List[str], Meta(min_length=1)]], Meta(extra={"check": _listen_problems}, description=(
         "HOST:PORT (HOST an IP address, [v6] or localhost; port 0: any free one), or a list of them"))] \
         = HTTP_DEFAULT_LISTEN
     token: Optional[Annotated[str, Meta(extra={"check": _token_problem}, description=(

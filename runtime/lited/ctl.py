@@ -14,6 +14,7 @@ import json
 import re
 import sys
 import time
+from pathlib import Path
 from typing import Any, Optional
 
 from lited.validate import MAX_TIMEOUT_S, arg_number, arg_timeout
@@ -47,7 +48,7 @@ def endpoint_despite(error: Exception, config: Optional[str]) -> str:
     """The request endpoint when the config does not read (a YAML typo while the daemon runs on the
     text it read before): its top-level `runtime_dir:` line if it has one, else the default place.
     The error again (ConfigError) when the file is not there at all: nothing to go on."""
-    from lited.config import DEFAULT_CONFIG, client_runtime_dir
+    from lited.config import DEFAULT_CONFIG, client_runtime_dir, relative_to_config
 
     path = config or DEFAULT_CONFIG
     try:
@@ -55,7 +56,8 @@ def endpoint_despite(error: Exception, config: Optional[str]) -> str:
     except OSError:
         raise error from None
     match = re.search(r"^\s*[{,]?\s*[\"']?runtime_dir[\"']?\s*:\s*[\"']?([^\s\"',#}]+)", text, re.M)
-    return f"ipc://{match.group(1) if match else client_runtime_dir()}/req.sock"
+    runtime_dir = relative_to_config(Path(path).parent, match.group(1)) if match else client_runtime_dir()
+    return f"ipc://{runtime_dir}/req.sock"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -215,10 +217,12 @@ def human_status(out: dict, endpoint: str) -> str:
 
 def human_reload(out: dict, endpoint: str) -> str:
     line = f"reloaded {', '.join(out['reloaded']) or 'nothing'} in {out['took_ms'] / 1e3:.1f} s"
-    if out.get("started"):
-        line += f"; started {', '.join(out['started'])}"
-    if out.get("stopped"):
-        line += f"; stopped {', '.join(out['stopped'])}"
+    started, stopped = out.get("started") or [], out.get("stopped") or []
+    for word, names in (("restarted", [n for n in started if n in stopped]),  # a changed entry: in both lists
+                        ("started", [n for n in started if n not in stopped]),
+                        ("stopped", [n for n in stopped if n not in started])):
+        if names:
+            line += f"; {word} {', '.join(names)}"
     if out.get("needs_restart"):
         line += f"; changed in the config, applied at the next start: {', '.join(out['needs_restart'])}"
     return line

@@ -74,6 +74,18 @@ def shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _number_as_text(value: Any) -> str:
+    """A hint when a number came as text: quoted, or YAML 1.1's `1.6e7` (it wants `1.6e+7`)."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    return (" (text, not a number: unquote it; YAML reads 1e7 as text: write the digits, or 1.0e+7 where a "
+            "fraction is taken)")
+
+
 def choice_problem(value: Any, options: Iterable) -> Optional[str]:
     """Why `value` is not one of `options` (None if it is)."""
     options = tuple(options)
@@ -117,7 +129,8 @@ class Checker:
         ok = ok and (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
         ok = ok and (above is None or value > above)
         if not ok:
-            self.add(path + key, f"expected {_range_text(integer, minimum, maximum, above)}, got {shown(value)}")
+            self.add(path + key, f"expected {_range_text(integer, minimum, maximum, above)}, got {shown(value)}"
+                                 f"{_number_as_text(value)}")
             return default
         return value
 

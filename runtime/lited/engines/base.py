@@ -37,6 +37,11 @@ from lited.files import MAX_MODEL_BYTES, FileRefused, read_capped
 MAX_THREADS = 256  # an engine's threads, wherever they are set (bundle, config, --threads)
 
 
+def cpu_threads(device: str, threads: object) -> str:
+    """`engine.device` on a CPU, as status shows it for every engine: "cpu, 2 threads"."""
+    return f"{device}, {threads} thread{'s' if str(threads) != '1' else ''}"
+
+
 class EngineError(Exception):
     """The backend is missing, refused the model, or failed while running it."""
 

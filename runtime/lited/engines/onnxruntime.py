@@ -27,7 +27,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from lited.engines.base import EngineError, InPlaceEngine, TensorSpec, bool_option, read_model_file, str_option
+from lited.engines.base import (EngineError, InPlaceEngine, TensorSpec, bool_option, cpu_threads,
+    read_model_file, str_option)
 from lited.errors import first_line
 
 DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
@@ -98,8 +99,8 @@ class OnnxRuntimeEngine(InPlaceEngine):
             raise EngineError(f"{model_path}: onnxruntime refused the model: {ort_words(exc)}") from None
         used = self._session.get_providers()[0]
         self.version = ort.__version__
-        self.device = "cpu" if used == "CPUExecutionProvider" else used.replace("ExecutionProvider", "").lower()
-        self.device += f", {threads} thread{'s' if threads != 1 else ''}"
+        self.device = cpu_threads("cpu" if used == "CPUExecutionProvider" else
+                                  used.replace("ExecutionProvider", "").lower(), threads)
         ins, outs = self._session.get_inputs(), self._session.get_outputs()
         self.inputs = [TensorSpec(i.name, tuple(d if isinstance(d, int) else -1 for d in i.shape),
                                   DTYPES.get(i.type, i.type)) for i in ins]

@@ -41,8 +41,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from lited.engines.base import EngineError, InPlaceEngine, TensorSpec, bool_option, int_option, read_model_file, \
-    str_option
+from lited.engines.base import (EngineError, InPlaceEngine, TensorSpec, bool_option, cpu_threads, int_option,
+    read_model_file, str_option)
 from lited.errors import first_line
 
 OPTIONS = ("threads", "device", "streams", "pin", "static_shapes", "cache_dir", "precision")
@@ -139,8 +139,7 @@ class OpenVinoEngine(InPlaceEngine):
         self._tensors: dict = {}  # (pointer, shape, dtype) -> (ov.Tensor, the array it wraps)
         self._entry: Optional[_Compiled] = None if self._per_shape else self._compile(None)
         self.version = ov.__version__.split("-")[0]
-        self.device = f"{device.lower()}, {threads} thread{'s' if threads != 1 else ''}" if base == "CPU" \
-            else device.lower()
+        self.device = cpu_threads(device.lower(), threads) if base == "CPU" else device.lower()
         self.inputs = [TensorSpec(i.get_any_name(), tuple(d.get_length() if d.is_static else -1
                                                           for d in i.get_partial_shape()),
                                   np.dtype(i.get_element_type().to_dtype()).name) for i in self._model.inputs]

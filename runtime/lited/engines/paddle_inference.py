@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lited.engines.base import Engine, EngineError, TensorSpec, bool_option, check_known, int_option, read_model_file
+from lited.engines.base import (Engine, EngineError, TensorSpec, bool_option, check_known, cpu_threads,
+    int_option, read_model_file)
 from lited.errors import first_line
 
 _PADDLE_SIGNALS = (signal.SIGTERM, signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGFPE, signal.SIGILL)
@@ -138,7 +139,8 @@ class PaddleInferenceEngine(Engine):
         except Exception as exc:  # noqa: BLE001
             raise EngineError(f"{model}: Paddle Inference refused the model: {first_line(exc)}") from None
         self.version = paddle.__version__
-        self.device = "cpu" if self._zero_copy else f"gpu:{options.get('device_id', 0)}" + (
+        self.device = cpu_threads("cpu", int(options.get("threads", 1))) if self._zero_copy else \
+            f"gpu:{options.get('device_id', 0)}" + (
             f" tensorrt {options['trt'].get('precision', 'fp32')}" if options.get("trt") else "")
         names = self._predictor.get_input_names()
         self.inputs = [specs[n] for n in names]

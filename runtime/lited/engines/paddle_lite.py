@@ -32,7 +32,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from lited.engines.base import Engine, EngineError, TensorSpec, int_option, read_model_file, str_option
+from lited.engines.base import Engine, EngineError, TensorSpec, cpu_threads, int_option, read_model_file, str_option
 
 PREDICTORS_PER_SHAPE = 2  # predictors kept for a dynamic-shape model (option `predictors`)
 
@@ -88,7 +88,7 @@ class PaddleLiteEngine(Engine):
         self.version = self._predictor.get_version()
         omp = os.environ.get("OMP_NUM_THREADS")
         shown = threads if hasattr(config, "set_threads") else omp
-        self.device = "cpu" + (f", {shown} thread{'s' if str(shown) != '1' else ''}" if shown else "")
+        self.device = cpu_threads("cpu", shown) if shown else "cpu"
         self.inputs = [TensorSpec(n, tuple(t.shape())) for n, t in zip(self._predictor.get_input_names(), self._inputs)]
         self.output_names = list(self._predictor.get_output_names())
         self._out: list[np.ndarray | None] = [None] * len(self._outputs)

@@ -28,6 +28,7 @@ Rules it keeps:
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import os
 import resource
@@ -38,13 +39,13 @@ from typing import Any, Callable, ClassVar, Optional, Sequence
 
 from lited import __version__, protocol
 from lited.bundle import Bundle, BundleError, load_bundle
-from lited.config import Config, ConfigError, ModelSettings, StreamConfig, load_config, model_choice_problem
+from lited.config import Config, ConfigError, ModelSettings, StreamConfig, load_config
 from lited.cores import CorePlan, apply as apply_plan, plan_cores, share_threads
 from lited.engine_process import child_pids
 from lited.engines import EngineError
-from lited.keys import curve_problems
 from lited.model import Model
 from lited.protocol import ProtocolError
+from lited.preflight import load_bundles
 from lited.service.bus import Bus, Curve
 from lited.service.requests import Requests
 from lited.service.sdnotify import Notifier, Watchdog
@@ -161,9 +162,14 @@ class Daemon:
             (self.reload_requested if signum == signal.SIGHUP else self.stop_event).set()
 
     def start(self) -> None:
-        """Bind (a second daemon on the same sockets fails here, at once),
-        load, start; a SIGTERM meanwhile skips what is left."""
+        """Check what the config names (every problem at once, before a socket
+        or a folder is made), bind (a second daemon on the same sockets fails
+        here, before any engine starts), start; a SIGTERM meanwhile skips what
+        is left."""
         cfg = self.config
+        self.notifier.status("loading bundles")
+        self.bundles.update(load_bundles(cfg))
+        self.generation.update(dict.fromkeys(self.bundles, 0))
         curve = Curve(cfg.curve["server_secret"], cfg.curve["clients_dir"]) if cfg.curve else None
         self.bus = Bus(cfg.pub, cfg.req, self.requests.on_message, curve, self.insecure_tcp, cfg.pub_hwm,
                        cfg.max_request_bytes, heartbeat=lambda: self.watchdog.beat("bus"), max_clients=cfg.max_clients)
@@ -171,14 +177,6 @@ class Daemon:
         swept = sweep_stale()
         if swept:
             log.info("removed %d stale frame rings: %s", len(swept), ", ".join(swept), extra={"event": "sweep"})
-        self.notifier.status("loading bundles")
-        for name, path in cfg.models.items():
-            self.bundles[name] = load_bundle(path)
-            self.generation[name] = 0
-        problems = [model_choice_problem(n, b, cfg.model_settings.get(n, ModelSettings()))
-                    for n, b in self.bundles.items()]
-        if any(problems):
-            raise ConfigError(str(cfg.path), [p for p in problems if p])
         for name in ("bus", "main", *self.requests.loop_names):
             self.watchdog.register(name)
         # listed (state "starting") from the first status answered: a subscriber that checks
@@ -278,7 +276,8 @@ class Daemon:
                         self._publish_event, slots=sc.slots, stall_timeout=sc.stall_timeout,
                         group=self.config.group, beat=lambda n=beat_name: self.watchdog.beat(n),
                         keep_results=sc.keep_results, policy=sc.policy, model_key=sc.model,
-                        held_elsewhere=UPLINK_FRAMES_HELD if self.uplink is not None else 0)
+                        held_elsewhere=UPLINK_FRAMES_HELD if self.uplink is not None else 0,
+                        on_ended=lambda n=beat_name: self.watchdog.unregister(n))
         try:
             stream.start()
         except BaseException:
@@ -436,7 +435,7 @@ class Daemon:
             for name, stream in self.streams.items():
                 sc = self.stream_configs[name]
                 bundle = new_bundles.get(sc.model)
-                if bundle is not None and name not in leaving:
+                if bundle is not None and name not in leaving and not stream.ended:
                     prepared.append((stream, stream.prepare_model(self._stream_model(sc, bundle), READY_TIMEOUT)))
             for n, bundle in new_bundles.items():  # after the models load: a broken bundle says so first
                 problem = change_problem(n, self.bundles[n], bundle)
@@ -468,9 +467,7 @@ class Daemon:
             outcome: dict = {"reloaded": [], "started": [], "stopped": []}
             try:
                 new = load_config(self.config.path)
-                problems = curve_problems(new.curve["server_secret"], new.curve["clients_dir"]) if new.curve else []
-                if problems:
-                    raise ConfigError(str(self.config.path), problems)
+                new_bundles = load_bundles(new)
             except ConfigError as exc:
                 return {**self._record_reload(False, f"{exc}; keeping the running config"), **outcome}
             self._reload_curve(new.curve)
@@ -481,25 +478,18 @@ class Daemon:
                             "streams, uplink rules and client keys)", ", ".join(restart), extra={"event": "reload"})
             kept = {n: p for n, p in new.models.items() if n in self.bundles}
             added = {n: p for n, p in new.models.items() if n not in self.bundles}
-            try:
-                added_bundles = {n: load_bundle(p) for n, p in added.items()}
-            except LOAD_ERRORS as exc:
-                return {**self._record_reload(False, f"{first_line(exc)}; the old models keep serving"), **outcome}
-            for n, bundle in added_bundles.items():
-                self.bundles[n] = bundle
+            for n in added:
+                self.bundles[n] = new_bundles[n]
                 self.generation[n] = 0
                 self.config.models[n] = added[n]
             wanted = {s.name: s for s in new.streams}
-            leaving = frozenset(n for n in self.streams if n not in wanted or self.stream_configs[n] != wanted[n])
+            leaving = frozenset(n for n in self.streams if n not in wanted or _as_run(self.stream_configs[n]) != _as_run(wanted[n]))
             # the new models are made with the new config's engine, threads and cores (they were made with the
             # old ones, so an engine or threads change came one reload late), and back to the old on failure
             old_settings, self.config.model_settings = self.config.model_settings, new.model_settings
-            try:  # the threads the new bundles ask for (planned with the old ones, they came one reload late)
-                kept_bundles = {n: load_bundle(p) for n, p in kept.items()}
-                self.stream_threads = self._plan_threads(new.streams, kept_bundles)
-            except LOAD_ERRORS as exc:
-                self.config.model_settings = old_settings
-                return {**self._record_reload(False, f"{first_line(exc)}; the old models keep serving"), **outcome}
+            kept_bundles = {n: new_bundles[n] for n in kept}
+            # the threads the new bundles ask for (planned with the old ones, they came one reload late)
+            self.stream_threads = self._plan_threads(new.streams, kept_bundles)
             if kept:
                 try:
                     self.reload_models(kept, force, leaving, kept_bundles)  # records its outcome
@@ -632,6 +622,12 @@ RESTART_FIELDS = {"runtime_dir": "runtime_dir", "state_dir": "state_dir", "pub":
                   "max_inflight_bytes": "limits.max_inflight_bytes", "max_clients": "limits.max_clients",
                   "engine_timeout": "limits.engine_timeout", "request_workers": "request_workers",
                   "status_interval": "status_interval", "pin_engines": "pin_engines", "http": "http"}
+
+
+def _as_run(sc: StreamConfig) -> StreamConfig:
+    """`sc` with the policy its stream runs with: a reload that writes out the
+    default policy changes nothing (it restarted the stream)."""
+    return dataclasses.replace(sc, policy=sc.policy or source_policy(sc.source))
 
 
 def serve(config_path: str, insecure_tcp: bool = False, early_signals: Sequence[int] = ()) -> int:

@@ -60,13 +60,15 @@ class Stream:
                  on_event: Optional[Callable[[dict], None]] = None, slots: int = 2,
                  stall_timeout: float = 5.0, backoff: tuple = (0.5, 30.0), group: Union[str, int, None] = None,
                  stats_window: int = 512, beat: Optional[Callable[[], None]] = None, keep_results: int = 0,
-                 policy: Optional[str] = None, model_key: Optional[str] = None, held_elsewhere: int = 0) -> None:
+                 policy: Optional[str] = None, model_key: Optional[str] = None, held_elsewhere: int = 0,
+                 on_ended: Optional[Callable[[], None]] = None) -> None:
         """`slots`: the apps' margin (see `ring_slots`); `keep_results`: older
         results whose frames stay readable too; `held_elsewhere`: frames that
         `hold_result_frame` callers may hold at once; `policy`: "latest" or
         "queue" (runner.py), by default "queue" for a lossless source and
         "latest" otherwise; `model_key`: the model's name in the daemon's
-        config, added to every result as `model_key`."""
+        config, added to every result as `model_key`; `on_ended`: called once
+        the source has ended and the engine is freed (its runner beats no more)."""
         self.name = name
         self.uri = uri
         self.source = open_source(uri)  # parse and validate now: a bad URI fails before any thread starts
@@ -83,6 +85,9 @@ class Stream:
         self.detail = ""
         self.stats = StreamStats(stats_window)
         self.runner: Optional[ModelRunner] = None
+        self._runner_lock = threading.Lock()  # an ending stream and a reload's commit_model
+        self._ended = False
+        self._on_ended = on_ended
         self.last_result: Optional[dict] = None
         self._results: collections.deque = collections.deque()  # (result, its frame's lease), oldest first
         self._results_lock = threading.Lock()
@@ -130,11 +135,14 @@ class Stream:
     def commit_model(self, new: ModelRunner, announce: bool = True) -> None:
         """Switch to a prepared model between frames: the old one finishes the
         frame it is on, then the new one takes the next."""
-        old = self.runner
+        with self._runner_lock:
+            if self._ended:  # ended while `new` warmed up: nothing will come for it
+                new.stop()
+                return
+            old, self.runner = self.runner, new
         if old is not None:
             old.stop()
         self.stats.engine_down = None  # the old runner's, stopped in its backoff: the new one's engine runs
-        self.runner = new
         self._model_factory = new.factory
         self._handoff.activate(new.feed)
         if announce:
@@ -143,6 +151,23 @@ class Stream:
     def swap_model(self, model_factory: Callable, timeout: float = 120.0) -> None:
         """prepare_model then commit_model: the old model serves until the new one is warm."""
         self.commit_model(self.prepare_model(model_factory, timeout))
+
+    @property
+    def ended(self) -> bool:
+        """The source ended (a file without `loop`, a folder read once): no frame will come again."""
+        return self._ended
+
+    def _free_engine(self) -> None:
+        """The source ended, its last result is out: stop the runner and its
+        engine process (a board's memory, and a reload warms no model for it).
+        The result and its frame stay readable; status shows no engine pid."""
+        with self._runner_lock:
+            self._ended = True
+            runner = self.runner
+        if runner is not None:
+            runner.stop()
+        if self._on_ended is not None:
+            self._on_ended()
 
     @property
     def model(self):
@@ -242,6 +267,8 @@ class Stream:
         log.info("stream %s: %s%s", self.name, state, f" ({detail})" if detail else "",
                  extra={"stream": self.name, "event": state})
         self._event("state", detail, state=state)
+        if state == "ended":
+            self._free_engine()
 
     def _event(self, kind: str, detail: str, **extra) -> None:
         if self._on_event is not None:
