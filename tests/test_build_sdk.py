@@ -367,6 +367,8 @@ def test_rebuild_ultraface_from_onnx(tools_python: Path, tmp_path: Path) -> None
     for kind, file in (("openvino", "model.xml"), ("onnxruntime", "model.onnx"), ("paddle_lite", "model_x86.nb"),
                        ("onnxruntime", "model_int8.onnx")):
         assert f"on {kind} ({file}, " in proc.stdout and f"on {kind} ({file}, fp32) FAILED" not in proc.stdout
+    # onnxruntime's quantiser wrote 523 warning lines on stderr, which holds only an error line
+    assert "appears in graph inputs" not in proc.stderr and "qdq_quantizer" not in proc.stderr, proc.stderr[-2000:]
     report = next(line for line in proc.stdout.splitlines() if line.startswith("build_sdk: int8 (onnxruntime, 4 "))
     assert "matched at IoU 0.7 (recall" in report and " ms a run (x" in report and " MB" in report, report
     assert "## Int8" in (tmp_path / "unzipped" / "ultraface" / "README.md").read_text()
@@ -407,6 +409,42 @@ def test_missing_params_file(tools_python: Path, tmp_path: Path) -> None:
                          "--targets", "x86", "--out", tmp_path / "x.zip")
     assert_refused(proc, "params file model.pdiparams is missing beside model.pdmodel")
     assert not (tmp_path / "x.zip").exists()
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_conversion(tools_python: Path, tmp_path: Path) -> None:
+    """An --out that is a directory failed after the whole build with a traceback (exit 1) and left a
+    .part file; outputs under a file, or a --workdir that is one, failed with a traceback; a mistyped
+    --lited-venv shipped a bundle nothing had checked, exit 0."""
+    shared = need_shared("models", "ultraface")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("x")
+    cases = {("--out", "dir"): "--out: {t}/dir: is a directory (give the zip's file name)",
+             ("--out", "file/x.zip"): "--out: {t}/file/x.zip: {t}/file is not a directory",
+             ("--workdir", "file"): "--workdir: {t}/file: exists and is not a directory",
+             ("--keep-dir", "file"): "--keep-dir: {t}/file: exists and is not a directory",
+             ("--lited-venv", "nonexistent"): "--lited-venv: {t}/nonexistent: no lited there "
+                                               "({t}/nonexistent/bin/lited)"}
+    for (flag, value), message in cases.items():
+        extra = [] if flag == "--out" else ["--out", tmp_path / "ok.zip"]
+        t0 = time.monotonic()
+        proc = run_build_sdk(tools_python, "--model", shared / "onnx" / "version-RFB-320.onnx", "--config",
+                             ROOT / "tests" / "bundles" / "ultraface.json", "--targets", "x86", flag,
+                             tmp_path / value, *extra)
+        assert_refused(proc, message.format(t=tmp_path))
+        assert time.monotonic() - t0 < 30, (flag, "refused only after the conversion")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "file"]
+
+
+def test_x2paddle_keyerror_says_where_its_shape_inference_stopped() -> None:
+    """x2paddle's `KeyError: 0` was the whole message (a quantized ONNX, a dynamic side): the line
+    its log has before it names the op."""
+    from lited.sdk.proc import reason
+
+    log = "Shape inferencing ...\nStopping at incomplete shape inference at {op}: t_1\nTraceback:\nKeyError: 0\n"
+    assert reason(log.format(op="QLinearAdd")).startswith(
+        "a quantized ONNX model, which it cannot convert (shape inference stopped at QLinearAdd, t_1)")
+    assert reason(log.format(op="Mul")).startswith(
+        "shape inference stopped at Mul (t_1), KeyError: 0: give the input's sides in the config's `inputs`")
 
 
 @pytest.mark.slow

@@ -362,12 +362,14 @@ def test_priorbox_takes_its_outputs_in_either_order(ultraface):
     ("priorbox", [(1, 64, 3), (1, 32, 4)], "expected scores [1, N, C] and boxes [1, N, 4]"),
     ("ctc", [(6, 2)], "outputs [[6, 2]]: the first is not [N, T, K] (K: the blank, the keys, the space)"),
     ("ctc", [(1, 40, 2)], "outputs [[1, 40, 2]]: the first is not [N, T, K] (K: the blank, the keys, the space)"),
+    # FastestDet's grid under db_text: numpy's "cannot reshape array of size 41140 into shape (22,22)" before
+    ("db_text", [(1, 85, 22, 22)], "outputs [[1, 85, 22, 22]]: the first is not a probability map [1, 1, H, W]"),
 ])
 def test_outputs_of_another_layout_are_named(kind, outputs, why):
     dec = make_decoder({"type": kind}, [])
     assert dec.layout_problem([np.zeros(s, np.float32) for s in outputs]).endswith(why)
     fits = {"grid": [(1, 8, 10, 10)], "boxes": [(64, 6), (1,)], "priorbox": [(1, 64, 3), (1, 64, 4)],
-            "ctc": [(1, 40, 3)]}[kind]
+            "ctc": [(1, 40, 3)], "db_text": [(1, 1, 32, 64)]}[kind]
     assert dec.layout_problem([np.zeros(s, np.float32) for s in fits]) is None
 
 

@@ -16,12 +16,12 @@ Each detection has label "text", the axis-aligned `box` and the rotated
 """
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 
 from ..geometry import Geometry
-from .base import Decoder
+from .base import Decoder, shapes
 
 
 def ordered_corners(rect: tuple) -> np.ndarray:
@@ -67,6 +67,14 @@ class DbTextDecoder(Decoder):
         super().__init__(params, labels)
         # reused while the map size holds; so one Decoder serves one thread
         self._bitmap = np.empty((0, 0), dtype=np.uint8)
+
+    def layout_problem(self, outputs: List[np.ndarray]) -> Optional[str]:
+        """A probability map: [1, 1, H, W] (or [1, H, W], [H, W]); FastestDet's [1, 85, 22, 22]
+        failed in numpy's words (`cannot reshape array of size 41140 into shape (22,22)`)."""
+        prob = outputs[0]
+        if prob.ndim < 2 or prob.ndim > 4 or prob.size != prob.shape[-2] * prob.shape[-1]:
+            return f"outputs {shapes(outputs)}: the first is not a probability map [1, 1, H, W]"
+        return None
 
     def decode(self, outputs: List[np.ndarray], geom: Geometry) -> dict:
         import cv2

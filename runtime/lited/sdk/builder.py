@@ -29,7 +29,7 @@ from lited.sdk.inputs import merge_inputs
 from lited.sdk.lite_opt import LiteOpt
 from lited.sdk.paddledet_cfg import complete_gfl
 from lited.sdk.stages import add_stages
-from lited.sdk.venv import DAEMON_VENV
+from lited.sdk.venv import DAEMON_VENV, daemon_lited
 
 TASK_BY_DECODER = {"boxes": "detection", "grid": "detection", "priorbox": "detection", "gfl": "detection",
                    "classification": "classification", "db_text": "text_detection", "ctc": "text_recognition"}
@@ -52,6 +52,7 @@ class Options:
     quant: str | None = None
     opt: Path | None = None
     daemon_venv: Path = DAEMON_VENV
+    daemon_venv_asked: bool = False    # --lited-venv or LITED_DAEMON_VENV: a venv without lited is an error
     keep_dir: Path | None = None
     workdir: Path | None = None
     argv: list = field(default_factory=list)
@@ -120,6 +121,7 @@ def _command(opts: Options) -> str:
 def build(opts: Options) -> dict:
     """Build the bundle and its zip; returns a summary (paths, timings, manifest)."""
     timings: dict = {}
+    _check_outputs(opts)
     workdir = Path(opts.workdir or tempfile.mkdtemp(prefix="build_sdk-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
@@ -131,6 +133,27 @@ def build(opts: Options) -> dict:
     if opts.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
     return summary
+
+
+def _check_outputs(opts: Options) -> None:
+    """Where the build writes, before a minute of conversion: a zip over a directory, or any output
+    under a file, failed with a traceback at the end; a --keep-dir holding other things was refused
+    only then."""
+    for flag, path, kind in (("--out", opts.out, "file"), ("--keep-dir", opts.keep_dir, "directory"),
+                             ("--workdir", opts.workdir, "directory")):
+        if path is None:
+            continue
+        parent = next((p for p in path.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise BuildError(f"{flag}: {path}: {parent} is not a directory")
+        if kind == "file" and path.is_dir():
+            raise BuildError(f"{flag}: {path}: is a directory (give the zip's file name)")
+        if kind == "directory" and path.exists() and not path.is_dir():
+            raise BuildError(f"{flag}: {path}: exists and is not a directory")
+    if opts.keep_dir is not None:
+        problem = bundle_writer.replace_problem(opts.keep_dir)
+        if problem:
+            raise BuildError(f"--keep-dir: {problem}")
 
 
 def _preflight(opts: Options, opt: LiteOpt, judge: LitedVenv, host: str) -> None:
@@ -148,6 +171,8 @@ def _preflight(opts: Options, opt: LiteOpt, judge: LitedVenv, host: str) -> None
             raise BuildError(f"--golden needs the {host} target: the expected result comes from running it here")
         if not judge.present:
             raise BuildError(f"--golden needs lited in {opts.daemon_venv} to compute the expected result")
+    if opts.daemon_venv_asked and not judge.present:  # a typo shipped a bundle nothing had checked, exit 0
+        raise BuildError(f"--lited-venv: {opts.daemon_venv}: no lited there ({daemon_lited(opts.daemon_venv)})")
     if opts.notice is not None and not opts.notice.is_file():
         raise BuildError(f"--notice: {opts.notice}: not found")
     if opts.fp16 and "arm" not in opts.targets:

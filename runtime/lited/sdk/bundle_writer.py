@@ -45,12 +45,21 @@ def _bundle_file(path: Path) -> bool:
                                    "model*.bin")))
 
 
+def replace_problem(path: Path) -> str | None:
+    """Why the bundle directory `path` may not be written (None: absent, empty, or
+    an old or half-built bundle, which is replaced)."""
+    if path.exists() and (not path.is_dir() or not all(_bundle_file(p) for p in path.iterdir())):
+        return f"{path}: exists and is not a bundle; refusing to overwrite it"
+    return None
+
+
 def prepare_dir(path: Path) -> Path:
-    """An empty directory for the bundle; an old (or half-built) bundle there is replaced,
-    a directory holding anything else is refused."""
+    """An empty directory for the bundle; an old (or half-built) bundle there is
+    replaced, a directory holding anything else is refused."""
+    problem = replace_problem(path)
+    if problem:
+        raise BuildError(problem)
     if path.exists():
-        if not path.is_dir() or not all(_bundle_file(p) for p in path.iterdir()):
-            raise BuildError(f"{path}: exists and is not a bundle; refusing to overwrite it")
         shutil.rmtree(path)
     path.mkdir(parents=True)
     return path

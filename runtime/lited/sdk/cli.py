@@ -7,6 +7,7 @@ format in docs/bundle.md.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--int8-eval", type=Path, metavar="DIR",
                     help="images for the int8 accuracy report (default: the calibration images)")
     ap.add_argument("--opt", type=Path, help="another paddle_lite_opt (default: the tools venv's)")
-    ap.add_argument("--lited-venv", type=Path, default=DAEMON_VENV, dest="daemon_venv",
+    ap.add_argument("--lited-venv", type=Path, dest="daemon_venv",
                     help=f"venv whose lited checks the bundle and computes the golden result (default {DAEMON_VENV})")
     ap.add_argument("--keep-dir", type=Path, metavar="DIR", help="also leave the bundle directory at DIR")
     ap.add_argument("--workdir", type=Path, metavar="DIR", help="keep intermediate files and logs in DIR")
@@ -64,7 +65,8 @@ def main(argv: list) -> int:
     opts = Options(model=args.model, configs=args.config, targets=list(dict.fromkeys(targets)), out=args.out,
                    name=args.name, version=args.version, golden=args.golden, labels=args.labels,
                    notice=args.notice, fp16=args.fp16, quant=args.quant, opt=args.opt,
-                   daemon_venv=args.daemon_venv, keep_dir=args.keep_dir, workdir=args.workdir, argv=argv,
+                   daemon_venv=args.daemon_venv or DAEMON_VENV,
+                   daemon_venv_asked=args.daemon_venv is not None or "LITED_DAEMON_VENV" in os.environ, keep_dir=args.keep_dir, workdir=args.workdir, argv=argv,
                    onnx=args.onnx, openvino_ir=args.openvino_ir, int8=args.int8, int8_engine=args.int8_engine,
                    int8_eval=args.int8_eval)
     try:

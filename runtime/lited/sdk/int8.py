@@ -17,7 +17,11 @@ accuracy change beside the speed change (agreement.py).
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from pathlib import Path
+from typing import Iterator
 
 from lited.sdk import BuildError
 
@@ -42,9 +46,27 @@ def quantize(engine: str, onnx_file: Path, frames: list, out_dir: Path, workdir:
     if engine not in ENGINES:
         raise BuildError(f"--int8-engine: unknown '{engine}', expected one of {', '.join(ENGINES)}")
     try:
-        return (_nncf if engine == "openvino" else _onnxruntime)(onnx_file, frames, out_dir, workdir)
+        with _stderr_into(workdir / "int8.log"):
+            return (_nncf if engine == "openvino" else _onnxruntime)(onnx_file, frames, out_dir, workdir)
     except ImportError as exc:
         raise BuildError(f"--int8 with {engine} needs {exc.name} in the tools venv (make tools-venv)") from None
+
+
+@contextlib.contextmanager
+def _stderr_into(log: Path) -> Iterator[None]:
+    """The quantisers' warnings into `log` (the work directory's), not on the user's stderr, which
+    holds only the error line: onnxruntime's wrote 523 lines on a build that succeeded. The file
+    descriptor itself: most of them come from C++."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(log, "ab") as fh:
+            os.dup2(fh.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _nncf(onnx_file: Path, frames: list, out_dir: Path, workdir: Path) -> Path:

@@ -15,6 +15,8 @@ from lited.errors import GLOG, glog_fatal
 from lited.sdk import BuildError
 
 _X2PADDLE_OP = re.compile(r"^=+ (\S+) =+$")
+_X2PADDLE_SHAPES = re.compile(r"^Stopping at incomplete shape inference at (\w+): (\S+)")
+QUANTIZED_ONNX_OPS = ("QuantizeLinear", "DequantizeLinear", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear")
 _ERROR = re.compile(r"^[A-Za-z_.]*(Error|Exception): \S")
 
 
@@ -30,6 +32,14 @@ def reason(log: str) -> str:
                 break
             ops.append(match.group(1))
         return f"unsupported ONNX op(s): {', '.join(ops) or '?'}"
+    stopped = next((m for m in map(_X2PADDLE_SHAPES.match, lines) if m), None)
+    if stopped and lines[-1].startswith("KeyError"):  # x2paddle's `KeyError: 0` says only this
+        op, tensor = stopped.groups()
+        if op.startswith("QLinear") or op in QUANTIZED_ONNX_OPS:
+            return (f"a quantized ONNX model, which it cannot convert (shape inference stopped at {op}, "
+                    f"{tensor}): build from the float model (--int8 makes an int8 one)")
+        return (f"shape inference stopped at {op} ({tensor}), {lines[-1]}: give the input's sides in "
+                "the config's `inputs` (an ONNX exported with dynamic sides), or export it with fixed ones")
     fatal = glog_fatal(lines)  # paddle_lite_opt's fatal glog line
     if fatal is not None:
         return fatal
