@@ -41,7 +41,7 @@ def pi_bundle(tmp_path_factory, bundles_dir):
 
 def test_same_results_as_paddle_lite(pi_bundle, bundles_dir):
     lite, inference = Model(load_bundle(bundles_dir / "fastestdet")), Model(load_bundle(pi_bundle))
-    assert inference.engine.kind == "paddle_inference" and inference.engine.device == "cpu"
+    assert inference.engine.kind == "paddle_inference" and inference.engine.device == "cpu, 1 thread"
     for name in ("chelsea", "coffee"):
         image = cv2.imread(str(need_shared("images", f"{name}.png")))
         a, b = lite.infer(image)["detections"], inference.infer(image)["detections"]
@@ -68,7 +68,7 @@ def test_inspect_shows_engine_and_device(pi_bundle):
     proc = subprocess.run([sys.executable, "-m", "lited.cli", "inspect", "--bundle", str(pi_bundle)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "on paddle_inference 2.6.2 (cpu)" in proc.stdout
+    assert "on paddle_inference 2.6.2 (cpu, 1 thread)" in proc.stdout
 
 
 def test_params_file_is_checked_like_the_model(pi_bundle, tmp_path):

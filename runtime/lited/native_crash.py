@@ -97,10 +97,24 @@ def run_watched(work: Callable[[], int]) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     parent = os.getpid()
+    sent: list = []
+    child = [0]
+
+    def forward(signum: int, frame: object) -> None:
+        sent.append(signum)
+        if child[0]:
+            os.kill(child[0], signum)
+
+    # before the fork: a SIGTERM right after it (the child may print before the parent runs on)
+    # killed the parent by its default action, exit -15, not passed on
+    previous = {s: signal.signal(s, forward) for s in FORWARDED}
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the child too
     pid = os.fork()
     if pid == 0:  # pragma: no cover (the child; its outcome is the parent's to report)
         code = 1
         try:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
             _end_with_parent(parent)
             os.dup2(log.fd, 2)
             code = work()
@@ -115,15 +129,11 @@ def run_watched(work: Callable[[], int]) -> int:
                 except (OSError, ValueError):
                     pass
             os._exit(code)
-    sent = []
-
-    def forward(signum: int, frame: object) -> None:
-        sent.append(signum)
-        os.kill(pid, signum)
-
-    previous = {s: signal.signal(s, forward) for s in FORWARDED}
-    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the child too
+    early = len(sent)
+    child[0] = pid
     try:
+        for signum in sent[:early]:  # came between the handlers and the fork
+            os.kill(pid, signum)
         status = _wait_trimming(pid, log)
     finally:
         for signum, handler in previous.items():
