@@ -444,3 +444,66 @@ def test_a_flood_of_huge_subscriptions_costs_the_daemon_nothing(daemon):
     assert max_gap([at for at, _ in results]) < 2.0, results  # the stream never stalled
     with Client(daemon.req, timeout=10) as client:
         assert client.status()["streams"][0]["state"] == "streaming"
+
+
+def _ask_all(sock: zmq.Socket, messages: list, timeout_ms: int = 60000) -> list:
+    """Send every message (each a list of frames) back to back, then read as many replies."""
+    for frames in messages:
+        sock.send_multipart(frames)
+    replies = []
+    while len(replies) < len(messages) and sock.poll(timeout_ms):
+        replies.append(sock.recv_multipart())
+    return replies
+
+
+def test_protocol_audit_envelopes_pipelines_shares_and_limits(daemon):
+    """Found by a client written from docs/protocol.md alone: a request split into frames was echoed
+    whole past max_request_bytes (40 x 1 MB answered at a 1 MiB limit); a client pipelining 60 pings
+    lost 10 replies (the reply queue was pub_hwm, 50 here); one client queueing many requests made
+    another's `busy`, which `refused_busy` did not count; a string over msgpack's limit lost the id
+    and said it in msgpack's words; `reply_bytes_queued` kept a large reply read long ago."""
+    ctx = zmq.Context()
+    try:
+        sock = dealer(daemon, ctx)
+        ping = protocol.encode_request("ping", request_id=1)
+        (reply,) = _ask_all(sock, [[b"e" * 600_000, b"f" * 600_000, ping]])
+        assert len(reply) == 1, [len(f) for f in reply]  # the envelope is not sent back
+        said = msgpack.unpackb(reply[0], raw=False)
+        assert (said["id"], said["error"]["code"]) == (1, "too_large"), said
+        assert said["error"]["message"] == ("an envelope of 2 frames, 1200000 bytes, before the request: at most "
+                                            "16 frames, 4096 bytes"), said
+        (reply,) = _ask_all(sock, [[b"a", b"b", ping]])  # a small envelope comes back in front
+        assert reply[:2] == [b"a", b"b"] and msgpack.unpackb(reply[2], raw=False)["ok"]
+
+        replies = _ask_all(sock, [[protocol.encode_request("ping", request_id=i)] for i in range(200)])
+        assert sorted(msgpack.unpackb(r[0], raw=False)["id"] for r in replies) == list(range(200))
+
+        long = msgpack.packb({"v": 1, "id": 9, "method": "ping", "params": {"x": "a" * 70000}})
+        said = msgpack.unpackb(_ask_all(sock, [[long]])[0][0], raw=False)
+        assert (said["id"], said["error"]["message"]) == (
+            9, "not a msgpack message lited reads (a string over 65536 bytes)"), said
+
+        big = msgpack.unpackb(_ask_all(sock, [[protocol.encode_request("ping", request_id=b"x" * 300_000)]])[0][0])
+        assert big["ok"]
+        with Client(daemon.req, timeout=30) as client:
+            deadline = time.monotonic() + 5
+            while client.status()["bus"]["reply_bytes_queued"]:
+                assert time.monotonic() < deadline, client.status()["bus"]
+                time.sleep(0.2)
+            assert client.status()["bus"]["slow_clients"] == 0
+
+            # one client floods the request workers; another's request still gets through
+            png = (ROOT / "sdk_template" / "demo_ppocrv4" / "golden.png").read_bytes()
+            infer = [[protocol.encode_request("infer", {"image": png}, request_id=i)] for i in range(40)]
+            busy_before = client.status()["requests"]["refused_busy"]
+            for frames in infer:
+                sock.send_multipart(frames)
+            time.sleep(0.2)
+            assert "detections" in client.infer(png)  # raised ClientError busy before
+            flood = [msgpack.unpackb(sock.recv_multipart()[0], raw=False) for _ in range(40)]
+            busy = [r for r in flood if not r["ok"]]
+            assert busy and all(r["error"]["message"] == "this client has 8 requests waiting or running; wait "
+                                                         "for their replies" for r in busy), busy[:2]
+            assert client.status()["requests"]["refused_busy"] - busy_before == len(busy)
+    finally:
+        ctx.destroy(0)

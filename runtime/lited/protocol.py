@@ -117,16 +117,55 @@ def encode_event(event: dict) -> bytes:
     return msgpack.packb(event_message(event), use_bin_type=True)
 
 
+ID_WITHIN = 4096  # bytes of a refused request searched for its id
+# msgpack's words for the limits above -> lited's (docs/protocol.md, "Requests")
+_LIMIT_WORDS = {"max_str_len": f"a string over {_UNPACK_LIMITS['max_str_len']} bytes",
+                "max_array_len": f"an array over {_UNPACK_LIMITS['max_array_len']} items",
+                "max_map_len": f"a map over {_UNPACK_LIMITS['max_map_len']} keys",
+                "max_bin_len": "a binary over limits.max_request_bytes"}
+MSGPACK_TYPES = {dict: "a map", list: "an array", str: "a string", bytes: "a binary", int: "an integer",
+                 float: "a float", bool: "a boolean", type(None): "nil"}
+
+
+def _no_extension(code: int, data: bytes) -> Any:
+    raise ValueError(f"extension type {code}")
+
+
+def request_id_of(data: bytes) -> Any:
+    """The `id` of a request refused before it is decoded whole (too large, over
+    the in-flight budget, over a msgpack limit), so the client can match the
+    reply; None if it has none or is not a msgpack map. Reads the map only as
+    far as `id`, which clients put before `params`, within its first ID_WITHIN
+    bytes: a refusal costs no copy of the payload."""
+    head = bytes(data[:ID_WITHIN])
+    # an id holding what lited does not read (a map key that is not a string, an extension type) is none
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, max_buffer_size=ID_WITHIN + 1,
+                                ext_hook=_no_extension)
+    unpacker.feed(head)
+    try:
+        for _ in range(unpacker.read_map_header()):
+            if unpacker.unpack() == "id":
+                return unpacker.unpack()
+            unpacker.skip()
+    except Exception:  # noqa: BLE001 - hostile bytes: no id to echo
+        return None
+    return None
+
+
 def decode_payload(data: bytes, max_bin: int = 1 << 26) -> dict:
     """Any bytes -> a map with `v` == 1, or ProtocolError('bad_request')."""
     try:
         obj = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=max_bin, **_UNPACK_LIMITS)
     except Exception as exc:  # msgpack raises many types on hostile input
         said = " ".join(str(exc).split())[:120]  # e.g. a map with an int key: "int is not allowed for map key ..."
-        raise ProtocolError("bad_request", f"not a msgpack message lited reads ({type(exc).__name__}"
-                                           f"{': ' + said if said else ''})") from None
+        limit = next((words for name, words in _LIMIT_WORDS.items() if name in said), None)
+        if limit is None and type(exc).__name__ == "StackError":
+            limit = "nested deeper than msgpack reads"
+        raise ProtocolError("bad_request", f"not a msgpack message lited reads "
+                                           f"({limit or type(exc).__name__ + (': ' + said if said else '')})",
+                            request_id_of(data)) from None
     if not isinstance(obj, dict):
-        raise ProtocolError("bad_request", f"expected a map, got {type(obj).__name__}")
+        raise ProtocolError("bad_request", f"expected a map, got {MSGPACK_TYPES.get(type(obj), 'another type')}")
     if type(obj.get("v")) is not int or obj["v"] != VERSION:  # the integer (not true, not 1.0); a readable
         # map: its id comes back, so the client can match the reply
         raise ProtocolError("bad_request", f"v: expected {VERSION}, got {obj.get('v')!r}", obj.get("id"))

@@ -65,6 +65,13 @@ def has_type(value: Any, types: Any) -> bool:
     return isinstance(value, types)
 
 
+def quoted(name: Any, limit: int = 64) -> str:
+    """A name a client sent, as a message quotes it: 'cam0', cut after `limit`
+    characters (a 60 KB stream name came back whole in its error)."""
+    text = str(name)
+    return f"'{text[:limit]}...'" if len(text) > limit else f"'{text}'"
+
+
 def shown(value: Any) -> str:
     """A value as a message shows it: short, one line."""
     try:

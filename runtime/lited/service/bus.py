@@ -32,6 +32,7 @@ from typing import Callable, Optional
 import zmq
 
 from lited.keys import curve_problems
+from lited.protocol import ProtocolError, encode_reply, request_id_of
 from lited.runtime_dir import AddressInUse, UnsafeDirectory, lock_endpoint, secure_dir
 
 log = logging.getLogger("lited.bus")
@@ -43,6 +44,13 @@ REPLY_BYTES_PER_PEER = 16 << 20
 REPLY_BYTES_TOTAL = 64 << 20
 TRACK_MIN = 64 << 10
 ROUTER_RCVHWM = 2  # (1 loses the first message when ZAP is on: libzmq 4.3.5)
+# Replies queued unread per client, in messages (bytes: REPLY_BYTES_PER_PEER). It was limits.pub_hwm, the
+# subscribers' bound: with pub_hwm 50, a client pipelining 60 pings lost 10 replies while reading them.
+ROUTER_SNDHWM = 1000
+# The frames before a request are its envelope (routing ids, each at most 255 bytes), sent back with the
+# reply. More than this was echoed whole: 40 frames of 1 MB answered past a 1 MiB max_request_bytes.
+ENVELOPE_FRAMES = 16
+ENVELOPE_BYTES = 4096
 OVERSIZE_ANSWERED = 64 << 10  # requests over max_request_bytes by up to this get a `too_large` reply
 SUBSCRIPTION_MAX = 512  # bytes of one subscription message (a topic is under 80)
 HANDSHAKE_MS = 10_000  # a tcp:// peer's CURVE handshake must be done by then
@@ -216,6 +224,19 @@ class ClientGate:
         self._connected += admitted
         return admitted
 
+    def _refuse_envelope(self, sock: zmq.Socket, frames: list) -> None:
+        """`too_large` to the client alone (its envelope is not sent back), counted and logged."""
+        envelope = frames[1:-1]
+        size = sum(len(f) for f in envelope)
+        self.refused_envelopes += 1
+        if self.refused_envelopes in (1, 10, 100) or self.refused_envelopes % 1000 == 0:
+            log.warning("refused a request with an envelope of %d frames, %d bytes (at most %d, %d bytes); %d so far",
+                        len(envelope), size, ENVELOPE_FRAMES, ENVELOPE_BYTES, self.refused_envelopes,
+                        extra={"event": "request_refused"})
+        error = ProtocolError("too_large", f"an envelope of {len(envelope)} frames, {size} bytes, before the request: "
+                                           f"at most {ENVELOPE_FRAMES} frames, {ENVELOPE_BYTES} bytes")
+        self._send_reply(sock, [frames[0].bytes], encode_reply(request_id_of(frames[-1].buffer), error=error))
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
@@ -232,7 +253,7 @@ class ClientGate:
 
 
 class Bus:
-    def __init__(self, pub: list, req: list, handler: Callable[[bytes, Callable], None],
+    def __init__(self, pub: list, req: list, handler: Callable[[bytes, Callable, tuple], None],
                  curve: Optional[Curve] = None, insecure_tcp: bool = False, hwm: int = 1000,
                  max_request_bytes: int = 16 << 20, heartbeat: Optional[Callable[[], None]] = None,
                  max_clients: int = 16) -> None:
@@ -251,6 +272,7 @@ class Bus:
         self._thread = threading.Thread(target=self._loop, name="bus", daemon=True)
         self.dropped = 0  # replies that could not be sent (client gone)
         self.dropped_slow = 0  # replies dropped because their client had too much unread
+        self.refused_envelopes = 0  # requests refused for an envelope over ENVELOPE_FRAMES / ENVELOPE_BYTES
         self.max_reply_bytes = REPLY_BYTES_PER_PEER
         self._unread: dict = {}  # peer routing id -> deque of (MessageTracker, size), oldest first
         self._queued_total = 0
@@ -286,7 +308,7 @@ class Bus:
     def _bind(self, kind: str, endpoints: list, keypair: Optional[tuple], hwm: int) -> zmq.Socket:
         sock = self.ctx.socket(zmq.PUB if kind == "pub" else zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.SNDHWM, hwm if kind == "pub" else ROUTER_SNDHWM)
         # a peer that connects and never finishes its handshake is dropped (2000 held as many descriptors)
         sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
         if kind == "pub":
@@ -436,6 +458,8 @@ class Bus:
             for sock in self._routers:
                 if sock in events:
                     self._drain(sock)
+            if time.monotonic() >= self._next_sweep:  # replies sent since: out of `reply_bytes_queued`
+                self._sweep_all()
             if time.monotonic() >= self._next_socket_check:
                 self._next_socket_check = time.monotonic() + SOCKET_CHECK_S
                 self.keep_socket_files()
@@ -474,12 +498,16 @@ class Bus:
     def _queued_bytes(self, peer: bytes) -> int:
         """Bytes of tracked replies to `peer` ZeroMQ still holds (forgetting
         the ones it has sent); every peer is swept now and then."""
-        now = time.monotonic()
-        if now >= self._next_sweep:
-            self._next_sweep = now + 1.0
-            for other in list(self._unread):
-                self._sweep(other)
+        if time.monotonic() >= self._next_sweep:
+            self._sweep_all()
         return self._sweep(peer)
+
+    def _sweep_all(self) -> None:
+        """Every peer's sent replies forgotten, once a second (by the loop too: a client that read its
+        large reply and left stayed in `slow_clients`, its bytes in `reply_bytes_queued`)."""
+        self._next_sweep = time.monotonic() + 1.0
+        for peer in list(self._unread):
+            self._sweep(peer)
 
     def _sweep(self, peer: bytes) -> int:
         pending = self._unread.get(peer)
@@ -497,6 +525,7 @@ class Bus:
         queued, clients connected to the request sockets and refused."""
         return {"replies_dropped": self.dropped + self.dropped_slow, "replies_dropped_slow": self.dropped_slow,
                 "reply_bytes_queued": self._queued_total, "slow_clients": len(self._unread),
+                "refused_envelopes": self.refused_envelopes,
                 "clients": self._auth.connected, "clients_refused": self._auth.refused}
 
     def _drain(self, sock: zmq.Socket, budget: int = 64) -> None:
@@ -509,11 +538,29 @@ class Bus:
                 return
             if len(frames) < 2:
                 continue
+            envelope = frames[1:-1]
+            if len(envelope) > ENVELOPE_FRAMES or sum(len(f) for f in envelope) > ENVELOPE_BYTES:
+                self._refuse_envelope(sock, frames)
+                continue
             # DEALER: [identity, payload]; REQ: [identity, b"", payload]
             route = (sock, [f.bytes for f in frames[:-1]])
             payload = frames[-1].buffer
             del frames
-            self.handler(payload, lambda reply, route=route: self.reply(route, reply))
+            # the client: its connection (a routing id is unique within its socket)
+            self.handler(payload, lambda reply, route=route: self.reply(route, reply), (id(sock), route[1][0]))
+
+    def _refuse_envelope(self, sock: zmq.Socket, frames: list) -> None:
+        """`too_large` to the client alone (its envelope is not sent back), counted and logged."""
+        envelope = frames[1:-1]
+        size = sum(len(f) for f in envelope)
+        self.refused_envelopes += 1
+        if self.refused_envelopes in (1, 10, 100) or self.refused_envelopes % 1000 == 0:
+            log.warning("refused a request with an envelope of %d frames, %d bytes (at most %d, %d bytes); %d so far",
+                        len(envelope), size, ENVELOPE_FRAMES, ENVELOPE_BYTES, self.refused_envelopes,
+                        extra={"event": "request_refused"})
+        error = ProtocolError("too_large", f"an envelope of {len(envelope)} frames, {size} bytes, before the request: "
+                                           f"at most {ENVELOPE_FRAMES} frames, {ENVELOPE_BYTES} bytes")
+        self._send_reply(sock, [frames[0].bytes], encode_reply(request_id_of(frames[-1].buffer), error=error))
 
     def stop(self) -> None:
         self._stop.set()

@@ -58,6 +58,7 @@ from lited.stream.ring import sweep_stale
 from lited.stream.stats import COUNTERS
 from lited.stream.stream import source_policy
 from lited.errors import first_line
+from lited.validate import quoted
 
 log = logging.getLogger("lited.daemon")
 LOAD_ERRORS = (BundleError, EngineError, SourceError, ValueError, OSError, TimeoutError)
@@ -399,7 +400,7 @@ class Daemon:
                     "needs_restart": record.get("needs_restart", []),
                     "took_ms": round((time.monotonic() - t0) * 1e3, 1)}
         if model is not None and model not in self.bundles:
-            raise ProtocolError("not_found", f"params.model: no model '{model}'")
+            raise ProtocolError("not_found", f"params.model: no model {quoted(model)} (have {', '.join(self.bundles)})")
         if bundle is not None and model is None:  # never a default: a forced swap would replace it in silence
             raise ProtocolError("bad_request", f"params.model: needed with params.bundle (the key of the model to "
                                                f"load it for: {', '.join(self.bundles)})")
@@ -558,7 +559,8 @@ class Daemon:
         return {
             "version": __version__, "protocol": protocol.VERSION,
             "uptime_s": round(time.monotonic() - self.started, 1), "rss_mb": round(rss_kb / 1024, 1),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            # the kernel's high-water mark lags the current figure by a page or two: never below it
+            "peak_rss_mb": round(max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, rss_kb) / 1024, 1),
             "engines_rss_mb": round(sum(_rss_kb(pid) for pid in child_pids()) / 1024, 1),
             "ready": self.ready,
             "models": {n: {"name": b.name, "version": b.version, "bundle": str(b.root), "task": b.task}

@@ -22,13 +22,13 @@ Rules it keeps:
 """
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
 from typing import Any, Callable, ClassVar, Optional, Protocol
 
 import cv2
-import msgpack
 import numpy as np
 
 from lited import __version__, protocol
@@ -39,12 +39,15 @@ from lited.model import Model
 from lited.protocol import ProtocolError, param
 from lited.service.images import decode_image, image_cost
 from lited.service.render import draw_result
+from lited.validate import quoted
 
 log = logging.getLogger("lited.requests")
 QUEUE_SIZE = 32
+# requests of one client waiting for or held by a worker: past that it is `busy`, not the others
+# (one client queueing 300 snapshots made another's one at a time `busy` 4 times in 10)
+PER_CLIENT = 8
 CHEAP = ("ping", "status")
 SNAPSHOT_GRACE = 30.0  # s a snapshot (a frame copy, drawing, JPEG) may take before the watchdog minds
-ID_WITHIN = 4096  # bytes of a refused request searched for its id
 IDLE_BEAT = 0.25  # s between an idle worker's watchdog beats (well under any WatchdogSec)
 
 # done(result, error): exactly one of them is None
@@ -64,7 +67,7 @@ def running_stream(service: "Service", name: str, field: str):
         if name in service.warming:
             raise ProtocolError("failed", f"stream '{name}' has no result yet (starting: model warming up)")
         have = ", ".join(stream_names(service)) or "none"
-        raise ProtocolError("not_found", f"{field}: no stream '{name}' (have {have})")
+        raise ProtocolError("not_found", f"{field}: no stream {quoted(name)} (have {have})")  # a 60 KB name: cut
     return stream
 
 
@@ -178,6 +181,9 @@ class Requests:
         self.budget = ByteBudget(max_inflight_bytes)
         self.heartbeat = heartbeat or (lambda name, grace=0.0: None)
         self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
+        self._per_client: collections.Counter = collections.Counter()  # client -> requests queued or running
+        self._per_client_lock = threading.Lock()
+        self.refused_queued = 0  # `busy`: the queue, or the client's share of it, was full
         self.loop_names = [f"requests-{i}" for i in range(workers)]
         self._threads = [threading.Thread(target=self._work, args=(name,), name=name, daemon=True)
                          for name in self.loop_names]
@@ -195,20 +201,21 @@ class Requests:
 
     def stats(self) -> dict:
         return {"inflight_bytes": self.budget.used, "max_inflight_bytes": self.budget.limit,
-                "refused_busy": self.budget.refused}
+                "refused_busy": self.budget.refused + self.refused_queued}
 
     # -- front ends
-    def on_message(self, data: bytes, respond: Callable[[bytes], None]) -> None:
+    def on_message(self, data: bytes, respond: Callable[[bytes], None], client: Any = None) -> None:
         """The bus's handler: a msgpack request in, a msgpack reply out (now or later).
-        The request's bytes count against the in-flight budget until its reply is made."""
+        The request's bytes count against the in-flight budget until its reply is made;
+        `client` (its connection) gets at most PER_CLIENT of the workers' queue."""
         try:
             if len(data) > self.max_request_bytes:
                 raise ProtocolError("too_large", f"request of {len(data)} bytes is over limits.max_request_bytes "
-                                                 f"({self.max_request_bytes})", _request_id(data))
+                                                 f"({self.max_request_bytes})", protocol.request_id_of(data))
             if not self.budget.take(len(data)):
                 raise ProtocolError("busy", f"requests in flight hold {self.budget.used} bytes; "
                                             f"this one ({len(data)}) would pass limits.max_inflight_bytes; retry",
-                                    _request_id(data))
+                                    protocol.request_id_of(data))
         except ProtocolError as exc:
             respond(protocol.encode_reply(exc.request_id, error=exc))
             return
@@ -231,20 +238,39 @@ class Requests:
             reply(None, exc)
             return
         request_id = req.get("id")
-        self.call(req["method"], req["params"], reply)
+        self.call(req["method"], req["params"], reply, client)
 
-    def call(self, method: str, params: dict, done: Done) -> None:
+    def call(self, method: str, params: dict, done: Done, client: Any = None) -> None:
         """Answer `method` now (cheap) or from a worker; `done` gets the result or the error.
-        A nil parameter is an absent one (docs/protocol.md), whoever sends it."""
+        A nil parameter is an absent one (docs/protocol.md), whoever sends it. `client`:
+        who asks (None: no share kept, e.g. the uplink)."""
         if any(v is None for v in params.values()):
             params = {k: v for k, v in params.items() if v is not None}
-        if method not in CHEAP:
-            try:
-                self._queue.put_nowait((method, params, done))
-            except queue.Full:
-                done(None, ProtocolError("busy", "too many requests queued; retry"))
+        if method in CHEAP:
+            self._answer(method, params, done, None)
             return
-        self._answer(method, params, done, None)
+        with self._per_client_lock:
+            if client is not None and self._per_client[client] >= PER_CLIENT:
+                why = f"this client has {PER_CLIENT} requests waiting or running; wait for their replies"
+            else:
+                try:
+                    self._queue.put_nowait((method, params, self._counted(done, client)))
+                    self._per_client[client] += 1
+                    return
+                except queue.Full:
+                    why = "too many requests queued; retry"
+            self.refused_queued += 1
+        done(None, ProtocolError("busy", why))
+
+    def _counted(self, done: Done, client: Any) -> Done:
+        """`done`, which gives the client's share back first."""
+        def finished(result: Any, error: Optional[ProtocolError]) -> None:
+            with self._per_client_lock:
+                self._per_client[client] -= 1
+                if self._per_client[client] <= 0:
+                    del self._per_client[client]
+            done(result, error)
+        return finished
 
     # -- workers
     def _work(self, name: str) -> None:
@@ -321,7 +347,7 @@ class Requests:
         if name is None:
             return next(iter(bundles))
         if name not in bundles:
-            raise ProtocolError("not_found", f"params.model: no model '{name}' (have {', '.join(bundles)})")
+            raise ProtocolError("not_found", f"params.model: no model {quoted(name)} (have {', '.join(bundles)})")
         return name
 
     def _infer(self, params: dict, models: ModelCache) -> dict:
@@ -366,22 +392,3 @@ class Requests:
                     "classes": result["classes"], "frame": protocol.frame_of(result)}
         finally:
             self.budget.give(cost)
-
-
-def _request_id(data: bytes) -> Any:
-    """The `id` of a request refused before it is decoded (too large, or over
-    the in-flight budget), so the client can match the reply; None if it has
-    none or is not a msgpack map. Reads the map only as far as `id`, which
-    clients put before `params`, within its first ID_WITHIN bytes: a refusal
-    costs no copy of the payload."""
-    head = bytes(data[:ID_WITHIN])
-    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=ID_WITHIN + 1)
-    unpacker.feed(head)
-    try:
-        for _ in range(unpacker.read_map_header()):
-            if unpacker.unpack() == "id":
-                return unpacker.unpack()
-            unpacker.skip()
-    except Exception:  # noqa: BLE001 - hostile bytes: no id to echo
-        return None
-    return None
