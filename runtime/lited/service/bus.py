@@ -224,19 +224,6 @@ class ClientGate:
         self._connected += admitted
         return admitted
 
-    def _refuse_envelope(self, sock: zmq.Socket, frames: list) -> None:
-        """`too_large` to the client alone (its envelope is not sent back), counted and logged."""
-        envelope = frames[1:-1]
-        size = sum(len(f) for f in envelope)
-        self.refused_envelopes += 1
-        if self.refused_envelopes in (1, 10, 100) or self.refused_envelopes % 1000 == 0:
-            log.warning("refused a request with an envelope of %d frames, %d bytes (at most %d, %d bytes); %d so far",
-                        len(envelope), size, ENVELOPE_FRAMES, ENVELOPE_BYTES, self.refused_envelopes,
-                        extra={"event": "request_refused"})
-        error = ProtocolError("too_large", f"an envelope of {len(envelope)} frames, {size} bytes, before the request: "
-                                           f"at most {ENVELOPE_FRAMES} frames, {ENVELOPE_BYTES} bytes")
-        self._send_reply(sock, [frames[0].bytes], encode_reply(request_id_of(frames[-1].buffer), error=error))
-
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
