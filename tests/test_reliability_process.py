@@ -17,6 +17,7 @@ import time
 
 from daemon_process import DaemonProcess
 from soak import shm_rings
+from lited.client import Subscriber
 
 KILLS = int(os.environ.get("LITED_KILL_CYCLES", "2"))
 
@@ -152,6 +153,20 @@ def test_a_runtime_directory_removed_under_the_daemon_is_made_again(tmp_path, bu
         (tmp_path / sub).mkdir()
     d = DaemonProcess(tmp_path / "a", config).start()
     try:
+        # one socket file removed alone (a soak audit: the daemon's own lock refused it, "address in use:
+        # another lited serve (pid <its own>)", and the socket was never made again)
+        for name in ("req.sock", "pub.sock"):
+            (d.run_dir / name).unlink()
+            deadline = time.monotonic() + 15
+            while not (d.run_dir / name).exists():
+                assert time.monotonic() < deadline, d.output()[-2000:]
+                time.sleep(0.1)
+        with d.client() as client:
+            assert client.ping()["pong"]
+        with Subscriber(d.pub) as sub:
+            result = sub.recv(timeout=30)
+            assert result is not None and result["stream"] == "cam"
+        assert "cannot be made again" not in d.output(), d.output()[-2000:]
         shutil.rmtree(d.run_dir)
         deadline = time.monotonic() + 15
         while not (d.run_dir / "req.sock").exists() or not (d.run_dir / "pub.sock").exists():

@@ -265,7 +265,7 @@ class Bus:
         self._queued_total = 0
         self._next_sweep = 0.0
         self.endpoints: list = []
-        self._locks: list = []  # fds of the ipc endpoints' lock files, held until close()
+        self._locks: dict = {}  # ipc endpoint -> the fd of its lock file, held until close()
         self._files: dict = {}  # ipc:// endpoint -> (its socket, (st_dev, st_ino) of the file it bound)
         self._lost: set = set()  # ipc:// endpoints whose file is another's (or cannot be made again)
         self._next_socket_check = 0.0
@@ -330,7 +330,7 @@ class Bus:
         if path:
             try:
                 secure_dir(os.path.dirname(path))  # ours alone: nobody else can swap the socket
-                self._locks.append(lock_endpoint(path))  # one daemon per socket: "address in use"
+                self._lock(endpoint, path)  # one daemon per socket: "address in use"
             except (UnsafeDirectory, AddressInUse) as exc:
                 raise BusError(str(exc)) from None
             except OSError as exc:  # a full or read-only runtime_dir: "[Errno 28] ..." named no path
@@ -344,6 +344,21 @@ class Bus:
         if path:
             os.chmod(path, 0o660)
             self._files[endpoint] = (sock, _identity(path))
+
+    def _lock(self, endpoint: str, path: str) -> None:
+        """Hold `path`'s lock file; the one this daemon holds already if it is still there (a socket
+        file removed alone: locking it again from here conflicted with ourselves, "address in use:
+        another lited serve (pid <ours>)", and the socket was never made again)."""
+        held = self._locks.get(endpoint)
+        if held is not None:
+            try:
+                if _identity(f"{path}.lock") == (os.fstat(held).st_dev, os.fstat(held).st_ino):
+                    return
+            except OSError:
+                pass
+            os.close(held)  # its file went with the directory: lock the new one
+            del self._locks[endpoint]
+        self._locks[endpoint] = lock_endpoint(path)
 
     def keep_socket_files(self) -> None:
         """Bind again an ipc:// socket whose file is gone: a tmp cleaner or an operator removed the
@@ -566,9 +581,9 @@ class Bus:
             if _identity(path) == ident:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
-        for fd in self._locks:
+        for fd in self._locks.values():
             os.close(fd)  # releases the lock; the file stays (unlinking it would race the next daemon)
-        self._locks = []
+        self._locks = {}
         self._pubs, self._routers = [], []
         if self._auth is not None:
             self._auth.stop()
