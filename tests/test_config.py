@@ -229,6 +229,14 @@ def test_every_path_of_the_config_is_relative_to_its_folder(tmp_path):
                             "clients_dir": str(here / "keys/clients")}
     assert config.pub == [f"ipc://{here}/run/pub.sock"]
     assert client_endpoints(here / "lited.json") == (config.pub, config.req)
+    # a relative ipc:// endpoint and the uplink's outbox (a recheck found them in the working directory)
+    raw = {**BASE, "endpoints": {"req": "ipc://s/req.sock", "pub": ["ipc://s/pub.sock", "tcp://127.0.0.1:5555"]},
+           "insecure_tcp": True, "uplink": {"broker": "mqtt://127.0.0.1:1883", "device": "d1", "outbox": {"dir": "obox"}}}
+    (here / "lited.json").write_text(json.dumps(raw))
+    config = parse_config(raw, here / "lited.json")
+    assert (config.pub, config.req) == ([f"ipc://{here}/s/pub.sock", "tcp://127.0.0.1:5555"], [f"ipc://{here}/s/req.sock"])
+    assert config.uplink.outbox_dir == here / "obox"
+    assert client_endpoints(here / "lited.json") == (config.pub, config.req)
 
 
 def test_ctl_reload_says_restarted_for_a_stream_in_started_and_stopped():

@@ -180,3 +180,43 @@ def test_a_reload_checks_the_config_as_a_start_does_and_leaves_ended_streams_alo
             assert (f"config {d.config_path}: models.a: bundle /nonexist1: not a directory; models.b: bundle "
                     "/nonexist2: not a directory; keeping the running config") in error, error
             assert states()["live"]["state"] == "streaming"
+
+
+def test_a_reload_whose_new_stream_cannot_start_changes_nothing(tmp_path, bundles_dir):
+    """A recheck of the config audit: a reload adding a good stream and one whose model fails at
+    warm-up (a decoder that cannot read its outputs: `config check` passes it) swapped every model
+    and started the good stream, then said `failed` ("nothing changes", config.md)."""
+    import shutil
+    import time
+
+    from daemon_process import DaemonProcess
+    from lited.client import ClientError
+
+    face = bundles_dir / "ultraface"
+    bad = tmp_path / "bad_face"
+    shutil.copytree(face, bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["decoder"] = {"type": "gfl"}
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    config = {"models": {"face": str(face)}, "streams": [{"name": "a", "source": "synth://?size=320x240&fps=5"}]}
+    with DaemonProcess(tmp_path, config) as d:
+        with d.client(timeout=60) as client:
+            deadline = time.monotonic() + 60
+            while (before := client.status())["streams"][0]["state"] != "streaming":
+                assert time.monotonic() < deadline, before
+                time.sleep(0.2)
+            pids = {s["stream"]: s["model"]["engine_pid"] for s in before["streams"]}
+            d.write_config({"models": {"face": str(face), "bad": str(bad)},
+                            "streams": [{**config["streams"][0], "model": "face"},
+                                        {"name": "good", "source": "synth://?size=320x240&fps=5", "model": "face"},
+                                        {"name": "doomed", "source": "synth://?size=320x240&fps=5", "model": "bad"}]})
+            try:
+                client.reload(timeout=120)
+                raise AssertionError("the reload passed")
+            except ClientError as exc:
+                assert "GFL" in str(exc) or "gfl" in str(exc), exc
+            status = client.status()
+            assert [s["stream"] for s in status["streams"]] == ["a"], status["streams"]
+            assert {s["stream"]: s["model"]["engine_pid"] for s in status["streams"]} == pids
+            assert set(status["models"]) == {"face"} and status["last_reload"]["ok"] is False
+            assert status["watchdog_stale"] == []

@@ -393,11 +393,19 @@ def _converted(raw: Any, cls: type, where: str) -> Any:
         raise ConfigError(where, [f"{at.rstrip('`').lstrip('.')}: {text}" if text else str(exc)]) from None
 
 
-def _endpoints(section: EndpointsSection, runtime_dir: Path) -> Tuple[list, list]:
+def _endpoints(section: EndpointsSection, runtime_dir: Path, base: Path) -> Tuple[list, list]:
+    """(pub, req) endpoints; a relative ipc:// path is relative to the config's folder (`base`),
+    as every path of the config is (it was the daemon's working directory: `/` under systemd)."""
+    def placed(endpoint: str) -> str:
+        path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else None
+        if not path or path.startswith("@"):  # not ipc://, or an abstract socket
+            return endpoint
+        return f"ipc://{relative_to_config(base, path)}"
+
     def listed(value: Union[str, list, None], kind: str) -> list:
         if value is None:
             return [f"ipc://{runtime_dir}/{kind}.sock"]
-        return [value] if isinstance(value, str) else list(value)
+        return [placed(e) for e in ([value] if isinstance(value, str) else value)]
 
     return listed(section.pub, "pub"), listed(section.req, "req")
 
@@ -433,7 +441,7 @@ def parse_config(raw: Any, path: Optional[Path] = None, base_dir: Optional[Path]
     uplink = parse_uplink(c, file.uplink, state_dir, base, [s.name for s in streams])
     if c.problems:
         raise ConfigError(where, c.problems)
-    pub, req = _endpoints(file.endpoints, runtime_dir)
+    pub, req = _endpoints(file.endpoints, runtime_dir, base)
     curve = ({k: relative_to_config(base, v) for k, v in msgspec.structs.asdict(file.curve).items()}
              if file.curve else None)
     limits = file.limits
@@ -568,7 +576,7 @@ def client_endpoints(path: Union[str, os.PathLike]) -> Tuple[list, list]:
         raise ConfigError(str(path), c.problems)
     where = _converted(raw, _Where, str(path))
     runtime_dir = relative_to_config(path.parent, where.runtime_dir)
-    return _endpoints(where.endpoints, Path(runtime_dir or client_runtime_dir()))
+    return _endpoints(where.endpoints, Path(runtime_dir or client_runtime_dir()), path.parent)
 
 
 # ---------------------------------------------------------------------------
@@ -861,8 +869,9 @@ def parse_uplink(c: Checker, section: Optional[UplinkSection], state_dir: Path, 
                            names=UPLINK_FILES).check()
         except LinkError as exc:
             c.add(exc.field or p + "broker", exc.detail)
+    outbox_dir = Path(relative_to_config(base, section.outbox.dir)) if section.outbox.dir else state_dir / "outbox"
     if section.outbox.dir:
-        problem = _directory_problem(Path(section.outbox.dir))
+        problem = _directory_problem(outbox_dir)
         if problem:
             c.add(p + "outbox.dir", problem)
     rules = {}
@@ -881,5 +890,5 @@ def parse_uplink(c: Checker, section: Optional[UplinkSection], state_dir: Path, 
                         section.username if section.username is not None else section.device,
                         files["password_file"], files["ca"], files["cert"], files["key"], section.keepalive,
                         section.ack, section.window, float(section.resend_after),
-                        Path(outbox.dir) if outbox.dir else state_dir / "outbox", outbox.max_bytes,
+                        outbox_dir, outbox.max_bytes,
                         float(section.status_interval), section.events, section.requests, rules)

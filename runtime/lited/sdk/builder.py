@@ -53,6 +53,7 @@ class Options:
     opt: Path | None = None
     daemon_venv: Path = DAEMON_VENV
     daemon_venv_asked: bool = False    # --lited-venv or LITED_DAEMON_VENV: a venv without lited is an error
+    daemon_venv_flag: bool = False     # ... and which of the two
     keep_dir: Path | None = None
     workdir: Path | None = None
     argv: list = field(default_factory=list)
@@ -172,7 +173,8 @@ def _preflight(opts: Options, opt: LiteOpt, judge: LitedVenv, host: str) -> None
         if not judge.present:
             raise BuildError(f"--golden needs lited in {opts.daemon_venv} to compute the expected result")
     if opts.daemon_venv_asked and not judge.present:  # a typo shipped a bundle nothing had checked, exit 0
-        raise BuildError(f"--lited-venv: {opts.daemon_venv}: no lited there ({daemon_lited(opts.daemon_venv)})")
+        named = "--lited-venv" if opts.daemon_venv_flag else "LITED_DAEMON_VENV"
+        raise BuildError(f"{named}: {opts.daemon_venv}: no lited there ({daemon_lited(opts.daemon_venv)})")
     if opts.notice is not None and not opts.notice.is_file():
         raise BuildError(f"--notice: {opts.notice}: not found")
     if opts.fp16 and "arm" not in opts.targets:

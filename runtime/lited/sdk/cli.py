@@ -66,7 +66,8 @@ def main(argv: list) -> int:
                    name=args.name, version=args.version, golden=args.golden, labels=args.labels,
                    notice=args.notice, fp16=args.fp16, quant=args.quant, opt=args.opt,
                    daemon_venv=args.daemon_venv or DAEMON_VENV,
-                   daemon_venv_asked=args.daemon_venv is not None or "LITED_DAEMON_VENV" in os.environ, keep_dir=args.keep_dir, workdir=args.workdir, argv=argv,
+                   daemon_venv_asked=args.daemon_venv is not None or "LITED_DAEMON_VENV" in os.environ,
+                   daemon_venv_flag=args.daemon_venv is not None, keep_dir=args.keep_dir, workdir=args.workdir, argv=argv,
                    onnx=args.onnx, openvino_ir=args.openvino_ir, int8=args.int8, int8_engine=args.int8_engine,
                    int8_eval=args.int8_eval)
     try:

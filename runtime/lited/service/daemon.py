@@ -263,16 +263,21 @@ class Daemon:
         return lambda: self.make_model(sc.model, bundle, self.stream_threads.get(sc.name), cpus)
 
     def _start_stream(self, sc: StreamConfig, progress: str = "") -> Stream:
-        """Warm up the stream's model (seconds on a board: said in the log and
-        the systemd status line), then start capturing."""
-        bundle = self.bundles[sc.model]
-        self.warming[sc.name] = sc
+        """Warm up the stream's model, then start capturing."""
+        stream, runner = self._prepare_stream(sc, self.bundles[sc.model], progress)
+        self._run_stream(sc, stream, runner)
+        return stream
+
+    def _prepare_stream(self, sc: StreamConfig, bundle: Bundle, progress: str = "") -> tuple:
+        """(the stream, its model warmed up), not capturing yet: seconds on a board, said in the
+        log and the systemd status line. Raises if the model fails (nothing left running)."""
+        if sc.name not in self.streams:  # a changed stream is listed as the running one meanwhile
+            self.warming[sc.name] = sc
         what = f"stream {sc.name}{f' ({progress})' if progress else ''}: warming up {sc.model} ({bundle.name} {bundle.version})"
         self.notifier.status(what)
         log.info("%s", what, extra={"stream": sc.name, "event": "warming_up"})
         t0 = time.monotonic()
         beat_name = f"infer-{sc.name}"
-        self.watchdog.register(beat_name)
         stream = Stream(sc.name, sc.source, self._stream_model(sc, bundle), self._publish_result,
                         self._publish_event, slots=sc.slots, stall_timeout=sc.stall_timeout,
                         group=self.config.group, beat=lambda n=beat_name: self.watchdog.beat(n),
@@ -280,17 +285,30 @@ class Daemon:
                         held_elsewhere=UPLINK_FRAMES_HELD if self.uplink is not None else 0,
                         on_ended=lambda n=beat_name: self.watchdog.unregister(n))
         try:
-            stream.start()
+            runner = stream.prepare()
         except BaseException:
-            self.watchdog.unregister(beat_name)
-            self.warming.pop(sc.name, None)
+            self._drop_prepared(sc, None)
             raise
+        log.info("stream %s: model ready in %.1f s", sc.name, time.monotonic() - t0,
+                 extra={"stream": sc.name, "event": "warm"})
+        return stream, runner
+
+    def _drop_prepared(self, sc: StreamConfig, runner: Any) -> None:
+        """A prepared stream not started (its warm-up or the reload around it failed)."""
+        if runner is not None:
+            runner.stop()
+        if self.warming.get(sc.name) is sc:
+            del self.warming[sc.name]
+        self.watchdog.unregister(f"infer-{sc.name}")  # its runner beat; a running one of that name beats again
+
+    def _run_stream(self, sc: StreamConfig, stream: Stream, runner: Any) -> None:
+        """A prepared stream takes its name's place and captures."""
+        stream.commit_model(runner, announce=False)
+        self.watchdog.register(f"infer-{sc.name}")
+        stream.start_capture()
         self.streams[sc.name] = stream
         self.stream_configs[sc.name] = sc
         self.warming.pop(sc.name, None)
-        log.info("stream %s: model ready in %.1f s", sc.name, time.monotonic() - t0,
-                 extra={"stream": sc.name, "event": "warm"})
-        return stream
 
     def _stop_stream(self, name: str) -> None:
         stream = self.streams.pop(name)
@@ -479,42 +497,51 @@ class Daemon:
                             "streams, uplink rules and client keys)", ", ".join(restart), extra={"event": "reload"})
             kept = {n: p for n, p in new.models.items() if n in self.bundles}
             added = {n: p for n, p in new.models.items() if n not in self.bundles}
-            for n in added:
-                self.bundles[n] = new_bundles[n]
-                self.generation[n] = 0
-                self.config.models[n] = added[n]
             wanted = {s.name: s for s in new.streams}
-            leaving = frozenset(n for n in self.streams if n not in wanted or _as_run(self.stream_configs[n]) != _as_run(wanted[n]))
+            leaving = frozenset(n for n in self.streams
+                                if n not in wanted or _as_run(self.stream_configs[n]) != _as_run(wanted[n]))
             # the new models are made with the new config's engine, threads and cores (they were made with the
             # old ones, so an engine or threads change came one reload late), and back to the old on failure
             old_settings, self.config.model_settings = self.config.model_settings, new.model_settings
             kept_bundles = {n: new_bundles[n] for n in kept}
             # the threads the new bundles ask for (planned with the old ones, they came one reload late)
             self.stream_threads = self._plan_threads(new.streams, kept_bundles)
-            if kept:
-                try:
-                    self.reload_models(kept, force, leaving, kept_bundles)  # records its outcome
-                except LOAD_ERRORS:
-                    self.config.model_settings = old_settings
-                    self.stream_threads = self._plan_threads(self.config.streams)
-                    return {**self.last_reload, **outcome}
-            outcome["reloaded"] = list(new.models)
+            # new and changed streams warm up first: one whose model fails fails the reload before anything
+            # changed (it had swapped the models and started the streams before it, then said "failed")
+            fresh: list = []
+            swapping = False  # reload_models records its own outcome
             try:
-                for name in [n for n in self.streams if n in leaving]:
-                    self._stop_stream(name)
-                    outcome["stopped"].append(name)
                 for name, sc in wanted.items():
-                    if name not in self.streams:
-                        self._start_stream(sc)
-                        outcome["started"].append(name)
-                self.config.streams = new.streams
-                if self.uplink is not None and new.uplink is not None:
-                    self.uplink.update_rules(new.uplink)
-                elif (self.uplink is None) != (new.uplink is None):
-                    log.warning("uplink %s in the config: restart lited to apply",
-                                "added" if self.uplink is None else "removed", extra={"event": "reload"})
+                    if name not in self.streams or name in leaving:
+                        fresh.append((sc, *self._prepare_stream(sc, new_bundles[sc.model])))
+                if kept:
+                    swapping = True
+                    self.reload_models(kept, force, leaving, kept_bundles)
             except LOAD_ERRORS as exc:
-                return {**self._record_reload(False, f"{first_line(exc)}; the old models keep serving"), **outcome}
+                for sc, _, runner in fresh:
+                    self._drop_prepared(sc, runner)
+                self.config.model_settings = old_settings
+                self.stream_threads = self._plan_threads(self.config.streams)
+                if not swapping:
+                    self._record_reload(False, f"{first_line(exc)}; the old models keep serving")
+                return {**self.last_reload, **outcome}
+            for n in added:
+                self.bundles[n] = new_bundles[n]
+                self.generation[n] = 0
+                self.config.models[n] = added[n]
+            outcome["reloaded"] = list(new.models)
+            for name in [n for n in self.streams if n in leaving]:
+                self._stop_stream(name)
+                outcome["stopped"].append(name)
+            for sc, stream, runner in fresh:
+                self._run_stream(sc, stream, runner)
+                outcome["started"].append(sc.name)
+            self.config.streams = new.streams
+            if self.uplink is not None and new.uplink is not None:
+                self.uplink.update_rules(new.uplink)
+            elif (self.uplink is None) != (new.uplink is None):
+                log.warning("uplink %s in the config: restart lited to apply",
+                            "added" if self.uplink is None else "removed", extra={"event": "reload"})
             if not kept:
                 self._record_reload(True, list(added))
             return {**self.last_reload, **outcome}

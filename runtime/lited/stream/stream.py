@@ -106,7 +106,15 @@ class Stream:
     # -- lifecycle
     def start(self, timeout: float = 120.0) -> None:
         """Build the model (raises if it fails or is not ready in `timeout` s), then start capturing."""
-        self.commit_model(self.prepare_model(self._model_factory, timeout), announce=False)
+        self.commit_model(self.prepare(timeout), announce=False)
+        self.start_capture()
+
+    def prepare(self, timeout: float = 120.0) -> ModelRunner:
+        """The stream's own model built and warm, not yet taking frames (`commit_model`, then
+        `start_capture`): a reload warms every new stream before it changes anything."""
+        return self.prepare_model(self._model_factory, timeout)
+
+    def start_capture(self) -> None:
         self._capture.start()
 
     def stop(self, timeout: float = 6.0) -> None:
