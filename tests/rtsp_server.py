@@ -2,7 +2,7 @@
 test can SIGKILL it mid-stream (a camera dying without an end of stream),
 SIGSTOP it (a camera that hangs) and start it again on the same port.
 
-    python tests/rtsp_server.py PORT [PATH]      prints "READY <port>" when serving
+    python tests/rtsp_server.py PORT [PATH [WxH]]      prints "READY <port>" when serving
 
 In tests: `server = RtspServer().start()`, then `server.url`, `server.kill()`,
 `server.start()` (same port again), `server.stop()`.
@@ -22,7 +22,7 @@ from lited.sources.gst import keep_libgcc_unwinder
 
 LAUNCH = (
     "( videotestsrc is-live=true pattern=ball"
-    " ! video/x-raw,width=320,height=240,framerate=15/1"
+    " ! video/x-raw,width={w},height={h},framerate=15/1"
     " ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15 threads=1"
     " ! rtph264pay name=pay0 pt=96 )"
 )
@@ -49,9 +49,10 @@ def missing() -> Optional[str]:
 class RtspServer:
     """The server process, on localhost; port 0 picks a free one once."""
 
-    def __init__(self, port: int = 0, path: str = "/test") -> None:
+    def __init__(self, port: int = 0, path: str = "/test", size: str = "320x240") -> None:
         self.port = port
         self.path = path
+        self.size = size  # WxH; may be changed between a kill and the next start
         self.proc: Optional[subprocess.Popen] = None
         self._log = tempfile.TemporaryFile()
 
@@ -63,7 +64,7 @@ class RtspServer:
         if self.proc is not None:
             raise RuntimeError("server already running")
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, str(self.port), self.path],
+            [sys.executable, __file__, str(self.port), self.path, self.size],
             stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout
@@ -102,7 +103,7 @@ class RtspServer:
         self.stop()
 
 
-def serve(port: int, path: str) -> None:
+def serve(port: int, path: str, size: str = "320x240") -> None:
     keep_libgcc_unwinder()  # before gi: see lited/sources/gst.py
     import gi
 
@@ -115,7 +116,8 @@ def serve(port: int, path: str) -> None:
     server.set_address("127.0.0.1")
     server.set_service(str(port))
     factory = GstRtspServer.RTSPMediaFactory()
-    factory.set_launch(LAUNCH)
+    w, h = size.split("x")
+    factory.set_launch(LAUNCH.format(w=w, h=h))
     factory.set_shared(True)
     server.get_mount_points().add_factory(path, factory)
     if server.attach(None) == 0:
@@ -126,4 +128,4 @@ def serve(port: int, path: str) -> None:
 
 
 if __name__ == "__main__":
-    serve(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "/test")
+    serve(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "/test", sys.argv[3] if len(sys.argv) > 3 else "320x240")

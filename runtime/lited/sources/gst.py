@@ -57,6 +57,8 @@ class GstSource(Source):
         super().__init__(uri, target, options)
         if not re.search(r"\bappsink\b", target):
             raise self.error("the pipeline must end in an appsink (... ! video/x-raw,format=BGR ! appsink)")
+        if re.search(r"\bappsink\b(\s+[\w-]+=\S+)*\s*!", target):  # linked on (a tee's branch after it is fine)  # found only at open, then retried for ever
+            raise self.error("the pipeline must end in an appsink: an appsink has no output to link on from")
         self._backend: Any = None
 
     def open(self) -> Shape:
@@ -242,6 +244,8 @@ class _GiBackend:
                 raise error
             if self.sink.is_eos():
                 return None
+            if self.source.cancelled.is_set():  # a stop (reload, SIGTERM) waited the whole timeout, 6 s
+                raise self.source.error("stopped while waiting for a frame")
             if time.monotonic() >= deadline:
                 raise self.source.error(f"no frame within {timeout:g} s {when}")
 

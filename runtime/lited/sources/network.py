@@ -42,7 +42,7 @@ import os
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Optional
 
 import cv2
 import numpy as np
@@ -112,6 +112,8 @@ class NetworkSource(opencv.CaptureSource):
             raise self.error(f"bad port: {str(exc).lower()}") from None
         self.url = uri
         self._finite = False
+        self._last: Optional[np.ndarray] = None  # the last frame read (a ring slot's view): a frozen picture
+        self._same_since: Optional[float] = None
 
     def ffmpeg_options(self) -> str:
         """The FFmpeg options string for this stream."""
@@ -146,10 +148,31 @@ class NetworkSource(opencv.CaptureSource):
             if why:
                 raise self.error(f"cannot open stream: {why}") from None
             raise exc
+        self._last = self._same_since = None
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps = fps if 0 < fps < 1000 else None
         self._finite = self._cap.get(cv2.CAP_PROP_FRAME_COUNT) > 0
         return shape
+
+    def _frozen(self, out: np.ndarray, timeout: float) -> bool:
+        """http(s): the same picture to the byte for `timeout` s. OpenCV's FFmpeg, fed an MJPEG
+        camera that changes its frame size mid-stream, fails to scale the new frames and hands out
+        the last good one for ever, as if streaming. Every MJPEG frame is coded anew, and a
+        camera's noise changes it; an RTSP (H.264) camera on a still scene can repeat a picture
+        exactly, so rtsp:// is not judged. One comparison with the previous frame's slot, in C,
+        nothing allocated."""
+        if self.scheme == "rtsp":
+            return False
+        last, self._last = self._last, out
+        if last is None or last.shape != out.shape or last.ctypes.data == out.ctypes.data:
+            return False
+        if cv2.norm(out, last, cv2.NORM_INF) != 0:
+            self._same_since = None
+            return False
+        now = time.monotonic()
+        if self._same_since is None:
+            self._same_since = now
+        return now - self._same_since >= timeout
 
     def _read(self, out: np.ndarray) -> bool:
         assert self._cap is not None
@@ -157,8 +180,13 @@ class NetworkSource(opencv.CaptureSource):
         start = time.monotonic()
         ok = opencv.read_into(self, self._cap, out)
         waited = time.monotonic() - start
-        if ok and waited < timeout:
+        if ok and waited < timeout and not self._frozen(out, timeout):
             return True
+        if ok and waited < timeout:
+            self.close()
+            raise self.error(f"stream lost: the picture has not changed for {timeout:g} s (lited_read_timeout): "
+                             "the decoder is stuck (an MJPEG camera that changed its frame size does that); "
+                             "reopening")
         finite = self._finite
         self.close()
         if finite and not ok:

@@ -12,6 +12,7 @@ that ends is reopened.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -101,6 +102,8 @@ class CaptureLoop:
         if self._stop.is_set():  # stopped while it opened: it is not streaming, and not to be retried
             source.close()
             return True
+        if self.ring is not None and self.ring.shape != tuple(shape):  # a camera back at another size
+            self._event("resized", f"frame shape changed from {self.ring.shape} to {tuple(shape)} (reopened)")
         self._ensure_ring(shape)
         self._set_state("streaming")
         good = 0
@@ -182,6 +185,11 @@ class CaptureLoop:
         self._stats.count("errors")
         delay = self.backoff.next()
         self._set_state("backoff", f"{why}; retry in {delay:.1f} s")
+        # A lost source leaves reference cycles (GStreamer's error path: its exception's frames hold
+        # a ring slot's view), and a daemon that allocates nothing per frame seldom runs the cycle
+        # collector: each gst:// camera back at another size kept its old segment (2.5-10 MB of
+        # /dev/shm and an fd). Rare and in a backoff: a full collection costs nothing here.
+        gc.collect()
         self._stop.wait(delay)
         self._stats.count("reconnects")
 
