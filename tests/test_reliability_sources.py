@@ -308,16 +308,18 @@ def test_a_camera_that_never_answers_holds_up_no_other_stream(tmp_path, rtsp, fa
         silent.close()
 
 
-class _ResizingMjpegCamera:
-    """A real MJPEG-over-HTTP camera (multipart/x-mixed-replace, 10 fps) that switches from
-    320x240 to 640x480 after 10 frames of its first connection and serves 640x480 to any later one."""
+class _MjpegCamera:
+    """A real MJPEG-over-HTTP camera (multipart/x-mixed-replace, 10 fps) whose `picture(connection,
+    frame)` gives each frame's (width, height, shade); by default it switches from 320x240 to
+    640x480 after 10 frames of its first connection and serves 640x480 to any later one."""
 
-    def __init__(self) -> None:
+    def __init__(self, picture=None) -> None:
         import http.server
         import threading
 
         camera = self
         self.connections = 0
+        picture = picture or (lambda conn, i: (320, 240, i) if conn == 1 and i < 10 else (640, 480, i))
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.0"
@@ -332,13 +334,13 @@ class _ResizingMjpegCamera:
 
             def do_GET(self) -> None:
                 camera.connections += 1
-                first = camera.connections == 1
+                connection = camera.connections
                 self.do_HEAD()
                 try:
                     for i in range(100000):
-                        w, h = (320, 240) if first and i < 10 else (640, 480)
+                        w, h, shade = picture(connection, i)
                         img = np.zeros((h, w, 3), np.uint8)
-                        img[:] = (i * 7 % 255, 80, 160)
+                        img[:] = (shade * 7 % 255, 80, 160)
                         jpeg = cv2.imencode(".jpg", img)[1].tobytes()
                         self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
                                          + jpeg + b"\r\n")
@@ -365,7 +367,7 @@ def test_an_mjpeg_camera_that_changes_size_is_reopened_not_frozen(face):
     from lited.model import Model
     from lited.stream import Stream
 
-    camera = _ResizingMjpegCamera()
+    camera = _MjpegCamera()
     events, sizes = [], []
     bundle = load_bundle(face)
     stream = Stream("cam", f"{camera.url}?lited_read_timeout=1", lambda: Model(bundle, isolated=True),
@@ -384,6 +386,30 @@ def test_an_mjpeg_camera_that_changes_size_is_reopened_not_frozen(face):
     assert any("the picture has not changed for 1 s" in d for d in details), details
     assert any(e["event"] == "resized" and "(240, 320, 3) to (480, 640, 3) (reopened)" in e["detail"]
                for e in events), details
+
+
+def test_an_mjpeg_camera_whose_picture_is_still_is_reopened_once(face):
+    """A recheck of that fix: a camera whose picture did not change at all (the dark, a lens cap)
+    was reopened every lited_read_timeout for ever (33 reconnects in 217 s). Back at the same
+    size after one reopen, it is left to its still picture, until the picture moves again."""
+    from lited.bundle import load_bundle
+    from lited.model import Model
+    from lited.stream import Stream
+
+    camera = _MjpegCamera(lambda conn, i: (320, 240, 0))
+    events, results = [], []
+    bundle = load_bundle(face)
+    stream = Stream("cam", f"{camera.url}?lited_read_timeout=1", lambda: Model(bundle, isolated=True),
+                    results.append, events.append, stats_window=64)
+    try:
+        stream.start()
+        time.sleep(8)
+        reconnects = stream.status()["counters"]["reconnects"]
+    finally:
+        stream.stop()
+        camera.close()
+    assert reconnects == 1 and camera.connections == 2, ([e["detail"] for e in events], reconnects)
+    assert len(results) >= 40
 
 
 def test_a_gst_camera_back_at_another_size_keeps_no_old_segment(rtsp, face):

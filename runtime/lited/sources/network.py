@@ -114,6 +114,8 @@ class NetworkSource(opencv.CaptureSource):
         self._finite = False
         self._last: Optional[np.ndarray] = None  # the last frame read (a ring slot's view): a frozen picture
         self._same_since: Optional[float] = None
+        self._judged = True  # False once a reopen found the same size: a camera whose picture is still
+        self._still_shape: Optional[tuple] = None  # the size when a still picture was taken for a frozen one
 
     def ffmpeg_options(self) -> str:
         """The FFmpeg options string for this stream."""
@@ -140,7 +142,8 @@ class NetworkSource(opencv.CaptureSource):
         if self._cap.isOpened() and time.monotonic() - start >= limit - OPEN_TIMEOUT_SLACK:
             self.close()  # cut short by the interrupt: see the module doc
             raise self.error(f"not open within {limit:g} s (lited_open_timeout): the stream answered but "
-                             "was still opening; raise lited_open_timeout")
+                             "was still opening (a slow camera: raise lited_open_timeout; or it stopped "
+                             "answering meanwhile)")
         try:
             shape = opencv.first_frame(self, self._cap, "stream")
         except SourceError as exc:  # FFmpeg says "cannot open": the server may say why
@@ -149,6 +152,9 @@ class NetworkSource(opencv.CaptureSource):
                 raise self.error(f"cannot open stream: {why}") from None
             raise exc
         self._last = self._same_since = None
+        if self._still_shape is not None:  # reopened for a still picture: still the same size, a still camera
+            self._judged = shape != self._still_shape
+            self._still_shape = None
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps = fps if 0 < fps < 1000 else None
         self._finite = self._cap.get(cv2.CAP_PROP_FRAME_COUNT) > 0
@@ -168,6 +174,9 @@ class NetworkSource(opencv.CaptureSource):
             return False
         if cv2.norm(out, last, cv2.NORM_INF) != 0:
             self._same_since = None
+            self._judged = True  # the picture moves again: judged again
+            return False
+        if not self._judged:
             return False
         now = time.monotonic()
         if self._same_since is None:
@@ -183,10 +192,11 @@ class NetworkSource(opencv.CaptureSource):
         if ok and waited < timeout and not self._frozen(out, timeout):
             return True
         if ok and waited < timeout:
+            self._still_shape = out.shape
             self.close()
             raise self.error(f"stream lost: the picture has not changed for {timeout:g} s (lited_read_timeout): "
-                             "the decoder is stuck (an MJPEG camera that changed its frame size does that); "
-                             "reopening")
+                             "reopening, in case the decoder is stuck (FFmpeg is, when an MJPEG camera changes "
+                             "its frame size); a camera back at the same size is left to its still picture")
         finite = self._finite
         self.close()
         if finite and not ok:
