@@ -195,3 +195,36 @@ def test_a_record_over_a_quarter_of_the_bound_is_refused_counted_and_said(tmp_pa
     assert box.stats()["refused"] == 4
     assert [r.getMessage() for r in caplog.records if "refused" in r.getMessage()] == \
         ["outbox: refused 2 records (2 so far): a record of 20040 bytes is over the limit"]
+
+
+def test_a_read_only_outbox_keeps_its_backlog(tmp_path, monkeypatch):
+    """An uplink audit: an outbox whose directory turned read-only (a bind mount remounted ro)
+    counted its whole backlog as dropped, segment by segment, each file left on the disk; with
+    the directory writable again the disk stayed full and every new record was refused. Now a
+    segment that cannot be unlinked is kept, and the new records are refused instead."""
+    import errno
+
+    from lited.service import outbox as outbox_module
+
+    ob = Outbox(str(tmp_path), max_bytes=64 << 10, segment_bytes=8 << 10)
+    payload = b"x" * 2000
+    for _ in range(24):  # about 48 KB: several segments, under max_bytes
+        assert ob.put("t", payload) is not None
+    before = ob.stats()
+    real_unlink = os.unlink
+
+    def read_only(path, *args, **kwargs):
+        if str(path).startswith(str(tmp_path)):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(outbox_module.os, "unlink", read_only)
+    # past max_bytes: the oldest segment would go, but cannot; the disk, not the bound, then says no
+    seqs = [ob.put("t", payload) for _ in range(20)]
+    during = ob.stats()
+    assert during["dropped"] == before["dropped"] == 0, (before, during)  # it counted the whole backlog
+    assert during["queued"] == before["queued"] + len([s for s in seqs if s is not None])
+    assert during["segments"] >= before["segments"]
+    monkeypatch.setattr(outbox_module.os, "unlink", real_unlink)
+    assert ob.put("t", payload) is not None  # writable again: the oldest goes, counted
+    assert ob.stats()["dropped"] > 0

@@ -89,19 +89,25 @@ def test_a_reload_names_the_fields_it_does_not_apply(tmp_path, bundles_dir):
 
     from daemon_process import DaemonProcess
 
-    config = {"models": {"face": str(bundles_dir / "ultraface")}}
+    # an uplink whose broker is not there (it only retries, on loopback): a reload took its `ack` and
+    # `outbox.max_bytes` in silence (an uplink audit)
+    uplink = {"broker": "mqtt://127.0.0.1:9", "device": "d1", "ack": "cloud"}
+    config = {"models": {"face": str(bundles_dir / "ultraface")}, "state_dir": str(tmp_path / "state"),
+              "uplink": uplink}
     d = DaemonProcess(tmp_path, config).start()
     try:
-        d.write_config({**config, "runtime_dir": str(tmp_path / "elsewhere"), "limits": {"max_clients": 4}})
+        d.write_config({**config, "runtime_dir": str(tmp_path / "elsewhere"), "limits": {"max_clients": 4},
+                        "uplink": {**uplink, "ack": "broker", "outbox": {"max_bytes": 8 << 20}}})
         with d.client(timeout=60) as client:  # the running daemon, at the sockets it has
             reply = client.reload(timeout=60)
-        assert reply["needs_restart"] == ["runtime_dir", "endpoints.pub", "endpoints.req", "limits.max_clients"], reply
+        assert reply["needs_restart"] == ["runtime_dir", "endpoints.pub", "endpoints.req", "limits.max_clients",
+                                          "uplink.ack", "uplink.outbox.max_bytes"], reply
         deadline = time.monotonic() + 10
         while "restart lited to apply" not in d.output():
             assert time.monotonic() < deadline, d.output()[-2000:]
             time.sleep(0.1)
-        assert "runtime_dir, endpoints.pub, endpoints.req, limits.max_clients changed in the config: restart lited " \
-               "to apply" in d.output(), d.output()[-2000:]
+        assert "runtime_dir, endpoints.pub, endpoints.req, limits.max_clients, uplink.ack, uplink.outbox.max_bytes " \
+               "changed in the config: restart lited to apply" in d.output(), d.output()[-2000:]
     finally:
         assert d.stop() == 0, d.output()[-3000:]
 

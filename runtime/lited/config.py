@@ -721,6 +721,21 @@ class UplinkRule:
     max_crops: int = 8
 
 
+UPLINK_LIVE = ("rules", "events")  # what a reload applies; every other field waits for a restart
+UPLINK_FIELD_NAMES = {"outbox_dir": "outbox.dir", "outbox_max_bytes": "outbox.max_bytes"}
+
+
+def uplink_restart_fields(old: Optional["UplinkConfig"], new: Optional["UplinkConfig"]) -> list:
+    """The config fields of `uplink` that changed and need a restart (`uplink` itself when the
+    section came or went): a reload took `ack` or `outbox.max_bytes` in silence."""
+    if (old is None) != (new is None):
+        return ["uplink"]
+    if old is None or new is None:
+        return []
+    return [f"uplink.{UPLINK_FIELD_NAMES.get(name, name)}" for name in old.__dataclass_fields__
+            if name not in UPLINK_LIVE and getattr(old, name) != getattr(new, name)]
+
+
 @dataclass
 class UplinkConfig:
     broker: str

@@ -39,7 +39,7 @@ from typing import Any, Callable, ClassVar, Optional, Sequence
 
 from lited import __version__, protocol
 from lited.bundle import Bundle, BundleError, load_bundle
-from lited.config import Config, ConfigError, ModelSettings, StreamConfig, load_config
+from lited.config import Config, ConfigError, ModelSettings, StreamConfig, load_config, uplink_restart_fields
 from lited.cores import CorePlan, apply as apply_plan, plan_cores, share_threads
 from lited.engine_process import child_pids
 from lited.engines import EngineError
@@ -491,6 +491,7 @@ class Daemon:
                 return {**self._record_reload(False, f"{exc}; keeping the running config"), **outcome}
             self._reload_curve(new.curve)
             restart = [name for field, name in RESTART_FIELDS.items() if getattr(new, field) != getattr(self.config, field)]
+            restart += uplink_restart_fields(self.uplink.cfg if self.uplink is not None else None, new.uplink)
             outcome["needs_restart"] = restart  # said in the reply too: `systemctl reload` shows no log line
             if restart:  # taken in silence before, and `lited ctl` then looked for the daemon where it was not
                 log.warning("%s changed in the config: restart lited to apply (a reload applies models, engines, "
@@ -539,9 +540,6 @@ class Daemon:
             self.config.streams = new.streams
             if self.uplink is not None and new.uplink is not None:
                 self.uplink.update_rules(new.uplink)
-            elif (self.uplink is None) != (new.uplink is None):
-                log.warning("uplink %s in the config: restart lited to apply",
-                            "added" if self.uplink is None else "removed", extra={"event": "reload"})
             if not kept:
                 self._record_reload(True, list(added))
             return {**self.last_reload, **outcome}

@@ -227,7 +227,9 @@ class Outbox:
             try:
                 seg = self._current_locked(first)
             except OSError as exc:
-                if exc.errno not in FULL_DISK or not self._drop_oldest_locked("the disk is full"):
+                if exc.errno not in FULL_DISK:
+                    raise  # read-only, an I/O error: said by the caller with its reason
+                if not self._drop_oldest_locked("the disk is full"):
                     return None
                 continue
             try:
@@ -276,23 +278,44 @@ class Outbox:
                 break
 
     def _drop_oldest_locked(self, why: str) -> bool:
-        """Delete the oldest segment, counting its unacknowledged records."""
+        """Delete the oldest segment, counting its unacknowledged records. False when
+        there is none to drop, or the directory refuses the unlink (read-only): then
+        nothing changes (a read-only outbox counted its whole backlog as dropped,
+        segment by segment, and left every file on the disk it had filled)."""
         if not self._segments or (len(self._segments) == 1 and self._fd is not None):
             return False
         seg = self._segments.pop(0)
+        before = (self._acked, self.acked_below, self.dropped)
         unacked = sum(1 for s in range(max(seg.first, self.acked_below), seg.last + 1) if s not in self._acked)
-        if unacked:
-            self.dropped += unacked
-            now = time.monotonic()
-            if now - self._last_drop_log >= DROP_LOG_INTERVAL:   # a full disk must not flood the journal
-                self._last_drop_log = now
-                log.warning("outbox %s: dropped the oldest unsent records (%d so far; now %d-%d)", why,
-                            self.dropped, seg.first, seg.last, extra={"event": "outbox_dropped"})
+        self.dropped += unacked
         self._acked = {s for s in self._acked if s > seg.last}
         self.acked_below = max(self.acked_below, seg.last + 1)
         self._write_state(force=True)   # before the unlink: a seq is never handed out twice
-        os.unlink(seg.path)
+        try:
+            os.unlink(seg.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            self._segments.insert(0, seg)
+            self._acked, self.acked_below, self.dropped = before
+            self._write_state(force=True)
+            self._say_refused(f"cannot drop the oldest records ({exc.strerror or exc})")
+            return False
+        if unacked:
+            now = time.monotonic()
+            if now - self._last_drop_log >= DROP_LOG_INTERVAL:   # a full disk must not flood the journal
+                self._last_drop_log = now
+                log.warning("outbox: %s: dropped the oldest unsent records (%d so far; now %d-%d)", why,
+                            self.dropped, seg.first, seg.last, extra={"event": "outbox_dropped"})
         return True
+
+    def _say_refused(self, why: str) -> None:
+        """Why records are refused, at most every DROP_LOG_INTERVAL s."""
+        now = time.monotonic()
+        if now - self._last_refuse_log >= DROP_LOG_INTERVAL:
+            self._last_refuse_log = now
+            log.warning("outbox: %s: refusing new records (%d so far)", why, self.refused,
+                        extra={"event": "outbox_refused"})
 
     def _gc_locked(self) -> None:
         """Delete segments whose records are all acknowledged (not counted as dropped)."""

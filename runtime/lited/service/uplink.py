@@ -155,10 +155,8 @@ class Uplink:
             self.outbox.close()
 
     def update_rules(self, cfg: UplinkConfig) -> None:
-        """A reload: new rules apply to the next result; connection settings need a restart."""
-        if (cfg.broker, cfg.device, cfg.outbox_dir) != (self.cfg.broker, self.cfg.device, self.cfg.outbox_dir):
-            log.warning("uplink: broker, device or outbox changed: restart lited to apply",
-                        extra={"event": "uplink"})
+        """A reload: new rules (and `events`) apply to the next result; the other fields need a
+        restart, which the reload names (config.uplink_restart_fields)."""
         self.cfg.rules = cfg.rules
         self.cfg.events = cfg.events
 
@@ -268,7 +266,7 @@ class Uplink:
             self.outbox.refuse(len(records), str(exc))
             seqs = None
         except OSError as exc:         # a failing disk: counted, never raised into the daemon
-            log.warning("uplink: cannot store %d records: %s", len(records), exc, extra={"event": "uplink"})
+            self.outbox.refuse(len(records), f"cannot store them: {exc.strerror or exc}")  # counted, said every 10 s
             seqs = None
         if seqs is None:
             self._count("refused", len(batches))
