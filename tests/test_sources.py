@@ -131,6 +131,9 @@ def test_network_url_keeps_camera_params_and_drops_ours():
     ("synth://here", "synth takes no path"),
     ("file://", "no file path"),
     ("gst://videotestsrc ! fakesink", "the pipeline must end in an appsink"),
+    # audits: linked on, it was retried for ever; a second one kept every frame (RSS +23 MB/s)
+    ("gst://videotestsrc ! appsink name=s ! fakesink", "an appsink has no output to link on from"),
+    ("gst://videotestsrc ! tee name=t ! queue ! appsink t. ! queue ! appsink", "one appsink only"),
 ])
 def test_bad_uri_is_one_line_naming_the_problem(uri, message):
     assert message in error_text(uri)
