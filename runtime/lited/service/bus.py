@@ -59,6 +59,11 @@ HANDSHAKE_S = 1.0  # s from a connection's accept to its handshake's decision, a
 SOCKET_CHECK_S = 2.0  # how often the bus looks whether its ipc:// socket files are still there
 
 
+def _worth_saying(count: int) -> bool:
+    """Log the 1st, 10th, 100th and every 1000th of a thing counted: a flood stays a few lines."""
+    return count in (1, 10, 100) or count % 1000 == 0
+
+
 class BusError(Exception):
     """A configuration the bus refuses (e.g. TCP without CURVE keys)."""
 
@@ -173,7 +178,7 @@ class ClientGate:
                 return b"400", b"unknown CURVE key"
         if domain in self.DOMAINS.values() and not self._admit(domain):
             self.refused += 1
-            if self.refused in (1, 10, 100) or self.refused % 1000 == 0:
+            if _worth_saying(self.refused):
                 log.warning("refused a client: %d connected (limits.max_clients %d); %d refused so far",
                             self.connected, self.limit, self.refused, extra={"event": "client_refused"})
             return b"400", b"too many clients"
@@ -478,7 +483,7 @@ class Bus:
             queued = self._queued_bytes(peer)
             if queued + size > REPLY_BYTES_PER_PEER or self._queued_total + size > REPLY_BYTES_TOTAL:
                 self.dropped_slow += 1
-                if self.dropped_slow in (1, 10, 100) or self.dropped_slow % 1000 == 0:
+                if _worth_saying(self.dropped_slow):
                     log.warning("dropped a %d-byte reply: its client has %d bytes of replies unread (all clients: "
                                 "%d); %d dropped so far", size, queued, self._queued_total, self.dropped_slow,
                                 extra={"event": "reply_dropped"})
@@ -556,7 +561,7 @@ class Bus:
         envelope = frames[1:-1]
         size = sum(len(f) for f in envelope)
         self.refused_envelopes += 1
-        if self.refused_envelopes in (1, 10, 100) or self.refused_envelopes % 1000 == 0:
+        if _worth_saying(self.refused_envelopes):
             log.warning("refused a request with an envelope of %d frames, %d bytes (at most %d, %d bytes); %d so far",
                         len(envelope), size, ENVELOPE_FRAMES, ENVELOPE_BYTES, self.refused_envelopes,
                         extra={"event": "request_refused"})

@@ -180,12 +180,8 @@ class Outbox:
                 if seg is None:
                     self.refused += len(records)
                     refused = True
-                    now = time.monotonic()  # said, at most every DROP_LOG_INTERVAL: it was counted in silence
-                    if now - self._last_refuse_log >= DROP_LOG_INTERVAL:
-                        self._last_refuse_log = now
-                        log.warning("outbox: the disk is full and nothing older is left to drop: refused %d "
-                                    "records (%d so far)", len(records), self.refused,
-                                    extra={"event": "outbox_refused"})
+                    self._say_refused(f"outbox: the disk is full and nothing older is left to drop: refused "
+                                      f"{len(records)} records ({self.refused} so far)")  # it was counted in silence
                 else:
                     refused = False
                     fd, before = self._fd, seg.size - len(blob)
@@ -214,12 +210,7 @@ class Outbox:
         ones a full disk refuses, and logged (at most every DROP_LOG_INTERVAL s)."""
         with self._lock:
             self.refused += count
-            now = time.monotonic()
-            if now - self._last_refuse_log < DROP_LOG_INTERVAL:
-                return
-            self._last_refuse_log = now
-        log.warning("outbox: refused %d records (%d so far): %s", count, self.refused, why,
-                    extra={"event": "outbox_refused"})
+            self._say_refused(f"outbox: refused {count} records ({self.refused} so far): {why}")
 
     def _append_locked(self, first: int, blob: bytes, count: int) -> Optional[_Segment]:
         while True:
@@ -299,7 +290,8 @@ class Outbox:
             self._segments.insert(0, seg)
             self._acked, self.acked_below, self.dropped = before
             self._write_state(force=True)
-            self._say_refused(f"cannot drop the oldest records ({exc.strerror or exc})")
+            self._say_refused(f"outbox: cannot drop the oldest records ({exc.strerror or exc}): refusing new "
+                              f"records ({self.refused} so far)")
             return False
         if unacked:
             now = time.monotonic()
@@ -309,13 +301,13 @@ class Outbox:
                             self.dropped, seg.first, seg.last, extra={"event": "outbox_dropped"})
         return True
 
-    def _say_refused(self, why: str) -> None:
-        """Why records are refused, at most every DROP_LOG_INTERVAL s."""
+    def _say_refused(self, message: str) -> None:
+        """Why records are refused, at most every DROP_LOG_INTERVAL s: a full or
+        read-only disk must not flood the journal."""
         now = time.monotonic()
         if now - self._last_refuse_log >= DROP_LOG_INTERVAL:
             self._last_refuse_log = now
-            log.warning("outbox: %s: refusing new records (%d so far)", why, self.refused,
-                        extra={"event": "outbox_refused"})
+            log.warning("%s", message, extra={"event": "outbox_refused"})
 
     def _gc_locked(self) -> None:
         """Delete segments whose records are all acknowledged (not counted as dropped)."""

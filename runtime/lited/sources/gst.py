@@ -60,7 +60,8 @@ class GstSource(Source):
         if len(re.findall(r"(?:^|!)\s*appsink\b", target)) > 1:  # the one not read keeps every frame
             raise self.error("one appsink only: lited reads the first, and another would keep every frame "
                              "(memory growing by the video rate)")
-        if re.search(r"\bappsink\b(\s+[\w-]+=\S+)*\s*!", target):  # linked on (a tee's branch after it is fine)  # found only at open, then retried for ever
+        # an appsink linked on was found only at open, then retried for ever (a tee's branch after it is fine)
+        if re.search(r"\bappsink\b(\s+[\w-]+=\S+)*\s*!", target):
             raise self.error("the pipeline must end in an appsink: an appsink has no output to link on from")
         self._backend: Any = None
 

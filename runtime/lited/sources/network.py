@@ -189,9 +189,9 @@ class NetworkSource(opencv.CaptureSource):
         start = time.monotonic()
         ok = opencv.read_into(self, self._cap, out)
         waited = time.monotonic() - start
-        if ok and waited < timeout and not self._frozen(out, timeout):
-            return True
         if ok and waited < timeout:
+            if not self._frozen(out, timeout):
+                return True
             self._still_shape = out.shape
             self.close()
             raise self.error(f"stream lost: the picture has not changed for {timeout:g} s (lited_read_timeout): "
