@@ -434,8 +434,10 @@ class EngineProcess(Engine):
         self._out_views[output_set] = self._out_arena[output_set].views(layout)
 
     def stats(self) -> dict:
-        """The child's counters: `runs`, and the copies it made of inputs
-        (`in_copies`) and outputs (`out_copies`) beside the backend's own work."""
+        """The child's counters: `runs`, the copies it made of inputs
+        (`in_copies`) and outputs (`out_copies`) beside the backend's own work,
+        and the times the engine bound new memory to its backend (`binds`:
+        a stream's steady state adds none, in either engine that binds)."""
         return self._call({"op": "stats"})
 
     def input_shapes(self) -> list:
@@ -499,7 +501,7 @@ class _Child:
             self.engine.image_input = int(message["index"])
             return {}, []
         if op == "stats":
-            return dict(self.counts), []
+            return {**self.counts, "binds": self.engine.binds if self.engine is not None else 0}, []
         if op == "shapes":
             return {"inputs": [list(s) for s in self.engine.input_shapes()],
                     "outputs": [list(s) for s in self.engine.output_shapes()]}, []

@@ -91,6 +91,7 @@ class Engine:
     device: str = "cpu"
     image_input: int = 0  # the input whose shape may change with the image (set from the bundle)
     pid: Optional[int] = None  # the process running it, when not this one (EngineProcess)
+    binds: int = 0  # times memory was bound to the backend for a run (a zero-copy engine's steady state adds none)
 
     @classmethod
     def available(cls) -> bool:

@@ -170,6 +170,7 @@ class OnnxRuntimeEngine(InPlaceEngine):
                 else:
                     binding.bind_output(name, "cpu", 0, t.dtype, t.shape, t.ctypes.data)
             entry = self._bindings[key] = (binding, arrays, targets)
+            self.binds += 1
             while len(self._bindings) > MAX_BINDINGS:
                 self._bindings.pop(next(iter(self._bindings)))
         return entry[0]
