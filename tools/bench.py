@@ -43,17 +43,16 @@ OCR_ONNX = ("ppocrv4_det/onnx/ch_PP-OCRv4_det_infer.onnx", "ppocr_cls/onnx/ch_pp
             "ppocrv4_rec/onnx/ch_PP-OCRv4_rec_infer.onnx")
 ENGINE_KINDS = ("paddle_lite", "paddle_inference", "openvino", "onnxruntime")
 ENGINE_MODELS = ("ultraface", "fastestdet", "mobilenetv2", "nanodet_m", "ppocrv4_det", "ppocr_cls", "ppocrv4_rec")
-# PP-OCRv4 rec alone (its ctc decoder needs the OCR demo's keys, in the demo's cascade): a stand-in
-# `classification` decoder over its output costs about what ctc does (a pass over the output), and the
-# agreement check then compares its top class. NanoDet runs with its own gfl decoder (tests/bundles).
-STAND_IN = {
-    "ppocrv4_rec": {"name": "ppocrv4_rec", "task": "text_recognition",
-                    "inputs": [{"name": "x", "shape": [1, 3, 48, 320]}],
-                    "preprocess": {"color": "BGR", "resize": {"mode": "letterbox", "align": "top_left",
-                                                              "pad_value": 127.5, "interpolation": "linear"},
-                                   "scale": 1 / 255, "mean": [0.5] * 3, "std": [0.5] * 3},
-                    "decoder": {"type": "classification", "top_k": 1, "softmax": False}},
-}
+# PP-OCRv4 rec alone, with its own ctc decoder and the OCR demo's keys (build_sdk makes its bundle from
+# the ONNX, width fixed at 320); the agreement check compares its text. NanoDet runs with its own gfl
+# decoder (tests/bundles).
+REC_FRAGMENT = {"name": "ppocrv4_rec", "task": "text_recognition",
+                "inputs": [{"name": "x", "shape": [1, 3, 48, 320]}],
+                "preprocess": {"color": "BGR", "resize": {"mode": "letterbox", "align": "top_left",
+                                                          "pad_value": 127.5, "interpolation": "linear"},
+                               "scale": 1 / 255, "mean": [0.5] * 3, "std": [0.5] * 3},
+                "decoder": {"type": "ctc"}}
+REC_KEYS = ROOT / "sdk_template" / "demo_ppocrv4" / "rec_labels.txt"
 
 
 class Progress:
@@ -714,16 +713,16 @@ def engine_bundles(names: list, tmp: Path, progress: Progress) -> dict:
         progress.step(f"engines: bundle {name}")
         if name == "ppocrv4_rec":  # ONNX only in ../shared: build_sdk converts it (x2paddle, paddle_lite_opt)
             fragment = tmp / "ppocrv4_rec.json"
-            fragment.write_text(json.dumps(STAND_IN[name]))
-            onnx = fixed_shape_onnx(SHARED / "models" / ONNX[name], STAND_IN[name]["inputs"][0]["shape"], tmp)
-            work = onnx and build_sdk(["--model", onnx, "--config", fragment, "--targets", "x86",
-                                       "--out", tmp / "rec.zip", "--keep-dir", out / name], tmp, name)
+            fragment.write_text(json.dumps(REC_FRAGMENT))
+            onnx = fixed_shape_onnx(SHARED / "models" / ONNX[name], REC_FRAGMENT["inputs"][0]["shape"], tmp)
+            work = onnx and build_sdk(["--model", onnx, "--config", fragment, "--labels", REC_KEYS,
+                                       "--targets", "x86", "--out", tmp / "rec.zip", "--keep-dir", out / name],
+                                      tmp, name)
             if work is None:
                 continue
             root, paddle_dir = out / name, work / "x2paddle" / "inference_model"
         else:
-            root = make_bundles.assemble(name, SHARED / "models", out, ("x86",), ("openvino", "onnxruntime"),
-                                         STAND_IN.get(name))
+            root = make_bundles.assemble(name, SHARED / "models", out, ("x86",), ("openvino", "onnxruntime"))
             paddle_dir = SHARED / "models" / PADDLE[name]
         if with_pi:
             add_paddle_inference(root, paddle_dir, alone=False)
@@ -1060,8 +1059,8 @@ beside it, the median of a probe's three, then the median of the rounds (range);
 its runs over its wall time, like `lited run`'s (every slow run counted; until 2026-12-01 it was 1000 over
 the median run's ms, which differs from it by a few percent either way on this host). *Agrees* compares each engine's decoded result on the image with Paddle
 Lite's within the golden tolerance (box 4 px, score 0.05): empty means identical within it.
-NanoDet-m and PP-OCRv4 rec are decoded by a stand-in (`classification` over the first output) until
-their own decoders land; PP-OCRv4 rec's `.nb` and Paddle model were made by `tools/build_sdk.py` from its
+NanoDet-m and PP-OCRv4 rec are decoded by their own decoders (gfl; ctc with the OCR demo's keys, and
+*agrees* then compares the text read); PP-OCRv4 rec's `.nb` and Paddle model were made by `tools/build_sdk.py` from its
 ONNX with its width fixed at 320; PP-OCRv4 det ran at 192x384, and the text-line models on frames of a
 text line (PP-OCR cls 192x48, PP-OCRv4 rec 320x48: in the OCR cascade they run on crops of that size). Every model ran `--rounds` rounds (default 2).
 Copies a frame in the engine process, steady state (its `stats()`, checked by tests/test_engines.py):

@@ -598,7 +598,7 @@ def probe_engine(args) -> dict:
             "run_engine_cpu_ms": engine * 1e3 / frames, "run_total_cpu_ms": (engine + here) * 1e3 / frames,
             "frames": count[0], "skipped": status["counters"]["skipped"], "load": os.getloadavg()[0],
             "beside_busy": statistics.median(beside), "beside_busy_all": beside,
-            "result": {k: result[k] for k in ("detections", "classes")}}
+            "result": {k: result[k] for k in ("detections", "classes", "text") if k in result}}
 
 
 SPIN = "import os, sys\nos.sched_setaffinity(0, {int(c) for c in sys.argv[1:]})\nwhile True:\n    pass\n"
