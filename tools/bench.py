@@ -1065,7 +1065,9 @@ ONNX with its width fixed at 320; PP-OCRv4 det ran at 192x384, and the text-line
 text line (PP-OCR cls 192x48, PP-OCRv4 rec 320x48: in the OCR cascade they run on crops of that size). Every model ran `--rounds` rounds (default 2).
 Copies a frame in the engine process, steady state (its `stats()`, checked by tests/test_engines.py):
 OpenVINO and onnxruntime read the input set and write the output set in place, 0 and 0 (after the first
-run into each of the three output sets); Paddle Lite and Paddle Inference copy the inputs in and the
+run into each of the three output sets), and bind each pair of sets to the backend once (`binds`: an
+infer request or an IOBinding per pair; OpenVINO bound one request anew every frame until 2026-12-02);
+Paddle Lite and Paddle Inference copy the inputs in and the
 outputs out, 1 and 1 (Paddle Lite's `run()` also copies its outputs out of the predictor).
 
 | model | engine | bare loop fps | bare CPU ms / frame | x Paddle Lite, wall (same round) | x Paddle Lite, CPU (same round) | `lited run` fps | run / bare | `lited run` CPU ms / frame: engine process / all | agrees with Paddle Lite |
