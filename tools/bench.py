@@ -843,9 +843,8 @@ def render_live(live: list) -> str:
 
 A paced file source (`file://...?realtime=1&loop=1`, 30 fps, 640x480) through `lited serve`,
 read by a subscriber in another process that copies each result's frame from shared memory the
-moment the result arrives; that process runs on the daemon's own cores, as docs/config.md asks of
-apps beside a pinned engine (until 2026-12-02 it was left to the scheduler). *capture -> result*
-is `timings_ms.total` (frame published in the ring to result ready); *own work* is `preprocess + infer + postprocess` of the same results; *latency
+moment the result arrives. *capture -> result* is `timings_ms.total` (frame published in the ring
+to result ready); *own work* is `preprocess + infer + postprocess` of the same results; *latency
 ratio* is the p50 of the first over the p50 of the second. *results/s ratio* is results per
 second over min(camera fps, bare `run()` loop fps). The bare loop (a bare Paddle Lite predictor,
 one thread, in the probe process; its fps is runs over wall time) takes turns with the daemon: bare, live, bare, live, bare, live, bare,

@@ -210,7 +210,6 @@ def probe_live(args) -> dict:
 
     from lited.bundle import load_bundle
     from lited.client import Client, DaemonUnreachable, FrameOverwritten, RingGone, Subscriber
-    from lited.cores import pin_threads
 
     bundle = load_bundle(args.bundle)
     bare_run = bare_predictor_run(bundle, args.video)
@@ -239,13 +238,7 @@ def probe_live(args) -> dict:
                     if time.monotonic() > deadline or daemon.poll() is not None:
                         raise RuntimeError("lited serve did not get ready")
                     time.sleep(0.2)
-                engine = client.status()["streams"][0]["model"]
-                engine_pid, every = engine["engine_pid"], sorted(os.sched_getaffinity(0))
-                # This process is the app reading results: on the daemon's own cores, as
-                # docs/config.md asks of apps beside a pinned engine; the bare loop may use
-                # every core.
-                own = [c for c in every if c not in (engine.get("cpus") or [])] or every
-                pin_threads(own)
+                engine_pid = client.status()["streams"][0]["model"]["engine_pid"]
                 out = None
 
                 def results(warmup: float, seconds: float) -> list:
@@ -270,11 +263,9 @@ def probe_live(args) -> dict:
 
                 def bare_window() -> None:
                     os.kill(engine_pid, signal.SIGSTOP)
-                    pin_threads(every)
                     try:
                         bare.append(bursts(bare_run, bare_seconds)["fps"])
                     finally:
-                        pin_threads(own)
                         os.kill(engine_pid, signal.SIGCONT)
 
                 results(args.warmup, 0)
