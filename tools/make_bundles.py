@@ -32,11 +32,10 @@ ONNX_FILES = {"ultraface": "version-RFB-320.onnx", "fastestdet": "FastestDet.onn
               "ppocrv4_rec": "ch_PP-OCRv4_rec_infer.onnx"}
 
 
-def assemble(name: str, models_dir: Path, out_dir: Path, targets: tuple = ("x86",), engines: tuple = (),
-             manifest: dict | None = None) -> Path:
-    """Copy one shared model's files and sealed manifest (tests/bundles/<name>.json,
-    or `manifest`) into out_dir/name; with `engines`, its ONNX too, listed for them."""
-    manifest = manifest or json.loads((ROOT / "tests" / "bundles" / f"{name}.json").read_text())
+def assemble(name: str, models_dir: Path, out_dir: Path, targets: tuple = ("x86",), engines: tuple = ()) -> Path:
+    """Copy one shared model's files and sealed manifest (tests/bundles/<name>.json)
+    into out_dir/name; with `engines`, its ONNX too, listed for them."""
+    manifest = json.loads((ROOT / "tests" / "bundles" / f"{name}.json").read_text())
     src, dst = models_dir / name, out_dir / name
     if dst.exists():
         shutil.rmtree(dst)
