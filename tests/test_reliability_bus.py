@@ -461,7 +461,9 @@ def test_protocol_audit_envelopes_pipelines_shares_and_limits(daemon):
     whole past max_request_bytes (40 x 1 MB answered at a 1 MiB limit); a client pipelining 60 pings
     lost 10 replies (the reply queue was pub_hwm, 50 here); one client queueing many requests made
     another's `busy`, which `refused_busy` did not count; a string over msgpack's limit lost the id
-    and said it in msgpack's words; `reply_bytes_queued` kept a large reply read long ago."""
+    and said it in msgpack's words, as it still did for an extension type, a map key that is not a
+    string or a message cut short (a second audit), whose id came back where the docs said nil;
+    `reply_bytes_queued` kept a large reply read long ago."""
     ctx = zmq.Context()
     try:
         sock = dealer(daemon, ctx)
@@ -482,6 +484,17 @@ def test_protocol_audit_envelopes_pipelines_shares_and_limits(daemon):
         said = msgpack.unpackb(_ask_all(sock, [[long]])[0][0], raw=False)
         assert (said["id"], said["error"]["message"]) == (
             9, "not a msgpack message lited reads (a string over 65536 bytes)"), said
+        unreadable = [  # (request, the id back, why): said in lited's words, as docs/protocol.md lists them
+            (msgpack.packb({"v": 1, "id": 10, "method": "ping", "params": {"x": msgpack.ExtType(1, b"a")}}), 10,
+             "an extension type"),
+            (msgpack.packb({"v": 1, "id": 11, "method": "ping"})[:-2], 11, "it ends before its value is whole"),
+            (msgpack.packb({3: 4, "v": 1, "id": 12, "method": "ping"}), None, "a map key that is not a string"),
+            (msgpack.packb({"v": 1, "id": 13, "method": "ping"}) + b"\x01", 13, "bytes after the first value"),
+            (b"\xc1", None, "a byte that starts no msgpack value")]
+        for request, request_id, why in unreadable:
+            said = msgpack.unpackb(_ask_all(sock, [[request]])[0][0], raw=False)
+            assert (said["id"], said["error"]["message"]) == (
+                request_id, f"not a msgpack message lited reads ({why})"), said
 
         big = msgpack.unpackb(_ask_all(sock, [[protocol.encode_request("ping", request_id=b"x" * 300_000)]])[0][0])
         assert big["ok"]

@@ -118,11 +118,15 @@ def encode_event(event: dict) -> bytes:
 
 
 ID_WITHIN = 4096  # bytes of a refused request searched for its id
-# msgpack's words for the limits above -> lited's (docs/protocol.md, "Requests")
+# msgpack's words for what it could not read -> lited's (docs/protocol.md, "Requests")
 _LIMIT_WORDS = {"max_str_len": f"a string over {_UNPACK_LIMITS['max_str_len']} bytes",
                 "max_array_len": f"an array over {_UNPACK_LIMITS['max_array_len']} items",
                 "max_map_len": f"a map over {_UNPACK_LIMITS['max_map_len']} keys",
-                "max_bin_len": "a binary over limits.max_request_bytes"}
+                "max_bin_len": "a binary over limits.max_request_bytes",
+                "max_ext_len": "an extension type",
+                "for map key": "a map key that is not a string",
+                "incomplete input": "it ends before its value is whole",
+                "extra data": "bytes after the first value"}
 MSGPACK_TYPES = {dict: "a map", list: "an array", str: "a string", bytes: "a binary", int: "an integer",
                  float: "a float", bool: "a boolean", type(None): "nil"}
 
@@ -144,7 +148,10 @@ def request_id_of(data: bytes) -> Any:
     unpacker.feed(head)
     try:
         for _ in range(unpacker.read_map_header()):
-            if unpacker.unpack() == "id":
+            key = unpacker.unpack()
+            if not isinstance(key, (str, bytes)):  # a key lited does not read: the map is not read
+                return None
+            if key == "id":
                 return unpacker.unpack()
             unpacker.skip()
     except Exception:  # noqa: BLE001 - hostile bytes: no id to echo
@@ -159,8 +166,9 @@ def decode_payload(data: bytes, max_bin: int = 1 << 26) -> dict:
     except Exception as exc:  # msgpack raises many types on hostile input
         said = " ".join(str(exc).split())[:120]  # e.g. a map with an int key: "int is not allowed for map key ..."
         limit = next((words for name, words in _LIMIT_WORDS.items() if name in said), None)
-        if limit is None and type(exc).__name__ == "StackError":
-            limit = "nested deeper than msgpack reads"
+        if limit is None:
+            limit = {"StackError": "nested deeper than msgpack reads",
+                     "FormatError": "a byte that starts no msgpack value"}.get(type(exc).__name__)
         raise ProtocolError("bad_request", f"not a msgpack message lited reads "
                                            f"({limit or type(exc).__name__ + (': ' + said if said else '')})",
                             request_id_of(data)) from None
