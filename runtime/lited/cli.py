@@ -454,6 +454,7 @@ def cmd_config(args: argparse.Namespace) -> int:
         return 0
     from lited.config import ConfigError
     from lited.preflight import machine_problems
+    from lited.sources.errors import redact
 
     path = Path(args.config or DEFAULT_CONFIG)
     config = load_config(path)
@@ -469,7 +470,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     for name, b in bundles.items():
         print(f"  model  {name}: {b.name} {b.version} ({b.task}) from {b.root}")
     for sc in config.streams:
-        print(f"  stream {sc.name}: {sc.source} -> {sc.model}")
+        print(f"  stream {sc.name}: {redact(sc.source)} -> {sc.model}")
     if not config.streams:
         print("  no streams: the daemon will only answer requests")
     print(f"  endpoints: pub {' '.join(config.pub)}; req {' '.join(config.req)}")
