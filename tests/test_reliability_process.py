@@ -218,6 +218,7 @@ def test_a_stream_whose_engine_cannot_restart_says_so_in_status(tmp_path, bundle
                 assert time.monotonic() < deadline, stream  # first "died (SIGKILL)", then the restart's reason
                 time.sleep(0.1)
             assert "model_x86.nb: gone since it was loaded (moved or removed?)" in stream["engine_down"], stream
+            assert stream["model"]["engine_pid"] is None, stream  # not the dead one's (an audit saw it)
             table = subprocess.run([sys.executable, "-m", "lited.cli", "ctl", "--config", str(d.config_path), "status"],
                                    capture_output=True, text=True, timeout=60).stdout
             assert "streaming (engine down)" in table and "cam: engine down: " in table, table

@@ -233,7 +233,10 @@ class EngineProcess(Engine):
 
     @property
     def pid(self) -> Optional[int]:
-        return self._proc.pid if self._proc else None
+        """The child's pid while it is alive (None once it ended: status showed a dead one while
+        its owner backed off before a restart)."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
 
     def move_to(self, cpus: Sequence[int]) -> None:
         """Run the child's threads on `cpus` from now on (and after a restart)."""
