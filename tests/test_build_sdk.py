@@ -777,6 +777,33 @@ def test_the_same_model_builds_the_same_bytes(tools_python: Path, tmp_path: Path
 
 
 @pytest.mark.slow
+def test_fp16_is_listed_the_name_is_the_one_given_and_nncf_keeps_off_the_terminal(tools_python: Path,
+                                                                                  tmp_path: Path) -> None:
+    """Found by a build_sdk audit from the docs: an `--fp16` arm model was listed (and inspected) as
+    fp32, so a config could not ask for it; a model given through a symlink was named after the
+    symlink's target; NNCF drew its progress bars on stdout, leaving int8.log empty."""
+    fragment = tmp_path / "frag.json"
+    fragment.write_text(json.dumps({"task": "classification", "preprocess": {"color": "RGB", "resize": {"mode": "stretch"}},
+                                    "decoder": {"type": "classification"}}))
+    model = tmp_path / "my net+v1.onnx"
+    model.symlink_to(ROOT / "tests/data/onnx/reduce_l2.onnx")
+    proc = run_build_sdk(tools_python, "--model", model, "--config", fragment, "--targets", "x86,arm", "--fp16",
+                         "--int8", need_shared("images"), "--out", tmp_path / "b.zip", "--keep-dir", tmp_path / "b",
+                         "--workdir", tmp_path / "work")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert all(line.startswith("build_sdk: ") for line in lines[:-1]), lines
+    assert lines[-1].startswith(f"{tmp_path / 'b.zip'}: my-net-v1 1.0.0 (classification; x86, arm;"), lines
+    assert "Statistics collection" in (tmp_path / "work" / "int8.log").read_text()
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert [(e["file"], e.get("precision", "fp32")) for e in manifest["models"]["arm"]][0] == ("model_arm.nb", "fp16")
+    assert all(e.get("precision", "fp32") != "fp16" for e in manifest["models"]["x86"])
+    inspected = subprocess.run([str(Path(sys.executable).with_name("lited")), "inspect", "--bundle", str(tmp_path / "b"), "--target", "arm",
+                                "--precision", "fp16"], capture_output=True, text=True, timeout=120)
+    assert "runs on arm as: model_arm.nb on paddle_lite (fp16)" in inspected.stdout, inspected.stdout + inspected.stderr
+
+
+@pytest.mark.slow
 def test_a_kernel_paddle_lite_lacks_is_named_by_the_build_and_by_the_engine_process(tools_python: Path,
                                                                                      tmp_path: Path) -> None:
     """tests/data/onnx/reduce_l2.onnx converts and passes paddle_lite_opt, then aborts inside Paddle

@@ -8,6 +8,7 @@ Cheap checks (targets, configs, labels, names) come before the slow ones
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -86,7 +87,8 @@ class _Step:
 
 def _default_name(model: Path) -> str:
     """The model's name from its path, skipping the generic names exports use."""
-    for part in [model.resolve(), *model.resolve().parents]:
+    path = Path(os.path.abspath(model))  # the name given, not a symlink's target's
+    for part in [path, *path.parents]:
         name = re.sub(r"[^A-Za-z0-9._-]+", "-", part.stem).strip("-.")[:64]
         if name and name.lower() not in GENERIC_NAMES and name_problem(name) is None:
             return name
@@ -258,9 +260,9 @@ def _build(opts: Options, workdir: Path, timings: dict) -> dict:
     if opts.openvino_ir and onnx:
         with _Step("OpenVINO IR", timings):
             ir = engine_files.write_ir(root)[0]
-    models = {t: engine_files.target_files(t, nb, onnx, ir, None) for t, nb in nbs.items()}
+    models = {t: engine_files.target_files(t, nb, onnx, ir, None, _nb_precision(opts, t)) for t, nb in nbs.items()}
     manifest = {
-        "schema": 2 if onnx else 1, "name": name, "version": version,
+        "schema": 2 if onnx or any(isinstance(files, list) for files in models.values()) else 1, "name": name, "version": version,
         "task": fields.get("task") or TASK_BY_DECODER.get(decoder["type"], "detection"),
         "paddle_lite_version": lite_version, "models": models, "inputs": inputs,
         "preprocess": fields["preprocess"], "decoder": decoder,
@@ -283,6 +285,11 @@ def _build(opts: Options, workdir: Path, timings: dict) -> dict:
     bundle_writer.write_zip(root, opts.out, name)
     return {"zip": opts.out, "dir": root if opts.keep_dir else None, "manifest": manifest, "timings": timings,
             "int8": report}
+
+
+def _nb_precision(opts: Options, target: str) -> str:
+    """The precision of a target's .nb: fp16 where --fp16 made it so (lite_opt: the arm target only)."""
+    return "fp16" if opts.fp16 and target == "arm" else "fp32"
 
 
 def _judge(opts: Options, root: Path, manifest: dict, nbs: dict, onnx: str | None, ir: str | None,
@@ -333,7 +340,8 @@ def _int8(opts: Options, root: Path, manifest: dict, nbs: dict, onnx: str, ir: s
         frames = int8.calibration_data(npz)
         made = int8.quantize(opts.int8_engine, root / onnx, frames, root, workdir)
         entry = engine_files.entry(made.name, (opts.int8_engine,), "int8")
-        manifest["models"] = {t: engine_files.target_files(t, nb, onnx, ir, entry) for t, nb in nbs.items()}
+        manifest["models"] = {t: engine_files.target_files(t, nb, onnx, ir, entry, _nb_precision(opts, t))
+                              for t, nb in nbs.items()}
         manifest = bundle_writer.write_manifest(root, manifest)
         judge.validate(root, check_model=True)
     with _Step("int8 against fp32", timings):

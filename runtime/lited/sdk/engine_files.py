@@ -82,12 +82,16 @@ def entry(file: str, engines: tuple, precision: str = "fp32") -> dict:
     return out
 
 
-def target_files(target: str, nb: str, onnx: str | None, ir: str | None, int8: dict | None) -> dict | list:
+def target_files(target: str, nb: str, onnx: str | None, ir: str | None, int8: dict | None,
+                 nb_precision: str = "fp32") -> dict | list:
     """`models.<target>`: the `.nb` alone (schema 1's object), or every file in
-    this target's order of preference."""
-    if onnx is None:
-        return {"file": nb}
+    this target's order of preference; `nb_precision`: the `.nb`'s (fp16 needs
+    schema 2's list, which says it: a config can then ask for it)."""
     paddle = {"file": nb, "engine": "paddle_lite"}
+    if nb_precision != "fp32":
+        paddle["precision"] = nb_precision
+    if onnx is None:
+        return [paddle] if nb_precision != "fp32" else {"file": nb}
     ir_entry = entry(ir, ("openvino",)) if ir else None
     onnx_entry = entry(onnx, ("onnxruntime",) if ir else ONNX_ENGINES)
     if target == "x86":

@@ -46,27 +46,31 @@ def quantize(engine: str, onnx_file: Path, frames: list, out_dir: Path, workdir:
     if engine not in ENGINES:
         raise BuildError(f"--int8-engine: unknown '{engine}', expected one of {', '.join(ENGINES)}")
     try:
-        with _stderr_into(workdir / "int8.log"):
+        with _output_into(workdir / "int8.log"):
             return (_nncf if engine == "openvino" else _onnxruntime)(onnx_file, frames, out_dir, workdir)
     except ImportError as exc:
         raise BuildError(f"--int8 with {engine} needs {exc.name} in the tools venv (make tools-venv)") from None
 
 
 @contextlib.contextmanager
-def _stderr_into(log: Path) -> Iterator[None]:
-    """The quantisers' warnings into `log` (the work directory's), not on the user's stderr, which
-    holds only the error line: onnxruntime's wrote 523 lines on a build that succeeded. The file
-    descriptor itself: most of them come from C++."""
-    sys.stderr.flush()
-    saved = os.dup(2)
+def _output_into(log: Path) -> Iterator[None]:
+    """The quantisers' output into `log` (the work directory's), not on the user's terminal, which
+    holds only build_sdk's own lines: onnxruntime's warnings wrote 523 lines on a build that
+    succeeded, NNCF draws progress bars on stdout. The file descriptors themselves: most of the
+    warnings come from C++."""
+    saved = []
     try:
         with open(log, "ab") as fh:
-            os.dup2(fh.fileno(), 2)
+            for fd, stream in ((1, sys.stdout), (2, sys.stderr)):
+                stream.flush()
+                saved.append((fd, stream, os.dup(fd)))
+                os.dup2(fh.fileno(), fd)
         yield
     finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
+        for fd, stream, copy in saved:
+            stream.flush()
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 def _nncf(onnx_file: Path, frames: list, out_dir: Path, workdir: Path) -> Path:
