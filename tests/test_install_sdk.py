@@ -469,6 +469,7 @@ def test_p09_a_bad_zip_is_refused_before_the_runtime_and_units_are_touched(tmp_p
     refused(result, "refused", "not a zip file")
     assert result.stdout == "" and time.monotonic() - started < 30
     assert not (root / "opt").exists() and not (root / "etc").exists()
+    assert not (root / "var" / "lib" / "lited").exists()  # its lock file was made before the check (an audit)
 
 
 def test_a_venv_of_another_python_is_made_anew(tmp_path: Path, checkout: Path, sdk: Sdk) -> None:

@@ -153,13 +153,6 @@ for old in "${TMPDIR:-/tmp}"/install_sdk.*; do
     fi
 done
 
-mkdir -p "$bundles"
-exec 9>"$bundles/.lock"
-if ! flock -n 9; then
-    say "waiting for another install_sdk.sh to finish"
-    flock -w 600 9 || die "$bundles/.lock is held for over 10 minutes"
-fi
-
 # Run a command; on failure die with its last line of output (one line, as everywhere here).
 quiet() {
     local what=$1; shift
@@ -373,6 +366,27 @@ roll_back() {
     die "$name $version not served: $failure"
 }
 
+if [ -z "$rollback_name" ]; then
+    # The bundle is checked first: an unsafe or unnamed one is refused before anything is written.
+    # (Its Python is found here, not inside check_helper, whose stderr goes to a file: with no 3.10 the
+    # installer ended with exit 1 and nothing said.)
+    check_python=$(find_python) || exit 1   # find_python said why, on stderr
+    check_helper check "$src" >"$scratch/check" 2>"$scratch/err" \
+        || die "refused: $(tail -n 1 "$scratch/err")"
+    read -r name version nfiles megabytes _ golden <"$scratch/check"   # (the manifest sha: `differs` compares every file)
+    if [ "$golden" != golden ] && [ "$selftest" = 1 ]; then
+        die "refused: $name $version has no golden image to self-test (tools/build_sdk.py --golden IMAGE adds one; --no-selftest installs it untested)"
+    fi
+fi
+
+# One install or rollback at a time, from here: everything above only read.
+mkdir -p "$bundles"
+exec 9>"$bundles/.lock"
+if ! flock -n 9; then
+    say "waiting for another install_sdk.sh to finish"
+    flock -w 600 9 || die "$bundles/.lock is held for over 10 minutes"
+fi
+
 was_active=0
 if [ "$use_systemctl" = 1 ] && systemctl is-active --quiet "$unit"; then was_active=1; fi
 config_state=present config_changed=0 failure=""
@@ -399,16 +413,6 @@ fi
 
 # --- install SRC ---------------------------------------------------------------
 
-# The bundle is checked first: an unsafe or unnamed one is refused before anything is written.
-# (Its Python is found here, not inside check_helper, whose stderr goes to a file: with no 3.10 the
-# installer ended with exit 1 and nothing said.)
-check_python=$(find_python) || exit 1   # find_python said why, on stderr
-check_helper check "$src" >"$scratch/check" 2>"$scratch/err" \
-    || die "refused: $(tail -n 1 "$scratch/err")"
-read -r name version nfiles megabytes _ golden <"$scratch/check"   # (the manifest sha: `differs` compares every file)
-if [ "$golden" != golden ] && [ "$selftest" = 1 ]; then
-    die "refused: $name $version has no golden image to self-test (tools/build_sdk.py --golden IMAGE adds one; --no-selftest installs it untested)"
-fi
 bdir=$bundles/$name
 cur=$(readlink "$bdir/current" 2>/dev/null || true)
 prev=$(readlink "$bdir/previous" 2>/dev/null || true)
