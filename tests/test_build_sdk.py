@@ -793,6 +793,7 @@ def test_fp16_is_listed_the_name_is_the_one_given_and_nncf_keeps_off_the_termina
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert all(line.startswith("build_sdk: ") for line in lines[:-1]), lines
+    assert lines[-2].startswith("build_sdk: zip: ") and lines[-2].endswith(" s"), lines  # timed, as the docs say
     assert lines[-1].startswith(f"{tmp_path / 'b.zip'}: my-net-v1 1.0.0 (classification; x86, arm;"), lines
     assert "Statistics collection" in (tmp_path / "work" / "int8.log").read_text()
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())

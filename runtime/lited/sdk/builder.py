@@ -71,7 +71,7 @@ def _say(message: str, warning: bool = False) -> None:
 
 
 class _Step:
-    """Times one step and reports it on stderr."""
+    """Times one step and reports it on stdout (`_say`)."""
 
     def __init__(self, what: str, timings: dict) -> None:
         self.what, self.timings = what, timings
@@ -282,7 +282,8 @@ def _build(opts: Options, workdir: Path, timings: dict) -> dict:
                   "notice": opts.notice is not None, "labels_count": len(names or []),
                   "int8": int8_summary(report) if report else None, "int8_engine": opts.int8_engine}
     (root / "README.md").write_text(readme.render(manifest, build_info), encoding="utf-8")
-    bundle_writer.write_zip(root, opts.out, name)
+    with _Step("zip", timings):
+        bundle_writer.write_zip(root, opts.out, name)
     return {"zip": opts.out, "dir": root if opts.keep_dir else None, "manifest": manifest, "timings": timings,
             "int8": report}
 
