@@ -24,6 +24,7 @@ from conftest import ROOT, need_shared, write_video
 from daemon_process import DaemonProcess
 from soak import rss_mb, tree
 from lited.bundle import load_bundle
+from lited.client import ClientError
 from lited.model import Model
 from lited.protocol import json_ready
 
@@ -435,6 +436,9 @@ def test_easyedge_and_edgeboard_clients_work_unchanged(served, tmp_path, monkeyp
     assert r.status_code == 200 and [c["confidence"] > 0.7 for c in r.json()["results"]] == [True]
     bad = requests.post(served.url + "/", json={"image": "!!"})
     assert bad.status_code == 400 and bad.json()["error_code"] == 1001 and bad.json()["error_msg"]
+    with open("./1.jpg", "rb") as f:  # JSON true is no number (it was taken as 1.0: no results, 200)
+        r = requests.post(served.url + "/", json={"image": base64.b64encode(f.read()).decode("utf8"), "threshold": True})
+    assert r.status_code == 400 and r.json()["error_msg"] == "threshold: expected a number from 0 to 1, got 'True'", r.text
     # EdgeBoard V2, model 1 of the config (face), with the drawn picture back
     with open(need_shared("images", "astronaut.png"), "rb") as f:
         payload = json.dumps({"image": str(base64.b64encode(f.read()), encoding="utf-8"), "show": True})
@@ -530,6 +534,33 @@ def test_other_addresses_need_a_token(tmp_path, bundles_dir):
     with pytest.raises(ConfigError, match=r"http\.token: needed: \[::\]:24401 is not"):  # IPv6 in brackets
         parse_config({"runtime_dir": str(tmp_path / "run"), "models": {"det": str(bundles_dir / "fastestdet")},
                       "http": {"listen": ["[::]:24401", "[::1]:24401"]}})
+    with pytest.raises(ConfigError, match=r"http\.token: expected at least 16 printable ASCII characters"):
+        parse_config({"runtime_dir": str(tmp_path / "run"), "models": {},  # no client could send the é as it is
+                      "http": {"listen": "127.0.0.1:0", "token": "0123456789abcdef\u00e9"}})
+
+
+def test_a_daemon_without_models_says_so_to_infer_on_every_front(tmp_path):
+    """`models: {}` is taken (the daemon then only answers requests); an infer with no model named
+    raised StopIteration: a `failed` 500 saying "StopIteration", EasyEdge's a traceback in the log."""
+    d = DaemonProcess(tmp_path, {"models": {}, "streams": [], "http": {"listen": "127.0.0.1:0"}}).start()
+    try:
+        served = Served(d)
+        png = (ROOT / "sdk_template" / "demo_ppocrv4" / "golden.png").read_bytes()
+        with d.client() as client:
+            with pytest.raises(ClientError) as raised:
+                client.infer(png)
+        said = "params.model: none given, and no model to default to (the config's models is empty)"
+        assert (raised.value.code, raised.value.message) == ("not_found", said)
+        assert error(requests.post(served.url + "/v1/infer", data=png), 404, "not_found")["error"]["message"] == said
+        easy = requests.post(served.url + "/", data=png)
+        assert easy.status_code == 404 and easy.json()["error_msg"] == said.replace("params.model", "model"), easy.text
+        board = requests.post(served.url + "/api/model/service/base64/mid=0",
+                              json={"image": base64.b64encode(png).decode()})
+        assert board.status_code == 404 and board.json()["msg"] == \
+            "mid: no model 0 (have none: the config's models is empty)", board.text
+        assert "Traceback" not in d.output()
+    finally:
+        assert d.stop() == 0, d.output()[-3000:]
 
 
 def test_a_port_already_taken_stops_the_start_with_one_line(tmp_path, bundles_dir):

@@ -323,10 +323,12 @@ def test_p10_config_check_like_nginx_t_and_a_schema_for_editors(tmp_path, bundle
     assert lited("config", "check", "--config", legacy).returncode == 0
     secret = tmp_path / "secret.conf"  # a camera's password is masked here as in status and logs (an audit saw it)
     secret.write_text(json.dumps({"models": {"face": str(bundles_dir / "ultraface")}, "streams": [
-        {"name": "cam0", "source": "rtsp://admin:hunter2@127.0.0.1:8554/x?token=SECRET123"}]}))
+        {"name": "cam0", "source": "rtsp://admin:hunter2@127.0.0.1:8554/x?token=SECRET123"}],
+        "http": {"listen": ["127.0.0.1:0", "[::1]:24401"]}}))
     proc = lited("config", "check", "--config", secret)
     assert proc.returncode == 0 and "hunter2" not in proc.stdout and "SECRET123" not in proc.stdout, proc.stdout
     assert "  stream cam0: rtsp://admin:***@127.0.0.1:8554/x?token=*** -> face" in proc.stdout.splitlines()
+    assert proc.stdout.splitlines()[-1] == "  http: 127.0.0.1:0 [::1]:24401"  # what it listens on, said too
 
     bad = tmp_path / "bad.conf"
     bad.write_text("models:\n  face: /nonexistent   # gone\n  face: /twice\nstreams:\n  - {name: cam0, slots: 0}\n")

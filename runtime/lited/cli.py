@@ -474,6 +474,10 @@ def cmd_config(args: argparse.Namespace) -> int:
     if not config.streams:
         print("  no streams: the daemon will only answer requests")
     print(f"  endpoints: pub {' '.join(config.pub)}; req {' '.join(config.req)}")
+    if config.http is not None:
+        from lited.config import address
+
+        print(f"  http: {' '.join(address(host, port) for host, port in config.http.listen)}")
     return 0
 
 

@@ -646,9 +646,10 @@ def _listen_problems(value: Any) -> List[str]:
 
 
 def _token_problem(value: Any) -> Optional[str]:
-    if isinstance(value, str) and len(value) >= MIN_TOKEN_CHARS and value.isprintable() and " " not in value:
+    if isinstance(value, str) and len(value) >= MIN_TOKEN_CHARS and value.isascii() and value.isprintable() \
+            and " " not in value:  # ASCII: HTTP headers carry bytes, and a client's é never matched the config's
         return None
-    return f"expected at least {MIN_TOKEN_CHARS} printable characters without spaces"
+    return f"expected at least {MIN_TOKEN_CHARS} printable ASCII characters without spaces"
 
 
 class HttpSection(Section):
@@ -658,7 +659,7 @@ class HttpSection(Section):
         "HOST:PORT (HOST an IP address, [v6] or localhost; port 0: any free one), or a list of them"))] \
         = HTTP_DEFAULT_LISTEN
     token: Optional[Annotated[str, Meta(extra={"check": _token_problem}, description=(
-        f"the bearer token, at least {MIN_TOKEN_CHARS} printable characters without spaces; "
+        f"the bearer token, at least {MIN_TOKEN_CHARS} printable ASCII characters without spaces; "
         "required when any listen address is not loopback"))]] = None
     max_body_bytes: Optional[Annotated[int, Meta(ge=1024, le=1 << 30, description=(
         "one request body (default: limits.max_request_bytes)"))]] = None

@@ -50,7 +50,7 @@ from lited.protocol import ProtocolError, event_message, json_ready, result_mess
 from lited.service import easyedge, live
 from lited.service.metrics import Metrics
 from lited.service.render import draw_result
-from lited.service.requests import running_stream, stream_names
+from lited.service.requests import model_named, running_stream, stream_names
 
 log = logging.getLogger("lited.http")
 
@@ -276,7 +276,7 @@ def threshold_of(fields: dict) -> Optional[float]:
     if raw is None or raw == "":
         return None
     try:
-        value = float(raw)
+        value = float(raw) if not isinstance(raw, bool) else -1.0  # JSON true is not 1.0
     except (TypeError, ValueError):
         value = -1.0
     if not 0.0 <= value <= 1.0:
@@ -485,7 +485,8 @@ class Handler(tornado.web.RequestHandler):
             try:
                 parse_body_arguments(ctype, body, args, files)
             except HTTPInputError as exc:
-                raise ProtocolError("bad_request", f"body: not a multipart/form-data body ({exc})") from None
+                why = str(exc).replace("Invalid multipart/form-data: ", "")  # tornado says it twice
+                raise ProtocolError("bad_request", f"body: not a multipart/form-data body ({why})") from None
             del body
             image = next((files[key][0]["body"] for key in ("image", "file") if key in files), None)
             for key in ("image", "file"):  # a part without a file name (curl -F 'image=<photo.jpg') is the image too
@@ -552,7 +553,7 @@ class EasyEdge(Handler):
                 image, form = self.image_and_fields()
                 fields.update(form)
             threshold = threshold_of(fields)
-            name = fields.get("model") or next(iter(self.front.service.bundles))
+            name = model_named(self.front.service, fields.get("model") or None, "model")
             params = {"image": image, "model": name}
             del image
             result = await self.ask("infer", params)
@@ -576,14 +577,15 @@ class EdgeBoard(Handler):
         names = list(self.front.service.bundles)
         try:
             if not mid.isdigit() or int(mid) >= len(names):
-                raise ProtocolError("not_found", f"mid: no model {mid} (have 0 to {len(names) - 1}, in config order)")
+                have = f"0 to {len(names) - 1}, in config order" if names else "none: the config's models is empty"
+                raise ProtocolError("not_found", f"mid: no model {mid} (have {have})")
             name = names[int(mid)]
             image, obj = base64_image(self.body(), "image")
             result = await self.ask("infer", {"image": image, "model": name})
             data: dict = {"result": easyedge.edgeboard_results(result, self.front.service.bundles[name].labels)}
             show = obj.get("show", False)
             if not isinstance(show, bool):
-                raise ProtocolError("bad_request", f"show: expected true or false, got {str(show)[:32]!r}")
+                raise ProtocolError("bad_request", f"show: expected true or false, got {json.dumps(show)[:32]}")
             if show:
                 drawn = await asyncio.get_running_loop().run_in_executor(self.front.drawer, drawn_jpeg, image, result)
                 data["image"] = base64.b64encode(drawn).decode("ascii")
@@ -658,8 +660,8 @@ class Live(Handler):
         except ProtocolError as exc:
             return self.fail(exc.code, str(exc))
         if front.live_clients >= front.config.max_live_clients:
-            return self.fail("busy", f"{front.config.max_live_clients} live clients already "
-                                     "(http.max_live_clients)", {"Retry-After": "5"})
+            return self.fail("busy", f"{front.live_clients} live clients, the most http.max_live_clients "
+                                     f"({front.config.max_live_clients}) lets in", {"Retry-After": "5"})
         front.live_clients += 1
         view.join()
         try:

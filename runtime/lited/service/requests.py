@@ -71,6 +71,20 @@ def running_stream(service: "Service", name: str, field: str):
     return stream
 
 
+def model_named(service: "Service", name: Optional[str], field: str) -> str:
+    """The model `name` (None: the first configured), or not_found naming `field`: a daemon
+    with `models: {}` has none to default to."""
+    bundles = service.bundles
+    if name is None:
+        if not bundles:
+            raise ProtocolError("not_found", f"{field}: none given, and no model to default to (the config's "
+                                             "models is empty)")
+        return next(iter(bundles))
+    if name not in bundles:
+        raise ProtocolError("not_found", f"{field}: no model {quoted(name)} (have {', '.join(bundles) or 'none'})")
+    return name
+
+
 class Service(Protocol):
     """What the request core needs of the daemon (service/daemon.py)."""
     bundles: dict
@@ -342,13 +356,7 @@ class Requests:
 
     # -- handlers
     def _model_name(self, params: dict) -> str:
-        bundles = self.service.bundles
-        name = param(params, "model", str, required=False)
-        if name is None:
-            return next(iter(bundles))
-        if name not in bundles:
-            raise ProtocolError("not_found", f"params.model: no model {quoted(name)} (have {', '.join(bundles)})")
-        return name
+        return model_named(self.service, param(params, "model", str, required=False), "params.model")
 
     def _infer(self, params: dict, models: ModelCache) -> dict:
         name = self._model_name(params)
