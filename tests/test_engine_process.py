@@ -120,7 +120,11 @@ def test_a_killed_engine_raises_a_named_error_and_restarts(fastestdet_file):
     try:
         x = _random_input(FASTESTDET_INPUT)
         remote.set_input(0, x, input_set=1)
+        started = time.perf_counter()
         before = [o.copy() for o in remote.run(input_set=1, output_set=1)]
+        took = time.perf_counter() - started
+        assert 0 < remote.busy_s < took  # the run's compute time, read from shared memory
+        busy = remote.busy_s
         pid = remote.pid
         with open(f"/proc/{pid}/comm") as fh:
             assert fh.read().strip() == "lited-engine"  # what top and ps -o comm show
@@ -132,6 +136,7 @@ def test_a_killed_engine_raises_a_named_error_and_restarts(fastestdet_file):
         # the inputs live in the parent: the new child is handed them again
         after = remote.run(input_set=1, output_set=1)
         assert all(np.array_equal(a, b) for a, b in zip(after, before))
+        assert remote.busy_s > busy  # the new child adds to the same meter
     finally:
         remote.close()
     with pytest.raises(ProcessLookupError):

@@ -393,7 +393,8 @@ def test_metrics_parse_with_prometheus_own_parser(served):
                        ("lited_stream_frames_torn", "counter"), ("lited_stream_reconnects", "counter"),
                        ("lited_stream_engine_restarts", "counter"), ("lited_stage_latency_seconds", "histogram"),
                        ("lited_memory_rss_bytes", "gauge"), ("lited_model_info", "gauge"),
-                       ("lited_stream_model_info", "gauge"), ("lited_http_requests", "counter")]:
+                       ("lited_stream_model_info", "gauge"), ("lited_http_requests", "counter"),
+                       ("lited_stream_engine_busy_seconds", "counter")]:
         assert fams[name].type == kind, (name, fams.get(name))
     sample = {(f.name, s.name, tuple(sorted(s.labels.items()))): s.value for f in fams.values() for s in f.samples}
     assert sample[("lited_stream_fps", "lited_stream_fps", (("stream", "cam"),))] > 5
@@ -408,6 +409,9 @@ def test_metrics_parse_with_prometheus_own_parser(served):
     assert (labels["model"], labels["version"]) == ("fastestdet", "1.0.0")
     assert h["lited_stage_latency_seconds_bucket"].value == h["lited_stage_latency_seconds_count"].value > 10
     assert 0 < h["lited_stage_latency_seconds_sum"].value / h["lited_stage_latency_seconds_count"].value < 5
+    # the engine computed for at most the results' `infer` (which adds the hand-over), plus its warm-up runs
+    busy = sample[("lited_stream_engine_busy_seconds", "lited_stream_engine_busy_seconds_total", (("stream", "cam"),))]
+    assert 0.5 * h["lited_stage_latency_seconds_sum"].value < busy < h["lited_stage_latency_seconds_sum"].value + 2, busy
 
 
 def test_easyedge_and_edgeboard_clients_work_unchanged(served, tmp_path, monkeypatch):

@@ -184,7 +184,8 @@ def bench_live(names: list, bundles: Path, quick: bool, progress: Progress, tmp:
             results.sort(key=lambda r: r["latency_ratio"])
             out.append({"model": name, "policy": policy, "run": results[len(results) // 2], "runs": results,
                         "latency_ratios": [r["latency_ratio"] for r in results],
-                        "rate_ratios": sorted(r["rate_ratio"] for r in results)})
+                        "rate_ratios": sorted(r["rate_ratio"] for r in results),
+                        "busy": sorted(r["engine_busy"] for r in results)})
     return out
 
 
@@ -851,7 +852,11 @@ one thread, in the probe process; its fps is runs over wall time) takes turns wi
 with the daemon's engine process stopped (SIGSTOP) during the bare windows; each live window is
 compared with the mean of the bare windows on either side of it, and the probe gives the median
 of its three windows (the host's speed drifts by several percent over seconds). The results of the
-first runs after each bare window are not counted. *frames read* is the share of results whose frame that
+first runs after each bare window are not counted. *engine busy* is the share of the live windows'
+wall time the engine computed runs (status `engine_busy_s`, timed by the engine process around each
+run): 1 minus it is the time lited left the engine waiting (for a frame, for the daemon to collect and
+submit, or, `latest`, for a fresher frame), which the host's drift, moving the bare loop's speed by
+10% and more within seconds, barely moves. *frames read* is the share of results whose frame that
 subscriber could copy. *skipped* is the stream's `skipped` counter at the end: frames the camera
 delivered that no run started, the bare windows' included (the engine was stopped then). `latest` is the live default (one run in the engine, the newest frame
 started the moment it frees); `queue` keeps a second run queued (the lossless default), shown for
@@ -861,14 +866,15 @@ median latency ratio, the ranges of the three follow. Measured on {date}; the ma
 load average was {loads} at the ends of the runs (two cores: above 2, other
 jobs took turns with the daemon's threads and its engine process).
 
-| model | policy | camera fps | bare loop fps | results/s | results/s ratio | capture -> result p50 / p99 ms | own work p50 ms | latency ratio | wait / queue / infer p50 ms | frames read | skipped |
-| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"""]
+| model | policy | camera fps | bare loop fps | results/s | results/s ratio | engine busy | capture -> result p50 / p99 ms | own work p50 ms | latency ratio | wait / queue / infer p50 ms | frames read | skipped |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"""]
     lines[0] = lines[0].format(date=time.strftime("%Y-%m-%d"), loads=_load_range(live))
     for lv in live:
         r = lv["run"]
         lines.append(
             f"| {lv['model']} | {lv['policy']} | {r['camera_fps']:.1f} | {r['bare_fps']:.1f} | "
             f"{r['results_per_s']:.2f} | {r['rate_ratio']:.2f}{_spread(lv['rate_ratios'])} | "
+            f"{r['engine_busy']:.2f}{_spread(lv['busy'])} | "
             f"{fmt(r['latency']['p50'])} / {fmt(r['latency']['p99'])} | {fmt(r['own']['p50'])} | "
             f"{r['latency_ratio']:.2f}{_spread(lv['latency_ratios'])} | "
             f"{r['stages']['wait']:.1f} / {r['stages']['queue']:.1f} / {fmt(r['stages']['infer'])} | "

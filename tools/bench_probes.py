@@ -217,6 +217,7 @@ def probe_live(args) -> dict:
     bare_seconds = max(2.0, min(8.0, 5 * bare_ms / 1000))  # at least ~5 runs
     windows: list = []  # per live window: [(arrived, timings_ms, readable)]
     bare: list = []     # per bare window: fps
+    busy: list = []     # per live window: the share of it the engine computed
     with tempfile.TemporaryDirectory() as tmp:
         stream = {"name": "live", "source": f"file://{args.video}?realtime=1&loop=1", "model": "m"}
         if args.policy:
@@ -241,13 +242,20 @@ def probe_live(args) -> dict:
                 engine_pid = client.status()["streams"][0]["model"]["engine_pid"]
                 out = None
 
+                def engine_busy_s() -> float:
+                    return client.status()["streams"][0]["model"]["engine_busy_s"]
+
                 def results(warmup: float, seconds: float) -> list:
-                    """Results arriving in `seconds` after `warmup` s of results not counted."""
+                    """Results arriving in `seconds` after `warmup` s of results not counted; the
+                    share of those seconds the engine computed (status `engine_busy_s`) goes to `busy`."""
                     nonlocal out
                     rows = []
                     warm_until = time.monotonic() + warmup
                     end = warm_until + seconds
+                    counted = None
                     while time.monotonic() < end:
+                        if counted is None and time.monotonic() >= warm_until:
+                            counted = (time.monotonic(), engine_busy_s())
                         msg = sub.recv(timeout=1.0)
                         if msg is None or msg.get("type") != "result":
                             continue
@@ -259,6 +267,8 @@ def probe_live(args) -> dict:
                             readable = False
                         if time.monotonic() >= warm_until:
                             rows.append((arrived, msg["timings_ms"], readable))
+                    if counted is not None:
+                        busy.append((engine_busy_s() - counted[1]) / (time.monotonic() - counted[0]))
                     return rows
 
                 def bare_window() -> None:
@@ -291,6 +301,7 @@ def probe_live(args) -> dict:
             "skipped": status["counters"]["skipped"], "torn": status["counters"]["torn"],
             "bare_fps": statistics.mean(bare), "bare_fps_windows": bare,
             "rate_ratio": statistics.median(rate_ratios), "rate_ratios": rate_ratios,
+            "engine_busy": statistics.median(busy), "engine_busy_windows": busy,
             "load": os.getloadavg()[0]}
 
 

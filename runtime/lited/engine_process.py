@@ -29,6 +29,11 @@ the parent's infer thread waiting for the GIL to pick up the reply). With
 three input sets and three output sets a stream has one frame running, one
 queued, and prepares the next or decodes the last meanwhile.
 
+The child adds the seconds each run computes to a float64 in a page of
+shared memory the parent owns (`busy_s`): the parent reads it at any time
+without a call, a restarted child goes on adding to it, and its rate is the
+share of the time the engine computed (status `engine_busy_s`).
+
 Wire: a SOCK_SEQPACKET socketpair, one msgpack message per request and
 reply, memfds passed alongside (SCM_RIGHTS) whenever one is (re)made. A
 steady-state frame is a 3-byte request and a 1-byte reply. The child exits
@@ -45,6 +50,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from typing import Optional, Sequence
 
 import msgpack
@@ -188,6 +194,8 @@ class EngineProcess(Engine):
         self._proc: Optional[subprocess.Popen] = None
         self._native = NativeLog()  # the child's stderr, when it would go nowhere: read when it dies
         self._submits = 0
+        self._meter = Arena.create("lited-busy", 8)  # the children's compute seconds (float64), theirs to add to
+        self._busy = self._meter.views([((1,), "<f8")])[0]
         self._start()
         count = len(self.inputs)
         # per input set and input: its arena, the view preprocessing writes, and whether the child has it
@@ -219,7 +227,7 @@ class EngineProcess(Engine):
         self._out_views: list = [None] * SETS
         parent.settimeout(OPEN_TIMEOUT)
         try:
-            info = self._call(self._spec)
+            info = self._call(self._spec, [self._meter.fd])
             if self._image_input:
                 self._call({"op": "image_input", "index": self._image_input})
         except BaseException:
@@ -230,6 +238,11 @@ class EngineProcess(Engine):
         self.output_names = list(info["outputs"])
         self.version = info["version"]
         self.device = info["device"]
+
+    @property
+    def busy_s(self) -> float:
+        """Seconds the engine processes of this engine computed runs, in all (no call: read from shared memory)."""
+        return float(self._busy[0])
 
     @property
     def pid(self) -> Optional[int]:
@@ -264,6 +277,7 @@ class EngineProcess(Engine):
         """Stop the child and free the shared memory (views still held stay valid)."""
         self._stop_child()
         self._native.close()
+        self._meter.close()
         for row in getattr(self, "_in_arena", ()):
             for arena in row:
                 if arena is not None:
@@ -466,6 +480,7 @@ class _Child:
         self.out_views: list = [None] * SETS
         self.out_for: list = [None] * SETS     # input shapes of the last run into each output set
         self.counts = {"runs": 0, "in_copies": 0, "out_copies": 0}
+        self.busy = np.zeros(1)  # seconds computing runs: the parent's shared page once open gives it
 
     def serve(self) -> None:
         while True:
@@ -493,6 +508,10 @@ class _Child:
         op = message.get("op")
         if op == "open":
             from lited.engines import open_engine
+            if fds:  # the parent's meter page (kept by the mapping: its fd is closed here)
+                meter = Arena(fds[0], 8)
+                self.busy = meter.views([((1,), "<f8")])[0]
+                meter.close()
             if message.get("cpus"):  # before the backend makes its threads: they inherit the cores
                 pin_threads(message["cpus"])
             self.engine = engine = open_engine(message["kind"], message["path"], message["options"],
@@ -521,10 +540,18 @@ class _Child:
         raise EngineError(f"op: unknown '{op}'")
 
     def run(self, input_set: int, output_set: int) -> tuple:
-        """Run on input set `input_set` into output set `output_set`. The set's
-        views go to `run_into` when the last run into that set had these input
-        shapes (so they have the output shapes); else the engine's own arrays
-        come back and are copied there once."""
+        """Run on input set `input_set` into output set `output_set`, its compute time added
+        to `busy`."""
+        started = time.perf_counter()
+        try:
+            return self._run(input_set, output_set)
+        finally:
+            self.busy[0] += time.perf_counter() - started
+
+    def _run(self, input_set: int, output_set: int) -> tuple:
+        """The set's views go to `run_into` when the last run into that set had
+        these input shapes (so they have the output shapes); else the engine's
+        own arrays come back and are copied there once."""
         engine, views = self.engine, self.inputs[input_set]
         if len(views) == len(engine.inputs):
             inputs = [views[i][1] for i in range(len(views))]

@@ -311,6 +311,6 @@ class Stream:
             "policy": self.policy,
             "model": {"name": model.name, "key": self.model_key, "version": model.version,
                       "engine": model.choice.engine, "device": model.engine.device, "engine_pid": model.engine.pid,
-                      "cpus": model.engine.cpus}
+                      "engine_busy_s": round(model.engine.busy_s, 3), "cpus": model.engine.cpus}
             if model else None,
         }
