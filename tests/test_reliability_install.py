@@ -84,25 +84,26 @@ def wait_for(predicate, timeout: float = 30) -> None:
         time.sleep(0.02)
 
 
-def test_killed_installers_leave_no_temp_dirs_after_the_next_run(tmp_path):
+def test_killed_installers_leave_no_temp_dirs_after_the_next_run(tmp_path, bundles_dir):
     prefix, tmpdir = tmp_path / "root", tmp_path / "tmp"
+    bundle = ("--no-selftest", str(bundles_dir / "ultraface"))  # it passes the check, then waits for the lock
     tmpdir.mkdir()
     bundles = prefix / "var/lib/lited/bundles"
     bundles.mkdir(parents=True)
-    # Another install holds the bundles lock: each run makes its temp dir, then waits on the lock.
+    # Another install holds the bundles lock: each run makes its temp dir, checks the bundle, then waits on the lock.
     lock = open(bundles / ".lock", "w")
     fcntl.flock(lock, fcntl.LOCK_EX)
     running = []
     try:
         for i in range(5):  # SIGKILLed while waiting, as a power cut or `kill -9` would
-            proc = installer(prefix, tmpdir, str(tmp_path / "missing.zip"))
+            proc = installer(prefix, tmpdir, *bundle)
             wait_for(lambda: len(scratch_dirs(tmpdir)) == i + 1)
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
         killed = scratch_dirs(tmpdir)
         time.sleep(6)  # a dir nobody holds is removed once over 5 s old (a live run locks its own at once)
         for _ in range(2):  # a run still going (its dir must stay), then the next run
-            running.append(installer(prefix, tmpdir, str(tmp_path / "missing.zip")))
+            running.append(installer(prefix, tmpdir, *bundle))
             wait_for(lambda: "waiting for another install_sdk.sh" in (running[-1].stdout.readline() or ""))
         left = scratch_dirs(tmpdir)  # the next run has cleaned up and waits for the lock too
         print(f"\nRELIABILITY installer temp dirs: {len(killed)} left by 5 SIGKILLed runs; after the next run "
