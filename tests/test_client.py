@@ -305,3 +305,28 @@ def test_clients_and_subscribers_made_in_a_loop_leak_no_descriptors(tmp_path):
         assert count() <= before + 8, (before, count())
     finally:
         assert d.stop() == 0, d.output()[-2000:]
+
+
+def test_a_client_pointed_at_the_other_socket_is_told_at_once(tmp_path):
+    """A Client on a publishing socket (or a Subscriber on a request socket) waited its whole timeout,
+    then blamed a busy daemon; a Subscriber heard silence for ever. ZeroMQ closes such a connection
+    before its handshake and says nothing else (real sockets of those types here, as lited binds)."""
+    ctx = zmq.Context()
+    pub, router = ctx.socket(zmq.XPUB), ctx.socket(zmq.ROUTER)
+    try:
+        pub.bind(f"ipc://{tmp_path}/pub.sock")
+        router.bind(f"ipc://{tmp_path}/req.sock")
+        started = time.monotonic()
+        with Client(f"ipc://{tmp_path}/pub.sock", timeout=10) as client:
+            with pytest.raises(ClientError, match=r"pub\.sock closed the connection before the ZeroMQ handshake: "
+                                                  r"it is not lited's request socket") as raised:
+                client.ping()
+        assert raised.value.code == "refused" and time.monotonic() - started < 5
+        with Subscriber(f"ipc://{tmp_path}/req.sock", check=False) as sub:
+            with pytest.raises(ClientError, match=r"req\.sock closed the connection before the ZeroMQ handshake: "
+                                                  r"it is not lited's publishing socket"):
+                sub.recv(timeout=5)
+    finally:
+        pub.close(0)
+        router.close(0)
+        ctx.term()

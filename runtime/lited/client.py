@@ -141,7 +141,8 @@ class HandshakeWatch:
     subscriber heard silence for ever, and libzmq never connects again after a refusal."""
 
     EVENTS = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | \
-        zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_SUCCEEDED
+        zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECTED | \
+        zmq.EVENT_DISCONNECTED
     # a failure with no detail (a CURVE server key that does not match, which ZeroMQ retries for ever)
     # counts once seen this many times in a row: once may be a daemon restarting mid-handshake
     NO_DETAIL_TIMES = 2
@@ -153,6 +154,7 @@ class HandshakeWatch:
         self._curve = curve
         self._requests = requests  # a request socket (counted against limits.max_clients), not a subscriber
         self._no_detail = 0
+        self._greeted = True  # no connection yet to have failed its greeting
         self._sock = sock
         self.monitor = sock.get_monitor_socket(self.EVENTS)
         self._poller = zmq.Poller()
@@ -164,10 +166,15 @@ class HandshakeWatch:
             self.close()
             raise
 
-    def wait(self, timeout_ms: Optional[int]) -> bool:
-        """Until the socket has a message (True) or `timeout_ms` passed (False, None: for ever); a
-        handshake event ends the wait too, for `problem()` to read."""
-        return self._sock in dict(self._poller.poll(timeout_ms))
+    def wait(self, timeout_ms: Optional[int], event: int = zmq.POLLIN) -> bool:
+        """Until the socket has a message (`event` POLLIN; POLLOUT: room to send one) (True) or
+        `timeout_ms` passed (False, None: for ever); a handshake event ends the wait too, for
+        `problem()` to read."""
+        self._poller.modify(self._sock, event)
+        try:
+            return self._sock in dict(self._poller.poll(timeout_ms))
+        finally:
+            self._poller.modify(self._sock, zmq.POLLIN)
 
     def problem(self) -> Optional[str]:
         """Why the last handshake failed, or None while none has (reads the monitor; never waits)."""
@@ -176,17 +183,31 @@ class HandshakeWatch:
         failure = None
         while self.monitor.poll(0):
             event = parse_monitor_message(self.monitor.recv_multipart())
-            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._no_detail, failure = 0, None
-            elif event["event"] != zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-                failure = event
-            else:
-                self._no_detail += 1
-                if self._no_detail >= self.NO_DETAIL_TIMES:
+            if event["event"] == zmq.EVENT_CONNECTED:
+                self._greeted = False
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                # closed before any greeting: a ZeroMQ socket of another type (lited's other socket), which
+                # libzmq neither reports nor connects to again (a request or subscriber then waited in vain)
+                if not self._greeted:
                     failure = event
+                self._greeted = True
+            elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._no_detail, failure, self._greeted = 0, None, True
+            else:  # a handshake failed: the peer did answer (a refusal, a CURVE key that does not match)
+                self._greeted = True
+                if event["event"] != zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                    failure = event
+                else:
+                    self._no_detail += 1
+                    if self._no_detail >= self.NO_DETAIL_TIMES:
+                        failure = event
         if failure is None:
             return None
         tcp = self.endpoint.startswith("tcp://")
+        if failure["event"] == zmq.EVENT_DISCONNECTED:
+            ours, other = ("request socket", "pub.sock") if self._requests else ("publishing socket", "req.sock")
+            return (f"{self.endpoint} closed the connection before the ZeroMQ handshake: it is not lited's {ours} "
+                    f"(another type of ZeroMQ socket, such as lited's {other}?)")
         if failure["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             why = []
             if tcp and self._curve:
@@ -493,11 +514,7 @@ class Client:
         wait = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
         request = protocol.encode_request(method, params, request_id)
-        try:
-            self.socket.send(request)
-            sent = True
-        except zmq.Again:  # no connection to send on (refused: too many clients)
-            sent = False
+        sent = self._send(request, deadline)
         while True:
             remaining = deadline - time.monotonic()
             if not sent or remaining <= 0:
@@ -519,6 +536,22 @@ class Client:
                 return reply.get("result")
             error = reply.get("error") or {}
             raise ClientError(error.get("code", "failed"), error.get("message", ""))
+
+    def _send(self, request: bytes, deadline: float) -> bool:
+        """Send `request` once there is a connection to send on; False at `deadline` (none came:
+        refused, over limits.max_clients). A refusal heard meanwhile raises at once: a connection
+        closed before its handshake (another socket type) left the send waiting its whole timeout."""
+        while True:
+            try:
+                self.socket.send(request, zmq.NOBLOCK)
+                return True
+            except zmq.Again:
+                pass
+            self._raise_if_refused()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._handshake.wait(int(min(remaining, PROBE_INTERVAL) * 1000) + 1, zmq.POLLOUT)
 
     def _raise_if_refused(self) -> None:
         """ClientError `refused` once the daemon refused this connection's handshake (the next call
