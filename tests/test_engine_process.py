@@ -151,6 +151,15 @@ def test_a_model_the_backend_refuses_is_a_one_line_error(tmp_path):
     assert str(bad) in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(EngineError, match="unknown engine 'tensorflow'"):
         EngineProcess("tensorflow", str(bad), {})
+    import gc
+
+    gc.collect()
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):  # a reload retried on a bad bundle: each failed open leaves no descriptor behind
+        with pytest.raises(EngineError):
+            EngineProcess("paddle_lite", str(bad), {})
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) == fds
 
 
 def test_the_engine_process_ends_with_its_parent(fastestdet_file):

@@ -287,6 +287,7 @@ class EngineProcess(Engine):
         try:
             self._stop_child()
             self._native.close()
+            self._meter.close()  # an engine that never opened (a bad model) is never closed by its owner
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
 
