@@ -384,6 +384,7 @@ def test_metrics_parse_with_prometheus_own_parser(served):
     while requests.get(served.url + "/v1/status").json()["streams"][0]["counters"]["inferred"] <= 10:
         assert time.monotonic() < deadline
         time.sleep(0.5)
+    assert requests.delete(served.url + "/").status_code == 405  # counted as the page's, not as an EasyEdge infer
     r = requests.get(served.url + "/metrics")
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
     fams = {f.name: f for f in text_string_to_metric_families(r.text)}
@@ -409,6 +410,9 @@ def test_metrics_parse_with_prometheus_own_parser(served):
     assert (labels["model"], labels["version"]) == ("fastestdet", "1.0.0")
     assert h["lited_stage_latency_seconds_bucket"].value == h["lited_stage_latency_seconds_count"].value > 10
     assert 0 < h["lited_stage_latency_seconds_sum"].value / h["lited_stage_latency_seconds_count"].value < 5
+    assert ("lited_http_requests", "lited_http_requests_total", (("code", "405"), ("route", "/"))) in sample
+    assert not [k for k in sample if k[0] == "lited_http_requests" and ("code", "405") in k[2]
+                and ("route", "/ (easyedge)") in k[2]]
     # the engine computed for at most the results' `infer` (which adds the hand-over), plus its warm-up runs
     busy = sample[("lited_stream_engine_busy_seconds", "lited_stream_engine_busy_seconds_total", (("stream", "cam"),))]
     assert 0.5 * h["lited_stage_latency_seconds_sum"].value < busy < h["lited_stage_latency_seconds_sum"].value + 2, busy

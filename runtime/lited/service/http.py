@@ -750,10 +750,11 @@ class Page(EasyEdge):
     """GET / is the page; POST / is EasyEdge's route (tornado routes by path)."""
 
     def prepare(self) -> None:
+        if self.request.method != "POST":
+            self.route = "/"  # the page (and a method / does not take), not EasyEdge's inferences, in /metrics
         if self.request.method != "GET":
             return super().prepare()
         self.takes_body = False
-        self.route = "/"  # the page, not EasyEdge's inferences, in /metrics
         token = self.get_query_argument("token", None)
         cfg = self.front.config
         if token is not None and cfg.token is not None and _same(token, cfg.token):
