@@ -157,9 +157,11 @@ class HandshakeWatch:
         self._greeted = True  # no connection yet to have failed its greeting
         self._sock = sock
         self.monitor = sock.get_monitor_socket(self.EVENTS)
-        self._poller = zmq.Poller()
-        self._poller.register(sock, zmq.POLLIN)
-        self._poller.register(self.monitor, zmq.POLLIN)
+        self._pollers = {}  # event waited for on the socket -> a poller for it and the monitor
+        for event in (zmq.POLLIN, zmq.POLLOUT):
+            poller = self._pollers[event] = zmq.Poller()
+            poller.register(sock, event)
+            poller.register(self.monitor, zmq.POLLIN)
         try:
             _connect(sock, endpoint)
         except ValueError:
@@ -170,11 +172,7 @@ class HandshakeWatch:
         """Until the socket has a message (`event` POLLIN; POLLOUT: room to send one) (True) or
         `timeout_ms` passed (False, None: for ever); a handshake event ends the wait too, for
         `problem()` to read."""
-        self._poller.modify(self._sock, event)
-        try:
-            return self._sock in dict(self._poller.poll(timeout_ms))
-        finally:
-            self._poller.modify(self._sock, zmq.POLLIN)
+        return self._sock in dict(self._pollers[event].poll(timeout_ms))
 
     def problem(self) -> Optional[str]:
         """Why the last handshake failed, or None while none has (reads the monitor; never waits)."""

@@ -69,6 +69,7 @@ ALIGN = 64
 RUN = struct.Struct("<cBB")  # b"R", input set, output set: a run whose input layout the child already has
 UNCHANGED = b"="            # reply: ran; outputs have the shapes of the last reply for that set
 OPEN_TIMEOUT = 300.0        # building a TensorRT engine can take minutes
+METER = [((1,), "<f8")]     # the busy meter's layout: seconds the children computed runs
 
 
 class Arena:
@@ -194,8 +195,8 @@ class EngineProcess(Engine):
         self._proc: Optional[subprocess.Popen] = None
         self._native = NativeLog()  # the child's stderr, when it would go nowhere: read when it dies
         self._submits = 0
-        self._meter = Arena.create("lited-busy", 8)  # the children's compute seconds (float64), theirs to add to
-        self._busy = self._meter.views([((1,), "<f8")])[0]
+        self._meter = Arena.create("lited-busy", _bytes_for(METER))  # the children add to it, the parent reads
+        self._busy = self._meter.views(METER)[0]
         self._start()
         count = len(self.inputs)
         # per input set and input: its arena, the view preprocessing writes, and whether the child has it
@@ -510,8 +511,8 @@ class _Child:
         if op == "open":
             from lited.engines import open_engine
             if fds:  # the parent's meter page (kept by the mapping: its fd is closed here)
-                meter = Arena(fds[0], 8)
-                self.busy = meter.views([((1,), "<f8")])[0]
+                meter = Arena(fds[0], _bytes_for(METER))
+                self.busy = meter.views(METER)[0]
                 meter.close()
             if message.get("cpus"):  # before the backend makes its threads: they inherit the cores
                 pin_threads(message["cpus"])

@@ -260,9 +260,10 @@ def _build(opts: Options, workdir: Path, timings: dict) -> dict:
     if opts.openvino_ir and onnx:
         with _Step("OpenVINO IR", timings):
             ir = engine_files.write_ir(root)[0]
-    models = {t: engine_files.target_files(t, nb, onnx, ir, None, _nb_precision(opts, t)) for t, nb in nbs.items()}
+    models = _target_models(opts, nbs, onnx, ir, None)
     manifest = {
-        "schema": 2 if onnx or any(isinstance(files, list) for files in models.values()) else 1, "name": name, "version": version,
+        "schema": 2 if any(isinstance(files, list) for files in models.values()) else 1,  # several files, or fp16
+        "name": name, "version": version,
         "task": fields.get("task") or TASK_BY_DECODER.get(decoder["type"], "detection"),
         "paddle_lite_version": lite_version, "models": models, "inputs": inputs,
         "preprocess": fields["preprocess"], "decoder": decoder,
@@ -288,9 +289,10 @@ def _build(opts: Options, workdir: Path, timings: dict) -> dict:
             "int8": report}
 
 
-def _nb_precision(opts: Options, target: str) -> str:
-    """The precision of a target's .nb: fp16 where --fp16 made it so (lite_opt: the arm target only)."""
-    return "fp16" if opts.fp16 and target == "arm" else "fp32"
+def _target_models(opts: Options, nbs: dict, onnx: str | None, ir: str | None, int8: dict | None) -> dict:
+    """`models`: each target's files; its .nb is fp16 where --fp16 made it so (lite_opt: arm only)."""
+    return {t: engine_files.target_files(t, nb, onnx, ir, int8, "fp16" if opts.fp16 and t == "arm" else "fp32")
+            for t, nb in nbs.items()}
 
 
 def _judge(opts: Options, root: Path, manifest: dict, nbs: dict, onnx: str | None, ir: str | None,
@@ -341,8 +343,7 @@ def _int8(opts: Options, root: Path, manifest: dict, nbs: dict, onnx: str, ir: s
         frames = int8.calibration_data(npz)
         made = int8.quantize(opts.int8_engine, root / onnx, frames, root, workdir)
         entry = engine_files.entry(made.name, (opts.int8_engine,), "int8")
-        manifest["models"] = {t: engine_files.target_files(t, nb, onnx, ir, entry, _nb_precision(opts, t))
-                              for t, nb in nbs.items()}
+        manifest["models"] = _target_models(opts, nbs, onnx, ir, entry)
         manifest = bundle_writer.write_manifest(root, manifest)
         judge.validate(root, check_model=True)
     with _Step("int8 against fp32", timings):
