@@ -8,12 +8,13 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from lited.bundle import load_bundle
-from lited.engine_process import EngineProcess
+from lited.engine_process import SETS, EngineProcess
 from lited.engines import EngineError, open_engine
 from lited.model import Model
 
@@ -233,5 +234,78 @@ def test_no_restart_onto_a_model_that_changed_on_disk(tmp_path, fastestdet_file)
         os.kill(remote.pid, signal.SIGKILL)
         with pytest.raises(EngineError, match="changed on disk since it was loaded"):
             remote.restart()
+    finally:
+        remote.close()
+
+
+# --- short runs queued: collected by the clock -------------------------------
+
+TINY_ONNX = str(Path(__file__).resolve().parent / "data" / "onnx" / "reduce_l2.onnx")  # microseconds a run
+TINY_INPUT = (1, 3, 16, 16)
+
+
+def _pipelined(remote: EngineProcess, local, runs: int) -> None:
+    """`runs` runs, one always queued behind the one running, each checked against `local`."""
+    expected = []
+    for k in range(SETS):
+        x = _random_input(TINY_INPUT, seed=k)
+        remote.input_view(0, TINY_INPUT, input_set=k)[...] = x
+        local.set_input(0, x)
+        expected.append([o.copy() for o in local.run()])
+    remote.submit(0, 0)
+    for i in range(1, runs + 1):
+        if i < runs:
+            remote.submit(i % SETS, i % SETS)
+        got = remote.collect()
+        assert all(np.array_equal(g, e) for g, e in zip(got, expected[(i - 1) % SETS])), i
+
+
+def test_short_queued_runs_are_collected_by_the_clock_also_after_a_restart():
+    """A run shorter than QUIET_RUN_S, collected while another waits behind it,
+    is awaited by the clock (the child's count of replies, in shared memory),
+    not blocked on the socket: a reply to a blocked reader makes the child's
+    core wake the parent's, which costs a 1 ms model's next run on a VM. A
+    restarted child goes on counting in the same page, here after one killed
+    with replies the parent never read."""
+    local = open_engine("onnxruntime", TINY_ONNX, {})
+    remote = EngineProcess("onnxruntime", TINY_ONNX, {})
+    try:
+        _pipelined(remote, local, 200)
+        assert remote.clock_collects >= 150, remote.clock_collects  # the first 16 runs set the estimate
+        remote.submit(0, 0)
+        remote.submit(1, 1)
+        time.sleep(0.2)  # both replied, neither read
+        os.kill(remote.pid, signal.SIGKILL)
+        remote.restart()
+        before = remote.clock_collects
+        _pipelined(remote, local, 200)
+        assert remote.clock_collects - before >= 190, remote.clock_collects - before
+        remote.run()  # the last run of a batch has nothing queued behind: it blocks, as slow runs do
+        assert remote.clock_collects - before < 200
+    finally:
+        remote.close()
+
+
+def test_a_stopped_child_with_runs_queued_times_out_by_name():
+    """The clock gives up after a few runs' time; the blocking receive then
+    keeps `run_timeout` and kills the stuck child, as for one run."""
+    local = open_engine("onnxruntime", TINY_ONNX, {})
+    remote = EngineProcess("onnxruntime", TINY_ONNX, {}, run_timeout=1.0)
+    try:
+        _pipelined(remote, local, 40)
+        remote.submit(0, 0)
+        remote.submit(1, 1)
+        time.sleep(0.2)  # both done: their replies wait in the socket
+        pid = remote.pid
+        os.kill(pid, signal.SIGSTOP)
+        remote.collect()
+        remote.collect()
+        remote.submit(2, 2)
+        remote.submit(0, 0)
+        started = time.monotonic()
+        with pytest.raises(EngineError, match=r"did not answer in 1 s \(stopped or stuck\); killed it"):
+            remote.collect()
+        assert 1.0 <= time.monotonic() - started < 3.0
+        assert remote.pid is None
     finally:
         remote.close()
