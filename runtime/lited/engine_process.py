@@ -35,7 +35,7 @@ without a call, a restarted child goes on adding to it, and its rate is the
 share of the time the engine computed (status `engine_busy_s`). Beside it
 the child counts its runs and its replies. With those, a parent collecting a
 run while another is queued behind it waits by the clock, not blocked on the
-socket, when runs are short (QUIET_RUN_S): a reply to a blocked reader makes
+socket, when runs are short (QUIET_RUNS_S): a reply to a blocked reader makes
 the child's core wake the parent's, and on a VM that wake-up costs the
 child's next run (measured: the PP-OCR classifier, 1.2 ms a run, in `lited
 run` at 0.84 of its bare loop blocking, 0.90 by the clock). The child, with
@@ -78,7 +78,10 @@ UNCHANGED = b"="            # reply: ran; outputs have the shapes of the last re
 OPEN_TIMEOUT = 300.0        # building a TensorRT engine can take minutes
 METER = [((3,), "<f8")]     # the meter's layout: seconds the children computed runs, their runs, their replies
 BUSY, RUNS, REPLIES = range(3)
-QUIET_RUN_S = 0.005         # runs shorter than this are collected by the clock when another is queued
+# Runs this long (s) are collected by the clock when another is queued behind: a longer
+# one pays for a wake-up too rarely to matter, a shorter one ends within a sleep's timer
+# slack (~50 us), so sleeping would slow the parent more than the wake-up costs the child.
+QUIET_RUNS_S = (0.0004, 0.005)
 
 
 class Arena:
@@ -204,7 +207,7 @@ class EngineProcess(Engine):
         self._proc: Optional[subprocess.Popen] = None
         self._native = NativeLog()  # the child's stderr, when it would go nowhere: read when it dies
         self._submits = 0
-        self.clock_collects = 0  # runs collected by the clock, not blocked on the socket (QUIET_RUN_S)
+        self.clock_collects = 0  # runs collected by the clock, not blocked on the socket (QUIET_RUNS_S)
         self._meter = Arena.create("lited-busy", _bytes_for(METER))  # the children add to it, the parent reads
         self._counts = self._meter.views(METER)[0]
         self._start()
@@ -458,14 +461,14 @@ class EngineProcess(Engine):
         return self._out_views[output_set]
 
     def _await_by_clock(self) -> bool:
-        """For runs shorter than QUIET_RUN_S: sleep in steps of a quarter run until the child
+        """For runs as long as QUIET_RUNS_S: sleep in steps of a quarter run until the child
         has replied (its count of replies passes ours); True once it has. Gives up after a few
         runs' time (a stopped child, say: the blocking receive that follows sees to it)."""
         counts = self._counts
         runs = counts[RUNS]
-        if runs < 16 or counts[BUSY] >= QUIET_RUN_S * runs:
+        if runs < 16 or not QUIET_RUNS_S[0] <= counts[BUSY] / runs < QUIET_RUNS_S[1]:
             return False
-        step = max(1e-4, counts[BUSY] / runs / 4)
+        step = counts[BUSY] / runs / 4
         give_up = time.monotonic() + 32 * step + 0.01
         while counts[REPLIES] <= self._replies:
             if time.monotonic() >= give_up:
