@@ -300,6 +300,39 @@ def test_a_cascade_result_total_is_the_sum_of_its_timings(det_cls, tmp_path):
         assert "post_wait" in t and abs(t["total"] - parts) < 5 + 0.02 * t["total"], t
 
 
+def test_status_and_metrics_show_what_each_stage_engine_computed(det_cls, tmp_path):
+    """Which engine of a cascade is the busy one: the stream's own (`engine_busy_s`) and each later
+    stage's, in status and in /metrics (they were the first stage's only)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from lited.service.metrics import Metrics
+
+    video = tmp_path / "text.avi"
+    text_video(video, frames=60, fps=30)
+    results: list = []
+    s = Stream("ocr", f"file://{video}?realtime=1&loop=1", lambda: Model(load_bundle(det_cls), isolated=True),
+               results.append, lambda e: None)
+    s.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(results) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        status = s.status()
+        daemon = {"version": "t", "uptime_s": 1.0, "rss_mb": 1.0, "engines_rss_mb": 1.0, "peak_rss_mb": 1.0,
+                  "models": {}, "streams": [status]}
+        figures = {"requests": {}, "live_clients": 0, "event_clients": 0, "live": {}}
+        text = Metrics(lambda: daemon, {}, lambda: figures).render()[0].decode()
+    finally:
+        s.stop()
+    (cls,) = status["model"]["stages"]
+    assert cls["name"] == "cls" and cls["engine_pid"] and 0 < cls["engine_busy_s"], cls
+    samples = {(x.name, tuple(sorted(x.labels.items()))): x.value
+               for f in text_string_to_metric_families(text) for x in f.samples}
+    assert samples[("lited_stream_stage_engine_busy_seconds_total", (("stage", "cls"), ("stream", "ocr")))] \
+        == cls["engine_busy_s"]
+    assert samples[("lited_stream_engine_busy_seconds_total", (("stream", "ocr"),))] == status["model"]["engine_busy_s"]
+
+
 def test_a_stage_engine_that_cannot_restart_backs_off_says_so_and_comes_back(det_cls, tmp_path):
     """The stage's engine dies while its model file is away (an upgrade moving files): each fresh
     try fails. It was tried at every frame, two `engine` events and a log line a frame, and status
@@ -317,19 +350,26 @@ def test_a_stage_engine_that_cannot_restart_backs_off_says_so_and_comes_back(det
         deadline = time.monotonic() + 60
         while len(results) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
+        (cls,) = s.status()["model"]["stages"]
+        assert (cls["name"], cls["engine"]) == ("cls", "paddle_lite") and cls["engine_busy_s"] > 0, cls
         model_file.rename(tmp_path / "away.nb")
-        os.kill(s.model.cascade.stages[0].part.engine.pid, signal.SIGKILL)
+        os.kill(cls["engine_pid"], signal.SIGKILL)
         time.sleep(4)
         down = s.status()["engine_down"]
+        (cls_down,) = s.status()["model"]["stages"]
         during = len(results)
         tries = [e["detail"] for e in events if e["event"] == "engine"]
         (tmp_path / "away.nb").rename(model_file)
         time.sleep(5)
         after = [r for r in results[during:] if r["detections"]]
         up = s.status()["engine_down"]
+        (cls_up,) = s.status()["model"]["stages"]
     finally:
         s.stop()
     assert down and "stage cls" in down and "first stage's fields only" in down, down
+    # status shows the stage's engine down (no pid), then a fresh one adding to the same busy time
+    assert cls_down["engine_pid"] is None and cls_up["engine_pid"] not in (None, cls["engine_pid"]), (cls_down, cls_up)
+    assert cls["engine_busy_s"] <= cls_down["engine_busy_s"] < cls_up["engine_busy_s"], (cls, cls_down, cls_up)
     assert 2 <= len(tries) <= 5, tries  # 0.5 + 1 + 2 s of backoff in 4 s, not one a frame
     assert all("restarting in" in t for t in tries), tries
     assert up is None and after and all("classes" in d for d in after[-1]["detections"]), (up, after[-1:])

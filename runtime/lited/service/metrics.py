@@ -86,6 +86,8 @@ class _Collector:
         model = Info("lited_stream_model", "the model a stream runs", labels=["stream"])
         busy = Counter("lited_stream_engine_busy_seconds", "seconds the stream's engine computed (its rate: the "
                        "share of the time the engine is busy)", labels=["stream"])
+        stage_busy = Counter("lited_stream_stage_engine_busy_seconds", "seconds the engine of a later stage of "
+                             "the stream's cascade computed", labels=["stream", "stage"])
         counters = {key: Counter(f"lited_stream_{name}", f"stream {name.replace('_', ' ')} since the start",
                                  labels=["stream"]) for key, name in COUNTER_NAMES.items()}
         hist = Histogram("lited_stage_latency_seconds", "latency of each stage of a stream's results, "
@@ -102,6 +104,8 @@ class _Collector:
             if s.get("model"):
                 model.add_metric([name], {"model": s["model"]["name"], "version": s["model"]["version"]})
                 busy.add_metric([name], s["model"]["engine_busy_s"])
+                for stage in s["model"]["stages"]:
+                    stage_busy.add_metric([name, stage["name"]], stage["engine_busy_s"])
             for key, value in s["counters"].items():
                 if key in counters:
                     counters[key].add_metric([name], value)
@@ -118,7 +122,7 @@ class _Collector:
                         buckets.append((_le(bound), cumulative))
                     buckets.append(("+Inf", cumulative + counts[-1]))
                     hist.add_metric([name, model_name, version, stage], buckets, sum_value=total / 1e3)
-        yield from (fps, state, engine_down, model, busy, *counters.values(), hist, recent)
+        yield from (fps, state, engine_down, model, busy, stage_busy, *counters.values(), hist, recent)
 
     def _http(self, Counter: Any, Gauge: Any) -> Iterator[Any]:
         figures = self.m.http_figures()

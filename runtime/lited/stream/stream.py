@@ -311,6 +311,10 @@ class Stream:
             "policy": self.policy,
             "model": {"name": model.name, "key": self.model_key, "version": model.version,
                       "engine": model.choice.engine, "device": model.engine.device, "engine_pid": model.engine.pid,
-                      "engine_busy_s": round(model.engine.busy_s, 3), "cpus": model.engine.cpus}
+                      "engine_busy_s": round(model.engine.busy_s, 3), "cpus": model.engine.cpus,
+                      "stages": [{"name": stage.name, "engine": stage.part.choice.engine,
+                                  "engine_pid": stage.part.engine.pid,
+                                  "engine_busy_s": round(stage.part.engine.busy_s, 3)}
+                                 for stage in model.cascade.stages]}
             if model else None,
         }
