@@ -376,3 +376,62 @@ def test_a_client_checks_who_serves_the_socket_before_talking(client, tmp_path):
         listener.kill()
         listener.wait()
         shutil.rmtree(base)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_c_examples_talk_to_a_daemon_over_tcp_with_curve_keys(c_examples, tmp_path, bundles_dir):
+    """The keys `lited keygen` writes, named by LITED_SERVER_KEY and LITED_CLIENT_KEY, take the C
+    examples to a real daemon's tcp:// endpoints (they spoke ipc:// only); a key missing or
+    unreadable is one line naming the variable or the file, before any connection."""
+    import zmq.auth
+
+    from daemon_process import DaemonProcess
+
+    keys, clients = tmp_path / "keys", tmp_path / "keys" / "clients"
+    clients.mkdir(parents=True)
+    server_public, server_secret = zmq.auth.create_certificates(keys, "server")
+    os.chmod(server_secret, 0o600)
+    client_public, client_secret = zmq.auth.create_certificates(keys, "app")
+    os.rename(client_public, clients / "app.key")
+    run = tmp_path / "daemon" / "run"
+    req, pub = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"
+    (tmp_path / "daemon").mkdir()
+    daemon_ = DaemonProcess(tmp_path / "daemon", {
+        "models": {"det": str(bundles_dir / "ultraface")},
+        "streams": [{"name": "cam", "source": "synth://?fps=10", "model": "det"}],
+        "endpoints": {"req": [f"ipc://{run}/req.sock", req], "pub": [f"ipc://{run}/pub.sock", pub]},
+        "curve": {"server_secret": str(server_secret), "clients_dir": str(clients)}})
+    keyed = {**os.environ, "LITED_SERVER_KEY": str(server_public), "LITED_CLIENT_KEY": str(client_secret)}
+    plain = {k: v for k, v in os.environ.items() if not k.startswith("LITED_")}
+
+    def run_example(name: str, env: dict, *args) -> subprocess.CompletedProcess:
+        return subprocess.run([str(c_examples / name), *map(str, args)], env=env, capture_output=True, text=True,
+                              timeout=90)
+
+    with daemon_:
+        daemon_.wait_ready()
+        ping = run_example("c_request", keyed, req, "ping", 10000)
+        assert (ping.returncode, ping.stderr) == (0, "") and ping.stdout.startswith("pong "), ping
+        got = run_example("c_subscriber", keyed, pub, "result/", 2)
+        lines = got.stdout.splitlines()
+        assert got.returncode == 0 and len(lines) == 2 and all(line.startswith("cam ") for line in lines), got
+        # no keys: the daemon refuses the handshake, and ZeroMQ tells the client nothing
+        refused = run_example("c_request", plain, req, "ping", 1000)
+        assert (refused.returncode, refused.stderr.split(": ", 1)[1]) == (1, "no reply: timed out\n"), refused
+    for env, said in [({**plain, "LITED_SERVER_KEY": str(server_public)},
+                       "CURVE needs both LITED_SERVER_KEY (the daemon's NAME.key) and LITED_CLIENT_KEY "
+                       "(this app's APP.key_secret); only LITED_SERVER_KEY is set"),
+                      ({**keyed, "LITED_CLIENT_KEY": str(server_public)},
+                       f"{server_public}: no secret-key of 40 characters in quotes (not a key file of lited keygen?)"),
+                      ({**keyed, "LITED_SERVER_KEY": str(tmp_path / "nope.key")},
+                       f"{tmp_path / 'nope.key'}: No such file or directory")]:
+        for name, endpoint in (("c_request", req), ("c_subscriber", pub)):
+            out = run_example(name, env, endpoint)
+            assert (out.returncode, out.stdout, out.stderr) == (1, "", f"{c_examples / name}: {said}\n"), out

@@ -2,7 +2,8 @@
  *
  *   c_request ENDPOINT [METHOD] [TIMEOUT_MS]
  *
- * ENDPOINT is the daemon's ROUTER endpoint (ipc:///run/lited/req.sock),
+ * ENDPOINT is the daemon's ROUTER endpoint (ipc:///run/lited/req.sock; a
+ * tcp:// one with CURVE keys from LITED_SERVER_KEY and LITED_CLIENT_KEY),
  * METHOD defaults to "ping", TIMEOUT_MS to 5000. Prints "pong VERSION
  * protocol N" for ping, "ok RESULT" (msgpack-c's debug print) otherwise;
  * an error reply prints "error CODE: MESSAGE" to stderr and exits 1.
@@ -16,6 +17,7 @@
 #include <msgpack.h>
 #include <zmq.h>
 
+#include "lited_curve.h"
 #include "lited_msgpack.h"
 #include "lited_peer.h"
 
@@ -111,6 +113,10 @@ int main(int argc, char **argv)
     void *ctx = zmq_ctx_new();
     void *dealer = zmq_socket(ctx, ZMQ_DEALER);
     int timeout = (int)timeout_ms, linger = 0;
+    if (dealer && curve_from_env(dealer, why_peer, sizeof why_peer)) {
+        fprintf(stderr, "%s: %s\n", argv[0], why_peer);
+        return 1;
+    }
     /* No linger: with no daemon there, the queued request must not hold the exit. */
     if (!dealer || zmq_setsockopt(dealer, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
         zmq_setsockopt(dealer, ZMQ_RCVTIMEO, &timeout, sizeof timeout) != 0 ||

@@ -2,7 +2,8 @@
  *
  *   c_subscriber ENDPOINT [TOPIC_PREFIX] [COUNT]
  *
- * ENDPOINT is the daemon's PUB endpoint (ipc:///run/lited/pub.sock),
+ * ENDPOINT is the daemon's PUB endpoint (ipc:///run/lited/pub.sock; a
+ * tcp:// one with CURVE keys from LITED_SERVER_KEY and LITED_CLIENT_KEY),
  * TOPIC_PREFIX defaults to "result/" ("" gets everything), COUNT is how many
  * messages to receive before exiting 0 (default 0: forever).
  * Written from docs/protocol.md alone, with libzmq and msgpack-c. */
@@ -17,6 +18,7 @@
 #include <msgpack.h>
 #include <zmq.h>
 
+#include "lited_curve.h"
 #include "lited_msgpack.h"
 #include "lited_peer.h"
 
@@ -252,6 +254,10 @@ int main(int argc, char **argv)
     }
     void *ctx = zmq_ctx_new();
     void *sub = zmq_socket(ctx, ZMQ_SUB);
+    if (sub && curve_from_env(sub, why_peer, sizeof why_peer)) {
+        fprintf(stderr, "%s: %s\n", argv[0], why_peer);
+        return 1;
+    }
     if (!sub || zmq_connect(sub, endpoint) != 0 ||
         zmq_setsockopt(sub, ZMQ_SUBSCRIBE, prefix, strlen(prefix)) != 0) {
         fprintf(stderr, "%s: %s: %s\n", argv[0], endpoint, zmq_strerror(zmq_errno()));
