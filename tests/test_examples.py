@@ -386,9 +386,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_the_c_examples_talk_to_a_daemon_over_tcp_with_curve_keys(c_examples, tmp_path, bundles_dir):
+def test_the_plain_examples_talk_to_a_daemon_over_tcp_with_curve_keys(c_examples, tmp_path, bundles_dir):
     """The keys `lited keygen` writes, named by LITED_SERVER_KEY and LITED_CLIENT_KEY, take the C
-    examples to a real daemon's tcp:// endpoints (they spoke ipc:// only); a key missing or
+    examples and python_subscriber.py to a real daemon's tcp:// endpoints (they spoke ipc:// only); a key missing or
     unreadable is one line naming the variable or the file, before any connection."""
     import zmq.auth
 
@@ -419,9 +419,11 @@ def test_the_c_examples_talk_to_a_daemon_over_tcp_with_curve_keys(c_examples, tm
         daemon_.wait_ready()
         ping = run_example("c_request", keyed, req, "ping", 10000)
         assert (ping.returncode, ping.stderr) == (0, "") and ping.stdout.startswith("pong "), ping
-        got = run_example("c_subscriber", keyed, pub, "result/", 2)
-        lines = got.stdout.splitlines()
-        assert got.returncode == 0 and len(lines) == 2 and all(line.startswith("cam ") for line in lines), got
+        for subscriber_ in ([str(c_examples / "c_subscriber")], [sys.executable, str(EXAMPLES / "python_subscriber.py")]):
+            got = subprocess.run([*subscriber_, pub, "result/", "2"], env=keyed, capture_output=True, text=True,
+                                 timeout=90)
+            lines = got.stdout.splitlines()
+            assert got.returncode == 0 and len(lines) == 2 and all(line.startswith("cam ") for line in lines), got
         # no keys: the daemon refuses the handshake, and ZeroMQ tells the client nothing
         refused = run_example("c_request", plain, req, "ping", 1000)
         assert (refused.returncode, refused.stderr.split(": ", 1)[1]) == (1, "no reply: timed out\n"), refused
@@ -432,6 +434,7 @@ def test_the_c_examples_talk_to_a_daemon_over_tcp_with_curve_keys(c_examples, tm
                        f"{server_public}: no secret-key of 40 characters in quotes (not a key file of lited keygen?)"),
                       ({**keyed, "LITED_SERVER_KEY": str(tmp_path / "nope.key")},
                        f"{tmp_path / 'nope.key'}: No such file or directory")]:
-        for name, endpoint in (("c_request", req), ("c_subscriber", pub)):
-            out = run_example(name, env, endpoint)
-            assert (out.returncode, out.stdout, out.stderr) == (1, "", f"{c_examples / name}: {said}\n"), out
+        for argv, endpoint in (([str(c_examples / "c_request")], req), ([str(c_examples / "c_subscriber")], pub),
+                               ([sys.executable, str(EXAMPLES / "python_subscriber.py")], pub)):
+            out = subprocess.run([*argv, endpoint], env=env, capture_output=True, text=True, timeout=90)
+            assert (out.returncode, out.stdout, out.stderr) == (1, "", f"{argv[-1]}: {said}\n"), out

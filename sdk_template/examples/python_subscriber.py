@@ -3,7 +3,8 @@
 
     python_subscriber.py ENDPOINT [TOPIC_PREFIX] [COUNT]
 
-ENDPOINT is the daemon's PUB endpoint (ipc:///run/lited/pub.sock),
+ENDPOINT is the daemon's PUB endpoint (ipc:///run/lited/pub.sock; a
+tcp:// one with CURVE keys from LITED_SERVER_KEY and LITED_CLIENT_KEY),
 TOPIC_PREFIX defaults to "result/" ("" gets everything), COUNT is how many
 messages to receive before exiting 0 (default 0: forever).
 
@@ -38,6 +39,42 @@ def is_num(x):
 def is_whole(x):
     """An int, or a float with an integral value (a number may come as either: 3.0 is 3)."""
     return is_int(x) or (type(x) is float and -9.2e18 <= x <= 9.2e18 and x == int(x))
+
+
+def read_key(path, field):
+    """The quoted Z85 value of `field` (public-key or secret-key) in a key file
+    of `lited keygen` (zmq.auth's format); raises ValueError saying why not."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror}") from None
+    for line in lines:
+        name, _, value = line.strip().partition("=")
+        value = value.strip()
+        if name.strip() == field and len(value) == 42 and value[0] == value[-1] == '"':
+            return value[1:-1].encode()
+    raise ValueError(f"{path}: no {field} of 40 characters in quotes (not a key file of lited keygen?)")
+
+
+def curve_from_env(sock):
+    """Why the CURVE keys named by LITED_SERVER_KEY (the daemon's public key
+    file) and LITED_CLIENT_KEY (this app's secret key file) could not be set on
+    `sock` (docs/protocol.md, "Over TCP"); None once set, or when neither is."""
+    server, client = os.environ.get("LITED_SERVER_KEY"), os.environ.get("LITED_CLIENT_KEY")
+    if server is None and client is None:
+        return None
+    if server is None or client is None:
+        return ("CURVE needs both LITED_SERVER_KEY (the daemon's NAME.key) and LITED_CLIENT_KEY "
+                f"(this app's APP.key_secret); only {'LITED_SERVER_KEY' if server else 'LITED_CLIENT_KEY'} is set")
+    try:
+        keys = read_key(server, "public-key"), read_key(client, "public-key"), read_key(client, "secret-key")
+        sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = keys
+    except ValueError as exc:
+        return str(exc)
+    except zmq.ZMQError as exc:
+        return f"{server} or {client}: a key that is not Z85 ({exc})"
+    return None
 
 
 def untrusted_peer(endpoint):
@@ -195,6 +232,12 @@ def main(argv):
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.linger = 0
+    why = curve_from_env(sub)
+    if why:
+        print(f"{argv[0]}: {why}", file=sys.stderr)
+        sub.close()
+        ctx.term()
+        return 1
     try:
         sub.connect(endpoint)
     except zmq.ZMQError as exc:
