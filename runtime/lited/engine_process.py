@@ -208,6 +208,8 @@ class EngineProcess(Engine):
         self._native = NativeLog()  # the child's stderr, when it would go nowhere: read when it dies
         self._submits = 0
         self.clock_collects = 0  # runs collected by the clock, not blocked on the socket (QUIET_RUNS_S)
+        self._run_s: Optional[float] = None  # recent seconds a run (EMA over the meter's deltas)
+        self._metered = (0.0, 0.0)           # the meter's (runs, busy) when it was last read for it
         self._meter = Arena.create("lited-busy", _bytes_for(METER))  # the children add to it, the parent reads
         self._counts = self._meter.views(METER)[0]
         self._start()
@@ -460,15 +462,27 @@ class EngineProcess(Engine):
             self._adopt_outputs(output_set, reply)
         return self._out_views[output_set]
 
+    def _recent_run_s(self) -> Optional[float]:
+        """Seconds a run takes of late, from the meter: a moving average, so the warm-up's
+        first runs (a hundred times longer, with some backends) do not count for long."""
+        counts = self._counts
+        runs, busy = float(counts[RUNS]), float(counts[BUSY])
+        seen_runs, seen_busy = self._metered
+        if runs > seen_runs:
+            per_run = (busy - seen_busy) / (runs - seen_runs)
+            self._run_s = per_run if self._run_s is None else self._run_s + 0.125 * (per_run - self._run_s)
+            self._metered = (runs, busy)
+        return self._run_s
+
     def _await_by_clock(self) -> bool:
         """For runs as long as QUIET_RUNS_S: sleep in steps of a quarter run until the child
         has replied (its count of replies passes ours); True once it has. Gives up after a few
         runs' time (a stopped child, say: the blocking receive that follows sees to it)."""
         counts = self._counts
-        runs = counts[RUNS]
-        if runs < 16 or not QUIET_RUNS_S[0] <= counts[BUSY] / runs < QUIET_RUNS_S[1]:
+        run_s = self._recent_run_s()
+        if run_s is None or not QUIET_RUNS_S[0] <= run_s < QUIET_RUNS_S[1]:
             return False
-        step = counts[BUSY] / runs / 4
+        step = run_s / 4
         give_up = time.monotonic() + 32 * step + 0.01
         while counts[REPLIES] <= self._replies:
             if time.monotonic() >= give_up:
