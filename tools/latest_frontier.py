@@ -15,7 +15,10 @@ budget (every threshold and budget tried), and prints the p50 latency over
 the model's own work (P + R) beside the idle share: the bound docs/BENCHMARKS.md
 quotes for issue 14's aims.
 
-    python tools/latest_frontier.py [--camera-fps 30] [--prep-ms 1] [--jitter 0.03]
+    python tools/latest_frontier.py [--camera-fps 30] [--prep-ms 1] [--jitter 0.03] [--intervals 1.5,1.95]
+
+A row's length in camera intervals is the prep and the run together (1.0 at 30 fps and 1 ms of prep:
+a run of 32.3 ms), as the engine frees that long after the frame it started was published.
 """
 from __future__ import annotations
 
@@ -74,18 +77,27 @@ def main() -> int:
     ap.add_argument("--camera-fps", type=float, default=30.0)
     ap.add_argument("--prep-ms", type=float, default=1.0, help="from a frame published to prepared")
     ap.add_argument("--jitter", type=float, default=0.03, help="run-to-run spread of the run (relative sd)")
+    ap.add_argument("--intervals", default=",".join(map(str, RUNS_IN_CAMERA_INTERVALS)),
+                    help="prep + run, in camera intervals, one row each (comma-separated)")
     args = ap.parse_args()
+    try:
+        rows = [float(x) for x in args.intervals.split(",")]
+    except ValueError:
+        ap.error(f"--intervals: numbers separated by commas, not {args.intervals!r}")
     interval = 1000 / args.camera_fps
     print(f"camera {args.camera_fps:g} fps, prep {args.prep_ms:g} ms, run jitter {args.jitter:.0%}: "
           "p50 capture-to-result latency / (prep + run), and the engine's idle share\n")
-    print("| run, camera intervals | run ms | lited's hold rule | best threshold, idle <= 2% | best threshold, idle <= 3% |")
+    print("| prep + run, camera intervals | run ms | lited's hold rule | best threshold, idle <= 2% | "
+          "best threshold, idle <= 3% |")
     print("| --- | --- | --- | --- | --- |")
-    for intervals in RUNS_IN_CAMERA_INTERVALS:
+    for intervals in rows:
         run = intervals * interval - args.prep_ms
         cells = [lited_rule(interval, args.prep_ms, run, args.jitter),
                  best_rule(interval, args.prep_ms, run, args.jitter, 0.02),
                  best_rule(interval, args.prep_ms, run, args.jitter, 0.03)]
-        print(f"| {intervals:.1f} | {run:.1f} | " + " | ".join(f"{r:.2f} ({i:.1%} idle)" for r, i in cells) + " |")
+        length = f"{intervals:.2f}"
+        length = length[:-1] if length.endswith("0") else length  # 1.0, 1.5, 1.95
+        print(f"| {length} | {run:.1f} | " + " | ".join(f"{r:.2f} ({i:.1%} idle)" for r, i in cells) + " |")
     return 0
 
 
