@@ -8,9 +8,9 @@ run the ages repeat in a short cycle, so the capture-to-result latency a
 scheduler can reach at a given idle budget follows from arithmetic, not from
 lited. This simulates that schedule (frames every T ms, each prepared P ms
 after it is published; runs of R ms with a Gaussian jitter) for lited's hold
-rule (ModelRunner._hold: wait when the next frame is due within
-sqrt(2 HOLD_SHARE T R) ms, within a running budget of HOLD_SHARE of the
-engine's time) and for the best threshold rule of that kind at a given idle
+rule (the runner's own `hold_limit` and `worth_holding`: wait when the next
+frame is due within sqrt(2 HOLD_SHARE T R) ms, within a running budget of
+HOLD_SHARE of the engine's time) and for the best threshold rule of that kind at a given idle
 budget (every threshold and budget tried), and prints the p50 latency over
 the model's own work (P + R) beside the idle share: the bound docs/BENCHMARKS.md
 quotes for issue 14's aims.
@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "runtime"))
-from lited.stream.runner import ModelRunner  # noqa: E402
+from lited.stream.runner import ModelRunner, hold_limit, worth_holding  # noqa: E402
 
 RUNS_IN_CAMERA_INTERVALS = (1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0, 2.2, 2.5, 3.0)
 
@@ -44,7 +44,7 @@ def schedule(interval: float, prep: float, run: float, share: float, limit: floa
         newest = int((now - prep) // interval)  # the newest frame prepared when the engine frees
         age = now - newest * interval
         cost = (newest + 1) * interval + prep - now  # waiting for the next one, prepared
-        if 0 < cost <= min(limit, age) and held + cost <= share * engine + limit:
+        if worth_holding(cost, age, limit, held, engine, share):
             start, captured = now + cost, (newest + 1) * interval
             held += cost
         else:
@@ -58,7 +58,7 @@ def schedule(interval: float, prep: float, run: float, share: float, limit: floa
 
 def lited_rule(interval: float, prep: float, run: float, jitter: float) -> tuple:
     share = ModelRunner.HOLD_SHARE
-    return schedule(interval, prep, run, share, min(interval, (2 * share * interval * run) ** 0.5), jitter)
+    return schedule(interval, prep, run, share, hold_limit(share, interval, run), jitter)
 
 
 def best_rule(interval: float, prep: float, run: float, jitter: float, max_idle: float) -> tuple:

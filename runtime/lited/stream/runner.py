@@ -65,6 +65,19 @@ from lited.stream.stats import StageTimer
 log = logging.getLogger("lited.stream")
 
 
+def hold_limit(share: float, interval: float, run: float) -> float:
+    """`latest`: the longest wait for the next frame worth its idle, for a run of `run`
+    on a camera of `interval` (ModelRunner._hold says why); any one unit of time."""
+    return min(interval, (2 * share * interval * run) ** 0.5)
+
+
+def worth_holding(cost: float, age: float, limit: float, held: float, engine: float, share: float) -> bool:
+    """`latest`: wait `cost` for the next frame rather than start the prepared one, `age`
+    old? Only within `limit`, for a frame the wait makes newer, and while the waits so far
+    (`held`) stay within `share` of the engine's computing time (`engine`) plus `limit`."""
+    return 0 < cost <= min(limit, age) and held + cost <= share * engine + limit
+
+
 class ModelRunner:
     """prep, infer and post threads of one model on one stream.
 
@@ -254,9 +267,9 @@ class ModelRunner:
             return False
         fresh_at = due + self._prep_s
         cost = fresh_at - now
-        limit = min(interval, (2 * self.HOLD_SHARE * interval * self._run_s) ** 0.5)
+        limit = hold_limit(self.HOLD_SHARE, interval, self._run_s)
         age = now - ready.meta.ts_ns / 1e9
-        if not 0 < cost <= min(limit, age) or self._held_s + cost > self.HOLD_SHARE * self._engine_s + limit:
+        if not worth_holding(cost, age, limit, self._held_s, self._engine_s, self.HOLD_SHARE):
             return False
         self._held_frame = ready.number
         self._hold_started = now
