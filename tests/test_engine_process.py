@@ -317,3 +317,31 @@ def test_a_stopped_child_with_runs_queued_times_out_by_name(short_onnx):
         assert remote.pid is None
     finally:
         remote.close()
+
+
+def test_the_short_way_between_runs_follows_an_output_set_to_its_new_shape():
+    """A run that can go again as it is takes a short way in the child (nothing
+    checked but its outputs: 30-40 us saved a run on a 1-ms model). When another
+    input set's run gives that output set another shape, the short way of the
+    first set must not write into the views it had: PP-OCRv4 det on OpenVINO,
+    which compiles one static model per input shape and writes its outputs in place."""
+    det = str(shared_onnx("ppocrv4_det"))
+    local = open_engine("openvino", det, {})
+    remote = EngineProcess("openvino", det, {})
+    small, big = (1, 3, 64, 96), (1, 3, 96, 128)
+    try:
+        x = {small: _random_input(small, 1), big: _random_input(big, 2)}
+        expected = {}
+        for shape, array in x.items():
+            local.set_input(0, array)
+            expected[shape] = local.run()[0].copy()
+        remote.input_view(0, small, input_set=0)[...] = x[small]
+        remote.input_view(0, big, input_set=1)[...] = x[big]
+        for input_set, shape in [(0, small)] * 3 + [(1, big), (0, small), (0, small), (1, big), (1, big)]:
+            got = remote.run(input_set=input_set, output_set=0)[0]
+            assert got.shape == expected[shape].shape, (input_set, got.shape)
+            np.testing.assert_allclose(got, expected[shape], atol=1e-5)
+        assert remote.stats()["in_copies"] == 0
+    finally:
+        remote.close()
+        local.close()
