@@ -5,6 +5,7 @@ under `CI=true`, where its absence is a failure.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -49,6 +50,16 @@ def make_bundle(name: str, out_dir: Path, targets: tuple = ("x86",), engines: tu
     into out_dir/name, as `make bundles` does; with `engines`, its ONNX too."""
     models = need_shared("models", name).parent
     return _load_tool("make_bundles").assemble(name, models, Path(out_dir), targets, engines)
+
+
+def reseal(root: Path) -> Path:
+    """The bundle at `root` sealed again after a test changed a file in it (labels, a model),
+    as a builder would: its manifest then vouches for the change."""
+    from lited.bundle import seal
+
+    path = Path(root) / "manifest.json"
+    path.write_text(json.dumps(seal(json.loads(path.read_text()), Path(root)), indent=2))
+    return Path(root)
 
 
 def shared_onnx(name: str) -> Path:

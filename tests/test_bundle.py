@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEMO_BUNDLE, _load_tool, need_shared
-from lited.bundle import BundleError, load_bundle, seal_models
+from conftest import DEMO_BUNDLE, _load_tool, need_shared, reseal
+from lited.bundle import BundleError, load_bundle, seal
 from lited.model import Model
 
 
@@ -39,6 +39,7 @@ def refusal(root: Path) -> str:
 def test_the_demo_bundle_is_valid():
     b = load_bundle(DEMO_BUNDLE)
     assert b.name == "demo_ppocrv4" and b.model_for().target == "x86"
+    assert all(stage.manifest.get("labels_sha256") for stage in b.stages)  # its labels are sealed
 
 
 def test_every_problem_is_reported_at_once_with_its_field_path(bundle):
@@ -176,14 +177,14 @@ def test_truncated_model_is_named(bundle):
 def test_truncated_model_without_size_is_caught_by_its_header(bundle):
     path = bundle / "model_x86.nb"
     path.write_bytes(path.read_bytes()[:100_000])
-    edit(bundle, lambda m: m.update(seal_models({**m, "models": {"x86": {"file": "model_x86.nb"}}}, bundle)))
+    edit(bundle, lambda m: m.update(seal({**m, "models": {"x86": {"file": "model_x86.nb"}}}, bundle)))
     edit(bundle, lambda m: m["models"]["x86"].pop("size"))
     assert "model_x86.nb: 100000 bytes, shorter than its own header says (truncated)" in refusal(bundle)
 
 
 def test_a_file_that_is_not_a_paddle_lite_model(bundle):
     (bundle / "model_x86.nb").write_bytes(b"PK\x03\x04" + b"\0" * 500)
-    edit(bundle, lambda m: m.update(seal_models(m, bundle)))
+    edit(bundle, lambda m: m.update(seal(m, bundle)))
     assert "model_x86.nb: not a Paddle Lite naive-buffer model (bad header)" in refusal(bundle)
 
 
@@ -210,7 +211,7 @@ def test_an_arm_only_bundle_is_refused_on_x86_before_loading(tmp_path):
 def test_an_arm_model_listed_as_x86_is_caught_by_its_kernels(bundle):
     arm = need_shared("models", "ppocrv4_det", "model_arm.nb")
     shutil.copy(arm, bundle / "model_x86.nb")
-    edit(bundle, lambda m: m.update(seal_models(m, bundle)))
+    edit(bundle, lambda m: m.update(seal(m, bundle)))
     assert "model_x86.nb: holds arm kernels but is listed as models.x86" in refusal(bundle)
 
 
@@ -222,11 +223,41 @@ def test_a_link_out_of_the_bundle_is_refused(bundle, tmp_path):
     assert "labels: 'labels.txt' links out of the bundle" in refusal(bundle)
 
 
+def test_a_labels_file_changed_after_sealing_is_refused_by_its_checksum(tmp_path):
+    """Labels were not sealed: a labels file edited or damaged on the board, with its line count
+    intact, named every result wrongly in silence (the self-test only looks at the golden image's)."""
+    from conftest import make_bundle
+
+    root = make_bundle("mobilenetv2", tmp_path)
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["labels_sha256"] and list(manifest)[list(manifest).index("labels") + 1] == "labels_sha256"
+    text = (root / "labels.txt").read_text()
+    (root / "labels.txt").write_text(text.replace("goldfish", "goldfisk", 1))
+    assert refusal(root).endswith("manifest.json: labels: labels.txt: sha256 mismatch (labels_sha256)")
+    # a cascade's stage names its own field
+    ocr = tmp_path / "ocr"
+    shutil.copytree(DEMO_BUNDLE, ocr)
+    keys = (ocr / "rec_labels.txt").read_bytes()
+    (ocr / "rec_labels.txt").write_bytes(keys.replace(b"\xe7\x96\x97", b"\xe7\x96\x98", 1))  # one character
+    assert "stages[1].labels: rec_labels.txt: sha256 mismatch (stages[1].labels_sha256)" in refusal(ocr)
+
+
+@pytest.mark.parametrize("sha, labels, said", [
+    ("abc", "labels.txt", "labels_sha256: expected 64 hex digits"),
+    ("0" * 64, None, "labels_sha256: given without labels (the file it seals)"),
+])
+def test_a_wrong_labels_sha256_field_is_said(bundle, sha, labels, said):
+    (bundle / "labels.txt").write_text("a\n")
+    edit(bundle, lambda m: m.update(labels=labels, labels_sha256=sha))
+    assert said in refusal(bundle)
+
+
 def test_fewer_labels_than_classes_is_refused_at_load(tmp_path):
     from conftest import make_bundle
 
     root = make_bundle("mobilenetv2", tmp_path)
     (root / "labels.txt").write_text("tench\ngoldfish\n")
+    reseal(root)
     with pytest.raises(BundleError, match=r"labels.txt: 2 labels for 1000 classes"):
         Model(load_bundle(root))
 
@@ -277,13 +308,14 @@ def test_a_keys_file_with_a_line_too_many_is_refused_at_load(tmp_path):
     shutil.copytree(DEMO_BUNDLE, demo)
     keys = demo / "rec_labels.txt"
     keys.write_text("#\n" + keys.read_text(encoding="utf-8"), encoding="utf-8")
+    reseal(demo)
     with pytest.raises(BundleError, match=r"rec_labels.txt: 6624 labels for 6623 classes \(a keys file needs "
                                           r"exactly one line a class: one more shifts every character\)"):
         Model(load_bundle(demo))
     root = make_bundle("mobilenetv2", tmp_path / "cls")
     with open(root / "labels.txt", "a") as fh:
         fh.write("one more\n")
-    Model(load_bundle(root)).close()
+    Model(load_bundle(reseal(root))).close()
 
 
 def test_cli_refuses_with_one_line_and_exit_code_2(bundle):
@@ -305,7 +337,7 @@ def test_the_template_manifest_follows_the_schema():
     template = ROOT / "sdk_template"
     problems = validate_manifest(json.loads((template / "manifest.template.json").read_text()), template)
     assert sorted(problems) == ["golden.image: golden.jpg: missing", "labels: labels.txt: missing",
-                                "models.arm.sha256: expected 64 hex digits",
+                                "labels_sha256: expected 64 hex digits", "models.arm.sha256: expected 64 hex digits",
                                 "models.x86.sha256: expected 64 hex digits"]
 
 

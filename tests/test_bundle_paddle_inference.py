@@ -13,7 +13,7 @@ import cv2
 import pytest
 
 from conftest import need_shared
-from lited.bundle import BundleError, load_bundle, seal_models
+from lited.bundle import BundleError, load_bundle, seal
 from lited.model import Model
 from lited.stream import Stream
 
@@ -35,7 +35,7 @@ def pi_bundle(tmp_path_factory, bundles_dir):
     manifest = json.loads((root / "manifest.json").read_text())
     manifest["models"] = {"x86": {"file": "model.pdmodel", "engine": "paddle_inference",
                                   "params": {"file": "model.pdiparams"}, "options": {"threads": 1}}}
-    (root / "manifest.json").write_text(json.dumps(seal_models(manifest, root)))
+    (root / "manifest.json").write_text(json.dumps(seal(manifest, root)))
     return root
 
 

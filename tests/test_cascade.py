@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import DEMO_BUNDLE, ROOT, need_shared
+from conftest import DEMO_BUNDLE, ROOT, need_shared, reseal
 
 sys.path.insert(0, str(ROOT / "tools"))
 import demo  # noqa: E402 - tools/demo.py: its video, and how it scores what was read
@@ -400,6 +400,7 @@ def test_a_reload_refuses_a_stage_gone_or_classifying_into_other_labels(ocr_copy
     relabelled = tmp_path / "relabelled"
     shutil.copytree(ocr_copy, relabelled)
     (relabelled / "cls_labels.txt").write_text("0\n90\n")
+    reseal(relabelled)
     edit(relabelled, lambda m: m["stages"][0]["rotate"].update(label="90"))
     assert change_problem("ocr", old, load_bundle(relabelled)).startswith(
         f"model ocr: demo_ppocrv4 1.0.0 ({relabelled}) would replace demo_ppocrv4 1.0.0 ({ocr_copy}) with another "
@@ -411,6 +412,7 @@ def test_a_reload_refuses_a_stage_gone_or_classifying_into_other_labels(ocr_copy
     keys = tmp_path / "keys"  # a recognizer's keys are how it spells, not labels apps look up: a new one is fine
     shutil.copytree(ocr_copy, keys)
     (keys / "rec_labels.txt").write_text((ocr_copy / "rec_labels.txt").read_text().replace("a", "A", 1))
+    reseal(keys)
     assert change_problem("ocr", old, load_bundle(keys)) is None
 
 

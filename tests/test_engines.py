@@ -17,9 +17,9 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import DEMO_BUNDLE, make_bundle, need_shared, shared_onnx
+from conftest import DEMO_BUNDLE, make_bundle, need_shared, reseal, shared_onnx
 from daemon_process import DaemonProcess
-from lited.bundle import BundleError, load_bundle, seal_models
+from lited.bundle import BundleError, load_bundle, seal
 from lited.client import ClientError
 from lited.engine_process import SETS, EngineProcess
 from lited.engines import ENGINES, EngineError, open_engine
@@ -158,6 +158,7 @@ def test_an_empty_labels_file_is_refused_like_a_short_one(multi, tmp_path):
     root = tmp_path / "mobilenetv2"
     shutil.copytree(multi / "mobilenetv2", root)
     (root / "labels.txt").write_text("")
+    reseal(root)
     with pytest.raises(BundleError, match="labels.txt: 0 labels for 1000 classes"):
         Model(load_bundle(root), engine="onnxruntime")
 
@@ -404,7 +405,7 @@ def test_selftest_runs_every_engine_listed_and_catches_the_one_that_disagrees(mu
     data = bytearray((root / "model.onnx").read_bytes())
     data[len(data) // 2:len(data) // 2 + 4096] = b"\x07" * 4096
     (root / "model.onnx").write_bytes(bytes(data))
-    (root / "manifest.json").write_text(json.dumps(seal_models(manifest, root)))
+    (root / "manifest.json").write_text(json.dumps(seal(manifest, root)))
     proc = subprocess.run([*LITED, "selftest", "--bundle", str(root)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     # (from memory, OpenVINO words it "Error during import of ONNX model ...", from a path "FrontEnd API failed")
@@ -483,7 +484,7 @@ def _demo_with_onnx(root: Path) -> Path:
     first["x86"] = [{**first["x86"], "engines": ["paddle_lite"]}, {"file": "model.onnx", "engines": ["onnxruntime"]}]
     cls["x86"] = [{**cls["x86"], "engines": ["paddle_lite"]},
                   {"file": "cls_model.onnx", "engines": ["onnxruntime", "openvino"]}]
-    (root / "manifest.json").write_text(json.dumps(seal_models({**manifest, "schema": 2}, root)))
+    (root / "manifest.json").write_text(json.dumps(seal({**manifest, "schema": 2}, root)))
     return root
 
 
@@ -539,7 +540,7 @@ def _int_outputs_bundle(root: Path) -> Path:
                 "preprocess": {"color": "RGB", "resize": {"mode": "stretch"}, "scale": 1 / 255, "mean": [0.5] * 3,
                                "std": [0.5] * 3},
                 "decoder": {"type": "classification", "top_k": 5, "softmax": False}, "labels": "labels.txt"}
-    (root / "manifest.json").write_text(json.dumps(seal_models(manifest, root)))
+    (root / "manifest.json").write_text(json.dumps(seal(manifest, root)))
     return root
 
 

@@ -325,12 +325,13 @@ def test_upgrade_flips_current_and_previous_and_rollback_returns(prefix: Prefix,
     before = snapshot(prefix)
     other = sdk.zip("1.2.0", tolerance={"box_px": 8, "score": 0.05})
     refused(run_install(prefix, other), "1.2.0 is installed (current) with a different manifest.json")
-    # in a file the manifest does not seal too: labels change what every result says
+    # labels change what every result says: sealed, one changed under the same manifest fails its checksum
     labels = (prefix / BUNDLES / "1.2.0/labels.txt").read_bytes()
     other = sdk.zip("1.2.0", extra={"labels.txt": labels.replace(b"face", b"head")})
     assert b"face" in labels
-    refused(run_install(prefix, other), "1.2.0 is installed (current) with a different labels.txt: "
-                                        "give the new bundle a new version (nothing changed)")
+    refused(run_install(prefix, other), "1.2.0 is installed (current) with a different labels.txt, whose sha256 is "
+                                        "not its manifest's (this bundle's copy is damaged, or was changed after "
+                                        "sealing): nothing changed")
     refused(run_install(prefix, sdk.zip("1.2.0", extra={"NOTES.txt": b"x"})), "with a file more (NOTES.txt)")
     # a sealed file changed under the same manifest: said as the checksum it fails (the examples audit)
     model = sorted((prefix / BUNDLES / "1.2.0").glob("*.nb"))[0]

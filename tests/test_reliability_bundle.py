@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from conftest import make_bundle, need_shared
 from daemon_process import DaemonProcess
 from soak import Recorder
-from lited.bundle import BundleError, load_bundle, seal_models
+from lited.bundle import BundleError, load_bundle, seal
 from lited.client import ClientError
 
 EXAMPLES = int(os.environ.get("LITED_FUZZ_EXAMPLES", "2000"))
@@ -43,7 +43,7 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
 FILE_FUZZ = settings(FUZZ, max_examples=max(100, EXAMPLES // 6))
 
 FIELDS = ("schema", "name", "version", "task", "paddle_lite_version", "models", "inputs", "preprocess",
-          "decoder", "labels", "golden")
+          "decoder", "labels", "labels_sha256", "golden")
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ WORDS = ["x86", "arm", "opencl", "RGB", "BGR", "NCHW", "NHWC", "stretch", "lette
          "paddle_inference", "center", "top_left", "im_shape", "scale_factor", "linear", "a\nb", "\u2028",
          "0" * 64, "bdc3" * 16]
 KEYS = sorted({"schema", "name", "version", "task", "paddle_lite_version", "models", "inputs", "preprocess",
-               "decoder", "labels", "golden", "file", "sha256", "size", "engine", "options", "shape", "dtype",
+               "decoder", "labels", "labels_sha256", "golden", "file", "sha256", "size", "engine", "options", "shape", "dtype",
                "fill", "color", "resize", "mode", "interpolation", "scale", "mean", "std", "layout", "pad_value",
                "align", "short_side", "max_side", "min_side", "multiple", "type", "score_threshold", "nms_iou",
                "top_k", "background_class", "image", "expected", "tolerance", "x86", "arm"})
@@ -278,9 +278,11 @@ def test_file_fields_holding_any_string(base):
         @settings(FUZZ, max_examples=max(100, EXAMPLES // 8))
         @given(field=st.sampled_from(FILE_FIELDS),
                value=st.sampled_from(FILE_NAMES + ["link_out", "subdir", "subdir/", "./labels.txt", "labels.txt\x00"])
-               | st.text(max_size=20) | json_values)
-        def run(field, value):
+               | st.text(max_size=20) | json_values, sealed=st.booleans())
+        def run(field, value, sealed):
             manifest = copy.deepcopy(original)
+            if not sealed:  # unsealed labels reach the reading itself (any file as labels, not UTF-8)
+                manifest.pop("labels_sha256", None)
             parent = manifest
             for key in field[:-1]:
                 parent = parent[key]
@@ -375,7 +377,7 @@ def test_truncated_model_is_refused_naming_the_file(base, model):
         if how == "sha256":
             del edited["models"]["x86"]["size"]
         elif how == "structure":
-            edited = seal_models(edited, base)
+            edited = seal(edited, base)
             edited["models"]["arm"] = manifest["models"]["arm"]
         (base / "manifest.json").write_text(json.dumps(edited))
         want = {"size": rf"model_x86\.nb: {length} bytes, manifest says {len(data)} \(truncated or wrong file\)",
@@ -423,20 +425,24 @@ def broken_bundles(good: Path, out: Path, arm_model: Path) -> list:
 
     def truncate_sealed(dst, m):
         truncate(dst, m)
-        return seal_models(m, dst)
+        return seal(m, dst)
 
     def arm_only(dst, m):
         (dst / "model_x86.nb").unlink()
         shutil.copy(arm_model, dst / "model_arm.nb")
         m["models"] = {"arm": {"file": "model_arm.nb"}}
-        return seal_models(m, dst)
+        return seal(m, dst)
 
     def arm_as_x86(dst, m):
         shutil.copy(arm_model, dst / "model_x86.nb")
-        return seal_models(m, dst)
+        return seal(m, dst)
 
     def few_labels(dst, m):
         (dst / "labels.txt").write_text("face\n")
+        return seal(m, dst)
+
+    def labels_changed(dst, m):  # as many, another name: only the checksum can tell
+        (dst / "labels.txt").write_text("head\nface\n")
 
     cases += [
         ("manifest", variant("manifest", lambda d, m: m["preprocess"].update(mean=[1, 2])),
@@ -449,6 +455,7 @@ def broken_bundles(good: Path, out: Path, arm_model: Path) -> list:
         ("arm_as_x86", variant("arm_as_x86", arm_as_x86), "model_x86.nb: holds arm kernels"),
         ("no_labels", variant("no_labels", lambda d, m: (d / "labels.txt").unlink()), "labels: labels.txt: missing"),
         ("few_labels", variant("few_labels", few_labels), "labels.txt: 1 labels for 2 classes"),
+        ("labels_changed", variant("labels_changed", labels_changed), "labels: labels.txt: sha256 mismatch (labels_sha256)"),
         ("missing_dir", out / "absent", "not a directory"),
     ]
     (out / "not_json" / "manifest.json").write_text('{"schema": 1, "name": ')

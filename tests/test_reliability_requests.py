@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, need_shared
+from conftest import ROOT, need_shared, reseal
 from daemon_process import DaemonProcess
 from lited.client import Client, ClientError
 from soak import Recorder, tree
@@ -334,6 +334,7 @@ def test_a_memory_error_during_reload_is_one_line_recorded_and_ready_again(tmp_p
     bundle = copy_bundle(bundles_dir / "ultraface", tmp_path / "big-labels")
     manifest = json.loads((bundle / "manifest.json").read_text())
     (bundle / manifest["labels"]).write_text("face\n" * 780_000)  # 3.9 MB: under the cap, over what is left
+    reseal(bundle)
     notify = NotifyListener()
     # ready, not just answering: a ping is answered before the watchdog's thread starts, which the
     # address-space limit below then kept from starting (CI: "can't start new thread" at start-up)

@@ -101,7 +101,7 @@ def add_paddle_inference(root: Path, paddle_dir: Path, alone: bool) -> None:
     only file (`alone`), or after the others."""
     import shutil
 
-    from lited.bundle import file_specs, seal_models
+    from lited.bundle import file_specs, seal
 
     for f in ("model.pdmodel", "model.pdiparams"):
         shutil.copy(paddle_dir / f, root / f)
@@ -110,7 +110,7 @@ def add_paddle_inference(root: Path, paddle_dir: Path, alone: bool) -> None:
              "options": {"threads": 1, "mkldnn": True}}
     manifest["models"] = {"x86": entry if alone else [*file_specs(manifest["models"]["x86"]), entry]}
     manifest["schema"] = 1 if alone else 2
-    (root / "manifest.json").write_text(json.dumps(seal_models(manifest, root)))
+    (root / "manifest.json").write_text(json.dumps(seal(manifest, root)))
 
 
 def pi_bundle(name: str, src_bundle: Path, out: Path) -> Path | None:

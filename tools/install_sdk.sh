@@ -417,7 +417,7 @@ bdir=$bundles/$name
 cur=$(readlink "$bdir/current" 2>/dev/null || true)
 prev=$(readlink "$bdir/previous" 2>/dev/null || true)
 # A version is its content: current or previous (a rollback's target) never changes under the same
-# name, not even in a file the manifest does not seal (labels, a README).
+# name, not even in a file the manifest does not seal (a README, a NOTICE).
 for kept in "$cur" "$prev"; do
     [ "$kept" = "$version" ] || continue
     check_helper differs "$src" "$bdir/$version" >"$scratch/differs" 2>"$scratch/err" \

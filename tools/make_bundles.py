@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from lited.bundle import load_bundle, seal_models
+from lited.bundle import load_bundle, seal
 from lited.sdk.engine_files import ONNX_NAME
 
 # each shared model's ONNX original (under ../shared/models/<name>/onnx/)
@@ -54,7 +54,7 @@ def assemble(name: str, models_dir: Path, out_dir: Path, targets: tuple = ("x86"
         shutil.copy2(src / manifest["labels"], dst / manifest["labels"])
     if manifest.get("golden"):
         shutil.copy2(models_dir.parent / "images" / manifest["golden"]["image"], dst / manifest["golden"]["image"])
-    (dst / "manifest.json").write_text(json.dumps(seal_models(manifest, dst), indent=2) + "\n")
+    (dst / "manifest.json").write_text(json.dumps(seal(manifest, dst), indent=2) + "\n")
     load_bundle(dst)
     return dst
 

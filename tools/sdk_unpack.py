@@ -312,7 +312,8 @@ def cmd_differs(args: argparse.Namespace) -> int:
 
 
 def _sealed_files(manifest: Path) -> dict:
-    """File -> sha256, of the files a manifest seals (`{"file": ..., "sha256": ...}` anywhere in it)."""
+    """File -> sha256, of the files a manifest seals (`{"file": ..., "sha256": ...}` anywhere in it, and
+    `labels` with `labels_sha256` in it or a stage)."""
     try:
         doc = json.loads(manifest.read_text())
     except (OSError, ValueError):
@@ -323,6 +324,8 @@ def _sealed_files(manifest: Path) -> dict:
         if isinstance(node, dict):
             if isinstance(node.get("file"), str) and isinstance(node.get("sha256"), str):
                 found[node["file"]] = node["sha256"]
+            if isinstance(node.get("labels"), str) and isinstance(node.get("labels_sha256"), str):
+                found[node["labels"]] = node["labels_sha256"]
             todo.extend(node.values())
         elif isinstance(node, list):
             todo.extend(node)

@@ -29,7 +29,7 @@ SCHEMAS = (1, 2)
 SCHEMA_2_FIELDS = ("engines", "precision", "expected")  # file fields schema 1 does not have
 MODEL_FILE_FIELDS = ("file", "sha256", "size", "engine", "engines", "options", "params", "precision", "expected")
 MANIFEST_FIELDS = ("schema", "name", "version", "task", "paddle_lite_version", "models", "inputs", "preprocess",
-                   "decoder", "labels", "golden", "stages")  # a typo ("label", "stage") is refused, not ignored
+                   "decoder", "labels", "labels_sha256", "golden", "stages")  # a typo ("label", "stage") is refused, not ignored
 RESIZE_MODES = ("stretch", "letterbox", "short_side_crop", "keep_ratio", "fit_height")
 # Caps on what a bundle may make the daemon read (a manifest that is /dev/zero,
 # a 50 MB labels file): every read is bounded, regular files only (lited/files.py).
@@ -524,6 +524,11 @@ def _check_part(c: BundleChecker, spec: dict, root: Path, where: str) -> None:
         elif full is not None and full.stat().st_size > MAX_LABELS_BYTES:
             c.add(where + "labels", f"{labels}: {full.stat().st_size} bytes, over the limit of "
                                     f"{MAX_LABELS_BYTES >> 20} MiB")
+    sha = c.get(spec, "labels_sha256", where, str, required=False)
+    if sha is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha):
+        c.add(where + "labels_sha256", "expected 64 hex digits")
+    elif sha is not None and labels is None:
+        c.add(where + "labels_sha256", "given without labels (the file it seals)")
 
 
 def _check_models(c: BundleChecker, manifest: dict, root: Path, where: str = "") -> None:
@@ -770,7 +775,8 @@ def _check_decoder(c: BundleChecker, manifest: dict, where: str = "") -> None:
 STAGE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 # result timing keys a stage name must not take (its time is reported under its name)
 TIMING_KEYS = ("capture", "wait", "preprocess", "queue", "infer", "post_wait", "postprocess", "crop", "total")
-STAGE_FIELDS = ("name", "models", "inputs", "preprocess", "decoder", "labels", "crop", "select", "rotate", "batch")
+STAGE_FIELDS = ("name", "models", "inputs", "preprocess", "decoder", "labels", "labels_sha256", "crop", "select",
+                "rotate", "batch")
 CROP_MODES = ("quad", "box")
 STAGE_MAX_CROPS = 32  # crops per frame a stage runs on by default (the best-scoring detections)
 
@@ -879,10 +885,15 @@ def split_labels(text: str) -> list:
     return lines
 
 
-def read_labels(path: Path) -> list:
+def read_labels(path: Path, sha256: str | None = None, field: str = "labels_sha256") -> list:
     """The labels (split_labels); FileRefused over MAX_LABELS_BYTES or
-    MAX_LABELS labels, UnicodeDecodeError if not UTF-8."""
-    labels = split_labels(read_capped(path, MAX_LABELS_BYTES).decode("utf-8"))
+    MAX_LABELS labels, or when the bytes read do not hash to `sha256` (the
+    manifest's `field`); UnicodeDecodeError if not UTF-8. The bytes checked
+    are the bytes used: a file replaced in between cannot slip through."""
+    data = read_capped(path, MAX_LABELS_BYTES)
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256.lower():
+        raise FileRefused(path, f"sha256 mismatch ({field})")
+    labels = split_labels(data.decode("utf-8"))
     if len(labels) > MAX_LABELS:
         raise FileRefused(path, f"{len(labels)} labels, over the limit of {MAX_LABELS}")
     return labels
@@ -967,7 +978,7 @@ def _labels_of(root: Path, part: dict, prefix: str, where: str) -> list:
     if not part.get("labels"):
         return []
     try:
-        return read_labels(root / part["labels"])
+        return read_labels(root / part["labels"], part.get("labels_sha256"), f"{prefix}labels_sha256")
     except FileRefused as exc:
         raise BundleError(where, [f"{prefix}labels: {part['labels']}: {exc.reason}"]) from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -975,14 +986,31 @@ def _labels_of(root: Path, part: dict, prefix: str, where: str) -> list:
                                   f"({type(exc).__name__})"]) from None
 
 
-def seal_models(manifest: dict, root: Path) -> dict:
-    """Fill `sha256` and `size` of each model file present under `root`; drop
-    files that are absent, and targets left with none (in every stage). For
-    tools that assemble bundles."""
-    sealed = _sealed_models(manifest, root)
+def seal(manifest: dict, root: Path) -> dict:
+    """Fill `sha256` and `size` of each model file present under `root`, and
+    `labels_sha256` where a labels file is; drop model files that are absent,
+    and targets left with none (in every stage). For tools that assemble
+    bundles."""
+    sealed = _sealed_part(manifest, root)
     if "stages" in manifest:
-        sealed["stages"] = [_sealed_models(stage, root) for stage in manifest["stages"]]
+        sealed["stages"] = [_sealed_part(stage, root) for stage in manifest["stages"]]
     return sealed
+
+
+def _sealed_part(part: dict, root: Path) -> dict:
+    """One stage's models and labels sealed."""
+    sealed = _sealed_models(part, root)
+    labels = part.get("labels")
+    if not labels or not (Path(root) / labels).is_file():
+        return sealed
+    digest = sha256_file(Path(root) / labels)
+    out = {}
+    for key, value in sealed.items():  # right after `labels`, where a reader looks for it
+        if key != "labels_sha256":
+            out[key] = value
+        if key == "labels":
+            out["labels_sha256"] = digest
+    return out
 
 
 def _sealed_models(manifest: dict, root: Path) -> dict:

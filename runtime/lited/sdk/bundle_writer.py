@@ -14,12 +14,12 @@ import struct
 import zipfile
 from pathlib import Path
 
-from lited.bundle import file_specs, seal_models
+from lited.bundle import file_specs, seal
 
 from lited.sdk import BuildError
 
 MANIFEST_ORDER = ("schema", "name", "version", "task", "paddle_lite_version", "models", "inputs",
-                  "preprocess", "decoder", "labels", "stages", "golden")
+                  "preprocess", "decoder", "labels", "labels_sha256", "stages", "golden")
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
@@ -66,8 +66,9 @@ def prepare_dir(path: Path) -> Path:
 
 
 def write_manifest(root: Path, manifest: dict) -> dict:
-    """manifest.json with each model's sha256 and size filled in; returns what was written."""
-    sealed = seal_models(manifest, root)
+    """manifest.json with each model's sha256 and size and each labels file's sha256 filled in; returns
+    what was written."""
+    sealed = seal(manifest, root)
     parts = [("", manifest, sealed)] + [(f"stages[{i}].", stage, sealed["stages"][i])
                                         for i, stage in enumerate(manifest.get("stages", []))]
     for where, part, done in parts:
