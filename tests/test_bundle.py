@@ -242,6 +242,24 @@ def test_a_labels_file_changed_after_sealing_is_refused_by_its_checksum(tmp_path
     assert "stages[1].labels: rec_labels.txt: sha256 mismatch (stages[1].labels_sha256)" in refusal(ocr)
 
 
+def test_inspect_warns_of_labels_that_are_not_sealed(tmp_path):
+    """A bundle from before labels_sha256 (or assembled by hand) still loads: inspect says what it lacks."""
+    from conftest import make_bundle
+
+    root = make_bundle("ultraface", tmp_path)
+
+    def warnings() -> list:
+        proc = subprocess.run([sys.executable, "-m", "lited.cli", "inspect", "--bundle", str(root), "--json"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)["warnings"]
+
+    assert not [w for w in warnings() if "sealed" in w]
+    edit(root, lambda m: m.pop("labels_sha256"))
+    assert ("labels: labels.txt is not sealed (no labels_sha256): a change to it after the build would go "
+            "unnoticed; seal the bundle again (tools/build_sdk.py, or lited.bundle.seal)") in warnings()
+
+
 @pytest.mark.parametrize("sha, labels, said", [
     ("abc", "labels.txt", "labels_sha256: expected 64 hex digits"),
     ("0" * 64, None, "labels_sha256: given without labels (the file it seals)"),

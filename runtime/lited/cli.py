@@ -185,7 +185,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                     entry["problem"] = str(exc)
             info["models"][t].append(entry)
     if foreign:
-        model, info["engine"], info["warnings"] = None, None, _foreign_problems(info, bundle)
+        model, info["engine"] = None, None
+        info["warnings"] = _foreign_problems(info, bundle) + _unsealed_labels(bundle)
         # what that machine would pick, as far as the bundle says (its installed engines decide the rest)
         asked = [f"--{k} {getattr(args, k)}" for k in ("engine", "precision") if getattr(args, k, None)]
         listed = [(f, kind) for f in bundle.models().get(target, []) for kind in f.engines
@@ -253,8 +254,17 @@ def _inspect_load(info: dict, bundle: Any, args: argparse.Namespace) -> Any:
                                  zip(engine.inputs, engine.input_shapes())],
                       "outputs": [{"name": n, "shape": list(s)} for n, s in
                                   zip(engine.output_names, engine.output_shapes())]}
-    info["warnings"] = _version_warnings(info, engine)
+    info["warnings"] = _version_warnings(info, engine) + _unsealed_labels(bundle)
     return model
+
+
+def _unsealed_labels(bundle: Any) -> list:
+    """Labels files the manifest does not seal (a bundle from before `labels_sha256`, or
+    assembled by hand): one changed after the build would name every result wrongly, unseen."""
+    parts = [("", bundle.manifest)] + [(f"stages[{i}].", stage.manifest) for i, stage in enumerate(bundle.stages)]
+    return [f"{p}labels: {m['labels']} is not sealed (no {p}labels_sha256): a change to it after the build "
+            "would go unnoticed; seal the bundle again (tools/build_sdk.py, or lited.bundle.seal)"
+            for p, m in parts if m.get("labels") and not m.get("labels_sha256")]
 
 
 def _foreign_problems(info: dict, bundle: Any) -> list:
