@@ -28,8 +28,9 @@ SCHEMA = 2          # the newest manifest schema this lited reads
 SCHEMAS = (1, 2)
 SCHEMA_2_FIELDS = ("engines", "precision", "expected")  # file fields schema 1 does not have
 MODEL_FILE_FIELDS = ("file", "sha256", "size", "engine", "engines", "options", "params", "precision", "expected")
+# a typo ("label", "stage") is refused, not ignored
 MANIFEST_FIELDS = ("schema", "name", "version", "task", "paddle_lite_version", "models", "inputs", "preprocess",
-                   "decoder", "labels", "labels_sha256", "golden", "stages")  # a typo ("label", "stage") is refused, not ignored
+                   "decoder", "labels", "labels_sha256", "golden", "stages")
 RESIZE_MODES = ("stretch", "letterbox", "short_side_crop", "keep_ratio", "fit_height")
 # Caps on what a bundle may make the daemon read (a manifest that is /dev/zero,
 # a 50 MB labels file): every read is bounded, regular files only (lited/files.py).
@@ -524,10 +525,7 @@ def _check_part(c: BundleChecker, spec: dict, root: Path, where: str) -> None:
         elif full is not None and full.stat().st_size > MAX_LABELS_BYTES:
             c.add(where + "labels", f"{labels}: {full.stat().st_size} bytes, over the limit of "
                                     f"{MAX_LABELS_BYTES >> 20} MiB")
-    sha = c.get(spec, "labels_sha256", where, str, required=False)
-    if sha is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha):
-        c.add(where + "labels_sha256", "expected 64 hex digits")
-    elif sha is not None and labels is None:
+    if _check_sha(c, spec, where, "labels_sha256", required=False) and labels is None:
         c.add(where + "labels_sha256", "given without labels (the file it seals)")
 
 
@@ -616,10 +614,13 @@ def _check_model_entry(c: BundleChecker, spec: Any, where: str, root: Path) -> N
         c.add(p + "params", "expected an object")
 
 
-def _check_sha(c: BundleChecker, spec: dict, p: str) -> None:
-    sha = c.get(spec, "sha256", p, str)
+def _check_sha(c: BundleChecker, spec: dict, p: str, key: str = "sha256", required: bool = True) -> bool:
+    """`spec[key]` is 64 hex digits; True when it is (False when absent or wrong, said)."""
+    sha = c.get(spec, key, p, str, required=required)
     if sha is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha):
-        c.add(p + "sha256", "expected 64 hex digits")
+        c.add(p + key, "expected 64 hex digits")
+        return False
+    return sha is not None
 
 
 INPUT_FILLS = ("im_shape", "scale_factor")  # extra inputs lited fills per frame (PaddleDetection exports)

@@ -261,10 +261,11 @@ def _inspect_load(info: dict, bundle: Any, args: argparse.Namespace) -> Any:
 def _unsealed_labels(bundle: Any) -> list:
     """Labels files the manifest does not seal (a bundle from before `labels_sha256`, or
     assembled by hand): one changed after the build would name every result wrongly, unseen."""
-    parts = [("", bundle.manifest)] + [(f"stages[{i}].", stage.manifest) for i, stage in enumerate(bundle.stages)]
-    return [f"{p}labels: {m['labels']} is not sealed (no {p}labels_sha256): a change to it after the build "
-            "would go unnoticed; seal the bundle again (tools/build_sdk.py, or lited.bundle.seal)"
-            for p, m in parts if m.get("labels") and not m.get("labels_sha256")]
+    return [f"{part.where}labels: {part.manifest['labels']} is not sealed (no {part.where}labels_sha256): a "
+            "change to it after the build would go unnoticed; seal the bundle again (tools/build_sdk.py, or "
+            "lited.bundle.seal)"
+            for part in (bundle, *bundle.stages)
+            if part.manifest.get("labels") and not part.manifest.get("labels_sha256")]
 
 
 def _foreign_problems(info: dict, bundle: Any) -> list:
