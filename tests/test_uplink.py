@@ -468,9 +468,31 @@ def test_second_model_answers_remote_requests_and_last_will(broker, tmp_path, bu
             forged.pop("round_trip_ms", None)
             cloud_client.publish("lited/dev1/answers/cam", json.dumps(forged).encode(), qos=1)
         wait_until(lambda: uplink_status(d)["counters"]["bad_messages"] == bad + 3, 10)
-        cloud_client.publish("lited/dev1/req", b'{"v":1,"id":[NaN],"method":"ping"}', qos=1,
+        # poison: arrays nested past the JSON parser's depth, an integer msgpack cannot carry; each used to end
+        # paho's network thread (status still said connected) and came back from the broker after a restart
+        deep = b"[" * 5000 + b"]" * 5000
+        event_id = next(e["id"] for e in cloud.entries("event") if e["device"] == "dev1")
+        huge = {**answer, "id": event_id, "classes": [{"label": "x", "score": 10 ** 30}]}
+        huge.pop("round_trip_ms", None)
+        for topic, payload in (("lited/dev1/answers/cam", deep), ("lited/dev1/ack", deep),
+                               ("lited/dev1/answers/cam", json.dumps(huge).encode())):
+            cloud_client.publish(topic, payload, qos=1)
+        wait_until(lambda: uplink_status(d)["counters"]["bad_messages"] == bad + 6, 10)
+        cloud_client.publish("lited/dev1/req", b'{"v":1,"id":3,"params":' + deep + b'}', qos=1,
                              properties=publish_properties(response_topic="lited/dev1/resp/rogue"))
         topic, payload = wait_until(lambda: got[1] if len(got) > 1 else None, 10)
+        assert json.loads(payload)["error"] == {"code": "bad_request", "message": "request: nested too deep"}
+        # and a device's poison must not end `lited cloud`'s worker: dev2's next result is still recorded
+        dev2, _ = connected(broker.device_settings("dev2"), "dev2")
+        result = {"v": 1, "type": "result", "stream": "x", "seq": 1, "detections": [], "classes": []}
+        for seq, payload in ((1, deep), (2, json.dumps(result).encode())):
+            dev2.publish("lited/dev2/results/x", payload, qos=1,
+                         properties=publish_properties(user=[("lited-id", f"dev2:abcdef01:{seq}")]))
+        wait_until(lambda: [e for e in cloud.entries("result") if e["device"] == "dev2"], 10)
+        close(dev2)
+        cloud_client.publish("lited/dev1/req", b'{"v":1,"id":[NaN],"method":"ping"}', qos=1,
+                             properties=publish_properties(response_topic="lited/dev1/resp/rogue"))
+        topic, payload = wait_until(lambda: got[2] if len(got) > 2 else None, 10)
         said = json.loads(payload, parse_constant=lambda c: pytest.fail(f"{c} in a reply: not JSON"))
         assert said["id"] is None and "NaN or infinity" in said["error"]["message"], said
         close(cloud_client)
@@ -492,7 +514,7 @@ def test_second_model_answers_remote_requests_and_last_will(broker, tmp_path, bu
             close(watcher)
         stats = cloud.stop() if cloud else {}
         d.stop()
-    assert stats["crops"] >= 1 and stats["answered"] >= stats["crops"]
+    assert stats["crops"] >= 1 and stats["answered"] >= stats["crops"] and stats["bad"] == 1
 
 
 def test_workers_in_one_group_share_the_load(broker, tmp_path, bundles_dir):

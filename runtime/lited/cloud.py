@@ -197,6 +197,9 @@ class CloudWorker:
         except up.UplinkMessageError as exc:
             self.counters["bad"] += 1
             log.warning("cloud: dropped %s: %s", msg.topic, exc)
+        except Exception as exc:  # noqa: BLE001 - one device's message must not end the worker
+            self.counters["bad"] += 1
+            log.warning("cloud: dropped %s: %s: %s", msg.topic, type(exc).__name__, first_line(exc))
         self.client.ack(msg.mid, msg.qos)        # PUBACK only now: a worker that dies leaves it to the broker
         if sum(len(v) for v in self._acks.values()) >= ACK_BATCH:
             self._flush_acks()

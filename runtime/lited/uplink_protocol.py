@@ -111,6 +111,8 @@ def from_json(payload: bytes, what: str, limit: int = 1 << 20) -> dict:
         raise UplinkMessageError(f"{what}: {len(payload)} bytes is over {limit}")
     try:
         obj = json.loads(payload)
+    except RecursionError:  # arrays or objects nested deeper than the parser goes: it would kill the caller's thread
+        raise UplinkMessageError(f"{what}: nested too deep") from None
     except (ValueError, UnicodeDecodeError) as exc:
         if "digits" in str(exc):  # valid JSON Python will not read: an integer of thousands of digits
             raise UplinkMessageError(f"{what}: an integer of more than {sys.get_int_max_str_digits()} digits") \

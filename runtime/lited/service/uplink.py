@@ -37,6 +37,7 @@ from lited import __version__
 from lited import uplink_protocol as up
 from lited.config import UPLINK_FILES, UplinkConfig
 from lited.crops import crop_rect, encode_jpeg
+from lited.errors import first_line
 from lited.mqtt_link import BrokerSettings, ConnectWatch, connect_async, make_client, publish_properties
 from lited.protocol import ProtocolError
 from lited.service.outbox import DROP_LOG_INTERVAL, Outbox
@@ -514,6 +515,10 @@ class Uplink:
         except up.UplinkMessageError as exc:
             self._count("bad_messages")
             log.warning("uplink: dropped a message: %s", exc, extra={"event": "uplink_bad_message"})
+        except Exception as exc:  # noqa: BLE001 - paho's network thread runs this: an exception would end the link
+            self._count("bad_messages")
+            log.warning("uplink: dropped a message on %s: %s: %s", msg.topic, type(exc).__name__, first_line(exc),
+                        extra={"event": "uplink_bad_message"})
 
     def _cloud_ack(self, msg_id: Any) -> Optional[int]:
         parsed = up.parse_id(msg_id)
