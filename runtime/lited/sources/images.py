@@ -1,7 +1,9 @@
 """images://DIR?fps=N&loop=1 — the images of a folder, in name order.
 
-The folder is listed once at open. Images are not resized: one of another
-size raises FrameShapeChanged and the pipeline decides. OpenCV cannot
+The folder is listed at open. With `loop`, a pass in which no image could
+be read (the folder deleted, say) is a SourceError: the stream reopens with
+backoff (listing the folder again) instead of skipping in a busy loop.
+Images are not resized: one of another size raises FrameShapeChanged and the pipeline decides. OpenCV cannot
 decode into a given buffer, so each image costs one allocation and one copy
 into `out` (stills, not a camera: acceptable). `fps` paces (0: as fast as
 the consumer reads); `loop` starts over after the last image.
@@ -56,6 +58,7 @@ class ImagesSource(Source):
         self.fps = self.options["fps"] or None
         self.pacer = Pacer(self.fps)
         self._unread: List[str] = []  # images skipped while looking for the first: reported by the next reads
+        self._read_this_pass = 1      # the first frame, read here
         for self.index, path in enumerate(self.files, 1):
             try:
                 return self._first_frame(self._load(path))
@@ -83,9 +86,12 @@ class ImagesSource(Source):
         if self.index >= len(self.files):
             if not self.options["loop"]:
                 return False
-            self.index = 0
+            if not self._read_this_pass:  # the folder is gone or spoilt: reopen with backoff, never spin
+                raise self.error(f"none of the {len(self.files)} images in {self.path} could be read in a pass")
+            self.index, self._read_this_pass = 0, 0
         self.index += 1  # past this image whatever happens: a bad one is skipped, never retried
         image = self._load(self.files[self.index - 1])
+        self._read_this_pass += 1
         if image.shape != out.shape:
             raise self._frame_shape_changed(image)
         np.copyto(out, image)
