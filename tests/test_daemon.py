@@ -2,10 +2,12 @@
 over ipc, reloads, and hostile clients."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import stat
 import subprocess
@@ -103,16 +105,64 @@ def engine_pids(d: DaemonProcess) -> set:
 
 def test_infer_requests_run_in_an_engine_process_a_reload_stops(daemon):
     """The request worker's model runs out of process too; once a reload
-    replaces that model, its engine process goes within a couple of seconds."""
+    replaces that model, its engine process goes within a couple of seconds.
+    A model no stream runs is warmed up at start (so a bundle that cannot run
+    is refused there) and at reload, and the first request takes that engine."""
     image = str(need_shared("images", "astronaut.png"))
+    daemon.wait_ready()
     with daemon.client() as client:
-        assert engine_pids(daemon) == set()  # no stream, no request yet: no engine
+        spares = engine_pids(daemon)
+        assert len(spares) == 2  # no stream: one warm engine per model, for the requests
         client.infer(image=image, model="det")
-        (old,) = engine_pids(daemon)
+        assert engine_pids(daemon) == spares  # the worker took det's: no other process
         assert client.reload(model="det", bundle=daemon.config["models"]["face"], force=True)["reloaded"] == ["det"]
-        wait_until(lambda: old not in engine_pids(daemon), timeout=10)
+        (old,) = wait_until(lambda: (lambda gone: gone if len(gone) == 1 else None)(spares - engine_pids(daemon)),
+                            timeout=10)
+        now = engine_pids(daemon)
         assert client.infer(image=image, model="det")["model"] == "ultraface"
-        assert len(engine_pids(daemon) - {old}) == 1
+        assert engine_pids(daemon) == now and len(now - spares) == 1  # the reload's warm spare served it
+
+
+def test_a_model_no_stream_runs_is_checked_at_start_and_reload_and_one_removed_goes(tmp_path, bundles_dir):
+    """A bundle whose decoder cannot read its model's outputs, for a model only
+    requests use: it was taken at start and reload ("reloaded in 0.0 s") and
+    failed at the first request; a model removed from the config kept serving."""
+    bad = tmp_path / "bad"
+    shutil.copytree(bundles_dir / "ultraface", bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    (bad / "manifest.json").write_text(json.dumps({**manifest, "decoder": {"type": "gfl"}}))
+    (tmp_path / "a").mkdir()
+    refused = DaemonProcess(tmp_path / "a", {"models": {"face": str(bundles_dir / "ultraface"), "spare": str(bad)},
+                                             "streams": []})
+    with contextlib.suppress(RuntimeError):  # (ping may answer first: the bus is up while models warm)
+        refused.start()
+    try:
+        assert refused.proc.wait(60) != 0
+    finally:
+        refused.proc.kill()
+    said = [ln for ln in refused.output().splitlines() if ln.startswith("lited: ")]
+    assert len(said) == 1 and "models.spare: bundle " in said[0] and "decoder: gfl: " in said[0], said
+    image = str(need_shared("images", "astronaut.png"))
+    (tmp_path / "b").mkdir()
+    config = {"models": {"face": str(bundles_dir / "ultraface"), "det": str(bundles_dir / "fastestdet")},
+              "streams": []}
+    with DaemonProcess(tmp_path / "b", config) as d, d.client(timeout=60) as client:
+        with pytest.raises(ClientError) as info:
+            client.reload(model="det", bundle=str(bad), force=True)
+        assert info.value.code == "failed" and "decoder: gfl: " in info.value.message, info.value
+        assert client.infer(image=image, model="det")["model"] == "fastestdet"  # the old one serves
+        d.write_config({**config, "models": {**config["models"], "extra": str(bad)}})
+        with pytest.raises(ClientError) as info:
+            client.reload(timeout=60)
+        assert "decoder: gfl: " in info.value.message and set(client.status()["models"]) == {"face", "det"}
+        d.write_config({**config, "models": {"face": config["models"]["face"]}})
+        assert client.reload(timeout=60)["removed"] == ["det"]
+        assert set(client.status()["models"]) == {"face"}
+        with pytest.raises(ClientError) as info:
+            client.infer(image=image, model="det")
+        assert info.value.code == "not_found", info.value
+        wait_until(lambda: len(engine_pids(d)) == 1, timeout=10)  # face's; det's engines went
+        assert client.infer(image=image, model="face")["model"] == "ultraface"
 
 
 def test_reload_with_a_bundle_but_no_model_is_refused_even_with_one_model(tmp_path, bundles_dir):

@@ -99,9 +99,12 @@ def test_a_model_swapped_after_the_check_is_refused_by_the_engine(tmp_path, bund
         tampered[offset] ^= 0x55
     (tmp_path / "tampered.nb").write_bytes(tampered)
     image = str(need_shared("images", "chelsea.png"))
-    d = DaemonProcess(tmp_path, {"models": {"cls": str(bundle)}, "streams": []}).start()  # checked here
+    # checked at start; a stream runs the model, so the request worker starts an engine of its own at its request
+    d = DaemonProcess(tmp_path, {"models": {"cls": str(bundle)}, "streams": [
+        {"name": "cam", "source": "synth://?size=64x48&fps=2", "model": "cls"}]}).start().wait_ready()
     try:
         outcome: dict = {}
+        running = engine_pids(d)
 
         def infer() -> None:
             try:
@@ -113,7 +116,7 @@ def test_a_model_swapped_after_the_check_is_refused_by_the_engine(tmp_path, bund
         thread = threading.Thread(target=infer)
         thread.start()
         deadline = time.monotonic() + 30
-        while not engine_pids(d):  # the engine process is starting: swap the file under it
+        while not engine_pids(d) - running:  # the worker's engine process is starting: swap the file under it
             assert time.monotonic() < deadline, "no engine process"
             time.sleep(0.001)
         os.replace(tmp_path / "tampered.nb", model)

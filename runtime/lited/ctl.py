@@ -223,6 +223,8 @@ def human_reload(out: dict, endpoint: str) -> str:
                         ("stopped", [n for n in stopped if n not in started])):
         if names:
             line += f"; {word} {', '.join(names)}"
+    if out.get("removed"):
+        line += f"; removed {', '.join(out['removed'])}"
     if out.get("needs_restart"):
         line += f"; changed in the config, applied at the next start: {', '.join(out['needs_restart'])}"
     return line

@@ -134,6 +134,8 @@ class Daemon:
         self.bundles: dict = {}            # model name -> Bundle
         self.generation: dict = {}         # model name -> int, bumped on reload (request workers rebuild)
         self.swapped_away: set = set()     # models serving another bundle than the config's (--bundle)
+        self.spares: dict = {}             # model name -> (generation, Model) no stream runs, warmed at start
+        #                                    or reload, for the first request worker that asks
         self.streams: dict = {}            # stream name -> Stream
         self.stream_configs: dict = {}     # stream name -> the StreamConfig it was started from
         self.warming: dict = {}            # stream name -> StreamConfig whose model is warming up
@@ -202,6 +204,10 @@ class Daemon:
         # a SIGHUP does: taken at once, it started each stream a second time beside the first
         with self._reload_lock:
             self.stream_threads = self._plan_threads(cfg.streams)
+            spares, failed = self._warm_spares(self.bundles, {sc.model for sc in cfg.streams})
+            self._keep_spares(spares)
+            if failed:
+                raise ConfigError(str(cfg.path or "<config>"), [f"models.{n}: {first_line(e)}" for n, e in failed])
             for i, sc in enumerate(cfg.streams, 1):
                 if self.stop_event.is_set():
                     return
@@ -229,10 +235,51 @@ class Daemon:
         """Model `name` (from `bundle`, default its current one) in an engine
         process, on the engine and threads the config asks for, on `cpus`
         (a stream's, from the core plan; None, as for a request worker's: every
-        core, as an app's own process would run it)."""
+        core, as an app's own process would run it). A request worker's may be
+        the spare warmed at start or reload."""
+        if bundle is None and threads is None and cpus is None:
+            generation, spare = self.spares.pop(name, (None, None))
+            if spare is not None and generation == self.generation.get(name) and not spare.engine_ended():
+                return spare
+            if spare is not None:
+                spare.close()
         settings = self.config.model_settings.get(name, ModelSettings())
         return Model(bundle or self.bundles[name], isolated=True, run_timeout=self.config.engine_timeout,
                      cpus=cpus or self.cpus, **settings.model_kwargs(threads))
+
+    def _warm_spares(self, bundles: dict, used: set) -> tuple:
+        """({name: Model}, [(name, error)]): a model warmed up, as a request worker runs it, for
+        each of `bundles` that no stream in `used` runs, so that a bundle that cannot run (a
+        decoder that does not fit its outputs, say) is refused at start and at reload as a
+        stream's is, not at its first request."""
+        made, failed = {}, []
+        for name, bundle in bundles.items():
+            if name in used:
+                continue
+            self.watchdog.beat("main", READY_TIMEOUT)
+            what = f"warming up {name} ({bundle.name} {bundle.version}): no stream runs it, for requests"
+            self.notifier.status(what)
+            log.info("%s", what, extra={"event": "warming_up"})
+            try:
+                made[name] = self.make_model(name, bundle)
+            except LOAD_ERRORS as exc:
+                failed.append((name, exc))
+        if failed:
+            for model in made.values():
+                model.close()
+            made = {}
+        return made, failed
+
+    def _keep_spares(self, made: dict) -> None:
+        """The models `_warm_spares` made take their names' places (after a reload's swap)."""
+        for name, model in made.items():
+            self._drop_spare(name)
+            self.spares[name] = (self.generation.get(name, 0), model)
+
+    def _drop_spare(self, name: str) -> None:
+        _, old = self.spares.pop(name, (None, None))
+        if old is not None:
+            old.close()
 
     def _plan_threads(self, streams: list, bundles: Optional[dict] = None) -> dict:
         """Each stream's engine threads: as configured (else the bundle's, else 1),
@@ -325,6 +372,9 @@ class Daemon:
             self.watchdog.unregister("http")
         for name in list(self.streams):
             self._stop_stream(name)
+        for _, model in self.spares.values():
+            model.close()
+        self.spares.clear()
         if self.uplink is not None:
             self.uplink.stop()
         self.requests.stop()
@@ -399,9 +449,9 @@ class Daemon:
         self._daemon_event(kind, detail)
 
     def reload_grace(self) -> float:
-        """How long a reload may legitimately take: each stream's new model
-        builds and warms up within READY_TIMEOUT, one after the other."""
-        return READY_TIMEOUT * (len(self.streams) + 1)
+        """How long a reload may legitimately take: each stream's new model, and
+        each model's spare, builds and warms up within READY_TIMEOUT, one after the other."""
+        return READY_TIMEOUT * (len(self.streams) + len(self.bundles) + 1)
 
     # -- reload
     def reload_request(self, model: Optional[str], bundle: Optional[str], force: bool = False) -> dict:
@@ -415,7 +465,7 @@ class Daemon:
             if not record["ok"]:
                 raise ProtocolError("failed", record["error"])
             return {"reloaded": record["reloaded"], "started": record["started"], "stopped": record["stopped"],
-                    "needs_restart": record.get("needs_restart", []),
+                    "removed": record["removed"], "needs_restart": record.get("needs_restart", []),
                     "took_ms": round((time.monotonic() - t0) * 1e3, 1)}
         if model is not None and model not in self.bundles:
             raise ProtocolError("not_found", f"params.model: no model {quoted(model)} (have {', '.join(self.bundles)})")
@@ -428,34 +478,41 @@ class Daemon:
             self.reload_models(paths, force)
         except LOAD_ERRORS as exc:
             raise ProtocolError("failed", first_line(exc)) from None
-        return {"reloaded": names, "started": [], "stopped": [], "needs_restart": [],
+        return {"reloaded": names, "started": [], "stopped": [], "removed": [], "needs_restart": [],
                 "took_ms": round((time.monotonic() - t0) * 1e3, 1)}
 
     def reload_models(self, paths: dict, force: bool = False, leaving: frozenset = frozenset(),
-                      loaded: Optional[dict] = None) -> None:
+                      loaded: Optional[dict] = None, warmed: frozenset = frozenset()) -> None:
         """Load the bundles at `paths` (model name -> dir), warm a new model for
         every stream using them (but the streams `leaving`, which the reload
-        stops next), then swap all at once. Raises on failure: nothing is
-        swapped and the old models keep serving."""
+        stops next) and a spare for each no stream runs (but those `warmed`
+        by the reload's new streams), then swap all at once. Raises on
+        failure: nothing is swapped and the old models keep serving."""
         with self._reload_lock:
             self.notifier.reloading("reloading")
             before = {n: self.bundles[n] for n in paths}
             try:
-                self._swap_models(paths, force, leaving, loaded or {})
+                self._swap_models(paths, force, leaving, loaded or {}, warmed)
             except BaseException as exc:
                 self._record_reload(False, first_line(exc))
                 raise
             self._record_reload(True, list(paths), before)
 
-    def _swap_models(self, paths: dict, force: bool, leaving: frozenset, loaded: dict) -> None:
+    def _swap_models(self, paths: dict, force: bool, leaving: frozenset, loaded: dict, warmed: frozenset) -> None:
         prepared: list = []
+        spares: dict = {}
         try:
             new_bundles = {n: loaded[n] if n in loaded else load_bundle(p) for n, p in paths.items()}
+            used = set(warmed)
             for name, stream in self.streams.items():
                 sc = self.stream_configs[name]
                 bundle = new_bundles.get(sc.model)
                 if bundle is not None and name not in leaving and not stream.ended:
                     prepared.append((stream, stream.prepare_model(self._stream_model(sc, bundle), READY_TIMEOUT)))
+                    used.add(sc.model)
+            spares, failed = self._warm_spares(new_bundles, used)
+            if failed:
+                raise failed[0][1]
             for n, bundle in new_bundles.items():  # after the models load: a broken bundle says so first
                 problem = change_problem(n, self.bundles[n], bundle)
                 # going back to the config's bundle undoes a swap, whatever it changed: one that added a
@@ -466,16 +523,20 @@ class Daemon:
         except BaseException:
             for _, runner in prepared:
                 runner.stop()
+            for model in spares.values():
+                model.close()
             raise
         for stream, runner in prepared:
             stream.commit_model(runner)
         for n, bundle in new_bundles.items():
             self.bundles[n] = bundle  # config.models keeps the configured path: a plain reload goes back to it
             self.generation[n] += 1
+            self._drop_spare(n)
             if paths[n] == self.config.models.get(n):
                 self.swapped_away.discard(n)
             else:
                 self.swapped_away.add(n)
+        self._keep_spares(spares)
 
     def reload_config(self, force: bool = False) -> dict:
         """SIGHUP and `lited ctl reload`: re-read the config; reload changed or
@@ -483,7 +544,7 @@ class Daemon:
         stop removed ones. Returns the reload record (`ok`, `error` or
         `models`), with what was reloaded, started and stopped."""
         with self._reload_lock:
-            outcome: dict = {"reloaded": [], "started": [], "stopped": []}
+            outcome: dict = {"reloaded": [], "started": [], "stopped": [], "removed": []}
             try:
                 new = load_config(self.config.path)
                 new_bundles = load_bundles(new)
@@ -510,17 +571,24 @@ class Daemon:
             # new and changed streams warm up first: one whose model fails fails the reload before anything
             # changed (it had swapped the models and started the streams before it, then said "failed")
             fresh: list = []
+            added_spares: dict = {}
             swapping = False  # reload_models records its own outcome
             try:
                 for name, sc in wanted.items():
                     if name not in self.streams or name in leaving:
                         fresh.append((sc, *self._prepare_stream(sc, new_bundles[sc.model])))
+                added_spares, failed = self._warm_spares({n: new_bundles[n] for n in added},
+                                                         {sc.model for sc in new.streams})
+                if failed:
+                    raise failed[0][1]
                 if kept:
                     swapping = True
-                    self.reload_models(kept, force, leaving, kept_bundles)
+                    self.reload_models(kept, force, leaving, kept_bundles, frozenset(sc.model for sc, *_ in fresh))
             except LOAD_ERRORS as exc:
                 for sc, _, runner in fresh:
                     self._drop_prepared(sc, runner)
+                for model in added_spares.values():
+                    model.close()
                 self.config.model_settings = old_settings
                 self.stream_threads = self._plan_threads(self.config.streams)
                 if not swapping:
@@ -530,7 +598,11 @@ class Daemon:
                 self.bundles[n] = new_bundles[n]
                 self.generation[n] = 0
                 self.config.models[n] = added[n]
+            self._keep_spares(added_spares)
+            for n in [n for n in self.spares if n in {sc.model for sc in new.streams}]:
+                self._drop_spare(n)  # a stream runs it now (its warm-up checks it); requests build theirs as before
             outcome["reloaded"] = list(new.models)
+            outcome["removed"] = [n for n in self.bundles if n not in new.models]
             for name in [n for n in self.streams if n in leaving]:
                 self._stop_stream(name)
                 outcome["stopped"].append(name)
@@ -538,6 +610,12 @@ class Daemon:
                 self._run_stream(sc, stream, runner)
                 outcome["started"].append(sc.name)
             self.config.streams = new.streams
+            for n in outcome["removed"]:  # after the streams that ran it stopped; request workers drop theirs
+                self._drop_spare(n)
+                for table in (self.bundles, self.generation, self.config.models):
+                    table.pop(n, None)
+                self.swapped_away.discard(n)
+                log.info("model %s removed: the config no longer has it", n, extra={"event": "reload"})
             if self.uplink is not None and new.uplink is not None:
                 self.uplink.update_rules(new.uplink)
             if not kept:

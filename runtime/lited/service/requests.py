@@ -140,7 +140,9 @@ class ModelCache:
         cached = self._models.get(name)
         if cached is not None and not self.alive(name):
             cached = None
-        generation = self.service.generation[name]
+        generation = self.service.generation.get(name)
+        if generation is None:  # a reload removed it since the request was checked
+            model_named(self.service, name, "params.model")
         if cached is None or cached[0] != generation:
             if cached is not None:
                 cached[1].close()
