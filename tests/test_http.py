@@ -50,6 +50,7 @@ def serve(tmp: Path, bundles_dir: Path, http: dict, streams: list, **config) -> 
                             "streams": streams, "http": {"listen": "127.0.0.1:0", **http}, **config})
     d.start()
     try:
+        d.wait_ready()  # every stream's model warm (a model no stream runs, too)
         return Served(d)
     except BaseException:
         d.stop()  # never leave a daemon behind
@@ -338,6 +339,17 @@ def test_each_live_frame_is_drawn_with_its_own_result(served, video, expected):
         for d in result["detections"]:
             assert box_drawn(image, d["box"]), (result["seq"], d)
     assert len(seen) >= 2  # the pictures did change under the view
+
+
+def test_a_new_viewer_first_gets_a_frame_of_now_not_the_last_viewers(served):
+    """The view kept the last part it made for a viewer who left, and the next
+    viewer got that first (35 s old in the audit)."""
+    mjpeg_parts(served.url + "/v1/streams/cam/live", 2)
+    time.sleep(2.5)  # nobody watches: the encoder stops
+    joined = time.time()
+    ((headers, _),) = mjpeg_parts(served.url + "/v1/streams/cam/live", 1)
+    age = joined - json.loads(headers["X-Lited-Result"])["frame_ts"]
+    assert age < 0.5, f"the first part's frame is {age:.1f} s older than the viewer"
 
 
 def test_an_event_client_that_leaves_frees_its_place_at_once(served):

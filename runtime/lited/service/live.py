@@ -77,6 +77,8 @@ class LiveView:
 
     # -- loop side
     def join(self) -> None:
+        if not self.watchers:  # the last viewer's part may be long past: a new one waits for a fresh part
+            self.latest = (-1, b"")
         with self._cond:
             self.watchers += 1
             if self._thread is None:
