@@ -490,6 +490,11 @@ def test_protocol_audit_envelopes_pipelines_shares_and_limits(daemon):
             (msgpack.packb({"v": 1, "id": 11, "method": "ping"})[:-2], 11, "it ends before its value is whole"),
             (msgpack.packb({3: 4, "v": 1, "id": 12, "method": "ping"}), None, "a map key that is not a string"),
             (msgpack.packb({"v": 1, "id": 13, "method": "ping"}) + b"\x01", 13, "bytes after the first value"),
+            # a binary key: strict_map_key lets it through, and `{b"k": 1}` in params was taken
+            (msgpack.packb({"v": 1, "id": 14, "method": "ping", "params": {b"k": 1}}, use_bin_type=True), 14,
+             "a map key that is not a string"),
+            (msgpack.packb({"v": 1, "id": 15, "method": "ping"})[:-5] + b"\xa4\xff\xfe\xfd\xfc", 15,
+             "a string that is not UTF-8"),
             (b"\xc1", None, "a byte that starts no msgpack value")]
         for request, request_id, why in unreadable:
             said = msgpack.unpackb(_ask_all(sock, [[request]])[0][0], raw=False)

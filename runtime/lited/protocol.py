@@ -135,6 +135,14 @@ def _no_extension(code: int, data: bytes) -> Any:
     raise ValueError(f"extension type {code}")
 
 
+def _string_keys(pairs: list) -> dict:
+    """A map whose keys are all strings (strict_map_key lets binaries through)."""
+    for key, _ in pairs:
+        if not isinstance(key, str):
+            raise ValueError(f"{type(key).__name__} is not allowed for map key")
+    return dict(pairs)
+
+
 def request_id_of(data: bytes) -> Any:
     """The `id` of a request refused before it is decoded whole (too large, over
     the in-flight budget, over a msgpack limit), so the client can match the
@@ -149,7 +157,7 @@ def request_id_of(data: bytes) -> Any:
     try:
         for _ in range(unpacker.read_map_header()):
             key = unpacker.unpack()
-            if not isinstance(key, (str, bytes)):  # a key lited does not read: the map is not read
+            if not isinstance(key, str):  # a key lited does not read: the map is not read
                 return None
             if key == "id":
                 return unpacker.unpack()
@@ -162,13 +170,15 @@ def request_id_of(data: bytes) -> Any:
 def decode_payload(data: bytes, max_bin: int = 1 << 26) -> dict:
     """Any bytes -> a map with `v` == 1, or ProtocolError('bad_request')."""
     try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=max_bin, **_UNPACK_LIMITS)
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, object_pairs_hook=_string_keys,
+                              max_bin_len=max_bin, **_UNPACK_LIMITS)
     except Exception as exc:  # msgpack raises many types on hostile input
         said = " ".join(str(exc).split())[:120]  # e.g. a map with an int key: "int is not allowed for map key ..."
         limit = next((words for name, words in _LIMIT_WORDS.items() if name in said), None)
         if limit is None:
             limit = {"StackError": "nested deeper than msgpack reads",
-                     "FormatError": "a byte that starts no msgpack value"}.get(type(exc).__name__)
+                     "FormatError": "a byte that starts no msgpack value",
+                     "UnicodeDecodeError": "a string that is not UTF-8"}.get(type(exc).__name__)
         raise ProtocolError("bad_request", f"not a msgpack message lited reads "
                                            f"({limit or type(exc).__name__ + (': ' + said if said else '')})",
                             request_id_of(data)) from None
