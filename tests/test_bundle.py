@@ -142,6 +142,23 @@ def test_manifest_and_model_file_problems_come_together(bundle):
     assert "labels: nolabels.txt: missing" in message and "model_x86.nb: missing (models.x86.file)" in message, message
 
 
+def test_labels_problems_come_with_the_manifests_and_the_model_files(bundle):
+    """A labels file changed after sealing hid a damaged model, and a manifest
+    error hid the labels file's problem: a builder fixed one, then met the next."""
+    (bundle / "labels.txt").write_text("text\n")
+    edit(bundle, lambda m: m.update(labels="labels.txt", labels_sha256="0" * 64))
+    path = bundle / "model_x86.nb"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    message = refusal(bundle)
+    assert "labels.txt: sha256 mismatch (labels_sha256)" in message and "model_x86.nb: sha256 mismatch" in message, \
+        message
+    edit(bundle, lambda m: m["preprocess"].update(mean=[1, 2]))
+    message = refusal(bundle)
+    assert "preprocess.mean: expected 3 numbers" in message and "labels.txt: sha256 mismatch" in message, message
+
+
 @pytest.mark.parametrize("size", ["123", True, -1])
 def test_a_wrong_size_field_is_said_once(bundle, size):
     edit(bundle, lambda m: m["models"]["x86"].update(size=size))
@@ -158,6 +175,8 @@ def test_a_labels_file_that_is_a_fifo_is_not_called_missing(bundle):
 def test_missing_model_file_is_named(bundle):
     (bundle / "model_x86.nb").unlink()
     assert "model_x86.nb: missing (models.x86.file)" in refusal(bundle)
+    os.mkfifo(bundle / "model_x86.nb")  # something there that is not a file is not called missing
+    assert "model_x86.nb: not a regular file (models.x86.file)" in refusal(bundle)
 
 
 def test_checksum_mismatch_is_named(bundle):

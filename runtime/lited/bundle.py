@@ -287,8 +287,8 @@ def check_model_file(model: ModelFile) -> list:
     """Problems with a model file on disk: missing, truncated, wrong checksum."""
     path = model.path
     name = path.name
-    if not path.is_file():
-        return [f"{name}: missing ({model.field}.file)"]
+    if not path.is_file():  # a FIFO or a directory there is named as such, not "missing"
+        return [f"{name}: {_not_a_file(path)} ({model.field}.file)"]
     size = path.stat().st_size
     if model.size is not None and size != model.size:
         return [f"{name}: {size} bytes, manifest says {model.size} (truncated or wrong file)"]
@@ -922,19 +922,46 @@ def load_bundle(path: str | os.PathLike, check_models: bool = True) -> Bundle:
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
         raise BundleError(where, [f"not valid JSON ({exc})"]) from None
     problems = validate_manifest(manifest, root)
+    labels = _all_labels(root, manifest, where, problems)  # every problem at once: the labels files' too
     if problems:
-        if check_models:  # every problem at once: the model files too, as far as the manifest can be read
+        if check_models:  # and the model files', as far as the manifest can be read
             problems += [p for p in _model_file_problems(manifest, root, problems) if p not in problems]
         raise BundleError(where, problems)
-    bundle = Bundle(root, manifest, _labels_of(root, manifest, "", where),
-                    stages=[StageSpec(root, spec, _labels_of(root, spec, f"stages[{i}].", where), f"stages[{i}].")
+    bundle = Bundle(root, manifest, labels[""],
+                    stages=[StageSpec(root, spec, labels[f"stages[{i}]."], f"stages[{i}].")
                             for i, spec in enumerate(manifest.get("stages", []))])
     problems = _stage_label_problems(bundle)
+    if check_models:
+        try:
+            bundle.all_model_files()
+        except BundleError as exc:
+            if not problems:
+                raise
+            problems += exc.problems
     if problems:
         raise BundleError(where, problems)
-    if check_models:
-        bundle.all_model_files()
     return bundle
+
+
+def _all_labels(root: Path, manifest: dict, where: str, problems: list) -> dict:
+    """{stage prefix: its labels} of every part whose `labels` field is sound,
+    each file's problem added to `problems` (one labels file's did not hide
+    another's, or the manifest's, or a damaged model file's)."""
+    if not isinstance(manifest, dict):
+        return {}
+    stages = manifest.get("stages")
+    parts = [("", manifest)] + [(f"stages[{i}].", spec) for i, spec in enumerate(stages)
+                                if isinstance(spec, dict)] if isinstance(stages, list) else [("", manifest)]
+    labels: dict = {}
+    for prefix, part in parts:
+        labels[prefix] = []
+        if not isinstance(part.get("labels"), str) or any(p.startswith(f"{prefix}labels") for p in problems):
+            continue
+        try:
+            labels[prefix] = _labels_of(root, part, prefix, where)
+        except BundleError as exc:
+            problems += exc.problems
+    return labels
 
 
 def _stage_label_problems(bundle: Bundle) -> list:
