@@ -332,7 +332,8 @@ def test_tcp_needs_curve_keys_or_insecure_flag(tmp_path, bundles_dir):
     proc = subprocess.run([sys.executable, "-m", "lited.cli", "serve", "--config", str(bad.config_path)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert "TCP needs CURVE keys" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.startswith(f"lited: config {bad.config_path}: endpoints.req: tcp://127.0.0.1:0: TCP needs CURVE "
+                                  "keys") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     keys = tmp_path / "keys"
     clients = keys / "clients"
     clients.mkdir(parents=True)

@@ -464,16 +464,13 @@ def cmd_config(args: argparse.Namespace) -> int:
         print(json.dumps(json_schema(), indent=2))
         return 0
     from lited.config import ConfigError
-    from lited.preflight import machine_problems
+    from lited.preflight import machine_problems, tcp_problems
     from lited.sources.errors import redact
 
     path = Path(args.config or DEFAULT_CONFIG)
     config = load_config(path)
     bundles, problems = machine_problems(config)
-    tcp = [e for e in config.pub + config.req if e.startswith("tcp://")]
-    if tcp and not config.curve and not config.insecure_tcp:
-        problems.append(f"endpoints: {', '.join(tcp)}: TCP needs CURVE keys (curve:, see `lited keygen`) "
-                        "or insecure_tcp: true")
+    problems += tcp_problems(config)
     problems += _missing_parts(config)
     if problems:
         raise ConfigError(str(path), problems)

@@ -45,3 +45,15 @@ def load_bundles(config: Config) -> dict:
     if problems:
         raise ConfigError(str(config.path or "<config>"), problems)
     return bundles
+
+
+def tcp_problems(config: Config, insecure_tcp: bool = False) -> list:
+    """A tcp:// endpoint without CURVE keys, unless insecure TCP is asked for
+    (the config's `insecure_tcp` or `lited serve --insecure-tcp`)."""
+    problems = []
+    for kind, endpoints in (("pub", config.pub), ("req", config.req)):
+        tcp = [e for e in endpoints if e.startswith("tcp://")]
+        if tcp and not config.curve and not (insecure_tcp or config.insecure_tcp):
+            problems.append(f"endpoints.{kind}: {', '.join(tcp)}: TCP needs CURVE keys (curve:, see `lited keygen`) "
+                            "or insecure_tcp: true (lited serve --insecure-tcp)")
+    return problems

@@ -45,7 +45,7 @@ from lited.engine_process import child_pids
 from lited.engines import EngineError
 from lited.model import Model
 from lited.protocol import ProtocolError
-from lited.preflight import load_bundles
+from lited.preflight import load_bundles, tcp_problems
 from lited.service.bus import Bus, Curve
 from lited.service.requests import Requests
 from lited.service.sdnotify import Notifier, Watchdog
@@ -173,6 +173,9 @@ class Daemon:
         self.notifier.status("loading bundles")
         self.bundles.update(load_bundles(cfg))
         self.generation.update(dict.fromkeys(self.bundles, 0))
+        problems = tcp_problems(cfg, self.insecure_tcp)
+        if problems:  # said here as `config check` says it, naming the file and the field
+            raise ConfigError(str(cfg.path or "<config>"), problems)
         curve = Curve(cfg.curve["server_secret"], cfg.curve["clients_dir"]) if cfg.curve else None
         self.bus = Bus(cfg.pub, cfg.req, self.requests.on_message, curve, self.insecure_tcp, cfg.pub_hwm,
                        cfg.max_request_bytes, heartbeat=lambda: self.watchdog.beat("bus"), max_clients=cfg.max_clients)
@@ -206,13 +209,19 @@ class Daemon:
             self.stream_threads = self._plan_threads(cfg.streams)
             spares, failed = self._warm_spares(self.bundles, {sc.model for sc in cfg.streams})
             self._keep_spares(spares)
-            if failed:
-                raise ConfigError(str(cfg.path or "<config>"), [f"models.{n}: {first_line(e)}" for n, e in failed])
+            problems = [f"models.{n}: {first_line(e)}" for n, e in failed]
             for i, sc in enumerate(cfg.streams, 1):
                 if self.stop_event.is_set():
                     return
+                if any(p.startswith(f"models.{sc.model}: ") for p in problems):
+                    continue  # said once
                 self.watchdog.beat("main", READY_TIMEOUT)
-                self._start_stream(sc, f"{i}/{len(cfg.streams)}")
+                try:
+                    self._start_stream(sc, f"{i}/{len(cfg.streams)}")
+                except LOAD_ERRORS as exc:  # every model that does not run, named by its field (the streams
+                    problems.append(f"models.{sc.model}: {first_line(exc)}")  # started meanwhile: stopped)
+            if problems:
+                raise ConfigError(str(cfg.path or "<config>"), problems)
         self.notifier.ready(self.status_line())
         self.watchdog.start()
         self.ready = True
