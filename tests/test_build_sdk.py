@@ -447,6 +447,26 @@ def test_x2paddle_keyerror_says_where_its_shape_inference_stopped() -> None:
         "shape inference stopped at Mul (t_1), KeyError: 0: give the input's sides in the config's `inputs`")
 
 
+def test_onnxruntime_int8_of_an_opset_11_resize(tools_python: Path, tmp_path: Path) -> None:
+    """NanoDet-m's opset-11 Resize, converted to opset 13 for per-channel QDQ, named both `scales` and
+    `sizes`: onnxruntime refused the graph and build_sdk ended in a traceback, its work folder left behind."""
+    onnx_file = need_shared("models", "nanodet_m", "onnx", "nanodet_m.onnx")
+    script = f"""
+import numpy as np, onnxruntime as ort
+from pathlib import Path
+from lited.sdk import int8
+frames = [[np.random.default_rng(i).random((1, 3, 416, 416), dtype=np.float32)] for i in range(2)]
+out = int8.quantize("onnxruntime", Path({str(onnx_file)!r}), frames, Path({str(tmp_path)!r}), Path({str(tmp_path)!r}))
+session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+print([list(o.shape) for o in session.run(None, {{session.get_inputs()[0].name: frames[0][0]}})])
+"""
+    proc = subprocess.run([str(tools_python), "-c", script], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "runtime")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[[1, 2704, 80], [1, 676, 80], [1, 169, 80], [1, 2704, 32], " \
+                                                    "[1, 676, 32], [1, 169, 32]]", proc.stdout
+
+
 @pytest.mark.slow
 def test_int8_needs_the_onnx_model(tools_python: Path, tmp_path: Path) -> None:
     shared = need_shared("models", "fastestdet")

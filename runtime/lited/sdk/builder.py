@@ -129,7 +129,7 @@ def build(opts: Options) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         summary = _build(opts, workdir, timings)
-    except BuildError as exc:
+    except BaseException as exc:  # a failure of any kind: a temporary folder was left behind by all but BuildError
         if opts.workdir is None and str(workdir) not in str(exc):  # keep it only when the error names a log in it
             shutil.rmtree(workdir, ignore_errors=True)
         raise

@@ -21,7 +21,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from lited.sdk import BuildError
 
@@ -92,6 +92,18 @@ def _nncf(onnx_file: Path, frames: list, out_dir: Path, workdir: Path) -> Path:
     return out
 
 
+def _resize_by_sizes_only(model: Any) -> None:
+    """An opset-11 Resize that gives `sizes` names empty `roi` and `scales` tensors; from opset 13 such
+    inputs must be left out (named ""), and onnxruntime refused NanoDet-m's converted graph ("Either
+    `sizes` or `scales` must be provided, but not both")."""
+    empty = {t.name for t in model.graph.initializer if list(t.dims) == [0]}
+    for node in model.graph.node:
+        if node.op_type == "Resize" and len(node.input) == 4 and node.input[3] and node.input[2] in empty:
+            node.input[2] = ""
+            if node.input[1] in empty:
+                node.input[1] = ""
+
+
 def _onnxruntime(onnx_file: Path, frames: list, out_dir: Path, workdir: Path) -> Path:
     import onnx
     from onnx import version_converter
@@ -104,12 +116,20 @@ def _onnxruntime(onnx_file: Path, frames: list, out_dir: Path, workdir: Path) ->
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     if opset < PER_CHANNEL_OPSET:  # per-channel DequantizeLinear (its axis) needs opset 13
         model = version_converter.convert_version(model, PER_CHANNEL_OPSET)
+        _resize_by_sizes_only(model)
     onnx.save(model, str(src))
     prepared = workdir / "int8_prepared.onnx"
-    try:
-        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
-    except Exception:  # noqa: BLE001 - symbolic shape inference fails on some graphs (opset-9 Slice)
-        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+    # symbolic shape inference fails on some graphs (opset-9 Slice), onnxruntime's optimiser on others (an
+    # opset-11 Resize converted to 13 names both sizes and scales): each is tried without, in turn
+    for skips in ({}, {"skip_symbolic_shape": True}, {"skip_symbolic_shape": True, "skip_optimization": True}):
+        try:
+            quant_pre_process(str(src), str(prepared), **{"skip_symbolic_shape": False, **skips})
+            break
+        except Exception as exc:  # noqa: BLE001 - many kinds, from onnx and onnxruntime
+            failed = exc
+    else:
+        raise BuildError(f"int8 (onnxruntime quant_pre_process): {type(failed).__name__}: "
+                         f"{str(failed).strip().splitlines()[0][:300]}")
     names = [i.name for i in onnx.load(str(prepared), load_external_data=False).graph.input]
 
     class Reader(CalibrationDataReader):
