@@ -781,7 +781,8 @@ def test_a_dynamic_width_survives_x2paddle(tools_python: Path, tmp_path: Path) -
 def test_the_same_model_builds_the_same_bytes(tools_python: Path, tmp_path: Path) -> None:
     """paddle_lite_opt leaves stack bytes after its version string in the `.nb` header, so every
     build of one model had other checksums, and the installer refused a rebuild of an installed
-    version as "the same version with a different model_x86.nb". The builder zeroes them."""
+    version as "the same version with a different model_x86.nb". The builder zeroes them. The
+    README's rebuild command named --out and --keep-dir: built elsewhere, another README.md."""
     fragment = tmp_path / "frag.json"
     fragment.write_text(json.dumps({"task": "classification", "preprocess": {"color": "RGB", "resize": {"mode": "stretch"}},
                                     "decoder": {"type": "classification"}}))
@@ -792,6 +793,8 @@ def test_the_same_model_builds_the_same_bytes(tools_python: Path, tmp_path: Path
         assert proc.returncode == 0, proc.stderr
         built.append((tmp_path / run / "model_x86.nb").read_bytes())
     assert built[0] == built[1]
+    readmes = [(tmp_path / run / "README.md").read_text() for run in "ab"]
+    assert readmes[0] == readmes[1] and "--out" not in readmes[0], readmes[0]
     version = built[0][2:18]  # after the uint16 meta version: opt's version, a C string in 16 bytes
     assert version.startswith(b"v2.") and version == version.split(b"\0")[0].ljust(16, b"\0"), version
 

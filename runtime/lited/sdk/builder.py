@@ -115,9 +115,22 @@ def _check_fields(fields: dict, configs: list) -> None:
         raise BuildError("decoder.type: missing")
 
 
+WHERE_FLAGS = ("--out", "--keep-dir", "--workdir")  # where a build writes, not what it builds
+
+
 def _command(opts: Options) -> str:
-    """The rebuild command for the README, with the user's file names only."""
-    args = [a if not Path(a).is_absolute() else Path(a).name for a in opts.argv]
+    """The rebuild command for the README, with the user's file names only and
+    without where it wrote (the same bundle built into another folder had
+    another README, and the installer refused it as a changed release)."""
+    args: list = []
+    skip = False
+    for a in opts.argv:
+        if skip:
+            skip = False
+        elif a in WHERE_FLAGS:
+            skip = True
+        elif not a.startswith(tuple(f"{f}=" for f in WHERE_FLAGS)):
+            args.append(a if not Path(a).is_absolute() else Path(a).name)
     return "python tools/build_sdk.py " + " ".join(shlex.quote(a) for a in args)
 
 
