@@ -251,3 +251,16 @@ def test_run_names_the_images_it_skips(bundles_dir, tmp_path):
     assert f"lited: stream cam0: source 'images://{folder}': cannot decode {folder}/b.png (0 bytes); skipped" \
         in proc.stderr.splitlines(), proc.stderr
     assert any(line.endswith(f"cannot decode {folder}/c.png (5 bytes); skipped") for line in proc.stderr.splitlines())
+
+
+def test_ctl_options_the_action_does_not_take_are_usage_errors(tmp_path):
+    """`ctl reload --bundle` without --model went to the daemon (exit 1), and an option of another
+    action (`ctl status --model x`) was ignored in silence."""
+    endpoint = f"ipc://{tmp_path}/none.sock"  # never asked: refused before
+    for args, said in ((["reload", "--bundle", str(tmp_path)], "ctl reload: --bundle needs --model"),
+                       (["status", "--model", "face"], "ctl status: --model is an option of ctl reload only"),
+                       (["snapshot", "--force"], "ctl snapshot: --force is an option of ctl reload only"),
+                       (["ping", "-o", "x.jpg"], "ctl ping: --out is an option of ctl snapshot only")):
+        proc = lited("ctl", *args, "--endpoint", endpoint)
+        assert proc.returncode == 2 and proc.stderr.startswith(f"lited: {said}"), (args, proc.stderr)
+        assert len(proc.stderr.splitlines()) == 1

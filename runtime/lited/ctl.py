@@ -60,9 +60,27 @@ def endpoint_despite(error: Exception, config: Optional[str]) -> str:
     return f"ipc://{runtime_dir}/req.sock"
 
 
+ACTION_OPTIONS = {"reload": ("model", "bundle", "force"), "snapshot": ("stream", "out")}
+
+
+def usage_problem(args: argparse.Namespace) -> Optional[str]:
+    """An option the action does not take (it was ignored in silence), or --bundle without --model."""
+    for action, names in ACTION_OPTIONS.items():
+        given = [n for n in names if getattr(args, n) not in (None, False)]
+        if given and action != args.action:
+            return f"ctl {args.action}: --{given[0]} is an option of ctl {action} only"
+    if args.bundle is not None and args.model is None:
+        return "ctl reload: --bundle needs --model (the key of the model to load it for)"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from lited.client import Client, ClientError, ConfigError, DaemonUnreachable, daemon_endpoints
     from lited.progress import Progress
+
+    problem = usage_problem(args)
+    if problem:
+        raise ValueError(problem)  # a usage error: one line, exit 2
 
     try:
         endpoint = args.endpoint or daemon_endpoints(args.config)[1]
