@@ -800,3 +800,16 @@ def test_the_page_in_chromium(served, video, expected):
         assert b.eval("document.querySelector('#upload-view').width") == 0
         assert b.eval("document.querySelectorAll('#upload-results tbody tr').length") == 0
         assert "400" in b.eval("document.querySelector('#upload-timing').textContent")
+
+
+def test_a_label_the_font_lacks_is_drawn_one_question_mark_a_character():
+    """OpenCV's font drew "猫" as three `?`, one a UTF-8 byte."""
+    from lited.service.render import draw_result
+
+    drawn = []
+    for label in ("猫", "?"):
+        frame = np.zeros((120, 160, 3), np.uint8)
+        draw_result(frame, {"detections": [{"label": label, "score": 0.9, "box": [10, 30, 100, 100]}],
+                            "classes": [{"label": label * 2, "score": 0.5}]})
+        drawn.append(frame)
+    assert np.array_equal(drawn[0], drawn[1])
