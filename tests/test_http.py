@@ -749,9 +749,16 @@ def test_the_page_in_chromium(served, video, expected):
     need_chromium()
     photo = need_shared("images", "chelsea.png")
     want = requests.post(served.url + "/v1/infer", data=photo.read_bytes()).json()
+
+    def not_found() -> float:  # a page that asks for what is not there (a favicon) logs a console error
+        return sum(float(line.rsplit(" ", 1)[1]) for line in requests.get(served.url + "/metrics").text.splitlines()
+                   if line.startswith("lited_http_requests_total{") and 'code="404"' in line)
+    before = not_found()
     with Chromium() as b:
         b.navigate(served.url + "/")
         b.wait_for("document.body.dataset.ready === '1' && window.lited.streams.cam !== undefined", timeout=20)
+        time.sleep(0.5)
+        assert not_found() == before, "the page asked for something the daemon does not have"
         b.wait_for("window.lited.streams.cam.frames >= 3", timeout=30)
         shown = []
         # the live picture changes, and each one shown is drawn with its own result; the pictures
