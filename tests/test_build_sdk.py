@@ -170,6 +170,18 @@ def test_paddledet_extra_inputs_are_filled(prefix: str) -> None:
         {"name": f"{prefix}scale_factor", "shape": [1, 2], "dtype": "float32", "fill": "scale_factor"}]
 
 
+def test_a_config_that_leaves_a_fixed_size_dynamic_is_said() -> None:
+    """The model's fixed size wins, as before, but it was taken in silence."""
+    feeds = [{"name": "image", "shape": [1, 3, 320, 320], "dtype": "float32"}]
+    notes: list = []
+    assert merge_inputs(feeds, [{"name": "image", "shape": [-1, 3, -1, -1]}], notes)[0]["shape"] == [1, 3, 320, 320]
+    assert notes == ["inputs.image.shape: the config leaves [-1, 3, -1, -1] dynamic (-1) where the model fixes "
+                     "[1, 3, 320, 320]: the bundle takes the model's sizes (export the model with dynamic sizes "
+                     "to keep them)"]
+    merge_inputs(feeds, [{"name": "image", "shape": [-1, 3, 320, 320]}], notes)  # a dynamic batch is no news
+    assert len(notes) == 1
+
+
 def test_extra_input_of_another_shape_is_refused() -> None:
     feeds = [{"name": "image", "shape": [-1, 3, 64, 64], "dtype": "float32"},
              {"name": "scale_factor", "shape": [-1, 4], "dtype": "float32"}]

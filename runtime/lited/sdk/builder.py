@@ -246,7 +246,10 @@ def _build(opts: Options, workdir: Path, timings: dict) -> dict:
         model = paddle_model.resolve(opts.model, workdir, fields.get("inputs"))
         feeds = paddle_model.read_inputs(model)
     try:
-        inputs = merge_inputs(feeds, fields.get("inputs"))
+        notes: list = []
+        inputs = merge_inputs(feeds, fields.get("inputs"), notes)
+        for note in notes:
+            _say(f"warning: {note}", warning=True)
     except BuildError as exc:  # the config contradicts the model: name the config, as its other errors do
         raise BuildError(f"{configs}: {exc}") from None
     decoder = fields["decoder"]

@@ -39,9 +39,13 @@ def _match(feeds: list, wanted: list) -> dict:
     return pairs
 
 
-def _shape(model_shape: list, config_shape: list | None, name: str) -> list:
+def _shape(model_shape: list, config_shape: list | None, name: str, notes: list) -> list:
     if config_shape is None:
         config_shape = [-1] * len(model_shape)
+    elif any(c == -1 and m != -1 for c, m in list(zip(config_shape, model_shape))[1:]):
+        notes.append(f"inputs.{name}.shape: the config leaves {config_shape} dynamic (-1) where the model fixes "
+                     f"{model_shape}: the bundle takes the model's sizes (export the model with dynamic sizes "
+                     "to keep them)")
     if len(config_shape) != len(model_shape):
         raise BuildError(f"inputs.{name}.shape: the config says {config_shape}, the model's is {model_shape}")
     shape = []
@@ -65,13 +69,15 @@ def _fill(feed: dict) -> str | None:
     return fill
 
 
-def merge_inputs(feeds: list, wanted: list | None) -> list:
-    """The manifest `inputs` from the model's feeds and the config's `inputs`."""
+def merge_inputs(feeds: list, wanted: list | None, notes: list | None = None) -> list:
+    """The manifest `inputs` from the model's feeds and the config's `inputs`;
+    what the config asked that the model cannot give is added to `notes`."""
+    notes = [] if notes is None else notes
     out = [dict(feed) for feed in feeds]
     batched = set()
     for j, i in _match(feeds, wanted or []).items():
         config_shape = (wanted or [])[j].get("shape")
-        out[i]["shape"] = _shape(feeds[i]["shape"], config_shape, feeds[i]["name"])
+        out[i]["shape"] = _shape(feeds[i]["shape"], config_shape, feeds[i]["name"], notes)
         if config_shape and config_shape[0] == -1 and feeds[i]["shape"] and feeds[i]["shape"][0] == -1:
             batched.add(i)
     for i, spec in enumerate(out):
