@@ -454,6 +454,10 @@ def test_easyedge_and_edgeboard_clients_work_unchanged(served, tmp_path, monkeyp
         r = requests.post(served.url + "/", json={"image": base64.b64encode(f.read()).decode("utf8"),
                                                   "threshold": 0.7})
     assert r.status_code == 200 and [c["confidence"] > 0.7 for c in r.json()["results"]] == [True]
+    with open("./1.jpg", "rb") as f:  # a JSON null is none, as everywhere: the query's applies (it undid it)
+        r = requests.post(served.url + "/", params={"threshold": 0.7},
+                          json={"image": base64.b64encode(f.read()).decode("utf8"), "threshold": None})
+    assert r.status_code == 200 and [c["confidence"] > 0.7 for c in r.json()["results"]] == [True], r.text
     bad = requests.post(served.url + "/", json={"image": "!!"})
     assert bad.status_code == 400 and bad.json()["error_code"] == 1001 and bad.json()["error_msg"]
     with open("./1.jpg", "rb") as f:  # JSON true is no number (it was taken as 1.0: no results, 200)

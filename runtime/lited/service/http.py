@@ -546,7 +546,7 @@ class EasyEdge(Handler):
             fields, top_num = query_fields(self), None
             if self.request.headers.get("Content-Type", "").lower().startswith("application/json"):
                 image, obj = base64_image(self.body(), "image")
-                if "threshold" in obj:
+                if obj.get("threshold") is not None:  # null is none, as everywhere: the query's then applies
                     fields["threshold"] = obj["threshold"]
                 top_num = top_num_of(obj.get("top_num"))
             else:
