@@ -396,3 +396,10 @@ def test_a_schema_2_target_lists_its_files_in_order(bundle):
     choice = b.choose()
     assert (choice.model.path.name, choice.engine, choice.why) == ("model_x86.nb", "paddle_lite",
                                                                   "the bundle's first choice")
+
+
+def test_a_file_name_too_long_for_the_file_system_is_refused_in_one_line(bundle):
+    """stat() of a 400-character name raises ENAMETOOLONG, which is_file() passes on: the
+    hypothesis fuzzer drew one for `labels` and load_bundle raised OSError."""
+    edit(bundle, lambda m: m.update(labels="1" * 400))
+    assert refusal(bundle).endswith(f"labels: '{'1' * 400}' cannot be resolved")

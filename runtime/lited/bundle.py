@@ -407,6 +407,9 @@ class BundleChecker(Checker):
             if not full.resolve().is_relative_to(root.resolve()):
                 self.add(path, f"'{rel}' links out of the bundle")
                 return None
+            full.lstat()  # a name the file system refuses (too long): is_file() and stat() would raise
+        except (FileNotFoundError, NotADirectoryError):
+            return full  # missing: the caller says so
         except (OSError, RuntimeError, ValueError):  # ValueError: a NUL in the name
             self.add(path, f"'{rel}' cannot be resolved")
             return None
