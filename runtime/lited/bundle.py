@@ -952,9 +952,10 @@ def _all_labels(root: Path, manifest: dict, where: str, problems: list) -> dict:
     another's, or the manifest's, or a damaged model file's)."""
     if not isinstance(manifest, dict):
         return {}
+    parts = [("", manifest)]
     stages = manifest.get("stages")
-    parts = [("", manifest)] + [(f"stages[{i}].", spec) for i, spec in enumerate(stages)
-                                if isinstance(spec, dict)] if isinstance(stages, list) else [("", manifest)]
+    if isinstance(stages, list):
+        parts += [(f"stages[{i}].", spec) for i, spec in enumerate(stages) if isinstance(spec, dict)]
     labels: dict = {}
     for prefix, part in parts:
         labels[prefix] = []

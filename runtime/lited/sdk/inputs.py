@@ -42,7 +42,7 @@ def _match(feeds: list, wanted: list) -> dict:
 def _shape(model_shape: list, config_shape: list | None, name: str, notes: list) -> list:
     if config_shape is None:
         config_shape = [-1] * len(model_shape)
-    elif any(c == -1 and m != -1 for c, m in list(zip(config_shape, model_shape))[1:]):
+    elif any(c == -1 and m != -1 for c, m in zip(config_shape[1:], model_shape[1:])):
         notes.append(f"inputs.{name}.shape: the config leaves {config_shape} dynamic (-1) where the model fixes "
                      f"{model_shape}: the bundle takes the model's sizes (export the model with dynamic sizes "
                      "to keep them)")
