@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import socket
+import threading
 import time
 
 import cv2
@@ -330,3 +331,47 @@ def test_a_client_pointed_at_the_other_socket_is_told_at_once(tmp_path):
         pub.close(0)
         router.close(0)
         ctx.term()
+
+
+@contextlib.contextmanager
+def _peer_that_hangs_up_mid_handshake(path):
+    """A ZeroMQ peer, as lited's other socket is when its check of our socket type beats ours of its
+    type (under load in CI): it sends its ZMTP 3.0 greeting (NULL mechanism), then closes each connection."""
+    greeting = b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\0") + bytes(32)
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen(8)
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            with contextlib.suppress(socket.timeout, OSError):
+                conn, _ = server.accept()
+                with conn:
+                    conn.sendall(greeting)
+                    time.sleep(0.05)  # the greeting has arrived: the peer is mid-handshake, not unanswered
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"ipc://{path}"
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+
+
+def test_a_hang_up_mid_handshake_is_the_other_socket_too(tmp_path):
+    """The other order of the race above: the peer hung up mid-handshake, which libzmq reports as a
+    handshake failure with no detail (and connects again); on ipc:// without CURVE that is the same
+    refusal and gets the same message (it was 'the handshake ... failed (not a lited socket?)')."""
+    with _peer_that_hangs_up_mid_handshake(tmp_path / "pub.sock") as endpoint:
+        with Client(endpoint, timeout=10) as client:
+            with pytest.raises(ClientError, match=r"pub\.sock closed the connection before the ZeroMQ handshake: "
+                                                  r"it is not lited's request socket"):
+                client.ping()
+    with _peer_that_hangs_up_mid_handshake(tmp_path / "req.sock") as endpoint:
+        with Subscriber(endpoint, check=False) as sub:
+            with pytest.raises(ClientError, match=r"req\.sock closed the connection before the ZeroMQ handshake: "
+                                                  r"it is not lited's publishing socket"):
+                sub.recv(timeout=5)

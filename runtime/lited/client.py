@@ -202,7 +202,10 @@ class HandshakeWatch:
         if failure is None:
             return None
         tcp = self.endpoint.startswith("tcp://")
-        if failure["event"] == zmq.EVENT_DISCONNECTED:
+        # the peer closing mid-handshake, with no CURVE to blame, is the same refusal of our socket type
+        # seen from the other side of a race: its check of our greeting came before ours of its greeting
+        closed_mid_handshake = failure["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and not (tcp or self._curve)
+        if failure["event"] == zmq.EVENT_DISCONNECTED or closed_mid_handshake:
             ours, other = ("request socket", "pub.sock") if self._requests else ("publishing socket", "req.sock")
             return (f"{self.endpoint} closed the connection before the ZeroMQ handshake: it is not lited's {ours} "
                     f"(another type of ZeroMQ socket, such as lited's {other}?)")
