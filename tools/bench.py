@@ -1067,7 +1067,8 @@ Lite's within the golden tolerance (box 4 px, score 0.05): empty means identical
 NanoDet-m and PP-OCRv4 rec are decoded by their own decoders (gfl; ctc with the OCR demo's keys, and
 *agrees* then compares the text read); PP-OCRv4 rec's `.nb` and Paddle model were made by `tools/build_sdk.py` from its
 ONNX with its width fixed at 320; PP-OCRv4 det ran at 192x384, and the text-line models on frames of a
-text line (PP-OCR cls 192x48, PP-OCRv4 rec 320x48: in the OCR cascade they run on crops of that size). Every model ran `--rounds` rounds (default 2).
+text line (PP-OCR cls 192x48, PP-OCRv4 rec 320x48: in the OCR cascade they run on crops of that size). Every model ran {max(len(r['runs']) for r in rows)} rounds (`--rounds`, default 3:
+an odd count, so that one round the host slowed does not set the median).
 Copies a frame in the engine process, steady state (its `stats()`, checked by tests/test_engines.py):
 OpenVINO and onnxruntime read the input set and write the output set in place, 0 and 0 (after the first
 run into each of the three output sets), and bind each pair of sets to the backend once (`binds`: an
@@ -1280,7 +1281,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer runs (a smoke test of the benchmark itself)")
     ap.add_argument("--only", choices=sorted(SECTIONS), help="measure only this section and replace it in --out")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "BENCHMARKS.md", help="the report written")
-    ap.add_argument("--rounds", type=int, default=2, help="engines: rounds of every engine per model (1 or more)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="engines: rounds of every engine per model (1 or more; odd: a bad round is outvoted)")
     ap.add_argument("--calib", type=Path, default=SHARED / "images", help="int8: calibration images")
     ap.add_argument("--engine-models", default=",".join(ENGINE_MODELS),
                     help="engines: the models (the footprint needs ultraface among them, two streams fastestdet)")
