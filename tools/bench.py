@@ -1067,7 +1067,7 @@ Lite's within the golden tolerance (box 4 px, score 0.05): empty means identical
 NanoDet-m and PP-OCRv4 rec are decoded by their own decoders (gfl; ctc with the OCR demo's keys, and
 *agrees* then compares the text read); PP-OCRv4 rec's `.nb` and Paddle model were made by `tools/build_sdk.py` from its
 ONNX with its width fixed at 320; PP-OCRv4 det ran at 192x384, and the text-line models on frames of a
-text line (PP-OCR cls 192x48, PP-OCRv4 rec 320x48: in the OCR cascade they run on crops of that size). Every model ran {max(len(r['runs']) for r in rows)} rounds (`--rounds`, default 3:
+text line (PP-OCR cls 192x48, PP-OCRv4 rec 320x48: in the OCR cascade they run on crops of that size). Every model ran {max((len(r['runs']) for r in rows), default=0)} rounds (`--rounds`, default 3:
 an odd count, so that one round the host slowed does not set the median).
 Copies a frame in the engine process, steady state (its `stats()`, checked by tests/test_engines.py):
 OpenVINO and onnxruntime read the input set and write the output set in place, 0 and 0 (after the first
