@@ -331,6 +331,28 @@ def test_a_worker_engine_that_dies_idle_is_replaced_before_the_next_request(tmp_
         assert d.stop() == 0, d.output()[-3000:]
 
 
+
+def test_a_request_during_start_up_waits_for_its_models_spare_and_starts_no_engine_of_its_own(tmp_path, bundles_dir):
+    """An infer answered while start-up still warmed the spares built an engine of its own, and the
+    spare warmed beside it stayed: two engine processes of the one model for the daemon's life (CI
+    drew it: the test above found two engines where one serves)."""
+    config = {"models": {"face": str(bundles_dir / "ultraface"), "cls": str(bundles_dir / "mobilenetv2")}}
+    image = str(need_shared("images", "chelsea.png"))
+    d = DaemonProcess(tmp_path, config).start()  # `ping` answers: the spares warm up, face's first
+    try:
+        with d.client(timeout=60) as client:
+            ready_at_ask = client.status()["ready"]
+            assert client.infer(image=image, model="cls")["classes"]
+            d.wait_ready()
+            running = engine_pids(d)
+            assert client.infer(image=image, model="face")["detections"]
+            print(f"\nRELIABILITY infer at start-up (ready {ready_at_ask}): engines {len(running)} after it, "
+                  f"{len(engine_pids(d))} after face's")
+            assert not ready_at_ask, "start-up finished before the request: nothing was tested"
+            assert len(running) == 2 and engine_pids(d) == running  # one per model: the spares served
+    finally:
+        assert d.stop() == 0, d.output()[-3000:]
+
 # --- item 16: reload failures and what a plain reload reloads --------------------------------
 
 def test_a_memory_error_during_reload_is_one_line_recorded_and_ready_again(tmp_path, bundles_dir):

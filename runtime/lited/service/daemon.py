@@ -136,6 +136,8 @@ class Daemon:
         self.swapped_away: set = set()     # models serving another bundle than the config's (--bundle)
         self.spares: dict = {}             # model name -> (generation, Model) no stream runs, warmed at start
         #                                    or reload, for the first request worker that asks
+        self.spares_warming: set = set()   # model names whose start-up spare is not kept yet
+        self.spares_kept = threading.Condition()  # notified when start-up's spares are kept (or are not coming)
         self.streams: dict = {}            # stream name -> Stream
         self.stream_configs: dict = {}     # stream name -> the StreamConfig it was started from
         self.warming: dict = {}            # stream name -> StreamConfig whose model is warming up
@@ -188,6 +190,9 @@ class Daemon:
         # listed (state "starting") from the first status answered: a subscriber that checks
         # its streams as soon as `ping` answers must find them
         self.warming = {sc.name: sc for sc in cfg.streams}
+        # an infer answered before its model's spare is kept waits for it: building one of its own
+        # beside the spare left two engine processes of the one model running for good
+        self.spares_warming = set(self.bundles) - {sc.model for sc in cfg.streams}
         self.requests.start()
         if cfg.http is not None:  # before the bus loop: once `ping` answers, HTTP is served too
             self._start_http()
@@ -207,8 +212,13 @@ class Daemon:
         # a SIGHUP does: taken at once, it started each stream a second time beside the first
         with self._reload_lock:
             self.stream_threads = self._plan_threads(cfg.streams)
-            spares, failed = self._warm_spares(self.bundles, {sc.model for sc in cfg.streams})
-            self._keep_spares(spares)
+            try:
+                spares, failed = self._warm_spares(self.bundles, {sc.model for sc in cfg.streams})
+                self._keep_spares(spares)
+            finally:
+                with self.spares_kept:
+                    self.spares_warming.clear()
+                    self.spares_kept.notify_all()
             problems = [f"models.{n}: {first_line(e)}" for n, e in failed]
             for i, sc in enumerate(cfg.streams, 1):
                 if self.stop_event.is_set():
@@ -247,7 +257,10 @@ class Daemon:
         core, as an app's own process would run it). A request worker's may be
         the spare warmed at start or reload."""
         if bundle is None and threads is None and cpus is None:
-            generation, spare = self.spares.pop(name, (None, None))
+            with self.spares_kept:  # start-up warms every spare within READY_TIMEOUT, one after the other
+                self.spares_kept.wait_for(lambda: name not in self.spares_warming,
+                                          READY_TIMEOUT * max(1, len(self.spares_warming)))
+                generation, spare = self.spares.pop(name, (None, None))
             if spare is not None and generation == self.generation.get(name) and not spare.engine_ended():
                 return spare
             if spare is not None:
@@ -381,9 +394,12 @@ class Daemon:
             self.watchdog.unregister("http")
         for name in list(self.streams):
             self._stop_stream(name)
-        for _, model in self.spares.values():
-            model.close()
-        self.spares.clear()
+        with self.spares_kept:  # none is coming (a start that failed or was stopped before its warm-up)
+            for _, model in self.spares.values():
+                model.close()
+            self.spares.clear()
+            self.spares_warming.clear()
+            self.spares_kept.notify_all()
         if self.uplink is not None:
             self.uplink.stop()
         self.requests.stop()
