@@ -821,8 +821,17 @@ def bench_int8(names: list, calib: Path, progress: Progress, tmp: Path) -> list:
                               SHARED / "models" / name / "labels.txt", "--targets", "x86", "--int8", calib,
                               "--int8-engine", kind, "--out", tmp / f"{name}_{kind}_int8.zip"], tmp, f"{name}_{kind}")
             if work is not None:
-                rows.append({"model": name, "calib": str(calib), **json.loads((work / "int8_report.json").read_text())})
+                rows.append({"model": name, "calib": str(calib), "int8_instructions": int8_instructions(),
+                             **json.loads((work / "int8_report.json").read_text())})
     return rows
+
+
+def int8_instructions() -> str:
+    """This CPU's instructions for int8 dot products, as /proc/cpuinfo names them: what decides
+    whether an int8 model can be faster than its fp32 one."""
+    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("flags")), [])
+    return ", ".join(f for f in ("avx_vnni", "avx512_vnni", "amx_int8") if f in flags) or "none (no VNNI)"
 
 
 def _spread(ratios: list) -> str:
@@ -1144,12 +1153,14 @@ Total frames per second of the streams together and CPU milliseconds per frame (
 `tools/build_sdk.py --int8 DIR --int8-engine E` on the same calibration images, accuracy against the
 same engine's fp32 model on those images (decoded results: boxes matched one to one at IoU 0.7 with the
 same label, or top-1 agreement), speed of each model's bare loop in interleaved bursts (1 thread), and
-file sizes (an IR counts its `.bin`). No VNNI on this CPU: int8 is rarely faster here. Calibration
+file sizes (an IR counts its `.bin`). Int8 instructions of the CPU: {int8_cpu}. Calibration
 images: {calib}.
 
 | model | quantiser | accuracy against fp32 | fp32 ms (CPU ms) | int8 ms (CPU ms) | speed-up (CPU) | size fp32 -> int8 |
 | --- | --- | --- | --- | --- | --- | --- |""".replace("{calib}", ", ".join(sorted({f"`{q['calib']}`" for q in int8 if "calib" in q}))
-                                                   or "not recorded")]
+                                                   or "not recorded").replace(
+        "{int8_cpu}", ", ".join(sorted({q["int8_instructions"] for q in int8 if "int8_instructions" in q}))
+        or "not recorded")]
     for q in int8:
         if "top1_agreement" in q:
             acc = f"top-1 agreement {q['top1_agreement']:.0%} of {q['frames']} images"
