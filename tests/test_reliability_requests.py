@@ -286,7 +286,7 @@ def test_a_stopped_engine_process_fails_its_request_and_is_replaced(tmp_path, bu
     config = {"models": {"face": str(bundles_dir / "ultraface")}, "limits": {"engine_timeout": 2},
               "streams": [{"name": "cam", "source": "synth://?size=64x48&fps=10"}]}
     image = str(need_shared("images", "astronaut.png"))
-    d = DaemonProcess(tmp_path, config).start()
+    d = DaemonProcess(tmp_path, config).start().wait_ready()  # the stream's engine is running: not the worker's
     try:
         with Recorder(d.pub) as rec, d.client(timeout=30) as client:
             stream_engines = engine_pids(d)
