@@ -5,7 +5,8 @@ the board will feed). Runs in the tools venv (nncf, onnxruntime's quantiser).
 - `openvino`: NNCF (`nncf.quantize`, its default PERFORMANCE preset with fast
   bias correction) on the ONNX read by OpenVINO, saved as an IR (`.xml` +
   `.bin`) without fp16 compression. Measured (docs/BENCHMARKS.md) the more
-  accurate of the two on this AVX2 CPU without VNNI.
+  accurate of the two, on an AVX2 CPU without VNNI and on one with VNNI and
+  AMX (there onnxruntime's int8 FastestDet kept 1 of its 23 boxes).
 - `onnxruntime`: `quantize_static`, QDQ, per-channel int8 weights with
   `reduce_range` (7 bits: without it, u8 x s8 products saturate on AVX2/AVX-512
   without VNNI and most top-1 agreement was lost), uint8 activations, MinMax.
