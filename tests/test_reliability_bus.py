@@ -337,11 +337,26 @@ def test_remote_clients_cannot_take_the_local_clients_places(tmp_path, bundles_d
         assert d.stop() == 0, d.output()
 
 
+def settled_clients(watcher: Client, timeout: float = 10) -> int:
+    """The bus's client count once it holds for 0.5 s: a client an earlier test closed is
+    counted until the daemon's gate, which looks every 0.2 s, has seen it go (CI read 2 where
+    the watcher was alone, and the count then came out one short)."""
+    deadline = time.monotonic() + timeout
+    count = watcher.status()["bus"]["clients"]
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = watcher.status()["bus"]["clients"]
+        if now == count:
+            return count
+        count = now
+    raise AssertionError(f"the client count kept changing for {timeout} s")
+
+
 def test_the_client_count_drops_when_clients_leave(daemon):
     ctx = zmq.Context()
     try:
         with Client(daemon.req, timeout=10) as watcher:
-            before = watcher.status()["bus"]["clients"]
+            before = settled_clients(watcher)
             socks = [dealer(daemon, ctx) for _ in range(3)]
             for i, sock in enumerate(socks):
                 sock.send(protocol.encode_request("ping", {}, i))
@@ -366,7 +381,7 @@ def test_a_connection_that_never_handshakes_takes_no_client_s_place_in_the_count
     silent = socket.socket(socket.AF_UNIX)
     try:
         with Client(daemon.req, timeout=10) as watcher:
-            before = watcher.status()["bus"]["clients"]
+            before = settled_clients(watcher)
             silent.connect(daemon.req[len("ipc://"):])
             time.sleep(1.5)
             socks = [dealer(daemon, ctx) for _ in range(3)]
