@@ -331,7 +331,6 @@ def test_a_worker_engine_that_dies_idle_is_replaced_before_the_next_request(tmp_
         assert d.stop() == 0, d.output()[-3000:]
 
 
-
 def test_a_request_during_start_up_waits_for_its_models_spare_and_starts_no_engine_of_its_own(tmp_path, bundles_dir):
     """An infer answered while start-up still warmed the spares built an engine of its own, and the
     spare warmed beside it stayed: two engine processes of the one model for the daemon's life (CI
@@ -352,6 +351,7 @@ def test_a_request_during_start_up_waits_for_its_models_spare_and_starts_no_engi
             assert len(running) == 2 and engine_pids(d) == running  # one per model: the spares served
     finally:
         assert d.stop() == 0, d.output()[-3000:]
+
 
 # --- item 16: reload failures and what a plain reload reloads --------------------------------
 

@@ -812,7 +812,7 @@ def bench_footprint(bundle: Path, progress: Progress, tmp: Path) -> list:
 
 def bench_int8(names: list, calib: Path, progress: Progress, tmp: Path) -> list:
     """build_sdk --int8 per model and quantiser: its accuracy and speed report."""
-    rows = []
+    rows, instructions = [], int8_instructions()
     for name in names:
         for kind in ("openvino", "onnxruntime"):
             progress.step(f"int8: {name} {kind}")
@@ -821,7 +821,7 @@ def bench_int8(names: list, calib: Path, progress: Progress, tmp: Path) -> list:
                               SHARED / "models" / name / "labels.txt", "--targets", "x86", "--int8", calib,
                               "--int8-engine", kind, "--out", tmp / f"{name}_{kind}_int8.zip"], tmp, f"{name}_{kind}")
             if work is not None:
-                rows.append({"model": name, "calib": str(calib), "int8_instructions": int8_instructions(),
+                rows.append({"model": name, "calib": str(calib), "int8_instructions": instructions,
                              **json.loads((work / "int8_report.json").read_text())})
     return rows
 
@@ -829,8 +829,7 @@ def bench_int8(names: list, calib: Path, progress: Progress, tmp: Path) -> list:
 def int8_instructions() -> str:
     """This CPU's instructions for int8 dot products, as /proc/cpuinfo names them: what decides
     whether an int8 model can be faster than its fp32 one."""
-    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("flags")), [])
+    flags = cpuinfo("flags").split()
     return ", ".join(f for f in ("avx_vnni", "avx512_vnni", "amx_int8") if f in flags) or "none (no VNNI)"
 
 
@@ -1175,9 +1174,14 @@ images: {calib}.
     return "\n".join(lines) + "\n"
 
 
+def cpuinfo(field: str) -> str:
+    """The first core's `field` in /proc/cpuinfo ("" where there is none)."""
+    return next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith(field)), "")
+
+
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown CPU")
+    cpu = cpuinfo("model name") or "unknown CPU"
     import cv2
     import numpy
 

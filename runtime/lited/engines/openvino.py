@@ -149,8 +149,9 @@ class OpenVinoEngine(InPlaceEngine):
         if base == "CPU":
             config.update({"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": int_option(options, "streams", 1),
                            "ENABLE_CPU_PINNING": bool_option(options, "pin", False)})
-        if options.get("precision") or base == "CPU":  # f32 unless asked: see the module's docstring
-            config["INFERENCE_PRECISION_HINT"] = str(options.get("precision") or "f32")
+        precision = options.get("precision") or ("f32" if base == "CPU" else None)  # see the module's docstring
+        if precision:
+            config["INFERENCE_PRECISION_HINT"] = str(precision)
         if options.get("cache_dir"):
             config["CACHE_DIR"] = str(options["cache_dir"])
         self._config, self._device, self._model_path = config, device, str(model_path)

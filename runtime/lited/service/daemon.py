@@ -192,7 +192,8 @@ class Daemon:
         self.warming = {sc.name: sc for sc in cfg.streams}
         # an infer answered before its model's spare is kept waits for it: building one of its own
         # beside the spare left two engine processes of the one model running for good
-        self.spares_warming = set(self.bundles) - {sc.model for sc in cfg.streams}
+        streamed = {sc.model for sc in cfg.streams}
+        self.spares_warming = set(self.bundles) - streamed
         self.requests.start()
         if cfg.http is not None:  # before the bus loop: once `ping` answers, HTTP is served too
             self._start_http()
@@ -213,7 +214,7 @@ class Daemon:
         with self._reload_lock:
             self.stream_threads = self._plan_threads(cfg.streams)
             try:
-                spares, failed = self._warm_spares(self.bundles, {sc.model for sc in cfg.streams})
+                spares, failed = self._warm_spares(self.bundles, streamed)
                 self._keep_spares(spares)
             finally:
                 with self.spares_kept:
