@@ -265,10 +265,37 @@ def _pipelined(remote: EngineProcess, local, runs: int) -> None:
         assert all(np.array_equal(g, e) for g, e in zip(got, expected[(i - 1) % SETS])), i
 
 
+def test_steady_runs_cost_the_engine_process_no_system_call(short_onnx, tmp_path):
+    """A run whose inputs the child has, one queued behind another, goes through
+    the page's queues: strace counts the child's system calls over 300 such runs.
+    A socket for each request and reply made two a run (sendmsg and recvmsg);
+    the semaphores make none, but for a wait when the parent was late to queue
+    the next run (a futex call, rare: onnxruntime itself makes none a run here)."""
+    local = open_engine("onnxruntime", short_onnx, {})
+    remote = EngineProcess("onnxruntime", short_onnx, {})
+    try:
+        _pipelined(remote, local, 12)  # the steady state: every pair of sets has run twice
+        counts = tmp_path / "strace.txt"
+        tracer = subprocess.Popen(["strace", "-f", "-c", "-o", str(counts), "-p", str(remote.pid)],
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            assert "attached" in tracer.stderr.readline()
+            _pipelined(remote, local, 300)
+        finally:
+            tracer.terminate()
+            tracer.wait()
+        rows = [line.split() for line in counts.read_text().splitlines()]  # % time, seconds, usecs/call, calls, [errors,] name
+        calls = {row[-1]: int(row[3]) for row in rows if len(row) >= 5 and row[0][0].isdigit() and row[-1] != "total"}
+        assert not {"sendmsg", "recvmsg", "sendto", "recvfrom", "read", "write"} & set(calls), calls
+        assert sum(calls.values()) < 300, calls
+    finally:
+        remote.close()
+
+
 def test_short_queued_runs_are_collected_by_the_clock_also_after_a_restart(short_onnx):
     """A run as long as QUIET_RUNS_S, collected while another waits behind it,
     is awaited by the clock (the child's count of replies, in shared memory),
-    not blocked on the socket: a reply to a blocked reader makes the child's
+    not blocked on its reply: a reply to a blocked reader makes the child's
     core wake the parent's, which costs a 1 ms model's next run on a VM. A
     restarted child goes on counting in the same page, here after one killed
     with replies the parent never read."""
