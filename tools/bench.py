@@ -1058,7 +1058,8 @@ say what a frame costs on a board.
 
 Per model, each engine ran in its own process, in shuffled order, in each round: its bare loop (the
 engine's `run()` on the video's first frame, preprocessed by lited: what an app calling that runtime
-pays; for Paddle Lite it includes copying the outputs out), in windows alternating with `lited run` on
+pays; for Paddle Lite it includes copying the outputs out; in a process of its own since 2026-12-03,
+before in the one feeding `lited run`), in windows alternating with `lited run` on
 an unpaced MJPG file of the model's image through the whole pipeline (capture, preprocessing into the
 engine's input set in shared memory, the engine in its engine process, decoding), the file looping:
 bare, run, bare, run, bare, run, bare, each window 1-3 s (a run window at least 15 frames), from the

@@ -523,26 +523,59 @@ def bursts(run, seconds: float, bursts_: int = 3) -> dict:
     return {"fps": n / wall, "ms": statistics.median(medians), "cpu_ms": cpu * 1e3 / n, "runs": n}
 
 
-def probe_engine(args) -> dict:
-    """One engine on one model: its bare run() loop in this process, in windows
-    alternating with `lited run` on a file through the whole pipeline with the engine
-    in its engine process; fps, CPU per frame (this process and the engine
-    process), and the decoded result on the image (for the agreement check)."""
+def probe_bare_engine(args) -> dict:
+    """probe_engine's bare loop, in a process of its own, as an app's would be (and no
+    engine idles in the process that feeds `lited run`: a probe with one there had
+    the engine process serve slower). Prints the decoded result on the image, then
+    answers one JSON line on stdin with one on stdout: {"window": s} -> bursts() on
+    every core; {"beside": [engine cores, other cores, s]} -> beside_a_busy_core()."""
     import cv2
 
     from lited.bundle import load_bundle
     from lited.cores import pin_threads
     from lited.model import Model
-    from lited.stream import Stream
 
-    bundle = load_bundle(args.bundle)
-    opts = {"threads": args.threads or 1}
-    local = Model(bundle, engine=args.engine, options=opts)
+    local = Model(load_bundle(args.bundle), engine=args.engine, options={"threads": args.threads or 1})
     result = local.infer(cv2.imread(args.image))
     cap = cv2.VideoCapture(args.video)
     frame = cap.read()[1]
     cap.release()
     local.infer(frame)  # the bare loop runs on the video's frame, as the stream does
+    every = sorted(os.sched_getaffinity(0))
+    print(json.dumps({k: result[k] for k in ("detections", "classes", "text") if k in result}), flush=True)
+    for line in sys.stdin:
+        ask = json.loads(line)
+        if "window" in ask:
+            pin_threads(every)  # the bare loop as an app would run it: on any core
+            answer = bursts(local.engine.run, ask["window"])
+        else:
+            answer = beside_a_busy_core(local.engine.run, *ask["beside"])
+        print(json.dumps(answer), flush=True)
+    local.close()
+    return {}
+
+
+def probe_engine(args) -> dict:
+    """One engine on one model: its bare run() loop (probe_bare_engine, a process of its
+    own), in windows alternating with `lited run` on a file through the whole pipeline
+    with the engine in its engine process; fps, CPU per frame (this process and the
+    engine process), and the decoded result on the image (for the agreement check)."""
+    from lited.bundle import load_bundle
+    from lited.model import Model
+    from lited.stream import Stream
+
+    bundle = load_bundle(args.bundle)
+    opts = {"threads": args.threads or 1}
+    bare_loop = subprocess.Popen([sys.executable, __file__, "bare_engine", "--bundle", args.bundle, "--engine",
+                                  args.engine, "--image", args.image, "--video", args.video, "--threads",
+                                  str(opts["threads"])], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def ask(**question) -> object:
+        bare_loop.stdin.write(json.dumps(question) + "\n")
+        bare_loop.stdin.flush()
+        return json.loads(bare_loop.stdout.readline())
+
+    result = json.loads(bare_loop.stdout.readline())
     seconds = min(6.0, max(2.0, args.runs * 0.02))
     window = seconds / 2
     count = [0]
@@ -562,7 +595,7 @@ def probe_engine(args) -> dict:
     # speed drifts by several percent over seconds, so each run window is compared with
     # the bare windows on either side of it. During a bare window the engine process is
     # stopped (SIGSTOP): the pipeline waits for it and uses no CPU.
-    plan, every = place_as_lited_run(opts["threads"])
+    plan, _ = place_as_lited_run(opts["threads"])
     stream = Stream("bench", f"file://{args.video}?loop=1", lambda: Model(bundle, engine=args.engine, options=opts,
                                                                          isolated=True, cpus=plan.engines["bench"]),
                     publish, lambda e: None, stats_window=64)
@@ -573,9 +606,7 @@ def probe_engine(args) -> dict:
 
     def bare_window() -> None:
         os.kill(pid, signal.SIGSTOP)
-        pin_threads(every)  # the bare loop as an app would run it: on any core
-        bare.append(bursts(local.engine.run, window))
-        pin_threads(plan.own)
+        bare.append(ask(window=window))
         os.kill(pid, signal.SIGCONT)
 
     for _ in range(ROUNDS):
@@ -588,9 +619,9 @@ def probe_engine(args) -> dict:
     bare_window()
     status = stream.status()
     stream.stop()
-    beside = beside_a_busy_core(local.engine.run, plan.engines["bench"], plan.own, window / 2)
-    pin_threads(every)
-    local.close()
+    beside = ask(beside=[plan.engines["bench"], plan.own, window / 2])
+    bare_loop.stdin.close()
+    bare_loop.wait()
     ratios = against_bare_beside([n / t for t, n, _, _ in runs], [b["fps"] for b in bare])
     seconds_, frames, here, engine = (sum(r[i] for r in runs) for i in range(4))
     return {"engine": args.engine, "device": status["model"]["device"] if status.get("model") else "",
@@ -600,7 +631,7 @@ def probe_engine(args) -> dict:
             "run_engine_cpu_ms": engine * 1e3 / frames, "run_total_cpu_ms": (engine + here) * 1e3 / frames,
             "frames": count[0], "skipped": status["counters"]["skipped"], "load": os.getloadavg()[0],
             "beside_busy": statistics.median(beside), "beside_busy_all": beside,
-            "result": {k: result[k] for k in ("detections", "classes", "text") if k in result}}
+            "result": result}
 
 
 SPIN = "import os, sys\nos.sched_setaffinity(0, {int(c) for c in sys.argv[1:]})\nwhile True:\n    pass\n"
@@ -677,7 +708,7 @@ def probe_engine_process(args) -> dict:
 
 PROBES = {"bare": probe_bare, "infer": probe_infer, "ort": probe_ort, "run": probe_run, "live": probe_live,
           "sub": probe_sub, "bare_process": probe_bare_process, "ocr": probe_ocr, "uplink_device": probe_uplink_device,
-          "engine": probe_engine, "pair": probe_pair, "engine_process": probe_engine_process}
+          "engine": probe_engine, "bare_engine": probe_bare_engine, "pair": probe_pair, "engine_process": probe_engine_process}
 
 
 def main() -> int:
