@@ -268,7 +268,7 @@ def _pipelined(remote: EngineProcess, local, runs: int) -> None:
 def test_steady_runs_cost_the_engine_process_no_system_call(short_onnx, tmp_path):
     """A run whose inputs the child has, one queued behind another, goes through
     the page's queues: strace counts the child's system calls over 300 such runs.
-    A socket for each request and reply made two a run (sendmsg and recvmsg);
+    A socket for each request and reply made two a run (sendto and recvmsg);
     the semaphores make none, but for a wait when the parent was late to queue
     the next run (a futex call, rare: onnxruntime itself makes none a run here)."""
     local = open_engine("onnxruntime", short_onnx, {})
@@ -329,7 +329,7 @@ def test_a_stopped_child_with_runs_queued_times_out_by_name(short_onnx):
         _pipelined(remote, local, 40)
         remote.submit(0, 0)
         remote.submit(1, 1)
-        time.sleep(0.2)  # both done: their replies wait in the socket
+        time.sleep(0.2)  # both done: their replies wait in the queue
         pid = remote.pid
         os.kill(pid, signal.SIGSTOP)
         remote.collect()
@@ -341,6 +341,37 @@ def test_a_stopped_child_with_runs_queued_times_out_by_name(short_onnx):
             remote.collect()
         assert 1.0 <= time.monotonic() - started < 3.0
         assert remote.pid is None
+    finally:
+        remote.close()
+
+
+def test_a_wait_for_a_reply_ends_when_another_thread_closes_the_engine(short_onnx):
+    """A stream stopped while its infer thread waits for a run (here, of a stopped
+    child): the wait ends with a named error within its liveness check, not when
+    close() is done with the child (5 s, then a kill, for a stopped one)."""
+    remote = EngineProcess("onnxruntime", short_onnx, {})
+    try:
+        remote.input_view(0, SHORT_INPUT)[...] = 0.5
+        remote.run()
+        os.kill(remote.pid, signal.SIGSTOP)
+        remote.submit()
+        ended: list = []
+
+        def collect() -> None:
+            try:
+                remote.collect()
+            except EngineError as exc:
+                ended.append((time.monotonic(), str(exc)))
+
+        waiter = threading.Thread(target=collect)
+        waiter.start()
+        time.sleep(0.3)
+        assert not ended  # still waiting
+        closing = time.monotonic()
+        remote.close()
+        waiter.join(10)
+        assert ended and ended[0][1].endswith("engine process is closed"), ended
+        assert ended[0][0] - closing < 1.0, ended[0][0] - closing
     finally:
         remote.close()
 
