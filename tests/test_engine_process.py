@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lited.bundle import load_bundle
-from lited.engine_process import SETS, EngineProcess
+from lited.engine_process import RING, SETS, EngineProcess
 from lited.engines import EngineError, open_engine
 from lited.model import Model
 
@@ -341,6 +341,31 @@ def test_a_stopped_child_with_runs_queued_times_out_by_name(short_onnx):
             remote.collect()
         assert 1.0 <= time.monotonic() - started < 3.0
         assert remote.pid is None
+    finally:
+        remote.close()
+
+
+def test_runs_queue_up_to_the_ring_and_come_back_in_order(short_onnx):
+    """The request queue holds RING codes: a stopped child gets that many runs
+    queued, in order, and the next submit is refused by name rather than
+    written over a code the child has not read."""
+    local = open_engine("onnxruntime", short_onnx, {})
+    remote = EngineProcess("onnxruntime", short_onnx, {})
+    try:
+        _pipelined(remote, local, 6)
+        expected = []
+        for k in range(SETS):
+            local.set_input(0, np.asarray(remote.input_view(0, SHORT_INPUT, input_set=k)))
+            expected.append([o.copy() for o in local.run()])
+        os.kill(remote.pid, signal.SIGSTOP)
+        for i in range(RING):  # input set k into output set k: a later run into a set writes the same outputs
+            remote.submit(i % SETS, i % SETS)
+        with pytest.raises(EngineError, match=f"{RING} runs queued and not collected"):
+            remote.submit(0, 0)
+        os.kill(remote.pid, signal.SIGCONT)
+        for i in range(RING):
+            got = remote.collect()
+            assert all(np.array_equal(g, e) for g, e in zip(got, expected[i % SETS])), i
     finally:
         remote.close()
 

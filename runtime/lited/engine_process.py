@@ -96,7 +96,7 @@ UNCHANGED = 0
 OPEN_TIMEOUT = 300.0        # building a TensorRT engine can take minutes
 BUSY, RUNS, REPLIES = range(3)  # the meter's float64s: seconds the children computed runs, their runs, their replies
 CLOSING = 3 * 8             # the page's byte the parent sets when it closes the child
-RING = 16                   # codes a queue holds: more than runs can be in flight (SETS) plus a call
+RING = 16                   # codes a queue holds: runs submitted and not collected (a stream has SETS at most)
 QUEUE_BYTES = SEM_BYTES + RING
 REQUESTS, ANSWERS = 64, 64 + QUEUE_BYTES  # where the page's two queues start
 PAGE_BYTES = ANSWERS + QUEUE_BYTES
@@ -520,7 +520,10 @@ class EngineProcess(Engine):
     def submit(self, input_set: int = 0, output_set: int = 0) -> None:
         """Queue a run without waiting: the child starts it the moment it is
         free, so with one run queued behind another it never idles between
-        frames. `collect()` returns results in submission order."""
+        frames. `collect()` returns results in submission order; at most RING
+        runs wait to be collected."""
+        if len(self._pending) >= RING:  # the request queue would wrap over codes the child has not read
+            raise EngineError(f"{self._spec['path']}: {RING} runs queued and not collected")
         unsent = self._unsent[input_set]
         if unsent:
             changes = sorted(unsent)
