@@ -221,7 +221,7 @@ class _Queue:
 
     def get(self, timeout: float) -> int:
         """The next code, waiting up to `timeout` s (GIL released); -1 if none came."""
-        if self.take() != 0 and not self.semaphore.acquire(timeout):
+        if not self.semaphore.acquire(timeout):  # its first step is a take() that does not wait
             return -1
         code = self.ring[self.done % RING]
         self.done += 1

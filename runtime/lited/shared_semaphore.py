@@ -56,14 +56,12 @@ class SharedSemaphore:
             return True
         if timeout <= 0:
             return False
-        if _clockwait is not None:
-            at = time.monotonic() + timeout  # CLOCK_MONOTONIC, as Python's monotonic clock is on Linux
-            self._deadline.tv_sec, self._deadline.tv_nsec = int(at), int(at % 1 * 1e9)
-            done = _clockwait(self._addr, _CLOCK_MONOTONIC, ctypes.byref(self._deadline))
-        else:
-            at = time.time() + timeout
-            self._deadline.tv_sec, self._deadline.tv_nsec = int(at), int(at % 1 * 1e9)
-            done = _libc.sem_timedwait(self._addr, ctypes.byref(self._deadline))
+        # CLOCK_MONOTONIC is Python's monotonic clock on Linux; sem_timedwait's deadline is wall time
+        at = (time.monotonic() if _clockwait is not None else time.time()) + timeout
+        self._deadline.tv_sec, self._deadline.tv_nsec = int(at), int(at % 1 * 1e9)
+        deadline = ctypes.byref(self._deadline)
+        done = (_clockwait(self._addr, _CLOCK_MONOTONIC, deadline) if _clockwait is not None
+                else _libc.sem_timedwait(self._addr, deadline))
         if done == 0:
             return True
         if ctypes.get_errno() not in (errno.ETIMEDOUT, errno.EINTR):
