@@ -241,6 +241,40 @@ def test_openvino_survives_input_shapes_changing_between_runs(static_shapes):
 
 # --- threads ------------------------------------------------------------------
 
+def test_openvino_prepares_a_run_on_the_same_arrays_as_one_call_valid_until_it_binds_again():
+    """The engine process's steady runs and `run()` go through `prepare`'s call: it reads
+    the inputs and writes the outputs in place like run_into, and any binding that could
+    reuse its request moves `binds` on (the caller then prepares again)."""
+    from lited.engines.openvino import BINDINGS
+
+    engine = open_engine("openvino", str(shared_onnx("ppocr_cls")), {})
+    reference = open_engine("onnxruntime", str(shared_onnx("ppocr_cls")), {})
+    xs = [np.random.default_rng(i).random((1, 3, 48, 192), np.float32) for i in range(BINDINGS + 1)]
+    outs = [[np.full((1, 2), np.nan, np.float32)] for _ in xs]
+    assert engine.prepare([xs[0]], outs[0]) is None  # never run on these arrays
+    assert engine.run_into([xs[0]], outs[0])[0] is outs[0][0]
+    call, binds = engine.prepare([xs[0]], outs[0]), engine.binds
+    assert call is not None and engine.prepare([xs[0]], [np.empty((1, 2), np.float32)]) is None
+    for scale in (1.0, 0.25, -3.0):
+        xs[0][...] = xs[1] * scale  # in place, as preprocessing writes
+        outs[0][0][...] = np.nan
+        assert call() is None
+        reference.set_input(0, xs[0])
+        np.testing.assert_allclose(outs[0][0], reference.run()[0], atol=1e-5)
+    assert engine.input_shapes() == [(1, 3, 48, 192)] and engine.output_shapes() == [(1, 2)]
+    for x, out in zip(xs[1:], outs[1:]):  # one binding more than the engine keeps: the oldest is rebound
+        engine.run_into([x], out)
+    assert engine.binds > binds
+    assert engine.prepare([xs[0]], outs[0]) is None  # its request runs other arrays now
+    # run() on the engine's own buffers: prepared after its first run, reading what set_input writes
+    engine.set_input(0, xs[2])
+    first = engine.run()[0].copy()
+    engine.set_input(0, xs[3])
+    reference.set_input(0, xs[3])
+    np.testing.assert_allclose(engine.run()[0], reference.run()[0], atol=1e-5)
+    assert not np.array_equal(first, engine.run()[0])
+
+
 def _threads_of(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 

@@ -97,7 +97,7 @@ OPEN_TIMEOUT = 300.0        # building a TensorRT engine can take minutes
 BUSY, RUNS, REPLIES = range(3)  # the meter's float64s: seconds the children computed runs, their runs, their replies
 CLOSING = 3 * 8             # the page's byte the parent sets when it closes the child
 RING = 16                   # codes a queue holds: runs submitted and not collected (a stream has SETS at most)
-QUEUE_BYTES = SEM_BYTES + RING
+QUEUE_BYTES = SEM_BYTES + ALIGN  # the semaphore and the ring on cache lines of their own
 REQUESTS, ANSWERS = 64, 64 + QUEUE_BYTES  # where the page's two queues start
 PAGE_BYTES = ANSWERS + QUEUE_BYTES
 LIVENESS_S = (0.1, 1.0)     # how often a waiting parent checks its child is alive, a waiting child its parent
@@ -205,7 +205,7 @@ class _Queue:
     def __init__(self, arena: Arena, at: int) -> None:
         self.semaphore = SharedSemaphore(arena.mm, at)
         self.post, self.take = self.semaphore.post, self.semaphore.take
-        self.ring = memoryview(arena.mm)[at + SEM_BYTES:at + QUEUE_BYTES]
+        self.ring = memoryview(arena.mm)[at + SEM_BYTES:at + SEM_BYTES + RING]
         self.done = 0
 
     def reset(self) -> None:
@@ -594,7 +594,7 @@ class EngineProcess(Engine):
         self._out_views[output_set] = self._out_arena[output_set].views(layout)
 
     def stats(self) -> dict:
-        """The child's counters: `runs`, the copies it made of inputs
+        """The child's counters: `runs` (the runs it computed), the copies it made of inputs
         (`in_copies`) and outputs (`out_copies`) beside the backend's own work,
         and the times the engine bound new memory to its backend (`binds`:
         a stream's steady state adds none, in either engine that binds)."""
@@ -626,16 +626,16 @@ class _Child:
         self.out_layout: list = [None] * SETS
         self.out_views: list = [None] * SETS
         self.out_for: list = [None] * SETS     # input shapes of the last run into each output set
-        self.counts = {"runs": 0, "in_copies": 0, "out_copies": 0}
-        # per input set * SETS + output set: (inputs, outputs) of a run that can go again as it
-        # is (inputs bound in place, the last run into that set wrote them all in place)
+        self.counts = {"in_copies": 0, "out_copies": 0}
+        # per input set * SETS + output set: a run that can go again as it is (inputs bound in
+        # place, the last run into that set wrote them all in place), as _steady makes it
         self.steady: list = [None] * (SETS * SETS)
 
     def serve(self) -> None:
         """Until the parent closes the child or dies (seen within LIVENESS_S[1]: a SIGKILLed
         daemon leaves no one to say so)."""
         requests, answers, closing, meter = self.requests, self.answers, self.closing, self.meter
-        steady, clock, same = self.steady, time.perf_counter, operator.is_
+        steady, clock = self.steady, time.perf_counter
         take, asked, post, told = requests.take, requests.ring, answers.post, answers.ring
         while True:
             # The queues' get and put inlined for the steady case (one a run): between two runs of
@@ -663,12 +663,10 @@ class _Child:
             try:
                 if short is not None:  # the short way: few steps between two runs, each slow with the caches cold
                     started = clock()
-                    outputs = self.engine.run_into(*short)
-                    if all(map(same, outputs, short[1])):
-                        self.counts["runs"] += 1
-                    else:  # not in place after all: the long way's reply
-                        steady[code] = None
-                        reply, reply_fds = self._adopt(code % SETS, outputs, tuple(v.shape for v in short[0]))
+                    if short[3] == self.engine.binds:  # its prepared call runs on those arrays still
+                        short[2]()
+                    else:
+                        reply, reply_fds = self.run_steady(code, short)
                 elif code != MESSAGE:
                     reply, reply_fds = self.run(*divmod(code, SETS))
                 else:
@@ -705,7 +703,8 @@ class _Child:
             self.engine.image_input = int(message["index"])
             return {}, []
         if op == "stats":
-            return {**self.counts, "binds": self.engine.binds if self.engine is not None else 0}, []
+            return {"runs": int(self.meter[RUNS]), **self.counts,
+                    "binds": self.engine.binds if self.engine is not None else 0}, []
         if op == "shapes":
             return {"inputs": [list(s) for s in self.engine.input_shapes()],
                     "outputs": [list(s) for s in self.engine.output_shapes()]}, []
@@ -752,8 +751,27 @@ class _Child:
         reply, fds = self._adopt(output_set, outputs, shapes)
         if engine.zero_copy and shapes is not None and reply is None \
                 and all(o is v for o, v in zip(outputs, self.out_views[output_set])):
-            self.steady[input_set * SETS + output_set] = (inputs, self.out_views[output_set])
+            self.steady[input_set * SETS + output_set] = self._steady(inputs, self.out_views[output_set])
         return reply, fds
+
+    def _steady(self, inputs: list, outputs: list) -> tuple:
+        """A steady run's entry, after a run that read `inputs` and wrote `outputs` in place:
+        (inputs, outputs, the engine's prepared call for them, the engine's binds it holds for;
+        -1 where it has none, so serve takes run_steady)."""
+        call = self.engine.prepare(inputs, outputs)
+        return inputs, outputs, call, self.engine.binds if call is not None else -1
+
+    def run_steady(self, code: int, short: tuple) -> tuple:
+        """A steady run without a prepared call (the engine has none, or has bound other
+        memory since): run_into, and prepare again; the long way's reply if the outputs
+        did not stay in place after all."""
+        inputs, outputs = short[0], short[1]
+        result = self.engine.run_into(inputs, outputs)
+        if all(map(operator.is_, result, outputs)):
+            self.steady[code] = self._steady(inputs, outputs)
+            return None, ()
+        self.steady[code] = None
+        return self._adopt(code % SETS, result, tuple(v.shape for v in inputs))
 
     def _adopt(self, output_set: int, outputs: list, shapes: Optional[tuple]) -> tuple:
         """Outputs into output set `output_set` (a new arena if they outgrew it); the reply."""
@@ -774,7 +792,6 @@ class _Child:
             elif not engine.zero_copy:
                 self.counts["out_copies"] += 1  # Engine.run_into's fallback copied it there
         self.out_for[output_set] = shapes
-        self.counts["runs"] += 1
         return reply, fds
 
 

@@ -12,6 +12,8 @@
                                      # valid until the next run() (copied out of the backend)
     outputs = engine.run_into(inputs, outputs)  # or: read these arrays, write into those
                                      # (in place where the backend can bind memory: `zero_copy`)
+    call = engine.prepare(inputs, outputs)  # after that run: the same run again, as one call
+                                     # without run_into's checks (None where the engine has none)
     engine.version                   # backend version string
     engine.device                    # where it runs, for humans: "cpu", "gpu:0 tensorrt fp16"
     engine.close()                   # free it now
@@ -26,8 +28,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import operator
 from dataclasses import dataclass
-from typing import ClassVar, Dict, List, Optional, Sequence
+from typing import Callable, ClassVar, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -149,6 +152,15 @@ class Engine:
                     result[i] = out
         return result
 
+    def prepare(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> Optional[Callable[[], None]]:
+        """After `run_into(inputs, ...)` returned `outputs`, every one written in
+        place: a call that runs again on those very arrays, without run_into's
+        checks, lookups and bookkeeping (for the OpenVINO classifier they cost
+        as much as 4 % of a 0.5 ms run). For callers that run the same arrays
+        over and over: the engine process's steady runs, `run()`. Valid while
+        `binds` stays as it was. None where the engine has no such call."""
+        return None
+
     def input_shapes(self) -> list:
         """Input shapes as the backend has them now."""
         raise NotImplementedError
@@ -180,6 +192,7 @@ class InPlaceEngine(Engine):
         self._in_buf: list = [None] * len(self.inputs)
         self._in_last: list = [None] * len(self.inputs)  # the arrays the last run read
         self._out_last = list(output_shapes)
+        self._again: Optional[tuple] = None  # run()'s last run as (binds, its prepared call, in_buf, outputs)
 
     def ran(self, inputs: list, outputs: list) -> None:
         """Note a run's inputs and outputs (for `input_shapes`, `output_shapes`)."""
@@ -207,11 +220,20 @@ class InPlaceEngine(Engine):
         return buf
 
     def run(self) -> list:
-        """Run on the engine's own input buffers; outputs valid until the next run."""
+        """Run on the engine's own input buffers; outputs valid until the next run.
+        Again on the same buffers, the engine's prepared call (`prepare`) runs it."""
+        again = self._again
+        if again is not None and again[0] == self.binds and all(map(operator.is_, again[2], self._in_buf)):
+            again[1]()
+            return list(again[3])
         for i, buf in enumerate(self._in_buf):
             if buf is None:
                 raise EngineError(f"input {i} ({self.inputs[i].name}): not set")
-        return self.run_into(self._in_buf, self.own_outputs(tuple(b.shape for b in self._in_buf)))
+        inputs = tuple(self._in_buf)
+        outputs = self.run_into(inputs, self.own_outputs(tuple(b.shape for b in inputs)))
+        call = self.prepare(inputs, outputs)
+        self._again = (self.binds, call, inputs, outputs) if call is not None else None
+        return outputs
 
     def own_outputs(self, input_shapes: tuple) -> Optional[list]:
         """Arrays of the engine's own for `run()` to write into, or None (the backend's)."""
