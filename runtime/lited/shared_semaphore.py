@@ -5,8 +5,8 @@ through a socket: two system calls a frame on the child's side (measured on a
 VM, 11 us together, 8 % of a 0.5-ms model's frame). A post with nobody waiting
 and a wait on a semaphore already posted are atomic operations in user space
 (glibc's futex-based `sem_t`, with the barriers ARM needs); only a wait that
-has to sleep, and the post that wakes it, enter the kernel. ctypes releases
-the GIL for each call.
+has to sleep, and the post that wakes it, enter the kernel. A wait that may
+sleep releases the GIL (CDLL); post and trywait keep it (PyDLL).
 """
 from __future__ import annotations
 
@@ -16,10 +16,9 @@ import functools
 import mmap
 import time
 
-SEM_BYTES = 64  # sizeof(sem_t): 32 on 64-bit glibc, 16 on 32-bit; a cache line each
+SEM_BYTES = 32  # sizeof(sem_t) on 64-bit glibc (16 on 32-bit): the bytes one takes
 
 _libc = ctypes.CDLL(None, use_errno=True)  # libc, or libpthread before glibc 2.34: both in the global namespace
-_libc_gil = ctypes.PyDLL(None)
 # post and trywait never block: called through PyDLL they keep the GIL, and skip CDLL's
 # release and retake of it and its errno swap (1 us a run between a 0.5-ms model's runs, the
 # caches cold after the run)
@@ -44,9 +43,9 @@ class SharedSemaphore:
         self._deadline = _Timespec()
         # Partials: a call goes from C to C, no Python frame (between runs of a 0.5-ms model
         # every step counts, the caches cold after the run).
-        self.post = functools.partial(_libc_gil.sem_post, self._addr)
+        self.post = functools.partial(_libc_held.sem_post, self._addr)
         """Add one: wakes a waiter if one sleeps."""
-        self.take = functools.partial(_libc_gil.sem_trywait, self._addr)
+        self.take = functools.partial(_libc_held.sem_trywait, self._addr)
         """Take one if there is one, not waiting: 0 if it did."""
 
     def reset(self) -> None:
