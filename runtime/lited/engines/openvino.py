@@ -18,8 +18,10 @@ Facts that shaped it (openvino 2026.4.1, CPU plugin, x86_64 AVX2 and AVX-512, 2 
   native one: it dispatches its inputs and copies the outputs into a fresh
   dict, 8 us a run on a 0.5 ms classifier; a prepared call (`prepare`)
   calls the native method of `openvino._pyopenvino` itself, with no inputs
-  and its outputs shared (the same in every release lited takes: 2025.2 to
-  2026.4). With run_into's own checks and lookups, that was 30 us a run;
+  and its outputs shared: `infer(inputs: dict, share_outputs, decode_strings)`,
+  as in 2026.4.1 and in the 2025 releases' binding source (a private module:
+  tests/test_engines.py runs the call on every install). With run_into's own
+  checks and lookups, that was 30 us a run;
 - an `ov.Tensor(array, shared_memory=True)` set as an input is read in
   place, and set as an output of a model whose output shapes are static it
   is written in place (checked once per binding: were the bytes ours?);
