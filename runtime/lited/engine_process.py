@@ -668,7 +668,10 @@ class _Child:
                 if short is not None:  # the short way: few steps between two runs, each slow with the caches cold
                     started = clock()
                     if short[3] == self.engine.binds:  # its prepared call runs on those arrays still
-                        short[2]()
+                        try:
+                            short[2]()
+                        except EngineError:  # run_into's way says it better, or runs where that call cannot
+                            reply, reply_fds = self.run_steady(code, short)
                     else:
                         reply, reply_fds = self.run_steady(code, short)
                 elif code != MESSAGE:

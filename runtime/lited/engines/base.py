@@ -158,7 +158,8 @@ class Engine:
         checks, lookups and bookkeeping (for the OpenVINO classifier they cost
         as much as 4 % of a 0.5 ms run). For callers that run the same arrays
         over and over: the engine process's steady runs, `run()`. Valid while
-        `binds` stays as it was. None where the engine has no such call."""
+        `binds` stays as it was. None where the engine has no such call. When
+        the call raises EngineError, callers run that run through run_into."""
         return None
 
     def input_shapes(self) -> list:
@@ -224,8 +225,11 @@ class InPlaceEngine(Engine):
         Again on the same buffers, the engine's prepared call (`prepare`) runs it."""
         again = self._again
         if again is not None and again[0] == self.binds and all(map(operator.is_, again[2], self._in_buf)):
-            again[1]()
-            return list(again[3])
+            try:
+                again[1]()
+                return list(again[3])
+            except EngineError:  # run_into's way says it better, or runs where that call cannot
+                self._again = None
         for i, buf in enumerate(self._in_buf):
             if buf is None:
                 raise EngineError(f"input {i} ({self.inputs[i].name}): not set")
