@@ -63,8 +63,8 @@ SIGTERM: its parent stops it after draining, with the page's CLOSING byte.
 from __future__ import annotations
 
 import collections
-import operator
 import mmap
+import operator
 import os
 import signal
 import socket

@@ -236,7 +236,8 @@ class InPlaceEngine(Engine):
         inputs = tuple(self._in_buf)
         outputs = self.run_into(inputs, self.own_outputs(tuple(b.shape for b in inputs)))
         call = self.prepare(inputs, outputs)
-        self._again = (self.binds, call, inputs, outputs) if call is not None else None
+        # its own tuple of the outputs: a caller may change the list it is given
+        self._again = (self.binds, call, inputs, tuple(outputs)) if call is not None else None
         return outputs
 
     def own_outputs(self, input_shapes: tuple) -> Optional[list]:
