@@ -64,7 +64,8 @@ def image(name: str) -> np.ndarray:
 @pytest.mark.parametrize("name", ["ultraface", "fastestdet", "mobilenetv2", "ppocr_cls", "ppocrv4_det", "nanodet_m"])
 def test_raw_outputs_match_paddle_lite(name):
     """The ONNX on OpenVINO and onnxruntime computes what the .nb computes on
-    Paddle Lite x86, from the same preprocessed real image."""
+    Paddle Lite x86, from the same preprocessed real image (OpenVINO reading it
+    as float32: its default float16 image is tested below)."""
     manifest = json.loads((Path(__file__).parent / "bundles" / f"{name}.json").read_text()) \
         if name != "nanodet_m" else {"preprocess": NANODET_PREPROCESS, "inputs": [{"shape": [1, 3, 416, 416]}]}
     pre = Preprocessor(manifest["preprocess"], manifest["inputs"][0]["shape"])
@@ -73,7 +74,7 @@ def test_raw_outputs_match_paddle_lite(name):
     reference.set_input(0, pre.tensor)
     expected = [o.copy() for o in reference.run()]
     for kind in NEW_ENGINES:
-        engine = open_engine(kind, str(shared_onnx(name)), {})
+        engine = open_engine(kind, str(shared_onnx(name)), {"f16_images": False} if kind == "openvino" else {})
         engine.set_input(0, pre.tensor)
         got = engine.run()
         assert [o.shape for o in got] == [o.shape for o in expected], kind
@@ -199,9 +200,10 @@ def test_the_engine_process_binds_shared_memory_without_copies(kind):
                 for k in range(SETS):
                     remote.collect()
         assert remote.stats()["binds"] == binds
-        remote.input_view(0, shape, input_set=0)[...] *= 0.5  # read in place: the next run sees it
+        view = remote.input_view(0, shape, input_set=0)
+        view[...] *= 0.5  # read in place: the next run sees it
         remote.submit(0, 0)
-        local.set_input(0, xs[0] * 0.5)
+        local.set_input(0, view)
         assert all(np.array_equal(g, e) for g, e in zip(remote.collect(), local.run()))
         assert remote.stats()["out_copies"] == outputs * SETS
     finally:
@@ -249,7 +251,9 @@ def test_openvino_prepares_a_run_on_the_same_arrays_as_one_call_valid_until_it_b
 
     engine = open_engine("openvino", str(shared_onnx("ppocr_cls")), {})
     reference = open_engine("onnxruntime", str(shared_onnx("ppocr_cls")), {})
-    xs = [np.random.default_rng(i).random((1, 3, 48, 192), np.float32) for i in range(BINDINGS + 1)]
+    # arrays of the input's own dtype (float16: `f16_images`), which are bound, not converted
+    xs = [np.random.default_rng(i).random((1, 3, 48, 192)).astype(engine.inputs[0].dtype)
+          for i in range(BINDINGS + 1)]
     outs = [[np.full((1, 2), np.nan, np.float32)] for _ in xs]
     assert engine.prepare([xs[0]], outs[0]) is None  # never run on these arrays
     assert engine.run_into([xs[0]], outs[0])[0] is outs[0][0]
@@ -276,6 +280,40 @@ def test_openvino_prepares_a_run_on_the_same_arrays_as_one_call_valid_until_it_b
     assert not np.array_equal(first, engine.run()[0])
 
 
+def test_openvino_takes_images_as_float16_and_finds_what_float32_finds(multi, tmp_path):
+    """`f16_images` (default on): a 4-D float input is float16 in the engine process's
+    input sets (half the bytes for the engine's core to read), converted inside the model;
+    other inputs (PaddleDetection's im_shape, scale_factor) stay float32. The decoded
+    results match those of the float32 input within the golden tolerance."""
+    from lited.engines.openvino import import_openvino
+
+    ov = import_openvino()
+    ops = ov.opset13
+    image_in = ops.parameter([1, 3, 8, 8], ov.Type.f32, name="image")
+    scale_in = ops.parameter([1, 3], ov.Type.f32, name="scale_factor")
+    mean = ops.reduce_mean(image_in, ops.constant(np.array([2, 3], np.int64)), keep_dims=False)  # (1, 3)
+    path = str(tmp_path / "two_inputs.xml")
+    ov.save_model(ov.Model([ops.multiply(mean, scale_in)], [image_in, scale_in]), path)
+    engine = open_engine("openvino", path, {})
+    assert [s.dtype for s in engine.inputs] == ["float16", "float32"]
+    assert [s.dtype for s in open_engine("openvino", path, {"f16_images": False}).inputs] == ["float32", "float32"]
+    engine.set_input(0, np.full((1, 3, 8, 8), 0.5, np.float32))
+    engine.set_input(1, np.array([[1.0, 2.0, 1e-3]], np.float32))  # float16 would round 1e-3
+    np.testing.assert_array_equal(engine.run()[0], np.array([[0.5, 1.0, np.float32(0.5) * np.float32(1e-3)]]))
+    for name in ("ultraface", "fastestdet", "mobilenetv2", "ppocr_cls", "ppocrv4_det"):
+        bundle = load_bundle(multi / name)
+        half = Model(bundle, engine="openvino", isolated=True)
+        full = Model(bundle, engine="openvino", options={"f16_images": False}, isolated=True)
+        try:
+            assert half.engine.inputs[0].dtype == "float16" and full.engine.inputs[0].dtype == "float32"
+            got, expected = half.infer(image(name)), full.infer(image(name))
+            assert got.get("detections") or got.get("classes"), name
+            assert compare(got, expected) == [], name
+        finally:
+            half.close()
+            full.close()
+
+
 def test_a_prepared_call_that_fails_leaves_the_run_to_run_into(monkeypatch):
     """The native infer is a private openvino call: if a release changed it, `run()`
     (and the engine process's steady runs, the same way) still answer, through run_into."""
@@ -288,7 +326,7 @@ def test_a_prepared_call_that_fails_leaves_the_run_to_run_into(monkeypatch):
     reference = open_engine("onnxruntime", str(shared_onnx("ppocr_cls")), {})
     monkeypatch.setattr(ov_engine, "_native_infer", lambda: changed)
     for i in range(3):
-        x = np.random.default_rng(i).random((1, 3, 48, 192), np.float32)
+        x = np.random.default_rng(i).random((1, 3, 48, 192)).astype(engine.inputs[0].dtype)
         engine.set_input(0, x)
         reference.set_input(0, x)
         np.testing.assert_allclose(engine.run()[0], reference.run()[0], atol=1e-5)

@@ -139,3 +139,19 @@ def test_fit_height_is_rapidocr_exactly(size):
                         [1, 48, -1, 3])
     nhwc(image)
     np.testing.assert_allclose(nhwc.tensor[0].transpose(2, 0, 1)[None], rec.tensor, atol=1e-6)
+
+
+@pytest.mark.parametrize("spec, shape", [
+    ({"resize": {"mode": "fit_height"}, "scale": 1 / 255, "mean": [0.5] * 3, "std": [0.5] * 3}, [1, 3, 48, 192]),
+    ({"color": "RGB", "layout": "NHWC", "resize": {"mode": "letterbox"}, **NORM}, [1, 320, 320, 3]),
+])
+def test_a_float16_input_gets_the_float32_tensor_rounded_in_place(spec, shape):
+    """An engine that takes its image as float16 (OpenVINO's `f16_images`) gets what a
+    float32 input would, rounded to the nearest float16, in the very array it handed over."""
+    pre = Preprocessor(spec, shape)
+    pre(FRAME)
+    expected = pre.tensor.astype(np.float16)
+    out = np.full(shape, np.nan, np.float16)
+    pre(FRAME, out=out)
+    np.testing.assert_array_equal(out, expected)
+    assert np.abs(out.astype(np.float32) - pre.tensor).max() <= np.abs(pre.tensor).max() * 2.0 ** -11

@@ -7,6 +7,10 @@ channel (`cv2.addWeighted` into the tensor's plane, `dtype=CV_32F`). Colour
 order costs nothing: it only picks which plane goes where. Nothing is
 allocated while the source size stays the same; a new size rebuilds the
 buffers once (and the pad of a letterbox is filled once, not per frame).
+
+An input the engine takes as float16 (OpenVINO's `f16_images`) is filled the
+same way into the preprocessor's own float32 tensor, then converted into it in
+one pass (F16C): half the bytes for the engine's core to read (docs/config.md).
 """
 from __future__ import annotations
 
@@ -21,6 +25,18 @@ INTERPOLATION = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR, "area
                  "cubic": cv2.INTER_CUBIC}
 # fit_height's default pad pixel: mid-grey, which PP-OCR's (x/255 - 0.5)/0.5 makes 0, as PaddleOCR pads
 FIT_HEIGHT_PAD = 127.5
+
+
+_CONVERT_FP16 = getattr(cv2, "convertFp16", None)  # OpenCV 4 (5 has convertTo to CV_16F)
+
+
+def _to_half(tensor: np.ndarray, out: np.ndarray) -> None:
+    """`out` (float16, the shape of `tensor`) = `tensor` (float32, C-contiguous)."""
+    if _CONVERT_FP16 is not None and out.flags.c_contiguous:
+        width = tensor.shape[-1]  # as 2-D: OpenCV takes no more than 4 dimensions
+        _CONVERT_FP16(tensor.reshape(-1, width), dst=out.reshape(-1, width).view(np.int16))  # its half type
+    else:  # numpy's cast: a few times slower
+        np.copyto(out, tensor, casting="same_kind")
 
 
 class Preprocessor:
@@ -80,7 +96,8 @@ class Preprocessor:
         h, w = image.shape[:2]
         if (h, w) != self._src_size:
             self._plan(h, w)
-        tensor = self.tensor if out is None else out
+        half = out is not None and out.dtype == np.float16
+        tensor = self.tensor if out is None or half else out
         cv2.resize(image, self._resize_to, dst=self._resized, interpolation=self.interp)
         pad = self._pad_from
         if self.layout == "NCHW":
@@ -101,6 +118,8 @@ class Preprocessor:
             cv2.add(dst, self._beta4, dst=dst)
             if pad:
                 tensor[0, :, pad:] = self.pad_norm
+        if half:
+            _to_half(tensor, out)  # type: ignore[arg-type]
         return self.geometry  # type: ignore[return-value]
 
     def _plan(self, h: int, w: int) -> None:
