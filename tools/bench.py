@@ -1067,7 +1067,8 @@ bare, run, bare, run, bare, run, bare, each window 1-3 s (a run window at least 
 idles. The host's speed drifts by several percent within seconds, so each run window is compared with
 the bare windows on either side of it. `lited run` places its work as the daemon does (docs/config.md,
 "Threads and cores"): the engine process on core 1, the rest of lited on core 0. One thread per engine
-(`threads: 1`). Paddle Inference runs with `mkldnn: true`. *x Paddle Lite* is the bare loop's speed over
+(`threads: 1`). Paddle Inference runs with `mkldnn: true`. OpenVINO takes the image as float16 (`f16_images`,
+its default since 2026-12-03: docs/bundle.md), in its bare loop as in `lited run`. *x Paddle Lite* is the bare loop's speed over
 Paddle Lite's in the same round; *run / bare* is a run window's fps over the mean of the bare windows
 beside it, the median of a probe's three, then the median of the rounds (range); a bare window's fps is
 its runs over its wall time, like `lited run`'s (every slow run counted; until 2026-12-01 it was 1000 over
