@@ -147,10 +147,12 @@ class Arena:
         return out
 
     def close(self) -> None:
-        """Close the fd; the mapping stays until the last view of it goes."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        """Close the fd; the mapping stays until the last view of it goes. Once: the fd is
+        taken before it is closed, so a second call (a stream's stop closing the engine while
+        one of its threads, past the join's timeout, still uses it) finds nothing to close."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 def _aligned(nbytes: int) -> int:
