@@ -14,8 +14,8 @@ import stat
 import subprocess
 import sys
 import textwrap
-import tracemalloc
 import time
+import tracemalloc
 import uuid
 
 import cv2

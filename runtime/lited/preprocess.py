@@ -119,7 +119,7 @@ class Preprocessor:
         """Lookup tables for a tensor of `dtype`: NCHW, one per model channel; NHWC, one
         three-channel table. Each holds what the pixel values 0-255 become."""
         if dtype not in TABLE_TYPES:
-            raise ValueError(f"inputs[0].dtype: the engine takes {dtype}; preprocessing writes float32 or float16")
+            raise ValueError(f"the engine takes the image as {dtype}; preprocessing writes float32 or float16")
         ramp = np.arange(256, dtype=np.uint8).reshape(1, 256)
         values = [cv2.addWeighted(ramp, a, ramp, 0.0, b, dtype=cv2.CV_32F) for a, b in zip(self.alpha, self.beta)]
         tables = [v.astype(dtype).view(TABLE_TYPES[dtype]).reshape(256) for v in values]
