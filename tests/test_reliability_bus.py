@@ -307,6 +307,28 @@ def test_a_client_refused_over_max_clients_gets_in_once_another_leaves(tmp_path,
         assert d.stop() == 0, d.output()
 
 
+def test_clients_that_close_and_connect_again_in_a_loop_are_not_refused(tmp_path):
+    """An app that closes its Client and makes another, in a loop, was refused for its own last
+    connections: one closed before the daemon's gate was asked about its handshake held a place for
+    2 s (300 such in a row filled 2 places), and a closed socket's connection ends a moment after
+    the next one's handshake is asked about (4 of 200 reconnections refused idle, a third under load)."""
+    d = DaemonProcess(tmp_path, {"models": {}, "limits": {"max_clients": 2}}).start()
+    ctx = zmq.Context()
+    try:
+        for _ in range(300):  # connect and close at once, before any handshake is done
+            dealer(d, ctx).close(0)
+        time.sleep(0.3)  # the daemon reads the last of them (a held place was held 2 s)
+        with Client(d.req, timeout=10) as held:
+            refused = held.status()["bus"]["clients_refused"]  # some of the 300 got that far
+            for i in range(300):
+                with Client(d.req, timeout=10) as client:
+                    assert client.ping()["pong"], i  # ClientError `refused` if a place was held
+            assert held.status()["bus"]["clients_refused"] == refused
+    finally:
+        ctx.destroy(0)
+        assert d.stop() == 0, d.output()
+
+
 def test_remote_clients_cannot_take_the_local_clients_places(tmp_path, bundles_dir):
     """max_clients counted every request endpoint together: remote (tcp://) clients holding the
     places kept `lited ctl` out, and so `systemctl reload` (found over CURVE; plain TCP here)."""

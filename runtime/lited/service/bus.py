@@ -56,6 +56,14 @@ SUBSCRIPTION_MAX = 512  # bytes of one subscription message (a topic is under 80
 HANDSHAKE_MS = 10_000  # a tcp:// peer's CURVE handshake must be done by then
 EARLY_TTL = 2.0  # s a handshake's decision waits for its connection's accept event
 HANDSHAKE_S = 1.0  # s from a connection's accept to its handshake's decision, at most, for the decision to be its
+# A client's closed socket ends its connection a moment later (its ZeroMQ closes it on a thread of its
+# own; the daemon hears of it just after the next connection's handshake, often): a handshake finding
+# every place taken waits up to REFUSAL_GRACE_S for one to free before it is refused, so an app that
+# closes and connects again in a loop is not refused for its own last connection (a third of such
+# reconnections were, under load). It usually waits some microseconds; a flood of clients over the
+# limit gets at most REFUSAL_GRACE_SHARE of the gate's time, so other handshakes are not held up.
+REFUSAL_GRACE_S = 0.1
+REFUSAL_GRACE_SHARE = 0.1
 SOCKET_CHECK_S = 2.0  # how often the bus looks whether its ipc:// socket files are still there
 
 
@@ -125,7 +133,14 @@ class ClientGate:
         # can come first), per domain, oldest first: they were lost, and the count drifted by one; kept
         # EARLY_TTL at most
         self._early: dict = {domain: collections.deque() for domain in self.DOMAINS.values()}
+        # when connections closed undecided, per domain, oldest first: a client that connects and
+        # closes at once is gone (its accept and disconnect events read) before its handshake's
+        # request is; that decision is its, not a later connection's (kept in _early, 300 such
+        # clients in a loop held every place for EARLY_TTL); kept HANDSHAKE_S at most
+        self._closed: dict = {domain: collections.deque() for domain in self.DOMAINS.values()}
         self._curve_keys: Optional[set] = None  # z85 public keys of allowed CURVE clients
+        self._grace_left = REFUSAL_GRACE_S  # s the next refusals may wait, refilled at REFUSAL_GRACE_SHARE
+        self._grace_at = time.monotonic()
         self._stop = threading.Event()
         self._zap = ctx.socket(zmq.REP)
         self._zap.setsockopt(zmq.LINGER, 0)
@@ -199,11 +214,15 @@ class ClientGate:
                         self._undecided[key] = time.monotonic()
                 else:
                     self._open.pop(key, None)
-                    self._undecided.pop(key, None)
-        stale = time.monotonic() - EARLY_TTL
+                    if self._undecided.pop(key, None) is not None:
+                        self._closed[self._monitors[index][2]].append(time.monotonic())
+        now = time.monotonic()
         for early in self._early.values():  # an accept event never seen (a monitor that dropped it) must
-            while early and early[0][0] < stale:  # not hold a place for ever
+            while early and early[0][0] < now - EARLY_TTL:  # not hold a place for ever
                 early.popleft()
+        for closed in self._closed.values():  # one that never handshook (died at once) must not take
+            while closed and closed[0] < now - HANDSHAKE_S:  # a decision long after
+                closed.popleft()
         self._connected = sum(1 for admitted in self._open.values() if admitted) + \
             sum(admitted for early in self._early.values() for _, admitted in early)
 
@@ -216,18 +235,50 @@ class ClientGate:
         the free places instead of all being refused."""
         self._count()
         mine = {i for i, (_, _, d) in enumerate(self._monitors) if d == domain}
-        inside = sum(1 for (index, _), admitted in self._open.items() if admitted and index in mine)
-        inside += sum(admitted for _, admitted in self._early[domain])
-        admitted = inside < self.limit
-        recent = time.monotonic() - HANDSHAKE_S
-        key = next((k for k, seen in self._undecided.items() if seen >= recent and k[0] in mine), None)
+        if self._undecided_key(mine) is None and self._closed[domain]:
+            # it closed before its handshake was asked about: it holds no place, whatever is said
+            self._closed[domain].popleft()
+            return self._inside(domain, mine) < self.limit
+        admitted = self._inside(domain, mine) < self.limit
+        if not admitted:
+            now = time.monotonic()
+            self._grace_left = min(REFUSAL_GRACE_S, self._grace_left + (now - self._grace_at) * REFUSAL_GRACE_SHARE)
+            admitted = self._place_freed(domain, mine, now + self._grace_left)
+            self._grace_at = time.monotonic()
+            self._grace_left -= self._grace_at - now
+        key = self._undecided_key(mine)  # again: the monitors were read meanwhile
         if key is not None:
             self._open[key] = admitted
             del self._undecided[key]
+        elif self._closed[domain]:  # it closed while it waited for a place
+            self._closed[domain].popleft()
+            return admitted
         else:  # its handshake came before its monitor's accept event: the decision waits for that
             self._early[domain].append((time.monotonic(), admitted))
         self._connected += admitted
         return admitted
+
+    def _undecided_key(self, mine: set) -> Optional[tuple]:
+        """The oldest connection of monitors `mine` accepted within HANDSHAKE_S and undecided."""
+        recent = time.monotonic() - HANDSHAKE_S
+        return next((k for k, seen in self._undecided.items() if seen >= recent and k[0] in mine), None)
+
+    def _inside(self, domain: str, mine: set) -> int:
+        """Connections of `domain` (its monitors `mine`) let in and still open."""
+        return sum(1 for (index, _), admitted in self._open.items() if admitted and index in mine) + \
+            sum(admitted for _, admitted in self._early[domain])
+
+    def _place_freed(self, domain: str, mine: set, deadline: float) -> bool:
+        """Whether one of `domain`'s places frees by `deadline` (monotonic s; read on its monitors)."""
+        poller = zmq.Poller()
+        for index in mine:
+            poller.register(self._monitors[index][1], zmq.POLLIN)
+        while (remaining := deadline - time.monotonic()) > 0:
+            poller.poll(max(1, int(remaining * 1000)))
+            self._count()
+            if self._inside(domain, mine) < self.limit:
+                return True
+        return False
 
     def stop(self) -> None:
         self._stop.set()
