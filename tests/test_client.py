@@ -17,7 +17,7 @@ import zmq
 from conftest import need_shared
 from test_daemon import daemon  # noqa: F401 - fixture: a real `lited serve`
 from daemon_process import DaemonProcess
-from lited.client import Client, ClientError, DaemonUnreachable, RingGone, Subscriber, UntrustedPeer
+from lited.client import Client, ClientError, DaemonUnreachable, RingGone, Subscriber, UntrustedPeer, unreachable
 
 H, W = 48, 64
 # (array, what the one-line refusal names), each once silently cast or sent as it was.
@@ -306,6 +306,25 @@ def test_clients_and_subscribers_made_in_a_loop_leak_no_descriptors(tmp_path):
         assert count() <= before + 8, (before, count())
     finally:
         assert d.stop() == 0, d.output()[-2000:]
+
+
+def test_a_listen_backlog_full_for_a_moment_is_not_a_dead_daemon(tmp_path):
+    """A burst of connections (300 apps at once) fills a well daemon's listen backlog for a moment:
+    a Client's first call then said `nothing accepts connections` at once."""
+    path = tmp_path / "busy.sock"
+    with socket.socket(socket.AF_UNIX) as listener, socket.socket(socket.AF_UNIX) as burst:
+        listener.bind(str(path))
+        listener.listen(0)
+        burst.connect(str(path))  # the backlog is full now
+        assert "its backlog is full" in unreachable(f"ipc://{path}")  # and stays full: said within a second
+        accepter = threading.Timer(0.3, lambda: listener.accept()[0].close())
+        accepter.start()
+        started = time.monotonic()
+        try:
+            assert unreachable(f"ipc://{path}") is None  # the daemon got to the burst
+        finally:
+            accepter.join()
+        assert time.monotonic() - started >= 0.25
 
 
 def test_a_client_pointed_at_the_other_socket_is_told_at_once(tmp_path):

@@ -89,10 +89,15 @@ def _local_first(endpoints: list) -> str:
     return next((e for e in endpoints if e.startswith("ipc://")), endpoints[0])
 
 
+# s a full listen backlog must last to say nothing accepts: a burst of connections (300 apps at once; ZeroMQ
+# listens with a backlog of 100) fills it for a moment in front of a daemon that is well
+BACKLOG_FULL_S = 1.0
+
+
 def unreachable(endpoint: str, probe: bool = True) -> Optional[str]:
     """Why nothing can answer at `endpoint`, found at once for an ipc:// socket
     (missing; with `probe`, a connection to it also says refused or not ours
-    to open); None when it may answer (or for tcp://, where ZeroMQ only says
+    to open; a listen backlog full for BACKLOG_FULL_S); None when it may answer (or for tcp://, where ZeroMQ only says
     so by never replying)."""
     path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else None
     if not path or path.startswith("@"):  # tcp://, inproc://, or an abstract socket: nothing to look at
@@ -102,22 +107,26 @@ def unreachable(endpoint: str, probe: bool = True) -> Optional[str]:
                 "of the daemon that runs with FILE)")
     if not probe:
         return None
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    conn.settimeout(2)
-    try:
-        conn.connect(path)
-    except ConnectionRefusedError:
-        return f"nothing listens on {path} (left by a daemon that is gone: is lited serve running?)"
-    except PermissionError:
-        return f"{path}: permission denied (the service's sockets are its group's: join that group, e.g. lited)"
-    except BlockingIOError:  # EAGAIN: its listen backlog is full ("Resource temporarily unavailable" said nothing)
-        return (f"nothing accepts connections on {path} (its backlog is full): not a lited request socket, or "
-                "a daemon that hangs")
-    except OSError as exc:
-        return f"{path}: {exc.strerror or exc}"
-    finally:
-        conn.close()
-    return None
+    deadline = time.monotonic() + BACKLOG_FULL_S
+    while True:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.settimeout(2)
+        try:
+            conn.connect(path)
+            return None
+        except ConnectionRefusedError:
+            return f"nothing listens on {path} (left by a daemon that is gone: is lited serve running?)"
+        except PermissionError:
+            return f"{path}: permission denied (the service's sockets are its group's: join that group, e.g. lited)"
+        except BlockingIOError:  # EAGAIN: its listen backlog is full ("Resource temporarily unavailable" said nothing)
+            if time.monotonic() >= deadline:
+                return (f"nothing accepts connections on {path} (its backlog is full): not a lited request socket, "
+                        "or a daemon that hangs")
+        except OSError as exc:
+            return f"{path}: {exc.strerror or exc}"
+        finally:
+            conn.close()
+        time.sleep(0.02)
 
 
 PROBE_INTERVAL = 0.5  # s: while a call waits, how often it looks whether the daemon's socket is still alive
