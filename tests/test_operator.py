@@ -288,6 +288,8 @@ def test_p10_version_and_debug_after_the_command():
     assert proc.returncode == 0 and proc.stdout.startswith("lited 0.1.0 (Python 3.")
     proc = lited("inspect", "--bundle", "/nonexistent", "--debug")
     assert "Traceback" in proc.stderr and "BundleError: bundle /nonexistent: not a directory" in proc.stderr
+    # the same exit code as without it (it was 1, Python's for an uncaught exception: selftest's "disagrees")
+    assert proc.returncode == 2 and proc.stderr.splitlines()[-1] == "lited: bundle /nonexistent: not a directory"
 
 
 def test_p10_ctl_answers_in_tables_json_for_scripts_and_snapshots_to_a_file(served, tmp_path):

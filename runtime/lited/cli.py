@@ -758,18 +758,24 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 128 + 13
     except (BundleError, BusError, ConfigError, EngineError, LinkError, SourceError, UsageError, ValueError,
             OSError) as exc:
-        if args.debug:
-            raise
+        _traceback_if(args.debug)  # and still exit 2: a script run with --debug reads the same codes
         _fatal(f"lited: {exc}".splitlines()[0])
         return EXIT_BAD_INPUT
     except ModuleNotFoundError as exc:  # an optional extra not installed (paho for cloud/remote, tornado, ...)
-        if args.debug:
-            raise
+        _traceback_if(args.debug)
         _fatal(f"lited: {exc} (an optional part of lited: pip install 'lited[mqtt,http]' or the extra the docs "
                "name for this command)")
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
+
+
+def _traceback_if(debug: bool) -> None:
+    """With --debug, the traceback of the exception being handled, on stderr."""
+    if debug:
+        import traceback
+
+        traceback.print_exc()
 
 
 def _fatal(line: str) -> None:
