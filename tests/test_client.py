@@ -278,7 +278,7 @@ def test_curve_keys_given_wrong_are_a_config_error_naming_them(tmp_path):
     for curve, message in (({}, "expected {'server_public': FILE, 'client_secret': FILE}, got {}"),
                            ({"server_public": public, "client_secret": public}, "holds no secret key"),
                            ({"server_public": str(tmp_path / "no.key"), "client_secret": secret},
-                            "Invalid certificate file")):
+                            f"{tmp_path}/no.key" + "'}: missing (a key file of lited keygen)")):
         with pytest.raises(ConfigError, match="^config curve=") as info:
             Client("tcp://127.0.0.1:1", timeout=1, curve=curve)
         assert message in str(info.value), str(info.value)

@@ -387,6 +387,11 @@ def test_p10_keygen_makes_the_curve_keys_tcp_needs(tmp_path):
         assert "curve.clients_dir: notes.key: " in proc.stderr and "(a client's NAME.key from lited keygen)" in proc.stderr, proc.stderr
     (clients / "notes.key").unlink()
     (keys / "server.key_secret").chmod(0o600)
+    missing = dict(config, curve={**config["curve"], "server_secret": str(keys / "nokey")})
+    (tmp_path / "d" / "missing.json").write_text(json.dumps(missing))
+    proc = lited("config", "check", "--config", tmp_path / "d" / "missing.json")  # pyzmq said "Invalid certificate file"
+    assert proc.returncode == 2 and proc.stderr.strip().endswith(
+        f"curve.server_secret: {keys / 'nokey'}: missing (a key file of lited keygen)"), proc.stderr
     d = subprocess.Popen([sys.executable, "-m", "lited.cli", "serve", "--config", str(conf)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -692,7 +692,7 @@ def _apply_curve(sock: zmq.Socket, curve: Optional[dict]) -> None:
     `{}` was ignored (then a timeout), a public key as the secret a TypeError."""
     if curve is None:
         return
-    import zmq.auth
+    from lited.keys import load_key
 
     if not isinstance(curve, dict) or sorted(curve) != sorted(CURVE_KEYS):
         sock.close(0)
@@ -700,7 +700,7 @@ def _apply_curve(sock: zmq.Socket, curve: Optional[dict]) -> None:
     keys = {}
     for name in CURVE_KEYS:
         try:
-            keys[name] = zmq.auth.load_certificate(str(curve[name]))
+            keys[name] = load_key(str(curve[name]))
         except (OSError, ValueError, TypeError) as exc:
             sock.close(0)
             raise ConfigError(f"curve={{'{name}': {curve[name]!r}}}", [getattr(exc, "strerror", None) or str(exc)]) \

@@ -35,15 +35,25 @@ def make_keypair(directory: Path, name: str) -> Tuple[Path, Path]:
     return public, secret
 
 
+def load_key(path: str) -> Tuple[bytes, bytes]:
+    """(public, secret or None) of a key file; OSError whose strerror says why not (pyzmq said
+    "Invalid certificate file" of a file that is not there)."""
+    import zmq.auth
+
+    if not os.path.exists(path):
+        raise OSError(2, "missing (a key file of lited keygen)")
+    if not os.path.isfile(path):
+        raise OSError(21, "not a file (a key file of lited keygen)")
+    return zmq.auth.load_certificate(path)
+
+
 def curve_problems(server_secret: str, clients_dir: str) -> List[str]:
     """What keeps the `curve` section of a config from working, by field: what `lited config
     check` says and what the daemon refuses to start with (one check, so a check that passes
     is a start that does)."""
-    import zmq.auth
-
     problems = []
     try:
-        _, secret = zmq.auth.load_certificate(server_secret)
+        _, secret = load_key(server_secret)
         if not secret:
             problems.append(f"curve.server_secret: {server_secret} holds no secret key (the NAME.key_secret file)")
         elif os.stat(server_secret).st_mode & 0o007:  # 0640 for the service's group is fine; others never
@@ -61,7 +71,7 @@ def curve_problems(server_secret: str, clients_dir: str) -> List[str]:
         problems.append(f"curve.clients_dir: {clients_dir}: no client public keys (*.key): no client could connect")
     for name in keys:  # the daemon loads every one: a bad one stopped its start (with no field named)
         try:
-            public, _ = zmq.auth.load_certificate(os.path.join(clients_dir, name))
+            public, _ = load_key(os.path.join(clients_dir, name))
         except (OSError, ValueError) as exc:
             public, why = None, getattr(exc, "strerror", None) or exc
         else:

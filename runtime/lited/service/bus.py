@@ -31,7 +31,7 @@ from typing import Callable, Optional
 
 import zmq
 
-from lited.keys import curve_problems
+from lited.keys import curve_problems, load_key
 from lited.protocol import ProtocolError, encode_reply, request_id_of
 from lited.runtime_dir import AddressInUse, UnsafeDirectory, lock_endpoint, secure_dir
 
@@ -453,13 +453,11 @@ class Bus:
     def _load_curve(self, curve: Curve) -> tuple:
         """(public, secret) of the daemon's key, once its files passed the check `lited config
         check` makes; the allowed client keys go to the gate."""
-        import zmq.auth
-
         problems = curve_problems(curve.server_secret, curve.clients_dir)
         if problems:
             raise BusError("; ".join(problems))
         self._auth.allow_curve_keys(curve.clients_dir)
-        return zmq.auth.load_certificate(curve.server_secret)
+        return load_key(curve.server_secret)
 
     # -- publishing (any thread)
     def publish(self, topic: bytes, payload: bytes) -> None:
