@@ -65,6 +65,9 @@ def test_every_problem_is_reported_at_once_with_its_field_path(bundle):
 
 @pytest.mark.parametrize("change, expected", [
     (lambda m: m.update(schema=3), "schema: version 3 is not supported (this lited reads 1, 2)"),
+    # it said "expected 4 sizes" of 4 sizes (the black-box bundle audit)
+    (lambda m: m["inputs"][0].update(shape=[1, 3, 0, 320]),
+     "inputs[0].shape: expected each size an integer above 0, or -1 for dynamic, got [1, 3, 0, 320]"),
     (lambda m: m.update(name="../evil"), "name: '../evil' may hold only"),
     (lambda m: m["decoder"].update(type="yolo9"), "decoder.type: unknown \"yolo9\", expected one of boxes"),
     (lambda m: m["preprocess"].update(color="YUV"), "preprocess.color: unknown \"YUV\""),
@@ -128,6 +131,9 @@ def test_manifest_field_refusals(bundle, change, expected):
 
 
 def test_not_json_and_missing_manifest(bundle, tmp_path):
+    text = (bundle / "manifest.json").read_text()
+    (bundle / "manifest.json").write_text(text.replace("{", '{"version": "9.9.9", ', 1))  # the last one was taken
+    assert refusal(bundle).endswith("manifest.json: 'version' is given twice")
     (bundle / "manifest.json").write_text("{ nope")
     assert "manifest.json: not valid JSON" in refusal(bundle)
     (bundle / "manifest.json").unlink()

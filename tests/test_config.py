@@ -7,6 +7,7 @@ daemon, the builder and the installer.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import subprocess
@@ -52,6 +53,7 @@ def with_changes(**changes) -> dict:
     ({"limits__max_request_byte": 5}, "limits.max_request_byte: unknown field"),
     ({"streams__0__name": "../x"}, "streams[0].name: '../x' may hold only ASCII letters"),
     ({"streams__0__name": "_daemon"}, "streams[0].name: '_daemon' is reserved for the daemon's own events"),
+    ({"streams__0__model": 3}, "streams[0].model: expected a name (text), got 3"),  # it was told the name rule
     ({"endpoints__pub": []}, "endpoints.pub: expected an endpoint or a list of them"),
     # YAML 1.1 reads 1.6e7 as text: the message says so, it only showed the quotes
     ({"limits__max_request_bytes": "1.6e7"}, "limits.max_request_bytes: expected an integer from 1024 to 1073741824, "
@@ -116,6 +118,15 @@ def test_zero_and_false_are_kept_where_they_are_valid():
     assert (stream.slots, stream.keep_results, stream.policy, stream.stall_timeout, config.request_workers) \
         == (2, 0, None, 5.0, 1)  # policy None: the source decides
     assert parse_config(with_changes(streams__0__policy="queue")).streams[0].policy == "queue"
+
+
+def test_null_is_absent_where_the_schema_allows_it_and_refused_elsewhere():
+    """docs/config.md said a default is used only when a field is absent; null took the default
+    for some fields and was refused for others (the black-box config audit)."""
+    nulls = parse_config(with_changes(runtime_dir=None, group=None, http=None, streams__0__policy=None))
+    assert dataclasses.replace(nulls, raw=BASE) == parse_config(BASE)  # `raw`: the file as read
+    with pytest.raises(ConfigError, match=r"streams\[0\]\.keep_results: expected an integer from 0 to 16, got null"):
+        parse_config(with_changes(streams__0__keep_results=None))
 
 
 def test_serve_refuses_a_bad_config_in_one_line_exit_2(tmp_path):

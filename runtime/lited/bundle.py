@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lited.files import MAX_MODEL_BYTES, FileRefused, open_regular, read_capped
-from lited.validate import Checker, is_number, shown, type_name
+from lited.validate import Checker, KeyGivenTwice, is_number, shown, type_name, unique_keys
 
 SCHEMA = 2          # the newest manifest schema this lited reads
 # 2 = 1 + `stages` (a cascade) + several files per target (`models.<target>` a list, in
@@ -649,10 +649,12 @@ def _check_inputs(c: BundleChecker, manifest: dict, where: str = "") -> None:
                 c.add(p + "shape", f"expected [1, 2] for a '{fill}' input, got {json.dumps(shape)}")
         else:
             images += 1
-            if shape is not None and (len(shape) != 4 or not all(
-                    isinstance(d, int) and not isinstance(d, bool) and (d > 0 or d == -1) for d in shape)):
+            if shape is not None and len(shape) != 4:
                 c.add(p + "shape", f"expected 4 sizes (N, C, H, W or N, H, W, C; -1 for dynamic), "
                                    f"got {json.dumps(shape)}")
+            elif shape is not None and not all(
+                    isinstance(d, int) and not isinstance(d, bool) and (d > 0 or d == -1) for d in shape):
+                c.add(p + "shape", f"expected each size an integer above 0, or -1 for dynamic, got {json.dumps(shape)}")
         c.choice(spec, "dtype", p, ("float32",), "float32")
     if images != 1:
         c.add(where + "inputs", f"expected exactly one image input (the others with \"fill\": "
@@ -915,13 +917,16 @@ def load_bundle(path: str | os.PathLike, check_models: bool = True) -> Bundle:
     if not root.is_dir():
         raise BundleError(str(root), ["not a directory"])
     try:
-        manifest = json.loads(read_capped(root / "manifest.json", MAX_MANIFEST_BYTES).decode("utf-8"))
+        manifest = json.loads(read_capped(root / "manifest.json", MAX_MANIFEST_BYTES).decode("utf-8"),
+                              object_pairs_hook=unique_keys)  # the last of two was taken in silence
     except FileNotFoundError:
         raise BundleError(where, ["missing"]) from None
     except FileRefused as exc:  # a FIFO, a device, a directory, or too big: never read (or waited on) whole
         raise BundleError(where, [exc.reason]) from None
     except OSError as exc:
         raise BundleError(where, [f"cannot be read ({exc.strerror or exc})"]) from None
+    except KeyGivenTwice as exc:
+        raise BundleError(where, [str(exc)]) from None
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
         raise BundleError(where, [f"not valid JSON ({exc})"]) from None
     problems = validate_manifest(manifest, root)

@@ -26,7 +26,8 @@ from msgspec import inspect as mi
 from lited.errors import first_line
 from lited.files import FileRefused, read_capped
 from lited.stream.feed import POLICIES
-from lited.validate import MAX_TIMEOUT_S, Checker, reserved_stream_problem, choice_problem, has_type, name_problem, shown, type_name
+from lited.validate import (MAX_TIMEOUT_S, Checker, reserved_stream_problem, choice_problem, has_type, name_problem,
+                            shown, type_name, unique_keys)
 
 try:
     from typing import Annotated
@@ -504,7 +505,7 @@ def read_config_file(path: Union[str, os.PathLike]) -> Any:
     except OSError as exc:
         raise ConfigError(str(path), [exc.strerror or str(exc)]) from None
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys)  # a key given twice: YAML's parse says where
+        return json.loads(text, object_pairs_hook=unique_keys)  # a key given twice: YAML's parse says where
     except RecursionError:
         raise ConfigError(str(path), ["not valid JSON (nested too deep)"]) from None
     except ValueError:
@@ -521,14 +522,6 @@ def read_config_file(path: Union[str, os.PathLike]) -> Any:
         if what.endswith("is given twice"):  # JSON's too (json.loads took the last in silence)
             raise ConfigError(str(path), [f"{where}{what}"]) from None
         raise ConfigError(str(path), [f"{where}not valid YAML ({what})"]) from None
-
-
-def _unique_keys(pairs: list) -> dict:
-    """A JSON object, or ValueError for a key given twice (json took the last one in silence)."""
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise ValueError("a key given twice")
-    return obj
 
 
 _LOADER: Optional[type] = None

@@ -30,16 +30,37 @@ TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", list: "a li
 
 def name_problem(name: Any) -> Optional[str]:
     """Why `name` is not a valid name, or None when it is."""
-    if isinstance(name, str) and NAME_RE.match(name) and name not in RESERVED_NAMES:
+    if not isinstance(name, str):  # `model: 3` was told the rule for the characters of a name
+        return f"expected a name (text), got {shown(name)}"
+    if NAME_RE.match(name) and name not in RESERVED_NAMES:
         return None
-    return f"{repr(name) if isinstance(name, str) else shown(name)} {NAME_RULE}"
+    return f"{name!r} {NAME_RULE}"
 
 
 def version_problem(version: Any) -> Optional[str]:
     """Why `version` is not a valid bundle version, or None when it is."""
-    if isinstance(version, str) and VERSION_RE.match(version) and version not in RESERVED_NAMES:
+    if not isinstance(version, str):
+        return f"expected a version (text), got {shown(version)}"
+    if VERSION_RE.match(version) and version not in RESERVED_NAMES:
         return None
-    return f"{repr(version) if isinstance(version, str) else shown(version)} {VERSION_RULE}"
+    return f"{version!r} {VERSION_RULE}"
+
+
+class KeyGivenTwice(ValueError):
+    """A JSON object with a key given twice (json.loads takes the last one in silence)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"{quoted(key)} is given twice")
+
+
+def unique_keys(pairs: list) -> dict:
+    """json.loads' object_pairs_hook that refuses a key given twice (KeyGivenTwice)."""
+    seen: set = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise KeyGivenTwice(key)
+        seen.add(key)
+    return dict(pairs)
 
 
 def type_name(t: Any) -> str:
