@@ -112,6 +112,32 @@ def test_a_reload_names_the_fields_it_does_not_apply(tmp_path, bundles_dir):
         assert d.stop() == 0, d.output()[-3000:]
 
 
+def test_a_reload_that_adds_a_model_records_it_beside_the_kept_ones(tmp_path, bundles_dir):
+    """docs/protocol.md: `last_reload.models` and the reload event's `detail` name each model reloaded
+    or added; one added beside a model kept was in the reply's `reloaded` only (the black-box protocol
+    audit)."""
+    from daemon_process import DaemonProcess
+    from soak import Recorder
+
+    config = {"models": {"face": str(bundles_dir / "ultraface")}}
+    d = DaemonProcess(tmp_path, config).start()
+    events = Recorder(d.pub)
+    try:
+        d.write_config({"models": {**config["models"], "det": str(bundles_dir / "fastestdet")}})
+        with d.client(timeout=60) as client:
+            reply = client.reload(timeout=60)
+            status = client.status()
+        models = status["models"]
+        said = ", ".join(f"{key} {models[key]['name']} {models[key]['version']}" for key in ("face", "det"))
+        assert reply["reloaded"] == status["last_reload"]["reloaded"] == ["face", "det"], (reply, status["last_reload"])
+        assert status["last_reload"]["models"] == said, status["last_reload"]
+        event = events.wait(lambda seen: [m for _, m in seen if m.get("event") == "reload"], stream="_daemon")[0]
+        assert event["detail"] == said and event["ok"] is True, event
+    finally:
+        events.close()
+        assert d.stop() == 0, d.output()[-3000:]
+
+
 def _engine_children(pid: int) -> list:
     """The daemon's engine processes (its children running lited.engine_process)."""
     kids = []

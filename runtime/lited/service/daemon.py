@@ -508,12 +508,14 @@ class Daemon:
                 "took_ms": round((time.monotonic() - t0) * 1e3, 1)}
 
     def reload_models(self, paths: dict, force: bool = False, leaving: frozenset = frozenset(),
-                      loaded: Optional[dict] = None, warmed: frozenset = frozenset()) -> None:
+                      loaded: Optional[dict] = None, warmed: frozenset = frozenset(), record: bool = True) -> dict:
         """Load the bundles at `paths` (model name -> dir), warm a new model for
         every stream using them (but the streams `leaving`, which the reload
         stops next) and a spare for each no stream runs (but those `warmed`
         by the reload's new streams), then swap all at once. Raises on
-        failure: nothing is swapped and the old models keep serving."""
+        failure (recorded): nothing is swapped and the old models keep
+        serving. Their bundles before; recorded unless not `record` (the
+        config's reload records what it added too, once it has)."""
         with self._reload_lock:
             self.notifier.reloading("reloading")
             before = {n: self.bundles[n] for n in paths}
@@ -522,7 +524,9 @@ class Daemon:
             except BaseException as exc:
                 self._record_reload(False, first_line(exc))
                 raise
-            self._record_reload(True, list(paths), before)
+            if record:
+                self._record_reload(True, list(paths), before)
+            return before
 
     def _swap_models(self, paths: dict, force: bool, leaving: frozenset, loaded: dict, warmed: frozenset) -> None:
         prepared: list = []
@@ -598,7 +602,8 @@ class Daemon:
             # changed (it had swapped the models and started the streams before it, then said "failed")
             fresh: list = []
             added_spares: dict = {}
-            swapping = False  # reload_models records its own outcome
+            swapping = False  # reload_models records its own failure
+            before: dict = {}
             try:
                 for name, sc in wanted.items():
                     if name not in self.streams or name in leaving:
@@ -609,7 +614,8 @@ class Daemon:
                     raise failed[0][1]
                 if kept:
                     swapping = True
-                    self.reload_models(kept, force, leaving, kept_bundles, frozenset(sc.model for sc, *_ in fresh))
+                    before = self.reload_models(kept, force, leaving, kept_bundles,
+                                                frozenset(sc.model for sc, *_ in fresh), record=False)
             except LOAD_ERRORS as exc:
                 for sc, _, runner in fresh:
                     self._drop_prepared(sc, runner)
@@ -644,8 +650,9 @@ class Daemon:
                 log.info("model %s removed: the config no longer has it", n, extra={"event": "reload"})
             if self.uplink is not None and new.uplink is not None:
                 self.uplink.update_rules(new.uplink)
-            if not kept:
-                self._record_reload(True, list(added))
+            # the models added too (recorded with the kept ones' swap, they were left out of
+            # last_reload and the reload event)
+            self._record_reload(True, list(new.models), before)
             return {**self.last_reload, **outcome}
 
     def _reload_curve(self, curve: Optional[dict]) -> None:
