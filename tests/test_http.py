@@ -483,6 +483,36 @@ def test_easyedge_and_edgeboard_clients_work_unchanged(served, tmp_path, monkeyp
     assert shown.status_code == 400 and shown.json()["code"] == 1001 and "show" in shown.json()["msg"], shown.text
 
 
+def test_what_tornado_refused_itself_gets_the_documented_answer(served):
+    """The black-box HTTP audit: a method tornado does not know was a 405 with an empty Allow on a
+    path with no route, and counted as EasyEdge's on /; JSON nested too deep was a 500; an argument
+    that is not UTF-8 a 400 saying only "Bad Request"."""
+    u = served.url
+    for method in ("FOO", "TRACE"):
+        assert "no route" in error(requests.request(method, u + "/nope"), 404, "not_found")["error"]["message"]
+
+    def count(route: str) -> float:
+        lines = [x for x in requests.get(u + "/metrics").text.splitlines()
+                 if x.startswith("lited_http_requests_total{") and f'route="{route}"' in x and 'code="405"' in x]
+        return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+    before = count("/"), count("/ (easyedge)")
+    r = requests.request("FOO", u + "/")
+    assert r.status_code == 405 and r.headers["Allow"] == "GET, POST", (r.status_code, r.headers)
+    assert (count("/"), count("/ (easyedge)")) == (before[0] + 1, before[1])
+    deep = b"[" * 100000 + b"]" * 100000
+    error(requests.post(u + "/v1/reload", data=deep), 400, "bad_request")
+    assert requests.post(u + "/", data=deep, headers={"Content-Type": "application/json"}).status_code == 400
+    photo = need_shared("images", "coffee.png").read_bytes()
+    for path, field in (("/v1/infer?threshold=%FF", "threshold"), ("/v1/infer?model=%FF", "model")):
+        said = error(requests.post(u + path, data=photo), 400, "bad_request")["error"]["message"]
+        assert said == f"{field}: not UTF-8 text", said
+    said = error(requests.get(u + "/v1/streams/cam/snapshot.jpg?quality=%FF"), 400, "bad_request")
+    assert said["error"]["message"] == "quality: not UTF-8 text", said
+    said = error(requests.post(u + "/api/model/service/base64/mid=%FF", json={"image": ""}), 400, "bad_request")
+    assert said["error"]["message"] == said["msg"] == "path: not UTF-8 text", said  # in EdgeBoard's shape
+    assert requests.get(u + "/v1/status").status_code == 200
+
+
 def test_form_fields_as_curl_sends_them(served):
     """`curl -F 'image=<photo.jpg'` sends the image as a part without a file name;
     an empty `quality` is the default, as an empty `threshold` is."""
@@ -492,6 +522,10 @@ def test_form_fields_as_curl_sends_them(served):
     assert got.status_code == 200 and got.json()["detections"] == want["detections"], got.text[:300]
     snap = requests.get(served.url + "/v1/streams/cam/snapshot.jpg?quality=")
     assert snap.status_code == 200 and snap.headers["Content-Type"] == "image/jpeg", snap.text[:300]
+    # an empty form field is none, so the query's applies (it won, and the query's was dropped)
+    strict = requests.post(served.url + "/v1/infer?threshold=0.99", data=photo).json()
+    got = requests.post(served.url + "/v1/infer?threshold=0.99", files={"image": (None, photo), "threshold": (None, "")})
+    assert got.json()["detections"] == strict["detections"] != want["detections"], (got.text[:300], want)
 
 
 def test_a_stream_a_reload_removes_leaves_live_views_page_and_metrics(tmp_path, bundles_dir, video):

@@ -267,6 +267,14 @@ class EventFanout:
 
 # -- request handlers ------------------------------------------------------------------------------
 
+class NotText(tornado.web.HTTPError):
+    """A query or path argument that is not UTF-8 (tornado's own 400 said only "Bad Request")."""
+
+    def __init__(self, name: Optional[str]) -> None:
+        super().__init__(400)
+        self.message = f"{(name or 'path')[:64]}: not UTF-8 text"
+
+
 def query_fields(handler: tornado.web.RequestHandler) -> dict:
     return {k: handler.get_query_argument(k) for k in handler.request.query_arguments}
 
@@ -304,7 +312,7 @@ def base64_image(body: bytes, key: str) -> tuple:
     """(image bytes, the JSON object) of a base64 JSON body `{key: "<base64>", ...}`."""
     try:
         obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep (it was a 500)
         raise ProtocolError("bad_request", "body: not JSON") from None
     if not isinstance(obj, dict) or not isinstance(obj.get(key), str):
         raise ProtocolError("bad_request", f"{key}: expected a base64 string in a JSON object")
@@ -438,10 +446,20 @@ class Handler(tornado.web.RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
 
+    def decode_argument(self, value: bytes, name: Optional[str] = None) -> str:
+        """A query (`name`) or path argument as text; NotText if it is not UTF-8."""
+        try:
+            return value if isinstance(value, str) else value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise NotText(name) from None
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Whatever went wrong, a JSON error; the traceback goes to the log only."""
         code = CODE_OF_STATUS.get(status_code, "failed")
         message = self._reason if status_code < 500 else "internal error (see the daemon's log)"
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(error, NotText):
+            message = error.message
         if status_code == 405:  # RFC 9110: a 405 lists the methods the route has
             self.set_header("Allow", ", ".join(self.allowed_methods()))
         self.set_header("Content-Type", "application/json")
@@ -494,7 +512,9 @@ class Handler(tornado.web.RequestHandler):
                     image = args[key][0]
                 args.pop(key, None)
             for key, values in args.items():
-                fields[key] = values[0].decode("utf-8", "replace")
+                value = values[0].decode("utf-8", "replace")
+                if value:  # empty is none, as in the query: the query's then applies (it was dropped)
+                    fields[key] = value
             if image is not None:
                 return image, fields
             raise ProtocolError("bad_request", "image: multipart/form-data without an 'image' (or 'file') part")
@@ -616,7 +636,7 @@ class Reload(Handler):
             body = self.body()
             try:
                 params = json.loads(body) if body.strip() else {}
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
                 raise ProtocolError("bad_request", "body: not JSON (send {} or {\"model\": NAME})") from None
             if not isinstance(params, dict):
                 raise ProtocolError("bad_request", "body: expected a JSON object")
@@ -749,9 +769,12 @@ class MetricsRoute(Handler):
 class Page(EasyEdge):
     """GET / is the page; POST / is EasyEdge's route (tornado routes by path)."""
 
+    def initialize(self) -> None:
+        super().initialize()
+        if self.request.method != "POST":  # here, not in prepare: tornado refuses a method it does not
+            self.route = "/"  # know before that (FOO / was counted as EasyEdge's in /metrics)
+
     def prepare(self) -> None:
-        if self.request.method != "POST":
-            self.route = "/"  # the page (and a method / does not take), not EasyEdge's inferences, in /metrics
         if self.request.method != "GET":
             return super().prepare()
         self.takes_body = False
@@ -791,6 +814,11 @@ class NotFound(Handler):
     def prepare(self) -> None:
         if self.authorized():
             self.refuse("not_found", f"no route {self.request.method} {self.request.path[:200]}")
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code == 405:  # a method tornado does not know (FOO, TRACE), refused before prepare: no route
+            return self.prepare()  # still (it was a 405 with an empty Allow)
+        super().write_error(status_code, **kwargs)
 
 
 def make_app(front: HttpFront) -> tornado.web.Application:
