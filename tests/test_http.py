@@ -475,7 +475,7 @@ def test_easyedge_and_edgeboard_clients_work_unchanged(served, tmp_path, monkeyp
     assert drawn.shape == (512, 512, 3)
     missing = requests.post(served.url + "/api/model/service/base64/mid=7", data=payload)
     assert missing.status_code == 404 and missing.json()["code"] == 1004
-    for mid in ("x", "-1", ""):  # not a number: still EdgeBoard's shape, not the plain 404 of an unknown route
+    for mid in ("x", "-1", "", "%D9%A1"):  # not a number (an Arabic-Indic 1 was model 1): still EdgeBoard's shape, not the plain 404 of an unknown route
         bad = requests.post(served.url + f"/api/model/service/base64/mid={mid}", data=payload)
         assert bad.status_code == 404 and bad.json()["code"] == 1004 and "mid" in bad.json()["msg"], (mid, bad.text)
     shown = requests.post(served.url + "/api/model/service/base64/mid=1",

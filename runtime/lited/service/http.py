@@ -596,9 +596,9 @@ class EdgeBoard(Handler):
     async def post(self, mid: str) -> None:
         names = list(self.front.service.bundles)
         try:
-            if not mid.isdigit() or int(mid) >= len(names):
+            if not (mid.isascii() and mid.isdigit()) or int(mid) >= len(names):  # '١' is a digit to Python
                 have = f"0 to {len(names) - 1}, in config order" if names else "none: the config's models is empty"
-                raise ProtocolError("not_found", f"mid: no model {mid} (have {have})")
+                raise ProtocolError("not_found", f"mid: no model {mid[:32]} (have {have})")
             name = names[int(mid)]
             image, obj = base64_image(self.body(), "image")
             result = await self.ask("infer", {"image": image, "model": name})
