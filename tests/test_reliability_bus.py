@@ -311,7 +311,7 @@ def test_clients_that_close_and_connect_again_in_a_loop_are_not_refused(tmp_path
     """An app that closes its Client and makes another, in a loop, was refused for its own last
     connections: one closed before the daemon's gate was asked about its handshake held a place for
     2 s (300 such in a row filled 2 places), and a closed socket's connection ends a moment after
-    the next one's handshake is asked about (4 of 200 reconnections refused idle, a third under load)."""
+    the next one's handshake is asked about (4 of 200 reconnections refused idle, a fifth to a third under load)."""
     d = DaemonProcess(tmp_path, {"models": {}, "limits": {"max_clients": 2}}).start()
     ctx = zmq.Context()
     try:

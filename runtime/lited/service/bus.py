@@ -59,9 +59,10 @@ HANDSHAKE_S = 1.0  # s from a connection's accept to its handshake's decision, a
 # A client's closed socket ends its connection a moment later (its ZeroMQ closes it on a thread of its
 # own; the daemon hears of it just after the next connection's handshake, often): a handshake finding
 # every place taken waits up to REFUSAL_GRACE_S for one to free before it is refused, so an app that
-# closes and connects again in a loop is not refused for its own last connection (a third of such
-# reconnections were, under load). It usually waits some microseconds; a flood of clients over the
-# limit gets at most REFUSAL_GRACE_SHARE of the gate's time, so other handshakes are not held up.
+# closes and connects again in a loop is not refused for its own last connection (a fifth to a third
+# of such reconnections were, with the host loaded). It usually waits some microseconds; a flood of
+# clients over the limit gets at most REFUSAL_GRACE_SHARE of the gate's time, so other handshakes
+# are not held up.
 REFUSAL_GRACE_S = 0.1
 REFUSAL_GRACE_SHARE = 0.1
 SOCKET_CHECK_S = 2.0  # how often the bus looks whether its ipc:// socket files are still there
