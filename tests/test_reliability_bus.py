@@ -329,6 +329,36 @@ def test_clients_that_close_and_connect_again_in_a_loop_are_not_refused(tmp_path
         assert d.stop() == 0, d.output()
 
 
+def test_a_flood_over_max_clients_is_refused_without_each_waiting_for_a_place(tmp_path):
+    """A handshake finding every place taken waits up to 0.1 s for one to free; a flood of them
+    shares a tenth of the gate's time for that, so 30 at once are all refused within a moment
+    (waiting 0.1 s each, one after the other, took 3 s, and every other handshake waited behind)."""
+    from zmq.utils.monitor import recv_monitor_message
+
+    d = DaemonProcess(tmp_path, {"models": {}, "limits": {"max_clients": 1}}).start()
+    ctx = zmq.Context()
+    try:
+        with Client(d.req, timeout=10) as held:
+            assert held.ping()["pong"]
+            time.sleep(0.5)  # the start-up check's client has gone
+            flood = []
+            started = time.monotonic()
+            for _ in range(30):
+                sock = ctx.socket(zmq.DEALER)
+                sock.setsockopt(zmq.LINGER, 0)
+                flood.append((sock, sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)))
+                sock.connect(d.req)
+            for sock, monitor in flood:
+                assert monitor.poll(10_000), "no refusal within 10 s"
+                assert recv_monitor_message(monitor)["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            took = time.monotonic() - started
+            assert took < 1.5, took
+            assert held.ping()["pong"]
+    finally:
+        ctx.destroy(0)
+        assert d.stop() == 0, d.output()
+
+
 def test_remote_clients_cannot_take_the_local_clients_places(tmp_path, bundles_dir):
     """max_clients counted every request endpoint together: remote (tcp://) clients holding the
     places kept `lited ctl` out, and so `systemctl reload` (found over CURVE; plain TCP here)."""
