@@ -194,6 +194,12 @@ def test_bad_requests_get_error_replies_and_the_daemon_keeps_serving(daemon):
         assert "params.image" in str(pytest.raises(ClientError, client.call, "infer", image="str").value)
         # neither: it said "params.shape: missing" (the frames audit)
         assert "params.image or params.array: missing" in str(pytest.raises(ClientError, client.call, "infer").value)
+        # a param the method does not take: a typo ran the default model in silence (the black-box client audit)
+        said = pytest.raises(ClientError, client.call, "infer", image=b"x", modle="det").value
+        assert said.code == "bad_request" and str(said).endswith(
+            "params.modle: unknown for infer (known: image, array, shape, dtype, model)"), said
+        assert pytest.raises(ClientError, client.call, "ping", verbose=True).value.code == "bad_request"
+        assert client.call("status", verbose=None)["version"]  # nil is absent
         assert client.ping()["pong"] is True
 
 

@@ -46,6 +46,10 @@ QUEUE_SIZE = 32
 # requests of one client waiting for or held by a worker: past that it is `busy`, not the others
 # (one client queueing 300 snapshots made another's one at a time `busy` 4 times in 10)
 PER_CLIENT = 8
+# each method's params (docs/protocol.md): another is refused by name, as configs and manifests refuse
+# an unknown field
+PARAMS = {"ping": (), "status": (), "infer": ("image", "array", "shape", "dtype", "model"),
+          "snapshot": ("stream", "quality"), "reload": ("model", "bundle", "force")}
 CHEAP = ("ping", "status")
 SNAPSHOT_GRACE = 30.0  # s a snapshot (a frame copy, drawing, JPEG) may take before the watchdog minds
 IDLE_BEAT = 0.25  # s between an idle worker's watchdog beats (well under any WatchdogSec)
@@ -262,6 +266,12 @@ class Requests:
         who asks (None: no share kept, e.g. the uplink)."""
         if any(v is None for v in params.values()):
             params = {k: v for k, v in params.items() if v is not None}
+        known = PARAMS.get(method)
+        unknown = [k for k in params if known is not None and k not in known]
+        if unknown:  # a typo (`modle`) ran the default model, in silence
+            done(None, ProtocolError("bad_request", f"params.{str(unknown[0])[:64]}: unknown for {method} "
+                                                    f"(known: {', '.join(known) or 'none'})"))
+            return
         if method in CHEAP:
             self._answer(method, params, done, None)
             return
