@@ -445,6 +445,9 @@ def test_outputs_that_cannot_be_written_are_refused_before_conversion(tools_pyth
         assert_refused(proc, message.format(t=tmp_path))
         assert time.monotonic() - t0 < 30, (flag, "refused only after the conversion")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "file"]
+    # a model that is not there is said first (without --config it was "no --config", the black-box audit)
+    proc = run_build_sdk(tools_python, "--model", tmp_path / "nothere.onnx", "--out", tmp_path / "ok.zip")
+    assert_refused(proc, f"--model: {tmp_path}/nothere.onnx: not found")
 
 
 def test_x2paddle_keyerror_says_where_its_shape_inference_stopped() -> None:

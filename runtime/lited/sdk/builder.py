@@ -174,6 +174,8 @@ def _check_outputs(opts: Options) -> None:
 
 def _preflight(opts: Options, opt: LiteOpt, judge: LitedVenv, host: str) -> None:
     """Checks that take a second, before the steps that take a minute."""
+    if not opts.model.exists():  # first: it was said only once a --config was given
+        raise BuildError(f"--model: {opts.model}: not found")
     for target in opts.targets:
         opt.check_target(target)
     if opts.golden is not None:

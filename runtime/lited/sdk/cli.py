@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ONNX file, .pdmodel (with .pdiparams beside it) or a Paddle inference model directory")
     ap.add_argument("--config", action="append", default=[], type=Path, metavar="CFG",
                     help="PaddleDetection infer_cfg.yml, PaddleClas inference config or a manifest fragment "
-                         "(JSON/YAML); repeat to merge, later wins")
+                         "(JSON/YAML); at least one; repeat to merge, later wins")
     ap.add_argument("--targets", default="x86,arm", help="comma-separated: x86, arm, opencl (default x86,arm)")
     ap.add_argument("--out", required=True, type=Path, help="the zip to write")
     ap.add_argument("--name", help="bundle name (default: the config's, else the model's file or folder name)")
