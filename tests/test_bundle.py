@@ -132,8 +132,11 @@ def test_manifest_field_refusals(bundle, change, expected):
 
 def test_not_json_and_missing_manifest(bundle, tmp_path):
     text = (bundle / "manifest.json").read_text()
-    (bundle / "manifest.json").write_text(text.replace("{", '{"version": "9.9.9", ', 1))  # the last one was taken
-    assert refusal(bundle).endswith("manifest.json: 'version' is given twice")
+    # the last one was taken; the other problems come with it
+    (bundle / "manifest.json").write_text(text.replace("{", '{"version": "9.9.9", "bogus": 1, ', 1))
+    said = refusal(bundle)
+    assert said.startswith(f"bundle {bundle / 'manifest.json'}: 'version' is given twice; ") \
+        and "bogus: unknown field" in said, said
     (bundle / "manifest.json").write_text("{ nope")
     assert "manifest.json: not valid JSON" in refusal(bundle)
     (bundle / "manifest.json").unlink()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lited.files import MAX_MODEL_BYTES, FileRefused, open_regular, read_capped
-from lited.validate import Checker, KeyGivenTwice, is_number, shown, type_name, unique_keys
+from lited.validate import Checker, KeysGivenTwice, is_number, quoted, shown, type_name
 
 SCHEMA = 2          # the newest manifest schema this lited reads
 # 2 = 1 + `stages` (a cascade) + several files per target (`models.<target>` a list, in
@@ -916,20 +916,19 @@ def load_bundle(path: str | os.PathLike, check_models: bool = True) -> Bundle:
     where = str(root / "manifest.json")
     if not root.is_dir():
         raise BundleError(str(root), ["not a directory"])
+    twice = KeysGivenTwice()  # the last of two was taken in silence
     try:
         manifest = json.loads(read_capped(root / "manifest.json", MAX_MANIFEST_BYTES).decode("utf-8"),
-                              object_pairs_hook=unique_keys)  # the last of two was taken in silence
+                              object_pairs_hook=twice)
     except FileNotFoundError:
         raise BundleError(where, ["missing"]) from None
     except FileRefused as exc:  # a FIFO, a device, a directory, or too big: never read (or waited on) whole
         raise BundleError(where, [exc.reason]) from None
     except OSError as exc:
         raise BundleError(where, [f"cannot be read ({exc.strerror or exc})"]) from None
-    except KeyGivenTwice as exc:
-        raise BundleError(where, [str(exc)]) from None
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
         raise BundleError(where, [f"not valid JSON ({exc})"]) from None
-    problems = validate_manifest(manifest, root)
+    problems = [f"{quoted(key)} is given twice" for key in dict.fromkeys(twice.keys)] + validate_manifest(manifest, root)
     labels = _all_labels(root, manifest, where, problems)  # every problem at once: the labels files' too
     if problems:
         if check_models:  # and the model files', as far as the manifest can be read

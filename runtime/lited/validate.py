@@ -46,21 +46,31 @@ def version_problem(version: Any) -> Optional[str]:
     return f"{version!r} {VERSION_RULE}"
 
 
-class KeyGivenTwice(ValueError):
-    """A JSON object with a key given twice (json.loads takes the last one in silence)."""
+class KeysGivenTwice:
+    """json.loads' object_pairs_hook that notes each key given twice in an object (json takes
+    the last one in silence); `keys` after the parse."""
 
-    def __init__(self, key: str) -> None:
-        super().__init__(f"{quoted(key)} is given twice")
+    def __init__(self) -> None:
+        self.keys: list = []
+
+    def __call__(self, pairs: list) -> dict:
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            seen: set = set()
+            for key, _ in pairs:
+                if key in seen:
+                    self.keys.append(key)
+                seen.add(key)
+        return obj
 
 
 def unique_keys(pairs: list) -> dict:
-    """json.loads' object_pairs_hook that refuses a key given twice (KeyGivenTwice)."""
-    seen: set = set()
-    for key, _ in pairs:
-        if key in seen:
-            raise KeyGivenTwice(key)
-        seen.add(key)
-    return dict(pairs)
+    """json.loads' object_pairs_hook that refuses a key given twice (ValueError)."""
+    twice = KeysGivenTwice()
+    obj = twice(pairs)
+    if twice.keys:
+        raise ValueError(f"{quoted(twice.keys[0])} is given twice")
+    return obj
 
 
 def type_name(t: Any) -> str:
