@@ -99,6 +99,9 @@ class Outbox:
         self.acked_below = int(state.get("acked_below", 1))
         self.dropped = int(state.get("dropped", 0))
         self.refused = int(state.get("refused", 0))
+        # damaged stretches ("<segment>@<offset>") whose lost records are in `dropped` already: the
+        # bytes stay in their segment until it is acked, and each start counted them again
+        self._damage_counted: set = set(state.get("damage_counted", []))
         self._segments: List[_Segment] = self._recover()
         last = max([s.last for s in self._segments] + [int(state.get("next_seq", 1)) - 1, self.acked_below - 1])
         self.next_seq = last + 1
@@ -118,7 +121,7 @@ class Outbox:
             return {}
 
     def _recover(self) -> list:
-        segments = []
+        segments, found = [], set()
         names = sorted(n for n in os.listdir(self.dir) if n.startswith("seg-") and n.endswith(".log"))
         for name in names:
             path = os.path.join(self.dir, name)
@@ -128,15 +131,21 @@ class Outbox:
                 continue
             with open(path, "rb") as fh:
                 data = fh.read()
-            count, last, good, skipped, lost = 0, first - 1, 0, [], 0
+            count, last, good, skipped, lost, new = 0, first - 1, 0, [], 0, 0
             for rec in _scan(data, path, skipped=skipped):
                 if skipped and rec.where[1] == skipped[-1][0] + skipped[-1][1]:  # the seqs the stretch held
-                    lost += max(0, rec.seq - max(last + 1, self.acked_below))
+                    stretch = f"{name}@{skipped[-1][0]}"
+                    if stretch not in self._damage_counted:
+                        lost += max(0, rec.seq - max(last + 1, self.acked_below))
+                        new += 1
+                    found.add(stretch)
                 count, last, good = count + 1, rec.seq, rec.where[1] + rec.where[2]
             if skipped:
-                log.warning("%s: skipped %d damaged bytes at offset %s; %d records lost there (counted in dropped), "
-                            "the intact ones after them kept", path, sum(b for _, b in skipped),
-                            ", ".join(str(o) for o, _ in skipped), lost, extra={"event": "outbox_damaged"})
+                said = f"{lost} records lost there (counted in dropped)" if new else \
+                    "its records counted in dropped when it was first found"
+                log.warning("%s: skipped %d damaged bytes at offset %s; %s, the intact ones after them kept", path,
+                            sum(b for _, b in skipped), ", ".join(str(o) for o, _ in skipped), said,
+                            extra={"event": "outbox_damaged"})
                 self.damaged_bytes += sum(b for _, b in skipped)
                 self.dropped += lost
             if good < len(data):
@@ -150,6 +159,7 @@ class Outbox:
                 os.unlink(path)
                 continue
             segments.append(_Segment(path, first, last, count, good))
+        self._damage_counted = found  # those of segments gone (acked) are forgotten
         return segments
 
     # -- writing
@@ -399,7 +409,8 @@ class Outbox:
                 return
             self._last_state_write = now
             state = {"epoch": self.epoch, "acked_below": self.acked_below, "next_seq": self.next_seq,
-                     "dropped": self.dropped, "refused": self.refused}
+                     "dropped": self.dropped, "refused": self.refused,
+                     "damage_counted": sorted(self._damage_counted)}
             tmp = os.path.join(self.dir, "state.json.tmp")
             try:
                 with open(tmp, "w") as fh:
