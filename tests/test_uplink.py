@@ -642,6 +642,16 @@ def test_a_refused_login_is_said_once_and_a_refused_request_at_once(broker, tmp_
         time.sleep(8)  # paho retries every 0.2-5 s meanwhile
         assert d.output().count(refused) == 1, d.output()
         assert uplink_status(d)["last_error"] == f"cannot connect to {broker.device_url}: {refused}"
+    # `lited cloud` said "connection refused: Not authorized" at every retry; `lited remote` not in uplink.md's words
+    login = ["--broker", broker.device_url, "--ca", broker.ca, "--username", "dev1", "--password-file", str(wrong)]
+    out = subprocess.run([sys.executable, "-m", "lited.cli", "cloud", *login, "--duration", "8"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stderr.count(f"cloud: {broker.device_url}: {refused}; retrying") == 1, out.stderr
+    assert "connection refused" not in out.stderr, out.stderr
+    out = subprocess.run([sys.executable, "-m", "lited.cli", "remote", *login, "--timeout", "30", "dev1", "ping"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3 and out.stderr.strip() == \
+        f"lited: no connection to {broker.device_url} within 30 s: {refused}", (out.returncode, out.stderr)
     # a device's own login asking another device: its publish to dev2/req is refused by the ACL
     out = subprocess.run([sys.executable, "-m", "lited.cli", "remote", "--broker", broker.device_url, "--ca", broker.ca,
                           "--username", "dev1", "--password-file", broker.password_file("dev1"), "--timeout", "30",

@@ -33,7 +33,7 @@ from typing import Any, Callable, Optional, TextIO
 from lited import uplink_protocol as up
 from lited.crops import decode_jpeg
 from lited.errors import first_line
-from lited.mqtt_link import (BrokerSettings, ConnectWatch, connect_async, make_client, publish_properties,
+from lited.mqtt_link import (REFUSED, BrokerSettings, ConnectWatch, connect_async, make_client, publish_properties,
                              user_properties)
 
 log = logging.getLogger("lited.cloud")
@@ -146,8 +146,8 @@ class CloudWorker:
 
     # -- paho's thread
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        if reason_code.is_failure:
-            log.warning("cloud: connection refused: %s", reason_code)
+        if reason_code.is_failure:  # said once, as uplink.md says (it was at every retry, worded apart)
+            self._watch.refused(f"{REFUSED}: {reason_code}")
             return
         client.subscribe(self.topics())    # again on every connect: a restarted broker may have lost the session
         self._watch.connected()
@@ -285,8 +285,8 @@ def remote_call(settings: BrokerSettings, device: str, method: str, params: Opti
     out: dict = {}
 
     def on_connect(client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        if reason_code.is_failure:
-            out["error"] = f"connection refused: {reason_code}"
+        if reason_code.is_failure:  # said at once, in uplink.md's words (it was "connection refused: ...")
+            out["refused"] = f"{REFUSED}: {reason_code}"
             replied.set()
         else:
             client.subscribe(reply_topic, qos=1)
@@ -318,7 +318,7 @@ def remote_call(settings: BrokerSettings, device: str, method: str, params: Opti
         if not subscribed.wait(timeout) and not replied.is_set():
             why = f": {watch.reason}" if watch.reason else ""
             raise TimeoutError(f"lited: no connection to {settings.url} within {timeout:.0f} s{why}")
-        if "error" not in out:
+        if not out:
             props = publish_properties(content_type="application/json", response_topic=reply_topic,
                                        correlation=correlation)
             client.publish(up.topic(device, "req"), up.to_json(up.request_message(method, params, 1)), qos=1,
@@ -328,6 +328,8 @@ def remote_call(settings: BrokerSettings, device: str, method: str, params: Opti
     finally:
         client.disconnect()
         client.loop_stop()
+    if "refused" in out:
+        raise ConnectionError(f"lited: no connection to {settings.url} within {timeout:.0f} s: {out['refused']}")
     if "error" in out:
         raise ConnectionError(f"lited: {settings.url}: {out['error']}")
     return up.from_json(out["reply"], "reply", limit=64 << 20)

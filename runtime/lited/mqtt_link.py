@@ -155,6 +155,9 @@ def connect_problem(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+REFUSED = "the broker refused the connection"  # a CONNACK's failure, before its reason code
+
+
 class ConnectWatch:
     """The last reason paho's thread failed to connect or lost the connection,
     and a callback when it changes. paho catches the error in its loop and

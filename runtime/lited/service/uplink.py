@@ -38,7 +38,7 @@ from lited import uplink_protocol as up
 from lited.config import UPLINK_FILES, UplinkConfig
 from lited.crops import crop_rect, encode_jpeg
 from lited.errors import first_line
-from lited.mqtt_link import BrokerSettings, ConnectWatch, connect_async, make_client, publish_properties
+from lited.mqtt_link import REFUSED, BrokerSettings, ConnectWatch, connect_async, make_client, publish_properties
 from lited.protocol import ProtocolError
 from lited.service.outbox import DROP_LOG_INTERVAL, Outbox
 from lited.stream.handoff import Frame
@@ -406,8 +406,8 @@ class Uplink:
     # -- paho's thread: never wait for anything held around client.publish()
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:  # said once per new reason (it was at every retry, every 5 s)
-            self.last_error = f"cannot connect to {self.cfg.broker}: the broker refused the connection: {reason_code}"
-            self._watch.refused(f"the broker refused the connection: {reason_code}")
+            self.last_error = f"cannot connect to {self.cfg.broker}: {REFUSED}: {reason_code}"
+            self._watch.refused(f"{REFUSED}: {reason_code}")
             self._connack_refused = True
             return
         self._connack_refused = False
