@@ -515,6 +515,33 @@ def test_second_model_answers_remote_requests_and_last_will(broker, tmp_path, bu
         stats = cloud.stop() if cloud else {}
         d.stop()
     assert stats["crops"] >= 1 and stats["answered"] >= stats["crops"] and stats["bad"] == 1
+    # the bad one is not a result too (it was counted in both: the black-box uplink audit)
+    assert (stats["results"], stats["events"]) == (len(cloud.entries("result")), len(cloud.entries("event"))), stats
+
+
+def test_the_last_will_says_when_the_device_last_connected(broker, tmp_path):
+    """uplink.md: the will is written at connect, its `ts` when the device connected; it said the
+    uplink's start after every reconnect (the black-box uplink audit)."""
+    statuses: list = []
+    d = device(tmp_path, {"models": {}, "uplink": broker.uplink_config("dev1", keepalive=5)}).start()
+    watcher = None
+    try:
+        wait_until(lambda: uplink_status(d)["connected"], 30)
+        time.sleep(1)  # the first connect's time and the reconnect's a second apart
+        broker.stop(kill=True)
+        restarted = time.time()
+        broker.start()
+        wait_until(lambda: uplink_status(d)["connected"], 30)
+        watcher, _ = connected(broker.server_settings(), "will-watcher",
+                               on_message=lambda c, u, m: statuses.append(json.loads(m.payload)))
+        subscribe(watcher, "lited/dev1/status")
+        d.proc.kill()  # no clean DISCONNECT: the broker publishes the will
+        offline = wait_until(lambda: next((s for s in statuses if s["state"] == "offline"), None), 30)
+        assert offline["ts"] >= restarted, (offline, restarted)
+    finally:
+        if watcher is not None:
+            close(watcher)
+        d.stop()
 
 
 def test_workers_in_one_group_share_the_load(broker, tmp_path, bundles_dir):

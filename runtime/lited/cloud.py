@@ -226,9 +226,13 @@ class CloudWorker:
             self._answer_image(msg, device, msg_id, first)
             return
         if first:
+            try:
+                message = up.parse_device_message(msg.payload, kind[:-1])
+            except up.UplinkMessageError:  # counted in `bad` only (it was in `results` too); acknowledged,
+                self._acks[device].append(msg_id)  # or the device sends it again for ever
+                raise
             self.counters[kind] += 1
-            self._record({"kind": kind[:-1], "device": device, "id": msg_id,
-                          "message": up.parse_device_message(msg.payload, kind[:-1])})
+            self._record({"kind": kind[:-1], "device": device, "id": msg_id, "message": message})
         self._acks[device].append(msg_id)
 
     def _answer_image(self, msg: Any, device: str, msg_id: str, first: bool) -> None:

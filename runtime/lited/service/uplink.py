@@ -115,7 +115,7 @@ class Uplink:
         self.outbox = Outbox(str(cfg.outbox_dir), cfg.outbox_max_bytes)
         self._cursor = self.outbox.acked_below - 1
         status = up.topic(self.device, "status")
-        self.client = make_client(settings_of(cfg), self.device, will=(status, up.to_json(self._offline())))
+        self.client = make_client(settings_of(cfg), self.device, will=(status, lambda: up.to_json(self._offline())))
         self.client.max_inflight_messages_set(cfg.window)
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
