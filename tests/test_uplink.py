@@ -640,6 +640,13 @@ def test_a_refused_tls_handshake_is_said_once_with_its_reason(broker, tmp_path, 
         table = subprocess.run([sys.executable, "-m", "lited.cli", "ctl", "status", "--endpoint", d.req],
                                capture_output=True, text=True, timeout=30).stdout
         assert f"uplink: {broker.device_url} as dev1, NOT CONNECTED (cannot connect to" in table, table
+    # no client certificate for a listener that wants one: TLS 1.3 refuses it after the handshake, and paho
+    # says so as a disconnect; the device never connected, and `last_error` said "disconnected: ..."
+    config["uplink"] = broker.uplink_config("dev1", broker=broker.server_url)
+    (tmp_path / "nocert").mkdir()
+    with device(tmp_path / "nocert", config) as d:
+        error = wait_until(lambda: uplink_status(d)["last_error"], 30)
+        assert error.startswith(f"cannot connect to {broker.server_url}: TLS: the broker refused the handshake"), error
     args = ["--broker", broker.server_url, "--ca", str(other / "ca.crt"), "--cert", str(other / "cloud.crt"),
             "--key", str(other / "cloud.key")]
     out = subprocess.run([sys.executable, "-m", "lited.cli", "cloud", *args, "--duration", "4"],

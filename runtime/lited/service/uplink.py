@@ -443,7 +443,10 @@ class Uplink:
         if not was_connected and self._connack_refused:
             return  # the CONNACK said why; paho's disconnect after it says only "Protocol error"
         reason = self._watch.reason
-        self.last_error = f"disconnected: {reason if reason and reason_code.is_failure else reason_code}"
+        said = reason if reason and reason_code.is_failure else reason_code
+        # a connection that never came up (a TLS 1.3 broker refuses a client certificate after the
+        # handshake: paho then calls this, not on_connect_fail) could not connect: it was "disconnected"
+        self.last_error = f"disconnected: {said}" if was_connected else f"cannot connect to {self.cfg.broker}: {said}"
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         with self._lock:
