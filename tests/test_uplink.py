@@ -715,7 +715,9 @@ def free_tcp_listener() -> tuple:
 def test_cloud_and_remote_refuse_bad_input_in_one_line(tmp_path):
     cases = [(["cloud", "--broker", "http://broker"], "expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"),
              (["cloud", "--broker", "mqtt://127.0.0.1:1", "--bundle", str(tmp_path / "none")], str(tmp_path / "none")),
-             (["remote", "--broker", "mqtts://u:p@host", "dev1", "status"], "credentials go in their own fields")]
+             (["remote", "--broker", "mqtts://u:p@host", "dev1", "status"], "credentials go in their own fields"),
+             # it connected to 1883 in silence (the black-box uplink audit)
+             (["remote", "--broker", "mqtt://127.0.0.1:0", "dev1", "status"], "'mqtt://127.0.0.1:0': port 0: expected 1")]
     for args, text in cases:
         out = subprocess.run([sys.executable, "-m", "lited.cli", *args], capture_output=True, text=True, timeout=60)
         assert out.returncode == 2 and text in out.stderr and out.stderr.count("\n") == 1, (args, out.stderr)

@@ -219,6 +219,8 @@ def parse_url(url: str) -> tuple:
         raise LinkError(f"'{url}': no host")
     if parts.path not in ("", "/") or parts.query or parts.username or parts.password:
         raise LinkError(f"'{url}': only mqtt[s]://HOST[:PORT] (credentials go in their own fields)")
+    if port == 0:  # it meant the default port, in silence
+        raise LinkError(f"'{url}': port 0: expected 1 to 65535 (or none: 1883 for mqtt://, 8883 for mqtts://)")
     tls, default_port = SCHEMES[parts.scheme]
     return parts.hostname, port or default_port, tls
 
