@@ -236,22 +236,17 @@ class ClientGate:
         the free places instead of all being refused."""
         self._count()
         mine = {i for i, (_, _, d) in enumerate(self._monitors) if d == domain}
-        if self._undecided_key(mine) is None and self._closed[domain]:
-            # it closed before its handshake was asked about: it holds no place, whatever is said
-            self._closed[domain].popleft()
-            return self._inside(domain, mine) < self.limit
         admitted = self._inside(domain, mine) < self.limit
-        if not admitted:
-            now = time.monotonic()
-            self._grace_left = min(REFUSAL_GRACE_S, self._grace_left + (now - self._grace_at) * REFUSAL_GRACE_SHARE)
-            admitted = self._place_freed(domain, mine, now + self._grace_left)
-            self._grace_at = time.monotonic()
-            self._grace_left -= self._grace_at - now
-        key = self._undecided_key(mine)  # again: the monitors were read meanwhile
+        closed = self._undecided_key(mine) is None and self._closed[domain]  # it waits for nothing
+        if not admitted and not closed:
+            admitted = self._place_freed(domain, mine)
+        key = self._undecided_key(mine)  # again: the monitors may have been read meanwhile
         if key is not None:
             self._open[key] = admitted
             del self._undecided[key]
-        elif self._closed[domain]:  # it closed while it waited for a place
+        elif self._closed[domain]:
+            # it closed before its handshake was asked about (or while it waited for a place): it
+            # holds no place, whatever is said
             self._closed[domain].popleft()
             return admitted
         else:  # its handshake came before its monitor's accept event: the decision waits for that
@@ -269,17 +264,22 @@ class ClientGate:
         return sum(1 for (index, _), admitted in self._open.items() if admitted and index in mine) + \
             sum(admitted for _, admitted in self._early[domain])
 
-    def _place_freed(self, domain: str, mine: set, deadline: float) -> bool:
-        """Whether one of `domain`'s places frees by `deadline` (monotonic s; read on its monitors)."""
+    def _place_freed(self, domain: str, mine: set) -> bool:
+        """Whether one of `domain`'s places frees within the grace left (read on its monitors);
+        the time waited is taken from the grace, which refills at REFUSAL_GRACE_SHARE."""
+        now = time.monotonic()
+        self._grace_left = min(REFUSAL_GRACE_S, self._grace_left + (now - self._grace_at) * REFUSAL_GRACE_SHARE)
+        deadline, freed = now + self._grace_left, False
         poller = zmq.Poller()
         for index in mine:
             poller.register(self._monitors[index][1], zmq.POLLIN)
-        while (remaining := deadline - time.monotonic()) > 0:
+        while not freed and (remaining := deadline - time.monotonic()) > 0:
             poller.poll(max(1, int(remaining * 1000)))
             self._count()
-            if self._inside(domain, mine) < self.limit:
-                return True
-        return False
+            freed = self._inside(domain, mine) < self.limit
+        self._grace_at = time.monotonic()
+        self._grace_left -= self._grace_at - now
+        return freed
 
     def stop(self) -> None:
         self._stop.set()
