@@ -233,9 +233,9 @@ def read_password(path: str) -> str:
 
 def make_client(settings: BrokerSettings, client_id: str, will: Optional[tuple] = None,
                 manual_ack: bool = False) -> Any:
-    """A configured, not yet connected paho client (MQTT 5). `will`: (topic, payload) retained QoS 1;
-    a payload that is a function is called before each connect (a will's `ts` said the first connect's
-    time after every reconnect)."""
+    """A configured, not yet connected paho client (MQTT 5). `will`: (topic, a function giving the
+    payload), retained QoS 1, its payload made afresh before each connect (a will's `ts` said the first
+    connect's time after every reconnect)."""
     import paho.mqtt.client as mqtt
 
     host, port, tls = settings.address
@@ -246,15 +246,13 @@ def make_client(settings: BrokerSettings, client_id: str, will: Optional[tuple] 
     if settings.username:
         password = read_password(settings.password_file) if settings.password_file else None
         client.username_pw_set(settings.username, password)
-    if will is not None and callable(will[1]):
+    if will is not None:
         attempt = client.reconnect  # what paho's loop calls for each try, the first too
 
         def reconnect() -> Any:
             client.will_set(will[0], will[1](), qos=1, retain=True)
             return attempt()
         client.reconnect = reconnect
-    elif will is not None:
-        client.will_set(will[0], will[1], qos=1, retain=True)
     client.reconnect_delay_set(min_delay=0.2, max_delay=5)
     return client
 
