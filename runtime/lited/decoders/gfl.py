@@ -44,7 +44,7 @@ import numpy as np
 
 from ..geometry import Geometry
 from .base import Decoder
-from .nms import nms, to_detections
+from .nms import ACTIVATIONS, activation_problem, candidates, nms, to_detections
 
 CANDIDATE_STRIDES = (4, 8, 16, 32, 64, 128)
 DEFAULT_REG_MAX = 7
@@ -295,14 +295,10 @@ class GflDecoder(Decoder):
         "multi_label": (bool, True),    # an anchor may give one box per class over the threshold
         "class_agnostic": (bool, False),  # NMS across classes
     }
-    ACTIVATIONS = ("auto", "sigmoid", "none")
 
     @classmethod
     def problems(cls, params: dict) -> List[Tuple[str, str]]:
-        out = []
-        if params.get("cls_activation", "auto") not in cls.ACTIVATIONS:
-            out.append(("cls_activation", f"expected one of {', '.join(cls.ACTIVATIONS)}, "
-                                          f"got {params['cls_activation']!r}"))
+        out = activation_problem(params)
         strides = params.get("strides", [])
         if isinstance(strides, list) and not all(
                 isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in strides):
@@ -312,11 +308,9 @@ class GflDecoder(Decoder):
     def __init__(self, params: dict, labels: List[str]) -> None:
         super().__init__(params, labels)  # sets each PARAMS name as a typed attribute, and self.labels
         self.strides = [int(s) for s in self.strides]
-        if self.cls_activation not in self.ACTIVATIONS:
+        if self.cls_activation not in ACTIVATIONS:
             raise ValueError(f"cls_activation: {self.cls_activation!r} (expected auto, sigmoid or none)")
         self._layouts: Dict[tuple, _Layout] = {}
-        th = min(max(self.score_threshold, 1e-7), 1 - 1e-7)
-        self._logit_threshold = math.log(th / (1.0 - th))
 
     # -- layout ---------------------------------------------------------------
     def layout(self, outputs: List[np.ndarray], geom: Optional[Geometry]) -> _Layout:
@@ -358,27 +352,10 @@ class GflDecoder(Decoder):
         lay = self.layout(outputs, geom)
         c, bins = lay.num_classes, lay.reg_max + 1
         scores = self._gather(lay, outputs, "cls", c)            # [N, C]
-        logits = self.cls_activation == "sigmoid" or (
-            self.cls_activation == "auto" and (scores.min() < 0.0 or scores.max() > 1.0))
-        thr = self._logit_threshold if logits else self.score_threshold
-        if self.multi_label:  # rows with any class over the threshold first: 2-D nonzero is slow
-            rows = np.flatnonzero(scores.max(axis=1) >= thr)
-            r, cls = np.nonzero(scores[rows] >= thr)
-            anchor = rows[r]
-            score = scores[anchor, cls]
-        else:
-            cls = scores.argmax(axis=1)
-            best = scores[np.arange(scores.shape[0]), cls]
-            anchor = np.flatnonzero(best >= thr)
-            cls, score = cls[anchor], best[anchor]
+        anchor, cls, score = candidates(scores, self.score_threshold, self.cls_activation, self.multi_label,
+                                        self.nms_top_k)
         if anchor.size == 0:
             return {"detections": [], "classes": []}
-        if 0 < self.nms_top_k < score.size:
-            pick = np.argpartition(-score, self.nms_top_k - 1)[: self.nms_top_k]
-            anchor, cls, score = anchor[pick], cls[pick], score[pick]
-        score = score.astype(np.float64)
-        if logits:
-            score = 1.0 / (1.0 + np.exp(-score))
         # distributions of the candidate anchors only: softmax over bins, integral
         box_rows = self._box_rows(lay, outputs, anchor, bins)          # [M, 4, bins]
         box_rows = box_rows - box_rows.max(axis=2, keepdims=True)

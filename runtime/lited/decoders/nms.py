@@ -13,7 +13,8 @@ which stops there, wins. Both keep the same boxes in the same order.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+import math
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -79,6 +80,47 @@ def nms_numpy(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float,
         iou = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-12)
         order = rest[iou <= iou_threshold]
     return np.asarray(keep, dtype=np.intp)
+
+
+ACTIVATIONS = ("auto", "sigmoid", "none")  # a score tensor's cls_activation: see candidates()
+
+
+def activation_problem(params: dict) -> List[Tuple[str, str]]:
+    """`cls_activation`'s problem, for a decoder's `problems()`."""
+    if params.get("cls_activation", "auto") not in ACTIVATIONS:
+        return [("cls_activation", f"expected one of {', '.join(ACTIVATIONS)}, got {params['cls_activation']!r}")]
+    return []
+
+
+def candidates(scores: np.ndarray, threshold: float, activation: str, multi_label: bool,
+               nms_top_k: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, classes, scores) of the `[N, C]` class scores at or over `threshold`: every
+    (row, class) pair over it (`multi_label`) or each row's best class, the best `nms_top_k`
+    of them (0: all), scores as float64 probabilities. `activation`: "none" (the scores are
+    probabilities), "sigmoid" (logits), "auto" (logits when any value lies outside [0, 1]:
+    decided on the whole array, which a sigmoid output never trips). With logits the
+    threshold is taken in logit space, so the sigmoid runs on the candidates only."""
+    logits = activation == "sigmoid" or (activation == "auto" and (scores.min() < 0.0 or scores.max() > 1.0))
+    if logits:
+        th = min(max(threshold, 1e-7), 1 - 1e-7)
+        threshold = math.log(th / (1.0 - th))
+    if multi_label:  # rows with any class over the threshold first: 2-D nonzero is slow
+        rows = np.flatnonzero(scores.max(axis=1) >= threshold)
+        r, cls = np.nonzero(scores[rows] >= threshold)
+        row = rows[r]
+        score = scores[row, cls]
+    else:
+        cls = scores.argmax(axis=1)
+        best = scores[np.arange(scores.shape[0]), cls]
+        row = np.flatnonzero(best >= threshold)
+        cls, score = cls[row], best[row]
+    if 0 < nms_top_k < score.size:
+        pick = np.argpartition(-score, nms_top_k - 1)[:nms_top_k]
+        row, cls, score = row[pick], cls[pick], score[pick]
+    score = score.astype(np.float64)
+    if logits:
+        score = 1.0 / (1.0 + np.exp(-score))
+    return row, cls, score
 
 
 def label_for(labels: Sequence[str], index: int) -> str:
