@@ -30,6 +30,7 @@ class Decoder:
 
     kind: ClassVar[str] = ""
     PARAMS: ClassVar[Dict[str, Tuple[type, object]]] = {}
+    TASK: ClassVar[str] = "detection"  # the manifest's `task` for a model this decoder reads, when a fragment omits it
     ADDS: ClassVar[Tuple[str, ...]] = ()  # result keys a cascade stage adds to each detection
     OWN_LABELS: ClassVar[Tuple[str, ...]] = ()  # the labels it gives whatever the labels file (db_text: "text")
     # The labels must be exactly as many as the classes, not at least: a keys file with a line too many

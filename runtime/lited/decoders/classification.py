@@ -16,6 +16,7 @@ from .nms import label_for
 
 class ClassificationDecoder(Decoder):
     kind = "classification"
+    TASK = "classification"
     PARAMS = {"top_k": (int, 5), "softmax": (bool, True), "score_threshold": (float, 0.0)}
     ADDS = ("classes",)
 

@@ -35,6 +35,7 @@ NORMAL_FORMS = ("NFC", "NFKC", "NFD", "NFKD")
 
 class CtcDecoder(Decoder):
     kind = "ctc"
+    TASK = "text_recognition"
     PARAMS = {
         "use_space_char": (bool, True),   # a " " class after the keys (PP-OCR default)
         "blank_index": (int, 0),          # where the CTC blank is (PP-OCR: 0)

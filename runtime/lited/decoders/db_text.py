@@ -54,6 +54,7 @@ def box_score(prob: np.ndarray, corners: np.ndarray) -> float:
 
 class DbTextDecoder(Decoder):
     kind = "db_text"
+    TASK = "text_detection"
     OWN_LABELS = ("text",)
     PARAMS = {
         "thresh": (float, 0.3),

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lited.bundle import config_problems, machine_target, stage_problems
+from lited.decoders import DECODERS
 from lited.imageheader import image_size
 from lited.validate import name_problem, version_problem
 
@@ -32,8 +33,6 @@ from lited.sdk.paddledet_cfg import complete_gfl
 from lited.sdk.stages import add_stages
 from lited.sdk.venv import DAEMON_VENV, daemon_lited
 
-TASK_BY_DECODER = {"boxes": "detection", "grid": "detection", "priorbox": "detection", "gfl": "detection",
-                   "classification": "classification", "db_text": "text_detection", "ctc": "text_recognition"}
 DEFAULT_TOLERANCE = {"box_px": 4, "score": 0.05}
 GENERIC_NAMES = {"model", "inference", "inference_model", "paddle", "onnx", "output", "export"}
 
@@ -282,7 +281,7 @@ def _build(opts: Options, workdir: Path, timings: dict) -> dict:
     manifest = {
         "schema": 2 if any(isinstance(files, list) for files in models.values()) else 1,  # several files, or fp16
         "name": name, "version": version,
-        "task": fields.get("task") or TASK_BY_DECODER.get(decoder["type"], "detection"),
+        "task": fields.get("task") or DECODERS.get(decoder["type"]).TASK,
         "paddle_lite_version": lite_version, "models": models, "inputs": inputs,
         "preprocess": fields["preprocess"], "decoder": decoder,
         "labels": bundle_writer.write_labels(root, names) if names else None,
