@@ -30,6 +30,7 @@ class Decoder:
 
     kind: ClassVar[str] = ""
     PARAMS: ClassVar[Dict[str, Tuple[type, object]]] = {}
+    CHOICES: ClassVar[Dict[str, Tuple[str, ...]]] = {}  # a text parameter's allowed values (problems() checks them)
     TASK: ClassVar[str] = "detection"  # the manifest's `task` for a model this decoder reads, when a fragment omits it
     ADDS: ClassVar[Tuple[str, ...]] = ()  # result keys a cascade stage adds to each detection
     OWN_LABELS: ClassVar[Tuple[str, ...]] = ()  # the labels it gives whatever the labels file (db_text: "text")
@@ -50,13 +51,18 @@ class Decoder:
         becomes an attribute of its declared type (`self.score_threshold`)."""
         for name, (kind, _) in self.PARAMS.items():
             setattr(self, name, kind(params[name]))
+        for name, choices in self.CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name}: {getattr(self, name)!r} (expected {', '.join(choices)})")
         self.labels = list(labels or [])
 
     @classmethod
     def problems(cls, params: dict) -> List[Tuple[str, str]]:
         """(parameter, message) for values of the right type that still
-        cannot work; `params` holds only what the manifest gives."""
-        return []
+        cannot work; `params` holds only what the manifest gives. Here: a value
+        not among its CHOICES (a subclass adds its own to these)."""
+        return [(name, f"expected one of {', '.join(choices)}, got {params[name]!r}")
+                for name, choices in cls.CHOICES.items() if name in params and params[name] not in choices]
 
     def decode(self, outputs: List[np.ndarray], geom: Geometry) -> dict:
         raise NotImplementedError

@@ -44,7 +44,7 @@ import numpy as np
 
 from ..geometry import Geometry
 from .base import Decoder
-from .nms import ACTIVATIONS, activation_problem, candidates, nms, to_detections
+from .nms import ACTIVATIONS, candidates, nms, to_detections
 
 CANDIDATE_STRIDES = (4, 8, 16, 32, 64, 128)
 DEFAULT_REG_MAX = 7
@@ -295,10 +295,11 @@ class GflDecoder(Decoder):
         "multi_label": (bool, True),    # an anchor may give one box per class over the threshold
         "class_agnostic": (bool, False),  # NMS across classes
     }
+    CHOICES = {"cls_activation": ACTIVATIONS}
 
     @classmethod
     def problems(cls, params: dict) -> List[Tuple[str, str]]:
-        out = activation_problem(params)
+        out = super().problems(params)
         strides = params.get("strides", [])
         if isinstance(strides, list) and not all(
                 isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in strides):
@@ -308,8 +309,6 @@ class GflDecoder(Decoder):
     def __init__(self, params: dict, labels: List[str]) -> None:
         super().__init__(params, labels)  # sets each PARAMS name as a typed attribute, and self.labels
         self.strides = [int(s) for s in self.strides]
-        if self.cls_activation not in ACTIVATIONS:
-            raise ValueError(f"cls_activation: {self.cls_activation!r} (expected auto, sigmoid or none)")
         self._layouts: Dict[tuple, _Layout] = {}
 
     # -- layout ---------------------------------------------------------------

@@ -85,13 +85,6 @@ def nms_numpy(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float,
 ACTIVATIONS = ("auto", "sigmoid", "none")  # a score tensor's cls_activation: see candidates()
 
 
-def activation_problem(params: dict) -> List[Tuple[str, str]]:
-    """`cls_activation`'s problem, for a decoder's `problems()`."""
-    if params.get("cls_activation", "auto") not in ACTIVATIONS:
-        return [("cls_activation", f"expected one of {', '.join(ACTIVATIONS)}, got {params['cls_activation']!r}")]
-    return []
-
-
 def candidates(scores: np.ndarray, threshold: float, activation: str, multi_label: bool,
                nms_top_k: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rows, classes, scores) of the `[N, C]` class scores at or over `threshold`: every
