@@ -8,74 +8,51 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import make_bundle, need_shared, reseal
+from conftest import ROOT, make_bundle, need_shared, reseal, shared_onnx
+from test_build_sdk import TOOLS_VENV, _skip_or_fail, run_build_sdk, unzip_bundle
 from lited.bundle import BundleError, load_bundle
 from lited.decoders import make_decoder
 from lited.engines import ENGINES
 from lited.geometry import Geometry
 from lited.model import Model
 
-pytestmark = pytest.mark.skipif(not ENGINES.get("openvino").available(), reason="openvino not installed")
+pytestmark = pytest.mark.skipif(not (ENGINES.get("openvino").available() and ENGINES.get("onnxruntime").available()),
+                                reason="openvino or onnxruntime not installed")
 THRESHOLD = 0.3
 IMAGES = ("chelsea", "coffee", "astronaut")
 
 
-def _rewrite(onnx: Path, out: Path, layout: str) -> None:
-    """FastestDet's `[1, 5+C, H, W]` as `layout`, the grid decoder's arithmetic done in the graph:
-    class score obj^0.6 * cls^0.4, centre (cell + tanh(t)) * stride, size sigmoid(t) * input."""
-    from lited.engines.openvino import import_openvino
-    ov = import_openvino()
-    import openvino.opset13 as ops
-
-    model = ov.Core().read_model(str(onnx))
-    (_, _, in_h, in_w) = model.inputs[0].get_shape()
-    head = model.get_results()[0].input_value(0)
-    (_, k, gh, gw) = head.get_shape()
-    n = gh * gw
-    rows = ops.reshape(head, ops.constant(np.array([1, k, n], np.int64)), False)
-
-    def part(a: int, b: int):
-        return ops.slice(rows, ops.constant(np.array([a], np.int64)), ops.constant(np.array([b], np.int64)),
-                         ops.constant(np.array([1], np.int64)), ops.constant(np.array([1], np.int64)))
-
-    def const(values) -> object:
-        return ops.constant(np.asarray(values, np.float32).reshape(1, 1, -1))
-
-    cell = np.arange(n)
-    cx = ops.multiply(ops.add(const(cell % gw), ops.tanh(part(1, 2))), const([in_w / gw]))
-    cy = ops.multiply(ops.add(const(cell // gw), ops.tanh(part(2, 3))), const([in_h / gh]))
-    w = ops.multiply(ops.sigmoid(part(3, 4)), const([in_w]))
-    h = ops.multiply(ops.sigmoid(part(4, 5)), const([in_h]))
-    obj, cls = ops.power(part(0, 1), const([0.6])), ops.power(part(5, k), const([0.4]))
-    last = ops.constant(np.array([0, 2, 1], np.int64))
-    if layout == "v8":        # [1, 4 + C, N]
-        outs = [ops.concat([cx, cy, w, h, ops.multiply(obj, cls)], 1)]
-    elif layout == "v8_rows":  # [1, N, 4 + C]
-        outs = [ops.transpose(ops.concat([cx, cy, w, h, ops.multiply(obj, cls)], 1), last)]
-    elif layout == "v5":      # [1, N, 5 + C], boxes normalised
-        boxes = [ops.divide(cx, const([in_w])), ops.divide(cy, const([in_h])),
-                 ops.divide(w, const([in_w])), ops.divide(h, const([in_h]))]
-        outs = [ops.transpose(ops.concat([*boxes, obj, cls], 1), last)]
-    else:                     # PP-YOLOE: boxes [1, N, 4] x1y1x2y2, scores [1, C, N]
-        half_w, half_h = ops.multiply(w, const([0.5])), ops.multiply(h, const([0.5]))
-        corners = [ops.subtract(cx, half_w), ops.subtract(cy, half_h), ops.add(cx, half_w), ops.add(cy, half_h)]
-        outs = [ops.transpose(ops.concat(corners, 1), last), ops.multiply(obj, cls)]
-    ov.save_model(ov.Model(outs, list(model.get_parameters())), str(out), compress_to_fp16=False)
+LAYOUTS = ("v8", "v8_rows", "v5", "ppyoloe")
 
 
-def _variant(base: Path, tmp: Path, layout: str, decoder: dict) -> Path:
+@pytest.fixture(scope="module")
+def yolo_onnx(tmp_path_factory) -> Path:
+    """FastestDet in each layout, as ONNX (tests/build_yolo_onnx.py, run in the tools venv)."""
+    python = TOOLS_VENV / "bin" / "python"
+    if not python.is_file():
+        _skip_or_fail(f"{TOOLS_VENV} is absent (make tools-venv)")
+    out = tmp_path_factory.mktemp("yolo_onnx")
+    proc = subprocess.run([str(python), str(ROOT / "tests" / "build_yolo_onnx.py"), "--src", str(shared_onnx("fastestdet")),
+                           "--layouts", ",".join(LAYOUTS), "--out-dir", str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def _variant(base: Path, models: Path, tmp: Path, layout: str, decoder: dict) -> Path:
+    """FastestDet's bundle with the model in `layout` (ONNX, OpenVINO and onnxruntime) and `decoder`."""
     root = tmp / layout
     shutil.copytree(base, root)
-    onnx = next(root.glob("*.onnx"))
-    _rewrite(onnx, root / "yolo.xml", layout)
+    shutil.copyfile(models / f"{layout}.onnx", root / "yolo.onnx")
     manifest = json.loads((root / "manifest.json").read_text())
     manifest["schema"] = 2
-    manifest["models"] = {"x86": [{"file": "yolo.xml", "params": {"file": "yolo.bin"}, "engines": ["openvino"]}]}
+    manifest["models"] = {"x86": [{"file": "yolo.onnx", "engines": ["openvino", "onnxruntime"]}]}
     manifest["decoder"] = decoder
     manifest.pop("golden", None)
     (root / "manifest.json").write_text(json.dumps(manifest))
@@ -94,6 +71,7 @@ def expected(fastestdet) -> dict:
     bundle.decoder["score_threshold"] = THRESHOLD
     model = Model(bundle, engine="openvino")
     import cv2
+
     found = {name: model.infer(cv2.imread(str(need_shared("images", f"{name}.png"))))["detections"]
              for name in IMAGES}
     model.close()
@@ -108,14 +86,8 @@ def _same(got: list, want: list) -> None:
         assert np.allclose(g["box"], w["box"], atol=0.5), (g, w)
 
 
-@pytest.mark.parametrize("layout", ["v8", "v8_rows", "v5", "ppyoloe"])
-def test_every_layout_finds_what_the_grid_decoder_finds(fastestdet, expected, tmp_path, layout):
-    """objectness, box format and orientation all found by shape and labels (auto); NMS across
-    classes as the grid decoder's; v5 with normalised boxes."""
+def _finds(model: Model, expected: dict) -> None:
     import cv2
-    decoder = {"type": "yolo", "score_threshold": THRESHOLD, "nms_iou": 0.45, "class_agnostic": True,
-               **({"normalized": True} if layout == "v5" else {})}
-    model = Model(load_bundle(_variant(fastestdet, tmp_path, layout, decoder)), engine="openvino")
     try:
         for name in IMAGES:
             _same(model.infer(cv2.imread(str(need_shared("images", f"{name}.png"))))["detections"], expected[name])
@@ -123,9 +95,38 @@ def test_every_layout_finds_what_the_grid_decoder_finds(fastestdet, expected, tm
         model.close()
 
 
-def test_an_objectness_the_labels_cannot_tell_is_asked_for_at_load(fastestdet, tmp_path):
+@pytest.mark.parametrize("engine", ["openvino", "onnxruntime"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_layout_finds_what_the_grid_decoder_finds(fastestdet, yolo_onnx, expected, tmp_path, layout, engine):
+    """objectness, box format and orientation all found by shape and labels (auto); NMS across
+    classes as the grid decoder's; v5 with normalised boxes."""
+    decoder = {"type": "yolo", "score_threshold": THRESHOLD, "nms_iou": 0.45, "class_agnostic": True,
+               **({"normalized": True} if layout == "v5" else {})}
+    _finds(Model(load_bundle(_variant(fastestdet, yolo_onnx, tmp_path, layout, decoder)), engine=engine), expected)
+
+
+def test_build_sdk_makes_a_yolo_export_a_bundle_paddle_lite_runs(yolo_onnx, expected, tmp_path):
+    """The way a team ships a YOLO export: ONNX and a fragment naming the decoder, through
+    build_sdk (x2paddle, paddle_lite_opt, the golden self-test on every engine); Paddle Lite's
+    .nb then finds what the grid decoder finds on FastestDet."""
+    frag = tmp_path / "frag.json"
+    manifest = json.loads((ROOT / "tests" / "bundles" / "fastestdet.json").read_text())
+    frag.write_text(json.dumps({"name": "yolo_v8", "version": "1.0.0", "preprocess": manifest["preprocess"],
+                                "decoder": {"type": "yolo", "score_threshold": THRESHOLD, "class_agnostic": True},
+                                "labels": str(need_shared("models", "fastestdet", "labels.txt"))}))
+    proc = run_build_sdk(TOOLS_VENV / "bin" / "python", "--model", yolo_onnx / "v8.onnx", "--config", frag,
+                         "--targets", "x86", "--golden", need_shared("images", "coffee.png"),
+                         "--out", tmp_path / "yolo.zip")
+    assert proc.returncode == 0, proc.stderr
+    assert "ok on onnxruntime, openvino, paddle_lite" in proc.stdout, proc.stdout
+    bundle = load_bundle(unzip_bundle(tmp_path / "yolo.zip", "yolo_v8", tmp_path / "out"))
+    assert bundle.task == "detection"
+    _finds(Model(bundle, engine="paddle_lite"), expected)
+
+
+def test_an_objectness_the_labels_cannot_tell_is_asked_for_at_load(fastestdet, yolo_onnx, tmp_path):
     """85 columns and 79 labels fit neither 4 + C nor 5 + C: refused naming the decoder, asking."""
-    root = _variant(fastestdet, tmp_path, "v5", {"type": "yolo"})
+    root = _variant(fastestdet, yolo_onnx, tmp_path, "v5", {"type": "yolo"})
     labels = (root / "labels.txt").read_text().splitlines()
     (root / "labels.txt").write_text("\n".join(labels[:-1]) + "\n")
     with pytest.raises(BundleError) as err:
@@ -156,8 +157,8 @@ def test_layouts_it_cannot_read_are_named(shapes, why):
     assert problem and why in problem, problem
 
 
-def test_bad_choices_are_refused_by_name(fastestdet, tmp_path):
-    root = _variant(fastestdet, tmp_path, "v8", {"type": "yolo", "objectness": "maybe", "box_format": "xywh"})
+def test_bad_choices_are_refused_by_name(fastestdet, yolo_onnx, tmp_path):
+    root = _variant(fastestdet, yolo_onnx, tmp_path, "v8", {"type": "yolo", "objectness": "maybe", "box_format": "xywh"})
     with pytest.raises(BundleError) as err:
         load_bundle(root)
     message = str(err.value)
