@@ -557,6 +557,19 @@ def test_boxes_decoder_threshold_top_k_padding_and_geometry():
     assert [d["label"] for d in counted["detections"]] == ["person", "1"]
 
 
+def test_boxes_decoder_reads_the_yolo_exports_column_order():
+    """YOLOv10 and Ultralytics' nms=True exports: [1, 300, 6] of x1, y1, x2, y2, score, class, padded
+    with zero rows: the same detections as the PaddleDetection order gives."""
+    rows = np.array([[0, 0.95, 10, 20, 110, 220], [1, 0.80, 200, 100, 300, 150], [0, 0.0, 0, 0, 0, 0]], np.float32)
+    geom = Geometry(640, 480, 320, 320, 0.5, 0.5, 0.0, 40.0)
+    want = make_decoder({"type": "boxes"}, ["person", "car"]).decode([rows], geom)
+    yolo = rows[:, [2, 3, 4, 5, 1, 0]][None]
+    got = make_decoder({"type": "boxes", "columns": "box_score_class"}, ["person", "car"]).decode([yolo], geom)
+    assert got == want and len(got["detections"]) == 2
+    problem = make_decoder({"type": "boxes", "columns": "box_score_class"}, []).layout_problem([np.zeros((1, 300, 7))])
+    assert problem == "outputs [[1, 300, 7]]: the first is not [N, 6] (x1, y1, x2, y2, score, class)"
+
+
 def test_boxes_decoder_empty_output():
     geom = Geometry(100, 100, 100, 100)
     result = make_decoder({"type": "boxes"}, []).decode([np.zeros((0, 6), np.float32)], geom)
