@@ -105,6 +105,7 @@ def test_every_layout_finds_what_the_grid_decoder_finds(fastestdet, yolo_onnx, e
     _finds(Model(load_bundle(_variant(fastestdet, yolo_onnx, tmp_path, layout, decoder)), engine=engine), expected)
 
 
+@pytest.mark.slow
 def test_build_sdk_makes_a_yolo_export_a_bundle_paddle_lite_runs(yolo_onnx, expected, tmp_path):
     """The way a team ships a YOLO export: ONNX and a fragment naming the decoder, through
     build_sdk (x2paddle, paddle_lite_opt, the golden self-test on every engine); Paddle Lite's
