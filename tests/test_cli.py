@@ -46,6 +46,19 @@ def test_inspect_shows_manifest_model_and_paddle_lite_version():
     assert set(info["models"]) == {"x86", "arm"} and info["models"]["arm"][0]["targets"] == ["arm", "host"]
 
 
+def test_inspect_of_a_bundle_without_paddle_lite_version_says_nothing_of_one(tmp_path):
+    """paddle_lite_version is optional (docs/bundle.md): no "(bundle optimized with None)"."""
+    from conftest import reseal
+
+    root = shutil.copytree(DEMO_BUNDLE, tmp_path / "demo")
+    manifest = json.loads((root / "manifest.json").read_text())
+    del manifest["paddle_lite_version"]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    proc = lited("inspect", "--bundle", str(reseal(root)))
+    assert proc.returncode == 0, proc.stderr
+    assert "runs here as:" in proc.stdout and "optimized with" not in proc.stdout, proc.stdout
+
+
 def test_a_bad_image_is_one_line_exit_2_and_no_output(tmp_path):
     bad = tmp_path / "not-an-image.jpg"
     bad.write_text("hello")

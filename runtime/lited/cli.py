@@ -206,7 +206,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if model is not None:
         engine = model.engine
         print(f"  runs here as: {target}, {info['engine']['file']} on {engine.kind} {engine.version} "
-              f"({engine.device}): {model.choice.why} (bundle optimized with {info['paddle_lite_version']})")
+              f"({engine.device}): {model.choice.why}"
+              + (f" (bundle optimized with {info['paddle_lite_version']})" if info.get("paddle_lite_version") else ""))
     there = info.get("runs_there")
     if there:
         print(f"  runs on {target} as: {there['file']} on {there['engine']} ({there['precision']}): {there['why']}"
