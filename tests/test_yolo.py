@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,12 @@ IMAGES = ("chelsea", "coffee", "astronaut")
 
 
 LAYOUTS = ("v8", "v8_rows", "v5", "ppyoloe")
+READS = {  # what each layout's decoder says it found (Model.decoder_reads, lited inspect)
+    "v8": "one output [1, 84, 484] (channels first): box cxcywh in input pixels, no objectness, 80 classes",
+    "v8_rows": "one output [1, 484, 84] (channels last): box cxcywh in input pixels, no objectness, 80 classes",
+    "v5": "one output [1, 484, 85] (channels last): box cxcywh in shares of the input, objectness, 80 classes",
+    "ppyoloe": "boxes [1, 484, 4] (xyxy in input pixels), scores [1, 80, 484] (channels first): 80 classes",
+}
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +109,17 @@ def test_every_layout_finds_what_the_grid_decoder_finds(fastestdet, yolo_onnx, e
     classes as the grid decoder's; v5 with normalised boxes."""
     decoder = {"type": "yolo", "score_threshold": THRESHOLD, "nms_iou": 0.45, "class_agnostic": True,
                **({"normalized": True} if layout == "v5" else {})}
-    _finds(Model(load_bundle(_variant(fastestdet, yolo_onnx, tmp_path, layout, decoder)), engine=engine), expected)
+    model = Model(load_bundle(_variant(fastestdet, yolo_onnx, tmp_path, layout, decoder)), engine=engine)
+    assert model.decoder_reads == READS[layout]
+    _finds(model, expected)
+
+
+def test_inspect_shows_what_the_decoder_found(fastestdet, yolo_onnx, tmp_path):
+    root = _variant(fastestdet, yolo_onnx, tmp_path, "ppyoloe", {"type": "yolo"})
+    proc = subprocess.run([sys.executable, "-m", "lited.cli", "inspect", "--bundle", str(root)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"  decoder reads: {READS['ppyoloe']}\n" in proc.stdout, proc.stdout
 
 
 @pytest.mark.slow

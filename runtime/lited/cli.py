@@ -185,7 +185,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                     entry["problem"] = str(exc)
             info["models"][t].append(entry)
     if foreign:
-        model, info["engine"] = None, None
+        model, info["engine"], info["decoder_reads"] = None, None, None
         info["warnings"] = _foreign_problems(info, bundle) + _unsealed_labels(bundle)
         # what that machine would pick, as far as the bundle says (its installed engines decide the rest)
         asked = [f"--{k} {getattr(args, k)}" for k in ("engine", "precision") if getattr(args, k, None)]
@@ -227,6 +227,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"  preprocess: {pre.get('color', 'BGR')} {pre['resize']['mode']} "
           f"scale {pre.get('scale', 1 / 255):.6g} mean {pre.get('mean', [0, 0, 0])} std {pre.get('std', [1, 1, 1])}")
     print(f"  decoder: {json.dumps(bundle.decoder)}")
+    if info.get("decoder_reads"):
+        print(f"  decoder reads: {info['decoder_reads']}")
     for stage, st in zip(bundle.stages, info["stages"]):
         print(f"  then stage {stage.name} on {stage.crop['mode']} crops: {st['file']} on {st['engine']}, "
               f"input {stage.inputs[stage.image_input]['shape']}, decoder {json.dumps(stage.decoder)}")
@@ -255,6 +257,7 @@ def _inspect_load(info: dict, bundle: Any, args: argparse.Namespace) -> Any:
                                  zip(engine.inputs, engine.input_shapes())],
                       "outputs": [{"name": n, "shape": list(s)} for n, s in
                                   zip(engine.output_names, engine.output_shapes())]}
+    info["decoder_reads"] = model.decoder_reads
     info["warnings"] = _version_warnings(info, engine) + _unsealed_labels(bundle)
     return model
 

@@ -73,6 +73,7 @@ class Part:
             try:
                 self.preprocess = Preprocessor(spec.preprocess, spec.inputs[self.image_input]["shape"])
                 self.decoder = make_decoder(spec.decoder, spec.labels)
+                self.decoder_reads: Optional[str] = None  # what the decoder found in the warm-up's outputs
             except ValueError as exc:  # "preprocess.resize.mode: ...": the field, in its bundle (and stage)
                 raise BundleError(manifest, [f"{spec.where}{first_line(exc)}"]) from None
             self._extra = [(i, s["fill"], np.empty((1, 2), np.float32))
@@ -101,6 +102,7 @@ class Part:
         problem = self.decoder.layout_problem(outputs)
         if problem:
             raise self._decoder_refused(problem)
+        self.decoder_reads = self.decoder.describe(outputs)
         classes = self.decoder.num_classes(outputs)
         labels = self.spec.labels
         if classes and self.spec.labels_file is not None and (

@@ -72,6 +72,11 @@ class Decoder:
         load), or None when the layout does not say."""
         return None
 
+    def describe(self, outputs: List[np.ndarray]) -> Optional[str]:
+        """What it reads in these outputs, where it decided that itself (a layout found by
+        shape: `lited inspect` shows it beside the manifest's parameters), or None."""
+        return None
+
     def layout_problem(self, outputs: List[np.ndarray]) -> Optional[str]:
         """Why these outputs (of the warm-up run, at load) are not this
         decoder's layout, or None: a model of another layout is refused in

@@ -153,6 +153,15 @@ class YoloDecoder(Decoder):
             return str(exc)
         return None
 
+    def describe(self, outputs: List[np.ndarray]) -> Optional[str]:
+        lay = self.layout(outputs)
+        box = f"{lay.box_format} in {'shares of the input' if self.normalized else 'input pixels'}"
+        rows = f"{list(outputs[lay.rows].shape)} ({'channels last' if lay.rows_first_axis else 'channels first'})"
+        if lay.boxes is None:
+            return (f"one output {rows}: box {box}, {'objectness' if lay.objectness else 'no objectness'}, "
+                    f"{lay.num_classes} classes")
+        return f"boxes {list(outputs[lay.boxes].shape)} ({box}), scores {rows}: {lay.num_classes} classes"
+
     def num_classes(self, outputs: List[np.ndarray]) -> Optional[int]:
         try:
             return self.layout(outputs).num_classes
