@@ -1,8 +1,11 @@
-"""What every box decoder shares: greedy NMS and building result entries.
+"""What every box decoder shares: greedy NMS, the candidates over a threshold
+of a dense head's class scores (`candidates`: gfl, yolo), and building result
+entries.
 
 Decoders differ only in how their output layout becomes boxes, scores and
-class ids (in model-input pixels); suppression, label lookup and the mapping
-to source pixels live here once so they behave the same for every model.
+class ids (in model-input pixels); candidate selection, suppression, label
+lookup and the mapping to source pixels live here once so they behave the
+same for every model.
 
 NMS is OpenCV's (cv2.dnn.NMSBoxes / NMSBoxesBatched) up to
 `OPENCV_UP_TO` candidates and numpy's above: measured side by side
