@@ -738,7 +738,7 @@ def test_an_op_a_target_lacks_is_named_at_build_time(tools_python: Path, tmp_pat
               "main, startup = paddle.static.Program(), paddle.static.Program()\n"
               "with paddle.static.program_guard(main, startup):\n"
               "    x = paddle.static.data('x', [1, 3, 8, 8], 'float32')\n"
-              "    y = paddle.sign(paddle.static.nn.conv2d(x, 4, 3))\n"
+              "    y = paddle.sign(paddle.static.nn.conv2d(x, 1, 3))\n"  # [1, 1, 6, 6]: a db_text map
               "exe = paddle.static.Executor(paddle.CPUPlace())\n"
               "exe.run(startup)\n"
               "paddle.static.save_inference_model(sys.argv[1], [x], [y], exe, program=main)\n")
@@ -748,7 +748,7 @@ def test_an_op_a_target_lacks_is_named_at_build_time(tools_python: Path, tmp_pat
     fragment = tmp_path / "sign.json"
     fragment.write_text(json.dumps({"inputs": [{"name": "x", "shape": [1, 3, 8, 8]}],
                                     "preprocess": {"resize": {"mode": "stretch"}},
-                                    "decoder": {"type": "classification"}}))
+                                    "decoder": {"type": "db_text"}}))
     proc = run_build_sdk(tools_python, "--model", tmp_path / "sign", "--config", fragment, "--targets", "arm,x86",
                          "--out", tmp_path / "x.zip")
     assert_refused(proc, "paddle_lite_opt --valid_targets=x86: Error: This model is not supported, because 1 ops "

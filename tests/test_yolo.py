@@ -181,3 +181,40 @@ def test_bad_choices_are_refused_by_name(fastestdet, yolo_onnx, tmp_path):
         load_bundle(root)
     message = str(err.value)
     assert "decoder.objectness" in message and "decoder.box_format" in message, message
+
+
+@pytest.mark.slow
+def test_a_ppyoloe_without_nms_is_refused_before_optimising_then_built_with_the_yolo_decoder(
+        yolo_onnx, expected, tmp_path):
+    """A PaddleDetection yml maps to `boxes` (its export with NMS); a PP-YOLOE exported without NMS
+    is told apart only by its outputs: refused right after conversion, naming the config and the
+    decoder that fits, and built with the second --config build_sdk.md shows."""
+    yml = tmp_path / "infer_cfg.yml"
+    yml.write_text("arch: YOLO\ndraw_threshold: 0.3\nPreprocess:\n"
+                   "- {type: Resize, keep_ratio: false, target_size: [352, 352], interp: 3}\n"
+                   "- {type: NormalizeImage, mean: [0, 0, 0], std: [1, 1, 1], is_scale: true}\n"
+                   "- {type: Permute, to_bgr: true}\n"  # FastestDet's order (BGR, stretch, area, 1/255)
+                   f"label_list: {json.dumps(need_shared('models', 'fastestdet', 'labels.txt').read_text().splitlines())}\n")
+    python = TOOLS_VENV / "bin" / "python"
+    args = ["--model", yolo_onnx / "ppyoloe.onnx", "--config", yml, "--targets", "x86",
+            "--golden", need_shared("images", "coffee.png"), "--out", tmp_path / "ppyoloe.zip"]
+    proc = run_build_sdk(python, *args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == (
+        f"build_sdk: infer_cfg.yml: decoder: boxes: outputs [[1, 484, 4], [1, 80, 484]]: the first is not [N, 6] "
+        "(class, score, x1, y1, x2, y2); they fit the yolo decoder (docs/bundle.md)"), proc.stderr
+    assert "paddle_lite_opt" not in proc.stdout and not (tmp_path / "ppyoloe.zip").exists()
+    nms = tmp_path / "nms.json"
+    nms.write_text(json.dumps({"decoder": {"type": "yolo", "multi_label": True, "nms_iou": 0.7, "nms_top_k": 1000,
+                                           "top_k": 300}}))
+    proc = run_build_sdk(python, *args, "--config", nms)
+    assert proc.returncode == 0, proc.stderr
+    bundle = load_bundle(unzip_bundle(tmp_path / "ppyoloe.zip", "ppyoloe", tmp_path / "out"))
+    assert bundle.decoder["type"] == "yolo" and bundle.decoder["score_threshold"] == 0.3
+    model = Model(bundle, engine="paddle_lite")
+    try:  # multi-label, per-class NMS: at least every box the grid decoder finds, each of its labels
+        import cv2
+        got = model.infer(cv2.imread(str(need_shared("images", "coffee.png"))))["detections"]
+        assert {d["label"] for d in expected["coffee"]} <= {d["label"] for d in got}, got
+    finally:
+        model.close()

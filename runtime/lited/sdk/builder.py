@@ -212,6 +212,30 @@ def _preflight(opts: Options, opt: LiteOpt, judge: LitedVenv, host: str) -> None
         raise BuildError(f"--int8 needs the {host} target: the calibration inputs come from running it here")
 
 
+def _check_decoder_layout(decoder: dict, output_shapes: list, names: list, configs: str) -> None:
+    """The decoder against the converted model's output shapes, before anything is made from
+    them (where they are all known): one that cannot read them is refused naming the configs,
+    and the decoders of its task whose layout they fit (a PP-YOLOE exported without NMS, whose
+    yml maps to `boxes`, fits `yolo`)."""
+    import numpy as np
+
+    from lited.decoders import Decoder, make_decoder
+
+    shapes = [[1 if d == -1 and axis == 0 else d for axis, d in enumerate(s)] for s in output_shapes]
+    if not shapes or any(d < 0 for s in shapes for d in s):
+        return  # sizes known only at run time: the golden run checks them
+    outputs = [np.zeros(s, np.float32) for s in shapes]
+    problem = make_decoder(decoder, names).layout_problem(outputs)
+    if problem is None:
+        return
+    task = DECODERS.get(decoder["type"]).TASK
+    fits = [kind for kind in DECODERS.kinds() if kind != decoder["type"] and DECODERS.get(kind).TASK == task
+            and DECODERS.get(kind).layout_problem is not Decoder.layout_problem  # one that checks a layout
+            and make_decoder({"type": kind}, names).layout_problem(outputs) is None]
+    hint = f"; they fit the {' or '.join(fits)} decoder (docs/bundle.md)" if fits else ""
+    raise BuildError(f"{configs}: decoder: {decoder['type']}: {problem}{hint}")
+
+
 def _build(opts: Options, workdir: Path, timings: dict) -> dict:
     opt, judge, host = LiteOpt(opts.opt, workdir), LitedVenv(opts.daemon_venv), machine_target()
     lite_version = opt.version()
@@ -254,11 +278,13 @@ def _build(opts: Options, workdir: Path, timings: dict) -> dict:
     except BuildError as exc:  # the config contradicts the model: name the config, as its other errors do
         raise BuildError(f"{configs}: {exc}") from None
     decoder = fields["decoder"]
+    output_shapes = paddle_model.read_output_shapes(model)
     if decoder["type"] == "gfl":  # write what the outputs say, so the manifest states every value
         image = next(spec for spec in inputs if "fill" not in spec)["shape"]
         size = tuple(image[2:4]) if fields["preprocess"].get("layout", "NCHW") == "NCHW" else tuple(image[1:3])
-        decoder = complete_gfl(decoder, paddle_model.read_output_shapes(model), None if -1 in size else size,
-                               configs)
+        decoder = complete_gfl(decoder, output_shapes, None if -1 in size else size, configs)
+    else:
+        _check_decoder_layout(decoder, output_shapes, names or [], configs)
 
     root = bundle_writer.prepare_dir(opts.keep_dir or workdir / "bundle" / name)
     nbs = {}
