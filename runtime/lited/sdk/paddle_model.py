@@ -171,6 +171,13 @@ def read_inputs(model: PaddleModel) -> list:
     return inputs
 
 
+def static_shapes(output_shapes: list) -> list | None:
+    """`read_output_shapes`' shapes with an unknown batch taken as 1; None where any other
+    size is known only at run time (a decoder's layout cannot be checked before then)."""
+    shapes = [tuple(1 if d == -1 and axis == 0 else d for axis, d in enumerate(s)) for s in output_shapes]
+    return None if any(d < 0 for s in shapes for d in s) else shapes
+
+
 def read_output_shapes(model: PaddleModel) -> list:
     """The shapes of the model's outputs in order, -1 where unknown (what a
     decoder's layout can be read from at build time)."""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from lited.sdk import BuildError
 from lited.sdk.cfg_common import ONE_OVER_255, check_params, image_input, number, size_pair, triple
+from lited.sdk.paddle_model import static_shapes
 
 # cv2 interpolation codes as PaddleDetection writes them (`interp`).
 INTERP = {0: "nearest", 1: "linear", 2: "cubic", 3: "area"}
@@ -146,8 +147,8 @@ def complete_gfl(decoder: dict, output_shapes: list, input_hw: tuple | None, whe
         return decoder
     from lited.decoders.gfl import LayoutError, resolve_layout
 
-    shapes = [tuple(1 if d == -1 and axis == 0 else d for axis, d in enumerate(s)) for s in output_shapes]
-    if input_hw is None or any(d < 0 for s in shapes for d in s):
+    shapes = static_shapes(output_shapes)
+    if input_hw is None or shapes is None:
         return decoder  # sizes only known at run time: the decoder finds reg_max from the outputs
     try:
         layout = resolve_layout(shapes, input_hw, decoder.get("strides") or (), decoder.get("reg_max", -1))
