@@ -88,15 +88,31 @@ def nms_numpy(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float,
 ACTIVATIONS = ("auto", "sigmoid", "none")  # a score tensor's cls_activation: see candidates()
 
 
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
 def candidates(scores: np.ndarray, threshold: float, activation: str, multi_label: bool,
-               nms_top_k: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+               nms_top_k: int, objectness: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rows, classes, scores) of the `[N, C]` class scores at or over `threshold`: every
     (row, class) pair over it (`multi_label`) or each row's best class, the best `nms_top_k`
     of them (0: all), scores as float64 probabilities. `activation`: "none" (the scores are
     probabilities), "sigmoid" (logits), "auto" (logits when any value lies outside [0, 1]:
     decided on the whole array, which a sigmoid output never trips). With logits the
-    threshold is taken in logit space, so the sigmoid runs on the candidates only."""
-    logits = activation == "sigmoid" or (activation == "auto" and (scores.min() < 0.0 or scores.max() > 1.0))
+    threshold is taken in logit space, so the sigmoid runs on the candidates only.
+    `objectness` (`[N]`, through the same activation) multiplies each row's scores; only rows
+    whose objectness alone reaches the threshold are looked at (a product of shares is never
+    above either)."""
+    logits = activation == "sigmoid" or (activation == "auto" and any(
+        a.min() < 0.0 or a.max() > 1.0 for a in (scores, objectness) if a is not None))
+    if objectness is not None:
+        p_obj = _sigmoid(objectness) if logits else objectness
+        rows = np.flatnonzero(p_obj >= threshold)
+        part = scores[rows].astype(np.float32)
+        part = _sigmoid(part) if logits else part
+        part *= p_obj[rows, None]
+        r, cls, score = candidates(part, threshold, "none", multi_label, nms_top_k)
+        return rows[r], cls, score
     if logits:
         th = min(max(threshold, 1e-7), 1 - 1e-7)
         threshold = math.log(th / (1.0 - th))
@@ -113,9 +129,7 @@ def candidates(scores: np.ndarray, threshold: float, activation: str, multi_labe
         pick = np.argpartition(-score, nms_top_k - 1)[:nms_top_k]
         row, cls, score = row[pick], cls[pick], score[pick]
     score = score.astype(np.float64)
-    if logits:
-        score = 1.0 / (1.0 + np.exp(-score))
-    return row, cls, score
+    return row, cls, _sigmoid(score) if logits else score
 
 
 def label_for(labels: Sequence[str], index: int) -> str:

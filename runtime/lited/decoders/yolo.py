@@ -24,9 +24,8 @@ NMS runs on the boxes as given, clipped to the image after, as the families'
 own post-processing does (clipped first, a box running off the edge overlaps
 its neighbours more, and NMS dropped one that upstream keeps).
 
-Vectorised: rows are thresholded on objectness first (a product of shares is
-never above either), candidates chosen once (`nms.candidates`), and boxes
-converted for the candidates only.
+Vectorised: candidates are chosen once (`nms.candidates`, which thresholds
+rows on objectness first), and boxes converted for the candidates only.
 """
 from __future__ import annotations
 
@@ -175,11 +174,8 @@ class YoloDecoder(Decoder):
         table = table if lay.rows_first_axis else table.T         # [N, K] (a view)
         first = 0 if lay.boxes is not None else 4 + lay.objectness
         scores = table[:, first:first + lay.num_classes]           # [N, C]
-        if lay.objectness:
-            row, cls, score = self._with_objectness(table[:, 4], scores)
-        else:
-            row, cls, score = candidates(scores, self.score_threshold, self.cls_activation, self.multi_label,
-                                         self.nms_top_k)
+        row, cls, score = candidates(scores, self.score_threshold, self.cls_activation, self.multi_label,
+                                     self.nms_top_k, table[:, 4] if lay.objectness else None)
         if row.size == 0:
             return {"detections": [], "classes": []}
         if lay.boxes is None:
@@ -196,17 +192,3 @@ class YoloDecoder(Decoder):
         keep = nms(boxes, score, self.nms_iou, self.top_k, classes=None if self.class_agnostic else cls)
         return {"detections": to_detections(boxes[keep], score[keep], cls[keep], self.labels, geom),
                 "classes": []}
-
-    def _with_objectness(self, obj: np.ndarray, scores: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Candidates of `scores` times `obj`, both through the activation: only rows whose
-        objectness alone reaches the threshold can (a product of shares is never above either)."""
-        logits = self.cls_activation == "sigmoid" or (self.cls_activation == "auto" and (
-            min(obj.min(), scores.min()) < 0.0 or max(obj.max(), scores.max()) > 1.0))
-        p_obj = 1.0 / (1.0 + np.exp(-obj)) if logits else obj
-        rows = np.flatnonzero(p_obj >= self.score_threshold)
-        part = scores[rows].astype(np.float32)
-        if logits:
-            part = 1.0 / (1.0 + np.exp(-part))
-        part *= p_obj[rows, None]
-        r, cls, score = candidates(part, self.score_threshold, "none", self.multi_label, self.nms_top_k)
-        return rows[r], cls, score
