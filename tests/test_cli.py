@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from conftest import DEMO_BUNDLE, need_shared
+
+RUNTIME = Path(__file__).resolve().parent.parent / "runtime"
 
 
 def lited(*args: str) -> subprocess.CompletedProcess:
@@ -101,7 +105,37 @@ def test_a_target_this_machine_does_not_run_is_named_by_infer_run_and_selftest(t
         proc = lited(args[0], "--bundle", str(arm_only), "--target", "arm", *args[1:])
         assert proc.returncode == 2 and proc.stderr.strip() == (
             f"lited: bundle {arm_only}: models.arm: built for arm, this machine is x86_64; refusing to load it "
-            "(Paddle Lite would crash)"), (args, proc.stderr)
+            "(an engine given another machine's model can crash: Paddle Lite does)"), (args, proc.stderr)
+
+
+def test_inspect_of_another_target_shows_each_stage_and_selftest_names_the_field(tmp_path):
+    """The engines audit: `inspect --target arm` of a cascade said `"stages": []`; `selftest
+    --engine` of an engine the bundle lists no file for did not name the field as infer did."""
+    proc = lited("inspect", "--bundle", str(DEMO_BUNDLE), "--target", "arm", "--json")
+    assert proc.returncode == 0, proc.stderr
+    stages = json.loads(proc.stdout)["stages"]
+    assert [(s["name"], s["file"], s["engine"], s["why"]) for s in stages] == [
+        ("cls", "cls_model_arm.nb", "paddle_lite", "the first stage's engine"),
+        ("rec", "rec_model_arm.nb", "paddle_lite", "the first stage's engine")], stages
+    text = lited("inspect", "--bundle", str(DEMO_BUNDLE), "--target", "arm").stdout
+    assert "then stage cls on " in text and ": cls_model_arm.nb on paddle_lite," in text, text
+    proc = lited("selftest", "--bundle", str(DEMO_BUNDLE), "--engine", "openvino")
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"lited: bundle {DEMO_BUNDLE}/manifest.json: models.x86: no file for openvino (the bundle lists "
+        "paddle_lite (fp32))"), proc.stderr
+
+
+def test_an_engine_installed_but_broken_is_said_so_not_called_absent(tmp_path):
+    """The engines audit: an engine whose package is there but fails to import was refused as
+    "not installed here", which it is not (a board with a broken install must fix it)."""
+    (tmp_path / "paddlelite").mkdir()
+    (tmp_path / "paddlelite" / "__init__.py").write_text("raise ImportError('libfoo.so: cannot open shared object')\n")
+    proc = subprocess.run([sys.executable, "-m", "lited.cli", "infer", "--bundle", str(DEMO_BUNDLE),
+                           str(DEMO_BUNDLE / "golden.png")], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(RUNTIME)])})
+    assert proc.returncode == 2 and proc.stderr.strip().endswith(
+        "engine 'paddle_lite' is installed here but does not import: libfoo.so: cannot open shared object"), \
+        proc.stderr
 
 
 def test_unhelpful_system_words_are_said_in_lited_s(tmp_path):

@@ -526,7 +526,9 @@ def test_every_listed_engine_s_options_are_checked_at_load(multi, tmp_path):
              ({"openvino": {"threads": 1000}}, "options.openvino: option 'threads': expected an integer from 1 "
                                                "to 256, got 1000"),
              ({"openvino": {"pin": "yes"}}, "options.openvino: option 'pin': expected true or false, got 'yes'"),
-             ({"onnxruntime": {"device": "tpu"}}, "options.onnxruntime: option 'device': unknown 'tpu'")]
+             ({"onnxruntime": {"device": "tpu"}}, "options.onnxruntime: option 'device': unknown 'tpu'"),
+             ({"openvino": {"precision": "xx"}}, "options.openvino: option 'precision': unknown 'xx', expected one "
+                                                 "of f32, f16, bf16")]
     for i, (options, said) in enumerate(cases):
         root = tmp_path / f"b{i}"
         shutil.copytree(multi / "fastestdet", root)
@@ -618,6 +620,45 @@ def test_a_stage_file_is_refused_with_its_field_path(tmp_path):
     (root / "cls_model.onnx").write_bytes(b"x")
     with pytest.raises(BundleError, match=r"cls_model\.onnx: .* \(truncated or wrong file\)"):
         load_bundle(root)
+
+
+def _with_int8_listed_first(src: Path, root: Path, only_int8: bool = False) -> Path:
+    """A copy of the bundle whose x86 list starts with an int8 file (the ONNX again,
+    as an int8 model: selection looks at the manifest only)."""
+    shutil.copytree(src, root)
+    shutil.copy(root / "model.onnx", root / "model_int8.onnx")
+    manifest = json.loads((root / "manifest.json").read_text())
+    int8 = {"file": "model_int8.onnx", "engines": ["openvino", "onnxruntime"], "precision": "int8"}
+    manifest["models"]["x86"] = [int8] + ([] if only_int8 else manifest["models"]["x86"])
+    (root / "manifest.json").write_text(json.dumps(seal(manifest, root)))
+    return root
+
+
+def test_an_int8_file_runs_only_when_asked_for_wherever_it_is_listed(multi, tmp_path):
+    """A hand-written manifest listing its int8 file first ran it by default (and for
+    --engine openvino), where the docs say an int8 model is used only when asked for."""
+    bundle = load_bundle(_with_int8_listed_first(multi / "fastestdet", tmp_path / "first"))
+    assert (bundle.choose().model.path.name, bundle.choose().why) == ("model.onnx", "the bundle's first choice")
+    assert bundle.choose(engine="openvino").model.path.name == "model.onnx"
+    assert bundle.choose(precision="int8").model.path.name == "model_int8.onnx"
+    only = load_bundle(_with_int8_listed_first(multi / "fastestdet", tmp_path / "only", only_int8=True))
+    with pytest.raises(BundleError, match=re.escape("models.x86: only int8 files, which run only when asked for "
+                                                    "(precision int8; the bundle lists openvino (int8), "
+                                                    "onnxruntime (int8))")):
+        only.choose()
+    assert only.choose(engine="onnxruntime", precision="int8").engine == "onnxruntime"
+
+
+def test_a_stage_follows_the_first_stage_engine_at_its_precision_where_it_has_it(tmp_path):
+    from lited.bundle import Choice, ModelFile
+
+    bundle = load_bundle(_demo_with_onnx(tmp_path / "demo"))
+    cls = bundle.stages[0]
+    int8_first = Choice(ModelFile("x86", bundle.root / "x", "", None, ("openvino",), precision="int8"), "openvino",
+                        "test")
+    picked = cls.choose_like(None, int8_first)  # the stage has no int8 file: that engine's first file
+    assert (picked.model.path.name, picked.engine, picked.model.precision, picked.why) == \
+        ("cls_model.onnx", "openvino", "fp32", "the first stage's engine")
 
 
 def _int_outputs_bundle(root: Path) -> Path:

@@ -299,8 +299,9 @@ def test_p10_ctl_answers_in_tables_json_for_scripts_and_snapshots_to_a_file(serv
     assert lines[0].startswith(f"lited 0.1.0 (protocol 1) at {served.req}: up ") and len(lines) < 15
     header = next(i for i, line in enumerate(lines) if line.startswith("STREAM"))
     assert lines[header].split() == ["STREAM", "STATE", "FPS", "INFERRED", "SKIPPED", "ERRORS", "INFER", "p50",
-                                     "MODEL", "SOURCE"]
+                                     "MODEL", "ENGINE", "SOURCE"]
     assert lines[header + 1].split()[:2] == ["cam0", "streaming"]
+    assert "paddle_lite (cpu, 1 thread)" in lines[header + 1], lines[header + 1]
     status = json.loads(lited("ctl", "--config", served.config_path, "status", "--json").stdout)
     assert status["streams"][0]["stream"] == "cam0" and status["ready"] is True
 

@@ -106,6 +106,9 @@ class Choice:
     options: dict = field(default_factory=dict)
 
 
+FIRST_STAGES_ENGINE = "the first stage's engine"  # why a later stage runs on an engine
+
+
 @dataclass
 class ModelSpec:
     """One model of a bundle and how to feed and read it: the bundle's own
@@ -172,15 +175,25 @@ class ModelSpec:
         return int(self.choose(target, engine, precision, check_file=False).options.get("threads") or 1)
 
     def choose_like(self, target: str | None, first: Choice, check_file: bool = True) -> Choice:
-        """A later stage's file and engine: the engine (and precision) `first`
-        (the first stage's choice) runs on, where this stage lists a file for
-        them, else this stage's own order of preference."""
-        files = self._target_files(target)
-        for precision in (first.model.precision, None):
-            if any(first.engine in f.engines and precision in (None, f.precision) for f in files):
-                choice = self.choose(target, first.engine, precision, check_file)
-                return replace(choice, why="the first stage's engine")
+        """A later stage's file and engine: the engine `first` (the first stage's
+        choice) runs on, at its precision where this stage lists a file of it, else
+        at this stage's first for that engine; else this stage's own order."""
+        for engine, precision in _like(first.engine, first.model.precision):
+            if listed_files(self._target_files(target), engine, precision):
+                return replace(self.choose(target, engine, precision, check_file), why=FIRST_STAGES_ENGINE)
         return self.choose(target, check_file=check_file)
+
+    def listed_like(self, target: str, engine: str, precision: str) -> tuple | None:
+        """`choose_like` for a target this machine does not run, where nothing is
+        loaded and what is installed is not known: (file, engine, why) of the first
+        file listed, None if there is none."""
+        files = self.models().get(target, [])
+        for asked in _like(engine, precision):
+            pairs = listed_files(files, *asked)
+            if pairs:
+                return (*pairs[0], FIRST_STAGES_ENGINE)
+        pairs = listed_files(files)
+        return (*pairs[0], "the bundle's first choice") if pairs else None
 
     def choices(self, target: str | None = None) -> list:
         """Every file and engine the bundle lists for `target`, installed or not
@@ -239,7 +252,8 @@ def check_target_runs_here(target: str, where: str) -> None:
     allowed = TARGET_MACHINES.get(target)
     if allowed is not None and machine not in allowed:
         raise BundleError(where, [f"models.{target}: built for {target}, this machine is {machine}; "
-                                  "refusing to load it (Paddle Lite would crash)"])
+                                  "refusing to load it (an engine given another machine's model can crash: "
+                                  "Paddle Lite does)"])
 
 
 def sha256_file(path: Path) -> str:
@@ -248,6 +262,20 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _like(engine: str, precision: str) -> tuple:
+    """What a later stage is asked for, in turn: the first stage's engine at its
+    precision, then that engine at any (`listed_files`: an int8 file only when asked)."""
+    return (engine, precision), (engine, None)
+
+
+def listed_files(files: list, engine: str | None = None, precision: str | None = None) -> list:
+    """(file, engine) pairs of a target's `files` that fit `engine` and `precision` (None:
+    any), in the bundle's order of preference. An int8 file only where int8 is asked for:
+    its results may differ from the float model's more than the golden tolerance."""
+    return [(f, kind) for f in files for kind in f.engines if engine in (None, kind)
+            and (f.precision == precision if precision else f.precision != "int8")]
 
 
 def choose_engine(files: list, engine: str | None = None, precision: str | None = None,
@@ -260,11 +288,13 @@ def choose_engine(files: list, engine: str | None = None, precision: str | None 
     from lited.engines import ENGINES  # here: the registry imports every engine module (not their backends)
 
     target_field = re.sub(r"\[\d+\]$", "", files[0].field)  # "models.x86" or "stages[0].models.x86"
-    listed = [(f, kind) for f in files for kind in f.engines
-              if (engine is None or kind == engine) and (precision is None or f.precision == precision)]
+    listed = listed_files(files, engine, precision)
     if not listed:
         kinds = ", ".join(dict.fromkeys(f"{k} ({f.precision})" for f in files for k in f.engines))
         asked = " ".join(x for x in (engine, precision) if x)
+        if not asked:  # every file is int8: none runs unless asked for
+            raise BundleError(where, [f"{target_field}: only int8 files, which run only when asked for "
+                                      f"(precision int8; the bundle lists {kinds})"])
         raise BundleError(where, [f"{target_field}: no file for {asked} (the bundle lists {kinds})"])
     missing = []
     for rank, (model, kind) in enumerate(listed):

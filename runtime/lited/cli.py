@@ -149,7 +149,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from lited.bundle import BundleError, check_target_runs_here, load_bundle, machine_target, read_nb_header
+    from lited.bundle import (BundleError, check_target_runs_here, listed_files, load_bundle, machine_target,
+                              read_nb_header)
 
     foreign = False  # --target of another machine (an arm bundle looked at on a PC): shown, never loaded
     if args.target:
@@ -189,14 +190,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         info["warnings"] = _foreign_problems(info, bundle) + _unsealed_labels(bundle)
         # what that machine would pick, as far as the bundle says (its installed engines decide the rest)
         asked = [f"--{k} {getattr(args, k)}" for k in ("engine", "precision") if getattr(args, k, None)]
-        listed = [(f, kind) for f in bundle.models().get(target, []) for kind in f.engines
-                  if getattr(args, "engine", None) in (None, kind) and getattr(args, "precision", None) in
-                  (None, f.precision)]
+        listed = listed_files(bundle.models().get(target, []), getattr(args, "engine", None),
+                              getattr(args, "precision", None))
         if not listed:  # as for this machine's target: the bundle has nothing for what was asked
-            raise BundleError(str(bundle.root), [f"models.{target}: no file for {' '.join(asked)}"])
-        info["runs_there"] = {"file": listed[0][0].path.name, "engine": listed[0][1],
-                              "precision": listed[0][0].precision,
+            raise BundleError(str(bundle.root), [f"models.{target}: no file for {' '.join(asked)}" if asked else
+                                                 f"models.{target}: only int8 files, which run only when asked for "
+                                                 "(--precision int8)"])
+        first, kind = listed[0]
+        info["runs_there"] = {"file": first.path.name, "engine": kind, "precision": first.precision,
                               "why": f"asked for ({', '.join(asked)})" if asked else "the bundle's first choice"}
+        for stage in bundle.stages:
+            file, engine, why = stage.listed_like(target, kind, first.precision) or (None, None, "none listed")
+            info["stages"].append({"name": stage.name, "file": file.path.name if file else None, "engine": engine,
+                                   "why": why, "crop": stage.crop, "decoder": stage.decoder})
     else:
         model = _inspect_load(info, bundle, args)
     if args.json:
@@ -418,8 +424,8 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     if problem:
         raise UsageError(f"bundle {bundle.root}: golden.image {golden['image']}: {problem}")
     choices = [c for c in bundle.choices(args.target) if args.engine in (None, c.engine)]
-    if not choices:
-        raise UsageError(f"bundle {bundle.root}: lists no file for engine {args.engine!r} here")
+    if not choices:  # refused as infer and run refuse it, naming the field
+        bundle.choose(args.target, args.engine, check_file=False)
     failed = passed = 0
     for choice in choices:
         what = f"{bundle.name} {bundle.version} on {choice.engine} ({choice.model.path.name}, {choice.model.precision})"

@@ -222,9 +222,10 @@ def human_status(out: dict, endpoint: str) -> str:
             infer = (s.get("latency_ms") or {}).get("infer") or {}
             rows.append((s["stream"], s["state"] + (" (engine down)" if s.get("engine_down") else ""), f"{s['fps']:.1f}", c.get("inferred", 0), c.get("skipped", 0),
                          c.get("errors", 0), f"{infer['p50']:.1f} ms" if infer else None,
-                         s["model"]["name"] if s.get("model") else None, s["source"]))
+                         s["model"]["name"] if s.get("model") else None,
+                         f"{s['model']['engine']} ({s['model']['device']})" if s.get("model") else None, s["source"]))
         lines += ["", table(rows, ("STREAM", "STATE", "FPS", "INFERRED", "SKIPPED", "ERRORS", "INFER p50", "MODEL",
-                                   "SOURCE"))]
+                                   "ENGINE", "SOURCE"))]
         details = [f"{s['stream']}: {s['detail']}" for s in out["streams"] if s.get("detail")]
         details += [f"{s['stream']}: engine down: {s['engine_down']}" for s in out["streams"] if s.get("engine_down")]
         lines += details

@@ -5,6 +5,7 @@ convention). `open_engine` loads a model with the engine named.
 from __future__ import annotations
 
 from lited.engines.base import Engine, EngineError, TensorSpec
+from lited.errors import first_line
 from lited.registry import Registry
 
 __all__ = ["ENGINES", "Engine", "EngineError", "TensorSpec", "open_engine"]
@@ -22,5 +23,5 @@ def open_engine(kind: str, model_path: str, options: dict | None = None, checksu
         raise EngineError(f"engine '{kind}' is not installed here ({cls.package or cls.backend})")
     try:
         return cls(model_path, options or {}, checksums)
-    except ImportError as exc:
-        raise EngineError(f"engine '{kind}' is not installed here ({exc.name or exc})") from None
+    except ImportError as exc:  # installed (found without importing it), but broken: not passed over
+        raise EngineError(f"engine '{kind}' is installed here but does not import: {first_line(exc)}") from None

@@ -69,6 +69,7 @@ from lited.engines.base import (EngineError, InPlaceEngine, TensorSpec, bool_opt
 from lited.errors import first_line
 
 OPTIONS = ("threads", "device", "streams", "pin", "static_shapes", "cache_dir", "precision", "f16_images")
+PRECISIONS = ("f32", "f16", "bf16")  # INFERENCE_PRECISION_HINT's values that compute something
 COMPILED_PER_SHAPE = 2  # compiled models kept for a dynamic-input model with static_shapes
 TENSORS_KEPT = 24       # ov.Tensor wrappers kept (3 input sets, 3 output sets, a few outputs each)
 BINDINGS = 9            # infer requests per compiled model: one per input set and output set of an engine process
@@ -150,8 +151,9 @@ class OpenVinoEngine(InPlaceEngine):
         int_option(options, "streams", 1)
         for name in ("pin", "static_shapes", "f16_images"):
             bool_option(options, name, False)
-        for name in ("device", "cache_dir", "precision"):
+        for name in ("device", "cache_dir"):
             str_option(options, name)
+        str_option(options, "precision", PRECISIONS)
 
     def __init__(self, model_path: str, options: dict, checksums: Optional[dict] = None) -> None:
         ov = import_openvino()  # here, not at import: listing engines must stay cheap
