@@ -39,7 +39,7 @@ from typing import Dict, Iterator, List, Optional
 import cv2
 import pytest
 
-from conftest import ROOT, make_bundle, need_shared
+from conftest import ROOT, make_bundle, need_shared, reseal, shared_onnx
 from lited.bundle import load_bundle
 from lited.config import read_config_file
 from lited.model import Model
@@ -598,6 +598,22 @@ def test_bundle_failing_its_selftest_or_not_loading_is_refused(prefix: Prefix, s
     refused(run_install(prefix, "--no-selftest", bundle), "golden.image: golden.png: missing")
     assert snapshot(prefix) == before
     assert "1.0.0: ok" in selftest_current(prefix)
+
+
+def test_a_bundle_no_engine_here_runs_is_refused_before_the_units_are_touched(prefix: Prefix, sdk: Sdk) -> None:
+    """The build audit: a bundle listing only its ONNX, for engines this runtime lacks (it has
+    Paddle Lite alone), passed the check; the command and the units were written and the bundle
+    unpacked before its self-test said none of its engines was installed."""
+    bundle = sdk.dir("1.0.0")
+    (bundle / "model_x86.nb").unlink()
+    shutil.copy(shared_onnx(NAME), bundle / "model.onnx")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["models"]["x86"] = [{"file": "model.onnx", "engines": ["openvino", "onnxruntime"]}]
+    (bundle / "manifest.json").write_text(json.dumps({**manifest, "schema": 2}))
+    reseal(bundle)
+    result = run_install(prefix, bundle)
+    refused(result, "models.x86: no engine installed here for openvino, onnxruntime (install openvino, onnxruntime)")
+    assert not (prefix / "etc").exists() and not (prefix / "usr").exists() and not (prefix / BUNDLES).exists()
 
 
 @pytest.fixture(scope="module")

@@ -222,6 +222,13 @@ class StageSpec(ModelSpec):
 class Bundle(ModelSpec):
     stages: list = field(default_factory=list)  # StageSpec, in order
 
+    def choose_all(self, engine: str | None = None, precision: str | None = None, check_file: bool = True) -> list:
+        """What runs here: the first stage's choice, then each later stage's
+        (`choose`, `choose_like`); BundleError when a stage has none (asked for
+        an engine or precision it lists no file for, or none of its engines installed)."""
+        first = self.choose(None, engine, precision, check_file)
+        return [first] + [stage.choose_like(None, first, check_file) for stage in self.stages]
+
     name = property(lambda self: self.manifest["name"], doc="the manifest's fields, validated")
     version = property(lambda self: self.manifest["version"])
     task = property(lambda self: self.manifest["task"])

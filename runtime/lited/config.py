@@ -316,9 +316,7 @@ def model_choice_problem(name: str, bundle: Any, settings: ModelSettings) -> Opt
     from lited.bundle import BundleError
 
     try:
-        first = bundle.choose(None, settings.engine, settings.precision, check_file=False)
-        for stage in bundle.stages:
-            stage.choose_like(None, first, check_file=False)
+        bundle.choose_all(settings.engine, settings.precision, check_file=False)
     except BundleError as exc:
         field = f"models.{name}" + (".engine" if settings.engine else ".precision" if settings.precision else "")
         return f"{field}: bundle {bundle.root}: {'; '.join(exc.problems)}"
