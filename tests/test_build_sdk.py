@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, need_shared
+from conftest import ROOT, need_shared, shared_onnx
 
 from lited.sdk import BuildError
 from lited.sdk.config_import import import_config, import_configs
@@ -256,9 +256,9 @@ def test_missing_tools_venv_tells_the_command(tmp_path: Path) -> None:
 
 # --- (b) rebuilds of real models ---------------------------------------------
 
-def run_build_sdk(python: Path, *args: object) -> subprocess.CompletedProcess:
+def run_build_sdk(python: Path, *args: object, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([str(python), str(BUILD_SDK), *map(str, args)], capture_output=True, text=True,
-                          timeout=900, stdin=subprocess.DEVNULL)
+                          timeout=900, stdin=subprocess.DEVNULL, cwd=cwd)
 
 
 COPY_ONNX = """
@@ -812,6 +812,29 @@ def test_the_same_model_builds_the_same_bytes(tools_python: Path, tmp_path: Path
     assert readmes[0] == readmes[1] and "--out" not in readmes[0], readmes[0]
     version = built[0][2:18]  # after the uint16 meta version: opt's version, a C string in 16 bytes
     assert version.startswith(b"v2.") and version == version.split(b"\0")[0].ljust(16, b"\0"), version
+
+
+@pytest.mark.slow
+def test_a_rebuild_in_another_folder_or_from_another_path_is_the_same_bundle(tools_python: Path,
+                                                                           tmp_path: Path) -> None:
+    """The build audit: FastestDet built with a --workdir, or from its ONNX named by a relative
+    path, had another `.nb` (paddle_lite_opt ordered ops by where the paths on its command line and
+    x2paddle's record of its own code's place left them in memory) and another README (the relative
+    path as typed), so the installer took a rebuild for another release."""
+    (tmp_path / "ext").mkdir()
+    onnx = shutil.copy(shared_onnx("fastestdet"), tmp_path / "ext" / "FastestDet.onnx")
+    common = ("--config", ROOT / "tests/bundles/fastestdet.json", "--labels",
+              need_shared("models", "fastestdet", "labels.txt"), "--targets", "x86")
+    proc = run_build_sdk(tools_python, "--model", "ext/FastestDet.onnx", *common, "--out", "a.zip", "--keep-dir", "a",
+                         "--workdir", "w", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_build_sdk(tools_python, "--model", onnx, *common, "--out", tmp_path / "b.zip", "--keep-dir",
+                         tmp_path / "b", "--workdir", tmp_path / ("a-work-directory-of-another-length-" * 4))
+    assert proc.returncode == 0, proc.stderr
+    for name in ("model_x86.nb", "manifest.json", "README.md"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert "--model FastestDet.onnx " in (tmp_path / "a" / "README.md").read_text()
+    assert (tmp_path / "a.zip").read_bytes() == (tmp_path / "b.zip").read_bytes()
 
 
 @pytest.mark.slow

@@ -129,7 +129,7 @@ def _command(opts: Options) -> str:
         elif a in WHERE_FLAGS:
             skip = True
         elif not a.startswith(tuple(f"{f}=" for f in WHERE_FLAGS)):
-            args.append(a if not Path(a).is_absolute() else Path(a).name)
+            args.append(Path(a).name if Path(a).is_absolute() or Path(a).exists() else a)  # a file: by its name
     return "python tools/build_sdk.py " + " ".join(shlex.quote(a) for a in args)
 
 

@@ -7,6 +7,8 @@ this build of opt lacks), so a bad `--targets` fails in a second.
 """
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 from lited.bundle import NB_HEADER
@@ -17,6 +19,7 @@ from lited.sdk.venv import tool
 # bundle target -> paddle_lite_opt --valid_targets (OpenCL falls back to ARM kernels)
 VALID_TARGETS = {"x86": "x86", "arm": "arm", "opencl": "opencl,arm"}
 QUANT_TYPES = {"int8": "QUANT_INT8", "int16": "QUANT_INT16"}
+OPT_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}  # opt's whole environment (see optimize)
 
 
 class LiteOpt:
@@ -49,18 +52,30 @@ class LiteOpt:
         """Write out_dir/model_<target>.nb. fp16 applies to the arm target only: x86 has no
         fp16 kernels, and opt aborts on fp16 with opencl (whose precision is the runtime's choice)."""
         valid = VALID_TARGETS[target]
-        out = out_dir / f"model_{target}"
-        cmd = [self.path, f"--model_file={model.model_file}", f"--param_file={model.params_file}",
-               "--optimize_out_type=naive_buffer", f"--optimize_out={out}", f"--valid_targets={valid}"]
+        name = f"model_{target}"
+        # opt (paddlelite's, a Python script) orders some fused ops by where their nodes lie in
+        # memory, so anything of another length before them gave another `.nb`: the paths on its
+        # command line (another --workdir, the model named another way), even its environment
+        # (PYTHONPATH, HOME). It runs in a folder of its own, on the same names, with an environment
+        # of its own, so the same model, config and opt build the same bytes.
+        here = (self.workdir / f"opt_{target}").resolve()
+        shutil.rmtree(here, ignore_errors=True)
+        here.mkdir(parents=True)
+        (here / "model.pdmodel").symlink_to(model.model_file.resolve())
+        (here / "model.pdiparams").symlink_to(model.params_file.resolve())
+        cmd = [self.path.resolve(), "--model_file=model.pdmodel", "--param_file=model.pdiparams",
+               "--optimize_out_type=naive_buffer", f"--optimize_out={name}", f"--valid_targets={valid}"]
         if fp16 and target == "arm":
             cmd.append("--enable_fp16=true")
         if quant:
             cmd += ["--quant_model=true", f"--quant_type={QUANT_TYPES[quant]}"]
-        proc.run(cmd, self.workdir / f"opt_{target}.log", f"paddle_lite_opt --valid_targets={valid}")
-        nb = out.with_suffix(".nb")
-        if not nb.is_file():
-            raise BuildError(f"paddle_lite_opt --valid_targets={valid} wrote no {nb.name} "
+        proc.run(cmd, self.workdir / f"opt_{target}.log", f"paddle_lite_opt --valid_targets={valid}", cwd=here,
+                 env=OPT_ENV | {k: v for k, v in os.environ.items() if k == "LD_LIBRARY_PATH"})
+        if not (here / f"{name}.nb").is_file():
+            raise BuildError(f"paddle_lite_opt --valid_targets={valid} wrote no {name}.nb "
                              f"(log {self.workdir / f'opt_{target}.log'})")
+        nb = out_dir / f"{name}.nb"
+        shutil.move(here / f"{name}.nb", nb)
         zero_version_padding(nb)
         return nb
 

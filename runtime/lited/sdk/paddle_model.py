@@ -128,7 +128,35 @@ def onnx_to_paddle(onnx_file: Path, workdir: Path, inputs: list | None = None) -
                                  f"dynamic input sides {asked} ({again or failure}); give fixed sizes in the "
                                  "config's inputs")
             model_file = repaired.with_suffix(".pdmodel")
+    _without_callstacks(model_file)
     return PaddleModel(model_file, model_file.with_suffix(".pdiparams"), onnx_file)
+
+
+def quiet_paddle():
+    """paddle, imported with its glog INFO lines off (stderr's `New Executor is Running.`)."""
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    import paddle
+
+    return paddle
+
+
+def _without_callstacks(model_file: Path) -> None:
+    """x2paddle's program says where each op was made: in its own code, under the work
+    directory. paddle_lite_opt numbered tensors after that, so the same model converted
+    in another folder (a --workdir, a --model typed another way) gave another `.nb`,
+    which the installer takes for another release. Stripped, a rebuild has the same bytes."""
+    quiet_paddle()
+    from paddle.base.proto import framework_pb2
+
+    program = framework_pb2.ProgramDesc()
+    program.ParseFromString(model_file.read_bytes())
+    for block in program.blocks:
+        for op in block.ops:
+            kept = [a for a in op.attrs if a.name != "op_callstack"]
+            if len(kept) < len(op.attrs):
+                del op.attrs[:]
+                op.attrs.extend(kept)
+    model_file.write_bytes(program.SerializeToString(deterministic=True))
 
 
 def resolve(model: Path, workdir: Path, inputs: list | None = None) -> PaddleModel:
@@ -152,9 +180,7 @@ def read_inputs(model: PaddleModel) -> list:
     Loading the program also proves the params file belongs to the model,
     which paddle_lite_opt would otherwise report with an abort.
     """
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    import paddle
-
+    paddle = quiet_paddle()
     paddle.enable_static()
     try:
         program, feeds, _ = paddle.static.load_inference_model(  # NAME.pdmodel + NAME.pdiparams
@@ -181,9 +207,7 @@ def static_shapes(output_shapes: list) -> list | None:
 def read_output_shapes(model: PaddleModel) -> list:
     """The shapes of the model's outputs in order, -1 where unknown (what a
     decoder's layout can be read from at build time)."""
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    import paddle
-
+    paddle = quiet_paddle()
     paddle.enable_static()
     _, _, fetches = paddle.static.load_inference_model(str(model.model_file.with_suffix("")),
                                                        paddle.static.Executor(paddle.CPUPlace()))

@@ -52,11 +52,11 @@ def reason(log: str) -> str:
     return "no output"
 
 
-def run(cmd: list, log_path: Path, what: str) -> str:
-    """Run `cmd`, keep its output in `log_path`; BuildError naming `what` on failure."""
+def run(cmd: list, log_path: Path, what: str, cwd: Path | None = None, env: dict | None = None) -> str:
+    """Run `cmd` (in `cwd`, with `env`), keep its output in `log_path`; BuildError naming `what` on failure."""
     try:
         proc = subprocess.run([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL, text=True, errors="replace")
+                              stdin=subprocess.DEVNULL, text=True, errors="replace", cwd=cwd, env=env)
     except OSError as exc:
         raise BuildError(f"{what}: cannot run {cmd[0]}: {exc.strerror}") from None
     log_path.write_text(proc.stdout)
