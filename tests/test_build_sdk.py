@@ -523,6 +523,41 @@ def test_a_golden_image_that_is_not_one_is_refused_before_conversion(tools_pytho
     assert time.monotonic() - started < 30
 
 
+def test_int8_options_and_bad_usage_are_one_line_before_conversion(tools_python: Path, tmp_path: Path) -> None:
+    """The build audit: argparse's refusals were the whole usage and then the error (8 lines);
+    --int8-engine without --int8 was taken and ignored (and named in the README's command); a
+    calibration folder with no image in it was found after the conversion."""
+    shared = need_shared("models", "fastestdet")
+    common = ("--model", shared / "paddle", "--config", ROOT / "tests" / "bundles" / "fastestdet.json", "--labels",
+              shared / "labels.txt", "--targets", "x86", "--out", tmp_path / "x.zip", "--workdir", tmp_path / "work")
+    proc = run_build_sdk(tools_python, *common, "--int8-engine", "tensorrt")
+    assert_refused(proc, "build_sdk: argument --int8-engine: invalid choice: 'tensorrt' (choose from "
+                         "'openvino', 'onnxruntime') (see build_sdk.py --help)")
+    proc = run_build_sdk(tools_python, *common, "--int8-engine", "onnxruntime")
+    assert_refused(proc, "build_sdk: --int8-engine needs --int8 DIR (the calibration images): it picks the int8 "
+                         "model's quantiser")
+    (tmp_path / "calib").mkdir()
+    (tmp_path / "calib" / "notes.txt").write_text("no pictures here")
+    proc = run_build_sdk(tools_python, "--model", shared / "onnx" / "FastestDet.onnx", *common[2:], "--int8",
+                         tmp_path / "calib")
+    assert_refused(proc, f"build_sdk: --int8: {tmp_path / 'calib'}: no images in it (.jpg, .jpeg, .png, .bmp, .webp)")
+    assert not (tmp_path / "work" / "opt_x86.log").exists(), "converted before refusing"
+
+
+@pytest.mark.slow
+def test_a_golden_self_test_names_every_engine_that_disagrees(tools_python: Path, tmp_path: Path) -> None:
+    """The build audit: with weights quantised for Paddle Lite, whose result becomes the golden one,
+    OpenVINO and onnxruntime on the float ONNX both disagreed; the refusal named onnxruntime only."""
+    shared = need_shared("models", "fastestdet")
+    proc = run_build_sdk(tools_python, "--model", shared / "onnx" / "FastestDet.onnx", "--config",
+                         ROOT / "tests" / "bundles" / "fastestdet.json", "--labels", shared / "labels.txt",
+                         "--targets", "x86", "--quant-weights", "int8", "--golden", need_shared("images", "astronaut.png"),
+                         "--out", tmp_path / "x.zip")
+    line = assert_refused(proc, "build_sdk: lited selftest: ")
+    for kind in ("openvino", "onnxruntime"):
+        assert f"on {kind} (model.onnx, fp32) FAILED: " in line, line
+
+
 def test_a_bad_stage_is_refused_before_conversion_naming_its_config(tools_python: Path, tmp_path: Path,
                                                                    bundles_dir: Path) -> None:
     """A stage's typo or missing bundle was found after the conversion, naming no config; so was a

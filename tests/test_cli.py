@@ -125,6 +125,17 @@ def test_inspect_of_another_target_shows_each_stage_and_selftest_names_the_field
         "paddle_lite (fp32))"), proc.stderr
 
 
+def test_bad_usage_is_one_line_exit_2():
+    """argparse printed the whole usage before its error (the build audit: 3-4 lines)."""
+    for args, said in ((("inspect", "--precision", "int4"), "lited inspect: argument --precision: invalid "
+                        "choice: 'int4' (choose from 'fp32', 'fp16', 'int8') (see lited inspect --help)"),
+                       (("nope",), "lited: argument COMMAND: invalid choice: 'nope'"),
+                       (("ctl", "bogus"), "lited ctl: argument action: invalid choice: 'bogus'")):
+        proc = lited(*args)
+        assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+        assert proc.stderr.startswith(said), proc.stderr
+
+
 def test_an_engine_installed_but_broken_is_said_so_not_called_absent(tmp_path):
     """The engines audit: an engine whose package is there but fails to import was refused as
     "not installed here", which it is not (a board with a broken install must fix it)."""

@@ -878,7 +878,8 @@ def test_an_unknown_engine_is_a_usage_error(prefix: Prefix) -> None:
     """`--engines` installs lited's extras by name; a name it has not is refused before anything runs."""
     result = run_install(prefix, "--engines", "onnxruntime,tflite", "x.zip")
     assert result.returncode == 2, result.stdout + result.stderr
-    assert "--engines: unknown engine 'tflite' (onnxruntime, openvino, paddle_inference)" in result.stderr
+    assert result.stderr == "install_sdk: error: --engines: unknown engine 'tflite' (onnxruntime, openvino, " \
+                            "paddle_inference)\n"  # the documented form of bad usage (it had no `error:`)
     result = run_install(prefix, "--with", "http,ftp", "x.zip")  # the optional parts: the same
     assert result.returncode == 2 and "--with: unknown part 'ftp' (http, mqtt, gst)" in result.stderr, result.stderr
     result = run_install(prefix, "--instance", "state", "x.zip")  # /var/lib/lited/state is lited.service's

@@ -91,7 +91,7 @@ take_extras() {  # take_extras OPTION WHAT LIST KNOWN...: each of LIST (commas) 
     shift 3
     known=$(echo "$@" | sed 's/ /, /g')
     for item in ${list//,/ }; do
-        case " $* " in *" $item "*) ;; *) echo "install_sdk: $option: unknown $what '$item' ($known)" >&2; exit 2 ;; esac
+        case " $* " in *" $item "*) ;; *) bad "$option: unknown $what '$item' ($known)" ;; esac
         engine_modules+=", $(modules_of "$item")"
         extras+="${extras:+,}$item"
     done

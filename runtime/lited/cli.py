@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Tuple
 
 from lited import __version__, ctl
+from lited.errors import OneLineParser
 from lited.validate import arg_engine, arg_number, arg_stream_name, arg_timeout
 
 EXIT_BAD_INPUT = 2
@@ -628,11 +629,11 @@ SECONDS = arg_number(above=0)  # a duration given on the command line
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="lited", description="lited: the Paddle Lite daemon")
+    ap = OneLineParser(prog="lited", description="lited: the Paddle Lite daemon")
     ap.add_argument("--version", action="version", version=f"lited {__version__} (Python {sys.version.split()[0]})")
     ap.add_argument("--debug", action="store_true", help="show tracebacks and native libraries' log lines")
     # --debug after the command too: a subcommand leaves it unset unless given (SUPPRESS)
-    common = argparse.ArgumentParser(add_help=False)
+    common = OneLineParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show tracebacks and native libraries' log lines")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")

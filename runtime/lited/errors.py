@@ -1,8 +1,9 @@
 """How a failure is shown: one line, never a traceback."""
 from __future__ import annotations
 
+import argparse
 import re
-from typing import List, Optional
+from typing import List, NoReturn, Optional
 
 GLOG = re.compile(r"^\[([FEWI]) [\d/]+ [\d:. ]+ [^\]]*\]\s*")  # Paddle Lite's (glog's) line prefix
 
@@ -22,3 +23,11 @@ def first_line(exc: BaseException) -> str:
     file:line after it), or its type when it has none."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose bad usage is one line on stderr and exit 2, as every other
+    bad input is (argparse's own printed the whole usage before it)."""
+
+    def error(self, message: str) -> NoReturn:  # named as the program's other errors are (build_sdk: ...)
+        self.exit(2, f"{self.prog.removesuffix('.py')}: {message} (see {self.prog} --help)\n")

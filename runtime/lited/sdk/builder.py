@@ -24,7 +24,7 @@ from lited.imageheader import image_size
 from lited.validate import name_problem, version_problem
 
 from lited.sdk import BuildError, bundle_writer, engine_files, int8, labels, paddle_model, readme
-from lited.sdk.agreement import summary as int8_summary
+from lited.sdk.agreement import IMAGE_SUFFIXES, summary as int8_summary
 from lited.sdk.config_import import import_configs
 from lited.sdk.judge import LitedVenv
 from lited.sdk.inputs import merge_inputs
@@ -204,6 +204,8 @@ def _preflight(opts: Options, opt: LiteOpt, judge: LitedVenv, host: str) -> None
     for flag, folder in (("--int8", opts.int8), ("--int8-eval", opts.int8_eval)):
         if folder is not None and not folder.is_dir():
             raise BuildError(f"{flag}: {folder}: not a directory of images")
+        if folder is not None and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()):
+            raise BuildError(f"{flag}: {folder}: no images in it ({', '.join(IMAGE_SUFFIXES)})")
     if opts.int8 and opts.int8_engine not in int8.ENGINES:
         raise BuildError(f"--int8-engine: unknown '{opts.int8_engine}', expected one of {', '.join(int8.ENGINES)}")
     if opts.int8 and not judge.present:

@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from lited.errors import OneLineParser
 from lited.sdk import BuildError
 from lited.sdk.builder import Options, build
 from lited.sdk.venv import DAEMON_VENV
@@ -19,7 +20,7 @@ EXIT_BAD_INPUT = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="build_sdk.py",
+    ap = OneLineParser(prog="build_sdk.py",
                                  description="Build a lited SDK bundle (a zip) from an ONNX or Paddle model and its config.")
     ap.add_argument("--model", required=True, type=Path,
                     help="ONNX file, .pdmodel (with .pdiparams beside it) or a Paddle inference model directory")
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--int8", type=Path, metavar="DIR",
                     help="also make an int8 model, calibrated on the images in DIR, and report its accuracy "
                          "and speed against fp32")
-    ap.add_argument("--int8-engine", choices=("openvino", "onnxruntime"), default="openvino",
+    ap.add_argument("--int8-engine", choices=("openvino", "onnxruntime"),
                     help="quantiser and engine of the int8 model: OpenVINO NNCF (default) or onnxruntime's")
     ap.add_argument("--int8-eval", type=Path, metavar="DIR",
                     help="images for the int8 accuracy report (default: the calibration images)")
@@ -62,14 +63,18 @@ def main(argv: list) -> int:
     if not targets:
         print("build_sdk: --targets: expected at least one target", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if args.int8_engine and args.int8 is None:  # it was taken and ignored, and named in the README's command
+        print("build_sdk: --int8-engine needs --int8 DIR (the calibration images): it picks the int8 model's "
+              "quantiser", file=sys.stderr)
+        return EXIT_BAD_INPUT
     opts = Options(model=args.model, configs=args.config, targets=list(dict.fromkeys(targets)), out=args.out,
                    name=args.name, version=args.version, golden=args.golden, labels=args.labels,
                    notice=args.notice, fp16=args.fp16, quant=args.quant, opt=args.opt,
                    daemon_venv=args.daemon_venv or DAEMON_VENV,
                    daemon_venv_asked=args.daemon_venv is not None or "LITED_DAEMON_VENV" in os.environ,
                    daemon_venv_flag=args.daemon_venv is not None, keep_dir=args.keep_dir, workdir=args.workdir, argv=argv,
-                   onnx=args.onnx, openvino_ir=args.openvino_ir, int8=args.int8, int8_engine=args.int8_engine,
-                   int8_eval=args.int8_eval)
+                   onnx=args.onnx, openvino_ir=args.openvino_ir, int8=args.int8,
+                   int8_engine=args.int8_engine or "openvino", int8_eval=args.int8_eval)
     try:
         summary = build(opts)
     except BuildError as exc:

@@ -24,12 +24,14 @@ _VALIDATE = ("import sys\n"
              "    sys.exit(str(exc))\n")
 
 
-def _run(cmd: list, what: str) -> str:
+def _run(cmd: list, what: str, every: str | None = None) -> str:
+    """`cmd`'s stdout; BuildError with its last line on stderr (each line holding `every`, if any do)."""
     proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, stdin=subprocess.DEVNULL,
                           errors="replace")
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.splitlines() if line.strip() and "libpng warning" not in line]
-        raise BuildError(f"{what}: {lines[-1] if lines else death(proc.returncode, None)}")
+        said = [line for line in lines if every and every in line] or lines[-1:]
+        raise BuildError(f"{what}: {'; '.join(said) if said else death(proc.returncode, None)}")
     return proc.stdout
 
 
@@ -67,7 +69,8 @@ class LitedVenv:
     def selftest(self, bundle: Path) -> list:
         """`lited selftest`: the golden image on every engine the bundle lists and
         the daemon venv has; its lines (which engines passed, which were skipped)."""
-        out = _run([daemon_lited(self.venv), "selftest", "--bundle", bundle], "lited selftest")
+        out = _run([daemon_lited(self.venv), "selftest", "--bundle", bundle], "lited selftest",
+                   every=" FAILED: ")  # every engine that disagrees, not the last one only
         return [line for line in out.splitlines() if line.strip()]
 
     def agreement(self, *args: object) -> dict:

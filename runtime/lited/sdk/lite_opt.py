@@ -56,8 +56,9 @@ class LiteOpt:
         # opt (paddlelite's, a Python script) orders some fused ops by where their nodes lie in
         # memory, so anything of another length before them gave another `.nb`: the paths on its
         # command line (another --workdir, the model named another way), even its environment
-        # (PYTHONPATH, HOME). It runs in a folder of its own, on the same names, with an environment
-        # of its own, so the same model, config and opt build the same bytes.
+        # (PYTHONPATH, HOME); and, its memory placed at random, 3 runs in 16 of the same command
+        # did. It runs in a folder of its own, on the same names, with an environment of its own,
+        # at fixed addresses, so the same model, config and opt build the same bytes.
         here = (self.workdir / f"opt_{target}").resolve()
         shutil.rmtree(here, ignore_errors=True)
         here.mkdir(parents=True)
@@ -70,7 +71,7 @@ class LiteOpt:
         if quant:
             cmd += ["--quant_model=true", f"--quant_type={QUANT_TYPES[quant]}"]
         proc.run(cmd, self.workdir / f"opt_{target}.log", f"paddle_lite_opt --valid_targets={valid}", cwd=here,
-                 env=OPT_ENV | {k: v for k, v in os.environ.items() if k == "LD_LIBRARY_PATH"})
+                 env=OPT_ENV | {k: v for k, v in os.environ.items() if k == "LD_LIBRARY_PATH"}, same_addresses=True)
         if not (here / f"{name}.nb").is_file():
             raise BuildError(f"paddle_lite_opt --valid_targets={valid} wrote no {name}.nb "
                              f"(log {self.workdir / f'opt_{target}.log'})")

@@ -52,11 +52,22 @@ def reason(log: str) -> str:
     return "no output"
 
 
-def run(cmd: list, log_path: Path, what: str, cwd: Path | None = None, env: dict | None = None) -> str:
-    """Run `cmd` (in `cwd`, with `env`), keep its output in `log_path`; BuildError naming `what` on failure."""
+def fixed_addresses() -> None:
+    """In a child before it runs: its memory at the same addresses every run (no ASLR),
+    where the kernel lets a process ask (a container's seccomp may not: then as it is)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).personality(0x0040000)  # ADDR_NO_RANDOMIZE
+
+
+def run(cmd: list, log_path: Path, what: str, cwd: Path | None = None, env: dict | None = None,
+        same_addresses: bool = False) -> str:
+    """Run `cmd` (in `cwd`, with `env`, at `fixed_addresses`), keep its output in `log_path`;
+    BuildError naming `what` on failure."""
     try:
         proc = subprocess.run([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL, text=True, errors="replace", cwd=cwd, env=env)
+                              stdin=subprocess.DEVNULL, text=True, errors="replace", cwd=cwd, env=env,
+                              preexec_fn=fixed_addresses if same_addresses else None)
     except OSError as exc:
         raise BuildError(f"{what}: cannot run {cmd[0]}: {exc.strerror}") from None
     log_path.write_text(proc.stdout)
