@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -898,6 +899,10 @@ def test_fp16_is_listed_the_name_is_the_one_given_and_nncf_keeps_off_the_termina
     inspected = subprocess.run([str(Path(sys.executable).with_name("lited")), "inspect", "--bundle", str(tmp_path / "b"), "--target", "arm",
                                 "--precision", "fp16"], capture_output=True, text=True, timeout=120)
     assert "runs on arm as: model_arm.nb on paddle_lite (fp16)" in inspected.stdout, inspected.stdout + inspected.stderr
+    # the README's int8 line says what the printed one does (the build audit: no count, the wrong images)
+    calibration = int(re.search(r"int8 \(openvino, (\d+) calibration images\)", proc.stdout).group(1))
+    assert f"Quantised by openvino on {calibration} calibration images; against fp32 on the same engine, on the " \
+           "calibration images: " in (tmp_path / "b" / "README.md").read_text()
 
 
 @pytest.mark.slow

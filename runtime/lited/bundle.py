@@ -145,7 +145,7 @@ class ModelSpec:
         models = self.models()
         if target not in models:
             raise BundleError(str(self.root), [f"{self.where}models: no model for target '{target}' "
-                                               f"(has {', '.join(sorted(models)) or 'none'})"])
+                                               f"(has {', '.join(models) or 'none'})"])
         check_target_runs_here(target, str(self.root / "manifest.json"))
         return models[target]
 

@@ -326,7 +326,9 @@ def _build(opts: Options, workdir: Path, timings: dict) -> dict:
         manifest, report = _judge(opts, root, manifest, nbs, onnx, ir, judge, host, workdir, timings)
     build_info = {"source": opts.model.name, "command": _command(opts), "fp16": opts.fp16, "quant": opts.quant,
                   "notice": opts.notice is not None, "labels_count": len(names or []),
-                  "int8": int8_summary(report) if report else None, "int8_engine": opts.int8_engine}
+                  "int8": int8_summary(report) if report else None, "int8_engine": opts.int8_engine,
+                  "int8_calibration": report["calibration_images"] if report else None,
+                  "int8_eval": opts.int8_eval is not None}
     (root / "README.md").write_text(readme.render(manifest, build_info), encoding="utf-8")
     with _Step("zip", timings):
         bundle_writer.write_zip(root, opts.out, name)

@@ -84,8 +84,10 @@ def render(manifest: dict, build: dict) -> str:
     lines += ["", "lited runs the first file of this machine's target whose engine is installed, unless the",
               "config asks for an engine or a precision (docs/bundle.md); `lited inspect` says which and why."]
     if build.get("int8"):
-        lines += ["", "## Int8", "", f"Quantised by {build['int8_engine']} on the calibration images; against fp32 on "
-                  f"the same engine: {build['int8']}.", "Select it with `\"precision\": \"int8\"` in the config."]
+        against = "other images (--int8-eval)" if build.get("int8_eval") else "the calibration images"
+        lines += ["", "## Int8", "", f"Quantised by {build['int8_engine']} on {build.get('int8_calibration')} "
+                  f"calibration images; against fp32 on the same engine, on {against}: {build['int8']}.",
+                  "Select it with `\"precision\": \"int8\"` in the config."]
     if manifest.get("golden"):
         lines += ["", "## Self-test", ""] + _golden(manifest["golden"])
     lines += ["", "## Rebuild", "", "```", build["command"], "```", ""]
