@@ -94,8 +94,10 @@ ALIGN = 64
 MESSAGE = 255             # the request or reply is a message waiting on the socket
 UNCHANGED = 0
 OPEN_TIMEOUT = 300.0        # building a TensorRT engine can take minutes
-BUSY, RUNS, REPLIES = range(3)  # the meter's float64s: seconds the children computed runs, their runs, their replies
-CLOSING = 3 * 8             # the page's byte the parent sets when it closes the child
+# the meter's float64s: seconds the children computed runs, their runs, their replies, and when
+# (time.perf_counter(), one clock for every process) the run the child is in began
+BUSY, RUNS, REPLIES, STARTED = range(4)
+CLOSING = 4 * 8             # the page's byte the parent sets when it closes the child
 RING = 16                   # codes a queue holds: runs submitted and not collected (a stream has SETS at most)
 # A queue is one cache line, its semaphore then its ring, so no other queue's use moves it
 # between the cores (before, the reply queue's semaphore shared a line with the request ring;
@@ -575,19 +577,25 @@ class EngineProcess(Engine):
         return self._run_s
 
     def _await_by_clock(self) -> bool:
-        """For runs as long as QUIET_RUNS_S: sleep in steps of a quarter run until the child
-        has replied (its count of replies passes ours); True once it has. Gives up after a few
-        runs' time (a stopped child, say: the blocking receive that follows sees to it)."""
+        """For runs as long as QUIET_RUNS_S: sleep until the run the child is in should end
+        (it began at the meter's STARTED), then in steps of a quarter run, until the child has
+        replied (its count of replies passes ours); True once it has. Gives up after a few
+        runs' time (a stopped child, say: the blocking receive that follows sees to it).
+        Measured, the PP-OCR classifier in `lited run`: the infer thread woke 2.1 times a
+        frame with quarter-run steps alone."""
         counts = self._counts
         run_s = self._recent_run_s()
         if run_s is None or not QUIET_RUNS_S[0] <= run_s < QUIET_RUNS_S[1]:
             return False
         step = run_s / 4
-        give_up = time.monotonic() + 32 * step + 0.01
+        now = time.perf_counter()
+        give_up = now + 32 * step + 0.01
+        sleep_s = counts[STARTED] + run_s - now  # none if the child is not in that run yet (or is late)
         while counts[REPLIES] <= self._replies:
-            if time.monotonic() >= give_up:
+            if now >= give_up:
                 return False
-            time.sleep(step)
+            time.sleep(sleep_s if 0 < sleep_s < run_s else step)
+            sleep_s, now = 0.0, time.perf_counter()
         return True
 
     def _adopt_outputs(self, output_set: int, reply: dict) -> None:
@@ -668,7 +676,7 @@ class _Child:
             reply, reply_fds, started = None, (), None
             try:
                 if short is not None:  # the short way: few steps between two runs, each slow with the caches cold
-                    started = clock()
+                    started = meter[STARTED] = clock()
                     if short[3] == self.engine.binds:  # its prepared call runs on those arrays still
                         try:
                             short[2]()
@@ -734,7 +742,7 @@ class _Child:
         """Run on input set `input_set` into output set `output_set` the long way (serve
         takes the short one where it can), its compute time added to the meter; (the reply,
         None if the outputs kept their shapes, and the fds to send with it)."""
-        started = time.perf_counter()
+        started = self.meter[STARTED] = time.perf_counter()
         try:
             return self._run(input_set, output_set)
         finally:

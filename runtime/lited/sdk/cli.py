@@ -21,7 +21,7 @@ EXIT_BAD_INPUT = 2
 
 def build_parser() -> argparse.ArgumentParser:
     ap = OneLineParser(prog="build_sdk.py",
-                                 description="Build a lited SDK bundle (a zip) from an ONNX or Paddle model and its config.")
+                       description="Build a lited SDK bundle (a zip) from an ONNX or Paddle model and its config.")
     ap.add_argument("--model", required=True, type=Path,
                     help="ONNX file, .pdmodel (with .pdiparams beside it) or a Paddle inference model directory")
     ap.add_argument("--config", action="append", default=[], type=Path, metavar="CFG",
