@@ -273,6 +273,20 @@ def test_a_stream_runs_the_stage_on_every_frame_it_can_still_crop(det_cls, tmp_p
         assert result["timings_ms"]["cls"] > 0
 
 
+def test_a_frame_without_detections_has_the_stage_timings_infer_gives_it(det_cls, tmp_path):
+    """The cascade audit: a stream's result of a frame with nothing found had no `crop` nor stage
+    key in `timings_ms`, where `lited infer` of the same frame has them."""
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    cv2.imwrite(str(blank / "white.png"), np.full((240, 320, 3), 255, np.uint8))
+    results, _ = stream_results(det_cls, f"images://{blank}", slots=4, count=1)
+    assert results and results[0]["detections"] == [], results
+    infer = lited("infer", "--bundle", str(det_cls), "--json", str(blank / "white.png"))
+    assert infer.returncode == 0, infer.stderr
+    from_infer = set(json.loads(infer.stdout)["timings_ms"])
+    assert {"crop", "cls"} <= from_infer and {"crop", "cls"} <= set(results[0]["timings_ms"]), results[0]
+
+
 def test_a_live_stream_cuts_every_crop_from_its_own_held_frame(det_cls, tmp_path):
     """No ring margin at 30 fps: the camera fills many frames while the detector works on one, yet
     that frame is held until its result is out, so every result gets its stage fields, none torn

@@ -83,6 +83,8 @@ def add_stages(entries: list, targets: list, root: Path, workdir: Path) -> list:
             raise BuildError(f"stages[{i}].{unknown[0]}: unknown field (known: "
                              f"{', '.join(sorted(('bundle', 'options') + STAGE_KEYS + OVERRIDES))})")
         name = entry.get("name")
+        if name is None:
+            raise BuildError(f"stages[{i}].name: missing (a new stage name, [a-z][a-z0-9_]*, up to 32)")
         if not isinstance(name, str) or name_problem(name) or name in names:
             raise BuildError(f"stages[{i}].name: expected a new stage name, got {name!r}")
         names.add(name)

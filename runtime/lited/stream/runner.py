@@ -425,7 +425,7 @@ class ModelRunner:
             # collected while this thread still decoded (and ran the cascade of) the previous frame
             timings["post_wait"] = (t0 - info.pop("_collected_at")) * 1e3
             timings["postprocess"] = (t1 - t0) * 1e3
-            if model.cascade and decoded["detections"]:
+            if model.cascade:
                 self._run_cascade(frame, decoded["detections"], timings)
             timings["total"] = (time.monotonic_ns() - info.pop("_captured_ns")) / 1e6
             self.feed.publish({**info, "task": model.task, "model": model.name,
@@ -461,6 +461,10 @@ class ModelRunner:
         detections without those fields."""
         timer = StageTimer(timings)
         cascade = self.model.cascade
+        if not detections:  # nothing to read: the stages' keys all the same, as `lited infer` has them
+            for name in ("crop", *(stage.name for stage in cascade.stages)):
+                timer.lap(name)
+            return
         try:
             crops = cascade.cut(frame.view(), detections)
             intact = frame.ring.is_current(frame.slot, frame.seq)
