@@ -410,6 +410,9 @@ def test_metrics_parse_with_prometheus_own_parser(served):
                        ("lited_stream_engine_busy_seconds", "counter")]:
         assert fams[name].type == kind, (name, fams.get(name))
     sample = {(f.name, s.name, tuple(sorted(s.labels.items()))): s.value for f in fams.values() for s in f.samples}
+    # promtool's lint (the metrics audit): `quantile` is a summary's label; a gauge with it fails every scrape
+    assert not [f.name for f in fams.values() if f.type != "summary" for s in f.samples if "quantile" in s.labels]
+    assert {s.labels["q"] for s in fams["lited_stage_latency_recent_seconds"].samples} == {"0.5", "0.99"}
     assert sample[("lited_stream_fps", "lited_stream_fps", (("stream", "cam"),))] > 5
     assert sample[("lited_stream_frames_inferred", "lited_stream_frames_inferred_total", (("stream", "cam"),))] > 10
     assert sample[("lited_memory_rss_bytes", "lited_memory_rss_bytes", (("process", "daemon"),))] > 10 << 20

@@ -94,7 +94,7 @@ class _Collector:
                          "per model version", labels=["stream", "model", "version", "stage"])
         recent = Gauge("lited_stage_latency_recent_seconds", "p50 and p99 over the last 512 results "
                        "(as lited ctl status shows; not to be aggregated: use the histogram)",
-                       labels=["stream", "stage", "quantile"])
+                       labels=["stream", "stage", "q"])  # not `quantile`: Prometheus keeps it for summaries
         for s in streams:
             name = s["stream"]
             fps.add_metric([name], s["fps"])
