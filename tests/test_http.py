@@ -389,6 +389,30 @@ def test_events_are_server_sent(served):
     assert events[0][0] == "event" and events[0][1]["stream"] == "_daemon" and events[0][1]["event"] == "reload"
 
 
+def test_the_documented_alert_rules_name_what_the_daemon_exports(served):
+    """docs/http.md's alert rules, as an operator copies them: every metric they name is in a scrape
+    (a renamed metric or label leaves a rule that never fires, in silence), and every stream state
+    they select is one the daemon has (promtool checks their syntax where it is installed)."""
+    import re
+
+    import yaml
+    from prometheus_client.parser import text_string_to_metric_families
+    from lited.service.metrics import STATES
+
+    text = (ROOT / "docs" / "http.md").read_text()
+    block = text[text.index("```yaml", text.index("\nAlerts (")) + 7:]
+    rules = yaml.safe_load(block[:block.index("```")])["groups"][0]["rules"]
+    assert len(rules) == 5, rules
+    scraped = requests.get(served.url + "/metrics").text
+    samples = {s.name for f in text_string_to_metric_families(scraped) for s in f.samples}
+    for rule in rules:
+        names = set(re.findall(r"\blited_[a-z_]+", rule["expr"]))
+        after_a_reload = {"lited_last_reload_success"}  # exported from the first reload on (this daemon had none)
+        assert names and names <= samples | after_a_reload, (rule["alert"], names - samples)
+        for states in re.findall(r'state=~?"([^"]+)"', rule["expr"]):
+            assert set(states.split("|")) <= set(STATES), (rule["alert"], states)
+
+
 def test_metrics_parse_with_prometheus_own_parser(served):
     from prometheus_client.parser import text_string_to_metric_families
 
