@@ -638,8 +638,10 @@ def test_an_int8_file_runs_only_when_asked_for_wherever_it_is_listed(multi, tmp_
     """A hand-written manifest listing its int8 file first ran it by default (and for
     --engine openvino), where the docs say an int8 model is used only when asked for."""
     bundle = load_bundle(_with_int8_listed_first(multi / "fastestdet", tmp_path / "first"))
-    assert (bundle.choose().model.path.name, bundle.choose().why) == ("model.onnx", "the bundle's first choice")
+    assert (bundle.choose().model.path.name, bundle.choose().why) == \
+        ("model.onnx", "the bundle's first choice; model_int8.onnx passed over (int8: only with precision int8)")
     assert bundle.choose(engine="openvino").model.path.name == "model.onnx"
+    assert bundle.choose(precision="fp32").why == "asked for (the config, or --precision fp32)"
     assert bundle.choose(precision="int8").model.path.name == "model_int8.onnx"
     only = load_bundle(_with_int8_listed_first(multi / "fastestdet", tmp_path / "only", only_int8=True))
     with pytest.raises(BundleError, match=re.escape("models.x86: only int8 files, which run only when asked for "

@@ -313,6 +313,9 @@ def choose_engine(files: list, engine: str | None = None, precision: str | None 
                 why = "the bundle's first choice"
             else:
                 why = f"the bundle's choice {rank + 1} ({', '.join(dict.fromkeys(missing))} not installed)"
+            int8 = [] if precision else list(dict.fromkeys(f.path.name for f in files if f.precision == "int8"))
+            if int8:  # listed, maybe first, and passed over: say so, or "first choice" reads wrong
+                why += f"; {', '.join(int8)} passed over (int8: only with precision int8)"
             return Choice(model, kind, why, model.options_for(kind))
         missing.append(kind)
     packages = ", ".join(dict.fromkeys(ENGINES.get(k).package if k in ENGINES else k for k in missing))
