@@ -29,7 +29,7 @@ def test_infer_json_one_object_per_image_with_the_agreed_keys(bundles_dir):
         assert set(r) == {"image", "task", "detections", "classes", "timings_ms"}
         assert set(r["timings_ms"]) == {"preprocess", "infer", "postprocess"}
         for d in r["detections"]:
-            assert set(d) == {"label", "score", "box"} and len(d["box"]) == 4
+            assert set(d) == {"label", "class_id", "score", "box"} and len(d["box"]) == 4
     assert lines[0]["detections"][0]["label"] == "cat"
 
 

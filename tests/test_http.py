@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 import requests
 
 from cdp import Chromium, need_chromium
-from conftest import ROOT, need_shared, write_video
+from conftest import ROOT, need_shared, reseal, write_video
 from daemon_process import DaemonProcess
 from soak import rss_mb, tree
 from lited.bundle import load_bundle
@@ -475,7 +476,7 @@ def test_easyedge_and_edgeboard_clients_work_unchanged(served, tmp_path, monkeyp
         loc = c["location"]
         assert all(isinstance(v, int) for v in loc.values())
         assert abs(loc["left"] - x1) <= 0.6 and abs(loc["top"] - y1) <= 0.6 and abs(loc["width"] - (x2 - x1)) <= 1
-        assert c["index"] == load_labels(served, "det").index("cup") and c["confidence"] == d["score"]
+        assert c["index"] == d["class_id"] == load_labels(served, "det").index("cup") and c["confidence"] == d["score"]
     # EasyEdge, base64 in JSON
     with open("./1.jpg", "rb") as f:
         r = requests.post(served.url + "/", json={"image": base64.b64encode(f.read()).decode("utf8"),
@@ -489,7 +490,23 @@ def test_easyedge_and_edgeboard_clients_work_unchanged(served, tmp_path, monkeyp
     assert bad.status_code == 400 and bad.json()["error_code"] == 1001 and bad.json()["error_msg"]
     with open("./1.jpg", "rb") as f:  # JSON true is no number (it was taken as 1.0: no results, 200)
         r = requests.post(served.url + "/", json={"image": base64.b64encode(f.read()).decode("utf8"), "threshold": True})
-    assert r.status_code == 400 and r.json()["error_msg"] == "threshold: expected a number from 0 to 1, got 'True'", r.text
+    assert r.status_code == 400 and r.json()["error_msg"] == "threshold: expected a number from 0 to 1, got true", r.text
+    # base64 as common encoders write it (the EasyEdge audit: each was a 400 "not base64"), and top_num as
+    # threshold is taken: a string of a number, 2.0, in the query
+    photo = open("./1.jpg", "rb").read()
+    wrapped = base64.encodebytes(photo).decode("ascii")  # lines of 76, as GNU base64 and Java's MIME encoder
+    for text in (wrapped, wrapped.replace("\n", "\r\n"), " " + wrapped + " ",
+                 base64.urlsafe_b64encode(photo).decode("ascii").rstrip("=")):
+        r = requests.post(served.url + "/", json={"image": text, "threshold": 0.1, "top_num": "1"})
+        assert r.status_code == 200 and [c["label"] for c in r.json()["results"]] == ["cup", "cup"], r.text
+    classifier = {"image": base64.b64encode(photo).decode("ascii")}
+    for how in ({"json": {**classifier, "top_num": 2.0}}, {"json": classifier, "params": {"top_num": "2"}}):
+        assert requests.post(served.url + "/", **how).status_code == 200
+    for top_num in (0, 1.5, "two", True):
+        r = requests.post(served.url + "/", json={**classifier, "top_num": top_num})
+        assert r.status_code == 400 and r.json()["error_msg"].startswith("top_num: expected a whole number"), r.text
+    said = raw_request(served.url, "POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n")
+    assert b" 400 " in said.split(b"\r\n")[0] and b"Content-Length: expected a whole number of bytes, got '-5'" in said
     # EdgeBoard V2, model 1 of the config (face), with the drawn picture back
     with open(need_shared("images", "astronaut.png"), "rb") as f:
         payload = json.dumps({"image": str(base64.b64encode(f.read()), encoding="utf-8"), "show": True})
@@ -508,6 +525,33 @@ def test_easyedge_and_edgeboard_clients_work_unchanged(served, tmp_path, monkeyp
     shown = requests.post(served.url + "/api/model/service/base64/mid=1",
                           json={**json.loads(payload), "show": "yes"})  # not a bool: said, not taken as false
     assert shown.status_code == 400 and shown.json()["code"] == 1001 and "show" in shown.json()["msg"], shown.text
+    for show in (None, 0):  # null is none, as everywhere (it was a 400); 0 is no bool
+        r = requests.post(served.url + "/api/model/service/base64/mid=1", json={**json.loads(payload), "show": show})
+        assert r.status_code == (200 if show is None else 400) and "image" not in r.json()["data"], r.text
+
+
+def test_easyedge_index_is_the_class_a_name_twice_in_the_labels_included(tmp_path, bundles_dir):
+    """The EasyEdge audit: `index` was the first line holding the label, and ImageNet's labels name `crane`
+    twice (lines 134 and 517): a crane was index 134. Here line 0 of FastestDet's labels says `cup` too."""
+    root = tmp_path / "fastestdet"
+    shutil.copytree(bundles_dir / "fastestdet", root)
+    labels_file = root / load_bundle(root).manifest["labels"]
+    names = labels_file.read_text().splitlines()
+    labels_file.write_text("\n".join(["cup", *names[1:]]) + "\n")
+    d = DaemonProcess(tmp_path, {"models": {"det": str(reseal(root))}, "streams": [], "http": {"listen": "127.0.0.1:0"}})
+    d.start()
+    try:
+        d.wait_ready()
+        s = Served(d)
+        photo = need_shared("images", "coffee.png").read_bytes()
+        detections = requests.post(s.url + "/v1/infer", data=photo).json()["detections"]
+        assert [(det["label"], det["class_id"]) for det in detections] == [("cup", 41), ("cup", 41)], detections
+        easy = requests.post(s.url + "/", data=photo).json()["results"]
+        board = requests.post(s.url + "/api/model/service/base64/mid=0",
+                              json={"image": base64.b64encode(photo).decode("ascii")}).json()["data"]["result"]
+        assert [c["index"] for c in easy] == [c["index"] for c in board] == [41, 41], (easy, board)
+    finally:
+        assert d.stop() == 0, d.output()
 
 
 def test_what_tornado_refused_itself_gets_the_documented_answer(served):

@@ -499,7 +499,7 @@ def validate_manifest(manifest: Any, root: Path) -> list:
 EXPECTED_KEYS = ("detections", "classes", "text", "text_score")  # of a golden result (`lited infer --json`'s)
 # what else `lited infer --json` prints: a result pasted whole (as sdk_template/README.md says) is taken, these unread
 INFER_ONLY_KEYS = ("image", "task", "timings_ms")
-EXPECTED_ITEM_KEYS = ("label", "score", "box", "polygon", "classes", "text", "text_score")
+EXPECTED_ITEM_KEYS = ("label", "class_id", "score", "box", "polygon", "classes", "text", "text_score")
 
 
 def check_expected(c: BundleChecker, expected: dict, p: str) -> None:
@@ -515,6 +515,7 @@ def check_expected(c: BundleChecker, expected: dict, p: str) -> None:
                 continue
             c.unknown(item, EXPECTED_ITEM_KEYS, q)
             c.get(item, "label", q, str)
+            c.number(item, "class_id", q, integer=True, minimum=0)
             c.number(item, "score", q, required=True)
             c.numbers(item, "box", q, 4)
             c.get(item, "text", q, str, required=False)

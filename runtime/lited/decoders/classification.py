@@ -40,6 +40,6 @@ class ClassificationDecoder(Decoder):
         top = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
         top = top[np.argsort(-scores[top], kind="stable")]
         top = top[scores[top] >= self.score_threshold]
-        classes = [{"label": label_for(self.labels, i), "score": s}
+        classes = [{"label": label_for(self.labels, i), "class_id": i, "score": s}
                    for i, s in zip(top.tolist(), scores[top].astype(np.float64).tolist())]
         return {"detections": [], "classes": classes}

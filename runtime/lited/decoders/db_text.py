@@ -102,6 +102,6 @@ class DbTextDecoder(Decoder):
             return {"detections": [], "classes": []}
         polys = geom.points_to_source(np.stack(polygons))
         boxes = np.concatenate([polys.min(axis=1), polys.max(axis=1)], axis=1)
-        detections = [{"label": self.OWN_LABELS[0], "score": s, "box": b, "polygon": p}
+        detections = [{"label": self.OWN_LABELS[0], "class_id": 0, "score": s, "box": b, "polygon": p}
                       for s, b, p in zip(scores, boxes.tolist(), polys.tolist())]
         return {"detections": detections, "classes": []}

@@ -144,7 +144,7 @@ def to_detections(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
     if len(scores) == 0:
         return []
     src = geom.boxes_to_source(np.array(boxes, dtype=np.float32))
-    return [{"label": label_for(labels, c), "score": s, "box": b}
+    return [{"label": label_for(labels, c), "class_id": c, "score": s, "box": b}
             for c, s, b in zip(np.asarray(classes).astype(int).tolist(),
                                np.asarray(scores, dtype=np.float64).tolist(),
                                src.tolist())]

@@ -21,40 +21,33 @@ ERROR_NUMBERS = {"bad_request": 1001, "too_large": 1002, "unauthorized": 1003, "
                  "not_found": 1004, "busy": 1005, "failed": 1006, "unknown_method": 1007}
 
 
-def label_index(labels: list) -> dict:
-    """label -> its line in the bundle's label file (EasyEdge's `index`)."""
-    return {label: i for i, label in reversed(list(enumerate(labels)))}
-
-
 def cost_ms(result: dict) -> int:
     """Inference time without the network: the sum of the request's stages."""
     return int(round(sum(result.get("timings_ms", {}).values())))
 
 
-def easyedge_results(result: dict, labels: list, top_num: Optional[int] = None) -> list:
-    index = label_index(labels)
+def easyedge_results(result: dict, top_num: Optional[int] = None) -> list:
     w, h = result["width"], result["height"]
     out = []
     for d in result["detections"]:
         x1, y1, x2, y2 = d["box"]
-        out.append({"index": index.get(d["label"], -1), "label": d["label"], "confidence": round(d["score"], 4),
+        out.append({"index": d["class_id"], "label": d["label"], "confidence": round(d["score"], 4),
                     "x1": round(x1 / w, 6), "y1": round(y1 / h, 6), "x2": round(x2 / w, 6), "y2": round(y2 / h, 6),
                     "location": {"left": int(round(x1)), "top": int(round(y1)),
                                  "width": int(round(x2 - x1)), "height": int(round(y2 - y1))}})
-    classes = [{"index": index.get(c["label"], -1), "label": c["label"], "confidence": round(c["score"], 4)}
+    classes = [{"index": c["class_id"], "label": c["label"], "confidence": round(c["score"], 4)}
                for c in result["classes"]]
     return out + (classes[:top_num] if top_num else classes)
 
 
-def edgeboard_results(result: dict, labels: list) -> list:
-    index = label_index(labels)
+def edgeboard_results(result: dict) -> list:
     out = []
     for d in result["detections"]:
         x1, y1, x2, y2 = d["box"]
-        out.append({"index": index.get(d["label"], -1), "label": d["label"], "score": round(d["score"], 4),
+        out.append({"index": d["class_id"], "label": d["label"], "score": round(d["score"], 4),
                     "location": {"left": round(x1, 2), "top": round(y1, 2), "width": round(x2 - x1, 2),
                                  "height": round(y2 - y1, 2)}, "extended": {}})
     for c in result["classes"]:
-        out.append({"index": index.get(c["label"], -1), "label": c["label"], "score": round(c["score"], 4),
+        out.append({"index": c["class_id"], "label": c["label"], "score": round(c["score"], 4),
                     "extended": {}})
     return out

@@ -288,16 +288,28 @@ def threshold_of(fields: dict) -> Optional[float]:
     except (TypeError, ValueError):
         value = -1.0
     if not 0.0 <= value <= 1.0:
-        raise ProtocolError("bad_request", f"threshold: expected a number from 0 to 1, got {str(raw)[:32]!r}")
+        raise ProtocolError("bad_request", f"threshold: expected a number from 0 to 1, got {_shown(raw)}")
     return value
 
 
-def top_num_of(value: Any) -> Optional[int]:
-    if value is None:
+def top_num_of(fields: dict) -> Optional[int]:
+    """EasyEdge's `top_num`, taken as `threshold` is: a number, or a string of one; a whole
+    number of at least 1 (2.0 is 2); null or empty is none."""
+    raw = fields.get("top_num")
+    if raw is None or raw == "":
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ProtocolError("bad_request", "top_num: expected a whole number of at least 1")
-    return value
+    try:
+        value = float(raw) if not isinstance(raw, bool) else 0.0
+    except (TypeError, ValueError, OverflowError):
+        value = 0.0
+    if not (value >= 1 and value.is_integer()):  # NaN and infinity fail here too
+        raise ProtocolError("bad_request", f"top_num: expected a whole number of at least 1, got {_shown(raw)}")
+    return int(value)
+
+
+def _shown(raw: Any) -> str:
+    """A field's value in a message as its client wrote it: JSON's `true`, a string quoted."""
+    return json.dumps(raw)[:32] if not isinstance(raw, str) else repr(raw[:32])
 
 
 def above(result: dict, threshold: Optional[float]) -> dict:
@@ -306,6 +318,9 @@ def above(result: dict, threshold: Optional[float]) -> dict:
         return result
     return {**result, "detections": [d for d in result["detections"] if d["score"] >= threshold],
             "classes": [c for c in result["classes"] if c["score"] >= threshold]}
+
+
+URL_SAFE = str.maketrans("-_", "+/")
 
 
 def base64_image(body: bytes, key: str) -> tuple:
@@ -319,8 +334,11 @@ def base64_image(body: bytes, key: str) -> tuple:
     text = obj.pop(key)
     if text.startswith("data:"):  # a data URL's header, which the SDKs ask clients to leave out
         text = text.partition(",")[2]
+    # As clients encode it: wrapped in lines (GNU base64, Python's encodebytes, Java's MIME
+    # encoder), URL-safe, without its padding. Anything else is refused, not guessed at.
+    text = "".join(text.split()).translate(URL_SAFE)
     try:
-        image = base64.b64decode(text, validate=True)
+        image = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except ValueError:
         raise ProtocolError("bad_request", f"{key}: not base64") from None
     return image, obj
@@ -357,7 +375,7 @@ class Handler(tornado.web.RequestHandler):
         cfg = self.front.config
         if length is not None:
             if not length.isdigit():
-                return self.refuse("bad_request", "Content-Length: not a number")
+                return self.refuse("bad_request", f"Content-Length: expected a whole number of bytes, got {length[:32]!r}")
             n = int(length)
             if n > cfg.max_body_bytes:
                 return self.refuse("too_large", f"body of {n} bytes is over http.max_body_bytes ({cfg.max_body_bytes})")
@@ -563,24 +581,23 @@ class EasyEdge(Handler):
 
     async def post(self) -> None:
         try:
-            fields, top_num = query_fields(self), None
+            fields = query_fields(self)
             if self.request.headers.get("Content-Type", "").lower().startswith("application/json"):
                 image, obj = base64_image(self.body(), "image")
-                if obj.get("threshold") is not None:  # null is none, as everywhere: the query's then applies
-                    fields["threshold"] = obj["threshold"]
-                top_num = top_num_of(obj.get("top_num"))
+                for key in ("threshold", "top_num"):
+                    if obj.get(key) is not None:  # null is none, as everywhere: the query's then applies
+                        fields[key] = obj[key]
             else:
                 image, form = self.image_and_fields()
                 fields.update(form)
-            threshold = threshold_of(fields)
+            threshold, top_num = threshold_of(fields), top_num_of(fields)
             name = model_named(self.front.service, fields.get("model") or None, "model")
             params = {"image": image, "model": name}
             del image
             result = await self.ask("infer", params)
         except ProtocolError as exc:
             return self.fail(exc.code, str(exc))
-        labels = self.front.service.bundles[name].labels
-        self.send_json({"error_code": 0, "results": easyedge.easyedge_results(above(result, threshold), labels, top_num),
+        self.send_json({"error_code": 0, "results": easyedge.easyedge_results(above(result, threshold), top_num),
                         "cost_ms": easyedge.cost_ms(result)})
 
 
@@ -602,8 +619,9 @@ class EdgeBoard(Handler):
             name = names[int(mid)]
             image, obj = base64_image(self.body(), "image")
             result = await self.ask("infer", {"image": image, "model": name})
-            data: dict = {"result": easyedge.edgeboard_results(result, self.front.service.bundles[name].labels)}
-            show = obj.get("show", False)
+            data: dict = {"result": easyedge.edgeboard_results(result)}
+            show = obj.get("show")
+            show = False if show is None else show  # null is none, as everywhere
             if not isinstance(show, bool):
                 raise ProtocolError("bad_request", f"show: expected true or false, got {json.dumps(show)[:32]}")
             if show:
