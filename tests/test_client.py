@@ -317,6 +317,12 @@ def test_a_listen_backlog_full_for_a_moment_is_not_a_dead_daemon(tmp_path):
         listener.listen(0)
         burst.connect(str(path))  # the backlog is full now
         assert "its backlog is full" in unreachable(f"ipc://{path}")  # and stays full: said within a second
+        # the client audit: a Client or Subscriber checking who serves the socket met the full queue
+        # itself and raised BlockingIOError, a traceback in the examples
+        with pytest.raises(DaemonUnreachable, match="its backlog is full"):
+            Client(f"ipc://{path}", timeout=5).ping()
+        with pytest.raises(DaemonUnreachable, match="its backlog is full"):
+            Subscriber(f"ipc://{path}")
         accepter = threading.Timer(0.3, lambda: listener.accept()[0].close())
         accepter.start()
         started = time.monotonic()

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import msgpack
@@ -306,6 +307,28 @@ def test_c_request_prints_any_result(c_examples, tmp_path):
         ctx.term()
     assert proc.returncode == 0, got_err
     assert got_out.startswith("ok {") and '"uptime_s"' in got_out and '"streaming"' in got_out
+
+
+@pytest.mark.parametrize("example", ["python_subscriber.py", "subscriber.py"])
+def test_a_subscriber_whose_reader_stops_reading_ends_quietly(example, tmp_path):
+    """The client audit: `subscriber.py ... | head -3` ended in a BrokenPipeError traceback."""
+    publisher = Publisher(tmp_path / "results.sock")
+    args = [publisher.endpoint, ""] if example == "python_subscriber.py" else ["--endpoint", publisher.endpoint]
+    proc = subprocess.Popen([sys.executable, str(EXAMPLES / example), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        publisher.wait_subscription(proc)
+        proc.stdout.close()  # the reader had enough
+        deadline = time.monotonic() + TIMEOUT
+        while proc.poll() is None and time.monotonic() < deadline:
+            publisher.sock.send_multipart(result("cam0", 1, detections=[DOG]))
+            time.sleep(0.02)
+        err = proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+        publisher.close()
+    assert (proc.returncode, err) == (0, b"")
 
 
 def run_lited_subscriber(*args) -> subprocess.CompletedProcess:

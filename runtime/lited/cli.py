@@ -536,9 +536,9 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         why = "a file, not a directory" if os.path.isfile(args.dir) else exc.strerror
         raise UsageError(f"keygen: --dir {args.dir}: cannot write the keys there ({why})") from None
     print(f"wrote {public} (public: hand it out) and {secret} (secret, mode 0600: keep it where it is)")
-    print("  for the daemon:  curve: {server_secret: " + str(secret) + ", clients_dir: DIR}  "
+    print("  as the daemon's key:  curve: {server_secret: " + str(secret) + ", clients_dir: DIR}  "
           "(DIR holds the public keys of the clients it lets in)")
-    print(f"  for a client:    copy {public} into the daemon's clients_dir; the client connects with "
+    print(f"  or as a client's key: copy {public} into the daemon's clients_dir; the client connects with "
           f"curve={{'server_public': SERVER.key, 'client_secret': '{secret}'}} (docs/protocol.md, \"Over TCP\")")
     return 0
 

@@ -139,8 +139,8 @@ def _timeout_causes(request_bytes: int) -> str:
     causes = ("busy for longer than the timeout (a slow model, requests queued before this one)? "
               "the next call connects anew")
     if request_bytes > OVERSIZE_DROPPED:
-        return (f"a request of {request_bytes} bytes: over the daemon's limits.max_request_bytes (16 MiB by default) "
-                f"by more than 64 KiB, dropped without a reply? or {causes}")
+        return (f"a request of {request_bytes} bytes, dropped without a reply if the daemon's "
+                f"limits.max_request_bytes (16 MiB by default) is under {request_bytes - (64 << 10)}? or {causes}")
     return causes
 
 
@@ -531,7 +531,7 @@ class Client:
                 self._raise_if_refused()
                 self._raise_if_unreachable(probe=True)  # it went away while we waited
                 self._reconnect = True
-                raise TimeoutError(f"lited: no reply to {method} within {wait:.1f} s from {self.endpoint} "
+                raise TimeoutError(f"lited: no reply to {method} within {wait:.3g} s from {self.endpoint} "
                                    f"({_timeout_causes(len(request))})")
             readable = self._handshake.wait(int(min(remaining, PROBE_INTERVAL) * 1000))
             self._raise_if_refused()
@@ -674,7 +674,7 @@ def _check_streams(pub: str, req: Optional[str], streams: Optional[list], contex
         try:
             have = [s["stream"] for s in client.status()["streams"]]
         except TimeoutError:
-            raise TimeoutError(f"lited: no reply within {timeout:.1f} s to the status request that checks the "
+            raise TimeoutError(f"lited: no reply within {timeout:.3g} s to the status request that checks the "
                                f"streams, from {req} (check=False skips the check)") from None
     missing = [s for s in streams if s not in have]
     if missing:

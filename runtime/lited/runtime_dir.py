@@ -135,15 +135,15 @@ def trusted_uids() -> frozenset:
 
 def peer_uid(socket_path: str, timeout: float = 2.0) -> Optional[int]:
     """The uid of the process listening on unix socket `socket_path`, from
-    the kernel (SO_PEERCRED); None when nothing listens there."""
+    the kernel (SO_PEERCRED); None when nothing listens there or takes the connection."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
         sock.connect(socket_path)
         _, uid, _ = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
         return uid
-    except (FileNotFoundError, ConnectionRefusedError, socket.timeout):
-        return None
+    except (FileNotFoundError, ConnectionRefusedError, BlockingIOError, socket.timeout):
+        return None  # BlockingIOError: its listen queue is full (a hung daemon); the caller's probe says so
     finally:
         sock.close()
 

@@ -6,7 +6,8 @@
 ENDPOINT is the daemon's PUB endpoint (ipc:///run/lited/pub.sock; a
 tcp:// one with CURVE keys from LITED_SERVER_KEY and LITED_CLIENT_KEY),
 TOPIC_PREFIX defaults to "result/" ("" gets everything), COUNT is how many
-messages to receive before exiting 0 (default 0: forever).
+messages to receive before exiting 0 (default 0: forever; a reader that
+stops reading its output, `| head`, ends it with 0 too).
 
 Plain pyzmq + msgpack, written from docs/protocol.md alone; it prints exactly
 what c_subscriber prints, so the two can be compared line for line.
@@ -257,9 +258,11 @@ def main(argv):
                 print(f"skipped malformed message: {exc}", file=sys.stderr, flush=True)
                 continue
             if line is not None:
-                print(line)
+                print(line, flush=True)  # a line as it comes, also into a pipe (`| grep`)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `| head` had enough: no traceback, nor another one flushing stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
         sub.close()
         ctx.term()

@@ -10,11 +10,13 @@ the detected objects would do.
 No daemon to talk to, one that refuses us, a socket served by a process we
 must not trust, a config that cannot be read, or a stream the daemon does
 not have: the library's one-line message on stderr, exit 2. Ctrl-C ends it
-quietly (exit 130).
+quietly (exit 130), and so does a reader that stops reading its output
+(`| head`: exit 0).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -48,6 +50,9 @@ def main() -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `| head` had enough: no traceback, nor another one flushing stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def event_line(msg: dict) -> str:

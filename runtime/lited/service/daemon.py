@@ -98,7 +98,7 @@ def change_problem(name: str, old: Any, new: Any) -> Optional[str]:
     same = (new.name, new.version) == (old.name, old.version)  # then which is which is their directories
     return (f"model {name}: {new.name} {new.version}{f' ({new.root})' if same else ''} would replace "
             f"{old.name} {old.version}{f' ({old.root})' if same else ''} with another {what}; "
-            "apps reading its results would misread them: refused (lited ctl reload --force swaps anyway)")
+            "apps reading its results would misread them: refused (a forced reload swaps anyway: lited ctl reload --force, the request's force)")
 
 
 def _labels_change(old: list, new: list) -> str:
