@@ -17,13 +17,16 @@ copied into each detection it ran on.
 """
 from __future__ import annotations
 
-import math
-from typing import Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional
 
 import cv2
 import numpy as np
 
+from lited.crops import crop_rect
 from lited.engines.base import EngineError
+
+if TYPE_CHECKING:
+    from lited.stream.stats import StageTimer
 
 # rapidocr/PaddleOCR turn a warped crop 90 degrees counter-clockwise when it is this much taller than wide
 VERTICAL_RATIO = 1.5
@@ -48,15 +51,12 @@ def quad_crop(image: np.ndarray, points: np.ndarray) -> Optional[np.ndarray]:
 
 
 def box_crop(image: np.ndarray, box: list, margin: float) -> Optional[np.ndarray]:
-    """The box grown by `margin` times its width and height on every side,
-    clipped to the image, copied out. None when nothing is left."""
-    x1, y1, x2, y2 = box
-    mx, my = (x2 - x1) * margin, (y2 - y1) * margin
-    h, w = image.shape[:2]
-    left, top = max(0, math.floor(x1 - mx)), max(0, math.floor(y1 - my))
-    right, bottom = min(w, math.ceil(x2 + mx)), min(h, math.ceil(y2 + my))
-    if right <= left or bottom <= top:
+    """The box grown by `margin` (crops.crop_rect: the pixels the uplink sends of it too),
+    copied out. None when nothing is left."""
+    rect = crop_rect(box, margin, image.shape[1], image.shape[0])
+    if rect is None:
         return None
+    left, top, right, bottom = rect
     return np.ascontiguousarray(image[top:bottom, left:right])
 
 
@@ -163,7 +163,7 @@ class Cascade:
             out.append(pairs)
         return out
 
-    def run(self, crops: List[list], detections: List[dict], timer,
+    def run(self, crops: List[list], detections: List[dict], timer: StageTimer,
             progress: Optional[Callable[[], None]] = None) -> None:
         """Run every stage on its crops and add its fields to the detections
         (in place); `timer.lap(stage name)` after each stage, `progress()`

@@ -23,6 +23,7 @@ import msgspec
 from msgspec import Meta, Struct
 from msgspec import inspect as mi
 
+from lited.bundle import PRECISIONS
 from lited.errors import first_line
 from lited.files import FileRefused, read_capped
 from lited.stream.feed import POLICIES
@@ -142,7 +143,6 @@ class LimitsSection(Section):
                                      "at once")] = 16
 
 
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def _bundle_problem(value: Any) -> Optional[str]:

@@ -20,6 +20,7 @@ from lited.decoders import make_decoder
 from lited.engine_process import EngineProcess
 from lited.engines import EngineError, open_engine
 from lited.errors import first_line
+from lited.geometry import Geometry
 from lited.preprocess import Preprocessor
 from lited.stream.stats import StageTimer
 
@@ -140,7 +141,7 @@ class Part:
             arrays[index] = np.array([_fill(fill, geom)], np.float32)
         return arrays
 
-    def set_extra_inputs(self, geom, input_set: Optional[int] = None, batch: int = 1) -> None:
+    def set_extra_inputs(self, geom: Geometry, input_set: Optional[int] = None, batch: int = 1) -> None:
         """The inputs a PaddleDetection export wants besides the image, filled
         from the geometry (`input_set`: of an isolated engine; see `_fill`)."""
         for index, fill, buf in self._extra:

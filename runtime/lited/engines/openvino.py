@@ -60,6 +60,7 @@ import operator
 import sys
 from collections import OrderedDict
 from pathlib import Path
+from types import ModuleType
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -76,7 +77,7 @@ BINDINGS = 9            # infer requests per compiled model: one per input set a
 _CORE = None
 
 
-def import_openvino():
+def import_openvino() -> ModuleType:
     """openvino, imported with its telemetry off (see the module's docstring)."""
     sys.modules.setdefault("openvino_telemetry", None)  # None: `import openvino_telemetry` raises ImportError
     import openvino

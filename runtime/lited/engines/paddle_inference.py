@@ -62,7 +62,7 @@ def _import_paddle():
 
 paddle = pi = core = None  # set by _load(): importing paddle costs seconds, so only an engine in use does
 DTYPES: dict = {}
-PRECISIONS = ("fp32", "fp16", "int8")
+TRT_PRECISIONS = ("fp32", "fp16", "int8")
 OPTIONS = ("threads", "mkldnn", "device", "device_id", "gpu_mem_mb", "trt")
 GPU_OPTIONS = ("device_id", "gpu_mem_mb", "trt")
 TRT_OPTIONS = ("precision", "workspace_mb", "shapes", "cache_dir")
@@ -266,9 +266,9 @@ def _check_options(options: dict) -> None:
     if not isinstance(trt, dict):
         raise EngineError(f"option 'trt': expected an object, got {trt!r}")
     check_known("paddle_inference", trt, TRT_OPTIONS, "trt.")
-    if trt.get("precision", "fp32") not in PRECISIONS:
+    if trt.get("precision", "fp32") not in TRT_PRECISIONS:
         raise EngineError(f"option 'trt.precision': unknown {trt['precision']!r}, expected one of "
-                          f"{', '.join(PRECISIONS)}")
+                          f"{', '.join(TRT_PRECISIONS)}")
     if "workspace_mb" in trt:
         int_option({"trt.workspace_mb": trt["workspace_mb"]}, "trt.workspace_mb", 1)
     if not isinstance(trt.get("cache_dir", ""), str):

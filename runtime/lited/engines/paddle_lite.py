@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import sys
 from collections import OrderedDict
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -138,14 +139,27 @@ class PaddleLiteEngine(Engine):
 
     def run(self) -> list:
         """Run once; outputs are copied into arrays reused across calls."""
+        return self.run_into([])
+
+    def run_into(self, inputs: Sequence[np.ndarray],
+                 outputs: Optional[Sequence[Optional[np.ndarray]]] = None) -> list:
+        """Engine.run_into with one copy of each output: from Paddle Lite's tensor
+        (float32) straight into `outputs[i]` where that fits, else into an array
+        of the engine's own, reused across calls (the fallback copied it twice)."""
+        for i, array in enumerate(inputs):
+            self.set_input(i, array)
         self._predictor.run()
+        result = []
         for i, tensor in enumerate(self._outputs):
             view = tensor.numpy()
-            out = self._out[i]
-            if out is None or out.shape != view.shape:
-                out = self._out[i] = np.empty(view.shape, np.float32)
+            out = outputs[i] if outputs is not None and i < len(outputs) else None
+            if out is None or out.shape != view.shape or out.dtype != np.float32:
+                out = self._out[i]
+                if out is None or out.shape != view.shape:
+                    out = self._out[i] = np.empty(view.shape, np.float32)
             np.copyto(out, view)
-        return self._out  # type: ignore[return-value]
+            result.append(out)
+        return result
 
     def input_shapes(self) -> list:
         """Input shapes as of the last `set_input` (dynamic sides are -1 before)."""

@@ -19,8 +19,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lited.sdk import BuildError
+
+if TYPE_CHECKING:
+    import onnx
 
 # probe sizes for a dynamic side: the batch, and a spatial side (multiples of 32,
 # so strided backbones divide them)
@@ -34,7 +38,7 @@ def onnx_inputs(onnx_file: Path) -> list:
     return graph_inputs(onnx.load(str(onnx_file), load_external_data=False).graph)
 
 
-def graph_inputs(graph) -> list:
+def graph_inputs(graph: "onnx.GraphProto") -> list:
     """`onnx_inputs` of a graph loaded already."""
     initializers = {i.name for i in graph.initializer}
     out = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 from lited.sdk import BuildError, dynamic_shapes, proc
 from lited.sdk.venv import tool
@@ -132,7 +133,7 @@ def onnx_to_paddle(onnx_file: Path, workdir: Path, inputs: list | None = None) -
     return PaddleModel(model_file, model_file.with_suffix(".pdiparams"), onnx_file)
 
 
-def quiet_paddle():
+def quiet_paddle() -> ModuleType:
     """paddle, imported with its glog INFO lines off (stderr's `New Executor is Running.`)."""
     os.environ.setdefault("GLOG_minloglevel", "2")
     import paddle

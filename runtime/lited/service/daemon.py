@@ -49,7 +49,7 @@ from lited.preflight import load_bundles, tcp_problems
 from lited.service.bus import Bus, Curve
 from lited.service.requests import Requests
 from lited.service.sdnotify import Notifier, Watchdog
-from lited.service.uplink import FRAMES_HELD as UPLINK_FRAMES_HELD, Uplink
+from lited.service.uplink import UPLINK_FRAMES_HELD, Uplink
 from lited.sources import SourceError
 from lited.sources.errors import redact
 from lited.stream import Stream

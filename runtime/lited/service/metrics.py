@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Any, Callable, Iterator, Optional
 
 from lited.stream.stats import BUCKETS_MS, STAGES
+from lited.stream.stream import STATES as STREAM_STATES
 
-STATES = ("starting", "connecting", "streaming", "stalled", "backoff", "ended", "stopped")  # starting: model warming up
+STATES = ("starting", *STREAM_STATES)  # starting: the daemon's, its model warming up
 COUNTER_NAMES = {"captured": "frames_captured", "inferred": "frames_inferred", "skipped": "frames_skipped",
                  "torn": "frames_torn", "reconnects": "reconnects", "errors": "errors",
                  "engine_restarts": "engine_restarts"}

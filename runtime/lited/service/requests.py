@@ -26,7 +26,7 @@ import collections
 import logging
 import queue
 import threading
-from typing import Any, Callable, ClassVar, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, Protocol
 
 import cv2
 import numpy as np
@@ -37,6 +37,9 @@ from lited.engines import EngineError
 from lited.errors import first_line
 from lited.model import Model
 from lited.protocol import ProtocolError, param
+
+if TYPE_CHECKING:
+    from lited.stream import Stream
 from lited.service.images import decode_image, image_cost
 from lited.service.render import draw_result
 from lited.validate import quoted
@@ -63,7 +66,7 @@ def stream_names(service: "Service") -> list:
     return [*service.streams, *service.warming]
 
 
-def running_stream(service: "Service", name: str, field: str):
+def running_stream(service: "Service", name: str, field: str) -> Stream:
     """The running stream `name`. One still starting (its model warming up)
     has no result yet, which is said apart from a name that is not there."""
     stream = service.streams.get(name)

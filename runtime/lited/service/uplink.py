@@ -55,8 +55,8 @@ COUNTERS = ("selected", "rate_limited", "busy", "frame_gone", "queued", "refused
             "acked", "refused_by_broker", "answers", "duplicate_answers", "bad_messages", "requests",
             "requests_refused")
 
-LEASES_QUEUED = 2         # frames per stream leased by waiting results (see FRAMES_HELD)
-FRAMES_HELD = LEASES_QUEUED + 1   # leases per stream at once: those waiting, and one the packer takes itself
+LEASES_QUEUED = 2         # frames per stream leased by waiting results (see UPLINK_FRAMES_HELD)
+UPLINK_FRAMES_HELD = LEASES_QUEUED + 1   # leases per stream at once: those waiting, and one the packer takes itself
 
 # (result) -> a lease of its frame in the ring (`view()`, then `release()` once), None if it is gone
 HoldFrame = Callable[[dict], Optional[Frame]]

@@ -27,7 +27,7 @@ class Source:
     Subclasses set `kind` (the URI scheme or schemes: one file per kind,
     see registry.py) and `OPTIONS` (name -> `options.Option`), check their target
     in `__init__` (no I/O there), implement `open`, `_read` and `close`, and
-    raise `self._frame_shape_changed(frame)` when a frame does not fit `out`.
+    raise `self.frame_shape_changed(frame)` when a frame does not fit `out`.
     """
 
     kind: ClassVar[object] = ""  # the URI scheme, or a tuple of schemes
@@ -108,14 +108,14 @@ class Source:
     def _read(self, out: np.ndarray) -> bool:
         raise NotImplementedError
 
-    def _first_frame(self, frame: np.ndarray) -> Shape:
+    def keep_first_frame(self, frame: np.ndarray) -> Shape:
         """Keep a frame read while opening (it proves the stream decodes) for
         the first `read_into`; its shape is the source's."""
         self._pending, self._pending_paced = frame, False
         self.shape = tuple(frame.shape)  # type: ignore[assignment]
         return self.shape  # type: ignore[return-value]
 
-    def _frame_shape_changed(self, frame: np.ndarray) -> FrameShapeChanged:
+    def frame_shape_changed(self, frame: np.ndarray) -> FrameShapeChanged:
         """Keep `frame` for the next read and build the error to raise."""
         old, self.shape = self.shape, tuple(frame.shape)  # type: ignore[assignment]
         self._pending, self._pending_paced = frame, True

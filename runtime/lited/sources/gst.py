@@ -205,7 +205,7 @@ class _GiBackend:
         self.by_pointer = hash(buffer) == ctypes.c_void_p.from_address(id(buffer) + object.__basicsize__).value
         frame = np.empty(self._adopt_caps(sample), np.uint8)
         self._copy(sample, frame)
-        return self.source._first_frame(frame)
+        return self.source.keep_first_frame(frame)
 
     def _find_appsink(self, Gst: Any, GstApp: Any) -> Any:
         if not isinstance(self.pipeline, Gst.Bin):
@@ -271,7 +271,7 @@ class _GiBackend:
             frame = np.empty(self._adopt_caps(sample), np.uint8)
             self._copy(sample, frame)
             if frame.shape != out.shape:
-                raise self.source._frame_shape_changed(frame)
+                raise self.source.frame_shape_changed(frame)
             np.copyto(out, frame)
             return True
         self._copy(sample, out)

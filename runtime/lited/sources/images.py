@@ -61,7 +61,7 @@ class ImagesSource(Source):
         self._read_this_pass = 1      # the first frame, read here
         for self.index, path in enumerate(self.files, 1):
             try:
-                return self._first_frame(self._load(path))
+                return self.keep_first_frame(self._load(path))
             except FrameUnreadable as exc:
                 self._unread.append(exc.detail)
         raise self.error(f"none of the {len(self.files)} images in {self.path} can be read")
@@ -93,6 +93,6 @@ class ImagesSource(Source):
         image = self._load(self.files[self.index - 1])
         self._read_this_pass += 1
         if image.shape != out.shape:
-            raise self._frame_shape_changed(image)
+            raise self.frame_shape_changed(image)
         np.copyto(out, image)
         return True

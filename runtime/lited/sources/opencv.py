@@ -39,7 +39,7 @@ def first_frame(source: Source, cap: cv2.VideoCapture, what: str) -> Shape:
     if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
         cap.release()
         raise source.error(f"{what} gives {frame.dtype} frames of shape {frame.shape}, not BGR uint8")
-    return source._first_frame(frame)
+    return source.keep_first_frame(frame)
 
 
 def read_into(source: Source, cap: cv2.VideoCapture, out: np.ndarray) -> bool:
@@ -53,5 +53,5 @@ def read_into(source: Source, cap: cv2.VideoCapture, out: np.ndarray) -> bool:
     if not ok:
         return False
     if frame is not out:
-        raise source._frame_shape_changed(frame)
+        raise source.frame_shape_changed(frame)
     return True

@@ -442,7 +442,7 @@ class FrameRing:
     # -- lifecycle --------------------------------------------------------
 
     @classmethod
-    def create(cls, stream: str, slots: int, shape: Tuple[int, int, int], dtype=np.uint8,
+    def create(cls, stream: str, slots: int, shape: Tuple[int, int, int], dtype: type = np.uint8,
                *, group: Union[str, int, None] = None, first_frame: int = 0) -> "FrameRing":
         """Create the writer's ring for `stream`: `slots` frames of `shape`
         (height, width, channels), mode 0o440, group `group` if given; its

@@ -5,7 +5,8 @@
   hands it to the engine as soon as the engine has room for it.
 - infer: builds the model, whose engine runs in a process of its own
   (engine_process.py: paddlelite's Python `run()` holds the GIL), and
-  collects the runs in order, waiting on a socket with the GIL released;
+  collects the runs in order, waiting for each reply with the GIL released
+  (on a shared-memory semaphore, or by the clock for short runs);
   the moment a run is collected the next prepared one is submitted. If the
   engine process dies, the frames it had are lost and it is restarted after
   a capped backoff; the stream goes on.
@@ -28,7 +29,7 @@ Two policies, chosen by the stream (`Feed.policy`):
   cost at most HOLD_SHARE of the engine's time (see `_hold`); if the frame
   does not come in time, the prepared one starts. And when post is the slow
   part (a cascade's later stages), the engine starts the next frame only so
-  that it finishes as post frees (`_post_gate`): its result does not wait
+  that it finishes as post frees (`_post_gated`): its result does not wait
   behind the previous ones, and the frame it starts is that much newer.
 - `queue` (lossless sources): a second run queued behind the running one,
   so the engine never waits for this process: the most results per second.

@@ -15,7 +15,7 @@ import collections
 import logging
 import threading
 import time
-from typing import Callable, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Optional, Tuple, Union
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from lited.stream.handoff import Frame, FrameHandoff
 from lited.stream.ring import FrameRing, RingError
 from lited.stream.runner import ModelRunner
 from lited.stream.stats import StreamStats
+
+if TYPE_CHECKING:
+    from lited.model import Model
 
 log = logging.getLogger("lited.stream")
 
@@ -178,7 +181,7 @@ class Stream:
             self._on_ended()
 
     @property
-    def model(self):
+    def model(self) -> Optional[Model]:
         return self.runner.model if self.runner else None
 
     @property
