@@ -19,7 +19,7 @@ from typing import Any, Iterator, Optional, Tuple
 
 from lited import __version__, ctl
 from lited.errors import OneLineParser
-from lited.validate import arg_engine, arg_number, arg_stream_name, arg_timeout
+from lited.cli_args import arg_engine, arg_number, arg_stream_name, arg_timeout
 
 EXIT_BAD_INPUT = 2
 

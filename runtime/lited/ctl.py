@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from lited.validate import MAX_TIMEOUT_S, arg_number, arg_timeout
+from lited.cli_args import arg_number, arg_timeout
+from lited.validate import MAX_TIMEOUT_S
 
 EXIT_FAILED = 1
 EXIT_NOT_RUNNING = 3

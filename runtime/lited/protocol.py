@@ -11,7 +11,7 @@ from typing import Any
 
 import msgpack
 
-from lited.validate import has_type, type_name
+from lited.validate import DAEMON_STREAM, has_type, type_name  # noqa: F401 - DAEMON_STREAM: the protocol's name
 
 VERSION = 1
 METHODS = ("ping", "status", "infer", "reload", "snapshot")
@@ -21,7 +21,6 @@ OPTIONAL_RESULT_KEYS = ("text", "text_score")  # a text decoder's (ctc) result, 
 ANSWER_KEYS = ("stream", "seq", "detection", "id", "worker", "model", "model_version", "task", "detections",
                "classes", "error", "infer_ms", "round_trip_ms")
 FRAME_KEYS = ("ring", "generation", "slot", "slot_seq", "width", "height")
-DAEMON_STREAM = "_daemon"
 # msgpack limits for untrusted input: bounded nesting and sizes, no ext types
 _UNPACK_LIMITS = dict(max_str_len=1 << 16, max_array_len=1 << 16, max_map_len=1 << 10, max_ext_len=0)
 

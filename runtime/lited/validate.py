@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Optional
 # names (/var/lib/lited/bundles/<name>), shared-memory names and topics.
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
 MAX_TIMEOUT_S = 3600  # every lited timeout, in the config and on the command line
+DAEMON_STREAM = "_daemon"  # the "stream" of the daemon's own events (docs/protocol.md): no stream's name
 RESERVED_NAMES = frozenset({"current", "previous"})  # the installer's links beside a bundle's versions
 NAME_RULE = ("may hold only ASCII letters, digits, '.', '_' and '-' (1 to 64 of them, not starting with '.' or '-', "
              "not 'current' or 'previous')")
@@ -167,7 +168,7 @@ class Checker:
         ok = ok and (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
         ok = ok and (above is None or value > above)
         if not ok:
-            self.add(path + key, f"expected {_range_text(integer, minimum, maximum, above)}, got {shown(value)}"
+            self.add(path + key, f"expected {range_text(integer, minimum, maximum, above)}, got {shown(value)}"
                                  f"{_number_as_text(value)}")
             return default
         return value
@@ -213,7 +214,7 @@ class Checker:
             self.add(f"{path}{key}", f"unknown field (known: {', '.join(sorted(known))})")
 
 
-def _range_text(integer: bool, minimum: Optional[float], maximum: Optional[float], above: Optional[float]) -> str:
+def range_text(integer: bool, minimum: Optional[float], maximum: Optional[float], above: Optional[float]) -> str:
     what = "an integer" if integer else "a number"
     def num(v: float) -> str:
         return str(int(v)) if integer or float(v).is_integer() and abs(v) < 1e15 else f"{v:g}"
@@ -228,65 +229,7 @@ def _range_text(integer: bool, minimum: Optional[float], maximum: Optional[float
     return what
 
 
-def arg_number(integer: bool = False, minimum: Optional[float] = None, maximum: Optional[float] = None,
-               above: Optional[float] = None) -> Callable[[str], Any]:
-    """An argparse `type` for a number in range, refused in the config's words
-    (`expected an integer from 1 to 256, got '-3'`): a command-line value that
-    cannot work is a usage error (exit 2), never silently odd behaviour."""
-    import argparse
-
-    def parse(text: str) -> Any:
-        try:
-            value = int(text) if integer else float(text)
-        except ValueError:
-            value = None
-        if value is None or not is_number(value) or (minimum is not None and value < minimum) \
-                or (maximum is not None and value > maximum) or (above is not None and value <= above):
-            raise argparse.ArgumentTypeError(f"expected {_range_text(integer, minimum, maximum, above)}, "
-                                             f"got {text!r}")
-        return value
-    return parse
-
-
-def arg_name(text: str) -> str:
-    """An argparse `type` for a name (a stream's, say): the one name rule."""
-    import argparse
-
-    problem = name_problem(text)
-    if problem:
-        raise argparse.ArgumentTypeError(problem)
-    return text
-
-
 def reserved_stream_problem(name: Any) -> Optional[str]:
     """Why `name`, valid by the name rule, still cannot name a stream, or None: it is the name of
     the daemon's own events, which its events would pass for (docs/protocol.md)."""
-    from lited.protocol import DAEMON_STREAM  # (protocol imports this module)
-
     return f"'{name}' is reserved for the daemon's own events" if name == DAEMON_STREAM else None
-
-
-def arg_stream_name(text: str) -> str:
-    """An argparse `type` for a stream's name: the name rule, and not the name of the daemon's own events."""
-    import argparse
-
-    problem = reserved_stream_problem(arg_name(text))
-    if problem:
-        raise argparse.ArgumentTypeError(problem)
-    return text
-
-
-def arg_timeout(text: str) -> float:
-    """An argparse `type` for a timeout in seconds: above 0 and at most MAX_TIMEOUT_S, as every lited timeout."""
-    return arg_number(above=0, maximum=MAX_TIMEOUT_S)(text)
-
-
-def arg_engine(text: str) -> str:
-    """An argparse `type` for an engine name: one of the registry's (else "no file for foo" came later)."""
-    import argparse
-
-    from lited.engines import ENGINES  # only when --engine is given: the registry imports every engine module
-
-    if text not in ENGINES:
-        raise argparse.ArgumentTypeError(f"unknown engine {text!r}, expected one of {', '.join(ENGINES.kinds())}")
-    return text
