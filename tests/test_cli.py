@@ -130,7 +130,10 @@ def test_bad_usage_is_one_line_exit_2():
     for args, said in ((("inspect", "--precision", "int4"), "lited inspect: argument --precision: invalid "
                         "choice: 'int4' (choose from 'fp32', 'fp16', 'int8') (see lited inspect --help)"),
                        (("nope",), "lited: argument COMMAND: invalid choice: 'nope'"),
-                       (("ctl", "bogus"), "lited ctl: argument action: invalid choice: 'bogus'")):
+                       (("ctl", "bogus"), "lited ctl: argument action: invalid choice: 'bogus'"),
+                       # an option no command has was the top level's ("lited: ... (see lited --help)")
+                       (("inspect", "--bundle", "b", "--bogus"), "lited inspect: unrecognized arguments: --bogus "
+                                                                 "(see lited inspect --help)")):
         proc = lited(*args)
         assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
         assert proc.stderr.startswith(said), proc.stderr
@@ -309,6 +312,15 @@ def test_run_names_the_images_it_skips(bundles_dir, tmp_path):
     assert f"lited: stream cam0: source 'images://{folder}': cannot decode {folder}/b.png (0 bytes); skipped" \
         in proc.stderr.splitlines(), proc.stderr
     assert any(line.endswith(f"cannot decode {folder}/c.png (5 bytes); skipped") for line in proc.stderr.splitlines())
+
+
+def test_run_of_a_paced_synth_with_frames_ends_there(bundles_dir):
+    """The README audit: `synth://?frames=3` (paced at 30 fps) printed 3 results, then was reopened
+    after a backoff for ever, each time 3 more; `frames` ends it, as a file's end does."""
+    proc = lited("run", "--bundle", str(bundles_dir / "ultraface"), "--source",
+                 "synth://?size=160x120&frames=3", "--json")
+    assert proc.returncode == 0 and "backoff" not in proc.stderr, proc.stderr
+    assert 1 <= len(proc.stdout.splitlines()) <= 3, proc.stdout
 
 
 def test_ctl_options_the_action_does_not_take_are_usage_errors(tmp_path):

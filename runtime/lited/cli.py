@@ -640,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, help: str, func: Any) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help, parents=[common])
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, command_parser=p)
         return p
 
     p = command("infer", "run a bundle's model on images", cmd_infer)
@@ -741,7 +741,9 @@ def keep_early_signals() -> None:
 def main(argv: list | None = None) -> int:
     if "serve" in (sys.argv[1:] if argv is None else argv)[:2]:
         keep_early_signals()
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # said by the command's parser (argparse's top level said "lited: ...", see lited --help)
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if not args.debug:
         from lited.quiet import quiet_native_output
 

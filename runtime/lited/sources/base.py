@@ -39,6 +39,11 @@ class Source:
     FINITE: ClassVar[bool] = False
 
     @property
+    def finite(self) -> bool:
+        """Does this stream have an end where it ends (FINITE), rather than being reopened?"""
+        return self.FINITE
+
+    @property
     def lossless(self) -> bool:
         """True when frames wait for the consumer instead of being dropped (a
         file read as fast as it is inferred); False for a live source, where

@@ -30,6 +30,11 @@ class SynthSource(Source):
             raise self.error(f"synth takes no path, got {target!r} (write synth://?size=WxH)")
         self.index = 0
 
+    @property
+    def finite(self) -> bool:
+        """With `frames`, it ends there, as a file does (reopened, it drew them again, for ever)."""
+        return bool(self.options["frames"])
+
     def open(self) -> Shape:
         w, h = self.options["size"]
         self.fps = self.options["fps"] or None

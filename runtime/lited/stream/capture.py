@@ -138,7 +138,7 @@ class CaptureLoop:
             if not ok:
                 ring.abort(slot)
                 source.close()
-                if source.FINITE or source.lossless or self._stop.is_set():
+                if source.finite or source.lossless or self._stop.is_set():
                     handoff.wait_results(ring.frames_written - 1)
                     self._set_state("ended", "end of stream")
                     return True
