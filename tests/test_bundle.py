@@ -98,7 +98,7 @@ def test_every_problem_is_reported_at_once_with_its_field_path(bundle):
                                                    "options": {"paddle_lite": {"threads": 2}}}]}),
      "models.x86[0].options.paddle_lite: not one of this file's engines (openvino, onnxruntime)"),
     (lambda m: m.update(schema=2, models={"x86": [{**m["models"]["x86"], "file": "m.xml", "engines": ["openvino"]}]}),
-     "models.x86[0].params: missing: an OpenVINO IR (.xml) needs its .bin"),
+     "models.x86[0].params: missing: openvino needs its .bin beside it"),
     (lambda m: m.update(schema=2, models={"x86": [{**m["models"]["x86"], "precision": "int4"}]}),
      "models.x86[0].precision: unknown \"int4\", expected one of fp32, fp16, int8"),
     # a typo is refused, never ignored

@@ -85,5 +85,5 @@ def test_params_file_is_checked_like_the_model(pi_bundle, tmp_path):
     manifest = json.loads((broken / "manifest.json").read_text())
     del manifest["models"]["x86"]["params"]
     (broken / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match=r"models.x86.params: missing: a paddle_inference model needs"):
+    with pytest.raises(BundleError, match=r"models.x86.params: missing: paddle_inference needs its .pdiparams beside it"):
         load_bundle(broken)

@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import re
-import struct
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -45,13 +44,6 @@ TARGET_MACHINES = {
     "opencl": ("aarch64", "arm64", "armv7l", "armv8l"),
     "jetson": ("aarch64",),
 }
-# Paddle Lite naive buffer: uint16 meta version, char[16] opt version, uint64
-# topology size, the topology (ops with kernel keys "op/alias/target/precision/
-# layout"), then the weights. Target numbers are Paddle Lite's TargetType.
-NB_HEADER = struct.Struct("<H16sQ")
-NB_KERNEL_RE = re.compile(rb"[a-z0-9_]+/[A-Za-z0-9_]+/(\d+)/\d+/\d+\x00")
-NB_TARGETS = {1: "host", 2: "x86", 4: "arm", 5: "opencl", 6: "any"}
-NB_PORTABLE = {"host", "any"}
 
 
 # Line breaks and other control characters a manifest key or file name may hold.
@@ -342,62 +334,13 @@ def check_model_file(model: ModelFile) -> list:
         return [f"{name}: sha256 mismatch ({model.field}.sha256)"]
     if model.params is not None:
         return check_model_file(model.params)
-    if "paddle_lite" in model.engines:
-        try:
-            info = read_nb_header(path)
-        except ValueError as exc:
-            return [f"{name}: {exc}"]
-        foreign = info["targets"] - NB_PORTABLE - {model.target} - ({"arm"} if model.target == "opencl" else set())
-        if foreign:
-            return [f"{name}: holds {', '.join(sorted(foreign))} kernels but is listed as {model.field}"]
+    from lited.engines import ENGINES  # here: the registry imports every engine module (not their backends)
+
+    for kind in model.engines:  # what the file says of itself against its target (Paddle Lite's kernels)
+        problem = ENGINES.get(kind).file_problem(path, model.target, model.field) if kind in ENGINES else None
+        if problem:
+            return [f"{name}: {problem}"]
     return []
-
-
-def read_nb_header(path: Path) -> dict:
-    """Version and kernel targets of a Paddle Lite `.nb`, read from its header
-    and topology (the weights are only walked). Raises ValueError if truncated."""
-    with open_regular(path, MAX_MODEL_BYTES) as fh:
-        size = os.fstat(fh.fileno()).st_size
-        head = fh.read(NB_HEADER.size)
-        if len(head) < NB_HEADER.size:
-            raise ValueError(f"{size} bytes, too small for a Paddle Lite model (truncated)")
-        meta, version, topo_size = NB_HEADER.unpack(head)
-        if meta != 2 or not version.startswith(b"v"):
-            raise ValueError("not a Paddle Lite naive-buffer model (bad header)")
-        if topo_size > size - NB_HEADER.size:
-            raise ValueError(f"{size} bytes, shorter than its own header says (truncated)")
-        topology = fh.read(topo_size)
-        _walk_nb_weights(fh, size)
-    targets = {NB_TARGETS.get(int(m.group(1)), f"target#{m.group(1)}") for m in NB_KERNEL_RE.finditer(topology)}
-    return {"version": version.split(b"\0")[0].decode("ascii", "replace"), "targets": targets}
-
-
-def _walk_nb_weights(fh, size: int) -> None:
-    """Skip through the weights after the topology as Paddle Lite reads them
-    (lite/model_parser/flatbuffers/io.cc): uint16 version 0, uint16 meta size
-    and the meta, uint16 header size and the header (uint16 count, ...), then
-    per weight uint32 total size, uint32 offset (4) and total - 4 bytes.
-    Paddle Lite aborts the whole process on a short read: refuse it here."""
-    def take(fmt: str) -> tuple:
-        data = fh.read(struct.calcsize(fmt))
-        if len(data) < struct.calcsize(fmt):
-            raise ValueError(f"{size} bytes, its weights end early (truncated)")
-        return struct.unpack(fmt, data)
-
-    version, meta_size = take("<HH")
-    fh.seek(meta_size, 1)
-    header_size, = take("<H")
-    if version != 0 or header_size < 2:
-        raise ValueError("not a Paddle Lite naive-buffer model (bad weights header)")
-    count, = take("<H")
-    fh.seek(header_size - 2, 1)
-    for _ in range(count):
-        total, offset = take("<II")
-        if offset < 4 or total < offset:
-            raise ValueError("not a Paddle Lite naive-buffer model (bad weights header)")
-        fh.seek(total - 4, 1)
-    if fh.tell() > size:
-        raise ValueError(f"{size} bytes, its weights end early (truncated)")
 
 
 def file_specs(spec: dict | list) -> list:
@@ -647,8 +590,8 @@ def _check_model_entry(c: BundleChecker, spec: Any, where: str, root: Path) -> N
     if expected is not None:
         check_expected(c, expected, p + "expected.")
     params = spec.get("params")
-    needs = "a paddle_inference model needs its .pdiparams" if "paddle_inference" in engines else \
-        "an OpenVINO IR (.xml) needs its .bin" if str(rel).lower().endswith(".xml") else ""
+    needs = ", ".join(f"{kind} needs its {suffix} beside it" for kind in engines if kind in ENGINES
+                      for suffix in [ENGINES.get(kind).weights_suffix(str(rel))] if suffix)
     if needs and not isinstance(params, dict):
         c.add(p + "params", f"missing: {needs} ({{\"file\", \"sha256\", \"size\"}})")
     elif isinstance(params, dict):

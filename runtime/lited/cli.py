@@ -150,8 +150,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from lited.bundle import (BundleError, check_target_runs_here, listed_files, load_bundle, machine_target,
-                              read_nb_header)
+    from lited.bundle import BundleError, check_target_runs_here, listed_files, load_bundle, machine_target
 
     foreign = False  # --target of another machine (an arm bundle looked at on a PC): shown, never loaded
     if args.target:
@@ -179,10 +178,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             entry = {"file": mf.path.name, "engines": list(mf.engines), "precision": mf.precision,
                      "installed": [k for k in mf.engines if k in ENGINES and ENGINES.get(k).available()],
                      "size": mf.size, "sha256": mf.sha256[:16] + "..."}
-            if "paddle_lite" in mf.engines and mf.path.is_file():
-                try:
+            for kind in (k for k in mf.engines if k in ENGINES and mf.path.is_file()):
+                try:  # what the file says of itself (a .nb: its Paddle Lite version and kernels' targets)
                     entry.update({k: sorted(v) if isinstance(v, set) else v
-                                  for k, v in read_nb_header(mf.path).items()})
+                                  for k, v in ENGINES.get(kind).file_info(mf.path).items()})
                 except ValueError as exc:
                     entry["problem"] = str(exc)
             info["models"][t].append(entry)

@@ -185,12 +185,12 @@ class _Receiver:
         return self.view[:size], fds
 
 
-def _identity(path: str) -> tuple:
+def _identity(kind: str, path: str) -> tuple:
     """What tells one model file from another at the same path (with the
     weights beside it: Paddle Inference's .pdiparams, an OpenVINO IR's .bin)."""
     out = []
-    stem = os.path.splitext(path)[0]
-    for name in (path, stem + ".pdiparams", stem + ".bin"):
+    weights = ENGINES.get(kind).weights_suffix(path) if kind in ENGINES else None
+    for name in (path, *([os.path.splitext(path)[0] + weights] if weights else [])):
         try:
             st = os.stat(name)
             out.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
@@ -270,7 +270,7 @@ class EngineProcess(Engine):
         self._spec = {"op": "open", "kind": kind, "path": str(model_path), "options": dict(options or {}),
                       "checksums": dict(checksums or {}), "cpus": self.cpus}
         self._image_input = 0
-        self._identity = _identity(str(model_path))
+        self._identity = _identity(kind, str(model_path))
         self._sock: Optional[socket.socket] = None
         self._proc: Optional[subprocess.Popen] = None
         self._native = NativeLog()  # the child's stderr, when it would go nowhere: read when it dies
@@ -353,7 +353,7 @@ class EngineProcess(Engine):
         the model file changed on disk meanwhile (an upgrade flipped the
         bundle): the bundle's manifest here describes the old one."""
         self._stop_child()
-        if _identity(self._spec["path"]) != self._identity:
+        if _identity(self._spec["kind"], self._spec["path"]) != self._identity:
             if not os.path.exists(self._spec["path"]):  # moved or removed: retried, as a change is
                 raise EngineError(f"{self._spec['path']}: gone since it was loaded (moved or removed?); "
                                   "restarting once it is back (or reload the bundle)")

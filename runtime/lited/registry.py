@@ -5,7 +5,11 @@ with a small base class in `base.py`. A member is one file in that package
 defining a subclass that sets `kind`, the name configs and manifests use
 (or a tuple of names, for a member serving several: rtsp, http, https). Adding a member is
 adding a file: nothing else lists it (as Frigate's detector plugins).
-Members import their heavy backends lazily, so building a registry is cheap.
+Every module of the package is imported (helpers too: `sources/opencv.py`,
+`decoders/nms.py`); a module defines members of a family only if it subclasses
+its base. Engines import their backends lazily, so the engine registry is cheap
+to build; sources and decoders use OpenCV and numpy, which any command that
+reads frames loads anyway.
 """
 from __future__ import annotations
 

@@ -30,6 +30,7 @@ import hashlib
 import importlib.util
 import operator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, ClassVar, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -105,6 +106,25 @@ class Engine:
     def can_run(cls, path: str) -> bool:
         """Does this engine read a model file named like `path`?"""
         return str(path).lower().endswith(cls.formats) if cls.formats else False
+
+    @classmethod
+    def weights_suffix(cls, path: str) -> Optional[str]:
+        """The suffix of the weights file a model file named like `path` needs beside it,
+        under its stem (Paddle Inference's `.pdiparams`, an OpenVINO IR's `.bin`); None if none."""
+        return None
+
+    @classmethod
+    def file_info(cls, path: Path) -> dict:
+        """What the model file says of itself, read without loading it (Paddle Lite's `.nb`:
+        its `version` and its kernels' `targets`); {} where the engine reads nothing there.
+        ValueError if the file is not one this engine can read (truncated, another format)."""
+        return {}
+
+    @classmethod
+    def file_problem(cls, path: Path, target: str, listed_as: str) -> Optional[str]:
+        """Why the model file cannot run as target `target` (where the bundle lists it: `listed_as`,
+        for the message), from the file itself, before any run; None if nothing is wrong."""
+        return None
 
     @classmethod
     def check_options(cls, options: dict) -> None:

@@ -147,6 +147,10 @@ class OpenVinoEngine(InPlaceEngine):
     formats = (".onnx", ".xml")
 
     @classmethod
+    def weights_suffix(cls, path: str) -> Optional[str]:
+        return ".bin" if str(path).lower().endswith(".xml") else None  # an IR; an ONNX holds its weights
+
+    @classmethod
     def check_options(cls, options: dict) -> None:
         super().check_options(options)
         int_option(options, "streams", 1)

@@ -98,6 +98,10 @@ class PaddleInferenceEngine(Engine):
     formats = (".pdmodel",)
 
     @classmethod
+    def weights_suffix(cls, path: str) -> Optional[str]:
+        return ".pdiparams"
+
+    @classmethod
     def check_options(cls, options: dict) -> None:
         super().check_options(options)
         _check_options(options)

@@ -27,13 +27,25 @@ Facts that shaped it (paddlelite 2.13rc0):
 from __future__ import annotations
 
 import os
+import re
+import struct
 import sys
 from collections import OrderedDict
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
 from lited.engines.base import Engine, EngineError, TensorSpec, cpu_threads, int_option, read_model_file, str_option
+from lited.files import MAX_MODEL_BYTES, open_regular
+
+# Paddle Lite naive buffer: uint16 meta version, char[16] opt version, uint64
+# topology size, the topology (ops with kernel keys "op/alias/target/precision/
+# layout"), then the weights. Target numbers are Paddle Lite's TargetType.
+NB_HEADER = struct.Struct("<H16sQ")
+NB_KERNEL_RE = re.compile(rb"[a-z0-9_]+/[A-Za-z0-9_]+/(\d+)/\d+/\d+\x00")
+NB_TARGETS = {1: "host", 2: "x86", 4: "arm", 5: "opencl", 6: "any"}
+NB_PORTABLE = {"host", "any"}
 
 PREDICTORS_PER_SHAPE = 2  # predictors kept for a dynamic-shape model (option `predictors`)
 
@@ -49,6 +61,22 @@ class PaddleLiteEngine(Engine):
     backend = "paddlelite"
     package = "paddlelite"
     formats = (".nb",)
+
+    @classmethod
+    def file_info(cls, path: Path) -> dict:
+        """The `.nb`'s Paddle Lite `version` and its kernels' `targets` (read_nb_header)."""
+        return read_nb_header(path)
+
+    @classmethod
+    def file_problem(cls, path: Path, target: str, listed_as: str) -> Optional[str]:
+        """A truncated `.nb` (Paddle Lite aborts the whole process on a short read), or one
+        holding another machine's kernels (an arm `.nb` on x86 crashes inside run())."""
+        try:
+            info = read_nb_header(path)
+        except ValueError as exc:
+            return str(exc)
+        foreign = info["targets"] - NB_PORTABLE - {target} - ({"arm"} if target == "opencl" else set())
+        return f"holds {', '.join(sorted(foreign))} kernels but is listed as {listed_as}" if foreign else None
 
     @classmethod
     def check_options(cls, options: dict) -> None:
@@ -168,3 +196,50 @@ class PaddleLiteEngine(Engine):
     def output_shapes(self) -> list:
         """Output shapes as of the last run (Paddle Lite knows them only after one)."""
         return [tuple(t.shape()) for t in self._outputs]
+
+
+def read_nb_header(path: Path) -> dict:
+    """Version and kernel targets of a Paddle Lite `.nb`, read from its header
+    and topology (the weights are only walked). Raises ValueError if truncated."""
+    with open_regular(path, MAX_MODEL_BYTES) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        head = fh.read(NB_HEADER.size)
+        if len(head) < NB_HEADER.size:
+            raise ValueError(f"{size} bytes, too small for a Paddle Lite model (truncated)")
+        meta, version, topo_size = NB_HEADER.unpack(head)
+        if meta != 2 or not version.startswith(b"v"):
+            raise ValueError("not a Paddle Lite naive-buffer model (bad header)")
+        if topo_size > size - NB_HEADER.size:
+            raise ValueError(f"{size} bytes, shorter than its own header says (truncated)")
+        topology = fh.read(topo_size)
+        _walk_nb_weights(fh, size)
+    targets = {NB_TARGETS.get(int(m.group(1)), f"target#{m.group(1)}") for m in NB_KERNEL_RE.finditer(topology)}
+    return {"version": version.split(b"\0")[0].decode("ascii", "replace"), "targets": targets}
+
+
+def _walk_nb_weights(fh, size: int) -> None:
+    """Skip through the weights after the topology as Paddle Lite reads them
+    (lite/model_parser/flatbuffers/io.cc): uint16 version 0, uint16 meta size
+    and the meta, uint16 header size and the header (uint16 count, ...), then
+    per weight uint32 total size, uint32 offset (4) and total - 4 bytes.
+    Paddle Lite aborts the whole process on a short read: refuse it here."""
+    def take(fmt: str) -> tuple:
+        data = fh.read(struct.calcsize(fmt))
+        if len(data) < struct.calcsize(fmt):
+            raise ValueError(f"{size} bytes, its weights end early (truncated)")
+        return struct.unpack(fmt, data)
+
+    version, meta_size = take("<HH")
+    fh.seek(meta_size, 1)
+    header_size, = take("<H")
+    if version != 0 or header_size < 2:
+        raise ValueError("not a Paddle Lite naive-buffer model (bad weights header)")
+    count, = take("<H")
+    fh.seek(header_size - 2, 1)
+    for _ in range(count):
+        total, offset = take("<II")
+        if offset < 4 or total < offset:
+            raise ValueError("not a Paddle Lite naive-buffer model (bad weights header)")
+        fh.seek(total - 4, 1)
+    if fh.tell() > size:
+        raise ValueError(f"{size} bytes, its weights end early (truncated)")

@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from lited.bundle import NB_HEADER
+from lited.engines.paddle_lite import NB_HEADER
 from lited.sdk import BuildError, proc
 from lited.sdk.paddle_model import PaddleModel
 from lited.sdk.venv import tool
