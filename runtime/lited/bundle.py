@@ -212,6 +212,8 @@ class StageSpec(ModelSpec):
 
 @dataclass
 class Bundle(ModelSpec):
+    """A loaded, validated bundle: its first stage (the ModelSpec it is) and the later stages of
+    its cascade; everything checked at load, so nothing fails later for a reason it could see."""
     stages: list = field(default_factory=list)  # StageSpec, in order
 
     def choose_all(self, engine: str | None = None, precision: str | None = None, check_file: bool = True) -> list:

@@ -85,6 +85,7 @@ class Deduper:
 
 
 class CloudWorker:
+    """`lited cloud`: one worker of a shared subscription, answering the devices' crops."""
     def __init__(self, settings: BrokerSettings, model_factory: Optional[Callable[[], Any]] = None,
                  group: str = "lited", client_id: Optional[str] = None, record: Optional[TextIO] = None,
                  session_expiry: int = 600) -> None:

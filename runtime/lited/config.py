@@ -281,6 +281,7 @@ def _check_value(c: Checker, value: Any, t: mi.Type, path: str) -> None:
 
 @dataclass
 class StreamConfig:
+    """One `streams[]` entry: a source, the model it runs, its ring and result settings."""
     name: str
     source: str
     model: str
@@ -325,6 +326,7 @@ def model_choice_problem(name: str, bundle: Any, settings: ModelSettings) -> Opt
 
 @dataclass
 class Config:
+    """The daemon's config, typed and checked (every problem at once); `load_config` makes it."""
     path: Optional[Path]
     runtime_dir: Path
     state_dir: Path

@@ -14,6 +14,8 @@ import numpy as np
 
 @dataclass
 class Geometry:
+    """Where the model input's pixels came from in the source image: the resize and pad that
+    preprocessing did, undone for boxes and points."""
     src_w: int
     src_h: int
     in_w: int

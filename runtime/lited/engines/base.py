@@ -70,6 +70,7 @@ def read_model_file(path: str, checksums: Optional[dict]) -> bytes:
 
 @dataclass(frozen=True)
 class TensorSpec:
+    """A model input as the engine declares it (-1 for a dynamic side)."""
     name: str
     shape: tuple
     dtype: str = "float32"

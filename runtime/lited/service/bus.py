@@ -297,6 +297,7 @@ class ClientGate:
 
 
 class Bus:
+    """The ZeroMQ sockets apps talk to: PUB for results and events, ROUTER for requests."""
     def __init__(self, pub: list, req: list, handler: Callable[[bytes, Callable, tuple], None],
                  curve: Optional[Curve] = None, insecure_tcp: bool = False, hwm: int = 1000,
                  max_request_bytes: int = 16 << 20, heartbeat: Optional[Callable[[], None]] = None,

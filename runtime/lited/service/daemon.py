@@ -121,6 +121,8 @@ def _stage_change(old: list, new: list) -> Optional[str]:
 
 
 class Daemon:
+    """`lited serve`: the streams, the request core, the bus and the optional HTTP and uplink,
+    started, reloaded and stopped together, with systemd told how it goes."""
     # Test hook: tests install a callable() that runs once per main-loop
     # iteration, to wedge the main loop. None in production.
     fault_hook: ClassVar[Optional[Callable[[], None]]] = None

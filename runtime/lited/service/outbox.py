@@ -74,6 +74,7 @@ class _Segment:
 
 
 class Outbox:
+    """The durable queue of uplink messages on disk (the module's docstring says its format)."""
     def __init__(self, directory: str, max_bytes: int = 64 << 20, segment_bytes: int = 1 << 20,
                  ack_flush_s: float = 1.0) -> None:
         self.dir = str(directory)

@@ -70,6 +70,7 @@ def settings_of(cfg: UplinkConfig) -> BrokerSettings:
 
 
 class Uplink:
+    """The MQTT link of `uplink:` in the config (the module's docstring says how it goes)."""
     def __init__(self, cfg: UplinkConfig, call: Call, publish_local: Callable[[str, dict], None],
                  hold_frame: HoldFrame, health: Callable[[], dict]) -> None:
         self.cfg = cfg

@@ -31,6 +31,7 @@ log = logging.getLogger("lited.stream")
 
 
 class CaptureLoop:
+    """The capture thread of one stream (see the module's docstring)."""
     def __init__(self, name: str, source: Source, slots: int, handoff: FrameHandoff, stats: StreamStats,
                  set_state: Callable[..., None], event: Callable[..., None], stop: threading.Event,
                  backoff: Optional[Backoff] = None, group: Union[str, int, None] = None) -> None:

@@ -19,6 +19,7 @@ POLICIES = ("latest", "queue")
 
 
 class Feed:
+    """What a runner may do with its stream (see the module's docstring)."""
     def __init__(self, name: str, handoff: FrameHandoff, stats: StreamStats,
                  publish: Callable[[dict, Frame], None], event: Callable[..., None],
                  beat: Optional[Callable[[], None]] = None, policy: str = "latest") -> None:

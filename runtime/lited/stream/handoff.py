@@ -43,6 +43,7 @@ class Frame(NamedTuple):
 
 
 class FrameHandoff:
+    """Frames from the capture thread to the active runner (see the module's docstring)."""
     def __init__(self, lossless: bool, stats: StreamStats, stop: threading.Event) -> None:
         self.lossless = lossless
         self.ring: Optional[FrameRing] = None

@@ -59,6 +59,8 @@ def ring_slots(margin: int, keep_results: int = 0, held_elsewhere: int = 0) -> i
 
 
 class Stream:
+    """One camera (or file) and the model on it: capture into the ring, a runner, the latest
+    results' frames held for apps, state and status; the model swapped between frames at a reload."""
     def __init__(self, name: str, uri: str, model_factory: Callable, publish: Callable[[dict], None],
                  on_event: Optional[Callable[[dict], None]] = None, slots: int = 2,
                  stall_timeout: float = 5.0, backoff: tuple = (0.5, 30.0), group: Union[str, int, None] = None,
