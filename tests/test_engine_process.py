@@ -145,6 +145,22 @@ def test_a_killed_engine_raises_a_named_error_and_restarts(fastestdet_file):
         os.kill(pid, 0)
 
 
+def test_signals_to_the_whole_unit_leave_the_engine_process_running(fastestdet_file):
+    """The systemd audit: `systemctl kill -s HUP lited` (every process of the unit) killed the engine
+    processes: the reload's signal dropped the streams' runs. SIGINT and SIGTERM are the parent's too."""
+    remote = EngineProcess("paddle_lite", str(fastestdet_file.path), {})
+    try:
+        remote.set_input(0, _random_input(FASTESTDET_INPUT))
+        before = [o.copy() for o in remote.run()]
+        pid = remote.pid
+        for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+            os.kill(pid, sig)
+        time.sleep(0.2)
+        assert remote.pid == pid and all(np.array_equal(a, b) for a, b in zip(remote.run(), before))
+    finally:
+        remote.close()
+
+
 def test_a_model_the_backend_refuses_is_a_one_line_error(tmp_path):
     bad = tmp_path / "model.nb"
     bad.write_bytes(b"\0" * 4096)

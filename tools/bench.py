@@ -1140,7 +1140,7 @@ else (no OpenCV, no ZeroMQ).
     lines += ["", """### Two streams on one model
 
 FastestDet, two `lited run` streams on one file each at once, each with an engine process of its own:
-the daemon gives each stream `threads` so that together they fit the cores (`cores.share_threads`: on these 2
+the daemon gives each stream `threads` so that together they fit the cores (lited/cores.py's `share_threads`: on these 2
 cores, 1 each); the last row per engine is what two streams of 2 threads would take without that.
 Total frames per second of the streams together and CPU milliseconds per frame (all processes).
 

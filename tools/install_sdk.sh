@@ -64,10 +64,11 @@ while [ $# -gt 0 ]; do
         --no-selftest) selftest=0; shift ;;
         -h|--help) help; exit 0 ;;
         -*) echo "install_sdk: unknown option $1" >&2; usage ;;
-        *) [ -z "$src" ] || usage; src=$1; shift ;;
+        *) [ -z "$src" ] || bad "one bundle at a time: $src and $1"; src=$1; shift ;;
     esac
 done
-if [ -n "$rollback_name" ]; then [ -z "$src" ] || usage; else [ -n "$src" ] || usage; fi
+if [ -n "$rollback_name" ]; then [ -z "$src" ] || bad "--rollback takes no bundle, got $src"
+else [ -n "$src" ] || bad "no bundle given: a .zip or a directory (see --help)"; fi
 lited_wheel=""
 if [ -n "$wheels" ]; then
     lited_wheel=$(find "$wheels" -maxdepth 1 -name 'lited-*.whl' | sort -V | tail -n 1)
@@ -112,7 +113,7 @@ detect_board() {
 }
 [ "$board" != detect ] || board=$(detect_board)
 [ "$board" = none ] || [ -f "$repo/systemd/boards/$board.conf" ] \
-    || { echo "install_sdk: --board $board: no such profile (have: $(cd "$repo/systemd/boards" && ls | sed 's/\.conf$//' | tr '\n' ' ')none)" >&2; exit 2; }
+    || bad "--board $board: no such profile (have: $(cd "$repo/systemd/boards" && ls | sed 's/\.conf$//' | tr '\n' ' ')none)"
 
 root=$(realpath -m "$prefix"); root=${root%/}   # '' for /
 why_not_systemctl="--no-systemctl"
@@ -273,6 +274,14 @@ install_units() {
     local extra=""
     [ "$board" = none ] || extra=", board profile $board (20-board.conf)"
     hidden_by_protect_home "$base" && extra="$extra, drop-in 30-python.conf to reach $base"
+    local dir=$base   # the unit gets in as root; an app in group lited runs /usr/local/bin/lited as itself
+    while [ "$dir" != / ]; do
+        if [ -z "$(find "$dir" -maxdepth 0 -perm -o=x 2>/dev/null)" ]; then
+            extra="$extra; only root reaches $dir, so apps in group lited cannot run lited (a Python in /usr or /opt can: --python)"
+            break
+        fi
+        dir=$(dirname "$dir")
+    done
     say "units: $unit in $unitdir$extra"
 }
 

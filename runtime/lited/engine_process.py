@@ -57,8 +57,9 @@ before its code (MESSAGE) is queued, memfds passed alongside (SCM_RIGHTS)
 whenever one is (re)made. A waiting parent checks every LIVENESS_S[0] that its
 child still lives (a crashed child posts nothing to end the wait); a waiting
 child checks every LIVENESS_S[1] that its parent does (a SIGKILLed daemon
-closes nothing), so it never outlives it. The child ignores SIGINT and
-SIGTERM: its parent stops it after draining, with the page's CLOSING byte.
+closes nothing), so it never outlives it. The child ignores SIGINT,
+SIGTERM and SIGHUP (signals to the whole process group or unit: the reload's
+is the parent's): its parent stops it after draining, with the page's CLOSING byte.
 """
 from __future__ import annotations
 
@@ -841,6 +842,7 @@ def _set_thread_name(name: bytes) -> None:
 def main(argv: list) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C reaches the whole process group:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the parent drains, then closes the child
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)   # `systemctl kill -s HUP` signals the whole unit: a reload
     _set_thread_name(b"lited-engine")
     sock = socket.socket(fileno=int(argv[0]))
     page = Arena(int(argv[1]), PAGE_BYTES)  # the parent's page: meter and queues

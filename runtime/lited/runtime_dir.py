@@ -144,6 +144,9 @@ def peer_uid(socket_path: str, timeout: float = 2.0) -> Optional[int]:
         return uid
     except (FileNotFoundError, ConnectionRefusedError, BlockingIOError, socket.timeout):
         return None  # BlockingIOError: its listen queue is full (a hung daemon); the caller's probe says so
+    except PermissionError:  # "[Errno 13] Permission denied" said neither why nor what to do
+        raise PermissionError(f"{socket_path}: permission denied: the daemon's sockets are for its group "
+                              "(`lited` for the service): add this user to it, and log in again") from None
     finally:
         sock.close()
 

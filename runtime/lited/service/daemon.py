@@ -284,7 +284,7 @@ class Daemon:
             self.watchdog.beat("main", READY_TIMEOUT)
             what = f"warming up {name} ({bundle.name} {bundle.version}): no stream runs it, for requests"
             self.notifier.status(what)
-            log.info("%s", what, extra={"event": "warming_up"})
+            log.info("%s", what, extra={"event": "warming_up", "bundle": f"{name} {bundle.name} {bundle.version}"})
             try:
                 made[name] = self.make_model(name, bundle)
             except LOAD_ERRORS as exc:
@@ -347,7 +347,8 @@ class Daemon:
             self.warming[sc.name] = sc
         what = f"stream {sc.name}{f' ({progress})' if progress else ''}: warming up {sc.model} ({bundle.name} {bundle.version})"
         self.notifier.status(what)
-        log.info("%s", what, extra={"stream": sc.name, "event": "warming_up"})
+        log.info("%s", what, extra={"stream": sc.name, "event": "warming_up",  # BUNDLE=: what this start serves
+                                    "bundle": f"{sc.model} {bundle.name} {bundle.version}"})
         t0 = time.monotonic()
         beat_name = f"infer-{sc.name}"
         stream = Stream(sc.name, sc.source, self._stream_model(sc, bundle), self._publish_result,
