@@ -133,6 +133,12 @@ def trusted_uids() -> frozenset:
     return frozenset(uids)
 
 
+def not_in_group(socket_path: str) -> PermissionError:
+    """The error for a socket (or its directory) this user may not reach, saying what to do."""
+    return PermissionError(f"{socket_path}: permission denied: the daemon's sockets are for its group "
+                           "(`lited` for the service): add this user to it, and log in again")
+
+
 def peer_uid(socket_path: str, timeout: float = 2.0) -> Optional[int]:
     """The uid of the process listening on unix socket `socket_path`, from
     the kernel (SO_PEERCRED); None when nothing listens there or takes the connection."""
@@ -145,8 +151,7 @@ def peer_uid(socket_path: str, timeout: float = 2.0) -> Optional[int]:
     except (FileNotFoundError, ConnectionRefusedError, BlockingIOError, socket.timeout):
         return None  # BlockingIOError: its listen queue is full (a hung daemon); the caller's probe says so
     except PermissionError:  # "[Errno 13] Permission denied" said neither why nor what to do
-        raise PermissionError(f"{socket_path}: permission denied: the daemon's sockets are for its group "
-                              "(`lited` for the service): add this user to it, and log in again") from None
+        raise not_in_group(socket_path) from None
     finally:
         sock.close()
 
@@ -171,6 +176,8 @@ class PeerCheck:
             st = os.lstat(self.path)
         except FileNotFoundError:
             return
+        except PermissionError:  # its directory (0750, the daemon's group) is closed to this user
+            raise not_in_group(self.path) from None
         if (st.st_dev, st.st_ino) == self._checked:
             return
         names = ", ".join(_user(u) for u in sorted(self.trusted)) or "nobody (trusted_uids is empty)"
