@@ -332,6 +332,46 @@ def test_a_camera_that_never_answers_holds_up_no_other_stream(tmp_path, rtsp, fa
         silent.close()
 
 
+def test_cameras_that_answer_and_send_nothing_do_not_stretch_the_stop(tmp_path, face):
+    """The many-streams audit: a stream on a camera that answered and sends nothing waits its stop
+    timeout for OpenCV's open (which nothing can cut short), and the daemon stopped its streams one
+    after another: three such cameras took 18 s of the unit's 20-s TimeoutStopSec."""
+    import http.server
+    import threading
+
+    class Hung(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_HEAD(self) -> None:  # lited's probe finds a camera that answers...
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.end_headers()
+
+        def do_GET(self) -> None:  # ...which then sends nothing
+            time.sleep(60)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hung)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    streams = [{"name": n, "source": f"{url}/{n}?lited_open_timeout=30", "model": "face"} for n in "abc"]
+    d = DaemonProcess(tmp_path, {"models": {"face": str(face)}, "streams": streams})
+    try:
+        d.start()
+        d.wait_ready()
+        time.sleep(3)  # every open begun (one at a time: OpenCV's lock) or waiting for it
+        started = time.monotonic()
+        assert d.stop(timeout=30) == 0, d.output()[-2000:]
+        took = time.monotonic() - started
+        print(f"\nRELIABILITY hung_cameras_stop: 3 cameras that send nothing, daemon stopped in {took:.1f} s")
+        assert took < 12, d.output()[-2000:]
+    finally:
+        d.stop()
+        server.shutdown()
+        server.server_close()
+
+
 class _MjpegCamera:
     """A real MJPEG-over-HTTP camera (multipart/x-mixed-replace, 10 fps) whose `picture(connection,
     frame)` gives each frame's (width, height, shade); by default it switches from 320x240 to
