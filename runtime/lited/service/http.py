@@ -30,6 +30,7 @@ import concurrent.futures
 import hmac
 import json
 import logging
+import math
 import re
 import socket
 import threading
@@ -280,32 +281,32 @@ def query_fields(handler: tornado.web.RequestHandler) -> dict:
     return {k: handler.get_query_argument(k) for k in handler.request.query_arguments}
 
 
-def threshold_of(fields: dict) -> Optional[float]:
-    raw = fields.get("threshold")
+def _number_field(fields: dict, name: str) -> Optional[float]:
+    """Field `name` as a number: a number or a string of one; None when null or empty; NaN for
+    anything else (JSON's `true` is not 1.0; an integer past float's range), which no range takes."""
+    raw = fields.get(name)
     if raw is None or raw == "":
         return None
     try:
-        value = float(raw) if not isinstance(raw, bool) else -1.0  # JSON true is not 1.0
-    except (TypeError, ValueError):
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise ProtocolError("bad_request", f"threshold: expected a number from 0 to 1, got {_shown(raw)}")
+        return float(raw) if not isinstance(raw, bool) else math.nan
+    except (TypeError, ValueError, OverflowError):
+        return math.nan
+
+
+def threshold_of(fields: dict) -> Optional[float]:
+    value = _number_field(fields, "threshold")
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise ProtocolError("bad_request", f"threshold: expected a number from 0 to 1, got {_shown(fields['threshold'])}")
     return value
 
 
 def top_num_of(fields: dict) -> Optional[int]:
-    """EasyEdge's `top_num`, taken as `threshold` is: a number, or a string of one; a whole
-    number of at least 1 (2.0 is 2); null or empty is none."""
-    raw = fields.get("top_num")
-    if raw is None or raw == "":
-        return None
-    try:
-        value = float(raw) if not isinstance(raw, bool) else 0.0
-    except (TypeError, ValueError, OverflowError):
-        value = 0.0
-    if not (value >= 1 and value.is_integer()):  # NaN and infinity fail here too
-        raise ProtocolError("bad_request", f"top_num: expected a whole number of at least 1, got {_shown(raw)}")
-    return int(value)
+    """EasyEdge's `top_num`, taken as `threshold` is: a whole number of at least 1 (2.0 is 2)."""
+    value = _number_field(fields, "top_num")
+    if value is not None and not (value >= 1 and value.is_integer()):  # NaN and infinity fail here too
+        raise ProtocolError("bad_request", f"top_num: expected a whole number of at least 1, "
+                                           f"got {_shown(fields['top_num'])}")
+    return None if value is None else int(value)
 
 
 def _shown(raw: Any) -> str:
