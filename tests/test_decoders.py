@@ -17,7 +17,7 @@ import pytest
 from conftest import need_shared
 
 from lited.decoders import DECODERS, make_decoder
-from lited.decoders.nms import OPENCV_UP_TO, nms, nms_numpy, nms_opencv
+from lited.decoders.nms import OPENCV_UP_TO, candidates, nms, nms_numpy, nms_opencv
 from lited.geometry import Geometry
 
 # --------------------------------------------------------------------------
@@ -516,6 +516,38 @@ def test_nms_takes_opencv_for_few_candidates_and_numpy_for_many():
         want = (nms_opencv if n <= OPENCV_UP_TO else nms_numpy)(boxes, scores, 0.45, 100, classes)
         assert nms(boxes, scores, 0.45, 100, classes).tolist() == want.tolist()
         assert nms_numpy(boxes, scores, 0.45, 100, classes).tolist() == want.tolist()
+
+
+def textbook_candidates(scores: np.ndarray, threshold: float, multi_label: bool) -> set:
+    """(row, class, score) of every pair at or over the threshold, or each row's best."""
+    if multi_label:
+        return {(r, c, float(scores[r, c])) for r, c in zip(*np.nonzero(scores >= threshold))}
+    best = scores.max(axis=1)
+    return {(r, int(scores[r].argmax()), float(best[r])) for r in np.flatnonzero(best >= threshold)}
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_candidates_read_every_memory_layout_and_parts_alike(multi_label):
+    """The same candidates from a table in rows, transposed (YOLOv8's [C, N]), a column slice
+    (YOLOv5's classes after the box), or split into levels (a GFL head's per-level outputs)."""
+    rng = np.random.default_rng(3)
+    table = rng.uniform(0, 0.3, (3549, 85)).astype(np.float32)
+    table.flat[rng.choice(table.size, 60, replace=False)] = rng.uniform(0.3, 1, 60)
+    scores = np.ascontiguousarray(table[:, 5:])
+    want = textbook_candidates(scores, 0.5, multi_label)
+    assert len(want) > 10
+    layouts = {"rows": scores, "transposed": np.ascontiguousarray(scores.T).T, "slice": table[:, 5:],
+               "levels": [scores[:2704], scores[2704:3380], scores[3380:]]}
+    for name, layout in layouts.items():
+        row, cls, score = candidates(layout, 0.5, "none", multi_label, 0)
+        assert set(zip(row.tolist(), cls.tolist(), score.tolist())) == want, name
+        # logits: the threshold taken in logit space gives the same pairs, as probabilities
+        logit = [np.log(p / (1 - p)) for p in layout] if isinstance(layout, list) else np.log(layout / (1 - layout))
+        row, cls, score = candidates(logit, 0.5, "auto", multi_label, 0)
+        assert {(r, c) for r, c, _ in want} == set(zip(row.tolist(), cls.tolist())), name
+        assert np.allclose(score, [scores[r, c] for r, c in zip(row, cls)], atol=1e-6), name
+        row, cls, score = candidates(layout, 0.5, "none", multi_label, 7)
+        assert sorted(score.tolist(), reverse=True) == sorted((s for *_, s in want), reverse=True)[:7], name
 
 
 @pytest.mark.parametrize("nms", [nms, nms_opencv, nms_numpy])

@@ -1243,7 +1243,7 @@ def section_live(tmp: Path, progress: Progress, args: argparse.Namespace) -> str
 def section_nms(tmp: Path, progress: Progress, args: argparse.Namespace) -> str:
     import bench_nms
 
-    return bench_nms.render(bench_nms.measure())
+    return bench_nms.section()
 
 
 def section_engines(tmp: Path, progress: Progress, args: argparse.Namespace) -> str:
@@ -1345,7 +1345,7 @@ def main() -> int:
 
     args.out.write_text(render(rows, threads, live, daemon, machine(), png.name) + render_http(http) + "\n"
                         + render_ocr(ocr, "") + ("\n" + render_uplink(uplink) if uplink else "") + "\n"
-                        + bench_nms.render(bench_nms.measure()) + "\n" + engines_section)
+                        + bench_nms.section() + "\n" + engines_section)
     print(args.out.read_text())
     return 0
 

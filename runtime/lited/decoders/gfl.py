@@ -333,25 +333,23 @@ class GflDecoder(Decoder):
             return None
 
     # -- decode ---------------------------------------------------------------
-    def _gather(self, lay: _Layout, outputs: List[np.ndarray], which: str, width: int) -> np.ndarray:
-        mats = []
-        done = set()
+    def _score_parts(self, lay: _Layout, outputs: List[np.ndarray]) -> List[np.ndarray]:
+        """The `[n, C]` class scores of each output that holds them, in anchor order (views:
+        `candidates` reads them as one array without stacking them)."""
+        mats, done = [], set()
         for lv in lay.levels:
-            part, col = lv[which]
+            part, col = lv["cls"]
             if lv.get("concat"):
                 if part.index in done:
                     continue
                 done.add(part.index)
-                mats.append(part.matrix(outputs)[:, col:col + width])
-            else:
-                mats.append(part.matrix(outputs)[:, col:col + width])
-        return mats[0] if len(mats) == 1 else np.concatenate(mats, axis=0)
+            mats.append(part.matrix(outputs)[:, col:col + lay.num_classes])
+        return mats
 
     def decode(self, outputs: List[np.ndarray], geom: Geometry) -> dict:
         lay = self.layout(outputs, geom)
         c, bins = lay.num_classes, lay.reg_max + 1
-        scores = self._gather(lay, outputs, "cls", c)            # [N, C]
-        anchor, cls, score = candidates(scores, self.score_threshold, self.cls_activation, self.multi_label,
+        anchor, cls, score = candidates(self._score_parts(lay, outputs), self.score_threshold, self.cls_activation, self.multi_label,
                                         self.nms_top_k)
         if anchor.size == 0:
             return {"detections": [], "classes": []}
