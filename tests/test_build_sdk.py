@@ -632,6 +632,24 @@ def test_fewer_labels_than_classes_are_refused_naming_where_they_came_from(tools
 
 
 @pytest.mark.slow
+def test_a_layout_the_input_does_not_have_is_refused_naming_the_config_and_the_fix(tools_python: Path,
+                                                                                    tmp_path: Path) -> None:
+    """FastestDet's [1, 3, 352, 352] read as NHWC has 352 channels: refused before optimising,
+    naming the fragment (not the manifest the builder writes) and the layout that fits."""
+    fragment = json.loads((ROOT / "tests" / "bundles" / "fastestdet.json").read_text())
+    fragment["preprocess"]["layout"] = "NHWC"
+    frag = tmp_path / "frag.json"
+    frag.write_text(json.dumps(fragment))
+    shared = need_shared("models", "fastestdet")
+    proc = run_build_sdk(tools_python, "--model", shared / "paddle", "--config", frag, "--labels",
+                         shared / "labels.txt", "--targets", "x86", "--out", tmp_path / "x.zip",
+                         "--workdir", tmp_path / "work")
+    assert_refused(proc, "build_sdk: frag.json: inputs[0].shape: expected 3 colour channels, got 352 "
+                         "(preprocess.layout is NHWC; as NCHW it has 3: set layout: NCHW)")
+    assert "paddle_lite_opt" not in proc.stdout, proc.stdout
+
+
+@pytest.mark.slow
 def test_unknown_target_from_another_python(tools_python: Path, tmp_path: Path) -> None:
     """Started with the daemon's Python, it re-executes itself in the tools venv."""
     shared = need_shared("models", "ultraface")

@@ -63,6 +63,25 @@ def test_inspect_of_a_bundle_without_paddle_lite_version_says_nothing_of_one(tmp
     assert "runs here as:" in proc.stdout and "optimized with" not in proc.stdout, proc.stdout
 
 
+def test_inspect_warns_of_labels_past_the_models_classes(tmp_path, bundles_dir):
+    """A labels file longer than the classes loads (a classifier's spare lines are never read),
+    but it is often another model's: inspect (and so build_sdk) says so."""
+    from conftest import reseal
+
+    root = shutil.copytree(bundles_dir / "fastestdet", tmp_path / "fastestdet")
+    with open(root / "labels.txt", "a") as fh:
+        fh.write("extra one\nextra two\n")
+    info = json.loads(lited("inspect", "--bundle", str(reseal(root)), "--json").stdout)
+    assert "labels.txt: 82 labels for 80 classes: the last 2 are never read (is it this model's labels file?)" \
+        in info["warnings"], info["warnings"]
+    assert not json.loads(lited("inspect", "--bundle", str(bundles_dir / "fastestdet"), "--json").stdout)["warnings"]
+
+
+def test_python_m_lited_is_the_lited_command():
+    proc = subprocess.run([sys.executable, "-m", "lited", "--version"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("lited "), proc.stdout + proc.stderr
+
+
 def test_a_bad_image_is_one_line_exit_2_and_no_output(tmp_path):
     bad = tmp_path / "not-an-image.jpg"
     bad.write_text("hello")

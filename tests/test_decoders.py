@@ -17,7 +17,7 @@ import pytest
 from conftest import need_shared
 
 from lited.decoders import DECODERS, make_decoder
-from lited.decoders.nms import OPENCV_UP_TO, candidates, nms, nms_numpy, nms_opencv
+from lited.decoders.nms import OPENCV_UP_TO, candidates, nms, nms_numpy, nms_opencv, to_detections
 from lited.geometry import Geometry
 
 # --------------------------------------------------------------------------
@@ -516,6 +516,15 @@ def test_nms_takes_opencv_for_few_candidates_and_numpy_for_many():
         want = (nms_opencv if n <= OPENCV_UP_TO else nms_numpy)(boxes, scores, 0.45, 100, classes)
         assert nms(boxes, scores, 0.45, 100, classes).tolist() == want.tolist()
         assert nms_numpy(boxes, scores, 0.45, 100, classes).tolist() == want.tolist()
+
+
+def test_a_box_wholly_in_the_letterbox_pad_is_left_out():
+    """A 100x50 image letterboxed into 100x100 (pad rows 0-25 and 75-100): a box in the top pad
+    clips to no height in the image, and is no detection; one across the edge is clipped."""
+    geom = Geometry(100, 50, 100, 100, 1.0, 1.0, 0, 25)
+    boxes = np.array([[10, 30, 40, 60], [10, 2, 40, 20], [50, 10, 90, 40]], np.float32)
+    found = to_detections(boxes, np.array([0.9, 0.8, 0.7]), np.array([0, 1, 2]), ["a", "b", "c"], geom)
+    assert [(d["label"], d["box"]) for d in found] == [("a", [10, 5, 40, 35]), ("c", [50, 0, 90, 15])]
 
 
 def textbook_candidates(scores: np.ndarray, threshold: float, multi_label: bool) -> set:

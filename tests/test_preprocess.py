@@ -110,10 +110,13 @@ def test_no_allocation_per_frame():
 
 
 def test_bad_specs_are_refused():
-    with pytest.raises(ValueError, match="dynamic input needs mode 'keep_ratio'"):
+    with pytest.raises(ValueError, match=r"the input \[1, 3, -1, -1\] is dynamic, which needs mode 'keep_ratio'"):
         Preprocessor({"resize": {"mode": "stretch"}}, [1, 3, -1, -1])
-    with pytest.raises(ValueError, match="expected 3 colour channels"):
+    with pytest.raises(ValueError, match=r"expected 3 colour channels, got 1$"):
         Preprocessor({"resize": {"mode": "stretch"}}, [1, 1, 32, 32])
+    # an NHWC model given the default layout: the other layout named, as the fix
+    with pytest.raises(ValueError, match=r"got 128 \(preprocess.layout is NCHW; as NHWC it has 3: set layout: NHWC\)"):
+        Preprocessor({"resize": {"mode": "stretch"}}, [1, 128, 128, 3])
 
 
 @pytest.mark.parametrize("size", [(30, 200), (40, 600), (33, 1500), (50, 20), (48, 192)])

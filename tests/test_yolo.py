@@ -7,6 +7,7 @@ and the choices it cannot make alone, named at load."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -31,9 +32,9 @@ IMAGES = ("chelsea", "coffee", "astronaut")
 
 LAYOUTS = ("v8", "v8_rows", "v5", "ppyoloe")
 READS = {  # what each layout's decoder says it found (Model.decoder_reads, lited inspect)
-    "v8": "one output [1, 84, 484] (channels first): box cxcywh in input pixels, no objectness, 80 classes",
-    "v8_rows": "one output [1, 484, 84] (channels last): box cxcywh in input pixels, no objectness, 80 classes",
-    "v5": "one output [1, 484, 85] (channels last): box cxcywh in shares of the input, objectness, 80 classes",
+    "v8": "one output [1, 84, 484] (channels first): box cxcywh in input pixels, no objectness (auto: by the 80 labels), 80 classes",
+    "v8_rows": "one output [1, 484, 84] (channels last): box cxcywh in input pixels, no objectness (auto: by the 80 labels), 80 classes",
+    "v5": "one output [1, 484, 85] (channels last): box cxcywh in shares of the input, objectness (auto: by the 80 labels), 80 classes",
     "ppyoloe": "boxes [1, 484, 4] (xyxy in input pixels), scores [1, 80, 484] (channels first): 80 classes",
 }
 
@@ -137,9 +138,45 @@ def test_build_sdk_makes_a_yolo_export_a_bundle_paddle_lite_runs(yolo_onnx, expe
                          "--out", tmp_path / "yolo.zip")
     assert proc.returncode == 0, proc.stderr
     assert "ok on onnxruntime, openvino, paddle_lite" in proc.stdout, proc.stdout
+    assert f"build_sdk: decoder reads: {READS['v8']}\n" in proc.stdout, proc.stdout  # what auto decided, said
+    assert "warning" not in proc.stderr, proc.stderr
     bundle = load_bundle(unzip_bundle(tmp_path / "yolo.zip", "yolo_v8", tmp_path / "out"))
     assert bundle.task == "detection"
     _finds(Model(bundle, engine="paddle_lite"), expected)
+
+
+@pytest.mark.slow
+def test_a_labels_file_a_line_short_and_an_empty_golden_are_said_at_build(yolo_onnx, tmp_path):
+    """A YOLOv8 export with one label too few reads as objectness + 79 classes (auto): the
+    build says what the decoder read, by the labels, and that a golden image the model finds
+    nothing in makes a self-test that passes whatever the engines compute."""
+    import cv2
+
+    labels = need_shared("models", "fastestdet", "labels.txt").read_text().splitlines()[:-1]
+    (tmp_path / "labels.txt").write_text("\n".join(labels) + "\n")
+    grey = tmp_path / "grey.png"
+    cv2.imwrite(str(grey), np.full((120, 160, 3), 128, np.uint8))
+    frag = tmp_path / "frag.json"
+    manifest = json.loads((ROOT / "tests" / "bundles" / "fastestdet.json").read_text())
+    frag.write_text(json.dumps({"name": "yolo_v8", "version": "1.0.0", "preprocess": manifest["preprocess"],
+                                "decoder": {"type": "yolo"}, "labels": str(tmp_path / "labels.txt")}))
+    proc = run_build_sdk(TOOLS_VENV / "bin" / "python", "--model", yolo_onnx / "v8.onnx", "--config", frag,
+                         "--targets", "x86", "--golden", grey, "--out", tmp_path / "yolo.zip")
+    assert proc.returncode == 0, proc.stderr
+    assert ("build_sdk: decoder reads: one output [1, 84, 484] (channels first): box cxcywh in input pixels, "
+            "objectness (auto: by the 79 labels), 79 classes\n") in proc.stdout, proc.stdout
+    assert "build_sdk: warning: grey.png: the model finds nothing in it" in proc.stderr, proc.stderr
+
+
+def test_labels_counted_against_another_layout_say_which_decoder_counted(fastestdet, yolo_onnx, tmp_path):
+    """A YOLO table read as a GFL head has hundreds of "classes": the labels were blamed for
+    it with no word of the decoder that counted them."""
+    root = _variant(fastestdet, yolo_onnx, tmp_path, "v8", {"type": "gfl"})
+    with pytest.raises(BundleError) as err:
+        Model(load_bundle(root), engine="openvino")
+    message = str(err.value)
+    assert re.search(r"labels.txt: 80 labels for \d+ classes, as the gfl decoder reads the outputs \[\[1, 84, 484\]\]$",
+                     message), message
 
 
 def test_an_objectness_the_labels_cannot_tell_is_asked_for_at_load(fastestdet, yolo_onnx, tmp_path):

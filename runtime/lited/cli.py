@@ -264,8 +264,18 @@ def _inspect_load(info: dict, bundle: Any, args: argparse.Namespace) -> Any:
                       "outputs": [{"name": n, "shape": list(s)} for n, s in
                                   zip(engine.output_names, engine.output_shapes())]}
     info["decoder_reads"] = model.decoder_reads
-    info["warnings"] = _version_warnings(info, engine) + _unsealed_labels(bundle)
+    info["warnings"] = _version_warnings(info, engine) + _unsealed_labels(bundle) + _labels_past_classes(model)
     return model
+
+
+def _labels_past_classes(model: Any) -> list:
+    """A labels file longer than the model's classes loads (a classifier's spare lines are never
+    read), but it is often another model's: said, since every name it gives may be wrong."""
+    classes, spec = model.decoder_classes, model.spec
+    if not classes or spec.labels_file is None or len(spec.labels) <= classes:
+        return []
+    return [f"{spec.labels_file.name}: {len(spec.labels)} labels for {classes} classes: the last "
+            f"{len(spec.labels) - classes} are never read (is it this model's labels file?)"]
 
 
 def _unsealed_labels(bundle: Any) -> list:

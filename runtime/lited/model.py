@@ -17,6 +17,7 @@ import numpy as np
 from lited.bundle import Bundle, BundleError, Choice, ModelSpec, load_bundle
 from lited.cascade import Cascade, Stage
 from lited.decoders import make_decoder
+from lited.decoders.base import shapes
 from lited.engine_process import EngineProcess
 from lited.engines import EngineError, open_engine
 from lited.errors import first_line
@@ -75,6 +76,7 @@ class Part:
                 self.preprocess = Preprocessor(spec.preprocess, spec.inputs[self.image_input]["shape"])
                 self.decoder = make_decoder(spec.decoder, spec.labels)
                 self.decoder_reads: Optional[str] = None  # what the decoder found in the warm-up's outputs
+                self.decoder_classes: Optional[int] = None  # the classes it counted there (None: it cannot say)
             except ValueError as exc:  # "preprocess.resize.mode: ...": the field, in its bundle (and stage)
                 raise BundleError(manifest, [f"{spec.where}{first_line(exc)}"]) from None
             self._extra = [(i, s["fill"], np.empty((1, 2), np.float32))
@@ -103,18 +105,23 @@ class Part:
         problem = self.decoder.layout_problem(outputs)
         if problem:
             raise self._decoder_refused(problem)
+        # What a layout check does not catch (one that needs the input size: a GFL head's strides) fails
+        # here, at load, not in every frame's post-processing; and before the labels are counted against
+        # the classes, which a decoder that cannot read the outputs counts wrong (a YOLO table read as a
+        # GFL head has 68 "classes": the labels were blamed).
+        try:
+            self.decoder.decode(outputs, geom)
+        except (ValueError, IndexError, KeyError) as exc:
+            raise self._decoder_refused(first_line(exc)) from None
         self.decoder_reads = self.decoder.describe(outputs)
-        classes = self.decoder.num_classes(outputs)
+        classes = self.decoder_classes = self.decoder.num_classes(outputs)
         labels = self.spec.labels
         if classes and self.spec.labels_file is not None and (
                 len(labels) < classes or (self.decoder.EXACT_LABELS and len(labels) != classes)):  # empty too
             exact = " (a keys file needs exactly one line a class: one more shifts every character)" \
                 if len(labels) > classes else ""
-            raise BundleError(str(self.spec.labels_file), [f"{len(labels)} labels for {classes} classes{exact}"])
-        try:  # what a layout check does not catch fails here, at load, not in every frame's post-processing
-            self.decoder.decode(outputs, geom)
-        except (ValueError, IndexError, KeyError) as exc:
-            raise self._decoder_refused(first_line(exc)) from None
+            reading = f", as the {self.spec.decoder['type']} decoder reads the outputs {shapes(outputs)}"
+            raise BundleError(str(self.spec.labels_file), [f"{len(labels)} labels for {classes} classes{exact}{reading}"])
 
     def _decoder_refused(self, why: str) -> BundleError:
         return BundleError(str(self.spec.root / "manifest.json"),

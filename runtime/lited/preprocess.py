@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from lited.geometry import Geometry
+from lited.validate import image_input_problem
 
 INTERPOLATION = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA,
                  "cubic": cv2.INTER_CUBIC}
@@ -44,22 +45,18 @@ class Preprocessor:
     """
 
     def __init__(self, spec: dict, input_shape: list | tuple) -> None:
+        problem = image_input_problem(spec, list(input_shape))
+        if problem:
+            raise ValueError(problem)
         self.layout = spec.get("layout", "NCHW")
         if self.layout == "NCHW":
-            _, channels, in_h, in_w = input_shape
+            _, _, in_h, in_w = input_shape
         else:
-            _, in_h, in_w, channels = input_shape
-        if channels != 3:
-            raise ValueError(f"inputs[0].shape: expected 3 colour channels, got {channels}")
+            _, in_h, in_w, _ = input_shape
         resize = spec["resize"]
         self.mode = resize["mode"]
         self.dynamic = in_h == -1 or in_w == -1
-        if self.dynamic and not (self.mode == "keep_ratio" or (self.mode == "fit_height" and in_h != -1)):
-            raise ValueError("preprocess.resize.mode: a dynamic input needs mode 'keep_ratio' "
-                             "(or 'fit_height' with a fixed height)")
         self.widths = sorted(int(w) for w in resize.get("widths", ()))
-        if self.mode == "fit_height" and in_w == -1 and not self.widths:
-            raise ValueError("preprocess.resize.widths: missing for a dynamic input width")
         self.in_h, self.in_w = in_h, in_w
         self.resize = resize
         self.interp = INTERPOLATION[resize.get("interpolation", "linear")]

@@ -233,3 +233,24 @@ def reserved_stream_problem(name: Any) -> Optional[str]:
     """Why `name`, valid by the name rule, still cannot name a stream, or None: it is the name of
     the daemon's own events, which its events would pass for (docs/protocol.md)."""
     return f"'{name}' is reserved for the daemon's own events" if name == DAEMON_STREAM else None
+
+
+def image_input_problem(preprocess: dict, shape: list) -> Optional[str]:
+    """Why `preprocess` cannot fill an image input of `shape` ([1, 3, H, W] for layout NCHW,
+    [1, H, W, 3] for NHWC, -1 for a dynamic side), or None: at load and in the SDK builder,
+    before the model is optimised."""
+    layout = preprocess.get("layout", "NCHW")
+    channels = shape[1] if layout == "NCHW" else shape[3]
+    if channels != 3:
+        other, other_channels = ("NHWC", shape[3]) if layout == "NCHW" else ("NCHW", shape[1])
+        hint = f" (preprocess.layout is {layout}; as {other} it has 3: set layout: {other})" \
+            if other_channels == 3 else ""
+        return f"inputs[0].shape: expected 3 colour channels, got {channels}{hint}"
+    in_h, in_w = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
+    mode = preprocess["resize"]["mode"]
+    if (in_h == -1 or in_w == -1) and not (mode == "keep_ratio" or (mode == "fit_height" and in_h != -1)):
+        return (f"preprocess.resize.mode: the input {list(shape)} is dynamic, which needs mode 'keep_ratio' "
+                "(or 'fit_height' with a fixed height)")
+    if mode == "fit_height" and in_w == -1 and not preprocess["resize"].get("widths"):
+        return "preprocess.resize.widths: missing for a dynamic input width"
+    return None

@@ -160,11 +160,14 @@ def label_for(labels: Sequence[str], index: int) -> str:
 
 def to_detections(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
                   labels: Sequence[str], geom: Geometry) -> List[dict]:
-    """Result entries for Nx4 model-input-pixel boxes, in source pixels."""
+    """Result entries for Nx4 model-input-pixel boxes, in source pixels. A box with no
+    width or height once clipped to the image (one wholly in a letterbox's pad) is left
+    out: there is nothing of the image in it."""
     if len(scores) == 0:
         return []
     src = geom.boxes_to_source(np.array(boxes, dtype=np.float32))
+    inside = (src[:, 2] > src[:, 0]) & (src[:, 3] > src[:, 1])
     return [{"label": label_for(labels, c), "class_id": c, "score": s, "box": b}
-            for c, s, b in zip(np.asarray(classes).astype(int).tolist(),
-                               np.asarray(scores, dtype=np.float64).tolist(),
-                               src.tolist())]
+            for c, s, b in zip(np.asarray(classes)[inside].astype(int).tolist(),
+                               np.asarray(scores, dtype=np.float64)[inside].tolist(),
+                               src[inside].tolist())]

@@ -157,8 +157,10 @@ class YoloDecoder(Decoder):
         box = f"{lay.box_format} in {'shares of the input' if self.normalized else 'input pixels'}"
         rows = f"{list(outputs[lay.rows].shape)} ({'channels last' if lay.rows_first_axis else 'channels first'})"
         if lay.boxes is None:
-            return (f"one output {rows}: box {box}, {'objectness' if lay.objectness else 'no objectness'}, "
-                    f"{lay.num_classes} classes")
+            obj = "objectness" if lay.objectness else "no objectness"
+            if self.objectness == "auto":  # a labels file one line off reads the other way: say it was the labels
+                obj += f" (auto: by the {len(self.labels)} labels)"
+            return f"one output {rows}: box {box}, {obj}, {lay.num_classes} classes"
         return f"boxes {list(outputs[lay.boxes].shape)} ({box}), scores {rows}: {lay.num_classes} classes"
 
     def num_classes(self, outputs: List[np.ndarray]) -> Optional[int]:

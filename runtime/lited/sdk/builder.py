@@ -21,7 +21,7 @@ from pathlib import Path
 from lited.bundle import config_problems, machine_target, stage_problems
 from lited.decoders import DECODERS
 from lited.imageheader import image_size
-from lited.validate import name_problem, version_problem
+from lited.validate import image_input_problem, name_problem, version_problem
 
 from lited.sdk import BuildError, bundle_writer, engine_files, int8, labels, paddle_model, readme
 from lited.sdk.agreement import IMAGE_SUFFIXES, summary as int8_summary
@@ -279,6 +279,11 @@ def _build(opts: Options, workdir: Path, timings: dict) -> dict:
             _say(f"warning: {note}", warning=True)
     except BuildError as exc:  # the config contradicts the model: name the config, as its other errors do
         raise BuildError(f"{configs}: {exc}") from None
+    problem = image_input_problem(fields["preprocess"], next(spec for spec in inputs if "fill" not in spec)["shape"])
+    if problem:  # now, naming the configs, not at the golden run after optimising, naming a generated manifest
+        sides = problem.startswith("preprocess.resize.mode:")  # a dynamic input another mode cannot fill
+        raise BuildError(f"{configs}: {problem}"
+                         + ("; or give the image input fixed sides in the config's inputs" if sides else ""))
     decoder = fields["decoder"]
     output_shapes = paddle_model.read_output_shapes(model)
     if decoder["type"] == "gfl":  # write what the outputs say, so the manifest states every value
@@ -356,6 +361,8 @@ def _judge(opts: Options, root: Path, manifest: dict, nbs: dict, onnx: str | Non
         blank = workdir / "blank.bmp"
         bundle_writer.write_blank_image(blank)
         judge.infer(root, blank)
+    if judge.present and host in opts.targets:
+        _say_reading(judge.inspect(root))
     report = None
     if opts.int8 is not None and onnx:
         manifest, report = _int8(opts, root, manifest, nbs, onnx, ir, judge, workdir, timings)
@@ -365,6 +372,10 @@ def _judge(opts: Options, root: Path, manifest: dict, nbs: dict, onnx: str | Non
             # Paddle Lite's result is the reference; every other engine listed must agree with it
             expected = judge.infer(root, root / image, engine="paddle_lite")
             manifest["golden"] = {"image": image, "expected": expected, "tolerance": dict(DEFAULT_TOLERANCE)}
+            if not any(expected.values()):
+                _say(f"warning: {opts.golden.name}: the model finds nothing in it: the self-test on every engine "
+                     "and board passes whatever they compute; give a golden image with something to find",
+                     warning=True)
             if report is not None:  # the int8 file's own result: its self-test checks the engine, not int8's accuracy
                 own = judge.infer(root, root / image, engine=opts.int8_engine, precision="int8")
                 for files in manifest["models"].values():
@@ -377,6 +388,15 @@ def _judge(opts: Options, root: Path, manifest: dict, nbs: dict, onnx: str | Non
             for line in judge.selftest(root):
                 _say(line)
     return manifest, report
+
+
+def _say_reading(info: dict) -> None:
+    """What the runtime read in the model's outputs (where its decoder decided something itself)
+    and its warnings: a labels file one line off can make a decoder read another layout."""
+    if info.get("decoder_reads"):
+        _say(f"decoder reads: {info['decoder_reads']}")
+    for warning in info.get("warnings", []):
+        _say(f"warning: {warning}", warning=True)
 
 
 def _int8(opts: Options, root: Path, manifest: dict, nbs: dict, onnx: str, ir: str | None, judge: LitedVenv,

@@ -66,6 +66,11 @@ class LitedVenv:
         text = {"text": result["text"]} if "text" in result else {}  # a text recognizer's reading is its result
         return {"detections": result.get("detections", []), "classes": result.get("classes", []), **text}
 
+    def inspect(self, bundle: Path) -> dict:
+        """`lited inspect --json`: what the runtime makes of the bundle here (its decoder's
+        reading of the outputs, its warnings)."""
+        return json.loads(_run([daemon_lited(self.venv), "inspect", "--bundle", bundle, "--json"], "lited inspect"))
+
     def selftest(self, bundle: Path) -> list:
         """`lited selftest`: the golden image on every engine the bundle lists and
         the daemon venv has; its lines (which engines passed, which were skipped)."""
