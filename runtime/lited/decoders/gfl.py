@@ -327,6 +327,12 @@ class GflDecoder(Decoder):
         return lay
 
     def num_classes(self, outputs: List[np.ndarray]) -> Optional[int]:
+        """The classes of the layout decode read these outputs as (at the input size it saw:
+        without one, `[1, 84, 484]` splits another way), else of the layout found by shape."""
+        shapes = tuple(tuple(o.shape) for o in outputs)
+        sized = [lay for (seen, in_hw), lay in self._layouts.items() if seen == shapes and in_hw is not None]
+        if sized:
+            return sized[-1].num_classes
         try:
             return self.layout(outputs, None).num_classes
         except LayoutError:
