@@ -121,7 +121,8 @@ class Part:
             exact = " (a keys file needs exactly one line a class: one more shifts every character)" \
                 if len(labels) > classes else ""
             reading = f", as the {self.spec.decoder['type']} decoder reads the outputs {shapes(outputs)}"
-            raise BundleError(str(self.spec.labels_file), [f"{len(labels)} labels for {classes} classes{exact}{reading}"])
+            raise BundleError(str(self.spec.labels_file),
+                              [f"{len(labels)} labels for {classes} classes{exact}{reading}"])
 
     def _decoder_refused(self, why: str) -> BundleError:
         return BundleError(str(self.spec.root / "manifest.json"),

@@ -240,6 +240,8 @@ def image_input_problem(preprocess: dict, shape: list) -> Optional[str]:
     [1, H, W, 3] for NHWC, -1 for a dynamic side), or None: at load and in the SDK builder,
     before the model is optimised."""
     layout = preprocess.get("layout", "NCHW")
+    if len(shape) != 4:
+        return f"inputs[0].shape: expected [1, 3, H, W] (or [1, H, W, 3] for layout NHWC), got {list(shape)}"
     channels = shape[1] if layout == "NCHW" else shape[3]
     if channels != 3:
         other, other_channels = ("NHWC", shape[3]) if layout == "NCHW" else ("NCHW", shape[1])

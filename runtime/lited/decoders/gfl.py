@@ -354,9 +354,9 @@ class GflDecoder(Decoder):
 
     def decode(self, outputs: List[np.ndarray], geom: Geometry) -> dict:
         lay = self.layout(outputs, geom)
-        c, bins = lay.num_classes, lay.reg_max + 1
-        anchor, cls, score = candidates(self._score_parts(lay, outputs), self.score_threshold, self.cls_activation, self.multi_label,
-                                        self.nms_top_k)
+        bins = lay.reg_max + 1
+        anchor, cls, score = candidates(self._score_parts(lay, outputs), self.score_threshold, self.cls_activation,
+                                        self.multi_label, self.nms_top_k)
         if anchor.size == 0:
             return {"detections": [], "classes": []}
         # distributions of the candidate anchors only: softmax over bins, integral
