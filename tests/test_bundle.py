@@ -358,6 +358,14 @@ def test_a_keys_file_with_a_line_too_many_is_refused_at_load(tmp_path):
     with pytest.raises(BundleError, match=r"rec_labels.txt: 6624 labels for 6623 classes \(a keys file needs "
                                           r"exactly one line a class: one more shifts every character\)"):
         Model(load_bundle(demo))
+    # a line short: the count and how the decoder counts, naming the keys file (the decode, which
+    # fails too on such a file, said "class 6623 but only 6623 characters" of the manifest)
+    keys.write_text("".join(keys.read_text(encoding="utf-8").splitlines(keepends=True)[2:]), encoding="utf-8")
+    reseal(demo)
+    with pytest.raises(BundleError, match=r"rec_labels.txt: 6622 labels for 6623 classes, as the ctc decoder reads "
+                                          r"the outputs \[\[1, \d+, 6625\]\] \(K = the blank, one class a key, "
+                                          r"and the space when use_space_char is true\)$"):
+        Model(load_bundle(demo))
     root = make_bundle("mobilenetv2", tmp_path / "cls")
     with open(root / "labels.txt", "a") as fh:
         fh.write("one more\n")

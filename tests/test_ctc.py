@@ -47,7 +47,8 @@ def test_logits_and_unicode_normalisation():
 
 
 def test_a_keys_file_that_does_not_match_is_named():
-    with pytest.raises(ValueError, match="the keys file does not match the model"):
+    with pytest.raises(ValueError, match=r"the model read class 5, past the 2 classes of the blank, 1 keys: "
+                                         r"the keys file \(or use_space_char\) does not match the model"):
         ctc(["a"], use_space_char=False).decode([probs([5], 6)])
 
 

@@ -120,6 +120,25 @@ def test_wrong_strides_or_reg_max_are_named(nanodet, labels):
         decoded(outs[:5], w, h, labels)
 
 
+def test_what_decode_read_is_described_and_counts_the_classes(nanodet, labels):
+    """`decoder reads` (inspect, build_sdk) gives the strides and reg_max found; outputs no
+    layout fits at the input size count no classes (a count from a split decode does not make
+    blamed the labels)."""
+    outs, w, h = nanodet["astronaut"]
+    dec = make_decoder({**NANODET, "strides": [], "reg_max": -1}, labels)
+    assert dec.describe(outs) is None  # nothing read yet
+    dec.decode(outs, geometry(w, h))
+    assert dec.describe(outs) == ("3 levels (52x52 at stride 8, 26x26 at stride 16, 13x13 at stride 32) in 6 outputs, "
+                                  "reg_max 7, 80 classes")
+    assert dec.num_classes(outs) == 80
+    odd = [np.zeros((1, 7, 100), np.float32)]
+    dec = make_decoder({"type": "gfl"}, ["a", "b", "c"])
+    assert dec.num_classes(odd) == 68  # split by shape alone, before any decode
+    with pytest.raises(LayoutError, match="7 anchors"):
+        dec.decode(odd, Geometry(320, 320, 320, 320))
+    assert dec.num_classes(odd) is None and dec.describe(odd) is None
+
+
 def test_picodet_320_with_four_levels():
     """PP-PicoDet 320 without post-process: 4 levels, stride 64 has 25 anchors (fewer than 80 classes)."""
     rng = np.random.default_rng(0)

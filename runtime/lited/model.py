@@ -106,14 +106,15 @@ class Part:
         if problem:
             raise self._decoder_refused(problem)
         # What a layout check does not catch (one that needs the input size: a GFL head's strides) fails
-        # here, at load, not in every frame's post-processing; and before the labels are counted against
-        # the classes, which a decoder that cannot read the outputs counts wrong (a YOLO table read as a
-        # GFL head has 68 "classes": the labels were blamed).
+        # here, at load, not in every frame's post-processing. The labels are counted first where the
+        # decoder can count its classes (it cannot when it read no layout at this input size): a keys
+        # file a line short makes a CTC decode fail too, and its count says which file to fix.
         try:
             self.decoder.decode(outputs, geom)
+            unreadable = None
         except (ValueError, IndexError, KeyError) as exc:
-            raise self._decoder_refused(first_line(exc)) from None
-        self.decoder_reads = self.decoder.describe(outputs)
+            unreadable = first_line(exc)
+        self.decoder_reads = None if unreadable else self.decoder.describe(outputs)
         classes = self.decoder_classes = self.decoder.num_classes(outputs)
         labels = self.spec.labels
         if classes and self.spec.labels_file is not None and (
@@ -122,7 +123,9 @@ class Part:
                 if len(labels) > classes else ""
             reading = f", as the {self.spec.decoder['type']} decoder reads the outputs {shapes(outputs)}"
             raise BundleError(str(self.spec.labels_file),
-                              [f"{len(labels)} labels for {classes} classes{exact}{reading}"])
+                              [f"{len(labels)} labels for {classes} classes{exact}{reading}{self.decoder.CLASSES_ARE}"])
+        if unreadable:
+            raise self._decoder_refused(unreadable)
 
     def _decoder_refused(self, why: str) -> BundleError:
         return BundleError(str(self.spec.root / "manifest.json"),

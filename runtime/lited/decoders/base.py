@@ -37,6 +37,7 @@ class Decoder:
     # The labels must be exactly as many as the classes, not at least: a keys file with a line too many
     # shifts every character a CTC decoder reads (a classifier's spare labels are never read).
     EXACT_LABELS: ClassVar[bool] = False
+    CLASSES_ARE: ClassVar[str] = ""  # how it counts classes, where that is not one a label: said when they differ
     # What a parameter of that name can be, whichever decoder has it (checked at load before `problems()`):
     # a score or an overlap is a share (a threshold of -1 gave junk boxes, an nms_iou of 2 turned NMS off);
     # a count is 0 (all) or more. A decoder with a parameter of another meaning under one of these names

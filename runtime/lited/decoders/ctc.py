@@ -66,6 +66,7 @@ class CtcDecoder(Decoder):
         self._chars = np.array(chars, dtype=object)
 
     EXACT_LABELS = True
+    CLASSES_ARE = " (K = the blank, one class a key, and the space when use_space_char is true)"
 
     def num_classes(self, outputs: List[np.ndarray]) -> Optional[int]:
         """Keys the output expects (K minus the blank and the space)."""
@@ -92,8 +93,9 @@ class CtcDecoder(Decoder):
         keep &= idx != self.blank_index
         kept = idx[keep]
         if kept.size and int(kept.max()) >= self._chars.size:
-            raise ValueError(f"class {int(kept.max())} but only {self._chars.size} characters: "
-                             "the keys file does not match the model")
+            raise ValueError(f"the model read class {int(kept.max())}, past the {self._chars.size} classes of the "
+                             f"blank, {len(self.labels)} keys{' and the space' if self.use_space_char else ''}: "
+                             "the keys file (or use_space_char) does not match the model")
         score = float(best[keep].mean()) if kept.size else 0.0
         text = "".join(self._chars[kept].tolist())
         if self.strip:

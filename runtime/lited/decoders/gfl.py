@@ -310,6 +310,7 @@ class GflDecoder(Decoder):
         super().__init__(params, labels)  # sets each PARAMS name as a typed attribute, and self.labels
         self.strides = [int(s) for s in self.strides]
         self._layouts: Dict[tuple, _Layout] = {}
+        self._unreadable: set = set()  # output shapes no layout fits at the input size decode saw
 
     # -- layout ---------------------------------------------------------------
     def layout(self, outputs: List[np.ndarray], geom: Optional[Geometry]) -> _Layout:
@@ -318,7 +319,12 @@ class GflDecoder(Decoder):
         key = (shapes, in_hw)
         lay = self._layouts.get(key)
         if lay is None:
-            lay = resolve_layout(shapes, in_hw, self.strides, self.reg_max)
+            try:
+                lay = resolve_layout(shapes, in_hw, self.strides, self.reg_max)
+            except LayoutError:
+                if in_hw is not None:
+                    self._unreadable.add(shapes)
+                raise
             if in_hw is not None:
                 lay.make_centres(self.cell_offset)
             if len(self._layouts) > 8:
@@ -326,17 +332,35 @@ class GflDecoder(Decoder):
             self._layouts[key] = lay
         return lay
 
-    def num_classes(self, outputs: List[np.ndarray]) -> Optional[int]:
-        """The classes of the layout decode read these outputs as (at the input size it saw:
-        without one, `[1, 84, 484]` splits another way), else of the layout found by shape."""
+    def _read_at_size(self, outputs: List[np.ndarray]) -> Optional[_Layout]:
+        """The layout decode read these outputs as, at the input size it saw (without one,
+        `[1, 84, 484]` splits another way); None before a decode."""
         shapes = tuple(tuple(o.shape) for o in outputs)
         sized = [lay for (seen, in_hw), lay in self._layouts.items() if seen == shapes and in_hw is not None]
-        if sized:
-            return sized[-1].num_classes
+        return sized[-1] if sized else None
+
+    def num_classes(self, outputs: List[np.ndarray]) -> Optional[int]:
+        """The classes of the layout decode reads; None where it read none at its input size
+        (a count from a split that decode does not make would blame the labels)."""
+        lay = self._read_at_size(outputs)
+        if lay is not None:
+            return lay.num_classes
+        if tuple(tuple(o.shape) for o in outputs) in self._unreadable:
+            return None
         try:
             return self.layout(outputs, None).num_classes
         except LayoutError:
             return None
+
+    def describe(self, outputs: List[np.ndarray]) -> Optional[str]:
+        """Strides and reg_max as found (or given), per level: `lited inspect`'s `decoder reads`."""
+        lay = self._read_at_size(outputs)
+        if lay is None:
+            return None
+        levels = ", ".join(f"{lv['h']}x{lv['w']} at stride {lv['stride']}" for lv in lay.levels)
+        tensors = sorted({p.index for lv in lay.levels for p in (lv["cls"][0], lv["box"][0])})
+        return (f"{len(lay.levels)} levels ({levels}) in {len(tensors)} output{'s' if len(tensors) > 1 else ''}, "
+                f"reg_max {lay.reg_max}, {lay.num_classes} classes")
 
     # -- decode ---------------------------------------------------------------
     def _score_parts(self, lay: _Layout, outputs: List[np.ndarray]) -> List[np.ndarray]:
