@@ -222,7 +222,7 @@ def test_bad_requests_get_the_bus_codes_as_http_statuses(served):
     error(requests.post(u + "/v1/reload", json={"bundle": "/etc"}), 403, "forbidden")
     # refused from Content-Length alone: the answer comes though not a byte of the body was sent
     t0 = time.monotonic()
-    reply = raw_request(u, "POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n")
+    reply = raw_request(u, "POST /v1/infer HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000000000\r\n")
     assert reply.startswith(b"HTTP/1.1 413 ") and time.monotonic() - t0 < 3, reply
     assert requests.get(u + "/v1/status").status_code == 200  # and it still serves
 
@@ -365,6 +365,58 @@ def test_an_event_client_that_leaves_frees_its_place_at_once(served):
         time.sleep(0.1)
 
 
+def test_browsers_of_other_sites_are_refused_without_a_token_too(served):
+    """A page of another site can post to 127.0.0.1 (no preflight for a plain-text body) and,
+    pointing its own name at 127.0.0.1, read it as its own origin (DNS rebinding)."""
+    u = served.url
+    port = u.rsplit(":", 1)[1]
+    said = error(requests.post(u + "/v1/reload", data='{"model": "det"}', headers={
+        "Origin": "http://evil.example", "Content-Type": "text/plain"}), 403, "forbidden")
+    assert said["error"]["message"] == ("a request from another site (Origin: http://evil.example): only this "
+                                        "daemon's own page may send it"), said
+    said = error(requests.get(u + "/v1/status", headers={"Host": f"evil.example:{port}"}), 403, "forbidden")
+    assert said["error"]["message"].startswith(f"Host: 'evil.example:{port}' is not a loopback name"), said
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", "127.7.7.7"):  # loopback names, any port
+        assert requests.get(u + "/v1/status", headers={"Host": host}).status_code == 200, host
+    assert requests.get(u + "/v1/status", headers={"Origin": "http://evil.example"}).status_code == 200  # a GET
+
+
+def test_a_live_client_that_stops_reading_is_let_go_connection_and_all(tmp_path, bundles_dir):
+    """A viewer whose socket takes nothing for 10 s is dropped: its connection closed, so the
+    client sees the end after what was buffered (the body was ended and the connection kept
+    open, its socket and buffers held, until the client closed it)."""
+    path = tmp_path / "noise.avi"
+    rng = np.random.default_rng(0)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 20, (960, 540))
+    for _ in range(20):  # noise: JPEGs of ~0.5 MB, so the kernel's buffers fill within a second
+        writer.write(rng.integers(0, 256, (540, 960, 3), dtype=np.uint8))
+    writer.release()
+    s = serve(tmp_path, bundles_dir, {"live_fps": 20},
+              [{"name": "cam", "source": f"file://{path}?loop=1&realtime=1", "model": "det"}])
+    try:
+        host, port = s.url.split("//")[1].split(":")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((host, int(port)))
+        sock.sendall(b"GET /v1/streams/cam/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200"), "no live view"
+        assert requests.get(s.url + "/v1/status").json()["http"]["live_clients"] == 1
+        stopped = time.monotonic()
+        while requests.get(s.url + "/v1/status").json()["http"]["live_clients"]:  # not reading: dropped
+            assert time.monotonic() - stopped < 30, "a client that reads nothing was never dropped"
+            time.sleep(0.5)
+        sock.settimeout(5)
+        read = 0
+        while True:  # what the kernel holds, then the end: the daemon closed the connection
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                break
+            read += len(chunk)
+        sock.close()
+    finally:
+        assert s.daemon.stop() == 0, s.daemon.output()
+
+
 def test_events_are_server_sent(served):
     def read(url: str, n: int, after=None) -> list:
         out = []
@@ -505,7 +557,7 @@ def test_easyedge_and_edgeboard_clients_work_unchanged(served, tmp_path, monkeyp
     for top_num in (0, 1.5, "two", True):
         r = requests.post(served.url + "/", json={**classifier, "top_num": top_num})
         assert r.status_code == 400 and r.json()["error_msg"].startswith("top_num: expected a whole number"), r.text
-    said = raw_request(served.url, "POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n")
+    said = raw_request(served.url, "POST /v1/infer HTTP/1.1\r\nHost: localhost\r\nContent-Length: -5\r\n")
     assert b" 400 " in said.split(b"\r\n")[0] and b"Content-Length: expected a whole number of bytes, got '-5'" in said
     # EdgeBoard V2, model 1 of the config (face), with the drawn picture back
     with open(need_shared("images", "astronaut.png"), "rb") as f:
@@ -612,7 +664,7 @@ def test_a_stream_a_reload_removes_leaves_live_views_page_and_metrics(tmp_path, 
             b.wait_for("window.lited.streams.tmp !== undefined && window.lited.streams.tmp.frames >= 2", timeout=30)
             host, port = s.url.split("//")[1].rsplit(":", 1)
             raw = socket.create_connection((host, int(port)), timeout=30)  # HTTP/1.1: keep-alive asked
-            raw.sendall(b"GET /v1/streams/tmp/live HTTP/1.1\r\nHost: lited\r\n\r\n")
+            raw.sendall(b"GET /v1/streams/tmp/live HTTP/1.1\r\nHost: localhost\r\n\r\n")
             assert raw.recv(65536).startswith(b"HTTP/1.1 200")
             with requests.get(s.url + "/v1/streams/tmp/live", stream=True, timeout=30) as live:
                 chunks = live.iter_content(65536)
@@ -719,7 +771,7 @@ def test_the_token_guards_every_route_but_the_page_files(tmp_path, bundles_dir):
         assert requests.get(u + "/v1/status", headers=bearer).status_code == 200
         assert requests.get(u + "/metrics", headers=bearer).status_code == 200
         assert requests.get(u + "/page/lited.js").status_code == 200
-        reply = raw_request(u, "POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n")
+        reply = raw_request(u, "POST /v1/infer HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000000000\r\n")
         assert reply.startswith(b"HTTP/1.1 401 "), reply  # refused before the body
         # a browser: the token once in the address, then a cookie
         browser = requests.Session()
@@ -916,6 +968,43 @@ def test_the_page_in_chromium(served, video, expected):
         assert b.eval("document.querySelector('#upload-view').width") == 0
         assert b.eval("document.querySelectorAll('#upload-results tbody tr').length") == 0
         assert "400" in b.eval("document.querySelector('#upload-timing').textContent")
+
+
+def test_the_page_gets_its_events_back_after_a_refusal_and_says_when_the_daemon_is_gone(tmp_path, bundles_dir,
+                                                                                         video):
+    """A 503 for the page's event stream (every place taken) closed its EventSource for good:
+    no event shown again, nothing said. And with the daemon gone the cards kept "streaming"
+    with a frozen uptime, one log line every 2 s pushing the events out."""
+    need_chromium()
+    s = serve(tmp_path, bundles_dir, {"max_event_clients": 1},
+              [{"name": "cam", "source": f"file://{video[0]}?loop=1&realtime=1", "model": "det"}])
+    stopped = False
+    try:
+        with Chromium() as b:
+            with requests.get(s.url + "/v1/events?stream=_daemon", stream=True, timeout=10) as taken:
+                assert taken.status_code == 200
+                b.navigate(s.url + "/")
+                b.wait_for("[...document.querySelectorAll('#log li')].some(li => "
+                           "li.textContent.includes('refused this page\\'s event stream'))", timeout=20)
+            deadline = time.monotonic() + 15
+            for clients in (0, 1):  # the place freed, then the page's stream open again
+                while requests.get(s.url + "/v1/status").json()["http"]["event_clients"] != clients:
+                    assert time.monotonic() < deadline, "the page never opened its event stream again"
+                    time.sleep(0.1)
+            assert requests.post(s.url + "/v1/reload", json={"model": "det"}).status_code == 200
+            b.wait_for("[...document.querySelectorAll('#log li')].some(li => li.textContent.includes('reload'))",
+                       timeout=10)
+            assert s.daemon.stop() == 0, s.daemon.output()
+            stopped = True
+            b.wait_for("document.body.dataset.unreachable === '1'", timeout=10)
+            assert "daemon out of reach since" in b.eval("document.querySelector('#link').textContent")
+            time.sleep(5)  # two more failed refreshes: said once
+            said = b.eval("[...document.querySelectorAll('#log li')].filter(li => "
+                          "li.textContent.includes('status: ')).length")
+            assert said == 1, said
+    finally:
+        if not stopped:
+            s.daemon.stop()
 
 
 def test_a_label_the_font_lacks_is_drawn_one_question_mark_a_character():

@@ -28,6 +28,7 @@ import base64
 import collections
 import concurrent.futures
 import hmac
+import ipaddress
 import json
 import logging
 import math
@@ -41,6 +42,7 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 import tornado.httpserver
+import tornado.httputil
 import tornado.ioloop
 import tornado.iostream
 import tornado.netutil
@@ -277,6 +279,31 @@ class NotText(tornado.web.HTTPError):
         self.message = f"{(name or 'path')[:64]}: not UTF-8 text"
 
 
+def browser_problem(request: tornado.httputil.HTTPServerRequest, has_token: bool) -> Optional[str]:
+    """Why a browser may not have sent this request on its user's behalf, or None. A page of
+    another site can post to a loopback address (a form, or fetch with a simple body: no
+    preflight), so a request that changes something must come from this origin; and with no
+    token, a page whose name the attacker points at 127.0.0.1 (DNS rebinding) is this origin to
+    the browser, so without a token only loopback names are answered."""
+    origin = request.headers.get("Origin")
+    if request.method not in ("GET", "HEAD") and origin is not None and urlsplit(origin).netloc != request.host:
+        return f"a request from another site (Origin: {origin[:64]}): only this daemon's own page may send it"
+    if not has_token and not _loopback_name(request.host_name):
+        return (f"Host: {request.host[:64]!r} is not a loopback name: with no http.token only localhost, "
+                "127.0.0.0/8 and [::1] are answered (a page of another site can give its name this address)")
+    return None
+
+
+def _loopback_name(host: str) -> bool:
+    host = host.strip("[]").rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def query_fields(handler: tornado.web.RequestHandler) -> dict:
     return {k: handler.get_query_argument(k) for k in handler.request.query_arguments}
 
@@ -425,8 +452,12 @@ class Handler(tornado.web.RequestHandler):
         self._chunks = []
 
     def authorized(self) -> bool:
-        """The bearer token, or the page's cookie (then a state-changing request must come from the page)."""
+        """Not a browser's request from another site; then the bearer token or the page's cookie."""
         token = self.front.config.token
+        problem = browser_problem(self.request, token is not None)
+        if problem:
+            self.refuse("forbidden", problem)
+            return False
         if token is None or (self.route == "/metrics" and self.front.config.metrics_public):
             return True
         header = self.request.headers.get("Authorization", "")
@@ -434,14 +465,16 @@ class Handler(tornado.web.RequestHandler):
             return True
         cookie = self.get_cookie(COOKIE)
         if cookie and _same(cookie, token):
-            origin = self.request.headers.get("Origin")
-            if self.request.method not in ("GET", "HEAD") and origin and urlsplit(origin).netloc != self.request.host:
-                self.refuse("forbidden", "a request from another site with the page's cookie")
-                return False
             return True
         self.refuse("unauthorized", "missing or wrong token: send 'Authorization: Bearer <token>' "
                                   "(a browser: open /?token=<token> once)", {"WWW-Authenticate": 'Bearer realm="lited"'})
         return False
+
+    def drop(self) -> None:
+        """Let go of a streaming client whose socket took nothing for SEND_TIMEOUT: its
+        connection closed now, with what it has not read (ending the body instead left the
+        connection open, its socket and buffers held, until the client closed it)."""
+        self.request.connection.close()
 
     # -- answers
     def refuse(self, code: str, message: str, headers: Optional[dict] = None) -> None:
@@ -685,10 +718,13 @@ class Snapshot(Handler):
 
     async def get(self, name: str) -> None:
         try:
-            raw = self.get_query_argument("quality", "") or "85"  # empty is the default, as for threshold
-            if not raw.isdigit() or not 1 <= int(raw) <= 100:
-                raise ProtocolError("bad_request", f"quality: expected 1 to 100, got {raw[:16]!r}")
-            snap = await self.ask("snapshot", {"stream": self.stream_name(name), "quality": int(raw)})
+            fields = query_fields(self)
+            quality = _number_field(fields, "quality")  # a number as threshold takes one (50.0 is 50); empty: 85
+            if quality is not None and not (1 <= quality <= 100 and quality.is_integer()):
+                raise ProtocolError("bad_request", f"quality: expected a whole number from 1 to 100, "
+                                                   f"got {_shown(fields['quality'])}")
+            snap = await self.ask("snapshot", {"stream": self.stream_name(name),
+                                               "quality": 85 if quality is None else int(quality)})
         except ProtocolError as exc:
             return self.fail(exc.code, str(exc))
         self.set_header("Content-Type", "image/jpeg")
@@ -727,7 +763,9 @@ class Live(Handler):
             if not self.peer_gone():  # the stream left (a reload): end the body and close, as the header says
                 await self.finish()  # (tornado kept a keep-alive connection open: a client waiting for EOF hung)
                 self.request.connection.close()
-        except (tornado.iostream.StreamClosedError, asyncio.TimeoutError):
+        except asyncio.TimeoutError:
+            self.drop()
+        except tornado.iostream.StreamClosedError:
             pass
         finally:
             front.live_clients -= 1
@@ -778,7 +816,9 @@ class Events(Handler):
                     self.write(b"event: dropped\ndata: {\"dropped\":%d}\n\n" % told)
                 self.write(data)
                 await asyncio.wait_for(self.flush(), SEND_TIMEOUT)
-        except (tornado.iostream.StreamClosedError, asyncio.TimeoutError):
+        except asyncio.TimeoutError:
+            self.drop()
+        except tornado.iostream.StreamClosedError:
             pass
         finally:
             fanout.clients.discard(client)

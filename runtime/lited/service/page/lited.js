@@ -7,7 +7,7 @@
 "use strict";
 
 const $ = (selector, root = document) => root.querySelector(selector);
-const lited = { streams: {}, frames: 0 };  // the state, also read by the tests
+const lited = { streams: {}, frames: 0, unreachable: "", unreachableSince: "" };  // the state, also read by the tests
 window.lited = lited;
 
 function sleep(ms) { return new Promise((resolve) => setTimeout(resolve, ms)); }
@@ -161,13 +161,39 @@ function showStatus(st) {
   document.body.dataset.ready = "1";
 }
 
+// The daemon out of reach (down, restarting, or refusing this page): said in the header and once in
+// the log, the stream cards dimmed, until a status comes again; the log keeps its events meanwhile.
+function showUnreachable(why) {
+  if (lited.unreachable === why) return;
+  if (!lited.unreachable) lited.unreachableSince = new Date().toLocaleTimeString();
+  lited.unreachable = why;
+  logLine(`status: ${why}`, true);
+  text($("#link"), `daemon out of reach since ${lited.unreachableSince}: ${why}`);
+  document.body.dataset.unreachable = "1";
+}
+
+function showReachable() {
+  if (!lited.unreachable) return;
+  logLine(`status: the daemon answers again (out of reach since ${lited.unreachableSince})`, false);
+  lited.unreachable = "";
+  text($("#link"), "");
+  document.body.dataset.unreachable = "0";
+}
+
 async function refreshStatus() {
   try {
     const resp = await fetch("/v1/status", { cache: "no-store" });
-    if (resp.ok) showStatus(await resp.json());
-    else logLine(`status: HTTP ${resp.status}`, true);
+    if (resp.ok) {
+      showStatus(await resp.json());
+      showReachable();
+    } else if (resp.status === 401) {
+      showUnreachable("HTTP 401: the daemon has a token: open /?token=TOKEN once");
+    } else {
+      const body = await resp.json().catch(() => ({}));
+      showUnreachable(`HTTP ${resp.status}${body.error ? ": " + body.error.message : ""}`);
+    }
   } catch (e) {
-    logLine(`status: ${e}`, true);
+    showUnreachable(`no answer (${e.message || e})`);
   }
 }
 
@@ -190,6 +216,13 @@ function listen() {
     if (["state", "reload", "model", "engine"].includes(ev.event)) refreshStatus();
   });
   events.addEventListener("dropped", (e) => logLine(`events dropped: ${e.data}`, true));
+  // A refusal (503 busy: all event places taken, 401, 403) closes an EventSource for good, where a
+  // broken connection is retried by the browser: opened again here, after the daemon's Retry-After.
+  events.onerror = () => {
+    if (events.readyState !== EventSource.CLOSED) return;
+    logLine("events: the daemon refused this page's event stream; trying again in 5 s", true);
+    setTimeout(listen, 5000);
+  };
 }
 
 // --- an image to try ---------------------------------------------------------------------------
