@@ -415,6 +415,7 @@ def test_a_live_client_that_stops_reading_is_let_go_connection_and_all(tmp_path,
         sock.close()
     finally:
         assert s.daemon.stop() == 0, s.daemon.output()
+    assert "Traceback" not in s.daemon.output() and "ERROR" not in s.daemon.output(), s.daemon.output()
 
 
 def test_events_are_server_sent(served):
