@@ -92,6 +92,30 @@ def test_a_bad_image_is_one_line_exit_2_and_no_output(tmp_path):
     assert "Traceback" in proc.stderr
 
 
+def test_a_jpeg_cut_short_is_read_as_far_as_it_came_and_a_fifo_named_once(tmp_path, bundles_dir):
+    """`cv2.imdecode` refuses a JPEG without its end marker, which `cv2.imread` and viewers read:
+    a file copied while written was "not a readable image" (and "not a decodable" image to the
+    daemon). A FIFO was named twice: "lited: f.jpg: f.jpg: not a regular file (a FIFO)"."""
+    import cv2
+
+    from lited.service.images import decode_image
+
+    whole = cv2.imencode(".jpg", cv2.imread(str(need_shared("images", "chelsea.png"))))[1].tobytes()
+    (tmp_path / "whole.jpg").write_bytes(whole)
+    (tmp_path / "no_end.jpg").write_bytes(whole[:-2])
+    (tmp_path / "cut.jpg").write_bytes(whole[:len(whole) * 9 // 10])
+    os.mkfifo(tmp_path / "fifo.jpg")
+    paths = [str(tmp_path / n) for n in ("whole.jpg", "no_end.jpg", "cut.jpg", "fifo.jpg")]
+    proc = lited("infer", "--bundle", str(bundles_dir / "fastestdet"), "--json", *paths)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"lited: {paths[3]}: not a regular file (a FIFO)", \
+        proc.stderr
+    got = {Path(r["image"]).name: r["detections"] for r in map(json.loads, proc.stdout.splitlines())}
+    assert got["no_end.jpg"] == got["whole.jpg"] and got["whole.jpg"], got
+    assert "cut.jpg" in got, got
+    for data in (whole[:-2], whole[:len(whole) * 9 // 10]):  # the daemon's infer decodes them too
+        assert decode_image({"image": data}).shape == (300, 451, 3)
+
+
 def test_an_image_whose_header_claims_too_many_pixels_is_one_line_and_the_rest_go_on(tmp_path):
     """A 70-byte PNG saying 100000 x 100000: OpenCV refused it with a cv2.error, a traceback and
     exit 1, and the folder's other images were not read (the CLI audit). Now one line, as for a

@@ -18,7 +18,7 @@ import pytest
 
 import rtsp_server
 from conftest import need_shared
-from lited.sources import FrameShapeChanged, SourceError, open_source
+from lited.sources import FrameShapeChanged, FrameUnreadable, SourceError, open_source
 from lited.sources import network
 from lited.sources.gst import keep_libgcc_unwinder
 
@@ -358,6 +358,32 @@ def test_images_open_failures(tmp_path):
         open_source(f"images://{tmp_path}/missing").open()
     with pytest.raises(SourceError, match="no images"):
         open_source(f"images://{tmp_path}").open()
+    (tmp_path / "one.png").write_bytes(b"x")  # a file: it is there, it is no folder
+    with pytest.raises(SourceError, match=f"{tmp_path}/one.png is not a folder \\(images:// reads a folder"):
+        open_source(f"images://{tmp_path}/one.png").open()
+
+
+def test_images_names_an_unreadable_file_once_in_the_systems_words(tmp_path):
+    """A symlink loop was `[Errno 40] Too many levels of symbolic links: '...'`."""
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    os.symlink("b.png", tmp_path / "b.png")  # a loop
+    src = open_source(f"images://{tmp_path}")
+    out = np.empty(src.open(), np.uint8)
+    with pytest.raises(FrameUnreadable) as err:
+        read_all(src, out, limit=3)
+    assert str(err.value).endswith(f"{tmp_path}/b.png: too many levels of symbolic links; skipped"), str(err.value)
+
+
+def test_a_file_source_says_at_once_what_is_no_video_file(tmp_path):
+    """A folder was "no such file"; an empty file waited out the open timeout, "not open after 5 s"."""
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    for uri, said in ((f"file://{tmp_path}", f"{tmp_path} is a folder, not a video file"),
+                      (f"file://{tmp_path}/empty.mp4", f"{tmp_path}/empty.mp4 is empty \\(0 bytes\\)"),
+                      (f"file://{tmp_path}/none.mp4", f"no such file {tmp_path}/none.mp4")):
+        started = time.monotonic()
+        with pytest.raises(SourceError, match=said):
+            open_source(uri).open()
+        assert time.monotonic() - started < 1, uri
 
 
 # --- v4l2 -----------------------------------------------------------------

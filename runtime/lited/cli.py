@@ -30,21 +30,16 @@ class UsageError(Exception):
 
 def _read_image(path: str) -> Tuple[Any, Optional[str]]:
     """(image, None), or (None, why not) in a few words."""
-    from lited.errors import first_line
-    from lited.files import read_capped
+    from lited.files import read_capped, unreadable
     from lited.imageheader import ImageTooLarge, decode_bounded
     from lited.sources.images import MAX_STILL_BYTES
 
-    if not os.path.exists(path):
-        return None, "no such file"
-    if not os.access(path, os.R_OK):
-        return None, "permission denied"
     try:
         image = decode_bounded(read_capped(path, MAX_STILL_BYTES))
     except ImageTooLarge as exc:  # OpenCV's own limit was a cv2.error traceback, and 400 Mpixel took 1.2 GB
         return None, str(exc)
-    except OSError as exc:
-        return None, first_line(exc)
+    except OSError as exc:  # the file is named once, by the caller
+        return None, unreadable(exc)
     if image is None:
         return None, "not a readable image"
     return image, None

@@ -10,6 +10,8 @@ from typing import Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from lited.imageheader import imdecode
+
 Rect = Tuple[int, int, int, int]
 
 
@@ -35,5 +37,4 @@ def encode_jpeg(image: np.ndarray, quality: int = 85) -> bytes:
 
 def decode_jpeg(data: bytes) -> Optional[np.ndarray]:
     """JPEG (or PNG) bytes -> a BGR image, None if they do not decode."""
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    return image if image is not None and image.size else None
+    return imdecode(data)

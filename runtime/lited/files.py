@@ -27,6 +27,16 @@ class FileRefused(OSError):
         self.reason = reason
 
 
+def unreadable(exc: OSError) -> str:
+    """Why a file could not be read, without its name (which the caller says once): a refusal's
+    reason, else the system's words ("Too many levels of symbolic links", not "[Errno 40] ...")."""
+    if isinstance(exc, FileRefused):
+        return exc.reason
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    return exc.strerror.lower() if exc.strerror else str(exc)
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n} bytes"
 

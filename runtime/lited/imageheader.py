@@ -82,20 +82,36 @@ class ImageTooLarge(ValueError):
     """An image whose header says more pixels than the limit: 'WxH is over N pixels'."""
 
 
+JPEG_SOI, JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
+
+
+def imdecode(data: bytes) -> Any:
+    """The BGR image `data` encodes, or None if OpenCV cannot decode it. A JPEG cut short (a
+    file copied or sent while still written, a camera that closed mid-frame) is decoded as far
+    as it came, as `cv2.imread` and viewers do: `cv2.imdecode` refuses one without its end
+    marker, so it is given one (a copy of the bytes, for such a JPEG only)."""
+    import cv2
+    import numpy as np
+
+    if not data:
+        return None
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if image is None and data[:2] == JPEG_SOI and data[-2:] != JPEG_EOI:
+            image = cv2.imdecode(np.frombuffer(data + JPEG_EOI, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:  # OpenCV's own pixel limit, for formats whose header this module does not read
+        return None
+    return image if image is not None and image.size else None
+
+
 def decode_bounded(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Any:
     """The BGR image `data` encodes; None if OpenCV cannot decode it (or
     refuses: its own pixel limit, for formats whose header this module does
     not read, raised a cv2.error and a traceback in `lited infer`);
     ImageTooLarge if its header says more than `max_pixels` pixels, before
     anything is decoded."""
-    import cv2
-    import numpy as np
-
     size = image_size(data)
     if size is not None and size.width * size.height > max_pixels:
         raise ImageTooLarge(f"{size.width}x{size.height} is over {max_pixels} pixels")
-    try:
-        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
-    except cv2.error:
-        return None
+    return imdecode(data)
 

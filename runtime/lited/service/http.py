@@ -50,6 +50,7 @@ import tornado.web
 from tornado.httputil import HTTPInputError, parse_body_arguments
 
 from lited.config import BODY_COPIES, HttpConfig, address
+from lited.imageheader import imdecode
 from lited.protocol import ProtocolError, event_message, json_ready, result_message
 from lited.service import easyedge, live
 from lited.service.metrics import Metrics
@@ -675,7 +676,7 @@ class EdgeBoard(Handler):
 
 
 def drawn_jpeg(image: bytes, result: dict) -> bytes:
-    frame = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
+    frame = imdecode(image)
     draw_result(frame, result)
     return cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
 

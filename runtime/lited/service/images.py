@@ -2,10 +2,9 @@
 before it is decoded (an encoded image's size comes from its header)."""
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
-from lited.imageheader import MAX_IMAGE_PIXELS, image_size
+from lited.imageheader import MAX_IMAGE_PIXELS, image_size, imdecode
 from lited.protocol import ProtocolError, integral, param
 
 # Peak bytes OpenCV holds while decoding, per byte of the decoded BGR image
@@ -47,7 +46,7 @@ def decode_image(params: dict) -> np.ndarray:
     image_cost(params)
     if "image" in params:
         data = param(params, "image", bytes)
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        image = imdecode(data)
         if image is None:
             raise ProtocolError("bad_request", "params.image: not a decodable JPEG/PNG/BMP image")
         return image

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import os
+import stat
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -32,8 +34,9 @@ class FileSource(opencv.CaptureSource):
         self.path = self.local_path("no file path (write file:///abs/path.mp4 or file://rel/path.mp4)")
 
     def open(self) -> Shape:
-        if not os.path.isfile(self.path):
-            raise self.error(f"no such file {self.path}")
+        problem = file_problem(self.path)
+        if problem:
+            raise self.error(problem)
         self._cap = cv2.VideoCapture(self.path, cv2.CAP_FFMPEG)
         shape = opencv.first_frame(self, self._cap, self.path)
         fps = self._cap.get(cv2.CAP_PROP_FPS)
@@ -58,5 +61,22 @@ class FileSource(opencv.CaptureSource):
         if opencv.read_into(self, self._cap, out):
             return True
         self.close()
-        why = "no such file" if not os.path.isfile(self.path) else "it gives no frame"
-        raise self.error(f"loop: cannot start {self.path} again: {why}")
+        raise self.error(f"loop: cannot start {self.path} again: {file_problem(self.path) or 'it gives no frame'}")
+
+
+def file_problem(path: str) -> Optional[str]:
+    """Why `path` cannot be a video file, seen without opening it, or None: said at once, where
+    FFmpeg would try it for the whole open timeout and say only that it did not open."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return f"no such file {path}"
+    except OSError as exc:
+        return f"{path}: {exc.strerror or exc}"
+    if stat.S_ISDIR(st.st_mode):
+        return f"{path} is a folder, not a video file (images:// reads a folder of images)"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{path}: not a regular file"
+    if st.st_size == 0:
+        return f"{path} is empty (0 bytes)"
+    return None

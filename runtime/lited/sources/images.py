@@ -20,7 +20,7 @@ from typing import List
 
 import numpy as np
 
-from lited.files import read_capped
+from lited.files import read_capped, unreadable
 from lited.imageheader import ImageTooLarge, decode_bounded
 from lited.sources.base import MAX_FRAME_PIXELS, Pacer, Source
 from lited.sources.errors import FrameUnreadable, Shape
@@ -47,7 +47,8 @@ class ImagesSource(Source):
 
     def open(self) -> Shape:
         if not os.path.isdir(self.path):
-            raise self.error(f"no such folder {self.path}")
+            raise self.error(f"{self.path} is not a folder (images:// reads a folder of images; file:// a video)"
+                             if os.path.exists(self.path) else f"no such folder {self.path}")
         self.files = sorted(
             os.path.join(self.path, name)
             for name in os.listdir(self.path)
@@ -71,7 +72,7 @@ class ImagesSource(Source):
         try:
             data = read_capped(path, MAX_STILL_BYTES)
         except OSError as exc:
-            raise FrameUnreadable(self.uri, f"{exc}; skipped") from None
+            raise FrameUnreadable(self.uri, f"{path}: {unreadable(exc)}; skipped") from None
         try:
             image = decode_bounded(data, MAX_FRAME_PIXELS)
         except ImageTooLarge as exc:

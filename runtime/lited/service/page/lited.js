@@ -164,10 +164,11 @@ function showStatus(st) {
 // The daemon out of reach (down, restarting, or refusing this page): said in the header and once in
 // the log, the stream cards dimmed, until a status comes again; the log keeps its events meanwhile.
 function showUnreachable(why) {
-  if (lited.unreachable === why) return;
-  if (!lited.unreachable) lited.unreachableSince = new Date().toLocaleTimeString();
+  if (!lited.unreachable) {  // logged once, as it begins; the header follows the reason
+    lited.unreachableSince = new Date().toLocaleTimeString();
+    logLine(`status: ${why}`, true);
+  }
   lited.unreachable = why;
-  logLine(`status: ${why}`, true);
   text($("#link"), `daemon out of reach since ${lited.unreachableSince}: ${why}`);
   document.body.dataset.unreachable = "1";
 }
