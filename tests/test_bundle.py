@@ -420,3 +420,29 @@ def test_a_file_name_too_long_for_the_file_system_is_refused_in_one_line(bundle)
     hypothesis fuzzer drew one for `labels` and load_bundle raised OSError."""
     edit(bundle, lambda m: m.update(labels="1" * 400))
     assert refusal(bundle).endswith(f"labels: '{'1' * 400}' cannot be resolved")
+
+
+def test_files_are_read_only_from_inside_the_bundle_when_they_are_read(tmp_path):
+    """The manifest and labels are checked where they are read, not only by name before: a
+    labels file swapped for a link out between the check and the read served a root-only file
+    as labels (a race a bus client with `reload --bundle --force` won 20 times in 30); a
+    manifest that links out echoed another JSON file's keys in its refusal."""
+    from lited.bundle import read_labels
+    from lited.files import FileRefused
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:$6$hash\n")
+    root = tmp_path / "bundle"
+    root.mkdir()
+    (root / "labels.txt").symlink_to(secret)
+    with pytest.raises(FileRefused, match="labels.txt: links out of the bundle"):
+        read_labels(root / "labels.txt", bundle_root=root)
+    (root / "inside.txt").write_text("cat\n")
+    (root / "alias.txt").symlink_to(root / "inside.txt")  # a link inside is a file inside
+    assert read_labels(root / "alias.txt", bundle_root=root) == ["cat"]
+    (tmp_path / "other.json").write_text('{"api_key": "TOPSECRET"}')
+    (root / "manifest.json").symlink_to(tmp_path / "other.json")
+    with pytest.raises(BundleError) as err:
+        load_bundle(root)
+    assert str(err.value).endswith("manifest.json: links out of the bundle"), str(err.value)
+    assert "TOPSECRET" not in str(err.value) and "api_key" not in str(err.value)

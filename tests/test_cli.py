@@ -215,6 +215,24 @@ def test_unhelpful_system_words_are_said_in_lited_s(tmp_path):
         f"lited: keygen: --dir {afile}: cannot write the keys there (a file, not a directory)"), proc.stderr
 
 
+def test_keygen_writes_through_no_link_and_whatever_the_umask(tmp_path):
+    """A dangling link at NAME.key was written through (a file made where it pointed); under
+    umask 000 the --dir was made 0777."""
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "app.key").symlink_to(tmp_path / "victim")
+    proc = lited("keygen", "app", "--dir", str(keys))
+    assert proc.returncode == 2 and "app.key exists: not overwriting a key" in proc.stderr, proc.stderr
+    assert not (tmp_path / "victim").exists()
+    made = tmp_path / "new"
+    proc = subprocess.run(["sh", "-c", f'umask 000; exec "$0" -m lited.cli keygen app --dir {made}', sys.executable],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in (made, made / "app.key", made / "app.key_secret")}
+    assert modes == {"new": "0o755", "app.key": "0o644", "app.key_secret": "0o600"}, modes
+    assert sorted(p.name for p in made.iterdir()) == ["app.key", "app.key_secret"]
+
+
 def test_a_golden_result_pasted_whole_from_infer_passes_selftest(tmp_path):
     """sdk_template/README.md: paste what `lited infer --json` printed as golden.expected. Its
     image, task and timings_ms were refused as unknown fields (the examples audit)."""

@@ -547,3 +547,30 @@ def test_sweep_removes_a_half_made_segment_of_a_dead_writer(make_ring):
     live = make_ring()
     assert os.path.basename(tmp) in sweep_stale() and not os.path.exists(tmp)
     assert os.path.exists(live.path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to plant a file as one user and sweep as another")
+def test_a_stale_looking_name_another_user_planted_does_not_stop_the_sweep():
+    """`touch /dev/shm/lited-00000000-999999-x` by one user stopped another's daemon at its start:
+    the sweep of stale rings raised PermissionError (sticky /dev/shm) for a file it may not remove."""
+    from lited.stream.ring import sweep_stale
+
+    path = f"/dev/shm/lited-00000000-999999-planted{os.getpid()}"  # another boot's name: stale
+    open(path, "w").close()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the sweep as user nobody, in a fork (the venv's Python lies where nobody cannot reach)
+            code = 1
+            try:
+                os.setgroups([])
+                os.setresgid(65534, 65534, 65534)
+                os.setresuid(65534, 65534, 65534)
+                sweep_stale()
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, "the sweep failed on root's planted file"
+        assert os.path.exists(path)  # not nobody's to remove
+    finally:
+        os.unlink(path)

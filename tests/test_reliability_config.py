@@ -162,6 +162,22 @@ def test_config_check_and_serve_name_every_problem_of_what_the_config_names(tmp_
     assert not (tmp_path / "run").exists()
 
 
+def test_a_config_of_nested_yaml_aliases_is_refused_in_one_line_at_once(tmp_path):
+    """601 bytes of YAML aliases nested 9 deep are 9^9 items: the message writing the bad value
+    whole took `lited config check` 40 s and 4 GB (a reload under the unit's MemoryMax=1G:
+    the service killed)."""
+    levels = ["a: &a [" + ", ".join(['"x"'] * 9) + "]"]
+    for prev, name in zip("abcdefgh", "bcdefghi"):
+        levels.append(f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    path = tmp_path / "lited.yaml"
+    path.write_text("anchors:\n" + "".join(f"  {line}\n" for line in levels) + "request_workers: *i\n")
+    proc = subprocess.run([sys.executable, "-m", "lited.cli", "config", "check", "--config", str(path)],
+                          capture_output=True, text=True, timeout=30, preexec_fn=lambda: resource.setrlimit(
+                              resource.RLIMIT_AS, (1 << 30, 1 << 30)))
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr[-500:]
+    assert 'request_workers: expected an integer from 1 to 64, got [[[[[[[[["x", "x"' in proc.stderr, proc.stderr
+
+
 def test_a_reload_checks_the_config_as_a_start_does_and_leaves_ended_streams_alone(tmp_path, bundles_dir):
     """Found by a black-box audit of docs/config.md: a reload named only the first bad bundle, without
     its field; writing out the policy a stream had by default restarted it; a stream whose file had

@@ -139,3 +139,29 @@ def test_status_hides_camera_passwords(bundles_dir, tmp_path):
         assert sources == {"cam": f"rtsp://admin:***@127.0.0.1:{port}/live",
                            "web": f"http://127.0.0.1:{port}/v.mjpg?user=admin&pwd=***&ch=1"}
     assert "s3cretPW" not in d.output() and "p4ssWD" not in d.output()
+
+
+def test_text_from_outside_reaches_the_log_and_status_as_one_printable_line(tmp_path, bundles_dir):
+    """A camera's reason phrase (`404 Gone<ESC>[2J<BEL>`) reached the log and `lited ctl status`
+    raw; a bundle's `task` with a line break and ESC was shown raw by inspect and status."""
+    import io
+    import logging
+    from urllib.parse import urlsplit
+
+    from lited.bundle import BundleError, load_bundle
+    from lited.service.logs import CompactFormatter
+    from lited.sources.probe import _judge
+    from conftest import reseal
+
+    said = _judge("HTTP/1.1 404 Gone\x1b[2J\x1b]0;PWNED\x07", urlsplit("http://cam/live"))
+    assert said == "the server has no stream at /live ('404 Gone\\x1b[2J\\x1b]0;PWNED\\x07')", said
+    handler = logging.StreamHandler(io.StringIO())
+    handler.setFormatter(CompactFormatter())
+    record = logging.LogRecord("lited.stream", logging.WARNING, __file__, 1, "source lost: %s", ("a\nb\x1b[2J",), None)
+    assert handler.format(record).endswith("source lost: a\\nb\\x1b[2J")
+    root = shutil.copytree(bundles_dir / "fastestdet", tmp_path / "b")
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["task"] = "detection\n\x1b[31mPWNED"
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"task: \"detection\\n\\u001b\[31mPWNED\": control characters"):
+        load_bundle(reseal(root))

@@ -724,3 +724,20 @@ def test_cloud_and_remote_refuse_bad_input_in_one_line(tmp_path):
     for args, text in cases:
         out = subprocess.run([sys.executable, "-m", "lited.cli", *args], capture_output=True, text=True, timeout=60)
         assert out.returncode == 2 and text in out.stderr and out.stderr.count("\n") == 1, (args, out.stderr)
+
+
+def test_remote_messages_that_say_two_things_or_name_no_stream_are_refused():
+    """A broker peer sent {"method": "ping", "method": "reload"} (a reload ran), `force` in a
+    reload (which HTTP refuses), and an answer for stream "zzz\\nfake" (published as that topic)."""
+    from lited import uplink_protocol as up
+
+    with pytest.raises(up.UplinkMessageError, match="^request: 'method' is given twice$"):
+        up.parse_request(b'{"v": 1, "id": 1, "method": "ping", "method": "reload"}')
+    with pytest.raises(up.UplinkMessageError, match=r"^params.force: not accepted over MQTT \(lited ctl reload"):
+        up.parse_request(b'{"v": 1, "id": 1, "method": "reload", "params": {"force": true}}')
+    assert up.parse_request(b'{"v": 1, "id": 1, "method": "reload", "params": {"model": "m"}}')[1] == "reload"
+    with pytest.raises(up.UplinkMessageError, match=r"^answer.stream: 'zzz\\nfake' may hold only"):
+        up.parse_answer(b'{"v": 1, "id": "x", "stream": "zzz\\nfake", "seq": 1}')
+    with pytest.raises(up.UplinkMessageError, match="^answer.stream: '_daemon' is reserved"):
+        up.parse_answer(b'{"v": 1, "id": "x", "stream": "_daemon", "seq": 1}')
+    assert up.parse_answer(b'{"v": 1, "id": "x", "stream": "cam0", "seq": 1}')["stream"] == "cam0"

@@ -432,6 +432,25 @@ def _json_like(text: str, config: dict) -> str:
     return json.dumps(config, indent=indent, ensure_ascii=False) + "\n"
 
 
+def _give_config_access(tmp: Path, conf: Path) -> None:
+    """The new config's mode and owners: the old file's, else 0640 and group `lited` (the
+    daemon's, whose members are its users): a config holds `http.token`, which others must not
+    read (a new config was 0644, as it still is where that group does not exist)."""
+    import grp
+
+    if conf.exists():
+        st = conf.stat()
+        mode, uid, gid = st.st_mode & 0o777, st.st_uid, st.st_gid
+    else:
+        try:
+            mode, uid, gid = 0o640, -1, grp.getgrnam("lited").gr_gid
+        except KeyError:  # no such group yet (the units not installed): as before, or no user could read it
+            mode, uid, gid = 0o644, -1, -1
+    if os.geteuid() == 0:
+        os.chown(tmp, uid, gid)
+    os.chmod(tmp, mode)
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     """Add MODEL -> PATH to CONF (written whole to a temp file, then renamed);
     never touches streams or a model that the user pointed elsewhere. A new
@@ -476,7 +495,7 @@ def cmd_config(args: argparse.Namespace) -> int:
         conf.parent.mkdir(parents=True, exist_ok=True)
         tmp = conf.with_name(f".{conf.name}.{os.getpid()}")
         tmp.write_text(new_text, encoding="utf-8")
-        os.chmod(tmp, 0o644)
+        _give_config_access(tmp, conf)
         os.replace(tmp, conf)
     print(verb, streams, message)
     return 0

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from lited.errors import CONTROL, printable
 from lited.files import MAX_MODEL_BYTES, FileRefused, open_regular, read_capped
 from lited.validate import Checker, KeysGivenTwice, is_number, quoted, shown, type_name
 
@@ -46,8 +47,6 @@ TARGET_MACHINES = {
 }
 
 
-# Line breaks and other control characters a manifest key or file name may hold.
-_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class BundleError(Exception):
@@ -57,7 +56,7 @@ class BundleError(Exception):
         self.where = where
         self.problems = list(problems)
         message = f"bundle {where}: " + "; ".join(self.problems)
-        super().__init__(_CONTROL_RE.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), message))
+        super().__init__(printable(message))  # a manifest key or file name may hold line breaks
 
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -414,7 +413,9 @@ def validate_manifest(manifest: Any, root: Path) -> list:
     c.unknown(manifest, MANIFEST_FIELDS, "")
     c.name(manifest, "name", "")
     c.version(manifest, "version", "")
-    c.get(manifest, "task", "", str)
+    task = c.get(manifest, "task", "", str)
+    if task is not None and CONTROL.search(task):  # shown raw by inspect and status: a line break forged lines
+        c.add("task", f"{shown(task)}: control characters (a line break, ESC) are not a task")
     c.get(manifest, "paddle_lite_version", "", str, required=False)
     _check_part(c, manifest, root, "")
     if "stages" in manifest:
@@ -877,12 +878,13 @@ def split_labels(text: str) -> list:
     return lines
 
 
-def read_labels(path: Path, sha256: str | None = None, field: str = "labels_sha256") -> list:
+def read_labels(path: Path, sha256: str | None = None, field: str = "labels_sha256",
+                bundle_root: Path | None = None) -> list:
     """The labels (split_labels); FileRefused over MAX_LABELS_BYTES or
     MAX_LABELS labels, or when the bytes read do not hash to `sha256` (the
     manifest's `field`); UnicodeDecodeError if not UTF-8. The bytes checked
     are the bytes used: a file replaced in between cannot slip through."""
-    data = read_capped(path, MAX_LABELS_BYTES)
+    data = read_capped(path, MAX_LABELS_BYTES, bundle_root)
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256.lower():
         raise FileRefused(path, f"sha256 mismatch ({field})")
     labels = split_labels(data.decode("utf-8"))
@@ -904,7 +906,7 @@ def load_bundle(path: str | os.PathLike, check_models: bool = True) -> Bundle:
         raise BundleError(str(root), ["not a directory"])
     twice = KeysGivenTwice()  # the last of two was taken in silence
     try:
-        manifest = json.loads(read_capped(root / "manifest.json", MAX_MANIFEST_BYTES).decode("utf-8"),
+        manifest = json.loads(read_capped(root / "manifest.json", MAX_MANIFEST_BYTES, root).decode("utf-8"),
                               object_pairs_hook=twice)
     except FileNotFoundError:
         raise BundleError(where, ["missing"]) from None
@@ -1000,7 +1002,7 @@ def _labels_of(root: Path, part: dict, prefix: str, where: str) -> list:
     if not part.get("labels"):
         return []
     try:
-        return read_labels(root / part["labels"], part.get("labels_sha256"), f"{prefix}labels_sha256")
+        return read_labels(root / part["labels"], part.get("labels_sha256"), f"{prefix}labels_sha256", root)
     except FileRefused as exc:
         raise BundleError(where, [f"{prefix}labels: {part['labels']}: {exc.reason}"]) from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -6,6 +6,14 @@ import re
 from typing import List, NoReturn, Optional
 
 GLOG = re.compile(r"^\[([FEWI]) [\d/]+ [\d:. ]+ [^\]]*\]\s*")  # Paddle Lite's (glog's) line prefix
+# Line breaks and other control characters text from outside may hold (a manifest key, a camera's reason phrase).
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: str) -> str:
+    """`text` with its control characters written as escapes (`\\n`, `\\x1b`): a line break
+    would forge a log line, an ESC sequence rewrite an operator's terminal."""
+    return CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
 
 
 def glog_fatal(lines: List[str]) -> Optional[str]:

@@ -41,15 +41,21 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n} bytes"
 
 
-def open_regular(path: "str | os.PathLike", limit: int | None = None) -> BinaryIO:
+def open_regular(path: "str | os.PathLike", limit: int | None = None,
+                 bundle_root: "str | os.PathLike | None" = None) -> BinaryIO:
     """`path` opened for reading, if it is a regular file of at most `limit`
     bytes (None: any size); FileRefused otherwise, FileNotFoundError if absent.
-    The descriptor is blocking again once checked, so reads behave as usual."""
+    With `bundle_root`, the file opened must be one inside it: a name checked
+    first and opened after could be a link swapped in between, out to any
+    file the daemon may read (its contents then served as labels). The
+    descriptor is blocking again once checked, so reads behave as usual."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise FileRefused(path, f"not a regular file ({_kind(st.st_mode)})")
+        if bundle_root is not None and not _opened_inside(st, path, bundle_root):
+            raise FileRefused(path, "links out of the bundle")
         if limit is not None and st.st_size > limit:
             raise FileRefused(path, f"{st.st_size} bytes, over the limit of {_mib(limit)}")
         os.set_blocking(fd, True)
@@ -59,10 +65,25 @@ def open_regular(path: "str | os.PathLike", limit: int | None = None) -> BinaryI
         raise
 
 
-def read_capped(path: "str | os.PathLike", limit: int) -> bytes:
+def _opened_inside(opened: os.stat_result, path: "str | os.PathLike", root: "str | os.PathLike") -> bool:
+    """Whether the file opened (its fstat) is the one `path` names inside `root` now: its real
+    path inside the real root, and the same file there (a link swapped back after the open
+    leaves a real path inside that is another file)."""
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    if os.path.commonpath([real, base]) != base:
+        return False
+    try:
+        there = os.stat(real)
+    except OSError:
+        return False
+    return (there.st_dev, there.st_ino) == (opened.st_dev, opened.st_ino)
+
+
+def read_capped(path: "str | os.PathLike", limit: int, bundle_root: "str | os.PathLike | None" = None) -> bytes:
     """The whole of regular file `path` if it holds at most `limit` bytes
-    (also when it grows while being read); FileRefused otherwise."""
-    with open_regular(path, limit) as fh:
+    (also when it grows while being read); FileRefused otherwise (and, with
+    `bundle_root`, for a file that is not inside it: `open_regular`)."""
+    with open_regular(path, limit, bundle_root) as fh:
         data = fh.read(limit + 1)
     if len(data) > limit:
         raise FileRefused(path, f"grew past the limit of {_mib(limit)} while being read")

@@ -8,6 +8,8 @@ secret file and a directory of the public keys of the clients it lets in.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import List, Tuple
 
@@ -22,16 +24,25 @@ def make_keypair(directory: Path, name: str) -> Tuple[Path, Path]:
 
     public, secret = directory / f"{name}.key", directory / f"{name}.key_secret"
     for path in (public, secret):
-        if path.exists():
+        if os.path.lexists(path):  # a dangling link too: writing through it made a file where it pointed
             raise KeyFileError(f"{path} exists: not overwriting a key (remove it first, or pick another name)")
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=0o755, parents=True, exist_ok=True)  # its mode whatever the umask (0777 under umask 000)
     old = os.umask(0o077)  # the secret is never readable by others, not even for a moment
     try:
-        zmq.auth.create_certificates(str(directory), name)
+        made = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=directory))
+        try:
+            zmq.auth.create_certificates(str(made), name)
+            os.chmod(made / public.name, 0o644)
+            for path in (public, secret):  # link(2) never follows a link at its target, nor replaces a file
+                try:
+                    os.link(made / path.name, path)
+                except FileExistsError:
+                    raise KeyFileError(f"{path} exists: not overwriting a key (remove it first, or pick another "
+                                       "name)") from None
+        finally:
+            shutil.rmtree(made, ignore_errors=True)
     finally:
         os.umask(old)
-    os.chmod(public, 0o644)
-    os.chmod(secret, 0o600)
     return public, secret
 
 

@@ -23,7 +23,7 @@ import json
 import sys
 from typing import Any, Optional, Tuple
 
-from lited.validate import has_type, name_problem
+from lited.validate import has_type, name_problem, reserved_stream_problem, unique_keys
 
 VERSION = 1
 ROOT = "lited"
@@ -110,13 +110,15 @@ def from_json(payload: bytes, what: str, limit: int = 1 << 20) -> dict:
     if len(payload) > limit:
         raise UplinkMessageError(f"{what}: {len(payload)} bytes is over {limit}")
     try:
-        obj = json.loads(payload)
+        obj = json.loads(payload, object_pairs_hook=unique_keys)  # {"method": "ping", "method": "reload"} ran reload
     except RecursionError:  # arrays or objects nested deeper than the parser goes: it would kill the caller's thread
         raise UplinkMessageError(f"{what}: nested too deep") from None
     except (ValueError, UnicodeDecodeError) as exc:
         if "digits" in str(exc):  # valid JSON Python will not read: an integer of thousands of digits
             raise UplinkMessageError(f"{what}: an integer of more than {sys.get_int_max_str_digits()} digits") \
                 from None
+        if "given twice" in str(exc):
+            raise UplinkMessageError(f"{what}: {exc}") from None
         raise UplinkMessageError(f"{what}: not JSON ({exc.__class__.__name__})") from None
     if not isinstance(obj, dict):
         raise UplinkMessageError(f"{what}: expected a JSON object")
@@ -220,6 +222,9 @@ def parse_answer(payload: bytes) -> dict:
     for key, kind in (("id", str), ("stream", str), ("seq", int)):
         if not has_type(msg.get(key), kind):
             raise UplinkMessageError(f"answer.{key}: expected {kind.__name__}")
+    problem = name_problem(msg["stream"]) or reserved_stream_problem(msg["stream"])
+    if problem:  # it becomes the local topic answer/<stream>: "zzz\nfake" went out as one
+        raise UplinkMessageError(f"answer.stream: {problem}")
     if msg.get("detection") is not None and not has_type(msg["detection"], int):
         raise UplinkMessageError("answer.detection: expected an integer or null")
     for key in ("detections", "classes"):
@@ -256,6 +261,9 @@ def parse_request(payload: bytes) -> Tuple[Any, str, dict]:
         raise UplinkMessageError("params: expected an object", request_id)
     if method == "reload" and "bundle" in params:
         raise UplinkMessageError("params.bundle: not accepted over MQTT (the configured bundles only)", request_id)
+    if method == "reload" and "force" in params:  # as over HTTP: a bundle of another task is swapped on the board
+        raise UplinkMessageError("params.force: not accepted over MQTT (lited ctl reload --force, on the board)",
+                                 request_id)
     return request_id, method, params
 
 

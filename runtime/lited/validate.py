@@ -104,13 +104,48 @@ def quoted(name: Any, limit: int = 64) -> str:
     return f"'{text[:limit]}...'" if len(text) > limit else f"'{text}'"
 
 
-def shown(value: Any) -> str:
-    """A value as a message shows it: short, one line."""
+class _Enough(Exception):
+    """`shown` has written all it will show."""
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """A value as a message shows it: short, one line, as JSON writes it. Written only as far
+    as it is shown: a 601-byte YAML of nested aliases is 9^9 items, whose whole JSON took 4 GB."""
+    parts: list = []
+    room = [limit + 1]
+
+    def emit(text: str) -> None:
+        parts.append(text)
+        room[0] -= len(text)
+        if room[0] <= 0:
+            raise _Enough
+
+    def walk(v: Any) -> None:
+        if isinstance(v, dict):
+            emit("{")
+            for i, (k, x) in enumerate(v.items()):
+                emit(", " if i else "")
+                emit(json.dumps(k if isinstance(k, str) else str(k)) + ": ")
+                walk(x)
+            emit("}")
+        elif isinstance(v, (list, tuple)):
+            emit("[")
+            for i, x in enumerate(v):
+                emit(", " if i else "")
+                walk(x)
+            emit("]")
+        else:
+            try:
+                emit(json.dumps(v[:limit + 1] if isinstance(v, str) else v))
+            except (TypeError, ValueError):
+                emit(type_name(type(v)))
+
     try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = type_name(type(value))
-    return text if len(text) <= 60 else text[:57] + "..."
+        walk(value)
+    except _Enough:
+        pass
+    text = "".join(parts)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _number_as_text(value: Any) -> str:

@@ -13,6 +13,8 @@ import os
 import sys
 from typing import Union
 
+from lited.errors import printable
+
 try:
     from systemd.journal import JournalHandler
 except ImportError:  # pragma: no cover - systemd-python is absent off Linux
@@ -69,7 +71,7 @@ class StructuredJournalHandler(JournalHandler or logging.Handler):  # type: igno
                 record.exc_text = logging.Formatter().formatException(record.exc_info)
             if record.exc_text:
                 fields["EXCEPTION_TEXT"] = record.exc_text
-            self.send(record.getMessage(),
+            self.send(printable(record.getMessage()),
                       PRIORITY=str(self.map_priority(record.levelno)),
                       LOGGER=record.name,
                       THREAD_NAME=record.threadName,
@@ -88,6 +90,10 @@ class CompactFormatter(logging.Formatter):
         where = " [%(threadName)s %(filename)s:%(lineno)d]" if debug else ""
         super().__init__(f"%(asctime)s.%(msecs)03d %(levelname).1s %(name)s{where}: %(message)s",
                          datefmt="%H:%M:%S")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)  # one line whatever it quotes (a traceback follows apart)
+        return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)

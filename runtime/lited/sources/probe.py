@@ -27,6 +27,8 @@ import time
 from typing import Optional
 from urllib.parse import urlsplit, urlunsplit
 
+from lited.errors import printable
+
 DEFAULT_PORTS = {"rtsp": 554, "http": 80, "https": 443}
 SLICE = 0.1  # s between looks at `cancelled` while waiting
 MAX_STATUS_LINE = 4096
@@ -130,7 +132,7 @@ def _judge(line: str, parts) -> Optional[str]:
     if len(words) < 2 or not words[0].startswith(("RTSP/", "HTTP/")) or not words[1].isdigit():
         return None  # not a status line we know: FFmpeg decides
     code = int(words[1])
-    said = f"'{code} {words[2]}'" if len(words) > 2 and words[2] else f"'{code}'"
+    said = f"'{code} {printable(words[2][:80])}'" if len(words) > 2 and words[2] else f"'{code}'"  # the server's words
     if code < 400 or code in (405, 501):  # answered (HEAD or DESCRIBE not allowed: still a live server)
         return None
     if code == 401:

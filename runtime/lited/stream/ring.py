@@ -335,8 +335,8 @@ def sweep_stale(prefix: str = PREFIX) -> list:
         if name.startswith(prefix) and _is_stale(name):
             try:
                 os.unlink(_path(name))
-            except FileNotFoundError:
-                continue
+            except (FileNotFoundError, PermissionError):  # another user's, in sticky /dev/shm: not ours
+                continue  # (one planted to look stale stopped a daemon at its start)
             removed.append(name)
     return removed
 
@@ -493,7 +493,15 @@ class FrameRing:
         return ring
 
     def _rename(self) -> None:
-        os.rename(self.path, _path(self.name))
+        try:
+            os.rename(self.path, _path(self.name))
+        except PermissionError:  # sticky /dev/shm: a file of another user holds the name
+            try:
+                owner = os.stat(_path(self.name)).st_uid
+            except OSError:
+                raise RingError(f"{_path(self.name)}: cannot be put in place (permission denied)") from None
+            raise RingError(f"{_path(self.name)} belongs to uid {owner}, not this daemon's: another user took this "
+                            "ring's name in /dev/shm; remove it as root (the stream retries)") from None
         self.path, self.pending = _path(self.name), False
 
     def _init_header(self, first_frame: int, first_seq: int) -> None:
