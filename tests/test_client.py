@@ -400,3 +400,36 @@ def test_a_hang_up_mid_handshake_is_the_other_socket_too(tmp_path):
             with pytest.raises(ClientError, match=r"req\.sock closed the connection before the ZeroMQ handshake: "
                                                   r"it is not lited's publishing socket"):
                 sub.recv(timeout=5)
+
+
+def test_a_reply_that_is_not_lited_s_is_a_client_error(tmp_path):
+    """A fake daemon's `"error": "boom"` raised AttributeError from the client; a request with a
+    key given twice is refused by the daemon's decoder (the last one was taken)."""
+    import threading
+
+    import msgpack
+
+    from lited.protocol import ProtocolError, decode_request
+
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.bind(f"ipc://{tmp_path}/req.sock")
+
+    def answer() -> None:
+        ident, payload = router.recv_multipart()
+        request = msgpack.unpackb(payload)
+        router.send_multipart([ident, msgpack.packb({"v": 1, "id": request["id"], "ok": False, "error": "boom"})])
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        with Client(f"ipc://{tmp_path}/req.sock", timeout=5) as client:
+            with pytest.raises(ClientError, match="not lited's: error is str"):
+                client.ping()
+    finally:
+        thread.join(5)
+        router.close(0)
+        context.term()
+    twice = b"\x84" + b"".join(msgpack.packb(x) for x in ("v", 1, "id", 5, "id", 6, "method", "ping"))
+    with pytest.raises(ProtocolError, match=r"\(a map key given twice\)"):
+        decode_request(twice)

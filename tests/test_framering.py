@@ -574,3 +574,26 @@ def test_a_stale_looking_name_another_user_planted_does_not_stop_the_sweep():
         assert os.path.exists(path)  # not nobody's to remove
     finally:
         os.unlink(path)
+
+
+def test_a_fifo_or_another_users_file_under_a_ring_name_is_no_ring(make_ring):
+    """Anyone may create a file in /dev/shm: a FIFO under a ring's name (left when its daemon
+    stopped) hung `frame()` in `os.open` for ever, and the daemon's sweep with it; a file
+    another user wrote under the name was mapped as the ring."""
+    name = f"lited-{boot_id()}-{os.getpid()}-{_stream()}"
+    os.mkfifo(os.path.join(SHM_DIR, name))
+    try:
+        started = time.monotonic()
+        with pytest.raises(RingGone, match="not a frame ring \\(not a regular file\\)"):
+            FrameRing.attach(name)
+        sweep_stale()
+        assert time.monotonic() - started < 2
+    finally:
+        os.unlink(os.path.join(SHM_DIR, name))
+    if os.geteuid() != 0:
+        return
+    writer = make_ring()
+    _publish(writer, 7)
+    os.chown(os.path.join(SHM_DIR, writer.name), 65534, -1)  # as if another user had made it under this name
+    with pytest.raises(RingGone, match=f"owned by uid 65534, not by its writer's \\({os.getuid()}\\)"):
+        FrameRing.attach(writer.name)

@@ -741,3 +741,34 @@ def test_remote_messages_that_say_two_things_or_name_no_stream_are_refused():
     with pytest.raises(up.UplinkMessageError, match="^answer.stream: '_daemon' is reserved"):
         up.parse_answer(b'{"v": 1, "id": "x", "stream": "_daemon", "seq": 1}')
     assert up.parse_answer(b'{"v": 1, "id": "x", "stream": "cam0", "seq": 1}')["stream"] == "cam0"
+
+
+def test_a_crop_whose_header_claims_a_huge_picture_is_answered_with_an_error_undecoded(broker, tmp_path):
+    """A device sent a 631-byte JPEG whose header said 30000x30000: `lited cloud` decoded it,
+    5.4 GB at its peak. Now its header is read first, as the daemon's `infer` does."""
+    import struct
+
+    import cv2
+    import numpy as np
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    jpeg = bytearray(cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
+    i = 2
+    while jpeg[i + 1] not in (0xC0, 0xC1, 0xC2):  # to the start-of-frame segment: its height and width
+        i += 2 + struct.unpack(">H", jpeg[i + 2:i + 4])[0]
+    jpeg[i + 5:i + 9] = struct.pack(">HH", 30000, 30000)
+    cloud = Cloud(broker, tmp_path)
+    dev, got = connected(broker.device_settings("dev1"), "dev1")
+    try:
+        subscribe(dev, "lited/dev1/answers/#")
+        props = Properties(PacketTypes.PUBLISH)
+        props.UserProperty = [("lited-id", "dev1:7:1"), ("stream", "cam0"), ("seq", "1"), ("detection", "0")]
+        dev.publish("lited/dev1/crops/cam0", bytes(jpeg), qos=1, properties=props)
+        wait_until(lambda: got, 20)
+        answer = json.loads(got[0][1])
+        assert answer["id"] == "dev1:7:1" and answer["error"] == "30000x30000 is over 67108864 pixels", answer
+    finally:
+        close(dev)
+        counters = cloud.stop()
+    assert counters["crops"] == 1, counters

@@ -538,14 +538,20 @@ class Client:
             if not readable:
                 self._raise_if_unreachable(probe=True)
                 continue
-            reply = protocol.decode_reply(self.socket.recv())
+            try:
+                reply = protocol.decode_reply(self.socket.recv())
+            except protocol.ProtocolError as exc:  # the README names ClientError, not the decoder's own
+                raise ClientError("failed", f"a reply from {self.endpoint} that is not lited's: {exc}") from None
             self._answered = True
             if reply.get("id") != request_id:
                 continue  # a late reply to an earlier request that timed out
             if reply.get("ok"):
                 return reply.get("result")
-            error = reply.get("error") or {}
-            raise ClientError(error.get("code", "failed"), error.get("message", ""))
+            error = reply.get("error")
+            if not isinstance(error, dict):  # not lited's reply (a string raised AttributeError here)
+                raise ClientError("failed", f"a reply from {self.endpoint} that is not lited's: error is "
+                                            f"{type(error).__name__}")
+            raise ClientError(str(error.get("code", "failed")), str(error.get("message", "")))
 
     def _send(self, request: bytes, deadline: float) -> bool:
         """Send `request` once there is a connection to send on; False at `deadline` (none came:

@@ -124,6 +124,7 @@ _LIMIT_WORDS = {"max_str_len": f"a string over {_UNPACK_LIMITS['max_str_len']} b
                 "max_bin_len": "a binary over limits.max_request_bytes",
                 "max_ext_len": "an extension type",
                 "for map key": "a map key that is not a string",
+                "given twice": "a map key given twice",
                 "incomplete input": "it ends before its value is whole",
                 "extra data": "bytes after the first value"}
 MSGPACK_TYPES = {dict: "a map", list: "an array", str: "a string", bytes: "a binary", int: "an integer",
@@ -135,11 +136,17 @@ def _no_extension(code: int, data: bytes) -> Any:
 
 
 def _string_keys(pairs: list) -> dict:
-    """A map whose keys are all strings (strict_map_key lets binaries through)."""
+    """A map whose keys are all strings (strict_map_key lets binaries through), each once
+    (`{"id": 5, "id": 6}` took the last: which counts is not the sender's to leave open)."""
     for key, _ in pairs:
         if not isinstance(key, str):
             raise ValueError(f"{type(key).__name__} is not allowed for map key")
-    return dict(pairs)
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"key {twice[:64]!r} given twice")  # said as _LIMIT_WORDS["given twice"]
+    return obj
 
 
 def request_id_of(data: bytes) -> Any:

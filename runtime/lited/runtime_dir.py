@@ -156,6 +156,13 @@ def peer_uid(socket_path: str, timeout: float = 2.0) -> Optional[int]:
         sock.close()
 
 
+def _identity(st: os.stat_result) -> tuple:
+    """What tells one socket file from another: tmpfs gives a new file the inode number of one just
+    removed, so (dev, ino) alone took another user's socket, made in a directory made again, for the
+    one checked (a Subscriber took 24 forged results); its owner and creation time tell them apart."""
+    return st.st_dev, st.st_ino, st.st_uid, st.st_ctime_ns
+
+
 class PeerCheck:
     """Checks, before a client talks, that the daemon at an ipc:// endpoint is
     one it trusts; again whenever the socket file changes (a restart)."""
@@ -164,7 +171,7 @@ class PeerCheck:
         self.path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else None
         self.endpoint = endpoint
         self.trusted = frozenset(trusted) if trusted is not None else trusted_uids()
-        self._checked: Optional[tuple] = None  # (dev, ino) of the socket last found good
+        self._checked: Optional[tuple] = None  # the socket file last found good: _identity()
 
     def verify(self) -> None:
         """UntrustedPeer if the socket's directory can be changed by an
@@ -178,7 +185,7 @@ class PeerCheck:
             return
         except PermissionError:  # its directory (0750, the daemon's group) is closed to this user
             raise not_in_group(self.path) from None
-        if (st.st_dev, st.st_ino) == self._checked:
+        if _identity(st) == self._checked:
             return
         names = ", ".join(_user(u) for u in sorted(self.trusted)) or "nobody (trusted_uids is empty)"
         directory = os.stat(os.path.dirname(self.path) or ".")
@@ -192,4 +199,4 @@ class PeerCheck:
             return  # nothing listens (yet): ZeroMQ connects once the daemon binds
         if uid not in self.trusted:
             raise UntrustedPeer(f"{self.endpoint}: served by {_user(uid)}, not by {names}; refusing to talk to it")
-        self._checked = (st.st_dev, st.st_ino)
+        self._checked = _identity(st)

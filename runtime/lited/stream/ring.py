@@ -90,6 +90,7 @@ import itertools
 import mmap
 import os
 import re
+import stat
 import threading
 import time
 from contextlib import contextmanager, suppress
@@ -294,12 +295,31 @@ def _read_header(fd: int) -> Optional[np.ndarray]:
     return np.frombuffer(data, np.int64)
 
 
+def _open_segment(path: str) -> int:
+    """A descriptor of the regular file `path` (O_NONBLOCK: a FIFO planted under a ring's name,
+    which anyone may make in /dev/shm, never blocks the open), or OSError; RingGone for
+    another kind of file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RingGone(f"{os.path.basename(path)}: not a frame ring (not a regular file)")
+    return fd
+
+
+def _uid_of(pid: int) -> Optional[int]:
+    """The user process `pid` runs as, or None when that cannot be told (no such process, no /proc)."""
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except (OSError, ValueError):
+        return None
+
+
 def _peek(path: str) -> Optional[np.ndarray]:
     """The header of an initialised ring of a layout version this code reads,
     else None."""
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
+        fd = _open_segment(path)
+    except (OSError, RingGone):
         return None
     try:
         hdr = _read_header(fd)
@@ -593,7 +613,7 @@ class FrameRing:
         not initialised yet, or its writer is dead."""
         path = _path(name)
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = _open_segment(path)
         except FileNotFoundError:
             raise RingGone(f"{name}: no such ring (writer stopped or not started)") from None
         try:
@@ -602,6 +622,9 @@ class FrameRing:
                 raise RingGone(f"{name}: not an initialised lited frame ring")
             layout = _Layout.from_header(hdr)
             st = os.fstat(fd)
+            writer_uid = _uid_of(int(hdr[_PID]))
+            if writer_uid is not None and st.st_uid != writer_uid:  # made by someone else than the writer it names
+                raise RingGone(f"{name}: owned by uid {st.st_uid}, not by its writer's ({writer_uid}): not its ring")
             if st.st_size < layout.size:
                 raise RingError(f"{name}: {st.st_size} bytes, header needs {layout.size}")
             mm = mmap.mmap(fd, layout.size, access=mmap.ACCESS_READ)
