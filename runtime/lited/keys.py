@@ -32,13 +32,15 @@ def make_keypair(directory: Path, name: str) -> Tuple[Path, Path]:
         made = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=directory))
         try:
             zmq.auth.create_certificates(str(made), name)
-            os.chmod(made / public.name, 0o644)
-            for path in (public, secret):  # link(2) never follows a link at its target, nor replaces a file
-                try:
-                    os.link(made / path.name, path)
+            for path, mode in ((public, 0o644), (secret, 0o600)):
+                try:  # O_CREAT | O_EXCL never follows a link there (a dangling one included) nor replaces a file
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
                 except FileExistsError:
                     raise KeyFileError(f"{path} exists: not overwriting a key (remove it first, or pick another "
                                        "name)") from None
+                with os.fdopen(fd, "wb") as out:
+                    os.fchmod(out.fileno(), mode)  # exact bits whatever the umask
+                    out.write((made / path.name).read_bytes())
         finally:
             shutil.rmtree(made, ignore_errors=True)
     finally:
