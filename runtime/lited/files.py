@@ -66,17 +66,50 @@ def open_regular(path: "str | os.PathLike", limit: int | None = None,
 
 
 def _opened_inside(opened: os.stat_result, path: "str | os.PathLike", root: "str | os.PathLike") -> bool:
-    """Whether the file opened (its fstat) is the one `path` names inside `root` now: its real
-    path inside the real root, and the same file there (a link swapped back after the open
-    leaves a real path inside that is another file)."""
-    real, base = os.path.realpath(path), os.path.realpath(root)
-    if os.path.commonpath([real, base]) != base:
+    """Whether the file opened (its fstat) is the one `path` names inside `root` now: the links
+    under `root` followed by hand, each staying inside (realpath also resolved `root`, which may be
+    reached by a path that resolves elsewhere: /proc/PID/root/...), and the same file there (a link
+    swapped back after the open leaves a path inside that is another file)."""
+    rel = os.path.relpath(path, root)
+    inside = _resolve_inside(os.fspath(root), rel.split(os.sep))
+    if inside is None:
         return False
     try:
-        there = os.stat(real)
+        there = os.stat(inside)
     except OSError:
         return False
     return (there.st_dev, there.st_ino) == (opened.st_dev, opened.st_ino)
+
+
+def _resolve_inside(root: str, parts: list) -> "str | None":
+    """`root` joined with `parts`, the symbolic links among them followed, or None where a link
+    or `..` leads out of `root`."""
+    resolved: list = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not resolved:
+                return None
+            resolved.pop()
+            continue
+        candidate = os.path.join(root, *resolved, part)
+        if os.path.islink(candidate):
+            hops += 1
+            target = os.readlink(candidate)
+            if hops > 40:
+                return None
+            if os.path.isabs(target):  # inside only if it lands under the root as this system resolves both
+                real, base = os.path.realpath(target), os.path.realpath(root)
+                if os.path.commonpath([real, base]) != base:
+                    return None
+                resolved, target = [], os.path.relpath(real, base)
+            parts = target.split(os.sep) + parts
+            continue
+        resolved.append(part)
+    return os.path.join(root, *resolved)
 
 
 def read_capped(path: "str | os.PathLike", limit: int, bundle_root: "str | os.PathLike | None" = None) -> bytes:
