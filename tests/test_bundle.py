@@ -440,6 +440,14 @@ def test_files_are_read_only_from_inside_the_bundle_when_they_are_read(tmp_path)
     (root / "inside.txt").write_text("cat\n")
     (root / "alias.txt").symlink_to(root / "inside.txt")  # a link inside is a file inside
     assert read_labels(root / "alias.txt", bundle_root=root) == ["cat"]
+    (root / "sub").mkdir()
+    (root / "sub" / "up.txt").symlink_to("../inside.txt")
+    assert read_labels(root / "sub" / "up.txt", bundle_root=root) == ["cat"]
+    via = Path(f"/proc/{os.getpid()}/root{root}")  # a root reached by a path that resolves elsewhere
+    assert read_labels(via / "alias.txt", bundle_root=via) == ["cat"]  # (the systemd test reads a container's so)
+    (root / "escape.txt").symlink_to("sub/../../secret.txt")
+    with pytest.raises(FileRefused, match="escape.txt: links out of the bundle"):
+        read_labels(root / "escape.txt", bundle_root=root)
     (tmp_path / "other.json").write_text('{"api_key": "TOPSECRET"}')
     (root / "manifest.json").symlink_to(tmp_path / "other.json")
     with pytest.raises(BundleError) as err:
