@@ -32,8 +32,8 @@ from typing import Any, Callable, Optional, TextIO
 
 from lited import uplink_protocol as up
 from lited.crops import decode_jpeg
-from lited.imageheader import MAX_IMAGE_PIXELS, image_size
 from lited.errors import first_line
+from lited.imageheader import MAX_IMAGE_PIXELS, image_size
 from lited.mqtt_link import (REFUSED, BrokerSettings, ConnectWatch, connect_async, make_client, publish_properties,
                              user_properties)
 

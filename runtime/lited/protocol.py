@@ -11,7 +11,7 @@ from typing import Any
 
 import msgpack
 
-from lited.validate import DAEMON_STREAM, has_type, type_name  # noqa: F401 - DAEMON_STREAM: the protocol's name
+from lited.validate import DAEMON_STREAM, has_type, type_name, unique_keys  # noqa: F401 - DAEMON_STREAM: the protocol's name
 
 VERSION = 1
 METHODS = ("ping", "status", "infer", "reload", "snapshot")
@@ -141,12 +141,7 @@ def _string_keys(pairs: list) -> dict:
     for key, _ in pairs:
         if not isinstance(key, str):
             raise ValueError(f"{type(key).__name__} is not allowed for map key")
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set = set()
-        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
-        raise ValueError(f"key {twice[:64]!r} given twice")  # said as _LIMIT_WORDS["given twice"]
-    return obj
+    return unique_keys(pairs)  # its ValueError is said as _LIMIT_WORDS["given twice"]
 
 
 def request_id_of(data: bytes) -> Any:
