@@ -47,8 +47,6 @@ TARGET_MACHINES = {
 }
 
 
-
-
 class BundleError(Exception):
     """A bundle was refused. `problems` lists each one; str() is one line."""
 

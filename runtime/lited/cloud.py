@@ -31,9 +31,8 @@ import time
 from typing import Any, Callable, Optional, TextIO
 
 from lited import uplink_protocol as up
-from lited.crops import decode_jpeg
 from lited.errors import first_line
-from lited.imageheader import MAX_IMAGE_PIXELS, image_size
+from lited.imageheader import ImageTooLarge, decode_bounded
 from lited.mqtt_link import (REFUSED, BrokerSettings, ConnectWatch, connect_async, make_client, publish_properties,
                              user_properties)
 
@@ -243,14 +242,14 @@ class CloudWorker:
             self.client.publish(*cached, qos=1)
             return
         image_meta = up.parse_image_properties(user_properties(msg))
-        size = image_size(msg.payload)  # read before decoding: a 631-byte JPEG saying 30000x30000 took 5.4 GB
-        too_large = size is not None and size.width * size.height > MAX_IMAGE_PIXELS
-        image = None if too_large else decode_jpeg(msg.payload)
+        try:  # its header read before it is decoded: a 631-byte JPEG saying 30000x30000 took 5.4 GB
+            image, too_large = decode_bounded(msg.payload), None
+        except ImageTooLarge as exc:
+            image, too_large = None, str(exc)
         model = self.model
         model_info = {"name": model.name, "version": model.version, "task": model.task} if model else None
         if too_large:
-            answer = up.answer_message(msg_id, image_meta, self.client_id, model_info, None,
-                                       f"{size.width}x{size.height} is over {MAX_IMAGE_PIXELS} pixels")
+            answer = up.answer_message(msg_id, image_meta, self.client_id, model_info, None, too_large)
         elif image is None:
             answer = up.answer_message(msg_id, image_meta, self.client_id, model_info, None, "not a JPEG image")
         elif model is None:

@@ -10,8 +10,6 @@ from typing import Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from lited.imageheader import imdecode
-
 Rect = Tuple[int, int, int, int]
 
 
@@ -34,7 +32,3 @@ def encode_jpeg(image: np.ndarray, quality: int = 85) -> bytes:
         raise ValueError("JPEG encoding failed")
     return data.tobytes()
 
-
-def decode_jpeg(data: bytes) -> Optional[np.ndarray]:
-    """JPEG (or PNG) bytes -> a BGR image, None if they do not decode."""
-    return imdecode(data)

@@ -90,14 +90,14 @@ import itertools
 import mmap
 import os
 import re
-import stat
 import threading
 import time
 from contextlib import contextmanager, suppress
-from typing import Iterator, NamedTuple, Optional, Tuple, Union
+from typing import BinaryIO, Iterator, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
+from lited.files import FileRefused, open_regular
 from lited.validate import name_problem
 
 __all__ = [
@@ -295,15 +295,14 @@ def _read_header(fd: int) -> Optional[np.ndarray]:
     return np.frombuffer(data, np.int64)
 
 
-def _open_segment(path: str) -> int:
-    """A descriptor of the regular file `path` (O_NONBLOCK: a FIFO planted under a ring's name,
-    which anyone may make in /dev/shm, never blocks the open), or OSError; RingGone for
+def _open_segment(path: str) -> BinaryIO:
+    """The regular file `path`, opened by `files.open_regular` (a FIFO planted under a ring's
+    name, which anyone may make in /dev/shm, never blocks the open), or OSError; RingGone for
     another kind of file."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise RingGone(f"{os.path.basename(path)}: not a frame ring (not a regular file)")
-    return fd
+    try:
+        return open_regular(path)
+    except FileRefused:
+        raise RingGone(f"{os.path.basename(path)}: not a frame ring (not a regular file)") from None
 
 
 def _uid_of(pid: int) -> Optional[int]:
@@ -318,13 +317,11 @@ def _peek(path: str) -> Optional[np.ndarray]:
     """The header of an initialised ring of a layout version this code reads,
     else None."""
     try:
-        fd = _open_segment(path)
+        segment = _open_segment(path)
     except (OSError, RingGone):
         return None
-    try:
-        hdr = _read_header(fd)
-    finally:
-        os.close(fd)
+    with segment:
+        hdr = _read_header(segment.fileno())
     return hdr if hdr is not None and hdr[_VERSION] == LAYOUT_VERSION else None
 
 
@@ -613,10 +610,11 @@ class FrameRing:
         not initialised yet, or its writer is dead."""
         path = _path(name)
         try:
-            fd = _open_segment(path)
+            segment = _open_segment(path)
         except FileNotFoundError:
             raise RingGone(f"{name}: no such ring (writer stopped or not started)") from None
-        try:
+        with segment:
+            fd = segment.fileno()
             hdr = _read_header(fd)
             if hdr is None:
                 raise RingGone(f"{name}: not an initialised lited frame ring")
@@ -628,8 +626,6 @@ class FrameRing:
             if st.st_size < layout.size:
                 raise RingError(f"{name}: {st.st_size} bytes, header needs {layout.size}")
             mm = mmap.mmap(fd, layout.size, access=mmap.ACCESS_READ)
-        finally:
-            os.close(fd)
         ring = cls(name, mm, layout, st.st_ino, writer=False)
         if not ring.writer_alive():
             ring.close()
