@@ -52,6 +52,16 @@ def test_a_keys_file_that_does_not_match_is_named():
         ctc(["a"], use_space_char=False).decode([probs([5], 6)])
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_nan_or_infinity_in_the_model_s_scores_is_an_error_not_a_text_scored_so(value):
+    """argmax takes a NaN for the best class: the text went out with text_score NaN, which
+    JSON (the HTTP front end, the uplink) cannot carry."""
+    p = probs([1, 2], 4)
+    p[0, 1, 2] = value  # the best of its row: class 2, "b", scored NaN or infinity
+    with pytest.raises(ValueError, match=rf"{value} where the model scored a character"):
+        ctc(["a", "b"]).decode([p])
+
+
 def test_pp_ocrv4_rec_on_paddle_lite_reads_as_onnxruntime():
     import onnxruntime as ort
 

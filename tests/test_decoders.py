@@ -646,3 +646,40 @@ def test_the_decoder_registry_and_the_manifest_check_load_without_opencv() -> No
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "decoder.tresh: unknown parameter for 'db_text'" in proc.stdout, proc.stdout
+
+
+def _poisoned(outputs, pattern, value):
+    """Copies of `outputs` with `value` in every element (`all`) or every third (`some`)."""
+    out = []
+    for o in outputs:
+        o = np.array(o, dtype=np.float32, copy=True)
+        if pattern == "all":
+            o[...] = value
+        else:
+            o.reshape(-1)[::3] = value
+        out.append(o)
+    return out
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("pattern", ["all", "some"])
+def test_nan_or_infinity_in_a_model_s_outputs_never_reaches_a_result(ultraface, fastestdet, mobilenetv2,
+                                                                     ppocrv4_det, pattern, value):
+    """What an engine precision that overflows (f16) makes: JSON (the HTTP front end, the uplink) has
+    no NaN or infinity, so no decoder may put one in a result; it leaves such entries out, or fails."""
+    import json
+
+    cases = [("priorbox", {}, *ultraface), ("grid", {}, *fastestdet[0]["coffee.png"], fastestdet[1]),
+             ("classification", {}, *mobilenetv2), ("classification", {"softmax": False}, *mobilenetv2),
+             ("db_text", {}, *ppocrv4_det, None)]
+    carried = {}
+    for kind, params, outputs, geom, labels in cases:
+        try:
+            result = make_decoder({"type": kind, **params}, labels).decode(_poisoned(outputs, pattern, value), geom)
+        except ValueError:
+            continue
+        try:
+            json.dumps(result, allow_nan=False)
+        except ValueError:
+            carried[kind] = str(result)[:300]
+    assert not carried, carried

@@ -39,7 +39,7 @@ class ClassificationDecoder(Decoder):
         k = n if self.top_k <= 0 else min(self.top_k, n)
         top = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
         top = top[np.argsort(-scores[top], kind="stable")]
-        top = top[scores[top] >= self.score_threshold]
+        top = top[(scores[top] >= self.score_threshold) & np.isfinite(scores[top])]  # JSON has no infinity
         classes = [{"label": label_for(self.labels, i), "class_id": i, "score": s}
                    for i, s in zip(top.tolist(), scores[top].astype(np.float64).tolist())]
         return {"detections": [], "classes": classes}

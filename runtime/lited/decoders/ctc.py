@@ -22,6 +22,7 @@ cascade stage, `text` and `text_score` are added to each detection.
 """
 from __future__ import annotations
 
+import math
 import unicodedata
 from typing import List, Optional, Tuple
 
@@ -97,6 +98,9 @@ class CtcDecoder(Decoder):
                              f"blank, {len(self.labels)} keys{' and the space' if self.use_space_char else ''}: "
                              "the keys file (or use_space_char) does not match the model")
         score = float(best[keep].mean()) if kept.size else 0.0
+        if not math.isfinite(score):  # argmax takes a NaN for the best: the text would go out scored NaN
+            raise ValueError(f"{score} where the model scored a character "
+                             "(a precision that overflows, e.g. f16, or a broken model)")
         text = "".join(self._chars[kept].tolist())
         if self.strip:
             text = text.strip(" ")

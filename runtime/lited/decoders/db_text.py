@@ -16,6 +16,7 @@ Each detection has label "text", the axis-aligned `box` and the rotated
 """
 from __future__ import annotations
 
+import math
 from typing import List, Optional
 
 import numpy as np
@@ -91,7 +92,7 @@ class DbTextDecoder(Decoder):
             if min(w, h) < self.min_size:
                 continue
             score = box_score(prob, ordered_corners((center, (w, h), angle)))
-            if score < self.box_thresh:
+            if not self.box_thresh <= score < math.inf:  # NaN or infinity (f16 overflowing): JSON has neither
                 continue
             grow = 2.0 * w * h * self.unclip_ratio / (2.0 * (w + h))  # 2 * area*ratio/perimeter
             if min(w, h) + grow < self.min_size + 2:

@@ -162,11 +162,12 @@ def to_detections(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
                   labels: Sequence[str], geom: Geometry) -> List[dict]:
     """Result entries for Nx4 model-input-pixel boxes, in source pixels. A box with no
     width or height once clipped to the image (one wholly in a letterbox's pad) is left
-    out: there is nothing of the image in it."""
+    out: there is nothing of the image in it; so is one scored infinity or NaN (an
+    engine's f16 overflowing), which JSON cannot carry (a NaN side is no width)."""
     if len(scores) == 0:
         return []
     src = geom.boxes_to_source(np.array(boxes, dtype=np.float32))
-    inside = (src[:, 2] > src[:, 0]) & (src[:, 3] > src[:, 1])
+    inside = (src[:, 2] > src[:, 0]) & (src[:, 3] > src[:, 1]) & np.isfinite(scores)
     return [{"label": label_for(labels, c), "class_id": c, "score": s, "box": b}
             for c, s, b in zip(np.asarray(classes)[inside].astype(int).tolist(),
                                np.asarray(scores, dtype=np.float64)[inside].tolist(),
