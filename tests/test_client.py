@@ -433,3 +433,59 @@ def test_a_reply_that_is_not_lited_s_is_a_client_error(tmp_path):
     twice = b"\x84" + b"".join(msgpack.packb(x) for x in ("v", 1, "id", 5, "id", 6, "method", "ping"))
     with pytest.raises(ProtocolError, match=r"\(a map key given twice\)"):
         decode_request(twice)
+
+
+def test_a_reply_or_message_past_the_bus_s_bound_is_never_taken_in(tmp_path):
+    """A fake daemon's 400 MB reply was 400 MB in the app: past MAX_MESSAGE_BYTES ZeroMQ drops the
+    connection on the message's header. A reply just under it still comes; a subscriber goes on
+    with the next messages, on the connection ZeroMQ makes again."""
+    import msgpack
+
+    from lited.client import MAX_MESSAGE_BYTES
+
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.bind(f"ipc://{tmp_path}/req.sock")
+    sizes = iter([MAX_MESSAGE_BYTES - (1 << 10), MAX_MESSAGE_BYTES + (1 << 10)])
+
+    def answer() -> None:
+        for size in sizes:
+            ident, payload = router.recv_multipart()
+            request = msgpack.unpackb(payload)
+            router.send_multipart([ident, msgpack.packb({"v": 1, "id": request["id"], "ok": True,
+                                                         "result": b"x" * size})])
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        with Client(f"ipc://{tmp_path}/req.sock", timeout=3) as client:
+            assert len(client.ping()) == MAX_MESSAGE_BYTES - (1 << 10)
+            with pytest.raises(TimeoutError):
+                client.ping()
+    finally:
+        thread.join(5)
+        router.close(0)
+
+    pub = context.socket(zmq.PUB)
+    pub.bind(f"ipc://{tmp_path}/pub.sock")
+    topic = b"result/cam0"
+    try:
+        with Subscriber(f"ipc://{tmp_path}/pub.sock", check=False) as sub:
+            deadline, got, seq = time.monotonic() + 20, None, 0
+            while got is None and time.monotonic() < deadline:  # until the subscription is through
+                seq += 1
+                pub.send_multipart([topic, msgpack.packb({"v": 1, "stream": "cam0", "seq": seq})])
+                got = sub.recv(timeout=0.1)
+            assert got is not None
+            big = seq + 1
+            pub.send_multipart([topic, msgpack.packb({"v": 1, "stream": "cam0", "seq": big, "pad": b"x" * MAX_MESSAGE_BYTES})])
+            seq, seen = big, []
+            while not any(s > big for s in seen) and time.monotonic() < deadline:
+                seq += 1
+                pub.send_multipart([topic, msgpack.packb({"v": 1, "stream": "cam0", "seq": seq})])
+                got = sub.recv(timeout=0.1)
+                seen += [got["seq"]] if got is not None else []
+            assert big not in seen and any(s > big for s in seen), seen
+    finally:
+        pub.close(0)
+        context.term()

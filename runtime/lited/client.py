@@ -45,6 +45,12 @@ from lited.config import DEFAULT_CONFIG, ConfigError, client_endpoints, client_r
 from lited.runtime_dir import PeerCheck, UntrustedPeer
 from lited.stream.ring import FrameOverwritten, FrameRing, RingError, RingGone
 
+# A message this library takes, reply or published: the bus holds at most 16 MiB of replies for one
+# client (a bigger one is answered `too_large`) and a result is a few KiB. Bigger is not lited's:
+# ZeroMQ reads the size in the message's header and drops the connection before taking the rest in
+# (a fake daemon's 400 MB reply was 400 MB in the app).
+MAX_MESSAGE_BYTES = (16 << 20) + (64 << 10)
+
 __all__ = ["Client", "ClientError", "ConfigError", "DaemonUnreachable", "FrameOverwritten", "RingGone",
            "Subscriber", "UntrustedPeer", "daemon_endpoints"]
 
@@ -164,6 +170,8 @@ class HandshakeWatch:
         self._requests = requests  # a request socket (counted against limits.max_clients), not a subscriber
         self._no_detail = 0
         self._greeted = True  # no connection yet to have failed its greeting
+        self._up = False  # a connection passed its handshake and has not closed since
+        self.lost = False  # a connection that passed its handshake closed (read by problem())
         self._sock = sock
         self.monitor = sock.get_monitor_socket(self.EVENTS)
         self._pollers = {}  # event waited for on the socket -> a poller for it and the monitor
@@ -193,13 +201,14 @@ class HandshakeWatch:
             if event["event"] == zmq.EVENT_CONNECTED:
                 self._greeted = False
             elif event["event"] == zmq.EVENT_DISCONNECTED:
+                self.lost, self._up = self.lost or self._up, False
                 # closed before any greeting: a ZeroMQ socket of another type (lited's other socket), which
                 # libzmq neither reports nor connects to again (a request or subscriber then waited in vain)
                 if not self._greeted:
                     failure = event
                 self._greeted = True
             elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._no_detail, failure, self._greeted = 0, None, True
+                self._no_detail, failure, self._greeted, self._up = 0, None, True, True
             else:  # a handshake failed: the peer did answer (a refusal, a CURVE key that does not match)
                 self._greeted = True
                 if event["event"] != zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
@@ -235,6 +244,15 @@ class HandshakeWatch:
             return (f"the handshake with {self.endpoint} failed: a tcp:// endpoint with CURVE keys needs curve="
                     "{'server_public': ..., 'client_secret': ...} (docs/protocol.md, Over TCP)")
         return f"the handshake with {self.endpoint} failed (not a lited socket?)"
+
+    def connect_again(self) -> None:
+        """Connect anew after `lost`: a connection ZeroMQ closed for a protocol error (a message over
+        MAX_MESSAGE_BYTES) is never made again by ZeroMQ; one closed otherwise (a daemon restarting)
+        is made again here as ZeroMQ would."""
+        self.lost = False
+        with contextlib.suppress(zmq.ZMQError):
+            self._sock.disconnect(self.endpoint)
+        _connect(self._sock, self.endpoint)
 
     def close(self) -> None:
         """Before the socket closes: a monitor left on it leaked descriptors (3 per socket, so a process
@@ -315,6 +333,7 @@ class Subscriber:
         self.socket = self.context.socket(zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.RCVHWM, rcvhwm)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         _apply_curve(self.socket, curve)
         self.streams = set(streams) if streams else None
         for stream in streams or [""]:
@@ -345,6 +364,8 @@ class Subscriber:
             problem = self._handshake.problem()
             if problem:
                 raise ClientError("refused", problem)
+            if self._handshake.lost:
+                self._handshake.connect_again()
             if not readable:
                 if deadline is not None and time.monotonic() >= deadline:
                     return None
@@ -494,6 +515,7 @@ class Client:
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SNDTIMEO, max(1, int(self.timeout * 1000)))
+        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         _apply_curve(self.socket, self._curve)
         self._handshake = HandshakeWatch(self.socket, self.endpoint, self._curve is not None, requests=True)
 
