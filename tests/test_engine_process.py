@@ -255,6 +255,40 @@ def test_no_restart_onto_a_model_that_changed_on_disk(tmp_path, fastestdet_file)
         remote.close()
 
 
+def test_no_engine_process_of_another_lited_than_its_daemon_s(tmp_path, fastestdet_file):
+    """An upgrade rewrites the package under a running daemon: an engine process it starts then
+    (a reload, a restart after a crash) would import the new files, whose page, codes and messages
+    its parent may not share. The child refuses, in one line its parent reports."""
+    import shutil
+    shutil.copytree(os.path.dirname(os.path.dirname(__import__("lited").__file__)) + "/lited", tmp_path / "lited",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    code = f"""
+import os, shutil, signal, sys
+from lited.engine_process import EngineProcess
+from lited.engines import EngineError
+e = EngineProcess('paddle_lite', {str(fastestdet_file.path)!r}, {{}})
+os.kill(e.pid, signal.SIGKILL)
+e.restart()  # the same files: it starts
+src = os.path.join(os.path.dirname(sys.modules['lited.engine_process'].__file__), 'engine_process.py')
+shutil.copy(src, src + '.new')
+os.replace(src + '.new', src)  # as pip writes a file anew
+os.kill(e.pid, signal.SIGKILL)
+try:
+    e.restart()
+    print('restarted')
+except EngineError as exc:
+    print(exc)
+e.close()
+"""
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == (
+        f"{fastestdet_file.path}: engine process exited: lited's engine_process.py and "
+        "shared_semaphore.py changed since the daemon started (lited upgraded under it?): an engine process runs "
+        "only with the lited of its daemon; restart the daemon (systemctl restart lited)"), out.stdout
+
+
 # --- short runs queued: collected by the clock -------------------------------
 
 SHORT_INPUT = (1, 3, 48, 192)  # the PP-OCR classifier: about a millisecond a run in onnxruntime

@@ -60,6 +60,11 @@ child checks every LIVENESS_S[1] that its parent does (a SIGKILLed daemon
 closes nothing), so it never outlives it. The child ignores SIGINT,
 SIGTERM and SIGHUP (signals to the whole process group or unit: the reload's
 is the parent's): its parent stops it after draining, with the page's CLOSING byte.
+Parent and child must be the same lited: the child's command line carries what
+identifies the wire's files the parent imported (`STARTED_WITH`), and a child
+that imported others (an upgrade rewrote the package under a running daemon)
+exits at once with OTHER_LITED, which the parent turns into the words to
+restart it.
 """
 from __future__ import annotations
 
@@ -83,6 +88,7 @@ from lited.engines import ENGINES
 from lited.engines.base import Engine, EngineError, TensorSpec
 from lited.errors import first_line
 from lited.native_crash import NativeLog, death
+from lited import shared_semaphore
 from lited.shared_semaphore import SEM_BYTES, SharedSemaphore
 
 SETS = 3                  # input sets and output sets: one running, one queued, one being filled or read
@@ -112,6 +118,30 @@ LIVENESS_S = (0.1, 1.0)     # how often a waiting parent checks its child is ali
 # one pays for a wake-up too rarely to matter, a shorter one ends within a sleep's timer
 # slack (~50 us), so sleeping would slow the parent more than the wake-up costs the child.
 QUIET_RUNS_S = (0.0004, 0.005)
+# The modules whose agreement the wire between the processes needs (the page, the codes, the messages).
+WIRE_MODULES = ("engine_process.py", "shared_semaphore.py")
+
+
+def _wire_identity() -> str:
+    """What tells the files of the wire's modules, as imported, from others put at their paths
+    since (device, inode, mtime, size): an engine process must run the lited of its parent, and a
+    child started after an upgrade rewrote the package under a running daemon (a reload, an engine
+    restart) would import the new files."""
+    said = []
+    for path in (__file__, shared_semaphore.__file__):
+        try:
+            st = os.stat(path)
+            said.append(f"{st.st_dev}.{st.st_ino}.{st.st_mtime_ns}.{st.st_size}")
+        except (OSError, TypeError):  # not a file (a zip import): the same on both sides
+            said.append("?")
+    return "-".join(said)
+
+
+STARTED_WITH = _wire_identity()  # at the daemon's import: the files it runs
+OTHER_LITED = 3  # the exit status of a child whose files are not its parent's: the parent says why
+OTHER_LITED_WORDS = (f"lited's {' and '.join(WIRE_MODULES)} changed since the daemon started (lited upgraded under "
+                     "it?): an engine process runs only with the lited of its daemon; restart the daemon "
+                     "(systemctl restart lited)")
 
 
 class Arena:
@@ -304,7 +334,7 @@ class EngineProcess(Engine):
         try:
             # the model path is for `ps` and `systemctl status` only
             self._proc = subprocess.Popen([sys.executable, "-m", "lited.engine_process", str(child.fileno()),
-                                           str(self._meter.fd), self._spec["path"]],
+                                           str(self._meter.fd), STARTED_WITH, self._spec["path"]],
                                           pass_fds=(child.fileno(), self._meter.fd), stdin=subprocess.DEVNULL,
                                           stderr=self._native.fd, env=env)
         finally:
@@ -493,6 +523,8 @@ class EngineProcess(Engine):
             code = proc.wait(2.0)
         except subprocess.TimeoutExpired:
             return "stopped answering"
+        if code == OTHER_LITED:
+            return f"exited: {OTHER_LITED_WORDS}"
         return death(code, self._native.last_words())
 
     # -- the engine interface
@@ -844,6 +876,8 @@ def main(argv: list) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the parent drains, then closes the child
     signal.signal(signal.SIGHUP, signal.SIG_IGN)   # `systemctl kill -s HUP` signals the whole unit: a reload
     _set_thread_name(b"lited-engine")
+    if argv[2] != STARTED_WITH:  # before anything of the wire is used: its exit status is all it says
+        os._exit(OTHER_LITED)
     sock = socket.socket(fileno=int(argv[0]))
     page = Arena(int(argv[1]), PAGE_BYTES)  # the parent's page: meter and queues
     page.close()  # the mapping stays
