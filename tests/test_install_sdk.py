@@ -874,6 +874,42 @@ def test_board_watchdog_restarts_a_hung_daemon(board: Board) -> None:
     assert show(c, UNIT, "ActiveState")["ActiveState"] == "active"
 
 
+@pytest.mark.systemd
+def test_board_runtime_upgrade_restarts_the_daemon(board: Board, wheelhouse: Path, tmp_path: Path) -> None:
+    """A new runtime under a running daemon: a reload left the old code serving, and started engine
+    processes on the new files. The installer restarts it instead, and results come from the new one."""
+    c = board.container
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "runtime", src / "runtime", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "setup.cfg", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    with open(src / "runtime" / "lited" / "__init__.py", "a") as fh:
+        fh.write("# rebuilt: another wheel of the same version\n")
+    wheels = c.path("/srv/wheels2")
+    wheels.mkdir()
+    for wheel in wheelhouse.glob("*.whl"):
+        if not wheel.name.startswith("lited-"):
+            shutil.copy2(wheel, wheels / wheel.name)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--disable-pip-version-check",
+                            "-w", str(tmp_path / "wheel"), str(src)], capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr
+    for wheel in (tmp_path / "wheel").glob("lited-*.whl"):  # pip's -w resolves /proc/PID/root to the host's /
+        shutil.copy2(wheel, wheels / wheel.name)
+    pid = show(c, UNIT, "MainPID")["MainPID"]
+    served = board.served()
+    result = board.install("--wheels", "/srv/wheels2", board.zips[served])
+    assert result.returncode == 0, result.stdout + result.stderr
+    print(result.stdout)
+    assert f"install_sdk: runtime: lited 0.1.0 installed in {VENV}" in result.stdout
+    assert f"install_sdk: service: restarted (its runtime changed) {UNIT}, serving {NAME} {served}" in result.stdout
+    state = show(c, UNIT, "ActiveState", "MainPID")
+    assert state["ActiveState"] == "active" and state["MainPID"] != pid, state
+    wait_for(lambda: show(c, UNIT, "StatusText")["StatusText"].startswith("cam0 streaming"), 20, "the stream again")
+    again = board.install("--wheels", "/srv/wheels2", board.zips[served])  # nothing new: not even a reload
+    assert again.returncode == 0 and f"install_sdk: service: {UNIT} active" in again.stdout, again.stdout
+    assert show(c, UNIT, "MainPID")["MainPID"] == state["MainPID"]
+
+
 def test_an_unknown_engine_is_a_usage_error(prefix: Prefix) -> None:
     """`--engines` installs lited's extras by name; a name it has not is refused before anything runs."""
     result = run_install(prefix, "--engines", "onnxruntime,tflite", "x.zip")

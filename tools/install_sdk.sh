@@ -240,6 +240,7 @@ install_runtime() {
     [ -n "$paddle_wheel" ] || [ "$(uname -m)" = x86_64 ] || base_engine=""
     quiet "the runtime in $venv does not import" "$venv/bin/python" -c "import lited$base_engine$engine_modules"
     echo "$want" >"$venv/.lited-install"
+    runtime_changed=1   # a running daemon runs the old files: it is restarted, not reloaded
     say "runtime: ${want% *} installed in $venv ($("$venv/bin/python" -V))"
 }
 
@@ -323,7 +324,15 @@ activate() {
         return 0
     fi
     since=$(date +%s.%N)   # only a reload failure after this is ours
-    if [ "$was_active" = 1 ]; then
+    if [ "$was_active" = 1 ] && [ "$runtime_changed" = 1 ]; then
+        # A reload would keep the old code running, and start engine processes on the new files
+        # (which refuse to run under it: lited/engine_process.py): the daemon itself must change.
+        verb="restarted (its runtime changed)"
+        if ! systemctl restart "$unit" >/dev/null 2>"$scratch/err"; then
+            failure="$unit did not restart: $(tail -n 1 "$scratch/err") (journalctl -u $unit)"
+            return 1
+        fi
+    elif [ "$was_active" = 1 ]; then
         if [ "$reload" = 0 ]; then say "service: $unit active"; return 0; fi
         verb="reloaded" reloaded=(--reloaded)
         # ExecReload is `lited ctl reload`: systemctl waits for the reload and fails when it failed; the
@@ -398,7 +407,7 @@ fi
 
 was_active=0
 if [ "$use_systemctl" = 1 ] && systemctl is-active --quiet "$unit"; then was_active=1; fi
-config_state=present config_changed=0 failure=""
+config_state=present config_changed=0 failure="" runtime_changed=0
 
 # --- --rollback NAME -----------------------------------------------------------
 
