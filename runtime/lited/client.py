@@ -171,7 +171,7 @@ class HandshakeWatch:
         self._no_detail = 0
         self._greeted = True  # no connection yet to have failed its greeting
         self._up = False  # a connection passed its handshake and has not closed since
-        self.lost = False  # a connection that passed its handshake closed (read by problem())
+        self.lost = False  # a connection that passed its handshake closed, none since (read by problem())
         self._sock = sock
         self.monitor = sock.get_monitor_socket(self.EVENTS)
         self._pollers = {}  # event waited for on the socket -> a poller for it and the monitor
@@ -207,8 +207,8 @@ class HandshakeWatch:
                 if not self._greeted:
                     failure = event
                 self._greeted = True
-            elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._no_detail, failure, self._greeted, self._up = 0, None, True, True
+            elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:  # connected again, if it was lost: by ZeroMQ
+                self._no_detail, failure, self._greeted, self._up, self.lost = 0, None, True, True, False
             else:  # a handshake failed: the peer did answer (a refusal, a CURVE key that does not match)
                 self._greeted = True
                 if event["event"] != zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
