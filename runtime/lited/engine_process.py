@@ -83,12 +83,12 @@ from typing import Optional, Sequence
 import msgpack
 import numpy as np
 
+from lited import shared_semaphore
 from lited.cores import pin_threads
 from lited.engines import ENGINES
 from lited.engines.base import Engine, EngineError, TensorSpec
 from lited.errors import first_line
 from lited.native_crash import NativeLog, death
-from lited import shared_semaphore
 from lited.shared_semaphore import SEM_BYTES, SharedSemaphore
 
 SETS = 3                  # input sets and output sets: one running, one queued, one being filled or read
@@ -119,7 +119,7 @@ LIVENESS_S = (0.1, 1.0)     # how often a waiting parent checks its child is ali
 # slack (~50 us), so sleeping would slow the parent more than the wake-up costs the child.
 QUIET_RUNS_S = (0.0004, 0.005)
 # The modules whose agreement the wire between the processes needs (the page, the codes, the messages).
-WIRE_MODULES = ("engine_process.py", "shared_semaphore.py")
+WIRE_FILES = (__file__, shared_semaphore.__file__)
 
 
 def _wire_identity() -> str:
@@ -128,7 +128,7 @@ def _wire_identity() -> str:
     child started after an upgrade rewrote the package under a running daemon (a reload, an engine
     restart) would import the new files."""
     said = []
-    for path in (__file__, shared_semaphore.__file__):
+    for path in WIRE_FILES:
         try:
             st = os.stat(path)
             said.append(f"{st.st_dev}.{st.st_ino}.{st.st_mtime_ns}.{st.st_size}")
@@ -139,7 +139,7 @@ def _wire_identity() -> str:
 
 STARTED_WITH = _wire_identity()  # at the daemon's import: the files it runs
 OTHER_LITED = 3  # the exit status of a child whose files are not its parent's: the parent says why
-OTHER_LITED_WORDS = (f"lited's {' and '.join(WIRE_MODULES)} changed since the daemon started (lited upgraded under "
+OTHER_LITED_WORDS = (f"lited's {' and '.join(os.path.basename(str(f)) for f in WIRE_FILES)} changed since the daemon started (lited upgraded under "
                      "it?): an engine process runs only with the lited of its daemon; restart the daemon "
                      "(systemctl restart lited)")
 
