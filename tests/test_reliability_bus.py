@@ -592,3 +592,35 @@ def test_protocol_audit_envelopes_pipelines_shares_and_limits(daemon):
             assert client.status()["requests"]["refused_busy"] - busy_before == len(busy)
     finally:
         ctx.destroy(0)
+
+
+def test_subscribers_past_the_soft_open_files_limit_do_not_abort_the_daemon(tmp_path):
+    """libzmq aborts the process on an accept that fails at the open-files limit: 100 subscriber
+    connections to a daemon started under a soft limit of 128 ended it with SIGABRT, nothing logged
+    (systemd's default soft limit, 1024, fell to 1000). The daemon raises its soft limit to the hard one."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    hard = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    assert hard >= 1024, f"the hard open-files limit here is {hard}: this test needs 1024"
+    d = DaemonProcess(tmp_path, {"models": {}}, wrapper=("prlimit", f"--nofile=128:{hard}", "--")).start()
+    ctx = zmq.Context()
+    subs = []
+    try:
+        limits = open(f"/proc/{d.proc.pid}/limits").read()
+        assert any(line.startswith("Max open files") and line.split()[3] == str(hard)
+                   for line in limits.splitlines()), limits
+        for _ in range(300):
+            sub = ctx.socket(zmq.SUB)
+            sub.setsockopt(zmq.LINGER, 0)
+            sub.connect(d.pub)
+            subs.append(sub)
+        time.sleep(1.0)  # the daemon accepts them all
+        with Client(d.req, timeout=10) as client:
+            assert client.ping()["pong"]
+        assert d.proc.poll() is None, d.output()
+    finally:
+        for sub in subs:
+            sub.close(0)
+        ctx.term()
+        assert d.stop() == 0, d.output()

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import re
+import encodings.unicode_escape  # noqa: F401 - loaded now: at the open-files limit a lazy import of it failed in
+import re                         # every log line (a flood of `--- Logging error ---` tracebacks)
 from typing import List, NoReturn, Optional
 
 GLOG = re.compile(r"^\[([FEWI]) [\d/]+ [\d:. ]+ [^\]]*\]\s*")  # Paddle Lite's (glog's) line prefix

@@ -155,8 +155,8 @@ def _wait(sock: socket.socket, deadline: float, cancelled: threading.Event, writ
         left = deadline - time.monotonic()
         if left <= 0:
             return False
-        ready = select.select([], [sock], [], min(left, SLICE)) if write else \
-            select.select([sock], [], [], min(left, SLICE))
-        if ready[0] or ready[1]:
+        poller = select.poll()  # not select(): a descriptor past 1023 (the daemon's limit is raised) is refused
+        poller.register(sock, select.POLLOUT if write else select.POLLIN)
+        if poller.poll(min(left, SLICE) * 1000):
             return True
     return False

@@ -77,8 +77,10 @@ class RingGuard:
         self._check(ring, on_damage)  # anything that happened before the watch was in place
 
     def _run(self) -> None:
+        poller = select.poll()  # not select(): a descriptor past 1023 (the daemon's limit is raised) is refused
+        poller.register(self._fd, select.POLLIN)
         while True:
-            select.select([self._fd], [], [])
+            poller.poll()
             try:
                 data = os.read(self._fd, 64 * _EVENT.size)
             except BlockingIOError:
