@@ -289,6 +289,44 @@ e.close()
         "only with the lited of its daemon; restart the daemon (systemctl restart lited)"), out.stdout
 
 
+def test_a_restart_without_descriptors_is_an_engine_error_and_the_next_one_runs(fastestdet_file):
+    """With the open-files limit reached (a connection flood), a restart raised OSError past the
+    stream's restart loop, whose thread then died: the stream stayed without an engine for good."""
+    code = f"""
+import os, resource, signal
+from lited.engine_process import EngineProcess
+from lited.engines import EngineError
+e = EngineProcess('paddle_lite', {str(fastestdet_file.path)!r}, {{}})
+os.kill(e.pid, signal.SIGKILL)
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir('/proc/self/fd')), hard))
+try:
+    e.restart()
+    print('restarted')
+except EngineError as exc:
+    print(exc)
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+e.restart()
+e.input_view(0, (1, 3, 352, 352))[...] = 0
+print(len(e.run()))
+e.close()
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [f"{fastestdet_file.path}: cannot start an engine process: Too many open files",
+                                       "1"], out.stdout
+
+
+def test_a_bare_memory_error_says_what_ran_out():
+    """An engine restart under an address-space limit logged `MemoryError` and nothing else; at a
+    start it read as the manifest's fault (`models.x86[0] on openvino: MemoryError`)."""
+    from lited.errors import first_line
+
+    assert first_line(MemoryError()) == ("out of memory (MemoryError): the process's address-space limit "
+                                         "(ulimit -v, prlimit --as) or the board's RAM")
+    assert first_line(MemoryError("std::bad_alloc")) == "std::bad_alloc"
+
+
 # --- short runs queued: collected by the clock -------------------------------
 
 SHORT_INPUT = (1, 3, 48, 192)  # the PP-OCR classifier: about a millisecond a run in onnxruntime

@@ -267,6 +267,10 @@ class _Queue:
         return code
 
 
+def _cannot_start(path: str, exc: OSError) -> EngineError:
+    return EngineError(f"{path}: cannot start an engine process: {exc.strerror or exc}")
+
+
 def _send(sock: socket.socket, message, fds: list) -> None:
     data = message if isinstance(message, bytes) else msgpack.packb(message, use_bin_type=True)
     if fds:
@@ -322,7 +326,10 @@ class EngineProcess(Engine):
 
     # -- process
     def _start(self) -> None:
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except OSError as exc:
+            raise _cannot_start(self._spec["path"], exc) from None
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH")))))
         if self.kind in ENGINES:  # an unknown kind is refused by the child's open, with its message
@@ -337,6 +344,9 @@ class EngineProcess(Engine):
                                            str(self._meter.fd), STARTED_WITH, self._spec["path"]],
                                           pass_fds=(child.fileno(), self._meter.fd), stdin=subprocess.DEVNULL,
                                           stderr=self._native.fd, env=env)
+        except OSError as exc:  # no descriptors or memory for a process: the caller's next restart tries again
+            parent.close()
+            raise _cannot_start(self._spec["path"], exc) from None
         finally:
             child.close()
         self._sock = parent
@@ -390,7 +400,12 @@ class EngineProcess(Engine):
                                   "restarting once it is back (or reload the bundle)")
             raise EngineError(f"{self._spec['path']}: changed on disk since it was loaded; "
                               "not restarting with another model (reload the bundle)")
-        self._start()
+        try:
+            self._start()
+        except EngineError as exc:  # the fresh child's own words ("out of memory ..."): which model's
+            if self._spec["path"] in str(exc):
+                raise
+            raise EngineError(f"{self._spec['path']}: {exc}") from None
         for k in range(SETS):
             self._unsent[k] = {i for i, arena in enumerate(self._in_arena[k]) if arena is not None}
 

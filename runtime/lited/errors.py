@@ -27,10 +27,17 @@ def glog_fatal(lines: List[str]) -> Optional[str]:
     return None
 
 
+OUT_OF_MEMORY = ("out of memory (MemoryError): the process's address-space limit (ulimit -v, prlimit --as) "
+                 "or the board's RAM")
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of `exc`'s message (C++ backends add hints and
-    file:line after it), or its type when it has none."""
+    file:line after it), or its type when it has none (a bare MemoryError
+    says what runs out, as `MemoryError` alone was read as the model's fault)."""
     text = str(exc).strip()
+    if not text and isinstance(exc, MemoryError):
+        return OUT_OF_MEMORY
     return text.splitlines()[0] if text else type(exc).__name__
 
 

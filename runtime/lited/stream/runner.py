@@ -392,6 +392,8 @@ class ModelRunner:
                 return
             except EngineError as again:
                 exc = again
+            except Exception as again:  # noqa: BLE001 - whatever stops a start is tried again: the thread must live
+                exc = EngineError(first_line(again))
 
     # -- post thread: decode (and run the cascade) and publish while the engine runs the next frames
     def _post_loop(self) -> None:
