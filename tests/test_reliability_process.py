@@ -181,6 +181,23 @@ def test_a_runtime_directory_removed_under_the_daemon_is_made_again(tmp_path, bu
             raise AssertionError("a second daemon started on the same sockets")
         except RuntimeError as exc:
             assert "address in use" in str(exc), exc
+        # removed again, and a file put in the directory's place for a while (a full or read-only file
+        # system does the same): it was given up for good; now tried again every 2 s, said once
+        shutil.rmtree(d.run_dir)
+        d.run_dir.write_text("in the way")
+        deadline = time.monotonic() + 15
+        while d.output().count("cannot be made again") < 2:
+            assert time.monotonic() < deadline, d.output()[-2000:]
+            time.sleep(0.1)
+        time.sleep(2 * 2.0 + 0.5)  # two more checks: nothing more said
+        assert d.output().count("cannot be made again") == 2, d.output()[-3000:]
+        d.run_dir.unlink()
+        deadline = time.monotonic() + 15
+        while not (d.run_dir / "req.sock").exists() or not (d.run_dir / "pub.sock").exists():
+            assert time.monotonic() < deadline, d.output()[-2000:]
+            time.sleep(0.1)
+        with d.client() as client:
+            assert client.status()["bus"]["sockets_lost"] == []
         # removed again, and another's socket put in its place at once: said, and left alone at stop
         shutil.rmtree(d.run_dir)
         os.mkdir(d.run_dir, 0o750)

@@ -325,7 +325,8 @@ class Bus:
         self.endpoints: list = []
         self._locks: dict = {}  # ipc endpoint -> the fd of its lock file, held until close()
         self._files: dict = {}  # ipc:// endpoint -> (its socket, (st_dev, st_ino) of the file it bound)
-        self._lost: set = set()  # ipc:// endpoints whose file is another's (or cannot be made again)
+        self._lost: set = set()  # ipc:// endpoints whose file is another's
+        self._unmade: dict = {}  # ipc:// endpoints whose file could not be made again -> why (tried at each check)
         self._next_socket_check = 0.0
         self._pubs: list = []
         self._routers: list = []
@@ -439,11 +440,13 @@ class Bus:
                     with contextlib.suppress(zmq.ZMQError):
                         sock.unbind(endpoint)
                     self._bind_endpoint(sock, endpoint)
-            except BusError as exc:
-                self._lost.add(endpoint)
-                log.error("%s: its socket file was removed and cannot be made again: %s", path, exc,
-                          extra={"event": "socket_lost"})
+            except BusError as exc:  # a full or read-only directory, a file in its way: tried again at each check
+                if self._unmade.get(endpoint) != str(exc):  # said once per reason
+                    log.error("%s: its socket file was removed and cannot be made again: %s; trying again every "
+                              "%g s", path, exc, SOCKET_CHECK_S, extra={"event": "socket_lost"})
+                self._unmade[endpoint] = str(exc)
                 continue
+            self._unmade.pop(endpoint, None)
             log.warning("%s: its socket file was removed under the running daemon (a tmp cleaner?): bound it "
                         "again", path, extra={"event": "socket_rebound"})
 
@@ -584,7 +587,8 @@ class Bus:
         return {"replies_dropped": self.dropped + self.dropped_slow, "replies_dropped_slow": self.dropped_slow,
                 "reply_bytes_queued": self._queued_total, "slow_clients": len(self._unread),
                 "refused_envelopes": self.refused_envelopes,
-                "clients": self._auth.connected, "clients_refused": self._auth.refused}
+                "clients": self._auth.connected, "clients_refused": self._auth.refused,
+                "sockets_lost": sorted(ipc_path(e) for e in (*self._lost, *self._unmade))}
 
     def _drain(self, sock: zmq.Socket, budget: int = 64) -> None:
         """Read up to `budget` requests, so one chatty client cannot starve replies."""
