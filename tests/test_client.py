@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import socket
 import threading
 import time
@@ -165,6 +166,10 @@ def test_a_client_whose_daemon_went_away_fails_at_once_on_every_call(tmp_path, b
                 error, took = timed(call)
                 assert isinstance(error, DaemonUnreachable) and "no socket" in str(error), error
                 assert took < 0.5, took
+            shutil.rmtree(d.run_dir)  # its lock files stay
+            d.run_dir.write_text("a file where the runtime directory was")  # raised NotADirectoryError
+            error, _ = timed(client.ping)
+            assert isinstance(error, DaemonUnreachable) and "no socket" in str(error), error
 
 
 def test_a_subscriber_check_that_cannot_ask_the_daemon_says_so(tmp_path, silent_daemon):

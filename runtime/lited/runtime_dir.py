@@ -181,7 +181,7 @@ class PeerCheck:
             return
         try:
             st = os.lstat(self.path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no socket there (a file where its directory was)
             return
         except PermissionError:  # its directory (0750, the daemon's group) is closed to this user
             raise not_in_group(self.path) from None
