@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import DEMO_BUNDLE, need_shared
 
 RUNTIME = Path(__file__).resolve().parent.parent / "runtime"
@@ -395,3 +396,24 @@ def test_ctl_options_the_action_does_not_take_are_usage_errors(tmp_path):
         proc = lited("ctl", *args, "--endpoint", endpoint)
         assert proc.returncode == 2 and proc.stderr.startswith(f"lited: {said}"), (args, proc.stderr)
         assert len(proc.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("megabytes", [300, 500])
+def test_serve_out_of_memory_at_start_is_one_line(tmp_path, bundles_dir, megabytes):
+    """Under an address-space limit `lited serve` ended in a 20-line traceback (`can't start new
+    thread`, 300 MB here) or blamed the manifest for a bare `MemoryError` (500 MB)."""
+    config = tmp_path / "lited.json"
+    config.write_text(json.dumps({"runtime_dir": str(tmp_path / "run"), "models": {"face": str(bundles_dir / "ultraface")},
+                                  "streams": [{"name": "cam", "source": "synth://?size=64x48&fps=5", "model": "face"}]}))
+    proc = subprocess.Popen(["prlimit", f"--as={megabytes << 20}", "--", sys.executable, "-m", "lited.cli", "serve",
+                             "--config", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        proc.communicate(timeout=30)
+        pytest.skip(f"{megabytes} MB of address space is enough for this machine's lited serve")
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and proc.returncode in (1, 2), err
+    assert lines[-1].startswith("lited: ") and ("can't start new thread: out of memory" in lines[-1]
+                                                 or "out of memory (MemoryError)" in lines[-1]), err

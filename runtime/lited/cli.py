@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Tuple
 
 from lited import __version__, ctl
-from lited.errors import OneLineParser
+from lited.errors import NO_THREAD, OneLineParser, first_line
 from lited.cli_args import arg_engine, arg_number, arg_stream_name, arg_timeout
 
 EXIT_BAD_INPUT = 2
+EXIT_NO_RESOURCES = 1  # memory or threads ran out: not the input's fault
 
 
 class UsageError(Exception):
@@ -785,6 +786,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
+    except (MemoryError, RuntimeError) as exc:  # RuntimeError: only "can't start new thread" (the rest, a bug)
+        if isinstance(exc, RuntimeError) and "can't start new thread" not in str(exc):
+            raise
+        _traceback_if(args.debug)
+        _fatal(f"lited: {first_line(exc) if isinstance(exc, MemoryError) else NO_THREAD}")
+        return EXIT_NO_RESOURCES
 
 
 def _traceback_if(debug: bool) -> None:

@@ -29,6 +29,8 @@ def glog_fatal(lines: List[str]) -> Optional[str]:
 
 OUT_OF_MEMORY = ("out of memory (MemoryError): the process's address-space limit (ulimit -v, prlimit --as) "
                  "or the board's RAM")
+NO_THREAD = ("can't start new thread: out of memory for its stack (ulimit -v, prlimit --as) or over the "
+             "threads limit (ulimit -u, a unit's TasksMax)")
 
 
 def first_line(exc: BaseException) -> str:
