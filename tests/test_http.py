@@ -745,6 +745,43 @@ def test_a_daemon_without_models_says_so_to_infer_on_every_front(tmp_path):
         assert d.stop() == 0, d.output()[-3000:]
 
 
+def test_idle_connections_past_the_cap_are_closed_at_once(tmp_path):
+    """300 idle connections to a daemon under an open-files limit of 256 spun tornado's accept
+    loop (a logging error each spin, the watchdog's pings stopped): connections past 512 a listen
+    address are closed as soon as they are accepted, and the front end answers once some go."""
+    from lited.service.http import MAX_CONNECTIONS
+
+    d = DaemonProcess(tmp_path, {"models": {}, "streams": [], "http": {"listen": "127.0.0.1:0"}}).start()
+    idle = []
+    try:
+        url = Served(d).url
+        host, port = url.split("//")[1].split(":")
+        for _ in range(MAX_CONNECTIONS):
+            idle.append(socket.create_connection((host, int(port))))
+        time.sleep(0.5)  # all accepted
+        extra = socket.create_connection((host, int(port)))
+        extra.settimeout(5)
+        assert extra.recv(1) == b"", "a connection past the cap was kept"  # closed, no answer
+        extra.close()
+        for sock in idle[:10]:
+            sock.close()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                answer = requests.get(url + "/v1/status", timeout=5)
+                break
+            except requests.ConnectionError:  # the closed ones are noticed at the next accept
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert answer.status_code == 200 and answer.json()["http"]["connections_refused"] >= 1, answer.text
+        with d.client() as client:
+            assert client.ping()["pong"]
+    finally:
+        for sock in idle:
+            sock.close()
+        assert d.stop() == 0, d.output()[-3000:]
+
+
 def test_a_port_already_taken_stops_the_start_with_one_line(tmp_path, bundles_dir):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
