@@ -825,6 +825,31 @@ def test_board_upgrade_keeps_results_flowing(board: Board) -> None:
 
 
 @pytest.mark.systemd
+def test_board_rerun_after_a_kill_past_the_flip_reloads_and_a_rollback_needs_the_model(board: Board) -> None:
+    """A run killed between its flip and its reload left `current` on the new version and the daemon
+    on the old: the rerun said "already installed", "done", and served the old one. And `--rollback`
+    for an instance whose config has not the model waited out --timeout twice, the link flipped."""
+    c = board.container
+    served = board.served()
+    other = next(v for v in ("1.0.0", "1.1.0") if v != served and c.path(f"/{BUNDLES}/{v}").is_dir())
+    c.run(["ln", "-sfn", other, f"/{BUNDLES}/current"], check=True)  # as a killed run leaves it
+    c.run(["ln", "-sfn", served, f"/{BUNDLES}/previous"], check=True)
+    rerun = board.install(board.zips[other])
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"install_sdk: service: {UNIT} does not serve {NAME} {other}, which is current: reloading it" \
+        in rerun.stdout, rerun.stdout
+    assert f"install_sdk: service: reloaded {UNIT}, serving {NAME} {other}" in rerun.stdout, rerun.stdout
+    assert board.served() == other
+    refused = board.install("--instance", "cam9", "--rollback", NAME, timeout=60)
+    assert refused.returncode == 1 and refused.stderr == (
+        f"install_sdk: error: /etc/lited/cam9.conf does not serve {NAME} from /{BUNDLES}/current: "
+        "roll back with the --instance whose config does\n"), refused.stdout + refused.stderr
+    assert board.current() == other
+    back = board.install("--rollback", NAME)
+    assert back.returncode == 0 and (board.current(), board.served()) == (served, served), back.stdout + back.stderr
+
+
+@pytest.mark.systemd
 def test_board_failed_reload_rolls_back(board: Board) -> None:
     c = board.container
     before = board.current()
@@ -920,4 +945,7 @@ def test_an_unknown_engine_is_a_usage_error(prefix: Prefix) -> None:
     assert result.returncode == 2 and "--with: unknown part 'ftp' (http, mqtt, gst)" in result.stderr, result.stderr
     result = run_install(prefix, "--instance", "state", "x.zip")  # /var/lib/lited/state is lited.service's
     assert result.returncode == 2 and "--instance state: taken" in result.stderr, result.stderr
+    result = run_install(prefix, "--instance", "lited", "x.zip")  # a second daemon on lited.service's config
+    assert result.returncode == 2 and "--instance lited: taken (/etc/lited/lited.conf is lited.service's config" \
+        in result.stderr, result.stderr
     assert not (prefix / BUNDLES).exists()

@@ -76,6 +76,8 @@ if [ -n "$wheels" ]; then
 fi
 case $instance in *[!A-Za-z0-9_.-]*|.*) bad "--instance $instance: letters, digits, '.', '_', '-' only, not starting with '.'" ;; esac
 case $instance in state|bundles) bad "--instance $instance: taken (/var/lib/lited/$instance is lited's own)" ;; esac
+# lited@lited.service would run a second daemon on lited.service's own config, its cameras and all
+[ "$instance" != lited ] || bad "--instance lited: taken (/etc/lited/lited.conf is lited.service's config: install without --instance)"
 case $rollback_name in *[!A-Za-z0-9_.-]*|.*) bad "--rollback $rollback_name: not a bundle name" ;; esac
 extras="" engine_modules=""
 modules_of() {   # the modules an extra brings: the runtime must import them once installed
@@ -417,6 +419,12 @@ if [ -n "$rollback_name" ]; then
     cur=$(readlink "$bdir/current" 2>/dev/null) || die "$name is not installed ($bdir/current is missing)"
     prev=$(readlink "$bdir/previous" 2>/dev/null) || die "$name has no previous version to roll back to"
     [ -f "$bdir/$prev/manifest.json" ] || die "$name's previous version $prev is missing from $bdir"
+    # The link is every unit's: a unit whose config has not the model would wait out --timeout twice,
+    # the link flipped meanwhile under the unit that does serve it, not reloaded
+    if [ "$use_systemctl" = 1 ] && helper config "$conf" "$name" "/var/lib/lited/bundles/$name/current" \
+            --runtime-dir "$rundir" --dry-run 2>/dev/null | grep -qv '^present '; then
+        die "$conf does not serve $name from $bdir/current: roll back with the --instance whose config does"
+    fi
     flip "$prev" "$cur"
     say "current -> $prev (previous -> $cur)"
     if ! activate "$prev" 1; then
@@ -518,6 +526,15 @@ say "config: $config_message"
 
 reload=1
 [ "$already" = 0 ] || [ "$config_changed" = 1 ] || reload=0
+# Already installed, yet the daemon may serve another version: a run killed between its flip and its
+# reload left `current` flipped and the daemon on the old one (a rerun said "done"; the next restart
+# would have switched versions unchecked)
+if [ "$reload" = 0 ] && [ "$was_active" = 1 ] && [ "$config_state" = present ] && ! helper wait --config "$conf" \
+        --runtime-dir "$rundir" --model "$name" --version "$version" --since "$(date +%s.%N)" --timeout 3 \
+        >/dev/null 2>&1; then
+    say "service: $unit does not serve $name $version, which is current: reloading it"
+    reload=1
+fi
 if ! activate "$version" "$reload"; then
     # Already installed: nothing was flipped, only the config may have to go back.
     if [ "$already" = 1 ]; then roll_back ""; else roll_back "$version"; fi
