@@ -749,7 +749,7 @@ class Daemon:
         models = ", ".join(f"{n} {b.version}" for n, b in list(self.bundles.items()))
         line = "; ".join(parts) or "no streams"
         if self.last_reload and not self.last_reload.get("ok"):
-            line += " | last reload FAILED"
+            line += " | last reload FAILED (a restart reads the same file)"
         if self.uplink is not None:
             line += f" | {self.uplink.status_line()}"
         return f"{line} | models: {models}"
