@@ -68,7 +68,8 @@ EVENT_QUEUE = 256         # messages waiting per server-sent-events client befor
 PEER_CHECK_S = 1.0        # s between looks at whether a streaming client is still there
 KEEP_ALIVE_S = 15.0       # s of silence before an event stream sends a comment line
 SEND_TIMEOUT = 10.0       # s a streaming client may take to read a frame or message before it is dropped
-MAX_CONNECTIONS = 512      # HTTP connections open at once, per listen address; past it a new one is closed at once
+MAX_CONNECTIONS = 512      # HTTP connections open at once a listen address, beside the live and event clients
+# the config lets in; past them a new one is closed at once
 PAGE_DIR = Path(__file__).with_name("page")
 PAGE_FILES = {"lited.js": "application/javascript; charset=utf-8", "lited.css": "text/css; charset=utf-8"}
 COOKIE = "lited_token"
@@ -76,22 +77,23 @@ NAME = r"([A-Za-z0-9_][A-Za-z0-9_.-]{0,63})"
 
 
 class CappedHTTPServer(tornado.httpserver.HTTPServer):
-    """An HTTP server that keeps at most MAX_CONNECTIONS connections open: each holds a file
+    """An HTTP server that keeps at most `max_connections` connections open: each holds a file
     descriptor, and idle ones (a flood from a local user) ran the daemon out of them (at the
     limit tornado's accept loop spins, and libzmq aborts on its next accept). Past the cap a new
     connection is closed as soon as it is accepted, and counted in `connections_refused`."""
 
-    def initialize(self, *args: Any, **kwargs: Any) -> None:
+    def initialize(self, *args: Any, max_connections: int = MAX_CONNECTIONS, **kwargs: Any) -> None:
         super().initialize(*args, **kwargs)
+        self.max_connections = max_connections
         self.open_streams: "weakref.WeakSet" = weakref.WeakSet()
         self.connections_refused = 0
 
     def handle_stream(self, stream: tornado.iostream.IOStream, address: Any) -> None:
-        if len(self.open_streams) >= MAX_CONNECTIONS:
+        if len(self.open_streams) >= self.max_connections:
             for held in list(self.open_streams):  # a closed one leaves when it is collected: count the open
                 if held.closed():
                     self.open_streams.discard(held)
-        if len(self.open_streams) >= MAX_CONNECTIONS:
+        if len(self.open_streams) >= self.max_connections:
             self.connections_refused += 1
             stream.close()
             return
@@ -152,7 +154,8 @@ class HttpFront:
                 except OSError as exc:
                     raise OSError(f"http.listen: {address(host, port)}: cannot bind ({exc.strerror})") from None
                 server = CappedHTTPServer(
-                    app, max_body_size=4 * self.config.max_body_bytes, max_buffer_size=4 << 20,
+                    app, max_connections=MAX_CONNECTIONS + self.config.max_live_clients + self.config.max_event_clients,
+                    max_body_size=4 * self.config.max_body_bytes, max_buffer_size=4 << 20,
                     idle_connection_timeout=60, body_timeout=60, max_header_size=16 << 10)
                 server.add_sockets(sockets)
                 self._servers.append(server)
