@@ -782,6 +782,32 @@ def test_idle_connections_past_the_cap_are_closed_at_once(tmp_path):
         assert d.stop() == 0, d.output()[-3000:]
 
 
+def test_under_a_low_open_files_limit_http_keeps_room_and_both_are_said(tmp_path):
+    """Under a hard limit of 256 the cap of 512 was never reached: idle connections took every
+    descriptor, tornado's accept loop spun and the watchdog's pings stopped. The room follows the
+    limit, and the start says both."""
+    d = DaemonProcess(tmp_path, {"models": {}, "streams": [], "http": {"listen": "127.0.0.1:0"}},
+                      wrapper=("prlimit", "--nofile=256:256", "--")).start()
+    idle = []
+    try:
+        url = Served(d).url
+        host, port = url.split("//")[1].split(":")
+        for _ in range(32):
+            idle.append(socket.create_connection((host, int(port))))
+        time.sleep(0.5)
+        extra = socket.create_connection((host, int(port)))
+        extra.settimeout(5)
+        assert extra.recv(1) == b"", "a connection past the room the limit leaves was kept"
+        extra.close()
+        out = d.output()
+        assert "open files: the limit is 256 (ulimit -n, LimitNOFILE=)" in out, out
+        assert "http: the open-files limit leaves room for 32 connections an address, not 542" in out, out
+    finally:
+        for sock in idle:
+            sock.close()
+        assert d.stop() == 0, d.output()[-3000:]
+
+
 def test_a_port_already_taken_stops_the_start_with_one_line(tmp_path, bundles_dir):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -69,9 +69,11 @@ restart it.
 from __future__ import annotations
 
 import collections
+import errno
 import mmap
 import operator
 import os
+import resource
 import signal
 import socket
 import struct
@@ -268,7 +270,10 @@ class _Queue:
 
 
 def _cannot_start(path: str, exc: OSError) -> EngineError:
-    return EngineError(f"{path}: cannot start an engine process: {exc.strerror or exc}")
+    limit = ""
+    if exc.errno == errno.EMFILE:  # which limit: the README promises resources named
+        limit = f" (the open-files limit, {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}: ulimit -n, LimitNOFILE=)"
+    return EngineError(f"{path}: cannot start an engine process: {exc.strerror or exc}{limit}")
 
 
 def _send(sock: socket.socket, message, fds: list) -> None:

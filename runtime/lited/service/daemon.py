@@ -65,6 +65,7 @@ LOAD_ERRORS = (BundleError, EngineError, SourceError, ValueError, OSError, Timeo
 READY_TIMEOUT = 120.0  # s a stream's new model may take to build and warm up (Stream.prepare_model)
 MMAP_THRESHOLD = 1 << 20  # glibc: allocations this big are mmapped, so freeing them returns the memory
 OPEN_FILES_CAP = 1 << 20  # the open-files limit taken when the hard one is unlimited (the kernel's nr_open default)
+LOW_OPEN_FILES = 4096     # under this limit a flood of connections can end the daemon: said at start
 
 
 def return_freed_memory() -> None:
@@ -801,7 +802,11 @@ def serve(config_path: str, insecure_tcp: bool = False, early_signals: Sequence[
     `early_signals`: what came before the daemon's handlers (a SIGTERM then stops it at once)."""
     config = load_config(config_path)
     return_freed_memory()
-    raise_open_files_limit()
+    open_files = raise_open_files_limit()
+    if open_files < LOW_OPEN_FILES:
+        log.warning("open files: the limit is %d (ulimit -n, LimitNOFILE=): about that many subscriber and client "
+                    "connections end the daemon (libzmq aborts on an accept that fails); raise it", open_files,
+                    extra={"event": "open_files"})
     daemon = Daemon(config, insecure_tcp)
     daemon.install_signal_handlers(early_signals)
     try:

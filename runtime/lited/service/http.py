@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import re
+import resource
 import socket
 import threading
 import weakref
@@ -70,6 +71,7 @@ KEEP_ALIVE_S = 15.0       # s of silence before an event stream sends a comment 
 SEND_TIMEOUT = 10.0       # s a streaming client may take to read a frame or message before it is dropped
 MAX_CONNECTIONS = 512      # HTTP connections open at once a listen address, beside the live and event clients
 # the config lets in; past them a new one is closed at once
+FILES_KEPT = 192           # descriptors the rest of the daemon keeps, before HTTP takes half of what is left
 PAGE_DIR = Path(__file__).with_name("page")
 PAGE_FILES = {"lited.js": "application/javascript; charset=utf-8", "lited.css": "text/css; charset=utf-8"}
 COOKIE = "lited_token"
@@ -143,6 +145,17 @@ class HttpFront:
             raise self._error
         log.info("http: serving on %s", ", ".join(self.listening), extra={"event": "http"})
 
+    def _connections_room(self) -> int:
+        """Connections an address keeps open: MAX_CONNECTIONS beside the live and event clients'
+        places, or fewer where the open-files limit would not hold them all (at the limit tornado's
+        accept loop spins: measured under a hard limit of 256, the watchdog's pings stopped)."""
+        places = MAX_CONNECTIONS + self.config.max_live_clients + self.config.max_event_clients
+        room = max(16, (resource.getrlimit(resource.RLIMIT_NOFILE)[0] - FILES_KEPT) // (2 * len(self.config.listen)))
+        if room < places:
+            log.warning("http: the open-files limit leaves room for %d connections an address, not %d (ulimit -n, "
+                        "LimitNOFILE=)", room, places, extra={"event": "http"})
+        return min(room, places)
+
     def _run(self) -> None:
         loop = self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
@@ -154,7 +167,7 @@ class HttpFront:
                 except OSError as exc:
                     raise OSError(f"http.listen: {address(host, port)}: cannot bind ({exc.strerror})") from None
                 server = CappedHTTPServer(
-                    app, max_connections=MAX_CONNECTIONS + self.config.max_live_clients + self.config.max_event_clients,
+                    app, max_connections=self._connections_room(),
                     max_body_size=4 * self.config.max_body_bytes, max_buffer_size=4 << 20,
                     idle_connection_timeout=60, body_timeout=60, max_header_size=16 << 10)
                 server.add_sockets(sockets)

@@ -326,25 +326,41 @@ class Uplink:
     # -- sender thread: outbox -> paho, within the window; resends; status
     def _send_loop(self) -> None:
         self._tids.append(threading.get_native_id())
+        failing = None  # why the last round failed, said once
         while not self._stop.is_set():
             self._wake.wait(0.25)
             self._wake.clear()
             if not self.connected.is_set():
                 continue
-            now = time.monotonic()
-            if now >= self._status_due:
-                self._status_due = now + self.cfg.status_interval
-                self._publish_status()
-            self._resend_due(now)
-            with self._lock:
-                room = self.cfg.window - len(self._unconfirmed)
-            if room > 0:
-                for rec in self.outbox.read(self._cursor, room):
-                    if not self.connected.is_set():
-                        break
-                    self._send(rec)
-                    self._cursor = rec.seq
-                    self._count("sent")
+            try:
+                self._send_round()
+            except OSError as exc:  # the outbox unreadable for now (no descriptors left: a flood): this thread
+                if failing != str(exc):  # died of it, status said "connected", and nothing more was sent
+                    log.error("uplink: cannot read the outbox: %s; trying again every second", exc,
+                              extra={"event": "uplink"})
+                failing = str(exc)
+                self._stop.wait(1.0)
+                continue
+            if failing is not None:
+                log.warning("uplink: reading the outbox again", extra={"event": "uplink"})
+                failing = None
+
+    def _send_round(self) -> None:
+        """Status when due, records due again, then new records up to the window."""
+        now = time.monotonic()
+        if now >= self._status_due:
+            self._status_due = now + self.cfg.status_interval
+            self._publish_status()
+        self._resend_due(now)
+        with self._lock:
+            room = self.cfg.window - len(self._unconfirmed)
+        if room > 0:
+            for rec in self.outbox.read(self._cursor, room):
+                if not self.connected.is_set():
+                    break
+                self._send(rec)
+                self._cursor = rec.seq
+                self._count("sent")
 
     def _send(self, rec: Any, resent: bool = False) -> None:
         meta = _parse_meta(rec.meta)
