@@ -102,6 +102,7 @@ class CappedHTTPServer(tornado.httpserver.HTTPServer):
         self.open_streams.add(stream)
         super().handle_stream(stream, address)
 
+
 class Service(Protocol):
     """What the front end needs of the daemon (service/daemon.py)."""
     bundles: dict
