@@ -124,19 +124,21 @@ QUIET_RUNS_S = (0.0004, 0.005)
 WIRE_FILES = (__file__, shared_semaphore.__file__)
 
 
+def _file_identity(path: Optional[str]) -> Optional[tuple]:
+    """What tells the file at `path` from another put there since (device, inode, size, mtime);
+    None when there is none (or no path: a module imported from a zip)."""
+    try:
+        st = os.stat(path)  # type: ignore[arg-type]
+    except (OSError, TypeError):
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def _wire_identity() -> str:
-    """What tells the files of the wire's modules, as imported, from others put at their paths
-    since (device, inode, mtime, size): an engine process must run the lited of its parent, and a
-    child started after an upgrade rewrote the package under a running daemon (a reload, an engine
-    restart) would import the new files."""
-    said = []
-    for path in WIRE_FILES:
-        try:
-            st = os.stat(path)
-            said.append(f"{st.st_dev}.{st.st_ino}.{st.st_mtime_ns}.{st.st_size}")
-        except (OSError, TypeError):  # not a file (a zip import): the same on both sides
-            said.append("?")
-    return "-".join(said)
+    """The wire's modules as imported, for a command line (`_file_identity` of each): an engine
+    process must run the lited of its parent, and a child started after an upgrade rewrote the
+    package under a running daemon (a reload, an engine restart) would import the new files."""
+    return "-".join(".".join(map(str, ident)) if ident else "?" for ident in map(_file_identity, WIRE_FILES))
 
 
 STARTED_WITH = _wire_identity()  # at the daemon's import: the files it runs
@@ -221,15 +223,8 @@ class _Receiver:
 def _identity(kind: str, path: str) -> tuple:
     """What tells one model file from another at the same path (with the
     weights beside it: Paddle Inference's .pdiparams, an OpenVINO IR's .bin)."""
-    out = []
     weights = ENGINES.get(kind).weights_suffix(path) if kind in ENGINES else None
-    for name in (path, *([os.path.splitext(path)[0] + weights] if weights else [])):
-        try:
-            st = os.stat(name)
-            out.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
-        except OSError:
-            out.append(None)
-    return tuple(out)
+    return tuple(map(_file_identity, (path, *([os.path.splitext(path)[0] + weights] if weights else []))))
 
 
 def _meter_words(arena: Arena) -> memoryview:
