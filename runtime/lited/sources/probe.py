@@ -151,12 +151,12 @@ def _refused(where: str, err: int) -> str:
 
 def _wait(sock: socket.socket, deadline: float, cancelled: threading.Event, write: bool) -> bool:
     """True when `sock` is ready; False past the deadline or once cancelled."""
+    poller = select.poll()  # not select(): a descriptor past 1023 (the daemon's limit is raised) is refused
+    poller.register(sock, select.POLLOUT if write else select.POLLIN)
     while not cancelled.is_set():
         left = deadline - time.monotonic()
         if left <= 0:
             return False
-        poller = select.poll()  # not select(): a descriptor past 1023 (the daemon's limit is raised) is refused
-        poller.register(sock, select.POLLOUT if write else select.POLLIN)
         if poller.poll(min(left, SLICE) * 1000):
             return True
     return False
