@@ -18,6 +18,10 @@ class KeyFileError(Exception):
     """A key pair that cannot be made (it exists already, no such directory)."""
 
 
+def _exists(path: Path) -> KeyFileError:
+    return KeyFileError(f"{path} exists: not overwriting a key (remove it first, or pick another name)")
+
+
 def make_keypair(directory: Path, name: str) -> Tuple[Path, Path]:
     """Write NAME.key and NAME.key_secret into `directory`; refuse to overwrite."""
     import zmq.auth
@@ -25,7 +29,7 @@ def make_keypair(directory: Path, name: str) -> Tuple[Path, Path]:
     public, secret = directory / f"{name}.key", directory / f"{name}.key_secret"
     for path in (public, secret):
         if os.path.lexists(path):  # a dangling link too: writing through it made a file where it pointed
-            raise KeyFileError(f"{path} exists: not overwriting a key (remove it first, or pick another name)")
+            raise _exists(path)
     directory.mkdir(mode=0o755, parents=True, exist_ok=True)  # its mode whatever the umask (0777 under umask 000)
     old = os.umask(0o077)  # the secret is never readable by others, not even for a moment
     try:
@@ -35,9 +39,8 @@ def make_keypair(directory: Path, name: str) -> Tuple[Path, Path]:
             for path, mode in ((public, 0o644), (secret, 0o600)):
                 try:  # O_CREAT | O_EXCL never follows a link there (a dangling one included) nor replaces a file
                     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-                except FileExistsError:
-                    raise KeyFileError(f"{path} exists: not overwriting a key (remove it first, or pick another "
-                                       "name)") from None
+                except FileExistsError:  # made between the look above and now
+                    raise _exists(path) from None
                 with os.fdopen(fd, "wb") as out:
                     os.fchmod(out.fileno(), mode)  # exact bits whatever the umask
                     out.write((made / path.name).read_bytes())
