@@ -397,6 +397,59 @@ def test_full_outbox_disk_drops_oldest_counts_and_keeps_serving(broker, tmp_path
     assert ids[0] > full["outbox"]["dropped"], "the oldest were the ones dropped"
 
 
+def test_an_outbox_unreadable_for_a_while_is_read_again_and_loses_nothing(broker, tmp_path, bundles_dir):
+    """The daemon's open-files limit is lowered (prlimit, from outside) to the
+    descriptors it holds while a camera streams faces: the uplink's sender
+    cannot open the outbox's segments. It says so once, keeps trying, and
+    when the limit is back sends what piled up: every selected result
+    arrives once."""
+    import resource
+
+    write_video(tmp_path / "v.avi", frames=90, size=(320, 240))
+    d = device(tmp_path, {
+        "models": {"face": str(bundles_dir / "ultraface")}, "streams": [],
+        "uplink": broker.uplink_config("dev1", ack="cloud", resend_after=1, status_interval=1,
+                                       streams={"*": FACE_RULE}, outbox={"dir": str(tmp_path / "outbox")})})
+    d.start()
+    bus = Collector(d.pub)
+    cloud = None
+    try:
+        cloud = Cloud(broker, tmp_path)
+        wait_until(lambda: uplink_status(d)["connected"])
+        add_stream(d, {"name": "cam", "source": f"file://{tmp_path / 'v.avi'}?realtime=1&loop=1", "model": "face"})
+        wait_until(lambda: len(selected(bus.results, FACE_RULE)) >= 3, 60)
+        soft, hard = resource.prlimit(d.proc.pid, resource.RLIMIT_NOFILE)
+        held = len(os.listdir(f"/proc/{d.proc.pid}/fd"))
+        resource.prlimit(d.proc.pid, resource.RLIMIT_NOFILE, (held, hard))
+        try:
+            wait_until(lambda: b"uplink: cannot read the outbox" in d.log_path.read_bytes(), 30)
+            time.sleep(2.0)  # records pile up unsent (the bus carries on without new descriptors)
+        finally:
+            resource.prlimit(d.proc.pid, resource.RLIMIT_NOFILE, (soft, hard))
+        wait_until(lambda: b"uplink: reading the outbox again" in d.log_path.read_bytes(), 30)
+        starved = len(selected(bus.results, FACE_RULE))
+        wait_until(lambda: len(selected(bus.results, FACE_RULE)) >= starved + 3, 60)
+        d.config["streams"] = []
+        d.write_config()
+        d.signal(signal.SIGHUP)
+        with d.client() as client:
+            wait_until(lambda: not client.status()["streams"], 30)
+        wait_until(lambda: (lambda u: u["outbox"]["queued"] == 0 and u["unconfirmed"] == 0)(uplink_status(d)), 60)
+        status = uplink_status(d)
+    finally:
+        bus.close()
+        if cloud is not None:
+            cloud.stop()
+        d.stop()
+    log = d.output()
+    assert log.count("uplink: cannot read the outbox") == 1, log[-3000:]
+    assert "Too many open files" in log
+    want, _ = check_exactly_once(cloud, bus.results, bus.answers, FACE_RULE)
+    print(f"\nopen-files limit {held} (soft {soft}): {len(want)} selected results, sent "
+          f"{status['counters']['sent']}, all confirmed once")
+    assert status["connected"] and status["outbox"]["dropped"] == 0 and len(want) >= 6
+
+
 # -- the server side: a second model, answers, remote requests, health -----------------------------
 
 def test_second_model_answers_remote_requests_and_last_will(broker, tmp_path, bundles_dir):
