@@ -181,21 +181,31 @@ function showReachable() {
   document.body.dataset.unreachable = "0";
 }
 
+// Refreshes overlap (the 2-s timer, and each state or reload event): an answer is shown only if no
+// refresh asked later was shown already. Else a slow 200 asked before the daemon stopped, landing
+// after a refused one, said "answers again" and then "out of reach" a second time.
+let statusAsked = 0, statusShown = 0;
+
 async function refreshStatus() {
+  const asked = ++statusAsked;
+  let show;
   try {
     const resp = await fetch("/v1/status", { cache: "no-store" });
     if (resp.ok) {
-      showStatus(await resp.json());
-      showReachable();
+      const st = await resp.json();
+      show = () => { showStatus(st); showReachable(); };
     } else if (resp.status === 401) {
-      showUnreachable("HTTP 401: the daemon has a token: open /?token=TOKEN once");
+      show = () => showUnreachable("HTTP 401: the daemon has a token: open /?token=TOKEN once");
     } else {
       const body = await resp.json().catch(() => ({}));
-      showUnreachable(`HTTP ${resp.status}${body.error ? ": " + body.error.message : ""}`);
+      show = () => showUnreachable(`HTTP ${resp.status}${body.error ? ": " + body.error.message : ""}`);
     }
   } catch (e) {
-    showUnreachable(`no answer (${e.message || e})`);
+    show = () => showUnreachable(`no answer (${e.message || e})`);
   }
+  if (asked < statusShown) return;
+  statusShown = asked;
+  show();
 }
 
 // --- events ------------------------------------------------------------------------------------
