@@ -437,7 +437,8 @@ def test_no_python_310_is_said_in_one_line(checkout: Path, tmp_path: Path) -> No
                             env={"PATH": path, "HOME": str(tmp_path)}, timeout=60)
     assert (result.returncode, result.stdout) == (1, ""), result.stdout + result.stderr
     assert result.stderr == ("install_sdk: error: CPython 3.10 not found (Paddle Lite wheels exist only for CPython "
-                             "<= 3.10 on x86_64): install python3.10 or give --python FILE\n")
+                             "<= 3.10 on x86_64): install python3.10, give --python FILE, or run the bundle's ONNX "
+                             "with --engines openvino (or onnxruntime) on python3\n")
 
 
 def test_p09_help_is_usage_on_stdout_and_bad_usage_exits_2(checkout: Path) -> None:
@@ -600,20 +601,60 @@ def test_bundle_failing_its_selftest_or_not_loading_is_refused(prefix: Prefix, s
     assert "1.0.0: ok" in selftest_current(prefix)
 
 
-def test_a_bundle_no_engine_here_runs_is_refused_before_the_units_are_touched(prefix: Prefix, sdk: Sdk) -> None:
-    """The build audit: a bundle listing only its ONNX, for engines this runtime lacks (it has
-    Paddle Lite alone), passed the check; the command and the units were written and the bundle
-    unpacked before its self-test said none of its engines was installed."""
-    bundle = sdk.dir("1.0.0")
+def onnx_only(sdk: Sdk, version: str) -> Path:
+    """An ultraface bundle listing only its ONNX, for OpenVINO and onnxruntime."""
+    bundle = sdk.dir(version)
     (bundle / "model_x86.nb").unlink()
     shutil.copy(shared_onnx(NAME), bundle / "model.onnx")
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest["models"]["x86"] = [{"file": "model.onnx", "engines": ["openvino", "onnxruntime"]}]
     (bundle / "manifest.json").write_text(json.dumps({**manifest, "schema": 2}))
     reseal(bundle)
+    return bundle
+
+
+def test_a_bundle_no_engine_here_runs_is_refused_before_the_units_are_touched(prefix: Prefix, sdk: Sdk) -> None:
+    """The build audit: a bundle listing only its ONNX, for engines this runtime lacks (it has
+    Paddle Lite alone), passed the check; the command and the units were written and the bundle
+    unpacked before its self-test said none of its engines was installed."""
+    bundle = onnx_only(sdk, "1.0.0")
     result = run_install(prefix, bundle)
     refused(result, "models.x86: no engine installed here for openvino, onnxruntime (install openvino, onnxruntime)")
     assert not (prefix / "etc").exists() and not (prefix / "usr").exists() and not (prefix / BUNDLES).exists()
+
+
+def test_a_python_newer_than_paddle_lites_wheels_installs_with_another_engine(tmp_path: Path, checkout: Path,
+                                                                               sdk: Sdk) -> None:
+    """On x86_64 under CPython 3.11+ (Ubuntu 24.04, Debian 12) pip failed on `paddlelite==2.13rc0`,
+    for which PyPI has no wheel there, and the installer, finding no 3.10, stopped: an Intel board
+    could not install lited for OpenVINO. Now the system's python3 with --engines, Paddle Lite left
+    out; without --engines, one line before pip."""
+    python3 = shutil.which("python3", path="/usr/bin:/bin")
+    version = "import sys; print('%d.%d' % sys.version_info[:2])"
+    found = subprocess.run([python3, "-c", version], capture_output=True, text=True).stdout.strip() if python3 else ""
+    if found in ("", "3.9", "3.10") or subprocess.run([python3, "-c", "import ensurepip, venv"]).returncode:
+        pytest.skip(f"no python3 newer than Paddle Lite's wheels, with venv, in /usr/bin (found {found or 'none'})")
+    bundle = onnx_only(sdk, "1.0.0")
+    root = make_prefix(tmp_path / "root", checkout)
+    # no 3.10 to be found: pyenv's hidden, PATH without it
+    env = {**ENV, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYENV_ROOT": str(tmp_path / "no-pyenv")}
+    run = subprocess.run(installer_argv(root, "--python", python3, bundle), capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert (run.returncode, run.stderr) == (1, f"install_sdk: error: PyPI has no Paddle Lite wheel for x86_64, "
+                                               f"CPython {found}: give --paddlelite-wheel FILE (built for it: "
+                                               "docs/install.md), or install another engine for the bundle's "
+                                               "ONNX (--engines openvino or onnxruntime)\n"), run.stdout + run.stderr
+    assert not (root / "opt").exists() and not (root / "etc").exists()
+    run = subprocess.run(installer_argv(root, "--engines", "openvino", bundle), capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"install_sdk: bundle: selftest {NAME} 1.0.0: ok on openvino (1 file/engine pair)" in run.stdout, run.stdout
+    venv_python = root / "opt/lited/venv/bin/python"
+    assert subprocess.run([venv_python, "-c", version], capture_output=True, text=True).stdout.strip() == found
+    assert subprocess.run([venv_python, "-c", "import paddlelite"], capture_output=True).returncode == 1
+    inspect = subprocess.run([root / "opt/lited/venv/bin/lited", "inspect", "--bundle", root / BUNDLES / "current"],
+                             capture_output=True, text=True, timeout=60)
+    assert "on openvino" in inspect.stdout and "paddle_lite" not in inspect.stdout, inspect.stdout + inspect.stderr
 
 
 @pytest.fixture(scope="module")

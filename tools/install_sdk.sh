@@ -168,10 +168,23 @@ check_helper() { PYTHONPATH="$repo/runtime${PYTHONPATH:+:$PYTHONPATH}" "$check_p
 # --- runtime -----------------------------------------------------------------
 
 . "$here/find_python.sh"
+# The venv's interpreter: --python, else a CPython 3.10 by name (Paddle Lite's last wheels); with
+# --engines, where 3.10 is missing (Ubuntu 24.04, Debian 12, Raspberry Pi OS), the system's python3.
 find_python() {
+    local exe
     find_python310 "$python" && return 0
     [ -z "$python" ] || die "--python $python: cannot run it"
-    die "CPython 3.10 not found (Paddle Lite wheels exist only for CPython <= 3.10 on x86_64): install python3.10 or give --python FILE"
+    if [ -n "$engines" ] && exe=$(command -v python3) \
+            && "$exe" -c 'import sys, venv; sys.exit(sys.version_info[:2] < (3, 9))' 2>/dev/null; then
+        "$exe" -c 'import sys; print(sys.executable)'
+        return 0
+    fi
+    die "CPython 3.10 not found (Paddle Lite wheels exist only for CPython <= 3.10 on x86_64): install python3.10, give --python FILE, or run the bundle's ONNX with --engines openvino (or onnxruntime) on python3"
+}
+
+# Does PyPI have a Paddle Lite wheel for interpreter $1 here? x86_64 and CPython <= 3.10 only.
+paddle_on_pypi() {
+    [ "$(uname -m)" = x86_64 ] && "$1" -c 'import sys; sys.exit(sys.version_info[:2] > (3, 10))'
 }
 
 # Is $1 under a directory that ProtectHome=yes hides from the service?
@@ -211,13 +224,11 @@ install_runtime() {
         say "runtime: ${want% *} already installed in $venv$unused"
         return
     fi
-    case $(uname -m) in
-        aarch64|arm*)
-            if [ -z "$paddle_wheel" ] && [ -z "$extras" ] && ! "$venv/bin/python" -c 'import paddlelite' 2>/dev/null; then
-                die "PyPI has no Paddle Lite wheel for $(uname -m): build one (docs/install.md) and give --paddlelite-wheel FILE, or install another engine (--engines onnxruntime)"
-            fi ;;
-    esac
     py=$(find_python)
+    if [ -z "$paddle_wheel" ] && [ -z "$engines" ] && ! paddle_on_pypi "$py" \
+            && ! "$venv/bin/python" -c 'import paddlelite' 2>/dev/null; then   # (an earlier --paddlelite-wheel's)
+        die "PyPI has no Paddle Lite wheel for $(uname -m), CPython $("$py" -c "$pyver"): give --paddlelite-wheel FILE (built for it: docs/install.md), or install another engine for the bundle's ONNX (--engines openvino or onnxruntime)"
+    fi
     say "runtime: installing ${want% *} into $venv (pip: a minute or more)..."
     # No venv, or one of another Python (a run that failed with --python of another version left it):
     # made anew, so the next run with the right interpreter is not stuck on it.
@@ -239,7 +250,7 @@ install_runtime() {
         quiet "pip install lited from $repo" "${pip[@]}" ${paddle_wheel:+"$paddle_wheel"} "$scratch/src${extras:+[$extras]}"
     fi
     local base_engine=", paddlelite.lite"
-    [ -n "$paddle_wheel" ] || [ "$(uname -m)" = x86_64 ] || base_engine=""
+    [ -n "$paddle_wheel" ] || paddle_on_pypi "$py" || base_engine=""
     quiet "the runtime in $venv does not import" "$venv/bin/python" -c "import lited$base_engine$engine_modules"
     echo "$want" >"$venv/.lited-install"
     runtime_changed=1   # a running daemon runs the old files: it is restarted, not reloaded
