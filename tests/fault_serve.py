@@ -8,8 +8,13 @@ production code declares, so that the watchdog has something to catch:
                                                        a METHOD request (Requests.fault_hook)
     python fault_serve.py main:SECONDS serve ...        the main loop blocks for ever SECONDS after it
                                                        starts (Daemon.fault_hook)
+    python fault_serve.py reload-dies-once:FILE serve   the daemon SIGKILLs itself as its first config
+                                                       reload begins, unless FILE exists (made first):
+                                                       killed mid-reload once, as by the OOM killer
 """
 import itertools
+import os
+import signal
 import sys
 import threading
 import time
@@ -37,6 +42,19 @@ elif fault.startswith("main:"):
             threading.Event().wait()
 
     Daemon.fault_hook = hang_main_later
+elif fault.startswith("reload-dies-once:"):
+    from lited.service.daemon import Daemon
+
+    marker = fault.split(":", 1)[1]
+    reload_config = Daemon.reload_config
+
+    def dies_once(self, *args, **kwargs):
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return reload_config(self, *args, **kwargs)
+
+    Daemon.reload_config = dies_once
 else:
     from lited.stream.runner import ModelRunner
 

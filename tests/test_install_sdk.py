@@ -915,6 +915,47 @@ def test_board_failed_reload_rolls_back(board: Board) -> None:
 
 
 @pytest.mark.systemd
+def test_board_daemon_killed_mid_reload_and_restarted_serving_the_new_version_is_an_install(board: Board) -> None:
+    """The daemon SIGKILLed as the installer's reload began (the OOM killer, say): systemd started it
+    again on the new config, serving the new version, but `systemctl reload` had failed, so the
+    installer rolled back after waiting 15 s for a reload record that never came."""
+    c = board.container
+    dropin = c.path(f"/etc/systemd/system/{UNIT}.d/95-fault.conf")
+    marker = "/var/lib/lited/state/fault-done"
+    shutil.copy2(ROOT / "tests" / "fault_serve.py", c.path("/opt/lited/fault_serve.py"))
+    dropin.write_text(f"[Service]\nExecStart=\nExecStart=/opt/lited/venv/bin/python /opt/lited/fault_serve.py "
+                      f"reload-dies-once:{marker} serve --config /etc/lited/lited.conf\n")
+    c.run(["rm", "-f", marker], check=True)
+    c.run(["systemctl", "daemon-reload"], check=True)
+    try:
+        c.run(["systemctl", "reset-failed", UNIT])
+        c.run(["systemctl", "restart", UNIT], check=True, timeout=120)
+        wait_for(lambda: c.run([f"{VENV}/bin/lited", "ctl", "ping", "--endpoint", "ipc:///run/lited/req.sock",
+                                "--timeout", "2"]).returncode == 0, 60, "the daemon under the fault")
+        served = board.served()
+        other = next(v for v in ("1.0.0", "1.1.0", "1.2.0") if v != served)
+        pid = show(c, UNIT, "MainPID")["MainPID"]
+        started = time.monotonic()
+        result = board.install(board.zips[other])
+        took = time.monotonic() - started
+        print(result.stdout + result.stderr + f"\n(took {took:.1f} s)")
+        assert c.path(marker).exists(), "the fault must have killed the daemon"
+        assert result.returncode == 0, result.stdout + result.stderr
+        now = show(c, UNIT, "MainPID")["MainPID"]
+        assert now != pid
+        assert (f"install_sdk: service: {UNIT} died during its reload and systemd started it again (pid {pid}, "
+                f"now {now}: journalctl -u {UNIT} says why), serving {NAME} {other}") in result.stdout, result.stdout
+        assert "install_sdk: rollback:" not in result.stdout and (board.current(), board.served()) == (other, other)
+        assert took < 60, "no settle wait"
+    finally:
+        dropin.unlink()
+        c.run(["systemctl", "daemon-reload"], check=True)
+        c.run(["systemctl", "reset-failed", UNIT])
+        c.run(["systemctl", "restart", UNIT], timeout=120)
+    assert show(c, UNIT, "ActiveState")["ActiveState"] == "active"
+
+
+@pytest.mark.systemd
 def test_board_watchdog_restarts_a_hung_daemon(board: Board) -> None:
     c = board.container
     dropin = c.path(f"/etc/systemd/system/{UNIT}.d/95-fault.conf")

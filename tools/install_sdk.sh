@@ -331,7 +331,7 @@ discard() {
 # activate VERSION RELOAD: make the service serve VERSION of $name (reload it, or
 # start it if it is not running); on failure set $failure and return 1.
 activate() {
-    local version=$1 reload=$2 since verb reloaded=() reload_failed=""
+    local version=$1 reload=$2 since verb reloaded=() reload_failed="" pid_before=""
     if [ "$use_systemctl" = 0 ]; then
         say "service: not touched ($why_not_systemctl)"
         return 0
@@ -348,6 +348,7 @@ activate() {
     elif [ "$was_active" = 1 ]; then
         if [ "$reload" = 0 ]; then say "service: $unit active"; return 0; fi
         verb="reloaded" reloaded=(--reloaded)
+        pid_before=$(systemctl show -p MainPID --value "$unit" 2>/dev/null || true)
         # ExecReload is `lited ctl reload`: systemctl waits for the reload and fails when it failed; the
         # daemon's own words for why come from the wait below (systemctl says only "control process exited")
         systemctl reload "$unit" 2>"$scratch/err" || reload_failed="systemctl reload: $(tail -n 1 "$scratch/err")"
@@ -366,7 +367,18 @@ activate() {
         failure=$(tail -n 1 "$scratch/err")
         return 1
     fi
-    if [ -n "$reload_failed" ]; then failure=$reload_failed; return 1; fi
+    if [ -n "$reload_failed" ]; then
+        # The daemon died during the reload and systemd started it again: the new one read the config
+        # afresh and serves $version (the wait saw it), so the install stands.
+        local pid_now
+        pid_now=$(systemctl show -p MainPID --value "$unit" 2>/dev/null || true)
+        if [ -z "$pid_before" ] || [ "$pid_now" = "$pid_before" ] || [ "${pid_now:-0}" = 0 ]; then
+            failure=$reload_failed
+            return 1
+        fi
+        say "service: $unit died during its reload and systemd started it again (pid $pid_before, now $pid_now: journalctl -u $unit says why), $(cat "$scratch/out")"
+        return 0
+    fi
     say "service: $verb $unit$([ -s "$scratch/out" ] && printf ', %s' "$(cat "$scratch/out")")"
 }
 

@@ -537,7 +537,9 @@ def cmd_wait(args: argparse.Namespace) -> int:
             served = model["version"] if model else "-"
             first = served if first is None else first
             reload = status.get("last_reload") or {}
-            ours = reload.get("ts", 0) >= args.since  # a reload after we asked for one
+            # a reload after we asked for one, or a daemon started since (it read the config afresh:
+            # one killed mid-reload and restarted by systemd has no reload of ours to wait for)
+            ours = reload.get("ts", 0) >= args.since or time.time() - status.get("uptime_s", 1e12) >= args.since
             if ours and not reload.get("ok", True):
                 print(f"reload failed: {reload.get('error')}", file=sys.stderr)
                 return 1
