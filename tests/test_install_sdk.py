@@ -21,6 +21,7 @@ systemd's watchdog.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -914,22 +915,36 @@ def test_board_failed_reload_rolls_back(board: Board) -> None:
         c.run(["systemctl", "reload", UNIT], check=True)
 
 
+@contextlib.contextmanager
+def faulty_service(c: Container, fault: str, settings: str = "") -> Iterator[None]:
+    """The unit's daemon run by tests/fault_serve.py with `fault` (a drop-in, `settings` added to
+    it) for the block, restarted; then the drop-in removed and the unit restarted, active."""
+    dropin = c.path(f"/etc/systemd/system/{UNIT}.d/95-fault.conf")
+    shutil.copy2(ROOT / "tests" / "fault_serve.py", c.path("/opt/lited/fault_serve.py"))
+    dropin.write_text(f"[Service]\nExecStart=\nExecStart=/opt/lited/venv/bin/python /opt/lited/fault_serve.py {fault} "
+                      f"serve --config /etc/lited/lited.conf\n{settings}")
+    c.run(["systemctl", "daemon-reload"], check=True)
+    try:
+        c.run(["systemctl", "reset-failed", UNIT])  # StartLimitBurst= counts every start, ours too
+        c.run(["systemctl", "restart", UNIT], check=True, timeout=120)
+        yield
+    finally:
+        dropin.unlink()
+        c.run(["systemctl", "daemon-reload"], check=True)
+        c.run(["systemctl", "reset-failed", UNIT])
+        c.run(["systemctl", "restart", UNIT], timeout=120)
+    assert show(c, UNIT, "ActiveState")["ActiveState"] == "active"
+
+
 @pytest.mark.systemd
 def test_board_daemon_killed_mid_reload_and_restarted_serving_the_new_version_is_an_install(board: Board) -> None:
     """The daemon SIGKILLed as the installer's reload began (the OOM killer, say): systemd started it
     again on the new config, serving the new version, but `systemctl reload` had failed, so the
     installer rolled back after waiting 15 s for a reload record that never came."""
     c = board.container
-    dropin = c.path(f"/etc/systemd/system/{UNIT}.d/95-fault.conf")
     marker = "/var/lib/lited/state/fault-done"
-    shutil.copy2(ROOT / "tests" / "fault_serve.py", c.path("/opt/lited/fault_serve.py"))
-    dropin.write_text(f"[Service]\nExecStart=\nExecStart=/opt/lited/venv/bin/python /opt/lited/fault_serve.py "
-                      f"reload-dies-once:{marker} serve --config /etc/lited/lited.conf\n")
     c.run(["rm", "-f", marker], check=True)
-    c.run(["systemctl", "daemon-reload"], check=True)
-    try:
-        c.run(["systemctl", "reset-failed", UNIT])
-        c.run(["systemctl", "restart", UNIT], check=True, timeout=120)
+    with faulty_service(c, f"reload-dies-once:{marker}"):
         wait_for(lambda: c.run([f"{VENV}/bin/lited", "ctl", "ping", "--endpoint", "ipc:///run/lited/req.sock",
                                 "--timeout", "2"]).returncode == 0, 60, "the daemon under the fault")
         served = board.served()
@@ -947,25 +962,12 @@ def test_board_daemon_killed_mid_reload_and_restarted_serving_the_new_version_is
                 f"now {now}: journalctl -u {UNIT} says why), serving {NAME} {other}") in result.stdout, result.stdout
         assert "install_sdk: rollback:" not in result.stdout and (board.current(), board.served()) == (other, other)
         assert took < 60, "no settle wait"
-    finally:
-        dropin.unlink()
-        c.run(["systemctl", "daemon-reload"], check=True)
-        c.run(["systemctl", "reset-failed", UNIT])
-        c.run(["systemctl", "restart", UNIT], timeout=120)
-    assert show(c, UNIT, "ActiveState")["ActiveState"] == "active"
 
 
 @pytest.mark.systemd
 def test_board_watchdog_restarts_a_hung_daemon(board: Board) -> None:
     c = board.container
-    dropin = c.path(f"/etc/systemd/system/{UNIT}.d/95-fault.conf")
-    shutil.copy2(ROOT / "tests" / "fault_serve.py", c.path("/opt/lited/fault_serve.py"))
-    dropin.write_text("[Service]\nExecStart=\nExecStart=/opt/lited/venv/bin/python /opt/lited/fault_serve.py 20 "
-                      "serve --config /etc/lited/lited.conf\nWatchdogSec=3\n")
-    c.run(["systemctl", "daemon-reload"], check=True)
-    try:
-        c.run(["systemctl", "reset-failed", UNIT])  # StartLimitBurst= counts every start, ours too
-        c.run(["systemctl", "restart", UNIT], check=True, timeout=120)
+    with faulty_service(c, "20", "WatchdogSec=3\n"):
         restarts = int(show(c, UNIT, "NRestarts")["NRestarts"])
         since = c.run(["date", "+%Y-%m-%d %H:%M:%S"], check=True).stdout.strip()
         # 20 frames at 10 fps, then the inference loop hangs; 3 s later the pings stop, 3 s after that systemd acts.
@@ -973,12 +975,6 @@ def test_board_watchdog_restarts_a_hung_daemon(board: Board) -> None:
         messages = [e["MESSAGE"] for e in journal(c, UNIT, f"--since={since}")]
         assert any("Watchdog timeout" in m for m in messages), messages
         assert journal(c, UNIT, f"--since={since}", "EVENT=watchdog_stale")
-    finally:
-        dropin.unlink()
-        c.run(["systemctl", "daemon-reload"], check=True)
-        c.run(["systemctl", "reset-failed", UNIT])
-        c.run(["systemctl", "restart", UNIT], timeout=120)
-    assert show(c, UNIT, "ActiveState")["ActiveState"] == "active"
 
 
 @pytest.mark.systemd

@@ -215,6 +215,35 @@ def check_exactly_once(cloud: Cloud, results: list, answers: list, rule: dict) -
     return want, crops_listed
 
 
+@contextlib.contextmanager
+def streaming_faces(broker, tmp_path: Path, bundles_dir: Path, **uplink):
+    """A device with an uplink to `broker` (`ack: cloud`, crops of faces) and a camera streaming
+    faces (a looped video, a face in 1 frame of 3, 15 fps), a Collector on its local bus and a
+    running `lited cloud`: (device, bus, cloud). On leaving, all stopped; the server's last
+    counters in `cloud.stats`."""
+    write_video(tmp_path / "v.avi", frames=90, size=(320, 240))
+    d = device(tmp_path, {
+        "models": {"face": str(bundles_dir / "ultraface")}, "streams": [],
+        "uplink": broker.uplink_config("dev1", ack="cloud", resend_after=1, status_interval=1,
+                                       streams={"*": FACE_RULE}, outbox={"dir": str(tmp_path / "outbox")},
+                                       **uplink)})
+    d.start()
+    bus = Collector(d.pub)
+    cloud = None
+    try:
+        cloud = Cloud(broker, tmp_path)
+        wait_until(lambda: uplink_status(d)["connected"])
+        # the default ring: a selected result's frame is leased until the uplink cuts its crops
+        add_stream(d, {"name": "cam", "source": f"file://{tmp_path / 'v.avi'}?realtime=1&loop=1",
+                       "model": "face"})
+        yield d, bus, cloud
+    finally:
+        bus.close()
+        if cloud is not None:
+            cloud.stats = cloud.stop()
+        d.stop()
+
+
 # -- the ACL -------------------------------------------------------------------------------------
 
 def test_documented_acl_confines_each_device_to_its_own_topics(broker):
@@ -263,21 +292,7 @@ def test_broker_killed_20_times_during_a_live_stream_loses_nothing(broker, tmp_p
     camera streams faces; every selected result and crop reaches the server
     exactly once after its duplicate filter, and each crop's answer reaches
     the local bus once."""
-    write_video(tmp_path / "v.avi", frames=90, size=(320, 240))   # a face in 1 frame of 3, 15 fps, looped
-    d = device(tmp_path, {
-        "models": {"face": str(bundles_dir / "ultraface")}, "streams": [],
-        "uplink": broker.uplink_config("dev1", ack="cloud", resend_after=1, window=32, keepalive=5,
-                                       status_interval=1, streams={"*": FACE_RULE},
-                                       outbox={"dir": str(tmp_path / "outbox")})})
-    d.start()
-    bus = Collector(d.pub)
-    cloud = None
-    try:
-        cloud = Cloud(broker, tmp_path)
-        wait_until(lambda: uplink_status(d)["connected"])
-        # the default ring: a selected result's frame is leased until the uplink cuts its crops
-        add_stream(d, {"name": "cam", "source": f"file://{tmp_path / 'v.avi'}?realtime=1&loop=1",
-                       "model": "face"})
+    with streaming_faces(broker, tmp_path, bundles_dir, window=32, keepalive=5) as (d, bus, cloud):
         wait_until(lambda: len(bus.results) > 5)
         kills = 0
         for _ in range(20):
@@ -294,10 +309,7 @@ def test_broker_killed_20_times_during_a_live_stream_loses_nothing(broker, tmp_p
         wait_until(lambda: (lambda u: u["outbox"]["queued"] == 0 and u["unconfirmed"] == 0)(uplink_status(d)), 60)
         time.sleep(1.0)
         status = uplink_status(d)
-    finally:
-        bus.close()
-        stats = cloud.stop() if cloud else {}
-        d.stop()
+    stats = cloud.stats
     want, crops = check_exactly_once(cloud, bus.results, bus.answers, FACE_RULE)
     counters = status["counters"]
     print(f"\n{kills} broker kills: {len(bus.results)} results on the bus, {len(want)} selected, "
@@ -405,18 +417,7 @@ def test_an_outbox_unreadable_for_a_while_is_read_again_and_loses_nothing(broker
     arrives once."""
     import resource
 
-    write_video(tmp_path / "v.avi", frames=90, size=(320, 240))
-    d = device(tmp_path, {
-        "models": {"face": str(bundles_dir / "ultraface")}, "streams": [],
-        "uplink": broker.uplink_config("dev1", ack="cloud", resend_after=1, status_interval=1,
-                                       streams={"*": FACE_RULE}, outbox={"dir": str(tmp_path / "outbox")})})
-    d.start()
-    bus = Collector(d.pub)
-    cloud = None
-    try:
-        cloud = Cloud(broker, tmp_path)
-        wait_until(lambda: uplink_status(d)["connected"])
-        add_stream(d, {"name": "cam", "source": f"file://{tmp_path / 'v.avi'}?realtime=1&loop=1", "model": "face"})
+    with streaming_faces(broker, tmp_path, bundles_dir) as (d, bus, cloud):
         wait_until(lambda: len(selected(bus.results, FACE_RULE)) >= 3, 60)
         soft, hard = resource.prlimit(d.proc.pid, resource.RLIMIT_NOFILE)
         held = len(os.listdir(f"/proc/{d.proc.pid}/fd"))
@@ -436,11 +437,6 @@ def test_an_outbox_unreadable_for_a_while_is_read_again_and_loses_nothing(broker
             wait_until(lambda: not client.status()["streams"], 30)
         wait_until(lambda: (lambda u: u["outbox"]["queued"] == 0 and u["unconfirmed"] == 0)(uplink_status(d)), 60)
         status = uplink_status(d)
-    finally:
-        bus.close()
-        if cloud is not None:
-            cloud.stop()
-        d.stop()
     log = d.output()
     assert log.count("uplink: cannot read the outbox") == 1, log[-3000:]
     assert "Too many open files" in log
