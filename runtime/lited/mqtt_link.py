@@ -12,6 +12,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
@@ -126,6 +127,10 @@ def tls_context(settings: BrokerSettings) -> ssl.SSLContext:
     return ctx
 
 
+# OpenSSL's X509_V_ERR_CERT_NOT_YET_VALID and X509_V_ERR_CERT_HAS_EXPIRED
+CERT_NOT_YET_VALID, CERT_HAS_EXPIRED = 9, 10
+
+
 def _ssl_words(exc: "BaseException | str") -> str:
     """OpenSSL's reason without its source location: 'no certificate or crl found'."""
     text = str(exc)
@@ -140,6 +145,10 @@ def connect_problem(exc: BaseException) -> str:
     """One line for why a connection attempt failed (paho retries and keeps
     the exception to itself): what a user checks first."""
     if isinstance(exc, ssl.SSLCertVerificationError):
+        if exc.verify_code in (CERT_NOT_YET_VALID, CERT_HAS_EXPIRED):  # a board without an RTC, before NTP
+            return (f"TLS: the broker's certificate was refused: {_ssl_words(exc)} (this device's date is "
+                    f"{time.strftime('%Y-%m-%d', time.gmtime())} UTC: check its clock and NTP, then the "
+                    "certificate's dates)")
         return f"TLS: the broker's certificate was refused: {_ssl_words(exc)} (check ca and the URL's host)"
     if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError, BrokenPipeError)):
         return "the broker closed the connection during the handshake (an mqtt:// port given as mqtts://?)"

@@ -45,7 +45,6 @@ import cv2
 import numpy as np
 import tornado.httpserver
 import tornado.httputil
-import tornado.ioloop
 import tornado.iostream
 import tornado.netutil
 import tornado.web
@@ -182,13 +181,17 @@ class HttpFront:
             loop.close()
             self._ready.set()
             return
-        beat = tornado.ioloop.PeriodicCallback(self.heartbeat, 1000)
-        beat.start()
         self._ready.set()
-        self.heartbeat()
+        self._beat()
         loop.run_forever()
-        beat.stop()
         loop.close()
+
+    def _beat(self) -> None:
+        """The watchdog's heartbeat, every second on asyncio's monotonic clock: tornado's
+        PeriodicCallback schedules on the wall clock, so a step back (NTP on a board without an
+        RTC) held its next beat for as long as the step, and systemd's watchdog restarted us."""
+        self.heartbeat()
+        self.loop.call_later(1.0, self._beat)
 
     def stop(self) -> None:
         if self.loop is None or not self._thread.is_alive():

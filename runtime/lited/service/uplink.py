@@ -97,6 +97,9 @@ class Uplink:
         self._replies: collections.OrderedDict = collections.OrderedDict()  # mid -> topic of a request's reply
         self._unconfirmed: collections.OrderedDict = collections.OrderedDict()  # seq -> [where, sent at, resent]
         self._seen_answers: collections.OrderedDict = collections.OrderedDict()
+        # seq -> time.monotonic() when stored, for the crops and frames of this run awaiting an answer
+        # (round_trip_ms: their queued_ts is wall time, which NTP steps on a board without an RTC)
+        self._images_stored: collections.OrderedDict = collections.OrderedDict()
         self._round_trips: collections.deque = collections.deque(maxlen=512)
         self._resend_interval = cfg.resend_after
         self._acked_since_resend = True
@@ -274,7 +277,18 @@ class Uplink:
             self._count("refused", len(batches))
         else:
             self._count("queued", len(seqs))
+            self._note_images(seqs, records)
             self._wake.set()
+
+    def _note_images(self, seqs: list, records: list) -> None:
+        """When the crops and frames among `records` (stored as `seqs`) were stored, for round_trip_ms."""
+        now = time.monotonic()
+        with self._lock:
+            for seq, (topic, _, _) in zip(seqs, records):
+                if (up.parse_topic(topic) or ("", ""))[1] in ("crops", "frames"):
+                    self._images_stored[seq] = now
+            while len(self._images_stored) > SEEN_ANSWERS:
+                self._images_stored.popitem(last=False)
 
     def _cut(self, item: tuple) -> list:
         """[(detection index or None for the whole frame, detection, pixels)] of a result."""
@@ -560,14 +574,14 @@ class Uplink:
             self._seen_answers[msg_id] = True
             while len(self._seen_answers) > SEEN_ANSWERS:
                 self._seen_answers.popitem(last=False)
+            stored = self._images_stored.pop(parsed[2], None)
         self._cloud_ack(msg_id)
         if duplicate:
             self._count("duplicate_answers")
             return
         self._count("answers")
-        queued = answer.get("queued_ts")
-        if isinstance(queued, (int, float)) and queued > 0:
-            answer["round_trip_ms"] = round((time.time() - queued) * 1e3, 3)
+        if stored is not None:  # else stored by an earlier run, or long forgotten: unknown, left out
+            answer["round_trip_ms"] = round((time.monotonic() - stored) * 1e3, 3)
             self._round_trips.append(answer["round_trip_ms"])
         self._publish_local(answer["stream"], answer)
 
