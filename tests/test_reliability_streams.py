@@ -149,6 +149,59 @@ def test_capture_failures_become_backoff_never_a_dead_thread(tmp_path, bundles_d
     assert "group: no such group 'nosuchgroup'" in run.stderr
 
 
+def test_ring_files_removed_over_and_over_while_the_size_changes_cost_no_results(tmp_path, bundles_dir):
+    """An operator's `rm -f /dev/shm/lited-*` while a camera changes its frame size: a new size's
+    segment removed before it was put under the ring's name raised FileNotFoundError in the thread
+    that publishes results, which died: no result again, the stream still `streaming` (seen on a
+    board sharing /dev/shm with another daemon, whose sweep took the ring for a stale one)."""
+    import glob
+    import threading
+
+    folder = tmp_path / "sizes"
+    folder.mkdir()
+    image = cv2.imread(str(need_shared("images", "astronaut.png")))
+    for name, size in (("a", (320, 240)), ("b", (240, 180))):
+        cv2.imwrite(str(folder / f"{name}.png"), cv2.resize(image, size))
+    config = {"models": {"face": str(bundles_dir / "ultraface")},
+              "streams": [{"name": "cam", "source": f"images://{folder}?fps=30&loop=1", "model": "face"}]}
+    d = DaemonProcess(tmp_path, config).start()
+    removed = []
+    try:
+        with Recorder(d.pub) as rec:
+            ring = rec.wait(lambda ms: results(ms), stream="cam")[0]["frame"]["ring"]
+            stop = threading.Event()
+
+            def remove() -> None:  # the name and every temporary name of a new size's segment
+                while not stop.is_set():
+                    for path in glob.glob(f"/dev/shm/{ring}*"):
+                        try:
+                            os.unlink(path)
+                            removed.append(path)
+                        except FileNotFoundError:
+                            pass
+                    time.sleep(0.002)
+            remover = threading.Thread(target=remove)
+            t0 = time.monotonic()
+            remover.start()
+            time.sleep(4)
+            stop.set()
+            remover.join()
+            t1 = time.monotonic()
+            after = rec.wait(lambda ms: (lambda r: r if len(r) >= 10 else None)(results(ms)), t=t1, stream="cam",
+                             timeout=20)
+            during = results(rec.since(t0, stream="cam"))
+        seqs = [r["seq"] for r in during]
+        print(f"\nRELIABILITY ring files removed: {len(removed)} removals in 4 s ({sum('~new' in p for p in removed)} "
+              f"of a new size's segment before it was in place); {len(during)} results from then on, "
+              f"{len(after)} in the first stretch after")
+        assert any("~new" in p for p in removed), "the test must have removed a segment not yet in place"
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+        assert d.proc.poll() is None and stream_status(d, "cam")["state"] == "streaming"
+        assert os.path.exists(f"/dev/shm/{ring}"), "the ring is back under its name"
+    finally:
+        assert d.stop() == 0, d.output()[-3000:]
+
+
 def test_a_truncated_ring_is_repaired_replaced_and_reported(tmp_path, bundles_dir):
     if os.geteuid() != 0 or not shutil.which("setpriv"):
         pytest.skip("needs root (to truncate a 0440 segment) and setpriv (to try as its non-root owner)")

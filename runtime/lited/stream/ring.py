@@ -196,9 +196,17 @@ def _path(name: str) -> str:
 
 
 def _proc_stat(pid: int) -> Optional[Tuple[str, int]]:
-    """(state letter, start time in ticks) of `pid`, None if /proc will not say."""
+    """(state letter, start time in ticks) of `pid`, None if /proc will not say. Read through a
+    descriptor of /proc, not the path /proc/PID: qemu-user (ARM boards' images built or tested on
+    x86) answers that path for its own pid with a stat of its making, a tick off the kernel's that
+    every other process reads, and readers took the live writer for gone (and a sweep its ring)."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
+        proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fd = os.open(f"{pid}/stat", os.O_RDONLY, dir_fd=proc)
+        finally:
+            os.close(proc)
+        with os.fdopen(fd, "rb") as f:
             stat = f.read()
     except OSError:
         return None
@@ -578,7 +586,12 @@ class FrameRing:
         with self._chain:
             if not self.pending or self._closed:
                 return
-            self._rename()
+            try:
+                self._rename()
+            except FileNotFoundError:  # its temporary name removed by another process (`rm /dev/shm/lited-*`)
+                self.pending = False   # never under the name: the ring guard has the capture replace it
+                raise RingError(f"{self.path}: removed by another process before it was put in place; "
+                                "its frames cannot be read by name") from None
             old, self._replaces = self._replaces, None
             while old is not None:
                 old._close()

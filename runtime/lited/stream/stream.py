@@ -263,7 +263,10 @@ class Stream:
         if self.model_key is not None:
             result["model_key"] = self.model_key
         if frame.ring.pending:
-            frame.ring.link()
+            try:
+                frame.ring.link()
+            except RingError as exc:  # raised into the post thread, it stopped every result for good
+                log.warning("stream %s: ring %s", self.name, exc, extra={"stream": self.name, "event": "ring"})
         with self._results_lock:
             self._results.append((result, frame))
             self.last_result = result
