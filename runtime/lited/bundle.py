@@ -235,14 +235,30 @@ class Bundle(ModelSpec):
 
 
 def machine_target(models: dict | None = None) -> str:
-    """The bundle target this machine runs: `x86` on x86_64, else `arm`
-    (or the first target in `models` that runs here)."""
+    """The bundle target this machine runs: of the targets in `models` that run on this machine,
+    the first (in the bundle's order) with a file an engine installed here runs, else the first of
+    them (its error then names it); without any, `x86` on x86_64, else `arm`. So one bundle serves
+    a mixed fleet: `jetson` (Paddle Inference) listed before `arm` runs on a Jetson with Paddle
+    Inference and is passed over on a Raspberry Pi, which took it and failed."""
     machine = platform.machine()
-    if models:
-        for target in models:
-            if machine in TARGET_MACHINES.get(target, ()):
-                return target
+    here = [target for target in models or {} if machine in TARGET_MACHINES.get(target, ())]
+    for target in here:
+        if _runs_here(models[target]):
+            return target
+    if here:
+        return here[0]
     return "x86" if machine in TARGET_MACHINES["x86"] else "arm"
+
+
+def _runs_here(spec: Any) -> bool:
+    """Does an engine installed here run one of a target's files (as the manifest lists them)?"""
+    from lited.engines import ENGINES  # here: the registry imports every engine module (not their backends)
+
+    try:
+        kinds = {kind for entry in file_specs(spec) for kind in spec_engines(entry)}
+    except (TypeError, AttributeError, KeyError):  # a malformed entry: the manifest's check names it
+        return False
+    return any(kind in ENGINES and ENGINES.get(kind).available() for kind in kinds)
 
 
 def check_target_runs_here(target: str, where: str) -> None:
