@@ -190,8 +190,8 @@ class HttpFront:
         """The watchdog's heartbeat, every second on asyncio's monotonic clock: tornado's
         PeriodicCallback schedules on the wall clock, so a step back (NTP on a board without an
         RTC) held its next beat for as long as the step, and systemd's watchdog restarted us."""
+        self.loop.call_later(1.0, self._beat)  # first: a heartbeat that raised would end the beats
         self.heartbeat()
-        self.loop.call_later(1.0, self._beat)
 
     def stop(self) -> None:
         if self.loop is None or not self._thread.is_alive():
