@@ -446,6 +446,46 @@ def test_an_outbox_unreadable_for_a_while_is_read_again_and_loses_nothing(broker
     assert status["connected"] and status["outbox"]["dropped"] == 0 and len(want) >= 6
 
 
+def test_window_bytes_bounds_what_is_in_flight_and_loses_nothing(broker, tmp_path, bundles_dir):
+    """Whole frames of 1280x720 at quality 100 (over 64 KiB each) with `window_bytes` 64 KiB: one record in flight at a time (on a
+    thin link 64 frames were minutes of paho's queue, the acknowledgements and pings behind them,
+    and nothing was confirmed again), every selected frame at the server once."""
+    write_video(tmp_path / "v.avi", frames=30, size=(1280, 720))
+    rule = {"labels": ["face"], "min_score": 0.7, "attach": "frame", "jpeg_quality": 100}
+    d = device(tmp_path, {
+        "models": {"face": str(bundles_dir / "ultraface")}, "streams": [],
+        "uplink": broker.uplink_config("dev1", ack="cloud", resend_after=5, window_bytes=65536,
+                                       events=False, streams={"*": rule}, outbox={"dir": str(tmp_path / "outbox")})})
+    d.start()
+    bus = Collector(d.pub)
+    cloud = None
+    in_flight = []
+    try:
+        cloud = Cloud(broker, tmp_path)
+        wait_until(lambda: uplink_status(d)["connected"])
+        add_stream(d, {"name": "cam", "source": f"file://{tmp_path / 'v.avi'}?realtime=1&loop=1", "model": "face"})
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            in_flight.append(uplink_status(d)["unconfirmed"])
+            time.sleep(0.02)
+        d.config["streams"] = []
+        d.write_config()
+        d.signal(signal.SIGHUP)
+        with d.client() as client:
+            wait_until(lambda: not client.status()["streams"], 30)
+        wait_until(lambda: (lambda u: u["outbox"]["queued"] == 0 and u["unconfirmed"] == 0)(uplink_status(d)), 60)
+    finally:
+        bus.close()
+        if cloud is not None:
+            cloud.stop()
+        d.stop()
+    frames = collections.Counter((e["image"]["stream"], e["image"]["seq"]) for e in cloud.entries("frame"))
+    want = selected(bus.results, rule)
+    print(f"\n{len(frames)} frames at the server ({len(want)} selected), at most {max(in_flight)} records in flight")
+    assert set(frames) == set(want) and max(frames.values()) == 1 and len(want) >= 5, (len(frames), len(want))
+    assert max(in_flight) == 1, collections.Counter(in_flight)
+
+
 # -- the server side: a second model, answers, remote requests, health -----------------------------
 
 def test_second_model_answers_remote_requests_and_last_will(broker, tmp_path, bundles_dir):

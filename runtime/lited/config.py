@@ -742,6 +742,7 @@ class UplinkConfig:
     keepalive: int
     ack: str
     window: int
+    window_bytes: int
     resend_after: float
     outbox_dir: Path
     outbox_max_bytes: int
@@ -810,6 +811,8 @@ class UplinkSection(Section):
     ack: Annotated[Literal[UPLINK_ACK_MODES], Meta(extra={"check": _ack_problem}, description=(
         "when a record leaves the outbox: at the broker's PUBACK, or when lited cloud confirms it"))] = "broker"
     window: Annotated[int, Meta(ge=1, le=1000, description="records sent and not yet acknowledged, at most")] = 64
+    window_bytes: Annotated[int, Meta(ge=64 << 10, le=1 << 30, description=(
+        "bytes of records sent and not yet acknowledged, at most (one record is sent whatever its size)"))] = 1 << 20
     resend_after: Annotated[float, Meta(gt=0, le=3600, description="ack: cloud: seconds before an unconfirmed "
                                         "record is sent again")] = 10.0
     outbox: OutboxSection = OutboxSection()
@@ -898,6 +901,6 @@ def parse_uplink(c: Checker, section: Optional[UplinkSection], state_dir: Path, 
     return UplinkConfig(section.broker, section.device,
                         section.username if section.username is not None else section.device,
                         files["password_file"], files["ca"], files["cert"], files["key"], section.keepalive,
-                        section.ack, section.window, float(section.resend_after),
+                        section.ack, section.window, section.window_bytes, float(section.resend_after),
                         outbox_dir, outbox.max_bytes,
                         float(section.status_interval), section.events, section.requests, rules)

@@ -368,10 +368,14 @@ class Uplink:
         self._resend_due(now)
         with self._lock:
             room = self.cfg.window - len(self._unconfirmed)
+            in_flight = sum(entry[0][2] for entry in self._unconfirmed.values())
         if room > 0:
             for rec in self.outbox.read(self._cursor, room):
-                if not self.connected.is_set():
+                # bytes too, not records alone: on a thin link 64 frames are minutes of paho's queue, where
+                # the acknowledgements and keepalive pings wait behind them (nothing was confirmed again)
+                if not self.connected.is_set() or (in_flight and in_flight + rec.where[2] > self.cfg.window_bytes):
                     break
+                in_flight += rec.where[2]
                 self._send(rec)
                 self._cursor = rec.seq
                 self._count("sent")
