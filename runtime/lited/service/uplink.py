@@ -479,6 +479,8 @@ class Uplink:
             return  # the CONNACK said why; paho's disconnect after it says only "Protocol error"
         reason = self._watch.reason
         said = reason if reason and reason_code.is_failure else reason_code
+        if not was_connected and self.last_error == f"disconnected: {said}":
+            return  # paho tells a keepalive loss twice: the second is no failed connect
         # a connection that never came up (a TLS 1.3 broker refuses a client certificate after the
         # handshake: paho then calls this, not on_connect_fail) could not connect: it was "disconnected"
         self.last_error = f"disconnected: {said}" if was_connected else f"cannot connect to {self.cfg.broker}: {said}"
