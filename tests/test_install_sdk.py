@@ -656,6 +656,13 @@ def test_a_python_newer_than_paddle_lites_wheels_installs_with_another_engine(tm
     inspect = subprocess.run([root / "opt/lited/venv/bin/lited", "inspect", "--bundle", root / BUNDLES / "current"],
                              capture_output=True, text=True, timeout=60)
     assert "on openvino" in inspect.stdout and "paddle_lite" not in inspect.stdout, inspect.stdout + inspect.stderr
+    # an upgrade, as docs/install.md writes it: no options (they were refused, the runtime counted as another)
+    run = subprocess.run(installer_argv(root, onnx_only(sdk, "1.1.0")), capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"install_sdk: runtime: lited 0.1.0 [openvino] already installed in {root}/opt/lited/venv" in run.stdout, \
+        run.stdout
+    assert f"install_sdk: current -> 1.1.0 (previous -> 1.0.0)" in run.stdout, run.stdout
 
 
 @pytest.fixture(scope="module")

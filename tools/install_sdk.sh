@@ -126,6 +126,20 @@ if [ "$use_systemctl" = 1 ] && [ ! -d /run/systemd/system ]; then
 fi
 
 venv=$root/opt/lited/venv
+# A rerun (an upgrade is `install_sdk.sh NEW.zip`) without --engines and --with keeps those the
+# runtime was installed with: else it counted as another runtime, and where there is no Paddle Lite
+# wheel (CPython 3.11+, ARM) it was refused.
+recorded=$(sed -n 's/.*\[\(.*\)\]$/\1/p' "$venv/.lited-install" 2>/dev/null || true)
+if [ -z "$engines$parts" ] && [ -n "$recorded" ]; then
+    for item in ${recorded//,/ }; do
+        case $item in
+            onnxruntime|openvino|paddle_inference) engines+="${engines:+,}$item" ;;
+            *) parts+="${parts:+,}$item" ;;
+        esac
+    done
+    take_extras --engines engine "$engines" onnxruntime openvino paddle_inference
+    take_extras --with part "$parts" http mqtt gst
+fi
 unitdir=$root/etc/systemd/system
 bundles=$root/var/lib/lited/bundles
 if [ -n "$instance" ]; then
@@ -172,6 +186,12 @@ check_helper() { PYTHONPATH="$repo/runtime${PYTHONPATH:+:$PYTHONPATH}" "$check_p
 # --engines, where 3.10 is missing (Ubuntu 24.04, Debian 12, Raspberry Pi OS), the system's python3.
 find_python() {
     local exe
+    # a rerun: the interpreter the runtime was made with (a 3.10 found first made it anew on 3.10)
+    if [ -z "$python" ] && exe=$("$venv/bin/python" -c 'import sys; print(sys._base_executable)' 2>/dev/null) \
+            && [ -x "$exe" ]; then
+        echo "$exe"
+        return 0
+    fi
     find_python310 "$python" && return 0
     [ -z "$python" ] || die "--python $python: cannot run it"
     if [ -n "$engines" ] && exe=$(command -v python3) \
@@ -215,13 +235,16 @@ runtime_id() {
 install_runtime() {
     local want had_lited py
     want=$(runtime_id)
+    local shown word1 word2
+    read -r word1 word2 _ <<<"$want"
+    shown="$word1 $word2${extras:+ [$extras]}"   # "lited 0.1.0 [openvino]": without the source's hash
     local pyver='import sys; print("%d.%d" % sys.version_info[:2])'
     if [ "$(cat "$venv/.lited-install" 2>/dev/null)" = "$want" ] && "$venv/bin/python" -c 'import lited' 2>/dev/null; then
         local unused=""   # a working runtime is not replaced for another interpreter: say so
         if [ -n "$python" ] && [ "$("$python" -c "$pyver" 2>/dev/null)" != "$("$venv/bin/python" -c "$pyver")" ]; then
             unused=" (Python $("$venv/bin/python" -c "$pyver"); --python $python not used: remove $venv to change it)"
         fi
-        say "runtime: ${want% *} already installed in $venv$unused"
+        say "runtime: $shown already installed in $venv$unused"
         return
     fi
     py=$(find_python)
@@ -229,7 +252,7 @@ install_runtime() {
             && ! "$venv/bin/python" -c 'import paddlelite' 2>/dev/null; then   # (an earlier --paddlelite-wheel's)
         die "PyPI has no Paddle Lite wheel for $(uname -m), CPython $("$py" -c "$pyver"): give --paddlelite-wheel FILE (built for it: docs/install.md), or install another engine for the bundle's ONNX (--engines openvino or onnxruntime)"
     fi
-    say "runtime: installing ${want% *} into $venv (pip: a minute or more)..."
+    say "runtime: installing $shown into $venv (pip: a minute or more)..."
     # No venv, or one of another Python (a run that failed with --python of another version left it):
     # made anew, so the next run with the right interpreter is not stuck on it.
     if ! "$venv/bin/python" -c '' 2>/dev/null || [ "$("$venv/bin/python" -c "$pyver")" != "$("$py" -c "$pyver")" ]; then
@@ -254,7 +277,7 @@ install_runtime() {
     quiet "the runtime in $venv does not import" "$venv/bin/python" -c "import lited$base_engine$engine_modules"
     echo "$want" >"$venv/.lited-install"
     runtime_changed=1   # a running daemon runs the old files: it is restarted, not reloaded
-    say "runtime: ${want% *} installed in $venv ($("$venv/bin/python" -V))"
+    say "runtime: $shown installed in $venv ($("$venv/bin/python" -V))"
 }
 
 # `lited` on PATH for operators (lited ctl status, lited config check); a file there not ours is
