@@ -215,17 +215,29 @@ def check_exactly_once(cloud: Cloud, results: list, answers: list, rule: dict) -
     return want, crops_listed
 
 
+def camera_gone_and_drained(d: DaemonProcess) -> None:
+    """Remove the device's streams (SIGHUP), then wait until its outbox is empty and nothing awaits
+    a confirmation."""
+    d.config["streams"] = []
+    d.write_config()
+    d.signal(signal.SIGHUP)
+    with d.client() as client:
+        wait_until(lambda: not client.status()["streams"], 30)
+    wait_until(lambda: (lambda u: u["outbox"]["queued"] == 0 and u["unconfirmed"] == 0)(uplink_status(d)), 60)
+
+
 @contextlib.contextmanager
-def streaming_faces(broker, tmp_path: Path, bundles_dir: Path, **uplink):
+def streaming_faces(broker, tmp_path: Path, bundles_dir: Path, rule: dict = FACE_RULE, size: tuple = (320, 240),
+                    **uplink):
     """A device with an uplink to `broker` (`ack: cloud`, crops of faces) and a camera streaming
     faces (a looped video, a face in 1 frame of 3, 15 fps), a Collector on its local bus and a
     running `lited cloud`: (device, bus, cloud). On leaving, all stopped; the server's last
     counters in `cloud.stats`."""
-    write_video(tmp_path / "v.avi", frames=90, size=(320, 240))
+    write_video(tmp_path / "v.avi", frames=90, size=size)
     d = device(tmp_path, {
         "models": {"face": str(bundles_dir / "ultraface")}, "streams": [],
         "uplink": broker.uplink_config("dev1", ack="cloud", resend_after=1, status_interval=1,
-                                       streams={"*": FACE_RULE}, outbox={"dir": str(tmp_path / "outbox")},
+                                       streams={"*": rule}, outbox={"dir": str(tmp_path / "outbox")},
                                        **uplink)})
     d.start()
     bus = Collector(d.pub)
@@ -301,12 +313,7 @@ def test_broker_killed_20_times_during_a_live_stream_loses_nothing(broker, tmp_p
             time.sleep(0.1)
             broker.start()
             kills += 1
-        d.config["streams"] = []           # the camera goes away: what it selected must all arrive
-        d.write_config()
-        d.signal(signal.SIGHUP)
-        with d.client() as client:
-            wait_until(lambda: not client.status()["streams"], 30)
-        wait_until(lambda: (lambda u: u["outbox"]["queued"] == 0 and u["unconfirmed"] == 0)(uplink_status(d)), 60)
+        camera_gone_and_drained(d)         # the camera goes away: what it selected must all arrive
         time.sleep(1.0)
         status = uplink_status(d)
     stats = cloud.stats
@@ -430,12 +437,7 @@ def test_an_outbox_unreadable_for_a_while_is_read_again_and_loses_nothing(broker
         wait_until(lambda: b"uplink: reading the outbox again" in d.log_path.read_bytes(), 30)
         starved = len(selected(bus.results, FACE_RULE))
         wait_until(lambda: len(selected(bus.results, FACE_RULE)) >= starved + 3, 60)
-        d.config["streams"] = []
-        d.write_config()
-        d.signal(signal.SIGHUP)
-        with d.client() as client:
-            wait_until(lambda: not client.status()["streams"], 30)
-        wait_until(lambda: (lambda u: u["outbox"]["queued"] == 0 and u["unconfirmed"] == 0)(uplink_status(d)), 60)
+        camera_gone_and_drained(d)
         status = uplink_status(d)
     log = d.output()
     assert log.count("uplink: cannot read the outbox") == 1, log[-3000:]
@@ -450,35 +452,15 @@ def test_window_bytes_bounds_what_is_in_flight_and_loses_nothing(broker, tmp_pat
     """Whole frames of 1280x720 at quality 100 (over 64 KiB each) with `window_bytes` 64 KiB: one record in flight at a time (on a
     thin link 64 frames were minutes of paho's queue, the acknowledgements and pings behind them,
     and nothing was confirmed again), every selected frame at the server once."""
-    write_video(tmp_path / "v.avi", frames=30, size=(1280, 720))
     rule = {"labels": ["face"], "min_score": 0.7, "attach": "frame", "jpeg_quality": 100}
-    d = device(tmp_path, {
-        "models": {"face": str(bundles_dir / "ultraface")}, "streams": [],
-        "uplink": broker.uplink_config("dev1", ack="cloud", resend_after=5, window_bytes=65536,
-                                       events=False, streams={"*": rule}, outbox={"dir": str(tmp_path / "outbox")})})
-    d.start()
-    bus = Collector(d.pub)
-    cloud = None
     in_flight = []
-    try:
-        cloud = Cloud(broker, tmp_path)
-        wait_until(lambda: uplink_status(d)["connected"])
-        add_stream(d, {"name": "cam", "source": f"file://{tmp_path / 'v.avi'}?realtime=1&loop=1", "model": "face"})
+    with streaming_faces(broker, tmp_path, bundles_dir, rule, (1280, 720), window_bytes=65536,
+                         events=False) as (d, bus, cloud):
         deadline = time.monotonic() + 6
         while time.monotonic() < deadline:
             in_flight.append(uplink_status(d)["unconfirmed"])
             time.sleep(0.02)
-        d.config["streams"] = []
-        d.write_config()
-        d.signal(signal.SIGHUP)
-        with d.client() as client:
-            wait_until(lambda: not client.status()["streams"], 30)
-        wait_until(lambda: (lambda u: u["outbox"]["queued"] == 0 and u["unconfirmed"] == 0)(uplink_status(d)), 60)
-    finally:
-        bus.close()
-        if cloud is not None:
-            cloud.stop()
-        d.stop()
+        camera_gone_and_drained(d)
     frames = collections.Counter((e["image"]["stream"], e["image"]["seq"]) for e in cloud.entries("frame"))
     want = selected(bus.results, rule)
     print(f"\n{len(frames)} frames at the server ({len(want)} selected), at most {max(in_flight)} records in flight")
