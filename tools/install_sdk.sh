@@ -99,8 +99,12 @@ take_extras() {  # take_extras OPTION WHAT LIST KNOWN...: each of LIST (commas) 
         extras+="${extras:+,}$item"
     done
 }
-take_extras --engines engine "$engines" onnxruntime openvino paddle_inference
-take_extras --with part "$parts" http mqtt gst
+ENGINE_EXTRAS="onnxruntime openvino paddle_inference" PART_EXTRAS="http mqtt gst"
+take_all_extras() {  # --engines and --with, as $engines and $parts say
+    take_extras --engines engine "$engines" $ENGINE_EXTRAS
+    take_extras --with part "$parts" $PART_EXTRAS
+}
+take_all_extras
 
 # The board profile for the unit (systemd/boards/): its devices and memory.
 detect_board() {
@@ -132,13 +136,12 @@ venv=$root/opt/lited/venv
 recorded=$(sed -n 's/.*\[\(.*\)\]$/\1/p' "$venv/.lited-install" 2>/dev/null || true)
 if [ -z "$engines$parts" ] && [ -n "$recorded" ]; then
     for item in ${recorded//,/ }; do
-        case $item in
-            onnxruntime|openvino|paddle_inference) engines+="${engines:+,}$item" ;;
+        case " $ENGINE_EXTRAS " in
+            *" $item "*) engines+="${engines:+,}$item" ;;
             *) parts+="${parts:+,}$item" ;;
         esac
     done
-    take_extras --engines engine "$engines" onnxruntime openvino paddle_inference
-    take_extras --with part "$parts" http mqtt gst
+    take_all_extras
 fi
 unitdir=$root/etc/systemd/system
 bundles=$root/var/lib/lited/bundles
