@@ -468,6 +468,35 @@ def test_window_bytes_bounds_what_is_in_flight_and_loses_nothing(broker, tmp_pat
     assert max(in_flight) == 1, collections.Counter(in_flight)
 
 
+def test_a_broker_gone_silent_is_noticed_by_the_keepalive_and_loses_nothing(broker, tmp_path, bundles_dir):
+    """The broker frozen (SIGSTOP: its connections stay open and say nothing, as on a link that died
+    silently): the device drops the connection within about twice `keepalive`, says so once, and
+    `last_error` says it was disconnected (paho tells a keepalive loss twice, and the second had made
+    it "cannot connect"); thawed, the device connects again and every selected result arrives once."""
+    with streaming_faces(broker, tmp_path, bundles_dir, keepalive=5) as (d, bus, cloud):
+        wait_until(lambda: len(selected(bus.results, FACE_RULE)) >= 3, 60)
+        broker.proc.send_signal(signal.SIGSTOP)
+        frozen = time.monotonic()
+        try:
+            lost = wait_until(lambda: (lambda u: None if u["connected"] else u)(uplink_status(d)), 30)
+            noticed = time.monotonic() - frozen
+            time.sleep(1.0)  # results pile up in the outbox meanwhile
+        finally:
+            broker.proc.send_signal(signal.SIGCONT)
+        wait_until(lambda: uplink_status(d)["connected"], 30)
+        thawed = len(selected(bus.results, FACE_RULE))
+        wait_until(lambda: len(selected(bus.results, FACE_RULE)) >= thawed + 3, 60)
+        camera_gone_and_drained(d)
+        status = uplink_status(d)
+    log = d.output()
+    print(f"\nbroker frozen: the device noticed after {noticed:.1f} s ({lost['last_error']!r})")
+    assert lost["last_error"].lower() == "disconnected: keep alive timeout", lost["last_error"]
+    assert noticed <= 2 * 5 + 3, noticed
+    assert log.count("uplink: disconnected (") == 1, log[-3000:]
+    want, _ = check_exactly_once(cloud, bus.results, bus.answers, FACE_RULE)
+    assert status["outbox"]["dropped"] == 0 and len(want) >= 6, (status, len(want))
+
+
 # -- the server side: a second model, answers, remote requests, health -----------------------------
 
 def test_second_model_answers_remote_requests_and_last_will(broker, tmp_path, bundles_dir):
