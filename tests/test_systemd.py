@@ -307,9 +307,9 @@ def test_stderr_logging_is_one_compact_line(extra_env: Dict[str, str]) -> None:
     assert result.stdout == "StreamHandler\n"
     lines = result.stderr.splitlines()
     assert len(lines) == 2, result.stderr
-    assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} I lited\.test: frame source lost "
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} I lited\.test: frame source lost "
                         r"stream=cam0 bundle=face event=source_lost", lines[0]), lines[0]
-    assert re.fullmatch(r"\S+ W lited\.test: plain", lines[1]), lines[1]
+    assert re.fullmatch(r"\S+ \S+ W lited\.test: plain", lines[1]), lines[1]
 
 
 def test_a_failed_start_is_an_error_in_the_journal(tmp_path) -> None:

@@ -84,12 +84,13 @@ class StructuredJournalHandler(JournalHandler or logging.Handler):  # type: igno
 
 
 class CompactFormatter(logging.Formatter):
-    """`12:00:01.234 W lited.stream: message stream=cam0 event=source_lost`."""
+    """`2026-12-05 12:00:01.234 W lited.stream: message stream=cam0 event=source_lost`: the date
+    too, for a `lited serve 2>>file` that runs for days."""
 
     def __init__(self, debug: bool = False) -> None:
         where = " [%(threadName)s %(filename)s:%(lineno)d]" if debug else ""
         super().__init__(f"%(asctime)s.%(msecs)03d %(levelname).1s %(name)s{where}: %(message)s",
-                         datefmt="%H:%M:%S")
+                         datefmt="%Y-%m-%d %H:%M:%S")
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = printable(record.message)  # one line whatever it quotes (a traceback follows apart)
