@@ -624,6 +624,18 @@ def test_a_bundle_no_engine_here_runs_is_refused_before_the_units_are_touched(pr
     assert not (prefix / "etc").exists() and not (prefix / "usr").exists() and not (prefix / BUNDLES).exists()
 
 
+def test_a_new_runtime_without_an_engine_the_bundle_lists_is_refused_before_pip(tmp_path: Path, checkout: Path,
+                                                                                 sdk: Sdk) -> None:
+    """A first install of an ONNX-only bundle without --engines made a Paddle Lite runtime (a minute of
+    pip) before the bundle's check said none of its engines was installed."""
+    root = make_prefix(tmp_path / "root", checkout)
+    result = subprocess.run(installer_argv(root, onnx_only(sdk, "1.0.0")), capture_output=True, text=True, env=ENV,
+                            timeout=120)
+    assert refused(result) == f"install_sdk: error: {NAME} lists files for openvino, onnxruntime only: install one " \
+                              "of those with it (--engines openvino or onnxruntime)"
+    assert not (root / "opt").exists() and not (root / "etc").exists()
+
+
 def test_a_python_newer_than_paddle_lites_wheels_installs_with_another_engine(tmp_path: Path, checkout: Path,
                                                                                sdk: Sdk) -> None:
     """On x86_64 under CPython 3.11+ (Ubuntu 24.04, Debian 12) pip failed on `paddlelite==2.13rc0`,
@@ -641,11 +653,20 @@ def test_a_python_newer_than_paddle_lites_wheels_installs_with_another_engine(tm
     env = {**ENV, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYENV_ROOT": str(tmp_path / "no-pyenv")}
     run = subprocess.run(installer_argv(root, "--python", python3, bundle), capture_output=True, text=True,
                          env=env, timeout=300)
-    assert (run.returncode, run.stderr) == (1, f"install_sdk: error: PyPI has no Paddle Lite wheel for x86_64, "
-                                               f"CPython {found}: give --paddlelite-wheel FILE (built for it: "
-                                               "docs/install.md), or install another engine for the bundle's "
-                                               "ONNX (--engines openvino or onnxruntime)\n"), run.stdout + run.stderr
+    no_lite = f"install_sdk: error: PyPI has no Paddle Lite wheel for x86_64, CPython {found}"
+    assert (run.returncode, run.stderr) == (1, f"{no_lite}: give --paddlelite-wheel FILE (built for it: "
+                                               f"docs/install.md), or install another engine {NAME} lists "
+                                               "(--engines openvino or onnxruntime)\n"), run.stdout + run.stderr
     assert not (root / "opt").exists() and not (root / "etc").exists()
+    # a bundle of .nb files only was told of its ONNX (it has none), and with --engines refused after pip
+    for engines in ((), ("--engines", "openvino")):
+        run = subprocess.run(installer_argv(root, "--python", python3, *engines, sdk.dir("0.9.0")),
+                             capture_output=True, text=True, env=env, timeout=300)
+        assert (run.returncode, run.stderr) == (1, f"{no_lite}, and {NAME} lists Paddle Lite files only: give "
+                                                   "--paddlelite-wheel FILE (built for it: docs/install.md), or build "
+                                                   "the bundle with its ONNX too, for --engines openvino or "
+                                                   "onnxruntime (docs/build_sdk.md)\n"), run.stdout + run.stderr
+        assert not (root / "opt").exists() and not (root / "etc").exists()
     run = subprocess.run(installer_argv(root, "--engines", "openvino", bundle), capture_output=True, text=True,
                          env=env, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr

@@ -235,6 +235,26 @@ runtime_id() {
     echo "lited $version $id${extras:+ [$extras]}"
 }
 
+# Before pip: the runtime about to be made ($lite and --engines) must have an engine the bundle lists
+# ($listed, from its check; a rollback has none, and then Paddle Lite or --engines is enough).
+refuse_a_runtime_without_the_bundles_engines() {
+    local no_lite=$1 item others
+    for item in ${engines//,/ } $lite; do
+        case ",${listed:-$item}," in *",$item,"*) return 0 ;; esac
+    done
+    others=""
+    for item in ${listed//,/ }; do
+        [ "$item" = paddle_lite ] || others+="${others:+ or }$item"
+    done
+    [ -n "$listed" ] || others="openvino or onnxruntime"
+    if [ -n "$lite" ]; then   # Paddle Lite is there, but the bundle has no file for it
+        die "$name lists files for ${listed//,/, } only: install one of those with it (--engines $others)"
+    elif [ -n "$others" ]; then
+        die "$no_lite: give --paddlelite-wheel FILE (built for it: docs/install.md), or install another engine $name lists (--engines $others)"
+    fi
+    die "$no_lite, and $name lists Paddle Lite files only: give --paddlelite-wheel FILE (built for it: docs/install.md), or build the bundle with its ONNX too, for --engines openvino or onnxruntime (docs/build_sdk.md)"
+}
+
 install_runtime() {
     local want had_lited py
     want=$(runtime_id)
@@ -251,10 +271,11 @@ install_runtime() {
         return
     fi
     py=$(find_python)
-    if [ -z "$paddle_wheel" ] && [ -z "$engines" ] && ! paddle_on_pypi "$py" \
-            && ! "$venv/bin/python" -c 'import paddlelite' 2>/dev/null; then   # (an earlier --paddlelite-wheel's)
-        die "PyPI has no Paddle Lite wheel for $(uname -m), CPython $("$py" -c "$pyver"): give --paddlelite-wheel FILE (built for it: docs/install.md), or install another engine for the bundle's ONNX (--engines openvino or onnxruntime)"
+    local lite=""   # Paddle Lite in the runtime: a wheel given, PyPI's, or an earlier --paddlelite-wheel's
+    if [ -n "$paddle_wheel" ] || paddle_on_pypi "$py" || "$venv/bin/python" -c 'import paddlelite' 2>/dev/null; then
+        lite=paddle_lite
     fi
+    refuse_a_runtime_without_the_bundles_engines "PyPI has no Paddle Lite wheel for $(uname -m), CPython $("$py" -c "$pyver")"
     say "runtime: installing $shown into $venv (pip: a minute or more)..."
     # No venv, or one of another Python (a run that failed with --python of another version left it):
     # made anew, so the next run with the right interpreter is not stuck on it.
@@ -442,7 +463,8 @@ if [ -z "$rollback_name" ]; then
     check_python=$(find_python) || exit 1   # find_python said why, on stderr
     check_helper check "$src" >"$scratch/check" 2>"$scratch/err" \
         || die "refused: $(tail -n 1 "$scratch/err")"
-    read -r name version nfiles megabytes _ golden <"$scratch/check"   # (the manifest sha: `differs` compares every file)
+    read -r name version nfiles megabytes _ golden listed <"$scratch/check"   # (the manifest sha: `differs` compares every file)
+    [ "$listed" != - ] || listed=""   # the engines its files name (none: the runtime's check says what is wrong)
     if [ "$golden" != golden ] && [ "$selftest" = 1 ]; then
         die "refused: $name $version has no golden image to self-test (tools/build_sdk.py --golden IMAGE adds one; --no-selftest installs it untested)"
     fi

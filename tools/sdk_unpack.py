@@ -37,6 +37,7 @@ import argparse
 import hashlib
 import json
 import os
+import platform
 import re
 import stat
 import struct
@@ -46,6 +47,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
+from lited.bundle import TARGET_MACHINES, file_specs, spec_engines
 from lited.validate import name_problem, version_problem
 
 MAX_BYTES = 2 << 30  # uncompressed, all entries together
@@ -257,8 +259,27 @@ def cmd_check(args: argparse.Namespace) -> int:
         except BundleError as exc:
             raise Refused("; ".join(exc.problems)) from None
     print(manifest["name"], manifest["version"], len(src.files), f"{src.limits.bytes / 1e6:.1f}",
-          hashlib.sha256(raw).hexdigest(), "golden" if manifest.get("golden") else "-")
+          hashlib.sha256(raw).hexdigest(), "golden" if manifest.get("golden") else "-",
+          ",".join(engines_listed(manifest)) or "-")
     return 0
+
+
+def engines_listed(manifest: dict) -> list:
+    """The engines the files of this machine's targets name (its stages' too), in the bundle's
+    order: the installer refuses, before pip, a runtime none of them would be in (the runtime
+    validates the bundle later: a malformed entry is left to it)."""
+    found: dict = {}
+    for part in [manifest, *(s for s in manifest.get("stages") or () if isinstance(s, dict))]:
+        models = part.get("models")
+        for target, spec in models.items() if isinstance(models, dict) else ():
+            if platform.machine() not in TARGET_MACHINES.get(target, ()):
+                continue
+            try:
+                found.update(dict.fromkeys(e for entry in file_specs(spec) for e in spec_engines(entry)
+                                           if isinstance(e, str)))
+            except (TypeError, AttributeError):
+                pass
+    return list(found)
 
 
 def cmd_unpack(args: argparse.Namespace) -> int:
