@@ -3,6 +3,7 @@ the plan, and a real daemon's processes and threads as the kernel has them."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from daemon_process import DaemonProcess
 from test_daemon import wait_until
 from lited.client import Subscriber
-from lited.cores import apply, pin_threads, plan_cores, share_threads
+from lited.cores import apply, cores_of_other_engines, pin_threads, plan_cores, share_threads
 from lited.engine_process import child_pids
 
 CPUS = sorted(os.sched_getaffinity(0))
@@ -29,6 +30,16 @@ def cores_of(pid: object) -> set:
     return out
 
 
+def planned(output: str, threads: dict, pin: bool = True):
+    """The plan a daemon (or `lited run -v`) said it made, its last `cores:` line, made again here
+    with the cores it found another lited's engines on (the suite runs daemons in parallel)."""
+    line = [line for line in output.splitlines() if "cores: " in line][-1]
+    said = re.search(r"another lited's engines on cores ([\d,]+)", line)
+    plan = plan_cores(threads, CPUS, pin, [int(c) for c in said.group(1).split(",")] if said else ())
+    assert line.endswith(plan.describe()) or plan.describe() + " " in line, (line, plan.describe())
+    return plan
+
+
 def test_each_engine_gets_cores_of_its_own_when_the_threads_leave_some():
     plan = plan_cores({"a": 2, "b": 1}, range(8))
     assert plan.pinned and plan.engines == {"a": (6, 7), "b": (5,)}
@@ -44,6 +55,14 @@ def test_each_engine_gets_cores_of_its_own_when_the_threads_leave_some():
     assert not plan.pinned and plan.engines["cam"] == (0, 1, 2, 3) and plan.opencv_threads == 3
     assert share_threads({"a": 2, "b": 2}, 2) == {"a": 1, "b": 1}
     assert share_threads({"a": 1, "b": 1}, 4) == {"a": 1, "b": 1}
+    # another lited's engine on core 3 (two lited@ instances): ours goes below it, our threads on the rest
+    plan = plan_cores({"cam": 1}, [0, 1, 2, 3], taken=[3])
+    assert plan.pinned and plan.engines == {"cam": (2,)} and plan.own == (0, 1) and plan.opencv_threads == 2
+    assert plan.describe() == "engine of cam on cores 2; lited's own threads on cores 0,1 (another lited's engines on cores 3)"
+    # no core left for our own threads beside the others' engines: nothing pinned, rather than on theirs
+    plan = plan_cores({"cam": 1}, [0, 1], taken=[1, 7])
+    assert not plan.pinned and plan.engines == {"cam": (0, 1)} and plan.taken == (1,)
+    assert plan.describe() == "engines and lited's own threads share cores 0,1 (another lited's engines on cores 1)"
 
 
 def test_applying_a_plan_pins_every_thread_and_sizes_opencv():
@@ -83,12 +102,12 @@ def test_the_daemon_gives_its_engines_cores_of_their_own(tmp_path, bundles_dir):
     (tmp_path / "d").mkdir()
     with d, d.client() as client, Subscriber(d.pub, streams=["a"]) as sub:
         d.wait_ready()
-        plan = plan_cores({"a": 1}, CPUS)
+        plan = planned(d.output(), {"a": 1})
         status = client.status()["streams"][0]
-        assert status["model"]["cpus"] == list(plan.engines["a"]) == [CPUS[-1]]
+        assert status["model"]["cpus"] == list(plan.engines["a"])
+        assert not plan.pinned or plan.engines["a"] == (max(set(CPUS) - set(plan.taken)),)
         assert cores_of(status["model"]["engine_pid"]) == {frozenset(plan.engines["a"])}
         assert cores_of(d.proc.pid) == {frozenset(plan.own)}
-        assert "engine of a on cores" in d.output()
         assert wait_until(lambda: sub.recv(1)).get("stream") == "a"  # results flow
         # a request worker's engine process is not in the plan: it may use every core
         client.infer(image=np.zeros((240, 320, 3), np.uint8), model="face")
@@ -98,9 +117,9 @@ def test_the_daemon_gives_its_engines_cores_of_their_own(tmp_path, bundles_dir):
         d.config["streams"].append({**stream, "name": "b"})
         d.write_config()
         d.signal(signal.SIGHUP)
-        plan = plan_cores({"a": 1, "b": 1}, CPUS)
         streams = wait_until(lambda: (lambda s: s if len(s) == 2 and all(x["model"] for x in s) else None)(
             client.status()["streams"]))
+        plan = planned(d.output(), {"a": 1, "b": 1})
         for status in streams:
             cores = plan.engines[status["stream"]]
             assert status["model"]["cpus"] == list(cores)
@@ -125,9 +144,49 @@ def test_lited_run_places_its_engine_and_says_where(tmp_path, bundles_dir):
 
     base = [sys.executable, "-m", "lited.cli", "run", "--json", "--bundle", str(bundles_dir / "ultraface"),
             "--threads", "1", "--source", "synth://?size=320x240&fps=30", "--frames", "3", "-v"]
-    pinned, shared = plan_cores({"cam0": 1}, CPUS), plan_cores({"cam0": 1}, CPUS, pin=False)
-    for extra, expected in (([], pinned), (["--no-pin-engines"], shared)):
+    for extra, pin in (([], True), (["--no-pin-engines"], False)):
         proc = subprocess.run(base + extra, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
+        expected = planned(proc.stderr, {"cam0": 1}, pin)
         assert f"lited: cores: {expected.describe()}" in proc.stderr.splitlines(), proc.stderr
+        assert pin or not expected.taken  # --no-pin-engines does not look
         assert len(proc.stdout.splitlines()) == 3
+
+
+def test_a_second_lited_keeps_its_engine_off_the_first_ones_core(tmp_path, bundles_dir):
+    """Two daemons (two `lited@` instances) on one machine: each pinned its engine to the last core,
+    both at half speed beside idle cores. The second finds the first's engine, says so, and keeps
+    its engine and its own threads off that core (here, 2 cores: nothing pinned); `lited run` too.
+    (Other tests' daemons run meanwhile: what each found is read from the line it logs.)"""
+    import subprocess
+    import sys
+
+    if len(CPUS) < 2:
+        pytest.skip("one core: there is no core to give an engine of its own")
+    model = {"bundle": str(bundles_dir / "ultraface"), "threads": 1}
+    daemons = [DaemonProcess(tmp_path / name, {"models": {"face": model}, "streams": [
+        {"name": name, "source": "synth://?size=320x240&fps=20", "model": "face"}]}) for name in ("a", "b")]
+    for d in daemons:
+        d.tmp.mkdir()
+    with daemons[0] as first, first.client() as client:
+        first.wait_ready()
+        engine = set(client.status()["streams"][0]["model"]["cpus"])
+        pinned = engine != set(CPUS)  # else another test's daemon held a core as it started
+        assert not pinned or engine <= cores_of_other_engines()  # not the test's child: another lited's
+        with daemons[1] as second, second.client() as client2:
+            second.wait_ready()
+            plan = planned(second.output(), {"b": 1})
+            status = client2.status()["streams"][0]
+            assert not pinned or engine <= set(plan.taken), plan.describe()
+            assert cores_of(status["model"]["engine_pid"]) == {frozenset(plan.engines["b"])}
+            assert cores_of(second.proc.pid) == {frozenset(plan.own)}
+            if plan.pinned:
+                assert not set(plan.taken) & (set(plan.engines["b"]) | set(plan.own)), plan.describe()
+            else:
+                assert status["model"]["cpus"] == CPUS
+        proc = subprocess.run([sys.executable, "-m", "lited.cli", "run", "--json", "--bundle",
+                               str(bundles_dir / "ultraface"), "--threads", "1", "--source",
+                               "synth://?size=320x240&fps=30", "--frames", "2", "-v"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert not pinned or engine <= set(planned(proc.stderr, {"cam0": 1}).taken), proc.stderr

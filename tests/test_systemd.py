@@ -486,6 +486,14 @@ def test_lited_units_run_hardened(container: Container) -> None:
         # their parent stays root's: a StateDirectory=lited gave it (and the bundles in it) to lited
         assert container.run(["stat", "-c", "%U", "/var/lib/lited"], check=True).stdout.strip() == "root"
 
+        # two instances: the second found the first's engine on its core (the units' ProtectProc=invisible
+        # hides other users' processes, not these) and kept its own off it
+        first = [e["MESSAGE"] for e in journal(container, "lited.service", "EVENT=threads")][-1]
+        second = [e["MESSAGE"] for e in journal(container, "lited@cam1.service", "EVENT=threads")][-1]
+        engine = re.fullmatch(r"cores: engine of cam0 on cores ([\d,]+); lited's own threads on cores [\d,]+", first)
+        assert engine, first
+        assert second.endswith(f"(another lited's engines on cores {engine.group(1)})"), (first, second)
+
         [ready] = journal(container, "lited.service", "EVENT=ready")
         assert ready["SYSLOG_IDENTIFIER"] == "lited"
         assert "streaming" in {e["EVENT"] for e in journal(container, "lited.service", "STREAM=cam0")}

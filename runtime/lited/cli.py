@@ -337,7 +337,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"lited: engine threads asked for ({asked}) exceed the {len(cpus)} cores: running {threads}",
               file=sys.stderr, flush=True)
         args.threads = threads
-    plan = cores.plan_cores({args.name: threads}, cpus, pin=not args.no_pin_engines)
+    plan = cores.plan_cores({args.name: threads}, cpus, pin=not args.no_pin_engines,
+                            taken=() if args.no_pin_engines else cores.cores_of_other_engines())
     cores.apply(plan)
     if args.verbose:
         print(f"lited: cores: {plan.describe()}", file=sys.stderr, flush=True)

@@ -29,18 +29,21 @@ from typing import Iterable
 @dataclass(frozen=True)
 class CorePlan:
     """Per stream, the cores of its engine process; lited's own cores; the
-    threads OpenCV gets; whether anything is pinned."""
+    threads OpenCV gets; whether anything is pinned; the cores another
+    lited's engines were pinned to when it was made."""
     engines: dict          # stream name -> tuple of cpus
     own: tuple
     opencv_threads: int
     pinned: bool
+    taken: tuple = ()
 
     def describe(self) -> str:
         """One line for the log."""
+        others = f" (another lited's engines on cores {_span(self.taken)})" if self.taken else ""
         if not self.pinned:
-            return f"engines and lited's own threads share cores {_span(self.own)}"
+            return f"engines and lited's own threads share cores {_span(self.own)}{others}"
         return ", ".join(f"engine of {name} on cores {_span(cpus)}" for name, cpus in self.engines.items()) \
-            + f"; lited's own threads on cores {_span(self.own)}"
+            + f"; lited's own threads on cores {_span(self.own)}{others}"
 
 
 def share_threads(requested: dict, cores: int) -> dict:
@@ -53,22 +56,68 @@ def share_threads(requested: dict, cores: int) -> dict:
     return {name: max(1, threads * cores // total) for name, threads in requested.items()}
 
 
-def plan_cores(engine_threads: dict, cpus: Iterable[int], pin: bool = True) -> CorePlan:
+def plan_cores(engine_threads: dict, cpus: Iterable[int], pin: bool = True, taken: Iterable[int] = ()) -> CorePlan:
     """Give each stream's engine (`{stream: threads}`) cores of its own from
     the highest-numbered down (core 0 usually takes the interrupts), and
     lited's own threads the cores left, when at least one is left; else
-    (or with `pin` false) everything on every core of `cpus`."""
+    (or with `pin` false) everything on every core of `cpus`. Cores in
+    `taken` (another lited's engines: `cores_of_other_engines`) are left
+    out, and where the rest cannot hold our engines and a core over, nothing
+    is pinned: two `lited@` instances had both pinned their engine to the
+    last core, each at half speed, the other cores idle."""
     cpus = sorted(cpus)
+    taken = tuple(c for c in sorted(set(taken)) if c in cpus)
+    free = [c for c in cpus if c not in taken]
     need = sum(engine_threads.values())
-    if not pin or need >= len(cpus):
+    if not pin or need >= len(free):
         every = tuple(cpus)
-        return CorePlan({name: every for name in engine_threads}, every, max(1, len(cpus) - need), False)
-    engines, top = {}, len(cpus)
+        return CorePlan({name: every for name in engine_threads}, every, max(1, len(cpus) - need), False, taken)
+    engines, top = {}, len(free)
     for name, threads in engine_threads.items():
-        engines[name] = tuple(cpus[top - threads:top])
+        engines[name] = tuple(free[top - threads:top])
         top -= threads
-    own = tuple(cpus[:top])
-    return CorePlan(engines, own, len(own), True)
+    own = tuple(free[:top])
+    return CorePlan(engines, own, len(own), True, taken)
+
+
+ENGINE_NAME = "lited-engine"  # an engine process's name (its `comm`: lited.engine_process sets it)
+
+
+def cores_of_other_engines() -> set:
+    """The cores other processes' engines are pinned to: live engine processes
+    (`ENGINE_NAME`) that are not this process's children, whose cores are
+    fewer than the machine's (a request worker's, on every core, takes none).
+    Read from /proc at each plan: another lited that started or stopped since
+    is seen at the next start or reload."""
+    every = os.sched_getaffinity(0) | set(range(os.cpu_count() or 1))
+    taken: set = set()
+    me = str(os.getpid())
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/status") as fh:
+                fields = dict(line.rstrip("\n").split(":\t", 1) for line in fh if ":\t" in line)
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+        if fields.get("Name") != ENGINE_NAME or fields.get("PPid") == me or fields.get("State", "").startswith("Z"):
+            continue  # not an engine, ours, or one that ended (a zombie keeps its cores in /proc)
+        cores = _cores_from_list(fields.get("Cpus_allowed_list", ""))
+        if cores and not every <= cores:
+            taken |= cores
+    return taken
+
+
+def _cores_from_list(text: str) -> set:
+    """`0-2,5` (the kernel's cpu list) as {0, 1, 2, 5}; empty if unreadable."""
+    out: set = set()
+    try:
+        for part in filter(None, text.strip().split(",")):
+            first, _, last = part.partition("-")
+            out.update(range(int(first), int(last or first) + 1))
+    except ValueError:
+        return set()
+    return out
 
 
 def pin_threads(cpus: Iterable[int], pid: object = "self") -> None:

@@ -40,7 +40,7 @@ from typing import Any, Callable, ClassVar, Optional, Sequence
 from lited import __version__, protocol
 from lited.bundle import Bundle, BundleError, load_bundle
 from lited.config import Config, ConfigError, ModelSettings, StreamConfig, load_config, uplink_restart_fields
-from lited.cores import CorePlan, apply as apply_plan, plan_cores, share_threads
+from lited.cores import CorePlan, apply as apply_plan, cores_of_other_engines, plan_cores, share_threads
 from lited.engine_process import child_pids
 from lited.engines import EngineError
 from lited.model import Model
@@ -339,7 +339,8 @@ class Daemon:
             log.warning("engine threads asked for (%s) exceed the %d cores: running %s",
                         ", ".join(f"{n} {t}" for n, t in requested.items()), len(self.cpus),
                         ", ".join(f"{n} {t}" for n, t in shared.items()), extra={"event": "threads"})
-        self.core_plan = plan_cores(shared, self.cpus, self.config.pin_engines)
+        self.core_plan = plan_cores(shared, self.cpus, self.config.pin_engines,
+                                    cores_of_other_engines() if self.config.pin_engines else ())
         apply_plan(self.core_plan)
         for name, stream in self.streams.items():  # a reload: streams that keep running move too
             model = stream.model
