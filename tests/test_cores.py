@@ -12,7 +12,7 @@ import pytest
 from daemon_process import DaemonProcess
 from test_daemon import wait_until
 from lited.client import Subscriber
-from lited.cores import apply, cores_of_other_engines, pin_threads, plan_cores, share_threads
+from lited.cores import CLAIMS_DIR, CoreClaim, apply, cores_of_other_engines, pin_threads, plan_cores, share_threads
 from lited.engine_process import child_pids
 
 CPUS = sorted(os.sched_getaffinity(0))
@@ -63,6 +63,40 @@ def test_each_engine_gets_cores_of_its_own_when_the_threads_leave_some():
     plan = plan_cores({"cam": 1}, [0, 1], taken=[1, 7])
     assert not plan.pinned and plan.engines == {"cam": (0, 1)} and plan.taken == (1,)
     assert plan.describe() == "engines and lited's own threads share cores 0,1 (another lited's engines on cores 1)"
+
+
+def test_a_claim_tells_other_processes_where_the_engines_run_while_its_process_lives(tmp_path):
+    """What one lited pins is read by another (a process apart, the file in /dev/shm locked while
+    its maker runs): not its own, not one whose maker died (removed once over 5 s old), nor
+    another user's."""
+    import subprocess
+    import sys
+
+    read = [sys.executable, "-c", "from lited.cores import cores_of_other_engines as c; print(sorted(c()))"]
+    before = set(eval(subprocess.run(read, capture_output=True, text=True, check=True).stdout))  # other tests'
+    claim = CoreClaim()
+    claim.publish(plan_cores({"cam": 1}, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], taken=[11]))
+    try:
+        assert os.path.dirname(claim.path) == CLAIMS_DIR and open(claim.path).read() == "10"
+        assert 10 in eval(subprocess.run(read, capture_output=True, text=True, check=True).stdout)
+        assert 10 not in cores_of_other_engines() - before  # its own
+        claim.publish(plan_cores({"cam": 1}, [0, 1]))  # a reload planned again: the same file says so
+        assert open(claim.path).read() == "1"
+        os.chown(claim.path, 65534, -1)  # another user's claim is not read
+        assert 1 not in set(eval(subprocess.run(read, capture_output=True, text=True, check=True).stdout)) - before
+        os.chown(claim.path, os.geteuid(), -1)
+    finally:
+        claim.close()
+    assert not os.path.exists(claim.path)
+    # a lited that died without closing: its lock went with it, so its claim is skipped, then removed
+    died = subprocess.run([sys.executable, "-c", "import os; from lited.cores import CoreClaim, plan_cores; "
+                           "c = CoreClaim(); c.publish(plan_cores({'cam': 2}, range(12))); print(c.path); "
+                           "os._exit(0)"], capture_output=True, text=True, check=True).stdout.strip()
+    assert os.path.exists(died) and 10 not in set(eval(subprocess.run(read, capture_output=True, text=True,
+                                                                        check=True).stdout)) - before
+    os.utime(died, (0, 0))
+    cores_of_other_engines()
+    assert not os.path.exists(died)
 
 
 def test_applying_a_plan_pins_every_thread_and_sizes_opencv():

@@ -486,8 +486,8 @@ def test_lited_units_run_hardened(container: Container) -> None:
         # their parent stays root's: a StateDirectory=lited gave it (and the bundles in it) to lited
         assert container.run(["stat", "-c", "%U", "/var/lib/lited"], check=True).stdout.strip() == "root"
 
-        # two instances: the second found the first's engine on its core (the units' ProtectProc=invisible
-        # hides other users' processes, not these) and kept its own off it
+        # two instances: the second found the first's engine on its core (its claim in /dev/shm: the
+        # units' ProtectProc=invisible hides each one's processes from the other) and kept its own off it
         first = [e["MESSAGE"] for e in journal(container, "lited.service", "EVENT=threads")][-1]
         second = [e["MESSAGE"] for e in journal(container, "lited@cam1.service", "EVENT=threads")][-1]
         engine = re.fullmatch(r"cores: engine of cam0 on cores ([\d,]+); lited's own threads on cores [\d,]+", first)

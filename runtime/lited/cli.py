@@ -340,6 +340,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     plan = cores.plan_cores({args.name: threads}, cpus, pin=not args.no_pin_engines,
                             taken=() if args.no_pin_engines else cores.cores_of_other_engines())
     cores.apply(plan)
+    claim = cores.CoreClaim()
+    claim.publish(plan)
     if args.verbose:
         print(f"lited: cores: {plan.describe()}", file=sys.stderr, flush=True)
     results: queue.Queue = queue.Queue(maxsize=256)
@@ -400,6 +402,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         waited = min(time.monotonic() - started, args.open_timeout)
     finally:
         stream.stop()
+        claim.close()
     if not opened:
         why = last_problem[0] or f"source {args.source!r}: did not open"
         raise SourceError(args.source, f"{why.split(': ', 1)[-1]} (not open after {waited:.0f} s)")

@@ -21,9 +21,17 @@ processes; request workers' engine processes are given every core).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import logging
 import os
+import secrets
+import stat
+import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Optional
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -80,31 +88,81 @@ def plan_cores(engine_threads: dict, cpus: Iterable[int], pin: bool = True, take
     return CorePlan(engines, own, len(own), True, taken)
 
 
-ENGINE_NAME = "lited-engine"  # an engine process's name (its `comm`: lited.engine_process sets it)
+CLAIMS_DIR = "/dev/shm"    # shared by every lited on the board, sandboxed or not (the frame rings are there)
+CLAIM_PREFIX = "lited-cores-"
+
+
+class CoreClaim:
+    """The cores this process's engines are pinned to, where other lited processes read them
+    (`cores_of_other_engines`): a file in /dev/shm, locked for this process's life. Two
+    `lited@` instances each pinned their engine to the last core, both at half speed beside
+    idle cores; their units' `ProtectProc=invisible` hides each one's processes from the other,
+    so /proc could not tell them. A daemon that dies lets go of the lock: its file is skipped
+    (and removed by the next reader)."""
+
+    def __init__(self) -> None:
+        self._fd: Optional[int] = None
+        self.path = ""
+
+    def publish(self, plan: CorePlan) -> None:
+        """Say the cores `plan` pins engines to (none, if it pins nothing). Best effort: without
+        it (a full /dev/shm) only another lited's plan is the worse for it."""
+        cores = ",".join(str(c) for c in sorted({c for cpus in plan.engines.values() for c in cpus})
+                         ) if plan.pinned else ""
+        try:
+            if self._fd is None:
+                if not cores:
+                    return
+                path = f"{CLAIMS_DIR}/{CLAIM_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else locks it
+                self._fd, self.path = fd, path
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, cores.encode(), 0)
+        except OSError as exc:
+            log.warning("cores: cannot tell other lited processes where the engines run (%s): %s",
+                        CLAIMS_DIR, exc, extra={"event": "threads"})
+
+    def close(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            os.close(self._fd)
+            self._fd = None
 
 
 def cores_of_other_engines() -> set:
-    """The cores other processes' engines are pinned to: live engine processes
-    (`ENGINE_NAME`) that are not this process's children, whose cores are
-    fewer than the machine's (a request worker's, on every core, takes none).
-    Read from /proc at each plan: another lited that started or stopped since
-    is seen at the next start or reload."""
-    every = os.sched_getaffinity(0) | set(range(os.cpu_count() or 1))
+    """The cores other lited processes of this user pin their engines to (their `CoreClaim`s,
+    read at each plan: a lited that started or stopped since is seen at the next start or
+    reload). Another user's claims are not read: they could only push ours about."""
     taken: set = set()
-    me = str(os.getpid())
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
+    mine = f"{CLAIM_PREFIX}{os.getpid()}-"
+    try:
+        names = [n for n in os.listdir(CLAIMS_DIR) if n.startswith(CLAIM_PREFIX) and not n.startswith(mine)]
+    except OSError:
+        return taken
+    for name in names:
+        path = f"{CLAIMS_DIR}/{name}"
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:  # gone meanwhile
             continue
         try:
-            with open(f"/proc/{pid}/status") as fh:
-                fields = dict(line.rstrip("\n").split(":\t", 1) for line in fh if ":\t" in line)
-        except OSError:  # ended meanwhile, or not ours to read
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:  # its lited runs
+                taken |= _cores_from_list(os.pread(fd, 4096, 0).decode("ascii", "replace"))
+            else:  # its lited is gone (a new file is locked within microseconds of being made)
+                if time.time() - st.st_mtime > 5:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+        except OSError:
             continue
-        if fields.get("Name") != ENGINE_NAME or fields.get("PPid") == me or fields.get("State", "").startswith("Z"):
-            continue  # not an engine, ours, or one that ended (a zombie keeps its cores in /proc)
-        cores = _cores_from_list(fields.get("Cpus_allowed_list", ""))
-        if cores and not every <= cores:
-            taken |= cores
+        finally:
+            os.close(fd)
     return taken
 
 

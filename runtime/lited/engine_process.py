@@ -86,7 +86,7 @@ import msgpack
 import numpy as np
 
 from lited import shared_semaphore
-from lited.cores import ENGINE_NAME, pin_threads
+from lited.cores import pin_threads
 from lited.engines import ENGINES
 from lited.engines.base import Engine, EngineError, TensorSpec
 from lited.errors import first_line
@@ -890,7 +890,7 @@ def main(argv: list) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C reaches the whole process group:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the parent drains, then closes the child
     signal.signal(signal.SIGHUP, signal.SIG_IGN)   # `systemctl kill -s HUP` signals the whole unit: a reload
-    _set_thread_name(ENGINE_NAME.encode())
+    _set_thread_name(b"lited-engine")
     if argv[2] != STARTED_WITH:  # before anything of the wire is used: its exit status is all it says
         os._exit(OTHER_LITED)
     sock = socket.socket(fileno=int(argv[0]))

@@ -40,7 +40,7 @@ from typing import Any, Callable, ClassVar, Optional, Sequence
 from lited import __version__, protocol
 from lited.bundle import Bundle, BundleError, load_bundle
 from lited.config import Config, ConfigError, ModelSettings, StreamConfig, load_config, uplink_restart_fields
-from lited.cores import CorePlan, apply as apply_plan, cores_of_other_engines, plan_cores, share_threads
+from lited.cores import CoreClaim, CorePlan, apply as apply_plan, cores_of_other_engines, plan_cores, share_threads
 from lited.engine_process import child_pids
 from lited.engines import EngineError
 from lited.model import Model
@@ -165,6 +165,7 @@ class Daemon:
         self.stream_threads: dict = {}     # stream name -> its engine's threads (cores.share_threads)
         self.cpus = tuple(sorted(os.sched_getaffinity(0)))  # every core we may use, before any plan pins us
         self.core_plan: Optional[CorePlan] = None
+        self.core_claim = CoreClaim()  # where other lited processes read the cores our engines are on
         self.last_reload: dict = {}
         self.ready = False                 # True once start() finished: streams warm, `ready` published
         self.stop_event = threading.Event()
@@ -342,6 +343,7 @@ class Daemon:
         self.core_plan = plan_cores(shared, self.cpus, self.config.pin_engines,
                                     cores_of_other_engines() if self.config.pin_engines else ())
         apply_plan(self.core_plan)
+        self.core_claim.publish(self.core_plan)
         for name, stream in self.streams.items():  # a reload: streams that keep running move too
             model = stream.model
             if model is not None and name in self.core_plan.engines:
@@ -437,6 +439,7 @@ class Daemon:
         self.watchdog.stop()
         if self.bus is not None:
             self.bus.stop()
+        self.core_claim.close()
 
     def run_forever(self) -> None:
         """Main thread: status line, stall checks, reloads asked for by SIGHUP."""
