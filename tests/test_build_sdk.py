@@ -159,6 +159,39 @@ def test_imported_fields_pass_lited_validation(config: str, tmp_path: Path) -> N
     assert validate_manifest(manifest, tmp_path) == []
 
 
+def test_text_inputs_not_in_utf8_are_one_line_and_a_byte_order_mark_is_dropped(tmp_path: Path) -> None:
+    """A GBK labels file, fragment or infer_cfg.yml (PaddleClas and PaddleDetection files saved on
+    Chinese Windows) was a UnicodeDecodeError traceback; a UTF-8 one with a byte-order mark kept it
+    in the first label."""
+    from lited.sdk.labels import LabelFile
+
+    gbk = tmp_path / "标签 gbk.txt"
+    gbk.write_bytes("人脸\n车辆\n".encode("gbk"))
+    with pytest.raises(BuildError, match=r"^--labels: .*标签 gbk\.txt: not UTF-8 text \(byte 0: save it as UTF-8\)$"):
+        LabelFile(gbk, origin="--labels").read()
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes(b"\xef\xbb\xbf" + "人脸\n车辆\n".encode())
+    assert LabelFile(bom).read() == ["人脸", "车辆"]
+    fragment = tmp_path / "fragment.json"
+    fragment.write_bytes(b"\xef\xbb\xbf" + json.dumps({"decoder": {"type": "classification"}}).encode())
+    assert import_configs([fragment])["decoder"] == {"type": "classification"}
+    infer_cfg = tmp_path / "infer_cfg.yml"
+    infer_cfg.write_bytes((DATA / "ppdet_yolo" / "infer_cfg.yml").read_bytes() + "# 说明\n".encode("gbk"))
+    with pytest.raises(BuildError, match=r"^config: .*infer_cfg\.yml: not UTF-8 text \(byte \d+"):
+        import_configs([infer_cfg])
+
+
+def test_a_model_named_in_other_characters_only_asks_for_a_name() -> None:
+    """`人脸检测 模型.onnx` (or `model.onnx` in `人脸检测/`) was named after a folder further up
+    (`tmp`, `home`)."""
+    from lited.sdk.builder import _default_name
+
+    for model in ("/tmp/输入 文件/人脸检测 模型.onnx", "/srv/人脸检测/model.onnx"):
+        with pytest.raises(BuildError, match=r"^--name: '人脸检测.*' has no letter or digit a bundle name may hold"):
+            _default_name(Path(model))
+    assert _default_name(Path("/srv/face_v2/model.onnx")) == "face_v2"
+
+
 @pytest.mark.parametrize("prefix", ["", "x2paddle_"])
 def test_paddledet_extra_inputs_are_filled(prefix: str) -> None:
     """im_shape and scale_factor are not images: lited fills them per frame."""

@@ -454,3 +454,14 @@ def test_files_are_read_only_from_inside_the_bundle_when_they_are_read(tmp_path)
         load_bundle(root)
     assert str(err.value).endswith("manifest.json: links out of the bundle"), str(err.value)
     assert "TOPSECRET" not in str(err.value) and "api_key" not in str(err.value)
+
+
+def test_a_byte_order_mark_is_no_part_of_the_first_label(tmp_path):
+    """Windows Notepad saves UTF-8 with a byte-order mark: it became part of label 0 (`\\ufeffperson`),
+    and uplink rules, a cascade's `select.labels` and apps comparing `== "person"` matched nothing."""
+    from conftest import make_bundle
+
+    root = make_bundle("fastestdet", tmp_path)
+    labels = (root / "labels.txt").read_bytes()
+    (root / "labels.txt").write_bytes(b"\xef\xbb\xbf" + labels)
+    assert load_bundle(reseal(root)).labels[0] == "person"

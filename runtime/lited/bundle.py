@@ -901,7 +901,7 @@ def read_labels(path: Path, sha256: str | None = None, field: str = "labels_sha2
     data = read_capped(path, MAX_LABELS_BYTES, bundle_root)
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256.lower():
         raise FileRefused(path, f"sha256 mismatch ({field})")
-    labels = split_labels(data.decode("utf-8"))
+    labels = split_labels(data.decode("utf-8-sig"))  # a byte-order mark is no part of the first label
     if len(labels) > MAX_LABELS:
         raise FileRefused(path, f"{len(labels)} labels, over the limit of {MAX_LABELS}")
     return labels

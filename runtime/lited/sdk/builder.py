@@ -91,6 +91,9 @@ def _default_name(model: Path) -> str:
         name = re.sub(r"[^A-Za-z0-9._-]+", "-", part.stem).strip("-.")[:64]
         if name and name.lower() not in GENERIC_NAMES and name_problem(name) is None:
             return name
+        if not name and part.stem.strip():  # 人脸检测.onnx: a folder further up named it (`home`, `tmp`)
+            raise BuildError(f"--name: {part.stem!r} has no letter or digit a bundle name may hold "
+                             "(A-Z, a-z, 0-9, '.', '_', '-'): give --name")
     return "model"
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lited.sdk import BuildError
+from lited.sdk import BuildError, read_utf8
 from lited.sdk.labels import LabelFile
 from lited.sdk.paddleclas_cfg import import_inference_cfg
 from lited.sdk.paddledet_cfg import import_infer_cfg
@@ -27,7 +27,7 @@ BUILDER_KEYS = ("schema", "paddle_lite_version", "models", "golden")
 def _read(path: Path) -> object:
     if not path.is_file():
         raise BuildError(f"{path}: config not found")
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path, "config")
     if path.suffix.lower() == ".json":
         try:
             return json.loads(text)

@@ -16,7 +16,7 @@ from typing import Iterator
 
 from lited.bundle import split_labels
 
-from lited.sdk import BuildError
+from lited.sdk import BuildError, read_utf8
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class LabelFile:
         where = self.origin or str(self.path)
         if not self.path.is_file():
             raise BuildError(f"{where}: labels file {self.path} not found; give --labels FILE")
-        text = self.path.read_text(encoding="utf-8")
+        text = read_utf8(self.path, where)
         if self.kind == "class_id_map":
             return _class_id_map(text, self.delimiter or " ", where)
         names = split_labels(text)  # kept exactly: a key file may hold " " or U+3000 as a label

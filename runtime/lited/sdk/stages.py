@@ -91,7 +91,7 @@ def add_stages(entries: list, targets: list, root: Path, workdir: Path) -> list:
         src = _bundle_dir(Path(entry["bundle"]), workdir, i)
         try:
             manifest = json.loads((src / "manifest.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # (JSONDecodeError and UnicodeDecodeError are ValueErrors)
             raise BuildError(f"stages[{i}].bundle: {src / 'manifest.json'}: {exc}") from None
         if manifest.get("stages"):
             raise BuildError(f"stages[{i}].bundle: {src.name} is a cascade itself; a stage is one model")
