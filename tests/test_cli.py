@@ -417,3 +417,48 @@ def test_serve_out_of_memory_at_start_is_one_line(tmp_path, bundles_dir, megabyt
     assert "Traceback" not in err and proc.returncode in (1, 2), err
     assert lines[-1].startswith("lited: ") and ("can't start new thread: out of memory" in lines[-1]
                                                  or "out of memory (MemoryError)" in lines[-1]), err
+
+
+@pytest.mark.parametrize("locale", ["en_US.ISO-8859-1", "zh_CN.GBK"])
+def test_a_locale_not_in_utf8_reads_chinese_labels_and_paths(locale: str, tmp_path: Path, bundles_dir: Path) -> None:
+    """A shell's LANG on a board (the unit sets PYTHONUTF8=1, a shell does not): `lited infer` and
+    `inspect` said `'latin-1' codec can't encode characters` for a Chinese label, and a bundle in a
+    Chinese-named folder was "not a directory". lited runs itself again in Python's UTF-8 mode."""
+    from conftest import reseal
+
+    charmaps = Path("/usr/share/i18n/charmaps")
+    if shutil.which("localedef") is None or not charmaps.is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail("localedef and its charmaps are not installed (apt's locales: tools/apt-test.txt)")
+        pytest.skip("localedef and its charmaps are not installed (apt-get install locales)")
+    name, charmap = locale.split(".")
+    (tmp_path / "locales").mkdir()
+    made = subprocess.run(["localedef", "-i", name, "-f", charmap, str(tmp_path / "locales" / locale)],
+                          capture_output=True, text=True)
+    assert (tmp_path / "locales" / locale).is_dir(), made.stderr
+    root = shutil.copytree(bundles_dir / "ultraface", tmp_path / "模型 包" / "人脸")
+    (root / "labels.txt").write_text("背景\n人脸\n", encoding="utf-8")
+    reseal(root)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONUTF8", "PYTHONIOENCODING", "LANGUAGE")}
+    env.update(LANG=locale, LC_ALL=locale, LOCPATH=str(tmp_path / "locales"))
+    image = need_shared("images", "astronaut.png")
+    for args, said in ((["inspect", "--bundle", str(root)], "labels: 2 (背景, 人脸)"),
+                       (["infer", "--bundle", str(root), str(image)], "  人脸 ")):
+        proc = subprocess.run([sys.executable, "-m", "lited.cli", *args], capture_output=True, env=env, timeout=120)
+        out, err = proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
+        assert proc.returncode == 0 and said in out, (args[0], proc.returncode, out, err)
+
+
+def test_control_characters_in_labels_are_printed_as_escapes(tmp_path: Path, bundles_dir: Path) -> None:
+    """A label's ESC and BEL reached the terminal raw from `lited inspect` and `lited infer` (the log
+    escaped them)."""
+    from conftest import reseal
+
+    root = shutil.copytree(bundles_dir / "ultraface", tmp_path / "b")
+    (root / "labels.txt").write_text("background\nfa\x1b[2Jce\x07\n")
+    reseal(root)
+    for args in (["inspect", "--bundle", str(root)],
+                 ["infer", "--bundle", str(root), str(need_shared("images", "astronaut.png"))]):
+        proc = subprocess.run([sys.executable, "-m", "lited.cli", *args], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and "fa\\x1b[2Jce\\x07" in proc.stdout, (proc.stdout, proc.stderr)
+        assert "\x1b" not in proc.stdout + proc.stderr and "\x07" not in proc.stdout

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Tuple
 
 from lited import __version__, ctl
-from lited.errors import NO_THREAD, OneLineParser, first_line
+from lited.errors import NO_THREAD, OneLineParser, first_line, printable
 from lited.cli_args import arg_engine, arg_number, arg_stream_name, arg_timeout
 
 EXIT_BAD_INPUT = 2
@@ -89,10 +89,10 @@ def format_result(result: dict, as_json: bool) -> str:
     lines = [f"{where}  [{result['task']}]"]
     for d in result["detections"]:
         x1, y1, x2, y2 = d["box"]
-        lines.append(f"  {d['label']:<20} {d['score']:.3f}  box {x1:.0f},{y1:.0f} - {x2:.0f},{y2:.0f}"
+        lines.append(f"  {printable(d['label']):<20} {d['score']:.3f}  box {x1:.0f},{y1:.0f} - {x2:.0f},{y2:.0f}"
                      + _stage_fields(d))
     for c in result["classes"]:
-        lines.append(f"  {c['label']:<20} {c['score']:.3f}")
+        lines.append(f"  {printable(c['label']):<20} {c['score']:.3f}")
     if "text" in result:
         lines.append(f"  text {json.dumps(result['text'], ensure_ascii=False)} ({result['text_score']:.3f})")
     if not result["detections"] and not result["classes"] and "text" not in result:
@@ -234,7 +234,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for stage, st in zip(bundle.stages, info["stages"]):
         print(f"  then stage {stage.name} on {stage.crop['mode']} crops: {st['file']} on {st['engine']}, "
               f"input {stage.inputs[stage.image_input]['shape']}, decoder {json.dumps(stage.decoder)}")
-    print(f"  labels: {info['labels']['count']} ({', '.join(info['labels']['first'])}"
+    print(f"  labels: {info['labels']['count']} ({', '.join(map(printable, info['labels']['first']))}"
           f"{', ...' if info['labels']['count'] > 5 else ''})")
     if info["golden"]:
         print(f"  golden image: {info['golden']}")
@@ -747,7 +747,24 @@ def keep_early_signals() -> None:
         signal.signal(sig, lambda signum, _: EARLY_SIGNALS.append(signum))
 
 
+def utf8_mode() -> None:
+    """Run again in Python's UTF-8 mode (PYTHONUTF8=1, which the engine processes inherit) under
+    a locale that is not UTF-8 (zh_CN.GBK, en_US.ISO-8859-1): Chinese labels and paths were
+    `'latin-1' codec can't encode`, and a bundle directory of a Chinese name "not a directory".
+    Files and arguments are then bytes as UTF-8 (what the bundles, configs and names hold);
+    the C locale needs none of this (Python coerces it to UTF-8 itself)."""
+    if sys.flags.utf8_mode or sys.getfilesystemencoding().lower().replace("-", "") == "utf8":
+        return
+    os.environ["PYTHONUTF8"] = "1"
+    try:
+        os.execv(sys.executable, [sys.executable, "-m", "lited.cli", *sys.argv[1:]])
+    except OSError:  # as it is, then
+        pass
+
+
 def main(argv: list | None = None) -> int:
+    if argv is None:
+        utf8_mode()
     if "serve" in (sys.argv[1:] if argv is None else argv)[:2]:
         keep_early_signals()
     args, unknown = build_parser().parse_known_args(argv)
@@ -813,6 +830,7 @@ def _fatal(line: str) -> None:
     "stopping" beside a failed start)."""
     from lited.service.logs import stderr_is_journal
 
+    line = printable(line)  # a label or a camera's words quoted in it: no ESC sequence reaches the terminal
     print(f"<3>{line}" if stderr_is_journal() else line, file=sys.stderr, flush=True)
     if os.environ.get("NOTIFY_SOCKET"):
         from lited.service.sdnotify import Notifier
