@@ -635,6 +635,17 @@ def test_what_tornado_refused_itself_gets_the_documented_answer(served):
     said = error(requests.post(u + "/api/model/service/base64/mid=%FF", json={"image": ""}), 400, "bad_request")
     assert said["error"]["message"] == said["msg"] == "path: not UTF-8 text", said  # in EdgeBoard's shape
     assert requests.get(u + "/v1/status").status_code == 200
+    # a raw UTF-8 path (curl sends one as typed) was named in Latin-1 read as UTF-8: /v1/streams/è½¦é´/...
+    import socket
+    from urllib.parse import urlsplit
+
+    with socket.create_connection((urlsplit(u).hostname, urlsplit(u).port), timeout=10) as sock:
+        sock.sendall("GET /v1/streams/车间/nope HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    said = json.loads(reply.partition(b"\r\n\r\n")[2])["error"]["message"]
+    assert said == "no route GET /v1/streams/车间/nope", said
 
 
 def test_form_fields_as_curl_sends_them(served):

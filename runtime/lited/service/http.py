@@ -924,10 +924,16 @@ class PageFile(Handler):
         self.finish(self.front.page[name])
 
 
+def shown_path(request: Any) -> str:
+    """The request's path as sent, for a message: tornado reads a raw UTF-8 path (`/v1/streams/车间`)
+    as Latin-1, which the JSON reply then wrote as `è½¦é´`."""
+    return request.path.encode("latin-1", "replace").decode("utf-8", "replace")[:200]
+
+
 class NotFound(Handler):
     def prepare(self) -> None:
         if self.authorized():
-            self.refuse("not_found", f"no route {self.request.method} {self.request.path[:200]}")
+            self.refuse("not_found", f"no route {self.request.method} {shown_path(self.request)}")
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         if status_code == 405:  # a method tornado does not know (FOO, TRACE), refused before prepare: no route
@@ -956,6 +962,6 @@ def _logged(front: HttpFront) -> Callable[[tornado.web.RequestHandler], None]:
         status = handler.get_status()
         front.request_counts[(getattr(handler, "route", "other"), status)] += 1
         if status >= 500 and status != 503:
-            log.warning("http: %s %s -> %d", handler.request.method, handler.request.path[:200], status,
+            log.warning("http: %s %s -> %d", handler.request.method, shown_path(handler.request), status,
                         extra={"event": "http_error"})
     return log_request
