@@ -372,6 +372,58 @@ def test_daemon_restart_with_a_full_outbox_loses_nothing(broker, tmp_path, bundl
     assert {(e["image"]["seq"], e["image"]["detection"]) for e in cloud.entries("crop")} == crops
 
 
+def test_an_outbox_read_only_at_start_keeps_the_daemon_serving_and_its_backlog_is_sent(broker, tmp_path, bundles_dir):
+    """An SD card remounted read-only (ext4's errors=remount-ro) under an outbox holding a backlog:
+    the daemon refused to start (`uplink.outbox.dir: ...: Permission denied`), so cameras and local
+    apps got nothing. It starts and streams; status says what fails; the backlog goes out, once; new
+    records are refused and counted; once the directory is writable again, status clears."""
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        pytest.skip("root without setpriv: a read-only directory is no obstacle to root")
+    broker.stop()
+    outbox = tmp_path / "outbox"
+    config = {"models": {"face": str(bundles_dir / "ultraface")},
+              "streams": [{"name": "cam", "source": "synth://?size=320x240&fps=10", "model": "face"}],
+              "uplink": broker.uplink_config("dev1", ack="cloud", resend_after=1, status_interval=1,
+                                             outbox={"dir": str(outbox)})}
+    with device(tmp_path, config) as d:  # events pile up in the outbox while the broker is down
+        wait_until(lambda: uplink_status(d)["outbox"]["queued"] >= 2, 30)
+    os.chmod(outbox, 0o555)
+    # root reads and writes anything: the daemon runs without that capability, as the service user would
+    no_override = ("setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps",
+                   "-dac_override,-dac_read_search") if os.geteuid() == 0 else ()
+    d = DaemonProcess(tmp_path / "d", config, wrapper=no_override)
+    try:
+        d.start()
+        with Subscriber(d.pub, streams=["cam"]) as sub:
+            assert wait_until(lambda: sub.recv(1), 30)["stream"] == "cam"  # local apps are served
+        status = uplink_status(d)
+        waiting = status["outbox"]["queued"]
+        assert waiting >= 2 and "cannot write state.json: Permission denied" in status["outbox"]["problem"], status
+        table = subprocess.run([sys.executable, "-m", "lited.cli", "ctl", "status", "--endpoint", d.req],
+                               capture_output=True, text=True, timeout=30).stdout
+        assert ", FAILING: " in table and "cannot write state.json: Permission denied" in table, table
+        broker.start()
+        cloud = Cloud(broker, tmp_path)
+        try:
+            wait_until(lambda: len({e["id"] for e in cloud.entries() if "id" in e}) >= waiting, 60)
+            wait_until(lambda: uplink_status(d)["outbox"]["refused"] > 0, 30)  # the daemon's new events
+            status = uplink_status(d)
+            assert "cannot store them: Permission denied" in status["outbox"]["problem"], status
+            os.chmod(outbox, 0o755)  # writable again: the next records (a reload's events) are stored, status clears
+            d.signal(signal.SIGHUP)
+            wait_until(lambda: not uplink_status(d)["outbox"]["problem"], 30)
+        finally:
+            cloud.stop()
+    finally:
+        os.chmod(outbox, 0o755)
+        d.stop()
+    ids = [int(e["id"].rsplit(":", 1)[1]) for e in cloud.entries() if "id" in e]
+    assert sorted(ids)[:waiting] == list(range(1, waiting + 1)) and len(ids) == len(set(ids)), ids
+    log = d.output()
+    assert "outbox: cannot write state.json" in log and "(failure 1)" in log, log[-3000:]
+    assert "outbox: writing state.json again" in log, log[-3000:]
+
+
 def test_full_outbox_disk_drops_oldest_counts_and_keeps_serving(broker, tmp_path, bundles_dir):
     """The outbox on a 1 MiB tmpfs, the broker down, whole frames attached: the
     disk fills, the oldest records go (counted), results keep flowing on the

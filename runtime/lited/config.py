@@ -825,8 +825,8 @@ class UplinkSection(Section):
 
 
 def _directory_problem(path: Path) -> Optional[str]:
-    """Why `path` cannot be a directory the daemon makes (or uses) and writes,
-    or None. Where it does not exist yet, a directory is made and removed at
+    """Why `path` cannot be a directory the daemon makes, or None (one that is
+    there is taken, writable or not). Where it does not exist yet, a directory is made and removed at
     once in the deepest part that does (`nginx -t` opens its logs likewise):
     only trying tells /proc or a read-only mount from a writable place, as root."""
     probe = path
@@ -834,8 +834,8 @@ def _directory_problem(path: Path) -> Optional[str]:
         probe = probe.parent
     if not probe.is_dir():
         return f"{path}: {'not a directory' if probe == path else f'{probe} is not a directory'}"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return f"{path}: {probe} is not writable"
+    if not os.access(probe, os.W_OK | os.X_OK) and probe != path:  # (one there that turned read-only, an SD card
+        return f"{path}: {probe} is not writable"                      # remounted so: the uplink says so, serving on)
     if probe != path:
         import tempfile
 

@@ -213,7 +213,8 @@ def human_status(out: dict, endpoint: str) -> str:
                      f"; outbox {box['queued']} queued, {box['dropped']} dropped"
                      # losses that only --json showed: refused (a full disk, a record too big), by the broker (ACL)
                      + "".join(f", {n} {what}" for n, what in ((box.get("refused"), "refused"),
-                               ((up.get("counters") or {}).get("refused_by_broker"), "refused by the broker")) if n))
+                               ((up.get("counters") or {}).get("refused_by_broker"), "refused by the broker")) if n)
+                     + (f", FAILING: {box['problem']}" if box.get("problem") else ""))
     lines += ["", table([(n, m.get("name"), m["version"], m["task"], m["bundle"]) for n, m in out["models"].items()],
                         ("MODEL", "BUNDLE", "VERSION", "TASK", "DIRECTORY"))]
     if out["streams"]:

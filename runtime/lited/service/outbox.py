@@ -93,6 +93,8 @@ class Outbox:
         self._last_refuse_log = -DROP_LOG_INTERVAL
         self._last_state_log = -DROP_LOG_INTERVAL
         self._state_failures = 0
+        # what fails now, for status (a read-only or failing disk was said in the log alone): records, state
+        self._failing = {"records": "", "state": ""}
         self.truncated_bytes = 0                 # torn tails cut on open
         self.damaged_bytes = 0                   # damaged stretches skipped on open (records after them kept)
         state = self._read_state()
@@ -153,11 +155,17 @@ class Outbox:
                 log.warning("%s: cutting a torn tail of %d bytes at offset %d", path, len(data) - good, good,
                             extra={"event": "outbox_torn"})
                 self.truncated_bytes += len(data) - good
-                with open(path, "r+b") as fh:
-                    fh.truncate(good)
-                    os.fsync(fh.fileno())
+                try:
+                    with open(path, "r+b") as fh:
+                        fh.truncate(good)
+                        os.fsync(fh.fileno())
+                except OSError as exc:  # read-only (an SD card remounted so): read up to it, cut at a later start
+                    self._failing["records"] = f"cannot cut the torn tail of {name}: {exc.strerror or exc}"
+                    log.warning("%s: cannot cut its torn tail (%s): its records before it are read, the tail "
+                                "is cut at a start that can", path, exc.strerror or exc, extra={"event": "outbox_torn"})
             if count == 0:
-                os.unlink(path)
+                with contextlib.suppress(OSError):  # (read-only: left, and skipped again at the next start)
+                    os.unlink(path)
                 continue
             segments.append(_Segment(path, first, last, count, good))
         self._damage_counted = found  # those of segments gone (acked) are forgotten
@@ -191,6 +199,7 @@ class Outbox:
                 if seg is None:
                     self.refused += len(records)
                     refused = True
+                    self._failing["records"] = "the disk is full and nothing older is left to drop"
                     self._say_refused(f"outbox: the disk is full and nothing older is left to drop: refused "
                                       f"{len(records)} records ({self.refused} so far)")  # it was counted in silence
                 else:
@@ -208,20 +217,32 @@ class Outbox:
                         seg.size, seg.count, seg.last = before, seg.count - len(records), first - 1
                         self.next_seq = first
                     self.refused += len(records)
+                    self._failing["records"] = f"cannot make records durable: {exc.strerror or exc}"
                 log.error("outbox: cannot make %d records durable (%s); refused", len(records), exc,
                           extra={"event": "outbox_refused"})
                 return None
             with self._lock:
                 self.durable_last = max(self.durable_last, first + len(records) - 1)
+                self._works_again("records", "storing records")
         return list(range(first, first + len(records)))
 
-    def refuse(self, count: int, why: str) -> None:
+    def refuse(self, count: int, why: str, failing: bool = False) -> None:
         """`count` records refused before they reached the log (`put_many`'s
-        ValueError: each over the record limit): counted in `refused` like the
-        ones a full disk refuses, and logged (at most every DROP_LOG_INTERVAL s)."""
+        ValueError: each over the record limit; `failing`: its OSError, the disk
+        failing, which status shows until records are stored again): counted in
+        `refused` like the ones a full disk refuses, and logged (at most every
+        DROP_LOG_INTERVAL s)."""
         with self._lock:
             self.refused += count
+            if failing:
+                self._failing["records"] = why
             self._say_refused(f"outbox: refused {count} records ({self.refused} so far): {why}")
+
+    def _works_again(self, kind: str, what: str) -> None:
+        """A write of `kind` that had failed went through: said once, and status clears."""
+        if self._failing[kind]:
+            log.info("outbox: %s again (%s before)", what, self._failing[kind], extra={"event": "outbox_ok"})
+            self._failing[kind] = ""
 
     def _append_locked(self, first: int, blob: bytes, count: int) -> Optional[_Segment]:
         while True:
@@ -329,7 +350,8 @@ class Outbox:
         if done:
             self._write_state(force=True)
             for seg in done:
-                os.unlink(seg.path)
+                with contextlib.suppress(OSError):  # read-only: a later start finds it acknowledged (or sends again)
+                    os.unlink(seg.path)
 
     # -- acknowledgements and reading
     def ack(self, seq: int) -> bool:
@@ -401,7 +423,8 @@ class Outbox:
             return {"queued": queued, "bytes": size, "max_bytes": self.max_bytes, "segments": len(self._segments),
                     "dropped": self.dropped, "refused": self.refused, "next_seq": self.next_seq,
                     "acked_below": self.acked_below, "truncated_bytes": self.truncated_bytes,
-                    "damaged_bytes": self.damaged_bytes, "epoch": self.epoch}
+                    "damaged_bytes": self.damaged_bytes, "epoch": self.epoch,
+                    "problem": "; ".join(p for p in self._failing.values() if p)}
 
     def _write_state(self, force: bool) -> None:
         with self._state_lock:
@@ -425,10 +448,13 @@ class Outbox:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
                 self._state_failures += 1
+                self._failing["state"] = f"cannot write state.json: {exc.strerror or exc}"
                 if now - self._last_state_log >= DROP_LOG_INTERVAL:  # once per record, 30 lines in 10 s, before
                     self._last_state_log = now
-                    log.warning("outbox: cannot write state.json: %s (%d times so far)", exc, self._state_failures,
+                    log.warning("outbox: cannot write state.json: %s (failure %d)", exc, self._state_failures,
                                 extra={"event": "outbox_state"})
+            else:
+                self._works_again("state", "writing state.json")
 
     def close(self) -> None:
         with self._write_lock, self._lock:

@@ -271,7 +271,7 @@ class Uplink:
             self.outbox.refuse(len(records), str(exc))
             seqs = None
         except OSError as exc:         # a failing disk: counted, never raised into the daemon
-            self.outbox.refuse(len(records), f"cannot store them: {exc.strerror or exc}")  # counted, said every 10 s
+            self.outbox.refuse(len(records), f"cannot store them: {exc.strerror or exc}", failing=True)  # said every 10 s
             seqs = None
         if seqs is None:
             self._count("refused", len(batches))
