@@ -24,6 +24,7 @@ from cdp import Chromium, need_chromium
 from conftest import ROOT, need_shared, reseal, write_video
 from daemon_process import DaemonProcess
 from soak import rss_mb, tree
+from test_daemon import wait_until
 from lited.bundle import load_bundle
 from lited.client import ClientError
 from lited.model import Model
@@ -815,6 +816,39 @@ def test_under_a_low_open_files_limit_http_keeps_room_and_both_are_said(tmp_path
         assert "http: the open-files limit leaves room for 32 connections an address, not 542" in out, out
     finally:
         for sock in idle:
+            sock.close()
+        assert d.stop() == 0, d.output()[-3000:]
+
+
+def test_out_of_descriptors_accepting_pauses_says_so_once_and_comes_back(tmp_path):
+    """The open-files limit lowered on the running daemon to what it holds: tornado's accept loop
+    raised at every wake-up while connections waited (57,000 tracebacks in 6 s). Now: one line, a
+    look every second, one line when it accepts again, and the connections then served."""
+    import resource
+
+    d = DaemonProcess(tmp_path, {"models": {}, "streams": [], "http": {"listen": "127.0.0.1:0"}}).start()
+    waiting = []
+    try:
+        url = Served(d).url
+        host, port = url.split("//")[1].split(":")
+        soft, hard = resource.prlimit(d.proc.pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(d.proc.pid, resource.RLIMIT_NOFILE, (len(os.listdir(f"/proc/{d.proc.pid}/fd")), hard))
+        try:
+            for _ in range(4):  # in the listen queue: the kernel completes them, the daemon cannot take them
+                waiting.append(socket.create_connection((host, int(port))))
+            wait_until(lambda: "http: cannot accept connections on" in d.output(), 10)
+            time.sleep(2.5)  # it looks again every second meanwhile
+        finally:
+            resource.prlimit(d.proc.pid, resource.RLIMIT_NOFILE, (soft, hard))
+        waiting[0].sendall(b"GET /v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        waiting[0].settimeout(10)
+        assert waiting[0].recv(12) == b"HTTP/1.1 200", "a connection that waited was not served"
+        assert requests.get(url + "/v1/status", timeout=10).status_code == 200
+        out = d.output()
+        assert out.count("http: cannot accept connections on") == 1 and "Too many open files" in out, out[-3000:]
+        assert "http: accepting connections on" in out and "Traceback" not in out, out[-3000:]
+    finally:
+        for sock in waiting:
             sock.close()
         assert d.stop() == 0, d.output()[-3000:]
 

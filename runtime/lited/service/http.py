@@ -27,6 +27,7 @@ import asyncio
 import base64
 import collections
 import concurrent.futures
+import errno
 import hmac
 import ipaddress
 import json
@@ -36,6 +37,7 @@ import re
 import resource
 import socket
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
@@ -45,6 +47,7 @@ import cv2
 import numpy as np
 import tornado.httpserver
 import tornado.httputil
+import tornado.ioloop
 import tornado.iostream
 import tornado.netutil
 import tornado.web
@@ -70,6 +73,9 @@ KEEP_ALIVE_S = 15.0       # s of silence before an event stream sends a comment 
 SEND_TIMEOUT = 10.0       # s a streaming client may take to read a frame or message before it is dropped
 MAX_CONNECTIONS = 512      # HTTP connections open at once a listen address, beside the live and event clients
 # the config lets in; past them a new one is closed at once
+ACCEPT_PAUSE_S = 1.0       # out of descriptors, accepting pauses this long between tries
+ACCEPT_SAY_S = 60.0        # ... and says so at most this often (with its recovery)
+SHORT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 FILES_KEPT = 192           # descriptors the rest of the daemon keeps, before HTTP takes half of what is left
 PAGE_DIR = Path(__file__).with_name("page")
 PAGE_FILES = {"lited.js": "application/javascript; charset=utf-8", "lited.css": "text/css; charset=utf-8"}
@@ -88,6 +94,67 @@ class CappedHTTPServer(tornado.httpserver.HTTPServer):
         self.max_connections = max_connections
         self.open_streams: "weakref.WeakSet" = weakref.WeakSet()
         self.connections_refused = 0
+        self.accept_problem = ""  # why accepting fails now (no descriptors), said once
+
+    def add_sockets(self, sockets: list) -> None:
+        """tornado's, with an accept loop that pauses while descriptors are short: tornado's raised
+        at every wake-up while the connection waited in the listen queue (a limit lowered on the
+        running daemon: 57,000 tracebacks in 6 s, 24 MB of log)."""
+        for sock in sockets:
+            self._sockets[sock.fileno()] = sock
+            self._handlers[sock.fileno()] = self._accept_on(sock)
+
+    def _accept_on(self, sock: socket.socket) -> Callable[[], None]:
+        """Accept connections on `sock` as tornado.netutil.add_accept_handler does; on EMFILE and
+        the like, say so (at most every ACCEPT_SAY_S, and when it accepts again) and look again
+        every ACCEPT_PAUSE_S. Returns the remover."""
+        loop = tornado.ioloop.IOLoop.current()
+        where = address(*sock.getsockname()[:2])
+        state: dict = {"removed": False, "paused": None, "said_at": -ACCEPT_SAY_S, "said": False}
+
+        def accept(fd: Any, events: int) -> None:
+            for _ in range(128):  # tornado's bound: others get their turn
+                if state["removed"]:
+                    return
+                try:
+                    connection, peer = sock.accept()
+                except BlockingIOError:
+                    return
+                except ConnectionAbortedError:
+                    continue
+                except OSError as exc:
+                    if exc.errno not in SHORT_OF_DESCRIPTORS:
+                        raise
+                    loop.remove_handler(sock)
+                    state["paused"] = loop.call_later(ACCEPT_PAUSE_S, resume)
+                    self.accept_problem = exc.strerror or str(exc)
+                    if time.monotonic() - state["said_at"] >= ACCEPT_SAY_S:  # at the edge it comes and goes
+                        state["said_at"], state["said"] = time.monotonic(), True
+                        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+                        log.warning("http: cannot accept connections on %s: %s (the open-files limit is %d: "
+                                    "ulimit -n, LimitNOFILE=); trying again every %g s", where, exc.strerror,
+                                    limit, ACCEPT_PAUSE_S, extra={"event": "http_error"})
+                    return
+                self.accept_problem = ""
+                if state["said"]:
+                    state["said"] = False
+                    log.info("http: accepting connections on %s again", where, extra={"event": "http"})
+                self._handle_connection(connection, peer)
+
+        def resume() -> None:
+            state["paused"] = None
+            if not state["removed"]:
+                loop.add_handler(sock, accept, tornado.ioloop.IOLoop.READ)
+
+        def remove() -> None:
+            state["removed"] = True
+            if state["paused"] is not None:
+                loop.remove_timeout(state["paused"])
+            else:
+                loop.remove_handler(sock)
+
+        loop.add_handler(sock, accept, tornado.ioloop.IOLoop.READ)
+        return remove
 
     def handle_stream(self, stream: tornado.iostream.IOStream, address: Any) -> None:
         if len(self.open_streams) >= self.max_connections:
