@@ -76,6 +76,9 @@ def test_an_unreadable_image_is_skipped_and_the_rest_inferred_once(tmp_path, bun
         assert "FIFO" in skipped[1]
         assert status["state"] == "ended" and status["counters"]["captured"] == 3
         assert status["counters"]["reconnects"] == 0
+        # and the log names them (it said nothing: ERRORS rose in `lited ctl status`, no reason anywhere)
+        said = [line for line in d.output().splitlines() if "stream stills: skipped: " in line]
+        assert len(said) == 2 and " W " in said[0] and "b.png (0 bytes)" in said[0] and "d.png" in said[1], said
     finally:
         assert d.stop() == 0, d.output()[-3000:]
 
@@ -243,5 +246,24 @@ def test_a_truncated_ring_is_repaired_replaced_and_reported(tmp_path, bundles_di
         with d.client() as client:
             assert client.ping()["pong"]
         assert stream_status(d, "cam")["state"] == "streaming"
+    finally:
+        assert d.stop() == 0, d.output()[-3000:]
+
+
+def test_unreadable_images_in_a_loop_are_logged_a_few_times_not_every_pass(tmp_path, bundles_dir):
+    """Twelve empty files beside one good image, looped at 50 fps: every pass skips them all, and
+    the log names them (at most 5 lines in 10 s a stream), not 12 lines a pass."""
+    folder = tmp_path / "stills"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), cv2.resize(cv2.imread(str(need_shared("images", "astronaut.png"))), (320, 240)))
+    for i in range(12):
+        (folder / f"b{i:02d}.png").write_bytes(b"")
+    d = DaemonProcess(tmp_path, {"models": {"face": str(bundles_dir / "ultraface")}, "streams": [
+        {"name": "stills", "source": f"images://{folder}?loop=1&fps=50"}]}).start()
+    try:
+        with Recorder(d.pub) as rec:
+            rec.wait(lambda ms: len(events(ms, "skipped")) >= 36, stream="stills", timeout=30)  # three passes
+        said = [line for line in d.output().splitlines() if "stream stills: skipped: " in line]
+        assert len(said) == 5 and all("(0 bytes)" in line for line in said), said
     finally:
         assert d.stop() == 0, d.output()[-3000:]

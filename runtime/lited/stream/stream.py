@@ -36,6 +36,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("lited.stream")
 
 STATES = ("connecting", "streaming", "stalled", "backoff", "ended", "stopped")
+# Events that are logged too (a state change has its own line; `ring` is logged where it comes from),
+# each kind at most EVENT_LOG_LINES times in EVENT_LOG_S a stream, the next line saying how many were
+# not: a folder of unreadable images looped for ever counted errors the log never named.
+LOGGED_EVENTS = {"skipped": logging.WARNING, "resized": logging.INFO}
+EVENT_LOG_S = 10.0
+EVENT_LOG_LINES = 5
 
 
 def source_policy(source: Union[str, Source]) -> str:
@@ -99,6 +105,7 @@ class Stream:
         self._snapshot_lock = threading.Lock()  # one snapshot lease at a time (ring_slots counts one)
         self._publish_cb = publish
         self._on_event = on_event
+        self._events_logged: dict = {}  # LOGGED_EVENTS kind -> (window start, lines in it, not logged)
         self._beat = beat  # called by the active runner's loop at least every 0.5 s (watchdog)
         self._model_factory = model_factory
         self._state_at = 0.0  # monotonic time of the last state change
@@ -287,8 +294,25 @@ class Stream:
             self._free_engine()
 
     def _event(self, kind: str, detail: str, **extra) -> None:
+        if kind in LOGGED_EVENTS:
+            self._log_event(kind, detail)
         if self._on_event is not None:
             self._on_event({"stream": self.name, "event": kind, "detail": detail, "ts": time.time(), **extra})
+
+    def _log_event(self, kind: str, detail: str) -> None:
+        """`kind`'s line, at most EVENT_LOG_LINES in EVENT_LOG_S; the first after a window that
+        held more says how many were not logged."""
+        now = time.monotonic()
+        since, lines, unsaid = self._events_logged.get(kind, (-EVENT_LOG_S, 0, 0))
+        if now - since >= EVENT_LOG_S:
+            since, lines = now, 0
+        if lines >= EVENT_LOG_LINES:
+            self._events_logged[kind] = (since, lines, unsaid + 1)
+            return
+        self._events_logged[kind] = (since, lines + 1, 0)
+        more = f" ({unsaid} more {kind} not logged before this)" if unsaid else ""
+        log.log(LOGGED_EVENTS[kind], "stream %s: %s: %s%s", self.name, kind, detail, more,
+                extra={"stream": self.name, "event": kind})
 
     # -- state and status
     def check_stall(self) -> None:
