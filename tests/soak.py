@@ -34,6 +34,8 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+from lited.cores import CLAIM_PREFIX  # noqa: E402 - after the path above
+
 DEFAULT_SOURCE = "synth://?size=640x480&fps=0"
 
 
@@ -69,7 +71,8 @@ def threads(pid: int, children: bool = False) -> int:
 
 def shm_rings(pid: int) -> list:
     """Names of the /dev/shm frame rings written by process `pid`."""
-    return sorted(n for n in os.listdir("/dev/shm") if n.startswith("lited-") and f"-{pid}-" in n)
+    return sorted(n for n in os.listdir("/dev/shm") if n.startswith("lited-") and f"-{pid}-" in n
+                  and not n.startswith(CLAIM_PREFIX))  # (where it says which cores its engines are on)
 
 
 def fit_per_hour(times: list, values: list) -> float:

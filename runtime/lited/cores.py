@@ -109,10 +109,11 @@ class CoreClaim:
         it (a full /dev/shm) only another lited's plan is the worse for it."""
         cores = ",".join(str(c) for c in sorted({c for cpus in plan.engines.values() for c in cpus})
                          ) if plan.pinned else ""
+        if not cores:  # nothing pinned (no stream, or the engines need every core): nothing to say
+            self.close()
+            return
         try:
             if self._fd is None:
-                if not cores:
-                    return
                 path = f"{CLAIMS_DIR}/{CLAIM_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else locks it
