@@ -32,6 +32,7 @@ import pytest
 from conftest import need_shared
 from daemon_process import DaemonProcess
 from soak import Recorder
+from test_daemon import wait_until
 
 
 def states(messages: list) -> list:
@@ -265,5 +266,19 @@ def test_unreadable_images_in_a_loop_are_logged_a_few_times_not_every_pass(tmp_p
             rec.wait(lambda ms: len(events(ms, "skipped")) >= 36, stream="stills", timeout=30)  # three passes
         said = [line for line in d.output().splitlines() if "stream stills: skipped: " in line]
         assert len(said) == 5 and all("(0 bytes)" in line for line in said), said
+    finally:
+        assert d.stop() == 0, d.output()[-3000:]
+
+
+def test_a_lost_camera_is_a_warning_once_for_each_reason_its_retries_information(tmp_path, bundles_dir):
+    """A dead camera was logged at information level only: `journalctl -p warning` showed nothing.
+    Now its first backoff for a reason is a warning, the retries for the same reason information."""
+    d = DaemonProcess(tmp_path, {"models": {"face": str(bundles_dir / "ultraface")}, "streams": [
+        {"name": "gone", "source": f"file://{tmp_path / 'camera.mp4'}", "model": "face"}]}).start()
+    try:
+        wait_until(lambda: d.output().count("stream gone: backoff (") >= 3, 30)
+        said = [line for line in d.output().splitlines() if "stream gone: backoff (" in line]
+        assert " W lited.stream: " in said[0] and "no such file" in said[0], said
+        assert all(" I lited.stream: " in line for line in said[1:]), said
     finally:
         assert d.stop() == 0, d.output()[-3000:]

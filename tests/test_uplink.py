@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -384,7 +385,19 @@ def test_an_outbox_read_only_at_start_keeps_the_daemon_serving_and_its_backlog_i
     config = {"models": {"face": str(bundles_dir / "ultraface")},
               "streams": [{"name": "cam", "source": "synth://?size=320x240&fps=10", "model": "face"}],
               "uplink": broker.uplink_config("dev1", ack="cloud", resend_after=1, status_interval=1,
-                                             outbox={"dir": str(outbox)})}
+                                             outbox={"dir": str(outbox)}),
+              "http": {"listen": "127.0.0.1:0"}}
+
+    def metrics(d: DaemonProcess) -> dict:
+        """The uplink's samples on /metrics, as Prometheus's own parser reads them."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with d.client() as client:
+            url = "http://" + client.status()["http"]["listening"][0]
+        text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text)
+                for s in f.samples if s.name.startswith("lited_uplink_")}
+
     with device(tmp_path, config) as d:  # events pile up in the outbox while the broker is down
         wait_until(lambda: uplink_status(d)["outbox"]["queued"] >= 2, 30)
     os.chmod(outbox, 0o555)
@@ -402,6 +415,9 @@ def test_an_outbox_read_only_at_start_keeps_the_daemon_serving_and_its_backlog_i
         table = subprocess.run([sys.executable, "-m", "lited.cli", "ctl", "status", "--endpoint", d.req],
                                capture_output=True, text=True, timeout=30).stdout
         assert ", FAILING: " in table and "cannot write state.json: Permission denied" in table, table
+        seen = metrics(d)  # and what a fleet's Prometheus alerts on
+        assert seen[("lited_uplink_connected", ())] == 0 and seen[("lited_uplink_outbox_failing", ())] == 1, seen
+        assert seen[("lited_uplink_outbox_records", ())] == waiting, seen
         broker.start()
         cloud = Cloud(broker, tmp_path)
         try:
@@ -412,6 +428,10 @@ def test_an_outbox_read_only_at_start_keeps_the_daemon_serving_and_its_backlog_i
             os.chmod(outbox, 0o755)  # writable again: the next records (a reload's events) are stored, status clears
             d.signal(signal.SIGHUP)
             wait_until(lambda: not uplink_status(d)["outbox"]["problem"], 30)
+            seen = metrics(d)
+            assert seen[("lited_uplink_connected", ())] == 1 and seen[("lited_uplink_outbox_failing", ())] == 0
+            assert seen[("lited_uplink_records_total", (("outcome", "acked"),))] >= waiting, seen
+            assert seen[("lited_uplink_records_lost_total", (("reason", "refused"),))] >= 1, seen
         finally:
             cloud.stop()
     finally:

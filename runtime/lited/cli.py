@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -352,6 +353,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             results.put_nowait(result)
         except queue.Full:  # a slow terminal must not stall inference
             pass
+
+    # The stream's own lines for what on_event says here (Python's last-resort handler would print
+    # its warnings: a lost source twice)
+    logging.getLogger("lited.stream").addFilter(
+        lambda record: getattr(record, "event", None) not in ("backoff", "stalled", "skipped", "resized"))
 
     def on_event(event: dict) -> None:
         if event["event"] in ("skipped", "decode"):  # an image that cannot be read, a result lost: said

@@ -76,7 +76,32 @@ class _Collector:
                      [((), len(st.get("watchdog_stale", [])))])
         yield from self._streams(st["streams"], CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
                                  InfoMetricFamily)
+        if st.get("uplink"):
+            yield from self._uplink(st["uplink"], CounterMetricFamily, GaugeMetricFamily)
         yield from self._http(CounterMetricFamily, GaugeMetricFamily)
+
+    def _uplink(self, up: dict, Counter: Any, Gauge: Any) -> Iterator[Any]:
+        """The MQTT uplink: what a fleet alerts on (a broker out of reach, a backlog growing, records
+        lost, an outbox that cannot write), which only `status` told."""
+        box, counters = up["outbox"], up["counters"]
+        yield _gauge(Gauge, "lited_uplink_connected", "1 while the uplink is connected to its broker",
+                     [((), 1.0 if up["connected"] else 0.0)])
+        yield _gauge(Gauge, "lited_uplink_outbox_records", "records in the outbox not yet confirmed",
+                     [((), box["queued"])])
+        yield _gauge(Gauge, "lited_uplink_outbox_bytes", "bytes of the outbox's segments on disk",
+                     [((), box["bytes"])])
+        yield _gauge(Gauge, "lited_uplink_outbox_failing", "1 while the outbox cannot write (outbox.problem)",
+                     [((), 1.0 if box.get("problem") else 0.0)])
+        lost = Counter("lited_uplink_records_lost", "records the outbox dropped (full) or refused",
+                       labels=["reason"])
+        lost.add_metric(["dropped"], box["dropped"])
+        lost.add_metric(["refused"], box["refused"])
+        yield lost
+        sent = Counter("lited_uplink_records", "records sent, sent again and confirmed, since the start",
+                       labels=["outcome"])
+        for outcome in ("sent", "resent", "acked"):
+            sent.add_metric([outcome], counters[outcome])
+        yield sent
 
     def _streams(self, streams: list, Counter: Any, Gauge: Any, Histogram: Any, Info: Any) -> Iterator[Any]:
         fps = Gauge("lited_stream_fps", "capture rate over the last frames", labels=["stream"])

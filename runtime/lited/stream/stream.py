@@ -105,6 +105,7 @@ class Stream:
         self._snapshot_lock = threading.Lock()  # one snapshot lease at a time (ring_slots counts one)
         self._publish_cb = publish
         self._on_event = on_event
+        self._trouble = ""  # why the source was last lost (backoff, stalled), until it streams again
         self._events_logged: dict = {}  # LOGGED_EVENTS kind -> (window start, lines in it, not logged)
         self._beat = beat  # called by the active runner's loop at least every 0.5 s (watchdog)
         self._model_factory = model_factory
@@ -287,8 +288,14 @@ class Stream:
             return
         self.state, self.detail = state, detail
         self._state_at = time.monotonic()
-        log.info("stream %s: %s%s", self.name, state, f" ({detail})" if detail else "",
-                 extra={"stream": self.name, "event": state})
+        level = logging.INFO  # a camera lost is a warning (`journalctl -p warning`), once for each reason
+        if state in ("backoff", "stalled"):
+            why = detail.split("; retry in ")[0]
+            level, self._trouble = (logging.WARNING if why != self._trouble else level), why
+        elif state == "streaming":
+            self._trouble = ""
+        log.log(level, "stream %s: %s%s", self.name, state, f" ({detail})" if detail else "",
+                extra={"stream": self.name, "event": state})
         self._event("state", detail, state=state)
         if state == "ended":
             self._free_engine()
