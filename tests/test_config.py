@@ -256,3 +256,16 @@ def test_ctl_reload_says_restarted_for_a_stream_in_started_and_stopped():
     line = human_reload({"reloaded": ["det"], "started": ["a", "new"], "stopped": ["a", "gone"], "took_ms": 1200},
                         "ipc://x")
     assert line == "reloaded det in 1.2 s; restarted a; started new; stopped gone"
+
+
+def test_a_tab_in_a_yaml_config_is_named(tmp_path):
+    """The technician's commonest YAML slip: the message said "found character that cannot start any
+    token" (the tab itself collapsed away with the whitespace)."""
+    from lited.config import read_config_file
+
+    path = tmp_path / "lited.yaml"
+    path.write_text("models:\n\tface: /srv/bundles/face\n")
+    with pytest.raises(ConfigError) as caught:
+        read_config_file(path)
+    assert str(caught.value).endswith("line 2, column 1: not valid YAML (while scanning for the next token found "
+                                      "character that cannot start any token: a tab (YAML indents with spaces))")

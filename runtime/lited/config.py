@@ -519,6 +519,9 @@ def read_config_file(path: Union[str, os.PathLike]) -> Any:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         what = " ".join(filter(None, (getattr(exc, "context", None), getattr(exc, "problem", None)))) or str(exc)
         what = " ".join(what.split())
+        lines = text.splitlines()
+        if mark is not None and mark.line < len(lines) and lines[mark.line][mark.column:mark.column + 1] == "\t":
+            what += ": a tab (YAML indents with spaces)"  # libyaml's message does not say which character
         if what.endswith("is given twice"):  # JSON's too (json.loads took the last in silence)
             raise ConfigError(str(path), [f"{where}{what}"]) from None
         raise ConfigError(str(path), [f"{where}not valid YAML ({what})"]) from None
