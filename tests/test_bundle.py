@@ -200,6 +200,8 @@ def test_truncated_model_is_named(bundle):
     path = bundle / "model_x86.nb"
     path.write_bytes(path.read_bytes()[:100_000])
     assert "model_x86.nb: 100000 bytes, manifest says 5208614 (truncated or wrong file)" in refusal(bundle)
+    path.write_bytes(bytes(5208615))  # longer: "truncated" sent an operator looking for the wrong thing
+    assert "model_x86.nb: 5208615 bytes, manifest says 5208614 (wrong file, or bytes added to it)" in refusal(bundle)
 
 
 def test_truncated_model_without_size_is_caught_by_its_header(bundle):

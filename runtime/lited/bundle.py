@@ -338,7 +338,8 @@ def check_model_file(model: ModelFile) -> list:
         return [f"{name}: {_not_a_file(path)} ({model.field}.file)"]
     size = path.stat().st_size
     if model.size is not None and size != model.size:
-        return [f"{name}: {size} bytes, manifest says {model.size} (truncated or wrong file)"]
+        return [f"{name}: {size} bytes, manifest says {model.size} "
+                f"({'truncated or wrong file' if size < model.size else 'wrong file, or bytes added to it'})"]
     try:
         digest = sha256_file(path)
     except FileRefused as exc:  # replaced by a FIFO or a device meanwhile, or over MAX_MODEL_BYTES
