@@ -376,6 +376,30 @@ def test_run_names_the_images_it_skips(bundles_dir, tmp_path):
     assert any(line.endswith(f"cannot decode {folder}/c.png (5 bytes); skipped") for line in proc.stderr.splitlines())
 
 
+def test_run_says_a_loss_once_a_reason_and_a_few_bad_images_in_a_loop(bundles_dir, tmp_path):
+    """`lited run` printed every retry of one lost source (5 lines for an outage of 14 s), and a
+    looping folder of bad images 192 lines in 12 s: a loss once for each reason (its retries with
+    -v), and at most 5 image lines in 10 s, the next saying how many were not."""
+    import shutil as sh
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(need_shared("images", "chelsea.png").read_bytes())
+    for i in range(10):
+        (folder / f"b{i}.png").write_bytes(b"")
+    proc = subprocess.Popen([sys.executable, "-m", "lited.cli", "run", "--bundle", str(bundles_dir / "ultraface"),
+                             "--source", f"images://{folder}?loop=1&fps=40", "--json", "--duration", "7"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(3.5)  # several passes of the bad images, then the folder goes: retries for 3 s
+    sh.rmtree(folder)
+    err = proc.communicate(timeout=60)[1]
+    lines = err.splitlines()
+    bad = [line for line in lines if line.endswith("(0 bytes); skipped") or "(0 bytes); skipped (" in line]
+    assert 5 <= len(bad) <= 6, err  # 5 in the first 10 s (a 6th, with the count, if a window ended)
+    reasons = [line.split(": backoff: ")[1].rpartition("; retry in ")[0] for line in lines if ": backoff: " in line]
+    assert reasons and "no such folder" in reasons[-1] and len(set(reasons)) == len(reasons), err  # retries: not said
+
+
 def test_run_of_a_paced_synth_with_frames_ends_there(bundles_dir):
     """The README audit: `synth://?frames=3` (paced at 30 fps) printed 3 results, then was reopened
     after a backoff for ever, each time 3 more; `frames` ends it, as a file's end does."""

@@ -423,7 +423,11 @@ def test_an_outbox_read_only_at_start_keeps_the_daemon_serving_and_its_backlog_i
         try:
             wait_until(lambda: len({e["id"] for e in cloud.entries() if "id" in e}) >= waiting, 60)
             wait_until(lambda: uplink_status(d)["outbox"]["refused"] > 0, 30)  # the daemon's new events
+            wait_until(lambda: uplink_status(d)["outbox"]["queued"] == 0, 30)
             status = uplink_status(d)
+            on_disk = list(outbox.glob("seg-*.log"))  # confirmed, and not removable: still counted
+            assert (status["outbox"]["segments"], status["outbox"]["bytes"]) == \
+                (len(on_disk), sum(p.stat().st_size for p in on_disk)) != (0, 0), status
             assert "cannot store them: Permission denied" in status["outbox"]["problem"], status
             os.chmod(outbox, 0o755)  # writable again: the next records (a reload's events) are stored, status clears
             d.signal(signal.SIGHUP)

@@ -20,6 +20,7 @@ from typing import Any, Iterator, Optional, Tuple
 
 from lited import __version__, ctl
 from lited.errors import NO_THREAD, OneLineParser, first_line, printable
+from lited.utf8 import in_utf8_mode
 from lited.cli_args import arg_engine, arg_number, arg_stream_name, arg_timeout
 
 EXIT_BAD_INPUT = 2
@@ -329,6 +330,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lited.model import Model
     from lited.sources import SourceError
     from lited.stream import Stream
+    from lited.stream.stream import LineBudget
 
     bundle = _bundle_to_run(args)
     asked = args.threads or bundle.engine_threads(args.target, args.engine, args.precision)
@@ -359,20 +361,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.getLogger("lited.stream").addFilter(
         lambda record: getattr(record, "event", None) not in ("backoff", "stalled", "skipped", "resized"))
 
+    said_loss = [""]  # the reason of the last loss said (its retries are not, but with -v)
+    budgets: dict = {}  # event kind -> LineBudget: a looping folder of bad images, 5 lines in 10 s
+
     def on_event(event: dict) -> None:
         if event["event"] in ("skipped", "decode"):  # an image that cannot be read, a result lost: said
-            print(f"lited: stream {event['stream']}: {event['detail']}", file=sys.stderr, flush=True)
+            line = budgets.setdefault(event["event"], LineBudget()).line(
+                f"lited: stream {event['stream']}: {event['detail']}", event["event"])
+            if line is not None:
+                print(line, file=sys.stderr, flush=True)
         if event["event"] != "state":
             return
         state, detail = event["state"], event["detail"]
+        why = detail.rpartition("; retry in ")[0] or detail
         if state == "streaming":
             opened.append(True)
+            said_loss[0] = ""
         elif state == "ended":
             ended.append(True)
         elif state == "backoff":
-            last_problem[0] = detail.rpartition("; retry in ")[0] or detail
-        # while it first opens only the outcome is said; later, a lost source is news
-        if args.verbose or (opened and state in ("backoff", "ended")):
+            last_problem[0] = why
+        # while it first opens only the outcome is said; later, a lost source is news, once a reason
+        news = state == "ended" or (state == "backoff" and why != said_loss[0])
+        if args.verbose or (opened and news):
+            said_loss[0] = why if state == "backoff" else said_loss[0]
             print(f"lited: stream {event['stream']}: {state}{': ' + detail if detail else ''}",
                   file=sys.stderr, flush=True)
 
@@ -753,24 +765,9 @@ def keep_early_signals() -> None:
         signal.signal(sig, lambda signum, _: EARLY_SIGNALS.append(signum))
 
 
-def utf8_mode() -> None:
-    """Run again in Python's UTF-8 mode (PYTHONUTF8=1, which the engine processes inherit) under
-    a locale that is not UTF-8 (zh_CN.GBK, en_US.ISO-8859-1): Chinese labels and paths were
-    `'latin-1' codec can't encode`, and a bundle directory of a Chinese name "not a directory".
-    Files and arguments are then bytes as UTF-8 (what the bundles, configs and names hold);
-    the C locale needs none of this (Python coerces it to UTF-8 itself)."""
-    if sys.flags.utf8_mode or sys.getfilesystemencoding().lower().replace("-", "") == "utf8":
-        return
-    os.environ["PYTHONUTF8"] = "1"
-    try:
-        os.execv(sys.executable, [sys.executable, "-m", "lited.cli", *sys.argv[1:]])
-    except OSError:  # as it is, then
-        pass
-
-
 def main(argv: list | None = None) -> int:
     if argv is None:
-        utf8_mode()
+        in_utf8_mode("lited.cli")
     if "serve" in (sys.argv[1:] if argv is None else argv)[:2]:
         keep_early_signals()
     args, unknown = build_parser().parse_known_args(argv)

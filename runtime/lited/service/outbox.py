@@ -95,6 +95,7 @@ class Outbox:
         self._state_failures = 0
         # what fails now, for status (a read-only or failing disk was said in the log alone): records, state
         self._failing = {"records": "", "state": ""}
+        self._stuck: List[_Segment] = []         # acknowledged segments a read-only directory would not let go
         self.truncated_bytes = 0                 # torn tails cut on open
         self.damaged_bytes = 0                   # damaged stretches skipped on open (records after them kept)
         state = self._read_state()
@@ -347,11 +348,11 @@ class Outbox:
         while self._segments and self._segments[0].last < self.acked_below and (
                 len(self._segments) > 1 or self._fd is None):
             done.append(self._segments.pop(0))
+        self._stuck = [seg for seg in self._stuck if not _unlinked(seg.path)]  # the directory writable again
         if done:
             self._write_state(force=True)
-            for seg in done:
-                with contextlib.suppress(OSError):  # read-only: a later start finds it acknowledged (or sends again)
-                    os.unlink(seg.path)
+            # read-only: kept in `bytes` until it can go (a later start finds it acknowledged, or sends again)
+            self._stuck += [seg for seg in done if not _unlinked(seg.path)]
 
     # -- acknowledgements and reading
     def ack(self, seq: int) -> bool:
@@ -418,9 +419,10 @@ class Outbox:
 
     def stats(self) -> dict:
         with self._lock:
-            size = sum(s.size for s in self._segments)
+            on_disk = self._segments + self._stuck
+            size = sum(s.size for s in on_disk)
             queued = max(0, self.durable_last - self.acked_below + 1 - len(self._acked))
-            return {"queued": queued, "bytes": size, "max_bytes": self.max_bytes, "segments": len(self._segments),
+            return {"queued": queued, "bytes": size, "max_bytes": self.max_bytes, "segments": len(on_disk),
                     "dropped": self.dropped, "refused": self.refused, "next_seq": self.next_seq,
                     "acked_below": self.acked_below, "truncated_bytes": self.truncated_bytes,
                     "damaged_bytes": self.damaged_bytes, "epoch": self.epoch,
@@ -504,6 +506,17 @@ def _record_at(data: bytes, off: int, path: str, base: int) -> Optional[Record]:
     topic = bytes(body[t0:t0 + tlen]).decode("utf-8", "replace")
     meta = bytes(body[t0 + tlen:t0 + tlen + mlen])
     return Record(seq, ts, topic, meta, bytes(body[t0 + tlen + mlen:]), (path, base + off, end - off))
+
+
+def _unlinked(path: str) -> bool:
+    """Whether `path` is gone now (removed here, or by someone else)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    return True
 
 
 def _fsync_dir(path: str) -> None:

@@ -79,10 +79,9 @@ class CaptureLoop:
                 if self._session():
                     return
             except Exception as exc:  # noqa: BLE001 - see above
-                if not isinstance(exc, SourceError):
-                    log.warning("stream %s: capture failed: %s", self.name, exc,
-                                exc_info=log.isEnabledFor(logging.DEBUG),  # tracebacks with --debug only
-                                extra={"stream": self.name, "event": "capture_failed"})
+                if not isinstance(exc, SourceError):  # said by the backoff's warning; its traceback with --debug
+                    log.debug("stream %s: capture failed: %s", self.name, exc, exc_info=True,
+                              extra={"stream": self.name, "event": "capture_failed"})
                 try:
                     self.source.close()
                 except Exception:  # noqa: BLE001 - it is being given up anyway

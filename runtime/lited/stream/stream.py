@@ -64,6 +64,26 @@ def ring_slots(margin: int, keep_results: int = 0, held_elsewhere: int = 0) -> i
     return ModelRunner.FRAMES_HELD + 1 + keep_results + 1 + held_elsewhere + 2 + margin
 
 
+class LineBudget:
+    """At most EVENT_LOG_LINES lines in EVENT_LOG_S of one kind; the first after a window that
+    held more says how many were not said (the daemon's log, `lited run`'s stderr)."""
+
+    def __init__(self) -> None:
+        self._since, self._lines, self._unsaid = -EVENT_LOG_S, 0, 0
+
+    def line(self, text: str, kind: str) -> Optional[str]:
+        """`text` to say now (with the count), or None: over the budget, counted."""
+        now = time.monotonic()
+        if now - self._since >= EVENT_LOG_S:
+            self._since, self._lines = now, 0
+        if self._lines >= EVENT_LOG_LINES:
+            self._unsaid += 1
+            return None
+        self._lines += 1
+        unsaid, self._unsaid = self._unsaid, 0
+        return text + (f" ({unsaid} more {kind} not said before this)" if unsaid else "")
+
+
 class Stream:
     """One camera (or file) and the model on it: capture into the ring, a runner, the latest
     results' frames held for apps, state and status; the model swapped between frames at a reload."""
@@ -106,7 +126,7 @@ class Stream:
         self._publish_cb = publish
         self._on_event = on_event
         self._trouble = ""  # why the source was last lost (backoff, stalled), until it streams again
-        self._events_logged: dict = {}  # LOGGED_EVENTS kind -> (window start, lines in it, not logged)
+        self._events_logged: dict = {}  # LOGGED_EVENTS kind -> its LineBudget
         self._beat = beat  # called by the active runner's loop at least every 0.5 s (watchdog)
         self._model_factory = model_factory
         self._state_at = 0.0  # monotonic time of the last state change
@@ -307,19 +327,9 @@ class Stream:
             self._on_event({"stream": self.name, "event": kind, "detail": detail, "ts": time.time(), **extra})
 
     def _log_event(self, kind: str, detail: str) -> None:
-        """`kind`'s line, at most EVENT_LOG_LINES in EVENT_LOG_S; the first after a window that
-        held more says how many were not logged."""
-        now = time.monotonic()
-        since, lines, unsaid = self._events_logged.get(kind, (-EVENT_LOG_S, 0, 0))
-        if now - since >= EVENT_LOG_S:
-            since, lines = now, 0
-        if lines >= EVENT_LOG_LINES:
-            self._events_logged[kind] = (since, lines, unsaid + 1)
-            return
-        self._events_logged[kind] = (since, lines + 1, 0)
-        more = f" ({unsaid} more {kind} not logged before this)" if unsaid else ""
-        log.log(LOGGED_EVENTS[kind], "stream %s: %s: %s%s", self.name, kind, detail, more,
-                extra={"stream": self.name, "event": kind})
+        line = self._events_logged.setdefault(kind, LineBudget()).line(f"stream {self.name}: {kind}: {detail}", kind)
+        if line is not None:
+            log.log(LOGGED_EVENTS[kind], "%s", line, extra={"stream": self.name, "event": kind})
 
     # -- state and status
     def check_stall(self) -> None:
