@@ -321,6 +321,9 @@ def test_an_engine_crash_costs_frames_not_the_daemon(daemon):
             sub.recv(1)), timeout=20)
         status = client.status()["streams"][0]
         assert status["counters"]["engine_restarts"] == 1 and status["state"] == "streaming"
+        table = subprocess.run([sys.executable, "-m", "lited.cli", "ctl", "status", "--endpoint", daemon.req],
+                               capture_output=True, text=True, timeout=30).stdout
+        assert "(cpu, 1 thread), 1 restart " in table, table  # a crashing engine showed nowhere in the table
         new_pid = status["model"]["engine_pid"]
         assert new_pid != pid and after["detections"] is not None
     assert daemon.stop() == 0, daemon.output()

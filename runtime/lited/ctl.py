@@ -225,7 +225,8 @@ def human_status(out: dict, endpoint: str) -> str:
             rows.append((s["stream"], s["state"] + (" (engine down)" if s.get("engine_down") else ""), f"{s['fps']:.1f}", c.get("inferred", 0), c.get("skipped", 0),
                          c.get("errors", 0), f"{infer['p50']:.1f} ms" if infer else None,
                          s["model"]["name"] if s.get("model") else None,
-                         f"{s['model']['engine']} ({s['model']['device']})" if s.get("model") else None, s["source"]))
+                         f"{s['model']['engine']} ({s['model']['device']})" + _restarts(c) if s.get("model") else None,
+                         s["source"]))
         lines += ["", table(rows, ("STREAM", "STATE", "FPS", "INFERRED", "SKIPPED", "ERRORS", "INFER p50", "MODEL",
                                    "ENGINE", "SOURCE"))]
         details = [f"{s['stream']}: {s['detail']}" for s in out["streams"] if s.get("detail")]
@@ -234,6 +235,13 @@ def human_status(out: dict, endpoint: str) -> str:
     else:
         lines += ["", "no streams (add some to the config, then `lited ctl reload`)"]
     return "\n".join(lines)
+
+
+def _restarts(counters: dict) -> str:
+    """`, 3 restarts` for a stream whose engine process was started again (a crash, a hang): an engine
+    that keeps dying showed nowhere in the table (ERRORS counts the source's)."""
+    n = counters.get("engine_restarts", 0)
+    return f", {n} restart{'s' if n != 1 else ''}" if n else ""
 
 
 def human_reload(out: dict, endpoint: str) -> str:
