@@ -282,3 +282,29 @@ def test_a_lost_camera_is_a_warning_once_for_each_reason_its_retries_information
         assert all(" I lited.stream: " in line for line in said[1:]), said
     finally:
         assert d.stop() == 0, d.output()[-3000:]
+
+
+def test_images_the_daemon_cannot_open_for_want_of_descriptors_say_so(tmp_path, bundles_dir):
+    """The open-files limit lowered on the running daemon: a looping folder's images were skipped as
+    if they were bad ("none of the 1 images ... could be read in a pass"); now the skip says why."""
+    import resource
+
+    folder = tmp_path / "stills"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), cv2.resize(cv2.imread(str(need_shared("images", "astronaut.png"))), (320, 240)))
+    d = DaemonProcess(tmp_path, {"models": {"face": str(bundles_dir / "ultraface")}, "streams": [
+        {"name": "stills", "source": f"images://{folder}?loop=1&fps=20"}]}).start()
+    try:
+        with Recorder(d.pub) as rec:
+            rec.wait(lambda ms: len(results(ms)) >= 3, stream="stills", timeout=30)
+            soft, hard = resource.prlimit(d.proc.pid, resource.RLIMIT_NOFILE)
+            resource.prlimit(d.proc.pid, resource.RLIMIT_NOFILE, (len(os.listdir(f"/proc/{d.proc.pid}/fd")), hard))
+            try:
+                rec.wait(lambda ms: events(ms, "skipped"), stream="stills", timeout=10)
+            finally:
+                resource.prlimit(d.proc.pid, resource.RLIMIT_NOFILE, (soft, hard))
+            skipped = events(rec.since(stream="stills"), "skipped")
+        assert "too many open files (lited's open-files limit: ulimit -n, LimitNOFILE=); skipped" in \
+            skipped[0]["detail"], skipped[0]
+    finally:
+        assert d.stop() == 0, d.output()[-3000:]

@@ -15,6 +15,8 @@ after a bad one is lost and none before it is read twice.
 """
 from __future__ import annotations
 
+import errno
+
 import os
 from typing import List
 
@@ -44,6 +46,7 @@ class ImagesSource(Source):
         self.path = self.local_path("no folder (write images:///abs/dir)")
         self.files: List[str] = []
         self.index = 0
+        self._last_why = ""  # why the last image that could not be opened could not
 
     def open(self) -> Shape:
         if not os.path.isdir(self.path):
@@ -72,7 +75,12 @@ class ImagesSource(Source):
         try:
             data = read_capped(path, MAX_STILL_BYTES)
         except OSError as exc:
-            raise FrameUnreadable(self.uri, f"{path}: {unreadable(exc)}; skipped") from None
+            # out of descriptors is the daemon's trouble, not the image's: said so (the pass that finds
+            # none readable names it too)
+            why = unreadable(exc) + (" (lited's open-files limit: ulimit -n, LimitNOFILE=)"
+                                     if exc.errno in (errno.EMFILE, errno.ENFILE) else "")
+            self._last_why = why
+            raise FrameUnreadable(self.uri, f"{path}: {why}; skipped") from None
         try:
             image = decode_bounded(data, MAX_FRAME_PIXELS)
         except ImageTooLarge as exc:
@@ -88,7 +96,8 @@ class ImagesSource(Source):
             if not self.options["loop"]:
                 return False
             if not self._read_this_pass:  # the folder is gone or spoilt: reopen with backoff, never spin
-                raise self.error(f"none of the {len(self.files)} images in {self.path} could be read in a pass")
+                raise self.error(f"none of the {len(self.files)} images in {self.path} could be read in a pass"
+                                 + (f" (the last: {self._last_why})" if self._last_why else ""))
             self.index, self._read_this_pass = 0, 0
         self.index += 1  # past this image whatever happens: a bad one is skipped, never retried
         image = self._load(self.files[self.index - 1])
