@@ -7,6 +7,7 @@ import collections
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -436,6 +437,9 @@ def test_an_outbox_read_only_at_start_keeps_the_daemon_serving_and_its_backlog_i
             assert seen[("lited_uplink_connected", ())] == 1 and seen[("lited_uplink_outbox_failing", ())] == 0
             assert seen[("lited_uplink_records_total", (("outcome", "acked"),))] >= waiting, seen
             assert seen[("lited_uplink_records_lost_total", (("reason", "refused"),))] >= 1, seen
+            text = (Path(__file__).resolve().parent.parent / "docs" / "http.md").read_text()  # its alert rules
+            named = set(re.findall(r"\blited_uplink_[a-z_]+", text[text.index("\nAlerts ("):]))
+            assert named and named <= {name for name, _ in seen}, named - {name for name, _ in seen}
         finally:
             cloud.stop()
     finally:
