@@ -330,7 +330,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lited.model import Model
     from lited.sources import SourceError
     from lited.stream import Stream
-    from lited.stream.stream import LineBudget
+    from lited.stream.stream import LineBudget, loss_reason
 
     bundle = _bundle_to_run(args)
     asked = args.threads or bundle.engine_threads(args.target, args.engine, args.precision)
@@ -373,7 +373,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if event["event"] != "state":
             return
         state, detail = event["state"], event["detail"]
-        why = detail.rpartition("; retry in ")[0] or detail
+        why = loss_reason(detail)
         if state == "streaming":
             opened.append(True)
             said_loss[0] = ""

@@ -107,8 +107,7 @@ class CoreClaim:
     def publish(self, plan: CorePlan) -> None:
         """Say the cores `plan` pins engines to (none, if it pins nothing). Best effort: without
         it (a full /dev/shm) only another lited's plan is the worse for it."""
-        cores = ",".join(str(c) for c in sorted({c for cpus in plan.engines.values() for c in cpus})
-                         ) if plan.pinned else ""
+        cores = _span(sorted({c for cpus in plan.engines.values() for c in cpus})) if plan.pinned else ""
         if not cores:  # nothing pinned (no stream, or the engines need every core): nothing to say
             self.close()
             return
@@ -168,15 +167,11 @@ def cores_of_other_engines() -> set:
 
 
 def _cores_from_list(text: str) -> set:
-    """`0-2,5` (the kernel's cpu list) as {0, 1, 2, 5}; empty if unreadable."""
-    out: set = set()
+    """A claim's `1,3` (as `_span` writes it) as {1, 3}; empty if unreadable."""
     try:
-        for part in filter(None, text.strip().split(",")):
-            first, _, last = part.partition("-")
-            out.update(range(int(first), int(last or first) + 1))
+        return {int(c) for c in text.split(",") if c.strip()}
     except ValueError:
         return set()
-    return out
 
 
 def pin_threads(cpus: Iterable[int], pid: object = "self") -> None:

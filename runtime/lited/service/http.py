@@ -94,7 +94,6 @@ class CappedHTTPServer(tornado.httpserver.HTTPServer):
         self.max_connections = max_connections
         self.open_streams: "weakref.WeakSet" = weakref.WeakSet()
         self.connections_refused = 0
-        self.accept_problem = ""  # why accepting fails now (no descriptors), said once
 
     def add_sockets(self, sockets: list) -> None:
         """tornado's, with an accept loop that pauses while descriptors are short: tornado's raised
@@ -127,7 +126,6 @@ class CappedHTTPServer(tornado.httpserver.HTTPServer):
                         raise
                     loop.remove_handler(sock)
                     state["paused"] = loop.call_later(ACCEPT_PAUSE_S, resume)
-                    self.accept_problem = exc.strerror or str(exc)
                     if time.monotonic() - state["said_at"] >= ACCEPT_SAY_S:  # at the edge it comes and goes
                         state["said_at"], state["said"] = time.monotonic(), True
                         limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -135,7 +133,6 @@ class CappedHTTPServer(tornado.httpserver.HTTPServer):
                                     "ulimit -n, LimitNOFILE=); trying again every %g s", where, exc.strerror,
                                     limit, ACCEPT_PAUSE_S, extra={"event": "http_error"})
                     return
-                self.accept_problem = ""
                 if state["said"]:
                     state["said"] = False
                     log.info("http: accepting connections on %s again", where, extra={"event": "http"})

@@ -64,6 +64,11 @@ def ring_slots(margin: int, keep_results: int = 0, held_elsewhere: int = 0) -> i
     return ModelRunner.FRAMES_HELD + 1 + keep_results + 1 + held_elsewhere + 2 + margin
 
 
+def loss_reason(detail: str) -> str:
+    """Why a source was lost, from a `backoff` state's detail (without its "; retry in N s")."""
+    return detail.rpartition("; retry in ")[0] or detail
+
+
 class LineBudget:
     """At most EVENT_LOG_LINES lines in EVENT_LOG_S of one kind; the first after a window that
     held more says how many were not said (the daemon's log, `lited run`'s stderr)."""
@@ -310,7 +315,7 @@ class Stream:
         self._state_at = time.monotonic()
         level = logging.INFO  # a camera lost is a warning (`journalctl -p warning`), once for each reason
         if state in ("backoff", "stalled"):
-            why = detail.split("; retry in ")[0]
+            why = loss_reason(detail)
             level, self._trouble = (logging.WARNING if why != self._trouble else level), why
         elif state == "streaming":
             self._trouble = ""
