@@ -46,7 +46,7 @@ class ImagesSource(Source):
         self.path = self.local_path("no folder (write images:///abs/dir)")
         self.files: List[str] = []
         self.index = 0
-        self._last_why = ""  # why the last image that could not be opened could not
+        self._last_why = ""  # why the last image of this pass that could not be opened could not
 
     def open(self) -> Shape:
         if not os.path.isdir(self.path):
@@ -63,6 +63,7 @@ class ImagesSource(Source):
         self.pacer = Pacer(self.fps)
         self._unread: List[str] = []  # images skipped while looking for the first: reported by the next reads
         self._read_this_pass = 1      # the first frame, read here
+        self._last_why = ""
         for self.index, path in enumerate(self.files, 1):
             try:
                 return self.keep_first_frame(self._load(path))
@@ -98,7 +99,7 @@ class ImagesSource(Source):
             if not self._read_this_pass:  # the folder is gone or spoilt: reopen with backoff, never spin
                 raise self.error(f"none of the {len(self.files)} images in {self.path} could be read in a pass"
                                  + (f" (the last: {self._last_why})" if self._last_why else ""))
-            self.index, self._read_this_pass = 0, 0
+            self.index, self._read_this_pass, self._last_why = 0, 0, ""
         self.index += 1  # past this image whatever happens: a bad one is skipped, never retried
         image = self._load(self.files[self.index - 1])
         self._read_this_pass += 1
