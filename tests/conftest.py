@@ -26,6 +26,27 @@ def need_shared(*parts: str) -> Path:
     return path
 
 
+def locale_env(tmp_path: Path, locale: str) -> dict:
+    """The environment of a shell under `locale` (`zh_CN.GBK`, `en_US.ISO-8859-1`), made with
+    localedef into tmp_path (LOCPATH), without Python's UTF-8 settings; skip (fail under CI=true)
+    where localedef or its charmaps (apt's locales) are absent."""
+    import shutil
+    import subprocess
+
+    if shutil.which("localedef") is None or not Path("/usr/share/i18n/charmaps").is_dir():
+        msg = "localedef and its charmaps are not installed (apt's locales: tools/apt-test.txt)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    name, charmap = locale.split(".")
+    (tmp_path / "locales").mkdir(exist_ok=True)
+    made = subprocess.run(["localedef", "-i", name, "-f", charmap, str(tmp_path / "locales" / locale)],
+                          capture_output=True, text=True)
+    assert (tmp_path / "locales" / locale).is_dir(), made.stderr
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONUTF8", "PYTHONIOENCODING", "LANGUAGE")}
+    return {**env, "LANG": locale, "LC_ALL": locale, "LOCPATH": str(tmp_path / "locales")}
+
+
 @pytest.fixture
 def shared_models() -> Path:
     return need_shared("models")

@@ -185,16 +185,12 @@ def test_text_inputs_not_in_utf8_are_one_line_and_a_byte_order_mark_is_dropped(t
 def test_build_sdk_under_a_latin1_locale_names_a_chinese_file_as_written(tools_python: Path, tmp_path: Path) -> None:
     """The re-check: under en_US.ISO-8859-1 build_sdk read `人脸.onnx` as Latin-1 and named it
     'äººè\x84¸'; it runs in Python's UTF-8 mode as lited does."""
-    if shutil.which("localedef") is None or not Path("/usr/share/i18n/charmaps").is_dir():
-        _skip_or_fail("localedef and its charmaps are not installed (apt's locales: tools/apt-test.txt)")
-    (tmp_path / "locales").mkdir()
-    subprocess.run(["localedef", "-i", "en_US", "-f", "ISO-8859-1", str(tmp_path / "locales" / "en_US.ISO-8859-1")],
-                   capture_output=True)
+    from conftest import locale_env
+
+    env = locale_env(tmp_path, "en_US.ISO-8859-1")
     model = tmp_path / "人脸目录" / "人脸.onnx"
     model.parent.mkdir()
     shutil.copy(shared_onnx("fastestdet"), model)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONUTF8", "PYTHONIOENCODING", "LANGUAGE")}
-    env.update(LANG="en_US.ISO-8859-1", LC_ALL="en_US.ISO-8859-1", LOCPATH=str(tmp_path / "locales"))
     fragment = json.loads((ROOT / "tests" / "bundles" / "fastestdet.json").read_text())
     fragment.pop("name", None)  # named after the model's file, then
     (tmp_path / "frag.json").write_text(json.dumps(fragment))

@@ -448,23 +448,12 @@ def test_a_locale_not_in_utf8_reads_chinese_labels_and_paths(locale: str, tmp_pa
     """A shell's LANG on a board (the unit sets PYTHONUTF8=1, a shell does not): `lited infer` and
     `inspect` said `'latin-1' codec can't encode characters` for a Chinese label, and a bundle in a
     Chinese-named folder was "not a directory". lited runs itself again in Python's UTF-8 mode."""
-    from conftest import reseal
+    from conftest import locale_env, reseal
 
-    charmaps = Path("/usr/share/i18n/charmaps")
-    if shutil.which("localedef") is None or not charmaps.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail("localedef and its charmaps are not installed (apt's locales: tools/apt-test.txt)")
-        pytest.skip("localedef and its charmaps are not installed (apt-get install locales)")
-    name, charmap = locale.split(".")
-    (tmp_path / "locales").mkdir()
-    made = subprocess.run(["localedef", "-i", name, "-f", charmap, str(tmp_path / "locales" / locale)],
-                          capture_output=True, text=True)
-    assert (tmp_path / "locales" / locale).is_dir(), made.stderr
+    env = locale_env(tmp_path, locale)
     root = shutil.copytree(bundles_dir / "ultraface", tmp_path / "模型 包" / "人脸")
     (root / "labels.txt").write_text("背景\n人脸\n", encoding="utf-8")
     reseal(root)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONUTF8", "PYTHONIOENCODING", "LANGUAGE")}
-    env.update(LANG=locale, LC_ALL=locale, LOCPATH=str(tmp_path / "locales"))
     image = need_shared("images", "astronaut.png")
     for args, said in ((["inspect", "--bundle", str(root)], "labels: 2 (背景, 人脸)"),
                        (["infer", "--bundle", str(root), str(image)], "  人脸 ")):
