@@ -165,8 +165,7 @@ class Outbox:
                     log.warning("%s: cannot cut its torn tail (%s): its records before it are read, the tail "
                                 "is cut at a start that can", path, exc.strerror or exc, extra={"event": "outbox_torn"})
             if count == 0:
-                with contextlib.suppress(OSError):  # (read-only: left, and skipped again at the next start)
-                    os.unlink(path)
+                _unlinked(path)  # (read-only: left, and skipped again at the next start)
                 continue
             segments.append(_Segment(path, first, last, count, good))
         self._damage_counted = found  # those of segments gone (acked) are forgotten
